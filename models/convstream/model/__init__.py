@@ -1,0 +1,25 @@
+"""The damage model: the shipped ONNX file and the onnxruntime wrapper that runs it.
+
+Training code (``train``, ``export``, ``network``) needs ``convstream[train]`` and is imported
+only on purpose; the server needs nothing of it.
+"""
+
+from convstream.model.runtime import (
+    FEATURE_NAMES,
+    MODEL_PATH,
+    OUTPUT_NAMES,
+    DamageModel,
+    ModelInputError,
+    StageInfo,
+    select_providers,
+)
+
+__all__ = [
+    "FEATURE_NAMES",
+    "MODEL_PATH",
+    "OUTPUT_NAMES",
+    "DamageModel",
+    "ModelInputError",
+    "StageInfo",
+    "select_providers",
+]

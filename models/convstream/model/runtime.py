@@ -1,0 +1,163 @@
+"""The shipped damage model in onnxruntime: load it, pick providers, validate input, run.
+
+This is the only place that creates an onnxruntime session. Callers say which provider they
+want ("auto", "cpu" or "cuda"); the factory decides what can run here and reports what it
+really got, so nobody else branches on hardware.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnxruntime as ort
+
+logger = logging.getLogger(__name__)
+
+MODEL_PATH = Path(__file__).with_name("damage.onnx")
+"""The shipped float32 model, inside the installed package."""
+
+INPUT_NAME = "pixels"
+OUTPUT_NAMES: tuple[str, ...] = ("stage1", "stage2", "stage3", "stage4", "heatmap", "score")
+FEATURE_NAMES: tuple[str, ...] = OUTPUT_NAMES[:4]
+
+ProviderChoice = Literal["auto", "cpu", "cuda"]
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+class ModelInputError(ValueError):
+    """Pixels handed to the model are not what it takes (uint8 BGR, shape (N, H, W, 3))."""
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    """One feature-map output: its name, channel count and stride relative to the input."""
+
+    name: str
+    channels: int
+    stride: int
+
+
+def select_providers(choice: ProviderChoice, available: Sequence[str]) -> list[str]:
+    """Execution providers to ask onnxruntime for, best first.
+
+    Args:
+        choice: "cpu" always gives the CPU provider; "cuda" and "auto" give CUDA first when
+            onnxruntime offers it (onnxruntime-gpu installed), with CPU behind it for the
+            operators CUDA lacks.
+        available: what ``onnxruntime.get_available_providers()`` reports.
+
+    Returns:
+        Provider names for ``InferenceSession(providers=...)``.
+    """
+    if choice not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"provider must be 'auto', 'cpu' or 'cuda', got {choice!r}")
+    if choice != "cpu" and CUDA in available:
+        return [CUDA, CPU]
+    if choice == "cuda":
+        logger.warning(
+            "CUDA execution provider requested but onnxruntime offers only %s "
+            "(install convstream[gpu] on a host with an NVIDIA driver); running on CPU",
+            ", ".join(available),
+        )
+    return [CPU]
+
+
+def check_pixels(pixels: np.ndarray) -> None:
+    """Raise ModelInputError unless pixels is uint8 BGR of shape (N, H, W, 3) with N, H, W > 0."""
+    if not isinstance(pixels, np.ndarray):
+        raise ModelInputError(f"pixels must be a numpy array, got {type(pixels).__name__}")
+    if pixels.dtype != np.uint8:
+        raise ModelInputError(f"pixels must be uint8 BGR, got dtype {pixels.dtype}")
+    if pixels.ndim != 4 or pixels.shape[3] != 3:
+        raise ModelInputError(
+            f"pixels must have shape (N, H, W, 3) with 3 BGR channels, got {pixels.shape}"
+        )
+    if min(pixels.shape[:3]) == 0:
+        raise ModelInputError(f"pixels must have N, H and W > 0, got shape {pixels.shape}")
+
+
+class DamageModel:
+    """The damage network in one onnxruntime session.
+
+    Args:
+        path: an .onnx file; the shipped model by default.
+        provider: "auto", "cpu" or "cuda" (see ``select_providers``).
+        intra_op_threads: threads onnxruntime uses inside one run; 0 lets it choose.
+        spin: let idle onnxruntime threads spin-wait. Spinning shaves latency off back-to-back
+            runs but burns a core while idle, which starves decoding on a small CPU.
+    """
+
+    def __init__(
+        self,
+        path: Path | str | None = None,
+        *,
+        provider: ProviderChoice = "auto",
+        intra_op_threads: int = 0,
+        spin: bool = False,
+    ) -> None:
+        self.path = Path(path) if path is not None else MODEL_PATH
+        data = self.path.read_bytes()
+        self.sha256 = hashlib.sha256(data).hexdigest()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        spin_flag = "1" if spin else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spin_flag)
+        options.add_session_config_entry("session.inter_op.allow_spinning", spin_flag)
+        self.requested_provider: ProviderChoice = provider
+        wanted = select_providers(provider, ort.get_available_providers())
+        self.session = ort.InferenceSession(data, options, providers=wanted)
+        got = self.session.get_providers()
+        self.provider = got[0]
+        if wanted[0] != self.provider:
+            # onnxruntime falls back quietly when the CUDA libraries fail to load.
+            logger.error(
+                "execution provider %s could not be loaded (missing CUDA/cuDNN libraries?); "
+                "onnxruntime is running on %s",
+                wanted[0],
+                self.provider,
+            )
+        meta: Mapping[str, str] = self.session.get_modelmeta().custom_metadata_map
+        self.metadata = dict(meta)
+        self.threshold = float(meta.get("threshold", "0.5"))
+        self.stages = tuple(StageInfo(**s) for s in json.loads(meta.get("stages", "[]")))
+        self.heatmap_stride = int(meta.get("heatmap_stride", "8"))
+
+    def run(
+        self, pixels: np.ndarray, outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run the network on a batch.
+
+        Args:
+            pixels: uint8 BGR, shape (N, H, W, 3).
+            outputs: output names to compute (default: all of ``OUTPUT_NAMES``); onnxruntime
+                still runs every layer, but only these are copied out.
+
+        Returns:
+            name -> float32 array: stageK (N, C, ceil(H/s), ceil(W/s)), heatmap
+            (N, 1, ceil(H/8), ceil(W/8)) in [0, 1], score (N,) in [0, 1].
+        """
+        check_pixels(pixels)
+        names = list(OUTPUT_NAMES if outputs is None else outputs)
+        unknown = [n for n in names if n not in OUTPUT_NAMES]
+        if unknown:
+            raise ModelInputError(
+                f"unknown output {unknown[0]!r}; the model has {', '.join(OUTPUT_NAMES)}"
+            )
+        arrays = self.session.run(names, {INPUT_NAME: pixels})
+        return dict(zip(names, arrays, strict=True))
+
+    def warm_up(self, sizes: Sequence[tuple[int, int]]) -> None:
+        """Run once at each (height, width): front-load one-time allocation and kernel choice."""
+        for height, width in sizes:
+            self.run(np.zeros((1, height, width, 3), np.uint8), ["score"])

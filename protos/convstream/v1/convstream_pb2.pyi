@@ -1,0 +1,234 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class PixelFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PIXEL_FORMAT_UNSPECIFIED: _ClassVar[PixelFormat]
+    PIXEL_FORMAT_BGR8: _ClassVar[PixelFormat]
+    PIXEL_FORMAT_RGB8: _ClassVar[PixelFormat]
+    PIXEL_FORMAT_GRAY8: _ClassVar[PixelFormat]
+
+class TensorEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TENSOR_ENCODING_UNSPECIFIED: _ClassVar[TensorEncoding]
+    TENSOR_ENCODING_FLOAT32: _ClassVar[TensorEncoding]
+    TENSOR_ENCODING_FLOAT16: _ClassVar[TensorEncoding]
+    TENSOR_ENCODING_UINT8: _ClassVar[TensorEncoding]
+
+class Freshness(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FRESHNESS_UNSPECIFIED: _ClassVar[Freshness]
+    FRESHNESS_LATEST_ONLY: _ClassVar[Freshness]
+    FRESHNESS_BOUNDED_QUEUE: _ClassVar[Freshness]
+    FRESHNESS_LOSSLESS: _ClassVar[Freshness]
+PIXEL_FORMAT_UNSPECIFIED: PixelFormat
+PIXEL_FORMAT_BGR8: PixelFormat
+PIXEL_FORMAT_RGB8: PixelFormat
+PIXEL_FORMAT_GRAY8: PixelFormat
+TENSOR_ENCODING_UNSPECIFIED: TensorEncoding
+TENSOR_ENCODING_FLOAT32: TensorEncoding
+TENSOR_ENCODING_FLOAT16: TensorEncoding
+TENSOR_ENCODING_UINT8: TensorEncoding
+FRESHNESS_UNSPECIFIED: Freshness
+FRESHNESS_LATEST_ONLY: Freshness
+FRESHNESS_BOUNDED_QUEUE: Freshness
+FRESHNESS_LOSSLESS: Freshness
+
+class RawImage(_message.Message):
+    __slots__ = ("width", "height", "format", "data")
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    width: int
+    height: int
+    format: PixelFormat
+    data: bytes
+    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., format: _Optional[_Union[PixelFormat, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ResultOptions(_message.Message):
+    __slots__ = ("feature_maps", "encoding", "include_heatmap", "include_frame", "freshness", "queue_size")
+    FEATURE_MAPS_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_HEATMAP_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_FRAME_FIELD_NUMBER: _ClassVar[int]
+    FRESHNESS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    feature_maps: _containers.RepeatedScalarFieldContainer[str]
+    encoding: TensorEncoding
+    include_heatmap: bool
+    include_frame: bool
+    freshness: Freshness
+    queue_size: int
+    def __init__(self, feature_maps: _Optional[_Iterable[str]] = ..., encoding: _Optional[_Union[TensorEncoding, str]] = ..., include_heatmap: bool = ..., include_frame: bool = ..., freshness: _Optional[_Union[Freshness, str]] = ..., queue_size: _Optional[int] = ...) -> None: ...
+
+class FrameRequest(_message.Message):
+    __slots__ = ("frame_id", "source", "capture_time", "encoded", "raw", "options")
+    FRAME_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_TIME_FIELD_NUMBER: _ClassVar[int]
+    ENCODED_FIELD_NUMBER: _ClassVar[int]
+    RAW_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    frame_id: int
+    source: str
+    capture_time: _timestamp_pb2.Timestamp
+    encoded: bytes
+    raw: RawImage
+    options: ResultOptions
+    def __init__(self, frame_id: _Optional[int] = ..., source: _Optional[str] = ..., capture_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., encoded: _Optional[bytes] = ..., raw: _Optional[_Union[RawImage, _Mapping]] = ..., options: _Optional[_Union[ResultOptions, _Mapping]] = ...) -> None: ...
+
+class Tensor(_message.Message):
+    __slots__ = ("name", "shape", "encoding", "data", "scale", "zero_point", "stride")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    ZERO_POINT_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    encoding: TensorEncoding
+    data: bytes
+    scale: float
+    zero_point: int
+    stride: int
+    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., encoding: _Optional[_Union[TensorEncoding, str]] = ..., data: _Optional[bytes] = ..., scale: _Optional[float] = ..., zero_point: _Optional[int] = ..., stride: _Optional[int] = ...) -> None: ...
+
+class Geometry(_message.Message):
+    __slots__ = ("frame_width", "frame_height", "input_width", "input_height", "scale", "pad_left", "pad_top")
+    FRAME_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    FRAME_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    INPUT_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    INPUT_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    PAD_LEFT_FIELD_NUMBER: _ClassVar[int]
+    PAD_TOP_FIELD_NUMBER: _ClassVar[int]
+    frame_width: int
+    frame_height: int
+    input_width: int
+    input_height: int
+    scale: float
+    pad_left: int
+    pad_top: int
+    def __init__(self, frame_width: _Optional[int] = ..., frame_height: _Optional[int] = ..., input_width: _Optional[int] = ..., input_height: _Optional[int] = ..., scale: _Optional[float] = ..., pad_left: _Optional[int] = ..., pad_top: _Optional[int] = ...) -> None: ...
+
+class Timings(_message.Message):
+    __slots__ = ("queue_ms", "decode_ms", "inference_ms", "encode_ms", "total_ms", "batch_size")
+    QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    DECODE_MS_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_MS_FIELD_NUMBER: _ClassVar[int]
+    ENCODE_MS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    queue_ms: float
+    decode_ms: float
+    inference_ms: float
+    encode_ms: float
+    total_ms: float
+    batch_size: int
+    def __init__(self, queue_ms: _Optional[float] = ..., decode_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., encode_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
+
+class FrameStatus(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class FrameResult(_message.Message):
+    __slots__ = ("frame_id", "source", "status", "score", "damaged", "heatmap", "feature_maps", "timings", "frame_age_ms", "frames_dropped", "sequence", "geometry", "frame_jpeg", "capture_time", "dropped_frame_ids")
+    FRAME_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    DAMAGED_FIELD_NUMBER: _ClassVar[int]
+    HEATMAP_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_MAPS_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    FRAME_AGE_MS_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    GEOMETRY_FIELD_NUMBER: _ClassVar[int]
+    FRAME_JPEG_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_TIME_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FRAME_IDS_FIELD_NUMBER: _ClassVar[int]
+    frame_id: int
+    source: str
+    status: FrameStatus
+    score: float
+    damaged: bool
+    heatmap: Tensor
+    feature_maps: _containers.RepeatedCompositeFieldContainer[Tensor]
+    timings: Timings
+    frame_age_ms: float
+    frames_dropped: int
+    sequence: int
+    geometry: Geometry
+    frame_jpeg: bytes
+    capture_time: _timestamp_pb2.Timestamp
+    dropped_frame_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, frame_id: _Optional[int] = ..., source: _Optional[str] = ..., status: _Optional[_Union[FrameStatus, _Mapping]] = ..., score: _Optional[float] = ..., damaged: bool = ..., heatmap: _Optional[_Union[Tensor, _Mapping]] = ..., feature_maps: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., frame_age_ms: _Optional[float] = ..., frames_dropped: _Optional[int] = ..., sequence: _Optional[int] = ..., geometry: _Optional[_Union[Geometry, _Mapping]] = ..., frame_jpeg: _Optional[bytes] = ..., capture_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dropped_frame_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class GetModelInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Stage(_message.Message):
+    __slots__ = ("name", "channels", "stride")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    channels: int
+    stride: int
+    def __init__(self, name: _Optional[str] = ..., channels: _Optional[int] = ..., stride: _Optional[int] = ...) -> None: ...
+
+class InputSize(_message.Message):
+    __slots__ = ("width", "height")
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    width: int
+    height: int
+    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "sha256", "execution_provider", "requested_provider", "available_providers", "threshold", "heatmap_stride", "stages", "input_sizes", "onnxruntime_version", "server_version", "max_message_bytes", "max_frame_pixels")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    HEATMAP_STRIDE_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SIZES_FIELD_NUMBER: _ClassVar[int]
+    ONNXRUNTIME_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_FRAME_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    sha256: str
+    execution_provider: str
+    requested_provider: str
+    available_providers: _containers.RepeatedScalarFieldContainer[str]
+    threshold: float
+    heatmap_stride: int
+    stages: _containers.RepeatedCompositeFieldContainer[Stage]
+    input_sizes: _containers.RepeatedCompositeFieldContainer[InputSize]
+    onnxruntime_version: str
+    server_version: str
+    max_message_bytes: int
+    max_frame_pixels: int
+    def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., execution_provider: _Optional[str] = ..., requested_provider: _Optional[str] = ..., available_providers: _Optional[_Iterable[str]] = ..., threshold: _Optional[float] = ..., heatmap_stride: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., input_sizes: _Optional[_Iterable[_Union[InputSize, _Mapping]]] = ..., onnxruntime_version: _Optional[str] = ..., server_version: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., max_frame_pixels: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install convstream and its test tools into .venv, then run every check CI runs:
+# lint, format, and the whole pytest suite against the installed (non-editable) package.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install --quiet --disable-pip-version-check '.[test]'
+# pip keeps an installed copy of the same version; the tests must see this checkout.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall .
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,82 @@
+"""The `convstream` command: `convstream serve` runs the server; client commands sit beside it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "serve",
+        help="run the gRPC server",
+        description="Run the convstream gRPC server. Settings come from a TOML file "
+        "(--config or CONVSTREAM_CONFIG), CONVSTREAM_* variables, then these flags.",
+    )
+    p.add_argument("--config", type=Path, help="a TOML settings file")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="gRPC port (default 50051; 0 picks one)")
+    p.add_argument("--metrics-port", type=int, help="Prometheus port (default 9464; -1 off)")
+    p.add_argument("--provider", choices=("auto", "cpu", "cuda"), help="execution provider")
+    p.add_argument("--model", dest="model_path", type=Path, help="an .onnx model file")
+    p.add_argument("--input-sizes", nargs="+", help="model input sizes, e.g. 384x640 480x640")
+    p.add_argument(
+        "--no-reflection",
+        dest="reflection",
+        action="store_false",
+        default=None,
+        help="do not serve gRPC reflection",
+    )
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from convstream.server import ConfigError, load_settings, serve
+
+    keys = (
+        "host",
+        "port",
+        "metrics_port",
+        "provider",
+        "model_path",
+        "input_sizes",
+        "reflection",
+        "log_level",
+    )
+    try:
+        settings = load_settings(args.config, overrides={k: getattr(args, k) for k in keys})
+    except ConfigError as exc:
+        print(f"convstream serve: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(serve(settings))
+    except OSError as exc:
+        print(f"convstream serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="convstream", description="Damage scores and feature maps for camera frames."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_serve(commands)
+    from convstream.client.cli import add_commands
+
+    add_commands(commands)
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Assemble and run the server: model, engine, gRPC services, health, reflection, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import PackageNotFoundError, version
+
+import grpc
+import onnxruntime as ort
+from convstream.model import DamageModel
+from convstream.server.config import Settings
+from convstream.server.engine import Engine
+from convstream.server.metrics import Metrics
+from convstream.server.pipeline import Pipeline
+from convstream.server.servicer import ConvstreamServicer
+from convstream.v1 import convstream_pb2 as pb
+from convstream.v1 import convstream_pb2_grpc as pb_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Convstream"].full_name
+
+
+def server_version() -> str:
+    try:
+        return version("convstream")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def model_info(settings: Settings, model: DamageModel) -> pb.ModelInfo:
+    """What GetModelInfo answers; fixed for the server's life."""
+    return pb.ModelInfo(
+        name=model.path.stem,
+        sha256=model.sha256,
+        execution_provider=model.provider,
+        requested_provider=model.requested_provider,
+        available_providers=ort.get_available_providers(),
+        threshold=model.threshold,
+        heatmap_stride=model.heatmap_stride,
+        stages=[pb.Stage(name=s.name, channels=s.channels, stride=s.stride) for s in model.stages],
+        input_sizes=[pb.InputSize(width=w, height=h) for h, w in settings.input_shapes()],
+        onnxruntime_version=ort.__version__,
+        server_version=server_version(),
+        max_message_bytes=settings.max_message_bytes,
+        max_frame_pixels=settings.max_frame_pixels,
+    )
+
+
+def grpc_options(settings: Settings) -> list[tuple[str, int]]:
+    """Channel arguments of the server; the client's keepalive must stay within these."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        # Clients may ping every 10 s or slower, also while idle (our client pings each 30 s).
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+    ]
+
+
+class Server:
+    """A convstream server in this process.
+
+    ``await Server(settings).start()`` loads and warms the model, binds the port (``.port``
+    tells which when the setting is 0) and reports SERVING; ``await stop()`` drains.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.port = settings.port
+        self.metrics_port = settings.metrics_port
+        self.health = health.aio.HealthServicer()
+        self._grpc: grpc.aio.Server | None = None
+        self._engine: Engine | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self.servicer: ConvstreamServicer | None = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        cores = os.cpu_count() or 1
+        model = await asyncio.to_thread(
+            DamageModel,
+            settings.model_path,
+            provider=settings.provider,
+            intra_op_threads=settings.intra_op_threads or cores,
+        )
+        # Front-load one-time allocation and kernel selection for every input size.
+        await asyncio.to_thread(model.warm_up, settings.input_shapes())
+        self._engine = Engine(model, max_batch=settings.max_batch)
+        self._executor = ThreadPoolExecutor(
+            settings.decode_threads or cores, thread_name_prefix="convstream-decode"
+        )
+        pipeline = Pipeline(settings, self._engine, self._executor)
+        info = model_info(settings, model)
+        self.servicer = ConvstreamServicer(settings, pipeline, self.metrics, info)
+        self.metrics.provider.labels(model.provider, model.requested_provider).set(1)
+
+        server = grpc.aio.server(options=grpc_options(settings))
+        pb_grpc.add_ConvstreamServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        if settings.reflection:
+            names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+            reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
+        address = f"{settings.host}:{settings.port}"
+        self.port = server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address}")
+        await server.start()
+        self._grpc = server
+        if settings.metrics_port >= 0:
+            self.metrics_port = self.metrics.serve(settings.host, settings.metrics_port)
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        logger.info(
+            "convstream %s serving on %s:%d (model %s, sha256 %s..., provider %s)",
+            server_version(),
+            settings.host,
+            self.port,
+            model.path.name,
+            model.sha256[:12],
+            model.provider,
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain, then stop.
+
+        Health turns NOT_SERVING and new calls get UNAVAILABLE at once; open streams stop
+        reading, answer the frames they hold and end with UNAVAILABLE. After ``grace`` seconds
+        whatever is still open is cancelled.
+        """
+        grace = self.settings.grace_period_s if grace is None else grace
+        deadline = time.monotonic() + grace
+        await self.health.enter_graceful_shutdown()
+        if self.servicer is not None:
+            self.servicer.draining.set()
+            while self.servicer.open_streams and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        if self._grpc is not None:
+            await self._grpc.stop(max(0.0, deadline - time.monotonic()))
+        if self._engine is not None:
+            self._engine.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self.metrics.close()
+        logger.info("convstream stopped")
+
+    async def wait(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.wait_for_termination()
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then drain for the grace period and return."""
+    server = Server(settings)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logger.info("signal received: draining for up to %.1f s", settings.grace_period_s)
+    await server.stop()

@@ -1,0 +1,131 @@
+"""Server settings: one validated model, loaded from a TOML file, the environment and flags.
+
+Later sources win: defaults < TOML file < ``CONVSTREAM_*`` environment < command-line flags.
+Unknown keys are refused everywhere, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "CONVSTREAM_"
+
+
+class ConfigError(ValueError):
+    """The settings could not be loaded; the message names the source and the bad key."""
+
+
+class Settings(BaseModel):
+    """Everything `convstream serve` can be told."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field("127.0.0.1", description="address to listen on; 0.0.0.0 exposes it")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
+    metrics_port: int = Field(
+        9464, ge=-1, le=65535, description="Prometheus /metrics port on host; -1 turns it off"
+    )
+    reflection: bool = Field(True, description="serve gRPC reflection for grpcurl and friends")
+    model_path: Path | None = Field(None, description="an .onnx file; the shipped model if unset")
+    provider: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="onnxruntime execution provider; auto takes CUDA when present"
+    )
+    intra_op_threads: int = Field(
+        0, ge=0, le=256, description="onnxruntime threads per run; 0 = one per core"
+    )
+    decode_threads: int = Field(
+        0, ge=0, le=256, description="threads decoding and resizing frames; 0 = one per core"
+    )
+    input_sizes: tuple[str, ...] = Field(
+        ("384x640", "480x640", "384x384"),
+        min_length=1,
+        description="model input sizes HxW (multiples of 8); each frame is letterboxed into "
+        "the one whose aspect ratio is closest to its own",
+    )
+    max_batch: int = Field(8, ge=1, le=256, description="frames per inference run at most")
+    max_frame_pixels: int = Field(
+        40_000_000, ge=1, description="width x height above which a frame is refused"
+    )
+    max_frame_side: int = Field(16384, ge=1, description="width or height above which refused")
+    max_message_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="largest request or result message"
+    )
+    max_streams: int = Field(64, ge=1, description="concurrent StreamFrames calls at most")
+    stream_queue_size: int = Field(
+        4, ge=1, le=1024, description="waiting frames per stream unless the caller sets queue_size"
+    )
+    grace_period_s: float = Field(5.0, ge=0, description="SIGTERM: time open streams get")
+    frame_jpeg_quality: int = Field(80, ge=1, le=100, description="JPEG quality of result frames")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("input_sizes")
+    @classmethod
+    def _check_sizes(cls, sizes: tuple[str, ...]) -> tuple[str, ...]:
+        for size in sizes:
+            parse_size(size)
+        return sizes
+
+    def input_shapes(self) -> list[tuple[int, int]]:
+        """input_sizes as (height, width) pairs."""
+        return [parse_size(s) for s in self.input_sizes]
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'384x640' -> (384, 640); both positive multiples of 8."""
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"input size must look like HxW, e.g. 384x640, got {text!r}") from None
+    if height <= 0 or width <= 0 or height % 8 or width % 8:
+        raise ValueError(f"input size sides must be positive multiples of 8, got {text!r}")
+    return height, width
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    fields = Settings.model_fields
+    values: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == f"{ENV_PREFIX}CONFIG":
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name not in fields:
+            raise ConfigError(f"unknown setting {key}; known: {', '.join(sorted(fields))}")
+        values[name] = raw.split(",") if name == "input_sizes" else raw
+    return values
+
+
+def load_settings(
+    path: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge defaults, a TOML file, CONVSTREAM_* variables and overrides; validate once.
+
+    Args:
+        path: a TOML file whose top-level keys are Settings fields; CONVSTREAM_CONFIG names
+            one when path is None.
+        environ: the environment (os.environ by default).
+        overrides: values from command-line flags; None values are ignored.
+    """
+    environ = os.environ if environ is None else environ
+    if path is None and environ.get(f"{ENV_PREFIX}CONFIG"):
+        path = Path(environ[f"{ENV_PREFIX}CONFIG"])
+    merged: dict[str, Any] = {}
+    if path is not None:
+        try:
+            merged.update(tomllib.loads(path.read_text()))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    merged.update(_from_env(environ))
+    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid settings: {exc}") from exc

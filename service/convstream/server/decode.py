@@ -1,0 +1,162 @@
+"""Frame bytes to BGR pixels: sniff the format, check the header, decode with OpenCV.
+
+Nothing reaches OpenCV's decoder until the format is known from its leading bytes (never
+from a field the client sets) and the dimensions read from the header are inside the limits,
+so a decompression bomb or an exotic format costs a few microseconds, not gigabytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from convstream.server.errors import FrameTooLarge, InvalidFrame
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers carry the image size; C4 (DHT), C8 (JPG) and CC (DAC) do not.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_REDUCED = {
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+_CHANNELS = {"BGR8": 3, "RGB8": 3, "GRAY8": 1}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The largest frame the server will decode."""
+
+    max_pixels: int
+    max_side: int
+
+    def check(self, width: int, height: int, what: str) -> None:
+        if width <= 0 or height <= 0:
+            raise InvalidFrame(f"{what} must have positive width and height, got {width}x{height}")
+        if width > self.max_side or height > self.max_side or width * height > self.max_pixels:
+            raise FrameTooLarge(
+                f"{what} is {width}x{height}; the limit is {self.max_side} pixels a side and "
+                f"{self.max_pixels} pixels in all"
+            )
+
+
+def sniff(data: bytes) -> str:
+    """'jpeg' or 'png' from the leading bytes; InvalidFrame for anything else."""
+    if data.startswith(JPEG_MAGIC):
+        return "jpeg"
+    if data.startswith(PNG_MAGIC):
+        return "png"
+    if not data:
+        raise InvalidFrame("expected JPEG or PNG bytes, got an empty frame")
+    head = data[:8].hex(" ")
+    raise InvalidFrame(
+        f"expected JPEG (ff d8 ff) or PNG (89 50 4e 47) bytes, got {len(data)} bytes "
+        f"starting {head}"
+    )
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a JPEG's start-of-frame segment, without decoding."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            raise InvalidFrame(f"corrupt JPEG: expected a marker at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if 0xD0 <= marker <= 0xD9 or marker == 0x01:  # markers without a length
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if marker in _SOF_MARKERS:
+            if pos + 9 > len(data):
+                break
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            return width, height
+        pos += 2 + length
+    raise InvalidFrame(f"truncated or corrupt JPEG: no frame header in {len(data)} bytes")
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk, without decoding."""
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        raise InvalidFrame(f"truncated or corrupt PNG: no IHDR chunk in {len(data)} bytes")
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def _complete(kind: str, data: bytes) -> bool:
+    # A frame cut short in transit still decodes in OpenCV (the rest painted grey), so check
+    # the end marker: JPEG's EOI (cameras may pad a few bytes after it), PNG's IEND chunk.
+    if kind == "jpeg":
+        return b"\xff\xd9" in data[-64:]
+    return data[-12:-8] == b"\x00\x00\x00\x00" and data[-8:-4] == b"IEND"
+
+
+def encoded_size(data: bytes) -> tuple[str, int, int]:
+    """(format, width, height) of JPEG or PNG bytes, from the header alone."""
+    kind = sniff(data)
+    width, height = jpeg_size(data) if kind == "jpeg" else png_size(data)
+    return kind, width, height
+
+
+def decode_encoded(data: bytes, limits: Limits, reduce: int = 1) -> np.ndarray:
+    """Decode JPEG or PNG bytes to BGR.
+
+    Args:
+        data: the encoded frame.
+        limits: checked against the header's dimensions before decoding.
+        reduce: 2, 4 or 8 to let libjpeg decode at that fraction of the size (much cheaper
+            than decoding in full and resizing); ignored for PNG.
+
+    Returns:
+        np.ndarray: BGR uint8, shape (H, W, 3).
+    """
+    kind, width, height = encoded_size(data)
+    limits.check(width, height, kind.upper())
+    if not _complete(kind, data):
+        raise InvalidFrame(
+            f"truncated {kind.upper()}: {len(data)} bytes with no end marker "
+            f"({'ff d9' if kind == 'jpeg' else 'IEND'}) for a {width}x{height} image"
+        )
+    flag = _REDUCED.get(reduce, cv2.IMREAD_COLOR) if kind == "jpeg" else cv2.IMREAD_COLOR
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    if image is None:
+        raise InvalidFrame(f"corrupt {kind.upper()}: OpenCV could not decode {len(data)} bytes")
+    return image
+
+
+def decode_raw(
+    data: bytes, width: int, height: int, pixel_format: str, limits: Limits
+) -> np.ndarray:
+    """Raw pixels to BGR without copying more than once.
+
+    Args:
+        data: rows top to bottom, no padding.
+        width, height: the frame's size in pixels.
+        pixel_format: "BGR8", "RGB8" or "GRAY8".
+        limits: checked before anything is allocated.
+
+    Returns:
+        np.ndarray: BGR uint8, shape (height, width, 3).
+    """
+    channels = _CHANNELS.get(pixel_format)
+    if channels is None:
+        raise InvalidFrame(
+            f"raw frame pixel format must be one of {', '.join(_CHANNELS)}, got {pixel_format}"
+        )
+    limits.check(width, height, "raw frame")
+    expected = width * height * channels
+    if len(data) != expected:
+        raise InvalidFrame(
+            f"raw frame needs {expected} bytes for {width}x{height} {pixel_format}, got {len(data)}"
+        )
+    pixels = np.frombuffer(data, np.uint8)
+    if pixel_format == "GRAY8":
+        return cv2.cvtColor(pixels.reshape(height, width), cv2.COLOR_GRAY2BGR)
+    image = pixels.reshape(height, width, 3)
+    return cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if pixel_format == "RGB8" else image

@@ -1,0 +1,58 @@
+"""Arrays to wire tensors: float32, float16 (half the bytes) or uint8-affine (a quarter).
+
+uint8 uses one scale and zero point per tensor, from its own min and max:
+real = scale * (q - zero_point). Feature maps come after a ReLU, so min is 0 and the error
+is at most scale / 2 = max / 510.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from convstream.v1 import convstream_pb2 as pb
+
+FLOAT32 = pb.TENSOR_ENCODING_FLOAT32
+FLOAT16 = pb.TENSOR_ENCODING_FLOAT16
+UINT8 = pb.TENSOR_ENCODING_UINT8
+
+
+def quantize_uint8(array: np.ndarray) -> tuple[np.ndarray, float, int]:
+    """(q, scale, zero_point) with real = scale * (q - zero_point), q uint8."""
+    low = min(float(array.min()), 0.0)
+    high = max(float(array.max()), 0.0)
+    scale = (high - low) / 255.0 or 1.0
+    zero_point = round(-low / scale)
+    q = np.clip(np.rint(array / scale) + zero_point, 0, 255).astype(np.uint8)
+    return q, scale, zero_point
+
+
+def encode_tensor(name: str, array: np.ndarray, encoding: int, stride: int) -> pb.Tensor:
+    """One feature map or heatmap as a Tensor message.
+
+    Args:
+        name: e.g. "stage3" or "heatmap".
+        array (np.ndarray): float32, shape (C, H, W).
+        encoding: a TensorEncoding value; UNSPECIFIED means FLOAT16.
+        stride: input pixels per cell.
+    """
+    if encoding == FLOAT32:
+        data, scale, zero_point = np.ascontiguousarray(array, np.float32).tobytes(), 0.0, 0
+    elif encoding == UINT8:
+        q, scale, zero_point = quantize_uint8(array)
+        data = q.tobytes()
+    else:
+        encoding = FLOAT16
+        data, scale, zero_point = array.astype(np.float16).tobytes(), 0.0, 0
+    return pb.Tensor(
+        name=name,
+        shape=list(array.shape),
+        encoding=encoding,
+        data=data,
+        scale=scale,
+        zero_point=zero_point,
+        stride=stride,
+    )
+
+
+def bytes_per_element(encoding: int) -> int:
+    """Wire bytes per value for a TensorEncoding."""
+    return {FLOAT32: 4, UINT8: 1}.get(encoding, 2)

@@ -1,0 +1,149 @@
+"""The inference engine: one onnxruntime session behind one worker thread, batching for free.
+
+Frames from every stream wait in one queue per input size. The worker takes the size whose
+oldest frame has waited longest, and runs every frame of that size that is waiting (up to
+max_batch) in one call. Batches form only from frames that arrived while the previous run was
+busy, so a lone stream never waits for company: there is no batching delay to tune.
+
+onnxruntime releases the GIL while it runs, so the event loop and the decoding threads keep
+going beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+from convstream.model import DamageModel
+from convstream.server.errors import Draining, Overloaded
+
+logger = logging.getLogger(__name__)
+
+ALWAYS = ("heatmap", "score")
+
+
+@dataclass
+class _Job:
+    pixels: np.ndarray
+    outputs: frozenset[str]
+    future: Future[Inference]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True)
+class Inference:
+    """One frame's outputs: name -> float32 array without the batch axis."""
+
+    arrays: dict[str, np.ndarray]
+    queue_ms: float
+    inference_ms: float
+    batch_size: int
+
+
+class Engine:
+    """Runs DamageModel on frames submitted from any thread or event loop.
+
+    Args:
+        model: the loaded model (its session is used from the worker thread only).
+        max_batch: frames per run at most.
+        max_queued: frames waiting at most, over all sizes; past it, submit raises Overloaded.
+    """
+
+    def __init__(self, model: DamageModel, *, max_batch: int = 8, max_queued: int = 256) -> None:
+        self.model = model
+        self.max_batch = max_batch
+        self.max_queued = max_queued
+        self.runs = 0
+        self.frames = 0
+        self._queues: dict[tuple[int, int], deque[_Job]] = {}
+        self._queued = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, name="convstream-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, pixels: np.ndarray, outputs: Iterable[str] = ()) -> Future[Inference]:
+        """Queue one frame (BGR uint8, shape (H, W, 3)); heatmap and score always come back."""
+        job = _Job(pixels, frozenset(outputs).union(ALWAYS), Future())
+        with self._cond:
+            if self._closed:
+                raise Draining("the inference engine has stopped")
+            if self._queued >= self.max_queued:
+                raise Overloaded(
+                    f"inference queue is full ({self.max_queued} frames waiting); retry later"
+                )
+            self._queues.setdefault(pixels.shape[:2], deque()).append(job)
+            self._queued += 1
+            self._cond.notify()
+        return job.future
+
+    async def infer(self, pixels: np.ndarray, outputs: Iterable[str] = ()) -> Inference:
+        """Await one frame's outputs; cancelling the await drops the frame if not yet run."""
+        future = self.submit(pixels, outputs)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+
+    @property
+    def queued(self) -> int:
+        """Frames waiting for the worker."""
+        return self._queued
+
+    def close(self) -> None:
+        """Stop the worker after the run in progress; waiting frames are cancelled."""
+        with self._cond:
+            self._closed = True
+            for queue in self._queues.values():
+                for job in queue:
+                    job.future.cancel()
+                queue.clear()
+            self._queued = 0
+            self._cond.notify_all()
+        self._thread.join(timeout=10)
+
+    def _take(self) -> list[_Job] | None:
+        with self._cond:
+            while not self._closed and self._queued == 0:
+                self._cond.wait()
+            if self._closed:
+                return None
+            queue = min((q for q in self._queues.values() if q), key=lambda q: q[0].enqueued)
+            jobs: list[_Job] = []
+            while queue and len(jobs) < self.max_batch:
+                job = queue.popleft()
+                self._queued -= 1
+                # A frame whose caller gave up (deadline, cancel) is never run.
+                if job.future.set_running_or_notify_cancel():
+                    jobs.append(job)
+            return jobs
+
+    def _work(self) -> None:
+        while (jobs := self._take()) is not None:
+            if not jobs:
+                continue
+            started = time.perf_counter()
+            try:
+                names = sorted(set().union(*(job.outputs for job in jobs)))
+                batch = np.stack([job.pixels for job in jobs])
+                arrays = self.model.run(batch, names)
+            except Exception as exc:  # a failed run fails its frames, never the worker
+                logger.exception("inference failed for a batch of %d", len(jobs))
+                for job in jobs:
+                    job.future.set_exception(exc)
+                continue
+            ms = (time.perf_counter() - started) * 1000
+            self.runs += 1
+            self.frames += len(jobs)
+            for i, job in enumerate(jobs):
+                out = {name: arrays[name][i] for name in job.outputs}
+                queue_ms = (started - job.enqueued) * 1000
+                job.future.set_result(Inference(out, queue_ms, ms, len(jobs)))

@@ -1,0 +1,49 @@
+"""The server's exception tree, translated to gRPC status codes once, in the servicer.
+
+    ConvstreamError                 base; never raised itself
+    ├── InvalidFrame                INVALID_ARGUMENT: a frame that cannot be analysed
+    │   └── FrameTooLarge           INVALID_ARGUMENT: over the pixel or size limits
+    ├── InvalidOptions              INVALID_ARGUMENT: unknown feature map, bad queue size, ...
+    ├── Overloaded                  RESOURCE_EXHAUSTED: over the stream or queue limits
+    └── Draining                    UNAVAILABLE: the server is shutting down
+
+Messages say what was expected and what arrived.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ConvstreamError(Exception):
+    """Base of every error the server reports to a client."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class InvalidFrame(ConvstreamError):
+    """The frame's bytes or pixels cannot be analysed."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class FrameTooLarge(InvalidFrame):
+    """The frame is bigger than the configured limits (checked before decoding)."""
+
+
+class InvalidOptions(ConvstreamError):
+    """The request asks for something the server does not have."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class Overloaded(ConvstreamError):
+    """Admitting this stream or frame would pass a configured limit."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Draining(ConvstreamError):
+    """The server is shutting down and takes no new work."""
+
+    code = grpc.StatusCode.UNAVAILABLE

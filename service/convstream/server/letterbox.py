@@ -1,0 +1,89 @@
+"""Fit frames into one of a few fixed model input sizes, keeping their aspect ratio.
+
+A fixed set of sizes keeps onnxruntime's memory flat (each new shape would allocate new
+buffers) and lets frames from different streams share a batch. Letterboxing (scale to fit,
+pad the rest with mid-grey) keeps packages undistorted, which is what the model was trained
+on; the Geometry returned maps heatmap cells back onto the original frame.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+PAD_VALUE = 114  # close to the training data's mean, so the padding reads as "nothing here"
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How a frame sits in the model input: input = frame * scale + (pad_left, pad_top)."""
+
+    frame_width: int
+    frame_height: int
+    input_width: int
+    input_height: int
+    scale: float
+    pad_left: int
+    pad_top: int
+
+
+def choose_input(width: int, height: int, sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """The (height, width) from sizes whose aspect ratio is closest to width/height."""
+    aspect = math.log(width / height)
+    return min(sizes, key=lambda s: abs(aspect - math.log(s[1] / s[0])))
+
+
+def reduction(width: int, height: int, target: tuple[int, int]) -> int:
+    """The largest of 1, 2, 4, 8 by which a frame can shrink and still cover target's content.
+
+    JPEG decoding at 1/2, 1/4 or 1/8 scale is done inside libjpeg's DCT and costs a fraction of
+    a full decode, so a 1080p frame bound for a 384x640 input is decoded at 960x540.
+    """
+    scale = min(target[1] / width, target[0] / height)
+    factor = 1
+    while factor < 8 and scale * factor * 2 <= 1.0:
+        factor *= 2
+    return factor
+
+
+def letterbox(
+    image: np.ndarray, target: tuple[int, int], frame_size: tuple[int, int]
+) -> tuple[np.ndarray, Geometry]:
+    """Scale image to fit target (height, width) and pad; returns (pixels, geometry).
+
+    Args:
+        image (np.ndarray): BGR uint8, shape (h, w, 3), possibly a reduced decode of the frame.
+        target: the model input (height, width).
+        frame_size: the original frame's (width, height), for the geometry.
+
+    Returns:
+        (np.ndarray, Geometry): BGR uint8 of shape (target_h, target_w, 3), and how the
+        original frame maps into it.
+    """
+    t_h, t_w = target
+    h, w = image.shape[:2]
+    fit = min(t_w / w, t_h / h)
+    new_w, new_h = max(1, min(t_w, round(w * fit))), max(1, min(t_h, round(h * fit)))
+    if (new_w, new_h) != (w, h):
+        interp = cv2.INTER_AREA if fit < 1 else cv2.INTER_LINEAR
+        image = cv2.resize(image, (new_w, new_h), interpolation=interp)
+    left, top = (t_w - new_w) // 2, (t_h - new_h) // 2
+    if (new_w, new_h) == (t_w, t_h):
+        pixels = np.ascontiguousarray(image)
+    else:
+        pixels = cv2.copyMakeBorder(
+            image,
+            top,
+            t_h - new_h - top,
+            left,
+            t_w - new_w - left,
+            cv2.BORDER_CONSTANT,
+            value=(PAD_VALUE, PAD_VALUE, PAD_VALUE),
+        )
+    frame_w, frame_h = frame_size
+    geometry = Geometry(frame_w, frame_h, t_w, t_h, new_w / frame_w, left, top)
+    return pixels, geometry

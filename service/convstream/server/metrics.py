@@ -1,0 +1,92 @@
+"""Prometheus metrics, one registry per server so several servers can live in one process."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+logger = logging.getLogger(__name__)
+
+_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+MAX_SOURCES = 100  # distinct source labels; clients choose them, so cap the cardinality
+_LABEL_OK = re.compile(r"[^A-Za-z0-9_.:-]")
+
+
+class Metrics:
+    """The server's counters, gauges and histograms."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.frames = Counter(
+            "convstream_frames",
+            "Frames handled, by source and outcome (ok, invalid, dropped, rejected, error)",
+            ["source", "outcome"],
+            registry=self.registry,
+        )
+        self.step_seconds = Histogram(
+            "convstream_step_seconds",
+            "Time per frame in each step (queue, decode, inference, encode, total)",
+            ["step"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "convstream_batch_size",
+            "Frames per inference run",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32),
+            registry=self.registry,
+        )
+        self.streams_in_flight = Gauge(
+            "convstream_streams_in_flight", "Open StreamFrames calls", registry=self.registry
+        )
+        self.streams = Counter(
+            "convstream_streams",
+            "StreamFrames calls by how they ended (ok, cancelled, rejected, error)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.provider = Gauge(
+            "convstream_execution_provider",
+            "1 for the onnxruntime execution provider in use",
+            ["provider", "requested"],
+            registry=self.registry,
+        )
+        self._sources: set[str] = set()
+        self._lock = threading.Lock()
+        self._http: Any = None
+
+    def source(self, name: str) -> str:
+        """A bounded, sanitised label for a client-chosen source name."""
+        label = _LABEL_OK.sub("_", name)[:64] or "unnamed"
+        with self._lock:
+            if label in self._sources:
+                return label
+            if len(self._sources) >= MAX_SOURCES:
+                return "other"
+            self._sources.add(label)
+        return label
+
+    def observe_result(self, source: str, timings: Any) -> None:
+        """Record an analysed frame's timings (a convstream.v1.Timings)."""
+        self.frames.labels(self.source(source), "ok").inc()
+        for step in ("queue", "decode", "inference", "encode", "total"):
+            self.step_seconds.labels(step).observe(getattr(timings, f"{step}_ms") / 1000)
+        self.batch_size.observe(timings.batch_size)
+
+    def serve(self, host: str, port: int) -> int:
+        """Expose /metrics over HTTP; returns the port (useful when port is 0)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self._http = server
+        bound = int(server.server_address[1])
+        logger.info("metrics on http://%s:%d/metrics", host, bound)
+        return bound
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None

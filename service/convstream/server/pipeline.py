@@ -1,0 +1,220 @@
+"""One frame's trip: decode, letterbox, infer, encode. Shared by every RPC that analyses.
+
+Decoding and encoding run on a small thread pool (OpenCV and numpy release the GIL), the
+network on the engine's worker, so the event loop only moves messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from convstream.model import FEATURE_NAMES
+from convstream.server.config import Settings
+from convstream.server.decode import Limits, decode_encoded, decode_raw, encoded_size
+from convstream.server.encode import bytes_per_element, encode_tensor
+from convstream.server.engine import Engine, Inference
+from convstream.server.errors import InvalidFrame, InvalidOptions, Overloaded
+from convstream.server.letterbox import Geometry, choose_input, letterbox, reduction
+from convstream.v1 import convstream_pb2 as pb
+
+_PIXEL_FORMATS = {
+    pb.PIXEL_FORMAT_BGR8: "BGR8",
+    pb.PIXEL_FORMAT_RGB8: "RGB8",
+    pb.PIXEL_FORMAT_GRAY8: "GRAY8",
+}
+
+
+@dataclass(frozen=True)
+class Options:
+    """A frame's validated ResultOptions."""
+
+    feature_maps: tuple[str, ...] = ()
+    encoding: int = pb.TENSOR_ENCODING_FLOAT16
+    include_heatmap: bool = True
+    include_frame: bool = False
+
+    @classmethod
+    def parse(cls, message: pb.ResultOptions) -> Options:
+        """Validate a ResultOptions message; InvalidOptions names what is wrong."""
+        unknown = [n for n in message.feature_maps if n not in FEATURE_NAMES]
+        if unknown:
+            raise InvalidOptions(
+                f"unknown feature map {unknown[0]!r}; expected any of {', '.join(FEATURE_NAMES)}"
+            )
+        if message.encoding not in pb.TensorEncoding.values():
+            raise InvalidOptions(f"unknown tensor encoding {message.encoding}")
+        return cls(
+            feature_maps=tuple(dict.fromkeys(message.feature_maps)),
+            encoding=message.encoding or pb.TENSOR_ENCODING_FLOAT16,
+            include_heatmap=message.include_heatmap
+            if message.HasField("include_heatmap")
+            else True,
+            include_frame=message.include_frame,
+        )
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A frame fitted to a model input."""
+
+    pixels: np.ndarray
+    geometry: Geometry
+    decode_ms: float
+
+
+class Pipeline:
+    """Analyses FrameRequests with the settings' limits and input sizes."""
+
+    def __init__(self, settings: Settings, engine: Engine, executor: Executor) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.executor = executor
+        self.sizes = settings.input_shapes()
+        self.limits = Limits(settings.max_frame_pixels, settings.max_frame_side)
+        self.stages = {stage.name: stage for stage in engine.model.stages}
+
+    def prepare(self, request: pb.FrameRequest) -> Prepared:
+        """Decode and letterbox (runs on the executor). Raises InvalidFrame."""
+        started = time.perf_counter()
+        which = request.WhichOneof("image")
+        if which == "encoded":
+            _, width, height = encoded_size(request.encoded)
+            self.limits.check(width, height, "frame")
+            target = choose_input(width, height, self.sizes)
+            image = decode_encoded(request.encoded, self.limits, reduction(width, height, target))
+        elif which == "raw":
+            raw = request.raw
+            fmt = _PIXEL_FORMATS.get(raw.format)
+            if fmt is None:
+                known = raw.format in pb.PixelFormat.values()
+                got = pb.PixelFormat.Name(raw.format) if known else str(raw.format)
+                raise InvalidFrame(f"raw frame pixel format must be BGR8, RGB8 or GRAY8, got {got}")
+            width, height = raw.width, raw.height
+            image = decode_raw(raw.data, width, height, fmt, self.limits)
+            target = choose_input(width, height, self.sizes)
+        else:
+            raise InvalidFrame("frame has no image: set either encoded (JPEG/PNG) or raw pixels")
+        pixels, geometry = letterbox(image, target, (width, height))
+        return Prepared(pixels, geometry, (time.perf_counter() - started) * 1000)
+
+    def check_size(self, options: Options, geometry: Geometry) -> None:
+        """Refuse up front a result that would not fit in one message."""
+        per = bytes_per_element(options.encoding)
+        total = 0
+        for name in options.feature_maps:
+            stage = self.stages[name]
+            rows = -(-geometry.input_height // stage.stride)
+            cols = -(-geometry.input_width // stage.stride)
+            total += stage.channels * rows * cols * per
+        limit = self.settings.max_message_bytes - 64 * 1024  # room for the rest of the result
+        if total > limit:
+            encoding = pb.TensorEncoding.Name(options.encoding)
+            raise Overloaded(
+                f"feature maps {', '.join(options.feature_maps)} in {encoding} "
+                f"for a {geometry.input_width}x{geometry.input_height} input need {total} bytes, "
+                f"over the {self.settings.max_message_bytes}-byte message limit; ask for fewer "
+                "maps or a smaller encoding (FLOAT16, UINT8)"
+            )
+
+    def encode(
+        self,
+        request: pb.FrameRequest,
+        options: Options,
+        prepared: Prepared,
+        inference: Inference,
+    ) -> pb.FrameResult:
+        """Build the result message (runs on the executor)."""
+        started = time.perf_counter()
+        model = self.engine.model
+        score = float(inference.arrays["score"])
+        result = pb.FrameResult(
+            frame_id=request.frame_id,
+            source=request.source,
+            score=score,
+            damaged=score >= model.threshold,
+        )
+        if request.HasField("capture_time"):
+            result.capture_time.CopyFrom(request.capture_time)
+        if options.include_heatmap:
+            result.heatmap.CopyFrom(
+                encode_tensor(
+                    "heatmap", inference.arrays["heatmap"], options.encoding, model.heatmap_stride
+                )
+            )
+        for name in options.feature_maps:
+            result.feature_maps.append(
+                encode_tensor(
+                    name, inference.arrays[name], options.encoding, self.stages[name].stride
+                )
+            )
+        if options.include_frame:
+            ok, jpeg = cv2.imencode(
+                ".jpg",
+                prepared.pixels,
+                [cv2.IMWRITE_JPEG_QUALITY, self.settings.frame_jpeg_quality],
+            )
+            if ok:
+                result.frame_jpeg = jpeg.tobytes()
+        g = prepared.geometry
+        result.geometry.CopyFrom(
+            pb.Geometry(
+                frame_width=g.frame_width,
+                frame_height=g.frame_height,
+                input_width=g.input_width,
+                input_height=g.input_height,
+                scale=g.scale,
+                pad_left=g.pad_left,
+                pad_top=g.pad_top,
+            )
+        )
+        result.timings.decode_ms = prepared.decode_ms
+        result.timings.inference_ms = inference.inference_ms
+        result.timings.batch_size = inference.batch_size
+        result.timings.encode_ms = (time.perf_counter() - started) * 1000
+        return result
+
+    async def analyze(
+        self, request: pb.FrameRequest, options: Options, arrived: float
+    ) -> pb.FrameResult:
+        """The whole trip for one frame; raises a ConvstreamError for a bad frame.
+
+        Args:
+            request: the frame.
+            options: validated options for it.
+            arrived: time.perf_counter() when the server received it.
+        """
+        loop = asyncio.get_running_loop()
+        prepared = await loop.run_in_executor(self.executor, self.prepare, request)
+        self.check_size(options, prepared.geometry)
+        inference = await self.engine.infer(prepared.pixels, options.feature_maps)
+        result = await loop.run_in_executor(
+            self.executor, self.encode, request, options, prepared, inference
+        )
+        now = time.perf_counter()
+        total_ms = (now - arrived) * 1000
+        result.timings.total_ms = total_ms
+        busy = prepared.decode_ms + inference.inference_ms + result.timings.encode_ms
+        result.timings.queue_ms = max(0.0, total_ms - busy)
+        result.frame_age_ms = frame_age_ms(request, total_ms)
+        return result
+
+
+def frame_age_ms(request: pb.FrameRequest, since_arrival_ms: float) -> float:
+    """Now minus the frame's capture time, or the time since it arrived when none was given."""
+    if request.HasField("capture_time"):
+        return max(0.0, (time.time() - request.capture_time.ToNanoseconds() / 1e9) * 1000)
+    return since_arrival_ms
+
+
+def error_result(request: pb.FrameRequest, code: int, message: str) -> pb.FrameResult:
+    """A result that says this frame was not analysed, and why."""
+    return pb.FrameResult(
+        frame_id=request.frame_id,
+        source=request.source,
+        status=pb.FrameStatus(code=code, message=message),
+    )

@@ -1,0 +1,94 @@
+"""The convstream.v1.Convstream gRPC service: where domain errors become status codes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from convstream.server.config import Settings
+from convstream.server.errors import ConvstreamError, Draining, Overloaded
+from convstream.server.metrics import Metrics
+from convstream.server.pipeline import Options, Pipeline
+from convstream.server.streams import StreamSession
+from convstream.v1 import convstream_pb2 as pb
+from convstream.v1 import convstream_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
+
+
+class ConvstreamServicer(pb_grpc.ConvstreamServicer):
+    """Analyze, StreamFrames and GetModelInfo over one Pipeline."""
+
+    def __init__(
+        self, settings: Settings, pipeline: Pipeline, metrics: Metrics, model_info: pb.ModelInfo
+    ) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.model_info = model_info
+        self.draining = asyncio.Event()
+        self.open_streams = 0
+
+    async def Analyze(
+        self, request: pb.FrameRequest, context: grpc.aio.ServicerContext
+    ) -> pb.FrameResult:
+        arrived = time.perf_counter()
+        try:
+            if self.draining.is_set():
+                raise Draining("server is shutting down; retry on another instance")
+            options = Options.parse(request.options)
+            result = await self.pipeline.analyze(request, options, arrived)
+        except ConvstreamError as exc:
+            outcome = "invalid" if exc.code == grpc.StatusCode.INVALID_ARGUMENT else "rejected"
+            self.metrics.frames.labels(self.metrics.source(request.source), outcome).inc()
+            await context.abort(exc.code, str(exc))
+        self.metrics.observe_result(request.source, result.timings)
+        return result
+
+    async def StreamFrames(
+        self, request_iterator: AsyncIterator[pb.FrameRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.FrameResult]:
+        if self.draining.is_set():
+            self.metrics.streams.labels("rejected").inc()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        if self.open_streams >= self.settings.max_streams:
+            self.metrics.streams.labels("rejected").inc()
+            exc = Overloaded(
+                f"{self.open_streams} streams are open, the limit is {self.settings.max_streams}; "
+                "retry later or raise max_streams"
+            )
+            await context.abort(exc.code, str(exc))
+        self.open_streams += 1
+        self.metrics.streams_in_flight.inc()
+        outcome = "error"
+        session = StreamSession(
+            self.pipeline,
+            self.metrics,
+            default_queue=self.settings.stream_queue_size,
+            draining=self.draining,
+        )
+        try:
+            async for result in session.run(request_iterator):
+                yield result
+            outcome = "ok"
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise  # a cancelled handler must stay cancelled, or grpc keeps its resources
+        finally:
+            self.open_streams -= 1
+            self.metrics.streams_in_flight.dec()
+            self.metrics.streams.labels(outcome).inc()
+        if self.draining.is_set():
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"server is shutting down after {session.sequence} results; reconnect to "
+                "another instance",
+            )
+
+    async def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInfo:
+        return self.model_info

@@ -1,0 +1,183 @@
+"""One StreamFrames call: read frames, apply the freshness policy, analyse, answer in order.
+
+    reader  --pending (policy applies here)-->  dispatcher  --window of WINDOW frames-->  caller
+
+Frames wait in ``pending`` until the window has room; that is where the freshness policy
+acts. A frame enters the window when its analysis starts and leaves it when its result has
+been handed to gRPC, so a caller that reads slowly fills the window, frames pile up in
+pending, and the policy drops the stale ones (or, when lossless, the reader stops reading and
+gRPC flow control slows the sender). Nothing here grows without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+from convstream.server.errors import ConvstreamError, InvalidOptions
+from convstream.server.metrics import Metrics
+from convstream.server.pipeline import Options, Pipeline, error_result
+from convstream.v1 import convstream_pb2 as pb
+
+logger = logging.getLogger(__name__)
+
+WINDOW = 3  # frames in analysis at once per stream: decode of one overlaps inference of another
+MAX_LISTED_DROPS = 1000
+
+
+@dataclass
+class _Item:
+    request: pb.FrameRequest
+    arrived: float
+    options: Options | None  # None: the frame already failed
+    failure: pb.FrameResult | None = None
+
+
+class StreamSession:
+    """State of one stream; ``run`` is the response iterator."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        metrics: Metrics,
+        *,
+        default_queue: int,
+        draining: asyncio.Event,
+    ) -> None:
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.draining = draining
+        self.freshness = pb.FRESHNESS_LOSSLESS
+        self.capacity = default_queue
+        self.options = Options()
+        self.dropped = 0
+        self.sequence = 0
+        self._default_queue = default_queue
+        self._configured = False
+        self._pending: deque[_Item] = deque()
+        self._dropped_ids: list[int] = []
+        self._changed = asyncio.Condition()
+        self._reader_done = False
+        self._window = asyncio.Semaphore(WINDOW)
+        self._out: asyncio.Queue[asyncio.Task[pb.FrameResult] | None] = asyncio.Queue()
+
+    def _configure(self, message: pb.ResultOptions) -> None:
+        if message.freshness not in pb.Freshness.values():
+            raise InvalidOptions(f"unknown freshness policy {message.freshness}")
+        self.freshness = message.freshness or pb.FRESHNESS_LOSSLESS
+        if self.freshness == pb.FRESHNESS_LATEST_ONLY:
+            self.capacity = 1
+        elif message.queue_size:
+            if message.queue_size > 1024:
+                raise InvalidOptions(f"queue_size must be 1..1024, got {message.queue_size}")
+            self.capacity = message.queue_size
+        else:
+            self.capacity = self._default_queue
+
+    def _accept(self, request: pb.FrameRequest, arrived: float) -> _Item:
+        """Options for this frame: its own (which then stick) or the stream's last ones."""
+        try:
+            if request.HasField("options"):
+                if not self._configured:  # the policy comes from the stream's first options
+                    self._configure(request.options)
+                    self._configured = True
+                self.options = Options.parse(request.options)
+            return _Item(request, arrived, self.options)
+        except ConvstreamError as exc:
+            return _Item(request, arrived, None, error_result(request, exc.code.value[0], str(exc)))
+
+    async def _read(self, requests: AsyncIterator[pb.FrameRequest]) -> None:
+        try:
+            async for request in requests:
+                item = self._accept(request, time.perf_counter())
+                async with self._changed:
+                    if self.freshness == pb.FRESHNESS_LOSSLESS:
+                        await self._changed.wait_for(lambda: len(self._pending) < self.capacity)
+                    elif len(self._pending) >= self.capacity:
+                        self._drop_oldest()
+                    self._pending.append(item)
+                    self._changed.notify_all()
+        finally:
+            async with self._changed:
+                self._reader_done = True
+                self._changed.notify_all()
+
+    def _drop_oldest(self) -> None:
+        for i, old in enumerate(self._pending):
+            if old.options is not None:
+                del self._pending[i]
+                self.dropped += 1
+                if len(self._dropped_ids) < MAX_LISTED_DROPS:
+                    self._dropped_ids.append(old.request.frame_id)
+                self.metrics.frames.labels(self.metrics.source(old.request.source), "dropped").inc()
+                return
+
+    async def _dispatch(self) -> None:
+        while True:
+            await self._window.acquire()
+            async with self._changed:
+                await self._changed.wait_for(lambda: bool(self._pending) or self._reader_done)
+                if not self._pending:
+                    await self._out.put(None)
+                    return
+                item = self._pending.popleft()
+                self._changed.notify_all()
+            await self._out.put(asyncio.create_task(self._process(item)))
+
+    async def _process(self, item: _Item) -> pb.FrameResult:
+        source = self.metrics.source(item.request.source)
+        if item.failure is not None:
+            self.metrics.frames.labels(source, "invalid").inc()
+            return item.failure
+        assert item.options is not None
+        try:
+            result = await self.pipeline.analyze(item.request, item.options, item.arrived)
+        except ConvstreamError as exc:
+            outcome = "invalid" if exc.code == grpc.StatusCode.INVALID_ARGUMENT else "rejected"
+            self.metrics.frames.labels(source, outcome).inc()
+            return error_result(item.request, exc.code.value[0], str(exc))
+        except Exception:
+            logger.exception("frame %d of %r failed", item.request.frame_id, source)
+            self.metrics.frames.labels(source, "error").inc()
+            return error_result(
+                item.request, grpc.StatusCode.INTERNAL.value[0], "internal error analysing frame"
+            )
+        self.metrics.observe_result(item.request.source, result.timings)
+        return result
+
+    async def _stop_on_drain(self, reader: asyncio.Task[None]) -> None:
+        await self.draining.wait()
+        reader.cancel()
+
+    async def run(self, requests: AsyncIterator[pb.FrameRequest]) -> AsyncIterator[pb.FrameResult]:
+        """Yield one result per frame read, in the order frames arrived."""
+        reader = asyncio.create_task(self._read(requests))
+        tasks = [reader, asyncio.create_task(self._dispatch())]
+        tasks.append(asyncio.create_task(self._stop_on_drain(reader)))
+        try:
+            while (task := await self._out.get()) is not None:
+                result = await task
+                self.sequence += 1
+                result.sequence = self.sequence
+                result.frames_dropped = self.dropped
+                result.dropped_frame_ids.extend(self._dropped_ids)
+                self._dropped_ids.clear()
+                yield result
+                self._window.release()
+            if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                raise reader.exception()  # type: ignore[misc]
+        finally:
+            for task in tasks:
+                task.cancel()
+            while not self._out.empty():
+                leftover = self._out.get_nowait()
+                if leftover is not None:
+                    leftover.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.gather(*tasks, return_exceptions=True)

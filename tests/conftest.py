@@ -1,0 +1,64 @@
+"""Shared fixtures: a real convstream server on a loopback port, real frames, a real model."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+from convstream.model.scenes import render_scene
+from convstream.server import Server, Settings
+from convstream.v1 import convstream_pb2_grpc as pb_grpc
+
+MESSAGE_LIMIT = 64 * 1024 * 1024
+
+
+def jpeg(image: np.ndarray, quality: int = 90) -> bytes:
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return data.tobytes()
+
+
+def png(image: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".png", image)
+    assert ok
+    return data.tobytes()
+
+
+def scene(
+    seed: int, height: int = 720, width: int = 1280, damaged: bool | None = None
+) -> np.ndarray:
+    """A rendered warehouse frame (BGR uint8)."""
+    return render_scene(seed, height, width, damaged=damaged).image
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(port=0, metrics_port=0, grace_period_s=1.0)
+
+
+@pytest.fixture
+async def server(settings: Settings) -> AsyncIterator[Server]:
+    srv = Server(settings)
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop(grace=0)
+
+
+@pytest.fixture
+async def channel(server: Server) -> AsyncIterator[grpc.aio.Channel]:
+    options = [
+        ("grpc.max_receive_message_length", MESSAGE_LIMIT),
+        ("grpc.max_send_message_length", MESSAGE_LIMIT),
+    ]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}", options=options) as ch:
+        yield ch
+
+
+@pytest.fixture
+def stub(channel: grpc.aio.Channel) -> pb_grpc.ConvstreamStub:
+    return pb_grpc.ConvstreamStub(channel)

@@ -1,0 +1,58 @@
+"""Settings: TOML, then environment, then flags; unknown keys refused; safe defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from convstream.server.config import ConfigError, Settings, load_settings, parse_size
+
+
+def test_defaults_are_safe() -> None:
+    settings = Settings()
+    assert settings.host == "127.0.0.1"
+    assert settings.reflection is True
+    assert settings.input_shapes()[0] == (384, 640)
+
+
+def test_sources_apply_in_order(tmp_path: Path) -> None:
+    toml = tmp_path / "convstream.toml"
+    toml.write_text('port = 6000\nmax_batch = 4\ninput_sizes = ["256x256"]\nprovider = "cpu"\n')
+    env = {"CONVSTREAM_PORT": "7000", "CONVSTREAM_MAX_BATCH": "2", "HOME": "/x"}
+    settings = load_settings(toml, environ=env, overrides={"port": 8000, "host": None})
+    assert settings.port == 8000  # flag beats environment beats file
+    assert settings.max_batch == 2  # environment beats file
+    assert settings.input_sizes == ("256x256",) and settings.provider == "cpu"  # file
+    assert settings.host == "127.0.0.1"  # an unset flag changes nothing
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "message"),
+    [
+        ("prot = 1\n", {}, "prot"),
+        ("", {"CONVSTREAM_PROT": "1"}, "unknown setting CONVSTREAM_PROT"),
+        ('input_sizes = ["385x640"]\n', {}, "multiples of 8"),
+        ("max_batch = 0\n", {}, "max_batch"),
+        ('provider = "tpu"\n', {}, "provider"),
+        ("port = [\n", {}, "cannot read config file"),
+    ],
+)
+def test_bad_settings_are_refused(
+    tmp_path: Path, toml: str, env: dict[str, str], message: str
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(path, environ=env)
+
+
+def test_environment_names_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("max_streams = 3\n")
+    assert load_settings(environ={"CONVSTREAM_CONFIG": str(path)}).max_streams == 3
+
+
+def test_parse_size() -> None:
+    assert parse_size("384x640") == (384, 640)
+    with pytest.raises(ValueError, match="HxW"):
+        parse_size("640")

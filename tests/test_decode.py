@@ -1,0 +1,138 @@
+"""Frame decoding and fitting: real JPEG/PNG bytes through OpenCV, bad bytes refused early."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from conftest import jpeg, png, scene
+from convstream.server.decode import Limits, decode_encoded, decode_raw, encoded_size
+from convstream.server.errors import FrameTooLarge, InvalidFrame
+from convstream.server.letterbox import choose_input, letterbox, reduction
+
+LIMITS = Limits(max_pixels=40_000_000, max_side=16384)
+IMAGE = scene(3, 240, 320)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A tiny PNG that declares width x height (a decompression bomb's header)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    body = struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    idat = zlib.compress(b"\x00" * 4096)
+    idat_chunk = struct.pack(">I", len(idat)) + b"IDAT" + idat + struct.pack(">I", 0)
+    return b"\x89PNG\r\n\x1a\n" + body + idat_chunk + b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+CASES = [
+    ("jpeg", jpeg(IMAGE), None, "ok"),
+    ("png", png(IMAGE), None, "ok"),
+    ("jpeg q60", jpeg(IMAGE, 60), None, "ok"),
+    ("truncated jpeg", jpeg(IMAGE)[: len(jpeg(IMAGE)) // 2], InvalidFrame, "truncated JPEG"),
+    ("truncated png", png(IMAGE)[:-40], InvalidFrame, "truncated PNG"),
+    (
+        "random bytes",
+        bytes(np.random.default_rng(0).integers(0, 256, 5000, np.uint8)),
+        InvalidFrame,
+        "expected JPEG",
+    ),
+    ("tiff", b"II*\x00" + b"\x00" * 200, InvalidFrame, "starting 49 49 2a 00"),
+    ("exr", b"\x76\x2f\x31\x01" + b"\x00" * 200, InvalidFrame, "expected JPEG"),
+    ("empty", b"", InvalidFrame, "empty frame"),
+    ("jpeg magic only", b"\xff\xd8\xff", InvalidFrame, "no frame header"),
+    ("png bomb", png_header(20000, 20000), FrameTooLarge, "20000x20000"),
+    ("png zero size", png_header(0, 10), InvalidFrame, "positive width"),
+]
+
+
+@pytest.mark.parametrize(("name", "data", "error", "text"), CASES, ids=[c[0] for c in CASES])
+def test_decode_encoded(name: str, data: bytes, error: type[Exception] | None, text: str) -> None:
+    if error is None:
+        image = decode_encoded(data, LIMITS)
+        assert image.shape == IMAGE.shape and image.dtype == np.uint8
+        assert np.abs(image.astype(int) - IMAGE.astype(int)).mean() < 8  # lossy but faithful
+    else:
+        with pytest.raises(error, match=text):
+            decode_encoded(data, LIMITS)
+
+
+def test_header_size_is_read_without_decoding() -> None:
+    frame = scene(4, 720, 1280)
+    assert encoded_size(jpeg(frame)) == ("jpeg", 1280, 720)
+    assert encoded_size(png(frame)) == ("png", 1280, 720)
+
+
+def test_reduced_jpeg_decode_gives_the_fraction() -> None:
+    frame = scene(5, 1080, 1920)
+    assert reduction(1920, 1080, (384, 640)) == 2
+    assert reduction(1280, 720, (384, 640)) == 2  # exactly twice: decoded straight to 640x360
+    assert reduction(1000, 600, (384, 640)) == 1
+    assert reduction(4000, 3000, (480, 640)) == 4
+    image = decode_encoded(jpeg(frame), LIMITS, reduce=2)
+    assert image.shape == (540, 960, 3)
+
+
+RAW_CASES = [
+    ("bgr", IMAGE.tobytes(), 320, 240, "BGR8", None),
+    ("rgb", IMAGE[:, :, ::-1].tobytes(), 320, 240, "RGB8", None),
+    (
+        "short",
+        IMAGE.tobytes()[:-1],
+        320,
+        240,
+        "BGR8",
+        "needs 230400 bytes for 320x240 BGR8, got 230399",
+    ),
+    ("gray as bgr", IMAGE[:, :, 0].tobytes(), 320, 240, "BGR8", "got 76800"),
+    ("zero", b"", 0, 240, "BGR8", "positive width"),
+    ("huge", b"\x00" * 12, 100000, 100000, "BGR8", "100000x100000"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "w", "h", "fmt", "error"), RAW_CASES, ids=[c[0] for c in RAW_CASES]
+)
+def test_decode_raw(name: str, data: bytes, w: int, h: int, fmt: str, error: str | None) -> None:
+    if error is None:
+        assert np.array_equal(decode_raw(data, w, h, fmt, LIMITS), IMAGE)
+    else:
+        with pytest.raises(InvalidFrame, match=error):
+            decode_raw(data, w, h, fmt, LIMITS)
+
+
+def test_raw_gray_becomes_three_equal_channels() -> None:
+    gray = cv2.cvtColor(IMAGE, cv2.COLOR_BGR2GRAY)
+    out = decode_raw(gray.tobytes(), 320, 240, "GRAY8", LIMITS)
+    assert out.shape == (240, 320, 3)
+    assert np.array_equal(out[:, :, 0], gray) and np.array_equal(out[:, :, 2], gray)
+
+
+SIZES = [(384, 640), (480, 640), (384, 384)]
+
+
+@pytest.mark.parametrize(
+    ("w", "h", "expected"),
+    [
+        (1280, 720, (384, 640)),
+        (1920, 1080, (384, 640)),
+        (640, 480, (480, 640)),
+        (500, 500, (384, 384)),
+        (300, 1000, (384, 384)),
+    ],
+)
+def test_choose_input_by_aspect(w: int, h: int, expected: tuple[int, int]) -> None:
+    assert choose_input(w, h, SIZES) == expected
+
+
+def test_letterbox_maps_back_to_the_frame() -> None:
+    frame = scene(6, 720, 1280)
+    pixels, g = letterbox(frame, (384, 640), (1280, 720))
+    assert pixels.shape == (384, 640, 3)
+    assert (g.scale, g.pad_left, g.pad_top) == (0.5, 0, 12)
+    # the padding is flat grey, the content is the frame scaled by half
+    assert (pixels[:12] == 114).all() and (pixels[-12:] == 114).all()
+    expected = cv2.resize(frame, (640, 360), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(pixels[12:372], expected)

@@ -1,0 +1,97 @@
+"""`convstream serve` as a real process: SIGTERM drains open streams and exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+from conftest import jpeg, scene
+from convstream.v1 import convstream_pb2 as pb
+from convstream.v1 import convstream_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_serving(
+    health: health_pb2_grpc.HealthStub, process: subprocess.Popen[bytes]
+) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+        try:
+            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.aio.AioRpcError:
+            pass
+        await asyncio.sleep(0.2)
+    raise AssertionError("server did not become SERVING in 60 s")
+
+
+async def test_sigterm_drains_streams_and_exits_zero() -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "convstream.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--metrics-port",
+            "-1",
+            "--log-level",
+            "warning",
+        ],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            await wait_serving(health, process)
+            stub = pb_grpc.ConvstreamStub(channel)
+            stream = stub.StreamFrames()
+            data = jpeg(scene(20, 480, 640))
+            await stream.write(pb.FrameRequest(frame_id=1, encoded=data))
+            assert (await stream.read()).frame_id == 1
+
+            process.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            reply = None
+            while time.monotonic() - started < 3:
+                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    break
+                await asyncio.sleep(0.05)
+            assert reply is not None and reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert time.monotonic() - started < 1.0
+            # the open stream ends with a status that tells the client to go elsewhere
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                while (result := await stream.read()) != grpc.aio.EOF:
+                    assert result.status.code == 0
+            assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "shutting down" in (ended.value.details() or "")
+            # and a new call is refused while the server drains or once it is gone
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Analyze(pb.FrameRequest(encoded=data), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        code = await asyncio.to_thread(process.wait, 10)
+        assert code == 0
+        assert time.monotonic() - started < 5.0 + 2.0  # the grace period and a little
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stderr:
+            process.stderr.close()

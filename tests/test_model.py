@@ -1,0 +1,152 @@
+"""The shipped damage model in onnxruntime: its contract, its equivariance, its accuracy."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from convstream.model import (
+    MODEL_PATH,
+    OUTPUT_NAMES,
+    DamageModel,
+    ModelInputError,
+    select_providers,
+)
+from convstream.model.evaluate import TEST_SEED_BASE, evaluate, roc_auc
+from convstream.model.export import export_onnx
+from convstream.model.network import DamageNet, ExportWrapper
+from convstream.model.scenes import render_scene
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT = ROOT / "models" / "convstream" / "model" / "damage.pt"
+
+
+@pytest.fixture(scope="module")
+def model() -> DamageModel:
+    return DamageModel(provider="cpu")
+
+
+def test_shipped_model_is_inside_the_package() -> None:
+    assert MODEL_PATH.is_file() and MODEL_PATH.parent.name == "model"
+    assert MODEL_PATH.stat().st_size < 2_000_000
+
+
+@pytest.mark.parametrize(("n", "h", "w"), [(1, 256, 256), (2, 384, 640), (1, 100, 75), (3, 8, 8)])
+def test_outputs_names_dtypes_and_shapes(model: DamageModel, n: int, h: int, w: int) -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (n, h, w, 3), np.uint8)
+    out = model.run(pixels)
+    assert tuple(out) == OUTPUT_NAMES
+    cells = lambda s: (-(-h // s), -(-w // s))  # noqa: E731 - ceil division
+    expected = {
+        "stage1": (n, 16, *cells(2)),
+        "stage2": (n, 32, *cells(4)),
+        "stage3": (n, 64, *cells(8)),
+        "stage4": (n, 64, *cells(8)),
+        "heatmap": (n, 1, *cells(8)),
+        "score": (n,),
+    }
+    assert {k: v.shape for k, v in out.items()} == expected
+    assert all(v.dtype == np.float32 for v in out.values())
+    assert ((out["heatmap"] >= 0) & (out["heatmap"] <= 1)).all()
+    np.testing.assert_allclose(out["score"], out["heatmap"].reshape(n, -1).max(axis=1), atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_shifting_the_input_by_8k_pixels_shifts_the_heatmap_by_k_cells(
+    model: DamageModel, k: int
+) -> None:
+    big = render_scene(TEST_SEED_BASE + 7, 320, 448, damaged=True).image
+    h, w = 256, 320
+    base = big[:h, 64 : 64 + w]
+    # shifted[y, x] = base[y + 8k, x - 8k]: the scene moves up by 8k and right by 8k pixels
+    shifted = big[8 * k : 8 * k + h, 64 - 8 * k : 64 - 8 * k + w]
+    out = model.run(np.stack([base, shifted]), ["heatmap"])["heatmap"][:, 0]
+    margin = 5  # cells: half the receptive field plus the zero padding's reach
+    a = out[0][margin + k : -margin, margin : -margin - k]  # base at (r + k, c)
+    b = out[1][margin : -margin - k, margin + k : -margin]  # shifted at (r, c + k)
+    assert a.shape == b.shape and a.size > 20
+    np.testing.assert_allclose(b, a, atol=1e-5)
+    assert np.abs(out[0] - out[1]).max() > 1e-3  # it is equivariant, not invariant
+
+
+def test_held_out_auc_and_peak_location(model: DamageModel) -> None:
+    # A fresh set rendered here, from seeds no training or evaluation run has used.
+    metrics = evaluate(model, range(TEST_SEED_BASE, TEST_SEED_BASE + 240))
+    assert 80 < metrics.damaged < 160
+    assert metrics.roc_auc >= 0.95, metrics
+    assert metrics.peak_in_region >= 0.75, metrics
+
+
+def test_torch_and_onnx_agree(tmp_path: Path) -> None:
+    net = DamageNet()
+    net.load_state_dict(torch.load(CHECKPOINT, weights_only=True))
+    net.eval()
+    path = tmp_path / "m.onnx"
+    export_onnx(net, path, threshold=0.5)
+    onnx_model = DamageModel(path, provider="cpu")
+    pixels = np.stack([render_scene(TEST_SEED_BASE + i, 192, 256).image for i in range(3)])
+    with torch.no_grad():
+        expected = ExportWrapper(net)(torch.from_numpy(pixels))
+    got = onnx_model.run(pixels)
+    for name, ref in zip(OUTPUT_NAMES, expected, strict=True):
+        np.testing.assert_allclose(got[name], ref.numpy(), atol=1e-4, rtol=1e-3, err_msg=name)
+    # and the checkpoint is what the shipped file was exported from
+    shipped = DamageModel(provider="cpu").run(pixels, ["heatmap"])["heatmap"]
+    np.testing.assert_allclose(shipped, got["heatmap"], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("pixels", "message"),
+    [
+        (np.zeros((1, 64, 64, 3), np.float32), "uint8 BGR, got dtype float32"),
+        (np.zeros((1, 64, 64, 4), np.uint8), r"\(N, H, W, 3\).*got \(1, 64, 64, 4\)"),
+        (np.zeros((64, 64, 3), np.uint8), r"got \(64, 64, 3\)"),
+        (np.zeros((1, 0, 64, 3), np.uint8), "H and W > 0"),
+        ([[1, 2, 3]], "numpy array, got list"),
+    ],
+)
+def test_bad_input_says_what_was_expected(model: DamageModel, pixels: object, message: str) -> None:
+    with pytest.raises(ModelInputError, match=message):
+        model.run(pixels)  # type: ignore[arg-type]
+
+
+def test_unknown_output_is_refused(model: DamageModel) -> None:
+    with pytest.raises(ModelInputError, match="unknown output 'stage5'"):
+        model.run(np.zeros((1, 16, 16, 3), np.uint8), ["stage5"])
+
+
+@pytest.mark.parametrize(
+    ("choice", "available", "expected"),
+    [
+        ("auto", ["CPUExecutionProvider"], ["CPUExecutionProvider"]),
+        (
+            "auto",
+            ["CUDAExecutionProvider", "CPUExecutionProvider"],
+            ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        ),
+        ("cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"]),
+        (
+            "cuda",
+            ["CUDAExecutionProvider", "CPUExecutionProvider"],
+            ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        ),
+        ("cuda", ["AzureExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"]),
+    ],
+)
+def test_provider_selection(choice: str, available: list[str], expected: list[str]) -> None:
+    assert select_providers(choice, available) == expected  # type: ignore[arg-type]
+
+
+def test_cuda_requested_without_a_gpu_falls_back_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="convstream.model.runtime"):
+        model = DamageModel(provider="cuda")
+    assert model.provider == "CPUExecutionProvider"
+    assert "CUDA execution provider requested" in caplog.text
+
+
+def test_roc_auc_matches_hand_counts() -> None:
+    assert roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1], bool)) == 0.75
+    assert roc_auc(np.array([0.5, 0.5]), np.array([0, 1], bool)) == 0.5

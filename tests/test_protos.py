@@ -1,0 +1,61 @@
+"""The committed gencode matches protos/ and loads on every protobuf runtime we declare."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from convstream.v1 import convstream_pb2
+from google.protobuf import descriptor_pb2
+
+ROOT = Path(__file__).resolve().parents[1]
+PROTO = ROOT / "protos" / "convstream" / "v1" / "convstream.proto"
+
+
+def _strip_json_names(message: descriptor_pb2.DescriptorProto) -> None:
+    for field in message.field:
+        field.ClearField("json_name")
+    for nested in message.nested_type:
+        _strip_json_names(nested)
+
+
+def test_gencode_is_not_stale(tmp_path: Path) -> None:
+    # Compare what protoc makes of the .proto today with the descriptor baked into the
+    # committed convstream_pb2.py; any edit to the .proto without regenerating shows here.
+    out = tmp_path / "set.pb"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{ROOT / 'protos'}",
+            f"--descriptor_set_out={out}",
+            str(PROTO.relative_to(ROOT / "protos")),
+        ],
+        check=True,
+        cwd=ROOT / "protos",
+    )
+    fresh = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file[0]
+    for message in fresh.message_type:
+        _strip_json_names(message)  # the Python generator leaves them out of its gencode
+    committed = descriptor_pb2.FileDescriptorProto.FromString(
+        convstream_pb2.DESCRIPTOR.serialized_pb
+    )
+    assert fresh == committed, "protos changed: run scripts/gen_protos.sh and commit the result"
+
+
+def test_gencode_runs_on_the_oldest_declared_protobuf() -> None:
+    # New gencode on an old runtime is refused at import, so the gencode's version must not
+    # pass the lowest protobuf the package declares (integrators pin protobuf<7).
+    gencode = (ROOT / "protos/convstream/v1/convstream_pb2.py").read_text()
+    made_with = tuple(
+        int(x) for x in re.search(r"Protobuf Python Version: ([\d.]+)", gencode)[1].split(".")
+    )
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    spec = next(d for d in deps if d.startswith("protobuf"))
+    lowest = tuple(int(x) for x in re.search(r">=([\d.]+)", spec)[1].split("."))
+    assert made_with <= lowest, f"gencode {made_with} needs protobuf>={made_with}, declared {spec}"
+    assert re.search(r"<8\b", spec), f"protobuf 7.x must stay allowed, declared {spec}"

@@ -1,0 +1,303 @@
+"""The gRPC service against a real server on a loopback port with the shipped model."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from urllib.request import urlopen
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+from conftest import jpeg, png, scene
+from convstream.client.tensors import to_numpy
+from convstream.model import DamageModel
+from convstream.server import Server, Settings
+from convstream.v1 import convstream_pb2 as pb
+from convstream.v1 import convstream_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+
+
+async def requests(frames: Iterable[pb.FrameRequest]) -> AsyncIterator[pb.FrameRequest]:
+    for frame in frames:
+        yield frame
+
+
+async def test_model_info_reports_what_runs(stub: pb_grpc.ConvstreamStub) -> None:
+    info = await stub.GetModelInfo(pb.GetModelInfoRequest())
+    model = DamageModel(provider="cpu")
+    assert info.sha256 == model.sha256
+    assert info.execution_provider == "CPUExecutionProvider"
+    assert [(s.name, s.channels, s.stride) for s in info.stages] == [
+        ("stage1", 16, 2),
+        ("stage2", 32, 4),
+        ("stage3", 64, 8),
+        ("stage4", 64, 8),
+    ]
+    assert info.threshold == pytest.approx(model.threshold)
+    assert (info.input_sizes[0].height, info.input_sizes[0].width) == (384, 640)
+
+
+FRAMES = [
+    ("jpeg 1280x720", lambda: pb.FrameRequest(encoded=jpeg(scene(1, 720, 1280))), (384, 640)),
+    ("jpeg 1920x1080", lambda: pb.FrameRequest(encoded=jpeg(scene(2, 1080, 1920))), (384, 640)),
+    ("png 640x480", lambda: pb.FrameRequest(encoded=png(scene(3, 480, 640))), (480, 640)),
+    (
+        "raw bgr 300x300",
+        lambda: pb.FrameRequest(
+            raw=pb.RawImage(
+                width=300,
+                height=300,
+                format=pb.PIXEL_FORMAT_BGR8,
+                data=scene(4, 300, 300).tobytes(),
+            )
+        ),
+        (384, 384),
+    ),
+    (
+        "raw gray 640x360",
+        lambda: pb.FrameRequest(
+            raw=pb.RawImage(
+                width=640,
+                height=360,
+                format=pb.PIXEL_FORMAT_GRAY8,
+                data=cv2.cvtColor(scene(5, 360, 640), cv2.COLOR_BGR2GRAY).tobytes(),
+            )
+        ),
+        (384, 640),
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "input_hw"), FRAMES, ids=[f[0] for f in FRAMES])
+async def test_analyze_formats_and_sizes(
+    stub: pb_grpc.ConvstreamStub, name: str, make: object, input_hw: tuple[int, int]
+) -> None:
+    request = make()  # type: ignore[operator]
+    request.frame_id = 42
+    request.options.feature_maps[:] = ["stage1", "stage3"]
+    result = await stub.Analyze(request)
+    h, w = input_hw
+    assert result.frame_id == 42 and result.status.code == 0
+    assert (result.geometry.input_height, result.geometry.input_width) == input_hw
+    assert 0.0 <= result.score <= 1.0
+    assert result.damaged == (
+        result.score >= (await stub.GetModelInfo(pb.GetModelInfoRequest())).threshold
+    )
+    heatmap = to_numpy(result.heatmap)
+    assert heatmap.shape == (1, h // 8, w // 8)
+    assert heatmap.max() == pytest.approx(result.score, abs=1e-3)  # float16 on the wire
+    maps = {t.name: to_numpy(t) for t in result.feature_maps}
+    assert maps["stage1"].shape == (16, h // 2, w // 2)
+    assert maps["stage3"].shape == (64, h // 8, w // 8)
+    assert (
+        result.timings.inference_ms > 0 and result.timings.total_ms >= result.timings.inference_ms
+    )
+
+
+async def test_served_outputs_equal_the_model_run_directly(stub: pb_grpc.ConvstreamStub) -> None:
+    # A raw frame already at an input size is not resized, so the server must give exactly
+    # what onnxruntime gives for those pixels.
+    frame = scene(7, 384, 640, damaged=True)
+    request = pb.FrameRequest(
+        raw=pb.RawImage(width=640, height=384, format=pb.PIXEL_FORMAT_BGR8, data=frame.tobytes()),
+        options=pb.ResultOptions(feature_maps=["stage4"], encoding=pb.TENSOR_ENCODING_FLOAT32),
+    )
+    result = await stub.Analyze(request)
+    direct = DamageModel(provider="cpu").run(frame[None])
+    assert result.score == pytest.approx(float(direct["score"][0]), abs=1e-5)
+    np.testing.assert_allclose(to_numpy(result.heatmap), direct["heatmap"][0], atol=1e-5)
+    np.testing.assert_allclose(to_numpy(result.feature_maps[0]), direct["stage4"][0], atol=1e-4)
+
+
+async def test_encodings_shrink_the_payload_and_keep_the_values(
+    stub: pb_grpc.ConvstreamStub,
+) -> None:
+    data = jpeg(scene(8, 720, 1280))
+    results = {}
+    for enc in (pb.TENSOR_ENCODING_FLOAT32, pb.TENSOR_ENCODING_FLOAT16, pb.TENSOR_ENCODING_UINT8):
+        options = pb.ResultOptions(feature_maps=["stage3"], encoding=enc)
+        results[enc] = await stub.Analyze(pb.FrameRequest(encoded=data, options=options))
+    f32, f16, u8 = (results[e].feature_maps[0] for e in sorted(results))
+    assert len(f16.data) * 2 == len(f32.data) and len(u8.data) * 4 == len(f32.data)
+    ref = to_numpy(f32)
+    assert np.abs(to_numpy(f16) - ref).max() <= 1e-2 * max(1.0, float(ref.max()))
+    assert np.abs(to_numpy(u8) - ref).max() <= u8.scale / 2 + 1e-6
+
+
+async def test_bad_frames_mid_stream_get_errors_and_the_stream_goes_on(
+    stub: pb_grpc.ConvstreamStub,
+) -> None:
+    good = jpeg(scene(9, 480, 640))
+    frames = [
+        pb.FrameRequest(frame_id=1, encoded=good),
+        pb.FrameRequest(frame_id=2, encoded=good[: len(good) // 3]),
+        pb.FrameRequest(frame_id=3, encoded=b"GIF89a" + b"\x00" * 100),
+        pb.FrameRequest(
+            frame_id=4,
+            raw=pb.RawImage(width=10, height=10, format=pb.PIXEL_FORMAT_BGR8, data=b"\x00" * 299),
+        ),
+        pb.FrameRequest(
+            frame_id=5, encoded=good, options=pb.ResultOptions(feature_maps=["stage9"])
+        ),
+        pb.FrameRequest(frame_id=6),
+        pb.FrameRequest(frame_id=7, encoded=good),
+    ]
+    results = [r async for r in stub.StreamFrames(requests(frames))]
+    assert [r.frame_id for r in results] == [1, 2, 3, 4, 5, 6, 7]
+    assert [r.sequence for r in results] == [1, 2, 3, 4, 5, 6, 7]
+    codes = [r.status.code for r in results]
+    assert codes == [0, INVALID, INVALID, INVALID, INVALID, INVALID, 0]
+    messages = [r.status.message for r in results]
+    assert "truncated JPEG" in messages[1]
+    assert "expected JPEG" in messages[2] and "47 49 46 38" in messages[2]
+    assert "needs 300 bytes for 10x10 BGR8, got 299" in messages[3]
+    assert "stage9" in messages[4] and "stage1" in messages[4]
+    assert "no image" in messages[5]
+    assert results[6].score == pytest.approx(results[0].score)
+    assert results[6].frames_dropped == 0
+
+
+async def test_stream_options_stick_until_changed(stub: pb_grpc.ConvstreamStub) -> None:
+    data = jpeg(scene(10, 384, 640))
+    frames = [
+        pb.FrameRequest(
+            frame_id=1,
+            encoded=data,
+            options=pb.ResultOptions(feature_maps=["stage2"], include_heatmap=False),
+        ),
+        pb.FrameRequest(frame_id=2, encoded=data),
+        pb.FrameRequest(frame_id=3, encoded=data, options=pb.ResultOptions()),
+    ]
+    r1, r2, r3 = [r async for r in stub.StreamFrames(requests(frames))]
+    assert [t.name for t in r1.feature_maps] == ["stage2"] and not r1.HasField("heatmap")
+    assert [t.name for t in r2.feature_maps] == ["stage2"] and not r2.HasField("heatmap")
+    assert not r3.feature_maps and r3.HasField("heatmap")
+
+
+async def test_analyze_bad_frame_is_invalid_argument(stub: pb_grpc.ConvstreamStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Analyze(pb.FrameRequest(encoded=b"not an image"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "expected JPEG" in (info.value.details() or "")
+    # the server is still fine
+    result = await stub.Analyze(pb.FrameRequest(encoded=jpeg(scene(11, 240, 320))))
+    assert result.status.code == 0
+
+
+@pytest.fixture
+def small_messages() -> Settings:
+    return Settings(port=0, metrics_port=0, max_message_bytes=2 * 1024 * 1024)
+
+
+async def test_result_over_the_message_limit_is_a_frame_error(small_messages: Settings) -> None:
+    server = Server(small_messages)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+            data = jpeg(scene(12, 720, 1280))
+            everything = pb.ResultOptions(
+                feature_maps=["stage1", "stage2", "stage3", "stage4"],
+                encoding=pb.TENSOR_ENCODING_FLOAT32,
+            )
+            frames = [
+                pb.FrameRequest(frame_id=1, encoded=data, options=everything),
+                pb.FrameRequest(
+                    frame_id=2, encoded=data, options=pb.ResultOptions(feature_maps=["stage3"])
+                ),
+            ]
+            r1, r2 = [r async for r in stub.StreamFrames(requests(frames))]
+            assert r1.status.code == EXHAUSTED
+            assert "message limit" in r1.status.message and "FLOAT16" in r1.status.message
+            assert r2.status.code == 0 and r2.feature_maps[0].name == "stage3"
+            # a request bigger than the receive limit is refused by gRPC itself
+            big = pb.FrameRequest(encoded=b"\xff\xd8\xff" + b"\x00" * (3 * 1024 * 1024))
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.Analyze(big)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert (await stub.Analyze(pb.FrameRequest(encoded=data))).status.code == 0
+    finally:
+        await server.stop(grace=0)
+
+
+async def test_health_and_reflection(server: Server, channel: grpc.aio.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "convstream.v1.Convstream"):
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    ask = reflection_pb2.ServerReflectionRequest(list_services="")
+    replies = [r async for r in stub.ServerReflectionInfo(requests([ask]))]
+    names = {s.name for s in replies[0].list_services_response.service}
+    assert {"convstream.v1.Convstream", "grpc.health.v1.Health"} <= names
+
+
+async def test_reflection_can_be_switched_off() -> None:
+    server = Server(Settings(port=0, metrics_port=-1, reflection=False))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            ask = reflection_pb2.ServerReflectionRequest(list_services="")
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                _ = [r async for r in stub.ServerReflectionInfo(requests([ask]))]
+            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        await server.stop(grace=0)
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+async def test_metrics_count_frames_by_source_and_outcome(
+    server: Server, stub: pb_grpc.ConvstreamStub
+) -> None:
+    good = jpeg(scene(13, 480, 640))
+    frames = [pb.FrameRequest(source="dock-1", encoded=good) for _ in range(3)]
+    frames.append(pb.FrameRequest(source="dock-1", encoded=b"junk"))
+    _ = [r async for r in stub.StreamFrames(requests(frames))]
+    samples = await asyncio.to_thread(scrape, server.metrics_port)
+    ok = samples[("convstream_frames_total", (("outcome", "ok"), ("source", "dock-1")))]
+    bad = samples[("convstream_frames_total", (("outcome", "invalid"), ("source", "dock-1")))]
+    assert (ok, bad) == (3.0, 1.0)
+    assert samples[("convstream_step_seconds_count", (("step", "inference"),))] == 3.0
+    assert samples[("convstream_streams_in_flight", ())] == 0.0
+    assert samples[("convstream_streams_total", (("outcome", "ok"),))] == 1.0
+    provider = (("provider", "CPUExecutionProvider"), ("requested", "auto"))
+    assert samples[("convstream_execution_provider", provider)] == 1.0
+
+
+async def test_too_many_streams_is_resource_exhausted() -> None:
+    server = Server(Settings(port=0, metrics_port=-1, max_streams=1))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+            first = stub.StreamFrames()
+            await first.write(pb.FrameRequest(frame_id=1, encoded=jpeg(scene(14, 240, 320))))
+            assert (await first.read()).frame_id == 1
+            second = stub.StreamFrames()
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await second.read()
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "limit is 1" in (info.value.details() or "")
+            # the first stream is unaffected
+            await first.write(pb.FrameRequest(frame_id=2, encoded=jpeg(scene(15, 240, 320))))
+            assert (await first.read()).frame_id == 2
+            await first.done_writing()
+            assert await first.code() == grpc.StatusCode.OK
+    finally:
+        await server.stop(grace=0)
