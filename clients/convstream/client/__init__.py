@@ -1,0 +1,78 @@
+"""The convstream Python client: damage scores, heatmaps and feature maps for your frames.
+
+    from convstream.client import Client, ResultOptions, Video
+
+    with Client("127.0.0.1:50051") as client:
+        result = client.analyze("box.jpg")                  # one frame
+        print(result.score, result.damaged, result.heatmap.shape)
+
+        with Video("conveyor.avi") as video:                 # many frames, one stream
+            for result in client.stream(video.frames(), resume=True):
+                print(result.frame_id, result.score)
+
+``AsyncClient`` offers the same calls for asyncio. Every error is a ``ConvstreamError``; see
+``convstream.client.errors`` for the tree.
+"""
+
+from convstream.client._client import AsyncClient, Client
+from convstream.client.errors import (
+    Cancelled,
+    ConvstreamError,
+    DeadlineExceeded,
+    InvalidFrame,
+    NotFound,
+    Overloaded,
+    PermissionDenied,
+    ProtocolError,
+    Rejected,
+    ServerError,
+    ServerUnavailable,
+    SourceError,
+    Unauthenticated,
+    Unsupported,
+)
+from convstream.client.frames import Frame, FrameLike, Video, image_files, read_image, read_images
+from convstream.client.options import TLS, Limits, ResultOptions, Retry, Timeout, Upload
+from convstream.client.overlay import draw_overlay, heatmap_on_frame, save_overlay
+from convstream.client.results import Geometry, ModelInfo, Result, Stage, Timings
+from convstream.client.tensors import to_numpy
+
+__all__ = [
+    "TLS",
+    "AsyncClient",
+    "Cancelled",
+    "Client",
+    "ConvstreamError",
+    "DeadlineExceeded",
+    "Frame",
+    "FrameLike",
+    "Geometry",
+    "InvalidFrame",
+    "Limits",
+    "ModelInfo",
+    "NotFound",
+    "Overloaded",
+    "PermissionDenied",
+    "ProtocolError",
+    "Rejected",
+    "Result",
+    "ResultOptions",
+    "Retry",
+    "ServerError",
+    "ServerUnavailable",
+    "SourceError",
+    "Stage",
+    "Timeout",
+    "Timings",
+    "Unauthenticated",
+    "Unsupported",
+    "Upload",
+    "Video",
+    "draw_overlay",
+    "heatmap_on_frame",
+    "image_files",
+    "read_image",
+    "read_images",
+    "save_overlay",
+    "to_numpy",
+]

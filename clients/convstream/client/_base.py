@@ -1,0 +1,163 @@
+"""What Client and AsyncClient share: validated options, channel arguments, call metadata."""
+
+from __future__ import annotations
+
+import logging
+import time
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import grpc
+from convstream.client.errors import ConvstreamError, ServerUnavailable
+from convstream.client.frames import Frame, FrameLike, as_frame, to_request
+from convstream.client.options import (
+    TLS,
+    Freshness,
+    Limits,
+    ResultOptions,
+    Retry,
+    Timeout,
+    Upload,
+)
+from convstream.v1 import convstream_pb2 as pb
+
+logger = logging.getLogger("convstream.client")
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_PORT = 50051
+# The server accepts pings every 10 s or slower, also between calls; 30 s finds a dead
+# connection (a pulled cable, a NAT that forgot us) well before TCP would.
+KEEPALIVE_MS = 30_000
+KEEPALIVE_TIMEOUT_MS = 20_000
+_LOCAL_HOSTS = ("127.", "localhost", "[::1]", "unix:")
+
+
+def client_version() -> str:
+    try:
+        return version("convstream")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class BaseClient:
+    """Options and channel set-up common to the sync and the asyncio client."""
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        timeout: Timeout | float | None = Timeout(),  # noqa: B008 (immutable)
+        tls: TLS | None = None,
+        token: str | None = None,
+        limits: Limits = Limits(),  # noqa: B008
+        retry: Retry = Retry(),  # noqa: B008
+        options: ResultOptions = ResultOptions(),  # noqa: B008
+        upload: Upload = Upload(),  # noqa: B008
+    ) -> None:
+        address = address.strip()
+        if not address:
+            raise ValueError("address must be host:port, e.g. 127.0.0.1:50051")
+        if ":" not in address:
+            address = f"{address}:{DEFAULT_PORT}"
+        if timeout is None:
+            timeout = Timeout(call=None, stream=None)
+        elif not isinstance(timeout, Timeout):
+            timeout = Timeout(call=float(timeout))
+        self.address = address
+        self.timeout = timeout
+        self.tls = tls
+        self.limits = limits
+        self.retry = retry
+        self.options = options
+        self.upload = upload
+        self._token = token
+        self._closed = False
+        if token and tls is None and not address.startswith(_LOCAL_HOSTS):
+            logger.warning("sending a token to %s in plaintext; use TLS off this host", address)
+        self._open()
+
+    def _open(self) -> None:
+        """Set up the channel (the sync client) or nothing yet (asyncio: on first use)."""
+
+    def _channel_args(self) -> tuple[str, grpc.ChannelCredentials | None, list[tuple[str, Any]]]:
+        """(target, credentials or None for plaintext, channel options)."""
+        limit = self.limits.max_message_bytes
+        args: list[tuple[str, Any]] = [
+            ("grpc.max_send_message_length", limit),
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", self.retry.service_config()),
+            # gRPC stops retrying a call whose request passes this buffer (256 KiB by
+            # default): a raw 720p frame would never be retried.
+            ("grpc.per_rpc_retry_buffer_size", limit),
+            ("grpc.primary_user_agent", f"convstream-python/{client_version()}"),
+        ]
+        credentials = None
+        if self.tls is not None:
+            credentials = self.tls.credentials()
+            if self.tls.server_name:
+                args.append(("grpc.ssl_target_name_override", self.tls.server_name))
+        return self.address, credentials, args
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self._token}"),) if self._token else ()
+
+    def _analyze_request(
+        self, image: FrameLike, options: ResultOptions | None
+    ) -> tuple[pb.FrameRequest, Frame]:
+        frame = as_frame(image)
+        request = to_request(frame, 1 if frame.frame_id is None else frame.frame_id, self.upload)
+        request.options.CopyFrom((options if options is not None else self.options).to_proto())
+        return request, frame
+
+    def _stream_options(
+        self, options: ResultOptions | None, freshness: Freshness, queue_size: int | None
+    ) -> pb.ResultOptions:
+        chosen = options if options is not None else self.options
+        return chosen.to_proto(freshness, queue_size)
+
+    def _resume_delay(
+        self,
+        error: ConvstreamError,
+        resume: bool,
+        failures: int,
+        broke: float | None,
+        waiting: int,
+    ) -> float | None:
+        """Seconds to wait before re-opening a broken stream, or None to give up.
+
+        Before its first result a stream gets the tries of a unary call (so a missing server
+        is reported quickly); once it has run, it keeps trying for ``resume_timeout``.
+        """
+        if not (resume and isinstance(error, ServerUnavailable)):
+            return None
+        delay = self.retry.delay(failures)
+        if broke is None:
+            if failures >= self.retry.attempts:
+                return None
+            logger.debug("stream to %s failed (%s); retrying in %.1f s", self.address, error, delay)
+            return delay
+        if time.monotonic() + delay - broke > self.retry.resume_timeout:
+            return None
+        logger.warning(
+            "stream to %s broke (%s); resuming in %.1f s with %d frames not yet answered",
+            self.address,
+            error.message,
+            delay,
+            waiting,
+        )
+        return delay
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"this {type(self).__name__} is closed; make a new one")
+
+    def __repr__(self) -> str:
+        tls = "on" if self.tls is not None else "off"
+        token = ", token=***" if self._token else ""
+        state = ", closed" if self._closed else ""
+        return f"<{type(self).__name__} {self.address} tls={tls}{token}{state}>"

@@ -1,0 +1,286 @@
+"""Feeding a stream: read the caller's frames once, keep them until answered, replay on resume.
+
+    caller's frames --pump (one thread or task)--> ledger --requests(), one per attempt--> gRPC
+                                                     ^
+                      results pop answered (and dropped) frames off its front
+
+Only the pump touches the caller's iterator, so a stream attempt that dies while the source
+blocks (a camera read) loses nothing: the frame lands in the ledger and the next attempt's
+requests() sends it. Each attempt first re-sends what the ledger holds, oldest first, with the
+stream's options on its first frame (options stick per stream, not per client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
+from functools import partial
+
+from convstream.client.errors import ProtocolError
+from convstream.client.frames import Frame, FrameLike, as_frame, to_request
+from convstream.client.options import Upload
+from convstream.client.results import Result
+from convstream.v1 import convstream_pb2 as pb
+
+_END = object()
+
+
+@dataclass
+class _Entry:
+    seq: int
+    frame: Frame
+    request: pb.FrameRequest
+
+
+class Ledger:
+    """Frames read from the source and not yet answered, oldest first (not thread-safe)."""
+
+    def __init__(self, options: pb.ResultOptions, upload: Upload) -> None:
+        self.options = options
+        self.upload = upload
+        self.entries: deque[_Entry] = deque()
+        self._seq = 0
+        self._next_id = 1
+        self._dropped_before = 0  # by earlier attempts' streams, so counts never go back
+        self._dropped = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def prepare(self, item: FrameLike) -> tuple[Frame, pb.FrameRequest]:
+        """Number and encode one item (pure; may run off the event loop)."""
+        frame = as_frame(item)
+        if frame.frame_id is None:
+            frame_id, self._next_id = self._next_id, self._next_id + 1
+        else:
+            frame_id = frame.frame_id
+        return frame, to_request(frame, frame_id, self.upload)
+
+    def add(self, frame: Frame, request: pb.FrameRequest) -> None:
+        self._seq += 1
+        self.entries.append(_Entry(self._seq, frame, request))
+
+    def after(self, seq: int) -> _Entry | None:
+        """The oldest entry newer than seq, i.e. the next to send after it."""
+        found = None
+        for entry in reversed(self.entries):
+            if entry.seq <= seq:
+                break
+            found = entry
+        return found
+
+    def new_attempt(self) -> None:
+        """A new stream starts: its server counts drops from 0 again."""
+        self._dropped_before = self._dropped
+
+    def first(self, request: pb.FrameRequest) -> pb.FrameRequest:
+        """A copy of request carrying the stream's options, for the first frame of a stream."""
+        copy = pb.FrameRequest()
+        copy.CopyFrom(request)
+        copy.options.CopyFrom(self.options)
+        return copy
+
+    def match(self, message: pb.FrameResult) -> Frame:
+        """Pop the frame a result answers; frames before it were dropped by the server."""
+        message.frames_dropped += self._dropped_before
+        self._dropped = message.frames_dropped
+        while self.entries:
+            entry = self.entries.popleft()
+            if entry.request.frame_id == message.frame_id:
+                return entry.frame
+        raise ProtocolError(f"the server answered frame {message.frame_id}, which was not sent")
+
+    def unanswered(self, exhausted: bool) -> ProtocolError | None:
+        """The error for a stream the server ended OK before answering every frame."""
+        if self.entries:
+            ids = [e.request.frame_id for e in self.entries]
+            return ProtocolError(f"the server ended the stream with frames {ids[:10]} unanswered")
+        if not exhausted:
+            return ProtocolError("the server ended the stream before all frames were sent")
+        return None
+
+
+class SyncFeed:
+    """The sync client's feed: a pump thread and thread-safe requests() iterators."""
+
+    def __init__(self, frames: Iterable[FrameLike], ledger: Ledger, max_in_flight: int) -> None:
+        self.ledger = ledger
+        self.error: BaseException | None = None
+        self._source = iter(frames)
+        self._max = max_in_flight
+        self._cond = threading.Condition()
+        self._attempt = 0
+        self._exhausted = False
+        self._closed = False
+        self._pump = threading.Thread(target=self._run, name="convstream-feed", daemon=True)
+        self._pump.start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    self._cond.wait_for(lambda: self._closed or len(self.ledger) < self._max)
+                    if self._closed:
+                        return
+                item = next(self._source, _END)
+                if item is _END:
+                    return
+                frame, request = self.ledger.prepare(item)  # type: ignore[arg-type]
+                with self._cond:
+                    self.ledger.add(frame, request)
+                    self._cond.notify_all()
+        except BaseException as exc:  # handed to the caller's thread by finish()
+            self.error = exc
+        finally:
+            with self._cond:
+                self._exhausted = True
+                self._cond.notify_all()
+
+    def _ready(self, attempt: int, cursor: int) -> bool:
+        """Whether requests() of this attempt, having sent up to cursor, can go on."""
+        return (
+            attempt != self._attempt
+            or self._closed
+            or self._exhausted
+            or self.ledger.after(cursor) is not None
+        )
+
+    def requests(self) -> Iterator[pb.FrameRequest]:
+        """The request iterator of one stream attempt; a newer attempt ends this one."""
+        with self._cond:
+            self._attempt += 1
+            attempt = self._attempt
+            self.ledger.new_attempt()
+            self._cond.notify_all()
+        cursor, first = 0, True
+        while True:
+            with self._cond:
+                self._cond.wait_for(partial(self._ready, attempt, cursor))
+                if attempt != self._attempt or self._closed:
+                    return
+                entry = self.ledger.after(cursor)
+                if entry is None:
+                    return  # the source is done and everything was sent
+            cursor = entry.seq
+            yield self.ledger.first(entry.request) if first else entry.request
+            first = False
+
+    def answer(self, message: pb.FrameResult) -> Result:
+        with self._cond:
+            frame = self.ledger.match(message)
+            self._cond.notify_all()
+        return Result.from_proto(message, frame)
+
+    def finish(self) -> None:
+        """After a stream ended OK: raise what the source raised, or a missing answer."""
+        self._pump.join(timeout=1.0)
+        if self.error is not None:
+            raise self.error
+        with self._cond:
+            missing = self.ledger.unanswered(self._exhausted)
+        if missing is not None:
+            raise missing
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class AsyncFeed:
+    """The asyncio client's feed: a pump task and async requests() iterators."""
+
+    def __init__(
+        self,
+        frames: Iterable[FrameLike] | AsyncIterable[FrameLike],
+        ledger: Ledger,
+        max_in_flight: int,
+    ) -> None:
+        self.ledger = ledger
+        self.error: BaseException | None = None
+        self._frames = frames
+        self._max = max_in_flight
+        self._cond = asyncio.Condition()
+        self._attempt = 0
+        self._exhausted = False
+        self._pump = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            if isinstance(self._frames, AsyncIterable):
+                async for item in self._frames:
+                    await self._add(await self._prepare(item))
+            else:
+                # Sync iterables may block (a camera, a disk): read them off the event loop.
+                source = iter(self._frames)
+                while (pair := await asyncio.to_thread(self._next_prepared, source)) is not None:
+                    await self._add(pair)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            async with self._cond:
+                self._exhausted = True
+                self._cond.notify_all()
+
+    def _next_prepared(self, source: Iterator[FrameLike]) -> tuple[Frame, pb.FrameRequest] | None:
+        item = next(source, _END)
+        return None if item is _END else self.ledger.prepare(item)  # type: ignore[arg-type]
+
+    async def _prepare(self, item: FrameLike) -> tuple[Frame, pb.FrameRequest]:
+        if isinstance(item, bytes) or (isinstance(item, Frame) and isinstance(item.image, bytes)):
+            return self.ledger.prepare(item)
+        return await asyncio.to_thread(self.ledger.prepare, item)  # JPEG encoding, file reads
+
+    async def _add(self, pair: tuple[Frame, pb.FrameRequest]) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: len(self.ledger) < self._max)
+            self.ledger.add(*pair)
+            self._cond.notify_all()
+
+    def _ready(self, attempt: int, cursor: int) -> bool:
+        """Whether requests() of this attempt, having sent up to cursor, can go on."""
+        return attempt != self._attempt or self._exhausted or self.ledger.after(cursor) is not None
+
+    async def requests(self) -> AsyncIterator[pb.FrameRequest]:
+        """The request iterator of one stream attempt; a newer attempt ends this one."""
+        async with self._cond:
+            self._attempt += 1
+            attempt = self._attempt
+            self.ledger.new_attempt()
+            self._cond.notify_all()
+        cursor, first = 0, True
+        while True:
+            async with self._cond:
+                await self._cond.wait_for(partial(self._ready, attempt, cursor))
+                if attempt != self._attempt:
+                    return
+                entry = self.ledger.after(cursor)
+                if entry is None:
+                    return
+            cursor = entry.seq
+            yield self.ledger.first(entry.request) if first else entry.request
+            first = False
+
+    async def answer(self, message: pb.FrameResult) -> Result:
+        async with self._cond:
+            frame = self.ledger.match(message)
+            self._cond.notify_all()
+        return Result.from_proto(message, frame)
+
+    async def finish(self) -> None:
+        """After a stream ended OK: raise what the source raised, or a missing answer."""
+        await asyncio.wait({self._pump}, timeout=1.0)
+        if self.error is not None:
+            raise self.error
+        missing = self.ledger.unanswered(self._exhausted)
+        if missing is not None:
+            raise missing
+
+    async def close(self) -> None:
+        self._pump.cancel()
+        await asyncio.gather(self._pump, return_exceptions=True)

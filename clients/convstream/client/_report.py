@@ -1,0 +1,188 @@
+"""How the CLI shows results: a table for people, JSON lines for programs, overlay files."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+from convstream.client.overlay import save_overlay
+from convstream.client.results import ModelInfo, Result
+from tqdm import tqdm
+
+MiB = 1024 * 1024
+
+
+def result_json(result: Result, overlay: Path | None = None) -> dict[str, Any]:
+    """One JSON-ready object per result; arrays as their shape and statistics, not values."""
+    error = result.error
+    code = error.code.name if error is not None and error.code is not None else None
+    peak = result.peak()
+    return {
+        "frame_id": result.frame_id,
+        "name": result.frame.name if result.frame is not None else "",
+        "source": result.source,
+        "ok": result.ok,
+        "score": round(result.score, 6),
+        "damaged": result.damaged,
+        "peak": list(peak) if peak is not None else None,
+        "frame_age_ms": round(result.frame_age_ms, 3),
+        "frames_dropped": result.frames_dropped,
+        "dropped_frame_ids": list(result.dropped_frame_ids),
+        "sequence": result.sequence,
+        "timings": asdict(result.timings) if result.timings is not None else None,
+        "geometry": asdict(result.geometry) if result.geometry is not None else None,
+        "heatmap": _summary(result.heatmap) if result.heatmap is not None else None,
+        "feature_maps": {name: _summary(a) for name, a in result.feature_maps.items()},
+        "overlay": str(overlay) if overlay is not None else None,
+        "error": None
+        if error is None
+        else {"type": type(error).__name__, "code": code, "message": error.message},
+    }
+
+
+def _summary(array: np.ndarray) -> dict[str, Any]:
+    return {
+        "shape": list(array.shape),
+        "min": round(float(array.min()), 6),
+        "max": round(float(array.max()), 6),
+        "mean": round(float(array.mean()), 6),
+    }
+
+
+class Reporter:
+    """Prints each result as it arrives, saves overlays, and sums up at the end.
+
+    Args:
+        out: where rows or JSON lines go (stdout).
+        err: where the progress bar goes (stderr); it only shows on a terminal.
+        json_lines: one JSON object per line instead of the table.
+        overlays: a folder to write ``<name>.png`` overlays into, or None.
+        total: frames expected, for the progress bar (None: unknown, e.g. a camera).
+        name_width: width of the table's NAME column.
+    """
+
+    def __init__(
+        self,
+        out: TextIO,
+        err: TextIO,
+        *,
+        json_lines: bool,
+        overlays: Path | None,
+        total: int | None,
+        name_width: int = 24,
+    ) -> None:
+        self.out = out
+        self.json_lines = json_lines
+        self.overlays = overlays
+        self.name_width = max(4, min(name_width, 48))
+        self.count = self.failed = self.damaged = 0
+        self.dropped = 0
+        self.server_ms: list[float] = []
+        self.started = time.perf_counter()
+        long_work = total is None or total > 1
+        self.bar = tqdm(
+            total=total,
+            unit="frame",
+            file=err,
+            disable=None if long_work else True,  # None: only on a terminal
+            dynamic_ncols=True,
+            leave=False,
+        )
+        if not json_lines:
+            self._line(self._row("FRAME", "NAME", "SCORE", "DAMAGED", "PEAK (x, y)", "SERVER MS"))
+
+    def _row(self, *cells: str) -> str:
+        frame, name, score, damaged, peak, ms = cells
+        if len(name) > self.name_width:
+            name = "…" + name[-(self.name_width - 1) :]
+        return (
+            f"{frame:>7}  {name:<{self.name_width}}  {score:>6}  {damaged:<7}  {peak:<12}  {ms:>9}"
+        )
+
+    def _line(self, text: str) -> None:
+        if self.bar.disable:
+            print(text, file=self.out, flush=True)
+        else:
+            self.bar.write(text, file=self.out)
+
+    def add(self, result: Result) -> None:
+        self.count += 1
+        self.dropped = result.frames_dropped
+        overlay = None
+        if result.ok:
+            self.damaged += result.damaged
+            if result.timings is not None:
+                self.server_ms.append(result.timings.total_ms)
+            if self.overlays is not None and result.heatmap is not None:
+                overlay = save_overlay(self.overlays / _file_name(result), result)
+        else:
+            self.failed += 1
+        if self.json_lines:
+            self._line(json.dumps(result_json(result, overlay)))
+        else:
+            self._line(self._table_row(result))
+        self.bar.update(1)
+
+    def _table_row(self, result: Result) -> str:
+        name = result.frame.name if result.frame is not None else result.source
+        if result.error is not None:
+            message = f"{type(result.error).__name__}: {result.error.message}"
+            return f"{result.frame_id:>7}  {name:<{self.name_width}}  error   {message}"
+        peak = result.peak()
+        total_ms = result.timings.total_ms if result.timings is not None else 0.0
+        return self._row(
+            str(result.frame_id),
+            name,
+            f"{result.score:.3f}",
+            "yes" if result.damaged else "no",
+            f"({peak[0]}, {peak[1]})" if peak is not None else "-",
+            f"{total_ms:.1f}",
+        )
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def summary(self) -> str:
+        """One line: frames, rate, damaged, failed, dropped, server time percentiles."""
+        elapsed = time.perf_counter() - self.started
+        rate = self.count / elapsed if elapsed > 0 else 0.0
+        text = (
+            f"{self.count} frame{'' if self.count == 1 else 's'} in {elapsed:.1f} s "
+            f"({rate:.1f} frames/s): "
+            f"{self.damaged} damaged, {self.failed} failed, {self.dropped} dropped"
+        )
+        if self.server_ms:
+            p50, p95 = np.percentile(self.server_ms, [50, 95])
+            text += f"; server time p50 {p50:.1f} ms, p95 {p95:.1f} ms"
+        return text
+
+
+def _file_name(result: Result) -> str:
+    name = result.frame.name if result.frame is not None and result.frame.name else "frame"
+    stem = Path(name.split("#")[0]).stem or "frame"
+    return f"{result.frame_id:06d}-{stem}.png"
+
+
+def model_info_text(info: ModelInfo) -> str:
+    """GetModelInfo for people."""
+    sizes = ", ".join(f"{w}x{h}" for w, h in info.input_sizes)
+    lines = [
+        f"model        {info.name} (sha256 {info.sha256[:16]}…)",
+        f"provider     {info.execution_provider} (requested {info.requested_provider}; "
+        f"available {', '.join(info.available_providers)})",
+        f"threshold    {info.threshold:.3f} (damaged when score >= threshold)",
+        f"input sizes  {sizes} (width x height; frames are letterboxed)",
+        f"heatmap      one cell per {info.heatmap_stride} input pixels",
+        "stages       NAME      CHANNELS  STRIDE",
+    ]
+    lines += [f"             {s.name:<8}  {s.channels:>8}  {s.stride:>6}" for s in info.stages]
+    lines += [
+        f"limits       {info.max_message_bytes / MiB:g} MiB per message, "
+        f"{info.max_frame_pixels:,} pixels per frame",
+        f"server       convstream {info.server_version}, onnxruntime {info.onnxruntime_version}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,273 @@
+"""`convstream analyze`, `convstream stream` and `convstream info`: the client commands.
+
+Exit codes: 0 all frames analysed, 1 the server or a frame failed (one line on stderr, no
+traceback), 2 a usage error (argparse's own, a missing file, a bad option value), 130 Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+from convstream.client._base import DEFAULT_ADDRESS
+from convstream.client._client import Client
+from convstream.client._report import Reporter, model_info_text
+from convstream.client.errors import ConvstreamError, ServerUnavailable, SourceError
+from convstream.client.frames import IMAGE_SUFFIXES, Video, image_files, read_images
+from convstream.client.options import TLS, ResultOptions, Timeout, Upload
+from convstream.client.results import Result
+
+__all__ = ["add_commands"]
+
+_EXAMPLES_ANALYZE = """examples:
+  convstream analyze box.jpg
+  convstream analyze photos/ --json > results.jsonl
+  convstream analyze photos/ --maps stage3 --encoding uint8 --save-overlays overlays/
+"""
+_EXAMPLES_STREAM = """examples:
+  convstream stream conveyor.avi --save-overlays overlays/
+  convstream stream 0 --freshness latest_only      # the first camera, newest frames only
+  convstream stream rtsp://cam-3/stream --max-frames 300 --json
+"""
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add analyze, stream and info to the ``convstream`` command."""
+    connection = argparse.ArgumentParser(add_help=False)
+    group = connection.add_argument_group("connection")
+    group.add_argument(
+        "--address", default=DEFAULT_ADDRESS, help="server host:port (default %(default)s)"
+    )
+    group.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds per unary call (default 30)"
+    )
+    group.add_argument("--tls", action="store_true", help="use TLS with the system's CAs")
+    group.add_argument("--ca", type=Path, help="CA certificate (PEM) of the server; implies TLS")
+    group.add_argument("--cert", type=Path, help="client certificate (PEM) for mutual TLS")
+    group.add_argument("--key", type=Path, help="client private key (PEM), with --cert")
+    group.add_argument("--token", help="sent as 'authorization: Bearer TOKEN' with each call")
+
+    results = argparse.ArgumentParser(add_help=False)
+    group = results.add_argument_group("results")
+    group.add_argument(
+        "--maps",
+        nargs="+",
+        default=[],
+        metavar="STAGE",
+        help="feature maps to fetch, e.g. --maps stage3 stage4 (after the paths); "
+        "see `convstream info`",
+    )
+    group.add_argument(
+        "--encoding",
+        choices=("float16", "float32", "uint8"),
+        default="float16",
+        help="how feature maps travel (default float16)",
+    )
+    group.add_argument("--json", action="store_true", help="one JSON object per line")
+    group.add_argument(
+        "--save-overlays",
+        type=Path,
+        metavar="DIR",
+        help="write each frame with its damage heatmap drawn over it as PNG into DIR",
+    )
+    group.add_argument(
+        "--upload",
+        choices=("jpeg", "png", "raw"),
+        default="jpeg",
+        help="how pixels are sent (JPEG/PNG files always go as they are; default jpeg)",
+    )
+    group.add_argument("--quality", type=int, default=90, help="JPEG quality 1-100 (default 90)")
+
+    common = {"formatter_class": argparse.RawDescriptionHelpFormatter}
+    analyze = commands.add_parser(
+        "analyze",
+        parents=[connection, results],
+        help="analyse images or folders of images",
+        description="Send images (JPEG, PNG, BMP, TIFF, WebP; folders are searched\n"
+        "recursively) over one stream and print a damage score for each.",
+        epilog=_EXAMPLES_ANALYZE,
+        **common,  # type: ignore[arg-type]
+    )
+    analyze.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="images or folders")
+    analyze.set_defaults(func=_analyze)
+
+    stream = commands.add_parser(
+        "stream",
+        parents=[connection, results],
+        help="stream a video file or a camera through the server",
+        description="Read a video file, a URL or a camera with OpenCV here, stream its\n"
+        "frames to the server and print each result as it comes. A stream broken by a\n"
+        "server restart resumes with the frames not yet answered.",
+        epilog=_EXAMPLES_STREAM,
+        **common,  # type: ignore[arg-type]
+    )
+    stream.add_argument("source", metavar="SOURCE", help="video file, URL, or camera index (0)")
+    stream.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    stream.add_argument(
+        "--freshness",
+        choices=("lossless", "latest_only", "bounded_queue"),
+        default="lossless",
+        help="what the server does when frames come faster than it keeps up "
+        "(default lossless: slow the reader down)",
+    )
+    stream.add_argument("--queue-size", type=int, metavar="N", help="for bounded_queue")
+    stream.add_argument("--name", help="source name sent with frames (default: file stem)")
+    stream.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="fail instead of resuming when the server goes away",
+    )
+    stream.set_defaults(func=_stream)
+
+    info = commands.add_parser(
+        "info",
+        parents=[connection],
+        help="show the model the server runs",
+        description="Show the server's model: stages, input sizes, threshold, provider.",
+    )
+    info.add_argument("--json", action="store_true", help="print it as one JSON object")
+    info.set_defaults(func=_info)
+
+
+def _usage(args: argparse.Namespace, message: str) -> int:
+    print(f"convstream {args.command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _client(args: argparse.Namespace) -> Client:
+    """A Client from the flags; ValueError or OSError for bad values or unreadable files."""
+    tls = None
+    if args.tls or args.ca or args.cert or args.key:
+        tls = TLS(ca=args.ca, cert=args.cert, key=args.key)
+    options = ResultOptions()
+    upload = Upload()
+    if hasattr(args, "maps"):
+        maps = [name for item in args.maps for name in item.split(",") if name]
+        options = ResultOptions(feature_maps=maps, encoding=args.encoding)
+        upload = Upload(args.upload, quality=args.quality)
+    return Client(
+        args.address,
+        timeout=Timeout(args.timeout),
+        tls=tls,
+        token=args.token,
+        options=options,
+        upload=upload,
+    )
+
+
+def _run(args: argparse.Namespace, body: Callable[[Client], int]) -> int:
+    """Run body with a client; ConvstreamError becomes one line on stderr and exit code 1."""
+    try:
+        client = _client(args)
+    except (OSError, ValueError) as exc:
+        return _usage(args, str(exc))
+    # The library's warnings (a stream resuming after a server restart) as the CLI's lines.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"convstream {args.command}: %(message)s"))
+    log = logging.getLogger("convstream.client")
+    log.addHandler(handler)
+    try:
+        with client:
+            return body(client)
+    except ConvstreamError as exc:
+        hint = ""
+        if isinstance(exc, ServerUnavailable):
+            hint = " (is `convstream serve` running there?)"
+        print(f"convstream {args.command}: {exc.message}{hint}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. an overlay folder that cannot be written
+        print(f"convstream {args.command}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        log.removeHandler(handler)
+
+
+def _report(args: argparse.Namespace, results: Iterator[Result], reporter: Reporter) -> int:
+    interrupted = False
+    try:
+        for result in results:
+            reporter.add(result)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        reporter.close()
+        if not args.json and reporter.count:
+            print(reporter.summary(), file=sys.stdout)
+    if interrupted:
+        return 130
+    if reporter.failed:
+        print(
+            f"convstream {args.command}: {reporter.failed} of {reporter.count} frames failed",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _reporter(args: argparse.Namespace, total: int | None, name_width: int) -> Reporter:
+    return Reporter(
+        sys.stdout,
+        sys.stderr,
+        json_lines=args.json,
+        overlays=args.save_overlays,
+        total=total,
+        name_width=name_width,
+    )
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    try:
+        paths = image_files(args.paths)
+    except SourceError as exc:
+        return _usage(args, exc.message)
+    if not paths:
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        return _usage(args, f"no image files ({suffixes}) in {', '.join(map(str, args.paths))}")
+    width = max(len(str(path)) for path in paths)
+
+    def body(client: Client) -> int:
+        results = client.stream(read_images(paths), resume=True)
+        return _report(args, results, _reporter(args, len(paths), width))
+
+    return _run(args, body)
+
+
+def _stream(args: argparse.Namespace) -> int:
+    source: str | int = int(args.source) if args.source.isdigit() else args.source
+    if isinstance(source, str) and "://" not in source and not Path(source).is_file():
+        return _usage(args, f"no such video file: {source} (or give a camera index, e.g. 0)")
+    if args.max_frames is not None and args.max_frames < 1:
+        return _usage(args, f"--max-frames must be at least 1, got {args.max_frames}")
+
+    def body(client: Client) -> int:
+        with Video(source, name=args.name, max_frames=args.max_frames) as video:
+            total = video.frame_count
+            if args.max_frames is not None:
+                total = min(total, args.max_frames) if total else args.max_frames
+            results = client.stream(
+                video.frames(),
+                freshness=args.freshness,
+                queue_size=args.queue_size,
+                resume=args.resume,
+            )
+            return _report(args, results, _reporter(args, total, len(video.name) + 7))
+
+    try:
+        return _run(args, body)
+    except ValueError as exc:  # --queue-size out of range, found when the stream starts
+        return _usage(args, str(exc))
+
+
+def _info(args: argparse.Namespace) -> int:
+    def body(client: Client) -> int:
+        info = client.model_info()
+        print(json.dumps(asdict(info)) if args.json else model_info_text(info))
+        return 0
+
+    return _run(args, body)

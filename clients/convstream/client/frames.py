@@ -1,0 +1,314 @@
+"""Frames to send: numpy arrays, JPEG/PNG bytes, image files and folders, video and cameras.
+
+    for frame in read_images(["shelf.jpg", "photos/"]): ...      # files, folders (sorted)
+    with Video("conveyor.avi") as video:                           # or Video(0) for a camera
+        for result in client.stream(video.frames()): ...
+
+Anything ``Client.analyze`` and ``Client.stream`` accept is a ``FrameLike``: a ``Frame``, a
+BGR array, encoded bytes or a path to an image file.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Union
+
+import cv2
+import numpy as np
+from convstream.client.errors import SourceError
+from convstream.client.options import Upload
+from convstream.v1 import convstream_pb2 as pb
+
+__all__ = ["Frame", "FrameLike", "Video", "as_frame", "image_files", "read_image", "read_images"]
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")  # what the server decodes as it is
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Frame:
+    """One frame to analyse.
+
+    Args:
+        image: BGR uint8 pixels, shape (H, W, 3), gray uint8 (H, W), or JPEG/PNG bytes.
+        frame_id: echoed in the result; None lets the client number the frames of each call
+            1, 2, 3, ... Within one stream, ids must differ from each other.
+        source: where frames come from, e.g. "dock-3"; the server's metrics are labelled by it.
+        capture_time: seconds since the epoch when the frame was captured; the result's
+            frame_age_ms counts from it (from arrival at the server when None).
+        name: for people and overlay file names, e.g. a path or "clip.avi#12"; never sent.
+    """
+
+    image: np.ndarray | bytes
+    frame_id: int | None = None
+    source: str = ""
+    capture_time: float | None = None
+    name: str = ""
+
+    def pixels(self) -> np.ndarray:
+        """The frame as BGR uint8, shape (H, W, 3), decoding bytes if need be."""
+        image: np.ndarray | None = self.image if isinstance(self.image, np.ndarray) else None
+        if image is None:
+            data = np.frombuffer(self.image, np.uint8)  # type: ignore[arg-type]
+            image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+            if image is None:
+                raise SourceError(f"cannot decode {self.name or 'frame'} ({data.size} bytes)")
+        if image.ndim == 2 or image.shape[2] == 1:
+            return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        return image
+
+    def __repr__(self) -> str:
+        if isinstance(self.image, np.ndarray):
+            image = f"<{self.image.dtype} {self.image.shape}>"
+        else:
+            image = f"<{len(self.image)} bytes>"
+        name = f"name={self.name!r}, " if self.name else ""
+        return f"Frame({name}frame_id={self.frame_id}, image={image})"
+
+
+FrameLike = Union[Frame, np.ndarray, bytes, str, "os.PathLike[str]"]
+
+
+def as_frame(item: FrameLike) -> Frame:
+    """A Frame from anything the client accepts (a path is read now)."""
+    if isinstance(item, Frame):
+        return item
+    if isinstance(item, np.ndarray):
+        check_pixels(item)
+        return Frame(item)
+    if isinstance(item, bytes | bytearray | memoryview):
+        return Frame(bytes(item))
+    if isinstance(item, str | os.PathLike):
+        return read_image(item)
+    raise TypeError(
+        f"a frame must be a Frame, a BGR numpy array, JPEG/PNG bytes or an image path, "
+        f"got {type(item).__name__}"
+    )
+
+
+def check_pixels(image: np.ndarray) -> None:
+    """ValueError unless image is BGR uint8 (H, W, 3) or gray uint8 (H, W) or (H, W, 1)."""
+    ok_shape = image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3))
+    if image.dtype != np.uint8 or not ok_shape or 0 in image.shape:
+        raise ValueError(
+            "frame pixels must be BGR uint8 of shape (H, W, 3) or gray uint8 of shape (H, W), "
+            f"got {image.dtype} of shape {image.shape}"
+        )
+
+
+def read_image(path: str | os.PathLike[str]) -> Frame:
+    """An image file as a Frame: JPEG and PNG keep their bytes, other formats are decoded.
+
+    A file OpenCV cannot decode keeps its bytes too, so the server says what is wrong with it.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SourceError(f"cannot read image {path}: {exc.strerror or exc}") from exc
+    if data.startswith(_MAGIC):
+        return Frame(data, name=str(path))
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    return Frame(data if pixels is None else pixels, name=str(path))
+
+
+def image_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Expand folders (recursively, sorted) into their image files; files stay as given.
+
+    Raises:
+        SourceError: a path does not exist.
+    """
+    found: list[Path] = []
+    for item in paths:
+        path = Path(item)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.exists():
+            found.append(path)
+        else:
+            raise SourceError(f"no such file or folder: {path}")
+    return found
+
+
+def read_images(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Frame]:
+    """Frames from image files and folders, read one at a time as they are needed."""
+    for path in image_files(paths):
+        yield read_image(path)
+
+
+def to_request(frame: Frame, frame_id: int, upload: Upload) -> pb.FrameRequest:
+    """The wire message for a frame, encoding pixels as ``upload`` says (no options set)."""
+    request = pb.FrameRequest(frame_id=frame_id, source=frame.source)
+    if frame.capture_time is not None:
+        request.capture_time.FromNanoseconds(int(frame.capture_time * 1e9))
+    image = frame.image
+    if not isinstance(image, np.ndarray):
+        request.encoded = image
+        return request
+    check_pixels(image)
+    if upload.format == "raw":
+        gray = image.ndim == 2 or image.shape[2] == 1
+        request.raw.width, request.raw.height = image.shape[1], image.shape[0]
+        request.raw.format = pb.PIXEL_FORMAT_GRAY8 if gray else pb.PIXEL_FORMAT_BGR8
+        request.raw.data = np.ascontiguousarray(image).tobytes()
+        return request
+    if upload.format == "jpeg":
+        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, upload.quality])
+    else:
+        ok, data = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {image.shape} frame as {upload.format}")
+    request.encoded = data.tobytes()
+    return request
+
+
+class Video:
+    """Frames from a video file, a URL OpenCV opens, or a camera, read on this side.
+
+    A context manager that always releases the device:
+
+        with Video("conveyor.avi") as video:
+            print(video.fps, video.frame_count)
+            for frame in video.frames():
+                ...
+
+    Args:
+        source: a video file, a URL (rtsp://, http://), or a camera index (0: the first).
+        name: the ``source`` sent with each frame; the file's stem or "camera0" by default.
+        latest_only: read in a background thread and hand out only the newest frame, so a
+            consumer slower than a live camera sees fresh frames instead of a growing lag (the
+            frames skipped leave gaps in frame ids). Default: on for cameras and URLs, off for
+            files, where every frame is read in order.
+        max_frames: stop after this many frames.
+
+    Attributes:
+        fps: the frame rate OpenCV reports (0.0 when unknown).
+        frame_count: frames in a file; None for cameras, URLs and unknown lengths.
+
+    Frame ids count the frames read from the source from 0; live frames carry the time they
+    were read as capture_time.
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike[str] | int,
+        *,
+        name: str | None = None,
+        latest_only: bool | None = None,
+        max_frames: int | None = None,
+    ) -> None:
+        self.live = isinstance(source, int) or "://" in str(source)
+        if isinstance(source, int):
+            label = f"camera{source}"
+        elif self.live:
+            label = str(source)
+        else:
+            path = Path(source)
+            if not path.is_file():
+                raise SourceError(f"no such video file: {path}")
+            label = path.stem
+        self.source = source
+        self.name = name if name is not None else label
+        self.latest_only = self.live if latest_only is None else latest_only
+        self.max_frames = max_frames
+        self._capture = cv2.VideoCapture(source if isinstance(source, int) else str(source))
+        if not self._capture.isOpened():
+            self._capture.release()
+            raise SourceError(f"OpenCV cannot open video source {source!r}")
+        self.fps = float(self._capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.frame_count = None if self.live or count <= 0 else count
+        self._latest: _LatestReader | None = None
+        self._index = 0
+
+    def frames(self) -> Iterator[Frame]:
+        """Yield frames until the source ends, ``max_frames`` is reached or close() is called."""
+        read = self._read_latest if self.latest_only else self._read_next
+        served = 0
+        while self.max_frames is None or served < self.max_frames:
+            item = read()
+            if item is None:
+                return
+            index, image, taken = item
+            served += 1
+            yield Frame(
+                image,
+                frame_id=index,
+                source=self.name,
+                capture_time=taken if self.live else None,
+                name=f"{self.name}#{index}",
+            )
+
+    def _read_next(self) -> tuple[int, np.ndarray, float] | None:
+        ok, image = self._capture.read()
+        if not ok:
+            return None
+        self._index += 1
+        return self._index - 1, image, time.time()
+
+    def _read_latest(self) -> tuple[int, np.ndarray, float] | None:
+        if self._latest is None:
+            self._latest = _LatestReader(self._capture)
+        return self._latest.get()
+
+    def close(self) -> None:
+        """Stop reading and release the file or device; safe to call twice."""
+        if self._latest is not None:
+            self._latest.stop()
+        self._capture.release()
+
+    def __enter__(self) -> Video:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Video({self.source!r}, name={self.name!r}, fps={self.fps:g})"
+
+
+class _LatestReader:
+    """Reads a capture in a thread and keeps only the newest frame."""
+
+    def __init__(self, capture: cv2.VideoCapture) -> None:
+        self._capture = capture
+        self._cond = threading.Condition()
+        self._newest: tuple[int, np.ndarray, float] | None = None
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name="convstream-video", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        index = 0
+        while not self._done:
+            ok, image = self._capture.read()
+            with self._cond:
+                if not ok:
+                    self._done = True
+                else:
+                    self._newest = (index, image, time.time())
+                    index += 1
+                self._cond.notify_all()
+
+    def get(self) -> tuple[int, np.ndarray, float] | None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._newest is not None or self._done)
+            item, self._newest = self._newest, None
+            return item
+
+    def stop(self) -> None:
+        with self._cond:
+            self._done = True
+            self._cond.notify_all()
+        self._thread.join(timeout=5.0)

@@ -1,0 +1,252 @@
+"""Client options as small immutable value objects, in the manner of httpx's ``Timeout``.
+
+Client(
+    "10.0.0.5:50051",
+    timeout=Timeout(10.0, stream=None),
+    tls=TLS(ca="ca.pem"),
+    token="s3cret",
+    limits=Limits(max_message_bytes=128 * 1024 * 1024),
+    options=ResultOptions(feature_maps=["stage3"], encoding="uint8"),
+    upload=Upload("jpeg", quality=85),
+)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import grpc
+from convstream.v1 import convstream_pb2 as pb
+
+__all__ = ["TLS", "Encoding", "Freshness", "Limits", "ResultOptions", "Retry", "Timeout", "Upload"]
+
+Encoding = Literal["float32", "float16", "uint8"]
+Freshness = Literal["lossless", "latest_only", "bounded_queue"]
+
+ENCODINGS: dict[str, int] = {
+    "float32": pb.TENSOR_ENCODING_FLOAT32,
+    "float16": pb.TENSOR_ENCODING_FLOAT16,
+    "uint8": pb.TENSOR_ENCODING_UINT8,
+}
+FRESHNESS: dict[str, int] = {
+    "lossless": pb.FRESHNESS_LOSSLESS,
+    "latest_only": pb.FRESHNESS_LATEST_ONLY,
+    "bounded_queue": pb.FRESHNESS_BOUNDED_QUEUE,
+}
+SERVICE = "convstream.v1.Convstream"
+MiB = 1024 * 1024
+
+
+def _check_positive(name: str, value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Timeout:
+    """How long calls may take, in seconds; None means no limit.
+
+    Args:
+        call: deadline of each unary call (model_info, analyze), retries included.
+        stream: deadline of each StreamFrames call a stream() makes (one, or one per
+            resume); None (the default) lets it run for as long as frames keep coming.
+
+    Example:
+        >>> Timeout(5.0)
+        Timeout(call=5.0, stream=None)
+    """
+
+    call: float | None = 30.0
+    stream: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_positive("Timeout.call", self.call)
+        _check_positive("Timeout.stream", self.stream)
+
+
+@dataclass(frozen=True)
+class TLS:
+    """Transport security: the server's CA, and a client certificate for mutual TLS.
+
+    Args:
+        ca: PEM file (or PEM bytes) of the CA that signed the server's certificate; None uses
+            the system's roots.
+        cert: PEM certificate chain of this client, for servers that require mutual TLS.
+        key: PEM private key matching ``cert``.
+        server_name: the name to expect in the server's certificate when it differs from the
+            address's host (e.g. connecting by IP).
+    """
+
+    ca: str | Path | bytes | None = None
+    cert: str | Path | bytes | None = None
+    key: str | Path | bytes | None = field(default=None, repr=False)
+    server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("TLS needs both cert and key for a client certificate, or neither")
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """gRPC channel credentials; reads the PEM files now (OSError if one is missing)."""
+        return grpc.ssl_channel_credentials(
+            root_certificates=_pem(self.ca),
+            private_key=_pem(self.key),
+            certificate_chain=_pem(self.cert),
+        )
+
+
+def _pem(value: str | Path | bytes | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()
+
+
+@dataclass(frozen=True)
+class Retry:
+    """What to do when the server is unavailable (restarting, draining, not yet up).
+
+    Unary calls retry inside gRPC (its service config ``retryPolicy``); a stream started with
+    ``resume=True`` reconnects with the same backoff for up to ``resume_timeout`` seconds and
+    re-sends the frames not yet answered.
+
+    Args:
+        attempts: tries of a unary call in all, the first included (gRPC allows at most 5).
+        backoff: seconds before the second try; doubled for each later one.
+        max_backoff: the longest wait between two tries.
+        resume_timeout: how long a broken stream keeps trying to reconnect; a restarting
+            server has to load and warm up its model first.
+
+    Example:
+        >>> Retry(attempts=3).delay(2)
+        0.2
+    """
+
+    attempts: int = 5
+    backoff: float = 0.1
+    max_backoff: float = 1.0
+    resume_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.attempts <= 5:
+            raise ValueError(f"Retry.attempts must be 1..5, got {self.attempts}")
+        _check_positive("Retry.backoff", self.backoff)
+        _check_positive("Retry.max_backoff", self.max_backoff)
+        if self.resume_timeout < 0:
+            raise ValueError(f"Retry.resume_timeout must be >= 0, got {self.resume_timeout}")
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed try number ``attempt`` (counting from 1)."""
+        return min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+
+    def service_config(self) -> str:
+        """The channel's ``grpc.service_config``: unary calls retry on UNAVAILABLE."""
+        if self.attempts < 2:
+            return json.dumps({"methodConfig": []})
+        policy = {
+            "maxAttempts": self.attempts,
+            "initialBackoff": f"{self.backoff}s",
+            "maxBackoff": f"{self.max_backoff}s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        }
+        names = [{"service": SERVICE, "method": m} for m in ("Analyze", "GetModelInfo")]
+        return json.dumps({"methodConfig": [{"name": names, "retryPolicy": policy}]})
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Sizes the client accepts and holds.
+
+    Args:
+        max_message_bytes: the largest message sent or received; the default fits every
+            feature map of a 640x480 input in float32.
+        max_in_flight: frames of a stream read from the source but not yet answered; past it
+            the client stops reading the source until answers arrive.
+    """
+
+    max_message_bytes: int = 64 * MiB
+    max_in_flight: int = 32
+
+    def __post_init__(self) -> None:
+        if self.max_message_bytes < 1024:
+            raise ValueError(f"max_message_bytes must be >= 1024, got {self.max_message_bytes}")
+        if self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
+
+
+@dataclass(frozen=True)
+class ResultOptions:
+    """What each result carries.
+
+    Args:
+        feature_maps: stage names to return, e.g. ("stage3",); see ``ModelInfo.stages``.
+        encoding: how tensors travel: "float16" (the default), "float32", or "uint8" (a
+            quarter of float32, dequantised on arrival). Results always hold float32 arrays.
+        heatmap: include the damage heatmap.
+        input_jpeg: include the analysed (letterboxed) model input as JPEG, for viewers.
+
+    Example:
+        >>> ResultOptions(feature_maps=["stage3"], encoding="uint8").feature_maps
+        ('stage3',)
+    """
+
+    feature_maps: Sequence[str] = ()
+    encoding: Encoding = "float16"
+    heatmap: bool = True
+    input_jpeg: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.feature_maps, str):
+            raise TypeError(f"feature_maps must be a sequence of names, not {self.feature_maps!r}")
+        object.__setattr__(self, "feature_maps", tuple(self.feature_maps))
+        if self.encoding not in ENCODINGS:
+            known = ", ".join(ENCODINGS)
+            raise ValueError(f"encoding must be one of {known}, got {self.encoding!r}")
+
+    def to_proto(
+        self, freshness: Freshness | None = None, queue_size: int | None = None
+    ) -> pb.ResultOptions:
+        """The wire message; ``freshness`` and ``queue_size`` only matter on a stream."""
+        message = pb.ResultOptions(
+            feature_maps=self.feature_maps,
+            encoding=ENCODINGS[self.encoding],  # type: ignore[arg-type]
+            include_heatmap=self.heatmap,
+            include_frame=self.input_jpeg,
+        )
+        if freshness is not None:
+            if freshness not in FRESHNESS:
+                raise ValueError(
+                    f"freshness must be one of {', '.join(FRESHNESS)}, got {freshness!r}"
+                )
+            message.freshness = FRESHNESS[freshness]  # type: ignore[assignment]
+        if queue_size is not None:
+            if not 1 <= queue_size <= 1024:
+                raise ValueError(f"queue_size must be 1..1024, got {queue_size}")
+            message.queue_size = queue_size
+        return message
+
+
+@dataclass(frozen=True)
+class Upload:
+    """How frames the client holds as pixels (arrays, video, other image formats) are sent.
+
+    JPEG and PNG bytes and files go as they are, never re-encoded.
+
+    Args:
+        format: "jpeg" (small, lossy), "png" (lossless, slower) or "raw" (no encoding cost,
+            about 20x the bytes of JPEG; best on a fast link).
+        quality: JPEG quality, 1..100.
+    """
+
+    format: Literal["jpeg", "png", "raw"] = "jpeg"
+    quality: int = 90
+
+    def __post_init__(self) -> None:
+        if self.format not in ("jpeg", "png", "raw"):
+            raise ValueError(f"Upload.format must be jpeg, png or raw, got {self.format!r}")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"Upload.quality must be 1..100, got {self.quality}")

@@ -1,0 +1,121 @@
+"""The damage heatmap drawn over the frame it belongs to, for people to look at.
+
+The heatmap covers the model input (letterboxed); ``Result.geometry`` says where the frame
+sits in it, so cells are cropped to the frame's part of the input and stretched back onto
+the original frame, whatever its size or aspect ratio.
+
+    cv2.imwrite("overlay.png", draw_overlay(result))
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+from convstream.client.results import Geometry, Result
+
+__all__ = ["draw_overlay", "heatmap_on_frame", "save_overlay"]
+
+_DAMAGED = (40, 40, 230)  # BGR
+_INTACT = (60, 180, 60)
+
+
+def heatmap_on_frame(
+    heatmap: np.ndarray, geometry: Geometry, stride: int = 8, size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Resample a heatmap onto the frame it was computed for.
+
+    Args:
+        heatmap (np.ndarray): float32, shape (h, w), one value per ``stride`` input pixels.
+        geometry: how the frame was letterboxed into the model input.
+        stride: input pixels per heatmap cell.
+        size: (width, height) of the image to cover; the frame's own size by default.
+
+    Returns:
+        np.ndarray: float32, shape (height, width), the value under each frame pixel.
+    """
+    h, w = heatmap.shape
+    cells = cv2.resize(
+        heatmap.astype(np.float32), (w * stride, h * stride), interpolation=cv2.INTER_LINEAR
+    )
+    left, top, right, bottom = geometry.content_box()
+    content = cells[top:bottom, left:right]
+    width, height = size or (geometry.frame_width, geometry.frame_height)
+    return cv2.resize(content, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def draw_overlay(
+    result: Result, image: np.ndarray | None = None, *, alpha: float = 0.6, label: bool = True
+) -> np.ndarray:
+    """The frame with its heatmap blended in (blue calm to red damaged) and the score.
+
+    Hot cells get more colour than calm ones, so intact areas stay readable.
+
+    Args:
+        result: a result with a heatmap and geometry (the default ResultOptions give both).
+        image (np.ndarray | None): BGR uint8, shape (H, W, 3), the frame analysed; the frame
+            kept in ``result.frame`` when None.
+        alpha: the colour's weight where the heatmap is 1.0.
+        label: write the score (and DAMAGED) in the top-left corner, and ring the peak.
+
+    Returns:
+        np.ndarray: BGR uint8, the same size as the frame.
+    """
+    if image is None:
+        if result.frame is None:
+            raise ValueError("draw_overlay needs the frame: pass image= or a result from a call")
+        image = result.frame.pixels()
+    elif image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    out = image.copy()
+    height, width = out.shape[:2]
+    if result.heatmap is not None and result.geometry is not None:
+        heat = heatmap_on_frame(
+            result.heatmap, result.geometry, result.heatmap_stride, (width, height)
+        )
+        heat = np.clip(heat, 0.0, 1.0)
+        colours = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)
+        weight = (alpha * heat)[..., None]
+        out = (out * (1.0 - weight) + colours * weight).astype(np.uint8)
+    if label:
+        _label(out, result, width, height)
+    return out
+
+
+def _label(out: np.ndarray, result: Result, width: int, height: int) -> None:
+    colour = _DAMAGED if result.damaged else _INTACT
+    text = f"{result.score:.2f} DAMAGED" if result.damaged else f"{result.score:.2f}"
+    if result.error is not None:
+        text, colour = f"error: {type(result.error).__name__}", (0, 0, 0)
+    scale = max(0.4, min(width, height) / 600)
+    thickness = max(1, round(scale * 2))
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    pad = max(3, th // 3)
+    cv2.rectangle(out, (0, 0), (tw + 2 * pad, th + base + 2 * pad), colour, cv2.FILLED)
+    origin = (pad, th + pad)
+    cv2.putText(out, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness)
+    peak = result.peak()
+    if peak is not None and result.geometry is not None:
+        fx = width / max(1, result.geometry.frame_width)
+        fy = height / max(1, result.geometry.frame_height)
+        centre = (int(peak[0] * fx), int(peak[1] * fy))
+        cell = result.heatmap_stride / max(result.geometry.scale, 1e-6)
+        radius = max(6, int(cell * fx))
+        cv2.circle(out, centre, radius, (255, 255, 255), thickness)
+
+
+def save_overlay(
+    path: str | os.PathLike[str], result: Result, image: np.ndarray | None = None
+) -> Path:
+    """Write ``draw_overlay(result, image)`` to path (PNG by its suffix); returns the path.
+
+    Raises:
+        OSError: the file could not be written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), draw_overlay(result, image)):
+        raise OSError(f"OpenCV could not write {path}")
+    return path

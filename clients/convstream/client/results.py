@@ -1,0 +1,247 @@
+"""What the server answers, as plain Python: numpy arrays already decoded from the wire."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from convstream.client.errors import ConvstreamError, from_status
+from convstream.client.frames import Frame
+from convstream.client.tensors import to_numpy
+from convstream.v1 import convstream_pb2 as pb
+
+__all__ = ["Geometry", "ModelInfo", "Result", "Stage", "Timings"]
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Milliseconds the server spent on one frame, by step."""
+
+    queue_ms: float
+    decode_ms: float
+    inference_ms: float
+    encode_ms: float
+    total_ms: float  # from arrival at the server to the result leaving it
+    batch_size: int  # frames that shared the inference run
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How a frame was letterboxed into the model input.
+
+    input = frame * scale + (pad_left, pad_top), in pixels; the content covers
+    ``content_box()`` of the input and the rest is padding.
+    """
+
+    frame_width: int
+    frame_height: int
+    input_width: int
+    input_height: int
+    scale: float
+    pad_left: int
+    pad_top: int
+
+    def content_box(self) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) of the frame inside the model input, in input pixels."""
+        right = min(self.input_width, self.pad_left + round(self.frame_width * self.scale))
+        bottom = min(self.input_height, self.pad_top + round(self.frame_height * self.scale))
+        return (
+            self.pad_left,
+            self.pad_top,
+            max(right, self.pad_left + 1),
+            max(bottom, self.pad_top + 1),
+        )
+
+    def to_frame(self, x: float, y: float) -> tuple[float, float]:
+        """A point of the model input in frame pixels (clamped to the frame)."""
+        fx = (x - self.pad_left) / self.scale
+        fy = (y - self.pad_top) / self.scale
+        return min(max(fx, 0.0), self.frame_width), min(max(fy, 0.0), self.frame_height)
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class Result:
+    """The answer for one frame.
+
+    Attributes:
+        frame_id: the frame's id, as sent.
+        score: P(damage) of the most damaged heatmap cell, in [0, 1].
+        damaged: score >= the model's threshold.
+        heatmap (np.ndarray | None): float32, shape (h, w): the damage probability per cell of
+            the model input, ``heatmap_stride`` input pixels a side; None when not asked for.
+        feature_maps (dict[str, np.ndarray]): stage name to float32 array of shape (C, H, W).
+        timings: the server's time per step, None for a frame that failed.
+        frame_age_ms: result time minus the frame's capture time (or its arrival).
+        frames_dropped: frames the stream's freshness policy has dropped so far.
+        dropped_frame_ids: the ids of frames dropped since the previous result.
+        sequence: the server's count of results on this stream, from 1 (0 for analyze).
+        geometry: how the frame sits in the model input; see ``peak()`` and overlays.
+        error: why this frame was not analysed (a stream goes on past bad frames); None if ok.
+        frame: the Frame that was sent, kept for overlays and names.
+        input_jpeg: the analysed model input as JPEG, when ResultOptions(input_jpeg=True).
+    """
+
+    frame_id: int
+    source: str = ""
+    score: float = 0.0
+    damaged: bool = False
+    heatmap: np.ndarray | None = None
+    heatmap_stride: int = 8
+    feature_maps: dict[str, np.ndarray] = field(default_factory=dict)
+    timings: Timings | None = None
+    frame_age_ms: float = 0.0
+    frames_dropped: int = 0
+    dropped_frame_ids: tuple[int, ...] = ()
+    sequence: int = 0
+    geometry: Geometry | None = None
+    capture_time: float | None = None
+    error: ConvstreamError | None = None
+    frame: Frame | None = None
+    input_jpeg: bytes | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the frame was analysed."""
+        return self.error is None
+
+    def raise_for_status(self) -> Result:
+        """Raise ``error`` if the frame failed; return self otherwise (for chaining)."""
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def peak(self) -> tuple[int, int] | None:
+        """(x, y) in frame pixels of the centre of the heatmap's hottest cell, or None."""
+        if self.heatmap is None or self.geometry is None or not self.heatmap.size:
+            return None
+        # Only cells over the frame count: the letterbox padding is not part of it.
+        left, top, right, bottom = self.geometry.content_box()
+        s = self.heatmap_stride
+        r0, c0 = top // s, left // s
+        content = self.heatmap[r0 : -(-bottom // s), c0 : -(-right // s)]
+        if not content.size:
+            content, r0, c0 = self.heatmap, 0, 0
+        row, col = np.unravel_index(int(np.argmax(content)), content.shape)
+        x, y = self.geometry.to_frame((c0 + col + 0.5) * s, (r0 + row + 0.5) * s)
+        return int(x), int(y)
+
+    @classmethod
+    def from_proto(cls, message: pb.FrameResult, frame: Frame | None = None) -> Result:
+        """Decode a FrameResult; tensors become float32 numpy arrays."""
+        capture = None
+        if message.HasField("capture_time"):
+            capture = message.capture_time.ToNanoseconds() / 1e9
+        common: dict[str, Any] = {
+            "frame_id": message.frame_id,
+            "source": message.source,
+            "frames_dropped": message.frames_dropped,
+            "dropped_frame_ids": tuple(message.dropped_frame_ids),
+            "sequence": message.sequence,
+            "capture_time": capture,
+            "frame": frame,
+        }
+        if message.status.code != 0:
+            return cls(error=from_status(message.status.code, message.status.message), **common)
+        heatmap = None
+        if message.HasField("heatmap"):
+            array = to_numpy(message.heatmap)
+            heatmap = array.reshape(array.shape[-2:]) if array.ndim == 3 else array
+        t = message.timings
+        g = message.geometry
+        return cls(
+            score=float(message.score),
+            damaged=message.damaged,
+            heatmap=heatmap,
+            heatmap_stride=message.heatmap.stride or 8,
+            feature_maps={tensor.name: to_numpy(tensor) for tensor in message.feature_maps},
+            timings=Timings(
+                t.queue_ms, t.decode_ms, t.inference_ms, t.encode_ms, t.total_ms, t.batch_size
+            ),
+            frame_age_ms=message.frame_age_ms,
+            geometry=Geometry(
+                g.frame_width,
+                g.frame_height,
+                g.input_width,
+                g.input_height,
+                g.scale,
+                g.pad_left,
+                g.pad_top,
+            )
+            if message.HasField("geometry")
+            else None,
+            input_jpeg=message.frame_jpeg or None,
+            **common,
+        )
+
+    def __repr__(self) -> str:
+        name = f" name={self.frame.name!r}" if self.frame is not None and self.frame.name else ""
+        if self.error is not None:
+            return f"<Result frame_id={self.frame_id}{name} error={self.error!r}>"
+        parts = [f"score={self.score:.3f}", f"damaged={self.damaged}"]
+        if self.heatmap is not None:
+            parts.append(f"heatmap={self.heatmap.shape}")
+        if self.feature_maps:
+            parts.append(f"feature_maps={list(self.feature_maps)}")
+        if self.timings is not None:
+            parts.append(f"total_ms={self.timings.total_ms:.1f}")
+        if self.frames_dropped:
+            parts.append(f"frames_dropped={self.frames_dropped}")
+        return f"<Result frame_id={self.frame_id}{name} {' '.join(parts)}>"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A feature-map stage of the model: channels and stride (input pixels per cell)."""
+
+    name: str
+    channels: int
+    stride: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The model the server runs and the limits it applies.
+
+    Attributes:
+        input_sizes: model input sizes as (width, height); each frame is letterboxed into the
+            one whose aspect ratio is closest to its own.
+        execution_provider: the onnxruntime provider really running, e.g. CPUExecutionProvider.
+    """
+
+    name: str
+    sha256: str
+    execution_provider: str
+    requested_provider: str
+    available_providers: tuple[str, ...]
+    threshold: float
+    heatmap_stride: int
+    stages: tuple[Stage, ...]
+    input_sizes: tuple[tuple[int, int], ...]
+    onnxruntime_version: str
+    server_version: str
+    max_message_bytes: int
+    max_frame_pixels: int
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        """Names to pass as ResultOptions.feature_maps."""
+        return tuple(stage.name for stage in self.stages)
+
+    @classmethod
+    def from_proto(cls, message: pb.ModelInfo) -> ModelInfo:
+        return cls(
+            name=message.name,
+            sha256=message.sha256,
+            execution_provider=message.execution_provider,
+            requested_provider=message.requested_provider,
+            available_providers=tuple(message.available_providers),
+            threshold=float(message.threshold),
+            heatmap_stride=message.heatmap_stride,
+            stages=tuple(Stage(s.name, s.channels, s.stride) for s in message.stages),
+            input_sizes=tuple((s.width, s.height) for s in message.input_sizes),
+            onnxruntime_version=message.onnxruntime_version,
+            server_version=message.server_version,
+            max_message_bytes=message.max_message_bytes,
+            max_frame_pixels=message.max_frame_pixels,
+        )

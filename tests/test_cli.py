@@ -1,0 +1,169 @@
+"""`convstream analyze | stream | info` against a real server, as a person or a script runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+from conftest import jpeg, png, scene
+from convstream.cli import main
+from convstream.server import Server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def run(*argv: str) -> int:
+    """main() in a thread: the server runs on this test's event loop."""
+    return await asyncio.to_thread(main, list(argv))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("images")
+    (folder / "box-1.jpg").write_bytes(jpeg(scene(1, 480, 640)))
+    (folder / "box-2.png").write_bytes(png(scene(2, 240, 320)))
+    (folder / "more").mkdir()
+    (folder / "more" / "wide.jpg").write_bytes(jpeg(scene(3, 300, 900)))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("video") / "dock.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
+    for i in range(12):
+        writer.write(scene(50 + i % 3, 240, 320))
+    writer.release()
+    return path
+
+
+async def test_analyze_prints_a_table(
+    server: Server, images: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await run("analyze", str(images), "--address", f"127.0.0.1:{server.port}") == 0
+    out, err = capsys.readouterr()
+    header, *rows, summary = out.splitlines()
+    assert " ".join(header.split()) == "FRAME NAME SCORE DAMAGED PEAK (x, y) SERVER MS"
+    assert [row.split()[0] for row in rows] == ["1", "2", "3"]
+    assert [Path(row.split()[1]).name for row in rows] == ["box-1.jpg", "box-2.png", "wide.jpg"]
+    assert all(0.0 <= float(row.split()[2]) <= 1.0 for row in rows)
+    assert all(row.split()[3] in ("yes", "no") for row in rows)
+    assert summary.startswith("3 frames in ") and "frames/s" in summary and "0 failed" in summary
+    assert err == ""
+
+
+async def test_analyze_json_lines_and_overlays(
+    server: Server, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    overlays = tmp_path / "overlays"
+    argv = ["analyze", str(images), "--maps", "stage3", "--encoding", "uint8", "--json"]
+    argv += ["--save-overlays", str(overlays), "--address", f"127.0.0.1:{server.port}"]
+    assert await run(*argv) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["frame_id"] for line in lines] == [1, 2, 3]
+    sizes = {"box-1.jpg": (480, 640), "box-2.png": (240, 320), "wide.jpg": (300, 900)}
+    for line in lines:
+        assert line["ok"] and line["error"] is None and 0.0 <= line["score"] <= 1.0
+        height, width = sizes[Path(line["name"]).name]
+        assert (line["geometry"]["frame_width"], line["geometry"]["frame_height"]) == (
+            width,
+            height,
+        )
+        assert line["feature_maps"]["stage3"]["shape"][0] == 64
+        assert line["timings"]["inference_ms"] > 0
+        image = cv2.imread(line["overlay"])
+        assert image is not None and image.shape == (height, width, 3)
+    assert sorted(p.name for p in overlays.iterdir()) == [
+        "000001-box-1.png",
+        "000002-box-2.png",
+        "000003-wide.png",
+    ]
+
+
+async def test_bad_image_is_a_row_and_exit_code_1(
+    server: Server, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(jpeg(scene(4, 240, 320))[:300])
+    argv = ["analyze", str(images / "box-1.jpg"), str(broken)]
+    assert await run(*argv, "--address", f"127.0.0.1:{server.port}") == 1
+    out, err = capsys.readouterr()
+    row = next(line for line in out.splitlines() if "broken.jpg" in line)
+    assert "error" in row and "InvalidFrame" in row and "JPEG" in row
+    assert err.strip() == "convstream analyze: 1 of 2 frames failed"
+
+
+async def test_stream_a_video_file(
+    server: Server, video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address = f"127.0.0.1:{server.port}"
+    assert await run("stream", str(video), "--address", address) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in out[1:-1]] == [[str(i), f"dock#{i}"] for i in range(12)]
+    assert out[-1].startswith("12 frames in ")
+
+    overlays = tmp_path / "overlays"
+    argv = ["stream", str(video), "--json", "--max-frames", "5", "--save-overlays", str(overlays)]
+    assert await run(*argv, "--freshness", "bounded_queue", "--address", address) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["frame_id"] for line in lines] == [0, 1, 2, 3, 4]
+    assert all(line["source"] == "dock" for line in lines)
+    for line in lines:
+        image = cv2.imread(line["overlay"])
+        assert image is not None and image.shape == (240, 320, 3)
+
+
+async def test_info(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    assert await run("info", "--address", f"127.0.0.1:{server.port}") == 0
+    out = capsys.readouterr().out
+    assert "CPUExecutionProvider" in out and "stage3" in out and "640x384" in out
+    assert await run("info", "--json", "--address", f"127.0.0.1:{server.port}") == 0
+    info = json.loads(capsys.readouterr().out)
+    assert [s["name"] for s in info["stages"]] == ["stage1", "stage2", "stage3", "stage4"]
+
+
+def test_no_server_is_one_line_and_exit_code_1(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "--address", f"127.0.0.1:{free_port()}"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith("convstream info: convstream server at 127.0.0.1:")
+    assert "unavailable" in err and "convstream serve" in err
+
+
+def test_usage_errors_exit_2(
+    images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["analyze", str(tmp_path / "missing.jpg")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["analyze", str(tmp_path / "empty")]) == 2
+    assert "no image files" in capsys.readouterr().err
+    assert main(["stream", str(tmp_path / "missing.avi")]) == 2
+    assert main(["analyze", str(images), "--quality", "0"]) == 2
+    assert "quality" in capsys.readouterr().err
+    assert main(["analyze", str(images), "--ca", str(tmp_path / "no-ca.pem")]) == 2
+    for argv in (["analyze"], ["stream", "x.avi", "--freshness", "newest"], ["nope"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+
+
+def test_the_console_command_has_no_traceback() -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "convstream.cli", "analyze", str(Path(__file__))]
+    command += ["--address", f"127.0.0.1:{free_port()}"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1 and "unavailable" in done.stderr

@@ -1,0 +1,461 @@
+"""The Python client against a real server on a loopback port: each call, sync and async."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+from conftest import jpeg, png, scene
+from convstream import client as cs
+from convstream.client import (
+    AsyncClient,
+    Client,
+    Frame,
+    InvalidFrame,
+    Overloaded,
+    Result,
+    ResultOptions,
+    Retry,
+    ServerUnavailable,
+    Upload,
+    Video,
+)
+from convstream.server import Server, Settings
+
+STAGES = ("stage1", "stage2", "stage3", "stage4")
+
+
+def address(server: Server) -> str:
+    return f"127.0.0.1:{server.port}"
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[np.ndarray]:
+    """Rendered warehouse frames of a few sizes (BGR uint8)."""
+    return [scene(i, 240, 320) for i in range(6)] + [scene(6, 480, 640), scene(7, 300, 900)]
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 30-frame MJPG video, 320x240 at 10 fps."""
+    path = tmp_path_factory.mktemp("video") / "conveyor.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
+    assert writer.isOpened()
+    for i in range(30):
+        writer.write(scene(100 + i % 5, 240, 320))
+    writer.release()
+    return path
+
+
+def test_public_names() -> None:
+    assert sorted(cs.__all__) == sorted(set(cs.__all__))
+    for name in cs.__all__:
+        assert getattr(cs, name) is not None
+    expected = {"Client", "AsyncClient", "Result", "ModelInfo", "Frame", "Video", "Timeout"}
+    expected |= {"TLS", "Limits", "Retry", "ResultOptions", "Upload", "ConvstreamError"}
+    assert expected <= set(cs.__all__)
+    errors = [getattr(cs, n) for n in cs.__all__ if isinstance(getattr(cs, n), type)]
+    defined = {c for c in vars(cs.errors).values() if isinstance(c, type)}
+    assert {e for e in errors if issubclass(e, Exception)} == {
+        c for c in defined if issubclass(c, cs.ConvstreamError)
+    }
+
+
+def test_client_package_imports_nothing_of_the_server_or_model() -> None:
+    code = (
+        "import sys, convstream.client, convstream.client.cli; "
+        "bad = [m for m in sys.modules if m.startswith(('convstream.server', 'convstream.model'))"
+        " or m == 'onnxruntime']; print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+async def test_model_info_sync_and_async(server: Server) -> None:
+    def sync() -> cs.ModelInfo:
+        with Client(address(server)) as client:
+            return client.model_info()
+
+    info = await asyncio.to_thread(sync)
+    async with AsyncClient(address(server)) as client:
+        assert await client.model_info() == info
+    assert info.stage_names == STAGES
+    assert info.execution_provider == "CPUExecutionProvider"
+    assert (640, 384) in info.input_sizes and 0.0 < info.threshold < 1.0
+    assert info.max_message_bytes == 64 * 1024 * 1024
+
+
+def check_result(
+    result: Result, image: np.ndarray, threshold: float, maps: tuple[str, ...]
+) -> None:
+    assert result.ok and result.error is None and result.raise_for_status() is result
+    height, width = image.shape[:2]
+    g = result.geometry
+    assert g is not None and (g.frame_width, g.frame_height) == (width, height)
+    assert 0.0 <= result.score <= 1.0 and result.damaged == (result.score >= threshold)
+    assert result.heatmap is not None and result.heatmap.dtype == np.float32
+    assert result.heatmap.shape == (g.input_height // 8, g.input_width // 8)
+    assert result.heatmap.max() == pytest.approx(result.score, abs=2e-3)
+    assert list(result.feature_maps) == list(maps)
+    for name, array in result.feature_maps.items():
+        stride = {"stage1": 2, "stage2": 4}.get(name, 8)
+        assert array.dtype == np.float32
+        assert array.shape[1:] == (g.input_height // stride, g.input_width // stride)
+    assert result.timings is not None and result.timings.inference_ms > 0
+    peak = result.peak()
+    assert peak is not None and 0 <= peak[0] <= width and 0 <= peak[1] <= height
+
+
+INPUTS = [
+    ("array as jpeg", lambda img, tmp: img, Upload()),
+    ("array raw", lambda img, tmp: img, Upload("raw")),
+    ("array png", lambda img, tmp: img, Upload("png")),
+    ("gray raw", lambda img, tmp: cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), Upload("raw")),
+    ("jpeg bytes", lambda img, tmp: jpeg(img), Upload()),
+    ("png file", lambda img, tmp: write(tmp / "f.png", png(img)), Upload()),
+    ("bmp file", lambda img, tmp: write_image(tmp / "f.bmp", img), Upload()),
+    ("frame", lambda img, tmp: Frame(jpeg(img), frame_id=7, source="dock-1"), Upload()),
+]
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def write_image(path: Path, image: np.ndarray) -> Path:
+    assert cv2.imwrite(str(path), image)
+    return path
+
+
+@pytest.mark.parametrize(("name", "make", "upload"), INPUTS, ids=[i[0] for i in INPUTS])
+async def test_analyze_sync_and_async(
+    server: Server, frames: list[np.ndarray], tmp_path: Path, name: str, make, upload: Upload
+) -> None:
+    image = frames[6]
+    item = make(image, tmp_path)
+    options = ResultOptions(feature_maps=["stage1", "stage3"], encoding="uint8")
+
+    def sync() -> Result:
+        with Client(address(server), upload=upload) as client:
+            return client.analyze(item, options=options)
+
+    result = await asyncio.to_thread(sync)
+    async with AsyncClient(address(server), upload=upload, options=options) as client:
+        again = await client.analyze(item)
+        threshold = (await client.model_info()).threshold
+    for r in (result, again):
+        check_result(r, image, threshold, ("stage1", "stage3"))
+        assert r.frame is not None and r.frame.pixels().shape == image.shape
+    assert again.score == pytest.approx(result.score, abs=1e-6)
+    if isinstance(item, Frame):
+        assert (result.frame_id, result.source) == (7, "dock-1")
+
+
+async def test_encodings_decode_to_float32_close_to_each_other(
+    server: Server, frames: list[np.ndarray]
+) -> None:
+    maps = {}
+    async with AsyncClient(address(server)) as client:
+        for encoding in ("float32", "float16", "uint8"):
+            options = ResultOptions(feature_maps=["stage4"], encoding=encoding, heatmap=False)
+            result = await client.analyze(frames[0], options=options)
+            assert result.heatmap is None
+            maps[encoding] = result.feature_maps["stage4"]
+    ref = maps["float32"]
+    assert all(m.dtype == np.float32 and m.shape == ref.shape for m in maps.values())
+    top = max(1.0, float(ref.max()))
+    assert np.abs(maps["float16"] - ref).max() <= 1e-2 * top
+    assert np.abs(maps["uint8"] - ref).max() <= top / 255 + 1e-6
+
+
+def mixed(frames: list[np.ndarray]) -> list[object]:
+    return [frames[0], jpeg(frames[1]), b"GIF89a not an image", frames[2], png(frames[3])]
+
+
+async def test_stream_sync_and_async_answers_in_order_past_bad_frames(
+    server: Server, frames: list[np.ndarray]
+) -> None:
+    def sync() -> list[Result]:
+        with Client(address(server)) as client:
+            return list(client.stream(mixed(frames), options=ResultOptions(["stage2"])))
+
+    async with AsyncClient(address(server)) as client:
+
+        async def items() -> AsyncIterator[object]:
+            for item in mixed(frames):
+                yield item
+
+        by_async = [r async for r in client.stream(items(), options=ResultOptions(["stage2"]))]
+        by_plain = [r async for r in client.stream(mixed(frames))]
+    by_sync = await asyncio.to_thread(sync)
+    for results in (by_sync, by_async, by_plain):
+        assert [r.frame_id for r in results] == [1, 2, 3, 4, 5]
+        assert [r.ok for r in results] == [True, True, False, True, True]
+        assert isinstance(results[2].error, InvalidFrame)
+        assert "expected JPEG" in results[2].error.message
+        with pytest.raises(InvalidFrame):
+            results[2].raise_for_status()
+        assert results[0].score == pytest.approx(results[3].score, abs=0.5)  # both analysed
+    assert list(by_sync[0].feature_maps) == ["stage2"] and not by_plain[0].feature_maps
+    assert by_sync[4].score == pytest.approx(by_async[4].score, abs=1e-6)
+
+
+async def test_folder_of_images(server: Server, frames: list[np.ndarray], tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "a.jpg", jpeg(frames[0]))
+    write(tmp_path / "b.png", png(frames[1]))
+    write_image(tmp_path / "sub" / "c.bmp", frames[2])
+    write(tmp_path / "notes.txt", b"not an image")
+    paths = cs.image_files([tmp_path])
+    assert [p.relative_to(tmp_path).as_posix() for p in paths] == ["a.jpg", "b.png", "sub/c.bmp"]
+
+    def sync() -> list[Result]:
+        with Client(address(server)) as client:
+            return list(client.stream(cs.read_images([tmp_path])))
+
+    async with AsyncClient(address(server)) as client:
+        by_async = [r async for r in client.stream(cs.read_images([tmp_path]))]
+    for results in (await asyncio.to_thread(sync), by_async):
+        assert [r.frame.name for r in results if r.frame] == [str(p) for p in paths]
+        assert all(r.ok for r in results)
+        assert results[2].geometry is not None and results[2].geometry.frame_width == 320
+
+
+async def test_video_file_streamed_in_order_none_missing(server: Server, video: Path) -> None:
+    def sync() -> list[Result]:
+        with Client(address(server)) as client, Video(video) as source:
+            assert (source.frame_count, source.fps, source.name) == (30, 10.0, "conveyor")
+            return list(client.stream(source.frames()))
+
+    async with AsyncClient(address(server)) as client:
+        with Video(video) as source:
+            by_async = [r async for r in client.stream(source.frames())]
+    for results in (await asyncio.to_thread(sync), by_async):
+        assert [r.frame_id for r in results] == list(range(30))
+        assert [r.sequence for r in results] == list(range(1, 31))
+        assert all(r.ok and r.source == "conveyor" for r in results)
+        assert results[5].frame is not None and results[5].frame.name == "conveyor#5"
+        assert sum(r.frames_dropped for r in results) == 0
+
+
+def test_video_latest_only_reader_hands_out_newest_frames(video: Path) -> None:
+    with Video(video, latest_only=True) as source:
+        got = []
+        for frame in source.frames():
+            got.append(frame.frame_id)
+            time.sleep(0.002)
+    assert got == sorted(got) and len(set(got)) == len(got) and got[-1] <= 29
+    with Video(video, max_frames=4) as source:
+        assert [f.frame_id for f in source.frames()] == [0, 1, 2, 3]
+    with pytest.raises(cs.SourceError, match="no such video"):
+        Video(video.with_name("missing.avi"))
+
+
+async def test_latest_only_answers_or_reports_every_frame_once(
+    server: Server, frames: list[np.ndarray]
+) -> None:
+    sent = [Frame(jpeg(frames[i % 6]), frame_id=100 + i) for i in range(40)]
+    async with AsyncClient(address(server)) as client:
+        results = [r async for r in client.stream(sent, freshness="latest_only")]
+    answered = [r.frame_id for r in results]
+    dropped = [i for r in results for i in r.dropped_frame_ids]
+    assert answered == sorted(answered) and answered[-1] == 139
+    assert sorted(answered + dropped) == [f.frame_id for f in sent]
+    assert results[-1].frames_dropped == len(dropped)
+
+
+async def test_server_errors_arrive_mapped(server: Server, frames: list[np.ndarray]) -> None:
+    async with AsyncClient(address(server)) as client:
+        with pytest.raises(InvalidFrame, match="expected JPEG") as info:
+            await client.analyze(b"garbage bytes, not an image")
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(InvalidFrame, match="stage9"):
+            await client.analyze(frames[0], options=ResultOptions(feature_maps=["stage9"]))
+        assert (await client.analyze(frames[0])).ok  # the server is fine
+
+    def sync() -> None:
+        with Client(address(server)) as client, pytest.raises(InvalidFrame, match="truncated"):
+            client.analyze(jpeg(frames[0])[:500])
+
+    await asyncio.to_thread(sync)
+
+
+async def test_too_many_streams_is_overloaded(frames: list[np.ndarray]) -> None:
+    server = Server(Settings(port=0, metrics_port=-1, max_streams=1))
+    await server.start()
+    try:
+        async with AsyncClient(address(server)) as client:
+            first = client.stream([frames[0]] * 200)
+            assert (await anext(first)).ok
+            with pytest.raises(Overloaded, match="limit is 1"):
+                _ = [r async for r in client.stream([frames[0]])]
+            await first.aclose()
+    finally:
+        await server.stop(grace=0)
+
+
+def test_no_server_is_server_unavailable() -> None:
+    with Client("127.0.0.1:1", retry=Retry(attempts=2)) as client:
+        with pytest.raises(ServerUnavailable, match=r"127\.0\.0\.1:1"):
+            client.model_info()
+        with pytest.raises(ServerUnavailable):
+            list(client.stream([b"x"], resume=True))
+
+
+async def test_breaking_out_of_a_stream_ends_it(server: Server, frames: list[np.ndarray]) -> None:
+    def endless() -> Iterator[bytes]:
+        while True:
+            yield jpeg(frames[0])
+
+    def sync() -> list[int]:
+        with Client(address(server)) as client:
+            results = client.stream(endless())
+            ids = [next(results).frame_id for _ in range(3)]
+            results.close()
+            return ids
+
+    assert await asyncio.to_thread(sync) == [1, 2, 3]
+    async with AsyncClient(address(server)) as client:
+        results = client.stream(endless())
+        assert (await anext(results)).frame_id == 1
+        await results.aclose()
+    assert server.servicer is not None
+    for _ in range(100):
+        if server.servicer.open_streams == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert server.servicer.open_streams == 0
+
+
+async def test_source_errors_come_after_the_frames_before_them(
+    server: Server, frames: list[np.ndarray]
+) -> None:
+    def failing() -> Iterator[object]:
+        yield frames[0]
+        yield frames[1]
+        raise cs.SourceError("camera unplugged")
+
+    def sync() -> list[Result]:
+        got: list[Result] = []
+        with Client(address(server)) as client, pytest.raises(cs.SourceError, match="unplugged"):
+            got.extend(client.stream(failing()))
+        return got
+
+    assert [r.frame_id for r in await asyncio.to_thread(sync)] == [1, 2]
+    async with AsyncClient(address(server)) as client:
+        got = []
+        with pytest.raises(TypeError, match="a frame must be"):
+            async for r in client.stream([frames[0], 3.5]):  # type: ignore[list-item]
+                got.append(r)
+    assert [r.frame_id for r in got] == [1]
+
+
+def restarting_source(frames: list[np.ndarray], count: int) -> Iterator[Frame]:
+    for i in range(count):
+        time.sleep(0.03)  # a camera: frames keep coming while the server restarts
+        yield Frame(jpeg(frames[i % 6]), capture_time=time.time())
+
+
+async def restart(first: Server) -> Server:
+    """Stop a server (it drains its streams) and start another on the same port."""
+    await first.stop(grace=1.0)
+    second = Server(Settings(port=first.port, metrics_port=-1))
+    await second.start()
+    return second
+
+
+@pytest.mark.parametrize("flavour", ["async", "sync"])
+async def test_broken_stream_resumes_on_a_restarted_server(
+    frames: list[np.ndarray], flavour: str
+) -> None:
+    first = Server(Settings(port=0, metrics_port=-1))
+    await first.start()
+    servers = [first]
+    count = 40
+    try:
+        if flavour == "async":
+            results: list[Result] = []
+            restarted: asyncio.Task[Server] | None = None
+            async with AsyncClient(address(first)) as client:
+                async for result in client.stream(restarting_source(frames, count), resume=True):
+                    results.append(result)
+                    if len(results) == 5:
+                        restarted = asyncio.create_task(restart(first))
+            assert restarted is not None
+            servers.append(await restarted)
+        else:
+            five = threading.Event()
+
+            def consume() -> list[Result]:
+                got = []
+                with Client(address(first)) as client:
+                    for result in client.stream(restarting_source(frames, count), resume=True):
+                        got.append(result)
+                        if len(got) == 5:
+                            five.set()
+                return got
+
+            consumer = asyncio.create_task(asyncio.to_thread(consume))
+            assert await asyncio.to_thread(five.wait, 30)
+            servers.append(await restart(first))
+            results = await consumer
+    finally:
+        for server in servers:
+            await server.stop(grace=0)
+    assert [r.frame_id for r in results] == list(range(1, count + 1))
+    assert all(r.ok for r in results)
+    sequences = [r.sequence for r in results]
+    assert sequences != sorted(sequences), "the results should come from two streams"
+
+
+def test_heatmap_cells_land_where_they_were_computed() -> None:
+    # A 900x300 frame letterboxed into 640x384: scaled by 640/900 to 640x213, 85 rows of pad
+    # above. The cell at row 23, column 40 covers input (324, 188), i.e. frame (456, 145).
+    geometry = cs.Geometry(900, 300, 640, 384, 640 / 900, 0, 85)
+    heat = np.zeros((48, 80), np.float32)
+    heat[23, 40] = 1.0
+    on_frame = cs.heatmap_on_frame(heat, geometry)
+    assert on_frame.shape == (300, 900) and on_frame.dtype == np.float32
+    y, x = np.unravel_index(int(np.argmax(on_frame)), on_frame.shape)
+    cell = 8 / geometry.scale  # a heatmap cell, in frame pixels
+    assert abs(x - 456) <= cell and abs(y - 145) <= cell
+    peak = Result(frame_id=1, heatmap=heat, geometry=geometry).peak()
+    assert peak is not None and abs(peak[0] - 456) <= 1 and abs(peak[1] - 145) <= 1
+    heat[2, 2] = 2.0  # hotter, but in the padding above the frame: not the frame's peak
+    assert Result(frame_id=1, heatmap=heat, geometry=geometry).peak() == peak
+
+
+async def test_overlays_written_and_readable(
+    server: Server, frames: list[np.ndarray], tmp_path: Path
+) -> None:
+    gray = cv2.cvtColor(frames[1], cv2.COLOR_BGR2GRAY)
+    async with AsyncClient(address(server)) as client:
+        results = [r async for r in client.stream([frames[0], frames[6], frames[7], gray])]
+    for result in results:
+        assert result.frame is not None
+        original = result.frame.pixels()
+        path = cs.save_overlay(tmp_path / "overlays" / f"{result.frame_id}.png", result)
+        image = cv2.imread(str(path))
+        assert image is not None and image.shape == original.shape
+        assert not np.array_equal(image, original)
+    drawn = cs.draw_overlay(results[0], frames[0], label=False)
+    assert drawn.shape == frames[0].shape and drawn.dtype == np.uint8
+
+
+def test_reprs_are_short_and_useful(frames: list[np.ndarray]) -> None:
+    frame = Frame(jpeg(frames[0]), frame_id=3, name="a.jpg")
+    assert repr(frame).startswith("Frame(name='a.jpg', frame_id=3, image=<")
+    bad = Result(frame_id=3, frame=frame, error=InvalidFrame("truncated JPEG"))
+    assert repr(bad) == "<Result frame_id=3 name='a.jpg' error=InvalidFrame('truncated JPEG')>"
+    good = Result(frame_id=4, score=0.25, heatmap=np.zeros((48, 80), np.float32))
+    assert repr(good) == "<Result frame_id=4 score=0.250 damaged=False heatmap=(48, 80)>"

@@ -1,0 +1,229 @@
+"""The client's transport: error mapping, retries, token, TLS and channel options.
+
+Retries, tokens and TLS need a server that fails on purpose or demands credentials, which the
+real server does not (yet) do, so a small fake servicer stands in at the gRPC seam here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from convstream.client import (
+    TLS,
+    AsyncClient,
+    Client,
+    ConvstreamError,
+    Limits,
+    ResultOptions,
+    Retry,
+    ServerUnavailable,
+    Timeout,
+    Unauthenticated,
+    Upload,
+    errors,
+)
+from convstream.v1 import convstream_pb2 as pb
+from convstream.v1 import convstream_pb2_grpc as pb_grpc
+
+EXPECTED = [
+    (grpc.StatusCode.OK, errors.ProtocolError),
+    (grpc.StatusCode.CANCELLED, errors.Cancelled),
+    (grpc.StatusCode.UNKNOWN, errors.ServerError),
+    (grpc.StatusCode.INVALID_ARGUMENT, errors.InvalidFrame),
+    (grpc.StatusCode.DEADLINE_EXCEEDED, errors.DeadlineExceeded),
+    (grpc.StatusCode.NOT_FOUND, errors.NotFound),
+    (grpc.StatusCode.ALREADY_EXISTS, errors.Rejected),
+    (grpc.StatusCode.PERMISSION_DENIED, errors.PermissionDenied),
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, errors.Overloaded),
+    (grpc.StatusCode.FAILED_PRECONDITION, errors.Rejected),
+    (grpc.StatusCode.ABORTED, errors.Rejected),
+    (grpc.StatusCode.OUT_OF_RANGE, errors.InvalidFrame),
+    (grpc.StatusCode.UNIMPLEMENTED, errors.Unsupported),
+    (grpc.StatusCode.INTERNAL, errors.ServerError),
+    (grpc.StatusCode.UNAVAILABLE, errors.ServerUnavailable),
+    (grpc.StatusCode.DATA_LOSS, errors.ServerError),
+    (grpc.StatusCode.UNAUTHENTICATED, errors.Unauthenticated),
+]
+
+
+def test_every_grpc_status_code_maps_to_the_tree() -> None:
+    assert {code for code, _ in EXPECTED} == set(grpc.StatusCode)
+    for code, cls in EXPECTED:
+        assert errors.error_class(code) is cls
+        by_enum = errors.from_status(code, "what happened")
+        by_number = errors.from_status(code.value[0], "what happened")
+        for error in (by_enum, by_number):
+            assert type(error) is cls and isinstance(error, ConvstreamError)
+            assert error.code == code and error.message == "what happened"
+    odd = errors.from_status(99, "?")
+    assert isinstance(odd, errors.ServerError) and "unknown status code 99" in odd.message
+
+
+class Fake(pb_grpc.ConvstreamServicer):
+    """GetModelInfo that fails ``unavailable`` times first, and checks a token if given."""
+
+    def __init__(self, unavailable: int = 0, token: str | None = None) -> None:
+        self.unavailable = unavailable
+        self.token = token
+        self.calls = 0
+        self.metadata: list[dict[str, str | bytes]] = []
+
+    async def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInfo:
+        self.calls += 1
+        metadata = dict(context.invocation_metadata() or ())
+        self.metadata.append(metadata)
+        if self.token and metadata.get("authorization") != f"Bearer {self.token}":
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid token is required")
+        if self.calls <= self.unavailable:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
+        return pb.ModelInfo(name="fake", stages=[pb.Stage(name="stage3", channels=64, stride=8)])
+
+
+async def serve(
+    fake: Fake, credentials: grpc.ServerCredentials | None = None
+) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server()
+    pb_grpc.add_ConvstreamServicer_to_server(fake, server)
+    if credentials is None:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        port = server.add_secure_port("127.0.0.1:0", credentials)
+    await server.start()
+    return server, port
+
+
+@pytest.fixture
+async def fake_server() -> AsyncIterator[tuple[Fake, int]]:
+    fake = Fake(unavailable=2, token="s3cret")
+    server, port = await serve(fake)
+    yield fake, port
+    await server.stop(0)
+
+
+async def test_unary_calls_retry_unavailable_through_the_service_config(
+    fake_server: tuple[Fake, int],
+) -> None:
+    fake, port = fake_server
+
+    def sync() -> str:
+        with Client(f"127.0.0.1:{port}", token="s3cret") as client:
+            return client.model_info().name
+
+    assert await asyncio.to_thread(sync) == "fake"
+    assert fake.calls == 3  # two UNAVAILABLE, then the answer
+    fake.calls = 0
+    async with AsyncClient(f"127.0.0.1:{port}", token="s3cret", retry=Retry(attempts=2)) as c:
+        with pytest.raises(ServerUnavailable, match="warming up"):
+            await c.model_info()
+    assert fake.calls == 2
+
+
+async def test_token_is_sent_as_bearer_metadata(fake_server: tuple[Fake, int]) -> None:
+    fake, port = fake_server
+    fake.unavailable = 0
+    async with AsyncClient(f"127.0.0.1:{port}", token="s3cret") as client:
+        assert (await client.model_info()).name == "fake"
+    assert fake.metadata[-1]["authorization"] == "Bearer s3cret"
+    assert str(fake.metadata[-1]["user-agent"]).startswith("convstream-python/")
+    async with AsyncClient(f"127.0.0.1:{port}", token="wrong") as client:
+        with pytest.raises(Unauthenticated, match="valid token"):
+            await client.model_info()
+
+
+def make_certificates(folder: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, made by openssl."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *key, "-subj", "/CN=test-ca", "-keyout", "ca.key", "-out", "ca.pem")
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client"):
+        openssl("req", *key, "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", "r.csr")
+        openssl(
+            "x509", "-req", "-in", "r.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "1", "-extfile", "san.ext", "-out", f"{name}.pem",
+        )  # fmt: skip
+    return {p.stem + p.suffix: p for p in folder.iterdir()}
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+async def test_mutual_tls(tmp_path: Path) -> None:
+    files = make_certificates(tmp_path)
+    credentials = grpc.ssl_server_credentials(
+        [(files["server.key"].read_bytes(), files["server.pem"].read_bytes())],
+        root_certificates=files["ca.pem"].read_bytes(),
+        require_client_auth=True,
+    )
+    server, port = await serve(Fake(), credentials)
+    try:
+        tls = TLS(ca=files["ca.pem"], cert=files["client.pem"], key=files["client.key"])
+
+        def sync() -> str:
+            with Client(f"127.0.0.1:{port}", tls=tls) as client:
+                return client.model_info().name
+
+        assert await asyncio.to_thread(sync) == "fake"
+        async with AsyncClient(f"127.0.0.1:{port}", tls=tls) as client:
+            assert (await client.model_info()).name == "fake"
+        # without a client certificate the handshake fails
+        no_cert = TLS(ca=files["ca.pem"].read_bytes())
+        async with AsyncClient(f"127.0.0.1:{port}", tls=no_cert, retry=Retry(1)) as client:
+            with pytest.raises(ServerUnavailable):
+                await client.model_info()
+    finally:
+        await server.stop(0)
+
+
+def test_channel_options_keepalive_limits_and_retry_policy() -> None:
+    with Client("10.0.0.9", limits=Limits(max_message_bytes=8 << 20)) as client:
+        target, credentials, args = client._channel_args()
+    options = dict(args)
+    assert target == "10.0.0.9:50051" and credentials is None
+    # the server accepts pings no more often than every 10 s
+    assert options["grpc.keepalive_time_ms"] >= 30_000
+    assert options["grpc.max_receive_message_length"] == 8 << 20
+    assert options["grpc.max_send_message_length"] == 8 << 20
+    config = json.loads(options["grpc.service_config"])
+    (method,) = config["methodConfig"]
+    assert {n["method"] for n in method["name"]} == {"Analyze", "GetModelInfo"}
+    assert method["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+    assert Limits().max_message_bytes == 64 * 1024 * 1024
+
+
+def test_options_are_validated_and_readable() -> None:
+    assert repr(Timeout(5.0)) == "Timeout(call=5.0, stream=None)"
+    assert ResultOptions(feature_maps=["stage3"]).feature_maps == ("stage3",)
+    bad = [
+        lambda: Timeout(-1),
+        lambda: TLS(cert="client.pem"),
+        lambda: Retry(attempts=0),
+        lambda: Limits(max_in_flight=0),
+        lambda: ResultOptions(encoding="float64"),  # type: ignore[arg-type]
+        lambda: Upload("gif"),  # type: ignore[arg-type]
+        lambda: Upload(quality=101),
+        lambda: ResultOptions().to_proto("newest"),  # type: ignore[arg-type]
+        lambda: ResultOptions().to_proto("bounded_queue", 5000),
+    ]
+    for make in bad:
+        with pytest.raises(ValueError):
+            make()
+    with pytest.raises(TypeError):
+        ResultOptions(feature_maps="stage3")
+    assert "key" not in repr(TLS(cert="c.pem", key="k.pem"))
+    client = Client("127.0.0.1:1", token="s3cret")
+    assert repr(client) == "<Client 127.0.0.1:1 tls=off, token=***>"
+    client.close()
+    assert "closed" in repr(client)
+    with pytest.raises(RuntimeError, match="closed"):
+        client.model_info()
