@@ -8,6 +8,7 @@ import cv2
 import grpc
 import numpy as np
 import pytest
+
 from convstream.model.scenes import render_scene
 from convstream.server import Server, Settings
 from convstream.v1 import convstream_pb2_grpc as pb_grpc

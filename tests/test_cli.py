@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import pytest
 from conftest import jpeg, png, scene
+
 from convstream.cli import main
 from convstream.server import Server
 

@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 import pytest
 from conftest import jpeg, png, scene
+
 from convstream import client as cs
 from convstream.client import (
     AsyncClient,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from convstream.client import (
     TLS,
     AsyncClient,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from convstream.server.config import ConfigError, Settings, load_settings, parse_size
 
 

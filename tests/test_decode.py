@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import jpeg, png, scene
+
 from convstream.server.decode import Limits, decode_encoded, decode_raw, encoded_size
 from convstream.server.errors import FrameTooLarge, InvalidFrame
 from convstream.server.letterbox import choose_input, letterbox, reduction

@@ -12,9 +12,10 @@ import time
 import grpc
 import pytest
 from conftest import jpeg, scene
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
 def free_port() -> int:

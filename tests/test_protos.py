@@ -8,8 +8,9 @@ import sys
 import tomllib
 from pathlib import Path
 
-from convstream.v1 import convstream_pb2
 from google.protobuf import descriptor_pb2
+
+from convstream.v1 import convstream_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTO = ROOT / "protos" / "convstream" / "v1" / "convstream.proto"

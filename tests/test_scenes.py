@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from convstream.model.scenes import DAMAGE_KINDS, Conveyor, Scene, render_scene
 
 

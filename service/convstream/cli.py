@@ -64,12 +64,49 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_samples(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "samples",
+        help="write rendered warehouse frames to try the server on",
+        description="Render warehouse frames (the same renderer the model was trained on, "
+        "with seeds it never saw) as JPEG files; about half show damaged packages.",
+    )
+    p.add_argument("directory", type=Path, help="where the JPEG files go (created if needed)")
+    p.add_argument("--count", type=int, default=8, help="how many frames (default 8)")
+    p.add_argument("--size", default="720x1280", help="HxW of each frame (default 720x1280)")
+    p.set_defaults(func=_samples)
+
+
+def _samples(args: argparse.Namespace) -> int:
+    import cv2
+
+    from convstream.model.scenes import render_scene
+
+    try:
+        height, width = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        print(
+            f"convstream samples: --size must look like 720x1280, got {args.size!r}",
+            file=sys.stderr,
+        )
+        return 2
+    args.directory.mkdir(parents=True, exist_ok=True)
+    for i in range(args.count):
+        scene = render_scene(4_000_000_000 + i, height, width, damaged=i % 2 == 1)
+        label = "damaged" if scene.damaged else "intact"
+        path = args.directory / f"box-{i:03d}-{label}.jpg"
+        cv2.imwrite(str(path), scene.image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        print(f"{path}  {label}{' (' + ', '.join(scene.kinds) + ')' if scene.kinds else ''}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="convstream", description="Damage scores and feature maps for camera frames."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(commands)
+    _add_samples(commands)
     from convstream.client.cli import add_commands
 
     add_commands(commands)

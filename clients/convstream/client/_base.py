@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import grpc
+
 from convstream.client.errors import ConvstreamError, ServerUnavailable
 from convstream.client.frames import Frame, FrameLike, as_frame, to_request
 from convstream.client.options import (

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from types import TracebackType
 
 import grpc
+
 from convstream.client._base import BaseClient
 from convstream.client._feed import AsyncFeed, Ledger, SyncFeed
 from convstream.client.errors import from_rpc_error

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
+from tqdm import tqdm
+
 from convstream.client.overlay import save_overlay
 from convstream.client.results import ModelInfo, Result
-from tqdm import tqdm
 
 MiB = 1024 * 1024
 

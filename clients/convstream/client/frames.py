@@ -21,6 +21,7 @@ from typing import Union
 
 import cv2
 import numpy as np
+
 from convstream.client.errors import SourceError
 from convstream.client.options import Upload
 from convstream.v1 import convstream_pb2 as pb

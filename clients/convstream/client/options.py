@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 import grpc
+
 from convstream.v1 import convstream_pb2 as pb
 
 __all__ = ["TLS", "Encoding", "Freshness", "Limits", "ResultOptions", "Retry", "Timeout", "Upload"]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from convstream.client.results import Geometry, Result
 
 __all__ = ["draw_overlay", "heatmap_on_frame", "save_overlay"]

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from convstream.client.errors import ConvstreamError, from_status
 from convstream.client.frames import Frame
 from convstream.client.tensors import to_numpy

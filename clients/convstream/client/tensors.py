@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from convstream.v1 import convstream_pb2 as pb
 
 _DTYPES: dict[int, np.dtype[Any]] = {

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
 from convstream.model.runtime import DamageModel
 from convstream.model.scenes import Scene, render_scene
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import onnx
 import torch
+
 from convstream.model.network import HEATMAP_STRIDE, STAGES, DamageNet, ExportWrapper
 from convstream.model.runtime import INPUT_NAME, OUTPUT_NAMES
 

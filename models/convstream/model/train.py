@@ -22,34 +22,46 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
+
 from convstream.model.evaluate import EVAL_SEED_BASE, best_threshold, evaluate, score_scenes
 from convstream.model.export import export_onnx
 from convstream.model.network import HEATMAP_STRIDE, DamageNet, parameter_count
 from convstream.model.runtime import DamageModel
 from convstream.model.scenes import render_scene
-from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
 VAL_SEED_BASE = 500_000_000
 RENDER_SIZE = 256
-CROP = 224
+CROP = 128
 # A heatmap cell is a positive target when damage covers this much of it, a negative when none
 # does; cells in between are ignored rather than forced either way.
 POSITIVE_COVER = 0.2
 
 
-def _render(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    scene = render_scene(seed, RENDER_SIZE, RENDER_SIZE)
-    return scene.image, scene.mask
+def _render_pair(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    damaged = render_scene(seed, RENDER_SIZE, RENDER_SIZE, damaged=True)
+    intact = render_scene(seed, RENDER_SIZE, RENDER_SIZE, damaged=False)
+    return damaged.image, damaged.mask, intact.image, intact.mask
 
 
-def render_set(seeds: Sequence[int], desc: str) -> tuple[np.ndarray, np.ndarray]:
-    """Render scenes on every core: images (N, 256, 256, 3) uint8, masks (N, 256, 256) uint8."""
+def render_pairs(seeds: Sequence[int], desc: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each seed's scene with and without damage, rendered on every core.
+
+    Returns:
+        images (2N, 256, 256, 3) uint8 and masks (2N, 256, 256) uint8; rows 2i and 2i + 1 are
+        the same scene, damaged and intact. Seeing both, the network learns what damage adds
+        to a scene rather than what damaged scenes happen to have in common.
+    """
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool() as pool:
-        pairs = list(tqdm(pool.imap(_render, seeds, chunksize=32), total=len(seeds), desc=desc))
-    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+        quads = list(
+            tqdm(pool.imap(_render_pair, seeds, chunksize=16), total=len(seeds), desc=desc)
+        )
+    images = np.stack([img for q in quads for img in (q[0], q[2])])
+    masks = np.stack([m for q in quads for m in (q[1], q[3])])
+    return images, masks
 
 
 def cell_targets(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -65,19 +77,25 @@ def cell_targets(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def batches(
     images: np.ndarray, masks: np.ndarray, batch: int, rng: np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One augmented batch: random stride-aligned 224 crops and flips of random scenes."""
-    idx = rng.integers(0, len(images), batch)
-    offsets = rng.integers(0, (RENDER_SIZE - CROP) // HEATMAP_STRIDE + 1, (batch, 2))
-    offsets *= HEATMAP_STRIDE
+    """One augmented batch of batch/2 scene pairs: the same stride-aligned crop and flips for
+    a scene's damaged and intact versions."""
+    pairs = rng.integers(0, len(images) // 2, batch // 2)
     xs = np.empty((batch, CROP, CROP, 3), np.uint8)
     ms = np.empty((batch, CROP, CROP), np.uint8)
-    for k, (i, (dy, dx)) in enumerate(zip(idx, offsets, strict=True)):
-        img, m = images[i, dy : dy + CROP, dx : dx + CROP], masks[i, dy : dy + CROP, dx : dx + CROP]
-        if rng.random() < 0.5:
-            img, m = img[:, ::-1], m[:, ::-1]
-        if rng.random() < 0.3:
-            img, m = img[::-1], m[::-1]
-        xs[k], ms[k] = img, m
+    for k, pair in enumerate(pairs):
+        dy, dx = rng.integers(0, (RENDER_SIZE - CROP) // HEATMAP_STRIDE + 1, 2) * HEATMAP_STRIDE
+        flip_x, flip_y = rng.random() < 0.5, rng.random() < 0.3
+        for j in (0, 1):
+            i = 2 * pair + j
+            img, m = (
+                images[i, dy : dy + CROP, dx : dx + CROP],
+                masks[i, dy : dy + CROP, dx : dx + CROP],
+            )
+            if flip_x:
+                img, m = img[:, ::-1], m[:, ::-1]
+            if flip_y:
+                img, m = img[::-1], m[::-1]
+            xs[2 * k + j], ms[2 * k + j] = img, m
     target, weight = cell_targets(ms)
     labels = ms.reshape(batch, -1).any(axis=1).astype(np.float32)
     return (
@@ -93,21 +111,22 @@ def loss_fn(
 ) -> torch.Tensor:
     """Cell-wise BCE (where the damage is) plus image-wise BCE on the max cell (whether any)."""
     cells = F.binary_cross_entropy_with_logits(
-        logits, target, weight=weight, pos_weight=torch.tensor(3.0)
+        logits, target, weight=weight, pos_weight=torch.tensor(5.0)
     )
     image = F.binary_cross_entropy_with_logits(logits.amax(dim=(1, 2, 3)), labels)
     return cells + image
 
 
 def train(
-    out_dir: Path, *, images: int, steps: int, batch: int, seed: int = 0
+    out_dir: Path, *, scenes: int, steps: int, batch: int, seed: int = 0
 ) -> dict[str, object]:
     """Render, train, pick the threshold on a validation set, export, evaluate; returns metrics."""
     started = time.perf_counter()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     torch.set_num_threads(max(1, multiprocessing.cpu_count()))
-    train_x, train_m = render_set(range(images), "render train")
+    cv2.setNumThreads(1)  # small images: OpenCV's own threads only fight the training's
+    train_x, train_m = render_pairs(range(scenes), "render train")
 
     net = DamageNet()
     optimiser = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
@@ -149,7 +168,7 @@ def train(
         "held_out_384x640": asdict(held_out_640),
         "threshold": threshold,
         "parameters": parameter_count(net),
-        "train_images": images,
+        "train_scenes": scenes,
         "train_steps": steps,
         "batch": batch,
         "train_seconds": round(time.perf_counter() - started, 1),
@@ -165,12 +184,12 @@ def train(
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train and export the damage model.")
     parser.add_argument("--out", type=Path, default=Path("models/convstream/model"))
-    parser.add_argument("--images", type=int, default=8000, help="rendered training scenes")
-    parser.add_argument("--steps", type=int, default=1600, help="optimiser steps")
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--scenes", type=int, default=2000, help="rendered scene pairs")
+    parser.add_argument("--steps", type=int, default=2500, help="optimiser steps")
+    parser.add_argument("--batch", type=int, default=64, help="crops per step (pairs x 2)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    report = train(args.out, images=args.images, steps=args.steps, batch=args.batch)
+    report = train(args.out, scenes=args.scenes, steps=args.steps, batch=args.batch)
     print(json.dumps(report, indent=2))
 
 

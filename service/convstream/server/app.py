@@ -12,6 +12,9 @@ from importlib.metadata import PackageNotFoundError, version
 
 import grpc
 import onnxruntime as ort
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
 from convstream.model import DamageModel
 from convstream.server.config import Settings
 from convstream.server.engine import Engine
@@ -20,8 +23,6 @@ from convstream.server.pipeline import Pipeline
 from convstream.server.servicer import ConvstreamServicer
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 logger = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
 from convstream.server.errors import FrameTooLarge, InvalidFrame
 
 JPEG_MAGIC = b"\xff\xd8\xff"

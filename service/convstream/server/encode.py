@@ -8,6 +8,7 @@ is at most scale / 2 = max / 510.
 from __future__ import annotations
 
 import numpy as np
+
 from convstream.v1 import convstream_pb2 as pb
 
 FLOAT32 = pb.TENSOR_ENCODING_FLOAT32

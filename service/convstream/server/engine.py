@@ -21,6 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from convstream.model import DamageModel
 from convstream.server.errors import Draining, Overloaded
 

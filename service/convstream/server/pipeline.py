@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
 from convstream.model import FEATURE_NAMES
 from convstream.server.config import Settings
 from convstream.server.decode import Limits, decode_encoded, decode_raw, encoded_size

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
+
 from convstream.server.config import Settings
 from convstream.server.errors import ConvstreamError, Draining, Overloaded
 from convstream.server.metrics import Metrics

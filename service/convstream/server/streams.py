@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
+
 from convstream.server.errors import ConvstreamError, InvalidOptions
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Options, Pipeline, error_result

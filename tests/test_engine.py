@@ -1,0 +1,69 @@
+"""The engine batches frames from many callers and hands each its own result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import scene
+
+from convstream.model import DamageModel
+from convstream.server.engine import Engine
+from convstream.server.errors import Draining, Overloaded
+
+
+@pytest.fixture(scope="module")
+def model() -> DamageModel:
+    return DamageModel(provider="cpu")
+
+
+def test_batches_return_each_frame_its_own_outputs(model: DamageModel) -> None:
+    frames = [scene(30 + i, 384, 640) for i in range(8)]
+    frames += [scene(40 + i, 480, 640) for i in range(4)]  # a second input size in the mix
+    expected = [model.run(f[None])["score"][0] for f in frames]
+    engine = Engine(model, max_batch=8)
+    try:
+        futures = [engine.submit(f, ["stage3"] if i % 2 else []) for i, f in enumerate(frames)]
+        results = [f.result(timeout=30) for f in futures]
+    finally:
+        engine.close()
+    for i, (result, score) in enumerate(zip(results, expected, strict=True)):
+        assert float(result.arrays["score"]) == pytest.approx(float(score), abs=1e-5)
+        assert ("stage3" in result.arrays) == bool(i % 2)
+        assert result.arrays["heatmap"].shape[1:] == (
+            frames[i].shape[0] // 8,
+            frames[i].shape[1] // 8,
+        )
+    sizes = [r.batch_size for r in results]
+    assert max(sizes) > 1, sizes  # frames that waited together ran together
+    assert max(sizes) <= 8
+    assert engine.frames == len(frames) and engine.runs < len(frames)
+
+
+def test_full_queue_is_overloaded_and_closed_engine_is_draining(model: DamageModel) -> None:
+    engine = Engine(model, max_batch=1, max_queued=2)
+    frame = np.zeros((384, 640, 3), np.uint8)
+    try:
+        with pytest.raises(Overloaded, match="2 frames waiting"):
+            for _ in range(50):
+                engine.submit(frame)
+    finally:
+        engine.close()
+    with pytest.raises(Draining):
+        engine.submit(frame)
+
+
+def test_cancelled_frames_are_never_run(model: DamageModel) -> None:
+    engine = Engine(model, max_batch=1)
+    frame = np.zeros((384, 640, 3), np.uint8)
+    try:
+        futures = [engine.submit(frame) for _ in range(20)]
+        cancelled = sum(f.cancel() for f in futures[5:])
+        for f in futures[:5]:
+            f.result(timeout=30)
+        for f in futures[5:]:
+            if not f.cancelled():
+                f.result(timeout=30)
+    finally:
+        engine.close()
+    assert cancelled > 0
+    assert engine.frames == 20 - cancelled
