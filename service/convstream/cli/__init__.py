@@ -113,7 +113,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result
-
-
-if __name__ == "__main__":
-    sys.exit(main())
