@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -158,7 +157,6 @@ def make_certificates(folder: Path) -> dict[str, Path]:
     return {p.stem + p.suffix: p for p in folder.iterdir()}
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 async def test_mutual_tls(tmp_path: Path) -> None:
     files = make_certificates(tmp_path)
     credentials = grpc.ssl_server_credentials(
