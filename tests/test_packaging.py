@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import importlib
-import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -28,8 +29,9 @@ def test_model_and_card_ship_inside_the_package() -> None:
 
 
 def test_console_script_is_installed() -> None:
-    exe = shutil.which("convstream")
-    assert exe is not None, "pip install should put `convstream` on PATH"
+    # pip puts console scripts beside the environment's interpreter
+    exe = Path(sys.executable).parent / "convstream"
+    assert exe.is_file(), f"pip install should have written {exe}"
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60, check=True)
     for command in ("serve", "analyze", "stream", "info", "samples"):
         assert command in out.stdout
