@@ -125,7 +125,9 @@ def decode_encoded(data: bytes, limits: Limits, reduce: int = 1) -> np.ndarray:
             f"({'ff d9' if kind == 'jpeg' else 'IEND'}) for a {width}x{height} image"
         )
     flag = _REDUCED.get(reduce, cv2.IMREAD_COLOR) if kind == "jpeg" else cv2.IMREAD_COLOR
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    # Pixels as stored, as the header describes them: an EXIF rotation would swap width and
+    # height behind the geometry's back.
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise InvalidFrame(f"corrupt {kind.upper()}: OpenCV could not decode {len(data)} bytes")
     return image
