@@ -128,7 +128,7 @@ async def test_stream_a_video_file(
 async def test_info(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
     assert await run("info", "--address", f"127.0.0.1:{server.port}") == 0
     out = capsys.readouterr().out
-    assert "CPUExecutionProvider" in out and "stage3" in out and "640x384" in out
+    assert "CPUExecutionProvider" in out and "stage3" in out and "384x640" in out
     assert await run("info", "--json", "--address", f"127.0.0.1:{server.port}") == 0
     info = json.loads(capsys.readouterr().out)
     assert [s["name"] for s in info["stages"]] == ["stage1", "stage2", "stage3", "stage4"]

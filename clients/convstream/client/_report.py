@@ -170,13 +170,13 @@ def _file_name(result: Result) -> str:
 
 def model_info_text(info: ModelInfo) -> str:
     """GetModelInfo for people."""
-    sizes = ", ".join(f"{w}x{h}" for w, h in info.input_sizes)
+    sizes = ", ".join(f"{h}x{w}" for w, h in info.input_sizes)
     lines = [
         f"model        {info.name} (sha256 {info.sha256[:16]}…)",
         f"provider     {info.execution_provider} (requested {info.requested_provider}; "
         f"available {', '.join(info.available_providers)})",
         f"threshold    {info.threshold:.3f} (damaged when score >= threshold)",
-        f"input sizes  {sizes} (width x height; frames are letterboxed)",
+        f"input sizes  {sizes} (height x width, as in the settings; frames are letterboxed)",
         f"heatmap      one cell per {info.heatmap_stride} input pixels",
         "stages       NAME      CHANNELS  STRIDE",
     ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -174,7 +175,21 @@ def _run(args: argparse.Namespace, body: Callable[[Client], int]) -> int:
     log.addHandler(handler)
     try:
         with client:
+            maps = getattr(args, "maps", None)
+            if maps:  # a typo is a usage error, not one failed frame after another
+                stages = client.model_info().stage_names
+                unknown = [m for m in maps if m not in stages]
+                if unknown:
+                    return _usage(
+                        args,
+                        f"unknown feature map {unknown[0]!r}; the model has {', '.join(stages)}",
+                    )
             return body(client)
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep Python's exit-time flush
+        # of stdout from failing on the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ConvstreamError as exc:
         hint = ""
         if isinstance(exc, ServerUnavailable):
