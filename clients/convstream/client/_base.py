@@ -121,37 +121,9 @@ class BaseClient:
         chosen = options if options is not None else self.options
         return chosen.to_proto(freshness, queue_size)
 
-    def _resume_delay(
-        self,
-        error: ConvstreamError,
-        resume: bool,
-        failures: int,
-        broke: float | None,
-        waiting: int,
-    ) -> float | None:
-        """Seconds to wait before re-opening a broken stream, or None to give up.
-
-        Before its first result a stream gets the tries of a unary call (so a missing server
-        is reported quickly); once it has run, it keeps trying for ``resume_timeout``.
-        """
-        if not (resume and isinstance(error, ServerUnavailable)):
-            return None
-        delay = self.retry.delay(failures)
-        if broke is None:
-            if failures >= self.retry.attempts:
-                return None
-            logger.debug("stream to %s failed (%s); retrying in %.1f s", self.address, error, delay)
-            return delay
-        if time.monotonic() + delay - broke > self.retry.resume_timeout:
-            return None
-        logger.warning(
-            "stream to %s broke (%s); resuming in %.1f s with %d frames not yet answered",
-            self.address,
-            error.message,
-            delay,
-            waiting,
-        )
-        return delay
+    def _resumption(self, resume: bool) -> _Resumption:
+        """The reconnect bookkeeping of one stream() call."""
+        return _Resumption(self, resume)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -162,3 +134,54 @@ class BaseClient:
         token = ", token=***" if self._token else ""
         state = ", closed" if self._closed else ""
         return f"<{type(self).__name__} {self.address} tls={tls}{token}{state}>"
+
+
+class _Resumption:
+    """When a broken stream is re-opened, shared by Client and AsyncClient.
+
+    Before its first result a stream gets the tries of a unary call (so a missing server is
+    reported quickly); once it has run, it keeps trying for ``retry.resume_timeout``.
+    """
+
+    def __init__(self, client: BaseClient, resume: bool) -> None:
+        self._client = client
+        self._resume = resume
+        self._failures = 0
+        self._ran = False
+        self._broke = 0.0
+
+    def answered(self) -> None:
+        """A result arrived: the stream works, later breaks start counting afresh."""
+        self._failures, self._ran = 0, True
+
+    def delay(self, error: ConvstreamError, waiting: int) -> float | None:
+        """Seconds to wait before re-opening after error, or None to give up.
+
+        Args:
+            error: why the stream ended.
+            waiting: frames sent but not yet answered, for the log line.
+        """
+        if self._failures == 0:
+            self._broke = time.monotonic()
+        self._failures += 1
+        if not (self._resume and isinstance(error, ServerUnavailable)):
+            return None
+        client = self._client
+        delay = client.retry.delay(self._failures)
+        if not self._ran:
+            if self._failures >= client.retry.attempts:
+                return None
+            logger.debug(
+                "stream to %s failed (%s); retrying in %.1f s", client.address, error, delay
+            )
+            return delay
+        if time.monotonic() + delay - self._broke > client.retry.resume_timeout:
+            return None
+        logger.warning(
+            "stream to %s broke (%s); resuming in %.1f s with %d frames not yet answered",
+            client.address,
+            error.message,
+            delay,
+            waiting,
+        )
+        return delay

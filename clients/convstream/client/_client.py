@@ -132,7 +132,7 @@ class Client(BaseClient):
         self, frames: Iterable[FrameLike], ledger: Ledger, resume: bool
     ) -> Iterator[Result]:
         feed = SyncFeed(frames, ledger, self.limits.max_in_flight)
-        failures, ran, broke = 0, False, 0.0
+        resumption = self._resumption(resume)
         try:
             while True:
                 call = self._stub.StreamFrames(
@@ -140,16 +140,11 @@ class Client(BaseClient):
                 )
                 try:
                     for message in call:
-                        failures, ran = 0, True
+                        resumption.answered()
                         yield feed.answer(message)
                 except grpc.RpcError as exc:
                     error = from_rpc_error(exc, address=self.address)
-                    if failures == 0:
-                        broke = time.monotonic()
-                    failures += 1
-                    delay = self._resume_delay(
-                        error, resume, failures, broke if ran else None, len(feed.ledger)
-                    )
+                    delay = resumption.delay(error, len(feed.ledger))
                     if delay is None:
                         raise error from exc
                     time.sleep(delay)
@@ -246,7 +241,7 @@ class AsyncClient(BaseClient):
         stub = self._stub
         ledger = Ledger(self._stream_options(options, freshness, queue_size), self.upload)
         feed = AsyncFeed(frames, ledger, self.limits.max_in_flight)
-        failures, ran, broke = 0, False, 0.0
+        resumption = self._resumption(resume)
         try:
             while True:
                 call = stub.StreamFrames(
@@ -254,16 +249,11 @@ class AsyncClient(BaseClient):
                 )
                 try:
                     async for message in call:
-                        failures, ran = 0, True
+                        resumption.answered()
                         yield await feed.answer(message)
                 except grpc.RpcError as exc:
                     error = from_rpc_error(exc, address=self.address)
-                    if failures == 0:
-                        broke = time.monotonic()
-                    failures += 1
-                    delay = self._resume_delay(
-                        error, resume, failures, broke if ran else None, len(feed.ledger)
-                    )
+                    delay = resumption.delay(error, len(feed.ledger))
                     if delay is None:
                         raise error from exc
                     await asyncio.sleep(delay)
