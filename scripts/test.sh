@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Install convstream and its test tools into .venv, then run every check CI runs:
+# Install convstream, its test tools and the system packages the camera tests need, then
+# run every check CI runs:
 # lint, format, and the whole pytest suite against the installed (non-editable) package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+./scripts/system-deps.sh  # GStreamer's RTSP server for the live-camera tests
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check '.[test]'

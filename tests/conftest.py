@@ -37,7 +37,7 @@ def scene(
 
 @pytest.fixture
 def settings() -> Settings:
-    return Settings(port=0, metrics_port=0, grace_period_s=1.0)
+    return Settings(port=0, metrics_port=0, grace_period_s=1.0, cameras=())
 
 
 @pytest.fixture

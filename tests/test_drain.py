@@ -88,7 +88,7 @@ async def test_sigterm_drains_streams_and_exits_zero() -> None:
                 await stub.Analyze(pb.FrameRequest(encoded=data), timeout=5)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         code = await asyncio.to_thread(process.wait, 10)
-        assert code == 0
+        assert code == 0, (code, process.stderr.read().decode()[-3000:] if process.stderr else "")
         assert time.monotonic() - started < 5.0 + 2.0  # the grace period and a little
     finally:
         if process.poll() is None:

@@ -30,6 +30,16 @@ class Freshness(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FRESHNESS_LATEST_ONLY: _ClassVar[Freshness]
     FRESHNESS_BOUNDED_QUEUE: _ClassVar[Freshness]
     FRESHNESS_LOSSLESS: _ClassVar[Freshness]
+
+class CameraState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CAMERA_STATE_UNSPECIFIED: _ClassVar[CameraState]
+    CAMERA_STATE_CONNECTING: _ClassVar[CameraState]
+    CAMERA_STATE_RUNNING: _ClassVar[CameraState]
+    CAMERA_STATE_STALLED: _ClassVar[CameraState]
+    CAMERA_STATE_RECONNECTING: _ClassVar[CameraState]
+    CAMERA_STATE_FAILED: _ClassVar[CameraState]
+    CAMERA_STATE_STOPPED: _ClassVar[CameraState]
 PIXEL_FORMAT_UNSPECIFIED: PixelFormat
 PIXEL_FORMAT_BGR8: PixelFormat
 PIXEL_FORMAT_RGB8: PixelFormat
@@ -42,6 +52,13 @@ FRESHNESS_UNSPECIFIED: Freshness
 FRESHNESS_LATEST_ONLY: Freshness
 FRESHNESS_BOUNDED_QUEUE: Freshness
 FRESHNESS_LOSSLESS: Freshness
+CAMERA_STATE_UNSPECIFIED: CameraState
+CAMERA_STATE_CONNECTING: CameraState
+CAMERA_STATE_RUNNING: CameraState
+CAMERA_STATE_STALLED: CameraState
+CAMERA_STATE_RECONNECTING: CameraState
+CAMERA_STATE_FAILED: CameraState
+CAMERA_STATE_STOPPED: CameraState
 
 class RawImage(_message.Message):
     __slots__ = ("width", "height", "format", "data")
@@ -232,3 +249,65 @@ class ModelInfo(_message.Message):
     max_message_bytes: int
     max_frame_pixels: int
     def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., execution_provider: _Optional[str] = ..., requested_provider: _Optional[str] = ..., available_providers: _Optional[_Iterable[str]] = ..., threshold: _Optional[float] = ..., heatmap_stride: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., input_sizes: _Optional[_Iterable[_Union[InputSize, _Mapping]]] = ..., onnxruntime_version: _Optional[str] = ..., server_version: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., max_frame_pixels: _Optional[int] = ...) -> None: ...
+
+class ListCamerasRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CameraStatus(_message.Message):
+    __slots__ = ("id", "state", "state_since", "source_kind", "last_error", "fps_in", "fps_out", "fps_cap", "frames_read", "frames_analysed", "frames_dropped", "reconnects", "watchers", "frame_width", "frame_height", "last_score", "last_frame_time", "latency_ms")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STATE_SINCE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_KIND_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    FPS_IN_FIELD_NUMBER: _ClassVar[int]
+    FPS_OUT_FIELD_NUMBER: _ClassVar[int]
+    FPS_CAP_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_READ_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_ANALYSED_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    RECONNECTS_FIELD_NUMBER: _ClassVar[int]
+    WATCHERS_FIELD_NUMBER: _ClassVar[int]
+    FRAME_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    FRAME_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    LAST_SCORE_FIELD_NUMBER: _ClassVar[int]
+    LAST_FRAME_TIME_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    state: CameraState
+    state_since: _timestamp_pb2.Timestamp
+    source_kind: str
+    last_error: str
+    fps_in: float
+    fps_out: float
+    fps_cap: float
+    frames_read: int
+    frames_analysed: int
+    frames_dropped: int
+    reconnects: int
+    watchers: int
+    frame_width: int
+    frame_height: int
+    last_score: float
+    last_frame_time: _timestamp_pb2.Timestamp
+    latency_ms: float
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[CameraState, str]] = ..., state_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source_kind: _Optional[str] = ..., last_error: _Optional[str] = ..., fps_in: _Optional[float] = ..., fps_out: _Optional[float] = ..., fps_cap: _Optional[float] = ..., frames_read: _Optional[int] = ..., frames_analysed: _Optional[int] = ..., frames_dropped: _Optional[int] = ..., reconnects: _Optional[int] = ..., watchers: _Optional[int] = ..., frame_width: _Optional[int] = ..., frame_height: _Optional[int] = ..., last_score: _Optional[float] = ..., last_frame_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latency_ms: _Optional[float] = ...) -> None: ...
+
+class ListCamerasResponse(_message.Message):
+    __slots__ = ("cameras",)
+    CAMERAS_FIELD_NUMBER: _ClassVar[int]
+    cameras: _containers.RepeatedCompositeFieldContainer[CameraStatus]
+    def __init__(self, cameras: _Optional[_Iterable[_Union[CameraStatus, _Mapping]]] = ...) -> None: ...
+
+class WatchCameraRequest(_message.Message):
+    __slots__ = ("camera_id", "options", "max_fps", "queue_size")
+    CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_FPS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    camera_id: str
+    options: ResultOptions
+    max_fps: float
+    queue_size: int
+    def __init__(self, camera_id: _Optional[str] = ..., options: _Optional[_Union[ResultOptions, _Mapping]] = ..., max_fps: _Optional[float] = ..., queue_size: _Optional[int] = ...) -> None: ...

@@ -49,6 +49,16 @@ class ConvstreamStub(object):
                 request_serializer=convstream_dot_v1_dot_convstream__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=convstream_dot_v1_dot_convstream__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.ListCameras = channel.unary_unary(
+                '/convstream.v1.Convstream/ListCameras',
+                request_serializer=convstream_dot_v1_dot_convstream__pb2.ListCamerasRequest.SerializeToString,
+                response_deserializer=convstream_dot_v1_dot_convstream__pb2.ListCamerasResponse.FromString,
+                _registered_method=True)
+        self.WatchCamera = channel.unary_stream(
+                '/convstream.v1.Convstream/WatchCamera',
+                request_serializer=convstream_dot_v1_dot_convstream__pb2.WatchCameraRequest.SerializeToString,
+                response_deserializer=convstream_dot_v1_dot_convstream__pb2.FrameResult.FromString,
+                _registered_method=True)
 
 
 class ConvstreamServicer(object):
@@ -76,6 +86,22 @@ class ConvstreamServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCameras(self, request, context):
+        """The cameras in the server's config, with each one's state and rates.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchCamera(self, request, context):
+        """Results of a server-pulled camera, named by its id (unknown: NOT_FOUND). Each camera
+        frame is analysed once however many watch it; each watcher gets its own rate, content
+        and queue, so a slow one loses its own stale results and slows nobody else.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConvstreamServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +119,16 @@ def add_ConvstreamServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=convstream_dot_v1_dot_convstream__pb2.GetModelInfoRequest.FromString,
                     response_serializer=convstream_dot_v1_dot_convstream__pb2.ModelInfo.SerializeToString,
+            ),
+            'ListCameras': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCameras,
+                    request_deserializer=convstream_dot_v1_dot_convstream__pb2.ListCamerasRequest.FromString,
+                    response_serializer=convstream_dot_v1_dot_convstream__pb2.ListCamerasResponse.SerializeToString,
+            ),
+            'WatchCamera': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchCamera,
+                    request_deserializer=convstream_dot_v1_dot_convstream__pb2.WatchCameraRequest.FromString,
+                    response_serializer=convstream_dot_v1_dot_convstream__pb2.FrameResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +212,60 @@ class Convstream(object):
             '/convstream.v1.Convstream/GetModelInfo',
             convstream_dot_v1_dot_convstream__pb2.GetModelInfoRequest.SerializeToString,
             convstream_dot_v1_dot_convstream__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCameras(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/convstream.v1.Convstream/ListCameras',
+            convstream_dot_v1_dot_convstream__pb2.ListCamerasRequest.SerializeToString,
+            convstream_dot_v1_dot_convstream__pb2.ListCamerasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchCamera(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/convstream.v1.Convstream/WatchCamera',
+            convstream_dot_v1_dot_convstream__pb2.WatchCameraRequest.SerializeToString,
+            convstream_dot_v1_dot_convstream__pb2.FrameResult.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,12 +31,41 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="do not serve gRPC reflection",
     )
+    p.add_argument(
+        "--camera",
+        dest="cameras",
+        action="append",
+        metavar="ID=SOURCE",
+        help="a camera to pull, e.g. dock-3=rtsp://10.0.0.7/stream (repeatable; replaces the "
+        "config's cameras; per-camera options go in the TOML file)",
+    )
+    p.add_argument(
+        "--no-cameras",
+        dest="cameras",
+        action="store_const",
+        const=[],
+        help="pull no cameras (not even the demo conveyor)",
+    )
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=_serve)
 
 
+def _camera_flags(values: list[str] | None) -> list[dict[str, str]] | None:
+    if values is None:
+        return None
+    cameras = []
+    for value in values:
+        camera_id, sep, source = value.partition("=")
+        if not sep or not camera_id or not source:
+            raise ValueError(
+                f"--camera takes ID=SOURCE, e.g. dock-3=rtsp://host/path; got {value!r}"
+            )
+        cameras.append({"id": camera_id, "source": source})
+    return cameras
+
+
 def _serve(args: argparse.Namespace) -> int:
-    from convstream.server import ConfigError, load_settings, serve
+    from convstream.server import ConfigError, Settings, load_settings, serve
 
     keys = (
         "host",
@@ -48,16 +77,22 @@ def _serve(args: argparse.Namespace) -> int:
         "reflection",
         "log_level",
     )
+
+    def load() -> Settings:
+        overrides = {k: getattr(args, k) for k in keys}
+        overrides["cameras"] = _camera_flags(args.cameras)
+        return load_settings(args.config, overrides=overrides)
+
     try:
-        settings = load_settings(args.config, overrides={k: getattr(args, k) for k in keys})
-    except ConfigError as exc:
+        settings = load()
+    except (ConfigError, ValueError) as exc:
         print(f"convstream serve: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, reload=load))
     except OSError as exc:
         print(f"convstream serve: {exc}", file=sys.stderr)
         return 1

@@ -11,23 +11,26 @@ async def main() -> None:
 """
 
 from convstream.server.app import Server, serve
-from convstream.server.config import ConfigError, Settings, load_settings
+from convstream.server.config import CameraConfig, ConfigError, Settings, load_settings
 from convstream.server.errors import (
     ConvstreamError,
     Draining,
     FrameTooLarge,
     InvalidFrame,
     InvalidOptions,
+    NotFound,
     Overloaded,
 )
 
 __all__ = [
+    "CameraConfig",
     "ConfigError",
     "ConvstreamError",
     "Draining",
     "FrameTooLarge",
     "InvalidFrame",
     "InvalidOptions",
+    "NotFound",
     "Overloaded",
     "Server",
     "Settings",

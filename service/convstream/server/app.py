@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import PackageNotFoundError, version
 
@@ -16,8 +17,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from convstream.model import DamageModel
-from convstream.server.config import Settings
+from convstream.server.cameras import CameraManager
+from convstream.server.config import ConfigError, Settings
 from convstream.server.engine import Engine
+from convstream.server.errors import Draining
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Pipeline
 from convstream.server.servicer import ConvstreamServicer
@@ -86,6 +89,7 @@ class Server:
         self._engine: Engine | None = None
         self._executor: ThreadPoolExecutor | None = None
         self.servicer: ConvstreamServicer | None = None
+        self.cameras: CameraManager | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -104,7 +108,14 @@ class Server:
         )
         pipeline = Pipeline(settings, self._engine, self._executor)
         info = model_info(settings, model)
-        self.servicer = ConvstreamServicer(settings, pipeline, self.metrics, info)
+        self.cameras = CameraManager(
+            pipeline,
+            self.metrics,
+            self.health,
+            watcher_queue_size=settings.watcher_queue_size,
+            max_watchers=settings.max_watchers,
+        )
+        self.servicer = ConvstreamServicer(settings, pipeline, self.metrics, info, self.cameras)
         self.metrics.provider.labels(model.provider, model.requested_provider).set(1)
 
         server = grpc.aio.server(options=grpc_options(settings))
@@ -123,6 +134,7 @@ class Server:
             self.metrics_port = self.metrics.serve(settings.host, settings.metrics_port)
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.cameras.start(settings.cameras)
         logger.info(
             "convstream %s serving on %s:%d (model %s, sha256 %s..., provider %s)",
             server_version(),
@@ -145,10 +157,17 @@ class Server:
         await self.health.enter_graceful_shutdown()
         if self.servicer is not None:
             self.servicer.draining.set()
+        if self.cameras is not None:
+            self.cameras.end_watchers(
+                Draining("server is shutting down; reconnect to another instance")
+            )
+        if self.servicer is not None:
             while self.servicer.open_streams and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
         if self._grpc is not None:
             await self._grpc.stop(max(0.0, deadline - time.monotonic()))
+        if self.cameras is not None:
+            await self.cameras.stop()
         if self._engine is not None:
             self._engine.close()
         if self._executor is not None:
@@ -156,19 +175,56 @@ class Server:
         self.metrics.close()
         logger.info("convstream stopped")
 
+    async def reload(self, settings: Settings) -> None:
+        """Apply a changed config while running: cameras are added, removed and restarted;
+        other settings need a restart and are reported, not applied."""
+        changed = [
+            name
+            for name in Settings.model_fields
+            if name != "cameras" and getattr(settings, name) != getattr(self.settings, name)
+        ]
+        if changed:
+            logger.warning(
+                "reload: %s change only on restart; kept as they were", ", ".join(changed)
+            )
+        if self.cameras is not None:
+            await self.cameras.apply(settings.cameras)
+        self.settings = self.settings.model_copy(update={"cameras": settings.cameras})
+        logger.info("reload: %d cameras configured", len(settings.cameras))
+
     async def wait(self) -> None:
         if self._grpc is not None:
             await self._grpc.wait_for_termination()
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then drain for the grace period and return."""
+async def serve(settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain for the grace period and return.
+
+    On SIGHUP, ``reload()`` loads the settings again and the cameras follow them.
+    """
     server = Server(settings)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def on_hup() -> None:
+        assert reload is not None
+        try:
+            await server.reload(reload())
+        except ConfigError as exc:
+            logger.error("reload refused, nothing changed: %s", exc)
+
+    if reload is not None:
+
+        def hup() -> None:
+            task = asyncio.create_task(on_hup())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, hup)
     await stop.wait()
     logger.info("signal received: draining for up to %.1f s", settings.grace_period_s)
     await server.stop()

@@ -21,6 +21,59 @@ class ConfigError(ValueError):
     """The settings could not be loaded; the message names the source and the bad key."""
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """'384x640' -> (384, 640); both positive multiples of 8."""
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"input size must look like HxW, e.g. 384x640, got {text!r}") from None
+    if height <= 0 or width <= 0 or height % 8 or width % 8:
+        raise ValueError(f"input size sides must be positive multiples of 8, got {text!r}")
+    return height, width
+
+
+CAMERA_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+DEMO_SOURCE = "demo:conveyor"
+
+
+class CameraConfig(BaseModel):
+    """One server-pulled camera. Clients know it by ``id`` only; ``source`` stays here."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=CAMERA_ID, description="the name clients watch it by")
+    source: str = Field(
+        min_length=1,
+        description="rtsp://, http(s):// (MJPEG or MPEG-TS), tcp://, udp://, a video file, "
+        "device:N for a USB camera, or demo:conveyor[?fps=15&seed=0&size=360x640]",
+    )
+    fps: float = Field(0.0, ge=0, le=240, description="frames analysed per second at most; 0: all")
+    input_size: str | None = Field(
+        None, description="model input HxW; unset: the input_sizes entry closest in aspect"
+    )
+    loop: bool = Field(True, description="video files: start again at the end")
+    open_timeout_s: float = Field(10.0, gt=0, le=300, description="opening the source")
+    read_timeout_s: float = Field(5.0, gt=0, le=300, description="one read() of a frame")
+    reconnect_min_s: float = Field(0.5, gt=0, le=600, description="first retry delay")
+    reconnect_max_s: float = Field(30.0, gt=0, le=3600, description="longest retry delay")
+    max_reconnects: int = Field(0, ge=0, description="failed retries before FAILED; 0: forever")
+
+    @field_validator("source")
+    @classmethod
+    def _check_source(cls, source: str) -> str:
+        from convstream.server.sources import parse_source  # sources builds on this module
+
+        parse_source(source)
+        return source
+
+    @field_validator("input_size")
+    @classmethod
+    def _check_size(cls, size: str | None) -> str | None:
+        if size is not None:
+            parse_size(size)
+        return size
+
+
 class Settings(BaseModel):
     """Everything `convstream serve` can be told."""
 
@@ -63,6 +116,25 @@ class Settings(BaseModel):
     grace_period_s: float = Field(5.0, ge=0, description="SIGTERM: time open streams get")
     frame_jpeg_quality: int = Field(80, ge=1, le=100, description="JPEG quality of result frames")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    cameras: tuple[CameraConfig, ...] = Field(
+        (CameraConfig(id="demo", source=DEMO_SOURCE),),
+        description="server-pulled cameras ([[cameras]] tables in TOML); the default is one "
+        "synthetic conveyor so a fresh install shows the whole product; [] for none",
+    )
+    watcher_queue_size: int = Field(
+        2, ge=1, le=1024, description="results waiting per WatchCamera call by default"
+    )
+    max_watchers: int = Field(256, ge=1, description="concurrent WatchCamera calls at most")
+
+    @field_validator("cameras")
+    @classmethod
+    def _unique_ids(cls, cameras: tuple[CameraConfig, ...]) -> tuple[CameraConfig, ...]:
+        seen: set[str] = set()
+        for camera in cameras:
+            if camera.id in seen:
+                raise ValueError(f"camera id {camera.id!r} is listed twice")
+            seen.add(camera.id)
+        return cameras
 
     @field_validator("input_sizes")
     @classmethod
@@ -76,17 +148,6 @@ class Settings(BaseModel):
         return [parse_size(s) for s in self.input_sizes]
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'384x640' -> (384, 640); both positive multiples of 8."""
-    try:
-        height, width = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"input size must look like HxW, e.g. 384x640, got {text!r}") from None
-    if height <= 0 or width <= 0 or height % 8 or width % 8:
-        raise ValueError(f"input size sides must be positive multiples of 8, got {text!r}")
-    return height, width
-
-
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     fields = Settings.model_fields
     values: dict[str, Any] = {}
@@ -96,6 +157,8 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
         name = key[len(ENV_PREFIX) :].lower()
         if name not in fields:
             raise ConfigError(f"unknown setting {key}; known: {', '.join(sorted(fields))}")
+        if name == "cameras":
+            raise ConfigError(f"{key}: cameras are configured in the TOML file or with --camera")
         values[name] = raw.split(",") if name == "input_sizes" else raw
     return values
 

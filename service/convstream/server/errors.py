@@ -4,6 +4,7 @@
     ├── InvalidFrame                INVALID_ARGUMENT: a frame that cannot be analysed
     │   └── FrameTooLarge           INVALID_ARGUMENT: over the pixel or size limits
     ├── InvalidOptions              INVALID_ARGUMENT: unknown feature map, bad queue size, ...
+    ├── NotFound                    NOT_FOUND: no camera by that id
     ├── Overloaded                  RESOURCE_EXHAUSTED: over the stream or queue limits
     └── Draining                    UNAVAILABLE: the server is shutting down
 
@@ -35,6 +36,12 @@ class InvalidOptions(ConvstreamError):
     """The request asks for something the server does not have."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(ConvstreamError):
+    """The request names a camera the server does not have (or no longer has)."""
+
+    code = grpc.StatusCode.NOT_FOUND
 
 
 class Overloaded(ConvstreamError):

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from convstream.server.cameras import CameraManager
 from convstream.server.config import Settings
 from convstream.server.errors import ConvstreamError, Draining, Overloaded
 from convstream.server.metrics import Metrics
@@ -21,12 +22,18 @@ logger = logging.getLogger(__name__)
 
 
 class ConvstreamServicer(pb_grpc.ConvstreamServicer):
-    """Analyze, StreamFrames and GetModelInfo over one Pipeline."""
+    """Every RPC of convstream.v1.Convstream, over one Pipeline and the server's cameras."""
 
     def __init__(
-        self, settings: Settings, pipeline: Pipeline, metrics: Metrics, model_info: pb.ModelInfo
+        self,
+        settings: Settings,
+        pipeline: Pipeline,
+        metrics: Metrics,
+        model_info: pb.ModelInfo,
+        cameras: CameraManager,
     ) -> None:
         self.settings = settings
+        self.cameras = cameras
         self.pipeline = pipeline
         self.metrics = metrics
         self.model_info = model_info
@@ -93,3 +100,25 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInfo:
         return self.model_info
+
+    async def ListCameras(
+        self, request: pb.ListCamerasRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListCamerasResponse:
+        return pb.ListCamerasResponse(cameras=self.cameras.statuses())
+
+    async def WatchCamera(
+        self, request: pb.WatchCameraRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.FrameResult]:
+        try:
+            if self.draining.is_set():
+                raise Draining("server is shutting down; retry on another instance")
+            watcher = self.cameras.watch(request.camera_id, request)
+        except ConvstreamError as exc:
+            await context.abort(exc.code, str(exc))
+        try:
+            while True:
+                yield await watcher.next()
+        except ConvstreamError as exc:
+            await context.abort(exc.code, f"{exc} (after {watcher.sequence} results)")
+        finally:
+            self.cameras.unwatch(watcher)

@@ -1,0 +1,286 @@
+"""One server-pulled camera: a reader thread that keeps only the newest frame, and its state.
+
+The reader reads as fast as the source gives frames, always, whatever the analysis rate: a
+source that is read slowly buffers (in FFmpeg, in the kernel's socket buffer) and every frame
+after that comes out late. Here nothing queues: a new frame replaces the one in the slot, and
+the analysis takes whatever is newest when it is ready.
+
+    connecting --open--> running --no frame for a while--> stalled --frame--> running
+        |                   |                                 |
+        +--open fails--> reconnecting <--read fails/times out-+
+                            |   (exponential backoff with jitter, then open again)
+                            +--max_reconnects passed--> failed
+
+A ``read()`` that never returns (FFmpeg can wedge past its own timeout, opencv#22677) is
+caught by ``check``, called by the watchdog: the wedged thread is abandoned (it exits on its
+own if the read ever returns) and a fresh one reconnects.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from convstream.server.config import CameraConfig
+from convstream.server.sources import (
+    Capture,
+    SourceError,
+    SourceSpec,
+    open_source,
+    parse_source,
+    redact,
+)
+from convstream.v1 import convstream_pb2 as pb
+
+logger = logging.getLogger(__name__)
+
+WEDGE_GRACE_S = 2.0  # a read this long past the read timeout is wedged
+Opener = Callable[..., Capture]
+
+STATE_NAMES = {
+    pb.CAMERA_STATE_CONNECTING: "connecting",
+    pb.CAMERA_STATE_RUNNING: "running",
+    pb.CAMERA_STATE_STALLED: "stalled",
+    pb.CAMERA_STATE_RECONNECTING: "reconnecting",
+    pb.CAMERA_STATE_FAILED: "failed",
+    pb.CAMERA_STATE_STOPPED: "stopped",
+}
+
+
+class RateMeter:
+    """Events per second over the last few seconds; safe to tick and read from any thread."""
+
+    def __init__(self, window_s: float = 3.0) -> None:
+        self.window_s = window_s
+        self._times: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def tick(self, now: float) -> None:
+        with self._lock:
+            self._times.append(now)
+            while now - self._times[0] > self.window_s:
+                self._times.popleft()
+
+    def rate(self, now: float) -> float:
+        with self._lock:
+            times = [t for t in self._times if now - t <= self.window_s]
+        if len(times) < 2:
+            return 0.0
+        return (len(times) - 1) / max(now - times[0], 1e-6)
+
+
+def backoff_s(attempt: int, low: float, high: float, rng: random.Random) -> float:
+    """Delay before retry number ``attempt`` (1, 2, ...): doubling from low up to high, with
+    half of it random so cameras that dropped together do not all come back at once."""
+    delay = min(high, low * 2 ** (attempt - 1))
+    return delay / 2 + rng.uniform(0, delay / 2)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A frame as read: its number on this camera, pixels and when it was read."""
+
+    number: int
+    image: np.ndarray
+    captured: float  # time.time()
+    read_at: float  # time.monotonic()
+
+
+class Camera:
+    """Keeps one source open on a reader thread; ``take`` gives the newest frame.
+
+    Args:
+        config: the camera's settings.
+        opener: opens a SourceSpec (``open_source``; tests may pass another).
+    """
+
+    def __init__(self, config: CameraConfig, opener: Opener = open_source) -> None:
+        self.config = config
+        self.spec: SourceSpec = parse_source(config.source)
+        self.on_frame: Callable[[], None] = lambda: None
+        self.state = pb.CAMERA_STATE_CONNECTING
+        self.state_since = time.time()
+        self.last_error = ""
+        self.frames_read = 0
+        self.frames_dropped = 0
+        self.reconnects = 0
+        self.frame_size = (0, 0)  # width, height
+        self.fps_in = RateMeter()
+        self.stall_after_s = min(1.0, config.read_timeout_s / 2)
+        self._opener = opener
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._generation = 0
+        self._latest: Frame | None = None
+        self._taken = 0
+        self._last_frame_at = 0.0
+        self._read_started: float | None = None
+        self._rng = random.Random()
+
+    @property
+    def state_name(self) -> str:
+        return STATE_NAMES[self.state]
+
+    def start(self) -> None:
+        with self._lock:
+            self._spawn()
+
+    def stop(self) -> None:
+        """Stop reading; a reader blocked in open or read exits when that returns."""
+        with self._lock:
+            self._stop.set()
+            self._generation += 1
+            self._set_state(pb.CAMERA_STATE_STOPPED, self.last_error)
+
+    def take(self, after: int) -> Frame | None:
+        """The newest frame if it is newer than frame number ``after``."""
+        with self._lock:
+            frame = self._latest
+            if frame is None or frame.number <= after:
+                return None
+            self._taken = frame.number
+            return frame
+
+    def check(self, now: float) -> None:
+        """Watchdog step (any thread, every fraction of a second): mark stalls, end wedges."""
+        with self._lock:
+            if self._stop.is_set():
+                return
+            started = self._read_started
+            if started is not None and now - started > (self.config.read_timeout_s + WEDGE_GRACE_S):
+                error = (
+                    f"read() did not return in {now - started:.1f} s (read timeout "
+                    f"{self.config.read_timeout_s:g} s); abandoned it and reconnecting"
+                )
+                logger.warning("camera %s: %s", self.config.id, error)
+                self.reconnects += 1
+                self._set_state(pb.CAMERA_STATE_RECONNECTING, error)
+                self._spawn()
+            elif (
+                self.state == pb.CAMERA_STATE_RUNNING
+                and now - self._last_frame_at > self.stall_after_s
+            ):
+                waited = now - self._last_frame_at
+                self._set_state(pb.CAMERA_STATE_STALLED, f"no frame for {waited:.1f} s")
+
+    # -- the reader thread ---------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        """Start a reader for a new generation (the caller holds the lock)."""
+        self._generation += 1
+        self._read_started = None
+        thread = threading.Thread(
+            target=self._run,
+            args=(self._generation,),
+            name=f"camera-{self.config.id}",
+            daemon=True,
+        )
+        thread.start()
+
+    def _current(self, generation: int) -> bool:
+        return generation == self._generation and not self._stop.is_set()
+
+    def _run(self, generation: int) -> None:
+        failures = 0
+        while self._current(generation):
+            error = self._session(generation)
+            if error is None or not self._current(generation):
+                return
+            if error.permanent:
+                with self._lock:
+                    if self._current(generation):
+                        ended = error.args[0] == "end of video file"
+                        state = pb.CAMERA_STATE_STOPPED if ended else pb.CAMERA_STATE_FAILED
+                        self._set_state(state, "" if ended else str(error))
+                return
+            failures += 1
+            limit = self.config.max_reconnects
+            with self._lock:
+                if not self._current(generation):
+                    return
+                if limit and failures > limit:
+                    self._set_state(
+                        pb.CAMERA_STATE_FAILED, f"{error}; gave up after {limit} reconnects"
+                    )
+                    return
+                self.reconnects += 1
+                self._set_state(pb.CAMERA_STATE_RECONNECTING, str(error))
+            delay = backoff_s(
+                failures, self.config.reconnect_min_s, self.config.reconnect_max_s, self._rng
+            )
+            logger.info(
+                "camera %s: %s; retrying in %.1f s", self.config.id, redact(str(error)), delay
+            )
+            self._stop.wait(delay)
+
+    def _session(self, generation: int) -> SourceError | None:
+        """Open the source and read until it fails; the failure, or None when stopped."""
+        cfg = self.config
+        try:
+            capture = self._opener(
+                self.spec,
+                open_timeout_s=cfg.open_timeout_s,
+                read_timeout_s=cfg.read_timeout_s,
+                loop=cfg.loop,
+            )
+        except SourceError as exc:
+            return exc
+        except Exception as exc:  # OpenCV raises cv2.error for some malformed sources
+            return SourceError(f"could not open {self.spec.kind} source: {exc}")
+        try:
+            while self._current(generation):
+                self._read_started = time.monotonic()
+                try:
+                    image = capture.read()
+                finally:
+                    if generation == self._generation:
+                        self._read_started = None
+                if not self._current(generation):
+                    return None
+                self._publish(image, generation)
+            return None
+        except SourceError as exc:
+            return exc
+        except Exception as exc:
+            logger.exception("camera %s: reading failed", cfg.id)
+            return SourceError(f"reading {self.spec.kind} source failed: {exc}")
+        finally:
+            capture.release()
+
+    def _publish(self, image: np.ndarray, generation: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if generation != self._generation:
+                return
+            if self._latest is not None and self._latest.number > self._taken:
+                self.frames_dropped += 1  # never analysed: a newer frame replaces it
+            self.frames_read += 1
+            self._latest = Frame(self.frames_read, image, time.time(), now)
+            self._last_frame_at = now
+            self.frame_size = (image.shape[1], image.shape[0])
+            self.fps_in.tick(now)
+            if self.state != pb.CAMERA_STATE_RUNNING:
+                self._set_state(pb.CAMERA_STATE_RUNNING, self.last_error)
+        self.on_frame()
+
+    def _set_state(self, state: int, error: str) -> None:
+        """Change state (the caller holds the lock)."""
+        error = redact(error)
+        if state != self.state:
+            logger.info(
+                "camera %s: %s -> %s%s",
+                self.config.id,
+                STATE_NAMES[self.state],
+                STATE_NAMES[state],
+                f" ({error})" if error and error != self.last_error else "",
+            )
+            self.state = state
+            self.state_since = time.time()
+        self.last_error = error

@@ -1,0 +1,230 @@
+"""The server's cameras: start, stop and replace them from config, list them, watch them.
+
+A watchdog task runs every quarter second: it lets each camera notice a stall or a wedged
+read, and mirrors each camera's state into health (``convstream.camera.<id>``: SERVING while
+frames flow, NOT_SERVING otherwise; the server's own health is not affected) and metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health, health_pb2
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from convstream.server.camera import STATE_NAMES, Camera, Opener
+from convstream.server.config import CameraConfig
+from convstream.server.errors import ConvstreamError, Draining, NotFound, Overloaded
+from convstream.server.feeds import CameraFeed, Watcher
+from convstream.server.metrics import Metrics
+from convstream.server.pipeline import Options, Pipeline
+from convstream.server.sources import open_source
+from convstream.v1 import convstream_pb2 as pb
+
+logger = logging.getLogger(__name__)
+
+WATCHDOG_S = 0.25
+HEALTH_PREFIX = "convstream.camera."
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    if seconds > 0:
+        stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+class CameraManager:
+    """Owns one Camera and one CameraFeed per configured camera."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        metrics: Metrics,
+        health_servicer: health.aio.HealthServicer,
+        *,
+        watcher_queue_size: int = 2,
+        max_watchers: int = 256,
+        opener: Opener = open_source,
+    ) -> None:
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.health = health_servicer
+        self.watcher_queue_size = watcher_queue_size
+        self.max_watchers = max_watchers
+        self.feeds: dict[str, CameraFeed] = {}
+        self._opener = opener
+        self._watchdog: asyncio.Task[None] | None = None
+        self._health_state: dict[str, int] = {}
+        metrics.registry.register(self)  # a collector: camera figures are read at scrape time
+
+    async def start(self, configs: tuple[CameraConfig, ...]) -> None:
+        await self.apply(configs)
+        self._watchdog = asyncio.create_task(self._watch_loop(), name="camera-watchdog")
+
+    async def apply(self, configs: tuple[CameraConfig, ...]) -> None:
+        """Make the running cameras match ``configs``: add, remove, restart the changed ones.
+
+        Watchers of a changed camera stay attached to it; watchers of a removed one end
+        with NOT_FOUND.
+        """
+        wanted = {c.id: c for c in configs}
+        for camera_id in [i for i in self.feeds if i not in wanted]:
+            feed = self.feeds.pop(camera_id)
+            await feed.stop(NotFound(f"camera {camera_id!r} was removed from the config"))
+            await self._forget(camera_id)
+            logger.info("camera %s removed", camera_id)
+        for camera_id, config in wanted.items():
+            old = self.feeds.get(camera_id)
+            if old is not None and old.camera.config == config:
+                continue
+            feed = CameraFeed(Camera(config, self._opener), self.pipeline, self.metrics)
+            if old is not None:
+                watchers = set(old.watchers)
+                old.watchers.clear()
+                await old.stop(Draining("camera restarting"))
+                feed.watchers.update(watchers)
+                logger.info("camera %s changed; restarting it", camera_id)
+            else:
+                logger.info("camera %s added (%s source)", camera_id, feed.camera.spec.kind)
+            self.feeds[camera_id] = feed
+            feed.start()
+
+    async def stop(self) -> None:
+        """Stop every camera; open WatchCamera calls end with UNAVAILABLE."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+        feeds, self.feeds = list(self.feeds.values()), {}
+        await asyncio.gather(
+            *(
+                f.stop(Draining("server is shutting down; reconnect to another instance"))
+                for f in feeds
+            )
+        )
+
+    def end_watchers(self, error: ConvstreamError) -> None:
+        """End every WatchCamera call with ``error``; the cameras keep running."""
+        for feed in self.feeds.values():
+            for watcher in feed.watchers:
+                watcher.end(error)
+            feed.watchers.clear()
+
+    def watch(self, camera_id: str, request: pb.WatchCameraRequest) -> Watcher:
+        """A new watcher of a camera; NotFound, InvalidOptions or Overloaded when it can't be."""
+        feed = self.feeds.get(camera_id)
+        if feed is None:
+            known = ", ".join(sorted(self.feeds)) or "none configured"
+            raise NotFound(f"no camera {camera_id!r}; cameras: {known}")
+        options = Options.parse(request.options)
+        open_now = sum(len(f.watchers) for f in self.feeds.values())
+        if open_now >= self.max_watchers:
+            raise Overloaded(
+                f"{open_now} WatchCamera calls are open, the limit is {self.max_watchers}; "
+                "retry later or raise max_watchers"
+            )
+        capacity = request.queue_size or self.watcher_queue_size
+        watcher = Watcher(camera_id, options, max(0.0, request.max_fps), min(capacity, 1024))
+        feed.watchers.add(watcher)
+        return watcher
+
+    def unwatch(self, watcher: Watcher) -> None:
+        feed = self.feeds.get(watcher.camera_id)
+        if feed is not None:
+            feed.watchers.discard(watcher)
+
+    def statuses(self) -> list[pb.CameraStatus]:
+        now = time.monotonic()
+        return [self._status(feed, now) for feed in self.feeds.values()]
+
+    def _status(self, feed: CameraFeed, now: float) -> pb.CameraStatus:
+        cam = feed.camera
+        return pb.CameraStatus(
+            id=cam.config.id,
+            state=cam.state,
+            state_since=_timestamp(cam.state_since),
+            source_kind=cam.spec.kind,
+            last_error=cam.last_error,
+            fps_in=cam.fps_in.rate(now),
+            fps_out=feed.fps_out.rate(now),
+            fps_cap=cam.config.fps,
+            frames_read=cam.frames_read,
+            frames_analysed=feed.frames_analysed,
+            frames_dropped=cam.frames_dropped,
+            reconnects=cam.reconnects,
+            watchers=len(feed.watchers),
+            frame_width=cam.frame_size[0],
+            frame_height=cam.frame_size[1],
+            last_score=feed.last_score,
+            last_frame_time=_timestamp(feed.last_result_time),
+            latency_ms=feed.latency_ms,
+        )
+
+    async def _watch_loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            for feed in list(self.feeds.values()):
+                feed.camera.check(now)
+                await self._publish(feed, now)
+            await asyncio.sleep(WATCHDOG_S)
+
+    async def _publish(self, feed: CameraFeed, now: float) -> None:
+        cam = feed.camera
+        camera_id = cam.config.id
+        if self._health_state.get(camera_id) != cam.state:
+            self._health_state[camera_id] = cam.state
+            flowing = cam.state in (pb.CAMERA_STATE_RUNNING, pb.CAMERA_STATE_STALLED)
+            status = health_pb2.HealthCheckResponse
+            await self.health.set(
+                HEALTH_PREFIX + camera_id, status.SERVING if flowing else status.NOT_SERVING
+            )
+
+    async def _forget(self, camera_id: str) -> None:
+        self._health_state.pop(camera_id, None)
+        await self.health.set(
+            HEALTH_PREFIX + camera_id, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        """Prometheus collector: each camera's state, rates and totals, read at scrape time."""
+        now = time.monotonic()
+        state = GaugeMetricFamily(
+            "convstream_camera_state",
+            "1 for each camera's current state",
+            labels=["camera", "state"],
+        )
+        fps = GaugeMetricFamily(
+            "convstream_camera_fps",
+            "Frames per second lately: read from the source (in) and analysed (out)",
+            labels=["camera", "direction"],
+        )
+        frames = CounterMetricFamily(
+            "convstream_camera_frames",
+            "Camera frames read, analysed, and dropped (superseded before analysis)",
+            labels=["camera", "outcome"],
+        )
+        reconnects = CounterMetricFamily(
+            "convstream_camera_reconnects", "Reconnect attempts per camera", labels=["camera"]
+        )
+        watchers = GaugeMetricFamily(
+            "convstream_camera_watchers", "Open WatchCamera calls per camera", labels=["camera"]
+        )
+        for feed in list(self.feeds.values()):
+            cam = feed.camera
+            cid = cam.config.id
+            for code, name in STATE_NAMES.items():
+                state.add_metric([cid, name], 1 if cam.state == code else 0)
+            fps.add_metric([cid, "in"], cam.fps_in.rate(now))
+            fps.add_metric([cid, "out"], feed.fps_out.rate(now))
+            frames.add_metric([cid, "read"], cam.frames_read)
+            frames.add_metric([cid, "analysed"], feed.frames_analysed)
+            frames.add_metric([cid, "dropped"], cam.frames_dropped)
+            reconnects.add_metric([cid], cam.reconnects)
+            watchers.add_metric([cid], len(feed.watchers))
+        yield from (state, fps, frames, reconnects, watchers)

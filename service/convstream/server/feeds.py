@@ -1,0 +1,217 @@
+"""A camera's analysis loop and its watchers: one inference per frame, any number of watchers.
+
+    Camera (reader thread) --newest frame--> CameraFeed --one result per distinct content-->
+        Watcher 1 (own rate, own bounded queue) --> WatchCamera call 1
+        Watcher 2 ...
+
+The feed analyses the newest frame whenever it is free (and the camera's fps cap allows),
+asking the engine for the union of the feature maps its watchers want, then builds one
+result per distinct content and offers it to each watcher that is due. ``offer`` never
+waits: a watcher that reads slowly loses its own oldest results, never anyone else's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from convstream.server.camera import Camera, Frame, RateMeter
+from convstream.server.config import parse_size
+from convstream.server.engine import Inference
+from convstream.server.errors import ConvstreamError, Draining
+from convstream.server.letterbox import choose_input, letterbox
+from convstream.server.metrics import Metrics
+from convstream.server.pipeline import Options, Pipeline, Prepared
+from convstream.v1 import convstream_pb2 as pb
+
+logger = logging.getLogger(__name__)
+
+MAX_LISTED_DROPS = 1000
+
+
+@dataclass
+class _Queued:
+    result: pb.FrameResult
+    captured: float  # time.time() the frame was read
+
+
+class Watcher:
+    """One WatchCamera call: what it wants, how often, and the results waiting for it."""
+
+    def __init__(self, camera_id: str, options: Options, max_fps: float, capacity: int) -> None:
+        self.camera_id = camera_id
+        self.options = options
+        self.interval = 1 / max_fps if max_fps > 0 else 0.0
+        self.capacity = capacity
+        self.dropped = 0
+        self.sequence = 0
+        self._last = -1e9
+        self._queue: deque[_Queued] = deque()
+        self._dropped_ids: list[int] = []
+        self._ready = asyncio.Event()
+        self._ended: ConvstreamError | None = None
+
+    def due(self, now: float) -> bool:
+        # 5% slack: a 2 fps watcher of a 30 fps camera takes every 15th frame, not every 16th.
+        return now - self._last >= 0.95 * self.interval
+
+    def offer(self, result: pb.FrameResult, captured: float, now: float) -> None:
+        """Queue a result (event loop only; never waits); the oldest goes when full."""
+        self._last = now
+        if len(self._queue) >= self.capacity:
+            old = self._queue.popleft()
+            self.dropped += 1
+            if len(self._dropped_ids) < MAX_LISTED_DROPS:
+                self._dropped_ids.append(old.result.frame_id)
+        self._queue.append(_Queued(result, captured))
+        self._ready.set()
+
+    def end(self, error: ConvstreamError) -> None:
+        """No more results: the camera was removed or the server is stopping."""
+        self._ended = error
+        self._ready.set()
+
+    async def next(self) -> pb.FrameResult:
+        """The oldest waiting result, stamped for this watcher; raises what ended it."""
+        while not self._queue:
+            if self._ended is not None:
+                raise self._ended
+            self._ready.clear()
+            await self._ready.wait()
+        item = self._queue.popleft()
+        result = pb.FrameResult()
+        result.CopyFrom(item.result)  # shared by watchers; the fields below are this one's
+        self.sequence += 1
+        result.sequence = self.sequence
+        result.frames_dropped = self.dropped
+        result.dropped_frame_ids.extend(self._dropped_ids)
+        self._dropped_ids.clear()
+        result.frame_age_ms = max(0.0, (time.time() - item.captured) * 1000)
+        return result
+
+
+class CameraFeed:
+    """Analyses a camera's newest frames and publishes the results to its watchers."""
+
+    def __init__(self, camera: Camera, pipeline: Pipeline, metrics: Metrics) -> None:
+        self.camera = camera
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.watchers: set[Watcher] = set()
+        self.frames_taken = 0
+        self.frames_analysed = 0
+        self.last_score = 0.0
+        self.last_result_time = 0.0
+        self.latency_ms = 0.0
+        self.fps_out = RateMeter()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        config = camera.config
+        self._fixed_input = parse_size(config.input_size) if config.input_size else None
+        self._interval = 1 / config.fps if config.fps > 0 else 0.0
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.camera.on_frame = lambda: loop.call_soon_threadsafe(self._wake.set)
+        self.camera.start()
+        self._task = asyncio.create_task(self._run(), name=f"feed-{self.camera.config.id}")
+
+    async def stop(self, error: ConvstreamError) -> None:
+        """Stop the camera and the loop; each watcher's call ends with ``error``."""
+        self.camera.on_frame = lambda: None
+        await asyncio.to_thread(self.camera.stop)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for watcher in self.watchers:
+            watcher.end(error)
+        self.watchers.clear()
+
+    async def _run(self) -> None:
+        last = 0
+        next_start = 0.0
+        source = self.camera.config.id
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._interval:
+                delay = next_start - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)  # the newest frame after the wait is taken
+            frame = self.camera.take(after=last)
+            if frame is None:
+                continue
+            last = frame.number
+            self.frames_taken += 1
+            started = time.monotonic()
+            next_start = max(next_start + self._interval, started - self._interval)
+            try:
+                await self._analyse(frame)
+            except Draining:
+                return
+            except ConvstreamError as exc:  # the engine is full: this frame is skipped
+                self.metrics.frames.labels(self.metrics.source(source), "rejected").inc()
+                logger.debug("camera %s: frame %d skipped: %s", source, frame.number, exc)
+            except Exception:
+                self.metrics.frames.labels(self.metrics.source(source), "error").inc()
+                logger.exception("camera %s: frame %d failed", source, frame.number)
+
+    def _prepare(self, frame: Frame) -> Prepared:
+        started = time.perf_counter()
+        height, width = frame.image.shape[:2]
+        target = self._fixed_input or choose_input(width, height, self.pipeline.sizes)
+        pixels, geometry = letterbox(frame.image, target, (width, height))
+        return Prepared(pixels, geometry, (time.perf_counter() - started) * 1000)
+
+    def _encode_all(
+        self,
+        request: pb.FrameRequest,
+        prepared: Prepared,
+        inference: Inference,
+        wanted: set[Options],
+    ) -> dict[Options, pb.FrameResult]:
+        return {o: self.pipeline.encode(request, o, prepared, inference) for o in wanted}
+
+    async def _analyse(self, frame: Frame) -> None:
+        loop = asyncio.get_running_loop()
+        arrived = time.perf_counter()
+        executor = self.pipeline.executor
+        prepared = await loop.run_in_executor(executor, self._prepare, frame)
+        maps = sorted({name for w in self.watchers for name in w.options.feature_maps})
+        inference = await self.pipeline.engine.infer(prepared.pixels, maps)
+        now = time.monotonic()
+        have = inference.arrays.keys()
+        # A watcher that arrived during inference may want maps this run did not make; it
+        # starts with the next frame.
+        due = [w for w in self.watchers if w.due(now) and have >= set(w.options.feature_maps)]
+        request = pb.FrameRequest(frame_id=frame.number, source=self.camera.config.id)
+        stamp = Timestamp()
+        stamp.FromNanoseconds(int(frame.captured * 1e9))
+        request.capture_time.CopyFrom(stamp)
+        wanted = {w.options for w in due} or {Options(include_heatmap=False)}
+        results = await loop.run_in_executor(
+            executor, self._encode_all, request, prepared, inference, wanted
+        )
+        total_ms = (time.perf_counter() - arrived) * 1000
+        busy = prepared.decode_ms + inference.inference_ms
+        for result in results.values():
+            result.timings.total_ms = total_ms
+            result.timings.queue_ms = max(0.0, total_ms - busy - result.timings.encode_ms)
+        any_result = next(iter(results.values()))
+        self.frames_analysed += 1
+        self.last_score = any_result.score
+        self.latency_ms = (time.monotonic() - frame.read_at) * 1000
+        self.last_result_time = time.time()
+        self.fps_out.tick(time.monotonic())
+        self.metrics.observe_result(self.camera.config.id, any_result.timings)
+        now = time.monotonic()
+        for watcher in due:
+            if watcher in self.watchers:  # it may have gone while this frame was analysed
+                watcher.offer(results[watcher.options], frame.captured, now)

@@ -1,0 +1,198 @@
+"""Where a server-pulled camera's frames come from: OpenCV VideoCapture, or the demo conveyor.
+
+A source string from the server's config is parsed once into a SourceSpec; ``open_source``
+opens it (blocking, bounded by the open timeout) and returns a Capture whose ``read`` blocks
+for the next frame (bounded by the read timeout). Files and the demo conveyor are paced to
+their own frame rate, so they behave like live cameras.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import parse_qs, urlsplit
+
+import cv2
+import numpy as np
+
+from convstream.server.config import parse_size
+
+NETWORK_KINDS = ("rtsp", "rtsps", "http", "https", "tcp", "udp")
+_DEVICE = re.compile(r"^(?:device:(\d+)|/dev/video(\d+))$")
+_CREDENTIALS = re.compile(r"(//[^/@:\s]*):[^/@\s]*@")
+# RTSP over TCP: no lost UDP packets smearing frames, and it passes firewalls and NAT.
+_FFMPEG_DEFAULTS = "rtsp_transport;tcp"
+_env_lock = threading.Lock()
+
+
+class SourceError(Exception):
+    """A source could not be opened or read; ``permanent`` when retrying cannot help."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+def redact(text: str) -> str:
+    """Hide passwords in URLs (rtsp://user:secret@host -> rtsp://user:***@host)."""
+    return _CREDENTIALS.sub(r"\1:***@", text)
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A parsed source: its kind (rtsp, http, file, device, demo, ...) and what to open."""
+
+    kind: str
+    target: str
+    device: int = -1
+    demo_fps: float = 15.0
+    demo_seed: int = 0
+    demo_size: tuple[int, int] = (360, 640)
+
+    @property
+    def live(self) -> bool:
+        """Frames arrive at the source's pace (network, device), not ours."""
+        return self.kind in NETWORK_KINDS or self.kind == "device"
+
+    def describe(self) -> str:
+        """The source for logs, with any password hidden."""
+        return redact(self.target)
+
+
+def parse_source(source: str) -> SourceSpec:
+    """Parse a configured source; ValueError says what forms are accepted."""
+    source = source.strip()
+    if match := _DEVICE.match(source):
+        index = int(match.group(1) or match.group(2))
+        return SourceSpec("device", source, device=index)
+    if source.startswith("demo:"):
+        parts = urlsplit(source)
+        if parts.path != "conveyor":
+            raise ValueError(f"unknown demo source {source!r}; expected demo:conveyor")
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        unknown = set(query) - {"fps", "seed", "size"}
+        if unknown:
+            raise ValueError(f"demo:conveyor takes fps, seed and size, got {sorted(unknown)}")
+        fps = float(query.get("fps", 15))
+        if not 0 < fps <= 120:
+            raise ValueError(f"demo fps must be in (0, 120], got {fps}")
+        size = parse_size(query.get("size", "360x640"))
+        return SourceSpec(
+            "demo", source, demo_fps=fps, demo_seed=int(query.get("seed", 0)), demo_size=size
+        )
+    scheme = urlsplit(source).scheme.lower()
+    if scheme in NETWORK_KINDS:
+        return SourceSpec({"rtsps": "rtsp", "https": "http"}.get(scheme, scheme), source)
+    if scheme == "file":
+        return SourceSpec("file", urlsplit(source).path)
+    if scheme and len(scheme) > 1:
+        raise ValueError(
+            f"unsupported source scheme {scheme!r} in {redact(source)!r}; expected one of "
+            f"{', '.join(NETWORK_KINDS)}, file, a path, device:N or demo:conveyor"
+        )
+    return SourceSpec("file", source)
+
+
+class Capture(Protocol):
+    def read(self) -> np.ndarray:
+        """The next frame (BGR uint8); raises SourceError when there is none."""
+        ...
+
+    def release(self) -> None: ...
+
+
+class OpenCVCapture:
+    """cv2.VideoCapture with timeouts; files are paced to their frame rate and may loop."""
+
+    def __init__(self, spec: SourceSpec, open_timeout_s: float, read_timeout_s: float) -> None:
+        self.spec = spec
+        self._loop = False
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            int(open_timeout_s * 1000),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            int(read_timeout_s * 1000),
+        ]
+        if spec.kind == "device":
+            self._cap = cv2.VideoCapture(spec.device, cv2.CAP_ANY, params)
+        else:
+            if spec.kind == "file" and not Path(spec.target).is_file():
+                raise SourceError(f"no such video file: {spec.target}", permanent=True)
+            with _env_lock:
+                os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", _FFMPEG_DEFAULTS)
+            self._cap = cv2.VideoCapture(spec.target, cv2.CAP_FFMPEG, params)
+        if not self._cap.isOpened():
+            self._cap.release()
+            what = "device" if spec.kind == "device" else spec.kind
+            raise SourceError(
+                f"could not open {what} source {spec.describe()} within {open_timeout_s:g} s"
+                + (" (is the file a video OpenCV can read?)" if spec.kind == "file" else "")
+            )
+        fps = self._cap.get(cv2.CAP_PROP_FPS)
+        self._interval = 1 / fps if spec.kind == "file" and 0 < fps <= 240 else 0.0
+        self._next = time.monotonic()
+
+    def loop_at_end(self, loop: bool) -> None:
+        self._loop = loop
+
+    def read(self) -> np.ndarray:
+        ok, frame = self._cap.read()
+        if not ok and self.spec.kind == "file" and self._loop:
+            self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, frame = self._cap.read()
+        if not ok or frame is None:
+            if self.spec.kind == "file":
+                raise SourceError("end of video file", permanent=not self._loop)
+            raise SourceError(f"no frame from {self.spec.kind} source (closed or timed out)")
+        if self._interval:
+            self._next = max(self._next + self._interval, time.monotonic() - self._interval)
+            delay = self._next - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        if frame.ndim == 2:
+            frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+        return frame
+
+    def release(self) -> None:
+        self._cap.release()
+
+
+class DemoCapture:
+    """The synthetic conveyor (packages passing, some damaged), paced like a live camera."""
+
+    def __init__(self, spec: SourceSpec) -> None:
+        from convstream.model.scenes import Conveyor
+
+        height, width = spec.demo_size
+        self._conveyor = Conveyor(spec.demo_seed, height, width, spec.demo_fps)
+        self._interval = 1 / spec.demo_fps
+        self._index = 0
+        self._next = time.monotonic()
+
+    def read(self) -> np.ndarray:
+        delay = self._next - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        self._next = max(self._next + self._interval, time.monotonic() - self._interval)
+        frame = self._conveyor.frame(self._index).image
+        self._index += 1
+        return frame
+
+    def release(self) -> None:
+        pass
+
+
+def open_source(
+    spec: SourceSpec, *, open_timeout_s: float, read_timeout_s: float, loop: bool
+) -> Capture:
+    """Open a source (blocking, up to the open timeout); raises SourceError."""
+    if spec.kind == "demo":
+        return DemoCapture(spec)
+    capture = OpenCVCapture(spec, open_timeout_s, read_timeout_s)
+    capture.loop_at_end(loop)
+    return capture

@@ -1,0 +1,366 @@
+"""Server-pulled cameras against real live streams on 127.0.0.1 (ffmpeg, GStreamer RTSP)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from live import (
+    FFmpegSource,
+    RtspSource,
+    blackhole,
+    free_port,
+    read_time,
+    running,
+    write_video,
+)
+
+from convstream.server import CameraConfig, Server, Settings
+from convstream.v1 import convstream_pb2 as pb
+from convstream.v1 import convstream_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def camera(camera_id: str, source: str, **kw: object) -> CameraConfig:
+    kw.setdefault("open_timeout_s", 5.0)
+    kw.setdefault("read_timeout_s", 2.0)
+    kw.setdefault("reconnect_min_s", 0.2)
+    kw.setdefault("reconnect_max_s", 1.0)
+    return CameraConfig(id=camera_id, source=source, **kw)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def serving(*cameras: CameraConfig, **kw: object) -> AsyncIterator[Server]:
+    server = Server(Settings(port=0, metrics_port=0, cameras=cameras, **kw))  # type: ignore[arg-type]
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(grace=0)
+
+
+@contextlib.asynccontextmanager
+async def connect(server: Server) -> AsyncIterator[pb_grpc.ConvstreamStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        yield pb_grpc.ConvstreamStub(channel)
+
+
+async def status(stub: pb_grpc.ConvstreamStub, camera_id: str) -> pb.CameraStatus:
+    reply = await stub.ListCameras(pb.ListCamerasRequest())
+    return next(c for c in reply.cameras if c.id == camera_id)
+
+
+async def until(
+    check: Callable[[], Awaitable[bool]], timeout: float, what: str, step: float = 0.05
+) -> float:
+    """Poll ``check`` until true; returns the seconds it took."""
+    started = time.monotonic()
+    while not await check():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        await asyncio.sleep(step)
+    return time.monotonic() - started
+
+
+def state_is(
+    stub: pb_grpc.ConvstreamStub, camera_id: str, *states: int
+) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return (await status(stub, camera_id)).state in states
+
+    return check
+
+
+def health_is(
+    health: health_pb2_grpc.HealthStub, service: str, want: int
+) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        return bool(reply.status == want)
+
+    return check
+
+
+class Collector:
+    """Reads a WatchCamera call in the background, keeping every result."""
+
+    def __init__(self, call: grpc.aio.UnaryStreamCall, delay: float = 0.0) -> None:
+        self.call = call
+        self.delay = delay
+        self.results: list[pb.FrameResult] = []
+        self.error: grpc.aio.AioRpcError | None = None
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for result in self.call:
+                self.results.append(result)
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+        except grpc.aio.AioRpcError as exc:
+            self.error = exc
+
+    async def close(self) -> None:
+        self.call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+def watch(stub: pb_grpc.ConvstreamStub, camera_id: str, **kw: object) -> grpc.aio.UnaryStreamCall:
+    return stub.WatchCamera(pb.WatchCameraRequest(camera_id=camera_id, **kw))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", ["mjpeg", "mpegts", "rtsp"])
+async def test_live_source_is_analysed_and_watched(kind: str) -> None:
+    source = RtspSource() if kind == "rtsp" else FFmpegSource(kind)
+    with running(source):
+        async with serving(camera("dock", source.url)) as server, connect(server) as stub:
+            await until(state_is(stub, "dock", pb.CAMERA_STATE_RUNNING), 10, "running")
+            options = pb.ResultOptions(include_frame=True, feature_maps=["stage2"])
+            call = watch(stub, "dock", options=options)
+            results = []
+            async for result in call:
+                results.append(result)
+                if len(results) == 5:
+                    break
+            call.cancel()
+            cam = await status(stub, "dock")
+    assert cam.source_kind == {"mjpeg": "http", "mpegts": "tcp", "rtsp": "rtsp"}[kind]
+    assert (cam.frame_width, cam.frame_height) == (320, 240)
+    assert cam.frames_read >= 5 and cam.frames_analysed >= 5
+    assert "127.0.0.1" not in str(cam)  # clients see the id and kind, never the URL
+    ids = [r.frame_id for r in results]
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    assert [r.sequence for r in results] == [1, 2, 3, 4, 5]
+    for r in results:
+        assert r.status.code == 0 and r.source == "dock"
+        assert r.geometry.frame_width == 320 and r.geometry.input_width == 640
+        assert list(r.heatmap.shape) == [1, 60, 80]  # the 480x640 input, 4:3 like the frames
+        assert [t.name for t in r.feature_maps] == ["stage2"]
+        frame = cv2.imdecode(np.frombuffer(r.frame_jpeg, np.uint8), cv2.IMREAD_COLOR)
+        assert frame.shape == (480, 640, 3)
+        assert r.capture_time.seconds > 0 and 0 <= r.frame_age_ms < 2000
+
+
+async def test_killed_source_reconnects_while_others_flow() -> None:
+    a, b = FFmpegSource("mjpeg"), FFmpegSource("mpegts")
+    read_timeout = 2.0
+    with running(a, b):
+        cams = (camera("a", a.url, read_timeout_s=read_timeout), camera("b", b.url))
+        async with serving(*cams) as server, connect(server) as stub:
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+            channel_health = health_pb2_grpc.HealthStub(channel)
+            for cid in ("a", "b"):
+                await until(state_is(stub, cid, pb.CAMERA_STATE_RUNNING), 10, f"{cid} running")
+            watch_a, watch_b = Collector(watch(stub, "a")), Collector(watch(stub, "b"))
+            await until(lambda: _true(len(watch_a.results) >= 3), 10, "results from a")
+
+            a.stop()
+            took = await until(
+                state_is(stub, "a", pb.CAMERA_STATE_RECONNECTING), read_timeout + 3, "a lost"
+            )
+            assert took <= read_timeout + 2.5  # read timeout, plus the watchdog's quarter second
+            down = await status(stub, "a")
+            assert down.last_error and down.reconnects >= 1
+            serving_states = health_pb2.HealthCheckResponse
+            await until(
+                health_is(channel_health, "convstream.camera.a", serving_states.NOT_SERVING),
+                1.0,
+                "camera health mirrors its state within the watchdog's period",
+            )
+            server_health = await channel_health.Check(health_pb2.HealthCheckRequest())
+            assert server_health.status == health_pb2.HealthCheckResponse.SERVING
+            b_before, a_before = len(watch_b.results), len(watch_a.results)
+            await asyncio.sleep(1.0)
+            assert len(watch_b.results) >= b_before + 10  # b kept flowing while a was down
+
+            a.start()  # the camera comes back on the same address
+            await until(state_is(stub, "a", pb.CAMERA_STATE_RUNNING), 10, "a back")
+            await until(lambda: _true(len(watch_a.results) >= a_before + 5), 10, "a results")
+            assert watch_a.error is None and watch_b.error is None  # the same calls carry on
+            ids = [r.frame_id for r in watch_a.results]
+            assert ids == sorted(ids)
+            await until(
+                health_is(channel_health, "convstream.camera.a", serving_states.SERVING), 1.0, "up"
+            )
+            await watch_a.close()
+            await watch_b.close()
+            await channel.close()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_unreachable_source_fails_within_open_timeout() -> None:
+    sock, port = blackhole()  # accepts the connection, never answers
+    with sock:
+        cams = (
+            camera("silent", f"http://127.0.0.1:{port}/x", open_timeout_s=1.0, max_reconnects=1),
+            camera("refused", f"rtsp://127.0.0.1:{_closed_port()}/x", open_timeout_s=1.0),
+        )
+        async with serving(*cams) as server, connect(server) as stub:
+            took = await until(
+                state_is(stub, "silent", pb.CAMERA_STATE_RECONNECTING), 5, "first failure"
+            )
+            assert 0.8 <= took <= 2.5
+            silent = await status(stub, "silent")
+            assert "could not open http source" in silent.last_error
+            assert "within 1 s" in silent.last_error
+            await until(state_is(stub, "silent", pb.CAMERA_STATE_FAILED), 8, "gave up")
+            silent = await status(stub, "silent")
+            assert "gave up after 1 reconnects" in silent.last_error
+            refused = await status(stub, "refused")
+            assert refused.state == pb.CAMERA_STATE_RECONNECTING
+            assert refused.reconnects >= 1
+
+
+def _closed_port() -> int:
+    return free_port()  # free a moment ago: nothing listens there
+
+
+async def test_video_file_loops_or_stops(tmp_path: Path) -> None:
+    video = write_video(tmp_path / "belt.mp4", frames=10, fps=20)
+    cams = (
+        camera("looped", str(video)),
+        camera("once", str(video), loop=False),
+        camera("missing", str(tmp_path / "nope.mp4")),
+    )
+    async with serving(*cams) as server, connect(server) as stub:
+        await until(state_is(stub, "once", pb.CAMERA_STATE_STOPPED), 10, "once ends")
+        await until(lambda: _frames_read_over(stub, "looped", 25), 10, "looped goes on")
+        once = await status(stub, "once")
+        assert once.frames_read == 10 and once.last_error == ""
+        looped = await status(stub, "looped")
+        assert looped.state == pb.CAMERA_STATE_RUNNING
+        assert 10 <= looped.fps_in <= 30  # paced at the file's 20 fps, not as fast as it decodes
+        missing = await status(stub, "missing")
+        assert missing.state == pb.CAMERA_STATE_FAILED
+        assert "no such video file" in missing.last_error and missing.reconnects == 0
+
+
+async def _frames_read_over(stub: pb_grpc.ConvstreamStub, camera_id: str, n: int) -> bool:
+    return (await status(stub, camera_id)).frames_read > n
+
+
+async def test_frames_stay_fresh_when_the_server_analyses_fewer() -> None:
+    """30 fps in, 5 analysed per second: results are of the newest frame, and lag stays flat."""
+    source = FFmpegSource("mjpeg", fps=30, size=(640, 480), stamped=True)
+    with running(source):
+        async with serving(camera("fast", source.url, fps=5.0)) as server, connect(server) as stub:
+            await until(state_is(stub, "fast", pb.CAMERA_STATE_RUNNING), 10, "running")
+            call = watch(stub, "fast", options=pb.ResultOptions(include_frame=True))
+            ages = []
+            started = time.monotonic()
+            async for result in call:
+                received = time.time()
+                frame = cv2.imdecode(np.frombuffer(result.frame_jpeg, np.uint8), cv2.IMREAD_COLOR)
+                g = result.geometry
+                made = read_time(frame, g.scale, g.pad_left, g.pad_top)
+                ages.append((received - made) * 1000)
+                if time.monotonic() - started > 6:
+                    break
+            call.cancel()
+            cam = await status(stub, "fast")
+    assert 20 <= len(ages) <= 40  # about 5 per second
+    assert cam.frames_dropped > cam.frames_analysed  # most frames were skipped, not queued
+    ages_ms = np.array(ages)
+    assert ages_ms.min() > 0, "the painted clock was misread"
+    third = len(ages_ms) // 3
+    # No growing lag: the last results are as fresh as the first ones.
+    assert ages_ms[-third:].mean() < ages_ms[:third].mean() + 100, ages_ms.round()
+    assert ages_ms.max() < 1000, ages_ms.round()
+
+
+async def test_one_inference_per_frame_and_a_slow_watcher_slows_nobody() -> None:
+    demo = camera("belt", "demo:conveyor?fps=20")
+    async with serving(demo) as server, connect(server) as stub:
+        await until(state_is(stub, "belt", pb.CAMERA_STATE_RUNNING), 10, "running")
+        fast = [Collector(watch(stub, "belt")) for _ in range(3)]
+        maps = Collector(watch(stub, "belt", options=pb.ResultOptions(feature_maps=["stage3"])))
+        # Results in flight are bounded by the client's HTTP/2 window; BDP probing would grow
+        # it to megabytes, so a slow viewer turns it off and the server's queue does the rest.
+        slow_channel = grpc.aio.insecure_channel(
+            f"127.0.0.1:{server.port}", options=[("grpc.http2.bdp_probe", 0)]
+        )
+        slow_stub = pb_grpc.ConvstreamStub(slow_channel)
+        slow = Collector(watch(slow_stub, "belt", queue_size=2), delay=0.2)
+        dashboard = Collector(
+            watch(stub, "belt", max_fps=2, options=pb.ResultOptions(include_frame=True))
+        )
+        await asyncio.sleep(4.0)
+        everyone = [*fast, maps, slow, dashboard]
+        for c in everyone:
+            await c.close()
+        await slow_channel.close()
+        cam = await status(stub, "belt")
+        assert server.cameras is not None
+        feed = server.cameras.feeds["belt"]
+        engine = feed.pipeline.engine
+        # One inference per frame taken, not per watcher (one frame may be mid-way).
+        assert feed.frames_analysed <= engine.frames <= feed.frames_taken
+        assert feed.frames_taken - feed.frames_analysed <= 1
+
+    assert cam.frames_analysed >= 60  # 20 fps for 4 s, less start-up
+    first = max(c.results[0].frame_id for c in [*fast, maps])
+    last = min(c.results[-1].frame_id for c in [*fast, maps])
+    expected = {r.frame_id for r in fast[0].results if first <= r.frame_id <= last}
+    for c in [*fast, maps]:
+        got = {r.frame_id for r in c.results if first <= r.frame_id <= last}
+        assert got == expected  # every analysed frame, whatever the slow one does
+        assert c.results[-1].frames_dropped == 0
+    assert all(len(r.feature_maps) == 1 for r in maps.results)
+    assert not any(r.feature_maps for r in fast[0].results)
+    assert 15 <= len(slow.results) <= 21  # one read each 0.2 s
+    slow_ids = [r.frame_id for r in slow.results]
+    assert slow_ids == sorted(slow_ids)
+    dropped = [i for r in slow.results for i in r.dropped_frame_ids]
+    assert len(dropped) > 10 and slow.results[-1].frames_dropped == len(dropped)
+    assert not set(dropped) & set(slow_ids)  # what it lost is listed, what it got is not
+    assert 6 <= len(dashboard.results) <= 10  # 2 per second
+    assert all(r.frame_jpeg for r in dashboard.results)
+
+
+async def test_unknown_camera_is_not_found() -> None:
+    async with serving(camera("belt", "demo:conveyor")) as server, connect(server) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await watch(stub, "dock-9").read()
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "no camera 'dock-9'" in str(info.value.details())
+        assert "belt" in str(info.value.details())
+        bad = watch(stub, "belt", options=pb.ResultOptions(feature_maps=["stage9"]))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await bad.read()
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_reload_adds_removes_and_restarts_cameras() -> None:
+    keep = camera("keep", "demo:conveyor?fps=10")
+    gone = camera("gone", "demo:conveyor?fps=10&seed=1")
+    async with serving(keep, gone) as server, connect(server) as stub:
+        await until(state_is(stub, "gone", pb.CAMERA_STATE_RUNNING), 10, "running")
+        watch_keep, watch_gone = Collector(watch(stub, "keep")), Collector(watch(stub, "gone"))
+        await until(lambda: _true(len(watch_keep.results) >= 2), 10, "results")
+        changed = keep.model_copy(update={"source": "demo:conveyor?fps=10&seed=2"})
+        added = camera("new", "demo:conveyor?fps=10&seed=3")
+        await server.reload(server.settings.model_copy(update={"cameras": (changed, added)}))
+        reply = await stub.ListCameras(pb.ListCamerasRequest())
+        assert [c.id for c in reply.cameras] == ["keep", "new"]
+        await until(lambda: _true(watch_gone.error is not None), 5, "removed camera's watcher")
+        assert watch_gone.error is not None
+        assert watch_gone.error.code() == grpc.StatusCode.NOT_FOUND
+        assert "removed" in str(watch_gone.error.details())
+        before = len(watch_keep.results)
+        await until(lambda: _true(len(watch_keep.results) >= before + 3), 10, "keep carries on")
+        assert watch_keep.error is None
+        await until(state_is(stub, "new", pb.CAMERA_STATE_RUNNING), 10, "new runs")
+        await watch_keep.close()
