@@ -1,0 +1,235 @@
+"""Camera sources and the reader's decisions: parsing, redaction, backoff, the watchdog."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from live import free_port
+
+from convstream.server import CameraConfig, ConfigError, Settings, load_settings
+from convstream.server.camera import Camera, backoff_s
+from convstream.server.sources import SourceError, SourceSpec, parse_source, redact
+from convstream.v1 import convstream_pb2 as pb
+from convstream.v1 import convstream_pb2_grpc as pb_grpc
+
+
+@pytest.mark.parametrize(
+    ("source", "kind"),
+    [
+        ("rtsp://cam.local:554/stream1", "rtsp"),
+        ("rtsps://cam.local/stream1", "rtsp"),
+        ("http://10.0.0.7/mjpg/video.mjpg", "http"),
+        ("https://10.0.0.7/video.ts", "http"),
+        ("tcp://127.0.0.1:9000", "tcp"),
+        ("udp://239.0.0.1:1234", "udp"),
+        ("/srv/video/belt.mp4", "file"),
+        ("file:///srv/video/belt.mp4", "file"),
+        ("belt.mp4", "file"),
+        ("device:0", "device"),
+        ("/dev/video2", "device"),
+        ("demo:conveyor", "demo"),
+    ],
+)
+def test_sources_are_recognised(source: str, kind: str) -> None:
+    assert parse_source(source).kind == kind
+
+
+def test_demo_source_takes_its_parameters() -> None:
+    spec = parse_source("demo:conveyor?fps=30&seed=4&size=240x320")
+    assert (spec.demo_fps, spec.demo_seed, spec.demo_size) == (30.0, 4, (240, 320))
+    assert parse_source("/dev/video2").device == 2
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("ftp://host/video", "unsupported source scheme 'ftp'"),
+        ("demo:parking", "expected demo:conveyor"),
+        ("demo:conveyor?speed=3", "takes fps, seed and size"),
+        ("demo:conveyor?fps=0", "demo fps must be in"),
+    ],
+)
+def test_bad_sources_are_refused_with_the_accepted_forms(source: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_source(source)
+
+
+def test_passwords_never_reach_logs_or_clients() -> None:
+    text = "could not open rtsp://admin:hunter2@10.0.0.7:554/live"
+    assert redact(text) == "could not open rtsp://admin:***@10.0.0.7:554/live"
+    assert "hunter2" not in parse_source("rtsp://admin:hunter2@10.0.0.7/live").describe()
+
+
+def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
+    rng = random.Random(1)
+    for attempt, full in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (10, 30.0), (40, 30.0)]:
+        delays = [backoff_s(attempt, 0.5, 30.0, rng) for _ in range(200)]
+        assert full / 2 <= min(delays) and max(delays) <= full
+        assert max(delays) - min(delays) > full / 4  # spread out, not in lock step
+
+
+def test_camera_config_is_validated() -> None:
+    with pytest.raises(ConfigError, match="listed twice"):
+        load_settings(
+            overrides={"cameras": [{"id": "a", "source": "x.mp4"}, {"id": "a", "source": "y.mp4"}]},
+            environ={},
+        )
+    with pytest.raises(ConfigError, match="unsupported source scheme"):
+        load_settings(overrides={"cameras": [{"id": "a", "source": "ftp://h/v"}]}, environ={})
+    with pytest.raises(ConfigError, match="cameras"):
+        load_settings(overrides={"cameras": [{"id": "../etc", "source": "x.mp4"}]}, environ={})
+    with pytest.raises(ConfigError, match="configured in the TOML file"):
+        load_settings(environ={"CONVSTREAM_CAMERAS": "a=rtsp://x"})
+    assert [c.id for c in Settings().cameras] == ["demo"]  # a fresh install shows something
+
+
+def test_cameras_load_from_toml(tmp_path: Path) -> None:
+    path = tmp_path / "convstream.toml"
+    path.write_text(
+        """
+[[cameras]]
+id = "dock-3"
+source = "rtsp://10.0.0.7/stream1"
+fps = 10
+input_size = "384x640"
+
+[[cameras]]
+id = "belt-video"
+source = "/srv/belt.mp4"
+loop = false
+"""
+    )
+    settings = load_settings(path, environ={})
+    assert [(c.id, c.fps, c.loop) for c in settings.cameras] == [
+        ("dock-3", 10.0, True),
+        ("belt-video", 0.0, False),
+    ]
+
+
+class _Wedged:
+    """A capture whose read() blocks until released: the wedge of opencv#22677, on demand."""
+
+    def __init__(self, gate: threading.Event, wedge_after: int | None = 3) -> None:
+        self.gate = gate
+        self.wedge_after = wedge_after
+        self.frames = 0
+
+    def read(self) -> np.ndarray:
+        if self.wedge_after is not None and self.frames >= self.wedge_after:
+            self.gate.wait()
+            raise SourceError("read failed after the wedge")
+        self.frames += 1
+        time.sleep(0.005)  # a 200 fps camera, not a busy loop
+        return np.zeros((48, 64, 3), np.uint8)
+
+    def release(self) -> None:
+        pass
+
+
+def test_watchdog_replaces_a_wedged_reader() -> None:
+    """The decision logic only: real FFmpeg wedges can't be made to order."""
+    gate = threading.Event()
+    opened: list[_Wedged] = []
+
+    def opener(spec: SourceSpec, **_: object) -> _Wedged:
+        opened.append(_Wedged(gate, 3 if not opened else None))  # only the first one wedges
+        return opened[-1]
+
+    config = CameraConfig(id="w", source="rtsp://127.0.0.1:1/x", read_timeout_s=0.2)
+    cam = Camera(config, opener)
+    cam.start()
+    try:
+        deadline = time.monotonic() + 5
+        while cam.frames_read < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert cam.state == pb.CAMERA_STATE_RUNNING
+        time.sleep(0.2 + 2.0 + 0.3)  # read timeout + the wedge grace + a little
+        cam.check(time.monotonic())
+        assert cam.state == pb.CAMERA_STATE_RECONNECTING
+        assert "did not return" in cam.last_error and cam.reconnects == 1
+        deadline = time.monotonic() + 5
+        while cam.frames_read < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(opened) == 2 and cam.frames_read >= 6  # a fresh reader took over
+        gate.set()  # the old read finally returns: it must not disturb the new reader
+        time.sleep(0.1)
+        assert cam.state == pb.CAMERA_STATE_RUNNING and len(opened) == 2
+    finally:
+        cam.stop()
+        gate.set()
+    assert cam.state == pb.CAMERA_STATE_STOPPED
+
+
+def test_a_short_gap_is_stalled_before_it_is_lost() -> None:
+    gate = threading.Event()
+    config = CameraConfig(id="s", source="rtsp://127.0.0.1:1/x", read_timeout_s=5.0)
+    cam = Camera(config, lambda spec, **_: _Wedged(gate))
+    cam.start()
+    try:
+        deadline = time.monotonic() + 5
+        while cam.frames_read < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(cam.stall_after_s + 0.1)
+        cam.check(time.monotonic())
+        assert cam.state == pb.CAMERA_STATE_STALLED
+        assert "no frame for" in cam.last_error
+    finally:
+        cam.stop()
+        gate.set()
+
+
+def test_sighup_reloads_cameras_from_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "convstream.toml"
+    config.write_text('[[cameras]]\nid = "one"\nsource = "demo:conveyor?fps=5"\n')
+    port, metrics = free_port(), free_port()
+    env = {**os.environ, "CONVSTREAM_CONFIG": str(config)}
+    argv = ["serve", "--port", str(port), "--metrics-port", str(metrics), "--log-level", "info"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "convstream.cli", *argv],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+            grpc.channel_ready_future(channel).result(timeout=60)
+            assert _ids(stub) == ["one"]
+            config.write_text(
+                '[[cameras]]\nid = "two"\nsource = "demo:conveyor?fps=5"\n'
+                '[[cameras]]\nid = "three"\nsource = "demo:conveyor?fps=5&seed=3"\n'
+            )
+            process.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while _ids(stub) != ["two", "three"] and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert _ids(stub) == ["two", "three"]
+            config.write_text('[[cameras]]\nid = "bad"\nsource = "ftp://nope"\n')
+            process.send_signal(signal.SIGHUP)  # a broken file changes nothing
+            time.sleep(1.0)
+            assert _ids(stub) == ["two", "three"]
+            assert process.poll() is None
+            scrape = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5)
+            text = scrape.read().decode()
+            assert 'convstream_camera_state{camera="two",state="running"} 1.0' in text
+            assert 'convstream_camera_frames_total{camera="three",outcome="analysed"}' in text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=20)
+    assert process.returncode == 0
+    assert "reload refused, nothing changed" in err and "unsupported source scheme" in err
+
+
+def _ids(stub: pb_grpc.ConvstreamStub) -> list[str]:
+    return [c.id for c in stub.ListCameras(pb.ListCamerasRequest(), timeout=5).cameras]
