@@ -189,6 +189,21 @@ def test_a_short_gap_is_stalled_before_it_is_lost() -> None:
         gate.set()
 
 
+def test_a_missing_usb_camera_is_retried_with_a_clear_error() -> None:
+    index = next(i for i in range(64) if not Path(f"/dev/video{i}").exists())
+    config = CameraConfig(id="usb", source=f"device:{index}", reconnect_min_s=5.0)
+    cam = Camera(config)
+    cam.start()
+    try:
+        deadline = time.monotonic() + 10
+        while cam.state != pb.CAMERA_STATE_RECONNECTING and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert cam.state == pb.CAMERA_STATE_RECONNECTING  # it may be plugged in later
+        assert f"could not open USB camera {index} (/dev/video{index})" in cam.last_error
+    finally:
+        cam.stop()
+
+
 def test_sighup_reloads_cameras_from_the_config_file(tmp_path: Path) -> None:
     config = tmp_path / "convstream.toml"
     config.write_text('[[cameras]]\nid = "one"\nsource = "demo:conveyor?fps=5"\n')

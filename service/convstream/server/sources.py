@@ -128,9 +128,13 @@ class OpenCVCapture:
             self._cap = cv2.VideoCapture(spec.target, cv2.CAP_FFMPEG, params)
         if not self._cap.isOpened():
             self._cap.release()
-            what = "device" if spec.kind == "device" else spec.kind
+            if spec.kind == "device":
+                raise SourceError(
+                    f"could not open USB camera {spec.device} (/dev/video{spec.device}): is it "
+                    "plugged in, and may this user read it?"
+                )
             raise SourceError(
-                f"could not open {what} source {spec.describe()} within {open_timeout_s:g} s"
+                f"could not open {spec.kind} source {spec.describe()} within {open_timeout_s:g} s"
                 + (" (is the file a video OpenCV can read?)" if spec.kind == "file" else "")
             )
         fps = self._cap.get(cv2.CAP_PROP_FPS)

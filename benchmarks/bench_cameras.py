@@ -1,0 +1,156 @@
+"""Freshness of server-pulled cameras: live 30 fps sources, a server that manages fewer.
+
+    .venv/bin/python benchmarks/bench_cameras.py [--seconds 10] [--cameras 1 2 4]
+
+Each camera is a real live stream on 127.0.0.1: ffmpeg serving HTTP MJPEG (640x480, 30 fps)
+whose frames carry the wall-clock time they were made, painted into their pixels. A separate
+`convstream serve` pulls K such cameras; one watcher per camera takes every result with the
+analysed frame, reads the painted time back and records the result's true age (received
+minus made: capture, encode, network, decode, queueing, inference, delivery). The in-process
+limit beside it is the model alone on the same 480x640 input in a loop on this machine.
+
+The target (DESIGN.md): a 30 fps camera on a server that manages fewer delivers frames no
+older than one service time plus two frame intervals, with no growing lag. "within target"
+is the share of results under the median service time (the server's own total_ms) plus two
+frame intervals (66.7 ms); "trend" is the mean age of the last third minus the first third.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import grpc
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from live import FFmpegSource, read_time
+
+from convstream.model import DamageModel
+from convstream.v1 import convstream_pb2 as pb
+from convstream.v1 import convstream_pb2_grpc as pb_grpc
+
+FPS = 30
+SIZE = (640, 480)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def model_limit(seconds: float) -> float:
+    """Frames/s of the model alone on one 480x640 frame at a time (the server's threads)."""
+    model = DamageModel(intra_op_threads=os.cpu_count() or 1)
+    batch = np.random.default_rng(0).integers(0, 255, (1, 480, 640, 3), np.uint8)
+    model.run(batch, ["heatmap", "score"])
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        model.run(batch, ["heatmap", "score"])
+        count += 1
+    return count / (time.perf_counter() - started)
+
+
+async def watch(stub: pb_grpc.ConvstreamStub, camera_id: str, seconds: float) -> dict:
+    ages, service = [], []
+    call = stub.WatchCamera(
+        pb.WatchCameraRequest(camera_id=camera_id, options=pb.ResultOptions(include_frame=True))
+    )
+    started = time.monotonic()
+    async for result in call:
+        received = time.time()
+        frame = cv2.imdecode(np.frombuffer(result.frame_jpeg, np.uint8), cv2.IMREAD_COLOR)
+        g = result.geometry
+        ages.append((received - read_time(frame, g.scale, g.pad_left, g.pad_top)) * 1000)
+        service.append(result.timings.total_ms)
+        if time.monotonic() - started > seconds:
+            break
+    call.cancel()
+    return {"ages": np.array(ages), "service": np.array(service)}
+
+
+async def scenario(cameras: int, seconds: float) -> dict:
+    sources = [FFmpegSource("mjpeg", fps=FPS, size=SIZE, stamped=True) for _ in range(cameras)]
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "bench.toml"
+        config.write_text(
+            "".join(
+                f'[[cameras]]\nid = "cam{i}"\nsource = "{s.url}"\n' for i, s in enumerate(sources)
+            )
+        )
+        for source in sources:
+            source.start()
+        argv = ["serve", "--config", str(config), "--port", str(port), "--metrics-port", "-1"]
+        server = subprocess.Popen([sys.executable, "-m", "convstream.cli", *argv])
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                await asyncio.wait_for(channel.channel_ready(), 60)
+                stub = pb_grpc.ConvstreamStub(channel)
+                await asyncio.sleep(2.0)  # every camera open and running
+                watched = await asyncio.gather(
+                    *(watch(stub, f"cam{i}", seconds) for i in range(cameras))
+                )
+                status = await stub.ListCameras(pb.ListCamerasRequest())
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+            for source in sources:
+                source.stop()
+    ages = np.concatenate([w["ages"] for w in watched])
+    service = float(np.median(np.concatenate([w["service"] for w in watched])))
+    bound = service + 2 * 1000 / FPS
+    trends = []
+    for w in watched:
+        third = max(1, len(w["ages"]) // 3)
+        trends.append(w["ages"][-third:].mean() - w["ages"][:third].mean())
+    return {
+        "cameras": cameras,
+        "fps_in": np.mean([c.fps_in for c in status.cameras]),
+        "fps_out": np.mean([c.fps_out for c in status.cameras]),
+        "total": sum(c.fps_out for c in status.cameras),
+        "p50": np.percentile(ages, 50),
+        "p95": np.percentile(ages, 95),
+        "max": ages.max(),
+        "bound": bound,
+        "within": float((ages <= bound).mean()),
+        "trend": max(trends, key=abs),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--cameras", type=int, nargs="+", default=[1, 2, 4])
+    args = parser.parse_args()
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    limit = model_limit(min(args.seconds, 5.0))
+    print(f"model alone, 480x640, one frame per run: {limit:.1f} frames/s\n")
+    head = (
+        "| cameras | fps in / camera | analysed / camera | analysed total | total / limit "
+        "| age p50 ms | p95 | max | target ms | within target | trend ms |"
+    )
+    print(head)
+    print("|---:" * 11 + "|")
+    for n in args.cameras:
+        r = asyncio.run(scenario(n, args.seconds))
+        print(
+            f"| {n} | {r['fps_in']:.1f} | {r['fps_out']:.1f} | {r['total']:.1f} "
+            f"| {r['total'] / limit:.2f} | {r['p50']:.0f} | {r['p95']:.0f} | {r['max']:.0f} "
+            f"| {r['bound']:.0f} | {r['within']:.0%} | {r['trend']:+.0f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
