@@ -215,6 +215,7 @@ async def test_unreachable_source_fails_within_open_timeout() -> None:
             assert 0.8 <= took <= 2.5
             silent = await status(stub, "silent")
             assert "could not open http source" in silent.last_error
+            assert str(port) not in silent.last_error  # clients never see the address
             assert "within 1 s" in silent.last_error
             await until(state_is(stub, "silent", pb.CAMERA_STATE_FAILED), 8, "gave up")
             silent = await status(stub, "silent")
@@ -276,8 +277,9 @@ async def test_frames_stay_fresh_when_the_server_analyses_fewer() -> None:
     ages_ms = np.array(ages)
     assert ages_ms.min() > 0, "the painted clock was misread"
     third = len(ages_ms) // 3
-    # No growing lag: the last results are as fresh as the first ones.
-    assert ages_ms[-third:].mean() < ages_ms[:third].mean() + 100, ages_ms.round()
+    # No growing lag: the last results are as fresh as the first ones (medians, so that one
+    # burst of CPU contention on a shared machine does not read as a trend).
+    assert np.median(ages_ms[-third:]) < np.median(ages_ms[:third]) + 100, ages_ms.round()
     assert ages_ms.max() < 1000, ages_ms.round()
 
 

@@ -10,6 +10,10 @@
             for result in client.stream(video.frames(), resume=True):
                 print(result.frame_id, result.score)
 
+        print([(camera.id, camera.state) for camera in client.cameras()])
+        for result in client.watch("dock-3", max_fps=2):     # a camera the server pulls
+            print(result.frame_id, result.score, result.frame_age_ms)
+
 ``AsyncClient`` offers the same calls for asyncio. Every error is a ``ConvstreamError``; see
 ``convstream.client.errors`` for the tree.
 """
@@ -34,12 +38,13 @@ from convstream.client.errors import (
 from convstream.client.frames import Frame, FrameLike, Video, image_files, read_image, read_images
 from convstream.client.options import TLS, Limits, ResultOptions, Retry, Timeout, Upload
 from convstream.client.overlay import draw_overlay, heatmap_on_frame, save_overlay
-from convstream.client.results import Geometry, ModelInfo, Result, Stage, Timings
+from convstream.client.results import CameraInfo, Geometry, ModelInfo, Result, Stage, Timings
 from convstream.client.tensors import to_numpy
 
 __all__ = [
     "TLS",
     "AsyncClient",
+    "CameraInfo",
     "Cancelled",
     "Client",
     "ConvstreamError",

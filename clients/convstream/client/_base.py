@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -80,9 +81,18 @@ class BaseClient:
     def _open(self) -> None:
         """Set up the channel (the sync client) or nothing yet (asyncio: on first use)."""
 
-    def _channel_args(self) -> tuple[str, grpc.ChannelCredentials | None, list[tuple[str, Any]]]:
-        """(target, credentials or None for plaintext, channel options)."""
+    def _channel_args(
+        self, *, cameras: bool = False
+    ) -> tuple[str, grpc.ChannelCredentials | None, list[tuple[str, Any]]]:
+        """(target, credentials or None for plaintext, channel options).
+
+        Args:
+            cameras: the options of the channel for ListCameras and WatchCamera, which retries
+                ListCameras and, with ``Limits.fresh_watch``, keeps its flow-control window
+                small (no BDP probing) so that a slow watcher is not handed stale results.
+        """
         limit = self.limits.max_message_bytes
+        methods = ("ListCameras",) if cameras else ("Analyze", "GetModelInfo")
         args: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", limit),
             ("grpc.max_receive_message_length", limit),
@@ -91,12 +101,16 @@ class BaseClient:
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.enable_retries", 1),
-            ("grpc.service_config", self.retry.service_config()),
+            ("grpc.service_config", self.retry.service_config(methods)),
             # gRPC stops retrying a call whose request passes this buffer (256 KiB by
             # default): a raw 720p frame would never be retried.
             ("grpc.per_rpc_retry_buffer_size", limit),
             ("grpc.primary_user_agent", f"convstream-python/{client_version()}"),
         ]
+        if cameras and self.limits.fresh_watch:
+            # The window then stays at its initial 64 KiB instead of growing to megabytes,
+            # which a slow reader would find full of results seconds old.
+            args.append(("grpc.http2.bdp_probe", 0))
         credentials = None
         if self.tls is not None:
             credentials = self.tls.credentials()
@@ -121,9 +135,30 @@ class BaseClient:
         chosen = options if options is not None else self.options
         return chosen.to_proto(freshness, queue_size)
 
-    def _resumption(self, resume: bool) -> _Resumption:
-        """The reconnect bookkeeping of one stream() call."""
-        return _Resumption(self, resume)
+    def _watch_request(
+        self,
+        camera_id: str,
+        options: ResultOptions | None,
+        max_fps: float | None,
+        queue_size: int | None,
+    ) -> pb.WatchCameraRequest:
+        if not isinstance(camera_id, str) or not camera_id:
+            raise ValueError(f"camera_id must be a camera's id, e.g. 'dock-3', got {camera_id!r}")
+        if max_fps is not None and not 0 <= max_fps < math.inf:
+            raise ValueError(f"max_fps must be >= 0 results per second or None, got {max_fps}")
+        if queue_size is not None and not 1 <= queue_size <= 1024:
+            raise ValueError(f"queue_size must be 1..1024 or None, got {queue_size}")
+        chosen = options if options is not None else self.options
+        return pb.WatchCameraRequest(
+            camera_id=camera_id,
+            options=chosen.to_proto(),
+            max_fps=max_fps or 0.0,
+            queue_size=queue_size or 0,
+        )
+
+    def _resumption(self, resume: bool, camera_id: str | None = None) -> _Resumption:
+        """The reconnect bookkeeping of one stream() call, or of one watch() of camera_id."""
+        return _Resumption(self, resume, camera_id)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -141,14 +176,31 @@ class _Resumption:
 
     Before its first result a stream gets the tries of a unary call (so a missing server is
     reported quickly); once it has run, it keeps trying for ``retry.resume_timeout``.
+
+    A watch also keeps ``frames_dropped`` counting across its calls: each new WatchCamera
+    call's server counts its drops from 0 again.
     """
 
-    def __init__(self, client: BaseClient, resume: bool) -> None:
+    def __init__(self, client: BaseClient, resume: bool, camera_id: str | None = None) -> None:
         self._client = client
         self._resume = resume
+        self._camera_id = camera_id
         self._failures = 0
         self._ran = False
         self._broke = 0.0
+        self._dropped_before = 0  # by the watch's earlier calls
+        self._dropped = 0
+
+    def subscribed(self) -> None:
+        """A new WatchCamera call starts: its server counts drops from 0 again."""
+        self._dropped_before = self._dropped
+
+    def watched(self, message: pb.FrameResult) -> pb.FrameResult:
+        """A watch result arrived: it counts as answered(), and its drops carry on."""
+        self.answered()
+        message.frames_dropped += self._dropped_before
+        self._dropped = message.frames_dropped
+        return message
 
     def answered(self) -> None:
         """A result arrived: the stream works, later breaks start counting afresh."""
@@ -177,11 +229,22 @@ class _Resumption:
             return delay
         if time.monotonic() + delay - self._broke > client.retry.resume_timeout:
             return None
-        logger.warning(
-            "stream to %s broke (%s); resuming in %.1f s with %d frames not yet answered",
-            client.address,
-            error.message,
-            delay,
-            waiting,
-        )
+        if self._camera_id is not None:
+            # Once per break: a server that takes a while to come back is one event.
+            log = logger.warning if self._failures == 1 else logger.debug
+            log(
+                "watch of camera %r at %s broke (%s); subscribing again in %.1f s",
+                self._camera_id,
+                client.address,
+                error.message,
+                delay,
+            )
+        else:
+            logger.warning(
+                "stream to %s broke (%s); resuming in %.1f s with %d frames not yet answered",
+                client.address,
+                error.message,
+                delay,
+                waiting,
+            )
         return delay

@@ -1,26 +1,33 @@
 """Client (blocking) and AsyncClient (asyncio): the same calls, the same options.
 
-Server-pulled cameras slot in beside stream() when their RPCs exist: ``cameras()`` a unary
-call like model_info(), ``watch(camera_id)`` a server stream yielding ``Result.from_proto``
-per message, re-subscribing on UNAVAILABLE when asked to resume (nothing to re-send), with
-NotFound for an unknown camera id.
+Frames the caller sends: ``analyze()`` one, ``stream()`` many. Cameras the server pulls:
+``cameras()`` lists them, ``watch(camera_id)`` yields a camera's results, subscribing again
+after UNAVAILABLE (a server restart) since there is nothing to re-send. Camera calls travel on
+a second channel of their own (see ``Limits.fresh_watch``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Generator,
+    Iterable,
+    Iterator,
+)
 from types import TracebackType
 
 import grpc
 
 from convstream.client._base import BaseClient
 from convstream.client._feed import AsyncFeed, Ledger, SyncFeed
-from convstream.client.errors import from_rpc_error
+from convstream.client.errors import ProtocolError, from_rpc_error
 from convstream.client.frames import FrameLike
 from convstream.client.options import Freshness, ResultOptions
-from convstream.client.results import ModelInfo, Result
+from convstream.client.results import CameraInfo, ModelInfo, Result
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
@@ -36,8 +43,11 @@ class Client(BaseClient):
         ...     print(client.model_info().stage_names)
         ...     result = client.analyze("box.jpg", options=ResultOptions(feature_maps=["stage3"]))
         ...     print(result.score, result.heatmap.shape, result.feature_maps["stage3"].shape)
+        ...     for result in client.watch("dock-3", max_fps=2):  # a camera the server pulls
+        ...         print(result.frame_id, result.score)
         ('stage1', 'stage2', 'stage3', 'stage4')
         0.93 (48, 80) (64, 48, 80)
+        1201 0.04
 
     Args:
         address: host:port of the server (port 50051 when left out).
@@ -45,19 +55,23 @@ class Client(BaseClient):
         tls: connect over TLS (None: plaintext).
         token: sent as ``authorization: Bearer <token>`` with every call.
         limits: message size and in-flight frame limits.
-        retry: retries of unary calls, and how streams started with ``resume=True``
-            reconnect.
+        retry: retries of unary calls, and how streams started with ``resume=True`` and
+            watches reconnect.
         options: the default ResultOptions of every call; a call's ``options`` replace them.
         upload: how frames held as pixels are sent (JPEG of some quality, PNG or raw).
     """
 
     def _open(self) -> None:
-        target, credentials, args = self._channel_args()
-        if credentials is None:
-            self._channel = grpc.insecure_channel(target, options=args)
-        else:
-            self._channel = grpc.secure_channel(target, credentials, options=args)
+        self._channel = self._new_channel(cameras=False)
         self._stub = pb_grpc.ConvstreamStub(self._channel)
+        self._camera_channel = self._new_channel(cameras=True)
+        self._camera_stub = pb_grpc.ConvstreamStub(self._camera_channel)
+
+    def _new_channel(self, *, cameras: bool) -> grpc.Channel:
+        target, credentials, args = self._channel_args(cameras=cameras)
+        if credentials is None:
+            return grpc.insecure_channel(target, options=args)
+        return grpc.secure_channel(target, credentials, options=args)
 
     def model_info(self) -> ModelInfo:
         """The model the server runs: stages, input sizes, threshold, execution provider."""
@@ -156,11 +170,96 @@ class Client(BaseClient):
         finally:
             feed.close()
 
+    def cameras(self) -> list[CameraInfo]:
+        """The cameras the server pulls, in its config's order, with their health.
+
+        Raises:
+            ConvstreamError: e.g. ServerUnavailable after retries.
+        """
+        self._check_open()
+        try:
+            reply = self._camera_stub.ListCameras(
+                pb.ListCamerasRequest(), timeout=self.timeout.call, metadata=self._metadata()
+            )
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, address=self.address) from exc
+        return [CameraInfo.from_proto(camera) for camera in reply.cameras]
+
+    def watch(
+        self,
+        camera_id: str,
+        *,
+        options: ResultOptions | None = None,
+        max_fps: float | None = None,
+        queue_size: int | None = None,
+        resume: bool = True,
+    ) -> Generator[Result, None, None]:
+        """Yield the results of a camera the server pulls, as they come, until you stop.
+
+        The server analyses each camera frame once, however many watch it, and keeps at most
+        ``queue_size`` results waiting for each watcher: one that reads slower than its results
+        come loses the oldest (listed in the next result's ``dropped_frame_ids``) instead of
+        falling behind. Set ``max_fps`` to the rate you use them at, e.g. a dashboard's
+        refresh rate; ``Limits.fresh_watch`` keeps the network from holding stale ones.
+
+        Each Result's ``source`` is the camera id, ``frame_id`` the camera's frame number (it
+        restarts with the server), ``capture_time`` when the server read the frame,
+        ``frame_age_ms`` its age as the result left, and ``frames_dropped`` this watcher's
+        drops. ``frame`` is None: with ``ResultOptions(input_jpeg=True)`` the analysed picture
+        comes along and ``draw_overlay(result)`` draws on it.
+
+        Break out of the loop (or close() the iterator) to end the call on the server.
+
+        Args:
+            camera_id: a camera's id; see ``cameras()``.
+            options: what each result carries; the client's ``options`` when None.
+            max_fps: results per second at most; None (or 0) for every analysed frame.
+            queue_size: results waiting for this watcher on the server at most, 1..1024;
+                the server's default (2) when None.
+            resume: when the call ends with UNAVAILABLE (the server restarting or draining),
+                subscribe again with the Retry backoff: for up to ``Retry.resume_timeout``
+                once results have come, ``Retry.attempts`` tries before that. Frames of the gap
+                are missed, not replayed; ``sequence`` restarts, ``frames_dropped`` carries on.
+
+        Raises:
+            ValueError: a bad argument, at once; the errors below come from the iteration.
+            NotFound: no camera of that id (the message names the server's cameras), or it
+                was removed from the server's config while watched. Never retried.
+            InvalidFrame: options the server cannot honour, e.g. an unknown feature map.
+            ServerUnavailable: no server, or it stayed away past the resume attempts.
+            ConvstreamError: any other failure, e.g. DeadlineExceeded past ``Timeout.stream``.
+        """
+        self._check_open()
+        request = self._watch_request(camera_id, options, max_fps, queue_size)
+        return self._watch(request, resume)
+
+    def _watch(self, request: pb.WatchCameraRequest, resume: bool) -> Generator[Result, None, None]:
+        resumption = self._resumption(resume, request.camera_id)
+        while True:
+            resumption.subscribed()
+            call = self._camera_stub.WatchCamera(
+                request, timeout=self.timeout.stream, metadata=self._metadata()
+            )
+            try:
+                for message in call:
+                    yield Result.from_proto(resumption.watched(message))
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc, address=self.address)
+                delay = resumption.delay(error, 0)
+                if delay is None:
+                    raise error from exc
+                time.sleep(delay)
+                continue
+            finally:
+                call.cancel()
+            raise _ended_ok(request.camera_id)
+
     def close(self) -> None:
-        """Close the channel; calls in progress fail with Cancelled."""
+        """Close the channels; calls in progress fail with Cancelled."""
         if not self._closed:
             self._closed = True
             self._channel.close()
+            self._camera_channel.close()
 
     def __enter__(self) -> Client:
         return self
@@ -189,18 +288,30 @@ class AsyncClient(BaseClient):
 
     _channel: grpc.aio.Channel | None = None
     _stub_: pb_grpc.ConvstreamStub | None = None
+    _camera_channel: grpc.aio.Channel | None = None
+    _camera_stub_: pb_grpc.ConvstreamStub | None = None
 
     @property
     def _stub(self) -> pb_grpc.ConvstreamStub:
         self._check_open()
         if self._stub_ is None:
-            target, credentials, args = self._channel_args()
-            if credentials is None:
-                self._channel = grpc.aio.insecure_channel(target, options=args)
-            else:
-                self._channel = grpc.aio.secure_channel(target, credentials, options=args)
+            self._channel = self._new_channel(cameras=False)
             self._stub_ = pb_grpc.ConvstreamStub(self._channel)
         return self._stub_
+
+    @property
+    def _camera_stub(self) -> pb_grpc.ConvstreamStub:
+        self._check_open()
+        if self._camera_stub_ is None:
+            self._camera_channel = self._new_channel(cameras=True)
+            self._camera_stub_ = pb_grpc.ConvstreamStub(self._camera_channel)
+        return self._camera_stub_
+
+    def _new_channel(self, *, cameras: bool) -> grpc.aio.Channel:
+        target, credentials, args = self._channel_args(cameras=cameras)
+        if credentials is None:
+            return grpc.aio.insecure_channel(target, options=args)
+        return grpc.aio.secure_channel(target, credentials, options=args)
 
     async def model_info(self) -> ModelInfo:
         """The model the server runs: stages, input sizes, threshold, execution provider."""
@@ -265,12 +376,57 @@ class AsyncClient(BaseClient):
         finally:
             await feed.close()
 
+    async def cameras(self) -> list[CameraInfo]:
+        """The cameras the server pulls, with their health; see Client.cameras."""
+        try:
+            reply = await self._camera_stub.ListCameras(
+                pb.ListCamerasRequest(), timeout=self.timeout.call, metadata=self._metadata()
+            )
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, address=self.address) from exc
+        return [CameraInfo.from_proto(camera) for camera in reply.cameras]
+
+    async def watch(
+        self,
+        camera_id: str,
+        *,
+        options: ResultOptions | None = None,
+        max_fps: float | None = None,
+        queue_size: int | None = None,
+        resume: bool = True,
+    ) -> AsyncGenerator[Result, None]:
+        """Yield a camera's results as they come; see Client.watch.
+
+        Arguments are checked, and errors raised, when iteration starts. Leave the loop (or
+        ``await results.aclose()``) to end the call on the server.
+        """
+        stub = self._camera_stub
+        request = self._watch_request(camera_id, options, max_fps, queue_size)
+        resumption = self._resumption(resume, camera_id)
+        while True:
+            resumption.subscribed()
+            call = stub.WatchCamera(request, timeout=self.timeout.stream, metadata=self._metadata())
+            try:
+                async for message in call:
+                    yield Result.from_proto(resumption.watched(message))
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc, address=self.address)
+                delay = resumption.delay(error, 0)
+                if delay is None:
+                    raise error from exc
+                await asyncio.sleep(delay)
+                continue
+            finally:
+                call.cancel()
+            raise _ended_ok(camera_id)
+
     async def close(self) -> None:
-        """Close the channel; calls in progress fail with Cancelled."""
+        """Close the channels; calls in progress fail with Cancelled."""
         if not self._closed:
             self._closed = True
-            if self._channel is not None:
-                await self._channel.close()
+            for channel in (self._channel, self._camera_channel):
+                if channel is not None:
+                    await channel.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -282,3 +438,7 @@ class AsyncClient(BaseClient):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+def _ended_ok(camera_id: str) -> ProtocolError:
+    return ProtocolError(f"the server ended the watch of camera {camera_id!r} with OK")

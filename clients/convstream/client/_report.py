@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -12,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from convstream.client.overlay import save_overlay
-from convstream.client.results import ModelInfo, Result
+from convstream.client.results import CameraInfo, ModelInfo, Result
 
 MiB = 1024 * 1024
 
@@ -94,7 +95,10 @@ class Reporter:
             leave=False,
         )
         if not json_lines:
-            self._line(self._row("FRAME", "NAME", "SCORE", "DAMAGED", "PEAK (x, y)", "SERVER MS"))
+            self._line(self._header())
+
+    def _header(self) -> str:
+        return self._row("FRAME", "NAME", "SCORE", "DAMAGED", "PEAK (x, y)", "SERVER MS")
 
     def _row(self, *cells: str) -> str:
         frame, name, score, damaged, peak, ms = cells
@@ -162,10 +166,101 @@ class Reporter:
         return text
 
 
+class WatchReporter(Reporter):
+    """A Reporter for a camera's results: age and drops instead of names and server time."""
+
+    def _header(self) -> str:
+        return self._watch_row("FRAME", "SCORE", "DAMAGED", "PEAK (x, y)", "AGE MS", "DROPPED")
+
+    def _watch_row(self, *cells: str) -> str:
+        frame, score, damaged, peak, age, dropped = cells
+        return f"{frame:>9}  {score:>6}  {damaged:<7}  {peak:<12}  {age:>8}  {dropped:>7}"
+
+    def _table_row(self, result: Result) -> str:
+        if result.error is not None:
+            message = f"{type(result.error).__name__}: {result.error.message}"
+            return f"{result.frame_id:>9}  error   {message}"
+        peak = result.peak()
+        return self._watch_row(
+            str(result.frame_id),
+            f"{result.score:.3f}",
+            "yes" if result.damaged else "no",
+            f"({peak[0]}, {peak[1]})" if peak is not None else "-",
+            f"{result.frame_age_ms:.1f}",
+            str(result.frames_dropped),
+        )
+
+
 def _file_name(result: Result) -> str:
-    name = result.frame.name if result.frame is not None and result.frame.name else "frame"
-    stem = Path(name.split("#")[0]).stem or "frame"
+    name = result.frame.name if result.frame is not None and result.frame.name else ""
+    stem = Path(name.split("#")[0]).stem or result.source or "frame"
     return f"{result.frame_id:06d}-{stem}.png"
+
+
+def camera_json(camera: CameraInfo) -> dict[str, Any]:
+    """One JSON-ready object per camera; times as ISO 8601 (UTC) strings."""
+    fields = asdict(camera)
+    for key in ("since", "last_frame_time"):
+        value = fields[key]
+        fields[key] = value.isoformat() if value is not None else None
+    return fields
+
+
+def cameras_text(cameras: list[CameraInfo], now: datetime | None = None) -> str:
+    """ListCameras for people: one row per camera, its health at a glance."""
+    if not cameras:
+        return "no cameras: the server pulls none (see `convstream serve --camera ID=SOURCE`)"
+    now = now or datetime.now(UTC)
+    # Alignment of each column but the last (the error, as long as it is).
+    specs = [f"<{max(2, *(len(c.id) for c in cameras))}", "<16", "<6", ">10", ">9", ">8"]
+    specs += [">10", ">8", ">10", ">6"]
+
+    def row(*cells: str) -> str:
+        aligned = [f"{cell:{spec}}" for cell, spec in zip(cells, specs, strict=False)]
+        return "  ".join([*aligned, cells[-1]]).rstrip()
+
+    lines = [
+        row(
+            "ID",
+            "STATE",
+            "SOURCE",
+            "FPS IN/OUT",
+            "ANALYSED",
+            "DROPPED",
+            "RECONNECTS",
+            "WATCHERS",
+            "LATENCY MS",
+            "SCORE",
+            "LAST ERROR",
+        )
+    ]
+    for c in cameras:
+        state = c.state if c.since is None else f"{c.state} {_duration(now - c.since)}"
+        lines.append(
+            row(
+                c.id,
+                state,
+                c.source_kind,
+                f"{c.fps_in:.1f}/{c.fps_out:.1f}",
+                str(c.frames_analysed),
+                str(c.frames_dropped),
+                str(c.reconnects),
+                str(c.watchers),
+                f"{c.latency_ms:.1f}" if c.frames_analysed else "-",
+                f"{c.last_score:.3f}" if c.last_score is not None else "-",
+                " ".join(c.last_error.split()) or "-",
+            )
+        )
+    return "\n".join(lines)
+
+
+def _duration(elapsed: timedelta) -> str:
+    """A state's age, coarse as people read it: 42s, 5m, 3h, 2d."""
+    seconds = max(0, int(elapsed.total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def model_info_text(info: ModelInfo) -> str:

@@ -1,23 +1,32 @@
-"""`convstream analyze`, `convstream stream` and `convstream info`: the client commands.
+"""The client commands: `convstream analyze | stream | info | cameras | watch`.
 
 Exit codes: 0 all frames analysed, 1 the server or a frame failed (one line on stderr, no
-traceback), 2 a usage error (argparse's own, a missing file, a bad option value), 130 Ctrl-C.
+traceback), 2 a usage error (argparse's own, a missing file, a bad option value, an unknown
+feature map or camera), 130 Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from convstream.client._base import DEFAULT_ADDRESS
 from convstream.client._client import Client
-from convstream.client._report import Reporter, model_info_text
+from convstream.client._report import (
+    Reporter,
+    WatchReporter,
+    camera_json,
+    cameras_text,
+    model_info_text,
+)
 from convstream.client.errors import ConvstreamError, ServerUnavailable, SourceError
 from convstream.client.frames import IMAGE_SUFFIXES, Video, image_files, read_images
 from convstream.client.options import TLS, ResultOptions, Timeout, Upload
@@ -34,6 +43,12 @@ _EXAMPLES_STREAM = """examples:
   convstream stream conveyor.avi --save-overlays overlays/
   convstream stream 0 --freshness latest_only      # the first camera, newest frames only
   convstream stream rtsp://cam-3/stream --max-frames 300 --json
+"""
+_EXAMPLES_WATCH = """examples:
+  convstream cameras                              # the ids the server pulls, and their health
+  convstream watch dock-3
+  convstream watch dock-3 --max-fps 2 --save-overlays overlays/
+  convstream watch dock-3 --count 100 --json --maps stage3 > results.jsonl
 """
 
 
@@ -76,6 +91,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="DIR",
         help="write each frame with its damage heatmap drawn over it as PNG into DIR",
     )
+
+    upload = argparse.ArgumentParser(add_help=False)
+    group = upload.add_argument_group("upload")
     group.add_argument(
         "--upload",
         choices=("jpeg", "png", "raw"),
@@ -87,7 +105,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     common = {"formatter_class": argparse.RawDescriptionHelpFormatter}
     analyze = commands.add_parser(
         "analyze",
-        parents=[connection, results],
+        parents=[connection, results, upload],
         help="analyse images or folders of images",
         description="Send images (JPEG, PNG, BMP, TIFF, WebP; folders are searched\n"
         "recursively) over one stream and print a damage score for each.",
@@ -99,7 +117,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     stream = commands.add_parser(
         "stream",
-        parents=[connection, results],
+        parents=[connection, results, upload],
         help="stream a video file or a camera through the server",
         description="Read a video file, a URL or a camera with OpenCV here, stream its\n"
         "frames to the server and print each result as it comes. A stream broken by a\n"
@@ -135,6 +153,42 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     info.add_argument("--json", action="store_true", help="print it as one JSON object")
     info.set_defaults(func=_info)
 
+    cameras = commands.add_parser(
+        "cameras",
+        parents=[connection],
+        help="list the cameras the server pulls, and their health",
+        description="List the server's cameras: state, source kind, frames read and analysed\n"
+        "per second, drops, reconnects, watchers, latency, the latest score and error.",
+        epilog=_EXAMPLES_WATCH,
+        **common,  # type: ignore[arg-type]
+    )
+    cameras.add_argument("--json", action="store_true", help="one JSON object per camera")
+    cameras.set_defaults(func=_cameras)
+
+    watch = commands.add_parser(
+        "watch",
+        parents=[connection, results],
+        help="print the results of a camera the server pulls",
+        description="Subscribe to a camera the server reads and analyses (see `convstream\n"
+        "cameras`) and print each result as it comes. The server keeps only the newest\n"
+        "results for a slow reader and counts the rest as DROPPED. The watch resumes\n"
+        "after a server restart.",
+        epilog=_EXAMPLES_WATCH,
+        **common,  # type: ignore[arg-type]
+    )
+    watch.add_argument("camera_id", metavar="CAMERA_ID", help="the camera's id")
+    watch.add_argument(
+        "--max-fps", type=float, metavar="N", help="results per second at most (default: all)"
+    )
+    watch.add_argument("--count", type=int, metavar="N", help="stop after N results")
+    watch.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="fail instead of subscribing again when the server goes away",
+    )
+    watch.set_defaults(func=_watch)
+
 
 def _usage(args: argparse.Namespace, message: str) -> int:
     print(f"convstream {args.command}: error: {message}", file=sys.stderr)
@@ -151,6 +205,7 @@ def _client(args: argparse.Namespace) -> Client:
     if hasattr(args, "maps"):
         maps = [name for item in args.maps for name in item.split(",") if name]
         options = ResultOptions(feature_maps=maps, encoding=args.encoding)
+    if hasattr(args, "upload"):
         upload = Upload(args.upload, quality=args.quality)
     return Client(
         args.address,
@@ -284,5 +339,52 @@ def _info(args: argparse.Namespace) -> int:
         info = client.model_info()
         print(json.dumps(asdict(info)) if args.json else model_info_text(info))
         return 0
+
+    return _run(args, body)
+
+
+def _cameras(args: argparse.Namespace) -> int:
+    def body(client: Client) -> int:
+        cameras = client.cameras()
+        if args.json:
+            for camera in cameras:
+                print(json.dumps(camera_json(camera)))
+        else:
+            print(cameras_text(cameras))
+        return 0
+
+    return _run(args, body)
+
+
+def _watch(args: argparse.Namespace) -> int:
+    if args.count is not None and args.count < 1:
+        return _usage(args, f"--count must be at least 1, got {args.count}")
+    if args.max_fps is not None and not args.max_fps >= 0:
+        return _usage(args, f"--max-fps must be 0 (all) or more, got {args.max_fps}")
+
+    def body(client: Client) -> int:
+        # Asked first, like --maps: a typo is a usage error that names the right ids.
+        known = [camera.id for camera in client.cameras()]
+        if args.camera_id not in known:
+            have = f"the server has {', '.join(known)}" if known else "the server pulls none"
+            return _usage(args, f"unknown camera {args.camera_id!r}; {have}")
+        # Overlays are drawn on the analysed frame, which only comes when asked for.
+        options = replace(client.options, input_jpeg=True) if args.save_overlays else None
+        watching = client.watch(
+            args.camera_id, options=options, max_fps=args.max_fps, resume=args.resume
+        )
+        with contextlib.closing(watching):  # ends the call on the server at --count
+            results = itertools.islice(watching, args.count)
+            return _report(
+                args,
+                results,
+                WatchReporter(
+                    sys.stdout,
+                    sys.stderr,
+                    json_lines=args.json,
+                    overlays=args.save_overlays,
+                    total=args.count,
+                ),
+            )
 
     return _run(args, body)

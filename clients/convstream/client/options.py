@@ -112,14 +112,14 @@ class Retry:
 
     Unary calls retry inside gRPC (its service config ``retryPolicy``); a stream started with
     ``resume=True`` reconnects with the same backoff for up to ``resume_timeout`` seconds and
-    re-sends the frames not yet answered.
+    re-sends the frames not yet answered, and a ``watch()`` subscribes again the same way.
 
     Args:
         attempts: tries of a unary call in all, the first included (gRPC allows at most 5).
         backoff: seconds before the second try; doubled for each later one.
         max_backoff: the longest wait between two tries.
-        resume_timeout: how long a broken stream keeps trying to reconnect; a restarting
-            server has to load and warm up its model first.
+        resume_timeout: how long a broken stream or watch keeps trying to reconnect; a
+            restarting server has to load and warm up its model first.
 
     Example:
         >>> Retry(attempts=3).delay(2)
@@ -143,8 +143,8 @@ class Retry:
         """Seconds to wait after failed try number ``attempt`` (counting from 1)."""
         return min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
 
-    def service_config(self) -> str:
-        """The channel's ``grpc.service_config``: unary calls retry on UNAVAILABLE."""
+    def service_config(self, methods: Sequence[str] = ("Analyze", "GetModelInfo")) -> str:
+        """A channel's ``grpc.service_config``: these unary methods retry on UNAVAILABLE."""
         if self.attempts < 2:
             return json.dumps({"methodConfig": []})
         policy = {
@@ -154,7 +154,7 @@ class Retry:
             "backoffMultiplier": 2,
             "retryableStatusCodes": ["UNAVAILABLE"],
         }
-        names = [{"service": SERVICE, "method": m} for m in ("Analyze", "GetModelInfo")]
+        names = [{"service": SERVICE, "method": m} for m in methods]
         return json.dumps({"methodConfig": [{"name": names, "retryPolicy": policy}]})
 
 
@@ -167,10 +167,18 @@ class Limits:
             feature map of a 640x480 input in float32.
         max_in_flight: frames of a stream read from the source but not yet answered; past it
             the client stops reading the source until answers arrive.
+        fresh_watch: camera calls (``cameras()``, ``watch()``) get a connection of their own
+            whose HTTP/2 window stays at gRPC's initial 64 KiB. Results in flight are bounded
+            by that window, so a watcher that reads slower than its results come finds at most
+            about 64 KiB of them waiting (one result with feature maps, about eight with a
+            heatmap only) and the server drops the rest, listed in ``dropped_frame_ids``.
+            False lets gRPC grow the window (BDP probing) to megabytes, i.e. seconds of stale
+            results for a slow reader, in exchange for throughput on a long fast link.
     """
 
     max_message_bytes: int = 64 * MiB
     max_in_flight: int = 32
+    fresh_watch: bool = True
 
     def __post_init__(self) -> None:
         if self.max_message_bytes < 1024:

@@ -56,18 +56,17 @@ def draw_overlay(
 
     Args:
         result: a result with a heatmap and geometry (the default ResultOptions give both).
-        image (np.ndarray | None): BGR uint8, shape (H, W, 3), the frame analysed; the frame
-            kept in ``result.frame`` when None.
+        image (np.ndarray | None): BGR uint8, shape (H, W, 3), the frame analysed; when None,
+            the frame kept in ``result.frame``, or else (a camera's result from ``watch()``)
+            the frame's part of ``result.input_jpeg``, at the model input's scale.
         alpha: the colour's weight where the heatmap is 1.0.
         label: write the score (and DAMAGED) in the top-left corner, and ring the peak.
 
     Returns:
-        np.ndarray: BGR uint8, the same size as the frame.
+        np.ndarray: BGR uint8, the size of the image drawn on.
     """
     if image is None:
-        if result.frame is None:
-            raise ValueError("draw_overlay needs the frame: pass image= or a result from a call")
-        image = result.frame.pixels()
+        image = _analysed_image(result)
     elif image.ndim == 2:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     out = image.copy()
@@ -83,6 +82,24 @@ def draw_overlay(
     if label:
         _label(out, result, width, height)
     return out
+
+
+def _analysed_image(result: Result) -> np.ndarray:
+    """The picture a result belongs to: the frame sent, or the frame cut out of input_jpeg."""
+    if result.frame is not None:
+        return result.frame.pixels()
+    if result.input_jpeg is None or result.geometry is None:
+        raise ValueError(
+            "draw_overlay needs the frame: pass image=, a result from analyze() or stream(), "
+            "or one asked for with ResultOptions(input_jpeg=True)"
+        )
+    data = np.frombuffer(result.input_jpeg, np.uint8)
+    model_input = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if model_input is None:
+        raise ValueError(f"result.input_jpeg ({len(data)} bytes) is not a readable JPEG")
+    # The input is the frame letterboxed: scaled, then padded. Drop the padding.
+    left, top, right, bottom = result.geometry.content_box()
+    return model_input[top:bottom, left:right]
 
 
 def _label(out: np.ndarray, result: Result, width: int, height: int) -> None:

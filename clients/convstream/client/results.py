@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from convstream.client.errors import ConvstreamError, from_status
 from convstream.client.frames import Frame
 from convstream.client.tensors import to_numpy
 from convstream.v1 import convstream_pb2 as pb
 
-__all__ = ["Geometry", "ModelInfo", "Result", "Stage", "Timings"]
+__all__ = ["CameraInfo", "CameraState", "Geometry", "ModelInfo", "Result", "Stage", "Timings"]
+
+CameraState = Literal[
+    "connecting", "running", "stalled", "reconnecting", "failed", "stopped", "unknown"
+]
+_STATES: dict[int, CameraState] = {
+    pb.CAMERA_STATE_CONNECTING: "connecting",
+    pb.CAMERA_STATE_RUNNING: "running",
+    pb.CAMERA_STATE_STALLED: "stalled",
+    pb.CAMERA_STATE_RECONNECTING: "reconnecting",
+    pb.CAMERA_STATE_FAILED: "failed",
+    pb.CAMERA_STATE_STOPPED: "stopped",
+}
 
 
 @dataclass(frozen=True)
@@ -246,3 +260,87 @@ class ModelInfo:
             max_message_bytes=message.max_message_bytes,
             max_frame_pixels=message.max_frame_pixels,
         )
+
+
+@dataclass(frozen=True)
+class CameraInfo:
+    """A server-pulled camera as ListCameras reports it; ``watch(info.id)`` for its results.
+
+    Attributes:
+        id: the name to watch it by.
+        state: "connecting" (opening for the first time), "running" (frames arrive),
+            "stalled" (open, but no frame for longer than expected), "reconnecting" (lost;
+            retrying with backoff), "failed" (given up), "stopped" (a file that ended, or the
+            server stopping); "unknown" for a state newer than this client.
+        since: when it entered ``state`` (UTC), None if the server did not say.
+        source_kind: rtsp, http, tcp, udp, file, device or demo; never the URL itself.
+        last_error: the latest open or read failure ("" if none), credentials removed.
+        fps_in: frames read from the source per second, lately.
+        fps_out: frames analysed per second, lately.
+        fps_cap: the configured cap on analysed frames per second; 0.0: none.
+        frames_read: frames read from the source since the server started it.
+        frames_analysed: frames analysed; each one once, however many watch.
+        frames_dropped: frames read but superseded by a newer one before analysis.
+        reconnects: times the source was reopened.
+        watchers: open watch() calls.
+        frame_width: of the source's frames, in pixels; 0 before the first frame.
+        frame_height: of the source's frames, in pixels; 0 before the first frame.
+        last_score: the score of the latest analysed frame; None before the first.
+        last_frame_time: when the latest result was ready (UTC); None before the first.
+        latency_ms: from reading a frame to its result being ready, lately.
+    """
+
+    id: str
+    state: CameraState
+    since: datetime | None
+    source_kind: str
+    last_error: str
+    fps_in: float
+    fps_out: float
+    fps_cap: float
+    frames_read: int
+    frames_analysed: int
+    frames_dropped: int
+    reconnects: int
+    watchers: int
+    frame_width: int
+    frame_height: int
+    last_score: float | None
+    last_frame_time: datetime | None
+    latency_ms: float
+
+    @property
+    def flowing(self) -> bool:
+        """True while frames come from the source ("running", or "stalled" for a moment)."""
+        return self.state in ("running", "stalled")
+
+    @classmethod
+    def from_proto(cls, message: pb.CameraStatus) -> CameraInfo:
+        analysed = message.frames_analysed > 0
+        return cls(
+            id=message.id,
+            state=_STATES.get(message.state, "unknown"),
+            since=_datetime(message.state_since),
+            source_kind=message.source_kind,
+            last_error=message.last_error,
+            fps_in=message.fps_in,
+            fps_out=message.fps_out,
+            fps_cap=round(float(message.fps_cap), 3),  # a float32 on the wire
+            frames_read=message.frames_read,
+            frames_analysed=message.frames_analysed,
+            frames_dropped=message.frames_dropped,
+            reconnects=message.reconnects,
+            watchers=message.watchers,
+            frame_width=message.frame_width,
+            frame_height=message.frame_height,
+            last_score=float(message.last_score) if analysed else None,
+            last_frame_time=_datetime(message.last_frame_time) if analysed else None,
+            latency_ms=message.latency_ms,
+        )
+
+
+def _datetime(stamp: Timestamp) -> datetime | None:
+    """A protobuf Timestamp as an aware UTC datetime; None for an unset (zero) one."""
+    if not stamp.seconds and not stamp.nanos:
+        return None
+    return datetime.fromtimestamp(stamp.seconds + stamp.nanos / 1e9, tz=UTC)

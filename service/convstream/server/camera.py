@@ -198,6 +198,10 @@ class Camera:
                     if self._current(generation):
                         ended = error.args[0] == "end of video file"
                         state = pb.CAMERA_STATE_STOPPED if ended else pb.CAMERA_STATE_FAILED
+                        if not ended:
+                            logger.warning(
+                                "camera %s (%s): %s", self.config.id, self.spec.describe(), error
+                            )
                         self._set_state(state, "" if ended else str(error))
                 return
             failures += 1
@@ -216,7 +220,11 @@ class Camera:
                 failures, self.config.reconnect_min_s, self.config.reconnect_max_s, self._rng
             )
             logger.info(
-                "camera %s: %s; retrying in %.1f s", self.config.id, redact(str(error)), delay
+                "camera %s (%s): %s; retrying in %.1f s",
+                self.config.id,
+                self.spec.describe(),
+                redact(str(error)),
+                delay,
             )
             self._stop.wait(delay)
 

@@ -31,7 +31,11 @@ _env_lock = threading.Lock()
 
 
 class SourceError(Exception):
-    """A source could not be opened or read; ``permanent`` when retrying cannot help."""
+    """A source could not be opened or read; ``permanent`` when retrying cannot help.
+
+    Messages reach clients (ListCameras' last_error), so they never name the URL or path:
+    the server's log does, with any password hidden.
+    """
 
     def __init__(self, message: str, *, permanent: bool = False) -> None:
         super().__init__(message)
@@ -122,7 +126,7 @@ class OpenCVCapture:
             self._cap = cv2.VideoCapture(spec.device, cv2.CAP_ANY, params)
         else:
             if spec.kind == "file" and not Path(spec.target).is_file():
-                raise SourceError(f"no such video file: {spec.target}", permanent=True)
+                raise SourceError("no such video file", permanent=True)
             with _env_lock:
                 os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", _FFMPEG_DEFAULTS)
             self._cap = cv2.VideoCapture(spec.target, cv2.CAP_FFMPEG, params)
@@ -134,7 +138,7 @@ class OpenCVCapture:
                     "plugged in, and may this user read it?"
                 )
             raise SourceError(
-                f"could not open {spec.kind} source {spec.describe()} within {open_timeout_s:g} s"
+                f"could not open {spec.kind} source within {open_timeout_s:g} s"
                 + (" (is the file a video OpenCV can read?)" if spec.kind == "file" else "")
             )
         fps = self._cap.get(cv2.CAP_PROP_FPS)

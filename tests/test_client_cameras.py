@@ -1,0 +1,432 @@
+"""cameras() and watch() of the Python client and CLI, against a real server pulling a demo camera.
+
+The demo conveyor (``demo:conveyor``) is the server's own synthetic camera: 640x360 frames at a
+steady rate, letterboxed into the 384x640 model input (12 rows of padding above and below).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from convstream.cli import main
+from convstream.client import (
+    AsyncClient,
+    CameraInfo,
+    Client,
+    InvalidFrame,
+    Limits,
+    NotFound,
+    Result,
+    ResultOptions,
+    ServerUnavailable,
+    draw_overlay,
+    save_overlay,
+)
+from convstream.server import CameraConfig, Server, Settings
+from convstream.v1 import convstream_pb2 as pb
+
+pytestmark = pytest.mark.timeout(60)
+
+FPS = 20
+INPUT = (384, 640)  # the model input the 640x360 demo frames are letterboxed into
+HEATMAP = (INPUT[0] // 8, INPUT[1] // 8)
+
+
+def belt(**kw: object) -> CameraConfig:
+    return CameraConfig(id="belt", source=f"demo:conveyor?fps={FPS}", **kw)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def serving(*cameras: CameraConfig, port: int = 0) -> AsyncIterator[Server]:
+    server = Server(Settings(port=port, metrics_port=-1, cameras=cameras))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(grace=0)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    async with serving(belt()) as srv:
+        yield srv
+
+
+def address(server: Server) -> str:
+    return f"127.0.0.1:{server.port}"
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+async def camera(client: AsyncClient, camera_id: str) -> CameraInfo:
+    return next(c for c in await client.cameras() if c.id == camera_id)
+
+
+def cameras_of(server: Server) -> list[CameraInfo]:
+    with Client(address(server)) as client:
+        return client.cameras()
+
+
+async def take(results: AsyncGenerator[Result, None], n: int) -> list[Result]:
+    """The next n results, then end the watch."""
+    got = [await anext(results) for _ in range(n)]
+    await results.aclose()
+    return got
+
+
+async def test_cameras_report_state_figures_and_watchers(tmp_path: Path) -> None:
+    missing = CameraConfig(id="dock", source=str(tmp_path / "gone.mp4"))
+    async with serving(belt(fps=10.0), missing) as server, AsyncClient(address(server)) as client:
+
+        async def warmed_up() -> bool:
+            return (await camera(client, "belt")).frames_analysed >= 15
+
+        await until(warmed_up, 10, "belt analysing")
+        results = client.watch("belt")
+        await anext(results)
+        cams = await client.cameras()
+        sync = await asyncio.to_thread(cameras_of, server)
+        await results.aclose()
+
+        async def unwatched() -> bool:
+            return (await camera(client, "belt")).watchers == 0
+
+        await until(unwatched, 5, "the watch ended on the server")
+
+    assert [c.id for c in cams] == ["belt", "dock"]  # the config's order
+    assert [c.id for c in sync] == ["belt", "dock"]
+    cam, dock = cams
+    now = datetime.now(UTC)
+    assert cam.state == "running" and cam.flowing and cam.source_kind == "demo"
+    assert cam.since is not None and cam.since.tzinfo is not None and cam.since <= now
+    assert cam.last_error == "" and cam.reconnects == 0 and cam.watchers == 1
+    assert (cam.frame_width, cam.frame_height) == (640, 360)
+    assert cam.fps_cap == 10.0 and 5 <= cam.fps_out <= 12  # the cap, not the camera's 20
+    assert cam.fps_in > 12 and cam.frames_read > cam.frames_analysed >= 15
+    assert cam.frames_dropped > 0  # read, then superseded under the cap
+    assert cam.last_score is not None and 0.0 <= cam.last_score <= 1.0
+    assert cam.last_frame_time is not None
+    assert 0 <= (now - cam.last_frame_time).total_seconds() < 5
+    assert cam.latency_ms > 0
+    assert dock.state == "failed" and not dock.flowing and dock.source_kind == "file"
+    assert "no such video file" in dock.last_error
+    assert dock.frames_analysed == 0 and dock.last_score is None and dock.last_frame_time is None
+
+
+async def test_watch_yields_results_with_heatmaps_and_maps(server: Server) -> None:
+    def sync() -> list[Result]:
+        with Client(address(server)) as client:
+            results = client.watch("belt", options=ResultOptions(feature_maps=["stage3"]))
+            got = [next(results) for _ in range(5)]
+            results.close()
+            return got
+
+    results = await asyncio.to_thread(sync)
+    async with AsyncClient(address(server)) as client:
+        results += await take(client.watch("belt"), 3)
+    for r in results:
+        assert r.ok and r.source == "belt" and r.frame is None and r.input_jpeg is None
+        g = r.geometry
+        assert g is not None and (g.frame_width, g.frame_height) == (640, 360)
+        assert (g.input_height, g.input_width) == INPUT and g.pad_top == 12
+        assert r.heatmap is not None and r.heatmap.dtype == np.float32
+        assert r.heatmap.shape == HEATMAP
+        assert r.heatmap.max() == pytest.approx(r.score, abs=2e-3)
+        assert r.capture_time is not None and abs(time.time() - r.capture_time) < 5
+        assert 0 <= r.frame_age_ms < 2000 and r.frames_dropped == 0
+        assert r.timings is not None and r.timings.inference_ms > 0
+    first, second = results[:5], results[5:]
+    assert [r.sequence for r in first] == [1, 2, 3, 4, 5]
+    assert [r.sequence for r in second] == [1, 2, 3]
+    ids = [r.frame_id for r in first]
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    assert all(r.feature_maps["stage3"].shape == (64, *HEATMAP) for r in first)
+    assert all(not r.feature_maps for r in second)
+
+
+async def test_max_fps_is_honoured(server: Server) -> None:
+    async with AsyncClient(address(server)) as client:
+        capped: list[Result] = []
+        everything: list[Result] = []
+
+        async def collect(into: list[Result], max_fps: float | None) -> None:
+            started = time.monotonic()
+            async for result in client.watch("belt", max_fps=max_fps):
+                into.append(result)
+                if time.monotonic() - started > 2.5:
+                    break
+
+        await asyncio.gather(collect(capped, 4), collect(everything, None))
+    assert 7 <= len(capped) <= 13, [r.frame_id for r in capped]  # 4 per second
+    assert len(everything) >= 2 * len(capped)  # a 20 fps camera, whatever this machine manages
+    gaps = np.diff([r.frame_id for r in capped])
+    assert np.median(gaps) >= 3  # every 5th frame of 20 per second
+
+
+async def test_input_jpeg_draws_overlays_on_the_frame(server: Server, tmp_path: Path) -> None:
+    async with AsyncClient(address(server)) as client:
+        results = await take(client.watch("belt", options=ResultOptions(input_jpeg=True)), 2)
+    for r in results:
+        assert r.input_jpeg is not None and r.geometry is not None
+        model_input = cv2.imdecode(np.frombuffer(r.input_jpeg, np.uint8), cv2.IMREAD_COLOR)
+        assert model_input is not None and model_input.shape == (*INPUT, 3)
+        # Without colour or label the overlay is the frame cut out of the letterboxed input.
+        plain = draw_overlay(r, alpha=0.0, label=False)
+        assert np.array_equal(plain, model_input[12:372])
+        path = save_overlay(tmp_path / f"{r.frame_id}.png", r)
+        drawn = cv2.imread(str(path))
+        assert drawn is not None and drawn.shape == (360, 640, 3)
+        assert not np.array_equal(drawn, plain)
+    with pytest.raises(ValueError, match="input_jpeg=True"):
+        draw_overlay(Result(frame_id=1, source="belt"))
+
+
+async def test_unknown_camera_and_bad_options(server: Server) -> None:
+    def sync() -> None:
+        with Client(address(server)) as client:
+            started = time.monotonic()
+            with pytest.raises(NotFound, match=r"no camera 'dock-9'; cameras: belt"):
+                next(client.watch("dock-9", resume=True))
+            assert time.monotonic() - started < 1.0  # not retried
+            for bad in (
+                lambda: client.watch(""),
+                lambda: client.watch("belt", max_fps=-1),
+                lambda: client.watch("belt", queue_size=0),
+            ):
+                with pytest.raises(ValueError):
+                    bad()
+
+    await asyncio.to_thread(sync)
+    async with AsyncClient(address(server)) as client:
+        with pytest.raises(NotFound, match="dock-9") as info:
+            await anext(client.watch("dock-9"))
+        assert info.value.code is not None and info.value.code.name == "NOT_FOUND"
+        with pytest.raises(InvalidFrame, match="stage9"):
+            await anext(client.watch("belt", options=ResultOptions(feature_maps=["stage9"])))
+
+
+async def test_removed_camera_ends_the_watch_with_not_found(server: Server) -> None:
+    async with AsyncClient(address(server)) as client:
+        results = client.watch("belt")
+        await anext(results)
+        other = CameraConfig(id="dock", source="demo:conveyor?fps=5")
+        await server.reload(server.settings.model_copy(update={"cameras": (other,)}))
+        with pytest.raises(NotFound, match="removed"):
+            while True:
+                await anext(results)
+        assert [c.id for c in await client.cameras()] == ["dock"]
+
+
+def second_call_started(results: list[Result], n: int) -> int | None:
+    """Where the second WatchCamera call's results begin, once it has given n; else None."""
+    starts = [i for i, r in enumerate(results) if r.sequence == 1]
+    return starts[1] if len(starts) == 2 and len(results) - starts[1] >= n else None
+
+
+@pytest.mark.parametrize("flavour", ["async", "sync"])
+async def test_watch_subscribes_again_after_a_server_restart(
+    flavour: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="convstream.client")
+    first = Server(Settings(port=0, metrics_port=-1, cameras=(belt(),)))
+    await first.start()
+    second = Server(Settings(port=first.port, metrics_port=-1, cameras=(belt(),)))
+    running = [first]
+    three = threading.Event()
+
+    async def restart() -> None:
+        await asyncio.to_thread(three.wait, 10)
+        await first.stop(grace=0)
+        running.remove(first)
+        await asyncio.sleep(0.6)  # down long enough for a few refused tries
+        await second.start()
+        running.append(second)
+
+    def consume() -> list[Result]:
+        got: list[Result] = []
+        with Client(address(first)) as client:
+            for result in client.watch("belt"):
+                got.append(result)
+                if len(got) == 3:
+                    three.set()
+                if second_call_started(got, 3):
+                    return got
+        raise AssertionError("the watch ended")
+
+    try:
+        restarted = asyncio.create_task(restart())
+        if flavour == "sync":
+            results = await asyncio.to_thread(consume)
+        else:
+            results = []
+            async with AsyncClient(address(first)) as client:
+                async for result in client.watch("belt"):
+                    results.append(result)
+                    if len(results) == 3:
+                        three.set()
+                    if second_call_started(results, 3):
+                        break
+                await restarted
+                # Without resume a restart ends the watch.
+                watching = client.watch("belt", resume=False)
+                await anext(watching)
+                await second.stop(grace=0)
+                running.remove(second)
+                with pytest.raises(ServerUnavailable, match="unavailable"):
+                    while True:  # results already on their way come first
+                        await anext(watching)
+        await restarted
+    finally:
+        for server in running:
+            await server.stop(grace=0)
+    split = second_call_started(results, 3)
+    assert split is not None
+    # Results of frames already sent may come before the first call ends.
+    before, after = results[:split], results[split:]
+    assert len(before) >= 3 and [r.sequence for r in before] == list(range(1, len(before) + 1))
+    assert [r.sequence for r in after] == [1, 2, 3]  # the second server's call
+    assert all(r.ok and r.source == "belt" for r in results)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "convstream.client"]
+    assert len(warnings) == 1, warnings  # once per break, not once per try
+    assert "watch of camera 'belt'" in warnings[0] and "subscribing again" in warnings[0]
+
+
+def test_drop_counts_carry_on_across_a_watch_s_calls() -> None:
+    with Client("127.0.0.1:1") as client:
+        bookkeeping = client._resumption(True, "belt")
+    seen = []
+    for call in ([0, 2, 5], [0, 1]):  # each call's server counts from 0
+        bookkeeping.subscribed()
+        for dropped in call:
+            message = bookkeeping.watched(pb.FrameResult(frame_id=1, frames_dropped=dropped))
+            seen.append(Result.from_proto(message).frames_dropped)
+    assert seen == [0, 2, 5, 5, 6]
+
+
+async def test_slow_watcher_gets_fresh_results_on_its_own_channel(server: Server) -> None:
+    """A reader slower than its results: the camera channel's small window keeps them fresh."""
+    options = ResultOptions(input_jpeg=True, feature_maps=["stage3"])  # about 0.5 MB each
+
+    async def read_slowly(limits: Limits) -> list[float]:
+        ages = []
+        async with AsyncClient(address(server), limits=limits) as client:
+            started = time.monotonic()
+            async for result in client.watch("belt", options=options):
+                assert result.capture_time is not None
+                ages.append((time.time() - result.capture_time) * 1000)
+                await asyncio.sleep(0.3)
+                if time.monotonic() - started > 3.0:
+                    break
+        return ages
+
+    fresh, grown = await asyncio.gather(
+        read_slowly(Limits()), read_slowly(Limits(fresh_watch=False))
+    )
+    assert max(fresh[-3:]) < 1000, np.round(fresh)  # one read interval plus a little
+    # What BDP probing would do: results wait in the grown window, later and later.
+    assert min(grown[-3:]) > max(fresh[-3:]) + 500, (np.round(fresh), np.round(grown))
+
+
+def test_camera_channel_options() -> None:
+    with Client("10.0.0.9") as client:
+        main_args = dict(client._channel_args()[2])
+        camera_args = dict(client._channel_args(cameras=True)[2])
+    with Client("10.0.0.9", limits=Limits(fresh_watch=False)) as client:
+        growing = dict(client._channel_args(cameras=True)[2])
+    assert "grpc.http2.bdp_probe" not in main_args and "grpc.http2.bdp_probe" not in growing
+    assert camera_args["grpc.http2.bdp_probe"] == 0
+    (method,) = json.loads(camera_args["grpc.service_config"])["methodConfig"]
+    assert [n["method"] for n in method["name"]] == ["ListCameras"]  # watch() resumes itself
+    assert camera_args["grpc.max_receive_message_length"] == Limits().max_message_bytes
+
+
+async def cli(*argv: str) -> int:
+    """main() in a thread: the server runs on this test's event loop."""
+    return await asyncio.to_thread(main, list(argv))
+
+
+async def test_cli_cameras_table_and_json(
+    server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with AsyncClient(address(server)) as client:
+
+        async def analysed() -> bool:
+            return (await camera(client, "belt")).frames_analysed > 0
+
+        await until(analysed, 10, "belt analysing")
+    assert await cli("cameras", "--address", address(server)) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == [
+        *("ID", "STATE", "SOURCE", "FPS", "IN/OUT", "ANALYSED", "DROPPED", "RECONNECTS"),
+        *("WATCHERS", "LATENCY", "MS", "SCORE", "LAST", "ERROR"),
+    ]
+    cells = row.split()
+    assert cells[:2] == ["belt", "running"] and cells[2].endswith("s") and cells[3] == "demo"
+    fps_in, fps_out = (float(v) for v in cells[4].split("/"))
+    assert fps_in >= 0 and fps_out >= 0 and int(cells[5]) > 0
+    assert cells[7:9] == ["0", "0"]  # reconnects, watchers
+    assert float(cells[9]) > 0 and 0 <= float(cells[10]) <= 1 and cells[11] == "-"
+
+    assert await cli("cameras", "--json", "--address", address(server)) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    cam = json.loads(line)
+    assert cam["id"] == "belt" and cam["state"] == "running" and cam["frame_width"] == 640
+    assert datetime.fromisoformat(cam["since"]).tzinfo is not None
+
+
+async def test_cli_watch_json_table_and_overlays(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["watch", "belt", "--count", "3", "--address", address(server)]
+    assert await cli(*argv, "--json", "--maps", "stage2") == 0
+    out, err = capsys.readouterr()
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) == 3 and err == ""
+    assert [line["sequence"] for line in lines] == [1, 2, 3]
+    ids = [line["frame_id"] for line in lines]
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    for line in lines:
+        assert line["source"] == "belt" and line["ok"] and 0 <= line["score"] <= 1
+        assert line["heatmap"]["shape"] == list(HEATMAP) and line["frame_age_ms"] >= 0
+        assert line["feature_maps"]["stage2"]["shape"][1:] == [INPUT[0] // 4, INPUT[1] // 4]
+
+    overlays = tmp_path / "overlays"
+    assert await cli(*argv, "--max-fps", "10", "--save-overlays", str(overlays)) == 0
+    header, *rows, summary = capsys.readouterr().out.splitlines()
+    assert " ".join(header.split()) == "FRAME SCORE DAMAGED PEAK (x, y) AGE MS DROPPED"
+    assert len(rows) == 3 and all(row.split()[2] in ("yes", "no") for row in rows)
+    assert summary.startswith("3 frames in ")
+    files = sorted(overlays.iterdir())
+    assert [f.name for f in files] == [f"{int(row.split()[0]):06d}-belt.png" for row in rows]
+    for f in files:
+        image = cv2.imread(str(f))
+        assert image is not None and image.shape == (360, 640, 3)
+
+
+async def test_cli_watch_unknown_camera_exits_2(
+    server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await cli("watch", "dock-9", "--address", address(server)) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == "convstream watch: error: unknown camera 'dock-9'; the server has belt\n"
+    assert await cli("watch", "belt", "--count", "0", "--address", address(server)) == 2
+    assert "--count must be at least 1" in capsys.readouterr().err
