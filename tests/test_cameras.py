@@ -255,7 +255,7 @@ async def _frames_read_over(stub: pb_grpc.ConvstreamStub, camera_id: str, n: int
 
 async def test_frames_stay_fresh_when_the_server_analyses_fewer() -> None:
     """30 fps in, 5 analysed per second: results are of the newest frame, and lag stays flat."""
-    source = FFmpegSource("mjpeg", fps=30, size=(640, 480), stamped=True)
+    source = FFmpegSource("mjpeg", fps=30, size=(320, 240), stamped=True)
     with running(source):
         async with serving(camera("fast", source.url, fps=5.0)) as server, connect(server) as stub:
             await until(state_is(stub, "fast", pb.CAMERA_STATE_RUNNING), 10, "running")

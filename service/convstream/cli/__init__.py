@@ -135,12 +135,40 @@ def _samples(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_token(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "token",
+        help="make a bearer token for clients",
+        description="Print a new random token (give it to the client) and the [[tokens]] "
+        "table for the server's config, which keeps only the token's SHA-256.",
+    )
+    p.add_argument("--name", required=True, help="who will hold it, e.g. dock-3-integration")
+    p.add_argument(
+        "--role",
+        choices=("watch", "analyze"),
+        required=True,
+        help="watch: model info and cameras (a dashboard); analyze: also send frames",
+    )
+    p.set_defaults(func=_token)
+
+
+def _token(args: argparse.Namespace) -> int:
+    from convstream.server.security import new_token
+
+    token, digest = new_token()
+    print(f"token (give this to the client; it is not stored anywhere): {token}")
+    print("\nadd to the server's config:\n")
+    print(f'[[tokens]]\nname = "{args.name}"\nrole = "{args.role}"\nsha256 = "{digest}"')
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="convstream", description="Damage scores and feature maps for camera frames."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(commands)
+    _add_token(commands)
     _add_samples(commands)
     from convstream.client.cli import add_commands
 

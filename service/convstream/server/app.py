@@ -23,6 +23,7 @@ from convstream.server.engine import Engine
 from convstream.server.errors import Draining
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Pipeline
+from convstream.server.security import TokenInterceptor, server_credentials
 from convstream.server.servicer import ConvstreamServicer
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
@@ -118,14 +119,19 @@ class Server:
         self.servicer = ConvstreamServicer(settings, pipeline, self.metrics, info, self.cameras)
         self.metrics.provider.labels(model.provider, model.requested_provider).set(1)
 
-        server = grpc.aio.server(options=grpc_options(settings))
+        interceptors = [TokenInterceptor(settings.tokens)] if settings.tokens else []
+        server = grpc.aio.server(options=grpc_options(settings), interceptors=interceptors)
         pb_grpc.add_ConvstreamServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if settings.reflection:
             names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
             reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
         address = f"{settings.host}:{settings.port}"
-        self.port = server.add_insecure_port(address)
+        credentials = server_credentials(settings)
+        if credentials is None:
+            self.port = server.add_insecure_port(address)
+        else:
+            self.port = server.add_secure_port(address, credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         await server.start()
@@ -135,11 +141,28 @@ class Server:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await self.cameras.start(settings.cameras)
+        security = "mutual TLS" if settings.tls_client_ca else "TLS" if credentials else "plaintext"
+        if settings.tokens:
+            security += f", {len(settings.tokens)} tokens"
+        if settings.host not in ("127.0.0.1", "localhost", "::1") and not (
+            credentials and settings.tokens
+        ):
+            logger.warning(
+                "listening on %s without %s: anyone who can reach this port can use it; see "
+                "README, 'Running it in production'",
+                settings.host,
+                "TLS and tokens"
+                if not credentials and not settings.tokens
+                else "tokens"
+                if not settings.tokens
+                else "TLS",
+            )
         logger.info(
-            "convstream %s serving on %s:%d (model %s, sha256 %s..., provider %s)",
+            "convstream %s serving on %s:%d (%s; model %s, sha256 %s..., provider %s)",
             server_version(),
             settings.host,
             self.port,
+            security,
             model.path.name,
             model.sha256[:12],
             model.provider,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Iterator
 
@@ -18,8 +19,14 @@ from grpc_health.v1 import health, health_pb2
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from convstream.server.camera import STATE_NAMES, Camera, Opener
-from convstream.server.config import CameraConfig
-from convstream.server.errors import ConvstreamError, Draining, NotFound, Overloaded
+from convstream.server.config import CAMERA_ID, CameraConfig
+from convstream.server.errors import (
+    ConvstreamError,
+    Draining,
+    InvalidOptions,
+    NotFound,
+    Overloaded,
+)
 from convstream.server.feeds import CameraFeed, Watcher
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Options, Pipeline
@@ -119,6 +126,11 @@ class CameraManager:
     def watch(self, camera_id: str, request: pb.WatchCameraRequest) -> Watcher:
         """A new watcher of a camera; NotFound, InvalidOptions or Overloaded when it can't be."""
         feed = self.feeds.get(camera_id)
+        if feed is None and not re.match(CAMERA_ID, camera_id):
+            raise InvalidOptions(
+                f"camera_id must be the id of a camera in the server's config (letters, digits, "
+                f"'.', '_', '-'), never a URL, a path or a device; got {camera_id[:80]!r}"
+            )
         if feed is None:
             known = ", ".join(sorted(self.feeds)) or "none configured"
             raise NotFound(f"no camera {camera_id!r}; cameras: {known}")

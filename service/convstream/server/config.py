@@ -12,7 +12,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "CONVSTREAM_"
 
@@ -74,6 +81,18 @@ class CameraConfig(BaseModel):
         return size
 
 
+class TokenConfig(BaseModel):
+    """A bearer token clients may present; only its SHA-256 is kept (`convstream token`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=64, description="who holds it, for messages")
+    role: Literal["watch", "analyze"] = Field(
+        description="watch: model info and cameras; analyze: also Analyze and StreamFrames"
+    )
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the token")
+
+
 class Settings(BaseModel):
     """Everything `convstream serve` can be told."""
 
@@ -126,6 +145,26 @@ class Settings(BaseModel):
     )
     max_watchers: int = Field(256, ge=1, description="concurrent WatchCamera calls at most")
 
+    tls_cert: Path | None = Field(None, description="PEM certificate chain: turns TLS on")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_client_ca: Path | None = Field(
+        None, description="PEM CA of client certificates: turns mutual TLS on"
+    )
+    tokens: tuple[TokenConfig, ...] = Field(
+        (), description="bearer tokens ([[tokens]] in TOML); none: no token needed"
+    )
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both for TLS, or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        for path in (self.tls_cert, self.tls_key, self.tls_client_ca):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {path} does not exist")
+        return self
+
     @field_validator("cameras")
     @classmethod
     def _unique_ids(cls, cameras: tuple[CameraConfig, ...]) -> tuple[CameraConfig, ...]:
@@ -157,8 +196,8 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
         name = key[len(ENV_PREFIX) :].lower()
         if name not in fields:
             raise ConfigError(f"unknown setting {key}; known: {', '.join(sorted(fields))}")
-        if name == "cameras":
-            raise ConfigError(f"{key}: cameras are configured in the TOML file or with --camera")
+        if name in ("cameras", "tokens"):
+            raise ConfigError(f"{key}: {name} are configured in the TOML file")
         values[name] = raw.split(",") if name == "input_sizes" else raw
     return values
 

@@ -1,0 +1,128 @@
+"""Who may call what: TLS credentials and bearer tokens with roles, checked by an interceptor.
+
+Roles, each including the one before it:
+
+    watch     GetModelInfo, ListCameras, WatchCamera (what a dashboard needs)
+    analyze   + Analyze, StreamFrames (what an integration that sends frames needs)
+
+Health is open to all (load balancers probe it without credentials); reflection needs a
+valid token of any role. The config holds each token's SHA-256, never the token itself;
+``convstream token`` makes a token and prints the line to paste.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from convstream.server.config import Settings, TokenConfig
+
+SERVICE = "/convstream.v1.Convstream/"
+ROLES = ("watch", "analyze")
+NEEDS = {
+    "GetModelInfo": "watch",
+    "ListCameras": "watch",
+    "WatchCamera": "watch",
+    "Analyze": "analyze",
+    "StreamFrames": "analyze",
+}
+OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
+def new_token() -> tuple[str, str]:
+    """A fresh random token and its SHA-256 (hex), for the config."""
+    token = secrets.token_urlsafe(32)
+    return token, token_hash(token)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the settings' PEM files; None when TLS is off."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    pair = (Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes())
+    client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+def _role_allows(role: str, needed: str) -> bool:
+    return ROLES.index(role) >= ROLES.index(needed)
+
+
+class TokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls without a valid ``authorization: Bearer <token>`` for their method."""
+
+    def __init__(self, tokens: Sequence[TokenConfig]) -> None:
+        self._tokens = [(bytes.fromhex(t.sha256), t) for t in tokens]
+
+    def _lookup(self, metadata: Sequence[tuple[str, str | bytes]]) -> TokenConfig | None:
+        header = next((v for k, v in metadata if k == "authorization"), None)
+        if not isinstance(header, str) or not header.startswith("Bearer "):
+            return None
+        digest = hashlib.sha256(header[len("Bearer ") :].strip().encode()).digest()
+        found = None
+        for expected, config in self._tokens:  # compare with every one: no timing hint
+            if hmac.compare_digest(digest, expected):
+                found = config
+        return found
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        handler = await continuation(handler_call_details)
+        if handler is None or method.startswith(OPEN_PREFIXES):
+            return handler
+        token = self._lookup(handler_call_details.invocation_metadata or ())
+        if token is None:
+            return _deny(
+                handler,
+                grpc.StatusCode.UNAUTHENTICATED,
+                "this server needs a token: send metadata 'authorization: Bearer <token>'",
+            )
+        needed = NEEDS.get(method.removeprefix(SERVICE), "watch")
+        if not _role_allows(token.role, needed):
+            return _deny(
+                handler,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"token {token.name!r} has role {token.role!r}; {method.rsplit('/', 1)[-1]} "
+                f"needs role {needed!r}",
+            )
+        return handler
+
+
+def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> Any:
+    """A handler of the same shape as ``handler`` that fails the call with ``code``."""
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(code, message)
+
+    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(code, message)
+        yield  # pragma: no cover - makes this an async generator, as streaming handlers are
+
+    shape = (handler.request_streaming, handler.response_streaming)
+    make, behaviour = {
+        (False, False): (grpc.unary_unary_rpc_method_handler, unary),
+        (True, False): (grpc.stream_unary_rpc_method_handler, unary),
+        (False, True): (grpc.unary_stream_rpc_method_handler, streaming),
+        (True, True): (grpc.stream_stream_rpc_method_handler, streaming),
+    }[shape]
+    return make(
+        behaviour,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )

@@ -1,0 +1,263 @@
+"""Access: TLS, mutual TLS and bearer tokens with roles, against a real server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import ipaddress
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import jpeg, scene
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from convstream.cli import main as cli_main
+from convstream.client import TLS, Client, Timeout
+from convstream.client.errors import DeadlineExceeded, ServerUnavailable
+from convstream.server import CameraConfig, ConfigError, Server, Settings, load_settings
+from convstream.server.config import TokenConfig
+from convstream.server.security import token_hash
+from convstream.v1 import convstream_pb2 as pb
+from convstream.v1 import convstream_pb2_grpc as pb_grpc
+
+WATCH_TOKEN = "watch-only-token-for-the-dashboard"
+ANALYZE_TOKEN = "analyze-token-for-the-dock-integration"
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _cert(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: tuple[str, ec.EllipticCurvePrivateKey] | None,
+    *,
+    ca: bool = False,
+    server: bool = False,
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    issuer_name, issuer_key = issuer if issuer else (subject, key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if server:
+        names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+    path.with_suffix(".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    path.with_suffix(".key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, a server certificate for 127.0.0.1, a client certificate, and a stranger's."""
+    root = tmp_path_factory.mktemp("pki")
+    ca_key = _key()
+    ca = _cert("convstream test CA", ca_key, None, ca=True)
+    _write(root / "ca", ca, ca_key)
+    server_key = _key()
+    _write(
+        root / "server",
+        _cert("127.0.0.1", server_key, ("convstream test CA", ca_key), server=True),
+        server_key,
+    )
+    client_key = _key()
+    _write(root / "client", _cert("dock-3", client_key, ("convstream test CA", ca_key)), client_key)
+    other_key = _key()
+    other = _cert("stranger", other_key, None, ca=True)  # self-signed: not from our CA
+    _write(root / "stranger", other, other_key)
+    return root
+
+
+def _settings(**kw: object) -> Settings:
+    return Settings(port=0, metrics_port=-1, cameras=(), **kw)  # type: ignore[arg-type]
+
+
+async def _start(settings: Settings) -> Server:
+    server = Server(settings)
+    await server.start()
+    return server
+
+
+def _ssl(pki: Path, client: str | None = None) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
+        root_certificates=(pki / "ca.crt").read_bytes(),
+        private_key=(pki / f"{client}.key").read_bytes() if client else None,
+        certificate_chain=(pki / f"{client}.crt").read_bytes() if client else None,
+    )
+
+
+@pytest.fixture
+async def tls_server(pki: Path) -> AsyncIterator[Server]:
+    server = await _start(_settings(tls_cert=pki / "server.crt", tls_key=pki / "server.key"))
+    yield server
+    await server.stop(grace=0)
+
+
+async def test_tls_serves_clients_that_trust_its_ca(tls_server: Server, pki: Path) -> None:
+    address = f"127.0.0.1:{tls_server.port}"
+    async with grpc.aio.secure_channel(address, _ssl(pki)) as channel:
+        info = await pb_grpc.ConvstreamStub(channel).GetModelInfo(pb.GetModelInfoRequest())
+        assert info.sha256
+    with Client(address, tls=TLS(ca=pki / "ca.crt")) as client:  # the shipped client too
+        result = await asyncio.to_thread(client.analyze, jpeg(scene(1, 240, 320)))
+        assert result.heatmap.shape == (60, 80)  # the 480x640 input a 4:3 frame fills
+    async with grpc.aio.insecure_channel(address) as plain:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await pb_grpc.ConvstreamStub(plain).GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    stranger = Client(address, tls=TLS(ca=pki / "stranger.crt"), timeout=Timeout(call=3.0))
+    with stranger, pytest.raises((ServerUnavailable, DeadlineExceeded)):
+        await asyncio.to_thread(stranger.model_info)  # a server it cannot verify: never used
+
+
+async def test_mutual_tls_needs_a_client_certificate_from_the_ca(pki: Path) -> None:
+    server = await _start(
+        _settings(
+            tls_cert=pki / "server.crt", tls_key=pki / "server.key", tls_client_ca=pki / "ca.crt"
+        )
+    )
+    address = f"127.0.0.1:{server.port}"
+    try:
+        async with grpc.aio.secure_channel(address, _ssl(pki, "client")) as channel:
+            assert (
+                await pb_grpc.ConvstreamStub(channel).ListCameras(pb.ListCamerasRequest())
+            ) is not None
+        for who in (None, "stranger"):
+            async with grpc.aio.secure_channel(address, _ssl(pki, who)) as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await pb_grpc.ConvstreamStub(channel).GetModelInfo(
+                        pb.GetModelInfoRequest(), timeout=5
+                    )
+                assert info.value.code() == grpc.StatusCode.UNAVAILABLE, who
+        with Client(
+            address, tls=TLS(ca=pki / "ca.crt", cert=pki / "client.crt", key=pki / "client.key")
+        ) as client:
+            assert (await asyncio.to_thread(client.model_info)).execution_provider
+    finally:
+        await server.stop(grace=0)
+
+
+@pytest.fixture
+async def token_server() -> AsyncIterator[Server]:
+    tokens = (
+        TokenConfig(name="dashboard", role="watch", sha256=token_hash(WATCH_TOKEN)),
+        TokenConfig(name="dock-3", role="analyze", sha256=token_hash(ANALYZE_TOKEN)),
+    )
+    cameras = (CameraConfig(id="belt", source="demo:conveyor?fps=10"),)
+    server = Server(Settings(port=0, metrics_port=-1, tokens=tokens, cameras=cameras))
+    await server.start()
+    yield server
+    await server.stop(grace=0)
+
+
+def _bearer(token: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+async def test_tokens_and_roles(token_server: Server) -> None:
+    frame = pb.FrameRequest(encoded=jpeg(scene(2, 240, 320)))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{token_server.port}") as channel:
+        stub = pb_grpc.ConvstreamStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        # health stays open for load balancers
+        reply = await health.Check(health_pb2.HealthCheckRequest())
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        for metadata in ((), _bearer("not-a-token"), (("authorization", WATCH_TOKEN),)):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=metadata)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "authorization: Bearer" in str(info.value.details())
+        # watch: model info and cameras, never frames
+        watch = _bearer(WATCH_TOKEN)
+        assert (await stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=watch)).sha256
+        cameras = await stub.ListCameras(pb.ListCamerasRequest(), metadata=watch)
+        assert [c.id for c in cameras.cameras] == ["belt"]
+        call = stub.WatchCamera(pb.WatchCameraRequest(camera_id="belt"), metadata=watch)
+        assert (await call.read()).source == "belt"
+        call.cancel()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Analyze(frame, metadata=watch)
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "role 'watch'" in str(info.value.details()) and "'analyze'" in str(
+            info.value.details()
+        )
+        stream = stub.StreamFrames(metadata=watch)
+        await stream.write(frame)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stream.read()
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        # analyze: everything
+        result = await stub.Analyze(frame, metadata=_bearer(ANALYZE_TOKEN))
+        assert result.status.code == 0 and 0 <= result.score <= 1
+    with Client(f"127.0.0.1:{token_server.port}", token=ANALYZE_TOKEN) as client:
+        mine = await asyncio.to_thread(client.analyze, frame.encoded)
+        assert mine.score == pytest.approx(result.score, abs=1e-6)
+
+
+async def test_a_camera_is_named_by_id_never_by_url_path_or_device(server: Server) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.ConvstreamStub(channel)
+        for name in ("rtsp://10.0.0.7/stream", "/etc/passwd", "../belt", "device:0", ""):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.WatchCamera(pb.WatchCameraRequest(camera_id=name)).read()
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+            assert "never a URL, a path or a device" in str(info.value.details())
+
+
+def test_tls_and_token_settings_are_checked(pki: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="tls_cert and tls_key go together"):
+        load_settings(overrides={"tls_cert": str(pki / "server.crt")}, environ={})
+    with pytest.raises(ConfigError, match="needs tls_cert and tls_key"):
+        load_settings(overrides={"tls_client_ca": str(pki / "ca.crt")}, environ={})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(
+            overrides={"tls_cert": str(tmp_path / "x.crt"), "tls_key": str(pki / "server.key")},
+            environ={},
+        )
+    with pytest.raises(ConfigError, match="configured in the TOML file"):
+        load_settings(environ={"CONVSTREAM_TOKENS": "x"})
+    with pytest.raises(ConfigError, match="sha256"):
+        load_settings(
+            overrides={"tokens": [{"name": "a", "role": "watch", "sha256": "plaintext"}]},
+            environ={},
+        )
+
+
+def test_token_command_prints_a_token_and_only_its_hash_for_the_config(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert cli_main(["token", "--name", "dock-3", "--role", "analyze"]) == 0
+    out = capsys.readouterr().out
+    token = out.splitlines()[0].rsplit(" ", 1)[1]
+    table = out[out.index("[[tokens]]") :]
+    assert token not in table
+    config = tmp_path / "c.toml"
+    config.write_text(table)
+    settings = load_settings(config, environ={})
+    assert settings.tokens[0].sha256 == hashlib.sha256(token.encode()).hexdigest()
+    assert settings.tokens[0].role == "analyze"
