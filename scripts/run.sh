@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Install convstream into .venv and run the server on its defaults (127.0.0.1:50051,
-# metrics on :9464, the shipped model). Extra arguments go to `convstream serve`.
+# metrics on :9464, the shipped model, the demo conveyor camera) with the monitoring
+# dashboard on http://127.0.0.1:8080/. Extra arguments go to `convstream serve`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check .
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall .
-exec .venv/bin/convstream serve "$@"
+# The dashboard is a separate client of the server's API; it follows the server's lifetime.
+.venv/bin/convstream dashboard --address 127.0.0.1:50051 --port 8080 &
+dashboard=$!
+trap 'kill "$dashboard" 2>/dev/null || true' EXIT
+echo "dashboard: http://127.0.0.1:8080/ (the demo camera shows once the server is up)"
+.venv/bin/convstream serve "$@"

@@ -366,3 +366,15 @@ async def test_reload_adds_removes_and_restarts_cameras() -> None:
         assert watch_keep.error is None
         await until(state_is(stub, "new", pb.CAMERA_STATE_RUNNING), 10, "new runs")
         await watch_keep.close()
+
+
+async def test_max_fps_is_a_rate_not_a_minimum_gap() -> None:
+    """5 results/s of a 6 fps camera, not 3 (every other frame)."""
+    async with serving(camera("six", "demo:conveyor?fps=6")) as server, connect(server) as stub:
+        await until(state_is(stub, "six", pb.CAMERA_STATE_RUNNING), 10, "running")
+        watcher = Collector(watch(stub, "six", max_fps=5))
+        await asyncio.sleep(4.0)
+        await watcher.close()
+    times = [r.capture_time.ToNanoseconds() / 1e9 for r in watcher.results]
+    rate = (len(times) - 1) / (times[-1] - times[0])
+    assert 4.2 <= rate <= 5.3, rate

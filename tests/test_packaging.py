@@ -13,7 +13,9 @@ import convstream.model
 import convstream.server
 
 
-@pytest.mark.parametrize("module", ["convstream.server", "convstream.model", "convstream.client"])
+@pytest.mark.parametrize(
+    "module", ["convstream.server", "convstream.model", "convstream.client", "convstream.dashboard"]
+)
 def test_public_names_resolve(module: str) -> None:
     package = importlib.import_module(module)
     assert len(set(package.__all__)) == len(package.__all__)
@@ -28,10 +30,18 @@ def test_model_and_card_ship_inside_the_package() -> None:
     assert convstream.server.Settings().model_path is None  # the shipped model by default
 
 
+def test_dashboard_assets_ship_inside_the_package() -> None:
+    import convstream.dashboard
+
+    static = Path(convstream.dashboard.__file__).parent / "static"
+    assert {"index.html", "app.js", "style.css"} <= {p.name for p in static.iterdir()}
+
+
 def test_console_script_is_installed() -> None:
     # pip puts console scripts beside the environment's interpreter
     exe = Path(sys.executable).parent / "convstream"
     assert exe.is_file(), f"pip install should have written {exe}"
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60, check=True)
-    for command in ("serve", "analyze", "stream", "info", "samples"):
+    commands = ("serve", "token", "analyze", "stream", "info", "samples", "cameras", "watch")
+    for command in (*commands, "dashboard"):
         assert command in out.stdout

@@ -302,3 +302,20 @@ async def test_too_many_streams_is_resource_exhausted() -> None:
             assert await first.code() == grpc.StatusCode.OK
     finally:
         await server.stop(grace=0)
+
+
+async def test_an_idle_stream_is_ended_with_a_clear_status() -> None:
+    server = Server(Settings(port=0, metrics_port=-1, cameras=(), stream_idle_timeout_s=0.5))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stream = pb_grpc.ConvstreamStub(channel).StreamFrames()
+            await stream.write(pb.FrameRequest(frame_id=1, encoded=jpeg(scene(3, 240, 320))))
+            assert (await stream.read()).frame_id == 1
+            with pytest.raises(grpc.aio.AioRpcError) as ended:  # then nothing for 0.5 s
+                await stream.read()
+            assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "no frame for 0.5 s" in str(ended.value.details())
+        assert server.servicer is not None and server.servicer.open_streams == 0
+    finally:
+        await server.stop(grace=0)

@@ -171,8 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_token(commands)
     _add_samples(commands)
     from convstream.client.cli import add_commands
+    from convstream.dashboard.cli import add_commands as add_dashboard_commands
 
     add_commands(commands)
+    add_dashboard_commands(commands)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

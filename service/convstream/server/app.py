@@ -70,6 +70,7 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.max_connection_idle_ms", int(settings.connection_idle_timeout_s * 1000)),
     ]
 
 

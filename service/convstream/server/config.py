@@ -133,6 +133,12 @@ class Settings(BaseModel):
         4, ge=1, le=1024, description="waiting frames per stream unless the caller sets queue_size"
     )
     grace_period_s: float = Field(5.0, ge=0, description="SIGTERM: time open streams get")
+    stream_idle_timeout_s: float = Field(
+        300.0, gt=0, description="a StreamFrames call that sends no frame this long is ended"
+    )
+    connection_idle_timeout_s: float = Field(
+        3600.0, gt=0, description="a connection with no call this long is closed (GOAWAY)"
+    )
     frame_jpeg_quality: int = Field(80, ge=1, le=100, description="JPEG quality of result frames")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     cameras: tuple[CameraConfig, ...] = Field(

@@ -5,6 +5,7 @@
     │   └── FrameTooLarge           INVALID_ARGUMENT: over the pixel or size limits
     ├── InvalidOptions              INVALID_ARGUMENT: unknown feature map, bad queue size, ...
     ├── NotFound                    NOT_FOUND: no camera by that id
+    ├── IdleTimeout                 DEADLINE_EXCEEDED: a stream sent nothing for too long
     ├── Overloaded                  RESOURCE_EXHAUSTED: over the stream or queue limits
     └── Draining                    UNAVAILABLE: the server is shutting down
 
@@ -42,6 +43,12 @@ class NotFound(ConvstreamError):
     """The request names a camera the server does not have (or no longer has)."""
 
     code = grpc.StatusCode.NOT_FOUND
+
+
+class IdleTimeout(ConvstreamError):
+    """A stream sent no frame for longer than the server's stream_idle_timeout_s."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class Overloaded(ConvstreamError):

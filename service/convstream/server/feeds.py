@@ -51,19 +51,20 @@ class Watcher:
         self.capacity = capacity
         self.dropped = 0
         self.sequence = 0
-        self._last = -1e9
+        self._next = 0.0
         self._queue: deque[_Queued] = deque()
         self._dropped_ids: list[int] = []
         self._ready = asyncio.Event()
         self._ended: ConvstreamError | None = None
 
     def due(self, now: float) -> bool:
-        # 5% slack: a 2 fps watcher of a 30 fps camera takes every 15th frame, not every 16th.
-        return now - self._last >= 0.95 * self.interval
+        return now >= self._next
 
     def offer(self, result: pb.FrameResult, captured: float, now: float) -> None:
         """Queue a result (event loop only; never waits); the oldest goes when full."""
-        self._last = now
+        # A schedule, not a minimum gap: a 5 fps watcher of a 6 fps camera gets 5 results a
+        # second, not 3 (every other frame). After a pause it catches up by half a step only.
+        self._next = max(self._next + self.interval, now - self.interval / 2)
         if len(self._queue) >= self.capacity:
             old = self._queue.popleft()
             self.dropped += 1

@@ -11,7 +11,7 @@ import grpc
 
 from convstream.server.cameras import CameraManager
 from convstream.server.config import Settings
-from convstream.server.errors import ConvstreamError, Draining, Overloaded
+from convstream.server.errors import ConvstreamError, Draining, IdleTimeout, Overloaded
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Options, Pipeline
 from convstream.server.streams import StreamSession
@@ -77,11 +77,15 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             self.metrics,
             default_queue=self.settings.stream_queue_size,
             draining=self.draining,
+            idle_timeout_s=self.settings.stream_idle_timeout_s,
         )
         try:
             async for result in session.run(request_iterator):
                 yield result
             outcome = "ok"
+        except IdleTimeout as exc:
+            outcome = "idle"
+            error: ConvstreamError | None = exc
         except asyncio.CancelledError:
             outcome = "cancelled"
             raise  # a cancelled handler must stay cancelled, or grpc keeps its resources
@@ -89,6 +93,8 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             self.open_streams -= 1
             self.metrics.streams_in_flight.dec()
             self.metrics.streams.labels(outcome).inc()
+        if outcome == "idle" and error is not None:
+            await context.abort(error.code, str(error))
         if self.draining.is_set():
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,

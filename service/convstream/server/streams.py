@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from convstream.server.errors import ConvstreamError, InvalidOptions
+from convstream.server.errors import ConvstreamError, IdleTimeout, InvalidOptions
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Options, Pipeline, error_result
 from convstream.v1 import convstream_pb2 as pb
@@ -50,7 +50,9 @@ class StreamSession:
         *,
         default_queue: int,
         draining: asyncio.Event,
+        idle_timeout_s: float | None = None,
     ) -> None:
+        self.idle_timeout_s = idle_timeout_s
         self.pipeline = pipeline
         self.metrics = metrics
         self.draining = draining
@@ -94,8 +96,19 @@ class StreamSession:
             return _Item(request, arrived, None, error_result(request, exc.code.value[0], str(exc)))
 
     async def _read(self, requests: AsyncIterator[pb.FrameRequest]) -> None:
+        frames = aiter(requests)
         try:
-            async for request in requests:
+            while True:
+                try:
+                    async with asyncio.timeout(self.idle_timeout_s):
+                        request = await anext(frames)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise IdleTimeout(
+                        f"no frame for {self.idle_timeout_s:g} s (stream_idle_timeout_s); "
+                        "open a new stream when frames come again"
+                    ) from None
                 item = self._accept(request, time.perf_counter())
                 async with self._changed:
                     if self.freshness == pb.FRESHNESS_LOSSLESS:

@@ -1,0 +1,124 @@
+"""`convstream dashboard`: the live monitoring page for a server's cameras.
+
+Register it beside the other commands with ``add_commands(subparsers)``, or run it alone with
+``python -m convstream.dashboard`` (same flags). Exit codes: 0 stopped by SIGINT/SIGTERM,
+1 the port could not be bound, 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from convstream.dashboard.settings import DEFAULT_ADDRESS, DashboardSettings
+
+__all__ = ["add_commands", "run_dashboard"]
+
+_EXAMPLES = """examples:
+  convstream dashboard                                  # server on 127.0.0.1:50051, page on :8080
+  convstream dashboard --address 10.0.0.5:50051 --port 8080 --host 0.0.0.0
+  convstream dashboard --threshold 0.7 --alert-cooldown 30
+"""
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--address",
+        default=DEFAULT_ADDRESS,
+        help="convstream server host:port (default %(default)s)",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address the page listens on (default %(default)s; 0.0.0.0 exposes it)",
+    )
+    p.add_argument("--port", type=int, default=8080, help="the page's port (default %(default)s)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        help="score that raises an alert, 0..1 (default: the model's threshold)",
+    )
+    p.add_argument(
+        "--alert-cooldown",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds before one camera may raise another alert (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-fps",
+        type=float,
+        default=5.0,
+        help="frames per second shown per camera (default %(default)s)",
+    )
+    p.add_argument(
+        "--history",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="seconds of score history per camera (default %(default)s)",
+    )
+    p.add_argument("--token", help="bearer token for the server (role watch is enough)")
+    p.add_argument("--ca", type=Path, help="CA certificate (PEM) of the server; turns TLS on")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="warning")
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``dashboard`` to the ``convstream`` command (it calls ``args.func(args)``)."""
+    p = commands.add_parser(
+        "dashboard",
+        help="serve the live monitoring page for the server's cameras",
+        description="A web page with every camera of a convstream server: the live frame with "
+        "its damage heatmap, score history, state and rates, and alerts. Read-only.",
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_arguments(p)
+    p.set_defaults(func=_dashboard)
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from convstream.dashboard.app import serve
+
+    try:
+        settings = DashboardSettings(
+            address=args.address,
+            host=args.host,
+            port=args.port,
+            threshold=args.threshold,
+            alert_cooldown_s=args.alert_cooldown,
+            max_fps=args.max_fps,
+            history_s=args.history,
+            token=args.token,
+            tls_ca=args.ca,
+        )
+    except ValueError as exc:
+        print(f"convstream dashboard: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(serve(settings))
+    except OSError as exc:
+        print(f"convstream dashboard: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def run_dashboard(argv: Sequence[str] | None = None) -> int:
+    """`convstream dashboard` on its own: parse argv (sys.argv[1:] when None) and run."""
+    p = argparse.ArgumentParser(
+        prog="convstream dashboard",
+        description="The live monitoring page for a convstream server's cameras.",
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_arguments(p)
+    return _dashboard(p.parse_args(argv))

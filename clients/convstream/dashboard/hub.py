@@ -1,0 +1,318 @@
+"""The dashboard's side of gRPC: one watch per camera, shared by every browser.
+
+The hub polls ListCameras (cameras added or removed, states, rates), keeps one WatchCamera
+call open per camera at a dashboard's pace (a few results per second, each with the frame and
+its heatmap), keeps each camera's score history and raises alerts. It hands every message to
+its subscribers without waiting for them: each subscriber (a browser connection) keeps only
+what it can send, so a slow browser never slows the hub, the server or another browser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+
+from convstream.client.tensors import to_numpy
+from convstream.dashboard.alerts import AlertDetector, AlertLog, render_snapshot
+from convstream.dashboard.messages import (
+    camera_json,
+    content_box,
+    frame_message,
+    model_json,
+    quantise,
+    seconds,
+    text,
+)
+from convstream.dashboard.settings import DashboardSettings
+from convstream.v1 import convstream_pb2 as pb
+from convstream.v1 import convstream_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
+
+# Results must not pile up in the HTTP/2 window behind a slow event loop: without BDP probing
+# the window stays at 64 KiB, about one result with its frame, so what arrives is fresh.
+CHANNEL_OPTIONS = [
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+]
+RETRY_MIN_S = 0.5
+RETRY_MAX_S = 5.0
+CALL_TIMEOUT_S = 5.0
+
+
+class Subscriber(Protocol):
+    """What the hub needs of a browser connection; offers must never block."""
+
+    def offer_frame(self, camera: str, data: bytes) -> None: ...
+
+    def offer_text(self, message: str, key: str | None = None) -> None: ...
+
+
+@dataclass
+class CameraView:
+    """What the dashboard knows about one camera."""
+
+    id: str
+    status: dict[str, Any]
+    history: deque[tuple[float, float]]
+    last_frame: bytes | None = None
+    frames_received: int = 0
+    watch_error: str = ""
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class Hub:
+    """Subscribes to the server once and fans its results out to subscribers.
+
+    Args:
+        settings: the dashboard's settings (address, pace, threshold, history, alerts).
+    """
+
+    def __init__(self, settings: DashboardSettings) -> None:
+        self.settings = settings
+        token = settings.token
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.cameras: dict[str, CameraView] = {}
+        self.alerts = AlertLog(settings.max_alerts)
+        self.model: dict[str, Any] | None = None
+        self.server = {"ok": False, "error": "not connected yet"}
+        self._detector = AlertDetector(settings.alert_cooldown_s)
+        self._subscribers: set[Subscriber] = set()
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: pb_grpc.ConvstreamStub | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self._model_threshold: float | None = None
+        history_points = int(settings.history_s * settings.max_fps) + 16
+        self._history_points = history_points
+
+    @property
+    def threshold(self) -> float | None:
+        """The alert threshold in use: the setting, else the model's; None before it is known."""
+        if self.settings.threshold is not None:
+            return self.settings.threshold
+        return self._model_threshold
+
+    async def start(self) -> None:
+        if self.settings.tls_ca is not None:
+            credentials = grpc.ssl_channel_credentials(self.settings.tls_ca.read_bytes())
+            self._channel = grpc.aio.secure_channel(
+                self.settings.address, credentials, options=CHANNEL_OPTIONS
+            )
+        else:
+            self._channel = grpc.aio.insecure_channel(
+                self.settings.address, options=CHANNEL_OPTIONS
+            )
+        self._stub = pb_grpc.ConvstreamStub(self._channel)
+        self._poller = asyncio.create_task(self._poll(), name="dashboard-poll")
+
+    async def stop(self) -> None:
+        tasks = [view.task for view in self.cameras.values() if view.task is not None]
+        if self._poller is not None:
+            tasks.append(self._poller)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._channel is not None:
+            await self._channel.close(grace=None)
+
+    def subscribe(self, subscriber: Subscriber) -> dict[str, Any]:
+        """Add a subscriber; returns the hello message's fields (no await in between, so the
+        subscriber misses nothing between this snapshot and the messages that follow)."""
+        self._subscribers.add(subscriber)
+        for view in self.cameras.values():
+            if view.last_frame is not None:
+                subscriber.offer_frame(view.id, view.last_frame)
+        return self.snapshot()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The state a new page starts from: model, cameras, score histories, alerts."""
+        return {
+            "model": self.model,
+            "server": self.server,
+            "cameras": [view.status for view in self.cameras.values()],
+            "history": {view.id: list(view.history) for view in self.cameras.values()},
+            "history_s": self.settings.history_s,
+            "alerts": [alert.to_json() for alert in self.alerts.recent()],
+        }
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.discard(subscriber)
+
+    def _broadcast_text(self, message: str, key: str | None = None) -> None:
+        for subscriber in list(self._subscribers):
+            subscriber.offer_text(message, key)
+
+    # -- ListCameras / GetModelInfo -------------------------------------------------------
+
+    async def _poll(self) -> None:
+        assert self._stub is not None
+        while True:
+            try:
+                if self.model is None:
+                    info = await self._stub.GetModelInfo(
+                        pb.GetModelInfoRequest(), timeout=CALL_TIMEOUT_S, metadata=self._metadata
+                    )
+                    self._model_threshold = float(info.threshold)
+                    assert self.threshold is not None
+                    self.model = model_json(info, self.threshold)
+                    self._broadcast_text(text("model", model=self.model), key="model")
+                response = await self._stub.ListCameras(
+                    pb.ListCamerasRequest(), timeout=CALL_TIMEOUT_S, metadata=self._metadata
+                )
+                self.server = {"ok": True, "error": ""}
+                self._reconcile(response.cameras)
+            except grpc.aio.AioRpcError as exc:
+                if self.server["ok"]:
+                    logger.warning("server %s: %s", self.settings.address, exc.details())
+                # The server may come back with another model: ask again then.
+                self.model = None
+                self.server = {"ok": False, "error": f"{exc.code().name}: {exc.details()}"}
+                # What the cameras were doing is no longer known: say so on every tile.
+                for view in self.cameras.values():
+                    view.status = {
+                        **view.status,
+                        "state": "offline",
+                        "last_error": "convstream server unreachable",
+                    }
+            except Exception:  # a bug here must not freeze every tile: log it, poll again
+                logger.exception("polling %s failed", self.settings.address)
+            self._broadcast_text(
+                text(
+                    "cameras",
+                    time=time.time(),
+                    server=self.server,
+                    cameras=[view.status for view in self.cameras.values()],
+                ),
+                key="cameras",
+            )
+            await asyncio.sleep(self.settings.poll_s)
+
+    def _reconcile(self, cameras: Any) -> None:
+        seen = set()
+        for camera in cameras:
+            seen.add(camera.id)
+            status = camera_json(camera)
+            view = self.cameras.get(camera.id)
+            if view is None:
+                view = CameraView(
+                    id=camera.id, status=status, history=deque(maxlen=self._history_points)
+                )
+                self.cameras[camera.id] = view
+                view.task = asyncio.create_task(self._watch(view), name=f"watch-{camera.id}")
+                logger.info("watching camera %s", camera.id)
+            status["received"] = view.frames_received
+            status["watch_error"] = view.watch_error
+            view.status = status
+        for camera_id in set(self.cameras) - seen:
+            view = self.cameras.pop(camera_id)
+            if view.task is not None:
+                view.task.cancel()
+            self._detector.forget(camera_id)
+            logger.info("camera %s is gone", camera_id)
+
+    # -- WatchCamera ----------------------------------------------------------------------
+
+    async def _watch(self, view: CameraView) -> None:
+        """Keep one watch open on the camera, again and again, with backoff between tries."""
+        assert self._stub is not None
+        request = pb.WatchCameraRequest(
+            camera_id=view.id,
+            options=pb.ResultOptions(
+                include_heatmap=True,
+                include_frame=True,
+                encoding=pb.TENSOR_ENCODING_FLOAT16,
+            ),
+            max_fps=self.settings.max_fps,
+            queue_size=self.settings.queue_size,
+        )
+        delay = RETRY_MIN_S
+        while True:
+            call = self._stub.WatchCamera(request, metadata=self._metadata)
+            try:
+                async for result in call:
+                    delay = RETRY_MIN_S
+                    view.watch_error = ""
+                    await self._on_result(view, result)
+                view.watch_error = "watch ended"
+            except grpc.aio.AioRpcError as exc:
+                # NOT_FOUND: removed (the next poll drops it) or not yet there after a reload;
+                # UNAVAILABLE: the server is down or draining. Either way: try again later.
+                view.watch_error = f"{exc.code().name}: {exc.details()}"
+                logger.debug("watch %s ended: %s", view.id, view.watch_error)
+            except Exception as exc:  # a bad result must not end this camera's tile for good
+                view.watch_error = f"{type(exc).__name__}: {exc}"
+                logger.exception("watch %s failed", view.id)
+            finally:
+                call.cancel()
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, RETRY_MAX_S)
+
+    async def _on_result(self, view: CameraView, result: pb.FrameResult) -> None:
+        if result.status.code != 0 or not result.frame_jpeg:
+            return
+        when = seconds(result.capture_time) or time.time()
+        score = float(result.score)
+        heat = None
+        if result.heatmap.data:
+            heat = quantise(to_numpy(result.heatmap).reshape(result.heatmap.shape[-2:]))
+        box = content_box(result.geometry)
+        stride = result.heatmap.stride or 8
+        view.frames_received += 1
+        view.history.append((round(when, 3), round(score, 4)))
+        header = {
+            "camera": view.id,
+            "frame_id": result.frame_id,
+            "score": round(score, 4),
+            "time": when,
+            "age_ms": round(result.frame_age_ms, 1),
+            "box": list(box),
+            "input": [result.geometry.input_width, result.geometry.input_height],
+            "stride": stride,
+            "n": view.frames_received,
+        }
+        message = frame_message(header, heat, result.frame_jpeg)
+        view.last_frame = message
+        for subscriber in list(self._subscribers):
+            subscriber.offer_frame(view.id, message)
+        threshold = self.threshold
+        if threshold is not None and self._detector.update(
+            view.id, score, threshold, time.monotonic()
+        ):
+            await self._raise_alert(view, result, heat, box, stride, when, score, threshold)
+
+    async def _raise_alert(
+        self,
+        view: CameraView,
+        result: pb.FrameResult,
+        heat: Any,
+        box: tuple[int, int, int, int],
+        stride: int,
+        when: float,
+        score: float,
+        threshold: float,
+    ) -> None:
+        label = f"{view.id}  {score:.2f}"
+        try:
+            snapshot = await asyncio.to_thread(
+                render_snapshot, result.frame_jpeg, heat, box, stride, label, threshold
+            )
+        except ValueError as exc:
+            logger.warning("alert on %s without snapshot: %s", view.id, exc)
+            return
+        alert = self.alerts.add(view.id, when, score, threshold, result.frame_id, snapshot)
+        logger.info(
+            "alert %d: %s scored %.3f (threshold %.3f)", alert.id, view.id, score, threshold
+        )
+        self._broadcast_text(text("alert", alert=alert.to_json()))

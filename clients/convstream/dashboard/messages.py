@@ -1,0 +1,130 @@
+"""What the dashboard sends to browsers over its WebSocket.
+
+Text messages are JSON objects with a ``type``: ``hello`` (everything a new page needs),
+``cameras`` (states and rates, every poll), ``model``, ``alert``. Frames travel as one binary
+message each, so JPEG bytes are never base64-inflated::
+
+    uint32 little-endian n | n bytes of JSON header | heatmap (h*w uint8) | frame JPEG
+
+The header says the camera, score, times, the heatmap's shape and where the frame sits in the
+model input (the JPEG is the letterboxed input; ``box`` is the frame's part of it).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import numpy as np
+
+from convstream.v1 import convstream_pb2 as pb
+
+_STATES = {
+    pb.CAMERA_STATE_CONNECTING: "connecting",
+    pb.CAMERA_STATE_RUNNING: "running",
+    pb.CAMERA_STATE_STALLED: "stalled",
+    pb.CAMERA_STATE_RECONNECTING: "reconnecting",
+    pb.CAMERA_STATE_FAILED: "failed",
+    pb.CAMERA_STATE_STOPPED: "stopped",
+}
+
+
+def seconds(stamp: Any) -> float | None:
+    """A protobuf Timestamp as seconds since the epoch; None when unset."""
+    if stamp is None or (stamp.seconds == 0 and stamp.nanos == 0):
+        return None
+    return float(stamp.seconds) + stamp.nanos / 1e9
+
+
+def state_name(state: int) -> str:
+    return _STATES.get(state, "unknown")
+
+
+def camera_json(camera: pb.CameraStatus) -> dict[str, Any]:
+    """The fields of a CameraStatus a tile shows."""
+    return {
+        "id": camera.id,
+        "state": state_name(camera.state),
+        "state_since": seconds(camera.state_since),
+        "source_kind": camera.source_kind,
+        "last_error": camera.last_error,
+        "fps_in": round(camera.fps_in, 2),
+        "fps_out": round(camera.fps_out, 2),
+        "fps_cap": round(camera.fps_cap, 2),
+        "frames_read": camera.frames_read,
+        "frames_analysed": camera.frames_analysed,
+        "frames_dropped": camera.frames_dropped,
+        "reconnects": camera.reconnects,
+        "watchers": camera.watchers,
+        "width": camera.frame_width,
+        "height": camera.frame_height,
+        "last_score": round(camera.last_score, 4),
+        "last_frame_time": seconds(camera.last_frame_time),
+        "latency_ms": round(camera.latency_ms, 1),
+    }
+
+
+def model_json(info: pb.ModelInfo, threshold: float) -> dict[str, Any]:
+    """The model corner: name, hash, provider, versions and the alert threshold in use."""
+    return {
+        "name": info.name,
+        "sha256": info.sha256[:12],
+        "provider": info.execution_provider,
+        "requested": info.requested_provider,
+        "model_threshold": round(info.threshold, 4),
+        "threshold": round(threshold, 4),
+        "onnxruntime": info.onnxruntime_version,
+        "server_version": info.server_version,
+        "stride": info.heatmap_stride,
+    }
+
+
+def content_box(geometry: pb.Geometry) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the frame inside the model input, in input pixels."""
+    right = min(
+        geometry.input_width, geometry.pad_left + round(geometry.frame_width * geometry.scale)
+    )
+    bottom = min(
+        geometry.input_height, geometry.pad_top + round(geometry.frame_height * geometry.scale)
+    )
+    return (
+        geometry.pad_left,
+        geometry.pad_top,
+        max(right, geometry.pad_left + 1),
+        max(bottom, geometry.pad_top + 1),
+    )
+
+
+def quantise(heatmap: np.ndarray) -> np.ndarray:
+    """float heatmap (h, w) in [0, 1] to uint8 0..255, the resolution a screen shows anyway."""
+    return np.round(np.clip(heatmap, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def frame_message(header: dict[str, Any], heat: np.ndarray | None, jpeg: bytes) -> bytes:
+    """One binary frame message (see the module docstring).
+
+    Args:
+        header: JSON-able; ``heat`` ([h, w]) is filled in here.
+        heat (np.ndarray | None): uint8, shape (h, w); None when the result had no heatmap.
+        jpeg: the letterboxed model input as JPEG.
+    """
+    cells = b"" if heat is None else np.ascontiguousarray(heat, np.uint8).tobytes()
+    header = {**header, "heat": [] if heat is None else list(heat.shape), "jpeg_len": len(jpeg)}
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    return struct.pack("<I", len(encoded)) + encoded + cells + jpeg
+
+
+def parse_frame_message(data: bytes) -> tuple[dict[str, Any], bytes, bytes]:
+    """Inverse of frame_message: (header, heatmap bytes, JPEG bytes); for tests and tools."""
+    (n,) = struct.unpack_from("<I", data)
+    header: dict[str, Any] = json.loads(data[4 : 4 + n])
+    shape = header["heat"]
+    cells = int(np.prod(shape)) if shape else 0
+    heat = data[4 + n : 4 + n + cells]
+    return header, heat, data[4 + n + cells :]
+
+
+def text(kind: str, **fields: Any) -> str:
+    """A JSON text message of the given type."""
+    return json.dumps({"type": kind, **fields}, separators=(",", ":"))

@@ -1,0 +1,63 @@
+"""What `convstream dashboard` can be told, checked once at start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+@dataclass(frozen=True)
+class DashboardSettings:
+    """Settings of one dashboard process.
+
+    Attributes:
+        address: the convstream server, host:port.
+        host: where the web page listens; 127.0.0.1 keeps it on this machine.
+        port: the web page's port; 0 picks a free one.
+        threshold: the score that raises an alert; None: the model's own threshold.
+        max_fps: results per second the dashboard asks of each camera (frames with heatmap).
+        queue_size: results the server keeps waiting for the dashboard per camera.
+        poll_s: seconds between ListCameras calls (states, rates, cameras added or removed).
+        history_s: seconds of score history kept per camera and drawn in its sparkline.
+        alert_cooldown_s: seconds after an alert before the same camera may raise another.
+        max_alerts: alerts (with their snapshots) kept in memory, newest first.
+        token: a bearer token for servers that require one (role watch is enough).
+        tls_ca: PEM file of the CA that signed the server's certificate: turns TLS on.
+    """
+
+    address: str = DEFAULT_ADDRESS
+    host: str = "127.0.0.1"
+    port: int = 8080
+    threshold: float | None = None
+    max_fps: float = 5.0
+    queue_size: int = 1
+    poll_s: float = 1.0
+    history_s: float = 300.0
+    alert_cooldown_s: float = 10.0
+    max_alerts: int = 100
+    token: str | None = field(default=None, repr=False)
+    tls_ca: Path | None = None
+
+    def __post_init__(self) -> None:
+        checks = [
+            (bool(self.address.strip()), f"address must be host:port, got {self.address!r}"),
+            (0 <= self.port <= 65535, f"port must be 0..65535, got {self.port}"),
+            (
+                self.threshold is None or 0.0 <= self.threshold <= 1.0,
+                f"threshold must be in [0, 1], got {self.threshold}",
+            ),
+            (0.1 <= self.max_fps <= 30, f"max_fps must be in [0.1, 30], got {self.max_fps}"),
+            (1 <= self.queue_size <= 16, f"queue_size must be 1..16, got {self.queue_size}"),
+            (0.1 <= self.poll_s <= 60, f"poll_s must be in [0.1, 60], got {self.poll_s}"),
+            (10 <= self.history_s <= 3600, f"history_s must be 10..3600, got {self.history_s}"),
+            (
+                0 <= self.alert_cooldown_s <= 3600,
+                f"alert_cooldown_s must be 0..3600, got {self.alert_cooldown_s}",
+            ),
+            (1 <= self.max_alerts <= 10_000, f"max_alerts must be 1..10000, got {self.max_alerts}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)

@@ -1,0 +1,517 @@
+// convstream dashboard: one WebSocket, one tile per camera, alerts on the side.
+// Everything that comes from the server is put into the DOM with textContent, never as HTML.
+"use strict";
+
+(() => {
+  const STALE_S = 3; // no frame for this long: the tile greys out and says so
+  const MAX_ALERTS = 100;
+  const SPARK_EVERY_MS = 500;
+
+  const $ = (id) => document.getElementById(id);
+  const grid = $("grid");
+  const tiles = new Map(); // camera id -> Tile
+  let socket = null;
+  let socketOpen = false;
+  const state = {
+    historyS: 300,
+    threshold: null,
+    model: null,
+    clock: { dash: 0, at: 0 }, // the dashboard's time at performance.now() == at
+    alerts: 0,
+    frames: 0,
+  };
+  // Counters for tests and for anyone curious in the console.
+  window.convstreamDashboard = { state, tiles };
+
+  // ---- heatmap colours ---------------------------------------------------------------------
+  // Relative to the alert threshold: clear well below it, yellow at it, red above it, so a
+  // glance tells "this spot is why the score is high". The snapshot on the server matches.
+  const LUT = new Uint8ClampedArray(256 * 4);
+  function buildLut(threshold) {
+    const thr = threshold === null ? 0.5 : threshold;
+    const lo = Math.max(0, thr - 0.25);
+    const hi = Math.min(1, thr + 0.15);
+    for (let i = 0; i < 256; i++) {
+      const v = i / 255;
+      const t = Math.min(1, Math.max(0, (v - lo) / Math.max(1e-6, hi - lo)));
+      const r = Math.min(1, Math.max(0, 1.5 - Math.abs(4 * t - 3)));
+      const g = Math.min(1, Math.max(0, 1.5 - Math.abs(4 * t - 2)));
+      const b = Math.min(1, Math.max(0, 1.5 - Math.abs(4 * t - 1)));
+      const a = 0.85 * Math.pow(Math.min(1, Math.max(0, (v - lo) / Math.max(1e-6, thr - lo))), 1.5);
+      LUT.set([r * 255, g * 255, b * 255, a * 255], i * 4);
+    }
+  }
+  buildLut(null);
+
+  function dashNow() {
+    if (!state.clock.at) return Date.now() / 1000;
+    return state.clock.dash + (performance.now() - state.clock.at) / 1000;
+  }
+
+  function fmt(v, digits) {
+    return v === null || v === undefined || Number.isNaN(v) ? "–" : Number(v).toFixed(digits);
+  }
+
+  function clockTime(seconds) {
+    return new Date(seconds * 1000).toLocaleTimeString([], { hour12: false });
+  }
+
+  function dateTime(seconds) {
+    const d = new Date(seconds * 1000);
+    return `${d.toLocaleDateString()} ${clockTime(seconds)}`;
+  }
+
+  function ago(seconds) {
+    const s = Math.max(0, Math.round(seconds));
+    if (s < 1) return "under a second";
+    if (s < 60) return `${s} s`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+    return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  }
+
+  // ---- a camera tile ---------------------------------------------------------------------
+  class Tile {
+    constructor(id) {
+      this.id = id;
+      const node = $("tile-template").content.firstElementChild.cloneNode(true);
+      this.el = node;
+      this.el.dataset.camera = id;
+      node.querySelector(".cam").textContent = id;
+      node.querySelector(".cam").title = id;
+      this.kind = node.querySelector(".kind");
+      this.stateEl = node.querySelector(".state");
+      this.frame = node.querySelector("canvas.frame");
+      this.heat = node.querySelector("canvas.heat");
+      this.view = node.querySelector(".view");
+      this.notice = node.querySelector(".notice");
+      this.spark = node.querySelector("canvas.spark");
+      this.sparkLabel = node.querySelector(".spark-label");
+      this.v = {};
+      for (const k of ["score", "fps", "latency", "dropped", "reconnects"]) {
+        this.v[k] = node.querySelector(`.v-${k}`);
+      }
+      this.history = []; // [time, score]
+      this.status = null;
+      this.frames = 0;
+      this.lastN = 0; // the newest frame number drawn
+      this.lastFrameAt = 0; // performance.now() of the newest frame drawn
+      this.score = null;
+      this.sparkDirty = true;
+      this.sparkAt = 0;
+      this.aspect = "";
+      this.heatPlace = "";
+      this.frameCtx = this.frame.getContext("2d", { alpha: false });
+      this.heatCtx = this.heat.getContext("2d");
+      new ResizeObserver(() => { this.sparkDirty = true; }).observe(this.spark);
+    }
+
+    setStatus(status) {
+      this.status = status;
+      const s = status.state || "unknown";
+      if (this.el.dataset.state !== s) this.el.dataset.state = s;
+      this.stateEl.textContent = s;
+      this.kind.textContent = status.source_kind || "";
+      const fpsText = status.fps_cap > 0
+        ? `${fmt(status.fps_out, 1)}/${fmt(status.fps_cap, 0)}` : fmt(status.fps_out, 1);
+      this.setText(this.v.fps, fpsText);
+      this.v.fps.title = `in ${fmt(status.fps_in, 1)} fps from the source, ` +
+        `${fmt(status.fps_out, 1)} fps analysed`;
+      this.setText(this.v.latency, status.latency_ms > 0 ? `${fmt(status.latency_ms, 0)} ms` : "–");
+      this.setText(this.v.dropped, String(status.frames_dropped));
+      this.v.dropped.title = `${status.frames_dropped} of ${status.frames_read} frames read ` +
+        "were superseded before analysis";
+      this.setText(this.v.reconnects, String(status.reconnects));
+      if (this.score === null && status.last_score) this.showScore(status.last_score);
+      this.updateNotice();
+    }
+
+    setText(el, value) {
+      if (el.textContent !== value) el.textContent = value; // no needless layout work
+    }
+
+    showScore(score) {
+      this.score = score;
+      this.setText(this.v.score, fmt(score, 2));
+      const hot = state.threshold !== null && score >= state.threshold;
+      this.el.classList.toggle("hot", hot);
+    }
+
+    updateNotice() {
+      const s = this.status ? this.status.state : "unknown";
+      const age = this.lastFrameAt ? (performance.now() - this.lastFrameAt) / 1000 : null;
+      const stale = age === null || age > STALE_S;
+      this.el.classList.toggle("stale", (stale || s !== "running") && this.frames > 0);
+      let title = "";
+      let detail = "";
+      if (!socketOpen) {
+        title = "dashboard offline";
+        detail = "reconnecting to the dashboard…";
+      } else if (s !== "running") {
+        title = s;
+        detail = (this.status && this.status.last_error) || "";
+        if (age !== null) detail = `${detail ? detail + " · " : ""}last frame ${ago(age)} ago`;
+      } else if (this.frames === 0) {
+        title = "waiting for frames…";
+      } else if (stale) {
+        title = "no new frames";
+        detail = `last frame ${ago(age)} ago`;
+      }
+      const key = title + "\u0000" + detail;
+      if (key === this.noticeKey) return;
+      this.noticeKey = key;
+      this.notice.hidden = !title;
+      this.notice.replaceChildren();
+      if (title) {
+        this.notice.append(document.createTextNode(title));
+        if (detail) {
+          const small = document.createElement("small");
+          small.textContent = detail;
+          this.notice.append(small);
+        }
+      }
+    }
+
+    // Draw a decoded frame and its heatmap in the same task: the browser shows both together.
+    draw(header, bitmap, heat) {
+      const [left, top, right, bottom] = header.box;
+      const w = right - left;
+      const h = bottom - top;
+      if (this.frame.width !== w || this.frame.height !== h) {
+        this.frame.width = w;
+        this.frame.height = h;
+      }
+      const aspect = `${w} / ${h}`;
+      if (aspect !== this.aspect) {
+        this.aspect = aspect;
+        this.view.style.aspectRatio = aspect;
+      }
+      this.frameCtx.drawImage(bitmap, left, top, w, h, 0, 0, w, h);
+      if (header.heat.length === 2) {
+        const [hh, hw] = header.heat;
+        if (this.heat.width !== hw || this.heat.height !== hh) {
+          this.heat.width = hw;
+          this.heat.height = hh;
+        }
+        const image = this.heatCtx.createImageData(hw, hh);
+        const px = image.data;
+        for (let i = 0; i < heat.length; i++) px.set(LUT.subarray(heat[i] * 4, heat[i] * 4 + 4), i * 4);
+        this.heatCtx.putImageData(image, 0, 0);
+        // The heatmap covers the whole model input; place it so its frame part fits the view.
+        const stride = header.stride;
+        const place = [
+          (-left / w) * 100, (-top / h) * 100, ((hw * stride) / w) * 100, ((hh * stride) / h) * 100,
+        ].map((v) => v.toFixed(3) + "%");
+        const key = place.join(",");
+        if (key !== this.heatPlace) {
+          this.heatPlace = key;
+          Object.assign(this.heat.style, {
+            left: place[0], top: place[1], width: place[2], height: place[3],
+          });
+        }
+      }
+      this.frames += 1;
+      this.el.dataset.frames = String(this.frames);
+      this.lastN = header.n;
+      this.lastFrameAt = performance.now();
+      this.showScore(header.score);
+      this.addPoint(header.time, header.score);
+      this.updateNotice();
+    }
+
+    addPoint(t, score) {
+      const last = this.history[this.history.length - 1];
+      if (last && t <= last[0]) return;
+      this.history.push([t, score]);
+      const cutoff = t - state.historyS - 5;
+      let drop = 0;
+      while (drop < this.history.length && this.history[drop][0] < cutoff) drop++;
+      if (drop > 0) this.history.splice(0, drop);
+      this.sparkDirty = true;
+    }
+
+    drawSpark(now) {
+      if (!this.sparkDirty && now - this.sparkAt < 5000) return;
+      this.sparkDirty = false;
+      this.sparkAt = now;
+      const c = this.spark;
+      const dpr = window.devicePixelRatio || 1;
+      const cw = Math.max(1, Math.round(c.clientWidth * dpr));
+      const ch = Math.max(1, Math.round(c.clientHeight * dpr));
+      if (c.width !== cw || c.height !== ch) {
+        c.width = cw;
+        c.height = ch;
+      }
+      const ctx = c.getContext("2d");
+      ctx.clearRect(0, 0, cw, ch);
+      ctx.fillStyle = "#0d1117";
+      ctx.fillRect(0, 0, cw, ch);
+      const end = dashNow();
+      const start = end - state.historyS;
+      const x = (t) => ((t - start) / state.historyS) * cw;
+      const y = (s) => ch - 2 * dpr - Math.min(1, Math.max(0, s)) * (ch - 4 * dpr);
+      if (state.threshold !== null) {
+        ctx.strokeStyle = "rgba(248, 81, 73, .8)";
+        ctx.lineWidth = dpr;
+        ctx.setLineDash([4 * dpr, 4 * dpr]);
+        ctx.beginPath();
+        ctx.moveTo(0, y(state.threshold));
+        ctx.lineTo(cw, y(state.threshold));
+        ctx.stroke();
+        ctx.setLineDash([]);
+      }
+      const pts = this.history;
+      if (pts.length > 1) {
+        ctx.beginPath();
+        ctx.moveTo(x(pts[0][0]), ch);
+        for (const [t, s] of pts) ctx.lineTo(x(t), y(s));
+        ctx.lineTo(x(pts[pts.length - 1][0]), ch);
+        ctx.closePath();
+        ctx.fillStyle = "rgba(88, 166, 255, .18)";
+        ctx.fill();
+        ctx.beginPath();
+        pts.forEach(([t, s], i) => (i ? ctx.lineTo(x(t), y(s)) : ctx.moveTo(x(t), y(s))));
+        ctx.strokeStyle = "#58a6ff";
+        ctx.lineWidth = 1.5 * dpr;
+        ctx.stroke();
+        if (state.threshold !== null) {
+          ctx.fillStyle = "#f85149";
+          for (const [t, s] of pts) {
+            if (s >= state.threshold) ctx.fillRect(x(t) - dpr, y(s) - dpr, 2.5 * dpr, 2.5 * dpr);
+          }
+        }
+      }
+      this.setText(this.sparkLabel, `score, last ${Math.round(state.historyS / 60)} min`);
+    }
+  }
+
+  function tileFor(id) {
+    let tile = tiles.get(id);
+    if (!tile) {
+      tile = new Tile(id);
+      tiles.set(id, tile);
+      // Keep tiles in id order so they never jump around.
+      const after = [...tiles.keys()].sort().find((other) => other > id);
+      grid.insertBefore(tile.el, after ? tiles.get(after).el : null);
+    }
+    return tile;
+  }
+
+  function setCameras(cameras) {
+    const seen = new Set();
+    for (const status of cameras) {
+      seen.add(status.id);
+      tileFor(status.id).setStatus(status);
+    }
+    for (const [id, tile] of tiles) {
+      if (!seen.has(id)) {
+        tile.el.remove();
+        tiles.delete(id);
+      }
+    }
+    $("empty").hidden = tiles.size > 0;
+    $("empty").textContent = serverOk ? "No cameras on the server." : "Waiting for the server…";
+    const running = cameras.filter((c) => c.state === "running").length;
+    $("summary").textContent = `${running}/${cameras.length} cameras running`;
+  }
+
+  function setModel(model) {
+    state.model = model;
+    const el = $("model");
+    el.replaceChildren();
+    if (!model) {
+      el.textContent = "model unknown";
+      return;
+    }
+    const b = document.createElement("b");
+    b.textContent = model.name;
+    el.append(b, document.createTextNode(` ${model.sha256} · ${model.provider}`));
+    el.title = `model ${model.name} (sha256 ${model.sha256}…), provider ${model.provider} ` +
+      `on onnxruntime ${model.onnxruntime}, server ${model.server_version}, ` +
+      `(requested ${model.requested}), model threshold ${model.model_threshold}, ` +
+      `alert threshold ${model.threshold}`;
+    state.threshold = model.threshold;
+    buildLut(model.threshold);
+    $("threshold").textContent = `score ≥ ${fmt(model.threshold, 2)}`;
+    for (const tile of tiles.values()) tile.sparkDirty = true;
+  }
+
+  let serverOk = false;
+  function setServer(server) {
+    serverOk = Boolean(server && server.ok);
+    const banner = $("banner");
+    if (server && !server.ok) {
+      banner.textContent = `convstream server unreachable: ${server.error}`;
+      banner.hidden = false;
+    } else {
+      banner.hidden = true;
+    }
+  }
+
+  // ---- alerts ------------------------------------------------------------------------------
+  function addAlert(alert, atTop) {
+    const li = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "alert";
+    button.dataset.camera = alert.camera;
+    const img = document.createElement("img");
+    img.src = alert.url; // relative, made by the dashboard: alerts/<number>.jpg
+    img.alt = `snapshot of ${alert.camera}`;
+    img.decoding = "async";
+    const info = document.createElement("div");
+    const cam = document.createElement("div");
+    cam.className = "a-cam";
+    cam.textContent = alert.camera;
+    const score = document.createElement("div");
+    score.className = "a-score";
+    score.textContent = fmt(alert.score, 2);
+    const when = document.createElement("div");
+    when.className = "a-time";
+    when.textContent = clockTime(alert.time);
+    when.title = dateTime(alert.time);
+    info.append(cam, score, when);
+    button.append(img, info);
+    button.addEventListener("click", () => openAlert(alert));
+    li.append(button);
+    const list = $("alerts");
+    if (atTop) list.prepend(li);
+    else list.append(li);
+    while (list.children.length > MAX_ALERTS) list.lastElementChild.remove();
+    state.alerts += 1;
+    const count = $("alert-count");
+    count.textContent = String(state.alerts);
+    count.dataset.zero = "false";
+    $("no-alerts").hidden = true;
+  }
+
+  function openAlert(alert) {
+    $("modal-img").src = alert.url;
+    $("modal-caption").textContent = `${alert.camera} · score ${fmt(alert.score, 3)} ` +
+      `(threshold ${fmt(alert.threshold, 2)}) · ${dateTime(alert.time)} ` +
+      `· frame ${alert.frame_id}`;
+    $("modal").showModal();
+  }
+  $("modal").addEventListener("click", (ev) => {
+    if (ev.target === $("modal") || ev.target === $("modal-img")) $("modal").close();
+  });
+
+  // ---- heatmap controls, remembered per browser ------------------------------------------
+  const toggle = $("heat-toggle");
+  const opacity = $("heat-opacity");
+  toggle.checked = localStorage.getItem("convstream.heat") !== "off";
+  opacity.value = localStorage.getItem("convstream.opacity") || "70";
+  const sheet = new CSSStyleSheet();
+  document.adoptedStyleSheets = [...document.adoptedStyleSheets, sheet];
+  function applyHeat() {
+    document.body.classList.toggle("heat-off", !toggle.checked);
+    sheet.replaceSync(`.view canvas.heat { opacity: ${Number(opacity.value) / 100}; }`);
+    localStorage.setItem("convstream.heat", toggle.checked ? "on" : "off");
+    localStorage.setItem("convstream.opacity", opacity.value);
+  }
+  toggle.addEventListener("change", applyHeat);
+  opacity.addEventListener("input", applyHeat);
+  applyHeat();
+
+  // ---- the WebSocket ---------------------------------------------------------------------
+  let retry = 500;
+  const decoder = new TextDecoder();
+
+  function connect() {
+    const url = new URL("ws", location.href);
+    url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+    socket = new WebSocket(url);
+    socket.binaryType = "arraybuffer";
+    socket.onopen = () => {
+      socketOpen = true;
+      retry = 500;
+      $("conn").dataset.ok = "true";
+      $("conn-text").textContent = "live";
+    };
+    socket.onclose = () => {
+      socketOpen = false;
+      $("conn").dataset.ok = "false";
+      $("conn-text").textContent = "reconnecting…";
+      for (const tile of tiles.values()) tile.updateNotice();
+      setTimeout(connect, retry);
+      retry = Math.min(retry * 2, 5000);
+    };
+    socket.onmessage = (ev) => {
+      if (typeof ev.data === "string") onText(JSON.parse(ev.data));
+      else onFrame(ev.data);
+    };
+  }
+
+  function onText(msg) {
+    switch (msg.type) {
+      case "hello":
+        state.historyS = msg.history_s;
+        setModel(msg.model);
+        setServer(msg.server);
+        setCameras(msg.cameras);
+        for (const [id, points] of Object.entries(msg.history)) {
+          const tile = tiles.get(id);
+          if (tile) {
+            tile.history = points;
+            tile.sparkDirty = true;
+          }
+        }
+        $("alerts").replaceChildren();
+        state.alerts = 0;
+        $("alert-count").textContent = "0";
+        $("alert-count").dataset.zero = "true";
+        $("no-alerts").hidden = false;
+        for (const alert of [...msg.alerts].reverse()) addAlert(alert, true);
+        break;
+      case "cameras":
+        state.clock = { dash: msg.time, at: performance.now() };
+        setServer(msg.server);
+        setCameras(msg.cameras);
+        break;
+      case "model":
+        setModel(msg.model);
+        break;
+      case "alert":
+        addAlert(msg.alert, true);
+        break;
+      default:
+        break;
+    }
+  }
+
+  function onFrame(buffer) {
+    const view = new DataView(buffer);
+    const n = view.getUint32(0, true);
+    const header = JSON.parse(decoder.decode(new Uint8Array(buffer, 4, n)));
+    const cells = header.heat.length === 2 ? header.heat[0] * header.heat[1] : 0;
+    const heat = new Uint8Array(buffer, 4 + n, cells);
+    const jpeg = new Blob([new Uint8Array(buffer, 4 + n + cells)], { type: "image/jpeg" });
+    const ack = () => {
+      if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ ack: header.camera }));
+    };
+    // Decode off the main thread, then draw in one go: the old picture stays until then.
+    createImageBitmap(jpeg).then((bitmap) => {
+      const tile = tiles.get(header.camera) || tileFor(header.camera);
+      if (header.n > tile.lastN || header.n < tile.lastN - 1000) { // newer, or a restarted hub
+        tile.draw(header, bitmap, heat);
+        state.frames += 1;
+      }
+      bitmap.close();
+      ack();
+    }, ack);
+  }
+
+  // Ages, stale tiles and sparklines move on even when no message comes.
+  let lastTick = 0;
+  function tick(now) {
+    if (now - lastTick >= SPARK_EVERY_MS) {
+      lastTick = now;
+      for (const tile of tiles.values()) {
+        tile.updateNotice();
+        tile.drawSpark(now);
+      }
+    }
+    requestAnimationFrame(tick);
+  }
+  requestAnimationFrame(tick);
+  connect();
+})();

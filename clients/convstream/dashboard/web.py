@@ -1,0 +1,206 @@
+"""The web side: the page, its static files, and one WebSocket per browser.
+
+Each browser connection is a Viewer with its own latest-wins slot per camera: a newer frame
+replaces the one still waiting, and a camera's frame is only sent while the browser has fewer
+than WINDOW of that camera's frames not yet drawn (it acks each one after drawing it). So a
+browser that draws slowly (a throttled laptop, a hidden tab) gets fewer, fresh frames, and a
+browser that stops reading entirely holds a few frames and nothing else: neither ever slows
+the hub, the server or another browser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import WSMsgType, web
+
+from convstream.dashboard.hub import Hub
+from convstream.dashboard.messages import text
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).with_name("static")
+WINDOW = 2  # a camera's frames sent to one browser and not yet drawn there
+MAX_TEXTS = 200  # alerts waiting for one browser; older ones are dropped past this
+SEND_TIMEOUT_S = 30.0  # one message stuck this long: the browser is gone, close it
+HUB: web.AppKey[Hub] = web.AppKey("hub", Hub)
+VIEWERS: web.AppKey[set[Viewer]] = web.AppKey("viewers", set)
+CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
+    "style-src 'self'; script-src 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+class Viewer:
+    """One browser connection's outbox: never blocks the hub, never grows past its bounds."""
+
+    def __init__(self, ws: web.WebSocketResponse, peer: str) -> None:
+        self.ws = ws
+        self.peer = peer
+        self.frames_sent = 0
+        self.frames_skipped = 0  # replaced by a newer frame of the same camera before sending
+        self._frames: dict[str, bytes] = {}
+        self._texts: deque[str] = deque()
+        self._keyed: dict[str, str] = {}
+        self._inflight: dict[str, int] = {}
+        self._wake = asyncio.Event()
+
+    def offer_frame(self, camera: str, data: bytes) -> None:
+        if camera in self._frames:
+            self.frames_skipped += 1
+        self._frames[camera] = data
+        self._wake.set()
+
+    def offer_text(self, message: str, key: str | None = None) -> None:
+        if key is None:
+            if len(self._texts) >= MAX_TEXTS:
+                self._texts.popleft()
+            self._texts.append(message)
+        else:
+            self._keyed[key] = message  # only the newest state of each kind matters
+        self._wake.set()
+
+    def on_message(self, data: str) -> None:
+        """The browser's only message: ``{"ack": camera}`` once it has drawn a frame."""
+        try:
+            camera = json.loads(data).get("ack")
+        except (ValueError, AttributeError):
+            return
+        if isinstance(camera, str) and self._inflight.get(camera, 0) > 0:
+            self._inflight[camera] -= 1
+            self._wake.set()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "peer": self.peer,
+            "frames_sent": self.frames_sent,
+            "frames_skipped": self.frames_skipped,
+            "inflight": dict(self._inflight),
+        }
+
+    async def run(self) -> None:
+        """Send what is waiting, oldest kind first, until the connection closes."""
+        while not self.ws.closed:
+            await self._wake.wait()
+            self._wake.clear()
+            while not self.ws.closed:
+                if self._texts:
+                    await self._send(self._texts.popleft())
+                elif self._keyed:
+                    key = next(iter(self._keyed))
+                    await self._send(self._keyed.pop(key))
+                else:
+                    camera = next(
+                        (c for c in self._frames if self._inflight.get(c, 0) < WINDOW), None
+                    )
+                    if camera is None:
+                        break
+                    self._inflight[camera] = self._inflight.get(camera, 0) + 1
+                    await self._send(self._frames.pop(camera))
+                    self.frames_sent += 1
+
+    async def _send(self, message: str | bytes) -> None:
+        try:
+            if isinstance(message, str):
+                await asyncio.wait_for(self.ws.send_str(message), SEND_TIMEOUT_S)
+            else:
+                await asyncio.wait_for(self.ws.send_bytes(message), SEND_TIMEOUT_S)
+        except TimeoutError:
+            logger.info(
+                "browser %s took over %.0f s for one message; closing", self.peer, SEND_TIMEOUT_S
+            )
+            await self.ws.close()
+        except ConnectionError:
+            await self.ws.close()
+
+
+def _same_origin(request: web.Request) -> bool:
+    """Refuse WebSockets opened by pages of other sites (a browser sends their Origin)."""
+    origin = request.headers.get("Origin")
+    return origin is None or urlsplit(origin).netloc == request.host
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    if not _same_origin(request):
+        raise web.HTTPForbidden(text="cross-origin WebSocket refused")
+    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4096, compress=False)
+    await ws.prepare(request)
+    hub = request.app[HUB]
+    viewer = Viewer(ws, request.remote or "?")
+    viewers = request.app[VIEWERS]
+    viewers.add(viewer)
+    hello = hub.subscribe(viewer)
+    sender: asyncio.Task[None] | None = None
+    try:
+        await ws.send_str(text("hello", **hello))
+        sender = asyncio.create_task(viewer.run(), name=f"viewer-{viewer.peer}")
+        async for message in ws:
+            if message.type == WSMsgType.TEXT:
+                viewer.on_message(message.data)
+    except ConnectionError:
+        pass
+    finally:
+        hub.unsubscribe(viewer)
+        viewers.discard(viewer)
+        if sender is not None:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+    return ws
+
+
+async def state(request: web.Request) -> web.Response:
+    """Everything the page starts from, as JSON, plus each browser's counters."""
+    hub = request.app[HUB]
+    snapshot = hub.snapshot()
+    snapshot["viewers"] = [viewer.stats() for viewer in request.app[VIEWERS]]
+    return web.json_response(snapshot, headers={"Cache-Control": "no-store"})
+
+
+async def alert_snapshot(request: web.Request) -> web.Response:
+    try:
+        alert_id = int(request.match_info["alert_id"])
+    except ValueError:
+        raise web.HTTPNotFound() from None
+    jpeg = request.app[HUB].alerts.snapshot(alert_id)
+    if jpeg is None:
+        raise web.HTTPNotFound(text=f"no alert {alert_id} (only the newest are kept)")
+    return web.Response(
+        body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"}
+    )
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+
+
+def make_app(hub: Hub) -> web.Application:
+    """The aiohttp application: GET only, nothing on it changes anything."""
+    app = web.Application()
+    app[HUB] = hub
+    app[VIEWERS] = set()
+    app.router.add_get("/", index)
+    app.router.add_get("/ws", websocket)
+    app.router.add_get("/api/state", state)
+    app.router.add_get(r"/alerts/{alert_id:\d+}.jpg", alert_snapshot)
+    app.router.add_get("/healthz", health)
+    app.router.add_static("/static", STATIC_DIR)
+    app.on_response_prepare.append(_security_headers)
+    return app
