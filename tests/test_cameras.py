@@ -12,6 +12,7 @@ import cv2
 import grpc
 import numpy as np
 import pytest
+from conftest import jpeg, scene
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from live import (
     FFmpegSource,
@@ -378,3 +379,47 @@ async def test_max_fps_is_a_rate_not_a_minimum_gap() -> None:
     times = [r.capture_time.ToNanoseconds() / 1e9 for r in watcher.results]
     rate = (len(times) - 1) / (times[-1] - times[0])
     assert 4.2 <= rate <= 5.3, rate
+
+
+async def test_a_client_stream_can_publish_under_its_source_name() -> None:
+    frames = [jpeg(scene(30 + i, 360, 640)) for i in range(3)]
+    async with serving(camera("belt", "demo:conveyor?fps=5")) as server, connect(server) as stub:
+        taken = stub.StreamFrames()
+        await taken.write(
+            pb.FrameRequest(
+                frame_id=1, source="belt", encoded=frames[0], options=pb.ResultOptions(publish=True)
+            )
+        )
+        refused = await taken.read()
+        assert refused.status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert "already published by a configured camera" in refused.status.message
+        await taken.done_writing()
+
+        stream = stub.StreamFrames()
+        options = pb.ResultOptions(publish=True, include_heatmap=False)
+        await stream.write(
+            pb.FrameRequest(frame_id=1, source="dock-push", encoded=frames[0], options=options)
+        )
+        assert (await stream.read()).status.code == 0
+        listed = await status(stub, "dock-push")
+        assert listed.source_kind == "stream" and listed.state == pb.CAMERA_STATE_RUNNING
+        watcher = Collector(watch(stub, "dock-push", options=pb.ResultOptions(include_frame=True)))
+        await asyncio.sleep(0.2)  # subscribed before the next frames
+        for i, data in enumerate(frames[1:], start=2):
+            await stream.write(pb.FrameRequest(frame_id=i, source="dock-push", encoded=data))
+            own = await stream.read()
+            assert own.frame_id == i and not own.frame_jpeg and not own.heatmap.data
+        await until(lambda: _true(len(watcher.results) == 2), 5, "published results")
+        assert [r.frame_id for r in watcher.results] == [2, 3]
+        for r in watcher.results:  # the watcher's own content: frame and heatmap
+            assert r.source == "dock-push" and r.frame_jpeg and r.heatmap.data
+        listed = await status(stub, "dock-push")
+        assert listed.frames_analysed == 3 and listed.watchers == 1
+        await stream.done_writing()
+        assert await stream.read() == grpc.aio.EOF
+        await until(lambda: _true(watcher.error is not None), 5, "watcher told")
+        assert watcher.error is not None
+        assert watcher.error.code() == grpc.StatusCode.UNAVAILABLE
+        assert "the stream publishing 'dock-push' ended" in str(watcher.error.details())
+        reply = await stub.ListCameras(pb.ListCamerasRequest())
+        assert [c.id for c in reply.cameras] == ["belt"]

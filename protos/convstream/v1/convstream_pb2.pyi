@@ -73,20 +73,22 @@ class RawImage(_message.Message):
     def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., format: _Optional[_Union[PixelFormat, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ResultOptions(_message.Message):
-    __slots__ = ("feature_maps", "encoding", "include_heatmap", "include_frame", "freshness", "queue_size")
+    __slots__ = ("feature_maps", "encoding", "include_heatmap", "include_frame", "freshness", "queue_size", "publish")
     FEATURE_MAPS_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_HEATMAP_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_FRAME_FIELD_NUMBER: _ClassVar[int]
     FRESHNESS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PUBLISH_FIELD_NUMBER: _ClassVar[int]
     feature_maps: _containers.RepeatedScalarFieldContainer[str]
     encoding: TensorEncoding
     include_heatmap: bool
     include_frame: bool
     freshness: Freshness
     queue_size: int
-    def __init__(self, feature_maps: _Optional[_Iterable[str]] = ..., encoding: _Optional[_Union[TensorEncoding, str]] = ..., include_heatmap: bool = ..., include_frame: bool = ..., freshness: _Optional[_Union[Freshness, str]] = ..., queue_size: _Optional[int] = ...) -> None: ...
+    publish: bool
+    def __init__(self, feature_maps: _Optional[_Iterable[str]] = ..., encoding: _Optional[_Union[TensorEncoding, str]] = ..., include_heatmap: bool = ..., include_frame: bool = ..., freshness: _Optional[_Union[Freshness, str]] = ..., queue_size: _Optional[int] = ..., publish: bool = ...) -> None: ...
 
 class FrameRequest(_message.Message):
     __slots__ = ("frame_id", "source", "capture_time", "encoded", "raw", "options")

@@ -195,7 +195,7 @@ class Server:
         if self._engine is not None:
             self._engine.close()
         if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor.shutdown(wait=True, cancel_futures=True)  # no thread left in OpenCV
         self.metrics.close()
         logger.info("convstream stopped")
 

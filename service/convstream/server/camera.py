@@ -122,6 +122,7 @@ class Camera:
         self._taken = 0
         self._last_frame_at = 0.0
         self._read_started: float | None = None
+        self._thread: threading.Thread | None = None
         self._rng = random.Random()
 
     @property
@@ -132,12 +133,23 @@ class Camera:
         with self._lock:
             self._spawn()
 
-    def stop(self) -> None:
-        """Stop reading; a reader blocked in open or read exits when that returns."""
+    def stop(self, join_s: float = 3.0) -> None:
+        """Stop reading, and wait up to ``join_s`` for the reader to leave its open or read.
+
+        Waiting matters at exit: a daemon thread still inside OpenCV when the interpreter
+        finalises aborts the process ("exception not rethrown").
+        """
         with self._lock:
             self._stop.set()
             self._generation += 1
             self._set_state(pb.CAMERA_STATE_STOPPED, self.last_error)
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=join_s)
+            if thread.is_alive():
+                logger.warning(
+                    "camera %s: reader still blocked after %.1f s", self.config.id, join_s
+                )
 
     def take(self, after: int) -> Frame | None:
         """The newest frame if it is newer than frame number ``after``."""
@@ -176,13 +188,13 @@ class Camera:
         """Start a reader for a new generation (the caller holds the lock)."""
         self._generation += 1
         self._read_started = None
-        thread = threading.Thread(
+        self._thread = threading.Thread(
             target=self._run,
             args=(self._generation,),
             name=f"camera-{self.config.id}",
             daemon=True,
         )
-        thread.start()
+        self._thread.start()
 
     def _current(self, generation: int) -> bool:
         return generation == self._generation and not self._stop.is_set()

@@ -27,7 +27,7 @@ from convstream.server.errors import (
     NotFound,
     Overloaded,
 )
-from convstream.server.feeds import CameraFeed, Watcher
+from convstream.server.feeds import CameraFeed, Publisher, StreamPublication, Watcher
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Options, Pipeline
 from convstream.server.sources import open_source
@@ -65,6 +65,7 @@ class CameraManager:
         self.watcher_queue_size = watcher_queue_size
         self.max_watchers = max_watchers
         self.feeds: dict[str, CameraFeed] = {}
+        self.published: dict[str, StreamPublication] = {}
         self._opener = opener
         self._watchdog: asyncio.Task[None] | None = None
         self._health_state: dict[str, int] = {}
@@ -118,24 +119,44 @@ class CameraManager:
 
     def end_watchers(self, error: ConvstreamError) -> None:
         """End every WatchCamera call with ``error``; the cameras keep running."""
-        for feed in self.feeds.values():
-            for watcher in feed.watchers:
-                watcher.end(error)
-            feed.watchers.clear()
+        for publisher in [*self.feeds.values(), *self.published.values()]:
+            publisher.end_watchers(error)
+
+    def publish(self, name: str) -> StreamPublication:
+        """Register a client stream under ``name``; InvalidOptions if the name is not free."""
+        if not re.match(CAMERA_ID, name):
+            raise InvalidOptions(
+                f"a published stream needs a source name of letters, digits, '.', '_', '-' "
+                f"(up to 64), got {name[:80]!r}"
+            )
+        if name in self.feeds or name in self.published:
+            what = "a configured camera" if name in self.feeds else "another stream"
+            raise InvalidOptions(f"source {name!r} is already published by {what}")
+        publication = StreamPublication(name, self.pipeline, self.metrics)
+        self.published[name] = publication
+        logger.info("stream %s published", name)
+        return publication
+
+    def unpublish(self, publication: StreamPublication) -> None:
+        if self.published.get(publication.name) is publication:
+            del self.published[publication.name]
+            publication.end_watchers(Draining(f"the stream publishing {publication.name!r} ended"))
+            logger.info("stream %s no longer published", publication.name)
 
     def watch(self, camera_id: str, request: pb.WatchCameraRequest) -> Watcher:
         """A new watcher of a camera; NotFound, InvalidOptions or Overloaded when it can't be."""
-        feed = self.feeds.get(camera_id)
+        feed: Publisher | None = self.feeds.get(camera_id) or self.published.get(camera_id)
         if feed is None and not re.match(CAMERA_ID, camera_id):
             raise InvalidOptions(
                 f"camera_id must be the id of a camera in the server's config (letters, digits, "
                 f"'.', '_', '-'), never a URL, a path or a device; got {camera_id[:80]!r}"
             )
         if feed is None:
-            known = ", ".join(sorted(self.feeds)) or "none configured"
+            known = ", ".join(sorted([*self.feeds, *self.published])) or "none configured"
             raise NotFound(f"no camera {camera_id!r}; cameras: {known}")
         options = Options.parse(request.options)
-        open_now = sum(len(f.watchers) for f in self.feeds.values())
+        publishers = [*self.feeds.values(), *self.published.values()]
+        open_now = sum(len(f.watchers) for f in publishers)
         if open_now >= self.max_watchers:
             raise Overloaded(
                 f"{open_now} WatchCamera calls are open, the limit is {self.max_watchers}; "
@@ -147,13 +168,33 @@ class CameraManager:
         return watcher
 
     def unwatch(self, watcher: Watcher) -> None:
-        feed = self.feeds.get(watcher.camera_id)
+        feed = self.feeds.get(watcher.camera_id) or self.published.get(watcher.camera_id)
         if feed is not None:
             feed.watchers.discard(watcher)
 
     def statuses(self) -> list[pb.CameraStatus]:
         now = time.monotonic()
-        return [self._status(feed, now) for feed in self.feeds.values()]
+        cameras = [self._status(feed, now) for feed in self.feeds.values()]
+        return cameras + [self._stream_status(p, now) for p in self.published.values()]
+
+    def _stream_status(self, pub: StreamPublication, now: float) -> pb.CameraStatus:
+        return pb.CameraStatus(
+            id=pub.name,
+            state=pb.CAMERA_STATE_RUNNING,
+            state_since=_timestamp(pub.since),
+            source_kind="stream",
+            fps_in=pub.fps_in.rate(now),
+            fps_out=pub.fps_out.rate(now),
+            frames_read=pub.frames_received,
+            frames_analysed=pub.frames_analysed,
+            frames_dropped=pub.dropped,
+            watchers=len(pub.watchers),
+            frame_width=pub.frame_size[0],
+            frame_height=pub.frame_size[1],
+            last_score=pub.last_score,
+            last_frame_time=_timestamp(pub.last_result_time),
+            latency_ms=pub.latency_ms,
+        )
 
     def _status(self, feed: CameraFeed, now: float) -> pb.CameraStatus:
         cam = feed.camera

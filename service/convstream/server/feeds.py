@@ -19,8 +19,6 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from convstream.server.camera import Camera, Frame, RateMeter
 from convstream.server.config import parse_size
 from convstream.server.engine import Inference
@@ -97,20 +95,104 @@ class Watcher:
         return result
 
 
-class CameraFeed:
-    """Analyses a camera's newest frames and publishes the results to its watchers."""
+class Publisher:
+    """The watchers of one named source, and what was last published to them."""
 
-    def __init__(self, camera: Camera, pipeline: Pipeline, metrics: Metrics) -> None:
-        self.camera = camera
+    def __init__(self, name: str, pipeline: Pipeline, metrics: Metrics) -> None:
+        self.name = name
         self.pipeline = pipeline
         self.metrics = metrics
         self.watchers: set[Watcher] = set()
-        self.frames_taken = 0
         self.frames_analysed = 0
         self.last_score = 0.0
         self.last_result_time = 0.0
         self.latency_ms = 0.0
         self.fps_out = RateMeter()
+        self.frame_size = (0, 0)  # width, height of the latest frame
+
+    def wanted_maps(self) -> list[str]:
+        """The feature maps some watcher wants: what the next inference must make."""
+        return sorted({name for w in self.watchers for name in w.options.feature_maps})
+
+    def end_watchers(self, error: ConvstreamError) -> None:
+        for watcher in self.watchers:
+            watcher.end(error)
+        self.watchers.clear()
+
+    def _encode_all(
+        self,
+        request: pb.FrameRequest,
+        prepared: Prepared,
+        inference: Inference,
+        wanted: set[Options],
+    ) -> dict[Options, pb.FrameResult]:
+        return {o: self.pipeline.encode(request, o, prepared, inference) for o in wanted}
+
+    async def publish(
+        self,
+        request: pb.FrameRequest,
+        prepared: Prepared,
+        inference: Inference,
+        *,
+        captured: float,
+        read_at: float,
+        arrived: float,
+    ) -> float:
+        """Build one result per distinct content the due watchers want, offer each its own.
+
+        Args:
+            request: the frame's id, source and capture time (no pixels needed).
+            prepared, inference: the frame as analysed.
+            captured: time.time() the frame was captured or read.
+            read_at: time.monotonic() it was read (for latency).
+            arrived: time.perf_counter() its analysis started.
+
+        Returns:
+            The frame's score.
+        """
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        have = inference.arrays.keys()
+        # A watcher that arrived during inference may want maps this run did not make; it
+        # starts with the next frame.
+        due = [w for w in self.watchers if w.due(now) and have >= set(w.options.feature_maps)]
+        results: dict[Options, pb.FrameResult] = {}
+        if due:
+            results = await loop.run_in_executor(
+                self.pipeline.executor,
+                self._encode_all,
+                request,
+                prepared,
+                inference,
+                {w.options for w in due},
+            )
+        total_ms = (time.perf_counter() - arrived) * 1000
+        busy = prepared.decode_ms + inference.inference_ms
+        for result in results.values():
+            result.timings.total_ms = total_ms
+            result.timings.queue_ms = max(0.0, total_ms - busy - result.timings.encode_ms)
+        score = float(inference.arrays["score"])
+        geometry = prepared.geometry
+        self.frame_size = (geometry.frame_width, geometry.frame_height)
+        self.frames_analysed += 1
+        self.last_score = score
+        self.latency_ms = (time.monotonic() - read_at) * 1000
+        self.last_result_time = time.time()
+        self.fps_out.tick(time.monotonic())
+        now = time.monotonic()
+        for watcher in due:
+            if watcher in self.watchers:  # it may have gone while this frame was analysed
+                watcher.offer(results[watcher.options], captured, now)
+        return score
+
+
+class CameraFeed(Publisher):
+    """Analyses a camera's newest frames and publishes the results to its watchers."""
+
+    def __init__(self, camera: Camera, pipeline: Pipeline, metrics: Metrics) -> None:
+        super().__init__(camera.config.id, pipeline, metrics)
+        self.camera = camera
+        self.frames_taken = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         config = camera.config
@@ -131,9 +213,7 @@ class CameraFeed:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for watcher in self.watchers:
-            watcher.end(error)
-        self.watchers.clear()
+        self.end_watchers(error)
 
     async def _run(self) -> None:
         last = 0
@@ -171,48 +251,41 @@ class CameraFeed:
         pixels, geometry = letterbox(frame.image, target, (width, height))
         return Prepared(pixels, geometry, (time.perf_counter() - started) * 1000)
 
-    def _encode_all(
-        self,
-        request: pb.FrameRequest,
-        prepared: Prepared,
-        inference: Inference,
-        wanted: set[Options],
-    ) -> dict[Options, pb.FrameResult]:
-        return {o: self.pipeline.encode(request, o, prepared, inference) for o in wanted}
-
     async def _analyse(self, frame: Frame) -> None:
         loop = asyncio.get_running_loop()
         arrived = time.perf_counter()
-        executor = self.pipeline.executor
-        prepared = await loop.run_in_executor(executor, self._prepare, frame)
-        maps = sorted({name for w in self.watchers for name in w.options.feature_maps})
-        inference = await self.pipeline.engine.infer(prepared.pixels, maps)
-        now = time.monotonic()
-        have = inference.arrays.keys()
-        # A watcher that arrived during inference may want maps this run did not make; it
-        # starts with the next frame.
-        due = [w for w in self.watchers if w.due(now) and have >= set(w.options.feature_maps)]
-        request = pb.FrameRequest(frame_id=frame.number, source=self.camera.config.id)
-        stamp = Timestamp()
-        stamp.FromNanoseconds(int(frame.captured * 1e9))
-        request.capture_time.CopyFrom(stamp)
-        wanted = {w.options for w in due} or {Options(include_heatmap=False)}
-        results = await loop.run_in_executor(
-            executor, self._encode_all, request, prepared, inference, wanted
+        prepared = await loop.run_in_executor(self.pipeline.executor, self._prepare, frame)
+        inference = await self.pipeline.engine.infer(prepared.pixels, self.wanted_maps())
+        request = pb.FrameRequest(frame_id=frame.number, source=self.name)
+        request.capture_time.FromNanoseconds(int(frame.captured * 1e9))
+        await self.publish(
+            request,
+            prepared,
+            inference,
+            captured=frame.captured,
+            read_at=frame.read_at,
+            arrived=arrived,
         )
-        total_ms = (time.perf_counter() - arrived) * 1000
-        busy = prepared.decode_ms + inference.inference_ms
-        for result in results.values():
-            result.timings.total_ms = total_ms
-            result.timings.queue_ms = max(0.0, total_ms - busy - result.timings.encode_ms)
-        any_result = next(iter(results.values()))
-        self.frames_analysed += 1
-        self.last_score = any_result.score
-        self.latency_ms = (time.monotonic() - frame.read_at) * 1000
-        self.last_result_time = time.time()
-        self.fps_out.tick(time.monotonic())
-        self.metrics.observe_result(self.camera.config.id, any_result.timings)
-        now = time.monotonic()
-        for watcher in due:
-            if watcher in self.watchers:  # it may have gone while this frame was analysed
-                watcher.offer(results[watcher.options], frame.captured, now)
+        timings = pb.Timings(
+            decode_ms=prepared.decode_ms,
+            inference_ms=inference.inference_ms,
+            total_ms=(time.perf_counter() - arrived) * 1000,
+            batch_size=inference.batch_size,
+        )
+        self.metrics.observe_result(self.name, timings)
+
+
+class StreamPublication(Publisher):
+    """A client's StreamFrames call published under its source name (ResultOptions.publish)."""
+
+    def __init__(self, name: str, pipeline: Pipeline, metrics: Metrics) -> None:
+        super().__init__(name, pipeline, metrics)
+        self.since = time.time()
+        self.frames_received = 0
+        self.dropped = 0
+        self.fps_in = RateMeter()
+
+    def received(self, request: pb.FrameRequest) -> None:
+        """Count a frame read from the stream (before the freshness policy)."""
+        self.frames_received += 1
+        self.fps_in.tick(time.monotonic())

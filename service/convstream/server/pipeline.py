@@ -188,6 +188,12 @@ class Pipeline:
             options: validated options for it.
             arrived: time.perf_counter() when the server received it.
         """
+        return (await self.analyze_parts(request, options, arrived))[0]
+
+    async def analyze_parts(
+        self, request: pb.FrameRequest, options: Options, arrived: float
+    ) -> tuple[pb.FrameResult, Prepared, Inference]:
+        """``analyze``, also returning the prepared frame and the raw outputs (to publish)."""
         loop = asyncio.get_running_loop()
         prepared = await loop.run_in_executor(self.executor, self.prepare, request)
         self.check_size(options, prepared.geometry)
@@ -201,7 +207,7 @@ class Pipeline:
         busy = prepared.decode_ms + inference.inference_ms + result.timings.encode_ms
         result.timings.queue_ms = max(0.0, total_ms - busy)
         result.frame_age_ms = frame_age_ms(request, total_ms)
-        return result
+        return result, prepared, inference
 
 
 def frame_age_ms(request: pb.FrameRequest, since_arrival_ms: float) -> float:

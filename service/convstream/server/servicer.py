@@ -78,6 +78,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             default_queue=self.settings.stream_queue_size,
             draining=self.draining,
             idle_timeout_s=self.settings.stream_idle_timeout_s,
+            registry=self.cameras,
         )
         try:
             async for result in session.run(request_iterator):

@@ -18,12 +18,15 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 
+from convstream.server.engine import Inference
 from convstream.server.errors import ConvstreamError, IdleTimeout, InvalidOptions
+from convstream.server.feeds import StreamPublication
 from convstream.server.metrics import Metrics
-from convstream.server.pipeline import Options, Pipeline, error_result
+from convstream.server.pipeline import Options, Pipeline, Prepared, error_result
 from convstream.v1 import convstream_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -40,6 +43,22 @@ class _Item:
     failure: pb.FrameResult | None = None
 
 
+@dataclass
+class _Done:
+    """A frame's result, and for a published stream what it was made from."""
+
+    item: _Item
+    result: pb.FrameResult
+    prepared: Prepared | None = None
+    inference: Inference | None = None
+
+
+class PublicationRegistry(Protocol):
+    def publish(self, name: str) -> StreamPublication: ...
+
+    def unpublish(self, publication: StreamPublication) -> None: ...
+
+
 class StreamSession:
     """State of one stream; ``run`` is the response iterator."""
 
@@ -51,8 +70,11 @@ class StreamSession:
         default_queue: int,
         draining: asyncio.Event,
         idle_timeout_s: float | None = None,
+        registry: PublicationRegistry | None = None,
     ) -> None:
         self.idle_timeout_s = idle_timeout_s
+        self.registry = registry
+        self.publication: StreamPublication | None = None
         self.pipeline = pipeline
         self.metrics = metrics
         self.draining = draining
@@ -68,11 +90,15 @@ class StreamSession:
         self._changed = asyncio.Condition()
         self._reader_done = False
         self._window = asyncio.Semaphore(WINDOW)
-        self._out: asyncio.Queue[asyncio.Task[pb.FrameResult] | None] = asyncio.Queue()
+        self._out: asyncio.Queue[asyncio.Task[_Done] | None] = asyncio.Queue()
 
-    def _configure(self, message: pb.ResultOptions) -> None:
+    def _configure(self, message: pb.ResultOptions, source: str) -> None:
         if message.freshness not in pb.Freshness.values():
             raise InvalidOptions(f"unknown freshness policy {message.freshness}")
+        if message.publish:
+            if self.registry is None:
+                raise InvalidOptions("this server does not publish streams")
+            self.publication = self.registry.publish(source)
         self.freshness = message.freshness or pb.FRESHNESS_LOSSLESS
         if self.freshness == pb.FRESHNESS_LATEST_ONLY:
             self.capacity = 1
@@ -88,7 +114,7 @@ class StreamSession:
         try:
             if request.HasField("options"):
                 if not self._configured:  # the policy comes from the stream's first options
-                    self._configure(request.options)
+                    self._configure(request.options, request.source)
                     self._configured = True
                 self.options = Options.parse(request.options)
             return _Item(request, arrived, self.options)
@@ -110,6 +136,8 @@ class StreamSession:
                         "open a new stream when frames come again"
                     ) from None
                 item = self._accept(request, time.perf_counter())
+                if self.publication is not None:
+                    self.publication.received(request)
                 async with self._changed:
                     if self.freshness == pb.FRESHNESS_LOSSLESS:
                         await self._changed.wait_for(lambda: len(self._pending) < self.capacity)
@@ -144,14 +172,26 @@ class StreamSession:
                 self._changed.notify_all()
             await self._out.put(asyncio.create_task(self._process(item)))
 
-    async def _process(self, item: _Item) -> pb.FrameResult:
+    async def _process(self, item: _Item) -> _Done:
+        if self.publication is None:
+            return _Done(item, await self._analyse(item, None))
+        parts: list[tuple[Prepared, Inference]] = []
+        return _Done(item, await self._analyse(item, parts), *(parts or [(None, None)])[0])
+
+    async def _analyse(
+        self, item: _Item, parts: list[tuple[Prepared, Inference]] | None
+    ) -> pb.FrameResult:
         source = self.metrics.source(item.request.source)
         if item.failure is not None:
             self.metrics.frames.labels(source, "invalid").inc()
             return item.failure
         assert item.options is not None
         try:
-            result = await self.pipeline.analyze(item.request, item.options, item.arrived)
+            result, prepared, inference = await self.pipeline.analyze_parts(
+                item.request, item.options, item.arrived
+            )
+            if parts is not None:
+                parts.append((prepared, inference))
         except ConvstreamError as exc:
             outcome = "invalid" if exc.code == grpc.StatusCode.INVALID_ARGUMENT else "rejected"
             self.metrics.frames.labels(source, outcome).inc()
@@ -165,6 +205,22 @@ class StreamSession:
         self.metrics.observe_result(item.request.source, result.timings)
         return result
 
+    async def _publish(self, done: _Done) -> None:
+        assert self.publication is not None and done.prepared and done.inference
+        request = done.item.request
+        shell = pb.FrameRequest(frame_id=request.frame_id, source=self.publication.name)
+        captured = time.time() - done.result.frame_age_ms / 1000
+        shell.capture_time.FromNanoseconds(int(captured * 1e9))
+        await self.publication.publish(
+            shell,
+            done.prepared,
+            done.inference,
+            captured=captured,
+            read_at=time.monotonic() - done.result.timings.total_ms / 1000,
+            arrived=time.perf_counter() - done.result.timings.total_ms / 1000,
+        )
+        self.publication.dropped = self.dropped
+
     async def _stop_on_drain(self, reader: asyncio.Task[None]) -> None:
         await self.draining.wait()
         reader.cancel()
@@ -176,7 +232,10 @@ class StreamSession:
         tasks.append(asyncio.create_task(self._stop_on_drain(reader)))
         try:
             while (task := await self._out.get()) is not None:
-                result = await task
+                done = await task
+                result = done.result
+                if self.publication is not None and done.prepared and done.inference:
+                    await self._publish(done)
                 self.sequence += 1
                 result.sequence = self.sequence
                 result.frames_dropped = self.dropped
@@ -187,6 +246,8 @@ class StreamSession:
             if reader.done() and not reader.cancelled() and reader.exception() is not None:
                 raise reader.exception()  # type: ignore[misc]
         finally:
+            if self.publication is not None and self.registry is not None:
+                self.registry.unpublish(self.publication)
             for task in tasks:
                 task.cancel()
             while not self._out.empty():
