@@ -492,3 +492,41 @@ async def test_dashboard_outlives_a_server_restart() -> None:
     finally:
         await dash.stop()
         await server.stop(grace=0)
+
+
+async def test_a_published_client_stream_gets_a_tile_while_it_lasts() -> None:
+    """A client stream with ResultOptions.publish shows beside the cameras, then goes."""
+    server = Server(Settings(port=0, metrics_port=0, cameras=()))
+    await server.start()
+    dash = Dashboard(DashboardSettings(address=f"127.0.0.1:{server.port}", port=0, poll_s=0.2))
+    await dash.start()
+
+    async def until(check: Any, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            assert time.monotonic() < deadline, dash.hub.snapshot()["cameras"]
+            await asyncio.sleep(0.05)
+
+    frame = cv2.imencode(".jpg", render_scene(77, 360, 640).image)[1].tobytes()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stream = pb_grpc.ConvstreamStub(channel).StreamFrames()
+            options = pb.ResultOptions(publish=True)
+            await stream.write(pb.FrameRequest(source="dock-7", encoded=frame, options=options))
+            await stream.read()
+            await until(lambda: "dock-7" in dash.hub.cameras)
+            view = dash.hub.cameras["dock-7"]
+            assert view.status["state"] == "running"
+            for i in range(40):  # the dashboard subscribes within a poll; keep sending
+                await stream.write(pb.FrameRequest(frame_id=i, source="dock-7", encoded=frame))
+                await stream.read()
+                if view.frames_received >= 3:
+                    break
+                await asyncio.sleep(0.1)
+            assert view.frames_received >= 3
+            await stream.done_writing()
+            await stream.read()
+            await until(lambda: "dock-7" not in dash.hub.cameras)
+    finally:
+        await dash.stop()
+        await server.stop(grace=0)
