@@ -66,6 +66,10 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
         if data[pos] != 0xFF:
             raise InvalidFrame(f"corrupt JPEG: expected a marker at byte {pos}")
         marker = data[pos + 1]
+        if marker == 0x00:
+            # libjpeg skips a stuffed ff 00 and reads on, so a length read here could hop
+            # over a second, larger frame header that the decoder would then use.
+            raise InvalidFrame(f"corrupt JPEG: a stuffed byte (ff 00) in the header at {pos}")
         if marker == 0xFF:  # fill byte
             pos += 1
             continue
@@ -130,6 +134,13 @@ def decode_encoded(data: bytes, limits: Limits, reduce: int = 1) -> np.ndarray:
     image = cv2.imdecode(np.frombuffer(data, np.uint8), flag | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise InvalidFrame(f"corrupt {kind.upper()}: OpenCV could not decode {len(data)} bytes")
+    factor = reduce if kind == "jpeg" and reduce in _REDUCED else 1
+    expected = (-(-height // factor), -(-width // factor))
+    if image.shape[:2] != expected:  # the header we checked is not the one that was decoded
+        raise InvalidFrame(
+            f"corrupt {kind.upper()}: the header says {width}x{height} but "
+            f"{image.shape[1] * factor}x{image.shape[0] * factor} was decoded"
+        )
     return image
 
 

@@ -84,7 +84,8 @@ class Pipeline:
         started = time.perf_counter()
         which = request.WhichOneof("image")
         if which == "encoded":
-            _, width, height = encoded_size(request.encoded)  # the header only: microseconds
+            kind, width, height = encoded_size(request.encoded)  # the header only: microseconds
+            self.limits.check(width, height, kind.upper())
             target = choose_input(width, height, self.sizes)
             image = decode_encoded(request.encoded, self.limits, reduction(width, height, target))
         elif which == "raw":
