@@ -963,6 +963,9 @@ def crushed_corner(face: Face, rng: Rng, kid: int, corner: int, s: float, cut: b
             )
         ext = np.vstack([[[-2.0, -2.0]], [[a + 2, -2.0]], curve, [[-2.0, b + 2]]])
         cv2.fillPoly(face.alpha, [fp(tf(ext))], 0.0, _AA, _SH)
+        # the missing corner is damage too: what shows through it (floor, belt) is where the
+        # silhouette changed, so it is labelled (see scenes._draw_faces)
+        cv2.fillPoly(face.label, [fp(tf(ext))], kid, _AA, _SH)
         face.cut = True
     cv2.fillPoly(face.label, [fp(tf(region))], kid, _AA, _SH)
 

@@ -438,8 +438,6 @@ def _build_faces(
         face.tex *= F32(face.shade)
         if face.cut:
             face.tex *= D.g3(face.alpha)
-        if face.damaged:
-            face.label[face.alpha < 0.5] = 0
     return fq
 
 
@@ -499,7 +497,8 @@ def _draw_faces(
                 borderMode=cv2.BORDER_CONSTANT,
                 borderValue=0,
             )
-            np.copyto(lr, lw, where=cov)
+            # the face's own pixels, plus a crushed corner's cut-away part (labelled, alpha 0)
+            np.copyto(lr, lw, where=cov | (lw > 0))
         elif lr.any():
             lr[cov] = 0
 
