@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -109,6 +110,20 @@ def test_mask_marks_changed_pixels() -> None:
         if diff[m].mean() > 2 * diff[~m].mean() + 1:
             hits += 1
     assert hits >= 8
+
+
+def test_damage_changes_nothing_outside_its_mask() -> None:
+    """A damaged render and its intact twin differ only at the damage (plus a few pixels of
+    JPEG ringing around it): damage must not bring benign content with it (a torn label or
+    torn tape used to paint a whole new label or tape strip, visible only on damaged
+    scenes), and what damage changes (a crushed corner's cut-away silhouette too) is in the
+    mask."""
+    for seed in range(20):
+        d = render_scene(seed, damaged=True)
+        u = render_scene(seed, damaged=False)
+        diff = np.abs(d.image.astype(np.int16) - u.image.astype(np.int16)).sum(axis=2)
+        near = cv2.dilate(d.mask, np.ones((9, 9), np.uint8)).astype(bool)
+        assert (diff[~near] > 90).mean() < 0.002, (seed, d.kinds)
 
 
 def test_conveyor_deterministic_and_random_access() -> None:

@@ -778,6 +778,12 @@ def _interior(face: Face, rng: Rng, pts: np.ndarray, depth_dark: float) -> None:
         val = F32(rng.uniform(0.05, 0.25)) * (F32(1.0) + F32(0.6) * g)
         colour = face.base
     val = val * (F32(1.0) + F32(0.12) * noise(rng, "fine", y1 - y0, x1 - x0))
+    # the torn walls shade the opening: darkest in a gap just inside the rim, deepest on the
+    # side facing the light (its wall stands between the light and the interior)
+    dist = cv2.distanceTransform(m.astype(np.uint8), cv2.DIST_L2, 3)
+    gap = np.exp(-dist / F32(max(1.0, 0.12 * float(span)))) * F32(1.0 + 0.5 * rng.random())
+    gap *= np.clip(F32(0.6) + F32(1.2) * g, 0.2, 1.4)
+    val = val * np.clip(F32(1.0) - F32(0.6) * gap, 0.15, 1.0)
     put(face.tex[y0:y1, x0:x1], cmul(np.clip(val, 0.0, 1.6), colour), m)
 
 
@@ -812,9 +818,10 @@ def tear(face: Face, rng: Rng, kid: int, cx: float, cy: float, s: float) -> None
             k = rng.uniform(0.3, 1.0)
             proj = ((curve - a) @ nrm)[:, None]
             flap = curve - (1 + k) * proj * nrm
-    _interior(face, rng, hole, rng.uniform(0.25, 0.75))
-    dark = col(base * rng.uniform(0.15, 0.4))
-    cv2.polylines(face.tex, [fp(hole - lt * 0.8)], True, dark, 1, _AA, _SH)
+    _interior(face, rng, hole, rng.uniform(0.2, 0.55))
+    dark = col(base * rng.uniform(0.1, 0.3))
+    th = 2 if s > 9 else 1
+    cv2.polylines(face.tex, [fp(hole - lt * 0.8)], True, dark, th, _AA, _SH)
     fib = _fibre(base, rng)
     if rng.random() < 0.8:
         cv2.polylines(face.tex, [fp(hole)], True, fib, 1, _AA, _SH)
@@ -888,14 +895,14 @@ def dent(face: Face, rng: Rng, kid: int, cx: float, cy: float, s: float) -> None
     ry = s * rng.uniform(0.3, 1.0)
     ang = rng.uniform(0, np.pi)
     region = jagged(rng, cx, cy, s, ry, ang, 16, rng.uniform(0.05, 0.2), 0.35)
-    _shade_region(face, rng, region, rng.uniform(0.0, 0.12), sign(rng) * rng.uniform(0.2, 0.5))
+    _shade_region(face, rng, region, rng.uniform(0.06, 0.2), sign(rng) * rng.uniform(0.35, 0.7))
     _facets(
-        face, rng, region, int(rng.integers(3, 9)), rng.uniform(0.14, 0.35), rng.uniform(0.02, 0.15)
+        face, rng, region, int(rng.integers(3, 9)), rng.uniform(0.2, 0.4), rng.uniform(0.04, 0.18)
     )
     c = np.array([cx, cy])
     ca, sa = math.cos(ang), math.sin(ang)
     t = 2 if s > 30 and rng.random() < 0.5 else 1
-    for _ in range(int(rng.integers(1, 6))):
+    for _ in range(int(rng.integers(2, 7))):
         r0 = rng.uniform(0, 0.6, 2) * [s, ry] * np.where(rng.random(2) < 0.5, -1.0, 1.0)
         p0 = c + np.array([r0[0] * ca - r0[1] * sa, r0[0] * sa + r0[1] * ca])
         p = walk(rng, p0, int(rng.integers(2, 6)), s * rng.uniform(0.25, 0.6), 1.2)
@@ -930,23 +937,23 @@ def crushed_corner(face: Face, rng: Rng, kid: int, corner: int, s: float, cut: b
     inner = curve * rng.uniform(1.6, 2.3) + rng.uniform(-0.12, 0.12, curve.shape) * s
     band = np.vstack([curve, inner[::-1]])
     region = band if cut else np.vstack([[[0.0, 0.0]], inner[::-1]])
-    _shade_region(face, rng, tf(region), rng.uniform(0.08, 0.3), sign(rng) * rng.uniform(0.1, 0.3))
+    _shade_region(face, rng, tf(region), rng.uniform(0.15, 0.35), sign(rng) * rng.uniform(0.2, 0.4))
     _facets(
         face,
         rng,
         tf(region),
         int(rng.integers(3, 8)),
-        rng.uniform(0.12, 0.3),
-        rng.uniform(0.0, 0.15),
+        rng.uniform(0.18, 0.38),
+        rng.uniform(0.04, 0.18),
     )
-    for _ in range(int(rng.integers(2, 6))):
+    for _ in range(int(rng.integers(3, 7))):
         i = int(rng.integers(n))
         p0 = curve[i] if cut else curve[i] * rng.uniform(0, 1)
         tgt = inner[int(np.clip(i + rng.integers(-2, 3), 0, n - 1))]
         p = ragged(rng, p0, p0 + (tgt - p0) * rng.uniform(0.6, 1.0), 3, s * 0.1)
         _crease(face.tex, rng, tf(p), face.base, face.light, 1)
     if cut:
-        th = 2 if s > 20 else 1
+        th = 2 if s > 12 else 1
         cv2.polylines(
             face.tex, [fp(tf(curve))], False, col(face.base * rng.uniform(0.25, 0.55)), th, _AA, _SH
         )
@@ -956,6 +963,9 @@ def crushed_corner(face: Face, rng: Rng, kid: int, corner: int, s: float, cut: b
             )
         ext = np.vstack([[[-2.0, -2.0]], [[a + 2, -2.0]], curve, [[-2.0, b + 2]]])
         cv2.fillPoly(face.alpha, [fp(tf(ext))], 0.0, _AA, _SH)
+        # the missing corner is damage too: what shows through it (floor, belt) is where the
+        # silhouette changed, so it is labelled (see scenes._draw_faces)
+        cv2.fillPoly(face.label, [fp(tf(ext))], kid, _AA, _SH)
         face.cut = True
     cv2.fillPoly(face.label, [fp(tf(region))], kid, _AA, _SH)
 
@@ -1032,8 +1042,12 @@ def torn_label(face: Face, rng: Rng, kid: int, cx: float, cy: float, s: float) -
         d = corners[(i + 1) % 4] - corners[i]
         return corners[i] + d * (t - cum[i]) / (np.hypot(*d) + 1e-9)
 
-    t1 = rng.uniform(0, per)
-    t2 = t1 + rng.uniform(0.2, 0.55) * per
+    # rip off around one corner, so that the exposed board is a real patch, never a sliver
+    # along one straight edge
+    c = int(rng.integers(4))
+    sides = (lw, lh, lw, lh)
+    t1 = cum[c] - rng.uniform(0.35, 0.9) * sides[c - 1] + per
+    t2 = cum[c] + rng.uniform(0.35, 0.9) * sides[c] + per
     inner = [corners[i % 4] for i in range(8) if t1 < cum[i % 4] + per * (i // 4) < t2]
     edge = np.array([at(t1), *inner, at(t2)])
     line = ragged(rng, edge[-1], edge[0], int(rng.integers(6, 14)), 0.07 * min(lw, lh) + 1)
@@ -1060,10 +1074,13 @@ def torn_label(face: Face, rng: Rng, kid: int, cx: float, cy: float, s: float) -
     _hairs(face.tex, rng, line, fib, len(line))
     cv2.fillPoly(face.label, [fp(region)], kid, _AA, _SH)
     cv2.polylines(face.label, [fp(line)], False, kid, 3, _AA, _SH)
-    if rng.random() < 0.5:  # peeled-back curl of the label
+    if rng.random() < 0.8:  # peeled-back curl of the label, lifted off the board
         mid = line[len(line) // 2]
         ctr = region.mean(0)
         curl = np.vstack([line[1:-1], mid + (ctr - mid) * rng.uniform(0.3, 0.8)])
+        shadow = curl - face.light * rng.uniform(1.5, 3.5)
+        cv2.fillPoly(face.tex, [fp(shadow)], col(face.base * 0.45), _AA, _SH)
+        cv2.fillPoly(face.label, [fp(shadow)], kid, _AA, _SH)
         cv2.fillPoly(face.tex, [fp(curl)], col(np.asarray(lc) * rng.uniform(0.6, 0.9)), _AA, _SH)
         cv2.polylines(face.tex, [fp(curl)], True, fib, 1, _AA, _SH)
         cv2.fillPoly(face.label, [fp(curl)], kid, _AA, _SH)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -117,17 +118,37 @@ def evaluate(
     )
 
 
+def latency_ms(model: DamageModel, size: tuple[int, int], runs: int = 100) -> float:
+    """Median milliseconds of one frame at size (height, width), returning what the server
+    asks for (heatmap, score and one feature map)."""
+    pixels = render_scene(7, *size).image[None]
+    for _ in range(10):
+        model.run(pixels, ["score"])
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        model.run(pixels, ["heatmap", "score", "stage3"])
+        times.append((time.perf_counter() - started) * 1000)
+    return float(np.median(times))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=None, help="an .onnx file (default: shipped)")
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=256)
+    parser.add_argument(
+        "--latency", action="store_true", help="also time one frame at 256x256 and 384x640"
+    )
     args = parser.parse_args(argv)
     model = DamageModel(args.model, provider="cpu")
     seeds = range(EVAL_SEED_BASE, EVAL_SEED_BASE + args.images)
-    metrics = evaluate(model, seeds, (args.height, args.width))
-    print(json.dumps(asdict(metrics), indent=2))
+    report: dict[str, object] = asdict(evaluate(model, seeds, (args.height, args.width)))
+    if args.latency:
+        for h, w in ((256, 256), (384, 640)):
+            report[f"latency_ms_{h}x{w}"] = round(latency_ms(model, (h, w)), 2)
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -356,12 +356,24 @@ def _damage(
         ok = [big]
     wts = np.array([f.h * f.w * (2.0 if f.top else 1.0) for f in ok])
     for kind in kinds:
+        # A torn label or torn tape damages a label or tape strip the box already has. Painting
+        # a new one only on damaged scenes would make labels and tape themselves a sign of
+        # damage (their intact twins lack them), and the detector would fire on every label.
+        if kind == "torn_label":
+            cand = [i for i, f in enumerate(ok) if f.labels]
+        elif kind == "torn_tape":
+            cand = [i for i, f in enumerate(ok) if f.tapes]
+        else:
+            cand = list(range(len(ok)))
+        if not cand:  # nothing there to tear off: the board itself tears
+            kind, cand = "tear", list(range(len(ok)))
         kid = DAMAGE_KINDS.index(kind) + 1
-        face = ok[D.pick(rng, wts)]
+        face = ok[cand[D.pick(rng, wts[cand])]]
         face.damaged = True
         h, w = face.h, face.w
-        frac = math.exp(rng.uniform(math.log(0.02), math.log(0.2)))
-        s = float(np.clip(math.sqrt(frac * h * w / math.pi), 5.0, 0.35 * min(h, w)))
+        # no smaller than ~4% of the face (and 6 px): what a camera could realistically see
+        frac = math.exp(rng.uniform(math.log(0.04), math.log(0.22)))
+        s = float(np.clip(math.sqrt(frac * h * w / math.pi), 6.0, 0.35 * min(h, w)))
 
         def inside(px: float, py: float, margin: float, face: D.Face = face) -> bool:
             if frame is None:
@@ -388,8 +400,12 @@ def _damage(
             continue
         m = min(s * 0.8, 0.45 * min(h, w))
         cx, cy = w / 2, h / 2
+        lb = face.labels[int(rng.integers(len(face.labels)))] if kind == "torn_label" else None
         for _ in range(12):
-            cx, cy = rng.uniform(m, w - m), rng.uniform(m, h - m)
+            if lb is not None:  # a point on the label, which torn_label then rips
+                cx, cy = rng.uniform(lb[0], lb[2]), rng.uniform(lb[1], lb[3])
+            else:
+                cx, cy = rng.uniform(m, w - m), rng.uniform(m, h - m)
             if inside(cx, cy, s * 0.4):
                 break
         if kind == "tear":
@@ -397,7 +413,7 @@ def _damage(
         elif kind == "dent":
             D.dent(face, rng, kid, cx, cy, s * 1.2)
         elif kind == "puncture":
-            D.puncture(face, rng, kid, cx, cy, max(4.0, s * rng.uniform(0.35, 0.6)))
+            D.puncture(face, rng, kid, cx, cy, max(5.0, s * rng.uniform(0.45, 0.7)))
         elif kind == "torn_label":
             D.torn_label(face, rng, kid, cx, cy, s)
         else:
@@ -422,8 +438,6 @@ def _build_faces(
         face.tex *= F32(face.shade)
         if face.cut:
             face.tex *= D.g3(face.alpha)
-        if face.damaged:
-            face.label[face.alpha < 0.5] = 0
     return fq
 
 
@@ -483,7 +497,8 @@ def _draw_faces(
                 borderMode=cv2.BORDER_CONSTANT,
                 borderValue=0,
             )
-            np.copyto(lr, lw, where=cov)
+            # the face's own pixels, plus a crushed corner's cut-away part (labelled, alpha 0)
+            np.copyto(lr, lw, where=cov | (lw > 0))
         elif lr.any():
             lr[cov] = 0
 
@@ -625,8 +640,8 @@ def render_scene(
     s = _seed(seed)
     if damaged is None:
         damaged = bool(np.random.default_rng([s, 2]).random() < 0.5)
-    # damage must be visibly large: ~7x7 px at 256x256, scaled with the image area
-    min_px = max(4, int(0.0008 * height * width))
+    # damage must be visibly large: ~10x10 px at 256x256, scaled with the image area
+    min_px = max(4, int(0.0016 * height * width))
     best: tuple[int, np.ndarray, np.ndarray, np.random.Generator] | None = None
     for attempt in range(9):
         img, lab, rng = _compose(s, attempt, height, width, damaged, force=attempt == 8)
