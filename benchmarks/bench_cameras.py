@@ -9,6 +9,9 @@ analysed frame, reads the painted time back and records the result's true age (r
 minus made: capture, encode, network, decode, queueing, inference, delivery). The in-process
 limit beside it is the model alone on the same 480x640 input in a loop on this machine.
 
+The source alone (the same stream read by OpenCV in this process, no server) gives the floor
+that capture, MJPEG encoding, HTTP and decoding cost before the server does anything.
+
 The target (DESIGN.md): a 30 fps camera on a server that manages fewer delivers frames no
 older than one service time plus two frame intervals, with no growing lag. "within target"
 is the share of results under the median service time (the server's own total_ms) plus two
@@ -59,6 +62,24 @@ def model_limit(seconds: float) -> float:
         model.run(batch, ["heatmap", "score"])
         count += 1
     return count / (time.perf_counter() - started)
+
+
+def source_alone(seconds: float) -> np.ndarray:
+    """True ages of one such source read straight by OpenCV here: the floor without a server."""
+    source = FFmpegSource("mjpeg", fps=FPS, size=SIZE, stamped=True).start()
+    try:
+        capture = cv2.VideoCapture(source.url, cv2.CAP_FFMPEG)
+        ages = []
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            ages.append((time.time() - read_time(frame, 1.0, 0, 0)) * 1000)
+        capture.release()
+    finally:
+        source.stop()
+    return np.array(ages)
 
 
 async def watch(stub: pb_grpc.ConvstreamStub, camera_id: str, seconds: float) -> dict:
@@ -135,7 +156,12 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     limit = model_limit(min(args.seconds, 5.0))
-    print(f"model alone, 480x640, one frame per run: {limit:.1f} frames/s\n")
+    print(f"model alone, 480x640, one frame per run: {limit:.1f} frames/s")
+    floor = source_alone(min(args.seconds, 5.0))
+    print(
+        f"source alone (ffmpeg MJPEG read by OpenCV, no server): age p50 "
+        f"{np.percentile(floor, 50):.0f} ms, p95 {np.percentile(floor, 95):.0f} ms\n"
+    )
     head = (
         "| cameras | fps in / camera | analysed / camera | analysed total | total / limit "
         "| age p50 ms | p95 | max | target ms | within target | trend ms |"
