@@ -457,6 +457,13 @@ async def test_throttled_browsers_lose_only_their_own_frames(
 
 
 @pytest.mark.asyncio(loop_scope="module")
+async def _until(dash: Dashboard, check: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, dash.hub.snapshot()["cameras"]
+        await asyncio.sleep(0.05)
+
+
 async def test_dashboard_outlives_a_server_restart() -> None:
     """The server goes away and comes back on its port: tiles say offline, then run again."""
 
@@ -470,25 +477,19 @@ async def test_dashboard_outlives_a_server_restart() -> None:
     dash = Dashboard(DashboardSettings(address=f"127.0.0.1:{port}", port=0, poll_s=0.2))
     await dash.start()
 
-    async def until(check: Any, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not check():
-            assert time.monotonic() < deadline, dash.hub.snapshot()["cameras"]
-            await asyncio.sleep(0.05)
-
     def belt() -> Any:
         return dash.hub.cameras.get("belt")
 
     try:
-        await until(lambda: belt() is not None and belt().frames_received > 0)
+        await _until(dash, lambda: belt() is not None and belt().frames_received > 0)
         await server.stop(grace=0)
-        await until(lambda: belt().status["state"] == "offline")
+        await _until(dash, lambda: belt().status["state"] == "offline")
         assert not dash.hub.server["ok"]
         server = Server(settings(port))
         await server.start()
         received = belt().frames_received
-        await until(lambda: belt().status["state"] == "running")
-        await until(lambda: belt().frames_received > received + 2)  # watching again
+        await _until(dash, lambda: belt().status["state"] == "running")
+        await _until(dash, lambda: belt().frames_received > received + 2)  # watching again
     finally:
         await dash.stop()
         await server.stop(grace=0)
@@ -501,12 +502,6 @@ async def test_a_published_client_stream_gets_a_tile_while_it_lasts() -> None:
     dash = Dashboard(DashboardSettings(address=f"127.0.0.1:{server.port}", port=0, poll_s=0.2))
     await dash.start()
 
-    async def until(check: Any, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not check():
-            assert time.monotonic() < deadline, dash.hub.snapshot()["cameras"]
-            await asyncio.sleep(0.05)
-
     frame = cv2.imencode(".jpg", render_scene(77, 360, 640).image)[1].tobytes()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -514,7 +509,7 @@ async def test_a_published_client_stream_gets_a_tile_while_it_lasts() -> None:
             options = pb.ResultOptions(publish=True)
             await stream.write(pb.FrameRequest(source="dock-7", encoded=frame, options=options))
             await stream.read()
-            await until(lambda: "dock-7" in dash.hub.cameras)
+            await _until(dash, lambda: "dock-7" in dash.hub.cameras)
             view = dash.hub.cameras["dock-7"]
             assert view.status["state"] == "running"
             for i in range(40):  # the dashboard subscribes within a poll; keep sending
@@ -526,7 +521,7 @@ async def test_a_published_client_stream_gets_a_tile_while_it_lasts() -> None:
             assert view.frames_received >= 3
             await stream.done_writing()
             await stream.read()
-            await until(lambda: "dock-7" not in dash.hub.cameras)
+            await _until(dash, lambda: "dock-7" not in dash.hub.cameras)
     finally:
         await dash.stop()
         await server.stop(grace=0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -19,14 +19,13 @@ __all__ = ["CameraInfo", "CameraState", "Geometry", "ModelInfo", "Result", "Stag
 CameraState = Literal[
     "connecting", "running", "stalled", "reconnecting", "failed", "stopped", "unknown"
 ]
-_STATES: dict[int, CameraState] = {
-    pb.CAMERA_STATE_CONNECTING: "connecting",
-    pb.CAMERA_STATE_RUNNING: "running",
-    pb.CAMERA_STATE_STALLED: "stalled",
-    pb.CAMERA_STATE_RECONNECTING: "reconnecting",
-    pb.CAMERA_STATE_FAILED: "failed",
-    pb.CAMERA_STATE_STOPPED: "stopped",
-}
+
+
+def camera_state_name(state: int) -> CameraState:
+    """CAMERA_STATE_RUNNING -> "running"; "unknown" for a state this client does not know."""
+    if not state or state not in pb.CameraState.values():
+        return "unknown"
+    return cast(CameraState, pb.CameraState.Name(state).removeprefix("CAMERA_STATE_").lower())
 
 
 @dataclass(frozen=True)
@@ -319,7 +318,7 @@ class CameraInfo:
         analysed = message.frames_analysed > 0
         return cls(
             id=message.id,
-            state=_STATES.get(message.state, "unknown"),
+            state=camera_state_name(message.state),
             since=_datetime(message.state_since),
             source_kind=message.source_kind,
             last_error=message.last_error,

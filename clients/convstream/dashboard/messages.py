@@ -18,16 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from convstream.client.results import camera_state_name
 from convstream.v1 import convstream_pb2 as pb
-
-_STATES = {
-    pb.CAMERA_STATE_CONNECTING: "connecting",
-    pb.CAMERA_STATE_RUNNING: "running",
-    pb.CAMERA_STATE_STALLED: "stalled",
-    pb.CAMERA_STATE_RECONNECTING: "reconnecting",
-    pb.CAMERA_STATE_FAILED: "failed",
-    pb.CAMERA_STATE_STOPPED: "stopped",
-}
 
 
 def seconds(stamp: Any) -> float | None:
@@ -38,7 +30,7 @@ def seconds(stamp: Any) -> float | None:
 
 
 def state_name(state: int) -> str:
-    return _STATES.get(state, "unknown")
+    return camera_state_name(state)
 
 
 def camera_json(camera: pb.CameraStatus) -> dict[str, Any]:

@@ -44,13 +44,11 @@ logger = logging.getLogger(__name__)
 WEDGE_GRACE_S = 2.0  # a read this long past the read timeout is wedged
 Opener = Callable[..., Capture]
 
+# CAMERA_STATE_RUNNING -> "running", for logs and metric labels
 STATE_NAMES = {
-    pb.CAMERA_STATE_CONNECTING: "connecting",
-    pb.CAMERA_STATE_RUNNING: "running",
-    pb.CAMERA_STATE_STALLED: "stalled",
-    pb.CAMERA_STATE_RECONNECTING: "reconnecting",
-    pb.CAMERA_STATE_FAILED: "failed",
-    pb.CAMERA_STATE_STOPPED: "stopped",
+    code: pb.CameraState.Name(code).removeprefix("CAMERA_STATE_").lower()
+    for code in pb.CameraState.values()
+    if code
 }
 
 
