@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from convstream.client.options import TLS
 from convstream.client.tensors import to_numpy
 from convstream.dashboard.alerts import AlertDetector, AlertLog, render_snapshot
 from convstream.dashboard.messages import (
@@ -104,7 +105,7 @@ class Hub:
 
     async def start(self) -> None:
         if self.settings.tls_ca is not None:
-            credentials = grpc.ssl_channel_credentials(self.settings.tls_ca.read_bytes())
+            credentials = TLS(ca=self.settings.tls_ca).credentials()
             self._channel = grpc.aio.secure_channel(
                 self.settings.address, credentials, options=CHANNEL_OPTIONS
             )

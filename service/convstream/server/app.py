@@ -145,18 +145,15 @@ class Server:
         security = "mutual TLS" if settings.tls_client_ca else "TLS" if credentials else "plaintext"
         if settings.tokens:
             security += f", {len(settings.tokens)} tokens"
-        if settings.host not in ("127.0.0.1", "localhost", "::1") and not (
-            credentials and settings.tokens
-        ):
+        missing = [
+            name for name, on in (("TLS", credentials), ("tokens", settings.tokens)) if not on
+        ]
+        if settings.host not in ("127.0.0.1", "localhost", "::1") and missing:
             logger.warning(
                 "listening on %s without %s: anyone who can reach this port can use it; see "
                 "README, 'Running it in production'",
                 settings.host,
-                "TLS and tokens"
-                if not credentials and not settings.tokens
-                else "tokens"
-                if not settings.tokens
-                else "TLS",
+                " and ".join(missing),
             )
         logger.info(
             "convstream %s serving on %s:%d (%s; model %s, sha256 %s..., provider %s)",

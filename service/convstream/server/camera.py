@@ -88,7 +88,7 @@ class Frame:
     number: int
     image: np.ndarray
     captured: float  # time.time()
-    read_at: float  # time.monotonic()
+    read_at: float  # time.perf_counter()
 
 
 class Camera:
@@ -206,7 +206,7 @@ class Camera:
             if error.permanent:
                 with self._lock:
                     if self._current(generation):
-                        ended = error.args[0] == "end of video file"
+                        ended = error.ended
                         state = pb.CAMERA_STATE_STOPPED if ended else pb.CAMERA_STATE_FAILED
                         if not ended:
                             logger.warning(
@@ -280,7 +280,7 @@ class Camera:
             if self._latest is not None and self._latest.number > self._taken:
                 self.frames_dropped += 1  # never analysed: a newer frame replaces it
             self.frames_read += 1
-            self._latest = Frame(self.frames_read, image, time.time(), now)
+            self._latest = Frame(self.frames_read, image, time.time(), time.perf_counter())
             self._last_frame_at = now
             self.frame_size = (image.shape[1], image.shape[0])
             self.fps_in.tick(now)

@@ -14,7 +14,6 @@ import re
 import time
 from collections.abc import Iterator
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -37,13 +36,6 @@ logger = logging.getLogger(__name__)
 
 WATCHDOG_S = 0.25
 HEALTH_PREFIX = "convstream.camera."
-
-
-def _timestamp(seconds: float) -> Timestamp:
-    stamp = Timestamp()
-    if seconds > 0:
-        stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
 
 
 class CameraManager:
@@ -174,50 +166,7 @@ class CameraManager:
 
     def statuses(self) -> list[pb.CameraStatus]:
         now = time.monotonic()
-        cameras = [self._status(feed, now) for feed in self.feeds.values()]
-        return cameras + [self._stream_status(p, now) for p in self.published.values()]
-
-    def _stream_status(self, pub: StreamPublication, now: float) -> pb.CameraStatus:
-        return pb.CameraStatus(
-            id=pub.name,
-            state=pb.CAMERA_STATE_RUNNING,
-            state_since=_timestamp(pub.since),
-            source_kind="stream",
-            fps_in=pub.fps_in.rate(now),
-            fps_out=pub.fps_out.rate(now),
-            frames_read=pub.frames_received,
-            frames_analysed=pub.frames_analysed,
-            frames_dropped=pub.dropped,
-            watchers=len(pub.watchers),
-            frame_width=pub.frame_size[0],
-            frame_height=pub.frame_size[1],
-            last_score=pub.last_score,
-            last_frame_time=_timestamp(pub.last_result_time),
-            latency_ms=pub.latency_ms,
-        )
-
-    def _status(self, feed: CameraFeed, now: float) -> pb.CameraStatus:
-        cam = feed.camera
-        return pb.CameraStatus(
-            id=cam.config.id,
-            state=cam.state,
-            state_since=_timestamp(cam.state_since),
-            source_kind=cam.spec.kind,
-            last_error=cam.last_error,
-            fps_in=cam.fps_in.rate(now),
-            fps_out=feed.fps_out.rate(now),
-            fps_cap=cam.config.fps,
-            frames_read=cam.frames_read,
-            frames_analysed=feed.frames_analysed,
-            frames_dropped=cam.frames_dropped,
-            reconnects=cam.reconnects,
-            watchers=len(feed.watchers),
-            frame_width=cam.frame_size[0],
-            frame_height=cam.frame_size[1],
-            last_score=feed.last_score,
-            last_frame_time=_timestamp(feed.last_result_time),
-            latency_ms=feed.latency_ms,
-        )
+        return [p.status(now) for p in [*self.feeds.values(), *self.published.values()]]
 
     async def _watch_loop(self) -> None:
         while True:

@@ -19,6 +19,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from convstream.server.camera import Camera, Frame, RateMeter
 from convstream.server.config import parse_size
 from convstream.server.engine import Inference
@@ -31,6 +33,14 @@ from convstream.v1 import convstream_pb2 as pb
 logger = logging.getLogger(__name__)
 
 MAX_LISTED_DROPS = 1000
+
+
+def timestamp(seconds: float) -> Timestamp:
+    """time.time() as a Timestamp; unset for 0 (never happened)."""
+    stamp = Timestamp()
+    if seconds > 0:
+        stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
 
 
 @dataclass
@@ -110,6 +120,20 @@ class Publisher:
         self.fps_out = RateMeter()
         self.frame_size = (0, 0)  # width, height of the latest frame
 
+    def status(self, now: float) -> pb.CameraStatus:
+        """What ListCameras says of this source: the publishing side; subclasses add theirs."""
+        return pb.CameraStatus(
+            id=self.name,
+            fps_out=self.fps_out.rate(now),
+            frames_analysed=self.frames_analysed,
+            watchers=len(self.watchers),
+            frame_width=self.frame_size[0],
+            frame_height=self.frame_size[1],
+            last_score=self.last_score,
+            last_frame_time=timestamp(self.last_result_time),
+            latency_ms=self.latency_ms,
+        )
+
     def wanted_maps(self) -> list[str]:
         """The feature maps some watcher wants: what the next inference must make."""
         return sorted({name for w in self.watchers for name in w.options.feature_maps})
@@ -144,7 +168,7 @@ class Publisher:
             request: the frame's id, source and capture time (no pixels needed).
             prepared, inference: the frame as analysed.
             captured: time.time() the frame was captured or read.
-            read_at: time.monotonic() it was read (for latency).
+            read_at: time.perf_counter() it was read or received (for latency).
             arrived: time.perf_counter() its analysis started.
 
         Returns:
@@ -176,7 +200,7 @@ class Publisher:
         self.frame_size = (geometry.frame_width, geometry.frame_height)
         self.frames_analysed += 1
         self.last_score = score
-        self.latency_ms = (time.monotonic() - read_at) * 1000
+        self.latency_ms = (time.perf_counter() - read_at) * 1000
         self.last_result_time = time.time()
         self.fps_out.tick(time.monotonic())
         now = time.monotonic()
@@ -198,6 +222,26 @@ class CameraFeed(Publisher):
         config = camera.config
         self._fixed_input = parse_size(config.input_size) if config.input_size else None
         self._interval = 1 / config.fps if config.fps > 0 else 0.0
+
+    def status(self, now: float) -> pb.CameraStatus:
+        cam = self.camera
+        status = super().status(now)
+        status.MergeFrom(
+            pb.CameraStatus(
+                state=cam.state,
+                state_since=timestamp(cam.state_since),
+                source_kind=cam.spec.kind,
+                last_error=cam.last_error,
+                fps_in=cam.fps_in.rate(now),
+                fps_cap=cam.config.fps,
+                frames_read=cam.frames_read,
+                frames_dropped=cam.frames_dropped,
+                reconnects=cam.reconnects,
+                frame_width=cam.frame_size[0],  # known before the first frame is analysed
+                frame_height=cam.frame_size[1],
+            )
+        )
+        return status
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -284,6 +328,20 @@ class StreamPublication(Publisher):
         self.frames_received = 0
         self.dropped = 0
         self.fps_in = RateMeter()
+
+    def status(self, now: float) -> pb.CameraStatus:
+        status = super().status(now)
+        status.MergeFrom(
+            pb.CameraStatus(
+                state=pb.CAMERA_STATE_RUNNING,
+                state_since=timestamp(self.since),
+                source_kind="stream",
+                fps_in=self.fps_in.rate(now),
+                frames_read=self.frames_received,
+                frames_dropped=self.dropped,
+            )
+        )
+        return status
 
     def received(self, request: pb.FrameRequest) -> None:
         """Count a frame read from the stream (before the freshness policy)."""

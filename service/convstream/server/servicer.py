@@ -72,6 +72,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         self.open_streams += 1
         self.metrics.streams_in_flight.inc()
         outcome = "error"
+        idle: IdleTimeout | None = None
         session = StreamSession(
             self.pipeline,
             self.metrics,
@@ -86,7 +87,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             outcome = "ok"
         except IdleTimeout as exc:
             outcome = "idle"
-            error: ConvstreamError | None = exc
+            idle = exc
         except asyncio.CancelledError:
             outcome = "cancelled"
             raise  # a cancelled handler must stay cancelled, or grpc keeps its resources
@@ -94,8 +95,8 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             self.open_streams -= 1
             self.metrics.streams_in_flight.dec()
             self.metrics.streams.labels(outcome).inc()
-        if outcome == "idle" and error is not None:
-            await context.abort(error.code, str(error))
+        if idle is not None:
+            await context.abort(idle.code, str(idle))
         if self.draining.is_set():
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,6 @@ _DEVICE = re.compile(r"^(?:device:(\d+)|/dev/video(\d+))$")
 _CREDENTIALS = re.compile(r"(//[^/@:\s]*):[^/@\s]*@")
 # RTSP over TCP: no lost UDP packets smearing frames, and it passes firewalls and NAT.
 _FFMPEG_DEFAULTS = "rtsp_transport;tcp"
-_env_lock = threading.Lock()
 
 
 class SourceError(Exception):
@@ -37,9 +35,10 @@ class SourceError(Exception):
     the server's log does, with any password hidden.
     """
 
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
+    def __init__(self, message: str, *, permanent: bool = False, ended: bool = False) -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.ended = ended  # a file that reached its end: stopped, not failed
 
 
 def redact(text: str) -> str:
@@ -110,12 +109,28 @@ class Capture(Protocol):
     def release(self) -> None: ...
 
 
+class _Pacer:
+    """Frames at a steady rate: ``wait`` returns at the next slot (catching up by one at most)."""
+
+    def __init__(self, fps: float) -> None:
+        self._interval = 1 / fps
+        self._next = time.monotonic()
+
+    def wait(self) -> None:
+        delay = self._next - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        self._next = max(self._next + self._interval, time.monotonic() - self._interval)
+
+
 class OpenCVCapture:
     """cv2.VideoCapture with timeouts; files are paced to their frame rate and may loop."""
 
-    def __init__(self, spec: SourceSpec, open_timeout_s: float, read_timeout_s: float) -> None:
+    def __init__(
+        self, spec: SourceSpec, open_timeout_s: float, read_timeout_s: float, loop: bool
+    ) -> None:
         self.spec = spec
-        self._loop = False
+        self._loop = loop
         params = [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
             int(open_timeout_s * 1000),
@@ -127,8 +142,7 @@ class OpenCVCapture:
         else:
             if spec.kind == "file" and not Path(spec.target).is_file():
                 raise SourceError("no such video file", permanent=True)
-            with _env_lock:
-                os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", _FFMPEG_DEFAULTS)
+            os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", _FFMPEG_DEFAULTS)
             self._cap = cv2.VideoCapture(spec.target, cv2.CAP_FFMPEG, params)
         if not self._cap.isOpened():
             self._cap.release()
@@ -142,11 +156,7 @@ class OpenCVCapture:
                 + (" (is the file a video OpenCV can read?)" if spec.kind == "file" else "")
             )
         fps = self._cap.get(cv2.CAP_PROP_FPS)
-        self._interval = 1 / fps if spec.kind == "file" and 0 < fps <= 240 else 0.0
-        self._next = time.monotonic()
-
-    def loop_at_end(self, loop: bool) -> None:
-        self._loop = loop
+        self._pacer = _Pacer(fps) if spec.kind == "file" and 0 < fps <= 240 else None
 
     def read(self) -> np.ndarray:
         ok, frame = self._cap.read()
@@ -155,13 +165,10 @@ class OpenCVCapture:
             ok, frame = self._cap.read()
         if not ok or frame is None:
             if self.spec.kind == "file":
-                raise SourceError("end of video file", permanent=not self._loop)
+                raise SourceError("end of video file", permanent=not self._loop, ended=True)
             raise SourceError(f"no frame from {self.spec.kind} source (closed or timed out)")
-        if self._interval:
-            self._next = max(self._next + self._interval, time.monotonic() - self._interval)
-            delay = self._next - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+        if self._pacer is not None:
+            self._pacer.wait()
         if frame.ndim == 2:
             frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
         return frame
@@ -178,15 +185,11 @@ class DemoCapture:
 
         height, width = spec.demo_size
         self._conveyor = Conveyor(spec.demo_seed, height, width, spec.demo_fps)
-        self._interval = 1 / spec.demo_fps
+        self._pacer = _Pacer(spec.demo_fps)
         self._index = 0
-        self._next = time.monotonic()
 
     def read(self) -> np.ndarray:
-        delay = self._next - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        self._next = max(self._next + self._interval, time.monotonic() - self._interval)
+        self._pacer.wait()
         frame = self._conveyor.frame(self._index).image
         self._index += 1
         return frame
@@ -201,6 +204,4 @@ def open_source(
     """Open a source (blocking, up to the open timeout); raises SourceError."""
     if spec.kind == "demo":
         return DemoCapture(spec)
-    capture = OpenCVCapture(spec, open_timeout_s, read_timeout_s)
-    capture.loop_at_end(loop)
-    return capture
+    return OpenCVCapture(spec, open_timeout_s, read_timeout_s, loop)

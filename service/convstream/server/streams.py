@@ -173,37 +173,28 @@ class StreamSession:
             await self._out.put(asyncio.create_task(self._process(item)))
 
     async def _process(self, item: _Item) -> _Done:
-        if self.publication is None:
-            return _Done(item, await self._analyse(item, None))
-        parts: list[tuple[Prepared, Inference]] = []
-        return _Done(item, await self._analyse(item, parts), *(parts or [(None, None)])[0])
-
-    async def _analyse(
-        self, item: _Item, parts: list[tuple[Prepared, Inference]] | None
-    ) -> pb.FrameResult:
         source = self.metrics.source(item.request.source)
         if item.failure is not None:
             self.metrics.frames.labels(source, "invalid").inc()
-            return item.failure
+            return _Done(item, item.failure)
         assert item.options is not None
         try:
             result, prepared, inference = await self.pipeline.analyze_parts(
                 item.request, item.options, item.arrived
             )
-            if parts is not None:
-                parts.append((prepared, inference))
         except ConvstreamError as exc:
             outcome = "invalid" if exc.code == grpc.StatusCode.INVALID_ARGUMENT else "rejected"
             self.metrics.frames.labels(source, outcome).inc()
-            return error_result(item.request, exc.code.value[0], str(exc))
+            return _Done(item, error_result(item.request, exc.code.value[0], str(exc)))
         except Exception:
             logger.exception("frame %d of %r failed", item.request.frame_id, source)
             self.metrics.frames.labels(source, "error").inc()
-            return error_result(
-                item.request, grpc.StatusCode.INTERNAL.value[0], "internal error analysing frame"
+            message = "internal error analysing frame"
+            return _Done(
+                item, error_result(item.request, grpc.StatusCode.INTERNAL.value[0], message)
             )
         self.metrics.observe_result(item.request.source, result.timings)
-        return result
+        return _Done(item, result, prepared, inference)
 
     async def _publish(self, done: _Done) -> None:
         assert self.publication is not None and done.prepared and done.inference
@@ -216,8 +207,8 @@ class StreamSession:
             done.prepared,
             done.inference,
             captured=captured,
-            read_at=time.monotonic() - done.result.timings.total_ms / 1000,
-            arrived=time.perf_counter() - done.result.timings.total_ms / 1000,
+            read_at=done.item.arrived,
+            arrived=done.item.arrived,
         )
         self.publication.dropped = self.dropped
 
