@@ -25,6 +25,7 @@ from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Pipeline
 from convstream.server.security import TokenInterceptor, server_credentials
 from convstream.server.servicer import ConvstreamServicer
+from convstream.server.streams import WINDOW
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
@@ -101,10 +102,18 @@ class Server:
             settings.model_path,
             provider=settings.provider,
             intra_op_threads=settings.intra_op_threads or cores,
+            spin=settings.spin_wait,
         )
         # Front-load one-time allocation and kernel selection for every input size.
         await asyncio.to_thread(model.warm_up, settings.input_shapes())
-        self._engine = Engine(model, max_batch=settings.max_batch)
+        self._engine = Engine(
+            model,
+            max_batch=settings.max_batch,
+            # Admission happens at the edge (streams and their windows, Analyze calls, one
+            # frame per camera); this bound is only a backstop for what was admitted, with
+            # room for the cameras a reload may add.
+            max_queued=settings.max_streams * WINDOW + settings.max_analyze_calls + 1024,
+        )
         self._executor = ThreadPoolExecutor(
             settings.decode_threads or cores, thread_name_prefix="convstream-decode"
         )

@@ -114,6 +114,11 @@ class Settings(BaseModel):
     decode_threads: int = Field(
         0, ge=0, le=256, description="threads decoding and resizing frames; 0 = one per core"
     )
+    spin_wait: bool = Field(
+        False,
+        description="let idle onnxruntime threads spin: a little less latency back to back, "
+        "but a core burnt while idle, which starves decoding on a small CPU",
+    )
     input_sizes: tuple[str, ...] = Field(
         ("384x640", "480x640", "384x384"),
         min_length=1,
@@ -129,6 +134,15 @@ class Settings(BaseModel):
         64 * 1024 * 1024, ge=1024, description="largest request or result message"
     )
     max_streams: int = Field(64, ge=1, description="concurrent StreamFrames calls at most")
+    max_queued_frames: int = Field(
+        1024,
+        ge=1,
+        description="frames the server holds for streams at most: each stream reserves its "
+        "queue_size when it opens; past it the stream is refused (RESOURCE_EXHAUSTED)",
+    )
+    max_analyze_calls: int = Field(
+        64, ge=1, description="concurrent Analyze calls at most; past it, RESOURCE_EXHAUSTED"
+    )
     stream_queue_size: int = Field(
         4, ge=1, le=1024, description="waiting frames per stream unless the caller sets queue_size"
     )

@@ -14,7 +14,7 @@ from convstream.server.config import Settings
 from convstream.server.errors import ConvstreamError, Draining, IdleTimeout, Overloaded
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Options, Pipeline
-from convstream.server.streams import StreamSession
+from convstream.server.streams import FrameBudget, StreamSession
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
@@ -39,20 +39,34 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         self.model_info = model_info
         self.draining = asyncio.Event()
         self.open_streams = 0
+        self.open_analyze_calls = 0
+        self.budget = FrameBudget(settings.max_queued_frames)
 
     async def Analyze(
         self, request: pb.FrameRequest, context: grpc.aio.ServicerContext
     ) -> pb.FrameResult:
         arrived = time.perf_counter()
+        admitted = False
         try:
             if self.draining.is_set():
                 raise Draining("server is shutting down; retry on another instance")
+            if self.open_analyze_calls >= self.settings.max_analyze_calls:
+                raise Overloaded(
+                    f"{self.open_analyze_calls} Analyze calls are in progress, the limit is "
+                    f"{self.settings.max_analyze_calls}; retry later, or send many frames "
+                    "over one StreamFrames call"
+                )
+            self.open_analyze_calls += 1
+            admitted = True
             options = Options.parse(request.options)
             result = await self.pipeline.analyze(request, options, arrived)
         except ConvstreamError as exc:
             outcome = "invalid" if exc.code == grpc.StatusCode.INVALID_ARGUMENT else "rejected"
             self.metrics.frames.labels(self.metrics.source(request.source), outcome).inc()
             await context.abort(exc.code, str(exc))
+        finally:
+            if admitted:
+                self.open_analyze_calls -= 1
         self.metrics.observe_result(request.source, result.timings)
         return result
 
@@ -69,6 +83,11 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
                 "retry later or raise max_streams"
             )
             await context.abort(exc.code, str(exc))
+        try:
+            self.budget.reserve(self.settings.stream_queue_size)
+        except Overloaded as exc:
+            self.metrics.streams.labels("rejected").inc()
+            await context.abort(exc.code, str(exc))
         self.open_streams += 1
         self.metrics.streams_in_flight.inc()
         outcome = "error"
@@ -80,6 +99,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             draining=self.draining,
             idle_timeout_s=self.settings.stream_idle_timeout_s,
             registry=self.cameras,
+            budget=self.budget,
         )
         try:
             async for result in session.run(request_iterator):
@@ -92,6 +112,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             outcome = "cancelled"
             raise  # a cancelled handler must stay cancelled, or grpc keeps its resources
         finally:
+            self.budget.release(session.capacity)
             self.open_streams -= 1
             self.metrics.streams_in_flight.dec()
             self.metrics.streams.labels(outcome).inc()

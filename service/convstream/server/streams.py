@@ -1,6 +1,6 @@
 """One StreamFrames call: read frames, apply the freshness policy, analyse, answer in order.
 
-    reader  --pending (policy applies here)-->  dispatcher  --window of WINDOW frames-->  caller
+    reader  --pending (policy applies here)-->  dispatcher  --window of frames-->  caller
 
 Frames wait in ``pending`` until the window has room; that is where the freshness policy
 acts. A frame enters the window when its analysis starts and leaves it when its result has
@@ -23,7 +23,7 @@ from typing import Protocol
 import grpc
 
 from convstream.server.engine import Inference
-from convstream.server.errors import ConvstreamError, IdleTimeout, InvalidOptions
+from convstream.server.errors import ConvstreamError, IdleTimeout, InvalidOptions, Overloaded
 from convstream.server.feeds import StreamPublication
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Options, Pipeline, Prepared, error_result
@@ -31,7 +31,12 @@ from convstream.v1 import convstream_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
-WINDOW = 3  # frames in analysis at once per stream: decode of one overlaps inference of another
+# Frames in analysis at once per stream. Three let the decoding of one overlap the inference
+# of another, for throughput; a latest-only stream takes one at a time, so the frame it
+# analyses next is always the newest when its analysis starts, rather than one picked while
+# two others still had to run before it (that tripled the age of results under overload).
+WINDOW = 3
+LATEST_ONLY_WINDOW = 1
 MAX_LISTED_DROPS = 1000
 
 
@@ -53,6 +58,33 @@ class _Done:
     inference: Inference | None = None
 
 
+class FrameBudget:
+    """Frames the server holds for streams at most, over all of them.
+
+    A stream reserves its queue when it opens (the server's default queue_size) and again when
+    its options ask for another size; what would pass the limit is refused at once with
+    RESOURCE_EXHAUSTED, before a single frame is held, so streams already open never notice.
+    Used from the event loop only.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.reserved = 0
+
+    def reserve(self, frames: int, held: int = 0) -> None:
+        """Trade a reservation of `held` frames for one of `frames`; Overloaded past the limit."""
+        if self.reserved - held + frames > self.limit:
+            raise Overloaded(
+                f"a queue of {frames} frames would bring the frames held for streams to "
+                f"{self.reserved - held + frames}, over max_queued_frames {self.limit}; ask for "
+                "a smaller queue_size or FRESHNESS_LATEST_ONLY, or retry later"
+            )
+        self.reserved += frames - held
+
+    def release(self, frames: int) -> None:
+        self.reserved -= frames
+
+
 class PublicationRegistry(Protocol):
     def publish(self, name: str) -> StreamPublication: ...
 
@@ -71,7 +103,10 @@ class StreamSession:
         draining: asyncio.Event,
         idle_timeout_s: float | None = None,
         registry: PublicationRegistry | None = None,
+        budget: FrameBudget | None = None,
     ) -> None:
+        """The caller reserves `default_queue` frames of `budget`, and gives back `capacity`."""
+        self.budget = budget
         self.idle_timeout_s = idle_timeout_s
         self.registry = registry
         self.publication: StreamPublication | None = None
@@ -89,25 +124,30 @@ class StreamSession:
         self._dropped_ids: list[int] = []
         self._changed = asyncio.Condition()
         self._reader_done = False
-        self._window = asyncio.Semaphore(WINDOW)
+        self.window = WINDOW
+        self._in_analysis = 0
         self._out: asyncio.Queue[asyncio.Task[_Done] | None] = asyncio.Queue()
 
     def _configure(self, message: pb.ResultOptions, source: str) -> None:
         if message.freshness not in pb.Freshness.values():
             raise InvalidOptions(f"unknown freshness policy {message.freshness}")
-        if message.publish:
-            if self.registry is None:
-                raise InvalidOptions("this server does not publish streams")
-            self.publication = self.registry.publish(source)
-        self.freshness = message.freshness or pb.FRESHNESS_LOSSLESS
-        if self.freshness == pb.FRESHNESS_LATEST_ONLY:
-            self.capacity = 1
+        if message.publish and self.registry is None:
+            raise InvalidOptions("this server does not publish streams")
+        freshness = message.freshness or pb.FRESHNESS_LOSSLESS
+        if freshness == pb.FRESHNESS_LATEST_ONLY:
+            capacity = 1
         elif message.queue_size:
             if message.queue_size > 1024:
                 raise InvalidOptions(f"queue_size must be 1..1024, got {message.queue_size}")
-            self.capacity = message.queue_size
+            capacity = message.queue_size
         else:
-            self.capacity = self._default_queue
+            capacity = self._default_queue
+        if self.budget is not None:
+            self.budget.reserve(capacity, held=self.capacity)
+        if message.publish and self.registry is not None:
+            self.publication = self.registry.publish(source)
+        self.freshness, self.capacity = freshness, capacity
+        self.window = LATEST_ONLY_WINDOW if freshness == pb.FRESHNESS_LATEST_ONLY else WINDOW
 
     def _accept(self, request: pb.FrameRequest, arrived: float) -> _Item:
         """Options for this frame: its own (which then stick) or the stream's last ones."""
@@ -162,13 +202,18 @@ class StreamSession:
 
     async def _dispatch(self) -> None:
         while True:
-            await self._window.acquire()
             async with self._changed:
-                await self._changed.wait_for(lambda: bool(self._pending) or self._reader_done)
+                await self._changed.wait_for(
+                    lambda: (
+                        self._in_analysis < self.window
+                        and (bool(self._pending) or self._reader_done)
+                    )
+                )
                 if not self._pending:
                     await self._out.put(None)
                     return
                 item = self._pending.popleft()
+                self._in_analysis += 1
                 self._changed.notify_all()
             await self._out.put(asyncio.create_task(self._process(item)))
 
@@ -233,7 +278,9 @@ class StreamSession:
                 result.dropped_frame_ids.extend(self._dropped_ids)
                 self._dropped_ids.clear()
                 yield result
-                self._window.release()
+                async with self._changed:
+                    self._in_analysis -= 1
+                    self._changed.notify_all()
             if reader.done() and not reader.cancelled() and reader.exception() is not None:
                 raise reader.exception()  # type: ignore[misc]
         finally:

@@ -1,0 +1,228 @@
+"""Scheduling on a real server: freshness policies, admission, and batches that mix streams.
+
+Correctness only: what is dropped, reported, kept in order, refused, and where each result
+goes. How fast any of it is lives in benchmarks/, never here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from conftest import jpeg, scene
+
+from convstream.model import DamageModel
+from convstream.server import Server, Settings
+from convstream.server.decode import Limits, decode_encoded
+from convstream.server.letterbox import letterbox, reduction
+from convstream.v1 import convstream_pb2 as pb
+from convstream.v1 import convstream_pb2_grpc as pb_grpc
+
+EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@pytest.fixture(scope="module")
+def burst() -> list[bytes]:
+    """Eight distinct 720p JPEGs."""
+    return [jpeg(scene(7000 + i)) for i in range(8)]
+
+
+async def _burst(
+    data: list[bytes], count: int, options: pb.ResultOptions, source: str = ""
+) -> AsyncIterator[pb.FrameRequest]:
+    """`count` frames sent as fast as gRPC takes them, the stream's options on the first."""
+    for i in range(count):
+        request = pb.FrameRequest(frame_id=i, source=source, encoded=data[i % len(data)])
+        if i == 0:
+            request.options.CopyFrom(options)
+        yield request
+
+
+async def _slow_reader(call: grpc.aio.StreamStreamCall, pause: float) -> list[pb.FrameResult]:
+    results = []
+    async for result in call:
+        assert not result.status.code, result.status.message
+        results.append(result)
+        await asyncio.sleep(pause)
+    return results
+
+
+def _check_accounting(results: list[pb.FrameResult], sent: int) -> list[int]:
+    """Every frame answered or reported dropped exactly once, answers in order; the drops."""
+    answered = [r.frame_id for r in results]
+    dropped = [i for r in results for i in r.dropped_frame_ids]
+    assert answered == sorted(answered)
+    assert sorted(answered + dropped) == list(range(sent))
+    assert [r.sequence for r in results] == list(range(1, len(results) + 1))
+    running = 0
+    for result in results:  # frames_dropped is the running count of the drops listed so far
+        running += len(result.dropped_frame_ids)
+        assert result.frames_dropped == running
+    return dropped
+
+
+async def test_latest_only_drops_the_stale_and_always_answers_the_newest(
+    stub: pb_grpc.ConvstreamStub, burst: list[bytes]
+) -> None:
+    options = pb.ResultOptions(freshness=pb.FRESHNESS_LATEST_ONLY)
+    results = await _slow_reader(stub.StreamFrames(_burst(burst, 40, options)), 0.02)
+    dropped = _check_accounting(results, 40)
+    assert len(dropped) > 0
+    assert results[-1].frame_id == 39  # the newest frame is never the one dropped
+    # One frame in analysis at a time: each started as the newest, never batched behind others.
+    assert {r.timings.batch_size for r in results} == {1}
+    # Only one frame waits: between two answers, every frame but the newest was dropped.
+    for before, after in itertools.pairwise(results):
+        skipped = set(range(before.frame_id + 1, after.frame_id))
+        assert skipped <= set(after.dropped_frame_ids) | set(before.dropped_frame_ids)
+
+
+async def test_a_bounded_queue_drops_the_oldest_beyond_its_size(
+    stub: pb_grpc.ConvstreamStub, burst: list[bytes]
+) -> None:
+    options = pb.ResultOptions(freshness=pb.FRESHNESS_BOUNDED_QUEUE, queue_size=3)
+    results = await _slow_reader(stub.StreamFrames(_burst(burst, 40, options)), 0.05)
+    dropped = _check_accounting(results, 40)
+    assert len(dropped) > 0
+    # The last frames sent were waiting in the queue when the sender stopped: all answered.
+    assert [r.frame_id for r in results[-3:]] == [37, 38, 39]
+
+
+async def test_lossless_never_drops_however_slowly_the_caller_reads(
+    stub: pb_grpc.ConvstreamStub, burst: list[bytes]
+) -> None:
+    options = pb.ResultOptions(freshness=pb.FRESHNESS_LOSSLESS)
+    results = await _slow_reader(stub.StreamFrames(_burst(burst, 30, options)), 0.05)
+    _check_accounting(results, 30)
+    assert [r.frame_id for r in results] == list(range(30))
+    assert all(r.frames_dropped == 0 for r in results)
+
+
+async def test_every_result_carries_its_frames_age(
+    stub: pb_grpc.ConvstreamStub, burst: list[bytes]
+) -> None:
+    async def stamped() -> AsyncIterator[pb.FrameRequest]:
+        for i in range(4):
+            request = pb.FrameRequest(frame_id=i, encoded=burst[i])
+            request.capture_time.GetCurrentTime()
+            request.capture_time.FromNanoseconds(request.capture_time.ToNanoseconds() - 10**9)
+            yield request
+
+    results = [r async for r in stub.StreamFrames(stamped())]
+    for result in results:  # captured a second before it was sent
+        assert 1000 <= result.frame_age_ms < 1000 + 30_000
+        assert result.capture_time.seconds > 0
+
+
+async def test_a_batch_mixing_streams_returns_each_result_to_its_own_stream(
+    stub: pb_grpc.ConvstreamStub, burst: list[bytes]
+) -> None:
+    model = DamageModel(provider="cpu")
+    limits = Limits(40_000_000, 16384)
+    # What the server computes for each frame, run here one frame at a time (no batch).
+    target = (384, 640)
+    expected = []
+    for data in burst:
+        image = decode_encoded(data, limits, reduction(1280, 720, target))
+        pixels = letterbox(image, target, (1280, 720))[0]
+        expected.append(float(model.run(pixels[None], ["score"])["score"][0]))
+    options = pb.ResultOptions(freshness=pb.FRESHNESS_LOSSLESS)
+
+    async def one(k: int) -> list[pb.FrameResult]:
+        # Stream k sends the burst rotated by k, so the same frame id means a different image
+        # on each stream, and a result handed to the wrong stream has the wrong score.
+        rotated = burst[k:] + burst[:k]
+        results = [r async for r in stub.StreamFrames(_burst(rotated, 16, options, f"s{k}"))]
+        for result in results:
+            assert not result.status.code, result.status.message
+            assert result.source == f"s{k}"
+            want = expected[(result.frame_id + k) % len(burst)]
+            assert result.score == pytest.approx(want, abs=2e-3), (k, result.frame_id)
+        assert [r.frame_id for r in results] == list(range(16))
+        return results
+
+    everything = [r for rs in await asyncio.gather(*(one(k) for k in range(4))) for r in rs]
+    # Twelve frames in flight on a couple of cores: batches did form, so this tested them.
+    assert max(r.timings.batch_size for r in everything) > 1
+
+
+async def _open(stub: pb_grpc.ConvstreamStub, frame: bytes, **options: int) -> Any:
+    call = stub.StreamFrames()
+    await call.write(
+        pb.FrameRequest(frame_id=1, encoded=frame, options=pb.ResultOptions(**options))
+    )
+    return call
+
+
+async def test_streams_past_the_queued_frames_cap_are_refused_at_once(burst: list[bytes]) -> None:
+    # Each stream reserves its queue (4 by default) when it opens; 10 frames fit two streams.
+    settings = Settings(
+        port=0, metrics_port=-1, cameras=(), max_queued_frames=10, stream_queue_size=4
+    )
+    server = Server(settings)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+            first, second = await _open(stub, burst[0]), await _open(stub, burst[1])
+            assert (await first.read()).frame_id == 1
+            assert (await second.read()).frame_id == 1
+            third = stub.StreamFrames()
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await third.read()
+            assert refused.value.code() == EXHAUSTED
+            assert "max_queued_frames 10" in str(refused.value.details())
+
+            # Existing streams never noticed; a closed stream gives its reservation back.
+            await second.done_writing()
+            assert await second.code() == grpc.StatusCode.OK
+            await first.write(pb.FrameRequest(frame_id=2, encoded=burst[2]))
+            assert (await first.read()).frame_id == 2
+
+            # A stream asking for more queue than is left: that frame's error, and the stream
+            # goes on with the default queue it was admitted with.
+            fourth = await _open(
+                stub, burst[4], freshness=pb.FRESHNESS_BOUNDED_QUEUE, queue_size=100
+            )
+            failed = await fourth.read()
+            assert failed.frame_id == 1 and failed.status.code == EXHAUSTED.value[0]
+            assert "a queue of 100 frames" in failed.status.message
+            await fourth.write(pb.FrameRequest(frame_id=2, encoded=burst[5]))
+            answered = await fourth.read()
+            assert answered.frame_id == 2 and not answered.status.code
+            for call in (first, fourth):
+                await call.done_writing()
+                assert await call.code() == grpc.StatusCode.OK
+        assert server.servicer is not None and server.servicer.budget.reserved == 0
+    finally:
+        await server.stop(grace=0)
+
+
+async def test_analyze_calls_past_the_cap_are_refused_at_once(burst: list[bytes]) -> None:
+    server = Server(Settings(port=0, metrics_port=-1, cameras=(), max_analyze_calls=2))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+            stream = await _open(stub, burst[0])
+            assert (await stream.read()).frame_id == 1
+            calls = [stub.Analyze(pb.FrameRequest(encoded=burst[i % 8])) for i in range(12)]
+            outcomes = await asyncio.gather(*calls, return_exceptions=True)
+            refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+            answered = [o for o in outcomes if isinstance(o, pb.FrameResult)]
+            assert len(answered) >= 2 and refused
+            for error in refused:
+                assert error.code() == EXHAUSTED
+                assert "the limit is 2" in str(error.details())
+            # The stream is untouched, and once the calls are done, Analyze answers again.
+            await stream.write(pb.FrameRequest(frame_id=2, encoded=burst[1]))
+            assert (await stream.read()).frame_id == 2
+            assert (await stub.Analyze(pb.FrameRequest(encoded=burst[2]))).score >= 0
+            await stream.done_writing()
+            assert await stream.code() == grpc.StatusCode.OK
+    finally:
+        await server.stop(grace=0)
