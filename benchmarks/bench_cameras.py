@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +34,7 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from common import free_port, machine, table
 from live import FFmpegSource, read_time
 
 from convstream.model import DamageModel
@@ -44,12 +43,6 @@ from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
 FPS = 30
 SIZE = (640, 480)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def model_limit(seconds: float) -> float:
@@ -149,33 +142,67 @@ async def scenario(cameras: int, seconds: float) -> dict:
     }
 
 
+def run(seconds: float, cameras: list[int]) -> str:
+    limit = model_limit(min(seconds, 5.0))
+    floor = source_alone(min(seconds, 5.0))
+    rows = []
+    for n in cameras:
+        r = asyncio.run(scenario(n, seconds))
+        rows.append(
+            [
+                str(n),
+                f"{r['fps_in']:.1f}",
+                f"{r['fps_out']:.1f}",
+                f"{r['total']:.1f}",
+                f"{r['total'] / limit:.2f}",
+                f"{r['p50']:.0f}",
+                f"{r['p95']:.0f}",
+                f"{r['max']:.0f}",
+                f"{r['bound']:.0f}",
+                f"{r['within']:.0%}",
+                f"{r['trend']:+.0f}",
+            ]
+        )
+    return "\n".join(
+        [
+            "### Server-pulled cameras",
+            "",
+            f"`benchmarks/bench_cameras.py --seconds {seconds:g}`: live 640x480 30 fps MJPEG"
+            " cameras served by ffmpeg on 127.0.0.1, each frame painted with the time it was"
+            " made; ages are true ages, read back from the painted clock. The model alone at"
+            f" 480x640 runs {limit:.1f} frames/s; the source read by OpenCV with no server"
+            f" shows ages of p50 {np.percentile(floor, 50):.0f} ms, p95"
+            f" {np.percentile(floor, 95):.0f} ms (capture, encoding, HTTP, decoding: the floor"
+            " before the server does anything). Target: one service time + two frame intervals.",
+            "",
+            table(
+                [
+                    "cameras",
+                    "fps in / camera",
+                    "analysed / camera",
+                    "analysed total",
+                    "/ model alone",
+                    "age p50 ms",
+                    "p95",
+                    "max",
+                    "target ms",
+                    "within target",
+                    "trend ms",
+                ],
+                rows,
+                "r" * 11,
+            ),
+        ]
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--cameras", type=int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args()
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
-    limit = model_limit(min(args.seconds, 5.0))
-    print(f"model alone, 480x640, one frame per run: {limit:.1f} frames/s")
-    floor = source_alone(min(args.seconds, 5.0))
-    print(
-        f"source alone (ffmpeg MJPEG read by OpenCV, no server): age p50 "
-        f"{np.percentile(floor, 50):.0f} ms, p95 {np.percentile(floor, 95):.0f} ms\n"
-    )
-    head = (
-        "| cameras | fps in / camera | analysed / camera | analysed total | total / limit "
-        "| age p50 ms | p95 | max | target ms | within target | trend ms |"
-    )
-    print(head)
-    print("|---:" * 11 + "|")
-    for n in args.cameras:
-        r = asyncio.run(scenario(n, args.seconds))
-        print(
-            f"| {n} | {r['fps_in']:.1f} | {r['fps_out']:.1f} | {r['total']:.1f} "
-            f"| {r['total'] / limit:.2f} | {r['p50']:.0f} | {r['p95']:.0f} | {r['max']:.0f} "
-            f"| {r['bound']:.0f} | {r['within']:.0%} | {r['trend']:+.0f} |",
-            flush=True,
-        )
+    print(f"machine: {machine()}\n")
+    print(run(args.seconds, args.cameras))
 
 
 if __name__ == "__main__":

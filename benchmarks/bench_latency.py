@@ -1,0 +1,61 @@
+"""Latency at half load against one frame's service time, measured side by side in one run.
+
+    .venv/bin/python benchmarks/bench_latency.py [--seconds 15]
+
+One frame's service time is the median latency of Analyze calls made one after another on
+an idle `convstream serve` (decode, letterbox, inference, encoding and gRPC both ways). The
+server's capacity is what 4 closed-loop streams get from it. Half load is then offered open
+loop, the way cameras send: 2 lossless streams, each sending 720p JPEGs on a fixed clock at a
+quarter of the capacity. Target (DESIGN.md): p50 <= 2x and p99 <= 4x the service time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from common import convstream_server, frames, machine, service_time, stream_load, table
+
+
+def run(seconds: float) -> str:
+    data = frames()
+    with convstream_server() as port:
+        alone = asyncio.run(service_time(port, data))
+        capacity = asyncio.run(stream_load(port, data, streams=4, seconds=seconds)).fps
+        rate = capacity / 4  # per stream: two streams make half the capacity
+        half = asyncio.run(stream_load(port, data, streams=2, seconds=seconds, rate=rate))
+    p50, p99 = half.latency(50), half.latency(99)
+    rows = [
+        ["one frame alone (Analyze, idle server)", f"{alone:.1f}", "", "", ""],
+        ["capacity (4 closed-loop streams)", "", f"{capacity:.1f}", "", ""],
+        [
+            f"half load: 2 streams x {rate:.1f} frames/s",
+            "",
+            f"{half.fps:.1f}",
+            f"{p50:.1f} (**{p50 / alone:.2f}x**)",
+            f"{p99:.1f} (**{p99 / alone:.2f}x**)",
+        ],
+    ]
+    return "\n".join(
+        [
+            "### Latency at half load",
+            "",
+            f"`benchmarks/bench_latency.py --seconds {seconds:g}`: 720p JPEGs, score + heatmap +"
+            " stage3 float16; latency is sent to result received, at the client. Target: p50 <="
+            " 2x and p99 <= 4x one frame's service time.",
+            "",
+            table(["load", "service ms", "frames/s", "p50 ms", "p99 ms"], rows),
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=15.0)
+    args = parser.parse_args()
+    print(f"machine: {machine()}\n")
+    print(run(args.seconds))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,324 @@
+"""What the benchmark scripts share: the frames, the in-process limit, a server, a load generator.
+
+Every figure a benchmark prints comes from one run on one machine; only ratios between figures
+of the same run mean anything (these machines are noisy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import queue
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import grpc
+import numpy as np
+
+from convstream.model import DamageModel
+from convstream.model.scenes import render_scene
+from convstream.server.decode import Limits, decode_encoded, encoded_size
+from convstream.server.letterbox import choose_input, letterbox, reduction
+from convstream.v1 import convstream_pb2 as pb
+from convstream.v1 import convstream_pb2_grpc as pb_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = [(384, 640), (480, 640), (384, 384)]  # the server's default input sizes
+LIMITS = Limits(40_000_000, 16384)
+OUTPUTS = ["heatmap", "score", "stage3"]
+# What every throughput benchmark asks for: score + heatmap + one float16 stage.
+OPTIONS = pb.ResultOptions(feature_maps=["stage3"], encoding=pb.TENSOR_ENCODING_FLOAT16)
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20)]
+
+
+def machine() -> str:
+    """One line naming the machine the figures came from."""
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    python = platform.python_version()
+    return f"{platform.machine()}, {os.cpu_count()} cores, {cpu}, Python {python}"
+
+
+def frames(count: int = 24, height: int = 720, width: int = 1280) -> list[bytes]:
+    """JPEGs (quality 85) of rendered warehouse scenes, 720p by default."""
+    out = []
+    for seed in range(count):
+        image = render_scene(3_000_000_000 + seed, height, width).image
+        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
+        assert ok
+        out.append(data.tobytes())
+    return out
+
+
+def prepare(data: bytes, sizes: list[tuple[int, int]] = SIZES) -> np.ndarray:
+    """What the server does to a JPEG before the model: reduced decode, letterbox."""
+    _, w, h = encoded_size(data)
+    target = choose_input(w, h, sizes)
+    image = decode_encoded(data, LIMITS, reduction(w, h, target))
+    return letterbox(image, target, (w, h))[0]
+
+
+def timed(seconds: float, step: Callable[[], int]) -> float:
+    """Frames per second of step() (which returns frames done) over about `seconds`."""
+    for _ in range(3):
+        step()
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        done += step()
+    return done / (time.perf_counter() - started)
+
+
+def in_process_limit(data: list[bytes], seconds: float) -> tuple[float, float]:
+    """(sequential, pipelined) frames/s of the best loops without a server.
+
+    Sequential: decode, letterbox and run the model one frame after another. Pipelined: a
+    thread decodes the next frame while the model runs this one (both release the GIL).
+    Same model, same onnxruntime threads (one per core) as the server.
+    """
+    model = DamageModel(provider="cpu", intra_op_threads=os.cpu_count() or 1)
+    i = 0
+
+    def sequential() -> int:
+        nonlocal i
+        model.run(prepare(data[i % len(data)])[None], OUTPUTS)
+        i += 1
+        return 1
+
+    alone = timed(seconds, sequential)
+    ready: queue.Queue[np.ndarray] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def decoder() -> None:
+        k = 0
+        while not stop.is_set():
+            pixels = prepare(data[k % len(data)])
+            k += 1
+            while not stop.is_set():
+                try:
+                    ready.put(pixels, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+
+    thread = threading.Thread(target=decoder, daemon=True)
+    thread.start()
+    try:
+        pipelined = timed(seconds, lambda: (model.run(ready.get()[None], OUTPUTS), 1)[1])
+    finally:
+        stop.set()
+        thread.join()
+    return alone, pipelined
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"nothing listened on port {port} within {timeout:.0f} s")
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return str(value)
+
+
+@contextmanager
+def convstream_server(**settings: Any) -> Iterator[int]:
+    """A separate `convstream serve` process with no cameras; yields its port.
+
+    Keyword arguments are settings (config.py), written to a TOML file.
+    """
+    port = free_port()
+    with tempfile.TemporaryDirectory() as folder:
+        config = Path(folder) / "bench.toml"
+        lines = [f"{key} = {_toml(value)}" for key, value in settings.items()]
+        config.write_text("\n".join([*lines, "cameras = []", ""]))
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "convstream.cli",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(port),
+                "--metrics-port",
+                "-1",
+                "--log-level",
+                "warning",
+            ]
+        )
+        try:
+            wait_listening(port, process)
+            yield port
+        finally:
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@dataclass
+class Load:
+    """What a load generator saw over its measured window."""
+
+    seconds: float
+    latencies_ms: list[float] = field(default_factory=list)  # sent to result received
+    ages_ms: list[float] = field(default_factory=list)  # captured to result received
+    sent: int = 0
+    dropped: int = 0  # frames the server reported dropped (latest-only, bounded queue)
+
+    @property
+    def fps(self) -> float:
+        return len(self.latencies_ms) / self.seconds
+
+    def latency(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+    def age(self, q: float) -> float:
+        return float(np.percentile(self.ages_ms, q)) if self.ages_ms else float("nan")
+
+
+async def stream_load(
+    port: int,
+    data: list[bytes],
+    *,
+    streams: int,
+    seconds: float,
+    in_flight: int = 4,
+    rate: float | None = None,
+    options: pb.ResultOptions = OPTIONS,
+    warmup: float = 2.0,
+) -> Load:
+    """Drive `streams` concurrent StreamFrames calls and measure the results.
+
+    Closed loop (rate None): each stream keeps `in_flight` frames unanswered, as a real
+    integration (and our Client) does, so latency is the server's and not a client queue's.
+    Open loop (rate in frames/s per stream): each stream sends on a fixed clock like a camera,
+    whatever comes back; with a latest-only policy the server drops what it cannot take.
+    Every frame carries its capture time, so each result's age is measured too.
+    """
+    load = Load(seconds)
+    measuring = asyncio.Event()
+    stop = asyncio.Event()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as channel:
+        stub = pb_grpc.ConvstreamStub(channel)
+
+        async def one(k: int) -> None:
+            sent: dict[int, float] = {}
+            window = asyncio.Semaphore(in_flight)
+            started = time.perf_counter()
+
+            async def requests() -> AsyncIterator[pb.FrameRequest]:
+                i = 0
+                while not stop.is_set():
+                    if rate is None:
+                        await window.acquire()
+                    else:
+                        await asyncio.sleep(max(0.0, started + i / rate - time.perf_counter()))
+                    request = pb.FrameRequest(frame_id=i, encoded=data[(i + k) % len(data)])
+                    if i == 0:
+                        request.options.CopyFrom(options)
+                    request.capture_time.GetCurrentTime()
+                    sent[i] = time.perf_counter()
+                    if measuring.is_set():
+                        load.sent += 1
+                    yield request
+                    i += 1
+
+            call = stub.StreamFrames(requests())
+            first_dropped: int | None = None
+            async for result in call:
+                if rate is None:
+                    window.release()
+                if result.status.code:
+                    raise RuntimeError(result.status.message)
+                now = time.perf_counter()
+                began = sent.pop(result.frame_id)
+                for frame_id in result.dropped_frame_ids:
+                    sent.pop(frame_id, None)
+                if measuring.is_set() and not stop.is_set():
+                    if first_dropped is None:
+                        first_dropped = result.frames_dropped
+                    load.dropped += result.frames_dropped - first_dropped
+                    first_dropped = result.frames_dropped
+                    load.latencies_ms.append((now - began) * 1000)
+                    captured = result.capture_time.ToNanoseconds() / 1e9
+                    load.ages_ms.append((time.time() - captured) * 1000)
+                if stop.is_set():
+                    break
+            call.cancel()
+
+        tasks = [asyncio.create_task(one(k)) for k in range(streams)]
+        await asyncio.sleep(warmup)
+        measuring.set()
+        started = time.perf_counter()
+        await asyncio.sleep(seconds)
+        stop.set()
+        load.seconds = time.perf_counter() - started
+        for task in tasks:
+            task.cancel()
+        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(outcome, Exception) and not isinstance(outcome, asyncio.CancelledError):
+                raise outcome
+    return load
+
+
+async def service_time(port: int, data: list[bytes], count: int = 60) -> float:
+    """Median ms of one frame alone: Analyze calls one after another on an idle server."""
+    times = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as channel:
+        stub = pb_grpc.ConvstreamStub(channel)
+        for i in range(count + 5):
+            request = pb.FrameRequest(frame_id=i, encoded=data[i % len(data)], options=OPTIONS)
+            started = time.perf_counter()
+            await stub.Analyze(request)
+            if i >= 5:
+                times.append((time.perf_counter() - started) * 1000)
+    return float(np.median(times))
+
+
+def table(header: list[str], rows: list[list[str]], align: str | None = None) -> str:
+    """A markdown table; `align` is one character per column, l or r (default: l then r)."""
+    align = align or "l" + "r" * (len(header) - 1)
+    marks = ["---" if a == "l" else "---:" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(marks) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
