@@ -85,14 +85,16 @@ def timed(seconds: float, step: Callable[[], int]) -> float:
     return done / (time.perf_counter() - started)
 
 
-def in_process_limit(data: list[bytes], seconds: float) -> tuple[float, float]:
-    """(sequential, pipelined) frames/s of the best loops without a server.
+def in_process_limit(data: list[bytes], seconds: float) -> dict[str, float]:
+    """Frames/s of the loops one would write without a server; the best is the limit.
 
-    Sequential: decode, letterbox and run the model one frame after another. Pipelined: a
-    thread decodes the next frame while the model runs this one (both release the GIL).
-    Same model, same onnxruntime threads (one per core) as the server.
+    sequential: decode, letterbox and run the model (onnxruntime on one thread per core) one
+    frame after another. pipelined: the same, with a thread decoding the next frame while the
+    model runs this one (both release the GIL). parallel: one thread per core, each decoding
+    and running its own frames on a one-thread onnxruntime (one shared session).
     """
-    model = DamageModel(provider="cpu", intra_op_threads=os.cpu_count() or 1)
+    cores = os.cpu_count() or 1
+    model = DamageModel(provider="cpu", intra_op_threads=cores)
     i = 0
 
     def sequential() -> int:
@@ -124,7 +126,41 @@ def in_process_limit(data: list[bytes], seconds: float) -> tuple[float, float]:
     finally:
         stop.set()
         thread.join()
-    return alone, pipelined
+    return {
+        "sequential": alone,
+        "pipelined": pipelined,
+        "parallel": parallel_loops(data, seconds, cores),
+    }
+
+
+def parallel_loops(data: list[bytes], seconds: float, workers: int) -> float:
+    """Frames/s of `workers` threads, each decoding and running its own frames."""
+    model = DamageModel(provider="cpu", intra_op_threads=1)
+    counts = [0] * workers
+    go, stop = threading.Event(), threading.Event()
+
+    def loop(k: int) -> None:
+        i = k
+        model.run(prepare(data[i % len(data)])[None], OUTPUTS)
+        go.wait()
+        while not stop.is_set():
+            model.run(prepare(data[i % len(data)])[None], OUTPUTS)
+            counts[k] += 1
+            i += workers
+
+    threads = [threading.Thread(target=loop, args=(k,), daemon=True) for k in range(workers)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)  # every thread warm
+    go.set()
+    started = time.perf_counter()
+    time.sleep(seconds)
+    done = sum(counts)
+    elapsed = time.perf_counter() - started
+    stop.set()
+    for thread in threads:
+        thread.join()
+    return done / elapsed
 
 
 def free_port() -> int:

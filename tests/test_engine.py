@@ -16,11 +16,12 @@ def model() -> DamageModel:
     return DamageModel(provider="cpu")
 
 
-def test_batches_return_each_frame_its_own_outputs(model: DamageModel) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_batches_return_each_frame_its_own_outputs(model: DamageModel, workers: int) -> None:
     frames = [scene(30 + i, 384, 640) for i in range(8)]
     frames += [scene(40 + i, 480, 640) for i in range(4)]  # a second input size in the mix
     expected = [model.run(f[None])["score"][0] for f in frames]
-    engine = Engine(model, max_batch=8)
+    engine = Engine(model, max_batch=8, workers=workers)
     try:
         futures = [engine.submit(f, ["stage3"] if i % 2 else []) for i, f in enumerate(frames)]
         results = [f.result(timeout=30) for f in futures]

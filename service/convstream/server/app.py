@@ -101,7 +101,8 @@ class Server:
             DamageModel,
             settings.model_path,
             provider=settings.provider,
-            intra_op_threads=settings.intra_op_threads or cores,
+            intra_op_threads=settings.intra_op_threads
+            or max(1, cores // settings.inference_workers),
             spin=settings.spin_wait,
         )
         # Front-load one-time allocation and kernel selection for every input size.
@@ -109,6 +110,7 @@ class Server:
         self._engine = Engine(
             model,
             max_batch=settings.max_batch,
+            workers=settings.inference_workers,
             # Admission happens at the edge (streams and their windows, Analyze calls, one
             # frame per camera); this bound is only a backstop for what was admitted, with
             # room for the cameras a reload may add.

@@ -108,8 +108,11 @@ class Settings(BaseModel):
     provider: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="onnxruntime execution provider; auto takes CUDA when present"
     )
+    inference_workers: int = Field(
+        1, ge=1, le=64, description="model runs side by side (threads sharing one session)"
+    )
     intra_op_threads: int = Field(
-        0, ge=0, le=256, description="onnxruntime threads per run; 0 = one per core"
+        0, ge=0, le=256, description="onnxruntime threads per run; 0 = the cores / the workers"
     )
     decode_threads: int = Field(
         0, ge=0, le=256, description="threads decoding and resizing frames; 0 = one per core"

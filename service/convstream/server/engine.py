@@ -1,12 +1,14 @@
-"""The inference engine: one onnxruntime session behind one worker thread, batching for free.
+"""The inference engine: one onnxruntime session behind worker threads, batching for free.
 
-Frames from every stream wait in one queue per input size. The worker takes the size whose
+Frames from every stream wait in one queue per input size. A free worker takes the size whose
 oldest frame has waited longest, and runs every frame of that size that is waiting (up to
-max_batch) in one call. Batches form only from frames that arrived while the previous run was
+max_batch) in one call. Batches form only from frames that arrived while the workers were
 busy, so a lone stream never waits for company: there is no batching delay to tune.
 
-onnxruntime releases the GIL while it runs, so the event loop and the decoding threads keep
-going beside it.
+Several workers may share the session (onnxruntime's run is thread-safe): on a CPU, two runs
+side by side on one thread each can beat one run spread over two threads, which spends part
+of its time synchronising them. onnxruntime releases the GIL while it runs, so the event loop
+and the decoding threads keep going beside it.
 """
 
 from __future__ import annotations
@@ -55,9 +57,12 @@ class Engine:
         model: the loaded model (its session is used from the worker thread only).
         max_batch: frames per run at most.
         max_queued: frames waiting at most, over all sizes; past it, submit raises Overloaded.
+        workers: threads running the model side by side.
     """
 
-    def __init__(self, model: DamageModel, *, max_batch: int = 8, max_queued: int = 256) -> None:
+    def __init__(
+        self, model: DamageModel, *, max_batch: int = 8, max_queued: int = 256, workers: int = 1
+    ) -> None:
         self.model = model
         self.max_batch = max_batch
         self.max_queued = max_queued
@@ -67,8 +72,12 @@ class Engine:
         self._queued = 0
         self._cond = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._work, name="convstream-engine", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"convstream-engine-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, pixels: np.ndarray, outputs: Iterable[str] = ()) -> Future[Inference]:
         """Queue one frame (BGR uint8, shape (H, W, 3)); heatmap and score always come back."""
@@ -100,7 +109,7 @@ class Engine:
         return self._queued
 
     def close(self) -> None:
-        """Stop the worker after the run in progress; waiting frames are cancelled."""
+        """Stop the workers after the runs in progress; waiting frames are cancelled."""
         with self._cond:
             self._closed = True
             for queue in self._queues.values():
@@ -109,7 +118,8 @@ class Engine:
                 queue.clear()
             self._queued = 0
             self._cond.notify_all()
-        self._thread.join(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=10)
 
     def _take(self) -> list[_Job] | None:
         with self._cond:
@@ -142,8 +152,9 @@ class Engine:
                     job.future.set_exception(exc)
                 continue
             ms = (time.perf_counter() - started) * 1000
-            self.runs += 1
-            self.frames += len(jobs)
+            with self._cond:
+                self.runs += 1
+                self.frames += len(jobs)
             for i, job in enumerate(jobs):
                 out = {name: arrays[name][i] for name in job.outputs}
                 queue_ms = (started - job.enqueued) * 1000

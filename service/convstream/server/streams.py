@@ -145,7 +145,12 @@ class StreamSession:
         if self.budget is not None:
             self.budget.reserve(capacity, held=self.capacity)
         if message.publish and self.registry is not None:
-            self.publication = self.registry.publish(source)
+            try:
+                self.publication = self.registry.publish(source)
+            except ConvstreamError:
+                if self.budget is not None:
+                    self.budget.reserve(self.capacity, held=capacity)  # give it back
+                raise
         self.freshness, self.capacity = freshness, capacity
         self.window = LATEST_ONLY_WINDOW if freshness == pb.FRESHNESS_LATEST_ONLY else WINDOW
 
