@@ -36,6 +36,7 @@ from convstream.server.decode import (
     decode_raw,
     encoded_size,
 )
+from convstream.server.encode import to_float16
 from convstream.server.errors import InvalidFrame, InvalidOptions
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Options, Pipeline
@@ -374,3 +375,25 @@ async def test_served_zero_sized_and_hidden_frames_are_invalid_argument() -> Non
             assert codes == [INVALID, INVALID], codes
     finally:
         await server.stop(grace=0)
+
+
+@FUZZ
+@given(
+    st.lists(
+        st.floats(width=32, allow_nan=False),
+        min_size=1,
+        max_size=600,
+    ),
+    st.integers(1, 6),
+)
+def test_fast_float16_is_numpys_bit_for_bit(values: list[float], rows: int) -> None:
+    """The encoder's SIMD float16 conversion gives what numpy's astype gives, bits and all."""
+    array = np.array(values, np.float32)
+    array = array[: len(array) // rows * rows].reshape(rows, -1) if len(array) >= rows else array
+    with np.errstate(over="ignore"):
+        want = array.astype(np.float16)
+    got = to_float16(array)
+    assert got.dtype == np.float16 and got.shape == want.shape
+    # +0.0 and -0.0 compare equal; every other value must match exactly, infinities included.
+    assert np.array_equal(got, want)
+    assert np.array_equal(got.view(np.uint16)[want != 0], want.view(np.uint16)[want != 0])
