@@ -206,9 +206,13 @@ async def test_stream_sync_and_async_answers_in_order_past_bad_frames(
         assert "expected JPEG" in results[2].error.message
         with pytest.raises(InvalidFrame):
             results[2].raise_for_status()
-        assert results[0].score == pytest.approx(results[3].score, abs=0.5)  # both analysed
+        analysed = [r for r in results if r.ok]
+        assert all(r.heatmap is not None and 0.0 <= r.score <= 1.0 for r in analysed)
     assert list(by_sync[0].feature_maps) == ["stage2"] and not by_plain[0].feature_maps
-    assert by_sync[4].score == pytest.approx(by_async[4].score, abs=1e-6)
+    # The same frames get the same scores whichever way they were sent.
+    for i in (0, 1, 3, 4):
+        assert by_sync[i].score == pytest.approx(by_async[i].score, abs=1e-6)
+        assert by_plain[i].score == pytest.approx(by_async[i].score, abs=1e-6)
 
 
 async def test_folder_of_images(server: Server, frames: list[np.ndarray], tmp_path: Path) -> None:
