@@ -18,10 +18,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from common import convstream_server, frames, in_process_limit, machine, stream_load, table
+from common import (
+    LOOPS,
+    Load,
+    convstream_server,
+    frames,
+    in_process_limit,
+    machine,
+    stream_load,
+    table,
+)
 
 from convstream.server import Settings
 
@@ -39,25 +49,44 @@ CHOICES: list[tuple[str, dict[str, Any]]] = [
 def run(seconds: float, streams: list[int], choices: bool = False) -> str:
     data = frames()
     loops = in_process_limit(data, seconds)
-    limit = max(loops.values())
+    best = max(loops, key=loops.__getitem__)
     cores = os.cpu_count()
     names = {
         "sequential": "in-process, one frame after another",
         "pipelined": "in-process, decode beside inference",
         "parallel": f"in-process, {cores} threads each decoding and inferring on 1 thread",
     }
-    rows = [[names[key], f"{fps:.1f}", "", "", f"{fps / limit:.2f}"] for key, fps in loops.items()]
+    rows = [
+        [names[key], f"{fps:.1f}", "", "", "", f"{fps / loops[best]:.2f}"]
+        for key, fps in loops.items()
+    ]
+
+    def beside(measure: Callable[[], float]) -> tuple[float, float]:
+        """(served, limit): the best loop measured right before and right after, averaged, so
+        a machine whose speed drifts over minutes moves both sides of the ratio alike."""
+        before = LOOPS[best](data, seconds / 2)
+        served = measure()
+        after = LOOPS[best](data, seconds / 2)
+        return served, (before + after) / 2
+
     with convstream_server() as port:
         for k in streams:
-            load = asyncio.run(stream_load(port, data, streams=k, seconds=seconds))
-            name = f"served, {k} stream{'s' if k > 1 else ''}"
+            load = Load(0.0)
+
+            def measure(k: int = k) -> float:
+                nonlocal load
+                load = asyncio.run(stream_load(port, data, streams=k, seconds=seconds))
+                return load.fps
+
+            fps, limit = beside(measure)
             rows.append(
                 [
-                    name,
-                    f"{load.fps:.1f}",
+                    f"served, {k} stream{'s' if k > 1 else ''}",
+                    f"{fps:.1f}",
                     f"{load.latency(50):.1f}",
                     f"{load.latency(99):.1f}",
-                    f"**{load.fps / limit:.2f}**",
+                    f"{limit:.1f}",
+                    f"**{fps / limit:.2f}**",
                 ]
             )
     size = np.mean([len(d) for d in data]) / 1024
@@ -66,23 +95,32 @@ def run(seconds: float, streams: list[int], choices: bool = False) -> str:
         "",
         f"`benchmarks/bench_served.py --seconds {seconds:g}`: 720p JPEG q85 ({size:.0f} KiB avg);"
         " results with score, heatmap and stage3 in float16; each stream lossless with 4 frames"
-        " in flight; the load generator shares the cores with the server. Target: served /"
-        " limit >= 0.9.",
+        " in flight; the load generator shares the cores with the server. Each served row is"
+        " divided by the fastest in-process loop measured right before and right after it"
+        ' ("limit beside"). Target: served / limit >= 0.9.',
         "",
-        table(["loop", "frames/s", "p50 ms", "p99 ms", "/ limit"], rows),
+        table(["loop", "frames/s", "p50 ms", "p99 ms", "limit beside", "/ limit"], rows),
     ]
     if choices:
         choice_rows = []
         for name, settings in CHOICES:
             with convstream_server(**settings) as port:
-                load = asyncio.run(stream_load(port, data, streams=4, seconds=seconds))
+                load = Load(0.0)
+
+                def measure(port: int = port) -> float:
+                    nonlocal load
+                    load = asyncio.run(stream_load(port, data, streams=4, seconds=seconds))
+                    return load.fps
+
+                fps, limit = beside(measure)
             choice_rows.append(
                 [
                     name,
-                    f"{load.fps:.1f}",
+                    f"{fps:.1f}",
                     f"{load.latency(50):.1f}",
                     f"{load.latency(99):.1f}",
-                    f"{load.fps / limit:.2f}",
+                    f"{limit:.1f}",
+                    f"{fps / limit:.2f}",
                 ]
             )
         out += [
@@ -92,7 +130,10 @@ def run(seconds: float, streams: list[int], choices: bool = False) -> str:
             f" decode_threads = cores, spin_wait {str(DEFAULTS.spin_wait).lower()},"
             f" max_batch {DEFAULTS.max_batch}):",
             "",
-            table(["server", "frames/s", "p50 ms", "p99 ms", "/ limit"], choice_rows),
+            table(
+                ["server", "frames/s", "p50 ms", "p99 ms", "limit beside", "/ limit"],
+                choice_rows,
+            ),
         ]
     return "\n".join(out)
 
