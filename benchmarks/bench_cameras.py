@@ -34,7 +34,7 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from common import free_port, machine, table
+from common import free_port, machine, table, trend
 from live import FFmpegSource, read_time
 
 from convstream.model import DamageModel
@@ -124,10 +124,7 @@ async def scenario(cameras: int, seconds: float) -> dict:
     ages = np.concatenate([w["ages"] for w in watched])
     service = float(np.median(np.concatenate([w["service"] for w in watched])))
     bound = service + 2 * 1000 / FPS
-    trends = []
-    for w in watched:
-        third = max(1, len(w["ages"]) // 3)
-        trends.append(w["ages"][-third:].mean() - w["ages"][:third].mean())
+    trends = [trend(w["ages"]) for w in watched]
     return {
         "cameras": cameras,
         "fps_in": np.mean([c.fps_in for c in status.cameras]),

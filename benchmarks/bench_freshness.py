@@ -19,17 +19,12 @@ import argparse
 import asyncio
 
 import numpy as np
-from common import convstream_server, frames, machine, service_time, stream_load, table
+from common import convstream_server, frames, machine, service_time, stream_load, table, trend
 
 from convstream.v1 import convstream_pb2 as pb
 
 FPS = 30.0
 INPUT = "1088x1920"
-
-
-def trend(ages: list[float]) -> float:
-    third = max(1, len(ages) // 3)
-    return float(np.mean(ages[-third:]) - np.mean(ages[:third]))
 
 
 def run(seconds: float) -> str:

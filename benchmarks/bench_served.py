@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -38,7 +37,7 @@ from convstream.server import Settings
 DEFAULTS = Settings()
 CHOICES: list[tuple[str, dict[str, Any]]] = [
     ("as shipped", {}),
-    ("1 worker, onnxruntime on every core", {"inference_workers": 1}),
+    ("as shipped, again (how far noise alone moves a row)", {}),
     ("2 workers, onnxruntime on 1 thread each", {"inference_workers": 2}),
     ("1 decode thread", {"decode_threads": 1}),
     ("onnxruntime spin-waits", {"spin_wait": True}),
@@ -61,34 +60,28 @@ def run(seconds: float, streams: list[int], choices: bool = False) -> str:
         for key, fps in loops.items()
     ]
 
-    def beside(measure: Callable[[], float]) -> tuple[float, float]:
-        """(served, limit): the best loop measured right before and right after, averaged, so
-        a machine whose speed drifts over minutes moves both sides of the ratio alike."""
+    def beside(port: int, streams: int) -> tuple[Load, float]:
+        """The load of `streams` streams, and the best loop measured right before and right
+        after it, averaged: a machine whose speed drifts over minutes moves both alike."""
         before = LOOPS[best](data, seconds / 2)
-        served = measure()
+        load = asyncio.run(stream_load(port, data, streams=streams, seconds=seconds))
         after = LOOPS[best](data, seconds / 2)
-        return served, (before + after) / 2
+        return load, (before + after) / 2
+
+    def row(name: str, load: Load, limit: float, bold: bool) -> list[str]:
+        ratio = f"{load.fps / limit:.2f}"
+        return [
+            name,
+            f"{load.fps:.1f}",
+            f"{load.latency(50):.1f}",
+            f"{load.latency(99):.1f}",
+            f"{limit:.1f}",
+            f"**{ratio}**" if bold else ratio,
+        ]
 
     with convstream_server() as port:
         for k in streams:
-            load = Load(0.0)
-
-            def measure(k: int = k) -> float:
-                nonlocal load
-                load = asyncio.run(stream_load(port, data, streams=k, seconds=seconds))
-                return load.fps
-
-            fps, limit = beside(measure)
-            rows.append(
-                [
-                    f"served, {k} stream{'s' if k > 1 else ''}",
-                    f"{fps:.1f}",
-                    f"{load.latency(50):.1f}",
-                    f"{load.latency(99):.1f}",
-                    f"{limit:.1f}",
-                    f"**{fps / limit:.2f}**",
-                ]
-            )
+            rows.append(row(f"served, {k} stream{'s' if k > 1 else ''}", *beside(port, k), True))
     size = np.mean([len(d) for d in data]) / 1024
     out = [
         "### Served against the in-process limit",
@@ -105,24 +98,7 @@ def run(seconds: float, streams: list[int], choices: bool = False) -> str:
         choice_rows = []
         for name, settings in CHOICES:
             with convstream_server(**settings) as port:
-                load = Load(0.0)
-
-                def measure(port: int = port) -> float:
-                    nonlocal load
-                    load = asyncio.run(stream_load(port, data, streams=4, seconds=seconds))
-                    return load.fps
-
-                fps, limit = beside(measure)
-            choice_rows.append(
-                [
-                    name,
-                    f"{fps:.1f}",
-                    f"{load.latency(50):.1f}",
-                    f"{load.latency(99):.1f}",
-                    f"{limit:.1f}",
-                    f"{fps / limit:.2f}",
-                ]
-            )
+                choice_rows.append(row(name, *beside(port, 4), False))
         out += [
             "",
             "What each scheduling choice buys: 4 streams, one setting changed at a time from"

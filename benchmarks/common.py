@@ -359,6 +359,13 @@ async def service_time(port: int, data: list[bytes], count: int = 60) -> float:
     return float(np.median(times))
 
 
+def trend(ages: list[float] | np.ndarray) -> float:
+    """Mean of the last third minus mean of the first third: a growing lag shows as > 0."""
+    values = np.asarray(ages, np.float64)
+    third = max(1, len(values) // 3)
+    return float(values[-third:].mean() - values[:third].mean())
+
+
 def table(header: list[str], rows: list[list[str]], align: str | None = None) -> str:
     """A markdown table; `align` is one character per column, l or r (default: l then r)."""
     align = align or "l" + "r" * (len(header) - 1)

@@ -25,7 +25,6 @@ import contextlib
 import os
 import random
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from typing import IO
 
 import cv2
 import grpc
+from common import free_port
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from convstream.model.scenes import render_scene
@@ -53,12 +53,6 @@ ACCEPTED = {
 }
 MESSAGE_LIMIT = 64 * 1024 * 1024
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_mib(pid: int) -> tuple[float, float]:

@@ -4,7 +4,7 @@
 
 In order: served against the in-process limit (with what each scheduling choice buys),
 against Triton (builds its own virtualenv on first use: a download of about 100 MB), latency
-at half load, freshness under overload, server-pulled cameras, payload. About 15 minutes on a
+at half load, freshness under overload, server-pulled cameras, payload. About 10 minutes on a
 2-core machine; --quick shortens every run for a smoke test (its figures mean little). Nothing
 else should run on the machine meanwhile: every figure is a ratio within this run, but a
 neighbour that comes and goes in the middle of it still skews them.

@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from pathlib import Path
 import cv2
 import grpc
 import numpy as np
+from common import free_port
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from convstream.model.scenes import render_scene
@@ -96,12 +96,6 @@ def frames() -> list[pb.FrameRequest]:
                 raw.data = np.ascontiguousarray(image).tobytes()
                 out.append(pb.FrameRequest(source=f"raw-{h}p", raw=raw))
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_mib(pid: int) -> float:
