@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from convstream.server.config import ConfigError, Settings, load_settings, parse_size
+from convstream.server.config import (
+    ConfigError,
+    Scheduling,
+    Settings,
+    load_settings,
+    parse_size,
+)
 
 
 def test_defaults_are_safe() -> None:
@@ -14,6 +20,19 @@ def test_defaults_are_safe() -> None:
     assert settings.host == "127.0.0.1"
     assert settings.reflection is True
     assert settings.input_shapes()[0] == (384, 640)
+
+
+def test_scheduling_resolves_automatic_settings_for_the_host() -> None:
+    # CPU: one single-threaded run per core, no batches; CUDA: one worker feeding batches.
+    assert Settings().scheduling(gpu=False, cores=2) == Scheduling(2, 1, 1)
+    assert Settings().scheduling(gpu=False, cores=8) == Scheduling(8, 1, 1)
+    assert Settings().scheduling(gpu=True, cores=16) == Scheduling(1, 16, 8)
+    # What is set explicitly stays; threads default to the cores each worker has.
+    one = Settings(inference_workers=1)
+    assert one.scheduling(gpu=False, cores=4) == Scheduling(1, 4, 1)
+    tuned = Settings(inference_workers=3, intra_op_threads=2, max_batch=4)
+    assert tuned.scheduling(gpu=False, cores=2) == Scheduling(3, 2, 4)
+    assert Settings(inference_workers=4).scheduling(gpu=True, cores=2) == Scheduling(4, 1, 8)
 
 
 def test_sources_apply_in_order(tmp_path: Path) -> None:
@@ -33,7 +52,7 @@ def test_sources_apply_in_order(tmp_path: Path) -> None:
         ("prot = 1\n", {}, "prot"),
         ("", {"CONVSTREAM_PROT": "1"}, "unknown setting CONVSTREAM_PROT"),
         ('input_sizes = ["385x640"]\n', {}, "multiples of 8"),
-        ("max_batch = 0\n", {}, "max_batch"),
+        ("max_batch = -1\n", {}, "max_batch"),
         ('provider = "tpu"\n', {}, "provider"),
         ("port = [\n", {}, "cannot read config file"),
     ],

@@ -40,6 +40,26 @@ def test_batches_return_each_frame_its_own_outputs(model: DamageModel, workers: 
     assert engine.frames == len(frames) and engine.runs < len(frames)
 
 
+@pytest.mark.parametrize(("workers", "first_batch"), [(1, 4), (2, 2)])
+def test_idle_workers_share_the_waiting_frames(
+    model: DamageModel, workers: int, first_batch: int
+) -> None:
+    # Four frames wait while every worker is idle (the engine's lock is held while they are
+    # queued): one worker batches all four; two workers run two each, side by side, instead
+    # of one batching four while the other has nothing to do.
+    frames = [scene(50 + i, 256, 256) for i in range(4)]
+    engine = Engine(model, max_batch=8, workers=workers)
+    try:
+        with engine._cond:
+            futures = [engine.submit(f) for f in frames]
+        sizes = [f.result(timeout=30).batch_size for f in futures]
+    finally:
+        engine.close()
+    assert sizes[0] == first_batch, sizes
+    assert max(sizes) == first_batch, sizes  # later takes are never bigger than the first
+    assert engine.frames == 4
+
+
 def test_full_queue_is_overloaded_and_closed_engine_is_draining(model: DamageModel) -> None:
     engine = Engine(model, max_batch=1, max_queued=2)
     frame = np.zeros((384, 640, 3), np.uint8)

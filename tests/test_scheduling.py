@@ -118,8 +118,18 @@ async def test_every_result_carries_its_frames_age(
         assert result.capture_time.seconds > 0
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        # On a CPU the server runs frames one at a time unless told to batch (config.py
+        # says why); batching is what a GPU server does, so it is turned on here.
+        Settings(port=0, metrics_port=-1, cameras=(), inference_workers=1, max_batch=8),
+        Settings(port=0, metrics_port=-1, cameras=(), inference_workers=2, max_batch=8),
+    ],
+    ids=["1 worker", "2 workers"],
+)
 async def test_a_batch_mixing_streams_returns_each_result_to_its_own_stream(
-    stub: pb_grpc.ConvstreamStub, burst: list[bytes]
+    stub: pb_grpc.ConvstreamStub, burst: list[bytes], settings: Settings
 ) -> None:
     model = DamageModel(provider="cpu")
     limits = Limits(40_000_000, 16384)
@@ -156,6 +166,21 @@ async def _open(stub: pb_grpc.ConvstreamStub, frame: bytes, **options: int) -> A
         pb.FrameRequest(frame_id=1, encoded=frame, options=pb.ResultOptions(**options))
     )
     return call
+
+
+async def test_frames_run_one_at_a_time_on_a_cpu_by_default(
+    stub: pb_grpc.ConvstreamStub, burst: list[bytes]
+) -> None:
+    # Twelve frames in flight, as above, on the shipped settings: one single-threaded run per
+    # core and no batches, which measured faster on a CPU (benchmarks/bench_served.py).
+    options = pb.ResultOptions(freshness=pb.FRESHNESS_LOSSLESS)
+
+    async def one(k: int) -> list[pb.FrameResult]:
+        return [r async for r in stub.StreamFrames(_burst(burst, 16, options, f"s{k}"))]
+
+    everything = [r for rs in await asyncio.gather(*(one(k) for k in range(4))) for r in rs]
+    assert len(everything) == 64 and not any(r.status.code for r in everything)
+    assert {r.timings.batch_size for r in everything} == {1}
 
 
 async def test_streams_past_the_queued_frames_cap_are_refused_at_once(burst: list[bytes]) -> None:

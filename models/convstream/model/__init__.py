@@ -12,6 +12,7 @@ from convstream.model.runtime import (
     ModelInputError,
     StageInfo,
     select_providers,
+    wants_cuda,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "ModelInputError",
     "StageInfo",
     "select_providers",
+    "wants_cuda",
 ]

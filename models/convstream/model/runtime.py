@@ -59,7 +59,7 @@ def select_providers(choice: ProviderChoice, available: Sequence[str]) -> list[s
     """
     if choice not in ("auto", "cpu", "cuda"):
         raise ValueError(f"provider must be 'auto', 'cpu' or 'cuda', got {choice!r}")
-    if choice != "cpu" and CUDA in available:
+    if wants_cuda(choice, available):
         return [CUDA, CPU]
     if choice == "cuda":
         logger.warning(
@@ -68,6 +68,12 @@ def select_providers(choice: ProviderChoice, available: Sequence[str]) -> list[s
             ", ".join(available),
         )
     return [CPU]
+
+
+def wants_cuda(choice: ProviderChoice, available: Sequence[str] | None = None) -> bool:
+    """Whether ``select_providers`` puts CUDA first (available: onnxruntime's list by default)."""
+    offered = ort.get_available_providers() if available is None else available
+    return choice != "cpu" and CUDA in offered
 
 
 def check_pixels(pixels: np.ndarray) -> None:

@@ -16,7 +16,7 @@ import onnxruntime as ort
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from convstream.model import DamageModel
+from convstream.model import DamageModel, wants_cuda
 from convstream.server.cameras import CameraManager
 from convstream.server.config import ConfigError, Settings
 from convstream.server.engine import Engine
@@ -97,20 +97,20 @@ class Server:
     async def start(self) -> None:
         settings = self.settings
         cores = os.cpu_count() or 1
+        plan = settings.scheduling(gpu=wants_cuda(settings.provider), cores=cores)
         model = await asyncio.to_thread(
             DamageModel,
             settings.model_path,
             provider=settings.provider,
-            intra_op_threads=settings.intra_op_threads
-            or max(1, cores // settings.inference_workers),
+            intra_op_threads=plan.intra_op_threads,
             spin=settings.spin_wait,
         )
         # Front-load one-time allocation and kernel selection for every input size.
         await asyncio.to_thread(model.warm_up, settings.input_shapes())
         self._engine = Engine(
             model,
-            max_batch=settings.max_batch,
-            workers=settings.inference_workers,
+            max_batch=plan.max_batch,
+            workers=plan.workers,
             # Admission happens at the edge (streams and their windows, Analyze calls, one
             # frame per camera); this bound is only a backstop for what was admitted, with
             # room for the cameras a reload may add.
@@ -167,7 +167,8 @@ class Server:
                 " and ".join(missing),
             )
         logger.info(
-            "convstream %s serving on %s:%d (%s; model %s, sha256 %s..., provider %s)",
+            "convstream %s serving on %s:%d (%s; model %s, sha256 %s..., provider %s, "
+            "%d inference workers x %d onnxruntime threads, batches of %d at most)",
             server_version(),
             settings.host,
             self.port,
@@ -175,6 +176,9 @@ class Server:
             model.path.name,
             model.sha256[:12],
             model.provider,
+            plan.workers,
+            plan.intra_op_threads,
+            plan.max_batch,
         )
 
     async def stop(self, grace: float | None = None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,6 +94,15 @@ class TokenConfig(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the token")
 
 
+@dataclass(frozen=True)
+class Scheduling:
+    """Inference workers, onnxruntime threads per run, and frames per run at most."""
+
+    workers: int
+    intra_op_threads: int
+    max_batch: int
+
+
 class Settings(BaseModel):
     """Everything `convstream serve` can be told."""
 
@@ -109,7 +119,11 @@ class Settings(BaseModel):
         "auto", description="onnxruntime execution provider; auto takes CUDA when present"
     )
     inference_workers: int = Field(
-        1, ge=1, le=64, description="model runs side by side (threads sharing one session)"
+        0,
+        ge=0,
+        le=64,
+        description="model runs side by side (threads sharing one session); 0 = one per core "
+        "on the CPU provider, 1 on CUDA",
     )
     intra_op_threads: int = Field(
         0, ge=0, le=256, description="onnxruntime threads per run; 0 = the cores / the workers"
@@ -128,7 +142,13 @@ class Settings(BaseModel):
         description="model input sizes HxW (multiples of 8); each frame is letterboxed into "
         "the one whose aspect ratio is closest to its own",
     )
-    max_batch: int = Field(8, ge=1, le=256, description="frames per inference run at most")
+    max_batch: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="frames per inference run at most; 0 = 1 on the CPU provider (a batch "
+        "costs more CPU per frame there than single runs side by side), 8 on CUDA",
+    )
     max_frame_pixels: int = Field(
         40_000_000, ge=1, description="width x height above which a frame is refused"
     )
@@ -204,6 +224,21 @@ class Settings(BaseModel):
         for size in sizes:
             parse_size(size)
         return sizes
+
+    def scheduling(self, *, gpu: bool, cores: int) -> Scheduling:
+        """How inference runs, the 0 (automatic) settings resolved for this host.
+
+        On a CPU, one single-threaded run per core, each frame alone, beats one run spread
+        over every core (which waits at onnxruntime's barriers whenever decoding holds a core)
+        and beats batches (which cost more CPU per frame): benchmarks/bench_served.py
+        --choices measures each. On a GPU, one worker feeding batches is what pays.
+        """
+        workers = self.inference_workers or (1 if gpu else cores)
+        return Scheduling(
+            workers=workers,
+            intra_op_threads=self.intra_op_threads or max(1, cores // workers),
+            max_batch=self.max_batch or (8 if gpu else 1),
+        )
 
     def input_shapes(self) -> list[tuple[int, int]]:
         """input_sizes as (height, width) pairs."""

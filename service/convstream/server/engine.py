@@ -1,9 +1,11 @@
 """The inference engine: one onnxruntime session behind worker threads, batching for free.
 
 Frames from every stream wait in one queue per input size. A free worker takes the size whose
-oldest frame has waited longest, and runs every frame of that size that is waiting (up to
-max_batch) in one call. Batches form only from frames that arrived while the workers were
-busy, so a lone stream never waits for company: there is no batching delay to tune.
+oldest frame has waited longest, and runs its share of that size's waiting frames (up to
+max_batch) in one call: the waiting frames divided among the idle workers, so no worker batches
+frames another idle worker could run beside it. Batches form only from frames that arrived
+while the workers were busy, so a lone stream never waits for company: there is no batching
+delay to tune.
 
 Several workers may share the session (onnxruntime's run is thread-safe): on a CPU, two runs
 side by side on one thread each can beat one run spread over two threads, which spends part
@@ -70,6 +72,7 @@ class Engine:
         self.frames = 0
         self._queues: dict[tuple[int, int], deque[_Job]] = {}
         self._queued = 0
+        self._idle = workers
         self._cond = threading.Condition()
         self._closed = False
         self._threads = [
@@ -128,8 +131,10 @@ class Engine:
             if self._closed:
                 return None
             queue = min((q for q in self._queues.values() if q), key=lambda q: q[0].enqueued)
+            share = min(self.max_batch, -(-len(queue) // self._idle))
+            self._idle -= 1
             jobs: list[_Job] = []
-            while queue and len(jobs) < self.max_batch:
+            while queue and len(jobs) < share:
                 job = queue.popleft()
                 self._queued -= 1
                 # A frame whose caller gave up (deadline, cancel) is never run.
@@ -139,23 +144,31 @@ class Engine:
 
     def _work(self) -> None:
         while (jobs := self._take()) is not None:
-            if not jobs:
-                continue
-            started = time.perf_counter()
             try:
-                names = sorted(set().union(*(job.outputs for job in jobs)))
-                batch = np.stack([job.pixels for job in jobs])
-                arrays = self.model.run(batch, names)
-            except Exception as exc:  # a failed run fails its frames, never the worker
-                logger.exception("inference failed for a batch of %d", len(jobs))
-                for job in jobs:
-                    job.future.set_exception(exc)
-                continue
-            ms = (time.perf_counter() - started) * 1000
-            with self._cond:
-                self.runs += 1
-                self.frames += len(jobs)
-            for i, job in enumerate(jobs):
-                out = {name: arrays[name][i] for name in job.outputs}
-                queue_ms = (started - job.enqueued) * 1000
-                job.future.set_result(Inference(out, queue_ms, ms, len(jobs)))
+                self._run(jobs)
+            finally:
+                with self._cond:
+                    self._idle += 1
+
+    def _run(self, jobs: list[_Job]) -> None:
+        if not jobs:
+            return
+        started = time.perf_counter()
+        try:
+            names = sorted(set().union(*(job.outputs for job in jobs)))
+            # One frame goes in as a view: no copy of its pixels.
+            batch = jobs[0].pixels[None] if len(jobs) == 1 else np.stack([j.pixels for j in jobs])
+            arrays = self.model.run(batch, names)
+        except Exception as exc:  # a failed run fails its frames, never the worker
+            logger.exception("inference failed for a batch of %d", len(jobs))
+            for job in jobs:
+                job.future.set_exception(exc)
+            return
+        ms = (time.perf_counter() - started) * 1000
+        with self._cond:
+            self.runs += 1
+            self.frames += len(jobs)
+        for i, job in enumerate(jobs):
+            out = {name: arrays[name][i] for name in job.outputs}
+            queue_ms = (started - job.enqueued) * 1000
+            job.future.set_result(Inference(out, queue_ms, ms, len(jobs)))
