@@ -384,31 +384,35 @@ async def test_an_expired_deadline_runs_no_inference(
     await asyncio.sleep(0.5)
     assert engine.frames == frames0 and engine.queued == 0
 
-    # A deadline that passes while the frame waits in the engine's queue, behind a frame that
-    # holds the engine: when the engine is free again the expired frame must not run.
-    running, release = threading.Event(), threading.Event()
+    # A deadline that passes while the frame waits in the engine's queue, behind frames that
+    # hold every engine worker: when the engine is free again the expired frame must not run.
+    holding, release = threading.Semaphore(0), threading.Event()
     run = engine.model.run
 
     def held_run(*args: Any, **kwargs: Any) -> Any:
         if not release.is_set():
-            running.set()
+            holding.release()
             release.wait(20)
         return run(*args, **kwargs)
 
     monkeypatch.setattr(engine.model, "run", held_run)
-    blocker = asyncio.ensure_future(stub.Analyze(pb.FrameRequest(frame_id=1, encoded=data)))
+    blockers = [
+        asyncio.ensure_future(stub.Analyze(pb.FrameRequest(frame_id=k, encoded=data)))
+        for k in range(engine.workers)
+    ]
     try:
-        assert await asyncio.to_thread(running.wait, 20)
+        for _ in blockers:
+            assert await asyncio.to_thread(holding.acquire, True, 20)
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.Analyze(pb.FrameRequest(frame_id=2, encoded=data), timeout=0.5)
+            await stub.Analyze(pb.FrameRequest(frame_id=99, encoded=data), timeout=0.5)
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         await asyncio.sleep(0.3)  # the server has cancelled the call by now
     finally:
         release.set()
-    assert (await blocker).frame_id == 1
+    assert [(await b).frame_id for b in blockers] == list(range(engine.workers))
     await wait_until(lambda: engine.queued == 0, 5, "engine queue empty")
     await asyncio.sleep(0.3)
-    assert engine.frames == frames0 + 1, "the expired frame was run anyway"
+    assert engine.frames == frames0 + engine.workers, "the expired frame was run anyway"
     assert (await stub.Analyze(pb.FrameRequest(encoded=data), timeout=30)).status.code == 0
 
 

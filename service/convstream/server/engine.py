@@ -68,6 +68,7 @@ class Engine:
         self.model = model
         self.max_batch = max_batch
         self.max_queued = max_queued
+        self.workers = workers
         self.runs = 0
         self.frames = 0
         self._queues: dict[tuple[int, int], deque[_Job]] = {}
