@@ -15,6 +15,7 @@ from convstream.model import (
     DamageModel,
     ModelInputError,
     select_providers,
+    wants_cuda,
 )
 from convstream.model.evaluate import TEST_SEED_BASE, Metrics, evaluate, roc_auc
 from convstream.model.export import export_onnx
@@ -157,6 +158,8 @@ def test_unknown_output_is_refused(model: DamageModel) -> None:
 )
 def test_provider_selection(choice: str, available: list[str], expected: list[str]) -> None:
     assert select_providers(choice, available) == expected  # type: ignore[arg-type]
+    # What the server plans its inference workers by (config.Settings.scheduling).
+    assert wants_cuda(choice, available) == (expected[0] == "CUDAExecutionProvider")  # type: ignore[arg-type]
 
 
 def test_cuda_requested_without_a_gpu_falls_back_loudly(caplog: pytest.LogCaptureFixture) -> None:
