@@ -167,8 +167,8 @@ class Server:
                 " and ".join(missing),
             )
         logger.info(
-            "convstream %s serving on %s:%d (%s; model %s, sha256 %s..., provider %s, "
-            "%d inference workers x %d onnxruntime threads, batches of %d at most)",
+            "convstream %s serving on %s:%d (%s; model %s, sha256 %s..., provider %s; "
+            "inference workers %d, onnxruntime threads per run %d, frames per run %d at most)",
             server_version(),
             settings.host,
             self.port,
