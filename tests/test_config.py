@@ -26,6 +26,7 @@ def test_scheduling_resolves_automatic_settings_for_the_host() -> None:
     # CPU: one single-threaded run per core, no batches; CUDA: one worker feeding batches.
     assert Settings().scheduling(gpu=False, cores=2) == Scheduling(2, 1, 1)
     assert Settings().scheduling(gpu=False, cores=8) == Scheduling(8, 1, 1)
+    assert Settings().scheduling(gpu=False, cores=128) == Scheduling(64, 2, 1)  # capped
     assert Settings().scheduling(gpu=True, cores=16) == Scheduling(1, 16, 8)
     # What is set explicitly stays; threads default to the cores each worker has.
     one = Settings(inference_workers=1)

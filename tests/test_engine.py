@@ -60,6 +60,14 @@ def test_idle_workers_share_the_waiting_frames(
     assert engine.frames == 4
 
 
+def test_an_engine_needs_a_worker_and_a_frame_per_run(model: DamageModel) -> None:
+    # 0 means "automatic" in the settings; the engine only ever gets resolved values.
+    with pytest.raises(ValueError, match="max_batch and workers must be >= 1, got 0 and 1"):
+        Engine(model, max_batch=0)
+    with pytest.raises(ValueError, match="got 8 and 0"):
+        Engine(model, workers=0)
+
+
 def test_full_queue_is_overloaded_and_closed_engine_is_draining(model: DamageModel) -> None:
     engine = Engine(model, max_batch=1, max_queued=2)
     frame = np.zeros((384, 640, 3), np.uint8)

@@ -16,7 +16,8 @@ import pytest
 from conftest import jpeg, scene
 
 from convstream.model import DamageModel
-from convstream.server import Server, Settings
+from convstream.server import Server, Settings, app
+from convstream.server.config import usable_cores
 from convstream.server.decode import Limits, decode_encoded
 from convstream.server.letterbox import letterbox, reduction
 from convstream.v1 import convstream_pb2 as pb
@@ -156,7 +157,7 @@ async def test_a_batch_mixing_streams_returns_each_result_to_its_own_stream(
         return results
 
     everything = [r for rs in await asyncio.gather(*(one(k) for k in range(4))) for r in rs]
-    # Twelve frames in flight on a couple of cores: batches did form, so this tested them.
+    # Sixteen frames in flight on a couple of cores: batches did form, so this tested them.
     assert max(r.timings.batch_size for r in everything) > 1
 
 
@@ -168,11 +169,16 @@ async def _open(stub: pb_grpc.ConvstreamStub, frame: bytes, **options: int) -> A
     return call
 
 
+@pytest.mark.parametrize(
+    "settings", [Settings(port=0, metrics_port=-1, cameras=(), provider="cpu")]
+)
 async def test_frames_run_one_at_a_time_on_a_cpu_by_default(
-    stub: pb_grpc.ConvstreamStub, burst: list[bytes]
+    server: Server, stub: pb_grpc.ConvstreamStub, burst: list[bytes]
 ) -> None:
-    # Twelve frames in flight, as above, on the shipped settings: one single-threaded run per
+    # Sixteen frames in flight, as above, on the shipped settings: one single-threaded run per
     # core and no batches, which measured faster on a CPU (benchmarks/bench_served.py).
+    assert server._engine is not None
+    assert (server._engine.workers, server._engine.max_batch) == (min(usable_cores(), 64), 1)
     options = pb.ResultOptions(freshness=pb.FRESHNESS_LOSSLESS)
 
     async def one(k: int) -> list[pb.FrameResult]:
@@ -181,6 +187,26 @@ async def test_frames_run_one_at_a_time_on_a_cpu_by_default(
     everything = [r for rs in await asyncio.gather(*(one(k) for k in range(4))) for r in rs]
     assert len(everything) == 64 and not any(r.status.code for r in everything)
     assert {r.timings.batch_size for r in everything} == {1}
+
+
+async def test_a_gpu_wheel_without_a_working_gpu_runs_the_cpu_plan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As if onnxruntime-gpu were installed on a host whose CUDA libraries fail to load: the
+    # provider list offers CUDA, the session comes up on the CPU. The server must then run
+    # the CPU plan (a worker per core, no batches), not the GPU plan it started from.
+    monkeypatch.setattr(app, "wants_cuda", lambda choice: True)
+    server = Server(Settings(port=0, metrics_port=-1, cameras=(), provider="cuda"))
+    await server.start()
+    try:
+        assert server._engine is not None and server.servicer is not None
+        assert server._engine.model.provider == "CPUExecutionProvider"
+        assert (server._engine.workers, server._engine.max_batch) == (min(usable_cores(), 64), 1)
+        info = server.servicer.model_info
+        assert info.requested_provider == "cuda"
+        assert info.execution_provider == "CPUExecutionProvider"
+    finally:
+        await server.stop(grace=0)
 
 
 async def test_streams_past_the_queued_frames_cap_are_refused_at_once(burst: list[bytes]) -> None:

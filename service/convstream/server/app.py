@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -17,8 +16,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from convstream.model import DamageModel, wants_cuda
+from convstream.model.runtime import CUDA
 from convstream.server.cameras import CameraManager
-from convstream.server.config import ConfigError, Settings
+from convstream.server.config import ConfigError, Settings, usable_cores
 from convstream.server.engine import Engine
 from convstream.server.errors import Draining
 from convstream.server.metrics import Metrics
@@ -96,8 +96,9 @@ class Server:
 
     async def start(self) -> None:
         settings = self.settings
-        cores = os.cpu_count() or 1
-        plan = settings.scheduling(gpu=wants_cuda(settings.provider), cores=cores)
+        cores = usable_cores()
+        gpu = wants_cuda(settings.provider)
+        plan = settings.scheduling(gpu=gpu, cores=cores)
         model = await asyncio.to_thread(
             DamageModel,
             settings.model_path,
@@ -105,6 +106,18 @@ class Server:
             intra_op_threads=plan.intra_op_threads,
             spin=settings.spin_wait,
         )
+        if gpu and model.provider != CUDA:
+            # onnxruntime-gpu is installed but CUDA did not load (the model logged why): run
+            # the CPU plan, whose onnxruntime threads are set when the session is made.
+            plan = settings.scheduling(gpu=False, cores=cores)
+            model = await asyncio.to_thread(
+                DamageModel,
+                settings.model_path,
+                provider="cpu",
+                intra_op_threads=plan.intra_op_threads,
+                spin=settings.spin_wait,
+            )
+            model.requested_provider = settings.provider  # GetModelInfo reports what was asked
         # Front-load one-time allocation and kernel selection for every input size.
         await asyncio.to_thread(model.warm_up, settings.input_shapes())
         self._engine = Engine(

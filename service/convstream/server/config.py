@@ -94,6 +94,17 @@ class TokenConfig(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the token")
 
 
+MAX_AUTO_WORKERS = 64
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class Scheduling:
     """Inference workers, onnxruntime threads per run, and frames per run at most."""
@@ -123,7 +134,7 @@ class Settings(BaseModel):
         ge=0,
         le=64,
         description="model runs side by side (threads sharing one session); 0 = one per core "
-        "on the CPU provider, 1 on CUDA",
+        "this process may use (at most 64) on the CPU provider, 1 on CUDA",
     )
     intra_op_threads: int = Field(
         0, ge=0, le=256, description="onnxruntime threads per run; 0 = the cores / the workers"
@@ -233,7 +244,7 @@ class Settings(BaseModel):
         and beats batches (which cost more CPU per frame): benchmarks/bench_served.py
         --choices measures each. On a GPU, one worker feeding batches is what pays.
         """
-        workers = self.inference_workers or (1 if gpu else cores)
+        workers = self.inference_workers or (1 if gpu else min(cores, MAX_AUTO_WORKERS))
         return Scheduling(
             workers=workers,
             intra_op_threads=self.intra_op_threads or max(1, cores // workers),

@@ -65,6 +65,8 @@ class Engine:
     def __init__(
         self, model: DamageModel, *, max_batch: int = 8, max_queued: int = 256, workers: int = 1
     ) -> None:
+        if max_batch < 1 or workers < 1:
+            raise ValueError(f"max_batch and workers must be >= 1, got {max_batch} and {workers}")
         self.model = model
         self.max_batch = max_batch
         self.max_queued = max_queued

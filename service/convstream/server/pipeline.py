@@ -1,7 +1,7 @@
 """One frame's trip: decode, letterbox, infer, encode. Shared by every RPC that analyses.
 
 Decoding and encoding run on a small thread pool (OpenCV and numpy release the GIL), the
-network on the engine's worker, so the event loop only moves messages.
+network on the engine's workers, so the event loop only moves messages.
 """
 
 from __future__ import annotations
