@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from conftest import scene
 
 from convstream.model import DamageModel
 from convstream.server.engine import Engine
-from convstream.server.errors import Draining, Overloaded
+from convstream.server.errors import DeadlineExpired, Draining, Overloaded
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +81,20 @@ def test_full_queue_is_overloaded_and_closed_engine_is_draining(model: DamageMod
         engine.close()
     with pytest.raises(Draining):
         engine.submit(frame)
+
+
+def test_frames_past_their_deadline_are_never_run(model: DamageModel) -> None:
+    engine = Engine(model, max_batch=8)
+    frame = np.zeros((256, 256, 3), np.uint8)
+    try:
+        late = engine.submit(frame, deadline=time.perf_counter() - 0.001)
+        in_time = engine.submit(frame, deadline=time.perf_counter() + 30)
+        assert in_time.result(timeout=30).batch_size == 1  # the late one did not share its run
+        with pytest.raises(DeadlineExpired, match="the frame was not analysed"):
+            late.result(timeout=30)
+    finally:
+        engine.close()
+    assert engine.frames == 1
 
 
 def test_cancelled_frames_are_never_run(model: DamageModel) -> None:

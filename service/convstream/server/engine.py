@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from convstream.model import DamageModel
-from convstream.server.errors import Draining, Overloaded
+from convstream.server.errors import DeadlineExpired, Draining, Overloaded
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class _Job:
     pixels: np.ndarray
     outputs: frozenset[str]
     future: Future[Inference]
+    deadline: float | None = None  # time.perf_counter() past which the frame is not run
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -85,9 +86,15 @@ class Engine:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, pixels: np.ndarray, outputs: Iterable[str] = ()) -> Future[Inference]:
-        """Queue one frame (BGR uint8, shape (H, W, 3)); heatmap and score always come back."""
-        job = _Job(pixels, frozenset(outputs).union(ALWAYS), Future())
+    def submit(
+        self, pixels: np.ndarray, outputs: Iterable[str] = (), deadline: float | None = None
+    ) -> Future[Inference]:
+        """Queue one frame (BGR uint8, shape (H, W, 3)); heatmap and score always come back.
+
+        A frame still waiting at `deadline` (a time.perf_counter() value) is not run: its
+        future fails with DeadlineExpired.
+        """
+        job = _Job(pixels, frozenset(outputs).union(ALWAYS), Future(), deadline)
         with self._cond:
             if self._closed:
                 raise Draining("the inference engine has stopped")
@@ -100,9 +107,11 @@ class Engine:
             self._cond.notify()
         return job.future
 
-    async def infer(self, pixels: np.ndarray, outputs: Iterable[str] = ()) -> Inference:
+    async def infer(
+        self, pixels: np.ndarray, outputs: Iterable[str] = (), deadline: float | None = None
+    ) -> Inference:
         """Await one frame's outputs; cancelling the await drops the frame if not yet run."""
-        future = self.submit(pixels, outputs)
+        future = self.submit(pixels, outputs, deadline)
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
@@ -141,8 +150,18 @@ class Engine:
                 job = queue.popleft()
                 self._queued -= 1
                 # A frame whose caller gave up (deadline, cancel) is never run.
-                if job.future.set_running_or_notify_cancel():
-                    jobs.append(job)
+                if not job.future.set_running_or_notify_cancel():
+                    continue
+                if job.deadline is not None and time.perf_counter() >= job.deadline:
+                    waited = (time.perf_counter() - job.enqueued) * 1000
+                    job.future.set_exception(
+                        DeadlineExpired(
+                            f"the call's deadline passed after {waited:.0f} ms waiting for "
+                            "the model; the frame was not analysed"
+                        )
+                    )
+                    continue
+                jobs.append(job)
             return jobs
 
     def _work(self) -> None:

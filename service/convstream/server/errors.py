@@ -51,6 +51,12 @@ class IdleTimeout(ConvstreamError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class DeadlineExpired(ConvstreamError):
+    """The call's deadline passed before its frame reached the model; it was not analysed."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class Overloaded(ConvstreamError):
     """Admitting this stream or frame would pass a configured limit."""
 

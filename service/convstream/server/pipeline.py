@@ -180,7 +180,11 @@ class Pipeline:
         return result
 
     async def analyze(
-        self, request: pb.FrameRequest, options: Options, arrived: float
+        self,
+        request: pb.FrameRequest,
+        options: Options,
+        arrived: float,
+        deadline: float | None = None,
     ) -> pb.FrameResult:
         """The whole trip for one frame; raises a ConvstreamError for a bad frame.
 
@@ -188,17 +192,23 @@ class Pipeline:
             request: the frame.
             options: validated options for it.
             arrived: time.perf_counter() when the server received it.
+            deadline: time.perf_counter() past which the caller no longer waits: a frame not
+                yet at the model by then is not run (DeadlineExpired).
         """
-        return (await self.analyze_parts(request, options, arrived))[0]
+        return (await self.analyze_parts(request, options, arrived, deadline))[0]
 
     async def analyze_parts(
-        self, request: pb.FrameRequest, options: Options, arrived: float
+        self,
+        request: pb.FrameRequest,
+        options: Options,
+        arrived: float,
+        deadline: float | None = None,
     ) -> tuple[pb.FrameResult, Prepared, Inference]:
         """``analyze``, also returning the prepared frame and the raw outputs (to publish)."""
         loop = asyncio.get_running_loop()
         prepared = await loop.run_in_executor(self.executor, self.prepare, request)
         self.check_size(options, prepared.geometry)
-        inference = await self.engine.infer(prepared.pixels, options.feature_maps)
+        inference = await self.engine.infer(prepared.pixels, options.feature_maps, deadline)
         result = await loop.run_in_executor(
             self.executor, self.encode, request, options, prepared, inference
         )

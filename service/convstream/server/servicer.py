@@ -59,7 +59,9 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             self.open_analyze_calls += 1
             admitted = True
             options = Options.parse(request.options)
-            result = await self.pipeline.analyze(request, options, arrived)
+            remaining = context.time_remaining()
+            deadline = None if remaining is None else arrived + remaining
+            result = await self.pipeline.analyze(request, options, arrived, deadline)
         except ConvstreamError as exc:
             outcome = "invalid" if exc.code == grpc.StatusCode.INVALID_ARGUMENT else "rejected"
             self.metrics.frames.labels(self.metrics.source(request.source), outcome).inc()
