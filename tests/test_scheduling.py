@@ -178,7 +178,8 @@ async def test_frames_run_one_at_a_time_on_a_cpu_by_default(
     # Sixteen frames in flight, as above, on the shipped settings: one single-threaded run per
     # core and no batches, which measured faster on a CPU (benchmarks/bench_served.py).
     assert server._engine is not None
-    assert (server._engine.workers, server._engine.max_batch) == (min(usable_cores(), 64), 1)
+    cpu = Settings().scheduling(gpu=False, cores=usable_cores())
+    assert (server._engine.workers, server._engine.max_batch) == (cpu.workers, 1)
     options = pb.ResultOptions(freshness=pb.FRESHNESS_LOSSLESS)
 
     async def one(k: int) -> list[pb.FrameResult]:
@@ -201,7 +202,8 @@ async def test_a_gpu_wheel_without_a_working_gpu_runs_the_cpu_plan(
     try:
         assert server._engine is not None and server.servicer is not None
         assert server._engine.model.provider == "CPUExecutionProvider"
-        assert (server._engine.workers, server._engine.max_batch) == (min(usable_cores(), 64), 1)
+        cpu = Settings().scheduling(gpu=False, cores=usable_cores())
+        assert (server._engine.workers, server._engine.max_batch) == (cpu.workers, cpu.max_batch)
         info = server.servicer.model_info
         assert info.requested_provider == "cuda"
         assert info.execution_provider == "CPUExecutionProvider"

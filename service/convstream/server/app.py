@@ -16,9 +16,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from convstream.model import DamageModel, wants_cuda
-from convstream.model.runtime import CUDA
+from convstream.model.runtime import CUDA, ProviderChoice
 from convstream.server.cameras import CameraManager
-from convstream.server.config import ConfigError, Settings, usable_cores
+from convstream.server.config import ConfigError, Scheduling, Settings, usable_cores
 from convstream.server.engine import Engine
 from convstream.server.errors import Draining
 from convstream.server.metrics import Metrics
@@ -97,26 +97,23 @@ class Server:
     async def start(self) -> None:
         settings = self.settings
         cores = usable_cores()
+
+        def load(provider: ProviderChoice, plan: Scheduling) -> DamageModel:
+            return DamageModel(
+                settings.model_path,
+                provider=provider,
+                intra_op_threads=plan.intra_op_threads,
+                spin=settings.spin_wait,
+            )
+
         gpu = wants_cuda(settings.provider)
         plan = settings.scheduling(gpu=gpu, cores=cores)
-        model = await asyncio.to_thread(
-            DamageModel,
-            settings.model_path,
-            provider=settings.provider,
-            intra_op_threads=plan.intra_op_threads,
-            spin=settings.spin_wait,
-        )
+        model = await asyncio.to_thread(load, settings.provider, plan)
         if gpu and model.provider != CUDA:
             # onnxruntime-gpu is installed but CUDA did not load (the model logged why): run
             # the CPU plan, whose onnxruntime threads are set when the session is made.
             plan = settings.scheduling(gpu=False, cores=cores)
-            model = await asyncio.to_thread(
-                DamageModel,
-                settings.model_path,
-                provider="cpu",
-                intra_op_threads=plan.intra_op_threads,
-                spin=settings.spin_wait,
-            )
+            model = await asyncio.to_thread(load, "cpu", plan)
             model.requested_provider = settings.provider  # GetModelInfo reports what was asked
         # Front-load one-time allocation and kernel selection for every input size.
         await asyncio.to_thread(model.warm_up, settings.input_shapes())

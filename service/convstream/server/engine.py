@@ -145,6 +145,7 @@ class Engine:
             queue = min((q for q in self._queues.values() if q), key=lambda q: q[0].enqueued)
             share = min(self.max_batch, -(-len(queue) // self._idle))
             self._idle -= 1
+            now = time.perf_counter()
             jobs: list[_Job] = []
             while queue and len(jobs) < share:
                 job = queue.popleft()
@@ -152,8 +153,8 @@ class Engine:
                 # A frame whose caller gave up (deadline, cancel) is never run.
                 if not job.future.set_running_or_notify_cancel():
                     continue
-                if job.deadline is not None and time.perf_counter() >= job.deadline:
-                    waited = (time.perf_counter() - job.enqueued) * 1000
+                if job.deadline is not None and now >= job.deadline:
+                    waited = (now - job.enqueued) * 1000
                     job.future.set_exception(
                         DeadlineExpired(
                             f"the call's deadline passed after {waited:.0f} ms waiting for "
