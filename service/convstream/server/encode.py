@@ -39,32 +39,34 @@ def to_float16(array: np.ndarray) -> np.ndarray:
     return np.asarray(cv2.add(flat, 0.0, dtype=cv2.CV_16F)).reshape(array.shape)
 
 
-def encode_tensor(name: str, array: np.ndarray, encoding: int, stride: int) -> pb.Tensor:
-    """One feature map or heatmap as a Tensor message.
+def fill_tensor(
+    tensor: pb.Tensor, name: str, array: np.ndarray, encoding: int, stride: int
+) -> None:
+    """Write one feature map or heatmap into ``tensor``, a field of the result being built.
+
+    Filling the result's own field, rather than building a Tensor and copying it in, saves a
+    copy of the data: about 60 us for a float16 stage3 at 384x640 (490 KiB), with the GIL held.
 
     Args:
+        tensor: an empty Tensor inside the result (``result.heatmap``,
+            ``result.feature_maps.add()``).
         name: e.g. "stage3" or "heatmap".
         array (np.ndarray): float32, shape (C, H, W).
         encoding: a TensorEncoding value; UNSPECIFIED means FLOAT16.
         stride: input pixels per cell.
     """
     if encoding == FLOAT32:
-        data, scale, zero_point = np.ascontiguousarray(array, np.float32).tobytes(), 0.0, 0
+        tensor.data = np.ascontiguousarray(array, np.float32).tobytes()
     elif encoding == UINT8:
-        q, scale, zero_point = quantize_uint8(array)
-        data = q.tobytes()
+        q, tensor.scale, tensor.zero_point = quantize_uint8(array)
+        tensor.data = q.tobytes()
     else:
         encoding = FLOAT16
-        data, scale, zero_point = to_float16(array).tobytes(), 0.0, 0
-    return pb.Tensor(
-        name=name,
-        shape=list(array.shape),
-        encoding=encoding,
-        data=data,
-        scale=scale,
-        zero_point=zero_point,
-        stride=stride,
-    )
+        tensor.data = to_float16(array).tobytes()
+    tensor.name = name
+    tensor.shape.extend(array.shape)
+    tensor.encoding = pb.TensorEncoding.ValueType(encoding)
+    tensor.stride = stride
 
 
 def bytes_per_element(encoding: int) -> int:

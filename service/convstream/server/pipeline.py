@@ -17,7 +17,7 @@ import numpy as np
 from convstream.model import FEATURE_NAMES
 from convstream.server.config import Settings
 from convstream.server.decode import Limits, decode_encoded, decode_raw, encoded_size
-from convstream.server.encode import bytes_per_element, encode_tensor
+from convstream.server.encode import bytes_per_element, fill_tensor
 from convstream.server.engine import Engine, Inference
 from convstream.server.errors import InvalidFrame, InvalidOptions, Overloaded
 from convstream.server.letterbox import Geometry, choose_input, letterbox, reduction
@@ -142,16 +142,20 @@ class Pipeline:
         if request.HasField("capture_time"):
             result.capture_time.CopyFrom(request.capture_time)
         if options.include_heatmap:
-            result.heatmap.CopyFrom(
-                encode_tensor(
-                    "heatmap", inference.arrays["heatmap"], options.encoding, model.heatmap_stride
-                )
+            fill_tensor(
+                result.heatmap,
+                "heatmap",
+                inference.arrays["heatmap"],
+                options.encoding,
+                model.heatmap_stride,
             )
         for name in options.feature_maps:
-            result.feature_maps.append(
-                encode_tensor(
-                    name, inference.arrays[name], options.encoding, self.stages[name].stride
-                )
+            fill_tensor(
+                result.feature_maps.add(),
+                name,
+                inference.arrays[name],
+                options.encoding,
+                self.stages[name].stride,
             )
         if options.include_frame:
             ok, jpeg = cv2.imencode(
