@@ -17,7 +17,14 @@ from convstream.model import (
     select_providers,
     wants_cuda,
 )
-from convstream.model.evaluate import TEST_SEED_BASE, Metrics, evaluate, roc_auc
+from convstream.model.evaluate import (
+    CONDITIONS,
+    TEST_SEED_BASE,
+    Metrics,
+    conditions,
+    evaluate,
+    roc_auc,
+)
 from convstream.model.export import export_onnx
 from convstream.model.network import DamageNet, ExportWrapper
 from convstream.model.scenes import render_scene
@@ -172,3 +179,42 @@ def test_cuda_requested_without_a_gpu_falls_back_loudly(caplog: pytest.LogCaptur
 def test_roc_auc_matches_hand_counts() -> None:
     assert roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1], bool)) == 0.75
     assert roc_auc(np.array([0.5, 0.5]), np.array([0, 1], bool)) == 0.5
+
+
+def test_conditions_keep_each_scene_and_its_damage_mask_aligned() -> None:
+    scene = render_scene(TEST_SEED_BASE + 3, 128, 192, damaged=True)
+    by_name = dict(CONDITIONS)
+    for name, change in CONDITIONS:
+        if change is None:
+            continue
+        seen = change(scene)
+        assert seen.image.dtype == np.uint8, name
+        assert seen.image.shape[:2] == seen.mask.shape, name
+        assert seen.mask.any(), name
+        if not name.startswith(("scale", "shifted")):
+            assert seen.image.shape == scene.image.shape, name
+            assert np.array_equal(seen.mask, scene.mask), name
+            assert not np.array_equal(seen.image, scene.image), name
+    far, near = by_name["scale 0.5x"], by_name["scale 1.5x"]
+    assert far is not None and near is not None
+    assert far(scene).mask.shape == (64, 96)
+    assert near(scene).mask.shape == (192, 288)
+    shift = by_name["shifted by (5, 3) px"]
+    assert shift is not None
+    moved = shift(scene)
+    assert np.array_equal(moved.mask[3:, 5:], scene.mask)
+    assert np.array_equal(moved.image[3:, 5:], scene.image)
+
+
+def test_conditions_report_covers_every_condition(model: DamageModel) -> None:
+    seeds = range(TEST_SEED_BASE + 300, TEST_SEED_BASE + 340)
+    report = conditions(model, seeds, (128, 128))
+    assert [row.name for row in report["condition"]] == [name for name, _ in CONDITIONS]
+    for row in report["condition"]:
+        assert row.images == 40
+        assert 0.0 <= row.roc_auc <= 1.0
+        assert 0.0 <= row.false_alarms <= 1.0
+    groups = report["background"] + report["damage kind"]
+    assert groups
+    for row in groups:
+        assert 0 < row.damaged < row.images

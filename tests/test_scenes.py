@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from convstream.model.scenes import DAMAGE_KINDS, Conveyor, Scene, render_scene
+from convstream.model.scenes import BACKGROUNDS, DAMAGE_KINDS, Conveyor, Scene, render_scene
 
 
 def _check(scene: Scene, h: int, w: int) -> None:
@@ -97,6 +97,15 @@ def test_every_kind_appears() -> None:
         if seen == set(DAMAGE_KINDS):
             break
     assert seen == set(DAMAGE_KINDS)
+
+
+def test_every_background_appears_and_is_named() -> None:
+    seen = {render_scene(seed, 64, 64).background for seed in range(120)}
+    assert seen == set(BACKGROUNDS)
+    # the name belongs to the layout, so the damaged and intact renders of a seed agree
+    for seed in range(10):
+        pair = (render_scene(seed, 64, 64, damaged=d).background for d in (True, False))
+        assert len(set(pair)) == 1
 
 
 def test_mask_marks_changed_pixels() -> None:

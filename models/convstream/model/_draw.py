@@ -1478,15 +1478,18 @@ def random_bg(rng: Rng, h: int, w: int) -> np.ndarray:
 
 _BACKGROUNDS = (belt, concrete, pallet, shelf, plain, random_bg)
 _BG_P = (0.3, 0.2, 0.15, 0.1, 0.1, 0.15)
+BACKGROUNDS = ("belt", "concrete", "pallet", "shelf", "wall", "random texture")
+"""The background kinds, as a Scene names them (in the order of _BACKGROUNDS)."""
 
 
-def background(rng: Rng, h: int, w: int) -> np.ndarray:
+def background(rng: Rng, h: int, w: int) -> tuple[np.ndarray, str]:
     """Random warehouse background, randomly transposed, flipped and slightly rotated.
 
     Returns:
-        float32 ``(h, w, 3)``.
+        float32 ``(h, w, 3)`` and the background's kind (one of BACKGROUNDS).
     """
-    gen = _BACKGROUNDS[pick(rng, _BG_P)]
+    which = pick(rng, _BG_P)
+    gen = _BACKGROUNDS[which]
     tr = rng.random() < 0.5
     rot = rng.uniform(-15, 15) if rng.random() < 0.3 else 0.0
     flip = int(rng.integers(4))
@@ -1501,7 +1504,7 @@ def background(rng: Rng, h: int, w: int) -> np.ndarray:
         img = cv2.warpAffine(img, r, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     if flip:
         img = cv2.flip(img, (0, 1, -1)[flip - 1])
-    return np.ascontiguousarray(img, dtype=F32)
+    return np.ascontiguousarray(img, dtype=F32), BACKGROUNDS[which]
 
 
 # ---------------------------------------------------------------------- photometric

@@ -1,6 +1,8 @@
 """Measure the damage model on rendered scenes whose seeds training never used.
 
-    python -m convstream.model.evaluate            # the shipped model, 1000 held-out scenes
+    python -m convstream.model.evaluate               # the shipped model, 1000 held-out scenes
+    python -m convstream.model.evaluate --conditions  # the same under each condition it must
+                                                      # withstand, per background, per damage
 
 Seeds are split once, here: training draws from [0, EVAL_SEED_BASE), evaluation from
 EVAL_SEED_BASE upward, and the tests from TEST_SEED_BASE upward, so no set overlaps another.
@@ -11,14 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from convstream.model.runtime import DamageModel
-from convstream.model.scenes import Scene, render_scene
+from convstream.model.scenes import BACKGROUNDS, DAMAGE_KINDS, Scene, render_scene
 
 EVAL_SEED_BASE = 1_000_000_000
 TEST_SEED_BASE = 2_000_000_000
@@ -118,6 +121,150 @@ def evaluate(
     )
 
 
+def _jpeg(quality: int) -> Callable[[Scene], Scene]:
+    def apply(scene: Scene) -> Scene:
+        ok, data = cv2.imencode(".jpg", scene.image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        assert ok
+        return replace(scene, image=cv2.imdecode(data, cv2.IMREAD_COLOR))
+
+    return apply
+
+
+def _pixels(change: Callable[[np.ndarray], np.ndarray]) -> Callable[[Scene], Scene]:
+    def apply(scene: Scene) -> Scene:
+        image = change(scene.image.astype(np.float32))
+        return replace(scene, image=np.clip(image, 0, 255).round().astype(np.uint8))
+
+    return apply
+
+
+def _scale(factor: float) -> Callable[[Scene], Scene]:
+    """The scene seen closer or farther: packages (and damage) factor times as large."""
+
+    def apply(scene: Scene) -> Scene:
+        h, w = scene.mask.shape
+        size = (round(w * factor), round(h * factor))
+        area = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+        mask = cv2.resize(scene.mask, size, interpolation=cv2.INTER_NEAREST)
+        return replace(scene, image=cv2.resize(scene.image, size, interpolation=area), mask=mask)
+
+    return apply
+
+
+def _shift(dx: int, dy: int) -> Callable[[Scene], Scene]:
+    """Everything moved right and down by (dx, dy) pixels, off the stride-8 grid."""
+
+    def apply(scene: Scene) -> Scene:
+        pad = ((dy, 0), (dx, 0))
+        return replace(
+            scene,
+            image=np.pad(scene.image, (*pad, (0, 0)), mode="edge"),
+            mask=np.pad(scene.mask, pad),
+        )
+
+    return apply
+
+
+def _noise(sigma: float) -> Callable[[np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(0)
+    return lambda image: image + rng.normal(0.0, sigma, image.shape).astype(np.float32)
+
+
+CONDITIONS: tuple[tuple[str, Callable[[Scene], Scene] | None], ...] = (
+    ("as rendered (already varied: JPEG 60-95, blur, noise, lighting)", None),
+    ("JPEG quality 60 on top", _jpeg(60)),
+    ("JPEG quality 95 on top", _jpeg(95)),
+    ("Gaussian blur, sigma 1.5 px", _pixels(lambda im: cv2.GaussianBlur(im, (0, 0), 1.5))),
+    ("sensor noise, sigma 10 levels", _pixels(_noise(10.0))),
+    ("dim: half the light", _pixels(lambda im: im * 0.5)),
+    ("bright: 1.6x the light, clipped", _pixels(lambda im: im * 1.6)),
+    ("scale 0.5x", _scale(0.5)),
+    ("scale 0.75x", _scale(0.75)),
+    ("scale 1.25x", _scale(1.25)),
+    ("scale 1.5x", _scale(1.5)),
+    ("shifted by (5, 3) px", _shift(5, 3)),
+)
+"""What the model must withstand (issue #2): each applied to the same held-out scenes."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the conditions report."""
+
+    name: str
+    images: int
+    damaged: int
+    roc_auc: float
+    peak_in_region: float
+    recall: float  # damaged scenes at or above the threshold
+    false_alarms: float  # intact scenes at or above the threshold
+
+
+def _row(name: str, scores: np.ndarray, labels: np.ndarray, peaks: list[bool], t: float) -> Row:
+    hit = scores >= t
+    return Row(
+        name=name,
+        images=len(scores),
+        damaged=int(labels.sum()),
+        roc_auc=roc_auc(scores, labels),
+        peak_in_region=float(np.mean(peaks)) if peaks else 0.0,
+        recall=float(hit[labels].mean()),
+        false_alarms=float(hit[~labels].mean()),
+    )
+
+
+def conditions(
+    model: DamageModel, seeds: Sequence[int], size: tuple[int, int] = (384, 640)
+) -> dict[str, list[Row]]:
+    """The held-out metrics under each of CONDITIONS, then as rendered per background and
+    per damage kind (scenes with only that kind against every intact scene)."""
+    scenes = [render_scene(seed, *size) for seed in seeds]
+    t = model.threshold
+    report: dict[str, list[Row]] = {"condition": [], "background": [], "damage kind": []}
+    base: tuple[np.ndarray, np.ndarray, list[bool]] | None = None
+    for name, change in CONDITIONS:
+        seen = scenes if change is None else [change(scene) for scene in scenes]
+        scores, labels, peaks = score_scenes(model, seen)
+        base = base or (scores, labels, peaks)
+        report["condition"].append(_row(name, scores, labels, peaks, t))
+    assert base is not None
+    scores, labels, _ = base
+    peak_of = dict(zip(np.flatnonzero(labels), base[2], strict=True))
+    for group, keys, of in (
+        ("background", BACKGROUNDS, lambda s: s.background),
+        ("damage kind", DAMAGE_KINDS, lambda s: s.kinds),
+    ):
+        for key in keys:
+            picked = [
+                i
+                for i, s in enumerate(scenes)
+                if (of(s) == key if group == "background" else of(s) in ((), (key,)))
+            ]
+            idx = np.array(picked, int)
+            if len(idx) == 0 or labels[idx].all() or not labels[idx].any():
+                continue
+            peaks = [peak_of[i] for i in picked if labels[i]]
+            report[group].append(_row(key, scores[idx], labels[idx], peaks, t))
+    return report
+
+
+def conditions_table(report: dict[str, list[Row]]) -> str:
+    """The report as markdown tables."""
+    out = []
+    for group, rows in report.items():
+        out += [
+            f"| {group} | images (damaged) | ROC AUC | peak in region | recall | false alarms |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        out += [
+            f"| {r.name} | {r.images} ({r.damaged}) | {r.roc_auc:.3f} | {r.peak_in_region:.3f}"
+            f" | {r.recall:.3f} | {r.false_alarms:.3f} |"
+            for r in rows
+        ]
+        out.append("")
+    return "\n".join(out)
+
+
 def latency_ms(model: DamageModel, size: tuple[int, int], runs: int = 100) -> float:
     """Median milliseconds of one frame at size (height, width), returning what the server
     asks for (heatmap, score and one feature map)."""
@@ -141,9 +288,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--latency", action="store_true", help="also time one frame at 256x256 and 384x640"
     )
+    parser.add_argument(
+        "--conditions",
+        action="store_true",
+        help="instead: markdown tables of the metrics under each condition, per background and"
+        " per damage kind (--images scenes at --height x --width; try 400 at 384x640)",
+    )
     args = parser.parse_args(argv)
     model = DamageModel(args.model, provider="cpu")
     seeds = range(EVAL_SEED_BASE, EVAL_SEED_BASE + args.images)
+    if args.conditions:
+        print(conditions_table(conditions(model, seeds, (args.height, args.width))))
+        return
     report: dict[str, object] = asdict(evaluate(model, seeds, (args.height, args.width)))
     if args.latency:
         for h, w in ((256, 256), (384, 640)):

@@ -33,6 +33,8 @@ DAMAGE_KINDS: tuple[str, ...] = (
     "torn_tape",
 )
 _NK = len(DAMAGE_KINDS)
+BACKGROUNDS: tuple[str, ...] = D.BACKGROUNDS
+"""What a scene's boxes stand on or in front of (Scene.background)."""
 F32 = np.float32
 
 
@@ -45,12 +47,14 @@ class Scene:
         mask: uint8 ``(H, W)``: 1 where visible damage is, else 0.
         damaged: True iff ``mask`` has any 1.
         kinds: Damage kinds visible in the frame (in ``DAMAGE_KINDS`` order; empty if intact).
+        background: What the boxes stand on or in front of (one of ``BACKGROUNDS``).
     """
 
     image: np.ndarray
     mask: np.ndarray
     damaged: bool
     kinds: tuple[str, ...]
+    background: str
 
 
 # ------------------------------------------------------------------------ box model
@@ -556,15 +560,16 @@ def _seed(seed: int) -> int:
 
 def _compose(
     seed: int, attempt: int, h: int, w: int, damaged: bool, force: bool = False
-) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
-    """Background plus boxes; returns float image, label map and the scene generator.
+) -> tuple[np.ndarray, np.ndarray, np.random.Generator, str]:
+    """Background plus boxes; returns float image, label map, the scene generator and the
+    background's kind.
 
     The layout depends on ``seed`` and ``attempt // 3`` only, the damage on ``attempt`` too;
     ``force`` makes a single large centred box (last resort for visible damage).
     """
     rng = np.random.default_rng([seed, 0, attempt // 3])
     drng = np.random.default_rng([seed, 1, attempt])
-    img = D.background(rng, h, w)
+    img, background = D.background(rng, h, w)
     lab = np.zeros((h, w), np.uint8)
     cam = _camera(rng)
     n = D.pick(rng, [0.55, 0.3, 0.15]) + 1
@@ -604,16 +609,16 @@ def _compose(
             sx, sy, sm = shd
             img[sy : sy + sm.shape[0], sx : sx + sm.shape[1]] *= D.g3(F32(1) - sm)
         _draw_faces(fq, img, lab, None, 0, 0)
-    return img, lab, rng
+    return img, lab, rng, background
 
 
-def _scene(img: np.ndarray, lab: np.ndarray) -> Scene:
+def _scene(img: np.ndarray, lab: np.ndarray, background: str) -> Scene:
     mask = np.minimum(lab, 1)
     kinds: tuple[str, ...] = ()
     if mask.any():
         counts = np.bincount(lab[lab > 0], minlength=_NK + 1)
         kinds = tuple(k for i, k in enumerate(DAMAGE_KINDS) if counts[i + 1] > 0)
-    return Scene(image=img, mask=mask, damaged=bool(kinds), kinds=kinds)
+    return Scene(image=img, mask=mask, damaged=bool(kinds), kinds=kinds, background=background)
 
 
 def render_scene(
@@ -642,21 +647,21 @@ def render_scene(
         damaged = bool(np.random.default_rng([s, 2]).random() < 0.5)
     # damage must be visibly large: ~10x10 px at 256x256, scaled with the image area
     min_px = max(4, int(0.0016 * height * width))
-    best: tuple[int, np.ndarray, np.ndarray, np.random.Generator] | None = None
+    best: tuple[int, np.ndarray, np.ndarray, np.random.Generator, str] | None = None
     for attempt in range(9):
-        img, lab, rng = _compose(s, attempt, height, width, damaged, force=attempt == 8)
+        img, lab, rng, bg = _compose(s, attempt, height, width, damaged, force=attempt == 8)
         if not damaged:
-            best = (0, img, lab, rng)
+            best = (0, img, lab, rng, bg)
             break
         count = int(np.count_nonzero(lab))
         if best is None or count > best[0]:
-            best = (count, img, lab, rng)
+            best = (count, img, lab, rng, bg)
         if count >= min_px:
             break
         _LOG.debug("seed %d attempt %d: damage not visible enough, retrying", seed, attempt)
     assert best is not None
-    _, img, lab, rng = best
-    return _scene(D.finish(img, rng), lab)
+    _, img, lab, rng, background = best
+    return _scene(D.finish(img, rng), lab, background)
 
 
 # ------------------------------------------------------------------------- conveyor
@@ -786,4 +791,4 @@ class Conveyor:
         img *= self._light
         rng = np.random.default_rng([self.seed, 11, index % (1 << 62)])
         out = D.add_noise(img, rng, self._noise)
-        return _scene(out, lab)
+        return _scene(out, lab, "belt")
