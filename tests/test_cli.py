@@ -168,3 +168,21 @@ def test_the_console_command_has_no_traceback() -> None:
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert done.stderr.count("\n") == 1 and "unavailable" in done.stderr
+
+
+@pytest.mark.parametrize("which", ["port", "metrics-port"])
+def test_serve_on_a_busy_port_names_it_in_one_line(which: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        ports = {"port": free_port(), "metrics-port": free_port(), which: busy}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        command = [sys.executable, "-m", "convstream.cli", "serve", "--no-cameras"]
+        command += ["--port", str(ports["port"]), "--metrics-port", str(ports["metrics-port"])]
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+    ours = [line for line in done.stderr.splitlines() if line.startswith("convstream serve:")]
+    assert len(ours) == 1, done.stderr
+    assert f"127.0.0.1:{busy}" in ours[0] and f"--{which}" in ours[0], ours[0]

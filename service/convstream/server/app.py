@@ -148,18 +148,19 @@ class Server:
         if settings.reflection:
             names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
             reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
-        address = f"{settings.host}:{settings.port}"
         credentials = server_credentials(settings)
-        if credentials is None:
-            self.port = server.add_insecure_port(address)
-        else:
-            self.port = server.add_secure_port(address, credentials)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {address}")
-        await server.start()
-        self._grpc = server
+        self._grpc = server  # from here on, stop() releases it whatever fails next
+        self.port = _listen(server, settings, credentials)
         if settings.metrics_port >= 0:
-            self.metrics_port = self.metrics.serve(settings.host, settings.metrics_port)
+            try:
+                self.metrics_port = self.metrics.serve(settings.host, settings.metrics_port)
+            except OSError as exc:
+                raise OSError(
+                    f"cannot serve metrics on {settings.host}:{settings.metrics_port}: "
+                    f"{exc.strerror or exc}; choose another port with --metrics-port "
+                    "(-1 turns metrics off)"
+                ) from exc
+        await server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await self.cameras.start(settings.cameras)
@@ -243,13 +244,37 @@ class Server:
             await self._grpc.wait_for_termination()
 
 
+def _listen(
+    server: grpc.aio.Server, settings: Settings, credentials: grpc.ServerCredentials | None
+) -> int:
+    """Bind the gRPC port; an OSError that says what to do when it cannot."""
+    address = f"{settings.host}:{settings.port}"
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError:  # grpcio raises where it used to return 0
+        port = 0
+    if port == 0:
+        raise OSError(
+            f"cannot listen on {address}: the port is in use (another convstream serve?) or "
+            "the address is not one of this machine's; choose another with --port or --host"
+        )
+    return port
+
+
 async def serve(settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
     """Run until SIGTERM or SIGINT, then drain for the grace period and return.
 
     On SIGHUP, ``reload()`` loads the settings again and the cameras follow them.
     """
     server = Server(settings)
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        await server.stop(grace=0)  # nothing half-started is left to complain at exit
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
