@@ -66,15 +66,23 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, tokens: Sequence[TokenConfig]) -> None:
         self._tokens = [(bytes.fromhex(t.sha256), t) for t in tokens]
 
-    def _lookup(self, metadata: Sequence[tuple[str, str | bytes]]) -> TokenConfig | None:
+    def _lookup(self, metadata: Sequence[tuple[str, str | bytes]]) -> TokenConfig | str:
+        """The token's config, or why the call has none (the message to refuse it with)."""
         header = next((v for k, v in metadata if k == "authorization"), None)
+        if header is None:
+            return "this server needs a token: send metadata 'authorization: Bearer <token>'"
         if not isinstance(header, str) or not header.startswith("Bearer "):
-            return None
+            return "the authorization metadata must read 'Bearer <token>'"
         digest = hashlib.sha256(header[len("Bearer ") :].strip().encode()).digest()
         found = None
         for expected, config in self._tokens:  # compare with every one: no timing hint
             if hmac.compare_digest(digest, expected):
                 found = config
+        if found is None:
+            return (
+                "the token was not recognised: it is none of this server's tokens "
+                "(mistyped, or removed from its config?)"
+            )
         return found
 
     async def intercept_service(
@@ -87,12 +95,8 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
         token = self._lookup(handler_call_details.invocation_metadata or ())
-        if token is None:
-            return _deny(
-                handler,
-                grpc.StatusCode.UNAUTHENTICATED,
-                "this server needs a token: send metadata 'authorization: Bearer <token>'",
-            )
+        if isinstance(token, str):
+            return _deny(handler, grpc.StatusCode.UNAUTHENTICATED, token)
         needed = NEEDS.get(method.removeprefix(SERVICE), "watch")
         if not _role_allows(token.role, needed):
             return _deny(
