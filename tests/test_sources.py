@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +20,7 @@ from live import free_port
 
 from convstream.server import CameraConfig, ConfigError, Settings, load_settings
 from convstream.server.camera import Camera, backoff_s
-from convstream.server.sources import SourceError, SourceSpec, parse_source, redact
+from convstream.server.sources import SourceError, SourceSpec, parse_source, redact, why_closed
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
@@ -248,3 +249,17 @@ def test_sighup_reloads_cameras_from_the_config_file(tmp_path: Path) -> None:
 
 def _ids(stub: pb_grpc.ConvstreamStub) -> list[str]:
     return [c.id for c in stub.ListCameras(pb.ListCamerasRequest(), timeout=5).cameras]
+
+
+def test_a_source_that_did_not_open_is_told_refused_from_answering() -> None:
+    refused_port = free_port()  # free a moment ago: nothing listens there
+    why = why_closed(parse_source(f"rtsp://user:pw@127.0.0.1:{refused_port}/live"), 1.0)
+    assert why.startswith("connection refused")
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        why = why_closed(parse_source(f"http://127.0.0.1:{port}/video.mjpg"), 1.0)
+    assert why.startswith("it accepts connections, but no video stream opened")
+    assert str(port) not in why and "127.0.0.1" not in why  # clients never see the address
+    assert "within 2 s" in why_closed(parse_source("udp://127.0.0.1:1234"), 2.0)

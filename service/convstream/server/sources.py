@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,40 @@ class _Pacer:
         self._next = max(self._next + self._interval, time.monotonic() - self._interval)
 
 
+_DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
+
+
+def why_closed(spec: SourceSpec, timeout_s: float) -> str:
+    """Why a network source did not open, as far as a TCP connection to it can tell.
+
+    OpenCV only says that it failed. Connecting to the same host and port tells a refusal
+    (nothing listens: wrong port, or the camera is down) from silence (a firewall, a wrong
+    host) from a source that answers but whose stream would not open. The words never name
+    the address: camera errors reach clients, which know cameras by id only.
+    """
+    parts = urlsplit(spec.target)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or _DEFAULT_PORTS.get(scheme)
+    except ValueError:
+        port = None
+    if scheme in ("udp",) or not parts.hostname or port is None:
+        return f"nothing was received within {timeout_s:g} s"
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout_s):
+            pass
+    except ConnectionRefusedError:
+        return "connection refused: nothing listens at that address and port (camera down?)"
+    except TimeoutError:
+        return f"no answer within {timeout_s:g} s (host down, or a firewall in the way?)"
+    except OSError as exc:
+        return f"cannot reach it: {exc.strerror or exc}"
+    return (
+        "it accepts connections, but no video stream opened there (wrong path or stream "
+        "name, credentials refused, or no answer to the request)"
+    )
+
+
 class OpenCVCapture:
     """cv2.VideoCapture with timeouts; files are paced to their frame rate and may loop."""
 
@@ -151,9 +186,10 @@ class OpenCVCapture:
                     f"could not open USB camera {spec.device} (/dev/video{spec.device}): is it "
                     "plugged in, and may this user read it?"
                 )
+            if spec.kind == "file":
+                raise SourceError("could not open file source: is it a video OpenCV can read?")
             raise SourceError(
-                f"could not open {spec.kind} source within {open_timeout_s:g} s"
-                + (" (is the file a video OpenCV can read?)" if spec.kind == "file" else "")
+                f"could not open {spec.kind} source: {why_closed(spec, open_timeout_s)}"
             )
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self._pacer = _Pacer(fps) if spec.kind == "file" and 0 < fps <= 240 else None
