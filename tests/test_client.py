@@ -92,6 +92,7 @@ async def test_model_info_sync_and_async(server: Server) -> None:
     assert info.stage_names == STAGES
     assert info.execution_provider == "CPUExecutionProvider"
     assert (640, 384) in info.input_sizes and 0.0 < info.threshold < 1.0
+    assert (info.input_sizes[0].width, info.input_sizes[0].height) == (640, 384)  # named
     assert info.max_message_bytes == 64 * 1024 * 1024
 
 

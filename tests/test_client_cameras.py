@@ -213,6 +213,9 @@ async def test_unknown_camera_and_bad_options(server: Server) -> None:
             ):
                 with pytest.raises(ValueError):
                     bad()
+            for url in ("rtsp://10.0.0.1/live", "/dev/video0"):
+                with pytest.raises(ValueError, match="never a URL or a path"):
+                    client.watch(url)
 
     await asyncio.to_thread(sync)
     async with AsyncClient(address(server)) as client:

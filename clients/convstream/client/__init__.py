@@ -38,7 +38,15 @@ from convstream.client.errors import (
 from convstream.client.frames import Frame, FrameLike, Video, image_files, read_image, read_images
 from convstream.client.options import TLS, Limits, ResultOptions, Retry, Timeout, Upload
 from convstream.client.overlay import draw_overlay, heatmap_on_frame, save_overlay
-from convstream.client.results import CameraInfo, Geometry, ModelInfo, Result, Stage, Timings
+from convstream.client.results import (
+    CameraInfo,
+    Geometry,
+    ModelInfo,
+    Result,
+    Size,
+    Stage,
+    Timings,
+)
 from convstream.client.tensors import to_numpy
 
 __all__ = [
@@ -65,6 +73,7 @@ __all__ = [
     "Retry",
     "ServerError",
     "ServerUnavailable",
+    "Size",
     "SourceError",
     "Stage",
     "Timeout",

@@ -265,7 +265,7 @@ def _duration(elapsed: timedelta) -> str:
 
 def model_info_text(info: ModelInfo) -> str:
     """GetModelInfo for people."""
-    sizes = ", ".join(f"{h}x{w}" for w, h in info.input_sizes)
+    sizes = ", ".join(f"{s.height}x{s.width}" for s in info.input_sizes)
     lines = [
         f"model        {info.name} (sha256 {info.sha256[:16]}…)",
         f"provider     {info.execution_provider} (requested {info.requested_provider}; "

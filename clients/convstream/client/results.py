@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -204,6 +204,15 @@ class Result:
         return f"<Result frame_id={self.frame_id}{name} {' '.join(parts)}>"
 
 
+class Size(NamedTuple):
+    """A model input size, named so it cannot be read backwards: ``size.width``,
+    ``size.height``. As a plain tuple it is (width, height), like OpenCV's sizes; the server's
+    config and ``convstream info`` write it the other way round, "384x640" = height x width."""
+
+    width: int
+    height: int
+
+
 @dataclass(frozen=True)
 class Stage:
     """A feature-map stage of the model: channels and stride (input pixels per cell)."""
@@ -218,8 +227,8 @@ class ModelInfo:
     """The model the server runs and the limits it applies.
 
     Attributes:
-        input_sizes: model input sizes as (width, height); each frame is letterboxed into the
-            one whose aspect ratio is closest to its own.
+        input_sizes: model input sizes (``Size(width, height)``); each frame is letterboxed
+            into the one whose aspect ratio is closest to its own.
         execution_provider: the onnxruntime provider really running, e.g. CPUExecutionProvider.
     """
 
@@ -231,7 +240,7 @@ class ModelInfo:
     threshold: float
     heatmap_stride: int
     stages: tuple[Stage, ...]
-    input_sizes: tuple[tuple[int, int], ...]
+    input_sizes: tuple[Size, ...]
     onnxruntime_version: str
     server_version: str
     max_message_bytes: int
@@ -253,7 +262,7 @@ class ModelInfo:
             threshold=float(message.threshold),
             heatmap_stride=message.heatmap_stride,
             stages=tuple(Stage(s.name, s.channels, s.stride) for s in message.stages),
-            input_sizes=tuple((s.width, s.height) for s in message.input_sizes),
+            input_sizes=tuple(Size(s.width, s.height) for s in message.input_sizes),
             onnxruntime_version=message.onnxruntime_version,
             server_version=message.server_version,
             max_message_bytes=message.max_message_bytes,
