@@ -140,6 +140,7 @@ def test_no_server_is_one_line_and_exit_code_1(capsys: pytest.CaptureFixture[str
     assert out == "" and len(err.strip().splitlines()) == 1
     assert err.startswith("convstream info: convstream server at 127.0.0.1:")
     assert "unavailable" in err and "convstream serve" in err
+    assert "If it uses TLS, add --ca FILE or --tls." in err
 
 
 def test_usage_errors_exit_2(
@@ -168,6 +169,7 @@ def test_the_console_command_has_no_traceback() -> None:
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert done.stderr.count("\n") == 1 and "unavailable" in done.stderr
+    assert done.stdout == ""  # no table header above an error
 
 
 @pytest.mark.parametrize("which", ["port", "metrics-port"])

@@ -50,7 +50,9 @@ def test_sources_apply_in_order(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("toml", "env", "message"),
     [
-        ("prot = 1\n", {}, "prot"),
+        ("prot = 1\n", {}, "prot: unknown setting"),
+        ('port = "abc"\n', {}, "c.toml.*\n  port: Input should be a valid integer.*got 'abc'"),
+        ('[[cameras]]\nid = "dock 1"\nsource = "x.mp4"\n', {}, r"cameras\[0\]\.id: .*'dock 1'"),
         ("", {"CONVSTREAM_PROT": "1"}, "unknown setting CONVSTREAM_PROT"),
         ('input_sizes = ["385x640"]\n', {}, "multiples of 8"),
         ("max_batch = -1\n", {}, "max_batch"),

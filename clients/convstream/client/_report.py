@@ -94,8 +94,7 @@ class Reporter:
             dynamic_ncols=True,
             leave=False,
         )
-        if not json_lines:
-            self._line(self._header())
+        self._headed = json_lines  # the table's header waits for its first row
 
     def _header(self) -> str:
         return self._row("FRAME", "NAME", "SCORE", "DAMAGED", "PEAK (x, y)", "SERVER MS")
@@ -129,6 +128,9 @@ class Reporter:
         if self.json_lines:
             self._line(json.dumps(result_json(result, overlay)))
         else:
+            if not self._headed:  # not before: a call that fails at once prints no table
+                self._line(self._header())
+                self._headed = True
             self._line(self._table_row(result))
         self.bar.update(1)
 

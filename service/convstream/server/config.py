@@ -299,4 +299,19 @@ def load_settings(
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(f"invalid settings: {exc}") from exc
+        where = f"{path}, " if path is not None else ""
+        lines = [_describe(error) for error in exc.errors(include_url=False)]
+        raise ConfigError(
+            f"invalid settings (from {where}{ENV_PREFIX}* variables and flags):\n  "
+            + "\n  ".join(lines)
+        ) from exc
+
+
+def _describe(error: Any) -> str:
+    """One pydantic error as one line: where, what was expected, what arrived."""
+    where = "".join(
+        f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]
+    ).lstrip(".")
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown setting (README, 'Running the server', lists them)"
+    return f"{where}: {error['msg']}, got {error['input']!r}"
