@@ -25,6 +25,8 @@ from live import (
 )
 
 from convstream.server import CameraConfig, Server, Settings
+from convstream.server.feeds import Watcher
+from convstream.server.pipeline import Options
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
@@ -382,6 +384,21 @@ async def test_max_fps_is_a_rate_not_a_minimum_gap() -> None:
     times = [r.capture_time.ToNanoseconds() / 1e9 for r in watcher.results]
     rate = (len(times) - 1) / (times[-1] - times[0])
     assert 4.2 <= rate <= 5.3, rate
+
+
+def test_a_new_watcher_gets_no_opening_burst() -> None:
+    """max_fps holds from the first result: a 3 fps watcher of a 15 fps camera gets results
+    a third of a second apart from the start (it used to get the first 2-3 at camera rate)."""
+    watcher = Watcher("belt", Options(), max_fps=3.0, capacity=64)
+    delivered = []
+    for i in range(30):  # 2 s of a 15 fps camera, on a made-up clock
+        now = 1000.0 + i / 15
+        if watcher.due(now):
+            watcher.offer(pb.FrameResult(frame_id=i), captured=now, now=now)
+            delivered.append(now)
+    gaps = np.diff(delivered)
+    assert len(delivered) == 6, delivered  # 3 a second for 2 s
+    assert gaps.min() >= 1 / 3 - 1e-9, gaps
 
 
 async def test_a_client_stream_can_publish_under_its_source_name() -> None:
