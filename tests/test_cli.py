@@ -188,3 +188,15 @@ def test_serve_on_a_busy_port_names_it_in_one_line(which: str) -> None:
     ours = [line for line in done.stderr.splitlines() if line.startswith("convstream serve:")]
     assert len(ours) == 1, done.stderr
     assert f"127.0.0.1:{busy}" in ours[0] and f"--{which}" in ours[0], ours[0]
+
+
+def test_a_missing_usb_camera_is_our_line_without_opencv_warnings() -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("OPENCV_LOG_LEVEL", None)
+    command = [sys.executable, "-m", "convstream.cli", "stream", "57"]  # no /dev/video57
+    command += ["--address", f"127.0.0.1:{free_port()}"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "convstream stream: OpenCV cannot open video source 57"
+    ]
