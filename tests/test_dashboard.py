@@ -274,7 +274,10 @@ async def test_page_shows_every_camera_live(
             re.compile(r"^[01]\.\d\d$")
         )
         await expect(_tile(page, camera).locator(".v-fps")).not_to_have_text("\u2013")
-    await expect(page.locator("#model")).to_contain_text("ExecutionProvider")
+    await expect(page.locator("#model")).to_contain_text("· CPU ·")  # short, before the hash
+    await expect(page.locator("#model")).to_have_attribute(
+        "title", re.compile("provider CPUExecutionProvider")
+    )
     await expect(page.locator("#conn-text")).to_have_text("live")
 
     # The damaged packages' tile: a real picture, and a heatmap with hot cells over it.

@@ -324,7 +324,10 @@
     }
     const b = document.createElement("b");
     b.textContent = model.name;
-    el.append(b, document.createTextNode(` ${model.sha256} · ${model.provider}`));
+    // The provider matters more than the hash when the header is narrow: it comes first,
+    // short ("CPU", "CUDA"); the tooltip has everything.
+    const provider = model.provider.replace(/ExecutionProvider$/, "");
+    el.append(b, document.createTextNode(` · ${provider} · ${model.sha256}`));
     el.title = `model ${model.name} (sha256 ${model.sha256}…), provider ${model.provider} ` +
       `on onnxruntime ${model.onnxruntime}, server ${model.server_version}, ` +
       `(requested ${model.requested}), model threshold ${model.model_threshold}, ` +
