@@ -213,9 +213,10 @@ async def test_unknown_camera_and_bad_options(server: Server) -> None:
             ):
                 with pytest.raises(ValueError):
                     bad()
-            for url in ("rtsp://10.0.0.1/live", "/dev/video0"):
-                with pytest.raises(ValueError, match="never a URL or a path"):
+            for url in ("rtsp://admin:pw@10.0.0.1/live", "/dev/video0", "device:0"):
+                with pytest.raises(ValueError, match="never a URL, a path or a device") as info:
                     client.watch(url)
+                assert "pw" not in str(info.value)
 
     await asyncio.to_thread(sync)
     async with AsyncClient(address(server)) as client:

@@ -10,6 +10,7 @@ from convstream.server.config import (
     ConfigError,
     Scheduling,
     Settings,
+    host_port,
     load_settings,
     parse_size,
 )
@@ -79,3 +80,24 @@ def test_parse_size() -> None:
     assert parse_size("384x640") == (384, 640)
     with pytest.raises(ValueError, match="HxW"):
         parse_size("640")
+
+
+def test_config_errors_never_print_camera_passwords(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    cameras = "".join(
+        f'[[cameras]]\nid = "b"\nsource = "rtsp://admin:S3cret@10.0.0.{i}/live"\n' for i in (1, 2)
+    )
+    path.write_text(cameras)  # a whole-table error (an id twice) must not print the table
+    with pytest.raises(ConfigError, match="camera id 'b' is listed twice") as info:
+        load_settings(path, environ={})
+    assert "S3cret" not in str(info.value) and "10.0.0.1" not in str(info.value)
+    path.write_text('port = "rtsp://admin:S3cret@10.0.0.3/x"\n')  # a single value: redacted
+    with pytest.raises(ConfigError, match="port: Input should be a valid integer") as info:
+        load_settings(path, environ={})
+    assert "S3cret" not in str(info.value) and "admin:***@" in str(info.value)
+
+
+def test_host_port_brackets_ipv6() -> None:
+    assert host_port("127.0.0.1", 50051) == "127.0.0.1:50051"
+    assert host_port("::", 50051) == "[::]:50051"
+    assert host_port("[::1]", 1) == "[::1]:1"

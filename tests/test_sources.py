@@ -262,4 +262,6 @@ def test_a_source_that_did_not_open_is_told_refused_from_answering() -> None:
         why = why_closed(parse_source(f"http://127.0.0.1:{port}/video.mjpg"), 1.0)
     assert why.startswith("it accepts connections, but no video stream opened")
     assert str(port) not in why and "127.0.0.1" not in why  # clients never see the address
-    assert "within 2 s" in why_closed(parse_source("udp://127.0.0.1:1234"), 2.0)
+    assert "nothing arrived within 2.0 s" in why_closed(parse_source("udp://127.0.0.1:1234"), 2.0)
+    assert "not a valid name" in why_closed(parse_source("rtsp://cam..local/x"), 1.0)
+    assert "no host and port" in why_closed(parse_source("rtsp://cam.local:abc/x"), 1.0)

@@ -144,11 +144,12 @@ class BaseClient:
     ) -> pb.WatchCameraRequest:
         if not isinstance(camera_id, str) or not camera_id:
             raise ValueError(f"camera_id must be a camera's id, e.g. 'dock-3', got {camera_id!r}")
-        if "://" in camera_id or camera_id.startswith(("/", "\\")):
-            # Cameras are named in the server's config; clients never pass a URL or a path.
+        if "://" in camera_id or camera_id.startswith(("/", "\\", "device:")):
+            # Cameras are named in the server's config; clients never pass a URL, a path or
+            # a device. The value is not echoed: a URL may carry a password.
             raise ValueError(
                 "camera_id is the id of a camera in the server's config (see cameras()), "
-                f"never a URL or a path; got {camera_id[:80]!r}"
+                "never a URL, a path or a device"
             )
         if max_fps is not None and not 0 <= max_fps < math.inf:
             raise ValueError(f"max_fps must be >= 0 results per second or None, got {max_fps}")

@@ -251,7 +251,8 @@ def _run(args: argparse.Namespace, body: Callable[[Client], int]) -> int:
             hint = " (is `convstream serve` running there?"
             # A plaintext call to a TLS port only sees the socket close.
             tls = getattr(args, "tls", False) or getattr(args, "ca", None)
-            hint += ")" if tls else " If it uses TLS, add --ca FILE or --tls.)"
+            draining = "shutting down" in exc.message
+            hint += ")" if tls or draining else " If it uses TLS, add --ca FILE or --tls.)"
         print(f"convstream {args.command}: {exc.message}{hint}", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. an overlay folder that cannot be written

@@ -47,14 +47,15 @@ class Scene:
         mask: uint8 ``(H, W)``: 1 where visible damage is, else 0.
         damaged: True iff ``mask`` has any 1.
         kinds: Damage kinds visible in the frame (in ``DAMAGE_KINDS`` order; empty if intact).
-        background: What the boxes stand on or in front of (one of ``BACKGROUNDS``).
+        background: What the boxes stand on or in front of (one of ``BACKGROUNDS``; empty
+            for a Scene built by hand).
     """
 
     image: np.ndarray
     mask: np.ndarray
     damaged: bool
     kinds: tuple[str, ...]
-    background: str
+    background: str = ""
 
 
 # ------------------------------------------------------------------------ box model

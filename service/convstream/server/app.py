@@ -18,7 +18,13 @@ from grpc_reflection.v1alpha import reflection
 from convstream.model import DamageModel, wants_cuda
 from convstream.model.runtime import CUDA, ProviderChoice
 from convstream.server.cameras import CameraManager
-from convstream.server.config import ConfigError, Scheduling, Settings, usable_cores
+from convstream.server.config import (
+    ConfigError,
+    Scheduling,
+    Settings,
+    host_port,
+    usable_cores,
+)
 from convstream.server.engine import Engine
 from convstream.server.errors import Draining
 from convstream.server.metrics import Metrics
@@ -156,7 +162,7 @@ class Server:
                 self.metrics_port = self.metrics.serve(settings.host, settings.metrics_port)
             except OSError as exc:
                 raise OSError(
-                    f"cannot serve metrics on {settings.host}:{settings.metrics_port}: "
+                    f"cannot serve metrics on {host_port(settings.host, settings.metrics_port)}: "
                     f"{exc.strerror or exc}; choose another port with --metrics-port "
                     "(-1 turns metrics off)"
                 ) from exc
@@ -178,11 +184,10 @@ class Server:
                 " and ".join(missing),
             )
         logger.info(
-            "convstream %s serving on %s:%d (%s; model %s, sha256 %s..., provider %s; "
+            "convstream %s serving on %s (%s; model %s, sha256 %s..., provider %s; "
             "inference workers %d, onnxruntime threads per run %d, frames per run %d at most)",
             server_version(),
-            settings.host,
-            self.port,
+            host_port(settings.host, self.port),
             security,
             model.path.name,
             model.sha256[:12],
@@ -248,7 +253,7 @@ def _listen(
     server: grpc.aio.Server, settings: Settings, credentials: grpc.ServerCredentials | None
 ) -> int:
     """Bind the gRPC port; an OSError that says what to do when it cannot."""
-    address = f"{settings.host}:{settings.port}"
+    address = host_port(settings.host, settings.port)
     try:
         if credentials is None:
             port = server.add_insecure_port(address)
@@ -273,7 +278,10 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
     try:
         await server.start()
     except BaseException:
-        await server.stop(grace=0)  # nothing half-started is left to complain at exit
+        try:
+            await server.stop(grace=0)  # nothing half-started is left to complain at exit
+        except Exception:  # never hide why the start failed
+            logger.exception("stopping after a failed start")
         raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -271,6 +271,11 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
+def host_port(host: str, port: int) -> str:
+    """host:port, an IPv6 host in brackets ("[::]:50051")."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
 def load_settings(
     path: Path | None = None,
     *,
@@ -308,10 +313,21 @@ def load_settings(
 
 
 def _describe(error: Any) -> str:
-    """One pydantic error as one line: where, what was expected, what arrived."""
+    """One pydantic error as one line: where, what was expected, and what arrived when that
+    is a single value (shortened, passwords in URLs hidden; never a whole table, which would
+    print every camera's source)."""
+    from convstream.server.sources import redact  # sources imports this module
+
     where = "".join(
         f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]
     ).lstrip(".")
+    where = where or "settings"
     if error["type"] == "extra_forbidden":
         return f"{where}: unknown setting (README, 'Running the server', lists them)"
-    return f"{where}: {error['msg']}, got {error['input']!r}"
+    value = error.get("input")
+    if error["type"] in ("value_error", "missing") or isinstance(value, dict | list | tuple):
+        return f"{where}: {error['msg']}"
+    shown = redact(repr(value))
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{where}: {error['msg']}, got {shown}"

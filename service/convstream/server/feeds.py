@@ -207,9 +207,9 @@ class Publisher:
         self.latency_ms = (time.perf_counter() - read_at) * 1000
         self.last_result_time = time.time()
         self.fps_out.tick(time.monotonic())
-        now = time.monotonic()
         for watcher in due:
             if watcher in self.watchers:  # it may have gone while this frame was analysed
+                # the clock due() read: the schedule follows the frames, not the encoding
                 watcher.offer(results[watcher.options], captured, now)
         return score
 

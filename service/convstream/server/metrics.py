@@ -9,6 +9,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from convstream.server.config import host_port
+
 logger = logging.getLogger(__name__)
 
 _BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -82,7 +84,7 @@ class Metrics:
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         self._http = server
         bound = int(server.server_address[1])
-        logger.info("metrics on http://%s:%d/metrics", host, bound)
+        logger.info("metrics on http://%s/metrics", host_port(host, bound))
         return bound
 
     def close(self) -> None:

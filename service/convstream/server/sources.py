@@ -128,30 +128,40 @@ _DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
 
 
 def why_closed(spec: SourceSpec, timeout_s: float) -> str:
-    """Why a network source did not open, as far as a TCP connection to it can tell.
+    """Why a network source did not open, as far as one TCP connection to it can tell.
 
     OpenCV only says that it failed. Connecting to the same host and port tells a refusal
     (nothing listens: wrong port, or the camera is down) from silence (a firewall, a wrong
-    host) from a source that answers but whose stream would not open. The words never name
-    the address: camera errors reach clients, which know cameras by id only.
+    host) from a source that answers but whose stream would not open. One address is tried,
+    for at most ``timeout_s``. The words never name the address: camera errors reach clients,
+    which know cameras by id only.
     """
+    unknown = "OpenCV could not open it (no host and port to check)"
     parts = urlsplit(spec.target)
     scheme = parts.scheme.lower()
+    if scheme == "udp":
+        return f"nothing arrived within {timeout_s:.1f} s (is the source sending to this host?)"
     try:
         port = parts.port or _DEFAULT_PORTS.get(scheme)
     except ValueError:
-        port = None
-    if scheme in ("udp",) or not parts.hostname or port is None:
-        return f"nothing was received within {timeout_s:g} s"
+        return unknown
+    if not parts.hostname or not port:
+        return unknown
     try:
-        with socket.create_connection((parts.hostname, port), timeout=timeout_s):
-            pass
+        family, kind, proto, _, address = socket.getaddrinfo(
+            parts.hostname, port, type=socket.SOCK_STREAM
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.settimeout(timeout_s)
+            probe.connect(address)
     except ConnectionRefusedError:
         return "connection refused: nothing listens at that address and port (camera down?)"
     except TimeoutError:
-        return f"no answer within {timeout_s:g} s (host down, or a firewall in the way?)"
+        return f"no answer within {timeout_s:.1f} s (host down, or a firewall in the way?)"
     except OSError as exc:
-        return f"cannot reach it: {exc.strerror or exc}"
+        return f"cannot reach it: {exc.strerror or type(exc).__name__}"
+    except (UnicodeError, ValueError):  # e.g. an empty or over-long label in the host name
+        return "its host name is not a valid name"
     return (
         "it accepts connections, but no video stream opened there (wrong path or stream "
         "name, credentials refused, or no answer to the request)"
@@ -172,6 +182,7 @@ class OpenCVCapture:
             cv2.CAP_PROP_READ_TIMEOUT_MSEC,
             int(read_timeout_s * 1000),
         ]
+        started = time.monotonic()
         if spec.kind == "device":
             self._cap = cv2.VideoCapture(spec.device, cv2.CAP_ANY, params)
         else:
@@ -188,9 +199,11 @@ class OpenCVCapture:
                 )
             if spec.kind == "file":
                 raise SourceError("could not open file source: is it a video OpenCV can read?")
-            raise SourceError(
-                f"could not open {spec.kind} source: {why_closed(spec, open_timeout_s)}"
-            )
+            # The probe gets what is left of the open timeout (a short look when OpenCV used
+            # it all), so a failed open still fails within about its timeout.
+            left = open_timeout_s - (time.monotonic() - started)
+            why = why_closed(spec, min(3.0, max(0.2, left)))
+            raise SourceError(f"could not open {spec.kind} source: {why}")
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self._pacer = _Pacer(fps) if spec.kind == "file" and 0 < fps <= 240 else None
 
