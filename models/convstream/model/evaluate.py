@@ -228,31 +228,24 @@ def conditions(
     if all(s.damaged for s in scenes) or not any(s.damaged for s in scenes):
         raise ValueError(f"{len(scenes)} scenes are all of one class; AUC needs more of them")
     t = model.threshold
+    scores, labels, peaks = score_scenes(model, scenes)  # as rendered: the groups split these
     report: dict[str, list[Row]] = {"condition": [], "background": [], "damage kind": []}
-    base: tuple[np.ndarray, np.ndarray, list[bool]] | None = None
     for name, change in CONDITIONS:
-        seen = scenes if change is None else [change(scene) for scene in scenes]
-        scores, labels, peaks = score_scenes(model, seen)
-        base = base or (scores, labels, peaks)
-        report["condition"].append(_row(name, scores, labels, peaks, t))
-    assert base is not None
-    scores, labels, _ = base
-    peak_of = dict(zip(np.flatnonzero(labels), base[2], strict=True))
-    for group, keys, of in (
-        ("background", BACKGROUNDS, lambda s: s.background),
-        ("damage kind", DAMAGE_KINDS, lambda s: s.kinds),
-    ):
+        seen = [change(scene) for scene in scenes] if change else None
+        measured = score_scenes(model, seen) if seen else (scores, labels, peaks)
+        report["condition"].append(_row(name, *measured, t))
+    peak_of = dict(zip(np.flatnonzero(labels), peaks, strict=True))
+    groups: tuple[tuple[str, Sequence[str], Callable[[Scene, str], bool]], ...] = (
+        ("background", BACKGROUNDS, lambda s, key: s.background == key),
+        ("damage kind", DAMAGE_KINDS, lambda s, key: s.kinds in ((), (key,))),
+    )
+    for group, keys, belongs in groups:
         for key in keys:
-            picked = [
-                i
-                for i, s in enumerate(scenes)
-                if (of(s) == key if group == "background" else of(s) in ((), (key,)))
-            ]
-            idx = np.array(picked, int)
+            idx = np.array([i for i, s in enumerate(scenes) if belongs(s, key)], int)
             if len(idx) == 0 or labels[idx].all() or not labels[idx].any():
                 continue
-            peaks = [peak_of[i] for i in picked if labels[i]]
-            report[group].append(_row(key, scores[idx], labels[idx], peaks, t))
+            in_region = [peak_of[i] for i in idx if labels[i]]
+            report[group].append(_row(key, scores[idx], labels[idx], in_region, t))
     return report
 
 

@@ -164,6 +164,11 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # OpenCV's own warnings (e.g. "backend is generally available but can't be used to capture
+    # by name" after a camera fails to open) say less than the command's own message and land
+    # in the middle of its output; keep its errors. OpenCV reads this once, when it loads (the
+    # client commands below import it), so it is set first; a value the user set wins.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     parser = argparse.ArgumentParser(
         prog="convstream", description="Damage scores and feature maps for camera frames."
     )
@@ -177,16 +182,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_commands(commands)
     add_dashboard_commands(commands)
     args = parser.parse_args(argv)
-    _quiet_opencv()
     result: int = args.func(args)
     return result
-
-
-def _quiet_opencv() -> None:
-    """OpenCV's own warnings (e.g. "backend is generally available but can't be used to
-    capture by name" after a camera fails to open) say less than the command's own message
-    and land in the middle of its output; keep its errors. OPENCV_LOG_LEVEL still wins."""
-    if "OPENCV_LOG_LEVEL" not in os.environ:
-        import cv2.utils.logging
-
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)

@@ -160,7 +160,7 @@ def why_closed(spec: SourceSpec, timeout_s: float) -> str:
         return f"no answer within {timeout_s:.1f} s (host down, or a firewall in the way?)"
     except OSError as exc:
         return f"cannot reach it: {exc.strerror or type(exc).__name__}"
-    except (UnicodeError, ValueError):  # e.g. an empty or over-long label in the host name
+    except ValueError:  # UnicodeError: an empty or over-long label in the host name
         return "its host name is not a valid name"
     return (
         "it accepts connections, but no video stream opened there (wrong path or stream "
