@@ -2,10 +2,10 @@
 
     pip install '.[train]' && python -m convstream.model.train --out models/convstream/model
 
-Reproduces the shipped model on a 2-core CPU in about 35 minutes when nothing else runs on
-it: every seed is fixed, the data is rendered by our own code (``scenes.py``), nothing is
-downloaded. It prints the held-out metrics (and latency) at the end and writes
-``damage.onnx``, ``damage.pt`` and ``damage.metrics.json`` into --out.
+Trained the shipped model, once, with these defaults: about 35 minutes on a 2-core CPU when
+nothing else runs on it. Every seed is fixed, the data is rendered by our own code
+(``scenes.py``), nothing is downloaded. It prints the held-out metrics (and latency) at the
+end and writes ``damage.onnx``, ``damage.pt`` and ``damage.metrics.json`` into --out.
 """
 
 from __future__ import annotations
@@ -45,9 +45,10 @@ CROP = 128
 # A heatmap cell is a positive target when damage covers this much of it, a negative when none
 # does; cells in between are ignored rather than forced either way.
 POSITIVE_COVER = 0.2
-# ... and only if the damage shows in it: at least SEEN of its pixels differ from the intact
-# twin by more than VISIBLE grey levels. Damage drawn but then lost to darkness, blur, noise or
-# JPEG would teach the network to see what no camera shows; such cells are ignored instead.
+# ... and only if the damage shows in it: at least SEEN of its pixels are damaged pixels that
+# differ from the intact twin by more than VISIBLE levels in some colour channel. Damage drawn
+# but then lost to darkness, blur, noise or JPEG would teach the network to see what no camera
+# shows; such cells are ignored instead.
 VISIBLE = 12
 SEEN = 0.05
 # Most crops are placed over the pair's damage, at least MARGIN pixels inside the crop where the
@@ -113,6 +114,8 @@ def batches(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One augmented batch of batch/2 scene pairs, rows 2k and 2k + 1 a scene damaged and
     intact: the same stride-aligned crop (over the damage ON_DAMAGE of the time) and flips."""
+    if masks.shape[1:] != (RENDER_SIZE, RENDER_SIZE):
+        raise ValueError(f"training renders are {RENDER_SIZE}x{RENDER_SIZE}, got {masks.shape[1:]}")
     pairs = rng.integers(0, len(images) // 2, batch // 2)
     xs = np.empty((batch, CROP, CROP, 3), np.uint8)
     ms = np.empty((batch, CROP, CROP), np.uint8)
