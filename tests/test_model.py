@@ -214,7 +214,8 @@ def test_conditions_report_covers_every_condition(model: DamageModel) -> None:
         assert row.images == 40
         assert 0.0 <= row.roc_auc <= 1.0
         assert 0.0 <= row.false_alarms <= 1.0
-    groups = report["background"] + report["damage kind"]
-    assert groups
+    groups = report["background"] + report["damage kind"] + report["damage size"]
+    assert report["damage size"]
+    assert sum(row.damaged for row in report["damage size"]) == report["condition"][0].damaged
     for row in groups:
         assert 0 < row.damaged < row.images

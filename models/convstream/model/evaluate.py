@@ -2,7 +2,7 @@
 
     python -m convstream.model.evaluate               # the shipped model, 1000 held-out scenes
     python -m convstream.model.evaluate --conditions  # the same under each condition it must
-                                                      # withstand, per background, per damage
+                                                      # withstand, per background, kind and size
 
 Seeds are split once, here: training draws from [0, EVAL_SEED_BASE), evaluation from
 EVAL_SEED_BASE upward, and the tests from TEST_SEED_BASE upward, so no set overlaps another.
@@ -219,17 +219,32 @@ def _row(name: str, scores: np.ndarray, labels: np.ndarray, peaks: list[bool], t
     )
 
 
+# Damage area as a share of the frame, so the groups mean the same at any render size
+# (0.6% is about 400 pixels, 2x2 heatmap cells, at 256x256).
+DAMAGE_SIZES: dict[str, tuple[float, float]] = {
+    "under 0.6% of the frame": (0.0, 0.006),
+    "0.6-1.5% of the frame": (0.006, 0.015),
+    "over 1.5% of the frame": (0.015, 1.01),
+}
+
+
 def conditions(
     model: DamageModel, seeds: Sequence[int], size: tuple[int, int] = (384, 640)
 ) -> dict[str, list[Row]]:
-    """The held-out metrics under each of CONDITIONS, then as rendered per background and
-    per damage kind (scenes with only that kind against every intact scene)."""
+    """The held-out metrics under each of CONDITIONS, then as rendered per background, per
+    damage kind and per damage size (scenes with only that kind, or damage of that size,
+    against every intact scene)."""
     scenes = [render_scene(seed, *size) for seed in seeds]
     if all(s.damaged for s in scenes) or not any(s.damaged for s in scenes):
         raise ValueError(f"{len(scenes)} scenes are all of one class; AUC needs more of them")
     t = model.threshold
     scores, labels, peaks = score_scenes(model, scenes)  # as rendered: the groups split these
-    report: dict[str, list[Row]] = {"condition": [], "background": [], "damage kind": []}
+    report: dict[str, list[Row]] = {
+        "condition": [],
+        "background": [],
+        "damage kind": [],
+        "damage size": [],
+    }
     for name, change in CONDITIONS:
         seen = [change(scene) for scene in scenes] if change else None
         measured = score_scenes(model, seen) if seen else (scores, labels, peaks)
@@ -238,6 +253,7 @@ def conditions(
     groups: tuple[tuple[str, Sequence[str], Callable[[Scene, str], bool]], ...] = (
         ("background", BACKGROUNDS, lambda s, key: s.background == key),
         ("damage kind", DAMAGE_KINDS, lambda s, key: s.kinds in ((), (key,))),
+        ("damage size", tuple(DAMAGE_SIZES), _has_damage_of_size),
     )
     for group, keys, belongs in groups:
         for key in keys:
@@ -247,6 +263,12 @@ def conditions(
             in_region = [peak_of[i] for i in idx if labels[i]]
             report[group].append(_row(key, scores[idx], labels[idx], in_region, t))
     return report
+
+
+def _has_damage_of_size(scene: Scene, key: str) -> bool:
+    """Intact, or damaged over a share of the frame within DAMAGE_SIZES[key]."""
+    low, high = DAMAGE_SIZES[key]
+    return not scene.damaged or low <= float(scene.mask.mean()) < high
 
 
 def conditions_table(report: dict[str, list[Row]]) -> str:
@@ -292,9 +314,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--conditions",
         action="store_true",
-        help="instead: markdown tables of the metrics under each condition, per background and"
-        " per damage kind (--images scenes at --height x --width; the model card uses 600 at"
-        " 384x640)",
+        help="instead: markdown tables of the metrics under each condition, per background,"
+        " per damage kind and per damage size (--images scenes at --height x --width; the"
+        " model card uses 600 at 384x640)",
     )
     args = parser.parse_args(argv)
     model = DamageModel(args.model, provider="cpu")
