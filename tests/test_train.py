@@ -13,6 +13,7 @@ from convstream.model.train import (
     batches,
     cell_targets,
     crop_start,
+    render_pairs,
 )
 
 
@@ -25,6 +26,23 @@ def test_a_crop_start_holds_its_pixel_and_keeps_the_margin_where_the_frame_allow
             assert start <= pixel < start + CROP, (pixel, start)
             if MARGIN <= pixel < RENDER_SIZE - MARGIN:
                 assert start + MARGIN <= pixel < start + CROP - MARGIN, (pixel, start)
+
+
+def test_pairs_are_rendered_in_order_damaged_then_intact() -> None:
+    # Worker processes fill the arrays as their renders arrive; row 2i must be seed i damaged
+    # and row 2i + 1 the same seed intact, or every pair would teach the wrong difference.
+    seeds = [7, 3, 11]
+    images, masks = render_pairs(seeds, "test")
+    assert images.shape == (6, RENDER_SIZE, RENDER_SIZE, 3) and masks.shape == (
+        6,
+        *images.shape[1:3],
+    )
+    for i, seed in enumerate(seeds):
+        for j, damaged in enumerate((True, False)):
+            scene = render_scene(seed, RENDER_SIZE, RENDER_SIZE, damaged=damaged)
+            np.testing.assert_array_equal(images[2 * i + j], scene.image)
+            np.testing.assert_array_equal(masks[2 * i + j], scene.mask)
+    assert masks[0::2].any(axis=(1, 2)).any() and not masks[1::2].any()
 
 
 def test_crops_fall_on_the_damage_about_as_often_as_asked() -> None:
