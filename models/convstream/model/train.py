@@ -259,7 +259,13 @@ def train(
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train and export the damage model.")
-    parser.add_argument("--out", type=Path, default=Path("models/convstream/model"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("models/convstream/model"),
+        help="folder for damage.onnx, damage.pt and damage.metrics.json (default: the shipped"
+        " model's, which the server loads)",
+    )
     parser.add_argument("--scenes", type=int, default=6000, help="rendered scene pairs")
     parser.add_argument("--steps", type=int, default=8000, help="optimiser steps")
     parser.add_argument("--batch", type=int, default=64, help="crops per step (pairs x 2)")
