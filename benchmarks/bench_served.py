@@ -46,6 +46,7 @@ CHOICES: list[tuple[str, dict[str, Any]]] = [
     ("batches of up to 8", {"max_batch": 8}),
     ("1 decode thread", {"decode_threads": 1}),
     ("onnxruntime spin-waits", {"spin_wait": True}),
+    ("a lone frame not widened to every core", {"widen_lone_frames": False}),
 ]
 
 
@@ -108,7 +109,8 @@ def run(seconds: float, streams: list[int], choices: bool = False) -> str:
             "",
             "What each scheduling choice buys: 4 streams, one setting changed at a time from"
             f" the shipped defaults ({shipped.workers} inference workers of"
-            f" {shipped.intra_op_threads} onnxruntime thread each, {cores} decode threads,"
+            f" {shipped.intra_op_threads} onnxruntime thread each, a lone frame on"
+            f" {shipped.wide_threads} threads, {cores} decode threads,"
             f" spin_wait {str(DEFAULTS.spin_wait).lower()}, max_batch {shipped.max_batch}):",
             "",
             table(

@@ -9,7 +9,7 @@ import pytest
 from conftest import scene
 
 from convstream.model import DamageModel
-from convstream.server.engine import Engine
+from convstream.server.engine import Engine, runs_wide
 from convstream.server.errors import DeadlineExpired, Draining, Overloaded
 
 
@@ -112,3 +112,67 @@ def test_cancelled_frames_are_never_run(model: DamageModel) -> None:
         engine.close()
     assert cancelled > 0
     assert engine.frames == 20 - cancelled
+
+
+@pytest.fixture(scope="module")
+def narrow_and_wide() -> tuple[DamageModel, DamageModel]:
+    """The network on one onnxruntime thread (runs side by side) and on two (a lone frame)."""
+    return (
+        DamageModel(provider="cpu", intra_op_threads=1),
+        DamageModel(provider="cpu", intra_op_threads=2),
+    )
+
+
+def test_only_a_frame_alone_on_an_idle_engine_runs_wide() -> None:
+    assert runs_wide(queued=1, idle=2, workers=2)
+    assert not runs_wide(queued=2, idle=2, workers=2)  # another frame waits: one core each
+    assert not runs_wide(queued=1, idle=1, workers=2)  # a worker is busy: its core is taken
+    assert not runs_wide(queued=1, idle=1, workers=1)  # one worker: nothing to widen into
+
+
+def test_a_lone_frame_runs_on_every_core_and_a_crowd_one_per_core(
+    narrow_and_wide: tuple[DamageModel, DamageModel],
+) -> None:
+    narrow, wide = narrow_and_wide
+    frames = [scene(60 + i, 384, 640) for i in range(4)]
+    expected = [narrow.run(f[None], ["score", "stage3"]) for f in frames]
+    engine = Engine(narrow, max_batch=1, workers=2, wide_model=wide)
+    try:
+        alone = engine.submit(frames[0], ["stage3"]).result(timeout=30)
+        with engine._cond:  # four frames wait at once, every worker idle
+            futures = [engine.submit(f, ["stage3"]) for f in frames]
+        crowd = [f.result(timeout=30) for f in futures]
+    finally:
+        engine.close()
+    assert alone.threads == 2
+    # Each of the first three was taken with another frame still waiting (the fourth may find
+    # both workers idle and run wide).
+    assert [r.threads for r in crowd[:3]] == [1, 1, 1]
+    assert engine.wide_runs in (1, 2) and engine.frames == 5
+    # Both sessions compute the same network.
+    for result, want in zip([alone, *crowd], [expected[0], *expected], strict=True):
+        assert float(result.arrays["score"]) == pytest.approx(float(want["score"][0]), abs=1e-5)
+        np.testing.assert_allclose(result.arrays["stage3"], want["stage3"][0], atol=1e-4)
+
+
+def test_a_frame_waits_for_a_wide_run_rather_than_share_its_cores(
+    narrow_and_wide: tuple[DamageModel, DamageModel],
+) -> None:
+    # A frame arriving while a lone frame runs wide is not started beside it on the idle
+    # worker (three threads on two cores stall the wide run at its barriers): it waits, and
+    # then, alone again, runs wide itself. Started beside it, it would have run on 1 thread.
+    narrow, wide = narrow_and_wide
+    frame = scene(70, 720, 1280)  # about 40 ms wide: time to queue the second frame
+    engine = Engine(narrow, max_batch=1, workers=2, wide_model=wide)
+    try:
+        first = engine.submit(frame)
+        deadline = time.monotonic() + 10
+        while not engine._wide and not first.done() and time.monotonic() < deadline:
+            time.sleep(0.0001)
+        assert engine._wide, "the first frame was not seen running wide"
+        second = engine.submit(frame)
+        results = [first.result(timeout=30), second.result(timeout=30)]
+    finally:
+        engine.close()
+    assert [r.threads for r in results] == [2, 2]
+    assert engine.wide_runs == 2

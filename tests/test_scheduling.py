@@ -17,7 +17,7 @@ from conftest import jpeg, scene
 
 from convstream.model import DamageModel
 from convstream.server import Server, Settings, app
-from convstream.server.config import usable_cores
+from convstream.server.config import MAX_WIDE_THREADS, usable_cores
 from convstream.server.decode import Limits, decode_encoded
 from convstream.server.letterbox import letterbox, reduction
 from convstream.v1 import convstream_pb2 as pb
@@ -188,6 +188,23 @@ async def test_frames_run_one_at_a_time_on_a_cpu_by_default(
     everything = [r for rs in await asyncio.gather(*(one(k) for k in range(4))) for r in rs]
     assert len(everything) == 64 and not any(r.status.code for r in everything)
     assert {r.timings.batch_size for r in everything} == {1}
+    # With frames waiting, runs go one per core on one thread each.
+    assert 1 in {r.timings.inference_threads for r in everything}
+
+
+@pytest.mark.parametrize(
+    "settings", [Settings(port=0, metrics_port=-1, cameras=(), provider="cpu")]
+)
+async def test_a_lone_frame_runs_on_every_core(
+    server: Server, stub: pb_grpc.ConvstreamStub, burst: list[bytes]
+) -> None:
+    # One frame on an idle server: no other frame could use the cores, so its run takes them
+    # all (the wide session); with one usable core there is nothing to widen into.
+    options = pb.ResultOptions(feature_maps=["stage3"])
+    for data in burst[:3]:
+        result = await stub.Analyze(pb.FrameRequest(encoded=data, options=options))
+        assert not result.status.code, result.status.message
+        assert result.timings.inference_threads == min(usable_cores(), MAX_WIDE_THREADS)
 
 
 async def test_a_gpu_wheel_without_a_working_gpu_runs_the_cpu_plan(

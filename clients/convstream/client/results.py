@@ -38,6 +38,7 @@ class Timings:
     encode_ms: float
     total_ms: float  # from arrival at the server to the result leaving it
     batch_size: int  # frames that shared the inference run
+    inference_threads: int  # onnxruntime threads of that run (0: onnxruntime chose)
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,13 @@ class Result:
             heatmap_stride=message.heatmap.stride or 8,
             feature_maps={tensor.name: to_numpy(tensor) for tensor in message.feature_maps},
             timings=Timings(
-                t.queue_ms, t.decode_ms, t.inference_ms, t.encode_ms, t.total_ms, t.batch_size
+                t.queue_ms,
+                t.decode_ms,
+                t.inference_ms,
+                t.encode_ms,
+                t.total_ms,
+                t.batch_size,
+                t.inference_threads,
             ),
             frame_age_ms=message.frame_age_ms,
             geometry=Geometry(

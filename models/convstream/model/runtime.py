@@ -110,6 +110,7 @@ class DamageModel:
         spin: bool = False,
     ) -> None:
         self.path = Path(path) if path is not None else MODEL_PATH
+        self.intra_op_threads = intra_op_threads
         data = self.path.read_bytes()
         self.sha256 = hashlib.sha256(data).hexdigest()
         options = ort.SessionOptions()

@@ -143,20 +143,22 @@ class Geometry(_message.Message):
     def __init__(self, frame_width: _Optional[int] = ..., frame_height: _Optional[int] = ..., input_width: _Optional[int] = ..., input_height: _Optional[int] = ..., scale: _Optional[float] = ..., pad_left: _Optional[int] = ..., pad_top: _Optional[int] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("queue_ms", "decode_ms", "inference_ms", "encode_ms", "total_ms", "batch_size")
+    __slots__ = ("queue_ms", "decode_ms", "inference_ms", "encode_ms", "total_ms", "batch_size", "inference_threads")
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     DECODE_MS_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_MS_FIELD_NUMBER: _ClassVar[int]
     ENCODE_MS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_THREADS_FIELD_NUMBER: _ClassVar[int]
     queue_ms: float
     decode_ms: float
     inference_ms: float
     encode_ms: float
     total_ms: float
     batch_size: int
-    def __init__(self, queue_ms: _Optional[float] = ..., decode_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., encode_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    inference_threads: int
+    def __init__(self, queue_ms: _Optional[float] = ..., decode_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., encode_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., batch_size: _Optional[int] = ..., inference_threads: _Optional[int] = ...) -> None: ...
 
 class FrameStatus(_message.Message):
     __slots__ = ("code", "message")

@@ -20,7 +20,6 @@ from convstream.model.runtime import CUDA, ProviderChoice
 from convstream.server.cameras import CameraManager
 from convstream.server.config import (
     ConfigError,
-    Scheduling,
     Settings,
     host_port,
     usable_cores,
@@ -104,29 +103,34 @@ class Server:
         settings = self.settings
         cores = usable_cores()
 
-        def load(provider: ProviderChoice, plan: Scheduling) -> DamageModel:
+        def load(provider: ProviderChoice, threads: int) -> DamageModel:
             return DamageModel(
                 settings.model_path,
                 provider=provider,
-                intra_op_threads=plan.intra_op_threads,
+                intra_op_threads=threads,
                 spin=settings.spin_wait,
             )
 
         gpu = wants_cuda(settings.provider)
         plan = settings.scheduling(gpu=gpu, cores=cores)
-        model = await asyncio.to_thread(load, settings.provider, plan)
+        model = await asyncio.to_thread(load, settings.provider, plan.intra_op_threads)
         if gpu and model.provider != CUDA:
             # onnxruntime-gpu is installed but CUDA did not load (the model logged why): run
             # the CPU plan, whose onnxruntime threads are set when the session is made.
             plan = settings.scheduling(gpu=False, cores=cores)
-            model = await asyncio.to_thread(load, "cpu", plan)
+            model = await asyncio.to_thread(load, "cpu", plan.intra_op_threads)
             model.requested_provider = settings.provider  # GetModelInfo reports what was asked
         # Front-load one-time allocation and kernel selection for every input size.
         await asyncio.to_thread(model.warm_up, settings.input_shapes())
+        wide = None
+        if plan.wide_threads:
+            wide = await asyncio.to_thread(load, "cpu", plan.wide_threads)
+            await asyncio.to_thread(wide.warm_up, settings.input_shapes())
         self._engine = Engine(
             model,
             max_batch=plan.max_batch,
             workers=plan.workers,
+            wide_model=wide,
             # Admission happens at the edge (streams and their windows, Analyze calls, one
             # frame per camera); this bound is only a backstop for what was admitted, with
             # room for the cameras a reload may add.

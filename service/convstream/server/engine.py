@@ -11,6 +11,13 @@ Several workers may share the session (onnxruntime's run is thread-safe): on a C
 side by side on one thread each can beat one run spread over two threads, which spends part
 of its time synchronising them. onnxruntime releases the GIL while it runs, so the event loop
 and the decoding threads keep going beside it.
+
+That choice costs a lone frame its speed: alone on an idle machine, a frame on one thread
+takes about 1.6 times as long as on two. So an engine may also hold a wide model, a second
+session of the same network with a thread per core, and run a frame on it when the frame is
+all there is: every worker idle and nothing else waiting. The other workers then wait for that
+run (the cores are its), and as soon as two frames wait at once the workers go back to one
+frame each, so the wide path only ever serves frames that would otherwise leave cores idle.
 """
 
 from __future__ import annotations
@@ -43,6 +50,12 @@ class _Job:
     enqueued: float = field(default_factory=time.perf_counter)
 
 
+def runs_wide(*, queued: int, idle: int, workers: int) -> bool:
+    """Whether the next frame runs on the wide model: it is the only frame waiting and every
+    worker is idle, so nothing else could use the cores it takes."""
+    return workers > 1 and queued == 1 and idle == workers
+
+
 @dataclass(frozen=True)
 class Inference:
     """One frame's outputs: name -> float32 array without the batch axis."""
@@ -51,6 +64,7 @@ class Inference:
     queue_ms: float
     inference_ms: float
     batch_size: int
+    threads: int  # onnxruntime threads of the run (0: onnxruntime chose)
 
 
 class Engine:
@@ -61,22 +75,34 @@ class Engine:
         max_batch: frames per run at most.
         max_queued: frames waiting at most, over all sizes; past it, submit raises Overloaded.
         workers: threads running the model side by side.
+        wide_model: the same network in a session spread over every core, for a frame that
+            finds every worker idle and nothing else waiting (see runs_wide); None runs every
+            frame on `model`.
     """
 
     def __init__(
-        self, model: DamageModel, *, max_batch: int = 8, max_queued: int = 256, workers: int = 1
+        self,
+        model: DamageModel,
+        *,
+        max_batch: int = 8,
+        max_queued: int = 256,
+        workers: int = 1,
+        wide_model: DamageModel | None = None,
     ) -> None:
         if max_batch < 1 or workers < 1:
             raise ValueError(f"max_batch and workers must be >= 1, got {max_batch} and {workers}")
         self.model = model
+        self.wide_model = wide_model
         self.max_batch = max_batch
         self.max_queued = max_queued
         self.workers = workers
         self.runs = 0
+        self.wide_runs = 0
         self.frames = 0
         self._queues: dict[tuple[int, int], deque[_Job]] = {}
         self._queued = 0
         self._idle = workers
+        self._wide = False  # a wide run holds the cores: the other workers wait
         self._cond = threading.Condition()
         self._closed = False
         self._threads = [
@@ -136,14 +162,19 @@ class Engine:
         for thread in self._threads:
             thread.join(timeout=10)
 
-    def _take(self) -> list[_Job] | None:
+    def _take(self) -> tuple[list[_Job], bool] | None:
+        """The next jobs for a worker, and whether they run on the wide model."""
         with self._cond:
-            while not self._closed and self._queued == 0:
+            while not self._closed and (self._queued == 0 or self._wide):
                 self._cond.wait()
             if self._closed:
                 return None
             queue = min((q for q in self._queues.values() if q), key=lambda q: q[0].enqueued)
             share = min(self.max_batch, -(-len(queue) // self._idle))
+            wide = self.wide_model is not None and runs_wide(
+                queued=self._queued, idle=self._idle, workers=self.workers
+            )
+            self._wide = wide
             self._idle -= 1
             now = time.perf_counter()
             jobs: list[_Job] = []
@@ -163,25 +194,30 @@ class Engine:
                     )
                     continue
                 jobs.append(job)
-            return jobs
+            return jobs, wide
 
     def _work(self) -> None:
-        while (jobs := self._take()) is not None:
+        while (taken := self._take()) is not None:
+            jobs, wide = taken
             try:
-                self._run(jobs)
+                self._run(jobs, wide)
             finally:
                 with self._cond:
                     self._idle += 1
+                    if wide:
+                        self._wide = False
+                        self._cond.notify_all()
 
-    def _run(self, jobs: list[_Job]) -> None:
+    def _run(self, jobs: list[_Job], wide: bool = False) -> None:
         if not jobs:
             return
+        model = self.wide_model if wide and self.wide_model is not None else self.model
         started = time.perf_counter()
         try:
             names = sorted(set().union(*(job.outputs for job in jobs)))
             # One frame goes in as a view: no copy of its pixels.
             batch = jobs[0].pixels[None] if len(jobs) == 1 else np.stack([j.pixels for j in jobs])
-            arrays = self.model.run(batch, names)
+            arrays = model.run(batch, names)
         except Exception as exc:  # a failed run fails its frames, never the worker
             logger.exception("inference failed for a batch of %d", len(jobs))
             for job in jobs:
@@ -190,8 +226,9 @@ class Engine:
         ms = (time.perf_counter() - started) * 1000
         with self._cond:
             self.runs += 1
+            self.wide_runs += wide
             self.frames += len(jobs)
         for i, job in enumerate(jobs):
             out = {name: arrays[name][i] for name in job.outputs}
             queue_ms = (started - job.enqueued) * 1000
-            job.future.set_result(Inference(out, queue_ms, ms, len(jobs)))
+            job.future.set_result(Inference(out, queue_ms, ms, len(jobs), model.intra_op_threads))

@@ -319,6 +319,7 @@ class CameraFeed(Publisher):
             inference_ms=inference.inference_ms,
             total_ms=(time.perf_counter() - arrived) * 1000,
             batch_size=inference.batch_size,
+            inference_threads=inference.threads,
         )
         self.metrics.observe_result(self.name, timings)
 

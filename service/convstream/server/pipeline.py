@@ -180,6 +180,7 @@ class Pipeline:
         result.timings.decode_ms = prepared.decode_ms
         result.timings.inference_ms = inference.inference_ms
         result.timings.batch_size = inference.batch_size
+        result.timings.inference_threads = inference.threads
         result.timings.encode_ms = (time.perf_counter() - started) * 1000
         return result
 
