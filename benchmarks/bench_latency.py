@@ -37,21 +37,23 @@ def measure(
     p50, p99 = half.latency(50), half.latency(99)
     mark = "**" if bold else ""
     return rate, [
-        ["one frame alone (Analyze, idle server)", f"{alone:.1f}", "", "", ""],
+        ["one frame alone (Analyze, idle server)", f"{alone:.1f}", "", "", "", ""],
         [
             "one stream, one frame in flight",
             "",
             f"{single.fps:.1f}",
             f"{single.latency(50):.1f}",
             f"{single.latency(99):.1f}",
+            f"{single.wide_share:.0%}",
         ],
-        ["capacity (4 closed-loop streams)", "", f"{capacity:.1f}", "", ""],
+        ["capacity (4 closed-loop streams)", "", f"{capacity:.1f}", "", "", ""],
         [
             f"half load: 2 streams x {rate:.1f} frames/s",
             "",
             f"{half.fps:.1f}",
             f"{p50:.1f} ({mark}{p50 / alone:.2f}x{mark})",
             f"{p99:.1f} ({mark}{p99 / alone:.2f}x{mark})",
+            f"{half.wide_share:.0%}",
         ],
     ]
 
@@ -70,9 +72,10 @@ def run(seconds: float) -> str:
             " 2x and p99 <= 4x one frame's service time. The last four rows are a second"
             " server with `widen_lone_frames = false`: every frame on one onnxruntime thread,"
             " even a frame that has the machine to itself; it is offered the same half load"
-            " (ratios against its own frame alone).",
+            ' (ratios against its own frame alone). "Run wide": the share of results whose'
+            " frame ran alone on every core.",
             "",
-            table(["load", "service ms", "frames/s", "p50 ms", "p99 ms"], rows),
+            table(["load", "service ms", "frames/s", "p50 ms", "p99 ms", "run wide"], rows),
         ]
     )
 

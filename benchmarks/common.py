@@ -248,6 +248,12 @@ class Load:
     ages_ms: list[float] = field(default_factory=list)  # captured to result received
     sent: int = 0
     dropped: int = 0  # frames the server reported dropped (latest-only, bounded queue)
+    wide: int = 0  # results whose run took more than one onnxruntime thread
+
+    @property
+    def wide_share(self) -> float:
+        """Share of the measured results that ran on more than one onnxruntime thread."""
+        return self.wide / len(self.latencies_ms) if self.latencies_ms else float("nan")
 
     @property
     def fps(self) -> float:
@@ -324,6 +330,7 @@ async def stream_load(
                     load.dropped += result.frames_dropped - first_dropped
                     first_dropped = result.frames_dropped
                     load.latencies_ms.append((now - began) * 1000)
+                    load.wide += result.timings.inference_threads > 1
                     captured = result.capture_time.ToNanoseconds() / 1e9
                     load.ages_ms.append((time.time() - captured) * 1000)
                 if stop.is_set():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -11,6 +12,7 @@ from conftest import scene
 from convstream.model import DamageModel
 from convstream.server.engine import Engine, runs_wide
 from convstream.server.errors import DeadlineExpired, Draining, Overloaded
+from convstream.server.pipeline import WorkPool
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +130,8 @@ def test_only_a_frame_alone_on_an_idle_engine_runs_wide() -> None:
     assert not runs_wide(queued=2, idle=2, workers=2)  # another frame waits: one core each
     assert not runs_wide(queued=1, idle=1, workers=2)  # a worker is busy: its core is taken
     assert not runs_wide(queued=1, idle=1, workers=1)  # one worker: nothing to widen into
+    # A frame being decoded or encoded holds a core the wide run would stall on.
+    assert not runs_wide(queued=1, idle=2, workers=2, busy_elsewhere=True)
 
 
 def test_a_lone_frame_runs_on_every_core_and_a_crowd_one_per_core(
@@ -136,19 +140,23 @@ def test_a_lone_frame_runs_on_every_core_and_a_crowd_one_per_core(
     narrow, wide = narrow_and_wide
     frames = [scene(60 + i, 384, 640) for i in range(4)]
     expected = [narrow.run(f[None], ["score", "stage3"]) for f in frames]
-    engine = Engine(narrow, max_batch=1, workers=2, wide_model=wide)
+    decoding = threading.Event()
+    engine = Engine(narrow, max_batch=1, workers=2, wide_model=wide, busy_elsewhere=decoding.is_set)
     try:
         alone = engine.submit(frames[0], ["stage3"]).result(timeout=30)
+        decoding.set()  # the same lone frame, with other work under way: one thread
+        beside_work = engine.submit(frames[0], ["stage3"]).result(timeout=30)
+        decoding.clear()
         with engine._cond:  # four frames wait at once, every worker idle
             futures = [engine.submit(f, ["stage3"]) for f in frames]
         crowd = [f.result(timeout=30) for f in futures]
     finally:
         engine.close()
-    assert alone.threads == 2
+    assert alone.threads == 2 and beside_work.threads == 1
     # Each of the first three was taken with another frame still waiting (the fourth may find
     # both workers idle and run wide).
     assert [r.threads for r in crowd[:3]] == [1, 1, 1]
-    assert engine.wide_runs in (1, 2) and engine.frames == 5
+    assert engine.wide_runs in (1, 2) and engine.frames == 6
     # Both sessions compute the same network.
     for result, want in zip([alone, *crowd], [expected[0], *expected], strict=True):
         assert float(result.arrays["score"]) == pytest.approx(float(want["score"][0]), abs=1e-5)
@@ -176,3 +184,25 @@ def test_a_frame_waits_for_a_wide_run_rather_than_share_its_cores(
         engine.close()
     assert [r.threads for r in results] == [2, 2]
     assert engine.wide_runs == 2
+
+
+def test_the_work_pool_is_busy_from_submit_until_the_task_ends() -> None:
+    pool = WorkPool(2)
+    release = threading.Event()
+    try:
+        assert not pool.busy
+        task = pool.submit(release.wait, 30)
+        assert pool.busy  # counted from submit, queued or running
+        release.set()
+        assert task.result(timeout=30) is True
+        deadline = time.monotonic() + 10
+        while pool.busy and time.monotonic() < deadline:  # the count drops in a done callback
+            time.sleep(0.001)
+        assert not pool.busy
+        with pytest.raises(ZeroDivisionError):  # a task that fails is finished too
+            pool.submit(lambda: 1 / 0).result(timeout=30)
+        while pool.busy and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert not pool.busy
+    finally:
+        pool.shutdown()

@@ -7,7 +7,6 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import PackageNotFoundError, version
 
 import grpc
@@ -27,7 +26,7 @@ from convstream.server.config import (
 from convstream.server.engine import Engine
 from convstream.server.errors import Draining
 from convstream.server.metrics import Metrics
-from convstream.server.pipeline import Pipeline
+from convstream.server.pipeline import Pipeline, WorkPool
 from convstream.server.security import TokenInterceptor, server_credentials
 from convstream.server.servicer import ConvstreamServicer
 from convstream.server.streams import WINDOW
@@ -95,7 +94,7 @@ class Server:
         self.health = health.aio.HealthServicer()
         self._grpc: grpc.aio.Server | None = None
         self._engine: Engine | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: WorkPool | None = None
         self.servicer: ConvstreamServicer | None = None
         self.cameras: CameraManager | None = None
 
@@ -126,18 +125,18 @@ class Server:
         if plan.wide_threads:
             wide = await asyncio.to_thread(load, "cpu", plan.wide_threads)
             await asyncio.to_thread(wide.warm_up, settings.input_shapes())
+        pool = WorkPool(settings.decode_threads or cores)
+        self._executor = pool
         self._engine = Engine(
             model,
             max_batch=plan.max_batch,
             workers=plan.workers,
             wide_model=wide,
+            busy_elsewhere=lambda: pool.busy,
             # Admission happens at the edge (streams and their windows, Analyze calls, one
             # frame per camera); this bound is only a backstop for what was admitted, with
             # room for the cameras a reload may add.
             max_queued=settings.max_streams * WINDOW + settings.max_analyze_calls + 1024,
-        )
-        self._executor = ThreadPoolExecutor(
-            settings.decode_threads or cores, thread_name_prefix="convstream-decode"
         )
         pipeline = Pipeline(settings, self._engine, self._executor)
         info = model_info(settings, model)
@@ -189,7 +188,8 @@ class Server:
             )
         logger.info(
             "convstream %s serving on %s (%s; model %s, sha256 %s..., provider %s; "
-            "inference workers %d, onnxruntime threads per run %d, frames per run %d at most)",
+            "inference workers %d, onnxruntime threads per run %d (%s), frames per run %d at "
+            "most)",
             server_version(),
             host_port(settings.host, self.port),
             security,
@@ -198,6 +198,7 @@ class Server:
             model.provider,
             plan.workers,
             plan.intra_op_threads,
+            f"{plan.wide_threads} for a lone frame" if wide else "a lone frame too",
             plan.max_batch,
         )
 

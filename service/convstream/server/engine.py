@@ -15,9 +15,10 @@ and the decoding threads keep going beside it.
 That choice costs a lone frame its speed: alone on an idle machine, a frame on one thread
 takes about 1.6 times as long as on two. So an engine may also hold a wide model, a second
 session of the same network with a thread per core, and run a frame on it when the frame is
-all there is: every worker idle and nothing else waiting. The other workers then wait for that
-run (the cores are its), and as soon as two frames wait at once the workers go back to one
-frame each, so the wide path only ever serves frames that would otherwise leave cores idle.
+all there is: every worker idle, nothing else waiting, and no decoding or encoding under way.
+The other workers then wait for that run (the cores are its), and as soon as two frames wait
+at once, or a frame waits beside other work, the workers go back to one frame each, so the
+wide path only ever serves frames that would otherwise leave cores idle.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -50,10 +51,12 @@ class _Job:
     enqueued: float = field(default_factory=time.perf_counter)
 
 
-def runs_wide(*, queued: int, idle: int, workers: int) -> bool:
-    """Whether the next frame runs on the wide model: it is the only frame waiting and every
-    worker is idle, so nothing else could use the cores it takes."""
-    return workers > 1 and queued == 1 and idle == workers
+def runs_wide(*, queued: int, idle: int, workers: int, busy_elsewhere: bool = False) -> bool:
+    """Whether the next frame runs on the wide model: it is the only frame waiting, every
+    worker is idle and nothing else is being decoded or encoded, so nothing else could use the
+    cores it takes (a run spread over the cores stalls at its barriers whenever another thread
+    holds one of them)."""
+    return workers > 1 and queued == 1 and idle == workers and not busy_elsewhere
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,8 @@ class Engine:
         wide_model: the same network in a session spread over every core, for a frame that
             finds every worker idle and nothing else waiting (see runs_wide); None runs every
             frame on `model`.
+        busy_elsewhere: whether other CPU work (decoding, encoding) is under way; a frame
+            never runs wide beside it.
     """
 
     def __init__(
@@ -88,11 +93,13 @@ class Engine:
         max_queued: int = 256,
         workers: int = 1,
         wide_model: DamageModel | None = None,
+        busy_elsewhere: Callable[[], bool] = lambda: False,
     ) -> None:
         if max_batch < 1 or workers < 1:
             raise ValueError(f"max_batch and workers must be >= 1, got {max_batch} and {workers}")
         self.model = model
         self.wide_model = wide_model
+        self.busy_elsewhere = busy_elsewhere
         self.max_batch = max_batch
         self.max_queued = max_queued
         self.workers = workers
@@ -172,7 +179,10 @@ class Engine:
             queue = min((q for q in self._queues.values() if q), key=lambda q: q[0].enqueued)
             share = min(self.max_batch, -(-len(queue) // self._idle))
             wide = self.wide_model is not None and runs_wide(
-                queued=self._queued, idle=self._idle, workers=self.workers
+                queued=self._queued,
+                idle=self._idle,
+                workers=self.workers,
+                busy_elsewhere=self.busy_elsewhere(),
             )
             self._wide = wide
             self._idle -= 1

@@ -7,9 +7,12 @@ network on the engine's workers, so the event loop only moves messages.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from concurrent.futures import Executor
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -22,6 +25,8 @@ from convstream.server.engine import Engine, Inference
 from convstream.server.errors import InvalidFrame, InvalidOptions, Overloaded
 from convstream.server.letterbox import Geometry, choose_input, letterbox, reduction
 from convstream.v1 import convstream_pb2 as pb
+
+T = TypeVar("T")
 
 _PIXEL_FORMATS = {
     pb.PIXEL_FORMAT_BGR8: "BGR8",
@@ -57,6 +62,35 @@ class Options:
             else True,
             include_frame=message.include_frame,
         )
+
+
+class WorkPool(ThreadPoolExecutor):
+    """The decoding and encoding threads, counting the tasks submitted and not yet finished
+    (the engine runs a lone frame over every core only while there are none)."""
+
+    def __init__(self, threads: int) -> None:
+        super().__init__(threads, thread_name_prefix="convstream-decode")
+        self._pending = 0
+        self._count_lock = threading.Lock()
+
+    @property
+    def busy(self) -> bool:
+        return self._pending > 0
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        with self._count_lock:
+            self._pending += 1
+        try:
+            future = super().submit(fn, *args, **kwargs)
+        except BaseException:
+            self._finished(None)
+            raise
+        future.add_done_callback(self._finished)
+        return future
+
+    def _finished(self, _future: object) -> None:
+        with self._count_lock:
+            self._pending -= 1
 
 
 @dataclass(frozen=True)
