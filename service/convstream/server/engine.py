@@ -16,10 +16,10 @@ That choice costs a lone frame its speed: alone on an idle machine, a frame on o
 leaves the other cores idle (benchmarks/bench_latency.py measures both). So an engine may
 also hold a wide model, a second session of the same network with a thread per core, and run
 a frame on it when the frame is all there is: every worker idle, nothing else waiting, and no
-decoding or encoding under way.
-The other workers then wait for that run (the cores are its), and as soon as two frames wait
-at once, or a frame waits beside other work, the workers go back to one frame each, so the
-wide path only ever serves frames that would otherwise leave cores idle.
+decoding or encoding under way. The other workers then wait for that run (the cores are its),
+and as soon as two frames wait at once, or a frame waits beside other work, the workers go
+back to one frame each, so the wide path only ever serves frames that would otherwise leave
+cores idle.
 """
 
 from __future__ import annotations
