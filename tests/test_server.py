@@ -275,6 +275,7 @@ async def test_metrics_count_frames_by_source_and_outcome(
     bad = samples[("convstream_frames_total", (("outcome", "invalid"), ("source", "dock-1")))]
     assert (ok, bad) == (3.0, 1.0)
     assert samples[("convstream_step_seconds_count", (("step", "inference"),))] == 3.0
+    assert samples[("convstream_inference_threads_count", ())] == 3.0
     assert samples[("convstream_streams_in_flight", ())] == 0.0
     assert samples[("convstream_streams_total", (("outcome", "ok"),))] == 1.0
     provider = (("provider", "CPUExecutionProvider"), ("requested", "auto"))

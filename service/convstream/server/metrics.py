@@ -42,6 +42,12 @@ class Metrics:
             buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32),
             registry=self.registry,
         )
+        self.inference_threads = Histogram(
+            "convstream_inference_threads",
+            "onnxruntime threads per frame's run (1: side by side; more: a lone frame, wide)",
+            buckets=(1, 2, 4, 8),
+            registry=self.registry,
+        )
         self.streams_in_flight = Gauge(
             "convstream_streams_in_flight", "Open StreamFrames calls", registry=self.registry
         )
@@ -78,6 +84,7 @@ class Metrics:
         for step in ("queue", "decode", "inference", "encode", "total"):
             self.step_seconds.labels(step).observe(getattr(timings, f"{step}_ms") / 1000)
         self.batch_size.observe(timings.batch_size)
+        self.inference_threads.observe(timings.inference_threads)
 
     def serve(self, host: str, port: int) -> int:
         """Expose /metrics over HTTP; returns the port (useful when port is 0)."""
