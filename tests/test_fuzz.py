@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from conftest import jpeg, png, scene
 from google.protobuf.message import DecodeError
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from convstream.model import FEATURE_NAMES
@@ -386,6 +386,8 @@ async def test_served_zero_sized_and_hidden_frames_are_invalid_argument() -> Non
     ),
     st.integers(1, 6),
 )
+@example([0.5], 1)  # 1x1: OpenCV 5.1 read it as a scalar and returned four values
+@example([float(i) for i in range(64)], 1)  # the smallest array converted by OpenCV
 def test_fast_float16_is_numpys_bit_for_bit(values: list[float], rows: int) -> None:
     """The encoder's SIMD float16 conversion gives what numpy's astype gives, bits and all."""
     array = np.array(values, np.float32)
