@@ -396,6 +396,9 @@ async def test_an_expired_deadline_runs_no_inference(
         return run(*args, **kwargs)
 
     monkeypatch.setattr(engine.model, "run", held_run)
+    # Each blocker must hold a worker of its own: a first blocker that found the server idle
+    # would run wide, alone, and the other would wait behind it rather than hold the second.
+    monkeypatch.setattr(engine, "wide_model", None)
     blockers = [
         asyncio.ensure_future(stub.Analyze(pb.FrameRequest(frame_id=k, encoded=data)))
         for k in range(engine.workers)
