@@ -326,8 +326,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="folder for damage.onnx, damage.pt and damage.metrics.json (default: the shipped"
         " model's, which the server loads)",
     )
-    parser.add_argument("--scenes", type=int, default=8000, help="rendered scene pairs")
-    parser.add_argument("--steps", type=int, default=8500, help="optimiser steps")
+    parser.add_argument("--scenes", type=int, default=6000, help="rendered scene pairs")
+    parser.add_argument("--steps", type=int, default=8000, help="optimiser steps")
     parser.add_argument("--batch", type=int, default=64, help="crops per step (pairs x 2)")
     parser.add_argument(
         "--seed",
