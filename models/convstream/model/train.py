@@ -2,10 +2,11 @@
 
     pip install '.[train]' && python -m convstream.model.train --out models/convstream/model
 
-Trained the shipped model, once, with these defaults: 12 minutes on a 2-core Intel Xeon with
-AMX, where forward and backward run in bfloat16 (about 37 minutes in float32 on an AVX2-only
-CPU such as the AMD EPYC of earlier runs), nothing else running. Every seed is fixed, the
-data is rendered by our own code (``scenes.py``), nothing is downloaded. It prints the
+Trained the shipped model, once, with these defaults, in float32: about 35 minutes on a
+2-core AMD EPYC with nothing else running. On a CPU with AMX the same command runs forward and
+backward in bfloat16 and takes about 12 minutes on 2 cores (a model of the same held-out
+quality, not the same file; ``--precision fp32`` repeats the shipped arithmetic). Every seed
+is fixed, the data is rendered by our own code (``scenes.py``), nothing is downloaded. It prints the
 held-out metrics (and latency) at the end and writes ``damage.onnx``, ``damage.pt`` and
 ``damage.metrics.json`` into --out.
 """
@@ -218,8 +219,8 @@ def train_step(
 
 
 def bf16_is_fast() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (Intel AMX tiles): there oneDNN's
-    bfloat16 convolutions train the network about twice as fast as float32. Elsewhere
+    """Whether this CPU multiplies bfloat16 in hardware (Intel AMX tiles): there a training
+    step in oneDNN's bfloat16 convolutions costs 1/1.6 of one in float32. Elsewhere
     (AVX2-only CPUs such as AMD Zen 3) bfloat16 is emulated and slower than float32."""
     return bool(torch.backends.mkldnn.is_available() and torch.cpu._is_amx_tile_supported())
 
