@@ -35,7 +35,7 @@ def to_float16(array: np.ndarray) -> np.ndarray:
     this CPU, more than decoding the frame); OpenCV's arithmetic converts with SIMD (0.14 ms).
     Adding 0.0 changes no value: ``-0.0`` becomes ``+0.0``, which compare equal.
     Arrays of a few values go through numpy, where its cost is nothing: OpenCV 5.1 reads a 1x1
-    array as a scalar and returns four values (a one-cell heatmap of a frame of 8x8 pixels).
+    array as a scalar and returns four values (the one-cell heatmap of an 8x8 input size).
     """
     if array.size < _SIMD_FROM:
         with np.errstate(over="ignore"):  # beyond float16's range is inf, as OpenCV gives
