@@ -135,6 +135,6 @@ def test_a_training_step_learns_in_either_precision_and_keeps_float32_weights(
 
 
 def test_training_refuses_an_unknown_precision(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="precision is auto, bf16 or fp32, got 'fp16'"):
+    with pytest.raises(ValueError, match="precision is auto, bf16, fp32, got 'fp16'"):
         train(tmp_path, scenes=1, steps=1, batch=2, precision="fp16")
     assert not any(tmp_path.iterdir())
