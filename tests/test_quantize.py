@@ -25,7 +25,7 @@ def test_int8_variant_keeps_the_first_layer_in_float_and_tracks_the_float_model(
     nodes = onnx.load(str(target)).graph.node
     made_by = {out: n.op_type for n in nodes for out in n.output}
     convs = [n for n in nodes if n.op_type == "Conv"]
-    assert len(convs) == 7
+    assert len(convs) == sum(n.op_type == "Conv" for n in onnx.load(str(MODEL_PATH)).graph.node)
     assert not any(made_by.get(x) == "DequantizeLinear" for x in convs[0].input)
     assert all(made_by.get(c.input[0]) == "DequantizeLinear" for c in convs[1:])
     assert all(made_by.get(c.input[1]) == "DequantizeLinear" for c in convs[1:])
