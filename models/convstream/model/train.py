@@ -2,11 +2,11 @@
 
     pip install '.[train]' && python -m convstream.model.train --out models/convstream/model
 
-Trained the shipped model, once, with these defaults, in float32: about 35 minutes on a
-2-core AMD EPYC with nothing else running. On a CPU with AMX the same command runs forward and
-backward in bfloat16 and takes about 12 minutes on 2 cores (a model of the same held-out
-quality, not the same file; ``--precision fp32`` repeats the shipped arithmetic). Every seed
-is fixed, the data is rendered by our own code (``scenes.py``), nothing is downloaded. It
+Trained the shipped model, once, with these defaults: 13 minutes on a 2-core Xeon with AMX
+and nothing else running, where the command runs forward and backward in bfloat16. CPUs
+without AMX train in float32, several times slower (``--precision`` chooses). Every seed is
+fixed (a rerun gives a model of the same quality, not necessarily the same bits), the data is
+rendered by our own code (``scenes.py``), nothing is downloaded. It
 prints the held-out metrics (and latency) at the end and writes ``damage.onnx``,
 ``damage.pt`` and ``damage.metrics.json`` into --out.
 """
