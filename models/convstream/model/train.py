@@ -4,7 +4,8 @@
 
 Trained the shipped model, once, with these defaults: 13 minutes on a 2-core Xeon with AMX
 and nothing else running, where the command runs forward and backward in bfloat16. CPUs
-without AMX train in float32, several times slower (``--precision`` chooses). Every seed is
+without AMX train in float32, slower (the previous, smaller network took 35 minutes on a
+2-core AMD EPYC; ``--precision`` chooses). Every seed is
 fixed (a rerun gives a model of the same quality, not necessarily the same bits), the data is
 rendered by our own code (``scenes.py``), nothing is downloaded. It
 prints the held-out metrics (and latency) at the end and writes ``damage.onnx``,
