@@ -27,6 +27,7 @@ import grpc
 import numpy as np
 
 from convstream.model import DamageModel
+from convstream.model.evaluate import cpu_name
 from convstream.model.scenes import render_scene
 from convstream.server.decode import Limits, decode_encoded, encoded_size
 from convstream.server.letterbox import choose_input, letterbox, reduction
@@ -44,14 +45,7 @@ CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20)]
 
 def machine() -> str:
     """One line naming the machine the figures came from."""
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     python = platform.python_version()
     return f"{platform.machine()}, {os.cpu_count()} cores, {cpu}, Python {python}"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -286,6 +287,18 @@ def conditions_table(report: dict[str, list[Row]]) -> str:
         ]
         out.append("")
     return "\n".join(out)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo, else what platform knows), to say where a
+    figure was measured."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def latency_ms(model: DamageModel, size: tuple[int, int], runs: int = 100) -> float:

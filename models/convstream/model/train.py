@@ -2,13 +2,12 @@
 
     pip install '.[train]' && python -m convstream.model.train --out models/convstream/model
 
-Trained the shipped model, once, with these defaults: 13 minutes on a 2-core Xeon with AMX
-and nothing else running, where the command runs forward and backward in bfloat16. CPUs
-without AMX train in float32, slower (the previous, smaller network took 35 minutes on a
-2-core AMD EPYC; ``--precision`` chooses). Every seed is
-fixed (a rerun gives a model of the same quality, not necessarily the same bits), the data is
-rendered by our own code (``scenes.py``), nothing is downloaded. It
-prints the held-out metrics (and latency) at the end and writes ``damage.onnx``,
+Trained the shipped model, once, with these defaults: 13 minutes on a 2-core Xeon with AMX and
+nothing else running, where the command runs forward and backward in bfloat16. CPUs without AMX
+train in float32, slower (the previous, smaller network took 35 minutes on a 2-core AMD EPYC;
+``--precision`` chooses). Every seed is fixed (a rerun gives a model of the same quality, not
+necessarily the same bits), the data is rendered by our own code (``scenes.py``), nothing is
+downloaded. It prints the held-out metrics (and latency) at the end and writes ``damage.onnx``,
 ``damage.pt`` and ``damage.metrics.json`` into --out.
 """
 
@@ -18,7 +17,6 @@ import argparse
 import json
 import logging
 import multiprocessing
-import platform
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -33,6 +31,7 @@ from tqdm import tqdm
 from convstream.model.evaluate import (
     EVAL_SEED_BASE,
     best_threshold,
+    cpu_name,
     evaluate,
     latency_ms,
     score_scenes,
@@ -299,7 +298,7 @@ def train(
         "train_steps": steps,
         "batch": batch,
         "precision": "bf16" if bf16 else "fp32",
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "train_seconds": round(time.perf_counter() - started, 1),
         "render_seconds": round(rendered - started, 1),
         "step_ms": round((trained - rendered) / steps * 1000, 1),
@@ -312,16 +311,6 @@ def train(
     }
     (out_dir / "damage.metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
