@@ -130,6 +130,14 @@ async def test_encodings_shrink_the_payload_and_keep_the_values(
     ref = to_numpy(f32)
     assert np.abs(to_numpy(f16) - ref).max() <= 1e-2 * max(1.0, float(ref.max()))
     assert np.abs(to_numpy(u8) - ref).max() <= u8.scale / 2 + 1e-6
+    # The heatmap follows, except that uint8 maps bring it in float16: quantised, its hottest
+    # cells tie and the peak moves.
+    heat = {e: results[e].heatmap for e in results}
+    assert heat[pb.TENSOR_ENCODING_FLOAT32].encoding == pb.TENSOR_ENCODING_FLOAT32
+    assert heat[pb.TENSOR_ENCODING_FLOAT16].encoding == pb.TENSOR_ENCODING_FLOAT16
+    assert heat[pb.TENSOR_ENCODING_UINT8].encoding == pb.TENSOR_ENCODING_FLOAT16
+    exact = to_numpy(heat[pb.TENSOR_ENCODING_FLOAT32])
+    np.testing.assert_allclose(to_numpy(heat[pb.TENSOR_ENCODING_UINT8]), exact, atol=1e-3)
 
 
 async def test_bad_frames_mid_stream_get_errors_and_the_stream_goes_on(
