@@ -125,6 +125,17 @@ async def test_stream_a_video_file(
         assert image is not None and image.shape == (240, 320, 3)
 
 
+async def test_a_file_that_is_no_video_is_an_error_not_an_empty_success(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    not_video = tmp_path / "notes.jpg"
+    not_video.write_text("hello\n")
+    assert await run("stream", str(not_video), "--address", f"127.0.0.1:{server.port}") == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "read no frame" in err and "notes.jpg" in err and "expected a video file" in err
+
+
 async def test_info(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
     assert await run("info", "--address", f"127.0.0.1:{server.port}") == 0
     out = capsys.readouterr().out

@@ -75,14 +75,14 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         nargs="+",
         default=[],
         metavar="STAGE",
-        help="feature maps to fetch, e.g. --maps stage3 stage4 (after the paths); "
-        "see `convstream info`",
+        help="feature maps to fetch, e.g. --maps stage3 stage4; it takes every name after it,"
+        " so put it last (or end its list with --); see `convstream info`",
     )
     group.add_argument(
         "--encoding",
         choices=("float16", "float32", "uint8"),
         default="float16",
-        help="how feature maps travel (default float16)",
+        help="how feature maps travel (default float16); the heatmap comes in float16 for uint8",
     )
     group.add_argument("--json", action="store_true", help="one JSON object per line")
     group.add_argument(
@@ -330,7 +330,16 @@ def _stream(args: argparse.Namespace) -> int:
                 queue_size=args.queue_size,
                 resume=args.resume,
             )
-            return _report(args, results, _reporter(args, total, len(video.name) + 7))
+            reporter = _reporter(args, total, len(video.name) + 7)
+            code = _report(args, results, reporter)
+        if code == 0 and reporter.count == 0:
+            print(
+                f"convstream stream: OpenCV opened {args.source} but read no frame from it;"
+                " expected a video file, a URL or a camera index",
+                file=sys.stderr,
+            )
+            return 1
+        return code
 
     try:
         return _run(args, body)
