@@ -432,5 +432,8 @@ async def test_cli_watch_unknown_camera_exits_2(
     out, err = capsys.readouterr()
     assert out == ""
     assert err == "convstream watch: error: unknown camera 'dock-9'; the server has belt\n"
+    assert await cli("watch", "rtsp://10.0.0.7/x", "--address", address(server)) == 2
+    err = capsys.readouterr().err
+    assert "unknown camera 'rtsp://10.0.0.7/x'" in err and "never by URL or path" in err
     assert await cli("watch", "belt", "--count", "0", "--address", address(server)) == 2
     assert "--count must be at least 1" in capsys.readouterr().err

@@ -380,7 +380,10 @@ def _watch(args: argparse.Namespace) -> int:
         known = [camera.id for camera in client.cameras()]
         if args.camera_id not in known:
             have = f"the server has {', '.join(known)}" if known else "the server pulls none"
-            return _usage(args, f"unknown camera {args.camera_id!r}; {have}")
+            message = f"unknown camera {args.camera_id!r}; {have}"
+            if "://" in args.camera_id or "/" in args.camera_id:
+                message += " (cameras are named by id, never by URL or path: `convstream cameras`)"
+            return _usage(args, message)
         # Overlays are drawn on the analysed frame, which only comes when asked for.
         options = replace(client.options, input_jpeg=True) if args.save_overlays else None
         watching = client.watch(
