@@ -329,8 +329,8 @@
     const provider = model.provider.replace(/ExecutionProvider$/, "");
     el.append(b, document.createTextNode(` · ${provider} · ${model.sha256}`));
     el.title = `model ${model.name} (sha256 ${model.sha256}…), provider ${model.provider} ` +
-      `on onnxruntime ${model.onnxruntime}, server ${model.server_version}, ` +
-      `(requested ${model.requested}), model threshold ${model.model_threshold}, ` +
+      `(requested ${model.requested}) on onnxruntime ${model.onnxruntime}, ` +
+      `server ${model.server_version}, model threshold ${model.model_threshold}, ` +
       `alert threshold ${model.threshold}`;
     state.threshold = model.threshold;
     buildLut(model.threshold);
