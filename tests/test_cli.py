@@ -62,6 +62,11 @@ async def test_analyze_prints_a_table(
     assert all(row.split()[3] in ("yes", "no") for row in rows)
     assert summary.startswith("3 frames in ") and "frames/s" in summary and "0 failed" in summary
     assert err == ""
+    # one frame: no rate, which would only be the inverse of one round trip
+    argv = ["analyze", str(images / "box-1.jpg"), "--address", f"127.0.0.1:{server.port}"]
+    assert await run(*argv) == 0
+    summary = capsys.readouterr().out.splitlines()[-1]
+    assert summary.startswith("1 frame in ") and "frames/s" not in summary
 
 
 async def test_analyze_json_lines_and_overlays(

@@ -157,9 +157,10 @@ class Reporter:
         """One line: frames, rate, damaged, failed, dropped, server time percentiles."""
         elapsed = time.perf_counter() - self.started
         rate = self.count / elapsed if elapsed > 0 else 0.0
+        # One frame has no rate worth printing (it would be the inverse of one round trip).
+        speed = f" ({rate:.1f} frames/s)" if self.count > 1 else ""
         text = (
-            f"{self.count} frame{'' if self.count == 1 else 's'} in {elapsed:.1f} s "
-            f"({rate:.1f} frames/s): "
+            f"{self.count} frame{'' if self.count == 1 else 's'} in {elapsed:.1f} s{speed}: "
             f"{self.damaged} damaged, {self.failed} failed, {self.dropped} dropped"
         )
         if self.server_ms:
