@@ -263,6 +263,32 @@ async def test_a_client_killed_mid_stream_releases_its_streams_and_watch(
         await server.stop(grace=0)
 
 
+async def test_a_stream_whose_results_grpc_stops_taking_ends_as_cancelled() -> None:
+    """When a send to a client that went away fails, grpc closes the handler's generator
+    (GeneratorExit at its yield) instead of cancelling it: that is the client leaving too."""
+    server = Server(Settings(port=0, metrics_port=0))
+    await server.start()
+    try:
+        assert server.servicer is not None
+
+        async def frames() -> AsyncIterator[pb.FrameRequest]:
+            for i in range(3):
+                yield pb.FrameRequest(frame_id=i, encoded=jpeg(scene(i, 240, 320)))
+                await asyncio.sleep(0.05)
+
+        # the context is only used to abort, which this call never does
+        handler = server.servicer.StreamFrames(frames(), None)  # type: ignore[arg-type]
+        first = await anext(handler)
+        assert first.frame_id == 0 and not first.status.code
+        assert server.servicer.open_streams == 1
+        await handler.aclose()  # what grpc does when it cannot send the next result
+        assert streams_ended(server) == {"cancelled": 1.0}
+        assert server.servicer.open_streams == 0
+        assert sample(server, "convstream_streams_in_flight") == 0
+    finally:
+        await server.stop(grace=0)
+
+
 # ----------------------------------------------------------------------------- cancel storms
 
 CYCLES = 1000

@@ -110,7 +110,10 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         except IdleTimeout as exc:
             outcome = "idle"
             idle = exc
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
+            # GeneratorExit: grpc stopped taking results because the call ended under us (a
+            # send to a client that went away fails, and the generator is closed, not
+            # cancelled). Either way the client left; neither is the server's error.
             outcome = "cancelled"
             raise  # a cancelled handler must stay cancelled, or grpc keeps its resources
         finally:
