@@ -41,6 +41,19 @@ def client_version() -> str:
         return "0+unknown"
 
 
+def check_camera_id(camera_id: object) -> None:
+    """Raise ValueError unless camera_id could name a camera: cameras are named in the
+    server's config, and clients never pass a URL, a path or a device. The value is not
+    echoed: a URL may carry a password."""
+    if not isinstance(camera_id, str) or not camera_id:
+        raise ValueError(f"camera_id must be a camera's id, e.g. 'dock-3', got {camera_id!r}")
+    if "://" in camera_id or camera_id.startswith(("/", "\\", "device:")):
+        raise ValueError(
+            "camera_id is the id of a camera in the server's config (see cameras()), "
+            "never a URL, a path or a device"
+        )
+
+
 class BaseClient:
     """Options and channel set-up common to the sync and the asyncio client."""
 
@@ -142,15 +155,7 @@ class BaseClient:
         max_fps: float | None,
         queue_size: int | None,
     ) -> pb.WatchCameraRequest:
-        if not isinstance(camera_id, str) or not camera_id:
-            raise ValueError(f"camera_id must be a camera's id, e.g. 'dock-3', got {camera_id!r}")
-        if "://" in camera_id or camera_id.startswith(("/", "\\", "device:")):
-            # Cameras are named in the server's config; clients never pass a URL, a path or
-            # a device. The value is not echoed: a URL may carry a password.
-            raise ValueError(
-                "camera_id is the id of a camera in the server's config (see cameras()), "
-                "never a URL, a path or a device"
-            )
+        check_camera_id(camera_id)
         if max_fps is not None and not 0 <= max_fps < math.inf:
             raise ValueError(f"max_fps must be >= 0 results per second or None, got {max_fps}")
         if queue_size is not None and not 1 <= queue_size <= 1024:

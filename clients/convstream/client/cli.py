@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from convstream.client._base import DEFAULT_ADDRESS
+from convstream.client._base import DEFAULT_ADDRESS, check_camera_id
 from convstream.client._client import Client
 from convstream.client._report import (
     Reporter,
@@ -377,13 +377,14 @@ def _watch(args: argparse.Namespace) -> int:
 
     def body(client: Client) -> int:
         # Asked first, like --maps: a typo is a usage error that names the right ids.
+        try:
+            check_camera_id(args.camera_id)
+        except ValueError as exc:  # the client's own rule, which never echoes a URL
+            return _usage(args, str(exc))
         known = [camera.id for camera in client.cameras()]
         if args.camera_id not in known:
             have = f"the server has {', '.join(known)}" if known else "the server pulls none"
-            message = f"unknown camera {args.camera_id!r}; {have}"
-            if "://" in args.camera_id or "/" in args.camera_id:
-                message += " (cameras are named by id, never by URL or path: `convstream cameras`)"
-            return _usage(args, message)
+            return _usage(args, f"unknown camera {args.camera_id!r}; {have}")
         # Overlays are drawn on the analysed frame, which only comes when asked for.
         options = replace(client.options, input_jpeg=True) if args.save_overlays else None
         watching = client.watch(
