@@ -9,8 +9,19 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check .
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall .
 # The dashboard is a separate client of the server's API; it follows the server's lifetime.
+# Both run in the background so that this script can pass on a SIGTERM (a supervisor's, a
+# plain `kill`) or Ctrl-C to the server, which then drains and frees its ports; a foreground
+# child would be left running, and bash starts background jobs with SIGINT ignored.
 .venv/bin/convstream dashboard --address 127.0.0.1:50051 --port 8080 &
 dashboard=$!
+.venv/bin/convstream serve "$@" &
+server=$!
+stop() { kill -TERM "$server" "$dashboard" 2>/dev/null || true; }
+trap stop TERM INT HUP
 trap 'kill "$dashboard" 2>/dev/null || true' EXIT
 echo "dashboard: http://127.0.0.1:8080/ (the demo camera shows once the server is up)"
-.venv/bin/convstream serve "$@"
+# wait returns early when a trapped signal arrives; wait again for the server's drain.
+status=0
+wait "$server" || status=$?
+while kill -0 "$server" 2>/dev/null; do wait "$server" || status=$?; done
+exit "$status"
