@@ -169,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # in the middle of its output; keep its errors. OpenCV reads this once, when it loads (the
     # client commands below import it), so it is set first; a value the user set wins.
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    # FFmpeg's own lines too ("[tcp @ 0x...] Connection to tcp://... failed" on every retry of
+    # a camera that is down): the camera's state and last_error say it once, in our words.
+    # OPENCV_FFMPEG_LOGLEVEL=24 (warnings) brings them back for debugging a source.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     parser = argparse.ArgumentParser(
         prog="convstream", description="Damage scores and feature maps for camera frames."
     )
