@@ -221,9 +221,20 @@ async def test_unreachable_source_fails_within_open_timeout() -> None:
             assert str(port) not in silent.last_error  # clients never see the address
             # the blackhole accepts connections but never answers the request
             assert "accepts connections, but no video stream opened" in silent.last_error
+            # a watcher waits while the camera reconnects...
+            waiting = Collector(watch(stub, "silent"))
             await until(state_is(stub, "silent", pb.CAMERA_STATE_FAILED), 8, "gave up")
             silent = await status(stub, "silent")
             assert "gave up after 1 reconnects" in silent.last_error
+            # ...and is told at once when it gives up, rather than waiting for ever
+            await asyncio.wait_for(waiting.task, 2)
+            assert waiting.error is not None and not waiting.results
+            assert waiting.error.code() == grpc.StatusCode.FAILED_PRECONDITION
+            told = str(waiting.error.details())
+            assert "camera 'silent' has failed" in told and "gave up after 1" in told
+            with pytest.raises(grpc.aio.AioRpcError) as info:  # so is a new watcher
+                await watch(stub, "silent").read()
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             refused = await status(stub, "refused")
             assert refused.state == pb.CAMERA_STATE_RECONNECTING
             assert refused.reconnects >= 1
@@ -253,6 +264,16 @@ async def test_video_file_loops_or_stops(tmp_path: Path) -> None:
         missing = await status(stub, "missing")
         assert missing.state == pb.CAMERA_STATE_FAILED
         assert "no such video file" in missing.last_error and missing.reconnects == 0
+        # watching a camera that will send nothing says why, instead of waiting for ever
+        for camera_id, why in [
+            ("missing", "has failed: no such video file"),
+            ("once", "has stopped: its video file ended."),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await asyncio.wait_for(watch(stub, camera_id).read(), 2)
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            told = str(info.value.details())
+            assert f"camera {camera_id!r} {why}" in told and "config" in told
 
 
 async def _frames_read_over(stub: pb_grpc.ConvstreamStub, camera_id: str, n: int) -> bool:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -438,3 +439,40 @@ async def test_cli_watch_unknown_camera_exits_2(
     assert "10.0.0.7" not in err  # a URL may carry a password: not echoed
     assert await cli("watch", "belt", "--count", "0", "--address", address(server)) == 2
     assert "--count must be at least 1" in capsys.readouterr().err
+
+
+async def test_cli_watch_says_why_a_camera_sends_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as s:  # a port nothing listens on: every connection is refused
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    dock = CameraConfig(
+        id="dock",
+        source=f"rtsp://127.0.0.1:{closed}/x",
+        open_timeout_s=1.0,
+        reconnect_min_s=0.3,
+        reconnect_max_s=0.5,
+        max_reconnects=3,
+    )
+    gone = CameraConfig(id="gone", source=str(tmp_path / "nope.mp4"))
+    async with serving(dock, gone) as server:
+        # a camera that has given up: the server says why at once, and the command exits 1
+        assert await cli("watch", "gone", "--count", "1", "--address", address(server)) == 1
+        out, err = capsys.readouterr()
+        assert out == ""  # not even the table's header
+        assert "camera 'gone' has failed: no such video file" in err and "Traceback" not in err
+        assert "nope.mp4" not in err  # clients are never told a path
+        # a camera retrying: the command says it waits, then why it stopped waiting
+        async with AsyncClient(address(server)) as client:
+            deadline = time.monotonic() + 10
+            while (await client.cameras())[0].state != "reconnecting":
+                assert time.monotonic() < deadline, "dock never reconnected"
+                await asyncio.sleep(0.05)
+        assert await cli("watch", "dock", "--count", "1", "--address", address(server)) == 1
+        first, *rest = capsys.readouterr().err.splitlines()
+        assert first.startswith(
+            "camera dock is reconnecting; waiting for its frames (Ctrl-C to stop). "
+            "Last error: could not open rtsp source: connection refused"
+        )
+        assert "camera 'dock' has failed" in rest[-1] and "gave up after 3 reconnects" in rest[-1]

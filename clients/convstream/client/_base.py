@@ -49,8 +49,8 @@ def check_camera_id(camera_id: object) -> None:
         raise ValueError(f"camera_id must be a camera's id, e.g. 'dock-3', got {camera_id!r}")
     if "://" in camera_id or camera_id.startswith(("/", "\\", "device:")):
         raise ValueError(
-            "camera_id is the id of a camera in the server's config (see cameras()), "
-            "never a URL, a path or a device"
+            "camera_id is the id of a camera in the server's config (client.cameras() or "
+            "`convstream cameras` lists them), never a URL, a path or a device"
         )
 
 
@@ -245,7 +245,7 @@ class _Resumption:
             # Once per break: a server that takes a while to come back is one event.
             log = logger.warning if self._failures == 1 else logger.debug
             log(
-                "watch of camera %r at %s broke (%s); subscribing again in %.1f s",
+                "watch of camera %r at %s broke: %s; subscribing again in %.1f s",
                 self._camera_id,
                 client.address,
                 error.message,

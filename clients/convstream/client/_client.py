@@ -226,6 +226,9 @@ class Client(BaseClient):
             NotFound: no camera of that id (the message names the server's cameras), or it
                 was removed from the server's config while watched. Never retried.
             InvalidFrame: options the server cannot honour, e.g. an unknown feature map.
+            Rejected: the camera has failed or stopped (its ``state`` in ``cameras()``), at
+                once or while watched; the message says why. Never retried: no frame comes
+                until the server's config restarts it. While it reconnects the watch waits.
             ServerUnavailable: no server, or it stayed away past the resume attempts.
             ConvstreamError: any other failure, e.g. DeadlineExceeded past ``Timeout.stream``.
         """

@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from convstream.client._base import DEFAULT_ADDRESS, check_camera_id
@@ -381,10 +382,21 @@ def _watch(args: argparse.Namespace) -> int:
             check_camera_id(args.camera_id)
         except ValueError as exc:  # the client's own rule, which never echoes a URL
             return _usage(args, str(exc))
-        known = [camera.id for camera in client.cameras()]
-        if args.camera_id not in known:
-            have = f"the server has {', '.join(known)}" if known else "the server pulls none"
+        cameras = {camera.id: camera for camera in client.cameras()}
+        if args.camera_id not in cameras:
+            have = f"the server has {', '.join(cameras)}" if cameras else "the server pulls none"
             return _usage(args, f"unknown camera {args.camera_id!r}; {have}")
+        camera = cameras[args.camera_id]
+        opening = datetime.now(UTC) - (camera.since or datetime.now(UTC))
+        slow_open = camera.state == "connecting" and opening > timedelta(seconds=2)
+        if slow_open or camera.state in ("stalled", "reconnecting"):
+            # Results come once its frames do; without this line the command looks hung.
+            why = f" Last error: {camera.last_error}" if camera.last_error else ""
+            print(
+                f"camera {camera.id} is {camera.state}; waiting for its frames (Ctrl-C to "
+                f"stop).{why}",
+                file=sys.stderr,
+            )
         # Overlays are drawn on the analysed frame, which only comes when asked for.
         options = replace(client.options, input_jpeg=True) if args.save_overlays else None
         watching = client.watch(

@@ -215,9 +215,7 @@ class Server:
         if self.servicer is not None:
             self.servicer.draining.set()
         if self.cameras is not None:
-            self.cameras.end_watchers(
-                Draining("server is shutting down; reconnect to another instance")
-            )
+            self.cameras.end_watchers(Draining("server is shutting down"))
         if self.servicer is not None:
             while self.servicer.open_streams and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)

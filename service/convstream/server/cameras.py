@@ -102,12 +102,7 @@ class CameraManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
         feeds, self.feeds = list(self.feeds.values()), {}
-        await asyncio.gather(
-            *(
-                f.stop(Draining("server is shutting down; reconnect to another instance"))
-                for f in feeds
-            )
-        )
+        await asyncio.gather(*(f.stop(Draining("server is shutting down")) for f in feeds))
 
     def end_watchers(self, error: ConvstreamError) -> None:
         """End every WatchCamera call with ``error``; the cameras keep running."""
@@ -136,7 +131,8 @@ class CameraManager:
             logger.info("stream %s no longer published", publication.name)
 
     def watch(self, camera_id: str, request: pb.WatchCameraRequest) -> Watcher:
-        """A new watcher of a camera; NotFound, InvalidOptions or Overloaded when it can't be."""
+        """A new watcher of a camera; NotFound, InvalidOptions, CameraDown (it FAILED or
+        STOPPED) or Overloaded when it can't be."""
         feed: Publisher | None = self.feeds.get(camera_id) or self.published.get(camera_id)
         if feed is None and not re.match(CAMERA_ID, camera_id):
             raise InvalidOptions(
@@ -146,6 +142,8 @@ class CameraManager:
         if feed is None:
             known = ", ".join(sorted([*self.feeds, *self.published])) or "none configured"
             raise NotFound(f"no camera {camera_id!r}; cameras: {known}")
+        if isinstance(feed, CameraFeed) and (down := feed.down()) is not None:
+            raise down
         options = Options.parse(request.options)
         publishers = [*self.feeds.values(), *self.published.values()]
         open_now = sum(len(f.watchers) for f in publishers)
@@ -186,6 +184,9 @@ class CameraManager:
             await self.health.set(
                 HEALTH_PREFIX + camera_id, status.SERVING if flowing else status.NOT_SERVING
             )
+            # Its watchers would wait for frames that will not come: tell them why instead.
+            if (down := feed.down()) is not None:
+                feed.end_watchers(down)
 
     async def _forget(self, camera_id: str) -> None:
         self._health_state.pop(camera_id, None)

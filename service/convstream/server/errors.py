@@ -63,6 +63,13 @@ class Overloaded(ConvstreamError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class CameraDown(ConvstreamError):
+    """The camera has given up (FAILED) or its file ended (STOPPED): no frames will come
+    until the server's config changes it."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class Draining(ConvstreamError):
     """The server is shutting down and takes no new work."""
 

@@ -24,7 +24,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from convstream.server.camera import Camera, Frame, RateMeter
 from convstream.server.config import parse_size
 from convstream.server.engine import Inference
-from convstream.server.errors import ConvstreamError, Draining
+from convstream.server.errors import CameraDown, ConvstreamError, Draining
 from convstream.server.letterbox import choose_input, letterbox
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Options, Pipeline, Prepared
@@ -226,6 +226,7 @@ class CameraFeed(Publisher):
         config = camera.config
         self._fixed_input = parse_size(config.input_size) if config.input_size else None
         self._interval = 1 / config.fps if config.fps > 0 else 0.0
+        self._stopping = False
 
     def status(self, now: float) -> pb.CameraStatus:
         cam = self.camera
@@ -247,6 +248,23 @@ class CameraFeed(Publisher):
         )
         return status
 
+    def down(self) -> CameraDown | None:
+        """Why no frame will come (the camera FAILED or STOPPED), or None while one may, or
+        while stop() ends its watchers with its own error."""
+        cam = self.camera
+        if self._stopping:
+            return None
+        if cam.state == pb.CAMERA_STATE_FAILED:
+            why = f"has failed: {cam.last_error}"
+        elif cam.state == pb.CAMERA_STATE_STOPPED:
+            why = f"has stopped: {cam.last_error or 'its video file ended'}"
+        else:
+            return None
+        return CameraDown(
+            f"camera {self.name!r} {why}. No frames will come until the server's config "
+            "changes it; a reload (SIGHUP) restarts it"
+        )
+
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.camera.on_frame = lambda: loop.call_soon_threadsafe(self._wake.set)
@@ -255,6 +273,7 @@ class CameraFeed(Publisher):
 
     async def stop(self, error: ConvstreamError) -> None:
         """Stop the camera and the loop; each watcher's call ends with ``error``."""
+        self._stopping = True
         self.camera.on_frame = lambda: None
         await asyncio.to_thread(self.camera.stop)
         if self._task is not None:
