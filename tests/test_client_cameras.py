@@ -122,7 +122,9 @@ async def test_cameras_report_state_figures_and_watchers(tmp_path: Path) -> None
     assert (cam.frame_width, cam.frame_height) == (640, 360)
     assert cam.fps_cap == 10.0 and 5 <= cam.fps_out <= 12  # the cap, not the camera's 20
     assert cam.fps_in > 12 and cam.frames_read > cam.frames_analysed >= 15
-    assert cam.frames_dropped > 0  # read, then superseded under the cap
+    assert cam.frames_skipped > 0  # read, then passed over to keep to the cap
+    accounted = cam.frames_analysed + cam.frames_dropped + cam.frames_skipped
+    assert 0 <= cam.frames_read - accounted <= 2  # the newest, not yet taken or analysed
     assert cam.last_score is not None and 0.0 <= cam.last_score <= 1.0
     assert cam.last_frame_time is not None
     assert 0 <= (now - cam.last_frame_time).total_seconds() < 5

@@ -295,7 +295,10 @@ class CameraInfo:
         fps_cap: the configured cap on analysed frames per second; 0.0: none.
         frames_read: frames read from the source since the server started it.
         frames_analysed: frames analysed; each one once, however many watch.
-        frames_dropped: frames read but superseded by a newer one before analysis.
+        frames_dropped: frames read but superseded by a newer one before analysis because
+            the server was busy.
+        frames_skipped: frames read but passed over to keep to ``fps_cap``: by design, not a
+            drop. ``frames_read`` is about analysed + dropped + skipped.
         reconnects: times the source was reopened.
         watchers: open watch() calls.
         frame_width: of the source's frames, in pixels; 0 before the first frame.
@@ -316,6 +319,7 @@ class CameraInfo:
     frames_read: int
     frames_analysed: int
     frames_dropped: int
+    frames_skipped: int
     reconnects: int
     watchers: int
     frame_width: int
@@ -344,6 +348,7 @@ class CameraInfo:
             frames_read=message.frames_read,
             frames_analysed=message.frames_analysed,
             frames_dropped=message.frames_dropped,
+            frames_skipped=message.frames_skipped,
             reconnects=message.reconnects,
             watchers=message.watchers,
             frame_width=message.frame_width,

@@ -47,6 +47,7 @@ def camera_json(camera: pb.CameraStatus) -> dict[str, Any]:
         "frames_read": camera.frames_read,
         "frames_analysed": camera.frames_analysed,
         "frames_dropped": camera.frames_dropped,
+        "frames_skipped": camera.frames_skipped,
         "reconnects": camera.reconnects,
         "watchers": camera.watchers,
         "width": camera.frame_width,

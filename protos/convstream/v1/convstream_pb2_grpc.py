@@ -96,7 +96,9 @@ class ConvstreamServicer(object):
     def WatchCamera(self, request, context):
         """Results of a server-pulled camera, named by its id (unknown: NOT_FOUND). Each camera
         frame is analysed once however many watch it; each watcher gets its own rate, content
-        and queue, so a slow one loses its own stale results and slows nobody else.
+        and queue, so a slow one loses its own stale results and slows nobody else. While the
+        camera connects or reconnects the call waits; once it has FAILED or STOPPED (see
+        CameraState) no frame will come, and the call ends with FAILED_PRECONDITION saying why.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -119,7 +119,9 @@
       this.setText(this.v.latency, status.latency_ms > 0 ? `${fmt(status.latency_ms, 0)} ms` : "–");
       this.setText(this.v.dropped, String(status.frames_dropped));
       this.v.dropped.title = `${status.frames_dropped} of ${status.frames_read} frames read ` +
-        "were superseded before analysis";
+        "were superseded before analysis while the server was busy" +
+        (status.frames_skipped ? `; ${status.frames_skipped} more were passed over to keep ` +
+          `to the camera's cap of ${fmt(status.fps_cap, 0)} fps` : "");
       this.setText(this.v.reconnects, String(status.reconnects));
       if (this.score === null && status.last_score) this.showScore(status.last_score);
       this.updateNotice();
