@@ -476,7 +476,8 @@ async def _until(dash: Dashboard, check: Any, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_dashboard_outlives_a_server_restart() -> None:
+@pytest.mark.asyncio(loop_scope="module")
+async def test_dashboard_outlives_a_server_restart(browser: Any, artifacts: Path) -> None:
     """The server goes away and comes back on its port: tiles say offline, then run again."""
 
     def settings(port: int) -> Settings:
@@ -497,6 +498,24 @@ async def test_dashboard_outlives_a_server_restart() -> None:
         await server.stop(grace=0)
         await _until(dash, lambda: belt().status["state"] == "offline")
         assert not dash.hub.server["ok"]
+        # A page opened during the outage: the corner, the tile and the frame's age tell the
+        # truth (it said "live", the last rates, and "last frame under a second ago").
+        await asyncio.sleep(2.5)
+        page = await _open(browser, dash)
+        from playwright.async_api import expect
+
+        await expect(page.locator("#conn-text")).to_have_text("server unreachable")
+        assert await page.locator("#conn").get_attribute("data-ok") == "false"
+        tile = _tile(page, "belt")
+        await expect(tile.locator(".state")).to_have_text("offline")
+        await expect(tile.locator(".v-fps")).to_have_text("0.0")
+        await expect(tile.locator(".v-latency")).to_have_text("\u2013")
+        notice = await tile.locator(".notice").inner_text()
+        age = re.search(r"last frame (\d+) s ago", notice)
+        assert age and int(age.group(1)) >= 2, notice
+        await page.screenshot(path=artifacts / "server-down.png")
+        assert page.errors == []
+        await page.context.close()
         server = Server(settings(port))
         await server.start()
         received = belt().frames_received

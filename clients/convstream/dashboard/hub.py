@@ -146,6 +146,7 @@ class Hub:
             "history": {view.id: list(view.history) for view in self.cameras.values()},
             "history_s": self.settings.history_s,
             "alerts": [alert.to_json() for alert in self.alerts.recent()],
+            "time": time.time(),
         }
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
@@ -180,12 +181,16 @@ class Hub:
                 # The server may come back with another model: ask again then.
                 self.model = None
                 self.server = {"ok": False, "error": f"{exc.code().name}: {exc.details()}"}
-                # What the cameras were doing is no longer known: say so on every tile.
+                # What the cameras were doing is no longer known: say so on every tile, and
+                # show no rates or latency that are no longer true.
                 for view in self.cameras.values():
                     view.status = {
                         **view.status,
                         "state": "offline",
                         "last_error": "convstream server unreachable",
+                        "fps_in": 0.0,
+                        "fps_out": 0.0,
+                        "latency_ms": 0.0,
                     }
             except Exception:  # a bug here must not freeze every tile: log it, poll again
                 logger.exception("polling %s failed", self.settings.address)
@@ -278,6 +283,9 @@ class Hub:
             "score": round(score, 4),
             "time": when,
             "age_ms": round(result.frame_age_ms, 1),
+            # The dashboard's clock when it came: a page shown this frame later (opened while
+            # the server is down) tells its age by the same clock, whatever the server's is.
+            "received": round(time.time(), 3),
             "box": list(box),
             "input": [result.geometry.input_width, result.geometry.input_height],
             "stride": stride,

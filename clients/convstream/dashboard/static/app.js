@@ -94,7 +94,7 @@
       this.status = null;
       this.frames = 0;
       this.lastN = 0; // the newest frame number drawn
-      this.lastFrameAt = 0; // performance.now() of the newest frame drawn
+      this.lastFrameAt = 0; // the dashboard's clock (dashNow) when the newest frame drawn came
       this.score = null;
       this.sparkDirty = true;
       this.sparkAt = 0;
@@ -140,7 +140,7 @@
 
     updateNotice() {
       const s = this.status ? this.status.state : "unknown";
-      const age = this.lastFrameAt ? (performance.now() - this.lastFrameAt) / 1000 : null;
+      const age = this.lastFrameAt ? Math.max(0, dashNow() - this.lastFrameAt) : null;
       const stale = age === null || age > STALE_S;
       this.el.classList.toggle("stale", (stale || s !== "running") && this.frames > 0);
       let title = "";
@@ -214,7 +214,7 @@
       this.frames += 1;
       this.el.dataset.frames = String(this.frames);
       this.lastN = header.n;
-      this.lastFrameAt = performance.now();
+      this.lastFrameAt = header.received || dashNow();
       this.showScore(header.score);
       this.addPoint(header.time, header.score);
       this.updateNotice();
@@ -350,6 +350,14 @@
     } else {
       banner.hidden = true;
     }
+    showConnection();
+  }
+
+  // The corner says "live" only when both links hold: browser to dashboard, dashboard to server.
+  function showConnection() {
+    const ok = socketOpen && serverOk;
+    $("conn").dataset.ok = String(ok);
+    $("conn-text").textContent = !socketOpen ? "reconnecting…" : ok ? "live" : "server unreachable";
   }
 
   // ---- alerts ------------------------------------------------------------------------------
@@ -429,13 +437,11 @@
     socket.onopen = () => {
       socketOpen = true;
       retry = 500;
-      $("conn").dataset.ok = "true";
-      $("conn-text").textContent = "live";
+      showConnection();
     };
     socket.onclose = () => {
       socketOpen = false;
-      $("conn").dataset.ok = "false";
-      $("conn-text").textContent = "reconnecting…";
+      showConnection();
       for (const tile of tiles.values()) tile.updateNotice();
       setTimeout(connect, retry);
       retry = Math.min(retry * 2, 5000);
@@ -449,6 +455,7 @@
   function onText(msg) {
     switch (msg.type) {
       case "hello":
+        state.clock = { dash: msg.time, at: performance.now() };
         state.historyS = msg.history_s;
         setModel(msg.model);
         setServer(msg.server);
