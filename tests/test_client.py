@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 import subprocess
 import sys
 import threading
@@ -465,6 +466,33 @@ async def test_overlays_written_and_readable(
         assert not np.array_equal(image, original)
     drawn = cs.draw_overlay(results[0], frames[0], label=False)
     assert drawn.shape == frames[0].shape and drawn.dtype == np.uint8
+
+
+def with_exif_orientation(data: bytes, orientation: int) -> bytes:
+    """JPEG bytes with an EXIF APP1 segment holding only an Orientation tag, as phones write."""
+    ifd = struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0)
+    payload = b"Exif\x00\x00" + b"MM\x00*\x00\x00\x00\x08" + ifd + b"\x00\x00\x00\x00"
+    return data[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + data[2:]
+
+
+async def test_exif_orientation_is_ignored_alike_by_server_and_overlay(
+    server: Server, frames: list[np.ndarray], tmp_path: Path
+) -> None:
+    """The server analyses a JPEG's pixels as stored; the overlay is drawn on the same pixels,
+    so the heatmap lands where it was computed (it was squeezed onto the rotated picture)."""
+    image = frames[6]  # 480x640
+    rotated = with_exif_orientation(jpeg(image), 6)  # "show turned 90 degrees clockwise"
+    assert cv2.imdecode(np.frombuffer(rotated, np.uint8), cv2.IMREAD_COLOR).shape[:2] == (640, 480)
+    async with AsyncClient(address(server)) as client:
+        plain = await client.analyze(jpeg(image))
+        turned = await client.analyze(rotated)
+    g = turned.geometry
+    assert g is not None and (g.frame_width, g.frame_height) == (640, 480)
+    assert turned.peak() == plain.peak() and abs(turned.score - plain.score) < 1e-6
+    assert turned.frame is not None and turned.frame.pixels().shape == image.shape
+    drawn = cs.draw_overlay(turned, label=False)
+    assert drawn.shape == image.shape
+    assert np.array_equal(drawn, cs.draw_overlay(plain, label=False))
 
 
 def test_reprs_are_short_and_useful(frames: list[np.ndarray]) -> None:

@@ -57,7 +57,9 @@ class Frame:
         image: np.ndarray | None = self.image if isinstance(self.image, np.ndarray) else None
         if image is None:
             data = np.frombuffer(self.image, np.uint8)  # type: ignore[arg-type]
-            image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+            # As stored, like the server, which ignores an EXIF rotation (a phone's portrait
+            # photo): the result's geometry and heatmap are in these pixels' coordinates.
+            image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
             if image is None:
                 raise SourceError(f"cannot decode {self.name or 'frame'} ({data.size} bytes)")
         if image.ndim == 2 or image.shape[2] == 1:
