@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import socket
@@ -73,7 +74,8 @@ async def test_analyze_json_lines_and_overlays(
     server: Server, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     overlays = tmp_path / "overlays"
-    argv = ["analyze", str(images), "--maps", "stage3", "--encoding", "uint8", "--json"]
+    # --maps before the path: it takes one value, so it cannot swallow the paths after it
+    argv = ["analyze", "--maps", "stage3,stage1", str(images), "--encoding", "uint8", "--json"]
     argv += ["--save-overlays", str(overlays), "--address", f"127.0.0.1:{server.port}"]
     assert await run(*argv) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -86,6 +88,7 @@ async def test_analyze_json_lines_and_overlays(
             width,
             height,
         )
+        assert sorted(line["feature_maps"]) == ["stage1", "stage3"]
         assert line["feature_maps"]["stage3"]["shape"][0] == 64
         assert line["timings"]["inference_ms"] > 0
         image = cv2.imread(line["overlay"])
@@ -105,9 +108,15 @@ async def test_bad_image_is_a_row_and_exit_code_1(
     argv = ["analyze", str(images / "box-1.jpg"), str(broken)]
     assert await run(*argv, "--address", f"127.0.0.1:{server.port}") == 1
     out, err = capsys.readouterr()
+    header = out.splitlines()[0]
     row = next(line for line in out.splitlines() if "broken.jpg" in line)
     assert "error" in row and "InvalidFrame" in row and "JPEG" in row
+    # the table's columns hold: no score, then "error" under DAMAGED, then the message
+    assert row.index("  error  ") + 2 == header.index("DAMAGED")
+    assert row[header.index("SCORE") : header.index("SCORE") + 5].strip() == "-"
     assert err.strip() == "convstream analyze: 1 of 2 frames failed"
+    assert await run("analyze", str(broken), "--address", f"127.0.0.1:{server.port}") == 1
+    assert capsys.readouterr().err.strip() == "convstream analyze: 1 of 1 frame failed"
 
 
 async def test_stream_a_video_file(
@@ -171,7 +180,8 @@ def test_usage_errors_exit_2(
     assert main(["analyze", str(images), "--quality", "0"]) == 2
     assert "quality" in capsys.readouterr().err
     assert main(["analyze", str(images), "--ca", str(tmp_path / "no-ca.pem")]) == 2
-    for argv in (["analyze"], ["stream", "x.avi", "--freshness", "newest"], ["nope"]):
+    bad = (["analyze"], ["stream", "x.avi", "--freshness", "newest"], ["nope"])
+    for argv in (*bad, ["analyze", str(images), "--maps", ","]):
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 2
@@ -186,6 +196,15 @@ def test_the_console_command_has_no_traceback() -> None:
     assert "Traceback" not in done.stderr
     assert done.stderr.count("\n") == 1 and "unavailable" in done.stderr
     assert done.stdout == ""  # no table header above an error
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"convstream {version('convstream')}\n"
 
 
 @pytest.mark.parametrize("which", ["port", "metrics-port"])
@@ -216,3 +235,21 @@ def test_a_missing_usb_camera_is_our_line_without_opencv_warnings() -> None:
     assert done.stderr.strip().splitlines() == [
         "convstream stream: OpenCV cannot open video source 57"
     ]
+
+
+def test_a_watch_reports_the_rate_its_results_came_at(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Results 0.2 s apart after a 1 s connection read as 5 frames/s, not 3 in 1.4 s."""
+    from convstream.client import _report
+    from convstream.client.results import Result
+
+    clock = [100.0, 101.0, 101.2, 101.4]  # start, three results; then it stands still
+
+    def perf_counter() -> float:
+        return clock.pop(0) if len(clock) > 1 else clock[0]
+
+    monkeypatch.setattr(_report.time, "perf_counter", perf_counter)
+    out = io.StringIO()
+    reporter = _report.WatchReporter(out, io.StringIO(), json_lines=True, overlays=None, total=3)
+    for frame_id in (1, 2, 3):
+        reporter.add(Result(frame_id=frame_id, score=0.5))
+    assert reporter.summary().startswith("3 frames in 1.4 s (5.0 frames/s): ")

@@ -35,7 +35,7 @@ def result_json(result: Result, overlay: Path | None = None) -> dict[str, Any]:
         "frames_dropped": result.frames_dropped,
         "dropped_frame_ids": list(result.dropped_frame_ids),
         "sequence": result.sequence,
-        "timings": asdict(result.timings) if result.timings is not None else None,
+        "timings": _rounded(asdict(result.timings)) if result.timings is not None else None,
         "geometry": asdict(result.geometry) if result.geometry is not None else None,
         "heatmap": _summary(result.heatmap) if result.heatmap is not None else None,
         "feature_maps": {name: _summary(a) for name, a in result.feature_maps.items()},
@@ -44,6 +44,11 @@ def result_json(result: Result, overlay: Path | None = None) -> dict[str, Any]:
         if error is None
         else {"type": type(error).__name__, "code": code, "message": error.message},
     }
+
+
+def _rounded(fields: dict[str, Any]) -> dict[str, Any]:
+    """Milliseconds to the microsecond, like frame_age_ms; counts as they are."""
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in fields.items()}
 
 
 def _summary(array: np.ndarray) -> dict[str, Any]:
@@ -84,7 +89,7 @@ class Reporter:
         self.count = self.failed = self.damaged = 0
         self.dropped = 0
         self.server_ms: list[float] = []
-        self.started = time.perf_counter()
+        self.started = self.first_at = self.last_at = time.perf_counter()
         long_work = total is None or total > 1
         self.bar = tqdm(
             total=total,
@@ -115,6 +120,9 @@ class Reporter:
 
     def add(self, result: Result) -> None:
         self.count += 1
+        self.last_at = time.perf_counter()
+        if self.count == 1:
+            self.first_at = self.last_at
         self.dropped = result.frames_dropped
         overlay = None
         if result.ok:
@@ -136,9 +144,10 @@ class Reporter:
 
     def _table_row(self, result: Result) -> str:
         name = result.frame.name if result.frame is not None else result.source
-        if result.error is not None:
+        if result.error is not None:  # no score; DAMAGED says error, then what went wrong
             message = f"{type(result.error).__name__}: {result.error.message}"
-            return f"{result.frame_id:>7}  {name:<{self.name_width}}  error   {message}"
+            row = self._row(str(result.frame_id), name, "-", "error", "", "")
+            return f"{row.rstrip()}  {message}"
         peak = result.peak()
         total_ms = result.timings.total_ms if result.timings is not None else 0.0
         return self._row(
@@ -156,7 +165,7 @@ class Reporter:
     def summary(self) -> str:
         """One line: frames, rate, damaged, failed, dropped, server time percentiles."""
         elapsed = time.perf_counter() - self.started
-        rate = self.count / elapsed if elapsed > 0 else 0.0
+        rate = self.rate(elapsed)
         # One frame has no rate worth printing (it would be the inverse of one round trip).
         speed = f" ({rate:.1f} frames/s)" if self.count > 1 else ""
         text = (
@@ -168,9 +177,19 @@ class Reporter:
             text += f"; server time p50 {p50:.1f} ms, p95 {p95:.1f} ms"
         return text
 
+    def rate(self, elapsed: float) -> float:
+        """Frames per second of the whole command: what sending them all took."""
+        return self.count / elapsed if elapsed > 0 else 0.0
+
 
 class WatchReporter(Reporter):
     """A Reporter for a camera's results: age and drops instead of names and server time."""
+
+    def rate(self, elapsed: float) -> float:
+        """Results per second as they came: the intervals between the first and the last (a
+        watch at --max-fps 3 reads 3.0, not the count over the time since connecting)."""
+        between = self.last_at - self.first_at
+        return (self.count - 1) / between if between > 0 else 0.0
 
     def _header(self) -> str:
         return self._watch_row("FRAME", "SCORE", "DAMAGED", "PEAK (x, y)", "AGE MS", "DROPPED")
@@ -182,7 +201,8 @@ class WatchReporter(Reporter):
     def _table_row(self, result: Result) -> str:
         if result.error is not None:
             message = f"{type(result.error).__name__}: {result.error.message}"
-            return f"{result.frame_id:>9}  error   {message}"
+            row = self._watch_row(str(result.frame_id), "-", "error", "", "", "")
+            return f"{row.rstrip()}  {message}"
         peak = result.peak()
         return self._watch_row(
             str(result.frame_id),

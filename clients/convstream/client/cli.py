@@ -71,13 +71,16 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     results = argparse.ArgumentParser(add_help=False)
     group = results.add_argument_group("results")
+    # One value, names split by commas: a list option (nargs="+") swallowed the paths after
+    # it, and `analyze --maps stage3 photos/` failed with "PATH is required".
     group.add_argument(
         "--maps",
-        nargs="+",
+        type=_stage_names,
+        action="extend",
         default=[],
-        metavar="STAGE",
-        help="feature maps to fetch, e.g. --maps stage3 stage4; it takes every name after it,"
-        " so put it last (or end its list with --); see `convstream info`",
+        metavar="STAGE[,STAGE]",
+        help="feature maps to fetch, e.g. --maps stage3 or --maps stage3,stage4; see "
+        "`convstream info`",
     )
     group.add_argument(
         "--encoding",
@@ -278,7 +281,8 @@ def _report(args: argparse.Namespace, results: Iterator[Result], reporter: Repor
         return 130
     if reporter.failed:
         print(
-            f"convstream {args.command}: {reporter.failed} of {reporter.count} frames failed",
+            f"convstream {args.command}: {reporter.failed} of {reporter.count} "
+            f"frame{'' if reporter.count == 1 else 's'} failed",
             file=sys.stderr,
         )
         return 1
@@ -294,6 +298,13 @@ def _reporter(args: argparse.Namespace, total: int | None, name_width: int) -> R
         total=total,
         name_width=name_width,
     )
+
+
+def _stage_names(value: str) -> list[str]:
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected stage names such as stage3, got {value!r}")
+    return names
 
 
 def _analyze(args: argparse.Namespace) -> int:

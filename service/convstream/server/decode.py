@@ -39,8 +39,9 @@ class Limits:
             raise InvalidFrame(f"{what} must have positive width and height, got {width}x{height}")
         if width > self.max_side or height > self.max_side or width * height > self.max_pixels:
             raise FrameTooLarge(
-                f"{what} is {width}x{height}; the limit is {self.max_side} pixels a side and "
-                f"{self.max_pixels} pixels in all"
+                f"{what} is {width}x{height} ({width * height:,} pixels); the limit is "
+                f"{self.max_side:,} pixels a side and {self.max_pixels:,} pixels in all "
+                "(max_frame_pixels and max_frame_side in the server's config)"
             )
 
 

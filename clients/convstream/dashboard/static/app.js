@@ -133,6 +133,7 @@
 
     showScore(score) {
       this.score = score;
+      this.el.dataset.scored = "true";
       this.setText(this.v.score, fmt(score, 2));
       const hot = state.threshold !== null && score >= state.threshold;
       this.el.classList.toggle("hot", hot);
@@ -332,11 +333,13 @@
     el.append(b, document.createTextNode(` · ${provider} · ${model.sha256}`));
     el.title = `model ${model.name} (sha256 ${model.sha256}…), provider ${model.provider} ` +
       `(requested ${model.requested}) on onnxruntime ${model.onnxruntime}, ` +
-      `server ${model.server_version}, model threshold ${model.model_threshold}, ` +
-      `alert threshold ${model.threshold}`;
+      `server ${model.server_version}, model threshold ${fmt(model.model_threshold, 3)}, ` +
+      `alert threshold ${fmt(model.threshold, 3)}`;
     state.threshold = model.threshold;
     buildLut(model.threshold);
-    $("threshold").textContent = `score ≥ ${fmt(model.threshold, 2)}`;
+    // Three decimals, as the CLI prints it: at two, a tile reading 0.82 could stay quiet under
+    // a threshold shown as 0.82.
+    $("threshold").textContent = `score ≥ ${fmt(model.threshold, 3)}`;
     for (const tile of tiles.values()) tile.sparkDirty = true;
   }
 
@@ -400,7 +403,7 @@
   function openAlert(alert) {
     $("modal-img").src = alert.url;
     $("modal-caption").textContent = `${alert.camera} · score ${fmt(alert.score, 3)} ` +
-      `(threshold ${fmt(alert.threshold, 2)}) · ${dateTime(alert.time)} ` +
+      `(threshold ${fmt(alert.threshold, 3)}) · ${dateTime(alert.time)} ` +
       `· frame ${alert.frame_id}`;
     $("modal").showModal();
   }
