@@ -237,6 +237,20 @@ def test_a_missing_usb_camera_is_our_line_without_opencv_warnings() -> None:
     ]
 
 
+def test_a_refused_stream_url_is_our_line_without_ffmpeg_noise() -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("OPENCV_FFMPEG_LOGLEVEL", None)
+    url = f"rtsp://127.0.0.1:{free_port()}/x"  # nothing listens: FFmpeg's tcp logs a refusal
+    command = [sys.executable, "-m", "convstream.cli", "stream", url]
+    command += ["--address", f"127.0.0.1:{free_port()}"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 1
+    assert done.stdout == ""  # OpenCV writes FFmpeg's lines to stdout, amid the results
+    assert done.stderr.strip().splitlines() == [
+        f"convstream stream: OpenCV cannot open video source '{url}'"
+    ]
+
+
 def test_a_watch_reports_the_rate_its_results_came_at(monkeypatch: pytest.MonkeyPatch) -> None:
     """Results 0.2 s apart after a 1 s connection read as 5 frames/s, not 3 in 1.4 s."""
     from convstream.client import _report
