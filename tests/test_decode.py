@@ -46,6 +46,8 @@ CASES = [
     ("jpeg magic only", b"\xff\xd8\xff", InvalidFrame, "no frame header"),
     ("png bomb", png_header(20000, 20000), FrameTooLarge, r"20000x20000 \(400,000,000 pixels\)"),
     ("png zero size", png_header(0, 10), InvalidFrame, "positive width"),
+    ("png 8x8", png(IMAGE[:8, :8]), InvalidFrame, "8x8; frames must be at least 32x32 pixels"),
+    ("jpeg 31 wide", jpeg(IMAGE[:, :31]), InvalidFrame, "31x240; frames must be at least 32x32"),
 ]
 
 
@@ -89,6 +91,7 @@ RAW_CASES = [
     ),
     ("gray as bgr", IMAGE[:, :, 0].tobytes(), 320, 240, "BGR8", "got 76800"),
     ("zero", b"", 0, 240, "BGR8", "positive width"),
+    ("tiny", b"\x00" * 3 * 320 * 16, 320, 16, "BGR8", "320x16; frames must be at least 32x32"),
     ("huge", b"\x00" * 12, 100000, 100000, "BGR8", "100000x100000"),
 ]
 

@@ -150,7 +150,7 @@ async def test_bad_frames_mid_stream_get_errors_and_the_stream_goes_on(
         pb.FrameRequest(frame_id=3, encoded=b"GIF89a" + b"\x00" * 100),
         pb.FrameRequest(
             frame_id=4,
-            raw=pb.RawImage(width=10, height=10, format=pb.PIXEL_FORMAT_BGR8, data=b"\x00" * 299),
+            raw=pb.RawImage(width=40, height=40, format=pb.PIXEL_FORMAT_BGR8, data=b"\x00" * 4799),
         ),
         pb.FrameRequest(
             frame_id=5, encoded=good, options=pb.ResultOptions(feature_maps=["stage9"])
@@ -166,7 +166,7 @@ async def test_bad_frames_mid_stream_get_errors_and_the_stream_goes_on(
     messages = [r.status.message for r in results]
     assert "truncated JPEG" in messages[1]
     assert "expected JPEG" in messages[2] and "47 49 46 38" in messages[2]
-    assert "needs 300 bytes for 10x10 BGR8, got 299" in messages[3]
+    assert "needs 4800 bytes for 40x40 BGR8, got 4799" in messages[3]
     assert "stage9" in messages[4] and "stage1" in messages[4]
     assert "no image" in messages[5]
     assert results[6].score == pytest.approx(results[0].score)

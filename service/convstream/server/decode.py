@@ -25,6 +25,10 @@ _REDUCED = {
     8: cv2.IMREAD_REDUCED_COLOR_8,
 }
 _CHANNELS = {"BGR8": 3, "RGB8": 3, "GRAY8": 1}
+# The smallest side a frame may have. Letterboxed into a 384-pixel input, a smaller frame is
+# scaled up more than 12 times: a blur in which the model "finds" damage (an 8x8 PNG scored
+# 0.86). Four heatmap cells.
+MIN_SIDE = 32
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,11 @@ class Limits:
     def check(self, width: int, height: int, what: str) -> None:
         if width <= 0 or height <= 0:
             raise InvalidFrame(f"{what} must have positive width and height, got {width}x{height}")
+        if width < MIN_SIDE or height < MIN_SIDE:
+            raise InvalidFrame(
+                f"{what} is {width}x{height}; frames must be at least {MIN_SIDE}x{MIN_SIDE} "
+                "pixels: scaled up to the model's input, a smaller one is a blur it cannot judge"
+            )
         if width > self.max_side or height > self.max_side or width * height > self.max_pixels:
             raise FrameTooLarge(
                 f"{what} is {width}x{height} ({width * height:,} pixels); the limit is "
