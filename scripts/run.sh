@@ -12,7 +12,16 @@ python3 -m venv .venv
 # Both run in the background so that this script can pass on a SIGTERM (a supervisor's, a
 # plain `kill`) or Ctrl-C to the server, which then drains and frees its ports; a foreground
 # child would be left running, and bash starts background jobs with SIGINT ignored.
-.venv/bin/convstream dashboard --address 127.0.0.1:50051 --port 8080 &
+# It follows the server's --port too, when one is given here.
+port=50051
+args=("$@")
+for i in "${!args[@]}"; do
+  case "${args[$i]}" in
+    --port) port="${args[$((i + 1))]:-$port}" ;;
+    --port=*) port="${args[$i]#--port=}" ;;
+  esac
+done
+.venv/bin/convstream dashboard --address "127.0.0.1:$port" --port 8080 &
 dashboard=$!
 .venv/bin/convstream serve "$@" &
 server=$!

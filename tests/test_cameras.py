@@ -298,6 +298,13 @@ async def test_frames_stay_fresh_when_the_server_analyses_fewer() -> None:
                 if time.monotonic() - started > 6:
                     break
             call.cancel()
+            counts = []  # Prometheus counters: they may only grow
+            for _ in range(15):
+                polled = await status(stub, "fast")
+                counts.append((polled.frames_dropped, polled.frames_skipped))
+                await asyncio.sleep(0.07)
+            dropped, skipped = [c[0] for c in counts], [c[1] for c in counts]
+            assert dropped == sorted(dropped) and skipped == sorted(skipped), counts
             cam = await status(stub, "fast")
             counted = {
                 sample.labels["outcome"]: sample.value

@@ -266,4 +266,5 @@ def test_a_watch_reports_the_rate_its_results_came_at(monkeypatch: pytest.Monkey
     reporter = _report.WatchReporter(out, io.StringIO(), json_lines=True, overlays=None, total=3)
     for frame_id in (1, 2, 3):
         reporter.add(Result(frame_id=frame_id, score=0.5))
-    assert reporter.summary().startswith("3 frames in 1.4 s (5.0 frames/s): ")
+    summary = reporter.summary()
+    assert summary.startswith("3 frames in 1.4 s (5.0 frames/s from the first to the last): ")

@@ -474,7 +474,7 @@ async def test_cli_watch_says_why_a_camera_sends_nothing(
         assert await cli("watch", "dock", "--count", "1", "--address", address(server)) == 1
         first, *rest = capsys.readouterr().err.splitlines()
         assert first.startswith(
-            "camera dock is reconnecting; waiting for its frames (Ctrl-C to stop). "
+            "camera 'dock' is reconnecting; waiting for its frames (Ctrl-C to stop). "
             "Last error: could not open rtsp source: connection refused"
         )
         assert "camera 'dock' has failed" in rest[-1] and "gave up after 3 reconnects" in rest[-1]

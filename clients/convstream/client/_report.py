@@ -165,9 +165,8 @@ class Reporter:
     def summary(self) -> str:
         """One line: frames, rate, damaged, failed, dropped, server time percentiles."""
         elapsed = time.perf_counter() - self.started
-        rate = self.rate(elapsed)
         # One frame has no rate worth printing (it would be the inverse of one round trip).
-        speed = f" ({rate:.1f} frames/s)" if self.count > 1 else ""
+        speed = f" ({self.rate(elapsed):.1f} frames/s{self.rate_basis})" if self.count > 1 else ""
         text = (
             f"{self.count} frame{'' if self.count == 1 else 's'} in {elapsed:.1f} s{speed}: "
             f"{self.damaged} damaged, {self.failed} failed, {self.dropped} dropped"
@@ -177,6 +176,8 @@ class Reporter:
             text += f"; server time p50 {p50:.1f} ms, p95 {p95:.1f} ms"
         return text
 
+    rate_basis = ""  # what the rate counts, when not the frames over the time above
+
     def rate(self, elapsed: float) -> float:
         """Frames per second of the whole command: what sending them all took."""
         return self.count / elapsed if elapsed > 0 else 0.0
@@ -184,6 +185,8 @@ class Reporter:
 
 class WatchReporter(Reporter):
     """A Reporter for a camera's results: age and drops instead of names and server time."""
+
+    rate_basis = " from the first to the last"
 
     def rate(self, elapsed: float) -> float:
         """Results per second as they came: the intervals between the first and the last (a

@@ -404,7 +404,7 @@ def _watch(args: argparse.Namespace) -> int:
             # Results come once its frames do; without this line the command looks hung.
             why = f" Last error: {camera.last_error}" if camera.last_error else ""
             print(
-                f"camera {camera.id} is {camera.state}; waiting for its frames (Ctrl-C to "
+                f"camera {camera.id!r} is {camera.state}; waiting for its frames (Ctrl-C to "
                 f"stop).{why}",
                 file=sys.stderr,
             )

@@ -107,7 +107,10 @@ class Camera:
         self.state_since = time.time()
         self.last_error = ""
         self.frames_read = 0
-        self.frames_dropped = 0
+        self.frames_dropped = 0  # superseded before analysis while the analysis was behind
+        self.frames_skipped = 0  # superseded before the fps cap let it be analysed: by design
+        # time.monotonic() before which the analysis will take no frame (its fps cap); 0: none
+        self.next_due = 0.0
         self.reconnects = 0
         self.frame_size = (0, 0)  # width, height
         self.fps_in = RateMeter()
@@ -278,7 +281,12 @@ class Camera:
             if generation != self._generation:
                 return
             if self._latest is not None and self._latest.number > self._taken:
-                self.frames_dropped += 1  # never analysed: a newer frame replaces it
+                # Never analysed: a newer frame replaces it. Counted at once, so both counts
+                # only ever grow (they are Prometheus counters).
+                if now < self.next_due:
+                    self.frames_skipped += 1
+                else:
+                    self.frames_dropped += 1
             self.frames_read += 1
             self._latest = Frame(self.frames_read, image, time.time(), time.perf_counter())
             self._last_frame_at = now

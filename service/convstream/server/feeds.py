@@ -221,7 +221,6 @@ class CameraFeed(Publisher):
         super().__init__(camera.config.id, pipeline, metrics)
         self.camera = camera
         self.frames_taken = 0
-        self.frames_skipped = 0  # superseded while waiting for the fps cap: by design
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         config = camera.config
@@ -241,20 +240,14 @@ class CameraFeed(Publisher):
                 fps_in=cam.fps_in.rate(now),
                 fps_cap=cam.config.fps,
                 frames_read=cam.frames_read,
-                frames_dropped=self.frames_dropped,
-                frames_skipped=self.frames_skipped,
+                frames_dropped=cam.frames_dropped,
+                frames_skipped=cam.frames_skipped,
                 reconnects=cam.reconnects,
                 frame_width=cam.frame_size[0],  # known before the first frame is analysed
                 frame_height=cam.frame_size[1],
             )
         )
         return status
-
-    @property
-    def frames_dropped(self) -> int:
-        """Frames superseded before analysis because the server was busy: every superseded
-        frame but those passed over to keep to the fps cap."""
-        return self.camera.frames_dropped - self.frames_skipped
 
     def down(self) -> CameraDown | None:
         """Why no frame will come (the camera FAILED or STOPPED), or None while one may, or
@@ -297,23 +290,19 @@ class CameraFeed(Publisher):
         while True:
             await self._wake.wait()
             self._wake.clear()
-            waited = False
             if self._interval:
                 delay = next_start - time.monotonic()
                 if delay > 0:
-                    waited = True
                     await asyncio.sleep(delay)  # the newest frame after the wait is taken
             frame = self.camera.take(after=last)
             if frame is None:
                 continue
-            if waited:
-                # Ahead of the cap: the frames passed over were skipped by design, not dropped
-                # for want of time (when the server cannot keep to the cap, it never waits).
-                self.frames_skipped += frame.number - last - 1
             last = frame.number
             self.frames_taken += 1
             started = time.monotonic()
             next_start = max(next_start + self._interval, started - self._interval)
+            # Frames the camera replaces before then are skipped for the cap, not dropped.
+            self.camera.next_due = next_start
             try:
                 await self._analyse(frame)
             except Draining:
