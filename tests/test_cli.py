@@ -91,6 +91,7 @@ async def test_analyze_json_lines_and_overlays(
         assert sorted(line["feature_maps"]) == ["stage1", "stage3"]
         assert line["feature_maps"]["stage3"]["shape"][0] == 64
         assert line["timings"]["inference_ms"] > 0
+        assert all(v == round(v, 3) for v in line["timings"].values()), line["timings"]
         image = cv2.imread(line["overlay"])
         assert image is not None and image.shape == (height, width, 3)
     assert sorted(p.name for p in overlays.iterdir()) == [
