@@ -109,7 +109,8 @@ class Camera:
         self.frames_read = 0
         self.frames_dropped = 0  # superseded before analysis while the analysis was behind
         self.frames_skipped = 0  # superseded before the fps cap let it be analysed: by design
-        # time.monotonic() before which the analysis will take no frame (its fps cap); 0: none
+        # time.monotonic() before which the analysis takes no frame: its fps cap's schedule,
+        # kept by CameraFeed (without a cap, the time it took the latest)
         self.next_due = 0.0
         self.reconnects = 0
         self.frame_size = (0, 0)  # width, height

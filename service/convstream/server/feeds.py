@@ -285,24 +285,24 @@ class CameraFeed(Publisher):
 
     async def _run(self) -> None:
         last = 0
-        next_start = 0.0
-        source = self.camera.config.id
+        camera = self.camera
+        source = camera.config.id
         while True:
             await self._wake.wait()
             self._wake.clear()
             if self._interval:
-                delay = next_start - time.monotonic()
+                delay = camera.next_due - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)  # the newest frame after the wait is taken
-            frame = self.camera.take(after=last)
+            frame = camera.take(after=last)
             if frame is None:
                 continue
             last = frame.number
             self.frames_taken += 1
             started = time.monotonic()
-            next_start = max(next_start + self._interval, started - self._interval)
-            # Frames the camera replaces before then are skipped for the cap, not dropped.
-            self.camera.next_due = next_start
+            # The cap's schedule, kept on the camera: frames it replaces before then are
+            # skipped for the cap, not dropped.
+            camera.next_due = max(camera.next_due + self._interval, started - self._interval)
             try:
                 await self._analyse(frame)
             except Draining:
