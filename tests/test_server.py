@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterable
 from urllib.request import urlopen
 
@@ -11,6 +12,7 @@ import grpc
 import numpy as np
 import pytest
 from conftest import jpeg, png, scene
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
@@ -156,21 +158,28 @@ async def test_bad_frames_mid_stream_get_errors_and_the_stream_goes_on(
             frame_id=5, encoded=good, options=pb.ResultOptions(feature_maps=["stage9"])
         ),
         pb.FrameRequest(frame_id=6),
-        pb.FrameRequest(frame_id=7, encoded=good),
+        # milliseconds put in the seconds field, and a negative fraction
+        pb.FrameRequest(
+            frame_id=7, encoded=good, capture_time=Timestamp(seconds=int(time.time() * 1000))
+        ),
+        pb.FrameRequest(frame_id=8, encoded=good, capture_time=Timestamp(seconds=1, nanos=-5)),
+        pb.FrameRequest(frame_id=9, encoded=good),
     ]
     results = [r async for r in stub.StreamFrames(requests(frames))]
-    assert [r.frame_id for r in results] == [1, 2, 3, 4, 5, 6, 7]
-    assert [r.sequence for r in results] == [1, 2, 3, 4, 5, 6, 7]
+    assert [r.frame_id for r in results] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert [r.sequence for r in results] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     codes = [r.status.code for r in results]
-    assert codes == [0, INVALID, INVALID, INVALID, INVALID, INVALID, 0]
+    assert codes == [0, INVALID, INVALID, INVALID, INVALID, INVALID, INVALID, INVALID, 0]
     messages = [r.status.message for r in results]
     assert "truncated JPEG" in messages[1]
     assert "expected JPEG" in messages[2] and "47 49 46 38" in messages[2]
     assert "needs 4800 bytes for 40x40 BGR8, got 4799" in messages[3]
     assert "stage9" in messages[4] and "stage1" in messages[4]
     assert "no image" in messages[5]
-    assert results[6].score == pytest.approx(results[0].score)
-    assert results[6].frames_dropped == 0
+    assert "capture_time must be seconds" in messages[6] and "milliseconds" in messages[6]
+    assert "nanos -5" in messages[7] and "fraction of a second" in messages[7]
+    assert results[8].score == pytest.approx(results[0].score)
+    assert results[8].frames_dropped == 0
 
 
 async def test_stream_options_stick_until_changed(stub: pb_grpc.ConvstreamStub) -> None:
@@ -195,6 +204,17 @@ async def test_analyze_bad_frame_is_invalid_argument(stub: pb_grpc.ConvstreamStu
         await stub.Analyze(pb.FrameRequest(encoded=b"not an image"))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "expected JPEG" in (info.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        stamp = Timestamp(seconds=int(time.time() * 1000))
+        await stub.Analyze(pb.FrameRequest(encoded=jpeg(scene(11, 240, 320)), capture_time=stamp))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "milliseconds" in (info.value.details() or "")
+    # a capture time ahead of the server's clock is a frame of age 0, not an error
+    stamp = Timestamp(seconds=int(time.time()) + 10)
+    ahead = await stub.Analyze(
+        pb.FrameRequest(encoded=jpeg(scene(11, 240, 320)), capture_time=stamp)
+    )
+    assert ahead.frame_age_ms == 0.0 and ahead.capture_time == stamp
     # the server is still fine
     result = await stub.Analyze(pb.FrameRequest(encoded=jpeg(scene(11, 240, 320))))
     assert result.status.code == 0

@@ -70,6 +70,13 @@ def test_passwords_never_reach_logs_or_clients() -> None:
     text = "could not open rtsp://admin:hunter2@10.0.0.7:554/live"
     assert redact(text) == "could not open rtsp://admin:***@10.0.0.7:554/live"
     assert "hunter2" not in parse_source("rtsp://admin:hunter2@10.0.0.7/live").describe()
+    # many IP cameras take their credentials as query parameters
+    url = "http://10.0.0.8/videostream.cgi?user=admin&pwd=s3cret&rate=0&Access_Token=abc;sig=x1"
+    assert redact(f"camera dock ({url}): could not open") == (
+        "camera dock (http://10.0.0.8/videostream.cgi?user=admin&pwd=***&rate=0"
+        "&Access_Token=***;sig=***): could not open"
+    )
+    assert "s3cret" not in parse_source(url).describe()
 
 
 def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:

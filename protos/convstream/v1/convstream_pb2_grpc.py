@@ -87,7 +87,8 @@ class ConvstreamServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def ListCameras(self, request, context):
-        """The cameras in the server's config, with each one's state and rates.
+        """The cameras in the server's config, then the streams published under a name
+        (ResultOptions.publish, source_kind "stream"), with each one's state and rates.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

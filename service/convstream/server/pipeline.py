@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import cv2
 import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from convstream.model import FEATURE_NAMES
 from convstream.server.config import Settings
@@ -116,6 +117,8 @@ class Pipeline:
     def prepare(self, request: pb.FrameRequest) -> Prepared:
         """Decode and letterbox (runs on the executor). Raises InvalidFrame."""
         started = time.perf_counter()
+        if request.HasField("capture_time"):
+            check_capture_time(request.capture_time)
         which = request.WhichOneof("image")
         if which == "encoded":
             kind, width, height = encoded_size(request.encoded)  # the header only: microseconds
@@ -268,8 +271,29 @@ def heatmap_encoding(encoding: int) -> int:
     return pb.TENSOR_ENCODING_FLOAT16 if encoding == pb.TENSOR_ENCODING_UINT8 else encoding
 
 
+# google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z
+_SECONDS_MIN, _SECONDS_MAX = -62_135_596_800, 253_402_300_799
+
+
+def check_capture_time(stamp: Timestamp) -> None:
+    """Refuse a capture time that is no Timestamp (before any work is done on its frame)."""
+    if _SECONDS_MIN <= stamp.seconds <= _SECONDS_MAX and 0 <= stamp.nanos <= 999_999_999:
+        return
+    hint = ""
+    if stamp.seconds > _SECONDS_MAX:
+        hint = " (milliseconds or nanoseconds in the seconds field?)"
+    elif stamp.nanos < 0 or stamp.nanos > 999_999_999:
+        hint = " (nanos is the fraction of a second, from 0 to 999999999)"
+    raise InvalidFrame(
+        "capture_time must be seconds and nanoseconds since the Unix epoch, seconds from "
+        f"{_SECONDS_MIN} to {_SECONDS_MAX} and nanos from 0 to 999999999; got seconds "
+        f"{stamp.seconds}, nanos {stamp.nanos}{hint}"
+    )
+
+
 def frame_age_ms(request: pb.FrameRequest, since_arrival_ms: float) -> float:
-    """Now minus the frame's capture time, or the time since it arrived when none was given."""
+    """Now minus the frame's capture time, or the time since it arrived when none was given.
+    A capture time ahead of the server's clock gives 0: the clocks differ, the frame is new."""
     if request.HasField("capture_time"):
         return max(0.0, (time.time() - request.capture_time.ToNanoseconds() / 1e9) * 1000)
     return since_arrival_ms

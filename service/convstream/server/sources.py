@@ -25,6 +25,12 @@ from convstream.server.config import parse_size
 NETWORK_KINDS = ("rtsp", "rtsps", "http", "https", "tcp", "udp")
 _DEVICE = re.compile(r"^(?:device:(\d+)|/dev/video(\d+))$")
 _CREDENTIALS = re.compile(r"(//[^/@:\s]*):[^/@\s]*@")
+# query parameters that carry secrets, as many IP cameras take them: ?user=admin&pwd=...
+_SECRET_PARAMETERS = re.compile(
+    r"([?&;][^=&;\s]*(?:pass|pwd|token|key|auth|secret|sig|cred)[^=&;\s]*=)"
+    r"[^&;#\s'\"]*?([):,.]*)(?=[&;#\s'\"]|$)",
+    re.IGNORECASE,
+)
 # RTSP over TCP: no lost UDP packets smearing frames, and it passes firewalls and NAT.
 _FFMPEG_DEFAULTS = "rtsp_transport;tcp"
 
@@ -43,8 +49,9 @@ class SourceError(Exception):
 
 
 def redact(text: str) -> str:
-    """Hide passwords in URLs (rtsp://user:secret@host -> rtsp://user:***@host)."""
-    return _CREDENTIALS.sub(r"\1:***@", text)
+    """Hide passwords in URLs: rtsp://user:secret@host -> rtsp://user:***@host, and the
+    values of query parameters named like a secret (pwd, password, token, key, auth, sig...)."""
+    return _SECRET_PARAMETERS.sub(r"\1***\2", _CREDENTIALS.sub(r"\1:***@", text))
 
 
 @dataclass(frozen=True)
