@@ -166,7 +166,7 @@ def test_no_server_is_one_line_and_exit_code_1(capsys: pytest.CaptureFixture[str
     assert out == "" and len(err.strip().splitlines()) == 1
     assert err.startswith("convstream info: convstream server at 127.0.0.1:")
     assert "unavailable" in err and "convstream serve" in err
-    assert "If it uses TLS, add --ca FILE or --tls." in err
+    assert "If it uses TLS, add --ca FILE or --tls)" in err
 
 
 def test_usage_errors_exit_2(

@@ -28,9 +28,15 @@ from convstream.client._report import (
     cameras_text,
     model_info_text,
 )
+from convstream.client.connection_flags import (
+    add_security_flags,
+    tls_from_flags,
+    token_from_flags,
+    unavailable_hint,
+)
 from convstream.client.errors import ConvstreamError, ServerUnavailable, SourceError
 from convstream.client.frames import IMAGE_SUFFIXES, Video, image_files, read_images
-from convstream.client.options import TLS, ResultOptions, Timeout, Upload
+from convstream.client.options import ResultOptions, Timeout, Upload
 from convstream.client.results import Result
 
 __all__ = ["add_commands"]
@@ -63,11 +69,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     group.add_argument(
         "--timeout", type=float, default=30.0, help="seconds per unary call (default 30)"
     )
-    group.add_argument("--tls", action="store_true", help="use TLS with the system's CAs")
-    group.add_argument("--ca", type=Path, help="CA certificate (PEM) of the server; implies TLS")
-    group.add_argument("--cert", type=Path, help="client certificate (PEM) for mutual TLS")
-    group.add_argument("--key", type=Path, help="client private key (PEM), with --cert")
-    group.add_argument("--token", help="sent as 'authorization: Bearer TOKEN' with each call")
+    add_security_flags(group)
 
     results = argparse.ArgumentParser(add_help=False)
     group = results.add_argument_group("results")
@@ -201,9 +203,8 @@ def _usage(args: argparse.Namespace, message: str) -> int:
 
 def _client(args: argparse.Namespace) -> Client:
     """A Client from the flags; ValueError or OSError for bad values or unreadable files."""
-    tls = None
-    if args.tls or args.ca or args.cert or args.key:
-        tls = TLS(ca=args.ca, cert=args.cert, key=args.key)
+    tls = tls_from_flags(args)
+    token = token_from_flags(args)
     options = ResultOptions()
     upload = Upload()
     if hasattr(args, "maps"):
@@ -215,7 +216,7 @@ def _client(args: argparse.Namespace) -> Client:
         args.address,
         timeout=Timeout(args.timeout),
         tls=tls,
-        token=args.token,
+        token=token,
         options=options,
         upload=upload,
     )
@@ -252,11 +253,8 @@ def _run(args: argparse.Namespace, body: Callable[[Client], int]) -> int:
     except ConvstreamError as exc:
         hint = ""
         if isinstance(exc, ServerUnavailable):
-            hint = " (is `convstream serve` running there?"
-            # A plaintext call to a TLS port only sees the socket close.
-            tls = getattr(args, "tls", False) or getattr(args, "ca", None)
-            draining = "shutting down" in exc.message
-            hint += ")" if tls or draining else " If it uses TLS, add --ca FILE or --tls.)"
+            hint = unavailable_hint(exc.message, tls_from_flags(args))
+            hint = f" ({hint})" if hint else ""
         print(f"convstream {args.command}: {exc.message}{hint}", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. an overlay folder that cannot be written

@@ -12,8 +12,8 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
+from convstream.client.connection_flags import add_security_flags, tls_from_flags, token_from_flags
 from convstream.dashboard.settings import DEFAULT_ADDRESS, DashboardSettings
 
 __all__ = ["add_commands", "run_dashboard"]
@@ -62,8 +62,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="seconds of score history per camera (default %(default)s)",
     )
-    p.add_argument("--token", help="bearer token for the server (role watch is enough)")
-    p.add_argument("--ca", type=Path, help="CA certificate (PEM) of the server; turns TLS on")
+    group = p.add_argument_group("reaching a server with TLS or tokens (role watch is enough)")
+    add_security_flags(group)
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="warning")
 
 
@@ -93,10 +93,12 @@ def _dashboard(args: argparse.Namespace) -> int:
             alert_cooldown_s=args.alert_cooldown,
             max_fps=args.max_fps,
             history_s=args.history,
-            token=args.token,
-            tls_ca=args.ca,
+            token=token_from_flags(args),
+            tls=tls_from_flags(args),
         )
-    except ValueError as exc:
+        if settings.tls is not None:
+            settings.tls.credentials()  # a missing or unreadable PEM file: say so now
+    except (OSError, ValueError) as exc:
         print(f"convstream dashboard: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from convstream.client.options import TLS
+from convstream.client.connection_flags import unavailable_hint
 from convstream.client.tensors import to_numpy
 from convstream.dashboard.alerts import AlertDetector, AlertLog, render_snapshot
 from convstream.dashboard.messages import (
@@ -104,10 +104,13 @@ class Hub:
         return self._model_threshold
 
     async def start(self) -> None:
-        if self.settings.tls_ca is not None:
-            credentials = TLS(ca=self.settings.tls_ca).credentials()
+        tls = self.settings.tls
+        if tls is not None:
+            options = list(CHANNEL_OPTIONS)
+            if tls.server_name:
+                options.append(("grpc.ssl_target_name_override", tls.server_name))
             self._channel = grpc.aio.secure_channel(
-                self.settings.address, credentials, options=CHANNEL_OPTIONS
+                self.settings.address, tls.credentials(), options=options
             )
         else:
             self._channel = grpc.aio.insecure_channel(
@@ -173,14 +176,23 @@ class Hub:
                 response = await self._stub.ListCameras(
                     pb.ListCamerasRequest(), timeout=CALL_TIMEOUT_S, metadata=self._metadata
                 )
+                if not self.server["ok"]:
+                    logger.info("server %s: connected", self.settings.address)
                 self.server = {"ok": True, "error": ""}
                 self._reconcile(response.cameras)
             except grpc.aio.AioRpcError as exc:
-                if self.server["ok"]:
-                    logger.warning("server %s: %s", self.settings.address, exc.details())
+                error = f"{exc.code().name}: {exc.details()}"
+                if error != self.server["error"]:  # once per outage, and when the cause changes
+                    hint = unavailable_hint(error, self.settings.tls)
+                    logger.warning(
+                        "server %s unreachable: %s%s",
+                        self.settings.address,
+                        error,
+                        f" ({hint})" if hint and exc.code() == grpc.StatusCode.UNAVAILABLE else "",
+                    )
                 # The server may come back with another model: ask again then.
                 self.model = None
-                self.server = {"ok": False, "error": f"{exc.code().name}: {exc.details()}"}
+                self.server = {"ok": False, "error": error}
                 # What the cameras were doing is no longer known: say so on every tile, and
                 # show no rates or latency that are no longer true.
                 for view in self.cameras.values():

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from convstream.client.options import TLS
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 
@@ -24,7 +25,8 @@ class DashboardSettings:
         alert_cooldown_s: seconds after an alert before the same camera may raise another.
         max_alerts: alerts (with their snapshots) kept in memory, newest first.
         token: a bearer token for servers that require one (role watch is enough).
-        tls_ca: PEM file of the CA that signed the server's certificate: turns TLS on.
+        tls: how to reach a server that uses TLS (its CA, a client certificate for mutual
+            TLS, the name its certificate carries); None: plaintext.
     """
 
     address: str = DEFAULT_ADDRESS
@@ -38,7 +40,7 @@ class DashboardSettings:
     alert_cooldown_s: float = 10.0
     max_alerts: int = 100
     token: str | None = field(default=None, repr=False)
-    tls_ca: Path | None = None
+    tls: TLS | None = None
 
     def __post_init__(self) -> None:
         checks = [

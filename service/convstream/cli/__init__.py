@@ -173,6 +173,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # a camera that is down): the camera's state and last_error say it once, in our words.
     # OPENCV_FFMPEG_LOGLEVEL=24 (warnings) brings them back for debugging a source.
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    # gRPC's own informational lines ("Handshake failed with error ..." once per retry) say
+    # what a client command's message says, in its words; its errors stay, and the server
+    # keeps them all (a client failing its TLS handshake shows nowhere else). gRPC reads this
+    # once, when it loads; GRPC_VERBOSITY=INFO brings them back.
+    args_given = sys.argv[1:] if argv is None else list(argv)
+    if args_given[:1] != ["serve"]:
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     parser = argparse.ArgumentParser(
         prog="convstream", description="Damage scores and feature maps for camera frames."
     )

@@ -1,0 +1,85 @@
+"""The command-line flags that reach a server (TLS, client certificate, bearer token), shared
+by the client commands and the dashboard, and the hints their failures print."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from convstream.client.options import TLS
+
+TOKEN_ENV = "CONVSTREAM_TOKEN"
+
+
+def add_security_flags(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    """--tls, --ca, --cert, --key, --server-name, --token and --token-file."""
+    group.add_argument("--tls", action="store_true", help="use TLS with the system's CAs")
+    group.add_argument("--ca", type=Path, help="CA certificate (PEM) of the server; implies TLS")
+    group.add_argument("--cert", type=Path, help="client certificate (PEM) for mutual TLS")
+    group.add_argument("--key", type=Path, help="client private key (PEM), with --cert")
+    group.add_argument(
+        "--server-name",
+        metavar="NAME",
+        help="the name the server's certificate carries, when the address does not use it "
+        "(e.g. connecting by IP); implies TLS",
+    )
+    group.add_argument(
+        "--token",
+        help="sent as 'authorization: Bearer TOKEN' with each call; other users can read it "
+        f"in `ps`, so prefer --token-file or the {TOKEN_ENV} environment variable",
+    )
+    group.add_argument(
+        "--token-file", type=Path, metavar="FILE", help="a file whose first line is the token"
+    )
+
+
+def tls_from_flags(args: argparse.Namespace) -> TLS | None:
+    """TLS settings when any TLS flag is given, else None (plaintext)."""
+    if args.tls or args.ca or args.cert or args.key or args.server_name:
+        return TLS(ca=args.ca, cert=args.cert, key=args.key, server_name=args.server_name)
+    return None
+
+
+def token_from_flags(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """The bearer token: --token, else --token-file's first line, else $CONVSTREAM_TOKEN.
+
+    Raises ValueError for both flags at once or an empty file, OSError for an unreadable one.
+    """
+    if args.token and args.token_file:
+        raise ValueError("give the token with --token or --token-file, not both")
+    if args.token_file:
+        lines = args.token_file.read_text().splitlines()
+        token = lines[0].strip() if lines else ""
+        if not token:
+            raise ValueError(f"--token-file {args.token_file}: the first line is empty")
+        return str(token)
+    environ = os.environ if environ is None else environ
+    return args.token or environ.get(TOKEN_ENV) or None
+
+
+def unavailable_hint(message: str, tls: TLS | None) -> str:
+    """What to check when a call found no server, judged from gRPC's message."""
+    if "CERTIFICATE_VERIFY_FAILED" in message:
+        return (
+            "the server's certificate is not signed by the CA given with --ca (or, without "
+            "--ca, by one this system trusts), or does not name this address (see --server-name)"
+        )
+    if "WRONG_VERSION_NUMBER" in message or "wrong version number" in message:
+        return "the server does not use TLS: leave out --tls, --ca, --cert and --key"
+    if "shutting down" in message:
+        return ""
+    if tls is None:
+        return "is `convstream serve` running there? If it uses TLS, add --ca FILE or --tls"
+    if tls.cert is None:
+        return (
+            "is `convstream serve` running there? If it requires client certificates, "
+            "add --cert FILE and --key FILE"
+        )
+    return (
+        "is `convstream serve` running there? If so, it refused the TLS handshake: is "
+        "--cert signed by the CA the server trusts?"
+    )

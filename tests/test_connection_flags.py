@@ -1,0 +1,135 @@
+"""The flags that reach a server with mutual TLS and a token, in the CLI and the dashboard,
+against a real server with real certificates."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from test_client_transport import make_certificates
+
+from convstream.cli import main
+from convstream.client import TLS
+from convstream.client.connection_flags import TOKEN_ENV
+from convstream.dashboard import Dashboard, DashboardSettings
+from convstream.server import Server, Settings
+from convstream.server.config import TokenConfig
+from convstream.server.security import new_token
+
+TOKEN, DIGEST = new_token()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_certificates(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+async def server(pki: dict[str, Path]) -> AsyncIterator[Server]:
+    settings = Settings(
+        port=0,
+        metrics_port=-1,
+        cameras=(),
+        tls_cert=pki["server.pem"],
+        tls_key=pki["server.key"],
+        tls_client_ca=pki["ca.pem"],
+        tokens=(TokenConfig(name="dash", role="watch", sha256=DIGEST),),
+    )
+    server = Server(settings)
+    await server.start()
+    yield server
+    await server.stop(grace=0)
+
+
+async def info(server: Server, *flags: str) -> int:
+    argv = ["info", "--address", f"127.0.0.1:{server.port}", "--timeout", "5", *flags]
+    return await asyncio.to_thread(main, argv)
+
+
+async def test_cli_reaches_a_mutual_tls_server_with_a_token_kept_out_of_ps(
+    server: Server,
+    pki: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tls = ["--ca", str(pki["ca.pem"]), "--cert", str(pki["client.pem"])]
+    tls += ["--key", str(pki["client.key"])]
+    token_file = tmp_path / "token"
+    token_file.write_text(f"{TOKEN}\n")
+    assert await info(server, *tls, "--token-file", str(token_file)) == 0
+    assert "CPUExecutionProvider" in capsys.readouterr().out
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    assert await info(server, *tls) == 0
+    assert "CPUExecutionProvider" in capsys.readouterr().out
+    # the name the certificate carries, when the address does not use it
+    assert await info(server, *tls, "--server-name", "localhost") == 0
+    capsys.readouterr()
+    monkeypatch.delenv(TOKEN_ENV)
+    assert await info(server, *tls) == 1
+    assert "token" in capsys.readouterr().err
+    # no client certificate: the server closes the socket; the hint says what is missing
+    assert await info(server, "--ca", str(pki["ca.pem"]), "--token", TOKEN) == 1
+    assert "add --cert FILE and --key FILE" in capsys.readouterr().err
+    assert await info(server, *tls, "--token", TOKEN, "--token-file", str(token_file)) == 2
+    assert "not both" in capsys.readouterr().err
+    token_file.write_text("\n")
+    assert await info(server, *tls, "--token-file", str(token_file)) == 2
+    assert "the first line is empty" in capsys.readouterr().err
+
+
+async def test_cli_says_which_side_of_tls_is_wrong(
+    server: Server, pki: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a CA that did not sign the server's certificate, from the console command, whose
+    # output has no gRPC log line per retry ("Handshake failed with error ...") around ours
+    command = [sys.executable, "-m", "convstream.cli", "info", "--timeout", "5"]
+    command += ["--address", f"127.0.0.1:{server.port}", "--ca", str(pki["client.pem"])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("GRPC_VERBOSITY", None)
+    done = await asyncio.to_thread(
+        subprocess.run, command, capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "not signed by the CA given with --ca" in done.stderr
+    # TLS to a plaintext server
+    plain = Server(Settings(port=0, metrics_port=-1, cameras=()))
+    await plain.start()
+    try:
+        assert await info(plain, "--ca", str(pki["ca.pem"])) == 1
+        assert "the server does not use TLS" in capsys.readouterr().err
+    finally:
+        await plain.stop(grace=0)
+
+
+async def test_the_dashboard_reaches_a_mutual_tls_server(
+    server: Server, pki: dict[str, Path]
+) -> None:
+    tls = TLS(ca=pki["ca.pem"], cert=pki["client.pem"], key=pki["client.key"])
+    address = f"127.0.0.1:{server.port}"
+    dash = Dashboard(DashboardSettings(address=address, port=0, poll_s=0.2, tls=tls, token=TOKEN))
+    await dash.start()
+    try:
+        deadline = time.monotonic() + 10
+        while dash.hub.model is None:
+            assert time.monotonic() < deadline, dash.hub.server
+            await asyncio.sleep(0.05)
+        assert dash.hub.server == {"ok": True, "error": ""}
+    finally:
+        await dash.stop()
+
+
+def test_dashboard_flags_are_checked_before_it_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["dashboard", "--ca", str(tmp_path / "missing.pem")]) == 2
+    assert "missing.pem" in capsys.readouterr().err
+    assert main(["dashboard", "--cert", str(tmp_path / "c.pem")]) == 2
+    assert "both cert and key" in capsys.readouterr().err
