@@ -26,11 +26,24 @@ dashboard=$!
 .venv/bin/convstream serve "$@" &
 server=$!
 stop() { kill -TERM "$server" "$dashboard" 2>/dev/null || true; }
-trap stop TERM INT HUP
+trap stop TERM INT
+# SIGHUP reloads the server's config (cameras, tokens), as it does sent to the server itself.
+trap 'kill -HUP "$server" 2>/dev/null || true' HUP
 trap 'kill "$dashboard" 2>/dev/null || true' EXIT
 echo "dashboard: http://127.0.0.1:8080/ (the demo camera shows once the server is up)"
-# wait returns early when a trapped signal arrives; wait again for the server's drain.
-status=0
-wait "$server" || status=$?
-while kill -0 "$server" 2>/dev/null; do wait "$server" || status=$?; done
+if [[ " $* " == *" --config"* || -n "${CONVSTREAM_CONFIG:-}" ]]; then
+  echo "note: this dashboard connects in plaintext without a token; for a server with TLS" \
+    "or tokens, start \`convstream dashboard\` yourself (README, 'Running it in production')"
+fi
+# wait returns early (128 + the signal) when a trapped signal arrives: wait again until the
+# server has drained and exited, and exit with its status.
+status=""
+while [[ -z "$status" ]]; do
+  if wait "$server"; then
+    status=0
+  else
+    code=$?
+    kill -0 "$server" 2>/dev/null || status=$code
+  fi
+done
 exit "$status"

@@ -48,6 +48,7 @@ CHANNEL_OPTIONS = [
 ]
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 5.0
+OUTAGE_LOG_S = 5.0  # an unreachable server is logged once it has been so this long
 CALL_TIMEOUT_S = 5.0
 
 
@@ -87,6 +88,8 @@ class Hub:
         self.alerts = AlertLog(settings.max_alerts)
         self.model: dict[str, Any] | None = None
         self.server = {"ok": False, "error": "not connected yet"}
+        self._down_since: float | None = None  # time.monotonic() the server was first missed
+        self._logged_error = ""
         self._detector = AlertDetector(settings.alert_cooldown_s)
         self._subscribers: set[Subscriber] = set()
         self._channel: grpc.aio.Channel | None = None
@@ -179,10 +182,17 @@ class Hub:
                 if not self.server["ok"]:
                     logger.info("server %s: connected", self.settings.address)
                 self.server = {"ok": True, "error": ""}
+                self._down_since, self._logged_error = None, ""
                 self._reconcile(response.cameras)
             except grpc.aio.AioRpcError as exc:
                 error = f"{exc.code().name}: {exc.details()}"
-                if error != self.server["error"]:  # once per outage, and when the cause changes
+                now = time.monotonic()
+                if self._down_since is None:
+                    self._down_since = now
+                # Once an outage has lasted a few seconds (not while a server started beside
+                # the dashboard comes up), and again when its cause changes.
+                if error != self._logged_error and now - self._down_since >= OUTAGE_LOG_S:
+                    self._logged_error = error
                     hint = unavailable_hint(error, self.settings.tls)
                     logger.warning(
                         "server %s unreachable: %s%s",
