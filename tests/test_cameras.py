@@ -225,7 +225,8 @@ async def test_unreachable_source_fails_within_open_timeout() -> None:
             waiting = Collector(watch(stub, "silent"))
             await until(state_is(stub, "silent", pb.CAMERA_STATE_FAILED), 8, "gave up")
             silent = await status(stub, "silent")
-            assert "gave up after 1 reconnects" in silent.last_error
+            assert "gave up after 1 reconnect" in silent.last_error
+            assert "1 reconnects" not in silent.last_error
             # ...and is told at once when it gives up, rather than waiting for ever
             await asyncio.wait_for(waiting.task, 2)
             assert waiting.error is not None and not waiting.results

@@ -224,9 +224,8 @@ class Camera:
                 if not self._current(generation):
                     return
                 if limit and failures > limit:
-                    self._set_state(
-                        pb.CAMERA_STATE_FAILED, f"{error}; gave up after {limit} reconnects"
-                    )
+                    times = "1 reconnect" if limit == 1 else f"{limit} reconnects"
+                    self._set_state(pb.CAMERA_STATE_FAILED, f"{error}; gave up after {times}")
                     return
                 self.reconnects += 1
                 self._set_state(pb.CAMERA_STATE_RECONNECTING, str(error))
