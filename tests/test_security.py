@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import ipaddress
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -239,11 +240,14 @@ def test_tls_and_token_settings_are_checked(pki: Path, tmp_path: Path) -> None:
         load_settings(overrides={"tls_cert": str(pki / "server.crt")}, environ={})
     with pytest.raises(ConfigError, match="needs tls_cert and tls_key"):
         load_settings(overrides={"tls_client_ca": str(pki / "ca.crt")}, environ={})
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist") as info:
         load_settings(
-            overrides={"tls_cert": str(tmp_path / "x.crt"), "tls_key": str(pki / "server.key")},
+            overrides={"tls_cert": str(tmp_path / "x.crt"), "tls_key": str(tmp_path / "x.key")},
             environ={},
         )
+    # every missing file, each named by its setting
+    assert f"tls_cert {tmp_path / 'x.crt'} does not exist" in str(info.value)
+    assert f"tls_key {tmp_path / 'x.key'} does not exist" in str(info.value)
     with pytest.raises(ConfigError, match="configured in the TOML file"):
         load_settings(environ={"CONVSTREAM_TOKENS": "x"})
     with pytest.raises(ConfigError, match="sha256"):
@@ -266,3 +270,92 @@ def test_token_command_prints_a_token_and_only_its_hash_for_the_config(
     settings = load_settings(config, environ={})
     assert settings.tokens[0].sha256 == hashlib.sha256(token.encode()).hexdigest()
     assert settings.tokens[0].role == "analyze"
+
+
+def _encrypted_key(pki: Path, folder: Path) -> Path:
+    key = serialization.load_pem_private_key((pki / "server.key").read_bytes(), None)
+    path = folder / "encrypted.key"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("cert", "key", "client_ca", "message"),
+    [
+        ("server.crt", "client.key", None, "tls_key {key} does not match tls_cert {cert}"),
+        (
+            "server.key",
+            "server.crt",
+            None,
+            "tls_cert {cert} is not a PEM certificate (it holds "
+            "a private key: are tls_cert and tls_key swapped?)",
+        ),
+        ("junk", "server.key", None, "tls_cert {cert} is not a PEM certificate"),
+        ("server.crt", "junk", None, "tls_key {key} is not a PEM private key"),
+        (
+            "server.crt",
+            "ca.crt",
+            None,
+            "tls_key {key} is not a PEM private key (it holds a certificate",
+        ),
+        ("server.crt", "encrypted", None, "tls_key {key} is encrypted; gRPC needs it unencrypted"),
+        ("server.crt", "server.key", "junk", "tls_client_ca {client_ca} is not a PEM certificate"),
+        ("server.crt", "server.key", "ca.crt", None),
+    ],
+)
+def test_unusable_tls_files_are_named_by_their_setting(
+    pki: Path, tmp_path: Path, cert: str, key: str, client_ca: str | None, message: str | None
+) -> None:
+    (tmp_path / "junk").write_text("not PEM at all\n")
+    files = {"encrypted": _encrypted_key(pki, tmp_path), "junk": tmp_path / "junk"}
+    paths = {
+        "cert": files.get(cert, pki / cert),
+        "key": files.get(key, pki / key),
+        "client_ca": files.get(client_ca or "", pki / (client_ca or "")),
+    }
+    overrides = {"tls_cert": str(paths["cert"]), "tls_key": str(paths["key"])}
+    if client_ca:
+        overrides["tls_client_ca"] = str(paths["client_ca"])
+    if message is None:
+        assert load_settings(overrides=overrides, environ={}).tls_client_ca == paths["client_ca"]
+        return
+    with pytest.raises(ConfigError) as info:
+        load_settings(overrides=overrides, environ={})
+    assert message.format(**paths) in str(info.value)
+
+
+def test_serve_names_a_mismatched_key_not_the_port(
+    pki: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'tls_cert = "{pki / "server.crt"}"\ntls_key = "{pki / "client.key"}"\n')
+    assert cli_main(["serve", "--config", str(config), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"tls_key {pki / 'client.key'} does not match tls_cert {pki / 'server.crt'}" in err
+    assert "port" not in err
+
+
+async def test_only_a_bind_failure_blames_the_port(pki: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = Server(Settings(port=port, metrics_port=-1, cameras=()))
+        with pytest.raises(OSError, match=f"127.0.0.1:{port}: the port is in use"):
+            await server.start()
+        await server.stop(grace=0)
+    # a key gRPC refuses (let past the settings' checks here) is not reported as a busy port
+    unchecked = Settings.model_construct(
+        port=0, metrics_port=-1, cameras=(), tls_cert=pki / "server.crt", tls_key=pki / "ca.key"
+    )
+    server = Server(unchecked)
+    with pytest.raises(OSError, match="gRPC refused it though the address is free") as info:
+        await server.start()
+    await server.stop(grace=0)
+    assert "in use" not in str(info.value)

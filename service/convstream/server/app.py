@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
@@ -265,11 +267,39 @@ def _listen(
     except RuntimeError:  # grpcio raises where it used to return 0
         port = 0
     if port == 0:
-        raise OSError(
-            f"cannot listen on {address}: the port is in use (another convstream serve?) or "
-            "the address is not one of this machine's; choose another with --port or --host"
-        )
+        # gRPC says only that it failed; ask the OS the same thing to tell a busy port or a
+        # foreign address from gRPC's own refusal (logged above it), and blame the right one.
+        why = bind_failure(settings.host, settings.port)
+        if why is None:
+            raise OSError(
+                f"cannot listen on {address}: gRPC refused it though the address is free "
+                "(its log line above says why)"
+            )
+        raise OSError(f"cannot listen on {address}: {why}; choose another with --port or --host")
     return port
+
+
+def bind_failure(host: str, port: int) -> str | None:
+    """Why this machine cannot bind ``host:port`` (TCP), in words; None when it can."""
+    try:
+        found = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        return f"the host does not resolve ({exc.strerror})"
+    for family, kind, proto, _, address in found:
+        with socket.socket(family, kind, proto) as probe:
+            # as gRPC does: a port whose last connections are in TIME_WAIT is free
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                return {
+                    errno.EADDRINUSE: "the port is in use (another convstream serve?)",
+                    errno.EADDRNOTAVAIL: "the address is not one of this machine's",
+                    errno.EACCES: "permission denied (ports below 1024 need privileges)",
+                }.get(exc.errno or 0, exc.strerror or str(exc))
+    return None
 
 
 async def serve(settings: Settings, reload: Callable[[], Settings] | None = None) -> None:

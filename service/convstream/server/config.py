@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from convstream.server.tls import missing_files, read_pem
+
 ENV_PREFIX = "CONVSTREAM_"
 
 
@@ -225,9 +227,13 @@ class Settings(BaseModel):
             raise ValueError("tls_cert and tls_key go together: set both for TLS, or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
-        for path in (self.tls_cert, self.tls_key, self.tls_client_ca):
-            if path is not None and not path.is_file():
-                raise ValueError(f"TLS file {path} does not exist")
+        files = {"tls_cert": self.tls_cert, "tls_key": self.tls_key}
+        problems = missing_files({**files, "tls_client_ca": self.tls_client_ca})
+        if problems:
+            raise ValueError("; ".join(problems))
+        if self.tls_cert is not None and self.tls_key is not None:
+            # gRPC would only log "Invalid private key" and then fail to bind the port
+            read_pem(self.tls_cert, self.tls_key, self.tls_client_ca)
         return self
 
     @field_validator("cameras")
@@ -340,7 +346,7 @@ def _describe(error: Any) -> str:
         return f"{where}: unknown setting (README, 'Running the server', lists them)"
     value = error.get("input")
     if error["type"] in ("value_error", "missing") or isinstance(value, dict | list | tuple):
-        return f"{where}: {error['msg']}"
+        return f"{where}: {error['msg'].removeprefix('Value error, ')}"
     shown = redact(repr(value))
     if len(shown) > 60:
         shown = shown[:57] + "..."
