@@ -257,6 +257,32 @@ def test_tls_and_token_settings_are_checked(pki: Path, tmp_path: Path) -> None:
         )
 
 
+@pytest.mark.parametrize(
+    ("sha256", "says"),
+    [
+        (ANALYZE_TOKEN, "looks like the token itself — never put the token in the config"),
+        ("WcWnIEKR3f0b-Zr_Ly6EqPzQ8Vh2m1u4TnXsJd9aKcY", "looks like the token itself"),
+        (token_hash(ANALYZE_TOKEN)[:63], "what is there has 63 hex digits"),
+        (12345, "Input should be a valid string"),
+    ],
+)
+def test_a_token_in_the_sha256_field_is_never_printed(
+    tmp_path: Path, sha256: object, says: str
+) -> None:
+    config = tmp_path / "c.toml"
+    value = f'"{sha256}"' if isinstance(sha256, str) else str(sha256)
+    good = f'[[tokens]]\nname = "ok"\nrole = "watch"\nsha256 = "{token_hash(WATCH_TOKEN)}"\n'
+    config.write_text(good + f'[[tokens]]\nname = "dock-3"\nrole = "analyze"\nsha256 = {value}\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(config, environ={})
+    message = str(info.value)
+    assert says in message
+    assert str(sha256) not in message
+    if isinstance(sha256, str):
+        expected = "tokens[1] (name 'dock-3'): sha256 must be the 64-hex SHA-256 of the token"
+        assert f"{expected}, as `convstream token` prints it; " in message
+
+
 def test_token_command_prints_a_token_and_only_its_hash_for_the_config(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

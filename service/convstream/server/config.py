@@ -7,6 +7,7 @@ Unknown keys are refused everywhere, so a typo never silently falls back to a de
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -93,7 +94,24 @@ class TokenConfig(BaseModel):
     role: Literal["watch", "analyze"] = Field(
         description="watch: model info and cameras; analyze: also Analyze and StreamFrames"
     )
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the token")
+    sha256: str = Field(description="hex SHA-256 of the token")
+
+    @model_validator(mode="after")
+    def _check_sha256(self) -> TokenConfig:
+        # Checked here rather than by a pattern, whose error would print the value: what is
+        # pasted there by mistake is usually the token itself, which must not reach the logs.
+        if re.fullmatch(r"[0-9a-fA-F]{64}", self.sha256):
+            return self
+        found = (
+            f"what is there has {len(self.sha256)} hex digits"
+            if re.fullmatch(r"[0-9a-fA-F]*", self.sha256)
+            else "what is there looks like the token itself — never put the token in the "
+            "config (if it is, make a new one: this one has been seen)"
+        )
+        raise ValueError(
+            f"(name {self.name!r}): sha256 must be the 64-hex SHA-256 of the token, as "
+            f"`convstream token` prints it; {found}"
+        )
 
 
 MAX_AUTO_WORKERS = 64
@@ -346,7 +364,10 @@ def _describe(error: Any) -> str:
         return f"{where}: unknown setting (README, 'Running the server', lists them)"
     value = error.get("input")
     if error["type"] in ("value_error", "missing") or isinstance(value, dict | list | tuple):
-        return f"{where}: {error['msg'].removeprefix('Value error, ')}"
+        message = error["msg"].removeprefix("Value error, ")
+        return f"{where}{' ' if message.startswith('(') else ': '}{message}"
+    if "sha256" in error["loc"]:  # a token's hash, or the token pasted there by mistake
+        return f"{where}: {error['msg']}"
     shown = redact(repr(value))
     if len(shown) > 60:
         shown = shown[:57] + "..."
