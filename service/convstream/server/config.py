@@ -6,6 +6,7 @@ Unknown keys are refused everywhere, so a typo never silently falls back to a de
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -52,7 +53,7 @@ class CameraConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str = Field(pattern=CAMERA_ID, description="the name clients watch it by")
+    id: str = Field(description="the name clients watch it by")
     source: str = Field(
         min_length=1,
         description="rtsp://, http(s):// (MJPEG or MPEG-TS), tcp://, udp://, a video file, "
@@ -68,6 +69,16 @@ class CameraConfig(BaseModel):
     reconnect_min_s: float = Field(0.5, gt=0, le=600, description="first retry delay")
     reconnect_max_s: float = Field(30.0, gt=0, le=3600, description="longest retry delay")
     max_reconnects: int = Field(0, ge=0, description="failed retries before FAILED; 0: forever")
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, camera_id: str) -> str:
+        if not re.fullmatch(CAMERA_ID, camera_id):
+            raise ValueError(
+                "a camera id is 1 to 64 letters, digits, '.', '_' or '-', starting with a "
+                f"letter or digit; got {camera_id[:80]!r}"
+            )
+        return camera_id
 
     @field_validator("source")
     @classmethod
@@ -254,6 +265,20 @@ class Settings(BaseModel):
             read_pem(self.tls_cert, self.tls_key, self.tls_client_ca)
         return self
 
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, host: str) -> str:
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if ":" in bare:
+            try:
+                ipaddress.IPv6Address(bare)
+            except ValueError:
+                raise ValueError(
+                    f"host is an address without a port, got {host!r}; give the port with "
+                    "--port (port in the config file)"
+                ) from None
+        return host
+
     @field_validator("cameras")
     @classmethod
     def _unique_ids(cls, cameras: tuple[CameraConfig, ...]) -> tuple[CameraConfig, ...]:
@@ -337,29 +362,35 @@ def load_settings(
             merged.update(tomllib.loads(path.read_text()))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-    merged.update(_from_env(environ))
-    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    from_env = _from_env(environ)
+    merged.update(from_env)
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    merged.update(flags)
+    variables = {name: f"{ENV_PREFIX}{name.upper()}" for name in from_env if name not in flags}
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:
         where = f"{path}, " if path is not None else ""
-        lines = [_describe(error) for error in exc.errors(include_url=False)]
+        lines = [_describe(error, variables) for error in exc.errors(include_url=False)]
         raise ConfigError(
             f"invalid settings (from {where}{ENV_PREFIX}* variables and flags):\n  "
             + "\n  ".join(lines)
         ) from exc
 
 
-def _describe(error: Any) -> str:
-    """One pydantic error as one line: where, what was expected, and what arrived when that
-    is a single value (shortened, passwords in URLs hidden; never a whole table, which would
-    print every camera's source)."""
+def _describe(error: Any, variables: Mapping[str, str]) -> str:
+    """One pydantic error as one line: where (and the environment variable, when the value
+    came from one), what was expected, and what arrived when that is a single value
+    (shortened, passwords in URLs hidden; never a whole table, which would print every
+    camera's source)."""
     from convstream.server.sources import redact  # sources imports this module
 
     where = "".join(
         f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]
     ).lstrip(".")
     where = where or "settings"
+    if error["loc"] and error["loc"][0] in variables:
+        where += f" (from {variables[error['loc'][0]]})"
     if error["type"] == "extra_forbidden":
         return f"{where}: unknown setting (README, 'Running the server', lists them)"
     value = error.get("input")
