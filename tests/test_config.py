@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -55,7 +57,12 @@ def test_sources_apply_in_order(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("toml", "env", "message"),
     [
-        ("prot = 1\n", {}, "prot: unknown setting"),
+        ("prot = 1\n", {}, "prot: unknown setting; did you mean 'port'"),
+        ('hots = "x"\n', {}, r"hots: unknown setting; did you mean 'host'\? \(README"),
+        ('[[camera]]\nid = "a"\n', {}, "camera: unknown setting; did you mean 'cameras'"),
+        ('[[cameras]]\nid = "a"\nsource = "x.mp4"\nfsp = 5\n', {}, r"\.fsp: .*mean 'fps'"),
+        ("quux = 1\n", {}, r"quux: unknown setting; \(README"),
+        ("", {"CONVSTREAM_HOTS": "x"}, "CONVSTREAM_HOTS; did you mean CONVSTREAM_HOST\\?"),
         ('port = "abc"\n', {}, "c.toml.*\n  port: Input should be a valid integer.*got 'abc'"),
         (
             '[[cameras]]\nid = "dock 1"\nsource = "x.mp4"\n',
@@ -98,6 +105,16 @@ def test_serve_refuses_a_host_with_a_port(capsys: pytest.CaptureFixture[str]) ->
         "host is an address without a port, got '0.0.0.0:50051'; give the port with --port" in err
     )
     assert "cannot listen" not in err
+
+
+def test_readme_lists_every_setting_with_its_default() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Running the server") : readme.index("### Cameras")]
+    block = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    listed = tomllib.loads(block)
+    commented = set(re.findall(r"^# (\w+)[ :=]", block, re.MULTILINE))
+    assert set(Settings.model_fields) - set(listed) - commented == set()
+    assert Settings.model_validate(listed) == Settings()  # the defaults as the README has them
 
 
 def test_environment_names_the_config_file(tmp_path: Path) -> None:

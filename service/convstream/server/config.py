@@ -6,11 +6,12 @@ Unknown keys are refused everywhere, so a typo never silently falls back to a de
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -327,11 +328,19 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         name = key[len(ENV_PREFIX) :].lower()
         if name not in fields:
-            raise ConfigError(f"unknown setting {key}; known: {', '.join(sorted(fields))}")
+            guess = close_match(name, fields)
+            hint = f"did you mean {ENV_PREFIX}{guess.upper()}? " if guess else ""
+            raise ConfigError(f"unknown setting {key}; {hint}known: {', '.join(sorted(fields))}")
         if name in ("cameras", "tokens"):
             raise ConfigError(f"{key}: {name} are configured in the TOML file")
         values[name] = raw.split(",") if name == "input_sizes" else raw
     return values
+
+
+def close_match(name: str, known: Iterable[str]) -> str | None:
+    """The known name ``name`` is most likely a typo of, if one is close enough."""
+    found = difflib.get_close_matches(name, list(known), n=1)
+    return found[0] if found else None
 
 
 def host_port(host: str, port: int) -> str:
@@ -392,7 +401,13 @@ def _describe(error: Any, variables: Mapping[str, str]) -> str:
     if error["loc"] and error["loc"][0] in variables:
         where += f" (from {variables[error['loc'][0]]})"
     if error["type"] == "extra_forbidden":
-        return f"{where}: unknown setting (README, 'Running the server', lists them)"
+        loc = error["loc"]
+        table = (
+            {"cameras": CameraConfig, "tokens": TokenConfig}.get(loc[0]) if len(loc) > 1 else None
+        )
+        guess = close_match(str(loc[-1]), (table or Settings).model_fields)
+        hint = f"did you mean {guess!r}? " if guess else ""
+        return f"{where}: unknown setting; {hint}(README, 'Running the server', lists them all)"
     value = error.get("input")
     if error["type"] in ("value_error", "missing") or isinstance(value, dict | list | tuple):
         message = error["msg"].removeprefix("Value error, ")
