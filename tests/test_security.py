@@ -217,6 +217,9 @@ async def test_tokens_and_roles(token_server: Server) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stream.read()
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        for scheme in ("bearer", "BEARER", "Bearer "):  # RFC 7235: any case
+            metadata = (("authorization", f"{scheme} {WATCH_TOKEN}"),)
+            assert (await stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=metadata)).sha256
         # analyze: everything
         result = await stub.Analyze(frame, metadata=_bearer(ANALYZE_TOKEN))
         assert result.status.code == 0 and 0 <= result.score <= 1

@@ -71,9 +71,11 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         header = next((v for k, v in metadata if k == "authorization"), None)
         if header is None:
             return "this server needs a token: send metadata 'authorization: Bearer <token>'"
-        if not isinstance(header, str) or not header.startswith("Bearer "):
+        parts = header.split(maxsplit=1) if isinstance(header, str) else []
+        # RFC 7235: the scheme is case-insensitive ("bearer" from some HTTP libraries)
+        if len(parts) != 2 or parts[0].lower() != "bearer":
             return "the authorization metadata must read 'Bearer <token>'"
-        digest = hashlib.sha256(header[len("Bearer ") :].strip().encode()).digest()
+        digest = hashlib.sha256(parts[1].strip().encode()).digest()
         found = None
         for expected, config in self._tokens:  # compare with every one: no timing hint
             if hmac.compare_digest(digest, expected):
