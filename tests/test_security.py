@@ -9,6 +9,7 @@ import ipaddress
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.request import urlopen
 
 import grpc
 import pytest
@@ -18,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from convstream.cli import main as cli_main
 from convstream.client import TLS, Client, Timeout
@@ -170,7 +172,7 @@ async def token_server() -> AsyncIterator[Server]:
         TokenConfig(name="dock-3", role="analyze", sha256=token_hash(ANALYZE_TOKEN)),
     )
     cameras = (CameraConfig(id="belt", source="demo:conveyor?fps=10"),)
-    server = Server(Settings(port=0, metrics_port=-1, tokens=tokens, cameras=cameras))
+    server = Server(Settings(port=0, metrics_port=0, tokens=tokens, cameras=cameras))
     await server.start()
     yield server
     await server.stop(grace=0)
@@ -226,6 +228,24 @@ async def test_tokens_and_roles(token_server: Server) -> None:
     with Client(f"127.0.0.1:{token_server.port}", token=ANALYZE_TOKEN) as client:
         mine = await asyncio.to_thread(client.analyze, frame.encoded)
         assert mine.score == pytest.approx(result.score, abs=1e-6)
+    # every refusal is counted, by method and reason
+    refused = await asyncio.to_thread(_refusals, token_server.metrics_port)
+    assert refused == {
+        ("convstream.v1.Convstream/GetModelInfo", "unauthenticated"): 3.0,
+        ("convstream.v1.Convstream/Analyze", "permission_denied"): 1.0,
+        ("convstream.v1.Convstream/StreamFrames", "permission_denied"): 1.0,
+    }
+
+
+def _refusals(metrics_port: int) -> dict[tuple[str, str], float]:
+    """convstream_auth_refusals_total from /metrics, as {(method, reason): count}."""
+    text = urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    return {
+        (s.labels["method"], s.labels["reason"]): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "convstream_auth_refusals_total"
+    }
 
 
 async def test_a_camera_is_named_by_id_never_by_url_path_or_device(server: Server) -> None:

@@ -152,7 +152,11 @@ class Server:
         self.servicer = ConvstreamServicer(settings, pipeline, self.metrics, info, self.cameras)
         self.metrics.provider.labels(model.provider, model.requested_provider).set(1)
 
-        interceptors = [TokenInterceptor(settings.tokens)] if settings.tokens else []
+        interceptors = (
+            [TokenInterceptor(settings.tokens, self.metrics.auth_refusals)]
+            if settings.tokens
+            else []
+        )
         server = grpc.aio.server(options=grpc_options(settings), interceptors=interceptors)
         pb_grpc.add_ConvstreamServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

@@ -57,6 +57,13 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.auth_refusals = Counter(
+            "convstream_auth_refusals",
+            "Calls refused by the token check, by method and reason (unauthenticated: no "
+            "valid token; permission_denied: a token whose role does not allow the method)",
+            ["method", "reason"],
+            registry=self.registry,
+        )
         self.provider = Gauge(
             "convstream_execution_provider",
             "1 for the onnxruntime execution provider in use",

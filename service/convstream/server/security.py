@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from prometheus_client import Counter
 
 from convstream.server.config import Settings, TokenConfig
 
@@ -63,8 +64,14 @@ def _role_allows(role: str, needed: str) -> bool:
 class TokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without a valid ``authorization: Bearer <token>`` for their method."""
 
-    def __init__(self, tokens: Sequence[TokenConfig]) -> None:
+    def __init__(self, tokens: Sequence[TokenConfig], refusals: Counter | None = None) -> None:
+        """
+        Args:
+            tokens: the tokens that may call, each with its role.
+            refusals: counts each refused call by method and reason, when given.
+        """
         self._tokens = [(bytes.fromhex(t.sha256), t) for t in tokens]
+        self._refusals = refusals
 
     def _lookup(self, metadata: Sequence[tuple[str, str | bytes]]) -> TokenConfig | str:
         """The token's config, or why the call has none (the message to refuse it with)."""
@@ -98,16 +105,25 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
             return handler
         token = self._lookup(handler_call_details.invocation_metadata or ())
         if isinstance(token, str):
-            return _deny(handler, grpc.StatusCode.UNAUTHENTICATED, token)
+            return self._deny(handler, method, grpc.StatusCode.UNAUTHENTICATED, token)
         needed = NEEDS.get(method.removeprefix(SERVICE), "watch")
         if not _role_allows(token.role, needed):
-            return _deny(
+            return self._deny(
                 handler,
+                method,
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"token {token.name!r} has role {token.role!r}; {method.rsplit('/', 1)[-1]} "
                 f"needs role {needed!r}",
             )
         return handler
+
+    def _deny(
+        self, handler: grpc.RpcMethodHandler, method: str, code: grpc.StatusCode, message: str
+    ) -> Any:
+        if self._refusals is not None:
+            # only methods this server has get here (handler is not None): bounded labels
+            self._refusals.labels(method.lstrip("/"), code.name.lower()).inc()
+        return _deny(handler, code, message)
 
 
 def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> Any:
