@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import ipaddress
+import logging
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -408,3 +409,58 @@ async def test_only_a_bind_failure_blames_the_port(pki: Path) -> None:
         await server.start()
     await server.stop(grace=0)
     assert "in use" not in str(info.value)
+
+
+async def test_reload_adds_revokes_and_changes_tokens(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="convstream.server.app")
+    ci_token = "token-of-the-ci-job"
+    dashboard = TokenConfig(name="dashboard", role="watch", sha256=token_hash(WATCH_TOKEN))
+    dock = TokenConfig(name="dock-3", role="analyze", sha256=token_hash(ANALYZE_TOKEN))
+    ci = TokenConfig(name="ci", role="watch", sha256=token_hash(ci_token))
+    server = await _start(_settings())  # no tokens at first: a reload turns them on
+    frame = pb.FrameRequest(encoded=jpeg(scene(5, 240, 320)))
+    info = pb.GetModelInfoRequest()
+
+    async def reload(*tokens: TokenConfig) -> None:
+        await server.reload(server.settings.model_copy(update={"tokens": tokens}))
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+
+            async def answer(method: str, request: object, token: str | None) -> grpc.StatusCode:
+                try:
+                    await getattr(stub, method)(request, metadata=_bearer(token) if token else ())
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code()
+                return grpc.StatusCode.OK
+
+            assert await answer("GetModelInfo", info, None) == grpc.StatusCode.OK
+            await reload(dashboard, dock)
+            assert await answer("GetModelInfo", info, None) == grpc.StatusCode.UNAUTHENTICATED
+            assert await answer("Analyze", frame, ANALYZE_TOKEN) == grpc.StatusCode.OK
+            assert await answer("Analyze", frame, WATCH_TOKEN) == grpc.StatusCode.PERMISSION_DENIED
+            assert "calls need a token from now on" in caplog.text
+            # dock-3 revoked, the dashboard may analyze now, ci added
+            await reload(dashboard.model_copy(update={"role": "analyze"}), ci)
+            assert await answer("Analyze", frame, ANALYZE_TOKEN) == grpc.StatusCode.UNAUTHENTICATED
+            assert await answer("Analyze", frame, WATCH_TOKEN) == grpc.StatusCode.OK
+            assert await answer("GetModelInfo", info, ci_token) == grpc.StatusCode.OK
+            assert await answer("Analyze", frame, ci_token) == grpc.StatusCode.PERMISSION_DENIED
+            # a changed secret under the same name: the old token stops working
+            await reload(ci.model_copy(update={"sha256": token_hash("a-new-ci-token")}))
+            assert await answer("GetModelInfo", info, ci_token) == grpc.StatusCode.UNAUTHENTICATED
+            assert await answer("GetModelInfo", info, "a-new-ci-token") == grpc.StatusCode.OK
+            # the last token removed: calls need none again
+            await reload()
+            assert await answer("GetModelInfo", info, None) == grpc.StatusCode.OK
+    finally:
+        await server.stop(grace=0)
+    log = caplog.text
+    assert "tokens: added 'dashboard', 'dock-3'" in log
+    assert "tokens: added 'ci'; removed 'dock-3'; 'dashboard': role watch -> analyze" in log
+    assert "tokens: removed 'dashboard'; 'ci': a new token (the old one no longer works)" in log
+    assert "tokens: removed 'ci'" in log and "no tokens left" in log
+    assert "change only on restart" not in log
+    for secret in (WATCH_TOKEN, ANALYZE_TOKEN, ci_token, "a-new-ci-token"):
+        assert secret not in log and token_hash(secret) not in log

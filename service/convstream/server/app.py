@@ -29,7 +29,7 @@ from convstream.server.engine import Engine
 from convstream.server.errors import Draining
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Pipeline, WorkPool
-from convstream.server.security import TokenInterceptor, server_credentials
+from convstream.server.security import TokenInterceptor, server_credentials, token_changes
 from convstream.server.servicer import ConvstreamServicer
 from convstream.server.streams import WINDOW
 from convstream.v1 import convstream_pb2 as pb
@@ -95,6 +95,7 @@ class Server:
         self.metrics_port = settings.metrics_port
         self.health = health.aio.HealthServicer()
         self._grpc: grpc.aio.Server | None = None
+        self._tokens: TokenInterceptor | None = None
         self._engine: Engine | None = None
         self._executor: WorkPool | None = None
         self.servicer: ConvstreamServicer | None = None
@@ -152,12 +153,9 @@ class Server:
         self.servicer = ConvstreamServicer(settings, pipeline, self.metrics, info, self.cameras)
         self.metrics.provider.labels(model.provider, model.requested_provider).set(1)
 
-        interceptors = (
-            [TokenInterceptor(settings.tokens, self.metrics.auth_refusals)]
-            if settings.tokens
-            else []
-        )
-        server = grpc.aio.server(options=grpc_options(settings), interceptors=interceptors)
+        # Always installed, so a reload can add the first token or remove the last one.
+        self._tokens = TokenInterceptor(settings.tokens, self.metrics.auth_refusals)
+        server = grpc.aio.server(options=grpc_options(settings), interceptors=[self._tokens])
         pb_grpc.add_ConvstreamServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if settings.reflection:
@@ -182,16 +180,7 @@ class Server:
         security = "mutual TLS" if settings.tls_client_ca else "TLS" if credentials else "plaintext"
         if settings.tokens:
             security += f", {len(settings.tokens)} tokens"
-        missing = [
-            name for name, on in (("TLS", credentials), ("tokens", settings.tokens)) if not on
-        ]
-        if settings.host not in ("127.0.0.1", "localhost", "::1") and missing:
-            logger.warning(
-                "listening on %s without %s: anyone who can reach this port can use it; see "
-                "README, 'Running it in production'",
-                settings.host,
-                " and ".join(missing),
-            )
+        _warn_if_exposed(settings, tls=credentials is not None)
         logger.info(
             "convstream %s serving on %s (%s; model %s, sha256 %s..., provider %s; "
             "inference workers %d, onnxruntime threads per run %d (%s), frames per run %d at "
@@ -237,25 +226,52 @@ class Server:
         logger.info("convstream stopped")
 
     async def reload(self, settings: Settings) -> None:
-        """Apply a changed config while running: cameras are added, removed and restarted;
+        """Apply a changed config while running: tokens are added, removed and changed (new
+        calls are checked against the new set), cameras are added, removed and restarted;
         other settings need a restart and are reported, not applied."""
+        applied = {"cameras": settings.cameras, "tokens": settings.tokens}
         changed = [
             name
             for name in Settings.model_fields
-            if name != "cameras" and getattr(settings, name) != getattr(self.settings, name)
+            if name not in applied and getattr(settings, name) != getattr(self.settings, name)
         ]
         if changed:
             logger.warning(
                 "reload: %s change only on restart; kept as they were", ", ".join(changed)
             )
+        if self._tokens is not None and settings.tokens != self.settings.tokens:
+            self._reload_tokens(settings)
         if self.cameras is not None:
             await self.cameras.apply(settings.cameras)
-        self.settings = self.settings.model_copy(update={"cameras": settings.cameras})
+        self.settings = self.settings.model_copy(update=applied)
         logger.info("reload: %d cameras configured", len(settings.cameras))
+
+    def _reload_tokens(self, settings: Settings) -> None:
+        assert self._tokens is not None
+        old = self.settings.tokens
+        self._tokens.replace(settings.tokens)
+        logger.info("reload: tokens: %s", "; ".join(token_changes(old, settings.tokens)))
+        if not settings.tokens:
+            logger.warning("reload: no tokens left: calls need no token from now on")
+            _warn_if_exposed(settings, tls=settings.tls_cert is not None)
+        elif not old:
+            logger.info("reload: calls need a token from now on")
 
     async def wait(self) -> None:
         if self._grpc is not None:
             await self._grpc.wait_for_termination()
+
+
+def _warn_if_exposed(settings: Settings, *, tls: bool) -> None:
+    """Warn when more than this machine can reach the port and nothing checks who calls."""
+    missing = [name for name, on in (("TLS", tls), ("tokens", settings.tokens)) if not on]
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and missing:
+        logger.warning(
+            "listening on %s without %s: anyone who can reach this port can use it; see "
+            "README, 'Running it in production'",
+            settings.host,
+            " and ".join(missing),
+        )
 
 
 def _listen(

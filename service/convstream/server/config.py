@@ -402,10 +402,9 @@ def _describe(error: Any, variables: Mapping[str, str]) -> str:
         where += f" (from {variables[error['loc'][0]]})"
     if error["type"] == "extra_forbidden":
         loc = error["loc"]
-        table = (
-            {"cameras": CameraConfig, "tokens": TokenConfig}.get(loc[0]) if len(loc) > 1 else None
-        )
-        guess = close_match(str(loc[-1]), (table or Settings).model_fields)
+        tables: dict[str, type[BaseModel]] = {"cameras": CameraConfig, "tokens": TokenConfig}
+        model = tables.get(loc[0], Settings) if len(loc) > 1 else Settings
+        guess = close_match(str(loc[-1]), model.model_fields)
         hint = f"did you mean {guess!r}? " if guess else ""
         return f"{where}: unknown setting; {hint}(README, 'Running the server', lists them all)"
     value = error.get("input")
