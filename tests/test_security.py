@@ -8,6 +8,7 @@ import hashlib
 import ipaddress
 import logging
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.request import urlopen
@@ -26,6 +27,7 @@ from convstream.cli import main as cli_main
 from convstream.client import TLS, Client, Timeout
 from convstream.client.errors import DeadlineExceeded, ServerUnavailable
 from convstream.server import CameraConfig, ConfigError, Server, Settings, load_settings
+from convstream.server.app import _listen
 from convstream.server.config import TokenConfig
 from convstream.server.security import token_hash
 from convstream.v1 import convstream_pb2 as pb
@@ -400,15 +402,13 @@ async def test_only_a_bind_failure_blames_the_port(pki: Path) -> None:
         with pytest.raises(OSError, match=f"127.0.0.1:{port}: the port is in use"):
             await server.start()
         await server.stop(grace=0)
-    # a key gRPC refuses (let past the settings' checks here) is not reported as a busy port
-    unchecked = Settings.model_construct(
-        port=0, metrics_port=-1, cameras=(), tls_cert=pki / "server.crt", tls_key=pki / "ca.key"
-    )
-    server = Server(unchecked)
+    # gRPC's own refusal (here of a key that is not the certificate's) is not a busy port
+    pair = ((pki / "ca.key").read_bytes(), (pki / "server.crt").read_bytes())
+    refused = grpc.aio.server()
     with pytest.raises(OSError, match="gRPC refused it though the address is free") as info:
-        await server.start()
-    await server.stop(grace=0)
+        _listen(refused, _settings(), grpc.ssl_server_credentials([pair]))
     assert "in use" not in str(info.value)
+    await refused.stop(0)
 
 
 async def test_reload_adds_revokes_and_changes_tokens(caplog: pytest.LogCaptureFixture) -> None:
@@ -464,3 +464,66 @@ async def test_reload_adds_revokes_and_changes_tokens(caplog: pytest.LogCaptureF
     assert "change only on restart" not in log
     for secret in (WATCH_TOKEN, ANALYZE_TOKEN, ci_token, "a-new-ci-token"):
         assert secret not in log and token_hash(secret) not in log
+
+
+def _peer_name(port: int, ca: Path) -> str:
+    """The common name of the certificate a new TLS connection to ``port`` is shown."""
+    context = ssl.create_default_context(cafile=ca)
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as conn,
+    ):
+        subject = dict(item[0] for item in conn.getpeercert()["subject"])
+    return str(subject["commonName"])
+
+
+async def test_reload_rotates_the_tls_certificate(
+    pki: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+
+    def issue(path: Path, name: str) -> None:
+        key = _key()
+        _write(path, _cert(name, key, ("convstream test CA", ca_key), server=True), key)
+
+    issue(tmp_path / "live", "first")
+    settings = _settings(tls_cert=tmp_path / "live.crt", tls_key=tmp_path / "live.key")
+    server = await _start(settings)
+    address = f"127.0.0.1:{server.port}"
+    info = pb.GetModelInfoRequest()
+    try:
+        assert await asyncio.to_thread(_peer_name, server.port, pki / "ca.crt") == "first"
+        async with grpc.aio.secure_channel(address, _ssl(pki)) as before:
+            assert (await pb_grpc.ConvstreamStub(before).GetModelInfo(info)).sha256
+            issue(tmp_path / "live", "second")  # in place, as certbot or cert-manager do
+            await server.reload(settings)
+            assert await asyncio.to_thread(_peer_name, server.port, pki / "ca.crt") == "second"
+            # the connection made before keeps working on its own certificate
+            assert (await pb_grpc.ConvstreamStub(before).GetModelInfo(info)).sha256
+        async with grpc.aio.secure_channel(address, _ssl(pki)) as after:
+            assert (await pb_grpc.ConvstreamStub(after).GetModelInfo(info)).sha256
+        # files at other paths
+        issue(tmp_path / "next", "third")
+        moved = {"tls_cert": tmp_path / "next.crt", "tls_key": tmp_path / "next.key"}
+        await server.reload(settings.model_copy(update=moved))
+        assert await asyncio.to_thread(_peer_name, server.port, pki / "ca.crt") == "third"
+        assert server.settings.tls_cert == tmp_path / "next.crt"
+        # a key that does not match (a rotation half done) is refused; the certificate stays
+        (tmp_path / "next.key").write_bytes((pki / "client.key").read_bytes())
+        await server.reload(server.settings)
+        assert await asyncio.to_thread(_peer_name, server.port, pki / "ca.crt") == "third"
+        assert f"TLS files kept as they were: tls_key {tmp_path / 'next.key'} does not" in (
+            caplog.text
+        )
+        # clients must present a certificate or not: fixed when the port was bound
+        issue(tmp_path / "next", "fourth")
+        await server.reload(server.settings.model_copy(update={"tls_client_ca": pki / "ca.crt"}))
+        assert "turning mutual TLS on or off needs a restart" in caplog.text
+        assert server.settings.tls_client_ca is None
+        assert await asyncio.to_thread(_peer_name, server.port, pki / "ca.crt") == "third"
+        async with grpc.aio.secure_channel(address, _ssl(pki)) as no_client_cert:
+            assert (await pb_grpc.ConvstreamStub(no_client_cert).GetModelInfo(info)).sha256
+    finally:
+        await server.stop(grace=0)

@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import grpc
 import onnxruntime as ort
@@ -29,14 +30,16 @@ from convstream.server.engine import Engine
 from convstream.server.errors import Draining
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Pipeline, WorkPool
-from convstream.server.security import TokenInterceptor, server_credentials, token_changes
+from convstream.server.security import TokenInterceptor, token_changes
 from convstream.server.servicer import ConvstreamServicer
 from convstream.server.streams import WINDOW
+from convstream.server.tls import RotatingCredentials, TLSFileError, read_pem
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
 
+TLS_FILES = ("tls_cert", "tls_key", "tls_client_ca")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Convstream"].full_name
 
 
@@ -96,6 +99,7 @@ class Server:
         self.health = health.aio.HealthServicer()
         self._grpc: grpc.aio.Server | None = None
         self._tokens: TokenInterceptor | None = None
+        self._tls: RotatingCredentials | None = None
         self._engine: Engine | None = None
         self._executor: WorkPool | None = None
         self.servicer: ConvstreamServicer | None = None
@@ -161,7 +165,10 @@ class Server:
         if settings.reflection:
             names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
             reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
-        credentials = server_credentials(settings)
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            pem = read_pem(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+            self._tls = RotatingCredentials(pem)
+        credentials = self._tls.credentials if self._tls is not None else None
         self._grpc = server  # from here on, stop() releases it whatever fails next
         self.port = _listen(server, settings, credentials)
         if settings.metrics_port >= 0:
@@ -227,9 +234,12 @@ class Server:
 
     async def reload(self, settings: Settings) -> None:
         """Apply a changed config while running: tokens are added, removed and changed (new
-        calls are checked against the new set), cameras are added, removed and restarted;
+        calls are checked against the new set), the TLS files are read again (new
+        connections get the new certificate), cameras are added, removed and restarted;
         other settings need a restart and are reported, not applied."""
-        applied = {"cameras": settings.cameras, "tokens": settings.tokens}
+        applied: dict[str, Any] = {"cameras": settings.cameras, "tokens": settings.tokens}
+        if self._reload_tls(settings):
+            applied.update({name: getattr(settings, name) for name in TLS_FILES})
         changed = [
             name
             for name in Settings.model_fields
@@ -245,6 +255,33 @@ class Server:
             await self.cameras.apply(settings.cameras)
         self.settings = self.settings.model_copy(update=applied)
         logger.info("reload: %d cameras configured", len(settings.cameras))
+
+    def _reload_tls(self, settings: Settings) -> bool:
+        """Serve the TLS files of ``settings`` to new connections; False if they cannot be."""
+        if self._tls is None or settings.tls_cert is None or settings.tls_key is None:
+            if (self._tls is None) != (settings.tls_cert is None):
+                logger.warning("reload: turning TLS on or off needs a restart")
+            return False
+        if (settings.tls_client_ca is None) != (self.settings.tls_client_ca is None):
+            # gRPC fixes whether clients must present a certificate when the port is bound
+            logger.warning("reload: turning mutual TLS on or off needs a restart")
+            return False
+        try:
+            pem = read_pem(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        except TLSFileError as exc:
+            logger.error("reload: TLS files kept as they were: %s", exc)
+            return False
+        if self._tls.replace(pem):
+            logger.info(
+                "reload: TLS files read again (%s): new connections get them, open ones keep "
+                "theirs",
+                ", ".join(
+                    f"{name} {getattr(settings, name)}"
+                    for name in TLS_FILES
+                    if getattr(settings, name) is not None
+                ),
+            )
+        return True
 
     def _reload_tokens(self, settings: Settings) -> None:
         assert self._tokens is not None

@@ -1,4 +1,4 @@
-"""Who may call what: TLS credentials and bearer tokens with roles, checked by an interceptor.
+"""Who may call what: bearer tokens with roles, checked by an interceptor (TLS: tls.py).
 
 Roles, each including the one before it:
 
@@ -16,13 +16,12 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import grpc
 from prometheus_client import Counter
 
-from convstream.server.config import Settings, TokenConfig
+from convstream.server.config import TokenConfig
 
 SERVICE = "/convstream.v1.Convstream/"
 ROLES = ("watch", "analyze")
@@ -44,17 +43,6 @@ def new_token() -> tuple[str, str]:
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
-    """TLS credentials from the settings' PEM files; None when TLS is off."""
-    if settings.tls_cert is None or settings.tls_key is None:
-        return None
-    pair = (Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes())
-    client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
-    return grpc.ssl_server_credentials(
-        [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
-    )
 
 
 def _role_allows(role: str, needed: str) -> bool:
