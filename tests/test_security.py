@@ -527,3 +527,40 @@ async def test_reload_rotates_the_tls_certificate(
             assert (await pb_grpc.ConvstreamStub(no_client_cert).GetModelInfo(info)).sha256
     finally:
         await server.stop(grace=0)
+
+
+@pytest.mark.parametrize(
+    ("client_ca", "tokens", "warning", "note"),
+    [
+        (True, False, None, "any holder of a certificate signed by {ca} may call every method"),
+        (False, False, "listening on 0.0.0.0 without tokens: anyone who can reach", None),
+        (False, True, None, None),
+    ],
+)
+async def test_exposure_warning_counts_client_certificates_as_authentication(
+    pki: Path,
+    caplog: pytest.LogCaptureFixture,
+    client_ca: bool,
+    tokens: bool,
+    warning: str | None,
+    note: str | None,
+) -> None:
+    caplog.set_level(logging.INFO, logger="convstream.server.app")
+    dock = TokenConfig(name="dock-3", role="analyze", sha256=token_hash(ANALYZE_TOKEN))
+    settings = _settings(
+        host="0.0.0.0",
+        tls_cert=pki / "server.crt",
+        tls_key=pki / "server.key",
+        tls_client_ca=pki / "ca.crt" if client_ca else None,
+        tokens=(dock,) if tokens else (),
+    )
+    server = await _start(settings)
+    await server.stop(grace=0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    if warning is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and warning in warnings[0]
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    if note is not None:
+        assert any(note.format(ca=pki / "ca.crt") in line for line in infos)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import signal
 import socket
@@ -301,14 +302,32 @@ class Server:
 
 def _warn_if_exposed(settings: Settings, *, tls: bool) -> None:
     """Warn when more than this machine can reach the port and nothing checks who calls."""
+    if _is_loopback(settings.host):
+        return
+    if settings.tls_client_ca is not None and not settings.tokens:
+        # client certificates authenticate: no warning, but say what they let a holder do
+        logger.info(
+            "listening on %s with mutual TLS and no tokens: any holder of a certificate "
+            "signed by %s may call every method",
+            settings.host,
+            settings.tls_client_ca,
+        )
+        return
     missing = [name for name, on in (("TLS", tls), ("tokens", settings.tokens)) if not on]
-    if settings.host not in ("127.0.0.1", "localhost", "::1") and missing:
+    if missing:
         logger.warning(
             "listening on %s without %s: anyone who can reach this port can use it; see "
             "README, 'Running it in production'",
             settings.host,
             " and ".join(missing),
         )
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _listen(
