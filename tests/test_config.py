@@ -72,6 +72,7 @@ def test_sources_apply_in_order(tmp_path: Path) -> None:
         ),
         ('host = "0.0.0.0:50051"\n', {}, "host is an address without a port, got '0.0.0.0:50051'"),
         ('host = "[::1]:50051"\n', {}, "host is an address without a port"),
+        ('metrics_host = "0.0.0.0:9464"\n', {}, "metrics_host is an .* with --metrics-port"),
         ("", {"CONVSTREAM_PORT": "abc"}, r"port \(from CONVSTREAM_PORT\): Input should be a valid"),
         ("", {"CONVSTREAM_HOST": "h:1"}, r"host \(from CONVSTREAM_HOST\): host is an address"),
         ("", {"CONVSTREAM_PROT": "1"}, "unknown setting CONVSTREAM_PROT"),

@@ -31,6 +31,7 @@ from convstream.server.engine import Engine
 from convstream.server.errors import Draining
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Pipeline, WorkPool
+from convstream.server.probes import HttpPort
 from convstream.server.security import TokenInterceptor, token_changes
 from convstream.server.servicer import ConvstreamServicer
 from convstream.server.streams import WINDOW
@@ -101,6 +102,9 @@ class Server:
         self._grpc: grpc.aio.Server | None = None
         self._tokens: TokenInterceptor | None = None
         self._tls: RotatingCredentials | None = None
+        self._http: HttpPort | None = None
+        # True from SERVING until draining, as the health service's overall status says
+        self.serving = False
         self._engine: Engine | None = None
         self._executor: WorkPool | None = None
         self.servicer: ConvstreamServicer | None = None
@@ -173,17 +177,19 @@ class Server:
         self._grpc = server  # from here on, stop() releases it whatever fails next
         self.port = _listen(server, settings, credentials)
         if settings.metrics_port >= 0:
+            self._http = HttpPort(self.metrics.registry, lambda: self.serving)
+            address = host_port(settings.metrics_host, settings.metrics_port)
             try:
-                self.metrics_port = self.metrics.serve(settings.host, settings.metrics_port)
+                self.metrics_port = self._http.start(settings.metrics_host, settings.metrics_port)
             except OSError as exc:
                 raise OSError(
-                    f"cannot serve metrics on {host_port(settings.host, settings.metrics_port)}: "
-                    f"{exc.strerror or exc}; choose another port with --metrics-port "
-                    "(-1 turns metrics off)"
+                    f"cannot serve metrics on {address}: {exc.strerror or exc}; choose another "
+                    "port with --metrics-port (-1 turns metrics off)"
                 ) from exc
         await server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.serving = True  # what health now says, for the HTTP probes
         await self.cameras.start(settings.cameras)
         security = "mutual TLS" if settings.tls_client_ca else "TLS" if credentials else "plaintext"
         if settings.tokens:
@@ -214,6 +220,7 @@ class Server:
         """
         grace = self.settings.grace_period_s if grace is None else grace
         deadline = time.monotonic() + grace
+        self.serving = False
         await self.health.enter_graceful_shutdown()
         if self.servicer is not None:
             self.servicer.draining.set()
@@ -230,7 +237,8 @@ class Server:
             self._engine.close()
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)  # no thread left in OpenCV
-        self.metrics.close()
+        if self._http is not None:
+            self._http.close()
         logger.info("convstream stopped")
 
     async def reload(self, settings: Settings) -> None:

@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -159,7 +160,15 @@ class Settings(BaseModel):
     host: str = Field("127.0.0.1", description="address to listen on; 0.0.0.0 exposes it")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
     metrics_port: int = Field(
-        9464, ge=-1, le=65535, description="Prometheus /metrics port on host; -1 turns it off"
+        9464,
+        ge=-1,
+        le=65535,
+        description="plain-HTTP port of /metrics, /healthz and /readyz; -1 turns it off",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="address of metrics_port; loopback whatever host is, so exposing gRPC "
+        "never exposes the metrics by accident",
     )
     reflection: bool = Field(True, description="serve gRPC reflection for grpcurl and friends")
     model_path: Path | None = Field(None, description="an .onnx file; the shipped model if unset")
@@ -266,17 +275,18 @@ class Settings(BaseModel):
             read_pem(self.tls_cert, self.tls_key, self.tls_client_ca)
         return self
 
-    @field_validator("host")
+    @field_validator("host", "metrics_host")
     @classmethod
-    def _check_host(cls, host: str) -> str:
+    def _check_host(cls, host: str, info: ValidationInfo) -> str:
         bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
         if ":" in bare:
             try:
                 ipaddress.IPv6Address(bare)
             except ValueError:
+                flag = "--port" if info.field_name == "host" else "--metrics-port"
                 raise ValueError(
-                    f"host is an address without a port, got {host!r}; give the port with "
-                    "--port (port in the config file)"
+                    f"{info.field_name} is an address without a port, got {host!r}; give the "
+                    f"port with {flag} ({flag[2:].replace('-', '_')} in the config file)"
                 ) from None
         return host
 
