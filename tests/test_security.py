@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from convstream.cli import main as cli_main
@@ -564,3 +565,30 @@ async def test_exposure_warning_counts_client_certificates_as_authentication(
     infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     if note is not None:
         assert any(note.format(ca=pki / "ca.crt") in line for line in infos)
+
+
+async def test_reflection_needs_a_token_and_is_v1alpha_only(token_server: Server) -> None:
+    """grpcio-reflection serves v1alpha only (grpc/grpc#38576); clients such as grpcurl fall
+    back to it. Any token may use it; every reflection method needs one, whatever version."""
+    ask = reflection_pb2.ServerReflectionRequest(list_services="")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{token_server.port}") as channel:
+
+        async def list_services(version: str, metadata: tuple[tuple[str, str], ...]) -> set[str]:
+            call = channel.stream_stream(
+                f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            )(metadata=metadata)
+            await call.write(ask)
+            await call.done_writing()
+            reply = await call.read()
+            return {s.name for s in reply.list_services_response.service}
+
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await list_services("v1alpha", ())
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        names = await list_services("v1alpha", _bearer(WATCH_TOKEN))
+        assert "convstream.v1.Convstream" in names
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await list_services("v1", _bearer(WATCH_TOKEN))
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED

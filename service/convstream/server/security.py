@@ -5,9 +5,10 @@ Roles, each including the one before it:
     watch     GetModelInfo, ListCameras, WatchCamera (what a dashboard needs)
     analyze   + Analyze, StreamFrames (what an integration that sends frames needs)
 
-Health is open to all (load balancers probe it without credentials); reflection needs a
-valid token of any role. The config holds each token's SHA-256, never the token itself;
-``convstream token`` makes a token and prints the line to paste.
+Health is open to all (load balancers probe it without credentials); every other method,
+reflection included (v1alpha, the only version grpcio-reflection serves; v1 too if it ever
+does), needs a valid token of any role. The config holds each token's SHA-256, never the
+token itself; ``convstream token`` makes a token and prints the line to paste.
 """
 
 from __future__ import annotations
