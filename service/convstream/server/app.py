@@ -299,7 +299,9 @@ class Server:
         logger.info("reload: tokens: %s", "; ".join(token_changes(old, settings.tokens)))
         if not settings.tokens:
             logger.warning("reload: no tokens left: calls need no token from now on")
-            _warn_if_exposed(settings, tls=settings.tls_cert is not None)
+            # as it now runs: host and TLS as they were, the new (empty) tokens
+            running = self.settings.model_copy(update={"tokens": settings.tokens})
+            _warn_if_exposed(running, tls=self._tls is not None)
         elif not old:
             logger.info("reload: calls need a token from now on")
 
