@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
 from pathlib import Path
 
 import pytest
 
+from convstream.cli import main
 from convstream.server.config import (
     ConfigError,
     Scheduling,
@@ -54,9 +57,24 @@ def test_sources_apply_in_order(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("toml", "env", "message"),
     [
-        ("prot = 1\n", {}, "prot: unknown setting"),
+        ("prot = 1\n", {}, "prot: unknown setting; did you mean 'port'"),
+        ('hots = "x"\n', {}, r"hots: unknown setting; did you mean 'host'\? \(README"),
+        ('[[camera]]\nid = "a"\n', {}, "camera: unknown setting; did you mean 'cameras'"),
+        ('[[cameras]]\nid = "a"\nsource = "x.mp4"\nfsp = 5\n', {}, r"\.fsp: .*mean 'fps'"),
+        ("quux = 1\n", {}, r"quux: unknown setting; \(README"),
+        ("", {"CONVSTREAM_HOTS": "x"}, "CONVSTREAM_HOTS; did you mean CONVSTREAM_HOST\\?"),
         ('port = "abc"\n', {}, "c.toml.*\n  port: Input should be a valid integer.*got 'abc'"),
-        ('[[cameras]]\nid = "dock 1"\nsource = "x.mp4"\n', {}, r"cameras\[0\]\.id: .*'dock 1'"),
+        (
+            '[[cameras]]\nid = "dock 1"\nsource = "x.mp4"\n',
+            {},
+            r"cameras\[0\]\.id: a camera id is 1 to 64 letters, digits, '\.', '_' or '-', "
+            r"starting with a letter or digit; got 'dock 1'",
+        ),
+        ('host = "0.0.0.0:50051"\n', {}, "host is an address without a port, got '0.0.0.0:50051'"),
+        ('host = "[::1]:50051"\n', {}, "host is an address without a port"),
+        ('metrics_host = "0.0.0.0:9464"\n', {}, "metrics_host is an .* with --metrics-port"),
+        ("", {"CONVSTREAM_PORT": "abc"}, r"port \(from CONVSTREAM_PORT\): Input should be a valid"),
+        ("", {"CONVSTREAM_HOST": "h:1"}, r"host \(from CONVSTREAM_HOST\): host is an address"),
         ("", {"CONVSTREAM_PROT": "1"}, "unknown setting CONVSTREAM_PROT"),
         ('input_sizes = ["385x640"]\n', {}, "multiples of 8"),
         ("max_batch = -1\n", {}, "max_batch"),
@@ -71,6 +89,33 @@ def test_bad_settings_are_refused(
     path.write_text(toml)
     with pytest.raises(ConfigError, match=message):
         load_settings(path, environ=env)
+
+
+def test_hosts_without_ports_are_taken_and_a_flag_is_not_blamed_on_the_environment() -> None:
+    for host in ("::", "[::1]", "::1", "fe80::1%eth0", "0.0.0.0", "localhost"):
+        assert load_settings(environ={}, overrides={"host": host}).host == host
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"CONVSTREAM_PORT": "1"}, overrides={"port": -5})
+    assert "CONVSTREAM_PORT" not in str(info.value)
+
+
+def test_serve_refuses_a_host_with_a_port(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--host", "0.0.0.0:50051", "--metrics-port", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "host is an address without a port, got '0.0.0.0:50051'; give the port with --port" in err
+    )
+    assert "cannot listen" not in err
+
+
+def test_readme_lists_every_setting_with_its_default() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Running the server") : readme.index("### Cameras")]
+    block = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    listed = tomllib.loads(block)
+    commented = set(re.findall(r"^# (\w+)[ :=]", block, re.MULTILINE))
+    assert set(Settings.model_fields) - set(listed) - commented == set()
+    assert Settings.model_validate(listed) == Settings()  # the defaults as the README has them
 
 
 def test_environment_names_the_config_file(tmp_path: Path) -> None:

@@ -6,8 +6,12 @@ import asyncio
 import datetime as dt
 import hashlib
 import ipaddress
+import logging
+import socket
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.request import urlopen
 
 import grpc
 import pytest
@@ -17,11 +21,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
+from prometheus_client.parser import text_string_to_metric_families
 
 from convstream.cli import main as cli_main
 from convstream.client import TLS, Client, Timeout
 from convstream.client.errors import DeadlineExceeded, ServerUnavailable
 from convstream.server import CameraConfig, ConfigError, Server, Settings, load_settings
+from convstream.server.app import _listen
 from convstream.server.config import TokenConfig
 from convstream.server.security import token_hash
 from convstream.v1 import convstream_pb2 as pb
@@ -169,7 +176,7 @@ async def token_server() -> AsyncIterator[Server]:
         TokenConfig(name="dock-3", role="analyze", sha256=token_hash(ANALYZE_TOKEN)),
     )
     cameras = (CameraConfig(id="belt", source="demo:conveyor?fps=10"),)
-    server = Server(Settings(port=0, metrics_port=-1, tokens=tokens, cameras=cameras))
+    server = Server(Settings(port=0, metrics_port=0, tokens=tokens, cameras=cameras))
     await server.start()
     yield server
     await server.stop(grace=0)
@@ -216,12 +223,33 @@ async def test_tokens_and_roles(token_server: Server) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stream.read()
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        for scheme in ("bearer", "BEARER", "Bearer "):  # RFC 7235: any case
+            metadata = (("authorization", f"{scheme} {WATCH_TOKEN}"),)
+            assert (await stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=metadata)).sha256
         # analyze: everything
         result = await stub.Analyze(frame, metadata=_bearer(ANALYZE_TOKEN))
         assert result.status.code == 0 and 0 <= result.score <= 1
     with Client(f"127.0.0.1:{token_server.port}", token=ANALYZE_TOKEN) as client:
         mine = await asyncio.to_thread(client.analyze, frame.encoded)
         assert mine.score == pytest.approx(result.score, abs=1e-6)
+    # every refusal is counted, by method and reason
+    refused = await asyncio.to_thread(_refusals, token_server.metrics_port)
+    assert refused == {
+        ("convstream.v1.Convstream/GetModelInfo", "unauthenticated"): 3.0,
+        ("convstream.v1.Convstream/Analyze", "permission_denied"): 1.0,
+        ("convstream.v1.Convstream/StreamFrames", "permission_denied"): 1.0,
+    }
+
+
+def _refusals(metrics_port: int) -> dict[tuple[str, str], float]:
+    """convstream_auth_refusals_total from /metrics, as {(method, reason): count}."""
+    text = urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    return {
+        (s.labels["method"], s.labels["reason"]): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "convstream_auth_refusals_total"
+    }
 
 
 async def test_a_camera_is_named_by_id_never_by_url_path_or_device(server: Server) -> None:
@@ -239,11 +267,14 @@ def test_tls_and_token_settings_are_checked(pki: Path, tmp_path: Path) -> None:
         load_settings(overrides={"tls_cert": str(pki / "server.crt")}, environ={})
     with pytest.raises(ConfigError, match="needs tls_cert and tls_key"):
         load_settings(overrides={"tls_client_ca": str(pki / "ca.crt")}, environ={})
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist") as info:
         load_settings(
-            overrides={"tls_cert": str(tmp_path / "x.crt"), "tls_key": str(pki / "server.key")},
+            overrides={"tls_cert": str(tmp_path / "x.crt"), "tls_key": str(tmp_path / "x.key")},
             environ={},
         )
+    # every missing file, each named by its setting
+    assert f"tls_cert {tmp_path / 'x.crt'} does not exist" in str(info.value)
+    assert f"tls_key {tmp_path / 'x.key'} does not exist" in str(info.value)
     with pytest.raises(ConfigError, match="configured in the TOML file"):
         load_settings(environ={"CONVSTREAM_TOKENS": "x"})
     with pytest.raises(ConfigError, match="sha256"):
@@ -251,6 +282,32 @@ def test_tls_and_token_settings_are_checked(pki: Path, tmp_path: Path) -> None:
             overrides={"tokens": [{"name": "a", "role": "watch", "sha256": "plaintext"}]},
             environ={},
         )
+
+
+@pytest.mark.parametrize(
+    ("sha256", "says"),
+    [
+        (ANALYZE_TOKEN, "looks like the token itself — never put the token in the config"),
+        ("WcWnIEKR3f0b-Zr_Ly6EqPzQ8Vh2m1u4TnXsJd9aKcY", "looks like the token itself"),
+        (token_hash(ANALYZE_TOKEN)[:63], "what is there has 63 hex digits"),
+        (12345, "Input should be a valid string"),
+    ],
+)
+def test_a_token_in_the_sha256_field_is_never_printed(
+    tmp_path: Path, sha256: object, says: str
+) -> None:
+    config = tmp_path / "c.toml"
+    value = f'"{sha256}"' if isinstance(sha256, str) else str(sha256)
+    good = f'[[tokens]]\nname = "ok"\nrole = "watch"\nsha256 = "{token_hash(WATCH_TOKEN)}"\n'
+    config.write_text(good + f'[[tokens]]\nname = "dock-3"\nrole = "analyze"\nsha256 = {value}\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(config, environ={})
+    message = str(info.value)
+    assert says in message
+    assert str(sha256) not in message
+    if isinstance(sha256, str):
+        expected = "tokens[1] (name 'dock-3'): sha256 must be the 64-hex SHA-256 of the token"
+        assert f"{expected}, as `convstream token` prints it; " in message
 
 
 def test_token_command_prints_a_token_and_only_its_hash_for_the_config(
@@ -266,3 +323,272 @@ def test_token_command_prints_a_token_and_only_its_hash_for_the_config(
     settings = load_settings(config, environ={})
     assert settings.tokens[0].sha256 == hashlib.sha256(token.encode()).hexdigest()
     assert settings.tokens[0].role == "analyze"
+
+
+def _encrypted_key(pki: Path, folder: Path) -> Path:
+    key = serialization.load_pem_private_key((pki / "server.key").read_bytes(), None)
+    path = folder / "encrypted.key"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("cert", "key", "client_ca", "message"),
+    [
+        ("server.crt", "client.key", None, "tls_key {key} does not match tls_cert {cert}"),
+        (
+            "server.key",
+            "server.crt",
+            None,
+            "tls_cert {cert} is not a PEM certificate (it holds "
+            "a private key: are tls_cert and tls_key swapped?)",
+        ),
+        ("junk", "server.key", None, "tls_cert {cert} is not a PEM certificate"),
+        ("server.crt", "junk", None, "tls_key {key} is not a PEM private key"),
+        (
+            "server.crt",
+            "ca.crt",
+            None,
+            "tls_key {key} is not a PEM private key (it holds a certificate",
+        ),
+        ("server.crt", "encrypted", None, "tls_key {key} is encrypted; gRPC needs it unencrypted"),
+        ("server.crt", "server.key", "junk", "tls_client_ca {client_ca} is not a PEM certificate"),
+        ("server.crt", "server.key", "ca.crt", None),
+    ],
+)
+def test_unusable_tls_files_are_named_by_their_setting(
+    pki: Path, tmp_path: Path, cert: str, key: str, client_ca: str | None, message: str | None
+) -> None:
+    (tmp_path / "junk").write_text("not PEM at all\n")
+    files = {"encrypted": _encrypted_key(pki, tmp_path), "junk": tmp_path / "junk"}
+    paths = {
+        "cert": files.get(cert, pki / cert),
+        "key": files.get(key, pki / key),
+        "client_ca": files.get(client_ca or "", pki / (client_ca or "")),
+    }
+    overrides = {"tls_cert": str(paths["cert"]), "tls_key": str(paths["key"])}
+    if client_ca:
+        overrides["tls_client_ca"] = str(paths["client_ca"])
+    if message is None:
+        assert load_settings(overrides=overrides, environ={}).tls_client_ca == paths["client_ca"]
+        return
+    with pytest.raises(ConfigError) as info:
+        load_settings(overrides=overrides, environ={})
+    assert message.format(**paths) in str(info.value)
+
+
+def test_serve_names_a_mismatched_key_not_the_port(
+    pki: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'tls_cert = "{pki / "server.crt"}"\ntls_key = "{pki / "client.key"}"\n')
+    assert cli_main(["serve", "--config", str(config), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"tls_key {pki / 'client.key'} does not match tls_cert {pki / 'server.crt'}" in err
+    assert "port" not in err
+
+
+async def test_only_a_bind_failure_blames_the_port(pki: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = Server(Settings(port=port, metrics_port=-1, cameras=()))
+        with pytest.raises(OSError, match=f"127.0.0.1:{port}: the port is in use"):
+            await server.start()
+        await server.stop(grace=0)
+    # gRPC's own refusal (here of a key that is not the certificate's) is not a busy port
+    pair = ((pki / "ca.key").read_bytes(), (pki / "server.crt").read_bytes())
+    refused = grpc.aio.server()
+    with pytest.raises(OSError, match="gRPC refused it though the address is free") as info:
+        _listen(refused, _settings(), grpc.ssl_server_credentials([pair]))
+    assert "in use" not in str(info.value)
+    await refused.stop(0)
+
+
+async def test_reload_adds_revokes_and_changes_tokens(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="convstream.server.app")
+    ci_token = "token-of-the-ci-job"
+    dashboard = TokenConfig(name="dashboard", role="watch", sha256=token_hash(WATCH_TOKEN))
+    dock = TokenConfig(name="dock-3", role="analyze", sha256=token_hash(ANALYZE_TOKEN))
+    ci = TokenConfig(name="ci", role="watch", sha256=token_hash(ci_token))
+    server = await _start(_settings())  # no tokens at first: a reload turns them on
+    frame = pb.FrameRequest(encoded=jpeg(scene(5, 240, 320)))
+    info = pb.GetModelInfoRequest()
+
+    async def reload(*tokens: TokenConfig) -> None:
+        await server.reload(server.settings.model_copy(update={"tokens": tokens}))
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+
+            async def answer(method: str, request: object, token: str | None) -> grpc.StatusCode:
+                try:
+                    await getattr(stub, method)(request, metadata=_bearer(token) if token else ())
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code()
+                return grpc.StatusCode.OK
+
+            assert await answer("GetModelInfo", info, None) == grpc.StatusCode.OK
+            await reload(dashboard, dock)
+            assert await answer("GetModelInfo", info, None) == grpc.StatusCode.UNAUTHENTICATED
+            assert await answer("Analyze", frame, ANALYZE_TOKEN) == grpc.StatusCode.OK
+            assert await answer("Analyze", frame, WATCH_TOKEN) == grpc.StatusCode.PERMISSION_DENIED
+            assert "calls need a token from now on" in caplog.text
+            # dock-3 revoked, the dashboard may analyze now, ci added
+            await reload(dashboard.model_copy(update={"role": "analyze"}), ci)
+            assert await answer("Analyze", frame, ANALYZE_TOKEN) == grpc.StatusCode.UNAUTHENTICATED
+            assert await answer("Analyze", frame, WATCH_TOKEN) == grpc.StatusCode.OK
+            assert await answer("GetModelInfo", info, ci_token) == grpc.StatusCode.OK
+            assert await answer("Analyze", frame, ci_token) == grpc.StatusCode.PERMISSION_DENIED
+            # a changed secret under the same name: the old token stops working
+            await reload(ci.model_copy(update={"sha256": token_hash("a-new-ci-token")}))
+            assert await answer("GetModelInfo", info, ci_token) == grpc.StatusCode.UNAUTHENTICATED
+            assert await answer("GetModelInfo", info, "a-new-ci-token") == grpc.StatusCode.OK
+            # the last token removed: calls need none again
+            await reload()
+            assert await answer("GetModelInfo", info, None) == grpc.StatusCode.OK
+    finally:
+        await server.stop(grace=0)
+    log = caplog.text
+    assert "tokens: added 'dashboard', 'dock-3'" in log
+    assert "tokens: added 'ci'; removed 'dock-3'; 'dashboard': role watch -> analyze" in log
+    assert "tokens: removed 'dashboard'; 'ci': a new token (the old one no longer works)" in log
+    assert "tokens: removed 'ci'" in log and "no tokens left" in log
+    assert "change only on restart" not in log
+    for secret in (WATCH_TOKEN, ANALYZE_TOKEN, ci_token, "a-new-ci-token"):
+        assert secret not in log and token_hash(secret) not in log
+
+
+def _peer_name(port: int, ca: Path) -> str:
+    """The common name of the certificate a new TLS connection to ``port`` is shown."""
+    context = ssl.create_default_context(cafile=ca)
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as conn,
+    ):
+        subject = dict(item[0] for item in conn.getpeercert()["subject"])
+    return str(subject["commonName"])
+
+
+async def test_reload_rotates_the_tls_certificate(
+    pki: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+
+    def issue(path: Path, name: str) -> None:
+        key = _key()
+        _write(path, _cert(name, key, ("convstream test CA", ca_key), server=True), key)
+
+    issue(tmp_path / "live", "first")
+    settings = _settings(tls_cert=tmp_path / "live.crt", tls_key=tmp_path / "live.key")
+    server = await _start(settings)
+    address = f"127.0.0.1:{server.port}"
+    info = pb.GetModelInfoRequest()
+    try:
+        assert await asyncio.to_thread(_peer_name, server.port, pki / "ca.crt") == "first"
+        async with grpc.aio.secure_channel(address, _ssl(pki)) as before:
+            assert (await pb_grpc.ConvstreamStub(before).GetModelInfo(info)).sha256
+            issue(tmp_path / "live", "second")  # in place, as certbot or cert-manager do
+            await server.reload(settings)
+            assert await asyncio.to_thread(_peer_name, server.port, pki / "ca.crt") == "second"
+            # the connection made before keeps working on its own certificate
+            assert (await pb_grpc.ConvstreamStub(before).GetModelInfo(info)).sha256
+        async with grpc.aio.secure_channel(address, _ssl(pki)) as after:
+            assert (await pb_grpc.ConvstreamStub(after).GetModelInfo(info)).sha256
+        # files at other paths
+        issue(tmp_path / "next", "third")
+        moved = {"tls_cert": tmp_path / "next.crt", "tls_key": tmp_path / "next.key"}
+        await server.reload(settings.model_copy(update=moved))
+        assert await asyncio.to_thread(_peer_name, server.port, pki / "ca.crt") == "third"
+        assert server.settings.tls_cert == tmp_path / "next.crt"
+        # a key that does not match (a rotation half done) is refused; the certificate stays
+        (tmp_path / "next.key").write_bytes((pki / "client.key").read_bytes())
+        await server.reload(server.settings)
+        assert await asyncio.to_thread(_peer_name, server.port, pki / "ca.crt") == "third"
+        assert f"TLS files kept as they were: tls_key {tmp_path / 'next.key'} does not" in (
+            caplog.text
+        )
+        # clients must present a certificate or not: fixed when the port was bound
+        issue(tmp_path / "next", "fourth")
+        await server.reload(server.settings.model_copy(update={"tls_client_ca": pki / "ca.crt"}))
+        assert "turning mutual TLS on or off needs a restart" in caplog.text
+        assert server.settings.tls_client_ca is None
+        assert await asyncio.to_thread(_peer_name, server.port, pki / "ca.crt") == "third"
+        async with grpc.aio.secure_channel(address, _ssl(pki)) as no_client_cert:
+            assert (await pb_grpc.ConvstreamStub(no_client_cert).GetModelInfo(info)).sha256
+    finally:
+        await server.stop(grace=0)
+
+
+@pytest.mark.parametrize(
+    ("client_ca", "tokens", "warning", "note"),
+    [
+        (True, False, None, "any holder of a certificate signed by {ca} may call every method"),
+        (False, False, "listening on 0.0.0.0 without tokens: anyone who can reach", None),
+        (False, True, None, None),
+    ],
+)
+async def test_exposure_warning_counts_client_certificates_as_authentication(
+    pki: Path,
+    caplog: pytest.LogCaptureFixture,
+    client_ca: bool,
+    tokens: bool,
+    warning: str | None,
+    note: str | None,
+) -> None:
+    caplog.set_level(logging.INFO, logger="convstream.server.app")
+    dock = TokenConfig(name="dock-3", role="analyze", sha256=token_hash(ANALYZE_TOKEN))
+    settings = _settings(
+        host="0.0.0.0",
+        tls_cert=pki / "server.crt",
+        tls_key=pki / "server.key",
+        tls_client_ca=pki / "ca.crt" if client_ca else None,
+        tokens=(dock,) if tokens else (),
+    )
+    server = await _start(settings)
+    await server.stop(grace=0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    if warning is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and warning in warnings[0]
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    if note is not None:
+        assert any(note.format(ca=pki / "ca.crt") in line for line in infos)
+
+
+async def test_reflection_needs_a_token_and_is_v1alpha_only(token_server: Server) -> None:
+    """grpcio-reflection serves v1alpha only (grpc/grpc#38576); clients such as grpcurl fall
+    back to it. Any token may use it; every reflection method needs one, whatever version."""
+    ask = reflection_pb2.ServerReflectionRequest(list_services="")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{token_server.port}") as channel:
+
+        async def list_services(version: str, metadata: tuple[tuple[str, str], ...]) -> set[str]:
+            call = channel.stream_stream(
+                f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            )(metadata=metadata)
+            await call.write(ask)
+            await call.done_writing()
+            reply = await call.read()
+            return {s.name for s in reply.list_services_response.service}
+
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await list_services("v1alpha", ())
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        names = await list_services("v1alpha", _bearer(WATCH_TOKEN))
+        assert "convstream.v1.Convstream" in names
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await list_services("v1", _bearer(WATCH_TOKEN))
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -21,7 +21,15 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--config", type=Path, help="a TOML settings file")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="gRPC port (default 50051; 0 picks one)")
-    p.add_argument("--metrics-port", type=int, help="Prometheus port (default 9464; -1 off)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="HTTP port of /metrics, /healthz and /readyz (default 9464; -1 off)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        help="address of the metrics port (default 127.0.0.1, whatever --host is)",
+    )
     p.add_argument("--provider", choices=("auto", "cpu", "cuda"), help="execution provider")
     p.add_argument("--model", dest="model_path", type=Path, help="an .onnx model file")
     p.add_argument("--input-sizes", nargs="+", help="model input sizes, e.g. 384x640 480x640")
@@ -72,6 +80,7 @@ def _serve(args: argparse.Namespace) -> int:
         "host",
         "port",
         "metrics_port",
+        "metrics_host",
         "provider",
         "model_path",
         "input_sizes",

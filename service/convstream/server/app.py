@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import ipaddress
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import grpc
 import onnxruntime as ort
@@ -27,14 +31,17 @@ from convstream.server.engine import Engine
 from convstream.server.errors import Draining
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Pipeline, WorkPool
-from convstream.server.security import TokenInterceptor, server_credentials
+from convstream.server.probes import HttpPort
+from convstream.server.security import TokenInterceptor, token_changes
 from convstream.server.servicer import ConvstreamServicer
 from convstream.server.streams import WINDOW
+from convstream.server.tls import RotatingCredentials, TLSFileError, read_pem
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
 
+TLS_FILES = ("tls_cert", "tls_key", "tls_client_ca")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Convstream"].full_name
 
 
@@ -93,6 +100,11 @@ class Server:
         self.metrics_port = settings.metrics_port
         self.health = health.aio.HealthServicer()
         self._grpc: grpc.aio.Server | None = None
+        self._tokens: TokenInterceptor | None = None
+        self._tls: RotatingCredentials | None = None
+        self._http: HttpPort | None = None
+        # True from SERVING until draining, as the health service's overall status says
+        self.serving = False
         self._engine: Engine | None = None
         self._executor: WorkPool | None = None
         self.servicer: ConvstreamServicer | None = None
@@ -150,42 +162,39 @@ class Server:
         self.servicer = ConvstreamServicer(settings, pipeline, self.metrics, info, self.cameras)
         self.metrics.provider.labels(model.provider, model.requested_provider).set(1)
 
-        interceptors = [TokenInterceptor(settings.tokens)] if settings.tokens else []
-        server = grpc.aio.server(options=grpc_options(settings), interceptors=interceptors)
+        # Always installed, so a reload can add the first token or remove the last one.
+        self._tokens = TokenInterceptor(settings.tokens, self.metrics.auth_refusals)
+        server = grpc.aio.server(options=grpc_options(settings), interceptors=[self._tokens])
         pb_grpc.add_ConvstreamServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if settings.reflection:
             names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
             reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
-        credentials = server_credentials(settings)
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            pem = read_pem(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+            self._tls = RotatingCredentials(pem)
+        credentials = self._tls.credentials if self._tls is not None else None
         self._grpc = server  # from here on, stop() releases it whatever fails next
         self.port = _listen(server, settings, credentials)
         if settings.metrics_port >= 0:
+            self._http = HttpPort(self.metrics.registry, lambda: self.serving)
+            address = host_port(settings.metrics_host, settings.metrics_port)
             try:
-                self.metrics_port = self.metrics.serve(settings.host, settings.metrics_port)
+                self.metrics_port = self._http.start(settings.metrics_host, settings.metrics_port)
             except OSError as exc:
                 raise OSError(
-                    f"cannot serve metrics on {host_port(settings.host, settings.metrics_port)}: "
-                    f"{exc.strerror or exc}; choose another port with --metrics-port "
-                    "(-1 turns metrics off)"
+                    f"cannot serve metrics on {address}: {exc.strerror or exc}; choose another "
+                    "port with --metrics-port (-1 turns metrics off)"
                 ) from exc
         await server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.serving = True  # what health now says, for the HTTP probes
         await self.cameras.start(settings.cameras)
         security = "mutual TLS" if settings.tls_client_ca else "TLS" if credentials else "plaintext"
         if settings.tokens:
             security += f", {len(settings.tokens)} tokens"
-        missing = [
-            name for name, on in (("TLS", credentials), ("tokens", settings.tokens)) if not on
-        ]
-        if settings.host not in ("127.0.0.1", "localhost", "::1") and missing:
-            logger.warning(
-                "listening on %s without %s: anyone who can reach this port can use it; see "
-                "README, 'Running it in production'",
-                settings.host,
-                " and ".join(missing),
-            )
+        _warn_if_exposed(settings, tls=credentials is not None)
         logger.info(
             "convstream %s serving on %s (%s; model %s, sha256 %s..., provider %s; "
             "inference workers %d, onnxruntime threads per run %d (%s), frames per run %d at "
@@ -211,6 +220,7 @@ class Server:
         """
         grace = self.settings.grace_period_s if grace is None else grace
         deadline = time.monotonic() + grace
+        self.serving = False
         await self.health.enter_graceful_shutdown()
         if self.servicer is not None:
             self.servicer.draining.set()
@@ -227,29 +237,107 @@ class Server:
             self._engine.close()
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)  # no thread left in OpenCV
-        self.metrics.close()
+        if self._http is not None:
+            self._http.close()
         logger.info("convstream stopped")
 
     async def reload(self, settings: Settings) -> None:
-        """Apply a changed config while running: cameras are added, removed and restarted;
+        """Apply a changed config while running: tokens are added, removed and changed (new
+        calls are checked against the new set), the TLS files are read again (new
+        connections get the new certificate), cameras are added, removed and restarted;
         other settings need a restart and are reported, not applied."""
+        applied: dict[str, Any] = {"cameras": settings.cameras, "tokens": settings.tokens}
+        if self._reload_tls(settings):
+            applied.update({name: getattr(settings, name) for name in TLS_FILES})
         changed = [
             name
             for name in Settings.model_fields
-            if name != "cameras" and getattr(settings, name) != getattr(self.settings, name)
+            if name not in applied and getattr(settings, name) != getattr(self.settings, name)
         ]
         if changed:
             logger.warning(
                 "reload: %s change only on restart; kept as they were", ", ".join(changed)
             )
+        if self._tokens is not None and settings.tokens != self.settings.tokens:
+            self._reload_tokens(settings)
         if self.cameras is not None:
             await self.cameras.apply(settings.cameras)
-        self.settings = self.settings.model_copy(update={"cameras": settings.cameras})
+        self.settings = self.settings.model_copy(update=applied)
         logger.info("reload: %d cameras configured", len(settings.cameras))
+
+    def _reload_tls(self, settings: Settings) -> bool:
+        """Serve the TLS files of ``settings`` to new connections; False if they cannot be."""
+        if self._tls is None or settings.tls_cert is None or settings.tls_key is None:
+            if (self._tls is None) != (settings.tls_cert is None):
+                logger.warning("reload: turning TLS on or off needs a restart")
+            return False
+        if (settings.tls_client_ca is None) != (self.settings.tls_client_ca is None):
+            # gRPC fixes whether clients must present a certificate when the port is bound
+            logger.warning("reload: turning mutual TLS on or off needs a restart")
+            return False
+        try:
+            pem = read_pem(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        except TLSFileError as exc:
+            logger.error("reload: TLS files kept as they were: %s", exc)
+            return False
+        if self._tls.replace(pem):
+            logger.info(
+                "reload: TLS files read again (%s): new connections get them, open ones keep "
+                "theirs",
+                ", ".join(
+                    f"{name} {getattr(settings, name)}"
+                    for name in TLS_FILES
+                    if getattr(settings, name) is not None
+                ),
+            )
+        return True
+
+    def _reload_tokens(self, settings: Settings) -> None:
+        assert self._tokens is not None
+        old = self.settings.tokens
+        self._tokens.replace(settings.tokens)
+        logger.info("reload: tokens: %s", "; ".join(token_changes(old, settings.tokens)))
+        if not settings.tokens:
+            logger.warning("reload: no tokens left: calls need no token from now on")
+            # as it now runs: host and TLS as they were, the new (empty) tokens
+            running = self.settings.model_copy(update={"tokens": settings.tokens})
+            _warn_if_exposed(running, tls=self._tls is not None)
+        elif not old:
+            logger.info("reload: calls need a token from now on")
 
     async def wait(self) -> None:
         if self._grpc is not None:
             await self._grpc.wait_for_termination()
+
+
+def _warn_if_exposed(settings: Settings, *, tls: bool) -> None:
+    """Warn when more than this machine can reach the port and nothing checks who calls."""
+    if _is_loopback(settings.host):
+        return
+    if settings.tls_client_ca is not None and not settings.tokens:
+        # client certificates authenticate: no warning, but say what they let a holder do
+        logger.info(
+            "listening on %s with mutual TLS and no tokens: any holder of a certificate "
+            "signed by %s may call every method",
+            settings.host,
+            settings.tls_client_ca,
+        )
+        return
+    missing = [name for name, on in (("TLS", tls), ("tokens", settings.tokens)) if not on]
+    if missing:
+        logger.warning(
+            "listening on %s without %s: anyone who can reach this port can use it; see "
+            "README, 'Running it in production'",
+            settings.host,
+            " and ".join(missing),
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _listen(
@@ -265,11 +353,39 @@ def _listen(
     except RuntimeError:  # grpcio raises where it used to return 0
         port = 0
     if port == 0:
-        raise OSError(
-            f"cannot listen on {address}: the port is in use (another convstream serve?) or "
-            "the address is not one of this machine's; choose another with --port or --host"
-        )
+        # gRPC says only that it failed; ask the OS the same thing to tell a busy port or a
+        # foreign address from gRPC's own refusal (logged above it), and blame the right one.
+        why = bind_failure(settings.host, settings.port)
+        if why is None:
+            raise OSError(
+                f"cannot listen on {address}: gRPC refused it though the address is free "
+                "(its log line above says why)"
+            )
+        raise OSError(f"cannot listen on {address}: {why}; choose another with --port or --host")
     return port
+
+
+def bind_failure(host: str, port: int) -> str | None:
+    """Why this machine cannot bind ``host:port`` (TCP), in words; None when it can."""
+    try:
+        found = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        return f"the host does not resolve ({exc.strerror})"
+    for family, kind, proto, _, address in found:
+        with socket.socket(family, kind, proto) as probe:
+            # as gRPC does: a port whose last connections are in TIME_WAIT is free
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                return {
+                    errno.EADDRINUSE: "the port is in use (another convstream serve?)",
+                    errno.EADDRNOTAVAIL: "the address is not one of this machine's",
+                    errno.EACCES: "permission denied (ports below 1024 need privileges)",
+                }.get(exc.errno or 0, exc.strerror or str(exc))
+    return None
 
 
 async def serve(settings: Settings, reload: Callable[[], Settings] | None = None) -> None:

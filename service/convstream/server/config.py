@@ -6,9 +6,12 @@ Unknown keys are refused everywhere, so a typo never silently falls back to a de
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import os
+import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,9 +21,12 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+
+from convstream.server.tls import missing_files, read_pem
 
 ENV_PREFIX = "CONVSTREAM_"
 
@@ -49,7 +55,7 @@ class CameraConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str = Field(pattern=CAMERA_ID, description="the name clients watch it by")
+    id: str = Field(description="the name clients watch it by")
     source: str = Field(
         min_length=1,
         description="rtsp://, http(s):// (MJPEG or MPEG-TS), tcp://, udp://, a video file, "
@@ -65,6 +71,16 @@ class CameraConfig(BaseModel):
     reconnect_min_s: float = Field(0.5, gt=0, le=600, description="first retry delay")
     reconnect_max_s: float = Field(30.0, gt=0, le=3600, description="longest retry delay")
     max_reconnects: int = Field(0, ge=0, description="failed retries before FAILED; 0: forever")
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, camera_id: str) -> str:
+        if not re.fullmatch(CAMERA_ID, camera_id):
+            raise ValueError(
+                "a camera id is 1 to 64 letters, digits, '.', '_' or '-', starting with a "
+                f"letter or digit; got {camera_id[:80]!r}"
+            )
+        return camera_id
 
     @field_validator("source")
     @classmethod
@@ -91,7 +107,24 @@ class TokenConfig(BaseModel):
     role: Literal["watch", "analyze"] = Field(
         description="watch: model info and cameras; analyze: also Analyze and StreamFrames"
     )
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the token")
+    sha256: str = Field(description="hex SHA-256 of the token")
+
+    @model_validator(mode="after")
+    def _check_sha256(self) -> TokenConfig:
+        # Checked here rather than by a pattern, whose error would print the value: what is
+        # pasted there by mistake is usually the token itself, which must not reach the logs.
+        if re.fullmatch(r"[0-9a-fA-F]{64}", self.sha256):
+            return self
+        found = (
+            f"what is there has {len(self.sha256)} hex digits"
+            if re.fullmatch(r"[0-9a-fA-F]*", self.sha256)
+            else "what is there looks like the token itself — never put the token in the "
+            "config (if it is, make a new one: this one has been seen)"
+        )
+        raise ValueError(
+            f"(name {self.name!r}): sha256 must be the 64-hex SHA-256 of the token, as "
+            f"`convstream token` prints it; {found}"
+        )
 
 
 MAX_AUTO_WORKERS = 64
@@ -127,7 +160,15 @@ class Settings(BaseModel):
     host: str = Field("127.0.0.1", description="address to listen on; 0.0.0.0 exposes it")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
     metrics_port: int = Field(
-        9464, ge=-1, le=65535, description="Prometheus /metrics port on host; -1 turns it off"
+        9464,
+        ge=-1,
+        le=65535,
+        description="plain-HTTP port of /metrics, /healthz and /readyz; -1 turns it off",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="address of metrics_port; loopback whatever host is, so exposing gRPC "
+        "never exposes the metrics by accident",
     )
     reflection: bool = Field(True, description="serve gRPC reflection for grpcurl and friends")
     model_path: Path | None = Field(None, description="an .onnx file; the shipped model if unset")
@@ -225,10 +266,29 @@ class Settings(BaseModel):
             raise ValueError("tls_cert and tls_key go together: set both for TLS, or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
-        for path in (self.tls_cert, self.tls_key, self.tls_client_ca):
-            if path is not None and not path.is_file():
-                raise ValueError(f"TLS file {path} does not exist")
+        files = {"tls_cert": self.tls_cert, "tls_key": self.tls_key}
+        problems = missing_files({**files, "tls_client_ca": self.tls_client_ca})
+        if problems:
+            raise ValueError("; ".join(problems))
+        if self.tls_cert is not None and self.tls_key is not None:
+            # gRPC would only log "Invalid private key" and then fail to bind the port
+            read_pem(self.tls_cert, self.tls_key, self.tls_client_ca)
         return self
+
+    @field_validator("host", "metrics_host")
+    @classmethod
+    def _check_host(cls, host: str, info: ValidationInfo) -> str:
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if ":" in bare:
+            try:
+                ipaddress.IPv6Address(bare)
+            except ValueError:
+                flag = "--port" if info.field_name == "host" else "--metrics-port"
+                raise ValueError(
+                    f"{info.field_name} is an address without a port, got {host!r}; give the "
+                    f"port with {flag} ({flag[2:].replace('-', '_')} in the config file)"
+                ) from None
+        return host
 
     @field_validator("cameras")
     @classmethod
@@ -278,11 +338,19 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         name = key[len(ENV_PREFIX) :].lower()
         if name not in fields:
-            raise ConfigError(f"unknown setting {key}; known: {', '.join(sorted(fields))}")
+            guess = close_match(name, fields)
+            hint = f"did you mean {ENV_PREFIX}{guess.upper()}? " if guess else ""
+            raise ConfigError(f"unknown setting {key}; {hint}known: {', '.join(sorted(fields))}")
         if name in ("cameras", "tokens"):
             raise ConfigError(f"{key}: {name} are configured in the TOML file")
         values[name] = raw.split(",") if name == "input_sizes" else raw
     return values
+
+
+def close_match(name: str, known: Iterable[str]) -> str | None:
+    """The known name ``name`` is most likely a typo of, if one is close enough."""
+    found = difflib.get_close_matches(name, list(known), n=1)
+    return found[0] if found else None
 
 
 def host_port(host: str, port: int) -> str:
@@ -313,33 +381,47 @@ def load_settings(
             merged.update(tomllib.loads(path.read_text()))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-    merged.update(_from_env(environ))
-    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    from_env = _from_env(environ)
+    merged.update(from_env)
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    merged.update(flags)
+    variables = {name: f"{ENV_PREFIX}{name.upper()}" for name in from_env if name not in flags}
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:
         where = f"{path}, " if path is not None else ""
-        lines = [_describe(error) for error in exc.errors(include_url=False)]
+        lines = [_describe(error, variables) for error in exc.errors(include_url=False)]
         raise ConfigError(
             f"invalid settings (from {where}{ENV_PREFIX}* variables and flags):\n  "
             + "\n  ".join(lines)
         ) from exc
 
 
-def _describe(error: Any) -> str:
-    """One pydantic error as one line: where, what was expected, and what arrived when that
-    is a single value (shortened, passwords in URLs hidden; never a whole table, which would
-    print every camera's source)."""
+def _describe(error: Any, variables: Mapping[str, str]) -> str:
+    """One pydantic error as one line: where (and the environment variable, when the value
+    came from one), what was expected, and what arrived when that is a single value
+    (shortened, passwords in URLs hidden; never a whole table, which would print every
+    camera's source)."""
     from convstream.server.sources import redact  # sources imports this module
 
     where = "".join(
         f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]
     ).lstrip(".")
     where = where or "settings"
+    if error["loc"] and error["loc"][0] in variables:
+        where += f" (from {variables[error['loc'][0]]})"
     if error["type"] == "extra_forbidden":
-        return f"{where}: unknown setting (README, 'Running the server', lists them)"
+        loc = error["loc"]
+        tables: dict[str, type[BaseModel]] = {"cameras": CameraConfig, "tokens": TokenConfig}
+        model = tables.get(loc[0], Settings) if len(loc) > 1 else Settings
+        guess = close_match(str(loc[-1]), model.model_fields)
+        hint = f"did you mean {guess!r}? " if guess else ""
+        return f"{where}: unknown setting; {hint}(README, 'Running the server', lists them all)"
     value = error.get("input")
     if error["type"] in ("value_error", "missing") or isinstance(value, dict | list | tuple):
+        message = error["msg"].removeprefix("Value error, ")
+        return f"{where}{' ' if message.startswith('(') else ': '}{message}"
+    if "sha256" in error["loc"]:  # a token's hash, or the token pasted there by mistake
         return f"{where}: {error['msg']}"
     shown = redact(repr(value))
     if len(shown) > 60:

@@ -7,9 +7,7 @@ import re
 import threading
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-
-from convstream.server.config import host_port
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +55,13 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.auth_refusals = Counter(
+            "convstream_auth_refusals",
+            "Calls refused by the token check, by method and reason (unauthenticated: no "
+            "valid token; permission_denied: a token whose role does not allow the method)",
+            ["method", "reason"],
+            registry=self.registry,
+        )
         self.provider = Gauge(
             "convstream_execution_provider",
             "1 for the onnxruntime execution provider in use",
@@ -65,7 +70,6 @@ class Metrics:
         )
         self._sources: set[str] = set()
         self._lock = threading.Lock()
-        self._http: Any = None
 
     def source(self, name: str) -> str:
         """A bounded, sanitised label for a client-chosen source name."""
@@ -85,17 +89,3 @@ class Metrics:
             self.step_seconds.labels(step).observe(getattr(timings, f"{step}_ms") / 1000)
         self.batch_size.observe(timings.batch_size)
         self.inference_threads.observe(timings.inference_threads)
-
-    def serve(self, host: str, port: int) -> int:
-        """Expose /metrics over HTTP; returns the port (useful when port is 0)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        self._http = server
-        bound = int(server.server_address[1])
-        logger.info("metrics on http://%s/metrics", host_port(host, bound))
-        return bound
-
-    def close(self) -> None:
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._http = None

@@ -1,0 +1,95 @@
+"""The plain-HTTP port beside gRPC: /metrics for Prometheus, /healthz and /readyz for probes.
+
+Kubernetes ``httpGet`` probes and most load balancers speak HTTP only, and cannot ask gRPC's
+health service once it is behind TLS; these paths answer what it answers. Anything else is
+404, so a typo in a scrape or probe path shows up instead of silently getting metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+
+from convstream.server.config import host_port
+
+logger = logging.getLogger(__name__)
+
+PATHS = ("/metrics", "/healthz", "/readyz")
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Nothing: a probe every few seconds would fill the log."""
+
+
+class _Threading(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a scrape in progress never holds the process at exit
+
+
+class HttpPort:
+    """Serves the paths above from a thread of its own, so a busy event loop never delays a
+    scrape.
+
+    Args:
+        registry: the metrics /metrics shows.
+        serving: whether the server is SERVING, as its gRPC health service says (False while
+            starting and while draining); /healthz and /readyz answer 200 when it is, 503
+            when not.
+    """
+
+    def __init__(self, registry: CollectorRegistry, serving: Callable[[], bool]) -> None:
+        self._metrics = make_wsgi_app(registry)
+        self._serving = serving
+        self._http: WSGIServer | None = None
+
+    def start(self, host: str, port: int) -> int:
+        """Listen on ``host:port`` (0: a free port); returns the port."""
+        family = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0][0]
+        server_class = type("HttpServer", (_Threading,), {"address_family": family})
+        self._http = make_server(
+            host.strip("[]"), port, self._app, server_class, handler_class=_Quiet
+        )
+        threading.Thread(
+            target=self._http.serve_forever, name="convstream-http", daemon=True
+        ).start()
+        bound = int(self._http.server_address[1])
+        logger.info(
+            "metrics and probes on http://%s (%s)", host_port(host, bound), ", ".join(PATHS)
+        )
+        return bound
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+    def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            result: Iterable[bytes] = self._metrics(environ, start_response)
+            return result
+        if path in ("/healthz", "/readyz"):
+            # The same answer for both: the model is loaded and warmed before the server
+            # reports SERVING, so ready and healthy begin, and end at draining, together.
+            if self._serving():
+                return _text(start_response, "200 OK", "ok")
+            return _text(start_response, "503 Service Unavailable", "not serving")
+        return _text(
+            start_response, "404 Not Found", f"no such path; this port serves {', '.join(PATHS)}"
+        )
+
+
+def _text(start_response: Callable[..., Any], status: str, line: str) -> list[bytes]:
+    # a new header list each time: wsgiref adds Content-Length to the one it is given
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+    return [f"{line}\n".encode()]

@@ -1,0 +1,79 @@
+"""The plain-HTTP port of a real server: /metrics, /healthz, /readyz, 404 elsewhere, and
+loopback unless told otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.error import HTTPError, URLError
+from urllib.request import urlopen
+
+import grpc
+import pytest
+from conftest import jpeg, scene
+
+from convstream.server import Server, Settings
+from convstream.v1 import convstream_pb2 as pb
+from convstream.v1 import convstream_pb2_grpc as pb_grpc
+
+
+def get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, str]:
+    """The status and body of GET http://host:port/path."""
+    try:
+        with urlopen(f"http://{host}:{port}{path}", timeout=5) as reply:
+            return reply.status, reply.read().decode()
+    except HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+async def test_probes_answer_200_while_serving_and_unknown_paths_404(server: Server) -> None:
+    for path in ("/healthz", "/readyz"):
+        assert await asyncio.to_thread(get, server.metrics_port, path) == (200, "ok\n")
+    status, text = await asyncio.to_thread(get, server.metrics_port, "/metrics")
+    assert status == 200 and "convstream_streams_in_flight" in text
+    for path in ("/", "/metrics/x", "/health", "/favicon.ico"):
+        status, text = await asyncio.to_thread(get, server.metrics_port, path)
+        assert status == 404, path
+        assert "/metrics, /healthz, /readyz" in text and "convstream_" not in text
+
+
+async def test_probes_answer_503_while_draining() -> None:
+    server = Server(Settings(port=0, metrics_port=0, cameras=()))
+    await server.start()
+    stopping: asyncio.Task[None] | None = None
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stream = pb_grpc.ConvstreamStub(channel).StreamFrames()
+            await stream.write(pb.FrameRequest(frame_id=1, encoded=jpeg(scene(3, 240, 320))))
+            assert (await stream.read()).frame_id == 1
+            stopping = asyncio.create_task(server.stop(grace=5))
+            await asyncio.sleep(0)  # stop() has begun: it turned health NOT_SERVING first
+            # Asked from this coroutine, not a thread: the event loop waits, so the drain
+            # cannot finish (and close the port) before the probes answer.
+            assert get(server.metrics_port, "/healthz") == (503, "not serving\n")
+            assert get(server.metrics_port, "/readyz") == (503, "not serving\n")
+            stream.cancel()
+    finally:
+        await (stopping if stopping is not None else server.stop(grace=0))
+    with pytest.raises(URLError):  # and once stopped, nothing listens
+        await asyncio.to_thread(get, server.metrics_port, "/healthz")
+
+
+@pytest.mark.parametrize(("metrics_host", "reachable"), [(None, False), ("0.0.0.0", True)])
+async def test_metrics_stay_on_loopback_when_grpc_is_exposed(
+    metrics_host: str | None, reachable: bool
+) -> None:
+    extra = {} if metrics_host is None else {"metrics_host": metrics_host}
+    settings = Settings(host="0.0.0.0", port=0, metrics_port=0, cameras=(), **extra)
+    server = Server(settings)
+    await server.start()
+    try:
+        # 127.0.0.2 is this machine too, but only a socket on 0.0.0.0 answers there
+        assert await asyncio.to_thread(get, server.metrics_port, "/healthz") == (200, "ok\n")
+        if reachable:
+            other = await asyncio.to_thread(get, server.metrics_port, "/healthz", "127.0.0.2")
+            assert other == (200, "ok\n")
+        else:
+            with pytest.raises(URLError):
+                await asyncio.to_thread(get, server.metrics_port, "/healthz", "127.0.0.2")
+    finally:
+        await server.stop(grace=0)
