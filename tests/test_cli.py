@@ -226,6 +226,57 @@ def test_serve_on_a_busy_port_names_it_in_one_line(which: str) -> None:
     assert f"127.0.0.1:{busy}" in ours[0] and f"--{which}" in ours[0], ours[0]
 
 
+def test_check_config_says_what_would_run_without_running_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "serve.toml"
+    config.write_text(
+        'host = "0.0.0.0"\n[[tokens]]\nname = "dash"\nrole = "watch"\n'
+        f'sha256 = "{"0" * 64}"\n'
+        '[[cameras]]\nid = "dock-3"\nsource = "rtsp://user:hunter2@10.0.0.7/s"\nfps = 5\n'
+    )
+    with socket.socket() as taken:  # nothing is bound: a port in use does not matter
+        taken.bind(("127.0.0.1", 0))
+        busy = str(taken.getsockname()[1])
+        assert main(["serve", "--check-config", "--config", str(config), "--port", busy]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"config OK: convstream serve would listen on 0.0.0.0:{busy}\n")
+    assert "dash (watch)" in out and "dock-3 (rtsp, at most 5 frames/s)" in out
+    assert "127.0.0.1:9464" in out and "hunter2" not in out
+    config.write_text(config.read_text().replace("fps = 5", "fsp = 5"))
+    assert main(["serve", "--check-config", "--config", str(config)]) == 2
+    assert "fsp" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_file_that_is_no_model_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    notes = tmp_path / "notes.onnx"
+    notes.write_text("not a model")
+    assert main(["serve", "--check-config", "--model", str(notes)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("convstream serve: model_path: ") and "notes.onnx" in err
+    # an ONNX model, but not ours: named for what it lacks
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "other",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    other = tmp_path / "other.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), other)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "convstream.cli", "serve", "--no-cameras", "--port", "0"]
+    command += ["--metrics-port", "-1", "--model", str(other)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "is not a convstream damage model" in done.stderr
+    assert "it has inputs x tensor(float) and outputs y" in done.stderr
+
+
 def test_a_missing_usb_camera_is_our_line_without_opencv_warnings() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     env.pop("OPENCV_LOG_LEVEL", None)

@@ -122,6 +122,9 @@ def test_environment_names_the_config_file(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text("max_streams = 3\n")
     assert load_settings(environ={"CONVSTREAM_CONFIG": str(path)}).max_streams == 3
+    # the client commands' token may sit in the same shell: it is not a server setting
+    environ = {"CONVSTREAM_CONFIG": str(path), "CONVSTREAM_TOKEN": "abc"}
+    assert load_settings(environ=environ).max_streams == 3
 
 
 def test_parse_size() -> None:

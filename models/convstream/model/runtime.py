@@ -36,6 +36,10 @@ class ModelInputError(ValueError):
     """Pixels handed to the model are not what it takes (uint8 BGR, shape (N, H, W, 3))."""
 
 
+class ModelFileError(ValueError):
+    """A model file onnxruntime cannot load, or one that is not a convstream damage model."""
+
+
 @dataclass(frozen=True)
 class StageInfo:
     """One feature-map output: its name, channel count and stride relative to the input."""
@@ -123,7 +127,20 @@ class DamageModel:
         options.add_session_config_entry("session.inter_op.allow_spinning", spin_flag)
         self.requested_provider: ProviderChoice = provider
         wanted = select_providers(provider, ort.get_available_providers())
-        self.session = ort.InferenceSession(data, options, providers=wanted)
+        try:
+            self.session = ort.InferenceSession(data, options, providers=wanted)
+        except Exception as exc:  # onnxruntime's own classes: InvalidProtobuf, Fail, ...
+            raise ModelFileError(
+                f"{self.path} is not an ONNX model onnxruntime loads: {exc}"
+            ) from exc
+        inputs = [f"{i.name} {i.type}" for i in self.session.get_inputs()]
+        outputs = sorted(o.name for o in self.session.get_outputs())
+        if inputs != [f"{INPUT_NAME} tensor(uint8)"] or not set(outputs) >= set(OUTPUT_NAMES):
+            raise ModelFileError(
+                f"{self.path} is not a convstream damage model: expected one uint8 input "
+                f"{INPUT_NAME!r} and outputs {', '.join(OUTPUT_NAMES)}; it has inputs "
+                f"{', '.join(inputs)} and outputs {', '.join(outputs)}"
+            )
         got = self.session.get_providers()
         self.provider = got[0]
         if wanted[0] != self.provider:

@@ -9,6 +9,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from convstream.server import Settings
 
 
 def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -56,6 +60,13 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="pull no cameras (not even the demo conveyor)",
     )
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.add_argument(
+        "--check-config",
+        action="store_true",
+        help="check the settings (TOML, environment, flags), the TLS files and the model, "
+        "print what would run, and exit: 0 if it would start, 2 if not. Run it before a "
+        "SIGHUP reload",
+    )
     p.set_defaults(func=_serve)
 
 
@@ -74,7 +85,7 @@ def _camera_flags(values: list[str] | None) -> list[dict[str, str]] | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from convstream.server import ConfigError, Settings, load_settings, serve
+    from convstream.server import ConfigError, load_settings, serve
 
     keys = (
         "host",
@@ -98,14 +109,54 @@ def _serve(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"convstream serve: {exc}", file=sys.stderr)
         return 2
+    if args.check_config:
+        return _check_config(settings)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from convstream.model import ModelFileError
+
     try:
         asyncio.run(serve(settings, reload=load))
+    except ModelFileError as exc:
+        print(f"convstream serve: model_path: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"convstream serve: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _check_config(settings: Settings) -> int:
+    """What `serve --check-config` prints: the settings as they would run, or why not."""
+    from convstream.model import DamageModel, ModelFileError
+    from convstream.server.config import host_port
+    from convstream.server.sources import parse_source
+
+    try:
+        model = DamageModel(settings.model_path, provider="cpu")
+    except (OSError, ModelFileError) as exc:
+        print(f"convstream serve: model_path: {exc}", file=sys.stderr)
+        return 2
+    tls = "off"
+    if settings.tls_cert is not None:
+        tls = "mutual (client certificates from tls_client_ca)" if settings.tls_client_ca else "on"
+    tokens = ", ".join(f"{t.name} ({t.role})" for t in settings.tokens) or "none"
+    metrics = "off"
+    if settings.metrics_port >= 0:
+        metrics = host_port(settings.metrics_host, settings.metrics_port)
+    print(f"config OK: convstream serve would listen on {host_port(settings.host, settings.port)}")
+    print(f"  TLS          {tls}")
+    print(f"  tokens       {tokens}")
+    print(f"  metrics      {metrics}")
+    print(f"  model        {model.path.name} (sha256 {model.sha256[:12]}...)")
+    print(f"  input sizes  {', '.join(settings.input_sizes)}")
+    for camera in settings.cameras:
+        kind = parse_source(camera.source).kind
+        cap = f", at most {camera.fps:g} frames/s" if camera.fps else ""
+        print(f"  camera       {camera.id} ({kind}{cap})")
+    if not settings.cameras:
+        print("  cameras      none")
     return 0
 
 

@@ -68,7 +68,13 @@ class CameraConfig(BaseModel):
     loop: bool = Field(True, description="video files: start again at the end")
     open_timeout_s: float = Field(10.0, gt=0, le=300, description="opening the source")
     read_timeout_s: float = Field(5.0, gt=0, le=300, description="one read() of a frame")
-    reconnect_min_s: float = Field(0.5, gt=0, le=600, description="first retry delay")
+    reconnect_min_s: float = Field(
+        0.5,
+        gt=0,
+        le=600,
+        description="first retry delay before jitter: the first retry comes after half to all "
+        "of it, and each later one doubles it, up to reconnect_max_s",
+    )
     reconnect_max_s: float = Field(30.0, gt=0, le=3600, description="longest retry delay")
     max_reconnects: int = Field(0, ge=0, description="failed retries before FAILED; 0: forever")
 
@@ -330,11 +336,16 @@ class Settings(BaseModel):
         return [parse_size(s) for s in self.input_sizes]
 
 
+# CONVSTREAM_* variables that are not server settings: the config file's path, and the
+# client commands' token (a shell may hold both a client's token and a server's settings).
+NOT_SETTINGS = (f"{ENV_PREFIX}CONFIG", f"{ENV_PREFIX}TOKEN")
+
+
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     fields = Settings.model_fields
     values: dict[str, Any] = {}
     for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == f"{ENV_PREFIX}CONFIG":
+        if not key.startswith(ENV_PREFIX) or key in NOT_SETTINGS:
             continue
         name = key[len(ENV_PREFIX) :].lower()
         if name not in fields:
