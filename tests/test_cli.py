@@ -256,6 +256,13 @@ def test_serve_refuses_a_file_that_is_no_model_in_one_line(
     assert main(["serve", "--check-config", "--model", str(notes)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("convstream serve: model_path: ") and "notes.onnx" in err
+    serve = ["serve", "--no-cameras", "--port", "0", "--metrics-port", "-1", "--model"]
+    assert main([*serve, str(tmp_path / "missing.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"convstream serve: model_path: {tmp_path / 'missing.onnx'}: No such file or directory\n"
+    )
     # an ONNX model, but not ours: named for what it lacks
     import onnx
     from onnx import TensorProto, helper

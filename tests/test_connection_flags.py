@@ -73,7 +73,13 @@ async def test_cli_reaches_a_mutual_tls_server_with_a_token_kept_out_of_ps(
     capsys.readouterr()
     monkeypatch.delenv(TOKEN_ENV)
     assert await info(server, *tls) == 1
-    assert "token" in capsys.readouterr().err
+    assert f"give this server's token with --token-file FILE or the {TOKEN_ENV}" in (
+        capsys.readouterr().err
+    )
+    # a name the certificate does not carry: the hint is about the name, not the client's
+    assert await info(server, *tls, "--token", TOKEN, "--server-name", "other.example") == 1
+    err = capsys.readouterr().err
+    assert "give the name it carries with --server-name" in err and "--cert" not in err
     # no client certificate: the server closes the socket; the hint says what is missing
     assert await info(server, "--ca", str(pki["ca.pem"]), "--token", TOKEN) == 1
     assert "add --cert FILE and --key FILE" in capsys.readouterr().err
@@ -82,6 +88,8 @@ async def test_cli_reaches_a_mutual_tls_server_with_a_token_kept_out_of_ps(
     token_file.write_text("\n")
     assert await info(server, *tls, "--token-file", str(token_file)) == 2
     assert "the first line is empty" in capsys.readouterr().err
+    assert await info(server, *tls, "--token-file", str(tmp_path / "none")) == 2
+    assert f"--token-file {tmp_path / 'none'}: No such file" in capsys.readouterr().err
 
 
 async def test_cli_says_which_side_of_tls_is_wrong(

@@ -30,11 +30,18 @@ from convstream.client._report import (
 )
 from convstream.client.connection_flags import (
     add_security_flags,
+    refused_hint,
     tls_from_flags,
     token_from_flags,
     unavailable_hint,
 )
-from convstream.client.errors import ConvstreamError, ServerUnavailable, SourceError
+from convstream.client.errors import (
+    ConvstreamError,
+    PermissionDenied,
+    ServerUnavailable,
+    SourceError,
+    Unauthenticated,
+)
 from convstream.client.frames import IMAGE_SUFFIXES, Video, image_files, read_images
 from convstream.client.options import ResultOptions, Timeout, Upload
 from convstream.client.results import Result
@@ -254,7 +261,9 @@ def _run(args: argparse.Namespace, body: Callable[[Client], int]) -> int:
         hint = ""
         if isinstance(exc, ServerUnavailable):
             hint = unavailable_hint(exc.message, tls_from_flags(args))
-            hint = f" ({hint})" if hint else ""
+        elif isinstance(exc, Unauthenticated | PermissionDenied):
+            hint = refused_hint(exc.code.name if exc.code else "")
+        hint = f" ({hint})" if hint else ""
         print(f"convstream {args.command}: {exc.message}{hint}", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. an overlay folder that cannot be written

@@ -47,12 +47,15 @@ def token_from_flags(
 ) -> str | None:
     """The bearer token: --token, else --token-file's first line, else $CONVSTREAM_TOKEN.
 
-    Raises ValueError for both flags at once or an empty file, OSError for an unreadable one.
+    Raises ValueError for both flags at once, or a file missing, unreadable or empty.
     """
     if args.token and args.token_file:
         raise ValueError("give the token with --token or --token-file, not both")
     if args.token_file:
-        lines = args.token_file.read_text().splitlines()
+        try:
+            lines = args.token_file.read_text().splitlines()
+        except OSError as exc:
+            raise ValueError(f"--token-file {args.token_file}: {exc.strerror}") from exc
         token = lines[0].strip() if lines else ""
         if not token:
             raise ValueError(f"--token-file {args.token_file}: the first line is empty")
@@ -61,8 +64,22 @@ def token_from_flags(
     return args.token or environ.get(TOKEN_ENV) or None
 
 
+def refused_hint(code: str) -> str:
+    """What to do when the server refused a call for its token (a gRPC status code's name)."""
+    if code == "UNAUTHENTICATED":
+        return f"give this server's token with --token-file FILE or the {TOKEN_ENV} variable"
+    if code == "PERMISSION_DENIED":
+        return "the token's role does not allow this; `convstream token --role analyze` makes one"
+    return ""
+
+
 def unavailable_hint(message: str, tls: TLS | None) -> str:
     """What to check when a call found no server, judged from gRPC's message."""
+    if "Hostname Verification" in message:
+        return (
+            "the server's certificate does not name the address given: give the name it "
+            "carries with --server-name NAME"
+        )
     if "CERTIFICATE_VERIFY_FAILED" in message:
         return (
             "the server's certificate is not signed by the CA given with --ca (or, without "

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from convstream.client.connection_flags import unavailable_hint
+from convstream.client.connection_flags import refused_hint, unavailable_hint
 from convstream.client.tensors import to_numpy
 from convstream.dashboard.alerts import AlertDetector, AlertLog, render_snapshot
 from convstream.dashboard.messages import (
@@ -191,14 +191,23 @@ class Hub:
                     self._down_since = now
                 # Once an outage has lasted a few seconds (not while a server started beside
                 # the dashboard comes up), and again when its cause changes.
-                if error != self._logged_error and now - self._down_since >= OUTAGE_LOG_S:
+                refused = exc.code().name in ("UNAUTHENTICATED", "PERMISSION_DENIED")
+                if error != self._logged_error and (
+                    refused or now - self._down_since >= OUTAGE_LOG_S
+                ):
                     self._logged_error = error
-                    hint = unavailable_hint(error, self.settings.tls)
+                    if refused:
+                        hint = refused_hint(exc.code().name)
+                    elif exc.code() == grpc.StatusCode.UNAVAILABLE:
+                        hint = unavailable_hint(error, self.settings.tls)
+                    else:
+                        hint = ""
                     logger.warning(
-                        "server %s unreachable: %s%s",
+                        "server %s %s: %s%s",
                         self.settings.address,
+                        "refuses the dashboard" if refused else "unreachable",
                         error,
-                        f" ({hint})" if hint and exc.code() == grpc.StatusCode.UNAVAILABLE else "",
+                        f" ({hint})" if hint else "",
                     )
                 # The server may come back with another model: ask again then.
                 self.model = None
@@ -225,7 +234,11 @@ class Hub:
                 ),
                 key="cameras",
             )
-            await asyncio.sleep(self.settings.poll_s)
+            # A refused token stays refused until the server's config changes: ask less often.
+            refused = self.server["error"].startswith(("UNAUTHENTICATED", "PERMISSION_DENIED"))
+            await asyncio.sleep(
+                max(self.settings.poll_s, RETRY_MAX_S) if refused else self.settings.poll_s
+            )
 
     def _reconcile(self, cameras: Any) -> None:
         seen = set()

@@ -115,7 +115,10 @@ class DamageModel:
     ) -> None:
         self.path = Path(path) if path is not None else MODEL_PATH
         self.intra_op_threads = intra_op_threads
-        data = self.path.read_bytes()
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise ModelFileError(f"{self.path}: {exc.strerror}") from exc
         self.sha256 = hashlib.sha256(data).hexdigest()
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads

@@ -135,7 +135,7 @@ def _check_config(settings: Settings) -> int:
 
     try:
         model = DamageModel(settings.model_path, provider="cpu")
-    except (OSError, ModelFileError) as exc:
+    except ModelFileError as exc:
         print(f"convstream serve: model_path: {exc}", file=sys.stderr)
         return 2
     tls = "off"
@@ -256,5 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_commands(commands)
     add_dashboard_commands(commands)
     args = parser.parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return result

@@ -239,7 +239,8 @@ class Server:
             self._executor.shutdown(wait=True, cancel_futures=True)  # no thread left in OpenCV
         if self._http is not None:
             self._http.close()
-        logger.info("convstream stopped")
+        if self._engine is not None:  # not after a model that failed to load
+            logger.info("convstream stopped")
 
     async def reload(self, settings: Settings) -> None:
         """Apply a changed config while running: tokens are added, removed and changed (new
@@ -263,7 +264,8 @@ class Server:
         if self.cameras is not None:
             await self.cameras.apply(settings.cameras)
         self.settings = self.settings.model_copy(update=applied)
-        logger.info("reload: %d cameras configured", len(settings.cameras))
+        count = len(settings.cameras)
+        logger.info("reload: %d camera%s configured", count, "" if count == 1 else "s")
 
     def _reload_tls(self, settings: Settings) -> bool:
         """Serve the TLS files of ``settings`` to new connections; False if they cannot be."""
