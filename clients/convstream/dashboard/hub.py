@@ -87,7 +87,7 @@ class Hub:
         self.cameras: dict[str, CameraView] = {}
         self.alerts = AlertLog(settings.max_alerts)
         self.model: dict[str, Any] | None = None
-        self.server = {"ok": False, "error": "not connected yet"}
+        self.server: dict[str, Any] = {"ok": False, "error": "not connected yet"}
         self._down_since: float | None = None  # time.monotonic() the server was first missed
         self._logged_error = ""
         self._detector = AlertDetector(settings.alert_cooldown_s)
@@ -109,7 +109,7 @@ class Hub:
     async def start(self) -> None:
         tls = self.settings.tls
         if tls is not None:
-            options = list(CHANNEL_OPTIONS)
+            options: list[tuple[str, Any]] = list(CHANNEL_OPTIONS)
             if tls.server_name:
                 options.append(("grpc.ssl_target_name_override", tls.server_name))
             self._channel = grpc.aio.secure_channel(
