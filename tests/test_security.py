@@ -390,8 +390,8 @@ def test_serve_names_a_mismatched_key_not_the_port(
     config.write_text(f'tls_cert = "{pki / "server.crt"}"\ntls_key = "{pki / "client.key"}"\n')
     assert cli_main(["serve", "--config", str(config), "--port", "0"]) == 2
     err = capsys.readouterr().err
-    assert f"tls_key {pki / 'client.key'} does not match tls_cert {pki / 'server.crt'}" in err
-    assert "port" not in err
+    assert f"\n  tls_key {pki / 'client.key'} does not match tls_cert {pki / 'server.crt'}" in err
+    assert "port" not in err and "settings:" not in err
 
 
 async def test_only_a_bind_failure_blames_the_port(pki: Path) -> None:

@@ -431,6 +431,8 @@ def _describe(error: Any, variables: Mapping[str, str]) -> str:
     value = error.get("input")
     if error["type"] in ("value_error", "missing") or isinstance(value, dict | list | tuple):
         message = error["msg"].removeprefix("Value error, ")
+        if not error["loc"]:  # a check across settings, whose message names them
+            return str(message)
         return f"{where}{' ' if message.startswith('(') else ': '}{message}"
     if "sha256" in error["loc"]:  # a token's hash, or the token pasted there by mistake
         return f"{where}: {error['msg']}"
