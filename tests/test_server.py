@@ -47,6 +47,22 @@ async def test_model_info_reports_what_runs(stub: pb_grpc.ConvstreamStub) -> Non
     assert (info.input_sizes[0].height, info.input_sizes[0].width) == (384, 640)
 
 
+@pytest.mark.parametrize("threshold", [0.0, 1.0])
+async def test_a_threshold_in_the_config_decides_damaged(threshold: float) -> None:
+    server = Server(Settings(port=0, metrics_port=-1, cameras=(), threshold=threshold))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+            info = await stub.GetModelInfo(pb.GetModelInfoRequest())
+            assert info.threshold == threshold
+            result = await stub.Analyze(pb.FrameRequest(encoded=jpeg(scene(12, 384, 640))))
+            assert 0.0 < result.score < 1.0
+            assert result.damaged == (threshold == 0.0)
+    finally:
+        await server.stop(grace=0)
+
+
 FRAMES = [
     ("jpeg 1280x720", lambda: pb.FrameRequest(encoded=jpeg(scene(1, 720, 1280))), (384, 640)),
     ("jpeg 1920x1080", lambda: pb.FrameRequest(encoded=jpeg(scene(2, 1080, 1920))), (384, 640)),

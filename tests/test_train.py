@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from convstream.model.evaluate import main as evaluate_main
 from convstream.model.network import HEATMAP_STRIDE, DamageNet
 from convstream.model.scenes import render_scene
 from convstream.model.train import (
@@ -21,6 +22,7 @@ from convstream.model.train import (
     train,
     train_step,
 )
+from convstream.model.train import main as train_main
 
 SEEDS = list(range(11, -1, -1))  # the 12 scenes the crop tests draw from
 
@@ -138,3 +140,37 @@ def test_training_refuses_an_unknown_precision(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="precision is auto, bf16, fp32, got 'fp16'"):
         train(tmp_path, scenes=1, steps=1, batch=2, precision="fp16")
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--batch", "63"], "--batch must be even"),
+        (["--steps", "0"], "--scenes and --steps must be at least 1"),
+        ([], "the following arguments are required: --out"),
+    ],
+)
+def test_training_arguments_are_checked_before_any_work(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = [] if not argv else ["--out", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as done:
+        train_main([*argv, *out])
+    assert done.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run" / "damage.onnx").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit):
+        train_main(["--out", str(tmp_path / "file")])
+    assert "is a file; it must be a folder" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_what_it_cannot_measure(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, message in [
+        (["--images", "1"], "an AUC needs both classes"),
+        (["--model", "/nonexistent.onnx"], "--model: /nonexistent.onnx: No such file"),
+    ]:
+        with pytest.raises(SystemExit) as done:
+            evaluate_main(argv)
+        assert done.value.code == 2
+        assert message in capsys.readouterr().err

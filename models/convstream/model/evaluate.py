@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from convstream.model.runtime import DamageModel
+from convstream.model.runtime import DamageModel, ModelFileError
 from convstream.model.scenes import BACKGROUNDS, DAMAGE_KINDS, Scene, render_scene
 
 EVAL_SEED_BASE = 1_000_000_000
@@ -316,11 +316,17 @@ def latency_ms(model: DamageModel, size: tuple[int, int], runs: int = 100) -> fl
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m convstream.model.evaluate", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--model", type=Path, default=None, help="an .onnx file (default: shipped)")
-    parser.add_argument("--images", type=int, default=1000)
-    parser.add_argument("--height", type=int, default=256)
-    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument(
+        "--images", type=int, default=1000, help="held-out scenes to render (default %(default)s)"
+    )
+    parser.add_argument(
+        "--height", type=int, default=256, help="scene height (default %(default)s)"
+    )
+    parser.add_argument("--width", type=int, default=256, help="scene width (default %(default)s)")
     parser.add_argument(
         "--latency", action="store_true", help="also time one frame at 256x256 and 384x640"
     )
@@ -332,7 +338,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         " model card uses 600 at 384x640)",
     )
     args = parser.parse_args(argv)
-    model = DamageModel(args.model, provider="cpu")
+    if args.images < 10:
+        parser.error(f"--images must be at least 10 (an AUC needs both classes), got {args.images}")
+    if args.latency and args.conditions:
+        parser.error("--latency and --conditions are separate runs")
+    try:
+        model = DamageModel(args.model, provider="cpu")
+    except ModelFileError as exc:
+        parser.error(f"--model: {exc}")
     seeds = range(EVAL_SEED_BASE, EVAL_SEED_BASE + args.images)
     if args.conditions:
         print(conditions_table(conditions(model, seeds, (args.height, args.width))))

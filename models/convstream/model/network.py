@@ -1,8 +1,9 @@
 """The damage network in PyTorch: used to train and export, never by the server.
 
-A small fully convolutional network. Every layer is a 3x3 convolution (a single small detector
-reused at every position), so the network takes any input size and its feature maps stay
-aligned with the image: move the package by 8 pixels and the heatmap moves by one cell.
+A small fully convolutional network. Every layer is a 3x3 convolution but the 1x1 head (each a
+single small detector reused at every position), so the network takes any input size and its
+feature maps stay aligned with the image: move the package by 8 pixels and the heatmap moves
+by one cell (exactly, away from the borders, where zero padding differs).
 
 Layout (strides are cumulative, relative to the input):
 

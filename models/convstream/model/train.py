@@ -314,17 +314,27 @@ def train(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train and export the damage model.")
+    parser = argparse.ArgumentParser(
+        prog="python -m convstream.model.train",
+        description="Train and export the damage model (the defaults reproduce the shipped one).",
+    )
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("models/convstream/model"),
-        help="folder for damage.onnx, damage.pt and damage.metrics.json (default: the shipped"
-        " model's, which the server loads)",
+        required=True,
+        help="folder for damage.onnx, damage.pt and damage.metrics.json, created if needed;"
+        " models/convstream/model in a checkout replaces the shipped model (the server loads"
+        " the installed package's copy: reinstall, or serve --model FOLDER/damage.onnx)",
     )
-    parser.add_argument("--scenes", type=int, default=6000, help="rendered scene pairs")
-    parser.add_argument("--steps", type=int, default=8000, help="optimiser steps")
-    parser.add_argument("--batch", type=int, default=64, help="crops per step (pairs x 2)")
+    parser.add_argument(
+        "--scenes", type=int, default=6000, help="rendered scene pairs (default %(default)s)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=8000, help="optimiser steps (default %(default)s)"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=64, help="crops per step, an even number (default %(default)s)"
+    )
     parser.add_argument(
         "--seed",
         type=int,
@@ -340,6 +350,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         " (a step 1.6x faster there) and fp32 elsewhere",
     )
     args = parser.parse_args(argv)
+    # Checked before minutes of rendering and training, not after.
+    if args.scenes < 1 or args.steps < 1:
+        parser.error(f"--scenes and --steps must be at least 1, got {args.scenes}, {args.steps}")
+    if args.batch < 2 or args.batch % 2:
+        parser.error(f"--batch must be even and at least 2 (pairs of crops), got {args.batch}")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file; it must be a folder")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"--out {args.out}: {exc.strerror}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     report = train(
         args.out,

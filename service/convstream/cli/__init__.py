@@ -149,7 +149,10 @@ def _check_config(settings: Settings) -> int:
     print(f"  TLS          {tls}")
     print(f"  tokens       {tokens}")
     print(f"  metrics      {metrics}")
-    print(f"  model        {model.path.name} (sha256 {model.sha256[:12]}...)")
+    threshold = settings.threshold if settings.threshold is not None else model.threshold
+    source = "the config's" if settings.threshold is not None else "the model's own"
+    print(f"  model        {model.path} (sha256 {model.sha256[:12]}...)")
+    print(f"  threshold    {threshold:.4f} ({source})")
     print(f"  input sizes  {', '.join(settings.input_sizes)}")
     for camera in settings.cameras:
         kind = parse_source(camera.source).kind

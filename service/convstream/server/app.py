@@ -131,6 +131,8 @@ class Server:
             plan = settings.scheduling(gpu=False, cores=cores)
             model = await asyncio.to_thread(load, "cpu", plan.intra_op_threads)
             model.requested_provider = settings.provider  # GetModelInfo reports what was asked
+        if settings.threshold is not None:  # results' `damaged` and GetModelInfo follow it
+            model.threshold = settings.threshold
         # Front-load one-time allocation and kernel selection for every input size.
         await asyncio.to_thread(model.warm_up, settings.input_shapes())
         wide = None
@@ -196,7 +198,8 @@ class Server:
             security += f", {len(settings.tokens)} tokens"
         _warn_if_exposed(settings, tls=credentials is not None)
         logger.info(
-            "convstream %s serving on %s (%s; model %s, sha256 %s..., provider %s; "
+            "convstream %s serving on %s (%s; model %s, sha256 %s..., threshold %.3f%s, "
+            "provider %s; "
             "inference workers %d, onnxruntime threads per run %d (%s), frames per run %d at "
             "most)",
             server_version(),
@@ -204,6 +207,8 @@ class Server:
             security,
             model.path.name,
             model.sha256[:12],
+            model.threshold,
+            " from the config" if settings.threshold is not None else "",
             model.provider,
             plan.workers,
             plan.intra_op_threads,

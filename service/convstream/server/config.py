@@ -178,6 +178,13 @@ class Settings(BaseModel):
     )
     reflection: bool = Field(True, description="serve gRPC reflection for grpcurl and friends")
     model_path: Path | None = Field(None, description="an .onnx file; the shipped model if unset")
+    threshold: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="score at or above which a frame is damaged; unset: the model's own, "
+        "chosen on rendered validation scenes (set it from your own footage)",
+    )
     provider: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="onnxruntime execution provider; auto takes CUDA when present"
     )
