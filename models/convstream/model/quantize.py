@@ -36,7 +36,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from convstream.model.evaluate import EVAL_SEED_BASE, evaluate
-from convstream.model.runtime import INPUT_NAME, MODEL_PATH, DamageModel
+from convstream.model.runtime import INPUT_NAME, MODEL_PATH, DamageModel, ModelFileError
 from convstream.model.scenes import render_scene
 
 CALIBRATION_SEED_BASE = 600_000_000
@@ -92,13 +92,42 @@ def latency_ms(model: DamageModel, size: tuple[int, int], runs: int = 100) -> fl
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Compare an int8 variant with the shipped model.")
-    parser.add_argument(
-        "--out", type=Path, default=Path(tempfile.gettempdir()) / "damage.int8.onnx"
+    parser = argparse.ArgumentParser(
+        prog="python -m convstream.model.quantize",
+        description="Write an int8 variant of a model and compare the two side by side.",
     )
-    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument(
+        "--model", type=Path, default=MODEL_PATH, help="the float32 .onnx (default: shipped)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "damage.int8.onnx",
+        help="where the int8 .onnx goes (default %(default)s)",
+    )
+    parser.add_argument(
+        "--calibration",
+        type=int,
+        default=200,
+        help="validation scenes that calibrate the activations' ranges (default %(default)s)",
+    )
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=1000,
+        help="held-out scenes to compare on at 256x256; at most 300 of them at 384x640"
+        " (default %(default)s)",
+    )
     args = parser.parse_args(argv)
-    quantize(MODEL_PATH, args.out)
+    if args.calibration < 1 or args.images < 10:
+        parser.error("--calibration must be at least 1 and --images at least 10")
+    try:
+        DamageModel(args.model, provider="cpu")
+    except ModelFileError as exc:
+        parser.error(f"--model: {exc}")
+    quantize(args.model, args.out, calibration=args.calibration)
+    written = DamageModel(args.out, provider="cpu")
+    print(f"wrote {args.out} (sha256 {written.sha256}); serve it with --model {args.out}\n")
     seeds = range(EVAL_SEED_BASE, EVAL_SEED_BASE + args.images)
     wide = os.cpu_count() or 1
     print(
@@ -106,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f" ms 384x640, {wide} threads |"
     )
     print("|---|---:|---:|---:|---:|")
-    for name, path in (("float32 (shipped)", MODEL_PATH), ("int8 QDQ", args.out)):
+    for name, path in (("float32", args.model), ("int8 QDQ", args.out)):
         model = DamageModel(path, provider="cpu")
         small = evaluate(model, seeds)
         large = evaluate(model, seeds[:300], (384, 640))
