@@ -77,3 +77,27 @@ async def test_metrics_stay_on_loopback_when_grpc_is_exposed(
                 await asyncio.to_thread(get, server.metrics_port, "/healthz", "127.0.0.2")
     finally:
         await server.stop(grace=0)
+
+
+async def test_a_drain_delay_keeps_serving_while_health_says_not_serving() -> None:
+    server = Server(Settings(port=0, metrics_port=0, cameras=(), drain_delay_s=2.0))
+    await server.start()
+    frame = pb.FrameRequest(encoded=jpeg(scene(4, 240, 320)))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+            stopping = asyncio.create_task(server.stop(grace=1))
+            await asyncio.sleep(0.2)
+            # the load balancer is told to stop sending, and what it still sends is served
+            assert await asyncio.to_thread(get, server.metrics_port, "/healthz") == (
+                503,
+                "not serving\n",
+            )
+            assert (await stub.Analyze(frame, timeout=5)).status.code == 0
+            await asyncio.sleep(2.0)  # past the delay: the drain refuses new calls
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Analyze(frame, timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            await stopping
+    finally:
+        await server.stop(grace=0)

@@ -219,14 +219,18 @@ class Server:
     async def stop(self, grace: float | None = None) -> None:
         """Drain, then stop.
 
-        Health turns NOT_SERVING and new calls get UNAVAILABLE at once; open streams stop
-        reading, answer the frames they hold and end with UNAVAILABLE. After ``grace`` seconds
-        whatever is still open is cancelled.
+        Health turns NOT_SERVING at once; after the settings' ``drain_delay_s`` (0: none),
+        during which calls are still taken, new calls get UNAVAILABLE, and open streams stop
+        reading, answer the frames they hold and end with UNAVAILABLE. After ``grace`` more
+        seconds whatever is still open is cancelled.
         """
         grace = self.settings.grace_period_s if grace is None else grace
-        deadline = time.monotonic() + grace
         self.serving = False
         await self.health.enter_graceful_shutdown()
+        if self.settings.drain_delay_s and self._engine is not None:
+            # Load balancers see NOT_SERVING and stop sending while calls are still taken.
+            await asyncio.sleep(self.settings.drain_delay_s)
+        deadline = time.monotonic() + grace
         if self.servicer is not None:
             self.servicer.draining.set()
         if self.cameras is not None:
@@ -431,5 +435,13 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
 
         loop.add_signal_handler(signal.SIGHUP, hup)
     await stop.wait()
-    logger.info("signal received: draining for up to %.1f s", settings.grace_period_s)
+    if settings.drain_delay_s:
+        logger.info(
+            "signal received: NOT_SERVING, still taking calls for %.1f s, then draining for up "
+            "to %.1f s",
+            settings.drain_delay_s,
+            settings.grace_period_s,
+        )
+    else:
+        logger.info("signal received: draining for up to %.1f s", settings.grace_period_s)
     await server.stop()

@@ -246,6 +246,13 @@ class Settings(BaseModel):
         4, ge=1, le=1024, description="waiting frames per stream unless the caller sets queue_size"
     )
     grace_period_s: float = Field(5.0, ge=0, description="SIGTERM: time open streams get")
+    drain_delay_s: float = Field(
+        0.0,
+        ge=0,
+        le=300,
+        description="SIGTERM: seconds health says NOT_SERVING (and /healthz 503) while calls "
+        "are still taken, for load balancers to stop sending first; then the drain",
+    )
     stream_idle_timeout_s: float = Field(
         300.0, gt=0, description="a StreamFrames call that sends no frame this long is ended"
     )
