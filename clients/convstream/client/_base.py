@@ -127,8 +127,7 @@ class BaseClient:
         credentials = None
         if self.tls is not None:
             credentials = self.tls.credentials()
-            if self.tls.server_name:
-                args.append(("grpc.ssl_target_name_override", self.tls.server_name))
+            args.extend(self.tls.channel_options())
         return self.address, credentials, args
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:

@@ -91,6 +91,10 @@ class TLS:
         if (self.cert is None) != (self.key is None):
             raise ValueError("TLS needs both cert and key for a client certificate, or neither")
 
+    def channel_options(self) -> list[tuple[str, str]]:
+        """Channel arguments TLS needs besides the credentials: the expected server name."""
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+
     def credentials(self) -> grpc.ChannelCredentials:
         """gRPC channel credentials; reads the PEM files now (OSError if one is missing)."""
         return grpc.ssl_channel_credentials(

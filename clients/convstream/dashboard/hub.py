@@ -49,6 +49,7 @@ CHANNEL_OPTIONS = [
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 5.0
 OUTAGE_LOG_S = 5.0  # an unreachable server is logged once it has been so this long
+REFUSED = ("UNAUTHENTICATED", "PERMISSION_DENIED")  # the token: asked again less often
 CALL_TIMEOUT_S = 5.0
 
 
@@ -109,11 +110,10 @@ class Hub:
     async def start(self) -> None:
         tls = self.settings.tls
         if tls is not None:
-            options: list[tuple[str, Any]] = list(CHANNEL_OPTIONS)
-            if tls.server_name:
-                options.append(("grpc.ssl_target_name_override", tls.server_name))
             self._channel = grpc.aio.secure_channel(
-                self.settings.address, tls.credentials(), options=options
+                self.settings.address,
+                tls.credentials(),
+                options=[*CHANNEL_OPTIONS, *tls.channel_options()],
             )
         else:
             self._channel = grpc.aio.insecure_channel(
@@ -191,7 +191,7 @@ class Hub:
                     self._down_since = now
                 # Once an outage has lasted a few seconds (not while a server started beside
                 # the dashboard comes up), and again when its cause changes.
-                refused = exc.code().name in ("UNAUTHENTICATED", "PERMISSION_DENIED")
+                refused = exc.code().name in REFUSED
                 if error != self._logged_error and (
                     refused or now - self._down_since >= OUTAGE_LOG_S
                 ):
@@ -235,7 +235,7 @@ class Hub:
                 key="cameras",
             )
             # A refused token stays refused until the server's config changes: ask less often.
-            refused = self.server["error"].startswith(("UNAUTHENTICATED", "PERMISSION_DENIED"))
+            refused = self.server["error"].startswith(REFUSED)
             await asyncio.sleep(
                 max(self.settings.poll_s, RETRY_MAX_S) if refused else self.settings.poll_s
             )
