@@ -47,18 +47,23 @@ async def test_model_info_reports_what_runs(stub: pb_grpc.ConvstreamStub) -> Non
     assert (info.input_sizes[0].height, info.input_sizes[0].width) == (384, 640)
 
 
-@pytest.mark.parametrize("threshold", [0.0, 1.0])
-async def test_a_threshold_in_the_config_decides_damaged(threshold: float) -> None:
-    server = Server(Settings(port=0, metrics_port=-1, cameras=(), threshold=threshold))
+async def test_a_threshold_in_the_config_decides_damaged_and_a_reload_changes_it() -> None:
+    settings = Settings(port=0, metrics_port=-1, cameras=(), threshold=0.0)
+    server = Server(settings)
     await server.start()
+    frame = pb.FrameRequest(encoded=jpeg(scene(12, 384, 640)))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = pb_grpc.ConvstreamStub(channel)
-            info = await stub.GetModelInfo(pb.GetModelInfoRequest())
-            assert info.threshold == threshold
-            result = await stub.Analyze(pb.FrameRequest(encoded=jpeg(scene(12, 384, 640))))
-            assert 0.0 < result.score < 1.0
-            assert result.damaged == (threshold == 0.0)
+            own = DamageModel(provider="cpu").threshold
+            for threshold, expected in [(0.0, 0.0), (1.0, 1.0), (None, own)]:
+                if threshold != 0.0:
+                    await server.reload(settings.model_copy(update={"threshold": threshold}))
+                info = await stub.GetModelInfo(pb.GetModelInfoRequest())
+                assert info.threshold == pytest.approx(expected)
+                result = await stub.Analyze(frame)
+                assert 0.0 < result.score < 1.0
+                assert result.damaged == (result.score >= expected)
     finally:
         await server.stop(grace=0)
 

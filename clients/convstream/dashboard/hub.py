@@ -49,6 +49,7 @@ CHANNEL_OPTIONS = [
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 5.0
 OUTAGE_LOG_S = 5.0  # an unreachable server is logged once it has been so this long
+MODEL_EVERY_POLLS = 10  # GetModelInfo once in so many ListCameras polls
 REFUSED = ("UNAUTHENTICATED", "PERMISSION_DENIED")  # the token: asked again less often
 CALL_TIMEOUT_S = 5.0
 
@@ -166,16 +167,21 @@ class Hub:
 
     async def _poll(self) -> None:
         assert self._stub is not None
+        polls = 0
         while True:
             try:
-                if self.model is None:
+                # Asked again now and then: a reload may change the server's threshold.
+                if self.model is None or polls % MODEL_EVERY_POLLS == 0:
                     info = await self._stub.GetModelInfo(
                         pb.GetModelInfoRequest(), timeout=CALL_TIMEOUT_S, metadata=self._metadata
                     )
                     self._model_threshold = float(info.threshold)
                     assert self.threshold is not None
-                    self.model = model_json(info, self.threshold)
-                    self._broadcast_text(text("model", model=self.model), key="model")
+                    model = model_json(info, self.threshold)
+                    if model != self.model:
+                        self.model = model
+                        self._broadcast_text(text("model", model=self.model), key="model")
+                polls += 1
                 response = await self._stub.ListCameras(
                     pb.ListCamerasRequest(), timeout=CALL_TIMEOUT_S, metadata=self._metadata
                 )

@@ -156,7 +156,8 @@ class DamageModel:
             )
         meta: Mapping[str, str] = self.session.get_modelmeta().custom_metadata_map
         self.metadata = dict(meta)
-        self.threshold = float(meta.get("threshold", "0.5"))
+        self.threshold = float(meta.get("threshold", "0.5"))  # a server's setting may replace it
+        self.own_threshold = self.threshold  # the file's, chosen when it was trained
         self.stages = tuple(StageInfo(**s) for s in json.loads(meta.get("stages", "[]")))
         self.heatmap_stride = int(meta.get("heatmap_stride", "8"))
 

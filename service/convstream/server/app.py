@@ -53,7 +53,8 @@ def server_version() -> str:
 
 
 def model_info(settings: Settings, model: DamageModel) -> pb.ModelInfo:
-    """What GetModelInfo answers; fixed for the server's life."""
+    """What GetModelInfo answers; fixed for the server's life but for the threshold, which
+    a reload may change."""
     return pb.ModelInfo(
         name=model.path.stem,
         sha256=model.sha256,
@@ -254,9 +255,22 @@ class Server:
     async def reload(self, settings: Settings) -> None:
         """Apply a changed config while running: tokens are added, removed and changed (new
         calls are checked against the new set), the TLS files are read again (new
-        connections get the new certificate), cameras are added, removed and restarted;
-        other settings need a restart and are reported, not applied."""
-        applied: dict[str, Any] = {"cameras": settings.cameras, "tokens": settings.tokens}
+        connections get the new certificate), the threshold applies to the next result,
+        cameras are added, removed and restarted; other settings need a restart and are
+        reported, not applied."""
+        applied: dict[str, Any] = {
+            "cameras": settings.cameras,
+            "tokens": settings.tokens,
+            "threshold": settings.threshold,
+        }
+        if settings.threshold != self.settings.threshold and self._engine is not None:
+            model = self._engine.model
+            model.threshold = (
+                model.own_threshold if settings.threshold is None else settings.threshold
+            )
+            if self.servicer is not None:
+                self.servicer.model_info.threshold = model.threshold
+            logger.info("reload: threshold %.4f from now on", model.threshold)
         if self._reload_tls(settings):
             applied.update({name: getattr(settings, name) for name in TLS_FILES})
         changed = [
