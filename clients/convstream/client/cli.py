@@ -12,7 +12,6 @@ import contextlib
 import itertools
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
@@ -252,11 +251,6 @@ def _run(args: argparse.Namespace, body: Callable[[Client], int]) -> int:
                         f"unknown feature map {unknown[0]!r}; the model has {', '.join(stages)}",
                     )
             return body(client)
-    except BrokenPipeError:
-        # The reader went away (`| head`): stop quietly, and keep Python's exit-time flush
-        # of stdout from failing on the closed pipe.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     except ConvstreamError as exc:
         hint = ""
         if isinstance(exc, ServerUnavailable):
