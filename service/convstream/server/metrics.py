@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-logger = logging.getLogger(__name__)
 
 _BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 MAX_SOURCES = 100  # distinct source labels; clients choose them, so cap the cardinality
