@@ -2,7 +2,7 @@
 
 Run by the system Python (Debian's python3-gi and gir1.2-gst-rtsp-server-1.0), not the
 project's virtualenv: ``/usr/bin/python3 tests/rtsp_server.py --port 8554``. Prints "ready"
-once it listens; stops on SIGTERM or SIGKILL.
+once it listens; stops on SIGTERM, SIGINT or SIGKILL.
 """
 
 import argparse
@@ -14,6 +14,11 @@ import gi
 gi.require_version("Gst", "1.0")
 gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+
+
+def _quit(loop: GLib.MainLoop) -> bool:
+    loop.quit()
+    return GLib.SOURCE_REMOVE
 
 
 def main() -> None:
@@ -39,7 +44,9 @@ def main() -> None:
     if server.attach(None) == 0:
         sys.exit(f"cannot listen on 127.0.0.1:{args.port}")
     loop = GLib.MainLoop()
-    signal.signal(signal.SIGTERM, lambda *_: loop.quit())
+    # GLib's main loop does not return to Python, so a Python signal handler would never run
+    for number in (signal.SIGTERM, signal.SIGINT):
+        GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, number, _quit, loop)
     print("ready", flush=True)
     loop.run()
 

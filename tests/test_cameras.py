@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ from live import (
 from convstream.server import CameraConfig, Server, Settings
 from convstream.server.feeds import Watcher
 from convstream.server.pipeline import Options
+from convstream.server.sources import open_source, parse_source
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
@@ -198,6 +200,98 @@ async def test_killed_source_reconnects_while_others_flow() -> None:
             await watch_a.close()
             await watch_b.close()
             await channel.close()
+
+
+async def test_a_frozen_camera_is_lost_not_passed_off_as_running() -> None:
+    """An RTSP camera that freezes (its server stopped, the TCP connection open) is lost
+    after the read timeout, and the frames FFmpeg still held are not taken for live ones."""
+    source = RtspSource()
+    read_timeout = 2.0
+    with running(source):
+        assert source.process is not None
+        config = camera("frozen", source.url, read_timeout_s=read_timeout)
+        async with serving(config) as server, connect(server) as stub:
+            await until(state_is(stub, "frozen", pb.CAMERA_STATE_RUNNING), 10, "running")
+            source.process.send_signal(signal.SIGSTOP)
+            try:
+                await asyncio.sleep(0.5)  # frames in flight when it froze may still land
+                read_before = (await status(stub, "frozen")).frames_read
+                seen = []
+                started = time.monotonic()
+                while time.monotonic() - started < read_timeout + 2.5:
+                    cam = await status(stub, "frozen")
+                    seen.append(cam.state)
+                    if cam.state == pb.CAMERA_STATE_RECONNECTING:
+                        break
+                    await asyncio.sleep(0.05)
+                assert seen[-1] == pb.CAMERA_STATE_RECONNECTING, seen
+                assert "within the read timeout" in cam.last_error
+                assert cam.frames_read == read_before  # no stale frame counted as read
+                stalled = seen.index(pb.CAMERA_STATE_STALLED)
+                assert pb.CAMERA_STATE_RUNNING not in seen[stalled:], seen  # no flapping
+            finally:
+                source.process.send_signal(signal.SIGCONT)
+            await until(state_is(stub, "frozen", pb.CAMERA_STATE_RUNNING), 15, "thawed")
+
+
+def test_an_rtsp_connect_skips_the_frames_buffered_while_it_opened() -> None:
+    """FFmpeg reads about a second of an RTSP stream while it opens; those frames are old by
+    the time they would be analysed. The reader starts at the live frame instead."""
+    source = RtspSource(fps=30)
+    with running(source):
+        time.sleep(1.0)  # the stream is well under way, as a camera's always is
+        spec = parse_source(source.url)
+        capture = open_source(spec, open_timeout_s=10, read_timeout_s=5, loop=False)
+        try:
+            waits = []
+            for _ in range(10):
+                started = time.monotonic()
+                capture.read()
+                waits.append(time.monotonic() - started)
+        finally:
+            capture.release()
+    # a buffered frame comes back in microseconds, a live one after up to a frame interval
+    at_once = sum(wait < 0.004 for wait in waits)
+    assert at_once <= 4, [round(w * 1000, 1) for w in waits]
+
+
+async def test_a_camera_that_keeps_coming_back_is_never_given_up() -> None:
+    """max_reconnects counts failed retries in a row: each outage starts the count again."""
+    source = FFmpegSource("mjpeg")
+    cam = camera("flaky", source.url, max_reconnects=2, reconnect_min_s=1.0, reconnect_max_s=1.0)
+    with running(source):
+        async with serving(cam) as server, connect(server) as stub:
+            await until(state_is(stub, "flaky", pb.CAMERA_STATE_RUNNING), 10, "running")
+            for outage in range(3):
+                before = (await status(stub, "flaky")).reconnects
+                source.stop()
+
+                async def retried(before: int = before) -> bool:
+                    return (await status(stub, "flaky")).reconnects >= before + 2
+
+                await until(retried, 10, f"outage {outage}: a failed retry")
+                source.start()  # back before the next retry, which is the last one allowed
+                await until(state_is(stub, "flaky", pb.CAMERA_STATE_RUNNING), 10, "back")
+            assert (await status(stub, "flaky")).reconnects >= 6
+
+
+async def test_a_camera_that_does_not_answer_keeps_no_other_waiting(tmp_path: Path) -> None:
+    """OpenCV serialises FFmpeg opens unless told FFmpeg is thread safe: then two cameras
+    that accept the connection and never answer would hold a video file's open for their
+    whole open timeouts."""
+    video = write_video(tmp_path / "belt.mp4", frames=20, fps=10)
+    sock_a, port_a = blackhole()
+    sock_b, port_b = blackhole()
+    with sock_a, sock_b:
+        cams = (
+            camera("hung-a", f"rtsp://127.0.0.1:{port_a}/x", open_timeout_s=8.0),
+            camera("hung-b", f"rtsp://127.0.0.1:{port_b}/x", open_timeout_s=8.0),
+            camera("file", str(video)),
+        )
+        async with serving(*cams) as server, connect(server) as stub:
+            await until(state_is(stub, "file", pb.CAMERA_STATE_RUNNING), 4, "the file opens")
+            for hung in ("hung-a", "hung-b"):  # still inside their opens
+                assert (await status(stub, hung)).state == pb.CAMERA_STATE_CONNECTING
 
 
 async def _true(value: bool) -> bool:

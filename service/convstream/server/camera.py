@@ -202,11 +202,14 @@ class Camera:
         return generation == self._generation and not self._stop.is_set()
 
     def _run(self, generation: int) -> None:
-        failures = 0
+        failures = 0  # in a row: a session that delivered frames starts the count again
         while self._current(generation):
+            frames_before = self.frames_read
             error = self._session(generation)
             if error is None or not self._current(generation):
                 return
+            if self.frames_read > frames_before:
+                failures = 0
             if error.permanent:
                 with self._lock:
                     if self._current(generation):

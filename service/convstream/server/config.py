@@ -76,7 +76,9 @@ class CameraConfig(BaseModel):
         "of it, and each later one doubles it, up to reconnect_max_s",
     )
     reconnect_max_s: float = Field(30.0, gt=0, le=3600, description="longest retry delay")
-    max_reconnects: int = Field(0, ge=0, description="failed retries before FAILED; 0: forever")
+    max_reconnects: int = Field(
+        0, ge=0, description="failed retries in a row before FAILED; 0: forever"
+    )
 
     @field_validator("id")
     @classmethod

@@ -33,6 +33,14 @@ _SECRET_PARAMETERS = re.compile(
 )
 # RTSP over TCP: no lost UDP packets smearing frames, and it passes firewalls and NAT.
 _FFMPEG_DEFAULTS = "rtsp_transport;tcp"
+# OpenCV holds one process-wide lock around every FFmpeg open unless told FFmpeg is thread
+# safe (it is, since FFmpeg 4; opencv#20114): with the lock, one camera that does not answer
+# keeps every other camera, and every reconnect, waiting out its open timeout. OpenCV reads
+# this when it first opens an FFmpeg capture, so it is set here, before any is opened.
+os.environ.setdefault("OPENCV_FFMPEG_IS_THREAD_SAFE", "true")
+# Frames a network stream has buffered while it opened (about a second's worth for RTSP,
+# where FFmpeg probes the stream) are skipped, at most this many seconds of them.
+_BACKLOG_MAX_S = 2.0
 
 
 class SourceError(Exception):
@@ -213,9 +221,34 @@ class OpenCVCapture:
             raise SourceError(f"could not open {spec.kind} source: {why}")
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self._pacer = _Pacer(fps) if spec.kind == "file" and 0 < fps <= 240 else None
+        self._read_timeout_s = read_timeout_s
+        self._grabbed = False  # a frame is grabbed and waits for retrieve()
+        if spec.kind in NETWORK_KINDS:
+            self._skip_backlog(1 / fps if 0 < fps <= 240 else 0.02)
+
+    def _skip_backlog(self, interval_s: float) -> None:
+        """Grab past the frames that came in while the stream opened, up to the live one.
+
+        Those come out of ``grab`` at once, one after another; the live frame takes about a
+        frame interval to arrive. Without this, the first result after every (re)connect
+        shows the scene as it was a second or two before, and the burst counts as drops.
+        """
+        deadline = time.monotonic() + _BACKLOG_MAX_S
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            if not self._cap.grab():
+                return  # the read that follows says what went wrong
+            self._grabbed = True
+            if time.monotonic() - started > interval_s / 2:
+                return  # this one was waited for: the stream is live from here
 
     def read(self) -> np.ndarray:
-        ok, frame = self._cap.read()
+        started = time.monotonic()
+        if self._grabbed:
+            self._grabbed = False
+            ok, frame = self._cap.retrieve()
+        else:
+            ok, frame = self._cap.read()
         if not ok and self.spec.kind == "file" and self._loop:
             self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
             ok, frame = self._cap.read()
@@ -223,6 +256,14 @@ class OpenCVCapture:
             if self.spec.kind == "file":
                 raise SourceError("end of video file", permanent=not self._loop, ended=True)
             raise SourceError(f"no frame from {self.spec.kind} source (closed or timed out)")
+        if self.spec.live and time.monotonic() - started >= 0.95 * self._read_timeout_s:
+            # FFmpeg's read timeout fired, and the decoder gave back a frame it still held:
+            # a frame from before the source went quiet, not a live one. Taking it would
+            # pass the frozen camera off as running, one stale frame per timeout.
+            raise SourceError(
+                f"no frame from {self.spec.kind} source within the read timeout "
+                f"({self._read_timeout_s:g} s); it stopped sending"
+            )
         if self._pacer is not None:
             self._pacer.wait()
         if frame.ndim == 2:
