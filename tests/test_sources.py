@@ -77,6 +77,18 @@ def test_passwords_never_reach_logs_or_clients() -> None:
         "&Access_Token=***;sig=***): could not open"
     )
     assert "s3cret" not in parse_source(url).describe()
+    # passwords that were not percent-encoded, and camera makers' own parameter names
+    for url, shown in [
+        ("rtsp://admin:Zq@Xk42pw@10.0.0.7/live", "rtsp://admin:***@10.0.0.7/live"),
+        ("rtsp://admin:a/b:c@10.0.0.7:554/live", "rtsp://admin:***@10.0.0.7:554/live"),
+        ("rtsp://ops@site:pw@10.0.0.7", "rtsp://ops@site:***@10.0.0.7"),
+        ("http://cam/snap.cgi?usr=a&pw=Zq1&x=1", "http://cam/snap.cgi?usr=a&pw=***&x=1"),
+        ("http://cam/v.cgi?pswd=Zq1&loginpas=Zq1", "http://cam/v.cgi?pswd=***&loginpas=***"),
+    ]:
+        assert redact(f"opening {url}: failed") == f"opening {shown}: failed"
+    # and nothing that is not a secret is hidden
+    plain = "rtsp://10.0.0.7:554/Streaming/Channels/101?transportmode=unicast&profile=1"
+    assert redact(plain) == plain
 
 
 def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:

@@ -24,10 +24,13 @@ from convstream.server.config import parse_size
 
 NETWORK_KINDS = ("rtsp", "rtsps", "http", "https", "tcp", "udp")
 _DEVICE = re.compile(r"^(?:device:(\d+)|/dev/video(\d+))$")
-_CREDENTIALS = re.compile(r"(//[^/@:\s]*):[^/@\s]*@")
+# user:password@ after the scheme. Passwords that were not percent-encoded may hold '@', ':'
+# or '/': the password runs to the last '@' that a host name and then a path, a query or the
+# end follow, so no part of it is left showing (at worst an odd '@' in a path hides more).
+_CREDENTIALS = re.compile(r"(//[^/:\s]*):\S*@(?=[^@/\s]*(?:[/?#\s'\"]|$))")
 # query parameters that carry secrets, as many IP cameras take them: ?user=admin&pwd=...
 _SECRET_PARAMETERS = re.compile(
-    r"([?&;][^=&;\s]*(?:pass|pwd|token|key|auth|secret|sig|cred)[^=&;\s]*=)"
+    r"([?&;][^=&;\s]*(?:pas|pw|pswd|token|key|auth|secret|sig|cred)[^=&;\s]*=)"
     r"[^&;#\s'\"]*?([):,.]*)(?=[&;#\s'\"]|$)",
     re.IGNORECASE,
 )
