@@ -50,21 +50,41 @@ MAX_FPS = 5.0
 
 
 @pytest.mark.parametrize(
-    ("scores", "cooldown_s", "alerts"),
+    ("scores", "cooldown_s", "decisions"),
     [
-        ([0.2, 0.3, 0.7, 0.8, 0.9], 0.0, [2]),  # one package: one alert on the rising edge
-        ([0.7, 0.1, 0.7], 0.0, [0, 2]),  # fell well below: re-armed
-        ([0.7, 0.49, 0.7], 0.0, [0]),  # within the hysteresis: still the same package
-        ([0.7, 0.1, 0.7], 10.0, [0]),  # re-armed, but inside the cooldown
-        ([0.1, 0.2], 0.0, []),
+        # one package: one alert on its first frame, then better frames of it improve it
+        ([0.2, 0.3, 0.7, 0.8, 0.9, 0.6], 0.0, {2: "raise", 3: "improve", 4: "improve"}),
+        ([0.7, 0.1, 0.7], 0.0, {0: "raise", 2: "raise"}),  # fell well below: a new episode
+        ([0.7, 0.49, 0.7], 0.0, {0: "raise"}),  # within the hysteresis: still the same package
+        ([0.7, 0.705, 0.7], 0.0, {0: "raise"}),  # no better by a hundredth: the snapshot stays
+        # a second package inside the cooldown is held, and raised once the cooldown has passed
+        ([0.7, 0.1, 0.8, 0.9, 0.1, 0.1], 4.0, {0: "raise", 4: "raise"}),
+        ([0.1, 0.2], 0.0, {}),
     ],
 )
-def test_alert_needs_a_rising_edge_and_the_cooldown(
-    scores: list[float], cooldown_s: float, alerts: list[int]
+def test_alerts_follow_episodes_and_the_cooldown_loses_none(
+    scores: list[float], cooldown_s: float, decisions: dict[int, str]
 ) -> None:
-    detector = AlertDetector(cooldown_s)
-    raised = [i for i, s in enumerate(scores) if detector.update("cam", s, 0.5, now=float(i))]
-    assert raised == alerts
+    detector: AlertDetector[int] = AlertDetector(cooldown_s)
+    made = {}
+    for i, score in enumerate(scores):
+        decision = detector.update("cam", score, 0.5, now=float(i), frame=i)
+        if decision is not None:
+            made[i] = decision.kind
+            assert decision.frame <= i
+    assert made == decisions
+
+
+def test_a_held_alert_shows_the_best_frame_and_how_many_episodes() -> None:
+    detector: AlertDetector[int] = AlertDetector(cooldown_s=10.0)
+    assert detector.update("cam", 0.9, 0.5, now=0.0, frame=0).kind == "raise"  # type: ignore[union-attr]
+    held = [0.1, 0.6, 0.95, 0.7, 0.1, 0.8, 0.1]  # two more packages pass in the cooldown
+    for i, score in enumerate(held, start=1):
+        assert detector.update("cam", score, 0.5, now=float(i), frame=i) is None
+    late = detector.update("cam", 0.1, 0.5, now=10.0, frame=99)
+    assert late is not None and late.kind == "raise"
+    assert (late.frame, late.score, late.episodes) == (3, 0.95, 2)  # the best of both, counted
+    assert detector.update("other", 0.9, 0.5, now=10.0, frame=0) is not None  # per camera
 
 
 def test_frame_message_round_trip() -> None:
@@ -314,6 +334,16 @@ async def test_page_shows_every_camera_live(
     assert laptop.errors == []
     await laptop.context.close()
 
+    # A small window: the page scrolls, and no camera's picture is squashed to a sliver.
+    small = await _open(browser, dashboard, 800, 600)
+    await _wait_frames(small, "belt", 0)
+    for camera in ("belt", "dock", "damaged"):
+        view = await _tile(small, camera).locator(".view").bounding_box()
+        assert view is not None and view["height"] >= 0.4 * view["width"], (camera, view)
+    await small.screenshot(path=artifacts / "small-800x600.png")
+    assert small.errors == []
+    await small.context.close()
+
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_damaged_frame_raises_an_alert(
@@ -339,6 +369,13 @@ async def test_damaged_frame_raises_an_alert(
     await expect(big).to_have_js_property("complete", True)
     assert await big.evaluate("(img) => img.naturalWidth") >= 600
     await page.screenshot(path=artifacts / "alert-enlarged.png")
+    # the same frame with nothing drawn on it, to judge the damage by eye
+    await page.locator("#modal-clean").check()
+    await expect(big).to_have_attribute("src", re.compile(r"^alerts/\d+-frame\.jpg\?v=\d+$"))
+    await expect(big).to_have_js_property("complete", True)
+    assert await big.evaluate("(img) => img.naturalWidth") >= 600
+    await page.screenshot(path=artifacts / "alert-frame-only.png")
+    await page.locator("#modal-clean").uncheck()
     await page.keyboard.press("Escape")
     await expect(modal).not_to_have_attribute("open", "")
 
@@ -510,6 +547,13 @@ async def test_dashboard_outlives_a_server_restart(browser: Any, artifacts: Path
 
         await expect(page.locator("#conn-text")).to_have_text("server unreachable")
         assert await page.locator("#conn").get_attribute("data-ok") == "false"
+        # what to check, in words; gRPC's own message only as the banner's tooltip
+        banner = page.locator("#banner")
+        await expect(banner).to_have_text(
+            f"No answer from the convstream server at 127.0.0.1:{port}: is `convstream serve` "
+            "running there? If it uses TLS, add --ca FILE or --tls"
+        )
+        assert "UNAVAILABLE" in (await banner.get_attribute("title") or "")
         tile = _tile(page, "belt")
         await expect(tile.locator(".state")).to_have_text("offline")
         await expect(tile.locator(".v-fps")).to_have_text("0.0")
@@ -525,6 +569,17 @@ async def test_dashboard_outlives_a_server_restart(browser: Any, artifacts: Path
         received = belt().frames_received
         await _until(dash, lambda: belt().status["state"] == "running")
         await _until(dash, lambda: belt().frames_received > received + 2)  # watching again
+
+        # The dashboard itself goes: its page keeps no green RUNNING it can no longer vouch for
+        page = await _open(browser, dash)
+        tile = _tile(page, "belt")
+        await expect(tile.locator(".state")).to_have_text("running")
+        await dash.stop()
+        await expect(tile.locator(".state")).to_have_text("no data")
+        assert await tile.get_attribute("data-state") == "unknown"
+        await expect(page.locator("#conn-text")).to_have_text("dashboard offline, reconnecting…")
+        await page.screenshot(path=artifacts / "dashboard-down.png")
+        await page.context.close()
     finally:
         await dash.stop()
         await server.stop(grace=0)

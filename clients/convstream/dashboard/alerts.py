@@ -1,8 +1,15 @@
 """Alerts: a camera's score crossing the threshold, with a snapshot of what crossed it.
 
-One package passing slowly under a camera keeps its score high for many frames, and a score
-near the threshold flickers across it; so an alert needs a rising edge (the score fell below
-``threshold - hysteresis`` since the last one) and the camera's cooldown to have passed.
+An alert is per episode: one package passing slowly under a camera keeps its score high for
+many frames, and a score near the threshold flickers across it, so an episode begins when the
+score reaches the threshold and ends only when it falls below ``threshold - hysteresis``. The
+alert is raised on the episode's first frame, and its snapshot follows the episode's
+best-scoring frame while it lasts (a package entering the view scores less than the same
+package in full view).
+
+The cooldown limits how often one camera alerts, and never loses an episode: one that begins
+inside the cooldown is held, and raised (with its best frame, and how many episodes it stands
+for) as soon as the cooldown has passed.
 """
 
 from __future__ import annotations
@@ -10,60 +17,105 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
+from typing import Generic, TypeVar
 
 import cv2
 import numpy as np
 
 HYSTERESIS = 0.03
+BETTER_BY = 0.01  # a frame replaces an alert's snapshot when it scores this much higher
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Alert:
-    """One alert as browsers see it; the snapshot is served at ``url``."""
+    """One alert as browsers see it; the snapshot is served at ``url``, the frame as it came
+    (no heatmap drawn on it) at ``frame_url``."""
 
     id: int
     camera: str
-    time: float  # capture time, seconds since the epoch
-    score: float
+    time: float  # capture time of the snapshot's frame, seconds since the epoch
+    score: float  # the snapshot frame's: the highest of the episode so far
     threshold: float
     frame_id: int
     url: str
+    frame_url: str
+    episodes: int = 1  # more when episodes held back by the cooldown were raised as one
+    version: int = 1  # grows each time a better frame replaces the snapshot
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
 
 
-class AlertDetector:
-    """Decides, frame by frame, whether a camera's score raises an alert.
+@dataclass(frozen=True)
+class Decision(Generic[T]):
+    """What to do with a frame: raise a new alert with it, or make it the snapshot of the
+    camera's latest alert (``improve``)."""
+
+    kind: str  # "raise" | "improve"
+    score: float
+    frame: T
+    episodes: int = 1
+
+
+@dataclass
+class _Camera(Generic[T]):
+    in_episode: bool = False
+    alerted: bool = False  # the current episode has its alert (else it is held)
+    peak: float = -math.inf  # best score of the current episode, or of the held ones
+    best: T | None = None  # its frame
+    held: int = 0  # episodes waiting out the cooldown
+    last_raised: float = -math.inf
+
+
+class AlertDetector(Generic[T]):
+    """Decides, frame by frame, which frames raise an alert or improve one.
 
     Args:
-        cooldown_s: seconds after an alert during which the same camera raises none.
-        hysteresis: how far below the threshold a score must fall to re-arm the camera.
+        cooldown_s: the shortest time between two alerts of one camera.
+        hysteresis: how far below the threshold a score must fall to end an episode.
     """
 
     def __init__(self, cooldown_s: float, hysteresis: float = HYSTERESIS) -> None:
         self.cooldown_s = cooldown_s
         self.hysteresis = hysteresis
-        self._armed: dict[str, bool] = {}
-        self._last: dict[str, float] = {}
+        self._cameras: dict[str, _Camera[T]] = {}
 
-    def update(self, camera: str, score: float, threshold: float, now: float) -> bool:
-        """True when this score (at monotonic time ``now``, seconds) raises an alert."""
-        if score < threshold:
-            if score < threshold - self.hysteresis:
-                self._armed[camera] = True
-            return False
-        if not self._armed.get(camera, True):
-            return False
-        self._armed[camera] = False
-        if now - self._last.get(camera, -math.inf) < self.cooldown_s:
-            return False
-        self._last[camera] = now
-        return True
+    def update(
+        self, camera: str, score: float, threshold: float, now: float, frame: T
+    ) -> Decision[T] | None:
+        """The decision for this frame, with ``score``, at monotonic time ``now`` (seconds)."""
+        cam = self._cameras.setdefault(camera, _Camera())
+        if score >= threshold:
+            if not cam.in_episode:
+                cam.in_episode, cam.alerted = True, False
+                cam.held += 1
+                if cam.held == 1:
+                    cam.peak = -math.inf
+            if score >= cam.peak + BETTER_BY:
+                cam.peak, cam.best = score, frame
+                if cam.alerted:
+                    return Decision("improve", score, frame)
+        elif score < threshold - self.hysteresis:
+            cam.in_episode = False
+        if cam.held and now - cam.last_raised >= self.cooldown_s:
+            assert cam.best is not None
+            decision = Decision("raise", cam.peak, cam.best, cam.held)
+            cam.held, cam.last_raised = 0, now
+            cam.alerted = cam.in_episode  # its later frames improve this alert
+            return decision
+        return None
 
     def forget(self, camera: str) -> None:
-        self._armed.pop(camera, None)
-        self._last.pop(camera, None)
+        self._cameras.pop(camera, None)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """An alert's pictures, JPEG: the frame with its heatmap drawn in, and the frame alone."""
+
+    overlay: bytes
+    frame: bytes
 
 
 class AlertLog:
@@ -71,32 +123,66 @@ class AlertLog:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._alerts: OrderedDict[int, tuple[Alert, bytes]] = OrderedDict()
+        self._alerts: OrderedDict[int, tuple[Alert, Snapshot]] = OrderedDict()
         self._next_id = 1
 
     def add(
-        self, camera: str, when: float, score: float, threshold: float, frame_id: int, jpeg: bytes
+        self,
+        camera: str,
+        when: float,
+        score: float,
+        threshold: float,
+        frame_id: int,
+        snapshot: Snapshot,
+        episodes: int = 1,
     ) -> Alert:
+        alert_id = self._next_id
+        self._next_id += 1
         alert = Alert(
-            id=self._next_id,
+            id=alert_id,
             camera=camera,
             time=when,
             score=round(score, 4),
             threshold=round(threshold, 4),
             frame_id=frame_id,
-            url=f"alerts/{self._next_id}.jpg",
+            url=f"alerts/{alert_id}.jpg?v=1",
+            frame_url=f"alerts/{alert_id}-frame.jpg?v=1",
+            episodes=episodes,
         )
-        self._next_id += 1
-        self._alerts[alert.id] = (alert, jpeg)
+        self._alerts[alert.id] = (alert, snapshot)
         while len(self._alerts) > self.limit:
             self._alerts.popitem(last=False)
+        return alert
+
+    def improve(
+        self, alert_id: int, when: float, score: float, frame_id: int, snapshot: Snapshot
+    ) -> Alert | None:
+        """Give an alert a better frame; None when it is no longer kept."""
+        entry = self._alerts.get(alert_id)
+        if entry is None:
+            return None
+        old = entry[0]
+        version = old.version + 1
+        alert = Alert(
+            id=alert_id,
+            camera=old.camera,
+            time=when,
+            score=round(score, 4),
+            threshold=old.threshold,
+            frame_id=frame_id,
+            url=f"alerts/{alert_id}.jpg?v={version}",
+            frame_url=f"alerts/{alert_id}-frame.jpg?v={version}",
+            episodes=old.episodes,
+            version=version,
+        )
+        self._alerts[alert_id] = (alert, snapshot)
         return alert
 
     def recent(self) -> list[Alert]:
         """Newest first."""
         return [alert for alert, _ in reversed(self._alerts.values())]
 
-    def snapshot(self, alert_id: int) -> bytes | None:
+    def snapshot(self, alert_id: int) -> Snapshot | None:
         entry = self._alerts.get(alert_id)
         return None if entry is None else entry[1]
 
@@ -128,35 +214,44 @@ def render_snapshot(
     stride: int,
     label: str,
     threshold: float,
-) -> bytes:
-    """The frame that raised an alert, its heatmap blended in, as JPEG.
+) -> Snapshot:
+    """An alert's pictures of a frame: the heatmap drawn in, and the frame alone.
+
+    The heatmap is drawn lighter than the live view's, with the outline of where it passes
+    the threshold and a ring at its hottest cell, so the damage itself stays visible.
 
     Args:
         jpeg: the letterboxed model input.
         heat (np.ndarray | None): uint8, shape (h, w), one cell per ``stride`` input pixels.
         box: (left, top, right, bottom) of the frame inside the input, in input pixels.
         stride: input pixels per heatmap cell.
-        label: written in the top-left corner (camera and score).
+        label: written in the top-left corner of the overlay (camera and score).
         threshold: the alert threshold, which the colours are relative to.
 
     Returns:
-        bytes: JPEG of the frame's part of the input (padding cut away).
+        Snapshot: JPEGs of the frame's part of the input (padding cut away).
     """
     image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f"frame_jpeg ({len(jpeg)} bytes) is not a readable JPEG")
     left, top, right, bottom = box
-    out = image[top:bottom, left:right].copy()
+    clean = image[top:bottom, left:right]
+    out = clean.copy()
     if heat is not None and heat.size:
         h, w = heat.shape
         cells = cv2.resize(heat, (w * stride, h * stride), interpolation=cv2.INTER_LINEAR)
         cells = cells[top:bottom, left:right]
         cells = cv2.resize(cells, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_LINEAR)
         colours, weight = heat_colours(cells, threshold)
+        weight *= 0.5  # half the live view's: the damage must show through
         out = (out * (1.0 - weight[..., None]) + colours * weight[..., None]).astype(np.uint8)
+        hot = (cells >= round(threshold * 255)).astype(np.uint8)
+        contours, _ = cv2.findContours(hot, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        line = max(1, round(out.shape[1] / 400))
+        cv2.drawContours(out, contours, -1, (0, 0, 255), line, cv2.LINE_AA)
         y, x = np.unravel_index(int(np.argmax(cells)), cells.shape)
         radius = max(8, round(stride * out.shape[1] / max(1, right - left)))
-        cv2.circle(out, (int(x), int(y)), radius, (255, 255, 255), 2)
+        cv2.circle(out, (int(x), int(y)), radius, (255, 255, 255), 2, cv2.LINE_AA)
     scale = max(0.45, out.shape[1] / 1000)
     thickness = max(1, round(scale * 2))
     (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
@@ -165,7 +260,11 @@ def render_snapshot(
     cv2.putText(
         out, label, (pad, th + pad), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness
     )
-    ok, encoded = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return Snapshot(_jpeg(out), _jpeg(clean))
+
+
+def _jpeg(image: np.ndarray) -> bytes:
+    ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
     if not ok:
         raise ValueError("OpenCV could not encode the alert snapshot")
     return encoded.tobytes()

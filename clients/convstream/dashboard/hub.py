@@ -22,7 +22,7 @@ import grpc
 
 from convstream.client.connection_flags import refused_hint, unavailable_hint
 from convstream.client.tensors import to_numpy
-from convstream.dashboard.alerts import AlertDetector, AlertLog, render_snapshot
+from convstream.dashboard.alerts import Alert, AlertDetector, AlertLog, Decision, render_snapshot
 from convstream.dashboard.messages import (
     camera_json,
     content_box,
@@ -75,6 +75,18 @@ class CameraView:
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
+@dataclass(frozen=True)
+class _Seen:
+    """A result as an alert's snapshot needs it."""
+
+    frame_id: int
+    jpeg: bytes
+    heat: Any
+    box: tuple[int, int, int, int]
+    stride: int
+    when: float
+
+
 class Hub:
     """Subscribes to the server once and fans its results out to subscribers.
 
@@ -92,7 +104,8 @@ class Hub:
         self.server: dict[str, Any] = {"ok": False, "error": "not connected yet"}
         self._down_since: float | None = None  # time.monotonic() the server was first missed
         self._logged_error = ""
-        self._detector = AlertDetector(settings.alert_cooldown_s)
+        self._detector: AlertDetector[_Seen] = AlertDetector(settings.alert_cooldown_s)
+        self._latest_alert: dict[str, int] = {}  # camera -> its latest alert's id
         self._subscribers: set[Subscriber] = set()
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.ConvstreamStub | None = None
@@ -198,16 +211,16 @@ class Hub:
                 # Once an outage has lasted a few seconds (not while a server started beside
                 # the dashboard comes up), and again when its cause changes.
                 refused = exc.code().name in REFUSED
+                if refused:
+                    hint = refused_hint(exc.code().name)
+                elif exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    hint = unavailable_hint(error, self.settings.tls)
+                else:
+                    hint = ""
                 if error != self._logged_error and (
                     refused or now - self._down_since >= OUTAGE_LOG_S
                 ):
                     self._logged_error = error
-                    if refused:
-                        hint = refused_hint(exc.code().name)
-                    elif exc.code() == grpc.StatusCode.UNAVAILABLE:
-                        hint = unavailable_hint(error, self.settings.tls)
-                    else:
-                        hint = ""
                     logger.warning(
                         "server %s %s: %s%s",
                         self.settings.address,
@@ -217,7 +230,13 @@ class Hub:
                     )
                 # The server may come back with another model: ask again then.
                 self.model = None
-                self.server = {"ok": False, "error": error}
+                self.server = {
+                    "ok": False,
+                    "error": error,
+                    "refused": refused,
+                    "hint": hint,
+                    "address": self.settings.address,
+                }
                 # What the cameras were doing is no longer known: say so on every tile, and
                 # show no rates or latency that are no longer true.
                 for view in self.cameras.values():
@@ -267,6 +286,7 @@ class Hub:
             if view.task is not None:
                 view.task.cancel()
             self._detector.forget(camera_id)
+            self._latest_alert.pop(camera_id, None)
             logger.info("camera %s is gone", camera_id)
 
     # -- WatchCamera ----------------------------------------------------------------------
@@ -337,32 +357,54 @@ class Hub:
         for subscriber in list(self._subscribers):
             subscriber.offer_frame(view.id, message)
         threshold = self.threshold
-        if threshold is not None and self._detector.update(
-            view.id, score, threshold, time.monotonic()
-        ):
-            await self._raise_alert(view, result, heat, box, stride, when, score, threshold)
+        if threshold is None:
+            return
+        seen = _Seen(result.frame_id, result.frame_jpeg, heat, box, stride, when)
+        decision = self._detector.update(view.id, score, threshold, time.monotonic(), seen)
+        if decision is not None:
+            await self._alert(view.id, decision, threshold)
 
-    async def _raise_alert(
-        self,
-        view: CameraView,
-        result: pb.FrameResult,
-        heat: Any,
-        box: tuple[int, int, int, int],
-        stride: int,
-        when: float,
-        score: float,
-        threshold: float,
-    ) -> None:
-        label = f"{view.id}  {score:.2f}"
+    async def _alert(self, camera: str, decision: Decision[_Seen], threshold: float) -> None:
+        """Raise a new alert, or give the camera's latest alert a better frame."""
+        seen = decision.frame
+        label = f"{camera}  {decision.score:.2f}"
         try:
             snapshot = await asyncio.to_thread(
-                render_snapshot, result.frame_jpeg, heat, box, stride, label, threshold
+                render_snapshot, seen.jpeg, seen.heat, seen.box, seen.stride, label, threshold
             )
         except ValueError as exc:
-            logger.warning("alert on %s without snapshot: %s", view.id, exc)
+            logger.warning("alert on %s without snapshot: %s", camera, exc)
             return
-        alert = self.alerts.add(view.id, when, score, threshold, result.frame_id, snapshot)
-        logger.info(
-            "alert %d: %s scored %.3f (threshold %.3f)", alert.id, view.id, score, threshold
-        )
+        alert: Alert | None
+        if decision.kind == "raise":
+            alert = self.alerts.add(
+                camera,
+                seen.when,
+                decision.score,
+                threshold,
+                seen.frame_id,
+                snapshot,
+                decision.episodes,
+            )
+            self._latest_alert[camera] = alert.id
+            more = (
+                f" ({decision.episodes} episodes in the cooldown)" if decision.episodes > 1 else ""
+            )
+            logger.info(
+                "alert %d: %s scored %.3f (threshold %.3f)%s",
+                alert.id,
+                camera,
+                decision.score,
+                threshold,
+                more,
+            )
+        else:
+            alert_id = self._latest_alert.get(camera)
+            if alert_id is None:
+                return
+            alert = self.alerts.improve(
+                alert_id, seen.when, decision.score, seen.frame_id, snapshot
+            )
+            if alert is None:
+                return
         self._broadcast_text(text("alert", alert=alert.to_json()))

@@ -169,13 +169,16 @@ async def state(request: web.Request) -> web.Response:
 
 
 async def alert_snapshot(request: web.Request) -> web.Response:
-    try:
-        alert_id = int(request.match_info["alert_id"])
-    except ValueError:
-        raise web.HTTPNotFound() from None
-    jpeg = request.app[HUB].alerts.snapshot(alert_id)
-    if jpeg is None:
+    """An alert's snapshot (``N.jpg``) or its frame without the heatmap (``N-frame.jpg``).
+
+    A better frame replaces an alert's snapshot while its episode lasts; the alert's urls
+    then carry a new ``?v=``, so a browser may keep each version it has.
+    """
+    alert_id = int(request.match_info["alert_id"])
+    snapshot = request.app[HUB].alerts.snapshot(alert_id)
+    if snapshot is None:
         raise web.HTTPNotFound(text=f"no alert {alert_id} (only the newest are kept)")
+    jpeg = snapshot.frame if request.match_info["part"] else snapshot.overlay
     return web.Response(
         body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"}
     )
@@ -199,7 +202,7 @@ def make_app(hub: Hub) -> web.Application:
     app.router.add_get("/", index)
     app.router.add_get("/ws", websocket)
     app.router.add_get("/api/state", state)
-    app.router.add_get(r"/alerts/{alert_id:\d+}.jpg", alert_snapshot)
+    app.router.add_get(r"/alerts/{alert_id:\d+}{part:(?:-frame)?}.jpg", alert_snapshot)
     app.router.add_get("/healthz", health)
     app.router.add_static("/static", STATIC_DIR)
     app.on_response_prepare.append(_security_headers)

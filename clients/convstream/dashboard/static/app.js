@@ -12,6 +12,8 @@
   const tiles = new Map(); // camera id -> Tile
   let socket = null;
   let socketOpen = false;
+  let serverOk = false;
+  let serverRefused = false;
   const state = {
     historyS: 300,
     threshold: null,
@@ -107,9 +109,6 @@
 
     setStatus(status) {
       this.status = status;
-      const s = status.state || "unknown";
-      if (this.el.dataset.state !== s) this.el.dataset.state = s;
-      this.stateEl.textContent = s;
       this.kind.textContent = status.source_kind || "";
       const fpsText = status.fps_cap > 0
         ? `${fmt(status.fps_out, 1)}/${fmt(status.fps_cap, 0)}` : fmt(status.fps_out, 1);
@@ -141,9 +140,14 @@
 
     updateNotice() {
       const s = this.status ? this.status.state : "unknown";
+      // With the dashboard's link down, the last known state is history: the badge goes grey
+      // rather than stay a green RUNNING that nobody can vouch for.
+      const shown = socketOpen ? s : "unknown";
+      if (this.el.dataset.state !== shown) this.el.dataset.state = shown;
+      this.setText(this.stateEl, socketOpen ? s : "no data");
       const age = this.lastFrameAt ? Math.max(0, dashNow() - this.lastFrameAt) : null;
       const stale = age === null || age > STALE_S;
-      this.el.classList.toggle("stale", (stale || s !== "running") && this.frames > 0);
+      this.el.classList.toggle("stale", (stale || s !== "running" || !socketOpen) && this.frames > 0);
       let title = "";
       let detail = "";
       if (!socketOpen) {
@@ -264,18 +268,28 @@
       }
       const pts = this.history;
       if (pts.length > 1) {
-        ctx.beginPath();
-        ctx.moveTo(x(pts[0][0]), ch);
-        for (const [t, s] of pts) ctx.lineTo(x(t), y(s));
-        ctx.lineTo(x(pts[pts.length - 1][0]), ch);
-        ctx.closePath();
+        // An outage leaves a gap: no line is drawn across a time with no scores.
+        const runs = [];
+        const gap = Math.max(STALE_S, 4 * (pts[pts.length - 1][0] - pts[0][0]) / (pts.length - 1));
+        pts.forEach((p, i) => {
+          if (i === 0 || p[0] - pts[i - 1][0] > gap) runs.push([]);
+          runs[runs.length - 1].push(p);
+        });
         ctx.fillStyle = "rgba(88, 166, 255, .18)";
-        ctx.fill();
-        ctx.beginPath();
-        pts.forEach(([t, s], i) => (i ? ctx.lineTo(x(t), y(s)) : ctx.moveTo(x(t), y(s))));
         ctx.strokeStyle = "#58a6ff";
         ctx.lineWidth = 1.5 * dpr;
-        ctx.stroke();
+        for (const run of runs) {
+          ctx.beginPath();
+          ctx.moveTo(x(run[0][0]), ch);
+          for (const [t, s] of run) ctx.lineTo(x(t), y(s));
+          ctx.lineTo(x(run[run.length - 1][0]), ch);
+          ctx.closePath();
+          ctx.fill();
+          ctx.beginPath();
+          run.forEach(([t, s], i) => (i ? ctx.lineTo(x(t), y(s)) : ctx.moveTo(x(t), y(s))));
+          if (run.length === 1) ctx.lineTo(x(run[0][0]) + dpr, y(run[0][1]));
+          ctx.stroke();
+        }
         if (state.threshold !== null) {
           ctx.fillStyle = "#f85149";
           for (const [t, s] of pts) {
@@ -343,35 +357,55 @@
     for (const tile of tiles.values()) tile.sparkDirty = true;
   }
 
-  let serverOk = false;
   function setServer(server) {
     serverOk = Boolean(server && server.ok);
+    serverRefused = Boolean(server && server.refused);
     const banner = $("banner");
     if (server && !server.ok) {
-      banner.textContent = `convstream server unreachable: ${server.error}`;
+      const where = server.address ? ` at ${server.address}` : "";
+      const [code] = String(server.error).split(":", 1);
+      banner.textContent = server.refused
+        ? `The convstream server${where} refuses this dashboard (${code}): ${server.hint}`
+        : `No answer from the convstream server${where}` +
+          (server.hint ? `: ${server.hint}` : ` (${code})`);
+      banner.title = server.error; // gRPC's own words, for whoever digs deeper
       banner.hidden = false;
     } else {
       banner.hidden = true;
     }
     showConnection();
+    for (const tile of tiles.values()) tile.updateNotice();
   }
 
   // The corner says "live" only when both links hold: browser to dashboard, dashboard to server.
   function showConnection() {
     const ok = socketOpen && serverOk;
     $("conn").dataset.ok = String(ok);
-    $("conn-text").textContent = !socketOpen ? "reconnecting…" : ok ? "live" : "server unreachable";
+    $("conn-text").textContent = !socketOpen ? "dashboard offline, reconnecting…"
+      : ok ? "live" : serverRefused ? "server refuses the dashboard" : "server unreachable";
   }
 
   // ---- alerts ------------------------------------------------------------------------------
+  // An alert's entry follows its episode: a better frame of the same package comes as the
+  // same alert id with a new snapshot url, and the entry changes in place.
+  const alertEntries = new Map(); // alert id -> its entry's parts
+  let shownAlert = null; // the alert in the modal
+  let showClean = false; // the modal shows the frame without the heatmap
+
   function addAlert(alert, atTop) {
+    const known = alertEntries.get(alert.id);
+    if (known) {
+      fillAlert(known, alert);
+      if (shownAlert && shownAlert.id === alert.id && $("modal").open) openAlert(alert);
+      return;
+    }
     const li = document.createElement("li");
     const button = document.createElement("button");
     button.type = "button";
     button.className = "alert";
     button.dataset.camera = alert.camera;
+    button.dataset.id = String(alert.id);
     const img = document.createElement("img");
-    img.src = alert.url; // relative, made by the dashboard: alerts/<number>.jpg
     img.alt = `snapshot of ${alert.camera}`;
     img.decoding = "async";
     const info = document.createElement("div");
@@ -380,19 +414,23 @@
     cam.textContent = alert.camera;
     const score = document.createElement("div");
     score.className = "a-score";
-    score.textContent = fmt(alert.score, 2);
     const when = document.createElement("div");
     when.className = "a-time";
-    when.textContent = clockTime(alert.time);
-    when.title = dateTime(alert.time);
     info.append(cam, score, when);
     button.append(img, info);
-    button.addEventListener("click", () => openAlert(alert));
+    const entry = { li, img, score, when, alert };
+    button.addEventListener("click", () => openAlert(entry.alert));
     li.append(button);
+    fillAlert(entry, alert);
+    alertEntries.set(alert.id, entry);
     const list = $("alerts");
     if (atTop) list.prepend(li);
     else list.append(li);
-    while (list.children.length > MAX_ALERTS) list.lastElementChild.remove();
+    while (list.children.length > MAX_ALERTS) {
+      const last = list.lastElementChild;
+      alertEntries.delete(Number(last.querySelector("button").dataset.id));
+      last.remove();
+    }
     state.alerts += 1;
     const count = $("alert-count");
     count.textContent = String(state.alerts);
@@ -400,13 +438,32 @@
     $("no-alerts").hidden = true;
   }
 
+  function fillAlert(entry, alert) {
+    entry.alert = alert;
+    entry.img.src = alert.url; // relative, made by the dashboard: alerts/<number>.jpg?v=<n>
+    entry.score.textContent = fmt(alert.score, 2);
+    entry.score.title = `the highest score of this episode (threshold ${fmt(alert.threshold, 3)})`;
+    const more = alert.episodes > 1 ? ` · ${alert.episodes}×` : "";
+    entry.when.textContent = clockTime(alert.time) + more;
+    entry.when.title = dateTime(alert.time) + (more
+      ? ` · ${alert.episodes} crossings inside the alert cooldown, shown as one`
+      : "");
+  }
+
   function openAlert(alert) {
-    $("modal-img").src = alert.url;
+    shownAlert = alert;
+    $("modal-img").src = showClean ? alert.frame_url : alert.url;
+    $("modal-clean").checked = showClean;
+    const more = alert.episodes > 1 ? ` · ${alert.episodes} crossings in the cooldown` : "";
     $("modal-caption").textContent = `${alert.camera} · score ${fmt(alert.score, 3)} ` +
       `(threshold ${fmt(alert.threshold, 3)}) · ${dateTime(alert.time)} ` +
-      `· frame ${alert.frame_id}`;
-    $("modal").showModal();
+      `· frame ${alert.frame_id}${more}`;
+    if (!$("modal").open) $("modal").showModal();
   }
+  $("modal-clean").addEventListener("change", (ev) => {
+    showClean = ev.target.checked;
+    if (shownAlert) $("modal-img").src = showClean ? shownAlert.frame_url : shownAlert.url;
+  });
   $("modal").addEventListener("click", (ev) => {
     if (ev.target === $("modal") || ev.target === $("modal-img")) $("modal").close();
   });
@@ -471,6 +528,7 @@
           }
         }
         $("alerts").replaceChildren();
+        alertEntries.clear();
         state.alerts = 0;
         $("alert-count").textContent = "0";
         $("alert-count").dataset.zero = "true";
