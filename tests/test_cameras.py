@@ -197,6 +197,10 @@ async def test_killed_source_reconnects_while_others_flow() -> None:
             await until(
                 health_is(channel_health, "convstream.camera.a", serving_states.SERVING), 1.0, "up"
             )
+            # the error stays, dated before the camera came back: history, not its state
+            back = await status(stub, "a")
+            assert back.last_error and back.HasField("last_error_time")
+            assert back.last_error_time.ToNanoseconds() <= back.state_since.ToNanoseconds()
             await watch_a.close()
             await watch_b.close()
             await channel.close()
@@ -484,6 +488,18 @@ async def test_unknown_camera_is_not_found() -> None:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await bad.read()
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # a rate or a queue the server cannot give is refused, not quietly changed
+        for asked, told in [
+            ({"max_fps": -1.0}, "max_fps must be 0 (every analysed frame) to 1000"),
+            ({"max_fps": float("nan")}, "got nan"),
+            ({"queue_size": 5000}, "queue_size must be 0 (the server's default, 2) to 1024"),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await watch(stub, "belt", **asked).read()
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, asked
+            assert told in str(info.value.details()), info.value.details()
+        first = await watch(stub, "belt", max_fps=1000.0, queue_size=1024).read()
+        assert isinstance(first, pb.FrameResult) and first.frame_id > 0  # the limits themselves
 
 
 async def test_reload_adds_removes_and_restarts_cameras() -> None:

@@ -181,6 +181,24 @@ async def test_encodings_decode_to_float32_close_to_each_other(
     assert np.abs(maps["uint8"] - ref).max() <= top / 255 + 1e-6
 
 
+async def test_the_peak_is_the_servers_float32_answer_in_every_encoding(
+    server: Server, frames: list[np.ndarray]
+) -> None:
+    """A FLOAT16 or UINT8 heatmap ties cells near 1.0; the peak is found before that."""
+    async with AsyncClient(address(server)) as client:
+        for image in frames[:8]:
+            exact = await client.analyze(image, options=ResultOptions(encoding="float32"))
+            assert exact.heatmap is not None and exact.geometry is not None
+            # the server's answer is the float32 heatmap's own hottest cell over the frame
+            by_hand = Result(frame_id=0, heatmap=exact.heatmap, geometry=exact.geometry)
+            assert exact.hottest is not None and exact.hottest == by_hand.peak()
+            for encoding in ("float16", "uint8"):
+                options = ResultOptions(encoding=encoding)
+                assert (await client.analyze(image, options=options)).peak() == exact.peak()
+            bare = await client.analyze(image, options=ResultOptions(heatmap=False))
+            assert bare.heatmap is None and bare.peak() == exact.peak()
+
+
 def mixed(frames: list[np.ndarray]) -> list[object]:
     return [frames[0], jpeg(frames[1]), b"GIF89a not an image", frames[2], png(frames[3])]
 

@@ -274,10 +274,21 @@ def cameras_text(cameras: list[CameraInfo], now: datetime | None = None) -> str:
                 str(c.watchers),
                 f"{c.latency_ms:.1f}" if c.frames_analysed else "-",
                 f"{c.last_score:.3f}" if c.last_score is not None else "-",
-                " ".join(c.last_error.split()) or "-",
+                _last_error(c, now),
             )
         )
     return "\n".join(lines)
+
+
+def _last_error(camera: CameraInfo, now: datetime) -> str:
+    """The camera's last error with how long ago it was, so one from before it came back
+    does not read as its state."""
+    error = " ".join(camera.last_error.split())
+    if not error:
+        return "-"
+    if camera.last_error_time is None:
+        return error
+    return f"{_duration(now - camera.last_error_time)} ago: {error}"
 
 
 def _duration(elapsed: timedelta) -> str:

@@ -92,6 +92,8 @@ class Result:
         dropped_frame_ids: the ids of frames dropped since the previous result.
         sequence: the server's count of results on this stream, from 1 (0 for analyze).
         geometry: how the frame sits in the model input; see ``peak()`` and overlays.
+        hottest: (x, y) in frame pixels of the hottest heatmap cell's centre, as the server
+            found it in float32 (sent with or without the heatmap); see ``peak()``.
         error: why this frame was not analysed (a stream goes on past bad frames); None if ok.
         frame: the Frame that was sent, kept for overlays and names.
         input_jpeg: the analysed model input as JPEG, when ResultOptions(input_jpeg=True).
@@ -110,6 +112,7 @@ class Result:
     dropped_frame_ids: tuple[int, ...] = ()
     sequence: int = 0
     geometry: Geometry | None = None
+    hottest: tuple[int, int] | None = None
     capture_time: float | None = None
     error: ConvstreamError | None = None
     frame: Frame | None = None
@@ -127,7 +130,14 @@ class Result:
         return self
 
     def peak(self) -> tuple[int, int] | None:
-        """(x, y) in frame pixels of the centre of the heatmap's hottest cell, or None."""
+        """(x, y) in frame pixels of the centre of the heatmap's hottest cell, or None.
+
+        The server's own answer (``hottest``) when it sent one; else (a server before 0.2, a
+        Result made by hand) found in ``heatmap``, where FLOAT16 or UINT8 cells near 1.0 may
+        tie and the first of them wins.
+        """
+        if self.hottest is not None:
+            return self.hottest
         if self.heatmap is None or self.geometry is None or not self.heatmap.size:
             return None
         # Only cells over the frame count: the letterbox padding is not part of it.
@@ -190,6 +200,9 @@ class Result:
                 g.pad_top,
             )
             if message.HasField("geometry")
+            else None,
+            hottest=(round(message.peak.x), round(message.peak.y))
+            if message.HasField("peak")
             else None,
             input_jpeg=message.frame_jpeg or None,
             **common,
@@ -289,7 +302,9 @@ class CameraInfo:
             server stopping); "unknown" for a state newer than this client.
         since: when it entered ``state`` (UTC), None if the server did not say.
         source_kind: rtsp, http, tcp, udp, file, device or demo; never the URL itself.
-        last_error: the latest open or read failure ("" if none), credentials removed.
+        last_error: the latest open or read failure ("" if none), credentials removed. It
+            stays after the camera recovers: compare ``last_error_time`` with ``since``.
+        last_error_time: when last_error happened (UTC), None if none or not said.
         fps_in: frames read from the source per second, lately.
         fps_out: frames analysed per second, lately.
         fps_cap: the configured cap on analysed frames per second; 0.0: none.
@@ -313,6 +328,7 @@ class CameraInfo:
     since: datetime | None
     source_kind: str
     last_error: str
+    last_error_time: datetime | None
     fps_in: float
     fps_out: float
     fps_cap: float
@@ -342,6 +358,7 @@ class CameraInfo:
             since=_datetime(message.state_since),
             source_kind=message.source_kind,
             last_error=message.last_error,
+            last_error_time=_datetime(message.last_error_time),
             fps_in=message.fps_in,
             fps_out=message.fps_out,
             fps_cap=round(float(message.fps_cap), 3),  # a float32 on the wire

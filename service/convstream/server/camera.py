@@ -106,6 +106,7 @@ class Camera:
         self.state = pb.CAMERA_STATE_CONNECTING
         self.state_since = time.time()
         self.last_error = ""
+        self.last_error_at = 0.0  # time.time() of last_error; 0.0: none yet
         self.frames_read = 0
         self.frames_dropped = 0  # superseded before analysis while the analysis was behind
         self.frames_skipped = 0  # superseded before the fps cap let it be analysed: by design
@@ -302,6 +303,9 @@ class Camera:
     def _set_state(self, state: int, error: str) -> None:
         """Change state (the caller holds the lock)."""
         error = redact(error)
+        retried = state in (pb.CAMERA_STATE_RECONNECTING, pb.CAMERA_STATE_FAILED)
+        if error and (error != self.last_error or retried):
+            self.last_error_at = time.time()  # a new error, or the same one again
         if state != self.state:
             logger.info(
                 "camera %s: %s -> %s%s",

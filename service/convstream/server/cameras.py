@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 WATCHDOG_S = 0.25
 HEALTH_PREFIX = "convstream.camera."
+MAX_WATCHER_QUEUE = 1024  # results waiting for one WatchCamera call
+MAX_WATCHER_FPS = 1000.0  # results per second one WatchCamera call may ask for
 
 
 class CameraManager:
@@ -145,6 +147,16 @@ class CameraManager:
         if isinstance(feed, CameraFeed) and (down := feed.down()) is not None:
             raise down
         options = Options.parse(request.options)
+        if request.queue_size > MAX_WATCHER_QUEUE:
+            raise InvalidOptions(
+                f"queue_size must be 0 (the server's default, {self.watcher_queue_size}) to "
+                f"{MAX_WATCHER_QUEUE}, got {request.queue_size}"
+            )
+        if not 0 <= request.max_fps <= MAX_WATCHER_FPS:  # NaN fails this too
+            raise InvalidOptions(
+                f"max_fps must be 0 (every analysed frame) to {MAX_WATCHER_FPS:g} results per "
+                f"second, got {request.max_fps:g}"
+            )
         publishers = [*self.feeds.values(), *self.published.values()]
         open_now = sum(len(f.watchers) for f in publishers)
         if open_now >= self.max_watchers:
@@ -153,7 +165,7 @@ class CameraManager:
                 "retry later or raise max_watchers"
             )
         capacity = request.queue_size or self.watcher_queue_size
-        watcher = Watcher(camera_id, options, max(0.0, request.max_fps), min(capacity, 1024))
+        watcher = Watcher(camera_id, options, request.max_fps, capacity)
         feed.watchers.add(watcher)
         return watcher
 

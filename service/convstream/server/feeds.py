@@ -247,6 +247,8 @@ class CameraFeed(Publisher):
                 frame_height=cam.frame_size[1],
             )
         )
+        if cam.last_error and cam.last_error_at:
+            status.last_error_time.CopyFrom(timestamp(cam.last_error_at))
         return status
 
     def down(self) -> CameraDown | None:

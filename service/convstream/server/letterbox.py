@@ -30,6 +30,29 @@ class Geometry:
     pad_left: int
     pad_top: int
 
+    def hottest_cell(self, heat: np.ndarray, stride: int) -> tuple[int, int, float, float]:
+        """The hottest cell of a heatmap over the frame, the letterbox bars left out.
+
+        Args:
+            heat (np.ndarray): float32, shape (..., h, w), one cell per ``stride`` input pixels.
+            stride: input pixels per cell.
+
+        Returns:
+            (row, col, x, y): the cell, and its centre in frame pixels (clamped to the frame).
+        """
+        heat = heat.reshape(heat.shape[-2:])
+        right = min(self.input_width, self.pad_left + round(self.frame_width * self.scale))
+        bottom = min(self.input_height, self.pad_top + round(self.frame_height * self.scale))
+        r0, c0 = self.pad_top // stride, self.pad_left // stride
+        content = heat[r0 : -(-bottom // stride), c0 : -(-right // stride)]
+        if not content.size:
+            content, r0, c0 = heat, 0, 0
+        cell = np.unravel_index(int(np.argmax(content)), content.shape)
+        row, col = int(cell[0]) + r0, int(cell[1]) + c0
+        x = ((col + 0.5) * stride - self.pad_left) / self.scale
+        y = ((row + 0.5) * stride - self.pad_top) / self.scale
+        return row, col, min(max(x, 0.0), self.frame_width), min(max(y, 0.0), self.frame_height)
+
 
 def choose_input(width: int, height: int, sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
     """The (height, width) from sizes whose aspect ratio is closest to width/height."""

@@ -178,6 +178,13 @@ class Pipeline:
         )
         if request.HasField("capture_time"):
             result.capture_time.CopyFrom(request.capture_time)
+        heat = inference.arrays["heatmap"]
+        row, col, x, y = prepared.geometry.hottest_cell(heat, model.heatmap_stride)
+        result.peak.CopyFrom(
+            pb.Peak(
+                row=row, col=col, x=x, y=y, value=float(heat.reshape(heat.shape[-2:])[row, col])
+            )
+        )
         if options.include_heatmap:
             fill_tensor(
                 result.heatmap,
