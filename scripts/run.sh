@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # Install convstream into .venv and run the server on its defaults (127.0.0.1:50051,
 # metrics on :9464, the shipped model, the demo conveyor camera) with the monitoring
-# dashboard on http://127.0.0.1:8080/. Extra arguments go to `convstream serve`.
+# dashboard on http://127.0.0.1:8080/ (CONVSTREAM_DASHBOARD_PORT=N for another port). Extra
+# arguments go to `convstream serve`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check .
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall .
+# Install only when something the install is made of changed since the last one: a restart
+# then takes seconds, and needs no network.
+stamp=.venv/.convstream-installed
+if [[ ! -x .venv/bin/convstream || ! -e "$stamp" ]] ||
+  [[ -n "$(find pyproject.toml service clients models protos -newer "$stamp" -print -quit)" ]]; then
+  python3 -m venv .venv
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check .
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall .
+  touch "$stamp"
+fi
 # The dashboard is a separate client of the server's API; it follows the server's lifetime.
 # Both run in the background so that this script can pass on a SIGTERM (a supervisor's, a
 # plain `kill`) or Ctrl-C to the server, which then drains and frees its ports; a foreground
@@ -21,7 +29,13 @@ for i in "${!args[@]}"; do
     --port=*) port="${args[$i]#--port=}" ;;
   esac
 done
-.venv/bin/convstream dashboard --address "127.0.0.1:$port" --port 8080 &
+dash_port="${CONVSTREAM_DASHBOARD_PORT:-8080}"
+if (exec 3<>"/dev/tcp/127.0.0.1/$dash_port") 2>/dev/null; then
+  echo "run.sh: port $dash_port is taken, so the dashboard cannot listen there; set" \
+    "CONVSTREAM_DASHBOARD_PORT to a free port" >&2
+  exit 1
+fi
+.venv/bin/convstream dashboard --address "127.0.0.1:$port" --port "$dash_port" &
 dashboard=$!
 .venv/bin/convstream serve "$@" &
 server=$!
@@ -30,7 +44,21 @@ trap stop TERM INT
 # SIGHUP reloads the server's config (cameras, tokens), as it does sent to the server itself.
 trap 'kill -HUP "$server" 2>/dev/null || true' HUP
 trap 'kill "$dashboard" 2>/dev/null || true' EXIT
-echo "dashboard: http://127.0.0.1:8080/ (the demo camera shows once the server is up)"
+# The dashboard's URL is printed once it answers there; a dashboard that could not start
+# (its port taken) stops the whole thing, rather than leave a URL that shows something else.
+for _ in $(seq 100); do
+  if ! kill -0 "$dashboard" 2>/dev/null; then
+    echo "run.sh: the dashboard did not start (its error is above); stopping the server" >&2
+    kill -TERM "$server" 2>/dev/null || true
+    wait "$server" || true
+    exit 1
+  fi
+  if (exec 3<>"/dev/tcp/127.0.0.1/$dash_port") 2>/dev/null; then
+    echo "dashboard: http://127.0.0.1:$dash_port/ (the demo camera shows once the server is up)"
+    break
+  fi
+  sleep 0.1
+done
 if [[ " $* " == *" --config"* || -n "${CONVSTREAM_CONFIG:-}" ]]; then
   echo "note: this dashboard connects in plaintext without a token; for a server with TLS" \
     "or tokens, start \`convstream dashboard\` yourself (README, 'Running it in production')"
