@@ -243,9 +243,28 @@ def test_check_config_says_what_would_run_without_running_it(
     assert out.startswith(f"config OK: convstream serve would listen on 0.0.0.0:{busy}\n")
     assert "dash (watch)" in out and "dock-3 (rtsp, at most 5 frames/s)" in out
     assert "127.0.0.1:9464" in out and "hunter2" not in out
+    assert "rtsp://user:***@10.0.0.7/s" in out  # the address, to check, with no password
+    # what would fail at run time, said now: a video file not there
+    with config.open("a") as toml:
+        toml.write(f'[[cameras]]\nid = "replay"\nsource = "{tmp_path / "gone.mp4"}"\n')
+    assert main(["serve", "--check-config", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("config OK, 1 warning(s) below: ")
+    assert "replay (file, looped)" in out
+    assert f"warning: camera replay: no video file at {tmp_path / 'gone.mp4'}" in out
     config.write_text(config.read_text().replace("fps = 5", "fsp = 5"))
     assert main(["serve", "--check-config", "--config", str(config)]) == 2
     assert "fsp" in capsys.readouterr().err
+    # and what cannot work at all is refused, saying what was expected
+    for line, told in [
+        ('source = "demo:conveyor"\nloop = "yes"', "loop: Input should be a valid boolean"),
+        ('source = "rtsp://u:pw@10.0.0.7:99999/s"', "not a number from 0 to 65535"),
+        ('source = "device:zero"', "device:N with N its number"),
+    ]:
+        config.write_text(f'[[cameras]]\nid = "x"\n{line}\n')
+        assert main(["serve", "--check-config", "--config", str(config)]) == 2
+        err = capsys.readouterr().err
+        assert told in err and "pw@" not in err, err
 
 
 def test_serve_refuses_a_file_that_is_no_model_in_one_line(

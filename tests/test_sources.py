@@ -283,4 +283,5 @@ def test_a_source_that_did_not_open_is_told_refused_from_answering() -> None:
     assert str(port) not in why and "127.0.0.1" not in why  # clients never see the address
     assert "nothing arrived within 2.0 s" in why_closed(parse_source("udp://127.0.0.1:1234"), 2.0)
     assert "not a valid name" in why_closed(parse_source("rtsp://cam..local/x"), 1.0)
-    assert "no host and port" in why_closed(parse_source("rtsp://cam.local:abc/x"), 1.0)
+    with pytest.raises(ValueError, match="is not a number from 0 to 65535"):
+        parse_source("rtsp://cam.local:abc/x")  # refused with the config, before any open

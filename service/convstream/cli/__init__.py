@@ -145,21 +145,31 @@ def _check_config(settings: Settings) -> int:
     metrics = "off"
     if settings.metrics_port >= 0:
         metrics = host_port(settings.metrics_host, settings.metrics_port)
-    print(f"config OK: convstream serve would listen on {host_port(settings.host, settings.port)}")
+    cameras, warnings = [], []
+    for camera in settings.cameras:
+        spec = parse_source(camera.source)
+        cap = f", at most {camera.fps:g} frames/s" if camera.fps else ""
+        looped = ", looped" if spec.kind == "file" and camera.loop else ""
+        cameras.append(f"  camera       {camera.id} ({spec.kind}{cap}{looped}): {spec.describe()}")
+        if spec.kind == "file" and not Path(spec.target).is_file():
+            warnings.append(
+                f"camera {camera.id}: no video file at {spec.target} (as this user sees it): "
+                "it would be FAILED"
+            )
+    address = host_port(settings.host, settings.port)
+    verdict = f"config OK, {len(warnings)} warning(s) below" if warnings else "config OK"
+    print(f"{verdict}: convstream serve would listen on {address}")
     print(f"  TLS          {tls}")
     print(f"  tokens       {tokens}")
     print(f"  metrics      {metrics}")
     threshold = settings.threshold if settings.threshold is not None else model.threshold
     source = "the config's" if settings.threshold is not None else "the model's own"
     print(f"  model        {model.path} (sha256 {model.sha256[:12]}...)")
-    print(f"  threshold    {threshold:.4f} ({source})")
+    print(f"  threshold    {threshold:.3f} ({source})")
     print(f"  input sizes  {', '.join(settings.input_sizes)}")
-    for camera in settings.cameras:
-        kind = parse_source(camera.source).kind
-        cap = f", at most {camera.fps:g} frames/s" if camera.fps else ""
-        print(f"  camera       {camera.id} ({kind}{cap})")
-    if not settings.cameras:
-        print("  cameras      none")
+    print("\n".join(cameras) if cameras else "  cameras      none")
+    for warning in warnings:
+        print(f"warning: {warning}")
     return 0
 
 

@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -65,7 +66,8 @@ class CameraConfig(BaseModel):
     input_size: str | None = Field(
         None, description="model input HxW; unset: the input_sizes entry closest in aspect"
     )
-    loop: bool = Field(True, description="video files: start again at the end")
+    # strict: TOML has true and false; "yes" or "no" in quotes is a mistake to point out
+    loop: StrictBool = Field(True, description="video files: start again at the end")
     open_timeout_s: float = Field(10.0, gt=0, le=300, description="opening the source")
     read_timeout_s: float = Field(5.0, gt=0, le=300, description="one read() of a frame")
     reconnect_min_s: float = Field(

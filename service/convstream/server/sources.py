@@ -92,6 +92,10 @@ def parse_source(source: str) -> SourceSpec:
     if match := _DEVICE.match(source):
         index = int(match.group(1) or match.group(2))
         return SourceSpec("device", source, device=index)
+    if source.startswith("device:"):
+        raise ValueError(
+            f"a USB camera is device:N with N its number (device:0 is /dev/video0); got {source!r}"
+        )
     if source.startswith("demo:"):
         parts = urlsplit(source)
         if parts.path != "conveyor":
@@ -107,11 +111,20 @@ def parse_source(source: str) -> SourceSpec:
         return SourceSpec(
             "demo", source, demo_fps=fps, demo_seed=int(query.get("seed", 0)), demo_size=size
         )
-    scheme = urlsplit(source).scheme.lower()
+    parts = urlsplit(source)
+    scheme = parts.scheme.lower()
     if scheme in NETWORK_KINDS:
+        try:
+            parts.port  # noqa: B018 (it checks the port)
+        except ValueError:
+            raise ValueError(
+                f"the port in {redact(source)!r} is not a number from 0 to 65535"
+            ) from None
+        if not parts.hostname and scheme != "udp":  # udp://:1234 listens on every address
+            raise ValueError(f"no host in {redact(source)!r}")
         return SourceSpec({"rtsps": "rtsp", "https": "http"}.get(scheme, scheme), source)
     if scheme == "file":
-        return SourceSpec("file", urlsplit(source).path)
+        return SourceSpec("file", parts.path)
     if scheme and len(scheme) > 1:
         raise ValueError(
             f"unsupported source scheme {scheme!r} in {redact(source)!r}; expected one of "
