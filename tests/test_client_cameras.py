@@ -10,7 +10,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import shlex
 import socket
+import sys
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -478,3 +481,17 @@ async def test_cli_watch_says_why_a_camera_sends_nothing(
             "Last error: could not open rtsp source: connection refused"
         )
         assert "camera 'dock' has failed" in rest[-1] and "gave up after 3 reconnects" in rest[-1]
+
+
+async def test_a_reader_that_goes_away_stops_watch_quietly(server: Server) -> None:
+    """`convstream watch belt | head -n 3`: once head has its lines, watch ends, saying nothing."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    argv = [sys.executable, "-m", "convstream.cli", "watch", "belt", "--address", address(server)]
+    script = f"set -o pipefail; {shlex.join(argv)} | head -n 3 > /dev/null"
+    process = await asyncio.create_subprocess_exec(
+        "bash", "-c", script, stderr=asyncio.subprocess.PIPE, env=env
+    )
+    assert process.stderr is not None
+    err = await asyncio.wait_for(process.stderr.read(), 45)
+    assert await process.wait() == 0, err.decode()  # pipefail: watch's own status
+    assert err == b"", err.decode()

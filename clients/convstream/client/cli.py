@@ -260,6 +260,8 @@ def _run(args: argparse.Namespace, body: Callable[[Client], int]) -> int:
         hint = f" ({hint})" if hint else ""
         print(f"convstream {args.command}: {exc.message}{hint}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        raise  # stdout's reader went away (`| head`): convstream's main stops quietly
     except OSError as exc:  # e.g. an overlay folder that cannot be written
         print(f"convstream {args.command}: {exc}", file=sys.stderr)
         return 1
