@@ -25,6 +25,8 @@ from live import (
     write_video,
 )
 
+from convstream.cli import main
+from convstream.client.cli import QUIET_S
 from convstream.server import CameraConfig, Server, Settings
 from convstream.server.feeds import Watcher
 from convstream.server.pipeline import Options
@@ -296,6 +298,26 @@ async def test_a_camera_that_does_not_answer_keeps_no_other_waiting(tmp_path: Pa
             await until(state_is(stub, "file", pb.CAMERA_STATE_RUNNING), 4, "the file opens")
             for hung in ("hung-a", "hung-b"):  # still inside their opens
                 assert (await status(stub, hung)).state == pb.CAMERA_STATE_CONNECTING
+
+
+async def test_the_watch_command_says_when_its_camera_goes_down_and_comes_back(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source = FFmpegSource("mjpeg")
+    with running(source):
+        async with serving(camera("a", source.url)) as server, connect(server) as stub:
+            await until(state_is(stub, "a", pb.CAMERA_STATE_RUNNING), 10, "running")
+            argv = ["watch", "a", "--address", f"127.0.0.1:{server.port}", "--max-fps", "5"]
+            watching = asyncio.create_task(asyncio.to_thread(main, [*argv, "--count", "15"]))
+            await asyncio.sleep(1.5)  # some results first
+            source.stop()
+            await until(state_is(stub, "a", pb.CAMERA_STATE_RECONNECTING), 10, "a lost")
+            await asyncio.sleep(QUIET_S + 2.0)  # quiet long enough to ask, and tell
+            source.start()
+            assert await asyncio.wait_for(watching, 30) == 0
+    err = capsys.readouterr().err
+    assert "camera 'a' is reconnecting; waiting for its frames. Last error: " in err, err
+    assert err.index("is reconnecting") < err.index("camera 'a': results again"), err
 
 
 async def _true(value: bool) -> bool:

@@ -13,6 +13,8 @@ import itertools
 import json
 import logging
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
@@ -416,8 +418,10 @@ def _watch(args: argparse.Namespace) -> int:
         watching = client.watch(
             args.camera_id, options=options, max_fps=args.max_fps, resume=args.resume
         )
-        with contextlib.closing(watching):  # ends the call on the server at --count
-            results = itertools.islice(watching, args.count)
+        rates = [r for r in (args.max_fps, camera.fps_cap) if r]
+        lull = CameraLull(client, args.camera_id, max(QUIET_S, 3 / min(rates, default=1.0)))
+        with contextlib.closing(watching), lull:  # closing ends the call at --count
+            results = lull.timed(itertools.islice(watching, args.count))
             return _report(
                 args,
                 results,
@@ -431,3 +435,59 @@ def _watch(args: argparse.Namespace) -> int:
             )
 
     return _run(args, body)
+
+
+QUIET_S = 3.0  # no result for this long: `watch` asks the server how its camera is
+
+
+class CameraLull:
+    """Says on stderr when a watched camera goes quiet because it is down, and when its
+    results come again: without it, `watch` just stops printing while a camera reconnects.
+
+    A thread asks ListCameras once a second while no result has come for ``quiet_s``.
+    """
+
+    def __init__(self, client: Client, camera_id: str, quiet_s: float) -> None:
+        self._client = client
+        self._camera_id = camera_id
+        self._quiet_s = quiet_s
+        self._last = time.monotonic()
+        self._told = ""  # what was last said: the state and error, "" while results come
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="watch-lull", daemon=True)
+
+    def __enter__(self) -> CameraLull:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def timed(self, results: Iterator[Result]) -> Iterator[Result]:
+        for result in results:
+            self._last = time.monotonic()
+            if self._told:
+                self._told = ""
+                print(f"camera {self._camera_id!r}: results again", file=sys.stderr)
+            yield result
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            if time.monotonic() - self._last < self._quiet_s:
+                continue
+            try:
+                cameras = {c.id: c for c in self._client.cameras()}
+            except ConvstreamError:
+                continue  # the watch itself says what became of the server
+            camera = cameras.get(self._camera_id)
+            if camera is None or camera.state == "running":
+                continue
+            told = f"{camera.state}: {camera.last_error}"
+            if told != self._told and not self._stop.is_set():
+                self._told = told
+                why = f" Last error: {camera.last_error}" if camera.last_error else ""
+                print(
+                    f"camera {self._camera_id!r} is {camera.state}; waiting for its frames.{why}",
+                    file=sys.stderr,
+                )
