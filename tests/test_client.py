@@ -469,6 +469,22 @@ def test_heatmap_cells_land_where_they_were_computed() -> None:
     assert Result(frame_id=1, heatmap=heat, geometry=geometry).peak() == peak
 
 
+def test_the_overlay_rings_the_hottest_cell_only_on_a_damaged_frame() -> None:
+    geometry = cs.Geometry(640, 384, 640, 384, 1.0, 0, 0)
+    heat = np.zeros((48, 80), np.float32)
+    heat[30, 60] = 0.13
+    image = np.zeros((384, 640, 3), np.uint8)
+    rings = {}
+    for damaged in (False, True):
+        result = Result(
+            frame_id=1, score=float(heat.max()), damaged=damaged, heatmap=heat, geometry=geometry
+        )
+        drawn = cs.draw_overlay(result, image)
+        around = drawn[200:300, 430:530]  # the cell at (484, 244) and its surroundings
+        rings[damaged] = int((around == 255).all(axis=2).sum())
+    assert rings[False] == 0 and rings[True] > 20, rings  # a ring of radius 8, 1 px wide
+
+
 async def test_overlays_written_and_readable(
     server: Server, frames: list[np.ndarray], tmp_path: Path
 ) -> None:

@@ -60,7 +60,8 @@ def draw_overlay(
             the frame kept in ``result.frame``, or else (a camera's result from ``watch()``)
             the frame's part of ``result.input_jpeg``, at the model input's scale.
         alpha: the colour's weight where the heatmap is 1.0.
-        label: write the score (and DAMAGED) in the top-left corner, and ring the peak.
+        label: write the score (and DAMAGED) in the top-left corner, and, on a damaged
+            frame, ring the hottest cell.
 
     Returns:
         np.ndarray: BGR uint8, the size of the image drawn on.
@@ -115,7 +116,8 @@ def _label(out: np.ndarray, result: Result, width: int, height: int) -> None:
     origin = (pad, th + pad)
     cv2.putText(out, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness)
     peak = result.peak()
-    if peak is not None and result.geometry is not None:
+    # Only where there is damage to point at: on an intact frame the hottest cell is noise.
+    if result.damaged and peak is not None and result.geometry is not None:
         fx = width / max(1, result.geometry.frame_width)
         fy = height / max(1, result.geometry.frame_height)
         centre = (int(peak[0] * fx), int(peak[1] * fy))
