@@ -33,6 +33,7 @@ from convstream.dashboard import (
     add_commands,
     run_dashboard,
 )
+from convstream.dashboard.alerts import AlertLog, Snapshot
 from convstream.dashboard.messages import frame_message, parse_frame_message
 from convstream.dashboard.web import STATIC_DIR, WINDOW
 from convstream.model.scenes import render_scene
@@ -201,10 +202,16 @@ async def live_server(
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def dashboard(live_server: Server) -> AsyncIterator[Dashboard]:
+async def dashboard(
+    live_server: Server, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Dashboard]:
     dash = Dashboard(
         DashboardSettings(
-            address=f"127.0.0.1:{live_server.port}", port=0, max_fps=MAX_FPS, poll_s=0.5
+            address=f"127.0.0.1:{live_server.port}",
+            port=0,
+            max_fps=MAX_FPS,
+            poll_s=0.5,
+            alerts_dir=tmp_path_factory.mktemp("alerts"),
         )
     )
     await dash.start()
@@ -378,6 +385,22 @@ async def test_damaged_frame_raises_an_alert(
     await page.locator("#modal-clean").uncheck()
     await page.keyboard.press("Escape")
     await expect(modal).not_to_have_attribute("open", "")
+
+    # The alerts are on disk too, and a dashboard started again shows them
+    alerts_dir = dashboard.settings.alerts_dir
+    assert alerts_dir is not None
+    deadline = time.monotonic() + 10  # written off the event loop, just after the page got it
+    while True:
+        reborn = AlertLog(100, alerts_dir)
+        ids = [alert.id for alert in dashboard.hub.alerts.recent()]
+        if [alert.id for alert in reborn.recent()] == ids or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert [alert.id for alert in reborn.recent()] == ids
+    assert {alert.camera for alert in reborn.recent()} >= {"damaged"}
+    kept = reborn.snapshot(ids[0])
+    assert kept is not None and kept.overlay[:2] == kept.frame[:2] == b"\xff\xd8"
+    assert reborn.add("x", 0.0, 0.9, 0.8, 1, Snapshot(b"", b"")).id == ids[0] + 1
 
     # The snapshot is a JPEG served by the dashboard itself; nothing accepts a write.
     src = await thumb.get_attribute("src")

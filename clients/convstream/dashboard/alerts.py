@@ -14,13 +14,18 @@ for) as soon as the cooldown has passed.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Generic, TypeVar
 
 import cv2
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 HYSTERESIS = 0.03
 BETTER_BY = 0.01  # a frame replaces an alert's snapshot when it scores this much higher
@@ -119,12 +124,59 @@ class Snapshot:
 
 
 class AlertLog:
-    """The newest ``limit`` alerts and their snapshots, in memory."""
+    """The newest ``limit`` alerts and their snapshots, in memory, and in ``directory`` when
+    given: there each alert is three files, ``<id>.json`` (the alert), ``<id>.jpg`` (the
+    snapshot) and ``<id>-frame.jpg`` (the frame alone), ids zero-padded to eight digits, so
+    alerts outlive a restart (the newest ``limit`` are read back) and can be archived. The
+    directory keeps the newest ``KEEP_ON_DISK`` alerts; older ones are deleted.
+    """
 
-    def __init__(self, limit: int) -> None:
+    KEEP_ON_DISK = 10_000
+
+    def __init__(self, limit: int, directory: Path | None = None) -> None:
         self.limit = limit
+        self.directory = directory
         self._alerts: OrderedDict[int, tuple[Alert, Snapshot]] = OrderedDict()
         self._next_id = 1
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._load(directory)
+
+    def _load(self, directory: Path) -> None:
+        ids = sorted(int(path.stem) for path in directory.glob("*.json") if path.stem.isdigit())
+        if ids:
+            self._next_id = ids[-1] + 1
+        for alert_id in ids[-self.limit :]:
+            base = directory / f"{alert_id:08d}"
+            try:
+                alert = Alert(**json.loads(base.with_suffix(".json").read_text()))
+                snapshot = Snapshot(
+                    base.with_suffix(".jpg").read_bytes(),
+                    base.with_name(f"{base.name}-frame.jpg").read_bytes(),
+                )
+            except (OSError, ValueError, TypeError) as exc:  # half written, or hand edited
+                logger.warning("alert %s in %s not read back: %s", alert_id, directory, exc)
+                continue
+            self._alerts[alert_id] = (alert, snapshot)
+
+    def save(self, alert_id: int) -> None:
+        """Write an alert's files (blocking: call it off the event loop); prune old ones."""
+        if self.directory is None or (entry := self._alerts.get(alert_id)) is None:
+            return
+        alert, snapshot = entry
+        base = self.directory / f"{alert_id:08d}"
+        for path, data in (
+            (base.with_suffix(".jpg"), snapshot.overlay),
+            (base.with_name(f"{base.name}-frame.jpg"), snapshot.frame),
+            (base.with_suffix(".json"), json.dumps(alert.to_json()).encode()),  # last: complete
+        ):
+            partial = path.with_name(path.name + ".part")
+            partial.write_bytes(data)
+            partial.replace(path)
+        stale = alert_id - self.KEEP_ON_DISK
+        if stale > 0:
+            for path in self.directory.glob(f"{stale:08d}*"):
+                path.unlink(missing_ok=True)
 
     def add(
         self,

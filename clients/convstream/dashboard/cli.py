@@ -12,6 +12,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from convstream.client.connection_flags import add_security_flags, tls_from_flags, token_from_flags
 from convstream.dashboard.settings import DEFAULT_ADDRESS, DashboardSettings
@@ -48,6 +49,13 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         default=10.0,
         metavar="SECONDS",
         help="seconds before one camera may raise another alert (default %(default)s)",
+    )
+    p.add_argument(
+        "--alerts-dir",
+        type=Path,
+        metavar="DIR",
+        help="also write alerts and their snapshots here, and show them again after a "
+        "restart (default: kept in memory only)",
     )
     p.add_argument(
         "--max-fps",
@@ -91,6 +99,7 @@ def _dashboard(args: argparse.Namespace) -> int:
             port=args.port,
             threshold=args.threshold,
             alert_cooldown_s=args.alert_cooldown,
+            alerts_dir=args.alerts_dir,
             max_fps=args.max_fps,
             history_s=args.history,
             token=token_from_flags(args),

@@ -99,7 +99,7 @@ class Hub:
         token = settings.token
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.cameras: dict[str, CameraView] = {}
-        self.alerts = AlertLog(settings.max_alerts)
+        self.alerts = AlertLog(settings.max_alerts, settings.alerts_dir)
         self.model: dict[str, Any] | None = None
         self.server: dict[str, Any] = {"ok": False, "error": "not connected yet"}
         self._down_since: float | None = None  # time.monotonic() the server was first missed
@@ -408,3 +408,7 @@ class Hub:
             if alert is None:
                 return
         self._broadcast_text(text("alert", alert=alert.to_json()))
+        try:
+            await asyncio.to_thread(self.alerts.save, alert.id)
+        except OSError as exc:  # a full disk must not stop the page's alerts
+            logger.warning("alert %d not written to %s: %s", alert.id, self.alerts.directory, exc)

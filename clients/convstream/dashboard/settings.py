@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from convstream.client.options import TLS
 
@@ -24,6 +25,8 @@ class DashboardSettings:
         history_s: seconds of score history kept per camera and drawn in its sparkline.
         alert_cooldown_s: seconds after an alert before the same camera may raise another.
         max_alerts: alerts (with their snapshots) kept in memory, newest first.
+        alerts_dir: where alerts and their snapshots are also written, and read back from
+            at start; None: in memory only.
         token: a bearer token for servers that require one (role watch is enough).
         tls: how to reach a server that uses TLS (its CA, a client certificate for mutual
             TLS, the name its certificate carries); None: plaintext.
@@ -39,6 +42,7 @@ class DashboardSettings:
     history_s: float = 300.0
     alert_cooldown_s: float = 10.0
     max_alerts: int = 100
+    alerts_dir: Path | None = None
     token: str | None = field(default=None, repr=False)
     tls: TLS | None = None
 
