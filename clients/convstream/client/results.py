@@ -314,7 +314,7 @@ class CameraInfo:
             the server was busy.
         frames_skipped: frames read but passed over to keep to ``fps_cap``: by design, not a
             drop. ``frames_read`` is about analysed + dropped + skipped.
-        reconnects: times the source was reopened.
+        reconnects: attempts to reopen the source (each failed retry counts).
         watchers: open watch() calls.
         frame_width: of the source's frames, in pixels; 0 before the first frame.
         frame_height: of the source's frames, in pixels; 0 before the first frame.
