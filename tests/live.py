@@ -168,9 +168,16 @@ class FFmpegSource:
 class RtspSource:
     """GStreamer's RTSP server with a live H.264 test pattern on 127.0.0.1."""
 
-    def __init__(self, *, fps: int = 30, size: tuple[int, int] = (320, 240)) -> None:
+    def __init__(
+        self,
+        *,
+        fps: int = 30,
+        size: tuple[int, int] = (320, 240),
+        credentials: tuple[str, str] | None = None,
+    ) -> None:
         self.fps = fps
         self.size = size
+        self.credentials = credentials  # (user, password) it asks for, Basic; None: none
         self.port = free_port()
         self.process: subprocess.Popen[str] | None = None
 
@@ -194,6 +201,11 @@ class RtspSource:
                 f"{width}x{height}",
                 "--fps",
                 str(self.fps),
+                *(
+                    ("--user", self.credentials[0], "--password", self.credentials[1])
+                    if self.credentials
+                    else ()
+                ),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

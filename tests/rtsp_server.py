@@ -27,6 +27,8 @@ def main() -> None:
     parser.add_argument("--path", default="/camera")
     parser.add_argument("--size", default="320x240", help="WxH")
     parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--user", help="ask for this user (Basic authentication)")
+    parser.add_argument("--password", default="")
     args = parser.parse_args()
     Gst.init(None)
     width, height = args.size.split("x")
@@ -40,6 +42,16 @@ def main() -> None:
         "key-int-max=15 ! rtph264pay name=pay0 pt=96 config-interval=1 )"
     )
     factory.set_shared(True)
+    if args.user:
+        auth = GstRtspServer.RTSPAuth()
+        token = GstRtspServer.RTSPToken()
+        token.set_string("media.factory.role", "viewer")
+        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(args.user, args.password), token)
+        server.set_auth(auth)
+        permissions = GstRtspServer.RTSPPermissions()
+        for permission in ("media.factory.access", "media.factory.construct"):
+            permissions.add_permission_for_role("viewer", permission, True)
+        factory.set_permissions(permissions)
     server.get_mount_points().add_factory(args.path, factory)
     if server.attach(None) == 0:
         sys.exit(f"cannot listen on 127.0.0.1:{args.port}")

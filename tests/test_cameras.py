@@ -363,6 +363,31 @@ async def test_unreachable_source_fails_within_open_timeout() -> None:
             assert "could not open rtsp source: connection refused" in refused.last_error
 
 
+async def test_a_wrong_rtsp_path_or_password_is_told_apart() -> None:
+    """The usual first-hour mistakes, each named: a wrong path, no password, a wrong one."""
+    plain, locked = RtspSource(fps=10), RtspSource(fps=10, credentials=("ops", "p@ss/w:rd"))
+    with running(plain, locked):
+        at = f"127.0.0.1:{locked.port}/camera"
+        cams = (
+            camera("wrong-path", plain.url.replace("/camera", "/camra")),
+            camera("no-password", f"rtsp://{at}"),
+            camera("bad-password", f"rtsp://ops:guess@{at}"),
+            camera("good", f"rtsp://ops:p%40ss%2Fw%3Ard@{at}"),  # percent-encoded, as URLs want
+        )
+        async with serving(*cams) as server, connect(server) as stub:
+            await until(state_is(stub, "good", pb.CAMERA_STATE_RUNNING), 15, "good runs")
+            told = {
+                "wrong-path": "no stream at that path (RTSP 404 Not Found)",
+                "no-password": "it asks for a user name and password (RTSP 401 Unauthorized)",
+                "bad-password": "it refused the user name or password in the URL (401",
+            }
+            for camera_id, words in told.items():
+                await until(state_is(stub, camera_id, pb.CAMERA_STATE_RECONNECTING), 15, camera_id)
+                error = (await status(stub, camera_id)).last_error
+                assert f"could not open rtsp source: {words}" in error, error
+                assert "guess" not in error and str(locked.port) not in error
+
+
 def _closed_port() -> int:
     return free_port()  # free a moment ago: nothing listens there
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import http.server
 import os
 import random
 import signal
@@ -20,7 +22,8 @@ from live import free_port
 
 from convstream.server import CameraConfig, ConfigError, Settings, load_settings
 from convstream.server.camera import Camera, backoff_s
-from convstream.server.sources import SourceError, SourceSpec, parse_source, redact, why_closed
+from convstream.server.diagnose import _authorization, why_closed
+from convstream.server.sources import SourceError, SourceSpec, parse_source, redact
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
@@ -272,16 +275,72 @@ def _ids(stub: pb_grpc.ConvstreamStub) -> list[str]:
 
 def test_a_source_that_did_not_open_is_told_refused_from_answering() -> None:
     refused_port = free_port()  # free a moment ago: nothing listens there
-    why = why_closed(parse_source(f"rtsp://user:pw@127.0.0.1:{refused_port}/live"), 1.0)
+    why = why_closed(f"rtsp://user:pw@127.0.0.1:{refused_port}/live", 1.0)
     assert why.startswith("connection refused")
     with socket.socket() as listening:
         listening.bind(("127.0.0.1", 0))
         listening.listen()
         port = listening.getsockname()[1]
-        why = why_closed(parse_source(f"http://127.0.0.1:{port}/video.mjpg"), 1.0)
+        why = why_closed(f"http://127.0.0.1:{port}/video.mjpg", 1.0)
     assert why.startswith("it accepts connections, but no video stream opened")
     assert str(port) not in why and "127.0.0.1" not in why  # clients never see the address
-    assert "nothing arrived within 2.0 s" in why_closed(parse_source("udp://127.0.0.1:1234"), 2.0)
-    assert "not a valid name" in why_closed(parse_source("rtsp://cam..local/x"), 1.0)
+    assert "nothing arrived within 2.0 s" in why_closed("udp://127.0.0.1:1234", 2.0)
+    assert "not a valid name" in why_closed("rtsp://cam..local/x", 1.0)
     with pytest.raises(ValueError, match="is not a number from 0 to 65535"):
         parse_source("rtsp://cam.local:abc/x")  # refused with the config, before any open
+
+
+def test_digest_answers_as_rfc_2617_says() -> None:
+    challenge = (
+        'Digest realm="testrealm@host.com", qop="auth,auth-int", '
+        'nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093", opaque="5ccc069c403ebaf9f0171e9517f40e41"'
+    )
+    answer = _authorization(
+        challenge, "Mufasa", "Circle Of Life", "GET", "/dir/index.html", cnonce="0a4f113b"
+    )
+    assert 'response="6629fae49393a05397450978507c4ef1"' in answer  # RFC 2617, section 3.5
+    assert 'opaque="5ccc069c403ebaf9f0171e9517f40e41"' in answer and "nc=00000001" in answer
+    assert _authorization('Basic realm="cam"', "admin", "pw", "GET", "/") == "Basic YWRtaW46cHc="
+    assert (
+        _authorization('Digest realm="x", nonce="n", algorithm=SHA-256', "a", "b", "GET", "/") == ""
+    )
+
+
+def test_an_http_camera_that_answers_404_or_401_is_told_so() -> None:
+    class Camera(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path != "/video.mjpg":
+                self.send_error(404)
+            elif (
+                self.headers.get("Authorization")
+                != "Basic " + base64.b64encode(b"admin:s3cret").decode()
+            ):
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="camera"')
+                self.end_headers()
+            else:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                self.wfile.write(b"not a video")
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Camera) as camera:
+        threading.Thread(target=camera.serve_forever, daemon=True).start()
+        port = camera.server_address[1]
+        at = f"127.0.0.1:{port}"
+        cases = {
+            f"http://{at}/wrong.mjpg": "no stream at that path (HTTP 404 Not Found)",
+            f"http://{at}/video.mjpg": "it asks for a user name and password (HTTP 401",
+            f"http://admin:nope@{at}/video.mjpg": "it refused the user name or password",
+            f"http://admin:s3cret@{at}/video.mjpg": "it answers the request (HTTP 200 OK)",
+        }
+        try:
+            for url, told in cases.items():
+                why = why_closed(url, 3.0)
+                assert why.startswith(told), (url, why)
+                assert str(port) not in why and "s3cret" not in why and "nope" not in why
+        finally:
+            camera.shutdown()

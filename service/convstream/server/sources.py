@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import cv2
 import numpy as np
 
 from convstream.server.config import parse_size
+from convstream.server.diagnose import why_closed
 
 NETWORK_KINDS = ("rtsp", "rtsps", "http", "https", "tcp", "udp")
 _DEVICE = re.compile(r"^(?:device:(\d+)|/dev/video(\d+))$")
@@ -155,50 +155,6 @@ class _Pacer:
         self._next = max(self._next + self._interval, time.monotonic() - self._interval)
 
 
-_DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
-
-
-def why_closed(spec: SourceSpec, timeout_s: float) -> str:
-    """Why a network source did not open, as far as one TCP connection to it can tell.
-
-    OpenCV only says that it failed. Connecting to the same host and port tells a refusal
-    (nothing listens: wrong port, or the camera is down) from silence (a firewall, a wrong
-    host) from a source that answers but whose stream would not open. One address is tried,
-    for at most ``timeout_s``. The words never name the address: camera errors reach clients,
-    which know cameras by id only.
-    """
-    unknown = "OpenCV could not open it (no host and port to check)"
-    parts = urlsplit(spec.target)
-    scheme = parts.scheme.lower()
-    if scheme == "udp":
-        return f"nothing arrived within {timeout_s:.1f} s (is the source sending to this host?)"
-    try:
-        port = parts.port or _DEFAULT_PORTS.get(scheme)
-    except ValueError:
-        return unknown
-    if not parts.hostname or not port:
-        return unknown
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            parts.hostname, port, type=socket.SOCK_STREAM
-        )[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.settimeout(timeout_s)
-            probe.connect(address)
-    except ConnectionRefusedError:
-        return "connection refused: nothing listens at that address and port (camera down?)"
-    except TimeoutError:
-        return f"no answer within {timeout_s:.1f} s (host down, or a firewall in the way?)"
-    except OSError as exc:
-        return f"cannot reach it: {exc.strerror or type(exc).__name__}"
-    except ValueError:  # UnicodeError: an empty or over-long label in the host name
-        return "its host name is not a valid name"
-    return (
-        "it accepts connections, but no video stream opened there (wrong path or stream "
-        "name, credentials refused, or no answer to the request)"
-    )
-
-
 class OpenCVCapture:
     """cv2.VideoCapture with timeouts; files are paced to their frame rate and may loop."""
 
@@ -233,7 +189,7 @@ class OpenCVCapture:
             # The probe gets what is left of the open timeout (a short look when OpenCV used
             # it all), so a failed open still fails within about its timeout.
             left = open_timeout_s - (time.monotonic() - started)
-            why = why_closed(spec, min(3.0, max(0.2, left)))
+            why = why_closed(spec.target, min(3.0, max(0.2, left)))
             raise SourceError(f"could not open {spec.kind} source: {why}")
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self._pacer = _Pacer(fps) if spec.kind == "file" and 0 < fps <= 240 else None

@@ -1,0 +1,199 @@
+"""Why a network camera did not open, in words an integrator can act on.
+
+OpenCV only says that an open failed. ``why_closed`` looks again, the cheapest way that tells
+the usual causes apart:
+
+- one TCP connection: refused (nothing listens: camera down, wrong port), silence (host
+  down, a firewall), or it connects;
+- then, for ``rtsp://`` and ``http://``, one request as FFmpeg would make it (DESCRIBE, GET)
+  and the status of the answer: 404 (a wrong path or stream name), 401 (no credentials, or
+  wrong ones: the URL's are tried once, Basic or Digest as the camera asks), 403, or 200 (the
+  camera is fine with the request: the stream itself did not open, say its codec).
+
+All of it within one timeout. The words never name the address or the credentials: camera
+errors reach clients, which know cameras by id only.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import socket
+import time
+from typing import Any
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
+
+Address = tuple[Any, ...]  # one of socket.getaddrinfo's answers
+
+_DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
+_STATUS = re.compile(rb"^(RTSP|HTTP)/\d\.\d (\d{3}) ?([^\r\n]*)")
+_PARAM = re.compile(r'(\w+)=(?:"([^"]*)"|([^,\s]*))')
+UNKNOWN = "OpenCV could not open it (no host and port to check)"
+NO_STREAM = (
+    "it accepts connections, but no video stream opened there (wrong path or stream name, "
+    "credentials refused, or no answer to the request)"
+)
+
+
+def why_closed(url: str, timeout_s: float) -> str:
+    """Why a network source did not open, as far as a connection and one request can tell.
+
+    Args:
+        url: the source's URL (rtsp, http, tcp or udp).
+        timeout_s: the most it may take, all of it.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "udp":
+        return f"nothing arrived within {timeout_s:.1f} s (is the source sending to this host?)"
+    try:
+        port = parts.port or _DEFAULT_PORTS.get(scheme)
+    except ValueError:
+        return UNKNOWN
+    if not parts.hostname or not port:
+        return UNKNOWN
+    deadline = time.monotonic() + timeout_s
+    try:
+        address = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)[0]
+        with _connect(address, deadline):
+            pass
+    except ConnectionRefusedError:
+        return "connection refused: nothing listens at that address and port (camera down?)"
+    except TimeoutError:
+        return f"no answer within {timeout_s:.1f} s (host down, or a firewall in the way?)"
+    except OSError as exc:
+        return f"cannot reach it: {exc.strerror or type(exc).__name__}"
+    except ValueError:  # UnicodeError: an empty or over-long label in the host name
+        return "its host name is not a valid name"
+    if scheme not in ("rtsp", "http"):  # rtsps, https: TLS first; tcp: no request to make
+        return NO_STREAM
+    try:
+        return _ask(parts, scheme, address, deadline)
+    except (OSError, ValueError):  # it went quiet, closed, or answered something else
+        return NO_STREAM
+
+
+def _connect(address: Address, deadline: float) -> socket.socket:
+    family, kind, proto, _, target = address
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.settimeout(max(0.05, deadline - time.monotonic()))
+        sock.connect(target)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _ask(parts: SplitResult, scheme: str, address: Address, deadline: float) -> str:
+    """Make the request FFmpeg makes, with the URL's credentials if the camera asks for them."""
+    user = unquote(parts.username) if parts.username is not None else None
+    password = unquote(parts.password or "")
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    bare = urlunsplit((parts.scheme, host, parts.path or "/", parts.query, ""))
+    target = bare if scheme == "rtsp" else urlunsplit(("", "", parts.path or "/", parts.query, ""))
+    method = "DESCRIBE" if scheme == "rtsp" else "GET"
+    status, reason, challenge = _request(scheme, method, target, host, None, address, deadline)
+    if status == 401 and user is not None and challenge:
+        authorization = _authorization(challenge, user, password, method, target)
+        if authorization:
+            status, reason, _ = _request(
+                scheme, method, target, host, authorization, address, deadline
+            )
+            if status == 401:
+                return (
+                    f"it refused the user name or password in the URL ({status} {reason}); a "
+                    "password's '@', ':' or '/' must be written %40, %3A, %2F"
+                )
+    said = f"{scheme.upper()} {status} {reason}".strip()
+    if status == 401:
+        return (
+            f"it asks for a user name and password ({said}): put them in the URL, as "
+            f"{scheme}://user:password@host/..."
+        )
+    if status == 404:
+        return f"no stream at that path ({said}): check the stream's path or name"
+    if status == 403:
+        return f"it refused access to that stream ({said})"
+    if 200 <= status < 300:
+        return (
+            f"it answers the request ({said}), but OpenCV could not open the stream there "
+            "(a codec or format it cannot read?)"
+        )
+    return f"it answered {said}"
+
+
+def _request(
+    scheme: str,
+    method: str,
+    target: str,
+    host: str,
+    authorization: str | None,
+    address: Address,
+    deadline: float,
+) -> tuple[int, str, str]:
+    """One request on a new connection: (status, reason, WWW-Authenticate challenge)."""
+    lines = [f"{method} {target} {scheme.upper()}/1.{'0' if scheme == 'rtsp' else '1'}"]
+    lines += ["CSeq: 1", "Accept: application/sdp"] if scheme == "rtsp" else [f"Host: {host}"]
+    lines += ["User-Agent: convstream", "Connection: close"]
+    if authorization:
+        lines.append(f"Authorization: {authorization}")
+    with _connect(address, deadline) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        head = b""
+        while b"\r\n\r\n" not in head and len(head) < 16384:
+            sock.settimeout(max(0.05, deadline - time.monotonic()))
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    match = _STATUS.match(head)
+    if match is None:
+        raise ValueError("not an RTSP or HTTP answer")
+    challenges = [
+        line.split(b":", 1)[1].strip().decode("latin-1")
+        for line in head.split(b"\r\n")[1:]
+        if line.lower().startswith(b"www-authenticate:")
+    ]
+    # Digest when offered: the stronger one, and the one cameras that offer both expect
+    challenge = next((c for c in challenges if c.lower().startswith("digest")), "")
+    challenge = challenge or (challenges[0] if challenges else "")
+    return int(match.group(2)), match.group(3).decode("latin-1").strip(), challenge
+
+
+def _authorization(
+    challenge: str, user: str, password: str, method: str, uri: str, cnonce: str = ""
+) -> str:
+    """The Authorization header answering a Basic or Digest (MD5) challenge; "" for others.
+
+    ``cnonce``: the client nonce of a Digest answer with qop (random when empty).
+    """
+    scheme, _, rest = challenge.partition(" ")
+    if scheme.lower() == "basic":
+        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    if scheme.lower() != "digest":
+        return ""
+    params = {m.group(1).lower(): m.group(2) or m.group(3) for m in _PARAM.finditer(rest)}
+    if params.get("algorithm", "MD5").upper() != "MD5":
+        return ""
+    realm, nonce = params.get("realm", ""), params.get("nonce", "")
+
+    def md5(text: str) -> str:
+        return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+
+    ha1, ha2 = md5(f"{user}:{realm}:{password}"), md5(f"{method}:{uri}")
+    fields = {"username": user, "realm": realm, "nonce": nonce, "uri": uri}
+    if "auth" in [q.strip() for q in params.get("qop", "").split(",")]:
+        cnonce = cnonce or os.urandom(8).hex()
+        fields |= {"qop": "auth", "nc": "00000001", "cnonce": cnonce}
+        fields["response"] = md5(f"{ha1}:{nonce}:00000001:{cnonce}:auth:{ha2}")
+    else:
+        fields["response"] = md5(f"{ha1}:{nonce}:{ha2}")
+    if "opaque" in params:
+        fields["opaque"] = params["opaque"]
+    quoted = {"username", "realm", "nonce", "uri", "response", "opaque", "cnonce"}
+    return "Digest " + ", ".join(
+        f'{key}="{value}"' if key in quoted else f"{key}={value}" for key, value in fields.items()
+    )
