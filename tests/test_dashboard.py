@@ -15,6 +15,7 @@ import re
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -635,6 +636,51 @@ async def test_a_published_client_stream_gets_a_tile_while_it_lasts() -> None:
             await stream.done_writing()
             await stream.read()
             await _until(dash, lambda: "dock-7" not in dash.hub.cameras)
+    finally:
+        await dash.stop()
+        await server.stop(grace=0)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_an_alert_on_a_hidden_page_shows_in_its_tab_title(browser: Any) -> None:
+    server = Server(Settings(port=0, metrics_port=0, cameras=()))
+    await server.start()
+    settings = DashboardSettings(address=f"127.0.0.1:{server.port}", port=0, poll_s=0.2)
+    dash = Dashboard(replace(settings, threshold=0.0))  # every frame is over it: one alert
+    await dash.start()
+    frame = cv2.imencode(".jpg", render_scene(78, 360, 640).image)[1].tobytes()
+    try:
+        page = await _open(browser, dash)
+        from playwright.async_api import expect
+
+        await expect(page.locator("#conn-text")).to_have_text("live")
+        title = await page.title()
+        # the operator is on another tab
+        await page.evaluate(
+            "Object.defineProperty(document, 'hidden', {value: true, configurable: true})"
+        )
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stream = pb_grpc.ConvstreamStub(channel).StreamFrames()
+            options = pb.ResultOptions(publish=True)
+            for i in range(60):  # the dashboard subscribes within a poll; keep sending
+                request = pb.FrameRequest(frame_id=i, source="dock-8", encoded=frame)
+                if i == 0:
+                    request.options.CopyFrom(options)
+                await stream.write(request)
+                await stream.read()
+                if dash.hub.alerts.recent():
+                    break
+                await asyncio.sleep(0.1)
+            await stream.done_writing()
+        await expect(page).to_have_title(f"(1) damage alert · {title}")
+        # back on the tab: the count is seen
+        await page.evaluate(
+            "Object.defineProperty(document, 'hidden', {value: false, configurable: true});"
+            "document.dispatchEvent(new Event('visibilitychange'))"
+        )
+        await expect(page).to_have_title(title)
+        assert page.errors == []
+        await page.context.close()
     finally:
         await dash.stop()
         await server.stop(grace=0)

@@ -389,6 +389,15 @@
   // An alert's entry follows its episode: a better frame of the same package comes as the
   // same alert id with a new snapshot url, and the entry changes in place.
   const alertEntries = new Map(); // alert id -> its entry's parts
+  const TITLE = document.title;
+  let unseenAlerts = 0; // new alerts while the page was hidden
+  let loadingAlerts = false; // the hello's list: alerts from before, not new ones
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden) {
+      unseenAlerts = 0;
+      document.title = TITLE;
+    }
+  });
   let shownAlert = null; // the alert in the modal
   let showClean = false; // the modal shows the frame without the heatmap
 
@@ -432,6 +441,10 @@
       last.remove();
     }
     state.alerts += 1;
+    if (atTop && document.hidden && !loadingAlerts) {
+      unseenAlerts += 1; // an operator on another tab sees it in the tab's title
+      document.title = `(${unseenAlerts}) damage alert · ${TITLE}`;
+    }
     const count = $("alert-count");
     count.textContent = String(state.alerts);
     count.dataset.zero = "false";
@@ -533,7 +546,9 @@
         $("alert-count").textContent = "0";
         $("alert-count").dataset.zero = "true";
         $("no-alerts").hidden = false;
+        loadingAlerts = true;
         for (const alert of [...msg.alerts].reverse()) addAlert(alert, true);
+        loadingAlerts = false;
         break;
       case "cameras":
         state.clock = { dash: msg.time, at: performance.now() };
