@@ -191,6 +191,7 @@
       if (aspect !== this.aspect) {
         this.aspect = aspect;
         this.view.style.aspectRatio = aspect;
+        fitGrid(); // a taller picture may need another number of columns
       }
       this.frameCtx.drawImage(bitmap, left, top, w, h, 0, 0, w, h);
       if (header.heat.length === 2) {
@@ -327,9 +328,51 @@
     }
     $("empty").hidden = tiles.size > 0;
     $("empty").textContent = serverOk ? "No cameras on the server." : "Waiting for the server…";
+    fitGrid();
     const running = cameras.filter((c) => c.state === "running").length;
     $("summary").textContent = `${running}/${cameras.length} cameras running`;
   }
+
+  // A wall screen shows every camera as large as fits without scrolling: the number of
+  // columns that gives the widest pictures, every row in view. When even that would make
+  // them small (many cameras, a small window), the page scrolls instead (the CSS's layout).
+  const GAP = 14;
+  let gridKey = "";
+  function fitGrid() {
+    const n = tiles.size;
+    const first = n > 0;
+    const width = grid.clientWidth - 2 * GAP;
+    const height = grid.clientHeight - 2 * GAP;
+    const narrow = window.matchMedia("(max-width: 900px)").matches;
+    // A tile's height besides its picture (name, numbers, score line), and the tallest
+    // picture's height for its width, as drawn now.
+    let extra = first ? Infinity : 180; // the least: a tile in a row of taller ones stretches
+    let tall = 9 / 16;
+    for (const tile of tiles.values()) {
+      const view = tile.view.getBoundingClientRect();
+      extra = Math.min(extra, tile.el.getBoundingClientRect().height - view.height);
+      if (view.width > 0) tall = Math.max(tall, view.height / view.width);
+    }
+    let columns = 0;
+    let best = 0;
+    for (let c = 1; c <= n && !narrow; c++) {
+      const rows = Math.ceil(n / c);
+      const w = (width - (c - 1) * GAP) / c;
+      const h = (height - (rows - 1) * GAP) / rows - extra;
+      const fits = Math.min(w, h / tall);
+      if (fits > best) {
+        best = fits;
+        columns = c;
+      }
+    }
+    const key = best >= 360 ? `${columns}:${Math.floor(best)}` : "";
+    if (key === gridKey) return;
+    gridKey = key;
+    grid.style.gridTemplateColumns = key ? `repeat(${columns}, minmax(0, ${Math.floor(best)}px))` : "";
+    grid.style.justifyContent = key ? "center" : "";
+    for (const tile of tiles.values()) tile.sparkDirty = true;
+  }
+  new ResizeObserver(() => fitGrid()).observe(grid);
 
   function setModel(model) {
     state.model = model;
