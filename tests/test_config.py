@@ -125,6 +125,9 @@ def test_environment_names_the_config_file(tmp_path: Path) -> None:
     # the client commands' token may sit in the same shell: it is not a server setting
     environ = {"CONVSTREAM_CONFIG": str(path), "CONVSTREAM_TOKEN": "abc"}
     assert load_settings(environ=environ).max_streams == 3
+    # nor is scripts/run.sh's dashboard port, which the README tells people to set
+    environ["CONVSTREAM_DASHBOARD_PORT"] = "8081"
+    assert load_settings(environ=environ).max_streams == 3
 
 
 def test_parse_size() -> None:

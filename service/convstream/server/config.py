@@ -356,7 +356,9 @@ class Settings(BaseModel):
 
 # CONVSTREAM_* variables that are not server settings: the config file's path, and the
 # client commands' token (a shell may hold both a client's token and a server's settings).
-NOT_SETTINGS = (f"{ENV_PREFIX}CONFIG", f"{ENV_PREFIX}TOKEN")
+# read by others: the config file's path (here, before the settings), the client commands'
+# token, and scripts/run.sh's dashboard port
+NOT_SETTINGS = (f"{ENV_PREFIX}CONFIG", f"{ENV_PREFIX}TOKEN", f"{ENV_PREFIX}DASHBOARD_PORT")
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
