@@ -71,7 +71,12 @@ def why_closed(url: str, timeout_s: float) -> str:
         return NO_STREAM
     try:
         return _ask(parts, scheme, address, deadline)
-    except (OSError, ValueError):  # it went quiet, closed, or answered something else
+    except TimeoutError:
+        return (
+            f"it accepts connections, but did not answer an {scheme.upper()} request within "
+            f"{timeout_s:.1f} s (the camera or its server hung, or overloaded?)"
+        )
+    except (OSError, ValueError):  # it closed, or answered something else
         return NO_STREAM
 
 
