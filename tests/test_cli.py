@@ -252,6 +252,13 @@ def test_check_config_says_what_would_run_without_running_it(
     assert out.startswith("config OK, 1 warning(s) below: ")
     assert "replay (file, looped)" in out
     assert f"warning: camera replay: no video file at {tmp_path / 'gone.mp4'}" in out
+    index = next(i for i in range(64) if not Path(f"/dev/video{i}").exists())
+    with config.open("a") as toml:
+        toml.write(f'[[cameras]]\nid = "bench"\nsource = "device:{index}"\n')
+    assert main(["serve", "--check-config", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("config OK, 2 warning(s) below: ")
+    assert f"warning: camera bench: no /dev/video{index} on this host (yet)" in out
     config.write_text(config.read_text().replace("fps = 5", "fsp = 5"))
     assert main(["serve", "--check-config", "--config", str(config)]) == 2
     assert "fsp" in capsys.readouterr().err

@@ -156,6 +156,11 @@ def _check_config(settings: Settings) -> int:
                 f"camera {camera.id}: no video file at {spec.target} (as this user sees it): "
                 "it would be FAILED"
             )
+        if spec.kind == "device" and not Path(f"/dev/video{spec.device}").exists():
+            warnings.append(
+                f"camera {camera.id}: no /dev/video{spec.device} on this host (yet): it would "
+                "be retried until one is plugged in"
+            )
     address = host_port(settings.host, settings.port)
     verdict = f"config OK, {len(warnings)} warning(s) below" if warnings else "config OK"
     print(f"{verdict}: convstream serve would listen on {address}")
