@@ -45,7 +45,7 @@ from convstream.client.errors import (
 )
 from convstream.client.frames import IMAGE_SUFFIXES, Video, image_files, read_images
 from convstream.client.options import ResultOptions, Timeout, Upload
-from convstream.client.results import Result
+from convstream.client.results import CameraInfo, Result
 
 __all__ = ["add_commands"]
 
@@ -403,9 +403,12 @@ def _watch(args: argparse.Namespace) -> int:
             have = f"the server has {', '.join(cameras)}" if cameras else "the server pulls none"
             return _usage(args, f"unknown camera {args.camera_id!r}; {have}")
         camera = cameras[args.camera_id]
+        rates = [r for r in (args.max_fps, camera.fps_cap) if r]
+        lull = CameraLull(client, args.camera_id, max(QUIET_S, 3 / min(rates, default=1.0)))
         opening = datetime.now(UTC) - (camera.since or datetime.now(UTC))
         slow_open = camera.state == "connecting" and opening > timedelta(seconds=2)
         if slow_open or camera.state in ("stalled", "reconnecting"):
+            lull.told(camera)  # not said again while it lasts
             # Results come once its frames do; without this line the command looks hung.
             why = f" Last error: {camera.last_error}" if camera.last_error else ""
             print(
@@ -418,8 +421,6 @@ def _watch(args: argparse.Namespace) -> int:
         watching = client.watch(
             args.camera_id, options=options, max_fps=args.max_fps, resume=args.resume
         )
-        rates = [r for r in (args.max_fps, camera.fps_cap) if r]
-        lull = CameraLull(client, args.camera_id, max(QUIET_S, 3 / min(rates, default=1.0)))
         with contextlib.closing(watching), lull:  # closing ends the call at --count
             results = lull.timed(itertools.islice(watching, args.count))
             return _report(
@@ -472,6 +473,14 @@ class CameraLull:
                 print(f"camera {self._camera_id!r}: results again", file=sys.stderr)
             yield result
 
+    def told(self, camera: CameraInfo) -> bool:
+        """Mark the camera's state and error as said; False if they were already."""
+        told = f"{camera.state}: {camera.last_error}"
+        if told == self._told:
+            return False
+        self._told = told
+        return True
+
     def _run(self) -> None:
         while not self._stop.wait(1.0):
             if time.monotonic() - self._last < self._quiet_s:
@@ -483,9 +492,7 @@ class CameraLull:
             camera = cameras.get(self._camera_id)
             if camera is None or camera.state == "running":
                 continue
-            told = f"{camera.state}: {camera.last_error}"
-            if told != self._told and not self._stop.is_set():
-                self._told = told
+            if self.told(camera) and not self._stop.is_set():
                 why = f" Last error: {camera.last_error}" if camera.last_error else ""
                 print(
                     f"camera {self._camera_id!r} is {camera.state}; waiting for its frames.{why}",
