@@ -320,6 +320,21 @@ async def test_the_watch_command_says_when_its_camera_goes_down_and_comes_back(
     assert err.index("is reconnecting") < err.index("camera 'a': results again"), err
 
 
+async def test_watching_a_camera_that_is_down_says_so_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source = FFmpegSource("mjpeg")  # not started yet: the camera is down from the start
+    async with serving(camera("late", source.url)) as server, connect(server) as stub:
+        await until(state_is(stub, "late", pb.CAMERA_STATE_RECONNECTING), 10, "down")
+        argv = ["watch", "late", "--address", f"127.0.0.1:{server.port}", "--count", "3"]
+        watching = asyncio.create_task(asyncio.to_thread(main, argv))
+        await asyncio.sleep(QUIET_S + 2.5)  # long enough for the quiet watch to ask again
+        with running(source):
+            assert await asyncio.wait_for(watching, 30) == 0
+    err = capsys.readouterr().err
+    assert err.count("camera 'late' is reconnecting; waiting for its frames") == 1, err
+
+
 async def _true(value: bool) -> bool:
     return value
 
@@ -340,7 +355,7 @@ async def test_unreachable_source_fails_within_open_timeout() -> None:
             assert "could not open http source" in silent.last_error
             assert str(port) not in silent.last_error  # clients never see the address
             # the blackhole accepts connections but never answers the request
-            assert "accepts connections, but no video stream opened" in silent.last_error
+            assert "accepts connections, but did not answer an HTTP request" in silent.last_error
             # a watcher waits while the camera reconnects...
             waiting = Collector(watch(stub, "silent"))
             await until(state_is(stub, "silent", pb.CAMERA_STATE_FAILED), 8, "gave up")

@@ -52,25 +52,27 @@ MAX_FPS = 5.0
 
 
 @pytest.mark.parametrize(
-    ("scores", "cooldown_s", "decisions"),
+    ("scores", "cooldown_s", "step_s", "decisions"),
     [
         # one package: one alert on its first frame, then better frames of it improve it
-        ([0.2, 0.3, 0.7, 0.8, 0.9, 0.6], 0.0, {2: "raise", 3: "improve", 4: "improve"}),
-        ([0.7, 0.1, 0.7], 0.0, {0: "raise", 2: "raise"}),  # fell well below: a new episode
-        ([0.7, 0.49, 0.7], 0.0, {0: "raise"}),  # within the hysteresis: still the same package
-        ([0.7, 0.705, 0.7], 0.0, {0: "raise"}),  # no better by a hundredth: the snapshot stays
+        ([0.2, 0.3, 0.7, 0.8, 0.9, 0.6], 0.0, 2.0, {2: "raise", 3: "improve", 4: "improve"}),
+        ([0.7, 0.1, 0.7], 0.0, 2.0, {0: "raise", 2: "raise"}),  # below long enough: another
+        ([0.7, 0.1, 0.1, 0.7], 0.0, 0.5, {0: "raise"}),  # a dip of a second: the same package
+        ([0.7, 0.1, 0.1, 0.1, 0.1, 0.7], 0.0, 0.5, {0: "raise", 5: "raise"}),  # 2 s: another
+        ([0.7, 0.49, 0.7], 0.0, 2.0, {0: "raise"}),  # within the hysteresis: the same package
+        ([0.7, 0.705, 0.7], 0.0, 2.0, {0: "raise"}),  # no better by a hundredth: it stays
         # a second package inside the cooldown is held, and raised once the cooldown has passed
-        ([0.7, 0.1, 0.8, 0.9, 0.1, 0.1], 4.0, {0: "raise", 4: "raise"}),
-        ([0.1, 0.2], 0.0, {}),
+        ([0.7, 0.1, 0.8, 0.9, 0.1, 0.1], 8.0, 2.0, {0: "raise", 4: "raise"}),
+        ([0.1, 0.2], 0.0, 2.0, {}),
     ],
 )
 def test_alerts_follow_episodes_and_the_cooldown_loses_none(
-    scores: list[float], cooldown_s: float, decisions: dict[int, str]
+    scores: list[float], cooldown_s: float, step_s: float, decisions: dict[int, str]
 ) -> None:
     detector: AlertDetector[int] = AlertDetector(cooldown_s)
     made = {}
     for i, score in enumerate(scores):
-        decision = detector.update("cam", score, 0.5, now=float(i), frame=i)
+        decision = detector.update("cam", score, 0.5, now=i * step_s, frame=i)
         if decision is not None:
             made[i] = decision.kind
             assert decision.frame <= i
@@ -78,12 +80,12 @@ def test_alerts_follow_episodes_and_the_cooldown_loses_none(
 
 
 def test_a_held_alert_shows_the_best_frame_and_how_many_episodes() -> None:
-    detector: AlertDetector[int] = AlertDetector(cooldown_s=10.0)
+    detector: AlertDetector[int] = AlertDetector(cooldown_s=20.0)
     assert detector.update("cam", 0.9, 0.5, now=0.0, frame=0).kind == "raise"  # type: ignore[union-attr]
     held = [0.1, 0.6, 0.95, 0.7, 0.1, 0.8, 0.1]  # two more packages pass in the cooldown
     for i, score in enumerate(held, start=1):
-        assert detector.update("cam", score, 0.5, now=float(i), frame=i) is None
-    late = detector.update("cam", 0.1, 0.5, now=10.0, frame=99)
+        assert detector.update("cam", score, 0.5, now=i * 2.0, frame=i) is None
+    late = detector.update("cam", 0.1, 0.5, now=20.0, frame=99)
     assert late is not None and late.kind == "raise"
     assert (late.frame, late.score, late.episodes) == (3, 0.95, 2)  # the best of both, counted
     assert detector.update("other", 0.9, 0.5, now=10.0, frame=0) is not None  # per camera

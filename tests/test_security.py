@@ -592,3 +592,26 @@ async def test_reflection_needs_a_token_and_is_v1alpha_only(token_server: Server
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await list_services("v1", _bearer(WATCH_TOKEN))
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_the_dashboard_says_whether_its_token_is_missing_or_wrong(
+    token_server: Server,
+) -> None:
+    from convstream.dashboard import Dashboard, DashboardSettings
+
+    address = f"127.0.0.1:{token_server.port}"
+    for token, says in [
+        (None, "give this server's token with --token-file FILE or the CONVSTREAM_TOKEN"),
+        ("not-a-token", "the token was not recognised: it is none of this server's tokens"),
+    ]:
+        dash = Dashboard(DashboardSettings(address=address, port=0, poll_s=0.2, token=token))
+        await dash.start()
+        try:
+            for _ in range(100):
+                if dash.hub.server.get("refused"):
+                    break
+                await asyncio.sleep(0.05)
+            assert dash.hub.server["refused"], dash.hub.server
+            assert says in dash.hub.server["hint"], dash.hub.server
+        finally:
+            await dash.stop()

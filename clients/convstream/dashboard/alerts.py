@@ -2,7 +2,8 @@
 
 An alert is per episode: one package passing slowly under a camera keeps its score high for
 many frames, and a score near the threshold flickers across it, so an episode begins when the
-score reaches the threshold and ends only when it falls below ``threshold - hysteresis``. The
+score reaches the threshold and ends only once it has stayed below ``threshold - hysteresis``
+for ``END_AFTER_S`` (a frame or two of a turning package scoring low do not end it). The
 alert is raised on the episode's first frame, and its snapshot follows the episode's
 best-scoring frame while it lasts (a package entering the view scores less than the same
 package in full view).
@@ -28,6 +29,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 HYSTERESIS = 0.03
+END_AFTER_S = 1.5  # below the threshold (less the hysteresis) this long ends an episode
 BETTER_BY = 0.01  # a frame replaces an alert's snapshot when it scores this much higher
 T = TypeVar("T")
 
@@ -66,6 +68,7 @@ class Decision(Generic[T]):
 @dataclass
 class _Camera(Generic[T]):
     in_episode: bool = False
+    below_since: float | None = None  # when the score last fell below, in an episode
     alerted: bool = False  # the current episode has its alert (else it is held)
     peak: float = -math.inf  # best score of the current episode, or of the held ones
     best: T | None = None  # its frame
@@ -79,11 +82,15 @@ class AlertDetector(Generic[T]):
     Args:
         cooldown_s: the shortest time between two alerts of one camera.
         hysteresis: how far below the threshold a score must fall to end an episode.
+        end_after_s: and for how long.
     """
 
-    def __init__(self, cooldown_s: float, hysteresis: float = HYSTERESIS) -> None:
+    def __init__(
+        self, cooldown_s: float, hysteresis: float = HYSTERESIS, end_after_s: float = END_AFTER_S
+    ) -> None:
         self.cooldown_s = cooldown_s
         self.hysteresis = hysteresis
+        self.end_after_s = end_after_s
         self._cameras: dict[str, _Camera[T]] = {}
 
     def update(
@@ -91,7 +98,10 @@ class AlertDetector(Generic[T]):
     ) -> Decision[T] | None:
         """The decision for this frame, with ``score``, at monotonic time ``now`` (seconds)."""
         cam = self._cameras.setdefault(camera, _Camera())
+        if cam.below_since is not None and now - cam.below_since >= self.end_after_s:
+            cam.in_episode, cam.below_since = False, None  # it stayed below long enough
         if score >= threshold:
+            cam.below_since = None
             if not cam.in_episode:
                 cam.in_episode, cam.alerted = True, False
                 cam.held += 1
@@ -101,8 +111,8 @@ class AlertDetector(Generic[T]):
                 cam.peak, cam.best = score, frame
                 if cam.alerted:
                     return Decision("improve", score, frame)
-        elif score < threshold - self.hysteresis:
-            cam.in_episode = False
+        elif score < threshold - self.hysteresis and cam.in_episode and cam.below_since is None:
+            cam.below_since = now
         if cam.held and now - cam.last_raised >= self.cooldown_s:
             assert cam.best is not None
             decision = Decision("raise", cam.peak, cam.best, cam.held)

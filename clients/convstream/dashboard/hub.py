@@ -212,7 +212,8 @@ class Hub:
                 # the dashboard comes up), and again when its cause changes.
                 refused = exc.code().name in REFUSED
                 if refused:
-                    hint = refused_hint(exc.code().name)
+                    # with a token given, the server's own words say what is wrong with it
+                    hint = exc.details() if self._metadata else refused_hint(exc.code().name)
                 elif exc.code() == grpc.StatusCode.UNAVAILABLE:
                     hint = unavailable_hint(error, self.settings.tls)
                 else:
