@@ -30,7 +30,7 @@ class Geometry:
     pad_left: int
     pad_top: int
 
-    def hottest_cell(self, heat: np.ndarray, stride: int) -> tuple[int, int, float, float]:
+    def hottest_cell(self, heat: np.ndarray, stride: int) -> tuple[int, int, float, float, float]:
         """The hottest cell of a heatmap over the frame, the letterbox bars left out.
 
         Args:
@@ -38,7 +38,8 @@ class Geometry:
             stride: input pixels per cell.
 
         Returns:
-            (row, col, x, y): the cell, and its centre in frame pixels (clamped to the frame).
+            (row, col, x, y, value): the cell, its centre in frame pixels (clamped to the
+            frame), and its value.
         """
         heat = heat.reshape(heat.shape[-2:])
         right = min(self.input_width, self.pad_left + round(self.frame_width * self.scale))
@@ -51,7 +52,8 @@ class Geometry:
         row, col = int(cell[0]) + r0, int(cell[1]) + c0
         x = ((col + 0.5) * stride - self.pad_left) / self.scale
         y = ((row + 0.5) * stride - self.pad_top) / self.scale
-        return row, col, min(max(x, 0.0), self.frame_width), min(max(y, 0.0), self.frame_height)
+        x, y = min(max(x, 0.0), self.frame_width), min(max(y, 0.0), self.frame_height)
+        return row, col, x, y, float(heat[row, col])
 
 
 def choose_input(width: int, height: int, sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:

@@ -178,13 +178,10 @@ class Pipeline:
         )
         if request.HasField("capture_time"):
             result.capture_time.CopyFrom(request.capture_time)
-        heat = inference.arrays["heatmap"]
-        row, col, x, y = prepared.geometry.hottest_cell(heat, model.heatmap_stride)
-        result.peak.CopyFrom(
-            pb.Peak(
-                row=row, col=col, x=x, y=y, value=float(heat.reshape(heat.shape[-2:])[row, col])
-            )
+        row, col, x, y, value = prepared.geometry.hottest_cell(
+            inference.arrays["heatmap"], model.heatmap_stride
         )
+        result.peak.CopyFrom(pb.Peak(row=row, col=col, x=x, y=y, value=value))
         if options.include_heatmap:
             fill_tensor(
                 result.heatmap,
