@@ -132,9 +132,9 @@ class Result:
     def peak(self) -> tuple[int, int] | None:
         """(x, y) in frame pixels of the centre of the heatmap's hottest cell, or None.
 
-        The server's own answer (``hottest``) when it sent one; else (a server before 0.2, a
-        Result made by hand) found in ``heatmap``, where FLOAT16 or UINT8 cells near 1.0 may
-        tie and the first of them wins.
+        The server's own answer (``hottest``) when it sent one; else (an older server that
+        sends no ``peak``, a Result made by hand) found in ``heatmap``, where FLOAT16 or UINT8
+        cells near 1.0 may tie and the first of them wins.
         """
         if self.hottest is not None:
             return self.hottest

@@ -174,7 +174,10 @@ async def alert_snapshot(request: web.Request) -> web.Response:
     A better frame replaces an alert's snapshot while its episode lasts; the alert's urls
     then carry a new ``?v=``, so a browser may keep each version it has.
     """
-    alert_id = int(request.match_info["alert_id"])
+    try:
+        alert_id = int(request.match_info["alert_id"])
+    except ValueError:  # more digits than Python turns into an int
+        raise web.HTTPNotFound() from None
     snapshot = request.app[HUB].alerts.snapshot(alert_id)
     if snapshot is None:
         raise web.HTTPNotFound(text=f"no alert {alert_id} (only the newest are kept)")
