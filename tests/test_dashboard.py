@@ -644,7 +644,7 @@ async def test_a_published_client_stream_gets_a_tile_while_it_lasts() -> None:
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_an_alert_on_a_hidden_page_shows_in_its_tab_title(browser: Any) -> None:
+async def test_an_alert_on_a_hidden_page_shows_in_its_tab_title_and_sounds(browser: Any) -> None:
     server = Server(Settings(port=0, metrics_port=0, cameras=()))
     await server.start()
     settings = DashboardSettings(address=f"127.0.0.1:{server.port}", port=0, poll_s=0.2)
@@ -656,6 +656,7 @@ async def test_an_alert_on_a_hidden_page_shows_in_its_tab_title(browser: Any) ->
         from playwright.async_api import expect
 
         await expect(page.locator("#conn-text")).to_have_text("live")
+        await page.locator("#sound-toggle").check()  # a click: the browser lets it sound
         title = await page.title()
         # the operator is on another tab
         await page.evaluate(
@@ -675,6 +676,8 @@ async def test_an_alert_on_a_hidden_page_shows_in_its_tab_title(browser: Any) ->
                 await asyncio.sleep(0.1)
             await stream.done_writing()
         await expect(page).to_have_title(f"(1) damage alert · {title}")
+        chimes = "window.convstreamDashboard.state.chimes"
+        assert await page.evaluate(chimes) == 1  # one tone for the one new alert
         # back on the tab: the count is seen
         await page.evaluate(
             "Object.defineProperty(document, 'hidden', {value: false, configurable: true});"

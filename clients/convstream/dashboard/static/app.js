@@ -21,6 +21,7 @@
     clock: { dash: 0, at: 0 }, // the dashboard's time at performance.now() == at
     alerts: 0,
     frames: 0,
+    chimes: 0, // tones played for new alerts
   };
   // Counters for tests and for anyone curious in the console.
   window.convstreamDashboard = { state, tiles };
@@ -484,6 +485,7 @@
       last.remove();
     }
     state.alerts += 1;
+    if (atTop && !loadingAlerts) chime();
     if (atTop && document.hidden && !loadingAlerts) {
       unseenAlerts += 1; // an operator on another tab sees it in the tab's title
       document.title = `(${unseenAlerts}) damage alert · ${TITLE}`;
@@ -523,6 +525,36 @@
   $("modal").addEventListener("click", (ev) => {
     if (ev.target === $("modal") || ev.target === $("modal-img")) $("modal").close();
   });
+
+  // ---- a tone for each new alert, when asked for (remembered per browser) ----------------
+  // Browsers let a page make sound only after someone has used it: the tone starts working
+  // at the first click or key press after the page is opened.
+  const sound = $("sound-toggle");
+  sound.checked = localStorage.getItem("convstream.sound") === "on";
+  let audio = null;
+  function wakeAudio() {
+    if (!sound.checked) return;
+    audio = audio || new AudioContext();
+    if (audio.state === "suspended") audio.resume();
+  }
+  sound.addEventListener("change", () => {
+    localStorage.setItem("convstream.sound", sound.checked ? "on" : "off");
+    wakeAudio();
+  });
+  document.addEventListener("pointerdown", wakeAudio);
+  document.addEventListener("keydown", wakeAudio);
+  function chime() {
+    if (!sound.checked || !audio || audio.state !== "running") return;
+    const tone = audio.createOscillator();
+    const gain = audio.createGain();
+    tone.frequency.value = 880;
+    gain.gain.setValueAtTime(0.2, audio.currentTime);
+    gain.gain.exponentialRampToValueAtTime(0.001, audio.currentTime + 0.6);
+    tone.connect(gain).connect(audio.destination);
+    tone.start();
+    tone.stop(audio.currentTime + 0.6);
+    state.chimes += 1;
+  }
 
   // ---- heatmap controls, remembered per browser ------------------------------------------
   const toggle = $("heat-toggle");
