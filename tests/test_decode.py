@@ -34,6 +34,8 @@ CASES = [
     ("jpeg q60", jpeg(IMAGE, 60), None, "ok"),
     ("truncated jpeg", jpeg(IMAGE)[: len(jpeg(IMAGE)) // 2], InvalidFrame, "truncated JPEG"),
     ("truncated png", png(IMAGE)[:-40], InvalidFrame, "truncated PNG"),
+    # bytes after the end marker are ignored, as decoders do (a camera's padding, a trailer)
+    ("jpeg with a trailer", jpeg(IMAGE) + b"GARBAGE" * 100, None, "ok"),
     (
         "random bytes",
         bytes(np.random.default_rng(0).integers(0, 256, 5000, np.uint8)),

@@ -106,9 +106,11 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 def _complete(kind: str, data: bytes) -> bool:
     # A frame cut short in transit still decodes in OpenCV (the rest painted grey), so check
-    # the end marker: JPEG's EOI (cameras may pad a few bytes after it), PNG's IEND chunk.
+    # the end marker: JPEG's EOI after its last scan (an EXIF thumbnail ends with an EOI of
+    # its own, before the image's scan; bytes after the EOI are ignored, as decoders do),
+    # PNG's IEND chunk.
     if kind == "jpeg":
-        return b"\xff\xd9" in data[-64:]
+        return data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda")
     return data[-12:-8] == b"\x00\x00\x00\x00" and data[-8:-4] == b"IEND"
 
 
@@ -136,7 +138,8 @@ def decode_encoded(data: bytes, limits: Limits, reduce: int = 1) -> np.ndarray:
     if not _complete(kind, data):
         raise InvalidFrame(
             f"truncated {kind.upper()}: {len(data)} bytes with no end marker "
-            f"({'ff d9' if kind == 'jpeg' else 'IEND'}) for a {width}x{height} image"
+            f"({'ff d9 after the last scan' if kind == 'jpeg' else 'IEND'}) for a "
+            f"{width}x{height} image"
         )
     flag = _REDUCED.get(reduce, cv2.IMREAD_COLOR) if kind == "jpeg" else cv2.IMREAD_COLOR
     # Pixels as stored, as the header describes them: an EXIF rotation would swap width and
