@@ -550,6 +550,11 @@ async def test_unknown_camera_is_not_found() -> None:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await bad.read()
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.aio.AioRpcError) as info:  # a URL is refused, not echoed
+            await watch(stub, "rtsp://admin:hunter2@10.0.0.7/live").read()
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        told = str(info.value.details())
+        assert "never a URL" in told and "hunter2" not in told and "admin:***@" in told
         # a rate or a queue the server cannot give is refused, not quietly changed
         for asked, told in [
             ({"max_fps": -1.0}, "max_fps must be 0 (every analysed frame) to 1000"),

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from convstream.client.tensors import to_numpy
 from convstream.model import DamageModel
+from convstream.model.scenes import render_scene
 from convstream.server import Server, Settings
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
@@ -45,6 +46,34 @@ async def test_model_info_reports_what_runs(stub: pb_grpc.ConvstreamStub) -> Non
     ]
     assert info.threshold == pytest.approx(model.threshold)
     assert (info.input_sizes[0].height, info.input_sizes[0].width) == (384, 640)
+    assert (info.max_frame_pixels, info.max_frame_side) == (40_000_000, 16384)
+
+
+async def test_a_jpeg_can_score_as_its_pixels_do_sent_raw() -> None:
+    """Reduced JPEG decoding is libjpeg's downscale, not the resize raw pixels get; turned
+    off, a frame scores the same however it is sent."""
+    frames = [render_scene(seed, 720, 1280).image for seed in (2, 3, 5)]
+    scores: dict[bool, list[tuple[float, float]]] = {}
+    for reduced in (True, False):
+        server = Server(Settings(port=0, metrics_port=-1, cameras=(), reduced_jpeg_decode=reduced))
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                stub = pb_grpc.ConvstreamStub(channel)
+                scores[reduced] = []
+                for frame in frames:
+                    data = jpeg(frame, 95)
+                    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+                    raw = pb.RawImage(
+                        data=pixels.tobytes(), width=1280, height=720, format=pb.PIXEL_FORMAT_BGR8
+                    )
+                    as_jpeg = await stub.Analyze(pb.FrameRequest(encoded=data))
+                    as_raw = await stub.Analyze(pb.FrameRequest(raw=raw))
+                    scores[reduced].append((as_jpeg.score, as_raw.score))
+        finally:
+            await server.stop(grace=0)
+    assert all(a == pytest.approx(b, abs=1e-6) for a, b in scores[False]), scores
+    assert any(abs(a - b) > 1e-4 for a, b in scores[True]), scores  # what the setting is for
 
 
 async def test_a_threshold_in_the_config_decides_damaged_and_a_reload_changes_it() -> None:
@@ -236,6 +265,28 @@ async def test_analyze_bad_frame_is_invalid_argument(stub: pb_grpc.ConvstreamStu
         pb.FrameRequest(encoded=jpeg(scene(11, 240, 320)), capture_time=stamp)
     )
     assert ahead.frame_age_ms == 0.0 and ahead.capture_time == stamp
+    # the epoch itself is what a client that always fills the field sends for "unknown"
+    unset = await stub.Analyze(
+        pb.FrameRequest(encoded=jpeg(scene(11, 240, 320)), capture_time=Timestamp())
+    )
+    assert 0 < unset.frame_age_ms < 60_000 and not unset.HasField("capture_time")
+    with pytest.raises(grpc.aio.AioRpcError) as info:  # no camera's clock says 1969
+        old = Timestamp(seconds=-5)
+        await stub.Analyze(pb.FrameRequest(encoded=jpeg(scene(11, 240, 320)), capture_time=old))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "before 1970" in (info.value.details() or "")
+    # options that do not exist say which do
+    for options, says in [
+        (pb.ResultOptions(encoding=7), "unknown tensor encoding 7; expected one of 1 (TENSOR_"),
+        (pb.ResultOptions(freshness=9), "unknown freshness policy 9; expected one of 1 (FRESH"),
+        (pb.ResultOptions(queue_size=5000), "queue_size must be 0 (the server's default, 4) to"),
+    ]:
+        stream = stub.StreamFrames()
+        await stream.write(pb.FrameRequest(encoded=jpeg(scene(11, 240, 320)), options=options))
+        refused = await stream.read()
+        await stream.done_writing()
+        assert refused.status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert says in refused.status.message, refused.status.message
     # the server is still fine
     result = await stub.Analyze(pb.FrameRequest(encoded=jpeg(scene(11, 240, 320))))
     assert result.status.code == 0

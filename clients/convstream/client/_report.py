@@ -315,7 +315,8 @@ def model_info_text(info: ModelInfo) -> str:
     lines += [f"             {s.name:<8}  {s.channels:>8}  {s.stride:>6}" for s in info.stages]
     lines += [
         f"limits       {info.max_message_bytes / MiB:g} MiB per message, "
-        f"{info.max_frame_pixels:,} pixels per frame",
+        f"{info.max_frame_pixels:,} pixels per frame"
+        + (f", 32 to {info.max_frame_side:,} a side" if info.max_frame_side else ""),
         f"server       convstream {info.server_version}, onnxruntime {info.onnxruntime_version}",
     ]
     return "\n".join(lines)

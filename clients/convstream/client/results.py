@@ -265,6 +265,7 @@ class ModelInfo:
     server_version: str
     max_message_bytes: int
     max_frame_pixels: int
+    max_frame_side: int  # 0 from a server that does not say
 
     @property
     def stage_names(self) -> tuple[str, ...]:
@@ -287,6 +288,7 @@ class ModelInfo:
             server_version=message.server_version,
             max_message_bytes=message.max_message_bytes,
             max_frame_pixels=message.max_frame_pixels,
+            max_frame_side=message.max_frame_side,
         )
 
 

@@ -241,7 +241,7 @@ class InputSize(_message.Message):
     def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "sha256", "execution_provider", "requested_provider", "available_providers", "threshold", "heatmap_stride", "stages", "input_sizes", "onnxruntime_version", "server_version", "max_message_bytes", "max_frame_pixels")
+    __slots__ = ("name", "sha256", "execution_provider", "requested_provider", "available_providers", "threshold", "heatmap_stride", "stages", "input_sizes", "onnxruntime_version", "server_version", "max_message_bytes", "max_frame_pixels", "max_frame_side")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
@@ -255,6 +255,7 @@ class ModelInfo(_message.Message):
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAME_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_FRAME_SIDE_FIELD_NUMBER: _ClassVar[int]
     name: str
     sha256: str
     execution_provider: str
@@ -268,7 +269,8 @@ class ModelInfo(_message.Message):
     server_version: str
     max_message_bytes: int
     max_frame_pixels: int
-    def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., execution_provider: _Optional[str] = ..., requested_provider: _Optional[str] = ..., available_providers: _Optional[_Iterable[str]] = ..., threshold: _Optional[float] = ..., heatmap_stride: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., input_sizes: _Optional[_Iterable[_Union[InputSize, _Mapping]]] = ..., onnxruntime_version: _Optional[str] = ..., server_version: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., max_frame_pixels: _Optional[int] = ...) -> None: ...
+    max_frame_side: int
+    def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., execution_provider: _Optional[str] = ..., requested_provider: _Optional[str] = ..., available_providers: _Optional[_Iterable[str]] = ..., threshold: _Optional[float] = ..., heatmap_stride: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., input_sizes: _Optional[_Iterable[_Union[InputSize, _Mapping]]] = ..., onnxruntime_version: _Optional[str] = ..., server_version: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., max_frame_pixels: _Optional[int] = ..., max_frame_side: _Optional[int] = ...) -> None: ...
 
 class ListCamerasRequest(_message.Message):
     __slots__ = ()

@@ -69,6 +69,7 @@ def model_info(settings: Settings, model: DamageModel) -> pb.ModelInfo:
         server_version=server_version(),
         max_message_bytes=settings.max_message_bytes,
         max_frame_pixels=settings.max_frame_pixels,
+        max_frame_side=settings.max_frame_side,
     )
 
 

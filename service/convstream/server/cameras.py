@@ -29,7 +29,7 @@ from convstream.server.errors import (
 from convstream.server.feeds import CameraFeed, Publisher, StreamPublication, Watcher
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Options, Pipeline
-from convstream.server.sources import open_source
+from convstream.server.sources import open_source, redact
 from convstream.v1 import convstream_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class CameraManager:
         if not re.match(CAMERA_ID, name):
             raise InvalidOptions(
                 f"a published stream needs a source name of letters, digits, '.', '_', '-' "
-                f"(up to 64), got {name[:80]!r}"
+                f"(up to 64), got {redact(name[:80])!r}"
             )
         if name in self.feeds or name in self.published:
             what = "a configured camera" if name in self.feeds else "another stream"
@@ -139,7 +139,8 @@ class CameraManager:
         if feed is None and not re.match(CAMERA_ID, camera_id):
             raise InvalidOptions(
                 f"camera_id must be the id of a camera in the server's config (letters, digits, "
-                f"'.', '_', '-'), never a URL, a path or a device; got {camera_id[:80]!r}"
+                f"'.', '_', '-'), never a URL, a path or a device; got "
+                f"{redact(camera_id[:80])!r}"
             )
         if feed is None:
             known = ", ".join(sorted([*self.feeds, *self.published])) or "none configured"

@@ -54,7 +54,10 @@ class Options:
                 f"unknown feature map {unknown[0]!r}; expected any of {', '.join(FEATURE_NAMES)}"
             )
         if message.encoding not in pb.TensorEncoding.values():
-            raise InvalidOptions(f"unknown tensor encoding {message.encoding}")
+            raise InvalidOptions(
+                f"unknown tensor encoding {message.encoding}; expected one of "
+                + ", ".join(f"{v} ({n})" for n, v in pb.TensorEncoding.items() if v)
+            )
         return cls(
             feature_maps=tuple(dict.fromkeys(message.feature_maps)),
             encoding=message.encoding or pb.TENSOR_ENCODING_FLOAT16,
@@ -117,14 +120,15 @@ class Pipeline:
     def prepare(self, request: pb.FrameRequest) -> Prepared:
         """Decode and letterbox (runs on the executor). Raises InvalidFrame."""
         started = time.perf_counter()
-        if request.HasField("capture_time"):
+        if has_capture_time(request):
             check_capture_time(request.capture_time)
         which = request.WhichOneof("image")
         if which == "encoded":
             kind, width, height = encoded_size(request.encoded)  # the header only: microseconds
             self.limits.check(width, height, kind.upper())
             target = choose_input(width, height, self.sizes)
-            image = decode_encoded(request.encoded, self.limits, reduction(width, height, target))
+            reduce = reduction(width, height, target) if self.settings.reduced_jpeg_decode else 1
+            image = decode_encoded(request.encoded, self.limits, reduce)
         elif which == "raw":
             raw = request.raw
             fmt = _PIXEL_FORMATS.get(raw.format)
@@ -176,7 +180,7 @@ class Pipeline:
             score=score,
             damaged=score >= model.threshold,
         )
-        if request.HasField("capture_time"):
+        if has_capture_time(request):
             result.capture_time.CopyFrom(request.capture_time)
         row, col, x, y, value = prepared.geometry.hottest_cell(
             inference.arrays["heatmap"], model.heatmap_stride
@@ -275,22 +279,32 @@ def heatmap_encoding(encoding: int) -> int:
     return pb.TENSOR_ENCODING_FLOAT16 if encoding == pb.TENSOR_ENCODING_UINT8 else encoding
 
 
-# google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z
-_SECONDS_MIN, _SECONDS_MAX = -62_135_596_800, 253_402_300_799
+# google.protobuf.Timestamp's range ends at 9999-12-31T23:59:59Z
+_SECONDS_MAX = 253_402_300_799
+
+
+def has_capture_time(request: pb.FrameRequest) -> bool:
+    """A capture time was given: set, and not the Unix epoch itself, which is what a client
+    that always fills the field sends when it has no time (proto3's zero)."""
+    stamp = request.capture_time
+    return request.HasField("capture_time") and (stamp.seconds != 0 or stamp.nanos != 0)
 
 
 def check_capture_time(stamp: Timestamp) -> None:
-    """Refuse a capture time that is no Timestamp (before any work is done on its frame)."""
-    if _SECONDS_MIN <= stamp.seconds <= _SECONDS_MAX and 0 <= stamp.nanos <= 999_999_999:
+    """Refuse a capture time that is no Timestamp, or before 1970 (before any work is done on
+    its frame)."""
+    if 0 <= stamp.seconds <= _SECONDS_MAX and 0 <= stamp.nanos <= 999_999_999:
         return
     hint = ""
-    if stamp.seconds > _SECONDS_MAX:
+    if stamp.seconds < 0:
+        hint = " (before 1970: no camera's clock; leave capture_time unset when it is unknown)"
+    elif stamp.seconds > _SECONDS_MAX:
         hint = " (milliseconds or nanoseconds in the seconds field?)"
     elif stamp.nanos < 0 or stamp.nanos > 999_999_999:
         hint = " (nanos is the fraction of a second, from 0 to 999999999)"
     raise InvalidFrame(
         "capture_time must be seconds and nanoseconds since the Unix epoch, seconds from "
-        f"{_SECONDS_MIN} to {_SECONDS_MAX} and nanos from 0 to 999999999; got seconds "
+        f"0 to {_SECONDS_MAX} and nanos from 0 to 999999999; got seconds "
         f"{stamp.seconds}, nanos {stamp.nanos}{hint}"
     )
 
@@ -298,7 +312,7 @@ def check_capture_time(stamp: Timestamp) -> None:
 def frame_age_ms(request: pb.FrameRequest, since_arrival_ms: float) -> float:
     """Now minus the frame's capture time, or the time since it arrived when none was given.
     A capture time ahead of the server's clock gives 0: the clocks differ, the frame is new."""
-    if request.HasField("capture_time"):
+    if has_capture_time(request):
         return max(0.0, (time.time() - request.capture_time.ToNanoseconds() / 1e9) * 1000)
     return since_arrival_ms
 

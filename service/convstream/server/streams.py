@@ -133,7 +133,10 @@ class StreamSession:
 
     def _configure(self, message: pb.ResultOptions, source: str) -> None:
         if message.freshness not in pb.Freshness.values():
-            raise InvalidOptions(f"unknown freshness policy {message.freshness}")
+            raise InvalidOptions(
+                f"unknown freshness policy {message.freshness}; expected one of "
+                + ", ".join(f"{v} ({n})" for n, v in pb.Freshness.items() if v)
+            )
         if message.publish and self.registry is None:
             raise InvalidOptions("this server does not publish streams")
         freshness = message.freshness or pb.FRESHNESS_LOSSLESS
@@ -141,7 +144,10 @@ class StreamSession:
             capacity = 1
         elif message.queue_size:
             if message.queue_size > 1024:
-                raise InvalidOptions(f"queue_size must be 1..1024, got {message.queue_size}")
+                raise InvalidOptions(
+                    f"queue_size must be 0 (the server's default, {self._default_queue}) to "
+                    f"1024, got {message.queue_size}"
+                )
             capacity = message.queue_size
         else:
             capacity = self._default_queue
