@@ -48,7 +48,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=10.0,
         metavar="SECONDS",
-        help="seconds before one camera may raise another alert (default %(default)s)",
+        help="shortest time between two alerts of one camera; a package crossing inside it "
+        "is alerted once it has passed, never dropped (default %(default)s)",
     )
     p.add_argument(
         "--alerts-dir",

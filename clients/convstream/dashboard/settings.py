@@ -23,7 +23,8 @@ class DashboardSettings:
         queue_size: results the server keeps waiting for the dashboard per camera.
         poll_s: seconds between ListCameras calls (states, rates, cameras added or removed).
         history_s: seconds of score history kept per camera and drawn in its sparkline.
-        alert_cooldown_s: seconds after an alert before the same camera may raise another.
+        alert_cooldown_s: the shortest time between two alerts of one camera; an episode that
+            starts inside it is held and raised once it has passed.
         max_alerts: alerts (with their snapshots) kept in memory, newest first.
         alerts_dir: where alerts and their snapshots are also written, and read back from
             at start; None: in memory only.
