@@ -19,9 +19,9 @@ import json
 import logging
 import math
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import cv2
 import numpy as np
@@ -45,13 +45,24 @@ class Alert:
     score: float  # the snapshot frame's: the highest of the episode so far
     threshold: float
     frame_id: int
-    url: str
-    frame_url: str
     episodes: int = 1  # more when episodes held back by the cooldown were raised as one
     version: int = 1  # grows each time a better frame replaces the snapshot
 
+    @property
+    def url(self) -> str:
+        return f"alerts/{self.id}.jpg?v={self.version}"
+
+    @property
+    def frame_url(self) -> str:
+        return f"alerts/{self.id}-frame.jpg?v={self.version}"
+
     def to_json(self) -> dict[str, object]:
-        return asdict(self)
+        return {**asdict(self), "url": self.url, "frame_url": self.frame_url}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Alert:
+        names = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in names})
 
 
 @dataclass(frozen=True)
@@ -159,7 +170,7 @@ class AlertLog:
         for alert_id in ids[-self.limit :]:
             base = directory / f"{alert_id:08d}"
             try:
-                alert = Alert(**json.loads(base.with_suffix(".json").read_text()))
+                alert = Alert.from_json(json.loads(base.with_suffix(".json").read_text()))
                 snapshot = Snapshot(
                     base.with_suffix(".jpg").read_bytes(),
                     base.with_name(f"{base.name}-frame.jpg").read_bytes(),
@@ -207,8 +218,6 @@ class AlertLog:
             score=round(score, 4),
             threshold=round(threshold, 4),
             frame_id=frame_id,
-            url=f"alerts/{alert_id}.jpg?v=1",
-            frame_url=f"alerts/{alert_id}-frame.jpg?v=1",
             episodes=episodes,
         )
         self._alerts[alert.id] = (alert, snapshot)
@@ -224,18 +233,8 @@ class AlertLog:
         if entry is None:
             return None
         old = entry[0]
-        version = old.version + 1
-        alert = Alert(
-            id=alert_id,
-            camera=old.camera,
-            time=when,
-            score=round(score, 4),
-            threshold=old.threshold,
-            frame_id=frame_id,
-            url=f"alerts/{alert_id}.jpg?v={version}",
-            frame_url=f"alerts/{alert_id}-frame.jpg?v={version}",
-            episodes=old.episodes,
-            version=version,
+        alert = replace(
+            old, time=when, score=round(score, 4), frame_id=frame_id, version=old.version + 1
         )
         self._alerts[alert_id] = (alert, snapshot)
         return alert
