@@ -32,6 +32,7 @@ from convstream.client import (
     Video,
 )
 from convstream.server import Server, Settings
+from convstream.v1 import convstream_pb2 as pb
 
 STAGES = ("stage1", "stage2", "stage3", "stage4")
 
@@ -392,6 +393,115 @@ async def test_source_errors_come_after_the_frames_before_them(
             async for r in client.stream([frames[0], 3.5]):  # type: ignore[list-item]
                 got.append(r)
     assert [r.frame_id for r in got] == [1]
+
+
+async def test_leaving_a_video_stream_early_never_reads_a_released_capture(
+    server: Server, video: Path
+) -> None:
+    """The feed thread may be inside a read when the caller breaks out and closes the Video:
+    the read finishes first (before, OpenCV freed the capture under it and the process died
+    with a segfault on the first or second pass)."""
+
+    def sync() -> list[int]:
+        firsts = []
+        with Client(address(server)) as client:
+            for _ in range(12):
+                with Video(video) as source:
+                    for result in client.stream(source.frames()):
+                        firsts.append(result.frame_id)
+                        break
+        return firsts
+
+    assert await asyncio.to_thread(sync) == [0] * 12
+    async with AsyncClient(address(server)) as client:
+        for _ in range(6):
+            with Video(video) as source:
+                async for result in client.stream(source.frames()):
+                    assert result.frame_id == 0
+                    break
+    # closed from another thread in the middle of a latest-only read loop
+    source = Video(video, latest_only=True)
+    frames = source.frames()
+    next(frames)
+    closer = threading.Thread(target=source.close)
+    closer.start()
+    rest = list(frames)
+    closer.join()
+    assert len(rest) < 29  # it stopped early, and nothing crashed
+
+
+async def test_frames_the_server_must_judge_are_judged_there_and_the_stream_goes_on(
+    server: Server, frames: list[np.ndarray]
+) -> None:
+    now = time.time()
+    items = [
+        Frame(jpeg(frames[0]), capture_time=now),
+        Frame(jpeg(frames[1]), capture_time=now * 1000),  # milliseconds by mistake
+        Frame(jpeg(frames[2]), capture_time=-5.0),  # before 1970
+        Frame(jpeg(frames[3]), capture_time=now),
+    ]
+
+    def sync() -> list[Result]:
+        with Client(address(server)) as client:
+            return list(client.stream(items))
+
+    results = await asyncio.to_thread(sync)
+    assert [r.ok for r in results] == [True, False, False, True]
+    assert isinstance(results[1].error, InvalidFrame)
+    assert "milliseconds" in results[1].error.message
+    assert "before 1970" in results[2].error.message
+
+
+async def test_frame_ids_given_and_numbered_never_collide(
+    server: Server, frames: list[np.ndarray]
+) -> None:
+
+    def sync() -> None:
+        with Client(address(server)) as client:
+            mixed = [Frame(jpeg(frames[0]), frame_id=5), jpeg(frames[1]), jpeg(frames[2])]
+            assert [r.frame_id for r in client.stream(mixed)] == [5, 6, 7]
+            assert [r.frame_id for r in client.stream([jpeg(frames[0])] * 2)] == [1, 2]
+            twice = [Frame(jpeg(frames[0]), frame_id=7)] * 3
+            got: list[Result] = []
+            with pytest.raises(ValueError, match="frame_id 7 is already in flight"):
+                got.extend(client.stream(twice))
+            assert [r.frame_id for r in got] == [7]
+            with pytest.raises(ValueError, match="frame_id must be an integer from 0"):
+                client.analyze(Frame(jpeg(frames[0]), frame_id=-1))
+            with pytest.raises(ValueError, match="capture_time must be seconds"):
+                client.analyze(Frame(jpeg(frames[0]), capture_time=float("nan")))
+
+    await asyncio.to_thread(sync)
+
+
+async def test_a_stream_published_from_the_client_is_watched_by_id(
+    server: Server, frames: list[np.ndarray]
+) -> None:
+    def stream() -> list[Result]:
+        items = (Frame(jpeg(frames[i % 6]), source="belt-7") for i in range(400))
+        with Client(address(server)) as client:
+            return list(client.stream(items, publish=True))
+
+    sender = asyncio.create_task(asyncio.to_thread(stream))
+    async with AsyncClient(address(server)) as client:
+        for _ in range(200):
+            listed = {c.id: c for c in await client.cameras()}
+            if "belt-7" in listed:
+                break
+            await asyncio.sleep(0.02)
+        assert listed["belt-7"].source_kind == "stream"
+        watched = client.watch("belt-7")
+        first = await anext(watched)
+        await watched.aclose()
+    assert 0.0 <= first.score <= 1.0
+    sent = await sender
+    assert len(sent) == 400 and all(r.ok for r in sent)
+
+
+def test_an_overlay_path_without_an_image_suffix_is_refused(tmp_path: Path) -> None:
+    result = Result.from_proto(pb.FrameResult(score=0.5), None)
+    with pytest.raises(ValueError, match="give a suffix such as"):
+        cs.save_overlay(tmp_path / "overlays", result, np.zeros((8, 8, 3), np.uint8))
 
 
 def restarting_source(frames: list[np.ndarray], count: int) -> Iterator[Frame]:

@@ -14,8 +14,9 @@
         for result in client.watch("dock-3", max_fps=2):     # a camera the server pulls
             print(result.frame_id, result.score, result.frame_age_ms)
 
-``AsyncClient`` offers the same calls for asyncio. Every error is a ``ConvstreamError``; see
-``convstream.client.errors`` for the tree.
+``AsyncClient`` offers the same calls for asyncio. Every error of the server, the connection
+or a source is a ``ConvstreamError`` (see ``convstream.client.errors`` for the tree); a bad
+argument, a frame that is not an image among them, is a ``ValueError`` or ``TypeError``.
 """
 
 from convstream.client._client import AsyncClient, Client
@@ -36,10 +37,20 @@ from convstream.client.errors import (
     Unsupported,
 )
 from convstream.client.frames import Frame, FrameLike, Video, image_files, read_image, read_images
-from convstream.client.options import TLS, Limits, ResultOptions, Retry, Timeout, Upload
+from convstream.client.options import (
+    TLS,
+    Encoding,
+    Freshness,
+    Limits,
+    ResultOptions,
+    Retry,
+    Timeout,
+    Upload,
+)
 from convstream.client.overlay import draw_overlay, heatmap_on_frame, save_overlay
 from convstream.client.results import (
     CameraInfo,
+    CameraState,
     Geometry,
     ModelInfo,
     Result,
@@ -53,12 +64,15 @@ __all__ = [
     "TLS",
     "AsyncClient",
     "CameraInfo",
+    "CameraState",
     "Cancelled",
     "Client",
     "ConvstreamError",
     "DeadlineExceeded",
+    "Encoding",
     "Frame",
     "FrameLike",
+    "Freshness",
     "Geometry",
     "InvalidFrame",
     "Limits",

@@ -142,10 +142,16 @@ class BaseClient:
         return request, frame
 
     def _stream_options(
-        self, options: ResultOptions | None, freshness: Freshness, queue_size: int | None
+        self,
+        options: ResultOptions | None,
+        freshness: Freshness,
+        queue_size: int | None,
+        publish: bool,
     ) -> pb.ResultOptions:
         chosen = options if options is not None else self.options
-        return chosen.to_proto(freshness, queue_size)
+        message = chosen.to_proto(freshness, queue_size)
+        message.publish = publish
+        return message
 
     def _watch_request(
         self,
@@ -240,9 +246,9 @@ class _Resumption:
             return delay
         if time.monotonic() + delay - self._broke > client.retry.resume_timeout:
             return None
+        # Once per break: a server that takes a while to come back is one event.
+        log = logger.warning if self._failures == 1 else logger.debug
         if self._camera_id is not None:
-            # Once per break: a server that takes a while to come back is one event.
-            log = logger.warning if self._failures == 1 else logger.debug
             log(
                 "watch of camera %r at %s broke: %s; subscribing again in %.1f s",
                 self._camera_id,
@@ -251,7 +257,7 @@ class _Resumption:
                 delay,
             )
         else:
-            logger.warning(
+            log(
                 "stream to %s broke (%s); resuming in %.1f s with %d frames not yet answered",
                 client.address,
                 error.message,

@@ -13,7 +13,6 @@ import time
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
-    AsyncIterator,
     Generator,
     Iterable,
     Iterator,
@@ -113,7 +112,8 @@ class Client(BaseClient):
         freshness: Freshness = "lossless",
         queue_size: int | None = None,
         resume: bool = False,
-    ) -> Iterator[Result]:
+        publish: bool = False,
+    ) -> Generator[Result, None, None]:
         """Send frames over one stream; yield each result as it comes, in frame order.
 
         Frames are read from ``frames`` on a background thread as the stream has room, so a
@@ -133,13 +133,23 @@ class Client(BaseClient):
                 (for up to ``Retry.resume_timeout`` once results have come) and re-send the
                 frames not yet answered, so every frame is answered once, in order.
                 ``frames_dropped`` keeps counting across the streams; ``sequence`` restarts.
+            publish: also show this stream's results to ``watch()`` and ``cameras()`` (and so
+                on the dashboard) under its frames' ``source`` name, e.g. ``Frame(...,
+                source="dock-3")`` or ``Video(..., name="dock-3")``; the name must not be a
+                configured camera's or another stream's (else the first result's ``error``
+                says so and the stream goes on unpublished).
 
         Raises:
             ConvstreamError: the stream failed (after resume attempts, if asked for); also
                 whatever ``frames`` raised, after the results of the frames before it.
+            ValueError, TypeError: from the iteration, for a frame the client cannot send
+                (pixels that are not uint8 BGR or gray, a frame_id that is not an unsigned
+                64-bit integer or that repeats one still unanswered), after the results of
+                the frames before it: a bug in the caller's frames, not something the server
+                can answer. A frame the server refuses gives a Result with ``error`` instead.
         """
         self._check_open()
-        ledger = Ledger(self._stream_options(options, freshness, queue_size), self.upload)
+        ledger = Ledger(self._stream_options(options, freshness, queue_size, publish), self.upload)
         return self._stream(frames, ledger, resume)
 
     def _stream(
@@ -346,14 +356,15 @@ class AsyncClient(BaseClient):
         freshness: Freshness = "lossless",
         queue_size: int | None = None,
         resume: bool = False,
-    ) -> AsyncIterator[Result]:
+        publish: bool = False,
+    ) -> AsyncGenerator[Result, None]:
         """Send frames over one stream; yield each result as it comes; see Client.stream.
 
         ``frames`` may be an async iterable, or a plain one, which is read in a worker thread
         so that a blocking source never stalls the event loop.
         """
         stub = self._stub
-        ledger = Ledger(self._stream_options(options, freshness, queue_size), self.upload)
+        ledger = Ledger(self._stream_options(options, freshness, queue_size, publish), self.upload)
         feed = AsyncFeed(frames, ledger, self.limits.max_in_flight)
         resumption = self._resumption(resume)
         try:

@@ -51,15 +51,26 @@ class Ledger:
         return len(self.entries)
 
     def prepare(self, item: FrameLike) -> tuple[Frame, pb.FrameRequest]:
-        """Number and encode one item (pure; may run off the event loop)."""
+        """Number and encode one item (only the pump calls it; may run off the event loop).
+
+        Frames without an id are numbered after the largest id seen so far, so they never
+        take an id the caller gave another frame.
+        """
         frame = as_frame(item)
-        if frame.frame_id is None:
-            frame_id, self._next_id = self._next_id, self._next_id + 1
-        else:
-            frame_id = frame.frame_id
-        return frame, to_request(frame, frame_id, self.upload)
+        frame_id = self._next_id if frame.frame_id is None else frame.frame_id
+        request = to_request(frame, frame_id, self.upload)
+        self._next_id = max(self._next_id, frame_id + 1)
+        return frame, request
 
     def add(self, frame: Frame, request: pb.FrameRequest) -> None:
+        """Keep a prepared frame until answered. ValueError for an id still unanswered:
+        its result could not be told from the other's."""
+        for entry in self.entries:
+            if entry.request.frame_id == request.frame_id:
+                raise ValueError(
+                    f"frame_id {request.frame_id} is already in flight on this stream "
+                    f"({entry.frame!r}); the frames of one stream need ids that differ"
+                )
         self._seq += 1
         self.entries.append(_Entry(self._seq, frame, request))
 
@@ -185,9 +196,15 @@ class SyncFeed:
             raise missing
 
     def close(self) -> None:
+        """Stop the pump and wait (a second at most) for it to leave the caller's iterator,
+        so that nothing reads the source after the stream is gone: the caller may release it
+        (``Video.close``) as soon as this returns. A source blocked longer (a stalled camera)
+        is left to the pump, which reads nothing more once that read returns."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        if self._pump is not threading.current_thread():
+            self._pump.join(timeout=1.0)
 
 
 class AsyncFeed:
@@ -206,6 +223,7 @@ class AsyncFeed:
         self._cond = asyncio.Condition()
         self._attempt = 0
         self._exhausted = False
+        self._reading: asyncio.Future[tuple[Frame, pb.FrameRequest] | None] | None = None
         self._pump = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
@@ -216,7 +234,13 @@ class AsyncFeed:
             else:
                 # Sync iterables may block (a camera, a disk): read them off the event loop.
                 source = iter(self._frames)
-                while (pair := await asyncio.to_thread(self._next_prepared, source)) is not None:
+                while True:
+                    self._reading = asyncio.ensure_future(
+                        asyncio.to_thread(self._next_prepared, source)
+                    )
+                    pair = await asyncio.shield(self._reading)  # close() waits for it
+                    if pair is None:
+                        break
                     await self._add(pair)
         except asyncio.CancelledError:
             raise
@@ -282,5 +306,9 @@ class AsyncFeed:
             raise missing
 
     async def close(self) -> None:
+        """Stop the pump; a plain iterator's read in progress (in a worker thread, which
+        cancelling cannot stop) is waited for, a second at most, as SyncFeed.close does."""
         self._pump.cancel()
         await asyncio.gather(self._pump, return_exceptions=True)
+        if self._reading is not None and not self._reading.done():
+            await asyncio.wait({self._reading}, timeout=1.0)

@@ -58,6 +58,7 @@ _EXAMPLES_STREAM = """examples:
   convstream stream conveyor.avi --save-overlays overlays/
   convstream stream 0 --freshness latest_only      # the first camera, newest frames only
   convstream stream rtsp://cam-3/stream --max-frames 300 --json
+  convstream stream belt.mp4 --name belt-test --publish   # also on the dashboard
 """
 _EXAMPLES_WATCH = """examples:
   convstream cameras                              # the ids the server pulls, and their health
@@ -150,6 +151,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     stream.add_argument("--queue-size", type=int, metavar="N", help="for bounded_queue")
     stream.add_argument("--name", help="source name sent with frames (default: file stem)")
+    stream.add_argument(
+        "--publish",
+        action="store_true",
+        help="also show the results to `convstream watch NAME`, `convstream cameras` and the "
+        "dashboard, under --name",
+    )
     stream.add_argument(
         "--no-resume",
         dest="resume",
@@ -346,6 +353,7 @@ def _stream(args: argparse.Namespace) -> int:
                 freshness=args.freshness,
                 queue_size=args.queue_size,
                 resume=args.resume,
+                publish=args.publish,
             )
             reporter = _reporter(args, total, len(video.name) + 7)
             code = _report(args, results, reporter)

@@ -10,10 +10,12 @@ BGR array, encoded bytes or a path to an image file.
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -21,6 +23,7 @@ from typing import Union
 
 import cv2
 import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from convstream.client.errors import SourceError
 from convstream.client.options import Upload
@@ -38,8 +41,9 @@ class Frame:
 
     Args:
         image: BGR uint8 pixels, shape (H, W, 3), gray uint8 (H, W), or JPEG/PNG bytes.
-        frame_id: echoed in the result; None lets the client number the frames of each call
-            1, 2, 3, ... Within one stream, ids must differ from each other.
+        frame_id: echoed in the result, 0 to 2**64 - 1; None lets the client number the
+            frames of each call 1, 2, 3, ..., after the largest id given so far. Within one
+            stream, a frame's id must differ from those of the frames not yet answered.
         source: where frames come from, e.g. "dock-3"; the server's metrics are labelled by it.
         capture_time: seconds since the epoch when the frame was captured; the result's
             frame_age_ms counts from it (from arrival at the server when None).
@@ -147,9 +151,11 @@ def read_images(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Frame]:
 
 def to_request(frame: Frame, frame_id: int, upload: Upload) -> pb.FrameRequest:
     """The wire message for a frame, encoding pixels as ``upload`` says (no options set)."""
-    request = pb.FrameRequest(frame_id=frame_id, source=frame.source)
+    if not (isinstance(frame_id, numbers.Integral) and 0 <= frame_id < 1 << 64):
+        raise ValueError(f"frame_id must be an integer from 0 to 2**64 - 1, got {frame_id!r}")
+    request = pb.FrameRequest(frame_id=int(frame_id), source=frame.source)
     if frame.capture_time is not None:
-        request.capture_time.FromNanoseconds(int(frame.capture_time * 1e9))
+        set_capture_time(request.capture_time, frame.capture_time)
     image = frame.image
     if not isinstance(image, np.ndarray):
         request.encoded = image
@@ -169,6 +175,17 @@ def to_request(frame: Frame, frame_id: int, upload: Upload) -> pb.FrameRequest:
         raise ValueError(f"OpenCV could not encode a {image.shape} frame as {upload.format}")
     request.encoded = data.tobytes()
     return request
+
+
+def set_capture_time(stamp: Timestamp, seconds: float) -> None:
+    """Write seconds since the epoch into a Timestamp as they are, even out of its range
+    (milliseconds by mistake, a date before 1970), so that the server refuses that frame
+    alone and says why, rather than this side ending the stream."""
+    if not (isinstance(seconds, numbers.Real) and math.isfinite(seconds)) or abs(seconds) >= 2**62:
+        raise ValueError(f"capture_time must be seconds since the Unix epoch, got {seconds!r}")
+    whole = math.floor(seconds)
+    nanos = min(round((float(seconds) - whole) * 1e9), 999_999_999)
+    stamp.seconds, stamp.nanos = whole, nanos
 
 
 class Video:
@@ -229,6 +246,11 @@ class Video:
         self.frame_count = None if self.live or count <= 0 else count
         self._latest: _LatestReader | None = None
         self._index = 0
+        # One read or release at a time: OpenCV frees the capture's buffers on release(), and
+        # a read still running on another thread (a stream's feed, the latest-only reader)
+        # would crash the process. Whoever finds the Video closed after a read releases it.
+        self._lock = threading.Lock()
+        self._closed = False
 
     def frames(self) -> Iterator[Frame]:
         """Yield frames until the source ends, ``max_frames`` is reached or close() is called."""
@@ -248,23 +270,45 @@ class Video:
                 name=f"{self.name}#{index}",
             )
 
+    def _read(self) -> np.ndarray | None:
+        """The next image, or None at the end or once closed (thread-safe)."""
+        with self._lock:
+            if self._closed:
+                return None
+            ok, image = self._capture.read()
+            if self._closed:  # close() gave up waiting for this read: release it here
+                self._capture.release()
+                return None
+            return image if ok else None
+
     def _read_next(self) -> tuple[int, np.ndarray, float] | None:
-        ok, image = self._capture.read()
-        if not ok:
+        image = self._read()
+        if image is None:
             return None
         self._index += 1
         return self._index - 1, image, time.time()
 
     def _read_latest(self) -> tuple[int, np.ndarray, float] | None:
         if self._latest is None:
-            self._latest = _LatestReader(self._capture)
+            self._latest = _LatestReader(self._read)
         return self._latest.get()
 
-    def close(self) -> None:
-        """Stop reading and release the file or device; safe to call twice."""
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop reading and release the file or device; safe to call twice, and from another
+        thread than the one reading.
+
+        A read in progress (a stream's feed thread may be inside one) finishes first; if it
+        takes longer than ``timeout`` seconds (a stalled camera), close returns and the
+        device is released as soon as that read returns.
+        """
+        self._closed = True
         if self._latest is not None:
-            self._latest.stop()
-        self._capture.release()
+            self._latest.stop(timeout)
+        if self._lock.acquire(timeout=timeout):
+            try:
+                self._capture.release()
+            finally:
+                self._lock.release()
 
     def __enter__(self) -> Video:
         return self
@@ -282,10 +326,10 @@ class Video:
 
 
 class _LatestReader:
-    """Reads a capture in a thread and keeps only the newest frame."""
+    """Reads a source in a thread and keeps only the newest frame."""
 
-    def __init__(self, capture: cv2.VideoCapture) -> None:
-        self._capture = capture
+    def __init__(self, read: Callable[[], np.ndarray | None]) -> None:
+        self._read = read
         self._cond = threading.Condition()
         self._newest: tuple[int, np.ndarray, float] | None = None
         self._done = False
@@ -295,9 +339,9 @@ class _LatestReader:
     def _run(self) -> None:
         index = 0
         while not self._done:
-            ok, image = self._capture.read()
+            image = self._read()
             with self._cond:
-                if not ok:
+                if image is None:
                     self._done = True
                 else:
                     self._newest = (index, image, time.time())
@@ -310,8 +354,8 @@ class _LatestReader:
             item, self._newest = self._newest, None
             return item
 
-    def stop(self) -> None:
+    def stop(self, timeout: float) -> None:
         with self._cond:
             self._done = True
             self._cond.notify_all()
-        self._thread.join(timeout=5.0)
+        self._thread.join(timeout)

@@ -54,7 +54,9 @@ class Timeout:
     Args:
         call: deadline of each unary call (model_info, analyze), retries included.
         stream: deadline of each StreamFrames call a stream() makes (one, or one per
-            resume); None (the default) lets it run for as long as frames keep coming.
+            resume), and of each WatchCamera call a watch() makes: a watch then ends with
+            DeadlineExceeded after this long; None (the default) lets both run for as long
+            as frames keep coming.
 
     Example:
         >>> Timeout(5.0)

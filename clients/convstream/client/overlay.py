@@ -129,12 +129,16 @@ def _label(out: np.ndarray, result: Result, width: int, height: int) -> None:
 def save_overlay(
     path: str | os.PathLike[str], result: Result, image: np.ndarray | None = None
 ) -> Path:
-    """Write ``draw_overlay(result, image)`` to path (PNG by its suffix); returns the path.
+    """Write ``draw_overlay(result, image)`` to path, in the format its suffix names (.png,
+    .jpg, ...); returns the path.
 
     Raises:
+        ValueError: the path has no image suffix OpenCV writes.
         OSError: the file could not be written.
     """
     path = Path(path)
+    if not cv2.haveImageWriter(str(path)):
+        raise ValueError(f"cannot write an image to {path}: give a suffix such as .png or .jpg")
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), draw_overlay(result, image)):
         raise OSError(f"OpenCV could not write {path}")

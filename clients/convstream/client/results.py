@@ -303,7 +303,8 @@ class CameraInfo:
             retrying with backoff), "failed" (given up), "stopped" (a file that ended, or the
             server stopping); "unknown" for a state newer than this client.
         since: when it entered ``state`` (UTC), None if the server did not say.
-        source_kind: rtsp, http, tcp, udp, file, device or demo; never the URL itself.
+        source_kind: rtsp, http, tcp, udp, file, device or demo; stream for a stream a client
+            publishes; never the URL itself.
         last_error: the latest open or read failure ("" if none), credentials removed. It
             stays after the camera recovers: compare ``last_error_time`` with ``since``.
         last_error_time: when last_error happened (UTC), None if none or not said.

@@ -16,7 +16,8 @@ _DTYPES: dict[int, np.dtype[Any]] = {
 
 
 def to_numpy(tensor: pb.Tensor) -> np.ndarray:
-    """Decode a Tensor message.
+    """Decode a Tensor message, for programs that call the generated gRPC stubs themselves
+    (``Result`` already holds its tensors decoded).
 
     Args:
         tensor: a feature map or heatmap from a FrameResult.
