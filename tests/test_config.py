@@ -77,6 +77,13 @@ def test_sources_apply_in_order(tmp_path: Path) -> None:
         ("", {"CONVSTREAM_HOST": "h:1"}, r"host \(from CONVSTREAM_HOST\): host is an address"),
         ("", {"CONVSTREAM_PROT": "1"}, "unknown setting CONVSTREAM_PROT"),
         ('input_sizes = ["385x640"]\n', {}, "multiples of 8"),
+        ('input_sizes = ["8x8"]\n', {}, "multiples of 8 from 32 to 4096, got '8x8'"),
+        (
+            '[[cameras]]\nid = "a"\nsource = "demo:conveyor"\ninput_size = "100000x100000"\n',
+            {},
+            r"cameras\[0\]\.input_size: .*from 32 to 4096",
+        ),
+        ('[cameras]\nid = "a"\n', {}, r"cameras: expected \[\[cameras\]\] tables"),
         ("max_batch = -1\n", {}, "max_batch"),
         ('provider = "tpu"\n', {}, "provider"),
         ("port = [\n", {}, "cannot read config file"),

@@ -43,10 +43,13 @@ async def _burst(
         yield request
 
 
-async def _slow_reader(call: grpc.aio.StreamStreamCall, pause: float) -> list[pb.FrameResult]:
+async def _slow_reader(
+    call: grpc.aio.StreamStreamCall, pause: float, errors: bool = False
+) -> list[pb.FrameResult]:
+    """Every result, read with a pause after each; a frame's error fails unless `errors`."""
     results = []
     async for result in call:
-        assert not result.status.code, result.status.message
+        assert errors or not result.status.code, result.status.message
         results.append(result)
         await asyncio.sleep(pause)
     return results
@@ -245,7 +248,8 @@ async def test_streams_past_the_queued_frames_cap_are_refused_at_once(burst: lis
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await third.read()
             assert refused.value.code() == EXHAUSTED
-            assert "max_queued_frames 10" in str(refused.value.details())
+            told = str(refused.value.details())
+            assert "hold 8 of the 10 frames" in told and "a new stream needs 4" in told, told
 
             # Existing streams never noticed; a closed stream gives its reservation back.
             await second.done_writing()
@@ -268,6 +272,95 @@ async def test_streams_past_the_queued_frames_cap_are_refused_at_once(burst: lis
                 await call.done_writing()
                 assert await call.code() == grpc.StatusCode.OK
         assert server.servicer is not None and server.servicer.budget.reserved == 0
+    finally:
+        await server.stop(grace=0)
+
+
+async def test_one_stream_never_takes_every_other_streams_room(burst: list[bytes]) -> None:
+    settings = Settings(port=0, metrics_port=-1, cameras=(), max_queued_frames=64)
+    server = Server(settings)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+            greedy = await _open(
+                stub, burst[0], freshness=pb.FRESHNESS_BOUNDED_QUEUE, queue_size=64
+            )
+            refused = await greedy.read()
+            assert refused.status.code == EXHAUSTED.value[0]
+            assert "more than one stream may hold on this server, 16" in refused.status.message
+            others = [await _open(stub, burst[i]) for i in range(1, 4)]
+            for call in others:
+                assert not (await call.read()).status.code
+            for call in (greedy, *others):
+                await call.done_writing()
+                assert await call.code() == grpc.StatusCode.OK
+    finally:
+        await server.stop(grace=0)
+
+
+async def test_refused_options_change_nothing_on_the_stream(burst: list[bytes]) -> None:
+    """A first frame whose options are refused neither publishes the stream nor sets its
+    policy: the next frame's options do."""
+    server = Server(Settings(port=0, metrics_port=-1, cameras=()))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+
+            async def frames() -> AsyncIterator[pb.FrameRequest]:
+                yield pb.FrameRequest(
+                    frame_id=0,
+                    source="pubtest",
+                    encoded=burst[0],
+                    options=pb.ResultOptions(
+                        feature_maps=["bogus"], freshness=pb.FRESHNESS_LATEST_ONLY, publish=True
+                    ),
+                )
+                yield pb.FrameRequest(
+                    frame_id=1,
+                    encoded=burst[1],
+                    options=pb.ResultOptions(freshness=pb.FRESHNESS_LOSSLESS),
+                )
+                listed = await stub.ListCameras(pb.ListCamerasRequest())
+                assert "pubtest" not in [c.id for c in listed.cameras]
+                for i in range(2, 30):
+                    yield pb.FrameRequest(frame_id=i, encoded=burst[i % len(burst)])
+
+            results = await _slow_reader(stub.StreamFrames(frames()), 0.02, errors=True)
+            assert results[0].status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            assert "unknown feature map 'bogus'" in results[0].status.message
+            assert [r.frame_id for r in results] == list(range(30))  # lossless: no drops
+    finally:
+        await server.stop(grace=0)
+
+
+async def test_frames_past_the_byte_budget_are_refused_alone(burst: list[bytes]) -> None:
+    """Raw frames of 691 KB into a server that holds 1 MiB of frames for streams at most."""
+    settings = Settings(port=0, metrics_port=-1, cameras=(), max_held_bytes=1 << 20)
+    server = Server(settings)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+            pixels = scene(7100, 480, 480).tobytes()
+
+            async def frames() -> AsyncIterator[pb.FrameRequest]:
+                for i in range(8):
+                    raw = pb.RawImage(
+                        width=480, height=480, format=pb.PIXEL_FORMAT_BGR8, data=pixels
+                    )
+                    yield pb.FrameRequest(frame_id=i, raw=raw)
+                await asyncio.sleep(1.0)  # everything held is answered by now
+                yield pb.FrameRequest(frame_id=8, encoded=burst[0])
+
+            results = await _slow_reader(stub.StreamFrames(frames()), 0.05, errors=True)
+            assert [r.frame_id for r in results] == list(range(9))
+            refused = [r for r in results if r.status.code]
+            assert refused and all(r.status.code == EXHAUSTED.value[0] for r in refused)
+            assert "max_held_bytes 1048576" in refused[0].status.message
+            assert not results[0].status.code and not results[-1].status.code
+        assert server.servicer is not None and server.servicer.byte_budget.held == 0
     finally:
         await server.stop(grace=0)
 

@@ -328,6 +328,32 @@ async def test_result_over_the_message_limit_is_a_frame_error(small_messages: Se
         await server.stop(grace=0)
 
 
+async def test_an_input_jpeg_that_tips_a_result_over_the_limit_is_a_frame_error() -> None:
+    """The maps fit (checked before inference), the JPEG of the input does not: per frame."""
+    settings = Settings(
+        port=0, metrics_port=0, max_message_bytes=2 * 1024 * 1024, frame_jpeg_quality=100
+    )
+    server = Server(settings)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+            noise = np.random.default_rng(0).integers(0, 256, (384, 640, 3), np.uint8)
+            heavy = pb.ResultOptions(
+                feature_maps=["stage2"], encoding=pb.TENSOR_ENCODING_FLOAT32, include_frame=True
+            )
+            frames = [
+                pb.FrameRequest(frame_id=1, encoded=jpeg(noise), options=heavy),
+                pb.FrameRequest(frame_id=2, encoded=jpeg(noise), options=pb.ResultOptions()),
+            ]
+            r1, r2 = [r async for r in stub.StreamFrames(requests(frames))]
+            assert r1.status.code == EXHAUSTED
+            assert "with the input JPEG" in r1.status.message, r1.status.message
+            assert r2.status.code == 0 and r2.heatmap.name == "heatmap"
+    finally:
+        await server.stop(grace=0)
+
+
 async def test_health_and_reflection(server: Server, channel: grpc.aio.Channel) -> None:
     health = health_pb2_grpc.HealthStub(channel)
     for service in ("", "convstream.v1.Convstream"):

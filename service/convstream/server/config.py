@@ -36,14 +36,23 @@ class ConfigError(ValueError):
     """The settings could not be loaded; the message names the source and the bad key."""
 
 
+# Model input sides: below 32 pixels a frame holds too little to judge (frames that small are
+# refused too); above 4096 one frame takes seconds and gigabytes (a 4K frame fits 2160x3840).
+MIN_INPUT_SIDE, MAX_INPUT_SIDE = 32, 4096
+
+
 def parse_size(text: str) -> tuple[int, int]:
-    """'384x640' -> (384, 640); both positive multiples of 8."""
+    """'384x640' -> (384, 640); both multiples of 8 from MIN_INPUT_SIDE to MAX_INPUT_SIDE."""
     try:
         height, width = (int(part) for part in text.lower().split("x"))
     except ValueError:
         raise ValueError(f"input size must look like HxW, e.g. 384x640, got {text!r}") from None
-    if height <= 0 or width <= 0 or height % 8 or width % 8:
-        raise ValueError(f"input size sides must be positive multiples of 8, got {text!r}")
+    ok = all(MIN_INPUT_SIDE <= side <= MAX_INPUT_SIDE and side % 8 == 0 for side in (height, width))
+    if not ok:
+        raise ValueError(
+            f"input size sides must be multiples of 8 from {MIN_INPUT_SIDE} to "
+            f"{MAX_INPUT_SIDE}, got {text!r}"
+        )
     return height, width
 
 
@@ -248,6 +257,12 @@ class Settings(BaseModel):
         ge=1,
         description="frames the server holds for streams at most: each stream reserves its "
         "queue_size when it opens; past it the stream is refused (RESOURCE_EXHAUSTED)",
+    )
+    max_held_bytes: int = Field(
+        1 << 30,
+        ge=1 << 20,
+        description="bytes of frames the server holds for streams at most; a frame past it "
+        "is refused alone (RESOURCE_EXHAUSTED) and the stream goes on",
     )
     max_analyze_calls: int = Field(
         64, ge=1, description="concurrent Analyze calls at most; past it, RESOURCE_EXHAUSTED"
@@ -455,6 +470,12 @@ def _describe(error: Any, variables: Mapping[str, str]) -> str:
         hint = f"did you mean {guess!r}? " if guess else ""
         return f"{where}: unknown setting; {hint}(README, 'Running the server', lists them all)"
     value = error.get("input")
+    if error["loc"] in (("cameras",), ("tokens",)) and isinstance(value, dict):
+        table = error["loc"][0]
+        return (
+            f"{table}: expected [[{table}]] tables (two brackets: one table per entry), got a "
+            f"single [{table}] table"
+        )
     if error["type"] in ("value_error", "missing") or isinstance(value, dict | list | tuple):
         message = error["msg"].removeprefix("Value error, ")
         if not error["loc"]:  # a check across settings, whose message names them

@@ -28,6 +28,9 @@ from convstream.server.letterbox import Geometry, choose_input, letterbox, reduc
 from convstream.v1 import convstream_pb2 as pb
 
 T = TypeVar("T")
+# Bytes kept free in a result for what is added after its maps: the peak, geometry, timings,
+# the sequence and up to MAX_LISTED_DROPS dropped frame ids.
+_RESULT_SLACK = 64 * 1024
 
 _PIXEL_FORMATS = {
     pb.PIXEL_FORMAT_BGR8: "BGR8",
@@ -51,7 +54,8 @@ class Options:
         unknown = [n for n in message.feature_maps if n not in FEATURE_NAMES]
         if unknown:
             raise InvalidOptions(
-                f"unknown feature map {unknown[0]!r}; expected any of {', '.join(FEATURE_NAMES)}"
+                f"unknown feature map {unknown[0][:64]!r}; expected any of "
+                f"{', '.join(FEATURE_NAMES)}"
             )
         if message.encoding not in pb.TensorEncoding.values():
             raise InvalidOptions(
@@ -153,7 +157,7 @@ class Pipeline:
             rows = -(-geometry.input_height // stage.stride)
             cols = -(-geometry.input_width // stage.stride)
             total += stage.channels * rows * cols * per
-        limit = self.settings.max_message_bytes - 64 * 1024  # room for the rest of the result
+        limit = self.settings.max_message_bytes - _RESULT_SLACK  # room for the rest
         if total > limit:
             encoding = pb.TensorEncoding.Name(options.encoding)
             raise Overloaded(
@@ -227,6 +231,15 @@ class Pipeline:
         result.timings.batch_size = inference.batch_size
         result.timings.inference_threads = inference.threads
         result.timings.encode_ms = (time.perf_counter() - started) * 1000
+        size = result.ByteSize()
+        if size > self.settings.max_message_bytes - _RESULT_SLACK:
+            # check_size counts the maps before inference; the input JPEG can still tip it
+            # over, and gRPC would end the whole stream on a message over the limit
+            raise Overloaded(
+                f"the result is {size} bytes with the input JPEG, over the "
+                f"{self.settings.max_message_bytes}-byte message limit; ask for fewer maps, a "
+                "smaller encoding, or no include_frame"
+            )
         return result
 
     async def analyze(

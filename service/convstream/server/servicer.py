@@ -14,7 +14,7 @@ from convstream.server.config import Settings
 from convstream.server.errors import ConvstreamError, Draining, IdleTimeout, Overloaded
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Options, Pipeline
-from convstream.server.streams import FrameBudget, StreamSession
+from convstream.server.streams import ByteBudget, FrameBudget, StreamSession
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
@@ -41,6 +41,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         self.open_streams = 0
         self.open_analyze_calls = 0
         self.budget = FrameBudget(settings.max_queued_frames)
+        self.byte_budget = ByteBudget(settings.max_held_bytes)
 
     async def Analyze(
         self, request: pb.FrameRequest, context: grpc.aio.ServicerContext
@@ -86,7 +87,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             )
             await context.abort(exc.code, str(exc))
         try:
-            self.budget.reserve(self.settings.stream_queue_size)
+            self.budget.admit(self.settings.stream_queue_size)
         except Overloaded as exc:
             self.metrics.streams.labels("rejected").inc()
             await context.abort(exc.code, str(exc))
@@ -102,6 +103,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             idle_timeout_s=self.settings.stream_idle_timeout_s,
             registry=self.cameras,
             budget=self.budget,
+            byte_budget=self.byte_budget,
         )
         try:
             async for result in session.run(request_iterator):

@@ -6,7 +6,8 @@ Frames wait in ``pending`` until the window has room; that is where the freshnes
 acts. A frame enters the window when its analysis starts and leaves it when its result has
 been handed to gRPC, so a caller that reads slowly fills the window, frames pile up in
 pending, and the policy drops the stale ones (or, when lossless, the reader stops reading and
-gRPC flow control slows the sender). Nothing here grows without bound.
+gRPC flow control slows the sender). Nothing here grows without bound: frames held are
+bounded in number (FrameBudget) and in bytes (ByteBudget) over all streams.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class _Item:
     arrived: float
     options: Options | None  # None: the frame already failed
     failure: pb.FrameResult | None = None
+    size: int = 0  # bytes taken from the ByteBudget, given back when the item leaves
 
 
 @dataclass
@@ -74,6 +76,21 @@ class FrameBudget:
         self.limit = limit
         self.reserved = 0
 
+    def admit(self, frames: int) -> None:
+        """Reserve a new stream's default queue; Overloaded, saying why, past the limit."""
+        if self.reserved + frames > self.limit:
+            raise Overloaded(
+                f"the open streams hold {self.reserved} of the {self.limit} frames the server "
+                f"keeps for streams (max_queued_frames), and a new stream needs {frames}; "
+                "retry later, or raise max_queued_frames"
+            )
+        self.reserved += frames
+
+    def share(self, default: int) -> int:
+        """The largest queue one stream may ask for: a quarter of the limit (or the default
+        queue, if larger), so that one stream can never take every other stream's room."""
+        return max(default, self.limit // 4)
+
     def reserve(self, frames: int, held: int = 0) -> None:
         """Trade a reservation of `held` frames for one of `frames`; Overloaded past the limit."""
         if self.reserved - held + frames > self.limit:
@@ -86,6 +103,26 @@ class FrameBudget:
 
     def release(self, frames: int) -> None:
         self.reserved -= frames
+
+
+class ByteBudget:
+    """Bytes of frames the server holds for streams at most, over all of them: frame counts
+    alone bound nothing when frames may be 100 KB JPEGs or 60 MB raw pixels. A frame that
+    would pass the limit is refused (RESOURCE_EXHAUSTED for that frame alone) rather than held.
+    Used from the event loop only."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.held -= size
 
 
 class PublicationRegistry(Protocol):
@@ -107,9 +144,12 @@ class StreamSession:
         idle_timeout_s: float | None = None,
         registry: PublicationRegistry | None = None,
         budget: FrameBudget | None = None,
+        byte_budget: ByteBudget | None = None,
     ) -> None:
         """The caller reserves `default_queue` frames of `budget`, and gives back `capacity`."""
         self.budget = budget
+        self.byte_budget = byte_budget
+        self._held_bytes = 0
         self.idle_timeout_s = idle_timeout_s
         self.registry = registry
         self.publication: StreamPublication | None = None
@@ -152,6 +192,13 @@ class StreamSession:
         else:
             capacity = self._default_queue
         if self.budget is not None:
+            share = self.budget.share(self._default_queue)
+            if capacity > share:
+                raise Overloaded(
+                    f"a queue of {capacity} frames is more than one stream may hold on this "
+                    f"server, {share} (a quarter of max_queued_frames {self.budget.limit}); "
+                    "ask for a smaller queue_size"
+                )
             self.budget.reserve(capacity, held=self.capacity)
         if message.publish and self.registry is not None:
             try:
@@ -167,10 +214,11 @@ class StreamSession:
         """Options for this frame: its own (which then stick) or the stream's last ones."""
         try:
             if request.HasField("options"):
+                options = Options.parse(request.options)  # refused options change nothing
                 if not self._configured:  # the policy comes from the stream's first options
                     self._configure(request.options, request.source)
                     self._configured = True
-                self.options = Options.parse(request.options)
+                self.options = options
             return _Item(request, arrived, self.options)
         except ConvstreamError as exc:
             return _Item(request, arrived, None, error_result(request, exc.code.value[0], str(exc)))
@@ -189,7 +237,7 @@ class StreamSession:
                         f"no frame for {self.idle_timeout_s:g} s (stream_idle_timeout_s); "
                         "open a new stream when frames come again"
                     ) from None
-                item = self._accept(request, time.perf_counter())
+                item = self._hold(self._accept(request, time.perf_counter()))
                 if self.publication is not None:
                     self.publication.received(request)
                 async with self._changed:
@@ -204,10 +252,38 @@ class StreamSession:
                 self._reader_done = True
                 self._changed.notify_all()
 
+    def _hold(self, item: _Item) -> _Item:
+        """Take the frame's bytes from the byte budget, or turn it into its refusal (keeping
+        only its id and source, so that a refused frame holds no memory)."""
+        if item.options is None or self.byte_budget is None:
+            return item
+        request = item.request
+        size = request.ByteSize()
+        if self.byte_budget.take(size):
+            item.size = size
+            self._held_bytes += size
+            return item
+        budget = self.byte_budget
+        shell = pb.FrameRequest(frame_id=request.frame_id, source=request.source)
+        message = (
+            f"the server holds {budget.held} bytes of frames for streams, and this "
+            f"{size}-byte frame would pass max_held_bytes {budget.limit}; it was not "
+            "analysed: send JPEG rather than raw pixels, fewer frames at once, or retry"
+        )
+        code = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        return _Item(shell, item.arrived, None, error_result(shell, code, message))
+
+    def _release(self, item: _Item) -> None:
+        if item.size and self.byte_budget is not None:
+            self.byte_budget.give(item.size)
+            self._held_bytes -= item.size
+            item.size = 0
+
     def _drop_oldest(self) -> None:
         for i, old in enumerate(self._pending):
             if old.options is not None:
                 del self._pending[i]
+                self._release(old)
                 self.dropped += 1
                 if len(self._dropped_ids) < MAX_LISTED_DROPS:
                     self._dropped_ids.append(old.request.frame_id)
@@ -283,6 +359,7 @@ class StreamSession:
         try:
             while (task := await self._out.get()) is not None:
                 done = await task
+                self._release(done.item)
                 result = done.result
                 if self.publication is not None and done.prepared and done.inference:
                     await self._publish(done)
@@ -298,6 +375,9 @@ class StreamSession:
             if reader.done() and not reader.cancelled() and reader.exception() is not None:
                 raise reader.exception()  # type: ignore[misc]
         finally:
+            if self.byte_budget is not None:  # frames still waiting or in analysis
+                self.byte_budget.give(self._held_bytes)
+                self._held_bytes = 0
             if self.publication is not None and self.registry is not None:
                 self.registry.unpublish(self.publication)
             for task in tasks:
