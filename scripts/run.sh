@@ -29,6 +29,11 @@ for i in "${!args[@]}"; do
     --port=*) port="${args[$i]#--port=}" ;;
   esac
 done
+if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+  echo "run.sh: port $port is taken (another convstream serve?), so the server cannot" \
+    "listen there; stop what holds it, or pass --port N" >&2
+  exit 1
+fi
 dash_port="${CONVSTREAM_DASHBOARD_PORT:-8080}"
 if (exec 3<>"/dev/tcp/127.0.0.1/$dash_port") 2>/dev/null; then
   echo "run.sh: port $dash_port is taken, so the dashboard cannot listen there; set" \

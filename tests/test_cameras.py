@@ -435,6 +435,10 @@ async def test_video_file_loops_or_stops(tmp_path: Path) -> None:
             assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             told = str(info.value.details())
             assert f"camera {camera_id!r} {why}" in told and "config" in told
+        # the file is back: a reload with the config unchanged restarts the failed camera
+        write_video(tmp_path / "nope.mp4", frames=10, fps=20)
+        await server.reload(server.settings)
+        await until(lambda: _frames_read_over(stub, "missing", 5), 10, "missing comes back")
 
 
 async def _frames_read_over(stub: pb_grpc.ConvstreamStub, camera_id: str, n: int) -> bool:

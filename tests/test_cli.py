@@ -186,6 +186,12 @@ def test_usage_errors_exit_2(
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:  # a flag another command has: this one's usage
+        main(["serve", "--tls-cert", "x.pem"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith("usage: convstream serve ")
+    assert "unrecognized arguments: --tls-cert x.pem" in err
 
 
 def test_the_console_command_has_no_traceback() -> None:
@@ -240,7 +246,10 @@ def test_check_config_says_what_would_run_without_running_it(
         busy = str(taken.getsockname()[1])
         assert main(["serve", "--check-config", "--config", str(config), "--port", busy]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"config OK: convstream serve would listen on 0.0.0.0:{busy}\n")
+    prefix = "config OK, 1 warning(s) below: "
+    assert out.startswith(f"{prefix}convstream serve would listen on 0.0.0.0:{busy}\n")
+    # tokens in plaintext on every interface: said before it runs, as the server's log would
+    assert "warning: listening on 0.0.0.0 without TLS: anyone who can reach" in out
     assert "dash (watch)" in out and "dock-3 (rtsp, at most 5 frames/s)" in out
     assert "127.0.0.1:9464" in out and "hunter2" not in out
     assert "rtsp://user:***@10.0.0.7/s" in out  # the address, to check, with no password
@@ -249,7 +258,7 @@ def test_check_config_says_what_would_run_without_running_it(
         toml.write(f'[[cameras]]\nid = "replay"\nsource = "{tmp_path / "gone.mp4"}"\n')
     assert main(["serve", "--check-config", "--config", str(config)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("config OK, 1 warning(s) below: ")
+    assert out.startswith("config OK, 2 warning(s) below: ")
     assert "replay (file, looped)" in out
     assert f"warning: camera replay: no video file at {tmp_path / 'gone.mp4'}" in out
     index = next(i for i in range(64) if not Path(f"/dev/video{i}").exists())
@@ -257,7 +266,7 @@ def test_check_config_says_what_would_run_without_running_it(
         toml.write(f'[[cameras]]\nid = "bench"\nsource = "device:{index}"\n')
     assert main(["serve", "--check-config", "--config", str(config)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("config OK, 2 warning(s) below: ")
+    assert out.startswith("config OK, 3 warning(s) below: ")
     assert f"warning: camera bench: no /dev/video{index} on this host (yet)" in out
     config.write_text(config.read_text().replace("fps = 5", "fsp = 5"))
     assert main(["serve", "--check-config", "--config", str(config)]) == 2

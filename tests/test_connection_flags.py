@@ -107,6 +107,12 @@ async def test_cli_says_which_side_of_tls_is_wrong(
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.count("\n") == 1, done.stderr
     assert "not signed by the CA given with --ca" in done.stderr
+    # a client certificate and key given the wrong way round: said before any call
+    swapped = ("--ca", str(pki["ca.pem"]), "--cert", str(pki["client.key"]))
+    assert await info(server, *swapped, "--key", str(pki["client.pem"])) == 2
+    told = capsys.readouterr().err
+    assert f"TLS cert {pki['client.key']} holds a private key, expected a PEM certificate" in told
+    assert "(cert and key swapped?)" in told
     # TLS to a plaintext server
     plain = Server(Settings(port=0, metrics_port=-1, cameras=()))
     await plain.start()

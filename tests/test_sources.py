@@ -87,11 +87,20 @@ def test_passwords_never_reach_logs_or_clients() -> None:
         ("rtsp://ops@site:pw@10.0.0.7", "rtsp://ops@site:***@10.0.0.7"),
         ("http://cam/snap.cgi?usr=a&pw=Zq1&x=1", "http://cam/snap.cgi?usr=a&pw=***&x=1"),
         ("http://cam/v.cgi?pswd=Zq1&loginpas=Zq1", "http://cam/v.cgi?pswd=***&loginpas=***"),
+        ("rtsp://admin:Hunter 2@10.0.0.7:554/s", "rtsp://admin:***@10.0.0.7:554/s"),
+        ("rtsp://Zq1tokenonly@10.0.0.7/s", "rtsp://***@10.0.0.7/s"),
+        ("http://cam/snap.cgi?u=admin&p=Zq1", "http://cam/snap.cgi?u=admin&p=***"),
     ]:
         assert redact(f"opening {url}: failed") == f"opening {shown}: failed"
     # and nothing that is not a secret is hidden
     plain = "rtsp://10.0.0.7:554/Streaming/Channels/101?transportmode=unicast&profile=1"
     assert redact(plain) == plain
+    two = "camera a (rtsp://10.0.0.7:554/live) failed; see admin@example.com"
+    assert redact(two) == two
+    # a '/' in a password moves the port: the message says to percent-encode it
+    with pytest.raises(ValueError, match=r"percent-encoded: %2F") as info:
+        parse_source("rtsp://admin:p@ss:w/rd@10.0.0.7:554/stream1")
+    assert "w/rd" not in str(info.value)
 
 
 def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
@@ -281,9 +290,11 @@ def test_a_source_that_did_not_open_is_told_refused_from_answering() -> None:
         listening.bind(("127.0.0.1", 0))
         listening.listen()
         port = listening.getsockname()[1]
-        why = why_closed(f"http://127.0.0.1:{port}/video.mjpg", 1.0)
-    # it takes the connection and answers nothing: a camera or its server that hung
+        why = why_closed(f"http://127.0.0.1:{port}/video.mjpg", 1.0, waited_s=9.0)
+    # it takes the connection and answers nothing: a camera or its server that hung; the
+    # time it names is the whole wait, OpenCV's open included, not the probe's second
     assert why.startswith("it accepts connections, but did not answer an HTTP request within")
+    assert "within 10.0 s" in why, why
     assert str(port) not in why and "127.0.0.1" not in why  # clients never see the address
     assert "nothing arrived within 2.0 s" in why_closed("udp://127.0.0.1:1234", 2.0)
     assert "not a valid name" in why_closed("rtsp://cam..local/x", 1.0)

@@ -98,18 +98,39 @@ class TLS:
         return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
 
     def credentials(self) -> grpc.ChannelCredentials:
-        """gRPC channel credentials; reads the PEM files now (OSError if one is missing)."""
+        """gRPC channel credentials; reads the PEM files now (OSError if one is missing,
+        ValueError if one holds something else than it should, e.g. cert and key swapped)."""
+        ca = _pem(self.ca, "ca", _CERTIFICATE)
+        cert = _pem(self.cert, "cert", _CERTIFICATE)
+        key = _pem(self.key, "key", _PRIVATE_KEY)
         return grpc.ssl_channel_credentials(
-            root_certificates=_pem(self.ca),
-            private_key=_pem(self.key),
-            certificate_chain=_pem(self.cert),
+            root_certificates=ca, private_key=key, certificate_chain=cert
         )
 
 
-def _pem(value: str | Path | bytes | None) -> bytes | None:
-    if value is None or isinstance(value, bytes):
-        return value
-    return Path(value).read_bytes()
+_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
+_PRIVATE_KEY = b"PRIVATE KEY-----"  # PKCS#8, RSA, EC, ENCRYPTED ...
+
+
+def _pem(value: str | Path | bytes | None, what: str, marker: bytes) -> bytes | None:
+    """The PEM bytes of a TLS field; ValueError, saying what the file holds, if it lacks the
+    marker (gRPC would only log "Invalid cert chain file" and fail every call)."""
+    if value is None:
+        return None
+    data = value if isinstance(value, bytes) else Path(value).read_bytes()
+    if marker not in data:
+        name = "PEM bytes" if isinstance(value, bytes) else str(value)
+        found = (
+            "a private key"
+            if _PRIVATE_KEY in data
+            else "a certificate"
+            if _CERTIFICATE in data
+            else "no PEM block"
+        )
+        expected = "a PEM certificate" if marker == _CERTIFICATE else "a PEM private key"
+        hint = " (cert and key swapped?)" if found.startswith("a ") else ""
+        raise ValueError(f"TLS {what} {name} holds {found}, expected {expected}{hint}")
+    return data
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _check_config(settings: Settings) -> int:
     """What `serve --check-config` prints: the settings as they would run, or why not."""
     from convstream.model import DamageModel, ModelFileError
+    from convstream.server.app import exposure_warning
     from convstream.server.config import host_port
     from convstream.server.sources import parse_source
 
@@ -161,6 +162,9 @@ def _check_config(settings: Settings) -> int:
                 f"camera {camera.id}: no /dev/video{spec.device} on this host (yet): it would "
                 "be retried until one is plugged in"
             )
+    exposed = exposure_warning(settings, tls=settings.tls_cert is not None)
+    if exposed:
+        warnings.append(exposed)
     address = host_port(settings.host, settings.port)
     verdict = f"config OK, {len(warnings)} warning(s) below" if warnings else "config OK"
     print(f"{verdict}: convstream serve would listen on {address}")
@@ -273,7 +277,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     add_commands(commands)
     add_dashboard_commands(commands)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # with the command's own usage line, not the top level's
+        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         result: int = args.func(args)
     except BrokenPipeError:

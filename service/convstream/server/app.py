@@ -41,6 +41,22 @@ from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
 
+
+class _ClientLeft(logging.Filter):
+    """grpcio logs an ERROR with a traceback ("ExecuteBatchError raised in core by servicer
+    method") when a stream's client goes away while results are on their way to it: the
+    client cancelling is no server error (the stream is counted as cancelled), so the line
+    goes to this module's debug log instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("ExecuteBatchError raised in core by servicer method"):
+            logger.debug("a client left with results on their way: %s", record.getMessage())
+            return False
+        return True
+
+
+logging.getLogger("grpc._cython.cygrpc").addFilter(_ClientLeft())
+
 TLS_FILES = ("tls_cert", "tls_key", "tls_client_ca")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Convstream"].full_name
 
@@ -197,7 +213,8 @@ class Server:
         await self.cameras.start(settings.cameras)
         security = "mutual TLS" if settings.tls_client_ca else "TLS" if credentials else "plaintext"
         if settings.tokens:
-            security += f", {len(settings.tokens)} tokens"
+            count = len(settings.tokens)
+            security += f", {count} token{'s' if count != 1 else ''}"
         _warn_if_exposed(settings, tls=credentials is not None)
         logger.info(
             "convstream %s serving on %s (%s; model %s, sha256 %s..., threshold %.3f%s, "
@@ -349,14 +366,24 @@ def _warn_if_exposed(settings: Settings, *, tls: bool) -> None:
             settings.tls_client_ca,
         )
         return
+    warning = exposure_warning(settings, tls=tls)
+    if warning:
+        logger.warning("%s", warning)
+
+
+def exposure_warning(settings: Settings, *, tls: bool) -> str | None:
+    """What to tell an operator whose server others can reach with nothing checking who
+    calls (no TLS, or neither tokens nor client certificates), or None."""
+    if _is_loopback(settings.host):
+        return None
+    client_certificates = settings.tls_client_ca is not None
     missing = [name for name, on in (("TLS", tls), ("tokens", settings.tokens)) if not on]
-    if missing:
-        logger.warning(
-            "listening on %s without %s: anyone who can reach this port can use it; see "
-            "README, 'Running it in production'",
-            settings.host,
-            " and ".join(missing),
-        )
+    if not missing or (client_certificates and missing == ["tokens"]):
+        return None
+    return (
+        f"listening on {settings.host} without {' and '.join(missing)}: anyone who can reach "
+        "this port can use it; see README, 'Running it in production'"
+    )
 
 
 def _is_loopback(host: str) -> bool:

@@ -70,7 +70,9 @@ class CameraManager:
         self._watchdog = asyncio.create_task(self._watch_loop(), name="camera-watchdog")
 
     async def apply(self, configs: tuple[CameraConfig, ...]) -> None:
-        """Make the running cameras match ``configs``: add, remove, restart the changed ones.
+        """Make the running cameras match ``configs``: add, remove, restart the changed ones
+        and the ones that failed or stopped (a reload is how an operator says "try again":
+        the file is back, the device plugged in).
 
         Watchers of a changed camera stay attached to it; watchers of a removed one end
         with NOT_FOUND.
@@ -83,7 +85,8 @@ class CameraManager:
             logger.info("camera %s removed", camera_id)
         for camera_id, config in wanted.items():
             old = self.feeds.get(camera_id)
-            if old is not None and old.camera.config == config:
+            down = old.down() if old is not None else None
+            if old is not None and old.camera.config == config and down is None:
                 continue
             feed = CameraFeed(Camera(config, self._opener), self.pipeline, self.metrics)
             if old is not None:
@@ -91,7 +94,8 @@ class CameraManager:
                 old.watchers.clear()
                 await old.stop(Draining("camera restarting"))
                 feed.watchers.update(watchers)
-                logger.info("camera %s changed; restarting it", camera_id)
+                why = "changed" if old.camera.config != config else "was down"
+                logger.info("camera %s %s; restarting it", camera_id, why)
             else:
                 logger.info("camera %s added (%s source)", camera_id, feed.camera.spec.kind)
             self.feeds[camera_id] = feed
@@ -113,7 +117,7 @@ class CameraManager:
 
     def publish(self, name: str) -> StreamPublication:
         """Register a client stream under ``name``; InvalidOptions if the name is not free."""
-        if not re.match(CAMERA_ID, name):
+        if not re.fullmatch(CAMERA_ID, name):
             raise InvalidOptions(
                 f"a published stream needs a source name of letters, digits, '.', '_', '-' "
                 f"(up to 64), got {redact(name[:80])!r}"
@@ -136,10 +140,10 @@ class CameraManager:
         """A new watcher of a camera; NotFound, InvalidOptions, CameraDown (it FAILED or
         STOPPED) or Overloaded when it can't be."""
         feed: Publisher | None = self.feeds.get(camera_id) or self.published.get(camera_id)
-        if feed is None and not re.match(CAMERA_ID, camera_id):
+        if feed is None and not re.fullmatch(CAMERA_ID, camera_id):
             raise InvalidOptions(
-                f"camera_id must be the id of a camera in the server's config (letters, digits, "
-                f"'.', '_', '-'), never a URL, a path or a device; got "
+                f"camera_id must be the id of a camera in the server's config (1 to 64 "
+                f"letters, digits, '.', '_', '-'), never a URL, a path or a device; got "
                 f"{redact(camera_id[:80])!r}"
             )
         if feed is None:

@@ -37,17 +37,20 @@ NO_STREAM = (
 )
 
 
-def why_closed(url: str, timeout_s: float) -> str:
+def why_closed(url: str, timeout_s: float, waited_s: float = 0.0) -> str:
     """Why a network source did not open, as far as a connection and one request can tell.
 
     Args:
         url: the source's URL (rtsp, http, tcp or udp).
         timeout_s: the most it may take, all of it.
+        waited_s: how long the caller already waited for the source (OpenCV's open), which
+            the words "within N s" count with this probe's own time.
     """
+    waited = waited_s + timeout_s
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme == "udp":
-        return f"nothing arrived within {timeout_s:.1f} s (is the source sending to this host?)"
+        return f"nothing arrived within {waited:.1f} s (is the source sending to this host?)"
     try:
         port = parts.port or _DEFAULT_PORTS.get(scheme)
     except ValueError:
@@ -62,7 +65,7 @@ def why_closed(url: str, timeout_s: float) -> str:
     except ConnectionRefusedError:
         return "connection refused: nothing listens at that address and port (camera down?)"
     except TimeoutError:
-        return f"no answer within {timeout_s:.1f} s (host down, or a firewall in the way?)"
+        return f"no answer within {waited:.1f} s (host down, or a firewall in the way?)"
     except OSError as exc:
         return f"cannot reach it: {exc.strerror or type(exc).__name__}"
     except ValueError:  # UnicodeError: an empty or over-long label in the host name
@@ -74,7 +77,7 @@ def why_closed(url: str, timeout_s: float) -> str:
     except TimeoutError:
         return (
             f"it accepts connections, but did not answer an {scheme.upper()} request within "
-            f"{timeout_s:.1f} s (the camera or its server hung, or overloaded?)"
+            f"{waited:.1f} s (the camera or its server hung, or overloaded?)"
         )
     except (OSError, ValueError):  # it closed, or answered something else
         return NO_STREAM

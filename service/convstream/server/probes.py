@@ -25,6 +25,8 @@ PATHS = ("/metrics", "/healthz", "/readyz")
 
 
 class _Quiet(WSGIRequestHandler):
+    timeout = 10  # seconds a connection may sit idle; each holds a thread until it closes
+
     def log_message(self, format: str, *args: Any) -> None:
         """Nothing: a probe every few seconds would fill the log."""
 

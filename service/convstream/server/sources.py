@@ -26,11 +26,16 @@ NETWORK_KINDS = ("rtsp", "rtsps", "http", "https", "tcp", "udp")
 _DEVICE = re.compile(r"^(?:device:(\d+)|/dev/video(\d+))$")
 # user:password@ after the scheme. Passwords that were not percent-encoded may hold '@', ':'
 # or '/': the password runs to the last '@' that a host name and then a path, a query or the
-# end follow, so no part of it is left showing (at worst an odd '@' in a path hides more).
-_CREDENTIALS = re.compile(r"(//[^/:\s]*):\S*@(?=[^@/\s]*(?:[/?#\s'\"]|$))")
+# end follow, so no part of it is left showing (at worst an odd '@' in a path hides more);
+# or, without a '/', it may hold spaces.
+_HOST_FOLLOWS = r"(?=[^@/\s]*(?:[/?#\s'\"]|$))"
+_CREDENTIALS = re.compile(r"(//[^/:\s]*):(?:\S*|[^/@\n]*)@" + _HOST_FOLLOWS)
+# a user name alone, which some cameras take as an access token: rtsp://TOKEN@host
+_USER_ONLY = re.compile(r"//[^/:\s@]+@" + _HOST_FOLLOWS)
 # query parameters that carry secrets, as many IP cameras take them: ?user=admin&pwd=...
+# (or &p=, beside u=)
 _SECRET_PARAMETERS = re.compile(
-    r"([?&;][^=&;\s]*(?:pas|pw|pswd|token|key|auth|secret|sig|cred)[^=&;\s]*=)"
+    r"([?&;](?:[^=&;\s]*(?:pas|pw|pswd|token|key|auth|secret|sig|cred)[^=&;\s]*|p)=)"
     r"[^&;#\s'\"]*?([):,.]*)(?=[&;#\s'\"]|$)",
     re.IGNORECASE,
 )
@@ -60,9 +65,11 @@ class SourceError(Exception):
 
 
 def redact(text: str) -> str:
-    """Hide passwords in URLs: rtsp://user:secret@host -> rtsp://user:***@host, and the
-    values of query parameters named like a secret (pwd, password, token, key, auth, sig...)."""
-    return _SECRET_PARAMETERS.sub(r"\1***\2", _CREDENTIALS.sub(r"\1:***@", text))
+    """Hide passwords in URLs: rtsp://user:secret@host -> rtsp://user:***@host, a user name
+    alone (rtsp://***@host: it may be a token), and the values of query parameters named like
+    a secret (p, pwd, password, token, key, auth, sig...)."""
+    text = _USER_ONLY.sub("//***@", _CREDENTIALS.sub(r"\1:***@", text))
+    return _SECRET_PARAMETERS.sub(r"\1***\2", text)
 
 
 @dataclass(frozen=True)
@@ -117,8 +124,14 @@ def parse_source(source: str) -> SourceSpec:
         try:
             parts.port  # noqa: B018 (it checks the port)
         except ValueError:
+            hint = ""
+            if parts.username is not None or "@" in source:
+                hint = (
+                    " (a password holding '/', '#', '?' or '@' must be percent-encoded: "
+                    "%2F, %23, %3F, %40)"
+                )
             raise ValueError(
-                f"the port in {redact(source)!r} is not a number from 0 to 65535"
+                f"the port in {redact(source)!r} is not a number from 0 to 65535{hint}"
             ) from None
         if not parts.hostname and scheme != "udp":  # udp://:1234 listens on every address
             raise ValueError(f"no host in {redact(source)!r}")
@@ -188,8 +201,8 @@ class OpenCVCapture:
                 raise SourceError("could not open file source: is it a video OpenCV can read?")
             # The probe gets what is left of the open timeout (a short look when OpenCV used
             # it all), so a failed open still fails within about its timeout.
-            left = open_timeout_s - (time.monotonic() - started)
-            why = why_closed(spec.target, min(3.0, max(0.2, left)))
+            spent = time.monotonic() - started
+            why = why_closed(spec.target, min(3.0, max(0.2, open_timeout_s - spent)), spent)
             raise SourceError(f"could not open {spec.kind} source: {why}")
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self._pacer = _Pacer(fps) if spec.kind == "file" and 0 < fps <= 240 else None
