@@ -288,20 +288,27 @@ async def stream_load(
         async def one(k: int) -> None:
             sent: dict[int, float] = {}
             window = asyncio.Semaphore(in_flight)
-            started = time.perf_counter()
+            # Open loop: the streams' clocks spread over one frame interval, as cameras' are,
+            # not all ticking at once.
+            started = time.perf_counter() + (k / (streams * rate) if rate else 0.0)
+            wall = time.time() - time.perf_counter()  # perf_counter() to the wall clock
 
             async def requests() -> AsyncIterator[pb.FrameRequest]:
                 i = 0
                 while not stop.is_set():
                     if rate is None:
                         await window.acquire()
+                        due = time.perf_counter()
                     else:
-                        await asyncio.sleep(max(0.0, started + i / rate - time.perf_counter()))
+                        # On a clock, like a camera: a frame's time is when it was due, so
+                        # a load generator running late cannot hide it from ages and latency.
+                        due = started + i / rate
+                        await asyncio.sleep(max(0.0, due - time.perf_counter()))
                     request = pb.FrameRequest(frame_id=i, encoded=data[(i + k) % len(data)])
                     if i == 0:
                         request.options.CopyFrom(options)
-                    request.capture_time.GetCurrentTime()
-                    sent[i] = time.perf_counter()
+                    request.capture_time.FromNanoseconds(round((due + wall) * 1e9))
+                    sent[i] = due
                     if measuring.is_set():
                         load.sent += 1
                     yield request

@@ -5,9 +5,17 @@ protobuf < 7, so it cannot share convstream's environment); it imports nothing o
 
 The model is a Python model: each request carries one JPEG; the model decodes it with OpenCV,
 letterboxes it to 384x640, and runs the same ONNX file convstream ships through onnxruntime
-(CPU provider, one thread per core, spin-wait off), returning score, heatmap and stage3 in
-float16: the same steps and the same result convstream's benchmark asks for. Triton's dynamic
-batcher is on, so concurrent requests share inference runs.
+(CPU provider, spin-wait off), returning score, heatmap and stage3 in float16: the same steps
+and the same result convstream's benchmark asks for. Triton's dynamic batcher is on, so
+concurrent requests share inference runs.
+
+Two ways to write it:
+- as written first (the defaults): one model instance whose onnxruntime session spreads over
+  every core; the JPEG decoded in full, then resized;
+- tuned as convstream is (``--instances 2 --reduced-decode`` on 2 cores): one instance per
+  core, each with a one-thread session, so one batch decodes while another infers; a JPEG at
+  least twice the input's size decoded by libjpeg at half (or a quarter, an eighth) of its
+  size, as convstream's server does, rather than in full and then resized.
 
     python serve_triton.py --model damage.onnx --grpc-port 8001 --http-port 8000
 """
@@ -40,6 +48,30 @@ def letterbox(image: np.ndarray) -> np.ndarray:
     return out
 
 
+def reduced_flag(data: np.ndarray) -> int:
+    """The imdecode flag that decodes a JPEG at the smallest libjpeg scale (1/2, 1/4, 1/8)
+    that still covers what the letterbox keeps, from the frame's SOF header; IMREAD_COLOR
+    otherwise."""
+    raw = data.tobytes()
+    i = 2
+    while i + 9 < len(raw) and raw[i] == 0xFF:
+        marker, length = raw[i + 1], int.from_bytes(raw[i + 2 : i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height = int.from_bytes(raw[i + 5 : i + 7], "big")
+            width = int.from_bytes(raw[i + 7 : i + 9], "big")
+            shrink = max(width / INPUT[1], height / INPUT[0])  # the letterbox's downscale
+            for factor, flag in (
+                (8, cv2.IMREAD_REDUCED_COLOR_8),
+                (4, cv2.IMREAD_REDUCED_COLOR_4),
+                (2, cv2.IMREAD_REDUCED_COLOR_2),
+            ):
+                if shrink >= factor:
+                    return flag
+            break
+        i += 2 + length
+    return cv2.IMREAD_COLOR
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True)
@@ -48,30 +80,40 @@ def main() -> None:
     parser.add_argument("--metrics-port", type=int, required=True)
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--queue-delay-us", type=int, default=2000)
+    parser.add_argument(
+        "--instances", type=int, default=1, help="model instances, the cores shared among them"
+    )
+    parser.add_argument(
+        "--reduced-decode", action="store_true", help="decode large JPEGs at a reduced size"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count() or 1
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(args.model, options, providers=["CPUExecutionProvider"])
+    threads = max(1, (os.cpu_count() or 1) // args.instances)
     names = ["score", "heatmap", "stage3"]
 
-    @batch
-    def infer(jpeg: np.ndarray) -> dict[str, np.ndarray]:
-        pixels = np.stack(
-            [
-                letterbox(cv2.imdecode(np.frombuffer(row[0], np.uint8), cv2.IMREAD_COLOR))
-                for row in jpeg
-            ]
-        )
-        score, heatmap, stage3 = session.run(names, {"pixels": pixels})
-        return {
-            "score": score.astype(np.float32)[:, None],
-            "heatmap": heatmap.astype(np.float16),
-            "stage3": stage3.astype(np.float16),
-        }
+    def decode(row: np.ndarray) -> np.ndarray:
+        data = np.frombuffer(row[0], np.uint8)
+        flag = reduced_flag(data) if args.reduced_decode else cv2.IMREAD_COLOR
+        return letterbox(cv2.imdecode(data, flag))
+
+    def instance() -> object:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = ort.InferenceSession(args.model, options, providers=["CPUExecutionProvider"])
+
+        @batch
+        def infer(jpeg: np.ndarray) -> dict[str, np.ndarray]:
+            pixels = np.stack([decode(row) for row in jpeg])
+            score, heatmap, stage3 = session.run(names, {"pixels": pixels})
+            return {
+                "score": score.astype(np.float32)[:, None],
+                "heatmap": heatmap.astype(np.float16),
+                "stage3": stage3.astype(np.float16),
+            }
+
+        return infer
 
     config = TritonConfig(
         http_address="127.0.0.1",
@@ -85,7 +127,7 @@ def main() -> None:
     with Triton(config=config) as triton:
         triton.bind(
             model_name="damage",
-            infer_func=infer,
+            infer_func=[instance() for _ in range(args.instances)],
             inputs=[Tensor(name="jpeg", dtype=bytes, shape=(1,))],
             outputs=[
                 Tensor(name="score", dtype=np.float32, shape=(1,)),
