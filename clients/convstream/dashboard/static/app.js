@@ -12,6 +12,7 @@
   const tiles = new Map(); // camera id -> Tile
   let socket = null;
   let socketOpen = false;
+  let serverKnown = false; // nothing heard of the server yet: connecting, not unreachable
   let serverOk = false;
   let serverRefused = false;
   const state = {
@@ -402,6 +403,7 @@
   }
 
   function setServer(server) {
+    serverKnown = serverKnown || Boolean(server);
     serverOk = Boolean(server && server.ok);
     serverRefused = Boolean(server && server.refused);
     const banner = $("banner");
@@ -425,8 +427,10 @@
   function showConnection() {
     const ok = socketOpen && serverOk;
     $("conn").dataset.ok = String(ok);
-    $("conn-text").textContent = !socketOpen ? "dashboard offline, reconnecting…"
-      : ok ? "live" : serverRefused ? "server refuses the dashboard" : "server unreachable";
+    $("conn-text").textContent = !socketOpen
+      ? (serverKnown ? "dashboard offline, reconnecting…" : "connecting…")
+      : ok ? "live" : !serverKnown ? "connecting…"
+      : serverRefused ? "server refuses the dashboard" : "server unreachable";
   }
 
   // ---- alerts ------------------------------------------------------------------------------
