@@ -310,7 +310,8 @@ class StreamSession:
     async def _process(self, item: _Item) -> _Done:
         source = self.metrics.source(item.request.source)
         if item.failure is not None:
-            self.metrics.frames.labels(source, "invalid").inc()
+            invalid = item.failure.status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            self.metrics.frames.labels(source, "invalid" if invalid else "rejected").inc()
             return _Done(item, item.failure)
         assert item.options is not None
         try:
