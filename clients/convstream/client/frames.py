@@ -276,7 +276,7 @@ class Video:
             if self._closed:
                 return None
             ok, image = self._capture.read()
-            if self._closed:  # close() gave up waiting for this read: release it here
+            if self._closed:  # closed during this read (close() may have stopped waiting)
                 self._capture.release()
                 return None
             return image if ok else None
