@@ -15,7 +15,6 @@ from collections.abc import (
     AsyncIterable,
     Generator,
     Iterable,
-    Iterator,
 )
 from types import TracebackType
 
@@ -154,7 +153,7 @@ class Client(BaseClient):
 
     def _stream(
         self, frames: Iterable[FrameLike], ledger: Ledger, resume: bool
-    ) -> Iterator[Result]:
+    ) -> Generator[Result, None, None]:
         feed = SyncFeed(frames, ledger, self.limits.max_in_flight)
         resumption = self._resumption(resume)
         try:
