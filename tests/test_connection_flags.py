@@ -113,6 +113,12 @@ async def test_cli_says_which_side_of_tls_is_wrong(
     told = capsys.readouterr().err
     assert f"TLS cert {pki['client.key']} holds a private key, expected a PEM certificate" in told
     assert "(cert and key swapped?)" in told
+    # a key that is not the certificate's: one line, before any call
+    mismatched = ("--ca", str(pki["ca.pem"]), "--cert", str(pki["client.pem"]))
+    assert await info(server, *mismatched, "--key", str(pki["server.key"])) == 2
+    told = capsys.readouterr().err
+    assert f"TLS key {pki['server.key']} is not the key of the certificate" in told, told
+    assert told.count("\n") == 1
     # TLS to a plaintext server
     plain = Server(Settings(port=0, metrics_port=-1, cameras=()))
     await plain.start()

@@ -335,7 +335,9 @@ async def test_refused_options_change_nothing_on_the_stream(burst: list[bytes]) 
         await server.stop(grace=0)
 
 
-async def test_frames_past_the_byte_budget_are_refused_alone(burst: list[bytes]) -> None:
+async def test_frames_past_the_byte_budget_wait_when_lossless_else_are_refused_alone(
+    burst: list[bytes],
+) -> None:
     """Raw frames of 691 KB into a server that holds 1 MiB of frames for streams at most."""
     settings = Settings(port=0, metrics_port=-1, cameras=(), max_held_bytes=1 << 20)
     server = Server(settings)
@@ -345,21 +347,37 @@ async def test_frames_past_the_byte_budget_are_refused_alone(burst: list[bytes])
             stub = pb_grpc.ConvstreamStub(channel)
             pixels = scene(7100, 480, 480).tobytes()
 
-            async def frames() -> AsyncIterator[pb.FrameRequest]:
+            async def frames(
+                options: pb.ResultOptions, huge: bool = False
+            ) -> AsyncIterator[pb.FrameRequest]:
                 for i in range(8):
                     raw = pb.RawImage(
                         width=480, height=480, format=pb.PIXEL_FORMAT_BGR8, data=pixels
                     )
-                    yield pb.FrameRequest(frame_id=i, raw=raw)
+                    yield pb.FrameRequest(frame_id=i, raw=raw, options=options if i == 0 else None)
+                if huge:  # larger than the whole budget: it can never be held
+                    raw = pb.RawImage(
+                        width=512, height=1024, format=pb.PIXEL_FORMAT_BGR8, data=bytes(1 << 21)
+                    )
+                    yield pb.FrameRequest(frame_id=8, raw=raw)
                 await asyncio.sleep(1.0)  # everything held is answered by now
-                yield pb.FrameRequest(frame_id=8, encoded=burst[0])
+                yield pb.FrameRequest(frame_id=9, encoded=burst[0])
 
-            results = await _slow_reader(stub.StreamFrames(frames()), 0.05, errors=True)
-            assert [r.frame_id for r in results] == list(range(9))
+            queued = pb.ResultOptions(freshness=pb.FRESHNESS_BOUNDED_QUEUE, queue_size=4)
+            call = stub.StreamFrames(frames(queued))
+            results = await _slow_reader(call, 0.05, errors=True)
+            answered = [r.frame_id for r in results]
+            assert answered == [i for i in range(10) if i != 8 and i in answered]
             refused = [r for r in results if r.status.code]
             assert refused and all(r.status.code == EXHAUSTED.value[0] for r in refused)
             assert "max_held_bytes 1048576" in refused[0].status.message
             assert not results[0].status.code and not results[-1].status.code
+            # lossless: the reader waits for room, and gRPC slows the sender; nothing refused
+            call = stub.StreamFrames(frames(pb.ResultOptions(), huge=True))
+            results = await _slow_reader(call, 0.05, errors=True)
+            assert [r.frame_id for r in results] == list(range(10))
+            assert [r.frame_id for r in results if r.status.code] == [8]
+            assert "can never be analysed here" in results[8].status.message
         assert server.servicer is not None and server.servicer.byte_budget.held == 0
     finally:
         await server.stop(grace=0)

@@ -22,7 +22,7 @@ import grpc
 
 from convstream.client._base import BaseClient
 from convstream.client._feed import AsyncFeed, Ledger, SyncFeed
-from convstream.client.errors import ProtocolError, from_rpc_error
+from convstream.client.errors import from_rpc_error
 from convstream.client.frames import FrameLike
 from convstream.client.options import Freshness, ResultOptions
 from convstream.client.results import CameraInfo, ModelInfo, Result
@@ -217,10 +217,12 @@ class Client(BaseClient):
         drops. ``frame`` is None: with ``ResultOptions(input_jpeg=True)`` the analysed picture
         comes along and ``draw_overlay(result)`` draws on it.
 
-        Break out of the loop (or close() the iterator) to end the call on the server.
+        Break out of the loop (or close() the iterator) to end the call on the server. A
+        camera never ends a watch by itself; a stream another client publishes
+        (``stream(..., publish=True)``) does: when that stream ends, the iterator stops.
 
         Args:
-            camera_id: a camera's id; see ``cameras()``.
+            camera_id: a camera's id, or a published stream's name; see ``cameras()``.
             options: what each result carries; the client's ``options`` when None.
             max_fps: results per second at most; None (or 0) for every analysed frame.
             queue_size: results waiting for this watcher on the server at most, 1..1024;
@@ -264,7 +266,7 @@ class Client(BaseClient):
                 continue
             finally:
                 call.cancel()
-            raise _ended_ok(request.camera_id)
+            return  # ended OK: the stream publishing what was watched ended
 
     def close(self) -> None:
         """Close the channels; calls in progress fail with Cancelled."""
@@ -431,7 +433,7 @@ class AsyncClient(BaseClient):
                 continue
             finally:
                 call.cancel()
-            raise _ended_ok(camera_id)
+            return  # ended OK: the stream publishing what was watched ended
 
     async def close(self) -> None:
         """Close the channels; calls in progress fail with Cancelled."""
@@ -451,7 +453,3 @@ class AsyncClient(BaseClient):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-
-def _ended_ok(camera_id: str) -> ProtocolError:
-    return ProtocolError(f"the server ended the watch of camera {camera_id!r} with OK")

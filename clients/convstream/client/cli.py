@@ -429,19 +429,20 @@ def _watch(args: argparse.Namespace) -> int:
         watching = client.watch(
             args.camera_id, options=options, max_fps=args.max_fps, resume=args.resume
         )
+        reporter = WatchReporter(
+            sys.stdout,
+            sys.stderr,
+            json_lines=args.json,
+            overlays=args.save_overlays,
+            total=args.count,
+        )
         with contextlib.closing(watching), lull:  # closing ends the call at --count
             results = lull.timed(itertools.islice(watching, args.count))
-            return _report(
-                args,
-                results,
-                WatchReporter(
-                    sys.stdout,
-                    sys.stderr,
-                    json_lines=args.json,
-                    overlays=args.save_overlays,
-                    total=args.count,
-                ),
-            )
+            code = _report(args, results, reporter)
+        if code == 0 and (args.count is None or reporter.count < args.count):
+            # only a published stream ends a watch by itself
+            print(f"convstream watch: stream {args.camera_id!r} ended", file=sys.stderr)
+        return code
 
     return _run(args, body)
 

@@ -14,6 +14,8 @@ Client(
 from __future__ import annotations
 
 import json
+import ssl
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,9 +105,33 @@ class TLS:
         ca = _pem(self.ca, "ca", _CERTIFICATE)
         cert = _pem(self.cert, "cert", _CERTIFICATE)
         key = _pem(self.key, "key", _PRIVATE_KEY)
+        if cert is not None and key is not None:
+            _check_pair(cert, key, self.cert, self.key)
         return grpc.ssl_channel_credentials(
             root_certificates=ca, private_key=key, certificate_chain=cert
         )
+
+
+def _check_pair(cert: bytes, key: bytes, cert_from: object, key_from: object) -> None:
+    """ValueError unless the private key belongs to the certificate (gRPC would only log
+    "Invalid private key" and fail every call with a hint about the CA)."""
+    key_name = "PEM bytes" if isinstance(key_from, bytes) else str(key_from)
+    if b"ENCRYPTED" in key:
+        raise ValueError(f"TLS key {key_name} is encrypted; gRPC takes an unencrypted key")
+    with tempfile.TemporaryDirectory() as folder:  # the ssl module reads files only
+        cert_path, key_path = Path(folder, "cert.pem"), Path(folder, "key.pem")
+        cert_path.write_bytes(cert)
+        key_path.touch(mode=0o600)
+        key_path.write_bytes(key)
+        try:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.load_cert_chain(cert_path, key_path, password=lambda: b"")  # never a prompt
+        except ssl.SSLError as exc:
+            cert_name = "PEM bytes" if isinstance(cert_from, bytes) else str(cert_from)
+            why = "is not the key of" if "KEY_VALUES_MISMATCH" in str(exc) else "cannot go with"
+            raise ValueError(
+                f"TLS key {key_name} {why} the certificate {cert_name} ({exc.reason or exc})"
+            ) from None
 
 
 _CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
@@ -128,7 +154,8 @@ def _pem(value: str | Path | bytes | None, what: str, marker: bytes) -> bytes | 
             else "no PEM block"
         )
         expected = "a PEM certificate" if marker == _CERTIFICATE else "a PEM private key"
-        hint = " (cert and key swapped?)" if found.startswith("a ") else ""
+        swapped = what in ("cert", "key") and found.startswith("a ")
+        hint = " (cert and key swapped?)" if swapped else ""
         raise ValueError(f"TLS {what} {name} holds {found}, expected {expected}{hint}")
     return data
 

@@ -124,7 +124,11 @@ class CameraManager:
             )
         if name in self.feeds or name in self.published:
             what = "a configured camera" if name in self.feeds else "another stream"
-            raise InvalidOptions(f"source {name!r} is already published by {what}")
+            raise InvalidOptions(
+                f"source {name!r} is already published by {what}: this frame was not analysed, "
+                "and the stream goes on unpublished; give its frames another source name to "
+                "publish it"
+            )
         publication = StreamPublication(name, self.pipeline, self.metrics)
         self.published[name] = publication
         logger.info("stream %s published", name)
@@ -133,7 +137,7 @@ class CameraManager:
     def unpublish(self, publication: StreamPublication) -> None:
         if self.published.get(publication.name) is publication:
             del self.published[publication.name]
-            publication.end_watchers(Draining(f"the stream publishing {publication.name!r} ended"))
+            publication.end_watchers(None)  # the watches end OK: nothing failed
             logger.info("stream %s no longer published", publication.name)
 
     def watch(self, camera_id: str, request: pb.WatchCameraRequest) -> Watcher:

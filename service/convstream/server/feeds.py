@@ -49,6 +49,10 @@ class _Queued:
     captured: float  # time.time() the frame was read
 
 
+class FeedFinished(Exception):
+    """A published stream ended: its watches end OK, after the results they hold."""
+
+
 class Watcher:
     """One WatchCamera call: what it wants, how often, and the results waiting for it."""
 
@@ -63,7 +67,7 @@ class Watcher:
         self._queue: deque[_Queued] = deque()
         self._dropped_ids: list[int] = []
         self._ready = asyncio.Event()
-        self._ended: ConvstreamError | None = None
+        self._ended: ConvstreamError | FeedFinished | None = None
 
     def due(self, now: float) -> bool:
         return now >= self._next
@@ -85,9 +89,10 @@ class Watcher:
         self._queue.append(_Queued(result, captured))
         self._ready.set()
 
-    def end(self, error: ConvstreamError) -> None:
-        """No more results: the camera was removed or the server is stopping."""
-        self._ended = error
+    def end(self, error: ConvstreamError | None) -> None:
+        """No more results: the camera was removed or the server is stopping (``error``), or
+        the stream publishing the results ended (None: the watch ends OK)."""
+        self._ended = error if error is not None else FeedFinished()
         self._ready.set()
 
     async def next(self) -> pb.FrameResult:
@@ -142,7 +147,7 @@ class Publisher:
         """The feature maps some watcher wants: what the next inference must make."""
         return sorted({name for w in self.watchers for name in w.options.feature_maps})
 
-    def end_watchers(self, error: ConvstreamError) -> None:
+    def end_watchers(self, error: ConvstreamError | None) -> None:
         for watcher in self.watchers:
             watcher.end(error)
         self.watchers.clear()

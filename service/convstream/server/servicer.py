@@ -12,6 +12,7 @@ import grpc
 from convstream.server.cameras import CameraManager
 from convstream.server.config import Settings
 from convstream.server.errors import ConvstreamError, Draining, IdleTimeout, Overloaded
+from convstream.server.feeds import FeedFinished
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Options, Pipeline
 from convstream.server.streams import ByteBudget, FrameBudget, StreamSession
@@ -154,6 +155,8 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         try:
             while True:
                 yield await watcher.next()
+        except FeedFinished:
+            return  # the published stream ended: OK
         except ConvstreamError as exc:
             await context.abort(exc.code, f"{exc} (after {watcher.sequence} results)")
         finally:

@@ -107,13 +107,21 @@ class FrameBudget:
 
 class ByteBudget:
     """Bytes of frames the server holds for streams at most, over all of them: frame counts
-    alone bound nothing when frames may be 100 KB JPEGs or 60 MB raw pixels. A frame that
-    would pass the limit is refused (RESOURCE_EXHAUSTED for that frame alone) rather than held.
-    Used from the event loop only."""
+    alone bound nothing when frames may be 100 KB JPEGs or 60 MB raw pixels. A lossless
+    stream waits for room (its reader stops, and gRPC flow control slows the sender); any
+    other frame that would pass the limit is refused, RESOURCE_EXHAUSTED for that frame
+    alone, rather than held. Used from the event loop only."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
+        self._freed = asyncio.Event()
+
+    async def room(self, size: int) -> None:
+        """Wait until `size` more bytes fit (size <= limit, or this never returns)."""
+        while self.held + size > self.limit:
+            self._freed.clear()
+            await self._freed.wait()
 
     def take(self, size: int) -> bool:
         if self.held + size > self.limit:
@@ -123,6 +131,7 @@ class ByteBudget:
 
     def give(self, size: int) -> None:
         self.held -= size
+        self._freed.set()
 
 
 class PublicationRegistry(Protocol):
@@ -197,7 +206,7 @@ class StreamSession:
                 raise Overloaded(
                     f"a queue of {capacity} frames is more than one stream may hold on this "
                     f"server, {share} (a quarter of max_queued_frames {self.budget.limit}); "
-                    "ask for a smaller queue_size"
+                    "the stream goes on with the default queue: ask for a smaller queue_size"
                 )
             self.budget.reserve(capacity, held=self.capacity)
         if message.publish and self.registry is not None:
@@ -237,7 +246,7 @@ class StreamSession:
                         f"no frame for {self.idle_timeout_s:g} s (stream_idle_timeout_s); "
                         "open a new stream when frames come again"
                     ) from None
-                item = self._hold(self._accept(request, time.perf_counter()))
+                item = await self._hold(self._accept(request, time.perf_counter()))
                 if self.publication is not None:
                     self.publication.received(request)
                 async with self._changed:
@@ -252,24 +261,35 @@ class StreamSession:
                 self._reader_done = True
                 self._changed.notify_all()
 
-    def _hold(self, item: _Item) -> _Item:
-        """Take the frame's bytes from the byte budget, or turn it into its refusal (keeping
-        only its id and source, so that a refused frame holds no memory)."""
+    async def _hold(self, item: _Item) -> _Item:
+        """Take the frame's bytes from the byte budget (a lossless stream waits for room), or
+        turn it into its refusal (keeping only its id and source, so that a refused frame
+        holds no memory)."""
         if item.options is None or self.byte_budget is None:
             return item
+        budget = self.byte_budget
         request = item.request
         size = request.ByteSize()
-        if self.byte_budget.take(size):
+        if size <= budget.limit and self.freshness == pb.FRESHNESS_LOSSLESS:
+            await budget.room(size)
+        if budget.take(size):
             item.size = size
             self._held_bytes += size
             return item
-        budget = self.byte_budget
         shell = pb.FrameRequest(frame_id=request.frame_id, source=request.source)
-        message = (
-            f"the server holds {budget.held} bytes of frames for streams, and this "
-            f"{size}-byte frame would pass max_held_bytes {budget.limit}; it was not "
-            "analysed: send JPEG rather than raw pixels, fewer frames at once, or retry"
-        )
+        if size > budget.limit:
+            message = (
+                f"this {size}-byte frame is larger than max_held_bytes {budget.limit}, all "
+                "the server holds for streams: it can never be analysed here; send it as JPEG "
+                "or smaller"
+            )
+        else:
+            message = (
+                f"the server holds {budget.held} bytes of frames for streams, and this "
+                f"{size}-byte frame would pass max_held_bytes {budget.limit}; it was not "
+                "analysed: send JPEG rather than raw pixels, fewer frames at once, or a "
+                "lossless stream, which waits for room"
+            )
         code = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
         return _Item(shell, item.arrived, None, error_result(shell, code, message))
 
