@@ -16,7 +16,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from convstream.client import (
     AsyncClient,
     CameraInfo,
     Client,
+    Frame,
     InvalidFrame,
     Limits,
     NotFound,
@@ -429,6 +430,39 @@ async def test_cli_watch_json_table_and_overlays(
     for f in files:
         image = cv2.imread(str(f))
         assert image is not None and image.shape == (360, 640, 3)
+
+
+async def test_cli_watch_of_a_published_stream_ends_with_it(
+    server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stream another client publishes ends its watches OK: the command says so, exit 0."""
+    image = cv2.imencode(".jpg", np.full((360, 640, 3), 90, np.uint8))[1].tobytes()
+    started = threading.Event()
+
+    def publish() -> None:
+        def frames() -> Iterator[Frame]:
+            for i in range(300):
+                if i == 20:
+                    started.set()
+                time.sleep(0.01)
+                yield Frame(image, source="belt-x")
+
+        with Client(address(server)) as client:
+            assert all(r.ok for r in client.stream(frames(), publish=True))
+
+    sender = asyncio.create_task(asyncio.to_thread(publish))
+    await asyncio.to_thread(started.wait, 10)
+    async with AsyncClient(address(server)) as client:
+
+        async def listed() -> bool:
+            return "belt-x" in [c.id for c in await client.cameras()]
+
+        await until(listed, 5, "the stream published")
+    assert await cli("watch", "belt-x", "--address", address(server)) == 0
+    await sender
+    out, err = capsys.readouterr()
+    assert out.splitlines()[-1].split(" frames in ")[0].isdigit()  # the summary, after rows
+    assert err.endswith("convstream watch: stream 'belt-x' ended\n"), err
 
 
 async def test_cli_watch_unknown_camera_exits_2(
