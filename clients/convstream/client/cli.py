@@ -155,7 +155,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--publish",
         action="store_true",
         help="also show the results to `convstream watch NAME`, `convstream cameras` and the "
-        "dashboard, under --name",
+        "dashboard, under --name (letters, digits, '.', '_', '-')",
     )
     stream.add_argument(
         "--no-resume",
