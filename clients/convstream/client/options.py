@@ -115,7 +115,7 @@ class TLS:
 def _check_pair(cert: bytes, key: bytes, cert_from: object, key_from: object) -> None:
     """ValueError unless the private key belongs to the certificate (gRPC would only log
     "Invalid private key" and fail every call with a hint about the CA)."""
-    key_name = "PEM bytes" if isinstance(key_from, bytes) else str(key_from)
+    key_name = _named(key_from)
     if b"ENCRYPTED" in key:
         raise ValueError(f"TLS key {key_name} is encrypted; gRPC takes an unencrypted key")
     with tempfile.TemporaryDirectory() as folder:  # the ssl module reads files only
@@ -127,10 +127,10 @@ def _check_pair(cert: bytes, key: bytes, cert_from: object, key_from: object) ->
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             context.load_cert_chain(cert_path, key_path, password=lambda: b"")  # never a prompt
         except ssl.SSLError as exc:
-            cert_name = "PEM bytes" if isinstance(cert_from, bytes) else str(cert_from)
             why = "is not the key of" if "KEY_VALUES_MISMATCH" in str(exc) else "cannot go with"
             raise ValueError(
-                f"TLS key {key_name} {why} the certificate {cert_name} ({exc.reason or exc})"
+                f"TLS key {key_name} {why} the certificate {_named(cert_from)} "
+                f"({exc.reason or exc})"
             ) from None
 
 
@@ -145,7 +145,6 @@ def _pem(value: str | Path | bytes | None, what: str, marker: bytes) -> bytes | 
         return None
     data = value if isinstance(value, bytes) else Path(value).read_bytes()
     if marker not in data:
-        name = "PEM bytes" if isinstance(value, bytes) else str(value)
         found = (
             "a private key"
             if _PRIVATE_KEY in data
@@ -156,8 +155,13 @@ def _pem(value: str | Path | bytes | None, what: str, marker: bytes) -> bytes | 
         expected = "a PEM certificate" if marker == _CERTIFICATE else "a PEM private key"
         swapped = what in ("cert", "key") and found.startswith("a ")
         hint = " (cert and key swapped?)" if swapped else ""
-        raise ValueError(f"TLS {what} {name} holds {found}, expected {expected}{hint}")
+        raise ValueError(f"TLS {what} {_named(value)} holds {found}, expected {expected}{hint}")
     return data
+
+
+def _named(value: object) -> str:
+    """How an error names a TLS field's value: its path, or "PEM bytes" given in memory."""
+    return "PEM bytes" if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True)

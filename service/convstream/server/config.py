@@ -261,8 +261,8 @@ class Settings(BaseModel):
     max_held_bytes: int = Field(
         1 << 30,
         ge=1 << 20,
-        description="bytes of frames the server holds for streams at most; a frame past it "
-        "is refused alone (RESOURCE_EXHAUSTED) and the stream goes on",
+        description="bytes of frames the server holds for streams at most; past it a lossless "
+        "stream waits for room, any other frame is refused alone (RESOURCE_EXHAUSTED)",
     )
     max_analyze_calls: int = Field(
         64, ge=1, description="concurrent Analyze calls at most; past it, RESOURCE_EXHAUSTED"

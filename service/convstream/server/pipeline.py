@@ -231,10 +231,12 @@ class Pipeline:
         result.timings.batch_size = inference.batch_size
         result.timings.inference_threads = inference.threads
         result.timings.encode_ms = (time.perf_counter() - started) * 1000
-        size = result.ByteSize()
-        if size > self.settings.max_message_bytes - _RESULT_SLACK:
-            # check_size counts the maps before inference; the input JPEG can still tip it
-            # over, and gRPC would end the whole stream on a message over the limit
+        # check_size counted the maps before inference; the input JPEG can still tip the
+        # result over, and gRPC would end the whole stream on a message over the limit
+        if (
+            options.include_frame
+            and (size := result.ByteSize()) > self.settings.max_message_bytes - _RESULT_SLACK
+        ):
             raise Overloaded(
                 f"the result is {size} bytes with the input JPEG, over the "
                 f"{self.settings.max_message_bytes}-byte message limit; ask for fewer maps, a "
