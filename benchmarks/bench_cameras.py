@@ -6,16 +6,22 @@ Each camera is a real live stream on 127.0.0.1: ffmpeg serving HTTP MJPEG (640x4
 whose frames carry the wall-clock time they were made, painted into their pixels. A separate
 `convstream serve` pulls K such cameras; one watcher per camera takes every result with the
 analysed frame, reads the painted time back and records the result's true age (received
-minus made: capture, encode, network, decode, queueing, inference, delivery). The in-process
-limit beside it is the model alone on the same 480x640 input in a loop on this machine.
+minus made: capture, encode, network, decode, queueing, inference, delivery). Each age
+splits at the time the server's reader returned the frame (the result's capture_time, the
+server's clock, which is this machine's): "made to read" is the source's own latency plus any
+lag in reading it (a reader that falls behind shows here, growing), "read to result" is what
+the server adds (waiting for the analysis, the analysis, delivery). The in-process limit
+beside it is the model alone on the same 480x640 input in a loop on this machine.
 
 The source alone (the same stream read by OpenCV in this process, no server) gives the floor
 that capture, MJPEG encoding, HTTP and decoding cost before the server does anything.
 
 The target (DESIGN.md): a 30 fps camera on a server that manages fewer delivers frames no
-older than one service time plus two frame intervals, with no growing lag. "within target"
-is the share of results under the median service time (the server's own total_ms) plus two
-frame intervals (66.7 ms); "trend" is the mean age of the last third minus the first third.
+older than one service time plus two frame intervals, with no growing lag. The source's own
+latency is the camera's, not the server's, so the target is put to "read to result":
+"within target" is the share of results whose read to result is under the median service
+time (the server's own total_ms) plus two frame intervals (66.7 ms); "trend" is its mean over
+the last third minus the first third (made to read has its own trend beside it).
 """
 
 from __future__ import annotations
@@ -76,7 +82,8 @@ def source_alone(seconds: float) -> np.ndarray:
 
 
 async def watch(stub: pb_grpc.ConvstreamStub, camera_id: str, seconds: float) -> dict:
-    ages, service = [], []
+    """One camera's results: true ages, and each split where the server read the frame."""
+    ages, before, after, service = [], [], [], []
     call = stub.WatchCamera(
         pb.WatchCameraRequest(camera_id=camera_id, options=pb.ResultOptions(include_frame=True))
     )
@@ -85,12 +92,21 @@ async def watch(stub: pb_grpc.ConvstreamStub, camera_id: str, seconds: float) ->
         received = time.time()
         frame = cv2.imdecode(np.frombuffer(result.frame_jpeg, np.uint8), cv2.IMREAD_COLOR)
         g = result.geometry
-        ages.append((received - read_time(frame, g.scale, g.pad_left, g.pad_top)) * 1000)
+        made = read_time(frame, g.scale, g.pad_left, g.pad_top)
+        read = result.capture_time.ToNanoseconds() / 1e9  # when the server's reader had it
+        ages.append((received - made) * 1000)
+        before.append((read - made) * 1000)
+        after.append((received - read) * 1000)
         service.append(result.timings.total_ms)
         if time.monotonic() - started > seconds:
             break
     call.cancel()
-    return {"ages": np.array(ages), "service": np.array(service)}
+    return {
+        "ages": np.array(ages),
+        "before": np.array(before),
+        "after": np.array(after),
+        "service": np.array(service),
+    }
 
 
 async def scenario(cameras: int, seconds: float) -> dict:
@@ -121,7 +137,9 @@ async def scenario(cameras: int, seconds: float) -> dict:
             server.wait(timeout=30)
             for source in sources:
                 source.stop()
-    ages = np.concatenate([w["ages"] for w in watched])
+    ages, before, after = (
+        np.concatenate([w[k] for w in watched]) for k in ("ages", "before", "after")
+    )
     service = float(np.median(np.concatenate([w["service"] for w in watched])))
     bound = service + 2 * 1000 / FPS
     trends = [trend(w["ages"]) for w in watched]
@@ -136,6 +154,12 @@ async def scenario(cameras: int, seconds: float) -> dict:
         "bound": bound,
         "within": float((ages <= bound).mean()),
         "trend": max(trends, key=abs),
+        "before50": np.percentile(before, 50),
+        "after50": np.percentile(after, 50),
+        "after95": np.percentile(after, 95),
+        "after_within": float((after <= bound).mean()),
+        "before_trend": max((trend(w["before"]) for w in watched), key=abs),
+        "after_trend": max((trend(w["after"]) for w in watched), key=abs),
     }
 
 
@@ -152,12 +176,12 @@ def run(seconds: float, cameras: list[int]) -> str:
                 f"{r['fps_out']:.1f}",
                 f"{r['total']:.1f}",
                 f"{r['total'] / limit:.2f}",
-                f"{r['p50']:.0f}",
-                f"{r['p95']:.0f}",
-                f"{r['max']:.0f}",
+                f"{r['p50']:.0f} / {r['p95']:.0f} / {r['max']:.0f}",
+                f"{r['before50']:.0f} ({r['before_trend']:+.0f})",
+                f"{r['after50']:.0f} / {r['after95']:.0f}",
                 f"{r['bound']:.0f}",
-                f"{r['within']:.0%}",
-                f"{r['trend']:+.0f}",
+                f"{r['after_within']:.0%}",
+                f"{r['after_trend']:+.0f}",
             ]
         )
     return "\n".join(
@@ -170,7 +194,10 @@ def run(seconds: float, cameras: list[int]) -> str:
             f" 480x640 runs {limit:.1f} frames/s; the source read by OpenCV with no server"
             f" shows ages of p50 {np.percentile(floor, 50):.0f} ms, p95"
             f" {np.percentile(floor, 95):.0f} ms (capture, encoding, HTTP, decoding: the floor"
-            " before the server does anything). Target: one service time + two frame intervals.",
+            " before the server does anything). Each true age splits where the server's reader"
+            " got the frame (the result's capture_time): made to read is the source's part and"
+            " any lag in reading it; read to result is the server's, and what the target (one"
+            ' service time + two frame intervals), "within target" and the trend are about.',
             "",
             table(
                 [
@@ -179,9 +206,9 @@ def run(seconds: float, cameras: list[int]) -> str:
                     "analysed / camera",
                     "analysed total",
                     "/ model alone",
-                    "age p50 ms",
-                    "p95",
-                    "max",
+                    "true age ms p50 / p95 / max",
+                    "made to read p50 (trend)",
+                    "read to result p50 / p95",
                     "target ms",
                     "within target",
                     "trend ms",
