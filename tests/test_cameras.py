@@ -8,6 +8,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from urllib.request import urlopen
 
 import cv2
 import grpc
@@ -24,6 +25,7 @@ from live import (
     running,
     write_video,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 from convstream.cli import main
 from convstream.client.cli import QUIET_S
@@ -636,6 +638,19 @@ async def test_a_client_stream_can_publish_under_its_source_name() -> None:
         assert refused.status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
         assert "already published by a configured camera" in refused.status.message
         await taken.done_writing()
+        # a client's frames named like a camera are not counted as the camera's
+        text = await asyncio.to_thread(
+            lambda: urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read()
+        )
+        counted = {
+            (s.labels["source"], s.labels["outcome"]): s.value
+            for family in text_string_to_metric_families(text.decode())
+            if family.name == "convstream_frames"
+            for s in family.samples
+            if s.name == "convstream_frames_total"
+        }
+        assert counted.get(("stream:belt", "invalid")) == 1.0, counted
+        assert not [key for key in counted if key[0] == "belt"], counted
 
         stream = stub.StreamFrames()
         options = pb.ResultOptions(publish=True, include_heatmap=False)

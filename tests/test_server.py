@@ -279,7 +279,11 @@ async def test_analyze_bad_frame_is_invalid_argument(stub: pb_grpc.ConvstreamStu
     for options, says in [
         (pb.ResultOptions(encoding=7), "unknown tensor encoding 7; expected one of 1 (TENSOR_"),
         (pb.ResultOptions(freshness=9), "unknown freshness policy 9; expected one of 1 (FRESH"),
-        (pb.ResultOptions(queue_size=5000), "queue_size must be 0 (the server's default, 4) to"),
+        # the bound this server can give (a quarter of max_queued_frames), not the proto's
+        (
+            pb.ResultOptions(queue_size=5000),
+            "queue_size must be 0 (the server's default, 4) to 256",
+        ),
     ]:
         stream = stub.StreamFrames()
         await stream.write(pb.FrameRequest(encoded=jpeg(scene(11, 240, 320)), options=options))
@@ -393,9 +397,12 @@ async def test_metrics_count_frames_by_source_and_outcome(
     server: Server, stub: pb_grpc.ConvstreamStub
 ) -> None:
     good = jpeg(scene(13, 480, 640))
-    frames = [pb.FrameRequest(source="dock-1", encoded=good) for _ in range(3)]
-    frames.append(pb.FrameRequest(source="dock-1", encoded=b"junk"))
-    _ = [r async for r in stub.StreamFrames(requests(frames))]
+    # a stream's source sticks: the frames after the first that name none are dock-1's too
+    frames = [pb.FrameRequest(source="dock-1", encoded=good)]
+    frames += [pb.FrameRequest(encoded=good) for _ in range(2)]
+    frames.append(pb.FrameRequest(encoded=b"junk"))
+    results = [r async for r in stub.StreamFrames(requests(frames))]
+    assert [r.source for r in results] == ["dock-1"] * 4
     samples = await asyncio.to_thread(scrape, server.metrics_port)
     ok = samples[("convstream_frames_total", (("outcome", "ok"), ("source", "dock-1")))]
     bad = samples[("convstream_frames_total", (("outcome", "invalid"), ("source", "dock-1")))]

@@ -67,6 +67,7 @@ class Metrics:
         )
         self._sources: set[str] = set()
         self._lock = threading.Lock()
+        self.camera_ids: frozenset[str] = frozenset()  # the configured cameras, kept by Cameras
 
     def source(self, name: str) -> str:
         """A bounded, sanitised label for a client-chosen source name."""
@@ -78,6 +79,12 @@ class Metrics:
                 return "other"
             self._sources.add(label)
         return label
+
+    def stream_label(self, name: str) -> str:
+        """The source label of a client stream's frames: ``source(name)``, but a name that is
+        also a configured camera's id is counted as "stream:<name>", so that a camera's
+        figures only ever count the camera's own frames."""
+        return self.source(f"stream:{name}" if name in self.camera_ids else name)
 
     def observe_result(self, source: str, timings: Any) -> None:
         """Record an analysed frame's timings (a convstream.v1.Timings)."""

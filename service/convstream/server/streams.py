@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 WINDOW = 4
 LATEST_ONLY_WINDOW = 1
 MAX_LISTED_DROPS = 1000
+MAX_QUEUE_SIZE = 1024  # ResultOptions.queue_size's upper bound in the proto
 
 
 @dataclass
@@ -168,6 +169,7 @@ class StreamSession:
         self.freshness = pb.FRESHNESS_LOSSLESS
         self.capacity = default_queue
         self.options = Options()
+        self.source = ""  # the last source a frame named: frames that name none take it
         self.dropped = 0
         self.sequence = 0
         self._default_queue = default_queue
@@ -192,10 +194,14 @@ class StreamSession:
         if freshness == pb.FRESHNESS_LATEST_ONLY:
             capacity = 1
         elif message.queue_size:
-            if message.queue_size > 1024:
+            if message.queue_size > MAX_QUEUE_SIZE:
+                most = MAX_QUEUE_SIZE
+                if self.budget is not None:
+                    most = min(most, self.budget.share(self._default_queue))
                 raise InvalidOptions(
                     f"queue_size must be 0 (the server's default, {self._default_queue}) to "
-                    f"1024, got {message.queue_size}"
+                    f"{most} on this server (the protocol allows up to {MAX_QUEUE_SIZE}), "
+                    f"got {message.queue_size}"
                 )
             capacity = message.queue_size
         else:
@@ -220,7 +226,12 @@ class StreamSession:
         self.window = LATEST_ONLY_WINDOW if freshness == pb.FRESHNESS_LATEST_ONLY else WINDOW
 
     def _accept(self, request: pb.FrameRequest, arrived: float) -> _Item:
-        """Options for this frame: its own (which then stick) or the stream's last ones."""
+        """Options for this frame: its own (which then stick) or the stream's last ones; and
+        its source: its own (which then sticks) or the stream's last one."""
+        if request.source:
+            self.source = request.source
+        elif self.source:
+            request.source = self.source
         try:
             if request.HasField("options"):
                 options = Options.parse(request.options)  # refused options change nothing
@@ -307,7 +318,8 @@ class StreamSession:
                 self.dropped += 1
                 if len(self._dropped_ids) < MAX_LISTED_DROPS:
                     self._dropped_ids.append(old.request.frame_id)
-                self.metrics.frames.labels(self.metrics.source(old.request.source), "dropped").inc()
+                label = self.metrics.stream_label(old.request.source)
+                self.metrics.frames.labels(label, "dropped").inc()
                 return
 
     async def _dispatch(self) -> None:
@@ -328,7 +340,7 @@ class StreamSession:
             await self._out.put(asyncio.create_task(self._process(item)))
 
     async def _process(self, item: _Item) -> _Done:
-        source = self.metrics.source(item.request.source)
+        source = self.metrics.stream_label(item.request.source)
         if item.failure is not None:
             invalid = item.failure.status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
             self.metrics.frames.labels(source, "invalid" if invalid else "rejected").inc()
@@ -349,7 +361,7 @@ class StreamSession:
             return _Done(
                 item, error_result(item.request, grpc.StatusCode.INTERNAL.value[0], message)
             )
-        self.metrics.observe_result(item.request.source, result.timings)
+        self.metrics.observe_result(source, result.timings)
         return _Done(item, result, prepared, inference)
 
     async def _publish(self, done: _Done) -> None:
