@@ -140,6 +140,36 @@ async def test_stream_a_video_file(
         assert image is not None and image.shape == (240, 320, 3)
 
 
+async def test_samples_write_frames_and_a_clip_that_analyze_and_stream_take(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first hour's steps: `samples --clip` writes JPEGs and the demo conveyor as a video;
+    `analyze` of the folder takes the JPEGs only, `stream` takes the video."""
+    folder = tmp_path / "boxes"
+    assert (
+        await run("samples", str(folder), "--count", "2", "--size", "240x320", "--clip", "2") == 0
+    )
+    written = capsys.readouterr().out.splitlines()
+    assert written[0].endswith("box-000-intact.jpg  intact")
+    assert "box-001-damaged.jpg  damaged (" in written[1]
+    assert written[2].startswith(f"{folder / 'conveyor.avi'}  2 s at 15 fps, 30 frames, ")
+    clip = cv2.VideoCapture(str(folder / "conveyor.avi"))
+    size = (clip.get(cv2.CAP_PROP_FRAME_HEIGHT), clip.get(cv2.CAP_PROP_FRAME_WIDTH))
+    assert (size, clip.get(cv2.CAP_PROP_FRAME_COUNT)) == ((360, 640), 30)  # the demo camera's
+    clip.release()
+    address = f"127.0.0.1:{server.port}"
+    assert await run("analyze", str(folder), "--json", "--address", address) == 0
+    names = [Path(json.loads(line)["name"]).name for line in capsys.readouterr().out.splitlines()]
+    assert names == ["box-000-intact.jpg", "box-001-damaged.jpg"]
+    assert await run("stream", str(folder / "conveyor.avi"), "--json", "--address", address) == 0
+    results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["frame_id"] for r in results] == list(range(30))
+    assert main(["samples", str(folder), "--clip", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "convstream samples: --clip must be 0 to 3600 seconds, got -1"
+    )
+
+
 async def test_a_file_that_is_no_video_is_an_error_not_an_empty_success(
     server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

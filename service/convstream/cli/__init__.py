@@ -192,6 +192,15 @@ def _add_samples(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("directory", type=Path, help="where the JPEG files go (created if needed)")
     p.add_argument("--count", type=int, default=8, help="how many frames (default 8)")
     p.add_argument("--size", default="720x1280", help="HxW of each frame (default 720x1280)")
+    p.add_argument(
+        "--clip",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="also write conveyor.avi: the first SECONDS of the server's demo camera (a "
+        f"conveyor, 640x360 at {CLIP_FPS:g} fps, packages passing, some damaged), as MJPEG, "
+        "for `convstream stream`",
+    )
     p.set_defaults(func=_samples)
 
 
@@ -208,6 +217,17 @@ def _samples(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    wrong = [
+        f"{flag} must be {bound}, got {value:g}"
+        for flag, bound, value, ok in [
+            ("--count", ">= 0", args.count, args.count >= 0),
+            ("--clip", "0 to 3600 seconds", args.clip, 0 <= args.clip <= 3600),
+        ]
+        if not ok
+    ]
+    if wrong:
+        print(f"convstream samples: {'; '.join(wrong)}", file=sys.stderr)
+        return 2
     args.directory.mkdir(parents=True, exist_ok=True)
     for i in range(args.count):
         scene = render_scene(4_000_000_000 + i, height, width, damaged=i % 2 == 1)
@@ -215,6 +235,39 @@ def _samples(args: argparse.Namespace) -> int:
         path = args.directory / f"box-{i:03d}-{label}.jpg"
         cv2.imwrite(str(path), scene.image, [cv2.IMWRITE_JPEG_QUALITY, 90])
         print(f"{path}  {label}{' (' + ', '.join(scene.kinds) + ')' if scene.kinds else ''}")
+    if args.clip:
+        return _write_clip(args.directory / "conveyor.avi", args.clip)
+    return 0
+
+
+CLIP_FPS = 15.0
+
+
+def _write_clip(path: Path, seconds: float) -> int:
+    """The server's demo camera (demo:conveyor, its defaults) as an MJPEG video file."""
+    import cv2
+
+    from convstream.model.scenes import Conveyor
+
+    frames = max(1, round(seconds * CLIP_FPS))
+    height, width = 360, 640
+    conveyor = Conveyor(0, height, width, CLIP_FPS)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), CLIP_FPS, (width, height))
+    if not writer.isOpened():
+        print(f"convstream samples: OpenCV cannot write {path}", file=sys.stderr)
+        return 1
+    damaged = 0
+    try:
+        for i in range(frames):
+            scene = conveyor.frame(i)
+            damaged += scene.damaged
+            writer.write(scene.image)
+    finally:
+        writer.release()
+    print(
+        f"{path}  {frames / CLIP_FPS:g} s at {CLIP_FPS:g} fps, {frames} frames, {damaged} of "
+        "them showing damage"
+    )
     return 0
 
 
