@@ -639,6 +639,7 @@ async def test_a_client_stream_can_publish_under_its_source_name() -> None:
         assert "already published by a configured camera" in refused.status.message
         await taken.done_writing()
         # a client's frames named like a camera are not counted as the camera's
+        await stub.Analyze(pb.FrameRequest(source="belt", encoded=frames[0]))
         text = await asyncio.to_thread(
             lambda: urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read()
         )
@@ -649,7 +650,8 @@ async def test_a_client_stream_can_publish_under_its_source_name() -> None:
             for s in family.samples
             if s.name == "convstream_frames_total"
         }
-        assert counted.get(("stream:belt", "invalid")) == 1.0, counted
+        assert counted.get(("client:belt", "invalid")) == 1.0, counted
+        assert counted.get(("client:belt", "ok")) == 1.0, counted
         assert not [key for key in counted if key[0] == "belt"], counted
 
         stream = stub.StreamFrames()

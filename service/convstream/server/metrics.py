@@ -67,7 +67,7 @@ class Metrics:
         )
         self._sources: set[str] = set()
         self._lock = threading.Lock()
-        self.camera_ids: frozenset[str] = frozenset()  # the configured cameras, kept by Cameras
+        self.camera_ids: frozenset[str] = frozenset()  # configured cameras, kept by CameraManager
 
     def source(self, name: str) -> str:
         """A bounded, sanitised label for a client-chosen source name."""
@@ -80,11 +80,11 @@ class Metrics:
             self._sources.add(label)
         return label
 
-    def stream_label(self, name: str) -> str:
-        """The source label of a client stream's frames: ``source(name)``, but a name that is
-        also a configured camera's id is counted as "stream:<name>", so that a camera's
-        figures only ever count the camera's own frames."""
-        return self.source(f"stream:{name}" if name in self.camera_ids else name)
+    def client_source(self, name: str) -> str:
+        """The source label of frames a client sends (Analyze, StreamFrames): ``source(name)``,
+        but a name that is also a configured camera's id is counted as "client:<name>", so
+        that a camera's figures only ever count the camera's own frames."""
+        return self.source(f"client:{name}" if name in self.camera_ids else name)
 
     def observe_result(self, source: str, timings: Any) -> None:
         """Record an analysed frame's timings (a convstream.v1.Timings)."""

@@ -66,12 +66,12 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             result = await self.pipeline.analyze(request, options, arrived, deadline)
         except ConvstreamError as exc:
             outcome = "invalid" if exc.code == grpc.StatusCode.INVALID_ARGUMENT else "rejected"
-            self.metrics.frames.labels(self.metrics.source(request.source), outcome).inc()
+            self.metrics.frames.labels(self.metrics.client_source(request.source), outcome).inc()
             await context.abort(exc.code, str(exc))
         finally:
             if admitted:
                 self.open_analyze_calls -= 1
-        self.metrics.observe_result(request.source, result.timings)
+        self.metrics.observe_result(self.metrics.client_source(request.source), result.timings)
         return result
 
     async def StreamFrames(

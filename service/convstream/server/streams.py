@@ -318,7 +318,7 @@ class StreamSession:
                 self.dropped += 1
                 if len(self._dropped_ids) < MAX_LISTED_DROPS:
                     self._dropped_ids.append(old.request.frame_id)
-                label = self.metrics.stream_label(old.request.source)
+                label = self.metrics.client_source(old.request.source)
                 self.metrics.frames.labels(label, "dropped").inc()
                 return
 
@@ -340,7 +340,7 @@ class StreamSession:
             await self._out.put(asyncio.create_task(self._process(item)))
 
     async def _process(self, item: _Item) -> _Done:
-        source = self.metrics.stream_label(item.request.source)
+        source = self.metrics.client_source(item.request.source)
         if item.failure is not None:
             invalid = item.failure.status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
             self.metrics.frames.labels(source, "invalid" if invalid else "rejected").inc()
