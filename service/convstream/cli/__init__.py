@@ -189,7 +189,11 @@ def _add_samples(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Render warehouse frames (the same renderer the model was trained on, "
         "with seeds it never saw) as JPEG files; about half show damaged packages.",
     )
-    p.add_argument("directory", type=Path, help="where the JPEG files (and --clip's video) go, created if needed")
+    p.add_argument(
+        "directory",
+        type=Path,
+        help="where the JPEG files (and --clip's video) go, created if needed",
+    )
     p.add_argument("--count", type=int, default=8, help="how many frames (default 8)")
     p.add_argument("--size", default="720x1280", help="HxW of each frame (default 720x1280)")
     p.add_argument(
