@@ -8,17 +8,22 @@ whose frames carry the wall-clock time they were made, painted into their pixels
 analysed frame, reads the painted time back and records the result's true age (received
 minus made: capture, encode, network, decode, queueing, inference, delivery). Each age
 splits at the time the server's reader returned the frame (the result's capture_time, the
-server's clock, which is this machine's): "made to read" is the source's own latency plus any
-lag in reading it (a reader that falls behind shows here, growing), "read to result" is what
-the server adds (waiting for the analysis, the analysis, delivery). The in-process limit
+server's clock, which is this machine's, taken once the reader has read and decoded the
+frame): "made to read" is the source's latency and the reader's receiving and decoding of the
+frame, what the source read by OpenCV with no server shows as its floor, plus any lag in
+reading it (a reader that falls behind shows here, growing); "read to result" is what the
+server adds after that (waiting for the analysis, the analysis, delivery). The in-process limit
 beside it is the model alone on the same 480x640 input in a loop on this machine.
 
 The source alone (the same stream read by OpenCV in this process, no server) gives the floor
 that capture, MJPEG encoding, HTTP and decoding cost before the server does anything.
 
 The target (DESIGN.md): a 30 fps camera on a server that manages fewer delivers frames no
-older than one service time plus two frame intervals, with no growing lag. The source's own
-latency is the camera's, not the server's, so the target is put to "read to result":
+older than one service time plus two frame intervals, with no growing lag. Until 2026-12-04
+this script put the target to the true age, which holds the source's own latency (70 ms here:
+ffmpeg's encoding, HTTP and OpenCV's decoding, which a bare OpenCV reader pays too): no server
+could meet it for one camera. The target is now put to "read to result", and the true
+ages and "made to read" are printed beside it, so a reader lagging behind still shows:
 "within target" is the share of results whose read to result is under the median service
 time (the server's own total_ms) plus two frame intervals (66.7 ms); "trend" is its mean over
 the last third minus the first third (made to read has its own trend beside it).
@@ -142,7 +147,6 @@ async def scenario(cameras: int, seconds: float) -> dict:
     )
     service = float(np.median(np.concatenate([w["service"] for w in watched])))
     bound = service + 2 * 1000 / FPS
-    trends = [trend(w["ages"]) for w in watched]
     return {
         "cameras": cameras,
         "fps_in": np.mean([c.fps_in for c in status.cameras]),
@@ -152,8 +156,6 @@ async def scenario(cameras: int, seconds: float) -> dict:
         "p95": np.percentile(ages, 95),
         "max": ages.max(),
         "bound": bound,
-        "within": float((ages <= bound).mean()),
-        "trend": max(trends, key=abs),
         "before50": np.percentile(before, 50),
         "after50": np.percentile(after, 50),
         "after95": np.percentile(after, 95),
@@ -195,8 +197,9 @@ def run(seconds: float, cameras: list[int]) -> str:
             f" shows ages of p50 {np.percentile(floor, 50):.0f} ms, p95"
             f" {np.percentile(floor, 95):.0f} ms (capture, encoding, HTTP, decoding: the floor"
             " before the server does anything). Each true age splits where the server's reader"
-            " got the frame (the result's capture_time): made to read is the source's part and"
-            " any lag in reading it; read to result is the server's, and what the target (one"
+            " had read and decoded the frame (the result's capture_time): made to read is the"
+            " source's latency and the reader's decoding (the floor above) and any lag in"
+            " reading; read to result is what the server adds, and what the target (one"
             ' service time + two frame intervals), "within target" and the trend are about.',
             "",
             table(

@@ -21,6 +21,7 @@ from convstream.client.tensors import to_numpy
 from convstream.model import DamageModel
 from convstream.model.scenes import render_scene
 from convstream.server import Server, Settings
+from convstream.server.metrics import MAX_SOURCES, Metrics
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
@@ -282,7 +283,8 @@ async def test_analyze_bad_frame_is_invalid_argument(stub: pb_grpc.ConvstreamStu
         # the bound this server can give (a quarter of max_queued_frames), not the proto's
         (
             pb.ResultOptions(queue_size=5000),
-            "queue_size must be 0 (the server's default, 4) to 256",
+            "queue_size must be 0 (the server's default, 4) to 1024, and one stream may hold "
+            "at most 256",
         ),
     ]:
         stream = stub.StreamFrames()
@@ -401,18 +403,39 @@ async def test_metrics_count_frames_by_source_and_outcome(
     frames = [pb.FrameRequest(source="dock-1", encoded=good)]
     frames += [pb.FrameRequest(encoded=good) for _ in range(2)]
     frames.append(pb.FrameRequest(encoded=b"junk"))
+    frames += [pb.FrameRequest(source="dock-2", encoded=good), pb.FrameRequest(encoded=good)]
     results = [r async for r in stub.StreamFrames(requests(frames))]
-    assert [r.source for r in results] == ["dock-1"] * 4
+    assert [r.source for r in results] == ["dock-1"] * 4 + ["dock-2"] * 2  # the last one given
     samples = await asyncio.to_thread(scrape, server.metrics_port)
     ok = samples[("convstream_frames_total", (("outcome", "ok"), ("source", "dock-1")))]
     bad = samples[("convstream_frames_total", (("outcome", "invalid"), ("source", "dock-1")))]
-    assert (ok, bad) == (3.0, 1.0)
-    assert samples[("convstream_step_seconds_count", (("step", "inference"),))] == 3.0
-    assert samples[("convstream_inference_threads_count", ())] == 3.0
+    other = samples[("convstream_frames_total", (("outcome", "ok"), ("source", "dock-2")))]
+    assert (ok, bad, other) == (3.0, 1.0, 2.0)
+    assert samples[("convstream_step_seconds_count", (("step", "inference"),))] == 5.0
+    assert samples[("convstream_inference_threads_count", ())] == 5.0
     assert samples[("convstream_streams_in_flight", ())] == 0.0
     assert samples[("convstream_streams_total", (("outcome", "ok"),))] == 1.0
     provider = (("provider", "CPUExecutionProvider"), ("requested", "auto"))
     assert samples[("convstream_execution_provider", provider)] == 1.0
+
+
+def test_a_cameras_metric_label_is_its_own() -> None:
+    """Client frames never land in a configured camera's series: not under a name that only
+    becomes the camera's label once cleaned up or cut to 64 characters, and not when clients
+    have used up the cap on names (the camera's label is exempt)."""
+    metrics = Metrics()
+    long_id = "d" * 64
+    metrics.set_cameras(["dock_3", long_id])
+    assert metrics.client_source("dock 3") == "client:dock_3"
+    assert metrics.client_source(long_id + "-extra") == ("client:" + long_id)[:64]
+    assert metrics.client_source("dock-4") == "dock-4"
+    for i in range(MAX_SOURCES):
+        metrics.client_source(f"integration-{i}")
+    assert metrics.client_source("one-too-many") == "other"
+    assert metrics.source("dock_3") == "dock_3"  # the camera's own frames
+    metrics.set_cameras(["belt"])  # a reload adds a camera: its label is its own at once
+    assert metrics.source("belt") == "belt"
+    assert metrics.client_source("belt") == "other"  # client:belt, past the cap
 
 
 async def test_too_many_streams_is_resource_exhausted() -> None:

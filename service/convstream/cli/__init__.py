@@ -187,7 +187,8 @@ def _add_samples(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "samples",
         help="write rendered warehouse frames to try the server on",
         description="Render warehouse frames (the same renderer the model was trained on, "
-        "with seeds it never saw) as JPEG files; about half show damaged packages.",
+        "with seeds it never saw) as JPEG files; about half show damaged packages. With "
+        "--clip, also a video of the server's demo camera.",
     )
     p.add_argument(
         "directory",
@@ -201,9 +202,9 @@ def _add_samples(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=float,
         default=0.0,
         metavar="SECONDS",
-        help="also write conveyor.avi: the first SECONDS of the server's demo camera (a "
-        f"conveyor, 640x360 at {CLIP_FPS:g} fps, packages passing, some damaged), as MJPEG, "
-        "for `convstream stream`",
+        help="also write conveyor.avi: the first SECONDS (e.g. 20, or 2.5) of the server's "
+        f"demo camera (a conveyor, 360x640 at {CLIP_FPS:g} fps, packages passing, some "
+        "damaged) as MJPEG, for `convstream stream`; default 0, no video",
     )
     p.set_defaults(func=_samples)
 

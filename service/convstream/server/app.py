@@ -206,6 +206,8 @@ class Server:
                     f"cannot serve metrics on {address}: {exc.strerror or exc}; choose another "
                     "port with --metrics-port (-1 turns metrics off)"
                 ) from exc
+        # the cameras' metric labels are theirs before any client frame can be counted
+        self.metrics.set_cameras(c.id for c in settings.cameras)
         await server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

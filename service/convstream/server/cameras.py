@@ -78,7 +78,7 @@ class CameraManager:
         with NOT_FOUND.
         """
         wanted = {c.id: c for c in configs}
-        self.metrics.camera_ids = frozenset(wanted)
+        self.metrics.set_cameras(wanted)
         for camera_id in [i for i in self.feeds if i not in wanted]:
             feed = self.feeds.pop(camera_id)
             await feed.stop(NotFound(f"camera {camera_id!r} was removed from the config"))

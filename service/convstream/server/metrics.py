@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -11,6 +12,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 _BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 MAX_SOURCES = 100  # distinct source labels; clients choose them, so cap the cardinality
 _LABEL_OK = re.compile(r"[^A-Za-z0-9_.:-]")
+
+
+def _label(name: str) -> str:
+    """A source name as a metric label: unsafe characters as '_', at most 64 of them."""
+    return _LABEL_OK.sub("_", name)[:64] or "unnamed"
 
 
 class Metrics:
@@ -66,12 +72,19 @@ class Metrics:
             registry=self.registry,
         )
         self._sources: set[str] = set()
+        self._cameras: frozenset[str] = frozenset()  # the configured cameras' labels
         self._lock = threading.Lock()
-        self.camera_ids: frozenset[str] = frozenset()  # configured cameras, kept by CameraManager
+
+    def set_cameras(self, camera_ids: Iterable[str]) -> None:
+        """The configured cameras (at start and on each reload): their labels are theirs
+        alone, and never fall under the cap on client-chosen names."""
+        self._cameras = frozenset(_label(i) for i in camera_ids)
 
     def source(self, name: str) -> str:
-        """A bounded, sanitised label for a client-chosen source name."""
-        label = _LABEL_OK.sub("_", name)[:64] or "unnamed"
+        """A bounded, sanitised label for a source name."""
+        label = _label(name)
+        if label in self._cameras:
+            return label
         with self._lock:
             if label in self._sources:
                 return label
@@ -82,9 +95,11 @@ class Metrics:
 
     def client_source(self, name: str) -> str:
         """The source label of frames a client sends (Analyze, StreamFrames): ``source(name)``,
-        but a name that is also a configured camera's id is counted as "client:<name>", so
-        that a camera's figures only ever count the camera's own frames."""
-        return self.source(f"client:{name}" if name in self.camera_ids else name)
+        but a name whose label is a configured camera's is counted as "client:<name>" (a
+        camera id never holds ':'), so that a camera's figures count only its own frames."""
+        if _label(name) in self._cameras:
+            name = f"client:{name}"
+        return self.source(name)
 
     def observe_result(self, source: str, timings: Any) -> None:
         """Record an analysed frame's timings (a convstream.v1.Timings)."""

@@ -195,13 +195,17 @@ class StreamSession:
             capacity = 1
         elif message.queue_size:
             if message.queue_size > MAX_QUEUE_SIZE:
-                most = MAX_QUEUE_SIZE
+                here = ""
                 if self.budget is not None:
-                    most = min(most, self.budget.share(self._default_queue))
+                    share = self.budget.share(self._default_queue)
+                    if share < MAX_QUEUE_SIZE:
+                        here = (
+                            f", and one stream may hold at most {share} on this server (a "
+                            f"quarter of max_queued_frames {self.budget.limit})"
+                        )
                 raise InvalidOptions(
                     f"queue_size must be 0 (the server's default, {self._default_queue}) to "
-                    f"{most} on this server (the protocol allows up to {MAX_QUEUE_SIZE}), "
-                    f"got {message.queue_size}"
+                    f"{MAX_QUEUE_SIZE}{here}; got {message.queue_size}"
                 )
             capacity = message.queue_size
         else:
