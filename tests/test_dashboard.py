@@ -249,6 +249,16 @@ async def _open(browser: Any, dashboard: Dashboard, width: int = 1920, height: i
     return page
 
 
+# The stat labels that run past their tile's inner edge (the tile clips what overflows).
+_CLIPPED_LABELS = """() => [...document.querySelectorAll('.tile .stat .label')].filter(label => {
+  const tile = label.closest('.tile');
+  const inner = tile.getBoundingClientRect().right - tile.clientLeft;
+  const text = document.createRange();
+  text.selectNodeContents(label);  // the text itself, which may overflow the label's box
+  return text.getBoundingClientRect().right > inner - 2;
+}).map(label => label.closest('.tile').dataset.camera + ': ' + label.textContent)"""
+
+
 def _tile(page: Any, camera: str) -> Any:
     return page.locator(f'article.tile[data-camera="{camera}"]')
 
@@ -353,6 +363,16 @@ async def test_page_shows_every_camera_live(
     await small.screenshot(path=artifacts / "small-800x600.png")
     assert small.errors == []
     await small.context.close()
+
+    # A phone, and a window of two 440 px tiles: every figure's label shows whole
+    # ("RECONNECTS" ran past the tile's edge in both).
+    for width, height in ((390, 844), (1200, 800)):
+        page = await _open(browser, dashboard, width, height)
+        await _wait_frames(page, "belt", 0)
+        assert await page.evaluate(_CLIPPED_LABELS) == [], (width, height)
+        await page.screenshot(path=artifacts / f"labels-{width}x{height}.png")
+        assert page.errors == []
+        await page.context.close()
 
 
 @pytest.mark.asyncio(loop_scope="module")
