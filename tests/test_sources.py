@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import http.server
+import logging
 import os
 import random
 import signal
@@ -234,6 +235,36 @@ def test_a_missing_usb_camera_is_retried_with_a_clear_error() -> None:
         assert f"could not open USB camera {index} (/dev/video{index})" in cam.last_error
     finally:
         cam.stop()
+
+
+def test_a_camera_that_stays_down_does_not_fill_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    """The same error is logged at retry 1, 2, 4, 8, ... (and every 10 minutes), not at each
+    of them: a camera down for a night would otherwise log a line every 30 s."""
+    port = free_port()  # nothing listens there: every open is refused at once
+    config = CameraConfig(
+        id="down",
+        source=f"rtsp://127.0.0.1:{port}/x",
+        reconnect_min_s=0.001,
+        reconnect_max_s=0.002,
+        max_reconnects=20,
+    )
+    cam = Camera(config)
+    with caplog.at_level(logging.DEBUG, logger="convstream.server.camera"):
+        cam.start()
+        try:
+            deadline = time.monotonic() + 30
+            while cam.state != pb.CAMERA_STATE_FAILED and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            cam.stop()
+    assert cam.state == pb.CAMERA_STATE_STOPPED and cam.reconnects == 20
+    retries = [r for r in caplog.records if "; retry " in r.getMessage()]
+    assert len(retries) == 20  # every retry is still there at debug level
+    said = [int(r.getMessage().split("; retry ")[1].split()[0]) for r in retries]
+    shown = [n for n, r in zip(said, retries, strict=True) if r.levelno == logging.INFO]
+    assert shown == [1, 2, 4, 8, 16], shown
+    assert "connection refused" in retries[0].getMessage()
+    assert "logged again at retry 2, 4, 8, ... and every 10 minutes" in retries[0].getMessage()
 
 
 def test_sighup_reloads_cameras_from_the_config_file(tmp_path: Path) -> None:

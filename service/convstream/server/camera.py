@@ -42,6 +42,7 @@ from convstream.v1 import convstream_pb2 as pb
 logger = logging.getLogger(__name__)
 
 WEDGE_GRACE_S = 2.0  # a read this long past the read timeout is wedged
+LOG_AGAIN_S = 600.0  # a camera that stays down logs its error at least this often
 Opener = Callable[..., Capture]
 
 # CAMERA_STATE_RUNNING -> "running", for logs and metric labels
@@ -204,6 +205,7 @@ class Camera:
 
     def _run(self, generation: int) -> None:
         failures = 0  # in a row: a session that delivered frames starts the count again
+        last_said, logged_at = "", 0.0  # the last failure, redacted, and when it was logged
         while self._current(generation):
             frames_before = self.frames_read
             error = self._session(generation)
@@ -236,13 +238,33 @@ class Camera:
             delay = backoff_s(
                 failures, self.config.reconnect_min_s, self.config.reconnect_max_s, self._rng
             )
-            logger.info(
-                "camera %s (%s): %s; retrying in %.1f s",
+            said = redact(str(error))
+            # A camera that stays down would say the same thing every 30 s for hours: the
+            # same error is logged at the 1st, 2nd, 4th, 8th, ... retry in a row and at least
+            # every LOG_AGAIN_S, the rest at debug level (the state, last_error and the
+            # reconnect count stay current).
+            now = time.monotonic()
+            again = (
+                said == last_said
+                and failures & (failures - 1) != 0
+                and now - logged_at < LOG_AGAIN_S
+            )
+            if not again:
+                logged_at = now
+            logger.log(
+                logging.DEBUG if again else logging.INFO,
+                "camera %s (%s): %s; retry %d in %.1f s%s",
                 self.config.id,
                 self.spec.describe(),
-                redact(str(error)),
+                said,
+                failures,
                 delay,
+                f" (the same error is logged again at retry 2, 4, 8, ... and every "
+                f"{LOG_AGAIN_S / 60:g} minutes)"
+                if failures == 1
+                else "",
             )
+            last_said = said
             self._stop.wait(delay)
 
     def _session(self, generation: int) -> SourceError | None:
