@@ -109,7 +109,11 @@ def _complete(kind: str, data: bytes) -> bool:
     # the end marker: JPEG's EOI after its last scan (an EXIF thumbnail ends with an EOI of
     # its own, before the image's scan; bytes after the EOI are ignored, as decoders do),
     # PNG's IEND chunk.
+    # Most frames end with the EOI: say so without scanning back through the entropy-coded
+    # data for the last SOS (36 us with the GIL held for a 75 KiB 720p frame).
     if kind == "jpeg":
+        if data.endswith(b"\xff\xd9"):
+            return True
         return data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda")
     return data[-12:-8] == b"\x00\x00\x00\x00" and data[-8:-4] == b"IEND"
 
