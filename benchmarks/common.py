@@ -79,9 +79,10 @@ def timed(seconds: float, step: Callable[[], int]) -> float:
     return done / (time.perf_counter() - started)
 
 
-def sequential_loop(data: list[bytes], seconds: float) -> float:
-    """Decode, letterbox and run the model (onnxruntime on every core), one frame at a time."""
-    model = DamageModel(provider="cpu", intra_op_threads=os.cpu_count() or 1)
+def sequential_loop(data: list[bytes], seconds: float, model: DamageModel | None = None) -> float:
+    """Decode, letterbox and run the model (by default on the CPU, onnxruntime on every
+    core), one frame at a time."""
+    model = model or DamageModel(provider="cpu", intra_op_threads=os.cpu_count() or 1)
     i = 0
 
     def step() -> int:
@@ -93,6 +94,16 @@ def sequential_loop(data: list[bytes], seconds: float) -> float:
     return timed(seconds, step)
 
 
+def put_until(ready: queue.Queue[np.ndarray], pixels: np.ndarray, stop: threading.Event) -> None:
+    """Put pixels on the queue as soon as there is room, unless stop is set first."""
+    while not stop.is_set():
+        try:
+            ready.put(pixels, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
 def pipelined_loop(data: list[bytes], seconds: float) -> float:
     """The same, with a thread decoding the next frame while the model runs this one."""
     model = DamageModel(provider="cpu", intra_op_threads=os.cpu_count() or 1)
@@ -102,14 +113,8 @@ def pipelined_loop(data: list[bytes], seconds: float) -> float:
     def decoder() -> None:
         k = 0
         while not stop.is_set():
-            pixels = prepare(data[k % len(data)])
+            put_until(ready, prepare(data[k % len(data)]), stop)
             k += 1
-            while not stop.is_set():
-                try:
-                    ready.put(pixels, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
 
     thread = threading.Thread(target=decoder, daemon=True)
     thread.start()
@@ -243,6 +248,9 @@ class Load:
     sent: int = 0
     dropped: int = 0  # frames the server reported dropped (latest-only, bounded queue)
     wide: int = 0  # results whose run took more than one onnxruntime thread
+    batches: list[int] = field(default_factory=list)  # frames in each result's inference run
+    # each result's server timings, ms: queue, decode, inference, encode, total
+    timings: list[tuple[float, float, float, float, float]] = field(default_factory=list)
 
     @property
     def wide_share(self) -> float:
@@ -332,6 +340,11 @@ async def stream_load(
                     first_dropped = result.frames_dropped
                     load.latencies_ms.append((now - began) * 1000)
                     load.wide += result.timings.inference_threads > 1
+                    t = result.timings
+                    load.batches.append(t.batch_size)
+                    load.timings.append(
+                        (t.queue_ms, t.decode_ms, t.inference_ms, t.encode_ms, t.total_ms)
+                    )
                     captured = result.capture_time.ToNanoseconds() / 1e9
                     load.ages_ms.append((time.time() - captured) * 1000)
                 if stop.is_set():

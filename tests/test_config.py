@@ -32,13 +32,16 @@ def test_scheduling_resolves_automatic_settings_for_the_host() -> None:
     assert Settings().scheduling(gpu=False, cores=2) == Scheduling(2, 1, 1, 2)
     assert Settings().scheduling(gpu=False, cores=8) == Scheduling(8, 1, 1, 8)
     assert Settings().scheduling(gpu=False, cores=128) == Scheduling(64, 2, 1, 8)  # capped
-    assert Settings().scheduling(gpu=True, cores=16) == Scheduling(1, 16, 8, 0)
+    assert Settings().scheduling(gpu=True, cores=16) == Scheduling(1, 16, 8, 0, fixed_batch=8)
+    loose = Settings(fixed_shapes=False)
+    assert loose.scheduling(gpu=True, cores=16) == Scheduling(1, 16, 8, 0, fixed_batch=0)
     # What is set explicitly stays; threads default to the cores each worker has.
     one = Settings(inference_workers=1)
     assert one.scheduling(gpu=False, cores=4) == Scheduling(1, 4, 1, 0)  # one run, every core
     tuned = Settings(inference_workers=3, intra_op_threads=2, max_batch=4)
     assert tuned.scheduling(gpu=False, cores=2) == Scheduling(3, 2, 4, 0)  # already every core
-    assert Settings(inference_workers=4).scheduling(gpu=True, cores=2) == Scheduling(4, 1, 8, 0)
+    four = Settings(inference_workers=4, max_batch=16)
+    assert four.scheduling(gpu=True, cores=2) == Scheduling(4, 1, 16, 0, fixed_batch=16)
     narrow = Settings(widen_lone_frames=False)
     assert narrow.scheduling(gpu=False, cores=2) == Scheduling(2, 1, 1, 0)
 

@@ -178,6 +178,93 @@ def test_cuda_requested_without_a_gpu_falls_back_loudly(caplog: pytest.LogCaptur
     assert "CUDA execution provider requested" in caplog.text
 
 
+def test_cuda_libraries_are_preloaded_once_and_what_onnxruntime_says_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As on a host with onnxruntime-gpu whose CUDA wheels are missing: onnxruntime offers
+    # CUDA, its preload prints what it could not load, and the session comes up on the CPU.
+    import convstream.model.runtime as runtime
+
+    calls: list[str] = []
+
+    def preload() -> None:
+        calls.append("preload")
+        print("Failed to load libcublasLt.so.13: cannot open shared object file")
+
+    monkeypatch.setattr(runtime.ort, "preload_dlls", preload, raising=False)
+    monkeypatch.setattr(runtime, "_cuda_libraries_loaded", False)
+    offered = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: offered)
+    with (
+        caplog.at_level(logging.WARNING, logger="convstream.model.runtime"),
+        pytest.warns(UserWarning, match="CUDAExecutionProvider"),  # onnxruntime's own
+    ):
+        first = DamageModel(provider="cuda")
+        DamageModel(provider="cuda")
+    assert calls == ["preload"]  # once per process
+    assert "loading CUDA libraries: Failed to load libcublasLt.so.13" in caplog.text
+    assert "execution provider CUDAExecutionProvider could not be loaded" in caplog.text
+    assert first.provider == "CPUExecutionProvider"
+    assert first.run(np.zeros((1, 64, 64, 3), np.uint8))["score"].shape == (1,)
+
+    # A preload that fails outright is logged the same way, never raised.
+    def broken() -> None:
+        raise RuntimeError("Invalid parameter of directory=x. The directory does not exist!")
+
+    monkeypatch.setattr(runtime.ort, "preload_dlls", broken, raising=False)
+    monkeypatch.setattr(runtime, "_cuda_libraries_loaded", False)
+    with caplog.at_level(logging.WARNING, logger="convstream.model.runtime"):
+        runtime.load_cuda_libraries()
+    assert "loading CUDA libraries: Invalid parameter of directory=x" in caplog.text
+
+
+def test_fixed_batch_feeds_the_session_one_shape_per_input_size(
+    model: DamageModel, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What the CUDA plan relies on (a new input shape makes onnxruntime's CUDA convolutions
+    # choose their kernels again): every run padded to 4 frames, each size its own session,
+    # and the same outputs as batches run as they come.
+    fixed = DamageModel(provider="cpu", fixed_batch=4)
+    fed: list[tuple[int, ...]] = []
+
+    def spy(session: object) -> None:
+        run = session.run  # type: ignore[attr-defined]
+
+        def recording(names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            fed.append(next(iter(feeds.values())).shape)
+            return run(names, feeds)  # type: ignore[no-any-return]
+
+        session.run = recording  # type: ignore[attr-defined]
+
+    rng = np.random.default_rng(7)
+    wide = rng.integers(0, 256, (6, 64, 96, 3), np.uint8)
+    tall = rng.integers(0, 256, (2, 96, 64, 3), np.uint8)
+    spy(fixed.session)
+    for batch in (wide[:1], wide[:3], wide, tall, wide[:2]):
+        if batch is tall:
+            fixed._session_for(96, 64)  # made now, so the spy can watch it
+            spy(fixed._shaped[(96, 64)])
+        got, want = fixed.run(batch), model.run(batch)
+        for name in OUTPUT_NAMES:
+            assert got[name].shape == want[name].shape
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4)
+    assert [s[0] for s in fed] == [4, 4, 4, 4, 4, 4]  # 6 frames: 4, then 2 padded to 4
+    assert {s[1:3] for s in fed} == {(64, 96), (96, 64)}
+    assert fixed._shaped[(64, 96)] is fixed.session
+    assert fixed._shaped[(96, 64)] is not fixed.session
+
+    # Past MAX_SHAPED_SESSIONS sizes, the rest share the model's own session, said once.
+    monkeypatch.setattr("convstream.model.runtime.MAX_SHAPED_SESSIONS", 2)
+    with caplog.at_level(logging.WARNING, logger="convstream.model.runtime"):
+        for size in (32, 40, 48):
+            fixed.run(rng.integers(0, 256, (1, size, size, 3), np.uint8))
+    assert set(fixed._shaped) == {(64, 96), (96, 64)}
+    assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
+    assert "more than 2 input sizes: sizes after 64x96, 96x64 share" in caplog.text
+    with pytest.raises(ValueError, match="fixed_batch must be >= 0, got -1"):
+        DamageModel(provider="cpu", fixed_batch=-1)
+
+
 def test_roc_auc_matches_hand_counts() -> None:
     assert roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1], bool)) == 0.75
     assert roc_auc(np.array([0.5, 0.5]), np.array([0, 1], bool)) == 0.5

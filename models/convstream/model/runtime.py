@@ -7,9 +7,12 @@ really got, so nobody else branches on hardware.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,8 @@ MODEL_PATH = Path(__file__).with_name("damage.onnx")
 INPUT_NAME = "pixels"
 OUTPUT_NAMES: tuple[str, ...] = ("stage1", "stage2", "stage3", "stage4", "heatmap", "score")
 FEATURE_NAMES: tuple[str, ...] = OUTPUT_NAMES[:4]
+MAX_SHAPED_SESSIONS = 8
+"""Input sizes that get a session of their own under fixed_batch; later sizes share one."""
 
 ProviderChoice = Literal["auto", "cpu", "cuda"]
 CPU = "CPUExecutionProvider"
@@ -80,6 +85,33 @@ def wants_cuda(choice: ProviderChoice, available: Sequence[str] | None = None) -
     return choice != "cpu" and CUDA in offered
 
 
+_cuda_libraries_loaded = False
+
+
+def load_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries before the first CUDA session, once per process.
+
+    pip's NVIDIA wheels (``onnxruntime-gpu[cuda,cudnn]``) put them in site-packages, where the
+    dynamic loader does not look: without this onnxruntime finds them only on the system's
+    library path, and otherwise falls back to the CPU. ``onnxruntime.preload_dlls`` loads them
+    from site-packages, then from the loader's usual places; what it prints is logged here.
+    """
+    global _cuda_libraries_loaded
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime-gpu 1.21 and later
+    if _cuda_libraries_loaded or preload is None:
+        return
+    _cuda_libraries_loaded = True
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said):
+        try:
+            preload()
+        except Exception as exc:  # a bad install must not stop the CPU fallback
+            print(exc)
+    for line in said.getvalue().splitlines():
+        if line.strip():
+            logger.warning("loading CUDA libraries: %s", line.strip())
+
+
 def check_pixels(pixels: np.ndarray) -> None:
     """Raise ModelInputError unless pixels is uint8 BGR of shape (N, H, W, 3) with N, H, W > 0."""
     if not isinstance(pixels, np.ndarray):
@@ -95,7 +127,7 @@ def check_pixels(pixels: np.ndarray) -> None:
 
 
 class DamageModel:
-    """The damage network in one onnxruntime session.
+    """The damage network in an onnxruntime session.
 
     Args:
         path: an .onnx file; the shipped model by default.
@@ -103,6 +135,12 @@ class DamageModel:
         intra_op_threads: threads onnxruntime uses inside one run; 0 lets it choose.
         spin: let idle onnxruntime threads spin-wait. Spinning shaves latency off back-to-back
             runs but burns a core while idle, which starves decoding on a small CPU.
+        fixed_batch: 0 runs each batch as it comes. N > 0 keeps every input shape the
+            session sees fixed: each run is padded to N frames (a larger batch runs in chunks
+            of N) and each input size gets a session of its own (up to MAX_SHAPED_SESSIONS).
+            onnxruntime's CUDA convolutions choose their cuDNN kernels again whenever their
+            input shape changes, which on an H200 took about 100 ms against 0.5 to 1.7 ms for
+            the run itself (benchmarks/bench_gpu.py); padding costs the GPU next to nothing.
     """
 
     def __init__(
@@ -112,9 +150,13 @@ class DamageModel:
         provider: ProviderChoice = "auto",
         intra_op_threads: int = 0,
         spin: bool = False,
+        fixed_batch: int = 0,
     ) -> None:
+        if fixed_batch < 0:
+            raise ValueError(f"fixed_batch must be >= 0, got {fixed_batch}")
         self.path = Path(path) if path is not None else MODEL_PATH
         self.intra_op_threads = intra_op_threads
+        self.fixed_batch = fixed_batch
         try:
             data = self.path.read_bytes()
         except OSError as exc:
@@ -130,8 +172,12 @@ class DamageModel:
         options.add_session_config_entry("session.inter_op.allow_spinning", spin_flag)
         self.requested_provider: ProviderChoice = provider
         wanted = select_providers(provider, ort.get_available_providers())
+        if wanted[0] == CUDA:
+            load_cuda_libraries()
         try:
             self.session = ort.InferenceSession(data, options, providers=wanted)
+            # With fixed_batch, more sessions of the same bytes, made on first use of a size.
+            self._new_session = lambda: ort.InferenceSession(data, options, providers=wanted)
         except Exception as exc:  # onnxruntime's own classes: InvalidProtobuf, Fail, ...
             raise ModelFileError(
                 f"{self.path} is not an ONNX model onnxruntime loads: {exc}"
@@ -160,6 +206,9 @@ class DamageModel:
         self.own_threshold = self.threshold  # the file's, chosen when it was trained
         self.stages = tuple(StageInfo(**s) for s in json.loads(meta.get("stages", "[]")))
         self.heatmap_stride = int(meta.get("heatmap_stride", "8"))
+        self._shaped: dict[tuple[int, int], ort.InferenceSession] = {}
+        self._shaped_lock = threading.Lock()
+        self._said_too_many_sizes = False
 
     def run(
         self, pixels: np.ndarray, outputs: Sequence[str] | None = None
@@ -182,8 +231,43 @@ class DamageModel:
             raise ModelInputError(
                 f"unknown output {unknown[0]!r}; the model has {', '.join(OUTPUT_NAMES)}"
             )
-        arrays = self.session.run(names, {INPUT_NAME: pixels})
-        return dict(zip(names, arrays, strict=True))
+        if not self.fixed_batch:
+            arrays = self.session.run(names, {INPUT_NAME: pixels})
+            return dict(zip(names, arrays, strict=True))
+        session = self._session_for(pixels.shape[1], pixels.shape[2])
+        size = self.fixed_batch
+        parts: list[list[np.ndarray]] = []
+        for start in range(0, len(pixels), size):
+            chunk = pixels[start : start + size]
+            frames = len(chunk)
+            if frames < size:
+                padded = np.zeros((size, *chunk.shape[1:]), np.uint8)
+                padded[:frames] = chunk
+                chunk = padded
+            parts.append([a[:frames] for a in session.run(names, {INPUT_NAME: chunk})])
+        if len(parts) == 1:
+            return dict(zip(names, parts[0], strict=True))
+        return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}
+
+    def _session_for(self, height: int, width: int) -> ort.InferenceSession:
+        """The session that runs this input size: the first size takes the model's own."""
+        with self._shaped_lock:
+            session = self._shaped.get((height, width))
+            if session is not None:
+                return session
+            if len(self._shaped) >= MAX_SHAPED_SESSIONS:
+                if not self._said_too_many_sizes:
+                    self._said_too_many_sizes = True
+                    logger.warning(
+                        "more than %d input sizes: sizes after %s share one session, which "
+                        "chooses its kernels again whenever the size changes",
+                        MAX_SHAPED_SESSIONS,
+                        ", ".join(f"{h}x{w}" for h, w in self._shaped),
+                    )
+                return self.session
+            session = self._new_session() if self._shaped else self.session
+            self._shaped[(height, width)] = session
+            return session
 
     def warm_up(self, sizes: Sequence[tuple[int, int]]) -> None:
         """Run once at each (height, width): front-load one-time allocation and kernel choice."""

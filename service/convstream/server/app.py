@@ -132,17 +132,20 @@ class Server:
         settings = self.settings
         cores = usable_cores()
 
-        def load(provider: ProviderChoice, threads: int) -> DamageModel:
+        def load(provider: ProviderChoice, threads: int, fixed_batch: int = 0) -> DamageModel:
             return DamageModel(
                 settings.model_path,
                 provider=provider,
                 intra_op_threads=threads,
                 spin=settings.spin_wait,
+                fixed_batch=fixed_batch,
             )
 
         gpu = wants_cuda(settings.provider)
         plan = settings.scheduling(gpu=gpu, cores=cores)
-        model = await asyncio.to_thread(load, settings.provider, plan.intra_op_threads)
+        model = await asyncio.to_thread(
+            load, settings.provider, plan.intra_op_threads, plan.fixed_batch
+        )
         if gpu and model.provider != CUDA:
             # onnxruntime-gpu is installed but CUDA did not load (the model logged why): run
             # the CPU plan, whose onnxruntime threads are set when the session is made.

@@ -162,13 +162,15 @@ def usable_cores() -> int:
 
 @dataclass(frozen=True)
 class Scheduling:
-    """Inference workers, onnxruntime threads per run, and frames per run at most; and the
-    onnxruntime threads of the wide session that runs a lone frame (0: none)."""
+    """Inference workers, onnxruntime threads per run, and frames per run at most; the
+    onnxruntime threads of the wide session that runs a lone frame (0: none); and the batch
+    every run is padded to (0: none; see DamageModel's fixed_batch)."""
 
     workers: int
     intra_op_threads: int
     max_batch: int
     wide_threads: int = 0
+    fixed_batch: int = 0
 
 
 class Settings(BaseModel):
@@ -243,6 +245,13 @@ class Settings(BaseModel):
         le=256,
         description="frames per inference run at most; 0 = 1 on the CPU provider (a batch "
         "costs more CPU per frame there than single runs side by side), 8 on CUDA",
+    )
+    fixed_shapes: bool = Field(
+        True,
+        description="on CUDA, pad every run to max_batch frames and give each input size a "
+        "session of its own, so the GPU never sees a new input shape: onnxruntime's CUDA "
+        "convolutions choose their kernels again on every new shape (about 100 ms on an H200, "
+        "against 0.5 to 2 ms for a run); ignored on the CPU",
     )
     max_frame_pixels: int = Field(
         40_000_000, ge=1, description="width x height above which a frame is refused"
@@ -363,11 +372,13 @@ class Settings(BaseModel):
         workers = self.inference_workers or (1 if gpu else min(cores, MAX_AUTO_WORKERS))
         threads = self.intra_op_threads or max(1, cores // workers)
         widen = self.widen_lone_frames and not gpu and workers > 1 and threads < cores
+        max_batch = self.max_batch or (8 if gpu else 1)
         return Scheduling(
             workers=workers,
             intra_op_threads=threads,
-            max_batch=self.max_batch or (8 if gpu else 1),
+            max_batch=max_batch,
             wide_threads=min(cores, MAX_WIDE_THREADS) if widen else 0,
+            fixed_batch=max_batch if gpu and self.fixed_shapes else 0,
         )
 
     def input_shapes(self) -> list[tuple[int, int]]:
