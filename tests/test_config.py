@@ -26,6 +26,24 @@ def test_defaults_are_safe() -> None:
     assert settings.input_shapes()[0] == (384, 640)
 
 
+def test_the_model_is_warmed_at_every_size_it_is_known_to_see() -> None:
+    # input_sizes, then each camera's own input_size once (on CUDA each size gets its session
+    # at start, not on a camera's first frame).
+    settings = Settings.model_validate(
+        {
+            "input_sizes": ["384x640", "480x640"],
+            "cameras": [
+                {"id": "a", "source": "demo:conveyor", "input_size": "256X256"},
+                {"id": "b", "source": "demo:conveyor", "input_size": "256x256"},
+                {"id": "c", "source": "demo:conveyor", "input_size": "480x640"},
+                {"id": "d", "source": "demo:conveyor"},
+            ],
+        }
+    )
+    assert settings.model_shapes() == [(384, 640), (480, 640), (256, 256)]
+    assert settings.input_shapes() == [(384, 640), (480, 640)]  # what GetModelInfo lists
+
+
 def test_scheduling_resolves_automatic_settings_for_the_host() -> None:
     # CPU: one single-threaded run per core, no batches, a lone frame on every core (up to
     # 8); CUDA: one worker feeding batches.

@@ -86,6 +86,7 @@ def wants_cuda(choice: ProviderChoice, available: Sequence[str] | None = None) -
 
 
 _cuda_libraries_loaded = False
+_cuda_libraries_lock = threading.Lock()
 
 
 def load_cuda_libraries() -> None:
@@ -98,15 +99,18 @@ def load_cuda_libraries() -> None:
     """
     global _cuda_libraries_loaded
     preload = getattr(ort, "preload_dlls", None)  # onnxruntime-gpu 1.21 and later
-    if _cuda_libraries_loaded or preload is None:
-        return
-    _cuda_libraries_loaded = True
     said = io.StringIO()
-    with contextlib.redirect_stdout(said):
-        try:
-            preload()
-        except Exception as exc:  # a bad install must not stop the CPU fallback
-            print(exc)
+    with _cuda_libraries_lock:
+        if _cuda_libraries_loaded or preload is None:
+            return
+        _cuda_libraries_loaded = True
+        # Once, before the first CUDA session (at start-up): stdout is the process's own for
+        # that moment, so what onnxruntime prints can be logged.
+        with contextlib.redirect_stdout(said):
+            try:
+                preload()
+            except Exception as exc:  # a bad install must not stop the CPU fallback
+                print(exc)
     for line in said.getvalue().splitlines():
         if line.strip():
             logger.warning("loading CUDA libraries: %s", line.strip())
@@ -141,6 +145,8 @@ class DamageModel:
             onnxruntime's CUDA convolutions choose their cuDNN kernels again whenever their
             input shape changes, which on an H200 took about 100 ms against 0.5 to 1.7 ms for
             the run itself (benchmarks/bench_gpu.py); padding costs the GPU next to nothing.
+            It applies on any provider (on a CPU it only costs time); the server asks for it
+            on CUDA alone.
     """
 
     def __init__(
@@ -208,7 +214,7 @@ class DamageModel:
         self.heatmap_stride = int(meta.get("heatmap_stride", "8"))
         self._shaped: dict[tuple[int, int], ort.InferenceSession] = {}
         self._shaped_lock = threading.Lock()
-        self._said_too_many_sizes = False
+        self._spare: ort.InferenceSession | None = None  # for sizes past MAX_SHAPED_SESSIONS
 
     def run(
         self, pixels: np.ndarray, outputs: Sequence[str] | None = None
@@ -244,30 +250,42 @@ class DamageModel:
                 padded = np.zeros((size, *chunk.shape[1:]), np.uint8)
                 padded[:frames] = chunk
                 chunk = padded
-            parts.append([a[:frames] for a in session.run(names, {INPUT_NAME: chunk})])
+            arrays = session.run(names, {INPUT_NAME: chunk})
+            # A padded run's outputs are copied down to the real frames, so a result does not
+            # hold the padding's maps alive.
+            parts.append([a[:frames].copy() if frames < size else a for a in arrays])
         if len(parts) == 1:
             return dict(zip(names, parts[0], strict=True))
         return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}
 
     def _session_for(self, height: int, width: int) -> ort.InferenceSession:
-        """The session that runs this input size: the first size takes the model's own."""
+        """The session that runs this input size: the first size takes the model's own, the
+        next ones (up to MAX_SHAPED_SESSIONS) one each, made outside the lock so that runs at
+        other sizes go on meanwhile; sizes past that share one spare session."""
+        key = (height, width)
         with self._shaped_lock:
-            session = self._shaped.get((height, width))
+            session = self._shaped.get(key)
             if session is not None:
                 return session
-            if len(self._shaped) >= MAX_SHAPED_SESSIONS:
-                if not self._said_too_many_sizes:
-                    self._said_too_many_sizes = True
-                    logger.warning(
-                        "more than %d input sizes: sizes after %s share one session, which "
-                        "chooses its kernels again whenever the size changes",
-                        MAX_SHAPED_SESSIONS,
-                        ", ".join(f"{h}x{w}" for h, w in self._shaped),
-                    )
+            if not self._shaped:
+                self._shaped[key] = self.session
                 return self.session
-            session = self._new_session() if self._shaped else self.session
-            self._shaped[(height, width)] = session
-            return session
+            spare = len(self._shaped) >= MAX_SHAPED_SESSIONS
+            if spare and self._spare is not None:
+                return self._spare
+        made = self._new_session()
+        with self._shaped_lock:
+            if not spare:
+                return self._shaped.setdefault(key, made)
+            if self._spare is None:
+                self._spare = made
+                logger.warning(
+                    "more than %d input sizes: sizes after %s share one session, which "
+                    "chooses its kernels again whenever the size changes",
+                    MAX_SHAPED_SESSIONS,
+                    ", ".join(f"{h}x{w}" for h, w in self._shaped),
+                )
+            return self._spare
 
     def warm_up(self, sizes: Sequence[tuple[int, int]]) -> None:
         """Run once at each (height, width): front-load one-time allocation and kernel choice."""

@@ -154,12 +154,13 @@ class Server:
             model.requested_provider = settings.provider  # GetModelInfo reports what was asked
         if settings.threshold is not None:  # results' `damaged` and GetModelInfo follow it
             model.threshold = settings.threshold
-        # Front-load one-time allocation and kernel selection for every input size.
-        await asyncio.to_thread(model.warm_up, settings.input_shapes())
+        # Front-load one-time allocation and kernel selection (and, on CUDA, a session) for
+        # every input size, the cameras' own included.
+        await asyncio.to_thread(model.warm_up, settings.model_shapes())
         wide = None
         if plan.wide_threads:
             wide = await asyncio.to_thread(load, "cpu", plan.wide_threads)
-            await asyncio.to_thread(wide.warm_up, settings.input_shapes())
+            await asyncio.to_thread(wide.warm_up, settings.model_shapes())
         pool = WorkPool(settings.decode_threads or cores)
         self._executor = pool
         self._engine = Engine(

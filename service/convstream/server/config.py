@@ -385,6 +385,12 @@ class Settings(BaseModel):
         """input_sizes as (height, width) pairs."""
         return [parse_size(s) for s in self.input_sizes]
 
+    def model_shapes(self) -> list[tuple[int, int]]:
+        """Every (height, width) the model is known to see at start: input_sizes, then the
+        cameras' own input_size, each once (what the server warms up)."""
+        sizes = self.input_sizes + tuple(c.input_size for c in self.cameras if c.input_size)
+        return list(dict.fromkeys(parse_size(s) for s in sizes))
+
 
 # CONVSTREAM_* variables that are not server settings: the config file's path, and the
 # client commands' token (a shell may hold both a client's token and a server's settings).
