@@ -186,6 +186,8 @@ def test_cuda_requested_without_a_gpu_falls_back_loudly(caplog: pytest.LogCaptur
         model = DamageModel(provider="cuda")
     assert model.provider == "CPUExecutionProvider"
     assert "CUDA execution provider requested" in caplog.text
+    # what results report as a run's threads: the CPU's, on the CPU (0 on CUDA)
+    assert DamageModel(provider="cuda", intra_op_threads=2).run_threads == 2
 
 
 @no_working_cuda

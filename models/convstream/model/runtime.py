@@ -198,6 +198,8 @@ class DamageModel:
             )
         got = self.session.get_providers()
         self.provider = got[0]
+        # CPU threads of a run, as results report them: none on CUDA, where the GPU runs it
+        self.run_threads = intra_op_threads if self.provider == CPU else 0
         if wanted[0] != self.provider:
             # onnxruntime falls back quietly when the CUDA libraries fail to load.
             logger.error(

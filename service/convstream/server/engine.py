@@ -242,4 +242,4 @@ class Engine:
         for i, job in enumerate(jobs):
             out = {name: arrays[name][i] for name in job.outputs}
             queue_ms = (started - job.enqueued) * 1000
-            job.future.set_result(Inference(out, queue_ms, ms, len(jobs), model.intra_op_threads))
+            job.future.set_result(Inference(out, queue_ms, ms, len(jobs), model.run_threads))
