@@ -226,7 +226,7 @@ class Server:
             "convstream %s serving on %s (%s; model %s, sha256 %s..., threshold %.3f%s, "
             "provider %s; "
             "inference workers %d, onnxruntime threads per run %d (%s), frames per run %d at "
-            "most)",
+            "most%s)",
             server_version(),
             host_port(settings.host, self.port),
             security,
@@ -239,6 +239,9 @@ class Server:
             plan.intra_op_threads,
             f"{plan.wide_threads} for a lone frame" if wide else "a lone frame too",
             plan.max_batch,
+            f", each padded to {plan.fixed_batch} with a session per input size"
+            if plan.fixed_batch
+            else "",
         )
 
     async def stop(self, grace: float | None = None) -> None:
