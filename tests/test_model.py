@@ -190,6 +190,33 @@ def test_cuda_requested_without_a_gpu_falls_back_loudly(caplog: pytest.LogCaptur
     assert DamageModel(provider="cuda", intra_op_threads=2).run_threads == 2
 
 
+def test_a_gpu_wheel_overwritten_by_the_cpu_one_is_named_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `pip install convstream[gpu]` installs onnxruntime and onnxruntime-gpu, which share one
+    # module; when the CPU wheel came last, CUDA is missing though the GPU wheel is there.
+    # This host's module is the CPU wheel's: only the GPU wheel's metadata is played.
+    import importlib.metadata
+
+    import convstream.model.runtime as runtime
+
+    real = importlib.metadata.version
+
+    def version(name: str) -> str:
+        return "1.31.1" if name == "onnxruntime-gpu" else real(name)
+
+    cpu_only = ["AzureExecutionProvider", "CPUExecutionProvider"]
+    with caplog.at_level(logging.WARNING, logger="convstream.model.runtime"):
+        assert select_providers("auto", cpu_only) == ["CPUExecutionProvider"]
+        assert caplog.text == ""  # no GPU wheel: auto on a CPU host says nothing
+        monkeypatch.setattr(runtime.importlib.metadata, "version", version)
+        for choice in ("auto", "cuda", "cpu"):
+            select_providers(choice, cpu_only)  # type: ignore[arg-type]
+    fix = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'onnxruntime-gpu[cuda,cudnn]"
+    assert caplog.text.count(fix) == 2  # auto and cuda; cpu asked for nothing more
+    assert "the CPU onnxruntime wheel has overwritten the module they share" in caplog.text
+
+
 @no_working_cuda
 def test_cuda_libraries_are_preloaded_once_and_what_onnxruntime_says_is_logged(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import io
 import json
 import logging
@@ -20,6 +21,7 @@ from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import build_and_package_info as build_info
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +72,33 @@ def select_providers(choice: ProviderChoice, available: Sequence[str]) -> list[s
         raise ValueError(f"provider must be 'auto', 'cpu' or 'cuda', got {choice!r}")
     if wants_cuda(choice, available):
         return [CUDA, CPU]
-    if choice == "cuda":
+    if choice != "cpu" and gpu_wheel_overwritten():
+        # `pip install convstream[gpu]` installs both wheels, and whichever came last owns
+        # the onnxruntime module: here the CPU one, so CUDA is missing though asked for.
+        logger.warning(
+            "onnxruntime-gpu is installed, but the CPU onnxruntime wheel has overwritten the "
+            "module they share (onnxruntime offers only %s); to use the GPU run: pip uninstall "
+            "-y onnxruntime onnxruntime-gpu && pip install 'onnxruntime-gpu[cuda,cudnn]'; "
+            "running on CPU",
+            ", ".join(available),
+        )
+    elif choice == "cuda":
         logger.warning(
             "CUDA execution provider requested but onnxruntime offers only %s "
             "(install convstream[gpu] on a host with an NVIDIA driver); running on CPU",
             ", ".join(available),
         )
     return [CPU]
+
+
+def gpu_wheel_overwritten() -> bool:
+    """onnxruntime-gpu is installed, yet the onnxruntime module is the CPU wheel's."""
+    try:
+        importlib.metadata.version("onnxruntime-gpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    # each wheel writes its own name into the module it installs
+    return getattr(build_info, "package_name", "") != "onnxruntime-gpu"
 
 
 def wants_cuda(choice: ProviderChoice, available: Sequence[str] | None = None) -> bool:
