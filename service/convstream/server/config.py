@@ -244,7 +244,8 @@ class Settings(BaseModel):
         ge=0,
         le=256,
         description="frames per inference run at most; 0 = 1 on the CPU provider (a batch "
-        "costs more CPU per frame there than single runs side by side), 8 on CUDA",
+        "costs more CPU per frame there than single runs side by side), 8 on CUDA, where "
+        "every run is padded to it (fixed_shapes): a large value costs a lone frame more",
     )
     fixed_shapes: bool = Field(
         True,
