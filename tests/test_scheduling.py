@@ -231,6 +231,72 @@ async def test_a_gpu_wheel_without_a_working_gpu_runs_the_cpu_plan(
         await server.stop(grace=0)
 
 
+async def test_the_gpu_plan_pads_every_run_and_gives_each_size_its_session(
+    monkeypatch: pytest.MonkeyPatch, burst: list[bytes]
+) -> None:
+    # The GPU plan's wiring, played on the CPU: only the provider's name is pretended (no
+    # CUDA device can exist here). The engine must get a model that pads every run to
+    # max_batch with a session per input size, made at start; and frames of two sizes from
+    # four streams must come back, batched, each with its own frame's score.
+    class ReportsCuda(DamageModel):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**kwargs, "provider": "cpu"})
+            self.provider = "CUDAExecutionProvider"
+
+    monkeypatch.setattr(app, "wants_cuda", lambda choice: True)
+    monkeypatch.setattr(app, "DamageModel", ReportsCuda)
+    settings = Settings(port=0, metrics_port=-1, cameras=(), provider="cuda", max_batch=4)
+    frames = [*burst[:4], *(jpeg(scene(7100 + i, 480, 640)) for i in range(4))]
+    limits, plain = Limits(40_000_000, 16384), DamageModel(provider="cpu")
+    expected = []
+    for data, (w, h), target in [
+        *[(d, (1280, 720), (384, 640)) for d in frames[:4]],
+        *[(d, (640, 480), (480, 640)) for d in frames[4:]],
+    ]:
+        image = decode_encoded(data, limits, reduction(w, h, target))
+        pixels = letterbox(image, target, (w, h))[0]
+        expected.append(float(plain.run(pixels[None], ["score"])["score"][0]))
+    server = Server(settings)
+    await server.start()
+    try:
+        assert server._engine is not None
+        model = server._engine.model
+        assert (model.fixed_batch, server._engine.workers) == (4, 1)
+        assert set(model._shaped) == set(settings.model_shapes())  # every size, at start
+        fed: list[tuple[int, tuple[int, ...]]] = []
+        for session in {id(s): s for s in model._shaped.values()}.values():
+            run = session.run
+
+            def recording(names: Any, feeds: Any, run: Any = run, key: int = id(session)) -> Any:
+                fed.append((key, next(iter(feeds.values())).shape))
+                return run(names, feeds)
+
+            session.run = recording
+        options = pb.ResultOptions(freshness=pb.FRESHNESS_LOSSLESS)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+
+            async def one(k: int) -> list[pb.FrameResult]:
+                rotated = frames[k:] + frames[:k]  # both sizes in turn on every stream
+                calls = stub.StreamFrames(_burst(rotated, 16, options, f"s{k}"))
+                results = [r async for r in calls]
+                for result in results:
+                    assert not result.status.code, result.status.message
+                    want = expected[(result.frame_id + k) % len(frames)]
+                    assert result.score == pytest.approx(want, abs=2e-3), (k, result.frame_id)
+                return results
+
+            everything = [r for rs in await asyncio.gather(*(one(k) for k in range(4))) for r in rs]
+    finally:
+        await server.stop(grace=0)
+    assert max(r.timings.batch_size for r in everything) > 1  # batches formed
+    assert {shape[0] for _, shape in fed} == {4}  # every run padded to max_batch
+    sizes: dict[int, set[tuple[int, ...]]] = {}
+    for key, shape in fed:
+        sizes.setdefault(key, set()).add(shape[1:3])
+    assert sorted(sizes.values(), key=str) == sorted(({(384, 640)}, {(480, 640)}), key=str)
+
+
 async def test_streams_past_the_queued_frames_cap_are_refused_at_once(burst: list[bytes]) -> None:
     # Each stream reserves its queue (4 by default) when it opens; 10 frames fit two streams.
     settings = Settings(
