@@ -20,7 +20,8 @@ it reads the server's CPU use from /proc. The latest output is in benchmarks/RES
 6. Served: `convstream serve` (a separate process) with K lossless streams of 720p JPEGs, 4
    frames in flight each, from several client processes (one Python client process tops out
    near a thousand results a second); as shipped and with one setting changed at a time
-   (--servers picks rows by their index in served()), with the server's own timings and CPU.
+   (--servers picks rows by their index in served()), with the server's own timings, its CPU
+   and its GPU memory.
 """
 
 from __future__ import annotations
@@ -286,6 +287,24 @@ def server_pid(port: int) -> int:
     raise RuntimeError(f"no convstream server found on port {port}")
 
 
+def gpu_memory_mib(pid: int) -> str:
+    """GPU memory the process holds, as nvidia-smi reports it ("-" where it cannot say)."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "-"
+    for line in out.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) == 2 and fields[0] == str(pid):
+            return fields[1]
+    return "-"
+
+
 def thread_ticks(pid: int) -> dict[int, tuple[str, int]]:
     """Each thread's name and CPU clock ticks so far."""
     out = {}
@@ -377,6 +396,7 @@ def served(
                         cores,
                         main,
                         top,
+                        gpu_memory_mib(pid),
                     ]
                 )
     return table(
@@ -394,9 +414,10 @@ def served(
             "server cores",
             "event loop",
             "busiest other thread",
+            "GPU MiB",
         ],
         rows,
-        "llrlrrrrrrrrl",
+        "llrlrrrrrrrrlr",
     )
 
 
