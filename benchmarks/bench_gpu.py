@@ -5,7 +5,7 @@ shapes and batching cost there, and what the server delivers with it.
                                    [--servers 0 3 ...]
 
 Needs onnxruntime-gpu and an NVIDIA driver (CI has neither and never runs it); Linux, since
-it reads the server's CPU use from /proc. The latest output is in benchmarks/RESULTS_GPU.md.
+it reads the server's CPU use from /proc. Earlier runs' output is in benchmarks/RESULTS_GPU.md.
 
 1. Loading: whether a plain onnxruntime session and convstream's DamageModel come up on the
    CUDA provider (onnxruntime falls back to the CPU quietly when CUDA libraries are missing).
@@ -156,7 +156,8 @@ def shape_changes(wide: np.ndarray, tall: np.ndarray) -> str:
 
         rows.append(
             [
-                f"one session, cuDNN search {search}",
+                f"one session, cuDNN search {search}"
+                + (" (onnxruntime's default)" if search == "EXHAUSTIVE" else ""),
                 f"{per_run_ms(plain, two[:1]):.2f}",
                 f"{per_run_ms(plain, sizes):.2f}",
                 f"{per_run_ms(plain, two):.2f}",
@@ -446,7 +447,9 @@ def main() -> None:
     print(f"onnxruntime {ort.__version__}, providers {', '.join(ort.get_available_providers())}")
     section("Loading", loading)
     if CUDA not in ort.get_available_providers():
-        raise SystemExit("this onnxruntime has no CUDA provider: install convstream[gpu]")
+        raise SystemExit(
+            "this onnxruntime has no CUDA provider: install the gpu extra (README: GPU)"
+        )
     data = frames()
     pixels = np.stack([prepare(d) for d in data[:8]])
     size = f"{pixels.shape[1]}x{pixels.shape[2]}"

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import cv2
+import onnxruntime as ort
 import pytest
 from conftest import jpeg, png, scene
 
@@ -262,6 +263,22 @@ def test_serve_on_a_busy_port_names_it_in_one_line(which: str) -> None:
     assert f"127.0.0.1:{busy}" in ours[0] and f"--{which}" in ours[0], ours[0]
 
 
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" in ort.get_available_providers(),
+    reason="this host's onnxruntime offers CUDA: a GPU that does not load cannot be played",
+)
+def test_check_config_says_a_gpu_asked_for_would_not_be_used(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "serve.toml"
+    config.write_text('provider = "cuda"\ncameras = []\n')
+    assert main(["serve", "--check-config", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("config OK, 1 warning(s) below: ")
+    assert "  provider     CPUExecutionProvider (cuda asked for)\n" in out
+    assert "warning: provider cuda: this host's onnxruntime runs CPUExecutionProvider" in out
+
+
 def test_check_config_says_what_would_run_without_running_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -281,6 +298,7 @@ def test_check_config_says_what_would_run_without_running_it(
     # tokens in plaintext on every interface: said before it runs, as the server's log would
     assert "warning: listening on 0.0.0.0 without TLS: anyone who can reach" in out
     assert "dash (watch)" in out and "dock-3 (rtsp, at most 5 frames/s)" in out
+    assert "  provider     CPUExecutionProvider (auto asked for)\n" in out
     assert "127.0.0.1:9464" in out and "hunter2" not in out
     assert "rtsp://user:***@10.0.0.7/s" in out  # the address, to check, with no password
     # what would fail at run time, said now: a video file not there

@@ -130,12 +130,14 @@ def _serve(args: argparse.Namespace) -> int:
 def _check_config(settings: Settings) -> int:
     """What `serve --check-config` prints: the settings as they would run, or why not."""
     from convstream.model import DamageModel, ModelFileError
+    from convstream.model.runtime import CUDA
     from convstream.server.app import exposure_warning
     from convstream.server.config import host_port
     from convstream.server.sources import parse_source
 
     try:
-        model = DamageModel(settings.model_path, provider="cpu")
+        # the provider asked for, so that a GPU that would not load is said now, not at start
+        model = DamageModel(settings.model_path, provider=settings.provider)
     except ModelFileError as exc:
         print(f"convstream serve: model_path: {exc}", file=sys.stderr)
         return 2
@@ -162,6 +164,11 @@ def _check_config(settings: Settings) -> int:
                 f"camera {camera.id}: no /dev/video{spec.device} on this host (yet): it would "
                 "be retried until one is plugged in"
             )
+    if settings.provider == "cuda" and model.provider != CUDA:
+        warnings.append(
+            f"provider cuda: this host's onnxruntime runs {model.provider} (the lines above "
+            "say why): the server would run on the CPU"
+        )
     exposed = exposure_warning(settings, tls=settings.tls_cert is not None)
     if exposed:
         warnings.append(exposed)
@@ -174,6 +181,7 @@ def _check_config(settings: Settings) -> int:
     threshold = settings.threshold if settings.threshold is not None else model.threshold
     source = "the config's" if settings.threshold is not None else "the model's own"
     print(f"  model        {model.path} (sha256 {model.sha256[:12]}...)")
+    print(f"  provider     {model.provider} ({settings.provider} asked for)")
     print(f"  threshold    {threshold:.3f} ({source})")
     print(f"  input sizes  {', '.join(settings.input_sizes)}")
     print("\n".join(cameras) if cameras else "  cameras      none")
