@@ -65,16 +65,23 @@ from convstream.v1 import convstream_pb2_grpc as pb_grpc
 SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")  # onnxruntime's cudnn_conv_algo_search
 
 
-def gpu_name() -> str:
+def nvidia_smi(query: str) -> str | None:
+    """nvidia-smi's CSV answer to --query-<query>, or None where it cannot run."""
     try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+        return subprocess.run(
+            ["nvidia-smi", f"--query-{query}", "--format=csv,noheader,nounits"],
             capture_output=True,
             text=True,
             timeout=30,
         ).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        out = f"nvidia-smi failed: {exc}"
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def gpu_name() -> str:
+    out = nvidia_smi("gpu=name,driver_version,memory.total")
+    if out is None:
+        return "nvidia-smi could not run"
     return out or "no GPU reported by nvidia-smi"
 
 
@@ -290,16 +297,7 @@ def server_pid(port: int) -> int:
 
 def gpu_memory_mib(pid: int) -> str:
     """GPU memory the process holds, as nvidia-smi reports it ("-" where it cannot say)."""
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return "-"
-    for line in out.splitlines():
+    for line in (nvidia_smi("compute-apps=pid,used_memory") or "").splitlines():
         fields = [f.strip() for f in line.split(",")]
         if len(fields) == 2 and fields[0] == str(pid):
             return fields[1]
