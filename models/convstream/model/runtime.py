@@ -166,8 +166,8 @@ class DamageModel:
             session sees fixed: each run is padded to N frames (a larger batch runs in chunks
             of N) and each input size gets a session of its own (up to MAX_SHAPED_SESSIONS).
             onnxruntime's CUDA convolutions choose their cuDNN kernels again whenever their
-            input shape changes, which on an H200 took about 100 ms against 0.5 to 1.7 ms for
-            the run itself (benchmarks/bench_gpu.py); padding a lone frame to 8 costs the GPU
+            input shape changes, which on an H200 took about 100 ms against about 2 ms for the
+            run itself (benchmarks/bench_gpu.py); padding a lone frame to 8 costs the GPU
             about 1.2 ms (0.5 ms for 1 frame, 1.7 for 8).
             It applies on any provider (on a CPU it only costs time); the server asks for it
             on CUDA alone.
@@ -241,6 +241,7 @@ class DamageModel:
         self._shaped: dict[tuple[int, int], ort.InferenceSession] = {}
         self._shaped_lock = threading.Lock()
         self._spare: ort.InferenceSession | None = None  # for sizes past MAX_SHAPED_SESSIONS
+        self._pads = threading.local()  # each worker thread's padded batches, by size
 
     def run(
         self, pixels: np.ndarray, outputs: Sequence[str] | None = None
@@ -273,8 +274,8 @@ class DamageModel:
             chunk = pixels[start : start + size]
             frames = len(chunk)
             if frames < size:
-                padded = np.zeros((size, *chunk.shape[1:]), np.uint8)
-                padded[:frames] = chunk
+                padded = self._padding(size, chunk.shape[1], chunk.shape[2])
+                padded[:frames] = chunk  # the rest holds earlier frames, whose outputs go
                 chunk = padded
             arrays = session.run(names, {INPUT_NAME: chunk})
             # A padded run's outputs are copied down to the real frames, so a result does not
@@ -283,6 +284,16 @@ class DamageModel:
         if len(parts) == 1:
             return dict(zip(names, parts[0], strict=True))
         return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}
+
+    def _padding(self, size: int, height: int, width: int) -> np.ndarray:
+        """This thread's batch buffer for the size, allocated once rather than on every run."""
+        buffers: dict[tuple[int, int, int], np.ndarray] = self._pads.__dict__.setdefault(
+            "buffers", {}
+        )
+        key = (size, height, width)
+        if key not in buffers:
+            buffers[key] = np.zeros((size, height, width, 3), np.uint8)
+        return buffers[key]
 
     def _session_for(self, height: int, width: int) -> ort.InferenceSession:
         """The session that runs this input size: the first size takes the model's own, the

@@ -252,7 +252,7 @@ class Settings(BaseModel):
         description="on CUDA, pad every run to max_batch frames and give each input size a "
         "session of its own, so the GPU never sees a new input shape: onnxruntime's CUDA "
         "convolutions choose their kernels again on every new shape (about 100 ms on an H200, "
-        "against 0.5 to 2 ms for a run); ignored on the CPU",
+        "against about 2 ms for a run); ignored on the CPU",
     )
     max_frame_pixels: int = Field(
         40_000_000, ge=1, description="width x height above which a frame is refused"
