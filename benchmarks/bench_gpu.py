@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import queue
@@ -37,6 +38,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -261,12 +263,16 @@ def _client(port: int, data: list[bytes], streams: int, seconds: float) -> Load:
     return asyncio.run(stream_load(port, data, streams=streams, seconds=seconds))
 
 
-def load_from(port: int, data: list[bytes], streams: int, seconds: float, clients: int) -> Load:
-    """`streams` streams spread over up to `clients` processes, their results pooled."""
+def load_from(
+    ports: list[int], data: list[bytes], streams: int, seconds: float, clients: int
+) -> Load:
+    """`streams` streams spread over up to `clients` processes, each process driving one of
+    `ports` in turn, their results pooled."""
+    clients = max(min(clients, streams), len(ports))
     shares = [streams // clients + (k < streams % clients) for k in range(clients)]
-    shares = [s for s in shares if s]
-    with multiprocessing.get_context("spawn").Pool(len(shares)) as pool:
-        loads = pool.starmap(_client, [(port, data, s, seconds) for s in shares])
+    work = [(ports[k % len(ports)], data, s, seconds) for k, s in enumerate(shares) if s]
+    with multiprocessing.get_context("spawn").Pool(len(work)) as pool:
+        loads = pool.starmap(_client, work)
     pooled = Load(seconds=float(np.mean([load.seconds for load in loads])))
     for load in loads:
         pooled.latencies_ms += load.latencies_ms
@@ -290,18 +296,24 @@ def server_pid(port: int) -> int:
                     words = f.read().split(b"\0")
             except OSError:
                 continue
-            if b"convstream.cli" in words and str(port).encode() in words:
+            if any(b"convstream.cli" in w for w in words) and str(port).encode() in words:
                 return int(entry)
     raise RuntimeError(f"no convstream server found on port {port}")
 
 
-def gpu_memory_mib(pid: int) -> str:
-    """GPU memory the process holds, as nvidia-smi reports it ("-" where it cannot say)."""
+def gpu_memory_mib(pids: list[int]) -> str:
+    """GPU memory the processes hold together, as nvidia-smi reports it ("-" where it cannot
+    say)."""
+    held = {}
     for line in (nvidia_smi("compute-apps=pid,used_memory") or "").splitlines():
         fields = [f.strip() for f in line.split(",")]
-        if len(fields) == 2 and fields[0] == str(pid):
-            return fields[1]
-    return "-"
+        if len(fields) == 2 and fields[0].isdigit():
+            held[int(fields[0])] = fields[1]
+    if not all(pid in held for pid in pids):
+        return "-"
+    if len(pids) == 1:
+        return held[pids[0]]
+    return f"{sum(int(held[pid].split()[0]) for pid in pids)} MiB ({len(pids)} processes)"
 
 
 def thread_ticks(pid: int) -> dict[int, tuple[str, int]]:
@@ -335,6 +347,18 @@ def cpu_use(pid: int, before: dict[int, tuple[str, int]], seconds: float) -> tup
     return f"{sum(share for _, share in used.values()):.1f}", f"{main:.0%}", top
 
 
+@dataclass
+class Server:
+    """One served configuration: its settings, the loads it is measured under, how many server
+    processes share the GPU (streams split evenly over them), and its GIL switch interval."""
+
+    name: str
+    settings: dict[str, Any]
+    loads: list[tuple[int, list[bytes]]]
+    processes: int = 1
+    switch_interval: float | None = None
+
+
 def served(
     data: list[bytes],
     mixed: list[bytes],
@@ -347,42 +371,52 @@ def served(
     most = max(streams)
     shipped = [(k, data) for k in streams] + [(16, mixed)]
     cuda: dict[str, Any] = {"provider": "cuda"}
-    servers: list[tuple[str, dict[str, Any], list[tuple[int, list[bytes]]]]] = [
-        ("as shipped (1 worker, up to 8 a run, fixed shapes)", cuda, shipped),
-        (
+    at_most = [(most, data)]
+    servers = [
+        Server("as shipped (1 worker, up to 8 a run, fixed shapes)", cuda, shipped),
+        Server(
             "fixed_shapes = false (as before 2026-12-04)",
             {**cuda, "fixed_shapes": False},
             [(1, data), (most, data), (16, mixed)],
         ),
-        ("up to 16 a run", {**cuda, "max_batch": 16}, [(most, data)]),
-        ("2 workers", {**cuda, "inference_workers": 2}, [(most, data)]),
-        ("this host's CPUs alone, as shipped", {"provider": "cpu"}, [(most, data)]),
-        (
-            "1 onnxruntime CPU thread beside the GPU",
-            {**cuda, "intra_op_threads": 1},
-            [(most, data)],
-        ),
-        ("4 workers", {**cuda, "inference_workers": 4}, [(most, data)]),
-        ("8 decode threads", {**cuda, "decode_threads": 8}, [(most, data)]),
+        Server("up to 16 a run", {**cuda, "max_batch": 16}, at_most),
+        Server("2 workers", {**cuda, "inference_workers": 2}, at_most),
+        Server("this host's CPUs alone, as shipped", {"provider": "cpu"}, at_most),
+        Server("1 onnxruntime CPU thread beside the GPU", {**cuda, "intra_op_threads": 1}, at_most),
+        Server("4 workers", {**cuda, "inference_workers": 4}, at_most),
+        Server("8 decode threads", {**cuda, "decode_threads": 8}, at_most),
+        Server("as shipped, streams only", cuda, at_most),
+        Server("GIL switch interval 1 ms", cuda, at_most, switch_interval=0.001),
+        Server("2 server processes sharing the GPU", cuda, at_most, processes=2),
+        Server("4 server processes sharing the GPU", cuda, at_most, processes=4),
     ]
     if only:
         servers = [servers[i] for i in only]
     rows = []
-    for name, settings, loads in servers:
+    for server in servers:
         started = time.perf_counter()
-        with convstream_server(**settings) as port:
-            up = time.perf_counter() - started
-            provider = provider_of(port)
-            pid = server_pid(port)
-            for k, frames_ in loads:
-                ticks = thread_ticks(pid)
+        with contextlib.ExitStack() as stack:
+            ports = [
+                stack.enter_context(
+                    convstream_server(switch_interval=server.switch_interval, **server.settings)
+                )
+                for _ in range(server.processes)
+            ]
+            up = (time.perf_counter() - started) / server.processes
+            provider = provider_of(ports[0])
+            pids = [server_pid(port) for port in ports]
+            for k, frames_ in server.loads:
+                ticks = [thread_ticks(pid) for pid in pids]
                 began = time.perf_counter()
-                load = load_from(port, frames_, k, seconds, min(clients, k))
-                cores, main, top = cpu_use(pid, ticks, time.perf_counter() - began)
+                load = load_from(ports, frames_, k, seconds, clients)
+                elapsed = time.perf_counter() - began
+                uses = [cpu_use(pid, t, elapsed) for pid, t in zip(pids, ticks, strict=True)]
+                cores = f"{sum(float(u[0]) for u in uses):.1f}"
+                _, main, top = uses[0]
                 inside = np.median(np.array(load.timings), axis=0)
                 rows.append(
                     [
-                        name,
+                        server.name,
                         provider.removesuffix("ExecutionProvider"),
                         f"{up:.1f}",
                         f"{k}{' mixed' if frames_ is mixed else ''}",
@@ -395,7 +429,7 @@ def served(
                         cores,
                         main,
                         top,
-                        gpu_memory_mib(pid),
+                        gpu_memory_mib(pids),
                     ]
                 )
     return table(
@@ -410,8 +444,8 @@ def served(
             "mean batch",
             "in the server p50 ms: queue / decode / inference / encode / total",
             "/ in-process batched",
-            "server cores",
-            "event loop",
+            "server cores (all processes)",
+            "event loop (first process)",
             "busiest other thread",
             "GPU MiB",
         ],
@@ -426,12 +460,21 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 16, 32])
     parser.add_argument("--clients", type=int, default=4, help="load generator processes")
     parser.add_argument("--servers", type=int, nargs="*", help="served rows to run (indices)")
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["loading", "agreement", "shapes", "batching"],
+        help="sections to leave out (the in-process loops always run: they are the limit)",
+    )
     args = parser.parse_args()
     failed = False
 
-    def section(title: str, make: Callable[[], str]) -> None:
+    def section(title: str, make: Callable[[], str], key: str = "") -> None:
         """Print one section; a section that fails says why and the next one still runs."""
         nonlocal failed
+        if key in args.skip:
+            return
         print(f"\n### {title}\n", flush=True)
         try:
             print(make(), flush=True)
@@ -443,7 +486,7 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"GPU: {gpu_name()}")
     print(f"onnxruntime {ort.__version__}, providers {', '.join(ort.get_available_providers())}")
-    section("Loading", loading)
+    section("Loading", loading, "loading")
     if CUDA not in ort.get_available_providers():
         raise SystemExit(
             "this onnxruntime has no CUDA provider: install the gpu extra (README: GPU)"
@@ -451,13 +494,14 @@ def main() -> None:
     data = frames()
     pixels = np.stack([prepare(d) for d in data[:8]])
     size = f"{pixels.shape[1]}x{pixels.shape[2]}"
-    section(f"Agreement on {len(pixels)} frames of {size}", lambda: agreement(pixels))
+    section(f"Agreement on {len(pixels)} frames of {size}", lambda: agreement(pixels), "agreement")
     tall = prepare(frames(1, 480, 640)[0])
     section(
         f"Shape changes in onnxruntime alone, {size} and {tall.shape[0]}x{tall.shape[1]}",
         lambda: shape_changes(pixels[0], tall),
+        "shapes",
     )
-    section(f"Batching in onnxruntime alone, {size}", lambda: batching(pixels[0]))
+    section(f"Batching in onnxruntime alone, {size}", lambda: batching(pixels[0]), "batching")
     cores = os.cpu_count()
     loops: dict[str, float] = {}
 

@@ -200,11 +200,17 @@ def _toml(value: Any) -> str:
 
 
 @contextmanager
-def convstream_server(**settings: Any) -> Iterator[int]:
+def convstream_server(*, switch_interval: float | None = None, **settings: Any) -> Iterator[int]:
     """A separate `convstream serve` process with no cameras; yields its port.
 
-    Keyword arguments are settings (config.py), written to a TOML file.
+    Keyword arguments are settings (config.py), written to a TOML file; switch_interval, in
+    seconds, is the server's GIL switch interval (sys.setswitchinterval) where given.
     """
+    if switch_interval is None:
+        command = [sys.executable, "-m", "convstream.cli"]
+    else:
+        run = "import runpy, sys; sys.setswitchinterval({}); runpy.run_module({!r}, run_name={!r})"
+        command = [sys.executable, "-c", run.format(switch_interval, "convstream.cli", "__main__")]
     port = free_port()
     with tempfile.TemporaryDirectory() as folder:
         config = Path(folder) / "bench.toml"
@@ -212,9 +218,7 @@ def convstream_server(**settings: Any) -> Iterator[int]:
         config.write_text("\n".join([*lines, "cameras = []", ""]))
         process = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "convstream.cli",
+                *command,
                 "serve",
                 "--config",
                 str(config),
