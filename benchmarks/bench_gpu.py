@@ -259,18 +259,26 @@ def batched(data: list[bytes], seconds: float, most: int = 8) -> float:
             thread.join()
 
 
-def _client(port: int, data: list[bytes], streams: int, seconds: float) -> Load:
-    return asyncio.run(stream_load(port, data, streams=streams, seconds=seconds))
+def _client(port: int, data: list[bytes], streams: int, seconds: float, own: bool) -> Load:
+    return asyncio.run(
+        stream_load(port, data, streams=streams, seconds=seconds, connection_per_stream=own)
+    )
 
 
 def load_from(
-    ports: list[int], data: list[bytes], streams: int, seconds: float, clients: int
+    ports: list[int],
+    data: list[bytes],
+    streams: int,
+    seconds: float,
+    clients: int,
+    connection_per_stream: bool = False,
 ) -> Load:
     """`streams` streams spread over up to `clients` processes, each process driving one of
-    `ports` in turn, their results pooled."""
+    `ports` in turn (on one connection, or one per stream), their results pooled."""
     clients = max(min(clients, streams), len(ports))
     shares = [streams // clients + (k < streams % clients) for k in range(clients)]
-    work = [(ports[k % len(ports)], data, s, seconds) for k, s in enumerate(shares) if s]
+    own = connection_per_stream
+    work = [(ports[k % len(ports)], data, s, seconds, own) for k, s in enumerate(shares) if s]
     with multiprocessing.get_context("spawn").Pool(len(work)) as pool:
         loads = pool.starmap(_client, work)
     pooled = Load(seconds=float(np.mean([load.seconds for load in loads])))
@@ -287,8 +295,10 @@ def provider_of(port: int) -> str:
     return info.execution_provider
 
 
-def server_pid(port: int) -> int:
-    """The `convstream serve` process listening on port (Linux: read from /proc)."""
+def server_pids(port: int) -> list[int]:
+    """The `convstream serve` processes listening on port (Linux: read from /proc): the one,
+    or with `processes`, those its supervisor started."""
+    found: dict[int, bool] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
@@ -297,8 +307,11 @@ def server_pid(port: int) -> int:
             except OSError:
                 continue
             if any(b"convstream.cli" in w for w in words) and str(port).encode() in words:
-                return int(entry)
-    raise RuntimeError(f"no convstream server found on port {port}")
+                found[int(entry)] = b"--child" in words
+    if not found:
+        raise RuntimeError(f"no convstream server found on port {port}")
+    children = sorted(pid for pid, child in found.items() if child)
+    return children or sorted(found)
 
 
 def gpu_memory_mib(pids: list[int]) -> str:
@@ -349,13 +362,14 @@ def cpu_use(pid: int, before: dict[int, tuple[str, int]], seconds: float) -> tup
 
 @dataclass
 class Server:
-    """One served configuration: its settings, the loads it is measured under, how many server
-    processes share the GPU (streams split evenly over them), and its GIL switch interval."""
+    """One served configuration: its settings, the loads it is measured under, how many
+    separate servers (each on its own port) share the GPU, streams split evenly over them, and
+    its GIL switch interval."""
 
     name: str
     settings: dict[str, Any]
     loads: list[tuple[int, list[bytes]]]
-    processes: int = 1
+    servers: int = 1
     switch_interval: float | None = None
 
 
@@ -367,6 +381,7 @@ def served(
     clients: int,
     limit: float,
     only: list[int] | None = None,
+    connection_per_stream: bool = False,
 ) -> str:
     most = max(streams)
     shipped = [(k, data) for k in streams] + [(16, mixed)]
@@ -387,8 +402,11 @@ def served(
         Server("8 decode threads", {**cuda, "decode_threads": 8}, at_most),
         Server("as shipped, streams only", cuda, at_most),
         Server("GIL switch interval 1 ms", cuda, at_most, switch_interval=0.001),
-        Server("2 server processes sharing the GPU", cuda, at_most, processes=2),
-        Server("4 server processes sharing the GPU", cuda, at_most, processes=4),
+        Server("2 servers on 2 ports sharing the GPU", cuda, at_most, servers=2),
+        Server("4 servers on 4 ports sharing the GPU", cuda, at_most, servers=4),
+        Server("processes = 2", {**cuda, "processes": 2}, at_most),
+        Server("processes = 4", {**cuda, "processes": 4}, at_most),
+        Server("processes = 8", {**cuda, "processes": 8}, at_most),
     ]
     if only:
         servers = [servers[i] for i in only]
@@ -400,15 +418,15 @@ def served(
                 stack.enter_context(
                     convstream_server(switch_interval=server.switch_interval, **server.settings)
                 )
-                for _ in range(server.processes)
+                for _ in range(server.servers)
             ]
-            up = (time.perf_counter() - started) / server.processes
+            up = (time.perf_counter() - started) / server.servers
             provider = provider_of(ports[0])
-            pids = [server_pid(port) for port in ports]
+            pids = [pid for port in ports for pid in server_pids(port)]
             for k, frames_ in server.loads:
                 ticks = [thread_ticks(pid) for pid in pids]
                 began = time.perf_counter()
-                load = load_from(ports, frames_, k, seconds, clients)
+                load = load_from(ports, frames_, k, seconds, clients, connection_per_stream)
                 elapsed = time.perf_counter() - began
                 uses = [cpu_use(pid, t, elapsed) for pid, t in zip(pids, ticks, strict=True)]
                 cores = f"{sum(float(u[0]) for u in uses):.1f}"
@@ -467,6 +485,12 @@ def main() -> None:
         choices=["loading", "agreement", "shapes", "batching"],
         help="sections to leave out (the in-process loops always run: they are the limit)",
     )
+    parser.add_argument(
+        "--connection-per-stream",
+        action="store_true",
+        help="each stream on a TCP connection of its own (the kernel gives each connection to "
+        "one process of a server with processes > 1); default: one per client process",
+    )
     args = parser.parse_args()
     failed = False
 
@@ -520,7 +544,16 @@ def main() -> None:
     mixed = [f for pair in zip(data[:12], frames(12, 480, 640), strict=True) for f in pair]
     section(
         f"Served, {args.clients} client processes, 4 frames in flight per stream",
-        lambda: served(data, mixed, args.seconds, args.streams, args.clients, limit, args.servers),
+        lambda: served(
+            data,
+            mixed,
+            args.seconds,
+            args.streams,
+            args.clients,
+            limit,
+            args.servers,
+            args.connection_per_stream,
+        ),
     )
     if failed:
         raise SystemExit(1)

@@ -282,6 +282,7 @@ async def stream_load(
     rate: float | None = None,
     options: pb.ResultOptions = OPTIONS,
     warmup: float = 2.0,
+    connection_per_stream: bool = False,
 ) -> Load:
     """Drive `streams` concurrent StreamFrames calls and measure the results.
 
@@ -290,6 +291,9 @@ async def stream_load(
     Open loop (rate in frames/s per stream): each stream sends on a fixed clock like a camera,
     whatever comes back; with a latest-only policy the server drops what it cannot take.
     Every frame carries its capture time, so each result's age is measured too.
+    connection_per_stream: each stream on a TCP connection of its own, as separate cameras'
+    integrations are (a server of several processes gets each connection in one of them);
+    otherwise all share one.
     """
     load = Load(seconds)
     measuring = asyncio.Event()
@@ -298,6 +302,17 @@ async def stream_load(
         stub = pb_grpc.ConvstreamStub(channel)
 
         async def one(k: int) -> None:
+            if connection_per_stream:
+                channel_options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+                own = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=channel_options)
+                try:
+                    await run(k, pb_grpc.ConvstreamStub(own))
+                finally:
+                    await own.close()
+            else:
+                await run(k, stub)
+
+        async def run(k: int, stub: pb_grpc.ConvstreamStub) -> None:
             sent: dict[int, float] = {}
             window = asyncio.Semaphore(in_flight)
             # Open loop: the streams' clocks spread over one frame interval, as cameras' are,

@@ -35,6 +35,14 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="address of the metrics port (default 127.0.0.1, whatever --host is)",
     )
     p.add_argument("--provider", choices=("auto", "cpu", "cuda"), help="execution provider")
+    p.add_argument(
+        "--processes",
+        type=int,
+        help="server processes sharing the port and the cores (default 1; more pays where "
+        "one process's Python is the limit, as on a GPU: README, 'GPU')",
+    )
+    # one process of several, as the supervisor starts it (processes.py): INDEX:COUNT:FOLDER
+    p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--model", dest="model_path", type=Path, help="an .onnx model file")
     p.add_argument("--input-sizes", nargs="+", help="model input sizes, e.g. 384x640 480x640")
     p.add_argument(
@@ -93,6 +101,7 @@ def _serve(args: argparse.Namespace) -> int:
         "metrics_port",
         "metrics_host",
         "provider",
+        "processes",
         "model_path",
         "input_sizes",
         "reflection",
@@ -111,13 +120,20 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     if args.check_config:
         return _check_config(settings)
+    from convstream.server.processes import Peers, Supervisor
+
+    peers = Peers.parse(args.child) if args.child else None
+    tag = f" [process {peers.index}/{peers.count}]" if peers else ""
     logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s{tag} %(name)s: %(message)s",
     )
+    if peers is None and settings.processes > 1:
+        return Supervisor(settings, args.argv).run()
     from convstream.model import ModelFileError
 
     try:
-        asyncio.run(serve(settings, reload=load))
+        asyncio.run(serve(settings, reload=load, peers=peers))
     except ModelFileError as exc:
         print(f"convstream serve: model_path: {exc}", file=sys.stderr)
         return 2
@@ -148,6 +164,8 @@ def _check_config(settings: Settings) -> int:
     metrics = "off"
     if settings.metrics_port >= 0:
         metrics = host_port(settings.metrics_host, settings.metrics_port)
+        if settings.processes > 1 and settings.metrics_port > 0:
+            metrics += f" to {settings.metrics_port + settings.processes - 1}, one per process"
     cameras, warnings = [], []
     for camera in settings.cameras:
         spec = parse_source(camera.source)
@@ -182,6 +200,11 @@ def _check_config(settings: Settings) -> int:
     source = "the config's" if settings.threshold is not None else "the model's own"
     print(f"  model        {model.path} (sha256 {model.sha256[:12]}...)")
     print(f"  provider     {model.provider} ({settings.provider} asked for)")
+    if settings.processes > 1:
+        print(
+            f"  processes    {settings.processes}, sharing the port and the cores, each with "
+            "its own model session and its share of the cameras"
+        )
     print(f"  threshold    {threshold:.3f} ({source})")
     print(f"  input sizes  {', '.join(settings.input_sizes)}")
     print("\n".join(cameras) if cameras else "  cameras      none")
@@ -344,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_commands(commands)
     add_dashboard_commands(commands)
     args, unknown = parser.parse_known_args(argv)
+    args.argv = args_given
     if unknown:  # with the command's own usage line, not the top level's
         commands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:

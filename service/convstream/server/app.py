@@ -22,6 +22,7 @@ from convstream.model import DamageModel, wants_cuda
 from convstream.model.runtime import CUDA, ProviderChoice
 from convstream.server.cameras import CameraManager
 from convstream.server.config import (
+    CameraConfig,
     ConfigError,
     Settings,
     host_port,
@@ -32,6 +33,7 @@ from convstream.server.errors import Draining
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Pipeline, WorkPool
 from convstream.server.probes import HttpPort
+from convstream.server.processes import Peers
 from convstream.server.security import TokenInterceptor, token_changes
 from convstream.server.servicer import ConvstreamServicer
 from convstream.server.streams import WINDOW
@@ -89,12 +91,16 @@ def model_info(settings: Settings, model: DamageModel) -> pb.ModelInfo:
     )
 
 
-def grpc_options(settings: Settings) -> list[tuple[str, int]]:
-    """Channel arguments of the server; the client's keepalive must stay within these."""
+def grpc_options(settings: Settings, *, share_port: bool = False) -> list[tuple[str, int]]:
+    """Channel arguments of the server; the client's keepalive must stay within these.
+
+    The port is this process's alone (a second server on it fails to start, and says so)
+    unless ``share_port``: the processes of one server (``processes``) share it.
+    """
     return [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(share_port)),
         # Clients may ping every 10 s or slower, also while idle (our client pings each 30 s).
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -109,10 +115,12 @@ class Server:
 
     ``await Server(settings).start()`` loads and warms the model, binds the port (``.port``
     tells which when the setting is 0) and reports SERVING; ``await stop()`` drains.
+    ``peers``: this is one of several processes of one server (processes.py).
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, peers: Peers | None = None) -> None:
         self.settings = settings
+        self.peers = peers
         self.metrics = Metrics()
         self.port = settings.port
         self.metrics_port = settings.metrics_port
@@ -130,7 +138,7 @@ class Server:
 
     async def start(self) -> None:
         settings = self.settings
-        cores = usable_cores()
+        cores = usable_cores() if self.peers is None else self.peers.share(usable_cores())
 
         def load(provider: ProviderChoice, threads: int, fixed_batch: int = 0) -> DamageModel:
             return DamageModel(
@@ -183,12 +191,17 @@ class Server:
             watcher_queue_size=settings.watcher_queue_size,
             max_watchers=settings.max_watchers,
         )
-        self.servicer = ConvstreamServicer(settings, pipeline, self.metrics, info, self.cameras)
+        self.servicer = ConvstreamServicer(
+            settings, pipeline, self.metrics, info, self.cameras, peers=self.peers
+        )
         self.metrics.provider.labels(model.provider, model.requested_provider).set(1)
 
         # Always installed, so a reload can add the first token or remove the last one.
         self._tokens = TokenInterceptor(settings.tokens, self.metrics.auth_refusals)
-        server = grpc.aio.server(options=grpc_options(settings), interceptors=[self._tokens])
+        server = grpc.aio.server(
+            options=grpc_options(settings, share_port=self.peers is not None),
+            interceptors=[self._tokens],
+        )
         pb_grpc.add_ConvstreamServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if settings.reflection:
@@ -200,11 +213,16 @@ class Server:
         credentials = self._tls.credentials if self._tls is not None else None
         self._grpc = server  # from here on, stop() releases it whatever fails next
         self.port = _listen(server, settings, credentials)
-        if settings.metrics_port >= 0:
+        if self.peers is not None:  # where the other processes forward camera calls
+            server.add_insecure_port(self.peers.address(self.peers.index))
+        metrics_port = settings.metrics_port
+        if self.peers is not None and metrics_port > 0:
+            metrics_port += self.peers.index  # one port each, in a row
+        if metrics_port >= 0:
             self._http = HttpPort(self.metrics.registry, lambda: self.serving)
-            address = host_port(settings.metrics_host, settings.metrics_port)
+            address = host_port(settings.metrics_host, metrics_port)
             try:
-                self.metrics_port = self._http.start(settings.metrics_host, settings.metrics_port)
+                self.metrics_port = self._http.start(settings.metrics_host, metrics_port)
             except OSError as exc:
                 raise OSError(
                     f"cannot serve metrics on {address}: {exc.strerror or exc}; choose another "
@@ -212,11 +230,12 @@ class Server:
                 ) from exc
         # the cameras' metric labels are theirs before any client frame can be counted
         self.metrics.set_cameras(c.id for c in settings.cameras)
+        self.cameras.elsewhere = self._elsewhere(settings.cameras)
         await server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.serving = True  # what health now says, for the HTTP probes
-        await self.cameras.start(settings.cameras)
+        await self.cameras.start(self._own(settings.cameras))
         security = "mutual TLS" if settings.tls_client_ca else "TLS" if credentials else "plaintext"
         if settings.tokens:
             count = len(settings.tokens)
@@ -268,6 +287,8 @@ class Server:
                 await asyncio.sleep(0.02)
         if self._grpc is not None:
             await self._grpc.stop(max(0.0, deadline - time.monotonic()))
+        if self.servicer is not None:
+            await self.servicer.close()
         if self.cameras is not None:
             await self.cameras.stop()
         if self._engine is not None:
@@ -312,8 +333,11 @@ class Server:
         if self._tokens is not None and settings.tokens != self.settings.tokens:
             self._reload_tokens(settings)
         if self.cameras is not None:
-            await self.cameras.apply(settings.cameras)
+            self.cameras.elsewhere = self._elsewhere(settings.cameras)
+            await self.cameras.apply(self._own(settings.cameras))
         self.settings = self.settings.model_copy(update=applied)
+        if self.servicer is not None:  # the cameras it lists and forwards calls for
+            self.servicer.settings = self.settings
         count = len(settings.cameras)
         logger.info("reload: %d camera%s configured", count, "" if count == 1 else "s")
 
@@ -356,6 +380,18 @@ class Server:
             _warn_if_exposed(running, tls=self._tls is not None)
         elif not old:
             logger.info("reload: calls need a token from now on")
+
+    def _own(self, cameras: tuple[CameraConfig, ...]) -> tuple[CameraConfig, ...]:
+        """The cameras this process pulls: all, or its share among several processes."""
+        if self.peers is None:
+            return cameras
+        owners = self.peers.owners([c.id for c in cameras])
+        return tuple(c for c in cameras if owners[c.id] == self.peers.index)
+
+    def _elsewhere(self, cameras: tuple[CameraConfig, ...]) -> frozenset[str]:
+        """The configured cameras another process of this server pulls."""
+        own = {c.id for c in self._own(cameras)}
+        return frozenset(c.id for c in cameras if c.id not in own)
 
     async def wait(self) -> None:
         if self._grpc is not None:
@@ -450,12 +486,17 @@ def bind_failure(host: str, port: int) -> str | None:
     return None
 
 
-async def serve(settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
+async def serve(
+    settings: Settings,
+    reload: Callable[[], Settings] | None = None,
+    peers: Peers | None = None,
+) -> None:
     """Run until SIGTERM or SIGINT, then drain for the grace period and return.
 
-    On SIGHUP, ``reload()`` loads the settings again and the cameras follow them.
+    On SIGHUP, ``reload()`` loads the settings again and the cameras follow them. ``peers``:
+    run as one of several processes of one server (processes.py).
     """
-    server = Server(settings)
+    server = Server(settings, peers)
     try:
         await server.start()
     except BaseException:

@@ -63,6 +63,9 @@ class CameraManager:
         self._opener = opener
         self._watchdog: asyncio.Task[None] | None = None
         self._health_state: dict[str, int] = {}
+        # configured cameras that another process of this server pulls (processes.py): their
+        # ids are not free for a client stream to publish under
+        self.elsewhere: frozenset[str] = frozenset()
         metrics.registry.register(self)  # a collector: camera figures are read at scrape time
 
     async def start(self, configs: tuple[CameraConfig, ...]) -> None:
@@ -78,12 +81,21 @@ class CameraManager:
         with NOT_FOUND.
         """
         wanted = {c.id: c for c in configs}
-        self.metrics.set_cameras(wanted)
+        self.metrics.set_cameras([*wanted, *self.elsewhere])  # every process's cameras
         for camera_id in [i for i in self.feeds if i not in wanted]:
             feed = self.feeds.pop(camera_id)
-            await feed.stop(NotFound(f"camera {camera_id!r} was removed from the config"))
+            if camera_id in self.elsewhere:
+                await feed.stop(
+                    Draining(
+                        f"camera {camera_id!r} moved to another process of this server; watch "
+                        "it again"
+                    )
+                )
+                logger.info("camera %s moved to another process of this server", camera_id)
+            else:
+                await feed.stop(NotFound(f"camera {camera_id!r} was removed from the config"))
+                logger.info("camera %s removed", camera_id)
             await self._forget(camera_id)
-            logger.info("camera %s removed", camera_id)
         for camera_id, config in wanted.items():
             old = self.feeds.get(camera_id)
             down = old.down() if old is not None else None
@@ -123,8 +135,8 @@ class CameraManager:
                 f"a published stream needs a source name of letters, digits, '.', '_', '-' "
                 f"(up to 64), got {redact(name[:80])!r}"
             )
-        if name in self.feeds or name in self.published:
-            what = "a configured camera" if name in self.feeds else "another stream"
+        if name in self.feeds or name in self.published or name in self.elsewhere:
+            what = "another stream" if name in self.published else "a configured camera"
             raise InvalidOptions(
                 f"source {name!r} is already published by {what}: this frame was not analysed, "
                 "and the stream goes on unpublished; give its frames another source name to "
@@ -140,6 +152,10 @@ class CameraManager:
             del self.published[publication.name]
             publication.end_watchers(None)  # the watches end OK: nothing failed
             logger.info("stream %s no longer published", publication.name)
+
+    def holds(self, camera_id: str) -> bool:
+        """Whether this process pulls the camera or has a client stream published under it."""
+        return camera_id in self.feeds or camera_id in self.published
 
     def watch(self, camera_id: str, request: pb.WatchCameraRequest) -> Watcher:
         """A new watcher of a camera; NotFound, InvalidOptions, CameraDown (it FAILED or

@@ -203,6 +203,14 @@ class Settings(BaseModel):
     provider: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="onnxruntime execution provider; auto takes CUDA when present"
     )
+    processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="server processes sharing the port (the kernel spreads connections over "
+        "them) and the cores, each with its own model session and its share of the cameras; "
+        "more than 1 only pays where one process's Python is the limit, as with a GPU",
+    )
     inference_workers: int = Field(
         0,
         ge=0,

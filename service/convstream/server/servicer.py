@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 
 import grpc
 
 from convstream.server.cameras import CameraManager
-from convstream.server.config import Settings
-from convstream.server.errors import ConvstreamError, Draining, IdleTimeout, Overloaded
+from convstream.server.config import CAMERA_ID, Settings
+from convstream.server.errors import ConvstreamError, Draining, IdleTimeout, NotFound, Overloaded
 from convstream.server.feeds import FeedFinished
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Options, Pipeline
+from convstream.server.processes import Peers, forward_metadata, forwarded
 from convstream.server.streams import ByteBudget, FrameBudget, StreamSession
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
+
+# How long a call that needs another process of this server waits for it to connect: one
+# that is restarting is back in a few seconds, and the call says so instead of hanging.
+PEER_CONNECT_S = 1.0
 
 
 class ConvstreamServicer(pb_grpc.ConvstreamServicer):
@@ -32,9 +38,13 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         metrics: Metrics,
         model_info: pb.ModelInfo,
         cameras: CameraManager,
+        *,
+        peers: Peers | None = None,
     ) -> None:
         self.settings = settings
         self.cameras = cameras
+        self.peers = peers
+        self._channels: dict[int, grpc.aio.Channel] = {}
         self.pipeline = pipeline
         self.metrics = metrics
         self.model_info = model_info
@@ -141,11 +151,28 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
     async def ListCameras(
         self, request: pb.ListCamerasRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListCamerasResponse:
-        return pb.ListCamerasResponse(cameras=self.cameras.statuses())
+        statuses = self.cameras.statuses()
+        metadata = context.invocation_metadata()
+        if self.peers is not None and not forwarded(metadata):
+            statuses += await self._list_elsewhere(request, forward_metadata(metadata))
+        order = {c.id: k for k, c in enumerate(self.settings.cameras)}
+        statuses.sort(key=lambda s: (order.get(s.id, len(order)), s.id))
+        return pb.ListCamerasResponse(cameras=statuses)
 
     async def WatchCamera(
         self, request: pb.WatchCameraRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.FrameResult]:
+        metadata = context.invocation_metadata()
+        if (
+            self.peers is not None
+            and not self.draining.is_set()
+            and not forwarded(metadata)
+            and not self.cameras.holds(request.camera_id)
+            and re.fullmatch(CAMERA_ID, request.camera_id)
+        ):
+            async for result in self._watch_elsewhere(request, context):
+                yield result
+            return
         try:
             if self.draining.is_set():
                 raise Draining("server is shutting down; retry on another instance")
@@ -161,3 +188,115 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             await context.abort(exc.code, f"{exc} (after {watcher.sequence} results)")
         finally:
             self.cameras.unwatch(watcher)
+
+    async def _peer(self, index: int, seconds: float) -> pb_grpc.ConvstreamStub | None:
+        """The Convstream service of another process of this server (over its Unix socket),
+        once connected; None if it does not answer within ``seconds`` (restarting)."""
+        assert self.peers is not None
+        if index not in self._channels:
+            self._channels[index] = grpc.aio.insecure_channel(
+                self.peers.address(index),
+                options=[
+                    ("grpc.max_receive_message_length", -1),
+                    # a process that restarts is back within seconds: look again soon
+                    ("grpc.initial_reconnect_backoff_ms", 100),
+                    ("grpc.max_reconnect_backoff_ms", 1000),
+                ],
+            )
+        channel = self._channels[index]
+        try:
+            await asyncio.wait_for(channel.channel_ready(), seconds)
+        except TimeoutError:
+            return None
+        return pb_grpc.ConvstreamStub(channel)
+
+    def _not_answering(self, index: int) -> str:
+        assert self.peers is not None
+        return (
+            f"server process {index} of {self.peers.count}, which pulls this camera, is not "
+            "answering (restarting?)"
+        )
+
+    async def _list_elsewhere(
+        self, request: pb.ListCamerasRequest, metadata: tuple[tuple[str, str], ...]
+    ) -> list[pb.CameraStatus]:
+        """The cameras and published streams the other processes hold; a process that does
+        not answer (restarting) has its configured cameras listed with the reason."""
+        assert self.peers is not None
+
+        async def ask(index: int) -> pb.ListCamerasResponse | None:
+            stub = await self._peer(index, PEER_CONNECT_S)
+            if stub is None:
+                return None
+            try:
+                reply: pb.ListCamerasResponse = await stub.ListCameras(
+                    request, metadata=metadata, timeout=5
+                )
+            except grpc.aio.AioRpcError as exc:
+                logger.warning(
+                    "process %d did not list its cameras (%s: %s)",
+                    index,
+                    exc.code().name,
+                    exc.details(),
+                )
+                return None
+            return reply
+
+        others = self.peers.others()
+        answers = await asyncio.gather(*(ask(i) for i in others))
+        statuses: list[pb.CameraStatus] = []
+        owners = self.peers.owners([c.id for c in self.settings.cameras])
+        for index, answer in zip(others, answers, strict=True):
+            if answer is not None:
+                statuses += answer.cameras
+                continue
+            statuses += [
+                pb.CameraStatus(id=c.id, last_error=self._not_answering(index))
+                for c in self.settings.cameras
+                if owners[c.id] == index
+            ]
+        return statuses
+
+    async def _watch_elsewhere(
+        self, request: pb.WatchCameraRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.FrameResult]:
+        """WatchCamera through the process that holds the camera: its owner for a configured
+        one, else each other process in turn (a client stream published there). The owner's
+        own status, error or not, is the caller's."""
+        assert self.peers is not None
+        camera_id = request.camera_id
+        configured = [c.id for c in self.settings.cameras]
+        if camera_id in configured:
+            candidates = [self.peers.owners(configured)[camera_id]]
+        else:
+            candidates = self.peers.others()
+        metadata = forward_metadata(context.invocation_metadata())
+        for index in candidates:
+            stub = await self._peer(index, PEER_CONNECT_S)
+            if stub is None:
+                if camera_id not in configured:
+                    continue  # a process restarting holds no published stream
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"camera {camera_id!r}: {self._not_answering(index)}; retry in a few seconds",
+                )
+            call = stub.WatchCamera(request, metadata=metadata)
+            try:
+                # read() throughout: grpc refuses read() and iteration mixed on one call
+                while (result := await call.read()) is not grpc.aio.EOF:
+                    yield result
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND and camera_id not in configured:
+                    continue  # not published there: ask the next one
+                await context.abort(exc.code(), exc.details() or "")
+            finally:
+                call.cancel()
+        known = ", ".join(configured) or "none configured"
+        error = NotFound(f"no camera {camera_id!r}; cameras: {known} (and no published stream)")
+        await context.abort(error.code, str(error))
+
+    async def close(self) -> None:
+        """Close the channels to the other processes."""
+        channels, self._channels = list(self._channels.values()), {}
+        await asyncio.gather(*(c.close() for c in channels))

@@ -1,0 +1,307 @@
+"""`convstream serve --processes N`: one port served by N real server processes, the cameras
+shared out between them, calls about a camera forwarded to the process that pulls it, a
+process that dies started again, and SIGTERM stopping them all."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from urllib.request import urlopen
+
+import grpc
+import pytest
+from conftest import jpeg, scene
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from convstream.server import ConfigError, load_settings
+from convstream.server.processes import Peers
+from convstream.v1 import convstream_pb2 as pb
+from convstream.v1 import convstream_pb2_grpc as pb_grpc
+
+CAMERAS = ("dock-a", "dock-b")  # in the config's order: dock-a in process 0, dock-b in 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def child_pids(parent: int) -> list[int]:
+    """The processes the supervisor started (Linux: read from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                if int(stat[stat.rindex(")") + 2 :].split()[1]) == parent:
+                    found.append(int(entry))
+    return sorted(found)
+
+
+@contextlib.contextmanager
+def supervisor(tmp_path: Path, *flags: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """`convstream serve` with the given flags, its log in a file; killed if still running."""
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "convstream.cli", "serve", "--log-level", "info", *flags],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield process, log
+    finally:
+        if process.poll() is None:
+            for pid in child_pids(process.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            process.kill()
+            process.wait()
+
+
+async def until(check: Callable[[], bool], seconds: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not within {seconds} s; log:\n{log.read_text()[-4000:]}")
+        await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def connection(port: int) -> AsyncIterator[pb_grpc.ConvstreamStub]:
+    """A stub over a TCP connection of its own (channels otherwise share one), which the
+    kernel hands to either process."""
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+        yield pb_grpc.ConvstreamStub(channel)
+
+
+async def listed(port: int) -> dict[str, pb.CameraStatus]:
+    async with connection(port) as stub:
+        reply = await stub.ListCameras(pb.ListCamerasRequest(), timeout=5)
+    return {c.id: c for c in reply.cameras}
+
+
+async def watch_one(port: int, camera_id: str) -> pb.FrameResult:
+    async with connection(port) as stub:
+        call = stub.WatchCamera(pb.WatchCameraRequest(camera_id=camera_id), timeout=20)
+        result = await call.read()
+        call.cancel()
+    assert result is not grpc.aio.EOF
+    return result
+
+
+def analysed(metrics_port: int) -> float:
+    """Frames sent as "probe" that the process behind metrics_port answered."""
+    text = urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "convstream_frames"
+        for s in family.samples
+        if s.name == "convstream_frames_total" and s.labels["source"] == "probe"
+    )
+
+
+def test_cameras_are_shared_out_in_the_configs_order() -> None:
+    peers = Peers.parse("1:3:/run/x")
+    assert (peers.index, peers.count, peers.others()) == (1, 3, [0, 2])
+    assert peers.owners(["a", "b", "c", "d"]) == {"a": 0, "b": 1, "c": 2, "d": 0}
+    assert peers.share(16) == 5 and peers.share(2) == 1
+    assert peers.address(2) == "unix:/run/x/process-2.sock"
+    with pytest.raises(ValueError, match="not below"):
+        Peers.parse("3:3:/run/x")
+    with pytest.raises(ConfigError, match="processes"):
+        load_settings(overrides={"processes": 0})
+
+
+async def test_processes_share_the_port_forward_camera_calls_restart_and_stop(
+    tmp_path: Path,
+) -> None:
+    port, metrics = free_port(), free_port()
+    while metrics + 1 == port or not _free(metrics + 1):
+        metrics = free_port()
+    cameras = [f"--camera={c}=demo:conveyor?fps=5" for c in CAMERAS]
+    with supervisor(
+        tmp_path,
+        "--processes=2",
+        f"--port={port}",
+        f"--metrics-port={metrics}",
+        *cameras,
+    ) as (process, log):
+        await until(lambda: "with 2 processes" in log.read_text(), 120, "serving", log)
+        text = log.read_text()
+        assert "cameras: dock-a in 0, dock-b in 1" in text
+        assert "[process 0/2]" in text and "[process 1/2]" in text
+        first = child_pids(process.pid)
+        assert len(first) == 2
+
+        # Each connection lands in one process or the other; from every one, both cameras
+        # are listed and watched, one of them always through the other process.
+        for _ in range(4):
+            cameras_now = await listed(port)
+            assert list(cameras_now) == list(CAMERAS)
+            for camera_id in CAMERAS:
+                result = await watch_one(port, camera_id)
+                assert result.source == camera_id and result.status.code == 0
+
+        # Client frames over 12 connections: every one answered, and both processes took some
+        # (all 12 in one process: 1 chance in 2048).
+        data = jpeg(scene(5, 480, 640))
+        for k in range(12):
+            async with connection(port) as stub:
+                reply = await stub.Analyze(
+                    pb.FrameRequest(frame_id=k, source="probe", encoded=data), timeout=20
+                )
+                assert reply.status.code == 0 and reply.frame_id == k
+        counts = [analysed(metrics), analysed(metrics + 1)]
+        assert sum(counts) == 12 and min(counts) > 0, counts
+
+        # A configured camera's id is not free to publish under, whichever process the
+        # stream is in; a published stream is watched from any connection.
+        async with connection(port) as stub:
+            stream = stub.StreamFrames()
+            for k, name in enumerate(CAMERAS):
+                options = pb.ResultOptions(publish=True)
+                await stream.write(
+                    pb.FrameRequest(frame_id=k, source=name, encoded=data, options=options)
+                )
+                refused = await stream.read()
+                assert refused.status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+                assert "a configured camera" in refused.status.message
+            options = pb.ResultOptions(publish=True)
+            await stream.write(
+                pb.FrameRequest(frame_id=9, source="forklift", encoded=data, options=options)
+            )
+            assert (await stream.read()).status.code == 0
+
+            async def watch_forklift() -> pb.FrameResult:
+                async with connection(port) as other:
+                    call = other.WatchCamera(pb.WatchCameraRequest(camera_id="forklift"))
+                    await asyncio.sleep(0.3)  # subscribed before the next frame
+                    result = await asyncio.wait_for(call.read(), 20)
+                    call.cancel()
+                    assert result is not grpc.aio.EOF
+                    return result
+
+            watches = [asyncio.create_task(watch_forklift()) for _ in range(6)]
+            await asyncio.sleep(1.0)
+            await stream.write(pb.FrameRequest(frame_id=10, source="forklift", encoded=data))
+            assert (await stream.read()).frame_id == 10
+            for result in await asyncio.gather(*watches):
+                assert result.source == "forklift" and result.frame_id == 10
+            await stream.done_writing()
+        async with connection(port) as stub:
+            with pytest.raises(grpc.aio.AioRpcError) as missing:
+                await stub.WatchCamera(pb.WatchCameraRequest(camera_id="nowhere")).read()
+            assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+            assert "dock-a, dock-b" in (missing.value.details() or "")
+
+        # A process that dies is started again, after a second; meanwhile its camera is
+        # listed with why (the other process answers every new connection).
+        os.kill(first[1], signal.SIGKILL)
+        await until(lambda: "was killed by SIGKILL" in log.read_text(), 10, "noticed", log)
+        down = (await listed(port))["dock-b"]
+        assert "server process 1 of 2, which pulls this camera, is not answering" in (
+            down.last_error
+        ), down
+        assert (await listed(port))["dock-a"].state == pb.CAMERA_STATE_RUNNING
+        await until(lambda: log.read_text().count("with 2 processes") == 1, 1, "once", log)
+        deadline = time.monotonic() + 60
+        while (status := (await listed(port))["dock-b"]).state != pb.CAMERA_STATE_RUNNING:
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            await asyncio.sleep(0.1)
+        assert not status.last_error
+        assert (await watch_one(port, "dock-b")).source == "dock-b"
+        now = child_pids(process.pid)
+        assert len(now) == 2 and first[0] in now and first[1] not in now
+
+        # SIGTERM: every process drains and stops, then the supervisor exits 0.
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(process.wait, 30)
+        assert code == 0, log.read_text()[-3000:]
+        assert log.read_text().count("convstream stopped") == 2
+        for pid in now:
+            assert not Path(f"/proc/{pid}").exists() or "Z" in _state(pid)
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _state(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2 :].split()[0]
+    return ""
+
+
+async def test_a_port_held_by_another_program_is_said_at_once(tmp_path: Path) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with supervisor(tmp_path, "--processes=2", f"--port={port}", "--metrics-port=-1") as (
+            process,
+            log,
+        ):
+            code = await asyncio.to_thread(process.wait, 30)
+            assert code == 1
+            text = log.read_text()
+            assert f"cannot listen on 127.0.0.1:{port}" in text and "in use" in text, text
+            assert "[process" not in text  # no process was started
+
+
+async def test_a_process_that_cannot_start_stops_the_others(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    with supervisor(
+        tmp_path,
+        "--processes=2",
+        "--port=0",
+        "--metrics-port=-1",
+        "--no-cameras",
+        f"--model={broken}",
+    ) as (process, log):
+        code = await asyncio.to_thread(process.wait, 60)
+        text = log.read_text()
+        assert code == 2, text
+        assert "while starting (its lines above say why); stopping the others" in text
+        assert "model_path" in text
+        assert child_pids(process.pid) == []
+
+
+def test_health_of_every_process_is_served(tmp_path: Path) -> None:
+    """Load balancers probe the shared port; whichever process answers says SERVING."""
+    port = free_port()
+    with supervisor(
+        tmp_path, "--processes=2", f"--port={port}", "--metrics-port=-1", "--no-cameras"
+    ) as (process, log):
+        deadline = time.monotonic() + 120
+        while "with 2 processes" not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        for _ in range(6):
+            options = [("grpc.use_local_subchannel_pool", 1)]
+            with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=5
+                )
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 0
