@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from convstream.server import ConfigError, load_settings
 from convstream.server.processes import Peers
+from convstream.server.security import new_token
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
@@ -99,6 +100,13 @@ async def watch_one(port: int, camera_id: str) -> pb.FrameResult:
         call.cancel()
     assert result is not grpc.aio.EOF
     return result
+
+
+async def watch_error(port: int, camera_id: str) -> grpc.aio.AioRpcError:
+    async with connection(port) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stub.WatchCamera(pb.WatchCameraRequest(camera_id=camera_id)).read()
+    return failed.value
 
 
 def analysed(metrics_port: int) -> float:
@@ -211,7 +219,13 @@ async def test_processes_share_the_port_forward_camera_calls_restart_and_stop(
         # listed with why (the other process answers every new connection).
         os.kill(first[1], signal.SIGKILL)
         await until(lambda: "was killed by SIGKILL" in log.read_text(), 10, "noticed", log)
-        down = (await listed(port))["dock-b"]
+        # both asked at once, within the second before the restart begins
+        gone, cameras_now = await asyncio.gather(watch_error(port, "dock-b"), listed(port))
+        assert gone.code() == grpc.StatusCode.UNAVAILABLE
+        assert "server process 1 of 2, which pulls this camera, is not answering" in (
+            gone.details() or ""
+        )
+        down = cameras_now["dock-b"]
         assert "server process 1 of 2, which pulls this camera, is not answering" in (
             down.last_error
         ), down
@@ -305,3 +319,49 @@ def test_health_of_every_process_is_served(tmp_path: Path) -> None:
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 0
+
+
+async def test_tokens_are_checked_across_processes_and_sighup_reloads_them_all(
+    tmp_path: Path,
+) -> None:
+    token, digest = new_token()
+    config = tmp_path / "serve.toml"
+    head = f"""processes = 2
+metrics_port = -1
+[[tokens]]
+name = "dashboard"
+role = "watch"
+sha256 = "{digest}"
+[[cameras]]
+id = "dock-a"
+source = "demo:conveyor?fps=5"
+"""
+    config.write_text(head)
+    port = free_port()
+    bearer = (("authorization", f"Bearer {token}"),)
+    with supervisor(tmp_path, f"--config={config}", f"--port={port}") as (process, log):
+        await until(lambda: "with 2 processes" in log.read_text(), 120, "serving", log)
+        # a reload adds dock-b, which the config's order gives to process 1
+        config.write_text(head + '[[cameras]]\nid = "dock-b"\nsource = "demo:conveyor?fps=5"\n')
+        process.send_signal(signal.SIGHUP)
+        await until(lambda: "camera dock-b added" in log.read_text(), 20, "reloaded", log)
+        assert "[process 1/2] convstream.server.cameras: camera dock-b added" in log.read_text()
+        for _ in range(4):
+            async with connection(port) as stub:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await stub.ListCameras(pb.ListCamerasRequest(), timeout=5)
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                reply = await stub.ListCameras(pb.ListCamerasRequest(), metadata=bearer)
+                assert [c.id for c in reply.cameras] == ["dock-a", "dock-b"]
+                for camera_id in ("dock-a", "dock-b"):
+                    call = stub.WatchCamera(
+                        pb.WatchCameraRequest(camera_id=camera_id), metadata=bearer, timeout=20
+                    )
+                    result = await call.read()
+                    call.cancel()
+                    assert result is not grpc.aio.EOF and result.source == camera_id
+                    with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+                        await stub.WatchCamera(pb.WatchCameraRequest(camera_id=camera_id)).read()
+                    assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 30) == 0
