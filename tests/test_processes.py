@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from convstream.server import ConfigError, load_settings
-from convstream.server.processes import Peers
+from convstream.server.processes import Peers, assign
 from convstream.server.security import new_token
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
@@ -121,14 +121,31 @@ def analysed(metrics_port: int) -> float:
     )
 
 
-def test_cameras_are_shared_out_in_the_configs_order() -> None:
-    peers = Peers.parse("1:3:/run/x")
-    assert (peers.index, peers.count, peers.others()) == (1, 3, [0, 2])
-    assert peers.owners(["a", "b", "c", "d"]) == {"a": 0, "b": 1, "c": 2, "d": 0}
+def test_cameras_are_shared_out_evenly_and_keep_their_process_on_reload() -> None:
+    assert assign({}, ["a", "b", "c", "d", "e"], 3) == {"a": 0, "b": 1, "c": 2, "d": 0, "e": 1}
+    # a reload: "a" removed, "f" added; no running camera moves, the new one fills the gap
+    assert assign({"a": 0, "b": 1, "c": 2, "d": 0, "e": 1}, ["b", "c", "d", "e", "f"], 3) == {
+        "b": 1,
+        "c": 2,
+        "d": 0,
+        "e": 1,
+        "f": 0,
+    }
+    # reordered: same processes
+    assert assign({"a": 0, "b": 1}, ["b", "a"], 2) == {"b": 1, "a": 0}
+    peers = Peers.parse("1:3:4242:/run/x")
+    assert (peers.index, peers.count, peers.supervisor, peers.others()) == (1, 3, 4242, [0, 2])
     assert peers.share(16) == 5 and peers.share(2) == 1
     assert peers.address(2) == "unix:/run/x/process-2.sock"
+    peers.secret = "s3"
+    assert peers.forwarded(peers.forward_metadata([("authorization", "Bearer t"), ("x", "y")]))
+    assert peers.forward_metadata([("authorization", "Bearer t"), ("x", "y")]) == (
+        ("authorization", "Bearer t"),
+        ("convstream-forwarded", "s3"),
+    )
+    assert not peers.forwarded([("convstream-forwarded", "1")])  # a client cannot say so
     with pytest.raises(ValueError, match="not below"):
-        Peers.parse("3:3:/run/x")
+        Peers.parse("3:3:4242:/run/x")
     with pytest.raises(ConfigError, match="processes"):
         load_settings(overrides={"processes": 0})
 
@@ -240,8 +257,25 @@ async def test_processes_share_the_port_forward_camera_calls_restart_and_stop(
         now = child_pids(process.pid)
         assert len(now) == 2 and first[0] in now and first[1] not in now
 
-        # SIGTERM: every process drains and stops, then the supervisor exits 0.
-        process.send_signal(signal.SIGTERM)
+        # A client that claims its call was forwarded still gets every process's cameras.
+        async with connection(port) as stub:
+            forged = (("convstream-forwarded", "1"),)
+            reply = await stub.ListCameras(pb.ListCamerasRequest(), metadata=forged, timeout=5)
+            assert [c.id for c in reply.cameras] == list(CAMERAS)
+
+        # SIGTERM: every process drains and stops, then the supervisor exits 0; watches end
+        # with UNAVAILABLE, a forwarded one too (one of the two always is).
+        async with connection(port) as stub:
+            watches = [stub.WatchCamera(pb.WatchCameraRequest(camera_id=c)) for c in CAMERAS]
+            for call in watches:
+                assert (await call.read()) is not grpc.aio.EOF
+            process.send_signal(signal.SIGTERM)
+            for call in watches:
+                with pytest.raises(grpc.aio.AioRpcError) as ended:
+                    while await call.read() is not grpc.aio.EOF:
+                        pass
+                assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert "shutting down" in (ended.value.details() or "")
         code = await asyncio.to_thread(process.wait, 30)
         assert code == 0, log.read_text()[-3000:]
         assert log.read_text().count("convstream stopped") == 2
@@ -317,6 +351,15 @@ def test_health_of_every_process_is_served(tmp_path: Path) -> None:
                     health_pb2.HealthCheckRequest(), timeout=5
                 )
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        # a second server of several processes cannot join this one's port
+        second = subprocess.run(
+            [sys.executable, "-m", "convstream.cli", "serve", "--processes=2", f"--port={port}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 1
+        assert f"cannot listen on 127.0.0.1:{port}: the port is in use" in second.stderr
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 0
 

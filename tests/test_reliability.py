@@ -466,14 +466,15 @@ def test_the_client_keepalive_is_within_what_the_server_permits() -> None:
         client.close()
 
 
-def scaled_grpc_options(settings: Settings) -> list[tuple[str, int]]:
+def scaled_grpc_options(settings: Settings, *, share_port: bool = False) -> list[tuple[str, int]]:
     """The server's options with its ping timings 5 times shorter (min ping interval 2 s)."""
     fast = {
         "grpc.http2.min_ping_interval_without_data_ms",
         "grpc.keepalive_time_ms",
         "grpc.keepalive_timeout_ms",
     }
-    return [(k, v // 5 if k in fast else v) for k, v in grpc_options(settings)]
+    options = grpc_options(settings, share_port=share_port)
+    return [(k, v // 5 if k in fast else v) for k, v in options]
 
 
 async def test_an_idle_client_with_keepalive_keeps_its_connection(

@@ -7,12 +7,13 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from convstream.server import Settings
+    from convstream.server.processes import Peers
 
 
 def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,7 +42,7 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="server processes sharing the port and the cores (default 1; more pays where "
         "one process's Python is the limit, as on a GPU: README, 'GPU')",
     )
-    # one process of several, as the supervisor starts it (processes.py): INDEX:COUNT:FOLDER
+    # one process of several, as the supervisor starts it (processes.py)
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--model", dest="model_path", type=Path, help="an .onnx model file")
     p.add_argument("--input-sizes", nargs="+", help="model input sizes, e.g. 384x640 480x640")
@@ -93,8 +94,10 @@ def _camera_flags(values: list[str] | None) -> list[dict[str, str]] | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from convstream.server import ConfigError, load_settings, serve
+    from convstream.server import ConfigError, load_settings
 
+    if args.child:
+        return _serve_child(args.child)
     keys = (
         "host",
         "port",
@@ -120,25 +123,46 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     if args.check_config:
         return _check_config(settings)
-    from convstream.server.processes import Peers, Supervisor
-
-    peers = Peers.parse(args.child) if args.child else None
-    tag = f" [process {peers.index}/{peers.count}]" if peers else ""
     logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s{tag} %(name)s: %(message)s",
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if peers is None and settings.processes > 1:
-        return Supervisor(settings, args.argv).run()
-    from convstream.model import ModelFileError
+    if settings.processes > 1:
+        from convstream.server.processes import Supervisor
 
+        return Supervisor(settings, load).run()
+    return _run_server(settings, load, None)
+
+
+def _serve_child(child: str) -> int:
+    """One of several processes of one server, as its supervisor starts it (processes.py):
+    its settings come from the supervisor, and its log lines and errors say which it is."""
+    from convstream.server.processes import Peers
+
+    peers = Peers.attach(child)
+    try:
+        settings = peers.read()
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format=f"%(asctime)s %(levelname)s [process {peers.index}/{peers.count}] "
+            "%(name)s: %(message)s",
+        )
+        return _run_server(settings, peers.read, peers)
+    finally:
+        peers.detach()
+
+
+def _run_server(settings: Settings, load: Callable[[], Settings], peers: Peers | None) -> int:
+    from convstream.model import ModelFileError
+    from convstream.server import serve
+
+    who = "convstream serve" if peers is None else f"convstream serve [process {peers.index}]"
     try:
         asyncio.run(serve(settings, reload=load, peers=peers))
     except ModelFileError as exc:
-        print(f"convstream serve: model_path: {exc}", file=sys.stderr)
+        print(f"{who}: model_path: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"convstream serve: {exc}", file=sys.stderr)
+        print(f"{who}: {exc}", file=sys.stderr)
         return 1
     return 0
 
@@ -367,7 +391,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_commands(commands)
     add_dashboard_commands(commands)
     args, unknown = parser.parse_known_args(argv)
-    args.argv = args_given
     if unknown:  # with the command's own usage line, not the top level's
         commands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:

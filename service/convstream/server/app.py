@@ -224,9 +224,15 @@ class Server:
             try:
                 self.metrics_port = self._http.start(settings.metrics_host, metrics_port)
             except OSError as exc:
+                which = ""
+                if self.peers is not None and metrics_port > 0:
+                    which = (
+                        f" (metrics_port {settings.metrics_port} + {self.peers.index}: each of "
+                        f"the {self.peers.count} processes takes the next port)"
+                    )
                 raise OSError(
-                    f"cannot serve metrics on {address}: {exc.strerror or exc}; choose another "
-                    "port with --metrics-port (-1 turns metrics off)"
+                    f"cannot serve metrics on {address}{which}: {exc.strerror or exc}; choose "
+                    "another port with --metrics-port (-1 turns metrics off)"
                 ) from exc
         # the cameras' metric labels are theirs before any client frame can be counted
         self.metrics.set_cameras(c.id for c in settings.cameras)
@@ -282,6 +288,8 @@ class Server:
             self.servicer.draining.set()
         if self.cameras is not None:
             self.cameras.end_watchers(Draining("server is shutting down"))
+        if self.servicer is not None:
+            self.servicer.end_forwarded()
         if self.servicer is not None:
             while self.servicer.open_streams and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
@@ -385,8 +393,7 @@ class Server:
         """The cameras this process pulls: all, or its share among several processes."""
         if self.peers is None:
             return cameras
-        owners = self.peers.owners([c.id for c in cameras])
-        return tuple(c for c in cameras if owners[c.id] == self.peers.index)
+        return tuple(c for c in cameras if self.peers.owner(c.id) == self.peers.index)
 
     def _elsewhere(self, cameras: tuple[CameraConfig, ...]) -> frozenset[str]:
         """The configured cameras another process of this server pulls."""

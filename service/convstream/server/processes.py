@@ -9,8 +9,8 @@ that starts N copies of itself and restarts any that dies. Each copy
 - binds the same port with SO_REUSEPORT: the kernel spreads new connections over them, and
   every call of one connection goes to the same process;
 - runs its own model session (on a GPU, its own GPU memory) with 1/N of the cores;
-- pulls the cameras whose id hashes to it, and listens on a Unix socket in a folder only this
-  user can open, so that the others can forward the calls that name a camera it holds:
+- pulls its share of the cameras (``assign``), and listens on a Unix socket in a folder only
+  this user can open, so that the others can forward the calls that name a camera it holds:
   ListCameras asks every process, WatchCamera asks the camera's owner (and, for a published
   client stream, each process in turn until one has it).
 """
@@ -19,7 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hmac
+import json
 import logging
+import os
+import secrets
 import shutil
 import signal
 import socket
@@ -27,15 +31,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from convstream.server.config import Settings, host_port
+from convstream.server.config import ConfigError, Settings, host_port
 
 logger = logging.getLogger(__name__)
 
@@ -45,37 +49,82 @@ FORWARDED = "convstream-forwarded"
 START_TIMEOUT_S = 300.0  # for every process to load and warm its model (CUDA: a session a size)
 RESTART_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 STEADY_S = 60.0  # a process that ran this long before dying is restarted at once again
+SNAPSHOT = "settings.json"  # the settings every process runs, and who pulls which camera
+SECRET = "secret"  # marks forwarded calls: only the server's processes can read it
 
 
-@dataclass(frozen=True)
+def assign(previous: Mapping[str, int], camera_ids: Sequence[str], count: int) -> dict[str, int]:
+    """The process that pulls each camera, in the config's order: a camera keeps the process
+    it had, and each new one goes to the process with the fewest (the lowest index first), so
+    that a reload moves no running camera and the cameras stay shared out evenly."""
+    owners = {c: previous[c] for c in camera_ids if previous.get(c, count) < count}
+    held = [0] * count
+    for index in owners.values():
+        held[index] += 1
+    for camera_id in camera_ids:
+        if camera_id not in owners:
+            index = min(range(count), key=lambda i: (held[i], i))
+            owners[camera_id] = index
+            held[index] += 1
+    return {c: owners[c] for c in camera_ids}
+
+
+@dataclass
 class Peers:
-    """This process's place among the server's processes."""
+    """This process's place among the server's processes, and what the supervisor told them
+    all: the settings and which process pulls each camera (``read()``, at start and on each
+    SIGHUP)."""
 
     index: int
     count: int
     folder: Path
+    supervisor: int  # its pid
+    secret: str = ""
+    owners: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, text: str) -> Peers:
-        """From the supervisor's ``--child INDEX:COUNT:FOLDER``."""
-        index, count, folder = text.split(":", 2)
-        peers = cls(int(index), int(count), Path(folder))
+        """From the supervisor's ``--child INDEX:COUNT:SUPERVISOR_PID:FOLDER``."""
+        index, count, pid, folder = text.split(":", 3)
+        peers = cls(int(index), int(count), Path(folder), int(pid))
         if not 0 <= peers.index < peers.count:
             raise ValueError(f"--child: index {peers.index} is not below count {peers.count}")
         return peers
 
+    @classmethod
+    def attach(cls, text: str) -> Peers:
+        """This process as the supervisor started it: it stops when the supervisor dies, and
+        reads the secret that marks calls forwarded between the processes."""
+        peers = cls.parse(text)
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError, AttributeError):  # PR_SET_PDEATHSIG: SIGTERM
+                ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+        if os.getppid() != peers.supervisor:
+            raise RuntimeError("the supervisor that started this process is gone")
+        peers.secret = (peers.folder / SECRET).read_text()
+        return peers
+
     def arg(self) -> str:
-        return f"{self.index}:{self.count}:{self.folder}"
+        return f"{self.index}:{self.count}:{self.supervisor}:{self.folder}"
+
+    def read(self) -> Settings:
+        """The settings the supervisor last wrote, with who pulls which camera."""
+        snapshot = json.loads((self.folder / SNAPSHOT).read_text())
+        self.owners = {str(k): int(v) for k, v in snapshot["owners"].items()}
+        return Settings.model_validate(snapshot["settings"])
+
+    def detach(self) -> None:
+        """At exit: a process that outlived its supervisor (killed) removes the folder."""
+        if os.getppid() != self.supervisor:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def address(self, index: int) -> str:
         """Where process ``index`` takes forwarded calls."""
         return f"unix:{self.folder / f'process-{index}.sock'}"
 
-    def owners(self, camera_ids: Sequence[str]) -> dict[str, int]:
-        """The process that pulls each configured camera: in turn, in the config's order, so
-        that they are shared out evenly (a camera added at the end moves no other; one removed
-        moves those after it, which restart in their new process)."""
-        return {camera_id: k % self.count for k, camera_id in enumerate(camera_ids)}
+    def owner(self, camera_id: str) -> int | None:
+        """The process that pulls a configured camera; None for an id not configured."""
+        return self.owners.get(camera_id)
 
     def others(self) -> list[int]:
         return [i for i in range(self.count) if i != self.index]
@@ -84,22 +133,36 @@ class Peers:
         """This process's share of the cores."""
         return max(1, cores // self.count)
 
+    def forwarded(self, metadata: Any) -> bool:
+        """Whether another process of this server forwarded the call (a client cannot say
+        so: it does not know the secret)."""
+        return any(
+            key == FORWARDED and hmac.compare_digest(str(value), self.secret)
+            for key, value in metadata or ()
+        )
 
-def forwarded(metadata: Any) -> bool:
-    """Whether a call's invocation metadata says another process forwarded it."""
-    return any(key == FORWARDED for key, _ in metadata or ())
+    def forward_metadata(self, metadata: Any) -> tuple[tuple[str, str], ...]:
+        """What a forwarded call carries: the caller's token, if any, and the mark."""
+        kept = tuple((key, value) for key, value in metadata or () if key == "authorization")
+        return (*kept, (FORWARDED, self.secret))
 
 
-def forward_metadata(metadata: Any) -> tuple[tuple[str, str], ...]:
-    """The metadata a forwarded call carries: the caller's token, if any, and the mark."""
-    kept = tuple((key, value) for key, value in metadata or () if key == "authorization")
-    return (*kept, (FORWARDED, "1"))
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the child gets SIGTERM when the supervisor dies, however it dies."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def _in_use(host: str, port: int) -> bool:
+    """Whether something already accepts connections on host:port (a wildcard host: on
+    loopback). SO_REUSEPORT would let this server's processes join another server's port
+    unnoticed, so the supervisor asks first."""
+    if port == 0:
+        return False
+    target = host.strip("[]")
+    if target in ("0.0.0.0", ""):
+        target = "127.0.0.1"
+    elif target == "::":
+        target = "::1"
+    try:
+        with socket.create_connection((target, port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def _reserve(host: str, port: int) -> socket.socket:
@@ -132,37 +195,59 @@ def _ended(code: int) -> str:
 
 class Supervisor:
     """Starts ``settings.processes`` copies of ``convstream serve``, restarts any that dies,
-    forwards SIGHUP (reload) and SIGTERM/SIGINT (drain, then stop) to them."""
+    and passes SIGHUP (reload) and SIGTERM/SIGINT (drain, then stop) on to them.
 
-    def __init__(self, settings: Settings, argv: list[str]) -> None:
+    The processes run in a session of their own, so a terminal's Ctrl-C or hangup reaches
+    only the supervisor, which tells them once. They read their settings from a snapshot the
+    supervisor writes (at start and on each SIGHUP), never the config file itself, so a
+    process that restarts runs what the others run.
+    """
+
+    def __init__(self, settings: Settings, load: Callable[[], Settings]) -> None:
         self.settings = settings
-        self.argv = argv  # the serve command's own arguments, given to every process
+        self.load = load  # the settings from the config file, environment and flags, again
         self.count = settings.processes
-        self.folder = Path(tempfile.mkdtemp(prefix="convstream-"))  # mode 0700
+        self.folder = Path()
         self.children: list[subprocess.Popen[bytes] | None] = [None] * self.count
         self.started_at = [0.0] * self.count
         self.failures = [0] * self.count
+        self.serving = [False] * self.count
         self.restart_at: dict[int, float] = {}
-        self.signal: int | None = None
+        self.owners: dict[str, int] = {}
+        self.written_at = 0.0  # when the snapshot last changed
+        self.stop_signal: int | None = None
+        self.reload_asked = False
         self.port = settings.port
 
     def run(self) -> int:
         """Until SIGTERM or SIGINT; the exit status of `convstream serve`."""
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
         address = host_port(self.settings.host, self.settings.port)
+        if _in_use(self.settings.host, self.settings.port):
+            print(
+                f"convstream serve: cannot listen on {address}: the port is in use (another "
+                "convstream serve?); choose another with --port or --host",
+                file=sys.stderr,
+            )
+            return 1
         try:
-            try:
-                held = _reserve(self.settings.host, self.settings.port)
-            except OSError as exc:
-                print(
-                    f"convstream serve: cannot listen on {address}: {exc.strerror or exc}; "
-                    "choose another with --port or --host",
-                    file=sys.stderr,
-                )
-                return 1
+            held = _reserve(self.settings.host, self.settings.port)
+        except OSError as exc:
+            print(
+                f"convstream serve: cannot listen on {address}: {exc.strerror or exc}; "
+                "choose another with --port or --host",
+                file=sys.stderr,
+            )
+            return 1
+        self.folder = Path(tempfile.mkdtemp(prefix="convstream-"))  # mode 0700
+        try:
             with held:
                 self.port = int(held.getsockname()[1])
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                    signal.signal(sig, self._on_signal)
+                secret = self.folder / SECRET
+                secret.touch(mode=0o600)
+                secret.write_text(secrets.token_hex(16))
+                self._write(self.settings)
                 for index in range(self.count):
                     self._start(index)
                 failed = self._wait_started()
@@ -177,23 +262,50 @@ class Supervisor:
 
     def _on_signal(self, signum: int, frame: object) -> None:
         if signum == signal.SIGHUP:
-            for child in self.children:
-                if child is not None and child.poll() is None:
-                    child.send_signal(signal.SIGHUP)
-            logger.info("reload: asked every process to read its config again")
-        elif self.signal is None:
-            self.signal = signum
+            self.reload_asked = True
+        elif self.stop_signal is None:
+            self.stop_signal = signum
+
+    def _write(self, settings: Settings) -> None:
+        """The snapshot the processes read: the settings (the port as bound) and owners."""
+        self.owners = assign(self.owners, [c.id for c in settings.cameras], self.count)
+        self.settings = settings.model_copy(update={"port": self.port})
+        snapshot = {"settings": self.settings.model_dump(mode="json"), "owners": self.owners}
+        draft = self.folder / (SNAPSHOT + ".new")
+        draft.write_text(json.dumps(snapshot))
+        draft.replace(self.folder / SNAPSHOT)  # a process reads the old one or the new one
+        self.written_at = time.monotonic()
+
+    def _reload(self) -> None:
+        """SIGHUP: read the settings again; every serving process applies them (one that is
+        starting reads them as it starts)."""
+        self.reload_asked = False
+        try:
+            settings = self.load()
+        except (ConfigError, ValueError) as exc:
+            logger.error("reload refused, nothing changed: %s", exc)
+            return
+        if settings.processes != self.count:
+            logger.warning(
+                "reload: processes changes only on restart; still %d processes", self.count
+            )
+            settings = settings.model_copy(update={"processes": self.count})
+        self._write(settings)
+        for index, child in enumerate(self.children):
+            if child is not None and self.serving[index]:
+                child.send_signal(signal.SIGHUP)
+        logger.info("reload: settings read; every process applies them")
 
     def _start(self, index: int) -> None:
-        peers = Peers(index, self.count, self.folder)
-        command = [sys.executable, "-m", "convstream.cli", *self.argv]
-        command += ["--port", str(self.port), "--child", peers.arg()]
-        preexec = _die_with_parent if sys.platform.startswith("linux") else None
-        self.children[index] = subprocess.Popen(command, preexec_fn=preexec)
+        peers = Peers(index, self.count, self.folder, os.getpid())
+        command = [sys.executable, "-m", "convstream.cli", "serve", "--child", peers.arg()]
+        self.children[index] = subprocess.Popen(command, start_new_session=True)
         self.started_at[index] = time.monotonic()
+        self.serving[index] = False
 
-    def _serving(self, index: int) -> bool:
-        address = Peers(index, self.count, self.folder).address(index)
+    def _check(self, index: int) -> bool:
+        """Whether process ``index`` reports SERVING on its Unix socket."""
+        address = Peers(index, self.count, self.folder, 0).address(index)
         with grpc.insecure_channel(address) as channel:
             try:
                 reply = health_pb2_grpc.HealthStub(channel).Check(
@@ -203,16 +315,25 @@ class Supervisor:
                 return False
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
+    def _now_serving(self, index: int) -> None:
+        self.serving[index] = True
+        child = self.children[index]
+        if child is not None and self.written_at > self.started_at[index]:
+            child.send_signal(signal.SIGHUP)  # settings changed while it started
+
     def _wait_started(self) -> int | None:
         """None once every process serves; else the exit status to end with."""
         deadline = time.monotonic() + START_TIMEOUT_S
-        waiting = set(range(self.count))
-        while waiting:
-            if self.signal is not None:
+        while not all(self.serving):
+            if self.stop_signal is not None:
                 return 0
-            for index in sorted(waiting):
+            if self.reload_asked:
+                self._reload()
+            for index in range(self.count):
                 child = self.children[index]
                 assert child is not None
+                if self.serving[index]:
+                    continue
                 code = child.poll()
                 if code is not None:
                     logger.error(
@@ -223,12 +344,13 @@ class Supervisor:
                         _ended(code),
                     )
                     return code if code > 0 else 1
-                if self._serving(index):
-                    waiting.discard(index)
+                if self._check(index):
+                    self._now_serving(index)
             if time.monotonic() > deadline:
+                waiting = [str(i) for i in range(self.count) if not self.serving[i]]
                 logger.error(
-                    "processes %s did not start serving in %.0f s; stopping",
-                    ", ".join(map(str, sorted(waiting))),
+                    "process %s did not start serving in %.0f s; stopping",
+                    ", ".join(waiting),
                     START_TIMEOUT_S,
                 )
                 return 1
@@ -236,45 +358,38 @@ class Supervisor:
         return None
 
     def _announce(self) -> None:
-        cameras = self.settings.cameras
-        peers = Peers(0, self.count, self.folder)
-        owners = peers.owners([c.id for c in cameras])
-        where = ", ".join(f"{c} in {k}" for c, k in owners.items()) or "none"
+        where = ", ".join(f"{c} in {k}" for c, k in self.owners.items()) or "none"
+        metrics = ""
+        if self.settings.metrics_port > 0:
+            last = self.settings.metrics_port + self.count - 1
+            metrics = f"; metrics on ports {self.settings.metrics_port} to {last}"
         logger.info(
             "convstream serving on %s with %d processes (pids %s; each with 1/%d of the cores "
-            "and its own model session; cameras: %s); the kernel spreads connections over them",
+            "and its own model session; cameras: %s%s); the kernel spreads connections over "
+            "them",
             host_port(self.settings.host, self.port),
             self.count,
             ", ".join(str(c.pid) for c in self.children if c is not None),
             self.count,
             where,
+            metrics,
         )
 
     def _watch(self) -> None:
         """Restart what dies, with a backoff, until a signal says stop."""
-        while self.signal is None:
+        while self.stop_signal is None:
+            if self.reload_asked:
+                self._reload()
             now = time.monotonic()
             for index, child in enumerate(self.children):
                 if child is None or index in self.restart_at:
                     continue
                 code = child.poll()
                 if code is None:
+                    if not self.serving[index]:
+                        self._watch_start(index, child, now)
                     continue
-                ran = now - self.started_at[index]
-                self.failures[index] = 0 if ran > STEADY_S else self.failures[index] + 1
-                delay = 0.0
-                if self.failures[index]:
-                    delay = RESTART_DELAYS_S[min(self.failures[index], len(RESTART_DELAYS_S)) - 1]
-                logger.error(
-                    "process %d (pid %d) %s after %.0f s; starting it again in %.0f s (its "
-                    "streams ended; their clients reconnect)",
-                    index,
-                    child.pid,
-                    _ended(code),
-                    ran,
-                    delay,
-                )
-                self.restart_at[index] = now + delay
+                self._schedule_restart(index, child, code, now)
             for index, when in list(self.restart_at.items()):
                 if now >= when:
                     del self.restart_at[index]
@@ -282,6 +397,40 @@ class Supervisor:
             time.sleep(0.1)
         logger.info("signal received: every process drains, then stops")
         self._stop_all()
+
+    def _watch_start(self, index: int, child: subprocess.Popen[bytes], now: float) -> None:
+        """A restarted process: serving yet, or stuck?"""
+        if self._check(index):
+            self._now_serving(index)
+            logger.info("process %d (pid %d) is serving again", index, child.pid)
+        elif now - self.started_at[index] > START_TIMEOUT_S:
+            logger.error(
+                "process %d (pid %d) did not start serving in %.0f s; killing it",
+                index,
+                child.pid,
+                START_TIMEOUT_S,
+            )
+            child.kill()
+
+    def _schedule_restart(
+        self, index: int, child: subprocess.Popen[bytes], code: int, now: float
+    ) -> None:
+        ran = now - self.started_at[index]
+        self.serving[index] = False
+        self.failures[index] = 0 if ran > STEADY_S else self.failures[index] + 1
+        delay = 0.0
+        if self.failures[index]:
+            delay = RESTART_DELAYS_S[min(self.failures[index], len(RESTART_DELAYS_S)) - 1]
+        logger.error(
+            "process %d (pid %d) %s after %.0f s; starting it again in %.0f s (its streams "
+            "ended; their clients reconnect)",
+            index,
+            child.pid,
+            _ended(code),
+            ran,
+            delay,
+        )
+        self.restart_at[index] = now + delay
 
     def _stop_all(self) -> None:
         running = [c for c in self.children if c is not None and c.poll() is None]

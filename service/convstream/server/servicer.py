@@ -16,7 +16,7 @@ from convstream.server.errors import ConvstreamError, Draining, IdleTimeout, Not
 from convstream.server.feeds import FeedFinished
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Options, Pipeline
-from convstream.server.processes import Peers, forward_metadata, forwarded
+from convstream.server.processes import Peers
 from convstream.server.streams import ByteBudget, FrameBudget, StreamSession
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
@@ -45,6 +45,9 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         self.cameras = cameras
         self.peers = peers
         self._channels: dict[int, grpc.aio.Channel] = {}
+        # WatchCamera calls forwarded to another process, open now; and those ended by a drain
+        self._forwarded: set[grpc.aio.UnaryStreamCall] = set()
+        self._ended: set[grpc.aio.UnaryStreamCall] = set()
         self.pipeline = pipeline
         self.metrics = metrics
         self.model_info = model_info
@@ -153,8 +156,8 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
     ) -> pb.ListCamerasResponse:
         statuses = self.cameras.statuses()
         metadata = context.invocation_metadata()
-        if self.peers is not None and not forwarded(metadata):
-            statuses += await self._list_elsewhere(request, forward_metadata(metadata))
+        if self.peers is not None and not self.peers.forwarded(metadata):
+            statuses += await self._list_elsewhere(request, self.peers.forward_metadata(metadata))
         order = {c.id: k for k, c in enumerate(self.settings.cameras)}
         statuses.sort(key=lambda s: (order.get(s.id, len(order)), s.id))
         return pb.ListCamerasResponse(cameras=statuses)
@@ -166,7 +169,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         if (
             self.peers is not None
             and not self.draining.is_set()
-            and not forwarded(metadata)
+            and not self.peers.forwarded(metadata)
             and not self.cameras.holds(request.camera_id)
             and re.fullmatch(CAMERA_ID, request.camera_id)
         ):
@@ -245,7 +248,6 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         others = self.peers.others()
         answers = await asyncio.gather(*(ask(i) for i in others))
         statuses: list[pb.CameraStatus] = []
-        owners = self.peers.owners([c.id for c in self.settings.cameras])
         for index, answer in zip(others, answers, strict=True):
             if answer is not None:
                 statuses += answer.cameras
@@ -253,7 +255,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             statuses += [
                 pb.CameraStatus(id=c.id, last_error=self._not_answering(index))
                 for c in self.settings.cameras
-                if owners[c.id] == index
+                if self.peers.owner(c.id) == index
             ]
         return statuses
 
@@ -266,35 +268,62 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         assert self.peers is not None
         camera_id = request.camera_id
         configured = [c.id for c in self.settings.cameras]
-        if camera_id in configured:
-            candidates = [self.peers.owners(configured)[camera_id]]
-        else:
-            candidates = self.peers.others()
-        metadata = forward_metadata(context.invocation_metadata())
+        owner = self.peers.owner(camera_id)
+        candidates = self.peers.others() if owner is None else [owner]
+        metadata = self.peers.forward_metadata(context.invocation_metadata())
         for index in candidates:
             stub = await self._peer(index, PEER_CONNECT_S)
             if stub is None:
-                if camera_id not in configured:
-                    continue  # a process restarting holds no published stream
-                await context.abort(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"camera {camera_id!r}: {self._not_answering(index)}; retry in a few seconds",
-                )
+                if owner is not None:
+                    await context.abort(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"camera {camera_id!r}: {self._not_answering(index)}; retry in a few "
+                        "seconds",
+                    )
+                continue  # a process restarting holds no published stream
             call = stub.WatchCamera(request, metadata=metadata)
+            self._forwarded.add(call)
             try:
                 # read() throughout: grpc refuses read() and iteration mixed on one call
                 while (result := await call.read()) is not grpc.aio.EOF:
                     yield result
                 return
+            except asyncio.CancelledError:
+                if call not in self._ended:
+                    raise  # the caller left
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE, "server is shutting down; watch it again"
+                )
             except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.NOT_FOUND and camera_id not in configured:
+                if exc.code() == grpc.StatusCode.NOT_FOUND and owner is None:
                     continue  # not published there: ask the next one
+                channel = self._channels.get(index)
+                if (
+                    exc.code() == grpc.StatusCode.UNAVAILABLE
+                    and owner is not None
+                    and channel is not None
+                    and channel.get_state() != grpc.ChannelConnectivity.READY
+                ):  # the process went away, not the camera
+                    await context.abort(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"camera {camera_id!r}: {self._not_answering(index)}; watch it again "
+                        "in a few seconds",
+                    )
                 await context.abort(exc.code(), exc.details() or "")
             finally:
                 call.cancel()
+                self._forwarded.discard(call)
+                self._ended.discard(call)
         known = ", ".join(configured) or "none configured"
         error = NotFound(f"no camera {camera_id!r}; cameras: {known} (and no published stream)")
         await context.abort(error.code, str(error))
+
+    def end_forwarded(self) -> None:
+        """Draining: end the WatchCamera calls forwarded to other processes, with UNAVAILABLE,
+        as this process's own watchers end."""
+        self._ended.update(self._forwarded)
+        for call in list(self._forwarded):
+            call.cancel()
 
     async def close(self) -> None:
         """Close the channels to the other processes."""
