@@ -247,6 +247,12 @@ class Server:
             count = len(settings.tokens)
             security += f", {count} token{'s' if count != 1 else ''}"
         _warn_if_exposed(settings, tls=credentials is not None)
+        if model.provider == CUDA and self.peers is None:
+            logger.info(
+                "one server process feeds a GPU only as fast as its Python allows (on an H200 "
+                "about a third of what the GPU takes): --processes 4 served 2-3 times as many "
+                "frames there, over several connections (README, 'Several processes')"
+            )
         logger.info(
             "convstream %s serving on %s (%s; model %s, sha256 %s..., threshold %.3f%s, "
             "provider %s; "
