@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -232,7 +233,7 @@ async def test_a_gpu_wheel_without_a_working_gpu_runs_the_cpu_plan(
 
 
 async def test_the_gpu_plan_pads_every_run_and_gives_each_size_its_session(
-    monkeypatch: pytest.MonkeyPatch, burst: list[bytes]
+    monkeypatch: pytest.MonkeyPatch, burst: list[bytes], caplog: pytest.LogCaptureFixture
 ) -> None:
     # The GPU plan's wiring, played on the CPU: only the provider's name is pretended (no
     # CUDA device can exist here). The engine must get a model that pads every run to
@@ -257,8 +258,11 @@ async def test_the_gpu_plan_pads_every_run_and_gives_each_size_its_session(
         pixels = letterbox(image, target, (w, h))[0]
         expected.append(float(plain.run(pixels[None], ["score"])["score"][0]))
     server = Server(settings)
+    caplog.set_level(logging.INFO, logger="convstream.server.app")
     await server.start()
     try:
+        # one process on a GPU: the log names the setting that serves more
+        assert "--processes 4 served 2-3 times as many frames" in caplog.text
         assert server._engine is not None
         model = server._engine.model
         assert (model.fixed_batch, server._engine.workers) == (4, 1)
