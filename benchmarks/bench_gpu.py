@@ -296,22 +296,25 @@ def provider_of(port: int) -> str:
 
 
 def server_pids(port: int) -> list[int]:
-    """The `convstream serve` processes listening on port (Linux: read from /proc): the one,
-    or with `processes`, those its supervisor started."""
-    found: dict[int, bool] = {}
+    """The `convstream serve` process listening on port (Linux: read from /proc), or with
+    `processes`, the processes its supervisor started."""
+    parents: dict[int, int] = {}
+    found = None
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/cmdline", "rb") as f:
                     words = f.read().split(b"\0")
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
             except OSError:
                 continue
+            parents[int(entry)] = int(stat[stat.rindex(")") + 2 :].split()[1])
             if any(b"convstream.cli" in w for w in words) and str(port).encode() in words:
-                found[int(entry)] = b"--child" in words
-    if not found:
+                found = int(entry)
+    if found is None:
         raise RuntimeError(f"no convstream server found on port {port}")
-    children = sorted(pid for pid, child in found.items() if child)
-    return children or sorted(found)
+    return sorted(pid for pid, parent in parents.items() if parent == found) or [found]
 
 
 def gpu_memory_mib(pids: list[int]) -> str:
