@@ -408,3 +408,29 @@ source = "demo:conveyor?fps=5"
                     assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
         process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(process.wait, 30) == 0
+
+
+def test_check_config_says_which_process_pulls_each_camera() -> None:
+    checked = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "convstream.cli",
+            "serve",
+            "--processes=2",
+            "--metrics-port=9500",
+            "--check-config",
+            "--camera=dock-a=demo:conveyor",
+            "--camera=dock-b=demo:conveyor",
+            "--camera=dock-c=demo:conveyor",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert checked.returncode == 0, checked.stderr
+    out = checked.stdout
+    assert "processes    2, sharing the port and the cores" in out
+    assert "metrics      127.0.0.1:9500 to 9501, one per process" in out
+    for camera_id, index in (("dock-a", 0), ("dock-b", 1), ("dock-c", 0)):
+        assert f"camera       {camera_id} (demo, process {index}):" in out, out

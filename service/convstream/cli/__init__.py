@@ -173,6 +173,7 @@ def _check_config(settings: Settings) -> int:
     from convstream.model.runtime import CUDA
     from convstream.server.app import exposure_warning
     from convstream.server.config import host_port
+    from convstream.server.processes import assign
     from convstream.server.sources import parse_source
 
     try:
@@ -191,11 +192,15 @@ def _check_config(settings: Settings) -> int:
         if settings.processes > 1 and settings.metrics_port > 0:
             metrics += f" to {settings.metrics_port + settings.processes - 1}, one per process"
     cameras, warnings = [], []
+    owners = assign({}, [c.id for c in settings.cameras], settings.processes)
     for camera in settings.cameras:
         spec = parse_source(camera.source)
         cap = f", at most {camera.fps:g} frames/s" if camera.fps else ""
         looped = ", looped" if spec.kind == "file" and camera.loop else ""
-        cameras.append(f"  camera       {camera.id} ({spec.kind}{cap}{looped}): {spec.describe()}")
+        where = f", process {owners[camera.id]}" if settings.processes > 1 else ""
+        cameras.append(
+            f"  camera       {camera.id} ({spec.kind}{cap}{looped}{where}): {spec.describe()}"
+        )
         if spec.kind == "file" and not Path(spec.target).is_file():
             warnings.append(
                 f"camera {camera.id}: no video file at {spec.target} (as this user sees it): "
