@@ -148,6 +148,8 @@ def test_cameras_are_shared_out_evenly_and_keep_their_process_on_reload() -> Non
         Peers.parse("3:3:4242:/run/x")
     with pytest.raises(ConfigError, match="processes"):
         load_settings(overrides={"processes": 0})
+    with pytest.raises(ConfigError, match="needs ports up to 65537, past 65535"):
+        load_settings(overrides={"processes": 4, "metrics_port": 65534})
 
 
 async def test_processes_share_the_port_forward_camera_calls_restart_and_stop(
@@ -384,11 +386,16 @@ source = "demo:conveyor?fps=5"
     bearer = (("authorization", f"Bearer {token}"),)
     with supervisor(tmp_path, f"--config={config}", f"--port={port}") as (process, log):
         await until(lambda: "with 2 processes" in log.read_text(), 120, "serving", log)
-        # a reload adds dock-b, which the config's order gives to process 1
-        config.write_text(head + '[[cameras]]\nid = "dock-b"\nsource = "demo:conveyor?fps=5"\n')
+        # a reload adds dock-b, which goes to process 1 (it has none); max_streams changes
+        # only on restart, which the supervisor says once, and no process takes it up
+        camera_b = '[[cameras]]\nid = "dock-b"\nsource = "demo:conveyor?fps=5"\n'
+        config.write_text("max_streams = 1\n" + head + camera_b)
         process.send_signal(signal.SIGHUP)
         await until(lambda: "camera dock-b added" in log.read_text(), 20, "reloaded", log)
-        assert "[process 1/2] convstream.server.cameras: camera dock-b added" in log.read_text()
+        text = log.read_text()
+        assert "[process 1/2] convstream.server.cameras: camera dock-b added" in text
+        assert text.count("change only on restart") == 1
+        assert "convstream.server.processes: reload: max_streams change only on restart" in text
         for _ in range(4):
             async with connection(port) as stub:
                 with pytest.raises(grpc.aio.AioRpcError) as refused:

@@ -136,11 +136,16 @@ def _serve(args: argparse.Namespace) -> int:
 def _serve_child(child: str) -> int:
     """One of several processes of one server, as its supervisor starts it (processes.py):
     its settings come from the supervisor, and its log lines and errors say which it is."""
+    from convstream.server import ConfigError
     from convstream.server.processes import Peers
 
     peers = Peers.attach(child)
     try:
-        settings = peers.read()
+        try:
+            settings = peers.read()
+        except ConfigError as exc:
+            print(f"convstream serve [process {peers.index}]: {exc}", file=sys.stderr)
+            return 2
         logging.basicConfig(
             level=settings.log_level.upper(),
             format=f"%(asctime)s %(levelname)s [process {peers.index}/{peers.count}] "

@@ -324,6 +324,17 @@ class Settings(BaseModel):
     )
 
     @model_validator(mode="after")
+    def _check_metrics_ports(self) -> Settings:
+        last = self.metrics_port + self.processes - 1
+        if self.metrics_port > 0 and last > 65535:
+            raise ValueError(
+                f"metrics_port {self.metrics_port} with {self.processes} processes needs ports "
+                f"up to {last}, past 65535 (each process takes the next port); choose a lower "
+                "metrics_port"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_tls(self) -> Settings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: set both for TLS, or neither")

@@ -48,8 +48,13 @@ logger = logging.getLogger(__name__)
 FORWARDED = "convstream-forwarded"
 START_TIMEOUT_S = 300.0  # for every process to load and warm its model (CUDA: a session a size)
 RESTART_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
-STEADY_S = 60.0  # a process that ran this long before dying is restarted at once again
+STEADY_S = 60.0  # a process that served this long before dying is restarted at once
 SNAPSHOT = "settings.json"  # the settings every process runs, and who pulls which camera
+# What a reload changes in running processes (Server.reload); every other setting is kept as
+# the server started with it, in the processes that restart too.
+RELOADED = ("cameras", "tokens", "threshold", "tls_cert", "tls_key", "tls_client_ca")
+HEALTH_EVERY_S = 5.0  # how often the supervisor asks each serving process whether it serves
+STUCK_S = 30.0  # a serving process that has not answered for this long is killed (restarted)
 SECRET = "secret"  # marks forwarded calls: only the server's processes can read it
 
 
@@ -100,7 +105,11 @@ class Peers:
             with contextlib.suppress(OSError, AttributeError):  # PR_SET_PDEATHSIG: SIGTERM
                 ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
         if os.getppid() != peers.supervisor:
-            raise RuntimeError("the supervisor that started this process is gone")
+            shutil.rmtree(peers.folder, ignore_errors=True)
+            raise SystemExit("convstream serve: the supervisor that started this process is gone")
+        # Until the server's own handlers take over, SIGTERM (the supervisor stopping, or dead)
+        # ends the process through its exit path, which removes the folder if it must.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
         peers.secret = (peers.folder / SECRET).read_text()
         return peers
 
@@ -108,10 +117,16 @@ class Peers:
         return f"{self.index}:{self.count}:{self.supervisor}:{self.folder}"
 
     def read(self) -> Settings:
-        """The settings the supervisor last wrote, with who pulls which camera."""
-        snapshot = json.loads((self.folder / SNAPSHOT).read_text())
-        self.owners = {str(k): int(v) for k, v in snapshot["owners"].items()}
-        return Settings.model_validate(snapshot["settings"])
+        """The settings the supervisor last wrote, with who pulls which camera; ConfigError
+        (and nothing changed) if they cannot be read."""
+        try:
+            snapshot = json.loads((self.folder / SNAPSHOT).read_text())
+            settings = Settings.model_validate(snapshot["settings"])
+            owners = {str(k): int(v) for k, v in snapshot["owners"].items()}
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # ValidationError too
+            raise ConfigError(f"the supervisor's settings could not be read: {exc}") from exc
+        self.owners = owners
+        return settings
 
     def detach(self) -> None:
         """At exit: a process that outlived its supervisor (killed) removes the folder."""
@@ -212,6 +227,8 @@ class Supervisor:
         self.started_at = [0.0] * self.count
         self.failures = [0] * self.count
         self.serving = [False] * self.count
+        self.serving_since = [0.0] * self.count
+        self.answered_at = [0.0] * self.count  # its last good health check
         self.restart_at: dict[int, float] = {}
         self.owners: dict[str, int] = {}
         self.written_at = 0.0  # when the snapshot last changed
@@ -277,20 +294,27 @@ class Supervisor:
         self.written_at = time.monotonic()
 
     def _reload(self) -> None:
-        """SIGHUP: read the settings again; every serving process applies them (one that is
-        starting reads them as it starts)."""
+        """SIGHUP: read the settings again; every serving process applies what a reload
+        changes (one that is starting reads it as it starts)."""
         self.reload_asked = False
         try:
-            settings = self.load()
+            loaded = self.load()
         except (ConfigError, ValueError) as exc:
             logger.error("reload refused, nothing changed: %s", exc)
             return
-        if settings.processes != self.count:
+        changed = [
+            name
+            for name in Settings.model_fields
+            if name not in (*RELOADED, "port")
+            and getattr(loaded, name) != getattr(self.settings, name)
+        ]
+        if changed:
             logger.warning(
-                "reload: processes changes only on restart; still %d processes", self.count
+                "reload: %s change only on restart; kept as they were", ", ".join(changed)
             )
-            settings = settings.model_copy(update={"processes": self.count})
-        self._write(settings)
+        self._write(
+            self.settings.model_copy(update={name: getattr(loaded, name) for name in RELOADED})
+        )
         for index, child in enumerate(self.children):
             if child is not None and self.serving[index]:
                 child.send_signal(signal.SIGHUP)
@@ -317,6 +341,7 @@ class Supervisor:
 
     def _now_serving(self, index: int) -> None:
         self.serving[index] = True
+        self.serving_since[index] = self.answered_at[index] = time.monotonic()
         child = self.children[index]
         if child is not None and self.written_at > self.started_at[index]:
             child.send_signal(signal.SIGHUP)  # settings changed while it started
@@ -326,6 +351,7 @@ class Supervisor:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not all(self.serving):
             if self.stop_signal is not None:
+                logger.info("signal received while starting: stopping every process")
                 return 0
             if self.reload_asked:
                 self._reload()
@@ -388,6 +414,8 @@ class Supervisor:
                 if code is None:
                     if not self.serving[index]:
                         self._watch_start(index, child, now)
+                    elif now - self.answered_at[index] > HEALTH_EVERY_S:
+                        self._watch_health(index, child, now)
                     continue
                 self._schedule_restart(index, child, code, now)
             for index, when in list(self.restart_at.items()):
@@ -412,12 +440,29 @@ class Supervisor:
             )
             child.kill()
 
+    def _watch_health(self, index: int, child: subprocess.Popen[bytes], now: float) -> None:
+        """A serving process that stops answering its health check (wedged, or stopped)
+        is killed, and so restarted."""
+        if self._check(index):
+            self.answered_at[index] = time.monotonic()
+        elif now - self.answered_at[index] > STUCK_S:
+            logger.error(
+                "process %d (pid %d) has not answered for %.0f s; killing it",
+                index,
+                child.pid,
+                now - self.answered_at[index],
+            )
+            child.kill()
+
     def _schedule_restart(
         self, index: int, child: subprocess.Popen[bytes], code: int, now: float
     ) -> None:
         ran = now - self.started_at[index]
+        served = now - self.serving_since[index] if self.serving[index] else 0.0
         self.serving[index] = False
-        self.failures[index] = 0 if ran > STEADY_S else self.failures[index] + 1
+        # back off unless it had served a while: a process that never starts is no reason
+        # to try again at once
+        self.failures[index] = 0 if served > STEADY_S else self.failures[index] + 1
         delay = 0.0
         if self.failures[index]:
             delay = RESTART_DELAYS_S[min(self.failures[index], len(RESTART_DELAYS_S)) - 1]

@@ -204,6 +204,11 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
                     # a process that restarts is back within seconds: look again soon
                     ("grpc.initial_reconnect_backoff_ms", 100),
                     ("grpc.max_reconnect_backoff_ms", 1000),
+                    # and one that hangs (stopped, wedged) fails its forwarded watches within
+                    # 30 s, instead of leaving them waiting; the server allows a ping each 10 s
+                    ("grpc.keepalive_time_ms", 20_000),
+                    ("grpc.keepalive_timeout_ms", 10_000),
+                    ("grpc.keepalive_permit_without_calls", 0),
                 ],
             )
         channel = self._channels[index]
