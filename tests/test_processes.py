@@ -22,6 +22,7 @@ from conftest import jpeg, scene
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from convstream.client import Client, Frame
 from convstream.server import ConfigError, load_settings
 from convstream.server.processes import Peers, assign
 from convstream.server.security import new_token
@@ -109,15 +110,15 @@ async def watch_error(port: int, camera_id: str) -> grpc.aio.AioRpcError:
     return failed.value
 
 
-def analysed(metrics_port: int) -> float:
-    """Frames sent as "probe" that the process behind metrics_port answered."""
+def analysed(metrics_port: int, source: str = "probe") -> float:
+    """Frames sent as ``source`` that the process behind metrics_port answered."""
     text = urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
     return sum(
         s.value
         for family in text_string_to_metric_families(text)
         if family.name == "convstream_frames"
         for s in family.samples
-        if s.name == "convstream_frames_total" and s.labels["source"] == "probe"
+        if s.name == "convstream_frames_total" and s.labels["source"] == source
     )
 
 
@@ -192,6 +193,18 @@ async def test_processes_share_the_port_forward_camera_calls_restart_and_stop(
                 )
                 assert reply.status.code == 0 and reply.frame_id == k
         counts = [analysed(metrics), analysed(metrics + 1)]
+        assert sum(counts) == 12 and min(counts) > 0, counts
+        # and so do our own clients, one per camera, all in this one program: each has a
+        # connection of its own
+        clients = [Client(f"127.0.0.1:{port}") for _ in range(12)]
+        try:
+            for client in clients:
+                result = await asyncio.to_thread(client.analyze, Frame(data, source="cam"))
+                assert result.score >= 0.0
+        finally:
+            for client in clients:
+                client.close()
+        counts = [analysed(metrics, "cam"), analysed(metrics + 1, "cam")]
         assert sum(counts) == 12 and min(counts) > 0, counts
 
         # A configured camera's id is not free to publish under, whichever process the

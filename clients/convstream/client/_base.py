@@ -119,6 +119,10 @@ class BaseClient:
             # default): a raw 720p frame would never be retried.
             ("grpc.per_rpc_retry_buffer_size", limit),
             ("grpc.primary_user_agent", f"convstream-python/{client_version()}"),
+            # A connection of its own, not one shared with every channel to the same address
+            # in this process: a server of several processes (`processes`) gets each
+            # connection in one of them, so one client per camera spreads over them all.
+            ("grpc.use_local_subchannel_pool", 1),
         ]
         if cameras and self.limits.fresh_watch:
             # The window then stays at its initial 64 KiB instead of growing to megabytes,
