@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from convstream.client import Client, Frame
-from convstream.server import ConfigError, load_settings
+from convstream.server import ConfigError, load_settings, processes
 from convstream.server.processes import Peers, assign
 from convstream.server.security import new_token
 from convstream.v1 import convstream_pb2 as pb
@@ -428,6 +428,15 @@ source = "demo:conveyor?fps=5"
                     assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
         process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(process.wait, 30) == 0
+
+
+def test_several_processes_need_linux(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(processes.sys, "platform", "darwin")
+    settings = load_settings(overrides={"processes": 2, "cameras": []})
+    assert processes.Supervisor(settings, lambda: settings).run() == 2
+    assert "processes = 2 needs Linux" in capsys.readouterr().err
 
 
 def test_check_config_says_which_process_pulls_each_camera() -> None:

@@ -238,6 +238,15 @@ class Supervisor:
 
     def run(self) -> int:
         """Until SIGTERM or SIGINT; the exit status of `convstream serve`."""
+        if not sys.platform.startswith("linux"):
+            # elsewhere SO_REUSEPORT does not spread connections (macOS hands them all to
+            # one socket) or does not exist (Windows)
+            print(
+                f"convstream serve: processes = {self.count} needs Linux, whose kernel spreads "
+                f"connections over the processes; this is {sys.platform}: run one process",
+                file=sys.stderr,
+            )
+            return 2
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         address = host_port(self.settings.host, self.settings.port)
