@@ -7,8 +7,12 @@ import datetime as dt
 import hashlib
 import ipaddress
 import logging
+import signal
 import socket
 import ssl
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.request import urlopen
@@ -615,3 +619,52 @@ async def test_the_dashboard_says_whether_its_token_is_missing_or_wrong(
             assert says in dash.hub.server["hint"], dash.hub.server
         finally:
             await dash.stop()
+
+
+async def test_mutual_tls_with_several_processes(pki: Path, tmp_path: Path) -> None:
+    """`processes = 2` behind mutual TLS: every connection is checked where it lands, and a
+    camera in the other process is watched through it (forwarded inside the server)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "serve.toml"
+    config.write_text(
+        f'processes = 2\nport = {port}\nmetrics_port = -1\ntls_cert = "{pki / "server.crt"}"\n'
+        f'tls_key = "{pki / "server.key"}"\ntls_client_ca = "{pki / "ca.crt"}"\n'
+        '[[cameras]]\nid = "dock-a"\nsource = "demo:conveyor?fps=5"\n'
+        '[[cameras]]\nid = "dock-b"\nsource = "demo:conveyor?fps=5"\n'
+    )
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "convstream.cli", "serve", f"--config={config}"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "with 2 processes" not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            await asyncio.sleep(0.1)
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        for _ in range(4):  # separate connections, landing in either process
+            address = f"127.0.0.1:{port}"
+            async with grpc.aio.secure_channel(address, _ssl(pki, "client"), options) as channel:
+                stub = pb_grpc.ConvstreamStub(channel)
+                for camera_id in ("dock-a", "dock-b"):
+                    call = stub.WatchCamera(pb.WatchCameraRequest(camera_id=camera_id), timeout=20)
+                    result = await call.read()
+                    call.cancel()
+                    assert result is not grpc.aio.EOF and result.source == camera_id
+            async with grpc.aio.secure_channel(address, _ssl(pki), options) as no_cert:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await pb_grpc.ConvstreamStub(no_cert).ListCameras(
+                        pb.ListCamerasRequest(), timeout=5
+                    )
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # the handshake
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
