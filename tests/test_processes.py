@@ -63,7 +63,17 @@ def supervisor(tmp_path: Path, *flags: str) -> Iterator[tuple[subprocess.Popen[b
     try:
         yield process, log
     finally:
-        if process.poll() is None:
+        stop(process)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """A supervisor still running after its test: SIGTERM first, so that it stops its
+    processes and removes its folder; killed, with them, only if that does not do."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
             for pid in child_pids(process.pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)

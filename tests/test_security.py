@@ -666,5 +666,9 @@ async def test_mutual_tls_with_several_processes(pki: Path, tmp_path: Path) -> N
         assert await asyncio.to_thread(process.wait, 30) == 0
     finally:
         if process.poll() is None:
-            process.kill()
-            process.wait()
+            process.terminate()  # its processes stop with it, and its folder goes
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()  # its processes get SIGTERM from the kernel (PDEATHSIG)
+                process.wait()
