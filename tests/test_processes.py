@@ -20,6 +20,7 @@ import grpc
 import pytest
 from conftest import jpeg, scene
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from live import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from convstream.client import Client, Frame
@@ -30,12 +31,6 @@ from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
 CAMERAS = ("dock-a", "dock-b")  # in the config's order: dock-a in process 0, dock-b in 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def child_pids(parent: int) -> list[int]:

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
+from live import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from convstream.cli import main as cli_main
@@ -624,9 +625,7 @@ async def test_the_dashboard_says_whether_its_token_is_missing_or_wrong(
 async def test_mutual_tls_with_several_processes(pki: Path, tmp_path: Path) -> None:
     """`processes = 2` behind mutual TLS: every connection is checked where it lands, and a
     camera in the other process is watched through it (forwarded inside the server)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     config = tmp_path / "serve.toml"
     config.write_text(
         f'processes = 2\nport = {port}\nmetrics_port = -1\ntls_cert = "{pki / "server.crt"}"\n'
