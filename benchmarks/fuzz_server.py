@@ -277,7 +277,7 @@ class Run:
             i = ids[got] if got < len(ids) else None
             got += 1
             self.waiting[k] = ids[got] if got < len(ids) else -1
-            if result.frame_id != i:
+            if i is None or result.frame_id != i:
                 self.failures.append(f"frame {i}: got the result of frame {result.frame_id}")
                 continue
             kind = self.frames[i][0]

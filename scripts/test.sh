@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install convstream, its test tools and the system packages the camera tests need, then
 # run every check CI runs:
-# lint, format, and the whole pytest suite against the installed (non-editable) package.
+# lint, format, types, and the whole pytest suite against the installed (non-editable) package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/system-deps.sh  # GStreamer's RTSP server for the live-camera tests
@@ -12,4 +12,5 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall .
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/mypy service clients models benchmarks  # the tests' own types are not checked
 exec .venv/bin/python -m pytest "$@"

@@ -94,7 +94,10 @@ def main() -> None:
     def decode(row: np.ndarray) -> np.ndarray:
         data = np.frombuffer(row[0], np.uint8)
         flag = reduced_flag(data) if args.reduced_decode else cv2.IMREAD_COLOR
-        return letterbox(cv2.imdecode(data, flag))
+        image = cv2.imdecode(data, flag)
+        if image is None:
+            raise ValueError(f"not a decodable image ({len(data)} bytes)")
+        return letterbox(image)
 
     def instance() -> object:
         options = ort.SessionOptions()

@@ -126,8 +126,9 @@ def evaluate(
 def _jpeg(quality: int) -> Callable[[Scene], Scene]:
     def apply(scene: Scene) -> Scene:
         ok, data = cv2.imencode(".jpg", scene.image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        assert ok
-        return replace(scene, image=cv2.imdecode(data, cv2.IMREAD_COLOR))
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        assert ok and image is not None
+        return replace(scene, image=image)
 
     return apply
 

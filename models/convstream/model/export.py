@@ -44,7 +44,7 @@ def export_onnx(net: DamageNet, path: Path, *, threshold: float) -> None:
         torch.onnx.export(
             wrapper,
             (example,),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # a file object works; the stub says a path
             input_names=[INPUT_NAME],
             output_names=list(OUTPUT_NAMES),
             dynamic_axes=axes,

@@ -56,6 +56,9 @@ class DamageNet(nn.Module):
     have shape (N, 1, ceil(H/8), ceil(W/8)).
     """
 
+    scale: torch.Tensor  # buffers, registered below
+    shift: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         scale = torch.tensor([1.0 / s for s in _STD_BGR]).view(1, 3, 1, 1)

@@ -180,8 +180,8 @@ def crop_labels(masks: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.n
     """Image-level label and weight per crop: damaged if some cell is a positive target,
     intact if no damaged pixel at all; a crop that cut the damage down to a sliver at its edge
     (damaged pixels but no positive cell) is left out, not forced to be called damaged."""
-    positive = target.reshape(len(target), -1).any(axis=1)
-    touched = masks.reshape(len(masks), -1).any(axis=1)
+    positive = np.asarray(target.reshape(len(target), -1).any(axis=1))
+    touched = np.asarray(masks.reshape(len(masks), -1).any(axis=1))
     return positive.astype(np.float32), (positive | ~touched).astype(np.float32)
 
 

@@ -104,7 +104,7 @@ class Camera:
         self.config = config
         self.spec: SourceSpec = parse_source(config.source)
         self.on_frame: Callable[[], None] = lambda: None
-        self.state = pb.CAMERA_STATE_CONNECTING
+        self.state: int = pb.CAMERA_STATE_CONNECTING
         self.state_since = time.time()
         self.last_error = ""
         self.last_error_at = 0.0  # time.time() of last_error; 0.0: none yet

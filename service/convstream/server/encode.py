@@ -77,4 +77,5 @@ def fill_tensor(
 
 def bytes_per_element(encoding: int) -> int:
     """Wire bytes per value for a TensorEncoding."""
-    return {FLOAT32: 4, UINT8: 1}.get(encoding, 2)
+    sizes: dict[int, int] = {FLOAT32: 4, UINT8: 1}
+    return sizes.get(encoding, 2)

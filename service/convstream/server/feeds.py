@@ -275,7 +275,11 @@ class CameraFeed(Publisher):
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.camera.on_frame = lambda: loop.call_soon_threadsafe(self._wake.set)
+
+        def wake() -> None:  # on the camera's reader thread
+            loop.call_soon_threadsafe(self._wake.set)
+
+        self.camera.on_frame = wake
         self.camera.start()
         self._task = asyncio.create_task(self._run(), name=f"feed-{self.camera.config.id}")
 

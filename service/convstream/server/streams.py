@@ -417,8 +417,8 @@ class StreamSession:
                 self._held_bytes = 0
             if self.publication is not None and self.registry is not None:
                 self.registry.unpublish(self.publication)
-            for task in tasks:
-                task.cancel()
+            for helper in tasks:
+                helper.cancel()
             while not self._out.empty():
                 leftover = self._out.get_nowait()
                 if leftover is not None:
