@@ -625,6 +625,62 @@ def test_a_new_watcher_gets_no_opening_burst() -> None:
     assert gaps.min() >= 1 / 3 - 1e-9, gaps
 
 
+async def test_watchers_get_the_maps_they_ask_for_and_a_too_large_result_is_theirs_alone() -> None:
+    """A published stream computes the maps its watchers want beside its own; a watcher whose
+    result would pass the message limit gets RESOURCE_EXHAUSTED for each frame, and neither the
+    publisher nor the other watchers notice. The same for a camera's watchers."""
+    exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    # stage1 of a 384x640 input in float32 is 3.9 MB: over a 3 MiB limit
+    too_much = pb.ResultOptions(
+        feature_maps=["stage1"], encoding=pb.TENSOR_ENCODING_FLOAT32, include_frame=True
+    )
+    limit = 3 << 20
+    frames = [jpeg(scene(40 + i, 720, 1280)) for i in range(4)]
+    async with (
+        serving(camera("belt", "demo:conveyor?fps=10"), max_message_bytes=limit) as server,
+        connect(server) as stub,
+    ):
+        stream = stub.StreamFrames()
+        options = pb.ResultOptions(publish=True)  # heatmap only
+        await stream.write(
+            pb.FrameRequest(frame_id=0, source="dock-pub", encoded=frames[0], options=options)
+        )
+        assert (await stream.read()).status.code == 0
+        wants_stage3 = Collector(
+            watch(stub, "dock-pub", options=pb.ResultOptions(feature_maps=["stage3"]))
+        )
+        greedy = Collector(watch(stub, "dock-pub", options=too_much))
+
+        async def both_subscribed() -> bool:
+            return (await status(stub, "dock-pub")).watchers == 2
+
+        await until(both_subscribed, 5, "both watchers subscribed")
+        for i, data in enumerate(frames[1:], start=1):
+            await stream.write(pb.FrameRequest(frame_id=i, source="dock-pub", encoded=data))
+            own = await stream.read()
+            assert own.frame_id == i and own.status.code == 0 and not own.feature_maps
+        await until(lambda: _true(len(wants_stage3.results) == 3), 5, "stage3 results")
+        await until(lambda: _true(len(greedy.results) == 3), 5, "refusals")
+        for result in wants_stage3.results:
+            assert result.status.code == 0 and [t.name for t in result.feature_maps] == ["stage3"]
+        for result in greedy.results:
+            assert result.status.code == exhausted, result.status.message
+            assert f"over the {limit}-byte message limit" in result.status.message
+        await stream.done_writing()
+        assert await stream.read() == grpc.aio.EOF
+        assert await stream.code() == grpc.StatusCode.OK
+
+        # a camera: one watcher asking too much costs the other nothing
+        modest = Collector(watch(stub, "belt"))
+        greedy = Collector(watch(stub, "belt", options=too_much))
+        await until(lambda: _true(len(greedy.results) >= 5), 10, "refusals")
+        await until(lambda: _true(len(modest.results) >= 5), 10, "results")
+        assert all(r.status.code == exhausted for r in greedy.results)
+        assert all(r.status.code == 0 and r.heatmap.data for r in modest.results)
+        for collector in (wants_stage3, modest, greedy):
+            collector.call.cancel()
+
+
 async def test_a_client_stream_can_publish_under_its_source_name() -> None:
     frames = [jpeg(scene(30 + i, 360, 640)) for i in range(3)]
     async with serving(camera("belt", "demo:conveyor?fps=5")) as server, connect(server) as stub:

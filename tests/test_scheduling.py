@@ -453,6 +453,58 @@ async def test_frames_past_the_byte_budget_wait_when_lossless_else_are_refused_a
         await server.stop(grace=0)
 
 
+async def test_a_client_that_stops_reading_cannot_take_every_other_streams_room() -> None:
+    """One stream holds at most a quarter of max_held_bytes (or one frame), so a client that
+    sends raw frames and never reads its results stalls only itself."""
+    limit = 4 << 20
+    settings = Settings(port=0, metrics_port=-1, cameras=(), max_held_bytes=limit)
+    server = Server(settings)
+    await server.start()
+    try:
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as stalled_channel,
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        ):
+            pixels = scene(7200, 480, 480).tobytes()  # 691 KB a frame
+            raw = pb.RawImage(width=480, height=480, format=pb.PIXEL_FORMAT_BGR8, data=pixels)
+            # every stage in float32: a few results fill gRPC's window, then the server's
+            # writes to this client wait, and its frames pile up
+            heavy = pb.ResultOptions(
+                feature_maps=["stage1", "stage2", "stage3", "stage4"],
+                encoding=pb.TENSOR_ENCODING_FLOAT32,
+            )
+
+            async def flood() -> AsyncIterator[pb.FrameRequest]:
+                for i in itertools.count():
+                    yield pb.FrameRequest(frame_id=i, raw=raw, options=heavy if i == 0 else None)
+
+            stalled = pb_grpc.ConvstreamStub(stalled_channel).StreamFrames(flood())
+            assert server.servicer is not None
+            budget = server.servicer.byte_budget
+            for _ in range(100):  # until its frames wait for room
+                await asyncio.sleep(0.1)
+                if budget.held:
+                    break
+            await asyncio.sleep(2.0)
+            assert 0 < budget.held <= budget.share == limit // 4
+
+            async def frames() -> AsyncIterator[pb.FrameRequest]:
+                for i in range(6):
+                    yield pb.FrameRequest(frame_id=i, raw=raw)
+
+            stub = pb_grpc.ConvstreamStub(channel)
+            results = [r async for r in stub.StreamFrames(frames(), timeout=30)]
+            assert [(r.frame_id, r.status.code) for r in results] == [(i, 0) for i in range(6)]
+            stalled.cancel()
+        for _ in range(50):
+            if budget.held == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert budget.held == 0
+    finally:
+        await server.stop(grace=0)
+
+
 async def test_analyze_calls_past_the_cap_are_refused_at_once(burst: list[bytes]) -> None:
     server = Server(Settings(port=0, metrics_port=-1, cameras=(), max_analyze_calls=2))
     await server.start()

@@ -250,6 +250,116 @@ async def test_stream_options_stick_until_changed(stub: pb_grpc.ConvstreamStub) 
     assert not r3.feature_maps and r3.HasField("heatmap")
 
 
+async def test_later_frames_cannot_change_the_stream_policy_silently(
+    server: Server, stub: pb_grpc.ConvstreamStub
+) -> None:
+    """The policy and queue come from a stream's first accepted options; a later frame that
+    asks for others, or for values no stream could have, is refused alone, and a later frame
+    may still publish the stream."""
+    data = jpeg(scene(12, 384, 640))
+    queued = pb.ResultOptions(freshness=pb.FRESHNESS_BOUNDED_QUEUE, queue_size=4)
+    frames = [
+        pb.FrameRequest(frame_id=1, encoded=data, options=queued),
+        pb.FrameRequest(
+            frame_id=2,
+            encoded=data,
+            options=pb.ResultOptions(freshness=pb.FRESHNESS_LATEST_ONLY),
+        ),
+        pb.FrameRequest(frame_id=3, encoded=data, options=pb.ResultOptions(freshness=42)),  # type: ignore[arg-type]
+        pb.FrameRequest(frame_id=4, encoded=data, options=pb.ResultOptions(queue_size=8)),
+        pb.FrameRequest(frame_id=5, encoded=data, options=pb.ResultOptions(queue_size=5000)),
+        # the same policy again, and new maps: accepted
+        pb.FrameRequest(
+            frame_id=6,
+            encoded=data,
+            options=pb.ResultOptions(
+                freshness=pb.FRESHNESS_BOUNDED_QUEUE, queue_size=4, feature_maps=["stage3"]
+            ),
+        ),
+        pb.FrameRequest(frame_id=7, encoded=data),
+        pb.FrameRequest(
+            frame_id=8,
+            source="late-publisher",
+            encoded=data,
+            options=pb.ResultOptions(publish=True, feature_maps=["stage3"]),
+        ),
+    ]
+    call = stub.StreamFrames()
+    results = []
+    for frame in frames:
+        await call.write(frame)
+        results.append(await call.read())
+    assert [r.frame_id for r in results] == [1, 2, 3, 4, 5, 6, 7, 8]
+    codes = [r.status.code for r in results]
+    assert codes == [0, INVALID, INVALID, INVALID, INVALID, 0, 0, 0]
+    messages = [r.status.message for r in results]
+    assert "freshness is set once per stream" in messages[1]
+    assert "FRESHNESS_BOUNDED_QUEUE" in messages[1] and "FRESHNESS_LATEST_ONLY" in messages[1]
+    assert "unknown freshness policy 42" in messages[2]
+    assert "queue_size is set once per stream" in messages[3] and "keeps 4" in messages[3]
+    assert "queue_size must be 0" in messages[4] and "got 5000" in messages[4]
+    assert [t.name for t in results[6].feature_maps] == ["stage3"]
+    listed = await stub.ListCameras(pb.ListCamerasRequest())
+    assert [c.id for c in listed.cameras] == ["late-publisher"]
+    await call.done_writing()
+    assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_a_message_that_does_not_parse_is_invalid_argument_and_a_stream_goes_on(
+    channel: grpc.aio.Channel,
+) -> None:
+    """Bytes that are no protobuf message of the method's type (a client built from another
+    .proto, or a corrupted message) get INVALID_ARGUMENT; on a stream that message alone."""
+
+    def as_is(data: bytes) -> bytes:
+        return data
+
+    garbage = b"\x22\x10abc"  # field 4 (encoded) announcing 16 bytes, holding 3
+    for method, answer in (
+        ("Analyze", pb.FrameResult),
+        ("GetModelInfo", pb.ModelInfo),
+        ("ListCameras", pb.ListCamerasResponse),
+    ):
+        call = channel.unary_unary(
+            f"/convstream.v1.Convstream/{method}",
+            request_serializer=as_is,
+            response_deserializer=answer.FromString,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call(garbage)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+        assert f"got {len(garbage)} bytes that do not parse" in (info.value.details() or "")
+    watch = channel.unary_stream(
+        "/convstream.v1.Convstream/WatchCamera",
+        request_serializer=as_is,
+        response_deserializer=pb.FrameResult.FromString,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in watch(garbage):
+            pass
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "convstream.v1.WatchCameraRequest" in (info.value.details() or "")
+
+    data = jpeg(scene(13, 384, 640))
+    stream = channel.stream_stream(
+        "/convstream.v1.Convstream/StreamFrames",
+        request_serializer=as_is,
+        response_deserializer=pb.FrameResult.FromString,
+    )
+    messages = [
+        pb.FrameRequest(frame_id=1, source="dock", encoded=data).SerializeToString(),
+        garbage,
+        pb.FrameRequest(frame_id=3, encoded=data).SerializeToString(),
+    ]
+    call = stream(iter(messages))
+    results = [result async for result in call]
+    assert [r.frame_id for r in results] == [1, 0, 3]
+    assert [r.status.code for r in results] == [0, INVALID, 0]
+    assert "expected a convstream.v1.FrameRequest protobuf message" in results[1].status.message
+    assert results[1].source == "dock"  # the stream's source, as for any frame naming none
+    assert await call.code() == grpc.StatusCode.OK
+
+
 async def test_analyze_bad_frame_is_invalid_argument(stub: pb_grpc.ConvstreamStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Analyze(pb.FrameRequest(encoded=b"not an image"))

@@ -35,11 +35,10 @@ from convstream.server.pipeline import Pipeline, WorkPool
 from convstream.server.probes import HttpPort
 from convstream.server.processes import Peers
 from convstream.server.security import TokenInterceptor, token_changes
-from convstream.server.servicer import ConvstreamServicer
+from convstream.server.servicer import SERVICE_NAME, ConvstreamServicer, add_to_server
 from convstream.server.streams import WINDOW
 from convstream.server.tls import RotatingCredentials, TLSFileError, read_pem
 from convstream.v1 import convstream_pb2 as pb
-from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +59,6 @@ class _ClientLeft(logging.Filter):
 logging.getLogger("grpc._cython.cygrpc").addFilter(_ClientLeft())
 
 TLS_FILES = ("tls_cert", "tls_key", "tls_client_ca")
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Convstream"].full_name
 
 
 def server_version() -> str:
@@ -202,7 +200,7 @@ class Server:
             options=grpc_options(settings, share_port=self.peers is not None),
             interceptors=[self._tokens],
         )
-        pb_grpc.add_ConvstreamServicer_to_server(self.servicer, server)
+        add_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if settings.reflection:
             names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)

@@ -104,7 +104,7 @@ class Camera:
         self.config = config
         self.spec: SourceSpec = parse_source(config.source)
         self.on_frame: Callable[[], None] = lambda: None
-        self.state: int = pb.CAMERA_STATE_CONNECTING
+        self.state: pb.CameraState = pb.CAMERA_STATE_CONNECTING
         self.state_since = time.time()
         self.last_error = ""
         self.last_error_at = 0.0  # time.time() of last_error; 0.0: none yet
@@ -322,7 +322,7 @@ class Camera:
                 self._set_state(pb.CAMERA_STATE_RUNNING, self.last_error)
         self.on_frame()
 
-    def _set_state(self, state: int, error: str) -> None:
+    def _set_state(self, state: pb.CameraState, error: str) -> None:
         """Change state (the caller holds the lock)."""
         error = redact(error)
         retried = state in (pb.CAMERA_STATE_RECONNECTING, pb.CAMERA_STATE_FAILED)

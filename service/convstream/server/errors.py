@@ -2,7 +2,8 @@
 
     ConvstreamError                 base; never raised itself
     ├── InvalidFrame                INVALID_ARGUMENT: a frame that cannot be analysed
-    │   └── FrameTooLarge           INVALID_ARGUMENT: over the pixel or size limits
+    │   ├── FrameTooLarge           INVALID_ARGUMENT: over the pixel or size limits
+    │   └── UndecodableRequest      INVALID_ARGUMENT: bytes that are not the method's message
     ├── InvalidOptions              INVALID_ARGUMENT: unknown feature map, bad queue size, ...
     ├── NotFound                    NOT_FOUND: no camera by that id
     ├── IdleTimeout                 DEADLINE_EXCEEDED: a stream sent nothing for too long
@@ -31,6 +32,16 @@ class InvalidFrame(ConvstreamError):
 
 class FrameTooLarge(InvalidFrame):
     """The frame is bigger than the configured limits (checked before decoding)."""
+
+
+class UndecodableRequest(InvalidFrame):
+    """A request message that does not parse as the protobuf message its method takes.
+
+    The server's request deserializers return one (rather than raise, which gRPC would turn
+    into UNKNOWN and the end of a stream), so that a unary call answers INVALID_ARGUMENT and
+    a stream refuses that one message and goes on: gRPC's framing still marks where the next
+    message starts.
+    """
 
 
 class InvalidOptions(ConvstreamError):

@@ -27,7 +27,7 @@ from convstream.server.engine import Inference
 from convstream.server.errors import CameraDown, ConvstreamError, Draining
 from convstream.server.letterbox import choose_input, letterbox
 from convstream.server.metrics import Metrics
-from convstream.server.pipeline import Options, Pipeline, Prepared
+from convstream.server.pipeline import Options, Pipeline, Prepared, error_result
 from convstream.v1 import convstream_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -159,7 +159,19 @@ class Publisher:
         inference: Inference,
         wanted: set[Options],
     ) -> dict[Options, pb.FrameResult]:
-        return {o: self.pipeline.encode(request, o, prepared, inference) for o in wanted}
+        return {o: self._encode(request, o, prepared, inference) for o in wanted}
+
+    def _encode(
+        self, request: pb.FrameRequest, options: Options, prepared: Prepared, inference: Inference
+    ) -> pb.FrameResult:
+        """One watcher's result, or, if it would not fit in a message, its refusal: the
+        watchers that asked for that much get RESOURCE_EXHAUSTED for this frame, and the
+        others, and the stream publishing, never notice."""
+        try:
+            self.pipeline.check_size(options, prepared.geometry)
+            return self.pipeline.encode(request, options, prepared, inference)
+        except ConvstreamError as exc:
+            return error_result(request, exc.code.value[0], str(exc))
 
     async def publish(
         self,
@@ -202,6 +214,8 @@ class Publisher:
         total_ms = (time.perf_counter() - arrived) * 1000
         busy = prepared.decode_ms + inference.inference_ms
         for result in results.values():
+            if result.status.code:
+                continue
             result.timings.total_ms = total_ms
             result.timings.queue_ms = max(0.0, total_ms - busy - result.timings.encode_ms)
         score = float(inference.arrays["score"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -268,12 +268,16 @@ class Pipeline:
         options: Options,
         arrived: float,
         deadline: float | None = None,
+        also: Sequence[str] = (),
     ) -> tuple[pb.FrameResult, Prepared, Inference]:
-        """``analyze``, also returning the prepared frame and the raw outputs (to publish)."""
+        """``analyze``, also returning the prepared frame and the raw outputs (to publish);
+        `also`: more feature maps to compute, not put in the result (a publication's
+        watchers want them)."""
         loop = asyncio.get_running_loop()
         prepared = await loop.run_in_executor(self.executor, self.prepare, request)
         self.check_size(options, prepared.geometry)
-        inference = await self.engine.infer(prepared.pixels, options.feature_maps, deadline)
+        maps = list(dict.fromkeys((*options.feature_maps, *also)))
+        inference = await self.engine.infer(prepared.pixels, maps, deadline)
         result = await loop.run_in_executor(
             self.executor, self.encode, request, options, prepared, inference
         )

@@ -6,13 +6,22 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from convstream.server.cameras import CameraManager
 from convstream.server.config import CAMERA_ID, Settings
-from convstream.server.errors import ConvstreamError, Draining, IdleTimeout, NotFound, Overloaded
+from convstream.server.errors import (
+    ConvstreamError,
+    Draining,
+    IdleTimeout,
+    NotFound,
+    Overloaded,
+    UndecodableRequest,
+)
 from convstream.server.feeds import FeedFinished
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Options, Pipeline
@@ -22,6 +31,10 @@ from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Convstream"].full_name
+M = TypeVar("M", bound=Message)
+R = TypeVar("R")
 
 # How long a call that needs another process of this server waits for it to connect: one
 # that is restarting is back in a few seconds, and the call says so instead of hanging.
@@ -88,7 +101,9 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         return result
 
     async def StreamFrames(
-        self, request_iterator: AsyncIterator[pb.FrameRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[pb.FrameRequest | UndecodableRequest],
+        context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.FrameResult]:
         if self.draining.is_set():
             self.metrics.streams.labels("rejected").inc()
@@ -334,3 +349,79 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         """Close the channels to the other processes."""
         channels, self._channels = list(self._channels.values()), {}
         await asyncio.gather(*(c.close() for c in channels))
+
+
+def _parse(message: type[M]) -> Callable[[bytes], M | UndecodableRequest]:
+    """A request deserializer that returns, rather than raises, what does not parse."""
+    name = message.DESCRIPTOR.full_name
+
+    def parse(data: bytes) -> M | UndecodableRequest:
+        try:
+            return message.FromString(data)
+        except DecodeError:
+            return UndecodableRequest(
+                f"expected a {name} protobuf message, got {len(data)} bytes that do not parse "
+                "as one: build the client from this server's .proto (reflection serves it)"
+            )
+
+    return parse
+
+
+def _unary(
+    method: Callable[[Any, grpc.aio.ServicerContext], Awaitable[R]],
+) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[R]]:
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> R:
+        if isinstance(request, UndecodableRequest):
+            await context.abort(request.code, str(request))
+        return await method(request, context)
+
+    return handle
+
+
+def _unary_stream(
+    method: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[R]],
+) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[R]]:
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[R]:
+        if isinstance(request, UndecodableRequest):
+            await context.abort(request.code, str(request))
+        async for response in method(request, context):
+            yield response
+
+    return handle
+
+
+def add_to_server(servicer: ConvstreamServicer, server: grpc.aio.Server) -> None:
+    """Register the service as the generated add_ConvstreamServicer_to_server does, but with
+    request deserializers that let each RPC refuse a message that does not parse, with
+    INVALID_ARGUMENT (gRPC itself would answer UNKNOWN and end a stream, logging a traceback)."""
+    handlers = {
+        "Analyze": grpc.unary_unary_rpc_method_handler(
+            _unary(servicer.Analyze),
+            request_deserializer=_parse(pb.FrameRequest),
+            response_serializer=pb.FrameResult.SerializeToString,
+        ),
+        "StreamFrames": grpc.stream_stream_rpc_method_handler(
+            servicer.StreamFrames,  # StreamSession refuses each such message alone
+            request_deserializer=_parse(pb.FrameRequest),
+            response_serializer=pb.FrameResult.SerializeToString,
+        ),
+        "GetModelInfo": grpc.unary_unary_rpc_method_handler(
+            _unary(servicer.GetModelInfo),
+            request_deserializer=_parse(pb.GetModelInfoRequest),
+            response_serializer=pb.ModelInfo.SerializeToString,
+        ),
+        "ListCameras": grpc.unary_unary_rpc_method_handler(
+            _unary(servicer.ListCameras),
+            request_deserializer=_parse(pb.ListCamerasRequest),
+            response_serializer=pb.ListCamerasResponse.SerializeToString,
+        ),
+        "WatchCamera": grpc.unary_stream_rpc_method_handler(
+            _unary_stream(servicer.WatchCamera),
+            request_deserializer=_parse(pb.WatchCameraRequest),
+            response_serializer=pb.FrameResult.SerializeToString,
+        ),
+    }
+    assert set(handlers) == set(pb.DESCRIPTOR.services_by_name["Convstream"].methods_by_name)
+    generic = grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+    server.add_generic_rpc_handlers((generic,))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)

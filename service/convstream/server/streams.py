@@ -17,14 +17,20 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
 
 from convstream.server.engine import Inference
-from convstream.server.errors import ConvstreamError, IdleTimeout, InvalidOptions, Overloaded
+from convstream.server.errors import (
+    ConvstreamError,
+    IdleTimeout,
+    InvalidOptions,
+    Overloaded,
+    UndecodableRequest,
+)
 from convstream.server.feeds import StreamPublication
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Options, Pipeline, Prepared, error_result
@@ -108,24 +114,32 @@ class FrameBudget:
 
 class ByteBudget:
     """Bytes of frames the server holds for streams at most, over all of them: frame counts
-    alone bound nothing when frames may be 100 KB JPEGs or 60 MB raw pixels. A lossless
+    alone bound nothing when frames may be 100 KB JPEGs or 60 MB raw pixels. One stream
+    holds at most a quarter of them (or one frame, whatever its size), so that a stream
+    whose client stops reading its results cannot take every other stream's room. A lossless
     stream waits for room (its reader stops, and gRPC flow control slows the sender); any
-    other frame that would pass the limit is refused, RESOURCE_EXHAUSTED for that frame
-    alone, rather than held. Used from the event loop only."""
+    other frame that would pass a limit is refused, RESOURCE_EXHAUSTED for that frame alone,
+    rather than held. Used from the event loop only."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self.share = limit // 4
         self.held = 0
         self._freed = asyncio.Event()
 
-    async def room(self, size: int) -> None:
-        """Wait until `size` more bytes fit (size <= limit, or this never returns)."""
-        while self.held + size > self.limit:
+    def fits(self, size: int, mine: int) -> bool:
+        """Whether a stream holding `mine` bytes may take `size` more."""
+        return self.held + size <= self.limit and (mine == 0 or mine + size <= self.share)
+
+    async def room(self, size: int, mine: Callable[[], int]) -> None:
+        """Wait until `size` more bytes fit beside what the stream holds (`mine()`, which
+        falls as its frames leave); size <= limit, or this never returns."""
+        while not self.fits(size, mine()):
             self._freed.clear()
             await self._freed.wait()
 
-    def take(self, size: int) -> bool:
-        if self.held + size > self.limit:
+    def take(self, size: int, mine: int) -> bool:
+        if not self.fits(size, mine):
             return False
         self.held += size
         return True
@@ -182,7 +196,8 @@ class StreamSession:
         self._in_analysis = 0
         self._out: asyncio.Queue[asyncio.Task[_Done] | None] = asyncio.Queue()
 
-    def _configure(self, message: pb.ResultOptions, source: str) -> None:
+    def _check(self, message: pb.ResultOptions) -> None:
+        """Refuse stream-level values no stream could have (whichever frame carries them)."""
         if message.freshness not in pb.Freshness.values():
             raise InvalidOptions(
                 f"unknown freshness policy {message.freshness}; expected one of "
@@ -190,23 +205,50 @@ class StreamSession:
             )
         if message.publish and self.registry is None:
             raise InvalidOptions("this server does not publish streams")
+        if message.queue_size > MAX_QUEUE_SIZE:
+            here = ""
+            if self.budget is not None:
+                share = self.budget.share(self._default_queue)
+                if share < MAX_QUEUE_SIZE:
+                    here = (
+                        f", and one stream may hold at most {share} on this server (a "
+                        f"quarter of max_queued_frames {self.budget.limit})"
+                    )
+            raise InvalidOptions(
+                f"queue_size must be 0 (the server's default, {self._default_queue}) to "
+                f"{MAX_QUEUE_SIZE}{here}; got {message.queue_size}"
+            )
+
+    def _check_unchanged(self, message: pb.ResultOptions, source: str) -> None:
+        """A later frame's options: the policy and queue are the stream's, set by its first
+        accepted options, so a frame asking for others is refused rather than ignored (unset
+        fields ask for nothing); publish takes effect on any frame while not yet published."""
+        self._check(message)
+        if message.freshness and message.freshness != self.freshness:
+            raise InvalidOptions(
+                "freshness is set once per stream, by its first accepted options: this stream "
+                f"is {pb.Freshness.Name(self.freshness)} and this frame asks for "
+                f"{pb.Freshness.Name(message.freshness)}; open a new stream for another policy"
+            )
+        if (
+            message.queue_size
+            and message.queue_size != self.capacity
+            and self.freshness != pb.FRESHNESS_LATEST_ONLY
+        ):
+            raise InvalidOptions(
+                "queue_size is set once per stream, by its first accepted options: this "
+                f"stream keeps {self.capacity} frames and this frame asks for "
+                f"{message.queue_size}; open a new stream for another queue"
+            )
+        if message.publish and self.publication is None and self.registry is not None:
+            self.publication = self.registry.publish(source)
+
+    def _configure(self, message: pb.ResultOptions, source: str) -> None:
+        self._check(message)
         freshness = message.freshness or pb.FRESHNESS_LOSSLESS
         if freshness == pb.FRESHNESS_LATEST_ONLY:
             capacity = 1
         elif message.queue_size:
-            if message.queue_size > MAX_QUEUE_SIZE:
-                here = ""
-                if self.budget is not None:
-                    share = self.budget.share(self._default_queue)
-                    if share < MAX_QUEUE_SIZE:
-                        here = (
-                            f", and one stream may hold at most {share} on this server (a "
-                            f"quarter of max_queued_frames {self.budget.limit})"
-                        )
-                raise InvalidOptions(
-                    f"queue_size must be 0 (the server's default, {self._default_queue}) to "
-                    f"{MAX_QUEUE_SIZE}{here}; got {message.queue_size}"
-                )
             capacity = message.queue_size
         else:
             capacity = self._default_queue
@@ -229,9 +271,15 @@ class StreamSession:
         self.freshness, self.capacity = freshness, capacity
         self.window = LATEST_ONLY_WINDOW if freshness == pb.FRESHNESS_LATEST_ONLY else WINDOW
 
-    def _accept(self, request: pb.FrameRequest, arrived: float) -> _Item:
+    def _accept(self, request: pb.FrameRequest | UndecodableRequest, arrived: float) -> _Item:
         """Options for this frame: its own (which then stick) or the stream's last ones; and
-        its source: its own (which then sticks) or the stream's last one."""
+        its source: its own (which then sticks) or the stream's last one. A message that did
+        not parse is refused alone (its id unknown: 0), in its place among the results."""
+        if isinstance(request, UndecodableRequest):
+            shell = pb.FrameRequest(source=self.source)
+            return _Item(
+                shell, arrived, None, error_result(shell, request.code.value[0], str(request))
+            )
         if request.source:
             self.source = request.source
         elif self.source:
@@ -242,12 +290,14 @@ class StreamSession:
                 if not self._configured:  # the policy comes from the stream's first options
                     self._configure(request.options, request.source)
                     self._configured = True
+                else:
+                    self._check_unchanged(request.options, request.source)
                 self.options = options
             return _Item(request, arrived, self.options)
         except ConvstreamError as exc:
             return _Item(request, arrived, None, error_result(request, exc.code.value[0], str(exc)))
 
-    async def _read(self, requests: AsyncIterator[pb.FrameRequest]) -> None:
+    async def _read(self, requests: AsyncIterator[pb.FrameRequest | UndecodableRequest]) -> None:
         frames = aiter(requests)
         try:
             while True:
@@ -263,7 +313,7 @@ class StreamSession:
                     ) from None
                 item = await self._hold(self._accept(request, time.perf_counter()))
                 if self.publication is not None:
-                    self.publication.received(request)
+                    self.publication.received(item.request)
                 async with self._changed:
                     if self.freshness == pb.FRESHNESS_LOSSLESS:
                         await self._changed.wait_for(lambda: len(self._pending) < self.capacity)
@@ -286,8 +336,13 @@ class StreamSession:
         request = item.request
         size = request.ByteSize()
         if size <= budget.limit and self.freshness == pb.FRESHNESS_LOSSLESS:
-            await budget.room(size)
-        if budget.take(size):
+            await budget.room(size, lambda: self._held_bytes)
+        elif self.freshness != pb.FRESHNESS_LOSSLESS:
+            # the policy drops this stream's oldest waiting frames anyway: make room from
+            # them first
+            while not budget.fits(size, self._held_bytes) and self._drop_oldest():
+                pass
+        if budget.take(size, self._held_bytes):
             item.size = size
             self._held_bytes += size
             return item
@@ -297,6 +352,14 @@ class StreamSession:
                 f"this {size}-byte frame is larger than max_held_bytes {budget.limit}, all "
                 "the server holds for streams: it can never be analysed here; send it as JPEG "
                 "or smaller"
+            )
+        elif self._held_bytes + size > budget.share:
+            message = (
+                f"this stream holds {self._held_bytes} bytes of frames waiting or in "
+                f"analysis, and this {size}-byte frame would pass the {budget.share} one "
+                f"stream may hold (a quarter of max_held_bytes {budget.limit}); it was not "
+                "analysed: read results as they come, send JPEG rather than raw pixels, or "
+                "use a lossless stream, which waits for room"
             )
         else:
             message = (
@@ -314,7 +377,8 @@ class StreamSession:
             self._held_bytes -= item.size
             item.size = 0
 
-    def _drop_oldest(self) -> None:
+    def _drop_oldest(self) -> bool:
+        """Drop the oldest waiting frame that is not already a refusal; False if none."""
         for i, old in enumerate(self._pending):
             if old.options is not None:
                 del self._pending[i]
@@ -324,7 +388,8 @@ class StreamSession:
                     self._dropped_ids.append(old.request.frame_id)
                 label = self.metrics.client_source(old.request.source)
                 self.metrics.frames.labels(label, "dropped").inc()
-                return
+                return True
+        return False
 
     async def _dispatch(self) -> None:
         while True:
@@ -351,8 +416,9 @@ class StreamSession:
             return _Done(item, item.failure)
         assert item.options is not None
         try:
+            watched = self.publication.wanted_maps() if self.publication is not None else []
             result, prepared, inference = await self.pipeline.analyze_parts(
-                item.request, item.options, item.arrived
+                item.request, item.options, item.arrived, also=watched
             )
         except ConvstreamError as exc:
             outcome = "invalid" if exc.code == grpc.StatusCode.INVALID_ARGUMENT else "rejected"
@@ -388,7 +454,9 @@ class StreamSession:
         await self.draining.wait()
         reader.cancel()
 
-    async def run(self, requests: AsyncIterator[pb.FrameRequest]) -> AsyncIterator[pb.FrameResult]:
+    async def run(
+        self, requests: AsyncIterator[pb.FrameRequest | UndecodableRequest]
+    ) -> AsyncIterator[pb.FrameResult]:
         """Yield one result per frame read, in the order frames arrived."""
         reader = asyncio.create_task(self._read(requests))
         tasks = [reader, asyncio.create_task(self._dispatch())]
@@ -399,7 +467,10 @@ class StreamSession:
                 self._release(done.item)
                 result = done.result
                 if self.publication is not None and done.prepared and done.inference:
-                    await self._publish(done)
+                    try:
+                        await self._publish(done)
+                    except Exception:  # the watchers' loss; the stream's own result goes on
+                        logger.exception("publishing frame %d failed", done.item.request.frame_id)
                 self.sequence += 1
                 result.sequence = self.sequence
                 result.frames_dropped = self.dropped
