@@ -142,3 +142,57 @@ def test_letterbox_maps_back_to_the_frame() -> None:
     assert (pixels[:12] == 114).all() and (pixels[-12:] == 114).all()
     expected = cv2.resize(frame, (640, 360), interpolation=cv2.INTER_AREA)
     assert np.array_equal(pixels[12:372], expected)
+
+
+GEOMETRY_CASES = [
+    # (frame width, frame height, model input (h, w)); JPEG frames are decoded reduced
+    (1280, 720, (384, 640), "raw"),
+    (1000, 563, (384, 640), "raw"),  # the short side is 360.32 input pixels
+    (563, 1000, (384, 384), "raw"),  # and here 216.19
+    (1920, 1080, (384, 640), "jpeg"),  # decoded at 1/2
+    (1281, 721, (384, 640), "jpeg"),  # at 1/2, its last pixel partly past the frame
+    (32, 16384, (384, 384), "raw"),  # 0.75 input pixels wide
+    (16384, 32, (384, 640), "raw"),  # 1.25 input pixels high
+    (32, 16384, (32, 4096), "raw"),  # 0.0625 input pixels wide: one pixel all the same
+]
+
+
+@pytest.mark.parametrize(("w", "h", "target", "kind"), GEOMETRY_CASES)
+def test_geometry_maps_the_input_back_to_the_frame_as_the_resize_did(
+    w: int, h: int, target: tuple[int, int], kind: str
+) -> None:
+    # Ramps: blue is x and green is y, so each input pixel tells where in the frame the resize
+    # took it from; red marks the frame, against the grey padding.
+    frame = np.empty((h, w, 3), np.uint8)
+    frame[:, :, 0] = np.round(255 * (np.arange(w) + 0.5) / w)
+    frame[:, :, 1] = np.round(255 * (np.arange(h) + 0.5) / h)[:, None]
+    frame[:, :, 2] = 255
+    if kind == "jpeg":
+        image = decode_encoded(jpeg(frame, 100), LIMITS, reduction(w, h, target))
+        assert image.shape[:2] != (h, w)
+    else:
+        image = frame
+    pixels, g = letterbox(image, target, (w, h))
+    t_h, t_w = target
+    assert pixels.shape == (t_h, t_w, 3)
+    # The side that fills the input maps back onto the frame's edge exactly...
+    if t_w / w <= t_h / h:
+        assert g.pad_left == 0 and (t_w - g.pad_left) / g.scale == pytest.approx(w, rel=1e-12)
+    else:
+        assert g.pad_top == 0 and (t_h - g.pad_top) / g.scale == pytest.approx(h, rel=1e-12)
+    # ...and the other side ends within the input pixel that holds the frame's edge.
+    rows, cols = np.nonzero(pixels[:, :, 2] > 200)
+    assert (cols.min(), rows.min()) == (g.pad_left, g.pad_top)
+    assert abs(cols.max() + 1 - (g.pad_left + w * g.scale)) < 1
+    assert abs(rows.max() + 1 - (g.pad_top + h * g.scale)) < 1
+    # Every input pixel whose cell lies in the frame holds the ramps where the geometry puts
+    # that cell (an area average of a ramp is the ramp at the cell's centre).
+    tolerance = 4 if kind == "jpeg" else 1.5  # JPEG's own error, on its subsampled colour
+    for axis, channel, side, pad in ((1, 0, w, g.pad_left), (0, 1, h, g.pad_top)):
+        cells = np.arange(pad, pixels.shape[axis])
+        inside = cells[(cells + 1 - pad) / g.scale <= side]
+        expected = 255 * (inside + 0.5 - pad) / g.scale / side
+        ramp = pixels[:, :, channel] if axis == 1 else pixels[:, :, channel].T
+        across = np.unique(rows if axis == 1 else cols)  # the frame's rows (or columns)
+        got = ramp[across][:, inside].astype(float)
+        assert (np.abs(got - expected) <= tolerance).all()

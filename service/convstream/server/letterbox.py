@@ -42,8 +42,10 @@ class Geometry:
             frame), and its value.
         """
         heat = heat.reshape(heat.shape[-2:])
+        # at least one cell: a frame's thin side can be under half an input pixel
         right = min(self.input_width, self.pad_left + round(self.frame_width * self.scale))
         bottom = min(self.input_height, self.pad_top + round(self.frame_height * self.scale))
+        right, bottom = max(right, self.pad_left + 1), max(bottom, self.pad_top + 1)
         r0, c0 = self.pad_top // stride, self.pad_left // stride
         content = heat[r0 : -(-bottom // stride), c0 : -(-right // stride)]
         if not content.size:
@@ -75,6 +77,19 @@ def reduction(width: int, height: int, target: tuple[int, int]) -> int:
     return factor
 
 
+def _reduction_of(image: np.ndarray, frame_size: tuple[int, int]) -> int:
+    """By how much image is the frame shrunk: 1, or the 2, 4 or 8 of a reduced JPEG decode,
+    whose sides libjpeg rounds up (the last pixel partly past the frame's edge)."""
+    h, w = image.shape[:2]
+    frame_w, frame_h = frame_size
+    for factor in (1, 2, 4, 8):
+        if (w, h) == (-(-frame_w // factor), -(-frame_h // factor)):
+            return factor
+    raise ValueError(
+        f"a {w}x{h} image is neither the {frame_w}x{frame_h} frame nor its 1/2, 1/4 or 1/8"
+    )
+
+
 def letterbox(
     image: np.ndarray, target: tuple[int, int], frame_size: tuple[int, int]
 ) -> tuple[np.ndarray, Geometry]:
@@ -91,11 +106,23 @@ def letterbox(
     """
     t_h, t_w = target
     h, w = image.shape[:2]
-    fit = min(t_w / w, t_h / h)
-    new_w, new_h = max(1, min(t_w, round(w * fit))), max(1, min(t_h, round(h * fit)))
+    frame_w, frame_h = frame_size
+    factor = _reduction_of(image, frame_size)
+    # One scale for both axes, from the frame's own fit: the side that fills the input does so
+    # exactly, and the geometry maps every input pixel back to where the resize took it from.
+    scale = min(t_w / frame_w, t_h / frame_h)
+    zoom = scale * factor  # image pixels to input pixels
+    exact_w, exact_h = round(w * zoom), round(h * zoom)
+    new_w, new_h = max(1, min(t_w, exact_w)), max(1, min(t_h, exact_h))
     if (new_w, new_h) != (w, h):
-        interp = cv2.INTER_AREA if fit < 1 else cv2.INTER_LINEAR
-        image = cv2.resize(image, (new_w, new_h), interpolation=interp)
+        interp = cv2.INTER_AREA if zoom < 1 else cv2.INTER_LINEAR
+        if (new_w, new_h) == (exact_w, exact_h):
+            # fx and fy, not a size: OpenCV then maps by zoom on both axes, where a size
+            # would stretch the short side to whole pixels (a 0.75-pixel side by a third)
+            image = cv2.resize(image, None, fx=zoom, fy=zoom, interpolation=interp)
+        else:
+            # a side under half an input pixel: its one pixel is that side's average either way
+            image = cv2.resize(image, (new_w, new_h), interpolation=interp)
     left, top = (t_w - new_w) // 2, (t_h - new_h) // 2
     if (new_w, new_h) == (t_w, t_h):
         pixels = np.ascontiguousarray(image)
@@ -109,6 +136,5 @@ def letterbox(
             cv2.BORDER_CONSTANT,
             value=(PAD_VALUE, PAD_VALUE, PAD_VALUE),
         )
-    frame_w, frame_h = frame_size
-    geometry = Geometry(frame_w, frame_h, t_w, t_h, new_w / frame_w, left, top)
+    geometry = Geometry(frame_w, frame_h, t_w, t_h, scale, left, top)
     return pixels, geometry
