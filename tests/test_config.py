@@ -106,6 +106,11 @@ def test_sources_apply_in_order(tmp_path: Path) -> None:
         ),
         ('[cameras]\nid = "a"\n', {}, r"cameras: expected \[\[cameras\]\] tables"),
         ("max_batch = -1\n", {}, "max_batch"),
+        (
+            '[[cameras]]\nid = "a"\nsource = "   "\n',
+            {},
+            r"cameras\[0\]\.source: a source is empty; expected an rtsp://",
+        ),
         ('provider = "tpu"\n', {}, "provider"),
         ("port = [\n", {}, "cannot read config file"),
     ],
@@ -177,6 +182,17 @@ def test_config_errors_never_print_camera_passwords(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="port: Input should be a valid integer") as info:
         load_settings(path, environ={})
     assert "S3cret" not in str(info.value) and "admin:***@" in str(info.value)
+    # a source pasted as the id: refused for its form, and shown with the password hidden
+    path.write_text('[[cameras]]\nid = "rtsp://admin:S3cret@10.0.0.7/stream"\nsource = "x.mp4"\n')
+    with pytest.raises(ConfigError, match=r"cameras\[0\]\.id: a camera id is") as info:
+        load_settings(path, environ={})
+    assert "S3cret" not in str(info.value)
+    assert "got 'rtsp://admin:***@10.0.0.7/stream'" in str(info.value)
+    long = "rtsp://admin:" + "S3cret" * 20 + "@10.0.0.7/stream"  # hidden before it is cut
+    path.write_text(f'[[cameras]]\nid = "{long}"\nsource = "x.mp4"\n')
+    with pytest.raises(ConfigError, match="a camera id is") as info:
+        load_settings(path, environ={})
+    assert "S3cret" not in str(info.value)
 
 
 def test_host_port_brackets_ipv6() -> None:

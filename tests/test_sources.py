@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from live import free_port
 
+from convstream.cli import main
 from convstream.server import CameraConfig, ConfigError, Settings, load_settings
 from convstream.server.camera import Camera, backoff_s
 from convstream.server.diagnose import _authorization, why_closed
@@ -53,7 +54,13 @@ def test_sources_are_recognised(source: str, kind: str) -> None:
 def test_demo_source_takes_its_parameters() -> None:
     spec = parse_source("demo:conveyor?fps=30&seed=4&size=240x320")
     assert (spec.demo_fps, spec.demo_seed, spec.demo_size) == (30.0, 4, (240, 320))
+    spec = parse_source("demo:conveyor?fps=240&seed=-7")  # as fast as a camera may be capped
+    assert (spec.demo_fps, spec.demo_seed, spec.demo_size) == (240.0, -7, (360, 640))
     assert parse_source("/dev/video2").device == 2
+
+
+FPS = r"demo source parameter fps: expected a number of frames per second in \(0, 240\], got "
+SIZE = r"demo source parameter size: expected HxW with both sides multiples of 8 from 32 to 4096"
 
 
 @pytest.mark.parametrize(
@@ -62,12 +69,36 @@ def test_demo_source_takes_its_parameters() -> None:
         ("ftp://host/video", "unsupported source scheme 'ftp'"),
         ("demo:parking", "expected demo:conveyor"),
         ("demo:conveyor?speed=3", "takes fps, seed and size"),
-        ("demo:conveyor?fps=0", "demo fps must be in"),
+        # each bad parameter named, with what arrived and what it takes
+        ("demo:conveyor?fps=0", FPS + "'0'"),
+        ("demo:conveyor?fps=abc", FPS + "'abc'"),
+        ("demo:conveyor?fps=nan", FPS + "'nan'"),
+        ("demo:conveyor?fps=241", FPS + "'241'"),
+        ("demo:conveyor?fps=", FPS + "''"),  # not quietly the default
+        ("demo:conveyor?seed=xyz", r"parameter seed: expected a whole number .*, got 'xyz'"),
+        ("demo:conveyor?seed=1.5", "parameter seed: expected a whole number"),
+        ("demo:conveyor?size=1x1", SIZE + r", e\.g\. 360x640, got '1x1'"),
+        ("demo:conveyor?size=big", SIZE + ".*got 'big'"),
+        # a blank source is no video file at an empty path
+        ("   ", r"a source is empty; expected an rtsp://, .*, a video file, device:N or demo:"),
+        ("", "a source is empty"),
+        ("file://", r"no path in 'file://'; expected file:///path/to/video"),
     ],
 )
 def test_bad_sources_are_refused_with_the_accepted_forms(source: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_source(source)
+
+
+def test_a_blank_source_fails_the_config_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('metrics_port = -1\n[[cameras]]\nid = "a"\nsource = "   "\n')
+    assert main(["serve", "--config", str(path), "--check-config"]) == 2
+    out = capsys.readouterr()
+    assert "config OK" not in out.out
+    assert "cameras[0].source: a source is empty; expected an rtsp://" in out.err
 
 
 def test_passwords_never_reach_logs_or_clients() -> None:

@@ -39,6 +39,9 @@ class ConfigError(ValueError):
 # Model input sides: below 32 pixels a frame holds too little to judge (frames that small are
 # refused too); above 4096 one frame takes seconds and gigabytes (a 4K frame fits 2160x3840).
 MIN_INPUT_SIDE, MAX_INPUT_SIDE = 32, 4096
+# Frames per second: no camera or video here goes faster, so a rate above it is a mistake in
+# a config and not believed in a stream's metadata.
+MAX_FPS = 240.0
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -67,11 +70,12 @@ class CameraConfig(BaseModel):
 
     id: str = Field(description="the name clients watch it by")
     source: str = Field(
-        min_length=1,
         description="rtsp://, http(s):// (MJPEG or MPEG-TS), tcp://, udp://, a video file, "
         "device:N for a USB camera, or demo:conveyor[?fps=15&seed=0&size=360x640]",
     )
-    fps: float = Field(0.0, ge=0, le=240, description="frames analysed per second at most; 0: all")
+    fps: float = Field(
+        0.0, ge=0, le=MAX_FPS, description="frames analysed per second at most; 0: all"
+    )
     input_size: str | None = Field(
         None, description="model input HxW; unset: the input_sizes entry closest in aspect"
     )
@@ -94,10 +98,13 @@ class CameraConfig(BaseModel):
     @field_validator("id")
     @classmethod
     def _check_id(cls, camera_id: str) -> str:
+        from convstream.server.sources import shown  # sources builds on this module
+
         if not re.fullmatch(CAMERA_ID, camera_id):
+            # what lands here by mistake is often the source, password and all
             raise ValueError(
                 "a camera id is 1 to 64 letters, digits, '.', '_' or '-', starting with a "
-                f"letter or digit; got {camera_id[:80]!r}"
+                f"letter or digit; got {shown(camera_id, 80)}"
             )
         return camera_id
 
@@ -491,7 +498,7 @@ def _describe(error: Any, variables: Mapping[str, str]) -> str:
     came from one), what was expected, and what arrived when that is a single value
     (shortened, passwords in URLs hidden; never a whole table, which would print every
     camera's source)."""
-    from convstream.server.sources import redact  # sources imports this module
+    from convstream.server.sources import shown  # sources imports this module
 
     where = "".join(
         f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]
@@ -520,7 +527,4 @@ def _describe(error: Any, variables: Mapping[str, str]) -> str:
         return f"{where}{' ' if message.startswith('(') else ': '}{message}"
     if "sha256" in error["loc"]:  # a token's hash, or the token pasted there by mistake
         return f"{where}: {error['msg']}"
-    shown = redact(repr(value))
-    if len(shown) > 60:
-        shown = shown[:57] + "..."
-    return f"{where}: {error['msg']}, got {shown}"
+    return f"{where}: {error['msg']}, got {shown(value)}"

@@ -8,6 +8,7 @@ their own frame rate, so they behave like live cameras.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -19,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 import cv2
 import numpy as np
 
-from convstream.server.config import parse_size
+from convstream.server.config import MAX_FPS, MAX_INPUT_SIDE, MIN_INPUT_SIDE, parse_size
 from convstream.server.diagnose import why_closed
 
 NETWORK_KINDS = ("rtsp", "rtsps", "http", "https", "tcp", "udp")
@@ -72,6 +73,13 @@ def redact(text: str) -> str:
     return _SECRET_PARAMETERS.sub(r"\1***\2", text)
 
 
+def shown(value: object, limit: int = 60) -> str:
+    """repr(value) for a message: passwords hidden (as by redact) before it is cut to limit
+    characters, so that a cut never leaves part of one showing."""
+    text = redact(repr(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @dataclass(frozen=True)
 class SourceSpec:
     """A parsed source: its kind (rtsp, http, file, device, demo, ...) and what to open."""
@@ -93,31 +101,27 @@ class SourceSpec:
         return redact(self.target)
 
 
+SOURCE_FORMS = (
+    "rtsp://, http(s)://, tcp:// or udp:// URL, a video file, device:N or "
+    "demo:conveyor[?fps=15&seed=0&size=360x640]"
+)
+
+
 def parse_source(source: str) -> SourceSpec:
     """Parse a configured source; ValueError says what forms are accepted."""
     source = source.strip()
+    if not source:
+        raise ValueError(f"a source is empty; expected an {SOURCE_FORMS}")
     if match := _DEVICE.match(source):
         index = int(match.group(1) or match.group(2))
         return SourceSpec("device", source, device=index)
     if source.startswith("device:"):
         raise ValueError(
-            f"a USB camera is device:N with N its number (device:0 is /dev/video0); got {source!r}"
+            "a USB camera is device:N with N its number (device:0 is /dev/video0); got "
+            f"{redact(source)!r}"
         )
     if source.startswith("demo:"):
-        parts = urlsplit(source)
-        if parts.path != "conveyor":
-            raise ValueError(f"unknown demo source {source!r}; expected demo:conveyor")
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        unknown = set(query) - {"fps", "seed", "size"}
-        if unknown:
-            raise ValueError(f"demo:conveyor takes fps, seed and size, got {sorted(unknown)}")
-        fps = float(query.get("fps", 15))
-        if not 0 < fps <= 120:
-            raise ValueError(f"demo fps must be in (0, 120], got {fps}")
-        size = parse_size(query.get("size", "360x640"))
-        return SourceSpec(
-            "demo", source, demo_fps=fps, demo_seed=int(query.get("seed", 0)), demo_size=size
-        )
+        return _parse_demo(source)
     parts = urlsplit(source)
     scheme = parts.scheme.lower()
     if scheme in NETWORK_KINDS:
@@ -137,6 +141,8 @@ def parse_source(source: str) -> SourceSpec:
             raise ValueError(f"no host in {redact(source)!r}")
         return SourceSpec({"rtsps": "rtsp", "https": "http"}.get(scheme, scheme), source)
     if scheme == "file":
+        if not parts.path:
+            raise ValueError(f"no path in {redact(source)!r}; expected file:///path/to/video")
         return SourceSpec("file", parts.path)
     if scheme and len(scheme) > 1:
         raise ValueError(
@@ -144,6 +150,48 @@ def parse_source(source: str) -> SourceSpec:
             f"{', '.join(NETWORK_KINDS)}, file, a path, device:N or demo:conveyor"
         )
     return SourceSpec("file", source)
+
+
+def _parse_demo(source: str) -> SourceSpec:
+    parts = urlsplit(source)
+    if parts.path != "conveyor":
+        raise ValueError(f"unknown demo source {redact(source)!r}; expected demo:conveyor")
+    # blank values kept: "fps=" is a mistake to point out, not the default
+    query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    unknown = set(query) - {"fps", "seed", "size"}
+    if unknown:
+        raise ValueError(f"demo:conveyor takes fps, seed and size, got {sorted(unknown)}")
+
+    def bad(name: str, expected: str) -> ValueError:
+        return ValueError(
+            f"demo source parameter {name}: expected {expected}, got {shown(query[name])}"
+        )
+
+    fps = 15.0
+    if "fps" in query:
+        try:
+            fps = float(query["fps"])
+        except ValueError:
+            fps = math.nan
+        if not 0 < fps <= MAX_FPS:  # nan too
+            raise bad("fps", f"a number of frames per second in (0, {MAX_FPS:g}]")
+    seed = 0
+    if "seed" in query:
+        try:
+            seed = int(query["seed"])
+        except ValueError:
+            raise bad("seed", "a whole number (each one draws another conveyor)") from None
+    size = (360, 640)
+    if "size" in query:
+        try:
+            size = parse_size(query["size"])
+        except ValueError:
+            raise bad(
+                "size",
+                f"HxW with both sides multiples of 8 from {MIN_INPUT_SIDE} to {MAX_INPUT_SIDE}, "
+                "e.g. 360x640",
+            ) from None
+    return SourceSpec("demo", source, demo_fps=fps, demo_seed=seed, demo_size=size)
 
 
 class Capture(Protocol):
@@ -205,11 +253,11 @@ class OpenCVCapture:
             why = why_closed(spec.target, min(3.0, max(0.2, open_timeout_s - spent)), spent)
             raise SourceError(f"could not open {spec.kind} source: {why}")
         fps = self._cap.get(cv2.CAP_PROP_FPS)
-        self._pacer = _Pacer(fps) if spec.kind == "file" and 0 < fps <= 240 else None
+        self._pacer = _Pacer(fps) if spec.kind == "file" and 0 < fps <= MAX_FPS else None
         self._read_timeout_s = read_timeout_s
         self._grabbed = False  # a frame is grabbed and waits for retrieve()
         if spec.kind in NETWORK_KINDS:
-            self._skip_backlog(1 / fps if 0 < fps <= 240 else 0.02)
+            self._skip_backlog(1 / fps if 0 < fps <= MAX_FPS else 0.02)
 
     def _skip_backlog(self, interval_s: float) -> None:
         """Grab past the frames that came in while the stream opened, up to the live one.
