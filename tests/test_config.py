@@ -6,10 +6,14 @@ import re
 import tomllib
 from pathlib import Path
 
+import grpc
 import pytest
+from conftest import jpeg, scene
 
 from convstream.cli import main
+from convstream.server import Server
 from convstream.server.config import (
+    MIN_MESSAGE_BYTES,
     ConfigError,
     Scheduling,
     Settings,
@@ -17,6 +21,8 @@ from convstream.server.config import (
     load_settings,
     parse_size,
 )
+from convstream.v1 import convstream_pb2 as pb
+from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
 
 def test_defaults_are_safe() -> None:
@@ -106,6 +112,15 @@ def test_sources_apply_in_order(tmp_path: Path) -> None:
         ),
         ('[cameras]\nid = "a"\n', {}, r"cameras: expected \[\[cameras\]\] tables"),
         ("max_batch = -1\n", {}, "max_batch"),
+        # bounds under which every frame, or every stream, would be refused
+        ("max_frame_side = 8\n", {}, "max_frame_side: .*greater than or equal to 32, got 8"),
+        ("max_frame_pixels = 1000\n", {}, "max_frame_pixels: .*equal to 1024, got 1000"),
+        ("max_message_bytes = 65536\n", {}, "max_message_bytes: .*to 131072, got 65536"),
+        (
+            "max_queued_frames = 3\n",
+            {},
+            "max_queued_frames 3 is below stream_queue_size 4: every stream reserves its queue",
+        ),
         (
             '[[cameras]]\nid = "a"\nsource = "   "\n',
             {},
@@ -122,6 +137,36 @@ def test_bad_settings_are_refused(
     path.write_text(toml)
     with pytest.raises(ConfigError, match=message):
         load_settings(path, environ=env)
+
+
+async def test_the_smallest_limits_accepted_still_serve() -> None:
+    """At each limit's lower bound a frame of the smallest size taken is still analysed, with
+    its heatmap and input JPEG, and a stream still opens (one step under each is refused)."""
+    settings = Settings(
+        port=0,
+        metrics_port=-1,
+        cameras=(),
+        max_frame_side=32,
+        max_frame_pixels=32 * 32,
+        max_message_bytes=MIN_MESSAGE_BYTES,
+        max_queued_frames=4,
+        stream_queue_size=4,
+    )
+    server = Server(settings)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+            options = pb.ResultOptions(include_frame=True)
+            frame = pb.FrameRequest(encoded=jpeg(scene(1, 32, 32)), options=options)
+            result = await stub.Analyze(frame, timeout=30)
+            assert result.status.code == 0 and result.heatmap.data and result.frame_jpeg
+            stream = stub.StreamFrames(timeout=30)
+            await stream.write(frame)
+            assert (await stream.read()).status.code == 0
+            await stream.done_writing()
+    finally:
+        await server.stop(grace=0)
 
 
 def test_hosts_without_ports_are_taken_and_a_flag_is_not_blamed_on_the_environment() -> None:

@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from convstream.server.decode import MIN_SIDE
 from convstream.server.tls import missing_files, read_pem
 
 ENV_PREFIX = "CONVSTREAM_"
@@ -42,6 +43,10 @@ MIN_INPUT_SIDE, MAX_INPUT_SIDE = 32, 4096
 # Frames per second: no camera or video here goes faster, so a rate above it is a mistake in
 # a config and not believed in a stream's metadata.
 MAX_FPS = 240.0
+# A result keeps 64 KiB free for what is added after its feature maps (pipeline's
+# _RESULT_SLACK), so under 64 KiB every frame is refused; twice that leaves as much again for
+# the frame itself, its heatmap and, if asked for, the input JPEG.
+MIN_MESSAGE_BYTES = 128 * 1024
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -269,12 +274,17 @@ class Settings(BaseModel):
         "convolutions choose their kernels again on every new shape (about 100 ms on an H200, "
         "against about 2 ms for a run); ignored on the CPU",
     )
+    # No lower than the smallest frame taken (MIN_SIDE a side): below, every frame is refused.
     max_frame_pixels: int = Field(
-        40_000_000, ge=1, description="width x height above which a frame is refused"
+        40_000_000,
+        ge=MIN_SIDE * MIN_SIDE,
+        description="width x height above which a frame is refused",
     )
-    max_frame_side: int = Field(16384, ge=1, description="width or height above which refused")
+    max_frame_side: int = Field(
+        16384, ge=MIN_SIDE, description="width or height above which a frame is refused"
+    )
     max_message_bytes: int = Field(
-        64 * 1024 * 1024, ge=1024, description="largest request or result message"
+        64 * 1024 * 1024, ge=MIN_MESSAGE_BYTES, description="largest request or result message"
     )
     max_streams: int = Field(64, ge=1, description="concurrent StreamFrames calls at most")
     max_queued_frames: int = Field(
@@ -338,6 +348,16 @@ class Settings(BaseModel):
                 f"metrics_port {self.metrics_port} with {self.processes} processes needs ports "
                 f"up to {last}, past 65535 (each process takes the next port); choose a lower "
                 "metrics_port"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_queues(self) -> Settings:
+        if self.max_queued_frames < self.stream_queue_size:
+            raise ValueError(
+                f"max_queued_frames {self.max_queued_frames} is below stream_queue_size "
+                f"{self.stream_queue_size}: every stream reserves its queue when it opens, so "
+                "none could open; raise max_queued_frames or lower stream_queue_size"
             )
         return self
 
