@@ -139,6 +139,38 @@ def test_bad_settings_are_refused(
         load_settings(path, environ=env)
 
 
+SWITCHES = sorted(name for name, field in Settings.model_fields.items() if field.annotation is bool)
+
+
+def test_every_switch_is_strict(tmp_path: Path) -> None:
+    # as cameras' loop is: "yes" in quotes is a mistake to point out, never a guess
+    assert SWITCHES == [
+        "fixed_shapes",
+        "reduced_jpeg_decode",
+        "reflection",
+        "spin_wait",
+        "widen_lone_frames",
+    ]
+    path = tmp_path / "c.toml"
+    for name in SWITCHES:
+        for quoted in ('"yes"', '"true"', "1"):
+            path.write_text(f"{name} = {quoted}\n")
+            expected = f"{name}: expected true or false \\(unquoted in TOML\\), got "
+            with pytest.raises(ConfigError, match=expected):
+                load_settings(path, environ={})
+        variable = f"CONVSTREAM_{name.upper()}"
+        for word in ("yes", "1", "True", ""):
+            message = f"{name} \\(from {variable}\\): expected true or false, got '{word}'"
+            with pytest.raises(ConfigError, match=message):
+                load_settings(environ={variable: word})
+        # the environment's words are TOML's
+        for word, value in (("true", True), ("false", False)):
+            assert getattr(load_settings(environ={variable: word}), name) is value
+    path.write_text('[[cameras]]\nid = "a"\nsource = "demo:conveyor"\nloop = "no"\n')
+    with pytest.raises(ConfigError, match=r"cameras\[0\]\.loop: expected true or false"):
+        load_settings(path, environ={})
+
+
 async def test_the_smallest_limits_accepted_still_serve() -> None:
     """At each limit's lower bound a frame of the smallest size taken is still analysed, with
     its heatmap and input JPEG, and a stream still opens (one step under each is refused)."""

@@ -203,7 +203,11 @@ class Settings(BaseModel):
         description="address of metrics_port; loopback whatever host is, so exposing gRPC "
         "never exposes the metrics by accident",
     )
-    reflection: bool = Field(True, description="serve gRPC reflection for grpcurl and friends")
+    # Every switch is strict, as TOML writes it: "yes" or "no" in quotes is a mistake to point
+    # out, not a guess to make (the environment's "true" and "false" are read as TOML's).
+    reflection: StrictBool = Field(
+        True, description="serve gRPC reflection for grpcurl and friends"
+    )
     model_path: Path | None = Field(None, description="an .onnx file; the shipped model if unset")
     threshold: float | None = Field(
         None,
@@ -236,18 +240,18 @@ class Settings(BaseModel):
     decode_threads: int = Field(
         0, ge=0, le=256, description="threads decoding and resizing frames; 0 = one per core"
     )
-    spin_wait: bool = Field(
+    spin_wait: StrictBool = Field(
         False,
         description="let idle onnxruntime threads spin: a little less latency back to back, "
         "but a core burnt while idle, which starves decoding on a small CPU",
     )
-    reduced_jpeg_decode: bool = Field(
+    reduced_jpeg_decode: StrictBool = Field(
         True,
         description="decode a JPEG at least twice the model input at 1/2, 1/4 or 1/8 scale "
         "inside libjpeg (about 2.4 ms instead of 6 for 720p): faster, but its score differs a "
         "little from the same pixels sent raw or as PNG; false: every frame alike",
     )
-    widen_lone_frames: bool = Field(
+    widen_lone_frames: StrictBool = Field(
         True,
         description="on a CPU with several workers, run a frame that finds every worker idle, "
         "nothing else waiting and nothing being decoded on every core (a second onnxruntime "
@@ -267,7 +271,7 @@ class Settings(BaseModel):
         "costs more CPU per frame there than single runs side by side), 8 on CUDA, where "
         "every run is padded to it (fixed_shapes): a large value costs a lone frame more",
     )
-    fixed_shapes: bool = Field(
+    fixed_shapes: StrictBool = Field(
         True,
         description="on CUDA, pad every run to max_batch frames and give each input size a "
         "session of its own, so the GPU never sees a new input shape: onnxruntime's CUDA "
@@ -459,7 +463,12 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
             raise ConfigError(f"unknown setting {key}; {hint}known: {', '.join(sorted(fields))}")
         if name in ("cameras", "tokens"):
             raise ConfigError(f"{key}: {name} are configured in the TOML file")
-        values[name] = raw.split(",") if name == "input_sizes" else raw
+        if name == "input_sizes":
+            values[name] = raw.split(",")
+        elif fields[name].annotation is bool:  # TOML's words; anything else is refused
+            values[name] = {"true": True, "false": False}.get(raw, raw)
+        else:
+            values[name] = raw
     return values
 
 
@@ -547,4 +556,7 @@ def _describe(error: Any, variables: Mapping[str, str]) -> str:
         return f"{where}{' ' if message.startswith('(') else ': '}{message}"
     if "sha256" in error["loc"]:  # a token's hash, or the token pasted there by mistake
         return f"{where}: {error['msg']}"
+    if error["type"] == "bool_type":
+        toml = "" if error["loc"][0] in variables else " (unquoted in TOML)"
+        return f"{where}: expected true or false{toml}, got {shown(value)}"
     return f"{where}: {error['msg']}, got {shown(value)}"
