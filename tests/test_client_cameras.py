@@ -403,6 +403,34 @@ async def test_cli_cameras_table_and_json(
     assert datetime.fromisoformat(cam["since"]).tzinfo is not None
 
 
+async def test_cli_cameras_json_of_a_failed_camera(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A camera with an error has a last_error_time: it is a string like the other times
+    (it was a datetime that json.dumps refused, and the command died with a traceback)."""
+    gone = CameraConfig(id="gone", source=str(tmp_path / "nope.mp4"))
+    async with serving(belt(), gone) as server, AsyncClient(address(server)) as client:
+
+        async def failed() -> bool:
+            return (await camera(client, "gone")).state == "failed"
+
+        await until(failed, 10, "the missing file's camera failed")
+        assert await cli("cameras", "--json", "--address", address(server)) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    cams = {cam["id"]: cam for cam in map(json.loads, out.splitlines())}
+    failed_cam = cams["gone"]
+    assert failed_cam["state"] == "failed" and "no such video file" in failed_cam["last_error"]
+    error_time = datetime.fromisoformat(failed_cam["last_error_time"])
+    assert error_time.tzinfo is not None and error_time <= datetime.now(UTC)
+    assert failed_cam["last_frame_time"] is None and failed_cam["last_score"] is None
+    # every field, of every camera, is a plain JSON value with the name CameraInfo gives it
+    fields = set(CameraInfo.__dataclass_fields__)
+    for cam in cams.values():
+        assert set(cam) == fields
+        assert all(v is None or isinstance(v, str | int | float) for v in cam.values()), cam
+
+
 async def test_cli_watch_json_table_and_overlays(
     server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -224,12 +224,23 @@ def _file_name(result: Result) -> str:
 
 
 def camera_json(camera: CameraInfo) -> dict[str, Any]:
-    """One JSON-ready object per camera; times as ISO 8601 (UTC) strings."""
-    fields = asdict(camera)
-    for key in ("since", "last_frame_time"):
-        value = fields[key]
-        fields[key] = value.isoformat() if value is not None else None
-    return fields
+    """One JSON-ready object per camera; times (``since``, ``last_error_time``,
+    ``last_frame_time``) as ISO 8601 (UTC) strings.
+
+    Every field is converted by its type, not by a list of names, so a datetime field added
+    to CameraInfo later cannot make ``cameras --json`` fail.
+    """
+    return {key: _json_value(value) for key, value in asdict(camera).items()}
+
+
+def _json_value(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, list | tuple):
+        return [_json_value(item) for item in value]
+    raise TypeError(f"no JSON form for {type(value).__name__} {value!r}")
 
 
 def cameras_text(cameras: list[CameraInfo], now: datetime | None = None) -> str:
