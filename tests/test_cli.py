@@ -189,6 +189,9 @@ async def test_info(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
     assert await run("info", "--json", "--address", f"127.0.0.1:{server.port}") == 0
     info = json.loads(capsys.readouterr().out)
     assert [s["name"] for s in info["stages"]] == ["stage1", "stage2", "stage3", "stage4"]
+    # named, as the text names them (384x640 is height x width): a pair read backwards
+    assert {"height": 384, "width": 640} in info["input_sizes"]
+    assert all(set(size) == {"height", "width"} for size in info["input_sizes"])
 
 
 def test_no_server_is_one_line_and_exit_code_1(capsys: pytest.CaptureFixture[str]) -> None:

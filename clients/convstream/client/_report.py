@@ -311,6 +311,15 @@ def _duration(elapsed: timedelta) -> str:
     return f"{seconds}s"
 
 
+def model_info_json(info: ModelInfo) -> dict[str, Any]:
+    """GetModelInfo for programs. Input sizes are objects, ``{"height": 384, "width": 640}``:
+    a pair would read backwards to someone who knows them from the settings ("384x640",
+    height x width) or from Size (width, height)."""
+    fields = asdict(info)
+    fields["input_sizes"] = [{"height": s.height, "width": s.width} for s in info.input_sizes]
+    return fields
+
+
 def model_info_text(info: ModelInfo) -> str:
     """GetModelInfo for people."""
     sizes = ", ".join(f"{s.height}x{s.width}" for s in info.input_sizes)

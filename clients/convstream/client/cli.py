@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from convstream.client._report import (
     WatchReporter,
     camera_json,
     cameras_text,
+    model_info_json,
     model_info_text,
 )
 from convstream.client.connection_flags import (
@@ -375,7 +376,7 @@ def _stream(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     def body(client: Client) -> int:
         info = client.model_info()
-        print(json.dumps(asdict(info)) if args.json else model_info_text(info))
+        print(json.dumps(model_info_json(info)) if args.json else model_info_text(info))
         return 0
 
     return _run(args, body)
