@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
+from concurrent.futures import Future
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from conftest import scene
 from convstream.model import DamageModel
 from convstream.server.engine import Engine, runs_wide
 from convstream.server.errors import DeadlineExpired, Draining, Overloaded
-from convstream.server.pipeline import WorkPool
+from convstream.server.pipeline import CALLER, WorkPool
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +186,64 @@ def test_a_frame_waits_for_a_wide_run_rather_than_share_its_cores(
         engine.close()
     assert [r.threads for r in results] == [2, 2]
     assert engine.wide_runs == 2
+
+
+def test_the_work_pool_serves_callers_in_turn_and_keeps_a_thread_for_the_others() -> None:
+    """One caller runs at most `threads` jobs at once, and another caller's job does not wait
+    behind its queue: it starts on the spare thread, or next when a thread frees."""
+    pool = WorkPool(2)
+    release = threading.Event()
+    started: dict[str, threading.Event] = {}
+
+    def job(name: str, block: bool) -> str:
+        started[name].set()
+        if block:
+            release.wait(30)
+        return name
+
+    def submit_as(caller: object, name: str, block: bool = True) -> Future[str]:
+        started[name] = threading.Event()
+        context = contextvars.copy_context()
+        context.run(CALLER.set, caller)
+        return context.run(pool.submit, job, name, block)
+
+    heavy, light, third = object(), object(), object()
+    try:
+        slow = [submit_as(heavy, f"heavy{i}") for i in range(4)]
+        assert started["heavy0"].wait(10) and started["heavy1"].wait(10)
+        # heavy holds its two threads and two more of its jobs wait; light runs at once
+        assert submit_as(light, "light0", block=False).result(timeout=10) == "light0"
+        assert not any(f.done() for f in slow) and not started["heavy2"].is_set()
+        # submitted after heavy's queued jobs, the third caller's starts before them
+        last = submit_as(third, "third0")
+        assert started["third0"].wait(10)
+        assert not started["heavy2"].is_set() and not started["heavy3"].is_set()
+        release.set()
+        assert [f.result(timeout=10) for f in [*slow, last]] == [
+            "heavy0",
+            "heavy1",
+            "heavy2",
+            "heavy3",
+            "third0",
+        ]
+    finally:
+        release.set()
+        pool.shutdown()
+
+
+def test_the_work_pool_drops_cancelled_jobs_and_refuses_work_after_shutdown() -> None:
+    pool = WorkPool(1)
+    release = threading.Event()
+    first = pool.submit(release.wait, 30)
+    second = pool.submit(release.wait, 30)  # one caller: waits for its thread
+    waiting = pool.submit(lambda: "never")
+    assert waiting.cancel()
+    release.set()
+    assert first.result(timeout=10) and second.result(timeout=10)
+    pool.shutdown()
+    assert not pool.busy
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.submit(lambda: None)
 
 
 def test_the_work_pool_is_busy_from_submit_until_the_task_ends() -> None:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
-from conftest import jpeg, scene
+from conftest import jpeg, png, scene
 
 from convstream.model import DamageModel
 from convstream.server import Server, Settings, app
@@ -501,6 +503,40 @@ async def test_a_client_that_stops_reading_cannot_take_every_other_streams_room(
                 break
             await asyncio.sleep(0.1)
         assert budget.held == 0
+    finally:
+        await server.stop(grace=0)
+
+
+async def test_a_stream_of_slow_frames_does_not_hold_up_another_clients_frames(
+    burst: list[bytes],
+) -> None:
+    """A 6300x6300 PNG is within the default limits and takes most of a second to decode;
+    one stream sending them keeps every core decoding, and another client's frame still
+    starts at once rather than waiting behind that stream's queue."""
+    server = Server(Settings(port=0, metrics_port=-1, cameras=()))
+    await server.start()
+    try:
+        heavy = png(np.zeros((6300, 6300, 3), np.uint8))  # 126 KB
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+
+            async def pngs() -> AsyncIterator[pb.FrameRequest]:
+                for i in range(6):
+                    yield pb.FrameRequest(frame_id=i, encoded=heavy)
+
+            flood = asyncio.create_task(_slow_reader(stub.StreamFrames(pngs()), 0.0))
+            await asyncio.sleep(0.5)  # its first frames are decoding, more wait behind them
+            latencies = []
+            for data in burst[:4]:
+                started = time.perf_counter()
+                result = await stub.Analyze(pb.FrameRequest(encoded=data), timeout=60)
+                latencies.append(time.perf_counter() - started)
+                assert result.status.code == 0
+            slow = await asyncio.wait_for(flood, 120)
+        decode_s = float(np.median([r.timings.decode_ms for r in slow])) / 1000
+        assert len(slow) == 6
+        # behind that stream's queue, each would wait at least one of its decodes
+        assert max(latencies) < decode_s / 2, (latencies, decode_s)
     finally:
         await server.stop(grace=0)
 

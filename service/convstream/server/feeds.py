@@ -27,7 +27,7 @@ from convstream.server.engine import Inference
 from convstream.server.errors import CameraDown, ConvstreamError, Draining
 from convstream.server.letterbox import choose_input, letterbox
 from convstream.server.metrics import Metrics
-from convstream.server.pipeline import Options, Pipeline, Prepared, error_result
+from convstream.server.pipeline import CALLER, Options, Pipeline, Prepared, error_result
 from convstream.v1 import convstream_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -309,6 +309,7 @@ class CameraFeed(Publisher):
         self.end_watchers(error)
 
     async def _run(self) -> None:
+        CALLER.set(object())  # the camera's frames take their turn beside the streams'
         last = 0
         camera = self.camera
         source = camera.config.id

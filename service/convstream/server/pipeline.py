@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -72,33 +74,111 @@ class Options:
         )
 
 
-class WorkPool(ThreadPoolExecutor):
-    """The decoding and encoding threads, counting the tasks submitted and not yet finished
-    (the engine runs a lone frame over every core only while there are none)."""
+CALLER: ContextVar[object] = ContextVar("convstream_caller", default=None)
+"""Who submits work to the WorkPool from this asyncio task (and the tasks it starts): a
+token of a stream, an Analyze call or a camera's feed, each served in turn. A plain object(),
+never the session itself: an asyncio context lives on in the loop's cancelled timers."""
+
+_Job = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+class WorkPool(Executor):
+    """The decoding and encoding threads, shared fairly by the streams, calls and cameras
+    that use them.
+
+    Jobs wait in one queue per caller (``CALLER`` where the job was submitted) and a free
+    thread takes the next caller's in turn. One caller runs at most `threads` jobs at once
+    and the pool has one thread more, so another caller's frame starts at once even while
+    one stream keeps every core decoding frames that take a second each (the cores are then
+    shared between them), instead of waiting behind that stream's queue. Counts the jobs
+    submitted and not yet finished: the engine runs a lone frame over every core only while
+    there are none.
+    """
 
     def __init__(self, threads: int) -> None:
-        super().__init__(threads, thread_name_prefix="convstream-decode")
+        self.per_caller = threads
         self._pending = 0
-        self._count_lock = threading.Lock()
+        self._queues: dict[object, deque[_Job]] = {}  # in turn order; only callers with jobs
+        self._running: dict[object, int] = {}
+        self._shutdown = False
+        self._changed = threading.Condition()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"convstream-decode-{i}", daemon=True)
+            for i in range(threads + 1)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def busy(self) -> bool:
         return self._pending > 0
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
-        with self._count_lock:
+        future: Future[T] = Future()
+        caller = CALLER.get()
+        with self._changed:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new work after shutdown")
+            self._queues.setdefault(caller, deque()).append((future, fn, args, kwargs))
             self._pending += 1
-        try:
-            future = super().submit(fn, *args, **kwargs)
-        except BaseException:
-            self._finished(None)
-            raise
-        future.add_done_callback(self._finished)
+            self._changed.notify()
         return future
 
-    def _finished(self, _future: object) -> None:
-        with self._count_lock:
-            self._pending -= 1
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._changed:
+            self._shutdown = True
+            if cancel_futures:
+                for jobs in self._queues.values():
+                    for future, *_ in jobs:
+                        future.cancel()
+                        self._pending -= 1
+                self._queues.clear()
+            self._changed.notify_all()
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+    def _take(self) -> tuple[object, _Job] | None:
+        """The next job in turn whose caller is under its share of threads (lock held)."""
+        for caller, jobs in self._queues.items():
+            if self._running.get(caller, 0) < self.per_caller:
+                job = jobs.popleft()
+                del self._queues[caller]
+                if jobs:
+                    self._queues[caller] = jobs  # to the back of the turn
+                self._running[caller] = self._running.get(caller, 0) + 1
+                return caller, job
+        return None
+
+    def _work(self) -> None:
+        while True:
+            with self._changed:
+                while (taken := self._take()) is None:
+                    if self._shutdown and not self._queues:
+                        return
+                    self._changed.wait()
+            caller, (future, fn, args, kwargs) = taken
+            result: Any = None
+            error: BaseException | None = None
+            run = future.set_running_or_notify_cancel()
+            if run:
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    error = exc
+            # Counted finished before the caller hears of it, so that a frame whose decoding
+            # was the last work here finds the pool idle when it reaches the engine.
+            with self._changed:
+                self._pending -= 1
+                running = self._running.pop(caller) - 1
+                if running:
+                    self._running[caller] = running
+                self._changed.notify_all()  # the caller may have been at its share
+            if run and error is not None:
+                future.set_exception(error)
+            elif run:
+                future.set_result(result)
+            del taken, caller, future, fn, args, kwargs, result, error  # nothing kept while idle
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from convstream.server.errors import (
 )
 from convstream.server.feeds import FeedFinished
 from convstream.server.metrics import Metrics
-from convstream.server.pipeline import Options, Pipeline
+from convstream.server.pipeline import CALLER, Options, Pipeline
 from convstream.server.processes import Peers
 from convstream.server.streams import ByteBudget, FrameBudget, StreamSession
 from convstream.v1 import convstream_pb2 as pb
@@ -74,6 +74,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         self, request: pb.FrameRequest, context: grpc.aio.ServicerContext
     ) -> pb.FrameResult:
         arrived = time.perf_counter()
+        CALLER.set(object())  # each call's decoding takes its own turn
         admitted = False
         try:
             if self.draining.is_set():

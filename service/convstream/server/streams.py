@@ -33,7 +33,7 @@ from convstream.server.errors import (
 )
 from convstream.server.feeds import StreamPublication
 from convstream.server.metrics import Metrics
-from convstream.server.pipeline import Options, Pipeline, Prepared, error_result
+from convstream.server.pipeline import CALLER, Options, Pipeline, Prepared, error_result
 from convstream.v1 import convstream_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -458,6 +458,9 @@ class StreamSession:
         self, requests: AsyncIterator[pb.FrameRequest | UndecodableRequest]
     ) -> AsyncIterator[pb.FrameResult]:
         """Yield one result per frame read, in the order frames arrived."""
+        # this stream's decoding takes its turn beside the others' (a token, not the session:
+        # the context outlives the call in the loop's cancelled timers)
+        CALLER.set(object())
         reader = asyncio.create_task(self._read(requests))
         tasks = [reader, asyncio.create_task(self._dispatch())]
         tasks.append(asyncio.create_task(self._stop_on_drain(reader)))
