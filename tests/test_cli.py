@@ -413,3 +413,27 @@ def test_a_watch_reports_the_rate_its_results_came_at(monkeypatch: pytest.Monkey
         reporter.add(Result(frame_id=frame_id, score=0.5))
     summary = reporter.summary()
     assert summary.startswith("3 frames in 1.4 s (5.0 frames/s from the first to the last): ")
+
+
+def test_a_watch_summary_says_how_long_no_result_came(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A watch across a server restart: 3 results 0.1 s apart, 20 s of nothing, 2 more, and
+    then 10 s of nothing before Ctrl-C read as 10 frames/s while they came, with the pauses
+    said, not as 5 frames over 30 s "from the first to the last"."""
+    from convstream.client import _report
+    from convstream.client.results import Result
+
+    clock = [100.0, 100.5, 100.6, 100.7, 120.7, 120.8, 130.8]
+
+    def perf_counter() -> float:
+        return clock.pop(0) if len(clock) > 1 else clock[0]
+
+    monkeypatch.setattr(_report.time, "perf_counter", perf_counter)
+    reporter = _report.WatchReporter(
+        io.StringIO(), io.StringIO(), json_lines=True, overlays=None, total=None, gap_s=3.0
+    )
+    for frame_id in range(5):
+        reporter.add(Result(frame_id=frame_id, score=0.5))
+    assert reporter.summary().startswith(
+        "5 frames in 30.8 s (10.0 frames/s while they came; none for 20.0 s between them and "
+        "none in the last 10.0 s): "
+    )

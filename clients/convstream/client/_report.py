@@ -166,7 +166,7 @@ class Reporter:
         """One line: frames, rate, damaged, failed, dropped, server time percentiles."""
         elapsed = time.perf_counter() - self.started
         # One frame has no rate worth printing (it would be the inverse of one round trip).
-        speed = f" ({self.rate(elapsed):.1f} frames/s{self.rate_basis})" if self.count > 1 else ""
+        speed = f" ({self.rate_text(elapsed)})" if self.count > 1 else ""
         text = (
             f"{self.count} frame{'' if self.count == 1 else 's'} in {elapsed:.1f} s{speed}: "
             f"{self.damaged} damaged, {self.failed} failed, {self.dropped} dropped"
@@ -176,23 +176,54 @@ class Reporter:
             text += f"; server time p50 {p50:.1f} ms, p95 {p95:.1f} ms"
         return text
 
-    rate_basis = ""  # what the rate counts, when not the frames over the time above
-
-    def rate(self, elapsed: float) -> float:
+    def rate_text(self, elapsed: float) -> str:
         """Frames per second of the whole command: what sending them all took."""
-        return self.count / elapsed if elapsed > 0 else 0.0
+        return f"{self.count / elapsed if elapsed > 0 else 0.0:.1f} frames/s"
 
 
 class WatchReporter(Reporter):
-    """A Reporter for a camera's results: age and drops instead of names and server time."""
+    """A Reporter for a camera's results: age and drops instead of names and server time.
 
-    rate_basis = " from the first to the last"
+    Its rate is of the results as they came, and a pause (no result for ``gap_s`` or more:
+    the server restarting, the camera down) is not part of it but said beside it, so that 38
+    results in 2.5 s and then 20 s of nothing do not read as 15 frames/s over 22 s.
+    """
 
-    def rate(self, elapsed: float) -> float:
-        """Results per second as they came: the intervals between the first and the last (a
-        watch at --max-fps 3 reads 3.0, not the count over the time since connecting)."""
-        between = self.last_at - self.first_at
-        return (self.count - 1) / between if between > 0 else 0.0
+    def __init__(self, *args: Any, gap_s: float = 3.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gap_s = gap_s
+        self.flowing_s = 0.0  # the intervals between results shorter than gap_s, summed
+        self.flowing_n = 0
+        self.paused_s = 0.0  # the longer ones
+        self.pauses = 0
+
+    def add(self, result: Result) -> None:
+        before = self.last_at
+        super().add(result)
+        if self.count > 1:
+            interval = self.last_at - before
+            if interval >= self.gap_s:
+                self.paused_s += interval
+                self.pauses += 1
+            else:
+                self.flowing_s += interval
+                self.flowing_n += 1
+
+    def rate_text(self, elapsed: float) -> str:
+        """Results per second while they came (a watch at --max-fps 3 reads 3.0, not the
+        count over the time since connecting), and how long none came, if any pause was
+        long enough to be one; the time before the first result is connecting, not a pause."""
+        rate = self.flowing_n / self.flowing_s if self.flowing_s > 0 else 0.0
+        tail = elapsed - (self.last_at - self.started)  # since the last result
+        if not self.pauses and tail < self.gap_s:
+            return f"{rate:.1f} frames/s from the first to the last"
+        quiet = []
+        if self.pauses:
+            times = "" if self.pauses == 1 else f" ({self.pauses} pauses)"
+            quiet.append(f"none for {self.paused_s:.1f} s between them{times}")
+        if tail >= self.gap_s:
+            quiet.append(f"none in the last {tail:.1f} s")
+        return f"{rate:.1f} frames/s while they came; {' and '.join(quiet)}"
 
     def _header(self) -> str:
         return self._watch_row("FRAME", "SCORE", "DAMAGED", "PEAK (x, y)", "AGE MS", "DROPPED")

@@ -413,7 +413,8 @@ def _watch(args: argparse.Namespace) -> int:
             return _usage(args, f"unknown camera {args.camera_id!r}; {have}")
         camera = cameras[args.camera_id]
         rates = [r for r in (args.max_fps, camera.fps_cap) if r]
-        lull = CameraLull(client, args.camera_id, max(QUIET_S, 3 / min(rates, default=1.0)))
+        quiet_s = max(QUIET_S, 3 / min(rates, default=1.0))
+        lull = CameraLull(client, args.camera_id, quiet_s)
         opening = datetime.now(UTC) - (camera.since or datetime.now(UTC))
         slow_open = camera.state == "connecting" and opening > timedelta(seconds=2)
         if slow_open or camera.state in ("stalled", "reconnecting"):
@@ -436,6 +437,7 @@ def _watch(args: argparse.Namespace) -> int:
             json_lines=args.json,
             overlays=args.save_overlays,
             total=args.count,
+            gap_s=quiet_s,  # a pause the lull would have told of
         )
         with contextlib.closing(watching), lull:  # closing ends the call at --count
             results = lull.timed(itertools.islice(watching, args.count))

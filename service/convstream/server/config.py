@@ -238,7 +238,11 @@ class Settings(BaseModel):
         0, ge=0, le=256, description="onnxruntime threads per run; 0 = the cores / the workers"
     )
     decode_threads: int = Field(
-        0, ge=0, le=256, description="threads decoding and resizing frames; 0 = one per core"
+        0,
+        ge=0,
+        le=256,
+        description="threads one stream, call or camera decodes and resizes frames on at "
+        "once (the pool has one more, for the others); 0 = one per core",
     )
     spin_wait: StrictBool = Field(
         False,
