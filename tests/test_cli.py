@@ -437,3 +437,36 @@ def test_a_watch_summary_says_how_long_no_result_came(monkeypatch: pytest.Monkey
         "5 frames in 30.8 s (10.0 frames/s while they came; none for 20.0 s between them and "
         "none in the last 10.0 s): "
     )
+
+
+def nowhere() -> str:
+    """An address where no server listens: a command that got as far as connecting would
+    exit 1, "unavailable"; these must stop at exit 2 without sending anything."""
+    return f"127.0.0.1:{free_port()}"
+
+
+def test_a_file_where_a_folder_goes_is_one_line_before_anything_is_sent(
+    images: Path, video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_file = tmp_path / "fake.jpg"
+    a_file.write_bytes(b"x")
+    assert main(["samples", str(a_file), "--count", "1"]) == 2
+    assert capsys.readouterr().err == (
+        f"convstream samples: {a_file} is a file; give a folder (created if need be)\n"
+    )
+    assert main(["samples", str(a_file / "below"), "--count", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"convstream samples: cannot create {a_file / 'below'}: ")
+    assert err.count("\n") == 1
+    for argv in (
+        ["analyze", str(images)],
+        ["stream", str(video)],
+        ["watch", "belt", "--count", "1"],
+    ):
+        assert main([*argv, "--save-overlays", str(a_file), "--address", nowhere()]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err == (
+            f"convstream {argv[0]}: error: --save-overlays {a_file} is a file; give a folder "
+            "(created if need be)\n"
+        )
+    assert a_file.read_bytes() == b"x"

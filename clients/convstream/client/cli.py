@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -238,8 +239,25 @@ def _client(args: argparse.Namespace) -> Client:
     )
 
 
+def _overlay_folder(folder: Path) -> str | None:
+    """Why --save-overlays cannot write into folder (created here if need be), or None.
+    Asked before anything is sent: afterwards the frames would be analysed for nothing."""
+    if folder.exists() and not folder.is_dir():
+        return f"--save-overlays {folder} is a file; give a folder (created if need be)"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"--save-overlays {folder}: cannot create the folder: {exc.strerror or exc}"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"--save-overlays {folder}: this user cannot write into that folder"
+    return None
+
+
 def _run(args: argparse.Namespace, body: Callable[[Client], int]) -> int:
     """Run body with a client; ConvstreamError becomes one line on stderr and exit code 1."""
+    overlays = getattr(args, "save_overlays", None)
+    if overlays is not None and (problem := _overlay_folder(overlays)) is not None:
+        return _usage(args, problem)
     try:
         client = _client(args)
     except (OSError, ValueError) as exc:

@@ -298,7 +298,20 @@ def _samples(args: argparse.Namespace) -> int:
     if wrong:
         print(f"convstream samples: {'; '.join(wrong)}", file=sys.stderr)
         return 2
-    args.directory.mkdir(parents=True, exist_ok=True)
+    if args.directory.exists() and not args.directory.is_dir():
+        print(
+            f"convstream samples: {args.directory} is a file; give a folder (created if need be)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        args.directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(
+            f"convstream samples: cannot create {args.directory}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
     for i in range(args.count):
         scene = render_scene(4_000_000_000 + i, height, width, damaged=i % 2 == 1)
         label = "damaged" if scene.damaged else "intact"
