@@ -470,3 +470,27 @@ def test_a_file_where_a_folder_goes_is_one_line_before_anything_is_sent(
             "(created if need be)\n"
         )
     assert a_file.read_bytes() == b"x"
+
+
+def test_a_video_given_to_analyze_and_a_folder_given_to_stream_are_pointed_the_right_way(
+    images: Path, video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["analyze", str(video), "--address", nowhere()]) == 2
+    assert capsys.readouterr().err == (
+        f"convstream analyze: error: {video} is a video (AVI); analyze takes images and "
+        f"folders of them: stream a video's frames with `convstream stream {video}`\n"
+    )
+    # by its leading bytes, whatever its name says; an image named like a video is an image
+    disguised = tmp_path / "clip.jpg"
+    disguised.write_bytes(video.read_bytes())
+    assert main(["analyze", str(disguised), "--address", nowhere()]) == 2
+    assert "clip.jpg is a video (AVI)" in capsys.readouterr().err
+    mp4 = tmp_path / "clip.mp4"
+    mp4.write_bytes(b"\x00\x00\x00\x18ftypisom" + bytes(64))
+    assert main(["analyze", str(mp4), "--address", nowhere()]) == 2
+    assert "clip.mp4 is a video (MP4)" in capsys.readouterr().err
+    assert main(["stream", str(images), "--address", nowhere()]) == 2
+    assert capsys.readouterr().err == (
+        f"convstream stream: error: {images} is a folder; stream takes a video file, a URL or "
+        f"a camera index: analyse a folder's images with `convstream analyze {images}`\n"
+    )

@@ -285,6 +285,36 @@ def test_video_latest_only_reader_hands_out_newest_frames(video: Path) -> None:
         assert [f.frame_id for f in source.frames()] == [0, 1, 2, 3]
     with pytest.raises(cs.SourceError, match="no such video"):
         Video(video.with_name("missing.avi"))
+    with pytest.raises(cs.SourceError, match=r"is a folder, not a video file \(for its images"):
+        Video(video.parent)
+
+
+# What the package docstring promises for each kind of thing that is not a frame to analyse
+NOT_FRAMES = [
+    ("bytes that are no image", lambda p: b"garbage bytes, not an image", cs.InvalidFrame),
+    ("a file that is no image", lambda p: p["notes"], cs.InvalidFrame),
+    ("a missing file", lambda p: p["missing"], cs.SourceError),
+    ("a folder", lambda p: p["folder"], cs.SourceError),
+    ("a video file", lambda p: p["video"], cs.SourceError),
+    ("float pixels", lambda p: np.zeros((8, 8, 3), np.float32), ValueError),
+    ("an object that is no frame", lambda p: 42, TypeError),
+]
+
+
+async def test_what_is_not_a_frame_raises_what_the_docstring_says(
+    server: Server, video: Path, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("hello")
+    paths = {"notes": notes, "missing": tmp_path / "gone.jpg", "folder": tmp_path}
+    paths["video"] = video
+    for name, make, raised in NOT_FRAMES:
+        assert raised.__name__ in (cs.__doc__ or ""), name
+        async with AsyncClient(address(server)) as client:
+            with pytest.raises(raised):
+                await client.analyze(make(paths))
+    with pytest.raises(cs.SourceError, match=r"conveyor.avi is a video \(AVI\), not an image"):
+        cs.read_image(video)
 
 
 async def test_latest_only_answers_or_reports_every_frame_once(

@@ -15,8 +15,12 @@
             print(result.frame_id, result.score, result.frame_age_ms)
 
 ``AsyncClient`` offers the same calls for asyncio. Every error of the server, the connection
-or a source is a ``ConvstreamError`` (see ``convstream.client.errors`` for the tree); a bad
-argument, a frame that is not an image among them, is a ``ValueError`` or ``TypeError``.
+or a source is a ``ConvstreamError`` (see ``convstream.client.errors`` for the tree). Bytes or
+a file that are not an image the server decodes are judged by the server: ``InvalidFrame``,
+raised by ``analyze`` and in the ``error`` of that frame's Result on a stream (which goes
+on). A file that cannot be read, a folder given as a video, or a video given as an image is a
+``SourceError``. A bad argument is a ``ValueError`` or ``TypeError``: an option out of range,
+pixels that are not uint8 BGR or gray, an object that is no frame at all.
 """
 
 from convstream.client._client import AsyncClient, Client

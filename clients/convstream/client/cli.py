@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import os
+import shlex
 import sys
 import threading
 import time
@@ -45,7 +46,13 @@ from convstream.client.errors import (
     SourceError,
     Unauthenticated,
 )
-from convstream.client.frames import IMAGE_SUFFIXES, Video, image_files, read_images
+from convstream.client.frames import (
+    IMAGE_SUFFIXES,
+    Video,
+    image_files,
+    read_images,
+    video_container,
+)
 from convstream.client.options import ResultOptions, Timeout, Upload
 from convstream.client.results import CameraInfo, Result
 
@@ -343,6 +350,17 @@ def _analyze(args: argparse.Namespace) -> int:
         paths = image_files(args.paths)
     except SourceError as exc:
         return _usage(args, exc.message)
+    for path in args.paths:  # named here, not uploaded whole to be refused as "not an image"
+        try:
+            kind = None if path.is_dir() else video_container(path)
+        except OSError as exc:
+            return _usage(args, f"cannot read {path}: {exc.strerror or exc}")
+        if kind is not None:
+            return _usage(
+                args,
+                f"{path} is a video ({kind}); analyze takes images and folders of them: "
+                f"stream a video's frames with `convstream stream {shlex.quote(str(path))}`",
+            )
     if not paths:
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         return _usage(args, f"no image files ({suffixes}) in {', '.join(map(str, args.paths))}")
@@ -357,6 +375,12 @@ def _analyze(args: argparse.Namespace) -> int:
 
 def _stream(args: argparse.Namespace) -> int:
     source: str | int = int(args.source) if args.source.isdigit() else args.source
+    if isinstance(source, str) and "://" not in source and Path(source).is_dir():
+        return _usage(
+            args,
+            f"{source} is a folder; stream takes a video file, a URL or a camera index: "
+            f"analyse a folder's images with `convstream analyze {shlex.quote(source)}`",
+        )
     if isinstance(source, str) and "://" not in source and not Path(source).is_file():
         return _usage(args, f"no such video file: {source} (or give a camera index, e.g. 0)")
     if args.max_frames is not None and args.max_frames < 1:

@@ -33,6 +33,61 @@ __all__ = ["Frame", "FrameLike", "Video", "as_frame", "image_files", "read_image
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")  # what the server decodes as it is
+VIDEO_SUFFIXES = {
+    ".avi": "AVI",
+    ".mp4": "MP4",
+    ".m4v": "MP4",
+    ".mov": "QuickTime",
+    ".mkv": "Matroska",
+    ".webm": "WebM",
+    ".mpg": "MPEG",
+    ".mpeg": "MPEG",
+    ".ts": "MPEG-TS",
+    ".m2ts": "MPEG-TS",
+    ".flv": "FLV",
+    ".wmv": "Windows Media",
+    ".asf": "Windows Media",
+    ".3gp": "3GPP",
+}
+# ISO base media files (MP4, QuickTime) that hold a still image, not a video
+_STILL_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis")
+
+
+def video_container(path: str | os.PathLike[str]) -> str | None:
+    """The video container a file holds, e.g. "AVI" or "MP4", judged by its leading bytes
+    or, when they say nothing, its suffix: so that a video given where images go is named
+    before megabytes of it are uploaded to be refused. None for an image or anything else.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    with open(path, "rb") as file:
+        head = file.read(512)
+    if head.startswith(_MAGIC):
+        return None  # an image, whatever its name says
+    return _video_magic(head) or VIDEO_SUFFIXES.get(Path(path).suffix.lower())
+
+
+def _video_magic(head: bytes) -> str | None:
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "AVI"
+    if head[4:8] == b"ftyp":
+        if head[8:12] in _STILL_BRANDS:
+            return None
+        return "QuickTime" if head[8:12] == b"qt  " else "MP4"
+    if head[4:8] in (b"moov", b"mdat", b"wide"):
+        return "QuickTime"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "WebM" if b"webm" in head[:64] else "Matroska"
+    if head.startswith(b"FLV\x01"):
+        return "FLV"
+    if head.startswith(b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"):
+        return "Windows Media"
+    if head.startswith(b"\x00\x00\x01\xba"):
+        return "MPEG"
+    if len(head) > 376 and head[0] == head[188] == head[376] == 0x47:
+        return "MPEG-TS"  # a sync byte every 188-byte packet
+    return None
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -113,6 +168,9 @@ def read_image(path: str | os.PathLike[str]) -> Frame:
     """An image file as a Frame: JPEG and PNG keep their bytes, other formats are decoded.
 
     A file OpenCV cannot decode keeps its bytes too, so the server says what is wrong with it.
+
+    Raises:
+        SourceError: the file cannot be read, or it is a video (see ``video_container``).
     """
     path = Path(path)
     try:
@@ -121,7 +179,17 @@ def read_image(path: str | os.PathLike[str]) -> Frame:
         raise SourceError(f"cannot read image {path}: {exc.strerror or exc}") from exc
     if data.startswith(_MAGIC):
         return Frame(data, name=str(path))
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    kind = _video_magic(data[:512])
+    pixels = None
+    if kind is None and data:
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if pixels is None:
+            kind = VIDEO_SUFFIXES.get(path.suffix.lower())
+    if kind is not None:
+        raise SourceError(
+            f"{path} is a video ({kind}), not an image: read its frames with "
+            f"Video({str(path)!r}) (from the shell, `convstream stream {path}`)"
+        )
     return Frame(data if pixels is None else pixels, name=str(path))
 
 
@@ -230,6 +298,11 @@ class Video:
             label = str(source)
         else:
             path = Path(source)
+            if path.is_dir():
+                raise SourceError(
+                    f"{path} is a folder, not a video file (for its images: "
+                    f"read_images([{str(path)!r}]))"
+                )
             if not path.is_file():
                 raise SourceError(f"no such video file: {path}")
             label = path.stem
