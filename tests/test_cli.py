@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -125,13 +126,17 @@ async def test_stream_a_video_file(
     server: Server, video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     address = f"127.0.0.1:{server.port}"
+    started = time.monotonic()
     assert await run("stream", str(video), "--address", address) == 0
+    # at the file's own 10 frames/s, as a camera would send them: 11 intervals of 0.1 s
+    assert time.monotonic() - started >= 1.05
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[:2] for line in out[1:-1]] == [[str(i), f"dock#{i}"] for i in range(12)]
     assert out[-1].startswith("12 frames in ")
 
     overlays = tmp_path / "overlays"
     argv = ["stream", str(video), "--json", "--max-frames", "5", "--save-overlays", str(overlays)]
+    argv += ["--fast"]  # as fast as the server takes them
     assert await run(*argv, "--freshness", "bounded_queue", "--address", address) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["frame_id"] for line in lines] == [0, 1, 2, 3, 4]
@@ -154,15 +159,16 @@ async def test_samples_write_frames_and_a_clip_that_analyze_and_stream_take(
     assert written[0].endswith("box-000-intact.jpg  intact")
     assert "box-001-damaged.jpg  damaged (" in written[1]
     assert written[2].startswith(f"{folder / 'conveyor.avi'}  2 s at 15 fps, 30 frames, ")
-    clip = cv2.VideoCapture(str(folder / "conveyor.avi"))
-    size = (clip.get(cv2.CAP_PROP_FRAME_HEIGHT), clip.get(cv2.CAP_PROP_FRAME_WIDTH))
-    assert (size, clip.get(cv2.CAP_PROP_FRAME_COUNT)) == ((360, 640), 30)  # the demo camera's
-    clip.release()
+    capture = cv2.VideoCapture(str(folder / "conveyor.avi"))
+    size = (capture.get(cv2.CAP_PROP_FRAME_HEIGHT), capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+    assert (size, capture.get(cv2.CAP_PROP_FRAME_COUNT)) == ((360, 640), 30)  # the demo's
+    capture.release()
     address = f"127.0.0.1:{server.port}"
     assert await run("analyze", str(folder), "--json", "--address", address) == 0
     names = [Path(json.loads(line)["name"]).name for line in capsys.readouterr().out.splitlines()]
     assert names == ["box-000-intact.jpg", "box-001-damaged.jpg"]
-    assert await run("stream", str(folder / "conveyor.avi"), "--json", "--address", address) == 0
+    clip = str(folder / "conveyor.avi")
+    assert await run("stream", clip, "--json", "--fast", "--address", address) == 0
     results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["frame_id"] for r in results] == list(range(30))
     assert main(["samples", str(folder), "--clip", "-1"]) == 2

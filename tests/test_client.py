@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import struct
 import subprocess
 import sys
@@ -272,6 +273,34 @@ async def test_video_file_streamed_in_order_none_missing(server: Server, video: 
         assert all(r.ok and r.source == "conveyor" for r in results)
         assert results[5].frame is not None and results[5].frame.name == "conveyor#5"
         assert sum(r.frames_dropped for r in results) == 0
+
+
+def test_a_realtime_video_file_comes_at_its_own_frame_rate(video: Path) -> None:
+    """realtime=True: the 10 fps file's frames 0.1 s apart, as a camera's, each carrying the
+    time it was handed out; without it, as fast as they are read, with no capture_time."""
+    with Video(video, realtime=True, max_frames=5) as source:
+        started = time.monotonic()
+        got = list(source.frames())
+        took = time.monotonic() - started
+    assert [f.frame_id for f in got] == [0, 1, 2, 3, 4]
+    assert took >= 0.38  # four intervals of 0.1 s; the first frame comes at once
+    times = [f.capture_time or 0.0 for f in got]
+    assert all(times), times
+    assert all(b - a >= 0.08 for a, b in itertools.pairwise(times)), times
+    with Video(video, max_frames=5) as source:
+        assert all(f.capture_time is None for f in source.frames())
+    # close() from another thread ends a paced read without waiting for its frame's time
+    slow = video.parent / "slow.avi"
+    writer = cv2.VideoWriter(str(slow), cv2.VideoWriter_fourcc(*"MJPG"), 0.5, (64, 48))
+    for _ in range(3):
+        writer.write(np.zeros((48, 64, 3), np.uint8))
+    writer.release()
+    source = Video(slow, realtime=True)
+    frames = source.frames()
+    next(frames)  # the first at once; the next is due in 2 s
+    threading.Timer(0.2, source.close).start()
+    started = time.monotonic()
+    assert list(frames) == [] and time.monotonic() - started < 1.5
 
 
 def test_video_latest_only_reader_hands_out_newest_frames(video: Path) -> None:

@@ -152,6 +152,13 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     stream.add_argument("source", metavar="SOURCE", help="video file, URL, or camera index (0)")
     stream.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     stream.add_argument(
+        "--fast",
+        action="store_true",
+        help="send a video file's frames as fast as the server takes them (default: at the "
+        "file's own frame rate, as a camera would send them; cameras and URLs always come at "
+        "their own pace)",
+    )
+    stream.add_argument(
         "--freshness",
         choices=("lossless", "latest_only", "bounded_queue"),
         default="lossless",
@@ -387,7 +394,8 @@ def _stream(args: argparse.Namespace) -> int:
         return _usage(args, f"--max-frames must be at least 1, got {args.max_frames}")
 
     def body(client: Client) -> int:
-        with Video(source, name=args.name, max_frames=args.max_frames) as video:
+        realtime = not args.fast
+        with Video(source, name=args.name, max_frames=args.max_frames, realtime=realtime) as video:
             total = video.frame_count
             if args.max_frames is not None:
                 total = min(total, args.max_frames) if total else args.max_frames

@@ -274,13 +274,18 @@ class Video:
             frames skipped leave gaps in frame ids). Default: on for cameras and URLs, off for
             files, where every frame is read in order.
         max_frames: stop after this many frames.
+        realtime: a file's frames at the file's own frame rate (``fps``, when it says one),
+            as a camera would deliver them and as the server plays a file camera: a stream
+            then lasts as long as the clip, and a published one stays on the dashboard that
+            long. Off (the default): as fast as they are taken, to analyse a file quickly.
+            Cameras and URLs always come at their own pace.
 
     Attributes:
         fps: the frame rate OpenCV reports (0.0 when unknown).
         frame_count: frames in a file; None for cameras, URLs and unknown lengths.
 
-    Frame ids count the frames read from the source from 0; live frames carry the time they
-    were read as capture_time.
+    Frame ids count the frames read from the source from 0; live frames, and a file's frames
+    with ``realtime``, carry the time they were read as capture_time.
     """
 
     def __init__(
@@ -290,6 +295,7 @@ class Video:
         name: str | None = None,
         latest_only: bool | None = None,
         max_frames: int | None = None,
+        realtime: bool = False,
     ) -> None:
         self.live = isinstance(source, int) or "://" in str(source)
         if isinstance(source, int):
@@ -324,6 +330,9 @@ class Video:
         # would crash the process. Whoever finds the Video closed after a read releases it.
         self._lock = threading.Lock()
         self._closed = False
+        self._closing = threading.Event()  # wakes a paced read up at once
+        paced = realtime and not self.live and 0 < self.fps <= 240
+        self._pacer = _Pacer(self.fps, self._closing) if paced else None
 
     def frames(self) -> Iterator[Frame]:
         """Yield frames until the source ends, ``max_frames`` is reached or close() is called."""
@@ -339,12 +348,14 @@ class Video:
                 image,
                 frame_id=index,
                 source=self.name,
-                capture_time=taken if self.live else None,
+                capture_time=taken if self.live or self._pacer is not None else None,
                 name=f"{self.name}#{index}",
             )
 
     def _read(self) -> np.ndarray | None:
         """The next image, or None at the end or once closed (thread-safe)."""
+        if self._pacer is not None and not self._pacer.wait():
+            return None  # closed while waiting for the frame's time
         with self._lock:
             if self._closed:
                 return None
@@ -375,6 +386,7 @@ class Video:
         device is released as soon as that read returns.
         """
         self._closed = True
+        self._closing.set()
         if self._latest is not None:
             self._latest.stop(timeout)
         if self._lock.acquire(timeout=timeout):
@@ -396,6 +408,27 @@ class Video:
 
     def __repr__(self) -> str:
         return f"Video({self.source!r}, name={self.name!r}, fps={self.fps:g})"
+
+
+class _Pacer:
+    """A file's frames at its frame rate: ``wait`` returns at the next frame's time, at once
+    for the first; a reader that fell behind catches up by one frame at most, as the server's
+    file cameras do, rather than send a burst."""
+
+    def __init__(self, fps: float, closing: threading.Event) -> None:
+        self._interval = 1 / fps
+        self._closing = closing
+        self._next: float | None = None
+
+    def wait(self) -> bool:
+        """Wait for the next frame's time; False if closed meanwhile."""
+        now = time.monotonic()
+        due = now if self._next is None else self._next
+        if due > now and self._closing.wait(due - now):
+            return False
+        now = time.monotonic()
+        self._next = max(due + self._interval, now - self._interval)
+        return not self._closing.is_set()
 
 
 class _LatestReader:
