@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -500,3 +501,40 @@ def test_a_video_given_to_analyze_and_a_folder_given_to_stream_are_pointed_the_r
         f"convstream stream: error: {images} is a folder; stream takes a video file, a URL or "
         f"a camera index: analyse a folder's images with `convstream analyze {images}`\n"
     )
+
+
+def test_stream_refuses_before_sending_what_the_server_would_refuse(
+    video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A name the server would not publish under (it refused frame 0, scored the rest and
+    published nothing), and a queue size the policy would ignore."""
+    argv = ["stream", str(video), "--publish", "--address", nowhere()]
+    assert main([*argv, "--name", "bad name"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("convstream stream: error: --publish: --name: a published stream's ")
+    assert "letters, digits, '.', '_' or '-'" in err and "got 'bad name'" in err
+    spaced = tmp_path / "my clip.avi"
+    shutil.copy(video, spaced)
+    assert main(["stream", str(spaced), "--publish", "--address", nowhere()]) == 2
+    err = capsys.readouterr().err
+    assert "the name taken from SOURCE" in err and "'my clip'" in err
+    assert err.rstrip().endswith("give one with --name")
+    for freshness in ("lossless", "latest_only"):
+        queued = ["stream", str(video), "--queue-size", "3", "--freshness", freshness]
+        assert main([*queued, "--address", nowhere()]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("convstream stream: error: --queue-size is for --freshness ")
+        assert f"--freshness {freshness} ignores it" in err
+    assert main(["stream", str(video), "--queue-size", "0", "--address", nowhere()]) == 2
+    assert "--queue-size must be 1..1024, got 0" in capsys.readouterr().err
+
+
+async def test_a_queue_size_alone_means_bounded_queue(
+    server: Server, video: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["stream", str(video), "--queue-size", "2", "--fast", "--json"]
+    assert await run(*argv, "--address", f"127.0.0.1:{server.port}") == 0
+    results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    answered = [r["frame_id"] for r in results]
+    dropped = [i for r in results for i in r["dropped_frame_ids"]]
+    assert sorted(answered + dropped) == list(range(12))

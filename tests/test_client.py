@@ -346,6 +346,26 @@ async def test_what_is_not_a_frame_raises_what_the_docstring_says(
         cs.read_image(video)
 
 
+def test_the_published_name_rule_is_the_servers() -> None:
+    from convstream.client._base import CAMERA_ID, check_published_name
+    from convstream.server import config
+
+    assert CAMERA_ID == config.CAMERA_ID
+    for name, ok in [("belt-7", True), ("a" * 64, True), ("bad name", False), ("", False)]:
+        if ok:
+            check_published_name(name)
+        else:
+            with pytest.raises(ValueError, match="a published stream's name must be"):
+                check_published_name(name)
+
+
+def test_a_queue_size_another_policy_would_ignore_is_refused() -> None:
+    with Client("127.0.0.1:1") as client:
+        for freshness in ("lossless", "latest_only"):
+            with pytest.raises(ValueError, match="queue_size is for freshness='bounded_queue'"):
+                client.stream([], freshness=freshness, queue_size=3)  # type: ignore[arg-type]
+
+
 async def test_latest_only_answers_or_reports_every_frame_once(
     server: Server, frames: list[np.ndarray]
 ) -> None:

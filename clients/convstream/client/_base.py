@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -39,6 +40,23 @@ def client_version() -> str:
         return version("convstream")
     except PackageNotFoundError:
         return "0+unknown"
+
+
+# The server's rule for a camera's id and a published stream's name (CAMERA_ID in
+# convstream/server/config.py; a test checks that the two agree). A copy, not an import: the
+# client does not depend on the server's package.
+CAMERA_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+def check_published_name(name: object) -> None:
+    """Raise ValueError unless the server would publish a stream under name (the ``source`` of
+    its frames, with ``stream(..., publish=True)``): the server refuses any other name, and
+    the stream then goes on unpublished."""
+    if not isinstance(name, str) or not re.fullmatch(CAMERA_ID, name):
+        raise ValueError(
+            "a published stream's name must be 1 to 64 letters, digits, '.', '_' or '-', "
+            f"starting with a letter or a digit, e.g. 'belt-test'; got {name!r}"
+        )
 
 
 def check_camera_id(camera_id: object) -> None:
@@ -152,6 +170,12 @@ class BaseClient:
         queue_size: int | None,
         publish: bool,
     ) -> pb.ResultOptions:
+        if queue_size is not None and freshness != "bounded_queue":
+            # the server would ignore it: LOSSLESS queues every frame, LATEST_ONLY the newest
+            raise ValueError(
+                f"queue_size is for freshness='bounded_queue', got freshness={freshness!r} "
+                f"with queue_size={queue_size}"
+            )
         chosen = options if options is not None else self.options
         message = chosen.to_proto(freshness, queue_size)
         message.publish = publish

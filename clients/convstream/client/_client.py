@@ -127,7 +127,7 @@ class Client(BaseClient):
                 rest) or "bounded_queue" (keep ``queue_size``, drop the oldest). Dropped ids
                 arrive in the next result's ``dropped_frame_ids``.
             queue_size: waiting frames for "bounded_queue" (1..1024; the server's default
-                when None).
+                when None); ValueError with another policy, which would ignore it.
             resume: when the stream breaks with UNAVAILABLE (a server restart), reconnect
                 (for up to ``Retry.resume_timeout`` once results have come) and re-send the
                 frames not yet answered, so every frame is answered once, in order.

@@ -22,7 +22,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from convstream.client._base import DEFAULT_ADDRESS, check_camera_id
+from convstream.client._base import DEFAULT_ADDRESS, check_camera_id, check_published_name
 from convstream.client._client import Client
 from convstream.client._report import (
     Reporter,
@@ -53,7 +53,7 @@ from convstream.client.frames import (
     read_images,
     video_container,
 )
-from convstream.client.options import ResultOptions, Timeout, Upload
+from convstream.client.options import Freshness, ResultOptions, Timeout, Upload
 from convstream.client.results import CameraInfo, Result
 
 __all__ = ["add_commands"]
@@ -161,11 +161,16 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     stream.add_argument(
         "--freshness",
         choices=("lossless", "latest_only", "bounded_queue"),
-        default="lossless",
-        help="what the server does when frames come faster than it keeps up "
-        "(default lossless: slow the reader down)",
+        help="what the server does when frames come faster than it keeps up (default "
+        "lossless: slow the reader down; bounded_queue with --queue-size)",
     )
-    stream.add_argument("--queue-size", type=int, metavar="N", help="for bounded_queue")
+    stream.add_argument(
+        "--queue-size",
+        type=int,
+        metavar="N",
+        help="frames that may wait, 1..1024, the oldest dropped: bounded_queue's, which it "
+        "implies (default: the server's)",
+    )
     stream.add_argument("--name", help="source name sent with frames (default: file stem)")
     stream.add_argument(
         "--publish",
@@ -392,6 +397,26 @@ def _stream(args: argparse.Namespace) -> int:
         return _usage(args, f"no such video file: {source} (or give a camera index, e.g. 0)")
     if args.max_frames is not None and args.max_frames < 1:
         return _usage(args, f"--max-frames must be at least 1, got {args.max_frames}")
+    # --queue-size is bounded_queue's: the other policies would ignore it without a word
+    freshness: Freshness = args.freshness or (
+        "bounded_queue" if args.queue_size is not None else "lossless"
+    )
+    if args.queue_size is not None and freshness != "bounded_queue":
+        return _usage(
+            args,
+            f"--queue-size is for --freshness bounded_queue (--freshness {freshness} ignores "
+            "it: lossless queues every frame, latest_only only the newest); drop one of them",
+        )
+    if args.queue_size is not None and not 1 <= args.queue_size <= 1024:
+        return _usage(args, f"--queue-size must be 1..1024, got {args.queue_size}")
+    if args.publish:  # the server would refuse the name only once frames were sent
+        name = args.name if args.name is not None else Video.default_name(source)
+        try:
+            check_published_name(name)
+        except ValueError as exc:
+            given = "--name" if args.name is not None else "the name taken from SOURCE"
+            fix = "" if args.name is not None else "; give one with --name"
+            return _usage(args, f"--publish: {given}: {exc}{fix}")
 
     def body(client: Client) -> int:
         realtime = not args.fast
@@ -401,7 +426,7 @@ def _stream(args: argparse.Namespace) -> int:
                 total = min(total, args.max_frames) if total else args.max_frames
             results = client.stream(
                 video.frames(),
-                freshness=args.freshness,
+                freshness=freshness,
                 queue_size=args.queue_size,
                 resume=args.resume,
                 publish=args.publish,
@@ -419,7 +444,7 @@ def _stream(args: argparse.Namespace) -> int:
 
     try:
         return _run(args, body)
-    except ValueError as exc:  # --queue-size out of range, found when the stream starts
+    except ValueError as exc:  # an option the library refuses when the stream starts
         return _usage(args, str(exc))
 
 

@@ -298,11 +298,7 @@ class Video:
         realtime: bool = False,
     ) -> None:
         self.live = isinstance(source, int) or "://" in str(source)
-        if isinstance(source, int):
-            label = f"camera{source}"
-        elif self.live:
-            label = str(source)
-        else:
+        if not isinstance(source, int) and not self.live:
             path = Path(source)
             if path.is_dir():
                 raise SourceError(
@@ -311,9 +307,8 @@ class Video:
                 )
             if not path.is_file():
                 raise SourceError(f"no such video file: {path}")
-            label = path.stem
         self.source = source
-        self.name = name if name is not None else label
+        self.name = name if name is not None else self.default_name(source)
         self.latest_only = self.live if latest_only is None else latest_only
         self.max_frames = max_frames
         self._capture = cv2.VideoCapture(source if isinstance(source, int) else str(source))
@@ -333,6 +328,16 @@ class Video:
         self._closing = threading.Event()  # wakes a paced read up at once
         paced = realtime and not self.live and 0 < self.fps <= 240
         self._pacer = _Pacer(self.fps, self._closing) if paced else None
+
+    @staticmethod
+    def default_name(source: str | os.PathLike[str] | int) -> str:
+        """The ``name`` a Video of source gets when none is given: a file's stem ("conveyor"
+        for conveyor.avi), "camera0" for camera 0, a URL as it is."""
+        if isinstance(source, int):
+            return f"camera{source}"
+        if "://" in str(source):
+            return str(source)
+        return Path(source).stem
 
     def frames(self) -> Iterator[Frame]:
         """Yield frames until the source ends, ``max_frames`` is reached or close() is called."""
