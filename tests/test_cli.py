@@ -538,3 +538,19 @@ async def test_a_queue_size_alone_means_bounded_queue(
     answered = [r["frame_id"] for r in results]
     dropped = [i for r in results for i in r["dropped_frame_ids"]]
     assert sorted(answered + dropped) == list(range(12))
+
+
+def test_help_says_what_each_flag_does_and_shows_the_command_s_own_examples(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def help_of(command: str) -> str:
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        return " ".join(capsys.readouterr().out.split())
+
+    assert "--log-level {debug,info,warning,error} the least severe log lines" in help_of("serve")
+    cameras = help_of("cameras").split("examples:")[1]
+    assert cameras.count("convstream cameras") >= 3 and "convstream watch" not in cameras
+    stream = help_of("stream")
+    assert "--fast send a video file's frames as fast as the server takes them" in stream
+    assert "at the file's own frame rate" in stream

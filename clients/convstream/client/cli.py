@@ -69,6 +69,12 @@ _EXAMPLES_STREAM = """examples:
   convstream stream rtsp://cam-3/stream --max-frames 300 --json
   convstream stream belt.mp4 --name belt-test --publish   # also on the dashboard
 """
+_EXAMPLES_CAMERAS = """examples:
+  convstream cameras                              # the ids the server pulls, and their health
+  convstream cameras --address 10.0.0.5:50051 --token-file dock.token
+  convstream cameras --json | jq -r .id           # the ids alone, for a script
+  convstream cameras --json | jq 'select(.state != "running") | {id, state, last_error}'
+"""
 _EXAMPLES_WATCH = """examples:
   convstream cameras                              # the ids the server pulls, and their health
   convstream watch dock-3
@@ -201,7 +207,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="list the cameras the server pulls, and their health",
         description="List the server's cameras: state, source kind, frames read and analysed\n"
         "per second, drops, reconnects, watchers, latency, the latest score and error.",
-        epilog=_EXAMPLES_WATCH,
+        epilog=_EXAMPLES_CAMERAS,
         **common,  # type: ignore[arg-type]
     )
     cameras.add_argument("--json", action="store_true", help="one JSON object per camera")

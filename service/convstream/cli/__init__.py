@@ -68,7 +68,11 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         const=[],
         help="pull no cameras (not even the demo conveyor)",
     )
-    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        help="the least severe log lines written to stderr (default info)",
+    )
     p.add_argument(
         "--check-config",
         action="store_true",
