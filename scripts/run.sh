@@ -2,7 +2,7 @@
 # Install convstream into .venv and run the server on its defaults (127.0.0.1:50051,
 # metrics on :9464, the shipped model, the demo conveyor camera) with the monitoring
 # dashboard on http://127.0.0.1:8080/ (CONVSTREAM_DASHBOARD_PORT=N for another port). Extra
-# arguments go to `convstream serve`.
+# arguments go to `convstream serve`; the dashboard follows the port serve will use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Install only when something the install is made of changed since the last one: a restart
@@ -20,16 +20,39 @@ fi
 # Both run in the background so that this script can pass on a SIGTERM (a supervisor's, a
 # plain `kill`) or Ctrl-C to the server, which then drains and frees its ports; a foreground
 # child would be left running, and bash starts background jobs with SIGINT ignored.
-# It follows the server's --port too, when one is given here.
-port=50051
-args=("$@")
-for i in "${!args[@]}"; do
-  case "${args[$i]}" in
-    --port) port="${args[$((i + 1))]:-$port}" ;;
-    --port=*) port="${args[$i]#--port=}" ;;
+# The dashboard dials the server where `convstream serve` itself says it will listen, with
+# these arguments, CONVSTREAM_* and any --config file merged as serve merges them: reading
+# only --port here pointed the dashboard at 50051 while a config's `port` put the server
+# elsewhere.
+for arg in "$@"; do
+  case "$arg" in
+    -h | --help | --check-config | --print-settings) exec .venv/bin/convstream serve "$@" ;;
   esac
 done
-if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+settings="$(.venv/bin/convstream serve "$@" --print-settings)" || exit $?
+# one field a line: the address to dial, its host and port, the camera ids, whether the
+# server wants TLS or tokens
+mapfile -t fields < <(.venv/bin/python -c '
+import json, sys
+s = json.load(sys.stdin)
+print(s["dial_address"] or "")
+print(s["dial_host"])
+print(s["port"])
+print(" ".join(c["id"] for c in s["cameras"]))
+print("yes" if s["tls"] or s["tokens"] else "")
+' <<<"$settings")
+if [[ ${#fields[@]} -ne 5 ]]; then
+  echo "run.sh: could not read convstream serve --print-settings: $settings" >&2
+  exit 1
+fi
+address="${fields[0]}" host="${fields[1]}" port="${fields[2]}"
+cameras="${fields[3]}" secured="${fields[4]}"
+if [[ -z "$address" ]]; then
+  echo "run.sh: port 0 (a free port, picked by the server) leaves the dashboard nothing to" \
+    "dial; pass --port N" >&2
+  exit 2
+fi
+if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then
   echo "run.sh: port $port is taken (another convstream serve?), so the server cannot" \
     "listen there; stop what holds it, or pass --port N" >&2
   exit 1
@@ -40,7 +63,7 @@ if (exec 3<>"/dev/tcp/127.0.0.1/$dash_port") 2>/dev/null; then
     "CONVSTREAM_DASHBOARD_PORT to a free port" >&2
   exit 1
 fi
-.venv/bin/convstream dashboard --address "127.0.0.1:$port" --port "$dash_port" &
+.venv/bin/convstream dashboard --address "$address" --port "$dash_port" &
 dashboard=$!
 .venv/bin/convstream serve "$@" &
 server=$!
@@ -59,14 +82,18 @@ for _ in $(seq 100); do
     exit 1
   fi
   if (exec 3<>"/dev/tcp/127.0.0.1/$dash_port") 2>/dev/null; then
-    echo "dashboard: http://127.0.0.1:$dash_port/ (the demo camera shows once the server is up)"
+    shows="the server pulls no cameras; streams sent with \`convstream stream --publish\` show"
+    if [[ -n "$cameras" ]]; then
+      shows="its cameras (${cameras// /, }) show once the server is up"
+    fi
+    echo "dashboard: http://127.0.0.1:$dash_port/ ($shows)"
     break
   fi
   sleep 0.1
 done
-if [[ " $* " == *" --config"* || -n "${CONVSTREAM_CONFIG:-}" ]]; then
-  echo "note: this dashboard connects in plaintext without a token; for a server with TLS" \
-    "or tokens, start \`convstream dashboard\` yourself (README, 'Running it in production')"
+if [[ -n "$secured" ]]; then
+  echo "note: this server wants TLS or a token, and this dashboard connects in plaintext" \
+    "without one; start \`convstream dashboard\` yourself (README, 'Running it in production')"
 fi
 # wait returns early (128 + the signal) when a trapped signal arrives: wait again until the
 # server has drained and exited, and exit with its status.

@@ -7,10 +7,12 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import cv2
@@ -554,3 +556,107 @@ def test_help_says_what_each_flag_does_and_shows_the_command_s_own_examples(
     stream = help_of("stream")
     assert "--fast send a video file's frames as fast as the server takes them" in stream
     assert "at the file's own frame rate" in stream
+
+
+def test_print_settings_says_where_serve_would_listen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As serve merges them: the config file, then CONVSTREAM_*, then flags."""
+    config = tmp_path / "good.toml"
+    config.write_text(
+        'port = 50061\n[[cameras]]\nid = "dock-3"\nsource = "rtsp://u:hunter2@10.0.0.7/s"\n'
+    )
+    assert main(["serve", "--config", str(config), "--print-settings"]) == 0
+    settings = json.loads(capsys.readouterr().out)
+    assert (settings["port"], settings["dial_address"]) == (50061, "127.0.0.1:50061")
+    assert settings["cameras"] == [{"id": "dock-3", "kind": "rtsp"}]
+    assert not settings["tls"] and settings["tokens"] == 0
+    monkeypatch.setenv("CONVSTREAM_PORT", "50071")
+    assert main(["serve", "--config", str(config), "--print-settings", "--host", "0.0.0.0"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out)["dial_address"] == "127.0.0.1:50071" and "hunter2" not in out
+    assert main(["serve", "--print-settings", "--port", "50081"]) == 0
+    settings = json.loads(capsys.readouterr().out)
+    assert settings["dial_address"] == "127.0.0.1:50081"
+    assert settings["cameras"] == [{"id": "demo", "kind": "demo"}]
+
+
+def checkout_with_run_sh(tmp_path: Path) -> Path:
+    """scripts/run.sh in a folder of its own, whose .venv/bin/convstream is this test's, and
+    whose install stamp is newer than everything there: the script installs nothing."""
+    root = tmp_path / "checkout"
+    (root / "scripts").mkdir(parents=True)
+    shutil.copy(Path(__file__).parents[1] / "scripts" / "run.sh", root / "scripts")
+    for folder in ("service", "clients", "models", "protos"):
+        (root / folder).mkdir()
+    (root / "pyproject.toml").write_text("")
+    bin_dir = root / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").symlink_to(sys.executable)
+    command = bin_dir / "convstream"
+    command.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m convstream.cli "$@"\n')
+    command.chmod(0o755)
+    (root / ".venv" / ".convstream-installed").touch()
+    return root
+
+
+def test_run_sh_refuses_the_port_the_config_names_when_it_is_taken(tmp_path: Path) -> None:
+    root = checkout_with_run_sh(tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        config = tmp_path / "good.toml"
+        config.write_text(f"port = {busy}\n")
+        command = [str(root / "scripts" / "run.sh"), "--config", str(config)]
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith(f"run.sh: port {busy} is taken (another convstream serve?)")
+
+
+def test_run_sh_points_the_dashboard_at_the_port_the_server_really_uses(tmp_path: Path) -> None:
+    """The port from CONVSTREAM_PORT, a config without the demo camera: the dashboard
+    reaches the server, and the script says nothing of a demo camera."""
+    root = checkout_with_run_sh(tmp_path)
+    port, dash_port = free_port(), free_port()
+    config = tmp_path / "good.toml"
+    config.write_text("metrics_port = -1\ncameras = []\n")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(sys.path),
+        "CONVSTREAM_PORT": str(port),
+        "CONVSTREAM_DASHBOARD_PORT": str(dash_port),
+    }
+    command = [str(root / "scripts" / "run.sh"), "--config", str(config)]
+    script = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert script.stdout is not None
+        line = script.stdout.readline()
+        assert line.startswith(f"dashboard: http://127.0.0.1:{dash_port}/ ("), line
+        assert "the server pulls no cameras" in line and "demo" not in line
+        deadline = time.monotonic() + 60
+        while True:
+            url = f"http://127.0.0.1:{dash_port}/api/state"
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                server = json.load(reply)["server"]
+            if server["ok"]:
+                break
+            assert time.monotonic() < deadline, f"the dashboard never reached it: {server}"
+            time.sleep(0.2)
+        # and it was the server on that port it reached, not one on the default port
+        pid = script.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        argvs = [Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0") for child in children]
+        (dashboard,) = [argv for argv in argvs if b"dashboard" in argv]
+        assert dashboard[dashboard.index(b"--address") + 1] == f"127.0.0.1:{port}".encode()
+        script.send_signal(signal.SIGTERM)
+        assert script.wait(timeout=30) == 0
+    finally:
+        if script.poll() is None:
+            script.kill()
+            script.wait()
+        script.stdout.close()  # type: ignore[union-attr]
+        script.stderr.close()  # type: ignore[union-attr]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -80,6 +81,13 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "print what would run, and exit: 0 if it would start, 2 if not. Run it before a "
         "SIGHUP reload",
     )
+    p.add_argument(
+        "--print-settings",
+        action="store_true",
+        help="print where serve would listen and what it would pull as one JSON object "
+        "(address, the address a client here dials, TLS, token count, camera ids and kinds; "
+        "no secrets) and exit, without loading the model: for scripts, e.g. scripts/run.sh",
+    )
     p.set_defaults(func=_serve)
 
 
@@ -127,6 +135,9 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     if args.check_config:
         return _check_config(settings)
+    if args.print_settings:
+        print(json.dumps(_settings_json(settings)))
+        return 0
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -174,6 +185,32 @@ def _run_server(settings: Settings, load: Callable[[], Settings], peers: Peers |
         print(f"{who}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _settings_json(settings: Settings) -> dict[str, object]:
+    """What `serve --print-settings` prints: what a script needs to find and reach the server
+    as these settings would run it (the TOML file, CONVSTREAM_* and the flags, as serve
+    merges them), with no source URL, path or token in it."""
+    from convstream.server.config import host_port
+    from convstream.server.sources import parse_source
+
+    # a server on every interface is reached here on loopback; port 0 is known only once bound
+    local = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1", "[::]": "::1"}
+    dial_host = local.get(settings.host, settings.host).strip("[]")
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "dial_host": dial_host,
+        "dial_address": host_port(dial_host, settings.port) if settings.port else None,
+        "metrics_port": settings.metrics_port,
+        "processes": settings.processes,
+        "tls": settings.tls_cert is not None,
+        "tokens": len(settings.tokens),
+        "cameras": [
+            {"id": camera.id, "kind": parse_source(camera.source).kind}
+            for camera in settings.cameras
+        ],
+    }
 
 
 def _check_config(settings: Settings) -> int:
