@@ -709,3 +709,106 @@ async def test_an_alert_on_a_hidden_page_shows_in_its_tab_title_and_sounds(brows
     finally:
         await dash.stop()
         await server.stop(grace=0)
+
+
+# Every pair of figures on a tile (label or value, of different figures) as text boxes, the
+# pairs that touch or overlap (closer than 5 px side by side while sharing a line), and the
+# texts that run past the tile's inner edge. Text ranges, not the elements' boxes: a figure
+# wider than its column overflows its box, which is how "0.25" ran into "9.9/10". With
+# `wide`, the widest figures a tile is likely to show are put in first, and measured in the
+# same task, before the next poll puts the real ones back.
+_FIGURE_CLASHES = """([tile, wide]) => {
+  if (wide) {
+    const set = {score: "1.00", fps: "29.9/30", latency: "1234 ms", dropped: "99999",
+                 reconnects: "999"};
+    for (const [name, text] of Object.entries(set)) {
+      tile.querySelector(`.v-${name}`).textContent = text;
+    }
+  }
+  const box = (el) => {
+    const range = document.createRange();
+    range.selectNodeContents(el);
+    const r = range.getBoundingClientRect();
+    return {name: el.textContent, left: r.left, right: r.right, top: r.top, bottom: r.bottom};
+  };
+  const stats = [...tile.querySelectorAll('.stats .stat')];
+  const texts = stats.map((stat) => [...stat.querySelectorAll('.label, .value')].map(box));
+  const clashes = [];
+  for (let i = 0; i < texts.length; i++) {
+    for (let j = i + 1; j < texts.length; j++) {
+      for (const a of texts[i]) {
+        for (const b of texts[j]) {
+          const apart = a.bottom <= b.top + 1 || b.bottom <= a.top + 1 ||
+            a.right + 5 <= b.left || b.right + 5 <= a.left;
+          if (!apart) clashes.push(`${a.name} / ${b.name}`);
+        }
+      }
+    }
+  }
+  const edge = tile.getBoundingClientRect().right - tile.clientLeft;
+  const clipped = texts.flat().filter((t) => t.right > edge - 2).map((t) => t.name);
+  const score = box(tile.querySelector('.v-score'));
+  const fps = box(tile.querySelector('.v-fps'));
+  return {clashes, clipped, score, fps, text: tile.querySelector('.stats').innerText};
+}"""
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_tiles_figures_never_run_together(browser: Any, artifacts: Path) -> None:
+    """Four cameras, one with an fps cap: at 1400x900 the tiles' score ran into the fps column
+    ("0.259.9/10"). At every width the dashboard supports, each tile's score and fps (and any
+    two of its figures) keep apart, and none runs past the tile's edge."""
+    cameras = (
+        CameraConfig(id="demo", source="demo:conveyor?fps=4"),
+        CameraConfig(id="dock-3", source="demo:conveyor?fps=12&seed=3", fps=10),
+        CameraConfig(id="belt-2", source="demo:conveyor?fps=3&seed=5"),
+        CameraConfig(id="bench", source="demo:conveyor?fps=3&seed=7"),
+    )
+    server = Server(Settings(port=0, metrics_port=0, cameras=cameras))
+    await server.start()
+    dash = Dashboard(
+        DashboardSettings(address=f"127.0.0.1:{server.port}", port=0, max_fps=2.0, poll_s=0.5)
+    )
+    await dash.start()
+    from playwright.async_api import expect
+
+    try:
+        sizes = ((1280, 800), (1366, 768), (1400, 900), (1920, 1080), (2560, 1440), (390, 844))
+        for width, height in sizes:
+            page = await _open(browser, dash, width, height)
+            for camera in ("demo", "dock-3", "belt-2", "bench"):
+                await _wait_frames(page, camera, 0, timeout=20.0)
+            capped = _tile(page, "dock-3")
+            await expect(capped.locator(".v-fps")).to_have_text(re.compile(r"^\d+\.\d/10$"))
+            await page.screenshot(path=artifacts / f"four-cameras-{width}x{height}.png")
+            for camera in ("demo", "dock-3", "belt-2", "bench"):
+                tile = _tile(page, camera)
+                await expect(tile.locator(".v-score")).to_have_text(re.compile(r"^[01]\.\d\d$"))
+                handle = await tile.element_handle()
+                seen = await page.evaluate(_FIGURE_CLASHES, [handle, False])
+                where = (width, height, camera, seen["text"])
+                assert seen["clashes"] == [] and seen["clipped"] == [], (where, seen)
+                score, fps = seen["score"], seen["fps"]
+                side_by_side = min(score["bottom"], fps["bottom"]) > max(score["top"], fps["top"])
+                if side_by_side:
+                    assert score["right"] + 5 <= fps["left"], (where, score, fps)
+                wide = await page.evaluate(_FIGURE_CLASHES, [handle, True])
+                assert wide["clashes"] == [] and wide["clipped"] == [], (where, wide)
+            if (width, height) in ((1400, 900), (1920, 1080)):
+                # every camera in view, and the layout settles (two rows of figures in a
+                # narrower tile once made the grid flip between 2 and 1 columns each poll)
+                widths = []
+                for _ in range(4):
+                    widths.append((await capped.bounding_box())["width"])
+                    await asyncio.sleep(0.5)
+                assert len(set(widths)) == 1, (width, height, widths)
+                grid = await page.evaluate(
+                    "(() => { const g = document.getElementById('grid');"
+                    " return [g.scrollHeight, g.clientHeight]; })()"
+                )
+                assert grid[0] <= grid[1], (width, height, grid)
+            assert page.errors == []
+            await page.context.close()
+    finally:
+        await dash.stop()
+        await server.stop(grace=0)
