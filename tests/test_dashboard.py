@@ -34,7 +34,7 @@ from convstream.dashboard import (
     add_commands,
     run_dashboard,
 )
-from convstream.dashboard.alerts import AlertLog, Snapshot
+from convstream.dashboard.alerts import Alert, AlertLog, Snapshot
 from convstream.dashboard.messages import frame_message, parse_frame_message
 from convstream.dashboard.web import STATIC_DIR, WINDOW
 from convstream.model.scenes import render_scene
@@ -89,6 +89,20 @@ def test_a_held_alert_shows_the_best_frame_and_how_many_episodes() -> None:
     assert late is not None and late.kind == "raise"
     assert (late.frame, late.score, late.episodes) == (3, 0.95, 2)  # the best of both, counted
     assert detector.update("other", 0.9, 0.5, now=10.0, frame=0) is not None  # per camera
+
+
+def test_an_alert_keeps_when_it_was_raised_as_its_snapshot_improves(tmp_path: Path) -> None:
+    log = AlertLog(10, tmp_path)
+    first = log.add("demo", 100.0, 0.9, 0.8, 1, Snapshot(b"a", b"b"), raised=101.0)
+    log.add("dock-3", 102.0, 0.9, 0.8, 7, Snapshot(b"a", b"b"), raised=103.0)
+    better = log.improve(first.id, 104.0, 0.95, 3, Snapshot(b"c", b"d"))
+    assert better is not None and (better.time, better.raised) == (104.0, 101.0)
+    # newest raised first, whatever the snapshots' times
+    assert [(a.camera, a.raised) for a in log.recent()] == [("dock-3", 103.0), ("demo", 101.0)]
+    assert log.add("x", 0.0, 0.9, 0.8, 1, Snapshot(b"", b"")).raised >= time.time() - 5
+    # an alert written before alerts kept their raising reads back with its frame's time
+    legacy = {k: v for k, v in first.to_json().items() if k != "raised"}
+    assert Alert.from_json(legacy).raised == first.time
 
 
 def test_frame_message_round_trip() -> None:
@@ -706,6 +720,225 @@ async def test_an_alert_on_a_hidden_page_shows_in_its_tab_title_and_sounds(brows
         await expect(page).to_have_title(title)
         assert page.errors == []
         await page.context.close()
+    finally:
+        await dash.stop()
+        await server.stop(grace=0)
+
+
+# Every pair of figures on a tile (label or value, of different figures) as text boxes, the
+# pairs that touch or overlap (closer than 5 px side by side while sharing a line), and the
+# texts that run past the tile's inner edge. Text ranges, not the elements' boxes: a figure
+# wider than its column overflows its box, which is how "0.25" ran into "9.9/10". With
+# `wide`, the widest figures a tile is likely to show are put in first, and measured in the
+# same task, before the next poll puts the real ones back.
+_FIGURE_CLASHES = """([tile, wide]) => {
+  if (wide) {
+    const set = {score: "1.00", fps: "29.9/30", latency: "1234 ms", dropped: "99999",
+                 reconnects: "999"};
+    for (const [name, text] of Object.entries(set)) {
+      tile.querySelector(`.v-${name}`).textContent = text;
+    }
+  }
+  const box = (el) => {
+    const range = document.createRange();
+    range.selectNodeContents(el);
+    const r = range.getBoundingClientRect();
+    return {name: el.textContent, left: r.left, right: r.right, top: r.top, bottom: r.bottom};
+  };
+  const stats = [...tile.querySelectorAll('.stats .stat')];
+  const texts = stats.map((stat) => [...stat.querySelectorAll('.label, .value')].map(box));
+  const clashes = [];
+  for (let i = 0; i < texts.length; i++) {
+    for (let j = i + 1; j < texts.length; j++) {
+      for (const a of texts[i]) {
+        for (const b of texts[j]) {
+          const apart = a.bottom <= b.top + 1 || b.bottom <= a.top + 1 ||
+            a.right + 5 <= b.left || b.right + 5 <= a.left;
+          if (!apart) clashes.push(`${a.name} / ${b.name}`);
+        }
+      }
+    }
+  }
+  const edge = tile.getBoundingClientRect().right - tile.clientLeft;
+  const clipped = texts.flat().filter((t) => t.right > edge - 2).map((t) => t.name);
+  const score = box(tile.querySelector('.v-score'));
+  const fps = box(tile.querySelector('.v-fps'));
+  return {clashes, clipped, score, fps, text: tile.querySelector('.stats').innerText};
+}"""
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_tiles_figures_never_run_together(browser: Any, artifacts: Path) -> None:
+    """Four cameras, one with an fps cap: at 1400x900 the tiles' score ran into the fps column
+    ("0.259.9/10"). At every width the dashboard supports, each tile's score and fps (and any
+    two of its figures) keep apart, and none runs past the tile's edge."""
+    cameras = (
+        CameraConfig(id="demo", source="demo:conveyor?fps=4"),
+        CameraConfig(id="dock-3", source="demo:conveyor?fps=12&seed=3", fps=10),
+        CameraConfig(id="belt-2", source="demo:conveyor?fps=3&seed=5"),
+        CameraConfig(id="bench", source="demo:conveyor?fps=3&seed=7"),
+    )
+    server = Server(Settings(port=0, metrics_port=0, cameras=cameras))
+    await server.start()
+    dash = Dashboard(
+        DashboardSettings(address=f"127.0.0.1:{server.port}", port=0, max_fps=2.0, poll_s=0.5)
+    )
+    await dash.start()
+    from playwright.async_api import expect
+
+    try:
+        sizes = ((1280, 800), (1366, 768), (1400, 900), (1920, 1080), (2560, 1440), (390, 844))
+        for width, height in sizes:
+            page = await _open(browser, dash, width, height)
+            for camera in ("demo", "dock-3", "belt-2", "bench"):
+                await _wait_frames(page, camera, 0, timeout=20.0)
+            capped = _tile(page, "dock-3")
+            await expect(capped.locator(".v-fps")).to_have_text(re.compile(r"^\d+\.\d/10$"))
+            await page.screenshot(path=artifacts / f"four-cameras-{width}x{height}.png")
+            for camera in ("demo", "dock-3", "belt-2", "bench"):
+                tile = _tile(page, camera)
+                await expect(tile.locator(".v-score")).to_have_text(re.compile(r"^[01]\.\d\d$"))
+                handle = await tile.element_handle()
+                seen = await page.evaluate(_FIGURE_CLASHES, [handle, False])
+                where = (width, height, camera, seen["text"])
+                assert seen["clashes"] == [] and seen["clipped"] == [], (where, seen)
+                score, fps = seen["score"], seen["fps"]
+                side_by_side = min(score["bottom"], fps["bottom"]) > max(score["top"], fps["top"])
+                if side_by_side:
+                    assert score["right"] + 5 <= fps["left"], (where, score, fps)
+                wide = await page.evaluate(_FIGURE_CLASHES, [handle, True])
+                assert wide["clashes"] == [] and wide["clipped"] == [], (where, wide)
+            if (width, height) in ((1400, 900), (1920, 1080)):
+                # every camera in view, and the layout settles (two rows of figures in a
+                # narrower tile once made the grid flip between 2 and 1 columns each poll)
+                widths = []
+                for _ in range(4):
+                    widths.append((await capped.bounding_box())["width"])
+                    await asyncio.sleep(0.5)
+                assert len(set(widths)) == 1, (width, height, widths)
+                grid = await page.evaluate(
+                    "(() => { const g = document.getElementById('grid');"
+                    " return [g.scrollHeight, g.clientHeight]; })()"
+                )
+                assert grid[0] <= grid[1], (width, height, grid)
+            assert page.errors == []
+            await page.context.close()
+    finally:
+        await dash.stop()
+        await server.stop(grace=0)
+
+
+class _Publisher:
+    """A client stream publishing its frames under ``name``, as `convstream stream --publish`."""
+
+    def __init__(self, channel: grpc.aio.Channel, name: str) -> None:
+        self.name = name
+        self.stream = pb_grpc.ConvstreamStub(channel).StreamFrames()
+        self.sent = 0
+
+    async def until(self, frame: bytes, done: Any) -> None:
+        """Send ``frame`` until ``done()``: the dashboard subscribes within a poll."""
+        for _ in range(100):
+            request = pb.FrameRequest(frame_id=self.sent, source=self.name, encoded=frame)
+            if self.sent == 0:
+                request.options.CopyFrom(pb.ResultOptions(publish=True))
+            self.sent += 1
+            await self.stream.write(request)
+            await self.stream.read()
+            if done():
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{self.name}: the dashboard did not get there")
+
+
+_ALERT_ENTRIES = """() => [...document.querySelectorAll('#alerts button.alert')].map((b) => {
+  const when = b.querySelector('.a-time');
+  const raised = Number(when.dataset.raised);
+  return {camera: b.dataset.camera, text: when.textContent, title: when.title, raised,
+          expected: new Date(raised * 1000).toLocaleTimeString([], {hour12: false})};
+})"""
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_alerts_are_listed_and_timed_by_when_they_were_raised(
+    browser: Any, artifacts: Path
+) -> None:
+    """demo alerts, then dock-3, then demo's package shows a better frame: demo's entry stays
+    below dock-3's, with the time it was raised. It showed the better frame's time, so the
+    list read "dock-3 18:49:50" above "demo 18:49:52"."""
+    server = Server(Settings(port=0, metrics_port=0, cameras=()))
+    await server.start()
+    dash = Dashboard(
+        replace(
+            DashboardSettings(address=f"127.0.0.1:{server.port}", port=0, poll_s=0.2),
+            threshold=0.0,  # every frame is over it: one episode per camera, alerted at once
+        )
+    )
+    await dash.start()
+    from playwright.async_api import expect
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            # a frame, and one that the model scores clearly higher: the episode's better frame
+            stub = pb_grpc.ConvstreamStub(channel)
+            scored = []
+            for seed, damaged in ((81, False), (82, False), (1000, True), (1001, True)):
+                image = render_scene(seed, 360, 640, damaged=damaged).image
+                data = cv2.imencode(".jpg", image)[1].tobytes()
+                scored.append(((await stub.Analyze(pb.FrameRequest(encoded=data))).score, data))
+            scored.sort(key=lambda item: item[0])
+            (low, plain), (high, better) = scored[0], scored[-1]
+            assert high >= low + 0.05, scored
+
+            page = await _open(browser, dash)
+            await expect(page.locator("#conn-text")).to_have_text("live")
+
+            def latest(camera: str) -> Alert | None:
+                return next((a for a in dash.hub.alerts.recent() if a.camera == camera), None)
+
+            demo, dock = _Publisher(channel, "demo"), _Publisher(channel, "dock-3")
+            await demo.until(plain, lambda: latest("demo") is not None)
+            await asyncio.sleep(1.2)  # a second apart, so that the times shown differ
+            await dock.until(plain, lambda: latest("dock-3") is not None)
+            await asyncio.sleep(1.2)
+            await demo.until(better, lambda: latest("demo").version > 1)  # type: ignore[union-attr]
+            first, second = latest("demo"), latest("dock-3")
+            assert first is not None and second is not None
+            # what made the list read out of order: demo's best frame is newer than dock-3's alert
+            assert first.raised < second.raised < first.time, (first, second)
+
+            await expect(page.locator("#alerts button.alert")).to_have_count(2)
+            demo_entry = page.locator('#alerts button.alert[data-camera="demo"] img')
+            await expect(demo_entry).to_have_attribute("src", re.compile(r"\?v=[2-9]"))
+            # the list a page opened now starts from, on a laptop
+            reloaded = await _open(browser, dash, 1280, 800)
+            await expect(reloaded.locator("#alerts button.alert")).to_have_count(2)
+            for shown in (page, reloaded):
+                entries = await shown.evaluate(_ALERT_ENTRIES)
+                assert [e["camera"] for e in entries] == ["dock-3", "demo"], entries
+                assert [e["raised"] for e in entries] == [second.raised, first.raised], entries
+                for entry in entries:
+                    assert entry["text"] == entry["expected"], entry  # the time it was raised
+                best = await shown.evaluate(
+                    "(t) => new Date(t * 1000).toLocaleTimeString([], {hour12: false})",
+                    first.time,
+                )
+                assert entries[1]["text"] != best and f"best frame {best}" in entries[1]["title"]
+                assert shown.errors == []
+            await reloaded.locator('#alerts button.alert[data-camera="demo"]').click()
+            caption = reloaded.locator("#modal-caption")
+            raised = re.escape(entries[1]["expected"])
+            await expect(caption).to_have_text(re.compile(f"raised .*{raised} · best frame {best}"))
+            # the longer caption wraps under the picture rather than widen the dialog past it
+            await expect(reloaded.locator("#modal-img")).to_have_js_property("complete", True)
+            picture = await reloaded.locator("#modal-img").bounding_box()
+            dialog = await reloaded.locator("#modal").bounding_box()
+            assert picture and dialog and dialog["width"] <= picture["width"] + 4, (picture, dialog)
+            await reloaded.screenshot(path=artifacts / "alerts-by-raising.png")
+            for shown in (page, reloaded):
+                await shown.context.close()
+            for publisher in (demo, dock):
+                await publisher.stream.done_writing()
     finally:
         await dash.stop()
         await server.stop(grace=0)

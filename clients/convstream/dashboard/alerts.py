@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -37,7 +38,12 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Alert:
     """One alert as browsers see it; the snapshot is served at ``url``, the frame as it came
-    (no heatmap drawn on it) at ``frame_url``."""
+    (no heatmap drawn on it) at ``frame_url``.
+
+    Alerts are listed newest first by ``raised``, and that is the time the list shows: the
+    snapshot's ``time`` moves with the episode's best frame, and a held alert's best frame
+    is older than its raising: a list that showed it read out of order.
+    """
 
     id: int
     camera: str
@@ -47,6 +53,7 @@ class Alert:
     frame_id: int
     episodes: int = 1  # more when episodes held back by the cooldown were raised as one
     version: int = 1  # grows each time a better frame replaces the snapshot
+    raised: float = 0.0  # the dashboard's clock when it raised the alert, seconds since the epoch
 
     @property
     def url(self) -> str:
@@ -62,7 +69,9 @@ class Alert:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Alert:
         names = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in names})
+        known = {key: value for key, value in data.items() if key in names}
+        known.setdefault("raised", known.get("time", 0.0))  # written before alerts had it
+        return cls(**known)
 
 
 @dataclass(frozen=True)
@@ -208,7 +217,10 @@ class AlertLog:
         frame_id: int,
         snapshot: Snapshot,
         episodes: int = 1,
+        raised: float | None = None,
     ) -> Alert:
+        """A new alert, the newest: ``when`` is its snapshot frame's capture time, ``raised``
+        (now, unless given) when it is raised, both in seconds since the epoch."""
         alert_id = self._next_id
         self._next_id += 1
         alert = Alert(
@@ -219,6 +231,7 @@ class AlertLog:
             threshold=round(threshold, 4),
             frame_id=frame_id,
             episodes=episodes,
+            raised=time.time() if raised is None else raised,
         )
         self._alerts[alert.id] = (alert, snapshot)
         while len(self._alerts) > self.limit:
@@ -228,7 +241,8 @@ class AlertLog:
     def improve(
         self, alert_id: int, when: float, score: float, frame_id: int, snapshot: Snapshot
     ) -> Alert | None:
-        """Give an alert a better frame; None when it is no longer kept."""
+        """Give an alert a better frame (captured at ``when``); it keeps its place in the list
+        and the time it was raised. None when it is no longer kept."""
         entry = self._alerts.get(alert_id)
         if entry is None:
             return None

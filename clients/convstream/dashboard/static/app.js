@@ -338,35 +338,60 @@
   // A wall screen shows every camera as large as fits without scrolling: the number of
   // columns that gives the widest pictures, every row in view. When even that would make
   // them small (many cameras, a small window), the page scrolls instead (the CSS's layout).
-  const GAP = 14;
   let gridKey = "";
   function fitGrid() {
     const n = tiles.size;
-    const first = n > 0;
-    const width = grid.clientWidth - 2 * GAP;
-    const height = grid.clientHeight - 2 * GAP;
+    const css = getComputedStyle(grid);
+    const gap = parseFloat(css.columnGap) || 0;
+    const pad = parseFloat(css.paddingLeft) || 0;
+    const width = grid.clientWidth - 2 * pad;
+    const height = grid.clientHeight - 2 * pad;
     const narrow = window.matchMedia("(max-width: 900px)").matches;
-    // A tile's height besides its picture (name, numbers, score line), and the tallest
-    // picture's height for its width, as drawn now.
-    let extra = first ? Infinity : 180; // the least: a tile in a row of taller ones stretches
+    // The tallest picture's height for its width, as drawn now.
     let tall = 9 / 16;
     for (const tile of tiles.values()) {
       const view = tile.view.getBoundingClientRect();
-      extra = Math.min(extra, tile.el.getBoundingClientRect().height - view.height);
       if (view.width > 0) tall = Math.max(tall, view.height / view.width);
+    }
+    // A tile's height besides its picture (name, figures, score chart) depends on its width:
+    // a narrow tile puts its figures on two rows. It is measured on a hidden copy of a tile
+    // at each width tried, never read off the tiles as they are now: that made a loop, the
+    // wider tiles' one row fitting 2 columns, whose narrower tiles' two rows then did not.
+    let probe = null;
+    let probeView = null;
+    const extraAt = (w) => {
+      if (!probe) return 180;
+      probe.style.width = `${Math.floor(w)}px`;
+      return probe.getBoundingClientRect().height - probeView.getBoundingClientRect().height;
+    };
+    if (n > 0 && !narrow) {
+      probe = tiles.values().next().value.el.cloneNode(true);
+      delete probe.dataset.camera;
+      probe.setAttribute("aria-hidden", "true");
+      Object.assign(probe.style, { position: "absolute", visibility: "hidden", left: "0", top: "0" });
+      grid.append(probe);
+      probeView = probe.querySelector(".view");
     }
     let columns = 0;
     let best = 0;
     for (let c = 1; c <= n && !narrow; c++) {
       const rows = Math.ceil(n / c);
-      const w = (width - (c - 1) * GAP) / c;
-      const h = (height - (rows - 1) * GAP) / rows - extra;
-      const fits = Math.min(w, h / tall);
+      const w = (width - (c - 1) * gap) / c;
+      const h = (height - (rows - 1) * gap) / rows;
+      // The width that fits is narrower when the height limits it, and a narrower tile may
+      // be taller besides its picture: settle on a width whose own extra height fits.
+      let fits = w;
+      for (let i = 0; i < 4; i++) {
+        const next = Math.min(w, (h - extraAt(fits)) / tall);
+        if (next >= fits - 0.5) break;
+        fits = next;
+      }
       if (fits > best) {
         best = fits;
         columns = c;
       }
     }
+    if (probe) probe.remove();
     const key = best >= 360 ? `${columns}:${Math.floor(best)}` : "";
     if (key === gridKey) return;
     gridKey = key;
@@ -505,11 +530,14 @@
     entry.img.src = alert.url; // relative, made by the dashboard: alerts/<number>.jpg?v=<n>
     entry.score.textContent = fmt(alert.score, 2);
     entry.score.title = `the highest score of this episode (threshold ${fmt(alert.threshold, 3)})`;
+    // The list is newest first by when each alert was raised, and shows that time: the best
+    // frame's time (which moves while the episode lasts, and comes before the raising of an
+    // alert held by the cooldown) is in the tooltip and the enlarged view.
     const more = alert.episodes > 1 ? ` · ${alert.episodes}×` : "";
-    entry.when.textContent = clockTime(alert.time) + more;
-    entry.when.title = dateTime(alert.time) + (more
-      ? ` · ${alert.episodes} crossings inside the alert cooldown, shown as one`
-      : "");
+    entry.when.textContent = clockTime(alert.raised) + more;
+    entry.when.dataset.raised = String(alert.raised);
+    entry.when.title = `raised ${dateTime(alert.raised)} · best frame ${clockTime(alert.time)}` +
+      (more ? ` · ${alert.episodes} crossings inside the alert cooldown, shown as one` : "");
   }
 
   function openAlert(alert) {
@@ -517,9 +545,11 @@
     $("modal-img").src = showClean ? alert.frame_url : alert.url;
     $("modal-clean").checked = showClean;
     const more = alert.episodes > 1 ? ` · ${alert.episodes} crossings in the cooldown` : "";
+    const best = clockTime(alert.time) === clockTime(alert.raised)
+      ? "" : ` · best frame ${clockTime(alert.time)}`;
     $("modal-caption").textContent = `${alert.camera} · score ${fmt(alert.score, 3)} ` +
-      `(threshold ${fmt(alert.threshold, 3)}) · ${dateTime(alert.time)} ` +
-      `· frame ${alert.frame_id}${more}`;
+      `(threshold ${fmt(alert.threshold, 3)}) · raised ${dateTime(alert.raised)}${best}, ` +
+      `frame ${alert.frame_id}${more}`;
     if (!$("modal").open) $("modal").showModal();
   }
   $("modal-clean").addEventListener("change", (ev) => {
