@@ -138,10 +138,13 @@ class WorkPool(Executor):
             for thread in self._threads:
                 thread.join()
 
+    def _takeable(self, caller: object) -> bool:
+        return self._running.get(caller, 0) < self.per_caller
+
     def _take(self) -> tuple[object, _Job] | None:
         """The next job in turn whose caller is under its share of threads (lock held)."""
         for caller, jobs in self._queues.items():
-            if self._running.get(caller, 0) < self.per_caller:
+            if self._takeable(caller):
                 job = jobs.popleft()
                 del self._queues[caller]
                 if jobs:
@@ -157,6 +160,10 @@ class WorkPool(Executor):
                     if self._shutdown and not self._queues:
                         return
                     self._changed.wait()
+                # Wake one more thread only if work it could take is left: waking every idle
+                # thread after each job cost as much as decoding did (py-spy, 4 streams).
+                if any(self._takeable(c) for c in self._queues):
+                    self._changed.notify()
             caller, (future, fn, args, kwargs) = taken
             result: Any = None
             error: BaseException | None = None
@@ -167,13 +174,13 @@ class WorkPool(Executor):
                 except BaseException as exc:
                     error = exc
             # Counted finished before the caller hears of it, so that a frame whose decoding
-            # was the last work here finds the pool idle when it reaches the engine.
+            # was the last work here finds the pool idle when it reaches the engine. No wake
+            # up: this thread takes the next job itself, and wakes another if more are left.
             with self._changed:
                 self._pending -= 1
                 running = self._running.pop(caller) - 1
                 if running:
                     self._running[caller] = running
-                self._changed.notify_all()  # the caller may have been at its share
             if run and error is not None:
                 future.set_exception(error)
             elif run:
