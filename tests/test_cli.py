@@ -391,6 +391,17 @@ def test_a_missing_usb_camera_is_our_line_without_opencv_warnings() -> None:
     ]
 
 
+def test_a_camera_flag_without_an_id_never_prints_its_password() -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "convstream.cli", "serve", "--check-config"]
+    command += ["--camera", "rtsp://admin:hunter2@10.0.0.7/stream"]  # the id= forgotten
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "--camera takes ID=SOURCE" in done.stderr
+    assert "rtsp://admin:***@10.0.0.7/stream" in done.stderr
+    assert "hunter2" not in done.stderr + done.stdout
+
+
 def test_a_refused_stream_url_is_our_line_without_ffmpeg_noise() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     env.pop("OPENCV_FFMPEG_LOGLEVEL", None)

@@ -73,7 +73,12 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     )
     group = p.add_argument_group("reaching a server with TLS or tokens (role watch is enough)")
     add_security_flags(group)
-    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="warning")
+    p.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="warning",
+        help="the least severe log lines written to stderr (default warning)",
+    )
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -98,8 +98,10 @@ def _camera_flags(values: list[str] | None) -> list[dict[str, str]] | None:
     for value in values:
         camera_id, sep, source = value.partition("=")
         if not sep or not camera_id or not source:
+            from convstream.server.sources import shown  # passwords hidden, as everywhere
+
             raise ValueError(
-                f"--camera takes ID=SOURCE, e.g. dock-3=rtsp://host/path; got {value!r}"
+                f"--camera takes ID=SOURCE, e.g. dock-3=rtsp://host/path; got {shown(value, 200)}"
             )
         cameras.append({"id": camera_id, "source": source})
     return cameras
