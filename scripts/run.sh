@@ -84,7 +84,7 @@ for _ in $(seq 100); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$dash_port") 2>/dev/null; then
     shows="the server pulls no cameras; streams sent with \`convstream stream --publish\` show"
     if [[ -n "$cameras" ]]; then
-      shows="its cameras (${cameras// /, }) show once the server is up"
+      shows="cameras: ${cameras// /, }, once the server is up"
     fi
     echo "dashboard: http://127.0.0.1:$dash_port/ ($shows)"
     break
