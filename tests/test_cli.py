@@ -321,6 +321,21 @@ def test_check_config_says_what_would_run_without_running_it(
     assert out.startswith("config OK, 2 warning(s) below: ")
     assert "replay (file, looped)" in out
     assert f"warning: camera replay: no video file at {tmp_path / 'gone.mp4'}" in out
+    assert "from here" not in out  # an absolute path needs no explaining
+    # a relative path: where it would be looked for, and from which folder
+    with config.open("a") as toml:
+        toml.write('[[cameras]]\nid = "belt"\nsource = "belt-gone.avi"\n')
+    assert main(["serve", "--check-config", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("config OK, 3 warning(s) below: ")
+    assert (
+        f"no video file at belt-gone.avi (as this user sees it, {Path.cwd() / 'belt-gone.avi'}"
+        in out
+    )
+    assert "relative paths are taken from the folder the server starts in" in out
+    config.write_text(
+        config.read_text().replace('[[cameras]]\nid = "belt"\nsource = "belt-gone.avi"\n', "")
+    )
     index = next(i for i in range(64) if not Path(f"/dev/video{i}").exists())
     with config.open("a") as toml:
         toml.write(f'[[cameras]]\nid = "bench"\nsource = "device:{index}"\n')

@@ -250,9 +250,12 @@ def _check_config(settings: Settings) -> int:
             f"  camera       {camera.id} ({spec.kind}{cap}{looped}{where}): {spec.describe()}"
         )
         if spec.kind == "file" and not Path(spec.target).is_file():
+            seen = Path(spec.target)
+            where_from = "" if seen.is_absolute() else f", {Path.cwd() / seen} from here"
             warnings.append(
-                f"camera {camera.id}: no video file at {spec.target} (as this user sees it): "
-                "it would be FAILED"
+                f"camera {camera.id}: no video file at {spec.target} (as this user sees it"
+                f"{where_from}): it would be FAILED; relative paths are taken from the folder "
+                "the server starts in, not the config file's"
             )
         if spec.kind == "device" and not Path(f"/dev/video{spec.device}").exists():
             warnings.append(
