@@ -246,6 +246,18 @@ def test_the_work_pool_drops_cancelled_jobs_and_refuses_work_after_shutdown() ->
         pool.submit(lambda: None)
 
 
+def test_the_work_pool_shuts_down_with_jobs_waiting_for_their_callers_turn() -> None:
+    """One caller's jobs queued past its share of threads: shutdown runs them and returns."""
+    pool = WorkPool(1)
+    jobs = [pool.submit(time.sleep, 0.2), pool.submit(time.sleep, 0.2)]
+    closer = threading.Thread(target=pool.shutdown)
+    closer.start()
+    closer.join(10)
+    assert not closer.is_alive(), "shutdown() hung"
+    assert all(job.done() and job.exception() is None for job in jobs)
+    assert not pool.busy
+
+
 def test_the_work_pool_is_busy_from_submit_until_the_task_ends() -> None:
     pool = WorkPool(2)
     release = threading.Event()

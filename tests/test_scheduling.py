@@ -7,6 +7,7 @@ goes. How fast any of it is lives in benchmarks/, never here.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import time
@@ -23,6 +24,7 @@ from convstream.server import Server, Settings, app
 from convstream.server.config import MAX_WIDE_THREADS, usable_cores
 from convstream.server.decode import Limits, decode_encoded
 from convstream.server.letterbox import letterbox, reduction
+from convstream.server.streams import StreamSession
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
@@ -537,6 +539,69 @@ async def test_a_stream_of_slow_frames_does_not_hold_up_another_clients_frames(
         assert len(slow) == 6
         # behind that stream's queue, each would wait at least one of its decodes
         assert max(latencies) < decode_s / 2, (latencies, decode_s)
+    finally:
+        await server.stop(grace=0)
+
+
+async def test_refused_frames_hold_no_pixels_and_a_full_queue_of_them_waits() -> None:
+    """A latest-only stream whose client stops reading, sending raw frames that are refused
+    (their options ask for another policy): the refusals wait their turn as shells of a few
+    bytes, and no more of them than the queue holds, instead of piling up with their pixels."""
+    server = Server(Settings(port=0, metrics_port=-1, cameras=(), max_held_bytes=4 << 20))
+    await server.start()
+    try:
+        pixels = scene(7300, 480, 480).tobytes()
+        raw = pb.RawImage(width=480, height=480, format=pb.PIXEL_FORMAT_BGR8, data=pixels)
+        first = pb.ResultOptions(
+            freshness=pb.FRESHNESS_LATEST_ONLY,
+            feature_maps=["stage1", "stage2", "stage3", "stage4"],
+            encoding=pb.TENSOR_ENCODING_FLOAT32,  # 7 MB results: the writes soon wait
+        )
+        other = pb.ResultOptions(freshness=pb.FRESHNESS_BOUNDED_QUEUE)  # refused
+
+        async def flood() -> AsyncIterator[pb.FrameRequest]:
+            for i in itertools.count():
+                options = first if i == 0 else other if i >= 4 else None
+                yield pb.FrameRequest(frame_id=i, raw=raw, options=options)
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            call = pb_grpc.ConvstreamStub(channel).StreamFrames(flood())  # never read
+            await asyncio.sleep(4.0)
+            sessions = [o for o in gc.get_objects() if isinstance(o, StreamSession)]
+            assert len(sessions) == 1
+            pending = list(sessions[0]._pending)
+            # (the refusals' small results still flow, into gRPC's window; the frames do not)
+            assert len(pending) <= sessions[0].capacity == 1
+            assert sum(item.request.ByteSize() for item in pending) < 1000
+            call.cancel()
+    finally:
+        await server.stop(grace=0)
+
+
+async def test_a_frame_that_cannot_fit_drops_none_of_the_frames_waiting() -> None:
+    """A bounded-queue stream with frames waiting, then a raw frame larger than all the server
+    holds for streams: that frame alone is refused, and the waiting frames are kept."""
+    server = Server(Settings(port=0, metrics_port=-1, cameras=(), max_held_bytes=16 << 20))
+    await server.start()
+    try:
+        slow = png(np.zeros((6300, 6300, 3), np.uint8))  # most of a second each to decode
+        huge = pb.RawImage(
+            width=2400, height=2400, format=pb.PIXEL_FORMAT_BGR8, data=bytes(2400 * 2400 * 3)
+        )  # 17.3 MB
+        queued = pb.ResultOptions(freshness=pb.FRESHNESS_BOUNDED_QUEUE, queue_size=8)
+
+        async def frames() -> AsyncIterator[pb.FrameRequest]:
+            for i in range(7):  # 4 in analysis, 3 waiting
+                yield pb.FrameRequest(frame_id=i, encoded=slow, options=queued if i == 0 else None)
+            yield pb.FrameRequest(frame_id=7, raw=huge)
+
+        limit = [("grpc.max_send_message_length", 64 << 20)]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}", options=limit) as channel:
+            results = [r async for r in pb_grpc.ConvstreamStub(channel).StreamFrames(frames())]
+        assert [r.frame_id for r in results] == list(range(8))
+        assert [r.status.code for r in results] == [0] * 7 + [EXHAUSTED.value[0]]
+        assert "larger than max_held_bytes" in results[7].status.message
+        assert not [i for r in results for i in r.dropped_frame_ids]
     finally:
         await server.stop(grace=0)
 

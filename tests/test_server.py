@@ -303,6 +303,11 @@ async def test_later_frames_cannot_change_the_stream_policy_silently(
     assert [c.id for c in listed.cameras] == ["late-publisher"]
     await call.done_writing()
     assert await call.code() == grpc.StatusCode.OK
+    # LATEST_ONLY keeps one frame whatever queue_size says, as the proto has it
+    latest = pb.ResultOptions(freshness=pb.FRESHNESS_LATEST_ONLY, queue_size=5000)
+    frames = [pb.FrameRequest(frame_id=1, encoded=data, options=latest)]
+    results = [r async for r in stub.StreamFrames(requests(frames))]
+    assert [r.status.code for r in results] == [0]
 
 
 async def test_a_message_that_does_not_parse_is_invalid_argument_and_a_stream_goes_on(

@@ -181,6 +181,8 @@ class WorkPool(Executor):
                 running = self._running.pop(caller) - 1
                 if running:
                     self._running[caller] = running
+                if self._shutdown:  # threads waiting for that caller's turn may exit now
+                    self._changed.notify_all()
             if run and error is not None:
                 future.set_exception(error)
             elif run:

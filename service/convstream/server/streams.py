@@ -196,8 +196,10 @@ class StreamSession:
         self._in_analysis = 0
         self._out: asyncio.Queue[asyncio.Task[_Done] | None] = asyncio.Queue()
 
-    def _check(self, message: pb.ResultOptions) -> None:
-        """Refuse stream-level values no stream could have (whichever frame carries them)."""
+    def _check(self, message: pb.ResultOptions, freshness: int) -> None:
+        """Refuse stream-level values no stream could have (whichever frame carries them);
+        `freshness` is the policy they would apply to (LATEST_ONLY keeps one frame whatever
+        queue_size says)."""
         if message.freshness not in pb.Freshness.values():
             raise InvalidOptions(
                 f"unknown freshness policy {message.freshness}; expected one of "
@@ -205,7 +207,7 @@ class StreamSession:
             )
         if message.publish and self.registry is None:
             raise InvalidOptions("this server does not publish streams")
-        if message.queue_size > MAX_QUEUE_SIZE:
+        if message.queue_size > MAX_QUEUE_SIZE and freshness != pb.FRESHNESS_LATEST_ONLY:
             here = ""
             if self.budget is not None:
                 share = self.budget.share(self._default_queue)
@@ -223,7 +225,7 @@ class StreamSession:
         """A later frame's options: the policy and queue are the stream's, set by its first
         accepted options, so a frame asking for others is refused rather than ignored (unset
         fields ask for nothing); publish takes effect on any frame while not yet published."""
-        self._check(message)
+        self._check(message, message.freshness or self.freshness)
         if message.freshness and message.freshness != self.freshness:
             raise InvalidOptions(
                 "freshness is set once per stream, by its first accepted options: this stream "
@@ -244,8 +246,8 @@ class StreamSession:
             self.publication = self.registry.publish(source)
 
     def _configure(self, message: pb.ResultOptions, source: str) -> None:
-        self._check(message)
         freshness = message.freshness or pb.FRESHNESS_LOSSLESS
+        self._check(message, freshness)
         if freshness == pb.FRESHNESS_LATEST_ONLY:
             capacity = 1
         elif message.queue_size:
@@ -276,9 +278,8 @@ class StreamSession:
         its source: its own (which then sticks) or the stream's last one. A message that did
         not parse is refused alone (its id unknown: 0), in its place among the results."""
         if isinstance(request, UndecodableRequest):
-            shell = pb.FrameRequest(source=self.source)
-            return _Item(
-                shell, arrived, None, error_result(shell, request.code.value[0], str(request))
+            return self._refused(
+                pb.FrameRequest(source=self.source), arrived, request.code, str(request)
             )
         if request.source:
             self.source = request.source
@@ -295,7 +296,16 @@ class StreamSession:
                 self.options = options
             return _Item(request, arrived, self.options)
         except ConvstreamError as exc:
-            return _Item(request, arrived, None, error_result(request, exc.code.value[0], str(exc)))
+            return self._refused(request, arrived, exc.code, str(exc))
+
+    @staticmethod
+    def _refused(
+        request: pb.FrameRequest, arrived: float, code: grpc.StatusCode, message: str
+    ) -> _Item:
+        """A frame's refusal, keeping only its id and source: a refused frame holds no pixels
+        while it waits for its turn to be answered."""
+        shell = pb.FrameRequest(frame_id=request.frame_id, source=request.source)
+        return _Item(shell, arrived, None, error_result(shell, code.value[0], message))
 
     async def _read(self, requests: AsyncIterator[pb.FrameRequest | UndecodableRequest]) -> None:
         frames = aiter(requests)
@@ -315,10 +325,12 @@ class StreamSession:
                 if self.publication is not None:
                     self.publication.received(item.request)
                 async with self._changed:
-                    if self.freshness == pb.FRESHNESS_LOSSLESS:
+                    # A full queue drops its oldest frame, unless it is lossless or holds only
+                    # refusals, which are answered, never dropped: then the reader waits.
+                    if self.freshness == pb.FRESHNESS_LOSSLESS or (
+                        len(self._pending) >= self.capacity and not self._drop_oldest()
+                    ):
                         await self._changed.wait_for(lambda: len(self._pending) < self.capacity)
-                    elif len(self._pending) >= self.capacity:
-                        self._drop_oldest()
                     self._pending.append(item)
                     self._changed.notify_all()
         finally:
@@ -337,23 +349,26 @@ class StreamSession:
         size = request.ByteSize()
         if size <= budget.limit and self.freshness == pb.FRESHNESS_LOSSLESS:
             await budget.room(size, lambda: self._held_bytes)
-        elif self.freshness != pb.FRESHNESS_LOSSLESS:
-            # the policy drops this stream's oldest waiting frames anyway: make room from
-            # them first
-            while not budget.fits(size, self._held_bytes) and self._drop_oldest():
+        elif not budget.fits(size, self._held_bytes):
+            # The policy drops this stream's oldest waiting frames anyway: make room from
+            # them, if dropping all of them would make it fit (else drop none).
+            waiting = sum(old.size for old in self._pending if old.options is not None)
+            fits = budget.held - waiting + size <= budget.limit and (
+                self._held_bytes == waiting or self._held_bytes - waiting + size <= budget.share
+            )
+            while fits and not budget.fits(size, self._held_bytes) and self._drop_oldest():
                 pass
         if budget.take(size, self._held_bytes):
             item.size = size
             self._held_bytes += size
             return item
-        shell = pb.FrameRequest(frame_id=request.frame_id, source=request.source)
         if size > budget.limit:
             message = (
                 f"this {size}-byte frame is larger than max_held_bytes {budget.limit}, all "
                 "the server holds for streams: it can never be analysed here; send it as JPEG "
                 "or smaller"
             )
-        elif self._held_bytes + size > budget.share:
+        elif self._held_bytes and self._held_bytes + size > budget.share:
             message = (
                 f"this stream holds {self._held_bytes} bytes of frames waiting or in "
                 f"analysis, and this {size}-byte frame would pass the {budget.share} one "
@@ -368,8 +383,7 @@ class StreamSession:
                 "analysed: send JPEG rather than raw pixels, fewer frames at once, or a "
                 "lossless stream, which waits for room"
             )
-        code = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
-        return _Item(shell, item.arrived, None, error_result(shell, code, message))
+        return self._refused(request, item.arrived, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
     def _release(self, item: _Item) -> None:
         if item.size and self.byte_budget is not None:
