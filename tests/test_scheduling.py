@@ -7,7 +7,6 @@ goes. How fast any of it is lives in benchmarks/, never here.
 from __future__ import annotations
 
 import asyncio
-import gc
 import itertools
 import logging
 import time
@@ -543,10 +542,20 @@ async def test_a_stream_of_slow_frames_does_not_hold_up_another_clients_frames(
         await server.stop(grace=0)
 
 
-async def test_refused_frames_hold_no_pixels_and_a_full_queue_of_them_waits() -> None:
+async def test_refused_frames_hold_no_pixels_and_a_full_queue_of_them_waits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A latest-only stream whose client stops reading, sending raw frames that are refused
     (their options ask for another policy): the refusals wait their turn as shells of a few
     bytes, and no more of them than the queue holds, instead of piling up with their pixels."""
+    sessions: list[StreamSession] = []
+    init = StreamSession.__init__
+
+    def remember(self: StreamSession, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        sessions.append(self)
+
+    monkeypatch.setattr(StreamSession, "__init__", remember)
     server = Server(Settings(port=0, metrics_port=-1, cameras=(), max_held_bytes=4 << 20))
     await server.start()
     try:
@@ -567,7 +576,6 @@ async def test_refused_frames_hold_no_pixels_and_a_full_queue_of_them_waits() ->
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             call = pb_grpc.ConvstreamStub(channel).StreamFrames(flood())  # never read
             await asyncio.sleep(4.0)
-            sessions = [o for o in gc.get_objects() if isinstance(o, StreamSession)]
             assert len(sessions) == 1
             pending = list(sessions[0]._pending)
             # (the refusals' small results still flow, into gRPC's window; the frames do not)
