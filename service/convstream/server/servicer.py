@@ -395,34 +395,21 @@ def add_to_server(servicer: ConvstreamServicer, server: grpc.aio.Server) -> None
     """Register the service as the generated add_ConvstreamServicer_to_server does, but with
     request deserializers that let each RPC refuse a message that does not parse, with
     INVALID_ARGUMENT (gRPC itself would answer UNKNOWN and end a stream, logging a traceback)."""
-    handlers = {
-        "Analyze": grpc.unary_unary_rpc_method_handler(
-            _unary(servicer.Analyze),
-            request_deserializer=_parse(pb.FrameRequest),
-            response_serializer=pb.FrameResult.SerializeToString,
-        ),
-        "StreamFrames": grpc.stream_stream_rpc_method_handler(
-            servicer.StreamFrames,  # StreamSession refuses each such message alone
-            request_deserializer=_parse(pb.FrameRequest),
-            response_serializer=pb.FrameResult.SerializeToString,
-        ),
-        "GetModelInfo": grpc.unary_unary_rpc_method_handler(
-            _unary(servicer.GetModelInfo),
-            request_deserializer=_parse(pb.GetModelInfoRequest),
-            response_serializer=pb.ModelInfo.SerializeToString,
-        ),
-        "ListCameras": grpc.unary_unary_rpc_method_handler(
-            _unary(servicer.ListCameras),
-            request_deserializer=_parse(pb.ListCamerasRequest),
-            response_serializer=pb.ListCamerasResponse.SerializeToString,
-        ),
-        "WatchCamera": grpc.unary_stream_rpc_method_handler(
-            _unary_stream(servicer.WatchCamera),
-            request_deserializer=_parse(pb.WatchCameraRequest),
-            response_serializer=pb.FrameResult.SerializeToString,
-        ),
-    }
-    assert set(handlers) == set(pb.DESCRIPTOR.services_by_name["Convstream"].methods_by_name)
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in pb.DESCRIPTOR.services_by_name["Convstream"].methods:
+        behaviour = getattr(servicer, method.name)
+        if method.client_streaming:  # StreamFrames: StreamSession refuses each such message
+            assert method.server_streaming
+            make = grpc.stream_stream_rpc_method_handler
+        elif method.server_streaming:
+            make, behaviour = grpc.unary_stream_rpc_method_handler, _unary_stream(behaviour)
+        else:
+            make, behaviour = grpc.unary_unary_rpc_method_handler, _unary(behaviour)
+        handlers[method.name] = make(
+            behaviour,
+            request_deserializer=_parse(getattr(pb, method.input_type.name)),
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
     generic = grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
     server.add_generic_rpc_handlers((generic,))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
