@@ -127,9 +127,11 @@ class ByteBudget:
         self.held = 0
         self._freed = asyncio.Event()
 
-    def fits(self, size: int, mine: int) -> bool:
-        """Whether a stream holding `mine` bytes may take `size` more."""
-        return self.held + size <= self.limit and (mine == 0 or mine + size <= self.share)
+    def fits(self, size: int, mine: int, freed: int = 0) -> bool:
+        """Whether a stream holding `mine` bytes may take `size` more (once it has given
+        back `freed` of them)."""
+        mine -= freed
+        return self.held - freed + size <= self.limit and (mine == 0 or mine + size <= self.share)
 
     async def room(self, size: int, mine: Callable[[], int]) -> None:
         """Wait until `size` more bytes fit beside what the stream holds (`mine()`, which
@@ -353,11 +355,9 @@ class StreamSession:
             # The policy drops this stream's oldest waiting frames anyway: make room from
             # them, if dropping all of them would make it fit (else drop none).
             waiting = sum(old.size for old in self._pending if old.options is not None)
-            fits = budget.held - waiting + size <= budget.limit and (
-                self._held_bytes == waiting or self._held_bytes - waiting + size <= budget.share
-            )
-            while fits and not budget.fits(size, self._held_bytes) and self._drop_oldest():
-                pass
+            if budget.fits(size, self._held_bytes, freed=waiting):
+                while not budget.fits(size, self._held_bytes) and self._drop_oldest():
+                    pass
         if budget.take(size, self._held_bytes):
             item.size = size
             self._held_bytes += size
