@@ -235,6 +235,18 @@ def test_usage_errors_exit_2(
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.startswith("usage: convstream serve ")
     assert "unrecognized arguments: --tls-cert x.pem" in err
+    # `--server` is no abbreviation of `--server-name` (which would connect to the default
+    # address with the given one as a TLS name); a guess at the address flag names it.
+    with pytest.raises(SystemExit) as info:
+        main(["analyze", "--server", "127.0.0.1:1", str(images)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "unrecognized arguments: --server" in err
+    assert "the server's address is --address HOST:PORT" in err
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--po", "5"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "unrecognized arguments: --po 5" in err
+    assert "--address" not in err.splitlines()[-1]  # serve has no --address to point to
 
 
 def test_the_console_command_has_no_traceback() -> None:

@@ -136,6 +136,7 @@ def run_dashboard(argv: Sequence[str] | None = None) -> int:
         description="The live monitoring page for a convstream server's cameras.",
         epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # as under `convstream`: options whole or refused
     )
     _add_arguments(p)
     return _dashboard(p.parse_args(argv))

@@ -459,9 +459,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     add_commands(commands)
     add_dashboard_commands(commands)
+    # argparse would take `--server HOST:PORT` as an abbreviation of `--server-name` and quietly
+    # connect to the default address; every option is taken whole or refused.
+    for command_parser in (parser, *commands.choices.values()):
+        command_parser.allow_abbrev = False
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # with the command's own usage line, not the top level's
-        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+        command_parser = commands.choices[args.command]
+        message = f"unrecognized arguments: {' '.join(unknown)}"
+        guessed = {"--server", "--host", "--port", "--addr"} & {u.split("=")[0] for u in unknown}
+        if guessed and "--address" in command_parser._option_string_actions:
+            message += "; the server's address is --address HOST:PORT"
+        command_parser.error(message)
     try:
         result: int = args.func(args)
     except BrokenPipeError:
