@@ -340,6 +340,46 @@ def test_sighup_reloads_cameras_from_the_config_file(tmp_path: Path) -> None:
     assert "reload refused, nothing changed" in err and "unsupported source scheme" in err
 
 
+def test_a_sighup_while_the_server_starts_is_a_reload_once_it_serves(tmp_path: Path) -> None:
+    # `systemctl reload` right after a start: SIGHUP's default action would end the process,
+    # and systemd would not restart a server that a signal it sent itself had stopped.
+    config = tmp_path / "convstream.toml"
+    config.write_text('[[cameras]]\nid = "one"\nsource = "demo:conveyor?fps=5"\n')
+    port = free_port()
+    env = {**os.environ, "CONVSTREAM_CONFIG": str(config)}
+    argv = ["serve", "--port", str(port), "--metrics-port", "-1", "--log-level", "info"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "convstream.cli", *argv], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not _catches_sighup(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        config.write_text('[[cameras]]\nid = "two"\nsource = "demo:conveyor?fps=5"\n')
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            process.send_signal(signal.SIGHUP)  # the model is still loading (the log says so)
+            grpc.channel_ready_future(channel).result(timeout=60)
+            stub = pb_grpc.ConvstreamStub(channel)
+            deadline = time.monotonic() + 10
+            while _ids(stub) != ["two"] and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert _ids(stub) == ["two"]
+        assert process.poll() is None
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=20)
+    assert process.returncode == 0, err
+    assert "reloading, as asked (SIGHUP) while the server started" in err
+
+
+def _catches_sighup(pid: int) -> bool:
+    """Whether the process has a handler for SIGHUP (bit 0 of SigCgt in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & 1 << (signal.SIGHUP - 1))
+    return False
+
+
 def _ids(stub: pb_grpc.ConvstreamStub) -> list[str]:
     return [c.id for c in stub.ListCameras(pb.ListCamerasRequest(), timeout=5).cameras]
 

@@ -7,7 +7,9 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +17,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from convstream.server import Settings
     from convstream.server.processes import Peers
+
+
+# SIGHUP's default action ends the process. Until the server's own handler takes over, after the
+# model has loaded and warmed up (seconds; longer on a GPU), a reload (`systemctl reload` just
+# after a start) would stop the server for good, and systemd counts that as a clean exit, not
+# one to restart after. `serve` remembers it instead and reloads once it serves.
+_RELOAD_ASKED = threading.Event()
 
 
 def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -146,7 +155,7 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.processes > 1:
         from convstream.server.processes import Supervisor
 
-        return Supervisor(settings, load).run()
+        return Supervisor(settings, load, _RELOAD_ASKED).run()
     return _run_server(settings, load, None)
 
 
@@ -179,7 +188,7 @@ def _run_server(settings: Settings, load: Callable[[], Settings], peers: Peers |
 
     who = "convstream serve" if peers is None else f"convstream serve [process {peers.index}]"
     try:
-        asyncio.run(serve(settings, reload=load, peers=peers))
+        asyncio.run(serve(settings, reload=load, peers=peers, reload_asked=_RELOAD_ASKED))
     except ModelFileError as exc:
         print(f"{who}: model_path: {exc}", file=sys.stderr)
         return 2
@@ -444,6 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_given = sys.argv[1:] if argv is None else list(argv)
     if args_given[:1] != ["serve"]:
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    elif hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, lambda signum, frame: _RELOAD_ASKED.set())
     parser = argparse.ArgumentParser(
         prog="convstream", description="Damage scores and feature maps for camera frames."
     )

@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
@@ -501,11 +502,13 @@ async def serve(
     settings: Settings,
     reload: Callable[[], Settings] | None = None,
     peers: Peers | None = None,
+    reload_asked: threading.Event | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT, then drain for the grace period and return.
 
     On SIGHUP, ``reload()`` loads the settings again and the cameras follow them. ``peers``:
-    run as one of several processes of one server (processes.py).
+    run as one of several processes of one server (processes.py). ``reload_asked``: set if a
+    SIGHUP came while the server started (the caller's interim handler); it reloads once serving.
     """
     server = Server(settings, peers)
     try:
@@ -537,6 +540,9 @@ async def serve(
             task.add_done_callback(tasks.discard)
 
         loop.add_signal_handler(signal.SIGHUP, hup)
+        if reload_asked is not None and reload_asked.is_set():
+            logger.info("reloading, as asked (SIGHUP) while the server started")
+            hup()
     await stop.wait()
     if settings.drain_delay_s:
         logger.info(

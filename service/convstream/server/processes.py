@@ -30,6 +30,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -218,7 +219,13 @@ class Supervisor:
     process that restarts runs what the others run.
     """
 
-    def __init__(self, settings: Settings, load: Callable[[], Settings]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        load: Callable[[], Settings],
+        reload_asked: threading.Event | None = None,
+    ) -> None:
+        """reload_asked: set if a SIGHUP came before run() took the signal over."""
         self.settings = settings
         self.load = load  # the settings from the config file, environment and flags, again
         self.count = settings.processes
@@ -234,6 +241,7 @@ class Supervisor:
         self.written_at = 0.0  # when the snapshot last changed
         self.stop_signal: int | None = None
         self.reload_asked = False
+        self.reload_asked_early = reload_asked
         self.port = settings.port
 
     def run(self) -> int:
@@ -249,6 +257,8 @@ class Supervisor:
             return 2
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
+        if self.reload_asked_early is not None and self.reload_asked_early.is_set():
+            self.reload_asked = True
         address = host_port(self.settings.host, self.settings.port)
         if _in_use(self.settings.host, self.settings.port):
             print(
