@@ -36,6 +36,7 @@ from convstream.server import CameraConfig, ConfigError, Server, Settings, load_
 from convstream.server.app import _listen
 from convstream.server.config import TokenConfig
 from convstream.server.security import token_hash
+from convstream.server.tls import TLSFileError, certificate_validity
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
@@ -54,6 +55,7 @@ def _cert(
     *,
     ca: bool = False,
     server: bool = False,
+    valid: tuple[dt.timedelta, dt.timedelta] = (dt.timedelta(minutes=-5), dt.timedelta(days=30)),
 ) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
     issuer_name, issuer_key = issuer if issuer else (subject, key)
@@ -63,8 +65,8 @@ def _cert(
         .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
+        .not_valid_before(now + valid[0])
+        .not_valid_after(now + valid[1])
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
     if server:
@@ -272,11 +274,9 @@ def test_tls_and_token_settings_are_checked(pki: Path, tmp_path: Path) -> None:
         load_settings(overrides={"tls_cert": str(pki / "server.crt")}, environ={})
     with pytest.raises(ConfigError, match="needs tls_cert and tls_key"):
         load_settings(overrides={"tls_client_ca": str(pki / "ca.crt")}, environ={})
-    with pytest.raises(ConfigError, match="does not exist") as info:
-        load_settings(
-            overrides={"tls_cert": str(tmp_path / "x.crt"), "tls_key": str(tmp_path / "x.key")},
-            environ={},
-        )
+    missing = {"tls_cert": str(tmp_path / "x.crt"), "tls_key": str(tmp_path / "x.key")}
+    with pytest.raises(TLSFileError, match="does not exist") as info:
+        load_settings(overrides=missing, environ={}).read_tls()
     # every missing file, each named by its setting
     assert f"tls_cert {tmp_path / 'x.crt'} does not exist" in str(info.value)
     assert f"tls_key {tmp_path / 'x.key'} does not exist" in str(info.value)
@@ -380,12 +380,66 @@ def test_unusable_tls_files_are_named_by_their_setting(
     overrides = {"tls_cert": str(paths["cert"]), "tls_key": str(paths["key"])}
     if client_ca:
         overrides["tls_client_ca"] = str(paths["client_ca"])
+    settings = load_settings(overrides=overrides, environ={})
     if message is None:
-        assert load_settings(overrides=overrides, environ={}).tls_client_ca == paths["client_ca"]
+        assert settings.read_tls() is not None and settings.tls_client_ca == paths["client_ca"]
         return
-    with pytest.raises(ConfigError) as info:
-        load_settings(overrides=overrides, environ={})
+    with pytest.raises(TLSFileError) as info:
+        settings.read_tls()
     assert message.format(**paths) in str(info.value)
+
+
+def test_expired_certificates_are_refused_and_one_that_expires_soon_is_warned_of(
+    pki: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    day = dt.timedelta(days=1)
+    for name, valid in {
+        "expired": (-60 * day, -day),
+        "future": (day, 60 * day),
+        "soon": (-day, 3 * day),
+    }.items():
+        key = _key()
+        issuer = ("convstream test CA", ca_key)
+        _write(tmp_path / name, _cert("127.0.0.1", key, issuer, server=True, valid=valid), key)
+
+    def check(name: str, client_ca: Path | None = None) -> int:
+        config = tmp_path / f"{name}.toml"
+        text = f'tls_cert = "{tmp_path / name}.crt"\ntls_key = "{tmp_path / name}.key"\n'
+        if client_ca is not None:
+            text += f'tls_client_ca = "{client_ca}"\n'
+        config.write_text(text)
+        return cli_main(["serve", "--config", str(config), "--no-cameras", "--check-config"])
+
+    # gRPC would serve these, and every client would refuse the handshake
+    assert check("expired") == 2
+    err = capsys.readouterr().err
+    assert f"tls_cert {tmp_path / 'expired.crt'} expired on " in err and "renew it" in err
+    assert check("future") == 2
+    err = capsys.readouterr().err
+    assert f"tls_cert {tmp_path / 'future.crt'} is not valid until " in err
+    assert "is this machine's clock right?" in err
+    (tmp_path / "server.crt").write_bytes((pki / "server.crt").read_bytes())
+    (tmp_path / "server.key").write_bytes((pki / "server.key").read_bytes())
+    assert check("server", client_ca=tmp_path / "expired.crt") == 2  # an expired client CA
+    assert f"tls_client_ca {tmp_path / 'expired.crt'} expired on " in capsys.readouterr().err
+    assert check("soon") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("config OK, 1 warning(s) below")
+    assert f"warning: tls_cert {tmp_path / 'soon.crt'} expires on " in out
+    assert "in 3.0 days: renew it" in out or "in 2.9 days: renew it" in out
+    assert check("server") == 0
+    assert capsys.readouterr().out.startswith("config OK: ")
+
+
+def test_certificate_dates_are_read_from_the_der(pki: Path) -> None:
+    cert = x509.load_pem_x509_certificate((pki / "server.crt").read_bytes())
+    der = cert.public_bytes(serialization.Encoding.DER)
+    assert certificate_validity(der) == (cert.not_valid_before_utc, cert.not_valid_after_utc)
+    for broken in (b"", der[:40], b"\x02\x01\x00"):
+        with pytest.raises(ValueError):
+            certificate_validity(broken)
 
 
 def test_serve_names_a_mismatched_key_not_the_port(
@@ -395,8 +449,9 @@ def test_serve_names_a_mismatched_key_not_the_port(
     config.write_text(f'tls_cert = "{pki / "server.crt"}"\ntls_key = "{pki / "client.key"}"\n')
     assert cli_main(["serve", "--config", str(config), "--port", "0"]) == 2
     err = capsys.readouterr().err
-    assert f"\n  tls_key {pki / 'client.key'} does not match tls_cert {pki / 'server.crt'}" in err
-    assert "port" not in err and "settings:" not in err
+    assert err == f"convstream serve: tls_key {pki / 'client.key'} does not match tls_cert " + (
+        f"{pki / 'server.crt'}\n"
+    )
 
 
 async def test_only_a_bind_failure_blames_the_port(pki: Path) -> None:
@@ -470,6 +525,36 @@ async def test_reload_adds_revokes_and_changes_tokens(caplog: pytest.LogCaptureF
     assert "change only on restart" not in log
     for secret in (WATCH_TOKEN, ANALYZE_TOKEN, ci_token, "a-new-ci-token"):
         assert secret not in log and token_hash(secret) not in log
+
+
+async def test_a_reload_whose_tls_files_fail_still_revokes_a_token(
+    pki: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An operator revokes a leaked token in the same edit that half-rotates the certificate:
+    # the revocation must not wait for the certificate.
+    config = tmp_path / "convstream.toml"
+    table = '[[tokens]]\nname = "{}"\nrole = "{}"\nsha256 = "{}"\n'
+    dock = table.format("dock-3", "analyze", token_hash(ANALYZE_TOKEN))
+    dash = table.format("dashboard", "watch", token_hash(WATCH_TOKEN))
+    tls = f'tls_cert = "{pki / "server.crt"}"\ntls_key = "{pki / "server.key"}"\n'
+    config.write_text(tls + dock + dash)
+    flags = {"port": 0, "metrics_port": -1, "cameras": []}
+    server = await _start(load_settings(config, environ={}, overrides=flags))
+    try:
+        config.write_text(tls.replace("server.key", "client.key") + dash)
+        changed = load_settings(config, environ={}, overrides=flags)  # no longer refused whole
+        await server.reload(changed)
+        assert "TLS files kept as they were: tls_key" in caplog.text
+        async with grpc.aio.secure_channel(f"127.0.0.1:{server.port}", _ssl(pki)) as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=_bearer(ANALYZE_TOKEN))
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            reply = await stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=_bearer(WATCH_TOKEN))
+            assert reply.sha256  # over the certificate it had
+        assert server.settings.tls_key == pki / "server.key"
+    finally:
+        await server.stop(grace=0)
 
 
 def _peer_name(port: int, ca: Path) -> str:

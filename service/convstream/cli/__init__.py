@@ -141,11 +141,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         settings = load()
-    except (ConfigError, ValueError) as exc:
+        pem = settings.read_tls()  # now, not after the model has loaded
+    except (ConfigError, ValueError) as exc:  # TLSFileError is a ValueError
         print(f"convstream serve: {exc}", file=sys.stderr)
         return 2
     if args.check_config:
-        return _check_config(settings)
+        return _check_config(settings, [] if pem is None else list(pem.warnings))
     if args.print_settings:
         print(json.dumps(_settings_json(settings)))
         return 0
@@ -185,12 +186,16 @@ def _serve_child(child: str) -> int:
 def _run_server(settings: Settings, load: Callable[[], Settings], peers: Peers | None) -> int:
     from convstream.model import ModelFileError
     from convstream.server import serve
+    from convstream.server.tls import TLSFileError
 
     who = "convstream serve" if peers is None else f"convstream serve [process {peers.index}]"
     try:
         asyncio.run(serve(settings, reload=load, peers=peers, reload_asked=_RELOAD_ASKED))
     except ModelFileError as exc:
         print(f"{who}: model_path: {exc}", file=sys.stderr)
+        return 2
+    except TLSFileError as exc:  # changed since the start checked them (a process restarting)
+        print(f"{who}: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"{who}: {exc}", file=sys.stderr)
@@ -224,7 +229,7 @@ def _settings_json(settings: Settings) -> dict[str, object]:
     }
 
 
-def _check_config(settings: Settings) -> int:
+def _check_config(settings: Settings, warnings: list[str]) -> int:
     """What `serve --check-config` prints: the settings as they would run, or why not."""
     from convstream.model import DamageModel, ModelFileError
     from convstream.model.runtime import CUDA
@@ -248,7 +253,7 @@ def _check_config(settings: Settings) -> int:
         metrics = host_port(settings.metrics_host, settings.metrics_port)
         if settings.processes > 1 and settings.metrics_port > 0:
             metrics += f" to {settings.metrics_port + settings.processes - 1}, one per process"
-    cameras, warnings = [], []
+    cameras: list[str] = []
     owners = assign({}, [c.id for c in settings.cameras], settings.processes)
     for camera in settings.cameras:
         spec = parse_source(camera.source)

@@ -206,8 +206,10 @@ class Server:
         if settings.reflection:
             names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
             reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
-        if settings.tls_cert is not None and settings.tls_key is not None:
-            pem = read_pem(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        pem = settings.read_tls()
+        if pem is not None:
+            for warning in pem.warnings:
+                logger.warning("%s", warning)
             self._tls = RotatingCredentials(pem)
         credentials = self._tls.credentials if self._tls is not None else None
         self._grpc = server  # from here on, stop() releases it whatever fails next
@@ -369,6 +371,8 @@ class Server:
         except TLSFileError as exc:
             logger.error("reload: TLS files kept as they were: %s", exc)
             return False
+        for warning in pem.warnings:
+            logger.warning("reload: %s", warning)
         if self._tls.replace(pem):
             logger.info(
                 "reload: TLS files read again (%s): new connections get them, open ones keep "
@@ -437,6 +441,12 @@ def exposure_warning(settings: Settings, *, tls: bool) -> str | None:
     missing = [name for name, on in (("TLS", tls), ("tokens", settings.tokens)) if not on]
     if not missing or (client_certificates and missing == ["tokens"]):
         return None
+    if missing == ["TLS"]:  # tokens are checked, but cross the network in the clear
+        return (
+            f"listening on {settings.host} with tokens but without TLS: each call carries its "
+            "token in the clear, and anyone who can see the traffic can read it and call as "
+            "its holder; turn TLS on (tls_cert, tls_key); see README, 'Running it in production'"
+        )
     return (
         f"listening on {settings.host} without {' and '.join(missing)}: anyone who can reach "
         "this port can use it; see README, 'Running it in production'"

@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from convstream.server.decode import MIN_SIDE
-from convstream.server.tls import missing_files, read_pem
+from convstream.server.tls import PemFiles, read_pem
 
 ENV_PREFIX = "CONVSTREAM_"
 
@@ -375,14 +375,21 @@ class Settings(BaseModel):
             raise ValueError("tls_cert and tls_key go together: set both for TLS, or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
-        files = {"tls_cert": self.tls_cert, "tls_key": self.tls_key}
-        problems = missing_files({**files, "tls_client_ca": self.tls_client_ca})
-        if problems:
-            raise ValueError("; ".join(problems))
-        if self.tls_cert is not None and self.tls_key is not None:
-            # gRPC would only log "Invalid private key" and then fail to bind the port
-            read_pem(self.tls_cert, self.tls_key, self.tls_client_ca)
         return self
+
+    def read_tls(self) -> PemFiles | None:
+        """The TLS files read and checked, or None without TLS.
+
+        Raises:
+            TLSFileError: a file is missing, unusable, expired or not yet valid; the message
+                names its setting (gRPC itself would only log "Invalid private key" and then
+                fail to bind the port). Start and --check-config call this; validating the
+                settings does not, so that a reload whose new TLS files fail still applies
+                the rest (a revoked token) and keeps the files it had.
+        """
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        return read_pem(self.tls_cert, self.tls_key, self.tls_client_ca)
 
     @field_validator("host", "metrics_host")
     @classmethod

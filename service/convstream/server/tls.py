@@ -7,10 +7,14 @@ which one is wrong, so every file is checked here first, with the setting that n
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 import ssl
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -20,13 +24,20 @@ class TLSFileError(ValueError):
     """A TLS file is missing or unusable; the message names the setting and the path."""
 
 
+# A certificate that expires sooner than this is warned of at start, on reload and by
+# --check-config: time to renew it before every client refuses the server.
+EXPIRY_WARNING = timedelta(days=14)
+
+
 @dataclass(frozen=True)
 class PemFiles:
-    """The PEM contents gRPC is given: certificate chain, private key, client CA (or None)."""
+    """The PEM contents gRPC is given: certificate chain, private key, client CA (or None);
+    warnings: certificates that expire within EXPIRY_WARNING, one line each."""
 
     cert: bytes
     key: bytes
     client_ca: bytes | None
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
 def missing_files(files: dict[str, Path | None]) -> list[str]:
@@ -49,15 +60,21 @@ def read_pem(cert: Path, key: Path, client_ca: Path | None) -> PemFiles:
         TLSFileError: a file cannot be read, is not the PEM it should be, or the key is not
             tls_cert's (or is encrypted, which gRPC cannot use).
     """
+    problems = missing_files({"tls_cert": cert, "tls_key": key, "tls_client_ca": client_ca})
+    if problems:
+        raise TLSFileError("; ".join(problems))
     pem = PemFiles(_read("tls_cert", cert), _read("tls_key", key), None)
     if client_ca is not None:
         pem = PemFiles(pem.cert, pem.key, _read("tls_client_ca", client_ca))
-    check_pem(pem, cert, key, client_ca)
-    return pem
+    warnings = check_pem(pem, cert, key, client_ca)
+    return PemFiles(pem.cert, pem.key, pem.client_ca, tuple(warnings))
 
 
-def check_pem(pem: PemFiles, cert: Path, key: Path, client_ca: Path | None) -> None:
-    """TLSFileError naming the setting when ``pem`` (read from those paths) is unusable."""
+def check_pem(
+    pem: PemFiles, cert: Path, key: Path, client_ca: Path | None, now: datetime | None = None
+) -> list[str]:
+    """TLSFileError naming the setting when ``pem`` (read from those paths) is unusable,
+    expired or not yet valid; returns a line for each certificate that expires soon."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.load_verify_locations(cadata=pem.cert.decode("ascii", "replace"))
@@ -102,6 +119,103 @@ def check_pem(pem: PemFiles, cert: Path, key: Path, client_ca: Path | None) -> N
             else:
                 message = f"tls_key {key} is not a PEM private key"
             raise TLSFileError(message) from None
+    now = datetime.now(UTC) if now is None else now
+    warnings = _dates("tls_cert", cert, pem.cert, now)
+    if pem.client_ca is not None:
+        warnings += _dates("tls_client_ca", client_ca, pem.client_ca, now)
+    return warnings
+
+
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", re.DOTALL
+)
+
+
+def _dates(setting: str, path: Path | None, data: bytes, now: datetime) -> list[str]:
+    """TLSFileError if a certificate in ``data`` has expired or is not yet valid (gRPC would
+    serve it, and every client would refuse the handshake with nothing in the server's log);
+    a warning line for each that expires within EXPIRY_WARNING."""
+    warnings = []
+    for number, block in enumerate(_PEM_CERTIFICATE.findall(data), 1):
+        try:
+            not_before, not_after = certificate_validity(base64.b64decode(block))
+        except (ValueError, binascii.Error):
+            continue  # ssl loaded it; a form this reader does not know is not refused here
+        which = f"{setting} {path}" + (f" (certificate {number} in it)" if number > 1 else "")
+        if now >= not_after:
+            raise TLSFileError(
+                f"{which} expired on {not_after:%Y-%m-%d %H:%M} UTC; clients refuse an "
+                "expired certificate: renew it"
+            )
+        if now < not_before:
+            raise TLSFileError(
+                f"{which} is not valid until {not_before:%Y-%m-%d %H:%M} UTC (it is now "
+                f"{now:%Y-%m-%d %H:%M} UTC here: is this machine's clock right?)"
+            )
+        if not_after - now < EXPIRY_WARNING:
+            days = (not_after - now) / timedelta(days=1)
+            warnings.append(
+                f"{which} expires on {not_after:%Y-%m-%d %H:%M} UTC, in {days:.1f} days: "
+                "renew it (a reload, SIGHUP, serves the new files)"
+            )
+    return warnings
+
+
+def certificate_validity(der: bytes) -> tuple[datetime, datetime]:
+    """(notBefore, notAfter) of a DER X.509 certificate; ValueError if it is not one.
+
+    The stdlib's ssl module reads these only from a peer's certificate, so the few DER
+    elements up to the validity are walked here: Certificate ::= SEQUENCE { tbsCertificate
+    SEQUENCE { [0] version OPTIONAL, serialNumber, signature, issuer, validity SEQUENCE {
+    notBefore, notAfter } ... } ... }.
+    """
+    tag, body, _ = _element(der, 0)
+    if tag != 0x30:
+        raise ValueError("not a DER certificate")
+    tag, tbs, _ = _element(body, 0)
+    if tag != 0x30:
+        raise ValueError("not a DER certificate")
+    at = 0
+    tag, _, after = _element(tbs, at)
+    if tag == 0xA0:  # [0] EXPLICIT version
+        at = after
+    for _skip in range(3):  # serialNumber, signature algorithm, issuer
+        _, _, at = _element(tbs, at)
+    tag, validity, _ = _element(tbs, at)
+    if tag != 0x30:
+        raise ValueError("no validity in the certificate")
+    first_tag, first, after = _element(validity, 0)
+    second_tag, second, _ = _element(validity, after)
+    return _time(first_tag, first), _time(second_tag, second)
+
+
+def _element(data: bytes, at: int) -> tuple[int, bytes, int]:
+    """(tag, contents, offset after it) of the DER element at ``at``."""
+    if at + 2 > len(data):
+        raise ValueError("truncated DER")
+    tag, length = data[at], data[at + 1]
+    at += 2
+    if length & 0x80:
+        count = length & 0x7F
+        if not 0 < count <= 4 or at + count > len(data):
+            raise ValueError("bad DER length")
+        length = int.from_bytes(data[at : at + count], "big")
+        at += count
+    if at + length > len(data):
+        raise ValueError("truncated DER")
+    return tag, data[at : at + length], at + length
+
+
+def _time(tag: int, value: bytes) -> datetime:
+    """UTCTime (YYMMDDHHMMSSZ) or GeneralizedTime (YYYYMMDDHHMMSSZ), as X.509 writes them."""
+    text = value.decode("ascii")
+    if tag == 0x17:
+        parsed = datetime.strptime(text, "%y%m%d%H%M%SZ")
+    elif tag == 0x18:
+        parsed = datetime.strptime(text, "%Y%m%d%H%M%SZ")
+    else:
+        raise ValueError(f"not an X.509 time (tag {tag:#x})")
+    return parsed.replace(tzinfo=UTC)
 
 
 def _read(setting: str, path: Path) -> bytes:
