@@ -122,6 +122,17 @@ def test_passwords_never_reach_logs_or_clients() -> None:
         ("rtsp://admin:Hunter 2@10.0.0.7:554/s", "rtsp://admin:***@10.0.0.7:554/s"),
         ("rtsp://Zq1tokenonly@10.0.0.7/s", "rtsp://***@10.0.0.7/s"),
         ("http://cam/snap.cgi?u=admin&p=Zq1", "http://cam/snap.cgi?u=admin&p=***"),
+        ("http://cam/cgi?usr=admin&psw=Zq1", "http://cam/cgi?usr=admin&psw=***"),
+        ("http://cam/s.cgi;jsessionid=Zq1?ch=1", "http://cam/s.cgi;jsessionid=***?ch=1"),
+        ("http://cam/s.cgi?code=Zq1&ch=1", "http://cam/s.cgi?code=***&ch=1"),
+        # mistyped without '//', as a config error quotes it back
+        ("rtsp:/admin:Zq1@10.0.0.7/s", "rtsp:***@10.0.0.7/s"),
+        ("rtsp:admin:Zq1@10.0.0.7/s", "rtsp:***@10.0.0.7/s"),
+        ("admin:Zq1@10.0.0.7/s", "admin:***@10.0.0.7/s"),
+        (
+            "dock=rtsp:/admin:Zq1@10.0.0.7/s e.g. rtsp://h/p",
+            "dock=rtsp:***@10.0.0.7/s e.g. rtsp://h/p",
+        ),
     ]:
         assert redact(f"opening {url}: failed") == f"opening {shown}: failed"
     # and nothing that is not a secret is hidden
@@ -133,6 +144,10 @@ def test_passwords_never_reach_logs_or_clients() -> None:
     with pytest.raises(ValueError, match=r"percent-encoded: %2F") as info:
         parse_source("rtsp://admin:p@ss:w/rd@10.0.0.7:554/stream1")
     assert "w/rd" not in str(info.value)
+    for mistyped in ("rtsp:/admin:Zq1@10.0.0.7/s", "rtsp:admin:Zq1@h/s", "admin:Zq1@h/s"):
+        with pytest.raises(ValueError) as info:
+            parse_source(mistyped)
+        assert "Zq1" not in str(info.value) and "***@" in str(info.value)
 
 
 def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:

@@ -33,11 +33,16 @@ _HOST_FOLLOWS = r"(?=[^@/\s]*(?:[/?#\s'\"]|$))"
 _CREDENTIALS = re.compile(r"(//[^/:\s]*):(?:\S*|[^/@\n]*)@" + _HOST_FOLLOWS)
 # a user name alone, which some cameras take as an access token: rtsp://TOKEN@host
 _USER_ONLY = re.compile(r"//[^/:\s@]+@" + _HOST_FOLLOWS)
+# user:password@host in a URL mistyped without its '//' (rtsp:/admin:pw@host, rtsp:admin:pw@
+# host, admin:pw@host), which a config error quotes back: everything from the word before the
+# first ':' to the '@' is hidden, the scheme or user name with it when it cannot be told apart.
+_LOOSE_CREDENTIALS = re.compile(r"(?<![^\s'\"(=])([^\s:/@'\"(]+):(?!//)[^\s@'\"]*@" + _HOST_FOLLOWS)
 # query parameters that carry secrets, as many IP cameras take them: ?user=admin&pwd=...
-# (or &p=, beside u=)
+# (or &p=, beside u=), and session ids and one-time codes, which let anyone in as well
 _SECRET_PARAMETERS = re.compile(
-    r"([?&;](?:[^=&;\s]*(?:pas|pw|pswd|token|key|auth|secret|sig|cred)[^=&;\s]*|p)=)"
-    r"[^&;#\s'\"]*?([):,.]*)(?=[&;#\s'\"]|$)",
+    r"([?&;](?:[^=&;\s]*(?:pas|pw|psw|token|key|auth|secret|sig|cred|session|sid|code|otp|pin)"
+    r"[^=&;\s]*|p)=)"
+    r"[^&;#?\s'\"]*?([):,.]*)(?=[&;#?\s'\"]|$)",
     re.IGNORECASE,
 )
 # RTSP over TCP: no lost UDP packets smearing frames, and it passes firewalls and NAT.
@@ -70,6 +75,7 @@ def redact(text: str) -> str:
     alone (rtsp://***@host: it may be a token), and the values of query parameters named like
     a secret (p, pwd, password, token, key, auth, sig...)."""
     text = _USER_ONLY.sub("//***@", _CREDENTIALS.sub(r"\1:***@", text))
+    text = _LOOSE_CREDENTIALS.sub(r"\1:***@", text)  # no '//': not done by the line above
     return _SECRET_PARAMETERS.sub(r"\1***\2", text)
 
 
