@@ -126,6 +126,54 @@ def test_settings_are_checked(overrides: dict[str, Any], error: str | None) -> N
         DashboardSettings(**overrides)
 
 
+async def test_the_page_answers_only_to_its_own_names() -> None:
+    """A page on another site whose name was pointed at 127.0.0.1 (DNS rebinding) sends its
+    own name as Host: it gets 421, not the cameras; a reverse proxy's name can be allowed."""
+    with socket.socket() as nothing:  # no server there: the page is all this test needs
+        nothing.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{nothing.getsockname()[1]}"
+    settings = DashboardSettings(address=address, port=0, allowed_hosts=("dash.example",))
+    dashboard = Dashboard(settings)
+    await dashboard.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def status(path: str, host: str, **headers: str) -> int:
+                headers["Host"] = f"{host}:{dashboard.port}"
+                async with http.get(dashboard.url + path, headers=headers) as response:
+                    if response.status == 421:
+                        assert "--allow-host NAME" in await response.text()
+                    return response.status
+
+            for host in (
+                "127.0.0.1",
+                "localhost",
+                "LOCALHOST",
+                "127.0.0.2",
+                "[::1]",
+                "dash.example",
+            ):
+                assert await status("api/state", host) == 200, host
+            for host in ("evil.example", "127.0.0.1.evil.example", "localhost.evil.example"):
+                assert await status("api/state", host) == 421, host
+                assert await status("", host) == 421, host
+            upgrade = {
+                "Origin": f"http://evil.example:{dashboard.port}",  # the same origin as Host
+                "Upgrade": "websocket",
+                "Connection": "Upgrade",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            }
+            assert await status("ws", "evil.example", **upgrade) == 421
+    finally:
+        await dashboard.stop()
+    # beyond loopback the page answers any name (a proxy's, an address) unless told which
+    exposed = DashboardSettings(host="0.0.0.0")
+    assert exposed.answers_to("10.0.0.5:8080") and exposed.answers_to("evil.example")
+    named = DashboardSettings(host="0.0.0.0", allowed_hosts=("dash.example",))
+    assert named.answers_to("dash.example:443") and not named.answers_to("10.0.0.5:8080")
+
+
 def test_cli_registers_dashboard_and_refuses_bad_values(capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 

@@ -74,6 +74,14 @@ async def serve(settings: DashboardSettings) -> None:
     dashboard = Dashboard(settings)
     await dashboard.start()
     logger.info("dashboard on %s, watching %s", dashboard.url, settings.address)
+    if not settings.listens_on_loopback:
+        logger.warning(
+            "the page listens on %s and has no login or TLS: anyone who can reach port %d "
+            "sees every camera and alert; put it behind a reverse proxy that authenticates "
+            "(README, 'The dashboard')",
+            settings.host,
+            dashboard.port,
+        )
     print(f"convstream dashboard on {dashboard.url} (server {settings.address})", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -39,6 +39,16 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--port", type=int, default=8080, help="the page's port (default %(default)s)")
     p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests for this host name, e.g. a reverse proxy's public name "
+        "(repeatable); on 127.0.0.1 the page answers only to localhost and loopback "
+        "addresses, so that no web page elsewhere can read it through a name pointed at "
+        "127.0.0.1",
+    )
+    p.add_argument(
         "--threshold",
         type=float,
         help="score that raises an alert, 0..1 (default: the model's threshold)",
@@ -110,6 +120,7 @@ def _dashboard(args: argparse.Namespace) -> int:
             history_s=args.history,
             token=token_from_flags(args),
             tls=tls_from_flags(args),
+            allowed_hosts=tuple(args.allow_host),
         )
         if settings.tls is not None:
             settings.tls.credentials()  # a missing or unreadable PEM file: say so now

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from convstream.client.options import TLS
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+def is_loopback_name(host: str) -> bool:
+    """localhost, or a loopback address (127.0.0.0/8, ::1)."""
+    bare = host.strip().lower().strip("[]")
+    try:
+        return ipaddress.ip_address(bare).is_loopback
+    except ValueError:
+        return bare == "localhost"
 
 
 @dataclass(frozen=True)
@@ -31,6 +42,11 @@ class DashboardSettings:
         token: a bearer token for servers that require one (role watch is enough).
         tls: how to reach a server that uses TLS (its CA, a client certificate for mutual
             TLS, the name its certificate carries); None: plaintext.
+        allowed_hosts: host names the page also answers to (in a request's Host header),
+            such as a reverse proxy's public name. Listening on loopback, it answers only to
+            localhost and loopback addresses besides these: a web page elsewhere cannot read
+            it by pointing a name of its own at 127.0.0.1 (DNS rebinding). Listening on
+            another address, it answers to any name unless some are given here.
     """
 
     address: str = DEFAULT_ADDRESS
@@ -46,6 +62,19 @@ class DashboardSettings:
     alerts_dir: Path | None = None
     token: str | None = field(default=None, repr=False)
     tls: TLS | None = None
+    allowed_hosts: tuple[str, ...] = ()
+
+    @property
+    def listens_on_loopback(self) -> bool:
+        return is_loopback_name(self.host)
+
+    def answers_to(self, host_header: str) -> bool:
+        """Whether the page answers a request with this Host header (see allowed_hosts)."""
+        name = (urlsplit(f"//{host_header}").hostname or "").lower()
+        allowed = {n.strip().lower().strip("[]") for n in self.allowed_hosts}
+        if self.listens_on_loopback:
+            return name in allowed or is_loopback_name(name)
+        return not allowed or name in allowed
 
     def __post_init__(self) -> None:
         checks = [

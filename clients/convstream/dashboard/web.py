@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,6 +31,7 @@ STATIC_DIR = Path(__file__).with_name("static")
 WINDOW = 2  # a camera's frames sent to one browser and not yet drawn there
 MAX_TEXTS = 200  # alerts waiting for one browser; older ones are dropped past this
 SEND_TIMEOUT_S = 30.0  # one message stuck this long: the browser is gone, close it
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 HUB: web.AppKey[Hub] = web.AppKey("hub", Hub)
 VIEWERS: web.AppKey[set[Viewer]] = web.AppKey("viewers", set)
 CSP = (
@@ -121,6 +123,24 @@ class Viewer:
             await self.ws.close()
 
 
+@web.middleware
+async def _check_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer only to the names the page is reachable by (settings.host_names): a page on
+    another site whose name was pointed at 127.0.0.1 (DNS rebinding) gets 421, not frames."""
+    settings = request.app[HUB].settings
+    given = request.headers.get("Host")
+    if given is not None and not settings.answers_to(given):
+        names = [*settings.allowed_hosts]
+        if settings.listens_on_loopback:
+            names.append("localhost and loopback addresses")
+        raise web.HTTPMisdirectedRequest(
+            text=f"this dashboard answers to {', '.join(names)}, not to {given!r}: a reverse "
+            "proxy in front of it should pass one of those as Host, or start it with "
+            "--allow-host NAME\n"
+        )
+    return await handler(request)
+
+
 def _same_origin(request: web.Request) -> bool:
     """Refuse WebSockets opened by pages of other sites (a browser sends their Origin)."""
     origin = request.headers.get("Origin")
@@ -199,7 +219,7 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 
 def make_app(hub: Hub) -> web.Application:
     """The aiohttp application: GET only, nothing on it changes anything."""
-    app = web.Application()
+    app = web.Application(middlewares=[_check_host])
     app[HUB] = hub
     app[VIEWERS] = set()
     app.router.add_get("/", index)
