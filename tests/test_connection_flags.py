@@ -15,8 +15,10 @@ import pytest
 from test_client_transport import make_certificates
 
 from convstream.cli import main
-from convstream.client import TLS
+from convstream.client import TLS, Client, Retry
+from convstream.client._base import is_local_address
 from convstream.client.connection_flags import TOKEN_ENV
+from convstream.client.errors import ServerUnavailable
 from convstream.dashboard import Dashboard, DashboardSettings
 from convstream.server import Server, Settings
 from convstream.server.config import TokenConfig
@@ -79,10 +81,22 @@ async def test_cli_reaches_a_mutual_tls_server_with_a_token_kept_out_of_ps(
     # a name the certificate does not carry: the hint is about the name, not the client's
     assert await info(server, *tls, "--token", TOKEN, "--server-name", "other.example") == 1
     err = capsys.readouterr().err
-    assert "give the name it carries with --server-name" in err and "--cert" not in err
+    assert "does not carry the name 'other.example' given with --server-name NAME" in err
+    assert "--cert" not in err
     # no client certificate: the server closes the socket; the hint says what is missing
     assert await info(server, "--ca", str(pki["ca.pem"]), "--token", TOKEN) == 1
     assert "add --cert FILE and --key FILE" in capsys.readouterr().err
+    # the Python client says the same in its own terms, and so for a plaintext try
+    address = f"127.0.0.1:{server.port}"
+    for tls_given, hint in [
+        (TLS(ca=pki["ca.pem"]), "If it requires client certificates, add TLS(cert=FILE, key="),
+        (None, "If it uses TLS, add TLS(ca=FILE) or TLS() for the system's CAs"),
+    ]:
+        client = Client(address, tls=tls_given, token=TOKEN, retry=Retry(attempts=1))
+        with client, pytest.raises(ServerUnavailable) as failed:
+            await asyncio.to_thread(client.model_info)
+        assert hint in failed.value.hint and failed.value.hint in str(failed.value)
+        assert failed.value.hint not in failed.value.message
     assert await info(server, *tls, "--token", TOKEN, "--token-file", str(token_file)) == 2
     assert "not both" in capsys.readouterr().err
     token_file.write_text("\n")
@@ -153,3 +167,15 @@ def test_dashboard_flags_are_checked_before_it_starts(
     assert "missing.pem" in capsys.readouterr().err
     assert main(["dashboard", "--cert", str(tmp_path / "c.pem")]) == 2
     assert "both cert and key" in capsys.readouterr().err
+
+
+def test_a_token_in_plaintext_is_warned_of_unless_the_host_is_this_machine(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for address in ("127.0.0.1:1", "localhost:1", "[::1]:1", "127.0.0.2:1", "unix:/tmp/x"):
+        assert is_local_address(address), address
+    for address in ("localhost.evil.example:1", "127.0.0.1.nip.io:1", "convstream.example:1"):
+        assert not is_local_address(address), address
+        caplog.clear()
+        Client(address, token=TOKEN).close()
+        assert f"sending a token to {address} in plaintext" in caplog.text

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import re
 import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 
@@ -32,7 +34,18 @@ DEFAULT_PORT = 50051
 # connection (a pulled cable, a NAT that forgot us) well before TCP would.
 KEEPALIVE_MS = 30_000
 KEEPALIVE_TIMEOUT_MS = 20_000
-_LOCAL_HOSTS = ("127.", "localhost", "[::1]", "unix:")
+
+
+def is_local_address(address: str) -> bool:
+    """Whether a gRPC target stays on this machine: a Unix socket, localhost or a loopback
+    address (by its host part, not a prefix: 127.0.0.1.nip.io is a DNS name like any other)."""
+    if address.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = urlsplit(f"//{address.removeprefix('dns:///')}").hostname or ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def client_version() -> str:
@@ -105,7 +118,7 @@ class BaseClient:
         self.upload = upload
         self._token = token
         self._closed = False
-        if token and tls is None and not address.startswith(_LOCAL_HOSTS):
+        if token and tls is None and not is_local_address(address):
             logger.warning("sending a token to %s in plaintext; use TLS off this host", address)
         self._open()
 

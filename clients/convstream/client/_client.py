@@ -79,7 +79,7 @@ class Client(BaseClient):
                 pb.GetModelInfoRequest(), timeout=self.timeout.call, metadata=self._metadata()
             )
         except grpc.RpcError as exc:
-            raise from_rpc_error(exc, address=self.address) from exc
+            raise from_rpc_error(exc, address=self.address, tls=self.tls) from exc
         return ModelInfo.from_proto(reply)
 
     def analyze(self, image: FrameLike, *, options: ResultOptions | None = None) -> Result:
@@ -100,7 +100,7 @@ class Client(BaseClient):
                 request, timeout=self.timeout.call, metadata=self._metadata()
             )
         except grpc.RpcError as exc:
-            raise from_rpc_error(exc, address=self.address) from exc
+            raise from_rpc_error(exc, address=self.address, tls=self.tls) from exc
         return Result.from_proto(reply, frame)
 
     def stream(
@@ -166,7 +166,7 @@ class Client(BaseClient):
                         resumption.answered()
                         yield feed.answer(message)
                 except grpc.RpcError as exc:
-                    error = from_rpc_error(exc, address=self.address)
+                    error = from_rpc_error(exc, address=self.address, tls=self.tls)
                     delay = resumption.delay(error, len(feed.ledger))
                     if delay is None:
                         raise error from exc
@@ -191,7 +191,7 @@ class Client(BaseClient):
                 pb.ListCamerasRequest(), timeout=self.timeout.call, metadata=self._metadata()
             )
         except grpc.RpcError as exc:
-            raise from_rpc_error(exc, address=self.address) from exc
+            raise from_rpc_error(exc, address=self.address, tls=self.tls) from exc
         return [CameraInfo.from_proto(camera) for camera in reply.cameras]
 
     def watch(
@@ -258,7 +258,7 @@ class Client(BaseClient):
                 for message in call:
                     yield Result.from_proto(resumption.watched(message))
             except grpc.RpcError as exc:
-                error = from_rpc_error(exc, address=self.address)
+                error = from_rpc_error(exc, address=self.address, tls=self.tls)
                 delay = resumption.delay(error, 0)
                 if delay is None:
                     raise error from exc
@@ -334,7 +334,7 @@ class AsyncClient(BaseClient):
                 pb.GetModelInfoRequest(), timeout=self.timeout.call, metadata=self._metadata()
             )
         except grpc.RpcError as exc:
-            raise from_rpc_error(exc, address=self.address) from exc
+            raise from_rpc_error(exc, address=self.address, tls=self.tls) from exc
         return ModelInfo.from_proto(reply)
 
     async def analyze(self, image: FrameLike, *, options: ResultOptions | None = None) -> Result:
@@ -346,7 +346,7 @@ class AsyncClient(BaseClient):
                 request, timeout=self.timeout.call, metadata=self._metadata()
             )
         except grpc.RpcError as exc:
-            raise from_rpc_error(exc, address=self.address) from exc
+            raise from_rpc_error(exc, address=self.address, tls=self.tls) from exc
         return Result.from_proto(reply, frame)
 
     async def stream(
@@ -378,7 +378,7 @@ class AsyncClient(BaseClient):
                         resumption.answered()
                         yield await feed.answer(message)
                 except grpc.RpcError as exc:
-                    error = from_rpc_error(exc, address=self.address)
+                    error = from_rpc_error(exc, address=self.address, tls=self.tls)
                     delay = resumption.delay(error, len(feed.ledger))
                     if delay is None:
                         raise error from exc
@@ -398,7 +398,7 @@ class AsyncClient(BaseClient):
                 pb.ListCamerasRequest(), timeout=self.timeout.call, metadata=self._metadata()
             )
         except grpc.RpcError as exc:
-            raise from_rpc_error(exc, address=self.address) from exc
+            raise from_rpc_error(exc, address=self.address, tls=self.tls) from exc
         return [CameraInfo.from_proto(camera) for camera in reply.cameras]
 
     async def watch(
@@ -425,7 +425,7 @@ class AsyncClient(BaseClient):
                 async for message in call:
                     yield Result.from_proto(resumption.watched(message))
             except grpc.RpcError as exc:
-                error = from_rpc_error(exc, address=self.address)
+                error = from_rpc_error(exc, address=self.address, tls=self.tls)
                 delay = resumption.delay(error, 0)
                 if delay is None:
                     raise error from exc

@@ -8,6 +8,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from convstream.client import errors
 from convstream.client.options import TLS
 
 TOKEN_ENV = "CONVSTREAM_TOKEN"
@@ -73,30 +74,16 @@ def refused_hint(code: str) -> str:
     return ""
 
 
+# unavailable_hint's words for the commands: their flags
+FLAG_TERMS: Mapping[str, str] = {
+    "ca": "--ca FILE",
+    "cert": "--cert FILE and --key FILE",
+    "server_name": "--server-name NAME",
+    "plaintext": "leave out --tls, --ca, --cert and --key",
+    "tls": "--tls",
+}
+
+
 def unavailable_hint(message: str, tls: TLS | None) -> str:
-    """What to check when a call found no server, judged from gRPC's message."""
-    if "Hostname Verification" in message:
-        return (
-            "the server's certificate does not name the address given: give the name it "
-            "carries with --server-name NAME"
-        )
-    if "CERTIFICATE_VERIFY_FAILED" in message:
-        return (
-            "the server's certificate is not signed by the CA given with --ca (or, without "
-            "--ca, by one this system trusts), or does not name this address (see --server-name)"
-        )
-    if "WRONG_VERSION_NUMBER" in message or "wrong version number" in message:
-        return "the server does not use TLS: leave out --tls, --ca, --cert and --key"
-    if "shutting down" in message:
-        return ""
-    if tls is None:
-        return "is `convstream serve` running there? If it uses TLS, add --ca FILE or --tls"
-    if tls.cert is None:
-        return (
-            "is `convstream serve` running there? If it requires client certificates, "
-            "add --cert FILE and --key FILE"
-        )
-    return (
-        "is `convstream serve` running there? If so, it refused the TLS handshake: is "
-        "--cert signed by the CA the server trusts?"
-    )
+    """What to check when a call found no server, in the commands' flags."""
+    return errors.unavailable_hint(message, tls, FLAG_TERMS)

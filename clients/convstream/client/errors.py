@@ -7,11 +7,13 @@
     ├── InvalidFrame           INVALID_ARGUMENT, OUT_OF_RANGE: the frame or the options sent
     │                          with it cannot be analysed; the message says what was expected
     ├── Overloaded             RESOURCE_EXHAUSTED: over a stream, queue or message-size limit
-    ├── ServerUnavailable      UNAVAILABLE: no server answers at the address, or it is shutting
-    │                          down (unary calls are retried first; streams resume if asked)
+    ├── ServerUnavailable      UNAVAILABLE: no server answers at the address, it is shutting
+    │                          down, or the TLS handshake failed (a certificate either side
+    │                          refused; ``.hint`` says what to check); unary calls are retried
+    │                          first, streams resume if asked
     ├── DeadlineExceeded       DEADLINE_EXCEEDED: the call outlived its Timeout
     ├── Cancelled              CANCELLED: the call was cancelled before it finished
-    ├── Unauthenticated        UNAUTHENTICATED: a missing or wrong token or client certificate
+    ├── Unauthenticated        UNAUTHENTICATED: a missing or wrong token
     ├── PermissionDenied       PERMISSION_DENIED: the credentials may not make this call
     ├── NotFound               NOT_FOUND: e.g. an unknown camera id
     ├── Unsupported            UNIMPLEMENTED: the server does not offer this call (older version)
@@ -26,7 +28,13 @@ bad frame never ends a stream.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
 import grpc
+
+if TYPE_CHECKING:
+    from convstream.client.options import TLS
 
 __all__ = [
     "Cancelled",
@@ -46,6 +54,7 @@ __all__ = [
     "error_class",
     "from_rpc_error",
     "from_status",
+    "unavailable_hint",
 ]
 
 
@@ -55,12 +64,17 @@ class ConvstreamError(Exception):
     Attributes:
         message: what went wrong, in the server's words where the server said it.
         code: the gRPC status code, or None for an error found by the client itself.
+        hint: what to check, where the client can tell (a failed TLS handshake), else "";
+            str() of the error ends with it in brackets.
     """
 
-    def __init__(self, message: str, *, code: grpc.StatusCode | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, *, code: grpc.StatusCode | None = None, hint: str = ""
+    ) -> None:
+        super().__init__(f"{message} ({hint})" if hint else message)
         self.message = message
         self.code = code
+        self.hint = hint
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r})"
@@ -160,19 +174,76 @@ def from_status(code: int | grpc.StatusCode, message: str) -> ConvstreamError:
     return error_class(code)(message or code.name, code=code)
 
 
-def from_rpc_error(exc: grpc.RpcError, *, address: str = "") -> ConvstreamError:
+def from_rpc_error(
+    exc: grpc.RpcError, *, address: str = "", tls: TLS | None = None
+) -> ConvstreamError:
     """Translate a failed gRPC call (sync or asyncio) into the tree above.
 
     Args:
         exc: the error gRPC raised; its code() and details() are read.
         address: the server's address, named in messages where the call never reached it.
+        tls: how the client connected (None: plaintext), for the hint of an UNAVAILABLE.
     """
     code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
     details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
     code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
     message = details or code.name
     if code == grpc.StatusCode.UNAVAILABLE and address:
+        hint = unavailable_hint(message, tls)
         message = f"convstream server at {address} is unavailable: {message}"
-    elif code == grpc.StatusCode.DEADLINE_EXCEEDED and address:
+        return ServerUnavailable(message, code=code, hint=hint)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED and address:
         message = f"call to {address} timed out: {message}"
     return from_status(code, message)
+
+
+# How unavailable_hint names what to change: in the Python API, or as the commands' flags.
+PYTHON_TERMS: Mapping[str, str] = {
+    "ca": "TLS(ca=FILE)",
+    "cert": "TLS(cert=FILE, key=FILE)",
+    "server_name": "TLS(server_name=NAME)",
+    "plaintext": "connect without TLS (tls=None)",
+    "tls": "TLS() for the system's CAs",
+}
+
+
+def unavailable_hint(message: str, tls: TLS | None, terms: Mapping[str, str] = PYTHON_TERMS) -> str:
+    """What to check when a call found no server, judged from gRPC's message and how the
+    client connected; "" when there is nothing to add (the server is shutting down)."""
+    if "certificate has expired" in message:
+        return "the server's certificate has expired: its operator must renew it"
+    if "Hostname Verification" in message:
+        if tls is not None and tls.server_name:
+            return (
+                f"the server's certificate does not carry the name {tls.server_name!r} given "
+                f"with {terms['server_name']}"
+            )
+        return (
+            "the server's certificate does not name the address given: give the name it "
+            f"carries with {terms['server_name']}"
+        )
+    if "CERTIFICATE_VERIFY_FAILED" in message:
+        return (
+            f"the server's certificate is not signed by the CA given with {terms['ca']} (or, "
+            "without it, by one this system trusts), or does not name this address (see "
+            f"{terms['server_name']})"
+        )
+    if "WRONG_VERSION_NUMBER" in message or "wrong version number" in message:
+        return f"the server does not use TLS: {terms['plaintext']}"
+    if "shutting down" in message:
+        return ""
+    if tls is None:
+        return (
+            f"is `convstream serve` running there? If it uses TLS, add {terms['ca']} or "
+            f"{terms['tls']}"
+        )
+    if tls.cert is None:
+        return (
+            "is `convstream serve` running there? If it requires client certificates, "
+            f"add {terms['cert']}"
+        )
+    return (
+        "is `convstream serve` running there? If so, it refused the TLS handshake: is the "
+        f"client certificate ({terms['cert']}) signed by the CA the server trusts, and "
+        "still valid?"
+    )
