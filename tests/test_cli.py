@@ -418,7 +418,7 @@ def test_a_missing_usb_camera_is_our_line_without_opencv_warnings() -> None:
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
-        "convstream stream: OpenCV cannot open video source 57"
+        "convstream stream: no camera 57 on this machine: /dev/video57 does not exist"
     ]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -314,6 +315,9 @@ class Video:
         self._capture = cv2.VideoCapture(source if isinstance(source, int) else str(source))
         if not self._capture.isOpened():
             self._capture.release()
+            device = Path(f"/dev/video{source}") if isinstance(source, int) else None
+            if device is not None and sys.platform.startswith("linux") and not device.exists():
+                raise SourceError(f"no camera {source} on this machine: {device} does not exist")
             raise SourceError(f"OpenCV cannot open video source {source!r}")
         self.fps = float(self._capture.get(cv2.CAP_PROP_FPS) or 0.0)
         count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
