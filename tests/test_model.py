@@ -154,6 +154,10 @@ def test_bad_input_says_what_was_expected(model: DamageModel, pixels: object, me
 def test_unknown_output_is_refused(model: DamageModel) -> None:
     with pytest.raises(ModelInputError, match="unknown output 'stage5'"):
         model.run(np.zeros((1, 16, 16, 3), np.uint8), ["stage5"])
+    with pytest.raises(
+        ModelInputError, match="outputs is empty; name at least one of stage1, stage2, "
+    ):
+        model.run(np.zeros((1, 16, 16, 3), np.uint8), [])
 
 
 @pytest.mark.parametrize(

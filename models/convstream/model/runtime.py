@@ -13,6 +13,7 @@ import importlib.metadata
 import io
 import json
 import logging
+import math
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ OUTPUT_NAMES: tuple[str, ...] = ("stage1", "stage2", "stage3", "stage4", "heatma
 FEATURE_NAMES: tuple[str, ...] = OUTPUT_NAMES[:4]
 MAX_SHAPED_SESSIONS = 8
 """Input sizes that get a session of their own under fixed_batch; later sizes share one."""
+PROBE_SIZE = (64, 96)
+"""(height, width) of the run at load that checks the outputs (where the input is not fixed)."""
 
 ProviderChoice = Literal["auto", "cpu", "cuda"]
 CPU = "CPUExecutionProvider"
@@ -54,6 +57,71 @@ class StageInfo:
     name: str
     channels: int
     stride: int
+
+
+Dim = int | None
+"""A size a model's input fixes, or None where it takes any."""
+
+
+def _input_dims(path: Path, shape: Sequence[object]) -> tuple[Dim, Dim, Dim]:
+    """(batch, height, width) as the model's input fixes them; ModelFileError unless the input
+    is (N, H, W, 3), channels last, as the server hands frames over."""
+    dims = [d if isinstance(d, int) and d > 0 else None for d in shape]
+    if len(dims) == 4 and dims[3] in (3, None) and not (dims[3] is None and dims[1] == 3):
+        return dims[0], dims[1], dims[2]
+    shown = ", ".join("?" if d is None else str(d) for d in shape)
+    nchw = " (channels first)" if len(dims) == 4 and dims[1] == 3 else ""
+    raise ModelFileError(
+        f"{path}: its input {INPUT_NAME!r} has shape ({shown}){nchw}; expected (N, H, W, 3), "
+        "BGR with channels last"
+    )
+
+
+def _read_metadata(
+    path: Path, meta: Mapping[str, str]
+) -> tuple[float | None, int | None, tuple[StageInfo, ...] | None]:
+    """The threshold, heatmap stride and stages the file's metadata gives, None where it gives
+    none; ModelFileError for an entry that cannot be right."""
+
+    def bad(key: str, expected: str) -> ModelFileError:
+        value = meta[key] if len(meta[key]) <= 80 else meta[key][:77] + "..."
+        return ModelFileError(f"{path}: its metadata's {key} is {value!r}; expected {expected}")
+
+    threshold = stride = stages = None
+    if "threshold" in meta:
+        try:
+            threshold = float(meta["threshold"])
+        except ValueError:
+            threshold = math.nan
+        if not 0.0 <= threshold <= 1.0:  # NaN included
+            raise bad("threshold", "a score from 0 to 1")
+    if "heatmap_stride" in meta:
+        text = meta["heatmap_stride"].strip()
+        if not (text.isascii() and text.isdigit()) or int(text) < 1:
+            raise bad("heatmap_stride", "input pixels per heatmap cell, a whole number")
+        stride = int(text)
+    if "stages" in meta:
+        stages = _stages(meta["stages"])
+        if stages is None:
+            raise bad(
+                "stages",
+                'a JSON list of {"name", "channels", "stride"}, whole numbers, naming '
+                f"{', '.join(FEATURE_NAMES)} once each",
+            )
+    return threshold, stride, stages
+
+
+def _stages(text: str) -> tuple[StageInfo, ...] | None:
+    """The stages a metadata entry lists, or None unless it lists each feature map once."""
+    try:
+        stages = tuple(StageInfo(**entry) for entry in json.loads(text))
+        names = sorted(s.name for s in stages)  # TypeError for names that are not all str
+    except (ValueError, TypeError):  # not JSON, not a list of objects, other keys
+        return None
+    numbers = [n for s in stages for n in (s.channels, s.stride)]
+    if names != sorted(FEATURE_NAMES) or not all(type(n) is int and n > 0 for n in numbers):
+        return None
+    return stages
 
 
 def select_providers(choice: ProviderChoice, available: Sequence[str]) -> list[str]:
@@ -232,12 +300,39 @@ class DamageModel:
                 wanted[0],
                 self.provider,
             )
+        self.input_dims = _input_dims(self.path, self.session.get_inputs()[0].shape)
         meta: Mapping[str, str] = self.session.get_modelmeta().custom_metadata_map
         self.metadata = dict(meta)
-        self.threshold = float(meta.get("threshold", "0.5"))  # a server's setting may replace it
+        threshold, stride, stages = _read_metadata(self.path, self.metadata)
+        if threshold is None:
+            logger.warning(
+                "%s has no threshold in its metadata: 0.5 is used unless the server's "
+                "threshold setting gives one (best chosen on your own footage)",
+                self.path,
+            )
+        self.threshold = 0.5 if threshold is None else threshold  # a server's may replace it
         self.own_threshold = self.threshold  # the file's, chosen when it was trained
-        self.stages = tuple(StageInfo(**s) for s in json.loads(meta.get("stages", "[]")))
-        self.heatmap_stride = int(meta.get("heatmap_stride", "8"))
+        # One small run (about a millisecond on a CPU) checks the outputs' shapes against the
+        # metadata, and measures the strides and channels where the metadata does not say.
+        n, height, width = (d or p for d, p in zip(self.input_dims, (1, *PROBE_SIZE), strict=True))
+        shapes = self._shapes(n, height, width, loading=True)
+        self.heatmap_stride = stride or self._stride_of("heatmap", shapes, height, width)
+        # where the shapes expected from now on come from, as an error will say
+        self._stride_from = "in its metadata" if stride else "measured when loaded"
+        self._stages_from = "its metadata's" if stages else "measured when loaded:"
+        if stages is None:
+            strides = [self._stride_of(name, shapes, height, width) for name in FEATURE_NAMES]
+            stages = tuple(
+                StageInfo(name, int(shapes[name][1]), s)
+                for name, s in zip(FEATURE_NAMES, strides, strict=True)
+            )
+            logger.info(
+                "%s has no stages in its metadata; its outputs say %s",
+                self.path,
+                ", ".join(f"{s.name} {s.channels} channels at stride {s.stride}" for s in stages),
+            )
+        self.stages = stages
+        self._check_shapes(shapes, n, height, width)
         self._shaped: dict[tuple[int, int], ort.InferenceSession] = {}
         self._shaped_lock = threading.Lock()
         self._spare: ort.InferenceSession | None = None  # for sizes past MAX_SHAPED_SESSIONS
@@ -263,6 +358,21 @@ class DamageModel:
         if unknown:
             raise ModelInputError(
                 f"unknown output {unknown[0]!r}; the model has {', '.join(OUTPUT_NAMES)}"
+            )
+        if not names:
+            raise ModelInputError(
+                f"outputs is empty; name at least one of {', '.join(OUTPUT_NAMES)}"
+            )
+        batch, height, width = self.input_dims
+        if height not in (None, pixels.shape[1]) or width not in (None, pixels.shape[2]):
+            raise ModelInputError(
+                f"this model's input is fixed at {self._fixed_size()}, got "
+                f"{pixels.shape[1]}x{pixels.shape[2]}"
+            )
+        if batch not in (None, self.fixed_batch or len(pixels)):
+            raise ModelInputError(
+                f"this model takes batches of exactly {batch} frames, got "
+                f"{self.fixed_batch or len(pixels)}"
             )
         if not self.fixed_batch:
             arrays = self.session.run(names, {INPUT_NAME: pixels})
@@ -325,6 +435,106 @@ class DamageModel:
             return self._spare
 
     def warm_up(self, sizes: Sequence[tuple[int, int]]) -> None:
-        """Run once at each (height, width): front-load one-time allocation and kernel choice."""
+        """Run once at each (height, width): front-load one-time allocation and kernel choice,
+        and check that the model takes each size and gives outputs of the shapes it declares.
+
+        The server calls it at start with every size it will run (its input_sizes and the
+        cameras' input_size), and ``serve --check-config`` does too.
+
+        Raises:
+            ModelFileError: the model cannot run a size, or gives outputs of other shapes;
+                sizes its input does not take are named before anything runs.
+        """
+        batch, fixed_height, fixed_width = self.input_dims
+        misfits = [
+            f"{h}x{w}"
+            for h, w in sizes
+            if fixed_height not in (None, h) or fixed_width not in (None, w)
+        ]
+        if misfits:
+            fixed = self._fixed_size()
+            hint = f"to {fixed}" if fixed_height and fixed_width else "to sizes it takes"
+            raise ModelFileError(
+                f"{self.path}: its input is fixed at {fixed}; the server runs "
+                f"{', '.join(misfits)} (input_sizes and the cameras' input_size): export with "
+                f"dynamic height and width, or set input_sizes {hint}"
+            )
+        runs = self.fixed_batch or 1
+        if batch not in (None, runs):
+            how = " (max_batch, to which fixed_shapes pads every batch)" if self.fixed_batch else ""
+            raise ModelFileError(
+                f"{self.path}: its input takes batches of exactly {batch} frames; the server "
+                f"runs batches of {runs}{how}: export with a dynamic batch axis"
+            )
         for height, width in sizes:
-            self.run(np.zeros((1, height, width, 3), np.uint8), ["score"])
+            self._check_shapes(self._shapes(1, height, width), 1, height, width)
+
+    def _fixed_size(self) -> str:
+        """The input size the model fixes, as "HxW", "height H" or "width W"."""
+        _, height, width = self.input_dims
+        if height and width:
+            return f"{height}x{width}"
+        return f"height {height}" if height else f"width {width}"
+
+    def _shapes(
+        self, n: int, height: int, width: int, *, loading: bool = False
+    ) -> dict[str, tuple[int, ...]]:
+        """Each output's shape for n black frames of height x width. Loading, on the model's
+        own session, which leaves the sessions fixed_batch keeps for the real sizes alone."""
+        pixels = np.zeros((n, height, width, 3), np.uint8)
+        try:
+            if loading:
+                arrays = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: pixels})
+                out = dict(zip(OUTPUT_NAMES, arrays, strict=True))
+            else:
+                out = self.run(pixels)
+        except Exception as exc:  # onnxruntime's own classes: Fail, InvalidArgument, ...
+            raise ModelFileError(
+                f"{self.path}: running it on {n} frame(s) of {height}x{width} failed: {exc}"
+            ) from exc
+        return {name: tuple(array.shape) for name, array in out.items()}
+
+    def _stride_of(
+        self, name: str, shapes: Mapping[str, tuple[int, ...]], height: int, width: int
+    ) -> int:
+        """The stride that gives output name its size at a height x width input."""
+        shape = shapes[name]
+        if len(shape) == 4 and shape[2] > 0:
+            stride = max(1, round(height / shape[2]))
+            if shape[2:] == (-(-height // stride), -(-width // stride)):
+                return stride
+        raise ModelFileError(
+            f"{self.path}: for a {height}x{width} input its output {name} has shape {shape}; "
+            "expected (N, C, ceil(H/s), ceil(W/s)) for a whole stride s"
+        )
+
+    def _check_shapes(
+        self, shapes: Mapping[str, tuple[int, ...]], n: int, height: int, width: int
+    ) -> None:
+        """ModelFileError unless, for n frames of height x width, score is (N,), heatmap
+        (N, 1, ceil(H/s), ceil(W/s)) at the heatmap's stride s, and each stage (N, C,
+        ceil(H/s), ceil(W/s)) with its channels C and stride s."""
+
+        def cells(stride: int) -> tuple[int, int]:
+            return -(-height // stride), -(-width // stride)
+
+        s = self.heatmap_stride
+        expected = {
+            "score": ((n,), "one score per frame"),
+            "heatmap": (
+                (n, 1, *cells(s)),
+                f"one channel at heatmap_stride {s} {self._stride_from}",
+            ),
+        }
+        for stage in self.stages:
+            said = f"{stage.name} {stage.channels} channels at stride {stage.stride}"
+            expected[stage.name] = (
+                (n, stage.channels, *cells(stage.stride)),
+                f"{self._stages_from} {said}",
+            )
+        for name, (want, why) in expected.items():
+            if shapes[name] != want:
+                raise ModelFileError(
+                    f"{self.path}: for {n} frame(s) of {height}x{width} its output {name} has "
+                    f"shape {shapes[name]}; expected {want} ({why})"
+                )

@@ -239,8 +239,16 @@ def _check_config(settings: Settings, warnings: list[str]) -> int:
     from convstream.server.sources import parse_source
 
     try:
-        # the provider asked for, so that a GPU that would not load is said now, not at start
-        model = DamageModel(settings.model_path, provider=settings.provider)
+        from convstream.model import wants_cuda
+
+        # the provider asked for, so that a GPU that would not load is said now, not at start;
+        # and the batch the server would pad to there (fixed_batch does not depend on cores)
+        plan = settings.scheduling(gpu=wants_cuda(settings.provider), cores=1)
+        model = DamageModel(
+            settings.model_path, provider=settings.provider, fixed_batch=plan.fixed_batch
+        )
+        # the sizes the server warms up at start, so that what it could not run is said now
+        model.warm_up(settings.model_shapes())
     except ModelFileError as exc:
         print(f"convstream serve: model_path: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,279 @@
+"""Model files the server is given: what it refuses, in one line, before it serves.
+
+Each bad model is the shipped one edited with the onnx package (its input's shape, an output
+reshaped, its metadata), so every other part of it is a model that works.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from convstream.cli import main
+from convstream.model import MODEL_PATH, OUTPUT_NAMES, DamageModel, ModelFileError, ModelInputError
+
+SERVER_SIZES = [(384, 640), (480, 640), (384, 384), (256, 256)]
+
+
+def edited(path: Path, change: Callable[[onnx.ModelProto], None]) -> Path:
+    model = onnx.load(str(MODEL_PATH))
+    change(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def metadata(**values: str | None) -> Callable[[onnx.ModelProto], None]:
+    """Set metadata entries; None removes one."""
+
+    def change(model: onnx.ModelProto) -> None:
+        meta = {p.key: p.value for p in model.metadata_props}
+        meta.update(values)
+        del model.metadata_props[:]
+        for key, value in meta.items():
+            if value is not None:
+                model.metadata_props.add(key=key, value=value)
+
+    return change
+
+
+def no_metadata(model: onnx.ModelProto) -> None:
+    del model.metadata_props[:]
+
+
+def input_shape(*dims: int | str) -> Callable[[onnx.ModelProto], None]:
+    """The input declared with these dims: a number fixes one, a name leaves it free."""
+
+    def change(model: onnx.ModelProto) -> None:
+        shape = model.graph.input[0].type.tensor_type.shape
+        del shape.dim[:]
+        for d in dims:
+            if isinstance(d, int):
+                shape.dim.add().dim_value = d
+            else:
+                shape.dim.add().dim_param = d
+
+    return change
+
+
+def only_names(*dims: int | str) -> Callable[[onnx.ModelProto], None]:
+    """A graph that has the model's input (uint8, with these dims) and outputs by name and
+    nothing else, for inputs onnxruntime would not even load into the shipped graph."""
+
+    def change(model: onnx.ModelProto) -> None:
+        nodes = [helper.make_node("Cast", ["pixels"], ["f"], to=TensorProto.FLOAT)]
+        nodes += [helper.make_node("Identity", ["f"], [name]) for name in OUTPUT_NAMES]
+        graph = helper.make_graph(
+            nodes,
+            "names",
+            [helper.make_tensor_value_info("pixels", TensorProto.UINT8, list(dims))],
+            [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in OUTPUT_NAMES],
+        )
+        model.graph.CopyFrom(graph)
+
+    return change
+
+
+def reshaped(output: str, op: str, **attributes: object) -> Callable[[onnx.ModelProto], None]:
+    """Output produced as before, then passed through op (axes [1] where op takes axes)."""
+
+    def change(model: onnx.ModelProto) -> None:
+        graph = model.graph
+        raw = f"{output}_raw"
+        for node in graph.node:
+            node.input[:] = [raw if x == output else x for x in node.input]
+            node.output[:] = [raw if x == output else x for x in node.output]
+        inputs = [raw]
+        if op in ("Squeeze", "Unsqueeze"):
+            graph.initializer.append(helper.make_tensor("axis_1", TensorProto.INT64, [1], [1]))
+            inputs.append("axis_1")
+        graph.node.append(helper.make_node(op, inputs, [output], **attributes))
+        for value in graph.output:
+            if value.name == output:
+                value.type.tensor_type.ClearField("shape")
+
+    return change
+
+
+def stages_with(name: str, channels: int, stride: int) -> str:
+    stages = json.loads(onnx_metadata()["stages"])
+    for stage in stages:
+        if stage["name"] == name:
+            stage.update(channels=channels, stride=stride)
+    return json.dumps(stages)
+
+
+def onnx_metadata() -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(str(MODEL_PATH)).metadata_props}
+
+
+@pytest.fixture(scope="module")
+def shipped() -> DamageModel:
+    return DamageModel(provider="cpu")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            metadata(threshold="high"),
+            "metadata's threshold is 'high'; expected a score from 0 to 1",
+        ),
+        (metadata(threshold="1.5"), "threshold is '1.5'; expected a score from 0 to 1"),
+        (metadata(threshold="nan"), "threshold is 'nan'"),
+        (metadata(stages="not json"), "metadata's stages is 'not json'; expected a JSON list"),
+        (metadata(stages='[{"name": "stage3"}]'), "naming stage1, stage2, stage3, stage4 once"),
+        (metadata(stages=stages_with("stage1", 16, 0)), "whole numbers"),
+        (metadata(heatmap_stride="eight"), "heatmap_stride is 'eight'; expected input pixels"),
+        # metadata that parses but says what the outputs are not
+        (
+            metadata(stages=stages_with("stage3", 32, 4)),
+            r"output stage3 has shape \(1, 64, 8, 12\); expected \(1, 32, 16, 24\) "
+            r"\(its metadata's stage3 32 channels at stride 4\)",
+        ),
+        (
+            metadata(heatmap_stride="16"),
+            r"output heatmap has shape \(1, 1, 8, 12\); expected \(1, 1, 4, 6\)",
+        ),
+        # outputs of the wrong shape: every frame would fail, or be read wrong
+        (reshaped("score", "Unsqueeze"), r"output score has shape \(1, 1\); expected \(1,\)"),
+        (
+            reshaped("heatmap", "Squeeze"),
+            r"output heatmap has shape \(1, 8, 12\); expected \(1, 1, 8, 12\)",
+        ),
+        (
+            reshaped("heatmap", "MaxPool", kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1),
+            r"output heatmap has shape \(1, 1, 4, 6\); expected \(1, 1, 8, 12\) "
+            r"\(one channel at heatmap_stride 8 in its metadata\)",
+        ),
+        # an input the server cannot feed
+        (
+            input_shape("batch", 3, "height", "width"),
+            r"\(batch, 3, height, width\) \(channels first\)",
+        ),
+        (
+            only_names("batch", "height", "width", 4),
+            r"\(batch, height, width, 4\); expected \(N, H, W, 3\)",
+        ),
+        (only_names("batch", "height", "width"), r"has shape \(batch, height, width\); expected"),
+    ],
+)
+def test_a_model_file_that_cannot_be_right_is_refused_at_load_in_one_line(
+    tmp_path: Path, change: Callable[[onnx.ModelProto], None], message: str
+) -> None:
+    path = edited(tmp_path / "bad.onnx", change)
+    with pytest.raises(ModelFileError, match=message) as refused:
+        DamageModel(path, provider="cpu")
+    assert str(refused.value).startswith(f"{path}: ") and "\n" not in str(refused.value)
+
+
+def test_without_metadata_stages_and_stride_come_from_the_outputs_and_the_threshold_is_warned(
+    tmp_path: Path, shipped: DamageModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, "convstream.model.runtime"):
+        model = DamageModel(edited(tmp_path / "bare.onnx", no_metadata), provider="cpu")
+    assert model.stages == shipped.stages  # so `--maps stage3` finds its map
+    assert model.heatmap_stride == shipped.heatmap_stride == 8
+    assert model.threshold == model.own_threshold == 0.5
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "no threshold in its metadata: 0.5 is used" in warning
+    assert "the server's threshold setting" in warning
+    model.warm_up(SERVER_SIZES)
+    # the shipped model's own metadata is read as before, with nothing to warn of
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "convstream.model.runtime"):
+        again = DamageModel(provider="cpu")
+    assert not caplog.records and again.threshold == float(onnx_metadata()["threshold"])
+
+
+@pytest.mark.parametrize("fixed_batch", [0, 8])
+def test_the_shipped_model_passes_the_warm_up_checks_at_the_servers_sizes(
+    fixed_batch: int,
+) -> None:
+    model = DamageModel(provider="cpu", fixed_batch=fixed_batch)
+    model.warm_up(SERVER_SIZES)
+
+
+def test_a_fixed_input_size_is_named_with_the_servers_sizes_before_anything_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = DamageModel(edited(tmp_path / "fixed.onnx", input_shape("n", 224, 224, 3)))
+    model.warm_up([(224, 224)])  # the size it takes is fine
+
+    def not_to_run(*args: object) -> None:
+        raise AssertionError("ran the model at a size its input does not take")
+
+    monkeypatch.setattr(model, "run", not_to_run)
+    with pytest.raises(ModelFileError) as refused:
+        model.warm_up([(384, 640), (224, 224), (480, 640)])
+    assert str(refused.value) == (
+        f"{model.path}: its input is fixed at 224x224; the server runs 384x640, 480x640 "
+        "(input_sizes and the cameras' input_size): export with dynamic height and width, "
+        "or set input_sizes to 224x224"
+    )
+    monkeypatch.undo()
+    with pytest.raises(ModelInputError, match="fixed at 224x224, got 256x256"):
+        model.run(np.zeros((1, 256, 256, 3), np.uint8))
+
+
+def test_a_fixed_batch_is_named_when_the_server_would_run_others(tmp_path: Path) -> None:
+    path = edited(tmp_path / "one.onnx", input_shape(1, "h", "w", 3))
+    DamageModel(path).warm_up(SERVER_SIZES)  # one frame at a time: what a CPU server runs
+    with pytest.raises(ModelFileError, match="takes batches of exactly 1 frames; the server runs"):
+        DamageModel(path, fixed_batch=8).warm_up(SERVER_SIZES)
+    with pytest.raises(ModelInputError, match="batches of exactly 1 frames, got 2"):
+        DamageModel(path).run(np.zeros((2, 64, 64, 3), np.uint8))
+
+
+def test_warm_up_checks_the_output_shapes_at_each_size(
+    shipped: DamageModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = DamageModel(provider="cpu")
+    real = model.run
+
+    def odd_heatmap(pixels: np.ndarray, outputs: object = None) -> dict[str, np.ndarray]:
+        out = real(pixels)
+        if pixels.shape[1:3] == (480, 640):  # a model whose heatmap is cut at some sizes
+            out["heatmap"] = out["heatmap"][:, :, :-1]
+        return out
+
+    monkeypatch.setattr(model, "run", odd_heatmap)
+    model.warm_up([(384, 640)])
+    with pytest.raises(
+        ModelFileError, match=r"480x640 its output heatmap has shape \(1, 1, 59, 80\); expected"
+    ):
+        model.warm_up(SERVER_SIZES)
+
+
+def test_check_config_and_serve_refuse_a_fixed_size_model_alike_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = edited(tmp_path / "fixed.onnx", input_shape("n", 224, 224, 3))
+    expected = (
+        f"convstream serve: model_path: {path}: its input is fixed at 224x224; the server runs "
+        "384x640, 480x640, 384x384 (input_sizes and the cameras' input_size): export with "
+        "dynamic height and width, or set input_sizes to 224x224\n"
+    )
+    assert main(["serve", "--no-cameras", "--check-config", "--model", str(path)]) == 2
+    assert capsys.readouterr().err == expected
+    # serve itself, in its own process: one line and exit 2, no onnxruntime traceback
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "convstream.cli", "serve", "--no-cameras", "--host"]
+    command += ["127.0.0.1", "--port", "0", "--metrics-port", "-1", "--model", str(path)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.endswith(expected), done.stderr
+    # and with the size it takes, the config is fine
+    config = tmp_path / "server.toml"
+    config.write_text(f'model_path = "{path}"\ninput_sizes = ["224x224"]\n')
+    assert main(["serve", "--no-cameras", "--check-config", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.startswith("config OK")
