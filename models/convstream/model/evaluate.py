@@ -27,6 +27,8 @@ from convstream.model.scenes import BACKGROUNDS, DAMAGE_KINDS, Scene, render_sce
 
 EVAL_SEED_BASE = 1_000_000_000
 TEST_SEED_BASE = 2_000_000_000
+MIN_SIDE = 32
+"""The smallest height and width render_scene draws."""
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -343,8 +345,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--images must be at least 10 (an AUC needs both classes), got {args.images}")
     if args.latency and args.conditions:
         parser.error("--latency and --conditions are separate runs")
+    if min(args.height, args.width) < MIN_SIDE:
+        parser.error(
+            f"--height and --width must be at least {MIN_SIDE} (the smallest scene rendered), "
+            f"got {args.height}x{args.width}"
+        )
+    sizes = [(args.height, args.width)]
+    if args.latency:
+        sizes += [(256, 256), (384, 640)]
     try:
         model = DamageModel(args.model, provider="cpu")
+        model.warm_up(sizes)  # the checks the server makes at start, at the sizes run here
     except ModelFileError as exc:
         parser.error(f"--model: {exc}")
     seeds = range(EVAL_SEED_BASE, EVAL_SEED_BASE + args.images)
@@ -353,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     report: dict[str, object] = asdict(evaluate(model, seeds, (args.height, args.width)))
     if args.latency:
-        for h, w in ((256, 256), (384, 640)):
+        for h, w in sizes[1:]:
             report[f"latency_ms_{h}x{w}"] = round(latency_ms(model, (h, w)), 2)
     print(json.dumps(report, indent=2))
 

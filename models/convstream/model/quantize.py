@@ -56,26 +56,62 @@ class _Scenes(CalibrationDataReader):
         return {INPUT_NAME: render_scene(seed, *self._size).image[None]}
 
 
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger"})
+
+
 def quantize(source: Path, target: Path, *, calibration: int = 200) -> None:
     """Write an int8 QDQ copy of source to target, calibrated on rendered scenes: every
-    convolution but the first in int8, everything else float32 (see the module's docstring)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(source), str(prepared))
-        first_conv = next(
-            n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Conv"
+    convolution but the first in int8, everything else float32 (see the module's docstring).
+
+    The copy is written beside target under a temporary name and renamed to target only once
+    it loads as a convstream damage model, so a failed run leaves no file behind.
+
+    Raises:
+        ModelFileError: source is already quantized (checked before calibrating), or the copy
+            does not load.
+    """
+    ops = sorted({n.op_type for n in onnx.load(str(source)).graph.node} & QUANTIZED_OPS)
+    if ops:
+        raise ModelFileError(
+            f"{source} is already quantized (it has {', '.join(ops)} nodes); expected a float32 "
+            "model: quantize the one it was made from"
         )
-        quantize_static(
-            str(prepared),
-            str(target),
-            _Scenes(calibration, (256, 256)),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=["Conv"],
-            nodes_to_exclude=[first_conv],
-        )
+    written = target.with_name(f".{target.name}.{os.getpid()}.tmp.onnx")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            prepared = Path(tmp) / "prepared.onnx"
+            quant_pre_process(str(source), str(prepared))
+            first_conv = next(
+                n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Conv"
+            )
+            quantize_static(
+                str(prepared),
+                str(written),
+                _Scenes(calibration, (256, 256)),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["Conv"],
+                nodes_to_exclude=[first_conv],
+            )
+        DamageModel(written, provider="cpu")  # loads, and its outputs have the right shapes
+        os.replace(written, target)
+    finally:
+        written.unlink(missing_ok=True)
+
+
+def out_problem(model: Path, out: Path) -> str | None:
+    """Why --out cannot take the int8 copy of --model, or None: checked before calibrating."""
+    if out.is_dir():
+        return f"--out {out} is a folder; expected a file to write, e.g. {out / 'damage.int8.onnx'}"
+    if not out.parent.is_dir():
+        return f"--out {out}: there is no folder {out.parent}; make it first or choose another"
+    if out.resolve() == model.resolve() or (out.exists() and os.path.samefile(out, model)):
+        return f"--out {out} is --model: expected another file (it would replace the float32 model)"
+    if not os.access(out.parent, os.W_OK):
+        return f"--out {out}: this user cannot write in {out.parent}"
+    return None
 
 
 def latency_ms(model: DamageModel, size: tuple[int, int], runs: int = 100) -> float:
@@ -125,7 +161,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         DamageModel(args.model, provider="cpu")
     except ModelFileError as exc:
         parser.error(f"--model: {exc}")
-    quantize(args.model, args.out, calibration=args.calibration)
+    problem = out_problem(args.model, args.out)
+    if problem:
+        parser.error(problem)
+    try:
+        quantize(args.model, args.out, calibration=args.calibration)
+    except ModelFileError as exc:
+        parser.error(f"--model: {exc}; nothing was written")
     written = DamageModel(args.out, provider="cpu")
     print(f"wrote {args.out} (sha256 {written.sha256}); serve it with --model {args.out}\n")
     seeds = range(EVAL_SEED_BASE, EVAL_SEED_BASE + args.images)

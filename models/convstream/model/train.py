@@ -289,6 +289,7 @@ def train(
     threshold = best_threshold(val_scores, val_labels)
     export_onnx(net, onnx_path, threshold=threshold)
     model = DamageModel(onnx_path, provider="cpu")
+    threshold = model.own_threshold  # as the file keeps it (6 decimals): the metrics say the same
     held_out = evaluate(model, range(EVAL_SEED_BASE, EVAL_SEED_BASE + 1000))
     held_out_640 = evaluate(model, range(EVAL_SEED_BASE, EVAL_SEED_BASE + 300), (384, 640))
     report: dict[str, object] = {
