@@ -181,6 +181,7 @@ def test_without_metadata_stages_and_stride_come_from_the_outputs_and_the_thresh
 ) -> None:
     with caplog.at_level(logging.WARNING, "convstream.model.runtime"):
         model = DamageModel(edited(tmp_path / "bare.onnx", no_metadata), provider="cpu")
+        DamageModel(model.path, provider="cpu")  # as the server loads its wide model: once
     assert model.stages == shipped.stages  # so `--maps stage3` finds its map
     assert model.heatmap_stride == shipped.heatmap_stride == 8
     assert model.threshold == model.own_threshold == 0.5

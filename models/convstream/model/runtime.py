@@ -176,6 +176,10 @@ def wants_cuda(choice: ProviderChoice, available: Sequence[str] | None = None) -
     return choice != "cpu" and CUDA in offered
 
 
+_said: set[tuple[str, str]] = set()
+"""(path, sha256) of the files whose missing metadata was logged: once, though the server
+loads a file twice (its wide model beside the narrow one)."""
+
 _cuda_libraries_loaded = False
 _cuda_libraries_lock = threading.Lock()
 
@@ -304,7 +308,9 @@ class DamageModel:
         meta: Mapping[str, str] = self.session.get_modelmeta().custom_metadata_map
         self.metadata = dict(meta)
         threshold, stride, stages = _read_metadata(self.path, self.metadata)
-        if threshold is None:
+        say = (str(self.path), self.sha256) not in _said
+        _said.add((str(self.path), self.sha256))
+        if threshold is None and say:
             logger.warning(
                 "%s has no threshold in its metadata: 0.5 is used unless the server's "
                 "threshold setting gives one (best chosen on your own footage)",
@@ -326,7 +332,7 @@ class DamageModel:
                 StageInfo(name, int(shapes[name][1]), s)
                 for name, s in zip(FEATURE_NAMES, strides, strict=True)
             )
-            logger.info(
+            (logger.info if say else logger.debug)(
                 "%s has no stages in its metadata; its outputs say %s",
                 self.path,
                 ", ".join(f"{s.name} {s.channels} channels at stride {s.stride}" for s in stages),
