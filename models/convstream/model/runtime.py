@@ -11,12 +11,9 @@ import contextlib
 import hashlib
 import importlib.metadata
 import io
-import json
 import logging
-import math
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -24,14 +21,25 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import build_and_package_info as build_info
 
+from convstream.model.checks import FEATURE_NAMES as FEATURE_NAMES
+from convstream.model.checks import INPUT_NAME as INPUT_NAME
+from convstream.model.checks import OUTPUT_NAMES as OUTPUT_NAMES
+from convstream.model.checks import (
+    Declared,
+    check_shapes,
+    fixed_size,
+    input_dims,
+    read_metadata,
+    stride_of,
+)
+from convstream.model.checks import ModelFileError as ModelFileError
+from convstream.model.checks import StageInfo as StageInfo
+
 logger = logging.getLogger(__name__)
 
 MODEL_PATH = Path(__file__).with_name("damage.onnx")
 """The shipped float32 model, inside the installed package."""
 
-INPUT_NAME = "pixels"
-OUTPUT_NAMES: tuple[str, ...] = ("stage1", "stage2", "stage3", "stage4", "heatmap", "score")
-FEATURE_NAMES: tuple[str, ...] = OUTPUT_NAMES[:4]
 MAX_SHAPED_SESSIONS = 8
 """Input sizes that get a session of their own under fixed_batch; later sizes share one."""
 PROBE_SIZE = (64, 96)
@@ -44,84 +52,6 @@ CUDA = "CUDAExecutionProvider"
 
 class ModelInputError(ValueError):
     """Pixels handed to the model are not what it takes (uint8 BGR, shape (N, H, W, 3))."""
-
-
-class ModelFileError(ValueError):
-    """A model file onnxruntime cannot load, or one that is not a convstream damage model."""
-
-
-@dataclass(frozen=True)
-class StageInfo:
-    """One feature-map output: its name, channel count and stride relative to the input."""
-
-    name: str
-    channels: int
-    stride: int
-
-
-Dim = int | None
-"""A size a model's input fixes, or None where it takes any."""
-
-
-def _input_dims(path: Path, shape: Sequence[object]) -> tuple[Dim, Dim, Dim]:
-    """(batch, height, width) as the model's input fixes them; ModelFileError unless the input
-    is (N, H, W, 3), channels last, as the server hands frames over."""
-    dims = [d if isinstance(d, int) and d > 0 else None for d in shape]
-    if len(dims) == 4 and dims[3] in (3, None) and not (dims[3] is None and dims[1] == 3):
-        return dims[0], dims[1], dims[2]
-    shown = ", ".join("?" if d is None else str(d) for d in shape)
-    nchw = " (channels first)" if len(dims) == 4 and dims[1] == 3 else ""
-    raise ModelFileError(
-        f"{path}: its input {INPUT_NAME!r} has shape ({shown}){nchw}; expected (N, H, W, 3), "
-        "BGR with channels last"
-    )
-
-
-def _read_metadata(
-    path: Path, meta: Mapping[str, str]
-) -> tuple[float | None, int | None, tuple[StageInfo, ...] | None]:
-    """The threshold, heatmap stride and stages the file's metadata gives, None where it gives
-    none; ModelFileError for an entry that cannot be right."""
-
-    def bad(key: str, expected: str) -> ModelFileError:
-        value = meta[key] if len(meta[key]) <= 80 else meta[key][:77] + "..."
-        return ModelFileError(f"{path}: its metadata's {key} is {value!r}; expected {expected}")
-
-    threshold = stride = stages = None
-    if "threshold" in meta:
-        try:
-            threshold = float(meta["threshold"])
-        except ValueError:
-            threshold = math.nan
-        if not 0.0 <= threshold <= 1.0:  # NaN included
-            raise bad("threshold", "a score from 0 to 1")
-    if "heatmap_stride" in meta:
-        text = meta["heatmap_stride"].strip()
-        if not (text.isascii() and text.isdigit()) or int(text) < 1:
-            raise bad("heatmap_stride", "input pixels per heatmap cell, a whole number")
-        stride = int(text)
-    if "stages" in meta:
-        stages = _stages(meta["stages"])
-        if stages is None:
-            raise bad(
-                "stages",
-                'a JSON list of {"name", "channels", "stride"}, whole numbers, naming '
-                f"{', '.join(FEATURE_NAMES)} once each",
-            )
-    return threshold, stride, stages
-
-
-def _stages(text: str) -> tuple[StageInfo, ...] | None:
-    """The stages a metadata entry lists, or None unless it lists each feature map once."""
-    try:
-        stages = tuple(StageInfo(**entry) for entry in json.loads(text))
-        names = sorted(s.name for s in stages)  # TypeError for names that are not all str
-    except (ValueError, TypeError):  # not JSON, not a list of objects, other keys
-        return None
-    numbers = [n for s in stages for n in (s.channels, s.stride)]
-    if names != sorted(FEATURE_NAMES) or not all(type(n) is int and n > 0 for n in numbers):
-        return None
-    return stages
 
 
 def select_providers(choice: ProviderChoice, available: Sequence[str]) -> list[str]:
@@ -304,10 +234,10 @@ class DamageModel:
                 wanted[0],
                 self.provider,
             )
-        self.input_dims = _input_dims(self.path, self.session.get_inputs()[0].shape)
+        self.input_dims = input_dims(self.path, self.session.get_inputs()[0].shape)
         meta: Mapping[str, str] = self.session.get_modelmeta().custom_metadata_map
         self.metadata = dict(meta)
-        threshold, stride, stages = _read_metadata(self.path, self.metadata)
+        threshold, stride, stages = read_metadata(self.path, self.metadata)
         say = (str(self.path), self.sha256) not in _said
         _said.add((str(self.path), self.sha256))
         if threshold is None and say:
@@ -322,12 +252,11 @@ class DamageModel:
         # metadata, and measures the strides and channels where the metadata does not say.
         n, height, width = (d or p for d, p in zip(self.input_dims, (1, *PROBE_SIZE), strict=True))
         shapes = self._shapes(n, height, width, loading=True)
-        self.heatmap_stride = stride or self._stride_of("heatmap", shapes, height, width)
-        # where the shapes expected from now on come from, as an error will say
-        self._stride_from = "in its metadata" if stride else "measured when loaded"
-        self._stages_from = "its metadata's" if stages else "measured when loaded:"
+        self.heatmap_stride = stride or stride_of(self.path, "heatmap", shapes, height, width)
+        stride_from = "in its metadata" if stride else "measured when loaded"
+        stages_from = "its metadata's" if stages else "measured when loaded:"
         if stages is None:
-            strides = [self._stride_of(name, shapes, height, width) for name in FEATURE_NAMES]
+            strides = [stride_of(self.path, name, shapes, height, width) for name in FEATURE_NAMES]
             stages = tuple(
                 StageInfo(name, int(shapes[name][1]), s)
                 for name, s in zip(FEATURE_NAMES, strides, strict=True)
@@ -338,7 +267,9 @@ class DamageModel:
                 ", ".join(f"{s.name} {s.channels} channels at stride {s.stride}" for s in stages),
             )
         self.stages = stages
-        self._check_shapes(shapes, n, height, width)
+        # the shapes expected from now on, and where they come from, as an error will say
+        self._declared = Declared(self.heatmap_stride, stages, stride_from, stages_from)
+        check_shapes(self.path, self._declared, shapes, n, height, width)
         self._shaped: dict[tuple[int, int], ort.InferenceSession] = {}
         self._shaped_lock = threading.Lock()
         self._spare: ort.InferenceSession | None = None  # for sizes past MAX_SHAPED_SESSIONS
@@ -372,7 +303,7 @@ class DamageModel:
         batch, height, width = self.input_dims
         if height not in (None, pixels.shape[1]) or width not in (None, pixels.shape[2]):
             raise ModelInputError(
-                f"this model's input is fixed at {self._fixed_size()}, got "
+                f"this model's input is fixed at {fixed_size(self.input_dims)}, got "
                 f"{pixels.shape[1]}x{pixels.shape[2]}"
             )
         if batch not in (None, self.fixed_batch or len(pixels)):
@@ -458,7 +389,7 @@ class DamageModel:
             if fixed_height not in (None, h) or fixed_width not in (None, w)
         ]
         if misfits:
-            fixed = self._fixed_size()
+            fixed = fixed_size(self.input_dims)
             hint = f"to {fixed}" if fixed_height and fixed_width else "to sizes it takes"
             raise ModelFileError(
                 f"{self.path}: its input is fixed at {fixed}; the server runs "
@@ -473,14 +404,9 @@ class DamageModel:
                 f"runs batches of {runs}{how}: export with a dynamic batch axis"
             )
         for height, width in sizes:
-            self._check_shapes(self._shapes(1, height, width), 1, height, width)
-
-    def _fixed_size(self) -> str:
-        """The input size the model fixes, as "HxW", "height H" or "width W"."""
-        _, height, width = self.input_dims
-        if height and width:
-            return f"{height}x{width}"
-        return f"height {height}" if height else f"width {width}"
+            check_shapes(
+                self.path, self._declared, self._shapes(1, height, width), 1, height, width
+            )
 
     def _shapes(
         self, n: int, height: int, width: int, *, loading: bool = False
@@ -499,48 +425,3 @@ class DamageModel:
                 f"{self.path}: running it on {n} frame(s) of {height}x{width} failed: {exc}"
             ) from exc
         return {name: tuple(array.shape) for name, array in out.items()}
-
-    def _stride_of(
-        self, name: str, shapes: Mapping[str, tuple[int, ...]], height: int, width: int
-    ) -> int:
-        """The stride that gives output name its size at a height x width input."""
-        shape = shapes[name]
-        if len(shape) == 4 and shape[2] > 0:
-            stride = max(1, round(height / shape[2]))
-            if shape[2:] == (-(-height // stride), -(-width // stride)):
-                return stride
-        raise ModelFileError(
-            f"{self.path}: for a {height}x{width} input its output {name} has shape {shape}; "
-            "expected (N, C, ceil(H/s), ceil(W/s)) for a whole stride s"
-        )
-
-    def _check_shapes(
-        self, shapes: Mapping[str, tuple[int, ...]], n: int, height: int, width: int
-    ) -> None:
-        """ModelFileError unless, for n frames of height x width, score is (N,), heatmap
-        (N, 1, ceil(H/s), ceil(W/s)) at the heatmap's stride s, and each stage (N, C,
-        ceil(H/s), ceil(W/s)) with its channels C and stride s."""
-
-        def cells(stride: int) -> tuple[int, int]:
-            return -(-height // stride), -(-width // stride)
-
-        s = self.heatmap_stride
-        expected = {
-            "score": ((n,), "one score per frame"),
-            "heatmap": (
-                (n, 1, *cells(s)),
-                f"one channel at heatmap_stride {s} {self._stride_from}",
-            ),
-        }
-        for stage in self.stages:
-            said = f"{stage.name} {stage.channels} channels at stride {stage.stride}"
-            expected[stage.name] = (
-                (n, stage.channels, *cells(stage.stride)),
-                f"{self._stages_from} {said}",
-            )
-        for name, (want, why) in expected.items():
-            if shapes[name] != want:
-                raise ModelFileError(
-                    f"{self.path}: for {n} frame(s) of {height}x{width} its output {name} has "
-                    f"shape {shapes[name]}; expected {want} ({why})"
-                )
