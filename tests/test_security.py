@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import ipaddress
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -431,6 +432,40 @@ def test_expired_certificates_are_refused_and_one_that_expires_soon_is_warned_of
     assert "in 3.0 days: renew it" in out or "in 2.9 days: renew it" in out
     assert check("server") == 0
     assert capsys.readouterr().out.startswith("config OK: ")
+
+
+@pytest.mark.parametrize(("level", "shown"), [(None, True), ("warning", False)])
+def test_grpcs_handshake_lines_follow_the_servers_log_level(
+    pki: Path, tmp_path: Path, level: str | None, shown: bool
+) -> None:
+    # A client retrying without TLS logs one gRPC line per try: kept at the default level
+    # (the only trace of it), gone at warning or error.
+    config = tmp_path / "c.toml"
+    config.write_text(f'tls_cert = "{pki / "server.crt"}"\ntls_key = "{pki / "server.key"}"\n')
+    port = free_port()
+    argv = ["serve", "--config", str(config), "--port", str(port), "--no-cameras"]
+    argv += ["--metrics-port", "-1", *(["--log-level", level] if level else [])]
+    quiet = ("GRPC_VERBOSITY", "CONVSTREAM_LOG_LEVEL")
+    env = {k: v for k, v in os.environ.items() if k not in quiet}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "convstream.cli", *argv], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as plain:
+                    plain.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(50))
+                    plain.recv(100)
+                break
+            except OSError:
+                time.sleep(0.2)
+        time.sleep(0.5)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=20)
+    assert process.returncode == 0, err
+    assert ("Handshake failed" in err) is shown, err
 
 
 def test_certificate_dates_are_read_from_the_der(pki: Path) -> None:

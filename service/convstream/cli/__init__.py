@@ -449,6 +449,17 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_log_level(args: Sequence[str]) -> bool:
+    """Whether `serve`'s arguments (or CONVSTREAM_LOG_LEVEL) ask for warning or error only."""
+    level = os.environ.get("CONVSTREAM_LOG_LEVEL", "")
+    for i, arg in enumerate(args):
+        if arg == "--log-level" and i + 1 < len(args):
+            level = args[i + 1]
+        elif arg.startswith("--log-level="):
+            level = arg.partition("=")[2]
+    return level.strip().lower() in ("warning", "error")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # OpenCV's own warnings (e.g. "backend is generally available but can't be used to capture
     # by name" after a camera fails to open) say less than the command's own message and land
@@ -461,12 +472,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     # gRPC's own informational lines ("Handshake failed with error ..." once per retry) say
     # what a client command's message says, in its words; its errors stay, and the server
-    # keeps them all (a client failing its TLS handshake shows nowhere else). gRPC reads this
-    # once, when it loads; GRPC_VERBOSITY=INFO brings them back.
+    # keeps them all (a client failing its TLS handshake shows nowhere else) unless its log
+    # level is warning or error. gRPC reads this once, when it loads, before the settings are
+    # read, so only the flag and CONVSTREAM_LOG_LEVEL count; GRPC_VERBOSITY=INFO brings
+    # them back.
     args_given = sys.argv[1:] if argv is None else list(argv)
-    if args_given[:1] != ["serve"]:
+    serving = args_given[:1] == ["serve"]
+    if not serving or _quiet_log_level(args_given):
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    elif hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
+    main_thread = threading.current_thread() is threading.main_thread()
+    if serving and hasattr(signal, "SIGHUP") and main_thread:
         signal.signal(signal.SIGHUP, lambda signum, frame: _RELOAD_ASKED.set())
     parser = argparse.ArgumentParser(
         prog="convstream", description="Damage scores and feature maps for camera frames."
