@@ -155,6 +155,22 @@ async def test_analyze_formats_and_sizes(
     )
 
 
+async def test_the_score_is_the_frames_not_the_letterbox_bars(stub: pb_grpc.ConvstreamStub) -> None:
+    # A flat, wide strip letterboxed into 384x640 is mostly grey bars; the model's own score
+    # output is its whole input's hottest cell, here one of only bars (0.0108 against the
+    # strip's 0.0063 with the model of 2026-12-03). The result's score is the frame's.
+    frame = np.full((100, 640, 3), 200, np.uint8)
+    raw = pb.RawImage(width=640, height=100, format=pb.PIXEL_FORMAT_BGR8, data=frame.tobytes())
+    result = await stub.Analyze(pb.FrameRequest(raw=raw))
+    geometry = result.geometry
+    heat = to_numpy(result.heatmap)[0]
+    rows = range(geometry.pad_top // 8, -(-(geometry.pad_top + 100) // 8))
+    bars = np.delete(heat, rows, axis=0).max()
+    assert bars > heat[rows.start : rows.stop].max() + 1e-3  # the case this test is about
+    assert result.score == pytest.approx(float(heat[rows.start : rows.stop].max()), abs=1e-3)
+    assert result.score == result.peak.value and result.peak.row in rows
+
+
 async def test_served_outputs_equal_the_model_run_directly(stub: pb_grpc.ConvstreamStub) -> None:
     # A raw frame already at an input size is not resized, so the server must give exactly
     # what onnxruntime gives for those pixels.

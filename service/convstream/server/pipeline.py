@@ -283,7 +283,12 @@ class Pipeline:
         """Build the result message (runs on the executor)."""
         started = time.perf_counter()
         model = self.engine.model
-        score = float(inference.arrays["score"])
+        # The score is the hottest cell over the frame, as the peak is: the model's own score
+        # output is the hottest cell of its whole input, and a cell of only letterbox bars
+        # (grey, beside a frame's edge) could outscore the frame and call it damaged.
+        row, col, x, y, score = prepared.geometry.hottest_cell(
+            inference.arrays["heatmap"], model.heatmap_stride
+        )
         result = pb.FrameResult(
             frame_id=request.frame_id,
             source=request.source,
@@ -292,10 +297,7 @@ class Pipeline:
         )
         if has_capture_time(request):
             result.capture_time.CopyFrom(request.capture_time)
-        row, col, x, y, value = prepared.geometry.hottest_cell(
-            inference.arrays["heatmap"], model.heatmap_stride
-        )
-        result.peak.CopyFrom(pb.Peak(row=row, col=col, x=x, y=y, value=value))
+        result.peak.CopyFrom(pb.Peak(row=row, col=col, x=x, y=y, value=score))
         if options.include_heatmap:
             fill_tensor(
                 result.heatmap,
