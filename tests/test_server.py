@@ -608,3 +608,29 @@ async def test_an_idle_stream_is_ended_with_a_clear_status() -> None:
         assert server.servicer is not None and server.servicer.open_streams == 0
     finally:
         await server.stop(grace=0)
+
+
+async def test_a_failure_of_our_own_is_internal_on_analyze_as_on_a_stream(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A bug of ours (stood in for by a pipeline that raises) is INTERNAL with our words, and
+    # logged; left to grpc, Analyze answered UNKNOWN with the exception's class and text.
+    server = Server(Settings(port=0, metrics_port=-1, cameras=()))
+    await server.start()
+    try:
+        assert server.servicer is not None
+
+        async def broken(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("secret internals")
+
+        monkeypatch.setattr(server.servicer.pipeline, "analyze", broken)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.Analyze(pb.FrameRequest(encoded=jpeg(scene(3, 240, 320))))
+            assert info.value.code() == grpc.StatusCode.INTERNAL
+            assert info.value.details() == "internal error analysing frame"
+            assert (await stub.GetModelInfo(pb.GetModelInfoRequest())).sha256  # still serving
+        assert "secret internals" in caplog.text and server.servicer.open_analyze_calls == 0
+    finally:
+        await server.stop(grace=0)

@@ -95,6 +95,13 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             outcome = "invalid" if exc.code == grpc.StatusCode.INVALID_ARGUMENT else "rejected"
             self.metrics.frames.labels(self.metrics.client_source(request.source), outcome).inc()
             await context.abort(exc.code, str(exc))
+        except Exception:
+            # as a stream's frame does: INTERNAL, logged here; left to grpc it would be
+            # UNKNOWN with the exception's class and text for the client
+            logger.exception("Analyze of frame %d failed", request.frame_id)
+            source = self.metrics.client_source(request.source)
+            self.metrics.frames.labels(source, "error").inc()
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error analysing frame")
         finally:
             if admitted:
                 self.open_analyze_calls -= 1
