@@ -691,7 +691,7 @@ async def test_a_client_stream_can_publish_under_its_source_name() -> None:
             )
         )
         refused = await taken.read()
-        assert refused.status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert refused.status.code == grpc.StatusCode.ALREADY_EXISTS.value[0]
         assert "already published by a configured camera" in refused.status.message
         await taken.done_writing()
         # a client's frames named like a camera are not counted as the camera's
@@ -706,7 +706,7 @@ async def test_a_client_stream_can_publish_under_its_source_name() -> None:
             for s in family.samples
             if s.name == "convstream_frames_total"
         }
-        assert counted.get(("client:belt", "invalid")) == 1.0, counted
+        assert counted.get(("client:belt", "rejected")) == 1.0, counted
         assert counted.get(("client:belt", "ok")) == 1.0, counted
         # the camera's own series count only its frames, analysed: never a refused one
         assert [key for key in counted if key[0] == "belt"] in ([], [("belt", "ok")]), counted

@@ -23,6 +23,7 @@ from convstream.server.errors import (
     ConvstreamError,
     Draining,
     InvalidOptions,
+    NameTaken,
     NotFound,
     Overloaded,
 )
@@ -129,7 +130,8 @@ class CameraManager:
             publisher.end_watchers(error)
 
     def publish(self, name: str) -> StreamPublication:
-        """Register a client stream under ``name``; InvalidOptions if the name is not free."""
+        """Register a client stream under ``name``; InvalidOptions if it is no name, NameTaken
+        if it is not free."""
         if not re.fullmatch(CAMERA_ID, name):
             raise InvalidOptions(
                 f"a published stream needs a source name of letters, digits, '.', '_', '-' "
@@ -137,7 +139,7 @@ class CameraManager:
             )
         if name in self.feeds or name in self.published or name in self.elsewhere:
             what = "another stream" if name in self.published else "a configured camera"
-            raise InvalidOptions(
+            raise NameTaken(
                 f"source {name!r} is already published by {what}: this frame was not analysed, "
                 "and the stream goes on unpublished; give its frames another source name to "
                 "publish it"

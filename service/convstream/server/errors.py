@@ -5,6 +5,7 @@
     │   ├── FrameTooLarge           INVALID_ARGUMENT: over the pixel or size limits
     │   └── UndecodableRequest      INVALID_ARGUMENT: bytes that are not the method's message
     ├── InvalidOptions              INVALID_ARGUMENT: unknown feature map, bad queue size, ...
+    ├── NameTaken                   ALREADY_EXISTS: a publish name a camera or stream has
     ├── NotFound                    NOT_FOUND: no camera by that id
     ├── IdleTimeout                 DEADLINE_EXCEEDED: a stream sent nothing for too long
     ├── Overloaded                  RESOURCE_EXHAUSTED: over the stream or queue limits
@@ -48,6 +49,13 @@ class InvalidOptions(ConvstreamError):
     """The request asks for something the server does not have."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NameTaken(ConvstreamError):
+    """A stream asks to publish under a name a camera or another published stream has: it
+    may be free later (when that stream ends), unlike an option that can never be right."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
 
 
 class NotFound(ConvstreamError):
