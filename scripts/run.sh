@@ -31,7 +31,7 @@ for arg in "$@"; do
 done
 settings="$(.venv/bin/convstream serve "$@" --print-settings)" || exit $?
 # one field a line: the address to dial, its host and port, the camera ids, whether the
-# server wants TLS or tokens
+# server wants TLS or tokens, the metrics ports to check
 mapfile -t fields < <(.venv/bin/python -c '
 import json, sys
 s = json.load(sys.stdin)
@@ -40,13 +40,17 @@ print(s["dial_host"])
 print(s["port"])
 print(" ".join(c["id"] for c in s["cameras"]))
 print("yes" if s["tls"] or s["tokens"] else "")
+# the metrics ports (one per process) as host/port, none when metrics are off or port 0
+first, where = s["metrics_port"], s["metrics_dial_host"]
+ports = range(first, first + s["processes"]) if first > 0 else ()
+print(" ".join(f"{where}/{p}" for p in ports))
 ' <<<"$settings")
-if [[ ${#fields[@]} -ne 5 ]]; then
+if [[ ${#fields[@]} -ne 6 ]]; then
   echo "run.sh: could not read convstream serve --print-settings: $settings" >&2
   exit 1
 fi
 address="${fields[0]}" host="${fields[1]}" port="${fields[2]}"
-cameras="${fields[3]}" secured="${fields[4]}"
+cameras="${fields[3]}" secured="${fields[4]}" metrics="${fields[5]}"
 if [[ -z "$address" ]]; then
   echo "run.sh: port 0 (a free port, picked by the server) leaves the dashboard nothing to" \
     "dial; pass --port N" >&2
@@ -57,6 +61,13 @@ if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then
     "listen there; stop what holds it, or pass --port N" >&2
   exit 1
 fi
+for where in $metrics; do
+  if (exec 3<>"/dev/tcp/$where") 2>/dev/null; then
+    echo "run.sh: metrics port ${where##*/} is taken, so the server cannot serve its metrics" \
+      "there; pass --metrics-port N (-1: no metrics)" >&2
+    exit 1
+  fi
+done
 dash_port="${CONVSTREAM_DASHBOARD_PORT:-8080}"
 if (exec 3<>"/dev/tcp/127.0.0.1/$dash_port") 2>/dev/null; then
   echo "run.sh: port $dash_port is taken, so the dashboard cannot listen there; set" \

@@ -657,6 +657,23 @@ def test_run_sh_refuses_the_port_the_config_names_when_it_is_taken(tmp_path: Pat
     assert done.stderr.startswith(f"run.sh: port {busy} is taken (another convstream serve?)")
 
 
+def test_run_sh_refuses_a_metrics_port_that_is_taken_before_printing_a_url(
+    tmp_path: Path,
+) -> None:
+    root = checkout_with_run_sh(tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        command = [str(root / "scripts" / "run.sh"), "--port", str(free_port())]
+        command += ["--metrics-port", str(busy)]
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith(f"run.sh: metrics port {busy} is taken")
+    assert "dashboard:" not in done.stdout
+
+
 def test_run_sh_points_the_dashboard_at_the_port_the_server_really_uses(tmp_path: Path) -> None:
     """The port from CONVSTREAM_PORT, a config without the demo camera: the dashboard
     reaches the server, and the script says nothing of a demo camera."""

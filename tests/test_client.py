@@ -547,6 +547,12 @@ async def test_frame_ids_given_and_numbered_never_collide(
             assert [r.frame_id for r in got] == [7]
             with pytest.raises(ValueError, match="frame_id must be an integer from 0"):
                 client.analyze(Frame(jpeg(frames[0]), frame_id=-1))
+            # published under the frames' source name: said before sending, not refused by the
+            # server for the first frame while the stream goes on unpublished
+            with pytest.raises(ValueError, match=r"first frame \(Frame\(.*\) has none: give one"):
+                list(client.stream([jpeg(frames[0])], publish=True))
+            with pytest.raises(ValueError, match="must be 1 to 64 letters"):
+                list(client.stream([Frame(jpeg(frames[0]), source="a b")], publish=True))
             with pytest.raises(ValueError, match="capture_time must be seconds"):
                 client.analyze(Frame(jpeg(frames[0]), capture_time=float("nan")))
 

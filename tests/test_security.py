@@ -296,6 +296,7 @@ def test_tls_and_token_settings_are_checked(pki: Path, tmp_path: Path) -> None:
         (ANALYZE_TOKEN, "looks like the token itself — never put the token in the config"),
         ("WcWnIEKR3f0b-Zr_Ly6EqPzQ8Vh2m1u4TnXsJd9aKcY", "looks like the token itself"),
         (token_hash(ANALYZE_TOKEN)[:63], "what is there has 63 hex digits"),
+        ("...", "what is there is 3 characters that are not hex digits"),  # the README's
         (12345, "Input should be a valid string"),
     ],
 )
@@ -643,6 +644,11 @@ async def test_reload_rotates_the_tls_certificate(
         assert f"TLS files kept as they were: tls_key {tmp_path / 'next.key'} does not" in (
             caplog.text
         )
+        # the same at another path: said once, as that, not also as a restart-only change
+        await server.reload(server.settings.model_copy(update={"tls_key": pki / "client.key"}))
+        assert f"kept as they were: tls_key {pki / 'client.key'} does not match" in caplog.text
+        assert "change only on restart" not in caplog.text
+        assert server.settings.tls_key == tmp_path / "next.key"
         # clients must present a certificate or not: fixed when the port was bound
         issue(tmp_path / "next", "fourth")
         await server.reload(server.settings.model_copy(update={"tls_client_ca": pki / "ca.crt"}))

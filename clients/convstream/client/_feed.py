@@ -19,6 +19,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 
+from convstream.client._base import check_published_name
 from convstream.client.errors import ProtocolError
 from convstream.client.frames import Frame, FrameLike, as_frame, to_request
 from convstream.client.options import Upload
@@ -65,6 +66,15 @@ class Ledger:
     def add(self, frame: Frame, request: pb.FrameRequest) -> None:
         """Keep a prepared frame until answered. ValueError for an id still unanswered:
         its result could not be told from the other's."""
+        if self._seq == 0 and self.options.publish:
+            if not request.source:
+                # the server would refuse the first frame and go on unpublished
+                raise ValueError(
+                    "publish=True publishes the stream under its frames' source name, and the "
+                    f"first frame ({frame!r}) has none: give one, e.g. Frame(image, "
+                    "source='belt-test') or Video(path, name='belt-test')"
+                )
+            check_published_name(request.source)
         for entry in self.entries:
             if entry.request.frame_id == request.frame_id:
                 raise ValueError(

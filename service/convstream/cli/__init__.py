@@ -219,6 +219,7 @@ def _settings_json(settings: Settings) -> dict[str, object]:
         "dial_host": dial_host,
         "dial_address": host_port(dial_host, settings.port) if settings.port else None,
         "metrics_port": settings.metrics_port,
+        "metrics_dial_host": local.get(settings.metrics_host, settings.metrics_host).strip("[]"),
         "processes": settings.processes,
         "tls": settings.tls_cert is not None,
         "tokens": len(settings.tokens),

@@ -339,7 +339,10 @@ class Server:
         changed = [
             name
             for name in Settings.model_fields
-            if name not in applied and getattr(settings, name) != getattr(self.settings, name)
+            # TLS files that did not load, or TLS turned on or off: _reload_tls said so
+            if name not in applied
+            and name not in TLS_FILES
+            and getattr(settings, name) != getattr(self.settings, name)
         ]
         if changed:
             logger.warning(

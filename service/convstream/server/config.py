@@ -146,12 +146,15 @@ class TokenConfig(BaseModel):
         # pasted there by mistake is usually the token itself, which must not reach the logs.
         if re.fullmatch(r"[0-9a-fA-F]{64}", self.sha256):
             return self
-        found = (
-            f"what is there has {len(self.sha256)} hex digits"
-            if re.fullmatch(r"[0-9a-fA-F]*", self.sha256)
-            else "what is there looks like the token itself — never put the token in the "
-            "config (if it is, make a new one: this one has been seen)"
-        )
+        if re.fullmatch(r"[0-9a-fA-F]*", self.sha256):
+            found = f"what is there has {len(self.sha256)} hex digits"
+        elif re.fullmatch(r"[A-Za-z0-9_-]{20,}", self.sha256):  # as `convstream token` makes
+            found = (
+                "what is there looks like the token itself — never put the token in the "
+                "config (if it is, make a new one: this one has been seen)"
+            )
+        else:  # a placeholder ("...", "<sha256>") left from an example
+            found = f"what is there is {len(self.sha256)} characters that are not hex digits"
         raise ValueError(
             f"(name {self.name!r}): sha256 must be the 64-hex SHA-256 of the token, as "
             f"`convstream token` prints it; {found}"
