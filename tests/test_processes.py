@@ -222,7 +222,7 @@ async def test_processes_share_the_port_forward_camera_calls_restart_and_stop(
                     pb.FrameRequest(frame_id=k, source=name, encoded=data, options=options)
                 )
                 refused = await stream.read()
-                assert refused.status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+                assert refused.status.code == grpc.StatusCode.ALREADY_EXISTS.value[0]
                 assert "a configured camera" in refused.status.message
             options = pb.ResultOptions(publish=True)
             await stream.write(
