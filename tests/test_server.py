@@ -48,6 +48,15 @@ async def test_model_info_reports_what_runs(stub: pb_grpc.ConvstreamStub) -> Non
     assert info.threshold == pytest.approx(model.threshold)
     assert (info.input_sizes[0].height, info.input_sizes[0].width) == (384, 640)
     assert (info.max_frame_pixels, info.max_frame_side) == (40_000_000, 16384)
+    assert (info.stream_queue_size, info.max_stream_queue_size) == (4, 256)
+    assert info.stream_idle_timeout_s == 300.0
+    # the largest queue it says one stream may ask for is taken, and one more is refused
+    frame = jpeg(scene(2, 240, 320))
+    for size, code in ((info.max_stream_queue_size, 0), (info.max_stream_queue_size + 1, 8)):
+        options = pb.ResultOptions(freshness=pb.FRESHNESS_BOUNDED_QUEUE, queue_size=size)
+        sent = [pb.FrameRequest(frame_id=1, encoded=frame, options=options)]
+        results = [r async for r in stub.StreamFrames(requests(sent))]
+        assert results[0].status.code == code, (size, results[0].status.message)
 
 
 async def test_a_jpeg_can_score_as_its_pixels_do_sent_raw() -> None:

@@ -368,6 +368,14 @@ def model_info_text(info: ModelInfo) -> str:
         f"limits       {info.max_message_bytes / MiB:g} MiB per message, "
         f"{info.max_frame_pixels:,} pixels per frame"
         + (f", 32 to {info.max_frame_side:,} a side" if info.max_frame_side else ""),
+    ]
+    if info.max_stream_queue_size:
+        lines.append(
+            f"streams      queue_size {info.stream_queue_size} by default, at most "
+            f"{info.max_stream_queue_size}; a stream idle for {info.stream_idle_timeout_s:g} s "
+            "is ended"
+        )
+    lines += [
         f"server       convstream {info.server_version}, onnxruntime {info.onnxruntime_version}",
     ]
     return "\n".join(lines)

@@ -266,6 +266,10 @@ class ModelInfo:
     max_message_bytes: int
     max_frame_pixels: int
     max_frame_side: int  # 0 from a server that does not say
+    # StreamFrames: the default and largest queue_size, and the idle timeout (0: not said)
+    stream_queue_size: int = 0
+    max_stream_queue_size: int = 0
+    stream_idle_timeout_s: float = 0.0
 
     @property
     def stage_names(self) -> tuple[str, ...]:
@@ -289,6 +293,9 @@ class ModelInfo:
             max_message_bytes=message.max_message_bytes,
             max_frame_pixels=message.max_frame_pixels,
             max_frame_side=message.max_frame_side,
+            stream_queue_size=message.stream_queue_size,
+            max_stream_queue_size=message.max_stream_queue_size,
+            stream_idle_timeout_s=message.stream_idle_timeout_s,
         )
 
 

@@ -66,14 +66,24 @@ class ConvstreamServicer(object):
 
     def Analyze(self, request, context):
         """One frame in, one result out. A bad frame fails the call with INVALID_ARGUMENT.
+        Token role (where the server has tokens): analyze.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StreamFrames(self, request_iterator, context):
-        """Client-pushed frames over one long stream; one result per frame, in order. A bad frame
-        gets a result whose status carries INVALID_ARGUMENT and the stream goes on.
+        """Client-pushed frames over one long stream, results in the frames' order. Every frame
+        either gets exactly one result or, dropped by the stream's freshness policy, is listed
+        in a later result's dropped_frame_ids (up to 1000 a result; frames_dropped counts them
+        all; a result may list frames newer than itself). A bad frame gets a result whose status
+        carries INVALID_ARGUMENT and the stream goes on. So give each frame its own frame_id
+        (not 0, which the server uses for a message that does not parse): the server echoes ids,
+        it does not check them. When the client half-closes, the frames it sent are answered
+        (the newest always, even under LATEST_ONLY) and the call ends OK. A server shutting
+        down answers the frames it has and ends the call with UNAVAILABLE: frames without a
+        result were not analysed; send them again, from the first unanswered frame_id.
+        Token role: analyze.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -81,6 +91,7 @@ class ConvstreamServicer(object):
 
     def GetModelInfo(self, request, context):
         """The model the server runs: input sizes, stages, thresholds, the execution provider in use.
+        Token role: watch (or analyze).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -89,6 +100,7 @@ class ConvstreamServicer(object):
     def ListCameras(self, request, context):
         """The cameras in the server's config, then the streams published under a name
         (ResultOptions.publish, source_kind "stream"), with each one's state and rates.
+        Token role: watch (or analyze).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -100,6 +112,15 @@ class ConvstreamServicer(object):
         and queue, so a slow one loses its own stale results and slows nobody else. While the
         camera connects or reconnects the call waits; once it has FAILED or STOPPED (see
         CameraState) no frame will come, and the call ends with FAILED_PRECONDITION saying why.
+        A published stream is computed with the feature maps its watchers want beside its own.
+        A result that would pass max_message_bytes comes as that frame's RESOURCE_EXHAUSTED
+        (FrameResult.status), to that watcher alone, and the watch goes on.
+        Results wait in this watcher's queue (queue_size) and then in gRPC's flow-control
+        windows: a client that reads slower than results come, with a large receive window
+        (other languages' default grows it), can be handed results that waited there, and
+        frame_age_ms (measured when the server hands a result to gRPC) does not show that wait.
+        Set max_fps to no more than you read, or measure age from capture_time on your clock.
+        Token role: watch (or analyze).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
