@@ -303,6 +303,19 @@ def test_check_config_says_a_gpu_asked_for_would_not_be_used(
     assert "warning: provider cuda: this host's onnxruntime runs CPUExecutionProvider" in out
 
 
+def test_check_config_refuses_an_address_that_is_not_this_machines(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 192.0.2.1 is TEST-NET-1: never an address of this machine, so serve could not bind it
+    for flags, setting in ((["--host"], "host"), (["--metrics-host"], "metrics_host")):
+        argv = ["serve", "--no-cameras", "--check-config", *flags, "192.0.2.1"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err == f"convstream serve: {setting} 192.0.2.1: the address is not one of this " + (
+            "machine's\n"
+        )
+
+
 def test_check_config_says_what_would_run_without_running_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

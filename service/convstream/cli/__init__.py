@@ -234,7 +234,7 @@ def _check_config(settings: Settings, warnings: list[str]) -> int:
     """What `serve --check-config` prints: the settings as they would run, or why not."""
     from convstream.model import DamageModel, ModelFileError
     from convstream.model.runtime import CUDA
-    from convstream.server.app import exposure_warning
+    from convstream.server.app import bind_failure, exposure_warning
     from convstream.server.config import host_port
     from convstream.server.processes import assign
     from convstream.server.sources import parse_source
@@ -253,6 +253,16 @@ def _check_config(settings: Settings, warnings: list[str]) -> int:
     except ModelFileError as exc:
         print(f"convstream serve: model_path: {exc}", file=sys.stderr)
         return 2
+    # The addresses, not the ports (a running server holds those during a reload): a name
+    # that does not resolve here, or an address that is not this machine's, cannot be bound.
+    hosts = {"host": settings.host}
+    if settings.metrics_port >= 0:
+        hosts["metrics_host"] = settings.metrics_host
+    for setting, host in hosts.items():
+        why = bind_failure(host, 0)
+        if why is not None:
+            print(f"convstream serve: {setting} {host}: {why}", file=sys.stderr)
+            return 2
     tls = "off"
     if settings.tls_cert is not None:
         tls = "mutual (client certificates from tls_client_ca)" if settings.tls_client_ca else "on"
