@@ -22,6 +22,7 @@ from conftest import jpeg, scene
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from live import free_port
 from prometheus_client.parser import text_string_to_metric_families
+from test_client_transport import make_certificates
 
 from convstream.client import Client, Frame
 from convstream.server import ConfigError, load_settings, processes
@@ -468,3 +469,30 @@ def test_check_config_says_which_process_pulls_each_camera() -> None:
     assert "metrics      127.0.0.1:9500 to 9501, one per process" in out
     for camera_id, index in (("dock-a", 0), ("dock-b", 1), ("dock-c", 0)):
         assert f"camera       {camera_id} (demo, process {index}):" in out, out
+
+
+def test_a_reload_whose_tls_files_fail_keeps_them_out_of_the_processes_settings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The supervisor writes what every process runs, and what a process that restarts
+    # starts with: TLS files that do not load would stop it for good. Kept out, as one
+    # process's own reload keeps its files, while the rest (a token) still applies.
+    files = make_certificates(tmp_path)
+    good = {"tls_cert": str(files["server.pem"]), "tls_key": str(files["server.key"])}
+    token = {"name": "dock", "role": "analyze", "sha256": new_token()[1]}
+    common = {"processes": 2, "cameras": []}
+    settings = load_settings(environ={}, overrides={**good, **common})
+    bad = {**good, "tls_key": str(files["client.key"])}  # a rotation half done
+
+    def reloaded() -> processes.Settings:
+        return load_settings(environ={}, overrides={**bad, **common, "tokens": [token]})
+
+    supervisor = processes.Supervisor(settings, reloaded)
+    supervisor.folder = tmp_path
+    supervisor._reload()
+    written = Peers(0, 2, tmp_path, 0).read()
+    assert written.tls_key == files["server.key"] and written.tls_cert == files["server.pem"]
+    assert [t.name for t in written.tokens] == ["dock"]
+    assert f"TLS files kept as they were: tls_key {files['client.key']} does not match" in (
+        caplog.text
+    )

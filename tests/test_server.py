@@ -178,6 +178,16 @@ async def test_the_score_is_the_frames_not_the_letterbox_bars(stub: pb_grpc.Conv
     assert bars > heat[rows.start : rows.stop].max() + 1e-3  # the case this test is about
     assert result.score == pytest.approx(float(heat[rows.start : rows.stop].max()), abs=1e-3)
     assert result.score == result.peak.value and result.peak.row in rows
+    # and ListCameras' last_score (the camera table, the dashboard's first score) says the same
+    options = pb.ResultOptions(publish=True)
+    stream = stub.StreamFrames()  # kept open: a published stream is listed while it lasts
+    await stream.write(pb.FrameRequest(frame_id=1, source="strip", raw=raw, options=options))
+    published = await stream.read()
+    assert published.status.code == 0 and published.score == result.score
+    listed = await stub.ListCameras(pb.ListCamerasRequest())
+    status = {c.id: c for c in listed.cameras}["strip"]
+    assert status.frames_analysed == 1 and status.last_score == pytest.approx(result.score)
+    await stream.done_writing()
 
 
 async def test_served_outputs_equal_the_model_run_directly(stub: pb_grpc.ConvstreamStub) -> None:

@@ -34,7 +34,7 @@ from convstream.server.errors import Draining
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Pipeline, WorkPool
 from convstream.server.probes import HttpPort
-from convstream.server.processes import Peers
+from convstream.server.processes import TLS_FILES, Peers
 from convstream.server.security import TokenInterceptor, token_changes
 from convstream.server.servicer import SERVICE_NAME, ConvstreamServicer, add_to_server
 from convstream.server.streams import MAX_QUEUE_SIZE, WINDOW
@@ -58,8 +58,6 @@ class _ClientLeft(logging.Filter):
 
 
 logging.getLogger("grpc._cython.cygrpc").addFilter(_ClientLeft())
-
-TLS_FILES = ("tls_cert", "tls_key", "tls_client_ca")
 
 
 def server_version() -> str:

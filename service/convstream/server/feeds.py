@@ -27,7 +27,14 @@ from convstream.server.engine import Inference
 from convstream.server.errors import CameraDown, ConvstreamError, Draining
 from convstream.server.letterbox import choose_input, letterbox
 from convstream.server.metrics import Metrics
-from convstream.server.pipeline import CALLER, Options, Pipeline, Prepared, error_result
+from convstream.server.pipeline import (
+    CALLER,
+    Options,
+    Pipeline,
+    Prepared,
+    error_result,
+    hottest,
+)
 from convstream.v1 import convstream_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -218,8 +225,8 @@ class Publisher:
                 continue
             result.timings.total_ms = total_ms
             result.timings.queue_ms = max(0.0, total_ms - busy - result.timings.encode_ms)
-        score = float(inference.arrays["score"])
         geometry = prepared.geometry
+        score = hottest(prepared, inference, self.pipeline.engine.model.heatmap_stride)[4]
         self.frame_size = (geometry.frame_width, geometry.frame_height)
         self.frames_analysed += 1
         self.last_score = score

@@ -283,12 +283,7 @@ class Pipeline:
         """Build the result message (runs on the executor)."""
         started = time.perf_counter()
         model = self.engine.model
-        # The score is the hottest cell over the frame, as the peak is: the model's own score
-        # output is the hottest cell of its whole input, and a cell of only letterbox bars
-        # (grey, beside a frame's edge) could outscore the frame and call it damaged.
-        row, col, x, y, score = prepared.geometry.hottest_cell(
-            inference.arrays["heatmap"], model.heatmap_stride
-        )
+        row, col, x, y, score = hottest(prepared, inference, model.heatmap_stride)
         result = pb.FrameResult(
             frame_id=request.frame_id,
             source=request.source,
@@ -396,6 +391,15 @@ class Pipeline:
         result.timings.queue_ms = max(0.0, total_ms - busy)
         result.frame_age_ms = frame_age_ms(request, total_ms)
         return result, prepared, inference
+
+
+def hottest(
+    prepared: Prepared, inference: Inference, stride: int
+) -> tuple[int, int, float, float, float]:
+    """The hottest heatmap cell over the frame (cells of only letterbox bars left out): (row,
+    col, x, y, value), its value the frame's score. The model's own score output is its whole
+    input's hottest cell, and a cell of only bars could outscore the frame."""
+    return prepared.geometry.hottest_cell(inference.arrays["heatmap"], stride)
 
 
 def heatmap_encoding(encoding: int) -> int:

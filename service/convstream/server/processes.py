@@ -41,6 +41,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from convstream.server.config import ConfigError, Settings, host_port
+from convstream.server.tls import TLSFileError
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ STEADY_S = 60.0  # a process that served this long before dying is restarted at 
 SNAPSHOT = "settings.json"  # the settings every process runs, and who pulls which camera
 # What a reload changes in running processes (Server.reload); every other setting is kept as
 # the server started with it, in the processes that restart too.
-RELOADED = ("cameras", "tokens", "threshold", "tls_cert", "tls_key", "tls_client_ca")
+TLS_FILES = ("tls_cert", "tls_key", "tls_client_ca")
+RELOADED = ("cameras", "tokens", "threshold", *TLS_FILES)
 HEALTH_EVERY_S = 5.0  # how often the supervisor asks each serving process whether it serves
 STUCK_S = 30.0  # a serving process that has not answered for this long is killed (restarted)
 SECRET = "secret"  # marks forwarded calls: only the server's processes can read it
@@ -321,6 +323,13 @@ class Supervisor:
         except (ConfigError, ValueError) as exc:
             logger.error("reload refused, nothing changed: %s", exc)
             return
+        try:
+            loaded.read_tls()
+        except TLSFileError as exc:
+            # As one process's reload does: the files it has stay, the rest applies. Written
+            # to the snapshot, files that do not load would stop every process that restarts.
+            logger.error("reload: TLS files kept as they were: %s", exc)
+            loaded = loaded.model_copy(update={n: getattr(self.settings, n) for n in TLS_FILES})
         changed = [
             name
             for name in Settings.model_fields
