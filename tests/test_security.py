@@ -426,6 +426,19 @@ def test_expired_certificates_are_refused_and_one_that_expires_soon_is_warned_of
     (tmp_path / "server.key").write_bytes((pki / "server.key").read_bytes())
     assert check("server", client_ca=tmp_path / "expired.crt") == 2  # an expired client CA
     assert f"tls_client_ca {tmp_path / 'expired.crt'} expired on " in capsys.readouterr().err
+    # one old CA in a bundle of several, or an old intermediate after the server's own
+    # certificate, is warned of: clients still connect through the others
+    bundle = tmp_path / "bundle.crt"
+    bundle.write_bytes((pki / "ca.crt").read_bytes() + (tmp_path / "expired.crt").read_bytes())
+    assert check("server", client_ca=bundle) == 0
+    assert f"warning: tls_client_ca {bundle} (certificate 2 in it) expired on " in (
+        capsys.readouterr().out
+    )
+    chain = (tmp_path / "server.crt").read_bytes() + (tmp_path / "expired.crt").read_bytes()
+    (tmp_path / "server.crt").write_bytes(chain)
+    assert check("server") == 0
+    assert "(certificate 2 in it) expired on " in capsys.readouterr().out
+    (tmp_path / "server.crt").write_bytes((pki / "server.crt").read_bytes())
     assert check("soon") == 0
     out = capsys.readouterr().out
     assert out.startswith("config OK, 1 warning(s) below")
@@ -473,6 +486,21 @@ def test_certificate_dates_are_read_from_the_der(pki: Path) -> None:
     cert = x509.load_pem_x509_certificate((pki / "server.crt").read_bytes())
     der = cert.public_bytes(serialization.Encoding.DER)
     assert certificate_validity(der) == (cert.not_valid_before_utc, cert.not_valid_after_utc)
+    # two-digit years (UTCTime, before 2050) from 50 are 19xx, as X.509 reads them
+    key = _key()
+    old_cert = _cert("old", key, None, valid=(dt.timedelta(0), dt.timedelta(days=1)))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(old_cert.subject)
+        .issuer_name(old_cert.issuer)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(dt.datetime(1955, 1, 1, tzinfo=dt.UTC))
+        .not_valid_after(dt.datetime(2049, 12, 31, tzinfo=dt.UTC))
+    )
+    fifties = builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+    assert certificate_validity(fifties)[0].year == 1955
+    assert certificate_validity(fifties)[1].year == 2049
     for broken in (b"", der[:40], b"\x02\x01\x00"):
         with pytest.raises(ValueError):
             certificate_validity(broken)

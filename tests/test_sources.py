@@ -127,6 +127,7 @@ def test_passwords_never_reach_logs_or_clients() -> None:
         ("http://cam/s.cgi?code=Zq1&ch=1", "http://cam/s.cgi?code=***&ch=1"),
         # mistyped without '//', as a config error quotes it back
         ("rtsp:/admin:Zq1@10.0.0.7/s", "rtsp:***@10.0.0.7/s"),
+        ("rtsp:/admin:Zq@1@10.0.0.7/s", "rtsp:***@10.0.0.7/s"),
         ("rtsp:admin:Zq1@10.0.0.7/s", "rtsp:***@10.0.0.7/s"),
         ("admin:Zq1@10.0.0.7/s", "admin:***@10.0.0.7/s"),
         (

@@ -35,8 +35,9 @@ _CREDENTIALS = re.compile(r"(//[^/:\s]*):(?:\S*|[^/@\n]*)@" + _HOST_FOLLOWS)
 _USER_ONLY = re.compile(r"//[^/:\s@]+@" + _HOST_FOLLOWS)
 # user:password@host in a URL mistyped without its '//' (rtsp:/admin:pw@host, rtsp:admin:pw@
 # host, admin:pw@host), which a config error quotes back: everything from the word before the
-# first ':' to the '@' is hidden, the scheme or user name with it when it cannot be told apart.
-_LOOSE_CREDENTIALS = re.compile(r"(?<![^\s'\"(=])([^\s:/@'\"(]+):(?!//)[^\s@'\"]*@" + _HOST_FOLLOWS)
+# first ':' to the last '@' a host follows is hidden (a password may hold '@'), the scheme
+# or user name with it when it cannot be told apart.
+_LOOSE_CREDENTIALS = re.compile(r"(?<![^\s'\"(=])([^\s:/@'\"(]+):(?!//)[^\s'\"]*@" + _HOST_FOLLOWS)
 # query parameters that carry secrets, as many IP cameras take them: ?user=admin&pwd=...
 # (or &p=, beside u=), and session ids and one-time codes, which let anyone in as well
 _SECRET_PARAMETERS = re.compile(

@@ -120,9 +120,13 @@ def check_pem(
                 message = f"tls_key {key} is not a PEM private key"
             raise TLSFileError(message) from None
     now = datetime.now(UTC) if now is None else now
-    warnings = _dates("tls_cert", cert, pem.cert, now)
+    # Clients refuse the server's own certificate (the chain's first) out of its dates, and
+    # a client certificate none of the client CAs in date vouches for: those are refused.
+    # An expired intermediate beside a valid path (an old cross-sign), or one old CA in a
+    # bundle of several, is only warned of.
+    warnings = _dates("tls_cert", cert, pem.cert, now, refuse="first")
     if pem.client_ca is not None:
-        warnings += _dates("tls_client_ca", client_ca, pem.client_ca, now)
+        warnings += _dates("tls_client_ca", client_ca, pem.client_ca, now, refuse="all")
     return warnings
 
 
@@ -131,34 +135,47 @@ _PEM_CERTIFICATE = re.compile(
 )
 
 
-def _dates(setting: str, path: Path | None, data: bytes, now: datetime) -> list[str]:
-    """TLSFileError if a certificate in ``data`` has expired or is not yet valid (gRPC would
-    serve it, and every client would refuse the handshake with nothing in the server's log);
-    a warning line for each that expires within EXPIRY_WARNING."""
-    warnings = []
+def _dates(
+    setting: str, path: Path | None, data: bytes, now: datetime, *, refuse: str
+) -> list[str]:
+    """Warning lines for the certificates in ``data`` that are out of their dates or expire
+    within EXPIRY_WARNING; TLSFileError instead when the first one (refuse="first") or every
+    one (refuse="all") is out of its dates: gRPC would serve it, and clients would refuse the
+    handshake with nothing in the server's log."""
+    warnings, out = [], []
+    dated = 0
     for number, block in enumerate(_PEM_CERTIFICATE.findall(data), 1):
         try:
             not_before, not_after = certificate_validity(base64.b64decode(block))
         except (ValueError, binascii.Error):
             continue  # ssl loaded it; a form this reader does not know is not refused here
+        dated += 1
         which = f"{setting} {path}" + (f" (certificate {number} in it)" if number > 1 else "")
+        problem = None
         if now >= not_after:
-            raise TLSFileError(
+            problem = (
                 f"{which} expired on {not_after:%Y-%m-%d %H:%M} UTC; clients refuse an "
                 "expired certificate: renew it"
             )
-        if now < not_before:
-            raise TLSFileError(
+        elif now < not_before:
+            problem = (
                 f"{which} is not valid until {not_before:%Y-%m-%d %H:%M} UTC (it is now "
                 f"{now:%Y-%m-%d %H:%M} UTC here: is this machine's clock right?)"
             )
+        if problem is not None:
+            if refuse == "first" and number == 1:
+                raise TLSFileError(problem)
+            out.append(problem)
+            continue
         if not_after - now < EXPIRY_WARNING:
             days = (not_after - now) / timedelta(days=1)
             warnings.append(
                 f"{which} expires on {not_after:%Y-%m-%d %H:%M} UTC, in {days:.1f} days: "
                 "renew it (a reload, SIGHUP, serves the new files)"
             )
-    return warnings
+    if refuse == "all" and dated and len(out) == dated:
+        raise TLSFileError("; ".join(out))
+    return out + warnings
 
 
 def certificate_validity(der: bytes) -> tuple[datetime, datetime]:
@@ -209,8 +226,9 @@ def _element(data: bytes, at: int) -> tuple[int, bytes, int]:
 def _time(tag: int, value: bytes) -> datetime:
     """UTCTime (YYMMDDHHMMSSZ) or GeneralizedTime (YYYYMMDDHHMMSSZ), as X.509 writes them."""
     text = value.decode("ascii")
-    if tag == 0x17:
-        parsed = datetime.strptime(text, "%y%m%d%H%M%SZ")
+    if tag == 0x17:  # two-digit years: 50-99 are 19xx, 00-49 20xx (RFC 5280, not strptime's 69)
+        century = "19" if int(text[:2]) >= 50 else "20"
+        parsed = datetime.strptime(century + text, "%Y%m%d%H%M%SZ")
     elif tag == 0x18:
         parsed = datetime.strptime(text, "%Y%m%d%H%M%SZ")
     else:
