@@ -172,8 +172,12 @@ def test_dashboard_flags_are_checked_before_it_starts(
 def test_a_token_in_plaintext_is_warned_of_unless_the_host_is_this_machine(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    for address in ("127.0.0.1:1", "localhost:1", "[::1]:1", "127.0.0.2:1", "unix:/tmp/x"):
+    local = ("127.0.0.1:1", "localhost:1", "[::1]:1", "127.0.0.2:1", "unix:/tmp/x")
+    for address in (*local, "ipv4:127.0.0.1:1", "dns:localhost:1", "dns:///localhost:1"):
         assert is_local_address(address), address
+    for address in ("localhost.evil.example:1", "127.0.0.1.nip.io:1", "convstream.example:1"):
+        assert not is_local_address(address), address
+    assert not is_local_address("[::1:1")  # no address: not known to be local, no traceback
     for address in ("localhost.evil.example:1", "127.0.0.1.nip.io:1", "convstream.example:1"):
         assert not is_local_address(address), address
         caplog.clear()

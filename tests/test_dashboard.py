@@ -168,6 +168,7 @@ async def test_the_page_answers_only_to_its_own_names() -> None:
     finally:
         await dashboard.stop()
     # beyond loopback the page answers any name (a proxy's, an address) unless told which
+    assert not DashboardSettings().answers_to("[::1")  # no name: 421, not a 500
     exposed = DashboardSettings(host="0.0.0.0")
     assert exposed.answers_to("10.0.0.5:8080") and exposed.answers_to("evil.example")
     named = DashboardSettings(host="0.0.0.0", allowed_hosts=("dash.example",))

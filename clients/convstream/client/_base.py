@@ -41,7 +41,15 @@ def is_local_address(address: str) -> bool:
     address (by its host part, not a prefix: 127.0.0.1.nip.io is a DNS name like any other)."""
     if address.startswith(("unix:", "unix-abstract:")):
         return True
-    host = urlsplit(f"//{address.removeprefix('dns:///')}").hostname or ""
+    # gRPC's target forms: dns:///host:port, dns:host:port, ipv4:host:port, ipv6:[host]:port
+    for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):
+        if address.startswith(scheme):
+            address = address[len(scheme) :]
+            break
+    try:
+        host = urlsplit(f"//{address}").hostname or ""
+    except ValueError:  # "[::1:50051" and the like: not an address that is known to be local
+        return False
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

@@ -64,8 +64,9 @@ class ConvstreamError(Exception):
     Attributes:
         message: what went wrong, in the server's words where the server said it.
         code: the gRPC status code, or None for an error found by the client itself.
-        hint: what to check, where the client can tell (a failed TLS handshake), else "";
-            str() of the error ends with it in brackets.
+        hint: what to check, where the client can say: for ServerUnavailable (no server
+            there, or a TLS handshake that failed, judged from gRPC's message and how the
+            client connected), else ""; str() of the error ends with it in brackets.
     """
 
     def __init__(

@@ -70,7 +70,10 @@ class DashboardSettings:
 
     def answers_to(self, host_header: str) -> bool:
         """Whether the page answers a request with this Host header (see allowed_hosts)."""
-        name = (urlsplit(f"//{host_header}").hostname or "").lower()
+        try:
+            name = (urlsplit(f"//{host_header}").hostname or "").lower()
+        except ValueError:  # "[::1" and the like: no name at all
+            return False
         allowed = {n.strip().lower().strip("[]") for n in self.allowed_hosts}
         if self.listens_on_loopback:
             return name in allowed or is_loopback_name(name)
