@@ -233,6 +233,11 @@ def test_a_fixed_batch_is_named_when_the_server_would_run_others(tmp_path: Path)
         DamageModel(path, fixed_batch=8).warm_up(SERVER_SIZES)
     with pytest.raises(ModelInputError, match="batches of exactly 1 frames, got 2"):
         DamageModel(path).run(np.zeros((2, 64, 64, 3), np.uint8))
+    # a server that batches frames (max_batch) without padding: said at start, not per batch
+    with pytest.raises(
+        ModelFileError, match=r"runs batches of 1 to 4 \(max_batch\).*max_batch = 1"
+    ):
+        DamageModel(path).warm_up(SERVER_SIZES, max_batch=4)
 
 
 def test_warm_up_checks_the_output_shapes_at_each_size(

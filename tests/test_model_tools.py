@@ -86,6 +86,7 @@ def test_quantize_leaves_no_broken_file_and_keeps_the_one_it_would_replace(
     assert list(tmp_path.iterdir()) == [target]
     err = refused(quantize_main, ["--out", str(target), "--calibration", "1"], capsys)
     assert "is not a convstream damage model" in err and "nothing was written" in err
+    assert "the int8 copy of " in err and ".tmp.onnx" not in err  # not --model's fault
     assert list(tmp_path.iterdir()) == [target]
 
 
@@ -111,6 +112,8 @@ def test_evaluate_refuses_a_model_the_server_would_refuse_in_one_line(
         evaluate_main, ["--images", "10", "--model", str(tmp_path / "fixed.onnx")], capsys
     )
     assert "--model: " in err and "its input is fixed at 224x224" in err
+    assert "evaluate runs 256x256 here" in err and "set --height and --width to 224x224" in err
+    assert "input_sizes" not in err  # the server's setting, not this command's
     bad = onnx.load(str(MODEL_PATH))
     for prop in bad.metadata_props:
         if prop.key == "threshold":

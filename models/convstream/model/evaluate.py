@@ -355,7 +355,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sizes += [(256, 256), (384, 640)]
     try:
         model = DamageModel(args.model, provider="cpu")
-        model.warm_up(sizes)  # the checks the server makes at start, at the sizes run here
+        # the checks the server makes at start, at the sizes run here
+        model.warm_up(sizes, sizes_from=("evaluate runs {} here", "set --height and --width"))
     except ModelFileError as exc:
         parser.error(f"--model: {exc}")
     seeds = range(EVAL_SEED_BASE, EVAL_SEED_BASE + args.images)

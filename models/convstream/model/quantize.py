@@ -73,8 +73,8 @@ def quantize(source: Path, target: Path, *, calibration: int = 200) -> None:
     ops = sorted({n.op_type for n in onnx.load(str(source)).graph.node} & QUANTIZED_OPS)
     if ops:
         raise ModelFileError(
-            f"{source} is already quantized (it has {', '.join(ops)} nodes); expected a float32 "
-            "model: quantize the one it was made from"
+            f"--model {source} is already quantized (it has {', '.join(ops)} nodes); expected "
+            "a float32 model: quantize the one it was made from"
         )
     written = target.with_name(f".{target.name}.{os.getpid()}.tmp.onnx")
     try:
@@ -95,7 +95,11 @@ def quantize(source: Path, target: Path, *, calibration: int = 200) -> None:
                 op_types_to_quantize=["Conv"],
                 nodes_to_exclude=[first_conv],
             )
-        DamageModel(written, provider="cpu")  # loads, and its outputs have the right shapes
+        try:  # loads, and its outputs have the right shapes
+            DamageModel(written, provider="cpu")
+        except ModelFileError as exc:
+            reason = str(exc).replace(str(written), "it")
+            raise ModelFileError(f"the int8 copy of {source} does not load: {reason}") from exc
         os.replace(written, target)
     finally:
         written.unlink(missing_ok=True)
@@ -167,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         quantize(args.model, args.out, calibration=args.calibration)
     except ModelFileError as exc:
-        parser.error(f"--model: {exc}; nothing was written")
+        parser.error(f"{exc}; nothing was written")
     written = DamageModel(args.out, provider="cpu")
     print(f"wrote {args.out} (sha256 {written.sha256}); serve it with --model {args.out}\n")
     seeds = range(EVAL_SEED_BASE, EVAL_SEED_BASE + args.images)

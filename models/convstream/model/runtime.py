@@ -371,12 +371,24 @@ class DamageModel:
                 )
             return self._spare
 
-    def warm_up(self, sizes: Sequence[tuple[int, int]]) -> None:
+    def warm_up(
+        self,
+        sizes: Sequence[tuple[int, int]],
+        max_batch: int = 1,
+        *,
+        sizes_from: tuple[str, str] = (
+            "the server runs {} (input_sizes and the cameras' input_size)",
+            "set input_sizes",
+        ),
+    ) -> None:
         """Run once at each (height, width): front-load one-time allocation and kernel choice,
         and check that the model takes each size and gives outputs of the shapes it declares.
 
         The server calls it at start with every size it will run (its input_sizes and the
-        cameras' input_size), and ``serve --check-config`` does too.
+        cameras' input_size) and the most frames it puts in one run (max_batch), and
+        ``serve --check-config`` does too: a model whose batch axis is fixed must take them.
+        sizes_from: where the sizes come from ("{}" for them) and how to ask for others, as
+        a size the model does not take is reported (the server's settings by default).
 
         Raises:
             ModelFileError: the model cannot run a size, or gives outputs of other shapes;
@@ -391,17 +403,22 @@ class DamageModel:
         if misfits:
             fixed = fixed_size(self.input_dims)
             hint = f"to {fixed}" if fixed_height and fixed_width else "to sizes it takes"
+            asked, remedy = sizes_from
             raise ModelFileError(
-                f"{self.path}: its input is fixed at {fixed}; the server runs "
-                f"{', '.join(misfits)} (input_sizes and the cameras' input_size): export with "
-                f"dynamic height and width, or set input_sizes {hint}"
+                f"{self.path}: its input is fixed at {fixed}; {asked.format(', '.join(misfits))}"
+                f": export with dynamic height and width, or {remedy} {hint}"
             )
-        runs = self.fixed_batch or 1
-        if batch not in (None, runs):
-            how = " (max_batch, to which fixed_shapes pads every batch)" if self.fixed_batch else ""
+        if self.fixed_batch:  # every run padded to fixed_batch frames
+            fits = batch in (None, self.fixed_batch)
+            runs = f"{self.fixed_batch} (max_batch, to which fixed_shapes pads every batch)"
+        else:  # runs of 1 to max_batch frames
+            fits = batch is None or batch == max_batch == 1
+            runs = "1" if max_batch <= 1 else f"1 to {max_batch} (max_batch)"
+        if not fits:
+            also = ", or set max_batch = 1" if batch == 1 and not self.fixed_batch else ""
             raise ModelFileError(
                 f"{self.path}: its input takes batches of exactly {batch} frames; the server "
-                f"runs batches of {runs}{how}: export with a dynamic batch axis"
+                f"runs batches of {runs}: export with a dynamic batch axis{also}"
             )
         for height, width in sizes:
             check_shapes(

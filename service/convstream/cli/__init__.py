@@ -249,7 +249,7 @@ def _check_config(settings: Settings, warnings: list[str]) -> int:
             settings.model_path, provider=settings.provider, fixed_batch=plan.fixed_batch
         )
         # the sizes the server warms up at start, so that what it could not run is said now
-        model.warm_up(settings.model_shapes())
+        model.warm_up(settings.model_shapes(), plan.max_batch)
     except ModelFileError as exc:
         print(f"convstream serve: model_path: {exc}", file=sys.stderr)
         return 2

@@ -166,7 +166,7 @@ class Server:
             model.threshold = settings.threshold
         # Front-load one-time allocation and kernel selection (and, on CUDA, a session) for
         # every input size, the cameras' own included.
-        await asyncio.to_thread(model.warm_up, settings.model_shapes())
+        await asyncio.to_thread(model.warm_up, settings.model_shapes(), plan.max_batch)
         wide = None
         if plan.wide_threads:
             wide = await asyncio.to_thread(load, "cpu", plan.wide_threads)
