@@ -655,23 +655,9 @@ def checkout_with_run_sh(tmp_path: Path) -> Path:
     return root
 
 
-def test_run_sh_refuses_the_port_the_config_names_when_it_is_taken(tmp_path: Path) -> None:
-    root = checkout_with_run_sh(tmp_path)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        busy = taken.getsockname()[1]
-        config = tmp_path / "good.toml"
-        config.write_text(f"port = {busy}\n")
-        command = [str(root / "scripts" / "run.sh"), "--config", str(config)]
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
-    assert done.returncode == 1, done.stderr
-    assert done.stderr.startswith(f"run.sh: port {busy} is taken (another convstream serve?)")
-
-
-def test_run_sh_refuses_a_metrics_port_that_is_taken_before_printing_a_url(
-    tmp_path: Path,
+@pytest.mark.parametrize("which", ["the config's port", "the metrics port"])
+def test_run_sh_refuses_a_port_it_needs_that_is_taken_before_printing_a_url(
+    tmp_path: Path, which: str
 ) -> None:
     root = checkout_with_run_sh(tmp_path)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -679,12 +665,18 @@ def test_run_sh_refuses_a_metrics_port_that_is_taken_before_printing_a_url(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         busy = taken.getsockname()[1]
-        command = [str(root / "scripts" / "run.sh"), "--port", str(free_port())]
-        command += ["--metrics-port", str(busy)]
+        command = [str(root / "scripts" / "run.sh")]
+        if which == "the config's port":
+            config = tmp_path / "good.toml"
+            config.write_text(f"port = {busy}\n")
+            command += ["--config", str(config)]
+            said = f"run.sh: port {busy} is taken (another convstream serve?)"
+        else:
+            command += ["--port", str(free_port()), "--metrics-port", str(busy)]
+            said = f"run.sh: metrics port {busy} is taken"
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 1, done.stderr
-    assert done.stderr.startswith(f"run.sh: metrics port {busy} is taken")
-    assert "dashboard:" not in done.stdout
+    assert done.stderr.startswith(said) and "dashboard:" not in done.stdout
 
 
 def test_run_sh_points_the_dashboard_at_the_port_the_server_really_uses(tmp_path: Path) -> None:
