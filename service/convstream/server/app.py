@@ -37,7 +37,7 @@ from convstream.server.probes import HttpPort
 from convstream.server.processes import TLS_FILES, Peers
 from convstream.server.security import TokenInterceptor, token_changes
 from convstream.server.servicer import SERVICE_NAME, ConvstreamServicer, add_to_server
-from convstream.server.streams import MAX_QUEUE_SIZE, WINDOW
+from convstream.server.streams import MAX_QUEUE_SIZE, WINDOW, stream_share
 from convstream.server.tls import RotatingCredentials, TLSFileError, read_pem
 from convstream.v1 import convstream_pb2 as pb
 
@@ -87,7 +87,7 @@ def model_info(settings: Settings, model: DamageModel) -> pb.ModelInfo:
         max_frame_side=settings.max_frame_side,
         stream_queue_size=settings.stream_queue_size,
         max_stream_queue_size=min(
-            MAX_QUEUE_SIZE, max(settings.stream_queue_size, settings.max_queued_frames // 4)
+            MAX_QUEUE_SIZE, stream_share(settings.stream_queue_size, settings.max_queued_frames)
         ),
         stream_idle_timeout_s=settings.stream_idle_timeout_s,
     )

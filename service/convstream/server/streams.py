@@ -70,6 +70,11 @@ class _Done:
     inference: Inference | None = None
 
 
+def stream_share(default: int, limit: int) -> int:
+    """FrameBudget.share for a server with this default queue and max_queued_frames."""
+    return max(default, limit // 4)
+
+
 class FrameBudget:
     """Frames the server holds for streams at most, over all of them.
 
@@ -96,7 +101,7 @@ class FrameBudget:
     def share(self, default: int) -> int:
         """The largest queue one stream may ask for: a quarter of the limit (or the default
         queue, if larger), so that one stream can never take every other stream's room."""
-        return max(default, self.limit // 4)
+        return stream_share(default, self.limit)
 
     def reserve(self, frames: int, held: int = 0) -> None:
         """Trade a reservation of `held` frames for one of `frames`; Overloaded past the limit."""
