@@ -330,13 +330,15 @@ async def test_streams_past_the_queued_frames_cap_are_refused_at_once(burst: lis
             await first.write(pb.FrameRequest(frame_id=2, encoded=burst[2]))
             assert (await first.read()).frame_id == 2
 
-            # A stream asking for more queue than is left: that frame's error, and the stream
-            # goes on with the default queue it was admitted with.
+            # A stream asking for more queue than one stream may ever hold here: that frame's
+            # INVALID_ARGUMENT (no retry helps), and the stream goes on with the default queue
+            # it was admitted with.
             fourth = await _open(
                 stub, burst[4], freshness=pb.FRESHNESS_BOUNDED_QUEUE, queue_size=100
             )
             failed = await fourth.read()
-            assert failed.frame_id == 1 and failed.status.code == EXHAUSTED.value[0]
+            code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            assert failed.frame_id == 1 and failed.status.code == code
             assert "a queue of 100 frames" in failed.status.message
             await fourth.write(pb.FrameRequest(frame_id=2, encoded=burst[5]))
             answered = await fourth.read()
@@ -345,6 +347,37 @@ async def test_streams_past_the_queued_frames_cap_are_refused_at_once(burst: lis
                 await call.done_writing()
                 assert await call.code() == grpc.StatusCode.OK
         assert server.servicer is not None and server.servicer.budget.reserved == 0
+    finally:
+        await server.stop(grace=0)
+
+
+async def test_a_queue_that_fits_but_is_not_free_now_is_resource_exhausted(
+    burst: list[bytes],
+) -> None:
+    # 16 frames for streams, 2 reserved by each, one stream may hold up to 4: with 8 streams
+    # open none is left, so a stream asking for 4 is refused for now (RESOURCE_EXHAUSTED: it
+    # would fit once another stream ends), unlike one asking for more than 4 (never here).
+    settings = Settings(
+        port=0, metrics_port=-1, cameras=(), max_queued_frames=16, stream_queue_size=2
+    )
+    server = Server(settings)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+            calls = [await _open(stub, burst[i]) for i in range(7)]
+            for call in calls:
+                assert not (await call.read()).status.code
+            # the eighth is admitted with its 2 (none left), then asks for 4
+            calls.append(
+                await _open(stub, burst[7], freshness=pb.FRESHNESS_BOUNDED_QUEUE, queue_size=4)
+            )
+            refused = await calls[-1].read()
+            assert refused.status.code == EXHAUSTED.value[0], refused.status.message
+            assert "over max_queued_frames 16" in refused.status.message
+            for call in calls:
+                await call.done_writing()
+                assert await call.code() == grpc.StatusCode.OK
     finally:
         await server.stop(grace=0)
 
@@ -359,8 +392,8 @@ async def test_one_stream_never_takes_every_other_streams_room(burst: list[bytes
             greedy = await _open(
                 stub, burst[0], freshness=pb.FRESHNESS_BOUNDED_QUEUE, queue_size=64
             )
-            refused = await greedy.read()
-            assert refused.status.code == EXHAUSTED.value[0]
+            refused = await greedy.read()  # never on this server: not a capacity to retry for
+            assert refused.status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
             assert "more than one stream may hold on this server, 16" in refused.status.message
             others = [await _open(stub, burst[i]) for i in range(1, 4)]
             for call in others:

@@ -264,10 +264,13 @@ class StreamSession:
         if self.budget is not None:
             share = self.budget.share(self._default_queue)
             if capacity > share:
-                raise Overloaded(
+                # never on this server, unlike a queue that is not free now (reserve below)
+                raise InvalidOptions(
                     f"a queue of {capacity} frames is more than one stream may hold on this "
-                    f"server, {share} (a quarter of max_queued_frames {self.budget.limit}); "
-                    "the stream goes on with the default queue: ask for a smaller queue_size"
+                    f"server, {share} (a quarter of max_queued_frames {self.budget.limit}; "
+                    "ModelInfo.max_stream_queue_size); this frame was not analysed and the "
+                    "stream stays LOSSLESS until a frame's options are accepted: ask for a "
+                    "smaller queue_size"
                 )
             self.budget.reserve(capacity, held=self.capacity)
         if message.publish and self.registry is not None:
