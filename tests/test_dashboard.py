@@ -469,6 +469,29 @@ async def test_damaged_frame_raises_an_alert(
     assert await big.evaluate("(img) => img.naturalWidth") >= 600
     await page.screenshot(path=artifacts / "alert-frame-only.png")
     await page.locator("#modal-clean").uncheck()
+    # Marked handled (in this browser): dimmed, off the count, and so after a reload
+    count = page.locator("#alert-count")
+    before = int(await count.inner_text())
+    item = page.locator(f'#alerts li:has(button[data-id="{await alert.get_attribute("data-id")}"])')
+    await expect(item).to_have_attribute("data-handled", "false")
+    await page.locator("#modal-handled").check()
+    await expect(item).to_have_attribute("data-handled", "true")
+    shown, unhandled = await page.evaluate(  # read at one instant: alerts keep coming
+        """() => [Number(document.getElementById("alert-count").textContent),
+                  document.querySelectorAll('#alerts li[data-handled="false"]').length]"""
+    )
+    assert shown == unhandled and shown <= before
+    await page.screenshot(path=artifacts / "alert-handled.png")
+    await page.keyboard.press("Escape")
+    await expect(modal).not_to_have_attribute("open", "")
+    handled_id = await alert.get_attribute("data-id")
+    await page.reload()
+    again = page.locator(f'#alerts li:has(button[data-id="{handled_id}"])')
+    await expect(again).to_have_attribute("data-handled", "true", timeout=15000)
+    await again.locator("button").click()
+    await expect(page.locator("#modal-handled")).to_be_checked()
+    await page.locator("#modal-handled").uncheck()  # and back, for the rest of this test
+    await expect(again).to_have_attribute("data-handled", "false")
     await page.keyboard.press("Escape")
     await expect(modal).not_to_have_attribute("open", "")
 

@@ -474,6 +474,31 @@
   let shownAlert = null; // the alert in the modal
   let showClean = false; // the modal shows the frame without the heatmap
 
+  // Alerts an operator marked handled, in this browser: by id and when it was raised (a
+  // dashboard without --alerts-dir numbers its alerts from 1 again after a restart).
+  const HANDLED_KEY = "convstream.handled";
+  const handled = new Set(JSON.parse(localStorage.getItem(HANDLED_KEY) || "[]"));
+  const handledKey = (alert) => `${alert.id}@${alert.raised}`;
+  function setHandled(alert, on) {
+    const key = handledKey(alert);
+    if (on) handled.add(key);
+    else handled.delete(key);
+    const kept = [...handled].slice(-1000); // the newest marks; older alerts are long gone
+    localStorage.setItem(HANDLED_KEY, JSON.stringify(kept));
+    const entry = alertEntries.get(alert.id);
+    if (entry) entry.li.dataset.handled = String(on);
+    countAlerts();
+  }
+  // The count is of alerts nobody has marked handled here; the tooltip gives both.
+  function countAlerts() {
+    let open = 0;
+    for (const entry of alertEntries.values()) if (!handled.has(handledKey(entry.alert))) open += 1;
+    const count = $("alert-count");
+    count.textContent = String(open);
+    count.dataset.zero = String(open === 0);
+    count.title = `${alertEntries.size} alerts listed, ${open} not marked handled in this browser`;
+  }
+
   function addAlert(alert, atTop) {
     const known = alertEntries.get(alert.id);
     if (known) {
@@ -503,6 +528,7 @@
     const entry = { li, img, score, when, alert };
     button.addEventListener("click", () => openAlert(entry.alert));
     li.append(button);
+    li.dataset.handled = String(handled.has(handledKey(alert)));
     fillAlert(entry, alert);
     alertEntries.set(alert.id, entry);
     const list = $("alerts");
@@ -519,9 +545,7 @@
       unseenAlerts += 1; // an operator on another tab sees it in the tab's title
       document.title = `(${unseenAlerts}) damage alert · ${TITLE}`;
     }
-    const count = $("alert-count");
-    count.textContent = String(state.alerts);
-    count.dataset.zero = "false";
+    countAlerts();
     $("no-alerts").hidden = true;
   }
 
@@ -544,6 +568,7 @@
     shownAlert = alert;
     $("modal-img").src = showClean ? alert.frame_url : alert.url;
     $("modal-clean").checked = showClean;
+    $("modal-handled").checked = handled.has(handledKey(alert));
     const more = alert.episodes > 1 ? ` · ${alert.episodes} crossings in the cooldown` : "";
     const best = clockTime(alert.time) === clockTime(alert.raised)
       ? "" : ` · best frame ${clockTime(alert.time)}`;
@@ -552,6 +577,9 @@
       `frame ${alert.frame_id}${more}`;
     if (!$("modal").open) $("modal").showModal();
   }
+  $("modal-handled").addEventListener("change", (ev) => {
+    if (shownAlert) setHandled(shownAlert, ev.target.checked);
+  });
   $("modal-clean").addEventListener("change", (ev) => {
     showClean = ev.target.checked;
     if (shownAlert) $("modal-img").src = showClean ? shownAlert.frame_url : shownAlert.url;
@@ -652,8 +680,7 @@
         $("alerts").replaceChildren();
         alertEntries.clear();
         state.alerts = 0;
-        $("alert-count").textContent = "0";
-        $("alert-count").dataset.zero = "true";
+        countAlerts();
         $("no-alerts").hidden = false;
         loadingAlerts = true;
         for (const alert of [...msg.alerts].reverse()) addAlert(alert, true);
