@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import datetime as dt
 import hashlib
@@ -32,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from convstream.cli import main as cli_main
 from convstream.client import TLS, Client, Timeout
+from convstream.client.connection_flags import token_from_flags
 from convstream.client.errors import DeadlineExceeded, ServerUnavailable
 from convstream.server import CameraConfig, ConfigError, Server, Settings, load_settings
 from convstream.server.app import _listen
@@ -330,6 +332,30 @@ def test_token_command_prints_a_token_and_only_its_hash_for_the_config(
     settings = load_settings(config, environ={})
     assert settings.tokens[0].sha256 == hashlib.sha256(token.encode()).hexdigest()
     assert settings.tokens[0].role == "analyze"
+
+
+def test_token_command_writes_the_token_to_a_new_private_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """For scripts: the token lands in a file the client commands read, never on the terminal."""
+    path = tmp_path / "dock-3.token"
+    assert (
+        cli_main(["token", "--name", "dock-3", "--role", "watch", "--token-file", str(path)]) == 0
+    )
+    out = capsys.readouterr().out
+    token = path.read_text()
+    assert len(token) >= 32 and token.strip() == token  # no newline to trip a reader
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert token not in out and f"written to {path}" in out
+    config = tmp_path / "c.toml"
+    config.write_text(out[out.index("[[tokens]]") :])
+    assert load_settings(config, environ={}).tokens[0].sha256 == token_hash(token)
+    # The client commands read it as it is.
+    assert token_from_flags(argparse.Namespace(token=None, token_file=path), {}) == token
+    # A file that exists is someone's token: never overwritten.
+    assert cli_main(["token", "--name", "x", "--role", "watch", "--token-file", str(path)]) == 2
+    assert "File exists" in capsys.readouterr().err
+    assert path.read_text() == token
 
 
 def _encrypted_key(pki: Path, folder: Path) -> Path:

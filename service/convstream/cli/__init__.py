@@ -447,6 +447,13 @@ def _add_token(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         required=True,
         help="watch: model info and cameras (a dashboard); analyze: also send frames",
     )
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="write the token to this new file (mode 600, no newline: what the client "
+        "commands' --token-file reads) instead of printing it",
+    )
     p.set_defaults(func=_token)
 
 
@@ -454,7 +461,19 @@ def _token(args: argparse.Namespace) -> int:
     from convstream.server.security import new_token
 
     token, digest = new_token()
-    print(f"token (give this to the client; it is not stored anywhere): {token}")
+    if args.token_file is None:
+        print(f"token (give this to the client; it is not stored anywhere): {token}")
+    else:
+        try:  # a new file only: never overwrite a token someone holds
+            fd = os.open(args.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            print(
+                f"convstream token: --token-file {args.token_file}: {exc.strerror}", file=sys.stderr
+            )
+            return 2
+        with os.fdopen(fd, "w") as out:
+            out.write(token)
+        print(f"token written to {args.token_file} (mode 600; give it to the client)")
     print("\nadd to the server's config:\n")
     print(f'[[tokens]]\nname = "{args.name}"\nrole = "{args.role}"\nsha256 = "{digest}"')
     return 0
