@@ -240,16 +240,12 @@ def test_options_parse(message: pb.ResultOptions | bytes) -> None:
 
 
 @FUZZ
-@given(RESULT_OPTIONS)
-def test_stream_options_never_raise(message: pb.ResultOptions) -> None:
+@given(message=RESULT_OPTIONS)
+def test_stream_options_never_raise(pipeline: Pipeline, message: pb.ResultOptions) -> None:
     """A stream's first options configure its queue; bad ones fail that frame, nothing else."""
-    session = StreamSession(
-        None,  # type: ignore[arg-type]  # _accept does not touch the pipeline
-        Metrics(),
-        default_queue=4,
-        draining=asyncio.Event(),
-    )
-    item = session._accept(pb.FrameRequest(frame_id=7, options=message), 0.0)
+    session = StreamSession(pipeline, Metrics(), default_queue=4, draining=asyncio.Event())
+    request = pb.FrameRequest(frame_id=7, encoded=BASES["jpeg"], options=message)
+    item = session._accept(request, 0.0)
     if item.options is None:
         assert item.failure is not None and item.failure.status.code == INVALID
         assert item.failure.frame_id == 7

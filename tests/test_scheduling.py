@@ -89,6 +89,44 @@ async def test_latest_only_drops_the_stale_and_always_answers_the_newest(
         assert skipped <= set(after.dropped_frame_ids) | set(before.dropped_frame_ids)
 
 
+@pytest.mark.parametrize("freshness", [pb.FRESHNESS_LATEST_ONLY, pb.FRESHNESS_BOUNDED_QUEUE])
+async def test_a_bad_frame_is_answered_even_where_the_policy_drops_waiting_frames(
+    stub: pb_grpc.ConvstreamStub, burst: list[bytes], freshness: int
+) -> None:
+    """A dropping policy drops good frames it has no time for; a bad one is refused as it
+    arrives, so its sender learns why (a camera's wrong buffer size is not just 'dropped')."""
+    options = pb.ResultOptions(freshness=freshness, queue_size=2)
+    bad = {
+        3: pb.FrameRequest(
+            raw=pb.RawImage(width=100, height=100, format=pb.PIXEL_FORMAT_BGR8, data=b"\0" * 10)
+        ),
+        5: pb.FrameRequest(encoded=b"not an image at all"),
+        7: pb.FrameRequest(encoded=burst[0][: len(burst[0]) // 2]),  # cut short
+        9: pb.FrameRequest(),  # no image
+        11: pb.FrameRequest(encoded=burst[1]),  # capture_time in milliseconds, below
+    }
+    bad[11].capture_time.seconds = int(time.time() * 1000)
+
+    async def frames() -> AsyncIterator[pb.FrameRequest]:
+        async for request in _burst(burst, 30, options):
+            if request.frame_id in bad:
+                request.ClearField("encoded")
+                request.MergeFrom(bad[request.frame_id])
+            yield request
+
+    results = await _slow_reader(stub.StreamFrames(frames()), 0.05, errors=True)
+    dropped = _check_accounting(results, 30)
+    assert len(dropped) > 0 and not set(dropped) & set(bad)
+    refused = {r.frame_id: r.status for r in results if r.status.code}
+    assert set(refused) == set(bad)
+    assert {s.code for s in refused.values()} == {grpc.StatusCode.INVALID_ARGUMENT.value[0]}
+    assert "needs 30000 bytes" in refused[3].message
+    assert "expected JPEG" in refused[5].message
+    assert "truncated JPEG" in refused[7].message
+    assert "no image" in refused[9].message
+    assert "capture_time" in refused[11].message
+
+
 async def test_a_bounded_queue_drops_the_oldest_beyond_its_size(
     stub: pb_grpc.ConvstreamStub, burst: list[bytes]
 ) -> None:
@@ -463,7 +501,10 @@ async def test_frames_past_the_byte_budget_wait_when_lossless_else_are_refused_a
                     yield pb.FrameRequest(frame_id=i, raw=raw, options=options if i == 0 else None)
                 if huge:  # larger than the whole budget: it can never be held
                     raw = pb.RawImage(
-                        width=512, height=1024, format=pb.PIXEL_FORMAT_BGR8, data=bytes(1 << 21)
+                        width=512,
+                        height=1024,
+                        format=pb.PIXEL_FORMAT_BGR8,
+                        data=bytes(512 * 1024 * 3),
                     )
                     yield pb.FrameRequest(frame_id=8, raw=raw)
                 await asyncio.sleep(1.0)  # everything held is answered by now

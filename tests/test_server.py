@@ -331,7 +331,9 @@ async def test_later_frames_cannot_change_the_stream_policy_silently(
     assert "freshness is set once per stream" in messages[1]
     assert "FRESHNESS_BOUNDED_QUEUE" in messages[1] and "FRESHNESS_LATEST_ONLY" in messages[1]
     assert "unknown freshness policy 42" in messages[2]
-    assert "queue_size is set once per stream" in messages[3] and "keeps 4" in messages[3]
+    assert (
+        "queue_size is set once per stream" in messages[3] and "lets 4 frames wait" in messages[3]
+    )
     assert "queue_size must be 0" in messages[4] and "got 5000" in messages[4]
     assert [t.name for t in results[6].feature_maps] == ["stage3"]
     listed = await stub.ListCameras(pb.ListCamerasRequest())

@@ -76,13 +76,14 @@ class ConvstreamServicer(object):
         """Client-pushed frames over one long stream, results in the frames' order. Every frame
         either gets exactly one result or, dropped by the stream's freshness policy, is listed
         in a later result's dropped_frame_ids (up to 1000 a result; frames_dropped counts them
-        all; a result may list frames newer than itself). A bad frame gets a result whose status
-        carries INVALID_ARGUMENT and the stream goes on. So give each frame its own frame_id
-        (not 0, which the server uses for a message that does not parse): the server echoes ids,
-        it does not check them. When the client half-closes, the frames it sent are answered
-        (the newest always, even under LATEST_ONLY) and the call ends OK. A server shutting
-        down answers the frames it has and ends the call with UNAVAILABLE: frames without a
-        result were not analysed; send them again, from the first unanswered frame_id.
+        all; a result may list frames newer than itself). A bad frame (its image, capture_time
+        or options) is checked as it arrives, before any policy could drop it, and gets a result
+        whose status carries INVALID_ARGUMENT; the stream goes on. So give each frame its own
+        frame_id (not 0, which the server uses for a message that does not parse): the server
+        echoes ids, it does not check them. When the client half-closes, the frames it sent
+        are answered (the newest always, even under LATEST_ONLY) and the call ends OK. A server
+        shutting down answers the frames it has and ends the call with UNAVAILABLE: frames
+        without a result were not analysed; send them again, from the first unanswered frame_id.
         Token role: analyze.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -125,8 +125,23 @@ def encoded_size(data: bytes) -> tuple[str, int, int]:
     return kind, width, height
 
 
+def check_encoded(data: bytes, limits: Limits) -> tuple[str, int, int]:
+    """(format, width, height) of JPEG or PNG bytes whose header is inside the limits and that
+    end as a complete image does: every check short of decoding, in microseconds.
+    Raises InvalidFrame or FrameTooLarge."""
+    kind, width, height = encoded_size(data)
+    limits.check(width, height, kind.upper())
+    if not _complete(kind, data):
+        raise InvalidFrame(
+            f"truncated {kind.upper()}: {len(data)} bytes with no end marker "
+            f"({'ff d9 after the last scan' if kind == 'jpeg' else 'IEND'}) for a "
+            f"{width}x{height} image"
+        )
+    return kind, width, height
+
+
 def decode_encoded(data: bytes, limits: Limits, reduce: int = 1) -> np.ndarray:
-    """Decode JPEG or PNG bytes to BGR.
+    """Decode JPEG or PNG bytes to BGR, after check_encoded.
 
     Args:
         data: the encoded frame.
@@ -137,14 +152,7 @@ def decode_encoded(data: bytes, limits: Limits, reduce: int = 1) -> np.ndarray:
     Returns:
         np.ndarray: BGR uint8, shape (H, W, 3).
     """
-    kind, width, height = encoded_size(data)
-    limits.check(width, height, kind.upper())
-    if not _complete(kind, data):
-        raise InvalidFrame(
-            f"truncated {kind.upper()}: {len(data)} bytes with no end marker "
-            f"({'ff d9 after the last scan' if kind == 'jpeg' else 'IEND'}) for a "
-            f"{width}x{height} image"
-        )
+    kind, width, height = check_encoded(data, limits)
     flag = _REDUCED.get(reduce, cv2.IMREAD_COLOR) if kind == "jpeg" else cv2.IMREAD_COLOR
     # Pixels as stored, as the header describes them: an EXIF rotation would swap width and
     # height behind the geometry's back.
@@ -161,10 +169,26 @@ def decode_encoded(data: bytes, limits: Limits, reduce: int = 1) -> np.ndarray:
     return image
 
 
+def check_raw(size: int, width: int, height: int, pixel_format: str, limits: Limits) -> None:
+    """Refuse raw pixels of an unknown format, outside the limits, or of `size` bytes that are
+    not width x height pixels of that format (rows top to bottom, no padding)."""
+    channels = _CHANNELS.get(pixel_format)
+    if channels is None:
+        raise InvalidFrame(
+            f"raw frame pixel format must be one of {', '.join(_CHANNELS)}, got {pixel_format}"
+        )
+    limits.check(width, height, "raw frame")
+    expected = width * height * channels
+    if size != expected:
+        raise InvalidFrame(
+            f"raw frame needs {expected} bytes for {width}x{height} {pixel_format}, got {size}"
+        )
+
+
 def decode_raw(
     data: bytes, width: int, height: int, pixel_format: str, limits: Limits
 ) -> np.ndarray:
-    """Raw pixels to BGR without copying more than once.
+    """Raw pixels to BGR without copying more than once, after check_raw.
 
     Args:
         data: rows top to bottom, no padding.
@@ -175,17 +199,7 @@ def decode_raw(
     Returns:
         np.ndarray: BGR uint8, shape (height, width, 3).
     """
-    channels = _CHANNELS.get(pixel_format)
-    if channels is None:
-        raise InvalidFrame(
-            f"raw frame pixel format must be one of {', '.join(_CHANNELS)}, got {pixel_format}"
-        )
-    limits.check(width, height, "raw frame")
-    expected = width * height * channels
-    if len(data) != expected:
-        raise InvalidFrame(
-            f"raw frame needs {expected} bytes for {width}x{height} {pixel_format}, got {len(data)}"
-        )
+    check_raw(len(data), width, height, pixel_format, limits)
     pixels = np.frombuffer(data, np.uint8)
     if pixel_format == "GRAY8":
         return cv2.cvtColor(pixels.reshape(height, width), cv2.COLOR_GRAY2BGR)

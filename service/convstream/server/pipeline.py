@@ -22,7 +22,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from convstream.model import FEATURE_NAMES
 from convstream.server.config import Settings
-from convstream.server.decode import Limits, decode_encoded, decode_raw, encoded_size
+from convstream.server.decode import Limits, check_encoded, check_raw, decode_encoded, decode_raw
 from convstream.server.encode import bytes_per_element, fill_tensor
 from convstream.server.engine import Engine, Inference
 from convstream.server.errors import InvalidFrame, InvalidOptions, Overloaded
@@ -34,7 +34,7 @@ T = TypeVar("T")
 # the sequence and up to MAX_LISTED_DROPS dropped frame ids.
 _RESULT_SLACK = 64 * 1024
 
-_PIXEL_FORMATS = {
+_PIXEL_FORMATS: dict[int, str] = {
     pb.PIXEL_FORMAT_BGR8: "BGR8",
     pb.PIXEL_FORMAT_RGB8: "RGB8",
     pb.PIXEL_FORMAT_GRAY8: "GRAY8",
@@ -227,30 +227,36 @@ class Pipeline:
         self.limits = Limits(settings.max_frame_pixels, settings.max_frame_side)
         self.stages = {stage.name: stage for stage in engine.model.stages}
 
-    def prepare(self, request: pb.FrameRequest) -> Prepared:
-        """Decode and letterbox (runs on the executor). Raises InvalidFrame."""
-        started = time.perf_counter()
+    def check(self, request: pb.FrameRequest) -> tuple[int, int]:
+        """Every check of a frame short of decoding it: its capture time, that it has an image,
+        the image's format, its size against the limits, and (JPEG, PNG) that it is complete.
+        Microseconds: a stream runs it as each frame arrives, so a bad frame is answered even
+        under a policy that would drop it unseen. Returns (width, height); raises InvalidFrame
+        or FrameTooLarge."""
         if has_capture_time(request):
             check_capture_time(request.capture_time)
         which = request.WhichOneof("image")
         if which == "encoded":
-            kind, width, height = encoded_size(request.encoded)  # the header only: microseconds
-            self.limits.check(width, height, kind.upper())
-            target = choose_input(width, height, self.sizes)
-            reduce = reduction(width, height, target) if self.settings.reduced_jpeg_decode else 1
-            image = decode_encoded(request.encoded, self.limits, reduce)
+            _, width, height = check_encoded(request.encoded, self.limits)
         elif which == "raw":
             raw = request.raw
-            fmt = _PIXEL_FORMATS.get(raw.format)
-            if fmt is None:
-                known = raw.format in pb.PixelFormat.values()
-                got = pb.PixelFormat.Name(raw.format) if known else str(raw.format)
-                raise InvalidFrame(f"raw frame pixel format must be BGR8, RGB8 or GRAY8, got {got}")
             width, height = raw.width, raw.height
-            image = decode_raw(raw.data, width, height, fmt, self.limits)
-            target = choose_input(width, height, self.sizes)
+            check_raw(len(raw.data), width, height, _pixel_format(raw.format), self.limits)
         else:
             raise InvalidFrame("frame has no image: set either encoded (JPEG/PNG) or raw pixels")
+        return width, height
+
+    def prepare(self, request: pb.FrameRequest) -> Prepared:
+        """Check, decode and letterbox (runs on the executor). Raises InvalidFrame."""
+        started = time.perf_counter()
+        width, height = self.check(request)
+        target = choose_input(width, height, self.sizes)
+        if request.WhichOneof("image") == "encoded":
+            reduce = reduction(width, height, target) if self.settings.reduced_jpeg_decode else 1
+            image = decode_encoded(request.encoded, self.limits, reduce)
+        else:
+            raw = request.raw
+            image = decode_raw(raw.data, width, height, _pixel_format(raw.format), self.limits)
         pixels, geometry = letterbox(image, target, (width, height))
         return Prepared(pixels, geometry, (time.perf_counter() - started) * 1000)
 
@@ -400,6 +406,15 @@ def hottest(
     col, x, y, value), its value the frame's score. The model's own score output is its whole
     input's hottest cell, and a cell of only bars could outscore the frame."""
     return prepared.geometry.hottest_cell(inference.arrays["heatmap"], stride)
+
+
+def _pixel_format(value: int) -> str:
+    """A raw frame's PixelFormat as decode's name for it; InvalidFrame for any other."""
+    name = _PIXEL_FORMATS.get(value)
+    if name is None:
+        got = pb.PixelFormat.Name(value) if value in pb.PixelFormat.values() else str(value)
+        raise InvalidFrame(f"raw frame pixel format must be BGR8, RGB8 or GRAY8, got {got}")
+    return name
 
 
 def heatmap_encoding(encoding: int) -> int:

@@ -246,8 +246,9 @@ class StreamSession:
         ):
             raise InvalidOptions(
                 "queue_size is set once per stream, by its first accepted options: this "
-                f"stream keeps {self.capacity} frames and this frame asks for "
-                f"{message.queue_size}; open a new stream for another queue"
+                f"{pb.Freshness.Name(self.freshness)} stream lets {self.capacity} frames wait "
+                f"and this frame asks for {message.queue_size}; open a new stream for another "
+                "queue"
             )
         if message.publish and self.publication is None and self.registry is not None:
             self.publication = self.registry.publish(source)
@@ -304,6 +305,9 @@ class StreamSession:
                 else:
                     self._check_unchanged(request.options, request.source)
                 self.options = options
+            # Checked here, not only when its turn comes: a policy that drops waiting frames
+            # would otherwise drop a bad one unseen, and its sender never learn why.
+            self.pipeline.check(request)
             return _Item(request, arrived, self.options)
         except ConvstreamError as exc:
             return self._refused(request, arrived, exc.code, str(exc))
