@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from convstream.cli import main
 from convstream.client.cli import QUIET_S
 from convstream.server import CameraConfig, Server, Settings
-from convstream.server.feeds import Watcher
+from convstream.server.feeds import CameraFeed, Watcher
 from convstream.server.pipeline import Options
 from convstream.server.sources import open_source, parse_source
 from convstream.v1 import convstream_pb2 as pb
@@ -596,6 +596,48 @@ async def test_reload_adds_removes_and_restarts_cameras() -> None:
         assert watch_keep.error is None
         await until(state_is(stub, "new", pb.CAMERA_STATE_RUNNING), 10, "new runs")
         await watch_keep.close()
+
+
+async def test_watches_that_end_or_start_while_a_reload_restarts_their_camera(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The old camera's stop is held open while one watch ends and another starts: the one
+    that ended is gone from the restarted camera (it used to stay there for good, counted
+    against max_watchers and fed results nobody read), and the new one joins it."""
+    stopping, release = asyncio.Event(), asyncio.Event()
+    real_stop = CameraFeed.stop
+
+    async def held_stop(self: CameraFeed, error: Exception) -> None:
+        stopping.set()
+        await release.wait()
+        await real_stop(self, error)  # type: ignore[arg-type]
+
+    belt = camera("belt", "demo:conveyor?fps=10")
+    async with serving(belt) as server, connect(server) as stub:
+        leaving = Collector(watch(stub, "belt"))
+        await until(lambda: _true(len(leaving.results) >= 1), 10, "first result")
+        monkeypatch.setattr(CameraFeed, "stop", held_stop)
+        changed = belt.model_copy(update={"source": "demo:conveyor?fps=10&seed=1"})
+        reload = asyncio.create_task(
+            server.reload(server.settings.model_copy(update={"cameras": (changed,)}))
+        )
+        await asyncio.wait_for(stopping.wait(), 10)
+        await leaving.close()
+        joining = Collector(watch(stub, "belt"))
+        await until(lambda: _true(tuple(_watchers(server)) == (1,)), 5, "one watcher")
+        release.set()
+        await reload
+        await until(lambda: _true(len(joining.results) >= 2), 10, "the joiner's results")
+        assert joining.error is None and tuple(_watchers(server)) == (1,)
+        await joining.close()
+        await until(lambda: _true(tuple(_watchers(server)) == (0,)), 5, "no watcher left")
+        assert (await status(stub, "belt")).watchers == 0
+
+
+def _watchers(server: Server) -> list[int]:
+    """Watchers of each camera feed, from the server's own registry."""
+    assert server.cameras is not None
+    return [len(feed.watchers) for feed in server.cameras.feeds.values()]
 
 
 async def test_max_fps_is_a_rate_not_a_minimum_gap() -> None:

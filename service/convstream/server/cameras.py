@@ -104,10 +104,14 @@ class CameraManager:
                 continue
             feed = CameraFeed(Camera(config, self._opener), self.pipeline, self.metrics)
             if old is not None:
-                watchers = set(old.watchers)
+                # The watchers move, and the new feed takes the id, before the old one stops:
+                # a watch that ends while it stops leaves the feed it is in (one that left the
+                # old feed's copy stayed on the new one for good), and one that starts then
+                # joins the new feed rather than ending with the old.
+                feed.watchers.update(old.watchers)
                 old.watchers.clear()
+                self.feeds[camera_id] = feed
                 await old.stop(Draining("camera restarting"))
-                feed.watchers.update(watchers)
                 why = "changed" if old.camera.config != config else "was down"
                 logger.info("camera %s %s; restarting it", camera_id, why)
             else:
