@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -623,8 +624,9 @@ async def test_watches_that_end_or_start_while_a_reload_restarts_their_camera(
         )
         await asyncio.wait_for(stopping.wait(), 10)
         await leaving.close()
+        await until(lambda: _true(tuple(_watchers(server)) == (0,)), 5, "the leaver gone")
         joining = Collector(watch(stub, "belt"))
-        await until(lambda: _true(tuple(_watchers(server)) == (1,)), 5, "one watcher")
+        await until(lambda: _true(tuple(_watchers(server)) == (1,)), 5, "the joiner in")
         release.set()
         await reload
         await until(lambda: _true(len(joining.results) >= 2), 10, "the joiner's results")
@@ -632,6 +634,52 @@ async def test_watches_that_end_or_start_while_a_reload_restarts_their_camera(
         await joining.close()
         await until(lambda: _true(tuple(_watchers(server)) == (0,)), 5, "no watcher left")
         assert (await status(stub, "belt")).watchers == 0
+
+
+async def test_two_reloads_close_together_leave_one_running_camera(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A second reload while the first is still stopping the old camera waits its turn: the
+    camera ends up on the second config, running, with its watcher; no reader is orphaned."""
+    stopping, release = asyncio.Event(), asyncio.Event()
+    real_stop = CameraFeed.stop
+    held: list[CameraFeed] = []
+
+    async def held_stop(self: CameraFeed, error: Exception) -> None:
+        if not held:  # only the first stop, the original camera's, is held open
+            held.append(self)
+            stopping.set()
+            await release.wait()
+        await real_stop(self, error)  # type: ignore[arg-type]
+
+    belt = camera("belt", "demo:conveyor?fps=10")
+    async with serving(belt) as server, connect(server) as stub:
+        watcher = Collector(watch(stub, "belt"))
+        await until(lambda: _true(len(watcher.results) >= 1), 10, "first result")
+        monkeypatch.setattr(CameraFeed, "stop", held_stop)
+        reloads = [
+            asyncio.create_task(server.reload(server.settings.model_copy(update={"cameras": (c,)})))
+            for c in (
+                belt.model_copy(update={"source": "demo:conveyor?fps=10&seed=1"}),
+                belt.model_copy(update={"source": "demo:conveyor?fps=10&seed=2"}),
+            )
+        ]
+        await asyncio.wait_for(stopping.wait(), 10)
+        await asyncio.sleep(0.3)  # the second reload is under way too
+        release.set()
+        await asyncio.gather(*reloads)
+        assert server.cameras is not None
+        feed = server.cameras.feeds["belt"]
+        assert feed.camera.config.source.endswith("seed=2")
+        await until(state_is(stub, "belt", pb.CAMERA_STATE_RUNNING), 10, "running")
+        before = len(watcher.results)
+        await until(lambda: _true(len(watcher.results) >= before + 3), 10, "the watch goes on")
+        assert watcher.error is None and tuple(_watchers(server)) == (1,)
+        assert (await status(stub, "belt")).watchers == 1
+        await watcher.close()
+        gc.collect()
+        started = [f for f in gc.get_objects() if isinstance(f, CameraFeed) and f._task]
+        assert [f for f in started if not f._stopping] == [feed]  # the others were stopped
 
 
 def _watchers(server: Server) -> list[int]:

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 from conftest import jpeg, png, scene
 
-from convstream.server.decode import Limits, decode_encoded, decode_raw, encoded_size
+from convstream.server.decode import (
+    MAX_HEADER_STEPS,
+    Limits,
+    decode_encoded,
+    decode_raw,
+    encoded_size,
+)
 from convstream.server.errors import FrameTooLarge, InvalidFrame
 from convstream.server.letterbox import choose_input, letterbox, reduction
 
@@ -68,6 +74,18 @@ def test_header_size_is_read_without_decoding() -> None:
     frame = scene(4, 720, 1280)
     assert encoded_size(jpeg(frame)) == ("jpeg", 1280, 720)
     assert encoded_size(png(frame)) == ("png", 1280, 720)
+
+
+def test_a_jpeg_header_is_walked_a_bounded_number_of_steps() -> None:
+    """Fill bytes before a marker are legal and read past; a header of millions of them (or
+    of empty segments), which a stream would walk on its event loop as the frame arrives, is
+    refused after MAX_HEADER_STEPS steps rather than walked to its end."""
+    data = jpeg(IMAGE)
+    padded = data[:2] + b"\xff" * 100 + data[2:]  # 100 fill bytes after SOI
+    assert encoded_size(padded) == ("jpeg", 320, 240)
+    for header in (b"\xff" * (4 << 20), b"\xff\xfe\x00\x02" * (1 << 20)):  # fill, empty COMs
+        with pytest.raises(InvalidFrame, match=f"within {MAX_HEADER_STEPS} markers"):
+            encoded_size(data[:2] + header + data[2:])
 
 
 def test_reduced_jpeg_decode_gives_the_fraction() -> None:

@@ -339,9 +339,12 @@ def test_token_command_writes_the_token_to_a_new_private_file(
 ) -> None:
     """For scripts: the token lands in a file the client commands read, never on the terminal."""
     path = tmp_path / "dock-3.token"
-    assert (
-        cli_main(["token", "--name", "dock-3", "--role", "watch", "--token-file", str(path)]) == 0
-    )
+    umask = os.umask(0o277)  # a umask that would leave the file read-only: the mode is set
+    try:
+        code = cli_main(["token", "--name", "dock-3", "--role", "watch", "--token-file", str(path)])
+    finally:
+        os.umask(umask)
+    assert code == 0
     out = capsys.readouterr().out
     token = path.read_text()
     assert len(token) >= 32 and token.strip() == token  # no newline to trip a reader
@@ -356,6 +359,8 @@ def test_token_command_writes_the_token_to_a_new_private_file(
     assert cli_main(["token", "--name", "x", "--role", "watch", "--token-file", str(path)]) == 2
     assert "File exists" in capsys.readouterr().err
     assert path.read_text() == token
+    assert cli_main(["token", "--name", "x", "--role", "watch", "--token-file", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
 
 
 def _encrypted_key(pki: Path, folder: Path) -> Path:

@@ -76,11 +76,15 @@ class ConvstreamServicer(object):
         """Client-pushed frames over one long stream, results in the frames' order. Every frame
         either gets exactly one result or, dropped by the stream's freshness policy, is listed
         in a later result's dropped_frame_ids (up to 1000 a result; frames_dropped counts them
-        all; a result may list frames newer than itself). A bad frame (its image, capture_time
-        or options) is checked as it arrives, before any policy could drop it, and gets a result
-        whose status carries INVALID_ARGUMENT; the stream goes on. So give each frame its own
-        frame_id (not 0, which the server uses for a message that does not parse): the server
-        echoes ids, it does not check them. When the client half-closes, the frames it sent
+        all; a result may list frames newer than itself). A frame is checked as it arrives,
+        before any policy could drop it: its options, its capture_time, and its image's format,
+        header, size and completeness. A bad one gets a result whose status says why
+        (INVALID_ARGUMENT; for options also RESOURCE_EXHAUSTED or ALREADY_EXISTS, see
+        ResultOptions), and the stream goes on; its options, if accepted, still apply. A frame
+        that fails only when decoded (compressed data OpenCV cannot read) is answered when its
+        turn comes, so a dropping policy can drop it first. Give each frame its own frame_id
+        (not 0, which the server uses for a message that does not parse): the server echoes
+        ids, it does not check them. When the client half-closes, the frames it sent
         are answered (the newest always, even under LATEST_ONLY) and the call ends OK. A server
         shutting down answers the frames it has and ends the call with UNAVAILABLE: frames
         without a result were not analysed; send them again, from the first unanswered frame_id.

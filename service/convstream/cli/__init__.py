@@ -464,15 +464,21 @@ def _token(args: argparse.Namespace) -> int:
     if args.token_file is None:
         print(f"token (give this to the client; it is not stored anywhere): {token}")
     else:
-        try:  # a new file only: never overwrite a token someone holds
-            fd = os.open(args.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        path = args.token_file
+        try:  # a new file only: never overwrite a token someone holds, nor follow a link
+            if path.is_dir():
+                raise IsADirectoryError(21, "is a directory; give a file's path")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.fchmod(fd, 0o600)  # whatever the umask
+                with os.fdopen(fd, "w") as out:
+                    out.write(token)
+            except OSError:  # a full disk, say: leave no empty file to block a rerun
+                path.unlink(missing_ok=True)
+                raise
         except OSError as exc:
-            print(
-                f"convstream token: --token-file {args.token_file}: {exc.strerror}", file=sys.stderr
-            )
+            print(f"convstream token: --token-file {path}: {exc.strerror}", file=sys.stderr)
             return 2
-        with os.fdopen(fd, "w") as out:
-            out.write(token)
         print(f"token written to {args.token_file} (mode 600; give it to the client)")
     print("\nadd to the server's config:\n")
     print(f'[[tokens]]\nname = "{args.name}"\nrole = "{args.role}"\nsha256 = "{digest}"')

@@ -67,6 +67,10 @@ class CameraManager:
         # configured cameras that another process of this server pulls (processes.py): their
         # ids are not free for a client stream to publish under
         self.elsewhere: frozenset[str] = frozenset()
+        # One change of the cameras at a time: two reloads close together (SIGHUP starts each
+        # its own task) would otherwise interleave at their awaits, and the server stopping
+        # waits for a reload in progress.
+        self._changing = asyncio.Lock()
         metrics.registry.register(self)  # a collector: camera figures are read at scrape time
 
     async def start(self, configs: tuple[CameraConfig, ...]) -> None:
@@ -81,6 +85,10 @@ class CameraManager:
         Watchers of a changed camera stay attached to it; watchers of a removed one end
         with NOT_FOUND.
         """
+        async with self._changing:
+            await self._apply(configs)
+
+    async def _apply(self, configs: tuple[CameraConfig, ...]) -> None:
         wanted = {c.id: c for c in configs}
         self.metrics.set_cameras([*wanted, *self.elsewhere])  # every process's cameras
         for camera_id in [i for i in self.feeds if i not in wanted]:
@@ -111,7 +119,10 @@ class CameraManager:
                 feed.watchers.update(old.watchers)
                 old.watchers.clear()
                 self.feeds[camera_id] = feed
-                await old.stop(Draining("camera restarting"))
+                try:
+                    await old.stop(Draining("camera restarting"))
+                except Exception:  # the new reader starts all the same
+                    logger.exception("camera %s: stopping its old reader failed", camera_id)
                 why = "changed" if old.camera.config != config else "was down"
                 logger.info("camera %s %s; restarting it", camera_id, why)
             else:
@@ -125,8 +136,9 @@ class CameraManager:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
-        feeds, self.feeds = list(self.feeds.values()), {}
-        await asyncio.gather(*(f.stop(Draining("server is shutting down")) for f in feeds))
+        async with self._changing:
+            feeds, self.feeds = list(self.feeds.values()), {}
+            await asyncio.gather(*(f.stop(Draining("server is shutting down")) for f in feeds))
 
     def end_watchers(self, error: ConvstreamError) -> None:
         """End every WatchCamera call with ``error``; the cameras keep running."""

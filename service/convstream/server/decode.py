@@ -69,10 +69,19 @@ def sniff(data: bytes) -> str:
     )
 
 
+# Steps (markers and fill bytes) jpeg_size takes before giving up. Real JPEGs reach their frame
+# header within a few dozen (APPn, DQT, DHT, ...); the bound keeps a crafted header of
+# millions of fill bytes or empty segments from holding the event loop (a stream checks each
+# frame's header as it arrives) for seconds: each step is a Python loop turn, ~0.1 us.
+MAX_HEADER_STEPS = 4096
+
+
 def jpeg_size(data: bytes) -> tuple[int, int]:
     """(width, height) from a JPEG's start-of-frame segment, without decoding."""
     pos = 2
-    while pos + 4 <= len(data):
+    for _ in range(MAX_HEADER_STEPS):
+        if pos + 4 > len(data):
+            break
         if data[pos] != 0xFF:
             raise InvalidFrame(f"corrupt JPEG: expected a marker at byte {pos}")
         marker = data[pos + 1]
@@ -93,6 +102,10 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
             height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
             return width, height
         pos += 2 + length
+    else:
+        raise InvalidFrame(
+            f"corrupt JPEG: no frame header within {MAX_HEADER_STEPS} markers and fill bytes"
+        )
     raise InvalidFrame(f"truncated or corrupt JPEG: no frame header in {len(data)} bytes")
 
 

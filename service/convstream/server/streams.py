@@ -311,6 +311,11 @@ class StreamSession:
             return _Item(request, arrived, self.options)
         except ConvstreamError as exc:
             return self._refused(request, arrived, exc.code, str(exc))
+        except Exception:  # a bug of ours fails the frame, as in analysis, not the stream
+            logger.exception("checking frame %d of %r failed", request.frame_id, request.source)
+            return self._refused(
+                request, arrived, grpc.StatusCode.INTERNAL, "internal error checking frame"
+            )
 
     @staticmethod
     def _refused(
