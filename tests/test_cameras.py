@@ -605,23 +605,12 @@ async def test_watches_that_end_or_start_while_a_reload_restarts_their_camera(
     """The old camera's stop is held open while one watch ends and another starts: the one
     that ended is gone from the restarted camera (it used to stay there for good, counted
     against max_watchers and fed results nobody read), and the new one joins it."""
-    stopping, release = asyncio.Event(), asyncio.Event()
-    real_stop = CameraFeed.stop
-
-    async def held_stop(self: CameraFeed, error: Exception) -> None:
-        stopping.set()
-        await release.wait()
-        await real_stop(self, error)  # type: ignore[arg-type]
-
     belt = camera("belt", "demo:conveyor?fps=10")
     async with serving(belt) as server, connect(server) as stub:
         leaving = Collector(watch(stub, "belt"))
         await until(lambda: _true(len(leaving.results) >= 1), 10, "first result")
-        monkeypatch.setattr(CameraFeed, "stop", held_stop)
-        changed = belt.model_copy(update={"source": "demo:conveyor?fps=10&seed=1"})
-        reload = asyncio.create_task(
-            server.reload(server.settings.model_copy(update={"cameras": (changed,)}))
-        )
+        stopping, release = _hold_the_first_stop(monkeypatch)
+        reload = _reload(server, belt, "seed=1")
         await asyncio.wait_for(stopping.wait(), 10)
         await leaving.close()
         await until(lambda: _true(tuple(_watchers(server)) == (0,)), 5, "the leaver gone")
@@ -641,29 +630,12 @@ async def test_two_reloads_close_together_leave_one_running_camera(
 ) -> None:
     """A second reload while the first is still stopping the old camera waits its turn: the
     camera ends up on the second config, running, with its watcher; no reader is orphaned."""
-    stopping, release = asyncio.Event(), asyncio.Event()
-    real_stop = CameraFeed.stop
-    held: list[CameraFeed] = []
-
-    async def held_stop(self: CameraFeed, error: Exception) -> None:
-        if not held:  # only the first stop, the original camera's, is held open
-            held.append(self)
-            stopping.set()
-            await release.wait()
-        await real_stop(self, error)  # type: ignore[arg-type]
-
     belt = camera("belt", "demo:conveyor?fps=10")
     async with serving(belt) as server, connect(server) as stub:
         watcher = Collector(watch(stub, "belt"))
         await until(lambda: _true(len(watcher.results) >= 1), 10, "first result")
-        monkeypatch.setattr(CameraFeed, "stop", held_stop)
-        reloads = [
-            asyncio.create_task(server.reload(server.settings.model_copy(update={"cameras": (c,)})))
-            for c in (
-                belt.model_copy(update={"source": "demo:conveyor?fps=10&seed=1"}),
-                belt.model_copy(update={"source": "demo:conveyor?fps=10&seed=2"}),
-            )
-        ]
+        stopping, release = _hold_the_first_stop(monkeypatch)
+        reloads = [_reload(server, belt, "seed=1"), _reload(server, belt, "seed=2")]
         await asyncio.wait_for(stopping.wait(), 10)
         await asyncio.sleep(0.3)  # the second reload is under way too
         release.set()
@@ -680,6 +652,30 @@ async def test_two_reloads_close_together_leave_one_running_camera(
         gc.collect()
         started = [f for f in gc.get_objects() if isinstance(f, CameraFeed) and f._task]
         assert [f for f in started if not f._stopping] == [feed]  # the others were stopped
+
+
+def _hold_the_first_stop(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, asyncio.Event]:
+    """Hold the next camera feed to stop (a reload's old camera) inside its stop, until
+    `release` is set; `stopping` is set once it is held. Later stops run at once."""
+    stopping, release = asyncio.Event(), asyncio.Event()
+    real_stop = CameraFeed.stop
+
+    async def held_stop(self: CameraFeed, error: Exception) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            await release.wait()
+        await real_stop(self, error)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(CameraFeed, "stop", held_stop)
+    return stopping, release
+
+
+def _reload(server: Server, config: CameraConfig, query: str) -> asyncio.Task[None]:
+    """A reload, as its own task (as SIGHUP runs one), with the camera's demo source changed."""
+    changed = config.model_copy(update={"source": f"{config.source}&{query}"})
+    return asyncio.create_task(
+        server.reload(server.settings.model_copy(update={"cameras": (changed,)}))
+    )
 
 
 def _watchers(server: Server) -> list[int]:
