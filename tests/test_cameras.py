@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -635,6 +634,14 @@ async def test_two_reloads_close_together_leave_one_running_camera(
         watcher = Collector(watch(stub, "belt"))
         await until(lambda: _true(len(watcher.results) >= 1), 10, "first result")
         stopping, release = _hold_the_first_stop(monkeypatch)
+        started: list[CameraFeed] = []
+        real_start = CameraFeed.start
+
+        def tracked_start(self: CameraFeed) -> None:
+            started.append(self)
+            real_start(self)
+
+        monkeypatch.setattr(CameraFeed, "start", tracked_start)
         reloads = [_reload(server, belt, "seed=1"), _reload(server, belt, "seed=2")]
         await asyncio.wait_for(stopping.wait(), 10)
         await asyncio.sleep(0.3)  # the second reload is under way too
@@ -649,9 +656,8 @@ async def test_two_reloads_close_together_leave_one_running_camera(
         assert watcher.error is None and tuple(_watchers(server)) == (1,)
         assert (await status(stub, "belt")).watchers == 1
         await watcher.close()
-        gc.collect()
-        started = [f for f in gc.get_objects() if isinstance(f, CameraFeed) and f._task]
-        assert [f for f in started if not f._stopping] == [feed]  # the others were stopped
+        assert len(started) == 2  # each reload started a reader; the first one was stopped
+        assert [f for f in started if not f._stopping] == [feed]
 
 
 def _hold_the_first_stop(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, asyncio.Event]:
