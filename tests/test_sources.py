@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import http.server
+import itertools
 import logging
 import os
 import random
@@ -23,7 +24,7 @@ from live import free_port
 
 from convstream.cli import main
 from convstream.server import CameraConfig, ConfigError, Settings, load_settings
-from convstream.server.camera import Camera, backoff_s
+from convstream.server.camera import Camera, RateMeter, backoff_s
 from convstream.server.diagnose import _authorization, why_closed
 from convstream.server.sources import SourceError, SourceSpec, parse_source, redact
 from convstream.v1 import convstream_pb2 as pb
@@ -157,6 +158,23 @@ def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
         delays = [backoff_s(attempt, 0.5, 30.0, rng) for _ in range(200)]
         assert full / 2 <= min(delays) and max(delays) <= full
         assert max(delays) - min(delays) > full / 4  # spread out, not in lock step
+
+
+@pytest.mark.parametrize("fps", [1.0, 2.0, 3.0, 15.0, 30.0])
+def test_a_rate_reads_the_rate_at_any_moment_and_falls_once_events_stop(fps: float) -> None:
+    """On a made-up clock: a steady source reads its own rate whenever it is read (a capped
+    camera at 2 fps read 1.8 on the dashboard, at 1 fps 0.7), and one that stops reads less
+    and less, then 0 once its events leave the window."""
+    meter = RateMeter(window_s=3.0)
+    for i in range(int(10 * fps)):
+        meter.tick(100.0 + i / fps)
+    last = 100.0 + (int(10 * fps) - 1) / fps
+    for offset in (0.0, 0.3, 0.99):  # read just after an event, or nearly at the next
+        assert meter.rate(last + offset / fps) == pytest.approx(fps, rel=0.02)
+    stopped = [meter.rate(last + seconds) for seconds in (1.5, 2.0, 2.5, 2.9)]
+    assert stopped[0] < 0.9 * fps
+    assert all(b <= a for a, b in itertools.pairwise(stopped))
+    assert meter.rate(last + 3.5) == 0.0
 
 
 def test_camera_config_is_validated() -> None:

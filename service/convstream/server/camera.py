@@ -68,11 +68,17 @@ class RateMeter:
                 self._times.popleft()
 
     def rate(self, now: float) -> float:
+        """n events make n - 1 intervals over the span from the first to the last: a camera
+        at 2 fps reads 2.0 (over the span to now it read 1.8, and 0.7 at 1 fps). Once the
+        next event is overdue, the span runs on to now less one interval, so a source that
+        stops reads falling rates rather than its last one."""
         with self._lock:
             times = [t for t in self._times if now - t <= self.window_s]
         if len(times) < 2:
             return 0.0
-        return (len(times) - 1) / max(now - times[0], 1e-6)
+        span = times[-1] - times[0]
+        intervals = len(times) - 1
+        return intervals / max(span, now - times[0] - span / intervals, 1e-6)
 
 
 def backoff_s(attempt: int, low: float, high: float, rng: random.Random) -> float:
