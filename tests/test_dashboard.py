@@ -551,6 +551,12 @@ async def test_killed_camera_shows_reconnecting_then_recovers(
     await expect(tile.locator(".notice")).to_be_visible()
     await expect(tile.locator(".notice")).to_contain_text("reconnecting")
     await expect(_tile(page, "belt").locator(".state")).to_have_text("running")  # only this one
+    # Named beside the count, one click from its tile (on a wall of many, screens away).
+    down = page.locator("#summary .down")
+    await expect(down).to_have_text("dock reconnecting")
+    await expect(page.locator("#summary")).to_contain_text("cameras running · dock reconnecting")
+    await down.click()
+    await expect(tile).to_have_class(re.compile(r"\bflash\b"))
     await page.screenshot(path=artifacts / "camera-reconnecting.png")
 
     await asyncio.to_thread(dock.start)
@@ -558,6 +564,7 @@ async def test_killed_camera_shows_reconnecting_then_recovers(
     before = await _frames(page, "dock")
     await _wait_frames(page, "dock", before + 2)
     await expect(tile.locator(".notice")).to_be_hidden()
+    await expect(page.locator("#summary .down")).to_have_count(0)
     await expect(tile.locator(".v-reconnects")).not_to_have_text("0")
     await page.screenshot(path=artifacts / "camera-recovered.png")
     assert page.errors == []

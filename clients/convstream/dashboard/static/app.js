@@ -332,7 +332,40 @@
     $("empty").textContent = serverOk ? "No cameras on the server." : "Waiting for the server…";
     fitGrid();
     const running = cameras.filter((c) => c.state === "running").length;
-    $("summary").textContent = `${running}/${cameras.length} cameras running`;
+    setSummary(`${running}/${cameras.length} cameras running`, cameras);
+  }
+
+  // The cameras that are not running, named beside the count: on a wall of many tiles the
+  // failed one is often screens away, and its name takes the operator to it.
+  const SHOWN_DOWN = 4;
+  let summaryKey = "";
+  function setSummary(text, cameras) {
+    const down = cameras.filter((c) => c.state !== "running");
+    const key = JSON.stringify([text, down.map((c) => [c.id, c.state])]);
+    if (key === summaryKey) return; // unchanged: keep the buttons under the pointer
+    summaryKey = key;
+    const summary = $("summary");
+    summary.replaceChildren(text);
+    for (const camera of down.slice(0, SHOWN_DOWN)) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "down";
+      button.dataset.state = camera.state;
+      button.textContent = `${camera.id} ${camera.state}`;
+      button.title = `show ${camera.id}`;
+      button.addEventListener("click", () => showTile(camera.id));
+      summary.append(" · ", button);
+    }
+    if (down.length > SHOWN_DOWN) summary.append(` · ${down.length - SHOWN_DOWN} more not running`);
+  }
+
+  function showTile(id) {
+    const tile = tiles.get(id);
+    if (!tile) return;
+    tile.el.scrollIntoView({ block: "center", behavior: "smooth" });
+    tile.el.classList.remove("flash");
+    void tile.el.offsetWidth; // restart the animation on a second click
+    tile.el.classList.add("flash");
   }
 
   // A wall screen shows every camera as large as fits without scrolling: the number of
