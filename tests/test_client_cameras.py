@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -39,6 +40,7 @@ from convstream.client import (
     draw_overlay,
     save_overlay,
 )
+from convstream.client._report import cameras_text
 from convstream.server import CameraConfig, Server, Settings
 from convstream.v1 import convstream_pb2 as pb
 
@@ -386,15 +388,15 @@ async def test_cli_cameras_table_and_json(
     assert await cli("cameras", "--address", address(server)) == 0
     header, row = capsys.readouterr().out.splitlines()
     assert header.split() == [
-        *("ID", "STATE", "SOURCE", "FPS", "IN/OUT", "ANALYSED", "DROPPED", "RECONNECTS"),
-        *("WATCHERS", "LATENCY", "MS", "SCORE", "LAST", "ERROR"),
+        *("ID", "STATE", "SOURCE", "FPS", "IN/OUT", "FPS", "CAP", "ANALYSED", "DROPPED"),
+        *("RECONNECTS", "WATCHERS", "LATENCY", "MS", "SCORE", "LAST", "ERROR"),
     ]
     cells = row.split()
     assert cells[:2] == ["belt", "running"] and cells[2].endswith("s") and cells[3] == "demo"
     fps_in, fps_out = (float(v) for v in cells[4].split("/"))
-    assert fps_in >= 0 and fps_out >= 0 and int(cells[5]) > 0
-    assert cells[7:9] == ["0", "0"]  # reconnects, watchers
-    assert float(cells[9]) > 0 and 0 <= float(cells[10]) <= 1 and cells[11] == "-"
+    assert fps_in >= 0 and fps_out >= 0 and cells[5] == "-" and int(cells[6]) > 0  # no cap
+    assert cells[8:10] == ["0", "0"]  # reconnects, watchers
+    assert float(cells[10]) > 0 and 0 <= float(cells[11]) <= 1 and cells[12] == "-"
 
     assert await cli("cameras", "--json", "--address", address(server)) == 0
     (line,) = capsys.readouterr().out.splitlines()
@@ -557,3 +559,37 @@ async def test_a_reader_that_goes_away_stops_watch_quietly(server: Server) -> No
     err = await asyncio.wait_for(process.stderr.read(), 45)
     assert await process.wait() == 0, err.decode()  # pipefail: watch's own status
     assert err == b"", err.decode()
+
+
+def test_the_cameras_table_shows_the_cap_and_no_stale_figures_of_a_camera_that_is_down() -> None:
+    """A capped camera's low fps out reads as its cap, not as starving; one that is down shows
+    no latency or score (its last ones read as current)."""
+    capped = CameraInfo(
+        id="aisle-8",
+        state="running",
+        since=None,
+        source_kind="file",
+        last_error="",
+        last_error_time=None,
+        fps_in=15.0,
+        fps_out=3.0,
+        fps_cap=3.0,
+        frames_read=450,
+        frames_analysed=90,
+        frames_dropped=0,
+        frames_skipped=360,
+        reconnects=0,
+        watchers=1,
+        frame_width=1280,
+        frame_height=720,
+        last_score=0.42,
+        last_frame_time=None,
+        latency_ms=12.5,
+    )
+    down = dataclasses.replace(capped, id="yard", state="reconnecting", fps_cap=0.0, fps_out=0.0)
+    header, up_row, down_row = cameras_text([capped, down]).splitlines()
+    assert "FPS CAP" in header
+    assert up_row.split()[3:5] == ["15.0/3.0", "3"]
+    assert up_row.split()[9:11] == ["12.5", "0.420"]
+    assert down_row.split()[3:5] == ["15.0/0.0", "-"]
+    assert down_row.split()[9:11] == ["-", "-"]

@@ -280,7 +280,7 @@ def cameras_text(cameras: list[CameraInfo], now: datetime | None = None) -> str:
         return "no cameras: the server pulls none (see `convstream serve --camera ID=SOURCE`)"
     now = now or datetime.now(UTC)
     # Alignment of each column but the last (the error, as long as it is).
-    specs = [f"<{max(2, *(len(c.id) for c in cameras))}", "<16", "<6", ">10", ">9", ">8"]
+    specs = [f"<{max(2, *(len(c.id) for c in cameras))}", "<16", "<6", ">10", ">7", ">9", ">8"]
     specs += [">10", ">8", ">10", ">6"]
 
     def row(*cells: str) -> str:
@@ -293,6 +293,7 @@ def cameras_text(cameras: list[CameraInfo], now: datetime | None = None) -> str:
             "STATE",
             "SOURCE",
             "FPS IN/OUT",
+            "FPS CAP",
             "ANALYSED",
             "DROPPED",
             "RECONNECTS",
@@ -310,12 +311,15 @@ def cameras_text(cameras: list[CameraInfo], now: datetime | None = None) -> str:
                 state,
                 c.source_kind,
                 f"{c.fps_in:.1f}/{c.fps_out:.1f}",
+                f"{c.fps_cap:g}" if c.fps_cap else "-",
                 str(c.frames_analysed),
                 str(c.frames_dropped),
                 str(c.reconnects),
                 str(c.watchers),
-                f"{c.latency_ms:.1f}" if c.frames_analysed else "-",
-                f"{c.last_score:.3f}" if c.last_score is not None else "-",
+                # a camera that is down has no current latency or score: its last ones
+                # would read as live
+                f"{c.latency_ms:.1f}" if c.flowing and c.frames_analysed else "-",
+                f"{c.last_score:.3f}" if c.flowing and c.last_score is not None else "-",
                 _last_error(c, now),
             )
         )
