@@ -724,6 +724,65 @@ async def test_dashboard_outlives_a_server_restart(browser: Any, artifacts: Path
         await server.stop(grace=0)
 
 
+_LAYOUT = """() => {
+  const grid = document.getElementById("grid");
+  const view = grid.getBoundingClientRect();
+  const tiles = [...grid.querySelectorAll("article.tile")].map((t) => t.getBoundingClientRect());
+  return {
+    compact: grid.classList.contains("compact"),
+    scrolls: grid.scrollHeight > grid.clientHeight + 1,
+    inView: tiles.filter((r) => r.top >= view.top - 1 && r.bottom <= view.bottom + 1).length,
+    tiles: tiles.length,
+    width: Math.min(...tiles.map((r) => r.width)),
+  };
+}"""
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_wall_of_many_cameras_fits_on_one_screen(browser: Any, artifacts: Path) -> None:
+    """Nine cameras: full tiles (figures, chart) at 1920x1080 would need scrolling, so they
+    go compact and every tile is in view, at 1920x1080 and at 1366x768; a window large
+    enough for full tiles gets them back."""
+    from playwright.async_api import expect
+
+    cameras = tuple(
+        CameraConfig(id=f"aisle-{k}", source=f"demo:conveyor?fps=2&seed={k}") for k in range(9)
+    )
+    server = Server(Settings(port=0, metrics_port=0, cameras=cameras))
+    await server.start()
+    dash = Dashboard(DashboardSettings(address=f"127.0.0.1:{server.port}", port=0, poll_s=0.5))
+    await dash.start()
+    try:
+        for width, height in ((1920, 1080), (1366, 768)):
+            page = await _open(browser, dash, width, height)
+            await expect(page.locator("article.tile")).to_have_count(9, timeout=15000)
+            for k in range(9):  # all pictures in, for the screenshot
+                await expect(_tile(page, f"aisle-{k}").locator(".state")).to_have_text(
+                    "running", timeout=15000
+                )
+            await expect(page.locator("#grid")).to_have_class(re.compile(r"\bcompact\b"))
+            layout = await page.evaluate(_LAYOUT)
+            assert layout["inView"] == 9 and not layout["scrolls"], layout
+            assert layout["width"] >= 240, layout
+            # what compact keeps: the name, state, score and fps; not the chart
+            tile = _tile(page, "aisle-0")
+            await expect(tile.locator(".v-fps")).to_be_visible()
+            await expect(tile.locator(".v-fps")).not_to_have_text("0.0", timeout=10000)
+            await expect(tile.locator(".spark-wrap")).to_be_hidden()
+            await page.screenshot(path=artifacts / f"wall-9-cameras-{width}x{height}.png")
+            if width == 1920:  # a 4K wall has room for full tiles
+                await page.set_viewport_size({"width": 3840, "height": 2160})
+                await expect(page.locator("#grid")).not_to_have_class(re.compile(r"\bcompact\b"))
+                await expect(tile.locator(".spark-wrap")).to_be_visible()
+                layout = await page.evaluate(_LAYOUT)
+                assert layout["inView"] == 9 and not layout["scrolls"], layout
+            assert page.errors == []
+            await page.context.close()
+    finally:
+        await dash.stop()
+        await server.stop(grace=0)
+
+
 async def test_a_published_client_stream_gets_a_tile_while_it_lasts() -> None:
     """A client stream with ResultOptions.publish shows beside the cameras, then goes."""
     server = Server(Settings(port=0, metrics_port=0, cameras=()))

@@ -335,12 +335,13 @@
     setSummary(`${running}/${cameras.length} cameras running`, cameras);
   }
 
-  // The cameras that are not running, named beside the count: on a wall of many tiles the
-  // failed one is often screens away, and its name takes the operator to it.
+  // The cameras in trouble (not running, nor still opening for the first time), named beside
+  // the count: on a wall of many tiles the failed one is often screens away, and its name
+  // takes the operator to it.
   const SHOWN_DOWN = 4;
   let summaryKey = "";
   function setSummary(text, cameras) {
-    const down = cameras.filter((c) => c.state !== "running");
+    const down = cameras.filter((c) => c.state !== "running" && c.state !== "connecting");
     const key = JSON.stringify([text, down.map((c) => [c.id, c.state])]);
     if (key === summaryKey) return; // unchanged: keep the buttons under the pointer
     summaryKey = key;
@@ -356,7 +357,7 @@
       button.addEventListener("click", () => showTile(camera.id));
       summary.append(" · ", button);
     }
-    if (down.length > SHOWN_DOWN) summary.append(` · ${down.length - SHOWN_DOWN} more not running`);
+    if (down.length > SHOWN_DOWN) summary.append(` · ${down.length - SHOWN_DOWN} more`);
   }
 
   function showTile(id) {
@@ -372,7 +373,13 @@
   // columns that gives the widest pictures, every row in view. When even that would make
   // them small (many cameras, a small window), the page scrolls instead (the CSS's layout).
   let gridKey = "";
-  function fitGrid() {
+  // Many cameras on one screen (a wall of 8 or 16): when full tiles, each with its figures
+  // and score chart, would be too small to fit without scrolling, the tiles go compact (the
+  // picture, the name and state, the score and fps) and all stay in view.
+  const FULL_MIN_W = 360;
+  const COMPACT_MIN_W = 240;
+  const COMPACT_FROM = 5; // cameras: fewer always fit or scroll as full tiles
+  function layout() {
     const n = tiles.size;
     const css = getComputedStyle(grid);
     const gap = parseFloat(css.columnGap) || 0;
@@ -425,7 +432,24 @@
       }
     }
     if (probe) probe.remove();
-    const key = best >= 360 ? `${columns}:${Math.floor(best)}` : "";
+    return { columns, best };
+  }
+
+  function fitGrid() {
+    const n = tiles.size;
+    grid.classList.remove("compact");
+    let { columns, best } = layout();
+    let compact = false;
+    if (best < FULL_MIN_W && n >= COMPACT_FROM) {
+      grid.classList.add("compact");
+      ({ columns, best } = layout());
+      compact = best >= COMPACT_MIN_W;
+      if (!compact) {
+        grid.classList.remove("compact");
+        ({ columns, best } = layout());
+      }
+    }
+    const key = best >= (compact ? COMPACT_MIN_W : FULL_MIN_W) ? `${columns}:${Math.floor(best)}` : "";
     if (key === gridKey) return;
     gridKey = key;
     grid.style.gridTemplateColumns = key ? `repeat(${columns}, minmax(0, ${Math.floor(best)}px))` : "";
