@@ -325,6 +325,12 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.NOT_FOUND and owner is None:
                     continue  # not published there: ask the next one
+                if self.draining.is_set() or "shutting down" in (exc.details() or ""):
+                    # The whole server stopping: the other process may end this call (and
+                    # close its socket) just before this one hears of its own drain.
+                    await context.abort(
+                        grpc.StatusCode.UNAVAILABLE, "server is shutting down; watch it again"
+                    )
                 channel = self._channels.get(index)
                 if (
                     exc.code() == grpc.StatusCode.UNAVAILABLE
