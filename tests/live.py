@@ -17,6 +17,7 @@ import contextlib
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -89,15 +90,24 @@ class FFmpegSource:
         fps: frames per second served.
         size: (width, height).
         stamped: frames made here with their creation time painted in (else a test pattern).
+        video: an MJPEG video whose JPEGs are served as they are, looped at its own rate
+            ("mjpeg" only; fps and size are the video's).
     """
 
     def __init__(
-        self, kind: str, *, fps: int = 30, size: tuple[int, int] = (320, 240), stamped: bool = False
+        self,
+        kind: str,
+        *,
+        fps: int = 30,
+        size: tuple[int, int] = (320, 240),
+        stamped: bool = False,
+        video: Path | None = None,
     ) -> None:
         self.kind = kind
         self.fps = fps
         self.size = size
         self.stamped = stamped
+        self.video = video
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self._feeder: threading.Thread | None = None
@@ -110,13 +120,16 @@ class FFmpegSource:
 
     def start(self) -> FFmpegSource:
         width, height = self.size
-        if self.stamped:
+        if self.video is not None:
+            source = ["-re", "-stream_loop", "-1", "-i", str(self.video), "-c:v", "copy"]
+        elif self.stamped:
             source = ["-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}"]
             source += ["-framerate", str(self.fps), "-i", "-"]
         else:
             source = ["-re", "-f", "lavfi", "-i", f"testsrc=size={width}x{height}:rate={self.fps}"]
         if self.kind == "mjpeg":
-            sink = ["-f", "mpjpeg", "-q:v", "5", "-listen", "1", self.url]
+            quality = [] if self.video is not None else ["-q:v", "5"]
+            sink = ["-f", "mpjpeg", *quality, "-listen", "1", self.url]
         else:
             sink = ["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency"]
             sink += ["-g", str(self.fps), "-f", "mpegts", f"{self.url}?listen=1"]
@@ -275,6 +288,20 @@ def write_video(
     return path
 
 
+def write_mjpeg(path: Path, jpegs: list[bytes], fps: int = 10) -> Path:
+    """An MJPEG AVI holding these JPEGs byte for byte, as an MJPEG camera sends them."""
+    with tempfile.TemporaryDirectory() as folder:
+        for i, data in enumerate(jpegs):
+            (Path(folder) / f"{i:05d}.jpg").write_bytes(data)
+        frames = ["-framerate", str(fps), "-i", str(Path(folder) / "%05d.jpg")]
+        subprocess.run(
+            [FFMPEG, "-loglevel", "error", "-y", *frames, "-c:v", "copy", str(path)],
+            check=True,
+            timeout=60,
+        )
+    return path
+
+
 __all__ = [
     "FFMPEG",
     "FFmpegSource",
@@ -284,5 +311,6 @@ __all__ = [
     "paint_time",
     "read_time",
     "running",
+    "write_mjpeg",
     "write_video",
 ]

@@ -23,6 +23,7 @@ from live import (
     free_port,
     read_time,
     running,
+    write_mjpeg,
     write_video,
 )
 from prometheus_client.parser import text_string_to_metric_families
@@ -261,6 +262,57 @@ def test_an_rtsp_connect_skips_the_frames_buffered_while_it_opened() -> None:
     # a buffered frame comes back in microseconds, a live one after up to a frame interval
     at_once = sum(wait < 0.004 for wait in waits)
     assert at_once <= 4, [round(w * 1000, 1) for w in waits]
+
+
+def test_an_mjpeg_source_gives_its_jpegs_and_other_codecs_give_pixels() -> None:
+    """An MJPEG stream's frames are already JPEGs: the reader keeps them as sent, for the
+    analysis to decode only the frames it takes; H.264 has to be decoded as it is read."""
+    for kind in ("mjpeg", "mpegts"):
+        source = FFmpegSource(kind, size=(320, 240))
+        with running(source):
+            capture = open_source(
+                parse_source(source.url), open_timeout_s=10, read_timeout_s=5, loop=False
+            )
+            try:
+                frames = [capture.read() for _ in range(3)]
+            finally:
+                capture.release()
+        for frame in frames:
+            if kind == "mjpeg":
+                assert isinstance(frame, bytes) and frame[:2] == b"\xff\xd8", kind
+                assert frame.endswith(b"\xff\xd9"), kind  # whole: the reader checked
+                image = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_COLOR)
+            else:
+                assert isinstance(frame, np.ndarray), kind
+                image = frame
+            assert image.shape == (240, 320, 3), kind
+
+
+async def test_a_camera_scores_an_mjpeg_frame_as_analyze_scores_the_same_jpeg(
+    tmp_path: Path,
+) -> None:
+    """A pulled MJPEG frame takes the path of a pushed JPEG (reduced decode at 720p, the same
+    letterbox), so a camera and a client sending the camera's own JPEGs get the same score.
+    Decoded by FFmpeg in full and then resized, scores differed by 0.008 on average."""
+    jpegs = [jpeg(scene(2_000_000_100 + i), quality=85) for i in range(3)]
+    video = write_mjpeg(tmp_path / "belt.avi", jpegs)
+    async with serving(camera("belt", str(video))) as server, connect(server) as stub:
+        pushed = [
+            await stub.Analyze(pb.FrameRequest(encoded=data, frame_id=i))
+            for i, data in enumerate(jpegs)
+        ]
+        call = watch(stub, "belt")
+        results = [await call.read() for _ in range(6)]
+        call.cancel()
+        cam = await status(stub, "belt")
+    assert (cam.frame_width, cam.frame_height) == (1280, 720)
+    for result in results:
+        assert result.status.code == 0, result.status.message
+        twin = pushed[(result.frame_id - 1) % 3]  # frame 1 is the file's first, then it loops
+        assert result.geometry == twin.geometry
+        assert result.score == pytest.approx(twin.score, abs=1e-5), result.frame_id
+        assert (result.peak.row, result.peak.col) == (twin.peak.row, twin.peak.col)
+    assert len({round(r.score, 4) for r in pushed}) == 3  # three different frames, told apart
 
 
 async def test_a_camera_that_keeps_coming_back_is_never_given_up() -> None:

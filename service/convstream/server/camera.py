@@ -3,7 +3,8 @@
 The reader reads as fast as the source gives frames, always, whatever the analysis rate: a
 source that is read slowly buffers (in FFmpeg, in the kernel's socket buffer) and every frame
 after that comes out late. Here nothing queues: a new frame replaces the one in the slot, and
-the analysis takes whatever is newest when it is ready.
+the analysis takes whatever is newest when it is ready. An MJPEG source's frames stay the JPEGs
+it sent until then, so a frame passed over is never decoded.
 
     connecting --open--> running --no frame for a while--> stalled --frame--> running
         |                   |                                 |
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from convstream.server.config import CameraConfig
+from convstream.server.decode import encoded_size
 from convstream.server.sources import (
     Capture,
     SourceError,
@@ -90,10 +92,11 @@ def backoff_s(attempt: int, low: float, high: float, rng: random.Random) -> floa
 
 @dataclass(frozen=True)
 class Frame:
-    """A frame as read: its number on this camera, pixels and when it was read."""
+    """A frame as read: its number on this camera, its picture and when it was read."""
 
     number: int
-    image: np.ndarray
+    image: np.ndarray | bytes  # BGR pixels, or a whole JPEG (an MJPEG source) not yet decoded
+    size: tuple[int, int]  # width, height
     captured: float  # time.time()
     read_at: float  # time.perf_counter()
 
@@ -307,8 +310,12 @@ class Camera:
         finally:
             capture.release()
 
-    def _publish(self, image: np.ndarray, generation: int) -> None:
+    def _publish(self, image: np.ndarray | bytes, generation: int) -> None:
         now = time.monotonic()
+        if isinstance(image, bytes):
+            size = encoded_size(image)[1:]
+        else:
+            size = (image.shape[1], image.shape[0])
         with self._lock:
             if generation != self._generation:
                 return
@@ -320,9 +327,9 @@ class Camera:
                 else:
                     self.frames_dropped += 1
             self.frames_read += 1
-            self._latest = Frame(self.frames_read, image, time.time(), time.perf_counter())
+            self._latest = Frame(self.frames_read, image, size, time.time(), time.perf_counter())
             self._last_frame_at = now
-            self.frame_size = (image.shape[1], image.shape[0])
+            self.frame_size = size
             self.fps_in.tick(now)
             if self.state != pb.CAMERA_STATE_RUNNING:
                 self._set_state(pb.CAMERA_STATE_RUNNING, self.last_error)

@@ -24,7 +24,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from convstream.server.camera import Camera, Frame, RateMeter
 from convstream.server.config import parse_size
 from convstream.server.engine import Inference
-from convstream.server.errors import CameraDown, ConvstreamError, Draining
+from convstream.server.errors import CameraDown, ConvstreamError, Draining, InvalidFrame
 from convstream.server.letterbox import choose_input, letterbox
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import (
@@ -253,6 +253,7 @@ class CameraFeed(Publisher):
         self._fixed_input = parse_size(config.input_size) if config.input_size else None
         self._interval = 1 / config.fps if config.fps > 0 else 0.0
         self._stopping = False
+        self._invalid_logged = False  # the first frame that does not decode is logged
 
     def status(self, now: float) -> pb.CameraStatus:
         cam = self.camera
@@ -340,6 +341,11 @@ class CameraFeed(Publisher):
                 await self._analyse(frame)
             except Draining:
                 return
+            except InvalidFrame as exc:  # an MJPEG camera's JPEG that does not decode
+                self.metrics.frames.labels(self.metrics.source(source), "invalid").inc()
+                level = logging.DEBUG if self._invalid_logged else logging.WARNING
+                self._invalid_logged = True
+                logger.log(level, "camera %s: frame %d not analysed: %s", source, frame.number, exc)
             except ConvstreamError as exc:  # the engine is full: this frame is skipped
                 self.metrics.frames.labels(self.metrics.source(source), "rejected").inc()
                 logger.debug("camera %s: frame %d skipped: %s", source, frame.number, exc)
@@ -349,9 +355,12 @@ class CameraFeed(Publisher):
 
     def _prepare(self, frame: Frame) -> Prepared:
         started = time.perf_counter()
-        height, width = frame.image.shape[:2]
+        width, height = frame.size
         target = self._fixed_input or choose_input(width, height, self.pipeline.sizes)
-        pixels, geometry = letterbox(frame.image, target, (width, height))
+        image = frame.image
+        if isinstance(image, bytes):
+            image = self.pipeline.decode(image, frame.size, target)
+        pixels, geometry = letterbox(image, target, frame.size)
         return Prepared(pixels, geometry, (time.perf_counter() - started) * 1000)
 
     async def _analyse(self, frame: Frame) -> None:

@@ -252,13 +252,19 @@ class Pipeline:
         width, height = self.check(request)
         target = choose_input(width, height, self.sizes)
         if request.WhichOneof("image") == "encoded":
-            reduce = reduction(width, height, target) if self.settings.reduced_jpeg_decode else 1
-            image = decode_encoded(request.encoded, self.limits, reduce)
+            image = self.decode(request.encoded, (width, height), target)
         else:
             raw = request.raw
             image = decode_raw(raw.data, width, height, _pixel_format(raw.format), self.limits)
         pixels, geometry = letterbox(image, target, (width, height))
         return Prepared(pixels, geometry, (time.perf_counter() - started) * 1000)
+
+    def decode(self, data: bytes, size: tuple[int, int], target: tuple[int, int]) -> np.ndarray:
+        """Decode a JPEG or PNG of size (width, height) for the model input target (height,
+        width): a large JPEG at the fraction of its size that still covers the input, unless
+        reduced_jpeg_decode is off. Raises InvalidFrame or FrameTooLarge."""
+        reduce = reduction(*size, target) if self.settings.reduced_jpeg_decode else 1
+        return decode_encoded(data, self.limits, reduce)
 
     def check_size(self, options: Options, geometry: Geometry) -> None:
         """Refuse up front a result that would not fit in one message."""
