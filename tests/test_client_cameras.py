@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import cv2
@@ -593,3 +593,46 @@ def test_the_cameras_table_shows_the_cap_and_no_stale_figures_of_a_camera_that_i
     assert up_row.split()[9:11] == ["12.5", "0.420"]
     assert down_row.split()[3:5] == ["15.0/0.0", "-"]
     assert down_row.split()[9:11] == ["-", "-"]
+
+
+def test_the_cameras_table_fits_a_terminal_and_keeps_a_long_error_whole_when_piped() -> None:
+    """A long last error ran a row to 230 characters, wrapping every row of a terminal."""
+    error = (
+        "could not open rtsp source: the camera at 10.0.0.7:554 refused the connection "
+        "(is it on, and is this its RTSP port?); the last 12 retries failed the same way"
+    )
+    now = datetime.now(UTC)
+    down = CameraInfo(
+        id="dock-4",
+        state="reconnecting",
+        since=now - timedelta(minutes=5),
+        source_kind="rtsp",
+        last_error=error,
+        last_error_time=now - timedelta(seconds=20),
+        fps_in=0.0,
+        fps_out=0.0,
+        fps_cap=0.0,
+        frames_read=9000,
+        frames_analysed=9000,
+        frames_dropped=0,
+        frames_skipped=0,
+        reconnects=12,
+        watchers=0,
+        frame_width=1280,
+        frame_height=720,
+        last_score=None,
+        last_frame_time=None,
+        latency_ms=0.0,
+    )
+    whole = cameras_text([down], now).splitlines()[1]
+    assert whole.endswith("20s ago: " + error)  # piped: all of it, for grep
+    figures = len(whole) - len("20s ago: " + error)
+    for width in (figures + 60, figures + 100):
+        header, row = cameras_text([down], now, width=width).splitlines()
+        assert len(row) == width and row.endswith("...")
+        assert row.startswith(whole[: width - 3])
+        assert len(header) <= width
+    # too narrow for the figures and the error: 30 characters of it stay, past the edge
+    row = cameras_text([down], now, width=80).splitlines()[1]
+    assert row == whole[: figures + 27] + "..."
+    assert "20s ago: could not open" in row

@@ -274,8 +274,13 @@ def _json_value(value: object) -> object:
     raise TypeError(f"no JSON form for {type(value).__name__} {value!r}")
 
 
-def cameras_text(cameras: list[CameraInfo], now: datetime | None = None) -> str:
-    """ListCameras for people: one row per camera, its health at a glance."""
+def cameras_text(
+    cameras: list[CameraInfo], now: datetime | None = None, width: int | None = None
+) -> str:
+    """ListCameras for people: one row per camera, its health at a glance.
+
+    width: the terminal's columns; a last error that would run past them is cut to fit (at
+    least ERROR_MIN characters of it stay), ending with "..."; `--json` has it whole."""
     if not cameras:
         return "no cameras: the server pulls none (see `convstream serve --camera ID=SOURCE`)"
     now = now or datetime.now(UTC)
@@ -285,7 +290,12 @@ def cameras_text(cameras: list[CameraInfo], now: datetime | None = None) -> str:
 
     def row(*cells: str) -> str:
         aligned = [f"{cell:{spec}}" for cell, spec in zip(cells, specs, strict=False)]
-        return "  ".join([*aligned, cells[-1]]).rstrip()
+        line = "  ".join([*aligned, cells[-1]]).rstrip()
+        if width is not None and len(line) > width:
+            room = max(ERROR_MIN, width - (len(line) - len(cells[-1])))
+            if room < len(cells[-1]):
+                line = line[: len(line) - len(cells[-1])] + cells[-1][: room - 3] + "..."
+        return line
 
     lines = [
         row(
@@ -324,6 +334,9 @@ def cameras_text(cameras: list[CameraInfo], now: datetime | None = None) -> str:
             )
         )
     return "\n".join(lines)
+
+
+ERROR_MIN = 30  # characters of a last error that stay, however narrow the terminal
 
 
 def _last_error(camera: CameraInfo, now: datetime) -> str:

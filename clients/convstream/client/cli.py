@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import sys
 import threading
 import time
@@ -470,7 +471,10 @@ def _cameras(args: argparse.Namespace) -> int:
             for camera in cameras:
                 print(json.dumps(camera_json(camera)))
         else:
-            print(cameras_text(cameras))
+            # On a terminal each row fits its width (a long error is cut: --json has it);
+            # piped, rows stay whole for grep.
+            width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+            print(cameras_text(cameras, width=width))
         return 0
 
     return _run(args, body)
