@@ -8,15 +8,20 @@ whose frames carry the wall-clock time they were made, painted into their pixels
 analysed frame, reads the painted time back and records the result's true age (received
 minus made: capture, encode, network, decode, queueing, inference, delivery). Each age
 splits at the time the server's reader returned the frame (the result's capture_time, the
-server's clock, which is this machine's, taken once the reader has read and decoded the
-frame): "made to read" is the source's latency and the reader's receiving and decoding of the
-frame, what the source read by OpenCV with no server shows as its floor, plus any lag in
-reading it (a reader that falls behind shows here, growing); "read to result" is what the
-server adds after that (waiting for the analysis, the analysis, delivery). The in-process limit
+server's clock, which is this machine's, taken once the reader has read the frame; an MJPEG
+frame stays a JPEG until it is analysed): "made to read" is the source's latency and the
+reader's receiving of the frame, plus any lag in reading it (a reader that falls behind shows
+here, growing); "read to result" is what the server adds after that (waiting for the
+analysis, decoding, the analysis, delivery). The in-process limit
 beside it is the model alone on the same 480x640 input in a loop on this machine.
 
 The source alone (the same stream read by OpenCV in this process, no server) gives the floor
 that capture, MJPEG encoding, HTTP and decoding cost before the server does anything.
+
+A second table says what reading costs: 4 live 720p MJPEG cameras (ffmpeg serving rendered
+JPEGs as they are), capped at 1 analysed frame/s and not capped, and the server's CPU; beside
+each, the same server with OpenCV's raw mode refused, so that FFmpeg decodes every frame as it
+is read (the server before 2026-12-05).
 
 The target (DESIGN.md): a 30 fps camera on a server that manages fewer delivers frames no
 older than one service time plus two frame intervals, with no growing lag. Until 2026-12-04
@@ -46,7 +51,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import free_port, machine, table, trend
-from live import FFmpegSource, read_time
+from live import FFmpegSource, read_time, running, write_mjpeg
 
 from convstream.model import DamageModel
 from convstream.v1 import convstream_pb2 as pb
@@ -165,6 +170,116 @@ async def scenario(cameras: int, seconds: float) -> dict:
     }
 
 
+# A server whose OpenCV refuses raw mode (CAP_PROP_FORMAT -1), as before 2026-12-05: FFmpeg
+# then decodes every frame of an MJPEG camera, in full and to BGR, as it is read.
+DECODE_AS_READ = """
+import cv2
+class _DecodingCapture(cv2.VideoCapture):
+    def set(self, prop, value):
+        return False if prop == cv2.CAP_PROP_FORMAT else super().set(prop, value)
+cv2.VideoCapture = _DecodingCapture
+from convstream.cli import main
+raise SystemExit(main())
+"""
+COST_CAMERAS = 4
+COST_SIZE = (1280, 720)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def reading_cost(seconds: float) -> str:
+    """Server CPU for 720p MJPEG cameras, capped and not: JPEGs decoded when analysed
+    (shipped) against every frame decoded by FFmpeg as it is read."""
+    from common import frames
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        video = write_mjpeg(Path(tmp) / "belt.avi", frames(24, *COST_SIZE[::-1]), fps=FPS)
+        config = Path(tmp) / "cost.toml"
+        for cap in (1.0, 0.0):
+            for decoded, as_read in (("when analysed", False), ("every frame, as read", True)):
+                sources = [FFmpegSource("mjpeg", video=video) for _ in range(COST_CAMERAS)]
+                config.write_text(
+                    "".join(
+                        f'[[cameras]]\nid = "cam{i}"\nsource = "{s.url}"\nfps = {cap}\n'
+                        for i, s in enumerate(sources)
+                    )
+                )
+                with running(*sources):
+                    fps_in, analysed, cores = _cost(config, seconds, as_read)
+                rows.append(
+                    [
+                        f"{COST_CAMERAS} x {COST_SIZE[0]}x{COST_SIZE[1]}",
+                        f"{cap:g} fps" if cap else "none",
+                        decoded,
+                        f"{fps_in:.1f}",
+                        f"{analysed:.1f}",
+                        f"{cores:.2f}",
+                        f"{cores / COST_CAMERAS * 100:.0f}%",
+                    ]
+                )
+    return "\n".join(
+        [
+            "### What reading a camera costs",
+            "",
+            f"`benchmarks/bench_cameras.py`: {COST_CAMERAS} live MJPEG cameras (ffmpeg on"
+            f" 127.0.0.1 serving rendered {COST_SIZE[0]}x{COST_SIZE[1]} JPEGs of quality 85 at"
+            f" {FPS} fps, as they are) pulled by one `convstream serve`, capped at 1 analysed"
+            " frame/s each or not capped; its CPU over"
+            f" {seconds:g} s. The JPEGs decoded when a frame is analysed (shipped), or every"
+            " frame decoded by FFmpeg as it is read (the server before 2026-12-05, run here with"
+            " OpenCV's raw mode refused).",
+            "",
+            table(
+                [
+                    "cameras",
+                    "cap",
+                    "decoded",
+                    "read / s / camera",
+                    "analysed / s, all",
+                    "server CPU, cores",
+                    "a core / camera",
+                ],
+                rows,
+                "lllrrrr",
+            ),
+        ]
+    )
+
+
+def _cost(config: Path, seconds: float, decode_as_read: bool) -> tuple[float, float, float]:
+    """(frames read / s a camera, frames analysed / s in all, server CPU in cores)."""
+    port = free_port()
+    argv = ["serve", "--config", str(config), "--port", str(port), "--metrics-port", "-1"]
+    command = ["-c", DECODE_AS_READ] if decode_as_read else ["-m", "convstream.cli"]
+    server = subprocess.Popen([sys.executable, *command, *argv])
+    try:
+
+        async def measure() -> tuple[float, float, float]:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                await asyncio.wait_for(channel.channel_ready(), 60)
+                stub = pb_grpc.ConvstreamStub(channel)
+                await asyncio.sleep(3.0)  # every camera open and running
+                before = await stub.ListCameras(pb.ListCamerasRequest())
+                cpu, started = _cpu_seconds(server.pid), time.monotonic()
+                await asyncio.sleep(seconds)
+                cpu = _cpu_seconds(server.pid) - cpu
+                elapsed = time.monotonic() - started
+                after = await stub.ListCameras(pb.ListCamerasRequest())
+            pairs = list(zip(after.cameras, before.cameras, strict=True))
+            read = sum(a.frames_read - b.frames_read for a, b in pairs)
+            analysed = sum(a.frames_analysed - b.frames_analysed for a, b in pairs)
+            return read / elapsed / len(pairs), analysed / elapsed, cpu / elapsed
+
+        return asyncio.run(measure())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def run(seconds: float, cameras: list[int]) -> str:
     limit = model_limit(min(seconds, 5.0))
     floor = source_alone(min(seconds, 5.0))
@@ -197,10 +312,11 @@ def run(seconds: float, cameras: list[int]) -> str:
             f" shows ages of p50 {np.percentile(floor, 50):.0f} ms, p95"
             f" {np.percentile(floor, 95):.0f} ms (capture, encoding, HTTP, decoding: the floor"
             " before the server does anything). Each true age splits where the server's reader"
-            " had read and decoded the frame (the result's capture_time): made to read is the"
-            " source's latency and the reader's decoding (the floor above) and any lag in"
-            " reading; read to result is what the server adds, and what the target (one"
-            ' service time + two frame intervals), "within target" and the trend are about.',
+            " had read the frame (the result's capture_time; it keeps an MJPEG frame's JPEG,"
+            " decoded only if the frame is analysed): made to read is the source's latency"
+            " and any lag in reading; read to result is what the server adds, decoding"
+            " included, and what the target (one service time + two frame intervals),"
+            ' "within target" and the trend are about.',
             "",
             table(
                 [
@@ -230,6 +346,8 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {machine()}\n")
     print(run(args.seconds, args.cameras))
+    print()
+    print(reading_cost(args.seconds))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ def main() -> None:
         ("latency", lambda: bench_latency.run(seconds * 1.5)),
         ("freshness", lambda: bench_freshness.run(seconds * 2)),
         ("cameras", lambda: bench_cameras.run(seconds, [1] if args.quick else [1, 2, 4])),
+        ("camera reading", lambda: bench_cameras.reading_cost(seconds)),
         ("payload", bench_payload.run),
     ]
     for name, step in steps:
