@@ -16,8 +16,8 @@ from __future__ import annotations
 import contextlib
 import shutil
 import socket
+import struct
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +25,8 @@ from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
+
+from convstream.server.decode import jpeg_size
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 RTSP_SCRIPT = Path(__file__).with_name("rtsp_server.py")
@@ -288,18 +290,47 @@ def write_video(
     return path
 
 
-def write_mjpeg(path: Path, jpegs: list[bytes], fps: int = 10) -> Path:
-    """An MJPEG AVI holding these JPEGs byte for byte, as an MJPEG camera sends them."""
-    with tempfile.TemporaryDirectory() as folder:
-        for i, data in enumerate(jpegs):
-            (Path(folder) / f"{i:05d}.jpg").write_bytes(data)
-        frames = ["-framerate", str(fps), "-i", str(Path(folder) / "%05d.jpg")]
-        subprocess.run(
-            [FFMPEG, "-loglevel", "error", "-y", *frames, "-c:v", "copy", str(path)],
-            check=True,
-            timeout=60,
-        )
+def write_mjpeg(
+    path: Path,
+    packets: list[bytes],
+    fps: int = 10,
+    size: tuple[int, int] | None = None,
+    fourcc: bytes = b"MJPG",
+) -> Path:
+    """An MJPEG AVI whose frames are these packets byte for byte (whole JPEGs, as an MJPEG
+    camera sends them, or anything else a test needs). size (width, height) is what the
+    container says, by default the first JPEG's own."""
+    if size is None:
+        size = jpeg_size(packets[0])
+    width, height = size
+    largest = max(len(p) for p in packets)
+    avih = struct.pack("<10I4I", 1_000_000 // fps, 0, 0, 0x10, len(packets), 0, 1, largest,
+                       width, height, 0, 0, 0, 0)  # fmt: skip
+    strh = struct.pack("<4s4sIHHIIIIIIIIhhhh", b"vids", fourcc, 0, 0, 0, 0, 1, fps, 0,
+                       len(packets), largest, 0xFFFFFFFF, 0, 0, 0, width, height)  # fmt: skip
+    strf = struct.pack("<IiiHH4sIiiII", 40, width, height, 1, 24, fourcc, width * height * 3,
+                       0, 0, 0, 0)  # fmt: skip
+    header = _riff_list(
+        b"hdrl",
+        _riff(b"avih", avih) + _riff_list(b"strl", _riff(b"strh", strh) + _riff(b"strf", strf)),
+    )
+    movie, index, offset = b"", b"", 4
+    for packet in packets:
+        chunk = _riff(b"00dc", packet)
+        index += struct.pack("<4sIII", b"00dc", 0x10, offset, len(packet))
+        movie += chunk
+        offset += len(chunk)
+    body = b"AVI " + header + _riff_list(b"movi", movie) + _riff(b"idx1", index)
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
     return path
+
+
+def _riff(tag: bytes, data: bytes) -> bytes:
+    return tag + struct.pack("<I", len(data)) + data + b"\0" * (len(data) % 2)
+
+
+def _riff_list(kind: bytes, data: bytes) -> bytes:
+    return _riff(b"LIST", kind + data)
 
 
 __all__ = [

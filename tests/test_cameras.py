@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from conftest import jpeg, scene
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from live import (
+    FFMPEG,
     FFmpegSource,
     RtspSource,
     blackhole,
@@ -286,6 +288,82 @@ def test_an_mjpeg_source_gives_its_jpegs_and_other_codecs_give_pixels() -> None:
                 assert isinstance(frame, np.ndarray), kind
                 image = frame
             assert image.shape == (240, 320, 3), kind
+
+
+def _lossless_jpeg(image: np.ndarray, folder: Path) -> bytes:
+    """The image as a lossless JPEG (SOF3), which FFmpeg decodes and libjpeg does not."""
+    png, out = str(folder / "frame.png"), str(folder / "frame.jpg")
+    cv2.imwrite(png, image)
+    subprocess.run(
+        [FFMPEG, "-loglevel", "error", "-y", "-i", png, "-c:v", "ljpeg", "-pix_fmt", "bgr24", out],
+        check=True,
+        timeout=60,
+    )
+    data = (folder / "frame.jpg").read_bytes()
+    assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is None
+    return data
+
+
+@pytest.mark.parametrize("kind", ["baseline", "interlaced", "padded", "lossless"])
+def test_mjpeg_frames_stay_jpegs_only_where_libjpeg_takes_them_as_they_are(
+    tmp_path: Path, kind: str
+) -> None:
+    """OpenCV calls every JPEG-in-a-container codec MJPG. The reader looks at the first
+    frame: a whole JPEG of the stream's size is kept as it is; two interlaced fields a
+    frame, bytes before the JPEG (some DVRs) or a lossless JPEG go to FFmpeg to decode, as
+    before, instead of a half-height picture, a reconnect loop or frames that never decode."""
+    image = scene(2_000_000_200, 240, 320)
+
+    def encoded(pixels: np.ndarray) -> bytes:
+        return jpeg(np.ascontiguousarray(pixels), quality=90)
+
+    packet = {
+        "baseline": lambda: encoded(image),
+        "interlaced": lambda: encoded(image[0::2]) + encoded(image[1::2]),
+        "padded": lambda: b"\0\0\0\0" + encoded(image),
+        "lossless": lambda: _lossless_jpeg(image, tmp_path),
+    }[kind]()
+    video = write_mjpeg(tmp_path / f"{kind}.avi", [packet] * 5, size=(320, 240))
+    capture = open_source(parse_source(str(video)), open_timeout_s=5, read_timeout_s=5, loop=True)
+    try:
+        frames = [capture.read() for _ in range(7)]  # past the end: the file loops
+    finally:
+        capture.release()
+    for frame in frames:
+        if kind == "baseline":
+            assert frame == packet  # as the file holds it, byte for byte
+        else:
+            assert isinstance(frame, np.ndarray) and frame.shape == image.shape, kind
+            assert np.abs(frame.astype(np.int16) - image).mean() < 4, kind
+
+
+async def test_an_mjpeg_frame_that_does_not_decode_is_told_and_the_camera_goes_on(
+    tmp_path: Path,
+) -> None:
+    """A camera whose JPEGs looked right at the first frame but then one does not decode:
+    that frame is counted invalid and told as the camera's last error; the others are
+    analysed."""
+    good = jpeg(scene(2_000_000_201, 240, 320))
+    bad = _lossless_jpeg(scene(2_000_000_202, 240, 320), tmp_path)
+    video = write_mjpeg(tmp_path / "belt.avi", [good, bad, good, bad], fps=20)
+    async with serving(camera("belt", str(video))) as server, connect(server) as stub:
+        call = watch(stub, "belt")
+        results = [await call.read() for _ in range(4)]
+        call.cancel()
+        cam = await status(stub, "belt")
+        metrics = urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read()
+    assert all(r.status.code == 0 for r in results)
+    assert {r.frame_id % 2 for r in results} == {1}  # frames 1, 3, 5, ...: the good ones
+    assert cam.state == pb.CAMERA_STATE_RUNNING
+    assert cam.last_error.startswith("a frame could not be analysed: corrupt JPEG")
+    invalid = [
+        s.value
+        for family in text_string_to_metric_families(metrics.decode())
+        for s in family.samples
+        if s.name == "convstream_frames_total"
+        and s.labels == {"source": "belt", "outcome": "invalid"}
+    ]
+    assert invalid and invalid[0] >= 2
 
 
 async def test_a_camera_scores_an_mjpeg_frame_as_analyze_scores_the_same_jpeg(

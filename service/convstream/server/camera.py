@@ -335,6 +335,13 @@ class Camera:
                 self._set_state(pb.CAMERA_STATE_RUNNING, self.last_error)
         self.on_frame()
 
+    def frame_failed(self, error: str) -> None:
+        """A frame read from this camera could not be analysed (an MJPEG camera's JPEG that
+        libjpeg cannot decode): the error is its last_error, beside a state that stays."""
+        with self._lock:
+            self.last_error = redact(error)
+            self.last_error_at = time.time()
+
     def _set_state(self, state: pb.CameraState, error: str) -> None:
         """Change state (the caller holds the lock)."""
         error = redact(error)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from convstream.server.camera import Camera, Frame, RateMeter
+from convstream.server.camera import LOG_AGAIN_S, Camera, Frame, RateMeter
 from convstream.server.config import parse_size
 from convstream.server.engine import Inference
 from convstream.server.errors import CameraDown, ConvstreamError, Draining, InvalidFrame
@@ -253,7 +253,7 @@ class CameraFeed(Publisher):
         self._fixed_input = parse_size(config.input_size) if config.input_size else None
         self._interval = 1 / config.fps if config.fps > 0 else 0.0
         self._stopping = False
-        self._invalid_logged = False  # the first frame that does not decode is logged
+        self._invalid_logged_at = -LOG_AGAIN_S  # when a frame that did not decode was logged
 
     def status(self, now: float) -> pb.CameraStatus:
         cam = self.camera
@@ -343,8 +343,11 @@ class CameraFeed(Publisher):
                 return
             except InvalidFrame as exc:  # an MJPEG camera's JPEG that does not decode
                 self.metrics.frames.labels(self.metrics.source(source), "invalid").inc()
-                level = logging.DEBUG if self._invalid_logged else logging.WARNING
-                self._invalid_logged = True
+                camera.frame_failed(f"a frame could not be analysed: {exc}")
+                # logged once in a while, not at every frame
+                level = logging.DEBUG
+                if started - self._invalid_logged_at >= LOG_AGAIN_S:
+                    level, self._invalid_logged_at = logging.WARNING, started
                 logger.log(level, "camera %s: frame %d not analysed: %s", source, frame.number, exc)
             except ConvstreamError as exc:  # the engine is full: this frame is skipped
                 self.metrics.frames.labels(self.metrics.source(source), "rejected").inc()

@@ -8,6 +8,7 @@ their own frame rate, so they behave like live cameras.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -24,6 +25,8 @@ from convstream.server.config import MAX_FPS, MAX_INPUT_SIDE, MIN_INPUT_SIDE, pa
 from convstream.server.decode import Limits, check_encoded
 from convstream.server.diagnose import why_closed
 from convstream.server.errors import InvalidFrame
+
+logger = logging.getLogger(__name__)
 
 NETWORK_KINDS = ("rtsp", "rtsps", "http", "https", "tcp", "udp")
 _DEVICE = re.compile(r"^(?:device:(\d+)|/dev/video(\d+))$")
@@ -238,57 +241,108 @@ class OpenCVCapture:
     ) -> None:
         self.spec = spec
         self._loop = loop
-        params = [
-            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
-            int(open_timeout_s * 1000),
-            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
-            int(read_timeout_s * 1000),
-        ]
-        started = time.monotonic()
-        if spec.kind == "device":
-            self._cap = cv2.VideoCapture(spec.device, cv2.CAP_ANY, params)
-        else:
-            if spec.kind == "file" and not Path(spec.target).is_file():
-                raise SourceError("no such video file", permanent=True)
-            os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", _FFMPEG_DEFAULTS)
-            self._cap = cv2.VideoCapture(spec.target, cv2.CAP_FFMPEG, params)
-        if not self._cap.isOpened():
-            self._cap.release()
-            if spec.kind == "device":
-                raise SourceError(
-                    f"could not open USB camera {spec.device} (/dev/video{spec.device}): is it "
-                    "plugged in, and may this user read it?"
-                )
-            if spec.kind == "file":
-                raise SourceError("could not open file source: is it a video OpenCV can read?")
-            # The probe gets what is left of the open timeout (a short look when OpenCV used
-            # it all), so a failed open still fails within about its timeout.
-            spent = time.monotonic() - started
-            why = why_closed(spec.target, min(3.0, max(0.2, open_timeout_s - spent)), spent)
-            raise SourceError(f"could not open {spec.kind} source: {why}")
+        self._open_timeout_s = open_timeout_s
+        self._read_timeout_s = read_timeout_s
+        self._cap = self._open()
+        fps = self._cap.get(cv2.CAP_PROP_FPS)
+        self._pacer = _Pacer(fps) if spec.kind == "file" and 0 < fps <= MAX_FPS else None
+        self._interval_s = 1 / fps if 0 < fps <= MAX_FPS else 0.02
+        self._grabbed = False  # a frame is grabbed and waits for retrieve()
         # An MJPEG source's frames are whole JPEGs: taken as FFmpeg reads them (its raw
         # mode), and decoded only if the frame is analysed, by libjpeg at the size the model
         # needs, as a client's JPEG is. Decoded here, every frame paid a full-size decode and
         # colour conversion: 4.7 ms of CPU a 720p frame against 0.1 ms to read it raw and
         # 1.1 to decode it at half size, and a camera capped at 1 fps paid it 30 times a second.
+        self._jpeg = False
+        self._first: bytes | None = None  # the first JPEG, looked at when opening
         codec = int(self._cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little")
-        self._jpeg = (
-            spec.kind != "device" and codec == b"MJPG" and self._cap.set(cv2.CAP_PROP_FORMAT, -1)
-        )
-        fps = self._cap.get(cv2.CAP_PROP_FPS)
-        self._pacer = _Pacer(fps) if spec.kind == "file" and 0 < fps <= MAX_FPS else None
-        self._read_timeout_s = read_timeout_s
-        self._grabbed = False  # a frame is grabbed and waits for retrieve()
-        if spec.kind in NETWORK_KINDS:
-            self._skip_backlog(1 / fps if 0 < fps <= MAX_FPS else 0.02)
+        if spec.kind != "device" and codec == b"MJPG":  # OpenCV says MJPG for every JPEG tag
+            size = (
+                int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+                int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+            )
+            if self._cap.set(cv2.CAP_PROP_FORMAT, -1):
+                self._skip_backlog()
+                why = self._first_jpeg(size)
+                if why is None:
+                    self._jpeg = True
+                    return
+                # Not JPEGs libjpeg takes as they are: FFmpeg decodes them, as before.
+                logger.info("%s source: its frames are decoded as read: %s", spec.kind, why)
+                self._cap.release()
+                self._grabbed = False
+                self._cap = self._open()
+        self._skip_backlog()
 
-    def _skip_backlog(self, interval_s: float) -> None:
-        """Grab past the frames that came in while the stream opened, up to the live one.
+    def _open(self) -> cv2.VideoCapture:
+        spec = self.spec
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            int(self._open_timeout_s * 1000),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            int(self._read_timeout_s * 1000),
+        ]
+        started = time.monotonic()
+        if spec.kind == "device":
+            cap = cv2.VideoCapture(spec.device, cv2.CAP_ANY, params)
+        else:
+            if spec.kind == "file" and not Path(spec.target).is_file():
+                raise SourceError("no such video file", permanent=True)
+            os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", _FFMPEG_DEFAULTS)
+            cap = cv2.VideoCapture(spec.target, cv2.CAP_FFMPEG, params)
+        if cap.isOpened():
+            return cap
+        cap.release()
+        if spec.kind == "device":
+            raise SourceError(
+                f"could not open USB camera {spec.device} (/dev/video{spec.device}): is it "
+                "plugged in, and may this user read it?"
+            )
+        if spec.kind == "file":
+            raise SourceError("could not open file source: is it a video OpenCV can read?")
+        # The probe gets what is left of the open timeout (a short look when OpenCV used
+        # it all), so a failed open still fails within about its timeout.
+        spent = time.monotonic() - started
+        why = why_closed(spec.target, min(3.0, max(0.2, self._open_timeout_s - spent)), spent)
+        raise SourceError(f"could not open {spec.kind} source: {why}")
+
+    def _first_jpeg(self, size: tuple[int, int]) -> str | None:
+        """Read the first frame in raw mode and keep it if it is a whole JPEG that libjpeg
+        decodes to the stream's size; else say why not. Not so: lossless JPEG (libjpeg
+        cannot decode it), interlaced MJPEG (two half-height fields a frame, which FFmpeg
+        weaves together), bytes before the JPEG or none after it (some DVRs)."""
+        if self._grabbed:
+            self._grabbed = False
+            ok, frame = self._cap.retrieve()
+        else:
+            ok, frame = self._cap.read()
+        if not ok or frame is None:
+            return "no first frame in raw mode"
+        data = frame.tobytes()
+        try:
+            check_encoded(data, _ANY_SIZE)
+        except InvalidFrame as exc:
+            return str(exc)
+        flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        if image is None:
+            return f"libjpeg could not decode its first {len(data)}-byte JPEG (lossless?)"
+        got = (image.shape[1], image.shape[0])
+        if 0 not in size and got != size:
+            return f"its JPEGs are {got[0]}x{got[1]} in a {size[0]}x{size[1]} stream (fields?)"
+        self._first = data
+        return None
+
+    def _skip_backlog(self) -> None:
+        """Grab past the frames that came in while a network stream opened, up to the live one.
 
         Those come out of ``grab`` at once, one after another; the live frame takes about a
         frame interval to arrive. Without this, the first result after every (re)connect
         shows the scene as it was a second or two before, and the burst counts as drops.
         """
+        if self.spec.kind not in NETWORK_KINDS:
+            return
+        interval_s = self._interval_s
         deadline = time.monotonic() + _BACKLOG_MAX_S
         while time.monotonic() < deadline:
             started = time.monotonic()
@@ -301,16 +355,23 @@ class OpenCVCapture:
     def read(self) -> np.ndarray | bytes:
         if not self._jpeg:
             return self._read()
-        why = ""
-        for _ in range(_BAD_JPEGS_IN_A_ROW):
+        if self._first is not None:
+            data, self._first = self._first, None
+            if self._pacer is not None:
+                self._pacer.wait()
+            return data
+        # Frames that are not whole JPEGs are passed over, for as long as one read may take;
+        # then the source has failed (its reconnect looks at the first frame again).
+        why, passed, deadline = "", 0, time.monotonic() + self._read_timeout_s
+        while passed < _BAD_JPEGS_IN_A_ROW and time.monotonic() < deadline:
             data = self._read().tobytes()
             try:
                 check_encoded(data, _ANY_SIZE)  # the server's limits apply when it decodes
             except InvalidFrame as exc:
-                why = str(exc)
+                why, passed = str(exc), passed + 1
                 continue
             return data
-        raise SourceError(f"{_BAD_JPEGS_IN_A_ROW} frames in a row were not whole JPEGs: {why}")
+        raise SourceError(f"{passed} frames in a row were not whole JPEGs; the last: {why}")
 
     def _read(self) -> np.ndarray:
         started = time.monotonic()
