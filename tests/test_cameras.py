@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import subprocess
 import time
@@ -306,7 +307,7 @@ def _lossless_jpeg(image: np.ndarray, folder: Path) -> bytes:
 
 @pytest.mark.parametrize("kind", ["baseline", "interlaced", "padded", "lossless"])
 def test_mjpeg_frames_stay_jpegs_only_where_libjpeg_takes_them_as_they_are(
-    tmp_path: Path, kind: str
+    tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """OpenCV calls every JPEG-in-a-container codec MJPG. The reader looks at the first
     frame: a whole JPEG of the stream's size is kept as it is; two interlaced fields a
@@ -324,11 +325,18 @@ def test_mjpeg_frames_stay_jpegs_only_where_libjpeg_takes_them_as_they_are(
         "lossless": lambda: _lossless_jpeg(image, tmp_path),
     }[kind]()
     video = write_mjpeg(tmp_path / f"{kind}.avi", [packet] * 5, size=(320, 240))
-    capture = open_source(parse_source(str(video)), open_timeout_s=5, read_timeout_s=5, loop=True)
+    caplog.set_level(logging.INFO, "convstream.server.sources")
+    spec = parse_source(str(video))
+    capture = open_source(spec, open_timeout_s=5, read_timeout_s=5, loop=True, name="belt")
     try:
         frames = [capture.read() for _ in range(7)]  # past the end: the file loops
     finally:
         capture.release()
+    told = [r.getMessage() for r in caplog.records if "decoded as read" in r.getMessage()]
+    if kind == "baseline":
+        assert not told
+    else:  # the operator hears which camera, and why, once a connection
+        assert len(told) == 1 and told[0].startswith("camera belt: its MJPEG frames"), told
     for frame in frames:
         if kind == "baseline":
             assert frame == packet  # as the file holds it, byte for byte

@@ -285,6 +285,7 @@ class Camera:
                 open_timeout_s=cfg.open_timeout_s,
                 read_timeout_s=cfg.read_timeout_s,
                 loop=cfg.loop,
+                name=cfg.id,
             )
         except SourceError as exc:
             return exc

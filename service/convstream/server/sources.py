@@ -237,7 +237,12 @@ class OpenCVCapture:
     """cv2.VideoCapture with timeouts; files are paced to their frame rate and may loop."""
 
     def __init__(
-        self, spec: SourceSpec, open_timeout_s: float, read_timeout_s: float, loop: bool
+        self,
+        spec: SourceSpec,
+        open_timeout_s: float,
+        read_timeout_s: float,
+        loop: bool,
+        name: str = "",
     ) -> None:
         self.spec = spec
         self._loop = loop
@@ -268,7 +273,9 @@ class OpenCVCapture:
                     self._jpeg = True
                     return
                 # Not JPEGs libjpeg takes as they are: FFmpeg decodes them, as before.
-                logger.info("%s source: its frames are decoded as read: %s", spec.kind, why)
+                logger.info(
+                    "camera %s: its MJPEG frames are decoded as read: %s", name or spec.kind, why
+                )
                 self._cap.release()
                 self._grabbed = False
                 self._cap = self._open()
@@ -427,9 +434,10 @@ class DemoCapture:
 
 
 def open_source(
-    spec: SourceSpec, *, open_timeout_s: float, read_timeout_s: float, loop: bool
+    spec: SourceSpec, *, open_timeout_s: float, read_timeout_s: float, loop: bool, name: str = ""
 ) -> Capture:
-    """Open a source (blocking, up to the open timeout); raises SourceError."""
+    """Open a source (blocking, up to the open timeout); raises SourceError. name: the
+    camera's id, for what it logs."""
     if spec.kind == "demo":
         return DemoCapture(spec)
-    return OpenCVCapture(spec, open_timeout_s, read_timeout_s, loop)
+    return OpenCVCapture(spec, open_timeout_s, read_timeout_s, loop, name)
