@@ -4,18 +4,25 @@
 # dashboard on http://127.0.0.1:8080/ (CONVSTREAM_DASHBOARD_PORT=N for another port). Extra
 # arguments go to `convstream serve`; the dashboard follows the port serve will use.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+# The server runs in the folder this script is started from, as `convstream serve` would:
+# a relative --config path, or a camera's relative video file, means the same to both.
+root="$(cd "$(dirname "$0")/.." && pwd)"
+convstream="$root/.venv/bin/convstream"
 # Install only when something the install is made of changed since the last one: a restart
 # then takes seconds, and needs no network.
-stamp=.venv/.convstream-installed
-if [[ ! -x .venv/bin/convstream || ! -e "$stamp" ]] ||
-  [[ -n "$(find pyproject.toml service clients models protos -newer "$stamp" -print -quit)" ]]; then
-  python3 -m venv .venv
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check .
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall .
-  touch "$stamp"
-fi
+(
+  cd "$root"
+  stamp=.venv/.convstream-installed
+  if [[ ! -x .venv/bin/convstream || ! -e "$stamp" ]] ||
+    [[ -n "$(find pyproject.toml service clients models protos -newer "$stamp" -print -quit)" ]]; then
+    python3 -m venv .venv
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check .
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+      --force-reinstall .
+    touch "$stamp"
+  fi
+)
 # The dashboard is a separate client of the server's API; it follows the server's lifetime.
 # Both run in the background so that this script can pass on a SIGTERM (a supervisor's, a
 # plain `kill`) or Ctrl-C to the server, which then drains and frees its ports; a foreground
@@ -26,13 +33,13 @@ fi
 # elsewhere.
 for arg in "$@"; do
   case "$arg" in
-    -h | --help | --check-config | --print-settings) exec .venv/bin/convstream serve "$@" ;;
+    -h | --help | --check-config | --print-settings) exec "$convstream" serve "$@" ;;
   esac
 done
-settings="$(.venv/bin/convstream serve "$@" --print-settings)" || exit $?
+settings="$("$convstream" serve "$@" --print-settings)" || exit $?
 # one field a line: the address to dial, its host and port, the camera ids, whether the
 # server wants TLS or tokens, the metrics ports to check
-mapfile -t fields < <(.venv/bin/python -c '
+mapfile -t fields < <("$root/.venv/bin/python" -c '
 import json, sys
 s = json.load(sys.stdin)
 print(s["dial_address"] or "")
@@ -74,9 +81,9 @@ if (exec 3<>"/dev/tcp/127.0.0.1/$dash_port") 2>/dev/null; then
     "CONVSTREAM_DASHBOARD_PORT to a free port" >&2
   exit 1
 fi
-.venv/bin/convstream dashboard --address "$address" --port "$dash_port" &
+"$convstream" dashboard --address "$address" --port "$dash_port" &
 dashboard=$!
-.venv/bin/convstream serve "$@" &
+"$convstream" serve "$@" &
 server=$!
 stop() { kill -TERM "$server" "$dashboard" 2>/dev/null || true; }
 trap stop TERM INT

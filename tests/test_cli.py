@@ -679,6 +679,21 @@ def test_run_sh_refuses_a_port_it_needs_that_is_taken_before_printing_a_url(
     assert done.stderr.startswith(said) and "dashboard:" not in done.stdout
 
 
+def test_run_sh_takes_relative_paths_from_where_it_is_run(tmp_path: Path) -> None:
+    """run.sh used to start the server in the checkout: `run.sh --config cams.toml` from the
+    folder holding cams.toml could not read it, where `convstream serve` could."""
+    root = checkout_with_run_sh(tmp_path)
+    here = tmp_path / "site"
+    here.mkdir()
+    (here / "cams.toml").write_text("metrics_port = -1\ncameras = []\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [str(root / "scripts" / "run.sh"), "--config", "cams.toml", "--print-settings"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=here, timeout=60)
+    assert done.returncode == 0, done.stderr
+    settings = json.loads(done.stdout)
+    assert settings["metrics_port"] == -1 and settings["cameras"] == []
+
+
 def test_run_sh_points_the_dashboard_at_the_port_the_server_really_uses(tmp_path: Path) -> None:
     """The port from CONVSTREAM_PORT, a config without the demo camera: the dashboard
     reaches the server, and the script says nothing of a demo camera."""
