@@ -345,33 +345,43 @@ def test_mjpeg_frames_stay_jpegs_only_where_libjpeg_takes_them_as_they_are(
             assert np.abs(frame.astype(np.int16) - image).mean() < 4, kind
 
 
-async def test_an_mjpeg_frame_that_does_not_decode_is_told_and_the_camera_goes_on(
+async def test_mjpeg_frames_that_cannot_be_analysed_are_counted_and_told(
     tmp_path: Path,
 ) -> None:
-    """A camera whose JPEGs looked right at the first frame but then one does not decode:
-    that frame is counted invalid and told as the camera's last error; the others are
-    analysed."""
+    """A camera whose first frame was a good JPEG, and later ones are not: a frame cut short
+    (passed over by the reader) and a lossless JPEG (which libjpeg does not decode). Each is
+    counted invalid and told as the camera's last error; the good frames are analysed, and
+    the camera stays running. A frame cut short used to vanish without a trace."""
     good = jpeg(scene(2_000_000_201, 240, 320))
-    bad = _lossless_jpeg(scene(2_000_000_202, 240, 320), tmp_path)
-    video = write_mjpeg(tmp_path / "belt.avi", [good, bad, good, bad], fps=20)
+    lossless = _lossless_jpeg(scene(2_000_000_202, 240, 320), tmp_path)
+    cut = good[: len(good) // 3]
+    video = write_mjpeg(tmp_path / "belt.avi", [good, lossless, good, cut], fps=20)
     async with serving(camera("belt", str(video))) as server, connect(server) as stub:
+        twin = await stub.Analyze(pb.FrameRequest(encoded=good))
         call = watch(stub, "belt")
-        results = [await call.read() for _ in range(4)]
+        results = [await call.read() for _ in range(6)]
         call.cancel()
         cam = await status(stub, "belt")
         metrics = urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read()
-    assert all(r.status.code == 0 for r in results)
-    assert {r.frame_id % 2 for r in results} == {1}  # frames 1, 3, 5, ...: the good ones
+    for result in results:  # only the good frames, each scored as the same JPEG pushed
+        assert result.status.code == 0
+        assert result.score == pytest.approx(twin.score, abs=1e-5)
     assert cam.state == pb.CAMERA_STATE_RUNNING
-    assert cam.last_error.startswith("a frame could not be analysed: corrupt JPEG")
-    invalid = [
-        s.value
+    assert cam.last_error.startswith(
+        ("a frame could not be analysed: corrupt JPEG", "a frame was not a whole JPEG")
+    ), cam.last_error
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(metrics.decode())
         for s in family.samples
-        if s.name == "convstream_frames_total"
-        and s.labels == {"source": "belt", "outcome": "invalid"}
+    }
+    # every frame that could not be analysed: the lossless ones and the ones cut short
+    invalid = samples[
+        ("convstream_camera_frames_total", (("camera", "belt"), ("outcome", "invalid")))
     ]
-    assert invalid and invalid[0] >= 2
+    # the frames that failed at decoding only: the lossless ones
+    undecoded = samples[("convstream_frames_total", (("outcome", "invalid"), ("source", "belt")))]
+    assert undecoded >= 1 and invalid >= undecoded + 1, (invalid, undecoded)
 
 
 async def test_a_camera_scores_an_mjpeg_frame_as_analyze_scores_the_same_jpeg(

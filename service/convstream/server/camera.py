@@ -120,6 +120,7 @@ class Camera:
         self.frames_read = 0
         self.frames_dropped = 0  # superseded before analysis while the analysis was behind
         self.frames_skipped = 0  # superseded before the fps cap let it be analysed: by design
+        self.frames_invalid = 0  # could not be analysed: not a whole JPEG, or did not decode
         # time.monotonic() before which the analysis takes no frame: its fps cap's schedule,
         # kept by CameraFeed (without a cap, the time it took the latest)
         self.next_due = 0.0
@@ -286,6 +287,7 @@ class Camera:
                 read_timeout_s=cfg.read_timeout_s,
                 loop=cfg.loop,
                 name=cfg.id,
+                on_invalid=self.frame_failed,
             )
         except SourceError as exc:
             return exc
@@ -337,9 +339,11 @@ class Camera:
         self.on_frame()
 
     def frame_failed(self, error: str) -> None:
-        """A frame read from this camera could not be analysed (an MJPEG camera's JPEG that
-        libjpeg cannot decode): the error is its last_error, beside a state that stays."""
+        """A frame from this camera could not be analysed (an MJPEG camera's frame that is not
+        a whole JPEG, passed over by the reader, or one libjpeg cannot decode): counted in
+        frames_invalid, and the error is its last_error, beside a state that stays."""
         with self._lock:
+            self.frames_invalid += 1
             self.last_error = redact(error)
             self.last_error_at = time.time()
 

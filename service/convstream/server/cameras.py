@@ -265,7 +265,9 @@ class CameraManager:
         )
         frames = CounterMetricFamily(
             "convstream_camera_frames",
-            "Camera frames read, analysed, and dropped (superseded before analysis)",
+            "Camera frames read, analysed, dropped (superseded before analysis while it was "
+            "behind), skipped (superseded before the fps cap let it be analysed) and invalid "
+            "(could not be analysed: not a whole JPEG, or one that did not decode)",
             labels=["camera", "outcome"],
         )
         reconnects = CounterMetricFamily(
@@ -285,6 +287,7 @@ class CameraManager:
             frames.add_metric([cid, "analysed"], feed.frames_analysed)
             frames.add_metric([cid, "dropped"], cam.frames_dropped)
             frames.add_metric([cid, "skipped"], cam.frames_skipped)
+            frames.add_metric([cid, "invalid"], cam.frames_invalid)
             reconnects.add_metric([cid], cam.reconnects)
             watchers.add_metric([cid], len(feed.watchers))
         yield from (state, fps, frames, reconnects, watchers)

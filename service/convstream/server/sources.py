@@ -13,6 +13,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -243,9 +244,11 @@ class OpenCVCapture:
         read_timeout_s: float,
         loop: bool,
         name: str = "",
+        on_invalid: Callable[[str], None] | None = None,
     ) -> None:
         self.spec = spec
         self._loop = loop
+        self._on_invalid = on_invalid
         self._open_timeout_s = open_timeout_s
         self._read_timeout_s = read_timeout_s
         self._cap = self._open()
@@ -271,6 +274,11 @@ class OpenCVCapture:
                 why = self._first_jpeg(size)
                 if why is None:
                     self._jpeg = True
+                    logger.info(
+                        "camera %s: its MJPEG frames are kept as sent, and decoded only if "
+                        "analysed",
+                        name or spec.kind,
+                    )
                     return
                 # Not JPEGs libjpeg takes as they are: FFmpeg decodes them, as before.
                 logger.info(
@@ -376,6 +384,8 @@ class OpenCVCapture:
                 check_encoded(data, _ANY_SIZE)  # the server's limits apply when it decodes
             except InvalidFrame as exc:
                 why, passed = str(exc), passed + 1
+                if self._on_invalid is not None:
+                    self._on_invalid(f"a frame was not a whole JPEG and was passed over: {why}")
                 continue
             return data
         raise SourceError(f"{passed} frames in a row were not whole JPEGs; the last: {why}")
@@ -434,10 +444,17 @@ class DemoCapture:
 
 
 def open_source(
-    spec: SourceSpec, *, open_timeout_s: float, read_timeout_s: float, loop: bool, name: str = ""
+    spec: SourceSpec,
+    *,
+    open_timeout_s: float,
+    read_timeout_s: float,
+    loop: bool,
+    name: str = "",
+    on_invalid: Callable[[str], None] | None = None,
 ) -> Capture:
     """Open a source (blocking, up to the open timeout); raises SourceError. name: the
-    camera's id, for what it logs."""
+    camera's id, for what it logs; on_invalid: told of each MJPEG frame passed over for not
+    being a whole JPEG, with why."""
     if spec.kind == "demo":
         return DemoCapture(spec)
-    return OpenCVCapture(spec, open_timeout_s, read_timeout_s, loop, name)
+    return OpenCVCapture(spec, open_timeout_s, read_timeout_s, loop, name, on_invalid)
