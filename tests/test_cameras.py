@@ -865,6 +865,29 @@ def test_a_new_watcher_gets_no_opening_burst() -> None:
     assert gaps.min() >= 1 / 3 - 1e-9, gaps
 
 
+def test_a_watcher_keeps_its_rate_and_sends_no_burst_after_a_pause() -> None:
+    """A 5 fps watcher of a 6 fps camera gets 5 results a second; a 1 fps watcher of a 30 fps
+    camera that pauses for 2 s (reconnecting) gets its next results a second apart, where it
+    used to get two a frame apart."""
+    steady = Watcher("six", Options(), max_fps=5.0, capacity=64)
+    sent = 0
+    for i in range(60):  # 10 s of a 6 fps camera, on a made-up clock
+        now = 1000.0 + i / 6
+        if steady.due(now):
+            steady.offer(pb.FrameResult(frame_id=i), captured=now, now=now)
+            sent += 1
+    assert 49 <= sent <= 51, sent
+    paused = Watcher("belt", Options(), max_fps=1.0, capacity=64)
+    delivered = []
+    clock = [1000.0 + i / 30 for i in range(90)] + [1005.0 + i / 30 for i in range(90)]
+    for i, now in enumerate(clock):  # 3 s of frames, 2 s of none, 3 s of frames
+        if paused.due(now):
+            paused.offer(pb.FrameResult(frame_id=i), captured=now, now=now)
+            delivered.append(now)
+    assert np.diff(delivered).min() >= 1.0 - 1e-9, delivered
+    assert len(delivered) == 6, delivered
+
+
 async def test_watchers_get_the_maps_they_ask_for_and_a_too_large_result_is_theirs_alone() -> None:
     """A published stream computes the maps its watchers want beside its own; a watcher whose
     result would pass the message limit gets RESOURCE_EXHAUSTED for each frame, and neither the

@@ -82,12 +82,13 @@ class Watcher:
     def offer(self, result: pb.FrameResult, captured: float, now: float) -> None:
         """Queue a result (event loop only; never waits); the oldest goes when full."""
         # A schedule, not a minimum gap: a 5 fps watcher of a 6 fps camera gets 5 results a
-        # second, not 3 (every other frame). After a pause it catches up by half a step only;
-        # the first result starts the schedule, so a new watcher gets no opening burst.
-        if self._next == 0.0:
+        # second, not 3 (every other frame). The first result starts the schedule, so a new
+        # watcher gets no opening burst; so does the first after a pause of more than a step
+        # (a camera reconnecting): catching up there sent two results a frame apart.
+        if now - self._next > self.interval:
             self._next = now + self.interval
         else:
-            self._next = max(self._next + self.interval, now - self.interval / 2)
+            self._next += self.interval
         if len(self._queue) >= self.capacity:
             old = self._queue.popleft()
             self.dropped += 1
