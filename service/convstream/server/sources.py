@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from convstream.server.config import MAX_FPS, MAX_INPUT_SIDE, MIN_INPUT_SIDE, parse_size
-from convstream.server.decode import Limits, check_encoded
+from convstream.server.decode import Limits, check_encoded, decode_encoded
 from convstream.server.diagnose import why_closed
 from convstream.server.errors import InvalidFrame
 
@@ -335,13 +335,9 @@ class OpenCVCapture:
             return "no first frame in raw mode"
         data = frame.tobytes()
         try:
-            check_encoded(data, _ANY_SIZE)
+            image = decode_encoded(data, _ANY_SIZE)  # as the analysis will decode it
         except InvalidFrame as exc:
-            return str(exc)
-        flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-        if image is None:
-            return f"libjpeg could not decode its first {len(data)}-byte JPEG (lossless?)"
+            return f"its first frame is not a plain JPEG that libjpeg decodes ({exc})"
         got = (image.shape[1], image.shape[0])
         if 0 not in size and got != size:
             return f"its JPEGs are {got[0]}x{got[1]} in a {size[0]}x{size[1]} stream (fields?)"
