@@ -33,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from convstream.cli import main
 from convstream.client.cli import QUIET_S
+from convstream.client.results import CameraInfo
 from convstream.server import CameraConfig, Server, Settings
 from convstream.server.feeds import CameraFeed, Watcher
 from convstream.server.pipeline import Options
@@ -370,6 +371,8 @@ async def test_mjpeg_frames_that_cannot_be_analysed_are_counted_and_told(
     assert cam.last_error.startswith(
         ("a frame could not be analysed: corrupt JPEG", "a frame was not a whole JPEG")
     ), cam.last_error
+    assert cam.frames_invalid >= 2  # ListCameras counts them too
+    assert CameraInfo.from_proto(cam).frames_invalid == cam.frames_invalid
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(metrics.decode())

@@ -331,6 +331,8 @@ class CameraInfo:
         last_score: the score of the latest analysed frame; None before the first.
         last_frame_time: when the latest result was ready (UTC); None before the first.
         latency_ms: from reading a frame to its result being ready, lately.
+        frames_invalid: frames that could not be analysed: an MJPEG camera's frame that was
+            not a whole JPEG (cut short in transit) or did not decode; ``last_error`` says why.
     """
 
     id: str
@@ -353,6 +355,7 @@ class CameraInfo:
     last_score: float | None
     last_frame_time: datetime | None
     latency_ms: float
+    frames_invalid: int = 0
 
     @property
     def flowing(self) -> bool:
@@ -383,6 +386,7 @@ class CameraInfo:
             last_score=float(message.last_score) if analysed else None,
             last_frame_time=_datetime(message.last_frame_time) if analysed else None,
             latency_ms=message.latency_ms,
+            frames_invalid=message.frames_invalid,
         )
 
 

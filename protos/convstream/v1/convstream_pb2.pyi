@@ -283,7 +283,7 @@ class ListCamerasRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class CameraStatus(_message.Message):
-    __slots__ = ("id", "state", "state_since", "source_kind", "last_error", "fps_in", "fps_out", "fps_cap", "frames_read", "frames_analysed", "frames_dropped", "reconnects", "watchers", "frame_width", "frame_height", "last_score", "last_frame_time", "latency_ms", "frames_skipped", "last_error_time")
+    __slots__ = ("id", "state", "state_since", "source_kind", "last_error", "fps_in", "fps_out", "fps_cap", "frames_read", "frames_analysed", "frames_dropped", "reconnects", "watchers", "frame_width", "frame_height", "last_score", "last_frame_time", "latency_ms", "frames_skipped", "last_error_time", "frames_invalid")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     STATE_SINCE_FIELD_NUMBER: _ClassVar[int]
@@ -304,6 +304,7 @@ class CameraStatus(_message.Message):
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     FRAMES_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_TIME_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_INVALID_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: CameraState
     state_since: _timestamp_pb2.Timestamp
@@ -324,7 +325,8 @@ class CameraStatus(_message.Message):
     latency_ms: float
     frames_skipped: int
     last_error_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[CameraState, str]] = ..., state_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source_kind: _Optional[str] = ..., last_error: _Optional[str] = ..., fps_in: _Optional[float] = ..., fps_out: _Optional[float] = ..., fps_cap: _Optional[float] = ..., frames_read: _Optional[int] = ..., frames_analysed: _Optional[int] = ..., frames_dropped: _Optional[int] = ..., reconnects: _Optional[int] = ..., watchers: _Optional[int] = ..., frame_width: _Optional[int] = ..., frame_height: _Optional[int] = ..., last_score: _Optional[float] = ..., last_frame_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latency_ms: _Optional[float] = ..., frames_skipped: _Optional[int] = ..., last_error_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    frames_invalid: int
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[CameraState, str]] = ..., state_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source_kind: _Optional[str] = ..., last_error: _Optional[str] = ..., fps_in: _Optional[float] = ..., fps_out: _Optional[float] = ..., fps_cap: _Optional[float] = ..., frames_read: _Optional[int] = ..., frames_analysed: _Optional[int] = ..., frames_dropped: _Optional[int] = ..., reconnects: _Optional[int] = ..., watchers: _Optional[int] = ..., frame_width: _Optional[int] = ..., frame_height: _Optional[int] = ..., last_score: _Optional[float] = ..., last_frame_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latency_ms: _Optional[float] = ..., frames_skipped: _Optional[int] = ..., last_error_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., frames_invalid: _Optional[int] = ...) -> None: ...
 
 class ListCamerasResponse(_message.Message):
     __slots__ = ("cameras",)

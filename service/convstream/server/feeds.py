@@ -270,6 +270,7 @@ class CameraFeed(Publisher):
                 frames_read=cam.frames_read,
                 frames_dropped=cam.frames_dropped,
                 frames_skipped=cam.frames_skipped,
+                frames_invalid=cam.frames_invalid,
                 reconnects=cam.reconnects,
                 frame_width=cam.frame_size[0],  # known before the first frame is analysed
                 frame_height=cam.frame_size[1],
