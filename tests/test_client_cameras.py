@@ -561,31 +561,34 @@ async def test_a_reader_that_goes_away_stops_watch_quietly(server: Server) -> No
     assert err == b"", err.decode()
 
 
+CAPPED = CameraInfo(
+    id="aisle-8",
+    state="running",
+    since=None,
+    source_kind="file",
+    last_error="",
+    last_error_time=None,
+    fps_in=15.0,
+    fps_out=3.0,
+    fps_cap=3.0,
+    frames_read=450,
+    frames_analysed=90,
+    frames_dropped=0,
+    frames_skipped=360,
+    reconnects=0,
+    watchers=1,
+    frame_width=1280,
+    frame_height=720,
+    last_score=0.42,
+    last_frame_time=None,
+    latency_ms=12.5,
+)  # a healthy camera capped at 3 fps, for the table tests to change
+
+
 def test_the_cameras_table_shows_the_cap_and_no_stale_figures_of_a_camera_that_is_down() -> None:
     """A capped camera's low fps out reads as its cap, not as starving; one that is down shows
     no latency or score (its last ones read as current)."""
-    capped = CameraInfo(
-        id="aisle-8",
-        state="running",
-        since=None,
-        source_kind="file",
-        last_error="",
-        last_error_time=None,
-        fps_in=15.0,
-        fps_out=3.0,
-        fps_cap=3.0,
-        frames_read=450,
-        frames_analysed=90,
-        frames_dropped=0,
-        frames_skipped=360,
-        reconnects=0,
-        watchers=1,
-        frame_width=1280,
-        frame_height=720,
-        last_score=0.42,
-        last_frame_time=None,
-        latency_ms=12.5,
-    )
+    capped = CAPPED
     down = dataclasses.replace(capped, id="yard", state="reconnecting", fps_cap=0.0, fps_out=0.0)
     header, up_row, down_row = cameras_text([capped, down]).splitlines()
     assert "FPS CAP" in header
@@ -602,7 +605,8 @@ def test_the_cameras_table_fits_a_terminal_and_keeps_a_long_error_whole_when_pip
         "(is it on, and is this its RTSP port?); the last 12 retries failed the same way"
     )
     now = datetime.now(UTC)
-    down = CameraInfo(
+    down = dataclasses.replace(
+        CAPPED,
         id="dock-4",
         state="reconnecting",
         since=now - timedelta(minutes=5),
@@ -612,17 +616,8 @@ def test_the_cameras_table_fits_a_terminal_and_keeps_a_long_error_whole_when_pip
         fps_in=0.0,
         fps_out=0.0,
         fps_cap=0.0,
-        frames_read=9000,
-        frames_analysed=9000,
-        frames_dropped=0,
-        frames_skipped=0,
         reconnects=12,
-        watchers=0,
-        frame_width=1280,
-        frame_height=720,
         last_score=None,
-        last_frame_time=None,
-        latency_ms=0.0,
     )
     whole = cameras_text([down], now).splitlines()[1]
     assert whole.endswith("20s ago: " + error)  # piped: all of it, for grep
