@@ -12,6 +12,7 @@ import grpc
 import numpy as np
 import pytest
 from conftest import jpeg, png, scene
+from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -512,16 +513,72 @@ async def test_an_input_jpeg_that_tips_a_result_over_the_limit_is_a_frame_error(
         await server.stop(grace=0)
 
 
+def build_pool(
+    files: dict[str, descriptor_pb2.FileDescriptorProto],
+) -> descriptor_pool.DescriptorPool:
+    """A pool of `files`, each added after its dependencies, as a pool takes them."""
+    pool = descriptor_pool.DescriptorPool()
+    added: set[str] = set()
+
+    def add(name: str) -> None:
+        if name not in added:
+            for dependency in files[name].dependency:
+                add(dependency)
+            pool.Add(files[name])
+            added.add(name)
+
+    for name in files:
+        add(name)
+    return pool
+
+
 async def test_health_and_reflection(server: Server, channel: grpc.aio.Channel) -> None:
+    """Health says SERVING for the server and its service.
+
+    What a tool such as grpcurl does with no .proto at hand, in each version of reflection: list
+    the services, fetch the files that define each (with their dependencies), build them into
+    a pool of its own and read the methods there. grpcio-reflection alone serves v1alpha only.
+    """
     health = health_pb2_grpc.HealthStub(channel)
     for service in ("", "convstream.v1.Convstream"):
         reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-    ask = reflection_pb2.ServerReflectionRequest(list_services="")
-    replies = [r async for r in stub.ServerReflectionInfo(requests([ask]))]
-    names = {s.name for s in replies[0].list_services_response.service}
-    assert {"convstream.v1.Convstream", "grpc.health.v1.Health"} <= names
+    for version in ("v1", "v1alpha"):
+        ask = channel.stream_stream(
+            f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        listing = reflection_pb2.ServerReflectionRequest(list_services="")
+        replies = [r async for r in ask(requests([listing]))]
+        names = {s.name for s in replies[0].list_services_response.service}
+        assert names == {
+            "convstream.v1.Convstream",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        }, (version, names)
+        wanted = [reflection_pb2.ServerReflectionRequest(file_containing_symbol=n) for n in names]
+        files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
+        async for reply in ask(requests(wanted)):
+            assert reply.WhichOneof("message_response") == "file_descriptor_response", reply
+            for blob in reply.file_descriptor_response.file_descriptor_proto:
+                proto = descriptor_pb2.FileDescriptorProto.FromString(blob)
+                files[proto.name] = proto
+        pool = build_pool(files)
+        methods = {n: [m.name for m in pool.FindServiceByName(n).methods] for n in names}
+        assert methods["convstream.v1.Convstream"] == [
+            "Analyze",
+            "StreamFrames",
+            "GetModelInfo",
+            "ListCameras",
+            "WatchCamera",
+        ]
+        for package in ("grpc.reflection.v1", "grpc.reflection.v1alpha"):
+            service = pool.FindServiceByName(f"{package}.ServerReflection")
+            method = service.methods_by_name["ServerReflectionInfo"]
+            assert method.input_type.full_name == f"{package}.ServerReflectionRequest"
+            assert method.output_type.full_name == f"{package}.ServerReflectionResponse"
 
 
 async def test_reflection_can_be_switched_off() -> None:

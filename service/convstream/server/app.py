@@ -17,10 +17,10 @@ from typing import Any
 import grpc
 import onnxruntime as ort
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from convstream.model import DamageModel, wants_cuda
 from convstream.model.runtime import CUDA, ProviderChoice
+from convstream.server import reflection
 from convstream.server.cameras import CameraManager
 from convstream.server.config import (
     CameraConfig,
@@ -208,7 +208,7 @@ class Server:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if settings.reflection:
             names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
-            reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
+            reflection.enable(names, server)
         pem = settings.read_tls()
         if pem is not None:
             for warning in pem.warnings:

@@ -6,9 +6,9 @@ Roles, each including the one before it:
     analyze   + Analyze, StreamFrames (what an integration that sends frames needs)
 
 Health is open to all (load balancers probe it without credentials); every other method,
-reflection included (v1alpha, the only version grpcio-reflection serves; v1 too if it ever
-does), needs a valid token of any role. The config holds each token's SHA-256, never the
-token itself; ``convstream token`` makes a token and prints the line to paste.
+reflection included (v1 and v1alpha), needs a valid token of any role. The config holds
+each token's SHA-256, never the token itself; ``convstream token`` makes a token and prints
+the line to paste.
 """
 
 from __future__ import annotations

@@ -1,0 +1,66 @@
+"""gRPC server reflection in both versions a tool may ask for: v1 and v1alpha.
+
+grpcio-reflection serves only ``grpc.reflection.v1alpha`` (grpc/grpc#38576), the version the
+gRPC project deprecated for ``grpc.reflection.v1``; tools that ask for v1 first (grpcurl,
+buf curl, Postman) fall back, others stop there. The two versions are one .proto in two
+packages, the same messages on the wire, so one servicer answers both: v1's method decodes
+and encodes with v1alpha's classes. v1's own descriptor, v1alpha's renamed, joins the default
+pool, so that a tool may also describe the reflection service in the version it speaks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+V1ALPHA = reflection.SERVICE_NAME
+V1 = "grpc.reflection.v1.ServerReflection"
+METHOD = "ServerReflectionInfo"
+
+
+def _register_v1() -> None:
+    """Put ``grpc/reflection/v1/reflection.proto`` in the default pool (once a process)."""
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindServiceByName(V1)
+        return
+    except KeyError:
+        pass
+    proto = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(proto)
+    old, new = "grpc.reflection.v1alpha", "grpc.reflection.v1"
+    proto.name = "grpc/reflection/v1/reflection.proto"
+    proto.package = new
+
+    def rename(name: str) -> str:
+        return name.replace(f".{old}.", f".{new}.", 1)
+
+    messages = list(proto.message_type)
+    while messages:
+        message = messages.pop()
+        messages.extend(message.nested_type)
+        for field in message.field:
+            if field.HasField("type_name"):
+                field.type_name = rename(field.type_name)
+    for service in proto.service:
+        for method in service.method:
+            method.input_type = rename(method.input_type)
+            method.output_type = rename(method.output_type)
+    pool.AddSerializedFile(proto.SerializeToString())
+
+
+def enable(service_names: Iterable[str], server: grpc.aio.Server) -> None:
+    """Serve reflection of ``service_names`` and of reflection itself, in v1 and v1alpha."""
+    _register_v1()
+    servicer = reflection.aio.ReflectionServicer((*service_names, V1, V1ALPHA))
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler(name, {METHOD: handler}) for name in (V1, V1ALPHA)]
+    )
