@@ -735,9 +735,15 @@ async def test_reload_adds_removes_and_restarts_cameras() -> None:
         await until(lambda: _true(len(watch_keep.results) >= 2), 10, "results")
         changed = keep.model_copy(update={"source": "demo:conveyor?fps=10&seed=2"})
         added = camera("new", "demo:conveyor?fps=10&seed=3")
+        counted = await status(stub, "keep")
+        assert counted.frames_read >= 2 and counted.frames_analysed >= 2
         await server.reload(server.settings.model_copy(update={"cameras": (changed, added)}))
         reply = await stub.ListCameras(pb.ListCamerasRequest())
         assert [c.id for c in reply.cameras] == ["keep", "new"]
+        # the restarted camera counts on from its totals, as its counters must
+        restarted = reply.cameras[0]
+        assert restarted.frames_read >= counted.frames_read, (restarted, counted)
+        assert restarted.frames_analysed >= counted.frames_analysed, (restarted, counted)
         await until(lambda: _true(watch_gone.error is not None), 5, "removed camera's watcher")
         assert watch_gone.error is not None
         assert watch_gone.error.code() == grpc.StatusCode.NOT_FOUND

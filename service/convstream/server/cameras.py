@@ -123,6 +123,7 @@ class CameraManager:
                     await old.stop(Draining("camera restarting"))
                 except Exception:  # the new reader starts all the same
                     logger.exception("camera %s: stopping its old reader failed", camera_id)
+                feed.carry_totals(old)
                 why = "changed" if old.camera.config != config else "was down"
                 logger.info("camera %s %s; restarting it", camera_id, why)
             else:

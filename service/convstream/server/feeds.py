@@ -297,6 +297,18 @@ class CameraFeed(Publisher):
             "changes it; a reload (SIGHUP) restarts it"
         )
 
+    def carry_totals(self, old: CameraFeed) -> None:
+        """Go on counting from ``old``'s totals: the same camera, restarted by a reload, so
+        that ListCameras and the camera counters count since the server started (a reload
+        is how an operator says "try again", and took the count of failed retries with it)."""
+        cam, was = self.camera, old.camera
+        cam.frames_read += was.frames_read
+        cam.frames_dropped += was.frames_dropped
+        cam.frames_skipped += was.frames_skipped
+        cam.frames_invalid += was.frames_invalid
+        cam.reconnects += was.reconnects
+        self.frames_analysed += old.frames_analysed
+
     def start(self) -> None:
         loop = asyncio.get_running_loop()
 
