@@ -583,7 +583,7 @@ def test_stream_refuses_before_sending_what_the_server_would_refuse(
         assert err.startswith("convstream stream: error: --queue-size is for --freshness ")
         assert f"--freshness {freshness} ignores it" in err
     assert main(["stream", str(video), "--queue-size", "0", "--address", nowhere()]) == 2
-    assert "--queue-size must be 1..1024, got 0" in capsys.readouterr().err
+    assert "--queue-size must be at least 1, got 0" in capsys.readouterr().err
 
 
 async def test_a_queue_size_alone_means_bounded_queue(
@@ -595,6 +595,15 @@ async def test_a_queue_size_alone_means_bounded_queue(
     answered = [r["frame_id"] for r in results]
     dropped = [i for r in results for i in r["dropped_frame_ids"]]
     assert sorted(answered + dropped) == list(range(12))
+    # A queue the server lets no stream hold is refused before a frame is sent: the server
+    # would refuse the first frame and serve the rest LOSSLESS, not as asked.
+    largest = server.servicer.model_info.max_stream_queue_size
+    too_many = ["stream", str(video), "--queue-size", str(largest + 1), "--fast", "--json"]
+    assert await run(*too_many, "--address", f"127.0.0.1:{server.port}") == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert f"--queue-size {largest + 1} is more than this server lets one stream hold" in err
+    assert f"hold, {largest} (ModelInfo.max_stream_queue_size" in err
 
 
 def test_help_says_what_each_flag_does_and_shows_the_command_s_own_examples(

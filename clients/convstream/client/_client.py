@@ -126,8 +126,11 @@ class Client(BaseClient):
                 "lossless" (slow the sender down), "latest_only" (analyse the newest, drop the
                 rest) or "bounded_queue" (keep ``queue_size``, drop the oldest). Dropped ids
                 arrive in the next result's ``dropped_frame_ids``.
-            queue_size: waiting frames for "bounded_queue" (1..1024; the server's default
-                when None); ValueError with another policy, which would ignore it.
+            queue_size: waiting frames for "bounded_queue" (the server's default when
+                None; at most its ``model_info().max_stream_queue_size``, 256 unless set
+                otherwise: a larger one gives the first result an ``error`` and the stream
+                stays "lossless"); ValueError with another policy, which would ignore it, or
+                outside 1..1024.
             resume: when the stream breaks with UNAVAILABLE (a server restart), reconnect
                 (for up to ``Retry.resume_timeout`` once results have come) and re-send the
                 frames not yet answered, so every frame is answered once, in order.

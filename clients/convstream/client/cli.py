@@ -175,8 +175,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--queue-size",
         type=int,
         metavar="N",
-        help="frames that may wait, 1..1024, the oldest dropped: bounded_queue's, which it "
-        "implies (default: the server's)",
+        help="frames that may wait, the oldest dropped: bounded_queue's, which it implies; "
+        "1 to the server's largest (256 unless it is set otherwise; `convstream info` shows "
+        "it), default: the server's default",
     )
     stream.add_argument("--name", help="source name sent with frames (default: file stem)")
     stream.add_argument(
@@ -414,8 +415,8 @@ def _stream(args: argparse.Namespace) -> int:
             f"--queue-size is for --freshness bounded_queue (--freshness {freshness} ignores "
             "it: lossless queues every frame, latest_only only the newest); drop one of them",
         )
-    if args.queue_size is not None and not 1 <= args.queue_size <= 1024:
-        return _usage(args, f"--queue-size must be 1..1024, got {args.queue_size}")
+    if args.queue_size is not None and args.queue_size < 1:
+        return _usage(args, f"--queue-size must be at least 1, got {args.queue_size}")
     if args.publish:  # the server would refuse the name only once frames were sent
         name = args.name if args.name is not None else Video.default_name(source)
         try:
@@ -426,6 +427,16 @@ def _stream(args: argparse.Namespace) -> int:
             return _usage(args, f"--publish: {given}: {exc}{fix}")
 
     def body(client: Client) -> int:
+        if args.queue_size is not None:
+            # the server would refuse the first frame and serve the rest LOSSLESS
+            largest = client.model_info().max_stream_queue_size
+            if largest and args.queue_size > largest:
+                return _usage(
+                    args,
+                    f"--queue-size {args.queue_size} is more than this server lets one stream "
+                    f"hold, {largest} (ModelInfo.max_stream_queue_size, `convstream info` "
+                    "shows it); ask for fewer",
+                )
         realtime = not args.fast
         with Video(source, name=args.name, max_frames=args.max_frames, realtime=realtime) as video:
             total = video.frame_count
