@@ -119,11 +119,15 @@ class Camera:
         self.last_error_at = 0.0  # time.time() of last_error; 0.0: none yet
         self.frames_read = 0
         self.frames_dropped = 0  # superseded before analysis while the analysis was behind
-        self.frames_skipped = 0  # superseded before the fps cap let it be analysed: by design
+        self.frames_skipped = 0  # superseded by design: for the fps cap, or in a burst
         self.frames_invalid = 0  # could not be analysed: not a whole JPEG, or did not decode
         # time.monotonic() before which the analysis takes no frame: its fps cap's schedule,
         # kept by CameraFeed (without a cap, the time it took the latest)
         self.next_due = 0.0
+        # set by CameraFeed while one of this camera's frames is in analysis: a frame
+        # superseded then was dropped because the server was busy; one superseded while the
+        # analysis was free (a burst of frames came before it woke) was skipped
+        self.analysing = False
         self.reconnects = 0
         self.frame_size = (0, 0)  # width, height
         self.fps_in = RateMeter()
@@ -325,7 +329,7 @@ class Camera:
             if self._latest is not None and self._latest.number > self._taken:
                 # Never analysed: a newer frame replaces it. Counted at once, so both counts
                 # only ever grow (they are Prometheus counters).
-                if now < self.next_due:
+                if now < self.next_due or not self.analysing:
                     self.frames_skipped += 1
                 else:
                     self.frames_dropped += 1

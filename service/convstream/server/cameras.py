@@ -267,8 +267,9 @@ class CameraManager:
         frames = CounterMetricFamily(
             "convstream_camera_frames",
             "Camera frames read, analysed, dropped (superseded before analysis while it was "
-            "behind), skipped (superseded before the fps cap let it be analysed) and invalid "
-            "(could not be analysed: not a whole JPEG, or one that did not decode)",
+            "busy), skipped (passed over by design: superseded before the fps cap let it be "
+            "analysed, or in a burst before the free analysis took it) and invalid (could not "
+            "be analysed: not a whole JPEG, or one that did not decode)",
             labels=["camera", "outcome"],
         )
         reconnects = CounterMetricFamily(

@@ -351,6 +351,7 @@ class CameraFeed(Publisher):
             # The cap's schedule, kept on the camera: frames it replaces before then are
             # skipped for the cap, not dropped.
             camera.next_due = max(camera.next_due + self._interval, started - self._interval)
+            camera.analysing = True
             try:
                 await self._analyse(frame)
             except Draining:
@@ -369,6 +370,8 @@ class CameraFeed(Publisher):
             except Exception:
                 self.metrics.frames.labels(self.metrics.source(source), "error").inc()
                 logger.exception("camera %s: frame %d failed", source, frame.number)
+            finally:
+                camera.analysing = False
 
     def _prepare(self, frame: Frame) -> Prepared:
         started = time.perf_counter()
