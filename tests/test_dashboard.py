@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -35,6 +36,7 @@ from convstream.dashboard import (
     run_dashboard,
 )
 from convstream.dashboard.alerts import Alert, AlertLog, Snapshot
+from convstream.dashboard.hub import CameraView, Hub
 from convstream.dashboard.messages import frame_message, parse_frame_message
 from convstream.dashboard.web import STATIC_DIR, WINDOW
 from convstream.model.scenes import render_scene
@@ -103,6 +105,22 @@ def test_an_alert_keeps_when_it_was_raised_as_its_snapshot_improves(tmp_path: Pa
     # an alert written before alerts kept their raising reads back with its frame's time
     legacy = {k: v for k, v in first.to_json().items() if k != "raised"}
     assert Alert.from_json(legacy).raised == first.time
+
+
+async def test_a_camera_s_score_history_keeps_history_s_however_slow_the_camera() -> None:
+    """The history is bounded by time: a camera capped at 2 fps under a dashboard's 5 fps
+    kept 12.6 minutes of a 5-minute history_s, and sent them to every page that opened."""
+    hub = Hub(DashboardSettings(history_s=10.0, max_fps=5.0))
+    view = CameraView(id="slow", status={}, history=deque(maxlen=hub._history_points))
+    jpeg_bytes = cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8))[1].tobytes()
+    start = 1_800_000_000.0
+    for k in range(60):  # 30 s at 2 results a second
+        result = pb.FrameResult(frame_id=k + 1, score=0.1, frame_jpeg=jpeg_bytes)
+        result.capture_time.FromNanoseconds(int((start + k / 2) * 1e9))
+        await hub._on_result(view, result)
+    times = [t for t, _ in view.history]
+    assert times[-1] == start + 29.5
+    assert times[0] >= times[-1] - 10.0 and len(times) == 21, times
 
 
 def test_frame_message_round_trip() -> None:

@@ -339,6 +339,10 @@ class Hub:
         stride = result.heatmap.stride or 8
         view.frames_received += 1
         view.history.append((round(when, 3), round(score, 4)))
+        # history_s by time, not only by points: a camera analysed slower than max_fps would
+        # otherwise keep minutes more, sent to every page that opens
+        while view.history[0][0] < when - self.settings.history_s:
+            view.history.popleft()
         header = {
             "camera": view.id,
             "frame_id": result.frame_id,
