@@ -54,7 +54,8 @@ class Metrics:
         )
         self.streams = Counter(
             "convstream_streams",
-            "StreamFrames calls by how they ended (ok, cancelled, rejected, error)",
+            "StreamFrames calls by how they ended (ok, cancelled, idle, rejected, error; a "
+            "stream its client cancels may count as ok: gRPC does not always say)",
             ["outcome"],
             registry=self.registry,
         )
