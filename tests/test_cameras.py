@@ -30,6 +30,7 @@ from live import (
     write_video,
 )
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from convstream.cli import main
 from convstream.client.cli import QUIET_S
@@ -749,6 +750,10 @@ async def test_unknown_camera_is_not_found() -> None:
         assert isinstance(first, pb.FrameResult) and first.frame_id > 0  # the limits themselves
 
 
+def _samples(server: Server, name: str) -> list[Sample]:
+    return [s for f in server.metrics.registry.collect() for s in f.samples if s.name == name]
+
+
 async def test_reload_adds_removes_and_restarts_cameras() -> None:
     keep = camera("keep", "demo:conveyor?fps=10")
     gone = camera("gone", "demo:conveyor?fps=10&seed=1")
@@ -769,6 +774,9 @@ async def test_reload_adds_removes_and_restarts_cameras() -> None:
         assert restarted.frames_analysed >= counted.frames_analysed, (restarted, counted)
         await until(lambda: _true(watch_gone.error is not None), 5, "removed camera's watcher")
         assert watch_gone.error is not None
+        # the removed camera's series are gone with it; the kept camera's stay
+        sources = {s.labels.get("source") for s in _samples(server, "convstream_frames_total")}
+        assert "gone" not in sources and "keep" in sources, sources
         assert watch_gone.error.code() == grpc.StatusCode.NOT_FOUND
         assert "removed" in str(watch_gone.error.details())
         before = len(watch_keep.results)

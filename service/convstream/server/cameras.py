@@ -103,6 +103,7 @@ class CameraManager:
                 logger.info("camera %s moved to another process of this server", camera_id)
             else:
                 await feed.stop(NotFound(f"camera {camera_id!r} was removed from the config"))
+                self.metrics.forget_camera(camera_id)
                 logger.info("camera %s removed", camera_id)
             await self._forget(camera_id)
         for camera_id, config in wanted.items():
