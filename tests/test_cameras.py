@@ -596,6 +596,25 @@ async def test_video_file_loops_or_stops(tmp_path: Path) -> None:
         await until(lambda: _frames_read_over(stub, "missing", 5), 10, "missing comes back")
 
 
+async def test_a_looping_file_of_one_frame_is_a_still(tmp_path: Path) -> None:
+    """A one-frame clip, or a JPEG named as a camera: OpenCV cannot seek back to its frame,
+    which made the camera flap between running and reconnecting three times a second, with
+    a reconnect counted and two log lines each time. It is a still: the frame, paced."""
+    clip = write_video(tmp_path / "one.mp4", frames=1, fps=10)
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(jpeg(scene(3, 240, 320)))
+    cams = (camera("clip", str(clip)), camera("photo", str(photo)))
+    async with serving(*cams) as server, connect(server) as stub:
+        for camera_id in ("clip", "photo"):
+            await until(lambda c=camera_id: _frames_read_over(stub, c, 12), 10, camera_id)
+            told = await status(stub, camera_id)
+            assert told.state == pb.CAMERA_STATE_RUNNING, told
+            assert told.reconnects == 0 and told.last_error == "", told
+            assert told.frames_analysed >= 2, told
+        first = await watch(stub, "photo").read()
+        assert first.geometry.frame_width == 320 and first.geometry.frame_height == 240
+
+
 async def _frames_read_over(stub: pb_grpc.ConvstreamStub, camera_id: str, n: int) -> bool:
     return (await status(stub, camera_id)).frames_read > n
 

@@ -256,6 +256,11 @@ class OpenCVCapture:
         self._pacer = _Pacer(fps) if spec.kind == "file" and 0 < fps <= MAX_FPS else None
         self._interval_s = 1 / fps if 0 < fps <= MAX_FPS else 0.02
         self._grabbed = False  # a frame is grabbed and waits for retrieve()
+        # A looping file: frames read since it last started, the last of them, and, for a
+        # file of one frame (a still), that frame for good.
+        self._since_start = 0
+        self._last: np.ndarray | None = None
+        self._still: np.ndarray | None = None
         # An MJPEG source's frames are whole JPEGs: taken as FFmpeg reads them (its raw
         # mode), and decoded only if the frame is analysed, by libjpeg at the size the model
         # needs, as a client's JPEG is. Decoded here, every frame paid a full-size decode and
@@ -326,11 +331,7 @@ class OpenCVCapture:
         decodes to the stream's size; else say why not. Not so: lossless JPEG (libjpeg
         cannot decode it), interlaced MJPEG (two half-height fields a frame, which FFmpeg
         weaves together), bytes before the JPEG or none after it (some DVRs)."""
-        if self._grabbed:
-            self._grabbed = False
-            ok, frame = self._cap.retrieve()
-        else:
-            ok, frame = self._cap.read()
+        ok, frame = self._next()
         if not ok or frame is None:
             return "no first frame in raw mode"
         data = frame.tobytes()
@@ -386,8 +387,11 @@ class OpenCVCapture:
             return data
         raise SourceError(f"{passed} frames in a row were not whole JPEGs; the last: {why}")
 
-    def _read(self) -> np.ndarray:
-        started = time.monotonic()
+    def _next(self) -> tuple[bool, np.ndarray | None]:
+        """The next frame from OpenCV (the grabbed one first); a looping file starts again
+        at its end."""
+        if self._still is not None:
+            return True, self._still.copy()
         if self._grabbed:
             self._grabbed = False
             ok, frame = self._cap.retrieve()
@@ -396,6 +400,22 @@ class OpenCVCapture:
         if not ok and self.spec.kind == "file" and self._loop:
             self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
             ok, frame = self._cap.read()
+            if not ok and self._since_start == 1 and self._last is not None:
+                # A file of one frame, which OpenCV cannot seek back to (a JPEG or a
+                # one-frame clip named as a camera): the frame again, for good. Reopening it
+                # each frame, or calling the file ended, made the camera flap between
+                # running and reconnecting, three times a second, logging each.
+                self._still, self._last = self._last, None
+                return True, self._still.copy()
+            self._since_start = 0
+        if ok and frame is not None and self.spec.kind == "file" and self._loop:
+            self._since_start += 1
+            self._last = frame.copy() if self._since_start == 1 else None
+        return ok, frame
+
+    def _read(self) -> np.ndarray:
+        started = time.monotonic()
+        ok, frame = self._next()
         if not ok or frame is None:
             if self.spec.kind == "file":
                 raise SourceError("end of video file", permanent=not self._loop, ended=True)
