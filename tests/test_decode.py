@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import jpeg, png, scene
 
+from convstream.client import Frame
 from convstream.server.decode import (
     MAX_HEADER_STEPS,
     Limits,
@@ -18,7 +19,7 @@ from convstream.server.decode import (
     encoded_size,
 )
 from convstream.server.errors import FrameTooLarge, InvalidFrame
-from convstream.server.letterbox import choose_input, letterbox, reduction
+from convstream.server.letterbox import PAD_VALUE, choose_input, letterbox, reduction
 
 LIMITS = Limits(max_pixels=40_000_000, max_side=16384)
 IMAGE = scene(3, 240, 320)
@@ -34,6 +35,13 @@ def png_header(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + body + idat_chunk + b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 
+def with_thumbnail(image: bytes) -> bytes:
+    """The JPEG with an EXIF APP1 segment holding a small JPEG (scan, end marker and all)."""
+    thumb = jpeg(cv2.resize(IMAGE, (80, 60)))
+    app1 = b"Exif\x00\x00" + thumb
+    return image[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + image[2:]
+
+
 CASES = [
     ("jpeg", jpeg(IMAGE), None, "ok"),
     ("png", png(IMAGE), None, "ok"),
@@ -42,6 +50,18 @@ CASES = [
     ("truncated png", png(IMAGE)[:-40], InvalidFrame, "truncated PNG"),
     # bytes after the end marker are ignored, as decoders do (a camera's padding, a trailer)
     ("jpeg with a trailer", jpeg(IMAGE) + b"GARBAGE" * 100, None, "ok"),
+    # a trailer holding ff da (a phone's motion photo: the JPEG, then an MP4) once read as a
+    # scan after the last end marker, and a whole JPEG was refused as truncated
+    ("jpeg with a trailer holding ff da", jpeg(IMAGE) + b"\xff\xda\x00\x0c" * 50, None, "ok"),
+    ("png with a trailer", png(IMAGE) + b"\xff\xda GARBAGE", None, "ok"),
+    # the thumbnail's end marker is not the image's
+    (
+        "truncated jpeg with a thumbnail",
+        with_thumbnail(jpeg(IMAGE))[:-2000],
+        InvalidFrame,
+        "truncated",
+    ),
+    ("jpeg with a thumbnail", with_thumbnail(jpeg(IMAGE)), None, "ok"),
     (
         "random bytes",
         bytes(np.random.default_rng(0).integers(0, 256, 5000, np.uint8)),
@@ -68,6 +88,27 @@ def test_decode_encoded(name: str, data: bytes, error: type[Exception] | None, t
     else:
         with pytest.raises(error, match=text):
             decode_encoded(data, LIMITS)
+
+
+def test_transparent_pixels_are_analysed_over_the_padding_grey() -> None:
+    """A PNG's transparent pixels are what a person sees through, not the colour they hide:
+    analysed as stored, an intact box over a transparent half hiding a damaged one scored
+    0.9999. Over the letterbox's grey they read as nothing there, as the padding does."""
+    rgba = np.dstack([IMAGE, np.full(IMAGE.shape[:2], 255, np.uint8)])
+    rgba[:, 160:, 3] = 0  # the right half transparent, its colour still there
+    rgba[:100, :80, 3] = 128  # a half-transparent corner
+    image = decode_encoded(png(rgba), LIMITS)
+    assert (image[:, 160:] == PAD_VALUE).all()
+    assert (image[100:, :160] == IMAGE[100:, :160]).all()  # opaque: as stored
+    mixed = np.rint(IMAGE[:100, :80] * (128 / 255) + PAD_VALUE * (127 / 255))
+    assert np.abs(image[:100, :80] - mixed).max() <= 1
+    # 16 bits a channel alike
+    wide = rgba.astype(np.uint16) * 257
+    assert (decode_encoded(png(wide), LIMITS) == image).all()
+    assert (decode_encoded(png(IMAGE), LIMITS) == IMAGE).all()  # no alpha: as before
+    # the client draws its overlays on the same pixels
+    for data in (png(rgba), png(wide), png(IMAGE)):
+        assert (Frame(data).pixels() == decode_encoded(data, LIMITS)).all()
 
 
 def test_header_size_is_read_without_decoding() -> None:

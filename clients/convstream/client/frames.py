@@ -34,6 +34,7 @@ __all__ = ["Frame", "FrameLike", "Video", "as_frame", "image_files", "read_image
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")  # what the server decodes as it is
+PADDING_GREY = 114  # the server's letterbox padding, and what it sees through transparency
 VIDEO_SUFFIXES = {
     ".avi": "AVI",
     ".mp4": "MP4",
@@ -120,6 +121,8 @@ class Frame:
             # As stored, like the server, which ignores an EXIF rotation (a phone's portrait
             # photo): the result's geometry and heatmap are in these pixels' coordinates.
             image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+            if image is not None and self.image[:8] == _MAGIC[1] and image.size:
+                image = _transparency_as_analysed(data, image)
             if image is None:
                 raise SourceError(f"cannot decode {self.name or 'frame'} ({data.size} bytes)")
         if image.ndim == 2 or image.shape[2] == 1:
@@ -155,6 +158,17 @@ def as_frame(item: FrameLike) -> Frame:
     )
 
 
+def _transparency_as_analysed(data: np.ndarray, opaque: np.ndarray) -> np.ndarray:
+    """A PNG as the server analyses it: transparent pixels over the grey it pads frames
+    with, not the colour they hide (``opaque``, OpenCV's reading, when it has no alpha)."""
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None or image.ndim != 3 or image.shape[2] != 4:
+        return opaque
+    alpha = image[..., 3:] / (65535.0 if image.dtype == np.uint16 else 255.0)
+    mixed = opaque * alpha + PADDING_GREY * (1 - alpha)
+    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+
+
 def check_pixels(image: np.ndarray) -> None:
     """ValueError unless image is BGR uint8 (H, W, 3) or gray uint8 (H, W) or (H, W, 1)."""
     ok_shape = image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3))
@@ -183,7 +197,10 @@ def read_image(path: str | os.PathLike[str]) -> Frame:
     kind = _video_magic(data[:512])
     pixels = None
     if kind is None and data:
-        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        # As stored, an EXIF rotation ignored, as the server reads a JPEG or PNG: one rule
+        # for every image, whichever side decodes it.
+        flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
         if pixels is None:
             kind = VIDEO_SUFFIXES.get(path.suffix.lower())
     if kind is not None:

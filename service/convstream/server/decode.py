@@ -14,11 +14,14 @@ import cv2
 import numpy as np
 
 from convstream.server.errors import FrameTooLarge, InvalidFrame
+from convstream.server.letterbox import PAD_VALUE
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # JPEG start-of-frame markers carry the image size; C4 (DHT), C8 (JPG) and CC (DAC) do not.
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_SOS = frozenset({0xDA})
+_IEND = b"\x00\x00\x00\x00IEND"
 _REDUCED = {
     2: cv2.IMREAD_REDUCED_COLOR_2,
     4: cv2.IMREAD_REDUCED_COLOR_4,
@@ -76,12 +79,14 @@ def sniff(data: bytes) -> str:
 MAX_HEADER_STEPS = 4096
 
 
-def jpeg_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from a JPEG's start-of-frame segment, without decoding."""
+def _jpeg_segment(data: bytes, wanted: frozenset[int]) -> int | None:
+    """Where the first header segment with a marker in ``wanted`` starts, walking the
+    segments from the start (an EXIF thumbnail's markers are inside its APP1 segment, and
+    skipped with it); None when the data ends first."""
     pos = 2
     for _ in range(MAX_HEADER_STEPS):
         if pos + 4 > len(data):
-            break
+            return None
         if data[pos] != 0xFF:
             raise InvalidFrame(f"corrupt JPEG: expected a marker at byte {pos}")
         marker = data[pos + 1]
@@ -95,18 +100,22 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
         if 0xD0 <= marker <= 0xD9 or marker == 0x01:  # markers without a length
             pos += 2
             continue
+        if marker in wanted:
+            return pos
         (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
-        if marker in _SOF_MARKERS:
-            if pos + 9 > len(data):
-                break
-            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
-            return width, height
         pos += 2 + length
-    else:
-        raise InvalidFrame(
-            f"corrupt JPEG: no frame header within {MAX_HEADER_STEPS} markers and fill bytes"
-        )
-    raise InvalidFrame(f"truncated or corrupt JPEG: no frame header in {len(data)} bytes")
+    raise InvalidFrame(
+        f"corrupt JPEG: no frame header within {MAX_HEADER_STEPS} markers and fill bytes"
+    )
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a JPEG's start-of-frame segment, without decoding."""
+    pos = _jpeg_segment(data, _SOF_MARKERS)
+    if pos is None or pos + 9 > len(data):
+        raise InvalidFrame(f"truncated or corrupt JPEG: no frame header in {len(data)} bytes")
+    height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+    return width, height
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -119,16 +128,21 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 def _complete(kind: str, data: bytes) -> bool:
     # A frame cut short in transit still decodes in OpenCV (the rest painted grey), so check
-    # the end marker: JPEG's EOI after its last scan (an EXIF thumbnail ends with an EOI of
-    # its own, before the image's scan; bytes after the EOI are ignored, as decoders do),
-    # PNG's IEND chunk.
-    # Most frames end with the EOI: say so without scanning back through the entropy-coded
-    # data for the last SOS (36 us with the GIL held for a 75 KiB 720p frame).
+    # that the image ends: a JPEG's EOI after its first scan starts (none can come inside the
+    # entropy-coded data; an EXIF thumbnail's EOI is inside its APP1 segment, which the walk
+    # skips), a PNG's IEND chunk. Bytes after the end are ignored, as decoders do: a phone's
+    # motion photo (a JPEG, then an MP4), a trailer some cameras add. The last EOI or SOS
+    # in the file was the wrong test: a trailer holding ff da refused a whole JPEG.
+    # Most frames end with the end: say so without a walk or a search.
     if kind == "jpeg":
         if data.endswith(b"\xff\xd9"):
             return True
-        return data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda")
-    return data[-12:-8] == b"\x00\x00\x00\x00" and data[-8:-4] == b"IEND"
+        scan = _jpeg_segment(data, _SOS)
+        return scan is not None and data.find(b"\xff\xd9", scan) != -1
+    if data[-12:-8] == b"\x00\x00\x00\x00" and data[-8:-4] == b"IEND":
+        return True
+    end = data.find(_IEND, 33)  # IEND is empty: its length, 0, then its type
+    return end != -1 and end + len(_IEND) + 4 <= len(data)
 
 
 def encoded_size(data: bytes) -> tuple[str, int, int]:
@@ -169,7 +183,14 @@ def decode_encoded(data: bytes, limits: Limits, reduce: int = 1) -> np.ndarray:
     flag = _REDUCED.get(reduce, cv2.IMREAD_COLOR) if kind == "jpeg" else cv2.IMREAD_COLOR
     # Pixels as stored, as the header describes them: an EXIF rotation would swap width and
     # height behind the geometry's back.
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag | cv2.IMREAD_IGNORE_ORIENTATION)
+    buffer = np.frombuffer(data, np.uint8)
+    image = None
+    if kind == "png" and _transparent(data):
+        image = _over_grey(
+            cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+        )
+    if image is None:
+        image = cv2.imdecode(buffer, flag | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise InvalidFrame(f"corrupt {kind.upper()}: OpenCV could not decode {len(data)} bytes")
     factor = reduce if kind == "jpeg" and reduce in _REDUCED else 1
@@ -180,6 +201,33 @@ def decode_encoded(data: bytes, limits: Limits, reduce: int = 1) -> np.ndarray:
             f"{image.shape[1] * factor}x{image.shape[0] * factor} was decoded"
         )
     return image
+
+
+def _transparent(png: bytes) -> bool:
+    """Whether a PNG may have transparent pixels: an alpha channel (colour type 4 or 6) or
+    a tRNS chunk (before the image data, where the format puts it)."""
+    if len(png) > 25 and png[25] in (4, 6):
+        return True
+    data_at = png.find(b"IDAT", 33)
+    return png.find(b"tRNS", 33, data_at if data_at != -1 else len(png)) != -1
+
+
+def _over_grey(image: np.ndarray | None) -> np.ndarray | None:
+    """BGRA (8 or 16 bits) over the letterbox's grey, as BGR uint8; None for an image
+    without 4 channels (OpenCV gives a grey PNG's tRNS no alpha), decoded as usual.
+
+    Analysed as stored, a transparent pixel's hidden colour is what the model sees: a PNG
+    showing an intact box over a transparent half that held a damaged one scored 0.9999,
+    and 0.026 as a person sees it. Over the grey that pads every frame, what is transparent
+    reads as nothing there, as the padding does."""
+    if image is None or image.ndim != 3 or image.shape[2] != 4:
+        return None
+    wide = image.dtype == np.uint16
+    alpha = image[..., 3:] * np.float32(1 / (65535 if wide else 255))
+    # 16 bits to 8 as OpenCV reads an opaque PNG: the high byte
+    colour = (image[..., :3] >> 8 if wide else image[..., :3]).astype(np.float32)
+    mixed = colour * alpha + np.float32(PAD_VALUE) * (1 - alpha)
+    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
 
 
 def check_raw(size: int, width: int, height: int, pixel_format: str, limits: Limits) -> None:
