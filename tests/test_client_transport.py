@@ -137,6 +137,15 @@ async def test_token_is_sent_as_bearer_metadata(fake_server: tuple[Fake, int]) -
     async with AsyncClient(f"127.0.0.1:{port}", token="wrong") as client:
         with pytest.raises(Unauthenticated, match="valid token"):
             await client.model_info()
+    # a token read from a file ends with a newline: gRPC refused it in the client, as the
+    # server's INTERNAL error
+    async with AsyncClient(f"127.0.0.1:{port}", token="s3cret\n") as client:
+        assert (await client.model_info()).name == "fake"
+    assert fake.metadata[-1]["authorization"] == "Bearer s3cret"
+    with pytest.raises(ValueError, match="printable ASCII without spaces"):
+        AsyncClient(f"127.0.0.1:{port}", token="two\nlines")
+    with pytest.raises(ValueError, match="without a scheme, got 'http://"):
+        AsyncClient("http://127.0.0.1:1")
 
 
 def make_certificates(folder: Path) -> dict[str, Path]:

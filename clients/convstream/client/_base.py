@@ -111,6 +111,14 @@ class BaseClient:
         address = address.strip()
         if not address:
             raise ValueError("address must be host:port, e.g. 127.0.0.1:50051")
+        if "://" in address and not address.startswith(("dns://", "unix://")):
+            # http://host:port reached gRPC as a name to resolve, and failed as "is the
+            # server running there?"
+            scheme = address.split("://", 1)[0]
+            raise ValueError(
+                f"address must be host:port, without a scheme, got {address!r}: gRPC is not "
+                f"{scheme}:// (for TLS pass tls=TLS(...))"
+            )
         if ":" not in address:
             address = f"{address}:{DEFAULT_PORT}"
         if timeout is None:
@@ -124,7 +132,16 @@ class BaseClient:
         self.retry = retry
         self.options = options
         self.upload = upload
-        self._token = token
+        if token is not None:
+            # read from a file, a token often ends with a newline, which gRPC refused in the
+            # client as an INTERNAL "Invalid metadata", reported as the server's failure
+            token = token.strip()
+            if not token.isascii() or not token.isprintable() or " " in token:
+                raise ValueError(
+                    "token must be printable ASCII without spaces (it travels as an HTTP/2 "
+                    f"header), got {len(token)} characters"
+                )
+        self._token = token or None
         self._closed = False
         if token and tls is None and not is_local_address(address):
             logger.warning("sending a token to %s in plaintext; use TLS off this host", address)
@@ -158,6 +175,11 @@ class BaseClient:
             # default): a raw 720p frame would never be retried.
             ("grpc.per_rpc_retry_buffer_size", limit),
             ("grpc.primary_user_agent", f"convstream-python/{client_version()}"),
+            # gRPC's own reconnect backoff grows to 120 s: after a 40 s outage the channel
+            # waited out its backoff, up to 10 s more, while the server was already back.
+            # Reconnects back off as the calls' tries do.
+            ("grpc.initial_reconnect_backoff_ms", max(100, round(self.retry.backoff * 1000))),
+            ("grpc.max_reconnect_backoff_ms", max(100, round(self.retry.max_backoff * 1000))),
             # A connection of its own, not one shared with every channel to the same address
             # in this process: a server of several processes (`processes`) gets each
             # connection in one of them, so one client per camera spreads over them all.
