@@ -451,6 +451,26 @@ async def test_breaking_out_of_a_stream_ends_it(server: Server, frames: list[np.
     assert server.servicer.open_streams == 0
 
 
+async def test_a_frame_over_the_message_limit_is_refused_by_the_client_saying_why(
+    server: Server, frames: list[np.ndarray]
+) -> None:
+    """gRPC refused it with its own words ("CLIENT: Sent message larger than max"), as
+    Overloaded, which says retry later: it never can."""
+    limits = cs.Limits(max_message_bytes=1 << 19)  # a raw 640x480 frame is 921,600 bytes
+    raw = cs.Upload(format="raw")
+    told = r"is 921,6\d\d bytes as raw pixels, over the 524,288 .* Upload\(format='jpeg'\)"
+    async with AsyncClient(address(server), limits=limits, upload=raw) as client:
+        with pytest.raises(cs.InvalidFrame, match=told):
+            await client.analyze(frames[6])
+        got = []
+        with pytest.raises(cs.InvalidFrame, match=told):
+            async for r in client.stream([frames[0], frames[6]]):
+                got.append(r)
+    assert [r.frame_id for r in got] == [1]  # the frame before it was answered
+    async with AsyncClient(address(server), limits=limits) as client:  # JPEG fits
+        assert (await client.analyze(frames[6])).error is None
+
+
 async def test_source_errors_come_after_the_frames_before_them(
     server: Server, frames: list[np.ndarray]
 ) -> None:

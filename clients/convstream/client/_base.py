@@ -202,7 +202,8 @@ class BaseClient:
         self, image: FrameLike, options: ResultOptions | None
     ) -> tuple[pb.FrameRequest, Frame]:
         frame = as_frame(image)
-        request = to_request(frame, 1 if frame.frame_id is None else frame.frame_id, self.upload)
+        frame_id = 1 if frame.frame_id is None else frame.frame_id
+        request = to_request(frame, frame_id, self.upload, self.limits.max_message_bytes)
         request.options.CopyFrom((options if options is not None else self.options).to_proto())
         return request, frame
 

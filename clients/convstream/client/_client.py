@@ -151,7 +151,11 @@ class Client(BaseClient):
                 can answer. A frame the server refuses gives a Result with ``error`` instead.
         """
         self._check_open()
-        ledger = Ledger(self._stream_options(options, freshness, queue_size, publish), self.upload)
+        ledger = Ledger(
+            self._stream_options(options, freshness, queue_size, publish),
+            self.upload,
+            self.limits.max_message_bytes,
+        )
         return self._stream(frames, ledger, resume)
 
     def _stream(
@@ -368,7 +372,11 @@ class AsyncClient(BaseClient):
         so that a blocking source never stalls the event loop.
         """
         stub = self._stub
-        ledger = Ledger(self._stream_options(options, freshness, queue_size, publish), self.upload)
+        ledger = Ledger(
+            self._stream_options(options, freshness, queue_size, publish),
+            self.upload,
+            self.limits.max_message_bytes,
+        )
         feed = AsyncFeed(frames, ledger, self.limits.max_in_flight)
         resumption = self._resumption(resume)
         try:

@@ -39,9 +39,10 @@ class _Entry:
 class Ledger:
     """Frames read from the source and not yet answered, oldest first (not thread-safe)."""
 
-    def __init__(self, options: pb.ResultOptions, upload: Upload) -> None:
+    def __init__(self, options: pb.ResultOptions, upload: Upload, max_bytes: int) -> None:
         self.options = options
         self.upload = upload
+        self.max_bytes = max_bytes  # a message's at most
         self.entries: deque[_Entry] = deque()
         self._seq = 0
         self._next_id = 1
@@ -59,7 +60,7 @@ class Ledger:
         """
         frame = as_frame(item)
         frame_id = self._next_id if frame.frame_id is None else frame.frame_id
-        request = to_request(frame, frame_id, self.upload)
+        request = to_request(frame, frame_id, self.upload, self.max_bytes)
         self._next_id = max(self._next_id, frame_id + 1)
         return frame, request
 

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from convstream.client.errors import SourceError
+from convstream.client.errors import InvalidFrame, SourceError
 from convstream.client.options import Upload
 from convstream.v1 import convstream_pb2 as pb
 
@@ -235,8 +235,27 @@ def read_images(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Frame]:
         yield read_image(path)
 
 
-def to_request(frame: Frame, frame_id: int, upload: Upload) -> pb.FrameRequest:
-    """The wire message for a frame, encoding pixels as ``upload`` says (no options set)."""
+def to_request(
+    frame: Frame, frame_id: int, upload: Upload, max_bytes: int | None = None
+) -> pb.FrameRequest:
+    """The wire message for a frame, encoding pixels as ``upload`` says (no options set).
+
+    Raises:
+        InvalidFrame: the message would pass ``max_bytes`` (the channel's limit): gRPC
+            would refuse it with its own words, and end the stream it was on.
+    """
+    request = _to_request(frame, frame_id, upload)
+    if max_bytes is not None and (size := request.ByteSize()) > max_bytes:
+        what = "raw pixels" if request.HasField("raw") else "encoded bytes"
+        raise InvalidFrame(
+            f"{frame!r} is {size:,} bytes as {what}, over the {max_bytes:,} a message may "
+            "carry (Limits.max_message_bytes; the server's max_message_bytes): send it as "
+            "JPEG, Upload(format='jpeg'), or smaller"
+        )
+    return request
+
+
+def _to_request(frame: Frame, frame_id: int, upload: Upload) -> pb.FrameRequest:
     if not (isinstance(frame_id, numbers.Integral) and 0 <= frame_id < 1 << 64):
         raise ValueError(f"frame_id must be an integer from 0 to 2**64 - 1, got {frame_id!r}")
     request = pb.FrameRequest(frame_id=int(frame_id), source=frame.source)
