@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from convstream.cli import main
 from convstream.client import (
     AsyncClient,
     CameraInfo,
+    Cancelled,
     Client,
     Frame,
     InvalidFrame,
@@ -169,6 +171,37 @@ async def test_watch_yields_results_with_heatmaps_and_maps(server: Server) -> No
     assert ids == sorted(ids) and len(set(ids)) == 5
     assert all(r.feature_maps["stage3"].shape == (64, *HEATMAP) for r in first)
     assert all(not r.feature_maps for r in second)
+
+
+async def test_closing_the_async_client_ends_its_calls_with_cancelled(server: Server) -> None:
+    """A watch and a stream running in their own tasks end with Cancelled, as close() says,
+    not asyncio.CancelledError, which reads as the task itself cancelled; a task that is
+    cancelled stays cancelled."""
+    client = AsyncClient(address(server))
+    first = asyncio.Event()
+
+    async def watching() -> None:
+        async for _ in client.watch("belt"):
+            first.set()
+
+    async def streaming() -> None:
+        image = np.full((240, 320, 3), 90, np.uint8)
+        async for _ in client.stream(itertools.repeat(image)):
+            pass
+
+    tasks = [asyncio.create_task(watching()), asyncio.create_task(streaming())]
+    await asyncio.wait_for(first.wait(), 10)
+    await asyncio.sleep(0.2)
+    await client.close()
+    for task in tasks:
+        with pytest.raises(Cancelled, match="client was closed"):
+            await asyncio.wait_for(task, 10)
+    async with AsyncClient(address(server)) as other:
+        cancelled = asyncio.create_task(take(other.watch("belt"), 10**6))
+        await asyncio.sleep(0.5)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
 
 
 async def test_max_fps_is_honoured(server: Server) -> None:

@@ -22,7 +22,7 @@ import grpc
 
 from convstream.client._base import BaseClient
 from convstream.client._feed import AsyncFeed, Ledger, SyncFeed
-from convstream.client.errors import from_rpc_error
+from convstream.client.errors import Cancelled, from_rpc_error
 from convstream.client.frames import FrameLike
 from convstream.client.options import Freshness, ResultOptions
 from convstream.client.results import CameraInfo, ModelInfo, Result
@@ -388,6 +388,9 @@ class AsyncClient(BaseClient):
                     async for message in call:
                         resumption.answered()
                         yield await feed.answer(message)
+                except asyncio.CancelledError:
+                    self._raise_if_closed()
+                    raise
                 except grpc.RpcError as exc:
                     error = from_rpc_error(exc, address=self.address, tls=self.tls)
                     delay = resumption.delay(error, len(feed.ledger))
@@ -435,6 +438,9 @@ class AsyncClient(BaseClient):
             try:
                 async for message in call:
                     yield Result.from_proto(resumption.watched(message))
+            except asyncio.CancelledError:
+                self._raise_if_closed()
+                raise
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc, address=self.address, tls=self.tls)
                 delay = resumption.delay(error, 0)
@@ -445,6 +451,13 @@ class AsyncClient(BaseClient):
             finally:
                 call.cancel()
             return  # ended OK: the stream publishing what was watched ended
+
+    def _raise_if_closed(self) -> None:
+        """Cancelled, for a call that gRPC cancelled because close() closed its channel
+        (it raises asyncio.CancelledError, which reads as the task itself cancelled)."""
+        task = asyncio.current_task()
+        if self._closed and (task is None or task.cancelling() == 0):
+            raise Cancelled("the client was closed while this call ran") from None
 
     async def close(self) -> None:
         """Close the channels; calls in progress fail with Cancelled."""
