@@ -66,10 +66,34 @@ def sniff(data: bytes) -> str:
     if not data:
         raise InvalidFrame("expected JPEG or PNG bytes, got an empty frame")
     head = data[:8].hex(" ")
+    looks = _looks_like(data)
     raise InvalidFrame(
         f"expected JPEG (ff d8 ff) or PNG (89 50 4e 47) bytes, got {len(data)} bytes "
-        f"starting {head}"
+        f"starting {head}" + (f" ({looks}: send it as JPEG or PNG)" if looks else "")
     )
+
+
+# Leading bytes of formats a client may send by mistake, to name them in the refusal.
+_OTHER_FORMATS = (
+    (0, b"RIFF", 8, b"WEBP", "a WebP image"),
+    (0, b"II*\x00", 0, b"", "a TIFF image"),
+    (0, b"MM\x00*", 0, b"", "a TIFF image"),
+    (0, b"GIF8", 0, b"", "a GIF image"),
+    (0, b"BM", 0, b"", "a BMP image"),
+    (0, b"\x00\x00\x00\x0cjP  ", 0, b"", "a JPEG 2000 image"),
+    (4, b"ftypheic", 0, b"", "a HEIC image"),
+    (4, b"ftypmif1", 0, b"", "a HEIF image"),
+    (4, b"ftypavif", 0, b"", "an AVIF image"),
+    (4, b"ftyp", 0, b"", "an MP4 or QuickTime video"),
+    (0, b"\x1aE\xdf\xa3", 0, b"", "a Matroska or WebM video"),
+)
+
+
+def _looks_like(data: bytes) -> str:
+    for at, magic, also_at, also, name in _OTHER_FORMATS:
+        if data[at : at + len(magic)] == magic and data[also_at : also_at + len(also)] == also:
+            return f"it looks like {name}"
+    return ""
 
 
 # Steps (markers and fill bytes) jpeg_size takes before giving up. Real JPEGs reach their frame
