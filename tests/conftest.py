@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import AsyncIterator
 
 import cv2
@@ -20,6 +21,13 @@ def jpeg(image: np.ndarray, quality: int = 90) -> bytes:
     ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     assert ok
     return data.tobytes()
+
+
+def with_exif_orientation(data: bytes, orientation: int) -> bytes:
+    """JPEG bytes with an EXIF APP1 segment holding only an Orientation tag, as phones write."""
+    ifd = struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0)
+    payload = b"Exif\x00\x00" + b"MM\x00*\x00\x00\x00\x08" + ifd + b"\x00\x00\x00\x00"
+    return data[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + data[2:]
 
 
 def png(image: np.ndarray) -> bytes:

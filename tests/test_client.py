@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import struct
 import subprocess
 import sys
 import threading
@@ -16,7 +15,7 @@ import cv2
 import grpc
 import numpy as np
 import pytest
-from conftest import jpeg, png, scene
+from conftest import jpeg, png, scene, with_exif_orientation
 
 from convstream import client as cs
 from convstream.client import (
@@ -716,31 +715,25 @@ async def test_overlays_written_and_readable(
     assert drawn.shape == frames[0].shape and drawn.dtype == np.uint8
 
 
-def with_exif_orientation(data: bytes, orientation: int) -> bytes:
-    """JPEG bytes with an EXIF APP1 segment holding only an Orientation tag, as phones write."""
-    ifd = struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0)
-    payload = b"Exif\x00\x00" + b"MM\x00*\x00\x00\x00\x08" + ifd + b"\x00\x00\x00\x00"
-    return data[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + data[2:]
-
-
-async def test_exif_orientation_is_ignored_alike_by_server_and_overlay(
+async def test_exif_orientation_is_applied_alike_by_server_and_overlay(
     server: Server, frames: list[np.ndarray], tmp_path: Path
 ) -> None:
-    """The server analyses a JPEG's pixels as stored; the overlay is drawn on the same pixels,
-    so the heatmap lands where it was computed (it was squeezed onto the rotated picture)."""
+    """A phone's portrait photo is analysed as a viewer shows it, turned as its EXIF
+    orientation says (it was analysed as stored, lying on its side, with the peak in stored
+    pixels), and the overlay is drawn on the same turned picture."""
     image = frames[6]  # 480x640
     rotated = with_exif_orientation(jpeg(image), 6)  # "show turned 90 degrees clockwise"
-    assert cv2.imdecode(np.frombuffer(rotated, np.uint8), cv2.IMREAD_COLOR).shape[:2] == (640, 480)
+    shown = cv2.rotate(image, cv2.ROTATE_90_CLOCKWISE)
     async with AsyncClient(address(server)) as client:
-        plain = await client.analyze(jpeg(image))
+        plain = await client.analyze(shown)
         turned = await client.analyze(rotated)
     g = turned.geometry
-    assert g is not None and (g.frame_width, g.frame_height) == (640, 480)
-    assert turned.peak() == plain.peak() and abs(turned.score - plain.score) < 1e-6
-    assert turned.frame is not None and turned.frame.pixels().shape == image.shape
+    assert g is not None and (g.frame_width, g.frame_height) == (480, 640)
+    assert turned.peak() == plain.peak() and abs(turned.score - plain.score) < 0.02
+    assert turned.frame is not None and turned.frame.pixels().shape == shown.shape
+    assert np.abs(turned.frame.pixels().astype(int) - shown).mean() < 4  # JPEG's loss only
     drawn = cs.draw_overlay(turned, label=False)
-    assert drawn.shape == image.shape
-    assert np.array_equal(drawn, cs.draw_overlay(plain, label=False))
+    assert drawn.shape == shown.shape
 
 
 def test_reprs_are_short_and_useful(frames: list[np.ndarray]) -> None:

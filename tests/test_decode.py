@@ -8,7 +8,7 @@ import zlib
 import cv2
 import numpy as np
 import pytest
-from conftest import jpeg, png, scene
+from conftest import jpeg, png, scene, with_exif_orientation
 
 from convstream.client import Frame
 from convstream.server.decode import (
@@ -111,6 +111,22 @@ def test_transparent_pixels_are_analysed_over_the_padding_grey() -> None:
     # the client draws its overlays on the same pixels
     for data in (png(rgba), png(wide), png(IMAGE)):
         assert (Frame(data).pixels() == decode_encoded(data, LIMITS)).all()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_an_exif_orientation_turns_the_frame_as_opencv_and_viewers_do(orientation: int) -> None:
+    """Width and height from the header are those shown (a quarter turn trades them), and
+    the pixels, decoded in full or at half size, are OpenCV's own turning of them."""
+    big = cv2.resize(IMAGE, (640, 480))
+    data = with_exif_orientation(jpeg(big), orientation)
+    quarter = orientation >= 5
+    assert encoded_size(data) == ("jpeg", *((480, 640) if quarter else (640, 480)))
+    stored = np.frombuffer(data, np.uint8)
+    for reduce, flag in ((1, cv2.IMREAD_COLOR), (2, cv2.IMREAD_REDUCED_COLOR_2)):
+        assert (decode_encoded(data, LIMITS, reduce) == cv2.imdecode(stored, flag)).all()
+    if orientation != 1:  # turned: not the stored pixels
+        as_stored = cv2.imdecode(stored, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        assert not np.array_equal(decode_encoded(data, LIMITS), as_stored)
 
 
 def test_header_size_is_read_without_decoding() -> None:

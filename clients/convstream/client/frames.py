@@ -118,9 +118,10 @@ class Frame:
         image: np.ndarray | None = self.image if isinstance(self.image, np.ndarray) else None
         if image is None:
             data = np.frombuffer(self.image, np.uint8)  # type: ignore[arg-type]
-            # As stored, like the server, which ignores an EXIF rotation (a phone's portrait
-            # photo): the result's geometry and heatmap are in these pixels' coordinates.
-            image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+            # Turned as its EXIF orientation says (a phone's portrait photo), as a viewer
+            # shows it and the server analyses it: the result's geometry and heatmap are in
+            # these pixels' coordinates.
+            image = cv2.imdecode(data, cv2.IMREAD_COLOR)
             if image is not None and self.image[:8] == _MAGIC[1] and image.size:
                 image = _transparency_as_analysed(data, image)
             if image is None:
@@ -161,9 +162,14 @@ def as_frame(item: FrameLike) -> Frame:
 def _transparency_as_analysed(data: np.ndarray, opaque: np.ndarray) -> np.ndarray:
     """A PNG as the server analyses it: transparent pixels over the grey it pads frames
     with, not the colour they hide (``opaque``, OpenCV's reading, when it has no alpha)."""
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
-    if image is None or image.ndim != 3 or image.shape[2] != 4:
-        return opaque
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # as stored: OpenCV does not turn it
+    if (
+        image is None
+        or image.ndim != 3
+        or image.shape[2] != 4
+        or image.shape[:2] != opaque.shape[:2]
+    ):
+        return opaque  # (a PNG both transparent and turned a quarter by its eXIf is drawn so)
     alpha = image[..., 3:] / (65535.0 if image.dtype == np.uint16 else 255.0)
     mixed = opaque * alpha + PADDING_GREY * (1 - alpha)
     return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
@@ -197,10 +203,9 @@ def read_image(path: str | os.PathLike[str]) -> Frame:
     kind = _video_magic(data[:512])
     pixels = None
     if kind is None and data:
-        # As stored, an EXIF rotation ignored, as the server reads a JPEG or PNG: one rule
+        # Turned as its EXIF orientation says, as the server turns a JPEG or PNG: one rule
         # for every image, whichever side decodes it.
-        flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
-        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if pixels is None:
             kind = VIDEO_SUFFIXES.get(path.suffix.lower())
     if kind is not None:

@@ -8,6 +8,7 @@ so a decompression bomb or an exotic format costs a few microseconds, not gigaby
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -103,14 +104,14 @@ def _looks_like(data: bytes) -> str:
 MAX_HEADER_STEPS = 4096
 
 
-def _jpeg_segment(data: bytes, wanted: frozenset[int]) -> int | None:
-    """Where the first header segment with a marker in ``wanted`` starts, walking the
-    segments from the start (an EXIF thumbnail's markers are inside its APP1 segment, and
-    skipped with it); None when the data ends first."""
+def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int]]:
+    """(position, marker) of each header segment that has a length, walking the segments
+    from the start (an EXIF thumbnail's markers are inside its APP1 segment, and skipped
+    with it), until the data ends."""
     pos = 2
     for _ in range(MAX_HEADER_STEPS):
         if pos + 4 > len(data):
-            return None
+            return
         if data[pos] != 0xFF:
             raise InvalidFrame(f"corrupt JPEG: expected a marker at byte {pos}")
         marker = data[pos + 1]
@@ -124,13 +125,18 @@ def _jpeg_segment(data: bytes, wanted: frozenset[int]) -> int | None:
         if 0xD0 <= marker <= 0xD9 or marker == 0x01:  # markers without a length
             pos += 2
             continue
-        if marker in wanted:
-            return pos
+        yield pos, marker
         (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
         pos += 2 + length
     raise InvalidFrame(
         f"corrupt JPEG: no frame header within {MAX_HEADER_STEPS} markers and fill bytes"
     )
+
+
+def _jpeg_segment(data: bytes, wanted: frozenset[int]) -> int | None:
+    """Where the first header segment with a marker in ``wanted`` starts; None when the
+    data ends first."""
+    return next((pos for pos, marker in _jpeg_segments(data) if marker in wanted), None)
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:
@@ -169,10 +175,59 @@ def _complete(kind: str, data: bytes) -> bool:
     return end != -1 and end + len(_IEND) + 4 <= len(data)
 
 
+def orientation(kind: str, data: bytes) -> int:
+    """The EXIF orientation of JPEG (APP1 "Exif") or PNG (eXIf) bytes: 1 to 8, 1 for none."""
+    tiff = b""
+    if kind == "jpeg":
+        for pos, marker in _jpeg_segments(data):
+            if marker in _SOF_MARKERS or marker in _SOS:
+                break
+            (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+            body = data[pos + 4 : pos + 2 + length]
+            if marker == 0xE1 and body.startswith(b"Exif\x00\x00"):
+                tiff = body[6:]
+                break
+    else:
+        data_at = data.find(b"IDAT", 33)
+        at = data.find(b"eXIf", 33, data_at if data_at != -1 else len(data))
+        if at != -1:
+            (length,) = struct.unpack(">I", data[at - 4 : at])
+            tiff = data[at + 4 : at + 4 + length]
+    return _tiff_orientation(tiff)
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+    """The Orientation tag (0x0112) of an EXIF block's first directory; 1 when absent."""
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return 1
+    (first,) = struct.unpack(order + "I", tiff[4:8])
+    if first + 2 > len(tiff):
+        return 1
+    (count,) = struct.unpack(order + "H", tiff[first : first + 2])
+    for at in range(first + 2, min(first + 2 + 12 * count, len(tiff) - 11), 12):
+        tag, kind = struct.unpack(order + "HH", tiff[at : at + 4])
+        if tag == 0x0112 and kind == 3:  # a SHORT
+            (value,) = struct.unpack(order + "H", tiff[at + 8 : at + 10])
+            return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def _orient(image: np.ndarray, orientation: int) -> np.ndarray:
+    """Stored pixels turned as an EXIF orientation says, as OpenCV's imread turns them."""
+    if orientation >= 5:
+        image = cv2.transpose(image)
+    flip = {2: 1, 3: -1, 4: 0, 6: 1, 7: -1, 8: 0}.get(orientation)
+    return image if flip is None else cv2.flip(image, flip)
+
+
 def encoded_size(data: bytes) -> tuple[str, int, int]:
-    """(format, width, height) of JPEG or PNG bytes, from the header alone."""
+    """(format, width, height) of JPEG or PNG bytes, from the header alone: as shown, turned
+    as an EXIF orientation says."""
     kind = sniff(data)
     width, height = jpeg_size(data) if kind == "jpeg" else png_size(data)
+    if orientation(kind, data) >= 5:  # turned a quarter: width and height trade places
+        width, height = height, width
     return kind, width, height
 
 
@@ -205,8 +260,8 @@ def decode_encoded(data: bytes, limits: Limits, reduce: int = 1) -> np.ndarray:
     """
     kind, width, height = check_encoded(data, limits)
     flag = _REDUCED.get(reduce, cv2.IMREAD_COLOR) if kind == "jpeg" else cv2.IMREAD_COLOR
-    # Pixels as stored, as the header describes them: an EXIF rotation would swap width and
-    # height behind the geometry's back.
+    # Decoded as stored, then turned here as the EXIF orientation read above says: OpenCV's
+    # own turning could read the EXIF otherwise, behind the geometry's back.
     buffer = np.frombuffer(data, np.uint8)
     image = None
     if kind == "png" and _transparent(data):
@@ -217,6 +272,7 @@ def decode_encoded(data: bytes, limits: Limits, reduce: int = 1) -> np.ndarray:
         image = cv2.imdecode(buffer, flag | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise InvalidFrame(f"corrupt {kind.upper()}: OpenCV could not decode {len(data)} bytes")
+    image = _orient(image, orientation(kind, data))
     factor = reduce if kind == "jpeg" and reduce in _REDUCED else 1
     expected = (-(-height // factor), -(-width // factor))
     if image.shape[:2] != expected:  # the header we checked is not the one that was decoded
