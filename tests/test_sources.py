@@ -287,6 +287,33 @@ def test_a_short_gap_is_stalled_before_it_is_lost() -> None:
         gate.set()
 
 
+def test_a_camera_slower_than_a_frame_a_second_is_not_stalled_between_its_frames() -> None:
+    """A frame every 2 s (a snapshot camera, or a link too slow for the stream) was stalled
+    a second after each frame and running again at the next, logged each time."""
+    clock = [1000.0]
+    cam = Camera(CameraConfig(id="slow", source="rtsp://127.0.0.1:1/x", read_timeout_s=10.0))
+    image = np.zeros((32, 32, 3), np.uint8)
+    states = []
+    for _ in range(6):
+        cam._publish(image, 0, clock[0])
+        for _ in range(4):  # the watchdog, every half second until the next frame
+            clock[0] += 0.5
+            cam.check(clock[0])
+            states.append(cam.state)
+    # once it has shown its pace (the first gap, unknown, is a stall), never stalled again
+    assert pb.CAMERA_STATE_STALLED in states[:4], states
+    assert set(states[4:]) == {pb.CAMERA_STATE_RUNNING}, states
+    assert cam.stall_after_s == 5.0  # three intervals would be 6 s: half the read timeout
+    clock[0] += 5.5  # it stops: stalled after three of its intervals, capped
+    cam.check(clock[0])
+    assert cam.state == pb.CAMERA_STATE_STALLED
+    fast = Camera(CameraConfig(id="fast", source="rtsp://127.0.0.1:1/x"))
+    for _ in range(10):
+        fast._publish(image, 0, clock[0])
+        clock[0] += 1 / 15
+    assert fast.stall_after_s == 1.0  # a 15 fps camera stalls after a second, as before
+
+
 def test_a_missing_usb_camera_is_retried_with_a_clear_error() -> None:
     index = next(i for i in range(64) if not Path(f"/dev/video{i}").exists())
     config = CameraConfig(id="usb", source=f"device:{index}", reconnect_min_s=5.0)

@@ -131,7 +131,12 @@ class Camera:
         self.reconnects = 0
         self.frame_size = (0, 0)  # width, height
         self.fps_in = RateMeter()
+        # No frame for this long is a stall: a second, or three of the camera's own frame
+        # intervals for one slower than a frame in a third of a second (a camera sending a
+        # frame every 2 s, or one behind a link too slow for its stream, flipped between
+        # running and stalled at every frame, logging each), at most half the read timeout.
         self.stall_after_s = min(1.0, config.read_timeout_s / 2)
+        self._interval_s = 0.0  # between its frames lately, smoothed
         self._opener = opener
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -317,8 +322,10 @@ class Camera:
         finally:
             capture.release()
 
-    def _publish(self, image: np.ndarray | bytes, generation: int) -> None:
-        now = time.monotonic()
+    def _publish(
+        self, image: np.ndarray | bytes, generation: int, now: float | None = None
+    ) -> None:
+        now = time.monotonic() if now is None else now
         if isinstance(image, bytes):
             size = encoded_size(image)[1:]
         else:
@@ -335,6 +342,12 @@ class Camera:
                     self.frames_dropped += 1
             self.frames_read += 1
             self._latest = Frame(self.frames_read, image, size, time.time(), time.perf_counter())
+            gap = now - self._last_frame_at
+            if self._last_frame_at and gap < self.config.read_timeout_s:  # not a reconnect's
+                self._interval_s += (gap - self._interval_s) * (0.2 if self._interval_s else 1)
+                self.stall_after_s = min(
+                    max(1.0, 3 * self._interval_s), self.config.read_timeout_s / 2
+                )
             self._last_frame_at = now
             self.frame_size = size
             self.fps_in.tick(now)
