@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import math
 import os
 import shutil
 import signal
@@ -501,6 +502,64 @@ def test_a_watch_summary_says_how_long_no_result_came(monkeypatch: pytest.Monkey
         "5 frames in 30.8 s (10.0 frames/s while they came; none for 20.0 s between them and "
         "none in the last 10.0 s): "
     )
+
+
+def test_resume_timeout_is_seconds_or_inf(
+    video: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A watch outlasts any outage by default (an alert pipeline under a supervisor that does
+    not restart it ended 30 s into a switch reboot); a stream keeps the library's 30 s."""
+    from convstream.client import cli
+
+    made: list[float] = []
+    real = cli._client
+
+    def spy(args: object) -> object:
+        client = real(args)  # type: ignore[arg-type]
+        made.append(client.retry.resume_timeout)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli, "_client", spy)
+    for argv in (
+        ["watch", "belt"],
+        ["watch", "belt", "--resume-timeout", "90"],
+        ["stream", str(video)],
+    ):
+        with pytest.raises(SystemExit):
+            main([*argv, "--address", nowhere()])
+    assert made == [math.inf, 90.0, 30.0]
+    with pytest.raises(SystemExit):
+        main(["watch", "belt", "--resume-timeout", "-1"])
+    assert "expected 0 or more seconds, or inf, got '-1'" in capsys.readouterr().err
+
+
+def test_a_watch_result_held_up_on_the_way_shows_its_age_here_and_says_late() -> None:
+    """After a stalled link, results that waited 40 s on the way came out reading an age of
+    53-154 ms, "damaged", for a package long gone. The age shown counts the wait beyond the
+    quickest way a result has taken (which also stands for the two clocks' offset)."""
+    from convstream.client import _report
+    from convstream.client.results import Result
+
+    out = io.StringIO()
+    reporter = _report.WatchReporter(
+        out, io.StringIO(), json_lines=False, overlays=None, total=None
+    )
+    now = time.time()
+    reporter.add(Result(frame_id=1, score=0.2, capture_time=now - 0.10, frame_age_ms=50.0))
+    reporter.add(Result(frame_id=2, score=0.9, capture_time=now - 40.1, frame_age_ms=60.0))
+    reporter.add(Result(frame_id=3, score=0.3, capture_time=now - 0.11, frame_age_ms=55.0))
+    rows = out.getvalue().splitlines()[1:]
+    ages = [float(row.split()[4]) for row in rows]
+    assert 40.0 <= ages[0] <= 60.0 and 39_950 < ages[1] < 40_100 and 50 <= ages[2] <= 70
+    assert rows[1].endswith("late: 40.0 s on the way here") and "late" not in rows[0] + rows[2]
+    lines = io.StringIO()
+    reporter = _report.WatchReporter(
+        lines, io.StringIO(), json_lines=True, overlays=None, total=None
+    )
+    reporter.add(Result(frame_id=1, score=0.2, capture_time=now - 0.10, frame_age_ms=50.0))
+    reporter.add(Result(frame_id=2, score=0.9, capture_time=now - 40.1, frame_age_ms=60.0))
+    late = [json.loads(line)["late_ms"] for line in lines.getvalue().splitlines()]
+    assert late[0] == 0.0 and 39_900 < late[1] < 40_100
 
 
 def nowhere() -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from live import blackhole
 
 from convstream.cli import main
 from convstream.client import (
@@ -43,6 +44,7 @@ from convstream.client import (
     save_overlay,
 )
 from convstream.client._report import cameras_text
+from convstream.client.cli import CameraLull
 from convstream.server import CameraConfig, Server, Settings
 from convstream.v1 import convstream_pb2 as pb
 
@@ -202,6 +204,30 @@ async def test_closing_the_async_client_ends_its_calls_with_cancelled(server: Se
         cancelled.cancel()
         with pytest.raises(asyncio.CancelledError):
             await cancelled
+
+
+async def test_a_quiet_watch_says_whether_the_server_answers(
+    server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`convstream watch` told of a camera that was down, and said nothing when the link or
+    the server went silent: 40 s of nothing, then a burst of old results."""
+
+    def lull_says(client: Client) -> str:
+        with CameraLull(client, "belt", quiet_s=0.5):
+            time.sleep(2.5)
+        return capsys.readouterr().err
+
+    silent, port = blackhole()  # takes the connection, never says a word
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=1.0) as client:
+            told = await asyncio.to_thread(lull_says, client)
+    finally:
+        silent.close()
+    assert "and the server does not answer" in told and "network or the server" in told
+    assert told.count("\n") == 1  # said once while it lasts
+    with Client(address(server)) as client:  # a running camera, and no result here
+        told = await asyncio.to_thread(lull_says, client)
+    assert "although camera 'belt' is running: its results are not getting here" in told
 
 
 async def test_max_fps_is_honoured(server: Server) -> None:

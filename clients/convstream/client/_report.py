@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -134,13 +135,16 @@ class Reporter:
         else:
             self.failed += 1
         if self.json_lines:
-            self._line(json.dumps(result_json(result, overlay)))
+            self._line(json.dumps(self._json(result, overlay)))
         else:
             if not self._headed:  # not before: a call that fails at once prints no table
                 self._line(self._header())
                 self._headed = True
             self._line(self._table_row(result))
         self.bar.update(1)
+
+    def _json(self, result: Result, overlay: Path | None) -> dict[str, Any]:
+        return result_json(result, overlay)
 
     def _table_row(self, result: Result) -> str:
         name = result.frame.name if result.frame is not None else result.source
@@ -181,6 +185,9 @@ class Reporter:
         return f"{self.count / elapsed if elapsed > 0 else 0.0:.1f} frames/s"
 
 
+LATE_MS = 1000.0  # a result that waited this long on the way is marked late
+
+
 class WatchReporter(Reporter):
     """A Reporter for a camera's results: age and drops instead of names and server time.
 
@@ -196,9 +203,12 @@ class WatchReporter(Reporter):
         self.flowing_n = 0
         self.paused_s = 0.0  # the longer ones
         self.pauses = 0
+        self._fastest = math.inf  # the shortest way a result has taken (plus clock offset)
+        self._late_ms = 0.0  # this result's wait on the way beyond it
 
     def add(self, result: Result) -> None:
         before = self.last_at
+        self._late_ms = self._late(result)
         super().add(result)
         if self.count > 1:
             interval = self.last_at - before
@@ -208,6 +218,23 @@ class WatchReporter(Reporter):
             else:
                 self.flowing_s += interval
                 self.flowing_n += 1
+
+    def _late(self, result: Result) -> float:
+        """Milliseconds this result waited on its way here beyond the quickest one.
+
+        frame_age_ms is the age when the server sent it: results held up on a stalled link
+        came out 39 s late reading 53-154 ms, "damaged", for a package long gone. Received
+        minus capture time minus that age is the way here plus the two clocks' offset; its
+        least so far stands for the offset, so only the wait beyond it counts.
+        """
+        if result.capture_time is None:
+            return 0.0
+        way = time.time() - result.capture_time - result.frame_age_ms / 1000
+        self._fastest = min(self._fastest, way)
+        return (way - self._fastest) * 1000
+
+    def _json(self, result: Result, overlay: Path | None) -> dict[str, Any]:
+        return {**result_json(result, overlay), "late_ms": round(self._late_ms, 3)}
 
     def rate_text(self, elapsed: float) -> str:
         """Results per second while they came (a watch at --max-fps 3 reads 3.0, not the
@@ -238,14 +265,17 @@ class WatchReporter(Reporter):
             row = self._watch_row(str(result.frame_id), "-", "error", "", "", "")
             return f"{row.rstrip()}  {message}"
         peak = result.peak()
-        return self._watch_row(
+        row = self._watch_row(
             str(result.frame_id),
             f"{result.score:.3f}",
             "yes" if result.damaged else "no",
             f"({peak[0]}, {peak[1]})" if peak is not None else "-",
-            f"{result.frame_age_ms:.1f}",
+            f"{result.frame_age_ms + self._late_ms:.1f}",  # its age here, on the way included
             str(result.frames_dropped),
         )
+        if self._late_ms >= LATE_MS:
+            row += f"  late: {self._late_ms / 1000:.1f} s on the way here"
+        return row
 
 
 def _file_name(result: Result) -> str:

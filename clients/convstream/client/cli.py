@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import os
 import shlex
 import shutil
@@ -54,7 +55,7 @@ from convstream.client.frames import (
     read_images,
     video_container,
 )
-from convstream.client.options import Freshness, ResultOptions, Timeout, Upload
+from convstream.client.options import Freshness, ResultOptions, Retry, Timeout, Upload
 from convstream.client.results import CameraInfo, Result
 
 __all__ = ["add_commands"]
@@ -192,6 +193,13 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         action="store_false",
         help="fail instead of resuming when the server goes away",
     )
+    stream.add_argument(
+        "--resume-timeout",
+        type=_seconds,
+        metavar="S",
+        help="how long to keep trying to resume after a break, in seconds, or inf (default "
+        "30: a restarting server loads its model first)",
+    )
     stream.set_defaults(func=_stream)
 
     info = commands.add_parser(
@@ -237,6 +245,14 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         action="store_false",
         help="fail instead of subscribing again when the server goes away",
     )
+    watch.add_argument(
+        "--resume-timeout",
+        type=_seconds,
+        metavar="S",
+        default=math.inf,
+        help="how long to keep trying to subscribe again after a break, in seconds (default "
+        "inf: a watch outlasts any outage, saying so on stderr, until stopped)",
+    )
     watch.set_defaults(func=_watch)
 
 
@@ -256,6 +272,9 @@ def _client(args: argparse.Namespace) -> Client:
         options = ResultOptions(feature_maps=maps, encoding=args.encoding)
     if hasattr(args, "upload"):
         upload = Upload(args.upload, quality=args.quality)
+    retry = Retry()
+    if getattr(args, "resume_timeout", None) is not None:
+        retry = Retry(resume_timeout=args.resume_timeout)
     return Client(
         args.address,
         timeout=Timeout(args.timeout),
@@ -263,7 +282,19 @@ def _client(args: argparse.Namespace) -> Client:
         token=token,
         options=options,
         upload=upload,
+        retry=retry,
     )
+
+
+def _seconds(text: str) -> float:
+    """A --resume-timeout: seconds, 0 or more, or inf."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or inf, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more seconds, or inf, got {text!r}")
+    return value
 
 
 def _overlay_folder(folder: Path) -> str | None:
@@ -591,14 +622,29 @@ class CameraLull:
 
     def _run(self) -> None:
         while not self._stop.wait(1.0):
-            if time.monotonic() - self._last < self._quiet_s:
+            quiet = time.monotonic() - self._last
+            if quiet < self._quiet_s:
                 continue
             try:
                 cameras = {c.id: c for c in self._client.cameras()}
-            except ConvstreamError:
-                continue  # the watch itself says what became of the server
+            except ConvstreamError as exc:
+                # A stalled link or a server gone quiet: the watch itself notices only when
+                # its keepalive fails, about a minute on.
+                self._say(
+                    "unreachable",
+                    f"no result for {quiet:.0f} s, and the server does not answer "
+                    f"({type(exc).__name__}): the network or the server is down; waiting",
+                )
+                continue
             camera = cameras.get(self._camera_id)
-            if camera is None or camera.state == "running":
+            if camera is None:
+                continue
+            if camera.state == "running":
+                self._say(
+                    "running",
+                    f"no result for {quiet:.0f} s although camera {self._camera_id!r} is "
+                    "running: its results are not getting here (a slow or stalled link?)",
+                )
                 continue
             if self.told(camera) and not self._stop.is_set():
                 why = f" Last error: {camera.last_error}" if camera.last_error else ""
@@ -606,3 +652,9 @@ class CameraLull:
                     f"camera {self._camera_id!r} is {camera.state}; waiting for its frames.{why}",
                     file=sys.stderr,
                 )
+
+    def _say(self, told: str, line: str) -> None:
+        """Say line on stderr once while it lasts (results coming again end it)."""
+        if told != self._told and not self._stop.is_set():
+            self._told = told
+            print(line, file=sys.stderr)

@@ -233,6 +233,14 @@ def unavailable_hint(message: str, tls: TLS | None, terms: Mapping[str, str] = P
         return f"the server does not use TLS: {terms['plaintext']}"
     if "shutting down" in message:
         return ""
+    if "DNS resolution failed" in message or "errors resolving" in message:
+        return "the host name does not resolve: check the address, and this machine's DNS"
+    if "ping timeout" in message or "timed out" in message:
+        # a link that went silent (a cable, a switch, a firewall) rather than no server
+        return (
+            "it stopped answering: the network between here and there, or the server, is "
+            "down or overloaded"
+        )
     if tls is None:
         return (
             f"is `convstream serve` running there? If it uses TLS, add {terms['ca']} or "
