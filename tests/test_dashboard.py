@@ -26,7 +26,7 @@ import grpc
 import numpy as np
 import pytest
 import pytest_asyncio
-from live import FFmpegSource
+from live import FFmpegSource, blackhole
 
 from convstream.dashboard import (
     AlertDetector,
@@ -672,6 +672,20 @@ async def _until(dash: Dashboard, check: Any, timeout: float = 10.0) -> None:
     while not check():
         assert time.monotonic() < deadline, dash.hub.snapshot()["cameras"]
         await asyncio.sleep(0.05)
+
+
+async def test_a_server_that_does_not_answer_gets_advice_on_the_banner() -> None:
+    """A link gone silent (a blackhole: the connection taken, nothing said) ends the poll
+    with DEADLINE_EXCEEDED, the likeliest sign of a network fault, which got no advice."""
+    silent, port = blackhole()
+    dash = Dashboard(DashboardSettings(address=f"127.0.0.1:{port}", port=0, poll_s=0.2))
+    await dash.start()
+    try:
+        await _until(dash, lambda: dash.hub.server.get("error", "").startswith("DEADLINE"), 15)
+        assert "network between the dashboard and the server" in dash.hub.server["hint"]
+    finally:
+        await dash.stop()
+        silent.close()
 
 
 @pytest.mark.asyncio(loop_scope="module")

@@ -216,6 +216,12 @@ class Hub:
                     hint = exc.details() if self._metadata else refused_hint(exc.code().name)
                 elif exc.code() == grpc.StatusCode.UNAVAILABLE:
                     hint = unavailable_hint(error, self.settings.tls)
+                elif exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    # the likeliest sign of a network fault, which had no advice at all
+                    hint = (
+                        "the server did not answer in time: the network between the dashboard "
+                        "and the server is down or slow, or the server is hung"
+                    )
                 else:
                     hint = ""
                 if error != self._logged_error and (
