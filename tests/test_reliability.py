@@ -333,6 +333,36 @@ async def run_cycles(stub: pb_grpc.ConvstreamStub, start: int, count: int) -> No
     await asyncio.gather(*(worker(w) for w in range(WORKERS)))
 
 
+async def test_the_admission_budgets_are_gauges_an_operator_can_watch(
+    camera_settings: Settings,
+) -> None:
+    """max_queued_frames and max_held_bytes could not be watched filling up."""
+    server = Server(camera_settings.model_copy(update={"cameras": ()}))
+    await server.start()
+    release = asyncio.Event()
+    frame = jpeg(scene(1, 360, 640))
+
+    async def frames() -> AsyncIterator[pb.FrameRequest]:
+        options = pb.ResultOptions(freshness=pb.FRESHNESS_BOUNDED_QUEUE, queue_size=6)
+        yield pb.FrameRequest(frame_id=1, encoded=frame, options=options)
+        await release.wait()
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            call = pb_grpc.ConvstreamStub(channel).StreamFrames(frames())
+            await call.read()  # its first result: the stream is open and holds its queue
+            assert sample(server, "convstream_stream_frames_reserved") == 6
+            release.set()
+            while await call.read() != grpc.aio.EOF:
+                pass
+        await wait_until(
+            lambda: sample(server, "convstream_stream_frames_reserved") == 0, 5, "given back"
+        )
+        assert sample(server, "convstream_stream_bytes_held") == 0
+    finally:
+        await server.stop(grace=0)
+
+
 async def test_open_send_cancel_cycles_leave_nothing_behind(
     monkeypatch: pytest.MonkeyPatch, camera_settings: Settings
 ) -> None:
@@ -371,6 +401,9 @@ async def test_open_send_cancel_cycles_leave_nothing_behind(
                     and server.servicer.open_streams == 0  # type: ignore[union-attr]
                     and not server.cameras.feeds[CAMERA].watchers  # type: ignore[union-attr]
                     and engine.queued == 0
+                    # the admission budgets' gauges: every reservation given back
+                    and sample(server, "convstream_stream_frames_reserved") == 0
+                    and sample(server, "convstream_stream_bytes_held") == 0
                 )
 
             await wait_until(settled, 15, "streams, watchers and the engine queue back to 0")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -75,6 +75,21 @@ class Metrics:
         self._sources: set[str] = set()
         self._cameras: frozenset[str] = frozenset()  # the configured cameras' labels
         self._lock = threading.Lock()
+
+    def watch_budgets(self, frames: Callable[[], float], held: Callable[[], float]) -> None:
+        """Gauges of what the open streams take of the admission limits, read at scrape
+        time: an operator could not see max_queued_frames or max_held_bytes fill up."""
+        Gauge(
+            "convstream_stream_frames_reserved",
+            "Frames the open streams reserve for their queues (max_queued_frames at most)",
+            registry=self.registry,
+        ).set_function(frames)
+        Gauge(
+            "convstream_stream_bytes_held",
+            "Bytes of frames the open streams hold, waiting or in analysis (max_held_bytes "
+            "at most)",
+            registry=self.registry,
+        ).set_function(held)
 
     def set_cameras(self, camera_ids: Iterable[str]) -> None:
         """The configured cameras (at start and on each reload): their labels are theirs

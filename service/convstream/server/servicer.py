@@ -69,6 +69,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         self.open_analyze_calls = 0
         self.budget = FrameBudget(settings.max_queued_frames)
         self.byte_budget = ByteBudget(settings.max_held_bytes)
+        metrics.watch_budgets(lambda: self.budget.reserved, lambda: self.byte_budget.held)
 
     async def Analyze(
         self, request: pb.FrameRequest, context: grpc.aio.ServicerContext
