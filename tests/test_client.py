@@ -680,6 +680,15 @@ def test_heatmap_cells_land_where_they_were_computed() -> None:
     assert peak is not None and abs(peak[0] - 456) <= 1 and abs(peak[1] - 145) <= 1
     heat[2, 2] = 2.0  # hotter, but in the padding above the frame: not the frame's peak
     assert Result(frame_id=1, heatmap=heat, geometry=geometry).peak() == peak
+    # any cell's box in the frame: the peak's cell holds the peak, padding cells are empty,
+    # and the cells tile the frame
+    left, top, right, bottom = geometry.cell_box(row=23, col=40, stride=8)
+    assert left <= peak[0] <= right and top <= peak[1] <= bottom
+    assert right - left == pytest.approx(cell) and bottom - top == pytest.approx(cell)
+    boxes = [geometry.cell_box(r, c, 8) for r in range(48) for c in range(80)]
+    assert geometry.cell_box(2, 2, 8)[3] - geometry.cell_box(2, 2, 8)[1] == 0
+    area = sum((r - le) * (b - t) for le, t, r, b in boxes)
+    assert area == pytest.approx(900 * 300)
 
 
 def test_the_overlay_rings_the_hottest_cell_only_on_a_damaged_frame() -> None:

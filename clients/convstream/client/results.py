@@ -74,6 +74,20 @@ class Geometry:
         fy = (y - self.pad_top) / self.scale
         return min(max(fx, 0.0), self.frame_width), min(max(fy, 0.0), self.frame_height)
 
+    def cell_box(self, row: int, col: int, stride: int) -> tuple[float, float, float, float]:
+        """(left, top, right, bottom) in frame pixels of heatmap or feature-map cell (row,
+        col) at ``stride`` input pixels a cell (``Result.heatmap_stride``, a stage's stride),
+        clamped to the frame: empty (zero width or height) for a cell of the padding.
+
+        Example:
+            >>> g = Geometry(1280, 720, 640, 384, 0.5, 0, 12)
+            >>> g.cell_box(row=2, col=3, stride=8)
+            (48.0, 8.0, 64.0, 24.0)
+        """
+        left, top = self.to_frame(col * stride, row * stride)
+        right, bottom = self.to_frame((col + 1) * stride, (row + 1) * stride)
+        return left, top, right, bottom
+
 
 @dataclass(frozen=True, repr=False, eq=False)
 class Result:
