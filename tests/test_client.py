@@ -417,6 +417,20 @@ async def test_too_many_streams_is_overloaded(frames: list[np.ndarray]) -> None:
         await server.stop(grace=0)
 
 
+def test_an_async_client_belongs_to_one_event_loop() -> None:
+    """Used from a second asyncio.run(), it failed with "Event loop is closed", a warning of
+    a coroutine never awaited, and a poller thread left running."""
+    client = AsyncClient("127.0.0.1:1", retry=cs.Retry(attempts=1), timeout=1.0)
+
+    async def ask() -> None:
+        await client.model_info()
+
+    with pytest.raises(cs.ServerUnavailable):
+        asyncio.run(ask())  # no server there: the call is made, in this loop
+    with pytest.raises(RuntimeError, match=r"another event loop .* create an AsyncClient in each"):
+        asyncio.run(ask())
+
+
 def test_no_server_is_server_unavailable() -> None:
     with Client("127.0.0.1:1", retry=Retry(attempts=2)) as client:
         with pytest.raises(ServerUnavailable, match=r"127\.0\.0\.1:1"):

@@ -300,21 +300,37 @@ class AsyncClient(BaseClient):
     Example:
         >>> async with AsyncClient("127.0.0.1:50051") as client:
         ...     result = await client.analyze(frame)
-        ...     async for result in client.stream(Video("conveyor.avi").frames()):
-        ...         print(result.frame_id, result.score)
+        ...     with Video("conveyor.avi") as video:
+        ...         async for result in client.stream(video.frames()):
+        ...             print(result.frame_id, result.score)
 
-    The channel opens on first use, inside the running event loop; see Client for the
-    arguments.
+    The channel opens on first use, inside the running event loop, and belongs to it: use
+    one AsyncClient in one loop (RuntimeError otherwise); see Client for the arguments.
     """
 
     _channel: grpc.aio.Channel | None = None
     _stub_: pb_grpc.ConvstreamStub | None = None
     _camera_channel: grpc.aio.Channel | None = None
     _camera_stub_: pb_grpc.ConvstreamStub | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    def _check_loop(self) -> None:
+        """gRPC's asyncio channels belong to the loop they opened in: used from a second
+        asyncio.run() a call failed with "Event loop is closed" and a warning of a coroutine
+        never awaited, and left a poller thread behind."""
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise RuntimeError(
+                "this AsyncClient opened its channels in another event loop (each "
+                "asyncio.run() makes a new one): create an AsyncClient in each loop"
+            )
 
     @property
     def _stub(self) -> pb_grpc.ConvstreamStub:
         self._check_open()
+        self._check_loop()
         if self._stub_ is None:
             self._channel = self._new_channel(cameras=False)
             self._stub_ = pb_grpc.ConvstreamStub(self._channel)
@@ -323,6 +339,7 @@ class AsyncClient(BaseClient):
     @property
     def _camera_stub(self) -> pb_grpc.ConvstreamStub:
         self._check_open()
+        self._check_loop()
         if self._camera_stub_ is None:
             self._camera_channel = self._new_channel(cameras=True)
             self._camera_stub_ = pb_grpc.ConvstreamStub(self._camera_channel)
