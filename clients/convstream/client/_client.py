@@ -57,6 +57,12 @@ class Client(BaseClient):
             watches reconnect.
         options: the default ResultOptions of every call; a call's ``options`` replace them.
         upload: how frames held as pixels are sent (JPEG of some quality, PNG or raw).
+
+    Raises:
+        ValueError: an address that is not host:port, or a token that cannot be sent.
+        OSError: a file of ``tls`` (a CA, a certificate, a key) that cannot be read. The
+            calls raise ConvstreamError for everything the server, the connection or a
+            source does.
     """
 
     def _open(self) -> None:
