@@ -21,6 +21,11 @@ raised by ``analyze`` and in the ``error`` of that frame's Result on a stream (w
 on). A file that cannot be read, a folder given as a video, or a video given as an image is a
 ``SourceError``. A bad argument is a ``ValueError`` or ``TypeError``: an option out of range,
 pixels that are not uint8 BGR or gray, an object that is no frame at all.
+
+The client logs through the ``convstream.client`` logger (a warning when a stream or a watch
+resumes after a break). gRPC's own C library writes lines of its own to stderr (a failed TLS
+handshake, once per try); ``GRPC_VERBOSITY=ERROR`` in the environment before grpc is first
+imported quiets them, as the ``convstream`` commands do.
 """
 
 from convstream.client._client import AsyncClient, Client
