@@ -16,7 +16,7 @@ import cv2
 import grpc
 import numpy as np
 import pytest
-from conftest import jpeg, scene
+from conftest import jpeg, scene, with_exif_orientation
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from live import (
     FFMPEG,
@@ -603,9 +603,11 @@ async def test_a_looping_file_of_one_frame_is_a_still(tmp_path: Path) -> None:
     clip = write_video(tmp_path / "one.mp4", frames=1, fps=10)
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(jpeg(scene(3, 240, 320)))
-    cams = (camera("clip", str(clip)), camera("photo", str(photo)))
+    portrait = tmp_path / "portrait.jpg"  # a phone's: stored on its side, turned by its EXIF
+    portrait.write_bytes(with_exif_orientation(jpeg(scene(3, 240, 320)), 6))
+    cams = (camera("clip", str(clip)), camera("photo", str(photo)), camera("phone", str(portrait)))
     async with serving(*cams) as server, connect(server) as stub:
-        for camera_id in ("clip", "photo"):
+        for camera_id in ("clip", "photo", "phone"):
             await until(lambda c=camera_id: _frames_read_over(stub, c, 12), 10, camera_id)
             told = await status(stub, camera_id)
             assert told.state == pb.CAMERA_STATE_RUNNING, told
@@ -613,6 +615,8 @@ async def test_a_looping_file_of_one_frame_is_a_still(tmp_path: Path) -> None:
             assert told.frames_analysed >= 2, told
         first = await watch(stub, "photo").read()
         assert first.geometry.frame_width == 320 and first.geometry.frame_height == 240
+        turned = await watch(stub, "phone").read()  # as Analyze turns the same bytes
+        assert turned.geometry.frame_width == 240 and turned.geometry.frame_height == 320
 
 
 async def _frames_read_over(stub: pb_grpc.ConvstreamStub, camera_id: str, n: int) -> bool:

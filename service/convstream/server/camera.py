@@ -134,8 +134,10 @@ class Camera:
         # No frame for this long is a stall: a second, or three of the camera's own frame
         # intervals for one slower than a frame in a third of a second (a camera sending a
         # frame every 2 s, or one behind a link too slow for its stream, flipped between
-        # running and stalled at every frame, logging each), at most half the read timeout.
-        self.stall_after_s = min(1.0, config.read_timeout_s / 2)
+        # running and stalled at every frame, logging each), short of the read timeout, when
+        # the source is lost.
+        self._least_stall_s = min(1.0, config.read_timeout_s / 2)
+        self.stall_after_s = self._least_stall_s
         self._interval_s = 0.0  # between its frames lately, smoothed
         self._opener = opener
         self._lock = threading.Lock()
@@ -346,7 +348,8 @@ class Camera:
             if self._last_frame_at and gap < self.config.read_timeout_s:  # not a reconnect's
                 self._interval_s += (gap - self._interval_s) * (0.2 if self._interval_s else 1)
                 self.stall_after_s = min(
-                    max(1.0, 3 * self._interval_s), self.config.read_timeout_s / 2
+                    max(self._least_stall_s, 3 * self._interval_s),
+                    0.9 * self.config.read_timeout_s,
                 )
             self._last_frame_at = now
             self.frame_size = size

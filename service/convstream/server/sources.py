@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from convstream.server.config import MAX_FPS, MAX_INPUT_SIDE, MIN_INPUT_SIDE, parse_size
-from convstream.server.decode import Limits, check_encoded, decode_encoded
+from convstream.server.decode import Limits, check_encoded, decode_encoded, orientation
 from convstream.server.diagnose import why_closed
 from convstream.server.errors import InvalidFrame
 
@@ -290,7 +290,7 @@ class OpenCVCapture:
                     "camera %s: its MJPEG frames are decoded as read: %s", name or spec.kind, why
                 )
                 self._cap.release()
-                self._grabbed = False
+                self._grabbed, self._since_start, self._last = False, 0, None
                 self._cap = self._open()
         self._skip_backlog()
 
@@ -340,6 +340,8 @@ class OpenCVCapture:
         except InvalidFrame as exc:
             return f"its first frame is not a plain JPEG that libjpeg decodes ({exc})"
         got = (image.shape[1], image.shape[0])
+        if orientation("jpeg", data) >= 5:  # turned a quarter by its EXIF, as FFmpeg is not
+            got = got[::-1]
         if 0 not in size and got != size:
             return f"its JPEGs are {got[0]}x{got[1]} in a {size[0]}x{size[1]} stream (fields?)"
         self._first = data
