@@ -129,6 +129,61 @@ def test_an_exif_orientation_turns_the_frame_as_opencv_and_viewers_do(orientatio
         assert not np.array_equal(decode_encoded(data, LIMITS), as_stored)
 
 
+def png_with(data: bytes, chunk: bytes, body: bytes, before: bytes) -> bytes:
+    """PNG bytes with a chunk put before the first chunk of type ``before``."""
+    at = data.index(before) - 4
+    crc = struct.pack(">I", zlib.crc32(chunk + body))
+    return data[:at] + struct.pack(">I", len(body)) + chunk + body + crc + data[at:]
+
+
+def exif(orientation: int, order: str = ">", kind: int = 3) -> bytes:
+    """A TIFF block holding only an Orientation tag, of type SHORT (3) or LONG (4)."""
+    value = struct.pack(
+        order + ("HH" if kind == 3 else "I"), orientation, *([0] if kind == 3 else [])
+    )
+    entry = struct.pack(order + "HHI", 0x0112, kind, 1) + value
+    head = (b"MM\x00*" if order == ">" else b"II*\x00") + struct.pack(order + "I", 8)
+    return head + struct.pack(order + "H", 1) + entry + b"\x00\x00\x00\x00"
+
+
+def test_an_exif_orientation_is_read_where_opencv_reads_it() -> None:
+    """A LONG tag, an APP1 after the frame header (libjpeg keeps markers up to the scan), a
+    PNG eXIf after the image data or after a text that says IDAT: OpenCV, which draws the
+    client's overlays, turned them and the server did not."""
+    turned = cv2.rotate(IMAGE, cv2.ROTATE_90_CLOCKWISE)
+    plain = jpeg(IMAGE)
+    app1 = b"Exif\x00\x00" + exif(6, "<", 4)
+    sof = plain.index(b"\xff\xc0")
+    after_sof = plain[:sof] + plain[sof:].replace(
+        b"\xff\xc4", b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + b"\xff\xc4", 1
+    )
+    lossless = png(IMAGE)
+    text = b"Comment\x00the IDAT chunk follows"
+    cases = {
+        "a LONG tag": plain[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + plain[2:],
+        "APP1 after the frame header": after_sof,
+        "eXIf after IDAT": png_with(lossless, b"eXIf", exif(6), b"IEND"),
+        "a text saying IDAT first": png_with(
+            png_with(lossless, b"eXIf", exif(6), b"IDAT"), b"tEXt", text, b"eXIf"
+        ),
+    }
+    for name, data in cases.items():
+        assert encoded_size(data)[1:] == (240, 320), name
+        image = decode_encoded(data, LIMITS)
+        assert np.abs(image.astype(int) - turned).mean() < 8, name  # JPEG's loss at most
+        shown = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        assert (image == shown).all(), name
+
+
+def test_a_grey_png_s_transparent_shade_is_analysed_over_the_padding_grey() -> None:
+    grey = cv2.cvtColor(IMAGE, cv2.COLOR_BGR2GRAY)
+    grey[:, :100] = 7  # the shade its tRNS makes transparent
+    data = png_with(png(grey), b"tRNS", struct.pack(">H", 7), b"IDAT")
+    image = decode_encoded(data, LIMITS)
+    assert (image[:, :100] == PAD_VALUE).all()
+    assert (image[:, 100:] == cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)[:, 100:]).all()
+
+
 def test_header_size_is_read_without_decoding() -> None:
     frame = scene(4, 720, 1280)
     assert encoded_size(jpeg(frame)) == ("jpeg", 1280, 720)

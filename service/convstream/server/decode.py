@@ -74,6 +74,7 @@ def sniff(data: bytes) -> str:
     )
 
 
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
 # Leading bytes of formats a client may send by mistake, to name them in the refusal.
 _OTHER_FORMATS = (
     (0, b"RIFF", 8, b"WEBP", "a WebP image"),
@@ -82,9 +83,9 @@ _OTHER_FORMATS = (
     (0, b"GIF8", 0, b"", "a GIF image"),
     (0, b"BM", 0, b"", "a BMP image"),
     (0, b"\x00\x00\x00\x0cjP  ", 0, b"", "a JPEG 2000 image"),
-    (4, b"ftypheic", 0, b"", "a HEIC image"),
-    (4, b"ftypmif1", 0, b"", "a HEIF image"),
+    *((4, b"ftyp" + brand, 0, b"", "a HEIC or HEIF image") for brand in _HEIF_BRANDS),
     (4, b"ftypavif", 0, b"", "an AVIF image"),
+    (4, b"ftypavis", 0, b"", "an AVIF image"),
     (4, b"ftyp", 0, b"", "an MP4 or QuickTime video"),
     (0, b"\x1aE\xdf\xa3", 0, b"", "a Matroska or WebM video"),
 )
@@ -167,20 +168,23 @@ def _complete(kind: str, data: bytes) -> bool:
     if kind == "jpeg":
         if data.endswith(b"\xff\xd9"):
             return True
+        # searched from the end: a trailer is short beside the scan (a motion photo's MP4
+        # is not: 1.2 ms searched forward through its scan, on the event loop)
         scan = _jpeg_segment(data, _SOS)
-        return scan is not None and data.find(b"\xff\xd9", scan) != -1
+        return scan is not None and data.rfind(b"\xff\xd9", scan) != -1
     if data[-12:-8] == b"\x00\x00\x00\x00" and data[-8:-4] == b"IEND":
         return True
-    end = data.find(_IEND, 33)  # IEND is empty: its length, 0, then its type
-    return end != -1 and end + len(_IEND) + 4 <= len(data)
+    # IEND is empty: its length, 0, then its type, then its CRC
+    return data.rfind(_IEND, 33, len(data) - 4) != -1
 
 
 def orientation(kind: str, data: bytes) -> int:
     """The EXIF orientation of JPEG (APP1 "Exif") or PNG (eXIf) bytes: 1 to 8, 1 for none."""
     tiff = b""
     if kind == "jpeg":
+        # where libjpeg, and so OpenCV, looks: any APP1 before the first scan
         for pos, marker in _jpeg_segments(data):
-            if marker in _SOF_MARKERS or marker in _SOS:
+            if marker in _SOS:
                 break
             (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
             body = data[pos + 4 : pos + 2 + length]
@@ -188,12 +192,33 @@ def orientation(kind: str, data: bytes) -> int:
                 tiff = body[6:]
                 break
     else:
-        data_at = data.find(b"IDAT", 33)
-        at = data.find(b"eXIf", 33, data_at if data_at != -1 else len(data))
-        if at != -1:
-            (length,) = struct.unpack(">I", data[at - 4 : at])
-            tiff = data[at + 4 : at + 4 + length]
+        # anywhere before IEND, as libpng reads it (before or after the image data)
+        for chunk, start, length in _png_chunks(data):
+            if chunk == b"eXIf":
+                tiff = data[start : start + length]
+                break
     return _tiff_orientation(tiff)
+
+
+# Chunks png_chunks walks at most: a 64 MiB PNG in libpng's 8 KiB IDAT chunks has 8,192; the
+# bound keeps a crafted file of millions of empty chunks from holding the event loop.
+MAX_PNG_CHUNKS = 16_384
+
+
+def _png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """(type, where its data starts, its length) of each chunk from IHDR on, until IEND or
+    the data ends."""
+    pos = 8
+    for _ in range(MAX_PNG_CHUNKS):
+        if pos + 8 > len(data):
+            return
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        chunk = data[pos + 4 : pos + 8]
+        yield chunk, pos + 8, length
+        if chunk == b"IEND":
+            return
+        pos += 12 + length
+    raise InvalidFrame(f"corrupt PNG: more than {MAX_PNG_CHUNKS:,} chunks")
 
 
 def _tiff_orientation(tiff: bytes) -> int:
@@ -207,8 +232,9 @@ def _tiff_orientation(tiff: bytes) -> int:
     (count,) = struct.unpack(order + "H", tiff[first : first + 2])
     for at in range(first + 2, min(first + 2 + 12 * count, len(tiff) - 11), 12):
         tag, kind = struct.unpack(order + "HH", tiff[at : at + 4])
-        if tag == 0x0112 and kind == 3:  # a SHORT
-            (value,) = struct.unpack(order + "H", tiff[at + 8 : at + 10])
+        if tag == 0x0112 and kind in (3, 4):  # a SHORT, or a LONG as some writers put it
+            fmt, size = ("H", 2) if kind == 3 else ("I", 4)
+            (value,) = struct.unpack(order + fmt, tiff[at + 8 : at + 8 + size])
             return value if 1 <= value <= 8 else 1
     return 1
 
@@ -240,7 +266,7 @@ def check_encoded(data: bytes, limits: Limits) -> tuple[str, int, int]:
     if not _complete(kind, data):
         raise InvalidFrame(
             f"truncated {kind.upper()}: {len(data)} bytes with no end marker "
-            f"({'ff d9 after the last scan' if kind == 'jpeg' else 'IEND'}) for a "
+            f"({'ff d9 after its first scan starts' if kind == 'jpeg' else 'IEND'}) for a "
             f"{width}x{height} image"
         )
     return kind, width, height
@@ -265,9 +291,8 @@ def decode_encoded(data: bytes, limits: Limits, reduce: int = 1) -> np.ndarray:
     buffer = np.frombuffer(data, np.uint8)
     image = None
     if kind == "png" and _transparent(data):
-        image = _over_grey(
-            cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
-        )
+        stored = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+        image = _over_grey(stored, data)
     if image is None:
         image = cv2.imdecode(buffer, flag | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
@@ -288,26 +313,56 @@ def _transparent(png: bytes) -> bool:
     a tRNS chunk (before the image data, where the format puts it)."""
     if len(png) > 25 and png[25] in (4, 6):
         return True
-    data_at = png.find(b"IDAT", 33)
-    return png.find(b"tRNS", 33, data_at if data_at != -1 else len(png)) != -1
+    for chunk, _, _ in _png_chunks(png):
+        if chunk in (b"tRNS", b"IDAT"):
+            return chunk == b"tRNS"
+    return False
 
 
-def _over_grey(image: np.ndarray | None) -> np.ndarray | None:
-    """BGRA (8 or 16 bits) over the letterbox's grey, as BGR uint8; None for an image
-    without 4 channels (OpenCV gives a grey PNG's tRNS no alpha), decoded as usual.
+def _over_grey(image: np.ndarray | None, png: bytes) -> np.ndarray | None:
+    """A PNG read as stored (IMREAD_UNCHANGED) over the letterbox's grey, as BGR uint8: its
+    alpha (BGRA, 8 or 16 bits), or a grey PNG's transparent shade (tRNS); None for anything
+    else, decoded as usual.
 
     Analysed as stored, a transparent pixel's hidden colour is what the model sees: a PNG
     showing an intact box over a transparent half that held a damaged one scored 0.9999,
     and 0.026 as a person sees it. Over the grey that pads every frame, what is transparent
     reads as nothing there, as the padding does."""
-    if image is None or image.ndim != 3 or image.shape[2] != 4:
+    if image is None:
         return None
     wide = image.dtype == np.uint16
-    alpha = image[..., 3:] * np.float32(1 / (65535 if wide else 255))
+    if image.ndim == 2:  # grey: OpenCV gives its tRNS shade no alpha
+        key = _grey_key(png)
+        if key is None:
+            return None
+        grey = (image >> 8 if wide else image).astype(np.uint8)
+        out = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+        out[image == key] = PAD_VALUE
+        return out
+    if image.shape[2] != 4:
+        return None
     # 16 bits to 8 as OpenCV reads an opaque PNG: the high byte
-    colour = (image[..., :3] >> 8 if wide else image[..., :3]).astype(np.float32)
-    mixed = colour * alpha + np.float32(PAD_VALUE) * (1 - alpha)
+    colour = image[..., :3] >> 8 if wide else image[..., :3]
+    if image[..., 3].min() == (65535 if wide else 255):  # all opaque, as most tools write
+        return np.ascontiguousarray(colour, dtype=np.uint8)
+    alpha = image[..., 3:] * np.float32(1 / (65535 if wide else 255))
+    mixed = colour.astype(np.float32) * alpha + np.float32(PAD_VALUE) * (1 - alpha)
     return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+
+
+def _grey_key(png: bytes) -> int | None:
+    """A grey PNG's transparent shade (its tRNS), as OpenCV reads the pixels: 8-bit for 1, 2
+    and 4 bits a pixel, 16-bit as it is."""
+    if len(png) < 26 or png[25] != 0:
+        return None
+    for chunk, start, length in _png_chunks(png):
+        if chunk == b"tRNS" and length >= 2:
+            (key,) = struct.unpack(">H", png[start : start + 2])
+            depth = png[24]
+            return key * 255 // ((1 << depth) - 1) if depth < 8 else key
+        if chunk == b"IDAT":
+            return None
+    return None
 
 
 def check_raw(size: int, width: int, height: int, pixel_format: str, limits: Limits) -> None:
