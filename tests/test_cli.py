@@ -560,6 +560,11 @@ def test_a_watch_result_held_up_on_the_way_shows_its_age_here_and_says_late() ->
     reporter.add(Result(frame_id=2, score=0.9, capture_time=now - 40.1, frame_age_ms=60.0))
     late = [json.loads(line)["late_ms"] for line in lines.getvalue().splitlines()]
     assert late[0] == 0.0 and 39_900 < late[1] < 40_100
+    # this clock steps 2 s ahead: late at first, but not for good
+    for frame_id in range(3, 3 + _report.WAYS + 1):
+        reporter.add(Result(frame_id=frame_id, capture_time=now - 2.1, frame_age_ms=50.0))
+    late = [json.loads(line)["late_ms"] for line in lines.getvalue().splitlines()]
+    assert late[2] > 1_900 and late[-1] < 100
 
 
 def nowhere() -> str:

@@ -12,6 +12,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import math
 import os
 import shlex
 import socket
@@ -39,10 +40,12 @@ from convstream.client import (
     NotFound,
     Result,
     ResultOptions,
+    Retry,
     ServerUnavailable,
     draw_overlay,
     save_overlay,
 )
+from convstream.client import cli as client_cli
 from convstream.client._report import cameras_text
 from convstream.client.cli import CameraLull
 from convstream.server import CameraConfig, Server, Settings
@@ -206,11 +209,42 @@ async def test_closing_the_async_client_ends_its_calls_with_cancelled(server: Se
             await cancelled
 
 
+async def test_closing_ends_a_call_waiting_on_a_silent_server_or_an_outage_with_cancelled() -> None:
+    """A question to a server that never answers, and a watch resuming through an outage, in
+    tasks of their own: close() ended them with asyncio.CancelledError, which reads as the task
+    itself cancelled, and a closed-channel error of gRPC's."""
+    silent, port = blackhole()
+    try:
+        client = AsyncClient(f"127.0.0.1:{port}", timeout=30.0)
+        asking = asyncio.create_task(client.cameras())
+        await asyncio.sleep(0.5)
+        await client.close()
+        with pytest.raises(Cancelled, match="client was closed"):
+            await asyncio.wait_for(asking, 10)
+    finally:
+        silent.close()
+    async with serving(belt()) as server:
+        client = AsyncClient(address(server), retry=Retry(resume_timeout=math.inf))
+        first = asyncio.Event()
+
+        async def watching() -> None:
+            async for _ in client.watch("belt"):
+                first.set()
+
+        task = asyncio.create_task(watching())
+        await asyncio.wait_for(first.wait(), 10)
+    await asyncio.sleep(1.0)  # the server is gone: the watch tries again, and again
+    await client.close()
+    with pytest.raises(Cancelled, match="client was closed"):
+        await asyncio.wait_for(task, 10)
+
+
 async def test_a_quiet_watch_says_whether_the_server_answers(
-    server: Server, capsys: pytest.CaptureFixture[str]
+    server: Server, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`convstream watch` told of a camera that was down, and said nothing when the link or
     the server went silent: 40 s of nothing, then a burst of old results."""
+    monkeypatch.setattr(client_cli, "ASK_S", 0.5)  # how long it waits for the server's answer
 
     def lull_says(client: Client) -> str:
         with CameraLull(client, "belt", quiet_s=0.5):
@@ -227,7 +261,7 @@ async def test_a_quiet_watch_says_whether_the_server_answers(
     assert told.count("\n") == 1  # said once while it lasts
     with Client(address(server)) as client:  # a running camera, and no result here
         told = await asyncio.to_thread(lull_says, client)
-    assert "although camera 'belt' is running: its results are not getting here" in told
+    assert "although camera 'belt' analyses frames: its results are not getting here" in told
 
 
 async def test_max_fps_is_honoured(server: Server) -> None:

@@ -674,6 +674,13 @@ async def _until(dash: Dashboard, check: Any, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
+def test_the_dashboard_sends_a_token_without_its_newline() -> None:
+    """Set from a secret, a token ending with a newline made every poll fail in gRPC with a
+    traceback, and the banner said only "not connected yet"."""
+    hub = Hub(DashboardSettings(address="127.0.0.1:1", token="s3cret\n"))
+    assert hub._metadata == (("authorization", "Bearer s3cret"),)
+
+
 async def test_a_server_that_does_not_answer_gets_advice_on_the_banner() -> None:
     """A link gone silent (a blackhole: the connection taken, nothing said) ends the poll
     with DEADLINE_EXCEEDED, the likeliest sign of a network fault, which got no advice."""

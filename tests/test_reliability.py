@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 from urllib.request import urlopen
 
+import cv2
 import grpc
+import numpy as np
 import pytest
 from conftest import MESSAGE_LIMIT, jpeg, scene
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -339,12 +341,16 @@ async def test_the_admission_budgets_are_gauges_an_operator_can_watch(
     """max_queued_frames and max_held_bytes could not be watched filling up."""
     server = Server(camera_settings.model_copy(update={"cameras": ()}))
     await server.start()
-    release = asyncio.Event()
+    more, release = asyncio.Event(), asyncio.Event()
     frame = jpeg(scene(1, 360, 640))
+    # a PNG that decodes slowly (a large plain frame): held while it is analysed
+    slow = cv2.imencode(".png", np.zeros((5000, 7000, 3), np.uint8))[1].tobytes()
 
     async def frames() -> AsyncIterator[pb.FrameRequest]:
         options = pb.ResultOptions(freshness=pb.FRESHNESS_BOUNDED_QUEUE, queue_size=6)
         yield pb.FrameRequest(frame_id=1, encoded=frame, options=options)
+        await more.wait()
+        yield pb.FrameRequest(frame_id=2, encoded=slow)
         await release.wait()
 
     try:
@@ -352,6 +358,13 @@ async def test_the_admission_budgets_are_gauges_an_operator_can_watch(
             call = pb_grpc.ConvstreamStub(channel).StreamFrames(frames())
             await call.read()  # its first result: the stream is open and holds its queue
             assert sample(server, "convstream_stream_frames_reserved") == 6
+            more.set()
+            held = f"its {len(slow)} bytes (and the request's few) held"
+            await wait_until(
+                lambda: 0 < sample(server, "convstream_stream_bytes_held") - len(slow) < 64,
+                5,
+                held,
+            )
             release.set()
             while await call.read() != grpc.aio.EOF:
                 pass

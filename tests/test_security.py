@@ -355,6 +355,9 @@ def test_token_command_writes_the_token_to_a_new_private_file(
     assert load_settings(config, environ={}).tokens[0].sha256 == token_hash(token)
     # The client commands read it as it is.
     assert token_from_flags(argparse.Namespace(token=None, token_file=path), {}) == token
+    # set from a Kubernetes secret or an env file, the variable often ends with a newline
+    no_flags = argparse.Namespace(token=None, token_file=None)
+    assert token_from_flags(no_flags, {"CONVSTREAM_TOKEN": f"{token}\n"}) == token
     # A file that exists is someone's token: never overwritten.
     assert cli_main(["token", "--name", "x", "--role", "watch", "--token-file", str(path)]) == 2
     assert "File exists" in capsys.readouterr().err

@@ -56,6 +56,25 @@ def is_local_address(address: str) -> bool:
         return host == "localhost"
 
 
+def clean_token(token: str | None) -> str | None:
+    """A bearer token as sent: without the whitespace around it (read from a file or a
+    Kubernetes secret, it often ends with a newline, which gRPC refused in the client as an
+    INTERNAL "Invalid metadata", reported as the server's failure); None for none.
+
+    Raises:
+        ValueError: a token that cannot travel as an HTTP/2 header value.
+    """
+    if token is None:
+        return None
+    token = token.strip()
+    if not token.isascii() or not token.isprintable() or " " in token:
+        raise ValueError(
+            "token must be printable ASCII without spaces (it travels as an HTTP/2 header), "
+            f"got {len(token)} characters"
+        )
+    return token or None
+
+
 def client_version() -> str:
     try:
         return version("convstream")
@@ -111,10 +130,10 @@ class BaseClient:
         address = address.strip()
         if not address:
             raise ValueError("address must be host:port, e.g. 127.0.0.1:50051")
-        if "://" in address and not address.startswith(("dns://", "unix://")):
+        scheme = address.split("://", 1)[0].lower() if "://" in address else ""
+        if scheme in ("http", "https", "grpc", "grpcs", "tcp"):
             # http://host:port reached gRPC as a name to resolve, and failed as "is the
-            # server running there?"
-            scheme = address.split("://", 1)[0]
+            # server running there?" (gRPC's own schemes, dns:/// or xds:///, pass)
             raise ValueError(
                 f"address must be host:port, without a scheme, got {address!r}: gRPC is not "
                 f"{scheme}:// (for TLS pass tls=TLS(...))"
@@ -132,16 +151,8 @@ class BaseClient:
         self.retry = retry
         self.options = options
         self.upload = upload
-        if token is not None:
-            # read from a file, a token often ends with a newline, which gRPC refused in the
-            # client as an INTERNAL "Invalid metadata", reported as the server's failure
-            token = token.strip()
-            if not token.isascii() or not token.isprintable() or " " in token:
-                raise ValueError(
-                    "token must be printable ASCII without spaces (it travels as an HTTP/2 "
-                    f"header), got {len(token)} characters"
-                )
-        self._token = token or None
+        token = clean_token(token)
+        self._token = token
         self._closed = False
         if token and tls is None and not is_local_address(address):
             logger.warning("sending a token to %s in plaintext; use TLS off this host", address)

@@ -29,6 +29,8 @@ from convstream.client.results import CameraInfo, ModelInfo, Result
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
+CLOSED = "the client was closed while this call ran"
+
 __all__ = ["AsyncClient", "Client"]
 
 
@@ -179,11 +181,15 @@ class Client(BaseClient):
                         resumption.answered()
                         yield feed.answer(message)
                 except grpc.RpcError as exc:
+                    if self._closed:
+                        raise Cancelled(CLOSED) from exc
                     error = from_rpc_error(exc, address=self.address, tls=self.tls)
                     delay = resumption.delay(error, len(feed.ledger))
                     if delay is None:
                         raise error from exc
                     time.sleep(delay)
+                    if self._closed:  # by close(), while it waited to try again
+                        raise Cancelled(CLOSED) from exc
                     continue
                 finally:
                     call.cancel()
@@ -192,8 +198,11 @@ class Client(BaseClient):
         finally:
             feed.close()
 
-    def cameras(self) -> list[CameraInfo]:
+    def cameras(self, *, timeout: float | None = None) -> list[CameraInfo]:
         """The cameras the server pulls, in its config's order, with their health.
+
+        Args:
+            timeout: seconds for this call, in place of ``Timeout.call``.
 
         Raises:
             ConvstreamError: e.g. ServerUnavailable after retries.
@@ -201,7 +210,9 @@ class Client(BaseClient):
         self._check_open()
         try:
             reply = self._camera_stub.ListCameras(
-                pb.ListCamerasRequest(), timeout=self.timeout.call, metadata=self._metadata()
+                pb.ListCamerasRequest(),
+                timeout=self.timeout.call if timeout is None else timeout,
+                metadata=self._metadata(),
             )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, address=self.address, tls=self.tls) from exc
@@ -271,11 +282,15 @@ class Client(BaseClient):
                 for message in call:
                     yield Result.from_proto(resumption.watched(message))
             except grpc.RpcError as exc:
+                if self._closed:
+                    raise Cancelled(CLOSED) from exc
                 error = from_rpc_error(exc, address=self.address, tls=self.tls)
                 delay = resumption.delay(error, 0)
                 if delay is None:
                     raise error from exc
                 time.sleep(delay)
+                if self._closed:  # by close(), while it waited to try again
+                    raise Cancelled(CLOSED) from exc
                 continue
             finally:
                 call.cancel()
@@ -363,6 +378,9 @@ class AsyncClient(BaseClient):
             reply = await self._stub.GetModelInfo(
                 pb.GetModelInfoRequest(), timeout=self.timeout.call, metadata=self._metadata()
             )
+        except asyncio.CancelledError:
+            self._raise_if_closed()
+            raise
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, address=self.address, tls=self.tls) from exc
         return ModelInfo.from_proto(reply)
@@ -375,6 +393,9 @@ class AsyncClient(BaseClient):
             reply = await stub.Analyze(
                 request, timeout=self.timeout.call, metadata=self._metadata()
             )
+        except asyncio.CancelledError:
+            self._raise_if_closed()
+            raise
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, address=self.address, tls=self.tls) from exc
         return Result.from_proto(reply, frame)
@@ -420,6 +441,8 @@ class AsyncClient(BaseClient):
                     if delay is None:
                         raise error from exc
                     await asyncio.sleep(delay)
+                    if self._closed:  # by close(), while it waited to try again
+                        raise Cancelled(CLOSED) from exc
                     continue
                 finally:
                     call.cancel()
@@ -428,12 +451,17 @@ class AsyncClient(BaseClient):
         finally:
             await feed.close()
 
-    async def cameras(self) -> list[CameraInfo]:
+    async def cameras(self, *, timeout: float | None = None) -> list[CameraInfo]:
         """The cameras the server pulls, with their health; see Client.cameras."""
         try:
             reply = await self._camera_stub.ListCameras(
-                pb.ListCamerasRequest(), timeout=self.timeout.call, metadata=self._metadata()
+                pb.ListCamerasRequest(),
+                timeout=self.timeout.call if timeout is None else timeout,
+                metadata=self._metadata(),
             )
+        except asyncio.CancelledError:
+            self._raise_if_closed()
+            raise
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, address=self.address, tls=self.tls) from exc
         return [CameraInfo.from_proto(camera) for camera in reply.cameras]
@@ -470,6 +498,8 @@ class AsyncClient(BaseClient):
                 if delay is None:
                     raise error from exc
                 await asyncio.sleep(delay)
+                if self._closed:  # by close(), while it waited to try again
+                    raise Cancelled(CLOSED) from exc
                 continue
             finally:
                 call.cancel()
@@ -480,7 +510,7 @@ class AsyncClient(BaseClient):
         (it raises asyncio.CancelledError, which reads as the task itself cancelled)."""
         task = asyncio.current_task()
         if self._closed and (task is None or task.cancelling() == 0):
-            raise Cancelled("the client was closed while this call ran") from None
+            raise Cancelled(CLOSED) from None
 
     async def close(self) -> None:
         """Close the channels; calls in progress fail with Cancelled."""

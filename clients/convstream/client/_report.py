@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import math
 import time
+from collections import deque
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -186,6 +186,7 @@ class Reporter:
 
 
 LATE_MS = 1000.0  # a result that waited this long on the way is marked late
+WAYS = 100  # how many results back the quickest way is looked for
 
 
 class WatchReporter(Reporter):
@@ -203,7 +204,10 @@ class WatchReporter(Reporter):
         self.flowing_n = 0
         self.paused_s = 0.0  # the longer ones
         self.pauses = 0
-        self._fastest = math.inf  # the shortest way a result has taken (plus clock offset)
+        # (number, way) of recent results, for the shortest way lately (plus the clocks'
+        # offset), and how many results have had theirs measured
+        self._ways: deque[tuple[int, float]] = deque()
+        self._seen = 0
         self._late_ms = 0.0  # this result's wait on the way beyond it
 
     def add(self, result: Result) -> None:
@@ -220,18 +224,26 @@ class WatchReporter(Reporter):
                 self.flowing_n += 1
 
     def _late(self, result: Result) -> float:
-        """Milliseconds this result waited on its way here beyond the quickest one.
+        """Milliseconds this result waited on its way here beyond the quickest one lately.
 
         frame_age_ms is the age when the server sent it: results held up on a stalled link
         came out 39 s late reading 53-154 ms, "damaged", for a package long gone. Received
         minus capture time minus that age is the way here plus the two clocks' offset; its
-        least so far stands for the offset, so only the wait beyond it counts.
+        least over the last WAYS results stands for the offset, so only the wait beyond it
+        counts (over all of them, a clock stepped forward, or drifting, marked every result
+        late for good; counted in results, not seconds, so a stall of any length is seen).
         """
         if result.capture_time is None:
             return 0.0
         way = time.time() - result.capture_time - result.frame_age_ms / 1000
-        self._fastest = min(self._fastest, way)
-        return (way - self._fastest) * 1000
+        self._seen += 1
+        ways = self._ways  # ways rising from the front: its front is the window's least
+        while ways and ways[-1][1] >= way:
+            ways.pop()
+        ways.append((self._seen, way))
+        while ways[0][0] <= self._seen - WAYS:
+            ways.popleft()
+        return (way - ways[0][1]) * 1000
 
     def _json(self, result: Result, overlay: Path | None) -> dict[str, Any]:
         return {**result_json(result, overlay), "late_ms": round(self._late_ms, 3)}

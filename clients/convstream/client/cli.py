@@ -578,6 +578,7 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 QUIET_S = 3.0  # no result for this long: `watch` asks the server how its camera is
+ASK_S = 3.0  # the longest it waits for the answer
 
 
 class CameraLull:
@@ -593,6 +594,7 @@ class CameraLull:
         self._quiet_s = quiet_s
         self._last = time.monotonic()
         self._told = ""  # what was last said: the state and error, "" while results come
+        self._analysed: int | None = None  # the camera's frames analysed when results stopped
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="watch-lull", daemon=True)
 
@@ -607,6 +609,7 @@ class CameraLull:
     def timed(self, results: Iterator[Result]) -> Iterator[Result]:
         for result in results:
             self._last = time.monotonic()
+            self._analysed = None
             if self._told:
                 self._told = ""
                 print(f"camera {self._camera_id!r}: results again", file=sys.stderr)
@@ -626,10 +629,12 @@ class CameraLull:
             if quiet < self._quiet_s:
                 continue
             try:
-                cameras = {c.id: c for c in self._client.cameras()}
+                # briefly: a frozen link held the question for the whole call timeout
+                cameras = {c.id: c for c in self._client.cameras(timeout=ASK_S)}
             except ConvstreamError as exc:
                 # A stalled link or a server gone quiet: the watch itself notices only when
                 # its keepalive fails, about a minute on.
+                quiet = time.monotonic() - self._last
                 self._say(
                     "unreachable",
                     f"no result for {quiet:.0f} s, and the server does not answer "
@@ -640,11 +645,17 @@ class CameraLull:
             if camera is None:
                 continue
             if camera.state == "running":
-                self._say(
-                    "running",
-                    f"no result for {quiet:.0f} s although camera {self._camera_id!r} is "
-                    "running: its results are not getting here (a slow or stalled link?)",
-                )
+                # Analysed frames that did not come: a camera that is only slow (a frame
+                # every 5 s) analyses none meanwhile, and is not the link's fault.
+                if self._analysed is None:
+                    self._analysed = camera.frames_analysed
+                elif camera.frames_analysed >= self._analysed + 2:
+                    self._say(
+                        "running",
+                        f"no result for {quiet:.0f} s although camera {self._camera_id!r} "
+                        "analyses frames: its results are not getting here (a slow or "
+                        "stalled link?)",
+                    )
                 continue
             if self.told(camera) and not self._stop.is_set():
                 why = f" Last error: {camera.last_error}" if camera.last_error else ""

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from convstream.client import errors
+from convstream.client._base import clean_token
 from convstream.client.options import TLS
 
 TOKEN_ENV = "CONVSTREAM_TOKEN"
@@ -60,9 +61,9 @@ def token_from_flags(
         token = lines[0].strip() if lines else ""
         if not token:
             raise ValueError(f"--token-file {args.token_file}: the first line is empty")
-        return str(token)
+        return clean_token(token)
     environ = os.environ if environ is None else environ
-    return args.token or environ.get(TOKEN_ENV) or None
+    return clean_token(args.token or environ.get(TOKEN_ENV) or None)
 
 
 def refused_hint(code: str) -> str:

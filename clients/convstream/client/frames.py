@@ -250,14 +250,19 @@ def to_request(
             would refuse it with its own words, and end the stream it was on.
     """
     request = _to_request(frame, frame_id, upload)
-    if max_bytes is not None and (size := request.ByteSize()) > max_bytes:
+    # room for the options a request may carry besides (a frame within a few bytes of the
+    # limit got gRPC's refusal all the same)
+    if max_bytes is not None and (size := request.ByteSize()) > max_bytes - OPTIONS_ROOM:
         what = "raw pixels" if request.HasField("raw") else "encoded bytes"
         raise InvalidFrame(
             f"{frame!r} is {size:,} bytes as {what}, over the {max_bytes:,} a message may "
-            "carry (Limits.max_message_bytes; the server's max_message_bytes): send it as "
-            "JPEG, Upload(format='jpeg'), or smaller"
+            "carry with its options (Limits.max_message_bytes; the server's "
+            "max_message_bytes): send it as JPEG, Upload(format='jpeg'), or smaller"
         )
     return request
+
+
+OPTIONS_ROOM = 4096  # bytes kept for a request's options beside its frame
 
 
 def _to_request(frame: Frame, frame_id: int, upload: Upload) -> pb.FrameRequest:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from convstream.client._base import clean_token
 from convstream.client.connection_flags import refused_hint, unavailable_hint
 from convstream.client.tensors import to_numpy
 from convstream.dashboard.alerts import Alert, AlertDetector, AlertLog, Decision, render_snapshot
@@ -96,7 +97,7 @@ class Hub:
 
     def __init__(self, settings: DashboardSettings) -> None:
         self.settings = settings
-        token = settings.token
+        token = clean_token(settings.token)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.cameras: dict[str, CameraView] = {}
         self.alerts = AlertLog(settings.max_alerts, settings.alerts_dir)

@@ -100,6 +100,7 @@ class CameraManager:
                         "it again"
                     )
                 )
+                self.metrics.forget_camera(camera_id)  # that process counts it now
                 logger.info("camera %s moved to another process of this server", camera_id)
             else:
                 await feed.stop(NotFound(f"camera {camera_id!r} was removed from the config"))

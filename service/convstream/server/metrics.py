@@ -97,9 +97,10 @@ class Metrics:
         self._cameras = frozenset(_label(i) for i in camera_ids)
 
     def forget_camera(self, camera_id: str) -> None:
-        """A camera removed from the config: its ``convstream_frames_total`` series go, as its
-        ``convstream_camera_*`` series do (a series that stays reads as a camera still there,
-        frozen). A camera id that comes back starts from 0, a counter reset to Prometheus."""
+        """A camera removed from the config, or moved to another process of this server: its
+        ``convstream_frames_total`` series go from here, as its ``convstream_camera_*`` series
+        do (a series that stays reads as a camera still there, frozen). A camera id that
+        comes back starts from 0, a counter reset to Prometheus."""
         self.frames.remove_by_labels({"source": _label(camera_id)})
 
     def source(self, name: str) -> str:
