@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, cast
 
 import numpy as np
+import numpy.typing as npt
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from convstream.client.errors import ConvstreamError, from_status
@@ -97,9 +98,9 @@ class Result:
         frame_id: the frame's id, as sent.
         score: P(damage) of the most damaged heatmap cell, in [0, 1].
         damaged: score >= the model's threshold.
-        heatmap (np.ndarray | None): float32, shape (h, w): the damage probability per cell of
+        heatmap (NDArray[float32] | None): shape (h, w): the damage probability per cell of
             the model input, ``heatmap_stride`` input pixels a side; None when not asked for.
-        feature_maps (dict[str, np.ndarray]): stage name to float32 array of shape (C, H, W).
+        feature_maps (dict[str, NDArray[float32]]): stage name to array of shape (C, H, W).
         timings: the server's time per step, None for a frame that failed.
         frame_age_ms: result time minus the frame's capture time (or its arrival).
         frames_dropped: frames the stream's freshness policy has dropped so far.
@@ -117,9 +118,9 @@ class Result:
     source: str = ""
     score: float = 0.0
     damaged: bool = False
-    heatmap: np.ndarray | None = None
+    heatmap: npt.NDArray[np.float32] | None = None
     heatmap_stride: int = 8
-    feature_maps: dict[str, np.ndarray] = field(default_factory=dict)
+    feature_maps: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
     timings: Timings | None = None
     frame_age_ms: float = 0.0
     frames_dropped: int = 0
