@@ -615,13 +615,9 @@ class CameraLull:
                 print(f"camera {self._camera_id!r}: results again", file=sys.stderr)
             yield result
 
-    def told(self, camera: CameraInfo) -> bool:
-        """Mark the camera's state and error as said; False if they were already."""
-        told = f"{camera.state}: {camera.last_error}"
-        if told == self._told:
-            return False
-        self._told = told
-        return True
+    def told(self, camera: CameraInfo) -> None:
+        """Mark the camera's state and error as said (the command said them as it began)."""
+        self._told = _state_said(camera)
 
     def _run(self) -> None:
         while not self._stop.wait(1.0):
@@ -657,15 +653,18 @@ class CameraLull:
                         "stalled link?)",
                     )
                 continue
-            if self.told(camera) and not self._stop.is_set():
-                why = f" Last error: {camera.last_error}" if camera.last_error else ""
-                print(
-                    f"camera {self._camera_id!r} is {camera.state}; waiting for its frames.{why}",
-                    file=sys.stderr,
-                )
+            why = f" Last error: {camera.last_error}" if camera.last_error else ""
+            self._say(
+                _state_said(camera),
+                f"camera {self._camera_id!r} is {camera.state}; waiting for its frames.{why}",
+            )
 
     def _say(self, told: str, line: str) -> None:
-        """Say line on stderr once while it lasts (results coming again end it)."""
+        """Say line on stderr once while ``told`` lasts (results coming again end it)."""
         if told != self._told and not self._stop.is_set():
             self._told = told
             print(line, file=sys.stderr)
+
+
+def _state_said(camera: CameraInfo) -> str:
+    return f"{camera.state}: {camera.last_error}"

@@ -250,18 +250,29 @@ def _orient(image: np.ndarray, orientation: int) -> np.ndarray:
 def encoded_size(data: bytes) -> tuple[str, int, int]:
     """(format, width, height) of JPEG or PNG bytes, from the header alone: as shown, turned
     as an EXIF orientation says."""
+    return _header(data)[:3]
+
+
+def _header(data: bytes) -> tuple[str, int, int, int]:
+    """encoded_size, and the EXIF orientation it took from the header."""
     kind = sniff(data)
     width, height = jpeg_size(data) if kind == "jpeg" else png_size(data)
-    if orientation(kind, data) >= 5:  # turned a quarter: width and height trade places
+    turn = orientation(kind, data)
+    if turn >= 5:  # turned a quarter: width and height trade places
         width, height = height, width
-    return kind, width, height
+    return kind, width, height, turn
 
 
 def check_encoded(data: bytes, limits: Limits) -> tuple[str, int, int]:
     """(format, width, height) of JPEG or PNG bytes whose header is inside the limits and that
     end as a complete image does: every check short of decoding, in microseconds.
     Raises InvalidFrame or FrameTooLarge."""
-    kind, width, height = encoded_size(data)
+    return _checked(data, limits)[:3]
+
+
+def _checked(data: bytes, limits: Limits) -> tuple[str, int, int, int]:
+    """check_encoded, and the EXIF orientation."""
+    kind, width, height, turn = _header(data)
     limits.check(width, height, kind.upper())
     if not _complete(kind, data):
         raise InvalidFrame(
@@ -269,7 +280,7 @@ def check_encoded(data: bytes, limits: Limits) -> tuple[str, int, int]:
             f"({'ff d9 after its first scan starts' if kind == 'jpeg' else 'IEND'}) for a "
             f"{width}x{height} image"
         )
-    return kind, width, height
+    return kind, width, height, turn
 
 
 def decode_encoded(data: bytes, limits: Limits, reduce: int = 1) -> np.ndarray:
@@ -284,7 +295,7 @@ def decode_encoded(data: bytes, limits: Limits, reduce: int = 1) -> np.ndarray:
     Returns:
         np.ndarray: BGR uint8, shape (H, W, 3).
     """
-    kind, width, height = check_encoded(data, limits)
+    kind, width, height, turn = _checked(data, limits)
     flag = _REDUCED.get(reduce, cv2.IMREAD_COLOR) if kind == "jpeg" else cv2.IMREAD_COLOR
     # Decoded as stored, then turned here as the EXIF orientation read above says: OpenCV's
     # own turning could read the EXIF otherwise, behind the geometry's back.
@@ -297,7 +308,7 @@ def decode_encoded(data: bytes, limits: Limits, reduce: int = 1) -> np.ndarray:
         image = cv2.imdecode(buffer, flag | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise InvalidFrame(f"corrupt {kind.upper()}: OpenCV could not decode {len(data)} bytes")
-    image = _orient(image, orientation(kind, data))
+    image = _orient(image, turn)
     factor = reduce if kind == "jpeg" and reduce in _REDUCED else 1
     expected = (-(-height // factor), -(-width // factor))
     if image.shape[:2] != expected:  # the header we checked is not the one that was decoded
