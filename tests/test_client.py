@@ -471,7 +471,10 @@ async def test_a_frame_over_the_message_limit_is_refused_by_the_client_saying_wh
     Overloaded, which says retry later: it never can."""
     limits = cs.Limits(max_message_bytes=1 << 19)  # a raw 640x480 frame is 921,600 bytes
     raw = cs.Upload(format="raw")
-    told = r"is 921,6\d\d bytes as raw pixels, over the 524,288 .* Upload\(format='jpeg'\)"
+    told = (
+        r"is 921,6\d\d bytes as raw pixels, over the 520,192 a frame may take of the "
+        r"524,288-byte message limit .* Upload\(format='jpeg'\)"
+    )
     async with AsyncClient(address(server), limits=limits, upload=raw) as client:
         with pytest.raises(cs.InvalidFrame, match=told):
             await client.analyze(frames[6])

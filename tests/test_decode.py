@@ -175,6 +175,43 @@ def test_an_exif_orientation_is_read_where_opencv_reads_it() -> None:
         assert (image == shown).all(), name
 
 
+def test_what_an_exif_search_walks_past_is_not_judged_by_it() -> None:
+    """The orientation search walks a PNG's chunks only up to its image data (and its last
+    bytes for an eXIf after it), and a JPEG's header as far as it can: a 4 MB PNG in 1 KiB
+    image chunks was refused for its chunk count, and a JPEG with stray bytes before its
+    scan (libjpeg skips them) was refused; a chunk longer than the file is refused at once
+    (OpenCV took seconds on a 200-byte PNG)."""
+    noise = np.random.default_rng(0).integers(0, 256, (1200, 1200, 3), np.uint8)
+    plain = png(noise)
+    head, body, pos = b"", b"", 8
+    while pos < len(plain):  # the image data, out of however many chunks OpenCV wrote
+        (length,) = struct.unpack(">I", plain[pos : pos + 4])
+        if plain[pos + 4 : pos + 8] == b"IDAT":
+            body += plain[pos + 8 : pos + 8 + length]
+        elif not body:
+            head += plain[pos : pos + 12 + length]
+        pos += 12 + length
+    small = b"".join(
+        struct.pack(">I", len(part))
+        + b"IDAT"
+        + part
+        + struct.pack(">I", zlib.crc32(b"IDAT" + part))
+        for part in (body[i : i + 1024] for i in range(0, len(body), 1024))
+    )
+    rechunked = plain[:8] + head + small + b"\x00\x00\x00\x00IEND\xaeB`\x82"
+    assert rechunked.count(b"IDAT") > 4096
+    assert (decode_encoded(rechunked, LIMITS) == noise).all()
+    stray = jpeg(IMAGE)
+    scan = stray.index(b"\xff\xda")
+    stray = stray[:scan] + b"\x00\x00\x00" + stray[scan:]
+    assert decode_encoded(stray, LIMITS).shape == IMAGE.shape
+    huge = png(IMAGE[:40, :40])
+    at = huge.index(b"IDAT") - 4
+    huge = huge[:at] + struct.pack(">I", 3_000_000_000) + huge[at + 4 :]
+    with pytest.raises(InvalidFrame, match="IDAT chunk of 3,000,000,000 bytes runs past"):
+        decode_encoded(huge, LIMITS)
+
+
 def test_a_grey_png_s_transparent_shade_is_analysed_over_the_padding_grey() -> None:
     grey = cv2.cvtColor(IMAGE, cv2.COLOR_BGR2GRAY)
     grey[:, :100] = 7  # the shade its tRNS makes transparent

@@ -186,7 +186,7 @@ class Reporter:
 
 
 LATE_MS = 1000.0  # a result that waited this long on the way is marked late
-WAYS = 100  # how many results back the quickest way is looked for
+WAYS = 1000  # how many results back the quickest way is looked for (a stall's backlog fits)
 
 
 class WatchReporter(Reporter):

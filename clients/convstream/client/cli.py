@@ -539,7 +539,8 @@ def _watch(args: argparse.Namespace) -> int:
             have = f"the server has {', '.join(cameras)}" if cameras else "the server pulls none"
             return _usage(args, f"unknown camera {args.camera_id!r}; {have}")
         camera = cameras[args.camera_id]
-        rates = [r for r in (args.max_fps, camera.fps_cap) if r]
+        # its own pace too: a camera sending a frame every 5 s is slow, not paused
+        rates = [r for r in (args.max_fps, camera.fps_cap, camera.fps_in) if r]
         quiet_s = max(QUIET_S, 3 / min(rates, default=1.0))
         lull = CameraLull(client, args.camera_id, quiet_s)
         opening = datetime.now(UTC) - (camera.since or datetime.now(UTC))

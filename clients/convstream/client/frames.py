@@ -255,9 +255,10 @@ def to_request(
     if max_bytes is not None and (size := request.ByteSize()) > max_bytes - OPTIONS_ROOM:
         what = "raw pixels" if request.HasField("raw") else "encoded bytes"
         raise InvalidFrame(
-            f"{frame!r} is {size:,} bytes as {what}, over the {max_bytes:,} a message may "
-            "carry with its options (Limits.max_message_bytes; the server's "
-            "max_message_bytes): send it as JPEG, Upload(format='jpeg'), or smaller"
+            f"{frame!r} is {size:,} bytes as {what}, over the {max_bytes - OPTIONS_ROOM:,} a "
+            f"frame may take of the {max_bytes:,}-byte message limit (Limits."
+            "max_message_bytes; the server's max_message_bytes): send it as JPEG, "
+            "Upload(format='jpeg'), or smaller"
         )
     return request
 
