@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import grpc
 
-from convstream.client.errors import ConvstreamError, ServerUnavailable
+from convstream.client.errors import Cancelled, ConvstreamError, ServerUnavailable
 from convstream.client.frames import Frame, FrameLike, as_frame, to_request
 from convstream.client.options import (
     TLS,
@@ -34,6 +34,7 @@ DEFAULT_PORT = 50051
 # connection (a pulled cable, a NAT that forgot us) well before TCP would.
 KEEPALIVE_MS = 30_000
 KEEPALIVE_TIMEOUT_MS = 20_000
+CLOSED = "the client was closed while this call ran"  # the Cancelled that close() causes
 
 
 def is_local_address(address: str) -> bool:
@@ -313,6 +314,8 @@ class _Resumption:
             error: why the stream ended.
             waiting: frames sent but not yet answered, for the log line.
         """
+        if self._client._closed:  # broken by close(): no trying again
+            raise Cancelled(CLOSED) from error
         if self._failures == 0:
             self._broke = time.monotonic()
         self._failures += 1

@@ -20,7 +20,7 @@ from types import TracebackType
 
 import grpc
 
-from convstream.client._base import BaseClient
+from convstream.client._base import CLOSED, BaseClient
 from convstream.client._feed import AsyncFeed, Ledger, SyncFeed
 from convstream.client.errors import Cancelled, from_rpc_error
 from convstream.client.frames import FrameLike
@@ -28,8 +28,6 @@ from convstream.client.options import Freshness, ResultOptions
 from convstream.client.results import CameraInfo, ModelInfo, Result
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
-
-CLOSED = "the client was closed while this call ran"
 
 __all__ = ["AsyncClient", "Client"]
 
@@ -181,8 +179,6 @@ class Client(BaseClient):
                         resumption.answered()
                         yield feed.answer(message)
                 except grpc.RpcError as exc:
-                    if self._closed:
-                        raise Cancelled(CLOSED) from exc
                     error = from_rpc_error(exc, address=self.address, tls=self.tls)
                     delay = resumption.delay(error, len(feed.ledger))
                     if delay is None:
@@ -282,8 +278,6 @@ class Client(BaseClient):
                 for message in call:
                     yield Result.from_proto(resumption.watched(message))
             except grpc.RpcError as exc:
-                if self._closed:
-                    raise Cancelled(CLOSED) from exc
                 error = from_rpc_error(exc, address=self.address, tls=self.tls)
                 delay = resumption.delay(error, 0)
                 if delay is None:

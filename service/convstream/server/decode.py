@@ -215,19 +215,15 @@ def orientation(kind: str, data: bytes) -> int:
 
 def _png_tail_exif(png: bytes) -> bytes:
     """An eXIf chunk after a PNG's image data: looked for in its last PNG_TAIL bytes, and
-    taken only if the chunks from there lead to IEND."""
+    taken only if the chunks from there lead to IEND (the bytes "eXIf" may be image data)."""
     at = png.rfind(b"eXIf", max(33, len(png) - PNG_TAIL))
     if at == -1:
         return b""
-    (length,) = struct.unpack(">I", png[at - 4 : at])
-    pos = at - 4
-    for _ in range(16):  # a few small chunks (text, time) may follow it
-        if pos + 8 > len(png):
-            return b""
-        (size,) = struct.unpack(">I", png[pos : pos + 4])
-        if png[pos + 4 : pos + 8] == b"IEND":
-            return png[at + 4 : at + 4 + length]
-        pos += 12 + size
+    with contextlib.suppress(InvalidFrame):  # not a chunk after all
+        for chunk, _, _ in _png_chunks(png, at - 4):
+            if chunk == b"IEND":
+                (length,) = struct.unpack(">I", png[at - 4 : at])
+                return png[at + 4 : at + 4 + length]
     return b""
 
 
@@ -237,10 +233,9 @@ MAX_PNG_CHUNKS = 4096
 PNG_TAIL = 16384  # where an eXIf after the image data is looked for
 
 
-def _png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
-    """(type, where its data starts, its length) of each chunk from IHDR on, until IEND or
-    the data ends."""
-    pos = 8
+def _png_chunks(data: bytes, pos: int = 8) -> Iterator[tuple[bytes, int, int]]:
+    """(type, where its data starts, its length) of each chunk from the one at ``pos`` (the
+    IHDR) on, until IEND or the data ends."""
     for _ in range(MAX_PNG_CHUNKS):
         if pos + 8 > len(data):
             return
