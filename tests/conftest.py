@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import AsyncIterator
 
 import cv2
@@ -34,6 +35,23 @@ def png(image: np.ndarray) -> bytes:
     ok, data = cv2.imencode(".png", image)
     assert ok
     return data.tobytes()
+
+
+def png_with(data: bytes, chunk: bytes, body: bytes, before: bytes) -> bytes:
+    """PNG bytes with a chunk put before the first chunk of type ``before``."""
+    at = data.index(before) - 4
+    crc = struct.pack(">I", zlib.crc32(chunk + body))
+    return data[:at] + struct.pack(">I", len(body)) + chunk + body + crc + data[at:]
+
+
+def exif(orientation: int, order: str = ">", kind: int = 3) -> bytes:
+    """A TIFF block holding only an Orientation tag, of type SHORT (3) or LONG (4)."""
+    value = struct.pack(
+        order + ("HH" if kind == 3 else "I"), orientation, *([0] if kind == 3 else [])
+    )
+    entry = struct.pack(order + "HHI", 0x0112, kind, 1) + value
+    head = (b"MM\x00*" if order == ">" else b"II*\x00") + struct.pack(order + "I", 8)
+    return head + struct.pack(order + "H", 1) + entry + b"\x00\x00\x00\x00"
 
 
 def scene(

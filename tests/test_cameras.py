@@ -16,7 +16,7 @@ import cv2
 import grpc
 import numpy as np
 import pytest
-from conftest import jpeg, scene, with_exif_orientation
+from conftest import exif, jpeg, png, png_with, scene, with_exif_orientation
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from live import (
     FFMPEG,
@@ -617,6 +617,34 @@ async def test_a_looping_file_of_one_frame_is_a_still(tmp_path: Path) -> None:
         assert first.geometry.frame_width == 320 and first.geometry.frame_height == 240
         turned = await watch(stub, "phone").read()  # as Analyze turns the same bytes
         assert turned.geometry.frame_width == 240 and turned.geometry.frame_height == 320
+
+
+async def test_a_png_named_as_a_camera_is_analysed_as_the_same_png_pushed(
+    tmp_path: Path,
+) -> None:
+    """FFmpeg decodes a PNG ignoring its eXIf orientation and its transparency: a phone's
+    portrait screenshot was analysed lying on its side, and a transparent half as the
+    colour it hides. Its frames are now kept as sent and decoded as a client's PNG is."""
+    rgba = np.dstack([scene(2_000_000_203, 240, 320), np.full((240, 320), 255, np.uint8)])
+    rgba[:, 160:, 3] = 0  # the right half transparent, its colour still there
+    data = png_with(png(rgba), b"eXIf", exif(6), b"IDAT")  # stored on its side
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(data)
+    capture = open_source(parse_source(str(photo)), open_timeout_s=5, read_timeout_s=5, loop=True)
+    try:
+        frames = [capture.read() for _ in range(3)]
+        assert all(isinstance(f, bytes) and f == data for f in frames)  # byte for byte
+    finally:
+        capture.release()
+    async with serving(camera("photo", str(photo))) as server, connect(server) as stub:
+        twin = await stub.Analyze(pb.FrameRequest(encoded=data))
+        result = await watch(stub, "photo").read()
+        told = await status(stub, "photo")
+    assert told.state == pb.CAMERA_STATE_RUNNING and told.last_error == "", told
+    assert (result.geometry.frame_width, result.geometry.frame_height) == (240, 320)
+    assert result.geometry == twin.geometry
+    assert result.score == pytest.approx(twin.score, abs=1e-6)
+    assert result.heatmap.data == twin.heatmap.data
 
 
 async def _frames_read_over(stub: pb_grpc.ConvstreamStub, camera_id: str, n: int) -> bool:

@@ -8,7 +8,7 @@ import zlib
 import cv2
 import numpy as np
 import pytest
-from conftest import jpeg, png, scene, with_exif_orientation
+from conftest import exif, jpeg, png, png_with, scene, with_exif_orientation
 
 from convstream.client import Frame
 from convstream.server.decode import (
@@ -127,23 +127,6 @@ def test_an_exif_orientation_turns_the_frame_as_opencv_and_viewers_do(orientatio
     if orientation != 1:  # turned: not the stored pixels
         as_stored = cv2.imdecode(stored, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         assert not np.array_equal(decode_encoded(data, LIMITS), as_stored)
-
-
-def png_with(data: bytes, chunk: bytes, body: bytes, before: bytes) -> bytes:
-    """PNG bytes with a chunk put before the first chunk of type ``before``."""
-    at = data.index(before) - 4
-    crc = struct.pack(">I", zlib.crc32(chunk + body))
-    return data[:at] + struct.pack(">I", len(body)) + chunk + body + crc + data[at:]
-
-
-def exif(orientation: int, order: str = ">", kind: int = 3) -> bytes:
-    """A TIFF block holding only an Orientation tag, of type SHORT (3) or LONG (4)."""
-    value = struct.pack(
-        order + ("HH" if kind == 3 else "I"), orientation, *([0] if kind == 3 else [])
-    )
-    entry = struct.pack(order + "HHI", 0x0112, kind, 1) + value
-    head = (b"MM\x00*" if order == ">" else b"II*\x00") + struct.pack(order + "I", 8)
-    return head + struct.pack(order + "H", 1) + entry + b"\x00\x00\x00\x00"
 
 
 def test_an_exif_orientation_is_read_where_opencv_reads_it() -> None:

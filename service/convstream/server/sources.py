@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from convstream.server.config import MAX_FPS, MAX_INPUT_SIDE, MIN_INPUT_SIDE, parse_size
-from convstream.server.decode import Limits, check_encoded, decode_encoded, orientation
+from convstream.server.decode import Limits, check_encoded, decode_encoded, orientation, sniff
 from convstream.server.diagnose import why_closed
 from convstream.server.errors import InvalidFrame
 
@@ -213,8 +213,9 @@ def _parse_demo(source: str) -> SourceSpec:
 
 class Capture(Protocol):
     def read(self) -> np.ndarray | bytes:
-        """The next frame: BGR uint8 pixels, or a whole JPEG as an MJPEG source sent it (left
-        to be decoded only if the frame is analysed). Raises SourceError when there is none."""
+        """The next frame: BGR uint8 pixels, or a whole JPEG or PNG as an MJPEG or PNG source
+        sent it (left to be decoded only if the frame is analysed). Raises SourceError when
+        there is none."""
         ...
 
     def release(self) -> None: ...
@@ -266,28 +267,35 @@ class OpenCVCapture:
         # needs, as a client's JPEG is. Decoded here, every frame paid a full-size decode and
         # colour conversion: 4.7 ms of CPU a 720p frame against 0.1 ms to read it raw and
         # 1.1 to decode it at half size, and a camera capped at 1 fps paid it 30 times a second.
-        self._jpeg = False
-        self._first: bytes | None = None  # the first JPEG, looked at when opening
+        # A PNG (a still, or a clip of PNG frames) likewise: decoded as a client's PNG is, its
+        # EXIF orientation and transparency applied, which FFmpeg ignores.
+        self._encoded = ""  # "JPEG" or "PNG" when frames are kept as sent
+        self._first: bytes | None = None  # the first frame as sent, looked at when opening
         codec = int(self._cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little")
-        if spec.kind != "device" and codec == b"MJPG":  # OpenCV says MJPG for every JPEG tag
+        # OpenCV says MJPG for every JPEG tag, and MPNG for PNG
+        kept = {b"MJPG": "JPEG", b"MPNG": "PNG"}.get(codec, "")
+        if spec.kind != "device" and kept:
             size = (
                 int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
                 int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
             )
             if self._cap.set(cv2.CAP_PROP_FORMAT, -1):
                 self._skip_backlog()
-                why = self._first_jpeg(size)
+                why = self._first_encoded(kept, size)
                 if why is None:
-                    self._jpeg = True
+                    self._encoded = kept
                     logger.info(
-                        "camera %s: its MJPEG frames are kept as sent, and decoded only if "
-                        "analysed",
+                        "camera %s: its %s frames are kept as sent, and decoded only if analysed",
                         name or spec.kind,
+                        "MJPEG" if kept == "JPEG" else kept,
                     )
                     return
-                # Not JPEGs libjpeg takes as they are: FFmpeg decodes them, as before.
+                # Not frames the server's decoder takes as they are: FFmpeg decodes them.
                 logger.info(
-                    "camera %s: its MJPEG frames are decoded as read: %s", name or spec.kind, why
+                    "camera %s: its %s frames are decoded as read: %s",
+                    name or spec.kind,
+                    "MJPEG" if kept == "JPEG" else kept,
+                    why,
                 )
                 self._cap.release()
                 self._grabbed, self._since_start, self._last = False, 0, None
@@ -326,24 +334,27 @@ class OpenCVCapture:
         why = why_closed(spec.target, min(3.0, max(0.2, self._open_timeout_s - spent)), spent)
         raise SourceError(f"could not open {spec.kind} source: {why}")
 
-    def _first_jpeg(self, size: tuple[int, int]) -> str | None:
-        """Read the first frame in raw mode and keep it if it is a whole JPEG that libjpeg
-        decodes to the stream's size; else say why not. Not so: lossless JPEG (libjpeg
-        cannot decode it), interlaced MJPEG (two half-height fields a frame, which FFmpeg
-        weaves together), bytes before the JPEG or none after it (some DVRs)."""
+    def _first_encoded(self, kind: str, size: tuple[int, int]) -> str | None:
+        """Read the first frame in raw mode and keep it if it is a whole JPEG (or PNG) that
+        the server's decoder takes, of the stream's size; else say why not. Not so: lossless
+        JPEG (libjpeg cannot decode it), interlaced MJPEG (two half-height fields a frame,
+        which FFmpeg weaves together), bytes before the JPEG or none after it (some DVRs)."""
         ok, frame = self._next()
         if not ok or frame is None:
             return "no first frame in raw mode"
         data = frame.tobytes()
         try:
             image = decode_encoded(data, _ANY_SIZE)  # as the analysis will decode it
+            sent = sniff(data)
         except InvalidFrame as exc:
-            return f"its first frame is not a plain JPEG that libjpeg decodes ({exc})"
+            return f"its first frame is not a plain {kind} that the server decodes ({exc})"
+        if sent != kind.lower():
+            return f"its first frame is a {sent.upper()}, in a {kind} stream"
         got = (image.shape[1], image.shape[0])
-        if orientation("jpeg", data) >= 5:  # turned a quarter by its EXIF, as FFmpeg is not
+        if orientation(sent, data) >= 5:  # turned a quarter by its EXIF, as FFmpeg is not
             got = got[::-1]
         if 0 not in size and got != size:
-            return f"its JPEGs are {got[0]}x{got[1]} in a {size[0]}x{size[1]} stream (fields?)"
+            return f"its {kind}s are {got[0]}x{got[1]} in a {size[0]}x{size[1]} stream (fields?)"
         self._first = data
         return None
 
@@ -367,14 +378,14 @@ class OpenCVCapture:
                 return  # this one was waited for: the stream is live from here
 
     def read(self) -> np.ndarray | bytes:
-        if not self._jpeg:
+        if not self._encoded:
             return self._read()
         if self._first is not None:
             data, self._first = self._first, None
             if self._pacer is not None:
                 self._pacer.wait()
             return data
-        # Frames that are not whole JPEGs are passed over, for as long as one read may take;
+        # Frames that are not whole JPEGs (PNGs) are passed over, as long as one read may take;
         # then the source has failed (its reconnect looks at the first frame again).
         why, passed, deadline = "", 0, time.monotonic() + self._read_timeout_s
         while passed < _BAD_JPEGS_IN_A_ROW and time.monotonic() < deadline:
@@ -384,10 +395,14 @@ class OpenCVCapture:
             except InvalidFrame as exc:
                 why, passed = str(exc), passed + 1
                 if self._on_invalid is not None:
-                    self._on_invalid(f"a frame was not a whole JPEG and was passed over: {why}")
+                    self._on_invalid(
+                        f"a frame was not a whole {self._encoded} and was passed over: {why}"
+                    )
                 continue
             return data
-        raise SourceError(f"{passed} frames in a row were not whole JPEGs; the last: {why}")
+        raise SourceError(
+            f"{passed} frames in a row were not whole {self._encoded}s; the last: {why}"
+        )
 
     def _next(self) -> tuple[bool, np.ndarray | None]:
         """The next frame from OpenCV (the grabbed one first); a looping file starts again
@@ -432,7 +447,7 @@ class OpenCVCapture:
             )
         if self._pacer is not None:
             self._pacer.wait()
-        if frame.ndim == 2 and not self._jpeg:
+        if frame.ndim == 2 and not self._encoded:
             frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
         return frame
 
