@@ -287,9 +287,12 @@ def test_a_short_gap_is_stalled_before_it_is_lost() -> None:
         gate.set()
 
 
-def test_a_camera_slower_than_a_frame_a_second_is_not_stalled_between_its_frames() -> None:
+def test_a_camera_slower_than_a_frame_a_second_is_not_stalled_between_its_frames(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A frame every 4 s (a snapshot camera, or a link too slow for the stream) was stalled
-    a second after each frame and running again at the next, logged each time."""
+    a second after each frame and running again at the next, logged each time. So near its
+    read timeout (5 s), the operator is told, once, what to set."""
     clock = [1000.0]
     cam = Camera(CameraConfig(id="slow", source="rtsp://127.0.0.1:1/x"))  # read timeout 5 s
     image = np.zeros((32, 32, 3), np.uint8)
@@ -304,6 +307,14 @@ def test_a_camera_slower_than_a_frame_a_second_is_not_stalled_between_its_frames
     assert pb.CAMERA_STATE_STALLED in states[:8], states
     assert set(states[8:]) == {pb.CAMERA_STATE_RUNNING}, states
     assert cam.stall_after_s == 4.5  # three intervals would be 12 s: short of the read timeout
+    told = [
+        r.getMessage() for r in caplog.records if "close to its read_timeout_s" in r.getMessage()
+    ]
+    assert told == [
+        "camera slow: a frame every 4.0 s, close to its read_timeout_s of 5 s: a frame that "
+        "comes later than that loses the source; set read_timeout_s to at least 12 for this "
+        "camera"
+    ]
     clock[0] += 1.0  # it stops: stalled once its pace is passed, before the source is lost
     cam.check(clock[0])
     assert cam.state == pb.CAMERA_STATE_STALLED
@@ -312,6 +323,7 @@ def test_a_camera_slower_than_a_frame_a_second_is_not_stalled_between_its_frames
         fast._publish(image, 0, clock[0])
         clock[0] += 1 / 15
     assert fast.stall_after_s == 1.0  # a 15 fps camera stalls after a second, as before
+    assert len([r for r in caplog.records if "close to its read_timeout_s" in r.getMessage()]) == 1
 
 
 def test_a_missing_usb_camera_is_retried_with_a_clear_error() -> None:

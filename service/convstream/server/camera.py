@@ -20,6 +20,7 @@ own if the read ever returns) and a fresh one reconnects.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -139,6 +140,7 @@ class Camera:
         self._least_stall_s = min(1.0, config.read_timeout_s / 2)
         self.stall_after_s = self._least_stall_s
         self._interval_s = 0.0  # between its frames lately, smoothed
+        self._told_pace = False  # warned that its frames come close to the read timeout
         self._opener = opener
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -351,6 +353,19 @@ class Camera:
                     max(self._least_stall_s, 3 * self._interval_s),
                     0.9 * self.config.read_timeout_s,
                 )
+                if self._interval_s > self.config.read_timeout_s / 2 and not self._told_pace:
+                    # One frame late by half its interval and the read times out: the
+                    # camera goes stalled, lost and reconnecting, and the log alone says why.
+                    self._told_pace = True
+                    logger.warning(
+                        "camera %s: a frame every %.1f s, close to its read_timeout_s of %g s: "
+                        "a frame that comes later than that loses the source; set "
+                        "read_timeout_s to at least %g for this camera",
+                        self.config.id,
+                        self._interval_s,
+                        self.config.read_timeout_s,
+                        math.ceil(3 * self._interval_s),
+                    )
             self._last_frame_at = now
             self.frame_size = size
             self.fps_in.tick(now)
