@@ -22,6 +22,7 @@ from convstream.client.tensors import to_numpy
 from convstream.model import DamageModel
 from convstream.model.scenes import render_scene
 from convstream.server import Server, Settings
+from convstream.server.config import MIN_MESSAGE_BYTES
 from convstream.server.metrics import MAX_SOURCES, Metrics
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
@@ -511,6 +512,58 @@ async def test_an_input_jpeg_that_tips_a_result_over_the_limit_is_a_frame_error(
             assert r2.status.code == 0 and r2.heatmap.name == "heatmap"
     finally:
         await server.stop(grace=0)
+
+
+async def test_a_heatmap_that_would_pass_the_message_limit_is_a_frame_error() -> None:
+    """The heatmap counts against the limit as the maps do: a large input's, over a small
+    limit, made a result gRPC would not send, which ended the whole stream."""
+    settings = Settings(
+        port=0, metrics_port=0, max_message_bytes=MIN_MESSAGE_BYTES, input_sizes=("1152x1920",)
+    )
+    server = Server(settings)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+            data = jpeg(np.full((1152, 1920, 3), 128, np.uint8))
+            wide = pb.ResultOptions(encoding=pb.TENSOR_ENCODING_FLOAT32)  # 144x240 cells: 138 KB
+            frames = [
+                pb.FrameRequest(frame_id=1, encoded=data, options=wide),
+                pb.FrameRequest(
+                    frame_id=2,
+                    encoded=data,
+                    options=pb.ResultOptions(encoding=wide.encoding, include_heatmap=False),
+                ),
+            ]
+            r1, r2 = [r async for r in stub.StreamFrames(requests(frames))]
+            assert r1.status.code == EXHAUSTED
+            assert "the heatmap in TENSOR_ENCODING_FLOAT32" in r1.status.message, r1.status.message
+            assert "no heatmap" in r1.status.message
+            assert r2.status.code == 0 and not r2.HasField("heatmap") and r2.score > 0
+    finally:
+        await server.stop(grace=0)
+
+
+async def test_a_source_is_a_name_not_a_payload(stub: pb_grpc.ConvstreamStub) -> None:
+    """A frame's source is echoed in every result, and on a stream sticks to the frames after
+    it: a source of megabytes made results over the message limit, which ended the stream.
+    One over 256 characters is refused alone, and the stream keeps the name it had."""
+    data = jpeg(scene(13, 240, 320))
+    frames = [
+        pb.FrameRequest(frame_id=1, encoded=data, source="dock-1"),
+        pb.FrameRequest(frame_id=2, encoded=data, source="x" * 100_000),
+        pb.FrameRequest(frame_id=3, encoded=data),
+        pb.FrameRequest(frame_id=4, encoded=data, source="y" * 256),
+    ]
+    results = [r async for r in stub.StreamFrames(requests(frames))]
+    assert [r.status.code for r in results] == [0, INVALID, 0, 0]
+    assert "at most 256 characters" in results[1].status.message
+    assert "got 100000 characters starting 'xxx" in results[1].status.message
+    assert [r.source for r in results] == ["dock-1", "", "dock-1", "y" * 256]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Analyze(pb.FrameRequest(encoded=data, source="z" * 257))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 256 characters" in str(info.value.details())
 
 
 def build_pool(

@@ -101,7 +101,8 @@ class Frame:
         frame_id: echoed in the result, 0 to 2**64 - 1; None lets the client number the
             frames of each call 1, 2, 3, ..., after the largest id given so far. Within one
             stream, a frame's id must differ from those of the frames not yet answered.
-        source: where frames come from, e.g. "dock-3"; the server's metrics are labelled by it.
+        source: where frames come from, e.g. "dock-3" (at most 256 characters); the server's
+            metrics are labelled by it.
         capture_time: seconds since the epoch when the frame was captured; the result's
             frame_age_ms counts from it (from arrival at the server when None).
         name: for people and overlay file names, e.g. a path or "clip.avi#12"; never sent.

@@ -30,9 +30,12 @@ from convstream.server.letterbox import Geometry, choose_input, letterbox, reduc
 from convstream.v1 import convstream_pb2 as pb
 
 T = TypeVar("T")
-# Bytes kept free in a result for what is added after its maps: the peak, geometry, timings,
-# the sequence and up to MAX_LISTED_DROPS dropped frame ids.
+# Bytes kept free in a result for what is added after its maps and heatmap: the source, peak,
+# geometry, timings, the sequence and up to MAX_LISTED_DROPS dropped frame ids.
 _RESULT_SLACK = 64 * 1024
+# A frame's source is a name, echoed in every result (on a stream it sticks to the frames
+# after it): unbounded, a long one made results pass the message limit, which ended the stream.
+MAX_SOURCE_CHARS = 256
 
 _PIXEL_FORMATS: dict[int, str] = {
     pb.PIXEL_FORMAT_BGR8: "BGR8",
@@ -233,6 +236,11 @@ class Pipeline:
         Microseconds: a stream runs it as each frame arrives, so a bad frame is answered even
         under a policy that would drop it unseen. Returns (width, height); raises InvalidFrame
         or FrameTooLarge."""
+        if len(request.source) > MAX_SOURCE_CHARS:
+            raise InvalidFrame(
+                f"source must be a name of at most {MAX_SOURCE_CHARS} characters, e.g. "
+                f'"dock-3"; got {len(request.source)} characters starting {request.source[:32]!r}'
+            )
         if has_capture_time(request):
             check_capture_time(request.capture_time)
         which = request.WhichOneof("image")
@@ -268,21 +276,28 @@ class Pipeline:
 
     def check_size(self, options: Options, geometry: Geometry) -> None:
         """Refuse up front a result that would not fit in one message."""
+
+        def cells(stride: int) -> int:
+            return -(-geometry.input_height // stride) * -(-geometry.input_width // stride)
+
         per = bytes_per_element(options.encoding)
-        total = 0
-        for name in options.feature_maps:
-            stage = self.stages[name]
-            rows = -(-geometry.input_height // stage.stride)
-            cols = -(-geometry.input_width // stage.stride)
-            total += stage.channels * rows * cols * per
+        total = sum(
+            self.stages[n].channels * cells(self.stages[n].stride) * per
+            for n in options.feature_maps
+        )
+        if options.include_heatmap:  # a large input's heatmap counts too (1 MiB at 4096x4096)
+            heatmap = bytes_per_element(heatmap_encoding(options.encoding))
+            total += cells(self.engine.model.heatmap_stride) * heatmap
         limit = self.settings.max_message_bytes - _RESULT_SLACK  # room for the rest
         if total > limit:
             encoding = pb.TensorEncoding.Name(options.encoding)
+            asked = [f"feature maps {', '.join(options.feature_maps)}"] * bool(options.feature_maps)
+            asked += ["the heatmap"] * options.include_heatmap
             raise Overloaded(
-                f"feature maps {', '.join(options.feature_maps)} in {encoding} "
+                f"{' and '.join(asked)} in {encoding} "
                 f"for a {geometry.input_width}x{geometry.input_height} input need {total} bytes, "
                 f"over the {self.settings.max_message_bytes}-byte message limit; ask for fewer "
-                "maps or a smaller encoding (FLOAT16, UINT8)"
+                "maps, a smaller encoding (FLOAT16, UINT8) or no heatmap"
             )
 
     def encode(

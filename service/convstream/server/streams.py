@@ -33,7 +33,14 @@ from convstream.server.errors import (
 )
 from convstream.server.feeds import StreamPublication
 from convstream.server.metrics import Metrics
-from convstream.server.pipeline import CALLER, Options, Pipeline, Prepared, error_result
+from convstream.server.pipeline import (
+    CALLER,
+    MAX_SOURCE_CHARS,
+    Options,
+    Pipeline,
+    Prepared,
+    error_result,
+)
 from convstream.v1 import convstream_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -293,7 +300,8 @@ class StreamSession:
                 pb.FrameRequest(source=self.source), arrived, request.code, str(request)
             )
         if request.source:
-            self.source = request.source
+            if len(request.source) <= MAX_SOURCE_CHARS:  # a longer one is refused below
+                self.source = request.source
         elif self.source:
             request.source = self.source
         try:
@@ -321,9 +329,10 @@ class StreamSession:
     def _refused(
         request: pb.FrameRequest, arrived: float, code: grpc.StatusCode, message: str
     ) -> _Item:
-        """A frame's refusal, keeping only its id and source: a refused frame holds no pixels
-        while it waits for its turn to be answered."""
-        shell = pb.FrameRequest(frame_id=request.frame_id, source=request.source)
+        """A frame's refusal, keeping only its id and source (unless the source is what was
+        refused for its length): a refused frame holds no pixels while it waits for its turn."""
+        source = request.source if len(request.source) <= MAX_SOURCE_CHARS else ""
+        shell = pb.FrameRequest(frame_id=request.frame_id, source=source)
         return _Item(shell, arrived, None, error_result(shell, code.value[0], message))
 
     async def _read(self, requests: AsyncIterator[pb.FrameRequest | UndecodableRequest]) -> None:
