@@ -580,6 +580,9 @@ async def test_video_file_loops_or_stops(tmp_path: Path) -> None:
         missing = await status(stub, "missing")
         assert missing.state == pb.CAMERA_STATE_FAILED
         assert "no such video file" in missing.last_error and missing.reconnects == 0
+        # never analysed a frame: no time at all, not the epoch (other languages' has_ checks)
+        assert missing.frames_analysed == 0 and not missing.HasField("last_frame_time")
+        assert missing.HasField("last_error_time") and missing.HasField("state_since")
         # watching a camera that will send nothing says why, instead of waiting for ever
         for camera_id, why in [
             ("missing", "has failed: no such video file"),
@@ -787,10 +790,14 @@ async def test_unknown_camera_is_not_found() -> None:
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         told = str(info.value.details())
         assert "never a URL" in told and "hunter2" not in told and "admin:***@" in told
+        with pytest.raises(grpc.aio.AioRpcError) as info:  # of allowed characters, but not an id
+            await watch(stub, "-belt").read()
+        assert "starting with a letter or digit" in str(info.value.details())
         # a rate or a queue the server cannot give is refused, not quietly changed
         for asked, told in [
             ({"max_fps": -1.0}, "max_fps must be 0 (every analysed frame) to 1000"),
             ({"max_fps": float("nan")}, "got nan"),
+            ({"max_fps": 1000.0001}, "got 1000.0001220703125"),  # not rounded to the limit
             ({"queue_size": 5000}, "queue_size must be 0 (the server's default, 2) to 1024"),
         ]:
             with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -830,9 +837,19 @@ async def test_reload_adds_removes_and_restarts_cameras() -> None:
         assert "gone" not in sources and "keep" in sources, sources
         assert watch_gone.error.code() == grpc.StatusCode.NOT_FOUND
         assert "removed" in str(watch_gone.error.details())
+        # its health is gone too: as a camera never configured, not a status of its own
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for name in ("gone", "never-was"):
+                asked = health_pb2.HealthCheckRequest(service=f"convstream.camera.{name}")
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await health.Check(asked)
+                assert info.value.code() == grpc.StatusCode.NOT_FOUND, name
         before = len(watch_keep.results)
         await until(lambda: _true(len(watch_keep.results) >= before + 3), 10, "keep carries on")
         assert watch_keep.error is None
+        ids = [r.frame_id for r in watch_keep.results]  # counted on: they only grow
+        assert ids == sorted(set(ids)) and ids[before] > counted.frames_read, (ids, before)
         await until(state_is(stub, "new", pb.CAMERA_STATE_RUNNING), 10, "new runs")
         await watch_keep.close()
 

@@ -112,6 +112,20 @@ def grpc_options(settings: Settings, *, share_port: bool = False) -> list[tuple[
     ]
 
 
+class Health(health.aio.HealthServicer):
+    """gRPC's health service, where a service set to SERVICE_UNKNOWN (a camera a reload
+    removed) is as one never set: Check answers NOT_FOUND, as the health protocol asks of an
+    unknown service (its Watch says SERVICE_UNKNOWN, as the protocol's Watch does)."""
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        response: health_pb2.HealthCheckResponse = await super().Check(request, context)
+        if response.status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no service {request.service!r}")
+        return response
+
+
 class Server:
     """A convstream server in this process.
 
@@ -126,7 +140,7 @@ class Server:
         self.metrics = Metrics()
         self.port = settings.port
         self.metrics_port = settings.metrics_port
-        self.health = health.aio.HealthServicer()
+        self.health = Health()
         self._grpc: grpc.aio.Server | None = None
         self._tokens: TokenInterceptor | None = None
         self._tls: RotatingCredentials | None = None

@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from convstream.server.camera import STATE_NAMES, Camera, Opener
-from convstream.server.config import CAMERA_ID, CameraConfig
+from convstream.server.config import CAMERA_ID, CAMERA_ID_RULE, CameraConfig
 from convstream.server.errors import (
     ConvstreamError,
     Draining,
@@ -153,8 +153,8 @@ class CameraManager:
         if it is not free."""
         if not re.fullmatch(CAMERA_ID, name):
             raise InvalidOptions(
-                f"a published stream needs a source name of letters, digits, '.', '_', '-' "
-                f"(up to 64), got {redact(name[:80])!r}"
+                f"a published stream needs a source name of {CAMERA_ID_RULE}, got "
+                f"{redact(name[:80])!r}"
             )
         if name in self.feeds or name in self.published or name in self.elsewhere:
             what = "another stream" if name in self.published else "a configured camera"
@@ -184,9 +184,8 @@ class CameraManager:
         feed: Publisher | None = self.feeds.get(camera_id) or self.published.get(camera_id)
         if feed is None and not re.fullmatch(CAMERA_ID, camera_id):
             raise InvalidOptions(
-                f"camera_id must be the id of a camera in the server's config (1 to 64 "
-                f"letters, digits, '.', '_', '-'), never a URL, a path or a device; got "
-                f"{redact(camera_id[:80])!r}"
+                f"camera_id must be the id of a camera in the server's config ({CAMERA_ID_RULE}"
+                f"), never a URL, a path or a device; got {redact(camera_id[:80])!r}"
             )
         if feed is None:
             known = ", ".join(sorted([*self.feeds, *self.published])) or "none configured"
@@ -202,7 +201,7 @@ class CameraManager:
         if not 0 <= request.max_fps <= MAX_WATCHER_FPS:  # NaN fails this too
             raise InvalidOptions(
                 f"max_fps must be 0 (every analysed frame) to {MAX_WATCHER_FPS:g} results per "
-                f"second, got {request.max_fps:g}"
+                f"second, got {request.max_fps!r}"
             )
         publishers = [*self.feeds.values(), *self.published.values()]
         open_now = sum(len(f.watchers) for f in publishers)

@@ -65,6 +65,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 CAMERA_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+CAMERA_ID_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
 DEMO_SOURCE = "demo:conveyor"
 
 
@@ -107,10 +108,7 @@ class CameraConfig(BaseModel):
 
         if not re.fullmatch(CAMERA_ID, camera_id):
             # what lands here by mistake is often the source, password and all
-            raise ValueError(
-                "a camera id is 1 to 64 letters, digits, '.', '_' or '-', starting with a "
-                f"letter or digit; got {shown(camera_id, 80)}"
-            )
+            raise ValueError(f"a camera id is {CAMERA_ID_RULE}; got {shown(camera_id, 80)}")
         return camera_id
 
     @field_validator("source")

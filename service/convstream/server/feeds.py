@@ -42,11 +42,13 @@ logger = logging.getLogger(__name__)
 MAX_LISTED_DROPS = 1000
 
 
-def timestamp(seconds: float) -> Timestamp:
-    """time.time() as a Timestamp; unset for 0 (never happened)."""
+def timestamp(seconds: float) -> Timestamp | None:
+    """time.time() as a Timestamp; None for 0 (never happened), which leaves a message's
+    field unset: an empty Timestamp would set it, to 1970, for other languages' has_ checks."""
+    if seconds <= 0:
+        return None
     stamp = Timestamp()
-    if seconds > 0:
-        stamp.FromNanoseconds(int(seconds * 1e9))
+    stamp.FromNanoseconds(int(seconds * 1e9))
     return stamp
 
 
@@ -276,8 +278,8 @@ class CameraFeed(Publisher):
                 frame_height=cam.frame_size[1],
             )
         )
-        if cam.last_error and cam.last_error_at:
-            status.last_error_time.CopyFrom(timestamp(cam.last_error_at))
+        if cam.last_error and (when := timestamp(cam.last_error_at)) is not None:
+            status.last_error_time.CopyFrom(when)
         return status
 
     def down(self) -> CameraDown | None:
