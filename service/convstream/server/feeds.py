@@ -29,6 +29,7 @@ from convstream.server.letterbox import choose_input, letterbox
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import (
     CALLER,
+    MAX_LISTED_DROPS,
     Options,
     Pipeline,
     Prepared,
@@ -38,8 +39,6 @@ from convstream.server.pipeline import (
 from convstream.v1 import convstream_pb2 as pb
 
 logger = logging.getLogger(__name__)
-
-MAX_LISTED_DROPS = 1000
 
 
 def timestamp(seconds: float) -> Timestamp | None:

@@ -33,6 +33,9 @@ T = TypeVar("T")
 # Bytes kept free in a result for what is added after its maps and heatmap: the source, peak,
 # geometry, timings, the sequence and up to MAX_LISTED_DROPS dropped frame ids.
 _RESULT_SLACK = 64 * 1024
+# Frame ids a result lists as dropped since the call's previous result, at most (a stream's
+# or a watcher's); frames_dropped counts them all.
+MAX_LISTED_DROPS = 1000
 # A frame's source is a name, echoed in every result (on a stream it sticks to the frames
 # after it): unbounded, a long one made results pass the message limit, which ended the stream.
 MAX_SOURCE_CHARS = 256

@@ -35,6 +35,7 @@ from convstream.server.feeds import StreamPublication
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import (
     CALLER,
+    MAX_LISTED_DROPS,
     MAX_SOURCE_CHARS,
     Options,
     Pipeline,
@@ -54,7 +55,6 @@ logger = logging.getLogger(__name__)
 # the age of results under overload).
 WINDOW = 4
 LATEST_ONLY_WINDOW = 1
-MAX_LISTED_DROPS = 1000
 MAX_QUEUE_SIZE = 1024  # ResultOptions.queue_size's upper bound in the proto
 
 
