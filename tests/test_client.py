@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import subprocess
 import sys
 import threading
@@ -769,3 +770,30 @@ def test_reprs_are_short_and_useful(frames: list[np.ndarray]) -> None:
     assert repr(bad) == "<Result frame_id=3 name='a.jpg' error=InvalidFrame('truncated JPEG')>"
     good = Result(frame_id=4, score=0.25, heatmap=np.zeros((48, 80), np.float32))
     assert repr(good) == "<Result frame_id=4 score=0.250 damaged=False heatmap=(48, 80)>"
+
+
+async def test_stream_of_one_frame_or_a_video_says_what_to_pass(tmp_path: Path) -> None:
+    """A Video, a path, bytes or an array given as the frames: iterated, a path went a
+    character at a time and an array a row at a time, and a Video was "not iterable"."""
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    writer.write(np.zeros((48, 64, 3), np.uint8))
+    writer.release()
+    image = scene(5, 48, 64)
+    with Video(clip) as video:
+        cases = [
+            (video, "pass video.frames(), not the Video"),
+            (str(clip), "got one str: for one frame call analyze(), or pass [frame]"),
+            (clip, "got one PosixPath"),
+            (jpeg(image), "got one bytes"),
+            (image, "got one ndarray"),
+            (Frame(image), "got one Frame"),
+        ]
+        with Client("127.0.0.1:9") as client:  # nothing is sent: refused before any call
+            for frames, says in cases:
+                with pytest.raises(TypeError, match=re.escape(says)):
+                    client.stream(frames)  # type: ignore[arg-type]
+        async with AsyncClient("127.0.0.1:9") as aclient:
+            for frames, says in cases:
+                with pytest.raises(TypeError, match=re.escape(says)):
+                    await anext(aclient.stream(frames))  # type: ignore[arg-type]

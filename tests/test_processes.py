@@ -413,8 +413,8 @@ source = "demo:conveyor?fps=5"
         await until(lambda: "camera dock-b added" in log.read_text(), 20, "reloaded", log)
         text = log.read_text()
         assert "[process 1/2] convstream.server.cameras: camera dock-b added" in text
-        assert text.count("change only on restart") == 1
-        assert "convstream.server.processes: reload: max_streams change only on restart" in text
+        assert text.count("changes only on restart") == 1
+        assert "convstream.server.processes: reload: max_streams: changes only on restart" in text
         for _ in range(4):
             async with connection(port) as stub:
                 with pytest.raises(grpc.aio.AioRpcError) as refused:

@@ -620,7 +620,7 @@ async def test_reload_adds_revokes_and_changes_tokens(caplog: pytest.LogCaptureF
     assert "tokens: added 'ci'; removed 'dock-3'; 'dashboard': role watch -> analyze" in log
     assert "tokens: removed 'dashboard'; 'ci': a new token (the old one no longer works)" in log
     assert "tokens: removed 'ci'" in log and "no tokens left" in log
-    assert "change only on restart" not in log
+    assert "changes only on restart" not in log
     for secret in (WATCH_TOKEN, ANALYZE_TOKEN, ci_token, "a-new-ci-token"):
         assert secret not in log and token_hash(secret) not in log
 
@@ -709,7 +709,7 @@ async def test_reload_rotates_the_tls_certificate(
         # the same at another path: said once, as that, not also as a restart-only change
         await server.reload(server.settings.model_copy(update={"tls_key": pki / "client.key"}))
         assert f"kept as they were: tls_key {pki / 'client.key'} does not match" in caplog.text
-        assert "change only on restart" not in caplog.text
+        assert "changes only on restart" not in caplog.text
         assert server.settings.tls_key == tmp_path / "next.key"
         # clients must present a certificate or not: fixed when the port was bound
         issue(tmp_path / "next", "fourth")

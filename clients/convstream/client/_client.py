@@ -21,7 +21,7 @@ from types import TracebackType
 import grpc
 
 from convstream.client._base import CLOSED, BaseClient
-from convstream.client._feed import AsyncFeed, Ledger, SyncFeed
+from convstream.client._feed import AsyncFeed, Ledger, SyncFeed, check_frames
 from convstream.client.errors import Cancelled, from_rpc_error
 from convstream.client.frames import FrameLike
 from convstream.client.options import Freshness, ResultOptions
@@ -150,6 +150,8 @@ class Client(BaseClient):
         Raises:
             ConvstreamError: the stream failed (after resume attempts, if asked for); also
                 whatever ``frames`` raised, after the results of the frames before it.
+            TypeError: ``frames`` is one frame, a path or a Video, not the frames themselves
+                (a Video's are ``video.frames()``).
             ValueError, TypeError: from the iteration, for a frame the client cannot send
                 (pixels that are not uint8 BGR or gray, a frame_id that is not an unsigned
                 64-bit integer or that repeats one still unanswered), after the results of
@@ -157,6 +159,7 @@ class Client(BaseClient):
                 can answer. A frame the server refuses gives a Result with ``error`` instead.
         """
         self._check_open()
+        check_frames(frames)
         ledger = Ledger(
             self._stream_options(options, freshness, queue_size, publish),
             self.upload,
@@ -410,6 +413,7 @@ class AsyncClient(BaseClient):
         so that a blocking source never stalls the event loop.
         """
         stub = self._stub
+        check_frames(frames)
         ledger = Ledger(
             self._stream_options(options, freshness, queue_size, publish),
             self.upload,

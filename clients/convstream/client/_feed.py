@@ -13,20 +13,36 @@ stream's options on its first frame (options stick per stream, not per client).
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 
+import numpy as np
+
 from convstream.client._base import check_published_name
 from convstream.client.errors import ProtocolError
-from convstream.client.frames import Frame, FrameLike, as_frame, to_request
+from convstream.client.frames import Frame, FrameLike, Video, as_frame, to_request
 from convstream.client.options import Upload
 from convstream.client.results import Result
 from convstream.v1 import convstream_pb2 as pb
 
 _END = object()
+
+
+def check_frames(frames: object) -> None:
+    """TypeError, saying what to pass, for what is one frame or a Video rather than the frames
+    themselves: a path or bytes would be read a character or a byte at a time, and an array
+    a row at a time."""
+    if isinstance(frames, Video):
+        raise TypeError("stream() takes frames: pass video.frames(), not the Video")
+    if isinstance(frames, str | bytes | bytearray | memoryview | os.PathLike | np.ndarray | Frame):
+        raise TypeError(
+            f"stream() takes an iterable of frames, got one {type(frames).__name__}: for one "
+            "frame call analyze(), or pass [frame]; for a folder, read_images([folder])"
+        )
 
 
 @dataclass

@@ -363,7 +363,7 @@ class Server:
         ]
         if changed:
             logger.warning(
-                "reload: %s change only on restart; kept as they were", ", ".join(changed)
+                "reload: %s: changes only on restart; kept as before", ", ".join(changed)
             )
         if self._tokens is not None and settings.tokens != self.settings.tokens:
             self._reload_tokens(settings)

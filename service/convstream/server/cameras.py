@@ -207,7 +207,8 @@ class CameraManager:
         open_now = sum(len(f.watchers) for f in publishers)
         if open_now >= self.max_watchers:
             raise Overloaded(
-                f"{open_now} WatchCamera calls are open, the limit is {self.max_watchers}; "
+                f"{open_now} WatchCamera call{'s' * (open_now != 1)} open, the limit is "
+                f"{self.max_watchers}; "
                 "retry later or raise max_watchers"
             )
         capacity = request.queue_size or self.watcher_queue_size

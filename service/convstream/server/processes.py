@@ -338,7 +338,7 @@ class Supervisor:
         ]
         if changed:
             logger.warning(
-                "reload: %s change only on restart; kept as they were", ", ".join(changed)
+                "reload: %s: changes only on restart; kept as before", ", ".join(changed)
             )
         self._write(
             self.settings.model_copy(update={name: getattr(loaded, name) for name in RELOADED})

@@ -81,8 +81,9 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             if self.draining.is_set():
                 raise Draining("server is shutting down; retry on another instance")
             if self.open_analyze_calls >= self.settings.max_analyze_calls:
+                calls = self.open_analyze_calls
                 raise Overloaded(
-                    f"{self.open_analyze_calls} Analyze calls are in progress, the limit is "
+                    f"{calls} Analyze call{'s' * (calls != 1)} in progress, the limit is "
                     f"{self.settings.max_analyze_calls}; retry later, or send many frames "
                     "over one StreamFrames call"
                 )
@@ -120,7 +121,8 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         if self.open_streams >= self.settings.max_streams:
             self.metrics.streams.labels("rejected").inc()
             exc = Overloaded(
-                f"{self.open_streams} streams are open, the limit is {self.settings.max_streams}; "
+                f"{self.open_streams} stream{'s' * (self.open_streams != 1)} open, the limit is "
+                f"{self.settings.max_streams}; "
                 "retry later or raise max_streams"
             )
             await context.abort(exc.code, str(exc))
