@@ -415,6 +415,12 @@ async def test_page_shows_every_camera_live(
     assert heat_box and view_box
     assert abs(heat_box["x"] - view_box["x"]) < 0.1 * view_box["width"]  # laid over the frame
     assert await tile.get_attribute("class") == "tile hot"  # scored over the threshold
+    # damaged in words too, not only in red; and the picture has a name for screen readers
+    await expect(tile.locator(".verdict")).to_be_visible()
+    await expect(tile.locator(".verdict")).to_have_text("\u26a0 damaged")
+    await expect(tile.locator("canvas.frame")).to_have_attribute(
+        "aria-label", "live picture of damaged"
+    )
     await page.screenshot(path=artifacts / "wall-1920x1080.png")
 
     await page.locator("#heat-toggle").uncheck()
@@ -423,11 +429,15 @@ async def test_page_shows_every_camera_live(
     assert page.errors == []
     await page.context.close()
 
-    # A laptop: everything fits the width, nothing scrolls sideways.
+    # A laptop: nothing scrolls sideways, and three cameras are all in view (as compact
+    # tiles: full ones, each with its chart, left the second row cut in half).
     laptop = await _open(browser, dashboard, 1366, 768)
     await _wait_frames(laptop, "belt", 0)
     width = await laptop.evaluate("document.documentElement.scrollWidth")
     assert width <= 1366
+    await expect(laptop.locator("#grid")).to_have_class(re.compile(r"\bcompact\b"))
+    layout = await laptop.evaluate(_LAYOUT)
+    assert layout["inView"] == 3 and not layout["scrolls"], layout
     for camera in ("belt", "dock", "damaged"):
         box = await _tile(laptop, camera).bounding_box()
         assert box is not None and box["x"] + box["width"] <= 1366
@@ -451,6 +461,14 @@ async def test_page_shows_every_camera_live(
         page = await _open(browser, dashboard, width, height)
         await _wait_frames(page, "belt", 0)
         assert await page.evaluate(_CLIPPED_LABELS) == [], (width, height)
+        jump = page.locator("#alert-jump")
+        if width == 390:  # a phone: the alerts are below every camera; the header leads there
+            await expect(jump).to_be_visible()
+            await expect(jump.locator(".count")).to_have_text(re.compile(r"^\d+\+?$"))
+            await jump.click()
+            await expect(page.locator("#alerts-panel h2")).to_be_in_viewport()
+        else:
+            await expect(jump).to_be_hidden()
         await page.screenshot(path=artifacts / f"labels-{width}x{height}.png")
         assert page.errors == []
         await page.context.close()
@@ -471,9 +489,15 @@ async def test_damaged_frame_raises_an_alert(
     assert await thumb.evaluate("(img) => img.naturalWidth") > 100
     # One package passing: one alert, not one per frame.
     assert await page.locator('#alerts button.alert[data-camera="damaged"]').count() == 1
+    # what a screen reader says of it (the camera's name once, what it is, the score)
+    await expect(alert).to_have_attribute(
+        "aria-label", re.compile(r"^damage alert, damaged, score (0\.\d\d|1\.00), raised ")
+    )
 
     await alert.click()
     modal = page.locator("#modal")
+    await expect(modal).to_have_attribute("open", "")
+    await page.locator("#modal-img").click()  # a closer look on a tablet: it stays open
     await expect(modal).to_have_attribute("open", "")
     await expect(page.locator("#modal-caption")).to_contain_text("damaged")
     big = page.locator("#modal-img")
@@ -512,6 +536,19 @@ async def test_damaged_frame_raises_an_alert(
     await expect(again).to_have_attribute("data-handled", "false")
     await page.keyboard.press("Escape")
     await expect(modal).not_to_have_attribute("open", "")
+    # a flood of alerts is handled in one go (more may come meanwhile: counted from then on)
+    listed = await page.locator("#alerts button.alert").evaluate_all(
+        "(buttons) => buttons.map((b) => b.dataset.id)"
+    )
+    await page.locator("#all-handled").click()
+    for alert_id in listed:
+        item = page.locator(f'#alerts li:has(button[data-id="{alert_id}"])')
+        await expect(item).to_have_attribute("data-handled", "true")
+    shown, unhandled = await page.evaluate(
+        """() => [document.getElementById("alert-count").textContent,
+                  document.querySelectorAll('#alerts li[data-handled="false"]').length]"""
+    )
+    assert shown == str(unhandled), (shown, unhandled)
 
     # The alerts are on disk too, and a dashboard started again shows them
     alerts_dir = dashboard.settings.alerts_dir
@@ -748,15 +785,29 @@ async def test_dashboard_outlives_a_server_restart(browser: Any, artifacts: Path
         await _until(dash, lambda: belt().status["state"] == "running")
         await _until(dash, lambda: belt().frames_received > received + 2)  # watching again
 
-        # The dashboard itself goes: its page keeps no green RUNNING it can no longer vouch for
+        # The dashboard itself goes: its page keeps no green RUNNING it can no longer vouch for,
+        # nor the rates and the count of cameras running
         page = await _open(browser, dash)
         tile = _tile(page, "belt")
         await expect(tile.locator(".state")).to_have_text("running")
+        await expect(page.locator("#summary")).to_have_text("1/1 cameras running")
         await dash.stop()
         await expect(tile.locator(".state")).to_have_text("no data")
         assert await tile.get_attribute("data-state") == "unknown"
         await expect(page.locator("#conn-text")).to_have_text("dashboard offline, reconnecting…")
+        await expect(page.locator("#summary")).to_have_text(
+            "cameras: no data while the dashboard is offline"
+        )
+        await expect(tile.locator(".v-fps")).to_have_text("\u2013")
         await page.screenshot(path=artifacts / "dashboard-down.png")
+        # ... and comes back on its port, numbering its frames from 1 again: a page that had
+        # drawn 500 of them dropped every new one until the count passed 500 (minutes)
+        await page.evaluate("window.convstreamDashboard.tiles.get('belt').lastN = 500")
+        drawn = await _frames(page, "belt")
+        dash = Dashboard(replace(dash.settings, port=dash.port))
+        await dash.start()
+        await expect(tile.locator(".state")).to_have_text("running", timeout=15000)
+        await _wait_frames(page, "belt", drawn, timeout=10.0)
         await page.context.close()
     finally:
         await dash.stop()
@@ -817,6 +868,17 @@ async def test_a_wall_of_many_cameras_fits_on_one_screen(browser: Any, artifacts
                 assert layout["inView"] == 9 and not layout["scrolls"], layout
             assert page.errors == []
             await page.context.close()
+        # A small tablet, where not even compact tiles all fit: they stay compact and scroll
+        # (full tiles, in fewer columns, took five screens)
+        page = await _open(browser, dash, 1024, 600)
+        await expect(page.locator("article.tile")).to_have_count(9, timeout=15000)
+        await expect(page.locator("#grid")).to_have_class(re.compile(r"\bcompact\b"))
+        layout = await page.evaluate(_LAYOUT)
+        assert layout["scrolls"] and 240 <= layout["width"] <= 400, layout  # two columns
+        assert layout["inView"] >= 2, layout
+        await page.screenshot(path=artifacts / "wall-9-cameras-1024x600.png")
+        assert page.errors == []
+        await page.context.close()
     finally:
         await dash.stop()
         await server.stop(grace=0)
@@ -889,6 +951,12 @@ async def test_an_alert_on_a_hidden_page_shows_in_its_tab_title_and_sounds(brows
         await expect(page).to_have_title(f"(1) damage alert · {title}")
         chimes = "window.convstreamDashboard.state.chimes"
         assert await page.evaluate(chimes) == 1  # one tone for the one new alert
+        # nobody looks at the tab: its frames were acknowledged, not decoded and drawn
+        assert await page.evaluate("window.convstreamDashboard.state.frames") == 0
+        # ... and a screen reader was told
+        await expect(page.locator("#announce")).to_have_text(
+            re.compile(r"^damage alert on dock-8, score [01]\.\d\d, at \d\d:\d\d:\d\d$")
+        )
         # back on the tab: the count is seen
         await page.evaluate(
             "Object.defineProperty(document, 'hidden', {value: false, configurable: true});"

@@ -112,6 +112,10 @@ class Hub:
         self._stub: pb_grpc.ConvstreamStub | None = None
         self._poller: asyncio.Task[None] | None = None
         self._model_threshold: float | None = None
+        # Frames sent to pages, numbered across cameras: a page draws a camera's frame only if
+        # it is newer than the last it drew, and a camera removed and added again, whose own
+        # count would start again, numbers on. (A page starts again at a new connection.)
+        self._frames_sent = 0
         history_points = int(settings.history_s * settings.max_fps) + 16
         self._history_points = history_points
 
@@ -350,6 +354,7 @@ class Hub:
         # otherwise keep minutes more, sent to every page that opens
         while view.history[0][0] < when - self.settings.history_s:
             view.history.popleft()
+        self._frames_sent += 1
         header = {
             "camera": view.id,
             "frame_id": result.frame_id,
@@ -362,7 +367,7 @@ class Hub:
             "box": list(box),
             "input": [result.geometry.input_width, result.geometry.input_height],
             "stride": stride,
-            "n": view.frames_received,
+            "n": self._frames_sent,
         }
         message = frame_message(header, heat, result.frame_jpeg)
         view.last_frame = message

@@ -60,9 +60,22 @@
     return new Date(seconds * 1000).toLocaleTimeString([], { hour12: false });
   }
 
-  function dateTime(seconds) {
+  // The date as 2026-12-05, which no locale reads as another day, and the time zone once.
+  const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "local time";
+  function isoDate(seconds) {
     const d = new Date(seconds * 1000);
-    return `${d.toLocaleDateString()} ${clockTime(seconds)}`;
+    const two = (v) => String(v).padStart(2, "0");
+    return `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())}`;
+  }
+
+  function dateTime(seconds) {
+    return `${isoDate(seconds)} ${clockTime(seconds)}`;
+  }
+
+  // An alert row's time: the clock time, with the date when it is not today's.
+  function rowTime(seconds) {
+    const day = isoDate(seconds);
+    return day === isoDate(dashNow()) ? clockTime(seconds) : `${day} ${clockTime(seconds)}`;
   }
 
   function ago(seconds) {
@@ -87,6 +100,9 @@
       this.frame = node.querySelector("canvas.frame");
       this.heat = node.querySelector("canvas.heat");
       this.view = node.querySelector(".view");
+      this.verdict = node.querySelector(".verdict");
+      this.frame.setAttribute("role", "img");
+      this.frame.setAttribute("aria-label", `live picture of ${id}`);
       this.notice = node.querySelector(".notice");
       this.spark = node.querySelector("canvas.spark");
       this.sparkLabel = node.querySelector(".spark-label");
@@ -149,7 +165,12 @@
       this.setText(this.stateEl, socketOpen ? s : "no data");
       const age = this.lastFrameAt ? Math.max(0, dashNow() - this.lastFrameAt) : null;
       const stale = age === null || age > STALE_S;
-      this.el.classList.toggle("stale", (stale || s !== "running" || !socketOpen) && this.frames > 0);
+      const old = (stale || s !== "running" || !socketOpen) && this.frames > 0;
+      this.el.classList.toggle("stale", old);
+      // Damaged in words, not only in red (colour-blind operators, a glance from afar); only
+      // while the score is live: an old score says nothing of the camera now.
+      const damaged = this.el.classList.contains("hot") && !old && this.score !== null;
+      if (this.verdict.hidden === damaged) this.verdict.hidden = !damaged;
       let title = "";
       let detail = "";
       if (!socketOpen) {
@@ -360,10 +381,13 @@
     if (down.length > SHOWN_DOWN) summary.append(` · ${down.length - SHOWN_DOWN} more`);
   }
 
+  const motion = () =>
+    (window.matchMedia("(prefers-reduced-motion: reduce)").matches ? "auto" : "smooth");
+
   function showTile(id) {
     const tile = tiles.get(id);
     if (!tile) return;
-    tile.el.scrollIntoView({ block: "center", behavior: "smooth" });
+    tile.el.scrollIntoView({ block: "center", behavior: motion() });
     tile.el.classList.remove("flash");
     void tile.el.offsetWidth; // restart the animation on a second click
     tile.el.classList.add("flash");
@@ -378,7 +402,7 @@
   // picture, the name and state, the score and fps) and all stay in view.
   const FULL_MIN_W = 360;
   const COMPACT_MIN_W = 240;
-  const COMPACT_FROM = 5; // cameras: fewer always fit or scroll as full tiles
+  const COMPACT_ON_PHONES_FROM = 5; // cameras: fewer scroll as full tiles on a phone
   function layout() {
     const n = tiles.size;
     const css = getComputedStyle(grid);
@@ -435,19 +459,18 @@
     return { columns, best };
   }
 
+  // When even compact tiles would not all fit (16 cameras on a laptop, 9 on a tablet), they
+  // stay compact and the page scrolls: full tiles, in fewer columns, took five screens.
   function fitGrid() {
     const n = tiles.size;
+    const narrow = window.matchMedia("(max-width: 900px)").matches;
     grid.classList.remove("compact");
     let { columns, best } = layout();
     let compact = false;
-    if (best < FULL_MIN_W && n >= COMPACT_FROM) {
+    if (narrow ? n >= COMPACT_ON_PHONES_FROM : best < FULL_MIN_W && n > 1) {
       grid.classList.add("compact");
       ({ columns, best } = layout());
-      compact = best >= COMPACT_MIN_W;
-      if (!compact) {
-        grid.classList.remove("compact");
-        ({ columns, best } = layout());
-      }
+      compact = true;
     }
     const key = best >= (compact ? COMPACT_MIN_W : FULL_MIN_W) ? `${columns}:${Math.floor(best)}` : "";
     if (key === gridKey) return;
@@ -543,18 +566,34 @@
     const kept = [...handled].slice(-1000); // the newest marks; older alerts are long gone
     localStorage.setItem(HANDLED_KEY, JSON.stringify(kept));
     const entry = alertEntries.get(alert.id);
-    if (entry) entry.li.dataset.handled = String(on);
+    if (entry) {
+      entry.li.dataset.handled = String(on);
+      labelAlert(entry);
+    }
     countAlerts();
   }
   // The count is of alerts nobody has marked handled here; the tooltip gives both.
   function countAlerts() {
     let open = 0;
     for (const entry of alertEntries.values()) if (!handled.has(handledKey(entry.alert))) open += 1;
-    const count = $("alert-count");
-    count.textContent = String(open);
-    count.dataset.zero = String(open === 0);
-    count.title = `${alertEntries.size} alerts listed, ${open} not marked handled in this browser`;
+    // A full list holds the newest MAX_ALERTS: older ones may be open too ("100+").
+    const more = alertEntries.size >= MAX_ALERTS && open > 0 ? "+" : "";
+    for (const count of [$("alert-count"), $("alert-jump-count")]) {
+      count.textContent = `${open}${more}`;
+      count.dataset.zero = String(open === 0);
+    }
+    $("alert-count").title =
+      `${alertEntries.size} alerts listed, ${open} not marked handled in this browser`;
+    $("alert-jump").setAttribute("aria-label", `${open}${more} alerts not handled: show them`);
+    $("all-handled").hidden = open === 0;
   }
+  $("all-handled").addEventListener("click", () => {
+    for (const entry of alertEntries.values()) setHandled(entry.alert, true);
+  });
+  // A phone shows the alerts below every camera: the header's count takes the operator there.
+  $("alert-jump").addEventListener("click", () => {
+    $("alerts-panel").scrollIntoView({ block: "start", behavior: motion() });
+  });
 
   function addAlert(alert, atTop) {
     const known = alertEntries.get(alert.id);
@@ -570,7 +609,7 @@
     button.dataset.camera = alert.camera;
     button.dataset.id = String(alert.id);
     const img = document.createElement("img");
-    img.alt = `snapshot of ${alert.camera}`;
+    img.alt = ""; // the button's label says what it is
     img.decoding = "async";
     const info = document.createElement("div");
     const cam = document.createElement("div");
@@ -582,7 +621,7 @@
     when.className = "a-time";
     info.append(cam, score, when);
     button.append(img, info);
-    const entry = { li, img, score, when, alert };
+    const entry = { li, button, img, score, when, alert };
     button.addEventListener("click", () => openAlert(entry.alert));
     li.append(button);
     li.dataset.handled = String(handled.has(handledKey(alert)));
@@ -597,7 +636,12 @@
       last.remove();
     }
     state.alerts += 1;
-    if (atTop && !loadingAlerts) chime();
+    if (atTop && !loadingAlerts) {
+      chime();
+      // read out by screen readers (a live region), as the tone sounds for others
+      $("announce").textContent =
+        `damage alert on ${alert.camera}, score ${fmt(alert.score, 2)}, at ${clockTime(alert.raised)}`;
+    }
     if (atTop && document.hidden && !loadingAlerts) {
       unseenAlerts += 1; // an operator on another tab sees it in the tab's title
       document.title = `(${unseenAlerts}) damage alert · ${TITLE}`;
@@ -615,15 +659,24 @@
     // frame's time (which moves while the episode lasts, and comes before the raising of an
     // alert held by the cooldown) is in the tooltip and the enlarged view.
     const more = alert.episodes > 1 ? ` · ${alert.episodes}×` : "";
-    entry.when.textContent = clockTime(alert.raised) + more;
+    entry.when.textContent = rowTime(alert.raised) + more;
     entry.when.dataset.raised = String(alert.raised);
     entry.when.title = `raised ${dateTime(alert.raised)} · best frame ${clockTime(alert.time)}` +
-      (more ? ` · ${alert.episodes} crossings inside the alert cooldown, shown as one` : "");
+      (more ? ` · ${alert.episodes} crossings inside the alert cooldown, shown as one` : "") +
+      ` · ${ZONE} time`;
+    labelAlert(entry);
+  }
+
+  function labelAlert(entry) {
+    const alert = entry.alert;
+    const handledNow = handled.has(handledKey(alert));
+    entry.button.setAttribute("aria-label", `damage alert, ${alert.camera}, score ` +
+      `${fmt(alert.score, 2)}, raised ${rowTime(alert.raised)}${handledNow ? ", handled" : ""}`);
   }
 
   function openAlert(alert) {
     shownAlert = alert;
-    $("modal-img").src = showClean ? alert.frame_url : alert.url;
+    showModalImage();
     $("modal-clean").checked = showClean;
     $("modal-handled").checked = handled.has(handledKey(alert));
     const more = alert.episodes > 1 ? ` · ${alert.episodes} crossings in the cooldown` : "";
@@ -631,18 +684,25 @@
       ? "" : ` · best frame ${clockTime(alert.time)}`;
     $("modal-caption").textContent = `${alert.camera} · score ${fmt(alert.score, 3)} ` +
       `(threshold ${fmt(alert.threshold, 3)}) · raised ${dateTime(alert.raised)}${best}, ` +
-      `frame ${alert.frame_id}${more}`;
+      `frame ${alert.frame_id}${more} · ${ZONE} time`;
     if (!$("modal").open) $("modal").showModal();
   }
   $("modal-handled").addEventListener("change", (ev) => {
     if (shownAlert) setHandled(shownAlert, ev.target.checked);
   });
+  function showModalImage() {
+    const img = $("modal-img");
+    img.src = showClean ? shownAlert.frame_url : shownAlert.url;
+    img.alt = `${shownAlert.camera}'s frame` + (showClean ? "" : ", the damage heatmap over it");
+  }
   $("modal-clean").addEventListener("change", (ev) => {
     showClean = ev.target.checked;
-    if (shownAlert) $("modal-img").src = showClean ? shownAlert.frame_url : shownAlert.url;
+    if (shownAlert) showModalImage();
   });
+  // Outside the dialog (its backdrop) closes it; the picture does not, a tap on a tablet
+  // to look closer closed it.
   $("modal").addEventListener("click", (ev) => {
-    if (ev.target === $("modal") || ev.target === $("modal-img")) $("modal").close();
+    if (ev.target === $("modal")) $("modal").close();
   });
 
   // ---- a tone for each new alert, when asked for (remembered per browser) ----------------
@@ -709,7 +769,12 @@
     socket.onclose = () => {
       socketOpen = false;
       showConnection();
-      for (const tile of tiles.values()) tile.updateNotice();
+      setSummary("cameras: no data while the dashboard is offline", []);
+      for (const tile of tiles.values()) {
+        tile.setText(tile.v.fps, "–"); // rates the page can no longer vouch for
+        tile.setText(tile.v.latency, "–");
+        tile.updateNotice();
+      }
       setTimeout(connect, retry);
       retry = Math.min(retry * 2, 5000);
     };
@@ -722,6 +787,9 @@
   function onText(msg) {
     switch (msg.type) {
       case "hello":
+        // A new connection, perhaps to a dashboard started again, whose frame numbers start
+        // again from 1: a page that had drawn frame 600 dropped every frame for minutes.
+        for (const tile of tiles.values()) tile.lastN = 0;
         state.clock = { dash: msg.time, at: performance.now() };
         state.historyS = msg.history_s;
         setModel(msg.model);
@@ -769,10 +837,16 @@
     const ack = () => {
       if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ ack: header.camera }));
     };
+    // A tab nobody looks at decodes and draws nothing (about 7% of a core a page); the
+    // figures, alerts and tab title go on, and the next frame is drawn once it is shown.
+    if (document.hidden) {
+      ack();
+      return;
+    }
     // Decode off the main thread, then draw in one go: the old picture stays until then.
     createImageBitmap(jpeg).then((bitmap) => {
       const tile = tiles.get(header.camera) || tileFor(header.camera);
-      if (header.n > tile.lastN || header.n < tile.lastN - 1000) { // newer, or a restarted hub
+      if (header.n > tile.lastN) { // newer (a new connection starts lastN again)
         tile.draw(header, bitmap, heat);
         state.frames += 1;
       }
