@@ -71,14 +71,38 @@ MAX_FPS = 5.0
 def test_alerts_follow_episodes_and_the_cooldown_loses_none(
     scores: list[float], cooldown_s: float, step_s: float, decisions: dict[int, str]
 ) -> None:
-    detector: AlertDetector[int] = AlertDetector(cooldown_s)
+    _check_decisions(AlertDetector(cooldown_s), scores, step_s, decisions)
+
+
+@pytest.mark.parametrize(
+    ("scores", "decisions"),
+    [
+        ([0.2, 0.9, 0.2, 0.2, 0.2, 0.2], {}),  # one frame's spike: no alert
+        ([0.2, 0.9, 0.7, 0.8, 0.2], {2: "raise"}),  # two in a row: raised with the better
+        ([0.9, 0.2, 0.9, 0.2, 0.9], {}),  # every other frame is never two in a row
+        ([0.7, 0.7, 0.1, 0.7], {1: "raise"}),  # once started, the episode is as before
+    ],
+)
+def test_an_alert_may_wait_for_frames_in_a_row_over_the_threshold(
+    scores: list[float], decisions: dict[int, str]
+) -> None:
+    detector: AlertDetector[int] = AlertDetector(0.0, frames_over=2)
+    made = _check_decisions(detector, scores, 0.2, decisions)
+    if 2 in decisions:  # the raise shows the best frame of the two that started it
+        assert made[2] == ("raise", 1, 0.9)
+
+
+def _check_decisions(
+    detector: AlertDetector[int], scores: list[float], step_s: float, decisions: dict[int, str]
+) -> dict[int, tuple[str, int, float]]:
     made = {}
     for i, score in enumerate(scores):
         decision = detector.update("cam", score, 0.5, now=i * step_s, frame=i)
         if decision is not None:
-            made[i] = decision.kind
+            made[i] = (decision.kind, decision.frame, decision.score)
             assert decision.frame <= i
-    assert made == decisions
+    assert {i: kind for i, (kind, _, _) in made.items()} == decisions
+    return made
 
 
 def test_a_held_alert_shows_the_best_frame_and_how_many_episodes() -> None:

@@ -94,6 +94,8 @@ class _Camera(Generic[T]):
     best: T | None = None  # its frame
     held: int = 0  # episodes waiting out the cooldown
     last_raised: float = -math.inf
+    streak: int = 0  # frames in a row at or over the threshold
+    streak_best: tuple[float, T] | None = None  # the best of them, and its frame
 
 
 class AlertDetector(Generic[T]):
@@ -103,14 +105,22 @@ class AlertDetector(Generic[T]):
         cooldown_s: the shortest time between two alerts of one camera.
         hysteresis: how far below the threshold a score must fall to end an episode.
         end_after_s: and for how long.
+        frames_over: frames in a row at or over the threshold that start an episode: 2 or 3
+            pass over a single frame's spike (most false alarms), at the cost of a frame
+            interval's delay and of damage seen in one frame only.
     """
 
     def __init__(
-        self, cooldown_s: float, hysteresis: float = HYSTERESIS, end_after_s: float = END_AFTER_S
+        self,
+        cooldown_s: float,
+        hysteresis: float = HYSTERESIS,
+        end_after_s: float = END_AFTER_S,
+        frames_over: int = 1,
     ) -> None:
         self.cooldown_s = cooldown_s
         self.hysteresis = hysteresis
         self.end_after_s = end_after_s
+        self.frames_over = frames_over
         self._cameras: dict[str, _Camera[T]] = {}
 
     def update(
@@ -121,12 +131,20 @@ class AlertDetector(Generic[T]):
         if cam.below_since is not None and now - cam.below_since >= self.end_after_s:
             cam.in_episode, cam.below_since = False, None  # it stayed below long enough
         if score >= threshold:
+            cam.streak += 1
+            if cam.streak_best is None or score > cam.streak_best[0]:
+                cam.streak_best = (score, frame)
+        else:
+            cam.streak, cam.streak_best = 0, None
+        if score >= threshold and (cam.in_episode or cam.streak >= self.frames_over):
             cam.below_since = None
             if not cam.in_episode:
                 cam.in_episode, cam.alerted = True, False
                 cam.held += 1
                 if cam.held == 1:
                     cam.peak = -math.inf
+                assert cam.streak_best is not None
+                score, frame = cam.streak_best  # the streak's best frame starts it
             if score >= cam.peak + BETTER_BY:
                 cam.peak, cam.best = score, frame
                 if cam.alerted:

@@ -105,7 +105,9 @@ class Hub:
         self.server: dict[str, Any] = {"ok": False, "error": "not connected yet"}
         self._down_since: float | None = None  # time.monotonic() the server was first missed
         self._logged_error = ""
-        self._detector: AlertDetector[_Seen] = AlertDetector(settings.alert_cooldown_s)
+        self._detector: AlertDetector[_Seen] = AlertDetector(
+            settings.alert_cooldown_s, frames_over=settings.alert_frames
+        )
         self._latest_alert: dict[str, int] = {}  # camera -> its latest alert's id
         self._subscribers: set[Subscriber] = set()
         self._channel: grpc.aio.Channel | None = None

@@ -36,6 +36,8 @@ class DashboardSettings:
         history_s: seconds of score history kept per camera and drawn in its sparkline.
         alert_cooldown_s: the shortest time between two alerts of one camera; an episode that
             starts inside it is held and raised once it has passed.
+        alert_frames: results in a row at or over the threshold that raise an alert (1: the
+            first one does).
         max_alerts: alerts (with their snapshots) kept in memory, newest first.
         alerts_dir: where alerts and their snapshots are also written, and read back from
             at start; None: in memory only.
@@ -58,6 +60,7 @@ class DashboardSettings:
     poll_s: float = 1.0
     history_s: float = 300.0
     alert_cooldown_s: float = 10.0
+    alert_frames: int = 1
     max_alerts: int = 100
     alerts_dir: Path | None = None
     token: str | None = field(default=None, repr=False)
@@ -96,6 +99,7 @@ class DashboardSettings:
                 f"alert_cooldown_s must be 0..3600, got {self.alert_cooldown_s}",
             ),
             (1 <= self.max_alerts <= 10_000, f"max_alerts must be 1..10000, got {self.max_alerts}"),
+            (1 <= self.alert_frames <= 30, f"alert_frames must be 1..30, got {self.alert_frames}"),
         ]
         for ok, message in checks:
             if not ok:
