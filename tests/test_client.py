@@ -783,8 +783,8 @@ async def test_stream_of_one_frame_or_a_video_says_what_to_pass(tmp_path: Path) 
     with Video(clip) as video:
         cases = [
             (video, "pass video.frames(), not the Video"),
-            (str(clip), "got one str: for one frame call analyze(), or pass [frame]"),
-            (clip, "got one PosixPath"),
+            (str(clip), "got one path (" + str(clip) + "): for a video, pass Video(path).frames()"),
+            (clip, "for one image, call analyze(path)"),
             (jpeg(image), "got one bytes"),
             (image, "got one ndarray"),
             (Frame(image), "got one Frame"),
@@ -797,3 +797,17 @@ async def test_stream_of_one_frame_or_a_video_says_what_to_pass(tmp_path: Path) 
             for frames, says in cases:
                 with pytest.raises(TypeError, match=re.escape(says)):
                     await anext(aclient.stream(frames))  # type: ignore[arg-type]
+
+
+async def test_a_stack_of_frames_is_streamed_frame_by_frame(server: Server) -> None:
+    """An (N, H, W, 3) array is N frames, as it always iterated: not refused as one frame."""
+    stack = np.stack([scene(k, 96, 128) for k in range(3)])
+
+    def sync() -> list[Result]:
+        with Client(address(server)) as client:
+            return list(client.stream(stack))
+
+    async with AsyncClient(address(server)) as client:
+        by_async = [r async for r in client.stream(stack)]
+    for results in (await asyncio.to_thread(sync), by_async):
+        assert [r.frame_id for r in results] == [1, 2, 3] and all(r.ok for r in results)

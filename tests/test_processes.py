@@ -493,6 +493,6 @@ def test_a_reload_whose_tls_files_fail_keeps_them_out_of_the_processes_settings(
     written = Peers(0, 2, tmp_path, 0).read()
     assert written.tls_key == files["server.key"] and written.tls_cert == files["server.pem"]
     assert [t.name for t in written.tokens] == ["dock"]
-    assert f"TLS files kept as they were: tls_key {files['client.key']} does not match" in (
+    assert f"TLS files kept as before: tls_key {files['client.key']} does not match" in (
         caplog.text
     )

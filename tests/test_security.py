@@ -642,7 +642,7 @@ async def test_a_reload_whose_tls_files_fail_still_revokes_a_token(
         config.write_text(tls.replace("server.key", "client.key") + dash)
         changed = load_settings(config, environ={}, overrides=flags)  # no longer refused whole
         await server.reload(changed)
-        assert "TLS files kept as they were: tls_key" in caplog.text
+        assert "TLS files kept as before: tls_key" in caplog.text
         async with grpc.aio.secure_channel(f"127.0.0.1:{server.port}", _ssl(pki)) as channel:
             stub = pb_grpc.ConvstreamStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -703,12 +703,12 @@ async def test_reload_rotates_the_tls_certificate(
         (tmp_path / "next.key").write_bytes((pki / "client.key").read_bytes())
         await server.reload(server.settings)
         assert await asyncio.to_thread(_peer_name, server.port, pki / "ca.crt") == "third"
-        assert f"TLS files kept as they were: tls_key {tmp_path / 'next.key'} does not" in (
+        assert f"TLS files kept as before: tls_key {tmp_path / 'next.key'} does not" in (
             caplog.text
         )
         # the same at another path: said once, as that, not also as a restart-only change
         await server.reload(server.settings.model_copy(update={"tls_key": pki / "client.key"}))
-        assert f"kept as they were: tls_key {pki / 'client.key'} does not match" in caplog.text
+        assert f"kept as before: tls_key {pki / 'client.key'} does not match" in caplog.text
         assert "changes only on restart" not in caplog.text
         assert server.settings.tls_key == tmp_path / "next.key"
         # clients must present a certificate or not: fixed when the port was bound

@@ -534,12 +534,14 @@ async def test_a_heatmap_that_would_pass_the_message_limit_is_a_frame_error() ->
                     encoded=data,
                     options=pb.ResultOptions(encoding=wide.encoding, include_heatmap=False),
                 ),
+                pb.FrameRequest(frame_id=3, encoded=data, options=pb.ResultOptions()),
             ]
-            r1, r2 = [r async for r in stub.StreamFrames(requests(frames))]
+            r1, r2, r3 = [r async for r in stub.StreamFrames(requests(frames))]
             assert r1.status.code == EXHAUSTED
             assert "the heatmap in TENSOR_ENCODING_FLOAT32" in r1.status.message, r1.status.message
-            assert "no heatmap" in r1.status.message
+            assert "a smaller encoding (FLOAT16, UINT8) or no heatmap" in r1.status.message
             assert r2.status.code == 0 and not r2.HasField("heatmap") and r2.score > 0
+            assert r3.status.code == 0 and r3.HasField("heatmap")  # in FLOAT16 it fits (69 KB)
     finally:
         await server.stop(grace=0)
 
@@ -559,7 +561,7 @@ async def test_a_source_is_a_name_not_a_payload(stub: pb_grpc.ConvstreamStub) ->
     assert [r.status.code for r in results] == [0, INVALID, 0, 0]
     assert "at most 256 characters" in results[1].status.message
     assert "got 100000 characters starting 'xxx" in results[1].status.message
-    assert [r.source for r in results] == ["dock-1", "", "dock-1", "y" * 256]
+    assert [r.source for r in results] == ["dock-1", "dock-1", "dock-1", "y" * 256]
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Analyze(pb.FrameRequest(encoded=data, source="z" * 257))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -323,7 +323,23 @@ def test_a_camera_slower_than_a_frame_a_second_is_not_stalled_between_its_frames
         fast._publish(image, 0, clock[0])
         clock[0] += 1 / 15
     assert fast.stall_after_s == 1.0  # a 15 fps camera stalls after a second, as before
+    jolted = Camera(CameraConfig(id="jolted", source="rtsp://127.0.0.1:1/x"))
+    jolted._publish(image, 0, clock[0])
+    clock[0] += 2.6  # one late frame is no pace: not warned of
+    for _ in range(10):
+        jolted._publish(image, 0, clock[0])
+        clock[0] += 1 / 15
     assert len([r for r in caplog.records if "close to its read_timeout_s" in r.getMessage()]) == 1
+    # slower than any read timeout may allow for: the advice is the most there is
+    config = CameraConfig(id="hourly", source="rtsp://127.0.0.1:1/x", read_timeout_s=200)
+    hourly = Camera(config)
+    for _ in range(4):
+        hourly._publish(image, 0, clock[0])
+        clock[0] += 120
+    told = [r.getMessage() for r in caplog.records if r.getMessage().startswith("camera hourly")]
+    assert told and told[0].endswith(
+        "set read_timeout_s to 300 (the most it may be) for this camera"
+    )
 
 
 def test_a_missing_usb_camera_is_retried_with_a_clear_error() -> None:

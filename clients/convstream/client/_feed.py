@@ -38,10 +38,17 @@ def check_frames(frames: object) -> None:
     a row at a time."""
     if isinstance(frames, Video):
         raise TypeError("stream() takes frames: pass video.frames(), not the Video")
-    if isinstance(frames, str | bytes | bytearray | memoryview | os.PathLike | np.ndarray | Frame):
+    if isinstance(frames, str | os.PathLike):
+        raise TypeError(
+            f"stream() takes an iterable of frames, got one path ({frames}): for a video, pass "
+            "Video(path).frames(); for one image, call analyze(path); for a folder, "
+            "read_images([folder])"
+        )
+    one = isinstance(frames, bytes | bytearray | memoryview | Frame)
+    if one or (isinstance(frames, np.ndarray) and frames.ndim in (2, 3)):  # (N, H, W, 3): N
         raise TypeError(
             f"stream() takes an iterable of frames, got one {type(frames).__name__}: for one "
-            "frame call analyze(), or pass [frame]; for a folder, read_images([folder])"
+            "frame call analyze(), or pass [frame]"
         )
 
 

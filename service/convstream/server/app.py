@@ -122,7 +122,7 @@ class Health(health.aio.HealthServicer):
     ) -> health_pb2.HealthCheckResponse:
         response: health_pb2.HealthCheckResponse = await super().Check(request, context)
         if response.status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no service {request.service!r}")
+            await context.abort(grpc.StatusCode.NOT_FOUND)  # as for one never set
         return response
 
 
@@ -389,7 +389,7 @@ class Server:
         try:
             pem = read_pem(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
         except TLSFileError as exc:
-            logger.error("reload: TLS files kept as they were: %s", exc)
+            logger.error("reload: TLS files kept as before: %s", exc)
             return False
         for warning in pem.warnings:
             logger.warning("reload: %s", warning)

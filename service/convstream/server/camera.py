@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from convstream.server.config import CameraConfig
+from convstream.server.config import MAX_READ_TIMEOUT_S, CameraConfig
 from convstream.server.decode import encoded_size
 from convstream.server.sources import (
     Capture,
@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 WEDGE_GRACE_S = 2.0  # a read this long past the read timeout is wedged
 LOG_AGAIN_S = 600.0  # a camera that stays down logs its error at least this often
+PACE_GAPS = 3  # frame intervals seen before a camera's pace is judged (one gap is no pace)
 Opener = Callable[..., Capture]
 
 # CAMERA_STATE_RUNNING -> "running", for logs and metric labels
@@ -140,6 +141,7 @@ class Camera:
         self._least_stall_s = min(1.0, config.read_timeout_s / 2)
         self.stall_after_s = self._least_stall_s
         self._interval_s = 0.0  # between its frames lately, smoothed
+        self._gaps = 0  # frame intervals in _interval_s
         self._told_pace = False  # warned that its frames come close to the read timeout
         self._opener = opener
         self._lock = threading.Lock()
@@ -349,22 +351,26 @@ class Camera:
             gap = now - self._last_frame_at
             if self._last_frame_at and gap < self.config.read_timeout_s:  # not a reconnect's
                 self._interval_s += (gap - self._interval_s) * (0.2 if self._interval_s else 1)
+                self._gaps += 1
                 self.stall_after_s = min(
                     max(self._least_stall_s, 3 * self._interval_s),
                     0.9 * self.config.read_timeout_s,
                 )
-                if self._interval_s > self.config.read_timeout_s / 2 and not self._told_pace:
+                slow = self._interval_s > self.config.read_timeout_s / 2
+                if slow and self._gaps >= PACE_GAPS and not self._told_pace:
                     # One frame late by half its interval and the read times out: the
                     # camera goes stalled, lost and reconnecting, and the log alone says why.
                     self._told_pace = True
                     logger.warning(
                         "camera %s: a frame every %.1f s, close to its read_timeout_s of %g s: "
                         "a frame that comes later than that loses the source; set "
-                        "read_timeout_s to at least %g for this camera",
+                        "read_timeout_s to %s for this camera",
                         self.config.id,
                         self._interval_s,
                         self.config.read_timeout_s,
-                        math.ceil(3 * self._interval_s),
+                        f"at least {math.ceil(3 * self._interval_s)}"
+                        if 3 * self._interval_s <= MAX_READ_TIMEOUT_S
+                        else f"{MAX_READ_TIMEOUT_S:g} (the most it may be)",
                     )
             self._last_frame_at = now
             self.frame_size = size

@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Iterator
 
+import numpy as np
 from grpc_health.v1 import health, health_pb2
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -201,7 +202,7 @@ class CameraManager:
         if not 0 <= request.max_fps <= MAX_WATCHER_FPS:  # NaN fails this too
             raise InvalidOptions(
                 f"max_fps must be 0 (every analysed frame) to {MAX_WATCHER_FPS:g} results per "
-                f"second, got {request.max_fps!r}"
+                f"second, got {np.float32(request.max_fps)}"
             )
         publishers = [*self.feeds.values(), *self.published.values()]
         open_now = sum(len(f.watchers) for f in publishers)

@@ -64,6 +64,7 @@ def parse_size(text: str) -> tuple[int, int]:
     return height, width
 
 
+MAX_READ_TIMEOUT_S = 300.0
 CAMERA_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 CAMERA_ID_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
 DEMO_SOURCE = "demo:conveyor"
@@ -88,7 +89,9 @@ class CameraConfig(BaseModel):
     # strict: TOML has true and false; "yes" or "no" in quotes is a mistake to point out
     loop: StrictBool = Field(True, description="video files: start again at the end")
     open_timeout_s: float = Field(10.0, gt=0, le=300, description="opening the source")
-    read_timeout_s: float = Field(5.0, gt=0, le=300, description="one read() of a frame")
+    read_timeout_s: float = Field(
+        5.0, gt=0, le=MAX_READ_TIMEOUT_S, description="one read() of a frame"
+    )
     reconnect_min_s: float = Field(
         0.5,
         gt=0,

@@ -30,9 +30,10 @@ from convstream.server.letterbox import Geometry, choose_input, letterbox, reduc
 from convstream.v1 import convstream_pb2 as pb
 
 T = TypeVar("T")
-# Bytes kept free in a result for what is added after its maps and heatmap: the source, peak,
-# geometry, timings, the sequence and up to MAX_LISTED_DROPS dropped frame ids.
-_RESULT_SLACK = 64 * 1024
+# Bytes kept free in a result for what is added after its maps and heatmap: the source (at
+# most MAX_SOURCE_CHARS), up to MAX_LISTED_DROPS dropped frame ids (10 bytes each at most),
+# the peak, geometry, timings, status and the tensors' headers: under 12 KB in all.
+_RESULT_SLACK = 16 * 1024
 # Frame ids a result lists as dropped since the call's previous result, at most (a stream's
 # or a watcher's); frames_dropped counts them all.
 MAX_LISTED_DROPS = 1000
@@ -296,11 +297,19 @@ class Pipeline:
             encoding = pb.TensorEncoding.Name(options.encoding)
             asked = [f"feature maps {', '.join(options.feature_maps)}"] * bool(options.feature_maps)
             asked += ["the heatmap"] * options.include_heatmap
+            instead = ["fewer maps"] * bool(options.feature_maps)
+            if options.encoding == pb.TENSOR_ENCODING_FLOAT32:
+                instead.append("a smaller encoding (FLOAT16, UINT8)")
+            elif options.encoding == pb.TENSOR_ENCODING_FLOAT16 and options.feature_maps:
+                instead.append("UINT8 maps")
+            instead += ["no heatmap"] * options.include_heatmap
             raise Overloaded(
                 f"{' and '.join(asked)} in {encoding} "
                 f"for a {geometry.input_width}x{geometry.input_height} input need {total} bytes, "
-                f"over the {self.settings.max_message_bytes}-byte message limit; ask for fewer "
-                "maps, a smaller encoding (FLOAT16, UINT8) or no heatmap"
+                f"over the {limit} a result may hold for them (the "
+                f"{self.settings.max_message_bytes}-byte message limit, less "
+                f"{_RESULT_SLACK} for the rest); ask for {' or '.join(instead)}, or a smaller "
+                "input size"
             )
 
     def encode(

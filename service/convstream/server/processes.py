@@ -328,7 +328,7 @@ class Supervisor:
         except TLSFileError as exc:
             # As one process's reload does: the files it has stay, the rest applies. Written
             # to the snapshot, files that do not load would stop every process that restarts.
-            logger.error("reload: TLS files kept as they were: %s", exc)
+            logger.error("reload: TLS files kept as before: %s", exc)
             loaded = loaded.model_copy(update={n: getattr(self.settings, n) for n in TLS_FILES})
         changed = [
             name

@@ -325,13 +325,12 @@ class StreamSession:
                 request, arrived, grpc.StatusCode.INTERNAL, "internal error checking frame"
             )
 
-    @staticmethod
     def _refused(
-        request: pb.FrameRequest, arrived: float, code: grpc.StatusCode, message: str
+        self, request: pb.FrameRequest, arrived: float, code: grpc.StatusCode, message: str
     ) -> _Item:
-        """A frame's refusal, keeping only its id and source (unless the source is what was
+        """A frame's refusal, keeping only its id and source (the stream's, if its own was
         refused for its length): a refused frame holds no pixels while it waits for its turn."""
-        source = request.source if len(request.source) <= MAX_SOURCE_CHARS else ""
+        source = request.source if len(request.source) <= MAX_SOURCE_CHARS else self.source
         shell = pb.FrameRequest(frame_id=request.frame_id, source=source)
         return _Item(shell, arrived, None, error_result(shell, code.value[0], message))
 
