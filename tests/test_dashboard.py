@@ -147,6 +147,21 @@ async def test_a_camera_s_score_history_keeps_history_s_however_slow_the_camera(
     assert times[0] >= times[-1] - 10.0 and len(times) == 21, times
 
 
+async def test_frames_are_numbered_across_cameras_so_a_camera_added_again_numbers_on() -> None:
+    """A page draws a camera's frame only if its number is newer than the last it drew: a
+    camera removed and added again between two polls, counting its own frames from 1 again,
+    showed no picture until the count passed the old one."""
+    hub = Hub(DashboardSettings())
+    jpeg_bytes = cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8))[1].tobytes()
+    numbers = []
+    for view in [CameraView(id="dock", status={}, history=deque(maxlen=8)) for _ in range(2)]:
+        for k in range(3):
+            await hub._on_result(view, pb.FrameResult(frame_id=k + 1, frame_jpeg=jpeg_bytes))
+            assert view.last_frame is not None
+            numbers.append(parse_frame_message(view.last_frame)[0]["n"])
+    assert numbers == [1, 2, 3, 4, 5, 6]
+
+
 def test_frame_message_round_trip() -> None:
     heat = np.arange(12, dtype=np.uint8).reshape(3, 4)
     data = frame_message({"camera": "a", "score": 0.5}, heat, b"\xff\xd8jpeg")
@@ -757,8 +772,16 @@ async def test_a_server_that_does_not_answer_gets_advice_on_the_banner() -> None
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_dashboard_outlives_a_server_restart(browser: Any, artifacts: Path) -> None:
-    """The server goes away and comes back on its port: tiles say offline, then run again."""
+async def test_dashboard_outlives_a_server_restart(
+    browser: Any, artifacts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server goes away and comes back on its port: tiles say offline, then run again,
+    as soon as the server answers (a watch waiting out its backoff, here made 30 s or more,
+    showed RUNNING with no frame for seconds more)."""
+    import convstream.dashboard.hub as hub
+
+    monkeypatch.setattr(hub, "RETRY_MIN_S", 30.0)
+    monkeypatch.setattr(hub, "RETRY_MAX_S", 60.0)
 
     def settings(port: int) -> Settings:
         camera = CameraConfig(id="belt", source="demo:conveyor?fps=10")
@@ -971,22 +994,27 @@ async def test_an_alert_on_a_hidden_page_shows_in_its_tab_title_and_sounds(brows
                 if dash.hub.alerts.recent():
                     break
                 await asyncio.sleep(0.1)
-            await stream.done_writing()
-        await expect(page).to_have_title(f"(1) damage alert · {title}")
-        chimes = "window.convstreamDashboard.state.chimes"
-        assert await page.evaluate(chimes) == 1  # one tone for the one new alert
-        # nobody looks at the tab: its frames were acknowledged, not decoded and drawn
-        assert await page.evaluate("window.convstreamDashboard.state.frames") == 0
-        # ... and a screen reader was told
-        await expect(page.locator("#announce")).to_have_text(
-            re.compile(r"^damage alert on dock-8, score [01]\.\d\d, at \d\d:\d\d:\d\d$")
-        )
-        # back on the tab: the count is seen
-        await page.evaluate(
-            "Object.defineProperty(document, 'hidden', {value: false, configurable: true});"
-            "document.dispatchEvent(new Event('visibilitychange'))"
-        )
-        await expect(page).to_have_title(title)
+            await expect(page).to_have_title(f"(1) damage alert · {title}")
+            chimes = "window.convstreamDashboard.state.chimes"
+            assert await page.evaluate(chimes) == 1  # one tone for the one new alert
+            # nobody looks at the tab: its pictures were not decoded and drawn, but what the
+            # frames said was kept (the score, the chart)
+            assert await page.evaluate("window.convstreamDashboard.state.frames") == 0
+            tile = _tile(page, "dock-8")
+            await expect(tile.locator(".v-score")).to_have_text(re.compile(r"^[01]\.\d\d$"))
+            # ... and a screen reader was told
+            await expect(page.locator("#announce")).to_have_text(
+                re.compile(r"^damage alert on dock-8, score [01]\.\d\d, at \d\d:\d\d:\d\d$")
+            )
+            # back on the tab: the count is seen
+            await page.evaluate(
+                "Object.defineProperty(document, 'hidden', {value: false, configurable: true});"
+                "document.dispatchEvent(new Event('visibilitychange'))"
+            )
+            await expect(page).to_have_title(title)
+            # and the newest picture is drawn as the tab shows
+            await _wait_frames(page, "dock-8", 0, timeout=5.0)
+            await stream.done_writing()  # the tile stays while the stream is published
         assert page.errors == []
         await page.context.close()
     finally:

@@ -118,6 +118,9 @@ class Hub:
         # it is newer than the last it drew, and a camera removed and added again, whose own
         # count would start again, numbers on. (A page starts again at a new connection.)
         self._frames_sent = 0
+        # Set when the server answers again after an outage: the watches waiting out their
+        # backoff try again at once, rather than show RUNNING with no frame for seconds more.
+        self._server_back = asyncio.Event()
         history_points = int(settings.history_s * settings.max_fps) + 16
         self._history_points = history_points
 
@@ -207,6 +210,8 @@ class Hub:
                 )
                 if not self.server["ok"]:
                     logger.info("server %s: connected", self.settings.address)
+                    self._server_back.set()
+                    self._server_back = asyncio.Event()
                 self.server = {"ok": True, "error": ""}
                 self._down_since, self._logged_error = None, ""
                 self._reconcile(response.cameras)
@@ -337,8 +342,11 @@ class Hub:
                 logger.exception("watch %s failed", view.id)
             finally:
                 call.cancel()
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, RETRY_MAX_S)
+            try:
+                await asyncio.wait_for(self._server_back.wait(), delay * random.uniform(0.8, 1.2))
+                delay = RETRY_MIN_S  # the server is back: a fresh start
+            except TimeoutError:
+                delay = min(delay * 2, RETRY_MAX_S)
 
     async def _on_result(self, view: CameraView, result: pb.FrameResult) -> None:
         if result.status.code != 0 or not result.frame_jpeg:

@@ -113,7 +113,8 @@
       this.history = []; // [time, score]
       this.status = null;
       this.frames = 0;
-      this.lastN = 0; // the newest frame number drawn
+      this.lastN = 0; // the newest frame number recorded
+      this.pending = null; // the newest frame recorded while the page was hidden, not drawn
       this.lastFrameAt = 0; // the dashboard's clock (dashNow) when the newest frame drawn came
       this.score = null;
       this.sparkDirty = true;
@@ -202,6 +203,7 @@
     }
 
     // Draw a decoded frame and its heatmap in the same task: the browser shows both together.
+    // record() keeps what the frame says; a hidden page records its frames without drawing.
     draw(header, bitmap, heat) {
       const [left, top, right, bottom] = header.box;
       const w = right - left;
@@ -242,6 +244,10 @@
       }
       this.frames += 1;
       this.el.dataset.frames = String(this.frames);
+      state.frames += 1;
+    }
+
+    record(header) {
       this.lastN = header.n;
       this.lastFrameAt = header.received || dashNow();
       this.showScore(header.score);
@@ -576,15 +582,13 @@
   function countAlerts() {
     let open = 0;
     for (const entry of alertEntries.values()) if (!handled.has(handledKey(entry.alert))) open += 1;
-    // A full list holds the newest MAX_ALERTS: older ones may be open too ("100+").
-    const more = alertEntries.size >= MAX_ALERTS && open > 0 ? "+" : "";
     for (const count of [$("alert-count"), $("alert-jump-count")]) {
-      count.textContent = `${open}${more}`;
+      count.textContent = String(open);
       count.dataset.zero = String(open === 0);
     }
-    $("alert-count").title =
-      `${alertEntries.size} alerts listed, ${open} not marked handled in this browser`;
-    $("alert-jump").setAttribute("aria-label", `${open}${more} alerts not handled: show them`);
+    $("alert-count").title = `${alertEntries.size} alerts listed (the newest ${MAX_ALERTS} at ` +
+      `most), ${open} not marked handled in this browser`;
+    $("alert-jump").setAttribute("aria-label", `${open} alerts not handled: show them`);
     $("all-handled").hidden = open === 0;
   }
   $("all-handled").addEventListener("click", () => {
@@ -837,9 +841,14 @@
     const ack = () => {
       if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ ack: header.camera }));
     };
-    // A tab nobody looks at decodes and draws nothing (about 7% of a core a page); the
-    // figures, alerts and tab title go on, and the next frame is drawn once it is shown.
+    // A tab nobody looks at decodes and draws no picture (about 7% of a core a page): its
+    // scores, chart, alerts and title go on, and the newest picture is drawn once it shows.
     if (document.hidden) {
+      const tile = tiles.get(header.camera) || tileFor(header.camera);
+      if (header.n > tile.lastN) {
+        tile.record(header);
+        tile.pending = { header, heat, jpeg };
+      }
       ack();
       return;
     }
@@ -847,13 +856,28 @@
     createImageBitmap(jpeg).then((bitmap) => {
       const tile = tiles.get(header.camera) || tileFor(header.camera);
       if (header.n > tile.lastN) { // newer (a new connection starts lastN again)
+        tile.pending = null;
         tile.draw(header, bitmap, heat);
-        state.frames += 1;
+        tile.record(header);
       }
       bitmap.close();
       ack();
     }, ack);
   }
+
+  // Shown again: each tile's newest picture, recorded while hidden, is drawn.
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden) return;
+    for (const tile of tiles.values()) {
+      const shown = tile.pending;
+      if (!shown) continue;
+      tile.pending = null;
+      createImageBitmap(shown.jpeg).then((bitmap) => {
+        if (tile.lastN === shown.header.n) tile.draw(shown.header, bitmap, shown.heat);
+        bitmap.close();
+      }, () => {});
+    }
+  });
 
   // Ages, stale tiles and sparklines move on even when no message comes.
   let lastTick = 0;
