@@ -275,6 +275,7 @@ class OpenCVCapture:
         # OpenCV says MJPG for every JPEG tag, and MPNG for PNG
         kept = {b"MJPG": "JPEG", b"MPNG": "PNG"}.get(codec, "")
         if spec.kind != "device" and kept:
+            stream = "MJPEG" if kept == "JPEG" else kept
             size = (
                 int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
                 int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
@@ -287,14 +288,14 @@ class OpenCVCapture:
                     logger.info(
                         "camera %s: its %s frames are kept as sent, and decoded only if analysed",
                         name or spec.kind,
-                        "MJPEG" if kept == "JPEG" else kept,
+                        stream,
                     )
                     return
                 # Not frames the server's decoder takes as they are: FFmpeg decodes them.
                 logger.info(
                     "camera %s: its %s frames are decoded as read: %s",
                     name or spec.kind,
-                    "MJPEG" if kept == "JPEG" else kept,
+                    stream,
                     why,
                 )
                 self._cap.release()

@@ -409,6 +409,7 @@
   const FULL_MIN_W = 360;
   const COMPACT_MIN_W = 240;
   const COMPACT_ON_PHONES_FROM = 5; // cameras: fewer scroll as full tiles on a phone
+  const phone = () => window.matchMedia("(max-width: 900px)").matches; // the CSS's width
   function layout() {
     const n = tiles.size;
     const css = getComputedStyle(grid);
@@ -416,7 +417,7 @@
     const pad = parseFloat(css.paddingLeft) || 0;
     const width = grid.clientWidth - 2 * pad;
     const height = grid.clientHeight - 2 * pad;
-    const narrow = window.matchMedia("(max-width: 900px)").matches;
+    const narrow = phone();
     // The tallest picture's height for its width, as drawn now.
     let tall = 9 / 16;
     for (const tile of tiles.values()) {
@@ -469,7 +470,7 @@
   // stay compact and the page scrolls: full tiles, in fewer columns, took five screens.
   function fitGrid() {
     const n = tiles.size;
-    const narrow = window.matchMedia("(max-width: 900px)").matches;
+    const narrow = phone();
     grid.classList.remove("compact");
     let { columns, best } = layout();
     let compact = false;
