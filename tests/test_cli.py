@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,9 +21,10 @@ import cv2
 import onnxruntime as ort
 import pytest
 from conftest import jpeg, png, scene
+from live import blackhole
 
 from convstream.cli import main
-from convstream.server import Server
+from convstream.server import CameraConfig, Server, Settings
 
 
 def free_port() -> int:
@@ -204,8 +206,8 @@ async def test_info(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
     assert all(set(size) == {"height", "width"} for size in info["input_sizes"])
 
 
-def test_no_server_is_one_line_and_exit_code_1(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["info", "--address", f"127.0.0.1:{free_port()}"]) == 1
+def test_no_server_is_one_line_and_exit_code_3(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "--address", f"127.0.0.1:{free_port()}"]) == 3  # not a frame's 1
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1
     assert err.startswith("convstream info: convstream server at 127.0.0.1:")
@@ -255,10 +257,96 @@ def test_the_console_command_has_no_traceback() -> None:
     command = [sys.executable, "-m", "convstream.cli", "analyze", str(Path(__file__))]
     command += ["--address", f"127.0.0.1:{free_port()}"]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
-    assert done.returncode == 1
+    assert done.returncode == 3
     assert "Traceback" not in done.stderr
     assert done.stderr.count("\n") == 1 and "unavailable" in done.stderr
     assert done.stdout == ""  # no table header above an error
+
+
+@pytest.mark.parametrize("command", ["analyze", "stream", "info", "cameras", "watch"])
+def test_every_client_command_says_its_exit_statuses(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A script tells "server down" (3) from "refused" (4), "camera or video failed" (5) and
+    "frames failed" (1): it exited 1 for all of them, said only in the source."""
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and "exit status:" in out
+    for line in ("  3    the server", "  4    refused", "  5    the source", "143 SIGTERM"):
+        assert line in out, (command, line)
+
+
+async def test_client_commands_end_on_sigterm_or_ctrl_c_without_a_traceback() -> None:
+    """SIGTERM (`timeout 60 convstream watch ...`, systemd) killed a watch mid-line with no
+    summary; Ctrl-C outside the result loop (a server that does not answer) printed a
+    traceback. Both now end as Ctrl-C in the loop did: 143 and 130, the summary said."""
+    belt = CameraConfig(id="belt", source="demo:conveyor?fps=5")
+    server = Server(Settings(port=0, metrics_port=0, cameras=(belt,)))
+    await server.start()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    watch = [sys.executable, "-m", "convstream.cli", "watch", "belt"]
+    watch += ["--address", f"127.0.0.1:{server.port}"]
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *watch, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+        )
+        assert process.stdout is not None
+        header = await asyncio.wait_for(process.stdout.readline(), 60)
+        assert header.split()[:2] == [b"FRAME", b"SCORE"]
+        await asyncio.wait_for(process.stdout.readline(), 30)  # a result: in the loop
+        process.send_signal(signal.SIGTERM)
+        out, err = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        await server.stop(grace=0)
+    assert process.returncode == 143, err
+    assert b"Traceback" not in err and re.match(rb"\d+ frames? in ", out.splitlines()[-1]), out
+    silent, port = blackhole()  # accepts, never answers: `info` waits inside its call
+    try:
+        info = [sys.executable, "-m", "convstream.cli", "info", "--address", f"127.0.0.1:{port}"]
+        for sent, status in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+            started = subprocess.Popen(
+                info,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            )
+            await asyncio.sleep(4)  # python and grpc loaded, the call waiting
+            started.send_signal(sent)
+            out, err = await asyncio.to_thread(started.communicate, timeout=30)
+            assert started.returncode == status, (sent, err)
+            assert b"Traceback" not in err and out == b"", err
+    finally:
+        silent.close()
+
+
+async def test_timeout_inf_means_no_limit(
+    server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--timeout inf (as --resume-timeout takes it) failed every call at once."""
+    assert await run("info", "--timeout", "inf", "--address", f"127.0.0.1:{server.port}") == 0
+    assert "CPUExecutionProvider" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as done:
+        main(["info", "--timeout", "0"])
+    assert done.value.code == 2 and "--timeout: expected seconds over 0" in capsys.readouterr().err
+    assert main(["info", "--address", "127.0.0.1:99999"]) == 2  # gRPC dialled port 34463
+    assert "port must be 1 to 65535" in capsys.readouterr().err
+
+
+async def test_output_that_the_terminal_cannot_encode_is_escaped_not_a_crash(
+    server: Server,
+) -> None:
+    """The '\u2026' of info's hash line (or a file's name) in an ASCII-only locale crashed
+    with UnicodeEncodeError, a traceback and status 1."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PYTHONIOENCODING": "ascii"}
+    command = [sys.executable, "-m", "convstream.cli", "info"]
+    command += ["--address", f"127.0.0.1:{server.port}"]
+    done = await asyncio.to_thread(
+        subprocess.run, command, capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "\\u2026" in done.stdout  # the sha256's ellipsis, escaped
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -430,7 +518,7 @@ def test_a_missing_usb_camera_is_our_line_without_opencv_warnings() -> None:
     command = [sys.executable, "-m", "convstream.cli", "stream", "57"]  # no /dev/video57
     command += ["--address", f"127.0.0.1:{free_port()}"]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
-    assert done.returncode == 1
+    assert done.returncode == 5  # the source
     assert done.stderr.strip().splitlines() == [
         "convstream stream: no camera 57 on this machine: /dev/video57 does not exist"
     ]
@@ -454,7 +542,7 @@ def test_a_refused_stream_url_is_our_line_without_ffmpeg_noise() -> None:
     command = [sys.executable, "-m", "convstream.cli", "stream", url]
     command += ["--address", f"127.0.0.1:{free_port()}"]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
-    assert done.returncode == 1
+    assert done.returncode == 5  # the source
     assert done.stdout == ""  # OpenCV writes FFmpeg's lines to stdout, amid the results
     assert done.stderr.strip().splitlines() == [
         f"convstream stream: OpenCV cannot open video source '{url}'"

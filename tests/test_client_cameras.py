@@ -541,6 +541,9 @@ async def test_cli_watch_json_table_and_overlays(
         assert line["source"] == "belt" and line["ok"] and 0 <= line["score"] <= 1
         assert line["heatmap"]["shape"] == list(HEATMAP) and line["frame_age_ms"] >= 0
         assert line["feature_maps"]["stage2"]["shape"][1:] == [INPUT[0] // 4, INPUT[1] // 4]
+        # when the frame was read, to order logged results (ids start again with a server)
+        read = datetime.fromisoformat(line["capture_time"])
+        assert read.tzinfo is not None and 0 <= (datetime.now(UTC) - read).total_seconds() < 30
 
     overlays = tmp_path / "overlays"
     assert await cli(*argv, "--max-fps", "10", "--save-overlays", str(overlays)) == 0
@@ -619,8 +622,8 @@ async def test_cli_watch_says_why_a_camera_sends_nothing(
     )
     gone = CameraConfig(id="gone", source=str(tmp_path / "nope.mp4"))
     async with serving(dock, gone) as server:
-        # a camera that has given up: the server says why at once, and the command exits 1
-        assert await cli("watch", "gone", "--count", "1", "--address", address(server)) == 1
+        # a camera that has given up: the server says why at once, and the command exits 5
+        assert await cli("watch", "gone", "--count", "1", "--address", address(server)) == 5
         out, err = capsys.readouterr()
         assert out == ""  # not even the table's header
         assert "camera 'gone' has failed: no such video file" in err and "Traceback" not in err
@@ -631,10 +634,11 @@ async def test_cli_watch_says_why_a_camera_sends_nothing(
             while (await client.cameras())[0].state != "reconnecting":
                 assert time.monotonic() < deadline, "dock never reconnected"
                 await asyncio.sleep(0.05)
-        assert await cli("watch", "dock", "--count", "1", "--address", address(server)) == 1
+        assert await cli("watch", "dock", "--count", "1", "--address", address(server)) == 5
         first, *rest = capsys.readouterr().err.splitlines()
         assert first.startswith(
-            "camera 'dock' is reconnecting; waiting for its frames (Ctrl-C to stop). "
+            "convstream watch: camera 'dock' is reconnecting; waiting for its frames (Ctrl-C "
+            "to stop). "
             "Last error: could not open rtsp source: connection refused"
         )
         assert "camera 'dock' has failed" in rest[-1] and "gave up after 3 reconnects" in rest[-1]

@@ -74,17 +74,17 @@ async def test_cli_reaches_a_mutual_tls_server_with_a_token_kept_out_of_ps(
     assert await info(server, *tls, "--server-name", "localhost") == 0
     capsys.readouterr()
     monkeypatch.delenv(TOKEN_ENV)
-    assert await info(server, *tls) == 1
+    assert await info(server, *tls) == 4  # refused
     assert f"give this server's token with --token-file FILE or the {TOKEN_ENV}" in (
         capsys.readouterr().err
     )
     # a name the certificate does not carry: the hint is about the name, not the client's
-    assert await info(server, *tls, "--token", TOKEN, "--server-name", "other.example") == 1
+    assert await info(server, *tls, "--token", TOKEN, "--server-name", "other.example") == 3
     err = capsys.readouterr().err
     assert "does not carry the name 'other.example' given with --server-name NAME" in err
     assert "--cert" not in err
     # no client certificate: the server closes the socket; the hint says what is missing
-    assert await info(server, "--ca", str(pki["ca.pem"]), "--token", TOKEN) == 1
+    assert await info(server, "--ca", str(pki["ca.pem"]), "--token", TOKEN) == 3
     assert "add --cert FILE and --key FILE" in capsys.readouterr().err
     # the Python client says the same in its own terms, and so for a plaintext try
     address = f"127.0.0.1:{server.port}"
@@ -118,7 +118,7 @@ async def test_cli_says_which_side_of_tls_is_wrong(
     done = await asyncio.to_thread(
         subprocess.run, command, capture_output=True, text=True, env=env, timeout=60
     )
-    assert done.returncode == 1 and done.stdout == ""
+    assert done.returncode == 3 and done.stdout == ""  # no TLS handshake with the server
     assert done.stderr.count("\n") == 1, done.stderr
     assert "not signed by the CA given with --ca" in done.stderr
     # a client certificate and key given the wrong way round: said before any call
@@ -137,7 +137,7 @@ async def test_cli_says_which_side_of_tls_is_wrong(
     plain = Server(Settings(port=0, metrics_port=-1, cameras=()))
     await plain.start()
     try:
-        assert await info(plain, "--ca", str(pki["ca.pem"])) == 1
+        assert await info(plain, "--ca", str(pki["ca.pem"])) == 3
         assert "the server does not use TLS" in capsys.readouterr().err
     finally:
         await plain.stop(grace=0)

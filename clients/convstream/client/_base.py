@@ -141,6 +141,9 @@ class BaseClient:
             )
         if ":" not in address:
             address = f"{address}:{DEFAULT_PORT}"
+        port = re.fullmatch(r"(?:\[[^\]]*\]|[^:/\[\]]*):(\d+)", address)
+        if port and not 1 <= int(port.group(1)) <= 65535:  # gRPC dialled 99999 as 34463
+            raise ValueError(f"address's port must be 1 to 65535, got {address!r}")
         if timeout is None:
             timeout = Timeout(call=None, stream=None)
         elif not isinstance(timeout, Timeout):

@@ -33,6 +33,9 @@ def result_json(result: Result, overlay: Path | None = None) -> dict[str, Any]:
         "damaged": result.damaged,
         "peak": list(peak) if peak is not None else None,
         "frame_age_ms": round(result.frame_age_ms, 3),
+        # when the frame was captured (or reached the server), to order and de-duplicate
+        # logged results: frame ids start again when a server or a stream does
+        "capture_time": _iso(result.capture_time),
         "frames_dropped": result.frames_dropped,
         "dropped_frame_ids": list(result.dropped_frame_ids),
         "sequence": result.sequence,
@@ -45,6 +48,11 @@ def result_json(result: Result, overlay: Path | None = None) -> dict[str, Any]:
         if error is None
         else {"type": type(error).__name__, "code": code, "message": error.message},
     }
+
+
+def _iso(seconds: float | None) -> str | None:
+    """Seconds since the epoch as ISO 8601 in UTC, as `cameras --json` gives its times."""
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC).isoformat()
 
 
 def _rounded(fields: dict[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,6 @@
 """The client commands: `convstream analyze | stream | info | cameras | watch`.
 
-Exit codes: 0 all frames analysed, 1 the server or a frame failed (one line on stderr, no
-traceback), 2 a usage error (argparse's own, a missing file, a bad option value, an unknown
-feature map or camera), 130 Ctrl-C.
+Exit codes (EXIT_STATUS, in every command's --help): one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -43,7 +41,10 @@ from convstream.client.connection_flags import (
 )
 from convstream.client.errors import (
     ConvstreamError,
+    DeadlineExceeded,
+    NotFound,
     PermissionDenied,
+    Rejected,
     ServerUnavailable,
     SourceError,
     Unauthenticated,
@@ -58,7 +59,29 @@ from convstream.client.frames import (
 from convstream.client.options import Freshness, ResultOptions, Retry, Timeout, Upload
 from convstream.client.results import CameraInfo, Result
 
-__all__ = ["add_commands"]
+__all__ = ["CLIENT_COMMANDS", "EXIT_STATUS", "Terminated", "add_commands"]
+
+CLIENT_COMMANDS = frozenset({"analyze", "stream", "info", "cameras", "watch"})
+# What a script can tell apart by the exit code alone.
+EXIT_FRAMES, EXIT_USAGE, EXIT_SERVER, EXIT_REFUSED, EXIT_SOURCE = 1, 2, 3, 4, 5
+EXIT_STATUS = """exit status:
+  0    done: every frame analysed (damage found is a result, not a failure)
+  1    some frames could not be analysed, or the server failed on them
+  2    usage: a bad option or value, a missing file, an unknown camera or feature map
+  3    the server: no answer at --address (nor a TLS handshake), or none within --timeout
+  4    refused: the token or client certificate, or the token's role
+  5    the source: a camera that failed, stopped or was removed; a video that cannot be read
+  130  Ctrl-C; 143 SIGTERM (results so far written, and the summary)
+"""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM to a client command, raised where Ctrl-C's KeyboardInterrupt would be."""
+
+
+def interrupted_status(exc: KeyboardInterrupt) -> int:
+    return 143 if isinstance(exc, Terminated) else 130
+
 
 _EXAMPLES_ANALYZE = """examples:
   convstream analyze box.jpg
@@ -93,7 +116,10 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--address", default=DEFAULT_ADDRESS, help="server host:port (default %(default)s)"
     )
     group.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds per unary call (default 30)"
+        "--timeout",
+        type=_call_seconds,
+        default=30.0,
+        help="seconds per unary call, or inf (default 30)",
     )
     add_security_flags(group)
 
@@ -141,7 +167,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="analyse images or folders of images",
         description="Send images (JPEG, PNG, BMP, TIFF, WebP; folders are searched\n"
         "recursively) over one stream and print a damage score for each.",
-        epilog=_EXAMPLES_ANALYZE,
+        epilog=_EXAMPLES_ANALYZE + EXIT_STATUS,
         **common,  # type: ignore[arg-type]
     )
     analyze.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="images or folders")
@@ -154,7 +180,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Read a video file, a URL or a camera with OpenCV here, stream its\n"
         "frames to the server and print each result as it comes. A stream broken by a\n"
         "server restart resumes with the frames not yet answered.",
-        epilog=_EXAMPLES_STREAM,
+        epilog=_EXAMPLES_STREAM + EXIT_STATUS,
         **common,  # type: ignore[arg-type]
     )
     stream.add_argument("source", metavar="SOURCE", help="video file, URL, or camera index (0)")
@@ -207,6 +233,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         parents=[connection],
         help="show the model the server runs",
         description="Show the server's model: stages, input sizes, threshold, provider.",
+        epilog=EXIT_STATUS,
+        **common,  # type: ignore[arg-type]
     )
     info.add_argument("--json", action="store_true", help="print it as one JSON object")
     info.set_defaults(func=_info)
@@ -217,7 +245,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="list the cameras the server pulls, and their health",
         description="List the server's cameras: state, source kind, frames read and analysed\n"
         "per second, drops, reconnects, watchers, latency, the latest score and error.",
-        epilog=_EXAMPLES_CAMERAS,
+        epilog=_EXAMPLES_CAMERAS + EXIT_STATUS,
         **common,  # type: ignore[arg-type]
     )
     cameras.add_argument("--json", action="store_true", help="one JSON object per camera")
@@ -231,7 +259,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "cameras`) and print each result as it comes. The server keeps only the newest\n"
         "results for a slow reader and counts the rest as DROPPED. The watch resumes\n"
         "after a server restart.",
-        epilog=_EXAMPLES_WATCH,
+        epilog=_EXAMPLES_WATCH + EXIT_STATUS,
         **common,  # type: ignore[arg-type]
     )
     watch.add_argument("camera_id", metavar="CAMERA_ID", help="the camera's id")
@@ -258,7 +286,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def _usage(args: argparse.Namespace, message: str) -> int:
     print(f"convstream {args.command}: error: {message}", file=sys.stderr)
-    return 2
+    return EXIT_USAGE
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -277,13 +305,24 @@ def _client(args: argparse.Namespace) -> Client:
         retry = Retry(resume_timeout=args.resume_timeout)
     return Client(
         args.address,
-        timeout=Timeout(args.timeout),
+        timeout=Timeout(args.timeout),  # inf: no limit
         tls=tls,
         token=token,
         options=options,
         upload=upload,
         retry=retry,
     )
+
+
+def _call_seconds(text: str) -> float:
+    """A --timeout: seconds over 0, or inf."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or inf, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected seconds over 0, or inf, got {text!r}")
+    return value
 
 
 def _seconds(text: str) -> float:
@@ -320,6 +359,9 @@ def _run(args: argparse.Namespace, body: Callable[[Client], int]) -> int:
         client = _client(args)
     except (OSError, ValueError) as exc:
         return _usage(args, str(exc))
+    except SourceError as exc:
+        print(f"convstream {args.command}: {exc.message}", file=sys.stderr)
+        return EXIT_SOURCE
     # The library's warnings (a stream resuming after a server restart) as the CLI's lines.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"convstream {args.command}: %(message)s"))
@@ -345,7 +387,7 @@ def _run(args: argparse.Namespace, body: Callable[[Client], int]) -> int:
             hint = refused_hint(exc.code.name if exc.code else "")
         hint = f" ({hint})" if hint else ""
         print(f"convstream {args.command}: {exc.message}{hint}", file=sys.stderr)
-        return 1
+        return _exit_status(exc)
     except BrokenPipeError:
         raise  # stdout's reader went away (`| head`): convstream's main stops quietly
     except OSError as exc:  # e.g. an overlay folder that cannot be written
@@ -355,26 +397,36 @@ def _run(args: argparse.Namespace, body: Callable[[Client], int]) -> int:
         log.removeHandler(handler)
 
 
+def _exit_status(exc: ConvstreamError) -> int:
+    if isinstance(exc, ServerUnavailable | DeadlineExceeded):
+        return EXIT_SERVER
+    if isinstance(exc, Unauthenticated | PermissionDenied):
+        return EXIT_REFUSED
+    if isinstance(exc, Rejected | NotFound | SourceError):  # a camera down or gone, a video
+        return EXIT_SOURCE
+    return EXIT_FRAMES
+
+
 def _report(args: argparse.Namespace, results: Iterator[Result], reporter: Reporter) -> int:
-    interrupted = False
+    interrupted = 0
     try:
         for result in results:
             reporter.add(result)
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as exc:
+        interrupted = interrupted_status(exc)
     finally:
         reporter.close()
         if not args.json and reporter.count:
             print(reporter.summary(), file=sys.stdout)
     if interrupted:
-        return 130
+        return interrupted
     if reporter.failed:
         print(
             f"convstream {args.command}: {reporter.failed} of {reporter.count} "
             f"frame{'' if reporter.count == 1 else 's'} failed",
             file=sys.stderr,
         )
-        return 1
+        return EXIT_FRAMES
     return 0
 
 
@@ -550,8 +602,8 @@ def _watch(args: argparse.Namespace) -> int:
             # Results come once its frames do; without this line the command looks hung.
             why = f" Last error: {camera.last_error}" if camera.last_error else ""
             print(
-                f"camera {camera.id!r} is {camera.state}; waiting for its frames (Ctrl-C to "
-                f"stop).{why}",
+                f"convstream watch: camera {camera.id!r} is {camera.state}; waiting for its "
+                f"frames (Ctrl-C to stop).{why}",
                 file=sys.stderr,
             )
         # Overlays are drawn on the analysed frame, which only comes when asked for.
@@ -613,7 +665,9 @@ class CameraLull:
             self._analysed = None
             if self._told:
                 self._told = ""
-                print(f"camera {self._camera_id!r}: results again", file=sys.stderr)
+                print(
+                    f"convstream watch: camera {self._camera_id!r}: results again", file=sys.stderr
+                )
             yield result
 
     def told(self, camera: CameraInfo) -> None:
@@ -664,7 +718,7 @@ class CameraLull:
         """Say line on stderr once while ``told`` lasts (results coming again end it)."""
         if told != self._told and not self._stop.is_set():
             self._told = told
-            print(line, file=sys.stderr)
+            print(f"convstream watch: {line}", file=sys.stderr)
 
 
 def _state_said(camera: CameraInfo) -> str:

@@ -14,6 +14,7 @@ Client(
 from __future__ import annotations
 
 import json
+import math
 import ssl
 import tempfile
 from collections.abc import Sequence
@@ -51,7 +52,7 @@ def _check_positive(name: str, value: float | None) -> None:
 
 @dataclass(frozen=True)
 class Timeout:
-    """How long calls may take, in seconds; None means no limit.
+    """How long calls may take, in seconds; None (or math.inf) means no limit.
 
     Args:
         call: deadline of each unary call (model_info, analyze), retries included.
@@ -71,6 +72,9 @@ class Timeout:
     def __post_init__(self) -> None:
         _check_positive("Timeout.call", self.call)
         _check_positive("Timeout.stream", self.stream)
+        for name in ("call", "stream"):  # gRPC takes an infinite deadline as one long past
+            if getattr(self, name) == math.inf:
+                object.__setattr__(self, name, None)
 
 
 @dataclass(frozen=True)
