@@ -553,13 +553,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a name or a '…' in an ASCII-only locale
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
+    before = None
     if args.command in CLIENT_COMMANDS and main_thread:
         # `timeout 60 convstream watch ...`, systemd, a CI job's cancel: stop as Ctrl-C does,
         # results so far written and the summary said, with SIGTERM's own status
         def terminate(signum: int, frame: object) -> None:
             raise Terminated
 
-        signal.signal(signal.SIGTERM, terminate)
+        before = signal.signal(signal.SIGTERM, terminate)
     try:
         result: int = args.func(args)
     except KeyboardInterrupt as exc:  # outside a command's result loop: no traceback
@@ -569,4 +570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # of stdout from failing on the closed pipe.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        if before is not None:  # main() called in a program of its own (tests) leaves it as it was
+            signal.signal(signal.SIGTERM, before)
     return result
