@@ -314,26 +314,21 @@ def _client(args: argparse.Namespace) -> Client:
     )
 
 
+def _seconds(text: str, *, zero: bool = True) -> float:
+    """A --resume-timeout: seconds, 0 or more, or inf; without ``zero`` (a --timeout), over 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or inf, got {text!r}") from None
+    if not (value >= 0 if zero else value > 0):
+        least = "0 or more seconds" if zero else "seconds over 0"
+        raise argparse.ArgumentTypeError(f"expected {least}, or inf, got {text!r}")
+    return value
+
+
 def _call_seconds(text: str) -> float:
     """A --timeout: seconds over 0, or inf."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds or inf, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected seconds over 0, or inf, got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    """A --resume-timeout: seconds, 0 or more, or inf."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds or inf, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more seconds, or inf, got {text!r}")
-    return value
+    return _seconds(text, zero=False)
 
 
 def _overlay_folder(folder: Path) -> str | None:
@@ -359,9 +354,6 @@ def _run(args: argparse.Namespace, body: Callable[[Client], int]) -> int:
         client = _client(args)
     except (OSError, ValueError) as exc:
         return _usage(args, str(exc))
-    except SourceError as exc:
-        print(f"convstream {args.command}: {exc.message}", file=sys.stderr)
-        return EXIT_SOURCE
     # The library's warnings (a stream resuming after a server restart) as the CLI's lines.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"convstream {args.command}: %(message)s"))
