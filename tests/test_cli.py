@@ -188,7 +188,7 @@ async def test_a_file_that_is_no_video_is_an_error_not_an_empty_success(
 ) -> None:
     not_video = tmp_path / "notes.jpg"
     not_video.write_text("hello\n")
-    assert await run("stream", str(not_video), "--address", f"127.0.0.1:{server.port}") == 1
+    assert await run("stream", str(not_video), "--address", f"127.0.0.1:{server.port}") == 5
     out, err = capsys.readouterr()
     assert out == ""
     assert "read no frame" in err and "notes.jpg" in err and "expected a video file" in err
@@ -317,6 +317,23 @@ async def test_client_commands_end_on_sigterm_or_ctrl_c_without_a_traceback() ->
             out, err = await asyncio.to_thread(started.communicate, timeout=30)
             assert started.returncode == status, (sent, err)
             assert b"Traceback" not in err and out == b"", err
+    finally:
+        silent.close()
+
+
+async def test_analyze_and_stream_give_up_on_a_silent_server_within_timeout(
+    images: Path, video: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server that accepts connections and never answers: a stream has no deadline, and
+    analyze and stream waited out gRPC's own connect timeout (22 s) whatever --timeout said."""
+    silent, port = blackhole()
+    try:
+        for argv in (["analyze", str(images)], ["stream", str(video)]):
+            started = time.monotonic()
+            assert await run(*argv, "--address", f"127.0.0.1:{port}", "--timeout", "2") == 3
+            took = time.monotonic() - started
+            assert took < 12, (argv, took)  # 2 s and start-up, not 22
+            assert "timed out" in capsys.readouterr().err
     finally:
         silent.close()
 

@@ -399,6 +399,13 @@ def _exit_status(exc: ConvstreamError) -> int:
     return EXIT_FRAMES
 
 
+def _answers(client: Client) -> None:
+    """Whether the server answers, within --timeout. A stream has no deadline of its own:
+    against a server that accepted the connection and said nothing, analyze and stream
+    waited out gRPC's own connect timeout (about 20 s) whatever --timeout said."""
+    client.model_info()
+
+
 def _report(args: argparse.Namespace, results: Iterator[Result], reporter: Reporter) -> int:
     interrupted = 0
     try:
@@ -462,6 +469,7 @@ def _analyze(args: argparse.Namespace) -> int:
     width = max(len(str(path)) for path in paths)
 
     def body(client: Client) -> int:
+        _answers(client)
         results = client.stream(read_images(paths), resume=True)
         return _report(args, results, _reporter(args, len(paths), width))
 
@@ -517,6 +525,7 @@ def _stream(args: argparse.Namespace) -> int:
             total = video.frame_count
             if args.max_frames is not None:
                 total = min(total, args.max_frames) if total else args.max_frames
+            _answers(client)  # the source opened: now the server
             results = client.stream(
                 video.frames(),
                 freshness=freshness,
@@ -532,7 +541,7 @@ def _stream(args: argparse.Namespace) -> int:
                 " expected a video file, a URL or a camera index",
                 file=sys.stderr,
             )
-            return 1
+            return EXIT_SOURCE
         return code
 
     try:
