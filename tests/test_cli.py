@@ -338,6 +338,16 @@ async def test_analyze_and_stream_give_up_on_a_silent_server_within_timeout(
         silent.close()
 
 
+async def test_an_unknown_feature_map_is_a_usage_error_before_any_frame(
+    server: Server, images: Path, video: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address = f"127.0.0.1:{server.port}"
+    for argv in (["analyze", str(images)], ["stream", str(video)]):
+        assert await run(*argv, "--maps", "stage9", "--address", address) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and "unknown feature map 'stage9'; the model has stage1" in err
+
+
 async def test_timeout_inf_means_no_limit(
     server: Server, capsys: pytest.CaptureFixture[str]
 ) -> None:

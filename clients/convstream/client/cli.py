@@ -57,7 +57,7 @@ from convstream.client.frames import (
     video_container,
 )
 from convstream.client.options import Freshness, ResultOptions, Retry, Timeout, Upload
-from convstream.client.results import CameraInfo, Result
+from convstream.client.results import CameraInfo, ModelInfo, Result
 
 __all__ = ["CLIENT_COMMANDS", "EXIT_STATUS", "Terminated", "add_commands"]
 
@@ -361,16 +361,9 @@ def _run(args: argparse.Namespace, body: Callable[[Client], int]) -> int:
     log.addHandler(handler)
     try:
         with client:
-            maps = getattr(args, "maps", None)
-            if maps:  # a typo is a usage error, not one failed frame after another
-                stages = client.model_info().stage_names
-                unknown = [m for m in maps if m not in stages]
-                if unknown:
-                    return _usage(
-                        args,
-                        f"unknown feature map {unknown[0]!r}; the model has {', '.join(stages)}",
-                    )
             return body(client)
+    except _UsageError as exc:
+        return _usage(args, str(exc))
     except ConvstreamError as exc:
         hint = ""
         if isinstance(exc, ServerUnavailable):
@@ -399,11 +392,23 @@ def _exit_status(exc: ConvstreamError) -> int:
     return EXIT_FRAMES
 
 
-def _answers(client: Client) -> None:
-    """Whether the server answers, within --timeout. A stream has no deadline of its own:
-    against a server that accepted the connection and said nothing, analyze and stream
-    waited out gRPC's own connect timeout (about 20 s) whatever --timeout said."""
-    client.model_info()
+class _UsageError(Exception):
+    """A usage error found once the server has answered: exit 2, as argparse's own."""
+
+
+def _ready(args: argparse.Namespace, client: Client) -> ModelInfo:
+    """Before a stream or a watch, which have no deadline of their own: the server's model,
+    asked within --timeout (against a server that accepted the connection and said nothing,
+    they waited out gRPC's own 20 s connect timeout whatever --timeout said), and --maps
+    checked against its stages (a typo is a usage error, not one failed frame after
+    another)."""
+    info = client.model_info()
+    unknown = [m for m in args.maps if m not in info.stage_names]
+    if unknown:
+        raise _UsageError(
+            f"unknown feature map {unknown[0]!r}; the model has {', '.join(info.stage_names)}"
+        )
+    return info
 
 
 def _report(args: argparse.Namespace, results: Iterator[Result], reporter: Reporter) -> int:
@@ -469,7 +474,7 @@ def _analyze(args: argparse.Namespace) -> int:
     width = max(len(str(path)) for path in paths)
 
     def body(client: Client) -> int:
-        _answers(client)
+        _ready(args, client)
         results = client.stream(read_images(paths), resume=True)
         return _report(args, results, _reporter(args, len(paths), width))
 
@@ -510,22 +515,20 @@ def _stream(args: argparse.Namespace) -> int:
             return _usage(args, f"--publish: {given}: {exc}{fix}")
 
     def body(client: Client) -> int:
-        if args.queue_size is not None:
-            # the server would refuse the first frame and serve the rest LOSSLESS
-            largest = client.model_info().max_stream_queue_size
-            if largest and args.queue_size > largest:
+        realtime = not args.fast
+        with Video(source, name=args.name, max_frames=args.max_frames, realtime=realtime) as video:
+            largest = _ready(args, client).max_stream_queue_size  # the source opened: the server
+            if args.queue_size is not None and largest and args.queue_size > largest:
+                # the server would refuse the first frame and serve the rest LOSSLESS
                 return _usage(
                     args,
                     f"--queue-size {args.queue_size} is more than this server lets one stream "
                     f"hold, {largest} (ModelInfo.max_stream_queue_size, `convstream info` "
                     "shows it); ask for fewer",
                 )
-        realtime = not args.fast
-        with Video(source, name=args.name, max_frames=args.max_frames, realtime=realtime) as video:
             total = video.frame_count
             if args.max_frames is not None:
                 total = min(total, args.max_frames) if total else args.max_frames
-            _answers(client)  # the source opened: now the server
             results = client.stream(
                 video.frames(),
                 freshness=freshness,
@@ -582,11 +585,12 @@ def _watch(args: argparse.Namespace) -> int:
         return _usage(args, f"--max-fps must be 0 (all) or more, got {args.max_fps}")
 
     def body(client: Client) -> int:
-        # Asked first, like --maps: a typo is a usage error that names the right ids.
+        # Asked first, as --maps is: a typo is a usage error that names the right ids.
         try:
             check_camera_id(args.camera_id)
         except ValueError as exc:  # the client's own rule, which never echoes a URL
             return _usage(args, str(exc))
+        _ready(args, client)
         cameras = {camera.id: camera for camera in client.cameras()}
         if args.camera_id not in cameras:
             have = f"the server has {', '.join(cameras)}" if cameras else "the server pulls none"
