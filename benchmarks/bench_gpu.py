@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -252,7 +252,7 @@ def batched(data: list[bytes], seconds: float, most: int = 8) -> float:
         return len(batch)
 
     try:
-        return timed(seconds, step)
+        return timed(seconds, step).fps
     finally:
         stop.set()
         for thread in threads:
@@ -266,7 +266,7 @@ def _client(port: int, data: list[bytes], streams: int, seconds: float, own: boo
 
 
 def load_from(
-    ports: list[int],
+    ports: Sequence[int],
     data: list[bytes],
     streams: int,
     seconds: float,
@@ -535,7 +535,7 @@ def main() -> None:
     def in_process() -> str:
         loops["decode, letterbox, infer, one frame after another"] = sequential_loop(
             data, args.seconds, DamageModel(provider="cuda")
-        )
+        ).fps
         loops[f"{cores} decode threads, one thread running batches of up to 8"] = batched(
             data, args.seconds
         )

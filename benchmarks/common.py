@@ -69,17 +69,26 @@ def prepare(data: bytes, sizes: list[tuple[int, int]] = SIZES) -> np.ndarray:
     return letterbox(image, target, (w, h))[0]
 
 
-def timed(seconds: float, step: Callable[[], int]) -> float:
-    """Frames per second of step() (which returns frames done) over about `seconds`."""
+@dataclass
+class Rate:
+    """What an in-process loop did: frames/s, and the CPU each frame cost the process (ms,
+    every thread's user and system time over the measured window)."""
+
+    fps: float
+    cpu_ms: float
+
+
+def timed(seconds: float, step: Callable[[], int]) -> Rate:
+    """The rate of step() (which returns frames done) over about `seconds`."""
     for _ in range(3):
         step()
-    done, started = 0, time.perf_counter()
+    done, started, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - started < seconds:
         done += step()
-    return done / (time.perf_counter() - started)
+    return Rate(done / (time.perf_counter() - started), (time.process_time() - cpu) * 1000 / done)
 
 
-def sequential_loop(data: list[bytes], seconds: float, model: DamageModel | None = None) -> float:
+def sequential_loop(data: list[bytes], seconds: float, model: DamageModel | None = None) -> Rate:
     """Decode, letterbox and run the model (by default on the CPU, onnxruntime on every
     core), one frame at a time."""
     model = model or DamageModel(provider="cpu", intra_op_threads=os.cpu_count() or 1)
@@ -104,7 +113,7 @@ def put_until(ready: queue.Queue[np.ndarray], pixels: np.ndarray, stop: threadin
             continue
 
 
-def pipelined_loop(data: list[bytes], seconds: float) -> float:
+def pipelined_loop(data: list[bytes], seconds: float) -> Rate:
     """The same, with a thread decoding the next frame while the model runs this one."""
     model = DamageModel(provider="cpu", intra_op_threads=os.cpu_count() or 1)
     ready: queue.Queue[np.ndarray] = queue.Queue(maxsize=2)
@@ -125,7 +134,7 @@ def pipelined_loop(data: list[bytes], seconds: float) -> float:
         thread.join()
 
 
-def parallel_loop(data: list[bytes], seconds: float) -> float:
+def parallel_loop(data: list[bytes], seconds: float) -> Rate:
     """One thread per core, each decoding and running its own frames on a one-thread
     onnxruntime (one shared session)."""
     workers = os.cpu_count() or 1
@@ -147,26 +156,26 @@ def parallel_loop(data: list[bytes], seconds: float) -> float:
         thread.start()
     time.sleep(1.0)  # every thread warm
     go.set()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     time.sleep(seconds)
     done = sum(counts)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     stop.set()
     for thread in threads:
         thread.join()
-    return done / elapsed
+    return Rate(done / elapsed, cpu * 1000 / done)
 
 
 # The loops one would write without a server; the fastest on the machine at hand is the limit.
-LOOPS: dict[str, Callable[[list[bytes], float], float]] = {
+LOOPS: dict[str, Callable[[list[bytes], float], Rate]] = {
     "sequential": sequential_loop,
     "pipelined": pipelined_loop,
     "parallel": parallel_loop,
 }
 
 
-def in_process_limit(data: list[bytes], seconds: float) -> dict[str, float]:
-    """Frames/s of every loop in LOOPS."""
+def in_process_limit(data: list[bytes], seconds: float) -> dict[str, Rate]:
+    """The rate of every loop in LOOPS."""
     return {name: loop(data, seconds) for name, loop in LOOPS.items()}
 
 
@@ -199,9 +208,28 @@ def _toml(value: Any) -> str:
     return str(value)
 
 
+class ServerPort(int):
+    """A benchmark server's port, with the server's process id (to read its CPU time)."""
+
+    pid: int
+
+    def __new__(cls, port: int, pid: int) -> ServerPort:
+        self = super().__new__(cls, port)
+        self.pid = pid
+        return self
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of every thread of process `pid` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def convstream_server(*, switch_interval: float | None = None, **settings: Any) -> Iterator[int]:
-    """A separate `convstream serve` process with no cameras; yields its port.
+def convstream_server(
+    *, switch_interval: float | None = None, **settings: Any
+) -> Iterator[ServerPort]:
+    """A separate `convstream serve` process with no cameras; yields its port (with its pid).
 
     Keyword arguments are settings (config.py), written to a TOML file; switch_interval, in
     seconds, is the server's GIL switch interval (sys.setswitchinterval) where given.
@@ -232,7 +260,7 @@ def convstream_server(*, switch_interval: float | None = None, **settings: Any) 
         )
         try:
             wait_listening(port, process)
-            yield port
+            yield ServerPort(port, process.pid)
         finally:
             process.terminate()
             try:
@@ -255,6 +283,13 @@ class Load:
     batches: list[int] = field(default_factory=list)  # frames in each result's inference run
     # each result's server timings, ms: queue, decode, inference, encode, total
     timings: list[tuple[float, float, float, float, float]] = field(default_factory=list)
+    server_cpu_s: float = float("nan")  # the server process's CPU over the window (all threads)
+    client_cpu_s: float = float("nan")  # this process's (the load generator's)
+
+    def cpu_ms(self, which: str) -> float:
+        """CPU ms per result of the "server" or the "client" (load generator)."""
+        seconds = self.server_cpu_s if which == "server" else self.client_cpu_s
+        return seconds * 1000 / len(self.latencies_ms) if self.latencies_ms else float("nan")
 
     @property
     def wide_share(self) -> float:
@@ -290,7 +325,8 @@ async def stream_load(
     integration (and our Client) does, so latency is the server's and not a client queue's.
     Open loop (rate in frames/s per stream): each stream sends on a fixed clock like a camera,
     whatever comes back; with a latest-only policy the server drops what it cannot take.
-    Every frame carries its capture time, so each result's age is measured too.
+    Every frame carries its capture time, so each result's age is measured too. The CPU
+    time of this process and, given a ServerPort, of the server is read over the window.
     connection_per_stream: each stream on a TCP connection of its own, as separate cameras'
     integrations are (a server of several processes gets each connection in one of them);
     otherwise all share one.
@@ -370,13 +406,18 @@ async def stream_load(
                     break
             call.cancel()
 
+        pid = port.pid if isinstance(port, ServerPort) else None
         tasks = [asyncio.create_task(one(k)) for k in range(streams)]
         await asyncio.sleep(warmup)
         measuring.set()
-        started = time.perf_counter()
+        started, client = time.perf_counter(), time.process_time()
+        server = cpu_seconds(pid) if pid else float("nan")
         await asyncio.sleep(seconds)
         stop.set()
         load.seconds = time.perf_counter() - started
+        load.client_cpu_s = time.process_time() - client
+        if pid:
+            load.server_cpu_s = cpu_seconds(pid) - server
         for task in tasks:
             task.cancel()
         for outcome in await asyncio.gather(*tasks, return_exceptions=True):
