@@ -19,9 +19,10 @@ The source alone (the same stream read by OpenCV in this process, no server) giv
 that capture, MJPEG encoding, HTTP and decoding cost before the server does anything.
 
 A second table says what reading costs: 4 live 720p MJPEG cameras (ffmpeg serving rendered
-JPEGs as they are), capped at 1 analysed frame/s and not capped, and the server's CPU; beside
-each, the same server with OpenCV's raw mode refused, so that FFmpeg decodes every frame as it
-is read (the server before 2026-12-05).
+JPEGs as they are), capped at 1 analysed frame/s and not capped, and 4 live 720p H.264
+cameras capped at 1 frame/s, and the server's CPU; beside each, the server as it read them
+before 2026-12-05: with OpenCV's raw mode refused, so that FFmpeg decodes every MJPEG frame
+as it is read, and with every H.264 frame converted to BGR, even those the cap will not take.
 
 The target (DESIGN.md): a 30 fps camera on a server that manages fewer delivers frames no
 older than one service time plus two frame intervals, with no growing lag. Until 2026-12-04
@@ -50,8 +51,8 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from common import free_port, machine, table, trend
-from live import FFmpegSource, read_time, running, write_mjpeg
+from common import cpu_seconds, free_port, machine, table, trend
+from live import FFmpegSource, read_time, running, write_mjpeg, write_video
 
 from convstream.model import DamageModel
 from convstream.v1 import convstream_pb2 as pb
@@ -181,63 +182,82 @@ cv2.VideoCapture = _DecodingCapture
 from convstream.cli import main
 raise SystemExit(main())
 """
+# A server whose cameras convert every frame they read to pixels, as before 2026-12-05: an
+# H.264 camera's frames that an fps cap will not take are then converted to BGR for nothing.
+CONVERT_EVERY_FRAME = """
+from convstream.server.camera import Camera
+Camera._will_be_superseded = lambda self, now: False
+from convstream.cli import main
+raise SystemExit(main())
+"""
 COST_CAMERAS = 4
 COST_SIZE = (1280, 720)
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def reading_cost(seconds: float) -> str:
-    """Server CPU for 720p MJPEG cameras, capped and not: JPEGs decoded when analysed
-    (shipped) against every frame decoded by FFmpeg as it is read."""
+    """Server CPU for 720p MJPEG and H.264 cameras, capped and not, as shipped and as the
+    server read them before 2026-12-05."""
     from common import frames
 
+    shipped = ["-m", "convstream.cli"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        video = write_mjpeg(Path(tmp) / "belt.avi", frames(24, *COST_SIZE[::-1]), fps=FPS)
+        mjpeg = write_mjpeg(Path(tmp) / "belt.avi", frames(24, *COST_SIZE[::-1]), fps=FPS)
+        h264 = write_video(Path(tmp) / "belt.mp4", 2 * FPS, FPS, COST_SIZE)
         config = Path(tmp) / "cost.toml"
-        for cap in (1.0, 0.0):
-            for decoded, as_read in (("when analysed", False), ("every frame, as read", True)):
-                sources = [FFmpegSource("mjpeg", video=video) for _ in range(COST_CAMERAS)]
-                config.write_text(
-                    "".join(
-                        f'[[cameras]]\nid = "cam{i}"\nsource = "{s.url}"\nfps = {cap}\n'
-                        for i, s in enumerate(sources)
-                    )
+        runs = [
+            ("MJPEG", mjpeg, cap, how, command)
+            for cap in (1.0, 0.0)
+            for how, command in (
+                ("JPEGs decoded when analysed", shipped),
+                ("every frame decoded to BGR as read", ["-c", DECODE_AS_READ]),
+            )
+        ] + [
+            ("H.264", h264, 1.0, how, command)
+            for how, command in (
+                ("frames the cap will not take left unconverted", shipped),
+                ("every frame converted to BGR as read", ["-c", CONVERT_EVERY_FRAME]),
+            )
+        ]
+        for codec, video, cap, how, command in runs:
+            kind = "mjpeg" if codec == "MJPEG" else "mpegts"
+            sources = [FFmpegSource(kind, video=video) for _ in range(COST_CAMERAS)]
+            config.write_text(
+                "".join(
+                    f'[[cameras]]\nid = "cam{i}"\nsource = "{s.url}"\nfps = {cap}\n'
+                    for i, s in enumerate(sources)
                 )
-                with running(*sources):
-                    fps_in, analysed, cores = _cost(config, seconds, as_read)
-                rows.append(
-                    [
-                        f"{COST_CAMERAS} x {COST_SIZE[0]}x{COST_SIZE[1]}",
-                        f"{cap:g} fps" if cap else "none",
-                        decoded,
-                        f"{fps_in:.1f}",
-                        f"{analysed:.1f}",
-                        f"{cores:.2f}",
-                        f"{cores / COST_CAMERAS * 100:.0f}%",
-                    ]
-                )
+            )
+            with running(*sources):
+                fps_in, analysed, cores = _cost(config, seconds, command)
+            rows.append(
+                [
+                    f"{COST_CAMERAS} x {codec} {COST_SIZE[0]}x{COST_SIZE[1]}",
+                    f"{cap:g} fps" if cap else "none",
+                    how,
+                    f"{fps_in:.1f}",
+                    f"{analysed:.1f}",
+                    f"{cores:.2f}",
+                    f"{cores / COST_CAMERAS * 100:.0f}%",
+                ]
+            )
     return "\n".join(
         [
             "### What reading a camera costs",
             "",
-            f"`benchmarks/bench_cameras.py`: {COST_CAMERAS} live MJPEG cameras (ffmpeg on"
-            f" 127.0.0.1 serving rendered {COST_SIZE[0]}x{COST_SIZE[1]} JPEGs of quality 85 at"
-            f" {FPS} fps, as they are) pulled by one `convstream serve`, capped at 1 analysed"
-            " frame/s each or not capped; its CPU over"
-            f" {seconds:g} s. The JPEGs decoded when a frame is analysed (shipped), or every"
-            " frame decoded by FFmpeg as it is read (the server before 2026-12-05, run here with"
-            " OpenCV's raw mode refused).",
+            f"`benchmarks/bench_cameras.py`: {COST_CAMERAS} live cameras (ffmpeg on 127.0.0.1"
+            f" serving, at {FPS} fps and as they are, rendered {COST_SIZE[0]}x{COST_SIZE[1]}"
+            " JPEGs of quality 85 as MJPEG over HTTP, or its H.264 test pattern in MPEG-TS over"
+            " TCP) pulled by one `convstream serve`, capped at 1 analysed frame/s each or not"
+            f" capped; its CPU over {seconds:g} s. Each beside the server of before"
+            " 2026-12-05, which converted every frame it read to pixels (run here with OpenCV's"
+            " raw mode refused, or with no frame passed over for the cap).",
             "",
             table(
                 [
                     "cameras",
                     "cap",
-                    "decoded",
+                    "read as",
                     "read / s / camera",
                     "analysed / s, all",
                     "server CPU, cores",
@@ -250,11 +270,11 @@ def reading_cost(seconds: float) -> str:
     )
 
 
-def _cost(config: Path, seconds: float, decode_as_read: bool) -> tuple[float, float, float]:
-    """(frames read / s a camera, frames analysed / s in all, server CPU in cores)."""
+def _cost(config: Path, seconds: float, command: list[str]) -> tuple[float, float, float]:
+    """(frames read / s a camera, frames analysed / s in all, server CPU in cores) of a
+    server started by `python COMMAND serve ...`."""
     port = free_port()
     argv = ["serve", "--config", str(config), "--port", str(port), "--metrics-port", "-1"]
-    command = ["-c", DECODE_AS_READ] if decode_as_read else ["-m", "convstream.cli"]
     server = subprocess.Popen([sys.executable, *command, *argv])
     try:
 
@@ -264,9 +284,9 @@ def _cost(config: Path, seconds: float, decode_as_read: bool) -> tuple[float, fl
                 stub = pb_grpc.ConvstreamStub(channel)
                 await asyncio.sleep(3.0)  # every camera open and running
                 before = await stub.ListCameras(pb.ListCamerasRequest())
-                cpu, started = _cpu_seconds(server.pid), time.monotonic()
+                cpu, started = cpu_seconds(server.pid), time.monotonic()
                 await asyncio.sleep(seconds)
-                cpu = _cpu_seconds(server.pid) - cpu
+                cpu = cpu_seconds(server.pid) - cpu
                 elapsed = time.monotonic() - started
                 after = await stub.ListCameras(pb.ListCamerasRequest())
             pairs = list(zip(after.cameras, before.cameras, strict=True))

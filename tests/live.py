@@ -92,8 +92,8 @@ class FFmpegSource:
         fps: frames per second served.
         size: (width, height).
         stamped: frames made here with their creation time painted in (else a test pattern).
-        video: an MJPEG video whose JPEGs are served as they are, looped at its own rate
-            ("mjpeg" only; fps and size are the video's).
+        video: a video served as it is, looped at its own rate: an MJPEG video's JPEGs
+            ("mjpeg"), or an H.264 video's stream ("mpegts"); fps and size are the video's.
     """
 
     def __init__(
@@ -132,6 +132,8 @@ class FFmpegSource:
         if self.kind == "mjpeg":
             quality = [] if self.video is not None else ["-q:v", "5"]
             sink = ["-f", "mpjpeg", *quality, "-listen", "1", self.url]
+        elif self.video is not None:  # its H.264 stream as it is
+            sink = ["-f", "mpegts", f"{self.url}?listen=1"]
         else:
             sink = ["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency"]
             sink += ["-g", str(self.fps), "-f", "mpegts", f"{self.url}?listen=1"]

@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 from urllib.request import urlopen
 
 import cv2
@@ -39,7 +40,7 @@ from convstream.server import CameraConfig, Server, Settings
 from convstream.server.camera import Camera
 from convstream.server.feeds import CameraFeed, Watcher
 from convstream.server.pipeline import Options
-from convstream.server.sources import open_source, parse_source
+from convstream.server.sources import Capture, SourceSpec, open_source, parse_source
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
@@ -676,9 +677,71 @@ def test_a_frame_superseded_while_the_analysis_is_free_is_skipped_not_dropped() 
     assert cam.frames_read == 9
 
 
-async def test_frames_stay_fresh_when_the_server_analyses_fewer() -> None:
-    """30 fps in, 5 analysed per second: results are of the newest frame, and lag stays flat."""
-    source = FFmpegSource("mjpeg", fps=30, size=(320, 240), stamped=True)
+def test_frames_an_fps_cap_will_not_take_are_passed_over_unconverted() -> None:
+    """A 30 fps H.264 camera capped at 5 fps: the frames the cap's next analysis cannot take
+    (another frame comes before it is due) are grabbed and never converted to pixels, and
+    the frame each analysis takes is still the newest one read."""
+    calls = {"read": 0, "skip": 0}
+
+    class Counted:
+        def __init__(self, capture: Capture) -> None:
+            self.capture = capture
+
+        def read(self) -> np.ndarray | bytes:
+            calls["read"] += 1
+            return self.capture.read()
+
+        def skip(self) -> None:
+            calls["skip"] += 1
+            self.capture.skip()
+
+        def release(self) -> None:
+            self.capture.release()
+
+    def opener(spec: SourceSpec, **kw: Any) -> Counted:
+        return Counted(open_source(spec, **kw))
+
+    interval = 0.2  # the cap: 5 analyses a second, scheduled as CameraFeed schedules them
+    source = FFmpegSource("mpegts", fps=30, size=(320, 240))
+    with running(source):
+        cam = Camera(camera("capped", source.url, fps=5.0), opener)
+        cam.start()
+        try:
+            deadline = time.monotonic() + 10
+            while cam.frames_read < 10 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert cam.frames_read >= 10, cam.last_error
+            taken, last, behind = 0, 0, []
+            started = time.monotonic()
+            while time.monotonic() - started < 4:
+                time.sleep(max(0.0, cam.next_due - time.monotonic()))
+                frame = cam.take(after=last)
+                if frame is None:
+                    time.sleep(0.005)
+                    continue
+                behind.append(cam.frames_read - frame.number)  # frames read after it
+                last, taken = frame.number, taken + 1
+                now = time.monotonic()
+                cam.next_due = max(cam.next_due + interval, now - interval)
+        finally:
+            cam.stop()
+    assert 15 <= taken <= 25  # about 5 a second
+    # each frame read once, one way (the last read may have been cut short by the stop)
+    assert 0 <= calls["read"] + calls["skip"] - cam.frames_read <= 1, (calls, cam.frames_read)
+    # Of the 6 frames between two analyses, 3 or 4 come while another frame is due before
+    # the next analysis (decided as each read begins, before the analysis under way has set
+    # the next one): those are grabbed and left unconverted.
+    assert calls["skip"] > 0.35 * cam.frames_read, (calls, cam.frames_read)
+    assert cam.frames_skipped >= calls["skip"]
+    # Each analysis got the newest frame (at most one came in while it was being taken).
+    assert np.mean(np.array(behind) <= 1) >= 0.8, behind
+
+
+@pytest.mark.parametrize("kind", ["mjpeg", "mpegts"])
+async def test_frames_stay_fresh_when_the_server_analyses_fewer(kind: str) -> None:
+    """30 fps in, 5 analysed per second: results are of the newest frame, and lag stays flat
+    (an MJPEG camera's frames kept as sent, an H.264 camera's decoded by FFmpeg)."""
+    source = FFmpegSource(kind, fps=30, size=(320, 240), stamped=True)
     with running(source):
         async with serving(camera("fast", source.url, fps=5.0)) as server, connect(server) as stub:
             await until(state_is(stub, "fast", pb.CAMERA_STATE_RUNNING), 10, "running")

@@ -231,6 +231,9 @@ class _Wedged:
         time.sleep(0.005)  # a 200 fps camera, not a busy loop
         return np.zeros((48, 64, 3), np.uint8)
 
+    def skip(self) -> None:
+        self.read()
+
     def release(self) -> None:
         pass
 

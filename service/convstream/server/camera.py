@@ -311,14 +311,20 @@ class Camera:
         try:
             while self._current(generation):
                 self._read_started = time.monotonic()
+                passing = self._will_be_superseded(self._read_started)
                 try:
-                    image = capture.read()
+                    image = None if passing else capture.read()
+                    if passing:
+                        capture.skip()
                 finally:
                     if generation == self._generation:
                         self._read_started = None
                 if not self._current(generation):
                     return None
-                self._publish(image, generation)
+                if image is None:
+                    self._pass_over(generation)
+                else:
+                    self._publish(image, generation)
             return None
         except SourceError as exc:
             return exc
@@ -327,6 +333,26 @@ class Camera:
             return SourceError(f"reading {self.spec.kind} source failed: {exc}")
         finally:
             capture.release()
+
+    def _will_be_superseded(self, now: float) -> bool:
+        """Whether the frame about to be read will surely be replaced before the analysis
+        takes one: under an fps cap, the frame after it is due (at the camera's pace, with
+        half an interval to spare) before the cap's next analysis. Such a frame is passed
+        over unconverted: a 30 fps H.264 camera capped at 5 fps had 25 frames a second
+        converted to BGR (1 ms of 2.9 for 720p) only to be thrown away."""
+        interval = self._interval_s
+        return bool(interval and self._last_frame_at) and (
+            max(now, self._last_frame_at + interval) + 1.5 * interval <= self.next_due
+        )
+
+    def _pass_over(self, generation: int) -> None:
+        """A frame read and passed over for the fps cap (see _will_be_superseded)."""
+        with self._lock:
+            if generation != self._generation:
+                return
+            self.frames_read += 1
+            self.frames_skipped += 1
+            self._arrived(time.monotonic(), self.frame_size)
 
     def _publish(
         self, image: np.ndarray | bytes, generation: int, now: float | None = None
@@ -348,36 +374,41 @@ class Camera:
                     self.frames_dropped += 1
             self.frames_read += 1
             self._latest = Frame(self.frames_read, image, size, time.time(), time.perf_counter())
-            gap = now - self._last_frame_at
-            if self._last_frame_at and gap < self.config.read_timeout_s:  # not a reconnect's
-                self._interval_s += (gap - self._interval_s) * (0.2 if self._interval_s else 1)
-                self._gaps += 1
-                self.stall_after_s = min(
-                    max(self._least_stall_s, 3 * self._interval_s),
-                    0.9 * self.config.read_timeout_s,
-                )
-                slow = self._interval_s > self.config.read_timeout_s / 2
-                if slow and self._gaps >= PACE_GAPS and not self._told_pace:
-                    # One frame late by half its interval and the read times out: the
-                    # camera goes stalled, lost and reconnecting, and the log alone says why.
-                    self._told_pace = True
-                    logger.warning(
-                        "camera %s: a frame every %.1f s, close to its read_timeout_s of %g s: "
-                        "a frame that comes later than that loses the source; set "
-                        "read_timeout_s to %s for this camera",
-                        self.config.id,
-                        self._interval_s,
-                        self.config.read_timeout_s,
-                        f"at least {math.ceil(3 * self._interval_s)}"
-                        if 3 * self._interval_s <= MAX_READ_TIMEOUT_S
-                        else f"{MAX_READ_TIMEOUT_S:g} (the most it may be)",
-                    )
-            self._last_frame_at = now
-            self.frame_size = size
-            self.fps_in.tick(now)
-            if self.state != pb.CAMERA_STATE_RUNNING:
-                self._set_state(pb.CAMERA_STATE_RUNNING, self.last_error)
+            self._arrived(now, size)
         self.on_frame()
+
+    def _arrived(self, now: float, size: tuple[int, int]) -> None:
+        """A frame came at `now` (monotonic): the camera's pace, size, rate and state follow
+        (the caller holds the lock)."""
+        gap = now - self._last_frame_at
+        if self._last_frame_at and gap < self.config.read_timeout_s:  # not a reconnect's
+            self._interval_s += (gap - self._interval_s) * (0.2 if self._interval_s else 1)
+            self._gaps += 1
+            self.stall_after_s = min(
+                max(self._least_stall_s, 3 * self._interval_s),
+                0.9 * self.config.read_timeout_s,
+            )
+            slow = self._interval_s > self.config.read_timeout_s / 2
+            if slow and self._gaps >= PACE_GAPS and not self._told_pace:
+                # One frame late by half its interval and the read times out: the
+                # camera goes stalled, lost and reconnecting, and the log alone says why.
+                self._told_pace = True
+                logger.warning(
+                    "camera %s: a frame every %.1f s, close to its read_timeout_s of %g s: "
+                    "a frame that comes later than that loses the source; set "
+                    "read_timeout_s to %s for this camera",
+                    self.config.id,
+                    self._interval_s,
+                    self.config.read_timeout_s,
+                    f"at least {math.ceil(3 * self._interval_s)}"
+                    if 3 * self._interval_s <= MAX_READ_TIMEOUT_S
+                    else f"{MAX_READ_TIMEOUT_S:g} (the most it may be)",
+                )
+        self._last_frame_at = now
+        self.frame_size = size
+        self.fps_in.tick(now)
+        if self.state != pb.CAMERA_STATE_RUNNING:
+            self._set_state(pb.CAMERA_STATE_RUNNING, self.last_error)
 
     def frame_failed(self, error: str) -> None:
         """A frame from this camera could not be analysed (an MJPEG camera's frame that is not

@@ -218,6 +218,11 @@ class Capture(Protocol):
         there is none."""
         ...
 
+    def skip(self) -> None:
+        """Pass over the next frame without making pixels of it: for a frame the analysis
+        will not take (an fps cap's). Waits for it and raises SourceError as read() does."""
+        ...
+
     def release(self) -> None: ...
 
 
@@ -405,6 +410,25 @@ class OpenCVCapture:
             f"{passed} frames in a row were not whole {self._encoded}s; the last: {why}"
         )
 
+    def skip(self) -> None:
+        """A live source's next frame is grabbed and not retrieved: FFmpeg decodes an H.264
+        frame in grab() but converts it to BGR in retrieve() (a third of a 720p frame's 2.9
+        ms), and a USB camera's MJPEG frame is decoded in retrieve(). A file is read as
+        read() reads it (its looping and pacing), and the first frame, already read when an
+        MJPEG source opened, is let go."""
+        if not self.spec.live:
+            self.read()
+            return
+        if self._first is not None:
+            self._first = None
+            return
+        started = time.monotonic()
+        if self._grabbed:  # the last of the backlog, grabbed while opening
+            self._grabbed = False
+        elif not self._cap.grab():
+            raise self._no_frame()
+        self._check_live(started)
+
     def _next(self) -> tuple[bool, np.ndarray | None]:
         """The next frame from OpenCV (the grabbed one first); a looping file starts again
         at its end."""
@@ -435,22 +459,29 @@ class OpenCVCapture:
         started = time.monotonic()
         ok, frame = self._next()
         if not ok or frame is None:
-            if self.spec.kind == "file":
-                raise SourceError("end of video file", permanent=not self._loop, ended=True)
-            raise SourceError(f"no frame from {self.spec.kind} source (closed or timed out)")
-        if self.spec.live and time.monotonic() - started >= 0.95 * self._read_timeout_s:
-            # FFmpeg's read timeout fired, and the decoder gave back a frame it still held:
-            # a frame from before the source went quiet, not a live one. Taking it would
-            # pass the frozen camera off as running, one stale frame per timeout.
-            raise SourceError(
-                f"no frame from {self.spec.kind} source within the read timeout "
-                f"({self._read_timeout_s:g} s); it stopped sending"
-            )
+            raise self._no_frame()
+        self._check_live(started)
         if self._pacer is not None:
             self._pacer.wait()
         if frame.ndim == 2 and not self._encoded:
             frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
         return frame
+
+    def _no_frame(self) -> SourceError:
+        if self.spec.kind == "file":
+            return SourceError("end of video file", permanent=not self._loop, ended=True)
+        return SourceError(f"no frame from {self.spec.kind} source (closed or timed out)")
+
+    def _check_live(self, started: float) -> None:
+        """Raise SourceError if a live source's read, begun at `started` (monotonic), took
+        the whole read timeout: FFmpeg's read timeout fired, and the decoder gave back a
+        frame it still held, from before the source went quiet. Taking it would pass the
+        frozen camera off as running, one stale frame per timeout."""
+        if self.spec.live and time.monotonic() - started >= 0.95 * self._read_timeout_s:
+            raise SourceError(
+                f"no frame from {self.spec.kind} source within the read timeout "
+                f"({self._read_timeout_s:g} s); it stopped sending"
+            )
 
     def release(self) -> None:
         self._cap.release()
@@ -472,6 +503,11 @@ class DemoCapture:
         frame = self._conveyor.frame(self._index).image
         self._index += 1
         return frame
+
+    def skip(self) -> None:
+        """The next frame's time passes and the conveyor moves on; nothing is rendered."""
+        self._pacer.wait()
+        self._index += 1
 
     def release(self) -> None:
         pass
