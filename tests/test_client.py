@@ -237,6 +237,37 @@ async def test_stream_sync_and_async_answers_in_order_past_bad_frames(
         assert by_plain[i].score == pytest.approx(by_async[i].score, abs=1e-6)
 
 
+async def test_options_the_server_refuses_are_refused_for_every_frame_not_only_the_first(
+    server: Server, frames: list[np.ndarray]
+) -> None:
+    """A stream's options went with its first frame only: refused there, the frames after
+    it were analysed on the server's defaults (no maps, a LOSSLESS stream) and no result
+    said so. They now go with every frame until the stream takes them."""
+    three = [frames[0], frames[1], frames[2]]
+
+    def sync() -> list[list[Result]]:
+        with Client(address(server)) as client:
+            return [
+                list(client.stream(three, options=ResultOptions(["stage3", "stage9"]))),
+                list(client.stream(three, freshness="bounded_queue", queue_size=300)),
+                list(client.stream([b"not an image", *three], options=ResultOptions(["stage3"]))),
+            ]
+
+    async with AsyncClient(address(server)) as client:
+        by_async = [r async for r in client.stream(three, options=ResultOptions(["stage9"]))]
+    unknown_map, too_large_queue, bad_first_frame = await asyncio.to_thread(sync)
+    for results in (unknown_map, by_async):
+        assert [r.ok for r in results] == [False, False, False]
+        assert all(
+            isinstance(r.error, InvalidFrame) and "stage9" in r.error.message for r in results
+        )
+    assert [r.ok for r in too_large_queue] == [False, False, False]
+    assert all(r.error is not None and "queue" in r.error.message for r in too_large_queue)
+    # a bad first frame does not cost the others their options
+    assert [r.ok for r in bad_first_frame] == [False, True, True, True]
+    assert all(list(r.feature_maps) == ["stage3"] for r in bad_first_frame[1:])
+
+
 async def test_folder_of_images(server: Server, frames: list[np.ndarray], tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     write(tmp_path / "a.jpg", jpeg(frames[0]))

@@ -127,16 +127,18 @@ class Client(BaseClient):
 
         Args:
             frames: Frames, arrays, bytes or paths; e.g. ``Video(0).frames()``.
-            options: what each result carries; the client's ``options`` when None.
+            options: what each result carries; the client's ``options`` when None. Options
+                the server refuses (an unknown feature map, a queue too large) give every
+                frame's result that ``error``, until a frame comes back analysed.
             freshness: what the server does when frames come faster than it analyses them:
                 "lossless" (slow the sender down), "latest_only" (analyse the newest, drop the
                 rest) or "bounded_queue" (keep ``queue_size``, drop the oldest). Dropped ids
                 arrive in the next result's ``dropped_frame_ids``.
             queue_size: waiting frames for "bounded_queue" (the server's default when
                 None; at most its ``model_info().max_stream_queue_size``, 256 unless set
-                otherwise: a larger one gives the first result an ``error`` and the stream
-                stays "lossless"); ValueError with another policy, which would ignore it, or
-                outside 1..1024.
+                otherwise: a larger one gives every result an ``error``, as ``options``
+                above); ValueError with another policy, which would ignore it, or outside
+                1..1024.
             resume: when the stream breaks with UNAVAILABLE (a server restart), reconnect
                 (for up to ``Retry.resume_timeout`` once results have come) and re-send the
                 frames not yet answered, so every frame is answered once, in order.

@@ -71,6 +71,12 @@ class Ledger:
         self._next_id = 1
         self._dropped_before = 0  # by earlier attempts' streams, so counts never go back
         self._dropped = 0
+        # This attempt's stream has taken the options: a frame came back analysed. Until
+        # then every frame carries them, so options the server refuses are refused again
+        # with each frame (their results say why) rather than left behind with the first:
+        # the rest of the stream then ran on the server's defaults (no maps asked for, a
+        # LOSSLESS stream asked to be a bounded queue) and said nothing.
+        self.accepted = False
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -118,11 +124,14 @@ class Ledger:
         return found
 
     def new_attempt(self) -> None:
-        """A new stream starts: its server counts drops from 0 again."""
+        """A new stream starts: its server counts drops from 0 again, and has no options."""
         self._dropped_before = self._dropped
+        self.accepted = False
 
-    def first(self, request: pb.FrameRequest) -> pb.FrameRequest:
-        """A copy of request carrying the stream's options, for the first frame of a stream."""
+    def outgoing(self, request: pb.FrameRequest) -> pb.FrameRequest:
+        """The request as sent: until the stream has taken the options, a copy carrying them."""
+        if self.accepted:
+            return request
         copy = pb.FrameRequest()
         copy.CopyFrom(request)
         copy.options.CopyFrom(self.options)
@@ -132,6 +141,8 @@ class Ledger:
         """Pop the frame a result answers; frames before it were dropped by the server."""
         message.frames_dropped += self._dropped_before
         self._dropped = message.frames_dropped
+        if not message.status.code:
+            self.accepted = True
         while self.entries:
             entry = self.entries.popleft()
             if entry.request.frame_id == message.frame_id:
@@ -200,7 +211,7 @@ class SyncFeed:
             attempt = self._attempt
             self.ledger.new_attempt()
             self._cond.notify_all()
-        cursor, first = 0, True
+        cursor = 0
         while True:
             with self._cond:
                 self._cond.wait_for(partial(self._ready, attempt, cursor))
@@ -209,9 +220,9 @@ class SyncFeed:
                 entry = self.ledger.after(cursor)
                 if entry is None:
                     return  # the source is done and everything was sent
+                request = self.ledger.outgoing(entry.request)
             cursor = entry.seq
-            yield self.ledger.first(entry.request) if first else entry.request
-            first = False
+            yield request
 
     def answer(self, message: pb.FrameResult) -> Result:
         with self._cond:
@@ -311,7 +322,7 @@ class AsyncFeed:
             attempt = self._attempt
             self.ledger.new_attempt()
             self._cond.notify_all()
-        cursor, first = 0, True
+        cursor = 0
         while True:
             async with self._cond:
                 await self._cond.wait_for(partial(self._ready, attempt, cursor))
@@ -320,9 +331,9 @@ class AsyncFeed:
                 entry = self.ledger.after(cursor)
                 if entry is None:
                     return
+                request = self.ledger.outgoing(entry.request)
             cursor = entry.seq
-            yield self.ledger.first(entry.request) if first else entry.request
-            first = False
+            yield request
 
     async def answer(self, message: pb.FrameResult) -> Result:
         async with self._cond:
