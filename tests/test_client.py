@@ -771,6 +771,14 @@ async def test_overlays_written_and_readable(
         assert not np.array_equal(image, original)
     drawn = cs.draw_overlay(results[0], frames[0], label=False)
     assert drawn.shape == frames[0].shape and drawn.dtype == np.uint8
+    # An error result whose frame is no picture is drawn too: a card saying the error, so a
+    # loop saving every overlay does not stop at the first bad frame.
+    async with AsyncClient(address(server)) as client:
+        bad = [r async for r in client.stream([frames[0], b"\xff\xd8\xffjunk"])][1]
+    assert bad.error is not None
+    card = cv2.imread(str(cs.save_overlay(tmp_path / "bad.png", bad)))
+    assert card is not None and card.shape == (360, 640, 3)
+    assert (card[:3, :3] == 0).all() and (card[-20:, -20:] == 96).all()  # the label, grey
 
 
 async def test_exif_orientation_is_applied_alike_by_server_and_overlay(

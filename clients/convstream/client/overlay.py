@@ -15,12 +15,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from convstream.client.errors import SourceError
 from convstream.client.results import Geometry, Result
 
 __all__ = ["draw_overlay", "heatmap_on_frame", "save_overlay"]
 
 _DAMAGED = (40, 40, 230)  # BGR
 _INTACT = (60, 180, 60)
+_CARD = (640, 360)  # width, height of what an error result whose frame is no picture draws
 
 
 def heatmap_on_frame(
@@ -58,7 +60,9 @@ def draw_overlay(
         result: a result with a heatmap and geometry (the default ResultOptions give both).
         image (np.ndarray | None): BGR uint8, shape (H, W, 3), the frame analysed; when None,
             the frame kept in ``result.frame``, or else (a camera's result from ``watch()``)
-            the frame's part of ``result.input_jpeg``, at the model input's scale.
+            the frame's part of ``result.input_jpeg``, at the model input's scale; an error
+            result whose frame is no picture (bytes that do not decode) is drawn on a grey
+            640x360 card, its label saying the error.
         alpha: the colour's weight where the heatmap is 1.0.
         label: write the score (and DAMAGED) in the top-left corner, and, on a damaged
             frame, ring the hottest cell.
@@ -86,9 +90,16 @@ def draw_overlay(
 
 
 def _analysed_image(result: Result) -> np.ndarray:
-    """The picture a result belongs to: the frame sent, or the frame cut out of input_jpeg."""
+    """The picture a result belongs to: the frame sent, or the frame cut out of input_jpeg;
+    for an error result whose frame is no picture (bytes that do not decode), a grey card,
+    so that a loop drawing every result draws this one's error too."""
     if result.frame is not None:
-        return result.frame.pixels()
+        try:
+            return result.frame.pixels()
+        except SourceError:
+            if result.error is None:
+                raise
+            return np.full((_CARD[1], _CARD[0], 3), 96, np.uint8)
     if result.input_jpeg is None or result.geometry is None:
         raise ValueError(
             "draw_overlay needs the frame: pass image=, a result from analyze() or stream(), "
