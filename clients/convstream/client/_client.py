@@ -232,9 +232,13 @@ class Client(BaseClient):
 
         The server analyses each camera frame once, however many watch it, and keeps at most
         ``queue_size`` results waiting for each watcher: one that reads slower than its results
-        come loses the oldest (listed in the next result's ``dropped_frame_ids``) instead of
-        falling behind. Set ``max_fps`` to the rate you use them at, e.g. a dashboard's
-        refresh rate; ``Limits.fresh_watch`` keeps the network from holding stale ones.
+        come loses the oldest (listed in the next result's ``dropped_frame_ids``) once the
+        connection's flow-control window is full, about 8 results of a heatmap each
+        (``Limits.fresh_watch`` keeps it at gRPC's smallest). Until then results wait in
+        the connection: a reader taking 1 s a result read them up to 5 s old, their
+        ``frame_age_ms`` (the age as they left the server) still under 0.2 s; ``time.time()
+        - result.capture_time`` is a result's age as you read it. Set ``max_fps`` to the
+        rate you use them at, e.g. a dashboard's refresh rate, and none wait.
 
         Each Result's ``source`` is the camera id, ``frame_id`` the camera's frame number (it
         restarts with the server), ``capture_time`` when the server read the frame,
