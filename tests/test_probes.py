@@ -4,6 +4,8 @@ loopback unless told otherwise."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 from urllib.error import HTTPError, URLError
 from urllib.request import urlopen
 
@@ -101,3 +103,24 @@ async def test_a_drain_delay_keeps_serving_while_health_says_not_serving() -> No
             await stopping
     finally:
         await server.stop(grace=0)
+
+
+async def test_an_idle_connection_to_the_metrics_port_prints_no_traceback(
+    server: Server, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection left idle past the port's timeout (a port scan, a stuck scraper) was
+    printed by socketserver as a 15-line traceback on stderr, outside the log, each time."""
+    from convstream.server import probes
+
+    monkeypatch.setattr(probes._Quiet, "timeout", 0.3)  # the shipped 10 s, shortened
+
+    def idle() -> None:
+        with socket.create_connection(("127.0.0.1", server.metrics_port)) as s:
+            time.sleep(1.0)  # past the timeout: the server gives up on it
+            s.settimeout(2)
+            assert s.recv(100) == b""  # and closed it
+
+    await asyncio.gather(*(asyncio.to_thread(idle) for _ in range(3)))
+    assert await asyncio.to_thread(get, server.metrics_port, "/healthz") == (200, "ok\n")
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception occurred" not in err, err
