@@ -16,6 +16,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -26,7 +27,14 @@ from convstream.cli import main
 from convstream.server import CameraConfig, ConfigError, Settings, load_settings
 from convstream.server.camera import Camera, RateMeter, backoff_s
 from convstream.server.diagnose import _authorization, why_closed
-from convstream.server.sources import SourceError, SourceSpec, parse_source, redact
+from convstream.server.sources import (
+    Capture,
+    SourceError,
+    SourceSpec,
+    open_source,
+    parse_source,
+    redact,
+)
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
@@ -126,6 +134,12 @@ def test_passwords_never_reach_logs_or_clients() -> None:
         ("http://cam/cgi?usr=admin&psw=Zq1", "http://cam/cgi?usr=admin&psw=***"),
         ("http://cam/s.cgi;jsessionid=Zq1?ch=1", "http://cam/s.cgi;jsessionid=***?ch=1"),
         ("http://cam/s.cgi?code=Zq1&ch=1", "http://cam/s.cgi?code=***&ch=1"),
+        # XMEye DVRs take them in the path, '_' between them
+        (
+            "rtsp://10.0.0.1:554/user=admin_password=Zq_1_channel=1_stream=0.sdp",
+            "rtsp://10.0.0.1:554/user=admin_password=***",
+        ),
+        ("rtsp://10.0.0.1/live/pwd=Zq1", "rtsp://10.0.0.1/live/pwd=***"),
         # mistyped without '//', as a config error quotes it back
         ("rtsp:/admin:Zq1@10.0.0.7/s", "rtsp:***@10.0.0.7/s"),
         ("rtsp:/admin:Zq@1@10.0.0.7/s", "rtsp:***@10.0.0.7/s"),
@@ -360,9 +374,13 @@ def test_a_missing_usb_camera_is_retried_with_a_clear_error() -> None:
         cam.stop()
 
 
-def test_a_camera_that_stays_down_does_not_fill_the_log(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("measured", [False, True])
+def test_a_camera_that_stays_down_does_not_fill_the_log(
+    caplog: pytest.LogCaptureFixture, measured: bool
+) -> None:
     """The same error is logged at retry 1, 2, 4, 8, ... (and every 10 minutes), not at each
-    of them: a camera down for a night would otherwise log a line every 30 s."""
+    of them: a camera down for a night would otherwise log a line every 30 s. Also an error
+    that says what it measured, which differs each time ("did not answer within 4.3 s")."""
     port = free_port()  # nothing listens there: every open is refused at once
     config = CameraConfig(
         id="down",
@@ -371,7 +389,18 @@ def test_a_camera_that_stays_down_does_not_fill_the_log(caplog: pytest.LogCaptur
         reconnect_max_s=0.002,
         max_reconnects=20,
     )
-    cam = Camera(config)
+    waits = iter(range(1000))
+
+    def timing_out(spec: SourceSpec, **kw: Any) -> Capture:
+        """The decision logic only: a source timing out at another measured time each try
+        (a real one takes seconds a try)."""
+        try:
+            open_source(spec, **kw)
+        except SourceError as exc:
+            raise SourceError(f"{exc}; did not answer within 4.{next(waits) % 10} s") from None
+        raise AssertionError("nothing listens there")
+
+    cam = Camera(config, timing_out) if measured else Camera(config)
     with caplog.at_level(logging.DEBUG, logger="convstream.server.camera"):
         cam.start()
         try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import re
 import threading
 import time
 from collections import deque
@@ -46,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 WEDGE_GRACE_S = 2.0  # a read this long past the read timeout is wedged
 LOG_AGAIN_S = 600.0  # a camera that stays down logs its error at least this often
+_NUMBERS = re.compile(r"\d+(?:\.\d+)?")  # told apart from the error they are in
 PACE_GAPS = 3  # frame intervals seen before a camera's pace is judged (one gap is no pace)
 Opener = Callable[..., Capture]
 
@@ -267,10 +269,11 @@ class Camera:
             # A camera that stays down would say the same thing every 30 s for hours: the
             # same error is logged at the 1st, 2nd, 4th, 8th, ... retry in a row and at least
             # every LOG_AGAIN_S, the rest at debug level (the state, last_error and the
-            # reconnect count stay current).
+            # reconnect count stay current). The same error: its numbers aside, since some
+            # say what they measured ("did not answer within 4.3 s"), which differs each time.
             now = time.monotonic()
             again = (
-                said == last_said
+                _NUMBERS.sub("#", said) == _NUMBERS.sub("#", last_said)
                 and failures & (failures - 1) != 0
                 and now - logged_at < LOG_AGAIN_S
             )

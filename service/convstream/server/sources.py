@@ -45,9 +45,11 @@ _USER_ONLY = re.compile(r"//[^/:\s@]+@" + _HOST_FOLLOWS)
 # or user name with it when it cannot be told apart.
 _LOOSE_CREDENTIALS = re.compile(r"(?<![^\s'\"(=])([^\s:/@'\"(]+):(?!//)[^\s'\"]*@" + _HOST_FOLLOWS)
 # query parameters that carry secrets, as many IP cameras take them: ?user=admin&pwd=...
-# (or &p=, beside u=), and session ids and one-time codes, which let anyone in as well
+# (or &p=, beside u=), and session ids and one-time codes, which let anyone in as well; and
+# the same in a path, as XMEye DVRs take them (/user=admin_password=..._channel=1), where the
+# value runs to the URL's end (a password may hold '_')
 _SECRET_PARAMETERS = re.compile(
-    r"([?&;](?:[^=&;\s]*(?:pas|pw|psw|token|key|auth|secret|sig|cred|session|sid|code|otp|pin)"
+    r"([?&;_/](?:[^=&;\s]*(?:pas|pw|psw|token|key|auth|secret|sig|cred|session|sid|code|otp|pin)"
     r"[^=&;\s]*|p)=)"
     r"[^&;#?\s'\"]*?([):,.]*)(?=[&;#?\s'\"]|$)",
     re.IGNORECASE,
