@@ -314,11 +314,12 @@ class Camera:
         try:
             while self._current(generation):
                 self._read_started = time.monotonic()
-                passing = self._will_be_superseded(self._read_started)
+                image: np.ndarray | bytes | None = None  # None: passed over unconverted
                 try:
-                    image = None if passing else capture.read()
-                    if passing:
+                    if self._will_be_superseded(self._read_started):
                         capture.skip()
+                    else:
+                        image = capture.read()
                 finally:
                     if generation == self._generation:
                         self._read_started = None
