@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from live import blackhole
+from live import blackhole, free_port
 
 from convstream.cli import main
 from convstream.client import (
@@ -413,6 +413,64 @@ async def test_watch_subscribes_again_after_a_server_restart(
     warnings = [r.getMessage() for r in caplog.records if r.name == "convstream.client"]
     assert len(warnings) == 1, warnings  # once per break, not once per try
     assert "watch of camera 'belt'" in warnings[0] and "subscribing again" in warnings[0]
+
+
+@pytest.mark.parametrize("flavour", ["async", "sync"])
+async def test_a_watch_of_a_camera_that_is_down_outlasts_a_server_restart(flavour: str) -> None:
+    """A watch of a camera that has given no result yet (it reconnects) subscribes again after
+    a restart, as a running camera's watch does: the server says it took the watch. Before,
+    such a watch gave up after Retry.attempts tries, even with resume_timeout=math.inf."""
+    down = CameraConfig(
+        id="belt",
+        source=f"rtsp://127.0.0.1:{free_port()}/x",  # nothing listens: it reconnects for good
+        open_timeout_s=1.0,
+        reconnect_min_s=0.3,
+        reconnect_max_s=0.5,
+    )
+    first = Server(Settings(port=0, metrics_port=-1, cameras=(down,)))
+    await first.start()
+    # after the restart the camera is back, as when a fixed config is what restarted it
+    second = Server(Settings(port=first.port, metrics_port=-1, cameras=(belt(),)))
+    running = [first]
+    retry = Retry(attempts=2, backoff=0.1, max_backoff=0.2, resume_timeout=30.0)
+
+    def first_sync() -> Result:
+        with Client(address(first), retry=retry) as client:
+            results = client.watch("belt")
+            try:
+                return next(results)
+            finally:
+                results.close()
+
+    async def first_async() -> Result:
+        async with AsyncClient(address(first), retry=retry) as client:
+            results = client.watch("belt")
+            try:
+                return await anext(results)
+            finally:
+                await results.aclose()
+
+    try:
+        watching = asyncio.create_task(
+            asyncio.to_thread(first_sync) if flavour == "sync" else first_async()
+        )
+        async with AsyncClient(address(first)) as other:
+            deadline = time.monotonic() + 10
+            while (camera := (await other.cameras())[0]).watchers != 1:
+                assert time.monotonic() < deadline and not watching.done(), camera
+                await asyncio.sleep(0.05)
+        assert camera.state in ("connecting", "reconnecting") and camera.frames_read == 0
+        await first.stop(grace=0)
+        running.remove(first)
+        await asyncio.sleep(1.5)  # long past two tries
+        assert not watching.done()  # still trying: it was watching when the server went
+        await second.start()
+        running.append(second)
+        result = await asyncio.wait_for(watching, 20)
+    finally:
+        for server in running:
+            await server.stop(grace=0)
+    assert result.ok and result.source == "belt" and result.sequence == 1
 
 
 def test_drop_counts_carry_on_across_a_watch_s_calls() -> None:

@@ -28,6 +28,7 @@ from convstream.client import Client, Frame
 from convstream.server import ConfigError, load_settings, processes
 from convstream.server.processes import Peers, assign
 from convstream.server.security import new_token
+from convstream.v1 import WATCHING
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
@@ -103,6 +104,9 @@ async def listed(port: int) -> dict[str, pb.CameraStatus]:
 async def watch_one(port: int, camera_id: str) -> pb.FrameResult:
     async with connection(port) as stub:
         call = stub.WatchCamera(pb.WatchCameraRequest(camera_id=camera_id), timeout=20)
+        # The watch is registered, and says so before its first result, also when another
+        # process holds the camera (which gRPC would otherwise send empty with that result).
+        assert (WATCHING, camera_id) in tuple(await call.initial_metadata())
         result = await call.read()
         call.cancel()
     assert result is not grpc.aio.EOF
@@ -111,8 +115,11 @@ async def watch_one(port: int, camera_id: str) -> pb.FrameResult:
 
 async def watch_error(port: int, camera_id: str) -> grpc.aio.AioRpcError:
     async with connection(port) as stub:
+        call = stub.WatchCamera(pb.WatchCameraRequest(camera_id=camera_id))
         with pytest.raises(grpc.aio.AioRpcError) as failed:
-            await stub.WatchCamera(pb.WatchCameraRequest(camera_id=camera_id)).read()
+            await call.read()
+        # a refused watch is not registered anywhere
+        assert WATCHING not in dict(await call.initial_metadata())
     return failed.value
 
 

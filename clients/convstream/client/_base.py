@@ -7,6 +7,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +25,7 @@ from convstream.client.options import (
     Timeout,
     Upload,
 )
+from convstream.v1 import WATCHING
 from convstream.v1 import convstream_pb2 as pb
 
 logger = logging.getLogger("convstream.client")
@@ -279,7 +281,8 @@ class _Resumption:
     """When a broken stream is re-opened, shared by Client and AsyncClient.
 
     Before its first result a stream gets the tries of a unary call (so a missing server is
-    reported quickly); once it has run, it keeps trying for ``retry.resume_timeout``.
+    reported quickly); once it has run, it keeps trying for ``retry.resume_timeout``. A watch
+    has run once its server said it registered it, result or not.
 
     A watch also keeps ``frames_dropped`` counting across its calls: each new WatchCamera
     call's server counts its drops from 0 again.
@@ -298,6 +301,13 @@ class _Resumption:
     def subscribed(self) -> None:
         """A new WatchCamera call starts: its server counts drops from 0 again."""
         self._dropped_before = self._dropped
+
+    def registered(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
+        """A WatchCamera call's initial metadata arrived: the server says the watch is
+        registered, which counts as answered() (a camera that is down sends no result, and
+        its watch must outlast server restarts as a running camera's does)."""
+        if any(key == WATCHING for key, _ in metadata or ()):
+            self.answered()
 
     def watched(self, message: pb.FrameResult) -> pb.FrameResult:
         """A watch result arrived: it counts as answered(), and its drops carry on."""

@@ -258,8 +258,9 @@ class Client(BaseClient):
                 the server's default (2) when None.
             resume: when the call ends with UNAVAILABLE (the server restarting or draining),
                 subscribe again with the Retry backoff: for up to ``Retry.resume_timeout``
-                once results have come, ``Retry.attempts`` tries before that. Frames of the gap
-                are missed, not replayed; ``sequence`` restarts, ``frames_dropped`` carries on.
+                once the server has taken the watch (a camera that is down included),
+                ``Retry.attempts`` tries before that. Frames of the gap are missed, not
+                replayed; ``sequence`` restarts, ``frames_dropped`` carries on.
 
         Raises:
             ValueError: a bad argument, at once; the errors below come from the iteration.
@@ -284,6 +285,7 @@ class Client(BaseClient):
                 request, timeout=self.timeout.stream, metadata=self._metadata()
             )
             try:
+                resumption.registered(call.initial_metadata())
                 for message in call:
                     yield Result.from_proto(resumption.watched(message))
             except grpc.RpcError as exc:
@@ -491,6 +493,7 @@ class AsyncClient(BaseClient):
             resumption.subscribed()
             call = stub.WatchCamera(request, timeout=self.timeout.stream, metadata=self._metadata())
             try:
+                resumption.registered(await call.initial_metadata())
                 async for message in call:
                     yield Result.from_proto(resumption.watched(message))
             except asyncio.CancelledError:

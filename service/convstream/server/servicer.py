@@ -27,6 +27,7 @@ from convstream.server.metrics import Metrics
 from convstream.server.pipeline import CALLER, Options, Pipeline
 from convstream.server.processes import Peers
 from convstream.server.streams import ByteBudget, FrameBudget, StreamSession
+from convstream.v1 import WATCHING
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
@@ -209,6 +210,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         except ConvstreamError as exc:
             await context.abort(exc.code, str(exc))
         try:
+            await context.send_initial_metadata(((WATCHING, request.camera_id),))
             while True:
                 yield await watcher.next()
         except FeedFinished:
@@ -315,6 +317,11 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             call = stub.WatchCamera(request, metadata=metadata)
             self._forwarded.add(call)
             try:
+                # Registered there: say so now, not with the first result (a camera that is
+                # down may give none for hours). Before, a refusal is the caller's to see.
+                watching = [(k, v) for k, v in await call.initial_metadata() if k == WATCHING]
+                if watching:
+                    await context.send_initial_metadata(watching)
                 # read() throughout: grpc refuses read() and iteration mixed on one call
                 while (result := await call.read()) is not grpc.aio.EOF:
                     yield result
