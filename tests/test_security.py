@@ -39,7 +39,7 @@ from convstream.server import CameraConfig, ConfigError, Server, Settings, load_
 from convstream.server.app import _listen
 from convstream.server.config import TokenConfig
 from convstream.server.security import token_hash
-from convstream.server.tls import TLSFileError, certificate_validity
+from convstream.server.tls import PemFiles, TLSFileError, certificate_validity, expiry_times
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
@@ -540,6 +540,25 @@ def test_certificate_dates_are_read_from_the_der(pki: Path) -> None:
             certificate_validity(broken)
 
 
+def test_expiry_times_are_when_clients_stop_trusting_the_files() -> None:
+    """The server's certificate: the chain's first, however long its CA lasts; a client CA
+    bundle: the last of its CAs (an old one beside a renewed one is not the end)."""
+
+    def pem(*days: int) -> bytes:
+        certs = [
+            _cert(f"c{n}", _key(), None, valid=(dt.timedelta(0), dt.timedelta(days=d)))
+            for n, d in enumerate(days)
+        ]
+        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+    def in_days(seconds: float) -> int:
+        return round((seconds - time.time()) / 86400)
+
+    times = expiry_times(PemFiles(pem(10, 400), b"key", pem(3, 700, 200)))
+    assert {k: in_days(v) for k, v in times.items()} == {"tls_cert": 10, "tls_client_ca": 700}
+    assert expiry_times(PemFiles(b"not a certificate", b"key", None)) == {}
+
+
 def test_serve_names_a_mismatched_key_not_the_port(
     pki: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -673,22 +692,40 @@ async def test_reload_rotates_the_tls_certificate(
     ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
 
-    def issue(path: Path, name: str) -> None:
+    def issue(path: Path, name: str, days: int = 30) -> x509.Certificate:
         key = _key()
-        _write(path, _cert(name, key, ("convstream test CA", ca_key), server=True), key)
+        valid = (dt.timedelta(minutes=-5), dt.timedelta(days=days))
+        cert = _cert(name, key, ("convstream test CA", ca_key), server=True, valid=valid)
+        _write(path, cert, key)
+        return cert
 
-    issue(tmp_path / "live", "first")
-    settings = _settings(tls_cert=tmp_path / "live.crt", tls_key=tmp_path / "live.key")
+    def expiry() -> float:
+        """The served certificate's expiry, as /metrics has it."""
+        text = urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read()
+        for family in text_string_to_metric_families(text.decode()):
+            for sample in family.samples:
+                if sample.name == "convstream_tls_expiry_timestamp_seconds":
+                    assert sample.labels == {"setting": "tls_cert"}  # no client CA here
+                    return float(sample.value)
+        raise AssertionError("no convstream_tls_expiry_timestamp_seconds in /metrics")
+
+    first = issue(tmp_path / "live", "first")
+    live = {"tls_cert": tmp_path / "live.crt", "tls_key": tmp_path / "live.key"}
+    settings = _settings(**live).model_copy(update={"metrics_port": 0})
     server = await _start(settings)
     address = f"127.0.0.1:{server.port}"
     info = pb.GetModelInfoRequest()
     try:
         assert await asyncio.to_thread(_peer_name, server.port, pki / "ca.crt") == "first"
+        assert await asyncio.to_thread(expiry) == first.not_valid_after_utc.timestamp()
         async with grpc.aio.secure_channel(address, _ssl(pki)) as before:
             assert (await pb_grpc.ConvstreamStub(before).GetModelInfo(info)).sha256
-            issue(tmp_path / "live", "second")  # in place, as certbot or cert-manager do
+            # in place, as certbot or cert-manager do
+            second = issue(tmp_path / "live", "second", days=90)
             await server.reload(settings)
             assert await asyncio.to_thread(_peer_name, server.port, pki / "ca.crt") == "second"
+            # the gauge an expiry alert reads follows the rotation
+            assert await asyncio.to_thread(expiry) == second.not_valid_after_utc.timestamp()
             # the connection made before keeps working on its own certificate
             assert (await pb_grpc.ConvstreamStub(before).GetModelInfo(info)).sha256
         async with grpc.aio.secure_channel(address, _ssl(pki)) as after:

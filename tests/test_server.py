@@ -682,6 +682,14 @@ async def test_metrics_count_frames_by_source_and_outcome(
     assert samples[("convstream_streams_total", (("outcome", "ok"),))] == 1.0
     provider = (("provider", "CPUExecutionProvider"), ("requested", "auto"))
     assert samples[("convstream_execution_provider", provider)] == 1.0
+    # and what every exporter has: the process's CPU, memory, files and start, and Python's
+    # version; no TLS expiry without TLS
+    assert samples[("process_cpu_seconds_total", ())] > 0
+    assert samples[("process_resident_memory_bytes", ())] > 50e6  # the model and onnxruntime
+    assert samples[("process_open_fds", ())] >= 3
+    assert 0 < time.time() - samples[("process_start_time_seconds", ())] < 3600
+    assert any(name == "python_info" for name, _ in samples)
+    assert not any(name.startswith("convstream_tls") for name, _ in samples)
 
 
 def test_a_cameras_metric_label_is_its_own() -> None:

@@ -38,7 +38,7 @@ from convstream.server.processes import TLS_FILES, Peers
 from convstream.server.security import TokenInterceptor, token_changes
 from convstream.server.servicer import SERVICE_NAME, ConvstreamServicer, add_to_server
 from convstream.server.streams import MAX_QUEUE_SIZE, WINDOW, stream_share
-from convstream.server.tls import RotatingCredentials, TLSFileError, read_pem
+from convstream.server.tls import RotatingCredentials, TLSFileError, expiry_times, read_pem
 from convstream.v1 import convstream_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -227,7 +227,8 @@ class Server:
         if pem is not None:
             for warning in pem.warnings:
                 logger.warning("%s", warning)
-            self._tls = RotatingCredentials(pem)
+            tls = self._tls = RotatingCredentials(pem)
+            self.metrics.watch_tls(lambda: expiry_times(tls.current))
         credentials = self._tls.credentials if self._tls is not None else None
         self._grpc = server  # from here on, stop() releases it whatever fails next
         self.port = _listen(server, settings, credentials)

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 _BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 MAX_SOURCES = 100  # distinct source labels; clients choose them, so cap the cardinality
@@ -19,11 +28,20 @@ def _label(name: str) -> str:
     return _LABEL_OK.sub("_", name)[:64] or "unnamed"
 
 
+def _expiry(expiry_times: Callable[[], dict[str, float]], setting: str) -> float:
+    return expiry_times().get(setting, math.nan)
+
+
 class Metrics:
     """The server's counters, gauges and histograms."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds,
+        # process_start_time_seconds, ... (Linux), and python_info: what an operator's
+        # dashboards and alerts expect of every exporter, per process of the server.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
         self.frames = Counter(
             "convstream_frames",
             "Frames handled, by source and outcome (ok, invalid, dropped, rejected, error)",
@@ -90,6 +108,21 @@ class Metrics:
             "at most)",
             registry=self.registry,
         ).set_function(held)
+
+    def watch_tls(self, expiry_times: Callable[[], dict[str, float]]) -> None:
+        """A gauge of when the TLS files served now expire, read at scrape time (a reload
+        that rotates them moves it): ``expiry_times()`` by setting, tls_cert and
+        tls_client_ca."""
+        gauge = Gauge(
+            "convstream_tls_expiry_timestamp_seconds",
+            "Unix time the TLS files served now stop working, by setting: tls_cert, when the "
+            "server's certificate expires; tls_client_ca, when the last of its CAs does. "
+            "Alert when it is less than 14 days away",
+            ["setting"],
+            registry=self.registry,
+        )
+        for setting in expiry_times():
+            gauge.labels(setting).set_function(partial(_expiry, expiry_times, setting))
 
     def set_cameras(self, camera_ids: Iterable[str]) -> None:
         """The configured cameras (at start and on each reload): their labels are theirs

@@ -178,6 +178,26 @@ def _dates(
     return out + warnings
 
 
+def expiry_times(pem: PemFiles) -> dict[str, float]:
+    """When the served files stop working, as Unix times: ``tls_cert``, when its first
+    certificate (the server's own, which clients check) expires; ``tls_client_ca``, when the
+    last of its CAs does (then every client certificate is refused). A setting whose
+    certificates cannot be dated is left out."""
+    times = {}
+    for setting, data, pick in (("tls_cert", pem.cert, min), ("tls_client_ca", pem.client_ca, max)):
+        ends = []
+        for block in _PEM_CERTIFICATE.findall(data or b""):
+            try:
+                ends.append(certificate_validity(base64.b64decode(block))[1].timestamp())
+            except (ValueError, binascii.Error):
+                continue
+            if setting == "tls_cert":
+                break  # the chain's first only
+        if ends:
+            times[setting] = pick(ends)
+    return times
+
+
 def certificate_validity(der: bytes) -> tuple[datetime, datetime]:
     """(notBefore, notAfter) of a DER X.509 certificate; ValueError if it is not one.
 
