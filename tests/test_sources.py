@@ -25,7 +25,8 @@ from live import free_port
 
 from convstream.cli import main
 from convstream.server import CameraConfig, ConfigError, Settings, load_settings
-from convstream.server.camera import Camera, RateMeter, backoff_s
+from convstream.server import camera as camera_module
+from convstream.server.camera import FLAP_CHANGES, Camera, RateMeter, backoff_s
 from convstream.server.diagnose import _authorization, why_closed
 from convstream.server.sources import (
     Capture,
@@ -417,6 +418,101 @@ def test_a_camera_that_stays_down_does_not_fill_the_log(
     assert shown == [1, 2, 4, 8, 16], shown
     assert "connection refused" in retries[0].getMessage()
     assert "logged again at retry 2, 4, 8, ... and every 10 minutes" in retries[0].getMessage()
+
+
+class _Flaky:
+    """A capture that delivers a few frames and loses the link, the way a camera on a bad
+    cable or in a reboot loop does; ``steady`` ones go on."""
+
+    def __init__(self, steady: bool) -> None:
+        self.frames = 0
+        self.steady = steady
+
+    def read(self) -> np.ndarray:
+        if not self.steady and self.frames == 3:
+            raise SourceError("rtsp source: connection reset by peer")
+        self.frames += 1
+        time.sleep(0.005)
+        return np.zeros((48, 64, 3), np.uint8)
+
+    def skip(self) -> None:
+        self.read()
+
+    def release(self) -> None:
+        pass
+
+
+def test_a_flapping_camera_is_said_once_not_at_every_change(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Running, lost, reconnecting, running, ... every few seconds logged 60 lines a minute.
+    Once it flaps (FLAP_CHANGES changes within FLAP_WINDOW_S) that is said, once; its changes
+    and retries go to debug, its state stays current, and when one state has held for
+    FLAP_WINDOW_S that is said too."""
+    monkeypatch.setattr(camera_module, "FLAP_WINDOW_S", 2.0)  # a minute, in the real thing
+    opens = []
+
+    def opener(spec: SourceSpec, **_: object) -> _Flaky:
+        opens.append(_Flaky(steady=len(opens) >= 30))  # 30 sessions lost, then it holds
+        return opens[-1]
+
+    config = CameraConfig(
+        id="flaky", source="rtsp://127.0.0.1:1/x", reconnect_min_s=0.001, reconnect_max_s=0.002
+    )
+    cam = Camera(config, opener)
+    with caplog.at_level(logging.DEBUG, logger="convstream.server.camera"):
+        cam.start()
+        try:
+            deadline = time.monotonic() + 20
+            while (len(opens) <= 30 or cam.frames_read < 100) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(opens) == 31 and cam.reconnects == 30
+            assert cam.state == pb.CAMERA_STATE_RUNNING  # current, whatever the log says
+            cam.check(time.monotonic())
+            time.sleep(2.1)  # it runs on for the window
+            cam.check(time.monotonic())
+            cam.check(time.monotonic())  # said once
+        finally:
+            cam.stop()
+    records = [r for r in caplog.records if r.getMessage().startswith("camera flaky")]
+    shown = [r.getMessage() for r in records if r.levelno >= logging.INFO]
+    # every change and retry is still logged, at debug level once it flaps
+    assert len([r for r in records if " -> " in r.getMessage()]) == 2 * 30 + 2
+    assert len([r for r in records if "; retry " in r.getMessage()]) == 30
+    # before: each session's 'reconnecting -> running', 'running -> reconnecting' and retry
+    # line; the change that makes FLAP_CHANGES says it flaps, and nothing more until it holds
+    before = FLAP_CHANGES - 1 + FLAP_CHANGES // 2 - 1
+    assert "it is flapping" not in " ".join(shown[:before])
+    flapping, settled, stopped = shown[before:]
+    assert flapping.startswith("camera flaky: running -> reconnecting; it is flapping (")
+    assert f"({FLAP_CHANGES} state changes in " in flapping
+    assert "; last error: rtsp source: connection reset by peer)" in flapping
+    assert settled.startswith("camera flaky: running for 2 s, no longer flapping (")
+    assert stopped == "camera flaky: running -> stopped"
+
+    # One that flaps and then goes for good: its giving up is said all the same.
+    def going(spec: SourceSpec, **_: object) -> _Flaky:
+        opens.append(_Flaky(steady=False))
+        if len(opens) > 31 + 10:
+            raise SourceError("rtsp source: connection refused")
+        return opens[-1]
+
+    config = config.model_copy(update={"id": "gone", "max_reconnects": 3})
+    cam = Camera(config, going)
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="convstream.server.camera"):
+        cam.start()
+        try:
+            deadline = time.monotonic() + 20
+            while cam.state != pb.CAMERA_STATE_FAILED and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            cam.stop()
+    shown = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert len([m for m in shown if "it is flapping" in m]) == 1
+    assert shown[-2].startswith("camera gone: reconnecting -> failed (rtsp source: connection")
+    assert shown[-2].endswith("gave up after 3 reconnects)")
+    assert shown[-1] == "camera gone: failed -> stopped"
 
 
 def test_sighup_reloads_cameras_from_the_config_file(tmp_path: Path) -> None:

@@ -49,6 +49,12 @@ WEDGE_GRACE_S = 2.0  # a read this long past the read timeout is wedged
 LOG_AGAIN_S = 600.0  # a camera that stays down logs its error at least this often
 _NUMBERS = re.compile(r"\d+(?:\.\d+)?")  # told apart from the error they are in
 PACE_GAPS = 3  # frame intervals seen before a camera's pace is judged (one gap is no pace)
+# A camera whose state changes FLAP_CHANGES times within FLAP_WINDOW_S is flapping (a flaky
+# link, a camera rebooting in a loop: running, lost, reconnecting, running, ... every few
+# seconds, 60 lines a minute): said once, then its changes and retries are logged at debug
+# until one state holds for FLAP_WINDOW_S. Its state and last_error stay current throughout.
+FLAP_CHANGES = 8
+FLAP_WINDOW_S = 60.0
 Opener = Callable[..., Capture]
 
 # CAMERA_STATE_RUNNING -> "running", for logs and metric labels
@@ -145,6 +151,9 @@ class Camera:
         self._interval_s = 0.0  # between its frames lately, smoothed
         self._gaps = 0  # frame intervals in _interval_s
         self._told_pace = False  # warned that its frames come close to the read timeout
+        self._changes: deque[float] = deque(maxlen=FLAP_CHANGES)  # monotonic, the latest
+        self._flapping = False
+        self._unlogged = 0  # state changes logged at debug while flapping
         self._opener = opener
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -192,10 +201,21 @@ class Camera:
             return frame
 
     def check(self, now: float) -> None:
-        """Watchdog step (any thread, every fraction of a second): mark stalls, end wedges."""
+        """Watchdog step (any thread, every fraction of a second): mark stalls, end wedges,
+        and say when a flapping camera has settled."""
         with self._lock:
             if self._stop.is_set():
                 return
+            if self._flapping and now - self._changes[-1] >= FLAP_WINDOW_S:
+                self._flapping = False
+                logger.info(
+                    "camera %s: %s for %.0f s, no longer flapping (%d state changes were "
+                    "logged at debug level); its changes are logged again",
+                    self.config.id,
+                    STATE_NAMES[self.state],
+                    now - self._changes[-1],
+                    self._unlogged,
+                )
             started = self._read_started
             if started is not None and now - started > (self.config.read_timeout_s + WEDGE_GRACE_S):
                 error = (
@@ -280,7 +300,7 @@ class Camera:
             if not again:
                 logged_at = now
             logger.log(
-                logging.DEBUG if again else logging.INFO,
+                logging.DEBUG if again or self._flapping else logging.INFO,
                 "camera %s (%s): %s; retry %d in %.1f s%s",
                 self.config.id,
                 self.spec.describe(),
@@ -430,13 +450,34 @@ class Camera:
         if error and (error != self.last_error or retried):
             self.last_error_at = time.time()  # a new error, or the same one again
         if state != self.state:
-            logger.info(
-                "camera %s: %s -> %s%s",
-                self.config.id,
-                STATE_NAMES[self.state],
-                STATE_NAMES[state],
-                f" ({error})" if error and error != self.last_error else "",
+            now = time.monotonic()
+            self._changes.append(now)
+            flaps = len(self._changes) == FLAP_CHANGES and now - self._changes[0] < FLAP_WINDOW_S
+            change = (
+                f"camera {self.config.id}: {STATE_NAMES[self.state]} -> {STATE_NAMES[state]}"
+                + (f" ({error})" if error and error != self.last_error else "")
             )
+            if state in (pb.CAMERA_STATE_FAILED, pb.CAMERA_STATE_STOPPED):
+                self._flapping = False  # given up or stopped: said, flapping or not
+                logger.info("%s", change)
+            elif self._flapping:
+                self._unlogged += 1
+                logger.debug("%s", change)
+            elif flaps:
+                self._flapping, self._unlogged = True, 0
+                why = error or self.last_error
+                logger.warning(
+                    "%s; it is flapping (%d state changes in %.1f s%s): its changes and "
+                    "retries are logged at debug level until one state holds for %.0f s (its "
+                    "state and last_error stay current in `convstream cameras` and /metrics)",
+                    change,
+                    FLAP_CHANGES,
+                    now - self._changes[0],
+                    f"; last error: {why}" if why else "",
+                    FLAP_WINDOW_S,
+                )
+            else:
+                logger.info("%s", change)
             self.state = state
             self.state_since = time.time()
         self.last_error = error
