@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import shlex
 import socket
 import sys
@@ -327,6 +328,32 @@ async def test_unknown_camera_and_bad_options(server: Server) -> None:
         assert info.value.code is not None and info.value.code.name == "NOT_FOUND"
         with pytest.raises(InvalidFrame, match="stage9"):
             await anext(client.watch("belt", options=ResultOptions(feature_maps=["stage9"])))
+
+
+async def test_the_readme_python_example_runs_as_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README's "From Python" block, as a newcomer pastes it: on the samples `convstream
+    samples` writes, against a server with the demo camera the README's command serves."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("\nFrom Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert await asyncio.to_thread(main, ["samples", str(tmp_path / "boxes"), "--count", "2"]) == 0
+    capsys.readouterr()
+    async with serving(CameraConfig(id="demo", source=f"demo:conveyor?fps={FPS}")) as server:
+        code = block.replace("127.0.0.1:50051", address(server))
+        code = code.replace("/tmp/boxes/", f"{tmp_path}/boxes/")
+        assert address(server) in code and str(tmp_path) in code
+        await asyncio.to_thread(exec, compile(code, "README.md", "exec"), {})
+    info, analysed, heatmap, camera, *watched = capsys.readouterr().out.splitlines()
+    assert info.startswith("ModelInfo(name=")
+    score, damaged, peak = analysed.split(" ", 2)
+    assert 0.0 <= float(score) <= 1.0 and damaged in ("True", "False")
+    assert re.fullmatch(r"\(\d+, \d+\)", peak), peak
+    assert heatmap == f"({HEATMAP[0]}, {HEATMAP[1]})"
+    assert camera.startswith("demo ")
+    assert len(watched) == 10
+    ids = [int(line.split()[0]) for line in watched]
+    assert ids == sorted(ids) and len(set(ids)) == 10
 
 
 async def test_removed_camera_ends_the_watch_with_not_found(server: Server) -> None:
