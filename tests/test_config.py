@@ -128,6 +128,17 @@ def test_sources_apply_in_order(tmp_path: Path) -> None:
         ),
         ('provider = "tpu"\n', {}, "provider"),
         ("port = [\n", {}, "cannot read config file"),
+        # the metrics port on the gRPC port: the server would fail to bind it at start
+        (
+            "port = 9464\n",
+            {},
+            "metrics_port 9464 takes port 9464, the gRPC port: the two need ports of their own",
+        ),
+        (
+            'port = 9465\nprocesses = 2\nhost = "0.0.0.0"\n',
+            {},
+            r"metrics_port 9464 with 2 processes \(ports 9464-9465, one each\) takes port 9465",
+        ),
     ],
 )
 def test_bad_settings_are_refused(
@@ -199,6 +210,12 @@ async def test_the_smallest_limits_accepted_still_serve() -> None:
             await stream.done_writing()
     finally:
         await server.stop(grace=0)
+
+
+def test_one_port_number_on_two_addresses_is_not_a_clash() -> None:
+    apart = {"port": 9464, "host": "10.0.0.5", "metrics_host": "127.0.0.1"}
+    assert load_settings(overrides=apart).port == 9464
+    assert load_settings(overrides={"port": 9464, "metrics_port": -1}).port == 9464
 
 
 def test_hosts_without_ports_are_taken_and_a_flag_is_not_blamed_on_the_environment() -> None:

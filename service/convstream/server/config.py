@@ -361,6 +361,19 @@ class Settings(BaseModel):
                 f"up to {last}, past 65535 (each process takes the next port); choose a lower "
                 "metrics_port"
             )
+        wildcard = {"0.0.0.0", "::", ""}
+        same_host = self.host == self.metrics_host or {self.host, self.metrics_host} & wildcard
+        if self.metrics_port > 0 and same_host and self.metrics_port <= self.port <= last:
+            taken = (
+                f"metrics_port {self.metrics_port}"
+                if self.processes == 1
+                else f"metrics_port {self.metrics_port} with {self.processes} processes (ports "
+                f"{self.metrics_port}-{last}, one each)"
+            )
+            raise ValueError(
+                f"{taken} takes port {self.port}, the gRPC port: the two need ports of their "
+                "own; choose another metrics_port (9464 by default), or -1 to turn it off"
+            )
         return self
 
     @model_validator(mode="after")
