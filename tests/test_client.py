@@ -510,11 +510,29 @@ async def test_a_frame_over_the_message_limit_is_refused_by_the_client_saying_wh
     async with AsyncClient(address(server), limits=limits, upload=raw) as client:
         with pytest.raises(cs.InvalidFrame, match=told):
             await client.analyze(frames[6])
-        got = []
-        with pytest.raises(cs.InvalidFrame, match=told):
-            async for r in client.stream([frames[0], frames[6]]):
-                got.append(r)
-    assert [r.frame_id for r in got] == [1]  # the frame before it was answered
+        # on a stream, that frame alone fails, in its place, and the stream goes on
+        small = cv2.resize(frames[1], (320, 240))
+        got = [r async for r in client.stream([small, frames[6], small])]
+        assert [(r.frame_id, r.ok) for r in got] == [(1, True), (2, False), (3, True)]
+        assert isinstance(got[1].error, cs.InvalidFrame) and re.search(told, str(got[1].error))
+        assert got[1].frame is not None and got[1].frame.image is frames[6]
+    # a source whose every frame fails: their results, then the stream ends saying why
+    # (none was sent, so no answer would ever hand them over)
+    few = cs.Limits(max_message_bytes=1 << 19, max_in_flight=3)
+
+    def sync() -> tuple[list[Result], str]:
+        got: list[Result] = []
+        with (
+            Client(address(server), limits=few, upload=raw) as client,
+            pytest.raises(cs.InvalidFrame) as ended,
+        ):
+            got.extend(client.stream([frames[6]] * 5))
+        return got, str(ended.value)
+
+    got, why = await asyncio.to_thread(sync)
+    assert [(r.frame_id, r.ok) for r in got] == [(1, False), (2, False), (3, False)]
+    assert why.startswith("3 frames in a row failed on this side, none sent, so the stream ")
+    assert re.search(told, why)
     async with AsyncClient(address(server), limits=limits) as client:  # JPEG fits
         assert (await client.analyze(frames[6])).error is None
 
@@ -656,10 +674,16 @@ def test_an_overlay_path_without_an_image_suffix_is_refused(tmp_path: Path) -> N
         cs.save_overlay(tmp_path / "overlays", result, np.zeros((8, 8, 3), np.uint8))
 
 
-def restarting_source(frames: list[np.ndarray], count: int) -> Iterator[Frame]:
-    for i in range(count):
+MISSING = 7  # each 7th frame is an image file that is not there
+
+
+def restarting_source(frames: list[np.ndarray], count: int) -> Iterator[Frame | str]:
+    for i in range(1, count + 1):
         time.sleep(0.03)  # a camera: frames keep coming while the server restarts
-        yield Frame(jpeg(frames[i % 6]), capture_time=time.time())
+        if i % MISSING == 0:
+            yield f"/nonexistent/frame-{i}.jpg"  # fails here: its result says so, in place
+        else:
+            yield Frame(jpeg(frames[i % 6]), capture_time=time.time())
 
 
 async def restart(first: Server) -> Server:
@@ -709,8 +733,12 @@ async def test_broken_stream_resumes_on_a_restarted_server(
         for server in servers:
             await server.stop(grace=0)
     assert [r.frame_id for r in results] == list(range(1, count + 1))
-    assert all(r.ok for r in results)
-    sequences = [r.sequence for r in results]
+    failed = [r for r in results if not r.ok]
+    assert [r.frame_id for r in failed] == list(range(MISSING, count + 1, MISSING))
+    for r in failed:
+        assert isinstance(r.error, cs.SourceError) and r.frame is None
+        assert f"cannot read image /nonexistent/frame-{r.frame_id}.jpg" in str(r.error)
+    sequences = [r.sequence for r in results if r.ok]
     assert sequences != sorted(sequences), "the results should come from two streams"
 
 

@@ -123,7 +123,10 @@ class Client(BaseClient):
 
         Frames are read from ``frames`` on a background thread as the stream has room, so a
         camera or a folder is read while earlier frames are analysed. A frame the server
-        cannot analyse gives a Result whose ``error`` says why; the stream goes on.
+        cannot analyse gives a Result whose ``error`` says why; the stream goes on. So does a
+        frame that fails on this side, never sent: an image path that cannot be read
+        (SourceError), or one over the message limit (InvalidFrame, e.g. raw pixels of a
+        large frame), in its place among the results.
 
         Args:
             frames: Frames, arrays, bytes or paths; e.g. ``Video(0).frames()``.
@@ -151,7 +154,9 @@ class Client(BaseClient):
 
         Raises:
             ConvstreamError: the stream failed (after resume attempts, if asked for); also
-                whatever ``frames`` raised, after the results of the frames before it.
+                whatever ``frames`` raised, after the results of the frames before it; and
+                when ``Limits.max_in_flight`` frames in a row failed on this side with none
+                sent (every frame over the message limit), after their results.
             TypeError: ``frames`` is one frame, a path or a Video, not the frames themselves
                 (a Video's are ``video.frames()``).
             ValueError, TypeError: from the iteration, for a frame the client cannot send
@@ -182,7 +187,7 @@ class Client(BaseClient):
                 try:
                     for message in call:
                         resumption.answered()
-                        yield feed.answer(message)
+                        yield from feed.answer(message)
                 except grpc.RpcError as exc:
                     error = from_rpc_error(exc, address=self.address, tls=self.tls)
                     delay = resumption.delay(error, len(feed.ledger))
@@ -194,7 +199,7 @@ class Client(BaseClient):
                     continue
                 finally:
                     call.cancel()
-                feed.finish()
+                yield from feed.finish()
                 return
         finally:
             feed.close()
@@ -437,7 +442,8 @@ class AsyncClient(BaseClient):
                 try:
                     async for message in call:
                         resumption.answered()
-                        yield await feed.answer(message)
+                        for result in await feed.answer(message):
+                            yield result
                 except asyncio.CancelledError:
                     self._raise_if_closed()
                     raise
@@ -452,7 +458,8 @@ class AsyncClient(BaseClient):
                     continue
                 finally:
                     call.cancel()
-                await feed.finish()
+                async for result in feed.finish():
+                    yield result
                 return
         finally:
             await feed.close()

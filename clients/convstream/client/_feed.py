@@ -8,6 +8,10 @@ Only the pump touches the caller's iterator, so a stream attempt that dies while
 blocks (a camera read) loses nothing: the frame lands in the ledger and the next attempt's
 requests() sends it. Each attempt first re-sends what the ledger holds, oldest first, with the
 stream's options on its first frame (options stick per stream, not per client).
+
+A frame that fails on this side (an image file that cannot be read, raw pixels over the
+message limit) is never sent: it waits in the ledger, in its place, and becomes an error
+result as soon as every frame before it is answered, as a frame the server refuses does.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from functools import partial
 import numpy as np
 
 from convstream.client._base import check_published_name
-from convstream.client.errors import ProtocolError
+from convstream.client.errors import ConvstreamError, InvalidFrame, ProtocolError, SourceError
 from convstream.client.frames import Frame, FrameLike, Video, as_frame, to_request
 from convstream.client.options import Upload
 from convstream.client.results import Result
@@ -55,8 +59,15 @@ def check_frames(frames: object) -> None:
 @dataclass
 class _Entry:
     seq: int
-    frame: Frame
-    request: pb.FrameRequest
+    frame: Frame | None  # None: an item that did not become a Frame (a file not read)
+    request: pb.FrameRequest  # of a failed one: its frame_id and source only
+    error: ConvstreamError | None = None  # why it failed here, never sent
+
+
+# What a frame that fails here raises: that frame alone is lost. Anything else (a TypeError,
+# a ValueError for an impossible frame_id) is the calling program's mistake and ends the call.
+_FRAME_ERRORS = (SourceError, InvalidFrame)
+Prepared = tuple[Frame | None, pb.FrameRequest, ConvstreamError | None]
 
 
 class Ledger:
@@ -77,26 +88,39 @@ class Ledger:
         # the rest of the stream then ran on the server's defaults (no maps asked for, a
         # LOSSLESS stream asked to be a bounded queue) and said nothing.
         self.accepted = False
+        self._named = False  # the first frame sent has been checked for a publish name
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def prepare(self, item: FrameLike) -> tuple[Frame, pb.FrameRequest]:
-        """Number and encode one item (only the pump calls it; may run off the event loop).
+    def prepare(self, item: FrameLike) -> Prepared:
+        """Number and encode one item (only the pump calls it; may run off the event loop):
+        (frame, request, None), or (frame or None, a request of its id and source, the
+        error) for a frame that fails here.
 
         Frames without an id are numbered after the largest id seen so far, so they never
         take an id the caller gave another frame.
         """
-        frame = as_frame(item)
-        frame_id = self._next_id if frame.frame_id is None else frame.frame_id
-        request = to_request(frame, frame_id, self.upload, self.max_bytes)
+        frame = None
+        frame_id = self._next_id
+        try:
+            frame = as_frame(item)
+            frame_id = frame_id if frame.frame_id is None else frame.frame_id
+            request = to_request(frame, frame_id, self.upload, self.max_bytes)
+            error = None
+        except _FRAME_ERRORS as exc:
+            request = pb.FrameRequest(frame_id=frame_id, source=frame.source if frame else "")
+            error = exc
         self._next_id = max(self._next_id, frame_id + 1)
-        return frame, request
+        return frame, request, error
 
-    def add(self, frame: Frame, request: pb.FrameRequest) -> None:
+    def add(
+        self, frame: Frame | None, request: pb.FrameRequest, error: ConvstreamError | None = None
+    ) -> None:
         """Keep a prepared frame until answered. ValueError for an id still unanswered:
         its result could not be told from the other's."""
-        if self._seq == 0 and self.options.publish:
+        if error is None and not self._named and self.options.publish:
+            self._named = True
             if not request.source:
                 # the server would refuse the first frame and go on unpublished
                 raise ValueError(
@@ -112,15 +136,16 @@ class Ledger:
                     f"({entry.frame!r}); the frames of one stream need ids that differ"
                 )
         self._seq += 1
-        self.entries.append(_Entry(self._seq, frame, request))
+        self.entries.append(_Entry(self._seq, frame, request, error))
 
     def after(self, seq: int) -> _Entry | None:
-        """The oldest entry newer than seq, i.e. the next to send after it."""
+        """The oldest entry newer than seq to send, i.e. the next to send after it."""
         found = None
         for entry in reversed(self.entries):
             if entry.seq <= seq:
                 break
-            found = entry
+            if entry.error is None:
+                found = entry
         return found
 
     def new_attempt(self) -> None:
@@ -137,17 +162,55 @@ class Ledger:
         copy.options.CopyFrom(self.options)
         return copy
 
-    def match(self, message: pb.FrameResult) -> Frame:
-        """Pop the frame a result answers; frames before it were dropped by the server."""
+    def match(self, message: pb.FrameResult) -> list[Result]:
+        """The results a server's result gives, in order: those of the frames before it that
+        failed here, its own, and those of the failed frames right after it (frames before
+        it that were sent were dropped by the server)."""
         message.frames_dropped += self._dropped_before
         self._dropped = message.frames_dropped
         if not message.status.code:
             self.accepted = True
+        results = []
         while self.entries:
             entry = self.entries.popleft()
-            if entry.request.frame_id == message.frame_id:
-                return entry.frame
+            if entry.error is not None:
+                results.append(self._failed(entry))
+            elif entry.request.frame_id == message.frame_id:
+                results.append(Result.from_proto(message, entry.frame))
+                return results + self.failed()
         raise ProtocolError(f"the server answered frame {message.frame_id}, which was not sent")
+
+    def full(self, max_in_flight: int) -> bool:
+        """No room for another frame. ConvstreamError when it is full of frames that failed
+        here: none was sent, so no answer will come to hand them over, and a source whose
+        every frame fails (pixels over the message limit, each one) ends the stream."""
+        if len(self.entries) < max_in_flight:
+            return False
+        if any(entry.error is None for entry in self.entries):
+            return True
+        last = self.entries[-1].error
+        assert last is not None
+        raise type(last)(
+            f"{len(self.entries)} frames in a row failed on this side, none sent, so the "
+            f"stream ends; the last: {last.message}",
+            code=last.code,
+        )
+
+    def failed(self) -> list[Result]:
+        """The results of the frames that failed here and wait for no answer before them."""
+        results = []
+        while self.entries and self.entries[0].error is not None:
+            results.append(self._failed(self.entries.popleft()))
+        return results
+
+    def _failed(self, entry: _Entry) -> Result:
+        return Result(
+            frame_id=entry.request.frame_id,
+            source=entry.request.source,
+            frames_dropped=self._dropped,
+            error=entry.error,
+            frame=entry.frame,
+        )
 
     def unanswered(self, exhausted: bool) -> ProtocolError | None:
         """The error for a stream the server ended OK before answering every frame."""
@@ -178,15 +241,15 @@ class SyncFeed:
         try:
             while True:
                 with self._cond:
-                    self._cond.wait_for(lambda: self._closed or len(self.ledger) < self._max)
+                    self._cond.wait_for(lambda: self._closed or not self.ledger.full(self._max))
                     if self._closed:
                         return
                 item = next(self._source, _END)
                 if item is _END:
                     return
-                frame, request = self.ledger.prepare(item)  # type: ignore[arg-type]
+                prepared = self.ledger.prepare(item)  # type: ignore[arg-type]
                 with self._cond:
-                    self.ledger.add(frame, request)
+                    self.ledger.add(*prepared)
                     self._cond.notify_all()
         except BaseException as exc:  # handed to the caller's thread by finish()
             self.error = exc
@@ -224,15 +287,19 @@ class SyncFeed:
             cursor = entry.seq
             yield request
 
-    def answer(self, message: pb.FrameResult) -> Result:
+    def answer(self, message: pb.FrameResult) -> list[Result]:
         with self._cond:
-            frame = self.ledger.match(message)
+            results = self.ledger.match(message)
             self._cond.notify_all()
-        return Result.from_proto(message, frame)
+        return results
 
-    def finish(self) -> None:
-        """After a stream ended OK: raise what the source raised, or a missing answer."""
+    def finish(self) -> Iterator[Result]:
+        """After a stream ended OK: the results of the last frames that failed here, then
+        raise what the source raised, or a missing answer."""
         self._pump.join(timeout=1.0)
+        with self._cond:
+            failed = self.ledger.failed()
+        yield from failed
         if self.error is not None:
             raise self.error
         with self._cond:
@@ -268,7 +335,7 @@ class AsyncFeed:
         self._cond = asyncio.Condition()
         self._attempt = 0
         self._exhausted = False
-        self._reading: asyncio.Future[tuple[Frame, pb.FrameRequest] | None] | None = None
+        self._reading: asyncio.Future[Prepared | None] | None = None
         self._pump = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
@@ -283,10 +350,10 @@ class AsyncFeed:
                     self._reading = asyncio.ensure_future(
                         asyncio.to_thread(self._next_prepared, source)
                     )
-                    pair = await asyncio.shield(self._reading)  # close() waits for it
-                    if pair is None:
+                    prepared = await asyncio.shield(self._reading)  # close() waits for it
+                    if prepared is None:
                         break
-                    await self._add(pair)
+                    await self._add(prepared)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
@@ -296,19 +363,19 @@ class AsyncFeed:
                 self._exhausted = True
                 self._cond.notify_all()
 
-    def _next_prepared(self, source: Iterator[FrameLike]) -> tuple[Frame, pb.FrameRequest] | None:
+    def _next_prepared(self, source: Iterator[FrameLike]) -> Prepared | None:
         item = next(source, _END)
         return None if item is _END else self.ledger.prepare(item)  # type: ignore[arg-type]
 
-    async def _prepare(self, item: FrameLike) -> tuple[Frame, pb.FrameRequest]:
+    async def _prepare(self, item: FrameLike) -> Prepared:
         if isinstance(item, bytes) or (isinstance(item, Frame) and isinstance(item.image, bytes)):
             return self.ledger.prepare(item)
         return await asyncio.to_thread(self.ledger.prepare, item)  # JPEG encoding, file reads
 
-    async def _add(self, pair: tuple[Frame, pb.FrameRequest]) -> None:
+    async def _add(self, prepared: Prepared) -> None:
         async with self._cond:
-            await self._cond.wait_for(lambda: len(self.ledger) < self._max)
-            self.ledger.add(*pair)
+            await self._cond.wait_for(lambda: not self.ledger.full(self._max))
+            self.ledger.add(*prepared)
             self._cond.notify_all()
 
     def _ready(self, attempt: int, cursor: int) -> bool:
@@ -335,15 +402,18 @@ class AsyncFeed:
             cursor = entry.seq
             yield request
 
-    async def answer(self, message: pb.FrameResult) -> Result:
+    async def answer(self, message: pb.FrameResult) -> list[Result]:
         async with self._cond:
-            frame = self.ledger.match(message)
+            results = self.ledger.match(message)
             self._cond.notify_all()
-        return Result.from_proto(message, frame)
+        return results
 
-    async def finish(self) -> None:
-        """After a stream ended OK: raise what the source raised, or a missing answer."""
+    async def finish(self) -> AsyncIterator[Result]:
+        """After a stream ended OK: the results of the last frames that failed here, then
+        raise what the source raised, or a missing answer."""
         await asyncio.wait({self._pump}, timeout=1.0)
+        for result in self.ledger.failed():
+            yield result
         if self.error is not None:
             raise self.error
         missing = self.ledger.unanswered(self._exhausted)
