@@ -45,3 +45,27 @@ def test_console_script_is_installed() -> None:
     commands = ("serve", "token", "analyze", "stream", "info", "samples", "cameras", "watch")
     for command in (*commands, "dashboard"):
         assert command in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("program", "told"),
+    [
+        ("import convstream.server", None),
+        ("import convstream.model; convstream.model.DamageModel()", None),
+        ("import convstream.model", "0"),  # whoever wants onnxruntime's store says so
+    ],
+)
+def test_nothing_is_written_into_the_users_home(
+    tmp_path: Path, program: str, told: str | None
+) -> None:
+    """onnxruntime 1.32 makes ~/.cache/Microsoft/DeveloperTools/.onnxruntime/ (a device id
+    and a telemetry store) when imported; the server and the model keep it off."""
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    if told is not None:
+        env["ORT_DISABLE_TELEMETRY"] = told
+    subprocess.run([sys.executable, "-c", program], env=env, timeout=120, check=True)
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    if told == "0":  # the check can tell: this onnxruntime does write it, when let
+        assert ".cache/Microsoft/DeveloperTools/.onnxruntime/deviceid" in written, written
+    else:
+        assert written == []

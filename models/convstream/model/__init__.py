@@ -4,6 +4,7 @@ Training code (``train``, ``export``, ``network``) needs ``convstream[train]`` a
 only on purpose; the server needs nothing of it.
 """
 
+from convstream.model import _offline  # noqa: F401  (before onnxruntime loads)
 from convstream.model.runtime import (
     FEATURE_NAMES,
     MODEL_PATH,

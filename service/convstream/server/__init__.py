@@ -10,6 +10,7 @@ async def main() -> None:
     await server.stop()
 """
 
+from convstream.model import _offline  # noqa: F401  (before onnxruntime loads)
 from convstream.server.app import Server, serve
 from convstream.server.config import CameraConfig, ConfigError, Settings, load_settings
 from convstream.server.errors import (
