@@ -129,6 +129,13 @@ def test_an_alert_keeps_when_it_was_raised_as_its_snapshot_improves(tmp_path: Pa
     # an alert written before alerts kept their raising reads back with its frame's time
     legacy = {k: v for k, v in first.to_json().items() if k != "raised"}
     assert Alert.from_json(legacy).raised == first.time
+    # files a crash left half written go at the next start; whole alerts are read back
+    for alert_id in (1, 2):
+        log.save(alert_id)
+    (tmp_path / "00000003.jpg.part").write_bytes(b"half")
+    reborn = AlertLog(10, tmp_path)
+    assert [a.id for a in reborn.recent()] == [2, 1]
+    assert not list(tmp_path.glob("*.part")) and len(list(tmp_path.iterdir())) == 6
 
 
 async def test_a_camera_s_score_history_keeps_history_s_however_slow_the_camera() -> None:

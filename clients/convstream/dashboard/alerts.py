@@ -191,6 +191,9 @@ class AlertLog:
             self._load(directory)
 
     def _load(self, directory: Path) -> None:
+        for partial in directory.glob("*.part"):  # a write cut short (a crash, a full disk)
+            logger.info("removing %s, an alert file left half written", partial)
+            partial.unlink(missing_ok=True)
         ids = sorted(int(path.stem) for path in directory.glob("*.json") if path.stem.isdigit())
         if ids:
             self._next_id = ids[-1] + 1
