@@ -34,7 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from convstream.cli import main as cli_main
 from convstream.client import TLS, Client, Timeout
 from convstream.client.connection_flags import token_from_flags
-from convstream.client.errors import DeadlineExceeded, ServerUnavailable
+from convstream.client.errors import DeadlineExceeded, ServerUnavailable, Unauthenticated
 from convstream.server import CameraConfig, ConfigError, Server, Settings, load_settings
 from convstream.server.app import _listen
 from convstream.server.config import TokenConfig
@@ -249,6 +249,16 @@ async def test_tokens_and_roles(token_server: Server) -> None:
         ("convstream.v1.Convstream/Analyze", "permission_denied"): 1.0,
         ("convstream.v1.Convstream/StreamFrames", "permission_denied"): 1.0,
     }
+    # the Python client's error says how to give a token in Python, beside the server's words
+    with (
+        Client(f"127.0.0.1:{token_server.port}") as anonymous,
+        pytest.raises(Unauthenticated) as refused_here,
+    ):
+        await asyncio.to_thread(anonymous.analyze, frame.encoded)
+    assert str(refused_here.value) == (
+        "this server needs a token: send metadata 'authorization: Bearer <token>' (give the "
+        "server's token: Client(address, token=...))"
+    )
 
 
 def _refusals(metrics_port: int) -> dict[tuple[str, str], float]:

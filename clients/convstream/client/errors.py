@@ -193,6 +193,10 @@ def from_rpc_error(
         hint = unavailable_hint(message, tls)
         message = f"convstream server at {address} is unavailable: {message}"
         return ServerUnavailable(message, code=code, hint=hint)
+    if code == grpc.StatusCode.UNAUTHENTICATED and address:
+        # the server's words are for any gRPC client ("send metadata 'authorization: ...'")
+        hint = "give the server's token: Client(address, token=...)"
+        return Unauthenticated(message, code=code, hint=hint)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED and address:
         message = f"call to {address} timed out: {message}"
     return from_status(code, message)
