@@ -375,6 +375,19 @@ def test_a_missing_usb_camera_is_retried_with_a_clear_error() -> None:
         cam.stop()
 
 
+def run_until_it_fails(cam: Camera, caplog: pytest.LogCaptureFixture) -> None:
+    """Start the camera, wait (30 s at most) until it has failed, stop it; its log lines,
+    debug included, in caplog."""
+    with caplog.at_level(logging.DEBUG, logger="convstream.server.camera"):
+        cam.start()
+        try:
+            deadline = time.monotonic() + 30
+            while cam.state != pb.CAMERA_STATE_FAILED and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            cam.stop()
+
+
 @pytest.mark.parametrize("measured", [False, True])
 def test_a_camera_that_stays_down_does_not_fill_the_log(
     caplog: pytest.LogCaptureFixture, measured: bool
@@ -402,14 +415,7 @@ def test_a_camera_that_stays_down_does_not_fill_the_log(
         raise AssertionError("nothing listens there")
 
     cam = Camera(config, timing_out) if measured else Camera(config)
-    with caplog.at_level(logging.DEBUG, logger="convstream.server.camera"):
-        cam.start()
-        try:
-            deadline = time.monotonic() + 30
-            while cam.state != pb.CAMERA_STATE_FAILED and time.monotonic() < deadline:
-                time.sleep(0.02)
-        finally:
-            cam.stop()
+    run_until_it_fails(cam, caplog)
     assert cam.state == pb.CAMERA_STATE_STOPPED and cam.reconnects == 20
     retries = [r for r in caplog.records if "; retry " in r.getMessage()]
     assert len(retries) == 20  # every retry is still there at debug level
@@ -500,14 +506,7 @@ def test_a_flapping_camera_is_said_once_not_at_every_change(
     config = config.model_copy(update={"id": "gone", "max_reconnects": 3})
     cam = Camera(config, going)
     caplog.clear()
-    with caplog.at_level(logging.DEBUG, logger="convstream.server.camera"):
-        cam.start()
-        try:
-            deadline = time.monotonic() + 20
-            while cam.state != pb.CAMERA_STATE_FAILED and time.monotonic() < deadline:
-                time.sleep(0.01)
-        finally:
-            cam.stop()
+    run_until_it_fails(cam, caplog)
     shown = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     assert len([m for m in shown if "it is flapping" in m]) == 1
     assert shown[-2].startswith("camera gone: reconnecting -> failed (rtsp source: connection")
