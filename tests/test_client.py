@@ -306,6 +306,24 @@ async def test_video_file_streamed_in_order_none_missing(server: Server, video: 
         assert sum(r.frames_dropped for r in results) == 0
 
 
+async def test_a_capture_opened_by_the_caller_is_streamed_and_released(
+    server: Server, video: Path
+) -> None:
+    """Video(cv2.VideoCapture(...)): a capture set up by hand (a GStreamer pipeline, a USB
+    camera's resolution) is read as its own source would be, and released on close."""
+    capture = cv2.VideoCapture(str(video))
+    with Video(capture) as source:
+        assert (source.name, source.frame_count, source.live) == ("capture", 30, False)
+        assert repr(source) == "Video(<cv2.VideoCapture>, name='capture', fps=10)"
+        async with AsyncClient(address(server)) as client:
+            results = [r async for r in client.stream(source.frames())]
+    assert [r.frame_id for r in results] == list(range(30))
+    assert all(r.ok and r.source == "capture" for r in results)
+    assert not capture.isOpened()  # released with the Video
+    with pytest.raises(cs.SourceError, match=r"the cv2\.VideoCapture given is not open"):
+        Video(cv2.VideoCapture())
+
+
 def test_a_realtime_video_file_comes_at_its_own_frame_rate(video: Path) -> None:
     """realtime=True: the 10 fps file's frames 0.1 s apart, as a camera's, each carrying the
     time it was handed out; without it, as fast as they are read, with no capture_time."""

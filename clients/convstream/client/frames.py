@@ -316,8 +316,12 @@ class Video:
                 ...
 
     Args:
-        source: a video file, a URL (rtsp://, http://), or a camera index (0: the first).
-        name: the ``source`` sent with each frame; the file's stem or "camera0" by default.
+        source: a video file, a URL (rtsp://, http://), a camera index (0: the first), or a
+            ``cv2.VideoCapture`` you opened and set up yourself (a GStreamer pipeline, a USB
+            camera set to 1920x1080 with ``capture.set``): the Video takes it over and
+            releases it on close. Such a capture is live unless it reports a frame count.
+        name: the ``source`` sent with each frame; the file's stem, "camera0" or "capture"
+            by default.
         latest_only: read in a background thread and hand out only the newest frame, so a
             consumer slower than a live camera sees fresh frames instead of a growing lag (the
             frames skipped leave gaps in frame ids). Default: on for cameras and URLs, off for
@@ -339,34 +343,46 @@ class Video:
 
     def __init__(
         self,
-        source: str | os.PathLike[str] | int,
+        source: str | os.PathLike[str] | int | cv2.VideoCapture,
         *,
         name: str | None = None,
         latest_only: bool | None = None,
         max_frames: int | None = None,
         realtime: bool = False,
     ) -> None:
-        self.live = isinstance(source, int) or "://" in str(source)
-        if not isinstance(source, int) and not self.live:
-            path = Path(source)
-            if path.is_dir():
+        if isinstance(source, cv2.VideoCapture):
+            if not source.isOpened():
                 raise SourceError(
-                    f"{path} is a folder, not a video file (for its images: "
-                    f"read_images([{str(path)!r}]))"
+                    "the cv2.VideoCapture given is not open (its isOpened() is False)"
                 )
-            if not path.is_file():
-                raise SourceError(f"no such video file: {path}")
+            self.live = int(source.get(cv2.CAP_PROP_FRAME_COUNT) or 0) <= 0
+        else:
+            self.live = isinstance(source, int) or "://" in str(source)
+            if not isinstance(source, int) and not self.live:
+                path = Path(source)
+                if path.is_dir():
+                    raise SourceError(
+                        f"{path} is a folder, not a video file (for its images: "
+                        f"read_images([{str(path)!r}]))"
+                    )
+                if not path.is_file():
+                    raise SourceError(f"no such video file: {path}")
         self.source = source
         self.name = name if name is not None else self.default_name(source)
         self.latest_only = self.live if latest_only is None else latest_only
         self.max_frames = max_frames
-        self._capture = cv2.VideoCapture(source if isinstance(source, int) else str(source))
-        if not self._capture.isOpened():
-            self._capture.release()
-            device = Path(f"/dev/video{source}") if isinstance(source, int) else None
-            if device is not None and sys.platform.startswith("linux") and not device.exists():
-                raise SourceError(f"no camera {source} on this machine: {device} does not exist")
-            raise SourceError(f"OpenCV cannot open video source {source!r}")
+        if isinstance(source, cv2.VideoCapture):
+            self._capture = source
+        else:
+            self._capture = cv2.VideoCapture(source if isinstance(source, int) else str(source))
+            if not self._capture.isOpened():
+                self._capture.release()
+                device = Path(f"/dev/video{source}") if isinstance(source, int) else None
+                if device is not None and sys.platform.startswith("linux") and not device.exists():
+                    raise SourceError(
+                        f"no camera {source} on this machine: {device} does not exist"
+                    )
+                raise SourceError(f"OpenCV cannot open video source {source!r}")
         self.fps = float(self._capture.get(cv2.CAP_PROP_FPS) or 0.0)
         count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         self.frame_count = None if self.live or count <= 0 else count
@@ -382,9 +398,12 @@ class Video:
         self._pacer = _Pacer(self.fps, self._closing) if paced else None
 
     @staticmethod
-    def default_name(source: str | os.PathLike[str] | int) -> str:
+    def default_name(source: str | os.PathLike[str] | int | cv2.VideoCapture) -> str:
         """The ``name`` a Video of source gets when none is given: a file's stem ("conveyor"
-        for conveyor.avi), "camera0" for camera 0, a URL as it is."""
+        for conveyor.avi), "camera0" for camera 0, a URL as it is, "capture" for a
+        cv2.VideoCapture."""
+        if isinstance(source, cv2.VideoCapture):
+            return "capture"
         if isinstance(source, int):
             return f"camera{source}"
         if "://" in str(source):
@@ -464,7 +483,10 @@ class Video:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Video({self.source!r}, name={self.name!r}, fps={self.fps:g})"
+        source = repr(self.source)
+        if isinstance(self.source, cv2.VideoCapture):
+            source = "<cv2.VideoCapture>"
+        return f"Video({source}, name={self.name!r}, fps={self.fps:g})"
 
 
 class _Pacer:
