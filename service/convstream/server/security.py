@@ -37,8 +37,14 @@ OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
 def new_token() -> tuple[str, str]:
-    """A fresh random token and its SHA-256 (hex), for the config."""
-    token = secrets.token_urlsafe(32)
+    """A fresh random token and its SHA-256 (hex), for the config.
+
+    Never one that starts with '-' (1 in 64 of token_urlsafe's): ``--token -x...`` reads as
+    an option to argparse, and to most command lines, and was refused as a missing value.
+    """
+    token = "-"
+    while token.startswith("-"):
+        token = secrets.token_urlsafe(32)
     return token, token_hash(token)
 
 
