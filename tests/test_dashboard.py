@@ -819,8 +819,9 @@ async def test_dashboard_outlives_a_server_restart(
         # what to check, in words; gRPC's own message only as the banner's tooltip
         banner = page.locator("#banner")
         await expect(banner).to_have_text(
-            f"No answer from the convstream server at 127.0.0.1:{port}: is `convstream serve` "
-            "running there? If it uses TLS, add --ca FILE or --tls"
+            "Cameras are not updating: no answer from the convstream server at "
+            f"127.0.0.1:{port}. For the administrator: is `convstream serve` running there? If "
+            "it uses TLS, add --ca FILE or --tls"
         )
         assert "UNAVAILABLE" in (await banner.get_attribute("title") or "")
         tile = _tile(page, "belt")

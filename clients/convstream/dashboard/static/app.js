@@ -522,10 +522,12 @@
     if (server && !server.ok) {
       const where = server.address ? ` at ${server.address}` : "";
       const [code] = String(server.error).split(":", 1);
+      // First what an operator sees happen, then what whoever runs it should check.
       banner.textContent = server.refused
-        ? `The convstream server${where} refuses this dashboard (${code}): ${server.hint}`
-        : `No answer from the convstream server${where}` +
-          (server.hint ? `: ${server.hint}` : ` (${code})`);
+        ? `Cameras are not updating: the convstream server${where} refuses this ` +
+          `dashboard (${code}). For the administrator: ${server.hint}`
+        : `Cameras are not updating: no answer from the convstream server${where}.` +
+          (server.hint ? ` For the administrator: ${server.hint}` : ` (${code})`);
       banner.title = server.error; // gRPC's own words, for whoever digs deeper
       banner.hidden = false;
     } else {
