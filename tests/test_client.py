@@ -515,44 +515,52 @@ async def test_breaking_out_of_a_stream_ends_it(server: Server, frames: list[np.
 
 
 async def test_a_frame_over_the_message_limit_is_refused_by_the_client_saying_why(
-    server: Server, frames: list[np.ndarray]
+    server: Server, frames: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """gRPC refused it with its own words ("CLIENT: Sent message larger than max"), as
-    Overloaded, which says retry later: it never can."""
+    Overloaded, which says retry later: it never can. On a stream that frame alone fails,
+    in its place, and the stream goes on; runs of such frames too, however few may be in
+    flight, unless no frame is sent at all for FAILED_RUN of them."""
     limits = cs.Limits(max_message_bytes=1 << 19)  # a raw 640x480 frame is 921,600 bytes
     raw = cs.Upload(format="raw")
     told = (
         r"is 921,6\d\d bytes as raw pixels, over the 520,192 a frame may take of the "
         r"524,288-byte message limit .* Upload\(format='jpeg'\)"
     )
+    big, small = frames[6], cv2.resize(frames[1], (320, 240))
     async with AsyncClient(address(server), limits=limits, upload=raw) as client:
         with pytest.raises(cs.InvalidFrame, match=told):
-            await client.analyze(frames[6])
-        # on a stream, that frame alone fails, in its place, and the stream goes on
-        small = cv2.resize(frames[1], (320, 240))
-        got = [r async for r in client.stream([small, frames[6], small])]
+            await client.analyze(big)
+        got = [r async for r in client.stream([small, big, small])]
         assert [(r.frame_id, r.ok) for r in got] == [(1, True), (2, False), (3, True)]
         assert isinstance(got[1].error, cs.InvalidFrame) and re.search(told, str(got[1].error))
-        assert got[1].frame is not None and got[1].frame.image is frames[6]
-    # a source whose every frame fails: their results, then the stream ends saying why
-    # (none was sent, so no answer would ever hand them over)
-    few = cs.Limits(max_message_bytes=1 << 19, max_in_flight=3)
+        assert got[1].frame is not None and got[1].frame.image == b""  # its pixels let go
+    # one frame in flight at most, and a run of ten that fail between good ones
+    one = cs.Limits(max_message_bytes=1 << 19, max_in_flight=1)
+    mixed = [small] * 3 + [big] * 10 + [small] * 3
 
-    def sync() -> tuple[list[Result], str]:
-        got: list[Result] = []
-        with (
-            Client(address(server), limits=few, upload=raw) as client,
-            pytest.raises(cs.InvalidFrame) as ended,
-        ):
-            got.extend(client.stream([frames[6]] * 5))
-        return got, str(ended.value)
+    def sync(frames_in: list[np.ndarray]) -> list[Result]:
+        with Client(address(server), limits=one, upload=raw) as client:
+            return list(client.stream(frames_in))
 
-    got, why = await asyncio.to_thread(sync)
+    got = await asyncio.to_thread(sync, mixed)
+    assert [r.ok for r in got] == [True] * 3 + [False] * 10 + [True] * 3
+    assert [r.frame_id for r in got] == list(range(1, 17))
+    # a source whose every frame fails: their results, then the stream ends saying why (none
+    # was sent, so no answer would ever hand them over)
+    monkeypatch.setattr("convstream.client._feed.FAILED_RUN", 3)
+    async with AsyncClient(address(server), limits=one, upload=raw) as client:
+        got = []
+        with pytest.raises(cs.InvalidFrame) as ended:
+            async for result in client.stream([big] * 6):
+                got.append(result)
     assert [(r.frame_id, r.ok) for r in got] == [(1, False), (2, False), (3, False)]
-    assert why.startswith("3 frames in a row failed on this side, none sent, so the stream ")
+    why = str(ended.value)
+    assert why.startswith("4 frames in a row failed on this side, none sent, so the stream ")
     assert re.search(told, why)
+    assert len(await asyncio.to_thread(sync, [big] * 3)) == 3  # no more: no error
     async with AsyncClient(address(server), limits=limits) as client:  # JPEG fits
-        assert (await client.analyze(frames[6])).error is None
+        assert (await client.analyze(big)).error is None
 
 
 async def test_source_errors_come_after_the_frames_before_them(
@@ -754,7 +762,8 @@ async def test_broken_stream_resumes_on_a_restarted_server(
     failed = [r for r in results if not r.ok]
     assert [r.frame_id for r in failed] == list(range(MISSING, count + 1, MISSING))
     for r in failed:
-        assert isinstance(r.error, cs.SourceError) and r.frame is None
+        assert isinstance(r.error, cs.SourceError) and r.frame is not None
+        assert r.frame.name == f"/nonexistent/frame-{r.frame_id}.jpg"  # which file it was
         assert f"cannot read image /nonexistent/frame-{r.frame_id}.jpg" in str(r.error)
     sequences = [r.sequence for r in results if r.ok]
     assert sequences != sorted(sequences), "the results should come from two streams"

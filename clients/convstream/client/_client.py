@@ -126,7 +126,8 @@ class Client(BaseClient):
         cannot analyse gives a Result whose ``error`` says why; the stream goes on. So does a
         frame that fails on this side, never sent: an image path that cannot be read
         (SourceError), or one over the message limit (InvalidFrame, e.g. raw pixels of a
-        large frame), in its place among the results.
+        large frame), in its place among the results (with the next answer after it, or at
+        the end), its ``frame`` without pixels.
 
         Args:
             frames: Frames, arrays, bytes or paths; e.g. ``Video(0).frames()``.
@@ -155,8 +156,8 @@ class Client(BaseClient):
         Raises:
             ConvstreamError: the stream failed (after resume attempts, if asked for); also
                 whatever ``frames`` raised, after the results of the frames before it; and
-                when ``Limits.max_in_flight`` frames in a row failed on this side with none
-                sent (every frame over the message limit), after their results.
+                when 257 frames in a row failed on this side with none sent meanwhile
+                (every frame over the message limit), after their results.
             TypeError: ``frames`` is one frame, a path or a Video, not the frames themselves
                 (a Video's are ``video.frames()``).
             ValueError, TypeError: from the iteration, for a frame the client cannot send

@@ -10,8 +10,10 @@ requests() sends it. Each attempt first re-sends what the ledger holds, oldest f
 stream's options on its first frame (options stick per stream, not per client).
 
 A frame that fails on this side (an image file that cannot be read, raw pixels over the
-message limit) is never sent: it waits in the ledger, in its place, and becomes an error
-result as soon as every frame before it is answered, as a frame the server refuses does.
+message limit) is never sent: it waits in the ledger, in its place and without its pixels,
+and becomes an error result with the next answer after it (or the stream's end), as a frame
+the server refuses does. It takes no room of max_in_flight; a run of FAILED_RUN of them with
+nothing sent meanwhile ends the stream (a source whose every frame fails, said at once).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def check_frames(frames: object) -> None:
 @dataclass
 class _Entry:
     seq: int
-    frame: Frame | None  # None: an item that did not become a Frame (a file not read)
+    frame: Frame  # of a failed one: its id, source and name, without pixels
     request: pb.FrameRequest  # of a failed one: its frame_id and source only
     error: ConvstreamError | None = None  # why it failed here, never sent
 
@@ -67,7 +69,11 @@ class _Entry:
 # What a frame that fails here raises: that frame alone is lost. Anything else (a TypeError,
 # a ValueError for an impossible frame_id) is the calling program's mistake and ends the call.
 _FRAME_ERRORS = (SourceError, InvalidFrame)
-Prepared = tuple[Frame | None, pb.FrameRequest, ConvstreamError | None]
+Prepared = tuple[Frame, pb.FrameRequest, ConvstreamError | None]
+# Frames in a row that fail here, with none sent since the run began, that end a stream: a
+# source whose every frame fails (each over the message limit) says so, rather than hold
+# its results until an answer that no frame will bring.
+FAILED_RUN = 256
 
 
 class Ledger:
@@ -89,6 +95,7 @@ class Ledger:
         # LOSSLESS stream asked to be a bounded queue) and said nothing.
         self.accepted = False
         self._named = False  # the first frame sent has been checked for a publish name
+        self._run = 0  # frames in a row that failed here
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -109,16 +116,32 @@ class Ledger:
             request = to_request(frame, frame_id, self.upload, self.max_bytes)
             error = None
         except _FRAME_ERRORS as exc:
-            request = pb.FrameRequest(frame_id=frame_id, source=frame.source if frame else "")
+            # kept without its pixels (a run of large frames over the limit would be held)
+            frame = Frame(
+                b"",
+                frame_id=frame_id,
+                source=frame.source if frame is not None else "",
+                capture_time=frame.capture_time if frame is not None else None,
+                name=frame.name if frame is not None else str(item),
+            )
+            request = pb.FrameRequest(frame_id=frame_id, source=frame.source)
             error = exc
         self._next_id = max(self._next_id, frame_id + 1)
         return frame, request, error
 
     def add(
-        self, frame: Frame | None, request: pb.FrameRequest, error: ConvstreamError | None = None
+        self, frame: Frame, request: pb.FrameRequest, error: ConvstreamError | None = None
     ) -> None:
         """Keep a prepared frame until answered. ValueError for an id still unanswered:
-        its result could not be told from the other's."""
+        its result could not be told from the other's; for a failed frame, the error that
+        ends a stream when it is the FAILED_RUN + 1st in a row with none sent meanwhile."""
+        self._run = 0 if error is None else self._run + 1
+        if error is not None and self._run > FAILED_RUN and self.in_flight() == 0:
+            raise type(error)(
+                f"{self._run} frames in a row failed on this side, none sent, so the stream "
+                f"ends; the last: {error.message}",
+                code=error.code,
+            )
         if error is None and not self._named and self.options.publish:
             self._named = True
             if not request.source:
@@ -180,21 +203,9 @@ class Ledger:
                 return results + self.failed()
         raise ProtocolError(f"the server answered frame {message.frame_id}, which was not sent")
 
-    def full(self, max_in_flight: int) -> bool:
-        """No room for another frame. ConvstreamError when it is full of frames that failed
-        here: none was sent, so no answer will come to hand them over, and a source whose
-        every frame fails (pixels over the message limit, each one) ends the stream."""
-        if len(self.entries) < max_in_flight:
-            return False
-        if any(entry.error is None for entry in self.entries):
-            return True
-        last = self.entries[-1].error
-        assert last is not None
-        raise type(last)(
-            f"{len(self.entries)} frames in a row failed on this side, none sent, so the "
-            f"stream ends; the last: {last.message}",
-            code=last.code,
-        )
+    def in_flight(self) -> int:
+        """Frames sent and not yet answered (those that failed here take no room)."""
+        return sum(1 for entry in self.entries if entry.error is None)
 
     def failed(self) -> list[Result]:
         """The results of the frames that failed here and wait for no answer before them."""
@@ -241,7 +252,7 @@ class SyncFeed:
         try:
             while True:
                 with self._cond:
-                    self._cond.wait_for(lambda: self._closed or not self.ledger.full(self._max))
+                    self._cond.wait_for(lambda: self._closed or self.ledger.in_flight() < self._max)
                     if self._closed:
                         return
                 item = next(self._source, _END)
@@ -374,7 +385,7 @@ class AsyncFeed:
 
     async def _add(self, prepared: Prepared) -> None:
         async with self._cond:
-            await self._cond.wait_for(lambda: not self.ledger.full(self._max))
+            await self._cond.wait_for(lambda: self.ledger.in_flight() < self._max)
             self.ledger.add(*prepared)
             self._cond.notify_all()
 
