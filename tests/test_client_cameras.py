@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -510,6 +511,35 @@ def test_drop_counts_carry_on_across_a_watch_s_calls() -> None:
             message = bookkeeping.watched(pb.FrameResult(frame_id=1, frames_dropped=dropped))
             seen.append(Result.from_proto(message).frames_dropped)
     assert seen == [0, 2, 5, 5, 6]
+
+
+def test_a_server_that_takes_a_watch_and_drops_it_at_once_is_not_retried_for_good(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The decision logic: a watch the server registers and drops straight away (a proxy
+    cutting it, a server failing each one) backs off and gives up after resume_timeout, as
+    any outage; it re-subscribed every 0.1 s for good. One that held a while breaks anew."""
+    clock = [1000.0]
+    monkeypatch.setattr("convstream.client._base.time", SimpleNamespace(monotonic=lambda: clock[0]))
+    client = Client("127.0.0.1:1", retry=Retry(backoff=0.1, max_backoff=1.0, resume_timeout=2.0))
+    bookkeeping = client._resumption(True, "belt")
+    lost = ServerUnavailable("server is shutting down")
+    delays = []
+    for _ in range(20):  # bounded: it retried for good
+        bookkeeping.subscribed()
+        bookkeeping.registered((("convstream-watching", "belt"),))
+        clock[0] += 0.05  # dropped at once
+        delay = bookkeeping.delay(lost, 0)
+        if delay is None:
+            break
+        delays.append(delay)
+        clock[0] += delay
+    assert delays == [0.1, 0.2, 0.4, 0.8], delays  # then 1.0 more would pass 2 s
+    bookkeeping.subscribed()
+    bookkeeping.registered((("convstream-watching", "belt"),))
+    clock[0] += 11.0  # held: the next break is a new outage, retried from the start
+    assert bookkeeping.delay(lost, 0) == 0.1
+    client.close()
 
 
 async def test_slow_watcher_gets_fresh_results_on_its_own_channel(server: Server) -> None:

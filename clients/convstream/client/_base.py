@@ -37,6 +37,7 @@ DEFAULT_PORT = 50051
 KEEPALIVE_MS = 30_000
 KEEPALIVE_TIMEOUT_MS = 20_000
 CLOSED = "the client was closed while this call ran"  # the Cancelled that close() causes
+STEADY_S = 10.0  # a watch registered this long has held: a break after it is a new outage
 
 
 def is_local_address(address: str) -> bool:
@@ -297,17 +298,21 @@ class _Resumption:
         self._broke = 0.0
         self._dropped_before = 0  # by the watch's earlier calls
         self._dropped = 0
+        self._registered_at: float | None = None  # when this call's watch was registered
 
     def subscribed(self) -> None:
         """A new WatchCamera call starts: its server counts drops from 0 again."""
         self._dropped_before = self._dropped
 
     def registered(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
-        """A WatchCamera call's initial metadata arrived: the server says the watch is
-        registered, which counts as answered() (a camera that is down sends no result, and
-        its watch must outlast server restarts as a running camera's does)."""
+        """A WatchCamera call's initial metadata arrived: when the server says it registered
+        the watch, the watch has run (a camera that is down sends no result, and its watch
+        must outlast server restarts as a running camera's does). Breaks count afresh only
+        once such a call has held for STEADY_S: a server that takes the watch and drops it
+        at once, again and again, backs off and runs out of resume_timeout."""
         if any(key == WATCHING for key, _ in metadata or ()):
-            self.answered()
+            self._ran = True
+            self._registered_at = time.monotonic()
 
     def watched(self, message: pb.FrameResult) -> pb.FrameResult:
         """A watch result arrived: it counts as answered(), and its drops carry on."""
@@ -329,6 +334,10 @@ class _Resumption:
         """
         if self._client._closed:  # broken by close(): no trying again
             raise Cancelled(CLOSED) from error
+        held = self._registered_at is not None and time.monotonic() - self._registered_at
+        if held and held >= STEADY_S:
+            self._failures = 0  # a watch that ran a while: this break is a new one
+        self._registered_at = None
         if self._failures == 0:
             self._broke = time.monotonic()
         self._failures += 1
