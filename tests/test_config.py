@@ -212,10 +212,29 @@ async def test_the_smallest_limits_accepted_still_serve() -> None:
         await server.stop(grace=0)
 
 
-def test_one_port_number_on_two_addresses_is_not_a_clash() -> None:
-    apart = {"port": 9464, "host": "10.0.0.5", "metrics_host": "127.0.0.1"}
-    assert load_settings(overrides=apart).port == 9464
-    assert load_settings(overrides={"port": 9464, "metrics_port": -1}).port == 9464
+@pytest.mark.parametrize(
+    ("host", "metrics_host", "clash"),
+    [
+        ("127.0.0.1", "127.0.0.1", True),
+        ("0.0.0.0", "127.0.0.1", True),
+        ("[::]", "127.0.0.1", True),  # dual-stack: every address
+        ("::", "10.0.0.5", True),
+        ("localhost", "127.0.0.1", True),  # gRPC binds 127.0.0.1 and ::1
+        ("[::1]", "localhost", True),
+        ("10.0.0.5", "127.0.0.1", False),  # one port number on two addresses
+        ("10.0.0.5", "10.0.0.6", False),
+    ],
+)
+def test_the_metrics_port_may_not_take_the_grpc_port(
+    host: str, metrics_host: str, clash: bool
+) -> None:
+    same = {"port": 9464, "metrics_port": 9464, "host": host, "metrics_host": metrics_host}
+    if clash:
+        with pytest.raises(ConfigError, match="takes port 9464, the gRPC port"):
+            load_settings(overrides=same)
+    else:
+        assert load_settings(overrides=same).port == 9464
+    assert load_settings(overrides={**same, "metrics_port": -1}).port == 9464  # off: no clash
 
 
 def test_hosts_without_ports_are_taken_and_a_flag_is_not_blamed_on_the_environment() -> None:

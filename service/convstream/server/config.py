@@ -189,6 +189,27 @@ class Scheduling:
     fixed_batch: int = 0
 
 
+def _may_share_a_port(a: str, b: str) -> bool:
+    """Whether listening on hosts a and b with one port number would clash: the same
+    address however written ("::1", "[::1]"), a wildcard (which takes every address), or
+    localhost beside a loopback address (gRPC binds localhost as 127.0.0.1 and ::1)."""
+
+    def addresses(host: str) -> set[str] | None:  # None: every address
+        host = host.strip("[]").lower()
+        if not host:
+            return None
+        if host == "localhost":
+            return {"127.0.0.1", "::1"}
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return {host}  # a name: taken as written
+        return None if address.is_unspecified else {str(address)}
+
+    first, second = addresses(a), addresses(b)
+    return first is None or second is None or bool(first & second)
+
+
 class Settings(BaseModel):
     """Everything `convstream serve` can be told."""
 
@@ -361,8 +382,7 @@ class Settings(BaseModel):
                 f"up to {last}, past 65535 (each process takes the next port); choose a lower "
                 "metrics_port"
             )
-        wildcard = {"0.0.0.0", "::", ""}
-        same_host = self.host == self.metrics_host or {self.host, self.metrics_host} & wildcard
+        same_host = _may_share_a_port(self.host, self.metrics_host)
         if self.metrics_port > 0 and same_host and self.metrics_port <= self.port <= last:
             taken = (
                 f"metrics_port {self.metrics_port}"
