@@ -16,6 +16,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -453,8 +454,8 @@ def test_a_flapping_camera_is_said_once_not_at_every_change(
 ) -> None:
     """Running, lost, reconnecting, running, ... every few seconds logged 60 lines a minute.
     Once it flaps (FLAP_CHANGES changes within FLAP_WINDOW_S) that is said, once; its changes
-    and retries go to debug, its state stays current, and when one state has held for
-    FLAP_WINDOW_S that is said too."""
+    and retries go to debug, its state stays current, and when it calms down (here: one state
+    held for FLAP_WINDOW_S) that is said too."""
     monkeypatch.setattr(camera_module, "FLAP_WINDOW_S", 2.0)  # a minute, in the real thing
     opens = []
 
@@ -493,7 +494,8 @@ def test_a_flapping_camera_is_said_once_not_at_every_change(
     assert flapping.startswith("camera flaky: running -> reconnecting; it is flapping (")
     assert f"({FLAP_CHANGES} state changes in " in flapping
     assert "; last error: rtsp source: connection reset by peer)" in flapping
-    assert settled.startswith("camera flaky: running for 2 s, no longer flapping (")
+    assert settled.startswith("camera flaky: running, ")
+    assert " state changes in the last 2 s: no longer flapping (" in settled
     assert stopped == "camera flaky: running -> stopped"
 
     # One that flaps and then goes for good: its giving up is said all the same.
@@ -512,6 +514,41 @@ def test_a_flapping_camera_is_said_once_not_at_every_change(
     assert shown[-2].startswith("camera gone: reconnecting -> failed (rtsp source: connection")
     assert shown[-2].endswith("gave up after 3 reconnects)")
     assert shown[-1] == "camera gone: failed -> stopped"
+
+
+def test_a_camera_that_drops_now_and_then_after_flapping_is_no_longer_flapping(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decision logic, on a clock of its own: after a burst, a drop every 50 s never let
+    one state hold a minute, so it stayed 'flapping', its changes at debug, for good. Fewer
+    than half FLAP_CHANGES in a minute is calm."""
+    clock = [1000.0]
+    monkeypatch.setattr(
+        camera_module, "time", SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
+    )
+    cam = Camera(CameraConfig(id="dock", source="rtsp://127.0.0.1:1/x"))
+    lost, back = pb.CAMERA_STATE_RECONNECTING, pb.CAMERA_STATE_RUNNING
+
+    def change(state: pb.CameraState) -> None:
+        with cam._lock:
+            cam._set_state(state, "rtsp source: connection reset by peer")
+
+    with caplog.at_level(logging.DEBUG, logger="convstream.server.camera"):
+        for k in range(FLAP_CHANGES):  # a burst: a change a second
+            change(lost if k % 2 else back)
+            clock[0] += 1.0
+        for _ in range(5):  # then a drop every 50 s, back a second later
+            for second in range(50):
+                if second in (0, 1):
+                    change(lost if second == 0 else back)
+                cam.check(clock[0])
+                clock[0] += 1.0
+    said = [(r.levelno, r.getMessage()) for r in caplog.records]
+    calm = [i for i, (_, m) in enumerate(said) if "no longer flapping" in m]
+    assert len(calm) == 1 and "flapping" in said[FLAP_CHANGES - 1][1]
+    # the drops after it are said again, each
+    after = [m for level, m in said[calm[0] + 1 :] if " -> " in m and level == logging.INFO]
+    assert len(after) >= 4 and all(m.startswith("camera dock: ") for m in after), said
 
 
 def test_sighup_reloads_cameras_from_the_config_file(tmp_path: Path) -> None:

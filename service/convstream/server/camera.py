@@ -52,7 +52,7 @@ PACE_GAPS = 3  # frame intervals seen before a camera's pace is judged (one gap 
 # A camera whose state changes FLAP_CHANGES times within FLAP_WINDOW_S is flapping (a flaky
 # link, a camera rebooting in a loop: running, lost, reconnecting, running, ... every few
 # seconds, 60 lines a minute): said once, then its changes and retries are logged at debug
-# until one state holds for FLAP_WINDOW_S. Its state and last_error stay current throughout.
+# until fewer than half as many come in FLAP_WINDOW_S. Its state and last_error stay current.
 FLAP_CHANGES = 8
 FLAP_WINDOW_S = 60.0
 Opener = Callable[..., Capture]
@@ -206,14 +206,16 @@ class Camera:
         with self._lock:
             if self._stop.is_set():
                 return
-            if self._flapping and now - self._changes[-1] >= FLAP_WINDOW_S:
+            recent = sum(1 for t in self._changes if now - t < FLAP_WINDOW_S)
+            if self._flapping and recent < FLAP_CHANGES // 2:  # calm: a state held, or rare
                 self._flapping = False
                 logger.info(
-                    "camera %s: %s for %.0f s, no longer flapping (%d state changes were "
-                    "logged at debug level); its changes are logged again",
+                    "camera %s: %s, %d state changes in the last %.0f s: no longer flapping "
+                    "(%d changes were logged at debug level); its changes are logged again",
                     self.config.id,
                     STATE_NAMES[self.state],
-                    now - self._changes[-1],
+                    recent,
+                    FLAP_WINDOW_S,
                     self._unlogged,
                 )
             started = self._read_started
@@ -468,12 +470,14 @@ class Camera:
                 why = error or self.last_error
                 logger.warning(
                     "%s; it is flapping (%d state changes in %.1f s%s): its changes and "
-                    "retries are logged at debug level until one state holds for %.0f s (its "
-                    "state and last_error stay current in `convstream cameras` and /metrics)",
+                    "retries are logged at debug level until it calms down (fewer than %d in "
+                    "%.0f s; its state and last_error stay current in `convstream cameras` "
+                    "and /metrics)",
                     change,
                     FLAP_CHANGES,
                     now - self._changes[0],
                     f"; last error: {why}" if why else "",
+                    FLAP_CHANGES // 2,
                     FLAP_WINDOW_S,
                 )
             else:
