@@ -575,6 +575,10 @@ def test_expiry_times_are_when_clients_stop_trusting_the_files() -> None:
     times = expiry_times(PemFiles(pem(10, 400), b"key", pem(3, 700, 200)))
     assert {k: in_days(v) for k, v in times.items()} == {"tls_cert": 10, "tls_client_ca": 700}
     assert expiry_times(PemFiles(b"not a certificate", b"key", None)) == {}
+    # a first certificate this reader cannot date leaves the gauge out, never the date of
+    # the intermediate after it (which expires later: the alert would come too late)
+    undated = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    assert expiry_times(PemFiles(undated + pem(400), b"key", None)) == {}
 
 
 def test_serve_names_a_mismatched_key_not_the_port(

@@ -186,13 +186,12 @@ def expiry_times(pem: PemFiles) -> dict[str, float]:
     times = {}
     for setting, data, pick in (("tls_cert", pem.cert, min), ("tls_client_ca", pem.client_ca, max)):
         ends = []
-        for block in _PEM_CERTIFICATE.findall(data or b""):
+        blocks = _PEM_CERTIFICATE.findall(data or b"")
+        for block in blocks[:1] if setting == "tls_cert" else blocks:  # the chain's first
             try:
                 ends.append(certificate_validity(base64.b64decode(block))[1].timestamp())
             except (ValueError, binascii.Error):
-                continue
-            if setting == "tls_cert":
-                break  # the chain's first only
+                continue  # not dated here: left out, never another certificate's date
         if ends:
             times[setting] = pick(ends)
     return times
