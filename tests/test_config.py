@@ -89,6 +89,13 @@ def test_sources_apply_in_order(tmp_path: Path) -> None:
         ('[[camera]]\nid = "a"\n', {}, "camera: unknown setting; did you mean 'cameras'"),
         ('[[cameras]]\nid = "a"\nsource = "x.mp4"\nfsp = 5\n', {}, r"\.fsp: .*mean 'fps'"),
         ("quux = 1\n", {}, r"quux: unknown setting; \(README"),
+        # appended at the end of a config with cameras: TOML gives it to the last camera
+        (
+            '[[cameras]]\nid = "a"\nsource = "x.mp4"\n\nthreshold = 0.9\n',
+            {},
+            r"cameras\[0\]\.threshold: threshold is a top-level setting, and a key written "
+            r"below a \[\[cameras\]\] table belongs to that table in TOML: move it above",
+        ),
         ("", {"CONVSTREAM_HOTS": "x"}, "CONVSTREAM_HOTS; did you mean CONVSTREAM_HOST\\?"),
         ('port = "abc"\n', {}, "c.toml.*\n  port: Input should be a valid integer.*got 'abc'"),
         (

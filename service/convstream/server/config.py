@@ -587,6 +587,13 @@ def _describe(error: Any, variables: Mapping[str, str]) -> str:
         loc = error["loc"]
         tables: dict[str, type[BaseModel]] = {"cameras": CameraConfig, "tokens": TokenConfig}
         model = tables.get(loc[0], Settings) if len(loc) > 1 else Settings
+        if model is not Settings and len(loc) == 3 and loc[-1] in Settings.model_fields:
+            # TOML puts every key after a [[cameras]] header into that table, to its end
+            return (
+                f"{where}: {loc[-1]} is a top-level setting, and a key written below a "
+                f"[[{loc[0]}]] table belongs to that table in TOML: move it above the first "
+                f"[[{loc[0]}]]"
+            )
         guess = close_match(str(loc[-1]), model.model_fields)
         hint = f"did you mean {guess!r}? " if guess else ""
         return f"{where}: unknown setting; {hint}(README, 'Running the server', lists them all)"
