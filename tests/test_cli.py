@@ -359,6 +359,10 @@ async def test_timeout_inf_means_no_limit(
     assert done.value.code == 2 and "--timeout: expected seconds over 0" in capsys.readouterr().err
     assert main(["info", "--address", "127.0.0.1:99999"]) == 2  # gRPC dialled port 34463
     assert "port must be 1 to 65535" in capsys.readouterr().err
+    assert main(["info", "--address", "51101"]) == 2  # a port alone: said, not a DNS error
+    assert "got a port alone (51101): 127.0.0.1:51101 for a server" in capsys.readouterr().err
+    assert main(["info", "--address", "http://127.0.0.1:51101"]) == 2
+    assert "--tls or --ca FILE for the commands" in capsys.readouterr().err
 
 
 async def test_output_that_the_terminal_cannot_encode_is_escaped_not_a_crash(

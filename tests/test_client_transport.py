@@ -146,6 +146,8 @@ async def test_token_is_sent_as_bearer_metadata(fake_server: tuple[Fake, int]) -
         AsyncClient(f"127.0.0.1:{port}", token="two\nlines")
     with pytest.raises(ValueError, match="without a scheme, got 'http://"):
         AsyncClient("http://127.0.0.1:1")
+    with pytest.raises(ValueError, match=r"a port alone \(51101\): 127\.0\.0\.1:51101 for"):
+        AsyncClient("51101")  # dialled as a host name, it failed in DNS
     AsyncClient("dns:///localhost:1")  # gRPC's own target schemes pass
     AsyncClient("xds:///convstream.example:50051")
 

@@ -140,7 +140,13 @@ class BaseClient:
             # server running there?" (gRPC's own schemes, dns:/// or xds:///, pass)
             raise ValueError(
                 f"address must be host:port, without a scheme, got {address!r}: gRPC is not "
-                f"{scheme}:// (for TLS pass tls=TLS(...))"
+                f"{scheme}:// (for TLS: tls=TLS(...) in Python, --tls or --ca FILE for the "
+                "commands)"
+            )
+        if address.isdigit():  # a port alone was dialled as a host name, then failed in DNS
+            raise ValueError(
+                f"address must be host:port, got a port alone ({address}): "
+                f"127.0.0.1:{address} for a server on this machine"
             )
         if ":" not in address:
             address = f"{address}:{DEFAULT_PORT}"
