@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import io
 import json
 import math
@@ -13,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -212,7 +214,23 @@ def test_no_server_is_one_line_and_exit_code_3(capsys: pytest.CaptureFixture[str
     assert out == "" and len(err.strip().splitlines()) == 1
     assert err.startswith("convstream info: convstream server at 127.0.0.1:")
     assert "unavailable" in err and "convstream serve" in err
-    assert "If it uses TLS, add --ca FILE or --tls)" in err
+    assert "(nothing listens on that port: is `convstream serve` running there?)" in err
+    assert "TLS" not in err  # a refused connection is no handshake
+
+
+def test_a_web_port_is_told_from_a_grpc_port(capsys: pytest.CaptureFixture[str]) -> None:
+    """The dashboard's or the metrics port given for the server's: gRPC's words, then advice
+    about TLS; it is an HTTP/1 server that answered."""
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        assert main(["info", "--address", f"127.0.0.1:{web.server_address[1]}"]) == 3
+    finally:
+        web.shutdown()
+        web.server_close()
+    err = capsys.readouterr().err
+    assert "an HTTP/1 server answered there, not gRPC: the dashboard's or the metrics port?" in err
+    assert "TLS" not in err
 
 
 def test_usage_errors_exit_2(

@@ -820,8 +820,8 @@ async def test_dashboard_outlives_a_server_restart(
         banner = page.locator("#banner")
         await expect(banner).to_have_text(
             "Cameras are not updating: no answer from the convstream server at "
-            f"127.0.0.1:{port}. For the administrator: is `convstream serve` running there? If "
-            "it uses TLS, add --ca FILE or --tls"
+            f"127.0.0.1:{port}. For the administrator: nothing listens on that port: is "
+            "convstream serve running there?"
         )
         assert "UNAVAILABLE" in (await banner.get_attribute("title") or "")
         tile = _tile(page, "belt")

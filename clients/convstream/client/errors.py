@@ -239,6 +239,14 @@ def unavailable_hint(message: str, tls: TLS | None, terms: Mapping[str, str] = P
         return ""
     if "DNS resolution failed" in message or "errors resolving" in message:
         return "the host name does not resolve: check the address, and this machine's DNS"
+    if "http1.x server" in message or "Failed parsing HTTP/2" in message:
+        # a browser's port: the dashboard's, or the metrics one
+        return (
+            "an HTTP/1 server answered there, not gRPC: the dashboard's or the metrics port? "
+            "The server's gRPC port is its --port, 50051 by default"
+        )
+    if "Connection refused" in message:
+        return "nothing listens on that port: is `convstream serve` running there?"
     if "ping timeout" in message or "timed out" in message:
         # a link that went silent (a cable, a switch, a firewall) rather than no server
         return (

@@ -514,6 +514,21 @@
     for (const tile of tiles.values()) tile.sparkDirty = true;
   }
 
+  // Text with `commands` in it (the advice the CLI prints), the commands shown as code
+  // rather than between backticks; built from text nodes, never parsed as HTML.
+  function showMarked(element, text) {
+    element.replaceChildren(
+      ...String(text)
+        .split("`")
+        .map((part, i) => {
+          if (i % 2 === 0) return document.createTextNode(part);
+          const code = document.createElement("code");
+          code.textContent = part;
+          return code;
+        }),
+    );
+  }
+
   function setServer(server) {
     serverKnown = serverKnown || Boolean(server);
     serverOk = Boolean(server && server.ok);
@@ -523,11 +538,14 @@
       const where = server.address ? ` at ${server.address}` : "";
       const [code] = String(server.error).split(":", 1);
       // First what an operator sees happen, then what whoever runs it should check.
-      banner.textContent = server.refused
-        ? `Cameras are not updating: the convstream server${where} refuses this ` +
-          `dashboard (${code}). For the administrator: ${server.hint}`
-        : `Cameras are not updating: no answer from the convstream server${where}.` +
-          (server.hint ? ` For the administrator: ${server.hint}` : ` (${code})`);
+      showMarked(
+        banner,
+        server.refused
+          ? `Cameras are not updating: the convstream server${where} refuses this ` +
+              `dashboard (${code}). For the administrator: ${server.hint}`
+          : `Cameras are not updating: no answer from the convstream server${where}.` +
+              (server.hint ? ` For the administrator: ${server.hint}` : ` (${code})`),
+      );
       banner.title = server.error; // gRPC's own words, for whoever digs deeper
       banner.hidden = false;
     } else {
