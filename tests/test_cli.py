@@ -80,6 +80,22 @@ async def test_analyze_prints_a_table(
     assert summary.startswith("1 frame in ") and "frames/s" not in summary
 
 
+async def test_a_file_in_a_folder_that_is_no_image_fails_alone(
+    server: Server, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A .jpg that holds text (a download that saved an error page) is that file's error
+    row, in its place, and the others are analysed: exit 1, some frames failed."""
+    folder = tmp_path / "mixed"
+    shutil.copytree(images, folder)
+    (folder / "box-15.jpg").write_text("<html>404 Not Found</html>\n")
+    assert await run("analyze", str(folder), "--address", f"127.0.0.1:{server.port}") == 1
+    _, *rows, summary = capsys.readouterr().out.splitlines()
+    names = [Path(row.split()[1]).name for row in rows]
+    assert names == ["box-1.jpg", "box-15.jpg", "box-2.png", "wide.jpg"]
+    assert "SourceError" in rows[1] and "is not an image" in rows[1] and "holds text" in rows[1]
+    assert "1 failed" in summary and all(row.split()[3] in ("yes", "no") for row in rows[::2])
+
+
 async def test_analyze_json_lines_and_overlays(
     server: Server, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -370,7 +370,7 @@ def test_video_latest_only_reader_hands_out_newest_frames(video: Path) -> None:
 # What the package docstring promises for each kind of thing that is not a frame to analyse
 NOT_FRAMES = [
     ("bytes that are no image", lambda p: b"garbage bytes, not an image", cs.InvalidFrame),
-    ("a file that is no image", lambda p: p["notes"], cs.InvalidFrame),
+    ("a file that is no image", lambda p: p["notes"], cs.SourceError),
     ("a missing file", lambda p: p["missing"], cs.SourceError),
     ("a folder", lambda p: p["folder"], cs.SourceError),
     ("a video file", lambda p: p["video"], cs.SourceError),
@@ -426,6 +426,34 @@ async def test_latest_only_answers_or_reports_every_frame_once(
     assert answered == sorted(answered) and answered[-1] == 139
     assert sorted(answered + dropped) == [f.frame_id for f in sent]
     assert results[-1].frames_dropped == len(dropped)
+
+
+async def test_what_is_no_image_is_said_in_the_callers_terms(
+    server: Server, frames: list[np.ndarray], tmp_path: Path
+) -> None:
+    """A text file was sent as bytes and refused as 'expected JPEG (ff d8 ff) or PNG ...,
+    got 37 bytes starting 74 68 72 65', though BMP, TIFF and WebP files are read here; a
+    10x10 array was refused as 'JPEG is 10x10', a JPEG the caller never made."""
+    notes, empty = tmp_path / "notes.txt", tmp_path / "empty.png"
+    notes.write_text("three little pigs\nand a wolf\n")
+    empty.write_bytes(b"")
+    tiny = np.zeros((10, 10, 3), np.uint8)
+    async with AsyncClient(address(server)) as client:
+        with pytest.raises(cs.SourceError) as text:
+            await client.analyze(notes)
+        assert str(text.value) == (
+            f"{notes} is not an image: not a JPEG or PNG, nor a format OpenCV decodes (BMP, "
+            "TIFF, WebP, ...); it holds text (29 bytes): 'three little pigs'"
+        )
+        with pytest.raises(cs.SourceError, match=r"empty\.png is not an image: .*it is empty"):
+            await client.analyze(empty)
+        with pytest.raises(cs.InvalidFrame, match=r"is 10x10 pixels; frames must be at least"):
+            await client.analyze(tiny)
+        # in a stream, each is that frame's error result, in its place
+        results = [r async for r in client.stream([frames[0], notes, tiny, frames[1]])]
+    assert [(r.frame_id, r.ok) for r in results] == [(1, True), (2, False), (3, False), (4, True)]
+    assert isinstance(results[1].error, cs.SourceError) and "holds text" in str(results[1].error)
+    assert isinstance(results[2].error, cs.InvalidFrame)
 
 
 async def test_server_errors_arrive_mapped(server: Server, frames: list[np.ndarray]) -> None:

@@ -15,12 +15,13 @@
             print(result.frame_id, result.score, result.frame_age_ms)
 
 ``AsyncClient`` offers the same calls for asyncio. Every error of the server, the connection
-or a source is a ``ConvstreamError`` (see ``convstream.client.errors`` for the tree). Bytes or
-a file that are not an image the server decodes are judged by the server: ``InvalidFrame``,
-raised by ``analyze`` and in the ``error`` of that frame's Result on a stream (which goes
-on). A file that cannot be read, a folder given as a video, or a video given as an image is a
-``SourceError``. A bad argument is a ``ValueError`` or ``TypeError``: an option out of range,
-pixels that are not uint8 BGR or gray, an object that is no frame at all.
+or a source is a ``ConvstreamError`` (see ``convstream.client.errors`` for the tree). Bytes
+that are not an image the server decodes are judged by the server: ``InvalidFrame``, raised
+by ``analyze`` and in the ``error`` of that frame's Result on a stream (which goes on); so is
+a frame too small or too large to send. A file that cannot be read or is no image, a folder
+given as a video, or a video given as an image is a ``SourceError``, also a Result's
+``error`` on a stream. A bad argument is a ``ValueError`` or ``TypeError``: an option out of
+range, pixels that are not uint8 BGR or gray, an object that is no frame at all.
 
 The client logs through the ``convstream.client`` logger (a warning when a stream or a watch
 resumes after a break). gRPC's own C library writes lines of its own to stderr (a failed TLS

@@ -53,7 +53,6 @@ from convstream.client.frames import (
     IMAGE_SUFFIXES,
     Video,
     image_files,
-    read_images,
     video_container,
 )
 from convstream.client.options import Freshness, ResultOptions, Retry, Timeout, Upload
@@ -475,7 +474,8 @@ def _analyze(args: argparse.Namespace) -> int:
 
     def body(client: Client) -> int:
         _ready(args, client)
-        results = client.stream(read_images(paths), resume=True)
+        # the paths, read as the stream takes them: a file that is no image fails alone
+        results = client.stream(paths, resume=True)
         return _report(args, results, _reporter(args, len(paths), width))
 
     return _run(args, body)

@@ -34,6 +34,7 @@ __all__ = ["Frame", "FrameLike", "Video", "as_frame", "image_files", "read_image
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")  # what the server decodes as it is
+MIN_SIDE = 32  # pixels a side a frame needs at least (the convstream.v1 API's rule)
 PADDING_GREY = 114  # the server's letterbox padding, and what it sees through transparency
 VIDEO_SUFFIXES = {
     ".avi": "AVI",
@@ -187,12 +188,12 @@ def check_pixels(image: np.ndarray) -> None:
 
 
 def read_image(path: str | os.PathLike[str]) -> Frame:
-    """An image file as a Frame: JPEG and PNG keep their bytes, other formats are decoded.
-
-    A file OpenCV cannot decode keeps its bytes too, so the server says what is wrong with it.
+    """An image file as a Frame: JPEG and PNG keep their bytes (the server decodes them and
+    says what is wrong with a broken one), other formats are decoded here.
 
     Raises:
-        SourceError: the file cannot be read, or it is a video (see ``video_container``).
+        SourceError: the file cannot be read, is empty, is a video, or is no image OpenCV
+            can decode.
     """
     path = Path(path)
     try:
@@ -214,7 +215,22 @@ def read_image(path: str | os.PathLike[str]) -> Frame:
             f"{path} is a video ({kind}), not an image: read its frames with "
             f"Video({str(path)!r}) (from the shell, `convstream stream {path}`)"
         )
-    return Frame(data if pixels is None else pixels, name=str(path))
+    if pixels is None:
+        raise SourceError(
+            f"{path} is not an image: not a JPEG or PNG, nor a format OpenCV decodes (BMP, "
+            f"TIFF, WebP, ...); {_what_it_holds(data)}"
+        )
+    return Frame(pixels, name=str(path))
+
+
+def _what_it_holds(data: bytes) -> str:
+    """A few words on a file that is no image: empty, text (quoted), or its first bytes."""
+    if not data:
+        return "it is empty"
+    head = data[:48].decode("utf-8", "replace")
+    if "\ufffd" not in head and all(c.isprintable() or c in "\t\r\n" for c in head):
+        return f"it holds text ({len(data):,} bytes): {head.split(chr(10))[0][:40]!r}"
+    return f"{len(data):,} bytes, starting {data[:8].hex(' ')}"
 
 
 def image_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
@@ -236,7 +252,12 @@ def image_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
 
 
 def read_images(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Frame]:
-    """Frames from image files and folders, read one at a time as they are needed."""
+    """Frames from image files and folders, read one at a time as they are needed.
+
+    A file that is no image raises SourceError, which ends the iteration (and a stream of
+    it); ``client.stream(image_files(paths))`` reads the same files in the stream, where
+    such a file is that frame's error result and the rest go on.
+    """
     for path in image_files(paths):
         yield read_image(path)
 
@@ -278,6 +299,12 @@ def _to_request(frame: Frame, frame_id: int, upload: Upload) -> pb.FrameRequest:
         request.encoded = image
         return request
     check_pixels(image)
+    if min(image.shape[:2]) < MIN_SIDE:  # said of the array: the JPEG made of it is ours
+        raise InvalidFrame(
+            f"{frame!r} is {image.shape[1]}x{image.shape[0]} pixels; frames must be at least "
+            f"{MIN_SIDE}x{MIN_SIDE}: scaled up to the model's input, a smaller one is a blur "
+            "it cannot judge"
+        )
     if upload.format == "raw":
         gray = image.ndim == 2 or image.shape[2] == 1
         request.raw.width, request.raw.height = image.shape[1], image.shape[0]
