@@ -352,6 +352,8 @@ async def test_the_readme_python_example_runs_as_written(
     assert re.fullmatch(r"\(\d+, \d+\)", peak), peak
     assert heatmap == f"({HEATMAP[0]}, {HEATMAP[1]})"
     assert camera.startswith("demo ")
+    overlay = cv2.imread(str(tmp_path / "boxes" / "box-001-overlay.png"))
+    assert overlay is not None and overlay.shape[2] == 3  # the picture a person looks at
     assert len(watched) == 10
     ids = [int(line.split()[0]) for line in watched]
     assert ids == sorted(ids) and len(set(ids)) == 10
