@@ -7,11 +7,12 @@ network on the engine's workers, so the event loop only moves messages.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, InvalidStateError
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -415,14 +416,67 @@ class Pipeline:
         """``analyze``, also returning the prepared frame and the raw outputs (to publish);
         `also`: more feature maps to compute, not put in the result (a publication's
         watchers want them)."""
-        loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self.executor, self.prepare, request)
-        self.check_size(options, prepared.geometry)
         maps = list(dict.fromkeys((*options.feature_maps, *also)))
-        inference = await self.engine.infer(prepared.pixels, maps, deadline)
-        result = await loop.run_in_executor(
-            self.executor, self.encode, request, options, prepared, inference
-        )
+        caller = CALLER.get()
+        done: Future[tuple[pb.FrameResult, Prepared, Inference]] = Future()
+        current: list[Future[Any]] = []  # the step in progress, cancelled with the frame
+
+        # Decode, inference and encode follow each other on the threads that finish them,
+        # with no trip back to the event loop in between: two wake-ups of the loop (a
+        # syscall, a switch, a coroutine step) saved a frame, CPU the frames need.
+        def settle(value: Any = None, error: BaseException | None = None) -> None:
+            with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
+                if error is None:
+                    done.set_result(value)
+                else:
+                    done.set_exception(error)
+
+        def step(future: Future[Any], then: Callable[[Any], None]) -> None:
+            current[:] = [future]
+            if done.cancelled():
+                future.cancel()
+
+            def finished(future: Future[Any]) -> None:
+                if done.cancelled():
+                    return
+                if future.cancelled():  # the engine stopping drops waiting frames
+                    done.cancel()
+                    return
+                try:
+                    then(future.result())
+                except BaseException as exc:  # a bad frame, a full queue: the caller's
+                    settle(error=exc)
+
+            future.add_done_callback(finished)
+
+        def submit(fn: Callable[..., T], *args: Any) -> Future[T]:
+            token = CALLER.set(caller)  # the pool's turns are per caller
+            try:
+                return self.executor.submit(fn, *args)
+            finally:
+                CALLER.reset(token)
+
+        def prepared_then(prepared: Prepared) -> None:
+            self.check_size(options, prepared.geometry)
+            step(
+                self.engine.submit(prepared.pixels, maps, deadline),
+                lambda inference: inferred_then(prepared, inference),
+            )
+
+        def inferred_then(prepared: Prepared, inference: Inference) -> None:
+            step(
+                submit(self.encode, request, options, prepared, inference),
+                lambda result: settle((result, prepared, inference)),
+            )
+
+        step(submit(self.prepare, request), prepared_then)
+        try:
+            result, prepared, inference = await asyncio.wrap_future(done)
+        except asyncio.CancelledError:
+            done.cancel()
+            for future in current:
+                future.cancel()  # a frame not yet decoded or at the model is never run
+            raise
         now = time.perf_counter()
         total_ms = (now - arrived) * 1000
         result.timings.total_ms = total_ms
