@@ -24,7 +24,6 @@ cores idle.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -140,17 +139,6 @@ class Engine:
             self._queued += 1
             self._cond.notify()
         return job.future
-
-    async def infer(
-        self, pixels: np.ndarray, outputs: Iterable[str] = (), deadline: float | None = None
-    ) -> Inference:
-        """Await one frame's outputs; cancelling the await drops the frame if not yet run."""
-        future = self.submit(pixels, outputs, deadline)
-        try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
 
     @property
     def queued(self) -> int:

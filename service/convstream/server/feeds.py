@@ -18,6 +18,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -385,10 +386,10 @@ class CameraFeed(Publisher):
         return Prepared(pixels, geometry, (time.perf_counter() - started) * 1000)
 
     async def _analyse(self, frame: Frame) -> None:
-        loop = asyncio.get_running_loop()
         arrived = time.perf_counter()
-        prepared = await loop.run_in_executor(self.pipeline.executor, self._prepare, frame)
-        inference = await self.pipeline.engine.infer(prepared.pixels, self.wanted_maps())
+        prepared, inference, _ = await self.pipeline.through_model(
+            partial(self._prepare, frame), self.wanted_maps()
+        )
         request = pb.FrameRequest(frame_id=frame.number, source=self.name)
         request.capture_time.FromNanoseconds(int(frame.captured * 1e9))
         await self.publish(

@@ -387,43 +387,24 @@ class Pipeline:
             )
         return result
 
-    async def analyze(
+    async def through_model(
         self,
-        request: pb.FrameRequest,
-        options: Options,
-        arrived: float,
+        prepare: Callable[[], Prepared],
+        maps: Sequence[str],
         deadline: float | None = None,
-    ) -> pb.FrameResult:
-        """The whole trip for one frame; raises a ConvstreamError for a bad frame.
-
-        Args:
-            request: the frame.
-            options: validated options for it.
-            arrived: time.perf_counter() when the server received it.
-            deadline: time.perf_counter() past which the caller no longer waits: a frame not
-                yet at the model by then is not run (DeadlineExpired).
+        encode: Callable[[Prepared, Inference], pb.FrameResult] | None = None,
+    ) -> tuple[Prepared, Inference, pb.FrameResult | None]:
+        """A frame's trip through the pool and the engine: ``prepare()`` on a pool thread,
+        its pixels through the model (with ``maps``), then ``encode`` on a pool thread, if
+        given. Each step follows the last on the thread that finished it, with no trip back
+        to the event loop in between: two wake-ups of the loop (a syscall, a switch, a
+        coroutine step) saved a frame, CPU the frames need. Cancelling the await drops a
+        frame not yet prepared or run; an error of any step is raised here.
         """
-        return (await self.analyze_parts(request, options, arrived, deadline))[0]
-
-    async def analyze_parts(
-        self,
-        request: pb.FrameRequest,
-        options: Options,
-        arrived: float,
-        deadline: float | None = None,
-        also: Sequence[str] = (),
-    ) -> tuple[pb.FrameResult, Prepared, Inference]:
-        """``analyze``, also returning the prepared frame and the raw outputs (to publish);
-        `also`: more feature maps to compute, not put in the result (a publication's
-        watchers want them)."""
-        maps = list(dict.fromkeys((*options.feature_maps, *also)))
         caller = CALLER.get()
-        done: Future[tuple[pb.FrameResult, Prepared, Inference]] = Future()
+        done: Future[tuple[Prepared, Inference, pb.FrameResult | None]] = Future()
         current: list[Future[Any]] = []  # the step in progress, cancelled with the frame
 
-        # Decode, inference and encode follow each other on the threads that finish them,
-        # with no trip back to the event loop in between: two wake-ups of the loop (a
-        # syscall, a switch, a coroutine step) saved a frame, CPU the frames need.
         def settle(value: Any = None, error: BaseException | None = None) -> None:
             with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
                 if error is None:
@@ -457,26 +438,70 @@ class Pipeline:
                 CALLER.reset(token)
 
         def prepared_then(prepared: Prepared) -> None:
-            self.check_size(options, prepared.geometry)
             step(
                 self.engine.submit(prepared.pixels, maps, deadline),
                 lambda inference: inferred_then(prepared, inference),
             )
 
         def inferred_then(prepared: Prepared, inference: Inference) -> None:
+            if encode is None:
+                settle((prepared, inference, None))
+                return
             step(
-                submit(self.encode, request, options, prepared, inference),
-                lambda result: settle((result, prepared, inference)),
+                submit(encode, prepared, inference),
+                lambda result: settle((prepared, inference, result)),
             )
 
-        step(submit(self.prepare, request), prepared_then)
+        step(submit(prepare), prepared_then)
         try:
-            result, prepared, inference = await asyncio.wrap_future(done)
+            return await asyncio.wrap_future(done)
         except asyncio.CancelledError:
             done.cancel()
             for future in current:
-                future.cancel()  # a frame not yet decoded or at the model is never run
+                future.cancel()  # a frame not yet prepared or at the model is never run
             raise
+
+    async def analyze(
+        self,
+        request: pb.FrameRequest,
+        options: Options,
+        arrived: float,
+        deadline: float | None = None,
+    ) -> pb.FrameResult:
+        """The whole trip for one frame; raises a ConvstreamError for a bad frame.
+
+        Args:
+            request: the frame.
+            options: validated options for it.
+            arrived: time.perf_counter() when the server received it.
+            deadline: time.perf_counter() past which the caller no longer waits: a frame not
+                yet at the model by then is not run (DeadlineExpired).
+        """
+        return (await self.analyze_parts(request, options, arrived, deadline))[0]
+
+    async def analyze_parts(
+        self,
+        request: pb.FrameRequest,
+        options: Options,
+        arrived: float,
+        deadline: float | None = None,
+        also: Sequence[str] = (),
+    ) -> tuple[pb.FrameResult, Prepared, Inference]:
+        """``analyze``, also returning the prepared frame and the raw outputs (to publish);
+        `also`: more feature maps to compute, not put in the result (a publication's
+        watchers want them)."""
+        maps = list(dict.fromkeys((*options.feature_maps, *also)))
+
+        def prepare() -> Prepared:
+            prepared = self.prepare(request)
+            self.check_size(options, prepared.geometry)
+            return prepared
+
+        def encode(prepared: Prepared, inference: Inference) -> pb.FrameResult:
+            return self.encode(request, options, prepared, inference)
+
+        prepared, inference, result = await self.through_model(prepare, maps, deadline, encode)
+        assert result is not None
         now = time.perf_counter()
         total_ms = (now - arrived) * 1000
         result.timings.total_ms = total_ms
