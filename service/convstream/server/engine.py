@@ -206,6 +206,7 @@ class Engine:
                     if wide:
                         self._wide = False
                         self._cond.notify_all()
+            del taken, jobs  # nothing kept while idle: the last frames' pixels and outputs
 
     def _run(self, jobs: list[_Job], wide: bool = False) -> None:
         if not jobs:

@@ -224,6 +224,115 @@ class Prepared:
     decode_ms: float
 
 
+class _Trip:
+    """One frame's steps for Pipeline.through_model, each started by the thread that
+    finished the one before.
+
+    Its references are dropped (release) once the caller has its answer: a step's callback,
+    kept by its finished future, and an error's traceback both lead back here, and the
+    frame's pixels and outputs would otherwise wait for the cycle collector.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        caller: object,
+        maps: Sequence[str],
+        deadline: float | None,
+        encode: Callable[[Prepared, Inference], pb.FrameResult] | None,
+    ) -> None:
+        self.done: Future[tuple[Prepared, Inference, pb.FrameResult | None]] = Future()
+        self._pipeline: Pipeline | None = pipeline
+        self._caller = caller
+        self._maps = maps
+        self._deadline = deadline
+        self._encode = encode
+        self._prepared: Prepared | None = None
+        self._inference: Inference | None = None
+        self._current: Future[Any] | None = None  # the step in progress
+        # A step is started, or the trip cancelled, under this lock: a frame cancelled while
+        # it was being decoded never reaches the model.
+        self._lock = threading.RLock()
+
+    def start(self, prepare: Callable[[], Prepared]) -> None:
+        self._step(lambda pipeline: self._submit(pipeline, prepare), self._prepared_then)
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.done.cancel()
+            current = self._current
+        if current is not None:
+            current.cancel()
+
+    def release(self) -> None:
+        with self._lock:
+            self._pipeline = self._encode = self._current = None
+            self._prepared = self._inference = None
+            self.done = Future()  # the answer, or its error and traceback, is the caller's
+
+    def _submit(self, pipeline: Pipeline, fn: Callable[..., T], *args: Any) -> Future[T]:
+        token = CALLER.set(self._caller)  # the pool's turns are per caller
+        try:
+            return pipeline.executor.submit(fn, *args)
+        finally:
+            CALLER.reset(token)
+
+    def _step(self, start: Callable[[Pipeline], Future[Any]], then: Callable[[Any], None]) -> None:
+        with self._lock:
+            pipeline = self._pipeline
+            if pipeline is None or self.done.done():  # cancelled, answered or released
+                return
+            try:
+                future = start(pipeline)
+            except BaseException as exc:  # a full queue, an engine or pool shut down
+                self._settle(error=exc)
+                return
+            self._current = future
+        future.add_done_callback(lambda finished: self._finished(finished, then))
+
+    def _finished(self, future: Future[Any], then: Callable[[Any], None]) -> None:
+        if self.done.done():
+            return
+        if future.cancelled():  # the engine stopping drops waiting frames
+            self.done.cancel()
+            return
+        error = future.exception()
+        if error is not None:  # passed on, not raised here: no frame of ours in it
+            self._settle(error=error)
+            return
+        try:
+            then(future.result())
+        except BaseException as exc:  # a frame too large for its options: the caller's
+            self._settle(error=exc)
+
+    def _settle(self, value: Any = None, error: BaseException | None = None) -> None:
+        with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
+            if error is None:
+                self.done.set_result(value)
+            else:
+                self.done.set_exception(error)
+
+    def _prepared_then(self, prepared: Prepared) -> None:
+        self._prepared = prepared
+        self._step(
+            lambda pipeline: pipeline.engine.submit(prepared.pixels, self._maps, self._deadline),
+            self._inferred_then,
+        )
+
+    def _inferred_then(self, inference: Inference) -> None:
+        prepared, encode = self._prepared, self._encode
+        if prepared is None:  # released: the caller has gone
+            return
+        if encode is None:
+            self._settle((prepared, inference, None))
+            return
+        self._inference = inference
+        self._step(
+            lambda pipeline: self._submit(pipeline, encode, prepared, inference),
+            lambda result: self._settle((prepared, inference, result)),
+        )
+
+
 class Pipeline:
     """Analyses FrameRequests with the settings' limits and input sizes."""
 
@@ -401,65 +510,15 @@ class Pipeline:
         coroutine step) saved a frame, CPU the frames need. Cancelling the await drops a
         frame not yet prepared or run; an error of any step is raised here.
         """
-        caller = CALLER.get()
-        done: Future[tuple[Prepared, Inference, pb.FrameResult | None]] = Future()
-        current: list[Future[Any]] = []  # the step in progress, cancelled with the frame
-
-        def settle(value: Any = None, error: BaseException | None = None) -> None:
-            with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
-                if error is None:
-                    done.set_result(value)
-                else:
-                    done.set_exception(error)
-
-        def step(future: Future[Any], then: Callable[[Any], None]) -> None:
-            current[:] = [future]
-            if done.cancelled():
-                future.cancel()
-
-            def finished(future: Future[Any]) -> None:
-                if done.cancelled():
-                    return
-                if future.cancelled():  # the engine stopping drops waiting frames
-                    done.cancel()
-                    return
-                try:
-                    then(future.result())
-                except BaseException as exc:  # a bad frame, a full queue: the caller's
-                    settle(error=exc)
-
-            future.add_done_callback(finished)
-
-        def submit(fn: Callable[..., T], *args: Any) -> Future[T]:
-            token = CALLER.set(caller)  # the pool's turns are per caller
-            try:
-                return self.executor.submit(fn, *args)
-            finally:
-                CALLER.reset(token)
-
-        def prepared_then(prepared: Prepared) -> None:
-            step(
-                self.engine.submit(prepared.pixels, maps, deadline),
-                lambda inference: inferred_then(prepared, inference),
-            )
-
-        def inferred_then(prepared: Prepared, inference: Inference) -> None:
-            if encode is None:
-                settle((prepared, inference, None))
-                return
-            step(
-                submit(encode, prepared, inference),
-                lambda result: settle((prepared, inference, result)),
-            )
-
-        step(submit(prepare), prepared_then)
+        trip = _Trip(self, CALLER.get(), maps, deadline, encode)
         try:
-            return await asyncio.wrap_future(done)
+            trip.start(prepare)
+            return await asyncio.wrap_future(trip.done)
         except asyncio.CancelledError:
-            done.cancel()
-            for future in current:
-                future.cancel()  # a frame not yet prepared or at the model is never run
+            trip.cancel()  # a frame not yet prepared or at the model is never run
             raise
+        finally:
+            trip.release()
 
     async def analyze(
         self,
