@@ -340,8 +340,8 @@ class _Resumption:
         """
         if self._client._closed:  # broken by close(): no trying again
             raise Cancelled(CLOSED) from error
-        held = self._registered_at is not None and time.monotonic() - self._registered_at
-        if held and held >= STEADY_S:
+        registered = self._registered_at
+        if registered is not None and time.monotonic() - registered >= STEADY_S:
             self._failures = 0  # a watch that ran a while: this break is a new one
         self._registered_at = None
         if self._failures == 0:

@@ -12,8 +12,8 @@ stream's options on its first frame (options stick per stream, not per client).
 A frame that fails on this side (an image file that cannot be read, raw pixels over the
 message limit) is never sent: it waits in the ledger, in its place and without its pixels,
 and becomes an error result with the next answer after it (or the stream's end), as a frame
-the server refuses does. It takes no room of max_in_flight; a run of FAILED_RUN of them with
-nothing sent meanwhile ends the stream (a source whose every frame fails, said at once).
+the server refuses does. It takes no room of max_in_flight; a run of more than FAILED_RUN of
+them with nothing sent meanwhile ends the stream (a source whose every frame fails).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class _Entry:
 # a ValueError for an impossible frame_id) is the calling program's mistake and ends the call.
 _FRAME_ERRORS = (SourceError, InvalidFrame)
 Prepared = tuple[Frame, pb.FrameRequest, ConvstreamError | None]
-# Frames in a row that fail here, with none sent since the run began, that end a stream: a
+# More frames than this in a row that fail here, with none sent meanwhile, end a stream: a
 # source whose every frame fails (each over the message limit) says so, rather than hold
 # its results until an answer that no frame will bring.
 FAILED_RUN = 256
@@ -102,8 +102,8 @@ class Ledger:
 
     def prepare(self, item: FrameLike) -> Prepared:
         """Number and encode one item (only the pump calls it; may run off the event loop):
-        (frame, request, None), or (frame or None, a request of its id and source, the
-        error) for a frame that fails here.
+        (frame, request, None), or (the frame without pixels, a request of its id and
+        source, the error) for a frame that fails here.
 
         Frames without an id are numbered after the largest id seen so far, so they never
         take an id the caller gave another frame.

@@ -248,7 +248,6 @@ class _Trip:
         self._deadline = deadline
         self._encode = encode
         self._prepared: Prepared | None = None
-        self._inference: Inference | None = None
         self._current: Future[Any] | None = None  # the step in progress
         # A step is started, or the trip cancelled, under this lock: a frame cancelled while
         # it was being decoded never reaches the model.
@@ -267,7 +266,7 @@ class _Trip:
     def release(self) -> None:
         with self._lock:
             self._pipeline = self._encode = self._current = None
-            self._prepared = self._inference = None
+            self._prepared = None
             self.done = Future()  # the answer, or its error and traceback, is the caller's
 
     def _submit(self, pipeline: Pipeline, fn: Callable[..., T], *args: Any) -> Future[T]:
@@ -326,7 +325,6 @@ class _Trip:
         if encode is None:
             self._settle((prepared, inference, None))
             return
-        self._inference = inference
         self._step(
             lambda pipeline: self._submit(pipeline, encode, prepared, inference),
             lambda result: self._settle((prepared, inference, result)),
