@@ -383,6 +383,7 @@ class Video:
                     "the cv2.VideoCapture given is not open (its isOpened() is False)"
                 )
             self.live = int(source.get(cv2.CAP_PROP_FRAME_COUNT) or 0) <= 0
+            self._capture = source
         else:
             self.live = isinstance(source, int) or "://" in str(source)
             if not isinstance(source, int) and not self.live:
@@ -394,13 +395,6 @@ class Video:
                     )
                 if not path.is_file():
                     raise SourceError(f"no such video file: {path}")
-        self.source = source
-        self.name = name if name is not None else self.default_name(source)
-        self.latest_only = self.live if latest_only is None else latest_only
-        self.max_frames = max_frames
-        if isinstance(source, cv2.VideoCapture):
-            self._capture = source
-        else:
             self._capture = cv2.VideoCapture(source if isinstance(source, int) else str(source))
             if not self._capture.isOpened():
                 self._capture.release()
@@ -410,6 +404,10 @@ class Video:
                         f"no camera {source} on this machine: {device} does not exist"
                     )
                 raise SourceError(f"OpenCV cannot open video source {source!r}")
+        self.source = source
+        self.name = name if name is not None else self.default_name(source)
+        self.latest_only = self.live if latest_only is None else latest_only
+        self.max_frames = max_frames
         self.fps = float(self._capture.get(cv2.CAP_PROP_FPS) or 0.0)
         count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         self.frame_count = None if self.live or count <= 0 else count

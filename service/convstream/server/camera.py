@@ -206,18 +206,20 @@ class Camera:
         with self._lock:
             if self._stop.is_set():
                 return
-            recent = sum(1 for t in self._changes if now - t < FLAP_WINDOW_S)
-            if self._flapping and recent < FLAP_CHANGES // 2:  # calm: a state held, or rare
-                self._flapping = False
-                logger.info(
-                    "camera %s: %s, %d state changes in the last %.0f s: no longer flapping "
-                    "(%d changes were logged at debug level); its changes are logged again",
-                    self.config.id,
-                    STATE_NAMES[self.state],
-                    recent,
-                    FLAP_WINDOW_S,
-                    self._unlogged,
-                )
+            if self._flapping:
+                recent = sum(1 for t in self._changes if now - t < FLAP_WINDOW_S)
+                if recent < FLAP_CHANGES // 2:  # calm: a state held, or changes rare
+                    self._flapping = False
+                    logger.info(
+                        "camera %s: %s, %d state changes in the last %.0f s: no longer "
+                        "flapping (%d changes were logged at debug level); its changes are "
+                        "logged again",
+                        self.config.id,
+                        STATE_NAMES[self.state],
+                        recent,
+                        FLAP_WINDOW_S,
+                        self._unlogged,
+                    )
             started = self._read_started
             if started is not None and now - started > (self.config.read_timeout_s + WEDGE_GRACE_S):
                 error = (

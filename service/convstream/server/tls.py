@@ -184,16 +184,19 @@ def expiry_times(pem: PemFiles) -> dict[str, float]:
     last of its CAs does (then every client certificate is refused). A setting whose
     certificates cannot be dated is left out."""
     times = {}
-    for setting, data, pick in (("tls_cert", pem.cert, min), ("tls_client_ca", pem.client_ca, max)):
+    first = _PEM_CERTIFICATE.findall(pem.cert)[:1]  # the server's own: what clients check
+    for setting, blocks in (
+        ("tls_cert", first),
+        ("tls_client_ca", _PEM_CERTIFICATE.findall(pem.client_ca or b"")),
+    ):
         ends = []
-        blocks = _PEM_CERTIFICATE.findall(data or b"")
-        for block in blocks[:1] if setting == "tls_cert" else blocks:  # the chain's first
+        for block in blocks:
             try:
                 ends.append(certificate_validity(base64.b64decode(block))[1].timestamp())
             except (ValueError, binascii.Error):
                 continue  # not dated here: left out, never another certificate's date
         if ends:
-            times[setting] = pick(ends)
+            times[setting] = max(ends)
     return times
 
 
