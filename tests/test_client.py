@@ -306,6 +306,32 @@ async def test_video_file_streamed_in_order_none_missing(server: Server, video: 
         assert sum(r.frames_dropped for r in results) == 0
 
 
+async def test_results_keep_the_bytes_sent_not_the_pixels_they_were_made_of(
+    server: Server, video: Path
+) -> None:
+    """A list of a video's results holds each frame as the JPEG that went (what the server
+    analysed), not as decoded pixels: ten times less memory or more; pixels() decodes it.
+    Raw uploads keep the array, which is what they send."""
+    with Video(video) as source:
+        originals = [frame.pixels() for frame in source.frames()]
+    async with AsyncClient(address(server)) as client:
+        with Video(video) as source:
+            results = [r async for r in client.stream(source.frames())]
+        one = await client.analyze(originals[3])
+    for result, original in zip([*results, one], [*originals, originals[3]], strict=True):
+        assert result.frame is not None and isinstance(result.frame.image, bytes)
+        assert result.frame.image[:2] == b"\xff\xd8"  # a JPEG
+        assert 10 * len(result.frame.image) < original.nbytes
+        pixels = result.frame.pixels()
+        assert pixels.shape == original.shape
+        assert np.abs(pixels.astype(int) - original).mean() < 4  # JPEG's loss only
+    async with AsyncClient(address(server), upload=Upload(format="raw")) as client:
+        raw = [r async for r in client.stream(originals[:2])]
+    assert all(
+        r.frame is not None and r.frame.image is o for r, o in zip(raw, originals[:2], strict=True)
+    )
+
+
 async def test_a_capture_opened_by_the_caller_is_streamed_and_released(
     server: Server, video: Path
 ) -> None:

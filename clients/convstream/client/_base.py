@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import grpc
 
 from convstream.client.errors import Cancelled, ConvstreamError, ServerUnavailable
-from convstream.client.frames import Frame, FrameLike, as_frame, to_request
+from convstream.client.frames import Frame, FrameLike, as_frame, as_sent, to_request
 from convstream.client.options import (
     TLS,
     Freshness,
@@ -229,7 +229,7 @@ class BaseClient:
         frame_id = 1 if frame.frame_id is None else frame.frame_id
         request = to_request(frame, frame_id, self.upload, self.limits.max_message_bytes)
         request.options.CopyFrom((options if options is not None else self.options).to_proto())
-        return request, frame
+        return request, as_sent(frame, request)
 
     def _stream_options(
         self,

@@ -30,7 +30,7 @@ import numpy as np
 
 from convstream.client._base import check_published_name
 from convstream.client.errors import ConvstreamError, InvalidFrame, ProtocolError, SourceError
-from convstream.client.frames import Frame, FrameLike, Video, as_frame, to_request
+from convstream.client.frames import Frame, FrameLike, Video, as_frame, as_sent, to_request
 from convstream.client.options import Upload
 from convstream.client.results import Result
 from convstream.v1 import convstream_pb2 as pb
@@ -114,6 +114,7 @@ class Ledger:
             frame = as_frame(item)
             frame_id = frame_id if frame.frame_id is None else frame.frame_id
             request = to_request(frame, frame_id, self.upload, self.max_bytes)
+            frame = as_sent(frame, request)
             error = None
         except _FRAME_ERRORS as exc:
             # kept without its pixels (a run of large frames over the limit would be held)

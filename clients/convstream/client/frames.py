@@ -10,6 +10,7 @@ BGR array, encoded bytes or a path to an image file.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import os
@@ -286,6 +287,16 @@ def to_request(
 
 
 OPTIONS_ROOM = 4096  # bytes kept for a request's options beside its frame
+
+
+def as_sent(frame: Frame, request: pb.FrameRequest) -> Frame:
+    """The frame as its request carries it, for its result to keep: pixels this side
+    encoded are kept as the JPEG or PNG bytes sent, which are what the server analysed, at
+    a tenth of the memory or less (a 720p BGR frame is 2.7 MB: the results of a 10 s video
+    held in a list took 791 MiB); ``pixels()`` decodes them when an overlay needs them."""
+    if isinstance(frame.image, np.ndarray) and request.WhichOneof("image") == "encoded":
+        return dataclasses.replace(frame, image=request.encoded)
+    return frame
 
 
 def _to_request(frame: Frame, frame_id: int, upload: Upload) -> pb.FrameRequest:

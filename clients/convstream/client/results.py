@@ -110,7 +110,9 @@ class Result:
         hottest: (x, y) in frame pixels of the hottest heatmap cell's centre, as the server
             found it in float32 (sent with or without the heatmap); see ``peak()``.
         error: why this frame was not analysed (a stream goes on past bad frames); None if ok.
-        frame: the Frame that was sent, kept for overlays and names.
+        frame: the Frame as it was sent, kept for overlays and names: pixels the client
+            encoded for the upload are kept as the JPEG or PNG bytes it sent (what the
+            server analysed); ``frame.pixels()`` gives them as pixels either way.
         input_jpeg: the analysed model input as JPEG, when ResultOptions(input_jpeg=True).
     """
 
