@@ -189,6 +189,29 @@ def test_every_switch_is_strict(tmp_path: Path) -> None:
         load_settings(path, environ={})
 
 
+def test_a_number_in_quotes_is_pointed_out_with_the_rest(tmp_path: Path) -> None:
+    """TOML has numbers: port = "51100" is a string that would pass for one, so it is refused
+    like a quoted switch, beside every other mistake of the file; the environment's values
+    are strings and are taken."""
+    path = tmp_path / "c.toml"
+    path.write_text(
+        'port = "51100"\nthreshold = "0.9"\nmax_streams = "lots"\nhost = "127.0.0.1"\n'
+        '[[cameras]]\nid = "a"\nsource = "demo:conveyor"\nfps = " 15"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert str(caught.value).splitlines()[1:] == [
+        "  port: expected a number (unquoted in TOML), got '51100': write port = 51100",
+        "  threshold: expected a number (unquoted in TOML), got '0.9': write threshold = 0.9",
+        "  cameras[0].fps: expected a number (unquoted in TOML), got ' 15': write fps = 15",
+        "  max_streams: Input should be a valid integer, unable to parse string as an integer, "
+        "got 'lots'",
+    ]
+    path.write_text("port = 51100\nthreshold = 0.9\n")
+    assert load_settings(path, environ={"CONVSTREAM_MAX_STREAMS": "7"}).max_streams == 7
+    assert load_settings(path, environ={}).port == 51100
+
+
 async def test_the_smallest_limits_accepted_still_serve() -> None:
     """At each limit's lower bound a frame of the smallest size taken is still analysed, with
     its heatmap and input JPEG, and a stream still opens (one step under each is refused)."""

@@ -11,6 +11,7 @@ import ipaddress
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -520,6 +521,41 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
+def _quoted_numbers(toml: Mapping[str, Any]) -> list[str]:
+    """A line for each number the TOML file writes in quotes (port = "51100"): TOML has
+    numbers, so a quoted one is a string that pydantic would take as the number it spells,
+    and the same mistake in a switch is refused (the environment's values are all strings,
+    and are taken)."""
+    tables: list[tuple[str, Mapping[str, Any], type[BaseModel]]] = [("", toml, Settings)]
+    entries: dict[str, type[BaseModel]] = {"cameras": CameraConfig, "tokens": TokenConfig}
+    for name, kind in entries.items():
+        if isinstance(listed := toml.get(name), list):
+            tables += [
+                (f"{name}[{i}].", t, kind) for i, t in enumerate(listed) if isinstance(t, dict)
+            ]
+    lines = []
+    for where, table, model in tables:
+        for key, value in table.items():
+            field = model.model_fields.get(key)
+            if field is None or not isinstance(value, str) or not _is_number(field.annotation):
+                continue
+            try:
+                float(value)
+            except ValueError:
+                continue  # not a number at all: pydantic says what was expected
+            lines.append(
+                f"{where}{key}: expected a number (unquoted in TOML), got {value!r}: write "
+                f"{key} = {value.strip()}"
+            )
+    return lines
+
+
+def _is_number(annotation: Any) -> bool:
+    """An int or float field, or one that may also be None (threshold)."""
+    kinds = set(typing.get_args(annotation)) - {type(None)} or {annotation}
+    return kinds <= {int, float}
+
+
 def close_match(name: str, known: Iterable[str]) -> str | None:
     """The known name ``name`` is most likely a typo of, if one is close enough."""
     found = difflib.get_close_matches(name, list(known), n=1)
@@ -548,26 +584,33 @@ def load_settings(
     environ = os.environ if environ is None else environ
     if path is None and environ.get(f"{ENV_PREFIX}CONFIG"):
         path = Path(environ[f"{ENV_PREFIX}CONFIG"])
-    merged: dict[str, Any] = {}
+    toml: dict[str, Any] = {}
     if path is not None:
         try:
-            merged.update(tomllib.loads(path.read_text()))
+            toml = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    merged = dict(toml)
     from_env = _from_env(environ)
     merged.update(from_env)
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
     merged.update(flags)
     variables = {name: f"{ENV_PREFIX}{name.upper()}" for name in from_env if name not in flags}
+    lines = _quoted_numbers(toml)
     try:
-        return Settings.model_validate(merged)
+        settings = Settings.model_validate(merged)
     except ValidationError as exc:
+        lines += [_describe(error, variables) for error in exc.errors(include_url=False)]
+        cause: Exception | None = exc
+    else:
+        cause = None
+    if lines:
         where = f"{path}, " if path is not None else ""
-        lines = [_describe(error, variables) for error in exc.errors(include_url=False)]
         raise ConfigError(
             f"invalid settings (from {where}{ENV_PREFIX}* variables and flags):\n  "
             + "\n  ".join(lines)
-        ) from exc
+        ) from cause
+    return settings
 
 
 def _describe(error: Any, variables: Mapping[str, str]) -> str:
