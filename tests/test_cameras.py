@@ -651,6 +651,28 @@ async def test_a_png_named_as_a_camera_is_analysed_as_the_same_png_pushed(
     assert result.heatmap.data == twin.heatmap.data
 
 
+def test_the_log_names_a_still_jpeg_a_jpeg_and_a_clip_of_them_mjpeg(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(jpeg(scene(3, 240, 320)))
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
+    for i in range(3):
+        writer.write(scene(i, 240, 320))
+    writer.release()
+    with caplog.at_level(logging.INFO, logger="convstream.server.sources"):
+        for path in (photo, clip):
+            spec = parse_source(str(path))
+            capture = open_source(spec, open_timeout_s=5, read_timeout_s=5, loop=True)
+            capture.release()
+    told = [r.getMessage() for r in caplog.records if "kept as sent" in r.getMessage()]
+    assert told == [
+        f"camera file: its {kind} frames are kept as sent, and decoded only if analysed"
+        for kind in ("JPEG", "MJPEG")
+    ]
+
+
 async def _frames_read_over(stub: pb_grpc.ConvstreamStub, camera_id: str, n: int) -> bool:
     return (await status(stub, camera_id)).frames_read > n
 

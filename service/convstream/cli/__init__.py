@@ -278,7 +278,11 @@ def _check_config(settings: Settings, warnings: list[str]) -> int:
     owners = assign({}, [c.id for c in settings.cameras], settings.processes)
     for camera in settings.cameras:
         spec = parse_source(camera.source)
-        cap = f", at most {camera.fps:g} frames/s" if camera.fps else ""
+        cap = (
+            f", at most {camera.fps:g} frame{'' if camera.fps == 1 else 's'}/s"
+            if camera.fps
+            else ""
+        )
         looped = ", looped" if spec.kind == "file" and camera.loop else ""
         where = f", process {owners[camera.id]}" if settings.processes > 1 else ""
         cameras.append(

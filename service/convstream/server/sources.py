@@ -282,7 +282,9 @@ class OpenCVCapture:
         # OpenCV says MJPG for every JPEG tag, and MPNG for PNG
         kept = {b"MJPG": "JPEG", b"MPNG": "PNG"}.get(codec, "")
         if spec.kind != "device" and kept:
-            stream = "MJPEG" if kept == "JPEG" else kept
+            # a file of one JPEG frame is a still, not a motion JPEG
+            one = spec.kind == "file" and self._cap.get(cv2.CAP_PROP_FRAME_COUNT) == 1
+            stream = "MJPEG" if kept == "JPEG" and not one else kept
             size = (
                 int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
                 int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
