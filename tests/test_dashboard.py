@@ -35,7 +35,7 @@ from convstream.dashboard import (
     add_commands,
     run_dashboard,
 )
-from convstream.dashboard.alerts import Alert, AlertLog, Snapshot
+from convstream.dashboard.alerts import Alert, AlertLog, Snapshot, render_snapshot
 from convstream.dashboard.hub import CameraView, Hub
 from convstream.dashboard.messages import frame_message, parse_frame_message
 from convstream.dashboard.web import STATIC_DIR, WINDOW
@@ -135,7 +135,38 @@ def test_an_alert_keeps_when_it_was_raised_as_its_snapshot_improves(tmp_path: Pa
     (tmp_path / "00000003.jpg.part").write_bytes(b"half")
     reborn = AlertLog(10, tmp_path)
     assert [a.id for a in reborn.recent()] == [2, 1]
-    assert not list(tmp_path.glob("*.part")) and len(list(tmp_path.iterdir())) == 6
+    assert not list(tmp_path.glob("*.part")) and len(list(tmp_path.iterdir())) == 8
+    # an alert archived before thumbnails: its overlay stands in
+    (tmp_path / "00000002-thumb.jpg").unlink()
+    old = AlertLog(10, tmp_path).snapshot(2)
+    assert old is not None and (old.thumb, old.thumbnail) == (b"", b"a")
+
+
+def test_an_alerts_thumbnail_is_the_overlay_around_its_hottest_place() -> None:
+    """At 128 pixels wide the whole frame showed no damage, and the label burned into the
+    overlay was a red smudge: the list shows the part around the hottest cell, unlabelled."""
+    input_jpeg = cv2.imencode(".jpg", np.full((360, 640, 3), 128, np.uint8))[1].tobytes()
+    box = (0, 0, 640, 360)
+    for row, col in ((40, 75), (2, 10)):  # bottom right; near the label's corner
+        heat = np.zeros((45, 80), np.uint8)
+        heat[row - 1 : row + 2, col - 1 : col + 2] = 255
+        shot = render_snapshot(input_jpeg, heat, box, 8, "dock-3 0.99", 0.8)
+        overlay = cv2.imdecode(np.frombuffer(shot.overlay, np.uint8), cv2.IMREAD_COLOR)
+        thumb = cv2.imdecode(np.frombuffer(shot.thumb, np.uint8), cv2.IMREAD_COLOR)
+        assert thumb.shape == (216, 384, 3)
+        # a 320x180 window, as near centred on the hot cell as the frame allows
+        x, y = col * 8 + 4, row * 8 + 4
+        left, top = min(max(0, x - 160), 320), min(max(0, y - 90), 180)
+        window = overlay[top : top + 180, left : left + 320]
+        if (left, top) != (0, 0):
+            expected = cv2.resize(window, (384, 216), interpolation=cv2.INTER_AREA)
+            assert np.abs(thumb.astype(int) - expected).mean() < 3  # JPEG's loss only
+        else:  # the overlay's corner holds the label; the thumbnail's the frame
+            assert np.abs(overlay[:12, :40].astype(int) - 128).mean() > 40
+            assert np.abs(thumb[:12, :40].astype(int) - 128).mean() < 4
+        red = thumb[..., 2].astype(int) - thumb[..., 0]
+        hot_y, hot_x = np.unravel_index(int(np.argmax(red)), red.shape)
+        assert abs(hot_x - (x - left) * 1.2) < 20 and abs(hot_y - (y - top) * 1.2) < 20
 
 
 async def test_a_camera_s_score_history_keeps_history_s_however_slow_the_camera() -> None:
@@ -531,8 +562,9 @@ async def test_damaged_frame_raises_an_alert(
     await expect(alert).to_be_visible(timeout=15000)
     await expect(alert.locator(".a-score")).to_have_text(re.compile(r"^(0\.\d\d|1\.00)$"))
     thumb = alert.locator("img")
+    await expect(thumb).to_have_attribute("src", re.compile(r"^alerts/\d+-thumb\.jpg\?v=\d+$"))
     await expect(thumb).to_have_js_property("complete", True)
-    assert await thumb.evaluate("(img) => img.naturalWidth") > 100
+    assert await thumb.evaluate("(img) => [img.naturalWidth, img.naturalHeight]") == [384, 216]
     # One package passing: one alert, not one per frame.
     assert await page.locator('#alerts button.alert[data-camera="damaged"]').count() == 1
     # what a screen reader says of it (the camera's name once, what it is, the score)
@@ -609,7 +641,7 @@ async def test_damaged_frame_raises_an_alert(
     assert [alert.id for alert in reborn.recent()] == ids
     assert {alert.camera for alert in reborn.recent()} >= {"damaged"}
     kept = reborn.snapshot(ids[0])
-    assert kept is not None and kept.overlay[:2] == kept.frame[:2] == b"\xff\xd8"
+    assert kept is not None and kept.overlay[:2] == kept.frame[:2] == kept.thumb[:2] == b"\xff\xd8"
     assert reborn.add("x", 0.0, 0.9, 0.8, 1, Snapshot(b"", b"")).id == ids[0] + 1
 
     # The snapshot is a JPEG served by the dashboard itself; nothing accepts a write.

@@ -63,8 +63,13 @@ class Alert:
     def frame_url(self) -> str:
         return f"alerts/{self.id}-frame.jpg?v={self.version}"
 
+    @property
+    def thumb_url(self) -> str:
+        return f"alerts/{self.id}-thumb.jpg?v={self.version}"
+
     def to_json(self) -> dict[str, object]:
-        return {**asdict(self), "url": self.url, "frame_url": self.frame_url}
+        urls = {"url": self.url, "frame_url": self.frame_url, "thumb_url": self.thumb_url}
+        return {**asdict(self), **urls}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Alert:
@@ -165,16 +170,24 @@ class AlertDetector(Generic[T]):
 
 @dataclass(frozen=True)
 class Snapshot:
-    """An alert's pictures, JPEG: the frame with its heatmap drawn in, and the frame alone."""
+    """An alert's pictures, JPEG: the frame with its heatmap drawn in, the frame alone, and
+    the list's thumbnail: the overlay's part around the hottest place, without the label
+    (empty: alerts archived before thumbnails, whose overlay stands in)."""
 
     overlay: bytes
     frame: bytes
+    thumb: bytes = b""
+
+    @property
+    def thumbnail(self) -> bytes:
+        return self.thumb or self.overlay
 
 
 class AlertLog:
     """The newest ``limit`` alerts and their snapshots, in memory, and in ``directory`` when
-    given: there each alert is three files, ``<id>.json`` (the alert), ``<id>.jpg`` (the
-    snapshot) and ``<id>-frame.jpg`` (the frame alone), ids zero-padded to eight digits, so
+    given: there each alert is four files, ``<id>.json`` (the alert), ``<id>.jpg`` (the
+    snapshot), ``<id>-frame.jpg`` (the frame alone) and ``<id>-thumb.jpg`` (the list's
+    thumbnail), ids zero-padded to eight digits, so
     alerts outlive a restart (the newest ``limit`` are read back) and can be archived. The
     directory keeps the newest ``KEEP_ON_DISK`` alerts; older ones are deleted.
     """
@@ -201,9 +214,11 @@ class AlertLog:
             base = directory / f"{alert_id:08d}"
             try:
                 alert = Alert.from_json(json.loads(base.with_suffix(".json").read_text()))
+                thumb = base.with_name(f"{base.name}-thumb.jpg")
                 snapshot = Snapshot(
                     base.with_suffix(".jpg").read_bytes(),
                     base.with_name(f"{base.name}-frame.jpg").read_bytes(),
+                    thumb.read_bytes() if thumb.exists() else b"",  # older alerts have none
                 )
             except (OSError, ValueError, TypeError) as exc:  # half written, or hand edited
                 logger.warning("alert %s in %s not read back: %s", alert_id, directory, exc)
@@ -219,6 +234,7 @@ class AlertLog:
         for path, data in (
             (base.with_suffix(".jpg"), snapshot.overlay),
             (base.with_name(f"{base.name}-frame.jpg"), snapshot.frame),
+            (base.with_name(f"{base.name}-thumb.jpg"), snapshot.thumbnail),
             (base.with_suffix(".json"), json.dumps(alert.to_json()).encode()),  # last: complete
         ):
             partial = path.with_name(path.name + ".part")
@@ -325,7 +341,9 @@ def render_snapshot(
         threshold: the alert threshold, which the colours are relative to.
 
     Returns:
-        Snapshot: JPEGs of the frame's part of the input (padding cut away).
+        Snapshot: JPEGs of the frame's part of the input (padding cut away), and a
+        thumbnail of the overlay around its hottest place (the label left out: unreadable
+        that small, and beside it in the list).
     """
     image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
@@ -348,6 +366,10 @@ def render_snapshot(
         y, x = np.unravel_index(int(np.argmax(cells)), cells.shape)
         radius = max(8, round(stride * out.shape[1] / max(1, right - left)))
         cv2.circle(out, (int(x), int(y)), radius, (255, 255, 255), 2, cv2.LINE_AA)
+        hottest = (int(x), int(y))
+    else:
+        hottest = (out.shape[1] // 2, out.shape[0] // 2)
+    thumb = _thumbnail(out, hottest)
     scale = max(0.45, out.shape[1] / 1000)
     thickness = max(1, round(scale * 2))
     (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
@@ -356,7 +378,23 @@ def render_snapshot(
     cv2.putText(
         out, label, (pad, th + pad), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness
     )
-    return Snapshot(_jpeg(out), _jpeg(clean))
+    return Snapshot(_jpeg(out), _jpeg(clean), _jpeg(thumb))
+
+
+THUMB_SIZE = (384, 216)  # (width, height): 16:9, as the list shows it, twice its widest
+
+
+def _thumbnail(image: np.ndarray, centre: tuple[int, int]) -> np.ndarray:
+    """The part of ``image`` around ``centre`` that the alert list shows: a 16:9 window half
+    the image's width (a damaged corner fills the thumbnail rather than a few pixels of
+    it), as near centred on it as the image allows, scaled to THUMB_SIZE."""
+    height, width = image.shape[:2]
+    w = min(width, max(width // 2, 1), round(height * 16 / 9))
+    h = min(height, max(1, round(w * 9 / 16)))
+    left = min(max(0, centre[0] - w // 2), width - w)
+    top = min(max(0, centre[1] - h // 2), height - h)
+    window = image[top : top + h, left : left + w]
+    return cv2.resize(window, THUMB_SIZE, interpolation=cv2.INTER_AREA)
 
 
 def _jpeg(image: np.ndarray) -> bytes:

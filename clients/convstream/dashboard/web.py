@@ -201,7 +201,8 @@ async def alert_snapshot(request: web.Request) -> web.Response:
     snapshot = request.app[HUB].alerts.snapshot(alert_id)
     if snapshot is None:
         raise web.HTTPNotFound(text=f"no alert {alert_id} (only the newest are kept)")
-    jpeg = snapshot.frame if request.match_info["part"] else snapshot.overlay
+    part = request.match_info["part"]
+    jpeg = {"": snapshot.overlay, "-frame": snapshot.frame, "-thumb": snapshot.thumbnail}[part]
     return web.Response(
         body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"}
     )
@@ -225,7 +226,7 @@ def make_app(hub: Hub) -> web.Application:
     app.router.add_get("/", index)
     app.router.add_get("/ws", websocket)
     app.router.add_get("/api/state", state)
-    app.router.add_get(r"/alerts/{alert_id:\d+}{part:(?:-frame)?}.jpg", alert_snapshot)
+    app.router.add_get(r"/alerts/{alert_id:\d+}{part:(?:-frame|-thumb)?}.jpg", alert_snapshot)
     app.router.add_get("/healthz", health)
     app.router.add_static("/static", STATIC_DIR)
     app.on_response_prepare.append(_security_headers)

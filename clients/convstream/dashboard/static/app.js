@@ -677,7 +677,9 @@
 
   function fillAlert(entry, alert) {
     entry.alert = alert;
-    entry.img.src = alert.url; // relative, made by the dashboard: alerts/<number>.jpg?v=<n>
+    // relative, made by the dashboard: alerts/<number>-thumb.jpg?v=<n>, the overlay's part
+    // around the hottest place (the whole frame, at 128 pixels wide, showed no damage)
+    entry.img.src = alert.thumb_url;
     entry.score.textContent = fmt(alert.score, 2);
     entry.score.title = `the highest score of this episode (threshold ${fmt(alert.threshold, 3)})`;
     // The list is newest first by when each alert was raised, and shows that time: the best
