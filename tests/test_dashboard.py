@@ -142,6 +142,32 @@ def test_an_alert_keeps_when_it_was_raised_as_its_snapshot_improves(tmp_path: Pa
     assert old is not None and (old.thumb, old.thumbnail) == (b"", b"a")
 
 
+def test_the_alerts_directory_keeps_to_its_bytes_deleting_the_oldest(tmp_path: Path) -> None:
+    """A count bounded no bytes (alerts of a larger input_size are larger): the directory
+    holds at most max_bytes, counted again after a restart, the newest alert always."""
+    big = Snapshot(b"o" * 4000, b"f" * 4000, b"t" * 1000)  # 9,000 bytes and a .json
+    log = AlertLog(10, tmp_path, max_bytes=50_000)
+    for k in range(12):
+        log.save(log.add("demo", float(k), 0.9, 0.8, k, big).id)
+        on_disk = sum(p.stat().st_size for p in tmp_path.iterdir())
+        assert log.bytes_on_disk == on_disk <= 50_000
+    kept = sorted({int(p.name[:8]) for p in tmp_path.iterdir()})
+    assert kept == [8, 9, 10, 11, 12]  # 5 x ~9.2 KB; the 6th would pass 50,000
+    assert {p.name[8:] for p in tmp_path.iterdir()} == {".json", ".jpg", "-frame.jpg", "-thumb.jpg"}
+    # a better snapshot of an alert re-counts its files and keeps its place
+    log.improve(9, 9.5, 0.95, 90, Snapshot(b"o" * 20_000, b"f", b"t"))
+    log.save(9)  # 20 KB now: 8, the oldest, goes
+    assert sorted({int(p.name[:8]) for p in tmp_path.iterdir()}) == [9, 10, 11, 12]
+    # counted again at start, from what is there (a smaller limit prunes at the next save)
+    reborn = AlertLog(10, tmp_path, max_bytes=20_000)
+    assert reborn.bytes_on_disk == sum(p.stat().st_size for p in tmp_path.iterdir())
+    reborn.save(reborn.add("demo", 20.0, 0.9, 0.8, 20, big).id)
+    assert sorted({int(p.name[:8]) for p in tmp_path.iterdir()}) == [12, 13]
+    alone = AlertLog(10, tmp_path / "tiny", max_bytes=1)  # the newest stays, whatever its size
+    alone.save(alone.add("demo", 0.0, 0.9, 0.8, 1, big).id)
+    assert len(list((tmp_path / "tiny").iterdir())) == 4
+
+
 def test_an_alerts_thumbnail_is_the_overlay_around_its_hottest_place() -> None:
     """At 128 pixels wide the whole frame showed no damage, and the label burned into the
     overlay was a red smudge: the list shows the part around the hottest cell, unlabelled."""
@@ -210,7 +236,12 @@ def test_frame_message_round_trip() -> None:
 
 @pytest.mark.parametrize(
     ("overrides", "error"),
-    [({}, None), ({"threshold": 1.5}, "threshold"), ({"max_fps": 0}, "max_fps")],
+    [
+        ({}, None),
+        ({"threshold": 1.5}, "threshold"),
+        ({"max_fps": 0}, "max_fps"),
+        ({"alerts_max_mb": 0.5}, "alerts_max_mb must be 1..10000000"),
+    ],
 )
 def test_settings_are_checked(overrides: dict[str, Any], error: str | None) -> None:
     if error is None:

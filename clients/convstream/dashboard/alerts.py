@@ -15,9 +15,11 @@ for) as soon as the cooldown has passed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields, replace
@@ -183,30 +185,52 @@ class Snapshot:
         return self.thumb or self.overlay
 
 
+# An alert's files in its directory, after its zero-padded id; the .json is written last.
+_PARTS = ("-frame.jpg", "-thumb.jpg", ".jpg", ".json")
+DISK_BYTES = 1_000_000_000  # an alerts directory's default size at most
+
+
 class AlertLog:
     """The newest ``limit`` alerts and their snapshots, in memory, and in ``directory`` when
     given: there each alert is four files, ``<id>.json`` (the alert), ``<id>.jpg`` (the
     snapshot), ``<id>-frame.jpg`` (the frame alone) and ``<id>-thumb.jpg`` (the list's
-    thumbnail), ids zero-padded to eight digits, so
-    alerts outlive a restart (the newest ``limit`` are read back) and can be archived. The
-    directory keeps the newest ``KEEP_ON_DISK`` alerts; older ones are deleted.
+    thumbnail), ids zero-padded to eight digits, so alerts outlive a restart (the newest
+    ``limit`` are read back) and can be archived. The directory holds at most ``max_bytes``
+    of alerts: past it the oldest are deleted (a count bounded no bytes: a camera whose
+    input_size is 1088x1920 makes alerts nine times the size of a 384x640 one's).
     """
 
-    KEEP_ON_DISK = 10_000
-
-    def __init__(self, limit: int, directory: Path | None = None) -> None:
+    def __init__(
+        self, limit: int, directory: Path | None = None, max_bytes: int = DISK_BYTES
+    ) -> None:
         self.limit = limit
         self.directory = directory
+        self.max_bytes = max_bytes
         self._alerts: OrderedDict[int, tuple[Alert, Snapshot]] = OrderedDict()
         self._next_id = 1
+        # bytes on disk of each alert in the directory, oldest first; saves run in threads
+        self._on_disk: dict[int, int] = {}
+        self._disk_lock = threading.Lock()
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
             self._load(directory)
 
+    @property
+    def bytes_on_disk(self) -> int:
+        with self._disk_lock:
+            return sum(self._on_disk.values())
+
     def _load(self, directory: Path) -> None:
-        for partial in directory.glob("*.part"):  # a write cut short (a crash, a full disk)
-            logger.info("removing %s, an alert file left half written", partial)
-            partial.unlink(missing_ok=True)
+        sizes: dict[int, int] = {}
+        for path in directory.iterdir():
+            if path.name.endswith(".part"):  # a write cut short (a crash, a full disk)
+                logger.info("removing %s, an alert file left half written", path)
+                path.unlink(missing_ok=True)
+            elif path.name[:8].isdigit() and path.name[8:] in _PARTS:
+                alert_id = int(path.name[:8])
+                with contextlib.suppress(OSError):
+                    sizes[alert_id] = sizes.get(alert_id, 0) + path.stat().st_size
+        self._on_disk = dict(sorted(sizes.items()))
         ids = sorted(int(path.stem) for path in directory.glob("*.json") if path.stem.isdigit())
         if ids:
             self._next_id = ids[-1] + 1
@@ -240,10 +264,19 @@ class AlertLog:
             partial = path.with_name(path.name + ".part")
             partial.write_bytes(data)
             partial.replace(path)
-        stale = alert_id - self.KEEP_ON_DISK
-        if stale > 0:
-            for path in self.directory.glob(f"{stale:08d}*"):
-                path.unlink(missing_ok=True)
+        with self._disk_lock:
+            # new ids are the largest, and a better snapshot keeps its alert's place
+            self._on_disk[alert_id] = sum(path.stat().st_size for path in self._files(alert_id))
+            total = sum(self._on_disk.values())
+            while total > self.max_bytes and len(self._on_disk) > 1:
+                oldest = next(iter(self._on_disk))
+                total -= self._on_disk.pop(oldest)
+                for path in self._files(oldest):
+                    path.unlink(missing_ok=True)
+
+    def _files(self, alert_id: int) -> list[Path]:
+        assert self.directory is not None
+        return [p for part in _PARTS if (p := self.directory / f"{alert_id:08d}{part}").exists()]
 
     def add(
         self,

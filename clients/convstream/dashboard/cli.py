@@ -78,6 +78,14 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         "restart (default: kept in memory only)",
     )
     p.add_argument(
+        "--alerts-max-mb",
+        type=float,
+        default=1000.0,
+        metavar="MB",
+        help="megabytes of alerts kept in --alerts-dir at most; past it the oldest are "
+        "deleted (default %(default)g: about 10,000 alerts of the demo's)",
+    )
+    p.add_argument(
         "--max-fps",
         type=float,
         default=5.0,
@@ -126,6 +134,7 @@ def _dashboard(args: argparse.Namespace) -> int:
             alert_cooldown_s=args.alert_cooldown,
             alert_frames=args.alert_frames,
             alerts_dir=args.alerts_dir,
+            alerts_max_mb=args.alerts_max_mb,
             max_fps=args.max_fps,
             history_s=args.history,
             token=token_from_flags(args),

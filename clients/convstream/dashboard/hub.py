@@ -100,7 +100,9 @@ class Hub:
         token = clean_token(settings.token)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.cameras: dict[str, CameraView] = {}
-        self.alerts = AlertLog(settings.max_alerts, settings.alerts_dir)
+        self.alerts = AlertLog(
+            settings.max_alerts, settings.alerts_dir, round(settings.alerts_max_mb * 1e6)
+        )
         self.model: dict[str, Any] | None = None
         self.server: dict[str, Any] = {"ok": False, "error": "not connected yet"}
         self._down_since: float | None = None  # time.monotonic() the server was first missed

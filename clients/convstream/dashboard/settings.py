@@ -41,6 +41,8 @@ class DashboardSettings:
         max_alerts: alerts (with their snapshots) kept in memory, newest first.
         alerts_dir: where alerts and their snapshots are also written, and read back from
             at start; None: in memory only.
+        alerts_max_mb: the most megabytes (10**6 bytes) of alerts kept in alerts_dir; the
+            oldest are deleted past it.
         token: a bearer token for servers that require one (role watch is enough).
         tls: how to reach a server that uses TLS (its CA, a client certificate for mutual
             TLS, the name its certificate carries); None: plaintext.
@@ -63,6 +65,7 @@ class DashboardSettings:
     alert_frames: int = 1
     max_alerts: int = 100
     alerts_dir: Path | None = None
+    alerts_max_mb: float = 1000.0
     token: str | None = field(default=None, repr=False)
     tls: TLS | None = None
     allowed_hosts: tuple[str, ...] = ()
@@ -100,6 +103,10 @@ class DashboardSettings:
             ),
             (1 <= self.max_alerts <= 10_000, f"max_alerts must be 1..10000, got {self.max_alerts}"),
             (1 <= self.alert_frames <= 30, f"alert_frames must be 1..30, got {self.alert_frames}"),
+            (
+                1 <= self.alerts_max_mb <= 10_000_000,
+                f"alerts_max_mb must be 1..10000000 (10 TB), got {self.alerts_max_mb:g}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
