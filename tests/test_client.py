@@ -823,6 +823,39 @@ async def test_broken_stream_resumes_on_a_restarted_server(
     assert sequences != sorted(sequences), "the results should come from two streams"
 
 
+@pytest.mark.parametrize("freshness", [pb.FRESHNESS_LATEST_ONLY, pb.FRESHNESS_LOSSLESS])
+def test_a_resumed_latest_only_stream_sends_only_its_newest_frame_again(
+    frames: list[np.ndarray], freshness: int
+) -> None:
+    """Frames left unanswered by a break (up to max_in_flight) are stale to a LATEST_ONLY
+    stream: re-sent, the oldest was analysed seconds late as though fresh. The newest goes
+    again; the others are reported dropped with the next result. Lossless re-sends all."""
+    from convstream.client._feed import Ledger
+
+    ledger = Ledger(pb.ResultOptions(freshness=freshness), Upload(), 1 << 22)
+    ledger.new_attempt()  # the first stream: nothing dropped on starting
+    data = jpeg(frames[0])
+    for item in (data, "/nonexistent/4.jpg", data, data):  # ids 1..4, the 2nd fails here
+        ledger.add(*ledger.prepare(item))
+    answered = ledger.match(pb.FrameResult(frame_id=1, frames_dropped=0))
+    assert [(r.frame_id, r.ok) for r in answered] == [(1, True), (2, False)]
+    for item in (data, data):
+        ledger.add(*ledger.prepare(item))  # 3, 4, 5, 6 in flight when the stream breaks
+    ledger.new_attempt()
+    resent = []
+    while (entry := ledger.after(resent[-1].seq if resent else 0)) is not None:
+        resent.append(entry)
+    first = ledger.match(pb.FrameResult(frame_id=6, frames_dropped=0))
+    if freshness == pb.FRESHNESS_LATEST_ONLY:
+        assert [e.request.frame_id for e in resent] == [6]
+        assert [(r.frame_id, r.frames_dropped, r.dropped_frame_ids) for r in first] == [
+            (6, 3, (3, 4, 5))
+        ]
+    else:
+        assert [e.request.frame_id for e in resent] == [3, 4, 5, 6]
+        assert ledger.unanswered(exhausted=True) is None  # 3, 4, 5: dropped by the server
+
+
 def test_heatmap_cells_land_where_they_were_computed() -> None:
     # A 900x300 frame letterboxed into 640x384: scaled by 640/900 to 640x213, 85 rows of pad
     # above. The cell at row 23, column 40 covers input (324, 188), i.e. frame (456, 145).

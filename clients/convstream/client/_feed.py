@@ -96,6 +96,8 @@ class Ledger:
         self.accepted = False
         self._named = False  # the first frame sent has been checked for a publish name
         self._run = 0  # frames in a row that failed here
+        self._attempts = 0
+        self._dropped_here: list[int] = []  # ids dropped on resuming, for the next result
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -173,9 +175,22 @@ class Ledger:
         return found
 
     def new_attempt(self) -> None:
-        """A new stream starts: its server counts drops from 0 again, and has no options."""
-        self._dropped_before = self._dropped
+        """A new stream starts: its server counts drops from 0 again, and has no options.
+
+        A LATEST_ONLY stream resumed after a break re-sends only the newest frame it holds
+        unanswered: the older ones, up to max_in_flight of them from before the break, are
+        dropped here and reported with the next result, as the server would drop them; sent
+        again, the first would be analysed seconds late, as though fresh.
+        """
+        self._attempts += 1
         self.accepted = False
+        sent = [entry for entry in self.entries if entry.error is None]
+        if self._attempts > 1 and self.options.freshness == pb.FRESHNESS_LATEST_ONLY and sent:
+            stale = {id(entry) for entry in sent[:-1]}
+            self._dropped_here += [e.request.frame_id for e in sent[:-1]]
+            self.entries = deque(e for e in self.entries if id(e) not in stale)
+            self._dropped += len(stale)
+        self._dropped_before = self._dropped
 
     def outgoing(self, request: pb.FrameRequest) -> pb.FrameRequest:
         """The request as sent: until the stream has taken the options, a copy carrying them."""
@@ -192,6 +207,11 @@ class Ledger:
         it that were sent were dropped by the server)."""
         message.frames_dropped += self._dropped_before
         self._dropped = message.frames_dropped
+        if self._dropped_here:
+            ids = [*self._dropped_here, *message.dropped_frame_ids]
+            del message.dropped_frame_ids[:]
+            message.dropped_frame_ids.extend(ids)
+            self._dropped_here = []
         if not message.status.code:
             self.accepted = True
         results = []
