@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -206,6 +207,26 @@ def test_a_number_in_quotes_is_pointed_out_with_the_rest(tmp_path: Path) -> None
         "  cameras[0].fps: expected a number (unquoted in TOML), got ' 15': write fps = 15",
         "  max_streams: Input should be a valid integer, unable to parse string as an integer, "
         "got 'lots'",
+    ]
+    # advice only where following it works: "1.5" is no port, "1e4" no TOML integer, "nan"
+    # no threshold; "Infinity" (which pydantic takes) is TOML's inf
+    for key, text in (("port", "1.5"), ("port", "1e4"), ("threshold", "nan")):
+        path.write_text(f'{key} = "{text}"\n')
+        with pytest.raises(ConfigError) as caught:
+            load_settings(path, environ={})
+        assert "write" not in str(caught.value) and len(str(caught.value).splitlines()) == 2
+    path.write_text('grace_period_s = "Infinity"\n')
+    with pytest.raises(ConfigError, match=r"got 'Infinity': write grace_period_s = inf$"):
+        load_settings(path, environ={})
+    path.write_text("grace_period_s = inf\n")
+    assert load_settings(path, environ={}).grace_period_s == math.inf
+    # the other way round: a string written as a number, and OpenCV's camera 0
+    path.write_text("[[cameras]]\nid = 3\nsource = 0\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert str(caught.value).splitlines()[1:] == [
+        '  cameras[0].id: expected a string (in quotes in TOML), got 3: write id = "3"',
+        '  cameras[0].source: expected a string, got 0: a USB camera is source = "device:0"',
     ]
     path.write_text("port = 51100\nthreshold = 0.9\n")
     assert load_settings(path, environ={"CONVSTREAM_MAX_STREAMS": "7"}).max_streams == 7

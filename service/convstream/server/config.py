@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -537,23 +538,35 @@ def _quoted_numbers(toml: Mapping[str, Any]) -> list[str]:
     for where, table, model in tables:
         for key, value in table.items():
             field = model.model_fields.get(key)
-            if field is None or not isinstance(value, str) or not _is_number(field.annotation):
+            kind = _number_kind(field.annotation) if field is not None else None
+            if kind is None or not isinstance(value, str):
                 continue
-            try:
-                float(value)
-            except ValueError:
-                continue  # not a number at all: pydantic says what was expected
+            if (number := _as_toml(kind, value)) is None:
+                continue  # not a number of its kind: pydantic says what was expected
             lines.append(
                 f"{where}{key}: expected a number (unquoted in TOML), got {value!r}: write "
-                f"{key} = {value.strip()}"
+                f"{key} = {number}"
             )
     return lines
 
 
-def _is_number(annotation: Any) -> bool:
-    """An int or float field, or one that may also be None (threshold)."""
+def _number_kind(annotation: Any) -> type | None:
+    """int or float for a number field (one that may also be None, as threshold), else None."""
     kinds = set(typing.get_args(annotation)) - {type(None)} or {annotation}
-    return kinds <= {int, float}
+    return float if kinds == {float} else int if kinds == {int} else None
+
+
+def _as_toml(kind: type, text: str) -> str | None:
+    """The TOML number a quoted text spells, if it is one of this kind, which pydantic would
+    take: "1.5" is no int and "1e4" no int either; "Infinity" is TOML's inf; "nan" is taken
+    by no setting."""
+    try:
+        number = kind(text)
+    except ValueError:
+        return None
+    if math.isnan(number):
+        return None
+    return text.strip() if math.isfinite(number) else "inf" if number > 0 else "-inf"
 
 
 def close_match(name: str, known: Iterable[str]) -> str | None:
@@ -654,6 +667,14 @@ def _describe(error: Any, variables: Mapping[str, str]) -> str:
         return f"{where}{' ' if message.startswith('(') else ': '}{message}"
     if "sha256" in error["loc"]:  # a token's hash, or the token pasted there by mistake
         return f"{where}: {error['msg']}"
+    if error["type"] == "string_type" and type(value) in (int, float):
+        key = error["loc"][-1]
+        if key == "source" and type(value) is int:  # OpenCV's VideoCapture(0)
+            usb = f'source = "device:{value}"'
+            return f"{where}: expected a string, got {value}: a USB camera is {usb}"
+        return (
+            f'{where}: expected a string (in quotes in TOML), got {value}: write {key} = "{value}"'
+        )
     if error["type"] == "bool_type":
         toml = "" if error["loc"][0] in variables else " (unquoted in TOML)"
         return f"{where}: expected true or false{toml}, got {shown(value)}"
