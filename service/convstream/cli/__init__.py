@@ -317,7 +317,9 @@ def _check_config(settings: Settings, warnings: list[str]) -> int:
     print(f"  tokens       {tokens}")
     print(f"  metrics      {metrics}")
     threshold = settings.threshold if settings.threshold is not None else model.threshold
-    source = "the config's" if settings.threshold is not None else "the model's own"
+    source = "the model's own"
+    if settings.threshold is not None:  # from the file, a variable or a flag
+        source = f"set; the model's own is {model.threshold:.3f}"
     print(f"  model        {model.path} (sha256 {model.sha256[:12]}...)")
     print(f"  provider     {model.provider} ({settings.provider} asked for)")
     if settings.processes > 1:
