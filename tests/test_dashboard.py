@@ -311,6 +311,11 @@ def test_cli_registers_dashboard_and_refuses_bad_values(capsys: pytest.CaptureFi
     assert callable(args.func)
     assert run_dashboard(["--threshold", "2", "--port", "0"]) == 2
     assert "threshold" in capsys.readouterr().err
+    assert run_dashboard(["--alerts-max-mb", "0", "--alerts-dir", "/tmp/x", "--port", "0"]) == 2
+    assert "alerts_max_mb must be 1..10000000 (10 TB), got 0" in capsys.readouterr().err
+    # a bound on files that are not written: said, not ignored
+    assert run_dashboard(["--alerts-max-mb", "5", "--port", "0"]) == 2
+    assert "no --alerts-dir is given" in capsys.readouterr().err
 
 
 def test_static_assets_ship_and_never_build_html_from_data() -> None:

@@ -80,10 +80,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--alerts-max-mb",
         type=float,
-        default=1000.0,
         metavar="MB",
-        help="megabytes of alerts kept in --alerts-dir at most; past it the oldest are "
-        "deleted (default %(default)g: about 10,000 alerts of the demo's)",
+        help="megabytes of alert files (their bytes, not the disk blocks they take) kept in "
+        "--alerts-dir at most; past it the oldest are deleted (default 1000: about 10,000 "
+        "alerts of the demo's)",
     )
     p.add_argument(
         "--max-fps",
@@ -125,6 +125,13 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def _dashboard(args: argparse.Namespace) -> int:
     from convstream.dashboard.app import serve
 
+    if args.alerts_max_mb is not None and args.alerts_dir is None:
+        print(
+            "convstream dashboard: --alerts-max-mb bounds the files of --alerts-dir, and no "
+            "--alerts-dir is given (alerts are kept in memory only, the newest 100)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         settings = DashboardSettings(
             address=args.address,
@@ -134,7 +141,9 @@ def _dashboard(args: argparse.Namespace) -> int:
             alert_cooldown_s=args.alert_cooldown,
             alert_frames=args.alert_frames,
             alerts_dir=args.alerts_dir,
-            alerts_max_mb=args.alerts_max_mb,
+            alerts_max_mb=DashboardSettings.alerts_max_mb
+            if args.alerts_max_mb is None
+            else args.alerts_max_mb,
             max_fps=args.max_fps,
             history_s=args.history,
             token=token_from_flags(args),
