@@ -697,10 +697,13 @@ def test_a_watch_result_held_up_on_the_way_shows_its_age_here_and_says_late() ->
     reporter = _report.WatchReporter(
         out, io.StringIO(), json_lines=False, overlays=None, total=None
     )
-    now = time.time()
-    reporter.add(Result(frame_id=1, score=0.2, capture_time=now - 0.10, frame_age_ms=50.0))
-    reporter.add(Result(frame_id=2, score=0.9, capture_time=now - 40.1, frame_age_ms=60.0))
-    reporter.add(Result(frame_id=3, score=0.3, capture_time=now - 0.11, frame_age_ms=55.0))
+
+    def ago(seconds: float) -> float:  # read as each result comes: a busy machine is slow
+        return time.time() - seconds
+
+    reporter.add(Result(frame_id=1, score=0.2, capture_time=ago(0.10), frame_age_ms=50.0))
+    reporter.add(Result(frame_id=2, score=0.9, capture_time=ago(40.1), frame_age_ms=60.0))
+    reporter.add(Result(frame_id=3, score=0.3, capture_time=ago(0.11), frame_age_ms=55.0))
     rows = out.getvalue().splitlines()[1:]
     ages = [float(row.split()[4]) for row in rows]
     assert 40.0 <= ages[0] <= 60.0 and 39_950 < ages[1] < 40_100 and 50 <= ages[2] <= 70
@@ -709,13 +712,13 @@ def test_a_watch_result_held_up_on_the_way_shows_its_age_here_and_says_late() ->
     reporter = _report.WatchReporter(
         lines, io.StringIO(), json_lines=True, overlays=None, total=None
     )
-    reporter.add(Result(frame_id=1, score=0.2, capture_time=now - 0.10, frame_age_ms=50.0))
-    reporter.add(Result(frame_id=2, score=0.9, capture_time=now - 40.1, frame_age_ms=60.0))
+    reporter.add(Result(frame_id=1, score=0.2, capture_time=ago(0.10), frame_age_ms=50.0))
+    reporter.add(Result(frame_id=2, score=0.9, capture_time=ago(40.1), frame_age_ms=60.0))
     late = [json.loads(line)["late_ms"] for line in lines.getvalue().splitlines()]
     assert late[0] == 0.0 and 39_900 < late[1] < 40_100
     # this clock steps 2 s ahead: late at first, but not for good
     for frame_id in range(3, 3 + _report.WAYS + 1):
-        reporter.add(Result(frame_id=frame_id, capture_time=now - 2.1, frame_age_ms=50.0))
+        reporter.add(Result(frame_id=frame_id, capture_time=ago(2.1), frame_age_ms=50.0))
     late = [json.loads(line)["late_ms"] for line in lines.getvalue().splitlines()]
     assert late[2] > 1_900 and late[-1] < 100
 
