@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import http.server
 import io
@@ -27,6 +28,7 @@ from live import blackhole
 
 from convstream.cli import main
 from convstream.server import CameraConfig, Server, Settings
+from convstream.server.config import load_settings
 
 
 def free_port() -> int:
@@ -222,6 +224,25 @@ async def test_info(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
     # named, as the text names them (384x640 is height x width): a pair read backwards
     assert {"height": 384, "width": 640} in info["input_sizes"]
     assert all(set(size) == {"height", "width"} for size in info["input_sizes"])
+
+
+async def test_the_address_comes_from_the_environment_unless_a_flag_gives_it(
+    server: Server, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server on another port or machine: CONVSTREAM_ADDRESS once, not --address on every
+    command; the flag still wins, the dashboard takes it too, and the server ignores it."""
+    from convstream.dashboard.cli import add_commands as add_dashboard
+
+    monkeypatch.setenv("CONVSTREAM_ADDRESS", f"127.0.0.1:{server.port}")
+    assert await run("info") == 0
+    assert "CPUExecutionProvider" in capsys.readouterr().out
+    elsewhere = nowhere()
+    assert await run("info", "--address", elsewhere) == 3
+    assert f"convstream server at {elsewhere}" in capsys.readouterr().err
+    parser = argparse.ArgumentParser(prog="convstream")
+    add_dashboard(parser.add_subparsers(dest="command"))
+    assert parser.parse_args(["dashboard"]).address == f"127.0.0.1:{server.port}"
+    assert load_settings(environ={"CONVSTREAM_ADDRESS": "10.0.0.5:50051"}).port == 50051
 
 
 def test_no_server_is_one_line_and_exit_code_3(capsys: pytest.CaptureFixture[str]) -> None:

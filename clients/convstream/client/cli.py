@@ -22,7 +22,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from convstream.client._base import DEFAULT_ADDRESS, check_camera_id, check_published_name
+from convstream.client._base import check_camera_id, check_published_name
 from convstream.client._client import Client
 from convstream.client._report import (
     Reporter,
@@ -33,6 +33,7 @@ from convstream.client._report import (
     model_info_text,
 )
 from convstream.client.connection_flags import (
+    add_address_flag,
     add_security_flags,
     refused_hint,
     tls_from_flags,
@@ -111,9 +112,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """Add analyze, stream and info to the ``convstream`` command."""
     connection = argparse.ArgumentParser(add_help=False)
     group = connection.add_argument_group("connection")
-    group.add_argument(
-        "--address", default=DEFAULT_ADDRESS, help="server host:port (default %(default)s)"
-    )
+    add_address_flag(group)
     group.add_argument(
         "--timeout",
         type=_call_seconds,

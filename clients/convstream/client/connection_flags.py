@@ -9,10 +9,23 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from convstream.client import errors
-from convstream.client._base import clean_token
+from convstream.client._base import DEFAULT_ADDRESS, clean_token
 from convstream.client.options import TLS
 
 TOKEN_ENV = "CONVSTREAM_TOKEN"
+ADDRESS_ENV = "CONVSTREAM_ADDRESS"
+
+
+def add_address_flag(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    """--address, whose default $CONVSTREAM_ADDRESS sets for every command of a shell (a
+    server on another port or machine), else 127.0.0.1:50051."""
+    given = os.environ.get(ADDRESS_ENV)
+    whence = f"from ${ADDRESS_ENV}" if given else f"${ADDRESS_ENV} sets another"
+    group.add_argument(
+        "--address",
+        default=given or DEFAULT_ADDRESS,
+        help=f"the convstream server's host:port (default %(default)s; {whence})",
+    )
 
 
 def add_security_flags(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:

@@ -14,8 +14,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from convstream.client.connection_flags import add_security_flags, tls_from_flags, token_from_flags
-from convstream.dashboard.settings import DEFAULT_ADDRESS, DashboardSettings
+from convstream.client.connection_flags import (
+    add_address_flag,
+    add_security_flags,
+    tls_from_flags,
+    token_from_flags,
+)
+from convstream.dashboard.settings import DashboardSettings
 
 __all__ = ["add_commands", "run_dashboard"]
 
@@ -27,11 +32,7 @@ _EXAMPLES = """examples:
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--address",
-        default=DEFAULT_ADDRESS,
-        help="convstream server host:port (default %(default)s)",
-    )
+    add_address_flag(p)
     p.add_argument(
         "--host",
         default="127.0.0.1",

@@ -493,11 +493,12 @@ class Settings(BaseModel):
         return list(dict.fromkeys(parse_size(s) for s in sizes))
 
 
-# CONVSTREAM_* variables that are not server settings: the config file's path, and the
-# client commands' token (a shell may hold both a client's token and a server's settings).
-# read by others: the config file's path (here, before the settings), the client commands'
-# token, and scripts/run.sh's dashboard port
-NOT_SETTINGS = (f"{ENV_PREFIX}CONFIG", f"{ENV_PREFIX}TOKEN", f"{ENV_PREFIX}DASHBOARD_PORT")
+# CONVSTREAM_* variables that are not server settings, read by others: the config file's
+# path (here, before the settings), the client commands' token and server address (a shell
+# may hold both a client's and a server's), and scripts/run.sh's dashboard port
+NOT_SETTINGS = tuple(
+    f"{ENV_PREFIX}{name}" for name in ("CONFIG", "TOKEN", "ADDRESS", "DASHBOARD_PORT")
+)
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
