@@ -530,10 +530,12 @@ def _quoted_numbers(toml: Mapping[str, Any]) -> list[str]:
     and are taken)."""
     tables: list[tuple[str, Mapping[str, Any], type[BaseModel]]] = [("", toml, Settings)]
     entries: dict[str, type[BaseModel]] = {"cameras": CameraConfig, "tokens": TokenConfig}
-    for name, kind in entries.items():
+    for name, table_model in entries.items():
         if isinstance(listed := toml.get(name), list):
             tables += [
-                (f"{name}[{i}].", t, kind) for i, t in enumerate(listed) if isinstance(t, dict)
+                (f"{name}[{i}].", t, table_model)
+                for i, t in enumerate(listed)
+                if isinstance(t, dict)
             ]
     lines = []
     for where, table, model in tables:
