@@ -309,10 +309,13 @@ def test_cli_registers_dashboard_and_refuses_bad_values(capsys: pytest.CaptureFi
     args = parser.parse_args(["dashboard", "--address", "127.0.0.1:1", "--port", "0"])
     assert (args.address, args.host, args.port) == ("127.0.0.1:1", "127.0.0.1", 0)
     assert callable(args.func)
+    # said of the flags given, not of DashboardSettings' names for them
     assert run_dashboard(["--threshold", "2", "--port", "0"]) == 2
-    assert "threshold" in capsys.readouterr().err
+    assert "convstream dashboard: --threshold must be in [0, 1], got 2.0" in capsys.readouterr().err
     assert run_dashboard(["--alerts-max-mb", "0", "--alerts-dir", "/tmp/x", "--port", "0"]) == 2
-    assert "alerts_max_mb must be 1..10000000 (10 TB), got 0" in capsys.readouterr().err
+    assert "--alerts-max-mb must be 1..10000000 (10 TB), got 0" in capsys.readouterr().err
+    assert run_dashboard(["--max-fps", "99", "--port", "0"]) == 2
+    assert "--max-fps must be in [0.1, 30], got 99.0" in capsys.readouterr().err
     # a bound on files that are not written: said, not ignored
     assert run_dashboard(["--alerts-max-mb", "5", "--port", "0"]) == 2
     assert "no --alerts-dir is given" in capsys.readouterr().err

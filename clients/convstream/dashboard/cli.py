@@ -123,6 +123,25 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.set_defaults(func=_dashboard)
 
 
+# DashboardSettings' names for its values, and the flags that give them here
+_FLAGS = {
+    "address": "--address",
+    "port": "--port",
+    "threshold": "--threshold",
+    "max_fps": "--max-fps",
+    "history_s": "--history",
+    "alert_cooldown_s": "--alert-cooldown",
+    "alert_frames": "--alert-frames",
+    "alerts_max_mb": "--alerts-max-mb",
+}
+
+
+def _in_flags(message: str) -> str:
+    """A settings error said of the flag that gave the value ("--max-fps must be ...")."""
+    name, _, rest = message.partition(" ")
+    return f"{_FLAGS[name]} {rest}" if name in _FLAGS else message
+
+
 def _dashboard(args: argparse.Namespace) -> int:
     from convstream.dashboard.app import serve
 
@@ -154,7 +173,7 @@ def _dashboard(args: argparse.Namespace) -> int:
         if settings.tls is not None:
             settings.tls.credentials()  # a missing or unreadable PEM file: say so now
     except (OSError, ValueError) as exc:
-        print(f"convstream dashboard: {exc}", file=sys.stderr)
+        print(f"convstream dashboard: {_in_flags(str(exc))}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
