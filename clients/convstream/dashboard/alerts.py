@@ -420,9 +420,10 @@ THUMB_SIZE = (384, 216)  # (width, height): 16:9, as the list shows it, twice it
 def _thumbnail(image: np.ndarray, centre: tuple[int, int]) -> np.ndarray:
     """The part of ``image`` around ``centre`` that the alert list shows: a 16:9 window half
     the image's width (a damaged corner fills the thumbnail rather than a few pixels of
-    it), as near centred on it as the image allows, scaled to THUMB_SIZE."""
+    it), or THUMB_SIZE where that is larger (not scaled up), as near centred on it as the
+    image allows, scaled to THUMB_SIZE."""
     height, width = image.shape[:2]
-    w = min(width, max(width // 2, 1), round(height * 16 / 9))
+    w = min(width, max(width // 2, THUMB_SIZE[0]), round(height * 16 / 9))
     h = min(height, max(1, round(w * 9 / 16)))
     left = min(max(0, centre[0] - w // 2), width - w)
     top = min(max(0, centre[1] - h // 2), height - h)
