@@ -404,6 +404,44 @@ async def test_a_message_that_does_not_parse_is_invalid_argument_and_a_stream_go
     assert await call.code() == grpc.StatusCode.OK
 
 
+async def test_a_frame_over_the_message_limit_is_refused_alone_in_the_servers_words() -> None:
+    """A client that does not check the limit itself (grpcurl, another language) sending one
+    frame over max_message_bytes had gRPC end its whole stream, in gRPC's words. Up to twice
+    the limit, that frame alone is refused, named by its id; past that gRPC still ends it."""
+    server = Server(Settings(port=0, metrics_port=-1, max_message_bytes=MIN_MESSAGE_BYTES))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+            data = jpeg(scene(14, 240, 320))
+            pixels = scene(14, 240, 320)  # 230,400 bytes raw: over 131,072, under twice it
+            raw = pb.RawImage(width=320, height=240, format=pb.PIXEL_FORMAT_BGR8)
+            raw.data = pixels.tobytes()
+            frames = [
+                pb.FrameRequest(frame_id=1, source="dock", encoded=data),
+                pb.FrameRequest(frame_id=2, raw=raw),
+                pb.FrameRequest(frame_id=3, encoded=data),
+            ]
+            results = [r async for r in stub.StreamFrames(requests(frames))]
+            assert [(r.frame_id, r.status.code) for r in results] == [(1, 0), (2, INVALID), (3, 0)]
+            assert results[1].source == "dock"
+            message = results[1].status.message
+            assert "FrameRequest message is 230,4" in message
+            assert "over this server's limit of 131,072 (max_message_bytes" in message
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.Analyze(pb.FrameRequest(raw=raw))
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "over this server's limit of 131,072" in (info.value.details() or "")
+            # past twice the limit, gRPC refuses the message, and the call with it
+            raw.width, raw.height, raw.data = 640, 240, np.hstack([pixels, pixels]).tobytes()
+            call = stub.StreamFrames(requests([pb.FrameRequest(frame_id=4, raw=raw)]))
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                _ = [r async for r in call]
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await server.stop(grace=0)
+
+
 async def test_analyze_bad_frame_is_invalid_argument(stub: pb_grpc.ConvstreamStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Analyze(pb.FrameRequest(encoded=b"not an image"))
@@ -478,8 +516,8 @@ async def test_result_over_the_message_limit_is_a_frame_error(small_messages: Se
             assert r1.status.code == EXHAUSTED
             assert "message limit" in r1.status.message and "FLOAT16" in r1.status.message
             assert r2.status.code == 0 and r2.feature_maps[0].name == "stage3"
-            # a request bigger than the receive limit is refused by gRPC itself
-            big = pb.FrameRequest(encoded=b"\xff\xd8\xff" + b"\x00" * (3 * 1024 * 1024))
+            # a request bigger than twice the limit is refused by gRPC itself
+            big = pb.FrameRequest(encoded=b"\xff\xd8\xff" + b"\x00" * (5 * 1024 * 1024))
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await stub.Analyze(big)
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -100,7 +100,9 @@ def grpc_options(settings: Settings, *, share_port: bool = False) -> list[tuple[
     unless ``share_port``: the processes of one server (``processes``) share it.
     """
     return [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        # Twice the limit: a request between the two is refused alone by the servicer's
+        # deserializer, in the server's words; past it gRPC ends the whole call.
+        ("grpc.max_receive_message_length", 2 * settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", int(share_port)),
         # Clients may ping every 10 s or slower, also while idle (our client pings each 30 s).

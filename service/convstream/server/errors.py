@@ -3,7 +3,7 @@
     ConvstreamError                 base; never raised itself
     ├── InvalidFrame                INVALID_ARGUMENT: a frame that cannot be analysed
     │   ├── FrameTooLarge           INVALID_ARGUMENT: over the pixel or size limits
-    │   └── UndecodableRequest      INVALID_ARGUMENT: bytes that are not the method's message
+    │   └── RefusedMessage          INVALID_ARGUMENT: not the method's message, or too large
     ├── InvalidOptions              INVALID_ARGUMENT: unknown feature map, bad queue size, ...
     ├── NameTaken                   ALREADY_EXISTS: a publish name a camera or stream has
     ├── NotFound                    NOT_FOUND: no camera by that id
@@ -35,14 +35,21 @@ class FrameTooLarge(InvalidFrame):
     """The frame is bigger than the configured limits (checked before decoding)."""
 
 
-class UndecodableRequest(InvalidFrame):
-    """A request message that does not parse as the protobuf message its method takes.
+class RefusedMessage(InvalidFrame):
+    """A request message refused before its method sees it: bytes that do not parse as the
+    protobuf message the method takes, or a message over max_message_bytes (gRPC takes up
+    to twice that, so that such a frame is refused alone, not its whole stream).
 
     The server's request deserializers return one (rather than raise, which gRPC would turn
     into UNKNOWN and the end of a stream), so that a unary call answers INVALID_ARGUMENT and
     a stream refuses that one message and goes on: gRPC's framing still marks where the next
-    message starts.
+    message starts. ``frame_id`` and ``source`` are the frame's where it parsed (0 and "" if
+    not), for its refusal to name it.
     """
+
+    def __init__(self, message: str, frame_id: int = 0, source: str = "") -> None:
+        super().__init__(message)
+        self.frame_id, self.source = frame_id, source
 
 
 class InvalidOptions(ConvstreamError):

@@ -20,7 +20,7 @@ from convstream.server.errors import (
     IdleTimeout,
     NotFound,
     Overloaded,
-    UndecodableRequest,
+    RefusedMessage,
 )
 from convstream.server.feeds import FeedFinished
 from convstream.server.metrics import Metrics
@@ -113,7 +113,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
 
     async def StreamFrames(
         self,
-        request_iterator: AsyncIterator[pb.FrameRequest | UndecodableRequest],
+        request_iterator: AsyncIterator[pb.FrameRequest | RefusedMessage],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.FrameResult]:
         if self.draining.is_set():
@@ -375,18 +375,28 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         await asyncio.gather(*(c.close() for c in channels))
 
 
-def _parse(message: type[M]) -> Callable[[bytes], M | UndecodableRequest]:
-    """A request deserializer that returns, rather than raises, what does not parse."""
+def _parse(message: type[M], max_bytes: int) -> Callable[[bytes], M | RefusedMessage]:
+    """A request deserializer that returns, rather than raises, what does not parse, and what
+    is over max_bytes (gRPC takes up to twice that: see grpc_options)."""
     name = message.DESCRIPTOR.full_name
 
-    def parse(data: bytes) -> M | UndecodableRequest:
+    def parse(data: bytes) -> M | RefusedMessage:
         try:
-            return message.FromString(data)
+            parsed = message.FromString(data)
         except DecodeError:
-            return UndecodableRequest(
+            return RefusedMessage(
                 f"expected a {name} protobuf message, got {len(data)} bytes that do not parse "
                 "as one: build the client from this server's .proto (reflection serves it)"
             )
+        if len(data) > max_bytes:
+            return RefusedMessage(
+                f"the {name} message is {len(data):,} bytes, over this server's limit of "
+                f"{max_bytes:,} (max_message_bytes, in GetModelInfo): send the frame as JPEG "
+                "or PNG, or smaller",
+                frame_id=getattr(parsed, "frame_id", 0),
+                source=getattr(parsed, "source", ""),
+            )
+        return parsed
 
     return parse
 
@@ -395,7 +405,7 @@ def _unary(
     method: Callable[[Any, grpc.aio.ServicerContext], Awaitable[R]],
 ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[R]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> R:
-        if isinstance(request, UndecodableRequest):
+        if isinstance(request, RefusedMessage):
             await context.abort(request.code, str(request))
         return await method(request, context)
 
@@ -406,7 +416,7 @@ def _unary_stream(
     method: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[R]],
 ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[R]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[R]:
-        if isinstance(request, UndecodableRequest):
+        if isinstance(request, RefusedMessage):
             await context.abort(request.code, str(request))
         async for response in method(request, context):
             yield response
@@ -430,7 +440,9 @@ def add_to_server(servicer: ConvstreamServicer, server: grpc.aio.Server) -> None
             make, behaviour = grpc.unary_unary_rpc_method_handler, _unary(behaviour)
         handlers[method.name] = make(
             behaviour,
-            request_deserializer=_parse(getattr(pb, method.input_type.name)),
+            request_deserializer=_parse(
+                getattr(pb, method.input_type.name), servicer.settings.max_message_bytes
+            ),
             response_serializer=getattr(pb, method.output_type.name).SerializeToString,
         )
     generic = grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)

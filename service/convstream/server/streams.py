@@ -29,7 +29,7 @@ from convstream.server.errors import (
     IdleTimeout,
     InvalidOptions,
     Overloaded,
-    UndecodableRequest,
+    RefusedMessage,
 )
 from convstream.server.feeds import StreamPublication
 from convstream.server.metrics import Metrics
@@ -291,14 +291,15 @@ class StreamSession:
         self.freshness, self.capacity = freshness, capacity
         self.window = LATEST_ONLY_WINDOW if freshness == pb.FRESHNESS_LATEST_ONLY else WINDOW
 
-    def _accept(self, request: pb.FrameRequest | UndecodableRequest, arrived: float) -> _Item:
+    def _accept(self, request: pb.FrameRequest | RefusedMessage, arrived: float) -> _Item:
         """Options for this frame: its own (which then stick) or the stream's last ones; and
-        its source: its own (which then sticks) or the stream's last one. A message that did
-        not parse is refused alone (its id unknown: 0), in its place among the results."""
-        if isinstance(request, UndecodableRequest):
-            return self._refused(
-                pb.FrameRequest(source=self.source), arrived, request.code, str(request)
-            )
+        its source: its own (which then sticks) or the stream's last one. A message refused
+        as it came (one that did not parse, its id unknown: 0; one over the message limit) is
+        refused alone, in its place among the results."""
+        if isinstance(request, RefusedMessage):
+            source = request.source or self.source
+            shell = pb.FrameRequest(frame_id=request.frame_id, source=source)
+            return self._refused(shell, arrived, request.code, str(request))
         if request.source:
             if len(request.source) <= MAX_SOURCE_CHARS:  # a longer one is refused below
                 self.source = request.source
@@ -334,7 +335,7 @@ class StreamSession:
         shell = pb.FrameRequest(frame_id=request.frame_id, source=source)
         return _Item(shell, arrived, None, error_result(shell, code.value[0], message))
 
-    async def _read(self, requests: AsyncIterator[pb.FrameRequest | UndecodableRequest]) -> None:
+    async def _read(self, requests: AsyncIterator[pb.FrameRequest | RefusedMessage]) -> None:
         frames = aiter(requests)
         try:
             while True:
@@ -494,7 +495,7 @@ class StreamSession:
         reader.cancel()
 
     async def run(
-        self, requests: AsyncIterator[pb.FrameRequest | UndecodableRequest]
+        self, requests: AsyncIterator[pb.FrameRequest | RefusedMessage]
     ) -> AsyncIterator[pb.FrameResult]:
         """Yield one result per frame read, in the order frames arrived."""
         # this stream's decoding takes its turn beside the others' (a token, not the session:
