@@ -421,10 +421,16 @@ async def test_a_frame_over_the_message_limit_is_refused_alone_in_the_servers_wo
                 pb.FrameRequest(frame_id=1, source="dock", encoded=data),
                 pb.FrameRequest(frame_id=2, raw=raw),
                 pb.FrameRequest(frame_id=3, encoded=data),
+                pb.FrameRequest(frame_id=2**64 - 1, source="yard-é", raw=raw),
             ]
             results = [r async for r in stub.StreamFrames(requests(frames))]
-            assert [(r.frame_id, r.status.code) for r in results] == [(1, 0), (2, INVALID), (3, 0)]
-            assert results[1].source == "dock"
+            assert [(r.frame_id, r.status.code) for r in results] == [
+                (1, 0),
+                (2, INVALID),
+                (3, 0),
+                (2**64 - 1, INVALID),
+            ]
+            assert [r.source for r in results] == ["dock", "dock", "dock", "yard-é"]
             message = results[1].status.message
             assert "FrameRequest message is 230,4" in message
             assert "over this server's limit of 131,072 (max_message_bytes" in message
@@ -440,6 +446,35 @@ async def test_a_frame_over_the_message_limit_is_refused_alone_in_the_servers_wo
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
         await server.stop(grace=0)
+
+
+def test_an_oversized_messages_id_and_source_are_read_off_its_start_unparsed() -> None:
+    from convstream.server.servicer import _id_and_source
+
+    image = b"\x00" * 100_000
+    message = pb.FrameRequest(frame_id=300, source="dock-3", encoded=image).SerializeToString()
+    assert _id_and_source(message) == (300, "dock-3")
+    # fields in another order (the wire allows it), an unknown field, a fixed64
+    odd = (
+        pb.FrameRequest(encoded=image).SerializeToString()
+        + b"\x49"
+        + b"\x01" * 8  # field 9, 64-bit
+        + pb.FrameRequest(source="x", frame_id=7).SerializeToString()
+    )
+    assert _id_and_source(odd) == (7, "x")
+    assert _id_and_source(message[:5]) == (300, "")  # cut inside the source
+    assert _id_and_source(b"\xff" * 20) == (0, "")  # no message at all
+    assert _id_and_source(b"") == (0, "")
+
+
+async def test_a_message_limit_over_1_gib_starts() -> None:
+    """gRPC's limits are C ints: twice 1 GiB and 1 byte did not fit, and the server did not
+    start; past 2 GiB it is refused when read."""
+    server = Server(Settings(port=0, metrics_port=-1, max_message_bytes=(1 << 30) + 1))
+    await server.start()
+    await server.stop(grace=0)
+    with pytest.raises(ValueError, match="max_message_bytes"):
+        Settings(max_message_bytes=1 << 31)
 
 
 async def test_analyze_bad_frame_is_invalid_argument(stub: pb_grpc.ConvstreamStub) -> None:

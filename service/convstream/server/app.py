@@ -101,8 +101,9 @@ def grpc_options(settings: Settings, *, share_port: bool = False) -> list[tuple[
     """
     return [
         # Twice the limit: a request between the two is refused alone by the servicer's
-        # deserializer, in the server's words; past it gRPC ends the whole call.
-        ("grpc.max_receive_message_length", 2 * settings.max_message_bytes),
+        # deserializer, in the server's words; past it gRPC ends the whole call. gRPC takes
+        # a C int.
+        ("grpc.max_receive_message_length", min(2 * settings.max_message_bytes, 2**31 - 1)),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", int(share_port)),
         # Clients may ping every 10 s or slower, also while idle (our client pings each 30 s).

@@ -319,7 +319,10 @@ class Settings(BaseModel):
         16384, ge=MIN_SIDE, description="width or height above which a frame is refused"
     )
     max_message_bytes: int = Field(
-        64 * 1024 * 1024, ge=MIN_MESSAGE_BYTES, description="largest request or result message"
+        64 * 1024 * 1024,
+        ge=MIN_MESSAGE_BYTES,
+        le=2**31 - 1,  # gRPC's limits are C ints
+        description="largest request or result message",
     )
     max_streams: int = Field(64, ge=1, description="concurrent StreamFrames calls at most")
     max_queued_frames: int = Field(

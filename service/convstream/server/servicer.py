@@ -381,24 +381,66 @@ def _parse(message: type[M], max_bytes: int) -> Callable[[bytes], M | RefusedMes
     name = message.DESCRIPTOR.full_name
 
     def parse(data: bytes) -> M | RefusedMessage:
+        if len(data) > max_bytes:  # never parsed: its id and source are read off its start
+            frame_id, source = _id_and_source(data)
+            return RefusedMessage(
+                f"the {name} message is {len(data):,} bytes, over this server's limit of "
+                f"{max_bytes:,} (max_message_bytes, in GetModelInfo): send the frame as JPEG "
+                "or PNG, or smaller",
+                frame_id=frame_id,
+                source=source,
+            )
         try:
-            parsed = message.FromString(data)
+            return message.FromString(data)
         except DecodeError:
             return RefusedMessage(
                 f"expected a {name} protobuf message, got {len(data)} bytes that do not parse "
                 "as one: build the client from this server's .proto (reflection serves it)"
             )
-        if len(data) > max_bytes:
-            return RefusedMessage(
-                f"the {name} message is {len(data):,} bytes, over this server's limit of "
-                f"{max_bytes:,} (max_message_bytes, in GetModelInfo): send the frame as JPEG "
-                "or PNG, or smaller",
-                frame_id=getattr(parsed, "frame_id", 0),
-                source=getattr(parsed, "source", ""),
-            )
-        return parsed
 
     return parse
+
+
+def _id_and_source(data: bytes) -> tuple[int, str]:
+    """FrameRequest's frame_id (field 1, a varint) and source (field 2, at most 256 bytes
+    read) from its wire bytes, stepping over the other fields without copying them (an
+    image is a length and a jump); (0, "") for what is not found or does not read as such.
+    Microseconds, where parsing a 128 MiB message took 67 ms and a copy of it."""
+    frame_id, source, at = 0, "", 0
+
+    def varint() -> int:
+        nonlocal at
+        value = shift = 0
+        while shift < 64:
+            byte = data[at]
+            at += 1
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return value
+            shift += 7
+        raise ValueError("varint too long")
+
+    try:
+        for _ in range(64):  # fields; a FrameRequest has 7
+            if at >= len(data):
+                break
+            key = varint()
+            field, wire = key >> 3, key & 7
+            if wire == 0:
+                value = varint()
+                frame_id = value if field == 1 else frame_id
+            elif wire == 2:
+                length = varint()
+                if field == 2:
+                    source = data[at : at + min(length, 256)].decode("utf-8", "replace")
+                at += length
+            elif wire in (1, 5):
+                at += 8 if wire == 1 else 4
+            else:
+                break
+    except (IndexError, ValueError):
+        pass
+    return frame_id, source
 
 
 def _unary(
