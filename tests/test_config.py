@@ -215,6 +215,31 @@ def test_a_number_in_quotes_is_pointed_out_with_the_rest(tmp_path: Path) -> None
         with pytest.raises(ConfigError) as caught:
             load_settings(path, environ={})
         assert "write" not in str(caught.value) and len(str(caught.value).splitlines()) == 2
+    # advice written as TOML writes numbers, which it takes back as the same number
+    for key, text, written in (
+        ("port", "05", "5"),
+        ("threshold", ".5", "0.5"),
+        ("threshold", "1.", "1"),
+        ("grace_period_s", "1e-7", "1e-07"),
+    ):
+        path.write_text(f'{key} = "{text}"\n')
+        with pytest.raises(ConfigError, match=f"got '{re.escape(text)}': write {key} = {written}$"):
+            load_settings(path, environ={})
+        assert tomllib.loads(f"{key} = {written}")[key] == float(text)
+    arabic = "\u0665\u0661\u0661\u0660\u0660"  # 51100 in Arabic-Indic digits, which int() takes
+    path.write_text(f'port = "{arabic}"\n')  # and TOML does not
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert "write" not in str(caught.value)
+    # a key a variable or flag replaces is not read from the file, quoted or not
+    path.write_text('port = "51100"\n')
+    assert load_settings(path, environ={"CONVSTREAM_PORT": "51200"}).port == 51200
+    assert load_settings(path, environ={}, overrides={"port": 51300}).port == 51300
+    # an item of a list: no key to advise
+    path.write_text("input_sizes = [640]\n")
+    listed = r"input_sizes\[0\]: expected a string \(in quotes in TOML\), got 640\n"
+    with pytest.raises(ConfigError, match=listed):
+        load_settings(path, environ={})
     path.write_text('grace_period_s = "Infinity"\n')
     with pytest.raises(ConfigError, match=r"got 'Infinity': write grace_period_s = inf$"):
         load_settings(path, environ={})

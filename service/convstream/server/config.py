@@ -563,16 +563,22 @@ def _number_kind(annotation: Any) -> type | None:
 
 
 def _as_toml(kind: type, text: str) -> str | None:
-    """The TOML number a quoted text spells, if it is one of this kind, which pydantic would
-    take: "1.5" is no int and "1e4" no int either; "Infinity" is TOML's inf; "nan" is taken
-    by no setting."""
+    """The number a quoted text spells, written as TOML writes it, if it is one of this kind
+    (which pydantic would take): "05" is 5, ".5" 0.5 and "Infinity" inf; "1.5" and "1e4" are
+    no int, "nan" no setting's, and digits other than ASCII's no TOML number."""
+    if not text.isascii():
+        return None
     try:
         number = kind(text)
     except ValueError:
         return None
     if math.isnan(number):
         return None
-    return text.strip() if math.isfinite(number) else "inf" if number > 0 else "-inf"
+    if math.isinf(number):
+        return "inf" if number > 0 else "-inf"
+    if isinstance(number, float) and number.is_integer() and abs(number) < 1e15:
+        return str(int(number))  # fps = 15, which a float setting takes as well
+    return repr(number)
 
 
 def close_match(name: str, known: Iterable[str]) -> str | None:
@@ -615,7 +621,8 @@ def load_settings(
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
     merged.update(flags)
     variables = {name: f"{ENV_PREFIX}{name.upper()}" for name in from_env if name not in flags}
-    lines = _quoted_numbers(toml)
+    # a key the environment or a flag replaces is not read from the file (as a switch's)
+    lines = _quoted_numbers({k: v for k, v in toml.items() if k not in from_env | flags})
     try:
         settings = Settings.model_validate(merged)
     except ValidationError as exc:
@@ -674,13 +681,12 @@ def _describe(error: Any, variables: Mapping[str, str]) -> str:
     if "sha256" in error["loc"]:  # a token's hash, or the token pasted there by mistake
         return f"{where}: {error['msg']}"
     if error["type"] == "string_type" and type(value) in (int, float):
-        key = error["loc"][-1]
+        key = error["loc"][-1]  # an index, for an item of a list (input_sizes = [640])
         if key == "source" and type(value) is int:  # OpenCV's VideoCapture(0)
             usb = f'source = "device:{value}"'
             return f"{where}: expected a string, got {value}: a USB camera is {usb}"
-        return (
-            f'{where}: expected a string (in quotes in TOML), got {value}: write {key} = "{value}"'
-        )
+        advice = f': write {key} = "{value}"' if isinstance(key, str) else ""
+        return f"{where}: expected a string (in quotes in TOML), got {value}{advice}"
     if error["type"] == "bool_type":
         toml = "" if error["loc"][0] in variables else " (unquoted in TOML)"
         return f"{where}: expected true or false{toml}, got {shown(value)}"
