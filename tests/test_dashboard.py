@@ -16,6 +16,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,24 @@ def test_the_alerts_directory_keeps_to_its_bytes_deleting_the_oldest(tmp_path: P
     alone = AlertLog(10, tmp_path / "tiny", max_bytes=1)  # the newest stays, whatever its size
     alone.save(alone.add("demo", 0.0, 0.9, 0.8, 1, big).id)
     assert len(list((tmp_path / "tiny").iterdir())) == 4
+
+
+def test_alerts_saved_by_many_threads_at_once_keep_the_newest(tmp_path: Path) -> None:
+    """Saves run in worker threads, two cameras' at once, in any order: the oldest ids go,
+    whatever order their saves came in, and an alert deleted as the oldest is not written
+    back when its better snapshot comes after."""
+    big = Snapshot(b"o" * 4000, b"f" * 4000, b"t" * 1000)
+    log = AlertLog(100, tmp_path, max_bytes=100_000)  # 10 alerts of about 9.2 KB
+    ids = [log.add("demo", float(k), 0.9, 0.8, k, big).id for k in range(60)]
+    order = ids[::-1][:20] + ids[20:]  # the newest 20 first, then the rest
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(log.save, order))
+    kept = sorted({int(p.name[:8]) for p in tmp_path.iterdir()})
+    assert kept == ids[-10:], kept
+    assert log.bytes_on_disk == sum(p.stat().st_size for p in tmp_path.iterdir()) <= 100_000
+    log.improve(ids[0], 1.0, 0.99, 1, big)
+    log.save(ids[0])
+    assert sorted({int(p.name[:8]) for p in tmp_path.iterdir()}) == ids[-10:]
 
 
 def test_an_alerts_thumbnail_is_the_overlay_around_its_hottest_place() -> None:

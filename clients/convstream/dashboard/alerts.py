@@ -208,8 +208,8 @@ class AlertLog:
         self.max_bytes = max_bytes
         self._alerts: OrderedDict[int, tuple[Alert, Snapshot]] = OrderedDict()
         self._next_id = 1
-        # bytes on disk of each alert in the directory, oldest first; saves run in threads
-        self._on_disk: dict[int, int] = {}
+        self._on_disk: dict[int, int] = {}  # bytes of each alert in the directory
+        self._deleted_below = 0  # ids below it were deleted as the oldest
         self._disk_lock = threading.Lock()
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
@@ -250,33 +250,50 @@ class AlertLog:
             self._alerts[alert_id] = (alert, snapshot)
 
     def save(self, alert_id: int) -> None:
-        """Write an alert's files (blocking: call it off the event loop); prune old ones."""
+        """Write an alert's files (blocking: call it off the event loop), after deleting the
+        oldest alerts that leave no room for them (a full disk still takes the newest).
+
+        Saves run in worker threads, one at a time here, and may come in any order: the
+        alerts kept are the newest by id. One that would be the oldest kept, or was deleted
+        as such (its better snapshot coming after), is not written (back).
+        """
         if self.directory is None or (entry := self._alerts.get(alert_id)) is None:
             return
         alert, snapshot = entry
-        base = self.directory / f"{alert_id:08d}"
-        for path, data in (
-            (base.with_suffix(".jpg"), snapshot.overlay),
-            (base.with_name(f"{base.name}-frame.jpg"), snapshot.frame),
-            (base.with_name(f"{base.name}-thumb.jpg"), snapshot.thumbnail),
-            (base.with_suffix(".json"), json.dumps(alert.to_json()).encode()),  # last: complete
-        ):
-            partial = path.with_name(path.name + ".part")
-            partial.write_bytes(data)
-            partial.replace(path)
+        base = f"{alert_id:08d}"
+        files = (
+            (f"{base}.jpg", snapshot.overlay),
+            (f"{base}-frame.jpg", snapshot.frame),
+            (f"{base}-thumb.jpg", snapshot.thumbnail),
+            (f"{base}.json", json.dumps(alert.to_json()).encode()),  # last: complete
+        )
+        size = sum(len(data) for _, data in files)
         with self._disk_lock:
-            # new ids are the largest, and a better snapshot keeps its alert's place
-            self._on_disk[alert_id] = sum(path.stat().st_size for path in self._files(alert_id))
-            total = sum(self._on_disk.values())
-            while total > self.max_bytes and len(self._on_disk) > 1:
-                oldest = next(iter(self._on_disk))
-                total -= self._on_disk.pop(oldest)
-                for path in self._files(oldest):
-                    path.unlink(missing_ok=True)
+            if alert_id < self._deleted_below:
+                return
+            self._on_disk.pop(alert_id, None)  # its files, if any, are replaced or deleted
+            others = sum(self._on_disk.values())
+            for oldest in sorted([*self._on_disk, alert_id]):
+                if others + size <= self.max_bytes:
+                    break
+                if oldest == alert_id and others:  # the oldest itself, newer ones kept
+                    self._delete(alert_id)
+                    return
+                if oldest != alert_id:
+                    others -= self._on_disk.pop(oldest)
+                    self._delete(oldest)
+            for name, data in files:
+                path = self.directory / name
+                partial = path.with_name(path.name + ".part")
+                partial.write_bytes(data)
+                partial.replace(path)
+            self._on_disk[alert_id] = size
 
-    def _files(self, alert_id: int) -> list[Path]:
+    def _delete(self, alert_id: int) -> None:
         assert self.directory is not None
-        return [p for part in _PARTS if (p := self.directory / f"{alert_id:08d}{part}").exists()]
+        self._deleted_below = max(self._deleted_below, alert_id + 1)
+        for part in _PARTS:
+            (self.directory / f"{alert_id:08d}{part}").unlink(missing_ok=True)
 
     def add(
         self,
