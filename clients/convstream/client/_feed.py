@@ -74,6 +74,7 @@ Prepared = tuple[Frame, pb.FrameRequest, ConvstreamError | None]
 # source whose every frame fails (each over the message limit) says so, rather than hold
 # its results until an answer that no frame will bring.
 FAILED_RUN = 256
+MAX_LISTED = 1000  # dropped frame ids a result lists at most (FrameResult.dropped_frame_ids)
 
 
 class Ledger:
@@ -207,8 +208,8 @@ class Ledger:
         it that were sent were dropped by the server)."""
         message.frames_dropped += self._dropped_before
         self._dropped = message.frames_dropped
-        if self._dropped_here:
-            ids = [*self._dropped_here, *message.dropped_frame_ids]
+        if self._dropped_here:  # oldest first, at most MAX_LISTED as the proto promises
+            ids = [*self._dropped_here, *message.dropped_frame_ids][:MAX_LISTED]
             del message.dropped_frame_ids[:]
             message.dropped_frame_ids.extend(ids)
             self._dropped_here = []
