@@ -856,6 +856,52 @@ def test_a_resumed_latest_only_stream_sends_only_its_newest_frame_again(
         assert ledger.unanswered(exhausted=True) is None  # 3, 4, 5: dropped by the server
 
 
+async def test_a_latest_only_stream_across_a_server_killed_answers_or_reports_every_frame(
+    frames: list[np.ndarray],
+) -> None:
+    """The server stopped without draining while frames are in flight, and another started
+    on its port: every frame is answered or listed as dropped, once, in order, and
+    frames_dropped counts every listed one."""
+    first = Server(Settings(port=0, metrics_port=-1))
+    await first.start()
+    servers = [first]
+    count = 60
+
+    def source() -> Iterator[Frame]:
+        for i in range(1, count + 1):
+            time.sleep(0.01)  # faster than the server: frames wait in flight
+            yield Frame(jpeg(frames[i % 6]), frame_id=i, capture_time=time.time())
+
+    async def kill_and_restart() -> None:
+        await first.stop(grace=0)
+        await asyncio.sleep(0.5)
+        second = Server(Settings(port=first.port, metrics_port=-1))
+        await second.start()
+        servers.append(second)
+
+    try:
+        results: list[Result] = []
+        restarted: asyncio.Task[None] | None = None
+        async with AsyncClient(address(first)) as client:
+            stream = client.stream(source(), freshness="latest_only", resume=True)
+            async for result in stream:
+                results.append(result)
+                if len(results) == 3:
+                    restarted = asyncio.create_task(kill_and_restart())
+        assert restarted is not None
+        await restarted
+    finally:
+        for server in servers:
+            await server.stop(grace=0)
+    answered = [r.frame_id for r in results]
+    dropped = [i for r in results for i in r.dropped_frame_ids]
+    assert answered == sorted(answered) and answered[-1] == count
+    assert sorted(answered + dropped) == list(range(1, count + 1)), (answered, dropped)
+    assert results[-1].frames_dropped == len(dropped)
+    sequences = [r.sequence for r in results]
+    assert sequences != sorted(sequences), "the results should come from two streams"
+
+
 def test_heatmap_cells_land_where_they_were_computed() -> None:
     # A 900x300 frame letterboxed into 640x384: scaled by 640/900 to 640x213, 85 rows of pad
     # above. The cell at row 23, column 40 covers input (324, 188), i.e. frame (456, 145).

@@ -205,7 +205,13 @@ class Ledger:
     def match(self, message: pb.FrameResult) -> list[Result]:
         """The results a server's result gives, in order: those of the frames before it that
         failed here, its own, and those of the failed frames right after it (frames before
-        it that were sent were dropped by the server)."""
+        it that were sent were dropped by the server).
+
+        Frames the server lists as dropped leave the ledger now, also those after it: a
+        frame superseded while this one ran is listed with it, and kept, it was listed again
+        (or, sent again by a resumed stream, answered) after a break.
+        """
+        dropped = set(message.dropped_frame_ids)  # the server's, before any listed here
         message.frames_dropped += self._dropped_before
         self._dropped = message.frames_dropped
         if self._dropped_here:  # oldest first, at most MAX_LISTED as the proto promises
@@ -222,6 +228,10 @@ class Ledger:
                 results.append(self._failed(entry))
             elif entry.request.frame_id == message.frame_id:
                 results.append(Result.from_proto(message, entry.frame))
+                if dropped:
+                    self.entries = deque(
+                        e for e in self.entries if e.error or e.request.frame_id not in dropped
+                    )
                 return results + self.failed()
         raise ProtocolError(f"the server answered frame {message.frame_id}, which was not sent")
 
