@@ -23,6 +23,7 @@ from convstream.client import (
     AsyncClient,
     Client,
     Frame,
+    Freshness,
     InvalidFrame,
     Overloaded,
     Result,
@@ -856,12 +857,22 @@ def test_a_resumed_latest_only_stream_sends_only_its_newest_frame_again(
         assert ledger.unanswered(exhausted=True) is None  # 3, 4, 5: dropped by the server
 
 
-async def test_a_latest_only_stream_across_a_server_killed_answers_or_reports_every_frame(
-    frames: list[np.ndarray],
+KILLED = [
+    ("async", "latest_only", None),
+    ("sync", "latest_only", None),
+    ("async", "bounded_queue", 2),
+    ("sync", "lossless", None),
+]
+
+
+@pytest.mark.parametrize(("flavour", "freshness", "queue_size"), KILLED)
+async def test_a_stream_across_a_server_killed_answers_or_reports_every_frame(
+    frames: list[np.ndarray], flavour: str, freshness: Freshness, queue_size: int | None
 ) -> None:
     """The server stopped without draining while frames are in flight, and another started
-    on its port: every frame is answered or listed as dropped, once, in order, and
-    frames_dropped counts every listed one."""
+    on its port: under each policy every frame is answered or listed as dropped, once, in
+    order, and frames_dropped counts every listed one (lossless: none). A latest_only
+    stream listed the drops of its last result before the break a second time."""
     first = Server(Settings(port=0, metrics_port=-1))
     await first.start()
     servers = [first]
@@ -879,17 +890,32 @@ async def test_a_latest_only_stream_across_a_server_killed_answers_or_reports_ev
         await second.start()
         servers.append(second)
 
+    policy = {"freshness": freshness, "queue_size": queue_size, "resume": True}
     try:
         results: list[Result] = []
-        restarted: asyncio.Task[None] | None = None
-        async with AsyncClient(address(first)) as client:
-            stream = client.stream(source(), freshness="latest_only", resume=True)
-            async for result in stream:
-                results.append(result)
-                if len(results) == 3:
-                    restarted = asyncio.create_task(kill_and_restart())
-        assert restarted is not None
-        await restarted
+        if flavour == "async":
+            restarted: asyncio.Task[None] | None = None
+            async with AsyncClient(address(first)) as client:
+                async for result in client.stream(source(), **policy):
+                    results.append(result)
+                    if len(results) == 3:
+                        restarted = asyncio.create_task(kill_and_restart())
+            assert restarted is not None
+            await restarted
+        else:
+            three = threading.Event()
+
+            def consume() -> None:
+                with Client(address(first)) as client:
+                    for result in client.stream(source(), **policy):
+                        results.append(result)
+                        if len(results) == 3:
+                            three.set()
+
+            consumer = asyncio.create_task(asyncio.to_thread(consume))
+            assert await asyncio.to_thread(three.wait, 30)
+            await kill_and_restart()
+            await consumer
     finally:
         for server in servers:
             await server.stop(grace=0)
@@ -898,6 +924,7 @@ async def test_a_latest_only_stream_across_a_server_killed_answers_or_reports_ev
     assert answered == sorted(answered) and answered[-1] == count
     assert sorted(answered + dropped) == list(range(1, count + 1)), (answered, dropped)
     assert results[-1].frames_dropped == len(dropped)
+    assert freshness != "lossless" or not dropped
     sequences = [r.sequence for r in results]
     assert sequences != sorted(sequences), "the results should come from two streams"
 
