@@ -230,7 +230,9 @@ class Ledger:
                 results.append(Result.from_proto(message, entry.frame))
                 if dropped:
                     self.entries = deque(
-                        e for e in self.entries if e.error or e.request.frame_id not in dropped
+                        e
+                        for e in self.entries
+                        if e.error is not None or e.request.frame_id not in dropped
                     )
                 return results + self.failed()
         raise ProtocolError(f"the server answered frame {message.frame_id}, which was not sent")

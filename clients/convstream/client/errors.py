@@ -192,7 +192,7 @@ def from_rpc_error(
     if code == grpc.StatusCode.INTERNAL and _write_failed_in_core(exc, details):
         # gRPC's asyncio client reports a stream whose connection went while it wrote a
         # frame as its own INTERNAL, hiding the status Core had (grpc/grpc#36066): a server
-        # stopped under a stream, 1 in about 25 times here. It is the connection's end.
+        # stopped under a stream, now and then. It is the connection's end.
         code = grpc.StatusCode.UNAVAILABLE
         message = "the stream ended while a frame was being sent (gRPC: Internal error from Core)"
     if code == grpc.StatusCode.UNAVAILABLE and address:
