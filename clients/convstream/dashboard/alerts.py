@@ -222,16 +222,18 @@ class AlertLog:
 
     def _load(self, directory: Path) -> None:
         sizes: dict[int, int] = {}
+        complete: list[int] = []  # the alerts whose .json, written last, is there
         for path in directory.iterdir():
             if path.name.endswith(".part"):  # a write cut short (a crash, a full disk)
                 logger.info("removing %s, an alert file left half written", path)
                 path.unlink(missing_ok=True)
             elif path.name[:8].isdigit() and path.name[8:] in _PARTS:
                 alert_id = int(path.name[:8])
+                complete += [alert_id] * (path.name[8:] == ".json")
                 with contextlib.suppress(OSError):
                     sizes[alert_id] = sizes.get(alert_id, 0) + path.stat().st_size
-        self._on_disk = dict(sorted(sizes.items()))
-        ids = sorted(int(path.stem) for path in directory.glob("*.json") if path.stem.isdigit())
+        self._on_disk = sizes
+        ids = sorted(complete)
         if ids:
             self._next_id = ids[-1] + 1
         for alert_id in ids[-self.limit :]:
@@ -276,12 +278,12 @@ class AlertLog:
             for oldest in sorted([*self._on_disk, alert_id]):
                 if others + size <= self.max_bytes:
                     break
-                if oldest == alert_id and others:  # the oldest itself, newer ones kept
-                    self._delete(alert_id)
-                    return
                 if oldest != alert_id:
                     others -= self._on_disk.pop(oldest)
                     self._delete(oldest)
+                elif others:  # this alert is the oldest, and newer ones are kept
+                    self._delete(alert_id)
+                    return
             for name, data in files:
                 path = self.directory / name
                 partial = path.with_name(path.name + ".part")
