@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import tracemalloc
 import zlib
 
 import cv2
@@ -13,10 +14,12 @@ from conftest import exif, jpeg, png, png_with, scene, with_exif_orientation
 from convstream.client import Frame
 from convstream.server.decode import (
     MAX_HEADER_STEPS,
+    MAX_SCANS,
     Limits,
     decode_encoded,
     decode_raw,
     encoded_size,
+    jpeg_scans,
 )
 from convstream.server.errors import FrameTooLarge, InvalidFrame
 from convstream.server.letterbox import PAD_VALUE, choose_input, letterbox, reduction
@@ -42,8 +45,27 @@ def with_thumbnail(image: bytes) -> bytes:
     return image[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + image[2:]
 
 
+def progressive(image: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert ok
+    return data.tobytes()
+
+
+def with_scans(data: bytes, times: int, between: bytes = b"") -> bytes:
+    """A progressive JPEG whose last scan (a refinement: libjpeg warns and decodes on) comes
+    `times` more times, each copy after ``between`` (a segment)."""
+    last = data.rindex(b"\xff\xda")
+    scan = data[last:-2]  # to the end marker
+    return data[:-2] + (between + scan) * times + b"\xff\xd9"
+
+
+def comment(text: bytes) -> bytes:
+    return b"\xff\xfe" + struct.pack(">H", len(text) + 2) + text
+
+
 CASES = [
     ("jpeg", jpeg(IMAGE), None, "ok"),
+    ("progressive jpeg", progressive(IMAGE), None, "ok"),
     ("png", png(IMAGE), None, "ok"),
     ("jpeg q60", jpeg(IMAGE, 60), None, "ok"),
     ("truncated jpeg", jpeg(IMAGE)[: len(jpeg(IMAGE)) // 2], InvalidFrame, "truncated JPEG"),
@@ -195,6 +217,28 @@ def test_what_an_exif_search_walks_past_is_not_judged_by_it() -> None:
         decode_encoded(huge, LIMITS)
 
 
+def test_a_transparent_png_is_blended_in_bands_not_in_float_copies_of_it_all() -> None:
+    """Blended whole, a 40-megapixel half-transparent 16-bit PNG (321 KB sent) took 2.1 GB
+    beside its pixels, three at once 5.3 GB: float copies of the whole image. In bands of
+    rows, the decoding holds little more than the stored pixels and the BGR it returns."""
+    side = 2000
+    rgba = np.zeros((side, side, 4), np.uint16)
+    rgba[..., :3] = 40000
+    rgba[..., 3] = 32768  # half transparent everywhere
+    data = png(rgba)
+    stored = rgba.nbytes  # what OpenCV decodes it to, 32 MB
+    tracemalloc.start()  # numpy's allocations (OpenCV's arrays are numpy's) are traced
+    try:
+        image = decode_encoded(data, LIMITS)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert image.shape == (side, side, 3)
+    expected = round(40000 / 257 * 32768 / 65535 + PAD_VALUE * (1 - 32768 / 65535))
+    assert np.abs(image.astype(int) - expected).max() <= 1
+    assert peak < stored + image.nbytes + 16 * 2**20, f"{peak / 2**20:.0f} MiB at the peak"
+
+
 def test_a_grey_png_s_transparent_shade_is_analysed_over_the_padding_grey() -> None:
     grey = cv2.cvtColor(IMAGE, cv2.COLOR_BGR2GRAY)
     grey[:, :100] = 7  # the shade its tRNS makes transparent
@@ -202,6 +246,42 @@ def test_a_grey_png_s_transparent_shade_is_analysed_over_the_padding_grey() -> N
     image = decode_encoded(data, LIMITS)
     assert (image[:, :100] == PAD_VALUE).all()
     assert (image[:, 100:] == cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)[:, 100:]).all()
+
+
+def test_a_jpeg_of_too_many_scans_is_refused_before_decoding() -> None:
+    """Each scan of a progressive JPEG is a pass over the whole image: a 365 KB file of one
+    tiny scan repeated 2,000 times held a decoding thread for 6.7 s at 6320x6320, and three of
+    them held up every other client. Past MAX_SCANS such a frame is refused unread."""
+    data = progressive(IMAGE)
+    assert jpeg_scans(data) == 10  # libjpeg's progressive script
+    assert jpeg_scans(progressive(IMAGE[..., 0])) == 6  # grey
+    assert jpeg_scans(jpeg(IMAGE)) == 1
+    assert jpeg_scans(with_scans(data, MAX_SCANS - 10)) == MAX_SCANS
+    decode_encoded(with_scans(data, MAX_SCANS - 10), LIMITS)  # the last one allowed: decoded
+    bombs = [
+        with_scans(data, MAX_SCANS - 9),
+        with_scans(data, 2000),
+        # an end marker inside a comment between scans is skipped with it, as libjpeg does
+        with_scans(data, MAX_SCANS, between=comment(b"\xff\xd9")),
+    ]
+    for bomb in bombs:
+        assert jpeg_scans(bomb) == MAX_SCANS + 1  # counted to the limit, no further
+        with pytest.raises(InvalidFrame, match=f"JPEG with more than {MAX_SCANS} scans"):
+            decode_encoded(bomb, LIMITS)
+    # ff da after the end of the image (a motion photo's video) is no scan of it
+    trailer = data + b"\xff\xda\x00\x0c" * (2 * MAX_SCANS)
+    assert jpeg_scans(trailer) == 10
+    assert decode_encoded(trailer, LIMITS).shape == IMAGE.shape
+    # A sequential JPEG whose first scan holds every component is read to that scan's end:
+    # libjpeg decodes no scan after it (checked: 200 more took no longer), so none is counted.
+    sequential = jpeg(IMAGE)
+    first = sequential.index(b"\xff\xda")
+    repeated = sequential[:-2] + sequential[first:-2] * 200 + b"\xff\xd9"
+    assert jpeg_scans(repeated) == 1
+    assert decode_encoded(repeated, LIMITS).shape == IMAGE.shape
+    # One whose first scan holds one component of three reads on: its scans are counted.
+    one_of_three = repeated[: first + 4] + b"\x01" + repeated[first + 5 :]
+    assert jpeg_scans(one_of_three) == MAX_SCANS + 1
 
 
 def test_header_size_is_read_without_decoding() -> None:

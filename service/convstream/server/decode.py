@@ -8,6 +8,7 @@ so a decompression bomb or an exotic format costs a few microseconds, not gigaby
 from __future__ import annotations
 
 import contextlib
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,17 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # JPEG start-of-frame markers carry the image size; C4 (DHT), C8 (JPG) and CC (DAC) do not.
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _SOS = frozenset({0xDA})
+_PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})  # start-of-frame markers of progressive JPEGs
+# A marker as libjpeg finds one between segments and scans: ff (fill bytes ff ff ... allowed)
+# then a code that is neither a stuffed 00 nor a restart marker inside a scan's data.
+_MARKER = re.compile(rb"\xff+([^\x00\xd0-\xd7\xff])")
+# Scans of a JPEG decoded at most. A progressive JPEG's every scan is a pass over the whole
+# image (about 3 ms at 40 megapixels), so a crafted 365 KB file repeating one tiny scan 2,000
+# times held a decoding thread for 6.7 s, and three such frames held up every other client's.
+# libjpeg's own progressive script writes 10 scans (6 for grey); a sequential JPEG has one
+# per component at most.
+MAX_SCANS = 100
+_BLEND_PIXELS = 1 << 18  # pixels of a transparent PNG blended over the grey at a time
 _IEND = b"\x00\x00\x00\x00IEND"
 _REDUCED = {
     2: cv2.IMREAD_REDUCED_COLOR_2,
@@ -330,6 +342,11 @@ def decode_encoded(data: bytes, limits: Limits, reduce: int = 1) -> np.ndarray:
         np.ndarray: BGR uint8, shape (H, W, 3).
     """
     kind, width, height, turn = _checked(data, limits)
+    if kind == "jpeg" and jpeg_scans(data) > MAX_SCANS:
+        raise InvalidFrame(
+            f"JPEG with more than {MAX_SCANS} scans, each a pass over the whole image (a "
+            "progressive JPEG has about 10, a baseline one 1): re-encode it"
+        )
     flag = _REDUCED.get(reduce, cv2.IMREAD_COLOR) if kind == "jpeg" else cv2.IMREAD_COLOR
     # Decoded as stored, then turned here as the EXIF orientation read above says: OpenCV's
     # own turning could read the EXIF otherwise, behind the geometry's back.
@@ -351,6 +368,50 @@ def decode_encoded(data: bytes, limits: Limits, reduce: int = 1) -> np.ndarray:
             f"{image.shape[1] * factor}x{image.shape[0] * factor} was decoded"
         )
     return image
+
+
+def jpeg_scans(data: bytes) -> int:
+    """The scans libjpeg decodes from a JPEG, as far as MAX_SCANS matters: 1 for a sequential
+    JPEG whose first scan holds every component (the camera's kind: libjpeg then expects the
+    end), else a count of the scan markers from the first, exact once it passes MAX_SCANS
+    (then the scans are walked as libjpeg reads them, and the walk stops at MAX_SCANS + 1)."""
+    frame = first = None
+    with contextlib.suppress(InvalidFrame):  # stray bytes after the frame header: count all
+        for pos, marker in _jpeg_segments(data):
+            if marker in _SOF_MARKERS and frame is None:
+                frame = pos
+            if marker in _SOS:
+                first = pos
+                break
+    if (
+        frame is not None
+        and first is not None
+        and data[frame + 1] not in _PROGRESSIVE
+        and first + 4 < len(data)
+        and frame + 9 < len(data)
+        and data[first + 4] >= data[frame + 9]  # components in the scan, in the frame
+    ):
+        return 1
+    start = first if first is not None else 2
+    # Every scan marker is ff da in the file (a scan's data never holds one); the count also
+    # takes ff da inside a segment or a trailer after the end, so it only bounds the scans.
+    scans = data.count(b"\xff\xda", start)
+    if scans <= MAX_SCANS:
+        return scans
+    scans, pos = 0, start
+    while scans <= MAX_SCANS and (found := _MARKER.search(data, pos)) is not None:
+        marker, at = found[1][0], found.end() - 2
+        if marker == 0xD9:  # the end of the image
+            break
+        scans += marker == 0xDA
+        if marker == 0x01:  # TEM: no length
+            pos = found.end()
+            continue
+        if at + 4 > len(data):
+            break
+        (length,) = struct.unpack(">H", data[at + 2 : at + 4])
+        pos = at + 2 + max(length, 2)  # over the segment (a scan's header), as libjpeg skips it
+    return scans
 
 
 def _transparent(png: bytes) -> bool:
@@ -386,13 +447,23 @@ def _over_grey(image: np.ndarray | None, png: bytes) -> np.ndarray | None:
         return out
     if image.shape[2] != 4:
         return None
-    # 16 bits to 8 as OpenCV reads an opaque PNG: the high byte
-    colour = image[..., :3] >> 8 if wide else image[..., :3]
-    if image[..., 3].min() == (65535 if wide else 255):  # all opaque, as most tools write
-        return np.ascontiguousarray(colour, dtype=np.uint8)
-    alpha = image[..., 3:] * np.float32(1 / (65535 if wide else 255))
-    mixed = colour.astype(np.float32) * alpha + np.float32(PAD_VALUE) * (1 - alpha)
-    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+    opaque = 65535 if wide else 255
+    out = np.empty((*image.shape[:2], 3), np.uint8)
+    blend = image[..., 3].min() != opaque  # else all opaque, as most tools write
+    # A band of rows at a time: blended whole, a 40-megapixel 16-bit PNG's float copies took
+    # 2.1 GB beside the image (three at once, 5.3 GB); a band's take a few MB.
+    rows = max(1, _BLEND_PIXELS // image.shape[1])
+    for top in range(0, image.shape[0], rows):
+        band = image[top : top + rows]
+        # 16 bits to 8 as OpenCV reads an opaque PNG: the high byte
+        colour = band[..., :3] >> 8 if wide else band[..., :3]
+        if not blend:
+            out[top : top + rows] = colour
+            continue
+        alpha = band[..., 3:] * np.float32(1 / opaque)
+        mixed = colour.astype(np.float32) * alpha + np.float32(PAD_VALUE) * (1 - alpha)
+        out[top : top + rows] = np.clip(np.rint(mixed, out=mixed), 0, 255, out=mixed)
+    return out
 
 
 def _grey_key(png: bytes) -> int | None:
