@@ -148,6 +148,29 @@ async def test_lossless_never_drops_however_slowly_the_caller_reads(
     assert all(r.frames_dropped == 0 for r in results)
 
 
+@pytest.mark.parametrize("freshness", [pb.FRESHNESS_LATEST_ONLY, pb.FRESHNESS_BOUNDED_QUEUE])
+async def test_frames_sent_lossless_are_answered_after_the_stream_chooses_to_drop(
+    stub: pb_grpc.ConvstreamStub, burst: list[bytes], freshness: int
+) -> None:
+    """A stream is lossless until its first options choose a policy: the frames sent before
+    them, still waiting when they come, are answered, and only the frames sent after may be
+    dropped (one sent lossless was dropped as soon as the policy changed)."""
+    before = 12
+    options = pb.ResultOptions(freshness=freshness, queue_size=1)
+
+    async def frames() -> AsyncIterator[pb.FrameRequest]:
+        for i in range(40):
+            request = pb.FrameRequest(frame_id=i, encoded=burst[i % len(burst)])
+            if i == before:
+                request.options.CopyFrom(options)
+            yield request
+
+    results = await _slow_reader(stub.StreamFrames(frames()), 0.05)
+    dropped = _check_accounting(results, 40)
+    assert dropped and min(dropped) >= before  # the policy's frame and the ones after it
+    assert [r.frame_id for r in results[:before]] == list(range(before))
+
+
 async def test_every_result_carries_its_frames_age(
     stub: pb_grpc.ConvstreamStub, burst: list[bytes]
 ) -> None:

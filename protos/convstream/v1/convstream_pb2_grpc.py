@@ -75,8 +75,9 @@ class ConvstreamServicer(object):
     def StreamFrames(self, request_iterator, context):
         """Client-pushed frames over one long stream, results in the frames' order. Every frame
         either gets exactly one result or, dropped by the stream's freshness policy, is listed
-        in a later result's dropped_frame_ids (up to 1000 a result; frames_dropped counts them
-        all; a result may list frames newer than itself). A frame is checked as it arrives,
+        in a later result's dropped_frame_ids (a result may list frames newer than itself). At
+        most 1000 are listed a result: drops past that between two results are only counted, in
+        frames_dropped, so an id that is neither answered nor listed was among those. A frame is checked as it arrives,
         before any policy could drop it: its options, its capture_time, and its image's format,
         header, size and completeness. A bad one gets a result whose status says why
         (INVALID_ARGUMENT; for options also RESOURCE_EXHAUSTED or ALREADY_EXISTS, see
@@ -125,6 +126,9 @@ class ConvstreamServicer(object):
         (other languages' default grows it), can be handed results that waited there, and
         frame_age_ms (measured when the server hands a result to gRPC) does not show that wait.
         Set max_fps to no more than you read, or measure age from capture_time on your clock.
+        Once the watch is registered, before any result, the server sends the initial metadata
+        "convstream-watching: <camera_id>": a client re-subscribing after a server restart knows
+        by it that it is watching again, while a camera that is down gives no result.
         Token role: watch (or analyze).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -65,6 +65,14 @@ class _Item:
     options: Options | None  # None: the frame already failed
     failure: pb.FrameResult | None = None
     size: int = 0  # bytes taken from the ByteBudget, given back when the item leaves
+    # Sent under LOSSLESS: never dropped, also once the stream's first options choose a
+    # policy that drops (the frames sent before them were sent to be answered).
+    kept: bool = False
+
+    @property
+    def droppable(self) -> bool:
+        """Whether the policy may drop it: not a refusal (answered), not sent lossless."""
+        return self.options is not None and not self.kept
 
 
 @dataclass
@@ -317,7 +325,9 @@ class StreamSession:
             # Checked here, not only when its turn comes: a policy that drops waiting frames
             # would otherwise drop a bad one unseen, and its sender never learn why.
             self.pipeline.check(request)
-            return _Item(request, arrived, self.options)
+            return _Item(
+                request, arrived, self.options, kept=self.freshness == pb.FRESHNESS_LOSSLESS
+            )
         except ConvstreamError as exc:
             return self._refused(request, arrived, exc.code, str(exc))
         except Exception:  # a bug of ours fails the frame, as in analysis, not the stream
@@ -354,7 +364,8 @@ class StreamSession:
                     self.publication.received(item.request)
                 async with self._changed:
                     # A full queue drops its oldest frame, unless it is lossless or holds only
-                    # refusals, which are answered, never dropped: then the reader waits.
+                    # refusals and frames sent lossless, which are answered, never dropped:
+                    # then the reader waits.
                     if self.freshness == pb.FRESHNESS_LOSSLESS or (
                         len(self._pending) >= self.capacity and not self._drop_oldest()
                     ):
@@ -380,7 +391,7 @@ class StreamSession:
         elif not budget.fits(size, self._held_bytes):
             # The policy drops this stream's oldest waiting frames anyway: make room from
             # them, if dropping all of them would make it fit (else drop none).
-            waiting = sum(old.size for old in self._pending if old.options is not None)
+            waiting = sum(old.size for old in self._pending if old.droppable)
             if budget.fits(size, self._held_bytes, freed=waiting):
                 while not budget.fits(size, self._held_bytes) and self._drop_oldest():
                     pass
@@ -418,9 +429,9 @@ class StreamSession:
             item.size = 0
 
     def _drop_oldest(self) -> bool:
-        """Drop the oldest waiting frame that is not already a refusal; False if none."""
+        """Drop the oldest waiting frame the policy may drop; False if none."""
         for i, old in enumerate(self._pending):
-            if old.options is not None:
+            if old.droppable:
                 del self._pending[i]
                 self._release(old)
                 self.dropped += 1
