@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import re
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 
 import cv2
@@ -288,6 +289,45 @@ async def test_folder_of_images(server: Server, frames: list[np.ndarray], tmp_pa
         assert [r.frame.name for r in results if r.frame] == [str(p) for p in paths]
         assert all(r.ok for r in results)
         assert results[2].geometry is not None and results[2].geometry.frame_width == 320
+
+
+async def test_an_async_clients_quiet_sources_never_stall_its_other_streams(
+    server: Server,
+) -> None:
+    """A plain (blocking) source is read on a thread of its stream's own. Read on the loop's
+    default executor (cores + 4 threads), that many cameras with nothing to send stopped
+    every other stream of the client, and whatever else the program ran there."""
+    quiet_streams = min(32, (os.cpu_count() or 1) + 4) + 1  # more than that executor's threads
+    image = scene(5, 240, 320)
+    blocked = threading.Semaphore(0)
+    release = threading.Event()
+
+    def quiet() -> Iterator[Frame]:
+        blocked.release()
+        release.wait(60)  # a camera with nothing to send, until the test ends
+        yield Frame(image, frame_id=1)
+
+    async with AsyncClient(address(server)) as client:
+
+        async def run(frames: Iterable[Frame]) -> list[Result]:
+            return [result async for result in client.stream(frames)]
+
+        waiting = [asyncio.create_task(run(quiet())) for _ in range(quiet_streams)]
+        try:
+            entered, deadline = 0, time.monotonic() + 20
+            while entered < quiet_streams:  # every quiet source blocked in its read
+                if blocked.acquire(blocking=False):
+                    entered += 1
+                    continue
+                assert time.monotonic() < deadline, f"{entered} of {quiet_streams} sources read"
+                await asyncio.sleep(0.01)
+            busy = await asyncio.wait_for(run(Frame(image, frame_id=i) for i in range(5)), 20)
+            assert [r.frame_id for r in busy] == list(range(5)) and all(r.ok for r in busy)
+            assert not any(task.done() for task in waiting)  # still waiting for their cameras
+        finally:
+            release.set()
+        for results in await asyncio.gather(*waiting):
+            assert [r.frame_id for r in results] == [1]
 
 
 async def test_video_file_streamed_in_order_none_missing(server: Server, video: Path) -> None:

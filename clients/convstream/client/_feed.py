@@ -19,12 +19,15 @@ them with nothing sent meanwhile ends the stream (a source whose every frame fai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import queue
 import threading
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -36,6 +39,7 @@ from convstream.client.results import Result
 from convstream.v1 import convstream_pb2 as pb
 
 _END = object()
+T = TypeVar("T")
 
 
 def check_frames(frames: object) -> None:
@@ -364,6 +368,56 @@ class SyncFeed:
             self._pump.join(timeout=1.0)
 
 
+class _Reader:
+    """A daemon thread of one feed's own that runs its blocking calls (reading a plain
+    iterator, encoding a frame) for the event loop, one at a time.
+
+    Not the loop's default executor (asyncio.to_thread): its few threads (cores + 4) are
+    shared by the whole program, and six streams whose cameras had nothing to send held them
+    all, so every other stream of the client stopped for as long. A daemon, as SyncFeed's
+    pump is: a source blocked for good does not hold up the interpreter's exit.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[asyncio.Future[Any], Callable[[], Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+
+    def run(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """fn() on the thread; its result or exception in the returned future."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="convstream-feed", daemon=True)
+            self._thread.start()
+        self._jobs.put((future, fn))
+        return future
+
+    def stop(self) -> None:
+        """End the thread after the call in progress, if any."""
+        self._jobs.put(None)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn = job
+            try:
+                outcome: tuple[Any, BaseException | None] = (fn(), None)
+            except BaseException as exc:
+                outcome = (None, exc)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                future.get_loop().call_soon_threadsafe(_settle, future, *outcome)
+            del job, future, fn, outcome  # nothing of a frame kept while waiting
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
+
+
 class AsyncFeed:
     """The asyncio client's feed: a pump task and async requests() iterators."""
 
@@ -381,6 +435,7 @@ class AsyncFeed:
         self._attempt = 0
         self._exhausted = False
         self._reading: asyncio.Future[Prepared | None] | None = None
+        self._reader = _Reader()
         self._pump = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
@@ -392,9 +447,7 @@ class AsyncFeed:
                 # Sync iterables may block (a camera, a disk): read them off the event loop.
                 source = iter(self._frames)
                 while True:
-                    self._reading = asyncio.ensure_future(
-                        asyncio.to_thread(self._next_prepared, source)
-                    )
+                    self._reading = self._reader.run(partial(self._next_prepared, source))
                     prepared = await asyncio.shield(self._reading)  # close() waits for it
                     if prepared is None:
                         break
@@ -415,7 +468,7 @@ class AsyncFeed:
     async def _prepare(self, item: FrameLike) -> Prepared:
         if isinstance(item, bytes) or (isinstance(item, Frame) and isinstance(item.image, bytes)):
             return self.ledger.prepare(item)
-        return await asyncio.to_thread(self.ledger.prepare, item)  # JPEG encoding, file reads
+        return await self._reader.run(partial(self.ledger.prepare, item))  # encoding, reads
 
     async def _add(self, prepared: Prepared) -> None:
         async with self._cond:
@@ -472,3 +525,4 @@ class AsyncFeed:
         await asyncio.gather(self._pump, return_exceptions=True)
         if self._reading is not None and not self._reading.done():
             await asyncio.wait({self._reading}, timeout=1.0)
+        self._reader.stop()
