@@ -265,9 +265,22 @@ async def test_a_client_killed_mid_stream_releases_its_streams_and_watch(
         await server.stop(grace=0)
 
 
+class _LeavingClient:
+    """The one part of a call's context StreamFrames uses to answer: write(), which fails as
+    gRPC's does (ExecuteBatchError, an InternalError) once the client has gone."""
+
+    def __init__(self) -> None:
+        self.written: list[pb.FrameResult] = []
+
+    async def write(self, result: pb.FrameResult) -> None:
+        if self.written:
+            raise grpc.aio.InternalError("Failed grpc_call_start_batch: the call is over")
+        self.written.append(result)
+
+
 async def test_a_stream_whose_results_grpc_stops_taking_ends_as_cancelled() -> None:
-    """When a send to a client that went away fails, grpc closes the handler's generator
-    (GeneratorExit at its yield) instead of cancelling it: that is the client leaving too."""
+    """When a send to a client that went away fails, grpc's write raises instead of the
+    handler being cancelled: that is the client leaving too, not the server's error."""
     server = Server(Settings(port=0, metrics_port=0))
     await server.start()
     try:
@@ -278,15 +291,13 @@ async def test_a_stream_whose_results_grpc_stops_taking_ends_as_cancelled() -> N
                 yield pb.FrameRequest(frame_id=i, encoded=jpeg(scene(i, 240, 320)))
                 await asyncio.sleep(0.05)
 
-        # the context is only used to abort, which this call never does
-        handler = server.servicer.StreamFrames(frames(), None)  # type: ignore[arg-type]
-        first = await anext(handler)
-        assert first.frame_id == 0 and not first.status.code
-        assert server.servicer.open_streams == 1
-        await handler.aclose()  # what grpc does when it cannot send the next result
+        context = _LeavingClient()
+        await server.servicer.StreamFrames(frames(), context)  # type: ignore[arg-type]
+        assert [r.frame_id for r in context.written] == [0] and not context.written[0].status.code
         assert streams_ended(server) == {"cancelled": 1.0}
         assert server.servicer.open_streams == 0
         assert sample(server, "convstream_streams_in_flight") == 0
+        assert sample(server, "convstream_stream_frames_reserved") == 0
     finally:
         await server.stop(grace=0)
 

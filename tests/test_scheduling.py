@@ -605,6 +605,61 @@ async def test_a_client_that_stops_reading_cannot_take_every_other_streams_room(
         await server.stop(grace=0)
 
 
+async def test_a_stream_whose_results_wait_unread_is_ended_and_frees_its_place() -> None:
+    """A client that keeps its stream open but reads nothing held its place under max_streams
+    for ever (the idle timeout only counted frames sent): the stream is now ended once a
+    result has waited unread that long, and its client learns why when it reads again."""
+    settings = Settings(
+        port=0, metrics_port=-1, cameras=(), max_streams=1, stream_idle_timeout_s=1.5
+    )
+    server = Server(settings)
+    await server.start()
+    try:
+        limit = [("grpc.max_receive_message_length", 64 << 20)]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}", options=limit) as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+            data = jpeg(scene(7300, 480, 640))
+            heavy = pb.ResultOptions(  # 7.4 MB a result: gRPC's window fills at once
+                feature_maps=["stage1", "stage2"], encoding=pb.TENSOR_ENCODING_FLOAT32
+            )
+            sent = asyncio.Event()
+
+            async def then_hold(
+                count: int, options: pb.ResultOptions | None = None
+            ) -> AsyncIterator[pb.FrameRequest]:
+                for i in range(count):
+                    yield pb.FrameRequest(frame_id=i, encoded=data, options=options)
+                sent.set()
+                await asyncio.sleep(60)  # open, sending nothing more, reading nothing
+
+            stalled = stub.StreamFrames(then_hold(8, heavy))
+            await asyncio.wait_for(sent.wait(), 30)
+            started = time.monotonic()
+            admitted = None
+            while admitted is None and time.monotonic() - started < 30:
+                other = stub.StreamFrames(then_hold(1))
+                try:
+                    admitted = await asyncio.wait_for(other.read(), 30)
+                except grpc.aio.AioRpcError as exc:  # the place is still taken
+                    assert exc.code() == EXHAUSTED, exc.details()
+                    await asyncio.sleep(0.2)
+                finally:
+                    other.cancel()
+            assert admitted is not None and admitted.frame_id == 0 and not admitted.status.code
+            # What gRPC had delivered before the stall, then why the stream ended.
+            read = []
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                async for result in stalled:
+                    read.append(result.frame_id)
+            assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "results not read for 1.5 s (stream_idle_timeout_s)" in str(
+                ended.value.details()
+            )
+            assert read == list(range(len(read))) and 0 < len(read) < 8
+    finally:
+        await server.stop(grace=0)
+
+
 async def test_a_stream_of_slow_frames_does_not_hold_up_another_clients_frames(
     burst: list[bytes],
 ) -> None:

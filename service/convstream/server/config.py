@@ -352,7 +352,10 @@ class Settings(BaseModel):
         "are still taken, for load balancers to stop sending first; then the drain",
     )
     stream_idle_timeout_s: float = Field(
-        300.0, gt=0, description="a StreamFrames call that sends no frame this long is ended"
+        300.0,
+        gt=0,
+        description="a StreamFrames call that sends no frame, or reads no result that waits "
+        "for it, this long is ended",
     )
     connection_idle_timeout_s: float = Field(
         3600.0, gt=0, description="a connection with no call this long is closed (GOAWAY)"

@@ -72,7 +72,8 @@ class NotFound(ConvstreamError):
 
 
 class IdleTimeout(ConvstreamError):
-    """A stream sent no frame for longer than the server's stream_idle_timeout_s."""
+    """A stream sent no frame, or read no result waiting for it, for longer than the server's
+    stream_idle_timeout_s."""
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 

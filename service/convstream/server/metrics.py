@@ -72,7 +72,8 @@ class Metrics:
         )
         self.streams = Counter(
             "convstream_streams",
-            "StreamFrames calls by how they ended (ok, cancelled, idle, rejected, error; a "
+            "StreamFrames calls by how they ended (ok, cancelled, idle: no frame sent or no "
+            "result read for stream_idle_timeout_s, rejected, error; a "
             "stream its client cancels may count as ok: gRPC does not always say)",
             ["outcome"],
             registry=self.registry,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -115,7 +116,9 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         self,
         request_iterator: AsyncIterator[pb.FrameRequest | RefusedMessage],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[pb.FrameResult]:
+    ) -> None:
+        # A coroutine that writes its results itself (not an async generator that yields
+        # them): only so can it see that a result waits, unread, for too long.
         if self.draining.is_set():
             self.metrics.streams.labels("rejected").inc()
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
@@ -146,17 +149,32 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             budget=self.budget,
             byte_budget=self.byte_budget,
         )
+        limit = self.settings.stream_idle_timeout_s
+        unsent: asyncio.Future[None] | None = None  # a write the client has not taken
         try:
-            async for result in session.run(request_iterator):
-                yield result
+            # aclosing: a stream ended here closes the session at once (its finally gives
+            # back what it holds), not whenever the generator is collected
+            async with contextlib.aclosing(session.run(request_iterator)) as results:
+                async for result in results:
+                    write = asyncio.ensure_future(context.write(result))
+                    if not (await asyncio.wait({write}, timeout=limit))[0]:
+                        # gRPC flow control: the client keeps the stream open but reads no
+                        # result; without this the stream would hold its place for ever
+                        unsent = write
+                        raise IdleTimeout(
+                            f"results not read for {limit:g} s (stream_idle_timeout_s); the "
+                            "stream is ended to free its place: read results as they come"
+                        )
+                    write.result()
             outcome = "ok"
         except IdleTimeout as exc:
             outcome = "idle"
             idle = exc
-        except (asyncio.CancelledError, GeneratorExit):
-            # GeneratorExit: grpc stopped taking results because the call ended under us (a
-            # send to a client that went away fails, and the generator is closed, not
-            # cancelled). Either way the client left; neither is the server's error.
+        except grpc.aio.InternalError:
+            # a write failed (ExecuteBatchError): the call ended under us, the client left
+            outcome = "cancelled"
+            return
+        except asyncio.CancelledError:
             outcome = "cancelled"
             raise  # a cancelled handler must stay cancelled, or grpc keeps its resources
         finally:
@@ -165,7 +183,18 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             self.metrics.streams_in_flight.dec()
             self.metrics.streams.labels(outcome).inc()
         if idle is not None:
-            await context.abort(idle.code, str(idle))
+            # The place and the frames are given back. The status can go only after the
+            # result gRPC holds (a write cannot be taken back, and a status sent beside it
+            # is refused: GRPC_CALL_ERROR_TOO_MANY_OPERATIONS, the call left without one),
+            # so this call waits, holding that one result, until the client reads again or
+            # leaves.
+            if unsent is not None:
+                logger.warning("ended a stream from %s: %s", context.peer(), idle)
+            with contextlib.suppress(grpc.aio.InternalError):  # it left: no one to tell
+                if unsent is not None:
+                    await unsent
+                await context.abort(idle.code, str(idle))
+            return
         if self.draining.is_set():
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -507,7 +507,7 @@ class StreamSession:
 
     async def run(
         self, requests: AsyncIterator[pb.FrameRequest | RefusedMessage]
-    ) -> AsyncIterator[pb.FrameResult]:
+    ) -> AsyncGenerator[pb.FrameResult, None]:
         """Yield one result per frame read, in the order frames arrived."""
         # this stream's decoding takes its turn beside the others' (a token, not the session:
         # the context outlives the call in the loop's cancelled timers)
