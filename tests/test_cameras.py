@@ -1137,6 +1137,50 @@ async def test_watchers_get_the_maps_they_ask_for_and_a_too_large_result_is_thei
             collector.call.cancel()
 
 
+async def test_a_camera_configured_under_a_published_streams_name_takes_it() -> None:
+    """A reload that names a camera like a client stream already published: the config wins,
+    as publish refuses a camera's name. The stream goes on unpublished, its watchers are told
+    to watch again and find the camera (there were two cameras of one id, and the dashboard
+    showed one's state beside the other's frames)."""
+    frames = [jpeg(scene(60 + i, 360, 640)) for i in range(3)]
+    async with serving() as server, connect(server) as stub:
+        stream = stub.StreamFrames()
+        options = pb.ResultOptions(publish=True)
+        await stream.write(
+            pb.FrameRequest(frame_id=1, source="dock-9", encoded=frames[0], options=options)
+        )
+        assert (await stream.read()).status.code == 0
+        watcher = Collector(watch(stub, "dock-9"))
+        await until(
+            lambda: _true(server.cameras is not None and _watchers_of(server, "dock-9") == 1),
+            5,
+            "the watcher subscribed",
+        )
+        dock = camera("dock-9", "demo:conveyor?fps=10")
+        await server.reload(server.settings.model_copy(update={"cameras": (dock,)}))
+        await asyncio.wait_for(watcher.task, 5)
+        assert watcher.error is not None and watcher.error.code() == grpc.StatusCode.UNAVAILABLE
+        assert "now a configured camera" in str(watcher.error.details())
+        reply = await stub.ListCameras(pb.ListCamerasRequest())
+        assert [(c.id, c.source_kind) for c in reply.cameras] == [("dock-9", "demo")]
+        again = await watch(stub, "dock-9").read()  # the camera's frames
+        assert isinstance(again, pb.FrameResult) and again.source == "dock-9"
+        for i, data in enumerate(frames[1:], start=2):  # the stream itself goes on
+            await stream.write(pb.FrameRequest(frame_id=i, source="dock-9", encoded=data))
+            own = await stream.read()
+            assert own.frame_id == i and own.status.code == 0
+        await stream.done_writing()
+        assert await stream.read() == grpc.aio.EOF
+        reply = await stub.ListCameras(pb.ListCamerasRequest())  # its end unlisted nothing
+        assert [c.id for c in reply.cameras] == ["dock-9"]
+
+
+def _watchers_of(server: Server, name: str) -> int:
+    assert server.cameras is not None
+    publisher = server.cameras.published.get(name) or server.cameras.feeds.get(name)
+    return len(publisher.watchers) if publisher is not None else 0
+
+
 async def test_a_client_stream_can_publish_under_its_source_name() -> None:
     frames = [jpeg(scene(30 + i, 360, 640)) for i in range(3)]
     async with serving(camera("belt", "demo:conveyor?fps=5")) as server, connect(server) as stub:
