@@ -263,10 +263,20 @@ def blackhole() -> tuple[socket.socket, int]:
 
 
 def write_video(
-    path: Path, frames: int = 20, fps: int = 10, size: tuple[int, int] = (320, 240)
+    path: Path,
+    frames: int = 20,
+    fps: int = 10,
+    size: tuple[int, int] = (320, 240),
+    raw: bool = False,
 ) -> Path:
-    """A short H.264 MP4 made by ffmpeg from its test pattern."""
+    """A short H.264 MP4 made by ffmpeg from its test pattern; raw: an elementary stream of
+    no container, as a DVR exports, H.264 or, for a path ending .mjpeg, MJPEG."""
     width, height = size
+    codec = ["-c:v", "libx264", "-pix_fmt", "yuv420p"]
+    if raw:
+        codec = (
+            ["-c:v", "mjpeg", "-f", "mjpeg"] if path.suffix == ".mjpeg" else [*codec, "-f", "h264"]
+        )
     subprocess.run(
         [
             FFMPEG,
@@ -280,10 +290,7 @@ def write_video(
             f"testsrc=size={width}x{height}:rate={fps}",
             "-frames:v",
             str(frames),
-            "-c:v",
-            "libx264",
-            "-pix_fmt",
-            "yuv420p",
+            *codec,
             str(path),
         ],
         check=True,

@@ -600,6 +600,27 @@ async def test_video_file_loops_or_stops(tmp_path: Path) -> None:
         await until(lambda: _frames_read_over(stub, "missing", 5), 10, "missing comes back")
 
 
+async def test_a_raw_stream_file_loops_and_an_unbelievable_rate_is_paced(tmp_path: Path) -> None:
+    """A raw H.264 or MJPEG file (no container: a DVR's export), which OpenCV cannot seek
+    back in, is opened again at its end rather than called ended: it reconnected at every
+    pass and flapped. A file whose rate says more than MAX_FPS (here 1000) is played at 25
+    frames/s rather than as fast as it decodes (2,400 frames/s, every core busy)."""
+    cams = (
+        camera("h264", str(write_video(tmp_path / "dvr.h264", frames=10, raw=True))),
+        camera("mjpeg", str(write_video(tmp_path / "dvr.mjpeg", frames=10, raw=True))),
+        camera("fast", str(write_video(tmp_path / "fast.mp4", frames=400, fps=1000))),
+    )
+    async with serving(*cams) as server, connect(server) as stub:
+        for camera_id in ("h264", "mjpeg"):
+            await until(lambda c=camera_id: _frames_read_over(stub, c, 35), 10, camera_id)
+            told = await status(stub, camera_id)  # three passes and more over 10 frames
+            assert told.state == pb.CAMERA_STATE_RUNNING, told
+            assert told.reconnects == 0 and told.last_error == "", told
+        fast = await status(stub, "fast")
+        assert fast.state == pb.CAMERA_STATE_RUNNING and 10 <= fast.fps_in <= 30, fast
+        assert fast.frames_read < 400  # not through its 400 frames in a second or two
+
+
 async def test_a_looping_file_of_one_frame_is_a_still(tmp_path: Path) -> None:
     """A one-frame clip, or a JPEG named as a camera: OpenCV cannot seek back to its frame,
     which made the camera flap between running and reconnecting three times a second, with

@@ -67,6 +67,9 @@ _BACKLOG_MAX_S = 2.0
 # An MJPEG source's frames that are not whole JPEGs are passed over, this many in a row at most
 # before the source counts as failed (and is reconnected).
 _BAD_JPEGS_IN_A_ROW = 30
+# The rate a video file is played at when it says none, or one over MAX_FPS (a raw H.264 or
+# MJPEG stream has no container to say it: OpenCV reports 25 for those itself).
+UNKNOWN_FILE_FPS = 25.0
 _ANY_SIZE = Limits(1 << 62, 1 << 31)
 
 
@@ -261,8 +264,19 @@ class OpenCVCapture:
         self._read_timeout_s = read_timeout_s
         self._cap = self._open()
         fps = self._cap.get(cv2.CAP_PROP_FPS)
-        self._pacer = _Pacer(fps) if spec.kind == "file" and 0 < fps <= MAX_FPS else None
-        self._interval_s = 1 / fps if 0 < fps <= MAX_FPS else 0.02
+        if not 0 < fps <= MAX_FPS:  # not known, or not believed (nan too)
+            if spec.kind == "file":
+                # A file is paced all the same: unpaced, a clip saying 1000 fps was read as
+                # fast as it decoded (2,400 frames/s, every core busy).
+                logger.info(
+                    "camera %s: its frame rate says %g; played at %g frames/s",
+                    name or spec.kind,
+                    fps,
+                    UNKNOWN_FILE_FPS,
+                )
+            fps = UNKNOWN_FILE_FPS if spec.kind == "file" else 0.0
+        self._pacer = _Pacer(fps) if spec.kind == "file" else None
+        self._interval_s = 1 / fps if fps else 0.02
         self._grabbed = False  # a frame is grabbed and waits for retrieve()
         # A looping file: frames read since it last started, the last of them, and, for a
         # file of one frame (a still), that frame for good.
@@ -446,6 +460,15 @@ class OpenCVCapture:
         if not ok and self.spec.kind == "file" and self._loop:
             self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
             ok, frame = self._cap.read()
+            if not ok and self._since_start > 1:
+                # A raw H.264 or MJPEG stream (no container: a DVR's export) that OpenCV
+                # cannot seek back in: opened again from its start. Called ended, it made the
+                # camera reconnect at every pass, and flap.
+                self._cap.release()
+                self._cap = self._open()
+                if self._encoded:
+                    self._cap.set(cv2.CAP_PROP_FORMAT, -1)
+                ok, frame = self._cap.read()
             if not ok and self._since_start == 1 and self._last is not None:
                 # A file of one frame, which OpenCV cannot seek back to (a JPEG or a
                 # one-frame clip named as a camera): the frame again, for good. Reopening it
