@@ -685,13 +685,34 @@ def test_the_log_names_a_still_jpeg_a_jpeg_and_a_clip_of_them_mjpeg(
     with caplog.at_level(logging.INFO, logger="convstream.server.sources"):
         for path in (photo, clip):
             spec = parse_source(str(path))
-            capture = open_source(spec, open_timeout_s=5, read_timeout_s=5, loop=True)
+            capture = open_source(
+                spec, open_timeout_s=5, read_timeout_s=5, loop=True, name=path.stem
+            )
             capture.release()
     told = [r.getMessage() for r in caplog.records if "kept as sent" in r.getMessage()]
     assert told == [
-        f"camera file: its {kind} frames are kept as sent, and decoded only if analysed"
-        for kind in ("JPEG", "MJPEG")
+        f"camera {name}: its {kind} frames are kept as sent, and decoded only if analysed"
+        for name, kind in (("photo", "JPEG"), ("clip", "MJPEG"))
     ]
+
+
+def test_how_a_camera_is_read_is_said_once_not_at_every_reconnect(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A camera that hangs up every few seconds logged how its frames are read at every
+    reconnect (27 of its 39 lines), after its flapping had quietened the rest: said again
+    only when it changes."""
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
+    for i in range(3):
+        writer.write(scene(i, 240, 320))
+    writer.release()
+    with caplog.at_level(logging.INFO, logger="convstream.server.sources"):
+        for _ in range(3):  # three connects of one camera
+            spec = parse_source(str(clip))
+            open_source(spec, open_timeout_s=5, read_timeout_s=5, loop=True, name="flaps").release()
+    told = [r.getMessage() for r in caplog.records if "kept as sent" in r.getMessage()]
+    assert told == ["camera flaps: its MJPEG frames are kept as sent, and decoded only if analysed"]
 
 
 async def _frames_read_over(stub: pb_grpc.ConvstreamStub, camera_id: str, n: int) -> bool:

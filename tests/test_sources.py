@@ -136,6 +136,8 @@ def test_passwords_never_reach_logs_or_clients() -> None:
         ("http://cam/cgi?usr=admin&psw=Zq1", "http://cam/cgi?usr=admin&psw=***"),
         ("http://cam/s.cgi;jsessionid=Zq1?ch=1", "http://cam/s.cgi;jsessionid=***?ch=1"),
         ("http://cam/s.cgi?code=Zq1&ch=1", "http://cam/s.cgi?code=***&ch=1"),
+        ("http://cam/s.cgi?login=admin&hash=Zq1", "http://cam/s.cgi?login=***&hash=***"),
+        ("https://cdn/live.m3u8?st=Zq1&t=Zq2&ch=1", "https://cdn/live.m3u8?st=***&t=***&ch=1"),
         # XMEye DVRs take them in the path, '_' between them
         (
             "rtsp://10.0.0.1:554/user=admin_password=Zq_1_channel=1_stream=0.sdp",
@@ -700,7 +702,9 @@ def test_an_http_camera_that_answers_404_or_401_is_told_so() -> None:
         at = f"127.0.0.1:{port}"
         cases = {
             f"http://{at}/wrong.mjpg": "no stream at that path (HTTP 404 Not Found)",
-            f"http://{at}/video.mjpg": "it asks for a user name and password (HTTP 401",
+            f"http://{at}/video.mjpg": "it asks for a user name and password (HTTP 401 "
+            "Unauthorized): put them in the URL, after http:// and before the host: the user "
+            "name, ':', the password, then '@'",
             f"http://admin:nope@{at}/video.mjpg": "it refused the user name or password",
             f"http://admin:s3cret@{at}/video.mjpg": "it answers the request (HTTP 200 OK)",
         }

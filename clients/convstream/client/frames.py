@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Union
+from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 import numpy as np
@@ -344,6 +345,21 @@ def set_capture_time(stamp: Timestamp, seconds: float) -> None:
     stamp.seconds, stamp.nanos = whole, nanos
 
 
+def public_url(url: str) -> str:
+    """A camera URL as it may be shown and sent: scheme, host, port and path, without the
+    user name, password and query that often carry its credentials (rtsp://admin:pw@cam/x
+    named the frames' source, which the server echoes in results, metrics and listings)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:  # not a URL urllib reads (a bad port): the scheme alone
+        return url.split("://", 1)[0] + "://..."
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    return urlunsplit((parts.scheme, host + port, parts.path, "", ""))
+
+
 class Video:
     """Frames from a video file, a URL OpenCV opens, or a camera, read on this side.
 
@@ -415,7 +431,8 @@ class Video:
                     raise SourceError(
                         f"no camera {source} on this machine: {device} does not exist"
                     )
-                raise SourceError(f"OpenCV cannot open video source {source!r}")
+                shown = public_url(source) if isinstance(source, str) else source
+                raise SourceError(f"OpenCV cannot open video source {shown!r}")
         self.source = source
         self.name = name if name is not None else self.default_name(source)
         self.latest_only = self.live if latest_only is None else latest_only
@@ -437,14 +454,14 @@ class Video:
     @staticmethod
     def default_name(source: str | os.PathLike[str] | int | cv2.VideoCapture) -> str:
         """The ``name`` a Video of source gets when none is given: a file's stem ("conveyor"
-        for conveyor.avi), "camera0" for camera 0, a URL as it is, "capture" for a
-        cv2.VideoCapture."""
+        for conveyor.avi), "camera0" for camera 0, a URL without its user, password and query
+        (public_url), "capture" for a cv2.VideoCapture."""
         if isinstance(source, cv2.VideoCapture):
             return "capture"
         if isinstance(source, int):
             return f"camera{source}"
         if "://" in str(source):
-            return str(source)
+            return public_url(str(source))
         return Path(source).stem
 
     def frames(self) -> Iterator[Frame]:

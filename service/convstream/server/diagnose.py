@@ -118,8 +118,9 @@ def _ask(parts: SplitResult, scheme: str, address: Address, deadline: float) -> 
     said = f"{scheme.upper()} {status} {reason}".strip()
     if status == 401:
         return (
-            f"it asks for a user name and password ({said}): put them in the URL, as "
-            f"{scheme}://user:password@host/..."
+            # not written as a URL with a password: redact() would hide the example's
+            f"it asks for a user name and password ({said}): put them in the URL, after "
+            f"{scheme}:// and before the host: the user name, ':', the password, then '@'"
         )
     if status == 404:
         return f"no stream at that path ({said}): check the stream's path or name"

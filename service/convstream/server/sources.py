@@ -45,12 +45,13 @@ _USER_ONLY = re.compile(r"//[^/:\s@]+@" + _HOST_FOLLOWS)
 # or user name with it when it cannot be told apart.
 _LOOSE_CREDENTIALS = re.compile(r"(?<![^\s'\"(=])([^\s:/@'\"(]+):(?!//)[^\s'\"]*@" + _HOST_FOLLOWS)
 # query parameters that carry secrets, as many IP cameras take them: ?user=admin&pwd=...
-# (or &p=, beside u=), and session ids and one-time codes, which let anyone in as well; and
+# (or &p=, beside u=, or login= and hash=), session ids, one-time codes and signed URLs' st=
+# and t=, which let anyone in as well; and
 # the same in a path, as XMEye DVRs take them (/user=admin_password=..._channel=1), where the
 # value runs to the URL's end (a password may hold '_')
 _SECRET_PARAMETERS = re.compile(
-    r"([?&;_/](?:[^=&;\s]*(?:pas|pw|psw|token|key|auth|secret|sig|cred|session|sid|code|otp|pin)"
-    r"[^=&;\s]*|p)=)"
+    r"([?&;_/](?:[^=&;\s]*(?:pas|pw|psw|token|key|auth|secret|sig|cred|session|sid|code|otp|pin"
+    r"|hash|login)[^=&;\s]*|p|st|t)=)"
     r"[^&;#?\s'\"]*?([):,.]*)(?=[&;#?\s'\"]|$)",
     re.IGNORECASE,
 )
@@ -231,6 +232,19 @@ class Capture(Protocol):
     def release(self) -> None: ...
 
 
+_told: dict[tuple[str, str], str] = {}  # (message, camera): what it last said
+
+
+def _tell(message: str, camera: str, *args: object) -> None:
+    """Log how a camera's source is read, at info the first time and whenever it changes,
+    else at debug: it is found out at every (re)connect, and a camera that flaps said it
+    once a reconnect (27 of 39 lines of its log) after its flapping had quietened the rest."""
+    said = message % (camera, *args)
+    level = logging.DEBUG if _told.get((message, camera)) == said else logging.INFO
+    _told[(message, camera)] = said
+    logger.log(level, said)
+
+
 class _Pacer:
     """Frames at a steady rate: ``wait`` returns at the next slot (catching up by one at most)."""
 
@@ -268,7 +282,7 @@ class OpenCVCapture:
             if spec.kind == "file":
                 # A file is paced all the same: unpaced, a clip saying 1000 fps was read as
                 # fast as it decoded (2,400 frames/s, every core busy).
-                logger.info(
+                _tell(
                     "camera %s: its frame rate says %g; played at %g frames/s",
                     name or spec.kind,
                     fps,
@@ -308,14 +322,14 @@ class OpenCVCapture:
                 why = self._first_encoded(kept, size)
                 if why is None:
                     self._encoded = kept
-                    logger.info(
+                    _tell(
                         "camera %s: its %s frames are kept as sent, and decoded only if analysed",
                         name or spec.kind,
                         stream,
                     )
                     return
                 # Not frames the server's decoder takes as they are: FFmpeg decodes them.
-                logger.info(
+                _tell(
                     "camera %s: its %s frames are decoded as read: %s",
                     name or spec.kind,
                     stream,
