@@ -241,7 +241,9 @@ async def test_a_frozen_camera_is_lost_not_passed_off_as_running() -> None:
                         break
                     await asyncio.sleep(0.05)
                 assert seen[-1] == pb.CAMERA_STATE_RECONNECTING, seen
-                assert "within the read timeout" in cam.last_error
+                assert "within the read timeout (2 s)" in cam.last_error
+                # and what to do if the camera is only slow, not frozen
+                assert "sends less often than that (then raise read_timeout_s" in cam.last_error
                 assert cam.frames_read == read_before  # no stale frame counted as read
                 stalled = seen.index(pb.CAMERA_STATE_STALLED)
                 assert pb.CAMERA_STATE_RUNNING not in seen[stalled:], seen  # no flapping

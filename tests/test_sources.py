@@ -195,6 +195,23 @@ def test_a_rate_reads_the_rate_at_any_moment_and_falls_once_events_stop(fps: flo
     assert meter.rate(last + 3.5) == 0.0
 
 
+@pytest.mark.parametrize("interval", [2.5, 4.0, 10.0, 50.0])
+def test_a_source_slower_than_the_window_reads_its_rate_not_zero(interval: float) -> None:
+    """A camera sending a frame every 4 s, working normally, read 0 fps for good (two
+    events never fell inside the 3 s window), as a stopped one does. Its last interval gives
+    its rate, falling once the next frame is overdue, and 0 once it is twice overdue."""
+    meter = RateMeter(window_s=3.0)
+    for i in range(5):
+        meter.tick(100.0 + i * interval)
+    last = 100.0 + 4 * interval
+    for offset in (0.0, 0.5, 0.99):
+        assert meter.rate(last + offset * interval) == pytest.approx(1 / interval, rel=0.02)
+    overdue = [meter.rate(last + k * interval) for k in (1.2, 1.5, 1.9)]
+    assert all(0 < r < 1 / interval for r in overdue)
+    assert all(b <= a for a, b in itertools.pairwise(overdue))
+    assert meter.rate(last + 2.01 * interval) == 0.0
+
+
 def test_camera_config_is_validated() -> None:
     with pytest.raises(ConfigError, match="listed twice"):
         load_settings(

@@ -65,6 +65,9 @@ STATE_NAMES = {
 }
 
 
+SLOW_INTERVAL_S = 60.0  # a rate is read from two events at most this far apart
+
+
 class RateMeter:
     """Events per second over the last few seconds; safe to tick and read from any thread."""
 
@@ -76,16 +79,24 @@ class RateMeter:
     def tick(self, now: float) -> None:
         with self._lock:
             self._times.append(now)
-            while now - self._times[0] > self.window_s:
-                self._times.popleft()
+            while len(self._times) > 2 and now - self._times[0] > self.window_s:
+                self._times.popleft()  # the last two stay: a slow source's interval
 
     def rate(self, now: float) -> float:
         """n events make n - 1 intervals over the span from the first to the last: a camera
         at 2 fps reads 2.0 (over the span to now it read 1.8, and 0.7 at 1 fps). Once the
         next event is overdue, the span runs on to now less one interval, so a source that
-        stops reads falling rates rather than its last one."""
+        stops reads falling rates rather than its last one.
+
+        A source slower than the window (a frame every 4 s) reads its rate from its last
+        interval until the next event is twice overdue (it read 0 for good, as a stopped
+        camera does, and an alert on 0 fps fired for it), up to SLOW_INTERVAL_S apart."""
         with self._lock:
             times = [t for t in self._times if now - t <= self.window_s]
+            if len(times) < 2 and len(self._times) >= 2:
+                first, last = self._times[-2], self._times[-1]
+                if last - first <= SLOW_INTERVAL_S and now - last < 2 * (last - first):
+                    times = [first, last]
         if len(times) < 2:
             return 0.0
         span = times[-1] - times[0]

@@ -458,7 +458,7 @@ class OpenCVCapture:
         if self._grabbed:  # the last of the backlog, grabbed while opening
             self._grabbed = False
         elif not self._cap.grab():
-            raise self._no_frame()
+            raise self._no_frame(started)
         self._check_live(started)
 
     def _next(self) -> tuple[bool, np.ndarray | None]:
@@ -500,7 +500,7 @@ class OpenCVCapture:
         started = time.monotonic()
         ok, frame = self._next()
         if not ok or frame is None:
-            raise self._no_frame()
+            raise self._no_frame(started)
         self._check_live(started)
         if self._pacer is not None:
             self._pacer.wait()
@@ -508,10 +508,22 @@ class OpenCVCapture:
             frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
         return frame
 
-    def _no_frame(self) -> SourceError:
+    def _no_frame(self, started: float) -> SourceError:
+        """Why a read begun at `started` (monotonic) got no frame."""
         if self.spec.kind == "file":
             return SourceError("end of video file", permanent=not self._loop, ended=True)
-        return SourceError(f"no frame from {self.spec.kind} source (closed or timed out)")
+        if time.monotonic() - started >= 0.95 * self._read_timeout_s:
+            return self._timed_out()
+        return SourceError(f"no frame from {self.spec.kind} source: its stream ended (closed)")
+
+    def _timed_out(self) -> SourceError:
+        # A camera that sends a frame every 10 s against a 5 s timeout reconnected for ever,
+        # and nothing said why.
+        return SourceError(
+            f"no frame from {self.spec.kind} source within the read timeout "
+            f"({self._read_timeout_s:g} s): it stopped sending, or sends less often than that "
+            "(then raise read_timeout_s for this camera)"
+        )
 
     def _check_live(self, started: float) -> None:
         """Raise SourceError if a live source's read, begun at `started` (monotonic), took
@@ -519,10 +531,7 @@ class OpenCVCapture:
         frame it still held, from before the source went quiet. Taking it would pass the
         frozen camera off as running, one stale frame per timeout."""
         if self.spec.live and time.monotonic() - started >= 0.95 * self._read_timeout_s:
-            raise SourceError(
-                f"no frame from {self.spec.kind} source within the read timeout "
-                f"({self._read_timeout_s:g} s); it stopped sending"
-            )
+            raise self._timed_out()
 
     def release(self) -> None:
         self._cap.release()
