@@ -608,7 +608,10 @@ async def test_a_client_that_stops_reading_cannot_take_every_other_streams_room(
 async def test_a_stream_whose_results_wait_unread_is_ended_and_frees_its_place() -> None:
     """A client that keeps its stream open but reads nothing held its place under max_streams
     for ever (the idle timeout only counted frames sent): the stream is now ended once a
-    result has waited unread that long, and its client learns why when it reads again."""
+    result has waited unread that long, and its client learns why when it reads again. Such
+    an ended call still holds the result gRPC could not send until its client reads or
+    leaves, so as many as max_streams of them at most: past that a stalled stream keeps its
+    place until one is gone."""
     settings = Settings(
         port=0, metrics_port=-1, cameras=(), max_streams=1, stream_idle_timeout_s=1.5
     )
@@ -622,40 +625,54 @@ async def test_a_stream_whose_results_wait_unread_is_ended_and_frees_its_place()
             heavy = pb.ResultOptions(  # 7.4 MB a result: gRPC's window fills at once
                 feature_maps=["stage1", "stage2"], encoding=pb.TENSOR_ENCODING_FLOAT32
             )
-            sent = asyncio.Event()
 
             async def then_hold(
-                count: int, options: pb.ResultOptions | None = None
+                count: int, sent: asyncio.Event, options: pb.ResultOptions | None = None
             ) -> AsyncIterator[pb.FrameRequest]:
                 for i in range(count):
                     yield pb.FrameRequest(frame_id=i, encoded=data, options=options)
                 sent.set()
                 await asyncio.sleep(60)  # open, sending nothing more, reading nothing
 
-            stalled = stub.StreamFrames(then_hold(8, heavy))
-            await asyncio.wait_for(sent.wait(), 30)
-            started = time.monotonic()
-            admitted = None
-            while admitted is None and time.monotonic() - started < 30:
-                other = stub.StreamFrames(then_hold(1))
-                try:
-                    admitted = await asyncio.wait_for(other.read(), 30)
-                except grpc.aio.AioRpcError as exc:  # the place is still taken
-                    assert exc.code() == EXHAUSTED, exc.details()
-                    await asyncio.sleep(0.2)
-                finally:
-                    other.cancel()
-            assert admitted is not None and admitted.frame_id == 0 and not admitted.status.code
-            # What gRPC had delivered before the stall, then why the stream ended.
-            read = []
-            with pytest.raises(grpc.aio.AioRpcError) as ended:
-                async for result in stalled:
-                    read.append(result.frame_id)
-            assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            assert "results not read for 1.5 s (stream_idle_timeout_s)" in str(
-                ended.value.details()
-            )
-            assert read == list(range(len(read))) and 0 < len(read) < 8
+            async def stall() -> grpc.aio.StreamStreamCall:
+                sent = asyncio.Event()
+                call = stub.StreamFrames(then_hold(8, sent, heavy))
+                await asyncio.wait_for(sent.wait(), 30)
+                return call
+
+            async def admitted_within(seconds: float) -> bool:
+                started = time.monotonic()
+                while time.monotonic() - started < seconds:
+                    probe = stub.StreamFrames(then_hold(1, asyncio.Event()))
+                    try:
+                        answer = await asyncio.wait_for(probe.read(), 30)
+                        assert answer.frame_id == 0 and not answer.status.code
+                        return True
+                    except grpc.aio.AioRpcError as exc:  # the place is still taken
+                        assert exc.code() == EXHAUSTED, exc.details()
+                        await asyncio.sleep(0.2)
+                    finally:
+                        probe.cancel()
+                return False
+
+            async def read_to_its_end(call: grpc.aio.StreamStreamCall) -> None:
+                """What gRPC had delivered before the stall, then why the stream ended."""
+                read = []
+                with pytest.raises(grpc.aio.AioRpcError) as ended:
+                    async for result in call:
+                        read.append(result.frame_id)
+                assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                told = str(ended.value.details())
+                assert "results not read for 1.5 s (stream_idle_timeout_s)" in told
+                assert read == list(range(len(read))) and 0 < len(read) < 8
+
+            first = await stall()
+            assert await admitted_within(30)  # its place was given back
+            second = await stall()  # one ended stream already waits for its client
+            assert not await admitted_within(3 * 1.5)  # so this one keeps its place
+            await read_to_its_end(first)  # the first is gone: the second may end
+            assert await admitted_within(30)
+            await read_to_its_end(second)
     finally:
         await server.stop(grace=0)
 

@@ -324,7 +324,12 @@ class Settings(BaseModel):
         le=2**31 - 1,  # gRPC's limits are C ints
         description="largest request or result message",
     )
-    max_streams: int = Field(64, ge=1, description="concurrent StreamFrames calls at most")
+    max_streams: int = Field(
+        64,
+        ge=1,
+        description="concurrent StreamFrames calls at most (and as many more ended for "
+        "results left unread, waiting for their clients to read or leave)",
+    )
     max_queued_frames: int = Field(
         1024,
         ge=1,

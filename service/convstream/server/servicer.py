@@ -43,6 +43,12 @@ R = TypeVar("R")
 PEER_CONNECT_S = 1.0
 
 
+def _quietly(write: asyncio.Future[None]) -> None:
+    """Retrieve a write's outcome, so a failure no one waits for is not logged as an error."""
+    if not write.cancelled():
+        write.exception()
+
+
 class ConvstreamServicer(pb_grpc.ConvstreamServicer):
     """Every RPC of convstream.v1.Convstream, over one Pipeline and the server's cameras."""
 
@@ -68,6 +74,9 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         self.model_info = model_info
         self.draining = asyncio.Event()
         self.open_streams = 0
+        # Streams ended for results left unread, whose calls wait for their client to read
+        # again or leave (see StreamFrames): apart from open_streams, as many at most.
+        self.unread_streams = 0
         self.open_analyze_calls = 0
         self.budget = FrameBudget(settings.max_queued_frames)
         self.byte_budget = ByteBudget(settings.max_held_bytes)
@@ -150,6 +159,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             byte_budget=self.byte_budget,
         )
         limit = self.settings.stream_idle_timeout_s
+        write: asyncio.Future[None] | None = None
         unsent: asyncio.Future[None] | None = None  # a write the client has not taken
         try:
             # aclosing: a stream ended here closes the session at once (its finally gives
@@ -157,15 +167,23 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             async with contextlib.aclosing(session.run(request_iterator)) as results:
                 async for result in results:
                     write = asyncio.ensure_future(context.write(result))
-                    if not (await asyncio.wait({write}, timeout=limit))[0]:
+                    while not (await asyncio.wait({write}, timeout=limit))[0]:
                         # gRPC flow control: the client keeps the stream open but reads no
-                        # result; without this the stream would hold its place for ever
+                        # result; without this the stream would hold its place for ever.
+                        # Ended, it still holds that result until the client reads or
+                        # leaves: as many such streams as max_streams at most, else the
+                        # stream keeps its place until one of them is gone.
+                        if self.unread_streams >= self.settings.max_streams:
+                            continue
+                        self.unread_streams += 1
                         unsent = write
+                        del result  # gRPC holds its bytes; the message is not needed
                         raise IdleTimeout(
                             f"results not read for {limit:g} s (stream_idle_timeout_s); the "
                             "stream is ended to free its place: read results as they come"
                         )
                     write.result()
+                    del result  # nothing of it kept while the next one is made
             outcome = "ok"
         except IdleTimeout as exc:
             outcome = "idle"
@@ -176,6 +194,8 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             return
         except asyncio.CancelledError:
             outcome = "cancelled"
+            if write is not None:  # its failure, once the call is gone, is no one's error
+                write.add_done_callback(_quietly)
             raise  # a cancelled handler must stay cancelled, or grpc keeps its resources
         finally:
             self.budget.release(session.capacity)
@@ -188,12 +208,19 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             # is refused: GRPC_CALL_ERROR_TOO_MANY_OPERATIONS, the call left without one),
             # so this call waits, holding that one result, until the client reads again or
             # leaves.
-            if unsent is not None:
-                logger.warning("ended a stream from %s: %s", context.peer(), idle)
-            with contextlib.suppress(grpc.aio.InternalError):  # it left: no one to tell
-                if unsent is not None:
+            if unsent is None:
+                with contextlib.suppress(grpc.aio.InternalError):  # it left: no one to tell
+                    await context.abort(idle.code, str(idle))
+                return
+            logger.warning("ended a stream from %s: %s", context.peer(), idle)
+            try:
+                with contextlib.suppress(grpc.aio.InternalError):
                     await unsent
-                await context.abort(idle.code, str(idle))
+                    await context.abort(idle.code, str(idle))
+            finally:
+                self.unread_streams -= 1
+                if not unsent.done():  # cancelled meanwhile (the server stopping)
+                    unsent.add_done_callback(_quietly)
             return
         if self.draining.is_set():
             await context.abort(
