@@ -784,6 +784,18 @@ def test_a_cameras_metric_label_is_its_own() -> None:
     assert metrics.client_source("belt") == "other"  # client:belt, past the cap
 
 
+def test_a_source_named_by_a_camera_url_shows_no_password_on_metrics() -> None:
+    """A client that names its frames by its camera's URL (a Video's default name) put the
+    password in a label on /metrics: rtsp://admin:pw@cam/x became rtsp___admin_pw_cam_x."""
+    metrics = Metrics()
+    for name in (
+        "rtsp://admin:Zq9Secret@cam/live",
+        "http://cam/video.cgi?user=admin&pwd=Zq9Secret&channel=1",
+    ):
+        label = metrics.client_source(name)
+        assert "Zq9Secret" not in label and label.startswith(("rtsp:", "http:")), label
+
+
 async def test_too_many_streams_is_resource_exhausted() -> None:
     server = Server(Settings(port=0, metrics_port=-1, max_streams=1))
     await server.start()

@@ -54,6 +54,7 @@ from convstream.client.frames import (
     IMAGE_SUFFIXES,
     Video,
     image_files,
+    public_url,
     video_container,
 )
 from convstream.client.options import Freshness, ResultOptions, Retry, Timeout, Upload
@@ -539,7 +540,8 @@ def _stream(args: argparse.Namespace) -> int:
             code = _report(args, results, reporter)
         if code == 0 and reporter.count == 0:
             print(
-                f"convstream stream: OpenCV opened {args.source} but read no frame from it;"
+                f"convstream stream: OpenCV opened {public_url(args.source)} but read no frame "
+                "from it;"
                 " expected a video file, a URL or a camera index",
                 file=sys.stderr,
             )

@@ -346,9 +346,13 @@ def set_capture_time(stamp: Timestamp, seconds: float) -> None:
 
 
 def public_url(url: str) -> str:
-    """A camera URL as it may be shown and sent: scheme, host, port and path, without the
-    user name, password and query that often carry its credentials (rtsp://admin:pw@cam/x
-    named the frames' source, which the server echoes in results, metrics and listings)."""
+    """A camera URL as it may be shown and sent: without the user name and password before
+    its host (rtsp://admin:pw@cam/x named the frames' source, which the server echoes in
+    results and logs, and counted them under it on /metrics). Its query stays, as it tells
+    an NVR's channels apart (?channel=1, ?channel=2); the server hides secret parameters in
+    it (pwd=...) wherever it shows a name. Anything but a URL (a path) as it is."""
+    if "://" not in url:
+        return url
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
@@ -357,7 +361,7 @@ def public_url(url: str) -> str:
         return url.split("://", 1)[0] + "://..."
     if ":" in host:  # IPv6
         host = f"[{host}]"
-    return urlunsplit((parts.scheme, host + port, parts.path, "", ""))
+    return urlunsplit((parts.scheme, host + port, parts.path, parts.query, ""))
 
 
 class Video:
@@ -461,7 +465,7 @@ class Video:
         if isinstance(source, int):
             return f"camera{source}"
         if "://" in str(source):
-            return public_url(str(source))
+            return public_url(str(source))  # the name the server is sent
         return Path(source).stem
 
     def frames(self) -> Iterator[Frame]:
@@ -540,6 +544,8 @@ class Video:
         source = repr(self.source)
         if isinstance(self.source, cv2.VideoCapture):
             source = "<cv2.VideoCapture>"
+        elif isinstance(self.source, str):
+            source = repr(public_url(self.source))
         return f"Video({source}, name={self.name!r}, fps={self.fps:g})"
 
 

@@ -92,22 +92,8 @@ class CameraManager:
     async def _apply(self, configs: tuple[CameraConfig, ...]) -> None:
         wanted = {c.id: c for c in configs}
         self.metrics.set_cameras([*wanted, *self.elsewhere])  # every process's cameras
-        # A configured camera's id is not free for a client stream (publish refuses it), also
-        # when the config names it after the stream took it: the stream goes on unpublished,
-        # and its watchers, told to watch again, find the camera (two cameras of one id were
-        # listed, and the dashboard showed one's state beside the other's frames).
-        for name in [n for n in self.published if n in wanted or n in self.elsewhere]:
-            publication = self.published.pop(name)
-            publication.end_watchers(
-                Draining(
-                    f"{name!r} is now a configured camera, not a client stream: watch it again"
-                )
-            )
-            logger.warning(
-                "camera %s configured: the client stream published under that name is no "
-                "longer published (its frames are still analysed)",
-                name,
-            )
+        for name in [n for n in self.published if n in self.elsewhere]:
+            self._take_over(name)
         for camera_id in [i for i in self.feeds if i not in wanted]:
             feed = self.feeds.pop(camera_id)
             if camera_id in self.elsewhere:
@@ -147,8 +133,27 @@ class CameraManager:
                 logger.info("camera %s %s; restarting it", camera_id, why)
             else:
                 logger.info("camera %s added (%s source)", camera_id, feed.camera.spec.kind)
+                self._take_over(camera_id)  # no await before the feed takes the name
             self.feeds[camera_id] = feed
             feed.start()
+
+    def _take_over(self, name: str) -> None:
+        """A configured camera's id is not free for a client stream (publish refuses it), also
+        when the config names it after a stream took it: the stream goes on unpublished, and
+        its watchers, told to watch again, find the camera (two cameras of one id were
+        listed, and the dashboard showed one's state beside the other's frames)."""
+        publication = self.published.pop(name, None)
+        if publication is None:
+            return
+        publication.taken_over = True
+        publication.end_watchers(
+            Draining(f"{name!r} is now a configured camera, not a client stream: watch it again")
+        )
+        logger.warning(
+            "camera %s configured: the client stream published under that name is no longer "
+            "published (its frames are still analysed)",
+            name,
+        )
 
     async def stop(self) -> None:
         """Stop every camera; open WatchCamera calls end with UNAVAILABLE."""

@@ -419,6 +419,7 @@ class StreamPublication(Publisher):
         self.frames_received = 0
         self.dropped = 0
         self.fps_in = RateMeter()
+        self.taken_over = False  # by a camera configured under its name: no longer published
 
     def status(self, now: float) -> pb.CameraStatus:
         status = super().status(now)

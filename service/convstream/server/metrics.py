@@ -6,7 +6,7 @@ import math
 import re
 import threading
 from collections.abc import Callable, Iterable
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 from prometheus_client import (
@@ -18,14 +18,19 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from convstream.server.sources import redact
+
 _BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 MAX_SOURCES = 100  # distinct source labels; clients choose them, so cap the cardinality
 _LABEL_OK = re.compile(r"[^A-Za-z0-9_.:-]")
 
 
+@lru_cache(maxsize=1024)
 def _label(name: str) -> str:
-    """A source name as a metric label: unsafe characters as '_', at most 64 of them."""
-    return _LABEL_OK.sub("_", name)[:64] or "unnamed"
+    """A source name as a metric label: a password in it hidden (a client may name its frames
+    by a camera's URL: rtsp://admin:pw@cam/x became the label rtsp___admin_pw_cam_x on
+    /metrics), unsafe characters as '_', at most 64 of them."""
+    return _LABEL_OK.sub("_", redact(name))[:64] or "unnamed"
 
 
 def _expiry(expiry_times: Callable[[], dict[str, float]], setting: str) -> float:

@@ -218,6 +218,13 @@ class StreamSession:
         self._in_analysis = 0
         self._out: asyncio.Queue[asyncio.Task[_Done] | None] = asyncio.Queue()
 
+    @property
+    def _publishing(self) -> StreamPublication | None:
+        """The stream's publication while it lasts (a camera configured under its name by a
+        reload takes it: then the stream goes on unpublished, its frames costing no more)."""
+        publication = self.publication
+        return publication if publication is not None and not publication.taken_over else None
+
     def _check(self, message: pb.ResultOptions, freshness: int) -> None:
         """Refuse stream-level values no stream could have (whichever frame carries them);
         `freshness` is the policy they would apply to (LATEST_ONLY keeps one frame whatever
@@ -360,8 +367,8 @@ class StreamSession:
                         "open a new stream when frames come again"
                     ) from None
                 item = await self._hold(self._accept(request, time.perf_counter()))
-                if self.publication is not None:
-                    self.publication.received(item.request)
+                if self._publishing is not None:
+                    self._publishing.received(item.request)
                 async with self._changed:
                     # A full queue drops its oldest frame, unless it is lossless or holds only
                     # refusals and frames sent lossless, which are answered, never dropped:
@@ -467,7 +474,8 @@ class StreamSession:
             return _Done(item, item.failure)
         assert item.options is not None
         try:
-            watched = self.publication.wanted_maps() if self.publication is not None else []
+            publishing = self._publishing
+            watched = publishing.wanted_maps() if publishing is not None else []
             result, prepared, inference = await self.pipeline.analyze_parts(
                 item.request, item.options, item.arrived, also=watched
             )
@@ -520,7 +528,7 @@ class StreamSession:
                 done = await task
                 self._release(done.item)
                 result = done.result
-                if self.publication is not None and done.prepared and done.inference:
+                if self._publishing is not None and done.prepared and done.inference:
                     try:
                         await self._publish(done)
                     except Exception:  # the watchers' loss; the stream's own result goes on
