@@ -688,13 +688,13 @@ def test_the_log_names_a_still_jpeg_a_jpeg_and_a_clip_of_them_mjpeg(
         for path in (photo, clip):
             spec = parse_source(str(path))
             capture = open_source(
-                spec, open_timeout_s=5, read_timeout_s=5, loop=True, name=path.stem
+                spec, open_timeout_s=5, read_timeout_s=5, loop=True, name=f"log-{path.stem}"
             )
             capture.release()
     told = [r.getMessage() for r in caplog.records if "kept as sent" in r.getMessage()]
     assert told == [
         f"camera {name}: its {kind} frames are kept as sent, and decoded only if analysed"
-        for name, kind in (("photo", "JPEG"), ("clip", "MJPEG"))
+        for name, kind in (("log-photo", "JPEG"), ("log-clip", "MJPEG"))
     ]
 
 
@@ -715,6 +715,7 @@ def test_how_a_camera_is_read_is_said_once_not_at_every_reconnect(
             open_source(spec, open_timeout_s=5, read_timeout_s=5, loop=True, name="flaps").release()
     told = [r.getMessage() for r in caplog.records if "kept as sent" in r.getMessage()]
     assert told == ["camera flaps: its MJPEG frames are kept as sent, and decoded only if analysed"]
+    # (said once a process: each test here names its cameras apart, or one would not hear it)
 
 
 async def _frames_read_over(stub: pb_grpc.ConvstreamStub, camera_id: str, n: int) -> bool:

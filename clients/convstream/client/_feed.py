@@ -521,8 +521,10 @@ class AsyncFeed:
     async def close(self) -> None:
         """Stop the pump; a plain iterator's read in progress (in a worker thread, which
         cancelling cannot stop) is waited for, a second at most, as SyncFeed.close does."""
-        self._pump.cancel()
-        await asyncio.gather(self._pump, return_exceptions=True)
-        if self._reading is not None and not self._reading.done():
-            await asyncio.wait({self._reading}, timeout=1.0)
-        self._reader.stop()
+        try:
+            self._pump.cancel()
+            await asyncio.gather(self._pump, return_exceptions=True)
+            if self._reading is not None and not self._reading.done():
+                await asyncio.wait({self._reading}, timeout=1.0)
+        finally:  # also when this is cancelled: its thread would wait for work for ever
+            self._reader.stop()
