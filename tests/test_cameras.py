@@ -674,16 +674,21 @@ async def test_a_png_named_as_a_camera_is_analysed_as_the_same_png_pushed(
     assert result.heatmap.data == twin.heatmap.data
 
 
+def _mjpeg_clip(path: Path) -> Path:
+    """Three frames in an MJPEG AVI, as OpenCV writes one."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
+    for i in range(3):
+        writer.write(scene(i, 240, 320))
+    writer.release()
+    return path
+
+
 def test_the_log_names_a_still_jpeg_a_jpeg_and_a_clip_of_them_mjpeg(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(jpeg(scene(3, 240, 320)))
-    clip = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
-    for i in range(3):
-        writer.write(scene(i, 240, 320))
-    writer.release()
+    clip = _mjpeg_clip(tmp_path / "clip.avi")
     with caplog.at_level(logging.INFO, logger="convstream.server.sources"):
         for path in (photo, clip):
             spec = parse_source(str(path))
@@ -704,11 +709,7 @@ def test_how_a_camera_is_read_is_said_once_not_at_every_reconnect(
     """A camera that hangs up every few seconds logged how its frames are read at every
     reconnect (27 of its 39 lines), after its flapping had quietened the rest: said again
     only when it changes."""
-    clip = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
-    for i in range(3):
-        writer.write(scene(i, 240, 320))
-    writer.release()
+    clip = _mjpeg_clip(tmp_path / "clip.avi")
     with caplog.at_level(logging.INFO, logger="convstream.server.sources"):
         for _ in range(3):  # three connects of one camera
             spec = parse_source(str(clip))
