@@ -723,7 +723,10 @@ def test_an_http_camera_that_answers_404_or_401_is_told_so() -> None:
             "Unauthorized): put them in the URL, after http:// and before the host: the user "
             "name, ':', the password, then '@'",
             f"http://admin:nope@{at}/video.mjpg": "it refused the user name or password",
-            f"http://admin:s3cret@{at}/video.mjpg": "it answers the request (HTTP 200 OK)",
+            # a web page or an API at the path, not a stream: said so, not as a codec problem
+            f"http://admin:s3cret@{at}/video.mjpg": "it answers with text/plain (HTTP 200 OK), "
+            "not a video stream: a web page or an API there, not the camera's stream; check "
+            "the stream's path",
         }
         try:
             for url, told in cases.items():

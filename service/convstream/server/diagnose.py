@@ -103,11 +103,13 @@ def _ask(parts: SplitResult, scheme: str, address: Address, deadline: float) -> 
     bare = urlunsplit((parts.scheme, host, parts.path or "/", parts.query, ""))
     target = bare if scheme == "rtsp" else urlunsplit(("", "", parts.path or "/", parts.query, ""))
     method = "DESCRIBE" if scheme == "rtsp" else "GET"
-    status, reason, challenge = _request(scheme, method, target, host, None, address, deadline)
+    status, reason, challenge, kind = _request(
+        scheme, method, target, host, None, address, deadline
+    )
     if status == 401 and user is not None and challenge:
         authorization = _authorization(challenge, user, password, method, target)
         if authorization:
-            status, reason, _ = _request(
+            status, reason, _, kind = _request(
                 scheme, method, target, host, authorization, address, deadline
             )
             if status == 401:
@@ -126,10 +128,17 @@ def _ask(parts: SplitResult, scheme: str, address: Address, deadline: float) -> 
         return f"no stream at that path ({said}): check the stream's path or name"
     if status == 403:
         return f"it refused access to that stream ({said})"
+    if 200 <= status < 300 and kind.startswith(("text/", "application/json", "application/xml")):
+        # a camera's web page or API at the path, not its stream: said as a codec problem
+        # before, which sent integrators looking in the wrong place
+        return (
+            f"it answers with {kind} ({said}), not a video stream: a web page or an API "
+            "there, not the camera's stream; check the stream's path"
+        )
     if 200 <= status < 300:
         return (
-            f"it answers the request ({said}), but OpenCV could not open the stream there "
-            "(a codec or format it cannot read?)"
+            f"it answers the request ({said}{', ' + kind if kind else ''}), but OpenCV could "
+            "not open the stream there (a codec or format it cannot read, or no frames sent?)"
         )
     return f"it answered {said}"
 
@@ -142,8 +151,9 @@ def _request(
     authorization: str | None,
     address: Address,
     deadline: float,
-) -> tuple[int, str, str]:
-    """One request on a new connection: (status, reason, WWW-Authenticate challenge)."""
+) -> tuple[int, str, str, str]:
+    """One request on a new connection: (status, reason, WWW-Authenticate challenge, the
+    Content-Type's media type, lower case; "" without one)."""
     lines = [f"{method} {target} {scheme.upper()}/1.{'0' if scheme == 'rtsp' else '1'}"]
     lines += ["CSeq: 1", "Accept: application/sdp"] if scheme == "rtsp" else [f"Host: {host}"]
     lines += ["User-Agent: convstream", "Connection: close"]
@@ -166,10 +176,18 @@ def _request(
         for line in head.split(b"\r\n")[1:]
         if line.lower().startswith(b"www-authenticate:")
     ]
+    kind = next(
+        (
+            line.split(b":", 1)[1].split(b";", 1)[0].strip().decode("latin-1").lower()
+            for line in head.split(b"\r\n")[1:]
+            if line.lower().startswith(b"content-type:")
+        ),
+        "",
+    )
     # Digest when offered: the stronger one, and the one cameras that offer both expect
     challenge = next((c for c in challenges if c.lower().startswith("digest")), "")
     challenge = challenge or (challenges[0] if challenges else "")
-    return int(match.group(2)), match.group(3).decode("latin-1").strip(), challenge
+    return int(match.group(2)), match.group(3).decode("latin-1").strip(), challenge, kind
 
 
 def _authorization(
