@@ -300,6 +300,14 @@ def test_tls_and_token_settings_are_checked(pki: Path, tmp_path: Path) -> None:
             overrides={"tokens": [{"name": "a", "role": "watch", "sha256": "plaintext"}]},
             environ={},
         )
+    # one token in two tables: the last role won, quietly (upper and lower case alike)
+    digest = token_hash(ANALYZE_TOKEN)
+    twice = [
+        {"name": "keeper", "role": "analyze", "sha256": digest},
+        {"name": "keeper2", "role": "watch", "sha256": digest.upper()},
+    ]
+    with pytest.raises(ConfigError, match="tokens 'keeper' and 'keeper2' have the same sha256"):
+        load_settings(overrides={"tokens": twice}, environ={})
 
 
 @pytest.mark.parametrize(
@@ -419,13 +427,26 @@ def _encrypted_key(pki: Path, folder: Path) -> Path:
         ("server.crt", "encrypted", None, "tls_key {key} is encrypted; gRPC needs it unencrypted"),
         ("server.crt", "server.key", "junk", "tls_client_ca {client_ca} is not a PEM certificate"),
         ("server.crt", "server.key", "ca.crt", None),
+        # a rotation caught mid-copy, a DER certificate, a comment in UTF-8 above the PEM
+        # (which OpenSSL reads): a traceback before, and a reload stopped half-way
+        ("empty", "server.key", None, "tls_cert {cert} is empty"),
+        ("server.crt", "server.key", "empty", "tls_client_ca {client_ca} is empty"),
+        ("der", "server.key", None, "tls_cert {cert} is not a PEM certificate"),
+        ("commented", "server.key", None, None),
     ],
 )
 def test_unusable_tls_files_are_named_by_their_setting(
     pki: Path, tmp_path: Path, cert: str, key: str, client_ca: str | None, message: str | None
 ) -> None:
     (tmp_path / "junk").write_text("not PEM at all\n")
-    files = {"encrypted": _encrypted_key(pki, tmp_path), "junk": tmp_path / "junk"}
+    (tmp_path / "empty").write_bytes(b"")
+    pem = (pki / "server.crt").read_bytes()
+    (tmp_path / "der").write_bytes(ssl.PEM_cert_to_DER_cert(pem.decode()))
+    (tmp_path / "commented").write_bytes("# für Halle 3\n".encode() + pem)
+    files = {
+        "encrypted": _encrypted_key(pki, tmp_path),
+        **{name: tmp_path / name for name in ("junk", "empty", "der", "commented")},
+    }
     paths = {
         "cert": files.get(cert, pki / cert),
         "key": files.get(key, pki / key),
@@ -436,7 +457,8 @@ def test_unusable_tls_files_are_named_by_their_setting(
         overrides["tls_client_ca"] = str(paths["client_ca"])
     settings = load_settings(overrides=overrides, environ={})
     if message is None:
-        assert settings.read_tls() is not None and settings.tls_client_ca == paths["client_ca"]
+        assert settings.read_tls() is not None
+        assert settings.tls_client_ca == (paths["client_ca"] if client_ca else None)
         return
     with pytest.raises(TLSFileError) as info:
         settings.read_tls()
@@ -692,6 +714,18 @@ async def test_a_reload_whose_tls_files_fail_still_revokes_a_token(
             reply = await stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=_bearer(WATCH_TOKEN))
             assert reply.sha256  # over the certificate it had
         assert server.settings.tls_key == pki / "server.key"
+        # a certificate caught empty, mid-copy, in the edit that revokes the last token left:
+        # a traceback before, the reload stopped half-way and the token stayed valid
+        empty = tmp_path / "empty.crt"
+        empty.write_bytes(b"")
+        config.write_text(tls.replace(str(pki / "server.crt"), str(empty)) + dock)
+        await server.reload(load_settings(config, environ={}, overrides=flags))
+        assert f"tls_cert {empty} is empty" in caplog.text
+        async with grpc.aio.secure_channel(f"127.0.0.1:{server.port}", _ssl(pki)) as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=_bearer(WATCH_TOKEN))
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     finally:
         await server.stop(grace=0)
 

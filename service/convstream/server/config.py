@@ -466,6 +466,22 @@ class Settings(BaseModel):
             seen.add(camera.id)
         return cameras
 
+    @field_validator("tokens")
+    @classmethod
+    def _unique_tokens(cls, tokens: tuple[TokenConfig, ...]) -> tuple[TokenConfig, ...]:
+        # One token, two tables: the last one's role won, so a line appended by mistake could
+        # quietly give a watch token the analyze role (or take it away).
+        seen: dict[str, str] = {}
+        for token in tokens:
+            digest = token.sha256.lower()
+            if digest in seen:
+                raise ValueError(
+                    f"tokens {seen[digest]!r} and {token.name!r} have the same sha256: one "
+                    "token, one table (give each holder a token of its own)"
+                )
+            seen[digest] = token.name
+        return tokens
+
     @field_validator("input_sizes")
     @classmethod
     def _check_sizes(cls, sizes: tuple[str, ...]) -> tuple[str, ...]:

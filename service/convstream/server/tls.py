@@ -70,24 +70,35 @@ def read_pem(cert: Path, key: Path, client_ca: Path | None) -> PemFiles:
     return PemFiles(pem.cert, pem.key, pem.client_ca, tuple(warnings))
 
 
+def _pem_text(data: bytes) -> str:
+    """PEM bytes as the str ssl takes: text around the blocks that is not ASCII (a comment
+    in UTF-8, which OpenSSL itself skips) is dropped, where ssl refused the whole file with a
+    TypeError (a traceback, and a reload that stopped half-way)."""
+    return data.decode("ascii", "ignore")
+
+
 def check_pem(
     pem: PemFiles, cert: Path, key: Path, client_ca: Path | None, now: datetime | None = None
 ) -> list[str]:
     """TLSFileError naming the setting when ``pem`` (read from those paths) is unusable,
     expired or not yet valid; returns a line for each certificate that expires soon."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if not pem.cert.strip():
+        raise TLSFileError(f"tls_cert {cert} is empty (a certificate being copied in?)")
     try:
-        context.load_verify_locations(cadata=pem.cert.decode("ascii", "replace"))
-    except ssl.SSLError:
+        context.load_verify_locations(cadata=_pem_text(pem.cert))
+    except (ssl.SSLError, ValueError):  # ValueError: no certificate in it at all (DER)
         swapped = b"PRIVATE KEY-----" in pem.cert
         raise TLSFileError(
             f"tls_cert {cert} is not a PEM certificate"
             + (" (it holds a private key: are tls_cert and tls_key swapped?)" if swapped else "")
         ) from None
     if pem.client_ca is not None:
+        if not pem.client_ca.strip():
+            raise TLSFileError(f"tls_client_ca {client_ca} is empty (a CA being copied in?)")
         try:
-            context.load_verify_locations(cadata=pem.client_ca.decode("ascii", "replace"))
-        except ssl.SSLError:
+            context.load_verify_locations(cadata=_pem_text(pem.client_ca))
+        except (ssl.SSLError, ValueError):
             raise TLSFileError(
                 f"tls_client_ca {client_ca} is not a PEM certificate (the CA that signs the "
                 "clients' certificates)"
