@@ -695,7 +695,11 @@ def test_digest_answers_as_rfc_2617_says() -> None:
 def test_an_http_camera_that_answers_404_or_401_is_told_so() -> None:
     class Camera(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path != "/video.mjpg":
+            if self.path == "/hostile.mjpg":  # a device's own words: escapes, kilobytes
+                self.send_response(200, "OK \x1b]0;PWNED\x07\x1b[2J" + "A" * 3000)
+                self.send_header("Content-Type", "video/x-\x1b[31mred" + "B" * 3000)
+                self.end_headers()
+            elif self.path != "/video.mjpg":
                 self.send_error(404)
             elif (
                 self.headers.get("Authorization")
@@ -733,5 +737,9 @@ def test_an_http_camera_that_answers_404_or_401_is_told_so() -> None:
                 why = why_closed(url, 3.0)
                 assert why.startswith(told), (url, why)
                 assert str(port) not in why and "s3cret" not in why and "nope" not in why
+            # its escape sequences reached operators' terminals through `convstream cameras`
+            hostile = why_closed(f"http://{at}/hostile.mjpg", 3.0)
+            assert hostile.startswith("it answers the request (HTTP 200 OK"), hostile
+            assert hostile.isprintable() and len(hostile) < 400, hostile
         finally:
             camera.shutdown()

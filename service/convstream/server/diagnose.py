@@ -187,7 +187,17 @@ def _request(
     # Digest when offered: the stronger one, and the one cameras that offer both expect
     challenge = next((c for c in challenges if c.lower().startswith("digest")), "")
     challenge = challenge or (challenges[0] if challenges else "")
-    return int(match.group(2)), match.group(3).decode("latin-1").strip(), challenge, kind
+    reason = match.group(3).decode("latin-1")
+    return int(match.group(2)), _quoted(reason), challenge, _quoted(kind)
+
+
+def _quoted(text: str, limit: int = 80) -> str:
+    """A camera's own words (a reason phrase, a content type) as they may be shown: printable
+    characters only, at most `limit`. Verbatim, a device's escape sequences reached operators'
+    terminals through `convstream cameras` (a title set, the screen cleared), and 3 KB of its
+    text every log line."""
+    shown = "".join(c if c.isprintable() else " " for c in text).strip()
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
 def _authorization(
