@@ -69,8 +69,9 @@ EXIT_STATUS = """exit status:
   0    done: every frame analysed (damage found is a result, not a failure)
   1    some frames could not be analysed, or the server failed on them
   2    usage: a bad option or value, a missing file, an unknown camera or feature map
-  3    the server: no answer at --address (nor a TLS handshake), or none within --timeout
-  4    refused: the token or client certificate, or the token's role
+  3    the server: no answer at --address (nor a TLS handshake, also when it refuses the
+       client certificate: TLS 1.3 shows only a closed connection), or none within --timeout
+  4    refused: the token, or the token's role
   5    the source: a camera that failed, stopped or was removed; a video that cannot be read
   130  Ctrl-C; 143 SIGTERM (results so far written, and the summary)
 """
