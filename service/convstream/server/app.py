@@ -413,7 +413,9 @@ class Server:
         assert self._tokens is not None
         old = self.settings.tokens
         self._tokens.replace(settings.tokens)
-        logger.info("reload: tokens: %s", "; ".join(token_changes(old, settings.tokens)))
+        changes = token_changes(old, settings.tokens)
+        if changes:  # none: only their order or a hash's letter case changed
+            logger.info("reload: tokens: %s", "; ".join(changes))
         if not settings.tokens:
             logger.warning("reload: no tokens left: calls need no token from now on")
             # as it now runs: host and TLS as they were, the new (empty) tokens
