@@ -458,8 +458,8 @@ class Video:
     @staticmethod
     def default_name(source: str | os.PathLike[str] | int | cv2.VideoCapture) -> str:
         """The ``name`` a Video of source gets when none is given: a file's stem ("conveyor"
-        for conveyor.avi), "camera0" for camera 0, a URL without its user, password and query
-        (public_url), "capture" for a cv2.VideoCapture."""
+        for conveyor.avi), "camera0" for camera 0, a URL without the user and password before
+        its host (public_url), "capture" for a cv2.VideoCapture."""
         if isinstance(source, cv2.VideoCapture):
             return "capture"
         if isinstance(source, int):
