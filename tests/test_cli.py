@@ -376,6 +376,68 @@ async def test_client_commands_end_on_sigterm_or_ctrl_c_without_a_traceback() ->
         silent.close()
 
 
+# A signal at the worst moment Python has for one: inside gRPC's wait on a Condition, its lock
+# just released and the `try` that takes it back not yet entered. SIGUSR1 arms it once the
+# watch is in its result loop; the next such wait of the main thread raises the signal there.
+_SIGNAL_IN_A_WAIT = """
+import signal, sys, threading
+from convstream.cli import main
+
+armed = threading.Event()
+signal.signal(signal.SIGUSR1, lambda signum, frame: armed.set())
+condition_init = threading.Condition.__init__
+
+def init(self, lock=None):
+    condition_init(self, lock)
+    release = self._release_save
+
+    def release_save():
+        state = release()
+        if armed.is_set() and threading.current_thread() is threading.main_thread():
+            armed.clear()
+            signal.raise_signal(int(sys.argv[1]))
+        return state
+
+    self._release_save = release_save
+
+threading.Condition.__init__ = init
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("sent", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+async def test_a_signal_inside_grpcs_wait_ends_a_watch_cleanly(sent: signal.Signals) -> None:
+    """CI saw `timeout`'s SIGTERM end a watch with "RuntimeError: cannot release un-acquired
+    lock" and exit 1: the handler raised inside gRPC's Condition.wait, where the lock was
+    released. Ctrl-C's KeyboardInterrupt could do the same. The signal now only closes the
+    client, from a thread: 143 or 130, the summary said, no traceback, whenever it comes."""
+    belt = CameraConfig(id="belt", source="demo:conveyor?fps=5")
+    server = Server(Settings(port=0, metrics_port=0, cameras=(belt,)))
+    await server.start()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    watch = [sys.executable, "-c", _SIGNAL_IN_A_WAIT, str(int(sent)), "watch", "belt"]
+    watch += ["--address", f"127.0.0.1:{server.port}"]
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *watch,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        assert process.stdout is not None
+        header = await asyncio.wait_for(process.stdout.readline(), 60)
+        assert header.split()[:2] == [b"FRAME", b"SCORE"]
+        await asyncio.wait_for(process.stdout.readline(), 30)  # a result: in the loop
+        process.send_signal(signal.SIGUSR1)
+        out, err = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        await server.stop(grace=0)
+    assert process.returncode == {signal.SIGTERM: 143, signal.SIGINT: 130}[sent], err
+    assert b"Traceback" not in err and err == b"", err
+    assert b" damaged, " in out.splitlines()[-1], out  # the summary
+
+
 async def test_analyze_and_stream_give_up_on_a_silent_server_within_timeout(
     images: Path, video: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

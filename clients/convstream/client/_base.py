@@ -273,6 +273,12 @@ class BaseClient:
         """The reconnect bookkeeping of one stream() call, or of one watch() of camera_id."""
         return _Resumption(self, resume, camera_id)
 
+    @property
+    def closed(self) -> bool:
+        """True once close() was called: its calls raise RuntimeError, those in progress
+        Cancelled."""
+        return self._closed
+
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(f"this {type(self).__name__} is closed; make a new one")

@@ -14,6 +14,7 @@ import math
 import os
 import shlex
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -60,9 +61,8 @@ from convstream.client.frames import (
 from convstream.client.options import Freshness, ResultOptions, Retry, Timeout, Upload
 from convstream.client.results import CameraInfo, ModelInfo, Result
 
-__all__ = ["CLIENT_COMMANDS", "EXIT_STATUS", "Terminated", "add_commands"]
+__all__ = ["EXIT_STATUS", "add_commands"]
 
-CLIENT_COMMANDS = frozenset({"analyze", "stream", "info", "cameras", "watch"})
 # What a script can tell apart by the exit code alone.
 EXIT_FRAMES, EXIT_USAGE, EXIT_SERVER, EXIT_REFUSED, EXIT_SOURCE = 1, 2, 3, 4, 5
 EXIT_STATUS = """exit status:
@@ -77,12 +77,47 @@ EXIT_STATUS = """exit status:
 """
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM to a client command, raised where Ctrl-C's KeyboardInterrupt would be."""
+INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}  # Ctrl-C; `timeout`, systemd, a CI cancel
 
 
-def interrupted_status(exc: KeyboardInterrupt) -> int:
-    return 143 if isinstance(exc, Terminated) else 130
+class Interruption:
+    """Ctrl-C and SIGTERM to a client command: it stops, the results so far written and the
+    summary said, with exit status 130 or 143.
+
+    A handler that raises (Python's own for Ctrl-C) raises wherever the main thread is, also
+    inside gRPC's wait on a threading.Condition, between its lock's release and the ``try``
+    that takes it back: the lock is left released, and the command ended with "RuntimeError:
+    cannot release un-acquired lock" and its traceback instead. So this handler raises
+    nothing: it notes the signal and closes the client from a thread of its own; the call in
+    progress ends with Cancelled, where the command handles its errors. A second signal ends
+    the process at once. In a thread other than the main one, which signals never reach,
+    it does nothing.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._before: dict[int, object] = {}
+        self.status = 0  # 130 or 143 once a signal came
+
+    def __enter__(self) -> Interruption:
+        if threading.current_thread() is threading.main_thread():
+            self._before = {s: signal.signal(s, self._handle) for s in INTERRUPTED}
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> bool:
+        for signum, handler in self._before.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+        # What the close() gave: Cancelled from the call in progress, RuntimeError from a call
+        # begun after it. The command ends with the signal's status, without a message.
+        return bool(self.status) and isinstance(exc, ConvstreamError | RuntimeError)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.status:  # asked twice: whatever the command was waiting for
+            os._exit(self.status)
+        self.status = INTERRUPTED[signal.Signals(signum)]
+        threading.Thread(target=self._client.close, name="interrupt", daemon=True).start()
 
 
 _EXAMPLES_ANALYZE = """examples:
@@ -359,8 +394,9 @@ def _run(args: argparse.Namespace, body: Callable[[Client], int]) -> int:
     handler.setFormatter(logging.Formatter(f"convstream {args.command}: %(message)s"))
     log = logging.getLogger("convstream.client")
     log.addHandler(handler)
+    interruption = Interruption(client)
     try:
-        with client:
+        with client, interruption:
             return body(client)
     except _UsageError as exc:
         return _usage(args, str(exc))
@@ -380,6 +416,7 @@ def _run(args: argparse.Namespace, body: Callable[[Client], int]) -> int:
         return 1
     finally:
         log.removeHandler(handler)
+    return interruption.status  # a signal's: Interruption took the error that it caused
 
 
 def _exit_status(exc: ConvstreamError) -> int:
@@ -412,18 +449,13 @@ def _ready(args: argparse.Namespace, client: Client) -> ModelInfo:
 
 
 def _report(args: argparse.Namespace, results: Iterator[Result], reporter: Reporter) -> int:
-    interrupted = 0
     try:
         for result in results:
             reporter.add(result)
-    except KeyboardInterrupt as exc:
-        interrupted = interrupted_status(exc)
-    finally:
+    finally:  # also when Ctrl-C or SIGTERM ended the results (see Interruption)
         reporter.close()
         if not args.json and reporter.count:
             print(reporter.summary(), file=sys.stdout)
-    if interrupted:
-        return interrupted
     if reporter.failed:
         print(
             f"convstream {args.command}: {reporter.failed} of {reporter.count} "
@@ -689,7 +721,9 @@ class CameraLull:
             try:
                 # briefly: a frozen link held the question for the whole call timeout
                 cameras = {c.id: c for c in self._client.cameras(timeout=ASK_S)}
-            except ConvstreamError as exc:
+            except (ConvstreamError, RuntimeError) as exc:  # RuntimeError: a closed client
+                if self._client.closed:  # by Ctrl-C or SIGTERM (Interruption): nothing to say
+                    return
                 # A stalled link or a server gone quiet: the watch itself notices only when
                 # its keepalive fails, about a minute on.
                 quiet = time.monotonic() - self._last

@@ -555,29 +555,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if guessed and "--address" in command_parser._option_string_actions:
             message += "; the server's address is --address HOST:PORT"
         command_parser.error(message)
-    from convstream.client.cli import CLIENT_COMMANDS, Terminated, interrupted_status
-
     for stream in (sys.stdout, sys.stderr):  # a name or a '…' in an ASCII-only locale
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
-    before = None
-    if args.command in CLIENT_COMMANDS and main_thread:
-        # `timeout 60 convstream watch ...`, systemd, a CI job's cancel: stop as Ctrl-C does,
-        # results so far written and the summary said, with SIGTERM's own status
-        def terminate(signum: int, frame: object) -> None:
-            raise Terminated
-
-        before = signal.signal(signal.SIGTERM, terminate)
     try:
         result: int = args.func(args)
-    except KeyboardInterrupt as exc:  # outside a command's result loop: no traceback
-        return interrupted_status(exc)
+    except KeyboardInterrupt:  # before a client command's Interruption took over: no traceback
+        return 130
     except BrokenPipeError:
         # The reader went away (`| head`): stop quietly, and keep Python's exit-time flush
         # of stdout from failing on the closed pipe.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    finally:
-        if before is not None:  # main() called in a program of its own (tests) leaves it as it was
-            signal.signal(signal.SIGTERM, before)
     return result
