@@ -73,7 +73,7 @@ EXIT_STATUS = """exit status:
        client certificate: TLS 1.3 shows only a closed connection), or none within --timeout
   4    refused: the token, or the token's role
   5    the source: a camera that failed, stopped or was removed; a video that cannot be read
-  130  Ctrl-C; 143 SIGTERM (results so far written, and the summary)
+  130  Ctrl-C; 143 SIGTERM (results so far written, and the summary; a second one: at once)
 """
 
 
