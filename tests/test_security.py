@@ -465,6 +465,7 @@ def test_unusable_tls_files_are_named_by_their_setting(
     assert message.format(**paths) in str(info.value)
 
 
+
 def test_expired_certificates_are_refused_and_one_that_expires_soon_is_warned_of(
     pki: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -688,6 +689,93 @@ async def test_reload_adds_revokes_and_changes_tokens(caplog: pytest.LogCaptureF
         assert secret not in log and token_hash(secret) not in log
 
 
+async def test_a_reload_ends_the_open_calls_its_tokens_refuse(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A revoked token's open watch and stream carried on: a dashboard whose token was
+    removed kept its results (and alerts) until it reconnected. A reload now ends each open
+    streaming call that its new tokens would refuse, with that refusal; the others carry on.
+    One that is not reading gets its status after the result gRPC already holds for it."""
+    caplog.set_level(logging.INFO, logger="convstream.server.app")
+    keeper_token = "token-of-the-control-room"
+    dashboard = TokenConfig(name="dashboard", role="watch", sha256=token_hash(WATCH_TOKEN))
+    dock = TokenConfig(name="dock-3", role="analyze", sha256=token_hash(ANALYZE_TOKEN))
+    keeper = TokenConfig(name="control", role="watch", sha256=token_hash(keeper_token))
+    belt = CameraConfig(id="belt", source="demo:conveyor?fps=20")
+    server = await _start(Settings(port=0, metrics_port=-1, cameras=(belt,)))  # no tokens yet
+    watch = pb.WatchCameraRequest(
+        camera_id="belt",
+        options=pb.ResultOptions(include_heatmap=True, include_frame=True),
+        queue_size=1,
+    )
+
+    async def reload(*tokens: TokenConfig) -> None:
+        await server.reload(server.settings.model_copy(update={"tokens": tokens}))
+
+    async def status(call: grpc.aio.Call) -> tuple[grpc.StatusCode, str, int]:
+        """How the call ends, and how many results came before."""
+        results = 0
+        try:
+            while await call.read() is not grpc.aio.EOF:  # type: ignore[attr-defined]
+                results += 1
+        except grpc.aio.AioRpcError as exc:
+            return exc.code(), exc.details() or "", results
+        return grpc.StatusCode.OK, "", results
+
+    async def frames() -> AsyncIterator[pb.FrameRequest]:
+        for frame_id in range(1, 200):
+            yield pb.FrameRequest(frame_id=frame_id, encoded=jpeg(scene(frame_id, 240, 320)))
+            await asyncio.sleep(0.1)
+
+    address = f"127.0.0.1:{server.port}"
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+            # a watch without a token, when none was needed: the first tokens end it
+            anonymous = stub.WatchCamera(watch)
+            await anonymous.read()
+            await reload(dashboard, dock, keeper)
+            code, details, _ = await asyncio.wait_for(status(anonymous), 30)
+            assert code == grpc.StatusCode.UNAUTHENTICATED, details
+            assert "reload of the server's config: this server needs a token" in details
+
+            revoked = stub.WatchCamera(watch, metadata=_bearer(WATCH_TOKEN))
+            # gRPC's smallest window (no BDP probing, 64 KiB): a result or two fill it
+            small = grpc.aio.insecure_channel(address, options=[("grpc.http2.bdp_probe", 0)])
+            unread = pb_grpc.ConvstreamStub(small).WatchCamera(watch, metadata=_bearer(WATCH_TOKEN))
+            lowered = stub.StreamFrames(frames(), metadata=_bearer(ANALYZE_TOKEN))
+            kept = stub.WatchCamera(watch, metadata=_bearer(keeper_token))
+            for call in (revoked, unread, lowered, kept):
+                await call.read()
+            await asyncio.sleep(3)  # unread: the server's write of a result waits for it
+            # the dashboard's token removed, dock-3's role lowered to watch
+            await reload(dock.model_copy(update={"role": "watch"}), keeper)
+            code, details, _ = await asyncio.wait_for(status(revoked), 30)
+            assert code == grpc.StatusCode.UNAUTHENTICATED, details
+            assert "token 'dashboard' was revoked" in details
+            code, details, _ = await asyncio.wait_for(status(lowered), 30)
+            assert code == grpc.StatusCode.PERMISSION_DENIED, details
+            assert "token 'dock-3' has role 'watch'; StreamFrames needs role 'analyze'" in details
+            code, details, waited = await asyncio.wait_for(status(unread), 30)
+            assert code == grpc.StatusCode.UNAUTHENTICATED and waited > 0, (details, waited)
+            await small.close()
+            for _ in range(5):  # the keeper's watch goes on
+                assert isinstance(await asyncio.wait_for(kept.read(), 10), pb.FrameResult)
+            kept.cancel()
+            # and so does the server: new calls with a valid token are served
+            listed = await stub.ListCameras(pb.ListCamerasRequest(), metadata=_bearer(keeper_token))
+            assert [camera.id for camera in listed.cameras] == ["belt"]
+    finally:
+        await server.stop(grace=0)
+    log = caplog.text
+    assert (
+        "ended 1 open call that the new tokens refuse: WatchCamera of a call without a token" in log
+    )
+    assert "ended 3 open calls that the new tokens refuse" in log
+    for secret in (WATCH_TOKEN, ANALYZE_TOKEN, keeper_token):
+        assert secret not in log and token_hash(secret) not in log
+
+
 async def test_a_reload_whose_tls_files_fail_still_revokes_a_token(
     pki: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -898,6 +986,41 @@ async def test_the_dashboard_says_whether_its_token_is_missing_or_wrong(
             assert says in dash.hub.server["hint"], dash.hub.server
         finally:
             await dash.stop()
+
+
+async def test_a_dashboard_whose_token_is_revoked_stops_getting_frames(
+    token_server: Server,
+) -> None:
+    """It went offline (its ListCameras refused) but its watch went on bringing frames, and
+    alerts. Revoked, its watch now ends, and each try again is refused."""
+    from convstream.dashboard import Dashboard, DashboardSettings
+
+    address = f"127.0.0.1:{token_server.port}"
+    dash = Dashboard(
+        DashboardSettings(address=address, port=0, poll_s=0.2, max_fps=10, token=WATCH_TOKEN)
+    )
+    await dash.start()
+    try:
+        for _ in range(200):
+            belt = dash.hub.cameras.get("belt")
+            if belt is not None and belt.frames_received >= 3:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail(f"no frames on the dashboard: {dash.hub.server}")
+        kept = tuple(t for t in token_server.settings.tokens if t.name != "dashboard")
+        await token_server.reload(token_server.settings.model_copy(update={"tokens": kept}))
+        for _ in range(100):
+            if dash.hub.server.get("refused") and "UNAUTHENTICATED" in belt.watch_error:
+                break
+            await asyncio.sleep(0.05)
+        assert "token 'dashboard' was revoked" in belt.watch_error, belt.watch_error
+        assert dash.hub.server["refused"], dash.hub.server
+        received = belt.frames_received
+        await asyncio.sleep(2)  # 20 frames at its pace, had the watch gone on
+        assert belt.frames_received == received
+    finally:
+        await dash.stop()
 
 
 async def test_mutual_tls_with_several_processes(pki: Path, tmp_path: Path) -> None:

@@ -338,7 +338,8 @@ class Server:
 
     async def reload(self, settings: Settings) -> None:
         """Apply a changed config while running: tokens are added, removed and changed (new
-        calls are checked against the new set), the TLS files are read again (new
+        calls are checked against the new set, open watches and streams it refuses end with
+        that refusal), the TLS files are read again (new
         connections get the new certificate), the threshold applies to the next result,
         cameras are added, removed and restarted; other settings need a restart and are
         reported, not applied."""
@@ -412,10 +413,17 @@ class Server:
     def _reload_tokens(self, settings: Settings) -> None:
         assert self._tokens is not None
         old = self.settings.tokens
-        self._tokens.replace(settings.tokens)
+        ended = self._tokens.replace(settings.tokens)
         changes = token_changes(old, settings.tokens)
         if changes:  # none: only their order or a hash's letter case changed
             logger.info("reload: tokens: %s", "; ".join(changes))
+        if ended:  # open watches and streams the new tokens would refuse
+            logger.warning(
+                "reload: ended %d open call%s that the new tokens refuse: %s",
+                len(ended),
+                "" if len(ended) == 1 else "s",
+                ", ".join(ended),
+            )
         if not settings.tokens:
             logger.warning("reload: no tokens left: calls need no token from now on")
             # as it now runs: host and TLS as they were, the new (empty) tokens

@@ -16,7 +16,16 @@ Messages say what was expected and what arrived.
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
+
+
+def quietly(future: asyncio.Future[None]) -> None:
+    """A done callback that retrieves a write's outcome, so a failure no one waits for (the
+    client left) is not logged as "Task exception was never retrieved"."""
+    if not future.cancelled():
+        future.exception()
 
 
 class ConvstreamError(Exception):

@@ -13,8 +13,11 @@ the line to paste.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
+import inspect
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -23,6 +26,7 @@ import grpc
 from prometheus_client import Counter
 
 from convstream.server.config import TokenConfig
+from convstream.server.errors import quietly
 
 SERVICE = "/convstream.v1.Convstream/"
 ROLES = ("watch", "analyze")
@@ -57,10 +61,12 @@ def _role_allows(role: str, needed: str) -> bool:
 
 
 class TokenInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses calls without a valid ``authorization: Bearer <token>`` for their method.
+    """Refuses calls without a valid ``authorization: Bearer <token>`` for their method, and
+    ends the streaming calls open when a reload's tokens would refuse them.
 
     Installed whatever the config says, so that a reload can turn tokens on or off: with no
-    tokens every call passes through untouched.
+    tokens every call passes through (a streaming one watched, for the first token a reload
+    adds).
     """
 
     def __init__(self, tokens: Sequence[TokenConfig], refusals: Counter | None = None) -> None:
@@ -71,17 +77,36 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         """
         self._tokens: tuple[tuple[bytes, TokenConfig], ...] = ()
         self._refusals = refusals
+        self._open: set[_OpenCall] = set()
         self.replace(tokens)
 
     @property
     def tokens(self) -> tuple[TokenConfig, ...]:
         return tuple(config for _, config in self._tokens)
 
-    def replace(self, tokens: Sequence[TokenConfig]) -> None:
-        """Check new calls against ``tokens`` from now on; calls already open carry on."""
+    def replace(self, tokens: Sequence[TokenConfig]) -> list[str]:
+        """Check calls against ``tokens`` from now on: new ones, and the streaming calls
+        already open (a watch, a stream), which end with the refusal they would get now.
+
+        Returns:
+            what ended, e.g. ``["WatchCamera of 'dashboard'"]``, for the log.
+        """
         # One assignment of an immutable tuple: a call is checked against the old set or the
         # new one, never a mix.
         self._tokens = tuple((bytes.fromhex(t.sha256), t) for t in tokens)
+        ended = []
+        for call in list(self._open):
+            refusal = _refusal(self._tokens, call.method, call.credential)
+            if refusal is None or call.revoked is None or call.revoked.done():
+                continue
+            code, message = refusal
+            if code == grpc.StatusCode.UNAUTHENTICATED and call.token is not None:
+                message = f"token {call.token!r} was revoked: the server's config no longer has it"
+            call.revoked.set_result((code, f"ended by a reload of the server's config: {message}"))
+            self._count(call.method, code)
+            who = repr(call.token) if call.token is not None else "a call without a token"
+            ended.append(f"{_name(call.method)} of {who}")
+        return ended
 
     async def intercept_service(
         self,
@@ -90,36 +115,31 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         method = handler_call_details.method
         handler = await continuation(handler_call_details)
-        tokens = self._tokens
-        if not tokens or handler is None or method.startswith(OPEN_PREFIXES):
+        if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
-        token = _lookup(tokens, handler_call_details.invocation_metadata or ())
-        if isinstance(token, str):
-            return self._deny(handler, method, grpc.StatusCode.UNAUTHENTICATED, token)
-        needed = NEEDS.get(method.removeprefix(SERVICE), "watch")
-        if not _role_allows(token.role, needed):
-            return self._deny(
-                handler,
-                method,
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"token {token.name!r} has role {token.role!r}; {method.rsplit('/', 1)[-1]} "
-                f"needs role {needed!r}",
-            )
-        return handler
+        credential = _credential(handler_call_details.invocation_metadata or ())
+        refusal = _refusal(self._tokens, method, credential)
+        if refusal is not None:
+            self._count(method, refusal[0])
+            return _deny(handler, *refusal)
+        if not (handler.request_streaming or handler.response_streaming):
+            return handler  # a unary call is over before a reload could matter
+        token = _found(self._tokens, credential) if isinstance(credential, bytes) else None
+        return _watched(handler, _OpenCall(method, credential, token), self._open)
 
-    def _deny(
-        self, handler: grpc.RpcMethodHandler, method: str, code: grpc.StatusCode, message: str
-    ) -> Any:
+    def _count(self, method: str, code: grpc.StatusCode) -> None:
         if self._refusals is not None:
             # only methods this server has get here (handler is not None): bounded labels
             self._refusals.labels(method.lstrip("/"), code.name.lower()).inc()
-        return _deny(handler, code, message)
 
 
-def _lookup(
-    tokens: tuple[tuple[bytes, TokenConfig], ...], metadata: Sequence[tuple[str, str | bytes]]
-) -> TokenConfig | str:
-    """The token's config, or why the call has none (the message to refuse it with)."""
+def _name(method: str) -> str:
+    return method.rsplit("/", 1)[-1]
+
+
+def _credential(metadata: Sequence[tuple[str, str | bytes]]) -> bytes | str:
+    """The SHA-256 of the call's bearer token, or why it has none (the message to refuse it
+    with, should the server need a token): the token itself is not kept."""
     header = next((v for k, v in metadata if k == "authorization"), None)
     if header is None:
         return "this server needs a token: send metadata 'authorization: Bearer <token>'"
@@ -127,17 +147,115 @@ def _lookup(
     # RFC 7235: the scheme is case-insensitive ("bearer" from some HTTP libraries)
     if len(parts) != 2 or parts[0].lower() != "bearer":
         return "the authorization metadata must read 'Bearer <token>'"
-    digest = hashlib.sha256(parts[1].strip().encode()).digest()
+    return hashlib.sha256(parts[1].strip().encode()).digest()
+
+
+def _found(tokens: tuple[tuple[bytes, TokenConfig], ...], digest: bytes) -> TokenConfig | None:
     found = None
     for expected, config in tokens:  # compare with every one: no timing hint
         if hmac.compare_digest(digest, expected):
             found = config
-    if found is None:
-        return (
-            "the token was not recognised: it is none of this server's tokens "
-            "(mistyped, or removed from its config?)"
-        )
     return found
+
+
+def _refusal(
+    tokens: tuple[tuple[bytes, TokenConfig], ...], method: str, credential: bytes | str
+) -> tuple[grpc.StatusCode, str] | None:
+    """Why ``tokens`` refuse a call of ``method`` with ``credential``; None: they let it."""
+    if not tokens:
+        return None
+    if isinstance(credential, str):
+        return grpc.StatusCode.UNAUTHENTICATED, credential
+    token = _found(tokens, credential)
+    if token is None:
+        return (
+            grpc.StatusCode.UNAUTHENTICATED,
+            "the token was not recognised: it is none of this server's tokens "
+            "(mistyped, or removed from its config?)",
+        )
+    needed = NEEDS.get(method.removeprefix(SERVICE), "watch")
+    if not _role_allows(token.role, needed):
+        return (
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"token {token.name!r} has role {token.role!r}; {_name(method)} needs role {needed!r}",
+        )
+    return None
+
+
+class _OpenCall:
+    """A streaming call let in: what it was let in with, and, once a reload's tokens refuse
+    it, the status it ends with."""
+
+    def __init__(self, method: str, credential: bytes | str, token: TokenConfig | None) -> None:
+        self.method = method
+        self.credential = credential
+        self.token = token.name if token is not None else None  # the name it was let in with
+        self.revoked: asyncio.Future[tuple[grpc.StatusCode, str]] | None = None  # once running
+        self.writing: asyncio.Future[None] | None = None  # the last message handed to gRPC
+
+
+class _Writes:
+    """The call's context as its handler sees it, with each write noted: a message gRPC
+    holds must go before the status that ends the call (a status beside it is refused,
+    GRPC_CALL_ERROR_TOO_MANY_OPERATIONS, and the call would end without one)."""
+
+    def __init__(self, context: grpc.aio.ServicerContext, call: _OpenCall) -> None:
+        self._context = context
+        self._call = call
+
+    def write(self, message: Any) -> asyncio.Future[None]:
+        writing = asyncio.ensure_future(self._context.write(message))
+        writing.add_done_callback(quietly)  # its awaiter, if any, still gets its failure
+        self._call.writing = writing
+        return writing
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+def _watched(handler: grpc.RpcMethodHandler, call: _OpenCall, open_calls: set[_OpenCall]) -> Any:
+    """``handler`` run as a task of its own, ended with the refusal a reload gives it."""
+    shape = (handler.request_streaming, handler.response_streaming)
+    make, behaviour = {
+        (True, False): (grpc.stream_unary_rpc_method_handler, handler.stream_unary),
+        (False, True): (grpc.unary_stream_rpc_method_handler, handler.unary_stream),
+        (True, True): (grpc.stream_stream_rpc_method_handler, handler.stream_stream),
+    }[shape]
+
+    async def run(request: Any, context: _Writes) -> Any:
+        outcome = behaviour(request, context)
+        if not inspect.isasyncgen(outcome):
+            return await outcome
+        async for message in outcome:  # written here, to be noted
+            await asyncio.shield(context.write(message))
+        return None
+
+    async def watched(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        revoked = call.revoked = asyncio.get_running_loop().create_future()
+        running = asyncio.ensure_future(run(request, _Writes(context, call)))
+        open_calls.add(call)
+        try:
+            await asyncio.wait({running, revoked}, return_when=asyncio.FIRST_COMPLETED)
+            if not running.done():
+                running.cancel()
+                await asyncio.wait({running})
+                if call.writing is not None and not call.writing.done():
+                    await asyncio.wait({call.writing})  # until the client reads it, or leaves
+                with contextlib.suppress(grpc.aio.InternalError):  # it left: no one to tell
+                    await context.abort(*revoked.result())
+            return running.result()
+        finally:
+            open_calls.discard(call)
+            if not running.done():  # the client left: its handler ends as it would have
+                running.cancel()
+                await asyncio.wait({running})
+            quietly(running)  # a failure of a call the client left is no one's error
+
+    return make(
+        watched,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> Any:

@@ -22,6 +22,7 @@ from convstream.server.errors import (
     NotFound,
     Overloaded,
     RefusedMessage,
+    quietly,
 )
 from convstream.server.feeds import FeedFinished
 from convstream.server.metrics import Metrics
@@ -41,12 +42,6 @@ R = TypeVar("R")
 # How long a call that needs another process of this server waits for it to connect: one
 # that is restarting is back in a few seconds, and the call says so instead of hanging.
 PEER_CONNECT_S = 1.0
-
-
-def _quietly(write: asyncio.Future[None]) -> None:
-    """Retrieve a write's outcome, so a failure no one waits for is not logged as an error."""
-    if not write.cancelled():
-        write.exception()
 
 
 class ConvstreamServicer(pb_grpc.ConvstreamServicer):
@@ -195,7 +190,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         except asyncio.CancelledError:
             outcome = "cancelled"
             if write is not None:  # its failure, once the call is gone, is no one's error
-                write.add_done_callback(_quietly)
+                write.add_done_callback(quietly)
             raise  # a cancelled handler must stay cancelled, or grpc keeps its resources
         finally:
             self.budget.release(session.capacity)
@@ -220,7 +215,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             finally:
                 self.unread_streams -= 1
                 if not unsent.done():  # cancelled meanwhile (the server stopping)
-                    unsent.add_done_callback(_quietly)
+                    unsent.add_done_callback(quietly)
             return
         if self.draining.is_set():
             await context.abort(
