@@ -540,6 +540,32 @@ def test_check_config_says_a_gpu_asked_for_would_not_be_used(
     assert "warning: provider cuda: this host's onnxruntime runs CPUExecutionProvider" in out
 
 
+def test_a_config_whose_password_every_user_can_read_is_warned_of(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A camera's password in a config file of mode 0644 (what a plain umask gives) is
+    every local user's: said at start, on each reload and by --check-config, as ssh says of a
+    key file."""
+    config = tmp_path / "serve.toml"
+    config.write_text(
+        '# e.g. source = "rtsp://admin:example@cam/s" (a comment: not read)\n'
+        '[[cameras]]\nid = "dock-3"\nsource = "rtsp://user:hunter2@10.0.0.7/s"\n'
+        '[[cameras]]\nid = "gate"\nsource = "http://10.0.0.8/video.cgi?user=a&pwd=b"\n'
+    )
+    config.chmod(0o644)
+    assert main(["serve", "--check-config", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("config OK, 1 warning(s) below: "), out
+    assert (
+        f"warning: config {config} holds a password (lines 4, 7) and every user of this "
+        f"machine can read it (mode 0644): chmod 600 {config}\n" in out
+    )
+    assert "hunter2" not in out
+    config.chmod(0o640)  # its group only: the owner's call
+    assert main(["serve", "--check-config", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.startswith("config OK: ")
+
+
 def test_check_config_refuses_an_address_that_is_not_this_machines(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -562,6 +588,7 @@ def test_check_config_says_what_would_run_without_running_it(
         f'sha256 = "{"0" * 64}"\n'
         '[[cameras]]\nid = "dock-3"\nsource = "rtsp://user:hunter2@10.0.0.7/s"\nfps = 5\n'
     )
+    config.chmod(0o600)  # its password readable by all is a warning of its own (below)
     with socket.socket() as taken:  # nothing is bound: a port in use does not matter
         taken.bind(("127.0.0.1", 0))
         busy = str(taken.getsockname()[1])

@@ -87,6 +87,7 @@ def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) 
             serialization.NoEncryption(),
         )
     )
+    path.with_suffix(".key").chmod(0o600)  # as openssl writes one: readable by all is warned of
 
 
 @pytest.fixture(scope="module")
@@ -465,6 +466,18 @@ def test_unusable_tls_files_are_named_by_their_setting(
     assert message.format(**paths) in str(info.value)
 
 
+def test_a_tls_key_that_every_user_can_read_is_warned_of(pki: Path, tmp_path: Path) -> None:
+    """Any local user could read the key and pose as the server: said as ssh says it."""
+    key = tmp_path / "server.key"
+    key.write_bytes((pki / "server.key").read_bytes())
+    overrides = {"tls_cert": str(pki / "server.crt"), "tls_key": str(key)}
+    for mode, warned in ((0o644, True), (0o640, False), (0o600, False)):
+        key.chmod(mode)
+        pem = load_settings(overrides=overrides, environ={}).read_tls()
+        assert pem is not None
+        said = f"tls_key {key} can be read by every user of this machine (mode {mode:04o})"
+        assert any(said in warning for warning in pem.warnings) == warned, pem.warnings
+
 
 def test_expired_certificates_are_refused_and_one_that_expires_soon_is_warned_of(
     pki: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -499,6 +512,7 @@ def test_expired_certificates_are_refused_and_one_that_expires_soon_is_warned_of
     assert "is this machine's clock right?" in err
     (tmp_path / "server.crt").write_bytes((pki / "server.crt").read_bytes())
     (tmp_path / "server.key").write_bytes((pki / "server.key").read_bytes())
+    (tmp_path / "server.key").chmod(0o600)
     assert check("server", client_ca=tmp_path / "expired.crt") == 2  # an expired client CA
     assert f"tls_client_ca {tmp_path / 'expired.crt'} expired on " in capsys.readouterr().err
     # one old CA in a bundle of several, or an old intermediate after the server's own

@@ -135,30 +135,67 @@ def _serve(args: argparse.Namespace) -> int:
         "log_level",
     )
 
-    def load() -> Settings:
+    def read() -> Settings:
         overrides = {k: getattr(args, k) for k in keys}
         overrides["cameras"] = _camera_flags(args.cameras)
         return load_settings(args.config, overrides=overrides)
 
+    def load() -> Settings:  # a reload's: the log is set up by then
+        settings = read()
+        for warning in _readable_passwords(args.config):
+            logging.getLogger("convstream.server.config").warning("reload: %s", warning)
+        return settings
+
     try:
-        settings = load()
+        settings = read()
         pem = settings.read_tls()  # now, not after the model has loaded
     except (ConfigError, ValueError) as exc:  # TLSFileError is a ValueError
         print(f"convstream serve: {exc}", file=sys.stderr)
         return 2
+    warnings = _readable_passwords(args.config)
     if args.check_config:
-        return _check_config(settings, [] if pem is None else list(pem.warnings))
+        return _check_config(settings, [*warnings, *([] if pem is None else pem.warnings)])
     if args.print_settings:
         print(json.dumps(_settings_json(settings)))
         return 0
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for warning in warnings:
+        logging.getLogger("convstream.server.config").warning("%s", warning)
     if settings.processes > 1:
         from convstream.server.processes import Supervisor
 
         return Supervisor(settings, load, _RELOAD_ASKED).run()
     return _run_server(settings, load, None)
+
+
+def _readable_passwords(path: Path | None) -> list[str]:
+    """A warning when the config file holds a password (in a camera's URL) that every user
+    of this machine can read."""
+    from convstream.server.config import config_path
+    from convstream.server.sources import redact
+    from convstream.server.tls import readable_by_all
+
+    path = config_path(path, os.environ)
+    if path is None or (mode := readable_by_all(path)) is None:
+        return []
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []  # load_settings read it: changed since, the next reload says so
+    found = [
+        number
+        for number, line in enumerate(lines, 1)
+        if not line.lstrip().startswith("#") and redact(line) != line
+    ]
+    if not found:
+        return []
+    where = ", ".join(map(str, found[:5])) + (", ..." if len(found) > 5 else "")
+    return [
+        f"config {path} holds a password (line{'s' * (len(found) > 1)} {where}) and every user "
+        f"of this machine can read it ({mode}): chmod 600 {path}"
+    ]
 
 
 def _serve_child(child: str) -> int:

@@ -616,6 +616,13 @@ def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+def config_path(path: Path | None, environ: Mapping[str, str]) -> Path | None:
+    """The TOML file load_settings reads: ``path``, else the one CONVSTREAM_CONFIG names."""
+    if path is None and environ.get(f"{ENV_PREFIX}CONFIG"):
+        return Path(environ[f"{ENV_PREFIX}CONFIG"])
+    return path
+
+
 def load_settings(
     path: Path | None = None,
     *,
@@ -631,8 +638,7 @@ def load_settings(
         overrides: values from command-line flags; None values are ignored.
     """
     environ = os.environ if environ is None else environ
-    if path is None and environ.get(f"{ENV_PREFIX}CONFIG"):
-        path = Path(environ[f"{ENV_PREFIX}CONFIG"])
+    path = config_path(path, environ)
     toml: dict[str, Any] = {}
     if path is not None:
         try:

@@ -11,6 +11,7 @@ import base64
 import binascii
 import re
 import ssl
+import stat
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -40,6 +41,16 @@ class PemFiles:
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
+def readable_by_all(path: Path) -> str | None:
+    """``"mode 0644"`` when every user of this machine may read the file (a secret in it is
+    everyone's), else None (or when it cannot be looked at)."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return None
+    return f"mode {mode:04o}" if mode & stat.S_IROTH else None
+
+
 def missing_files(files: dict[str, Path | None]) -> list[str]:
     """One line per setting whose file is missing, e.g. "tls_cert /etc/x.crt does not exist"."""
     problems = []
@@ -67,6 +78,11 @@ def read_pem(cert: Path, key: Path, client_ca: Path | None) -> PemFiles:
     if client_ca is not None:
         pem = PemFiles(pem.cert, pem.key, _read("tls_client_ca", client_ca))
     warnings = check_pem(pem, cert, key, client_ca)
+    if (mode := readable_by_all(key)) is not None:
+        warnings.append(
+            f"tls_key {key} can be read by every user of this machine ({mode}): anyone of them "
+            f"can pose as this server; chmod 600 {key} (or 640, for a group the server runs in)"
+        )
     return PemFiles(pem.cert, pem.key, pem.client_ca, tuple(warnings))
 
 
