@@ -332,29 +332,42 @@ def test_every_client_command_says_its_exit_statuses(
         assert line in out, (command, line)
 
 
-async def test_client_commands_end_on_sigterm_or_ctrl_c_without_a_traceback() -> None:
-    """SIGTERM (`timeout 60 convstream watch ...`, systemd) killed a watch mid-line with no
-    summary; Ctrl-C outside the result loop (a server that does not answer) printed a
-    traceback. Both now end as Ctrl-C in the loop did: 143 and 130, the summary said."""
+async def _watch_then_signal(
+    python: list[str], sent: signal.Signals
+) -> tuple[int | None, bytes, bytes]:
+    """`python [python...] watch belt` of a demo camera, sent ``sent`` once a result came:
+    its exit status, stdout and stderr."""
     belt = CameraConfig(id="belt", source="demo:conveyor?fps=5")
     server = Server(Settings(port=0, metrics_port=0, cameras=(belt,)))
     await server.start()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    watch = [sys.executable, "-m", "convstream.cli", "watch", "belt"]
-    watch += ["--address", f"127.0.0.1:{server.port}"]
+    watch = [sys.executable, *python, "watch", "belt", "--address", f"127.0.0.1:{server.port}"]
     try:
         process = await asyncio.create_subprocess_exec(
-            *watch, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+            *watch,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         assert process.stdout is not None
         header = await asyncio.wait_for(process.stdout.readline(), 60)
         assert header.split()[:2] == [b"FRAME", b"SCORE"]
         await asyncio.wait_for(process.stdout.readline(), 30)  # a result: in the loop
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(sent)
         out, err = await asyncio.wait_for(process.communicate(), 30)
     finally:
         await server.stop(grace=0)
-    assert process.returncode == 143, err
+    return process.returncode, out, err
+
+
+async def test_client_commands_end_on_sigterm_or_ctrl_c_without_a_traceback() -> None:
+    """SIGTERM (`timeout 60 convstream watch ...`, systemd) killed a watch mid-line with no
+    summary; Ctrl-C outside the result loop (a server that does not answer) printed a
+    traceback. Both now end as Ctrl-C in the loop did: 143 and 130, the summary said."""
+    status, out, err = await _watch_then_signal(["-m", "convstream.cli"], signal.SIGTERM)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    assert status == 143, err
     assert b"Traceback" not in err and re.match(rb"\d+ frames? in ", out.splitlines()[-1]), out
     silent, port = blackhole()  # accepts, never answers: `info` waits inside its call
     try:
@@ -411,29 +424,10 @@ async def test_a_signal_inside_grpcs_wait_ends_a_watch_cleanly(sent: signal.Sign
     lock" and exit 1: the handler raised inside gRPC's Condition.wait, where the lock was
     released. Ctrl-C's KeyboardInterrupt could do the same. The signal now only closes the
     client, from a thread: 143 or 130, the summary said, no traceback, whenever it comes."""
-    belt = CameraConfig(id="belt", source="demo:conveyor?fps=5")
-    server = Server(Settings(port=0, metrics_port=0, cameras=(belt,)))
-    await server.start()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    watch = [sys.executable, "-c", _SIGNAL_IN_A_WAIT, str(int(sent)), "watch", "belt"]
-    watch += ["--address", f"127.0.0.1:{server.port}"]
-    try:
-        process = await asyncio.create_subprocess_exec(
-            *watch,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
-        assert process.stdout is not None
-        header = await asyncio.wait_for(process.stdout.readline(), 60)
-        assert header.split()[:2] == [b"FRAME", b"SCORE"]
-        await asyncio.wait_for(process.stdout.readline(), 30)  # a result: in the loop
-        process.send_signal(signal.SIGUSR1)
-        out, err = await asyncio.wait_for(process.communicate(), 30)
-    finally:
-        await server.stop(grace=0)
-    assert process.returncode == {signal.SIGTERM: 143, signal.SIGINT: 130}[sent], err
+    status, out, err = await _watch_then_signal(
+        ["-c", _SIGNAL_IN_A_WAIT, str(int(sent))], signal.SIGUSR1
+    )
+    assert status == {signal.SIGTERM: 143, signal.SIGINT: 130}[sent], err
     assert b"Traceback" not in err and err == b"", err
     assert b" damaged, " in out.splitlines()[-1], out  # the summary
 
