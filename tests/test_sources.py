@@ -440,7 +440,7 @@ def test_a_camera_that_stays_down_does_not_fill_the_log(
     retries = [r for r in caplog.records if "; retry " in r.getMessage()]
     assert len(retries) == 20  # every retry is still there at debug level
     said = [int(r.getMessage().split("; retry ")[1].split()[0]) for r in retries]
-    shown = [n for n, r in zip(said, retries, strict=True) if r.levelno == logging.INFO]
+    shown = [n for n, r in zip(said, retries, strict=True) if r.levelno == logging.WARNING]
     assert shown == [1, 2, 4, 8, 16], shown
     assert "connection refused" in retries[0].getMessage()
     assert "logged again at retry 2, 4, 8, ... and every 10 minutes" in retries[0].getMessage()
@@ -566,8 +566,34 @@ def test_a_camera_that_drops_now_and_then_after_flapping_is_no_longer_flapping(
     calm = [i for i, (_, m) in enumerate(said) if "no longer flapping" in m]
     assert len(calm) == 1 and "flapping" in said[FLAP_CHANGES - 1][1]
     # the drops after it are said again, each
-    after = [m for level, m in said[calm[0] + 1 :] if " -> " in m and level == logging.INFO]
+    after = [m for level, m in said[calm[0] + 1 :] if " -> " in m and level >= logging.INFO]
     assert len(after) >= 4 and all(m.startswith("camera dock: ") for m in after), said
+
+
+def test_a_camera_in_trouble_and_back_is_said_at_warning_level(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """At --log-level warning, the level operators keep, a camera that could not be reached
+    logged nothing: its state changes and retries were at info. Going into trouble and out
+    of it are warnings now; starting and stopping stay news, and a failure said with its
+    source is not said again in the state change after it."""
+    cam = Camera(CameraConfig(id="dock", source="rtsp://127.0.0.1:1/x"))
+    with caplog.at_level(logging.INFO, logger="convstream.server.camera"):
+        for state in ("RUNNING", "STALLED", "RUNNING", "RECONNECTING", "RUNNING", "FAILED"):
+            with cam._lock:
+                cam._set_state(pb.CameraState.Value(f"CAMERA_STATE_{state}"), "")
+        with cam._lock:
+            cam._set_state(pb.CAMERA_STATE_STOPPED, "no such video file", said=True)
+    said = [(logging.getLevelName(r.levelno), r.getMessage()) for r in caplog.records]
+    assert said == [
+        ("INFO", "camera dock: connecting -> running"),
+        ("WARNING", "camera dock: running -> stalled"),
+        ("WARNING", "camera dock: stalled -> running"),
+        ("WARNING", "camera dock: running -> reconnecting"),
+        ("WARNING", "camera dock: reconnecting -> running"),
+        ("WARNING", "camera dock: running -> failed"),
+        ("INFO", "camera dock: failed -> stopped"),
+    ], said
 
 
 def test_sighup_reloads_cameras_from_the_config_file(tmp_path: Path) -> None:

@@ -64,6 +64,11 @@ STATE_NAMES = {
     if code
 }
 
+# states a camera is in trouble in: a change into one (and out of it, back to running) is
+# logged as a warning
+_TROUBLE = frozenset(
+    {pb.CAMERA_STATE_STALLED, pb.CAMERA_STATE_RECONNECTING, pb.CAMERA_STATE_FAILED}
+)
 
 SLOW_INTERVAL_S = 60.0  # a rate is read from two events at most this far apart
 
@@ -284,7 +289,7 @@ class Camera:
                             logger.warning(
                                 "camera %s (%s): %s", self.config.id, self.spec.describe(), error
                             )
-                        self._set_state(state, "" if ended else str(error))
+                        self._set_state(state, "" if ended else str(error), said=True)
                 return
             failures += 1
             limit = self.config.max_reconnects
@@ -315,7 +320,8 @@ class Camera:
             if not again:
                 logged_at = now
             logger.log(
-                logging.DEBUG if again or self._flapping else logging.INFO,
+                # a warning: a log kept at --log-level warning says a camera is down
+                logging.DEBUG if again or self._flapping else logging.WARNING,
                 "camera %s (%s): %s; retry %d in %.1f s%s",
                 self.config.id,
                 self.spec.describe(),
@@ -458,8 +464,8 @@ class Camera:
             self.last_error = redact(error)
             self.last_error_at = time.time()
 
-    def _set_state(self, state: pb.CameraState, error: str) -> None:
-        """Change state (the caller holds the lock)."""
+    def _set_state(self, state: pb.CameraState, error: str, *, said: bool = False) -> None:
+        """Change state (the caller holds the lock); ``said``: the error is already logged."""
         error = redact(error)
         retried = state in (pb.CAMERA_STATE_RECONNECTING, pb.CAMERA_STATE_FAILED)
         if error and (error != self.last_error or retried):
@@ -470,11 +476,16 @@ class Camera:
             flaps = len(self._changes) == FLAP_CHANGES and now - self._changes[0] < FLAP_WINDOW_S
             change = (
                 f"camera {self.config.id}: {STATE_NAMES[self.state]} -> {STATE_NAMES[state]}"
-                + (f" ({error})" if error and error != self.last_error else "")
+                + (f" ({error})" if error and error != self.last_error and not said else "")
             )
+            # Trouble, and its end, are warnings: a log kept at --log-level warning shows
+            # each camera going down and coming back; a start or a stop is news.
+            level = logging.INFO
+            if state in _TROUBLE or (self.state in _TROUBLE and state == pb.CAMERA_STATE_RUNNING):
+                level = logging.WARNING
             if state in (pb.CAMERA_STATE_FAILED, pb.CAMERA_STATE_STOPPED):
                 self._flapping = False  # given up or stopped: said, flapping or not
-                logger.info("%s", change)
+                logger.log(level, "%s", change)
             elif self._flapping:
                 self._unlogged += 1
                 logger.debug("%s", change)
@@ -494,7 +505,7 @@ class Camera:
                     FLAP_WINDOW_S,
                 )
             else:
-                logger.info("%s", change)
+                logger.log(level, "%s", change)
             self.state = state
             self.state_since = time.time()
         self.last_error = error
