@@ -51,6 +51,8 @@ from convstream.client import cli as client_cli
 from convstream.client._report import cameras_text
 from convstream.client.cli import CameraLull
 from convstream.server import CameraConfig, Server, Settings
+from convstream.server.config import TokenConfig
+from convstream.server.security import token_hash
 from convstream.v1 import convstream_pb2 as pb
 
 pytestmark = pytest.mark.timeout(60)
@@ -259,11 +261,23 @@ async def test_a_quiet_watch_says_whether_the_server_answers(
             told = await asyncio.to_thread(lull_says, client)
     finally:
         silent.close()
-    assert "and the server does not answer" in told and "network or the server" in told
+    assert "and the server does not answer: call to 127.0.0.1:" in told, told
+    assert "timed out" in told and "the network between here and there" in told, told
     assert told.count("\n") == 1  # said once while it lasts
     with Client(address(server)) as client:  # a running camera, and no result here
         told = await asyncio.to_thread(lull_says, client)
     assert "although camera 'belt' analyses frames: its results are not getting here" in told
+    # a token revoked while it watched: refused, not "the network"
+    tokens = (TokenConfig(name="dashboard", role="watch", sha256=token_hash("kept")),)
+    guarded = Server(server.settings.model_copy(update={"port": 0, "tokens": tokens}))
+    await guarded.start()
+    try:
+        with Client(address(guarded), token="revoked") as client:
+            told = await asyncio.to_thread(lull_says, client)
+    finally:
+        await guarded.stop(grace=0)
+    assert "and the server refuses this client: the token was not recognised" in told, told
+    assert "(this server does not take that token: ask its operator" in told, told
 
 
 async def test_max_fps_is_honoured(server: Server) -> None:

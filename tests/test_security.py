@@ -985,9 +985,13 @@ async def test_the_dashboard_says_whether_its_token_is_missing_or_wrong(
     from convstream.dashboard import Dashboard, DashboardSettings
 
     address = f"127.0.0.1:{token_server.port}"
-    for token, says in [
-        (None, "give this server's token with --token-file FILE or the CONVSTREAM_TOKEN"),
-        ("not-a-token", "the token was not recognised: it is none of this server's tokens"),
+    for token, says, error in [
+        (None, "give this server's token with --token-file FILE or the CONVSTREAM_TOKEN", ""),
+        (
+            "not-a-token",
+            "this server does not take that token: ask its operator for one it does",
+            "the token was not recognised: it is none of this server's tokens",
+        ),
     ]:
         dash = Dashboard(DashboardSettings(address=address, port=0, poll_s=0.2, token=token))
         await dash.start()
@@ -998,6 +1002,7 @@ async def test_the_dashboard_says_whether_its_token_is_missing_or_wrong(
                 await asyncio.sleep(0.05)
             assert dash.hub.server["refused"], dash.hub.server
             assert says in dash.hub.server["hint"], dash.hub.server
+            assert error in dash.hub.server["error"], dash.hub.server
         finally:
             await dash.stop()
 

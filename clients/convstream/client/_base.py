@@ -274,6 +274,11 @@ class BaseClient:
         return _Resumption(self, resume, camera_id)
 
     @property
+    def has_token(self) -> bool:
+        """Whether its calls carry a token (``authorization: Bearer ...``)."""
+        return self._token is not None
+
+    @property
     def closed(self) -> bool:
         """True once close() was called: its calls raise RuntimeError, those in progress
         Cancelled."""

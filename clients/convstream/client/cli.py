@@ -405,7 +405,7 @@ def _run(args: argparse.Namespace, body: Callable[[Client], int]) -> int:
         if isinstance(exc, ServerUnavailable):
             hint = unavailable_hint(exc.message, tls_from_flags(args))
         elif isinstance(exc, Unauthenticated | PermissionDenied):
-            hint = refused_hint(exc.code.name if exc.code else "")
+            hint = refused_hint(exc.code.name if exc.code else "", token=client.has_token)
         hint = f" ({hint})" if hint else ""
         print(f"convstream {args.command}: {exc.message}{hint}", file=sys.stderr)
         return _exit_status(exc)
@@ -724,13 +724,26 @@ class CameraLull:
             except (ConvstreamError, RuntimeError) as exc:  # RuntimeError: a closed client
                 if self._client.closed:  # by Ctrl-C or SIGTERM (Interruption): nothing to say
                     return
-                # A stalled link or a server gone quiet: the watch itself notices only when
-                # its keepalive fails, about a minute on.
+                assert isinstance(exc, ConvstreamError)
                 quiet = time.monotonic() - self._last
+                if isinstance(exc, Unauthenticated | PermissionDenied):
+                    # the watch ends with this refusal as it tries again
+                    code = exc.code.name if exc.code else ""
+                    hint = refused_hint(code, token=self._client.has_token)
+                    self._say(
+                        "refused",
+                        f"no result for {quiet:.0f} s, and the server refuses this client: "
+                        f"{exc.message} ({hint})",
+                    )
+                    continue
+                # A stalled link or a server gone quiet: the watch itself notices only when
+                # its keepalive fails, about a minute on. Its error says which, with what to
+                # check (a certificate for another name keeps a watch waiting for ever).
+                hint = unavailable_hint(exc.message, self._client.tls)
                 self._say(
                     "unreachable",
-                    f"no result for {quiet:.0f} s, and the server does not answer "
-                    f"({type(exc).__name__}): the network or the server is down; waiting",
+                    f"no result for {quiet:.0f} s, and the server does not answer: "
+                    f"{exc.message} ({hint or 'the network or the server is down'}); waiting",
                 )
                 continue
             camera = cameras.get(self._camera_id)

@@ -79,10 +79,16 @@ def token_from_flags(
     return clean_token(args.token or environ.get(TOKEN_ENV) or None)
 
 
-def refused_hint(code: str) -> str:
-    """What to do when the server refused a call for its token (a gRPC status code's name)."""
-    if code == "UNAUTHENTICATED":
+def refused_hint(code: str, *, token: bool) -> str:
+    """What to do when the server refused a call for its token (a gRPC status code's name);
+    ``token``: whether the call carried one."""
+    if code == "UNAUTHENTICATED" and not token:
         return f"give this server's token with --token-file FILE or the {TOKEN_ENV} variable"
+    if code == "UNAUTHENTICATED":  # revoked, mistyped, or another server's
+        return (
+            "this server does not take that token: ask its operator for one it does "
+            "(`convstream token` makes one for its config)"
+        )
     if code == "PERMISSION_DENIED":
         return "the token's role does not allow this; `convstream token --role analyze` makes one"
     return ""

@@ -225,9 +225,8 @@ class Hub:
                 # Once an outage has lasted a few seconds (not while a server started beside
                 # the dashboard comes up), and again when its cause changes.
                 refused = exc.code().name in REFUSED
-                if refused:
-                    # with a token given, the server's own words say what is wrong with it
-                    hint = exc.details() if self._metadata else refused_hint(exc.code().name)
+                if refused:  # the server's own words are in error
+                    hint = refused_hint(exc.code().name, token=bool(self._metadata))
                 elif exc.code() == grpc.StatusCode.UNAVAILABLE:
                     hint = unavailable_hint(error, self.settings.tls)
                 elif exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
