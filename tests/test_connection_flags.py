@@ -104,6 +104,14 @@ async def test_cli_reaches_a_mutual_tls_server_with_a_token_kept_out_of_ps(
     assert "the first line is empty" in capsys.readouterr().err
     assert await info(server, *tls, "--token-file", str(tmp_path / "none")) == 2
     assert f"--token-file {tmp_path / 'none'}: No such file" in capsys.readouterr().err
+    # the CA given as the token file, and a token with a space: where it came from is said
+    assert await info(server, *tls, "--token-file", str(pki["ca.pem"])) == 2
+    err = capsys.readouterr().err
+    assert f"--token-file {pki['ca.pem']}: this is a PEM file's text" in err, err
+    monkeypatch.setenv(TOKEN_ENV, "two words")
+    assert await info(server, *tls) == 2
+    err = capsys.readouterr().err
+    assert f"{TOKEN_ENV}: token must be printable ASCII without spaces" in err, err
 
 
 async def test_cli_says_which_side_of_tls_is_wrong(

@@ -74,9 +74,24 @@ def token_from_flags(
         token = lines[0].strip() if lines else ""
         if not token:
             raise ValueError(f"--token-file {args.token_file}: the first line is empty")
-        return clean_token(token)
+        return _token(token, f"--token-file {args.token_file}")
     environ = os.environ if environ is None else environ
-    return clean_token(args.token or environ.get(TOKEN_ENV) or None)
+    if args.token:
+        return _token(args.token, "--token")
+    return _token(environ.get(TOKEN_ENV) or None, TOKEN_ENV)
+
+
+def _token(token: str | None, given: str) -> str | None:
+    """clean_token's, with where the token came from in its error."""
+    if token is not None and token.lstrip().startswith("-----BEGIN"):
+        raise ValueError(
+            f"{given}: this is a PEM file's text (a certificate or a key), not a token: give "
+            "the token the server's operator made with `convstream token`"
+        )
+    try:
+        return clean_token(token)
+    except ValueError as exc:
+        raise ValueError(f"{given}: {exc}") from None
 
 
 def refused_hint(code: str, *, token: bool) -> str:
