@@ -10,9 +10,11 @@ tests/dashboard_artifacts/ (or $CONVSTREAM_TEST_ARTIFACTS); look at them.
 from __future__ import annotations
 
 import asyncio
+import http.server
 import os
 import re
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
@@ -977,12 +979,26 @@ _LAYOUT = """() => {
 async def test_a_wall_of_many_cameras_fits_on_one_screen(browser: Any, artifacts: Path) -> None:
     """Nine cameras: full tiles (figures, chart) at 1920x1080 would need scrolling, so they
     go compact and every tile is in view, at 1920x1080 and at 1366x768; a window large
-    enough for full tiles gets them back."""
+    enough for full tiles gets them back. A camera's long error (a 401's advice) stays
+    inside its compact tile: it ran out of the picture, its state word with it."""
     from playwright.async_api import expect
 
-    cameras = tuple(
-        CameraConfig(id=f"aisle-{k}", source=f"demo:conveyor?fps=2&seed={k}") for k in range(9)
-    )
+    class Refusing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="camera"')
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    refusing = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=refusing.serve_forever, daemon=True).start()
+    demos = [
+        CameraConfig(id=f"aisle-{k}", source=f"demo:conveyor?fps=2&seed={k}") for k in range(8)
+    ]
+    refused = CameraConfig(id="aisle-8", source=f"http://127.0.0.1:{refusing.server_port}/v.mjpg")
+    cameras = (*demos, refused)
     server = Server(Settings(port=0, metrics_port=0, cameras=cameras))
     await server.start()
     dash = Dashboard(DashboardSettings(address=f"127.0.0.1:{server.port}", port=0, poll_s=0.5))
@@ -991,7 +1007,7 @@ async def test_a_wall_of_many_cameras_fits_on_one_screen(browser: Any, artifacts
         for width, height in ((1920, 1080), (1366, 768)):
             page = await _open(browser, dash, width, height)
             await expect(page.locator("article.tile")).to_have_count(9, timeout=15000)
-            for k in range(9):  # all pictures in, for the screenshot
+            for k in range(8):  # all pictures in, for the screenshot
                 await expect(_tile(page, f"aisle-{k}").locator(".state")).to_have_text(
                     "running", timeout=15000
                 )
@@ -999,6 +1015,13 @@ async def test_a_wall_of_many_cameras_fits_on_one_screen(browser: Any, artifacts
             layout = await page.evaluate(_LAYOUT)
             assert layout["inView"] == 9 and not layout["scrolls"], layout
             assert layout["width"] >= 240, layout
+            notice = _tile(page, "aisle-8").locator(".notice")
+            await expect(notice).to_contain_text("HTTP 401", timeout=15000)
+            box = await notice.bounding_box()
+            view = await _tile(page, "aisle-8").locator(".view").bounding_box()
+            assert box and view, (box, view)
+            assert view["y"] <= box["y"] and box["y"] + box["height"] <= view["y"] + view["height"]
+            await expect(notice).to_have_attribute("title", re.compile(r"then '@'$"))
             # what compact keeps: the name, state, score and fps; not the chart
             tile = _tile(page, "aisle-0")
             await expect(tile.locator(".v-fps")).to_be_visible()
@@ -1027,6 +1050,8 @@ async def test_a_wall_of_many_cameras_fits_on_one_screen(browser: Any, artifacts
     finally:
         await dash.stop()
         await server.stop(grace=0)
+        refusing.shutdown()
+        refusing.server_close()
 
 
 async def test_a_published_client_stream_gets_a_tile_while_it_lasts() -> None:

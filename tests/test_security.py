@@ -1035,6 +1035,7 @@ async def test_a_dashboard_whose_token_is_revoked_stops_getting_frames(
             await asyncio.sleep(0.05)
         assert "token 'dashboard' was revoked" in belt.watch_error, belt.watch_error
         assert dash.hub.server["refused"], dash.hub.server
+        assert belt.status["last_error"] == "the convstream server refuses this dashboard's token"
         received = belt.frames_received
         await asyncio.sleep(2)  # 20 frames at its pace, had the watch gone on
         assert belt.frames_received == received

@@ -263,7 +263,9 @@ class Hub:
                     view.status = {
                         **view.status,
                         "state": "offline",
-                        "last_error": "convstream server unreachable",
+                        "last_error": "the convstream server refuses this dashboard's token"
+                        if refused
+                        else "convstream server unreachable",
                         "fps_in": 0.0,
                         "fps_out": 0.0,
                         "latency_ms": 0.0,

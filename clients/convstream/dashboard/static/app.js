@@ -191,6 +191,7 @@
       if (key === this.noticeKey) return;
       this.noticeKey = key;
       this.notice.hidden = !title;
+      this.notice.title = detail; // the whole of it, where the tile shows only its start
       this.notice.replaceChildren();
       if (title) {
         this.notice.append(document.createTextNode(title));
