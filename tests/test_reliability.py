@@ -387,6 +387,38 @@ async def test_the_admission_budgets_are_gauges_an_operator_can_watch(
         await server.stop(grace=0)
 
 
+async def test_a_watch_left_while_a_write_waits_gives_back_its_watcher_at_once(
+    camera_server: Server,
+) -> None:
+    """A client that stops reading (its window full, the server's write of a result waiting)
+    and then leaves. The handler's generator was left paused at its yield, and its finally
+    (which gives the camera's watcher back) ran only when the garbage collector came by: in
+    8 runs of 11 the watcher still counted against max_watchers 88 s later. With the
+    collector off, it must go at once."""
+    feed = camera_server.cameras.feeds[CAMERA]  # type: ignore[union-attr]
+    request = pb.WatchCameraRequest(
+        camera_id=CAMERA,
+        options=pb.ResultOptions(include_frame=True, include_heatmap=True, feature_maps=["stage1"]),
+    )
+    gc.disable()
+    try:
+        # gRPC's smallest window (no BDP probing, 64 KiB): one result fills it
+        options = [("grpc.http2.bdp_probe", 0), ("grpc.max_receive_message_length", -1)]
+        address = f"127.0.0.1:{camera_server.port}"
+        async with grpc.aio.insecure_channel(address, options=options) as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+            calls = [stub.WatchCamera(request) for _ in range(4)]  # most kept it: 4 to be sure
+            for call in calls:
+                assert isinstance(await call.read(), pb.FrameResult)
+            await asyncio.sleep(2)  # read no more: the server's next writes wait
+            assert len(feed.watchers) == 4
+            for call in calls:
+                call.cancel()
+            await wait_until(lambda: not feed.watchers, 5, "the watchers given back")
+    finally:
+        gc.enable()
+
+
 async def test_open_send_cancel_cycles_leave_nothing_behind(
     monkeypatch: pytest.MonkeyPatch, camera_settings: Settings
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import gc
 import hashlib
 import ipaddress
 import logging
@@ -1005,6 +1006,50 @@ async def test_the_dashboard_says_whether_its_token_is_missing_or_wrong(
             assert error in dash.hub.server["error"], dash.hub.server
         finally:
             await dash.stop()
+
+
+async def test_a_revoked_watch_that_reads_nothing_gives_back_its_watcher_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A revoked call whose client reads nothing: its handler ends at the reload, and the
+    camera watcher it held is given back then (not when the garbage collector comes by, nor
+    when the client reads); the status follows the result gRPC holds, once it is read."""
+    caplog.set_level(logging.WARNING, logger="convstream.server.app")
+    dashboard = TokenConfig(name="dashboard", role="watch", sha256=token_hash(WATCH_TOKEN))
+    belt = CameraConfig(id="belt", source="demo:conveyor?fps=10")
+    server = await _start(Settings(port=0, metrics_port=-1, cameras=(belt,), tokens=(dashboard,)))
+    feed = server.cameras.feeds["belt"]  # type: ignore[union-attr]
+    request = pb.WatchCameraRequest(
+        camera_id="belt",
+        options=pb.ResultOptions(include_frame=True, include_heatmap=True, feature_maps=["stage1"]),
+    )
+    # gRPC's smallest window (no BDP probing, 64 KiB): one result fills it
+    options = [("grpc.http2.bdp_probe", 0), ("grpc.max_receive_message_length", -1)]
+    gc.disable()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}", options=options) as ch:
+            stub = pb_grpc.ConvstreamStub(ch)
+            calls = [stub.WatchCamera(request, metadata=_bearer(WATCH_TOKEN)) for _ in range(4)]
+            for call in calls:
+                await call.read()
+            await asyncio.sleep(1)  # they read no more: the server's next writes wait
+            assert len(feed.watchers) == 4
+            other = dashboard.model_copy(update={"name": "other", "sha256": token_hash("x")})
+            await server.reload(server.settings.model_copy(update={"tokens": (other,)}))
+            assert "ended 4 open calls" in caplog.text
+            for _ in range(20):
+                if not feed.watchers:
+                    break
+                await asyncio.sleep(0.05)
+            assert not feed.watchers, "a revoked call that reads nothing kept its watcher"
+            for call in calls:  # read at last: the results held, then the status
+                with pytest.raises(grpc.aio.AioRpcError) as ended:
+                    while await asyncio.wait_for(call.read(), 10) is not grpc.aio.EOF:
+                        pass
+                assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        gc.enable()
+        await server.stop(grace=0)
 
 
 async def test_a_dashboard_whose_token_is_revoked_stops_getting_frames(

@@ -110,8 +110,9 @@ class Interruption:
         for signum, handler in self._before.items():
             signal.signal(signum, handler)  # type: ignore[arg-type]
         # What the close() gave: Cancelled from the call in progress, RuntimeError from a call
-        # begun after it. The command ends with the signal's status, without a message.
-        return bool(self.status) and isinstance(exc, ConvstreamError | RuntimeError)
+        # begun after it (or gRPC's ValueError, begun as it closed). The command ends with the
+        # signal's status, without a message.
+        return bool(self.status) and isinstance(exc, Exception)
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.status:  # asked twice: whatever the command was waiting for
@@ -721,10 +722,11 @@ class CameraLull:
             try:
                 # briefly: a frozen link held the question for the whole call timeout
                 cameras = {c.id: c for c in self._client.cameras(timeout=ASK_S)}
-            except (ConvstreamError, RuntimeError) as exc:  # RuntimeError: a closed client
+            except Exception as exc:
                 if self._client.closed:  # by Ctrl-C or SIGTERM (Interruption): nothing to say
-                    return
-                assert isinstance(exc, ConvstreamError)
+                    return  # (a RuntimeError, or gRPC's ValueError as it closed, then)
+                if not isinstance(exc, ConvstreamError):
+                    raise
                 quiet = time.monotonic() - self._last
                 if isinstance(exc, Unauthenticated | PermissionDenied):
                     # the watch ends with this refusal as it tries again

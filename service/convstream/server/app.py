@@ -216,7 +216,11 @@ class Server:
         self.metrics.provider.labels(model.provider, model.requested_provider).set(1)
 
         # Always installed, so a reload can add the first token or remove the last one.
-        self._tokens = TokenInterceptor(settings.tokens, self.metrics.auth_refusals)
+        self._tokens = TokenInterceptor(
+            settings.tokens,
+            self.metrics.auth_refusals,
+            forwarded=self.peers.forwarded if self.peers is not None else None,
+        )
         server = grpc.aio.server(
             options=grpc_options(settings, share_port=self.peers is not None),
             interceptors=[self._tokens],

@@ -69,14 +69,23 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
     adds).
     """
 
-    def __init__(self, tokens: Sequence[TokenConfig], refusals: Counter | None = None) -> None:
+    def __init__(
+        self,
+        tokens: Sequence[TokenConfig],
+        refusals: Counter | None = None,
+        *,
+        forwarded: Callable[[Sequence[tuple[str, str | bytes]]], bool] | None = None,
+    ) -> None:
         """
         Args:
             tokens: the tokens that may call, each with its role; none: no token needed.
             refusals: counts each refused call by method and reason, when given.
+            forwarded: whether a call's metadata marks it as forwarded by another process
+                of this server: ended there as well, it is counted and logged there only.
         """
         self._tokens: tuple[tuple[bytes, TokenConfig], ...] = ()
         self._refusals = refusals
+        self._forwarded = forwarded
         self._open: set[_OpenCall] = set()
         self.replace(tokens)
 
@@ -103,6 +112,8 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
             if code == grpc.StatusCode.UNAUTHENTICATED and call.token is not None:
                 message = f"token {call.token!r} was revoked: the server's config no longer has it"
             call.revoked.set_result((code, f"ended by a reload of the server's config: {message}"))
+            if call.forwarded:
+                continue  # the process it was forwarded from counts and logs it
             self._count(call.method, code)
             who = repr(call.token) if call.token is not None else "a call without a token"
             ended.append(f"{_name(call.method)} of {who}")
@@ -117,7 +128,8 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
-        credential = _credential(handler_call_details.invocation_metadata or ())
+        metadata = handler_call_details.invocation_metadata or ()
+        credential = _credential(metadata)
         refusal = _refusal(self._tokens, method, credential)
         if refusal is not None:
             self._count(method, refusal[0])
@@ -125,7 +137,9 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         if not (handler.request_streaming or handler.response_streaming):
             return handler  # a unary call is over before a reload could matter
         token = _found(self._tokens, credential) if isinstance(credential, bytes) else None
-        return _watched(handler, _OpenCall(method, credential, token), self._open)
+        call = _OpenCall(method, credential, token)
+        call.forwarded = self._forwarded is not None and self._forwarded(metadata)
+        return _watched(handler, call, self._open)
 
     def _count(self, method: str, code: grpc.StatusCode) -> None:
         if self._refusals is not None:
@@ -192,6 +206,7 @@ class _OpenCall:
         self.token = token.name if token is not None else None  # the name it was let in with
         self.revoked: asyncio.Future[tuple[grpc.StatusCode, str]] | None = None  # once running
         self.writing: asyncio.Future[None] | None = None  # the last message handed to gRPC
+        self.forwarded = False  # by another process of this server
 
 
 class _Writes:
@@ -226,8 +241,12 @@ def _watched(handler: grpc.RpcMethodHandler, call: _OpenCall, open_calls: set[_O
         outcome = behaviour(request, context)
         if not inspect.isasyncgen(outcome):
             return await outcome
-        async for message in outcome:  # written here, to be noted
-            await asyncio.shield(context.write(message))
+        # aclosing: cancelled while a write waits (a client that reads nothing and leaves,
+        # or a reload), the generator is closed at once, and its finally gives back what it
+        # holds (a camera watcher), not whenever it is collected
+        async with contextlib.aclosing(outcome) as messages:
+            async for message in messages:  # written here, to be noted
+                await asyncio.shield(context.write(message))
         return None
 
     async def watched(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -239,10 +258,7 @@ def _watched(handler: grpc.RpcMethodHandler, call: _OpenCall, open_calls: set[_O
             if not running.done():
                 running.cancel()
                 await asyncio.wait({running})
-                if call.writing is not None and not call.writing.done():
-                    await asyncio.wait({call.writing})  # until the client reads it, or leaves
-                with contextlib.suppress(grpc.aio.InternalError):  # it left: no one to tell
-                    await context.abort(*revoked.result())
+                await _end(context, call, revoked.result())
             return running.result()
         finally:
             open_calls.discard(call)
@@ -256,6 +272,21 @@ def _watched(handler: grpc.RpcMethodHandler, call: _OpenCall, open_calls: set[_O
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
+
+
+async def _end(
+    context: grpc.aio.ServicerContext, call: _OpenCall, status: tuple[grpc.StatusCode, str]
+) -> None:
+    """End a call a reload refuses with ``status``, after the message gRPC holds for it: once
+    its client reads that one, or leaves. Its handler has ended: what it held (a camera
+    watcher, a stream's place and frames) is given back now; the call holds that message
+    alone meanwhile, as a stream whose results wait unread (the status waits behind it in
+    any case: without a status, its client would wait for ever)."""
+    if call.writing is not None and not call.writing.done():
+        await asyncio.wait({call.writing})
+    # InternalError: the client left; UsageError: the handler's own abort came first
+    with contextlib.suppress(grpc.aio.InternalError, grpc.aio.UsageError):
+        await context.abort(*status)
 
 
 def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> Any:
