@@ -725,7 +725,7 @@ def test_an_http_camera_that_answers_404_or_401_is_told_so() -> None:
                 self.send_response(200, "OK \x1b]0;PWNED\x07\x1b[2J" + "A" * 3000)
                 self.send_header("Content-Type", "video/x-\x1b[31mred" + "B" * 3000)
                 self.end_headers()
-            elif self.path != "/video.mjpg":
+            elif self.path.split("?")[0] != "/video.mjpg":
                 self.send_error(404)
             elif (
                 self.headers.get("Authorization")
@@ -753,6 +753,9 @@ def test_an_http_camera_that_answers_404_or_401_is_told_so() -> None:
             "Unauthorized): put them in the URL, after http:// and before the host: the user "
             "name, ':', the password, then '@'",
             f"http://admin:nope@{at}/video.mjpg": "it refused the user name or password",
+            # a camera that takes them in the query: not told to put them after http://
+            f"http://{at}/video.mjpg?user=admin&pwd=nope": "it refused the credentials in the "
+            "URL's query (HTTP 401 Unauthorized); check them",
             # a web page or an API at the path, not a stream: said so, not as a codec problem
             f"http://admin:s3cret@{at}/video.mjpg": "it answers with text/plain (HTTP 200 OK), "
             "not a video stream: a web page or an API there, not the camera's stream; check "

@@ -117,7 +117,15 @@ def _ask(parts: SplitResult, scheme: str, address: Address, deadline: float) -> 
                     f"it refused the user name or password in the URL ({status} {reason}); a "
                     "password's '@', ':' or '/' must be written %40, %3A, %2F"
                 )
+    from convstream.server.sources import redact  # here: sources imports this module
+
     said = f"{scheme.upper()} {status} {reason}".strip()
+    if status == 401 and parts.query and redact("?" + parts.query) != "?" + parts.query:
+        # credentials in the query (?user=admin&pwd=...), as many cameras take them
+        return (
+            f"it refused the credentials in the URL's query ({said}); check them, or put the "
+            f"user name and password after {scheme}:// instead, if the camera takes them there"
+        )
     if status == 401:
         return (
             # not written as a URL with a password: redact() would hide the example's
