@@ -10,6 +10,7 @@ import hashlib
 import ipaddress
 import logging
 import os
+import re
 import signal
 import socket
 import ssl
@@ -198,7 +199,8 @@ def _bearer(token: str) -> tuple[tuple[str, str]]:
     return (("authorization", f"Bearer {token}"),)
 
 
-async def test_tokens_and_roles(token_server: Server) -> None:
+async def test_tokens_and_roles(token_server: Server, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="convstream.server.security")
     frame = pb.FrameRequest(encoded=jpeg(scene(2, 240, 320)))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{token_server.port}") as channel:
         stub = pb_grpc.ConvstreamStub(channel)
@@ -251,6 +253,18 @@ async def test_tokens_and_roles(token_server: Server) -> None:
         ("convstream.v1.Convstream/Analyze", "permission_denied"): 1.0,
         ("convstream.v1.Convstream/StreamFrames", "permission_denied"): 1.0,
     }
+    # and logged, with the caller's address, once per address and reason for a while (a
+    # client with a wrong token may try every second); never a token
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2, said
+    assert re.match(
+        r"refused GetModelInfo from ipv4:127\.0\.0\.1:\d+: UNAUTHENTICATED: this server needs "
+        r"a token",
+        said[0],
+    ), said
+    assert said[1].startswith("refused Analyze from ipv4:127.0.0.1:"), said
+    assert "PERMISSION_DENIED: token 'dashboard' has role 'watch'" in said[1], said
+    assert all(WATCH_TOKEN not in line and "not-a-token" not in line for line in said)
     # the Python client's error says how to give a token in Python, beside the server's words
     with (
         Client(f"127.0.0.1:{token_server.port}") as anonymous,

@@ -18,7 +18,10 @@ import contextlib
 import hashlib
 import hmac
 import inspect
+import logging
+import math
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -38,6 +41,9 @@ NEEDS = {
     "StreamFrames": "analyze",
 }
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+REFUSALS_LOG_S = 600.0  # a refused call is logged once per caller's host and reason this often
+
+logger = logging.getLogger(__name__)
 
 
 def new_token() -> tuple[str, str]:
@@ -87,6 +93,7 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         self._refusals = refusals
         self._forwarded = forwarded
         self._open: set[_OpenCall] = set()
+        self._said: dict[tuple[str, str], float] = {}  # a refusal logged: by host and reason
         self.replace(tokens)
 
     @property
@@ -133,13 +140,37 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         refusal = _refusal(self._tokens, method, credential)
         if refusal is not None:
             self._count(method, refusal[0])
-            return _deny(handler, *refusal)
+            return _deny(handler, *refusal, said=self._logger(method, *refusal))
         if not (handler.request_streaming or handler.response_streaming):
             return handler  # a unary call is over before a reload could matter
         token = _found(self._tokens, credential) if isinstance(credential, bytes) else None
         call = _OpenCall(method, credential, token)
         call.forwarded = self._forwarded is not None and self._forwarded(metadata)
         return _watched(handler, call, self._open)
+
+    def _logger(self, method: str, code: grpc.StatusCode, message: str) -> Callable[[str], None]:
+        """What logs a refusal, given the caller's address: once per address and reason
+        every REFUSALS_LOG_S (a client with a wrong token may try every second)."""
+
+        def say(peer: str) -> None:
+            key = (peer.rpartition(":")[0] or peer, code.name)  # its host, any port
+            now = time.monotonic()
+            if now - self._said.get(key, -math.inf) < REFUSALS_LOG_S:
+                return
+            if len(self._said) >= 1024:  # many callers: forget the old ones
+                self._said.clear()
+            self._said[key] = now
+            logger.warning(
+                "refused %s from %s: %s: %s (again from there in %.0f minutes at the most; "
+                "convstream_auth_refusals_total counts each)",
+                _name(method),
+                peer,
+                code.name,
+                message,
+                REFUSALS_LOG_S / 60,
+            )
+
+        return say
 
     def _count(self, method: str, code: grpc.StatusCode) -> None:
         if self._refusals is not None:
@@ -289,13 +320,22 @@ async def _end(
         await context.abort(*status)
 
 
-def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> Any:
-    """A handler of the same shape as ``handler`` that fails the call with ``code``."""
+def _deny(
+    handler: grpc.RpcMethodHandler,
+    code: grpc.StatusCode,
+    message: str,
+    *,
+    said: Callable[[str], None],
+) -> Any:
+    """A handler of the same shape as ``handler`` that fails the call with ``code``, and
+    tells ``said`` the caller's address."""
 
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        said(context.peer())
         await context.abort(code, message)
 
     async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        said(context.peer())
         await context.abort(code, message)
         yield  # pragma: no cover - makes this an async generator, as streaming handlers are
 
