@@ -253,17 +253,24 @@ async def test_tokens_and_roles(token_server: Server, caplog: pytest.LogCaptureF
         ("convstream.v1.Convstream/Analyze", "permission_denied"): 1.0,
         ("convstream.v1.Convstream/StreamFrames", "permission_denied"): 1.0,
     }
-    # and logged, with the caller's address, once per address and reason for a while (a
+    # and logged with the caller's address, each refusal once from one host for a while (a
     # client with a wrong token may try every second); never a token
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{token_server.port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError):  # the first refusal again: not logged again
+            await pb_grpc.ConvstreamStub(channel).GetModelInfo(pb.GetModelInfoRequest())
     said = [r.getMessage() for r in caplog.records]
-    assert len(said) == 2, said
+    assert len(said) == 5, said
     assert re.match(
         r"refused GetModelInfo from ipv4:127\.0\.0\.1:\d+: UNAUTHENTICATED: this server needs "
         r"a token",
         said[0],
     ), said
-    assert said[1].startswith("refused Analyze from ipv4:127.0.0.1:"), said
-    assert "PERMISSION_DENIED: token 'dashboard' has role 'watch'" in said[1], said
+    assert "UNAUTHENTICATED: the authorization metadata must read" in said[1], said
+    assert "UNAUTHENTICATED: the token was not recognised" in said[2], said
+    assert said[3].startswith("refused Analyze from ipv4:127.0.0.1:"), said
+    assert "PERMISSION_DENIED: token 'dashboard' has role 'watch'" in said[3], said
+    assert said[4].startswith("refused StreamFrames from ipv4:127.0.0.1:"), said
+    assert "not logged again for 10 minutes" in said[0], said
     assert all(WATCH_TOKEN not in line and "not-a-token" not in line for line in said)
     # the Python client's error says how to give a token in Python, beside the server's words
     with (
@@ -1100,6 +1107,35 @@ async def test_a_dashboard_whose_token_is_revoked_stops_getting_frames(
         assert belt.frames_received == received
     finally:
         await dash.stop()
+
+
+async def test_a_dashboard_without_a_token_is_told_one_is_needed_once_tokens_are_added() -> None:
+    """Tokens added by a reload under a dashboard that has none: its tiles said the server
+    refused its token."""
+    from convstream.dashboard import Dashboard, DashboardSettings
+
+    belt = CameraConfig(id="belt", source="demo:conveyor?fps=10")
+    server = await _start(Settings(port=0, metrics_port=-1, cameras=(belt,)))
+    dash = Dashboard(DashboardSettings(address=f"127.0.0.1:{server.port}", port=0, poll_s=0.2))
+    await dash.start()
+    try:
+        for _ in range(200):
+            if "belt" in dash.hub.cameras:
+                break
+            await asyncio.sleep(0.05)
+        view = dash.hub.cameras["belt"]
+        dock = TokenConfig(name="dock-3", role="analyze", sha256=token_hash(ANALYZE_TOKEN))
+        await server.reload(server.settings.model_copy(update={"tokens": (dock,)}))
+        for _ in range(100):
+            if dash.hub.server.get("refused"):
+                break
+            await asyncio.sleep(0.05)
+        assert dash.hub.server["refused"], dash.hub.server
+        said = view.status["last_error"]
+        assert said == "the convstream server needs a token; this dashboard has none", said
+    finally:
+        await dash.stop()
+        await server.stop(grace=0)
 
 
 async def test_mutual_tls_with_several_processes(pki: Path, tmp_path: Path) -> None:

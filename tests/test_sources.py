@@ -565,6 +565,7 @@ def test_a_camera_that_drops_now_and_then_after_flapping_is_no_longer_flapping(
     said = [(r.levelno, r.getMessage()) for r in caplog.records]
     calm = [i for i, (_, m) in enumerate(said) if "no longer flapping" in m]
     assert len(calm) == 1 and "flapping" in said[FLAP_CHANGES - 1][1]
+    assert said[calm[0]][0] == logging.WARNING  # as its flapping was: both in a warning log
     # the drops after it are said again, each
     after = [m for level, m in said[calm[0] + 1 :] if " -> " in m and level >= logging.INFO]
     assert len(after) >= 4 and all(m.startswith("camera dock: ") for m in after), said

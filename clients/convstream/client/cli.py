@@ -112,7 +112,7 @@ class Interruption:
         # What the close() gave: Cancelled from the call in progress, RuntimeError from a call
         # begun after it (or gRPC's ValueError, begun as it closed). The command ends with the
         # signal's status, without a message.
-        return bool(self.status) and isinstance(exc, Exception)
+        return bool(self.status) and isinstance(exc, ConvstreamError | RuntimeError | ValueError)
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.status:  # asked twice: whatever the command was waiting for

@@ -263,7 +263,11 @@ class Hub:
                     view.status = {
                         **view.status,
                         "state": "offline",
-                        "last_error": "the convstream server refuses this dashboard's token"
+                        "last_error": (
+                            "the convstream server refuses this dashboard's token"
+                            if self._metadata
+                            else "the convstream server needs a token; this dashboard has none"
+                        )
                         if refused
                         else "convstream server unreachable",
                         "fps_in": 0.0,

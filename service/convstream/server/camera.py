@@ -226,7 +226,7 @@ class Camera:
                 recent = sum(1 for t in self._changes if now - t < FLAP_WINDOW_S)
                 if recent < FLAP_CHANGES // 2:  # calm: a state held, or changes rare
                     self._flapping = False
-                    logger.info(
+                    logger.warning(  # as its flapping was: a warning-level log says both
                         "camera %s: %s, %d state changes in the last %.0f s: no longer "
                         "flapping (%d changes were logged at debug level); its changes are "
                         "logged again",
@@ -301,7 +301,8 @@ class Camera:
                     self._set_state(pb.CAMERA_STATE_FAILED, f"{error}; gave up after {times}")
                     return
                 self.reconnects += 1
-                self._set_state(pb.CAMERA_STATE_RECONNECTING, str(error))
+                # said by the retry line right after, with the source
+                self._set_state(pb.CAMERA_STATE_RECONNECTING, str(error), said=True)
             delay = backoff_s(
                 failures, self.config.reconnect_min_s, self.config.reconnect_max_s, self._rng
             )

@@ -24,6 +24,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 from prometheus_client import Counter
@@ -93,7 +94,7 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         self._refusals = refusals
         self._forwarded = forwarded
         self._open: set[_OpenCall] = set()
-        self._said: dict[tuple[str, str], float] = {}  # a refusal logged: by host and reason
+        self._said: dict[tuple[str, str, str], float] = {}  # refusals logged, by host
         self.replace(tokens)
 
     @property
@@ -153,7 +154,8 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         every REFUSALS_LOG_S (a client with a wrong token may try every second)."""
 
         def say(peer: str) -> None:
-            key = (peer.rpartition(":")[0] or peer, code.name)  # its host, any port
+            peer = unquote(peer)  # ipv6:%5B::1%5D:39472 -> ipv6:[::1]:39472
+            key = (peer.rpartition(":")[0] or peer, code.name, message)  # its host, any port
             now = time.monotonic()
             if now - self._said.get(key, -math.inf) < REFUSALS_LOG_S:
                 return
@@ -161,8 +163,8 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
                 self._said.clear()
             self._said[key] = now
             logger.warning(
-                "refused %s from %s: %s: %s (again from there in %.0f minutes at the most; "
-                "convstream_auth_refusals_total counts each)",
+                "refused %s from %s: %s: %s (the same refusal from there is not logged again "
+                "for %.0f minutes; convstream_auth_refusals_total counts each)",
                 _name(method),
                 peer,
                 code.name,
