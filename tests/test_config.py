@@ -98,7 +98,7 @@ def test_sources_apply_in_order(tmp_path: Path) -> None:
             r"below a \[\[cameras\]\] table belongs to that table in TOML: move it above",
         ),
         ("", {"CONVSTREAM_HOTS": "x"}, "CONVSTREAM_HOTS; did you mean CONVSTREAM_HOST\\?"),
-        ('port = "abc"\n', {}, "c.toml.*\n  port: Input should be a valid integer.*got 'abc'"),
+        ('port = "abc"\n', {}, "c.toml.*\n  line 1: port: Input should be a valid .*got 'abc'"),
         (
             '[[cameras]]\nid = "dock 1"\nsource = "x.mp4"\n',
             {},
@@ -190,6 +190,31 @@ def test_every_switch_is_strict(tmp_path: Path) -> None:
         load_settings(path, environ={})
 
 
+def test_each_mistake_in_the_file_names_its_line(tmp_path: Path) -> None:
+    """`cameras[2].fps` in a file of twenty cameras meant counting tables: the file's line
+    comes first, as a compiler gives it; a key missing from a table names the table's header,
+    and a setting from the environment names its variable instead."""
+    path = tmp_path / "c.toml"
+    path.write_text(
+        'host = "127.0.0.1"\n\n[[cameras]]\nid = "dock-1"\nsource = "demo:conveyor"\n\n'
+        '[[cameras]]\nid = "dock-2"\nsource = "demo:conveyor"\n  fsp = 5\n\n'
+        '[[cameras]]\nsource = "demo:conveyor"\nfps = -3\n\n'
+        '[[tokens]]\nname = "a"\nrole = "boss"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={"CONVSTREAM_PORT": "x"})
+    said = [line.split(": ")[0] for line in str(caught.value).splitlines()[1:]]
+    assert said == [
+        "  port (from CONVSTREAM_PORT)",
+        "  line 10",  # cameras[1].fsp
+        "  line 12",  # cameras[2].id, missing: its table
+        "  line 14",  # cameras[2].fps
+        "  line 18",  # tokens[0].role
+        "  line 16",  # tokens[0].sha256, missing: its table
+    ], str(caught.value)
+    assert "line 10: cameras[1].fsp: unknown setting; did you mean 'fps'?" in str(caught.value)
+
+
 def test_a_number_in_quotes_is_pointed_out_with_the_rest(tmp_path: Path) -> None:
     """TOML has numbers: port = "51100" is a string that would pass for one, so it is refused
     like a quoted switch, beside every other mistake of the file; the environment's values
@@ -202,11 +227,12 @@ def test_a_number_in_quotes_is_pointed_out_with_the_rest(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as caught:
         load_settings(path, environ={})
     assert str(caught.value).splitlines()[1:] == [
-        "  port: expected a number (unquoted in TOML), got '51100': write port = 51100",
-        "  threshold: expected a number (unquoted in TOML), got '0.9': write threshold = 0.9",
-        "  cameras[0].fps: expected a number (unquoted in TOML), got ' 15': write fps = 15",
-        "  max_streams: Input should be a valid integer, unable to parse string as an integer, "
-        "got 'lots'",
+        "  line 1: port: expected a number (unquoted in TOML), got '51100': write port = 51100",
+        "  line 2: threshold: expected a number (unquoted in TOML), got '0.9': write "
+        "threshold = 0.9",
+        "  line 8: cameras[0].fps: expected a number (unquoted in TOML), got ' 15': write fps = 15",
+        "  line 3: max_streams: Input should be a valid integer, unable to parse string as an "
+        "integer, got 'lots'",
     ]
     # advice only where following it works: "1.5" is no port, "1e4" no TOML integer, "nan"
     # no threshold; "Infinity" (which pydantic takes) is TOML's inf
@@ -237,7 +263,7 @@ def test_a_number_in_quotes_is_pointed_out_with_the_rest(tmp_path: Path) -> None
     assert load_settings(path, environ={}, overrides={"port": 51300}).port == 51300
     # an item of a list: no key to advise
     path.write_text("input_sizes = [640]\n")
-    listed = r"input_sizes\[0\]: expected a string \(in quotes in TOML\), got 640\n"
+    listed = r"line 1: input_sizes\[0\]: expected a string \(in quotes in TOML\), got 640\n"
     with pytest.raises(ConfigError, match=listed):
         load_settings(path, environ={})
     path.write_text('grace_period_s = "Infinity"\n')
@@ -250,8 +276,9 @@ def test_a_number_in_quotes_is_pointed_out_with_the_rest(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as caught:
         load_settings(path, environ={})
     assert str(caught.value).splitlines()[1:] == [
-        '  cameras[0].id: expected a string (in quotes in TOML), got 3: write id = "3"',
-        '  cameras[0].source: expected a string, got 0: a USB camera is source = "device:0"',
+        '  line 2: cameras[0].id: expected a string (in quotes in TOML), got 3: write id = "3"',
+        "  line 3: cameras[0].source: expected a string, got 0: a USB camera is source = "
+        '"device:0"',
     ]
     path.write_text("port = 51100\nthreshold = 0.9\n")
     assert load_settings(path, environ={"CONVSTREAM_MAX_STREAMS": "7"}).max_streams == 7

@@ -6,6 +6,7 @@ Unknown keys are refused everywhere, so a typo never silently falls back to a de
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import ipaddress
 import math
@@ -550,22 +551,22 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
-def _quoted_numbers(toml: Mapping[str, Any]) -> list[str]:
-    """A line for each number the TOML file writes in quotes (port = "51100"): TOML has
-    numbers, so a quoted one is a string that pydantic would take as the number it spells,
-    and the same mistake in a switch is refused (the environment's values are all strings,
-    and are taken)."""
-    tables: list[tuple[str, Mapping[str, Any], type[BaseModel]]] = [("", toml, Settings)]
+def _quoted_numbers(toml: Mapping[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+    """Where and what for each number the TOML file writes in quotes (port = "51100"): TOML
+    has numbers, so a quoted one is a string that pydantic would take as the number it
+    spells, and the same mistake in a switch is refused (the environment's values are all
+    strings, and are taken)."""
+    tables: list[tuple[tuple[Any, ...], Mapping[str, Any], type[BaseModel]]] = [
+        ((), toml, Settings)
+    ]
     entries: dict[str, type[BaseModel]] = {"cameras": CameraConfig, "tokens": TokenConfig}
     for name, table_model in entries.items():
         if isinstance(listed := toml.get(name), list):
             tables += [
-                (f"{name}[{i}].", t, table_model)
-                for i, t in enumerate(listed)
-                if isinstance(t, dict)
+                ((name, i), t, table_model) for i, t in enumerate(listed) if isinstance(t, dict)
             ]
-    lines = []
-    for where, table, model in tables:
+    found = []
+    for prefix, table, model in tables:
         for key, value in table.items():
             field = model.model_fields.get(key)
             kind = _number_kind(field.annotation) if field is not None else None
@@ -573,11 +574,15 @@ def _quoted_numbers(toml: Mapping[str, Any]) -> list[str]:
                 continue
             if (number := _as_toml(kind, value)) is None:
                 continue  # not a number of its kind: pydantic says what was expected
-            lines.append(
-                f"{where}{key}: expected a number (unquoted in TOML), got {value!r}: write "
-                f"{key} = {number}"
+            where = f"{prefix[0]}[{prefix[1]}].{key}" if prefix else key
+            found.append(
+                (
+                    (*prefix, key),
+                    f"{where}: expected a number (unquoted in TOML), got {value!r}: write "
+                    f"{key} = {number}",
+                )
             )
-    return lines
+    return found
 
 
 def _number_kind(annotation: Any) -> type | None:
@@ -652,14 +657,23 @@ def load_settings(
     merged.update(flags)
     variables = {name: f"{ENV_PREFIX}{name.upper()}" for name in from_env if name not in flags}
     # a key the environment or a flag replaces is not read from the file (as a switch's)
-    lines = _quoted_numbers({k: v for k, v in toml.items() if k not in from_env | flags})
+    written = {k for k in toml if k not in from_env | flags}  # read from the file
+    found = _quoted_numbers({k: v for k, v in toml.items() if k in written})
     try:
         settings = Settings.model_validate(merged)
     except ValidationError as exc:
-        lines += [_describe(error, variables) for error in exc.errors(include_url=False)]
+        found += [(e["loc"], _describe(e, variables)) for e in exc.errors(include_url=False)]
         cause: Exception | None = exc
     else:
         cause = None
+    text = ""
+    if path is not None and found:
+        with contextlib.suppress(OSError, UnicodeDecodeError):  # read above: gone since?
+            text = path.read_text()
+    lines = []
+    for loc, described in found:  # with the file's line, for what the file gave
+        number = _line_of(text, loc, written)
+        lines.append(described if number is None else f"line {number}: {described}")
     if lines:
         where = f"{path}, " if path is not None else ""
         raise ConfigError(
@@ -667,6 +681,34 @@ def load_settings(
             + "\n  ".join(lines)
         ) from cause
     return settings
+
+
+def _line_of(text: str, loc: tuple[Any, ...], written: set[str]) -> int | None:
+    """The line of the TOML file an error at ``loc`` is about: its ``key =`` at the top
+    level, or in the n-th ``[[cameras]]`` (or ``[[tokens]]``) table, or that table's header;
+    None for a setting the file did not give, or that cannot be told (an inline table)."""
+    if not loc or loc[0] not in written:
+        return None
+    lines = text.splitlines()
+    table = re.compile(r"\s*\[")
+    start, end, key = 0, len(lines), loc[0]
+    if len(loc) >= 2 and isinstance(loc[1], int) and loc[0] in ("cameras", "tokens"):
+        header = re.compile(rf"\s*\[\[\s*{re.escape(str(loc[0]))}\s*\]\]")
+        headers = [i for i, line in enumerate(lines) if header.match(line)]
+        if loc[1] >= len(headers):
+            return None
+        start = headers[loc[1]]
+        end = next((i for i in range(start + 1, len(lines)) if table.match(lines[i])), end)
+        if len(loc) == 2 or isinstance(loc[2], int):
+            return start + 1
+        key = loc[2]
+    else:
+        end = next((i for i, line in enumerate(lines) if table.match(line)), end)
+    assignment = re.compile(rf"\s*[\"']?{re.escape(str(key))}[\"']?\s*=")
+    found = next((i for i in range(start, end) if assignment.match(lines[i])), None)
+    if found is None:
+        return start + 1 if start else None  # a key missing from a table: the table's header
+    return found + 1
 
 
 def _describe(error: Any, variables: Mapping[str, str]) -> str:
