@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -439,6 +440,25 @@ source = "demo:conveyor?fps=5"
                     with pytest.raises(grpc.aio.AioRpcError) as anonymous:
                         await stub.WatchCamera(pb.WatchCameraRequest(camera_id=camera_id)).read()
                     assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # the token revoked: the open watches end, each counted once, though one of the two
+        # cameras is in the other process (its watch forwarded there, and ended there too)
+        async with connection(port) as stub:
+            calls = [
+                stub.WatchCamera(pb.WatchCameraRequest(camera_id=c), metadata=bearer, timeout=30)
+                for c in ("dock-a", "dock-b")
+            ]
+            for call in calls:
+                assert (await call.read()) is not grpc.aio.EOF
+            config.write_text(head.replace(digest, "0" * 64) + camera_b)
+            process.send_signal(signal.SIGHUP)
+            for call in calls:
+                with pytest.raises(grpc.aio.AioRpcError) as revoked:
+                    while await call.read() is not grpc.aio.EOF:
+                        pass
+                assert revoked.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                assert "token 'dashboard' was revoked" in str(revoked.value.details())
+        ended = re.findall(r"reload: ended (\d+) open call", log.read_text())
+        assert sum(map(int, ended)) == 2, log.read_text()
         process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(process.wait, 30) == 0
 
