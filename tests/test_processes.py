@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.request import urlopen
 
 import grpc
@@ -134,6 +135,14 @@ def analysed(metrics_port: int, source: str = "probe") -> float:
         for s in family.samples
         if s.name == "convstream_frames_total" and s.labels["source"] == source
     )
+
+
+async def ended(call: Any) -> grpc.aio.AioRpcError:
+    """How a streaming call ends, after what it still had to give."""
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        while await call.read() is not grpc.aio.EOF:
+            pass
+    return raised.value
 
 
 def test_cameras_are_shared_out_evenly_and_keep_their_process_on_reload() -> None:
@@ -300,11 +309,9 @@ async def test_processes_share_the_port_forward_camera_calls_restart_and_stop(
                 assert (await call.read()) is not grpc.aio.EOF
             process.send_signal(signal.SIGTERM)
             for call in watches:
-                with pytest.raises(grpc.aio.AioRpcError) as ended:
-                    while await call.read() is not grpc.aio.EOF:
-                        pass
-                assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
-                assert "shutting down" in (ended.value.details() or "")
+                error = await ended(call)
+                assert error.code() == grpc.StatusCode.UNAVAILABLE
+                assert "shutting down" in (error.details() or "")
         code = await asyncio.to_thread(process.wait, 30)
         assert code == 0, log.read_text()[-3000:]
         assert log.read_text().count("convstream stopped") == 2
@@ -452,13 +459,11 @@ source = "demo:conveyor?fps=5"
             config.write_text(head.replace(digest, "0" * 64) + camera_b)
             process.send_signal(signal.SIGHUP)
             for call in calls:
-                with pytest.raises(grpc.aio.AioRpcError) as revoked:
-                    while await call.read() is not grpc.aio.EOF:
-                        pass
-                assert revoked.value.code() == grpc.StatusCode.UNAUTHENTICATED
-                assert "token 'dashboard' was revoked" in str(revoked.value.details())
-        ended = re.findall(r"reload: ended (\d+) open call", log.read_text())
-        assert sum(map(int, ended)) == 2, log.read_text()
+                error = await ended(call)
+                assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+                assert "token 'dashboard' was revoked" in str(error.details())
+        counted = re.findall(r"reload: ended (\d+) open call", log.read_text())
+        assert sum(map(int, counted)) == 2, log.read_text()
         process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(process.wait, 30) == 0
 
