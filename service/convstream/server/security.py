@@ -244,8 +244,8 @@ class _OpenCall:
 
 class _Writes:
     """The call's context as its handler sees it, with each write noted: a message gRPC
-    holds must go before the status that ends the call (a status beside it is refused,
-    GRPC_CALL_ERROR_TOO_MANY_OPERATIONS, and the call would end without one)."""
+    holds must go before the status that ends the call (a status sent beside it waits behind
+    it, or is refused: GRPC_CALL_ERROR_TOO_MANY_OPERATIONS, and the call ends without one)."""
 
     def __init__(self, context: grpc.aio.ServicerContext, call: _OpenCall) -> None:
         self._context = context
