@@ -88,7 +88,8 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
             tokens: the tokens that may call, each with its role; none: no token needed.
             refusals: counts each refused call by method and reason, when given.
             forwarded: whether a call's metadata marks it as forwarded by another process
-                of this server: ended there as well, it is counted and logged there only.
+                of this server: a reload leaves such a call to that process, which ends it
+                (and so this end), and counts and logs it once.
         """
         self._tokens: tuple[tuple[bytes, TokenConfig], ...] = ()
         self._refusals = refusals
@@ -113,6 +114,9 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         self._tokens = tuple((bytes.fromhex(t.sha256), t) for t in tokens)
         ended = []
         for call in list(self._open):
+            if call.forwarded:
+                continue  # the process it was forwarded from ends it (had this one ended it
+                # first, that one would have found it gone, and counted nothing)
             refusal = _refusal(self._tokens, call.method, call.credential)
             if refusal is None or call.revoked is None or call.revoked.done():
                 continue
@@ -120,8 +124,6 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
             if code == grpc.StatusCode.UNAUTHENTICATED and call.token is not None:
                 message = f"token {call.token!r} was revoked: the server's config no longer has it"
             call.revoked.set_result((code, f"ended by a reload of the server's config: {message}"))
-            if call.forwarded:
-                continue  # the process it was forwarded from counts and logs it
             self._count(call.method, code)
             who = repr(call.token) if call.token is not None else "a call without a token"
             ended.append(f"{_name(call.method)} of {who}")
