@@ -40,7 +40,12 @@ from convstream.client.errors import DeadlineExceeded, ServerUnavailable, Unauth
 from convstream.server import CameraConfig, ConfigError, Server, Settings, load_settings
 from convstream.server.app import _listen
 from convstream.server.config import TokenConfig
-from convstream.server.security import new_token, token_hash
+from convstream.server.security import (
+    REFUSALS_KEPT,
+    TokenInterceptor,
+    new_token,
+    token_hash,
+)
 from convstream.server.tls import PemFiles, TLSFileError, certificate_validity, expiry_times
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
@@ -282,6 +287,30 @@ async def test_tokens_and_roles(token_server: Server, caplog: pytest.LogCaptureF
         "this server needs a token: send metadata 'authorization: Bearer <token>' (give the "
         "server's token: Client(address, token=...))"
     )
+
+
+def test_many_refused_callers_leave_the_recent_ones_remembered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Past REFUSALS_KEPT hosts the oldest are forgotten, not all: a host refused a moment
+    ago is not logged again (forgetting them all logged every recent host again at once)."""
+    interceptor = TokenInterceptor(
+        [TokenConfig(name="dock", role="analyze", sha256=token_hash(ANALYZE_TOKEN))]
+    )
+    say = interceptor._logger(
+        "/convstream.v1.Convstream/Analyze", grpc.StatusCode.UNAUTHENTICATED, "no token"
+    )
+    caplog.set_level(logging.WARNING, logger="convstream.server.security")
+    hosts = [f"ipv4:10.0.{i // 256}.{i % 256}:5000" for i in range(REFUSALS_KEPT + 10)]
+    for host in hosts:
+        say(host)
+    assert len(caplog.records) == len(hosts)
+    caplog.clear()
+    for host in hosts[-REFUSALS_KEPT + 1 :]:  # each still within REFUSALS_LOG_S
+        say(host.replace(":5000", ":5001"))  # the same host from another port
+    assert caplog.records == []
+    say(hosts[0])  # the oldest, forgotten to make room: logged again
+    assert len(caplog.records) == 1 and "from ipv4:10.0.0.0:5000" in caplog.records[0].message
 
 
 def _refusals(metrics_port: int) -> dict[tuple[str, str], float]:

@@ -43,6 +43,7 @@ NEEDS = {
 }
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 REFUSALS_LOG_S = 600.0  # a refused call is logged once per caller's host and reason this often
+REFUSALS_KEPT = 1024  # (host, reason) pairs remembered for that; past it, the oldest go
 
 logger = logging.getLogger(__name__)
 
@@ -161,8 +162,13 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
             now = time.monotonic()
             if now - self._said.get(key, -math.inf) < REFUSALS_LOG_S:
                 return
-            if len(self._said) >= 1024:  # many callers: forget the old ones
-                self._said.clear()
+            self._said.pop(key, None)  # re-inserted last: the dict stays in time order
+            if len(self._said) >= REFUSALS_KEPT:  # many callers: forget the oldest
+                while self._said and (
+                    len(self._said) >= REFUSALS_KEPT
+                    or now - next(iter(self._said.values())) >= REFUSALS_LOG_S
+                ):
+                    del self._said[next(iter(self._said))]
             self._said[key] = now
             logger.warning(
                 "refused %s from %s: %s: %s (the same refusal from there is not logged again "
