@@ -23,7 +23,7 @@ from convstream.server import Server, Settings, app
 from convstream.server.config import MAX_WIDE_THREADS, usable_cores
 from convstream.server.decode import Limits, decode_encoded
 from convstream.server.letterbox import letterbox, reduction
-from convstream.server.streams import StreamSession
+from convstream.server.streams import MAX_REFUSALS_WAITING, StreamSession
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
@@ -125,6 +125,43 @@ async def test_a_bad_frame_is_answered_even_where_the_policy_drops_waiting_frame
     assert "truncated JPEG" in refused[7].message
     assert "no image" in refused[9].message
     assert "capture_time" in refused[11].message
+
+
+@pytest.mark.parametrize(
+    ("freshness", "answered", "dropped"),
+    [
+        (pb.FRESHNESS_LATEST_ONLY, [1, 4, 5], [2, 3]),
+        (pb.FRESHNESS_BOUNDED_QUEUE, [1, 2, 3, 4, 6, 7, 8], [5]),
+    ],
+)
+async def test_a_refused_frame_drops_no_good_frame_waiting(
+    stub: pb_grpc.ConvstreamStub,
+    burst: list[bytes],
+    freshness: int,
+    answered: list[int],
+    dropped: list[int],
+) -> None:
+    """A trigger camera's last frames, the very last one corrupt: the refusal is answered in
+    its place and takes no room of the queue, so the newest good frames waiting are still
+    analysed. (It took a place, and under LATEST_ONLY dropped the only good frame left.)"""
+    slow = png(np.zeros((6300, 6300, 3), np.uint8))  # most of a second to decode
+    options = pb.ResultOptions(freshness=freshness, queue_size=2)
+    in_analysis = 1 if freshness == pb.FRESHNESS_LATEST_ONLY else 4  # the stream's window
+
+    async def frames() -> AsyncIterator[pb.FrameRequest]:
+        for i in range(1, in_analysis + 1):  # slow ones fill the window: those after wait
+            yield pb.FrameRequest(frame_id=i, encoded=slow, options=options if i == 1 else None)
+        for i in range(in_analysis + 1, in_analysis + 4):
+            yield pb.FrameRequest(frame_id=i, encoded=burst[i % len(burst)])
+        yield pb.FrameRequest(frame_id=in_analysis + 4, encoded=b"garbage, not a JPEG")
+
+    results = [r async for r in stub.StreamFrames(frames())]
+    assert [r.frame_id for r in results] == answered
+    assert [r.status.code for r in results] == [0] * (len(answered) - 1) + [
+        grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    ]
+    assert [i for r in results for i in r.dropped_frame_ids] == dropped
+    assert results[-1].frames_dropped == len(dropped)
 
 
 async def test_a_bounded_queue_drops_the_oldest_beyond_its_size(
@@ -716,7 +753,7 @@ async def test_refused_frames_hold_no_pixels_and_a_full_queue_of_them_waits(
 ) -> None:
     """A latest-only stream whose client stops reading, sending raw frames that are refused
     (their options ask for another policy): the refusals wait their turn as shells of a few
-    bytes, and no more of them than the queue holds, instead of piling up with their pixels."""
+    bytes, MAX_REFUSALS_WAITING of them at most, instead of piling up with their pixels."""
     sessions: list[StreamSession] = []
     init = StreamSession.__init__
 
@@ -748,8 +785,10 @@ async def test_refused_frames_hold_no_pixels_and_a_full_queue_of_them_waits(
             assert len(sessions) == 1
             pending = list(sessions[0]._pending)
             # (the refusals' small results still flow, into gRPC's window; the frames do not)
-            assert len(pending) <= sessions[0].capacity == 1
-            assert sum(item.request.ByteSize() for item in pending) < 1000
+            refusals = [item for item in pending if item.options is None]
+            assert len(pending) - len(refusals) <= sessions[0].capacity == 1
+            assert len(refusals) == MAX_REFUSALS_WAITING  # the reader waits past it
+            assert all(item.request.ByteSize() < 20 for item in refusals)
             call.cancel()
     finally:
         await server.stop(grace=0)

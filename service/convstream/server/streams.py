@@ -56,6 +56,10 @@ logger = logging.getLogger(__name__)
 WINDOW = 4
 LATEST_ONLY_WINDOW = 1
 MAX_QUEUE_SIZE = 1024  # ResultOptions.queue_size's upper bound in the proto
+# Refusals waiting for their turn among a stream's results, at most; past it the reader waits.
+# A refusal takes no room of the stream's queue (it must not drop a good frame waiting), and
+# holds only its frame's id and source.
+MAX_REFUSALS_WAITING = 64
 
 
 @dataclass
@@ -211,6 +215,7 @@ class StreamSession:
         self._default_queue = default_queue
         self._configured = False
         self._pending: deque[_Item] = deque()
+        self._refusals_waiting = 0  # of _pending: they take no room of the queue
         self._dropped_ids: list[int] = []
         self._changed = asyncio.Condition()
         self._reader_done = False
@@ -370,13 +375,20 @@ class StreamSession:
                 if self._publishing is not None:
                     self._publishing.received(item.request)
                 async with self._changed:
+                    if item.options is None:
+                        # A refusal waits for its turn beside the queue, not in it: taking a
+                        # place there, it dropped the good frame waiting under LATEST_ONLY.
+                        await self._changed.wait_for(
+                            lambda: self._refusals_waiting < MAX_REFUSALS_WAITING
+                        )
+                        self._refusals_waiting += 1
                     # A full queue drops its oldest frame, unless it is lossless or holds only
-                    # refusals and frames sent lossless, which are answered, never dropped:
-                    # then the reader waits.
-                    if self.freshness == pb.FRESHNESS_LOSSLESS or (
-                        len(self._pending) >= self.capacity and not self._drop_oldest()
+                    # frames sent lossless, which are answered, never dropped: then the reader
+                    # waits.
+                    elif self.freshness == pb.FRESHNESS_LOSSLESS or (
+                        self._frames_waiting >= self.capacity and not self._drop_oldest()
                     ):
-                        await self._changed.wait_for(lambda: len(self._pending) < self.capacity)
+                        await self._changed.wait_for(lambda: self._frames_waiting < self.capacity)
                     self._pending.append(item)
                     self._changed.notify_all()
         finally:
@@ -429,6 +441,11 @@ class StreamSession:
             )
         return self._refused(request, item.arrived, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
+    @property
+    def _frames_waiting(self) -> int:
+        """Frames in the queue: those waiting, refusals aside."""
+        return len(self._pending) - self._refusals_waiting
+
     def _release(self, item: _Item) -> None:
         if item.size and self.byte_budget is not None:
             self.byte_budget.give(item.size)
@@ -462,6 +479,8 @@ class StreamSession:
                     await self._out.put(None)
                     return
                 item = self._pending.popleft()
+                if item.options is None:
+                    self._refusals_waiting -= 1
                 self._in_analysis += 1
                 self._changed.notify_all()
             await self._out.put(asyncio.create_task(self._process(item)))
