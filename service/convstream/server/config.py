@@ -349,7 +349,12 @@ class Settings(BaseModel):
     stream_queue_size: int = Field(
         4, ge=1, le=1024, description="waiting frames per stream unless the caller sets queue_size"
     )
-    grace_period_s: float = Field(5.0, ge=0, description="SIGTERM: time open streams get")
+    grace_period_s: float = Field(
+        5.0,
+        ge=0,
+        description="SIGTERM: the longest open streams get to answer the frames they hold, "
+        "then they end with UNAVAILABLE",
+    )
     drain_delay_s: float = Field(
         0.0,
         ge=0,
