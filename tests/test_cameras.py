@@ -1129,9 +1129,10 @@ def test_a_watcher_keeps_its_rate_and_sends_no_burst_after_a_pause() -> None:
 
 async def test_watchers_get_the_maps_they_ask_for_and_a_too_large_result_is_theirs_alone() -> None:
     """A published stream computes the maps its watchers want beside its own; a watcher whose
-    result would pass the message limit gets RESOURCE_EXHAUSTED for each frame, and neither the
-    publisher nor the other watchers notice. The same for a camera's watchers."""
-    exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    result would pass the message limit gets INVALID_ARGUMENT for each frame (it never fits),
+    and neither the publisher nor the other watchers notice. The same for a camera's
+    watchers."""
+    too_large = grpc.StatusCode.INVALID_ARGUMENT.value[0]
     # stage1 of a 384x640 input in float32 is 3.9 MB: over a 3 MiB limit
     too_much = pb.ResultOptions(
         feature_maps=["stage1"], encoding=pb.TENSOR_ENCODING_FLOAT32, include_frame=True
@@ -1166,7 +1167,7 @@ async def test_watchers_get_the_maps_they_ask_for_and_a_too_large_result_is_thei
         for result in wants_stage3.results:
             assert result.status.code == 0 and [t.name for t in result.feature_maps] == ["stage3"]
         for result in greedy.results:
-            assert result.status.code == exhausted, result.status.message
+            assert result.status.code == too_large, result.status.message
             assert f"the {limit}-byte message limit" in result.status.message
         await stream.done_writing()
         assert await stream.read() == grpc.aio.EOF
@@ -1177,7 +1178,7 @@ async def test_watchers_get_the_maps_they_ask_for_and_a_too_large_result_is_thei
         greedy = Collector(watch(stub, "belt", options=too_much))
         await until(lambda: _true(len(greedy.results) >= 5), 10, "refusals")
         await until(lambda: _true(len(modest.results) >= 5), 10, "results")
-        assert all(r.status.code == exhausted for r in greedy.results)
+        assert all(r.status.code == too_large for r in greedy.results)
         assert all(r.status.code == 0 and r.heatmap.data for r in modest.results)
         for collector in (wants_stage3, modest, greedy):
             collector.call.cancel()

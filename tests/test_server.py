@@ -548,7 +548,7 @@ async def test_result_over_the_message_limit_is_a_frame_error(small_messages: Se
                 ),
             ]
             r1, r2 = [r async for r in stub.StreamFrames(requests(frames))]
-            assert r1.status.code == EXHAUSTED
+            assert r1.status.code == INVALID  # never fits: not to retry
             assert "message limit" in r1.status.message and "FLOAT16" in r1.status.message
             assert r2.status.code == 0 and r2.feature_maps[0].name == "stage3"
             # a request bigger than twice the limit is refused by gRPC itself
@@ -580,7 +580,7 @@ async def test_an_input_jpeg_that_tips_a_result_over_the_limit_is_a_frame_error(
                 pb.FrameRequest(frame_id=2, encoded=jpeg(noise), options=pb.ResultOptions()),
             ]
             r1, r2 = [r async for r in stub.StreamFrames(requests(frames))]
-            assert r1.status.code == EXHAUSTED
+            assert r1.status.code == INVALID  # never fits: not to retry
             assert "with the input JPEG" in r1.status.message, r1.status.message
             assert r2.status.code == 0 and r2.heatmap.name == "heatmap"
     finally:
@@ -610,7 +610,7 @@ async def test_a_heatmap_that_would_pass_the_message_limit_is_a_frame_error() ->
                 pb.FrameRequest(frame_id=3, encoded=data, options=pb.ResultOptions()),
             ]
             r1, r2, r3 = [r async for r in stub.StreamFrames(requests(frames))]
-            assert r1.status.code == EXHAUSTED
+            assert r1.status.code == INVALID  # never fits: not to retry
             assert "the heatmap in TENSOR_ENCODING_FLOAT32" in r1.status.message, r1.status.message
             assert "a smaller encoding (FLOAT16, UINT8) or no heatmap" in r1.status.message
             assert r2.status.code == 0 and not r2.HasField("heatmap") and r2.score > 0

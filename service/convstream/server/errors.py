@@ -5,10 +5,11 @@
     │   ├── FrameTooLarge           INVALID_ARGUMENT: over the pixel or size limits
     │   └── RefusedMessage          INVALID_ARGUMENT: not the method's message, or too large
     ├── InvalidOptions              INVALID_ARGUMENT: unknown feature map, bad queue size, ...
+    │   └── ResultTooLarge          INVALID_ARGUMENT: the result asked for passes the limit
     ├── NameTaken                   ALREADY_EXISTS: a publish name a camera or stream has
     ├── NotFound                    NOT_FOUND: no camera by that id
     ├── IdleTimeout                 DEADLINE_EXCEEDED: a stream sent nothing for too long
-    ├── Overloaded                  RESOURCE_EXHAUSTED: over the stream or queue limits
+    ├── Overloaded                  RESOURCE_EXHAUSTED: over the stream or queue limits now
     └── Draining                    UNAVAILABLE: the server is shutting down
 
 Messages say what was expected and what arrived.
@@ -67,6 +68,12 @@ class InvalidOptions(ConvstreamError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
+class ResultTooLarge(InvalidOptions):
+    """The result the options ask for would pass the message limit: INVALID_ARGUMENT, as a
+    request over it is, for it would on this server whatever its load. RESOURCE_EXHAUSTED is
+    kept for what passes (retry later)."""
+
+
 class NameTaken(ConvstreamError):
     """A stream asks to publish under a name a camera or another published stream has: it
     may be free later (when that stream ends), unlike an option that can never be right."""
@@ -94,7 +101,8 @@ class DeadlineExpired(ConvstreamError):
 
 
 class Overloaded(ConvstreamError):
-    """Admitting this stream or frame would pass a configured limit."""
+    """Admitting this stream or frame would pass a configured limit now: retry later.
+    What could never fit is INVALID_ARGUMENT instead (ResultTooLarge, FrameTooLarge)."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 

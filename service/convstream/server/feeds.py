@@ -175,7 +175,7 @@ class Publisher:
         self, request: pb.FrameRequest, options: Options, prepared: Prepared, inference: Inference
     ) -> pb.FrameResult:
         """One watcher's result, or, if it would not fit in a message, its refusal: the
-        watchers that asked for that much get RESOURCE_EXHAUSTED for this frame, and the
+        watchers that asked for that much get INVALID_ARGUMENT for this frame, and the
         others, and the stream publishing, never notice."""
         try:
             self.pipeline.check_size(options, prepared.geometry)

@@ -26,7 +26,7 @@ from convstream.server.config import Settings
 from convstream.server.decode import Limits, check_encoded, check_raw, decode_encoded, decode_raw
 from convstream.server.encode import bytes_per_element, fill_tensor
 from convstream.server.engine import Engine, Inference
-from convstream.server.errors import InvalidFrame, InvalidOptions, Overloaded
+from convstream.server.errors import InvalidFrame, InvalidOptions, ResultTooLarge
 from convstream.server.letterbox import Geometry, choose_input, letterbox, reduction
 from convstream.v1 import convstream_pb2 as pb
 
@@ -411,7 +411,7 @@ class Pipeline:
             elif options.encoding == pb.TENSOR_ENCODING_FLOAT16 and options.feature_maps:
                 instead.append("UINT8 maps")
             instead += ["no heatmap"] * options.include_heatmap
-            raise Overloaded(
+            raise ResultTooLarge(
                 f"{' and '.join(asked)} in {encoding} "
                 f"for a {geometry.input_width}x{geometry.input_height} input need {total} bytes, "
                 f"over the {limit} a result may hold for them (the "
@@ -487,7 +487,7 @@ class Pipeline:
             options.include_frame
             and (size := result.ByteSize()) > self.settings.max_message_bytes - _RESULT_SLACK
         ):
-            raise Overloaded(
+            raise ResultTooLarge(
                 f"the result is {size} bytes with the input JPEG, over the "
                 f"{self.settings.max_message_bytes}-byte message limit; ask for fewer maps, a "
                 "smaller encoding, or no include_frame"

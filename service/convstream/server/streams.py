@@ -143,7 +143,8 @@ class ByteBudget:
     whose client stops reading its results cannot take every other stream's room. A lossless
     stream waits for room (its reader stops, and gRPC flow control slows the sender); any
     other frame that would pass a limit is refused, RESOURCE_EXHAUSTED for that frame alone,
-    rather than held. Used from the event loop only."""
+    rather than held (INVALID_ARGUMENT if it is larger than all of them: it never fits). Used
+    from the event loop only."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -418,7 +419,9 @@ class StreamSession:
             item.size = size
             self._held_bytes += size
             return item
+        code = grpc.StatusCode.RESOURCE_EXHAUSTED  # for now: it may fit later
         if size > budget.limit:
+            code = grpc.StatusCode.INVALID_ARGUMENT  # never, whatever the load
             message = (
                 f"this {size}-byte frame is larger than max_held_bytes {budget.limit}, all "
                 "the server holds for streams: it can never be analysed here; send it as JPEG "
@@ -439,7 +442,7 @@ class StreamSession:
                 "analysed: send JPEG rather than raw pixels, fewer frames at once, or a "
                 "lossless stream, which waits for room"
             )
-        return self._refused(request, item.arrived, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+        return self._refused(request, item.arrived, code, message)
 
     @property
     def _frames_waiting(self) -> int:
