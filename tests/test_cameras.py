@@ -930,6 +930,13 @@ async def test_unknown_camera_is_not_found() -> None:
             ({"max_fps": float("nan")}, "got nan"),
             ({"max_fps": 1000.0001}, "got 1000.0001"),  # as sent, not rounded to the limit
             ({"queue_size": 5000}, "queue_size must be 0 (the server's default, 2) to 1024"),
+            # a stream's fields that would do nothing here, or are none of the enum's
+            (
+                {"options": pb.ResultOptions(queue_size=5)},
+                "a watcher's queue of results is WatchCameraRequest.queue_size",
+            ),
+            ({"options": pb.ResultOptions(publish=True)}, "publish is for StreamFrames"),
+            ({"options": pb.ResultOptions(freshness=99)}, "unknown freshness policy 99"),  # type: ignore[arg-type]
         ]:
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await watch(stub, "belt", **asked).read()

@@ -482,6 +482,19 @@ async def test_analyze_bad_frame_is_invalid_argument(stub: pb_grpc.ConvstreamStu
         await stub.Analyze(pb.FrameRequest(encoded=b"not an image"))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "expected JPEG" in (info.value.details() or "")
+    # a stream's options: what would be lost is refused, a valid policy ignored
+    data = jpeg(scene(11, 240, 320))
+    for options, told in [
+        (pb.ResultOptions(publish=True), "publish is for StreamFrames: Analyze results"),
+        (pb.ResultOptions(freshness=99), "unknown freshness policy 99"),  # type: ignore[arg-type]
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Analyze(pb.FrameRequest(encoded=data, options=options))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert told in (info.value.details() or ""), info.value.details()
+    stream_options = pb.ResultOptions(freshness=pb.FRESHNESS_BOUNDED_QUEUE, queue_size=8)
+    kept = await stub.Analyze(pb.FrameRequest(encoded=data, options=stream_options))
+    assert kept.status.code == 0 and 0 <= kept.score <= 1
     with pytest.raises(grpc.aio.AioRpcError) as info:
         stamp = Timestamp(seconds=int(time.time() * 1000))
         await stub.Analyze(pb.FrameRequest(encoded=jpeg(scene(11, 240, 320)), capture_time=stamp))

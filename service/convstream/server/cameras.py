@@ -30,7 +30,7 @@ from convstream.server.errors import (
 )
 from convstream.server.feeds import CameraFeed, Publisher, StreamPublication, Watcher
 from convstream.server.metrics import Metrics
-from convstream.server.pipeline import Options, Pipeline
+from convstream.server.pipeline import Options, Pipeline, check_without_stream
 from convstream.server.sources import open_source, redact
 from convstream.v1 import convstream_pb2 as pb
 
@@ -215,6 +215,7 @@ class CameraManager:
         if isinstance(feed, CameraFeed) and (down := feed.down()) is not None:
             raise down
         options = Options.parse(request.options)
+        check_without_stream(request.options, "WatchCamera")
         if request.queue_size > MAX_WATCHER_QUEUE:
             raise InvalidOptions(
                 f"queue_size must be 0 (the server's default, {self.watcher_queue_size}) to "

@@ -82,6 +82,34 @@ class Options:
         )
 
 
+def check_freshness(message: pb.ResultOptions) -> None:
+    """InvalidOptions for a freshness policy that is none of the enum's."""
+    if message.freshness not in pb.Freshness.values():
+        raise InvalidOptions(
+            f"unknown freshness policy {message.freshness}; expected one of "
+            + ", ".join(f"{v} ({n})" for n, v in pb.Freshness.items() if v)
+        )
+
+
+def check_without_stream(message: pb.ResultOptions, method: str) -> None:
+    """The stream-level fields of options sent to Analyze or WatchCamera, which have no
+    stream of frames: a valid freshness is ignored (a caller may send its stream's options),
+    but one that is none of the enum's is refused as on a stream, and what would be silently
+    lost is refused saying where it belongs: publish (their results are not published) and,
+    on WatchCamera, a queue_size meant for its own queue (WatchCameraRequest.queue_size)."""
+    check_freshness(message)
+    if message.publish:
+        raise InvalidOptions(
+            f"publish is for StreamFrames: {method} results are not published; "
+            "send the frames over StreamFrames with publish to show them to watchers"
+        )
+    if method == "WatchCamera" and message.queue_size:
+        raise InvalidOptions(
+            "options.queue_size is a stream's frame queue; a watcher's queue of results is "
+            f"WatchCameraRequest.queue_size (options.queue_size was {message.queue_size})"
+        )
+
+
 CALLER: ContextVar[object] = ContextVar("convstream_caller", default=None)
 """Who submits work to the WorkPool from this asyncio task (and the tasks it starts): a
 token of a stream, an Analyze call or a camera's feed, each served in turn. A plain object(),

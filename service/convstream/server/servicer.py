@@ -26,7 +26,7 @@ from convstream.server.errors import (
 )
 from convstream.server.feeds import FeedFinished
 from convstream.server.metrics import Metrics
-from convstream.server.pipeline import CALLER, Options, Pipeline
+from convstream.server.pipeline import CALLER, Options, Pipeline, check_without_stream
 from convstream.server.processes import Peers
 from convstream.server.streams import ByteBudget, FrameBudget, StreamSession
 from convstream.v1 import WATCHING
@@ -96,6 +96,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             self.open_analyze_calls += 1
             admitted = True
             options = Options.parse(request.options)
+            check_without_stream(request.options, "Analyze")
             remaining = context.time_remaining()
             deadline = None if remaining is None else arrived + remaining
             result = await self.pipeline.analyze(request, options, arrived, deadline)

@@ -40,6 +40,7 @@ from convstream.server.pipeline import (
     Options,
     Pipeline,
     Prepared,
+    check_freshness,
     error_result,
 )
 from convstream.v1 import convstream_pb2 as pb
@@ -235,11 +236,7 @@ class StreamSession:
         """Refuse stream-level values no stream could have (whichever frame carries them);
         `freshness` is the policy they would apply to (LATEST_ONLY keeps one frame whatever
         queue_size says)."""
-        if message.freshness not in pb.Freshness.values():
-            raise InvalidOptions(
-                f"unknown freshness policy {message.freshness}; expected one of "
-                + ", ".join(f"{v} ({n})" for n, v in pb.Freshness.items() if v)
-            )
+        check_freshness(message)
         if message.publish and self.registry is None:
             raise InvalidOptions("this server does not publish streams")
         if message.queue_size > MAX_QUEUE_SIZE and freshness != pb.FRESHNESS_LATEST_ONLY:
