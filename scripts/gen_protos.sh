@@ -14,4 +14,8 @@ trap 'rm -rf "$tools"' EXIT
 PYTHONPATH="$tools" "$python" -m grpc_tools.protoc -Iprotos \
   --python_out=protos --pyi_out=protos --grpc_python_out=protos \
   protos/convstream/v1/*.proto
+# The same files with their comments, for server reflection to hand to grpcurl, Postman and
+# the like (the generated Python code keeps no comments)
+PYTHONPATH="$tools" "$python" -m grpc_tools.protoc -Iprotos --include_source_info \
+  --descriptor_set_out=protos/convstream/v1/convstream.binpb protos/convstream/v1/*.proto
 echo "regenerated: $(ls protos/convstream/v1/*_pb2*.py*)"

@@ -48,6 +48,32 @@ def test_gencode_is_not_stale(tmp_path: Path) -> None:
     assert fresh == committed, "protos changed: run scripts/gen_protos.sh and commit the result"
 
 
+def test_the_commented_descriptors_are_the_protos_own(tmp_path: Path) -> None:
+    """convstream.binpb, which reflection serves for its comments, is what protoc makes of
+    the .proto today, comments and all: a comment edited without regenerating shows here."""
+    out = tmp_path / "commented.binpb"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{ROOT / 'protos'}",
+            "--include_source_info",
+            f"--descriptor_set_out={out}",
+            str(PROTO.relative_to(ROOT / "protos")),
+        ],
+        check=True,
+        cwd=ROOT / "protos",
+    )
+    fresh = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
+    committed = descriptor_pb2.FileDescriptorSet.FromString(
+        (PROTO.parent / "convstream.binpb").read_bytes()
+    )
+    assert fresh == committed, "protos changed: run scripts/gen_protos.sh and commit the result"
+    comments = [c.leading_comments for c in fresh.file[0].source_code_info.location]
+    assert any("Client-pushed frames over one long stream" in c for c in comments)
+
+
 def test_gencode_runs_on_the_oldest_declared_protobuf() -> None:
     # New gencode on an old runtime is refused at import, so the gencode's version must not
     # pass the lowest protobuf the package declares (integrators pin protobuf<7).

@@ -706,6 +706,14 @@ async def test_health_and_reflection(server: Server, channel: grpc.aio.Channel) 
             for blob in reply.file_descriptor_response.file_descriptor_proto:
                 proto = descriptor_pb2.FileDescriptorProto.FromString(blob)
                 files[proto.name] = proto
+        # convstream's file with its comments, which grpcurl's describe prints
+        api = files["convstream/v1/convstream.proto"]
+        said = {tuple(c.path): c.leading_comments for c in api.source_code_info.location}
+        service = next(i for i, s in enumerate(api.service) if s.name == "Convstream")
+        methods = [m.name for m in api.service[service].method]
+        # (6: FileDescriptorProto.service, 2: ServiceDescriptorProto.method)
+        path = (6, service, 2, methods.index("StreamFrames"))
+        assert "Client-pushed frames over one long stream" in said[path]
         pool = build_pool(files)
         methods = {n: [m.name for m in pool.FindServiceByName(n).methods] for n in names}
         assert methods["convstream.v1.Convstream"] == [

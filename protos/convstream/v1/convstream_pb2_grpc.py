@@ -77,18 +77,20 @@ class ConvstreamServicer(object):
         either gets exactly one result or, dropped by the stream's freshness policy, is listed
         in a later result's dropped_frame_ids (a result may list frames newer than itself). At
         most 1000 are listed a result: drops past that between two results are only counted, in
-        frames_dropped, so an id that is neither answered nor listed was among those. A frame is checked as it arrives,
-        before any policy could drop it: its options, its capture_time, and its image's format,
-        header, size and completeness. A bad one gets a result whose status says why
-        (INVALID_ARGUMENT; for options also RESOURCE_EXHAUSTED or ALREADY_EXISTS, see
-        ResultOptions), and the stream goes on; its options, if accepted, still apply. A frame
-        that fails only when decoded (compressed data OpenCV cannot read) is answered when its
-        turn comes, so a dropping policy can drop it first. Give each frame its own frame_id
-        (not 0, which the server uses for a message that does not parse): the server echoes
-        ids, it does not check them. When the client half-closes, the frames it sent
-        are answered (the newest always, even under LATEST_ONLY) and the call ends OK. A server
-        shutting down answers the frames it has and ends the call with UNAVAILABLE: frames
-        without a result were not analysed; send them again, from the first unanswered frame_id.
+        frames_dropped, so an id that is neither answered nor listed was among those. A frame
+        is checked as it arrives, before any policy could drop it: its options, its
+        capture_time, and its image's format, header, size and completeness. A bad one gets a
+        result whose status says why (INVALID_ARGUMENT; for options also RESOURCE_EXHAUSTED or
+        ALREADY_EXISTS, see ResultOptions), and the stream goes on; its options, if accepted,
+        still apply. It waits for its turn among the results without taking a place in the
+        stream's queue, so it never makes the policy drop a good frame that waits. A frame that
+        fails only when decoded (compressed data OpenCV cannot read) is answered when its turn
+        comes, so a dropping policy can drop it first. Give each frame its own frame_id (not 0,
+        which the server uses for a message that does not parse): the server echoes ids, it
+        does not check them. When the client half-closes, the frames it sent are answered (the
+        newest always, even under LATEST_ONLY) and the call ends OK. A server shutting down
+        answers the frames it has and ends the call with UNAVAILABLE: frames without a result
+        were not analysed; send them again, from the first unanswered frame_id.
         Token role: analyze.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -119,7 +121,7 @@ class ConvstreamServicer(object):
         camera connects or reconnects the call waits; once it has FAILED or STOPPED (see
         CameraState) no frame will come, and the call ends with FAILED_PRECONDITION saying why.
         A published stream is computed with the feature maps its watchers want beside its own.
-        A result that would pass max_message_bytes comes as that frame's RESOURCE_EXHAUSTED
+        A result that would pass max_message_bytes comes as that frame's INVALID_ARGUMENT
         (FrameResult.status), to that watcher alone, and the watch goes on.
         Results wait in this watcher's queue (queue_size) and then in gRPC's flow-control
         windows: a client that reads slower than results come, with a large receive window

@@ -6,11 +6,17 @@ buf curl, Postman) fall back, others stop there. The two versions are one .proto
 packages, the same messages on the wire, so one servicer answers both: v1's method decodes
 and encodes with v1alpha's classes. v1's own descriptor, v1alpha's renamed, joins the default
 pool, so that a tool may also describe the reflection service in the version it speaks.
+
+The API's own file goes out with its comments (``grpcurl describe`` prints them), from
+``convstream.binpb``, which scripts/gen_protos.sh writes beside the .proto: the descriptors
+in Python's pool have none, and the comments are most of the contract.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from functools import cache
+from importlib import resources
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -52,12 +58,42 @@ def _register_v1() -> None:
     pool.AddSerializedFile(proto.SerializeToString())
 
 
+@cache
+def commented_files() -> dict[str, bytes]:
+    """convstream's .proto files as protoc wrote them with their comments, by name."""
+    data = resources.files("convstream.v1").joinpath("convstream.binpb").read_bytes()
+    files = descriptor_pb2.FileDescriptorSet.FromString(data).file
+    return {f.name: f.SerializeToString() for f in files if f.name.startswith("convstream/")}
+
+
+Requests = AsyncIterable[reflection_pb2.ServerReflectionRequest]
+Responses = AsyncIterator[reflection_pb2.ServerReflectionResponse]
+
+
+def _with_comments(
+    servicer: reflection.aio.ReflectionServicer,
+) -> Callable[[Requests, grpc.aio.ServicerContext], Responses]:
+    """servicer's ServerReflectionInfo, handing out convstream's files with their comments."""
+    commented = commented_files()
+
+    async def info(requests: Requests, context: grpc.aio.ServicerContext) -> Responses:
+        async for response in servicer.ServerReflectionInfo(requests, context):
+            if response.HasField("file_descriptor_response"):
+                files = response.file_descriptor_response.file_descriptor_proto
+                for i, blob in enumerate(files):
+                    name = descriptor_pb2.FileDescriptorProto.FromString(blob).name
+                    files[i] = commented.get(name, blob)
+            yield response
+
+    return info
+
+
 def enable(service_names: Iterable[str], server: grpc.aio.Server) -> None:
     """Serve reflection of ``service_names`` and of reflection itself, in v1 and v1alpha."""
     _register_v1()
     servicer = reflection.aio.ReflectionServicer((*service_names, V1, V1ALPHA))
     handler = grpc.stream_stream_rpc_method_handler(
-        servicer.ServerReflectionInfo,
+        _with_comments(servicer),
         request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
         response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
     )
