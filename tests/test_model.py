@@ -140,8 +140,10 @@ def test_torch_and_onnx_agree(tmp_path: Path) -> None:
     ("pixels", "message"),
     [
         (np.zeros((1, 64, 64, 3), np.float32), "uint8 BGR, got dtype float32"),
-        (np.zeros((1, 64, 64, 4), np.uint8), r"\(N, H, W, 3\).*got \(1, 64, 64, 4\)"),
-        (np.zeros((64, 64, 3), np.uint8), r"got \(64, 64, 3\)"),
+        (np.zeros((1, 64, 64, 4), np.uint8), r"\(N, H, W, 3\).*got \(1, 64, 64, 4\) \(BGRA: "),
+        (np.zeros((64, 64, 3), np.uint8), r"got \(64, 64, 3\) \(one image: pixels\[None\]"),
+        (np.zeros((1, 64, 64), np.uint8), r"got \(1, 64, 64\) \(gray pixels: cv2.cvtColor"),
+        (np.zeros((64, 64), np.uint8), r"got \(64, 64\) \(gray pixels"),
         (np.zeros((1, 0, 64, 3), np.uint8), "H and W > 0"),
         ([[1, 2, 3]], "numpy array, got list"),
     ],

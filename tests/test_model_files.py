@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -104,6 +105,17 @@ def reshaped(output: str, op: str, **attributes: object) -> Callable[[onnx.Model
     return change
 
 
+def dropped(name: str) -> Callable[[onnx.ModelProto], None]:
+    """The output `name` no longer an output of the graph."""
+
+    def change(model: onnx.ModelProto) -> None:
+        kept = [o for o in model.graph.output if o.name != name]
+        del model.graph.output[:]
+        model.graph.output.extend(kept)
+
+    return change
+
+
 def stages_with(name: str, channels: int, stride: int) -> str:
     stages = json.loads(onnx_metadata()["stages"])
     for stage in stages:
@@ -176,8 +188,74 @@ def test_a_model_file_that_cannot_be_right_is_refused_at_load_in_one_line(
     assert str(refused.value).startswith(f"{path}: ") and "\n" not in str(refused.value)
 
 
+def test_a_model_without_an_output_the_server_reads_names_it(tmp_path: Path) -> None:
+    path = edited(tmp_path / "three-stages.onnx", dropped("stage4"))
+    with pytest.raises(ModelFileError) as refused:
+        DamageModel(path, provider="cpu")
+    assert str(refused.value).startswith(f"{path} is not a convstream damage model: expected")
+    assert str(refused.value).endswith("outputs heatmap, score, stage1, stage2, stage3 (no stage4)")
+
+
+def scaled(name: str, factor: float) -> Callable[[onnx.ModelProto], None]:
+    """The output `name` multiplied by factor: a model that gives logits, or percentages."""
+
+    def change(model: onnx.ModelProto) -> None:
+        for node in model.graph.node:
+            node.output[:] = [f"{name}_raw" if o == name else o for o in node.output]
+            node.input[:] = [f"{name}_raw" if i == name else i for i in node.input]
+        factor_name = f"{name}_factor"
+        model.graph.initializer.append(
+            helper.make_tensor(factor_name, TensorProto.FLOAT, [], [factor])
+        )
+        model.graph.node.append(helper.make_node("Mul", [f"{name}_raw", factor_name], [name]))
+
+    return change
+
+
+@pytest.mark.parametrize(("output", "factor"), [("score", -50.0), ("heatmap", -10.0)])
+def test_a_model_whose_score_or_heatmap_is_no_probability_is_refused(
+    tmp_path: Path, output: str, factor: float
+) -> None:
+    """Logits (or percentages) where probabilities belong: the threshold in [0, 1] would never
+    (or always) call a frame damaged, so such a model is refused as it loads, saying why."""
+    path = edited(tmp_path / "logits.onnx", scaled(output, factor))
+    with pytest.raises(ModelFileError, match=rf"its {output} for 1 black frame") as refused:
+        DamageModel(path, provider="cpu")
+    assert "expected probabilities in [0, 1]" in str(refused.value)
+
+
+def test_weights_kept_in_a_file_of_their_own_are_found_beside_the_model(
+    tmp_path: Path, shipped: DamageModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch's exporter keeps weights in ``model.onnx.data`` beside the model; they are read
+    from there whatever the server's working directory (under systemd, usually /)."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    model = onnx.load(str(MODEL_PATH))
+    path = folder / "external.onnx"
+    onnx.save(
+        model,
+        str(path),
+        save_as_external_data=True,
+        location="external.onnx.data",
+        size_threshold=0,
+    )
+    assert (folder / "external.onnx.data").stat().st_size > 500_000  # the weights are there
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    loaded = DamageModel(path, provider="cpu")
+    frame = np.random.default_rng(5).integers(0, 256, (1, 256, 256, 3), np.uint8)
+    np.testing.assert_allclose(
+        loaded.run(frame)["heatmap"], shipped.run(frame)["heatmap"], atol=1e-5
+    )
+
+
 def test_without_metadata_stages_and_stride_come_from_the_outputs_and_the_threshold_is_warned(
-    tmp_path: Path, shipped: DamageModel, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    shipped: DamageModel,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     with caplog.at_level(logging.WARNING, "convstream.model.runtime"):
         model = DamageModel(edited(tmp_path / "bare.onnx", no_metadata), provider="cpu")
@@ -189,6 +267,10 @@ def test_without_metadata_stages_and_stride_come_from_the_outputs_and_the_thresh
     assert "no threshold in its metadata: 0.5 is used" in warning
     assert "the server's threshold setting" in warning
     model.warm_up(SERVER_SIZES)
+    # --check-config does not call 0.5 the model's own threshold
+    assert main(["serve", "--no-cameras", "--check-config", "--model", str(model.path)]) == 0
+    said = capsys.readouterr().out
+    assert re.search(r"threshold +0\.500 \(a default: the model has none\)", said), said
     # the shipped model's own metadata is read as before, with nothing to warn of
     caplog.clear()
     with caplog.at_level(logging.WARNING, "convstream.model.runtime"):

@@ -148,8 +148,17 @@ def check_pixels(pixels: np.ndarray) -> None:
     if pixels.dtype != np.uint8:
         raise ModelInputError(f"pixels must be uint8 BGR, got dtype {pixels.dtype}")
     if pixels.ndim != 4 or pixels.shape[3] != 3:
+        hint = ""
+        if pixels.ndim == 4 and pixels.shape[3] == 4:
+            hint = " (BGRA: cv2.cvtColor(image, cv2.COLOR_BGRA2BGR) first)"
+        elif pixels.ndim >= 2 and (
+            pixels.shape[-1] == 1 or (pixels.ndim < 4 and pixels.shape[-1] != 3)
+        ):
+            hint = " (gray pixels: cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR) first)"
+        elif pixels.ndim == 3:
+            hint = " (one image: pixels[None] makes a batch of it)"
         raise ModelInputError(
-            f"pixels must have shape (N, H, W, 3) with 3 BGR channels, got {pixels.shape}"
+            f"pixels must have shape (N, H, W, 3) with 3 BGR channels, got {pixels.shape}{hint}"
         )
     if min(pixels.shape[:3]) == 0:
         raise ModelInputError(f"pixels must have N, H and W > 0, got shape {pixels.shape}")
@@ -199,6 +208,11 @@ class DamageModel:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Weights an exporter kept in a file of their own (torch's external_data) are looked
+        # for beside the model, not in the working directory: the model is loaded as bytes.
+        options.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path", str(self.path.parent.resolve())
+        )
         spin_flag = "1" if spin else "0"
         options.add_session_config_entry("session.intra_op.allow_spinning", spin_flag)
         options.add_session_config_entry("session.inter_op.allow_spinning", spin_flag)
@@ -217,10 +231,12 @@ class DamageModel:
         inputs = [f"{i.name} {i.type}" for i in self.session.get_inputs()]
         outputs = sorted(o.name for o in self.session.get_outputs())
         if inputs != [f"{INPUT_NAME} tensor(uint8)"] or not set(outputs) >= set(OUTPUT_NAMES):
+            missing = [name for name in OUTPUT_NAMES if name not in outputs]
+            lacks = f" (no {', '.join(missing)})" if missing else ""
             raise ModelFileError(
                 f"{self.path} is not a convstream damage model: expected one uint8 input "
                 f"{INPUT_NAME!r} and outputs {', '.join(OUTPUT_NAMES)}; it has inputs "
-                f"{', '.join(inputs)} and outputs {', '.join(outputs)}"
+                f"{', '.join(inputs)} and outputs {', '.join(outputs)}{lacks}"
             )
         got = self.session.get_providers()
         self.provider = got[0]
@@ -248,6 +264,7 @@ class DamageModel:
             )
         self.threshold = 0.5 if threshold is None else threshold  # a server's may replace it
         self.own_threshold = self.threshold  # the file's, chosen when it was trained
+        self.threshold_in_file = threshold is not None  # else 0.5, a default, not the model's
         # One small run (about a millisecond on a CPU) checks the outputs' shapes against the
         # metadata, and measures the strides and channels where the metadata does not say.
         n, height, width = (d or p for d, p in zip(self.input_dims, (1, *PROBE_SIZE), strict=True))
@@ -441,4 +458,14 @@ class DamageModel:
             raise ModelFileError(
                 f"{self.path}: running it on {n} frame(s) of {height}x{width} failed: {exc}"
             ) from exc
+        for name in ("score", "heatmap"):  # compared with a threshold in [0, 1]
+            values = out[name].astype(np.float32)
+            if values.size and not (
+                np.isfinite(values).all() and values.min() >= -1e-3 and values.max() <= 1.001
+            ):
+                raise ModelFileError(
+                    f"{self.path}: its {name} for {n} black frame(s) of {height}x{width} runs "
+                    f"from {values.min():.4g} to {values.max():.4g}; expected probabilities "
+                    "in [0, 1] (a sigmoid's output, not logits), which the threshold compares"
+                )
         return {name: tuple(array.shape) for name, array in out.items()}

@@ -354,9 +354,11 @@ def _check_config(settings: Settings, warnings: list[str]) -> int:
     print(f"  tokens       {tokens}")
     print(f"  metrics      {metrics}")
     threshold = settings.threshold if settings.threshold is not None else model.threshold
-    source = "the model's own"
+    source = "the model's own" if model.threshold_in_file else "a default: the model has none"
     if settings.threshold is not None:  # from the file, a variable or a flag
         source = f"set; the model's own is {model.threshold:.3f}"
+        if not model.threshold_in_file:
+            source = "set; the model has none of its own"
     print(f"  model        {model.path} (sha256 {model.sha256[:12]}...)")
     print(f"  provider     {model.provider} ({settings.provider} asked for)")
     if settings.processes > 1:
