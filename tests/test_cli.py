@@ -203,6 +203,60 @@ async def test_samples_write_frames_and_a_clip_that_analyze_and_stream_take(
     )
 
 
+async def test_evaluate_measures_the_servers_scores_on_labelled_folders(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`samples --by-label` writes the layout `evaluate` reads; evaluate's scores are the
+    server's (as `analyze` gives them), its AUC and each threshold's counts follow from them."""
+    folder = tmp_path / "labelled"
+    argv = ["samples", str(folder), "--count", "24", "--size", "256x256", "--by-label"]
+    assert await run(*argv) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in folder.iterdir()) == ["damaged", "intact"]
+    assert len(list((folder / "damaged").iterdir())) == 12
+    address = f"127.0.0.1:{server.port}"
+    assert await run("evaluate", str(folder), "--json", "--address", address) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["damaged"], report["intact"]) == (12, 12)
+    images = {i["name"]: i for i in report["images"]}
+    assert all((Path(n).parent.name == "damaged") == i["damaged"] for n, i in images.items())
+    assert await run("analyze", str(folder), "--json", "--address", address) == 0
+    analysed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {r["name"]: r["score"] for r in analysed} == {
+        n: pytest.approx(i["score"], abs=1e-5) for n, i in images.items()
+    }
+    damaged = [i["score"] for i in images.values() if i["damaged"]]
+    intact = [i["score"] for i in images.values() if not i["damaged"]]
+    wins = sum(1.0 if d > n else 0.5 if d == n else 0.0 for d in damaged for n in intact)
+    assert report["roc_auc"] == pytest.approx(wins / (12 * 12), abs=1e-6)
+    assert report["roc_auc"] > 0.6  # the model tells its own rendered scenes apart
+    assert await run("info", "--json", "--address", address) == 0
+    threshold = json.loads(capsys.readouterr().out)["threshold"]
+    assert report["server_threshold"] == pytest.approx(threshold, abs=1e-6)
+    for row in report["thresholds"]:
+        t = row["threshold"]
+        assert row["damaged_found"] == sum(s >= t for s in damaged), row
+        assert row["intact_flagged"] == sum(s >= t for s in intact), row
+    # a rate too small to allow one more image shares the row before it
+    rows = {why: r for r in report["thresholds"] for why in r["why"].split(", ")}
+    offered = [r["threshold"] for r in report["thresholds"] if r["why"] != "the server's now"]
+    assert all(t == round(t, 3) for t in offered), offered  # as printed, so as set
+    assert rows["no false alarm"]["intact_flagged"] == 0
+    assert rows["at most 10% false alarms"]["intact_flagged"] <= 1  # 10% of 12
+    assert rows["the server's now"]["threshold"] == report["server_threshold"]
+    # for people: the table, and what to set
+    assert await run("evaluate", str(folder), "--address", address) == 0
+    text = capsys.readouterr().out
+    assert f"12 damaged and 12 intact images in {folder}" in text
+    assert f"ROC AUC {report['roc_auc']:.3f}" in text
+    assert "no false alarm" in text and "the server's now" in text
+    # a folder without the layout is told what it needs
+    assert main(["evaluate", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "has no damaged/ folder; expected damaged/ and intact/ folders" in err
+    assert "(it has labelled/)" in err
+
+
 async def test_a_file_that_is_no_video_is_an_error_not_an_empty_success(
     server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -51,6 +51,7 @@ from convstream.client.errors import (
     SourceError,
     Unauthenticated,
 )
+from convstream.client.evaluation import evaluation_json, evaluation_text, labelled
 from convstream.client.frames import (
     IMAGE_SUFFIXES,
     Video,
@@ -125,6 +126,10 @@ _EXAMPLES_ANALYZE = """examples:
   convstream analyze box.jpg
   convstream analyze photos/ --json > results.jsonl
   convstream analyze photos/ --maps stage3 --encoding uint8 --save-overlays overlays/
+"""
+_EXAMPLES_EVALUATE = """examples:
+  convstream evaluate samples/       # samples/damaged/*.jpg and samples/intact/*.jpg
+  convstream evaluate samples/ --json | jq .best_threshold
 """
 _EXAMPLES_STREAM = """examples:
   convstream stream conveyor.avi --save-overlays overlays/
@@ -319,6 +324,23 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     watch.set_defaults(func=_watch)
 
+    evaluate = commands.add_parser(
+        "evaluate",
+        parents=[connection],
+        help="how well the scores separate your own damaged and intact images",
+        description="Analyse FOLDER/damaged/ and FOLDER/intact/ (images, searched recursively)\n"
+        "on the server and print how well its scores separate them (ROC AUC), what the\n"
+        "server's threshold finds and flags there, and the thresholds worth setting instead.\n"
+        "The model learnt from rendered scenes: choose its threshold on your own footage.",
+        epilog=_EXAMPLES_EVALUATE + EXIT_STATUS,
+        **common,  # type: ignore[arg-type]
+    )
+    evaluate.add_argument("folder", type=Path, metavar="FOLDER", help="holds damaged/ and intact/")
+    evaluate.add_argument(
+        "--json", action="store_true", help="one JSON object: the table and every image's score"
+    )
+    evaluate.set_defaults(func=_evaluate)
+
 
 def _usage(args: argparse.Namespace, message: str) -> int:
     print(f"convstream {args.command}: error: {message}", file=sys.stderr)
@@ -511,6 +533,58 @@ def _analyze(args: argparse.Namespace) -> int:
         # the paths, read as the stream takes them: a file that is no image fails alone
         results = client.stream(paths, resume=True)
         return _report(args, results, _reporter(args, len(paths), width))
+
+    return _run(args, body)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    folder: Path = args.folder
+    if not folder.is_dir():
+        return _usage(args, f"{folder} is not a folder; expected one holding damaged/ and intact/")
+    sets: dict[bool, list[Path]] = {}
+    for damaged, label in ((True, "damaged"), (False, "intact")):
+        sub = folder / label
+        if not sub.is_dir():
+            has = sorted(p.name + "/" for p in folder.iterdir() if p.is_dir())
+            return _usage(
+                args,
+                f"{folder} has no {label}/ folder; expected damaged/ and intact/ folders of "
+                f"images, one for each kind (it has {', '.join(has) or 'no folders'})",
+            )
+        try:
+            sets[damaged] = image_files([sub])
+        except SourceError as exc:
+            return _usage(args, exc.message)
+        if not sets[damaged]:
+            suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+            return _usage(args, f"no image files ({suffixes}) in {sub}")
+    paths = [*sets[True], *sets[False]]
+    truth = [True] * len(sets[True]) + [False] * len(sets[False])
+
+    def body(client: Client) -> int:
+        info = client.model_info()
+        scores: list[float] = []
+        failed: list[str] = []
+        score_only = ResultOptions(heatmap=False)
+        for path, result in zip(
+            paths, client.stream(paths, options=score_only, resume=True), strict=True
+        ):
+            if result.error is not None:
+                failed.append(f"{path}: {result.error.message}")
+            scores.append(result.score)
+        if failed:
+            print(
+                f"convstream evaluate: {len(failed)} of {len(paths)} images could not be "
+                f"analysed, so nothing is measured; the first: {failed[0]}",
+                file=sys.stderr,
+            )
+            return EXIT_FRAMES
+        evaluation = labelled([str(p) for p in paths], scores, truth, info.threshold)
+        if args.json:
+            print(json.dumps(evaluation_json(evaluation)))
+        else:
+            print(evaluation_text(evaluation, str(folder)))
+        return 0
 
     return _run(args, body)
 

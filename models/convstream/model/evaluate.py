@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from convstream.client.evaluation import roc_auc
 from convstream.model.runtime import DamageModel, ModelFileError
 from convstream.model.scenes import BACKGROUNDS, DAMAGE_KINDS, Scene, render_scene
 
@@ -29,28 +30,6 @@ EVAL_SEED_BASE = 1_000_000_000
 TEST_SEED_BASE = 2_000_000_000
 MIN_SIDE = 32
 """The smallest height and width render_scene draws."""
-
-
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (the Mann-Whitney U statistic, ties counted half).
-
-    Args:
-        scores (np.ndarray): float, shape (N,).
-        labels (np.ndarray): bool, shape (N,); both classes must be present.
-    """
-    scores = np.asarray(scores, np.float64)
-    labels = np.asarray(labels, bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"AUC needs both classes, got {n_pos} positive and {n_neg} negative")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), np.float64)
-    sorted_scores = scores[order]
-    # average ranks over ties
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    avg = first + (counts - 1) / 2.0 + 1.0
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def peak_in_region(heatmap: np.ndarray, mask: np.ndarray, stride: int) -> bool:
@@ -64,19 +43,6 @@ def peak_in_region(heatmap: np.ndarray, mask: np.ndarray, stride: int) -> bool:
     row, col = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
     cell = mask[row * stride : (row + 1) * stride, col * stride : (col + 1) * stride]
     return bool(cell.any())
-
-
-def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
-    """The score threshold that maximises balanced accuracy (Youden's J) on these scores."""
-    candidates = np.unique(scores)
-    best, best_j = 0.5, -1.0
-    for t in candidates:
-        predicted = scores >= t
-        tpr = float((predicted & labels).sum()) / max(1, int(labels.sum()))
-        fpr = float((predicted & ~labels).sum()) / max(1, int((~labels).sum()))
-        if tpr - fpr > best_j:
-            best, best_j = float(t), tpr - fpr
-    return best
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from convstream.client.evaluation import best_threshold
 from convstream.model.evaluate import (
     EVAL_SEED_BASE,
-    best_threshold,
     cpu_name,
     evaluate,
     latency_ms,

@@ -388,6 +388,12 @@ def _add_samples(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="where the JPEG files (and --clip's video) go, created if needed",
     )
     p.add_argument("--count", type=int, default=8, help="how many frames (default 8)")
+    p.add_argument(
+        "--by-label",
+        action="store_true",
+        help="write them into DIRECTORY/damaged/ and DIRECTORY/intact/, the layout "
+        "`convstream evaluate` reads",
+    )
     p.add_argument("--size", default="720x1280", help="HxW of each frame (default 720x1280)")
     p.add_argument(
         "--clip",
@@ -431,18 +437,23 @@ def _samples(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    folders = {label: args.directory / label for label in ("damaged", "intact")}
+    if not args.by_label:
+        folders = dict.fromkeys(folders, args.directory)
     try:
-        args.directory.mkdir(parents=True, exist_ok=True)
+        for folder in {args.directory, *folders.values()}:
+            folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         print(
-            f"convstream samples: cannot create {args.directory}: {exc.strerror or exc}",
+            f"convstream samples: cannot create {exc.filename or args.directory}: "
+            f"{exc.strerror or exc}",
             file=sys.stderr,
         )
         return 1
     for i in range(args.count):
         scene = render_scene(4_000_000_000 + i, height, width, damaged=i % 2 == 1)
         label = "damaged" if scene.damaged else "intact"
-        path = args.directory / f"box-{i:03d}-{label}.jpg"
+        path = folders[label] / f"box-{i:03d}-{label}.jpg"
         cv2.imwrite(str(path), scene.image, [cv2.IMWRITE_JPEG_QUALITY, 90])
         print(f"{path}  {label}{' (' + ', '.join(scene.kinds) + ')' if scene.kinds else ''}")
     if args.clip:
