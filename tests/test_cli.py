@@ -27,6 +27,7 @@ from conftest import jpeg, png, scene
 from live import blackhole
 
 from convstream.cli import main
+from convstream.client.evaluation import evaluation_text, labelled
 from convstream.server import CameraConfig, Server, Settings
 from convstream.server.config import load_settings
 
@@ -237,24 +238,54 @@ async def test_evaluate_measures_the_servers_scores_on_labelled_folders(
         t = row["threshold"]
         assert row["damaged_found"] == sum(s >= t for s in damaged), row
         assert row["intact_flagged"] == sum(s >= t for s in intact), row
-    # a rate too small to allow one more image shares the row before it
-    rows = {why: r for r in report["thresholds"] for why in r["why"].split(", ")}
-    offered = [r["threshold"] for r in report["thresholds"] if r["why"] != "the server's now"]
+    rows = {(r["kind"], r["max_false_alarms"]): r for r in report["thresholds"]}
+    offered = [r["threshold"] for r in report["thresholds"] if r["kind"] != "server"]
     assert all(t == round(t, 3) for t in offered), offered  # as printed, so as set
-    assert rows["no false alarm"]["intact_flagged"] == 0
-    assert rows["at most 10% false alarms"]["intact_flagged"] <= 1  # 10% of 12
-    assert rows["the server's now"]["threshold"] == report["server_threshold"]
+    assert rows[("false_alarms", 0.0)]["intact_flagged"] == 0
+    assert rows[("false_alarms", 0.1)]["intact_flagged"] <= 1  # 10% of 12
+    assert rows[("server", None)]["threshold"] == report["server_threshold"]
+    assert report["best_threshold"] == rows[("best", None)]["threshold"]
     # for people: the table, and what to set
     assert await run("evaluate", str(folder), "--address", address) == 0
     text = capsys.readouterr().out
     assert f"12 damaged and 12 intact images in {folder}" in text
     assert f"ROC AUC {report['roc_auc']:.3f}" in text
     assert "no false alarm" in text and "the server's now" in text
+    # hidden files are not read; an image that cannot be analysed is left out and named
+    (folder / "damaged" / "._box-001-damaged.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (folder / "intact" / ".thumbnails").mkdir()
+    (folder / "intact" / ".thumbnails" / "t.jpg").write_bytes(jpeg(scene(9, 64, 64)))
+    (folder / "intact" / "cut.jpg").write_bytes(b"\xff\xd8\xff not a whole JPEG")
+    assert await run("evaluate", str(folder), "--address", address) == 1
+    out, err = capsys.readouterr()
+    assert f"12 damaged and 12 intact images in {folder} (1 more could not be analysed" in out
+    assert err.startswith(f"convstream evaluate: left out {folder / 'intact' / 'cut.jpg'}: ")
     # a folder without the layout is told what it needs
     assert main(["evaluate", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "has no damaged/ folder; expected damaged/ and intact/ folders" in err
     assert "(it has labelled/)" in err
+
+
+def test_evaluate_says_when_the_scores_do_not_separate_and_offers_thresholds_that_can_be_set() -> (
+    None
+):
+    """Scores that tell nothing get no recommendation; a threshold over 1 is never offered
+    (the server takes 0 to 1); the best balance sits midway in the gap it may move in."""
+    same = labelled(["a", "b", "c", "d"], [0.5] * 4, [True, True, False, False], 0.822)
+    assert "do not separate the two kinds here" in evaluation_text(same, "f")
+    swapped = labelled(["a", "b", "c", "d"], [0.1, 0.2, 0.8, 0.9], [True, True, False, False], 0.8)
+    assert "are damaged/ and intact/ the wrong way round?" in evaluation_text(swapped, "f")
+    saturated = labelled(["a", "b", "c"], [1.0, 1.0, 0.2], [True, False, False], 0.822)
+    assert all(r.threshold <= 1.0 for r in saturated.rows())
+    assert not [r for r in saturated.rows() if r.kind == "false_alarms" and r.rate == 0.0]
+    apart = labelled(["a", "b"], [0.999, 0.135], [True, False], 0.822)
+    best = apart.best()
+    assert 0.55 < best.threshold < 0.58  # not 0.999, on the damaged image's own score
+    assert (best.found, best.flagged) == (1, 0)
+    text = evaluation_text(apart, "f")
+    assert "Few images: with 1 of a kind, each one moves its rate by 100%" in text
+    assert f"CONVSTREAM_THRESHOLD={best.threshold:.3f}" in text and "--threshold" not in text
 
 
 async def test_a_file_that_is_no_video_is_an_error_not_an_empty_success(
@@ -449,6 +480,7 @@ async def test_client_commands_end_on_sigterm_or_ctrl_c_without_a_traceback() ->
 _SIGNAL_IN_A_WAIT = """
 import signal, sys, threading
 from convstream.cli import main
+from convstream.client.evaluation import evaluation_text, labelled
 
 armed = threading.Event()
 signal.signal(signal.SIGUSR1, lambda signum, frame: armed.set())

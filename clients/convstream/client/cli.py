@@ -563,28 +563,34 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     def body(client: Client) -> int:
         info = client.model_info()
-        scores: list[float] = []
+        kept: list[tuple[str, float, bool]] = []
         failed: list[str] = []
         score_only = ResultOptions(heatmap=False)
-        for path, result in zip(
-            paths, client.stream(paths, options=score_only, resume=True), strict=True
-        ):
-            if result.error is not None:
+        results = client.stream(paths, options=score_only, resume=True)
+        for path, damaged, result in zip(paths, truth, results, strict=True):
+            if result.error is not None:  # left out, and said: the rest are measured
                 failed.append(f"{path}: {result.error.message}")
-            scores.append(result.score)
-        if failed:
+            else:
+                kept.append((str(path), result.score, damaged))
+        for line in failed[:10]:
+            print(f"convstream evaluate: left out {line}", file=sys.stderr)
+        if len(failed) > 10:
+            print(f"convstream evaluate: ... and {len(failed) - 10} more", file=sys.stderr)
+        kinds = {damaged for _, _, damaged in kept}
+        if kinds != {True, False}:
+            none = "damaged" if True not in kinds else "intact"
             print(
-                f"convstream evaluate: {len(failed)} of {len(paths)} images could not be "
-                f"analysed, so nothing is measured; the first: {failed[0]}",
+                f"convstream evaluate: no {none} image could be analysed, so nothing is measured",
                 file=sys.stderr,
             )
             return EXIT_FRAMES
-        evaluation = labelled([str(p) for p in paths], scores, truth, info.threshold)
+        names, scores, labels = zip(*kept, strict=True)
+        evaluation = labelled(names, scores, labels, info.threshold)
         if args.json:
-            print(json.dumps(evaluation_json(evaluation)))
+            print(json.dumps({**evaluation_json(evaluation), "left_out": failed}))
         else:
-            print(evaluation_text(evaluation, str(folder)))
-        return 0
+            print(evaluation_text(evaluation, str(folder), failed=len(failed)))
+        return EXIT_FRAMES if failed else 0
 
     return _run(args, body)
 

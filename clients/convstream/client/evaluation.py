@@ -59,14 +59,19 @@ def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class Operating:
-    """What a threshold does on these images: damaged found, intact flagged."""
+    """What a threshold does on these images: damaged found, intact flagged.
+
+    kind: "server" (the server's threshold now), "best" (best balance) or "false_alarms"
+    (the lowest threshold keeping false alarms to ``rate``).
+    """
 
     threshold: float
     found: int
     damaged: int
     flagged: int
     intact: int
-    why: str  # "the server's", "best balance", "at most 1% false alarms", ...
+    kind: str
+    rate: float | None = None
 
     @property
     def recall(self) -> float:
@@ -75,6 +80,14 @@ class Operating:
     @property
     def false_alarms(self) -> float:
         return self.flagged / self.intact
+
+    @property
+    def why(self) -> str:
+        if self.kind == "server":
+            return "the server's now"
+        if self.kind == "best":
+            return "best balance (Youden's J)"
+        return "no false alarm" if self.rate == 0 else f"at most {self.rate:.0%} false alarms"
 
 
 @dataclass(frozen=True)
@@ -86,7 +99,7 @@ class Evaluation:
     damaged: np.ndarray  # bool, (N,)
     server_threshold: float
 
-    def at(self, threshold: float, why: str) -> Operating:
+    def at(self, threshold: float, kind: str, rate: float | None = None) -> Operating:
         flagged = self.scores >= threshold
         return Operating(
             threshold,
@@ -94,32 +107,41 @@ class Evaluation:
             damaged=int(self.damaged.sum()),
             flagged=int((flagged & ~self.damaged).sum()),
             intact=int((~self.damaged).sum()),
-            why=why,
+            kind=kind,
+            rate=rate,
         )
 
     def roc_auc(self) -> float:
         return roc_auc(self.scores, self.damaged)
 
     def best(self) -> Operating:
-        """The whole-thousandth threshold that maximises balanced accuracy (Youden's J)."""
+        """The whole-thousandth threshold that maximises balanced accuracy (Youden's J):
+        of those that do equally well, the one midway in the gap of scores below the
+        highest, so that it does not sit on an image's score."""
         candidates = np.unique(np.floor(self.scores * GRID)) / GRID
-        rows = [self.at(float(t), "best balance (Youden's J)") for t in candidates]
-        return max(rows, key=lambda r: (r.recall - r.false_alarms, r.threshold))
+        rows = [self.at(float(t), "best") for t in candidates]
+        top = max(rows, key=lambda r: (r.recall - r.false_alarms, r.threshold))
+        below = self.scores[self.scores < top.threshold]
+        if below.size:  # any threshold in (below.max(), top] flags the same images
+            middle = float(np.ceil((below.max() + top.threshold) / 2 * GRID)) / GRID
+            if below.max() < middle <= top.threshold:
+                return self.at(middle, "best")
+        return top
 
     def rows(self) -> list[Operating]:
         """The server's threshold, the best balance, and the lowest threshold (in whole
-        thousandths) that keeps false alarms to each of FALSE_ALARM_RATES, highest first."""
-        rows = [self.at(self.server_threshold, "the server's now"), self.best()]
+        thousandths, at most 1) that keeps false alarms to each of FALSE_ALARM_RATES,
+        highest first. A rate no threshold up to 1 keeps to (intact images that score 1)
+        has no row."""
+        rows = [self.at(self.server_threshold, "server"), self.best()]
         intact = np.sort(self.scores[~self.damaged])[::-1]  # highest first
         for rate in FALSE_ALARM_RATES:
             allowed = int(np.floor(rate * len(intact) + 1e-9))  # intact images it may flag
             threshold = 0.0
             if allowed < len(intact):  # the next thousandth over the first it may not flag
                 threshold = float(np.floor(intact[allowed] * GRID) + 1) / GRID
-            said = "no false alarm" if rate == 0 else f"at most {rate:.0%} false alarms"
-            if rows[-1].threshold == threshold and rows[-1].why != "the server's now":
-                said = f"{rows.pop().why}, {said}"  # a rate too small to allow one more
-            rows.append(self.at(threshold, said))
+            if threshold <= 1.0:
+                rows.append(self.at(threshold, "false_alarms", rate))
         return sorted(rows, key=lambda r: -r.threshold)
 
     def missed(self, threshold: float) -> list[tuple[str, float, bool]]:
@@ -132,41 +154,70 @@ class Evaluation:
         ]
 
 
-def evaluation_text(evaluation: Evaluation, folder: str, listed: int = 10) -> str:
-    """The report `convstream evaluate` prints."""
+def _threshold(value: float) -> str:
+    """A threshold as it may be set: whole thousandths as such, the server's in full."""
+    if round(value * GRID) == value * GRID:
+        return f"{value:.3f}"
+    return f"{value:.6f}".rstrip("0")
+
+
+FEW = 30
+"""Below this many images of a kind, the report says each moves its rate by a lot."""
+
+
+def evaluation_text(evaluation: Evaluation, folder: str, listed: int = 10, failed: int = 0) -> str:
+    """The report `convstream evaluate` prints; failed: images left out, not analysed."""
     best = evaluation.best()
-    now = evaluation.at(evaluation.server_threshold, "")
+    now = evaluation.at(evaluation.server_threshold, "server")
+    auc = evaluation.roc_auc()
+    left_out = f" ({failed} more could not be analysed and are left out)" if failed else ""
     lines = [
-        f"{now.damaged} damaged and {now.intact} intact images in {folder}",
-        f"ROC AUC {evaluation.roc_auc():.3f} (how well the score ranks damaged images over "
-        "intact ones: 1 is perfect, 0.5 chance)",
-        "",
-        f"{'threshold':>9}  {'damaged found':>14}  {'intact flagged':>15}",
+        f"{now.damaged} damaged and {now.intact} intact images in {folder}{left_out}",
+        f"ROC AUC {auc:.3f} (how well the score ranks damaged images over intact ones: 1 is "
+        "perfect, 0.5 chance)",
     ]
-    for row in evaluation.rows():
+    few = min(now.damaged, now.intact)
+    if few < FEW:
         lines.append(
-            f"{row.threshold:9.3f}  {row.found:>5} ({row.recall:5.1%})  "
-            f"{row.flagged:>5} ({row.false_alarms:5.1%})   {row.why}"
+            f"Few images: with {few} of a kind, each one moves its rate by "
+            f"{1 / few:.0%}; a few dozen of each, or more, make these figures worth more."
+        )
+    lines += ["", f"{'threshold':>9}  {'damaged found':>14}  {'intact flagged':>15}"]
+    merged: dict[float, list[Operating]] = {}
+    for row in evaluation.rows():  # rows of one threshold are one line
+        merged.setdefault(row.threshold, []).append(row)
+    for threshold, same in merged.items():
+        row = same[0]
+        whys = [r.why for r in same]
+        lines.append(
+            f"{_threshold(threshold):>9}  {row.found:>5} ({row.recall:6.1%})  "
+            f"{row.flagged:>5} ({row.false_alarms:6.1%})   {'; '.join(whys)}"
         )
     lines.append("")
-    if abs(best.threshold - now.threshold) < 5e-4:
+    if best.recall - best.false_alarms <= 0:
+        swapped = " (are damaged/ and intact/ the wrong way round?)" if auc < 0.3 else ""
         lines.append(
-            f"The server's threshold {now.threshold:.3f} is already the best balance here."
+            "The scores do not separate the two kinds here: no threshold does better than "
+            f"chance{swapped}."
         )
+    elif best.threshold == now.threshold:
+        lines.append(f"The server's threshold {_threshold(now.threshold)} is the best balance.")
     else:
         advice = (
-            f"To flag at the best balance here: threshold = {best.threshold:.3f} in the server's "
-            "config (or `convstream serve --threshold`), then reload it (SIGHUP) or restart; "
-            "or pick the row whose false alarms you can afford."
+            f"To flag at the best balance here: threshold = {_threshold(best.threshold)} in "
+            "the server's config, then reload it (SIGHUP), or CONVSTREAM_THRESHOLD="
+            f"{_threshold(best.threshold)} when it starts; or set the row whose false alarms "
+            "you can afford."
         )
         lines.extend(textwrap.wrap(advice, 88))
     wrong = evaluation.missed(evaluation.server_threshold)
     if wrong:
         lines.append(
-            f"Wrong at the server's threshold {now.threshold:.3f} ({len(wrong)}), furthest first:"
+            f"Wrong at the server's threshold {_threshold(now.threshold)} ({len(wrong)}), "
+            "furthest first:"
         )
         for name, score, damaged in wrong[:listed]:
-            lines.append(f"  {score:.3f}  {'missed ' if damaged else 'flagged'}  {name}")
+            lines.append(f"  {score:.4f}  {'missed ' if damaged else 'flagged'}  {name}")
         if len(wrong) > listed:
             lines.append(f"  ... and {len(wrong) - listed} more (--json lists every score)")
     return "\n".join(lines)
@@ -176,6 +227,8 @@ def evaluation_json(evaluation: Evaluation) -> dict[str, Any]:
     def row(r: Operating) -> dict[str, Any]:
         return {
             "threshold": round(r.threshold, 6),  # whole thousandths but the server's
+            "kind": r.kind,
+            "max_false_alarms": r.rate,
             "why": r.why,
             "damaged_found": r.found,
             "intact_flagged": r.flagged,

@@ -238,6 +238,10 @@ def _what_it_holds(data: bytes) -> str:
 def image_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Expand folders (recursively, sorted) into their image files; files stay as given.
 
+    In a folder, hidden files and folders (a name starting with '.': macOS's ``._x.jpg``
+    beside each copied file, a viewer's ``.thumbnails/``) and what is not a file (a folder
+    named ``x.jpg``, a broken link) are left out.
+
     Raises:
         SourceError: a path does not exist.
     """
@@ -245,7 +249,15 @@ def image_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     for item in paths:
         path = Path(item)
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+            found.extend(
+                sorted(
+                    p
+                    for p in path.rglob("*")
+                    if p.suffix.lower() in IMAGE_SUFFIXES
+                    and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                    and p.is_file()
+                )
+            )
         elif path.exists():
             found.append(path)
         else:
