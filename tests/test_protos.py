@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 from google.protobuf import descriptor_pb2
 
 from convstream.v1 import convstream_pb2
@@ -72,6 +74,37 @@ def test_the_commented_descriptors_are_the_protos_own(tmp_path: Path) -> None:
     assert fresh == committed, "protos changed: run scripts/gen_protos.sh and commit the result"
     comments = [c.leading_comments for c in fresh.file[0].source_code_info.location]
     assert any("Client-pushed frames over one long stream" in c for c in comments)
+
+
+def test_reflection_leaves_out_comments_that_describe_another_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A convstream.binpb left over from another version of the .proto (protoc run by hand,
+    not gen_protos.sh) is not handed out as the API's description; nor does a missing one
+    stop the server: reflection then serves the code's own file, without comments."""
+    from convstream.server import reflection
+
+    files = descriptor_pb2.FileDescriptorSet.FromString(
+        (PROTO.parent / "convstream.binpb").read_bytes()
+    )
+    api = next(f for f in files.file if f.name.startswith("convstream/"))
+    api.message_type[0].field[0].name += "_renamed"
+    (tmp_path / "convstream.binpb").write_bytes(files.SerializeToString())
+    monkeypatch.setattr(reflection.resources, "files", lambda package: tmp_path)
+    reflection.commented_files.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, "convstream.server.reflection"):
+            assert reflection.commented_files() == {}
+            assert "convstream.binpb describes another version of it" in caplog.text
+            (tmp_path / "convstream.binpb").unlink()
+            reflection.commented_files.cache_clear()
+            assert reflection.commented_files() == {}
+            assert "reflection serves the API without its comments" in caplog.text
+        monkeypatch.undo()
+        reflection.commented_files.cache_clear()
+        assert list(reflection.commented_files()) == ["convstream/v1/convstream.proto"]
+    finally:
+        reflection.commented_files.cache_clear()
 
 
 def test_gencode_runs_on_the_oldest_declared_protobuf() -> None:

@@ -14,6 +14,7 @@ in Python's pool have none, and the comments are most of the contract.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from functools import cache
 from importlib import resources
@@ -21,6 +22,8 @@ from importlib import resources
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+logger = logging.getLogger(__name__)
 
 V1ALPHA = reflection.SERVICE_NAME
 V1 = "grpc.reflection.v1.ServerReflection"
@@ -60,10 +63,43 @@ def _register_v1() -> None:
 
 @cache
 def commented_files() -> dict[str, bytes]:
-    """convstream's .proto files as protoc wrote them with their comments, by name."""
-    data = resources.files("convstream.v1").joinpath("convstream.binpb").read_bytes()
-    files = descriptor_pb2.FileDescriptorSet.FromString(data).file
-    return {f.name: f.SerializeToString() for f in files if f.name.startswith("convstream/")}
+    """convstream's .proto files as protoc wrote them with their comments, by name.
+
+    A file that is not the one the server's code was generated from (the descriptors differ
+    but for the comments and the JSON names the Python generator leaves out), or a missing
+    convstream.binpb, is said in the log and left out: reflection then hands out the code's
+    own file, without comments, rather than one that describes another API.
+    """
+    try:
+        data = resources.files("convstream.v1").joinpath("convstream.binpb").read_bytes()
+    except OSError as exc:
+        logger.warning("reflection serves the API without its comments: %s", exc)
+        return {}
+    pool = descriptor_pool.Default()
+    kept = {}
+    for file in descriptor_pb2.FileDescriptorSet.FromString(data).file:
+        if not file.name.startswith("convstream/"):
+            continue
+        own = descriptor_pb2.FileDescriptorProto()
+        pool.FindFileByName(file.name).CopyToProto(own)
+        bare = descriptor_pb2.FileDescriptorProto()
+        bare.CopyFrom(file)
+        bare.ClearField("source_code_info")
+        messages = list(bare.message_type)
+        while messages:
+            message = messages.pop()
+            messages.extend(message.nested_type)
+            for field in message.field:
+                field.ClearField("json_name")
+        if bare != own:
+            logger.warning(
+                "reflection serves %s without its comments: convstream.binpb describes "
+                "another version of it (run scripts/gen_protos.sh after changing the .proto)",
+                file.name,
+            )
+            continue
+        kept[file.name] = file.SerializeToString()
+    return kept
 
 
 Requests = AsyncIterable[reflection_pb2.ServerReflectionRequest]
