@@ -141,9 +141,10 @@ def test_torch_and_onnx_agree(tmp_path: Path) -> None:
     [
         (np.zeros((1, 64, 64, 3), np.float32), "uint8 BGR, got dtype float32"),
         (np.zeros((1, 64, 64, 4), np.uint8), r"\(N, H, W, 3\).*got \(1, 64, 64, 4\) \(BGRA: "),
-        (np.zeros((64, 64, 3), np.uint8), r"got \(64, 64, 3\) \(one image: pixels\[None\]"),
-        (np.zeros((1, 64, 64), np.uint8), r"got \(1, 64, 64\) \(gray pixels: cv2.cvtColor"),
-        (np.zeros((64, 64), np.uint8), r"got \(64, 64\) \(gray pixels"),
+        (np.zeros((64, 64, 3), np.uint8), r"got \(64, 64, 3\) \(one image: image\[None\]"),
+        (np.zeros((1, 64, 64), np.uint8), r"\(1, 64, 64\) \(gray frames: np.repeat\(pixels"),
+        (np.zeros((64, 64), np.uint8), r"\(64, 64\) \(gray: cv2.cvtColor.*; then one image: "),
+        (np.zeros((48, 64, 4), np.uint8), r"\(48, 64, 4\) \(BGRA: .*; then one image: "),
         (np.zeros((1, 0, 64, 3), np.uint8), "H and W > 0"),
         ([[1, 2, 3]], "numpy array, got list"),
     ],

@@ -93,11 +93,13 @@ class ProtocolError(ConvstreamError):
 
 
 class InvalidFrame(ConvstreamError):
-    """The frame, or the options sent with it, cannot be analysed."""
+    """The frame, or the options sent with it, cannot be analysed (also when their result
+    would pass the message limit): retrying the same gets the same answer."""
 
 
 class Overloaded(ConvstreamError):
-    """The server refused work over one of its limits; retry later or ask for less."""
+    """The server refused work over one of its limits for now: back off and retry. (What
+    could never fit, a result over the message limit, is InvalidFrame.)"""
 
 
 class ServerUnavailable(ConvstreamError):

@@ -148,17 +148,21 @@ def check_pixels(pixels: np.ndarray) -> None:
     if pixels.dtype != np.uint8:
         raise ModelInputError(f"pixels must be uint8 BGR, got dtype {pixels.dtype}")
     if pixels.ndim != 4 or pixels.shape[3] != 3:
-        hint = ""
-        if pixels.ndim == 4 and pixels.shape[3] == 4:
-            hint = " (BGRA: cv2.cvtColor(image, cv2.COLOR_BGRA2BGR) first)"
-        elif pixels.ndim >= 2 and (
-            pixels.shape[-1] == 1 or (pixels.ndim < 4 and pixels.shape[-1] != 3)
-        ):
-            hint = " (gray pixels: cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR) first)"
-        elif pixels.ndim == 3:
-            hint = " (one image: pixels[None] makes a batch of it)"
+        # (H, W, C) or (H, W) is one image; then C, or none, says what its pixels are
+        one = pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] in (1, 3, 4))
+        channels = 1 if pixels.ndim == 2 else pixels.shape[-1] if pixels.ndim >= 3 else 0
+        hints = {
+            1: "gray: cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)",
+            4: "BGRA: cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)",
+        }
+        hint = [hints[channels]] if channels in hints and (one or pixels.ndim == 4) else []
+        if one:
+            hint.append("one image: image[None] makes a batch of it")
+        elif pixels.ndim == 3:  # (N, H, W): gray frames
+            hint.append("gray frames: np.repeat(pixels[..., None], 3, axis=3)")
+        said = f" ({'; then '.join(hint)})" if hint else ""
         raise ModelInputError(
-            f"pixels must have shape (N, H, W, 3) with 3 BGR channels, got {pixels.shape}{hint}"
+            f"pixels must have shape (N, H, W, 3) with 3 BGR channels, got {pixels.shape}{said}"
         )
     if min(pixels.shape[:3]) == 0:
         raise ModelInputError(f"pixels must have N, H and W > 0, got shape {pixels.shape}")

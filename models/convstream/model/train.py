@@ -231,7 +231,11 @@ def bf16_is_fast() -> bool:
     and later, Intel Cooper Lake: 104-114 ms a step against 158-160 in float32 on a 2-core
     AMD EPYC). Elsewhere (AVX2-only CPUs such as AMD Zen 3) bfloat16 is emulated and slower
     than float32."""
-    hardware = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    # private functions of torch.cpu (2.13 has both): absent, the CPU is taken to lack it
+    hardware = any(
+        getattr(torch.cpu, name, lambda: False)()
+        for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    )
     return bool(torch.backends.mkldnn.is_available() and hardware)
 
 

@@ -341,7 +341,8 @@ class Settings(BaseModel):
         1 << 30,
         ge=1 << 20,
         description="bytes of frames the server holds for streams at most; past it a lossless "
-        "stream waits for room, any other frame is refused alone (RESOURCE_EXHAUSTED)",
+        "stream waits for room, any other frame is refused alone (RESOURCE_EXHAUSTED; a frame "
+        "larger than all of it, INVALID_ARGUMENT)",
     )
     max_analyze_calls: int = Field(
         64, ge=1, description="concurrent Analyze calls at most; past it, RESOURCE_EXHAUSTED"
