@@ -120,6 +120,10 @@ def test_sources_apply_in_order(tmp_path: Path) -> None:
         ),
         ('[cameras]\nid = "a"\n', {}, r"cameras: expected \[\[cameras\]\] tables"),
         ("max_batch = -1\n", {}, "max_batch"),
+        # a threshold is a score from 0 to 1: a percentage is told as one, NaN as itself
+        ("threshold = 96.2\n", {}, r"threshold: .* 0 to 1, got 96.2 \(a percentage\? then 0.962\)"),
+        ("threshold = nan\n", {}, r"line 1: threshold: must be a score from 0 to 1, got nan$"),
+        ("", {"CONVSTREAM_THRESHOLD": "nan"}, r"\(from CONVSTREAM_THRESHOLD\): must be .*got nan"),
         # bounds under which every frame, or every stream, would be refused
         ("max_frame_side = 8\n", {}, "max_frame_side: .*greater than or equal to 32, got 8"),
         ("max_frame_pixels = 1000\n", {}, "max_frame_pixels: .*equal to 1024, got 1000"),

@@ -448,6 +448,27 @@ class Settings(BaseModel):
             return None
         return read_pem(self.tls_cert, self.tls_key, self.tls_client_ca)
 
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _check_threshold(cls, value: object) -> object:
+        """A score from 0 to 1: NaN said as such, and a percentage told as one (from the
+        environment too, where it is text)."""
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                return value  # pydantic says it is no number
+        if isinstance(number, int | float) and not isinstance(number, bool):
+            if math.isnan(number):
+                raise ValueError("must be a score from 0 to 1, got nan")
+            if 1 < number <= 100:
+                raise ValueError(
+                    f"must be a score from 0 to 1, got {number:g} (a percentage? then "
+                    f"{number / 100:g})"
+                )
+        return value
+
     @field_validator("host", "metrics_host")
     @classmethod
     def _check_host(cls, host: str, info: ValidationInfo) -> str:
