@@ -21,15 +21,19 @@ import urllib.request
 from pathlib import Path
 
 import cv2
+import numpy as np
 import onnxruntime as ort
 import pytest
 from conftest import jpeg, png, scene
 from live import blackhole
 
 from convstream.cli import main
+from convstream.client._report import score_text
 from convstream.client.evaluation import evaluation_text, labelled
+from convstream.client.results import ModelInfo
 from convstream.server import CameraConfig, Server, Settings
 from convstream.server.config import load_settings
+from convstream.v1 import convstream_pb2 as pb
 
 
 def free_port() -> int:
@@ -220,20 +224,21 @@ async def test_evaluate_measures_the_servers_scores_on_labelled_folders(
     report = json.loads(capsys.readouterr().out)
     assert (report["damaged"], report["intact"]) == (12, 12)
     images = {i["name"]: i for i in report["images"]}
-    assert all((Path(n).parent.name == "damaged") == i["damaged"] for n, i in images.items())
+    assert all(Path(n).parent.name == i["folder"] for n, i in images.items())
     assert await run("analyze", str(folder), "--json", "--address", address) == 0
     analysed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {r["name"]: r["score"] for r in analysed} == {
         n: pytest.approx(i["score"], abs=1e-5) for n, i in images.items()
     }
-    damaged = [i["score"] for i in images.values() if i["damaged"]]
-    intact = [i["score"] for i in images.values() if not i["damaged"]]
+    damaged = [i["score"] for i in images.values() if i["folder"] == "damaged"]
+    intact = [i["score"] for i in images.values() if i["folder"] == "intact"]
     wins = sum(1.0 if d > n else 0.5 if d == n else 0.0 for d in damaged for n in intact)
     assert report["roc_auc"] == pytest.approx(wins / (12 * 12), abs=1e-6)
     assert report["roc_auc"] > 0.6  # the model tells its own rendered scenes apart
     assert await run("info", "--json", "--address", address) == 0
     threshold = json.loads(capsys.readouterr().out)["threshold"]
     assert report["server_threshold"] == pytest.approx(threshold, abs=1e-6)
+    assert all(i["flagged"] == (i["score"] >= threshold) for i in images.values())
     for row in report["thresholds"]:
         t = row["threshold"]
         assert row["damaged_found"] == sum(s >= t for s in damaged), row
@@ -285,7 +290,23 @@ def test_evaluate_says_when_the_scores_do_not_separate_and_offers_thresholds_tha
     assert (best.found, best.flagged) == (1, 0)
     text = evaluation_text(apart, "f")
     assert "Few images: with 1 of a kind, each one moves its rate by 100%" in text
-    assert f"CONVSTREAM_THRESHOLD={best.threshold:.3f}" in text and "--threshold" not in text
+    assert f"CONVSTREAM_THRESHOLD={best.threshold:.4g}" in text and "--threshold" not in text
+
+
+def test_a_threshold_set_as_evaluate_offers_it_reads_the_same_everywhere() -> None:
+    """Set to 0.962, the server's threshold comes back as float32 0.9620000124: it is still
+    the best balance, one row, 0.962 in `info`; and a score under it never reads as at it."""
+    wire = float(np.float32(0.962))
+    scores = [0.97, 0.99, 0.954, 0.5]  # best balance: 0.962, midway in 0.954..0.97
+    evaluation = labelled(["a", "b", "c", "d"], scores, [True, True, False, False], wire)
+    assert evaluation.best().threshold == 0.962
+    text = evaluation_text(evaluation, "f")
+    assert "The server's threshold 0.962 is the best balance." in text
+    assert sum(line.strip().startswith("0.962 ") for line in text.splitlines()) == 1  # one row
+    message = pb.ModelInfo(threshold=0.962)
+    assert ModelInfo.from_proto(message).threshold == 0.962
+    assert score_text(0.993855) == "0.9938" and score_text(float(np.float32(0.994))) == "0.9940"
+    assert score_text(1.0) == "1.0000" and score_text(0.0) == "0.0000"
 
 
 async def test_a_file_that_is_no_video_is_an_error_not_an_empty_success(
@@ -480,7 +501,9 @@ async def test_client_commands_end_on_sigterm_or_ctrl_c_without_a_traceback() ->
 _SIGNAL_IN_A_WAIT = """
 import signal, sys, threading
 from convstream.cli import main
+from convstream.client._report import score_text
 from convstream.client.evaluation import evaluation_text, labelled
+from convstream.client.results import ModelInfo
 
 armed = threading.Event()
 signal.signal(signal.SIGUSR1, lambda signum, frame: armed.set())

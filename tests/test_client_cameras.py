@@ -277,7 +277,8 @@ async def test_a_quiet_watch_says_whether_the_server_answers(
     finally:
         await guarded.stop(grace=0)
     assert "and the server refuses this client: the token was not recognised" in told, told
-    assert "(this server does not take that token: ask its operator" in told, told
+    # its own bracket, then the hint: not two brackets side by side
+    assert "config?); this server does not take that token: ask its operator" in told, told
 
 
 async def test_max_fps_is_honoured(server: Server) -> None:
@@ -821,7 +822,7 @@ def test_the_cameras_table_shows_the_cap_and_no_stale_figures_of_a_camera_that_i
     header, up_row, down_row = cameras_text([capped, down]).splitlines()
     assert "FPS CAP" in header
     assert up_row.split()[3:5] == ["15.0/3.0", "3"]
-    assert up_row.split()[9:11] == ["12.5", "0.420"]
+    assert up_row.split()[9:11] == ["12.5", "0.4200"]  # as watch shows scores
     assert down_row.split()[3:5] == ["15.0/0.0", "-"]
     assert down_row.split()[9:11] == ["-", "-"]
 

@@ -270,7 +270,7 @@ def test_without_metadata_stages_and_stride_come_from_the_outputs_and_the_thresh
     # --check-config does not call 0.5 the model's own threshold
     assert main(["serve", "--no-cameras", "--check-config", "--model", str(model.path)]) == 0
     said = capsys.readouterr().out
-    assert re.search(r"threshold +0\.500 \(a default: the model has none\)", said), said
+    assert re.search(r"threshold +0\.5 \(a default: the model has none\)", said), said
     # the shipped model's own metadata is read as before, with nothing to warn of
     caplog.clear()
     with caplog.at_level(logging.WARNING, "convstream.model.runtime"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import deque
 from dataclasses import asdict
@@ -17,6 +18,12 @@ from convstream.client.overlay import save_overlay
 from convstream.client.results import CameraInfo, ModelInfo, Result
 
 MiB = 1024 * 1024
+
+
+def score_text(score: float) -> str:
+    """A score for people: four decimals, cut rather than rounded, so that a score under a
+    threshold never reads as at it (0.993855 is 0.9938, not 0.994, under a threshold 0.994)."""
+    return f"{math.floor(score * 10_000 + 1e-6) / 10_000:.4f}"
 
 
 def result_json(result: Result, overlay: Path | None = None) -> dict[str, Any]:
@@ -165,7 +172,7 @@ class Reporter:
         return self._row(
             str(result.frame_id),
             name,
-            f"{result.score:.3f}",
+            score_text(result.score),
             "yes" if result.damaged else "no",
             f"({peak[0]}, {peak[1]})" if peak is not None else "-",
             f"{total_ms:.1f}",
@@ -287,7 +294,7 @@ class WatchReporter(Reporter):
         peak = result.peak()
         row = self._watch_row(
             str(result.frame_id),
-            f"{result.score:.3f}",
+            score_text(result.score),
             "yes" if result.damaged else "no",
             f"({peak[0]}, {peak[1]})" if peak is not None else "-",
             f"{result.frame_age_ms + self._late_ms:.1f}",  # its age here, on the way included
@@ -379,7 +386,7 @@ def cameras_text(
                 # a camera that is down has no current latency or score: its last ones
                 # would read as live
                 f"{c.latency_ms:.1f}" if c.flowing and c.frames_analysed else "-",
-                f"{c.last_score:.3f}" if c.flowing and c.last_score is not None else "-",
+                score_text(c.last_score) if c.flowing and c.last_score is not None else "-",
                 _last_error(c, now),
             )
         )
@@ -425,7 +432,7 @@ def model_info_text(info: ModelInfo) -> str:
         f"model        {info.name} (sha256 {info.sha256[:16]}…)",
         f"provider     {info.execution_provider} (requested {info.requested_provider}; "
         f"available {', '.join(info.available_providers)})",
-        f"threshold    {info.threshold:.3f} (damaged when score >= threshold)",
+        f"threshold    {info.threshold:.4g} (damaged when score >= threshold)",
         f"input sizes  {sizes} (height x width, as in the settings; frames are letterboxed)",
         f"heatmap      one cell per {info.heatmap_stride} input pixels",
         "stages       NAME      CHANNELS  STRIDE",

@@ -429,8 +429,7 @@ def _run(args: argparse.Namespace, body: Callable[[Client], int]) -> int:
             hint = unavailable_hint(exc.message, tls_from_flags(args))
         elif isinstance(exc, Unauthenticated | PermissionDenied):
             hint = refused_hint(exc.code.name if exc.code else "", token=client.has_token)
-        hint = f" ({hint})" if hint else ""
-        print(f"convstream {args.command}: {exc.message}{hint}", file=sys.stderr)
+        print(f"convstream {args.command}: {_hinted(exc.message, hint)}", file=sys.stderr)
         return _exit_status(exc)
     except BrokenPipeError:
         raise  # stdout's reader went away (`| head`): convstream's main stops quietly
@@ -440,6 +439,14 @@ def _run(args: argparse.Namespace, body: Callable[[Client], int]) -> int:
     finally:
         log.removeHandler(handler)
     return interruption.status  # a signal's: Interruption took the error that it caused
+
+
+def _hinted(message: str, hint: str) -> str:
+    """message, then hint in brackets; after a semicolon where message ends in a bracket of
+    its own, rather than a second bracket beside it."""
+    if not hint:
+        return message
+    return f"{message}; {hint}" if message.endswith(")") else f"{message} ({hint})"
 
 
 def _exit_status(exc: ConvstreamError) -> int:
@@ -815,7 +822,7 @@ class CameraLull:
                     self._say(
                         "refused",
                         f"no result for {quiet:.0f} s, and the server refuses this client: "
-                        f"{exc.message} ({hint})",
+                        f"{_hinted(exc.message, hint)}",
                     )
                     continue
                 # A stalled link or a server gone quiet: the watch itself notices only when

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from convstream.client._report import score_text
+
 FALSE_ALARM_RATES = (0.0, 0.01, 0.05, 0.10)
 """The false-alarm rates whose threshold (the lowest that keeps to it) the table gives."""
 GRID = 1000
@@ -155,10 +157,13 @@ class Evaluation:
 
 
 def _threshold(value: float) -> str:
-    """A threshold as it may be set: whole thousandths as such, the server's in full."""
-    if round(value * GRID) == value * GRID:
-        return f"{value:.3f}"
-    return f"{value:.6f}".rstrip("0")
+    """A threshold as the server's log and `convstream info` write it (0.962, 0.8215)."""
+    return f"{value:.4g}"
+
+
+def _same(a: float, b: float) -> bool:
+    """Whether two thresholds flag the same scores (the server's travels as float32)."""
+    return abs(a - b) < 5e-7
 
 
 FEW = 30
@@ -185,10 +190,16 @@ def evaluation_text(evaluation: Evaluation, folder: str, listed: int = 10, faile
     lines += ["", f"{'threshold':>9}  {'damaged found':>14}  {'intact flagged':>15}"]
     merged: dict[float, list[Operating]] = {}
     for row in evaluation.rows():  # rows of one threshold are one line
-        merged.setdefault(row.threshold, []).append(row)
+        key = next((t for t in merged if _same(t, row.threshold)), row.threshold)
+        merged.setdefault(key, []).append(row)
     for threshold, same in merged.items():
         row = same[0]
-        whys = [r.why for r in same]
+        whys = [r.why for r in same if r.kind != "false_alarms"]
+        rates = [r.rate for r in same if r.kind == "false_alarms" and r.rate is not None]
+        if rates:  # the largest rate says it: the row keeps to every smaller one too
+            whys.append(
+                "no false alarm" if row.flagged == 0 else f"at most {max(rates):.0%} false alarms"
+            )
         lines.append(
             f"{_threshold(threshold):>9}  {row.found:>5} ({row.recall:6.1%})  "
             f"{row.flagged:>5} ({row.false_alarms:6.1%})   {'; '.join(whys)}"
@@ -200,7 +211,7 @@ def evaluation_text(evaluation: Evaluation, folder: str, listed: int = 10, faile
             "The scores do not separate the two kinds here: no threshold does better than "
             f"chance{swapped}."
         )
-    elif best.threshold == now.threshold:
+    elif _same(best.threshold, now.threshold):
         lines.append(f"The server's threshold {_threshold(now.threshold)} is the best balance.")
     else:
         advice = (
@@ -217,7 +228,7 @@ def evaluation_text(evaluation: Evaluation, folder: str, listed: int = 10, faile
             "furthest first:"
         )
         for name, score, damaged in wrong[:listed]:
-            lines.append(f"  {score:.4f}  {'missed ' if damaged else 'flagged'}  {name}")
+            lines.append(f"  {score_text(score)}  {'missed ' if damaged else 'flagged'}  {name}")
         if len(wrong) > listed:
             lines.append(f"  ... and {len(wrong) - listed} more (--json lists every score)")
     return "\n".join(lines)
@@ -243,8 +254,14 @@ def evaluation_json(evaluation: Evaluation) -> dict[str, Any]:
         "server_threshold": round(evaluation.server_threshold, 6),
         "best_threshold": evaluation.best().threshold,
         "thresholds": [row(r) for r in evaluation.rows()],
+        # each image's folder (the truth) and whether the server's threshold flags it now
         "images": [
-            {"name": n, "damaged": bool(d), "score": round(float(s), 6)}
+            {
+                "name": n,
+                "folder": "damaged" if d else "intact",
+                "score": round(float(s), 6),
+                "flagged": bool(s >= evaluation.server_threshold),
+            }
             for n, d, s in zip(evaluation.names, evaluation.damaged, evaluation.scores, strict=True)
         ],
     }

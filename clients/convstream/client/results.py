@@ -301,7 +301,8 @@ class ModelInfo:
             execution_provider=message.execution_provider,
             requested_provider=message.requested_provider,
             available_providers=tuple(message.available_providers),
-            threshold=float(message.threshold),
+            # the shortest decimal the wire's float32 holds: 0.962 as set, not 0.9620000124
+            threshold=float(str(np.float32(message.threshold))),
             heatmap_stride=message.heatmap_stride,
             stages=tuple(Stage(s.name, s.channels, s.stride) for s in message.stages),
             input_sizes=tuple(Size(s.width, s.height) for s in message.input_sizes),

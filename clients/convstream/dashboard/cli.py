@@ -52,7 +52,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threshold",
         type=float,
-        help="score that raises an alert, 0..1 (default: the model's threshold)",
+        help="score that raises an alert, 0..1 (default: the server's threshold, which its "
+        "config sets, else its model's own; a reload's change shows within a poll)",
     )
     p.add_argument(
         "--alert-cooldown",

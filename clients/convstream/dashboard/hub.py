@@ -50,7 +50,10 @@ CHANNEL_OPTIONS = [
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 5.0
 OUTAGE_LOG_S = 5.0  # an unreachable server is logged once it has been so this long
-MODEL_EVERY_POLLS = 10  # GetModelInfo once in so many ListCameras polls
+# GetModelInfo once in so many ListCameras polls: every one, so that a threshold a reload
+# changes takes over the alerts within a poll (at every 10th, an alert 5 s after a reload
+# still used the old one)
+MODEL_EVERY_POLLS = 1
 REFUSED = ("UNAUTHENTICATED", "PERMISSION_DENIED")  # the token: asked again less often
 CALL_TIMEOUT_S = 5.0
 
@@ -425,7 +428,7 @@ class Hub:
                 f" ({decision.episodes} episodes in the cooldown)" if decision.episodes > 1 else ""
             )
             logger.info(
-                "alert %d: %s scored %.3f (threshold %.3f)%s",
+                "alert %d: %s scored %.4f (threshold %.4g)%s",
                 alert.id,
                 camera,
                 decision.score,

@@ -280,7 +280,7 @@ class Server:
                 "frames there, over several connections (README, 'Several processes')"
             )
         logger.info(
-            "convstream %s serving on %s (%s; model %s, sha256 %s..., threshold %.3f%s, "
+            "convstream %s serving on %s (%s; model %s, sha256 %s..., threshold %.4g%s, "
             "provider %s; "
             "inference workers %d, onnxruntime threads per run %d (%s), frames per run %d at "
             "most%s)",
@@ -359,7 +359,7 @@ class Server:
             )
             if self.servicer is not None:
                 self.servicer.model_info.threshold = model.threshold
-            logger.info("reload: threshold %.4f from now on", model.threshold)
+            logger.info("reload: threshold %.4g from now on", model.threshold)
         if self._reload_tls(settings):
             applied.update({name: getattr(settings, name) for name in TLS_FILES})
         changed = [

@@ -56,6 +56,11 @@
     return v === null || v === undefined || Number.isNaN(v) ? "–" : Number(v).toFixed(digits);
   }
 
+  // A threshold as the CLI and the server's log write it: 4 significant digits (0.8215, 0.962).
+  function thresholdText(v) {
+    return v === null || v === undefined ? "–" : String(Number(Number(v).toPrecision(4)));
+  }
+
   function clockTime(seconds) {
     return new Date(seconds * 1000).toLocaleTimeString([], { hour12: false });
   }
@@ -505,13 +510,13 @@
     el.append(b, document.createTextNode(` · ${provider} · ${model.sha256}`));
     el.title = `model ${model.name} (sha256 ${model.sha256}…), provider ${model.provider} ` +
       `(requested ${model.requested}) on onnxruntime ${model.onnxruntime}, ` +
-      `server ${model.server_version}, model threshold ${fmt(model.model_threshold, 3)}, ` +
-      `alert threshold ${fmt(model.threshold, 3)}`;
+      `server ${model.server_version}, server threshold ${thresholdText(model.model_threshold)}, ` +
+      `alert threshold ${thresholdText(model.threshold)}`;
     state.threshold = model.threshold;
     buildLut(model.threshold);
-    // Three decimals, as the CLI prints it: at two, a tile reading 0.82 could stay quiet under
-    // a threshold shown as 0.82.
-    $("threshold").textContent = `score ≥ ${fmt(model.threshold, 3)}`;
+    // As the CLI prints it (0.8215, not 0.82: a tile reading 0.82 could stay quiet under a
+    // threshold shown as 0.82).
+    $("threshold").textContent = `score ≥ ${thresholdText(model.threshold)}`;
     for (const tile of tiles.values()) tile.sparkDirty = true;
   }
 
@@ -682,7 +687,7 @@
     // around the hottest place (the whole frame, at 128 pixels wide, showed no damage)
     entry.img.src = alert.thumb_url;
     entry.score.textContent = fmt(alert.score, 2);
-    entry.score.title = `the highest score of this episode (threshold ${fmt(alert.threshold, 3)})`;
+    entry.score.title = `the highest score of this episode (threshold ${thresholdText(alert.threshold)})`;
     // The list is newest first by when each alert was raised, and shows that time: the best
     // frame's time (which moves while the episode lasts, and comes before the raising of an
     // alert held by the cooldown) is in the tooltip and the enlarged view.
@@ -711,7 +716,7 @@
     const best = clockTime(alert.time) === clockTime(alert.raised)
       ? "" : ` · best frame ${clockTime(alert.time)}`;
     $("modal-caption").textContent = `${alert.camera} · score ${fmt(alert.score, 3)} ` +
-      `(threshold ${fmt(alert.threshold, 3)}) · raised ${dateTime(alert.raised)}${best}, ` +
+      `(threshold ${thresholdText(alert.threshold)}) · raised ${dateTime(alert.raised)}${best}, ` +
       `frame ${alert.frame_id}${more} · ${ZONE} time`;
     if (!$("modal").open) $("modal").showModal();
   }
