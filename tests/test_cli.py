@@ -290,7 +290,7 @@ def test_evaluate_says_when_the_scores_do_not_separate_and_offers_thresholds_tha
     assert (best.found, best.flagged) == (1, 0)
     text = evaluation_text(apart, "f")
     assert "Few images: with 1 of a kind, each one moves its rate by 100%" in text
-    assert f"CONVSTREAM_THRESHOLD={best.threshold:.4g}" in text and "--threshold" not in text
+    assert f"CONVSTREAM_THRESHOLD={best.threshold:.3f}" in text and "--threshold" not in text
 
 
 def test_a_threshold_set_as_evaluate_offers_it_reads_the_same_everywhere() -> None:

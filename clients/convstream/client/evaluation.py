@@ -157,7 +157,10 @@ class Evaluation:
 
 
 def _threshold(value: float) -> str:
-    """A threshold as the server's log and `convstream info` write it (0.962, 0.8215)."""
+    """A threshold as the server's log and `convstream info` write it (0.962, 0.8215); the
+    whole thousandths offered with three decimals (0.990, not 0.99), so the column aligns."""
+    if abs(value * GRID - round(value * GRID)) < 5e-4:
+        return f"{value:.3f}"
     return f"{value:.4g}"
 
 
