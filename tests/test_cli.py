@@ -285,7 +285,7 @@ def test_evaluate_says_when_the_scores_do_not_separate_and_offers_thresholds_tha
     assert all(r.threshold <= 1.0 for r in saturated.rows())
     assert not [r for r in saturated.rows() if r.kind == "false_alarms" and r.rate == 0.0]
     apart = labelled(["a", "b"], [0.999, 0.135], [True, False], 0.822)
-    best = apart.best()
+    best = apart.best
     assert 0.55 < best.threshold < 0.58  # not 0.999, on the damaged image's own score
     assert (best.found, best.flagged) == (1, 0)
     text = evaluation_text(apart, "f")
@@ -299,7 +299,7 @@ def test_a_threshold_set_as_evaluate_offers_it_reads_the_same_everywhere() -> No
     wire = float(np.float32(0.962))
     scores = [0.97, 0.99, 0.954, 0.5]  # best balance: 0.962, midway in 0.954..0.97
     evaluation = labelled(["a", "b", "c", "d"], scores, [True, True, False, False], wire)
-    assert evaluation.best().threshold == 0.962
+    assert evaluation.best.threshold == 0.962
     text = evaluation_text(evaluation, "f")
     assert "The server's threshold 0.962 is the best balance." in text
     assert sum(line.strip().startswith("0.962 ") for line in text.splitlines()) == 1  # one row

@@ -12,6 +12,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -116,6 +117,7 @@ class Evaluation:
     def roc_auc(self) -> float:
         return roc_auc(self.scores, self.damaged)
 
+    @cached_property
     def best(self) -> Operating:
         """The whole-thousandth threshold that maximises balanced accuracy (Youden's J):
         of those that do equally well, the one midway in the gap of scores below the
@@ -135,7 +137,7 @@ class Evaluation:
         thousandths, at most 1) that keeps false alarms to each of FALSE_ALARM_RATES,
         highest first. A rate no threshold up to 1 keeps to (intact images that score 1)
         has no row."""
-        rows = [self.at(self.server_threshold, "server"), self.best()]
+        rows = [self.at(self.server_threshold, "server"), self.best]
         intact = np.sort(self.scores[~self.damaged])[::-1]  # highest first
         for rate in FALSE_ALARM_RATES:
             allowed = int(np.floor(rate * len(intact) + 1e-9))  # intact images it may flag
@@ -175,7 +177,7 @@ FEW = 30
 
 def evaluation_text(evaluation: Evaluation, folder: str, listed: int = 10, failed: int = 0) -> str:
     """The report `convstream evaluate` prints; failed: images left out, not analysed."""
-    best = evaluation.best()
+    best = evaluation.best
     now = evaluation.at(evaluation.server_threshold, "server")
     auc = evaluation.roc_auc()
     left_out = f" ({failed} more could not be analysed and are left out)" if failed else ""
@@ -255,7 +257,7 @@ def evaluation_json(evaluation: Evaluation) -> dict[str, Any]:
         "intact": int((~evaluation.damaged).sum()),
         "roc_auc": round(evaluation.roc_auc(), 6),
         "server_threshold": round(evaluation.server_threshold, 6),
-        "best_threshold": evaluation.best().threshold,
+        "best_threshold": evaluation.best.threshold,
         "thresholds": [row(r) for r in evaluation.rows()],
         # each image's folder (the truth) and whether the server's threshold flags it now
         "images": [

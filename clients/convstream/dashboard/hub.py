@@ -50,10 +50,6 @@ CHANNEL_OPTIONS = [
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 5.0
 OUTAGE_LOG_S = 5.0  # an unreachable server is logged once it has been so this long
-# GetModelInfo once in so many ListCameras polls: every one, so that a threshold a reload
-# changes takes over the alerts within a poll (at every 10th, an alert 5 s after a reload
-# still used the old one)
-MODEL_EVERY_POLLS = 1
 REFUSED = ("UNAUTHENTICATED", "PERMISSION_DENIED")  # the token: asked again less often
 CALL_TIMEOUT_S = 5.0
 
@@ -195,21 +191,19 @@ class Hub:
 
     async def _poll(self) -> None:
         assert self._stub is not None
-        polls = 0
         while True:
             try:
-                # Asked again now and then: a reload may change the server's threshold.
-                if self.model is None or polls % MODEL_EVERY_POLLS == 0:
-                    info = await self._stub.GetModelInfo(
-                        pb.GetModelInfoRequest(), timeout=CALL_TIMEOUT_S, metadata=self._metadata
-                    )
-                    self._model_threshold = float(info.threshold)
-                    assert self.threshold is not None
-                    model = model_json(info, self.threshold)
-                    if model != self.model:
-                        self.model = model
-                        self._broadcast_text(text("model", model=self.model), key="model")
-                polls += 1
+                # Asked at every poll: a threshold a reload changes takes over the alerts within
+                # one (asked every 10th, an alert 5 s after a reload still used the old one).
+                info = await self._stub.GetModelInfo(
+                    pb.GetModelInfoRequest(), timeout=CALL_TIMEOUT_S, metadata=self._metadata
+                )
+                self._model_threshold = float(info.threshold)
+                assert self.threshold is not None
+                model = model_json(info, self.threshold)
+                if model != self.model:
+                    self.model = model
+                    self._broadcast_text(text("model", model=self.model), key="model")
                 response = await self._stub.ListCameras(
                     pb.ListCamerasRequest(), timeout=CALL_TIMEOUT_S, metadata=self._metadata
                 )

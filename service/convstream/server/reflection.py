@@ -15,7 +15,7 @@ in Python's pool have none, and the comments are most of the contract.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from functools import cache
 from importlib import resources
 
@@ -28,6 +28,17 @@ logger = logging.getLogger(__name__)
 V1ALPHA = reflection.SERVICE_NAME
 V1 = "grpc.reflection.v1.ServerReflection"
 METHOD = "ServerReflectionInfo"
+
+
+def _fields(
+    proto: descriptor_pb2.FileDescriptorProto,
+) -> Iterator[descriptor_pb2.FieldDescriptorProto]:
+    """Every field of every message in proto, nested messages' included, to edit in place."""
+    messages = list(proto.message_type)
+    while messages:
+        message = messages.pop()
+        messages.extend(message.nested_type)
+        yield from message.field
 
 
 def _register_v1() -> None:
@@ -47,13 +58,9 @@ def _register_v1() -> None:
     def rename(name: str) -> str:
         return name.replace(f".{old}.", f".{new}.", 1)
 
-    messages = list(proto.message_type)
-    while messages:
-        message = messages.pop()
-        messages.extend(message.nested_type)
-        for field in message.field:
-            if field.HasField("type_name"):
-                field.type_name = rename(field.type_name)
+    for field in _fields(proto):
+        if field.HasField("type_name"):
+            field.type_name = rename(field.type_name)
     for service in proto.service:
         for method in service.method:
             method.input_type = rename(method.input_type)
@@ -85,12 +92,8 @@ def commented_files() -> dict[str, bytes]:
         bare = descriptor_pb2.FileDescriptorProto()
         bare.CopyFrom(file)
         bare.ClearField("source_code_info")
-        messages = list(bare.message_type)
-        while messages:
-            message = messages.pop()
-            messages.extend(message.nested_type)
-            for field in message.field:
-                field.ClearField("json_name")
+        for field in _fields(bare):
+            field.ClearField("json_name")
         if bare != own:
             logger.warning(
                 "reflection serves %s without its comments: convstream.binpb describes "
