@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from convstream.model import (
     OUTPUT_NAMES,
     DamageModel,
     ModelInputError,
+    export,
     select_providers,
     wants_cuda,
 )
@@ -134,6 +136,44 @@ def test_torch_and_onnx_agree(tmp_path: Path) -> None:
     # and the checkpoint is what the shipped file was exported from
     shipped = DamageModel(provider="cpu").run(pixels, ["heatmap"])["heatmap"]
     np.testing.assert_allclose(shipped, got["heatmap"], atol=1e-5)
+
+
+def test_the_export_command_reproduces_the_shipped_model(tmp_path: Path) -> None:
+    # The threshold, too, is chosen again on the validation scenes, as training chose it.
+    out = tmp_path / "damage.onnx"
+    export.main([str(CHECKPOINT), "--out", str(out)])
+    exported, shipped = DamageModel(out, provider="cpu"), DamageModel(provider="cpu")
+    assert exported.own_threshold == pytest.approx(shipped.own_threshold, abs=1e-4)
+    pixels = render_scene(TEST_SEED_BASE + 7, 96, 160).image[None]
+    got, expected = exported.run(pixels), shipped.run(pixels)
+    for name in OUTPUT_NAMES:
+        np.testing.assert_allclose(got[name], expected[name], atol=1e-5, err_msg=name)
+
+
+def test_the_export_command_says_what_it_cannot_export(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = DamageNet().state_dict()
+    first, second = list(state)[:2]
+    state[first] = torch.zeros(3)
+    del state[second]
+    torch.save(state, tmp_path / "other.pt")
+    torch.save([1, 2], tmp_path / "list.pt")
+    cases = [
+        (tmp_path / "other.pt", rf"missing: {second}; shape: {first} \(3,\)"),
+        (tmp_path / "list.pt", "holds a list; expected a DamageNet state dict"),
+        (MODEL_PATH, "is not a PyTorch checkpoint of plain tensors"),
+        (tmp_path / "none.pt", "none.pt: No such file"),
+    ]
+    for checkpoint, message in cases:
+        with pytest.raises(SystemExit) as exited:
+            export.main([str(checkpoint), "--out", str(tmp_path / "m.onnx")])
+        assert exited.value.code == 2
+        assert re.search(message, capsys.readouterr().err), message
+    with pytest.raises(SystemExit):
+        export.main([str(CHECKPOINT), "--out", str(tmp_path)])
+    assert "is a folder; expected a file to write" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
 
 
 @pytest.mark.parametrize(

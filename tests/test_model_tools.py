@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
+import convstream.model.export as export_module
 import convstream.model.quantize as quantize_module
 import convstream.model.train as train_module
 from convstream.model import MODEL_PATH, DamageModel, ModelFileError
@@ -132,8 +133,8 @@ def test_train_writes_the_threshold_the_model_file_keeps(
     # threshold has more decimals than the file's metadata keeps.
     scores = np.array([0.1234567891, 0.6452201008796692, 0.9])
     labels = np.array([False, True, True])
-    monkeypatch.setattr(train_module, "render_scene", lambda *a, **k: None)
-    monkeypatch.setattr(train_module, "score_scenes", lambda model, scenes: (scores, labels, []))
+    monkeypatch.setattr(export_module, "render_scene", lambda *a, **k: None)
+    monkeypatch.setattr(export_module, "score_scenes", lambda model, scenes: (scores, labels, []))
     monkeypatch.setattr(
         train_module,
         "evaluate",

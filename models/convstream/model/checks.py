@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,3 +163,15 @@ def check_shapes(
                 f"{path}: for {n} frame(s) of {height}x{width} its output {name} has "
                 f"shape {shapes[name]}; expected {want} ({why})"
             )
+
+
+def out_problem(out: Path, example: str) -> str | None:
+    """Why a model file cannot be written to --out, or None: checked before the work that
+    makes it. example: a file name to suggest where out is a folder."""
+    if out.is_dir():
+        return f"--out {out} is a folder; expected a file to write, e.g. {out / example}"
+    if not out.parent.is_dir():
+        return f"--out {out}: there is no folder {out.parent}; make it first or choose another"
+    if not os.access(out.parent, os.W_OK):
+        return f"--out {out}: this user cannot write in {out.parent}"
+    return None

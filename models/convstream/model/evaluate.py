@@ -4,8 +4,9 @@
     python -m convstream.model.evaluate --conditions  # the same under each condition it must
                                                       # withstand, per background, kind and size
 
-Seeds are split once, here: training draws from [0, EVAL_SEED_BASE), evaluation from
-EVAL_SEED_BASE upward, and the tests from TEST_SEED_BASE upward, so no set overlaps another.
+Seeds are split once, here: training draws from [0, VAL_SEED_BASE), the threshold is chosen
+on VAL_SEED_BASE upward, evaluation draws from EVAL_SEED_BASE upward and the tests from
+TEST_SEED_BASE upward, so no set overlaps another.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from convstream.client.evaluation import roc_auc
 from convstream.model.runtime import DamageModel, ModelFileError
 from convstream.model.scenes import BACKGROUNDS, DAMAGE_KINDS, Scene, render_scene
 
+VAL_SEED_BASE = 500_000_000
 EVAL_SEED_BASE = 1_000_000_000
 TEST_SEED_BASE = 2_000_000_000
 MIN_SIDE = 32

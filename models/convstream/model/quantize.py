@@ -35,6 +35,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from convstream.model.checks import out_problem as file_out_problem
 from convstream.model.evaluate import EVAL_SEED_BASE, evaluate
 from convstream.model.runtime import INPUT_NAME, MODEL_PATH, DamageModel, ModelFileError
 from convstream.model.scenes import render_scene
@@ -107,15 +108,9 @@ def quantize(source: Path, target: Path, *, calibration: int = 200) -> None:
 
 def out_problem(model: Path, out: Path) -> str | None:
     """Why --out cannot take the int8 copy of --model, or None: checked before calibrating."""
-    if out.is_dir():
-        return f"--out {out} is a folder; expected a file to write, e.g. {out / 'damage.int8.onnx'}"
-    if not out.parent.is_dir():
-        return f"--out {out}: there is no folder {out.parent}; make it first or choose another"
     if out.resolve() == model.resolve() or (out.exists() and os.path.samefile(out, model)):
         return f"--out {out} is --model: expected another file (it would replace the float32 model)"
-    if not os.access(out.parent, os.W_OK):
-        return f"--out {out}: this user cannot write in {out.parent}"
-    return None
+    return file_out_problem(out, "damage.int8.onnx")
 
 
 def latency_ms(model: DamageModel, size: tuple[int, int], runs: int = 100) -> float:

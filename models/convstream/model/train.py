@@ -30,22 +30,19 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from convstream.client.evaluation import best_threshold
 from convstream.model.evaluate import (
     EVAL_SEED_BASE,
     cpu_name,
     evaluate,
     latency_ms,
-    score_scenes,
 )
-from convstream.model.export import export_onnx
+from convstream.model.export import export_validated
 from convstream.model.network import HEATMAP_STRIDE, DamageNet, parameter_count
 from convstream.model.runtime import DamageModel
 from convstream.model.scenes import render_scene
 
 logger = logging.getLogger(__name__)
 
-VAL_SEED_BASE = 500_000_000
 RENDER_SIZE = 256
 CROP = 128
 # A heatmap cell is a positive target when damage covers this much of it, a negative when none
@@ -287,16 +284,9 @@ def train(
     # ONNX file is its export, and your own training code may start from it (this command
     # always trains from scratch, on rendered scenes only).
     torch.save(net.state_dict(), out_dir / "damage.pt")
-    export_onnx(net, onnx_path, threshold=0.5)
     # The threshold comes from a validation set; the reported metrics from another, unseen one.
     logger.info("choosing the threshold on 500 validation scenes, then measuring on 1,300")
-    model = DamageModel(onnx_path, provider="cpu")
-    val = [
-        render_scene(s, RENDER_SIZE, RENDER_SIZE) for s in range(VAL_SEED_BASE, VAL_SEED_BASE + 500)
-    ]
-    val_scores, val_labels, _ = score_scenes(model, val)
-    threshold = best_threshold(val_scores, val_labels)
-    export_onnx(net, onnx_path, threshold=threshold)
+    export_validated(net, onnx_path)
     model = DamageModel(onnx_path, provider="cpu")
     threshold = model.own_threshold  # as the file keeps it (6 decimals): the metrics say the same
     held_out = evaluate(model, range(EVAL_SEED_BASE, EVAL_SEED_BASE + 1000))
