@@ -78,7 +78,7 @@ async def serve(settings: DashboardSettings) -> None:
         logger.warning(
             "the page listens on %s and has no login or TLS: anyone who can reach port %d "
             "sees every camera and alert; put it behind a reverse proxy that authenticates "
-            "(README, 'The dashboard', under 'The first hour')",
+            "(README, 'Setting up the dashboard')",
             settings.host,
             dashboard.port,
         )

@@ -70,7 +70,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="results in a row at or over the threshold that raise an alert: 2 halves the "
         "false alarms on the demo conveyor and misses a few more damaged packages (README, "
-        "'The dashboard'; default %(default)s)",
+        "'Setting up the dashboard'; default %(default)s)",
     )
     p.add_argument(
         "--alerts-dir",

@@ -85,9 +85,10 @@ class ConvstreamServicer(object):
         still apply. It waits for its turn among the results without taking a place in the
         stream's queue, so it never makes the policy drop a good frame that waits. A frame that
         fails only when decoded (compressed data OpenCV cannot read) is answered when its turn
-        comes, so a dropping policy can drop it first. Give each frame its own frame_id (not 0,
-        which the server uses for a message that does not parse): the server echoes ids, it
-        does not check them. When the client half-closes, the frames it sent are answered (the
+        comes, so a dropping policy can drop it first. Give each frame its own frame_id: the
+        server echoes ids, it does not check them. A message that does not parse is answered
+        as frame_id 0, so a client that must tell that apart from its own frame 0 numbers its
+        frames from 1. When the client half-closes, the frames it sent are answered (the
         newest always, even under LATEST_ONLY) and the call ends OK. A server shutting down
         answers the frames it has and ends the call with UNAVAILABLE: frames without a result
         were not analysed; send them again, from the first unanswered frame_id.

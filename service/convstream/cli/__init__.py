@@ -39,7 +39,7 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--metrics-port",
         type=int,
-        help="HTTP port of /metrics, /healthz and /readyz (default 9464; -1 off)",
+        help="HTTP port of /metrics, /healthz and /readyz (default 9464; 0 picks one; -1 off)",
     )
     p.add_argument(
         "--metrics-host",

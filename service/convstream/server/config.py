@@ -46,9 +46,9 @@ MIN_INPUT_SIDE, MAX_INPUT_SIDE = 32, 4096
 # Frames per second: no camera or video here goes faster, so a rate above it is a mistake in
 # a config and not believed in a stream's metadata.
 MAX_FPS = 240.0
-# A result keeps 64 KiB free for what is added after its feature maps (pipeline's
-# _RESULT_SLACK), so under 64 KiB every frame is refused; twice that leaves as much again for
-# the frame itself, its heatmap and, if asked for, the input JPEG.
+# A result keeps 16 KiB free for what is added after its feature maps (pipeline's
+# _RESULT_SLACK); 128 KiB leaves room beside it for a small frame, its heatmap and, if asked
+# for, the input JPEG.
 MIN_MESSAGE_BYTES = 128 * 1024
 
 
@@ -224,7 +224,8 @@ class Settings(BaseModel):
         9464,
         ge=-1,
         le=65535,
-        description="plain-HTTP port of /metrics, /healthz and /readyz; -1 turns it off",
+        description="plain-HTTP port of /metrics, /healthz and /readyz; 0 picks a free one, "
+        "-1 turns it off",
     )
     metrics_host: str = Field(
         "127.0.0.1",
