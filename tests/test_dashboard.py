@@ -145,6 +145,16 @@ def test_an_alert_keeps_when_it_was_raised_as_its_snapshot_improves(tmp_path: Pa
     assert old is not None and (old.thumb, old.thumbnail) == (b"", b"a")
 
 
+def test_alert_pictures_of_one_id_from_two_dashboard_runs_have_their_own_urls() -> None:
+    # Without --alerts-dir a restarted dashboard numbers its alerts from 1 again, and a page
+    # left open kept the old alert 1's picture (cached an hour) for the new one.
+    before = AlertLog(10).add("belt", 100.0, 0.9, 0.8, 1, Snapshot(b"a", b"b"), raised=101.0)
+    after = AlertLog(10).add("dock-1", 500.0, 0.9, 0.8, 1, Snapshot(b"c", b"d"), raised=501.0)
+    assert before.id == after.id
+    for url in ("url", "frame_url", "thumb_url"):
+        assert getattr(before, url) != getattr(after, url), url
+
+
 def test_the_alerts_directory_keeps_to_its_bytes_deleting_the_oldest(tmp_path: Path) -> None:
     """A count bounded no bytes (alerts of a larger input_size are larger): the directory
     holds at most max_bytes, counted again after a restart, the newest alert always."""
@@ -622,7 +632,9 @@ async def test_damaged_frame_raises_an_alert(
     await expect(alert).to_be_visible(timeout=15000)
     await expect(alert.locator(".a-score")).to_have_text(re.compile(r"^(0\.\d\d|1\.00)$"))
     thumb = alert.locator("img")
-    await expect(thumb).to_have_attribute("src", re.compile(r"^alerts/\d+-thumb\.jpg\?v=\d+$"))
+    await expect(thumb).to_have_attribute(
+        "src", re.compile(r"^alerts/\d+-thumb\.jpg\?v=\d+&at=\d+$")
+    )
     await expect(thumb).to_have_js_property("complete", True)
     assert await thumb.evaluate("(img) => [img.naturalWidth, img.naturalHeight]") == [384, 216]
     # One package passing: one alert, not one per frame.
@@ -644,7 +656,7 @@ async def test_damaged_frame_raises_an_alert(
     await page.screenshot(path=artifacts / "alert-enlarged.png")
     # the same frame with nothing drawn on it, to judge the damage by eye
     await page.locator("#modal-clean").check()
-    await expect(big).to_have_attribute("src", re.compile(r"^alerts/\d+-frame\.jpg\?v=\d+$"))
+    await expect(big).to_have_attribute("src", re.compile(r"^alerts/\d+-frame\.jpg\?v=\d+&at=\d+$"))
     await expect(big).to_have_js_property("complete", True)
     assert await big.evaluate("(img) => img.naturalWidth") >= 600
     await page.screenshot(path=artifacts / "alert-frame-only.png")

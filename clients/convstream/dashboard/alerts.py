@@ -59,15 +59,22 @@ class Alert:
 
     @property
     def url(self) -> str:
-        return f"alerts/{self.id}.jpg?v={self.version}"
+        return f"alerts/{self.id}.jpg{self._query}"
 
     @property
     def frame_url(self) -> str:
-        return f"alerts/{self.id}-frame.jpg?v={self.version}"
+        return f"alerts/{self.id}-frame.jpg{self._query}"
 
     @property
     def thumb_url(self) -> str:
-        return f"alerts/{self.id}-thumb.jpg?v={self.version}"
+        return f"alerts/{self.id}-thumb.jpg{self._query}"
+
+    @property
+    def _query(self) -> str:
+        # Browsers keep each picture an hour: a url names the alert by when it was raised as
+        # well as its id, which a dashboard restarted without --alerts-dir counts from 1 again
+        # (an open page showed the old alert 1's picture for the new one).
+        return f"?v={self.version}&at={round(self.raised * 1000)}"
 
     def to_json(self) -> dict[str, object]:
         urls = {"url": self.url, "frame_url": self.frame_url, "thumb_url": self.thumb_url}

@@ -192,7 +192,8 @@ async def alert_snapshot(request: web.Request) -> web.Response:
     """An alert's snapshot (``N.jpg``) or its frame without the heatmap (``N-frame.jpg``).
 
     A better frame replaces an alert's snapshot while its episode lasts; the alert's urls
-    then carry a new ``?v=``, so a browser may keep each version it has.
+    then carry a new ``?v=``, so a browser may keep each version it has (``&at=``, the time
+    it was raised, tells apart alerts of one id from dashboards run one after another).
     """
     try:
         alert_id = int(request.match_info["alert_id"])
