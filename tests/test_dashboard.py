@@ -332,6 +332,24 @@ async def test_the_page_answers_only_to_its_own_names() -> None:
     assert named.answers_to("dash.example:443") and not named.answers_to("10.0.0.5:8080")
 
 
+async def test_the_page_and_its_scripts_are_asked_again_at_every_load() -> None:
+    """After an upgrade a reload must not pair the new page with an app.js or style.css the
+    browser kept by guess (they had no Cache-Control): all three are revalidated."""
+    settings = DashboardSettings(address="127.0.0.1:1", port=0)
+    dashboard = Dashboard(settings)
+    await dashboard.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            for path in ("", "static/app.js", "static/style.css"):
+                async with http.get(dashboard.url + path) as response:
+                    assert response.status == 200, path
+                    assert response.headers.get("Cache-Control") == "no-cache", path
+                    validator = response.headers.get("ETag") or response.headers["Last-Modified"]
+                assert validator, path
+    finally:
+        await dashboard.stop()
+
+
 def test_cli_registers_dashboard_and_refuses_bad_values(capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
@@ -968,6 +986,47 @@ async def test_dashboard_outlives_a_server_restart(
         await expect(tile.locator(".state")).to_have_text("running", timeout=15000)
         await _wait_frames(page, "belt", drawn, timeout=10.0)
         await page.context.close()
+    finally:
+        await dash.stop()
+        await server.stop(grace=0)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_cameras_gone_when_the_server_comes_back_stop_being_watched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server comes back with other cameras: the watches of the ones it no longer has
+    end (they went on retrying for ever, and watched twice once the cameras returned: the
+    cancel met the wake-up of their backoff in one step, and asyncio.wait_for of Python 3.11
+    kept the wake-up)."""
+    import convstream.dashboard.hub as hub
+
+    monkeypatch.setattr(hub, "RETRY_MIN_S", 30.0)  # every watch waits for the server's return
+    monkeypatch.setattr(hub, "RETRY_MAX_S", 60.0)
+
+    def settings(port: int, *ids: str) -> Settings:
+        cameras = tuple(CameraConfig(id=i, source="demo:conveyor?fps=5") for i in ids)
+        return Settings(port=port, metrics_port=0, cameras=cameras)
+
+    server = Server(settings(0, "a", "b"))
+    await server.start()
+    port = server.port
+    dash = Dashboard(DashboardSettings(address=f"127.0.0.1:{port}", port=0, poll_s=0.2))
+    await dash.start()
+    try:
+        views = dash.hub.cameras
+        await _until(
+            dash, lambda: all(v.frames_received > 0 for v in views.values()) and len(views) == 2
+        )
+        tasks = [view.task for view in views.values()]
+        await server.stop(grace=0)
+        await _until(dash, lambda: all(v.status["state"] == "offline" for v in views.values()))
+        await asyncio.sleep(0.5)  # every watch has failed and waits out its backoff
+        server = Server(settings(port, "c"))
+        await server.start()
+        await _until(dash, lambda: set(dash.hub.cameras) == {"c"})
+        await asyncio.sleep(1.0)
+        assert all(task is not None and task.done() for task in tasks), tasks
     finally:
         await dash.stop()
         await server.stop(grace=0)

@@ -346,8 +346,12 @@ class Hub:
                 logger.exception("watch %s failed", view.id)
             finally:
                 call.cancel()
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returned when the server's
+            # return woke it in the step that cancelled this watch (its camera gone), and the
+            # watch went on retrying for ever beside the new one.
             try:
-                await asyncio.wait_for(self._server_back.wait(), delay * random.uniform(0.8, 1.2))
+                async with asyncio.timeout(delay * random.uniform(0.8, 1.2)):
+                    await self._server_back.wait()
                 delay = RETRY_MIN_S  # the server is back: a fresh start
             except TimeoutError:
                 delay = min(delay * 2, RETRY_MAX_S)

@@ -110,10 +110,11 @@ class Viewer:
 
     async def _send(self, message: str | bytes) -> None:
         try:
-            if isinstance(message, str):
-                await asyncio.wait_for(self.ws.send_str(message), SEND_TIMEOUT_S)
-            else:
-                await asyncio.wait_for(self.ws.send_bytes(message), SEND_TIMEOUT_S)
+            async with asyncio.timeout(SEND_TIMEOUT_S):  # not wait_for: see Hub._watch
+                if isinstance(message, str):
+                    await self.ws.send_str(message)
+                else:
+                    await self.ws.send_bytes(message)
         except TimeoutError:
             logger.info(
                 "browser %s took over %.0f s for one message; closing", self.peer, SEND_TIMEOUT_S
@@ -214,6 +215,10 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if request.path.startswith("/static/"):
+        # Asked again at each load (a 304 when unchanged), like the page: a browser caching
+        # them by guess paired an upgraded page with the old script.
+        response.headers.setdefault("Cache-Control", "no-cache")
     response.headers.setdefault("Content-Security-Policy", CSP)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")

@@ -293,7 +293,10 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             )
         channel = self._channels[index]
         try:
-            await asyncio.wait_for(channel.channel_ready(), seconds)
+            # not wait_for, which on Python 3.11 can keep a result and lose a cancel that
+            # arrive in one step (the dashboard's watches went on so, hub.py)
+            async with asyncio.timeout(seconds):
+                await channel.channel_ready()
         except TimeoutError:
             return None
         return pb_grpc.ConvstreamStub(channel)
