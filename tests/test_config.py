@@ -110,7 +110,9 @@ def test_sources_apply_in_order(tmp_path: Path) -> None:
         ('metrics_host = "0.0.0.0:9464"\n', {}, "metrics_host is an .* with --metrics-port"),
         ("", {"CONVSTREAM_PORT": "abc"}, r"port \(from CONVSTREAM_PORT\): Input should be a valid"),
         ("", {"CONVSTREAM_HOST": "h:1"}, r"host \(from CONVSTREAM_HOST\): host is an address"),
-        ("", {"CONVSTREAM_PROT": "1"}, "unknown setting CONVSTREAM_PROT"),
+        ("", {"CONVSTREAM_PROT": "1"}, "unknown setting CONVSTREAM_PROT; did you mean .*_PORT"),
+        # a client's variable mistyped is named, though it is no setting
+        ("", {"CONVSTREAM_ADRESS": "h:1"}, "CONVSTREAM_ADRESS; did you mean CONVSTREAM_ADDRESS?"),
         ('input_sizes = ["385x640"]\n', {}, "multiples of 8"),
         ('input_sizes = ["8x8"]\n', {}, "multiples of 8 from 32 to 4096, got '8x8'"),
         (

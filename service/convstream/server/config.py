@@ -565,9 +565,14 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         name = key[len(ENV_PREFIX) :].lower()
         if name not in fields:
-            guess = close_match(name, fields)
+            # a typo of a client's variable (CONVSTREAM_ADRESS) is named as that one
+            others = [n[len(ENV_PREFIX) :].lower() for n in NOT_SETTINGS]
+            guess = close_match(name, [*fields, *others])
             hint = f"did you mean {ENV_PREFIX}{guess.upper()}? " if guess else ""
-            raise ConfigError(f"unknown setting {key}; {hint}known: {', '.join(sorted(fields))}")
+            raise ConfigError(
+                f"unknown setting {key}; {hint}known: {', '.join(sorted(fields))}, and "
+                f"{', '.join(NOT_SETTINGS)}, which are not settings"
+            )
         if name in ("cameras", "tokens"):
             raise ConfigError(f"{key}: {name} are configured in the TOML file")
         if name == "input_sizes":
