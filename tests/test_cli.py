@@ -153,6 +153,50 @@ async def test_bad_image_is_a_row_and_exit_code_1(
     assert capsys.readouterr().err.strip() == "convstream analyze: 1 of 1 frame failed"
 
 
+RESULT_ONLY = ("score", "damaged", "peak", "frame_age_ms", "timings", "geometry", "heatmap")
+
+
+async def test_a_failed_frame_in_json_has_nulls_where_a_result_would_be(
+    server: Server, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A failed frame's line read "score": 0.0, "damaged": false, "frame_age_ms": 0.0, as an
+    intact package's would: a script that missed "ok" counted it as checked and fine."""
+    text = tmp_path / "page.jpg"
+    text.write_text("<html>404 Not Found</html>\n")
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(jpeg(scene(4, 240, 320))[:300])
+    argv = ["analyze", str(text), str(truncated), str(images / "box-1.jpg"), "--json"]
+    assert await run(*argv, "--maps", "stage3", "--address", f"127.0.0.1:{server.port}") == 1
+    here, there, good = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert here["error"]["type"] == "SourceError" and there["error"]["code"] == "INVALID_ARGUMENT"
+    for failed in (here, there):
+        assert failed["ok"] is False and failed["feature_maps"] is None
+        assert {key: failed[key] for key in RESULT_ONLY} == dict.fromkeys(RESULT_ONLY), failed
+    # the server's count of results on the call: the frame that failed here never reached it
+    assert (here["sequence"], there["sequence"], good["sequence"]) == (None, 1, 2)
+    assert good["ok"] is True and isinstance(good["damaged"], bool) and good["score"] >= 0.0
+    assert good["frame_age_ms"] > 0.0 and list(good["feature_maps"]) == ["stage3"]
+
+
+def test_a_failed_watch_result_in_json_has_no_score_age_or_lateness() -> None:
+    """A camera's frame that did not decode comes with the age the server gives it; its line
+    read "score": 0.0, "damaged": false, and a "late_ms" worked out from no capture time."""
+    from convstream.client import _report
+    from convstream.client.results import Result
+
+    lines = io.StringIO()
+    reporter = _report.WatchReporter(
+        lines, io.StringIO(), json_lines=True, overlays=None, total=None
+    )
+    failed = pb.FrameResult(frame_id=7, source="belt", sequence=3, frame_age_ms=41.5)
+    failed.status.code = 3  # INVALID_ARGUMENT
+    failed.status.message = "truncated JPEG"
+    reporter.add(Result.from_proto(failed))
+    line = json.loads(lines.getvalue())
+    assert line["ok"] is False and line["sequence"] == 3 and line["late_ms"] is None
+    assert {key: line[key] for key in RESULT_ONLY} == dict.fromkeys(RESULT_ONLY), line
+
+
 async def test_stream_a_video_file(
     server: Server, video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

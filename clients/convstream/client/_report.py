@@ -27,29 +27,38 @@ def score_text(score: float) -> str:
 
 
 def result_json(result: Result, overlay: Path | None = None) -> dict[str, Any]:
-    """One JSON-ready object per result; arrays as their shape and statistics, not values."""
+    """One JSON-ready object per result; arrays as their shape and statistics, not values.
+
+    A frame that failed (``ok`` false) has no result: its ``score``, ``damaged``, ``peak``,
+    ``frame_age_ms``, ``timings``, ``geometry``, ``heatmap`` and ``feature_maps`` are null, not
+    the zeros of an intact frame's. ``sequence`` is the server's count of results on the call;
+    null for a frame that failed here, before the server saw it (``error.code`` null).
+    """
     error = result.error
     code = error.code.name if error is not None and error.code is not None else None
-    peak = result.peak()
+    ok = result.ok
+    peak = result.peak() if ok else None
     return {
         "frame_id": result.frame_id,
         "name": result.frame.name if result.frame is not None else "",
         "source": result.source,
-        "ok": result.ok,
-        "score": round(result.score, 6),
-        "damaged": result.damaged,
+        "ok": ok,
+        "score": round(result.score, 6) if ok else None,
+        "damaged": result.damaged if ok else None,
         "peak": list(peak) if peak is not None else None,
-        "frame_age_ms": round(result.frame_age_ms, 3),
+        "frame_age_ms": round(result.frame_age_ms, 3) if ok else None,
         # when the frame was captured (or reached the server), to order and de-duplicate
         # logged results: frame ids start again when a server or a stream does
         "capture_time": _iso(result.capture_time),
         "frames_dropped": result.frames_dropped,
         "dropped_frame_ids": list(result.dropped_frame_ids),
-        "sequence": result.sequence,
-        "timings": _rounded(asdict(result.timings)) if result.timings is not None else None,
-        "geometry": asdict(result.geometry) if result.geometry is not None else None,
-        "heatmap": _summary(result.heatmap) if result.heatmap is not None else None,
-        "feature_maps": {name: _summary(a) for name, a in result.feature_maps.items()},
+        "sequence": result.sequence if error is None or error.code is not None else None,
+        "timings": _rounded(asdict(result.timings)) if ok and result.timings is not None else None,
+        "geometry": asdict(result.geometry) if ok and result.geometry is not None else None,
+        "heatmap": _summary(result.heatmap) if ok and result.heatmap is not None else None,
+        "feature_maps": {name: _summary(a) for name, a in result.feature_maps.items()}
+        if ok
+        else None,
         "overlay": str(overlay) if overlay is not None else None,
         "error": None
         if error is None
@@ -261,7 +270,8 @@ class WatchReporter(Reporter):
         return (way - ways[0][1]) * 1000
 
     def _json(self, result: Result, overlay: Path | None) -> dict[str, Any]:
-        return {**result_json(result, overlay), "late_ms": round(self._late_ms, 3)}
+        late = round(self._late_ms, 3) if result.ok else None  # a failure has no age
+        return {**result_json(result, overlay), "late_ms": late}
 
     def rate_text(self, elapsed: float) -> str:
         """Results per second while they came (a watch at --max-fps 3 reads 3.0, not the
