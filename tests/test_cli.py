@@ -252,6 +252,75 @@ async def test_samples_write_frames_and_a_clip_that_analyze_and_stream_take(
     )
 
 
+def test_samples_writes_every_file_whatever_becomes_of_stdout(tmp_path: Path) -> None:
+    """`samples DIR --count 6 --clip 2 | head -1` wrote 2 of the 6 JPEGs and no video, and
+    exited 0; stdout on a full disk was a traceback. The files are written either way: a
+    reader gone is no failure (0, quietly), a stdout that cannot be written is one line, 1."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "convstream.cli", "samples"]
+    flags = ["--count", "6", "--clip", "1", "--size", "120x160"]
+    written = [f"box-{i:03d}-{'damaged' if i % 2 else 'intact'}.jpg" for i in range(6)]
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line: `| head -0`
+    try:
+        done = subprocess.run(
+            [*command, str(tmp_path / "piped"), *flags],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert sorted(p.name for p in (tmp_path / "piped").iterdir()) == [*written, "conveyor.avi"]
+    assert all(cv2.imread(str(tmp_path / "piped" / name)) is not None for name in written)
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [*command, str(tmp_path / "full"), *flags],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr == (
+        "convstream samples: cannot write to stdout: No space left on device "
+        "(the files are written)\n"
+    )
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == [*written, "conveyor.avi"]
+
+
+def test_samples_refuses_a_size_too_small_and_a_file_it_cannot_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--size 10x10 was a traceback ("image too small"); a folder where a JPEG goes was
+    listed as written, exit 0."""
+    for size in ("10x10", "0x100"):
+        assert main(["samples", str(tmp_path / "small"), "--size", size]) == 2
+        assert capsys.readouterr().err == (
+            f"convstream samples: --size must be at least 32 pixels a side (HxW, e.g. "
+            f"720x1280), got {size}\n"
+        )
+    assert not (tmp_path / "small").exists()
+    (tmp_path / "taken" / "box-001-damaged.jpg").mkdir(parents=True)
+    argv = ["samples", str(tmp_path / "taken"), "--count", "3", "--size", "64x64"]
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"{tmp_path / 'taken' / 'box-000-intact.jpg'}  intact"]
+    assert err == (
+        f"convstream samples: cannot write {tmp_path / 'taken' / 'box-001-damaged.jpg'}: "
+        "Is a directory\n"
+    )
+    (tmp_path / "clip" / "conveyor.avi").mkdir(parents=True)
+    assert main(["samples", str(tmp_path / "clip"), "--count", "0", "--clip", "1"]) == 1
+    assert capsys.readouterr().err == (
+        f"convstream samples: cannot write {tmp_path / 'clip' / 'conveyor.avi'}: Is a directory\n"
+    )
+
+
 async def test_evaluate_measures_the_servers_scores_on_labelled_folders(
     server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

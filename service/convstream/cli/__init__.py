@@ -394,7 +394,11 @@ def _add_samples(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="write them into DIRECTORY/damaged/ and DIRECTORY/intact/, the layout "
         "`convstream evaluate` reads",
     )
-    p.add_argument("--size", default="720x1280", help="HxW of each frame (default 720x1280)")
+    p.add_argument(
+        "--size",
+        default="720x1280",
+        help=f"HxW of each frame, at least {SAMPLE_MIN_SIDE} a side (default 720x1280)",
+    )
     p.add_argument(
         "--clip",
         type=float,
@@ -405,6 +409,40 @@ def _add_samples(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "damaged) as MJPEG, for `convstream stream`; default 0, no video",
     )
     p.set_defaults(func=_samples)
+
+
+SAMPLE_MIN_SIDE = 32  # render_scene's smallest frame side
+
+
+class _Listing:
+    """What `samples` says it wrote, a line at a time on stdout. A reader that went away
+    (`| head -1`) or a stdout that cannot be written (a full disk) does not stop the files
+    being written: the lines stop, the files go on, and ``done`` says how it ended."""
+
+    def __init__(self) -> None:
+        self.error: OSError | None = None
+
+    def say(self, line: str) -> None:
+        if self.error is not None:
+            return
+        try:
+            print(line, flush=True)
+        except OSError as exc:
+            self.error = exc
+            # keep Python's exit-time flush of what is left from failing on it again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+    def done(self) -> int:
+        """0 once every file is written, unless stdout failed other than by its reader
+        going away: then one line on stderr and 1."""
+        if self.error is None or isinstance(self.error, BrokenPipeError):
+            return 0
+        why = self.error.strerror or str(self.error)
+        print(
+            f"convstream samples: cannot write to stdout: {why} (the files are written)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def _samples(args: argparse.Namespace) -> int:
@@ -421,10 +459,16 @@ def _samples(args: argparse.Namespace) -> int:
         )
         return 2
     wrong = [
-        f"{flag} must be {bound}, got {value:g}"
+        f"{flag} must be {bound}, got {value}"
         for flag, bound, value, ok in [
-            ("--count", ">= 0", args.count, args.count >= 0),
-            ("--clip", "0 to 3600 seconds", args.clip, 0 <= args.clip <= 3600),
+            ("--count", ">= 0", f"{args.count:g}", args.count >= 0),
+            ("--clip", "0 to 3600 seconds", f"{args.clip:g}", 0 <= args.clip <= 3600),
+            (
+                "--size",
+                f"at least {SAMPLE_MIN_SIDE} pixels a side (HxW, e.g. 720x1280)",
+                args.size,
+                min(height, width) >= SAMPLE_MIN_SIDE,
+            ),
         ]
         if not ok
     ]
@@ -450,21 +494,46 @@ def _samples(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    listing = _Listing()
     for i in range(args.count):
         scene = render_scene(4_000_000_000 + i, height, width, damaged=i % 2 == 1)
         label = "damaged" if scene.damaged else "intact"
         path = folders[label] / f"box-{i:03d}-{label}.jpg"
-        cv2.imwrite(str(path), scene.image, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        print(f"{path}  {label}{' (' + ', '.join(scene.kinds) + ')' if scene.kinds else ''}")
+        # encoded here and written by Python, not cv2.imwrite: that returns only False,
+        # and a file it did not write (a folder of that name, a full disk) read as written
+        encoded, data = cv2.imencode(".jpg", scene.image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        why = _write_file(path, data.tobytes()) if encoded else "OpenCV could not encode it"
+        if why is not None:
+            print(f"convstream samples: cannot write {path}: {why}", file=sys.stderr)
+            return 1
+        listing.say(f"{path}  {label}{' (' + ', '.join(scene.kinds) + ')' if scene.kinds else ''}")
     if args.clip:
-        return _write_clip(args.directory / "conveyor.avi", args.clip)
-    return 0
+        code = _write_clip(args.directory / "conveyor.avi", args.clip, listing)
+        if code:
+            return code
+    return listing.done()
+
+
+def _write_file(path: Path, data: bytes) -> str | None:
+    """Write data to path; why not, or None. A file cut short (a full disk) is removed,
+    not left to read as a sample."""
+    try:
+        out = path.open("wb")
+    except OSError as exc:  # a folder of that name, no permission
+        return exc.strerror or str(exc)
+    try:
+        with out:
+            out.write(data)
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        return exc.strerror or str(exc)
+    return None
 
 
 CLIP_FPS = 15.0
 
 
-def _write_clip(path: Path, seconds: float) -> int:
+def _write_clip(path: Path, seconds: float, listing: _Listing) -> int:
     """The server's demo camera (demo:conveyor, its defaults) as an MJPEG video file."""
     import cv2
 
@@ -473,6 +542,9 @@ def _write_clip(path: Path, seconds: float) -> int:
     frames = max(1, round(seconds * CLIP_FPS))
     height, width = 360, 640
     conveyor = Conveyor(0, height, width, CLIP_FPS)
+    if path.is_dir():  # OpenCV would say only that it cannot
+        print(f"convstream samples: cannot write {path}: Is a directory", file=sys.stderr)
+        return 1
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), CLIP_FPS, (width, height))
     if not writer.isOpened():
         print(f"convstream samples: OpenCV cannot write {path}", file=sys.stderr)
@@ -485,7 +557,7 @@ def _write_clip(path: Path, seconds: float) -> int:
             writer.write(scene.image)
     finally:
         writer.release()
-    print(
+    listing.say(
         f"{path}  {frames / CLIP_FPS:g} s at {CLIP_FPS:g} fps, {frames} frames, {damaged} of "
         "them showing damage"
     )
