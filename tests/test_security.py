@@ -17,6 +17,7 @@ import ssl
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.request import urlopen
@@ -402,6 +403,57 @@ def test_token_command_prints_a_token_and_only_its_hash_for_the_config(
     settings = load_settings(config, environ={})
     assert settings.tokens[0].sha256 == hashlib.sha256(token.encode()).hexdigest()
     assert settings.tokens[0].role == "analyze"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ['dock"3\\x', "tab\there, a\nnewline and \x7f", "Zoë's dock 😀", "d" * 64],
+    ids=["quote-backslash", "controls", "non-ascii", "longest"],
+)
+def test_token_command_prints_a_table_that_loads_whatever_the_name(
+    name: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """--name 'dock"3\\x' went into the TOML as it was: the table did not load."""
+    assert cli_main(["token", "--name", name, "--role", "watch"]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("[[tokens]]") :]
+    assert tomllib.loads(table)["tokens"][0]["name"] == name
+    config = tmp_path / "c.toml"
+    config.write_text(table)
+    assert load_settings(config, environ={}).tokens[0].name == name
+
+
+def test_token_command_escapes_what_an_ascii_terminal_cannot_show(tmp_path: Path) -> None:
+    """Printed to an ASCII-only stdout, 'ë' became Python's \\xeb, which TOML refuses."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PYTHONIOENCODING": "ascii"}
+    command = [sys.executable, "-m", "convstream.cli", "token", "--name", "Zoë", "--role", "watch"]
+    done = subprocess.run(command, capture_output=True, env=env, timeout=60, check=True)
+    table = done.stdout.decode("ascii")
+    table = table[table.index("[[tokens]]") :]
+    assert 'name = "Zo\\u00EB"' in table and tomllib.loads(table)["tokens"][0]["name"] == "Zoë"
+
+
+def test_token_command_refuses_a_name_the_servers_config_would(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A name the server refuses (TokenConfig: 1 to 64 characters) made a table its config
+    refused at the next start or reload; now no token is made, nor its file written."""
+    path = tmp_path / "t.token"
+    for name, got in (("d" * 65, 65), ("", 0)):
+        argv = ["token", "--name", name, "--role", "watch", "--token-file", str(path)]
+        assert cli_main(argv) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and not path.exists()
+        assert err == (
+            "convstream token: --name must be 1 to 64 characters (the server's limit for a "
+            f"token's name), got {got}\n"
+        )
+    # bytes that are not UTF-8, as a shell passes them in: no config file could hold them
+    assert cli_main(["token", "--name", "dock\udcff", "--role", "watch"]) == 2
+    assert capsys.readouterr().err == (
+        "convstream token: --name must be text a UTF-8 config file can hold; it has bytes "
+        "that are not UTF-8: b'dock\\xff'\n"
+    )
 
 
 def test_a_new_token_never_reads_as_an_option() -> None:

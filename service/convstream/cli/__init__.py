@@ -571,7 +571,12 @@ def _add_token(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Print a new random token (give it to the client) and the [[tokens]] "
         "table for the server's config, which keeps only the token's SHA-256.",
     )
-    p.add_argument("--name", required=True, help="who will hold it, e.g. dock-3-integration")
+    p.add_argument(
+        "--name",
+        required=True,
+        help="who will hold it, e.g. dock-3-integration: 1 to 64 characters, as the server's "
+        "config takes it",
+    )
     p.add_argument(
         "--role",
         choices=("watch", "analyze"),
@@ -591,6 +596,10 @@ def _add_token(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _token(args: argparse.Namespace) -> int:
     from convstream.server.security import new_token
 
+    wrong = _token_name_problem(args.name)
+    if wrong is not None:  # before a token is made, or its file written, for nothing
+        print(f"convstream token: {wrong}", file=sys.stderr)
+        return 2
     token, digest = new_token()
     if args.token_file is None:
         print(f"token (give this to the client; it is not stored anywhere): {token}")
@@ -612,8 +621,59 @@ def _token(args: argparse.Namespace) -> int:
             return 2
         print(f"token written to {args.token_file} (mode 600; give it to the client)")
     print("\nadd to the server's config:\n")
-    print(f'[[tokens]]\nname = "{args.name}"\nrole = "{args.role}"\nsha256 = "{digest}"')
+    name = _toml_string(args.name, sys.stdout.encoding or "ascii")
+    print(f'[[tokens]]\nname = {name}\nrole = "{args.role}"\nsha256 = "{digest}"')
     return 0
+
+
+def _token_name_problem(name: str) -> str | None:
+    """Why the server's config would refuse name as a token's (TokenConfig's rule), or None."""
+    from convstream.server.config import TokenConfig
+
+    bounds = {type(rule).__name__: rule for rule in TokenConfig.model_fields["name"].metadata}
+    least, most = bounds["MinLen"].min_length, bounds["MaxLen"].max_length
+    if not least <= len(name) <= most:
+        return (
+            f"--name must be {least} to {most} characters (the server's limit for a token's "
+            f"name), got {len(name)}"
+        )
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # bytes of another encoding, as the shell passed them
+        return (
+            "--name must be text a UTF-8 config file can hold; it has bytes that are not UTF-8: "
+            f"{name.encode('utf-8', 'surrogateescape')!r}"
+        )
+    return None
+
+
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n"}
+_TOML_ESCAPES |= {"\f": "\\f", "\r": "\\r"}
+
+
+def _toml_string(text: str, encoding: str) -> str:
+    """text as a TOML basic string ("..."), as it loads whatever it holds: quotes,
+    backslashes and control characters escaped, and characters that the terminal's encoding
+    cannot show as \\uXXXX (printed, they would become Python's \\xNN, which TOML refuses)."""
+    parts = []
+    for char in text:
+        if char in _TOML_ESCAPES:
+            parts.append(_TOML_ESCAPES[char])
+        elif char.isprintable() and _encodable(char, encoding):
+            parts.append(char)
+        elif ord(char) <= 0xFFFF:
+            parts.append(f"\\u{ord(char):04X}")
+        else:
+            parts.append(f"\\U{ord(char):08X}")
+    return f'"{"".join(parts)}"'
+
+
+def _encodable(char: str, encoding: str) -> bool:
+    try:
+        char.encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
 
 
 def _quiet_log_level(args: Sequence[str]) -> bool:
