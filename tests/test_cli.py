@@ -681,6 +681,19 @@ async def test_an_unknown_feature_map_is_a_usage_error_before_any_frame(
         assert out == "" and "unknown feature map 'stage9'; the model has stage1" in err
 
 
+@pytest.mark.parametrize("address", ["foo:bar", "127.0.0.1:", "[::1]:http", "host:50O51"])
+def test_an_address_whose_port_is_no_number_is_a_usage_error(
+    address: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--address foo:bar exited 3, "the host name does not resolve" (gRPC took the whole of
+    it for a name); 127.0.0.1: dialled port 443. Both are usage errors, as :99999 is."""
+    assert main(["info", "--address", address]) == 2
+    assert capsys.readouterr().err == (
+        "convstream info: error: --address's port must be 1 to 65535 (host:port, e.g. "
+        f"127.0.0.1:50051), got {address!r}\n"
+    )
+
+
 async def test_timeout_inf_means_no_limit(
     server: Server, capsys: pytest.CaptureFixture[str]
 ) -> None:

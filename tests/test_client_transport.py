@@ -171,6 +171,16 @@ async def test_token_is_sent_as_bearer_metadata(fake_server: tuple[Fake, int]) -
     AsyncClient("xds:///convstream.example:50051")
 
 
+def test_an_address_whose_port_is_no_number_is_refused_before_dialling() -> None:
+    """Client("foo:bar") failed its first call as a host name that does not resolve, and
+    "127.0.0.1:" dialled port 443; gRPC's own target forms still pass as they are."""
+    for address in ("foo:bar", "127.0.0.1:", "[::1]:x"):
+        with pytest.raises(ValueError, match=r"address's port must be 1 to 65535 \(host:port"):
+            AsyncClient(address)
+    for target in ("unix:convstream.sock", "dns:localhost", "ipv4:127.0.0.1:1", "vsock:3:50051"):
+        assert AsyncClient(target).address == target
+
+
 def make_certificates(folder: Path) -> dict[str, Path]:
     """A CA, a server certificate for 127.0.0.1 and a client certificate, made by openssl."""
 

@@ -116,6 +116,48 @@ def check_camera_id(camera_id: object) -> None:
         )
 
 
+# gRPC's own target schemes (dns:host:port, unix:path, ...): what follows is theirs to read
+GRPC_SCHEMES = frozenset(
+    ("dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock", "xds", "google-c2p")
+)
+
+
+def check_address(address: str) -> str:
+    """The gRPC target a client dials for address: host:port, host (port 50051) or one of
+    gRPC's own target forms. ValueError, saying what was expected, for what gRPC would dial
+    somewhere else than meant or fail on as a name that does not resolve."""
+    address = address.strip()
+    if not address:
+        raise ValueError(f"address must be host:port, e.g. 127.0.0.1:50051, got {address!r}")
+    scheme = address.split("://", 1)[0].lower() if "://" in address else ""
+    if scheme in ("http", "https", "grpc", "grpcs", "tcp"):
+        # http://host:port reached gRPC as a name to resolve, and failed as "is the
+        # server running there?" (gRPC's own schemes, dns:/// or xds:///, pass)
+        raise ValueError(
+            f"address must be host:port, without a scheme, got {address!r}: gRPC is not "
+            f"{scheme}:// (for TLS: tls=TLS(...) in Python, --tls or --ca FILE for the "
+            "commands)"
+        )
+    if address.isdigit():  # a port alone was dialled as a host name, then failed in DNS
+        raise ValueError(
+            f"address must be host:port, got a port alone ({address}): "
+            f"127.0.0.1:{address} for a server on this machine"
+        )
+    if ":" not in address:
+        address = f"{address}:{DEFAULT_PORT}"
+    host_port = re.fullmatch(r"(\[[^\]]*\]|[^:/\[\]]*):([^:/\[\]]*)", address)
+    if host_port and host_port.group(1).lower() not in GRPC_SCHEMES:
+        port = host_port.group(2)
+        # gRPC dialled 99999 as 34463, an empty port as 443, and a name ("foo:bar") failed
+        # as a host name that does not resolve
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(
+                "address's port must be 1 to 65535 (host:port, e.g. 127.0.0.1:50051), got "
+                f"{address!r}"
+            )
+    return address
+
+
 class BaseClient:
     """Options and channel set-up common to the sync and the asyncio client."""
 
@@ -131,28 +173,7 @@ class BaseClient:
         options: ResultOptions = ResultOptions(),  # noqa: B008
         upload: Upload = Upload(),  # noqa: B008
     ) -> None:
-        address = address.strip()
-        if not address:
-            raise ValueError("address must be host:port, e.g. 127.0.0.1:50051")
-        scheme = address.split("://", 1)[0].lower() if "://" in address else ""
-        if scheme in ("http", "https", "grpc", "grpcs", "tcp"):
-            # http://host:port reached gRPC as a name to resolve, and failed as "is the
-            # server running there?" (gRPC's own schemes, dns:/// or xds:///, pass)
-            raise ValueError(
-                f"address must be host:port, without a scheme, got {address!r}: gRPC is not "
-                f"{scheme}:// (for TLS: tls=TLS(...) in Python, --tls or --ca FILE for the "
-                "commands)"
-            )
-        if address.isdigit():  # a port alone was dialled as a host name, then failed in DNS
-            raise ValueError(
-                f"address must be host:port, got a port alone ({address}): "
-                f"127.0.0.1:{address} for a server on this machine"
-            )
-        if ":" not in address:
-            address = f"{address}:{DEFAULT_PORT}"
-        port = re.fullmatch(r"(?:\[[^\]]*\]|[^:/\[\]]*):(\d+)", address)
-        if port and not 1 <= int(port.group(1)) <= 65535:  # gRPC dialled 99999 as 34463
-            raise ValueError(f"address's port must be 1 to 65535, got {address!r}")
+        address = check_address(address)
         if timeout is None:
             timeout = Timeout(call=None, stream=None)
         elif not isinstance(timeout, Timeout):

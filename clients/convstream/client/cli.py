@@ -23,7 +23,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from convstream.client._base import check_camera_id, check_published_name
+from convstream.client._base import check_address, check_camera_id, check_published_name
 from convstream.client._client import Client
 from convstream.client._report import (
     Reporter,
@@ -349,6 +349,10 @@ def _usage(args: argparse.Namespace, message: str) -> int:
 
 def _client(args: argparse.Namespace) -> Client:
     """A Client from the flags; ValueError or OSError for bad values or unreadable files."""
+    try:
+        check_address(args.address)  # as Client checks it, said of the flag
+    except ValueError as exc:
+        raise ValueError(f"--address{str(exc).removeprefix('address')}") from None
     tls = tls_from_flags(args)
     token = token_from_flags(args)
     options = ResultOptions()
