@@ -526,6 +526,38 @@ def test_usage_errors_exit_2(
     assert "--address" not in err.splitlines()[-1]  # serve has no --address to point to
 
 
+def test_a_bad_tls_file_or_upload_flag_is_said_of_its_flag(
+    images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The library's words reached the user: "[Errno 2] No such file or directory: ...",
+    "Upload.quality must be 1..100", "TLS needs both cert and key": which flag was wrong?"""
+    missing, text = tmp_path / "missing.pem", tmp_path / "text.pem"
+    text.write_text("not a certificate\n")
+    wrong = {
+        ("--ca", str(missing)): f"--ca {missing}: No such file or directory",
+        ("--ca", str(tmp_path)): f"--ca {tmp_path}: Is a directory",
+        ("--ca", str(text)): f"--ca {text} holds no PEM block, expected a PEM certificate",
+        ("--cert", str(text)): "--cert and --key go together (the client certificate and its "
+        "private key, for mutual TLS); got --cert without --key",
+        ("--key", str(text)): "--cert and --key go together (the client certificate and its "
+        "private key, for mutual TLS); got --key without --cert",
+        (
+            "--cert",
+            str(missing),
+            "--key",
+            str(text),
+        ): f"--cert {missing}: No such file or directory",
+    }
+    for flags, told in wrong.items():
+        assert main(["info", *flags, "--address", nowhere()]) == 2, flags
+        assert capsys.readouterr().err == f"convstream info: error: {told}\n"
+    for quality in ("0", "101"):
+        assert main(["analyze", str(images), "--quality", quality, "--address", nowhere()]) == 2
+        assert capsys.readouterr().err == (
+            f"convstream analyze: error: --quality must be 1 to 100 (JPEG quality), got {quality}\n"
+        )
+
+
 def test_the_console_command_has_no_traceback() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     command = [sys.executable, "-m", "convstream.cli", "analyze", str(Path(__file__))]

@@ -133,13 +133,13 @@ async def test_cli_says_which_side_of_tls_is_wrong(
     swapped = ("--ca", str(pki["ca.pem"]), "--cert", str(pki["client.key"]))
     assert await info(server, *swapped, "--key", str(pki["client.pem"])) == 2
     told = capsys.readouterr().err
-    assert f"TLS cert {pki['client.key']} holds a private key, expected a PEM certificate" in told
-    assert "(cert and key swapped?)" in told
+    assert f"--cert {pki['client.key']} holds a private key, expected a PEM certificate" in told
+    assert "(--cert and --key swapped?)" in told  # said of the flags, not TLS's fields
     # a key that is not the certificate's: one line, before any call
     mismatched = ("--ca", str(pki["ca.pem"]), "--cert", str(pki["client.pem"]))
     assert await info(server, *mismatched, "--key", str(pki["server.key"])) == 2
     told = capsys.readouterr().err
-    assert f"TLS key {pki['server.key']} is not the key of the certificate" in told, told
+    assert f"--key {pki['server.key']} is not the key of the certificate" in told, told
     assert told.count("\n") == 1
     # TLS to a plaintext server
     plain = Server(Settings(port=0, metrics_port=-1, cameras=()))

@@ -353,6 +353,7 @@ def _client(args: argparse.Namespace) -> Client:
         check_address(args.address)  # as Client checks it, said of the flag
     except ValueError as exc:
         raise ValueError(f"--address{str(exc).removeprefix('address')}") from None
+    _check_flags(args)
     tls = tls_from_flags(args)
     token = token_from_flags(args)
     options = ResultOptions()
@@ -365,15 +366,51 @@ def _client(args: argparse.Namespace) -> Client:
     retry = Retry()
     if getattr(args, "resume_timeout", None) is not None:
         retry = Retry(resume_timeout=args.resume_timeout)
-    return Client(
-        args.address,
-        timeout=Timeout(args.timeout),  # inf: no limit
-        tls=tls,
-        token=token,
-        options=options,
-        upload=upload,
-        retry=retry,
-    )
+    try:
+        return Client(
+            args.address,
+            timeout=Timeout(args.timeout),  # inf: no limit
+            tls=tls,
+            token=token,
+            options=options,
+            upload=upload,
+            retry=retry,
+        )
+    except ValueError as exc:  # a PEM file that holds something else: said of its flag
+        raise ValueError(_tls_flags(str(exc))) from None
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """ValueError, naming the flag, for what Upload and TLS would refuse in their own terms
+    ("Upload.quality", "cert and key") or a PEM file that cannot be read."""
+    quality = getattr(args, "quality", None)
+    if quality is not None and not 1 <= quality <= 100:
+        raise ValueError(f"--quality must be 1 to 100 (JPEG quality), got {quality}")
+    if (args.cert is None) != (args.key is None):
+        given, missing = ("--cert", "--key") if args.key is None else ("--key", "--cert")
+        raise ValueError(
+            "--cert and --key go together (the client certificate and its private key, for "
+            f"mutual TLS); got {given} without {missing}"
+        )
+    for flag, path in (("--ca", args.ca), ("--cert", args.cert), ("--key", args.key)):
+        if path is not None:
+            try:
+                with path.open("rb"):
+                    pass
+            except OSError as exc:
+                raise ValueError(f"{flag} {path}: {exc.strerror or exc}") from None
+
+
+_TLS_FIELDS = {"TLS ca ": "--ca ", "TLS cert ": "--cert ", "TLS key ": "--key "}
+
+
+def _tls_flags(message: str) -> str:
+    """A TLS error in the flags' words: "TLS key k.pem is encrypted" -> "--key k.pem ..."."""
+    for field_words, flag in _TLS_FIELDS.items():
+        if message.startswith(field_words):
+            message = flag + message.removeprefix(field_words)
+            break
+    return message.replace("(cert and key swapped?)", "(--cert and --key swapped?)")
 
 
 def _seconds(text: str, *, zero: bool = True) -> float:
