@@ -640,6 +640,76 @@ async def test_client_commands_end_on_sigterm_or_ctrl_c_without_a_traceback() ->
         silent.close()
 
 
+# main() as the console script runs it, with Ctrl-C as it imports grpc: the client's modules
+# (grpc, numpy, OpenCV) load for a second or two before a command begins
+_CTRL_C_AS_THE_CLIENT_LOADS = """
+import signal, sys
+from convstream.cli import main
+
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == "grpc":
+            sys.meta_path.remove(self)
+            signal.raise_signal(signal.SIGINT)
+        return None
+
+assert "grpc" not in sys.modules
+sys.meta_path.insert(0, CtrlC())
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_while_the_client_loads_ends_quietly_with_130() -> None:
+    """Ctrl-C in the first second or two of any client command (main() loading the client's
+    modules, before its `try`) printed a KeyboardInterrupt traceback."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-c", _CTRL_C_AS_THE_CLIENT_LOADS, "info", "--address", nowhere()]
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        env=env,
+        timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (130, b"", b"")
+
+
+async def test_a_background_job_that_ignores_ctrl_c_keeps_ignoring_it() -> None:
+    """A script's `convstream watch ... &` starts with SIGINT ignored (a non-interactive
+    shell does that to background jobs); the watch put its own handler in, and a Ctrl-C
+    meant for the script ended it. Ignored at the start, ignored throughout; SIGTERM ends it."""
+    belt = CameraConfig(id="belt", source="demo:conveyor?fps=5")
+    server = Server(Settings(port=0, metrics_port=0, cameras=(belt,)))
+    await server.start()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    watch = [sys.executable, "-m", "convstream.cli", "watch", "belt"]
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *watch,
+            "--address",
+            f"127.0.0.1:{server.port}",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        )
+        assert process.stdout is not None
+        header = await asyncio.wait_for(process.stdout.readline(), 60)
+        assert header.split()[:2] == [b"FRAME", b"SCORE"]
+        await asyncio.wait_for(process.stdout.readline(), 30)  # a result: in the loop
+        process.send_signal(signal.SIGINT)
+        for _ in range(3):  # results go on coming: about 5 a second
+            line = await asyncio.wait_for(process.stdout.readline(), 30)
+            assert re.match(rb" *\d+  ", line), line  # a result's row, not the summary
+        assert process.returncode is None
+        process.send_signal(signal.SIGTERM)
+        out, err = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        await server.stop(grace=0)
+    assert process.returncode == 143, err
+    assert b"Traceback" not in err and re.match(rb"\d+ frames? in ", out.splitlines()[-1]), out
+
+
 # A signal at the worst moment Python has for one: inside gRPC's wait on a Condition, its lock
 # just released and the `try` that takes it back not yet entered. SIGUSR1 arms it once the
 # watch is in its result loop; the next such wait of the main thread raises the signal there.

@@ -92,7 +92,8 @@ class Interruption:
     nothing: it notes the signal and closes the client from a thread of its own; the call in
     progress ends with Cancelled, where the command handles its errors. A second signal ends
     the process at once. In a thread other than the main one, which signals never reach,
-    it does nothing.
+    it does nothing; a signal the process was started with ignored (a background job of a
+    non-interactive shell ignores Ctrl-C) stays ignored.
     """
 
     def __init__(self, client: Client) -> None:
@@ -102,7 +103,13 @@ class Interruption:
 
     def __enter__(self) -> Interruption:
         if threading.current_thread() is threading.main_thread():
-            self._before = {s: signal.signal(s, self._handle) for s in INTERRUPTED}
+            self._before = {
+                s: signal.signal(s, self._handle)
+                for s in INTERRUPTED
+                # ignored when the process started (a background job of a script, `nohup`):
+                # a Ctrl-C meant for the script in front must not end it
+                if signal.getsignal(s) is not signal.SIG_IGN
+            }
         return self
 
     def __exit__(

@@ -688,6 +688,15 @@ def _quiet_log_level(args: Sequence[str]) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C before a client command's Interruption took over: while the client's
+        # modules load (grpc, numpy, OpenCV: a second or two), or before a command began
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     # OpenCV's own warnings (e.g. "backend is generally available but can't be used to capture
     # by name" after a camera fails to open) say less than the command's own message and land
     # in the middle of its output; keep its errors. OpenCV reads this once, when it loads (the
@@ -742,8 +751,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
     try:
         result: int = args.func(args)
-    except KeyboardInterrupt:  # before a client command's Interruption took over: no traceback
-        return 130
     except BrokenPipeError:
         # The reader went away (`| head`): stop quietly, and keep Python's exit-time flush
         # of stdout from failing on the closed pipe.
