@@ -796,6 +796,19 @@ def test_an_address_whose_port_is_no_number_is_a_usage_error(
     )
 
 
+@pytest.mark.parametrize("rate", ["inf", "-1", "nan"])
+def test_a_max_fps_that_is_no_rate_is_a_usage_error(
+    rate: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """watch --max-fps inf passed the command's check and ended in the library's ValueError,
+    with its traceback."""
+    assert main(["watch", "belt", "--max-fps", rate, "--address", nowhere()]) == 2
+    assert capsys.readouterr().err == (
+        "convstream watch: error: --max-fps must be 0 (all) or more results per second, got "
+        f"{float(rate)}\n"
+    )
+
+
 async def test_timeout_inf_means_no_limit(
     server: Server, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -751,8 +751,10 @@ def _cameras(args: argparse.Namespace) -> int:
 def _watch(args: argparse.Namespace) -> int:
     if args.count is not None and args.count < 1:
         return _usage(args, f"--count must be at least 1, got {args.count}")
-    if args.max_fps is not None and not args.max_fps >= 0:
-        return _usage(args, f"--max-fps must be 0 (all) or more, got {args.max_fps}")
+    if args.max_fps is not None and not 0 <= args.max_fps < math.inf:
+        return _usage(
+            args, f"--max-fps must be 0 (all) or more results per second, got {args.max_fps}"
+        )
 
     def body(client: Client) -> int:
         # Asked first, as --maps is: a typo is a usage error that names the right ids.
