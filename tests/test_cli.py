@@ -335,7 +335,7 @@ async def test_evaluate_measures_the_servers_scores_on_labelled_folders(
     address = f"127.0.0.1:{server.port}"
     assert await run("evaluate", str(folder), "--json", "--address", address) == 0
     report = json.loads(capsys.readouterr().out)
-    assert (report["damaged"], report["intact"]) == (12, 12)
+    assert (report["damaged_images"], report["intact_images"]) == (12, 12)
     images = {i["name"]: i for i in report["images"]}
     assert all(Path(n).parent.name == i["folder"] for n, i in images.items())
     assert await run("analyze", str(folder), "--json", "--address", address) == 0
@@ -351,7 +351,7 @@ async def test_evaluate_measures_the_servers_scores_on_labelled_folders(
     assert await run("info", "--json", "--address", address) == 0
     threshold = json.loads(capsys.readouterr().out)["threshold"]
     assert report["server_threshold"] == pytest.approx(threshold, abs=1e-6)
-    assert all(i["flagged"] == (i["score"] >= threshold) for i in images.values())
+    assert all(i["damaged"] == (i["score"] >= threshold) for i in images.values())
     for row in report["thresholds"]:
         t = row["threshold"]
         assert row["damaged_found"] == sum(s >= t for s in damaged), row

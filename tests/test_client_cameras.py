@@ -656,6 +656,9 @@ async def test_cli_cameras_json_of_a_failed_camera(
     for cam in cams.values():
         assert set(cam) == fields
         assert all(v is None or isinstance(v, str | int | float) for v in cam.values()), cam
+        # numbers as the results write them, to 6 decimals (not 0.03039953112602234)
+        floats = [v for v in cam.values() if isinstance(v, float)]
+        assert all(v == round(v, 6) for v in floats), cam
 
 
 async def test_cli_watch_json_table_and_overlays(

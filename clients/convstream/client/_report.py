@@ -334,7 +334,9 @@ def camera_json(camera: CameraInfo) -> dict[str, Any]:
 def _json_value(value: object) -> object:
     if isinstance(value, datetime):
         return value.isoformat()
-    if isinstance(value, str | int | float | bool) or value is None:
+    if isinstance(value, float):
+        return round(value, 6)  # as results write scores: float32's digits, not float64's
+    if isinstance(value, str | int | bool) or value is None:
         return value
     if isinstance(value, list | tuple):
         return [_json_value(item) for item in value]

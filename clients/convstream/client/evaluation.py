@@ -253,19 +253,21 @@ def evaluation_json(evaluation: Evaluation) -> dict[str, Any]:
         }
 
     return {
-        "damaged": int(evaluation.damaged.sum()),
-        "intact": int((~evaluation.damaged).sum()),
+        # counts, named apart from a result's "damaged", which says what the server calls it
+        "damaged_images": int(evaluation.damaged.sum()),
+        "intact_images": int((~evaluation.damaged).sum()),
         "roc_auc": round(evaluation.roc_auc(), 6),
         "server_threshold": round(evaluation.server_threshold, 6),
         "best_threshold": evaluation.best.threshold,
         "thresholds": [row(r) for r in evaluation.rows()],
-        # each image's folder (the truth) and whether the server's threshold flags it now
+        # each image's folder (the truth) and, as in a result, whether the server calls it
+        # damaged at its threshold now
         "images": [
             {
                 "name": n,
                 "folder": "damaged" if d else "intact",
                 "score": round(float(s), 6),
-                "flagged": bool(s >= evaluation.server_threshold),
+                "damaged": bool(s >= evaluation.server_threshold),
             }
             for n, d, s in zip(evaluation.names, evaluation.damaged, evaluation.scores, strict=True)
         ],
