@@ -179,6 +179,14 @@ def test_an_address_whose_port_is_no_number_is_refused_before_dialling() -> None
             AsyncClient(address)
     for target in ("unix:convstream.sock", "dns:localhost", "ipv4:127.0.0.1:1", "vsock:3:50051"):
         assert AsyncClient(target).address == target
+    # an IPv6 address without a port gets the default port, as a host name does (not 443)
+    for bare, dialled in (
+        ("[::1]", "[::1]:50051"),
+        ("::1", "[::1]:50051"),
+        ("fe80::2", "[fe80::2]:50051"),
+    ):
+        assert AsyncClient(bare).address == dialled
+    assert AsyncClient("[::1]:6000").address == "[::1]:6000"
 
 
 def make_certificates(folder: Path) -> dict[str, Path]:

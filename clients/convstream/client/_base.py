@@ -122,6 +122,14 @@ GRPC_SCHEMES = frozenset(
 )
 
 
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def check_address(address: str) -> str:
     """The gRPC target a client dials for address: host:port, host (port 50051) or one of
     gRPC's own target forms. ValueError, saying what was expected, for what gRPC would dial
@@ -143,8 +151,10 @@ def check_address(address: str) -> str:
             f"address must be host:port, got a port alone ({address}): "
             f"127.0.0.1:{address} for a server on this machine"
         )
-    if ":" not in address:
-        address = f"{address}:{DEFAULT_PORT}"
+    if ":" not in address or re.fullmatch(r"\[[^\]]*\]", address):
+        address = f"{address}:{DEFAULT_PORT}"  # [::1] too: gRPC dialled it on port 443
+    elif _is_ipv6(address):  # ::1 alone: no port, as a bare host name (gRPC: 443)
+        address = f"[{address}]:{DEFAULT_PORT}"
     host_port = re.fullmatch(r"(\[[^\]]*\]|[^:/\[\]]*):([^:/\[\]]*)", address)
     if host_port and host_port.group(1).lower() not in GRPC_SCHEMES:
         port = host_port.group(2)
