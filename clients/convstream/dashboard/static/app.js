@@ -56,6 +56,14 @@
     return v === null || v === undefined || Number.isNaN(v) ? "–" : Number(v).toFixed(digits);
   }
 
+  // A score as the CLI writes it (score_text): four decimals, cut rather than rounded, so that
+  // a score under a threshold never reads as at it. Against `score ≥ 0.8215` a tile's "0.82"
+  // could be red or green; 0.82149 reads 0.8214, under it.
+  function scoreText(v) {
+    if (v === null || v === undefined || Number.isNaN(v)) return "–";
+    return (Math.floor(Number(v) * 10000 + 1e-6) / 10000).toFixed(4);
+  }
+
   // A threshold as the CLI and the server's log write it: 4 significant digits (0.8215, 0.962).
   function thresholdText(v) {
     return v === null || v === undefined ? "–" : String(Number(Number(v).toPrecision(4)));
@@ -157,7 +165,7 @@
     showScore(score) {
       this.score = score;
       this.el.dataset.scored = "true";
-      this.setText(this.v.score, fmt(score, 2));
+      this.setText(this.v.score, scoreText(score));
       const hot = state.threshold !== null && score >= state.threshold;
       this.el.classList.toggle("hot", hot);
     }

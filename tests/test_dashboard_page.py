@@ -1,0 +1,130 @@
+"""What the dashboard's page says, read as an operator reads it: a real server with real cameras,
+the real dashboard, and real headless Chromium (the fixtures and helpers of test_dashboard.py).
+Screenshots land beside test_dashboard.py's, in tests/dashboard_artifacts/; look at them."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import grpc
+import pytest
+import test_dashboard
+from test_dashboard import _FIGURE_CLASHES, _open, _tile, _wait_frames
+
+from convstream.dashboard import Dashboard, DashboardSettings
+from convstream.model.scenes import render_scene
+from convstream.server import CameraConfig, Server, Settings
+from convstream.v1 import convstream_pb2 as pb
+from convstream.v1 import convstream_pb2_grpc as pb_grpc
+
+# test_dashboard's fixtures, here by the names the tests ask for: Chromium, and the folder of
+# screenshots
+browser = test_dashboard.browser
+artifacts = test_dashboard.artifacts
+
+
+@asynccontextmanager
+async def _serving(cameras: tuple[CameraConfig, ...]) -> AsyncIterator[Server]:
+    server = Server(Settings(port=0, metrics_port=0, grace_period_s=0.5, cameras=cameras))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(grace=0)
+
+
+@asynccontextmanager
+async def _watching(port: int, **settings: Any) -> AsyncIterator[Dashboard]:
+    """A dashboard of the server on ``port`` (``settings``: DashboardSettings fields)."""
+    base = DashboardSettings(address=f"127.0.0.1:{port}", port=0, poll_s=0.5)
+    dash = Dashboard(replace(base, **settings))
+    await dash.start()
+    try:
+        yield dash
+    finally:
+        await dash.stop()
+
+
+@asynccontextmanager
+async def _running(
+    cameras: tuple[CameraConfig, ...], **settings: Any
+) -> AsyncIterator[tuple[Server, Dashboard]]:
+    """A server pulling ``cameras`` and a dashboard watching it."""
+    async with _serving(cameras) as server, _watching(server.port, **settings) as dash:
+        yield server, dash
+
+
+async def _score(port: int, data: bytes) -> float:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.ConvstreamStub(channel)
+        return float((await stub.Analyze(pb.FrameRequest(encoded=data))).score)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_tiles_score_never_reads_as_the_threshold_it_is_under(
+    browser: Any, artifacts: Path, tmp_path: Path
+) -> None:
+    """A still camera scores the same every frame; with the threshold one step (0.0001) over
+    that score, the tile read "0.xx" in green beside `score ≥ 0.xxxx`, where the same "0.xx"
+    at another threshold was red. The tile gives the score's four decimals, as the CLI does,
+    and with the threshold at the score it reads as the threshold, in red."""
+    still = tmp_path / "still.jpg"
+    still.write_bytes(cv2.imencode(".jpg", render_scene(81, 360, 640).image)[1].tobytes())
+    camera = CameraConfig(id="still", source=str(still), fps=2)
+    async with _serving((camera,)) as server:
+        shown = round(await _score(server.port, still.read_bytes()), 4)  # as the hub sends it
+        from playwright.async_api import expect
+
+        for threshold, hot in ((round(shown + 0.0001, 4), False), (shown, True)):
+            async with _watching(server.port, threshold=threshold) as dash:
+                page = await _open(browser, dash, 1280, 800)
+                await _wait_frames(page, "still", 0, timeout=20.0)
+                tile = _tile(page, "still")
+                await expect(page.locator("#threshold")).to_have_text(
+                    f"score \u2265 {threshold:.4g}"
+                )
+                await expect(tile.locator(".v-score")).to_have_text(f"{shown:.4f}")
+                await expect(tile).to_have_class(re.compile(r"\bhot\b" if hot else r"^tile$"))
+                assert (await tile.locator(".verdict").is_visible()) is hot
+                name = "score-at-threshold" if hot else "score-under-threshold"
+                await page.screenshot(path=artifacts / f"{name}.png")
+                assert page.errors == []
+                await page.context.close()
+
+
+# The widest score a tile shows, in place of test_dashboard's two-decimal one.
+_WIDE_CLASHES = _FIGURE_CLASHES.replace('score: "1.00"', 'score: "0.8888"')
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_four_decimal_score_keeps_clear_of_the_other_figures(
+    browser: Any, artifacts: Path
+) -> None:
+    """Four decimals are two digits wider in the score's large type: at each width the page
+    supports, the score and the other figures keep apart and inside the tile."""
+    cameras = tuple(
+        CameraConfig(id=f"cam-{k}", source=f"demo:conveyor?fps=2&seed={k}", fps=2) for k in range(4)
+    )
+    async with _running(cameras, max_fps=2.0) as (_, dash):
+        sizes = ((1280, 800), (1400, 900), (1920, 1080), (2560, 1440), (3840, 2160), (390, 844))
+        for width, height in sizes:
+            page = await _open(browser, dash, width, height)
+            for camera in ("cam-0", "cam-3"):
+                await _wait_frames(page, camera, 0, timeout=20.0)
+            for k in range(4):
+                tile = _tile(page, f"cam-{k}")
+                handle = await tile.element_handle()
+                seen = await page.evaluate(_WIDE_CLASHES, [handle, True])
+                assert seen["clashes"] == [] and seen["clipped"] == [], (width, height, seen)
+                score, fps = seen["score"], seen["fps"]
+                if min(score["bottom"], fps["bottom"]) > max(score["top"], fps["top"]):
+                    assert score["right"] + 5 <= fps["left"], (width, height, score, fps)
+            await page.screenshot(path=artifacts / f"four-decimals-{width}x{height}.png")
+            assert page.errors == []
+            await page.context.close()
