@@ -5,6 +5,7 @@ Screenshots land beside test_dashboard.py's, in tests/dashboard_artifacts/; look
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -18,6 +19,7 @@ import test_dashboard
 from test_dashboard import _FIGURE_CLASHES, _open, _tile, _wait_frames
 
 from convstream.dashboard import Dashboard, DashboardSettings
+from convstream.dashboard.messages import parse_frame_message
 from convstream.model.scenes import render_scene
 from convstream.server import CameraConfig, Server, Settings
 from convstream.v1 import convstream_pb2 as pb
@@ -128,3 +130,99 @@ async def test_a_four_decimal_score_keeps_clear_of_the_other_figures(
             await page.screenshot(path=artifacts / f"four-decimals-{width}x{height}.png")
             assert page.errors == []
             await page.context.close()
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on: a camera there is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+_HOUR_MINUTE = """(t) => new Date(t * 1000).toLocaleTimeString([], {
+  hour12: false, hour: "2-digit", minute: "2-digit"})"""
+
+
+async def _seconds(locator: Any, pattern: str) -> int:
+    """The seconds in ``locator``'s text, which must match ``pattern`` (one group)."""
+    text = await locator.text_content()
+    found = re.fullmatch(pattern, text or "")
+    assert found, (pattern, text)
+    return int(found.group(1))
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_trouble_says_since_when(browser: Any, artifacts: Path) -> None:
+    """A camera down, the server lost, the dashboard lost: each says since when and for how
+    long, as `convstream cameras` says "reconnecting 14s"; nothing on the page did."""
+    from playwright.async_api import expect
+
+    cameras = (
+        CameraConfig(id="belt", source="demo:conveyor?fps=2", fps=2),
+        CameraConfig(
+            id="dock",
+            source=f"http://127.0.0.1:{_closed_port()}/video.mjpg",
+            reconnect_min_s=0.2,
+            reconnect_max_s=1.0,
+        ),
+    )
+    async with _serving(cameras) as server, _watching(server.port) as dash:
+        page = await _open(browser, dash)
+        tile = _tile(page, "dock")
+        await expect(tile.locator(".state")).to_have_text("reconnecting", timeout=15000)
+        await _wait_frames(page, "belt", 0, timeout=20.0)
+        since = dash.hub.cameras["dock"].status["state_since"]
+        at = re.escape(await page.evaluate(_HOUR_MINUTE, since))
+        # on the tile, under its state; in its badge's tooltip; beside its name in the header
+        notice = tile.locator(".notice .since")
+        first = await _seconds(notice, rf"since {at} \((\d+) s\)")
+        await expect(tile.locator(".state")).to_have_attribute(
+            "title", re.compile(rf"^reconnecting since {at} \(\d+ s\)$")
+        )
+        await expect(page.locator("#summary")).to_contain_text(
+            re.compile(r"cameras running · dock reconnecting \d+ s$")
+        )
+        header = page.locator("#summary .down-for")
+        await page.wait_for_timeout(2200)  # no news of the camera: the times go on
+        assert await _seconds(notice, rf"since {at} \((\d+) s\)") >= first + 2
+        assert await _seconds(header, r"(\d+) s") >= first + 2
+        await page.screenshot(path=artifacts / "since-camera-down.png")
+
+        # The server goes: the banner says since the last the dashboard heard of it (belt's
+        # last frame), on this page and on one opened during the outage.
+        await server.stop(grace=0)
+        banner = page.locator("#banner-since")
+        await expect(banner).to_be_visible(timeout=10000)
+        await expect(page.locator("#conn-text")).to_have_text("server unreachable")
+        last = parse_frame_message(dash.hub.cameras["belt"].last_frame)[0]["received"]
+        at = re.escape(await page.evaluate(_HOUR_MINUTE, last))
+        await page.wait_for_timeout(1500)
+        later = await _open(browser, dash, 1280, 720)
+        await expect(later.locator("#banner-since")).to_be_visible()
+        await later.wait_for_timeout(500)  # belt's last frame comes after the hello
+        for shown in (page, later):
+            await _seconds(shown.locator("#banner-since"), rf"since {at} \((\d+) s\)")
+            await _seconds(
+                _tile(shown, "belt").locator(".notice .since"), rf"since {at} \((\d+) s\)"
+            )
+        await later.screenshot(path=artifacts / "since-server-down.png")
+        assert later.errors == [] and page.errors == []
+        await later.context.close()
+
+        # The dashboard goes: the banner says so (it went on about the server), since the last
+        # message it sent.
+        await dash.stop()
+        await expect(page.locator("#conn-text")).to_have_text("dashboard offline, reconnecting…")
+        await expect(page.locator("#banner")).to_have_text(
+            re.compile(r"^Cameras are not updating: this page lost the dashboard, ")
+        )
+        corner = page.locator("#banner-since")
+        await expect(corner).to_be_visible()
+        heard = await page.evaluate("window.convstreamDashboard.state.heardAt")
+        at = re.escape(await page.evaluate(_HOUR_MINUTE, heard))
+        await page.wait_for_timeout(1200)
+        assert await _seconds(corner, rf"since {at} \((\d+) s\)") >= 1
+        assert await _seconds(tile.locator(".notice .since"), rf"since {at} \((\d+) s\)") >= 1
+        await page.screenshot(path=artifacts / "since-dashboard-down.png")
+        assert [e for e in page.errors if "WebSocket connection" not in e] == []  # retrying
+        await page.context.close()

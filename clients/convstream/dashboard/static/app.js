@@ -20,6 +20,9 @@
     threshold: null,
     model: null,
     clock: { dash: 0, at: 0 }, // the dashboard's time at performance.now() == at
+    heardAt: 0, // the dashboard's time (dashNow) of the newest message from the dashboard
+    serverOkAt: 0, // ... of the newest message saying the server answers
+    serverDownSeen: 0, // ... of the first message of this outage saying it does not
     alerts: 0,
     frames: 0,
     chimes: 0, // tones played for new alerts
@@ -89,6 +92,39 @@
   function rowTime(seconds) {
     const day = isoDate(seconds);
     return day === isoDate(dashNow()) ? clockTime(seconds) : `${day} ${clockTime(seconds)}`;
+  }
+
+  // How long a state has lasted, coarse as people read it (the CLI's "reconnecting 14s").
+  function lasted(seconds) {
+    const s = Math.max(0, Math.floor(seconds));
+    if (s < 60) return `${s} s`;
+    if (s < 3600) return `${Math.floor(s / 60)} min`;
+    if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+    return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+  }
+
+  function hourMinute(seconds) {
+    return new Date(seconds * 1000).toLocaleTimeString([], {
+      hour12: false, hour: "2-digit", minute: "2-digit",
+    });
+  }
+
+  // "since 14:02 (12 min)": when a trouble began and how long it has lasted; with the date
+  // when it began on another day. `earlier`: it began before that, not known how long.
+  function sinceText(since, earlier) {
+    const day = isoDate(since) === isoDate(dashNow()) ? "" : `${isoDate(since)} `;
+    return `since ${day}${hourMinute(since)}${earlier ? " or earlier" : ""} ` +
+      `(${lasted(dashNow() - since)})`;
+  }
+
+  // When the dashboard lost the server: the newest sign of it answering (a message saying so,
+  // or a frame from it). A page opened during the outage with no frame to go by knows only
+  // that it began before its first message said so.
+  function serverLost() {
+    let at = state.serverOkAt;
+    for (const tile of tiles.values()) at = Math.max(at, tile.lastFrameAt);
+    if (at) return { at, earlier: false };
+    return state.serverDownSeen ? { at: state.serverDownSeen, earlier: true } : null;
   }
 
   function ago(seconds) {
@@ -187,6 +223,7 @@
       if (this.verdict.hidden === damaged) this.verdict.hidden = !damaged;
       let title = "";
       let detail = "";
+      const since = this.troubleSince(s);
       if (!socketOpen) {
         title = "dashboard offline";
         detail = "reconnecting to the dashboard…";
@@ -200,7 +237,10 @@
         title = "no new frames";
         detail = `last frame ${ago(age)} ago`;
       }
-      const key = title + "\u0000" + detail;
+      const sinceLine = title && since ? sinceText(since.at, since.earlier) : "";
+      const badge = since ? `${shown === "unknown" ? "no data" : s} ${sinceText(since.at, since.earlier)}` : "";
+      if (this.stateEl.title !== badge) this.stateEl.title = badge;
+      const key = title + "\u0000" + sinceLine + "\u0000" + detail;
       if (key === this.noticeKey) return;
       this.noticeKey = key;
       this.notice.hidden = !title;
@@ -208,12 +248,28 @@
       this.notice.replaceChildren();
       if (title) {
         this.notice.append(document.createTextNode(title));
+        if (sinceLine) {
+          const when = document.createElement("span");
+          when.className = "since";
+          when.textContent = sinceLine;
+          this.notice.append(when);
+        }
         if (detail) {
           const small = document.createElement("small");
           small.textContent = detail;
           this.notice.append(small);
         }
       }
+    }
+
+    // Since when the tile's trouble has lasted ({at, earlier}), null when it has none or that
+    // is not known: the page's link to the dashboard, the dashboard's to the server, or the
+    // camera's own state as the server tells it.
+    troubleSince(s) {
+      if (!socketOpen) return state.heardAt ? { at: state.heardAt, earlier: false } : null;
+      if (s === "offline") return serverLost();
+      if (s === "running" || !this.status || !this.status.state_since) return null;
+      return { at: this.status.state_since, earlier: false };
     }
 
     // Draw a decoded frame and its heatmap in the same task: the browser shows both together.
@@ -381,24 +437,45 @@
   // takes the operator to it.
   const SHOWN_DOWN = 4;
   let summaryKey = "";
+  let summaryTimes = []; // [element, since]: each down camera's time in its state, ticking
   function setSummary(text, cameras) {
-    const down = cameras.filter((c) => c.state !== "running" && c.state !== "connecting");
-    const key = JSON.stringify([text, down.map((c) => [c.id, c.state])]);
+    // Not "offline" (the dashboard lost the server): the banner says so for them all, and
+    // their state_since is the server's, from before.
+    const down = cameras.filter((c) => !["running", "connecting", "offline"].includes(c.state));
+    const key = JSON.stringify([text, down.map((c) => [c.id, c.state, c.state_since])]);
     if (key === summaryKey) return; // unchanged: keep the buttons under the pointer
     summaryKey = key;
     const summary = $("summary");
     summary.replaceChildren(text);
+    summaryTimes = [];
     for (const camera of down.slice(0, SHOWN_DOWN)) {
       const button = document.createElement("button");
       button.type = "button";
       button.className = "down";
       button.dataset.state = camera.state;
       button.textContent = `${camera.id} ${camera.state}`;
-      button.title = `show ${camera.id}`;
+      button.title = `show ${camera.id}` + (camera.state_since
+        ? `, ${camera.state} since ${dateTime(camera.state_since)}` : "");
       button.addEventListener("click", () => showTile(camera.id));
       summary.append(" · ", button);
+      // How long, beside the button rather than in it: its name stays still under the pointer
+      // (and for a screen reader) while the time ticks.
+      if (camera.state_since) {
+        const time = document.createElement("span");
+        time.className = "down-for";
+        summary.append(" ", time);
+        summaryTimes.push([time, camera.state_since]);
+      }
     }
+    tickSummary();
     if (down.length > SHOWN_DOWN) summary.append(` · ${down.length - SHOWN_DOWN} more`);
+  }
+
+  function tickSummary() {
+    for (const [element, since] of summaryTimes) {
+      const text = lasted(dashNow() - since);
+      if (element.textContent !== text) element.textContent = text;
+    }
   }
 
   const motion = () =>
@@ -547,6 +624,12 @@
     serverKnown = serverKnown || Boolean(server);
     serverOk = Boolean(server && server.ok);
     serverRefused = Boolean(server && server.refused);
+    if (serverOk) {
+      state.serverOkAt = dashNow();
+      state.serverDownSeen = 0;
+    } else if (!state.serverDownSeen) {
+      state.serverDownSeen = dashNow();
+    }
     const banner = $("banner");
     if (server && !server.ok) {
       const where = server.address ? ` at ${server.address}` : "";
@@ -561,9 +644,9 @@
               (server.hint ? ` For the administrator: ${server.hint}` : ` (${code})`),
       );
       banner.title = server.error; // gRPC's own words, for whoever digs deeper
-      banner.hidden = false;
+      $("banner-bar").hidden = false;
     } else {
-      banner.hidden = true;
+      $("banner-bar").hidden = true;
     }
     showConnection();
     for (const tile of tiles.values()) tile.updateNotice();
@@ -577,6 +660,19 @@
       ? (serverKnown ? "dashboard offline, reconnecting…" : "connecting…")
       : ok ? "live" : !serverKnown ? "connecting…"
       : serverRefused ? "server refuses the dashboard" : "server unreachable";
+    showSince();
+  }
+
+  // Since when the banner's trouble has lasted: the dashboard's last message, or the last
+  // sign of the server. Apart from the message, whose words stay still for screen readers
+  // (the banner is an alert region) while the time ticks.
+  function showSince() {
+    const lost = serverLost();
+    const text = !socketOpen ? (state.heardAt ? sinceText(state.heardAt, false) : "")
+      : !serverOk && lost ? sinceText(lost.at, lost.earlier) : "";
+    const element = $("banner-since");
+    if (element.textContent !== text) element.textContent = text;
+    element.hidden = !text;
   }
 
   // ---- alerts ------------------------------------------------------------------------------
@@ -809,6 +905,14 @@
     };
     socket.onclose = () => {
       socketOpen = false;
+      if (state.heardAt) {
+        // What the banner said of the server is no longer known; that the page has no data is.
+        showMarked($("banner"), "Cameras are not updating: this page lost the dashboard, and " +
+          "reconnects by itself. For the administrator: is `convstream dashboard` running, " +
+          "and reachable from this browser?");
+        $("banner").title = "";
+        $("banner-bar").hidden = false;
+      }
       showConnection();
       setSummary("cameras: no data while the dashboard is offline", []);
       for (const tile of tiles.values()) {
@@ -822,6 +926,7 @@
     socket.onmessage = (ev) => {
       if (typeof ev.data === "string") onText(JSON.parse(ev.data));
       else onFrame(ev.data);
+      state.heardAt = dashNow();
     };
   }
 
@@ -925,6 +1030,8 @@
         tile.updateNotice();
         tile.drawSpark(now);
       }
+      tickSummary();
+      showSince();
     }
     requestAnimationFrame(tick);
   }
