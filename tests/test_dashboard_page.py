@@ -16,6 +16,7 @@ import cv2
 import grpc
 import pytest
 import test_dashboard
+from live import FFmpegSource
 from test_dashboard import _FIGURE_CLASHES, _open, _tile, _wait_frames
 
 from convstream.dashboard import Dashboard, DashboardSettings
@@ -225,4 +226,56 @@ async def test_trouble_says_since_when(browser: Any, artifacts: Path) -> None:
         assert await _seconds(tile.locator(".notice .since"), rf"since {at} \((\d+) s\)") >= 1
         await page.screenshot(path=artifacts / "since-dashboard-down.png")
         assert [e for e in page.errors if "WebSocket connection" not in e] == []  # retrying
+        await page.context.close()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_figures_that_are_not_current_show_a_dash(browser: Any, artifacts: Path) -> None:
+    """A camera that stops keeps its last latency on the server (217 ms beside fps 0.0), the
+    server lost left fps "0.0/2" as if measured, and a dashboard that never reached its server
+    said "0/0 cameras running": each is shown as not known."""
+    from playwright.async_api import expect
+
+    dock = FFmpegSource("mjpeg", fps=5, size=(640, 360)).start()
+    cameras = (
+        CameraConfig(id="belt", source="demo:conveyor?fps=2", fps=2),
+        CameraConfig(id="dock", source=dock.url, fps=2, read_timeout_s=1.0, reconnect_min_s=0.2),
+    )
+    try:
+        async with _serving(cameras) as server, _watching(server.port) as dash:
+            page = await _open(browser, dash)
+            tile = _tile(page, "dock")
+            await _wait_frames(page, "dock", 0, timeout=20.0)
+            await expect(tile.locator(".v-latency")).to_have_text(re.compile(r"^\d+ ms$"))
+            dock.stop()
+            await expect(tile.locator(".state")).to_have_text("reconnecting", timeout=15000)
+            status = dash.hub.cameras["dock"].status
+            assert status["latency_ms"] > 0, status  # what the server still says
+            await expect(tile.locator(".v-latency")).to_have_text("\u2013")
+            await expect(tile.locator(".v-fps")).to_have_text(re.compile(r"^\d+\.\d/2$"))
+            belt = _tile(page, "belt")
+            await expect(belt.locator(".v-latency")).to_have_text(re.compile(r"^\d+ ms$"))
+
+            await server.stop(grace=0)
+            await expect(belt.locator(".state")).to_have_text("offline", timeout=10000)
+            for shown in (belt, tile):
+                await expect(shown.locator(".v-fps")).to_have_text("\u2013")
+                await expect(shown.locator(".v-latency")).to_have_text("\u2013")
+            await expect(page.locator("#summary")).to_have_text(
+                "cameras: no data while the server is unreachable"
+            )
+            await page.screenshot(path=artifacts / "not-current-server-down.png")
+            assert page.errors == []
+            await page.context.close()
+    finally:
+        dock.stop()
+
+    async with _watching(_closed_port()) as dash:
+        page = await _open(browser, dash, 1280, 720)
+        await expect(page.locator("#conn-text")).to_have_text("server unreachable", timeout=10000)
+        await expect(page.locator("#summary")).to_have_text(
+            "cameras not known: the server has not been reached"
+        )
+        await page.screenshot(path=artifacts / "server-never-reached.png")
+        assert page.errors == []
         await page.context.close()

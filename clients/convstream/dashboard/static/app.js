@@ -113,8 +113,8 @@
   // when it began on another day. `earlier`: it began before that, not known how long.
   function sinceText(since, earlier) {
     const day = isoDate(since) === isoDate(dashNow()) ? "" : `${isoDate(since)} `;
-    return `since ${day}${hourMinute(since)}${earlier ? " or earlier" : ""} ` +
-      `(${lasted(dashNow() - since)})`;
+    const how = lasted(dashNow() - since);
+    return `since ${day}${hourMinute(since)}${earlier ? ` or earlier (${how} or more)` : ` (${how})`}`;
   }
 
   // When the dashboard lost the server: the newest sign of it answering (a message saying so,
@@ -178,12 +178,17 @@
     setStatus(status) {
       this.status = status;
       this.kind.textContent = status.source_kind || "";
-      const fpsText = status.fps_cap > 0
+      // Figures that are not current show a dash, not a number: with the server lost (offline)
+      // or its process silent (unknown) the rates are not known (a "0.0/5" read as measured),
+      // and a camera not running has no latency (its last, "217 ms", stayed beside fps 0.0).
+      const measured = socketOpen && status.state !== "offline" && status.state !== "unknown";
+      const fpsText = !measured ? "–" : status.fps_cap > 0
         ? `${fmt(status.fps_out, 1)}/${fmt(status.fps_cap, 0)}` : fmt(status.fps_out, 1);
       this.setText(this.v.fps, fpsText);
-      this.v.fps.title = `in ${fmt(status.fps_in, 1)} fps from the source, ` +
-        `${fmt(status.fps_out, 1)} fps analysed`;
-      this.setText(this.v.latency, status.latency_ms > 0 ? `${fmt(status.latency_ms, 0)} ms` : "–");
+      this.v.fps.title = measured ? `in ${fmt(status.fps_in, 1)} fps from the source, ` +
+        `${fmt(status.fps_out, 1)} fps analysed` : "not known while the server is not answering";
+      const latency = measured && status.state === "running" && status.latency_ms > 0;
+      this.setText(this.v.latency, latency ? `${fmt(status.latency_ms, 0)} ms` : "–");
       this.setText(this.v.dropped, String(status.frames_dropped));
       this.v.dropped.title = `${status.frames_dropped} of ${status.frames_read} frames read ` +
         "were superseded before analysis while the server was busy" +
@@ -429,7 +434,13 @@
     $("empty").textContent = serverOk ? "No cameras on the server." : "Waiting for the server…";
     fitGrid();
     const running = cameras.filter((c) => c.state === "running").length;
-    setSummary(`${running}/${cameras.length} cameras running`, cameras);
+    // With the server not answering, "0/0 cameras running" (never reached) or "0/4" (lost)
+    // read as counted: say what is not known instead.
+    const why = serverRefused ? "the server refuses the dashboard" : "the server is unreachable";
+    const never = !cameras.length && !state.serverOkAt;
+    setSummary(serverOk ? `${running}/${cameras.length} cameras running`
+      : never ? "cameras not known: the server has not been reached"
+      : `cameras: no data while ${why}`, cameras);
   }
 
   // The cameras in trouble (not running, nor still opening for the first time), named beside
