@@ -279,3 +279,75 @@ async def test_figures_that_are_not_current_show_a_dash(browser: Any, artifacts:
         await page.screenshot(path=artifacts / "server-never-reached.png")
         assert page.errors == []
         await page.context.close()
+
+
+# Each camera name's parts as drawn: the text shown of its end, whether its start is cut, and
+# whether any of it runs past its container (the tile's head, the alert's card, the header).
+_NAMES = """(selector) => [...document.querySelectorAll(selector)].map((name) => {
+  const box = (el) => {
+    const range = document.createRange();
+    range.selectNodeContents(el);
+    return range.getBoundingClientRect();
+  };
+  const tail = name.querySelector(".name-tail");
+  const head = name.querySelector(".name-head");
+  const edge = name.closest(".tile, button.alert, .bar").getBoundingClientRect();
+  const right = Math.max(...[name, ...name.children].map((n) => n.getBoundingClientRect().right));
+  return {
+    text: name.textContent,
+    title: name.title || name.closest("[title]")?.title || "",
+    tail: tail ? tail.textContent : null,
+    tailShown: Boolean(tail) && box(tail).width > 0 &&
+      box(tail).right <= name.getBoundingClientRect().right + 1,
+    headCut: Boolean(head) &&
+      (head.scrollWidth > head.clientWidth || head.scrollHeight > head.clientHeight + 1),
+    past: right > edge.right - 2,
+    width: name.getBoundingClientRect().width,
+  };
+})"""
+
+_LONG = "outbound_lane.12-very-long-camera-identifier-for-the-westgate-"
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_long_camera_ids_show_the_end_that_tells_them_apart(
+    browser: Any, artifacts: Path
+) -> None:
+    """Ids of 63 characters differing only in the last: cut at their end, two tiles both read
+    "outbound_lane.12-very-long-…", and in the alert list at 1280x720 such an id ran past the
+    card's edge. The start is cut instead, the end always shows, and nothing runs over."""
+    from playwright.async_api import expect
+
+    ids = [_LONG + end for end in "abc"]
+    assert all(len(i) == 63 for i in ids)
+    cameras = (
+        *(
+            CameraConfig(id=i, source=f"demo:conveyor?fps=2&seed={k}")
+            for k, i in enumerate(ids[:2])
+        ),
+        CameraConfig(id=ids[2], source=f"http://127.0.0.1:{_closed_port()}/v.mjpg"),
+    )
+    # threshold 0: every frame is over it, one alert a camera
+    async with _running(cameras, threshold=0.0) as (_, dash):
+        page = await _open(browser, dash, 1280, 720)
+        await expect(page.locator("#alerts button.alert")).to_have_count(2, timeout=20000)
+        await expect(page.locator("#summary .down")).to_have_count(1, timeout=15000)
+        for k in range(2):
+            await _wait_frames(page, ids[k], 0, timeout=20.0)
+        tiles = await page.evaluate(_NAMES, "article.tile .cam")
+        alerts = await page.evaluate(_NAMES, "#alerts .a-cam")
+        header = await page.evaluate(_NAMES, "#summary .down")
+        for shown in (*alerts, *tiles, *header):
+            camera = shown["text"].split(" ")[0]
+            assert camera in ids, shown
+            assert not shown["past"], shown
+            assert shown["tail"] == camera[-12:] and shown["tailShown"] and shown["headCut"], shown
+            assert shown["title"].startswith(("show " + camera, camera)), shown
+        assert (
+            sorted(t["tail"] for t in tiles) == ["t-dock-a", "t-dock-b", "t-dock-c"]
+            or len({t["tail"] for t in tiles}) == 3
+        ), tiles
+        assert header[0]["width"] < 1280 / 3, header  # one line of the header, not two
+        await page.screenshot(path=artifacts / "long-ids-1280x720.png")
+        assert page.errors == []
+        await page.context.close()

@@ -135,6 +135,23 @@
     return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
   }
 
+  // A camera's name in two parts: its start, cut short with "…" where it does not fit, and
+  // its end, always shown. A site's ids often differ only at their end: cut at the end,
+  // "outbound_lane.12-very-long-camera-id…" was the same on two tiles. The element's text is
+  // still the whole id; its tooltip says it too.
+  const NAME_END = 12; // characters always shown
+  const LONG_NAME = 24; // characters: an alert's name longer than this is shown in two parts
+  function nameParts(id) {
+    const cut = id.length > NAME_END + 4 ? id.length - NAME_END : id.length;
+    const head = document.createElement("span");
+    head.className = "name-head";
+    head.textContent = id.slice(0, cut);
+    const tail = document.createElement("span");
+    tail.className = "name-tail";
+    tail.textContent = id.slice(cut);
+    return [head, tail];
+  }
+
   // ---- a camera tile ---------------------------------------------------------------------
   class Tile {
     constructor(id) {
@@ -142,7 +159,7 @@
       const node = $("tile-template").content.firstElementChild.cloneNode(true);
       this.el = node;
       this.el.dataset.camera = id;
-      node.querySelector(".cam").textContent = id;
+      node.querySelector(".cam").replaceChildren(...nameParts(id));
       node.querySelector(".cam").title = id;
       this.kind = node.querySelector(".kind");
       this.stateEl = node.querySelector(".state");
@@ -464,7 +481,7 @@
       button.type = "button";
       button.className = "down";
       button.dataset.state = camera.state;
-      button.textContent = `${camera.id} ${camera.state}`;
+      button.replaceChildren(...nameParts(camera.id), ` ${camera.state}`);
       button.title = `show ${camera.id}` + (camera.state_since
         ? `, ${camera.state} since ${dateTime(camera.state_since)}` : "");
       button.addEventListener("click", () => showTile(camera.id));
@@ -760,7 +777,15 @@
     const info = document.createElement("div");
     const cam = document.createElement("div");
     cam.className = "a-cam";
-    cam.textContent = alert.camera;
+    cam.title = alert.camera;
+    // A long id wraps, its start over two lines at most and its end whole on a third: it ran
+    // past the card's edge, and over six lines when wrapped whole.
+    if (alert.camera.length > LONG_NAME) {
+      cam.classList.add("long");
+      cam.replaceChildren(...nameParts(alert.camera));
+    } else {
+      cam.textContent = alert.camera;
+    }
     const score = document.createElement("div");
     score.className = "a-score";
     const when = document.createElement("div");
