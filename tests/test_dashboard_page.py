@@ -351,3 +351,39 @@ async def test_long_camera_ids_show_the_end_that_tells_them_apart(
         await page.screenshot(path=artifacts / "long-ids-1280x720.png")
         assert page.errors == []
         await page.context.close()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_page_shows_a_clock_that_moves_only_with_data(
+    browser: Any, artifacts: Path
+) -> None:
+    """A running tile showed no time until its frames were 3 s old, and the page no clock at
+    all: a hung browser on a wall looked live. The header says when data last came, and each
+    picture its time; both move on with data and stand still without it."""
+    from playwright.async_api import expect
+
+    clock = r"\d\d:\d\d:\d\d"
+    cameras = (CameraConfig(id="belt", source="demo:conveyor?fps=2", fps=2),)
+    async with _running(cameras) as (_, dash):
+        page = await _open(browser, dash)
+        await _wait_frames(page, "belt", 0, timeout=20.0)
+        updated = page.locator("#updated")
+        stamp = _tile(page, "belt").locator(".stamp")
+        await expect(updated).to_have_text(re.compile(rf"^updated {clock}$"))
+        await expect(stamp).to_have_text(re.compile(rf"^{clock}$"))
+        before = (await updated.text_content(), await stamp.text_content())
+        await expect(updated).not_to_have_text(before[0], timeout=3000)  # data comes: it moves
+        await expect(stamp).not_to_have_text(before[1], timeout=3000)
+        await page.screenshot(path=artifacts / "clock-live.png")
+
+        await dash.stop()  # no more data: both stand still, and the header says how long
+        await expect(page.locator("#conn-text")).to_have_text("dashboard offline, reconnecting…")
+        last = (await updated.text_content() or "").split(" (")[0]
+        shown = await stamp.text_content()
+        await page.wait_for_timeout(4000)
+        await expect(updated).to_have_text(re.compile(rf"^{re.escape(last)} \(\d+ s ago\)$"))
+        await expect(updated).to_have_attribute("data-late", "true")
+        await expect(stamp).to_have_text(shown or "")
+        await page.screenshot(path=artifacts / "clock-stopped.png")
+        assert [e for e in page.errors if "WebSocket connection" not in e] == []  # retrying
+        await page.context.close()

@@ -170,6 +170,7 @@
       this.frame.setAttribute("role", "img");
       this.frame.setAttribute("aria-label", `live picture of ${id}`);
       this.notice = node.querySelector(".notice");
+      this.stamp = node.querySelector(".stamp");
       this.spark = node.querySelector("canvas.spark");
       this.sparkLabel = node.querySelector(".spark-label");
       this.v = {};
@@ -342,6 +343,11 @@
     record(header) {
       this.lastN = header.n;
       this.lastFrameAt = header.received || dashNow();
+      // The picture's time, as a CCTV monitor prints it: it moves on only with new frames, so
+      // a live-looking tile whose clock stands still is not live.
+      this.setText(this.stamp, clockTime(header.time));
+      this.stamp.title = `captured ${dateTime(header.time)} (the server's clock), ${ZONE} time`;
+      this.stamp.hidden = false;
       this.showScore(header.score);
       this.addPoint(header.time, header.score);
       this.updateNotice();
@@ -694,6 +700,19 @@
   // Since when the banner's trouble has lasted: the dashboard's last message, or the last
   // sign of the server. Apart from the message, whose words stay still for screen readers
   // (the banner is an alert region) while the time ticks.
+  // "updated 14:02:07": the newest data's time, which stands still when data stops (a hung
+  // browser on a wall screen looked live); with how long ago once that is over STALE_S.
+  function showUpdated() {
+    const el = $("updated");
+    el.hidden = !state.heardAt;
+    if (!state.heardAt) return;
+    const age = dashNow() - state.heardAt;
+    const late = age > STALE_S;
+    const text = `updated ${clockTime(state.heardAt)}${late ? ` (${lasted(age)} ago)` : ""}`;
+    if (el.textContent !== text) el.textContent = text;
+    el.dataset.late = String(late);
+  }
+
   function showSince() {
     const lost = serverLost();
     const text = !socketOpen ? (state.heardAt ? sinceText(state.heardAt, false) : "")
@@ -963,6 +982,7 @@
       if (typeof ev.data === "string") onText(JSON.parse(ev.data));
       else onFrame(ev.data);
       state.heardAt = dashNow();
+      showUpdated();
     };
   }
 
@@ -1068,6 +1088,7 @@
       }
       tickSummary();
       showSince();
+      showUpdated();
     }
     requestAnimationFrame(tick);
   }
