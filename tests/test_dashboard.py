@@ -257,6 +257,18 @@ async def test_frames_are_numbered_across_cameras_so_a_camera_added_again_number
     assert numbers == [1, 2, 3, 4, 5, 6]
 
 
+async def test_a_frames_score_reaches_the_page_unrounded() -> None:
+    """The page calls a tile damaged by score >= threshold: a score sent rounded to 4 decimals
+    (0.89996 as 0.9) read as damaged against a threshold of 0.9 that it is under."""
+    hub = Hub(DashboardSettings(threshold=0.9))
+    jpeg_bytes = cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8))[1].tobytes()
+    view = CameraView(id="dock", status={}, history=deque(maxlen=8))
+    await hub._on_result(view, pb.FrameResult(frame_id=1, score=0.89996, frame_jpeg=jpeg_bytes))
+    assert view.last_frame is not None
+    sent = parse_frame_message(view.last_frame)[0]["score"]
+    assert sent < 0.9 and sent == pytest.approx(0.89996, abs=1e-6)
+
+
 def test_frame_message_round_trip() -> None:
     heat = np.arange(12, dtype=np.uint8).reshape(3, 4)
     data = frame_message({"camera": "a", "score": 0.5}, heat, b"\xff\xd8jpeg")
@@ -557,7 +569,7 @@ async def test_page_shows_every_camera_live(
         seen = await _wait_frames(page, camera, 0)
         await _wait_frames(page, camera, seen + 2)  # it keeps updating
         await expect(_tile(page, camera).locator(".v-score")).to_have_text(
-            re.compile(r"^[01]\.\d\d$")
+            re.compile(r"^[01]\.\d{4}$")
         )
         await expect(_tile(page, camera).locator(".v-fps")).not_to_have_text("\u2013")
     await expect(page.locator("#model")).to_contain_text("· CPU ·")  # short, before the hash
@@ -648,7 +660,7 @@ async def test_damaged_frame_raises_an_alert(
     page = await _open(browser, dashboard)
     alert = page.locator('#alerts button.alert[data-camera="damaged"]').first
     await expect(alert).to_be_visible(timeout=15000)
-    await expect(alert.locator(".a-score")).to_have_text(re.compile(r"^(0\.\d\d|1\.00)$"))
+    await expect(alert.locator(".a-score")).to_have_text(re.compile(r"^[01]\.\d{4}$"))
     thumb = alert.locator("img")
     await expect(thumb).to_have_attribute(
         "src", re.compile(r"^alerts/\d+-thumb\.jpg\?v=\d+&at=\d+$")
@@ -659,7 +671,7 @@ async def test_damaged_frame_raises_an_alert(
     assert await page.locator('#alerts button.alert[data-camera="damaged"]').count() == 1
     # what a screen reader says of it (the camera's name once, what it is, the score)
     await expect(alert).to_have_attribute(
-        "aria-label", re.compile(r"^damage alert, damaged, score (0\.\d\d|1\.00), raised ")
+        "aria-label", re.compile(r"^damage alert, damaged, score [01]\.\d{4}, raised ")
     )
 
     await alert.click()
@@ -948,7 +960,7 @@ async def test_dashboard_outlives_a_server_restart(
         assert "UNAVAILABLE" in (await banner.get_attribute("title") or "")
         tile = _tile(page, "belt")
         await expect(tile.locator(".state")).to_have_text("offline")
-        await expect(tile.locator(".v-fps")).to_have_text("0.0")
+        await expect(tile.locator(".v-fps")).to_have_text("\u2013")
         await expect(tile.locator(".v-latency")).to_have_text("\u2013")
         notice = await tile.locator(".notice").inner_text()
         age = re.search(r"last frame (\d+) s ago", notice)
@@ -1195,10 +1207,10 @@ async def test_an_alert_on_a_hidden_page_shows_in_its_tab_title_and_sounds(brows
             # frames said was kept (the score, the chart)
             assert await page.evaluate("window.convstreamDashboard.state.frames") == 0
             tile = _tile(page, "dock-8")
-            await expect(tile.locator(".v-score")).to_have_text(re.compile(r"^[01]\.\d\d$"))
+            await expect(tile.locator(".v-score")).to_have_text(re.compile(r"^[01]\.\d{4}$"))
             # ... and a screen reader was told
             await expect(page.locator("#announce")).to_have_text(
-                re.compile(r"^damage alert on dock-8, score [01]\.\d\d, at \d\d:\d\d:\d\d$")
+                re.compile(r"^damage alert on dock-8, score [01]\.\d{4}, at \d\d:\d\d:\d\d$")
             )
             # back on the tab: the count is seen
             await page.evaluate(
@@ -1288,7 +1300,7 @@ async def test_a_tiles_figures_never_run_together(browser: Any, artifacts: Path)
             await page.screenshot(path=artifacts / f"four-cameras-{width}x{height}.png")
             for camera in ("demo", "dock-3", "belt-2", "bench"):
                 tile = _tile(page, camera)
-                await expect(tile.locator(".v-score")).to_have_text(re.compile(r"^[01]\.\d\d$"))
+                await expect(tile.locator(".v-score")).to_have_text(re.compile(r"^[01]\.\d{4}$"))
                 handle = await tile.element_handle()
                 seen = await page.evaluate(_FIGURE_CLASHES, [handle, False])
                 where = (width, height, camera, seen["text"])

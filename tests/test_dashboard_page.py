@@ -4,6 +4,7 @@ Screenshots land beside test_dashboard.py's, in tests/dashboard_artifacts/; look
 
 from __future__ import annotations
 
+import math
 import re
 import socket
 from collections.abc import AsyncIterator
@@ -81,7 +82,8 @@ async def test_a_tiles_score_never_reads_as_the_threshold_it_is_under(
     still.write_bytes(cv2.imencode(".jpg", render_scene(81, 360, 640).image)[1].tobytes())
     camera = CameraConfig(id="still", source=str(still), fps=2)
     async with _serving((camera,)) as server:
-        shown = round(await _score(server.port, still.read_bytes()), 4)  # as the hub sends it
+        sent = round(await _score(server.port, still.read_bytes()), 6)  # as the hub sends it
+        shown = math.floor(sent * 10000 + 1e-6) / 10000  # four decimals, cut, as the page does
         from playwright.async_api import expect
 
         for threshold, hot in ((round(shown + 0.0001, 4), False), (shown, True)):

@@ -52,7 +52,7 @@ def camera_json(camera: pb.CameraStatus) -> dict[str, Any]:
         "watchers": camera.watchers,
         "width": camera.frame_width,
         "height": camera.frame_height,
-        "last_score": round(camera.last_score, 4),
+        "last_score": round(camera.last_score, 6),  # compared with the threshold, as a frame's
         "last_frame_time": seconds(camera.last_frame_time),
         "latency_ms": round(camera.latency_ms, 1),
     }

@@ -532,6 +532,9 @@
   // and score chart, would be too small to fit without scrolling, the tiles go compact (the
   // picture, the name and state, the score and fps) and all stay in view.
   const FULL_MIN_W = 360;
+  const WIDEST_FIGURES = {
+    score: "0.8888", fps: "29.9/30", latency: "1234 ms", dropped: "99999", reconnects: "9999",
+  };
   const COMPACT_MIN_W = 240;
   const COMPACT_ON_PHONES_FROM = 5; // cameras: fewer scroll as full tiles on a phone
   const phone = () => window.matchMedia("(max-width: 900px)").matches; // the CSS's width
@@ -567,6 +570,13 @@
       Object.assign(probe.style, { position: "absolute", visibility: "hidden", left: "0", top: "0" });
       grid.append(probe);
       probeView = probe.querySelector(".view");
+      // Measured with the widest figures a tile shows, not the first tile's of the moment:
+      // its "–" for fps or a short latency made it a row shorter now and then, and the grid
+      // flipped between full and compact tiles at every poll near the bound.
+      for (const [name, widest] of Object.entries(WIDEST_FIGURES)) {
+        const value = probe.querySelector(`.v-${name}`);
+        if (value) value.textContent = widest;
+      }
     }
     let columns = 0;
     let best = 0;
@@ -830,7 +840,7 @@
       chime();
       // read out by screen readers (a live region), as the tone sounds for others
       $("announce").textContent =
-        `damage alert on ${alert.camera}, score ${fmt(alert.score, 2)}, at ${clockTime(alert.raised)}`;
+        `damage alert on ${alert.camera}, score ${scoreText(alert.score)}, at ${clockTime(alert.raised)}`;
     }
     if (atTop && document.hidden && !loadingAlerts) {
       unseenAlerts += 1; // an operator on another tab sees it in the tab's title
@@ -845,7 +855,7 @@
     // relative, made by the dashboard: alerts/<number>-thumb.jpg?v=<n>, the overlay's part
     // around the hottest place (the whole frame, at 128 pixels wide, showed no damage)
     entry.img.src = alert.thumb_url;
-    entry.score.textContent = fmt(alert.score, 2);
+    entry.score.textContent = scoreText(alert.score);
     entry.score.title = `the highest score of this episode (threshold ${thresholdText(alert.threshold)})`;
     // The list is newest first by when each alert was raised, and shows that time: the best
     // frame's time (which moves while the episode lasts, and comes before the raising of an
@@ -863,7 +873,7 @@
     const alert = entry.alert;
     const handledNow = handled.has(handledKey(alert));
     entry.button.setAttribute("aria-label", `damage alert, ${alert.camera}, score ` +
-      `${fmt(alert.score, 2)}, raised ${rowTime(alert.raised)}${handledNow ? ", handled" : ""}`);
+      `${scoreText(alert.score)}, raised ${rowTime(alert.raised)}${handledNow ? ", handled" : ""}`);
   }
 
   function openAlert(alert) {
@@ -874,7 +884,7 @@
     const more = alert.episodes > 1 ? ` · ${alert.episodes} crossings in the cooldown` : "";
     const best = clockTime(alert.time) === clockTime(alert.raised)
       ? "" : ` · best frame ${clockTime(alert.time)}`;
-    $("modal-caption").textContent = `${alert.camera} · score ${fmt(alert.score, 3)} ` +
+    $("modal-caption").textContent = `${alert.camera} · score ${scoreText(alert.score)} ` +
       `(threshold ${thresholdText(alert.threshold)}) · raised ${dateTime(alert.raised)}${best}, ` +
       `frame ${alert.frame_id}${more} · ${ZONE} time`;
     if (!$("modal").open) $("modal").showModal();
