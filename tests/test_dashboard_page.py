@@ -389,3 +389,33 @@ async def test_the_page_shows_a_clock_that_moves_only_with_data(
         await page.screenshot(path=artifacts / "clock-stopped.png")
         assert [e for e in page.errors if "WebSocket connection" not in e] == []  # retrying
         await page.context.close()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_failed_camera_and_an_empty_server_say_what_to_do(
+    browser: Any, artifacts: Path, tmp_path: Path
+) -> None:
+    """A camera the server gave up on stays so until someone acts, and a server with no
+    cameras shows nothing: the page said only why ("no such video file") and "No cameras on
+    the server."; it now says what to do as well."""
+    from playwright.async_api import expect
+
+    gone = CameraConfig(id="gone", source=str(tmp_path / "missing.mp4"))
+    async with _serving((gone,)) as server, _watching(server.port) as dash:
+        page = await _open(browser, dash)
+        tile = _tile(page, "gone")
+        await expect(tile.locator(".state")).to_have_text("failed", timeout=15000)
+        await expect(tile.locator(".notice small")).to_contain_text("no such video file")
+        await expect(tile.locator(".notice small")).to_contain_text(
+            "then reload the server (SIGHUP)"
+        )
+        await page.screenshot(path=artifacts / "failed-camera-advice.png")
+        assert page.errors == []
+        await page.context.close()
+    async with _serving(()) as server, _watching(server.port) as dash:
+        page = await _open(browser, dash)
+        await expect(page.locator("#empty")).to_have_text(
+            re.compile(r"^No cameras on the server\. Add \[\[cameras\]\] to its config and reload")
+        )
+        assert page.errors == []
+        await page.context.close()

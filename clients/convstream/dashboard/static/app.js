@@ -254,6 +254,8 @@
         title = s;
         detail = (this.status && this.status.last_error) || "";
         if (age !== null) detail = `${detail ? detail + " · " : ""}last frame ${ago(age)} ago`;
+        // given up: it stays so until someone acts, so say what to do (it said only why)
+        if (s === "failed") detail += `${detail ? " · " : ""}${FAILED_ADVICE}`;
       } else if (this.frames === 0) {
         title = "waiting for frames…";
       } else if (stale) {
@@ -454,7 +456,10 @@
       }
     }
     $("empty").hidden = tiles.size > 0;
-    $("empty").textContent = serverOk ? "No cameras on the server." : "Waiting for the server…";
+    $("empty").textContent = serverOk
+      ? "No cameras on the server. Add [[cameras]] to its config and reload it (SIGHUP): " +
+        "they appear here within a second."
+      : "Waiting for the server…";
     fitGrid();
     const running = cameras.filter((c) => c.state === "running").length;
     // With the server not answering, "0/0 cameras running" (never reached) or "0/4" (lost)
@@ -531,6 +536,7 @@
   // Many cameras on one screen (a wall of 8 or 16): when full tiles, each with its figures
   // and score chart, would be too small to fit without scrolling, the tiles go compact (the
   // picture, the name and state, the score and fps) and all stay in view.
+  const FAILED_ADVICE = "fix the camera or the server's config, then reload the server (SIGHUP)";
   const FULL_MIN_W = 360;
   const WIDEST_FIGURES = {
     score: "0.8888", fps: "29.9/30", latency: "1234 ms", dropped: "99999", reconnects: "9999",
