@@ -153,6 +153,30 @@ async def test_bad_image_is_a_row_and_exit_code_1(
     assert capsys.readouterr().err.strip() == "convstream analyze: 1 of 1 frame failed"
 
 
+async def test_fail_on_damage_exits_6_when_a_frame_is_called_damaged(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """For a cron job or a CI check: damage found is a result (exit 0) unless asked to fail
+    on it; a frame that could not be analysed still says so first (1)."""
+    address = f"127.0.0.1:{server.port}"
+    rendered = tmp_path / "rendered"
+    assert await run("samples", str(rendered), "--count", "8", "--size", "384x640") == 0
+    capsys.readouterr()
+    argv = ["analyze", str(rendered), "--json", "--address", address]
+    assert await run(*argv) == 0
+    damaged = sum(json.loads(line)["damaged"] for line in capsys.readouterr().out.splitlines())
+    assert damaged > 0  # 4 of the 8 are drawn damaged
+    assert await run(*argv, "--fail-on-damage") == 6
+    assert capsys.readouterr().err.strip() == f"convstream analyze: {damaged} of 8 frames damaged"
+    plain = tmp_path / "plain.png"
+    cv2.imwrite(str(plain), np.full((240, 320, 3), 128, np.uint8))  # nothing to call damaged
+    assert await run("analyze", str(plain), "--fail-on-damage", "--address", address) == 0
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not an image")
+    assert await run("analyze", str(rendered), str(broken), *argv[2:], "--fail-on-damage") == 1
+    assert capsys.readouterr().err.strip().endswith("convstream analyze: 1 of 9 frames failed")
+
+
 RESULT_ONLY = ("score", "damaged", "peak", "frame_age_ms", "timings", "geometry", "heatmap")
 
 

@@ -66,6 +66,7 @@ __all__ = ["EXIT_STATUS", "add_commands"]
 
 # What a script can tell apart by the exit code alone.
 EXIT_FRAMES, EXIT_USAGE, EXIT_SERVER, EXIT_REFUSED, EXIT_SOURCE = 1, 2, 3, 4, 5
+EXIT_DAMAGED = 6  # only with --fail-on-damage
 EXIT_STATUS = """exit status:
   0    done: every frame analysed (damage found is a result, not a failure)
   1    some frames could not be analysed, or the server failed on them
@@ -74,6 +75,7 @@ EXIT_STATUS = """exit status:
        client certificate: TLS 1.3 shows only a closed connection), or none within --timeout
   4    refused: the token, or the token's role
   5    the source: a camera that failed, stopped or was removed; a video that cannot be read
+  6    with --fail-on-damage: some frame was called damaged (where it would otherwise be 0)
   130  Ctrl-C; 143 SIGTERM (results so far written, and the summary; a second one: at once)
 """
 
@@ -191,6 +193,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="how feature maps travel (default float16); the heatmap comes in float16 for uint8",
     )
     group.add_argument("--json", action="store_true", help="one JSON object per line")
+    group.add_argument(
+        "--fail-on-damage",
+        action="store_true",
+        help="exit with status 6 when any frame is called damaged (for cron jobs and CI "
+        "checks; a failure's own status comes first)",
+    )
     group.add_argument(
         "--save-overlays",
         type=Path,
@@ -541,6 +549,13 @@ def _report(args: argparse.Namespace, results: Iterator[Result], reporter: Repor
             file=sys.stderr,
         )
         return EXIT_FRAMES
+    if args.fail_on_damage and reporter.damaged:
+        print(
+            f"convstream {args.command}: {reporter.damaged} of {reporter.count} "
+            f"frame{'' if reporter.count == 1 else 's'} damaged",
+            file=sys.stderr,
+        )
+        return EXIT_DAMAGED
     return 0
 
 
@@ -799,7 +814,7 @@ def _watch(args: argparse.Namespace) -> int:
         with contextlib.closing(watching), lull:  # closing ends the call at --count
             results = lull.timed(itertools.islice(watching, args.count))
             code = _report(args, results, reporter)
-        if code == 0 and (args.count is None or reporter.count < args.count):
+        if code in (0, EXIT_DAMAGED) and (args.count is None or reporter.count < args.count):
             # only a published stream ends a watch by itself
             print(f"convstream watch: stream {args.camera_id!r} ended", file=sys.stderr)
         return code
