@@ -397,7 +397,7 @@ def _add_samples(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument(
         "--size",
         default="720x1280",
-        help=f"HxW of each frame, at least {SAMPLE_MIN_SIDE} a side (default 720x1280)",
+        help=f"HxW of each frame, {SAMPLE_MIN_SIDE} to {SAMPLE_MAX_SIDE} a side (default 720x1280)",
     )
     p.add_argument(
         "--clip",
@@ -412,6 +412,7 @@ def _add_samples(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 SAMPLE_MIN_SIDE = 32  # render_scene's smallest frame side
+SAMPLE_MAX_SIDE = 8192  # 8K: a larger frame took minutes and GBs, then failed in the JPEG
 
 
 class _Listing:
@@ -465,9 +466,9 @@ def _samples(args: argparse.Namespace) -> int:
             ("--clip", "0 to 3600 seconds", f"{args.clip:g}", 0 <= args.clip <= 3600),
             (
                 "--size",
-                f"at least {SAMPLE_MIN_SIDE} pixels a side (HxW, e.g. 720x1280)",
+                f"{SAMPLE_MIN_SIDE} to {SAMPLE_MAX_SIDE} pixels a side (HxW, e.g. 720x1280)",
                 args.size,
-                min(height, width) >= SAMPLE_MIN_SIDE,
+                min(height, width) >= SAMPLE_MIN_SIDE and max(height, width) <= SAMPLE_MAX_SIDE,
             ),
         ]
         if not ok
