@@ -1024,6 +1024,14 @@ def test_the_overlay_rings_the_hottest_cell_only_on_a_damaged_frame() -> None:
     assert rings[False] == 0 and rings[True] > 20, rings  # a ring of radius 8, 1 px wide
 
 
+def test_the_overlays_label_gives_the_score_as_the_commands_print_it() -> None:
+    # "1.00 DAMAGED" stood over a frame the table beside it listed as 0.9964
+    from convstream.client.overlay import label_text
+
+    assert label_text(Result(frame_id=1, score=0.99646, damaged=True)) == "0.9964 DAMAGED"
+    assert label_text(Result(frame_id=2, score=0.82149, damaged=False)) == "0.8214"
+
+
 async def test_overlays_written_and_readable(
     server: Server, frames: list[np.ndarray], tmp_path: Path
 ) -> None:

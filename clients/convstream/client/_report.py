@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import deque
 from dataclasses import asdict
@@ -15,15 +14,9 @@ import numpy as np
 from tqdm import tqdm
 
 from convstream.client.overlay import save_overlay
-from convstream.client.results import CameraInfo, ModelInfo, Result
+from convstream.client.results import CameraInfo, ModelInfo, Result, score_text
 
 MiB = 1024 * 1024
-
-
-def score_text(score: float) -> str:
-    """A score for people: four decimals, cut rather than rounded, so that a score under a
-    threshold never reads as at it (0.993855 is 0.9938, not 0.994, under a threshold 0.994)."""
-    return f"{math.floor(score * 10_000 + 1e-6) / 10_000:.4f}"
 
 
 def result_json(result: Result, overlay: Path | None = None) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from convstream.client.errors import SourceError
-from convstream.client.results import Geometry, Result
+from convstream.client.results import Geometry, Result, score_text
 
 __all__ = ["draw_overlay", "heatmap_on_frame", "save_overlay"]
 
@@ -114,11 +114,20 @@ def _analysed_image(result: Result) -> np.ndarray:
     return model_input[top:bottom, left:right]
 
 
+def label_text(result: Result) -> str:
+    """The overlay's corner label: the score as the commands print it (4 decimals, cut: its
+    "1.00 DAMAGED" was 0.9964 in the table beside it), DAMAGED where the server says so."""
+    if result.error is not None:
+        return f"error: {type(result.error).__name__}"
+    score = score_text(result.score)
+    return f"{score} DAMAGED" if result.damaged else score
+
+
 def _label(out: np.ndarray, result: Result, width: int, height: int) -> None:
     colour = _DAMAGED if result.damaged else _INTACT
-    text = f"{result.score:.2f} DAMAGED" if result.damaged else f"{result.score:.2f}"
     if result.error is not None:
-        text, colour = f"error: {type(result.error).__name__}", (0, 0, 0)
+        colour = (0, 0, 0)
+    text = label_text(result)
     scale = max(0.4, min(width, height) / 600)
     thickness = max(1, round(scale * 2))
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, cast
@@ -413,3 +414,9 @@ def _datetime(stamp: Timestamp) -> datetime | None:
     if not stamp.seconds and not stamp.nanos:
         return None
     return datetime.fromtimestamp(stamp.seconds + stamp.nanos / 1e9, tz=UTC)
+
+
+def score_text(score: float) -> str:
+    """A score for people: four decimals, cut rather than rounded, so that a score under a
+    threshold never reads as at it (0.993855 is 0.9938, not 0.994, under a threshold 0.994)."""
+    return f"{math.floor(score * 10_000 + 1e-6) / 10_000:.4f}"
