@@ -444,6 +444,7 @@ def test_a_threshold_set_as_evaluate_offers_it_reads_the_same_everywhere() -> No
     assert ModelInfo.from_proto(message).threshold == 0.962
     assert score_text(0.993855) == "0.9938" and score_text(float(np.float32(0.994))) == "0.9940"
     assert score_text(1.0) == "1.0000" and score_text(0.0) == "0.0000"
+    assert score_text(math.nan) == "nan"  # an overlay's label of a NaN score raised
 
 
 async def test_a_file_that_is_no_video_is_an_error_not_an_empty_success(
@@ -817,6 +818,17 @@ def test_an_address_whose_port_is_no_number_is_a_usage_error(
     assert capsys.readouterr().err == (
         "convstream info: error: --address's port must be 1 to 65535 (host:port, e.g. "
         f"127.0.0.1:50051), got {address!r}\n"
+    )
+
+
+def test_a_bad_address_from_the_environment_is_said_of_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It was said of --address, which the command was not given."""
+    monkeypatch.setenv("CONVSTREAM_ADDRESS", "foo:bar")
+    assert main(["info"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "convstream info: error: $CONVSTREAM_ADDRESS's port must be 1 to 65535"
     )
 
 

@@ -174,7 +174,7 @@ async def test_token_is_sent_as_bearer_metadata(fake_server: tuple[Fake, int]) -
 def test_an_address_whose_port_is_no_number_is_refused_before_dialling() -> None:
     """Client("foo:bar") failed its first call as a host name that does not resolve, and
     "127.0.0.1:" dialled port 443; gRPC's own target forms still pass as they are."""
-    for address in ("foo:bar", "127.0.0.1:", "[::1]:x"):
+    for address in ("foo:bar", "127.0.0.1:", "[::1]:x", "127.0.0.1:\u0665\u0660"):  # Arabic-Indic
         with pytest.raises(ValueError, match=r"address's port must be 1 to 65535 \(host:port"):
             AsyncClient(address)
     for target in ("unix:convstream.sock", "dns:localhost", "ipv4:127.0.0.1:1", "vsock:3:50051"):

@@ -40,7 +40,7 @@ from convstream.dashboard import (
 )
 from convstream.dashboard.alerts import Alert, AlertLog, Snapshot, render_snapshot
 from convstream.dashboard.hub import CameraView, Hub
-from convstream.dashboard.messages import frame_message, parse_frame_message
+from convstream.dashboard.messages import frame_message, model_json, parse_frame_message
 from convstream.dashboard.web import STATIC_DIR, WINDOW
 from convstream.model.scenes import render_scene
 from convstream.server import CameraConfig, Server, Settings
@@ -257,16 +257,23 @@ async def test_frames_are_numbered_across_cameras_so_a_camera_added_again_number
     assert numbers == [1, 2, 3, 4, 5, 6]
 
 
-async def test_a_frames_score_reaches_the_page_unrounded() -> None:
-    """The page calls a tile damaged by score >= threshold: a score sent rounded to 4 decimals
-    (0.89996 as 0.9) read as damaged against a threshold of 0.9 that it is under."""
-    hub = Hub(DashboardSettings(threshold=0.9))
+async def test_the_page_gets_the_scores_and_the_threshold_the_server_compares() -> None:
+    """The page calls a tile damaged by score >= threshold. Sent rounded to 4 decimals, a
+    score of 0.89996 read as damaged against a threshold of 0.9 that it is under, and the
+    shipped threshold 0.82151 went as 0.8215, so 0.821505 read as damaged too."""
     jpeg_bytes = cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8))[1].tobytes()
-    view = CameraView(id="dock", status={}, history=deque(maxlen=8))
-    await hub._on_result(view, pb.FrameResult(frame_id=1, score=0.89996, frame_jpeg=jpeg_bytes))
-    assert view.last_frame is not None
-    sent = parse_frame_message(view.last_frame)[0]["score"]
-    assert sent < 0.9 and sent == pytest.approx(0.89996, abs=1e-6)
+    for threshold, score in ((0.9, 0.89996), (None, 0.821505)):
+        hub = Hub(DashboardSettings(threshold=threshold))
+        info = pb.ModelInfo(threshold=0.82151)
+        hub._model_threshold = float(info.threshold)
+        view = CameraView(id="dock", status={}, history=deque(maxlen=8))
+        result = pb.FrameResult(frame_id=1, score=score, frame_jpeg=jpeg_bytes)
+        await hub._on_result(view, result)
+        assert view.last_frame is not None
+        sent = parse_frame_message(view.last_frame)[0]["score"]
+        page_threshold = model_json(info, hub.threshold)["threshold"]  # type: ignore[arg-type]
+        assert result.score < (threshold or info.threshold)  # the server: intact
+        assert sent < page_threshold, (threshold, sent, page_threshold)  # the page: intact too
 
 
 def test_frame_message_round_trip() -> None:

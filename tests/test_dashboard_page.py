@@ -186,7 +186,8 @@ async def test_trouble_says_since_when(browser: Any, artifacts: Path) -> None:
             re.compile(r"cameras running · dock reconnecting \d+ s$")
         )
         header = page.locator("#summary .down-for")
-        await page.wait_for_timeout(2200)  # no news of the camera: the times go on
+        await page.wait_for_timeout(3200)  # no news of the camera: the times go on (the
+        # page redraws them every 0.5 s, so 2 s more shows within 2.5)
         assert await _seconds(notice, rf"since {at} \((\d+) s\)") >= first + 2
         assert await _seconds(header, r"(\d+) s") >= first + 2
         await page.screenshot(path=artifacts / "since-camera-down.png")
@@ -202,12 +203,11 @@ async def test_trouble_says_since_when(browser: Any, artifacts: Path) -> None:
         await page.wait_for_timeout(1500)
         later = await _open(browser, dash, 1280, 720)
         await expect(later.locator("#banner-since")).to_be_visible()
-        await later.wait_for_timeout(500)  # belt's last frame comes after the hello
-        for shown in (page, later):
-            await _seconds(shown.locator("#banner-since"), rf"since {at} \((\d+) s\)")
-            await _seconds(
-                _tile(shown, "belt").locator(".notice .since"), rf"since {at} \((\d+) s\)"
-            )
+        for shown in (page, later):  # on the later page, once belt's last frame has come
+            since = re.compile(rf"^since {at} \(\d+ s\)$")
+            await expect(shown.locator("#banner-since")).to_have_text(since, timeout=10000)
+            notice = _tile(shown, "belt").locator(".notice .since")
+            await expect(notice).to_have_text(since, timeout=10000)
         await later.screenshot(path=artifacts / "since-server-down.png")
         assert later.errors == [] and page.errors == []
         await later.context.close()
@@ -345,10 +345,7 @@ async def test_long_camera_ids_show_the_end_that_tells_them_apart(
             assert not shown["past"], shown
             assert shown["tail"] == camera[-12:] and shown["tailShown"] and shown["headCut"], shown
             assert shown["title"].startswith(("show " + camera, camera)), shown
-        assert (
-            sorted(t["tail"] for t in tiles) == ["t-dock-a", "t-dock-b", "t-dock-c"]
-            or len({t["tail"] for t in tiles}) == 3
-        ), tiles
+        assert len({t["tail"] for t in tiles}) == 3, tiles  # three ends, told apart
         assert header[0]["width"] < 1280 / 3, header  # one line of the header, not two
         await page.screenshot(path=artifacts / "long-ids-1280x720.png")
         assert page.errors == []

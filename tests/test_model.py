@@ -173,6 +173,12 @@ def test_the_export_command_says_what_it_cannot_export(
     with pytest.raises(SystemExit):
         export.main([str(CHECKPOINT), "--out", str(tmp_path)])
     assert "is a folder; expected a file to write" in capsys.readouterr().err
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(CHECKPOINT.read_bytes())
+    with pytest.raises(SystemExit):
+        export.main([str(copy), "--out", str(copy)])
+    assert "is the checkpoint: expected another file" in capsys.readouterr().err
+    assert copy.read_bytes() == CHECKPOINT.read_bytes()
     assert not (tmp_path / "m.onnx").exists()
 
 

@@ -160,7 +160,7 @@ def check_address(address: str) -> str:
         port = host_port.group(2)
         # gRPC dialled 99999 as 34463, an empty port as 443, and a name ("foo:bar") failed
         # as a host name that does not resolve
-        if not port.isdigit() or not 1 <= int(port) <= 65535:
+        if not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
             raise ValueError(
                 "address's port must be 1 to 65535 (host:port, e.g. 127.0.0.1:50051), got "
                 f"{address!r}"

@@ -34,6 +34,7 @@ from convstream.client._report import (
     model_info_text,
 )
 from convstream.client.connection_flags import (
+    ADDRESS_ENV,
     add_address_flag,
     add_security_flags,
     refused_hint,
@@ -75,7 +76,8 @@ EXIT_STATUS = """exit status:
        client certificate: TLS 1.3 shows only a closed connection), or none within --timeout
   4    refused: the token, or the token's role
   5    the source: a camera that failed, stopped or was removed; a video that cannot be read
-  6    with --fail-on-damage: some frame was called damaged (where it would otherwise be 0)
+  6    analyze, stream and watch with --fail-on-damage: some frame was called damaged
+       (where the status would otherwise be 0)
   130  Ctrl-C; 143 SIGTERM (results so far written, and the summary; a second one: at once)
 """
 
@@ -367,7 +369,11 @@ def _client(args: argparse.Namespace) -> Client:
     try:
         check_address(args.address)  # as Client checks it, said of the flag
     except ValueError as exc:
-        raise ValueError(f"--address{str(exc).removeprefix('address')}") from None
+        # said of the variable where the value came from it (no --address was given)
+        flag = "--address"
+        if os.environ.get(ADDRESS_ENV) == args.address:
+            flag = f"${ADDRESS_ENV}"
+        raise ValueError(f"{flag}{str(exc).removeprefix('address')}") from None
     _check_flags(args)
     tls = tls_from_flags(args)
     token = token_from_flags(args)

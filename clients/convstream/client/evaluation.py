@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from convstream.client._report import score_text
+from convstream.client.results import score_text
 
 FALSE_ALARM_RATES = (0.0, 0.01, 0.05, 0.10)
 """The false-alarm rates whose threshold (the lowest that keeps to it) the table gives."""

@@ -419,4 +419,6 @@ def _datetime(stamp: Timestamp) -> datetime | None:
 def score_text(score: float) -> str:
     """A score for people: four decimals, cut rather than rounded, so that a score under a
     threshold never reads as at it (0.993855 is 0.9938, not 0.994, under a threshold 0.994)."""
+    if not math.isfinite(score):  # a model's NaN, said as such (floor raised on it)
+        return str(score)
     return f"{math.floor(score * 10_000 + 1e-6) / 10_000:.4f}"

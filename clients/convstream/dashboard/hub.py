@@ -376,9 +376,9 @@ class Hub:
         header = {
             "camera": view.id,
             "frame_id": result.frame_id,
-            # float32's digits: the page compares it with the threshold (4 decimals made
-            # 0.89996 a 0.9, damaged against a threshold of 0.9)
-            "score": round(score, 6),
+            # unrounded: the page compares it with the threshold, as the server does (4
+            # decimals made 0.89996 a 0.9, damaged against a threshold of 0.9)
+            "score": score,
             "time": when,
             "age_ms": round(result.frame_age_ms, 1),
             # The dashboard's clock when it came: a page shown this frame later (opened while

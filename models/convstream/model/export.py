@@ -18,7 +18,9 @@ import argparse
 import io
 import json
 import math
+import os
 import pickle
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,19 +82,28 @@ def export_onnx(net: DamageNet, path: Path, *, threshold: float) -> None:
     for key, value in meta.items():
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model)
-    path.write_bytes(model.SerializeToString())
+    # Whole or not at all: written beside path, then renamed over it, so a server reading
+    # path (a reload, a restart) never reads half a file.
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        partial.write_bytes(model.SerializeToString())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
-def export_validated(net: DamageNet, path: Path) -> float:
+def export_validated(net: DamageNet, path: Path) -> None:
     """Write net to path with the threshold that best separates the validation scenes (the
-    balanced accuracy's best, as the file keeps it); returns that threshold."""
-    export_onnx(net, path, threshold=0.5)
-    seeds = range(VAL_SEED_BASE, VAL_SEED_BASE + VALIDATION_SCENES)
-    scores, labels, _ = score_scenes(
-        DamageModel(path, provider="cpu"), [render_scene(s) for s in seeds]
-    )
+    balanced accuracy's best). The scenes are scored on a copy in a temporary folder: a server
+    watching path never sees the model with a threshold not yet chosen."""
+    with tempfile.TemporaryDirectory() as folder:
+        scratch = Path(folder) / "unvalidated.onnx"
+        export_onnx(net, scratch, threshold=0.5)
+        seeds = range(VAL_SEED_BASE, VAL_SEED_BASE + VALIDATION_SCENES)
+        scores, labels, _ = score_scenes(
+            DamageModel(scratch, provider="cpu"), [render_scene(s) for s in seeds]
+        )
     export_onnx(net, path, threshold=best_threshold(scores, labels))
-    return DamageModel(path, provider="cpu").own_threshold
 
 
 def load_checkpoint(path: Path) -> DamageNet:
@@ -162,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ):
         parser.error(f"--threshold must be between 0 and 1, got {args.threshold}")
     problem = out_problem(args.out, "damage.onnx")
+    if args.out.exists() and args.checkpoint.exists() and args.out.samefile(args.checkpoint):
+        problem = f"--out {args.out} is the checkpoint: expected another file (it would replace it)"
     if problem:
         parser.error(problem)
     try:

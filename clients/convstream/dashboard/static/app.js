@@ -538,6 +538,8 @@
   // picture, the name and state, the score and fps) and all stay in view.
   const FAILED_ADVICE = "fix the camera or the server's config, then reload the server (SIGHUP)";
   const FULL_MIN_W = 360;
+  // The widest figures of a usual camera (30 fps or less); a wider one (120 fps capped, a
+  // million frames dropped) only makes its own tile's figures take a second row.
   const WIDEST_FIGURES = {
     score: "0.8888", fps: "29.9/30", latency: "1234 ms", dropped: "99999", reconnects: "9999",
   };
