@@ -15,6 +15,8 @@ convstream="$root/.venv/bin/convstream"
   stamp=.venv/.convstream-installed
   if [[ ! -x .venv/bin/convstream || ! -e "$stamp" ]] ||
     [[ -n "$(find pyproject.toml service clients models protos -newer "$stamp" -print -quit)" ]]; then
+    echo "run.sh: installing convstream into $root/.venv (the first time: a few minutes," \
+      "about 470 MB with onnxruntime and OpenCV)" >&2
     python3 -m venv .venv
     .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
     .venv/bin/python -m pip install --quiet --disable-pip-version-check .

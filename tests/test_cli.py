@@ -258,6 +258,10 @@ async def test_samples_write_frames_and_a_clip_that_analyze_and_stream_take(
     assert written[0].endswith("box-000-intact.jpg  intact")
     assert "box-001-damaged.jpg  damaged (" in written[1]
     assert written[2].startswith(f"{folder / 'conveyor.avi'}  2 s at 15 fps, 30 frames, ")
+    # the kinds in words, as people read them ("torn label", not "torn_label")
+    assert main(["samples", str(tmp_path / "kinds"), "--count", "6", "--size", "120x160"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[5].endswith("box-005-damaged.jpg  damaged (tear, torn label)")
     capture = cv2.VideoCapture(str(folder / "conveyor.avi"))
     size = (capture.get(cv2.CAP_PROP_FRAME_HEIGHT), capture.get(cv2.CAP_PROP_FRAME_WIDTH))
     assert (size, capture.get(cv2.CAP_PROP_FRAME_COUNT)) == ((360, 640), 30)  # the demo's

@@ -507,7 +507,8 @@ def _samples(args: argparse.Namespace) -> int:
         if why is not None:
             print(f"convstream samples: cannot write {path}: {why}", file=sys.stderr)
             return 1
-        listing.say(f"{path}  {label}{' (' + ', '.join(scene.kinds) + ')' if scene.kinds else ''}")
+        kinds = ", ".join(kind.replace("_", " ") for kind in scene.kinds)  # torn tape
+        listing.say(f"{path}  {label}{f' ({kinds})' if kinds else ''}")
     if args.clip:
         code = _write_clip(args.directory / "conveyor.avi", args.clip, listing)
         if code:
