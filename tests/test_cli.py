@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.server
 import io
 import json
@@ -18,7 +19,9 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -288,31 +291,28 @@ def test_samples_writes_every_file_whatever_becomes_of_stdout(tmp_path: Path) ->
     command = [sys.executable, "-m", "convstream.cli", "samples"]
     flags = ["--count", "6", "--clip", "1", "--size", "120x160"]
     written = [f"box-{i:03d}-{'damaged' if i % 2 else 'intact'}.jpg" for i in range(6)]
-    read, write = os.pipe()
-    os.close(read)  # the reader is gone before the first line: `| head -0`
-    try:
-        done = subprocess.run(
-            [*command, str(tmp_path / "piped"), *flags],
-            stdout=write,
+
+    def samples_into(folder: str, stdout: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*command, str(tmp_path / folder), *flags],
+            stdout=stdout,
             stderr=subprocess.PIPE,
             text=True,
             env=env,
             timeout=120,
         )
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line: `| head -0`
+    try:
+        done = samples_into("piped", write)
     finally:
         os.close(write)
     assert (done.returncode, done.stderr) == (0, "")
     assert sorted(p.name for p in (tmp_path / "piped").iterdir()) == [*written, "conveyor.avi"]
     assert all(cv2.imread(str(tmp_path / "piped" / name)) is not None for name in written)
     with open("/dev/full", "w") as full:
-        done = subprocess.run(
-            [*command, str(tmp_path / "full"), *flags],
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            timeout=120,
-        )
+        done = samples_into("full", full)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr == (
         "convstream samples: cannot write to stdout: No space left on device "
@@ -612,11 +612,12 @@ def test_every_client_command_says_its_exit_statuses(
         assert line in out, (command, line)
 
 
-async def _watch_then_signal(
-    python: list[str], sent: signal.Signals
-) -> tuple[int | None, bytes, bytes]:
-    """`python [python...] watch belt` of a demo camera, sent ``sent`` once a result came:
-    its exit status, stdout and stderr."""
+@contextlib.asynccontextmanager
+async def _watching_belt(
+    python: list[str], sigint: Any = signal.SIG_DFL
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`python [python...] watch belt` of a demo camera, started with SIGINT set to ``sigint``
+    (a background job of a script has it ignored), yielded once a result has come."""
     belt = CameraConfig(id="belt", source="demo:conveyor?fps=5")
     server = Server(Settings(port=0, metrics_port=0, cameras=(belt,)))
     await server.start()
@@ -628,16 +629,25 @@ async def _watch_then_signal(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=env,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
         )
         assert process.stdout is not None
         header = await asyncio.wait_for(process.stdout.readline(), 60)
         assert header.split()[:2] == [b"FRAME", b"SCORE"]
         await asyncio.wait_for(process.stdout.readline(), 30)  # a result: in the loop
-        process.send_signal(sent)
-        out, err = await asyncio.wait_for(process.communicate(), 30)
+        yield process
     finally:
         await server.stop(grace=0)
+
+
+async def _watch_then_signal(
+    python: list[str], sent: signal.Signals
+) -> tuple[int | None, bytes, bytes]:
+    """`python [python...] watch belt` of a demo camera, sent ``sent`` once a result came:
+    its exit status, stdout and stderr."""
+    async with _watching_belt(python) as process:
+        process.send_signal(sent)
+        out, err = await asyncio.wait_for(process.communicate(), 30)
     return process.returncode, out, err
 
 
@@ -707,25 +717,8 @@ async def test_a_background_job_that_ignores_ctrl_c_keeps_ignoring_it() -> None:
     """A script's `convstream watch ... &` starts with SIGINT ignored (a non-interactive
     shell does that to background jobs); the watch put its own handler in, and a Ctrl-C
     meant for the script ended it. Ignored at the start, ignored throughout; SIGTERM ends it."""
-    belt = CameraConfig(id="belt", source="demo:conveyor?fps=5")
-    server = Server(Settings(port=0, metrics_port=0, cameras=(belt,)))
-    await server.start()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    watch = [sys.executable, "-m", "convstream.cli", "watch", "belt"]
-    try:
-        process = await asyncio.create_subprocess_exec(
-            *watch,
-            "--address",
-            f"127.0.0.1:{server.port}",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
-        )
+    async with _watching_belt(["-m", "convstream.cli"], signal.SIG_IGN) as process:
         assert process.stdout is not None
-        header = await asyncio.wait_for(process.stdout.readline(), 60)
-        assert header.split()[:2] == [b"FRAME", b"SCORE"]
-        await asyncio.wait_for(process.stdout.readline(), 30)  # a result: in the loop
         process.send_signal(signal.SIGINT)
         for _ in range(3):  # results go on coming: about 5 a second
             line = await asyncio.wait_for(process.stdout.readline(), 30)
@@ -733,8 +726,6 @@ async def test_a_background_job_that_ignores_ctrl_c_keeps_ignoring_it() -> None:
         assert process.returncode is None
         process.send_signal(signal.SIGTERM)
         out, err = await asyncio.wait_for(process.communicate(), 30)
-    finally:
-        await server.stop(grace=0)
     assert process.returncode == 143, err
     assert b"Traceback" not in err and re.match(rb"\d+ frames? in ", out.splitlines()[-1]), out
 

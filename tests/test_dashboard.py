@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -461,6 +462,13 @@ async def live_server(
         ),
         CameraConfig(id="damaged", source=str(video), loop=True),
     )
+    async with serving(cameras) as server:
+        yield server
+
+
+@asynccontextmanager
+async def serving(cameras: tuple[CameraConfig, ...]) -> AsyncIterator[Server]:
+    """A server on a free loopback port pulling ``cameras``, stopped at the end."""
     server = Server(Settings(port=0, metrics_port=0, grace_period_s=0.5, cameras=cameras))
     await server.start()
     try:

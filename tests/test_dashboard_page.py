@@ -19,11 +19,12 @@ import pytest
 import test_dashboard
 from live import FFmpegSource
 from test_dashboard import _FIGURE_CLASHES, _open, _tile, _wait_frames
+from test_dashboard import serving as _serving
 
 from convstream.dashboard import Dashboard, DashboardSettings
 from convstream.dashboard.messages import parse_frame_message
 from convstream.model.scenes import render_scene
-from convstream.server import CameraConfig, Server, Settings
+from convstream.server import CameraConfig, Server
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
@@ -31,16 +32,6 @@ from convstream.v1 import convstream_pb2_grpc as pb_grpc
 # screenshots
 browser = test_dashboard.browser
 artifacts = test_dashboard.artifacts
-
-
-@asynccontextmanager
-async def _serving(cameras: tuple[CameraConfig, ...]) -> AsyncIterator[Server]:
-    server = Server(Settings(port=0, metrics_port=0, grace_period_s=0.5, cameras=cameras))
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop(grace=0)
 
 
 @asynccontextmanager
