@@ -358,6 +358,7 @@ async def test_the_readme_python_example_runs_as_written(
     async with serving(CameraConfig(id="demo", source=f"demo:conveyor?fps={FPS}")) as server:
         code = block.replace("127.0.0.1:50051", address(server))
         code = code.replace("/tmp/boxes/", f"{tmp_path}/boxes/")
+        code = code.replace("/tmp/box-001-overlay.png", f"{tmp_path}/box-001-overlay.png")
         assert address(server) in code and str(tmp_path) in code
         await asyncio.to_thread(exec, compile(code, "README.md", "exec"), {})
     info, analysed, heatmap, camera, *watched = capsys.readouterr().out.splitlines()
@@ -367,8 +368,13 @@ async def test_the_readme_python_example_runs_as_written(
     assert re.fullmatch(r"\(\d+, \d+\)", peak), peak
     assert heatmap == f"({HEATMAP[0]}, {HEATMAP[1]})"
     assert camera.startswith("demo ")
-    overlay = cv2.imread(str(tmp_path / "boxes" / "box-001-overlay.png"))
+    overlay = cv2.imread(str(tmp_path / "box-001-overlay.png"))
     assert overlay is not None and overlay.shape[2] == 3  # the picture a person looks at
+    # not among the samples, where `convstream analyze /tmp/boxes` would count it as a frame
+    assert sorted(p.name for p in (tmp_path / "boxes").iterdir()) == [
+        "box-000-intact.jpg",
+        "box-001-damaged.jpg",
+    ]
     assert len(watched) == 10
     ids = [int(line.split()[0]) for line in watched]
     assert ids == sorted(ids) and len(set(ids)) == 10
