@@ -4,6 +4,8 @@
 
 (() => {
   const STALE_S = 3; // no frame for this long: the tile greys out and says so
+  // what a failed camera's tile says to do: it stays failed until someone acts
+  const FAILED_ADVICE = "fix the camera or the server's config, then reload the server (SIGHUP)";
   const MAX_ALERTS = 100;
   const SPARK_EVERY_MS = 500;
 
@@ -536,7 +538,6 @@
   // Many cameras on one screen (a wall of 8 or 16): when full tiles, each with its figures
   // and score chart, would be too small to fit without scrolling, the tiles go compact (the
   // picture, the name and state, the score and fps) and all stay in view.
-  const FAILED_ADVICE = "fix the camera or the server's config, then reload the server (SIGHUP)";
   const FULL_MIN_W = 360;
   // The widest figures of a usual camera (30 fps or less); a wider one (120 fps capped, a
   // million frames dropped) only makes its own tile's figures take a second row.
