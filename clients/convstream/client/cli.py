@@ -57,6 +57,7 @@ from convstream.client.frames import (
     IMAGE_SUFFIXES,
     Video,
     image_files,
+    other_files,
     public_url,
     video_container,
 )
@@ -603,6 +604,15 @@ def _analyze(args: argparse.Namespace) -> int:
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         return _usage(args, f"no image files ({suffixes}) in {', '.join(map(str, args.paths))}")
     width = max(len(str(path)) for path in paths)
+    skipped = other_files(args.paths)
+    if skipped:  # said, so that a count of results is not a surprise
+        names = ", ".join(p.name for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        print(
+            f"convstream analyze: left out {len(skipped)} "
+            f"{'files that are not images' if len(skipped) > 1 else 'file that is not an image'}"
+            f": {names}",
+            file=sys.stderr,
+        )
 
     def body(client: Client) -> int:
         _ready(args, client)

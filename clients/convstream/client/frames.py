@@ -249,20 +249,32 @@ def image_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     for item in paths:
         path = Path(item)
         if path.is_dir():
-            found.extend(
-                sorted(
-                    p
-                    for p in path.rglob("*")
-                    if p.suffix.lower() in IMAGE_SUFFIXES
-                    and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                    and p.is_file()
-                )
-            )
+            found.extend(p for p in _visible_files(path) if p.suffix.lower() in IMAGE_SUFFIXES)
         elif path.exists():
             found.append(path)
         else:
             raise SourceError(f"no such file or folder: {path}")
     return found
+
+
+def other_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """The files that image_files leaves out of the folders among ``paths`` as no images
+    (by their suffix: a video, notes, ...); hidden ones are not counted."""
+    found: list[Path] = []
+    for item in paths:
+        if (path := Path(item)).is_dir():
+            found.extend(p for p in _visible_files(path) if p.suffix.lower() not in IMAGE_SUFFIXES)
+    return found
+
+
+def _visible_files(folder: Path) -> list[Path]:
+    """The files under folder, sorted, without hidden files and folders (a name starting
+    with '.') or what is not a file (a folder named x.jpg, a broken link)."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if not any(part.startswith(".") for part in p.relative_to(folder).parts) and p.is_file()
+    )
 
 
 def read_images(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Frame]:
