@@ -19,6 +19,11 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from convstream.server.config import host_port
 
+# How often the HTTP thread looks for a shutdown: stop() waits up to this long for it, on the
+# event loop (socketserver's default, 0.5 s, added up to half a second to every stop: a
+# restart, each test). An idle server used 50 ms of CPU in 20 s with it, against 20 ms at 0.5.
+SHUTDOWN_POLL_S = 0.1
+
 logger = logging.getLogger(__name__)
 
 PATHS = ("/metrics", "/healthz", "/readyz")
@@ -67,7 +72,10 @@ class HttpPort:
             host.strip("[]"), port, self._app, server_class, handler_class=_Quiet
         )
         threading.Thread(
-            target=self._http.serve_forever, name="convstream-http", daemon=True
+            target=self._http.serve_forever,
+            kwargs={"poll_interval": SHUTDOWN_POLL_S},
+            name="convstream-http",
+            daemon=True,
         ).start()
         bound = int(self._http.server_address[1])
         logger.info(
