@@ -94,6 +94,56 @@ async def test_a_tiles_score_never_reads_as_the_threshold_it_is_under(
                 await page.context.close()
 
 
+_RING_CENTRE = """(tile) => {
+  const view = tile.querySelector(".view").getBoundingClientRect();
+  const ring = tile.querySelector(".ring").getBoundingClientRect();
+  return {x: (ring.left + ring.width / 2 - view.left) / view.width,
+          y: (ring.top + ring.height / 2 - view.top) / view.height,
+          width: ring.width, view: view.width};
+}"""
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_damaged_tile_rings_where_the_damage_is(
+    browser: Any, artifacts: Path, tmp_path: Path
+) -> None:
+    """The heatmap says where in colour, which a dim or busy picture (or the heatmap switched
+    off) hides; a damaged tile also rings its hottest place, on the damage itself, and an
+    intact one rings nothing. Two still cameras: the same scene with and without its tear."""
+    cameras = []
+    masks = {}
+    for name, damaged in (("torn", True), ("intact", False)):
+        scene = render_scene(87, 360, 640, damaged=damaged)
+        masks[name] = scene.mask
+        path = tmp_path / f"{name}.jpg"
+        path.write_bytes(cv2.imencode(".jpg", scene.image, [cv2.IMWRITE_JPEG_QUALITY, 95])[1])
+        cameras.append(CameraConfig(id=name, source=str(path), fps=2))
+    assert masks["torn"].any() and not masks["intact"].any()
+    from playwright.async_api import expect
+
+    async with _running(tuple(cameras), max_fps=2.0) as (_, dash):
+        page = await _open(browser, dash, 1400, 900)
+        for name in ("torn", "intact"):
+            await _wait_frames(page, name, 0, timeout=20.0)
+        torn, intact = _tile(page, "torn"), _tile(page, "intact")
+        await expect(torn.locator(".verdict")).to_be_visible()
+        await expect(torn.locator(".ring")).to_be_visible()
+        await expect(intact.locator(".v-score")).to_have_text(re.compile(r"^0\.[0-7]"))
+        assert not await intact.locator(".ring").is_visible()
+        await page.screenshot(path=artifacts / "ring-on-damage.png")
+        for heat in (True, False):  # the heatmap on, then off: the ring stays on the damage
+            if not heat:
+                await page.locator("#heat-toggle").uncheck()
+                await expect(torn.locator(".ring")).to_be_visible()
+            ring = await torn.evaluate(_RING_CENTRE)
+            x, y = round(ring["x"] * 640), round(ring["y"] * 360)
+            near = masks["torn"][max(0, y - 8) : y + 9, max(0, x - 8) : x + 9]
+            assert near.any(), (heat, ring, x, y)  # within a heatmap cell of the damage
+            assert 28 <= ring["width"] <= 0.1 * ring["view"], ring
+        assert page.errors == []
+        await page.context.close()
+
+
 # The widest score a tile shows, in place of test_dashboard's two-decimal one.
 _WIDE_CLASHES = _FIGURE_CLASHES.replace('score: "1.00"', 'score: "0.8888"')
 

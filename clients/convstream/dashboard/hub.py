@@ -29,6 +29,7 @@ from convstream.dashboard.messages import (
     content_box,
     frame_message,
     model_json,
+    peak_in_box,
     quantise,
     seconds,
     text,
@@ -387,6 +388,7 @@ class Hub:
             "box": list(box),
             "input": [result.geometry.input_width, result.geometry.input_height],
             "stride": stride,
+            "peak": peak_in_box(result),
             "n": self._frames_sent,
         }
         message = frame_message(header, heat, result.frame_jpeg)

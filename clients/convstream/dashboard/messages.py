@@ -7,7 +7,8 @@ message each, so JPEG bytes are never base64-inflated::
     uint32 little-endian n | n bytes of JSON header | heatmap (h*w uint8) | frame JPEG
 
 The header says the camera, score, times, the heatmap's shape and where the frame sits in the
-model input (the JPEG is the letterboxed input; ``box`` is the frame's part of it).
+model input (the JPEG is the letterboxed input; ``box`` is the frame's part of it), and
+``peak``: the hottest cell's centre in the box's pixels (from its left and top), or null.
 """
 
 from __future__ import annotations
@@ -90,6 +91,15 @@ def content_box(geometry: pb.Geometry) -> tuple[int, int, int, int]:
         max(right, geometry.pad_left + 1),
         max(bottom, geometry.pad_top + 1),
     )
+
+
+def peak_in_box(result: pb.FrameResult) -> list[float] | None:
+    """The result's peak (the hottest cell's centre, in frame pixels) in the pixels of its
+    frame's part of the model input, as the page draws that part; None when it sent none."""
+    if not result.HasField("peak"):
+        return None
+    scale = result.geometry.scale or 1.0
+    return [round(result.peak.x * scale, 1), round(result.peak.y * scale, 1)]
 
 
 def quantise(heatmap: np.ndarray) -> np.ndarray:

@@ -169,6 +169,8 @@
       this.heat = node.querySelector("canvas.heat");
       this.view = node.querySelector(".view");
       this.verdict = node.querySelector(".verdict");
+      this.ring = node.querySelector(".ring");
+      this.peak = false; // whether the picture drawn has a peak to ring
       this.frame.setAttribute("role", "img");
       this.frame.setAttribute("aria-label", `live picture of ${id}`);
       this.notice = node.querySelector(".notice");
@@ -246,6 +248,8 @@
       // while the score is live: an old score says nothing of the camera now.
       const damaged = this.el.classList.contains("hot") && !old && this.score !== null;
       if (this.verdict.hidden === damaged) this.verdict.hidden = !damaged;
+      const ringed = damaged && this.peak;
+      if (this.ring.hidden === ringed) this.ring.hidden = !ringed;
       let title = "";
       let detail = "";
       const since = this.troubleSince(s);
@@ -316,6 +320,17 @@
         fitGrid(); // a taller picture may need another number of columns
       }
       this.frameCtx.drawImage(bitmap, left, top, w, h, 0, 0, w, h);
+      // The ring goes where this picture's hottest cell is (shown while the tile is damaged):
+      // two cells across, so the damage inside it stays in view.
+      this.peak = Array.isArray(header.peak);
+      if (this.peak) {
+        const [px, py] = header.peak;
+        Object.assign(this.ring.style, {
+          left: `${((px / w) * 100).toFixed(3)}%`,
+          top: `${((py / h) * 100).toFixed(3)}%`,
+          width: `${(((2 * header.stride) / w) * 100).toFixed(3)}%`,
+        });
+      }
       if (header.heat.length === 2) {
         const [hh, hw] = header.heat;
         if (this.heat.width !== hw || this.heat.height !== hh) {
