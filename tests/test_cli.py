@@ -673,11 +673,15 @@ async def test_client_commands_end_on_sigterm_or_ctrl_c_without_a_traceback() ->
                 env=env,
                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
             )
-            await asyncio.sleep(4)  # python and grpc loaded, the call waiting
+            # its connection accepted (and never answered): the call is waiting
+            silent.settimeout(30)
+            connection, _ = await asyncio.to_thread(silent.accept)
+            await asyncio.sleep(0.5)
             started.send_signal(sent)
             out, err = await asyncio.to_thread(started.communicate, timeout=30)
             assert started.returncode == status, (sent, err)
             assert b"Traceback" not in err and out == b"", err
+            connection.close()
     finally:
         silent.close()
 
