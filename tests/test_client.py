@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
 import re
 import subprocess
@@ -1055,6 +1056,29 @@ async def test_overlays_written_and_readable(
     card = cv2.imread(str(cs.save_overlay(tmp_path / "bad.png", bad)))
     assert card is not None and card.shape == (360, 640, 3)
     assert (card[:3, :3] == 0).all() and (card[-20:, -20:] == 96).all()  # the label, grey
+
+
+async def test_a_failed_frame_has_no_score_to_mistake_for_intact(
+    server: Server, frames: list[np.ndarray], tmp_path: Path
+) -> None:
+    """A frame that failed, on the server (not a JPEG) or here (no such file), scored 0.0:
+    a loop that stored scores without looking at ``ok`` stored a confident "intact", and a
+    mean of them came out low. Its score is now NaN, which nothing mistakes for a score."""
+    async with AsyncClient(address(server)) as client:
+        results = [
+            r
+            async for r in client.stream(
+                [frames[0], b"\xff\xd8\xffjunk", tmp_path / "missing.jpg", frames[1]]
+            )
+        ]
+    good, server_side, client_side, after = results
+    assert server_side.error is not None and server_side.error.code is not None
+    assert client_side.error is not None and client_side.error.code is None  # never sent
+    for failed in (server_side, client_side):
+        assert not failed.ok and not failed.damaged and math.isnan(failed.score), failed
+    for ok in (good, after):
+        assert ok.ok and 0.0 <= ok.score <= 1.0
+    assert math.isnan(float(np.mean([r.score for r in results])))
 
 
 async def test_exif_orientation_is_applied_alike_by_server_and_overlay(

@@ -97,8 +97,10 @@ class Result:
 
     Attributes:
         frame_id: the frame's id, as sent.
-        score: P(damage) of the most damaged heatmap cell, in [0, 1].
-        damaged: score >= the model's threshold.
+        score: P(damage) of the most damaged heatmap cell, in [0, 1]; NaN for a frame that
+            failed (``ok`` False), so that it is never counted as a confident "intact" and
+            turns a mean or a chart it slips into NaN rather than lowering it.
+        damaged: score >= the model's threshold; False for a frame that failed.
         heatmap (NDArray[float32] | None): shape (h, w): the damage probability per cell of
             the model input, ``heatmap_stride`` input pixels a side; None when not asked for.
         feature_maps (dict[str, NDArray[float32]]): stage name to array of shape (C, H, W).
@@ -119,7 +121,7 @@ class Result:
 
     frame_id: int
     source: str = ""
-    score: float = 0.0
+    score: float = math.nan
     damaged: bool = False
     heatmap: npt.NDArray[np.float32] | None = None
     heatmap_stride: int = 8
