@@ -654,6 +654,54 @@ async def _watch_then_signal(
     return process.returncode, out, err
 
 
+async def test_an_analyze_stopped_early_names_the_images_it_did_not_analyse(
+    server: Server, tmp_path: Path
+) -> None:
+    """Ctrl-C in a long `analyze` (or SIGTERM, or the server lost) printed the rows so far and
+    a count: which images had no result, and where to start again, was left to the reader."""
+    data = jpeg(scene(5100, 720, 1280))
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for k in range(300):
+        (folder / f"img-{k:03d}.jpg").write_bytes(data)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [
+        "-m",
+        "convstream.cli",
+        "analyze",
+        str(folder),
+        "--address",
+        f"127.0.0.1:{server.port}",
+    ]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *command,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert process.stdout is not None
+    await asyncio.wait_for(process.stdout.readline(), 60)  # the header
+    await asyncio.wait_for(process.stdout.readline(), 30)  # a result
+    process.send_signal(signal.SIGINT)
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 130, err
+    rows = [line.split() for line in out.decode().splitlines()[:-1]]  # the summary last
+    answered = len(rows) + 1  # and the one read before the signal
+    assert 1 <= answered < 300
+    # the rows are the first images, in order (the NAME column keeps their ends); the
+    # message names the first without a row
+    assert [row[1][-11:] for row in rows] == [f"img-{k:03d}.jpg" for k in range(1, answered)]
+    first = folder / f"img-{answered:03d}.jpg"
+    more = 300 - answered - 1
+    expected = (
+        f"convstream analyze: stopped after {answered} of 300 images; "
+        f"not analysed: {first} and {more} more after it\n"
+    )
+    assert err.decode() == expected
+
+
 async def test_client_commands_end_on_sigterm_or_ctrl_c_without_a_traceback() -> None:
     """SIGTERM (`timeout 60 convstream watch ...`, systemd) killed a watch mid-line with no
     summary; Ctrl-C outside the result loop (a server that does not answer) printed a

@@ -618,9 +618,25 @@ def _analyze(args: argparse.Namespace) -> int:
         _ready(args, client)
         # the paths, read as the stream takes them: a file that is no image fails alone
         results = client.stream(paths, resume=True)
-        return _report(args, results, _reporter(args, len(paths), width))
+        reporter = _reporter(args, len(paths), width)
+        try:
+            return _report(args, results, reporter)
+        finally:  # Ctrl-C, SIGTERM, the server lost: which images have no result, in words
+            _say_not_analysed(paths, reporter.count)
 
     return _run(args, body)
+
+
+def _say_not_analysed(paths: list[Path], answered: int) -> None:
+    """Results come in the order of ``paths``: those after the first ``answered`` have none."""
+    left = paths[answered:]
+    if left:
+        more = f" and {len(left) - 1} more after it" if len(left) > 1 else ""
+        print(
+            f"convstream analyze: stopped after {answered} of {len(paths)} images; "
+            f"not analysed: {left[0]}{more}",
+            file=sys.stderr,
+        )
 
 
 def _evaluate(args: argparse.Namespace) -> int:
