@@ -393,6 +393,50 @@ async def test_long_camera_ids_show_the_end_that_tells_them_apart(
         await page.context.close()
 
 
+_HEADS = """() => [...document.querySelectorAll("article.tile")].map((tile) => {
+  const cam = tile.querySelector(".cam"), state = tile.querySelector(".state");
+  return {id: tile.dataset.camera, cut: cam.scrollWidth > cam.clientWidth,
+          state: state.textContent, title: state.title,
+          badge: state.getBoundingClientRect().width};
+})"""
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_narrow_tile_shows_its_cameras_whole_name(browser: Any, artifacts: Path) -> None:
+    """Five cameras at 1024x768: each tile's head held the name, the source kind and the
+    state's word, and "dock-2-north" beside "HTTP" and "RECONNECTING" read "d…". A narrow
+    tile shows the state as a dot of its colour, its word in the tooltip, and the name whole;
+    a wide one keeps the word."""
+    closed = _closed_port()
+    cameras = (
+        CameraConfig(id="dock-1", source="demo:conveyor?fps=2"),
+        *(
+            CameraConfig(id=name, source=f"http://127.0.0.1:{closed}/{name}.mjpg")
+            for name in ("dock-2-north", "dock-3-south", "outbound-lane-4")
+        ),
+        CameraConfig(id="belt-5", source="demo:conveyor?fps=2&seed=5"),
+    )
+    from playwright.async_api import expect
+
+    async with _running(cameras) as (_, dash):
+        for width, height, narrow in ((1024, 768, True), (1280, 800, True), (1920, 1080, False)):
+            page = await _open(browser, dash, width, height)
+            for running in ("dock-1", "belt-5"):
+                await _wait_frames(page, running, 0, timeout=20.0)
+            await expect(page.locator("#summary .down")).to_have_count(3, timeout=15000)
+            heads = await page.evaluate(_HEADS)
+            assert len(heads) == 5
+            for head in heads:
+                assert not head["cut"], (width, head)
+                word = "running" if head["id"] in ("dock-1", "belt-5") else "reconnecting"
+                assert head["state"] == word and head["title"].startswith(word), (width, head)
+                # a dot, or the word's badge
+                assert (head["badge"] < 20) if narrow else (head["badge"] > 60), (width, head)
+            await page.screenshot(path=artifacts / f"five-cameras-{width}x{height}.png")
+            assert page.errors == []
+            await page.context.close()
+
+
 @pytest.mark.asyncio(loop_scope="module")
 async def test_the_page_shows_a_clock_that_moves_only_with_data(
     browser: Any, artifacts: Path

@@ -269,7 +269,9 @@
         detail = `last frame ${ago(age)} ago`;
       }
       const sinceLine = title && since ? sinceText(since.at, since.earlier) : "";
-      const badge = since ? `${shown === "unknown" ? "no data" : s} ${sinceText(since.at, since.earlier)}` : "";
+      // the state in words: a narrow tile shows the badge as a dot of its colour
+      const word = shown === "unknown" ? "no data" : s;
+      const badge = since ? `${word} ${sinceText(since.at, since.earlier)}` : word;
       if (this.stateEl.title !== badge) this.stateEl.title = badge;
       const key = title + "\u0000" + sinceLine + "\u0000" + detail;
       if (key === this.noticeKey) return;
