@@ -674,6 +674,57 @@ def test_grpcs_handshake_lines_follow_the_servers_log_level(
     assert ("Handshake failed" in err) is shown, err
 
 
+def _peak_rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
+
+def test_a_call_without_a_token_is_refused_before_its_request_is_read(tmp_path: Path) -> None:
+    """gRPC reads a unary request whole before its handler runs, and the refusal of a call
+    without a token had the method's own shape: anyone who could connect made the server
+    hold 16 Analyze requests of 120 MiB at once (2 GB of it) before being told no. The
+    refusal now reads no request. A server of its own, in a process of its own, whose peak
+    memory tells."""
+    config = tmp_path / "tokens.toml"
+    config.write_text(
+        f'[[tokens]]\nname = "dock"\nrole = "analyze"\nsha256 = "{token_hash(ANALYZE_TOKEN)}"\n'
+    )
+    port = free_port()
+    argv = ["serve", "--config", str(config), "--port", str(port), "--no-cameras"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "convstream.cli", *argv, "--metrics-port", "-1"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    request = pb.FrameRequest(encoded=b"\xff\xd8\xff" + bytes(100 << 20)).SerializeToString()
+    options = [("grpc.max_send_message_length", 256 << 20)]
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            health.Check(health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=60)
+            before = _peak_rss_kb(process.pid)
+            analyze = channel.unary_unary(
+                "/convstream.v1.Convstream/Analyze",
+                request_serializer=lambda raw: raw,
+                response_deserializer=lambda raw: raw,
+            )
+            calls = [analyze.future(request, timeout=60) for _ in range(8)]  # 800 MiB
+            for call in calls:
+                assert call.code() == grpc.StatusCode.UNAUTHENTICATED, call.details()
+                assert "needs a token" in (call.details() or "")
+            grown_mib = (_peak_rss_kb(process.pid) - before) / 1024
+            assert grown_mib < 200, grown_mib  # the old refusal: about 130 MiB a call
+            # and the server serves on, a call with the token included
+            stub = pb_grpc.ConvstreamStub(channel)
+            metadata = (("authorization", f"Bearer {ANALYZE_TOKEN}"),)
+            answer = stub.Analyze(pb.FrameRequest(encoded=jpeg(scene(3))), metadata=metadata)
+            assert 0.0 <= answer.score <= 1.0
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+
+
 def test_certificate_dates_are_read_from_the_der(pki: Path) -> None:
     cert = x509.load_pem_x509_certificate((pki / "server.crt").read_bytes())
     der = cert.public_bytes(serialization.Encoding.DER)

@@ -337,25 +337,27 @@ def _deny(
     *,
     said: Callable[[str], None],
 ) -> Any:
-    """A handler of the same shape as ``handler`` that fails the call with ``code``, and
-    tells ``said`` the caller's address."""
+    """A handler that fails the call with ``code`` before reading its request, and tells
+    ``said`` the caller's address.
 
-    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    It takes its requests as a stream, whatever the method's shape, and never reads one: gRPC
+    reads a unary request whole before calling its handler, so a refusal of the method's own
+    shape let anyone without a token make the server hold 16 requests of 120 MiB (2 GB).
+    Unread, a request costs what HTTP/2 flow control lets through before the call ends."""
+
+    async def unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
         said(context.peer())
         await context.abort(code, message)
 
-    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def streaming(requests: Any, context: grpc.aio.ServicerContext) -> Any:
         said(context.peer())
         await context.abort(code, message)
         yield  # pragma: no cover - makes this an async generator, as streaming handlers are
 
-    shape = (handler.request_streaming, handler.response_streaming)
-    make, behaviour = {
-        (False, False): (grpc.unary_unary_rpc_method_handler, unary),
-        (True, False): (grpc.stream_unary_rpc_method_handler, unary),
-        (False, True): (grpc.unary_stream_rpc_method_handler, streaming),
-        (True, True): (grpc.stream_stream_rpc_method_handler, streaming),
-    }[shape]
+    if handler.response_streaming:
+        make, behaviour = grpc.stream_stream_rpc_method_handler, streaming
+    else:
+        make, behaviour = grpc.stream_unary_rpc_method_handler, unary
     return make(
         behaviour,
         request_deserializer=handler.request_deserializer,
