@@ -19,7 +19,7 @@ import pytest
 from conftest import jpeg, png, scene
 
 from convstream.model import DamageModel
-from convstream.server import Server, Settings, app
+from convstream.server import CameraConfig, Server, Settings, app
 from convstream.server.config import MAX_WIDE_THREADS, usable_cores
 from convstream.server.decode import Limits, decode_encoded
 from convstream.server.letterbox import letterbox, reduction
@@ -745,6 +745,48 @@ async def test_a_stream_of_slow_frames_does_not_hold_up_another_clients_frames(
         assert len(slow) == 6
         # behind that stream's queue, each would wait at least one of its decodes
         assert max(latencies) < decode_s / 2, (latencies, decode_s)
+    finally:
+        await server.stop(grace=0)
+
+
+async def test_clients_heavy_frames_never_keep_a_camera_waiting() -> None:
+    """Calls that keep every decoding thread busy with PNGs that take most of a second each
+    (a security review sent 24 of 300 KB that take 5 s): a camera's frame waited its turn
+    among them, and the camera went 35 s without a result while it read "running". The
+    cameras have a thread clients never take: their frames start at once."""
+    camera = CameraConfig(id="belt", source="demo:conveyor?fps=5")
+    server = Server(Settings(port=0, metrics_port=-1, cameras=(camera,)))
+    await server.start()
+    try:
+        heavy = png(np.zeros((6300, 6300, 3), np.uint8))  # 126 KB
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+            watch = stub.WatchCamera(pb.WatchCameraRequest(camera_id="belt"))
+            await asyncio.wait_for(watch.read(), 60)  # the camera runs
+
+            async def pngs(n: int) -> list[pb.FrameResult]:
+                async def frames() -> AsyncIterator[pb.FrameRequest]:
+                    for i in range(n):
+                        yield pb.FrameRequest(frame_id=i, encoded=heavy)
+
+                return await _slow_reader(stub.StreamFrames(frames()), 0.0)
+
+            floods = [asyncio.create_task(pngs(3)) for _ in range(2)]
+            calls = [stub.Analyze(pb.FrameRequest(encoded=heavy), timeout=120) for _ in range(2)]
+            flood = asyncio.gather(*floods, *calls)
+            waits = []  # the camera's frames' queueing, while every client's thread decodes
+            while not flood.done():
+                result = await asyncio.wait_for(watch.read(), 60)
+                assert result.status.code == 0, result.status.message
+                waits.append(result.timings.queue_ms / 1000)
+            done = await flood
+            watch.cancel()
+        decode_s = float(
+            np.median([r.timings.decode_ms for r in [*done[0], *done[1], *done[2:]]]) / 1000
+        )
+        assert decode_s > 0.2 and len(waits) >= 5, (decode_s, waits)
+        # waiting its turn behind them, a frame would wait about one of their decodes
+        assert max(waits) < decode_s / 2, (waits, decode_s)
     finally:
         await server.stop(grace=0)
 

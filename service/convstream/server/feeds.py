@@ -31,6 +31,7 @@ from convstream.server.metrics import Metrics
 from convstream.server.pipeline import (
     CALLER,
     MAX_LISTED_DROPS,
+    CameraCaller,
     Options,
     Pipeline,
     Prepared,
@@ -333,7 +334,7 @@ class CameraFeed(Publisher):
         self.end_watchers(error)
 
     async def _run(self) -> None:
-        CALLER.set(object())  # the camera's frames take their turn beside the streams'
+        CALLER.set(CameraCaller())  # its turn beside the streams', and the cameras' thread
         last = 0
         camera = self.camera
         source = camera.config.id

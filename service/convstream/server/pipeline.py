@@ -113,7 +113,14 @@ def check_without_stream(message: pb.ResultOptions, method: str) -> None:
 CALLER: ContextVar[object] = ContextVar("convstream_caller", default=None)
 """Who submits work to the WorkPool from this asyncio task (and the tasks it starts): a
 token of a stream, an Analyze call or a camera's feed, each served in turn. A plain object(),
-never the session itself: an asyncio context lives on in the loop's cancelled timers."""
+or a CameraCaller for the server's own cameras; never the session itself: an asyncio context
+lives on in the loop's cancelled timers."""
+
+
+class CameraCaller:
+    """The CALLER of a camera the server pulls: it may also take the WorkPool's thread that
+    clients' frames never take."""
+
 
 _Job = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
@@ -130,6 +137,12 @@ class WorkPool(Executor):
     submitted and not yet finished: the engine runs a lone frame over every core only while
     there are none.
 
+    And one more thread, which only the server's own cameras take (CameraCaller): clients'
+    frames never take it, so however many calls keep every other thread decoding (24
+    Analyze calls of 300 KB PNGs that take 5 s each to decode), a camera's frame starts at
+    once, sharing the cores, and the cameras stay watched. Before, it waited its turn among
+    those calls, and a camera went 35 s without a result while it still read "running".
+
     An idle thread is woken last parked, first woken: one stream's frames one at a time keep
     landing on the same, cache-warm thread. Woken in turn instead (threading.Condition's
     order), a latest-only 1080p stream's decoding and inference each took about 1 ms more a
@@ -144,9 +157,10 @@ class WorkPool(Executor):
         self._shutdown = False
         self._lock = threading.Lock()
         self._parked: list[threading.Lock] = []  # idle threads' locks, held until woken
+        self._clients_running = 0  # jobs of callers other than cameras
         self._threads = [
             threading.Thread(target=self._work, name=f"convstream-decode-{i}", daemon=True)
-            for i in range(threads + 1)
+            for i in range(threads + 2)  # one more than clients may take: the cameras'
         ]
         for thread in self._threads:
             thread.start()
@@ -186,7 +200,9 @@ class WorkPool(Executor):
             self._parked.pop().release()
 
     def _takeable(self, caller: object) -> bool:
-        return self._running.get(caller, 0) < self.per_caller
+        if self._running.get(caller, 0) >= self.per_caller:
+            return False
+        return isinstance(caller, CameraCaller) or self._clients_running <= self.per_caller
 
     def _take(self) -> tuple[object, _Job] | None:
         """The next job in turn whose caller is under its share of threads (lock held)."""
@@ -197,6 +213,8 @@ class WorkPool(Executor):
                 if jobs:
                     self._queues[caller] = jobs  # to the back of the turn
                 self._running[caller] = self._running.get(caller, 0) + 1
+                if not isinstance(caller, CameraCaller):
+                    self._clients_running += 1
                 return caller, job
         return None
 
@@ -234,6 +252,8 @@ class WorkPool(Executor):
                 running = self._running.pop(caller) - 1
                 if running:
                     self._running[caller] = running
+                if not isinstance(caller, CameraCaller):
+                    self._clients_running -= 1
                 if self._shutdown:  # threads waiting for that caller's turn may exit now
                     self._wake(len(self._parked))
             if run and error is not None:
