@@ -889,6 +889,8 @@ async def test_throttled_browsers_lose_only_their_own_frames(
         ):
             viewers = (await response.json())["viewers"]
         assert len(viewers) == 4
+        # counts only: the page is open to every viewer, who are not told each other's address
+        assert {key for v in viewers for key in v} == {"frames_sent", "frames_skipped", "inflight"}
         worst = min(viewers, key=lambda v: v["frames_sent"])
         assert worst["frames_sent"] <= WINDOW * len(dashboard.hub.cameras)
         assert worst["frames_skipped"] > 0

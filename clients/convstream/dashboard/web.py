@@ -80,8 +80,9 @@ class Viewer:
             self._wake.set()
 
     def stats(self) -> dict[str, Any]:
+        """What /api/state says of this viewer: counts, not who it is (the page is open to
+        every viewer, and it listed each one's address)."""
         return {
-            "peer": self.peer,
             "frames_sent": self.frames_sent,
             "frames_skipped": self.frames_skipped,
             "inflight": dict(self._inflight),
