@@ -374,7 +374,16 @@ class Server:
             logger.warning(
                 "reload: %s: changes only on restart; kept as before", ", ".join(changed)
             )
-        if self._tokens is not None and settings.tokens != self.settings.tokens:
+        if self.settings.tokens and not settings.tokens:
+            # A config templated wrong must not open the server to every caller with a log
+            # line as the only sign (a security review): that takes a restart, on purpose.
+            logger.error(
+                "reload: the config has no tokens; kept the %d there were: a reload does not "
+                "turn tokens off (restart the server to run without them)",
+                len(self.settings.tokens),
+            )
+            applied["tokens"] = self.settings.tokens
+        elif self._tokens is not None and settings.tokens != self.settings.tokens:
             self._reload_tokens(settings)
         if self.cameras is not None:
             self.cameras.elsewhere = self._elsewhere(settings.cameras)
@@ -428,12 +437,7 @@ class Server:
                 "" if len(ended) == 1 else "s",
                 ", ".join(ended),
             )
-        if not settings.tokens:
-            logger.warning("reload: no tokens left: calls need no token from now on")
-            # as it now runs: host and TLS as they were, the new (empty) tokens
-            running = self.settings.model_copy(update={"tokens": settings.tokens})
-            _warn_if_exposed(running, tls=self._tls is not None)
-        elif not old:
+        if not old:
             logger.info("reload: calls need a token from now on")
 
     def _own(self, cameras: tuple[CameraConfig, ...]) -> tuple[CameraConfig, ...]:
