@@ -156,6 +156,18 @@ def test_alert_pictures_of_one_id_from_two_dashboard_runs_have_their_own_urls() 
         assert getattr(before, url) != getattr(after, url), url
 
 
+def test_alert_files_are_readable_by_the_dashboards_user_alone(tmp_path: Path) -> None:
+    """The alerts' folder and pictures were made 0755 and 0644 under the usual umask: every
+    user of the machine could read the cameras' pictures (a security review)."""
+    folder = tmp_path / "alerts"
+    log = AlertLog(10, folder)
+    alert = log.add("dock-3", 100.0, 0.9, 0.8, 1, Snapshot(b"jpeg", b"clean", b"thumb"))
+    log.save(alert.id)
+    assert folder.stat().st_mode & 0o777 == 0o700
+    files = list(folder.iterdir())
+    assert len(files) == 4 and all(f.stat().st_mode & 0o777 == 0o600 for f in files), files
+
+
 def test_the_alerts_directory_keeps_to_its_bytes_deleting_the_oldest(tmp_path: Path) -> None:
     """A count bounded no bytes (alerts of a larger input_size are larger): the directory
     holds at most max_bytes, counted again after a restart, the newest alert always."""

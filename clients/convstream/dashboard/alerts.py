@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -219,7 +220,8 @@ class AlertLog:
         self._deleted_below = 0  # ids below it were deleted as the oldest
         self._disk_lock = threading.Lock()
         if directory is not None:
-            directory.mkdir(parents=True, exist_ok=True)
+            # the cameras' pictures: this user's alone (a folder already there keeps its mode)
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._load(directory)
 
     @property
@@ -294,7 +296,11 @@ class AlertLog:
             for name, data in files:
                 path = self.directory / name
                 partial = path.with_name(path.name + ".part")
-                partial.write_bytes(data)
+                # readable by this user alone, whatever the umask (0644 let every local user
+                # see the cameras' pictures, a security review found)
+                fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as file:
+                    file.write(data)
                 partial.replace(path)
             self._on_disk[alert_id] = size
 
