@@ -803,6 +803,35 @@ async def test_a_stream_published_from_the_client_is_watched_by_id(
     assert len(sent) == 400 and all(r.ok for r in sent)
 
 
+async def test_a_stream_whose_publish_name_is_taken_goes_on_unpublished(
+    server: Server, frames: list[np.ndarray]
+) -> None:
+    """Publishing under a name another stream has: the client sent its options, publish and
+    all, again on each frame until one was taken, and the server refused each for the name:
+    not one frame of the stream was analysed (an integrator's review). Frames sent before
+    the refusal came back carry it; the rest are analysed, unpublished, as the docs say."""
+
+    def stream(count: int) -> list[Result]:
+        items = (Frame(jpeg(frames[i % 6]), source="belt-8") for i in range(count))
+        with Client(address(server)) as client:
+            return list(client.stream(items, publish=True))
+
+    owner = asyncio.create_task(asyncio.to_thread(stream, 300))
+    async with AsyncClient(address(server)) as client:
+        for _ in range(200):
+            if "belt-8" in {c.id for c in await client.cameras()}:
+                break
+            await asyncio.sleep(0.02)
+    second = await asyncio.to_thread(stream, 12)
+    assert all(r.ok for r in await owner)
+    refused = [r for r in second if not r.ok]
+    assert 1 <= len(refused) <= 4 and refused == second[: len(refused)], second
+    for result in refused:
+        assert isinstance(result.error, cs.errors.Rejected), result.error
+        assert "already published" in result.error.message
+    assert all(r.ok and 0.0 <= r.score <= 1.0 for r in second[len(refused) :])
+
+
 def test_an_overlay_path_without_an_image_suffix_is_refused(tmp_path: Path) -> None:
     result = Result.from_proto(pb.FrameResult(score=0.5), None)
     with pytest.raises(ValueError, match="give a suffix such as"):

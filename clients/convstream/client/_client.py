@@ -153,7 +153,8 @@ class Client(BaseClient):
                 on the dashboard) under its frames' ``source`` name, e.g. ``Frame(...,
                 source="dock-3")`` or ``Video(..., name="dock-3")``; the name must not be a
                 configured camera's or another stream's (else the first result's ``error``
-                says so and the stream goes on unpublished).
+                says so, and those of any frames sent before it came back, and the stream
+                goes on unpublished).
 
         Raises:
             ConvstreamError: the stream failed (after resume attempts, if asked for); also

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
+import grpc
 import numpy as np
 
 from convstream.client._base import check_published_name
@@ -225,6 +226,15 @@ class Ledger:
             self._dropped_here = []
         if not message.status.code:
             self.accepted = True
+        elif (
+            message.status.code == grpc.StatusCode.ALREADY_EXISTS.value[0] and self.options.publish
+        ):
+            # the name is taken: that frame was refused, and the stream goes on unpublished.
+            # Sent on with publish, every frame after it was refused the same way.
+            options = pb.ResultOptions()
+            options.CopyFrom(self.options)
+            options.publish = False
+            self.options = options
         results = []
         while self.entries:
             entry = self.entries.popleft()
