@@ -1085,6 +1085,16 @@ async def test_overlays_written_and_readable(
     card = cv2.imread(str(cs.save_overlay(tmp_path / "bad.png", bad)))
     assert card is not None and card.shape == (360, 640, 3)
     assert (card[:3, :3] == 0).all() and (card[-20:, -20:] == 96).all()  # the label, grey
+    # So is one that failed here, its file not there (its frame holds no bytes): OpenCV's
+    # assertion on an empty buffer ended such a loop (an integrator's review).
+    async with AsyncClient(address(server)) as client:
+        (missing,) = [r async for r in client.stream([tmp_path / "missing.jpg"])]
+    assert missing.error is not None and missing.error.code is None
+    card = cv2.imread(str(cs.save_overlay(tmp_path / "missing.png", missing)))
+    assert card is not None and card.shape == (360, 640, 3)
+    assert missing.frame is not None
+    with pytest.raises(cs.errors.SourceError, match="0 bytes"):
+        missing.frame.pixels()
 
 
 async def test_a_failed_frame_has_no_score_to_mistake_for_intact(

@@ -118,14 +118,19 @@ class Frame:
     name: str = ""
 
     def pixels(self) -> np.ndarray:
-        """The frame as BGR uint8, shape (H, W, 3), decoding bytes if need be."""
+        """The frame as BGR uint8, shape (H, W, 3), decoding bytes if need be.
+
+        Raises:
+            SourceError: bytes that are no picture, or none (a file that could not be read).
+        """
         image: np.ndarray | None = self.image if isinstance(self.image, np.ndarray) else None
         if image is None:
             data = np.frombuffer(self.image, np.uint8)  # type: ignore[arg-type]
             # Turned as its EXIF orientation says (a phone's portrait photo), as a viewer
             # shows it and the server analyses it: the result's geometry and heatmap are in
             # these pixels' coordinates.
-            image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+            # no bytes (a file that could not be read): OpenCV asserts on an empty buffer
+            image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
             if image is not None and self.image[:8] == _MAGIC[1] and image.size:
                 image = _transparency_as_analysed(data, image)
             if image is None:
