@@ -476,6 +476,26 @@ async def test_what_is_not_a_frame_raises_what_the_docstring_says(
         cs.read_image(video)
 
 
+def test_a_frame_says_what_its_image_must_be_when_it_is_made(tmp_path: Path) -> None:
+    """Frame(path, source=...) is the natural way to tag a file, and it was made, showed as
+    "image=<33 bytes>", and failed later with "expected bytes, str found" (an integrator's
+    review). A Frame says at once what its image must be, and how to give a file."""
+    for wrong in (str(tmp_path / "box.jpg"), tmp_path / "box.jpg", None):
+        with pytest.raises(TypeError, match="pixels \\(a numpy array\\) or JPEG/PNG bytes"):
+            Frame(wrong)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"read_image\(path\)"):
+        Frame(str(tmp_path / "box.jpg"))  # type: ignore[arg-type]
+    data = jpeg(scene(3))
+    assert Frame(bytearray(data)).image == data == Frame(memoryview(data)).image
+
+
+def test_a_calls_own_timeout_is_checked_as_timeouts_are() -> None:
+    with Client("127.0.0.1:1") as client:
+        for wrong in (-1, 0):
+            with pytest.raises(ValueError, match=r"Timeout\.call"):
+                client.cameras(timeout=wrong)
+
+
 def test_the_published_name_rule_is_the_servers() -> None:
     from convstream.client._base import CAMERA_ID, check_published_name
     from convstream.server import config

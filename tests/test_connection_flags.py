@@ -151,6 +151,23 @@ async def test_cli_says_which_side_of_tls_is_wrong(
         await plain.stop(grace=0)
 
 
+async def test_pem_given_as_text_and_a_bearer_prefixed_token_are_what_they_look_like(
+    server: Server, pki: dict[str, Path]
+) -> None:
+    """Two first-hour mistakes (an integrator's review): a certificate from an environment
+    variable, PEM as a str, was read as a file name ("File name too long", the whole
+    certificate in the error); a token given with its "Bearer " prefix got "must be
+    printable ASCII without spaces". PEM text is taken as PEM; the prefix is named."""
+    text = {name: pki[name].read_text() for name in ("ca.pem", "client.pem", "client.key")}
+    tls = TLS(ca=text["ca.pem"], cert=text["client.pem"], key=text["client.key"])
+    with Client(f"127.0.0.1:{server.port}", tls=tls, token=TOKEN) as client:
+        assert await asyncio.to_thread(client.cameras) == []
+    with pytest.raises(ValueError, match="TLS ca PEM text holds a private key"):
+        TLS(ca=text["client.key"]).credentials()
+    with pytest.raises(ValueError, match="leave out the 'Bearer ' prefix"):
+        Client(f"127.0.0.1:{server.port}", tls=tls, token=f"Bearer {TOKEN}")
+
+
 async def test_the_dashboard_reaches_a_mutual_tls_server(
     server: Server, pki: dict[str, Path]
 ) -> None:

@@ -71,6 +71,10 @@ def clean_token(token: str | None) -> str | None:
     if token is None:
         return None
     token = token.strip()
+    if token[:7].lower() == "bearer ":
+        raise ValueError(
+            "token is the secret alone: leave out the 'Bearer ' prefix, which the client adds"
+        )
     if not token.isascii() or not token.isprintable() or " " in token:
         raise ValueError(
             "token must be printable ASCII without spaces (it travels as an HTTP/2 header), "

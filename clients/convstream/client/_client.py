@@ -24,7 +24,7 @@ from convstream.client._base import CLOSED, BaseClient
 from convstream.client._feed import AsyncFeed, Ledger, SyncFeed, check_frames
 from convstream.client.errors import Cancelled, from_rpc_error
 from convstream.client.frames import FrameLike
-from convstream.client.options import Freshness, ResultOptions
+from convstream.client.options import Freshness, ResultOptions, Timeout
 from convstream.client.results import CameraInfo, ModelInfo, Result
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
@@ -93,6 +93,8 @@ class Client(BaseClient):
 
         Args:
             image: a Frame, BGR uint8 array (H, W, 3), JPEG/PNG bytes, or an image path.
+                Each call numbers its frame 1 unless a Frame gives ``frame_id``: key stored
+                results by your own id (or the path), not by ``result.frame_id``.
             options: what the result carries; the client's ``options`` when None.
 
         Raises:
@@ -212,7 +214,8 @@ class Client(BaseClient):
         """The cameras the server pulls, in its config's order, with their health.
 
         Args:
-            timeout: seconds for this call, in place of ``Timeout.call``.
+            timeout: seconds for this call, in place of ``Timeout.call`` (math.inf: no
+                limit).
 
         Raises:
             ConvstreamError: e.g. ServerUnavailable after retries.
@@ -221,7 +224,7 @@ class Client(BaseClient):
         try:
             reply = self._camera_stub.ListCameras(
                 pb.ListCamerasRequest(),
-                timeout=self.timeout.call if timeout is None else timeout,
+                timeout=self.timeout.call if timeout is None else Timeout(call=timeout).call,
                 metadata=self._metadata(),
             )
         except grpc.RpcError as exc:
@@ -473,7 +476,7 @@ class AsyncClient(BaseClient):
         try:
             reply = await self._camera_stub.ListCameras(
                 pb.ListCamerasRequest(),
-                timeout=self.timeout.call if timeout is None else timeout,
+                timeout=self.timeout.call if timeout is None else Timeout(call=timeout).call,
                 metadata=self._metadata(),
             )
         except asyncio.CancelledError:

@@ -100,7 +100,10 @@ class Frame:
     """One frame to analyse.
 
     Args:
-        image: BGR uint8 pixels, shape (H, W, 3), gray uint8 (H, W), or JPEG/PNG bytes.
+        image: BGR uint8 pixels, shape (H, W, 3), gray uint8 (H, W), or JPEG/PNG bytes. An
+            RGB array (PIL, imageio, torchvision) is read as BGR and scores a little
+            differently, without an error: convert it first, ``cv2.cvtColor(array,
+            cv2.COLOR_RGB2BGR)``.
         frame_id: echoed in the result, 0 to 2**64 - 1; None lets the client number the
             frames of each call 1, 2, 3, ..., after the largest id given so far. Within one
             stream, a frame's id must differ from those of the frames not yet answered.
@@ -116,6 +119,21 @@ class Frame:
     source: str = ""
     capture_time: float | None = None
     name: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.image, bytearray | memoryview):
+            object.__setattr__(self, "image", bytes(self.image))
+        if not isinstance(self.image, np.ndarray | bytes):
+            got = type(self.image).__name__
+            hint = (
+                ": for a file, give analyze() or stream() its path, or read it with "
+                "Frame(read_image(path), ...)"
+                if isinstance(self.image, str | os.PathLike)
+                else ""
+            )
+            raise TypeError(
+                f"a Frame's image is pixels (a numpy array) or JPEG/PNG bytes, got {got}{hint}"
+            )
 
     def pixels(self) -> np.ndarray:
         """The frame as BGR uint8, shape (H, W, 3), decoding bytes if need be.

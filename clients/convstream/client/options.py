@@ -82,10 +82,11 @@ class TLS:
     """Transport security: the server's CA, and a client certificate for mutual TLS.
 
     Args:
-        ca: PEM file (or PEM bytes) of the CA that signed the server's certificate; None uses
-            the system's roots.
-        cert: PEM certificate chain of this client, for servers that require mutual TLS.
-        key: PEM private key matching ``cert``.
+        ca: PEM file of the CA that signed the server's certificate (its path, or its PEM as
+            bytes or as text beginning "-----BEGIN"); None uses the system's roots.
+        cert: PEM certificate chain of this client, for servers that require mutual TLS
+            (a path, bytes or text, as ``ca``).
+        key: PEM private key matching ``cert`` (a path, bytes or text, as ``ca``).
         server_name: the name to expect in the server's certificate when it differs from the
             address's host (e.g. connecting by IP).
     """
@@ -147,7 +148,12 @@ def _pem(value: str | Path | bytes | None, what: str, marker: bytes) -> bytes | 
     marker (gRPC would only log "Invalid cert chain file" and fail every call)."""
     if value is None:
         return None
-    data = value if isinstance(value, bytes) else Path(value).read_bytes()
+    if isinstance(value, bytes):
+        data = value
+    elif isinstance(value, str) and value.lstrip().startswith("-----BEGIN"):
+        data = value.encode()  # PEM text (an environment variable, a secret store), no path
+    else:
+        data = Path(value).read_bytes()
     if marker not in data:
         found = (
             "a private key"
@@ -165,7 +171,9 @@ def _pem(value: str | Path | bytes | None, what: str, marker: bytes) -> bytes | 
 
 def _named(value: object) -> str:
     """How an error names a TLS field's value: its path, or "PEM bytes" given in memory."""
-    return "PEM bytes" if isinstance(value, bytes) else str(value)
+    if isinstance(value, bytes):
+        return "PEM bytes"
+    return "PEM text" if str(value).lstrip().startswith("-----BEGIN") else str(value)
 
 
 @dataclass(frozen=True)
