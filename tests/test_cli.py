@@ -224,6 +224,26 @@ def test_a_failed_watch_result_in_json_has_no_score_age_or_lateness() -> None:
     assert {key: line[key] for key in RESULT_ONLY} == dict.fromkeys(RESULT_ONLY), line
 
 
+async def test_a_video_cut_short_is_said_and_a_whole_one_is_not(
+    server: Server, video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A recording copied in part streamed its first frames and ended as if whole, "0
+    failed", exit 0: a check of it passed (an integrator's review). It is now said."""
+    address = f"127.0.0.1:{server.port}"
+    cut = tmp_path / "dock-cut.avi"
+    cut.write_bytes(video.read_bytes()[: video.stat().st_size // 3])
+    assert await run("stream", str(cut), "--fast", "--address", address) == 0
+    captured = capsys.readouterr()
+    shown = len(captured.out.splitlines()) - 2  # the header and the summary
+    assert 1 <= shown < 12, captured.out
+    assert captured.err == (
+        f"convstream stream: dock-cut ended after {shown} of the 12 frames its header gives: "
+        "is the file cut short?\n"
+    )
+    assert await run("stream", str(video), "--fast", "--address", address) == 0
+    assert capsys.readouterr().err == ""
+
+
 async def test_stream_a_video_file(
     server: Server, video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -11,6 +11,7 @@ BGR array, encoded bytes or a path to an image file.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import numbers
 import os
@@ -33,6 +34,8 @@ from convstream.client.options import Upload
 from convstream.v1 import convstream_pb2 as pb
 
 __all__ = ["Frame", "FrameLike", "Video", "as_frame", "image_files", "read_image", "read_images"]
+
+logger = logging.getLogger("convstream.client")
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")  # what the server decodes as it is
@@ -441,7 +444,10 @@ class Video:
 
     Attributes:
         fps: the frame rate OpenCV reports (0.0 when unknown).
-        frame_count: frames in a file; None for cameras, URLs and unknown lengths.
+        frame_count: frames in a file, as its header gives them; None for cameras, URLs and
+            unknown lengths. A file that ends with under 90% of them read (a recording copied
+            in part) logs a warning on the "convstream.client" logger when frames() ends.
+        frames_read: frames read from the source so far.
 
     Frame ids count the frames read from the source from 0; live frames, and a file's frames
     with ``realtime``, carry the time they were read as capture_time.
@@ -493,6 +499,7 @@ class Video:
         self.frame_count = None if self.live or count <= 0 else count
         self._latest: _LatestReader | None = None
         self._index = 0
+        self.frames_read = 0  # from the source, also those a latest-only Video passed over
         # One read or release at a time: OpenCV frees the capture's buffers on release(), and
         # a read still running on another thread (a stream's feed, the latest-only reader)
         # would crash the process. Whoever finds the Video closed after a read releases it.
@@ -522,6 +529,7 @@ class Video:
         while self.max_frames is None or served < self.max_frames:
             item = read()
             if item is None:
+                self._say_if_cut_short()
                 return
             index, image, taken = item
             served += 1
@@ -532,6 +540,19 @@ class Video:
                 capture_time=taken if self.live or self._pacer is not None else None,
                 name=f"{self.name}#{index}",
             )
+
+    def _say_if_cut_short(self) -> None:
+        """A file that ended well before the frames its header gives (a recording copied in
+        part) is said, as a warning: it ended as if whole, and a check of it passed."""
+        count = self.frame_count
+        if self._closed or count is None or self.frames_read >= 0.9 * count:
+            return  # container counts can be estimates: a few frames short is not said
+        logger.warning(
+            "%s ended after %d of the %d frames its header gives: is the file cut short?",
+            self.name,
+            self.frames_read,
+            count,
+        )
 
     def _read(self) -> np.ndarray | None:
         """The next image, or None at the end or once closed (thread-safe)."""
@@ -544,6 +565,7 @@ class Video:
             if self._closed:  # closed during this read (close() may have stopped waiting)
                 self._capture.release()
                 return None
+            self.frames_read += ok
             return image if ok else None
 
     def _read_next(self) -> tuple[int, np.ndarray, float] | None:
