@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -635,6 +635,23 @@ def test_every_client_command_says_its_exit_statuses(
         assert line in out, (command, line)
 
 
+@contextlib.contextmanager
+def _children_sigint(handler: Any = signal.SIG_DFL) -> Iterator[None]:
+    """Child processes started inside start with SIGINT as ``handler`` says: SIG_IGN stays
+    ignored across exec, and anything else is SIG_DFL there (CI runs the suite as a
+    background job, which ignores Ctrl-C, and its children would too). Set in this process
+    for the spawn, not by a preexec_fn: that ran Python in the forked child, where gRPC's
+    fork handlers started a poller thread whose epoll fd the close before exec took away,
+    and about one spawn in four on a busy machine aborted ("epoll_wait error: Bad file
+    descriptor", SIGABRT) before it printed a line."""
+    ignored = handler is signal.SIG_IGN
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 @contextlib.asynccontextmanager
 async def _watching_belt(
     python: list[str], sigint: Any = signal.SIG_DFL
@@ -647,16 +664,15 @@ async def _watching_belt(
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     watch = [sys.executable, *python, "watch", "belt", "--address", f"127.0.0.1:{server.port}"]
     try:
-        process = await asyncio.create_subprocess_exec(
-            *watch,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
-        )
+        with _children_sigint(sigint):
+            process = await asyncio.create_subprocess_exec(
+                *watch, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+            )
         assert process.stdout is not None
         header = await asyncio.wait_for(process.stdout.readline(), 60)
-        assert header.split()[:2] == [b"FRAME", b"SCORE"]
+        if header.split()[:2] != [b"FRAME", b"SCORE"]:  # it ended: say how
+            out, err = await asyncio.wait_for(process.communicate(), 30)
+            raise AssertionError((process.returncode, header + out, err))
         await asyncio.wait_for(process.stdout.readline(), 30)  # a result: in the loop
         yield process
     finally:
@@ -693,14 +709,14 @@ async def test_an_analyze_stopped_early_names_the_images_it_did_not_analyse(
         "--address",
         f"127.0.0.1:{server.port}",
     ]
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *command,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    with _children_sigint():
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *command,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
     assert process.stdout is not None
     await asyncio.wait_for(process.stdout.readline(), 60)  # the header
     await asyncio.wait_for(process.stdout.readline(), 30)  # a result
@@ -734,13 +750,10 @@ async def test_client_commands_end_on_sigterm_or_ctrl_c_without_a_traceback() ->
     try:
         info = [sys.executable, "-m", "convstream.cli", "info", "--address", f"127.0.0.1:{port}"]
         for sent, status in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
-            started = subprocess.Popen(
-                info,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-            )
+            with _children_sigint():
+                started = subprocess.Popen(
+                    info, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+                )
             # its connection accepted (and never answered): the call is waiting
             silent.settimeout(30)
             connection, _ = await asyncio.to_thread(silent.accept)
@@ -778,13 +791,8 @@ def test_ctrl_c_while_the_client_loads_ends_quietly_with_130() -> None:
     modules, before its `try`) printed a KeyboardInterrupt traceback."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     command = [sys.executable, "-c", _CTRL_C_AS_THE_CLIENT_LOADS, "info", "--address", nowhere()]
-    done = subprocess.run(
-        command,
-        capture_output=True,
-        env=env,
-        timeout=60,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    with _children_sigint():
+        done = subprocess.run(command, capture_output=True, env=env, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (130, b"", b"")
 
 
