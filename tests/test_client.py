@@ -489,6 +489,22 @@ def test_a_frame_says_what_its_image_must_be_when_it_is_made(tmp_path: Path) -> 
     assert Frame(bytearray(data)).image == data == Frame(memoryview(data)).image
 
 
+async def test_an_answer_over_the_clients_own_limit_is_no_overload(
+    server: Server, frames: list[np.ndarray]
+) -> None:
+    """A client that takes 4 MiB asked for every map in float32 (7.9 MB): gRPC's refusal came
+    as Overloaded, "back off and retry", which never helps (an integrator's review). It is
+    InvalidFrame, naming the limit and what to ask for instead."""
+    every = ResultOptions(feature_maps=["stage1", "stage2", "stage3", "stage4"], encoding="float32")
+    limits = cs.Limits(max_message_bytes=4 << 20)
+    async with AsyncClient(address(server), limits=limits) as client:
+        with pytest.raises(InvalidFrame, match=r"Limits\.max_message_bytes") as raised:
+            await client.analyze(jpeg(frames[0]), options=every)
+        assert "larger than this client takes (4,194,304" in raised.value.message
+        # what fits still comes
+        assert (await client.analyze(jpeg(frames[0]))).ok
+
+
 def test_a_calls_own_timeout_is_checked_as_timeouts_are() -> None:
     with Client("127.0.0.1:1") as client:
         for wrong in (-1, 0):

@@ -31,6 +31,7 @@ bad frame never ends a stream.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -210,7 +211,22 @@ def from_rpc_error(
         return Unauthenticated(message, code=code, hint=hint)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED and address:
         message = f"call to {address} timed out: {message}"
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and (
+        too_large := _ANSWER_TOO_LARGE.search(message)
+    ):
+        # gRPC's own words for an answer over this client's limit: no back-off helps
+        size, limit = (int(n) for n in too_large.groups())
+        return InvalidFrame(
+            f"the server's answer ({size:,} bytes) is larger than this client takes "
+            f"({limit:,}, Limits.max_message_bytes): raise that limit, or ask for fewer "
+            f"feature maps or a smaller encoding (gRPC: {message})",
+            code=code,
+        )
     return from_status(code, message)
+
+
+# gRPC's message for a message over the receiving side's max_receive_message_length
+_ANSWER_TOO_LARGE = re.compile(r"CLIENT: Received message larger than max \((\d+) vs\. (\d+)\)")
 
 
 def _write_failed_in_core(exc: grpc.RpcError, details: str) -> bool:
