@@ -849,7 +849,8 @@ async def test_a_stream_whose_publish_name_is_taken_goes_on_unpublished(
 
     def stream(count: int) -> list[Result]:
         items = (Frame(jpeg(frames[i % 6]), source="belt-8") for i in range(count))
-        with Client(address(server)) as client:
+        # at most 4 frames sent before the server's first answer comes back
+        with Client(address(server), limits=cs.Limits(max_in_flight=4)) as client:
             return list(client.stream(items, publish=True))
 
     owner = asyncio.create_task(asyncio.to_thread(stream, 300))
