@@ -1056,9 +1056,8 @@ def test_check_config_says_what_would_run_without_running_it(
     assert out.startswith(f"{prefix}convstream serve would listen on 0.0.0.0:{busy}\n")
     # tokens in plaintext on every interface: said before it runs, as the server's log would
     assert (
-        "warning: listening on 0.0.0.0 with tokens but without TLS: each call carries its "
-        + ("token in the clear")
-        in out
+        "warning: listening on 0.0.0.0 (every IPv4 and IPv6 address of this machine) with "
+        "tokens but without TLS: each call carries its " + ("token in the clear") in out
     )
     assert "dash (watch)" in out and "dock-3 (rtsp, at most 5 frames/s)" in out
     assert "  provider     CPUExecutionProvider (auto asked for)\n" in out

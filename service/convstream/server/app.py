@@ -483,16 +483,25 @@ def exposure_warning(settings: Settings, *, tls: bool) -> str | None:
     missing = [name for name, on in (("TLS", tls), ("tokens", settings.tokens)) if not on]
     if not missing or (client_certificates and missing == ["tokens"]):
         return None
+    where = _where(settings.host)
     if missing == ["TLS"]:  # tokens are checked, but cross the network in the clear
         return (
-            f"listening on {settings.host} with tokens but without TLS: each call carries its "
+            f"listening on {where} with tokens but without TLS: each call carries its "
             "token in the clear, and anyone who can see the traffic can read it and call as "
             "its holder; turn TLS on (tls_cert, tls_key); see README, 'Running it in production'"
         )
     return (
-        f"listening on {settings.host} without {' and '.join(missing)}: anyone who can reach "
+        f"listening on {where} without {' and '.join(missing)}: anyone who can reach "
         "this port can use it; see README, 'Running it in production'"
     )
+
+
+def _where(host: str) -> str:
+    """The host as a warning names it: gRPC takes 0.0.0.0 (and ::) as every address of the
+    machine, IPv6 ones too, which a firewall written for IPv4 alone leaves open."""
+    if host.strip("[]") in ("0.0.0.0", "::"):
+        return f"{host} (every IPv4 and IPv6 address of this machine)"
+    return host
 
 
 def _is_loopback(host: str) -> bool:
