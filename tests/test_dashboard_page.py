@@ -424,6 +424,11 @@ async def test_a_narrow_tile_shows_its_cameras_whole_name(browser: Any, artifact
             for running in ("dock-1", "belt-5"):
                 await _wait_frames(page, running, 0, timeout=20.0)
             await expect(page.locator("#summary .down")).to_have_count(3, timeout=15000)
+            # Frames come on each camera's watch, the state with the next poll of the cameras'
+            # list (poll_s): a tile may draw a frame a moment before its state says "running".
+            for running in ("dock-1", "belt-5"):
+                state = page.locator(f'article.tile[data-camera="{running}"] .state')
+                await expect(state).to_have_text("running", timeout=15000)
             heads = await page.evaluate(_HEADS)
             assert len(heads) == 5
             for head in heads:
