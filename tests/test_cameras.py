@@ -197,8 +197,10 @@ async def test_killed_source_reconnects_while_others_flow() -> None:
             server_health = await channel_health.Check(health_pb2.HealthCheckRequest())
             assert server_health.status == health_pb2.HealthCheckResponse.SERVING
             b_before, a_before = len(watch_b.results), len(watch_a.results)
-            await asyncio.sleep(1.0)
-            assert len(watch_b.results) >= b_before + 10  # b kept flowing while a was down
+            await until(  # b keeps flowing while a is down
+                lambda: _true(len(watch_b.results) >= b_before + 10), 10, "results from b"
+            )
+            assert (await status(stub, "a")).state == pb.CAMERA_STATE_RECONNECTING
 
             a.start()  # the camera comes back on the same address
             await until(state_is(stub, "a", pb.CAMERA_STATE_RUNNING), 10, "a back")
@@ -1274,7 +1276,11 @@ async def test_a_client_stream_can_publish_under_its_source_name() -> None:
         listed = await status(stub, "dock-push")
         assert listed.source_kind == "stream" and listed.state == pb.CAMERA_STATE_RUNNING
         watcher = Collector(watch(stub, "dock-push", options=pb.ResultOptions(include_frame=True)))
-        await asyncio.sleep(0.2)  # subscribed before the next frames
+
+        async def subscribed() -> bool:  # before the next frames
+            return (await status(stub, "dock-push")).watchers == 1
+
+        await until(subscribed, 5, "the watcher subscribed")
         for i, data in enumerate(frames[1:], start=2):
             await stream.write(pb.FrameRequest(frame_id=i, source="dock-push", encoded=data))
             own = await stream.read()

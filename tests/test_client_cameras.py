@@ -757,18 +757,14 @@ async def test_cli_watch_says_why_a_camera_sends_nothing(
         id="dock",
         source=f"rtsp://127.0.0.1:{closed}/x",
         open_timeout_s=1.0,
-        reconnect_min_s=0.3,
-        reconnect_max_s=0.5,
-        max_reconnects=3,
+        # each retry 0.5-1 s later: the watch starts well before the camera gives up (after
+        # 2-4 s), however slow this machine is now
+        reconnect_min_s=1.0,
+        reconnect_max_s=1.0,
+        max_reconnects=4,
     )
     gone = CameraConfig(id="gone", source=str(tmp_path / "nope.mp4"))
     async with serving(dock, gone) as server:
-        # a camera that has given up: the server says why at once, and the command exits 5
-        assert await cli("watch", "gone", "--count", "1", "--address", address(server)) == 5
-        out, err = capsys.readouterr()
-        assert out == ""  # not even the table's header
-        assert "camera 'gone' has failed: no such video file" in err and "Traceback" not in err
-        assert "nope.mp4" not in err  # clients are never told a path
         # a camera retrying: the command says it waits, then why it stopped waiting
         async with AsyncClient(address(server)) as client:
             deadline = time.monotonic() + 10
@@ -782,7 +778,13 @@ async def test_cli_watch_says_why_a_camera_sends_nothing(
             "to stop). "
             "Last error: could not open rtsp source: connection refused"
         )
-        assert "camera 'dock' has failed" in rest[-1] and "gave up after 3 reconnects" in rest[-1]
+        assert "camera 'dock' has failed" in rest[-1] and "gave up after 4 reconnects" in rest[-1]
+        # a camera that has given up: the server says why at once, and the command exits 5
+        assert await cli("watch", "gone", "--count", "1", "--address", address(server)) == 5
+        out, err = capsys.readouterr()
+        assert out == ""  # not even the table's header
+        assert "camera 'gone' has failed: no such video file" in err and "Traceback" not in err
+        assert "nope.mp4" not in err  # clients are never told a path
 
 
 async def test_a_reader_that_goes_away_stops_watch_quietly(server: Server) -> None:

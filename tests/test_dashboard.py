@@ -892,8 +892,10 @@ async def test_throttled_browsers_lose_only_their_own_frames(
         # two cores, so the rate itself is not the point), and the healthy pages drew what the
         # dashboard got, all but a frame or two, whatever the throttled ones did.
         assert hub_frames >= 5, (hub_frames, elapsed)
-        for count in drawn[1:]:
-            assert count >= hub_frames - 2, (drawn, hub_frames)
+        for page, first in zip(pages[1:], start[1:], strict=True):
+            # a page draws a frame a moment after the hub has it (sent, decoded, drawn):
+            # given that moment, it has drawn up to the hub's count at the end snapshot
+            await _wait_frames(page, "belt", first + hub_frames - 3, timeout=5.0)
         # The stuck client holds at most WINDOW frames per camera; the rest it loses.
         async with (
             aiohttp.ClientSession() as http,

@@ -9,6 +9,7 @@ import threading
 import time
 import weakref
 from concurrent.futures import Future
+from typing import Any
 
 import numpy as np
 import pytest
@@ -172,23 +173,33 @@ def test_a_lone_frame_runs_on_every_core_and_a_crowd_one_per_core(
 
 
 def test_a_frame_waits_for_a_wide_run_rather_than_share_its_cores(
-    narrow_and_wide: tuple[DamageModel, DamageModel],
+    narrow_and_wide: tuple[DamageModel, DamageModel], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A frame arriving while a lone frame runs wide is not started beside it on the idle
     # worker (three threads on two cores stall the wide run at its barriers): it waits, and
     # then, alone again, runs wide itself. Started beside it, it would have run on 1 thread.
     narrow, wide = narrow_and_wide
-    frame = scene(70, 720, 1280)  # about 40 ms wide: time to queue the second frame
+    frame = scene(70, 720, 1280)
+    started, release = threading.Event(), threading.Event()
+    run = wide.run
+
+    def held_run(*args: Any, **kwargs: Any) -> Any:  # the first wide run waits, so that the
+        started.set()  # second frame surely arrives during it, however busy this machine is
+        release.wait(20)
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(wide, "run", held_run)
     engine = Engine(narrow, max_batch=1, workers=2, wide_model=wide)
     try:
         first = engine.submit(frame)
-        deadline = time.monotonic() + 10
-        while not engine._wide and not first.done() and time.monotonic() < deadline:
-            time.sleep(0.0001)
-        assert engine._wide, "the first frame was not seen running wide"
+        assert started.wait(10), "the first frame did not run wide"
+        assert engine._wide
         second = engine.submit(frame)
+        time.sleep(0.2)  # had the idle worker taken it, it would be running narrow by now
+        release.set()
         results = [first.result(timeout=30), second.result(timeout=30)]
     finally:
+        release.set()
         engine.close()
     assert [r.threads for r in results] == [2, 2]
     assert engine.wide_runs == 2

@@ -258,11 +258,19 @@ async def test_processes_share_the_port_forward_camera_calls_restart_and_stop(
                     return result
 
             watches = [asyncio.create_task(watch_forklift()) for _ in range(6)]
-            await asyncio.sleep(1.0)
-            await stream.write(pb.FrameRequest(frame_id=10, source="forklift", encoded=data))
-            assert (await stream.read()).frame_id == 10
+            # a frame every 0.2 s until every watch has one: a watch that subscribes late
+            # (a new connection, forwarded to the other process) gets a later one
+            frame_id = 10
+            deadline = time.monotonic() + 30
+            while not all(watch.done() for watch in watches):
+                assert time.monotonic() < deadline, "a watch of the published stream got nothing"
+                request = pb.FrameRequest(frame_id=frame_id, source="forklift", encoded=data)
+                await stream.write(request)
+                assert (await stream.read()).frame_id == frame_id
+                frame_id += 1
+                await asyncio.sleep(0.2)
             for result in await asyncio.gather(*watches):
-                assert result.source == "forklift" and result.frame_id == 10
+                assert result.source == "forklift" and 10 <= result.frame_id < frame_id
             await stream.done_writing()
         async with connection(port) as stub:
             with pytest.raises(grpc.aio.AioRpcError) as missing:

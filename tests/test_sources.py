@@ -628,9 +628,15 @@ def test_sighup_reloads_cameras_from_the_config_file(tmp_path: Path) -> None:
             time.sleep(1.0)
             assert _ids(stub) == ["two", "three"]
             assert process.poll() is None
-            scrape = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5)
-            text = scrape.read().decode()
-            assert 'convstream_camera_state{camera="two",state="running"} 1.0' in text
+            running = 'convstream_camera_state{camera="two",state="running"} 1.0'
+            deadline = time.monotonic() + 10  # a camera under load may read "stalled" a while
+            while True:
+                scrape = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5)
+                text = scrape.read().decode()
+                if running in text or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert running in text
             assert 'convstream_camera_frames_total{camera="three",outcome="analysed"}' in text
     finally:
         process.send_signal(signal.SIGTERM)
