@@ -824,7 +824,15 @@ async def test_refused_frames_hold_no_pixels_and_a_full_queue_of_them_waits(
 
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             call = pb_grpc.ConvstreamStub(channel).StreamFrames(flood())  # never read
-            await asyncio.sleep(4.0)
+
+            def refusals_waiting() -> int:
+                return sum(item.options is None for item in sessions[0]._pending)
+
+            deadline = time.monotonic() + 20  # until the reader has taken that many frames
+            while not sessions or refusals_waiting() < MAX_REFUSALS_WAITING:
+                assert time.monotonic() < deadline, "the refusals never filled their places"
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)  # and it takes no more
             assert len(sessions) == 1
             pending = list(sessions[0]._pending)
             # (the refusals' small results still flow, into gRPC's window; the frames do not)
@@ -861,6 +869,39 @@ async def test_a_frame_that_cannot_fit_drops_none_of_the_frames_waiting() -> Non
         assert [r.status.code for r in results] == [0] * 7 + [INVALID.value[0]]  # never fits
         assert "larger than max_held_bytes" in results[7].status.message
         assert not [i for r in results for i in r.dropped_frame_ids]
+    finally:
+        await server.stop(grace=0)
+
+
+async def test_an_analyze_call_that_sends_no_request_gives_its_place_back(
+    burst: list[bytes],
+) -> None:
+    """An Analyze call holds its place from its start (so a call past the cap is refused
+    unread): one that never sends its request is ended after stream_idle_timeout_s, as a
+    stream sending nothing is, and its place is free again."""
+    settings = Settings(
+        port=0, metrics_port=-1, cameras=(), max_analyze_calls=1, stream_idle_timeout_s=0.5
+    )
+    server = Server(settings)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            analyze = channel.stream_unary(
+                "/convstream.v1.Convstream/Analyze",
+                request_serializer=pb.FrameRequest.SerializeToString,
+                response_deserializer=pb.FrameResult.FromString,
+            )
+            silent = analyze(timeout=30)  # sends nothing, and does not say it is done
+            assert await silent.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "no request for 0.5 s (stream_idle_timeout_s)" in await silent.details()
+            deadline = time.monotonic() + 5  # abort() sends the status before finally runs
+            while server.servicer.open_analyze_calls:
+                assert time.monotonic() < deadline, "the silent call kept its place"
+                await asyncio.sleep(0.02)
+            answer = await pb_grpc.ConvstreamStub(channel).Analyze(
+                pb.FrameRequest(encoded=burst[0]), timeout=30
+            )
+            assert 0.0 <= answer.score <= 1.0
     finally:
         await server.stop(grace=0)
 

@@ -16,9 +16,10 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import tomllib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.request import urlopen
 
@@ -402,7 +403,15 @@ def test_token_command_prints_a_token_and_only_its_hash_for_the_config(
     config.write_text(table)
     settings = load_settings(config, environ={})
     assert settings.tokens[0].sha256 == hashlib.sha256(token.encode()).hexdigest()
-    assert settings.tokens[0].role == "analyze"
+    assert settings.tokens[0].role == "analyze" and settings.tokens[0].max_calls is None
+    # --max-calls: the table bounds the token's streams and watches
+    assert cli_main(["token", "--name", "dash", "--role", "watch", "--max-calls", "8"]) == 0
+    out = capsys.readouterr().out
+    config.write_text(out[out.index("[[tokens]]") :])
+    assert load_settings(config, environ={}).tokens[0].max_calls == 8
+    with pytest.raises(SystemExit):
+        cli_main(["token", "--name", "dash", "--role", "watch", "--max-calls", "0"])
+    assert "--max-calls: must be at least 1, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -720,6 +729,152 @@ def test_a_call_without_a_token_is_refused_before_its_request_is_read(tmp_path: 
             answer = stub.Analyze(pb.FrameRequest(encoded=jpeg(scene(3))), metadata=metadata)
             assert 0.0 <= answer.score <= 1.0
     finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+
+
+async def test_a_tokens_max_calls_bounds_its_streams_and_watches() -> None:
+    """One watch-only token could take every camera watch of the server, and one analyze
+    token every stream. A token's max_calls bounds the streams and watches open with it at
+    once: past it RESOURCE_EXHAUSTED naming the token and its limit; other tokens are
+    untouched, and a call that ends gives its place back."""
+    dock = TokenConfig(name="dock-3", role="analyze", sha256=token_hash(ANALYZE_TOKEN), max_calls=2)
+    dashboard = TokenConfig(name="dashboard", role="watch", sha256=token_hash(WATCH_TOKEN))
+    camera = CameraConfig(id="belt", source="demo:conveyor?fps=5")
+    settings = Settings(port=0, metrics_port=-1, cameras=(camera,), tokens=(dock, dashboard))
+    server = await _start(settings)
+    frame = pb.FrameRequest(encoded=jpeg(scene(5, 240, 320)))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+            watch_request = pb.WatchCameraRequest(camera_id="belt")
+            watch = stub.WatchCamera(watch_request, metadata=_bearer(ANALYZE_TOKEN))
+            assert (await watch.read()).source == "belt"
+            stream = stub.StreamFrames(metadata=_bearer(ANALYZE_TOKEN))
+            await stream.write(frame)
+            assert (await stream.read()).status.code == 0
+            third = stub.StreamFrames(metadata=_bearer(ANALYZE_TOKEN))
+            assert await third.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            details = await third.details()
+            assert "token 'dock-3' has 2 streams and camera watches open" in details
+            assert "its limit (max_calls) is 2" in details
+            # Analyze is no stream: it passes, as do the calls of a token with no max_calls
+            assert (await stub.Analyze(frame, metadata=_bearer(ANALYZE_TOKEN))).score >= 0.0
+            others = [
+                stub.WatchCamera(watch_request, metadata=_bearer(WATCH_TOKEN)) for _ in range(3)
+            ]
+            for other in others:
+                assert (await other.read()).source == "belt"
+            watch.cancel()
+            deadline = time.monotonic() + 10
+            while True:  # the server sees the cancel a moment later
+                again = stub.StreamFrames(metadata=_bearer(ANALYZE_TOKEN))
+                await again.write(frame)
+                try:
+                    assert (await again.read()).status.code == 0
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+                assert time.monotonic() < deadline, "the cancelled watch kept its place"
+                await asyncio.sleep(0.05)
+            for call in (stream, again, *others):
+                call.cancel()
+    finally:
+        await server.stop(grace=0)
+
+
+async def test_health_watch_calls_past_the_cap_are_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The health service is open to every caller, and each Watch call stays open: 20,000 of
+    them held 210 MB. Past MAX_HEALTH_WATCHES (3 here) one more is refused; a Watch that
+    ends gives its place back, and Check answers throughout."""
+    monkeypatch.setattr("convstream.server.app.MAX_HEALTH_WATCHES", 3)
+    server = Server(Settings(port=0, metrics_port=-1, cameras=()))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            serving = health_pb2.HealthCheckResponse.SERVING
+            watches = [health.Watch(health_pb2.HealthCheckRequest(), timeout=30) for _ in range(3)]
+            for watch in watches:  # each open, and told the status
+                assert (await watch.read()).status == serving
+            refused = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+            assert await refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "3 health Watch calls open, the limit is 3" in await refused.details()
+            assert (await health.Check(health_pb2.HealthCheckRequest())).status == serving
+            watches[0].cancel()
+            deadline = time.monotonic() + 10
+            while server.health.watches > 2:  # the server sees the cancel a moment later
+                assert time.monotonic() < deadline, server.health.watches
+                await asyncio.sleep(0.05)
+            again = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+            assert (await again.read()).status == serving
+            for watch in (*watches[1:], again):
+                watch.cancel()
+    finally:
+        await server.stop(grace=0)
+
+
+def test_analyze_calls_past_the_cap_are_refused_before_their_request_is_read(
+    tmp_path: Path,
+) -> None:
+    """max_analyze_calls was checked once gRPC had read a request whole: a burst of large
+    Analyze calls past the cap made the server hold every one of them to say no. The cap is
+    now checked as a call starts, and a call waiting for its request holds its place. A server
+    of its own, in a process of its own, whose peak memory tells."""
+    config = tmp_path / "server.toml"
+    config.write_text("max_analyze_calls = 1\n")
+    port = free_port()
+    argv = ["serve", "--config", str(config), "--port", str(port), "--no-cameras"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "convstream.cli", *argv, "--metrics-port", "-1"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    small = pb.FrameRequest(encoded=jpeg(scene(3)))
+    large = pb.FrameRequest(encoded=b"\xff\xd8\xff" + bytes(100 << 20)).SerializeToString()
+    options = [("grpc.max_send_message_length", 256 << 20)]
+    method = "/convstream.v1.Convstream/Analyze"
+    released = threading.Event()
+
+    def nothing_yet() -> Iterator[bytes]:
+        released.wait(60)
+        yield from ()
+
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            health.Check(health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=60)
+            stub = pb_grpc.ConvstreamStub(channel)
+            raw = {"request_serializer": lambda b: b, "response_deserializer": lambda b: b}
+            waiting = channel.stream_unary(method, **raw).future(nothing_yet(), timeout=60)
+            deadline = time.monotonic() + 20
+            while True:  # until the waiting call holds the one place
+                try:
+                    stub.Analyze(small, timeout=30)
+                except grpc.RpcError as error:
+                    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+                    assert "1 Analyze call in progress, the limit is 1" in error.details()
+                    break
+                assert time.monotonic() < deadline, "a call waiting for its request took no place"
+                time.sleep(0.1)
+            before = _peak_rss_kb(process.pid)
+            analyze = channel.unary_unary(method, **raw)
+            calls = [analyze.future(large, timeout=60) for _ in range(8)]  # 800 MiB
+            for call in calls:
+                assert call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, call.details()
+            grown_mib = (_peak_rss_kb(process.pid) - before) / 1024
+            assert grown_mib < 200, grown_mib  # read first: about 130 MiB a call
+            released.set()  # the waiting call ends without a request, and gives its place back
+            with pytest.raises(grpc.RpcError) as ended:
+                waiting.result()
+            assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "ended without one" in (ended.value.details() or "")
+            assert 0.0 <= stub.Analyze(small, timeout=30).score <= 1.0
+    finally:
+        released.set()
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
@@ -1221,11 +1376,15 @@ async def test_a_revoked_watch_that_reads_nothing_gives_back_its_watcher_at_once
 
 
 async def test_a_dashboard_whose_token_is_revoked_stops_getting_frames(
-    token_server: Server,
+    token_server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """It went offline (its ListCameras refused) but its watch went on bringing frames, and
-    alerts. Revoked, its watch now ends, and each try again is refused."""
-    from convstream.dashboard import Dashboard, DashboardSettings
+    alerts. Revoked, its watch now ends, saying why, and no frame comes after."""
+    from convstream.dashboard import Dashboard, DashboardSettings, hub
+
+    # its next try (refused: "not recognised") would overwrite why the watch ended
+    monkeypatch.setattr(hub, "RETRY_MIN_S", 30.0)
+    monkeypatch.setattr(hub, "RETRY_MAX_S", 60.0)
 
     address = f"127.0.0.1:{token_server.port}"
     dash = Dashboard(

@@ -592,7 +592,24 @@ def _add_token(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="write the token to this new file (mode 600, no newline: what the client "
         "commands' --token-file reads) instead of printing it",
     )
+    p.add_argument(
+        "--max-calls",
+        type=_at_least_one,
+        metavar="N",
+        help="streams and camera watches open at once with this token, at most (the table's "
+        "max_calls); default: only the server's own limits",
+    )
     p.set_defaults(func=_token)
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -625,6 +642,8 @@ def _token(args: argparse.Namespace) -> int:
     print("\nadd to the server's config:\n")
     name = _toml_string(args.name, sys.stdout.encoding or "ascii")
     print(f'[[tokens]]\nname = {name}\nrole = "{args.role}"\nsha256 = "{digest}"')
+    if args.max_calls is not None:
+        print(f"max_calls = {args.max_calls}")
     return 0
 
 

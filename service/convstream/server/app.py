@@ -115,10 +115,35 @@ def grpc_options(settings: Settings, *, share_port: bool = False) -> list[tuple[
     ]
 
 
+# Health Watch calls open at once, at most: a load balancer or a client keeps one or a few,
+# and each costs about 10 kB (20,000 of them, open to anyone, held 210 MB).
+MAX_HEALTH_WATCHES = 1000
+
+
 class Health(health.aio.HealthServicer):
     """gRPC's health service, where a service set to SERVICE_UNKNOWN (a camera a reload
     removed) is as one never set: Check answers NOT_FOUND, as the health protocol asks of an
-    unknown service (its Watch says SERVICE_UNKNOWN, as the protocol's Watch does)."""
+    unknown service (its Watch says SERVICE_UNKNOWN, as the protocol's Watch does). Past
+    MAX_HEALTH_WATCHES open Watch calls, another is refused with RESOURCE_EXHAUSTED."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.watches = 0
+
+    async def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        if self.watches >= MAX_HEALTH_WATCHES:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.watches} health Watch calls open, the limit is {MAX_HEALTH_WATCHES}: "
+                "keep one Watch per client, or call Check",
+            )
+        self.watches += 1
+        try:
+            await super().Watch(request, context)
+        finally:
+            self.watches -= 1
 
     async def Check(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext

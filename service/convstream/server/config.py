@@ -143,6 +143,13 @@ class TokenConfig(BaseModel):
         description="watch: model info and cameras; analyze: also Analyze and StreamFrames"
     )
     sha256: str = Field(description="hex SHA-256 of the token")
+    max_calls: int | None = Field(
+        None,
+        ge=1,
+        description="streams (StreamFrames) and camera watches (WatchCamera) open at once "
+        "with this token, at most, in each process; past it RESOURCE_EXHAUSTED. Unset: the "
+        "server's max_streams and max_watchers alone",
+    )
 
     @model_validator(mode="after")
     def _check_sha256(self) -> TokenConfig:

@@ -145,8 +145,8 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         if refusal is not None:
             self._count(method, refusal[0])
             return _deny(handler, *refusal, said=self._logger(method, *refusal))
-        if not (handler.request_streaming or handler.response_streaming):
-            return handler  # a unary call is over before a reload could matter
+        if not handler.response_streaming:
+            return handler  # one answer (Analyze too): over before a reload could matter
         token = _found(self._tokens, credential) if isinstance(credential, bytes) else None
         call = _OpenCall(method, credential, token)
         call.forwarded = self._forwarded is not None and self._forwarded(metadata)
@@ -245,6 +245,7 @@ class _OpenCall:
         self.method = method
         self.credential = credential
         self.token = token.name if token is not None else None  # the name it was let in with
+        self.max_calls = token.max_calls if token is not None else None
         self.revoked: asyncio.Future[tuple[grpc.StatusCode, str]] | None = None  # once running
         self.writing: asyncio.Future[None] | None = None  # the last message handed to gRPC
         self.forwarded = False  # by another process of this server
@@ -291,6 +292,9 @@ def _watched(handler: grpc.RpcMethodHandler, call: _OpenCall, open_calls: set[_O
         return None
 
     async def watched(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        quota = _over_quota(call, open_calls)
+        if quota is not None:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, quota)
         revoked = call.revoked = asyncio.get_running_loop().create_future()
         running = asyncio.ensure_future(run(request, _Writes(context, call)))
         open_calls.add(call)
@@ -312,6 +316,20 @@ def _watched(handler: grpc.RpcMethodHandler, call: _OpenCall, open_calls: set[_O
         watched,
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
+    )
+
+
+def _over_quota(call: _OpenCall, open_calls: set[_OpenCall]) -> str | None:
+    """Why ``call`` would take its token past the token's max_calls; None: it would not. A
+    call forwarded by another process of this server was counted there."""
+    if call.max_calls is None or call.forwarded:
+        return None
+    held = sum(other.token == call.token and not other.forwarded for other in open_calls)
+    if held < call.max_calls:
+        return None
+    return (
+        f"token {call.token!r} has {held} streams and camera watches open, its limit "
+        f"(max_calls) is {call.max_calls}: end one first, or raise the token's max_calls"
     )
 
 

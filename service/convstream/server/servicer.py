@@ -19,6 +19,7 @@ from convstream.server.errors import (
     ConvstreamError,
     Draining,
     IdleTimeout,
+    InvalidFrame,
     NotFound,
     Overloaded,
     RefusedMessage,
@@ -78,23 +79,60 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         metrics.watch_budgets(lambda: self.budget.reserved, lambda: self.byte_budget.held)
 
     async def Analyze(
+        self,
+        requests: AsyncIterator[pb.FrameRequest | RefusedMessage],
+        context: grpc.aio.ServicerContext,
+    ) -> pb.FrameResult:
+        """One frame, one result. Served as a call whose one request is read as a stream
+        (add_to_server): so a call past ``max_analyze_calls`` is refused before its request
+        is read, as gRPC reads a unary request whole before its handler runs, and a burst of
+        large calls past the cap made the server hold every one of them to say no."""
+        CALLER.set(object())  # each call's decoding takes its own turn
+        refusal: ConvstreamError | None = None
+        if self.draining.is_set():
+            refusal = Draining("server is shutting down; retry on another instance")
+        elif self.open_analyze_calls >= self.settings.max_analyze_calls:
+            calls = self.open_analyze_calls
+            refusal = Overloaded(
+                f"{calls} Analyze call{'s' * (calls != 1)} in progress, the limit is "
+                f"{self.settings.max_analyze_calls}; retry later, or send many frames "
+                "over one StreamFrames call"
+            )
+        if refusal is not None:  # its source is in the request, not read: counted unnamed
+            self.metrics.frames.labels(self.metrics.client_source(""), "rejected").inc()
+            await context.abort(refusal.code, str(refusal))
+        self.open_analyze_calls += 1
+        try:
+            try:
+                request = await self._one_request(requests)
+            except ConvstreamError as exc:
+                await context.abort(exc.code, str(exc))
+            return await self._analyze(request, context)
+        finally:
+            self.open_analyze_calls -= 1
+
+    async def _one_request(
+        self, requests: AsyncIterator[pb.FrameRequest | RefusedMessage]
+    ) -> pb.FrameRequest:
+        """The call's request, within stream_idle_timeout_s as a stream's frame (an admitted
+        call holds its place while it waits)."""
+        limit = self.settings.stream_idle_timeout_s
+        try:
+            async with asyncio.timeout(limit):
+                request = await anext(aiter(requests), None)
+        except TimeoutError:
+            raise IdleTimeout(f"no request for {limit:g} s (stream_idle_timeout_s)") from None
+        if request is None:
+            raise InvalidFrame("expected one FrameRequest, the Analyze call ended without one")
+        if isinstance(request, RefusedMessage):
+            raise request
+        return request
+
+    async def _analyze(
         self, request: pb.FrameRequest, context: grpc.aio.ServicerContext
     ) -> pb.FrameResult:
         arrived = time.perf_counter()
-        CALLER.set(object())  # each call's decoding takes its own turn
-        admitted = False
         try:
-            if self.draining.is_set():
-                raise Draining("server is shutting down; retry on another instance")
-            if self.open_analyze_calls >= self.settings.max_analyze_calls:
-                calls = self.open_analyze_calls
-                raise Overloaded(
-                    f"{calls} Analyze call{'s' * (calls != 1)} in progress, the limit is "
-                    f"{self.settings.max_analyze_calls}; retry later, or send many frames "
-                    "over one StreamFrames call"
-                )
-            self.open_analyze_calls += 1
-            admitted = True
             options = Options.parse(request.options)
             check_without_stream(request.options, "Analyze")
             remaining = context.time_remaining()
@@ -111,9 +149,6 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             source = self.metrics.client_source(request.source)
             self.metrics.frames.labels(source, "error").inc()
             await context.abort(grpc.StatusCode.INTERNAL, "internal error analysing frame")
-        finally:
-            if admitted:
-                self.open_analyze_calls -= 1
         self.metrics.observe_result(self.metrics.client_source(request.source), result.timings)
         return result
 
@@ -531,6 +566,8 @@ def add_to_server(servicer: ConvstreamServicer, server: grpc.aio.Server) -> None
         if method.client_streaming:  # StreamFrames: StreamSession refuses each such message
             assert method.server_streaming
             make = grpc.stream_stream_rpc_method_handler
+        elif method.name == "Analyze":  # its one request read as a stream: see Analyze
+            make = grpc.stream_unary_rpc_method_handler
         elif method.server_streaming:
             make, behaviour = grpc.unary_stream_rpc_method_handler, _unary_stream(behaviour)
         else:
