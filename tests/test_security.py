@@ -683,6 +683,20 @@ def test_grpcs_handshake_lines_follow_the_servers_log_level(
     assert ("Handshake failed" in err) is shown, err
 
 
+def _serve_process(folder: Path, config: str) -> tuple[subprocess.Popen[str], int]:
+    """A server without cameras in a process of its own, on a free port, with ``config``."""
+    path = folder / "server.toml"
+    path.write_text(config)
+    port = free_port()
+    argv = ["serve", "--config", str(path), "--port", str(port), "--no-cameras"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "convstream.cli", *argv, "--metrics-port", "-1"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return process, port
+
+
 def _peak_rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
@@ -694,16 +708,9 @@ def test_a_call_without_a_token_is_refused_before_its_request_is_read(tmp_path: 
     hold 16 Analyze requests of 120 MiB at once (2 GB of it) before being told no. The
     refusal now reads no request. A server of its own, in a process of its own, whose peak
     memory tells."""
-    config = tmp_path / "tokens.toml"
-    config.write_text(
-        f'[[tokens]]\nname = "dock"\nrole = "analyze"\nsha256 = "{token_hash(ANALYZE_TOKEN)}"\n'
-    )
-    port = free_port()
-    argv = ["serve", "--config", str(config), "--port", str(port), "--no-cameras"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "convstream.cli", *argv, "--metrics-port", "-1"],
-        stderr=subprocess.PIPE,
-        text=True,
+    process, port = _serve_process(
+        tmp_path,
+        f'[[tokens]]\nname = "dock"\nrole = "analyze"\nsha256 = "{token_hash(ANALYZE_TOKEN)}"\n',
     )
     request = pb.FrameRequest(encoded=b"\xff\xd8\xff" + bytes(100 << 20)).SerializeToString()
     options = [("grpc.max_send_message_length", 256 << 20)]
@@ -824,15 +831,7 @@ def test_analyze_calls_past_the_cap_are_refused_before_their_request_is_read(
     Analyze calls past the cap made the server hold every one of them to say no. The cap is
     now checked as a call starts, and a call waiting for its request holds its place. A server
     of its own, in a process of its own, whose peak memory tells."""
-    config = tmp_path / "server.toml"
-    config.write_text("max_analyze_calls = 1\n")
-    port = free_port()
-    argv = ["serve", "--config", str(config), "--port", str(port), "--no-cameras"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "convstream.cli", *argv, "--metrics-port", "-1"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process, port = _serve_process(tmp_path, "max_analyze_calls = 1\n")
     small = pb.FrameRequest(encoded=jpeg(scene(3)))
     large = pb.FrameRequest(encoded=b"\xff\xd8\xff" + bytes(100 << 20)).SerializeToString()
     options = [("grpc.max_send_message_length", 256 << 20)]

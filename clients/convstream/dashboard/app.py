@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 
 from aiohttp import web
 
@@ -43,7 +44,8 @@ class Dashboard:
             host = f"[{host}]"
         elif host in ("", "0.0.0.0"):
             host = "127.0.0.1"
-        return f"http://{host}:{self.port}/"
+        scheme = "https" if self.settings.https_cert is not None else "http"
+        return f"{scheme}://{host}:{self.port}/"
 
     async def start(self) -> None:
         """Listen, and start subscribing to the server (which need not be up yet).
@@ -55,7 +57,10 @@ class Dashboard:
             self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
+        settings = self.settings
+        site = web.TCPSite(
+            self._runner, settings.host, settings.port, ssl_context=https_context(settings)
+        )
         await site.start()
         if self._runner.addresses:
             self.port = int(self._runner.addresses[0][1])
@@ -69,25 +74,57 @@ class Dashboard:
             self._runner = None
 
 
+def https_context(settings: DashboardSettings) -> ssl.SSLContext | None:
+    """The page's TLS context, from https_cert and https_key; None: plain HTTP.
+
+    Raises:
+        OSError: a file cannot be read, or (ssl.SSLError) the files are no certificate and
+            key that go together.
+    """
+    cert, key = settings.https_cert, settings.https_key
+    if cert is None or key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def exposure_warnings(settings: DashboardSettings, port: int) -> list[str]:
+    """What a page listening beyond loopback lacks: a login, or TLS for its token."""
+    if settings.listens_on_loopback:
+        return []
+    if settings.access_token is None:
+        return [
+            f"the page listens on {settings.host} and has no login: anyone who can reach "
+            f"port {port} sees every camera and alert; give it --access-token-file (and "
+            "--https-cert/--https-key), or put it behind a reverse proxy that authenticates "
+            "(README, 'Setting up the dashboard')"
+        ]
+    if settings.https_cert is None:
+        return [
+            f"the page listens on {settings.host} over plain HTTP: its access token and "
+            "session cookie cross the network in the clear, for anyone on the way to copy; "
+            "give it --https-cert and --https-key, or put a TLS proxy in front"
+        ]
+    return []
+
+
 async def serve(settings: DashboardSettings) -> None:
     """Run a dashboard until SIGINT or SIGTERM."""
-    dashboard = Dashboard(settings)
-    await dashboard.start()
-    logger.info("dashboard on %s, watching %s", dashboard.url, settings.address)
-    if not settings.listens_on_loopback:
-        logger.warning(
-            "the page listens on %s and has no login or TLS: anyone who can reach port %d "
-            "sees every camera and alert; put it behind a reverse proxy that authenticates "
-            "(README, 'Setting up the dashboard')",
-            settings.host,
-            dashboard.port,
-        )
-    print(f"convstream dashboard on {dashboard.url} (server {settings.address})", flush=True)
+    # Before the line that says it runs: a supervisor may stop it as soon as it reads that
+    # line, and a SIGTERM before the handler killed it outright (exit -15, nothing closed).
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    dashboard = Dashboard(settings)
+    await dashboard.start()
+    logger.info("dashboard on %s, watching %s", dashboard.url, settings.address)
+    for warning in exposure_warnings(settings, dashboard.port):
+        logger.warning("%s", warning)
+    print(f"convstream dashboard on {dashboard.url} (server {settings.address})", flush=True)
     try:
         await stop.wait()
     finally:

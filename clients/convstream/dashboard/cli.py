@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +27,8 @@ __all__ = ["add_commands", "run_dashboard"]
 
 _EXAMPLES = """examples:
   convstream dashboard                                  # server on 127.0.0.1:50051, page on :8080
-  convstream dashboard --address 10.0.0.5:50051 --port 8080 --host 0.0.0.0
+  convstream dashboard --address 10.0.0.5:50051 --host 0.0.0.0 \\
+      --access-token-file dashboard.token --https-cert page.crt --https-key page.key
   convstream dashboard --threshold 0.7 --alert-cooldown 30
 """
 
@@ -100,6 +102,24 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="seconds of score history per camera (default %(default)s)",
     )
+    page = p.add_argument_group("who may see the page (README, 'Setting up the dashboard')")
+    page.add_argument(
+        "--access-token-file",
+        type=Path,
+        metavar="FILE",
+        help="the page asks for the token in FILE once per browser (a login form; scripts "
+        "send 'Authorization: Bearer <token>'); a FILE not there yet is made, mode 600, with "
+        "a new random token (default: no login, for a page kept on 127.0.0.1)",
+    )
+    page.add_argument(
+        "--https-cert",
+        type=Path,
+        metavar="FILE",
+        help="serve the page over HTTPS with this PEM certificate (its chain after it)",
+    )
+    page.add_argument(
+        "--https-key", type=Path, metavar="FILE", help="the PEM private key of --https-cert"
+    )
     group = p.add_argument_group("reaching a server with TLS or tokens (role watch is enough)")
     add_security_flags(group)
     p.add_argument(
@@ -144,7 +164,8 @@ def _in_flags(message: str) -> str:
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    from convstream.dashboard.app import serve
+    from convstream.dashboard.access import read_access_token
+    from convstream.dashboard.app import https_context, serve
 
     if args.alerts_max_mb is not None and args.alerts_dir is None:
         print(
@@ -153,7 +174,23 @@ def _dashboard(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if (args.https_cert is None) != (args.https_key is None):
+        print(
+            "convstream dashboard: --https-cert and --https-key go together: the page's "
+            "certificate and its key",
+            file=sys.stderr,
+        )
+        return 2
     try:
+        access_token = None
+        if args.access_token_file is not None:
+            access_token, made = read_access_token(args.access_token_file)
+            if made:
+                print(
+                    f"made a new access token in {args.access_token_file} (mode 600): give "
+                    "it to whoever may see the page; the page asks for it once per browser",
+                    flush=True,
+                )
         settings = DashboardSettings(
             address=args.address,
             host=args.host,
@@ -170,9 +207,20 @@ def _dashboard(args: argparse.Namespace) -> int:
             token=token_from_flags(args),
             tls=tls_from_flags(args),
             allowed_hosts=tuple(args.allow_host),
+            access_token=access_token,
+            https_cert=args.https_cert,
+            https_key=args.https_key,
         )
         if settings.tls is not None:
             settings.tls.credentials()  # a missing or unreadable PEM file: say so now
+        https_context(settings)  # and of the page's own certificate
+    except ssl.SSLError as exc:
+        print(
+            f"convstream dashboard: --https-cert {args.https_cert} and --https-key "
+            f"{args.https_key} are no PEM certificate and its key ({exc.reason or exc})",
+            file=sys.stderr,
+        )
+        return 2
     except (OSError, ValueError) as exc:
         print(f"convstream dashboard: {_in_flags(str(exc))}", file=sys.stderr)
         return 2

@@ -51,6 +51,11 @@ class DashboardSettings:
             localhost and loopback addresses besides these: a web page elsewhere cannot read
             it by pointing a name of its own at 127.0.0.1 (DNS rebinding). Listening on
             another address, it answers to any name unless some are given here.
+        access_token: the secret a browser is given once, at the page's login form, to see
+            the page, its live data and the alert images (a script sends it as
+            ``Authorization: Bearer``); None: whoever reaches the page sees it.
+        https_cert, https_key: PEM files of the page's own certificate (its chain first)
+            and key: the page is then served over HTTPS only; None: plain HTTP.
     """
 
     address: str = DEFAULT_ADDRESS
@@ -69,6 +74,9 @@ class DashboardSettings:
     token: str | None = field(default=None, repr=False)
     tls: TLS | None = None
     allowed_hosts: tuple[str, ...] = ()
+    access_token: str | None = field(default=None, repr=False)
+    https_cert: Path | None = None
+    https_key: Path | None = None
 
     @property
     def listens_on_loopback(self) -> bool:
@@ -106,6 +114,14 @@ class DashboardSettings:
             (
                 1 <= self.alerts_max_mb <= 10_000_000,
                 f"alerts_max_mb must be 1..10000000 (10 TB), got {self.alerts_max_mb:g}",
+            ),
+            (
+                (self.https_cert is None) == (self.https_key is None),
+                "https_cert and https_key go together: the certificate and its key",
+            ),
+            (
+                self.access_token is None or len(self.access_token) >= 16,
+                "access_token must be 16 characters or more",
             ),
         ]
         for ok, message in checks:

@@ -18,10 +18,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
+from convstream.dashboard.access import OPEN_PATHS, Access, same_origin
 from convstream.dashboard.hub import Hub
 from convstream.dashboard.messages import text
 
@@ -34,6 +34,7 @@ SEND_TIMEOUT_S = 30.0  # one message stuck this long: the browser is gone, close
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 HUB: web.AppKey[Hub] = web.AppKey("hub", Hub)
 VIEWERS: web.AppKey[set[Viewer]] = web.AppKey("viewers", set)
+ACCESS: web.AppKey[Access] = web.AppKey("access", Access)
 CSP = (
     "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
     "style-src 'self'; script-src 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -143,10 +144,14 @@ async def _check_host(request: web.Request, handler: Handler) -> web.StreamRespo
     return await handler(request)
 
 
-def _same_origin(request: web.Request) -> bool:
-    """Refuse WebSockets opened by pages of other sites (a browser sends their Origin)."""
-    origin = request.headers.get("Origin")
-    return origin is None or urlsplit(origin).netloc == request.host
+@web.middleware
+async def _check_access(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With an access token, only a logged-in browser or a bearer of the token gets past the
+    login page, the stylesheet and /healthz."""
+    access = request.app[ACCESS]
+    if not (request.path.startswith(OPEN_PATHS) or access.allows(request)):
+        access.refuse(request)
+    return await handler(request)
 
 
 async def index(request: web.Request) -> web.FileResponse:
@@ -154,7 +159,7 @@ async def index(request: web.Request) -> web.FileResponse:
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
-    if not _same_origin(request):
+    if not same_origin(request):
         raise web.HTTPForbidden(text="cross-origin WebSocket refused")
     ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4096, compress=False)
     await ws.prepare(request)
@@ -165,7 +170,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     hello = hub.subscribe(viewer)
     sender: asyncio.Task[None] | None = None
     try:
-        await ws.send_str(text("hello", **hello))
+        await ws.send_str(text("hello", **hello, login=request.app[ACCESS].required))
         sender = asyncio.create_task(viewer.run(), name=f"viewer-{viewer.peer}")
         async for message in ws:
             if message.type == WSMsgType.TEXT:
@@ -226,15 +231,20 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 
 
 def make_app(hub: Hub) -> web.Application:
-    """The aiohttp application: GET only, nothing on it changes anything."""
-    app = web.Application(middlewares=[_check_host])
+    """The aiohttp application: GET only (and the login form's POST, with an access token),
+    nothing on it changes anything."""
+    app = web.Application(middlewares=[_check_host, _check_access])
     app[HUB] = hub
+    access = app[ACCESS] = Access(hub.settings)
     app[VIEWERS] = set()
     app.router.add_get("/", index)
     app.router.add_get("/ws", websocket)
     app.router.add_get("/api/state", state)
     app.router.add_get(r"/alerts/{alert_id:\d+}{part:(?:-frame|-thumb)?}.jpg", alert_snapshot)
     app.router.add_get("/healthz", health)
+    if access.required:
+        app.router.add_get("/login", access.login_page)
+        app.router.add_post("/login", access.log_in)
     app.router.add_static("/static", STATIC_DIR)
     app.on_response_prepare.append(_security_headers)
     return app

@@ -28,6 +28,7 @@
     alerts: 0,
     frames: 0,
     chimes: 0, // tones played for new alerts
+    login: false, // the dashboard has an access token (its hello says)
   };
   // Counters for tests and for anyone curious in the console.
   window.convstreamDashboard = { state, tiles };
@@ -1013,6 +1014,13 @@
       }
       setTimeout(connect, retry);
       retry = Math.min(retry * 2, 5000);
+      // A dashboard with an access token refuses a browser whose session it no longer knows
+      // (it was given a new token): back to its login form rather than retrying for ever.
+      if (state.login) {
+        fetch("api/state", {method: "HEAD", cache: "no-store"}).then((response) => {
+          if (response.status === 401) location.assign("login");
+        }, () => {});
+      }
     };
     socket.onmessage = (ev) => {
       if (typeof ev.data === "string") onText(JSON.parse(ev.data));
@@ -1030,6 +1038,7 @@
         for (const tile of tiles.values()) tile.lastN = 0;
         state.clock = { dash: msg.time, at: performance.now() };
         state.historyS = msg.history_s;
+        state.login = Boolean(msg.login);
         setModel(msg.model);
         setServer(msg.server);
         setCameras(msg.cameras);

@@ -1,0 +1,202 @@
+"""Who may see the page: with an access token set, a browser logs in once (/login) and is
+then known by a session cookie; a script sends ``Authorization: Bearer <token>``.
+
+The cookie holds an HMAC of a fixed text under the token, not the token: another token (the
+dashboard restarted with a new file) ends every session. Without an access token the page is
+open to whoever reaches it, as on loopback by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import html
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import NoReturn
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from convstream.dashboard.settings import DashboardSettings
+
+logger = logging.getLogger(__name__)
+
+COOKIE = "convstream_session"
+SESSION_DAYS = 30  # a wall display stays logged in; a new token ends every session sooner
+FAILED_LOGIN_DELAY_S = 1.0  # each wrong token costs its sender a second
+LOG_EVERY_S = 600.0  # a failed login from one address is logged once per 10 minutes
+OPEN_PATHS = ("/healthz", "/login", "/static/")  # the login page needs the stylesheet
+TOKEN_BYTES = 32
+
+
+def new_access_token() -> str:
+    """A random access token (43 URL-safe characters, 256 bits)."""
+    return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def read_access_token(path: Path) -> tuple[str, bool]:
+    """The token in ``path``, made there (mode 600) when the file does not exist yet.
+
+    Returns:
+        the token, and whether it was made now.
+
+    Raises:
+        OSError: the file cannot be read or made.
+        ValueError: the file holds no token, or a short one.
+    """
+    try:
+        file = open(path, "x", encoding="ascii", opener=_private)  # noqa: SIM115
+    except FileExistsError:
+        token = path.read_text(encoding="utf-8").strip()
+        if len(token) < 16:
+            found = "nothing" if not token else f"{len(token)} characters"
+            raise ValueError(
+                f"{path} holds {found}; an access token needs 16 characters or more (delete "
+                "the file and a new token is made there)"
+            ) from None
+        return token, False
+    token = new_access_token()
+    with file:
+        file.write(token + "\n")
+    return token, True
+
+
+def _private(path: str, flags: int) -> int:
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)  # whatever the umask
+    return fd
+
+
+class Access:
+    """The checks of one dashboard: its token's session value, the login page and form."""
+
+    def __init__(self, settings: DashboardSettings) -> None:
+        self.token = settings.access_token
+        self.secure = settings.https_cert is not None
+        key = (self.token or "").encode()
+        self._session = hmac.new(key, b"convstream dashboard session v1", "sha256").hexdigest()
+        self._digest = hashlib.sha256(key).digest()
+        self._logged: dict[str, float] = {}
+
+    @property
+    def required(self) -> bool:
+        return self.token is not None
+
+    def allows(self, request: web.Request) -> bool:
+        """Whether the request comes from a logged-in browser or carries the token."""
+        if self.token is None:
+            return True
+        cookie = request.cookies.get(COOKIE, "")
+        if hmac.compare_digest(cookie.encode(), self._session.encode()):
+            return True
+        return self._bearer_matches(request.headers.get("Authorization", ""))
+
+    def _bearer_matches(self, header: str) -> bool:
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            return False
+        return self._matches(given.strip())
+
+    def _matches(self, given: str) -> bool:
+        digest = hashlib.sha256(given.encode(errors="replace")).digest()
+        return hmac.compare_digest(digest, self._digest)
+
+    async def login_page(self, request: web.Request) -> web.Response:
+        failed = "failed" in request.query
+        return web.Response(
+            text=_LOGIN_PAGE.format(
+                message=html.escape(
+                    "That is not this dashboard's access token."
+                    if failed
+                    else "This dashboard needs its access token (ask whoever runs it).",
+                    quote=False,  # element text
+                ),
+                kind="error" if failed else "info",
+            ),
+            content_type="text/html",
+            headers={"Cache-Control": "no-store", "Referrer-Policy": "same-origin"},
+            status=401 if failed else 200,
+        )
+
+    async def log_in(self, request: web.Request) -> NoReturn:
+        if not same_origin(request):
+            raise web.HTTPForbidden(text="a login form of another site is refused\n")
+        form = await request.post()
+        given = form.get("token")
+        if isinstance(given, str) and self._matches(given.strip()):
+            response = web.HTTPSeeOther("./")
+            response.set_cookie(
+                COOKIE,
+                self._session,
+                max_age=SESSION_DAYS * 86400,
+                path="/",
+                httponly=True,
+                samesite="Lax",  # a link from a chat or mail opens the page; GETs change nothing
+                secure=self.secure,
+            )
+            raise response
+        self._say_failed(request.remote or "?")
+        await asyncio.sleep(FAILED_LOGIN_DELAY_S)
+        raise web.HTTPSeeOther("login?failed")
+
+    def _say_failed(self, peer: str) -> None:
+        now = time.monotonic()
+        if now - self._logged.get(peer, -LOG_EVERY_S) >= LOG_EVERY_S:
+            self._logged[peer] = now
+            if len(self._logged) > 10_000:  # bounded, whatever the number of senders
+                self._logged.clear()
+            logger.warning(
+                "a wrong access token from %s (said once per 10 minutes per address)", peer
+            )
+
+    def refuse(self, request: web.Request) -> NoReturn:
+        """What a request without access gets: the page sends a browser to the login form,
+        anything else is told how to get in."""
+        if request.method == "GET" and request.path == "/":
+            raise web.HTTPSeeOther("login")
+        raise web.HTTPUnauthorized(
+            text="this dashboard needs its access token: log in at /login, or send "
+            "'Authorization: Bearer <token>'\n",
+            headers={"WWW-Authenticate": 'Bearer realm="convstream dashboard"'},
+        )
+
+
+def same_origin(request: web.Request) -> bool:
+    """Refuse what pages of other sites send: a browser sends the Origin of the page that
+    opens a WebSocket or posts a form (the login page's Referrer-Policy lets it say its own,
+    where no-referrer would make it "null")."""
+    origin = request.headers.get("Origin")
+    return origin is None or urlsplit(origin).netloc == request.host
+
+
+_LOGIN_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="color-scheme" content="dark">
+<title>convstream · log in</title>
+<link rel="icon" href="data:,">
+<link rel="stylesheet" href="static/style.css">
+</head>
+<body class="login-page">
+<main class="login">
+  <h1><span class="logo">convstream</span> <span class="sub">damage monitor</span></h1>
+  <p class="login-{kind}" role="status">{message}</p>
+  <form method="post" action="login">
+    <label for="token">Access token</label>
+    <input id="token" name="token" type="password" autocomplete="current-password"
+      required autofocus spellcheck="false">
+    <button type="submit">Log in</button>
+  </form>
+  <p class="muted">This browser then stays logged in for {days} days, until the dashboard gets
+  a new token.</p>
+</main>
+</body>
+</html>
+""".replace("{days}", str(SESSION_DAYS))

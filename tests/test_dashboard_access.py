@@ -1,0 +1,263 @@
+"""Who may see the dashboard: its access token, its login form, its session cookie, HTTPS.
+A real dashboard, a real server with a demo camera where frames matter, headless Chromium
+for what an operator does (test_dashboard.py's fixtures); screenshots in
+tests/dashboard_artifacts/."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import test_dashboard
+from test_client_transport import make_certificates
+from test_dashboard import _tile, _wait_frames, serving
+
+from convstream.dashboard import Dashboard, DashboardSettings
+from convstream.dashboard.access import COOKIE, read_access_token
+from convstream.dashboard.app import exposure_warnings
+from convstream.server import CameraConfig
+
+browser = test_dashboard.browser
+artifacts = test_dashboard.artifacts
+
+TOKEN = "a-wall-display-token-for-dock-3"
+BELT = CameraConfig(id="belt", source="demo:conveyor?fps=4")
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@asynccontextmanager
+async def _dashboard(address: str, **settings: Any) -> AsyncIterator[Dashboard]:
+    dash = Dashboard(DashboardSettings(address=address, port=0, poll_s=0.5, **settings))
+    await dash.start()
+    try:
+        yield dash
+    finally:
+        await dash.stop()
+
+
+async def test_without_the_token_nothing_but_the_login_form_is_shown() -> None:
+    """With an access token, the page sends a stranger to its login form, and its live data,
+    state and alert images answer 401; /healthz and the stylesheet stay open. The form lets
+    the token's holder in with a session cookie (HttpOnly, SameSite=Lax, not the token);
+    a script may send the token as a bearer instead."""
+    async with (
+        _dashboard(f"127.0.0.1:{_closed_port()}", access_token=TOKEN) as dash,
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http,  # an IP host
+    ):
+        url = dash.url
+        async with http.get(url, allow_redirects=False) as page:
+            assert page.status == 303 and page.headers["Location"] == "login"
+        for path in ("api/state", "ws", "alerts/1.jpg"):
+            async with http.get(url + path) as refused:
+                assert refused.status == 401, path
+                assert "needs its access token" in await refused.text()
+                assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+        for path in ("healthz", "static/style.css"):
+            async with http.get(url + path) as open_:
+                assert open_.status == 200, path
+        async with http.get(url + "login") as form:
+            assert form.status == 200
+            body = await form.text()
+            assert 'type="password"' in body and "needs its access token" in body
+            assert TOKEN not in body
+
+        # a wrong token: back to the form, which says so, a second later
+        started = time.monotonic()
+        async with http.post(
+            url + "login", data={"token": "guess"}, allow_redirects=False
+        ) as wrong:
+            assert wrong.status == 303 and wrong.headers["Location"] == "login?failed"
+            assert COOKIE not in wrong.cookies
+        assert time.monotonic() - started >= 0.9
+        async with http.get(url + "login?failed") as again:
+            assert again.status == 401
+            assert "not this dashboard's access token" in await again.text()
+        # a form posted by a page of another site is refused
+        other = {"Origin": "http://evil.example"}
+        async with http.post(url + "login", data={"token": TOKEN}, headers=other) as forged:
+            assert forged.status == 403
+
+        # the token: a session cookie, not the token itself
+        async with http.post(url + "login", data={"token": TOKEN}, allow_redirects=False) as ok:
+            assert ok.status == 303 and ok.headers["Location"] == "./"
+            cookie = ok.cookies[COOKIE]
+            assert cookie.value and TOKEN not in cookie.value
+            assert cookie["httponly"] and cookie["samesite"] == "Lax"
+            assert not cookie["secure"]  # plain HTTP: a Secure cookie would never come back
+        async with http.get(url + "api/state") as state:
+            assert state.status == 200
+            assert "cameras" in await state.json()
+        async with http.ws_connect(url + "ws") as ws:
+            hello = json.loads((await ws.receive(timeout=10)).data)
+            assert hello["type"] == "hello"
+
+    # restarted with the same token: a script sends it as a bearer, and a session goes on
+    async with (
+        _dashboard(f"127.0.0.1:{_closed_port()}", access_token=TOKEN) as dash,
+        aiohttp.ClientSession() as http,
+    ):
+        for header, status in ((f"Bearer {TOKEN}", 200), ("Bearer guess", 401), (TOKEN, 401)):
+            async with http.get(dash.url + "api/state", headers={"Authorization": header}) as r:
+                assert r.status == status, header
+        async with http.get(dash.url + "api/state", cookies={COOKIE: cookie.value}) as same:
+            assert same.status == 200
+    async with (
+        _dashboard(f"127.0.0.1:{_closed_port()}", access_token=TOKEN + "-new") as dash,
+        aiohttp.ClientSession() as http,
+        http.get(dash.url + "api/state", cookies={COOKIE: cookie.value}) as old,
+    ):
+        assert old.status == 401  # a new token ends every session
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_an_operator_logs_in_once_and_is_sent_back_when_the_token_changes(
+    browser: Any, artifacts: Path
+) -> None:
+    """In Chromium: the page asks for the token, a wrong one is said, the right one shows the
+    cameras live; when the dashboard comes back with another token, the open page goes back
+    to the form by itself instead of retrying for ever."""
+    async with serving((BELT,)) as server:
+        address = f"127.0.0.1:{server.port}"
+        async with _dashboard(address, access_token=TOKEN) as dash:
+            context = await browser.new_context(viewport={"width": 1280, "height": 800})
+            page = await context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(dash.url)
+            assert page.url == dash.url + "login"
+            await page.screenshot(path=artifacts / "login.png")
+            await page.fill("#token", "not-the-token")
+            await page.click("button[type=submit]")
+            await page.wait_for_url(dash.url + "login?failed", timeout=10000)
+            assert "not this dashboard's access token" in await page.inner_text(".login")
+            await page.screenshot(path=artifacts / "login-failed.png")
+            await page.fill("#token", TOKEN)
+            await page.click("button[type=submit]")
+            await page.wait_for_url(dash.url, timeout=10000)
+            await _wait_frames(page, "belt", 2, timeout=20.0)
+            await page.screenshot(path=artifacts / "logged-in.png")
+            port = dash.port
+        # the dashboard restarted on the same port with a new token
+        settings = DashboardSettings(address=address, port=port, access_token=TOKEN + "-new")
+        again = Dashboard(settings)
+        await again.start()
+        try:
+            await page.wait_for_url(again.url + "login", timeout=20000)
+            await page.fill("#token", TOKEN + "-new")
+            await page.click("button[type=submit]")
+            await page.wait_for_url(again.url, timeout=10000)
+            assert await _tile(page, "belt").count() == 1
+            await _wait_frames(page, "belt", 0, timeout=20.0)
+        finally:
+            await again.stop()
+        assert errors == []
+        await context.close()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_page_over_https(browser: Any, artifacts: Path, tmp_path: Path) -> None:
+    """With its own certificate the page is served over HTTPS only: its frames come over
+    wss, its session cookie is Secure, and a plain HTTP request gets no page."""
+    pki = make_certificates(tmp_path)
+    async with serving((BELT,)) as server:
+        https = {"https_cert": pki["server.pem"], "https_key": pki["server.key"]}
+        async with _dashboard(f"127.0.0.1:{server.port}", access_token=TOKEN, **https) as dash:
+            assert dash.url.startswith("https://127.0.0.1:")
+            trust = ssl.create_default_context(cafile=str(pki["ca.pem"]))
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trust)) as http:
+                async with http.post(
+                    dash.url + "login", data={"token": TOKEN}, allow_redirects=False
+                ) as ok:
+                    assert ok.status == 303 and ok.cookies[COOKIE]["secure"]
+                plain = dash.url.replace("https://", "http://")
+                with pytest.raises(aiohttp.ClientError):
+                    async with http.get(plain + "healthz") as response:
+                        await response.read()
+            context = await browser.new_context(ignore_https_errors=True)
+            page = await context.new_page()
+            await page.goto(dash.url)
+            await page.fill("#token", TOKEN)
+            await page.click("button[type=submit]")
+            await page.wait_for_url(dash.url, timeout=10000)
+            await _wait_frames(page, "belt", 1, timeout=20.0)
+            assert await page.evaluate("location.protocol") == "https:"
+            await context.close()
+
+
+def test_the_token_file_is_made_private_when_missing_and_read_when_there(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "dashboard.token"
+    token, made = read_access_token(path)
+    assert made and len(token) >= 40
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert read_access_token(path) == (token, False)
+    path.write_text("short\n")
+    with pytest.raises(ValueError, match="holds 5 characters; an access token needs 16"):
+        read_access_token(path)
+
+
+def test_the_dashboard_command_makes_its_token_and_checks_its_https_files(
+    tmp_path: Path,
+) -> None:
+    """`convstream dashboard --access-token-file F` makes F when it is not there and says so;
+    half of the HTTPS pair, or files that are no certificate, stop it before it starts."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    token_file = tmp_path / "wall.token"
+    command = [sys.executable, "-m", "convstream.cli", "dashboard", "--port", "0"]
+    process = subprocess.Popen(
+        [*command, "--access-token-file", str(token_file), "--address", "127.0.0.1:1"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        assert first.startswith(f"made a new access token in {token_file} (mode 600)")
+        assert process.stdout.readline().startswith("convstream dashboard on http://127.0.0.1:")
+    finally:
+        process.terminate()
+        process.communicate(timeout=20)
+    assert process.returncode == 0  # SIGTERM: a clean stop
+    assert len(token_file.read_text().strip()) >= 40
+    half = subprocess.run(
+        [*command, "--https-cert", str(token_file)], capture_output=True, text=True, env=env
+    )
+    assert half.returncode == 2
+    assert "--https-cert and --https-key go together" in half.stderr
+    wrong = subprocess.run(
+        [*command, "--https-cert", str(token_file), "--https-key", str(token_file)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr, wrong.stderr
+    assert "are no PEM certificate and its key" in wrong.stderr, wrong.stderr
+
+
+def test_a_page_beyond_loopback_is_warned_of_what_it_lacks() -> None:
+    lone = DashboardSettings(host="0.0.0.0")
+    assert "has no login" in exposure_warnings(lone, 8080)[0]
+    clear = DashboardSettings(host="0.0.0.0", access_token=TOKEN)
+    assert "cross the network in the clear" in exposure_warnings(clear, 8080)[0]
+    cert = {"https_cert": Path("c.pem"), "https_key": Path("k.pem")}
+    assert exposure_warnings(DashboardSettings(host="0.0.0.0", access_token=TOKEN, **cert), 1) == []
+    assert exposure_warnings(DashboardSettings(access_token=None), 8080) == []  # loopback
