@@ -1237,6 +1237,13 @@ def _watchers_of(server: Server, name: str) -> int:
     return len(publisher.watchers) if publisher is not None else 0
 
 
+def test_names_that_read_alike_fold_alike() -> None:
+    from convstream.server.cameras import _folded
+
+    assert _folded("Dock_RTSP") == _folded("dock-rtsp") == _folded("dock.rtsp")
+    assert _folded("dock-rtsp-2") != _folded("dock-rtsp")
+
+
 async def test_a_client_stream_can_publish_under_its_source_name() -> None:
     frames = [jpeg(scene(30 + i, 360, 640)) for i in range(3)]
     async with serving(camera("belt", "demo:conveyor?fps=5")) as server, connect(server) as stub:
@@ -1250,6 +1257,17 @@ async def test_a_client_stream_can_publish_under_its_source_name() -> None:
         assert refused.status.code == grpc.StatusCode.ALREADY_EXISTS.value[0]
         assert "already published by a configured camera" in refused.status.message
         await taken.done_writing()
+        # nor under a name an operator would read as the camera's
+        for i, lookalike in enumerate(("BELT", "Belt")):
+            like = stub.StreamFrames()
+            options = pb.ResultOptions(publish=True)
+            await like.write(
+                pb.FrameRequest(frame_id=i, source=lookalike, encoded=frames[0], options=options)
+            )
+            refused = await like.read()
+            assert refused.status.code == grpc.StatusCode.ALREADY_EXISTS.value[0], lookalike
+            assert "reads as the configured camera 'belt'" in refused.status.message
+            await like.done_writing()
         # a client's frames named like a camera are not counted as the camera's
         await stub.Analyze(pb.FrameRequest(source="belt", encoded=frames[0]))
         text = await asyncio.to_thread(

@@ -185,6 +185,16 @@ class CameraManager:
                 "and the stream goes on unpublished; give its frames another source name to "
                 "publish it"
             )
+        # A name that reads as a camera's ("Dock_RTSP" beside the camera "dock-rtsp") would
+        # put a client's frames on the dashboard as that camera's, to an operator's eye.
+        cameras = (*self.feeds, *self.elsewhere)
+        like = next((camera for camera in cameras if _folded(camera) == _folded(name)), None)
+        if like is not None:
+            raise NameTaken(
+                f"source {name!r} reads as the configured camera {like!r} (names are compared "
+                "without case, and '-', '_' and '.' alike): this frame was not analysed, and "
+                "the stream goes on unpublished; give its frames a name of their own to publish"
+            )
         publication = StreamPublication(name, self.pipeline, self.metrics)
         self.published[name] = publication
         logger.info("stream %s published", name)
@@ -318,3 +328,8 @@ class CameraManager:
             reconnects.add_metric([cid], cam.reconnects)
             watchers.add_metric([cid], len(feed.watchers))
         yield from (state, fps, frames, reconnects, watchers)
+
+
+def _folded(name: str) -> str:
+    """A camera id as an eye reads it: no case, and '-', '_' and '.' alike."""
+    return re.sub(r"[-_.]", "-", name.casefold())
