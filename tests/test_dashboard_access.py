@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -72,6 +73,9 @@ async def test_without_the_token_nothing_but_the_login_form_is_shown() -> None:
         for path in ("healthz", "static/style.css"):
             async with http.get(url + path) as open_:
                 assert open_.status == 200, path
+        for path in ("login/../api/state", "healthz/x", "loginx", "static"):  # no way around
+            async with http.get(url + path) as refused:
+                assert refused.status in (401, 404), path
         async with http.get(url + "login") as form:
             assert form.status == 200
             body = await form.text()
@@ -84,7 +88,7 @@ async def test_without_the_token_nothing_but_the_login_form_is_shown() -> None:
             url + "login", data={"token": "guess"}, allow_redirects=False
         ) as wrong:
             assert wrong.status == 303 and wrong.headers["Location"] == "login?failed"
-            assert COOKIE not in wrong.cookies
+            assert not wrong.cookies
         assert time.monotonic() - started >= 0.9
         async with http.get(url + "login?failed") as again:
             assert again.status == 401
@@ -97,7 +101,9 @@ async def test_without_the_token_nothing_but_the_login_form_is_shown() -> None:
         # the token: a session cookie, not the token itself
         async with http.post(url + "login", data={"token": TOKEN}, allow_redirects=False) as ok:
             assert ok.status == 303 and ok.headers["Location"] == "./"
-            cookie = ok.cookies[COOKIE]
+            # named by the port: browsers keep cookies per host, and two dashboards of one
+            # host must not take each other's
+            cookie = ok.cookies[f"{COOKIE}_{dash.port}"]
             assert cookie.value and TOKEN not in cookie.value
             assert cookie["httponly"] and cookie["samesite"] == "Lax"
             assert not cookie["secure"]  # plain HTTP: a Secure cookie would never come back
@@ -114,16 +120,51 @@ async def test_without_the_token_nothing_but_the_login_form_is_shown() -> None:
         aiohttp.ClientSession() as http,
     ):
         for header, status in ((f"Bearer {TOKEN}", 200), ("Bearer guess", 401), (TOKEN, 401)):
+            started = time.monotonic()
             async with http.get(dash.url + "api/state", headers={"Authorization": header}) as r:
                 assert r.status == status, header
-        async with http.get(dash.url + "api/state", cookies={COOKIE: cookie.value}) as same:
+            if header == "Bearer guess":  # a wrong bearer token costs a second, as a login
+                assert time.monotonic() - started >= 0.9
+        jar = {f"{COOKIE}_{dash.port}": cookie.value}
+        async with http.get(dash.url + "api/state", cookies=jar) as same:
             assert same.status == 200
     async with (
         _dashboard(f"127.0.0.1:{_closed_port()}", access_token=TOKEN + "-new") as dash,
         aiohttp.ClientSession() as http,
-        http.get(dash.url + "api/state", cookies={COOKIE: cookie.value}) as old,
+        http.get(dash.url + "api/state", cookies={f"{COOKIE}_{dash.port}": cookie.value}) as old,
     ):
         assert old.status == 401  # a new token ends every session
+
+
+async def test_a_session_ends_after_30_days(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session cookie carries when it was issued: a copied one stops working after
+    SESSION_DAYS, whatever the browser does with its Max-Age."""
+    from convstream.dashboard import access
+
+    async with (
+        _dashboard(f"127.0.0.1:{_closed_port()}", access_token=TOKEN) as dash,
+        aiohttp.ClientSession() as http,
+    ):
+        name = f"{COOKIE}_{dash.port}"
+
+        async def session_issued(days_ago: float) -> str:
+            then = time.time() - days_ago * 86400
+            monkeypatch.setattr(access, "time", SimpleNamespace(time=lambda: then))
+            try:
+                async with http.post(
+                    dash.url + "login", data={"token": TOKEN}, allow_redirects=False
+                ) as ok:
+                    return ok.cookies[name].value
+            finally:
+                monkeypatch.undo()
+
+        for days, status in ((29.9, 200), (30.1, 401)):
+            value = await session_issued(days)
+            async with http.get(dash.url + "api/state", cookies={name: value}) as answer:
+                assert answer.status == status, days
+        forged = value.split(".", 1)[0] + "." + "0" * 64  # a time without its HMAC
+        async with http.get(dash.url + "api/state", cookies={name: forged}) as answer:
+            assert answer.status == 401
 
 
 @pytest.mark.asyncio(loop_scope="module")
@@ -185,7 +226,10 @@ async def test_the_page_over_https(browser: Any, artifacts: Path, tmp_path: Path
                 async with http.post(
                     dash.url + "login", data={"token": TOKEN}, allow_redirects=False
                 ) as ok:
-                    assert ok.status == 303 and ok.cookies[COOKIE]["secure"]
+                    cookie = ok.cookies[f"__Host-{COOKIE}_{dash.port}"]  # the host's own
+                    assert ok.status == 303 and cookie["secure"]
+                async with http.get(dash.url + "healthz") as probe:
+                    assert probe.headers["Strict-Transport-Security"].startswith("max-age=")
                 plain = dash.url.replace("https://", "http://")
                 with pytest.raises(aiohttp.ClientError):
                     async with http.get(plain + "healthz") as response:
@@ -243,13 +287,16 @@ def test_the_dashboard_command_makes_its_token_and_checks_its_https_files(
     )
     assert half.returncode == 2
     assert "--https-cert and --https-key go together" in half.stderr
+    token_file.chmod(0o644)  # as a copy with cp may leave it
+    https = ["--https-cert", str(token_file), "--https-key", str(token_file)]  # no PEM at all
     wrong = subprocess.run(
-        [*command, "--https-cert", str(token_file), "--https-key", str(token_file)],
+        [*command, "--access-token-file", str(token_file), *https],
         capture_output=True,
         text=True,
         env=env,
     )
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr, wrong.stderr
+    assert f"{token_file} is readable by other users (mode 644)" in wrong.stderr
     assert "are no PEM certificate and its key" in wrong.stderr, wrong.stderr
 
 

@@ -21,6 +21,7 @@ import time
 import tomllib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.request import urlopen
 
 import grpc
@@ -743,8 +744,8 @@ def test_a_call_without_a_token_is_refused_before_its_request_is_read(tmp_path: 
 
 async def test_a_tokens_max_calls_bounds_its_streams_and_watches() -> None:
     """One watch-only token could take every camera watch of the server, and one analyze
-    token every stream. A token's max_calls bounds the streams and watches open with it at
-    once: past it RESOURCE_EXHAUSTED naming the token and its limit; other tokens are
+    token every stream or Analyze place. A token's max_calls bounds the calls open with it
+    at once: past it RESOURCE_EXHAUSTED naming the token and its limit; other tokens are
     untouched, and a call that ends gives its place back."""
     dock = TokenConfig(name="dock-3", role="analyze", sha256=token_hash(ANALYZE_TOKEN), max_calls=2)
     dashboard = TokenConfig(name="dashboard", role="watch", sha256=token_hash(WATCH_TOKEN))
@@ -764,10 +765,12 @@ async def test_a_tokens_max_calls_bounds_its_streams_and_watches() -> None:
             third = stub.StreamFrames(metadata=_bearer(ANALYZE_TOKEN))
             assert await third.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             details = await third.details()
-            assert "token 'dock-3' has 2 streams and camera watches open" in details
+            assert "token 'dock-3' has 2 calls open (streams, camera watches, Analyze" in details
             assert "its limit (max_calls) is 2" in details
-            # Analyze is no stream: it passes, as do the calls of a token with no max_calls
-            assert (await stub.Analyze(frame, metadata=_bearer(ANALYZE_TOKEN))).score >= 0.0
+            with pytest.raises(grpc.aio.AioRpcError) as analyze:  # an Analyze call counts too
+                await stub.Analyze(frame, metadata=_bearer(ANALYZE_TOKEN))
+            assert analyze.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            # the calls of a token without max_calls pass
             others = [
                 stub.WatchCamera(watch_request, metadata=_bearer(WATCH_TOKEN)) for _ in range(3)
             ]
@@ -795,8 +798,9 @@ async def test_health_watch_calls_past_the_cap_are_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The health service is open to every caller, and each Watch call stays open: 20,000 of
-    them held 210 MB. Past MAX_HEALTH_WATCHES (3 here) one more is refused; a Watch that
-    ends gives its place back, and Check answers throughout."""
+    them held 210 MB. Past MAX_HEALTH_WATCHES (3 here) one more is refused, and past
+    MAX_HEALTH_WATCHES_PER_HOST from one host (2, later); a Watch that ends gives its place
+    back, and Check answers throughout."""
     monkeypatch.setattr("convstream.server.app.MAX_HEALTH_WATCHES", 3)
     server = Server(Settings(port=0, metrics_port=-1, cameras=()))
     await server.start()
@@ -804,22 +808,33 @@ async def test_health_watch_calls_past_the_cap_are_refused(
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
             serving = health_pb2.HealthCheckResponse.SERVING
-            watches = [health.Watch(health_pb2.HealthCheckRequest(), timeout=30) for _ in range(3)]
-            for watch in watches:  # each open, and told the status
-                assert (await watch.read()).status == serving
-            refused = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+
+            def watch() -> Any:
+                return health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+
+            watches = [watch() for _ in range(3)]
+            for open_ in watches:  # each open, and told the status
+                assert (await open_.read()).status == serving
+            refused = watch()
             assert await refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "3 health Watch calls open, the limit is 3" in await refused.details()
             assert (await health.Check(health_pb2.HealthCheckRequest())).status == serving
-            watches[0].cancel()
+            monkeypatch.setattr("convstream.server.app.MAX_HEALTH_WATCHES", 100)
+            monkeypatch.setattr("convstream.server.app.MAX_HEALTH_WATCHES_PER_HOST", 2)
+            refused = watch()
+            assert await refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            details = await refused.details()
+            assert "3 health Watch calls open from your host, the limit is 2" in details
+            for ended in watches[:2]:
+                ended.cancel()
             deadline = time.monotonic() + 10
-            while server.health.watches > 2:  # the server sees the cancel a moment later
+            while server.health.watches > 1:  # the server sees the cancels a moment later
                 assert time.monotonic() < deadline, server.health.watches
                 await asyncio.sleep(0.05)
-            again = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+            again = watch()
             assert (await again.read()).status == serving
-            for watch in (*watches[1:], again):
-                watch.cancel()
+            for open_ in (watches[2], again):
+                open_.cancel()
     finally:
         await server.stop(grace=0)
 

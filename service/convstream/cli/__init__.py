@@ -596,8 +596,8 @@ def _add_token(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--max-calls",
         type=_at_least_one,
         metavar="N",
-        help="streams and camera watches open at once with this token, at most (the table's "
-        "max_calls); default: only the server's own limits",
+        help="calls open at once with this token (streams, camera watches, Analyze calls), "
+        "at most (the table's max_calls); default: only the server's own limits",
     )
     p.set_defaults(func=_token)
 

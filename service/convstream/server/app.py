@@ -116,34 +116,51 @@ def grpc_options(settings: Settings, *, share_port: bool = False) -> list[tuple[
 
 
 # Health Watch calls open at once, at most: a load balancer or a client keeps one or a few,
-# and each costs about 10 kB (20,000 of them, open to anyone, held 210 MB).
+# and each costs about 10 kB (20,000 of them, open to anyone, held 210 MB). One host may
+# hold a tenth of them, so that one caller cannot take them all.
 MAX_HEALTH_WATCHES = 1000
+MAX_HEALTH_WATCHES_PER_HOST = 100
 
 
 class Health(health.aio.HealthServicer):
     """gRPC's health service, where a service set to SERVICE_UNKNOWN (a camera a reload
     removed) is as one never set: Check answers NOT_FOUND, as the health protocol asks of an
     unknown service (its Watch says SERVICE_UNKNOWN, as the protocol's Watch does). Past
-    MAX_HEALTH_WATCHES open Watch calls, another is refused with RESOURCE_EXHAUSTED."""
+    MAX_HEALTH_WATCHES open Watch calls, or MAX_HEALTH_WATCHES_PER_HOST from one host, another
+    is refused with RESOURCE_EXHAUSTED."""
 
     def __init__(self) -> None:
         super().__init__()
         self.watches = 0
+        self._by_host: dict[str, int] = {}
 
     async def Watch(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> None:
+        host = context.peer().rsplit(":", 1)[0]  # ipv4:10.0.0.7:51234 -> ipv4:10.0.0.7
+        held = self._by_host.get(host, 0)
+        refusal = None
         if self.watches >= MAX_HEALTH_WATCHES:
+            refusal = f"{self.watches} health Watch calls open, the limit is {MAX_HEALTH_WATCHES}"
+        elif held >= MAX_HEALTH_WATCHES_PER_HOST:
+            refusal = (
+                f"{held} health Watch calls open from your host, the limit is "
+                f"{MAX_HEALTH_WATCHES_PER_HOST}"
+            )
+        if refusal is not None:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{self.watches} health Watch calls open, the limit is {MAX_HEALTH_WATCHES}: "
-                "keep one Watch per client, or call Check",
+                f"{refusal}: keep one Watch per client, or call Check",
             )
         self.watches += 1
+        self._by_host[host] = held + 1
         try:
             await super().Watch(request, context)
         finally:
             self.watches -= 1
+            self._by_host[host] -= 1
+            if not self._by_host[host]:
+                del self._by_host[host]
 
     async def Check(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext

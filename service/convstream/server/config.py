@@ -146,9 +146,9 @@ class TokenConfig(BaseModel):
     max_calls: int | None = Field(
         None,
         ge=1,
-        description="streams (StreamFrames) and camera watches (WatchCamera) open at once "
-        "with this token, at most, in each process; past it RESOURCE_EXHAUSTED. Unset: the "
-        "server's max_streams and max_watchers alone",
+        description="calls open at once with this token (streams, camera watches, Analyze "
+        "calls), at most, in each process; past it RESOURCE_EXHAUSTED. Unset: the server's "
+        "max_streams, max_watchers and max_analyze_calls alone",
     )
 
     @model_validator(mode="after")

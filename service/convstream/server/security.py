@@ -145,8 +145,8 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         if refusal is not None:
             self._count(method, refusal[0])
             return _deny(handler, *refusal, said=self._logger(method, *refusal))
-        if not handler.response_streaming:
-            return handler  # one answer (Analyze too): over before a reload could matter
+        if not (handler.request_streaming or handler.response_streaming):
+            return handler  # a unary call is over before a reload could matter
         token = _found(self._tokens, credential) if isinstance(credential, bytes) else None
         call = _OpenCall(method, credential, token)
         call.forwarded = self._forwarded is not None and self._forwarded(metadata)
@@ -303,6 +303,7 @@ def _watched(handler: grpc.RpcMethodHandler, call: _OpenCall, open_calls: set[_O
             if not running.done():
                 running.cancel()
                 await asyncio.wait({running})
+                open_calls.discard(call)  # ended: no longer one of its token's max_calls
                 await _end(context, call, revoked.result())
             return running.result()
         finally:
@@ -328,8 +329,9 @@ def _over_quota(call: _OpenCall, open_calls: set[_OpenCall]) -> str | None:
     if held < call.max_calls:
         return None
     return (
-        f"token {call.token!r} has {held} streams and camera watches open, its limit "
-        f"(max_calls) is {call.max_calls}: end one first, or raise the token's max_calls"
+        f"token {call.token!r} has {held} calls open (streams, camera watches, Analyze "
+        f"calls), its limit (max_calls) is {call.max_calls}: end one first, or raise the "
+        "token's max_calls"
     )
 
 
@@ -405,6 +407,9 @@ def token_changes(old: Sequence[TokenConfig], new: Sequence[TokenConfig]) -> lis
             parts.append(f"role {'/'.join(t.role for t in was)} -> {'/'.join(t.role for t in now)}")
         if sorted(t.sha256.lower() for t in was) != sorted(t.sha256.lower() for t in now):
             parts.append("a new token (the old one no longer works)")
+        limits = [[str(t.max_calls or "none") for t in tokens] for tokens in (was, now)]
+        if sorted(limits[0]) != sorted(limits[1]):
+            parts.append(f"max_calls {'/'.join(limits[0])} -> {'/'.join(limits[1])}")
         if parts:
             changes.append(f"{name!r}: {', '.join(parts)}")
     return changes

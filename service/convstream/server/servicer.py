@@ -43,6 +43,9 @@ R = TypeVar("R")
 # How long a call that needs another process of this server waits for it to connect: one
 # that is restarting is back in a few seconds, and the call says so instead of hanging.
 PEER_CONNECT_S = 1.0
+# How long an Analyze call, admitted, waits for its request (a 100 MiB frame at 100 Mbit/s
+# takes 9 s; a camera's JPEG, milliseconds).
+ANALYZE_REQUEST_S = 30.0
 
 
 class ConvstreamServicer(pb_grpc.ConvstreamServicer):
@@ -114,14 +117,17 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
     async def _one_request(
         self, requests: AsyncIterator[pb.FrameRequest | RefusedMessage]
     ) -> pb.FrameRequest:
-        """The call's request, within stream_idle_timeout_s as a stream's frame (an admitted
-        call holds its place while it waits)."""
-        limit = self.settings.stream_idle_timeout_s
+        """The call's request, within ANALYZE_REQUEST_S: an admitted call holds its place while
+        it waits, and calls that send nothing must not keep the places from others long."""
+        limit = min(ANALYZE_REQUEST_S, self.settings.stream_idle_timeout_s)
         try:
             async with asyncio.timeout(limit):
                 request = await anext(aiter(requests), None)
         except TimeoutError:
-            raise IdleTimeout(f"no request for {limit:g} s (stream_idle_timeout_s)") from None
+            raise IdleTimeout(
+                f"the Analyze request did not arrive within {limit:g} s of the call's start; "
+                "send a frame this slow to come over StreamFrames"
+            ) from None
         if request is None:
             raise InvalidFrame("expected one FrameRequest, the Analyze call ended without one")
         if isinstance(request, RefusedMessage):
