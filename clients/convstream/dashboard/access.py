@@ -30,7 +30,7 @@ COOKIE = "convstream_session"
 SESSION_DAYS = 30  # a wall display stays logged in; a new token ends every session sooner
 FAILED_LOGIN_DELAY_S = 1.0  # each wrong token costs its sender a second
 LOG_EVERY_S = 600.0  # a failed login from one address is logged once per 10 minutes
-OPEN_PATHS = ("/healthz", "/login", "/static/")  # the login page needs the stylesheet
+OPEN_PATHS = frozenset({"/healthz", "/login"})  # and /static/: the login page's stylesheet
 TOKEN_BYTES = 32
 
 
@@ -73,38 +73,53 @@ def _private(path: str, flags: int) -> int:
 
 
 class Access:
-    """The checks of one dashboard: its token's session value, the login page and form."""
+    """The checks of one dashboard: its token, its sessions, the login page and form."""
 
     def __init__(self, settings: DashboardSettings) -> None:
         self.token = settings.access_token
-        self.secure = settings.https_cert is not None
-        key = (self.token or "").encode()
-        self._session = hmac.new(key, b"convstream dashboard session v1", "sha256").hexdigest()
-        self._digest = hashlib.sha256(key).digest()
+        self.https = settings.https_cert is not None
+        self._key = (self.token or "").encode()
+        self._digest = hashlib.sha256(self._key).digest()
         self._logged: dict[str, float] = {}
 
     @property
     def required(self) -> bool:
         return self.token is not None
 
-    def allows(self, request: web.Request) -> bool:
-        """Whether the request comes from a logged-in browser or carries the token."""
-        if self.token is None:
-            return True
-        cookie = request.cookies.get(COOKIE, "")
-        if hmac.compare_digest(cookie.encode(), self._session.encode()):
-            return True
-        return self._bearer_matches(request.headers.get("Authorization", ""))
+    def is_open(self, path: str) -> bool:
+        """The paths anyone may ask for: the login form, the probes' /healthz, the stylesheet
+        and script (no data in them)."""
+        return path in OPEN_PATHS or path.startswith("/static/")
 
-    def _bearer_matches(self, header: str) -> bool:
-        scheme, _, given = header.partition(" ")
+    async def allows(self, request: web.Request) -> bool:
+        """Whether the request comes from a logged-in browser or carries the token. A wrong
+        bearer token costs its sender a second, as a wrong login does."""
+        if self.token is None or self._session_valid(request.cookies.get(cookie_name(request))):
+            return True
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
             return False
-        return self._matches(given.strip())
+        if self._matches(given.strip()):
+            return True
+        await self._failed(request)
+        return False
 
     def _matches(self, given: str) -> bool:
         digest = hashlib.sha256(given.encode(errors="replace")).digest()
         return hmac.compare_digest(digest, self._digest)
+
+    def _session(self, issued: int) -> str:
+        """A session's cookie value: when it was issued, and an HMAC of that under the token."""
+        mac = hmac.new(self._key, f"convstream dashboard session v2 {issued}".encode(), "sha256")
+        return f"{issued}.{mac.hexdigest()}"
+
+    def _session_valid(self, value: str | None) -> bool:
+        issued, _, _ = (value or "").partition(".")
+        if not issued.isdigit():
+            return False
+        age = time.time() - int(issued)
+        fresh = -60 <= age <= SESSION_DAYS * 86400  # a clock a little behind is no matter
+        return hmac.compare_digest(value or "", self._session(int(issued))) and fresh
 
     async def login_page(self, request: web.Request) -> web.Response:
         failed = "failed" in request.query
@@ -131,28 +146,29 @@ class Access:
         if isinstance(given, str) and self._matches(given.strip()):
             response = web.HTTPSeeOther("./")
             response.set_cookie(
-                COOKIE,
-                self._session,
+                cookie_name(request),
+                self._session(int(time.time())),
                 max_age=SESSION_DAYS * 86400,
                 path="/",
                 httponly=True,
                 samesite="Lax",  # a link from a chat or mail opens the page; GETs change nothing
-                secure=self.secure,
+                secure=self.https or request.secure,
             )
             raise response
-        self._say_failed(request.remote or "?")
-        await asyncio.sleep(FAILED_LOGIN_DELAY_S)
+        await self._failed(request)
         raise web.HTTPSeeOther("login?failed")
 
-    def _say_failed(self, peer: str) -> None:
-        now = time.monotonic()
+    async def _failed(self, request: web.Request) -> None:
+        """A wrong token: said once per address per LOG_EVERY_S, and answered a second late."""
+        peer, now = request.remote or "?", time.monotonic()
         if now - self._logged.get(peer, -LOG_EVERY_S) >= LOG_EVERY_S:
-            self._logged[peer] = now
-            if len(self._logged) > 10_000:  # bounded, whatever the number of senders
+            if len(self._logged) >= 10_000:  # bounded, whatever the number of senders
                 self._logged.clear()
+            self._logged[peer] = now
             logger.warning(
                 "a wrong access token from %s (said once per 10 minutes per address)", peer
             )
+        await asyncio.sleep(FAILED_LOGIN_DELAY_S)
 
     def refuse(self, request: web.Request) -> NoReturn:
         """What a request without access gets: the page sends a browser to the login form,
@@ -164,6 +180,14 @@ class Access:
             "'Authorization: Bearer <token>'\n",
             headers={"WWW-Authenticate": 'Bearer realm="convstream dashboard"'},
         )
+
+
+def cookie_name(request: web.Request) -> str:
+    """The session cookie's name, with the port the browser used: browsers keep cookies per
+    host, not per port, and two dashboards of one host must not take each other's. Over HTTPS
+    with the __Host- prefix, which a browser keeps to that host and a Secure cookie."""
+    port = request.url.port or (443 if request.secure else 80)
+    return f"{'__Host-' if request.secure else ''}{COOKIE}_{port}"
 
 
 def same_origin(request: web.Request) -> bool:

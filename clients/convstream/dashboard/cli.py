@@ -185,6 +185,14 @@ def _dashboard(args: argparse.Namespace) -> int:
         access_token = None
         if args.access_token_file is not None:
             access_token, made = read_access_token(args.access_token_file)
+            mode = args.access_token_file.stat().st_mode & 0o777
+            if mode & 0o077:
+                print(
+                    f"convstream dashboard: warning: {args.access_token_file} is readable by "
+                    f"other users (mode {mode:o}): chmod 600 it, and make a new token if "
+                    "someone may have read it",
+                    file=sys.stderr,
+                )
             if made:
                 print(
                     f"made a new access token in {args.access_token_file} (mode 600): give "

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from convstream.dashboard.access import OPEN_PATHS, Access, same_origin
+from convstream.dashboard.access import Access, same_origin
 from convstream.dashboard.hub import Hub
 from convstream.dashboard.messages import text
 
@@ -149,7 +149,7 @@ async def _check_access(request: web.Request, handler: Handler) -> web.StreamRes
     """With an access token, only a logged-in browser or a bearer of the token gets past the
     login page, the stylesheet and /healthz."""
     access = request.app[ACCESS]
-    if not (request.path.startswith(OPEN_PATHS) or access.allows(request)):
+    if not (access.is_open(request.path) or await access.allows(request)):
         access.refuse(request)
     return await handler(request)
 
@@ -228,6 +228,8 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
     response.headers.setdefault("Content-Security-Policy", CSP)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
+    if request.secure:  # HTTPS only, from now on, for this host
+        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
 
 
 def make_app(hub: Hub) -> web.Application:
