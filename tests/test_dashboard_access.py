@@ -136,9 +136,9 @@ async def test_without_the_token_nothing_but_the_login_form_is_shown() -> None:
         assert old.status == 401  # a new token ends every session
 
 
-async def test_a_session_ends_after_30_days(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_session_ends_after_30_days_unless_used(monkeypatch: pytest.MonkeyPatch) -> None:
     """A session cookie carries when it was issued: a copied one stops working after
-    SESSION_DAYS, whatever the browser does with its Max-Age."""
+    SESSION_DAYS, whatever the browser does with its Max-Age; one in use is renewed."""
     from convstream.dashboard import access
 
     async with (
@@ -165,6 +165,15 @@ async def test_a_session_ends_after_30_days(monkeypatch: pytest.MonkeyPatch) -> 
         forged = value.split(".", 1)[0] + "." + "0" * 64  # a time without its HMAC
         async with http.get(dash.url + "api/state", cookies={name: forged}) as answer:
             assert answer.status == 401
+        # a session in use is renewed once a day: a wall display stays logged in
+        for days, renewed in ((0.5, False), (2, True)):
+            value = await session_issued(days)
+            async with http.head(dash.url + "api/state", cookies={name: value}) as answer:
+                assert answer.status == 200
+                assert (name in answer.cookies) is renewed, days
+                if renewed:
+                    fresh = answer.cookies[name].value
+                    assert time.time() - int(fresh.split(".")[0]) < 60
 
 
 @pytest.mark.asyncio(loop_scope="module")
@@ -287,6 +296,7 @@ def test_the_dashboard_command_makes_its_token_and_checks_its_https_files(
     )
     assert half.returncode == 2
     assert "--https-cert and --https-key go together" in half.stderr
+    assert "\n" not in token_file.read_text()  # as `convstream token --token-file` writes
     token_file.chmod(0o644)  # as a copy with cp may leave it
     https = ["--https-cert", str(token_file), "--https-key", str(token_file)]  # no PEM at all
     wrong = subprocess.run(
@@ -297,7 +307,52 @@ def test_the_dashboard_command_makes_its_token_and_checks_its_https_files(
     )
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr, wrong.stderr
     assert f"{token_file} is readable by other users (mode 644)" in wrong.stderr
-    assert "are no PEM certificate and its key" in wrong.stderr, wrong.stderr
+    assert "must be a PEM certificate (its chain after it) and its unencrypted PEM key" in (
+        wrong.stderr
+    )
+
+    def refused(*flags: str) -> str:
+        run = subprocess.run([*command, *flags], capture_output=True, text=True, env=env)
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+        return run.stderr
+
+    (tmp_path / "pki").mkdir()
+    pki = make_certificates(tmp_path / "pki")
+    missing = tmp_path / "page.crt"
+    assert f"--https-cert {missing}: no such file" in refused(
+        "--https-cert", str(missing), "--https-key", str(pki["server.key"])
+    )
+    assert "is not the key of the certificate in --https-cert" in refused(
+        "--https-cert", str(pki["server.pem"]), "--https-key", str(pki["client.key"])
+    )
+    assert f"--access-token-file {tmp_path}: Is a directory" in refused(
+        "--access-token-file", str(tmp_path)
+    )
+    with socket.socket() as taken:  # a port another program holds
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        run = subprocess.run(
+            [*command[:-2], "--port", port, "--address", "127.0.0.1:1"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+    assert run.returncode == 1
+    assert f"port {port} on 127.0.0.1 is taken" in run.stderr and "--port" in run.stderr
+
+
+def test_the_pages_certificate_is_checked_as_the_servers_is(tmp_path: Path) -> None:
+    """A certificate that expires within 14 days is warned of (make_certificates' last one
+    day), naming the flag and what to do."""
+    from convstream.dashboard.app import https_warnings
+
+    pki = make_certificates(tmp_path)
+    settings = DashboardSettings(https_cert=pki["server.pem"], https_key=pki["server.key"])
+    (warning,) = https_warnings(settings)
+    assert warning.startswith(f"--https-cert {pki['server.pem']} expires on ")
+    assert "restart the dashboard with the new files" in warning
 
 
 def test_a_page_beyond_loopback_is_warned_of_what_it_lacks() -> None:
@@ -308,3 +363,57 @@ def test_a_page_beyond_loopback_is_warned_of_what_it_lacks() -> None:
     cert = {"https_cert": Path("c.pem"), "https_key": Path("k.pem")}
     assert exposure_warnings(DashboardSettings(host="0.0.0.0", access_token=TOKEN, **cert), 1) == []
     assert exposure_warnings(DashboardSettings(access_token=None), 8080) == []  # loopback
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_camera_the_dashboard_may_not_watch_says_so(
+    browser: Any, artifacts: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dashboard whose server token has max_calls 1 and two cameras: the second camera's
+    watch is refused, and its tile read RUNNING, "waiting for frames…" for ever, while that
+    dock's damage went unseen. It now reads "unwatched" with the server's reason, the header
+    counts it, and the log says it once; a reload that raises max_calls brings it back."""
+    from convstream.server import Server, Settings
+    from convstream.server.config import TokenConfig
+    from convstream.server.security import token_hash
+
+    server_token = "the-dashboards-own-server-token"
+    table = {"name": "dash", "role": "watch", "sha256": token_hash(server_token)}
+    cameras = (
+        CameraConfig(id="dock-1", source="demo:conveyor?fps=4"),
+        CameraConfig(id="dock-2", source="demo:conveyor?fps=4&seed=2"),
+    )
+    settings = Settings(
+        port=0, metrics_port=-1, cameras=cameras, tokens=(TokenConfig(**table, max_calls=1),)
+    )
+    server = Server(settings)
+    await server.start()
+    try:
+        address = f"127.0.0.1:{server.port}"
+        async with _dashboard(address, token=server_token) as dash:
+            context = await browser.new_context(viewport={"width": 1280, "height": 800})
+            page = await context.new_page()
+            await page.goto(dash.url)
+            from playwright.async_api import expect
+
+            states = {}
+            for camera in ("dock-1", "dock-2"):
+                states[camera] = _tile(page, camera).locator(".state")
+            await expect(states["dock-2"]).to_have_text("unwatched", timeout=20000)
+            await _wait_frames(page, "dock-1", 1, timeout=20.0)
+            await expect(states["dock-1"]).to_have_text("running")
+            notice = _tile(page, "dock-2").locator(".notice")
+            await expect(notice).to_contain_text("this dashboard cannot watch it")
+            await expect(notice).to_contain_text("max_calls")
+            await expect(page.locator("#summary")).to_contain_text("dock-2 unwatched")
+            await page.screenshot(path=artifacts / "unwatched-camera.png")
+            warnings = [r for r in caplog.records if "refuses this dashboard's watch" in r.message]
+            assert len(warnings) == 1 and "dock-2" in warnings[0].message
+            # the operator raises the token's max_calls: the tile comes back by itself
+            raised = (TokenConfig(**table, max_calls=2),)
+            await server.reload(server.settings.model_copy(update={"tokens": raised}))
+            await expect(states["dock-2"]).to_have_text("running", timeout=30000)
+            await _wait_frames(page, "dock-2", 0, timeout=20.0)
+            await context.close()
+    finally:
+        await server.stop(grace=0)

@@ -742,7 +742,9 @@ def test_a_call_without_a_token_is_refused_before_its_request_is_read(tmp_path: 
     assert process.returncode == 0, err
 
 
-async def test_a_tokens_max_calls_bounds_its_streams_and_watches() -> None:
+async def test_a_tokens_max_calls_bounds_its_streams_and_watches(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """One watch-only token could take every camera watch of the server, and one analyze
     token every stream or Analyze place. A token's max_calls bounds the calls open with it
     at once: past it RESOURCE_EXHAUSTED naming the token and its limit; other tokens are
@@ -750,7 +752,7 @@ async def test_a_tokens_max_calls_bounds_its_streams_and_watches() -> None:
     dock = TokenConfig(name="dock-3", role="analyze", sha256=token_hash(ANALYZE_TOKEN), max_calls=2)
     dashboard = TokenConfig(name="dashboard", role="watch", sha256=token_hash(WATCH_TOKEN))
     camera = CameraConfig(id="belt", source="demo:conveyor?fps=5")
-    settings = Settings(port=0, metrics_port=-1, cameras=(camera,), tokens=(dock, dashboard))
+    settings = Settings(port=0, metrics_port=0, cameras=(camera,), tokens=(dock, dashboard))
     server = await _start(settings)
     frame = pb.FrameRequest(encoded=jpeg(scene(5, 240, 320)))
     try:
@@ -770,6 +772,12 @@ async def test_a_tokens_max_calls_bounds_its_streams_and_watches() -> None:
             with pytest.raises(grpc.aio.AioRpcError) as analyze:  # an Analyze call counts too
                 await stub.Analyze(frame, metadata=_bearer(ANALYZE_TOKEN))
             assert analyze.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            # the server's side: each refusal counted, the first logged
+            refusals = await asyncio.to_thread(_refusals, server.metrics_port)
+            assert refusals[("convstream.v1.Convstream/StreamFrames", "resource_exhausted")] == 1
+            assert refusals[("convstream.v1.Convstream/Analyze", "resource_exhausted")] == 1
+            said = [r.message for r in caplog.records if "at its max_calls (2)" in r.message]
+            assert len(said) == 1 and "token 'dock-3'" in said[0]  # once per host, 10 minutes
             # the calls of a token without max_calls pass
             others = [
                 stub.WatchCamera(watch_request, metadata=_bearer(WATCH_TOKEN)) for _ in range(3)

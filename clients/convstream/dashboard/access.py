@@ -27,7 +27,8 @@ from convstream.dashboard.settings import DashboardSettings
 logger = logging.getLogger(__name__)
 
 COOKIE = "convstream_session"
-SESSION_DAYS = 30  # a wall display stays logged in; a new token ends every session sooner
+SESSION_DAYS = 30  # unused this long, a session ends; a new token ends every session sooner
+RENEW_AFTER_S = 86400.0  # a session in use gets a new cookie once a day
 FAILED_LOGIN_DELAY_S = 1.0  # each wrong token costs its sender a second
 LOG_EVERY_S = 600.0  # a failed login from one address is logged once per 10 minutes
 OPEN_PATHS = frozenset({"/healthz", "/login"})  # and /static/: the login page's stylesheet
@@ -62,7 +63,7 @@ def read_access_token(path: Path) -> tuple[str, bool]:
         return token, False
     token = new_access_token()
     with file:
-        file.write(token + "\n")
+        file.write(token)  # no newline: as `convstream token --token-file` writes one
     return token, True
 
 
@@ -145,18 +146,34 @@ class Access:
         given = form.get("token")
         if isinstance(given, str) and self._matches(given.strip()):
             response = web.HTTPSeeOther("./")
-            response.set_cookie(
-                cookie_name(request),
-                self._session(int(time.time())),
-                max_age=SESSION_DAYS * 86400,
-                path="/",
-                httponly=True,
-                samesite="Lax",  # a link from a chat or mail opens the page; GETs change nothing
-                secure=self.https or request.secure,
-            )
+            self._set_session(request, response)
             raise response
         await self._failed(request)
         raise web.HTTPSeeOther("login?failed")
+
+    def _set_session(self, request: web.Request, response: web.StreamResponse) -> None:
+        response.set_cookie(
+            cookie_name(request),
+            self._session(int(time.time())),
+            max_age=SESSION_DAYS * 86400,
+            path="/",
+            httponly=True,
+            samesite="Lax",  # a link from a chat or mail opens the page; GETs change nothing
+            secure=self.https or request.secure,
+        )
+
+    def renew(self, request: web.Request, response: web.StreamResponse) -> None:
+        """A session in use is renewed once a day (the page asks every hour while it is
+        open): a wall display stays logged in, and a copied cookie nobody uses ends."""
+        value = request.cookies.get(cookie_name(request))
+        issued = (value or "").partition(".")[0]
+        if (
+            issued.isdigit()
+            and time.time() - int(issued) > RENEW_AFTER_S
+            and self._session_valid(value)
+            and not response.prepared
+        ):
+            self._set_session(request, response)
 
     async def _failed(self, request: web.Request) -> None:
         """A wrong token: said once per address per LOG_EVERY_S, and answered a second late."""
@@ -218,8 +235,8 @@ _LOGIN_PAGE = """<!doctype html>
       required autofocus spellcheck="false">
     <button type="submit">Log in</button>
   </form>
-  <p class="muted">This browser then stays logged in for {days} days, until the dashboard gets
-  a new token.</p>
+  <p class="muted">This browser then stays logged in while the page is used (a session unused
+  for {days} days ends), until the dashboard gets a new token.</p>
 </main>
 </body>
 </html>

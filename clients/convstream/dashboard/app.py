@@ -13,6 +13,7 @@ from aiohttp import web
 from convstream.dashboard.hub import Hub
 from convstream.dashboard.settings import DashboardSettings
 from convstream.dashboard.web import make_app
+from convstream.server.tls import TLSFileError, certificate_dates
 
 logger = logging.getLogger(__name__)
 
@@ -78,16 +79,46 @@ def https_context(settings: DashboardSettings) -> ssl.SSLContext | None:
     """The page's TLS context, from https_cert and https_key; None: plain HTTP.
 
     Raises:
-        OSError: a file cannot be read, or (ssl.SSLError) the files are no certificate and
-            key that go together.
+        ValueError: a file is missing, or is no PEM certificate, or key of that certificate,
+            or the certificate is out of its dates; the message names the flag and the file.
     """
     cert, key = settings.https_cert, settings.https_key
     if cert is None or key is None:
         return None
+    for flag, path in (("--https-cert", cert), ("--https-key", key)):
+        if not path.is_file():
+            raise ValueError(f"{flag} {path}: {'not a file' if path.exists() else 'no such file'}")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert, key)
+    try:
+        context.load_cert_chain(cert, key, password=lambda: b"")  # never prompt
+    except ssl.SSLError as exc:
+        problem = (
+            f"the key in --https-key {key} is not the key of the certificate in --https-cert {cert}"
+            if exc.reason == "KEY_VALUES_MISMATCH"
+            else f"--https-cert {cert} and --https-key {key} must be a PEM certificate (its "
+            f"chain after it) and its unencrypted PEM key ({exc.reason or exc})"
+        )
+        raise ValueError(problem) from None
+    except OSError as exc:
+        raise ValueError(f"--https-cert {cert} / --https-key {key}: {exc.strerror}") from None
     return context
+
+
+def https_warnings(settings: DashboardSettings) -> list[str]:
+    """The page's certificate expiring soon (ValueError when it has expired: browsers refuse
+    it)."""
+    if settings.https_cert is None:
+        return []
+    try:
+        return certificate_dates(
+            "--https-cert",
+            settings.https_cert,
+            settings.https_cert.read_bytes(),
+            renew="restart the dashboard with the new files",
+        )
+    except TLSFileError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def exposure_warnings(settings: DashboardSettings, port: int) -> list[str]:
@@ -122,7 +153,7 @@ async def serve(settings: DashboardSettings) -> None:
     dashboard = Dashboard(settings)
     await dashboard.start()
     logger.info("dashboard on %s, watching %s", dashboard.url, settings.address)
-    for warning in exposure_warnings(settings, dashboard.port):
+    for warning in [*exposure_warnings(settings, dashboard.port), *https_warnings(settings)]:
         logger.warning("%s", warning)
     print(f"convstream dashboard on {dashboard.url} (server {settings.address})", flush=True)
     try:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
-import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -165,7 +165,7 @@ def _in_flags(message: str) -> str:
 
 def _dashboard(args: argparse.Namespace) -> int:
     from convstream.dashboard.access import read_access_token
-    from convstream.dashboard.app import https_context, serve
+    from convstream.dashboard.app import https_context, https_warnings, serve
 
     if args.alerts_max_mb is not None and args.alerts_dir is None:
         print(
@@ -184,7 +184,11 @@ def _dashboard(args: argparse.Namespace) -> int:
     try:
         access_token = None
         if args.access_token_file is not None:
-            access_token, made = read_access_token(args.access_token_file)
+            try:
+                access_token, made = read_access_token(args.access_token_file)
+            except OSError as exc:
+                path = args.access_token_file
+                raise ValueError(f"--access-token-file {path}: {exc.strerror}") from None
             mode = args.access_token_file.stat().st_mode & 0o777
             if mode & 0o077:
                 print(
@@ -222,13 +226,14 @@ def _dashboard(args: argparse.Namespace) -> int:
         if settings.tls is not None:
             settings.tls.credentials()  # a missing or unreadable PEM file: say so now
         https_context(settings)  # and of the page's own certificate
-    except ssl.SSLError as exc:
-        print(
-            f"convstream dashboard: --https-cert {args.https_cert} and --https-key "
-            f"{args.https_key} are no PEM certificate and its key ({exc.reason or exc})",
-            file=sys.stderr,
-        )
-        return 2
+        https_warnings(settings)  # an expired one: refused now
+        if access_token is not None and access_token == settings.token:
+            print(
+                "convstream dashboard: warning: the page's access token is this dashboard's "
+                "token for the server: whoever may watch the page could call the server too; "
+                "give the page a token of its own",
+                file=sys.stderr,
+            )
     except (OSError, ValueError) as exc:
         print(f"convstream dashboard: {_in_flags(str(exc))}", file=sys.stderr)
         return 2
@@ -238,7 +243,14 @@ def _dashboard(args: argparse.Namespace) -> int:
     try:
         asyncio.run(serve(settings))
     except OSError as exc:
-        print(f"convstream dashboard: {exc}", file=sys.stderr)
+        if exc.errno == errno.EADDRINUSE:
+            print(
+                f"convstream dashboard: port {settings.port} on {settings.host} is taken (by "
+                "another dashboard, or another program): give another with --port",
+                file=sys.stderr,
+            )
+        else:
+            print(f"convstream dashboard: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0

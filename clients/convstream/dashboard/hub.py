@@ -52,6 +52,13 @@ RETRY_MIN_S = 0.5
 RETRY_MAX_S = 5.0
 OUTAGE_LOG_S = 5.0  # an unreachable server is logged once it has been so this long
 REFUSED = ("UNAUTHENTICATED", "PERMISSION_DENIED")  # the token: asked again less often
+# A watch refused for one of these stays refused until someone acts (the token's max_calls,
+# its role, the server's max_watchers): its tile says "unwatched", whatever the camera does.
+LASTING = (
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+)
 CALL_TIMEOUT_S = 5.0
 
 
@@ -73,6 +80,7 @@ class CameraView:
     last_frame: bytes | None = None
     frames_received: int = 0
     watch_error: str = ""
+    refused: tuple[str, float] | None = None  # a lasting refusal of its watch, and since when
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -304,6 +312,10 @@ class Hub:
                 logger.info("watching camera %s", camera.id)
             status["received"] = view.frames_received
             status["watch_error"] = view.watch_error
+            if view.refused is not None:  # the camera may run: this dashboard cannot see it
+                status["state"] = "unwatched"
+                status["last_error"] = f"this dashboard cannot watch it: {view.refused[0]}"
+                status["state_since"] = view.refused[1]
             view.status = status
         for camera_id in set(self.cameras) - seen:
             view = self.cameras.pop(camera_id)
@@ -335,13 +347,19 @@ class Hub:
                 async for result in call:
                     delay = RETRY_MIN_S
                     view.watch_error = ""
+                    if view.refused is not None:
+                        logger.warning("camera %s: watched again", view.id)
+                        view.refused = None
                     await self._on_result(view, result)
                 view.watch_error = "watch ended"
             except grpc.aio.AioRpcError as exc:
                 # NOT_FOUND: removed (the next poll drops it) or not yet there after a reload;
                 # UNAVAILABLE: the server is down or draining. Either way: try again later.
                 view.watch_error = f"{exc.code().name}: {exc.details()}"
-                logger.debug("watch %s ended: %s", view.id, view.watch_error)
+                if exc.code() in LASTING and not self.server["error"].startswith(REFUSED):
+                    self._refused(view, view.watch_error)
+                else:
+                    logger.debug("watch %s ended: %s", view.id, view.watch_error)
             except Exception as exc:  # a bad result must not end this camera's tile for good
                 view.watch_error = f"{type(exc).__name__}: {exc}"
                 logger.exception("watch %s failed", view.id)
@@ -356,6 +374,18 @@ class Hub:
                 delay = RETRY_MIN_S  # the server is back: a fresh start
             except TimeoutError:
                 delay = min(delay * 2, RETRY_MAX_S)
+
+    def _refused(self, view: CameraView, error: str) -> None:
+        """A lasting refusal of a camera's watch: logged once (until it is watched again)
+        and shown on its tile, where the camera's own state would read "running"."""
+        if view.refused is None:
+            logger.warning(
+                "camera %s: the server refuses this dashboard's watch, so its tile shows no "
+                "frames and raises no alerts: %s",
+                view.id,
+                error,
+            )
+        view.refused = (error, view.refused[1] if view.refused else time.time())
 
     async def _on_result(self, view: CameraView, result: pb.FrameResult) -> None:
         if result.status.code != 0 or not result.frame_jpeg:

@@ -151,7 +151,10 @@ async def _check_access(request: web.Request, handler: Handler) -> web.StreamRes
     access = request.app[ACCESS]
     if not (access.is_open(request.path) or await access.allows(request)):
         access.refuse(request)
-    return await handler(request)
+    response = await handler(request)
+    if access.required:
+        access.renew(request, response)
+    return response
 
 
 async def index(request: web.Request) -> web.FileResponse:

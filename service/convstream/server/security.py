@@ -150,7 +150,15 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         token = _found(self._tokens, credential) if isinstance(credential, bytes) else None
         call = _OpenCall(method, credential, token)
         call.forwarded = self._forwarded is not None and self._forwarded(metadata)
-        return _watched(handler, call, self._open)
+        exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
+        at_limit = f"token {call.token!r} is at its max_calls ({call.max_calls})"
+        say = self._logger(method, exhausted, at_limit)
+
+        def over_quota(peer: str) -> None:
+            self._count(method, exhausted)
+            say(peer)
+
+        return _watched(handler, call, self._open, over_quota)
 
     def _logger(self, method: str, code: grpc.StatusCode, message: str) -> Callable[[str], None]:
         """What logs a refusal, given the caller's address: once per address and reason
@@ -270,8 +278,14 @@ class _Writes:
         return getattr(self._context, name)
 
 
-def _watched(handler: grpc.RpcMethodHandler, call: _OpenCall, open_calls: set[_OpenCall]) -> Any:
-    """``handler`` run as a task of its own, ended with the refusal a reload gives it."""
+def _watched(
+    handler: grpc.RpcMethodHandler,
+    call: _OpenCall,
+    open_calls: set[_OpenCall],
+    over_quota: Callable[[str], None],
+) -> Any:
+    """``handler`` run as a task of its own, ended with the refusal a reload gives it;
+    refused past its token's max_calls, which ``over_quota`` is told (the caller's address)."""
     shape = (handler.request_streaming, handler.response_streaming)
     make, behaviour = {
         (True, False): (grpc.stream_unary_rpc_method_handler, handler.stream_unary),
@@ -294,6 +308,7 @@ def _watched(handler: grpc.RpcMethodHandler, call: _OpenCall, open_calls: set[_O
     async def watched(request: Any, context: grpc.aio.ServicerContext) -> Any:
         quota = _over_quota(call, open_calls)
         if quota is not None:
+            over_quota(context.peer())
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, quota)
         revoked = call.revoked = asyncio.get_running_loop().create_future()
         running = asyncio.ensure_future(run(request, _Writes(context, call)))
@@ -329,9 +344,9 @@ def _over_quota(call: _OpenCall, open_calls: set[_OpenCall]) -> str | None:
     if held < call.max_calls:
         return None
     return (
-        f"token {call.token!r} has {held} calls open (streams, camera watches, Analyze "
-        f"calls), its limit (max_calls) is {call.max_calls}: end one first, or raise the "
-        "token's max_calls"
+        f"token {call.token!r} has {held} call{'s' * (held != 1)} open (streams, camera "
+        f"watches, Analyze calls), its limit (max_calls) is {call.max_calls}: end one first, "
+        "or raise the token's max_calls"
     )
 
 

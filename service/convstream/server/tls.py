@@ -162,8 +162,22 @@ _PEM_CERTIFICATE = re.compile(
 )
 
 
+def certificate_dates(setting: str, path: Path, data: bytes, *, renew: str) -> list[str]:
+    """For a certificate served by other means (the dashboard's page over HTTPS): warning
+    lines for the certificates in ``data`` (the file at ``path``, given as ``setting``) that
+    expire within EXPIRY_WARNING, ending with how to ``renew``; TLSFileError when the first,
+    the page's own, is out of its dates."""
+    return _dates(setting, path, data, datetime.now(UTC), refuse="first", renew=renew)
+
+
 def _dates(
-    setting: str, path: Path | None, data: bytes, now: datetime, *, refuse: str
+    setting: str,
+    path: Path | None,
+    data: bytes,
+    now: datetime,
+    *,
+    refuse: str,
+    renew: str = "a reload, SIGHUP, serves the new files",
 ) -> list[str]:
     """Warning lines for the certificates in ``data`` that are out of their dates or expire
     within EXPIRY_WARNING; TLSFileError instead when the first one (refuse="first") or every
@@ -198,7 +212,7 @@ def _dates(
             days = (not_after - now) / timedelta(days=1)
             warnings.append(
                 f"{which} expires on {not_after:%Y-%m-%d %H:%M} UTC, in {days:.1f} days: "
-                "renew it (a reload, SIGHUP, serves the new files)"
+                f"renew it ({renew})"
             )
     if refuse == "all" and dated and len(out) == dated:
         raise TLSFileError("; ".join(out))

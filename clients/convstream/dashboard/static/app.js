@@ -1038,6 +1038,12 @@
         for (const tile of tiles.values()) tile.lastN = 0;
         state.clock = { dash: msg.time, at: performance.now() };
         state.historyS = msg.history_s;
+        if (msg.login && !state.login) {
+          // the dashboard renews a session in use once a day: ask it every hour, so that a
+          // wall display left open for weeks stays logged in
+          setInterval(() => fetch("api/state", {method: "HEAD", cache: "no-store"})
+            .catch(() => {}), 3600 * 1000);
+        }
         state.login = Boolean(msg.login);
         setModel(msg.model);
         setServer(msg.server);
