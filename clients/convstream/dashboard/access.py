@@ -1,9 +1,10 @@
 """Who may see the page: with an access token set, a browser logs in once (/login) and is
 then known by a session cookie; a script sends ``Authorization: Bearer <token>``.
 
-The cookie holds an HMAC of a fixed text under the token, not the token: another token (the
-dashboard restarted with a new file) ends every session. Without an access token the page is
-open to whoever reaches it, as on loopback by default.
+The cookie holds the time it was issued and an HMAC of that under the token, never the
+token: another token (the dashboard restarted with a new file) ends every session, and a
+session unused for SESSION_DAYS ends (one in use is renewed daily). Without an access token
+the page is open to whoever reaches it, as on loopback by default.
 """
 
 from __future__ import annotations

@@ -125,8 +125,9 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
                 request = await anext(aiter(requests), None)
         except TimeoutError:
             raise IdleTimeout(
-                f"the Analyze request did not arrive within {limit:g} s of the call's start; "
-                "send a frame this slow to come over StreamFrames"
+                f"the Analyze request did not arrive within {limit:g} s of the call's start "
+                "(a frame that takes longer to send goes over StreamFrames, which waits "
+                "stream_idle_timeout_s)"
             ) from None
         if request is None:
             raise InvalidFrame("expected one FrameRequest, the Analyze call ended without one")
