@@ -239,19 +239,32 @@ async def test_the_page_over_https(browser: Any, artifacts: Path, tmp_path: Path
                     assert ok.status == 303 and cookie["secure"]
                 async with http.get(dash.url + "healthz") as probe:
                     assert probe.headers["Strict-Transport-Security"].startswith("max-age=")
+                # http:// to the same port: sent to https://, not an empty reply
                 plain = dash.url.replace("https://", "http://")
-                with pytest.raises(aiohttp.ClientError):
-                    async with http.get(plain + "healthz") as response:
-                        await response.read()
+                async with http.get(plain + "api/state?x=1", allow_redirects=False) as moved:
+                    assert moved.status == 308
+                    assert moved.headers["Location"] == dash.url + "api/state?x=1"
+                async with http.get(
+                    plain, headers={"Host": "evil.example"}, allow_redirects=False
+                ) as elsewhere:
+                    assert elsewhere.status == 421  # not a name the page answers to
+            # a connection that says nothing, and one that breaks its handshake, are closed
+            # and cost the page nothing
+            silent = socket.create_connection(("127.0.0.1", dash.port))
+            broken = socket.create_connection(("127.0.0.1", dash.port))
+            broken.sendall(b"\x16\x03\x01\x00\x05hello")
             context = await browser.new_context(ignore_https_errors=True)
             page = await context.new_page()
-            await page.goto(dash.url)
+            await page.goto(plain)  # as an operator types it
+            assert page.url == dash.url + "login"
             await page.fill("#token", TOKEN)
             await page.click("button[type=submit]")
             await page.wait_for_url(dash.url, timeout=10000)
             await _wait_frames(page, "belt", 1, timeout=20.0)
             assert await page.evaluate("location.protocol") == "https:"
             await context.close()
+            silent.close()
+            broken.close()
 
 
 def test_the_token_file_is_made_private_when_missing_and_read_when_there(
@@ -346,7 +359,7 @@ def test_the_dashboard_command_makes_its_token_and_checks_its_https_files(
 def test_the_pages_certificate_is_checked_as_the_servers_is(tmp_path: Path) -> None:
     """A certificate that expires within 14 days is warned of (make_certificates' last one
     day), naming the flag and what to do."""
-    from convstream.dashboard.app import https_warnings
+    from convstream.dashboard.https import https_warnings
 
     pki = make_certificates(tmp_path)
     settings = DashboardSettings(https_cert=pki["server.pem"], https_key=pki["server.key"])

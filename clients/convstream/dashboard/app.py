@@ -6,14 +6,13 @@ import asyncio
 import contextlib
 import logging
 import signal
-import ssl
 
 from aiohttp import web
 
+from convstream.dashboard.https import HttpsPort, https_context, https_warnings
 from convstream.dashboard.hub import Hub
 from convstream.dashboard.settings import DashboardSettings
 from convstream.dashboard.web import make_app
-from convstream.server.tls import TLSFileError, certificate_dates
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +35,7 @@ class Dashboard:
         self.hub = Hub(self.settings)
         self.app = make_app(self.hub)
         self._runner: web.AppRunner | None = None
+        self._https: HttpsPort | None = None
         self.port = self.settings.port
 
     @property
@@ -59,66 +59,27 @@ class Dashboard:
         )
         await self._runner.setup()
         settings = self.settings
-        site = web.TCPSite(
-            self._runner, settings.host, settings.port, ssl_context=https_context(settings)
-        )
-        await site.start()
-        if self._runner.addresses:
-            self.port = int(self._runner.addresses[0][1])
+        context = https_context(settings)
+        if context is None:
+            site = web.TCPSite(self._runner, settings.host, settings.port)
+            await site.start()
+            if self._runner.addresses:
+                self.port = int(self._runner.addresses[0][1])
+        else:
+            assert self._runner.server is not None  # set up above
+            self._https = HttpsPort(self._runner.server, context, settings.answers_to)
+            self.port = await self._https.start(settings.host, settings.port)
         await self.hub.start()
 
     async def stop(self) -> None:
         """Close every browser connection and the server subscription."""
         await self.hub.stop()
+        if self._https is not None:
+            await self._https.close()
+            self._https = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-
-def https_context(settings: DashboardSettings) -> ssl.SSLContext | None:
-    """The page's TLS context, from https_cert and https_key; None: plain HTTP.
-
-    Raises:
-        ValueError: a file is missing, or is no PEM certificate, or key of that certificate,
-            or the certificate is out of its dates; the message names the flag and the file.
-    """
-    cert, key = settings.https_cert, settings.https_key
-    if cert is None or key is None:
-        return None
-    for flag, path in (("--https-cert", cert), ("--https-key", key)):
-        if not path.is_file():
-            raise ValueError(f"{flag} {path}: {'not a file' if path.exists() else 'no such file'}")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(cert, key, password=lambda: b"")  # never prompt
-    except ssl.SSLError as exc:
-        problem = (
-            f"the key in --https-key {key} is not the key of the certificate in --https-cert {cert}"
-            if exc.reason == "KEY_VALUES_MISMATCH"
-            else f"--https-cert {cert} and --https-key {key} must be a PEM certificate (its "
-            f"chain after it) and its unencrypted PEM key ({exc.reason or exc})"
-        )
-        raise ValueError(problem) from None
-    except OSError as exc:
-        raise ValueError(f"--https-cert {cert} / --https-key {key}: {exc.strerror}") from None
-    return context
-
-
-def https_warnings(settings: DashboardSettings) -> list[str]:
-    """The page's certificate expiring soon (ValueError when it has expired: browsers refuse
-    it)."""
-    if settings.https_cert is None:
-        return []
-    try:
-        return certificate_dates(
-            "--https-cert",
-            settings.https_cert,
-            settings.https_cert.read_bytes(),
-            renew="restart the dashboard with the new files",
-        )
-    except TLSFileError as exc:
-        raise ValueError(str(exc)) from None
 
 
 def exposure_warnings(settings: DashboardSettings, port: int) -> list[str]:

@@ -165,7 +165,8 @@ def _in_flags(message: str) -> str:
 
 def _dashboard(args: argparse.Namespace) -> int:
     from convstream.dashboard.access import read_access_token
-    from convstream.dashboard.app import https_context, https_warnings, serve
+    from convstream.dashboard.app import serve
+    from convstream.dashboard.https import https_context, https_warnings
 
     if args.alerts_max_mb is not None and args.alerts_dir is None:
         print(
