@@ -94,6 +94,25 @@ def _token(token: str | None, given: str) -> str | None:
         raise ValueError(f"{given}: {exc}") from None
 
 
+def write_secret(path: Path, secret: str) -> None:
+    """Write ``secret`` (a token) to the new file ``path``, mode 600 whatever the umask, and
+    no newline; never over a file that is there (FileExistsError), nor through a link.
+
+    Raises:
+        OSError: the file is there, or cannot be made or written (none is left behind then).
+    """
+    if path.is_dir():
+        raise IsADirectoryError(21, "is a directory; give a file's path")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secret)
+    except OSError:  # a full disk, say: leave no empty file to block a rerun
+        path.unlink(missing_ok=True)
+        raise
+
+
 def refused_hint(code: str, *, token: bool) -> str:
     """What to do when the server refused a call for its token (a gRPC status code's name);
     ``token``: whether the call carried one."""

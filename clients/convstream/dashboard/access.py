@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import html
 import logging
-import os
 import secrets
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from convstream.client.connection_flags import write_secret
 from convstream.dashboard.settings import DashboardSettings
 
 logger = logging.getLogger(__name__)
@@ -51,8 +51,9 @@ def read_access_token(path: Path) -> tuple[str, bool]:
         OSError: the file cannot be read or made.
         ValueError: the file holds no token, or a short one.
     """
+    token = new_access_token()
     try:
-        file = open(path, "x", encoding="ascii", opener=_private)  # noqa: SIM115
+        write_secret(path, token)
     except FileExistsError:
         token = path.read_text(encoding="utf-8").strip()
         if len(token) < 16:
@@ -62,16 +63,7 @@ def read_access_token(path: Path) -> tuple[str, bool]:
                 "the file and a new token is made there)"
             ) from None
         return token, False
-    token = new_access_token()
-    with file:
-        file.write(token)  # no newline: as `convstream token --token-file` writes one
     return token, True
-
-
-def _private(path: str, flags: int) -> int:
-    fd = os.open(path, flags, 0o600)
-    os.fchmod(fd, 0o600)  # whatever the umask
-    return fd
 
 
 class Access:

@@ -613,6 +613,7 @@ def _at_least_one(text: str) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
+    from convstream.client.connection_flags import write_secret
     from convstream.server.security import new_token
 
     wrong = _token_name_problem(args.name)
@@ -625,16 +626,7 @@ def _token(args: argparse.Namespace) -> int:
     else:
         path = args.token_file
         try:  # a new file only: never overwrite a token someone holds, nor follow a link
-            if path.is_dir():
-                raise IsADirectoryError(21, "is a directory; give a file's path")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.fchmod(fd, 0o600)  # whatever the umask
-                with os.fdopen(fd, "w") as out:
-                    out.write(token)
-            except OSError:  # a full disk, say: leave no empty file to block a rerun
-                path.unlink(missing_ok=True)
-                raise
+            write_secret(path, token)
         except OSError as exc:
             print(f"convstream token: --token-file {path}: {exc.strerror}", file=sys.stderr)
             return 2
