@@ -148,8 +148,9 @@ async def test_bad_image_is_a_row_and_exit_code_1(
     header = out.splitlines()[0]
     row = next(line for line in out.splitlines() if "broken.jpg" in line)
     assert "error" in row and "InvalidFrame" in row and "JPEG" in row
-    # the table's columns hold: no score, then "error" under DAMAGED, then the message
+    # the table's columns hold: no score, then "error" under DAMAGED, the message under PEAK
     assert row.index("  error  ") + 2 == header.index("DAMAGED")
+    assert row.index("InvalidFrame") == header.index("PEAK")
     assert row[header.index("SCORE") : header.index("SCORE") + 5].strip() == "-"
     assert err.strip() == "convstream analyze: 1 of 2 frames failed"
     assert await run("analyze", str(broken), "--address", f"127.0.0.1:{server.port}") == 1

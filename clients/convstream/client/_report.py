@@ -165,10 +165,9 @@ class Reporter:
 
     def _table_row(self, result: Result) -> str:
         name = result.frame.name if result.frame is not None else result.source
-        if result.error is not None:  # no score; DAMAGED says error, then what went wrong
+        if result.error is not None:  # no score; DAMAGED says error, PEAK onwards what went wrong
             message = f"{type(result.error).__name__}: {result.error.message}"
-            row = self._row(str(result.frame_id), name, "-", "error", "", "")
-            return f"{row.rstrip()}  {message}"
+            return self._row(str(result.frame_id), name, "-", "error", message, "").rstrip()
         peak = result.peak()
         total_ms = result.timings.total_ms if result.timings is not None else 0.0
         return self._row(
@@ -292,8 +291,7 @@ class WatchReporter(Reporter):
     def _table_row(self, result: Result) -> str:
         if result.error is not None:
             message = f"{type(result.error).__name__}: {result.error.message}"
-            row = self._watch_row(str(result.frame_id), "-", "error", "", "", "")
-            return f"{row.rstrip()}  {message}"
+            return self._watch_row(str(result.frame_id), "-", "error", message, "", "").rstrip()
         peak = result.peak()
         row = self._watch_row(
             str(result.frame_id),
