@@ -577,6 +577,12 @@ def test_usage_errors_exit_2(
     err = capsys.readouterr().err
     assert info.value.code == 2 and "unrecognized arguments: --po 5" in err
     assert "--address" not in err.splitlines()[-1]  # serve has no --address to point to
+    # an option before the command: argparse called the address an unknown command
+    with pytest.raises(SystemExit) as info:
+        main(["--address", "127.0.0.1:1", "cameras"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert "options go after the command: convstream cameras --address 127.0.0.1:1" in err
 
 
 def test_a_bad_tls_file_or_upload_flag_is_said_of_its_flag(

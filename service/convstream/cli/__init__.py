@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -751,6 +752,15 @@ def _main(argv: Sequence[str] | None) -> int:
     # connect to the default address; every option is taken whole or refused.
     for command_parser in (parser, *commands.choices.values()):
         command_parser.allow_abbrev = False
+    first = args_given[0] if args_given else ""
+    if first.startswith("-") and first not in ("-h", "--help", "--version"):
+        # `convstream --address HOST:PORT cameras`: argparse would call the address an
+        # unknown command; every option belongs to a command, so say where it goes.
+        at = next((i for i, a in enumerate(args_given) if a in commands.choices), None)
+        if at is not None:
+            moved = [args_given[at], *args_given[:at], *args_given[at + 1 :]]
+            parser.error(f"options go after the command: convstream {shlex.join(moved)}")
+        parser.error(f"options go after the command: convstream COMMAND {shlex.join(args_given)}")
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # with the command's own usage line, not the top level's
         command_parser = commands.choices[args.command]
