@@ -195,17 +195,31 @@ def test_dashboard_flags_are_checked_before_it_starts(
     assert "both cert and key" in capsys.readouterr().err
 
 
-def test_a_token_in_plaintext_is_warned_of_unless_the_host_is_this_machine(
-    caplog: pytest.LogCaptureFixture,
+def test_a_token_in_plaintext_is_refused_unless_the_host_is_this_machine(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     local = ("127.0.0.1:1", "localhost:1", "[::1]:1", "127.0.0.2:1", "unix:/tmp/x")
     for address in (*local, "ipv4:127.0.0.1:1", "dns:localhost:1", "dns:///localhost:1"):
         assert is_local_address(address), address
-    for address in ("localhost.evil.example:1", "127.0.0.1.nip.io:1", "convstream.example:1"):
-        assert not is_local_address(address), address
+        Client(address, token=TOKEN).close()
     assert not is_local_address("[::1:1")  # no address: not known to be local, no traceback
     for address in ("localhost.evil.example:1", "127.0.0.1.nip.io:1", "convstream.example:1"):
         assert not is_local_address(address), address
-        caplog.clear()
-        Client(address, token=TOKEN).close()
-        assert f"sending a token to {address} in plaintext" in caplog.text
+        with pytest.raises(ValueError, match=f"refusing to send the token to {address} in "):
+            Client(address, token=TOKEN)
+        with pytest.raises(ValueError, match="allow_plaintext_token=True"):
+            DashboardSettings(address=address, token=TOKEN)
+        Client(address, token=TOKEN, tls=TLS()).close()  # over TLS, or said to be private
+        Client(address, token=TOKEN, allow_plaintext_token=True).close()
+        Client(address).close()  # no token: nothing to leak
+        DashboardSettings(address=address, token=TOKEN, allow_plaintext_token=True)
+    # the commands say it in their flags, naming where the token came from
+    far = "convstream.example:1"
+    assert main(["cameras", "--address", far, "--token", TOKEN]) == 2
+    err = capsys.readouterr().err
+    assert f"refusing to send the token of --token to {far} in plaintext" in err
+    assert "connect with TLS (--ca FILE, or --tls), or pass --allow-plaintext-token" in err
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    assert main(["dashboard", "--address", far, "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"convstream dashboard: refusing to send the token of ${TOKEN_ENV} to {far}" in err

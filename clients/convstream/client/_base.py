@@ -60,6 +60,24 @@ def is_local_address(address: str) -> bool:
         return host == "localhost"
 
 
+def check_plaintext_token(
+    address: str, *, tls: object | None, token: str | None, allow: bool
+) -> None:
+    """Refuse to send a token in the clear off this machine, as gRPC itself refuses call
+    credentials on a plaintext channel: whoever sees the traffic could read it and call as
+    its holder. ``allow`` is for a network that is private by itself (a VPN, a WireGuard link).
+
+    Raises:
+        ValueError: a token, no TLS, an address that leaves this machine, and not ``allow``.
+    """
+    if token and tls is None and not is_local_address(address) and not allow:
+        raise ValueError(
+            f"refusing to send the token to {address} in plaintext: anyone who can see the "
+            "traffic could read it and call as its holder; connect with TLS (tls=TLS(...)), "
+            "or pass allow_plaintext_token=True where the network itself is private (a VPN)"
+        )
+
+
 def clean_token(token: str | None) -> str | None:
     """A bearer token as sent: without the whitespace around it (read from a file or a
     Kubernetes secret, it often ends with a newline, which gRPC refused in the client as an
@@ -186,6 +204,7 @@ class BaseClient:
         retry: Retry = Retry(),  # noqa: B008
         options: ResultOptions = ResultOptions(),  # noqa: B008
         upload: Upload = Upload(),  # noqa: B008
+        allow_plaintext_token: bool = False,
     ) -> None:
         address = check_address(address)
         if timeout is None:
@@ -200,10 +219,9 @@ class BaseClient:
         self.options = options
         self.upload = upload
         token = clean_token(token)
+        check_plaintext_token(address, tls=tls, token=token, allow=allow_plaintext_token)
         self._token = token
         self._closed = False
-        if token and tls is None and not is_local_address(address):
-            logger.warning("sending a token to %s in plaintext; use TLS off this host", address)
         self._open()
 
     def _open(self) -> None:

@@ -57,9 +57,13 @@ class Client(BaseClient):
             watches reconnect.
         options: the default ResultOptions of every call; a call's ``options`` replace them.
         upload: how frames held as pixels are sent (JPEG of some quality, PNG or raw).
+        allow_plaintext_token: send ``token`` without TLS to another machine, where the
+            network itself is private (a VPN); refused otherwise, as anyone who sees the
+            traffic could read the token.
 
     Raises:
-        ValueError: an address that is not host:port, or a token that cannot be sent.
+        ValueError: an address that is not host:port, a token that cannot be sent, or a
+            token to send in plaintext to another machine without ``allow_plaintext_token``.
         OSError: a file of ``tls`` (a CA, a certificate, a key) that cannot be read. The
             calls raise ConvstreamError for everything the server, the connection or a
             source does.

@@ -37,6 +37,7 @@ from convstream.client.connection_flags import (
     ADDRESS_ENV,
     add_address_flag,
     add_security_flags,
+    flag_words,
     refused_hint,
     tls_from_flags,
     token_from_flags,
@@ -397,9 +398,10 @@ def _client(args: argparse.Namespace) -> Client:
             options=options,
             upload=upload,
             retry=retry,
+            allow_plaintext_token=args.allow_plaintext_token,
         )
     except ValueError as exc:  # a PEM file that holds something else: said of its flag
-        raise ValueError(_tls_flags(str(exc))) from None
+        raise ValueError(flag_words(_tls_flags(str(exc)), args)) from None
 
 
 def _check_flags(args: argparse.Namespace) -> None:

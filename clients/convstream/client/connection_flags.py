@@ -48,6 +48,12 @@ def add_security_flags(group: argparse._ArgumentGroup | argparse.ArgumentParser)
     group.add_argument(
         "--token-file", type=Path, metavar="FILE", help="a file whose first line is the token"
     )
+    group.add_argument(
+        "--allow-plaintext-token",
+        action="store_true",
+        help="send the token without TLS to another machine, where the network itself is "
+        "private (a VPN); refused otherwise, as anyone who sees the traffic could read it",
+    )
 
 
 def tls_from_flags(args: argparse.Namespace) -> TLS | None:
@@ -111,6 +117,24 @@ def write_secret(path: Path, secret: str) -> None:
     except OSError:  # a full disk, say: leave no empty file to block a rerun
         path.unlink(missing_ok=True)
         raise
+
+
+# The Python API's words in check_plaintext_token's refusal, and the flags that say the same
+_PLAINTEXT_WORDS = {
+    "connect with TLS (tls=TLS(...))": "connect with TLS (--ca FILE, or --tls)",
+    "pass allow_plaintext_token=True": "pass --allow-plaintext-token",
+}
+
+
+def flag_words(message: str, args: argparse.Namespace) -> str:
+    """A refusal to send a token in plaintext in the flags' words, not the Python API's, and
+    naming where the token came from (set in the shell, it may be news to the user)."""
+    for words, flags in _PLAINTEXT_WORDS.items():
+        message = message.replace(words, flags)
+    given = "--token" if args.token else f"--token-file {args.token_file}"
+    if not args.token and args.token_file is None:
+        given = f"${TOKEN_ENV}"
+    return message.replace("send the token to", f"send the token of {given} to")
 
 
 def refused_hint(code: str, *, token: bool) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from convstream.client.connection_flags import (
     add_address_flag,
     add_security_flags,
+    flag_words,
     tls_from_flags,
     token_from_flags,
 )
@@ -219,6 +220,7 @@ def _dashboard(args: argparse.Namespace) -> int:
             history_s=args.history,
             token=token_from_flags(args),
             tls=tls_from_flags(args),
+            allow_plaintext_token=args.allow_plaintext_token,
             allowed_hosts=tuple(args.allow_host),
             access_token=access_token,
             https_cert=args.https_cert,
@@ -236,7 +238,7 @@ def _dashboard(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     except (OSError, ValueError) as exc:
-        print(f"convstream dashboard: {_in_flags(str(exc))}", file=sys.stderr)
+        print(f"convstream dashboard: {flag_words(_in_flags(str(exc)), args)}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

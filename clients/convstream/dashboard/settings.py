@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from convstream.client._base import check_plaintext_token
 from convstream.client.options import TLS
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -46,6 +47,8 @@ class DashboardSettings:
         token: a bearer token for servers that require one (role watch is enough).
         tls: how to reach a server that uses TLS (its CA, a client certificate for mutual
             TLS, the name its certificate carries); None: plaintext.
+        allow_plaintext_token: send ``token`` without TLS to a server on another machine,
+            where the network itself is private (a VPN); refused otherwise.
         allowed_hosts: host names the page also answers to (in a request's Host header),
             such as a reverse proxy's public name. Listening on loopback, it answers only to
             localhost and loopback addresses besides these: a web page elsewhere cannot read
@@ -73,6 +76,7 @@ class DashboardSettings:
     alerts_max_mb: float = 1000.0
     token: str | None = field(default=None, repr=False)
     tls: TLS | None = None
+    allow_plaintext_token: bool = False
     allowed_hosts: tuple[str, ...] = ()
     access_token: str | None = field(default=None, repr=False)
     https_cert: Path | None = None
@@ -127,3 +131,6 @@ class DashboardSettings:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        check_plaintext_token(
+            self.address, tls=self.tls, token=self.token, allow=self.allow_plaintext_token
+        )
