@@ -723,6 +723,16 @@ async def test_health_and_reflection(server: Server, channel: grpc.aio.Channel) 
             "ListCameras",
             "WatchCamera",
         ]
+        # `grpcurl describe convstream.v1.Convstream.StreamFrames`, as the README has it, asks
+        # for the file of the method by its name; an unknown name stays NOT_FOUND
+        symbols = ["convstream.v1.Convstream.StreamFrames", "convstream.v1.Convstream.Nope"]
+        asks = [reflection_pb2.ServerReflectionRequest(file_containing_symbol=n) for n in symbols]
+        found, missing = [r async for r in ask(requests(asks))]
+        assert found.original_request.file_containing_symbol == symbols[0]
+        blob = found.file_descriptor_response.file_descriptor_proto[0]
+        assert descriptor_pb2.FileDescriptorProto.FromString(blob) == api  # with its comments
+        assert missing.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+        assert missing.original_request.file_containing_symbol == symbols[1]
         for package in ("grpc.reflection.v1", "grpc.reflection.v1alpha"):
             service = pool.FindServiceByName(f"{package}.ServerReflection")
             method = service.methods_by_name["ServerReflectionInfo"]

@@ -109,14 +109,49 @@ Requests = AsyncIterable[reflection_pb2.ServerReflectionRequest]
 Responses = AsyncIterator[reflection_pb2.ServerReflectionResponse]
 
 
+def _method_to_service(
+    request: reflection_pb2.ServerReflectionRequest,
+) -> reflection_pb2.ServerReflectionRequest:
+    """The request, asking for a method's service where it asks for the file of a method
+    (``grpcurl describe convstream.v1.Convstream.StreamFrames``): Python's descriptor pool
+    finds no file by a method's name, and grpcio-reflection answered NOT_FOUND (grpc/grpc#34743).
+    The file is the service's."""
+    if request.WhichOneof("message_request") != "file_containing_symbol":
+        return request
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindFileContainingSymbol(request.file_containing_symbol)
+        return request
+    except KeyError:
+        pass
+    try:
+        method = pool.FindMethodByName(request.file_containing_symbol)
+    except KeyError:
+        return request  # not a method either: the servicer's NOT_FOUND
+    asked = reflection_pb2.ServerReflectionRequest()
+    asked.CopyFrom(request)
+    asked.file_containing_symbol = method.containing_service.full_name
+    return asked
+
+
 def _with_comments(
     servicer: reflection.aio.ReflectionServicer,
 ) -> Callable[[Requests, grpc.aio.ServicerContext], Responses]:
-    """servicer's ServerReflectionInfo, handing out convstream's files with their comments."""
+    """servicer's ServerReflectionInfo, handing out convstream's files with their comments,
+    and the file of a method asked for by the method's name."""
     commented = commented_files()
 
     async def info(requests: Requests, context: grpc.aio.ServicerContext) -> Responses:
-        async for response in servicer.ServerReflectionInfo(requests, context):
+        asked: list[reflection_pb2.ServerReflectionRequest] = []  # one response each, in order
+
+        async def rewritten() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
+            async for request in requests:
+                asked.append(request)
+                yield _method_to_service(request)
+
+        async for response in servicer.ServerReflectionInfo(rewritten(), context):
+            if asked:  # each response echoes the request as the tool sent it
+                response.original_request.CopyFrom(asked.pop(0))
             if response.HasField("file_descriptor_response"):
                 files = response.file_descriptor_response.file_descriptor_proto
                 for i, blob in enumerate(files):
