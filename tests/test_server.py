@@ -714,6 +714,8 @@ async def test_health_and_reflection(server: Server, channel: grpc.aio.Channel) 
         # (6: FileDescriptorProto.service, 2: ServiceDescriptorProto.method)
         path = (6, service, 2, methods.index("StreamFrames"))
         assert "Client-pushed frames over one long stream" in said[path]
+        # the status codes every method keeps: with the service, which `describe` prints
+        assert "RESOURCE_EXHAUSTED   over a cap" in said[(6, service)]
         pool = build_pool(files)
         methods = {n: [m.name for m in pool.FindServiceByName(n).methods] for n in names}
         assert methods["convstream.v1.Convstream"] == [

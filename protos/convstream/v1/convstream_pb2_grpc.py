@@ -26,7 +26,70 @@ if _version_not_supported:
 
 
 class ConvstreamStub(object):
-    """Missing associated documentation comment in .proto file."""
+    """The service. What follows is the contract every method keeps; `grpcurl describe
+    convstream.v1.Convstream` prints it, and each method's comment its own part.
+
+    Calling it:
+    - Results can be large (every stage in FLOAT32 for a 384x640 input is about 8 MB), over
+    gRPC's 4 MiB default: set the channel's grpc.max_receive_message_length to at least
+    ModelInfo.max_message_bytes (64 MiB by default), or one large result ends the whole
+    stream with RESOURCE_EXHAUSTED on the client's side. The server refuses up front, with a
+    per-frame INVALID_ARGUMENT, a result that would pass its own limit.
+    - A server with tokens wants the metadata "authorization: Bearer <token>" on every call
+    (the scheme in any case); health is open to all.
+
+    Status codes, for a call or (StreamFrames) for one frame's FrameStatus:
+    INVALID_ARGUMENT     a frame, option or capture_time that cannot be used, a
+    camera_id that is not an id (empty, a URL, a path), or a request
+    that does not parse as the method's message (on a stream, that
+    message alone: its result has frame_id 0); says why.
+    Frames must be 32 to ModelInfo.max_frame_side pixels a side and
+    at most ModelInfo.max_frame_pixels in all. Also what could never
+    fit on this server, whatever its load: a request over
+    max_message_bytes, a result the options would make larger than it
+    (that frame alone, for that stream or watcher: ask for less), a
+    frame larger than all the bytes it holds for streams.
+    Retrying the same request gets the same answer.
+    RESOURCE_EXHAUSTED   over a cap on concurrent streams, Analyze calls, WatchCamera calls,
+    queued frames or bytes of frames held (that frame alone; one stream
+    holds at most a quarter of them): what passes, so back off and
+    retry. Not so the two that gRPC itself raises, whose message says
+    "Received message larger than max": a request over twice
+    max_message_bytes, refused before the server sees it, ending the
+    call (send large frames as JPEG), and a result over the client's
+    own grpc.max_receive_message_length (raise it, as above). Retrying
+    those gets the same answer.
+    ALREADY_EXISTS       a publish name that a camera or another published stream has
+    (that frame alone; it may be free later)
+    NOT_FOUND            no camera or published stream by that id (also when a reload
+    removes the camera a WatchCamera call is watching)
+    FAILED_PRECONDITION  WatchCamera on a camera that has FAILED or STOPPED
+    DEADLINE_EXCEEDED    the call's deadline passed before its frame reached the model, or
+    a stream sent no frame for stream_idle_timeout_s (300 s by default;
+    the message says so; open a new stream when frames come again), or
+    read no result for as long while one waited to be sent (flow
+    control: the stream's place would be held for ever; the client
+    sees this after the results gRPC had already delivered to it)
+    UNAVAILABLE          the server is shutting down: call again (here or on another
+    instance). WatchCamera also: a reload made the watched id a
+    camera the server pulls, not a published stream, or moved the
+    camera to another process of a --processes server; or that
+    process is not answering: watch again (in a few seconds). A
+    reload that restarts a watched camera does not end its watches:
+    they go on, and the camera's frame_id goes on growing. (A watch of
+    a published stream ends OK when that stream ends, after the
+    results it holds.)
+    UNAUTHENTICATED      no token or an unknown one, where the server has tokens; also
+    ends an open WatchCamera or StreamFrames whose token a reload of
+    the server's config removed (or when it adds the first token)
+    PERMISSION_DENIED    a token whose role does not cover the call (watch < analyze); also
+    ends an open StreamFrames whose token a reload gave role watch
+    INTERNAL             a frame the server failed on (Analyze: the call); a stream goes
+    on, and the server logs why
+    A frame that was not analysed has a FrameStatus with a non-zero code, and score 0 and
+    damaged false mean nothing: check status first. An analysed frame's result has no status
+    (unset, or code 0).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -62,7 +125,70 @@ class ConvstreamStub(object):
 
 
 class ConvstreamServicer(object):
-    """Missing associated documentation comment in .proto file."""
+    """The service. What follows is the contract every method keeps; `grpcurl describe
+    convstream.v1.Convstream` prints it, and each method's comment its own part.
+
+    Calling it:
+    - Results can be large (every stage in FLOAT32 for a 384x640 input is about 8 MB), over
+    gRPC's 4 MiB default: set the channel's grpc.max_receive_message_length to at least
+    ModelInfo.max_message_bytes (64 MiB by default), or one large result ends the whole
+    stream with RESOURCE_EXHAUSTED on the client's side. The server refuses up front, with a
+    per-frame INVALID_ARGUMENT, a result that would pass its own limit.
+    - A server with tokens wants the metadata "authorization: Bearer <token>" on every call
+    (the scheme in any case); health is open to all.
+
+    Status codes, for a call or (StreamFrames) for one frame's FrameStatus:
+    INVALID_ARGUMENT     a frame, option or capture_time that cannot be used, a
+    camera_id that is not an id (empty, a URL, a path), or a request
+    that does not parse as the method's message (on a stream, that
+    message alone: its result has frame_id 0); says why.
+    Frames must be 32 to ModelInfo.max_frame_side pixels a side and
+    at most ModelInfo.max_frame_pixels in all. Also what could never
+    fit on this server, whatever its load: a request over
+    max_message_bytes, a result the options would make larger than it
+    (that frame alone, for that stream or watcher: ask for less), a
+    frame larger than all the bytes it holds for streams.
+    Retrying the same request gets the same answer.
+    RESOURCE_EXHAUSTED   over a cap on concurrent streams, Analyze calls, WatchCamera calls,
+    queued frames or bytes of frames held (that frame alone; one stream
+    holds at most a quarter of them): what passes, so back off and
+    retry. Not so the two that gRPC itself raises, whose message says
+    "Received message larger than max": a request over twice
+    max_message_bytes, refused before the server sees it, ending the
+    call (send large frames as JPEG), and a result over the client's
+    own grpc.max_receive_message_length (raise it, as above). Retrying
+    those gets the same answer.
+    ALREADY_EXISTS       a publish name that a camera or another published stream has
+    (that frame alone; it may be free later)
+    NOT_FOUND            no camera or published stream by that id (also when a reload
+    removes the camera a WatchCamera call is watching)
+    FAILED_PRECONDITION  WatchCamera on a camera that has FAILED or STOPPED
+    DEADLINE_EXCEEDED    the call's deadline passed before its frame reached the model, or
+    a stream sent no frame for stream_idle_timeout_s (300 s by default;
+    the message says so; open a new stream when frames come again), or
+    read no result for as long while one waited to be sent (flow
+    control: the stream's place would be held for ever; the client
+    sees this after the results gRPC had already delivered to it)
+    UNAVAILABLE          the server is shutting down: call again (here or on another
+    instance). WatchCamera also: a reload made the watched id a
+    camera the server pulls, not a published stream, or moved the
+    camera to another process of a --processes server; or that
+    process is not answering: watch again (in a few seconds). A
+    reload that restarts a watched camera does not end its watches:
+    they go on, and the camera's frame_id goes on growing. (A watch of
+    a published stream ends OK when that stream ends, after the
+    results it holds.)
+    UNAUTHENTICATED      no token or an unknown one, where the server has tokens; also
+    ends an open WatchCamera or StreamFrames whose token a reload of
+    the server's config removed (or when it adds the first token)
+    PERMISSION_DENIED    a token whose role does not cover the call (watch < analyze); also
+    ends an open StreamFrames whose token a reload gave role watch
+    INTERNAL             a frame the server failed on (Analyze: the call); a stream goes
+    on, and the server logs why
+    A frame that was not analysed has a FrameStatus with a non-zero code, and score 0 and
+    damaged false mean nothing: check status first. An analysed frame's result has no status
+    (unset, or code 0).
+    """
 
     def Analyze(self, request, context):
         """One frame in, one result out. A bad frame fails the call with INVALID_ARGUMENT.
@@ -175,7 +301,70 @@ def add_ConvstreamServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Convstream(object):
-    """Missing associated documentation comment in .proto file."""
+    """The service. What follows is the contract every method keeps; `grpcurl describe
+    convstream.v1.Convstream` prints it, and each method's comment its own part.
+
+    Calling it:
+    - Results can be large (every stage in FLOAT32 for a 384x640 input is about 8 MB), over
+    gRPC's 4 MiB default: set the channel's grpc.max_receive_message_length to at least
+    ModelInfo.max_message_bytes (64 MiB by default), or one large result ends the whole
+    stream with RESOURCE_EXHAUSTED on the client's side. The server refuses up front, with a
+    per-frame INVALID_ARGUMENT, a result that would pass its own limit.
+    - A server with tokens wants the metadata "authorization: Bearer <token>" on every call
+    (the scheme in any case); health is open to all.
+
+    Status codes, for a call or (StreamFrames) for one frame's FrameStatus:
+    INVALID_ARGUMENT     a frame, option or capture_time that cannot be used, a
+    camera_id that is not an id (empty, a URL, a path), or a request
+    that does not parse as the method's message (on a stream, that
+    message alone: its result has frame_id 0); says why.
+    Frames must be 32 to ModelInfo.max_frame_side pixels a side and
+    at most ModelInfo.max_frame_pixels in all. Also what could never
+    fit on this server, whatever its load: a request over
+    max_message_bytes, a result the options would make larger than it
+    (that frame alone, for that stream or watcher: ask for less), a
+    frame larger than all the bytes it holds for streams.
+    Retrying the same request gets the same answer.
+    RESOURCE_EXHAUSTED   over a cap on concurrent streams, Analyze calls, WatchCamera calls,
+    queued frames or bytes of frames held (that frame alone; one stream
+    holds at most a quarter of them): what passes, so back off and
+    retry. Not so the two that gRPC itself raises, whose message says
+    "Received message larger than max": a request over twice
+    max_message_bytes, refused before the server sees it, ending the
+    call (send large frames as JPEG), and a result over the client's
+    own grpc.max_receive_message_length (raise it, as above). Retrying
+    those gets the same answer.
+    ALREADY_EXISTS       a publish name that a camera or another published stream has
+    (that frame alone; it may be free later)
+    NOT_FOUND            no camera or published stream by that id (also when a reload
+    removes the camera a WatchCamera call is watching)
+    FAILED_PRECONDITION  WatchCamera on a camera that has FAILED or STOPPED
+    DEADLINE_EXCEEDED    the call's deadline passed before its frame reached the model, or
+    a stream sent no frame for stream_idle_timeout_s (300 s by default;
+    the message says so; open a new stream when frames come again), or
+    read no result for as long while one waited to be sent (flow
+    control: the stream's place would be held for ever; the client
+    sees this after the results gRPC had already delivered to it)
+    UNAVAILABLE          the server is shutting down: call again (here or on another
+    instance). WatchCamera also: a reload made the watched id a
+    camera the server pulls, not a published stream, or moved the
+    camera to another process of a --processes server; or that
+    process is not answering: watch again (in a few seconds). A
+    reload that restarts a watched camera does not end its watches:
+    they go on, and the camera's frame_id goes on growing. (A watch of
+    a published stream ends OK when that stream ends, after the
+    results it holds.)
+    UNAUTHENTICATED      no token or an unknown one, where the server has tokens; also
+    ends an open WatchCamera or StreamFrames whose token a reload of
+    the server's config removed (or when it adds the first token)
+    PERMISSION_DENIED    a token whose role does not cover the call (watch < analyze); also
+    ends an open StreamFrames whose token a reload gave role watch
+    INTERNAL             a frame the server failed on (Analyze: the call); a stream goes
+    on, and the server logs why
+    A frame that was not analysed has a FrameStatus with a non-zero code, and score 0 and
+    damaged false mean nothing: check status first. An analysed frame's result has no status
+    (unset, or code 0).
+    """
 
     @staticmethod
     def Analyze(request,
