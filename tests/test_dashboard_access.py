@@ -165,6 +165,16 @@ async def test_a_session_ends_after_30_days_unless_used(monkeypatch: pytest.Monk
         forged = value.split(".", 1)[0] + "." + "0" * 64  # a time without its HMAC
         async with http.get(dash.url + "api/state", cookies={name: forged}) as answer:
             assert answer.status == 401
+        # what no session holds is refused, not a server error with its traceback logged:
+        # a digit int() refuses, a time no clock reaches, a Host port no browser sends
+        for cookie in ("\u00b2.x", "9" * 400 + ".x", "1." + "\u00e9" * 64):
+            async with http.get(
+                dash.url + "api/state", headers={"Cookie": f"{name}={cookie}"}
+            ) as answer:
+                assert answer.status == 401, cookie
+        for host in ("127.0.0.1:99999", "127.0.0.1:abc"):
+            async with http.get(dash.url + "api/state", headers={"Host": host}) as answer:
+                assert answer.status == 401, host
         # a session in use is renewed once a day: a wall display stays logged in
         for days, renewed in ((0.5, False), (2, True)):
             value = await session_issued(days)

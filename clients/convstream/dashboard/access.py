@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import html
 import logging
+import re
 import secrets
 import time
 from pathlib import Path
@@ -108,12 +109,12 @@ class Access:
         return f"{issued}.{mac.hexdigest()}"
 
     def _session_valid(self, value: str | None) -> bool:
-        issued, _, _ = (value or "").partition(".")
-        if not issued.isdigit():
+        issued = _issued(value)
+        if issued is None:
             return False
-        age = time.time() - int(issued)
+        age = time.time() - issued
         fresh = -60 <= age <= SESSION_DAYS * 86400  # a clock a little behind is no matter
-        return hmac.compare_digest(value or "", self._session(int(issued))) and fresh
+        return hmac.compare_digest(value or "", self._session(issued)) and fresh
 
     async def login_page(self, request: web.Request) -> web.Response:
         failed = "failed" in request.query
@@ -159,10 +160,10 @@ class Access:
         """A session in use is renewed once a day (the page asks every hour while it is
         open): a wall display stays logged in, and a copied cookie nobody uses ends."""
         value = request.cookies.get(cookie_name(request))
-        issued = (value or "").partition(".")[0]
+        issued = _issued(value)
         if (
-            issued.isdigit()
-            and time.time() - int(issued) > RENEW_AFTER_S
+            issued is not None
+            and time.time() - issued > RENEW_AFTER_S
             and self._session_valid(value)
             and not response.prepared
         ):
@@ -192,11 +193,24 @@ class Access:
         )
 
 
+def _issued(value: str | None) -> int | None:
+    """When a session cookie says it was issued (seconds since the epoch), or None for a value
+    that is no session's: anything a sender puts there is refused, never a server error."""
+    found = _SESSION.fullmatch(value or "")
+    return int(found.group(1)) if found else None
+
+
+_SESSION = re.compile(r"([0-9]{1,12})\.[0-9a-f]{64}", re.ASCII)  # issued, then the HMAC
+
+
 def cookie_name(request: web.Request) -> str:
     """The session cookie's name, with the port the browser used: browsers keep cookies per
     host, not per port, and two dashboards of one host must not take each other's. Over HTTPS
     with the __Host- prefix, which a browser keeps to that host and a Secure cookie."""
-    port = request.url.port or (443 if request.secure else 80)
+    try:
+        port = request.url.port or (443 if request.secure else 80)
+    except ValueError:  # a Host header with no port a browser would send ("x:99999")
+        port = 0
     return f"{'__Host-' if request.secure else ''}{COOKIE}_{port}"
 
 
