@@ -9,6 +9,7 @@ import signal
 
 from aiohttp import web
 
+from convstream.dashboard import https
 from convstream.dashboard.https import HttpsPort, https_context, https_warnings
 from convstream.dashboard.hub import Hub
 from convstream.dashboard.settings import DashboardSettings
@@ -55,7 +56,11 @@ class Dashboard:
             OSError: the port could not be bound.
         """
         self._runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=1.0,
+            keepalive_timeout=https.IDLE_CONNECTION_S,
         )
         await self._runner.setup()
         settings = self.settings

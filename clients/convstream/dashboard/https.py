@@ -25,6 +25,11 @@ logger = logging.getLogger(__name__)
 
 TLS_HANDSHAKE = 0x16  # the first byte of a TLS record that opens a handshake
 FIRST_BYTE_S = 10.0  # a connection that sends nothing this long is closed
+# A connection with no request in progress (a half-sent one included) is closed after this
+# long: aiohttp's own default is an hour, so a sender could hold the page's file descriptors
+# with a byte each. Answers, the live WebSocket and keep-alive between requests go on.
+IDLE_CONNECTION_S = 20.0
+ACCEPT_WARN_EVERY_S = 60.0  # a failing accept (out of file descriptors) is logged this often
 
 
 def https_context(settings: DashboardSettings) -> ssl.SSLContext | None:
@@ -86,7 +91,7 @@ class HttpsPort:
         self._page = page
         self._context = context
         self._answers_to = answers_to
-        self._redirects = web.Server(self._redirect)
+        self._redirects = web.Server(self._redirect, keepalive_timeout=IDLE_CONNECTION_S)
         self._listener: socket.socket | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -118,11 +123,16 @@ class HttpsPort:
     async def _accept(self) -> None:
         assert self._listener is not None
         loop = asyncio.get_running_loop()
+        warned = -ACCEPT_WARN_EVERY_S
         while True:
             try:
                 connection, _ = await loop.sock_accept(self._listener)
             except OSError as exc:  # out of file descriptors, say: not the end of the page
-                logger.warning("accepting a connection to the page failed: %s", exc)
+                if loop.time() - warned >= ACCEPT_WARN_EVERY_S:
+                    warned = loop.time()
+                    logger.warning(
+                        "accepting a connection to the page failed: %s (said once a minute)", exc
+                    )
                 await asyncio.sleep(0.1)
                 continue
             self._spawn(self._route(connection))

@@ -231,8 +231,8 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
     response.headers.setdefault("Content-Security-Policy", CSP)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
-    if request.secure:  # HTTPS only, from now on, for this host
-        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    # No Strict-Transport-Security: a browser applies it to every port of the host, and would
+    # then refuse the metrics page and whatever else the host serves over plain HTTP.
 
 
 def make_app(hub: Hub) -> web.Application:
