@@ -1206,6 +1206,11 @@ async def test_a_camera_configured_under_a_published_streams_name_takes_it() -> 
             pb.FrameRequest(frame_id=1, source="dock-9", encoded=frames[0], options=options)
         )
         assert (await stream.read()).status.code == 0
+        alike = stub.StreamFrames()  # and one the camera's id would read as, once it is one
+        await alike.write(
+            pb.FrameRequest(frame_id=1, source="D0CK_9", encoded=frames[0], options=options)
+        )
+        assert (await alike.read()).status.code == 0
         watcher = Collector(watch(stub, "dock-9"))
         await until(
             lambda: _true(server.cameras is not None and _watchers_of(server, "dock-9") == 1),
@@ -1227,6 +1232,8 @@ async def test_a_camera_configured_under_a_published_streams_name_takes_it() -> 
             assert own.frame_id == i and own.status.code == 0
         await stream.done_writing()
         assert await stream.read() == grpc.aio.EOF
+        await alike.done_writing()
+        assert await alike.read() == grpc.aio.EOF
         reply = await stub.ListCameras(pb.ListCamerasRequest())  # its end unlisted nothing
         assert [c.id for c in reply.cameras] == ["dock-9"]
 
@@ -1240,8 +1247,11 @@ def _watchers_of(server: Server, name: str) -> int:
 def test_names_that_read_alike_fold_alike() -> None:
     from convstream.server.cameras import _folded
 
-    assert _folded("Dock_RTSP") == _folded("dock-rtsp") == _folded("dock.rtsp")
+    alike = ("Dock_RTSP", "dock.rtsp", "dockrtsp", "d0ck-rtsp", "dock--rtsp", "DOCK-RTSP.")
+    assert {_folded(name) for name in alike} == {_folded("dock-rtsp")}
+    assert _folded("belt-1") == _folded("belt-l") == _folded("BELT-I")
     assert _folded("dock-rtsp-2") != _folded("dock-rtsp")
+    assert _folded("belt-11") != _folded("belt-1")
 
 
 async def test_a_client_stream_can_publish_under_its_source_name() -> None:

@@ -92,8 +92,8 @@ class CameraManager:
     async def _apply(self, configs: tuple[CameraConfig, ...]) -> None:
         wanted = {c.id: c for c in configs}
         self.metrics.set_cameras([*wanted, *self.elsewhere])  # every process's cameras
-        for name in [n for n in self.published if n in self.elsewhere]:
-            self._take_over(name)
+        for camera_id in self.elsewhere:
+            self._take_over(camera_id)
         for camera_id in [i for i in self.feeds if i not in wanted]:
             feed = self.feeds.pop(camera_id)
             if camera_id in self.elsewhere:
@@ -137,23 +137,25 @@ class CameraManager:
             self.feeds[camera_id] = feed
             feed.start()
 
-    def _take_over(self, name: str) -> None:
-        """A configured camera's id is not free for a client stream (publish refuses it), also
-        when the config names it after a stream took it: the stream goes on unpublished, and
-        its watchers, told to watch again, find the camera (two cameras of one id were
-        listed, and the dashboard showed one's state beside the other's frames)."""
-        publication = self.published.pop(name, None)
-        if publication is None:
-            return
-        publication.taken_over = True
-        publication.end_watchers(
-            Draining(f"{name!r} is now a configured camera, not a client stream: watch it again")
-        )
-        logger.warning(
-            "camera %s configured: the client stream published under that name is no longer "
-            "published (its frames are still analysed)",
-            name,
-        )
+    def _take_over(self, camera_id: str) -> None:
+        """A configured camera's id, or a name that reads as it, is not free for a client
+        stream (publish refuses it), also when the config names the camera after a stream
+        took it: the stream goes on unpublished, and its watchers, told to watch again, find
+        the camera (two cameras of one id were listed, and the dashboard showed one's state
+        beside the other's frames)."""
+        for name in [n for n in self.published if _folded(n) == _folded(camera_id)]:
+            publication = self.published.pop(name)
+            publication.taken_over = True
+            was = "is now" if name == camera_id else f"reads as the camera {camera_id!r}, now"
+            publication.end_watchers(
+                Draining(f"{name!r} {was} a configured camera, not a client stream: watch it again")
+            )
+            logger.warning(
+                "camera %s configured: the client stream published as %s is no longer "
+                "published (its frames are still analysed)",
+                camera_id,
+                name,
+            )
 
     async def stop(self) -> None:
         """Stop every camera; open WatchCamera calls end with UNAVAILABLE."""
@@ -192,8 +194,9 @@ class CameraManager:
         if like is not None:
             raise NameTaken(
                 f"source {name!r} reads as the configured camera {like!r} (names are compared "
-                "without case, and '-', '_' and '.' alike): this frame was not analysed, and "
-                "the stream goes on unpublished; give its frames a name of their own to publish"
+                "without case, '-', '_' or '.', and with 0 as o and 1 and i as l): this frame "
+                "was not analysed, and the stream goes on unpublished; give its frames a name "
+                "of their own to publish"
             )
         publication = StreamPublication(name, self.pipeline, self.metrics)
         self.published[name] = publication
@@ -331,5 +334,9 @@ class CameraManager:
 
 
 def _folded(name: str) -> str:
-    """A camera id as an eye reads it: no case, and '-', '_' and '.' alike."""
-    return re.sub(r"[-_.]", "-", name.casefold())
+    """A camera id as an eye reads it: no case, no '-', '_' or '.', and the digits that pass
+    for letters as those letters ("D0ck_1" reads as "dock-l")."""
+    return re.sub(r"[-_.]", "", name.casefold()).translate(_LOOKALIKE)
+
+
+_LOOKALIKE = str.maketrans({"0": "o", "1": "l", "i": "l"})
