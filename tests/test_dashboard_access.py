@@ -480,3 +480,50 @@ async def test_a_camera_the_dashboard_may_not_watch_says_so(
             await context.close()
     finally:
         await server.stop(grace=0)
+
+
+async def test_a_lifted_refusal_shows_on_a_camera_that_sends_nothing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only a frame cleared a refusal: a camera that was down kept its tile "unwatched", with
+    the old cause, after a reload raised the token's max_calls and the server was watching
+    it for the dashboard. The server's word that it took the watch now clears it. And a log
+    read at warning level, which said the server was unreachable, says when it is back."""
+    from convstream.dashboard import hub
+    from convstream.server import Server, Settings
+    from convstream.server.config import TokenConfig
+    from convstream.server.security import token_hash
+
+    monkeypatch.setattr(hub, "OUTAGE_LOG_S", 0.2)
+    server_token = "the-dashboards-own-server-token"
+    table = {"name": "dash", "role": "watch", "sha256": token_hash(server_token)}
+    down = tuple(  # cameras whose source does not answer: they send no frame
+        CameraConfig(id=f"dock-{i}", source=f"http://127.0.0.1:{_closed_port()}/video.mjpg")
+        for i in (1, 2)
+    )
+    port = _closed_port()
+    tokens = (TokenConfig(**table, max_calls=1),)
+    server = Server(Settings(port=port, metrics_port=-1, cameras=down, tokens=tokens))
+
+    async def until(check: Any, what: str) -> None:
+        deadline = time.monotonic() + 20
+        while not check():
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.1)
+
+    def states() -> list[str]:
+        return [view.status.get("state", "") for view in dash.hub.cameras.values()]
+
+    async with _dashboard(f"127.0.0.1:{port}", token=server_token) as dash:
+        await until(lambda: "unreachable" in caplog.text, "the outage logged")
+        await server.start()  # the server comes up after the dashboard
+        try:
+            await until(lambda: states().count("unwatched") == 1, "one camera refused")
+            back = [r for r in caplog.records if "connected again" in r.message]
+            assert back and back[0].levelname == "WARNING"
+            raised = (TokenConfig(**table, max_calls=2),)
+            await server.reload(server.settings.model_copy(update={"tokens": raised}))
+            await until(lambda: len(states()) == 2 and "unwatched" not in states(), "lifted")
+            assert all(view.frames_received == 0 for view in dash.hub.cameras.values())
+        finally:
+            await server.stop(grace=0)

@@ -35,6 +35,7 @@ from convstream.dashboard.messages import (
     text,
 )
 from convstream.dashboard.settings import DashboardSettings
+from convstream.v1 import WATCHING
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
@@ -217,7 +218,12 @@ class Hub:
                     pb.ListCamerasRequest(), timeout=CALL_TIMEOUT_S, metadata=self._metadata
                 )
                 if not self.server["ok"]:
-                    logger.info("server %s: connected", self.settings.address)
+                    # at the level the outage was logged at, if it was: a log read at
+                    # warning level ended on "unreachable" long after the server was back
+                    if self._logged_error:
+                        logger.warning("server %s: connected again", self.settings.address)
+                    else:
+                        logger.info("server %s: connected", self.settings.address)
                     self._server_back.set()
                     self._server_back = asyncio.Event()
                 self.server = {"ok": True, "error": ""}
@@ -344,12 +350,13 @@ class Hub:
         while True:
             call = self._stub.WatchCamera(request, metadata=self._metadata)
             try:
+                # Registered: said now, not with the first result. A camera that is down may
+                # send none for hours, and its tile kept a refusal the server had since lifted.
+                if any(key == WATCHING for key, _ in await call.initial_metadata() or ()):
+                    self._watched(view)
                 async for result in call:
                     delay = RETRY_MIN_S
-                    view.watch_error = ""
-                    if view.refused is not None:
-                        logger.warning("camera %s: watched again", view.id)
-                        view.refused = None
+                    self._watched(view)
                     await self._on_result(view, result)
                 view.watch_error = "watch ended"
             except grpc.aio.AioRpcError as exc:
@@ -374,6 +381,13 @@ class Hub:
                 delay = RETRY_MIN_S  # the server is back: a fresh start
             except TimeoutError:
                 delay = min(delay * 2, RETRY_MAX_S)
+
+    def _watched(self, view: CameraView) -> None:
+        """The server took this camera's watch: whatever refused it before is over."""
+        view.watch_error = ""
+        if view.refused is not None:
+            logger.warning("camera %s: watched again", view.id)
+            view.refused = None
 
     def _refused(self, view: CameraView, error: str) -> None:
         """A lasting refusal of a camera's watch: logged once (until it is watched again)
