@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import ssl
 import stat
@@ -317,6 +318,44 @@ async def test_a_half_sent_request_does_not_hold_a_connection(
             assert not ws.closed, tls
 
 
+async def test_sighup_reloads_the_pages_certificate(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A renewed certificate, put in the files' place, is served to new connections after a
+    SIGHUP (Dashboard.reload), without a restart that drops every open page; files that do
+    not load leave the one in use."""
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    old, new = make_certificates(tmp_path / "old"), make_certificates(tmp_path / "new")
+    cert, key = tmp_path / "page.pem", tmp_path / "page.key"
+    cert.write_bytes(old["server.pem"].read_bytes())
+    key.write_bytes(old["server.key"].read_bytes())
+
+    async def served(dash: Dashboard, ca: Path) -> bool:
+        """Whether a new connection's certificate is one that ``ca`` signed."""
+        trust = ssl.create_default_context(cafile=str(ca))
+        try:
+            async with (
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trust)) as http,
+                http.get(dash.url + "healthz") as probe,
+            ):
+                return probe.status == 200
+        except aiohttp.ClientConnectorCertificateError:
+            return False
+
+    async with _dashboard(f"127.0.0.1:{_closed_port()}", https_cert=cert, https_key=key) as dash:
+        assert await served(dash, old["ca.pem"]) and not await served(dash, new["ca.pem"])
+        cert.write_text("not a certificate\n")  # half-way through a renewal
+        dash.reload()
+        assert "certificate was not reloaded; it keeps the one in use" in caplog.text
+        assert await served(dash, old["ca.pem"])
+        cert.write_bytes(new["server.pem"].read_bytes())
+        key.write_bytes(new["server.key"].read_bytes())
+        dash.reload()
+        assert await served(dash, new["ca.pem"]) and not await served(dash, old["ca.pem"])
+        assert f"certificate reloaded from {cert}" in caplog.text
+
+
 def test_the_token_file_is_made_private_when_missing_and_read_when_there(
     tmp_path: Path,
 ) -> None:
@@ -341,6 +380,7 @@ def test_the_dashboard_command_makes_its_token_and_checks_its_https_files(
     process = subprocess.Popen(
         [*command, "--access-token-file", str(token_file), "--address", "127.0.0.1:1"],
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         env=env,
     )
@@ -349,10 +389,15 @@ def test_the_dashboard_command_makes_its_token_and_checks_its_https_files(
         first = process.stdout.readline()
         assert first.startswith(f"made a new access token in {token_file} (mode 600)")
         assert process.stdout.readline().startswith("convstream dashboard on http://127.0.0.1:")
+        # SIGHUP, as a unit's ExecReload sends (it ended the dashboard without a word)
+        process.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert process.poll() is None
     finally:
         process.terminate()
-        process.communicate(timeout=20)
+        _, err = process.communicate(timeout=20)
     assert process.returncode == 0  # SIGTERM: a clean stop
+    assert "SIGHUP: nothing to reload: this page has no certificate" in err
     assert len(token_file.read_text().strip()) >= 40
     half = subprocess.run(
         [*command, "--https-cert", str(token_file)], capture_output=True, text=True, env=env

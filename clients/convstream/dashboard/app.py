@@ -76,6 +76,34 @@ class Dashboard:
             self.port = await self._https.start(settings.host, settings.port)
         await self.hub.start()
 
+    def reload(self) -> None:
+        """SIGHUP: read the page's certificate and key again (a renewed certificate, without
+        dropping the open pages); new connections get them. Files that do not load, or a
+        certificate out of its dates, are refused with the ones in use kept."""
+        settings = self.settings
+        if self._https is None:
+            logger.warning(
+                "SIGHUP: nothing to reload: this page has no certificate (--https-cert); a new "
+                "access token or any other flag takes a restart"
+            )
+            return
+        try:
+            context = https_context(settings)
+            warnings = https_warnings(settings)
+        except ValueError as exc:
+            logger.error(
+                "SIGHUP: the page's certificate was not reloaded; it keeps the one in use: %s", exc
+            )
+            return
+        assert context is not None  # https_cert is set
+        self._https.use(context)
+        for warning in warnings:
+            logger.warning("%s", warning)
+        logger.warning(
+            "SIGHUP: the page's certificate reloaded from %s; new connections get it",
+            settings.https_cert,
+        )
+
     async def stop(self) -> None:
         """Close every browser connection and the server subscription."""
         await self.hub.stop()
@@ -108,16 +136,25 @@ def exposure_warnings(settings: DashboardSettings, port: int) -> list[str]:
 
 
 async def serve(settings: DashboardSettings) -> None:
-    """Run a dashboard until SIGINT or SIGTERM."""
+    """Run a dashboard until SIGINT or SIGTERM; SIGHUP reloads the page's certificate."""
     # Before the line that says it runs: a supervisor may stop it as soon as it reads that
     # line, and a SIGTERM before the handler killed it outright (exit -15, nothing closed).
-    stop = asyncio.Event()
+    # SIGHUP too (a unit's ExecReload, as the server's): it ended the dashboard in silence.
+    stop, hup = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+    for sig, event in ((signal.SIGINT, stop), (signal.SIGTERM, stop), (signal.SIGHUP, hup)):
+        with contextlib.suppress(NotImplementedError, AttributeError):  # Windows: no SIGHUP
+            loop.add_signal_handler(sig, event.set)
     dashboard = Dashboard(settings)
     await dashboard.start()
+
+    async def reloads() -> None:
+        while True:
+            await hup.wait()
+            hup.clear()
+            dashboard.reload()
+
+    reloading = asyncio.create_task(reloads())
     logger.info("dashboard on %s, watching %s", dashboard.url, settings.address)
     for warning in [*exposure_warnings(settings, dashboard.port), *https_warnings(settings)]:
         logger.warning("%s", warning)
@@ -125,4 +162,5 @@ async def serve(settings: DashboardSettings) -> None:
     try:
         await stop.wait()
     finally:
+        reloading.cancel()
         await dashboard.stop()

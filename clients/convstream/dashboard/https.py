@@ -107,6 +107,11 @@ class HttpsPort:
         self._spawn(self._accept())
         return int(self._listener.getsockname()[1])
 
+    def use(self, context: ssl.SSLContext) -> None:
+        """Serve new connections with ``context`` (a reloaded certificate); open ones keep
+        theirs."""
+        self._context = context
+
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
