@@ -223,3 +223,37 @@ def test_a_token_in_plaintext_is_refused_unless_the_host_is_this_machine(
     assert main(["dashboard", "--address", far, "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert f"convstream dashboard: refusing to send the token of ${TOKEN_ENV} to {far}" in err
+
+
+async def test_a_certificate_that_names_its_host_in_cn_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A certificate with CN=127.0.0.1 and no subjectAltName loaded, `--check-config` said
+    "config OK", and every client failed with gRPC's "call host does not match SSL server
+    name", which the commands read as a refused token (exit 4, "give this server's token"),
+    on a server with no tokens. The server now warns of it, and the client says it is TLS."""
+    from convstream.server.tls import check_pem, read_pem
+
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    files = ["-keyout", "k.pem", "-out", "c.pem"]
+    subprocess.run(
+        ["openssl", "req", "-x509", *key, "-subj", "/CN=127.0.0.1", "-days", "1", *files],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+    cert, key_file = tmp_path / "c.pem", tmp_path / "k.pem"
+    warnings = check_pem(read_pem(cert, key_file, None), cert, key_file, None)
+    assert any(f"tls_cert {cert} has no subjectAltName" in w for w in warnings), warnings
+    settings = Settings(port=0, metrics_port=-1, cameras=(), tls_cert=cert, tls_key=key_file)
+    server = Server(settings)
+    await server.start()
+    try:
+        assert await info(server, "--ca", str(cert)) == 3  # the server's side: not a token
+        err = capsys.readouterr().err
+        assert "cannot be reached over TLS: call host does not match SSL server name" in err
+        assert "does not name the address given among its subjectAltNames" in err
+        assert "token" not in err
+        assert await info(server, "--ca", str(cert), "--server-name", "127.0.0.1") == 0
+    finally:
+        await server.stop(grace=0)

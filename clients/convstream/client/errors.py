@@ -201,6 +201,13 @@ def from_rpc_error(
         # stopped under a stream, now and then. It is the connection's end.
         code = grpc.StatusCode.UNAVAILABLE
         message = "the stream ended while a frame was being sent (gRPC: Internal error from Core)"
+    if code == grpc.StatusCode.UNAUTHENTICATED and _NAME_MISMATCH in message and address:
+        # gRPC's own check of the certificate's names against the address, in the client: a
+        # TLS set-up that cannot work, not a token (the hint sent the user after a token on a
+        # server that had none). A certificate that names its host in CN alone meets it.
+        hint = unavailable_hint(message, tls)
+        message = f"convstream server at {address} cannot be reached over TLS: {message}"
+        return ServerUnavailable(message, code=code, hint=hint)
     if code == grpc.StatusCode.UNAVAILABLE and address:
         hint = unavailable_hint(message, tls)
         message = f"convstream server at {address} is unavailable: {message}"
@@ -247,20 +254,24 @@ PYTHON_TERMS: Mapping[str, str] = {
 }
 
 
+_NAME_MISMATCH = "does not match SSL server name"  # gRPC's words, in the client
+
+
 def unavailable_hint(message: str, tls: TLS | None, terms: Mapping[str, str] = PYTHON_TERMS) -> str:
     """What to check when a call found no server, judged from gRPC's message and how the
     client connected; "" when there is nothing to add (the server is shutting down)."""
     if "certificate has expired" in message:
         return "the server's certificate has expired: its operator must renew it"
-    if "Hostname Verification" in message:
+    if "Hostname Verification" in message or _NAME_MISMATCH in message:
         if tls is not None and tls.server_name:
             return (
                 f"the server's certificate does not carry the name {tls.server_name!r} given "
                 f"with {terms['server_name']}"
             )
         return (
-            "the server's certificate does not name the address given: give the name it "
-            f"carries with {terms['server_name']}"
+            "the server's certificate does not name the address given among its "
+            "subjectAltNames, the names clients check (not its CN): give the name it carries "
+            f"with {terms['server_name']}, or have its operator add the address"
         )
     if "CERTIFICATE_VERIFY_FAILED" in message:
         return (

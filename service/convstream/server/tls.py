@@ -152,6 +152,7 @@ def check_pem(
     # An expired intermediate beside a valid path (an old cross-sign), or one old CA in a
     # bundle of several, is only warned of.
     warnings = _dates("tls_cert", cert, pem.cert, now, refuse="first")
+    warnings += _names("tls_cert", cert, pem.cert)
     if pem.client_ca is not None:
         warnings += _dates("tls_client_ca", client_ca, pem.client_ca, now, refuse="all")
     return warnings
@@ -167,7 +168,27 @@ def certificate_dates(setting: str, path: Path, data: bytes, *, renew: str) -> l
     lines for the certificates in ``data`` (the file at ``path``, given as ``setting``) that
     expire within EXPIRY_WARNING, ending with how to ``renew``; TLSFileError when the first,
     the page's own, is out of its dates."""
-    return _dates(setting, path, data, datetime.now(UTC), refuse="first", renew=renew)
+    dates = _dates(setting, path, data, datetime.now(UTC), refuse="first", renew=renew)
+    return dates + _names(setting, path, data)
+
+
+def _names(setting: str, path: Path, data: bytes) -> list[str]:
+    """A warning when the served certificate (the first in ``data``) has no subjectAltName:
+    clients and browsers check the host they dial against those names and no longer read
+    the CN, so every connection by its address fails ("call host does not match SSL server
+    name") though the files load."""
+    first = _PEM_CERTIFICATE.findall(data)[:1]
+    try:
+        if not first or has_subject_alt_name(base64.b64decode(first[0])):
+            return []
+    except (ValueError, binascii.Error):
+        return []  # a form this reader does not know: not warned of
+    return [
+        f"{setting} {path} has no subjectAltName: clients check the name or address they "
+        "connect to against those names, not the CN, and refuse this certificate (gRPC: "
+        "'call host does not match SSL server name'); make it with the names clients use, "
+        "e.g. openssl's -addext 'subjectAltName=DNS:convstream.example,IP:10.0.0.5'"
+    ]
 
 
 def _dates(
@@ -267,6 +288,35 @@ def certificate_validity(der: bytes) -> tuple[datetime, datetime]:
     first_tag, first, after = _element(validity, 0)
     second_tag, second, _ = _element(validity, after)
     return _time(first_tag, first), _time(second_tag, second)
+
+
+SUBJECT_ALT_NAME = b"\x55\x1d\x11"  # the extension's OID, 2.5.29.17, as DER holds it
+
+
+def has_subject_alt_name(der: bytes) -> bool:
+    """Whether a DER X.509 certificate has the subjectAltName extension; ValueError if it is
+    not one. tbsCertificate continues after the validity: subject, subjectPublicKeyInfo,
+    [1] and [2] unique ids (optional), [3] EXPLICIT extensions: SEQUENCE OF Extension ::=
+    SEQUENCE { extnID OID, critical BOOLEAN OPTIONAL, extnValue OCTET STRING }."""
+    _, body, _ = _element(der, 0)
+    _, tbs, _ = _element(body, 0)
+    at = 0
+    tag, _, after = _element(tbs, at)
+    if tag == 0xA0:  # [0] EXPLICIT version
+        at = after
+    for _skip in range(6):  # serial, signature, issuer, validity, subject, public key
+        _, _, at = _element(tbs, at)
+    while at < len(tbs):
+        tag, value, at = _element(tbs, at)
+        if tag == 0xA3:  # [3] extensions
+            _, extensions, _ = _element(value, 0)
+            inner = 0
+            while inner < len(extensions):
+                _, extension, inner = _element(extensions, inner)
+                oid_tag, oid, _ = _element(extension, 0)
+                if oid_tag == 0x06 and oid == SUBJECT_ALT_NAME:
+                    return True
+    return False
 
 
 def _element(data: bytes, at: int) -> tuple[int, bytes, int]:
