@@ -363,6 +363,13 @@ def test_tls_and_token_settings_are_checked(pki: Path, tmp_path: Path) -> None:
     ]
     with pytest.raises(ConfigError, match="tokens 'keeper' and 'keeper2' have the same sha256"):
         load_settings(overrides={"tokens": twice}, environ={})
+    # two of one name: the log's refusals and revocations could not tell them apart
+    named = [
+        {"name": "dashboard", "role": "watch", "sha256": digest},
+        {"name": "dashboard", "role": "analyze", "sha256": token_hash(WATCH_TOKEN)},
+    ]
+    with pytest.raises(ConfigError, match="two tokens are named 'dashboard'"):
+        load_settings(overrides={"tokens": named}, environ={})
 
 
 @pytest.mark.parametrize(

@@ -509,6 +509,7 @@ class Settings(BaseModel):
         # One token, two tables: the last one's role won, so a line appended by mistake could
         # quietly give a watch token the analyze role (or take it away).
         seen: dict[str, str] = {}
+        names: set[str] = set()
         for token in tokens:
             digest = token.sha256.lower()
             if digest in seen:
@@ -517,6 +518,15 @@ class Settings(BaseModel):
                     "token, one table (give each holder a token of its own)"
                 )
             seen[digest] = token.name
+            # The log, the refusals and a revocation name a token by its name: two of one
+            # name (a watch and an analyze one) could not be told apart there.
+            if token.name in names:
+                raise ValueError(
+                    f"two tokens are named {token.name!r}: the log and its refusals name a "
+                    f"token by its name, so give each its own (while replacing one, say "
+                    f"{token.name + '-old'!r} for the token on its way out)"
+                )
+            names.add(token.name)
         return tokens
 
     @field_validator("input_sizes")
