@@ -1070,6 +1070,14 @@ def test_check_config_says_what_would_run_without_running_it(
     assert "  provider     CPUExecutionProvider (auto asked for)\n" in out
     assert "127.0.0.1:9464" in out and "hunter2" not in out
     assert "rtsp://user:***@10.0.0.7/s" in out  # the address, to check, with no password
+    # metrics opened to the network: plain HTTP naming every camera, said too
+    assert (
+        main(["serve", "--check-config", "--config", str(config), "--metrics-host", "0.0.0.0"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert out.startswith("config OK, 2 warning(s) below: ")
+    assert "warning: metrics listen on 0.0.0.0 (every IPv4 and IPv6 address" in out
+    assert "over plain HTTP with no tokens" in out
     # what would fail at run time, said now: a video file not there
     with config.open("a") as toml:
         toml.write(f'[[cameras]]\nid = "replay"\nsource = "{tmp_path / "gone.mp4"}"\n')

@@ -275,7 +275,7 @@ def _check_config(settings: Settings, warnings: list[str]) -> int:
     """What `serve --check-config` prints: the settings as they would run, or why not."""
     from convstream.model import DamageModel, ModelFileError
     from convstream.model.runtime import CUDA
-    from convstream.server.app import bind_failure, exposure_warning
+    from convstream.server.app import bind_failure, exposure_warning, metrics_exposure_warning
     from convstream.server.config import host_port
     from convstream.server.processes import assign
     from convstream.server.sources import parse_source
@@ -346,8 +346,9 @@ def _check_config(settings: Settings, warnings: list[str]) -> int:
             "say why): the server would run on the CPU"
         )
     exposed = exposure_warning(settings, tls=settings.tls_cert is not None)
-    if exposed:
-        warnings.append(exposed)
+    for warning in (exposed, metrics_exposure_warning(settings)):
+        if warning:
+            warnings.append(warning)
     address = host_port(settings.host, settings.port)
     verdict = f"config OK, {len(warnings)} warning(s) below" if warnings else "config OK"
     print(f"{verdict}: convstream serve would listen on {address}")

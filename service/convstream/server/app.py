@@ -500,6 +500,9 @@ class Server:
 
 def _warn_if_exposed(settings: Settings, *, tls: bool) -> None:
     """Warn when more than this machine can reach the port and nothing checks who calls."""
+    metrics = metrics_exposure_warning(settings)
+    if metrics:
+        logger.warning("%s", metrics)
     if _is_loopback(settings.host):
         return
     if settings.tls_client_ca is not None and not settings.tokens:
@@ -535,6 +538,19 @@ def exposure_warning(settings: Settings, *, tls: bool) -> str | None:
     return (
         f"listening on {where} without {' and '.join(missing)}: anyone who can reach "
         "this port can use it; see README, 'Running it in production'"
+    )
+
+
+def metrics_exposure_warning(settings: Settings) -> str | None:
+    """What to tell an operator whose metrics port others can reach, or None: it has no TLS
+    nor tokens, and names every camera and client stream."""
+    if settings.metrics_port < 0 or _is_loopback(settings.metrics_host):
+        return None
+    return (
+        f"metrics listen on {_where(settings.metrics_host)}, port {settings.metrics_port}, "
+        "over plain HTTP with no tokens: anyone who can reach it reads every camera's id and "
+        "state and the names clients give their frames; keep it on a private network, or a "
+        "firewall rule for Prometheus alone"
     )
 
 
