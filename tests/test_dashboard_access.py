@@ -453,14 +453,18 @@ def test_the_dashboard_command_makes_its_token_and_checks_its_https_files(
 
 def test_the_pages_certificate_is_checked_as_the_servers_is(tmp_path: Path) -> None:
     """A certificate that expires within 14 days is warned of (make_certificates' last one
-    day), naming the flag and what to do."""
+    day), naming the flag and what to do, and so is a key others can read."""
     from convstream.dashboard.https import https_warnings
 
     pki = make_certificates(tmp_path)
     settings = DashboardSettings(https_cert=pki["server.pem"], https_key=pki["server.key"])
+    pki["server.key"].chmod(0o600)
     (warning,) = https_warnings(settings)
     assert warning.startswith(f"--https-cert {pki['server.pem']} expires on ")
-    assert "restart the dashboard with the new files" in warning
+    assert "put the new files in their place and send the dashboard SIGHUP" in warning
+    pki["server.key"].chmod(0o644)  # as a copy may leave it: anyone could pose as the page
+    (_, readable) = https_warnings(settings)
+    assert readable.startswith(f"--https-key {pki['server.key']} can be read by every user")
 
 
 def test_a_page_beyond_loopback_is_warned_of_what_it_lacks() -> None:

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from convstream.dashboard.settings import DashboardSettings
-from convstream.server.tls import TLSFileError, certificate_dates
+from convstream.server.tls import TLSFileError, certificate_dates, readable_by_all
 
 logger = logging.getLogger(__name__)
 
@@ -63,19 +63,27 @@ def https_context(settings: DashboardSettings) -> ssl.SSLContext | None:
 
 
 def https_warnings(settings: DashboardSettings) -> list[str]:
-    """The page's certificate expiring soon (ValueError when it has expired: browsers refuse
-    it)."""
+    """The page's certificate expiring soon or naming no host (ValueError when it has
+    expired: browsers refuse it), and a key every user of the machine can read."""
     if settings.https_cert is None:
         return []
     try:
-        return certificate_dates(
+        warnings = certificate_dates(
             "--https-cert",
             settings.https_cert,
             settings.https_cert.read_bytes(),
-            renew="restart the dashboard with the new files",
+            renew="put the new files in their place and send the dashboard SIGHUP",
         )
     except TLSFileError as exc:
         raise ValueError(str(exc)) from None
+    key = settings.https_key
+    if key is not None and (mode := readable_by_all(key)) is not None:
+        warnings.append(
+            f"--https-key {key} can be read by every user of this machine ({mode}): anyone "
+            f"of them can pose as this page; chmod 600 {key} (or 640, for a group the "
+            "dashboard runs in)"
+        )
+    return warnings
 
 
 class HttpsPort:
