@@ -164,6 +164,22 @@ def test_bad_settings_are_refused(
         load_settings(path, environ=env)
 
 
+def test_a_config_saved_with_a_byte_order_mark_or_not_as_utf8(tmp_path: Path) -> None:
+    """Notepad's UTF-8 starts with a byte-order mark, which tomllib called an "Invalid
+    statement (at line 1, column 1)"; Latin-1 text was a UnicodeDecodeError's traceback."""
+    path = tmp_path / "c.toml"
+    path.write_bytes(b"\xef\xbb\xbfport = 50061\nmax_fps_typo = 1\n")
+    with pytest.raises(ConfigError, match="line 2: max_fps_typo: unknown setting"):
+        load_settings(path, environ={})  # read, and its lines counted as the editor shows
+    path.write_bytes(b"\xef\xbb\xbfport = 50061\n")
+    assert load_settings(path, environ={}).port == 50061
+    path.write_bytes(
+        '[[cameras]]\nid = "quai-1"\nsource = "demo:conveyor"\n# caméra\n'.encode("latin-1")
+    )
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte 56\); save it as UTF-8"):
+        load_settings(path, environ={})
+
+
 SWITCHES = sorted(name for name, field in Settings.model_fields.items() if field.annotation is bool)
 
 

@@ -67,6 +67,11 @@ async def test_cli_reaches_a_mutual_tls_server_with_a_token_kept_out_of_ps(
     token_file.write_text(f"{TOKEN}\n")
     assert await info(server, *tls, "--token-file", str(token_file)) == 0
     assert "CPUExecutionProvider" in capsys.readouterr().out
+    # saved by Notepad: a byte-order mark first, a Windows line end (the mark was part of
+    # the token: "token must be printable ASCII ... got 44 characters")
+    token_file.write_bytes(b"\xef\xbb\xbf" + TOKEN.encode() + b"\r\n")
+    assert await info(server, *tls, "--token-file", str(token_file)) == 0
+    assert "CPUExecutionProvider" in capsys.readouterr().out
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     assert await info(server, *tls) == 0
     assert "CPUExecutionProvider" in capsys.readouterr().out

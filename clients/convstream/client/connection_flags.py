@@ -74,7 +74,12 @@ def token_from_flags(
         raise ValueError("give the token with --token or --token-file, not both")
     if args.token_file:
         try:
-            lines = args.token_file.read_text().splitlines()
+            lines = args.token_file.read_text(encoding="utf-8-sig").splitlines()  # BOM too
+        except UnicodeDecodeError:
+            raise ValueError(
+                f"--token-file {args.token_file} is not a text file (a token is a line of "
+                "printable ASCII)"
+            ) from None
         except OSError as exc:
             raise ValueError(f"--token-file {args.token_file}: {exc.strerror}") from exc
         token = lines[0].strip() if lines else ""

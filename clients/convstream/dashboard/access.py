@@ -56,7 +56,7 @@ def read_access_token(path: Path) -> tuple[str, bool]:
     try:
         write_secret(path, token)
     except FileExistsError:
-        token = path.read_text(encoding="utf-8").strip()
+        token = path.read_text(encoding="utf-8-sig").strip()  # a byte-order mark left out
         if len(token) < 16:
             found = "nothing" if not token else f"{len(token)} characters"
             raise ValueError(

@@ -698,7 +698,14 @@ def load_settings(
     toml: dict[str, Any] = {}
     if path is not None:
         try:
-            toml = tomllib.loads(path.read_text())
+            # utf-8-sig: Windows' Notepad starts the file with a byte-order mark, which
+            # tomllib called "Invalid statement (at line 1, column 1)"
+            toml = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"cannot read config file {path}: it is not UTF-8 text (byte {exc.start}); "
+                "save it as UTF-8"
+            ) from exc
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config file {path}: {exc}") from exc
     merged = dict(toml)
@@ -720,7 +727,7 @@ def load_settings(
     text = ""
     if path is not None and found:
         with contextlib.suppress(OSError, UnicodeDecodeError):  # read above: gone since?
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8-sig")
     lines = []
     for loc, described in found:  # with the file's line, for what the file gave
         number = _line_of(text, loc, written)
