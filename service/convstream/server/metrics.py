@@ -86,7 +86,8 @@ class Metrics:
         self.auth_refusals = Counter(
             "convstream_auth_refusals",
             "Calls refused by the token check, by method and reason (unauthenticated: no "
-            "valid token; permission_denied: a token whose role does not allow the method)",
+            "valid token; permission_denied: a token whose role does not allow the method; "
+            "resource_exhausted: a token with its max_calls open already)",
             ["method", "reason"],
             registry=self.registry,
         )
