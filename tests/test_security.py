@@ -1194,6 +1194,38 @@ def _peer_name(port: int, ca: Path) -> str:
     return str(subject["commonName"])
 
 
+async def test_a_certificate_running_out_is_logged_while_the_server_runs(
+    pki: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its end was said at start and at reloads only: a server that ran through the date
+    logged nothing while every client began to fail. It now says so every 6 hours (here
+    every 0.3 s, for a certificate that ends 3 s after it is made)."""
+    from convstream.server import app
+
+    monkeypatch.setattr(app, "TLS_CHECK_EVERY_S", 0.3)
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = _key()
+    valid = (dt.timedelta(minutes=-5), dt.timedelta(seconds=3))
+    cert = _cert("short", key, ("convstream test CA", ca_key), server=True, valid=valid)
+    _write(tmp_path / "short", cert, key)
+    files = {"tls_cert": tmp_path / "short.crt", "tls_key": tmp_path / "short.key"}
+    server = await _start(_settings(**files))
+
+    async def logged(level: str, words: str) -> None:
+        deadline = time.monotonic() + 15
+        while not any(r.levelname == level and words in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, (level, words)
+            await asyncio.sleep(0.1)
+
+    try:
+        await logged("WARNING", f"tls_cert {files['tls_cert']} expires on ")
+        await logged("ERROR", f"tls_cert {files['tls_cert']} expired on ")
+        assert "clients refuse it; renew it and send SIGHUP" in caplog.text
+    finally:
+        await server.stop(grace=0)
+
+
 async def test_reload_rotates_the_tls_certificate(
     pki: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

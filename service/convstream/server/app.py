@@ -38,7 +38,13 @@ from convstream.server.processes import TLS_FILES, Peers
 from convstream.server.security import TokenInterceptor, token_changes
 from convstream.server.servicer import SERVICE_NAME, ConvstreamServicer, add_to_server
 from convstream.server.streams import MAX_QUEUE_SIZE, WINDOW, stream_share
-from convstream.server.tls import RotatingCredentials, TLSFileError, expiry_times, read_pem
+from convstream.server.tls import (
+    EXPIRY_WARNING,
+    RotatingCredentials,
+    TLSFileError,
+    expiry_times,
+    read_pem,
+)
 from convstream.v1 import convstream_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -118,6 +124,7 @@ def grpc_options(settings: Settings, *, share_port: bool = False) -> list[tuple[
 # Health Watch calls open at once, at most: a load balancer or a client keeps one or a few,
 # and each costs about 10 kB (20,000 of them, open to anyone, held 210 MB). One host may
 # hold a tenth of them, so that one caller cannot take them all.
+TLS_CHECK_EVERY_S = 6 * 3600.0  # how often a certificate near or past its end is logged
 MAX_HEALTH_WATCHES = 1000
 MAX_HEALTH_WATCHES_PER_HOST = 100
 
@@ -189,6 +196,7 @@ class Server:
         self._grpc: grpc.aio.Server | None = None
         self._tokens: TokenInterceptor | None = None
         self._tls: RotatingCredentials | None = None
+        self._tls_dates: asyncio.Task[None] | None = None
         self._http: HttpPort | None = None
         # True from SERVING until draining, as the health service's overall status says
         self.serving = False
@@ -278,6 +286,7 @@ class Server:
                 logger.warning("%s", warning)
             tls = self._tls = RotatingCredentials(pem)
             self.metrics.watch_tls(lambda: expiry_times(tls.current))
+            self._tls_dates = asyncio.create_task(self._watch_tls_dates(), name="tls-dates")
         credentials = self._tls.credentials if self._tls is not None else None
         self._grpc = server  # from here on, stop() releases it whatever fails next
         self.port = _listen(server, settings, credentials)
@@ -379,8 +388,39 @@ class Server:
             self._executor.shutdown(wait=True, cancel_futures=True)  # no thread left in OpenCV
         if self._http is not None:
             self._http.close()
+        if self._tls_dates is not None:
+            self._tls_dates.cancel()
         if self._engine is not None:  # not after a model that failed to load
             logger.info("convstream stopped")
+
+    async def _watch_tls_dates(self) -> None:
+        """Say in the log, every TLS_CHECK_EVERY_S, that a served certificate expires within
+        EXPIRY_WARNING or has expired: said only at start and at reloads, a server that ran
+        through the date logged nothing while every client began to fail."""
+        while True:
+            await asyncio.sleep(TLS_CHECK_EVERY_S)
+            assert self._tls is not None
+            for setting, expires in expiry_times(self._tls.current).items():
+                left = expires - time.time()
+                if left >= EXPIRY_WARNING.total_seconds():
+                    continue
+                path = getattr(self.settings, setting)
+                when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(expires))
+                if left <= 0:
+                    logger.error(
+                        "%s %s expired on %s: clients refuse it; renew it and send SIGHUP",
+                        setting,
+                        path,
+                        when,
+                    )
+                else:
+                    logger.warning(
+                        "%s %s expires on %s, in %.1f days: renew it and send SIGHUP",
+                        setting,
+                        path,
+                        when,
+                        left / 86400,
+                    )
 
     async def reload(self, settings: Settings) -> None:
         """Apply a changed config while running: tokens are added, removed and changed (new
