@@ -985,6 +985,8 @@ async def test_reload_adds_removes_and_restarts_cameras() -> None:
                 with pytest.raises(grpc.aio.AioRpcError) as info:
                     await health.Check(asked)
                 assert info.value.code() == grpc.StatusCode.NOT_FOUND, name
+                # said in words, not grpcio's empty message
+                assert f"no service 'convstream.camera.{name}' here" in str(info.value.details())
         before = len(watch_keep.results)
         await until(lambda: _true(len(watch_keep.results) >= before + 3), 10, "keep carries on")
         assert watch_keep.error is None

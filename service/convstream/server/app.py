@@ -121,10 +121,10 @@ def grpc_options(settings: Settings, *, share_port: bool = False) -> list[tuple[
     ]
 
 
+TLS_CHECK_EVERY_S = 6 * 3600.0  # how often a certificate near or past its end is logged
 # Health Watch calls open at once, at most: a load balancer or a client keeps one or a few,
 # and each costs about 10 kB (20,000 of them, open to anyone, held 210 MB). One host may
 # hold a tenth of them, so that one caller cannot take them all.
-TLS_CHECK_EVERY_S = 6 * 3600.0  # how often a certificate near or past its end is logged
 MAX_HEALTH_WATCHES = 1000
 MAX_HEALTH_WATCHES_PER_HOST = 100
 
@@ -172,10 +172,15 @@ class Health(health.aio.HealthServicer):
     async def Check(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> health_pb2.HealthCheckResponse:
-        response: health_pb2.HealthCheckResponse = await super().Check(request, context)
-        if response.status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN:
-            await context.abort(grpc.StatusCode.NOT_FOUND)  # as for one never set
-        return response
+        # grpcio's own Check answers an unknown service with NOT_FOUND and no message
+        status = self._server_status.get(request.service)
+        if status in (None, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN):
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no service {request.service!r} here: '' (the server), "
+                f"'{SERVICE_NAME}', or 'convstream.camera.ID' for a camera",
+            )
+        return health_pb2.HealthCheckResponse(status=status)
 
 
 class Server:
