@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import gc
 import hashlib
@@ -20,6 +21,7 @@ import threading
 import time
 import tomllib
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.request import urlopen
@@ -852,6 +854,143 @@ async def test_health_watch_calls_past_the_cap_are_refused(
                 open_.cancel()
     finally:
         await server.stop(grace=0)
+
+
+@asynccontextmanager
+async def _from_address(source: str, port: int) -> AsyncIterator[int]:
+    """A port on 127.0.0.1 whose connections reach the server's ``port`` from ``source``,
+    another loopback address: a caller on another host, as the server counts callers."""
+    pipes: set[asyncio.Task[None]] = set()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+        for task in (pipe(reader, up[1]), pipe(up[0], writer)):
+            pipes.add(asyncio.create_task(task))
+
+    forwarder = await asyncio.start_server(accepted, "127.0.0.1", 0)
+    try:
+        yield int(forwarder.sockets[0].getsockname()[1])
+    finally:
+        forwarder.close()
+        for task in pipes:
+            task.cancel()
+        await asyncio.gather(*pipes, return_exceptions=True)
+
+
+async def test_hosts_that_fill_the_health_watches_make_room_for_one_that_holds_fewer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A few hosts at their per-host cap filled every Watch place, and a load balancer's
+    Watch was refused (and may read as the server being down). All places taken, a host
+    holding fewer than the busiest gets in, and the busiest host's oldest Watch ends."""
+    monkeypatch.setattr("convstream.server.app.MAX_HEALTH_WATCHES", 4)
+    monkeypatch.setattr("convstream.server.app.MAX_HEALTH_WATCHES_PER_HOST", 3)
+    server = Server(Settings(port=0, metrics_port=-1, cameras=()))
+    await server.start()
+    serving = health_pb2.HealthCheckResponse.SERVING
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            stubs = {}
+            for host in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+                port = await stack.enter_async_context(_from_address(host, server.port))
+                channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+                await stack.enter_async_context(channel)
+                stubs[host] = health_pb2_grpc.HealthStub(channel)
+
+            async def watch(host: str) -> Any:
+                call = stubs[host].Watch(health_pb2.HealthCheckRequest(), timeout=30)
+                return call, await call.read()
+
+            busy = [await watch("127.0.0.2") for _ in range(3)]
+            other = await watch("127.0.0.3")
+            assert all(told.status == serving for _, told in [*busy, other])
+            assert server.health.watches == 4  # every place taken
+            balancer, told = await watch("127.0.0.4")  # holds none: room is made
+            assert told.status == serving
+            ended = busy[0][0]  # the busiest host's oldest, told why
+            assert await ended.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "its oldest Watch, this one, was ended to make room" in await ended.details()
+            # 127.0.0.3 would hold 2, as many as the busiest then: refused
+            refused = stubs["127.0.0.3"].Watch(health_pb2.HealthCheckRequest(), timeout=30)
+            assert await refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            for call, _ in [*busy[1:], other, (balancer, None)]:
+                call.cancel()
+    finally:
+        await server.stop(grace=0)
+
+
+async def test_one_host_may_hold_a_quarter_of_the_analyze_places_with_calls_that_send_nothing() -> (
+    None
+):
+    """An Analyze call holds its place from its start, for up to 30 s while it waits for its
+    request: one caller opening max_analyze_calls calls that send nothing kept Analyze from
+    everyone. One host's calls silent for over a second may take a quarter of the places;
+    the rest stay for other hosts, and its calls that send their request go on, a burst of
+    them at once too."""
+    settings = Settings(port=0, metrics_port=-1, cameras=(), max_analyze_calls=8)
+    server = Server(settings)
+    await server.start()
+    frame = pb.FrameRequest(encoded=jpeg(scene(5, 240, 320)))
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            channels = {}
+            for host in ("127.0.0.2", "127.0.0.3"):
+                port = await stack.enter_async_context(_from_address(host, server.port))
+                channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+                channels[host] = await stack.enter_async_context(channel)
+
+            def analyze(host: str) -> Any:
+                return channels[host].stream_unary(
+                    "/convstream.v1.Convstream/Analyze",
+                    request_serializer=pb.FrameRequest.SerializeToString,
+                    response_deserializer=pb.FrameResult.FromString,
+                )
+
+            mine = pb_grpc.ConvstreamStub(channels["127.0.0.2"])
+            burst = await asyncio.gather(*(mine.Analyze(frame, timeout=30) for _ in range(6)))
+            assert len(burst) == 6  # calls that send their request at once: never refused
+            silent = [analyze("127.0.0.2")(timeout=30) for _ in range(2)]  # send nothing yet
+            deadline = time.monotonic() + 10
+            while sum(map(len, server.servicer._waiting.values())) < 2:
+                assert time.monotonic() < deadline, "the silent calls were not admitted"
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(1.2)  # silent for over a second
+            refused = analyze("127.0.0.2")(timeout=30)
+            await refused.write(frame)
+            assert await refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            details = await refused.details()
+            assert "from your host still waiting for their request: 2, the limit is 2" in details
+            other = pb_grpc.ConvstreamStub(channels["127.0.0.3"])  # another host: room
+            assert 0.0 <= (await other.Analyze(frame, timeout=30)).score <= 1.0
+            for call in silent:  # the silent calls' requests come after all
+                await call.write(frame)
+                await call.done_writing()
+                assert 0.0 <= (await call).score <= 1.0
+            answer = await mine.Analyze(frame, timeout=30)
+            assert 0.0 <= answer.score <= 1.0  # their places were given back
+    finally:
+        await server.stop(grace=0)
+
+
+def test_peer_host_counts_an_ipv6_caller_by_its_64() -> None:
+    from convstream.server.security import peer_host
+
+    assert peer_host("ipv4:10.0.0.7:51234") == "ipv4:10.0.0.7"
+    a, b = "ipv6:%5B2001:db8:1:2::a%5D:5000", "ipv6:[2001:db8:1:2:ffff::b]:6000"
+    assert peer_host(a) == peer_host(b) == "ipv6:2001:db8:1:2::/64"
+    assert peer_host("ipv6:[2001:db8:1:3::a]:5000") != peer_host(a)
+    assert peer_host("ipv6:[::ffff:10.0.0.7]:5000") == "ipv4:10.0.0.7"  # on a [::] server
+    assert peer_host("unix:/run/convstream.sock") == "unix:/run/convstream.sock"
 
 
 def test_analyze_calls_past_the_cap_are_refused_before_their_request_is_read(

@@ -6,6 +6,7 @@ import asyncio
 import errno
 import ipaddress
 import logging
+import math
 import signal
 import socket
 import threading
@@ -35,7 +36,7 @@ from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Pipeline, WorkPool
 from convstream.server.probes import HttpPort
 from convstream.server.processes import TLS_FILES, Peers
-from convstream.server.security import TokenInterceptor, token_changes
+from convstream.server.security import TokenInterceptor, peer_host, token_changes
 from convstream.server.servicer import SERVICE_NAME, ConvstreamServicer, add_to_server
 from convstream.server.streams import MAX_QUEUE_SIZE, WINDOW, stream_share
 from convstream.server.tls import (
@@ -139,35 +140,73 @@ class Health(health.aio.HealthServicer):
     def __init__(self) -> None:
         super().__init__()
         self.watches = 0
-        self._by_host: dict[str, int] = {}
+        self._by_host: dict[str, list[asyncio.Event]] = {}  # each host's open Watches
+        self._said_room = -math.inf
 
     async def Watch(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> None:
-        host = context.peer().rsplit(":", 1)[0]  # ipv4:10.0.0.7:51234 -> ipv4:10.0.0.7
-        held = self._by_host.get(host, 0)
+        host = peer_host(context.peer())  # ipv4:10.0.0.7:51234 -> ipv4:10.0.0.7
+        held = len(self._by_host.get(host, ()))
         refusal = None
-        if self.watches >= MAX_HEALTH_WATCHES:
-            refusal = f"{self.watches} health Watch calls open, the limit is {MAX_HEALTH_WATCHES}"
-        elif held >= MAX_HEALTH_WATCHES_PER_HOST:
+        if held >= MAX_HEALTH_WATCHES_PER_HOST:
             refusal = (
                 f"{held} health Watch calls open from your host, the limit is "
                 f"{MAX_HEALTH_WATCHES_PER_HOST}"
             )
+        elif self.watches >= MAX_HEALTH_WATCHES and not self._make_room(held):
+            refusal = f"{self.watches} health Watch calls open, the limit is {MAX_HEALTH_WATCHES}"
         if refusal is not None:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{refusal}: keep one Watch per client, or call Check",
             )
+        ended = asyncio.Event()  # set by _make_room
         self.watches += 1
-        self._by_host[host] = held + 1
+        self._by_host.setdefault(host, []).append(ended)
+        watching = asyncio.ensure_future(super().Watch(request, context))
+        told = asyncio.ensure_future(ended.wait())
         try:
-            await super().Watch(request, context)
+            await asyncio.wait((watching, told), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            self.watches -= 1
-            self._by_host[host] -= 1
-            if not self._by_host[host]:
-                del self._by_host[host]
+            watching.cancel()
+            told.cancel()
+            held_now = self._by_host.get(host, [])
+            if ended in held_now:  # not when _make_room ended it (and counted it out)
+                held_now.remove(ended)
+                self.watches -= 1
+                if not held_now:
+                    del self._by_host[host]
+        if ended.is_set():
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "every health Watch place was taken and your host held the most: its oldest "
+                "Watch, this one, was ended to make room for another host's; keep fewer "
+                "Watches, or call Check",
+            )
+        watching.result()  # its own end (the server stopping), or its error, as before
+
+    def _make_room(self, held: int) -> bool:
+        """All places taken: end the oldest Watch of the host holding the most, if it holds
+        more than the caller (who holds ``held``) would with this one. Hosts that fill the
+        places, ten of them at a hundred each, must not keep a load balancer out."""
+        busiest = max(self._by_host, key=lambda host: len(self._by_host[host]), default=None)
+        if busiest is None or len(self._by_host[busiest]) <= held + 1:
+            return False
+        oldest = self._by_host[busiest].pop(0)
+        if not self._by_host[busiest]:
+            del self._by_host[busiest]
+        self.watches -= 1
+        oldest.set()  # its call ends with RESOURCE_EXHAUSTED
+        now = time.monotonic()
+        if now - self._said_room >= 60.0:  # under a flood, once a minute
+            self._said_room = now
+            logger.warning(
+                "health: every Watch place is taken; ending the oldest Watch of the host "
+                "holding the most (%s) to make room for one that holds fewer",
+                busiest,
+            )
+        return True
 
     async def Check(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import hmac
 import inspect
+import ipaddress
 import logging
 import math
 import secrets
@@ -194,6 +195,26 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         if self._refusals is not None:
             # only methods this server has get here (handler is not None): bounded labels
             self._refusals.labels(method.lstrip("/"), code.name.lower()).inc()
+
+
+def peer_host(peer: str) -> str:
+    """Whom a call counts as, for limits per caller (``context.peer()``'s form): its IPv4
+    address, or its IPv6 /64 (a host is given a whole /64, so one address each would be no
+    limit at all); anything else (a Unix socket) as given."""
+    text = unquote(peer)  # ipv6:%5B::1%5D:39472 -> ipv6:[::1]:39472
+    kind, _, rest = text.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return text
+    address = rest.rpartition(":")[0].strip("[]")
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return text
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:  # an IPv4 caller of a server listening on [::]
+            return f"ipv4:{ip.ipv4_mapped}"
+        return f"ipv6:{ipaddress.ip_network(f'{ip}/64', strict=False)}"
+    return f"ipv4:{ip}"
 
 
 def _name(method: str) -> str:

@@ -29,6 +29,7 @@ from convstream.server.feeds import FeedFinished
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import CALLER, Options, Pipeline, check_without_stream
 from convstream.server.processes import Peers
+from convstream.server.security import peer_host
 from convstream.server.streams import ByteBudget, FrameBudget, StreamSession
 from convstream.v1 import WATCHING
 from convstream.v1 import convstream_pb2 as pb
@@ -46,6 +47,9 @@ PEER_CONNECT_S = 1.0
 # How long an Analyze call, admitted, waits for its request (a 100 MiB frame at 100 Mbit/s
 # takes 9 s; a camera's JPEG, milliseconds).
 ANALYZE_REQUEST_S = 30.0
+# An Analyze call still without its request after this long counts as silent, towards the
+# quarter of max_analyze_calls one host may hold so.
+ANALYZE_SILENT_S = 1.0
 
 
 class ConvstreamServicer(pb_grpc.ConvstreamServicer):
@@ -77,6 +81,8 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         # again or leave (see StreamFrames): apart from open_streams, as many at most.
         self.unread_streams = 0
         self.open_analyze_calls = 0
+        # When each Analyze call still waiting for its request began, by host
+        self._waiting: dict[str, list[float]] = {}
         self.budget = FrameBudget(settings.max_queued_frames)
         self.byte_budget = ByteBudget(settings.max_held_bytes)
         metrics.watch_budgets(lambda: self.budget.reserved, lambda: self.byte_budget.held)
@@ -92,6 +98,12 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         large calls past the cap made the server hold every one of them to say no."""
         CALLER.set(object())  # each call's decoding takes its own turn
         refusal: ConvstreamError | None = None
+        host = peer_host(context.peer())
+        started = time.monotonic()
+        waits = self._waiting.setdefault(host, [])
+        # calls that have waited a while: a burst's calls wait a few milliseconds each
+        waiting = sum(started - since > ANALYZE_SILENT_S for since in waits)
+        most_waiting = max(1, self.settings.max_analyze_calls // 4)
         if self.draining.is_set():
             refusal = Draining("server is shutting down; retry on another instance")
         elif self.open_analyze_calls >= self.settings.max_analyze_calls:
@@ -101,15 +113,30 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
                 f"{self.settings.max_analyze_calls}; retry later, or send many frames "
                 "over one StreamFrames call"
             )
+        elif waiting >= most_waiting:
+            # Calls that send no request hold their places for ANALYZE_REQUEST_S: one host
+            # may hold a quarter of them so, and the others stay for other callers.
+            refusal = Overloaded(
+                f"Analyze calls from your host still waiting for their request: {waiting}, "
+                f"the limit is {most_waiting} (a quarter of max_analyze_calls); send each "
+                "request as its call starts, or many frames over one StreamFrames call"
+            )
         if refusal is not None:  # its source is in the request, not read: counted unnamed
+            if not waits:
+                del self._waiting[host]
             self.metrics.frames.labels(self.metrics.client_source(""), "rejected").inc()
             await context.abort(refusal.code, str(refusal))
         self.open_analyze_calls += 1
+        waits.append(started)
         try:
             try:
                 request = await self._one_request(requests)
             except ConvstreamError as exc:
                 await context.abort(exc.code, str(exc))
+            finally:
+                waits.remove(started)
+                if not waits and self._waiting.get(host) is waits:
+                    del self._waiting[host]
             return await self._analyze(request, context)
         finally:
             self.open_analyze_calls -= 1
