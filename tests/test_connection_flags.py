@@ -260,5 +260,19 @@ async def test_a_certificate_that_names_its_host_in_cn_alone(
         assert "does not name the address given among its subjectAltNames" in err
         assert "token" not in err
         assert await info(server, "--ca", str(cert), "--server-name", "127.0.0.1") == 0
+        # the dashboard too: its server line says TLS, and it does not wait as for a token
+        dashboard = Dashboard(
+            DashboardSettings(address=f"127.0.0.1:{server.port}", port=0, tls=TLS(ca=cert))
+        )
+        await dashboard.start()
+        try:
+            deadline = time.monotonic() + 20
+            while "hint" not in dashboard.hub.server:
+                assert time.monotonic() < deadline, "the dashboard never tried"
+                await asyncio.sleep(0.1)
+            said = dashboard.hub.server
+            assert said["refused"] is False and "subjectAltNames" in said["hint"], said
+        finally:
+            await dashboard.stop()
     finally:
         await server.stop(grace=0)

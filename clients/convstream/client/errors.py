@@ -201,7 +201,7 @@ def from_rpc_error(
         # stopped under a stream, now and then. It is the connection's end.
         code = grpc.StatusCode.UNAVAILABLE
         message = "the stream ended while a frame was being sent (gRPC: Internal error from Core)"
-    if code == grpc.StatusCode.UNAUTHENTICATED and _NAME_MISMATCH in message and address:
+    if code == grpc.StatusCode.UNAUTHENTICATED and is_name_mismatch(message) and address:
         # gRPC's own check of the certificate's names against the address, in the client: a
         # TLS set-up that cannot work, not a token (the hint sent the user after a token on a
         # server that had none). A certificate that names its host in CN alone meets it.
@@ -257,12 +257,18 @@ PYTHON_TERMS: Mapping[str, str] = {
 _NAME_MISMATCH = "does not match SSL server name"  # gRPC's words, in the client
 
 
+def is_name_mismatch(message: str) -> bool:
+    """Whether gRPC's message is its client-side check of the server certificate's names
+    against the address (UNAUTHENTICATED, though no token is involved)."""
+    return _NAME_MISMATCH in message
+
+
 def unavailable_hint(message: str, tls: TLS | None, terms: Mapping[str, str] = PYTHON_TERMS) -> str:
     """What to check when a call found no server, judged from gRPC's message and how the
     client connected; "" when there is nothing to add (the server is shutting down)."""
     if "certificate has expired" in message:
         return "the server's certificate has expired: its operator must renew it"
-    if "Hostname Verification" in message or _NAME_MISMATCH in message:
+    if "Hostname Verification" in message or is_name_mismatch(message):
         if tls is not None and tls.server_name:
             return (
                 f"the server's certificate does not carry the name {tls.server_name!r} given "

@@ -142,8 +142,11 @@ async def serve(settings: DashboardSettings) -> None:
     # SIGHUP too (a unit's ExecReload, as the server's): it ended the dashboard in silence.
     stop, hup = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig, event in ((signal.SIGINT, stop), (signal.SIGTERM, stop), (signal.SIGHUP, hup)):
-        with contextlib.suppress(NotImplementedError, AttributeError):  # Windows: no SIGHUP
+    signals = [(signal.SIGINT, stop), (signal.SIGTERM, stop)]
+    if hasattr(signal, "SIGHUP"):  # not on Windows
+        signals.append((signal.SIGHUP, hup))
+    for sig, event in signals:
+        with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, event.set)
     dashboard = Dashboard(settings)
     await dashboard.start()

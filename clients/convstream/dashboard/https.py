@@ -27,8 +27,10 @@ TLS_HANDSHAKE = 0x16  # the first byte of a TLS record that opens a handshake
 FIRST_BYTE_S = 10.0  # a connection that sends nothing this long is closed
 # A connection with no request in progress (a half-sent one included) is closed after this
 # long: aiohttp's own default is an hour, so a sender could hold the page's file descriptors
-# with a byte each. Answers, the live WebSocket and keep-alive between requests go on.
-IDLE_CONNECTION_S = 20.0
+# with a byte each. Answers and the live WebSocket go on; 75 s, as aiohttp's run_app, outlasts
+# the idle keep-alive of the proxies one may put in front (60 s for nginx and AWS's ALB), so
+# that a proxy never sends a request on a connection the page is closing.
+IDLE_CONNECTION_S = 75.0
 ACCEPT_WARN_EVERY_S = 60.0  # a failing accept (out of file descriptors) is logged this often
 
 

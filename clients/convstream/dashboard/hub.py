@@ -22,6 +22,7 @@ import grpc
 
 from convstream.client._base import clean_token
 from convstream.client.connection_flags import refused_hint, unavailable_hint
+from convstream.client.errors import is_name_mismatch
 from convstream.client.tensors import to_numpy
 from convstream.dashboard.alerts import Alert, AlertDetector, AlertLog, Decision, render_snapshot
 from convstream.dashboard.messages import (
@@ -236,10 +237,12 @@ class Hub:
                     self._down_since = now
                 # Once an outage has lasted a few seconds (not while a server started beside
                 # the dashboard comes up), and again when its cause changes.
-                refused = exc.code().name in REFUSED
+                # gRPC's client-side check of the certificate's names is UNAUTHENTICATED too:
+                # a TLS set-up to fix, not a token
+                refused = exc.code().name in REFUSED and not is_name_mismatch(error)
                 if refused:  # the server's own words are in error
                     hint = refused_hint(exc.code().name, token=bool(self._metadata))
-                elif exc.code() == grpc.StatusCode.UNAVAILABLE:
+                elif exc.code() == grpc.StatusCode.UNAVAILABLE or is_name_mismatch(error):
                     hint = unavailable_hint(error, self.settings.tls)
                 elif exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     # the likeliest sign of a network fault, which had no advice at all
@@ -298,7 +301,7 @@ class Hub:
                 key="cameras",
             )
             # A refused token stays refused until the server's config changes: ask less often.
-            refused = self.server["error"].startswith(REFUSED)
+            refused = bool(self.server.get("refused"))
             await asyncio.sleep(
                 max(self.settings.poll_s, RETRY_MAX_S) if refused else self.settings.poll_s
             )
@@ -363,7 +366,7 @@ class Hub:
                 # NOT_FOUND: removed (the next poll drops it) or not yet there after a reload;
                 # UNAVAILABLE: the server is down or draining. Either way: try again later.
                 view.watch_error = f"{exc.code().name}: {exc.details()}"
-                if exc.code() in LASTING and not self.server["error"].startswith(REFUSED):
+                if exc.code() in LASTING and not self.server.get("refused"):
                     self._refused(view, view.watch_error)
                 else:
                     logger.debug("watch %s ended: %s", view.id, view.watch_error)

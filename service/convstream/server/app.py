@@ -452,10 +452,13 @@ class Server:
                 when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(expires))
                 if left <= 0:
                     logger.error(
-                        "%s %s expired on %s: clients refuse it; renew it and send SIGHUP",
+                        "%s %s expired on %s: %s; renew it and send SIGHUP",
                         setting,
                         path,
                         when,
+                        "clients refuse it"
+                        if setting == "tls_cert"
+                        else "every client certificate it signed is refused",
                     )
                 else:
                     logger.warning(

@@ -198,9 +198,10 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
 
 
 def peer_host(peer: str) -> str:
-    """Whom a call counts as, for limits per caller (``context.peer()``'s form): its IPv4
-    address, or its IPv6 /64 (a host is given a whole /64, so one address each would be no
-    limit at all); anything else (a Unix socket) as given."""
+    """Whom a call counts as, for limits per caller (``context.peer()``'s form): its IP
+    address (an IPv4 one seen on a server listening on [::] as IPv4), whatever its port;
+    anything else (a Unix socket) as given. Not a /64 for IPv6: in a cloud subnet or a
+    Kubernetes node every machine or pod shares one, and would share the limits."""
     text = unquote(peer)  # ipv6:%5B::1%5D:39472 -> ipv6:[::1]:39472
     kind, _, rest = text.partition(":")
     if kind not in ("ipv4", "ipv6"):
@@ -213,7 +214,7 @@ def peer_host(peer: str) -> str:
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:  # an IPv4 caller of a server listening on [::]
             return f"ipv4:{ip.ipv4_mapped}"
-        return f"ipv6:{ipaddress.ip_network(f'{ip}/64', strict=False)}"
+        return f"ipv6:{ip}"
     return f"ipv4:{ip}"
 
 

@@ -113,13 +113,16 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
                 f"{self.settings.max_analyze_calls}; retry later, or send many frames "
                 "over one StreamFrames call"
             )
-        elif waiting >= most_waiting:
-            # Calls that send no request hold their places for ANALYZE_REQUEST_S: one host
-            # may hold a quarter of them so, and the others stay for other callers.
+        elif waiting >= most_waiting and self.open_analyze_calls >= most_waiting * 2:
+            # Calls that send no request hold their places for ANALYZE_REQUEST_S: once half
+            # the places are taken, one host may hold a quarter of them so, and the others
+            # stay for other callers (while places are plenty, slow uploads go on).
             refusal = Overloaded(
-                f"Analyze calls from your host still waiting for their request: {waiting}, "
-                f"the limit is {most_waiting} (a quarter of max_analyze_calls); send each "
-                "request as its call starts, or many frames over one StreamFrames call"
+                f"{waiting} Analyze calls from your host have been sending, or not sent, their "
+                f"request for over {ANALYZE_SILENT_S:g} s, and half of the server's "
+                f"{self.settings.max_analyze_calls} places are taken: one host may hold "
+                f"{most_waiting} (a quarter) so; retry later, or send frames over one "
+                "StreamFrames call"
             )
         if refusal is not None:  # its source is in the request, not read: counted unnamed
             if not waits:

@@ -169,10 +169,10 @@ def certificate_dates(setting: str, path: Path, data: bytes, *, renew: str) -> l
     expire within EXPIRY_WARNING, ending with how to ``renew``; TLSFileError when the first,
     the page's own, is out of its dates."""
     dates = _dates(setting, path, data, datetime.now(UTC), refuse="first", renew=renew)
-    return dates + _names(setting, path, data)
+    return dates + _names(setting, path, data, browsers=True)
 
 
-def _names(setting: str, path: Path, data: bytes) -> list[str]:
+def _names(setting: str, path: Path, data: bytes, *, browsers: bool = False) -> list[str]:
     """A warning when the served certificate (the first in ``data``) has no subjectAltName:
     clients and browsers check the host they dial against those names and no longer read
     the CN, so every connection by its address fails ("call host does not match SSL server
@@ -183,11 +183,16 @@ def _names(setting: str, path: Path, data: bytes) -> list[str]:
             return []
     except (ValueError, binascii.Error):
         return []  # a form this reader does not know: not warned of
+    refusal = (
+        "browsers: NET::ERR_CERT_COMMON_NAME_INVALID"
+        if browsers
+        else "gRPC: 'call host does not match SSL server name'"
+    )
     return [
         f"{setting} {path} has no subjectAltName: clients check the name or address they "
-        "connect to against those names, not the CN, and refuse this certificate (gRPC: "
-        "'call host does not match SSL server name'); make it with the names clients use, "
-        "e.g. openssl's -addext 'subjectAltName=DNS:convstream.example,IP:10.0.0.5'"
+        f"connect to against those names, not the CN, and refuse this certificate ({refusal}); "
+        "make it with the names clients use, e.g. openssl's -addext "
+        "'subjectAltName=DNS:convstream.example,IP:10.0.0.5'"
     ]
 
 
