@@ -887,6 +887,18 @@ async def _from_address(source: str, port: int) -> AsyncIterator[int]:
         await asyncio.gather(*pipes, return_exceptions=True)
 
 
+@asynccontextmanager
+async def _hosts(port: int) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
+    """A channel to the server's ``port`` from each of three other loopback addresses."""
+    async with contextlib.AsyncExitStack() as stack:
+        channels = {}
+        for host in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+            forwarded = await stack.enter_async_context(_from_address(host, port))
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{forwarded}")
+            channels[host] = await stack.enter_async_context(channel)
+        yield channels
+
+
 async def test_hosts_that_fill_the_health_watches_make_room_for_one_that_holds_fewer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -899,13 +911,8 @@ async def test_hosts_that_fill_the_health_watches_make_room_for_one_that_holds_f
     await server.start()
     serving = health_pb2.HealthCheckResponse.SERVING
     try:
-        async with contextlib.AsyncExitStack() as stack:
-            stubs = {}
-            for host in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
-                port = await stack.enter_async_context(_from_address(host, server.port))
-                channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-                await stack.enter_async_context(channel)
-                stubs[host] = health_pb2_grpc.HealthStub(channel)
+        async with _hosts(server.port) as channels:
+            stubs = {host: health_pb2_grpc.HealthStub(c) for host, c in channels.items()}
 
             async def watch(host: str) -> Any:
                 call = stubs[host].Watch(health_pb2.HealthCheckRequest(), timeout=30)
@@ -942,12 +949,7 @@ async def test_one_host_may_hold_a_quarter_of_the_analyze_places_with_calls_that
     await server.start()
     frame = pb.FrameRequest(encoded=jpeg(scene(5, 240, 320)))
     try:
-        async with contextlib.AsyncExitStack() as stack:
-            channels = {}
-            for host in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
-                port = await stack.enter_async_context(_from_address(host, server.port))
-                channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-                channels[host] = await stack.enter_async_context(channel)
+        async with _hosts(server.port) as channels:
 
             def analyze(host: str) -> Any:
                 return channels[host].stream_unary(
