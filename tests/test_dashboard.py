@@ -212,6 +212,16 @@ def test_alerts_saved_by_many_threads_at_once_keep_the_newest(tmp_path: Path) ->
     assert sorted({int(p.name[:8]) for p in tmp_path.iterdir()}) == ids[-10:]
 
 
+def test_an_alerts_picture_writes_the_score_as_the_list_does() -> None:
+    """Its corner said the score to two decimals, rounded: 0.8552 read 0.86 beside the list's
+    0.8552, and 0.82149 would read 0.82, under the threshold 0.8215 it passed."""
+    from convstream.dashboard.alerts import snapshot_label
+
+    assert snapshot_label("dock-3", 0.85523) == "dock-3  0.8552"
+    assert snapshot_label("dock-3", 0.99995) == "dock-3  0.9999"  # never 1.00
+    assert snapshot_label("dock-3", 0.82159) == "dock-3  0.8215"  # at the threshold, not under
+
+
 def test_an_alerts_thumbnail_is_the_overlay_around_its_hottest_place() -> None:
     """At 128 pixels wide the whole frame showed no damage, and the label burned into the
     overlay was a red smudge: the list shows the part around the hottest cell, unlabelled."""

@@ -30,6 +30,8 @@ from typing import Any, Generic, TypeVar
 import cv2
 import numpy as np
 
+from convstream.client.results import score_text
+
 logger = logging.getLogger(__name__)
 
 HYSTERESIS = 0.03
@@ -382,6 +384,13 @@ def heat_colours(cells: np.ndarray, threshold: float) -> tuple[np.ndarray, np.nd
     colours = cv2.applyColorMap((t * 255).astype(np.uint8), cv2.COLORMAP_JET)
     weight = 0.85 * np.clip((v - lo) / max(1e-6, threshold - lo), 0.0, 1.0) ** 1.5
     return colours, weight.astype(np.float32)
+
+
+def snapshot_label(camera: str, score: float) -> str:
+    """What an alert's picture says in its corner: the camera, and the score as the page
+    and the CLI write it (four decimals, cut): rounded to two, 0.8552 read 0.86 beside the
+    list's 0.8552, and a score just over a threshold of 0.8215 would have read 0.82."""
+    return f"{camera}  {score_text(score)}"
 
 
 def render_snapshot(

@@ -24,7 +24,14 @@ from convstream.client._base import clean_token
 from convstream.client.connection_flags import refused_hint, unavailable_hint
 from convstream.client.errors import is_name_mismatch
 from convstream.client.tensors import to_numpy
-from convstream.dashboard.alerts import Alert, AlertDetector, AlertLog, Decision, render_snapshot
+from convstream.dashboard.alerts import (
+    Alert,
+    AlertDetector,
+    AlertLog,
+    Decision,
+    render_snapshot,
+    snapshot_label,
+)
 from convstream.dashboard.messages import (
     camera_json,
     content_box,
@@ -453,7 +460,7 @@ class Hub:
     async def _alert(self, camera: str, decision: Decision[_Seen], threshold: float) -> None:
         """Raise a new alert, or give the camera's latest alert a better frame."""
         seen = decision.frame
-        label = f"{camera}  {decision.score:.2f}"
+        label = snapshot_label(camera, decision.score)
         try:
             snapshot = await asyncio.to_thread(
                 render_snapshot, seen.jpeg, seen.heat, seen.box, seen.stride, label, threshold
