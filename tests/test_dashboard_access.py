@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import socket
@@ -22,6 +23,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
+import grpc
 import pytest
 import test_dashboard
 from test_client_transport import make_certificates
@@ -576,3 +578,24 @@ async def test_a_lifted_refusal_shows_on_a_camera_that_sends_nothing(
             assert all(view.frames_received == 0 for view in dash.hub.cameras.values())
         finally:
             await server.stop(grace=0)
+
+
+async def test_a_grpc_client_at_the_pages_port_is_one_line_in_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`convstream info --address` given the dashboard's port by mistake put six ERROR
+    tracebacks from aiohttp ("BadHttpMessage ... Pause on PRI/Upgrade") into the operator's
+    terminal. The client is told (an HTTP/1 server answered); the page's log says it once."""
+    from convstream.v1 import convstream_pb2 as pb
+    from convstream.v1 import convstream_pb2_grpc as pb_grpc
+
+    async with _dashboard(f"127.0.0.1:{_closed_port()}") as dash:
+        for _ in range(2):
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{dash.port}") as channel:
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await pb_grpc.ConvstreamStub(channel).GetModelInfo(
+                        pb.GetModelInfoRequest(), timeout=5
+                    )
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    said = [r.getMessage() for r in caplog.records if "answered 400" in r.getMessage()]
+    assert len(said) == 1 and "Pause on PRI/Upgrade; a gRPC client" in said[0], said

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
+import time
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from convstream.dashboard import https
 from convstream.dashboard.https import HttpsPort, https_context, https_warnings
@@ -50,6 +53,7 @@ class Dashboard:
         return f"{scheme}://{host}:{self.port}/"
 
     async def start(self) -> None:
+        _quiet_bad_requests()
         """Listen, and start subscribing to the server (which need not be up yet).
 
         Raises:
@@ -113,6 +117,39 @@ class Dashboard:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+class _BadRequests(logging.Filter):
+    """aiohttp logs each request it cannot parse at ERROR with its traceback: one gRPC
+    client pointed at the page's port by mistake printed six into the operator's terminal.
+    The sender gets its 400; the log gets one line a minute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._said = -math.inf
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return True
+        now = time.monotonic()
+        if now - self._said >= 60.0:
+            self._said = now
+            logger.warning(
+                "answered 400 to a request that is not HTTP/1.1 (%s; a gRPC client pointed at "
+                "the page's port?); said once a minute",
+                str(error.message).split(":")[0].strip()[:80],  # not the bytes after it
+            )
+        return False
+
+
+_BAD_REQUESTS = _BadRequests()
+
+
+def _quiet_bad_requests() -> None:
+    log = logging.getLogger("aiohttp.server")
+    if _BAD_REQUESTS not in log.filters:
+        log.addFilter(_BAD_REQUESTS)
 
 
 def exposure_warnings(settings: DashboardSettings, port: int) -> list[str]:
