@@ -51,14 +51,19 @@ logger = logging.getLogger(__name__)
 
 # Results must not pile up in the HTTP/2 window behind a slow event loop: without BDP probing
 # the window stays at 64 KiB, about one result with its frame, so what arrives is fresh.
+RETRY_MIN_S = 0.5
+RETRY_MAX_S = 5.0
 CHANNEL_OPTIONS = [
     ("grpc.http2.bdp_probe", 0),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 20_000),
+    # gRPC's own reconnect backoff grows to 120 s, and calls fail at once while it waits:
+    # after a long outage the page went on saying the server was unreachable for up to two
+    # minutes after it was back. Reconnects back off as the hub's polls do.
+    ("grpc.initial_reconnect_backoff_ms", round(RETRY_MIN_S * 1000)),
+    ("grpc.max_reconnect_backoff_ms", round(RETRY_MAX_S * 1000)),
 ]
-RETRY_MIN_S = 0.5
-RETRY_MAX_S = 5.0
 OUTAGE_LOG_S = 5.0  # an unreachable server is logged once it has been so this long
 REFUSED = ("UNAUTHENTICATED", "PERMISSION_DENIED")  # the token: asked again less often
 # A watch refused for one of these stays refused until someone acts (the token's max_calls,
