@@ -577,6 +577,10 @@ def test_usage_errors_exit_2(
     err = capsys.readouterr().err
     assert info.value.code == 2 and "unrecognized arguments: --po 5" in err
     assert "--address" not in err.splitlines()[-1]  # serve has no --address to point to
+    # no command at all: the commands there are, not only that one is needed
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert "analyze   analyse images or folders of images" in err and "dashboard" in err
     # an option before the command: argparse called the address an unknown command
     with pytest.raises(SystemExit) as info:
         main(["--address", "127.0.0.1:1", "cameras"])

@@ -753,6 +753,9 @@ def _main(argv: Sequence[str] | None) -> int:
     # connect to the default address; every option is taken whole or refused.
     for command_parser in (parser, *commands.choices.values()):
         command_parser.allow_abbrev = False
+    if not args_given:  # the commands there are, not argparse's "COMMAND is required"
+        parser.print_help(sys.stderr)
+        return 2
     first = args_given[0] if args_given else ""
     if first.startswith("-") and first not in ("-h", "--help", "--version"):
         # `convstream --address HOST:PORT cameras`: argparse would call the address an
