@@ -483,12 +483,11 @@
     fitGrid();
     const running = cameras.filter((c) => c.state === "running").length;
     // With the server not answering, "0/0 cameras running" (never reached) or "0/4" (lost)
-    // read as counted: say what is not known instead.
-    const why = serverRefused ? "the server refuses the dashboard" : "the server is unreachable";
+    // read as counted: say what is not known instead, in a few words (why is said beside it,
+    // and in the banner: at 1280 px the longer words cut the model's name off the header).
     const never = !cameras.length && !state.serverOkAt;
     setSummary(serverOk ? `${running}/${cameras.length} cameras running`
-      : never ? "cameras not known: the server has not been reached"
-      : `cameras: no data while ${why}`, cameras);
+      : never ? "cameras not known yet" : "cameras: no data", cameras);
   }
 
   // The cameras in trouble (not running, nor still opening for the first time), named beside
@@ -1006,7 +1005,7 @@
         $("banner-bar").hidden = false;
       }
       showConnection();
-      setSummary("cameras: no data while the dashboard is offline", []);
+      setSummary("cameras: no data", []);
       for (const tile of tiles.values()) {
         tile.setText(tile.v.fps, "–"); // rates the page can no longer vouch for
         tile.setText(tile.v.latency, "–");
