@@ -544,6 +544,16 @@ async def _open(browser: Any, dashboard: Dashboard, width: int = 1920, height: i
     return page
 
 
+async def _resized(page: Any, width: int, height: int) -> None:
+    """The page at another window size, its grid fitted to it: the ResizeObserver that
+    refits the grid runs before the next frame is drawn, so two frames on it is laid out.
+    (A page per size waited for every camera's frames again: seconds a size.)"""
+    await page.set_viewport_size({"width": width, "height": height})
+    await page.evaluate(
+        "new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))"
+    )
+
+
 # The stat labels that run past their tile's inner edge (the tile clips what overflows).
 _CLIPPED_LABELS = """() => [...document.querySelectorAll('.tile .stat .label')].filter(label => {
   const tile = label.closest('.tile');
@@ -1330,10 +1340,19 @@ async def test_a_tiles_figures_never_run_together(browser: Any, artifacts: Path)
 
     try:
         sizes = ((1280, 800), (1366, 768), (1400, 900), (1920, 1080), (2560, 1440), (390, 844))
+        page = await _open(browser, dash, *sizes[0])
+        for camera in ("demo", "dock-3", "belt-2", "bench"):
+            await _wait_frames(page, camera, 0, timeout=20.0)
         for width, height in sizes:
-            page = await _open(browser, dash, width, height)
-            for camera in ("demo", "dock-3", "belt-2", "bench"):
-                await _wait_frames(page, camera, 0, timeout=20.0)
+            await _resized(page, width, height)
+            # each chart drawn again at its new size: its old bitmap, stretched over the new
+            # box until the next tick, filled the whole chart with the newest score's colour
+            stretched = await page.evaluate(
+                "[...document.querySelectorAll('canvas.spark')].filter((c) => c.clientWidth"
+                " && c.width !== Math.max(1, Math.round(c.clientWidth * devicePixelRatio)))"
+                ".length"
+            )
+            assert stretched == 0, (width, height, stretched)
             capped = _tile(page, "dock-3")
             await expect(capped.locator(".v-fps")).to_have_text(re.compile(r"^\d+\.\d/10$"))
             await page.screenshot(path=artifacts / f"four-cameras-{width}x{height}.png")
@@ -1363,8 +1382,8 @@ async def test_a_tiles_figures_never_run_together(browser: Any, artifacts: Path)
                     " return [g.scrollHeight, g.clientHeight]; })()"
                 )
                 assert grid[0] <= grid[1], (width, height, grid)
-            assert page.errors == []
-            await page.context.close()
+        assert page.errors == []
+        await page.context.close()
     finally:
         await dash.stop()
         await server.stop(grace=0)

@@ -195,7 +195,12 @@
       this.heatPlace = "";
       this.frameCtx = this.frame.getContext("2d", { alpha: false });
       this.heatCtx = this.heat.getContext("2d");
-      new ResizeObserver(() => { this.sparkDirty = true; }).observe(this.spark);
+      // Drawn again at once on a new size: until the next tick the old bitmap was stretched
+      // over the new box, the newest scores' colour filling the whole chart.
+      new ResizeObserver(() => {
+        this.sparkDirty = true;
+        this.drawSpark(performance.now());
+      }).observe(this.spark);
     }
 
     setStatus(status) {
