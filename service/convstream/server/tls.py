@@ -14,6 +14,7 @@ import ssl
 import stat
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -270,28 +271,13 @@ def expiry_times(pem: PemFiles) -> dict[str, float]:
 def certificate_validity(der: bytes) -> tuple[datetime, datetime]:
     """(notBefore, notAfter) of a DER X.509 certificate; ValueError if it is not one.
 
-    The stdlib's ssl module reads these only from a peer's certificate, so the few DER
-    elements up to the validity are walked here: Certificate ::= SEQUENCE { tbsCertificate
-    SEQUENCE { [0] version OPTIONAL, serialNumber, signature, issuer, validity SEQUENCE {
-    notBefore, notAfter } ... } ... }.
+    The stdlib's ssl module reads these only from a peer's certificate, so the certificate's
+    DER is walked here (_tbs_fields).
     """
-    tag, body, _ = _element(der, 0)
-    if tag != 0x30:
-        raise ValueError("not a DER certificate")
-    tag, tbs, _ = _element(body, 0)
-    if tag != 0x30:
-        raise ValueError("not a DER certificate")
-    at = 0
-    tag, _, after = _element(tbs, at)
-    if tag == 0xA0:  # [0] EXPLICIT version
-        at = after
-    for _skip in range(3):  # serialNumber, signature algorithm, issuer
-        _, _, at = _element(tbs, at)
-    tag, validity, _ = _element(tbs, at)
-    if tag != 0x30:
+    fields = _tbs_fields(der)
+    if len(fields) < 4 or fields[3][0] != 0x30:
         raise ValueError("no validity in the certificate")
-    first_tag, first, after = _element(validity, 0)
-    second_tag, second, _ = _element(validity, after)
+    (first_tag, first), (second_tag, second) = list(_elements(fields[3][1]))[:2]
     return _time(first_tag, first), _time(second_tag, second)
 
 
@@ -300,28 +286,39 @@ SUBJECT_ALT_NAME = b"\x55\x1d\x11"  # the extension's OID, 2.5.29.17, as DER hol
 
 def has_subject_alt_name(der: bytes) -> bool:
     """Whether a DER X.509 certificate has the subjectAltName extension; ValueError if it is
-    not one. tbsCertificate continues after the validity: subject, subjectPublicKeyInfo,
-    [1] and [2] unique ids (optional), [3] EXPLICIT extensions: SEQUENCE OF Extension ::=
-    SEQUENCE { extnID OID, critical BOOLEAN OPTIONAL, extnValue OCTET STRING }."""
-    _, body, _ = _element(der, 0)
-    _, tbs, _ = _element(body, 0)
-    at = 0
-    tag, _, after = _element(tbs, at)
-    if tag == 0xA0:  # [0] EXPLICIT version
-        at = after
-    for _skip in range(6):  # serial, signature, issuer, validity, subject, public key
-        _, _, at = _element(tbs, at)
-    while at < len(tbs):
-        tag, value, at = _element(tbs, at)
-        if tag == 0xA3:  # [3] extensions
-            _, extensions, _ = _element(value, 0)
-            inner = 0
-            while inner < len(extensions):
-                _, extension, inner = _element(extensions, inner)
-                oid_tag, oid, _ = _element(extension, 0)
+    not one. Extensions ::= SEQUENCE OF Extension ::= SEQUENCE { extnID OID, critical
+    BOOLEAN OPTIONAL, extnValue OCTET STRING }, in the tbsCertificate's [3] field."""
+    for tag, value in _tbs_fields(der)[6:]:  # after the public key: [1], [2] ids, [3]
+        if tag == 0xA3:  # [3] EXPLICIT extensions
+            for _, extension in _elements(next(_elements(value))[1]):
+                oid_tag, oid = next(_elements(extension))
                 if oid_tag == 0x06 and oid == SUBJECT_ALT_NAME:
                     return True
     return False
+
+
+def _tbs_fields(der: bytes) -> list[tuple[int, bytes]]:
+    """The (tag, contents) of a DER certificate's tbsCertificate fields after its version:
+    Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL, serialNumber,
+    signature, issuer, validity, subject, subjectPublicKeyInfo, [1] issuerUniqueID OPTIONAL,
+    [2] subjectUniqueID OPTIONAL, [3] extensions OPTIONAL } ... }. ValueError if it is not
+    one."""
+    tag, body = next(_elements(der), (0, b""))
+    if tag != 0x30:
+        raise ValueError("not a DER certificate")
+    tag, tbs = next(_elements(body), (0, b""))
+    if tag != 0x30:
+        raise ValueError("not a DER certificate")
+    fields = list(_elements(tbs))
+    return fields[1:] if fields and fields[0][0] == 0xA0 else fields
+
+
+def _elements(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(tag, contents) of each DER element in ``data``, one after the other."""
+    at = 0
+    while at < len(data):
+        tag, value, at = _element(data, at)
+        yield tag, value
 
 
 def _element(data: bytes, at: int) -> tuple[int, bytes, int]:
