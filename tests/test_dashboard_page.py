@@ -410,6 +410,7 @@ async def test_long_camera_ids_show_the_end_that_tells_them_apart(
 _HEADS = """() => [...document.querySelectorAll("article.tile")].map((tile) => {
   const cam = tile.querySelector(".cam"), state = tile.querySelector(".state");
   return {id: tile.dataset.camera, cut: cam.scrollWidth > cam.clientWidth,
+          kind: tile.querySelector(".kind").textContent,
           state: state.textContent, title: state.title,
           badge: state.getBoundingClientRect().width};
 })"""
@@ -423,7 +424,7 @@ async def test_a_narrow_tile_shows_its_cameras_whole_name(browser: Any, artifact
     a wide one keeps the word."""
     closed = _closed_port()
     cameras = (
-        CameraConfig(id="dock-1", source="demo:conveyor?fps=2"),
+        CameraConfig(id="demo", source="demo:conveyor?fps=2"),
         *(
             CameraConfig(id=name, source=f"http://127.0.0.1:{closed}/{name}.mjpg")
             for name in ("dock-2-north", "dock-3-south", "outbound-lane-4")
@@ -435,20 +436,22 @@ async def test_a_narrow_tile_shows_its_cameras_whole_name(browser: Any, artifact
     async with _running(cameras) as (_, dash):
         for width, height, narrow in ((1024, 768, True), (1280, 800, True), (1920, 1080, False)):
             page = await _open(browser, dash, width, height)
-            for running in ("dock-1", "belt-5"):
+            for running in ("demo", "belt-5"):
                 await _wait_frames(page, running, 0, timeout=20.0)
             await expect(page.locator("#summary .down")).to_have_count(3, timeout=15000)
             # Frames come on each camera's watch, the state with the next poll of the cameras'
             # list (poll_s): a tile may draw a frame a moment before its state says "running".
-            for running in ("dock-1", "belt-5"):
+            for running in ("demo", "belt-5"):
                 state = page.locator(f'article.tile[data-camera="{running}"] .state')
                 await expect(state).to_have_text("running", timeout=15000)
             heads = await page.evaluate(_HEADS)
             assert len(heads) == 5
             for head in heads:
                 assert not head["cut"], (width, head)
-                word = "running" if head["id"] in ("dock-1", "belt-5") else "reconnecting"
+                word = "running" if head["id"] in ("demo", "belt-5") else "reconnecting"
                 assert head["state"] == word and head["title"].startswith(word), (width, head)
+                kind = {"demo": "", "belt-5": "demo"}.get(head["id"], "http")
+                assert head["kind"] == kind, (width, head)
                 # a dot, or the word's badge
                 assert (head["badge"] < 20) if narrow else (head["badge"] > 60), (width, head)
             await page.screenshot(path=artifacts / f"five-cameras-{width}x{height}.png")

@@ -205,7 +205,10 @@
 
     setStatus(status) {
       this.status = status;
-      this.kind.textContent = status.source_kind || "";
+      // The kind says where frames come from; a camera named after its kind ("demo", the
+      // demo conveyor) would read "demo DEMO", so the name alone says it there.
+      const kind = status.source_kind || "";
+      this.kind.textContent = kind.toLowerCase() === this.id.toLowerCase() ? "" : kind;
       // Figures that are not current show a dash, not a number: with the server lost (offline)
       // or its process silent (unknown) the rates are not known (a "0.0/5" read as measured),
       // and a camera not running has no latency (its last, "217 ms", stayed beside fps 0.0).
