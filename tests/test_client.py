@@ -1099,6 +1099,25 @@ def test_the_overlays_label_gives_the_score_as_the_commands_print_it() -> None:
     assert label_text(Result(frame_id=2, score=0.82149, damaged=False)) == "0.8214"
 
 
+@pytest.mark.parametrize("width", [64, 90, 640])
+def test_the_overlays_label_fits_the_frames_width(width: int) -> None:
+    """A 64-pixel-wide crop cut "0.9964 DAMAGED" to "0.99": the label now fits its frame,
+    on two lines and in smaller type where it must, one line where it fits."""
+    from convstream.client.overlay import _label
+
+    result = Result(frame_id=1, score=0.99646, damaged=True)
+    # drawn for a frame `width` wide on a wider canvas: what lands past `width` was cut
+    canvas = np.zeros((2000, 800, 3), np.uint8)
+    _label(canvas, result, width, 2000)
+    white = (canvas == 255).all(axis=2)
+    columns = np.flatnonzero(white.any(axis=0))
+    rows = np.flatnonzero(white.any(axis=1))
+    assert columns.size and columns.max() < width, (width, columns.max())
+    lines = 1 if width == 640 else 2
+    height = rows.max() - rows.min() + 1
+    assert (height < 30) if lines == 1 else (height > 12), (width, height)
+
+
 async def test_overlays_written_and_readable(
     server: Server, frames: list[np.ndarray], tmp_path: Path
 ) -> None:
