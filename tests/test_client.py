@@ -387,6 +387,45 @@ async def test_results_keep_the_bytes_sent_not_the_pixels_they_were_made_of(
     )
 
 
+async def test_a_fresh_stream_reads_few_frames_ahead_of_a_slow_reader(
+    server: Server, frames: list[np.ndarray], video: Path
+) -> None:
+    """A loop taking 0.5 s a result over a camera's frames read Limits.max_in_flight (32)
+    frames ahead of it, each result waiting its turn: 16 s behind the camera, while its
+    frame_age_ms said 60 ms (an API review). A latest-only stream, and a latest-only Video's
+    frames on any stream, read at most 2 ahead."""
+    from convstream.client.frames import VideoFrames
+
+    pulled = 0
+
+    def camera() -> Iterator[Frame]:
+        nonlocal pulled
+        for k in itertools.count():
+            pulled += 1
+            yield Frame(frames[k % 6], frame_id=k)
+
+    def slowly(source: Iterable[Frame], freshness: Freshness) -> list[int]:
+        nonlocal pulled
+        pulled, ahead = 0, []
+        with Client(address(server)) as client:
+            for n, result in enumerate(client.stream(source, freshness=freshness)):
+                assert result.ok, result.error
+                time.sleep(0.05)
+                ahead.append(pulled - (n + 1))
+                if n == 9:
+                    break
+        return ahead
+
+    for source, freshness in (
+        (camera(), "latest_only"),
+        (VideoFrames(camera(), latest=True), "lossless"),
+    ):
+        ahead = await asyncio.to_thread(slowly, source, freshness)  # type: ignore[arg-type]
+        assert max(ahead) <= 2, (freshness, ahead)
+    with Video(video, latest_only=True) as live, Video(video) as played:
+        assert live.frames().latest and not played.frames().latest
+
+
 async def test_a_capture_opened_by_the_caller_is_streamed_and_released(
     server: Server, video: Path
 ) -> None:

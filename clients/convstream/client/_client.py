@@ -187,7 +187,7 @@ class Client(BaseClient):
     def _stream(
         self, frames: Iterable[FrameLike], ledger: Ledger, resume: bool
     ) -> Generator[Result, None, None]:
-        feed = SyncFeed(frames, ledger, self.limits.max_in_flight)
+        feed = SyncFeed(frames, ledger, self._in_flight(frames, ledger.options))
         resumption = self._resumption(resume)
         try:
             while True:
@@ -443,7 +443,7 @@ class AsyncClient(BaseClient):
             self.upload,
             self.limits.max_message_bytes,
         )
-        feed = AsyncFeed(frames, ledger, self.limits.max_in_flight)
+        feed = AsyncFeed(frames, ledger, self._in_flight(frames, ledger.options))
         resumption = self._resumption(resume)
         try:
             while True:

@@ -18,7 +18,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -33,7 +33,16 @@ from convstream.client.errors import InvalidFrame, SourceError
 from convstream.client.options import Upload
 from convstream.v1 import convstream_pb2 as pb
 
-__all__ = ["Frame", "FrameLike", "Video", "as_frame", "image_files", "read_image", "read_images"]
+__all__ = [
+    "Frame",
+    "FrameLike",
+    "Video",
+    "VideoFrames",
+    "as_frame",
+    "image_files",
+    "read_image",
+    "read_images",
+]
 
 logger = logging.getLogger("convstream.client")
 
@@ -414,6 +423,31 @@ def public_url(url: str) -> str:
     return urlunsplit((parts.scheme, host + port, parts.path, parts.query, ""))
 
 
+class VideoFrames(Iterator[Frame]):
+    """What ``Video.frames()`` returns: the Video's frames, one at a time, as a generator
+    gives them (``close()`` stops it).
+
+    Attributes:
+        latest: each frame is the newest the source has (a latest-only Video, e.g. a
+            camera): a stream then reads few of them ahead of its results
+            (``Limits.max_in_flight``), so a loop slower than the camera gets results of
+            fresh frames rather than of a backlog read while it was busy.
+    """
+
+    def __init__(self, frames: Generator[Frame, None, None], latest: bool) -> None:
+        self._frames = frames
+        self.latest = latest
+
+    def __iter__(self) -> VideoFrames:
+        return self
+
+    def __next__(self) -> Frame:
+        return next(self._frames)
+
+    def close(self) -> None:
+        self._frames.close()
+
+
 class Video:
     """Frames from a video file, a URL OpenCV opens, or a camera, read on this side.
 
@@ -522,8 +556,11 @@ class Video:
             return public_url(str(source))  # the name the server is sent
         return Path(source).stem
 
-    def frames(self) -> Iterator[Frame]:
-        """Yield frames until the source ends, ``max_frames`` is reached or close() is called."""
+    def frames(self) -> VideoFrames:
+        """Its frames until the source ends, ``max_frames`` is reached or close() is called."""
+        return VideoFrames(self._frames(), latest=self.latest_only)
+
+    def _frames(self) -> Generator[Frame, None, None]:
         read = self._read_latest if self.latest_only else self._read_next
         served = 0
         while self.max_frames is None or served < self.max_frames:

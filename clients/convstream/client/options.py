@@ -237,7 +237,10 @@ class Limits:
         max_message_bytes: the largest message sent or received; the default fits every
             feature map of a 640x480 input in float32.
         max_in_flight: frames of a stream read from the source but not yet answered; past it
-            the client stops reading the source until answers arrive.
+            the client stops reading the source until answers arrive. A stream whose results
+            should be fresh (freshness "latest_only", or a latest-only Video's ``frames()``,
+            a camera's by default) reads at most 2 ahead, so a loop slower than the camera
+            gets results of frames at most about two of its turns old, not a backlog.
         fresh_watch: camera calls (``cameras()``, ``watch()``) get a connection of their own
             whose HTTP/2 window stays at gRPC's initial 64 KiB. Results in flight are bounded
             by that window, so a watcher that reads slower than its results come finds at most
