@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from convstream.client import AsyncClient, InvalidFrame, Limits, Upload
 from convstream.client.tensors import to_numpy
 from convstream.model import DamageModel
 from convstream.model.scenes import render_scene
@@ -444,6 +445,14 @@ async def test_a_frame_over_the_message_limit_is_refused_alone_in_the_servers_wo
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 _ = [r async for r in call]
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # the Python client calls it what it is, not Overloaded ("back off and retry")
+        limits = Limits(max_message_bytes=4 << 20)  # the client's own limit lets it go
+        async with AsyncClient(
+            f"127.0.0.1:{server.port}", upload=Upload(format="raw"), limits=limits
+        ) as client:
+            with pytest.raises(InvalidFrame, match=r"twice its max_message_bytes") as refused:
+                await client.analyze(np.hstack([pixels, pixels]))
+        assert "more than the server at 127.0.0.1" in str(refused.value)
     finally:
         await server.stop(grace=0)
 

@@ -229,11 +229,28 @@ def from_rpc_error(
             f"feature maps or a smaller encoding (gRPC: {message})",
             code=code,
         )
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and (
+        too_large := _FRAME_TOO_LARGE.search(message)
+    ):
+        # gRPC's own words, in the server, for a frame over twice its max_message_bytes: the
+        # same frame is refused again, so no back-off helps (it read as Overloaded)
+        size, limit = (int(n) for n in too_large.groups())
+        where = f"the server at {address}" if address else "the server"
+        return InvalidFrame(
+            f"a frame of {size:,} bytes is more than {where} takes ({limit:,}, twice its "
+            "max_message_bytes: past that gRPC refuses the message before the server sees it, "
+            "ending the stream): send it as JPEG or smaller; with this client's "
+            "Limits(max_message_bytes=...) at the server's model_info().max_message_bytes "
+            f"such a frame is refused before it is sent, as its own result (gRPC: {message})",
+            code=code,
+        )
     return from_status(code, message)
 
 
-# gRPC's message for a message over the receiving side's max_receive_message_length
+# gRPC's message for a message over the receiving side's max_receive_message_length: this
+# client's (an answer), or the server's (a frame)
 _ANSWER_TOO_LARGE = re.compile(r"CLIENT: Received message larger than max \((\d+) vs\. (\d+)\)")
+_FRAME_TOO_LARGE = re.compile(r"SERVER: Received message larger than max \((\d+) vs\. (\d+)\)")
 
 
 def _write_failed_in_core(exc: grpc.RpcError, details: str) -> bool:
