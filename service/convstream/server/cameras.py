@@ -213,20 +213,10 @@ class CameraManager:
         """Whether this process pulls the camera or has a client stream published under it."""
         return camera_id in self.feeds or camera_id in self.published
 
-    def watch(self, camera_id: str, request: pb.WatchCameraRequest) -> Watcher:
-        """A new watcher of a camera; NotFound, InvalidOptions, CameraDown (it FAILED or
-        STOPPED) or Overloaded when it can't be."""
-        feed: Publisher | None = self.feeds.get(camera_id) or self.published.get(camera_id)
-        if feed is None and not re.fullmatch(CAMERA_ID, camera_id):
-            raise InvalidOptions(
-                f"camera_id must be the id of a camera in the server's config ({CAMERA_ID_RULE}"
-                f"), never a URL, a path or a device; got {redact(camera_id[:80])!r}"
-            )
-        if feed is None:
-            known = ", ".join(sorted([*self.feeds, *self.published])) or "none configured"
-            raise NotFound(f"no camera {camera_id!r}; cameras: {known}")
-        if isinstance(feed, CameraFeed) and (down := feed.down()) is not None:
-            raise down
+    def check_watch(self, request: pb.WatchCameraRequest) -> Options:
+        """A WatchCamera request's options, or InvalidOptions: checked before its camera is
+        looked for, so a bad request is INVALID_ARGUMENT whatever camera it names (it was
+        NOT_FOUND for an unknown one, INVALID_ARGUMENT once the camera existed)."""
         options = Options.parse(request.options)
         check_without_stream(request.options, "WatchCamera")
         if request.queue_size > MAX_WATCHER_QUEUE:
@@ -239,6 +229,23 @@ class CameraManager:
                 f"max_fps must be 0 (every analysed frame) to {MAX_WATCHER_FPS:g} results per "
                 f"second, got {np.float32(request.max_fps)}"
             )
+        return options
+
+    def watch(self, camera_id: str, request: pb.WatchCameraRequest) -> Watcher:
+        """A new watcher of a camera; InvalidOptions, NotFound, CameraDown (it FAILED or
+        STOPPED) or Overloaded when it can't be."""
+        options = self.check_watch(request)
+        feed: Publisher | None = self.feeds.get(camera_id) or self.published.get(camera_id)
+        if feed is None and not re.fullmatch(CAMERA_ID, camera_id):
+            raise InvalidOptions(
+                f"camera_id must be the id of a camera in the server's config ({CAMERA_ID_RULE}"
+                f"), never a URL, a path or a device; got {redact(camera_id[:80])!r}"
+            )
+        if feed is None:
+            known = ", ".join(sorted([*self.feeds, *self.published])) or "none configured"
+            raise NotFound(f"no camera {camera_id!r}; cameras: {known}")
+        if isinstance(feed, CameraFeed) and (down := feed.down()) is not None:
+            raise down
         publishers = [*self.feeds.values(), *self.published.values()]
         open_now = sum(len(f.watchers) for f in publishers)
         if open_now >= self.max_watchers:

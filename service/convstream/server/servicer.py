@@ -317,6 +317,10 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         self, request: pb.WatchCameraRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.FrameResult]:
         metadata = context.invocation_metadata()
+        try:
+            self.cameras.check_watch(request)  # here too: before it is sent to another process
+        except ConvstreamError as exc:
+            await context.abort(exc.code, str(exc))
         if (
             self.peers is not None
             and not self.draining.is_set()
