@@ -533,8 +533,14 @@ async def browser() -> AsyncIterator[Any]:
             await chromium.close()
 
 
-async def _open(browser: Any, dashboard: Dashboard, width: int = 1920, height: int = 1080) -> Any:
-    context = await browser.new_context(viewport={"width": width, "height": height})
+async def _open(
+    browser: Any, dashboard: Dashboard, width: int = 1920, height: int = 1080, touch: bool = False
+) -> Any:
+    """A page of the dashboard in a window of that size; ``touch``: a touch screen's (CSS
+    ``pointer: coarse``)."""
+    context = await browser.new_context(
+        viewport={"width": width, "height": height}, has_touch=touch
+    )
     page = await context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))

@@ -407,6 +407,11 @@ async def test_long_camera_ids_show_the_end_that_tells_them_apart(
         await page.context.close()
 
 
+# The space between each down camera's name and its state in the header, in pixels.
+_NAME_STATE_GAPS = """() => [...document.querySelectorAll("#summary .down")].map((button) =>
+  button.querySelector(".down-state").getBoundingClientRect().left -
+  button.querySelector(".down-name").getBoundingClientRect().right)"""
+
 _HEADS = """() => [...document.querySelectorAll("article.tile")].map((tile) => {
   const cam = tile.querySelector(".cam"), state = tile.querySelector(".state");
   return {id: tile.dataset.camera, cut: cam.scrollWidth > cam.clientWidth,
@@ -421,12 +426,18 @@ async def test_a_narrow_tile_shows_its_cameras_whole_name(browser: Any, artifact
     """Five cameras at 1024x768: each tile's head held the name, the source kind and the
     state's word, and "dock-2-north" beside "HTTP" and "RECONNECTING" read "d…". A narrow
     tile shows the state as a dot of its colour, its word in the tooltip, and the name whole;
-    a wide one keeps the word."""
+    a wide one keeps the word. A camera named after its source kind ("demo") reads "demo",
+    not "demo DEMO". The header lists a failed camera before those reconnecting, and on a
+    touch screen keeps a space between each name and its state ("dock-2-northreconnecting")."""
     closed = _closed_port()
     cameras = (
         CameraConfig(id="demo", source="demo:conveyor?fps=2"),
         *(
-            CameraConfig(id=name, source=f"http://127.0.0.1:{closed}/{name}.mjpg")
+            CameraConfig(
+                id=name,
+                source=f"http://127.0.0.1:{closed}/{name}.mjpg",
+                max_reconnects=1 if name == "outbound-lane-4" else 0,
+            )
             for name in ("dock-2-north", "dock-3-south", "outbound-lane-4")
         ),
         CameraConfig(id="belt-5", source="demo:conveyor?fps=2&seed=5"),
@@ -439,6 +450,10 @@ async def test_a_narrow_tile_shows_its_cameras_whole_name(browser: Any, artifact
             for running in ("demo", "belt-5"):
                 await _wait_frames(page, running, 0, timeout=20.0)
             await expect(page.locator("#summary .down")).to_have_count(3, timeout=15000)
+            # the failed camera first, though the config lists it last
+            await expect(page.locator("#summary .down").first).to_have_text(
+                "outbound-lane-4 failed", timeout=15000
+            )
             # Frames come on each camera's watch, the state with the next poll of the cameras'
             # list (poll_s): a tile may draw a frame a moment before its state says "running".
             for running in ("demo", "belt-5"):
@@ -448,7 +463,9 @@ async def test_a_narrow_tile_shows_its_cameras_whole_name(browser: Any, artifact
             assert len(heads) == 5
             for head in heads:
                 assert not head["cut"], (width, head)
-                word = "running" if head["id"] in ("demo", "belt-5") else "reconnecting"
+                word = {"demo": "running", "belt-5": "running", "outbound-lane-4": "failed"}.get(
+                    head["id"], "reconnecting"
+                )
                 assert head["state"] == word and head["title"].startswith(word), (width, head)
                 kind = {"demo": "", "belt-5": "demo"}.get(head["id"], "http")
                 assert head["kind"] == kind, (width, head)
@@ -457,6 +474,12 @@ async def test_a_narrow_tile_shows_its_cameras_whole_name(browser: Any, artifact
             await page.screenshot(path=artifacts / f"five-cameras-{width}x{height}.png")
             assert page.errors == []
             await page.context.close()
+        page = await _open(browser, dash, 390, 844, touch=True)
+        await expect(page.locator("#summary .down")).to_have_count(3, timeout=15000)
+        gaps = await page.evaluate(_NAME_STATE_GAPS)
+        assert len(gaps) == 3 and all(gap >= 3 for gap in gaps), gaps
+        await page.screenshot(path=artifacts / "five-cameras-touch-390x844.png")
+        await page.context.close()
 
 
 @pytest.mark.asyncio(loop_scope="module")

@@ -502,12 +502,20 @@
   // the count: on a wall of many tiles the failed one is often screens away, and its name
   // takes the operator to it.
   const SHOWN_DOWN = 4;
+  // Those that need someone first: a camera stalled for a second listed ahead of a failed one
+  // pushed the failed one into the "…" of a narrow header.
+  const DOWN_ORDER = ["failed", "stopped", "reconnecting", "unwatched", "stalled"];
+  const downRank = (state) => {
+    const rank = DOWN_ORDER.indexOf(state);
+    return rank < 0 ? DOWN_ORDER.length : rank;
+  };
   let summaryKey = "";
   let summaryTimes = []; // [element, since]: each down camera's time in its state, ticking
   function setSummary(text, cameras) {
     // Not "offline" (the dashboard lost the server): the banner says so for them all, and
     // their state_since is the server's, from before.
-    const down = cameras.filter((c) => !["running", "connecting", "offline"].includes(c.state));
+    const down = cameras.filter((c) => !["running", "connecting", "offline"].includes(c.state))
+      .sort((a, b) => downRank(a.state) - downRank(b.state)); // stable: the config's order next
     const key = JSON.stringify([text, down.map((c) => [c.id, c.state, c.state_since])]);
     if (key === summaryKey) return; // unchanged: keep the buttons under the pointer
     summaryKey = key;
@@ -519,7 +527,15 @@
       button.type = "button";
       button.className = "down";
       button.dataset.state = camera.state;
-      button.replaceChildren(...nameParts(camera.id), ` ${camera.state}`);
+      // The name and the state in spans of their own: a touch screen lays the button out as
+      // a flex box, which dropped a bare text's leading space ("yard-gatefailed").
+      const name = document.createElement("span");
+      name.className = "down-name";
+      name.replaceChildren(...nameParts(camera.id));
+      const state = document.createElement("span");
+      state.className = "down-state";
+      state.textContent = camera.state;
+      button.replaceChildren(name, " ", state);
       button.title = `show ${camera.id}` + (camera.state_since
         ? `, ${camera.state} since ${dateTime(camera.state_since)}` : "");
       button.addEventListener("click", () => showTile(camera.id));
