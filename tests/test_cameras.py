@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import subprocess
 import time
@@ -37,8 +38,8 @@ from convstream.cli import main
 from convstream.client.cli import QUIET_S
 from convstream.client.results import CameraInfo
 from convstream.server import CameraConfig, Server, Settings
-from convstream.server.camera import Camera
-from convstream.server.feeds import CameraFeed, Watcher
+from convstream.server.camera import Camera, RateMeter
+from convstream.server.feeds import CameraFeed, Watcher, next_due
 from convstream.server.pipeline import Options
 from convstream.server.sources import Capture, SourceSpec, open_source, parse_source
 from convstream.v1 import convstream_pb2 as pb
@@ -747,6 +748,27 @@ def test_a_frame_superseded_while_the_analysis_is_free_is_skipped_not_dropped() 
     assert cam.frames_read == 9
 
 
+def test_an_fps_cap_reads_no_more_than_itself_after_a_busy_moment() -> None:
+    """A 30 fps camera capped at 2: after an analysis that took 1.5 s the next frame followed
+    at once, to catch up, and the pair read as a burst: "2.9/2" on a busy server's dashboard.
+    The cap's schedule as CameraFeed keeps it, each frame taken as the camera gives it (the
+    first at or after its time), the analyses 50 ms but one in ten 1.5 s."""
+    interval, meter = 0.5, RateMeter()
+    due = now = 0.0
+    rates, taken = [], []
+    for k in range(80):
+        now = math.ceil(max(now, due) * 30) / 30  # the camera's next frame
+        taken.append(now)
+        meter.tick(now)
+        rates.append(meter.rate(now))
+        due = next_due(due, now, interval)
+        now += 1.5 if k % 10 == 5 else 0.05
+    assert max(rates[2:]) < 2.05, max(rates[2:])
+    # and on schedule it keeps to the cap, though each frame comes up to 1/30 s after its time
+    calm = np.diff(taken[20:25])
+    assert abs(calm.mean() - interval) < 0.01, calm
+
+
 def test_frames_an_fps_cap_will_not_take_are_passed_over_unconverted() -> None:
     """A 30 fps H.264 camera capped at 5 fps: the frames the cap's next analysis cannot take
     (another frame comes before it is due) are grabbed and never converted to pixels, and
@@ -792,7 +814,7 @@ def test_frames_an_fps_cap_will_not_take_are_passed_over_unconverted() -> None:
                 behind.append(cam.frames_read - frame.number)  # frames read after it
                 last, taken = frame.number, taken + 1
                 now = time.monotonic()
-                cam.next_due = max(cam.next_due + interval, now - interval)
+                cam.next_due = next_due(cam.next_due, now, interval)
         finally:
             cam.stop()
     assert 15 <= taken <= 25  # about 5 a second

@@ -63,6 +63,22 @@ class FeedFinished(Exception):
     """A published stream ended: its watches end OK, after the results they hold."""
 
 
+# How early, at most, a camera's frame may come for its fps cap's schedule: the jitter of a
+# camera at the cap's own rate, whose frames come a little either side of their time.
+CAP_EARLY_S = 0.02
+
+
+def next_due(due: float, taken: float, interval: float) -> float:
+    """When a camera capped at one frame each ``interval`` seconds may have its next frame
+    analysed, the one ``due`` then having been taken at ``taken``.
+
+    On schedule it keeps to the cap's grid, so a frame a little late does not slow the rate;
+    a frame taken later than that starts the grid again from itself, rather than letting the
+    next one follow at once to catch up: such pairs read as bursts, "2.9/2" fps on a busy
+    server's dashboard."""
+    return max(due + interval, taken + interval - min(interval / 2, CAP_EARLY_S))
+
+
 class Watcher:
     """One WatchCamera call: what it wants, how often, and the results waiting for it."""
 
@@ -236,7 +252,9 @@ class Publisher:
         self.last_score = score
         self.latency_ms = (time.perf_counter() - read_at) * 1000
         self.last_result_time = time.time()
-        self.fps_out.tick(time.monotonic())
+        # timed by when its analysis began, as the fps cap schedules frames: by when it ended,
+        # a slow analysis and the quick one after it made a pair that read as a burst
+        self.fps_out.tick(now - (time.perf_counter() - arrived))
         for watcher in due:
             if watcher in self.watchers:  # it may have gone while this frame was analysed
                 # the clock due() read: the schedule follows the frames, not the encoding
@@ -353,7 +371,7 @@ class CameraFeed(Publisher):
             started = time.monotonic()
             # The cap's schedule, kept on the camera: frames it replaces before then are
             # skipped for the cap, not dropped.
-            camera.next_due = max(camera.next_due + self._interval, started - self._interval)
+            camera.next_due = next_due(camera.next_due, started, self._interval)
             camera.analysing = True
             try:
                 await self._analyse(frame)
