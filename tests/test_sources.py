@@ -19,6 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import cv2
 import grpc
 import numpy as np
 import pytest
@@ -723,6 +724,38 @@ def test_digest_answers_as_rfc_2617_says() -> None:
     assert (
         _authorization('Digest realm="x", nonce="n", algorithm=SHA-256', "a", "b", "GET", "/") == ""
     )
+
+
+def test_an_http_snapshot_url_is_told_to_be_one_picture_not_a_stream() -> None:
+    """A camera's snapshot URL (one JPEG) given as a camera: FFmpeg read its one picture, the
+    backlog skip grabbed past it, and the camera reconnected for ever with "its stream ended"
+    and OpenCV's "Picture does not contain data" in the log at each retry."""
+    picture = cv2.imencode(".jpg", np.full((240, 320, 3), 90, np.uint8))[1].tobytes()
+
+    class Snapshot(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(picture)))
+            self.end_headers()
+            self.wfile.write(picture)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Snapshot) as camera:
+        threading.Thread(target=camera.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{camera.server_address[1]}/snap.jpg"
+        try:
+            source = open_source(parse_source(url), open_timeout_s=4, read_timeout_s=3, loop=True)
+            try:
+                with pytest.raises(SourceError, match=r"it serves one picture \(image/jpeg\)"):
+                    for _ in range(3):
+                        source.read()
+            finally:
+                source.release()
+        finally:
+            camera.shutdown()
 
 
 def test_an_http_camera_that_answers_404_or_401_is_told_so() -> None:

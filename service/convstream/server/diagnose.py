@@ -95,8 +95,26 @@ def _connect(address: Address, deadline: float) -> socket.socket:
     return sock
 
 
-def _ask(parts: SplitResult, scheme: str, address: Address, deadline: float) -> str:
-    """Make the request FFmpeg makes, with the URL's credentials if the camera asks for them."""
+def one_picture(url: str, timeout_s: float) -> str:
+    """The media type ("image/jpeg") when an http:// URL answers with one picture, a camera's
+    snapshot URL rather than its stream; "" when it does not, or cannot be told."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "http" or not parts.hostname:
+        return ""
+    deadline = time.monotonic() + timeout_s
+    try:
+        address = socket.getaddrinfo(parts.hostname, parts.port or 80, type=socket.SOCK_STREAM)[0]
+        status, _, kind, _ = _answer(parts, "http", address, deadline)
+    except (OSError, ValueError):
+        return ""
+    return kind if 200 <= status < 300 and kind.startswith("image/") else ""
+
+
+def _answer(
+    parts: SplitResult, scheme: str, address: Address, deadline: float
+) -> tuple[int, str, str, bool]:
+    """The request FFmpeg makes, with the URL's credentials if the camera asks for them:
+    (status, reason, media type, whether the credentials were sent)."""
     user = unquote(parts.username) if parts.username is not None else None
     password = unquote(parts.password or "")
     host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
@@ -112,11 +130,18 @@ def _ask(parts: SplitResult, scheme: str, address: Address, deadline: float) -> 
             status, reason, _, kind = _request(
                 scheme, method, target, host, authorization, address, deadline
             )
-            if status == 401:
-                return (
-                    f"it refused the user name or password in the URL ({status} {reason}); a "
-                    "password's '@', ':' or '/' must be written %40, %3A, %2F"
-                )
+            return status, reason, kind, True
+    return status, reason, kind, False
+
+
+def _ask(parts: SplitResult, scheme: str, address: Address, deadline: float) -> str:
+    """What the answer to the request FFmpeg makes says of why no stream opened."""
+    status, reason, kind, with_credentials = _answer(parts, scheme, address, deadline)
+    if status == 401 and with_credentials:
+        return (
+            f"it refused the user name or password in the URL ({status} {reason}); a "
+            "password's '@', ':' or '/' must be written %40, %3A, %2F"
+        )
     from convstream.server.sources import redact  # here: sources imports this module
 
     said = f"{scheme.upper()} {status} {reason}".strip()

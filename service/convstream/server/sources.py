@@ -24,7 +24,7 @@ import numpy as np
 
 from convstream.server.config import MAX_FPS, MAX_INPUT_SIDE, MIN_INPUT_SIDE, parse_size
 from convstream.server.decode import Limits, check_encoded, decode_encoded, orientation, sniff
-from convstream.server.diagnose import why_closed
+from convstream.server.diagnose import one_picture, why_closed
 from convstream.server.errors import InvalidFrame
 
 logger = logging.getLogger(__name__)
@@ -410,7 +410,10 @@ class OpenCVCapture:
         while time.monotonic() < deadline:
             started = time.monotonic()
             if not self._cap.grab():
-                return  # the read that follows says what went wrong
+                # the read that follows says what went wrong; a frame grabbed before is gone
+                # (retrieved, OpenCV logged "Picture does not contain data" at each retry)
+                self._grabbed = False
+                return
             self._grabbed = True
             if time.monotonic() - started > interval_s / 2:
                 return  # this one was waited for: the stream is live from here
@@ -514,6 +517,13 @@ class OpenCVCapture:
             return SourceError("end of video file", permanent=not self._loop, ended=True)
         if time.monotonic() - started >= 0.95 * self._read_timeout_s:
             return self._timed_out()
+        if self.spec.kind == "http" and (picture := one_picture(self.spec.target, 2.0)):
+            # a camera's snapshot URL: FFmpeg reads its one picture, then the "stream" ends
+            return SourceError(
+                f"no frame from http source: it serves one picture ({picture}), not a video "
+                "stream: give the camera's MJPEG stream URL (multipart/x-mixed-replace) or its "
+                "RTSP URL"
+            )
         return SourceError(f"no frame from {self.spec.kind} source: its stream ended (closed)")
 
     def _timed_out(self) -> SourceError:
