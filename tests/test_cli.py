@@ -1082,6 +1082,17 @@ def test_check_config_says_what_would_run_without_running_it(
     assert out.startswith("config OK, 2 warning(s) below: ")
     assert "warning: metrics listen on 0.0.0.0 (every IPv4 and IPv6 address" in out
     assert "over plain HTTP with no tokens" in out
+    # a config of no cameras runs the demo conveyor: on a server others reach, said (README's
+    # production example ran fake packages on every dashboard)
+    bare = tmp_path / "bare.toml"
+    bare.write_text('host = "0.0.0.0"\n')
+    assert main(["serve", "--check-config", "--config", str(bare)]) == 0
+    out = capsys.readouterr().out
+    assert "warning: camera demo: the synthetic demo conveyor, on a server others can " in out
+    assert "cameras = [] for none" in out
+    bare.write_text('host = "0.0.0.0"\ncameras = []\n')
+    assert main(["serve", "--check-config", "--config", str(bare)]) == 0
+    assert "demo" not in capsys.readouterr().out
     # what would fail at run time, said now: a video file not there
     with config.open("a") as toml:
         toml.write(f'[[cameras]]\nid = "replay"\nsource = "{tmp_path / "gone.mp4"}"\n')
@@ -1184,6 +1195,24 @@ def test_a_camera_flag_without_an_id_never_prints_its_password() -> None:
     assert "--camera takes ID=SOURCE" in done.stderr
     assert "rtsp://admin:***@10.0.0.7/stream" in done.stderr
     assert "hunter2" not in done.stderr + done.stdout
+
+
+def test_no_cameras_and_a_camera_flag_together_are_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Both were taken, and which won went by their order on the command line."""
+    from convstream.cli import main
+
+    for flags in (
+        ["--no-cameras", "--camera", "dock=rtsp://admin:hunter2@10.0.0.7/s"],
+        ["--camera", "dock=rtsp://admin:hunter2@10.0.0.7/s", "--no-cameras"],
+    ):
+        with pytest.raises(SystemExit) as done:
+            main(["serve", "--check-config", *flags])
+        assert done.value.code == 2
+        said = capsys.readouterr()
+        assert "not allowed with argument" in said.err, said.err
+        assert "hunter2" not in said.err + said.out
 
 
 def test_a_refused_stream_url_is_our_line_without_ffmpeg_noise() -> None:

@@ -65,7 +65,9 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="do not serve gRPC reflection",
     )
-    p.add_argument(
+    # one or the other: given both, the cameras of --camera ran, or none, by their order
+    pulled = p.add_mutually_exclusive_group()
+    pulled.add_argument(
         "--camera",
         dest="cameras",
         action="append",
@@ -73,7 +75,7 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="a camera to pull, e.g. dock-3=rtsp://10.0.0.7/stream (repeatable; replaces the "
         "config's cameras; per-camera options go in the TOML file)",
     )
-    p.add_argument(
+    pulled.add_argument(
         "--no-cameras",
         dest="cameras",
         action="store_const",
@@ -275,7 +277,12 @@ def _check_config(settings: Settings, warnings: list[str]) -> int:
     """What `serve --check-config` prints: the settings as they would run, or why not."""
     from convstream.model import DamageModel, ModelFileError
     from convstream.model.runtime import CUDA
-    from convstream.server.app import bind_failure, exposure_warning, metrics_exposure_warning
+    from convstream.server.app import (
+        bind_failure,
+        demo_warning,
+        exposure_warning,
+        metrics_exposure_warning,
+    )
     from convstream.server.config import host_port
     from convstream.server.processes import assign
     from convstream.server.sources import parse_source
@@ -346,7 +353,7 @@ def _check_config(settings: Settings, warnings: list[str]) -> int:
             "say why): the server would run on the CPU"
         )
     exposed = exposure_warning(settings, tls=settings.tls_cert is not None)
-    for warning in (exposed, metrics_exposure_warning(settings)):
+    for warning in (exposed, metrics_exposure_warning(settings), demo_warning(settings)):
         if warning:
             warnings.append(warning)
     address = host_port(settings.host, settings.port)

@@ -587,9 +587,9 @@ class Server:
 
 def _warn_if_exposed(settings: Settings, *, tls: bool) -> None:
     """Warn when more than this machine can reach the port and nothing checks who calls."""
-    metrics = metrics_exposure_warning(settings)
-    if metrics:
-        logger.warning("%s", metrics)
+    for warning in (metrics_exposure_warning(settings), demo_warning(settings)):
+        if warning:
+            logger.warning("%s", warning)
     if _is_loopback(settings.host):
         return
     if settings.tls_client_ca is not None and not settings.tokens:
@@ -625,6 +625,20 @@ def exposure_warning(settings: Settings, *, tls: bool) -> str | None:
     return (
         f"listening on {where} without {' and '.join(missing)}: anyone who can reach "
         "this port can use it; see README, 'Running it in production'"
+    )
+
+
+def demo_warning(settings: Settings) -> str | None:
+    """What to tell an operator whose server others can reach and that pulls the synthetic
+    demo conveyor, or None: a config of no ``[[cameras]]`` runs it, which README's
+    production example did, fake packages on every dashboard."""
+    demos = [c.id for c in settings.cameras if c.source.startswith("demo:")]
+    if not demos or _is_loopback(settings.host):
+        return None
+    return (
+        f"camera {', '.join(demos)}: the synthetic demo conveyor, on a server others can "
+        "reach (a config without [[cameras]] runs it): list the real cameras, or set "
+        "cameras = [] for none"
     )
 
 
