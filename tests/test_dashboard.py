@@ -1494,7 +1494,12 @@ async def test_alerts_are_listed_and_timed_by_when_they_were_raised(
             await reloaded.locator('#alerts button.alert[data-camera="demo"]').click()
             caption = reloaded.locator("#modal-caption")
             raised = re.escape(entries[1]["expected"])
-            await expect(caption).to_have_text(re.compile(f"raised .*{raised} · best frame {best}"))
+            # the zone beside the times ("frame 121 · UTC time" read as the frame's zone)
+            await expect(caption).to_have_text(
+                re.compile(
+                    f"raised .*{raised} · best frame {best} \\([^)]+\\).* · the camera's frame"
+                )
+            )
             # the longer caption wraps under the picture rather than widen the dialog past it
             await expect(reloaded.locator("#modal-img")).to_have_js_property("complete", True)
             picture = await reloaded.locator("#modal-img").bounding_box()

@@ -267,7 +267,10 @@
         detail = "reconnecting to the dashboard…";
       } else if (s !== "running") {
         title = s;
-        detail = (this.status && this.status.last_error) || "";
+        // Stalled, the server's words ("no frame for 1.2 s") are its time when it stalled,
+        // beside a last frame's age that goes on: the age alone says it.
+        const said = (this.status && this.status.last_error) || "";
+        detail = s === "stalled" && age !== null ? "" : said;
         if (age !== null) detail = `${detail ? detail + " · " : ""}last frame ${ago(age)} ago`;
         // given up: it stays so until someone acts, so say what to do (it said only why)
         if (s === "failed") detail += `${detail ? " · " : ""}${FAILED_ADVICE}`;
@@ -934,9 +937,10 @@
     const more = alert.episodes > 1 ? ` · ${alert.episodes} crossings in the cooldown` : "";
     const best = clockTime(alert.time) === clockTime(alert.raised)
       ? "" : ` · best frame ${clockTime(alert.time)}`;
+    // the zone beside the times it is of ("frame 121 · UTC time" read as the frame's zone)
     $("modal-caption").textContent = `${alert.camera} · score ${scoreText(alert.score)} ` +
-      `(threshold ${thresholdText(alert.threshold)}) · raised ${dateTime(alert.raised)}${best}, ` +
-      `frame ${alert.frame_id}${more} · ${ZONE} time`;
+      `(threshold ${thresholdText(alert.threshold)}) · raised ${dateTime(alert.raised)}${best} ` +
+      `(${ZONE})${more} · the camera's frame ${alert.frame_id}`;
     if (!$("modal").open) $("modal").showModal();
   }
   $("modal-handled").addEventListener("change", (ev) => {
