@@ -459,6 +459,14 @@ async def test_a_camera_that_does_not_answer_keeps_no_other_waiting(tmp_path: Pa
             await until(state_is(stub, "file", pb.CAMERA_STATE_RUNNING), 4, "the file opens")
             for hung in ("hung-a", "hung-b"):  # still inside their opens
                 assert (await status(stub, hung)).state == pb.CAMERA_STATE_CONNECTING
+            # Nor a reload: stopping each waits up to 3 s for its reader, side by side (one
+            # after another, a reload of many such cameras waited 3 s each).
+            changed = tuple(c.model_copy(update={"fps": 2.0}) for c in cams[:2])
+            started = time.monotonic()
+            await server.reload(server.settings.model_copy(update={"cameras": changed}))
+            assert time.monotonic() - started < 5.0  # one after another: 6 s and more
+            listed = await stub.ListCameras(pb.ListCamerasRequest())
+            assert [c.id for c in listed.cameras] == ["hung-a", "hung-b"]
 
 
 async def test_the_watch_command_says_when_its_camera_goes_down_and_comes_back(

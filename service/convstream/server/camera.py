@@ -198,11 +198,21 @@ class Camera:
         with self._lock:
             self._stop.set()
             self._generation += 1
+            opening = self.state in (pb.CAMERA_STATE_CONNECTING, pb.CAMERA_STATE_RECONNECTING)
             self._set_state(pb.CAMERA_STATE_STOPPED, self.last_error)
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=join_s)
-            if thread.is_alive():
+            if thread.is_alive() and opening:
+                # a source that does not answer: OpenCV's open returns at open_timeout_s
+                logger.info(
+                    "camera %s: its reader is still opening the source after %.1f s; it is "
+                    "let go when that open returns (open_timeout_s %g)",
+                    self.config.id,
+                    join_s,
+                    self.config.open_timeout_s,
+                )
+            elif thread.is_alive():
                 logger.warning(
                     "camera %s: reader still blocked after %.1f s", self.config.id, join_s
                 )

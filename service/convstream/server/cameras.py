@@ -94,22 +94,11 @@ class CameraManager:
         self.metrics.set_cameras([*wanted, *self.elsewhere])  # every process's cameras
         for camera_id in self.elsewhere:
             self._take_over(camera_id)
-        for camera_id in [i for i in self.feeds if i not in wanted]:
-            feed = self.feeds.pop(camera_id)
-            if camera_id in self.elsewhere:
-                await feed.stop(
-                    Draining(
-                        f"camera {camera_id!r} moved to another process of this server; watch "
-                        "it again"
-                    )
-                )
-                self.metrics.forget_camera(camera_id)  # that process counts it now
-                logger.info("camera %s moved to another process of this server", camera_id)
-            else:
-                await feed.stop(NotFound(f"camera {camera_id!r} was removed from the config"))
-                self.metrics.forget_camera(camera_id)
-                logger.info("camera %s removed", camera_id)
-            await self._forget(camera_id)
+        # Stopped side by side: a camera blocked in its open (a dead switch) keeps its stop
+        # waiting up to 3 s, and one after another a reload of many such waited 3 s each.
+        removed = [i for i in self.feeds if i not in wanted]
+        await asyncio.gather(*(self._remove(i, self.feeds.pop(i)) for i in removed))
+        restarts = []
         for camera_id, config in wanted.items():
             old = self.feeds.get(camera_id)
             down = old.down() if old is not None else None
@@ -124,18 +113,40 @@ class CameraManager:
                 feed.watchers.update(old.watchers)
                 old.watchers.clear()
                 self.feeds[camera_id] = feed
-                try:
-                    await old.stop(Draining("camera restarting"))
-                except Exception:  # the new reader starts all the same
-                    logger.exception("camera %s: stopping its old reader failed", camera_id)
-                feed.carry_totals(old)
-                why = "changed" if old.camera.config != config else "was down"
-                logger.info("camera %s %s; restarting it", camera_id, why)
+                restarts.append(self._restart(camera_id, old, feed))
             else:
                 logger.info("camera %s added (%s source)", camera_id, feed.camera.spec.kind)
                 self._take_over(camera_id)  # no await before the feed takes the name
-            self.feeds[camera_id] = feed
-            feed.start()
+                self.feeds[camera_id] = feed
+                feed.start()
+        await asyncio.gather(*restarts)
+
+    async def _remove(self, camera_id: str, feed: CameraFeed) -> None:
+        if camera_id in self.elsewhere:
+            await feed.stop(
+                Draining(
+                    f"camera {camera_id!r} moved to another process of this server; watch it again"
+                )
+            )
+            self.metrics.forget_camera(camera_id)  # that process counts it now
+            logger.info("camera %s moved to another process of this server", camera_id)
+        else:
+            await feed.stop(NotFound(f"camera {camera_id!r} was removed from the config"))
+            self.metrics.forget_camera(camera_id)
+            logger.info("camera %s removed", camera_id)
+        await self._forget(camera_id)
+
+    async def _restart(self, camera_id: str, old: CameraFeed, feed: CameraFeed) -> None:
+        """Stop a changed or failed camera's old feed, then start its new one (a USB camera
+        opens once at a time)."""
+        try:
+            await old.stop(Draining("camera restarting"))
+        except Exception:  # the new reader starts all the same
+            logger.exception("camera %s: stopping its old reader failed", camera_id)
+        feed.carry_totals(old)
+        why = "changed" if old.camera.config != feed.camera.config else "was down"
+        logger.info("camera %s %s; restarting it", camera_id, why)
+        feed.start()
 
     def _take_over(self, camera_id: str) -> None:
         """A configured camera's id, or a name that reads as it, is not free for a client
