@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
 import logging
 import math
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -712,6 +714,65 @@ def test_the_log_names_a_still_jpeg_a_jpeg_and_a_clip_of_them_mjpeg(
         f"camera {name}: its {kind} frames are kept as sent, and decoded only if analysed"
         for name, kind in (("log-photo", "JPEG"), ("log-clip", "MJPEG"))
     ]
+
+
+def test_an_mjpeg_camera_whose_first_part_comes_cut_keeps_its_frames_as_sent(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A camera whose first part after a connect came cut short was decoded by FFmpeg for the
+    whole connection, its later broken frames analysed as torn pictures rather than passed
+    over and counted (a reviewer's camera cutting every other part). Its next whole frame
+    now decides. And a camera going back to how it was read two connects before says so:
+    the change back was logged at debug."""
+    whole = jpeg(scene(2_000_000_300, 240, 320))
+    cut = {"first": 0}  # how many parts come cut at the start of a connection
+
+    class Camera(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.end_headers()
+            with contextlib.suppress(OSError):
+                for k in range(40):
+                    part = whole[: len(whole) // 4] if k < cut["first"] else whole
+                    self.wfile.write(
+                        b"--frame\r\nContent-Type: image/jpeg\r\n"
+                        + f"Content-Length: {len(part)}\r\n\r\n".encode()
+                        + part
+                        + b"\r\n"
+                    )
+                    self.wfile.flush()
+                    time.sleep(0.1)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    kept = "camera cut-first: its MJPEG frames are kept as sent, and decoded only if analysed"
+    decoded = "camera cut-first: its MJPEG frames are decoded as read: its first frame is not"
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Camera) as camera:
+        threading.Thread(target=camera.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{camera.server_address[1]}/video.mjpg"
+        try:
+            with caplog.at_level(logging.INFO, logger="convstream.server.sources"):
+                for first in (9, 0, 9, 2):  # cut through the first looks, none, again, two
+                    cut["first"] = first
+                    spec = parse_source(url)
+                    capture = open_source(
+                        spec, open_timeout_s=5, read_timeout_s=5, loop=True, name="cut-first"
+                    )
+                    try:  # a JPEG as sent, or pixels that FFmpeg decoded
+                        assert isinstance(capture.read(), bytes if first < 3 else np.ndarray)
+                    finally:
+                        capture.release()
+        finally:
+            camera.shutdown()
+    told = [r.getMessage() for r in caplog.records if "cut-first" in r.getMessage()]
+    assert [t[: len(decoded)] if t.startswith(decoded) else t for t in told] == [
+        decoded,
+        kept,
+        decoded,
+        kept,
+    ], told
 
 
 def test_how_a_camera_is_read_is_said_once_not_at_every_reconnect(

@@ -232,16 +232,20 @@ class Capture(Protocol):
     def release(self) -> None: ...
 
 
+FIRST_LOOKS = 3  # a live MJPEG camera's frames looked at, at most, for a whole one
 _told: dict[tuple[str, str], str] = {}  # (message, camera): what it last said
 
 
-def _tell(message: str, camera: str, *args: object) -> None:
+def _tell(message: str, camera: str, *args: object, topic: str = "") -> None:
     """Log how a camera's source is read, at info the first time and whenever it changes,
     else at debug: it is found out at every (re)connect, and a camera that flaps said it
-    once a reconnect (27 of 39 lines of its log) after its flapping had quietened the rest."""
+    once a reconnect (27 of 39 lines of its log) after its flapping had quietened the rest.
+    Messages of one ``topic`` are one thing that changes (how its frames are decoded): a
+    camera back to what it said two reconnects before is said again."""
     said = message % (camera, *args)
-    level = logging.DEBUG if _told.get((message, camera)) == said else logging.INFO
-    _told[(message, camera)] = said
+    key = (topic or message, camera)
+    level = logging.DEBUG if _told.get(key) == said else logging.INFO
+    _told[key] = said
     logger.log(level, said)
 
 
@@ -326,6 +330,7 @@ class OpenCVCapture:
                         "camera %s: its %s frames are kept as sent, and decoded only if analysed",
                         name or spec.kind,
                         stream,
+                        topic="decoding",
                     )
                     return
                 # Not frames the server's decoder takes as they are: FFmpeg decodes them.
@@ -334,6 +339,7 @@ class OpenCVCapture:
                     name or spec.kind,
                     stream,
                     why,
+                    topic="decoding",
                 )
                 self._cap.release()
                 self._grabbed, self._since_start, self._last = False, 0, None
@@ -376,16 +382,24 @@ class OpenCVCapture:
         """Read the first frame in raw mode and keep it if it is a whole JPEG (or PNG) that
         the server's decoder takes, of the stream's size; else say why not. Not so: lossless
         JPEG (libjpeg cannot decode it), interlaced MJPEG (two half-height fields a frame,
-        which FFmpeg weaves together), bytes before the JPEG or none after it (some DVRs)."""
-        ok, frame = self._next()
-        if not ok or frame is None:
-            return "no first frame in raw mode"
-        data = frame.tobytes()
-        try:
-            image = decode_encoded(data, _ANY_SIZE)  # as the analysis will decode it
-            sent = sniff(data)
-        except InvalidFrame as exc:
-            return f"its first frame is not a plain {kind} that the server decodes ({exc})"
+        which FFmpeg weaves together), bytes before the JPEG or none after it (some DVRs).
+        A live camera's frame cut short (often the first after a connect) is passed over for
+        the next, up to FIRST_LOOKS: judged on one frame, a camera whose first part came cut
+        was decoded by FFmpeg for the whole connection, its later broken frames analysed as
+        torn pictures rather than passed over and counted."""
+        for _ in range(FIRST_LOOKS if self.spec.live else 1):
+            ok, frame = self._next()
+            if not ok or frame is None:
+                return "no first frame in raw mode"
+            data = frame.tobytes()
+            try:
+                image = decode_encoded(data, _ANY_SIZE)  # as the analysis will decode it
+                sent = sniff(data)
+                break
+            except InvalidFrame as exc:
+                why = f"its first frame is not a plain {kind} that the server decodes ({exc})"
+        else:
+            return why
         if sent != kind.lower():
             return f"its first frame is a {sent.upper()}, in a {kind} stream"
         got = (image.shape[1], image.shape[0])
