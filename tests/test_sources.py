@@ -699,6 +699,10 @@ def test_a_source_that_did_not_open_is_told_refused_from_answering() -> None:
         listening.listen()
         port = listening.getsockname()[1]
         why = why_closed(f"http://127.0.0.1:{port}/video.mjpg", 1.0, waited_s=9.0)
+        # a tcp:// source says what it sends unasked: nothing here (it was said as a wrong
+        # path or stream name, which a tcp:// URL has not)
+        silent = why_closed(f"tcp://127.0.0.1:{port}", 1.0, waited_s=3.0)
+        assert silent.startswith("it accepts connections, but sent nothing within 4.0 s"), silent
     # it takes the connection and answers nothing: a camera or its server that hung; the
     # time it names is the whole wait, OpenCV's open included, not the probe's second
     assert why.startswith("it accepts connections, but did not answer an HTTP request within")
@@ -806,6 +810,11 @@ def test_an_http_camera_that_answers_404_or_401_is_told_so() -> None:
                 why = why_closed(url, 3.0)
                 assert why.startswith(told), (url, why)
                 assert str(port) not in why and "s3cret" not in why and "nope" not in why
+            # a plain port named as TLS: said as a failed handshake, not a wrong path
+            for scheme in ("https", "rtsps"):
+                why = why_closed(f"{scheme}://{at}/video.mjpg", 3.0)
+                assert why.startswith("it accepts connections, but the TLS handshake failed"), why
+                assert f"a plain {scheme[:-1]}:// source rather than {scheme}://" in why, why
             # its escape sequences reached operators' terminals through `convstream cameras`
             hostile = why_closed(f"http://{at}/hostile.mjpg", 3.0)
             assert hostile.startswith("it answers the request (HTTP 200 OK"), hostile

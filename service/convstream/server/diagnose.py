@@ -21,6 +21,7 @@ import hashlib
 import os
 import re
 import socket
+import ssl
 import time
 from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
@@ -70,7 +71,11 @@ def why_closed(url: str, timeout_s: float, waited_s: float = 0.0) -> str:
         return f"cannot reach it: {exc.strerror or type(exc).__name__}"
     except ValueError:  # UnicodeError: an empty or over-long label in the host name
         return "its host name is not a valid name"
-    if scheme not in ("rtsp", "http"):  # rtsps, https: TLS first; tcp: no request to make
+    if scheme in ("rtsps", "https"):
+        return _handshake(parts, address, deadline, waited) or NO_STREAM
+    if scheme == "tcp":  # no request to make: what it sends unasked says
+        return _listen(address, deadline, waited)
+    if scheme not in ("rtsp", "http"):
         return NO_STREAM
     try:
         return _ask(parts, scheme, address, deadline)
@@ -81,6 +86,59 @@ def why_closed(url: str, timeout_s: float, waited_s: float = 0.0) -> str:
         )
     except (OSError, ValueError):  # it closed, or answered something else
         return NO_STREAM
+
+
+def _handshake(parts: SplitResult, address: Address, deadline: float, waited: float) -> str:
+    """Why an rtsps:// or https:// source's TLS handshake failed ("" if it did not): a plain
+    RTSP or HTTP port named as TLS was said as a wrong path or stream name."""
+    context = ssl.create_default_context()
+    context.check_hostname = False  # FFmpeg does not check the camera's certificate either
+    context.verify_mode = ssl.CERT_NONE
+    plain = parts.scheme.lower().removesuffix("s")
+    try:
+        with (
+            _connect(address, deadline) as sock,
+            context.wrap_socket(sock, server_hostname=parts.hostname),
+        ):
+            return ""
+    except TimeoutError:
+        return (
+            f"it accepts connections, but did not answer a TLS handshake within {waited:.1f} s "
+            f"(a plain {plain}:// port, which waits for a request, or a camera that hung?)"
+        )
+    except ssl.SSLError as exc:
+        return (
+            f"it accepts connections, but the TLS handshake failed ({exc.reason or 'no TLS'}): "
+            f"is it a plain {plain}:// source rather than {parts.scheme.lower()}://?"
+        )
+    except OSError:  # it closed the connection at the handshake
+        return (
+            "it accepts connections, but closed them at the TLS handshake: is it a plain "
+            f"{plain}:// source rather than {parts.scheme.lower()}://?"
+        )
+
+
+def _listen(address: Address, deadline: float, waited: float) -> str:
+    """What a tcp:// source sends unasked: MPEG-TS starts with its sync byte, 0x47."""
+    try:
+        with _connect(address, deadline) as sock:
+            sock.settimeout(max(0.05, deadline - time.monotonic()))
+            first = sock.recv(188)
+    except TimeoutError:
+        return (
+            f"it accepts connections, but sent nothing within {waited:.1f} s (no stream "
+            "there, or a server that waits to be asked, such as HTTP or RTSP?)"
+        )
+    except OSError:
+        return NO_STREAM
+    if not first:
+        return "it accepts connections, but closes them without sending anything"
+    if first[0] != 0x47:
+        return (
+            "it accepts connections, but what it sends is not MPEG-TS (another protocol on "
+            "that port?)"
+        )
+    return NO_STREAM
 
 
 def _connect(address: Address, deadline: float) -> socket.socket:
