@@ -479,6 +479,11 @@ async def test_a_narrow_tile_shows_its_cameras_whole_name(browser: Any, artifact
         gaps = await page.evaluate(_NAME_STATE_GAPS)
         assert len(gaps) == 3 and all(gap >= 3 for gap in gaps), gaps
         await page.screenshot(path=artifacts / "five-cameras-touch-390x844.png")
+        # the header scrolls away with the page (it kept a third of the screen, or more)
+        bar = await page.evaluate(
+            "window.scrollTo(0, 600), document.querySelector('.bar').getBoundingClientRect().bottom"
+        )
+        assert bar <= 0, bar
         await page.context.close()
 
 
