@@ -1166,6 +1166,19 @@ async def test_a_wall_of_many_cameras_fits_on_one_screen(browser: Any, artifacts
             await expect(tile.locator(".v-fps")).to_be_visible()
             await expect(tile.locator(".v-fps")).not_to_have_text("0.0", timeout=10000)
             await expect(tile.locator(".spark-wrap")).to_be_hidden()
+            # the fps under its label on every tile: it wrapped so on a running tile and not on
+            # a down one, tiles side by side showing it two ways
+            for shown in ("aisle-0", "aisle-8"):
+                label, value = (
+                    await _tile(page, shown)
+                    .locator(".v-fps")
+                    .evaluate(
+                        "(v) => [v.parentElement.querySelector('.label'), v]"
+                        ".map((e) => e.getBoundingClientRect().toJSON())"
+                    )
+                )
+                under = value["top"] >= label["bottom"] - 2
+                assert under and abs(value["left"] - label["left"]) < 2, (shown, label, value)
             await page.screenshot(path=artifacts / f"wall-9-cameras-{width}x{height}.png")
             if width == 1920:  # a 4K wall has room for full tiles
                 await page.set_viewport_size({"width": 3840, "height": 2160})
