@@ -839,6 +839,9 @@ async def test_killed_camera_shows_reconnecting_then_recovers(
     await expect(tile.locator(".notice")).to_be_visible()
     await expect(tile.locator(".notice")).to_contain_text("reconnecting")
     await expect(_tile(page, "belt").locator(".state")).to_have_text("running")  # only this one
+    # and screen readers are told, as they are of alerts (the tile alone showed it)
+    told = page.locator("#announce p")
+    await expect(told.filter(has_text=re.compile("^camera dock reconnecting: "))).to_have_count(1)
     # Named beside the count, one click from its tile (on a wall of many, screens away).
     down = page.locator("#summary .down")
     await expect(down).to_have_text("dock reconnecting")
@@ -853,6 +856,7 @@ async def test_killed_camera_shows_reconnecting_then_recovers(
     await _wait_frames(page, "dock", before + 2)
     await expect(tile.locator(".notice")).to_be_hidden()
     await expect(page.locator("#summary .down")).to_have_count(0)
+    await expect(told.filter(has_text="camera dock running again")).to_have_count(1)
     await expect(tile.locator(".v-reconnects")).not_to_have_text("0")
     await page.screenshot(path=artifacts / "camera-recovered.png")
     assert page.errors == []
@@ -1276,7 +1280,7 @@ async def test_an_alert_on_a_hidden_page_shows_in_its_tab_title_and_sounds(brows
             tile = _tile(page, "dock-8")
             await expect(tile.locator(".v-score")).to_have_text(re.compile(r"^[01]\.\d{4}$"))
             # ... and a screen reader was told
-            await expect(page.locator("#announce")).to_have_text(
+            await expect(page.locator("#announce p").last).to_have_text(
                 re.compile(r"^damage alert on dock-8, score [01]\.\d{4}, at \d\d:\d\d:\d\d$")
             )
             # back on the tab: the count is seen

@@ -10,6 +10,19 @@
   const SPARK_EVERY_MS = 500;
 
   const $ = (id) => document.getElementById(id);
+  // What screen readers are told, each its own line of the live region (added lines are read
+  // out; a line replacing another could lose one that came in the same moment).
+  const ANNOUNCED = 10;
+  // (not "stalled": a second's gap on a busy network, said at every flicker, would drown the
+  // rest; it turns into "reconnecting" if it lasts)
+  const TROUBLE = ["failed", "stopped", "reconnecting", "unwatched"];
+  function announce(text) {
+    const region = $("announce");
+    const line = document.createElement("p");
+    line.textContent = text;
+    region.append(line);
+    while (region.children.length > ANNOUNCED) region.firstElementChild.remove();
+  }
   const grid = $("grid");
   const tiles = new Map(); // camera id -> Tile
   let socket = null;
@@ -204,7 +217,18 @@
     }
 
     setStatus(status) {
+      const before = this.status ? this.status.state : "";
       this.status = status;
+      // Told to screen readers, as the tile shows it to others: a camera going down, and
+      // coming back (not "offline": the banner says that of them all at once).
+      const now = status.state;
+      if (before && now !== before && !["offline", "unknown"].includes(now)) {
+        if (TROUBLE.includes(now)) {
+          announce(`camera ${this.id} ${now}${status.last_error ? ": " + status.last_error : ""}`);
+        } else if (now === "running" && TROUBLE.includes(before)) {
+          announce(`camera ${this.id} running again`);
+        }
+      }
       // The kind says where frames come from; a camera named after its kind ("demo", the
       // demo conveyor) would read "demo DEMO", so the name alone says it there.
       const kind = status.source_kind || "";
@@ -892,8 +916,9 @@
     if (atTop && !loadingAlerts) {
       chime();
       // read out by screen readers (a live region), as the tone sounds for others
-      $("announce").textContent =
-        `damage alert on ${alert.camera}, score ${scoreText(alert.score)}, at ${clockTime(alert.raised)}`;
+      announce(
+        `damage alert on ${alert.camera}, score ${scoreText(alert.score)}, at ${clockTime(alert.raised)}`
+      );
     }
     if (atTop && document.hidden && !loadingAlerts) {
       unseenAlerts += 1; // an operator on another tab sees it in the tab's title
@@ -925,8 +950,10 @@
   function labelAlert(entry) {
     const alert = entry.alert;
     const handledNow = handled.has(handledKey(alert));
+    const crossings = alert.episodes > 1 ? `, ${alert.episodes} crossings` : ""; // its "2×"
     entry.button.setAttribute("aria-label", `damage alert, ${alert.camera}, score ` +
-      `${scoreText(alert.score)}, raised ${rowTime(alert.raised)}${handledNow ? ", handled" : ""}`);
+      `${scoreText(alert.score)}, raised ${rowTime(alert.raised)}${crossings}` +
+      (handledNow ? ", handled" : ""));
   }
 
   function openAlert(alert) {
