@@ -754,7 +754,7 @@ def test_an_mjpeg_camera_whose_first_part_comes_cut_keeps_its_frames_as_sent(
         url = f"http://127.0.0.1:{camera.server_address[1]}/video.mjpg"
         try:
             with caplog.at_level(logging.INFO, logger="convstream.server.sources"):
-                for first in (9, 0, 9, 2):  # cut through the first looks, none, again, two
+                for first in (30, 0, 30, 2):  # cut through the first looks, none, again, two
                     cut["first"] = first
                     spec = parse_source(url)
                     capture = open_source(

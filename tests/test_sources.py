@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.server
 import itertools
 import logging
@@ -712,6 +713,38 @@ def test_a_source_that_did_not_open_is_told_refused_from_answering() -> None:
     assert "not a valid name" in why_closed("rtsp://cam..local/x", 1.0)
     with pytest.raises(ValueError, match="is not a number from 0 to 65535"):
         parse_source("rtsp://cam.local:abc/x")  # refused with the config, before any open
+
+
+def test_a_tcp_source_is_judged_by_what_it_sends() -> None:
+    """MPEG-TS has its sync byte every 188 bytes, wherever a relay starts in it; anything
+    else on a tcp:// port is another protocol."""
+    packet = b"\x47" + bytes(187)
+    listeners = []
+
+    def serving(payload: bytes) -> int:
+        listener = socket.create_server(("127.0.0.1", 0))
+        listeners.append(listener)
+
+        def answer() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    connection, _ = listener.accept()
+                    with connection, contextlib.suppress(OSError):
+                        connection.sendall(payload)
+
+        threading.Thread(target=answer, daemon=True).start()
+        return int(listener.getsockname()[1])
+
+    try:
+        relay = serving(b"\x00\x01" + packet * 4)  # joined mid-packet
+        told = why_closed(f"tcp://127.0.0.1:{relay}", 2.0)
+        assert told.startswith("it sends a stream, but OpenCV could not open it"), told
+        web = serving(b"HTTP/1.0 400 Bad Request\r\n" * 20)
+        told = why_closed(f"tcp://127.0.0.1:{web}", 2.0)
+        assert told.startswith("it accepts connections, but what it sends is not MPEG-TS"), told
+    finally:
+        for listener in listeners:
+            listener.close()
 
 
 def test_digest_answers_as_rfc_2617_says() -> None:

@@ -32,9 +32,6 @@ logger = logging.getLogger("convstream.client")
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_PORT = 50051
-# Frames read ahead of their results where results should be fresh: one analysed while the
-# other travels, so a lone stream keeps the server busy and a slow reader gets fresh frames.
-FRESH_IN_FLIGHT = 2
 # The server accepts pings every 10 s or slower, also between calls; 30 s finds a dead
 # connection (a pulled cable, a NAT that forgot us) well before TCP would.
 KEEPALIVE_MS = 30_000
@@ -288,17 +285,16 @@ class BaseClient:
         return request, as_sent(frame, request)
 
     def _in_flight(self, frames: object, options: pb.ResultOptions) -> int:
-        """How many frames a stream reads ahead of the results its caller has taken: at most
-        FRESH_IN_FLIGHT where results should be fresh (a latest-only stream, or a latest-only
-        Video's frames). A loop taking 0.5 s a result read ``Limits.max_in_flight`` frames
+        """How many frames a stream reads ahead of the results its caller has taken:
+        ``Limits.fresh_in_flight`` where results should be fresh (a latest-only stream, or a
+        latest-only Video's frames). A loop taking 0.5 s a result read max_in_flight frames
         ahead, each result waiting its turn: 16 s behind the camera, while its frame_age_ms
         (the age as it left the server) said 60 ms."""
+        limits = self.limits
         fresh = options.freshness == pb.FRESHNESS_LATEST_ONLY or (
             isinstance(frames, VideoFrames) and frames.latest
         )
-        return (
-            min(self.limits.max_in_flight, FRESH_IN_FLIGHT) if fresh else self.limits.max_in_flight
-        )
+        return min(limits.max_in_flight, limits.fresh_in_flight) if fresh else limits.max_in_flight
 
     def _stream_options(
         self,

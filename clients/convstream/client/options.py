@@ -237,10 +237,13 @@ class Limits:
         max_message_bytes: the largest message sent or received; the default fits every
             feature map of a 640x480 input in float32.
         max_in_flight: frames of a stream read from the source but not yet answered; past it
-            the client stops reading the source until answers arrive. A stream whose results
-            should be fresh (freshness "latest_only", or a latest-only Video's ``frames()``,
-            a camera's by default) reads at most 2 ahead, so a loop slower than the camera
-            gets results of frames at most about two of its turns old, not a backlog.
+            the client stops reading the source until answers arrive.
+        fresh_in_flight: the same for a stream whose results should be fresh (freshness
+            "latest_only", or a latest-only Video's ``frames()``, a camera's by default): a
+            loop slower than the camera then gets results of frames at most about this many
+            of its turns old, not a backlog of max_in_flight. 2 keeps a lone stream's server
+            busy on a LAN; over a link whose round trip is longer than an analysis (a remote
+            server) raise it, or the stream gets about 2 results a round trip.
         fresh_watch: camera calls (``cameras()``, ``watch()``) get a connection of their own
             whose HTTP/2 window stays at gRPC's initial 64 KiB. Results in flight are bounded
             by that window, so a watcher that reads slower than its results come finds at most
@@ -252,6 +255,7 @@ class Limits:
 
     max_message_bytes: int = 64 * MiB
     max_in_flight: int = 32
+    fresh_in_flight: int = 2
     fresh_watch: bool = True
 
     def __post_init__(self) -> None:
@@ -259,6 +263,8 @@ class Limits:
             raise ValueError(f"max_message_bytes must be >= 1024, got {self.max_message_bytes}")
         if self.max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
+        if self.fresh_in_flight < 1:
+            raise ValueError(f"fresh_in_flight must be at least 1, got {self.fresh_in_flight}")
 
 
 @dataclass(frozen=True)

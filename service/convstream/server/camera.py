@@ -172,6 +172,7 @@ class Camera:
         self._unlogged = 0  # state changes logged at debug while flapping
         self._opener = opener
         self._lock = threading.Lock()
+        self._opening = False  # the reader is inside the opener
         self._stop = threading.Event()
         self._generation = 0
         self._latest: Frame | None = None
@@ -198,7 +199,7 @@ class Camera:
         with self._lock:
             self._stop.set()
             self._generation += 1
-            opening = self.state in (pb.CAMERA_STATE_CONNECTING, pb.CAMERA_STATE_RECONNECTING)
+            opening = self._opening
             self._set_state(pb.CAMERA_STATE_STOPPED, self.last_error)
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -350,6 +351,7 @@ class Camera:
     def _session(self, generation: int) -> SourceError | None:
         """Open the source and read until it fails; the failure, or None when stopped."""
         cfg = self.config
+        self._opening = True  # a stop meanwhile waits for OpenCV's open (open_timeout_s)
         try:
             capture = self._opener(
                 self.spec,
@@ -363,6 +365,8 @@ class Camera:
             return exc
         except Exception as exc:  # OpenCV raises cv2.error for some malformed sources
             return SourceError(f"could not open {self.spec.kind} source: {exc}")
+        finally:
+            self._opening = False
         try:
             while self._current(generation):
                 self._read_started = time.monotonic()

@@ -94,17 +94,18 @@ class CameraManager:
         self.metrics.set_cameras([*wanted, *self.elsewhere])  # every process's cameras
         for camera_id in self.elsewhere:
             self._take_over(camera_id)
-        # Stopped side by side: a camera blocked in its open (a dead switch) keeps its stop
-        # waiting up to 3 s, and one after another a reload of many such waited 3 s each.
-        removed = [i for i in self.feeds if i not in wanted]
-        await asyncio.gather(*(self._remove(i, self.feeds.pop(i)) for i in removed))
-        restarts = []
+        # The new feeds made first, before anything changes: one that cannot be made (a
+        # thread, a source) leaves the cameras as they were.
+        changes: list[tuple[str, CameraFeed | None, CameraFeed]] = []
         for camera_id, config in wanted.items():
             old = self.feeds.get(camera_id)
             down = old.down() if old is not None else None
             if old is not None and old.camera.config == config and down is None:
                 continue
             feed = CameraFeed(Camera(config, self._opener), self.pipeline, self.metrics)
+            changes.append((camera_id, old, feed))
+        removed = [(i, self.feeds.pop(i)) for i in list(self.feeds) if i not in wanted]
+        for camera_id, old, feed in changes:
             if old is not None:
                 # The watchers move, and the new feed takes the id, before the old one stops:
                 # a watch that ends while it stops leaves the feed it is in (one that left the
@@ -112,41 +113,56 @@ class CameraManager:
                 # joins the new feed rather than ending with the old.
                 feed.watchers.update(old.watchers)
                 old.watchers.clear()
-                self.feeds[camera_id] = feed
-                restarts.append(self._restart(camera_id, old, feed))
+            else:
+                self._take_over(camera_id)  # no await before the feed takes the name
+            self.feeds[camera_id] = feed
+        # Every old reader stopped, side by side, before any new one starts: a stop waits up
+        # to 3 s for a reader blocked in its open (a dead switch), one after another 3 s a
+        # camera; and a USB camera, or an RTSP camera that takes one client, opens once at a
+        # time, which a reload may move from one camera to another.
+        await asyncio.gather(
+            *(self._remove(camera_id, feed) for camera_id, feed in removed),
+            *(self._stop_old(camera_id, old) for camera_id, old, _ in changes if old),
+        )
+        for camera_id, old, feed in changes:
+            if old is not None:
+                feed.carry_totals(old)
+                why = "changed" if old.camera.config != feed.camera.config else "was down"
+                logger.info("camera %s %s; restarting it", camera_id, why)
             else:
                 logger.info("camera %s added (%s source)", camera_id, feed.camera.spec.kind)
-                self._take_over(camera_id)  # no await before the feed takes the name
-                self.feeds[camera_id] = feed
+            try:
                 feed.start()
-        await asyncio.gather(*restarts)
+            except Exception:  # the others start all the same; a reload tries it again
+                logger.exception("camera %s: its reader did not start", camera_id)
 
     async def _remove(self, camera_id: str, feed: CameraFeed) -> None:
-        if camera_id in self.elsewhere:
-            await feed.stop(
-                Draining(
-                    f"camera {camera_id!r} moved to another process of this server; watch it again"
+        moved = camera_id in self.elsewhere
+        try:
+            if moved:
+                await feed.stop(
+                    Draining(
+                        f"camera {camera_id!r} moved to another process of this server; "
+                        "watch it again"
+                    )
                 )
-            )
-            self.metrics.forget_camera(camera_id)  # that process counts it now
+            else:
+                await feed.stop(NotFound(f"camera {camera_id!r} was removed from the config"))
+        except Exception:  # the reload goes on: the others change all the same
+            logger.exception("camera %s: stopping its reader failed", camera_id)
+        self.metrics.forget_camera(camera_id)  # removed, or counted by the other process
+        if moved:
             logger.info("camera %s moved to another process of this server", camera_id)
         else:
-            await feed.stop(NotFound(f"camera {camera_id!r} was removed from the config"))
-            self.metrics.forget_camera(camera_id)
             logger.info("camera %s removed", camera_id)
         await self._forget(camera_id)
 
-    async def _restart(self, camera_id: str, old: CameraFeed, feed: CameraFeed) -> None:
-        """Stop a changed or failed camera's old feed, then start its new one (a USB camera
-        opens once at a time)."""
+    async def _stop_old(self, camera_id: str, old: CameraFeed) -> None:
+        """Stop a changed or failed camera's old feed; its new one starts after."""
         try:
             await old.stop(Draining("camera restarting"))
         except Exception:  # the new reader starts all the same
             logger.exception("camera %s: stopping its old reader failed", camera_id)
-        feed.carry_totals(old)
-        why = "changed" if old.camera.config != feed.camera.config else "was down"
-        logger.info("camera %s %s; restarting it", camera_id, why)
-        feed.start()
 
     def _take_over(self, camera_id: str) -> None:
         """A configured camera's id, or a name that reads as it, is not free for a client

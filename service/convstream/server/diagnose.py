@@ -88,6 +88,19 @@ def why_closed(url: str, timeout_s: float, waited_s: float = 0.0) -> str:
         return NO_STREAM
 
 
+# OpenSSL's reasons for a handshake answered by something that does not speak TLS
+_PLAIN_ANSWERS = frozenset(
+    {
+        "WRONG_VERSION_NUMBER",
+        "RECORD_LAYER_FAILURE",
+        "HTTP_REQUEST",
+        "PACKET_LENGTH_TOO_LONG",
+        "UNEXPECTED_RECORD",
+        "UNEXPECTED_EOF_WHILE_READING",
+    }
+)
+
+
 def _handshake(parts: SplitResult, address: Address, deadline: float, waited: float) -> str:
     """Why an rtsps:// or https:// source's TLS handshake failed ("" if it did not): a plain
     RTSP or HTTP port named as TLS was said as a wrong path or stream name."""
@@ -107,9 +120,16 @@ def _handshake(parts: SplitResult, address: Address, deadline: float, waited: fl
             f"(a plain {plain}:// port, which waits for a request, or a camera that hung?)"
         )
     except ssl.SSLError as exc:
+        reason = exc.reason or type(exc).__name__
+        if isinstance(exc, ssl.SSLEOFError) or reason in _PLAIN_ANSWERS:
+            return (
+                f"it accepts connections, but the TLS handshake failed ({reason}): is it a "
+                f"plain {plain}:// source rather than {parts.scheme.lower()}://?"
+            )
         return (
-            f"it accepts connections, but the TLS handshake failed ({exc.reason or 'no TLS'}): "
-            f"is it a plain {plain}:// source rather than {parts.scheme.lower()}://?"
+            f"it accepts connections, but the TLS handshake failed ({reason}): check the "
+            "camera's TLS settings (a TLS version or cipher too old, a client certificate "
+            "asked for?)"
         )
     except OSError:  # it closed the connection at the handshake
         return (
@@ -118,13 +138,27 @@ def _handshake(parts: SplitResult, address: Address, deadline: float, waited: fl
         )
 
 
+_TS_PACKET = 188  # bytes of an MPEG-TS packet, which starts with the sync byte 0x47
+_SENDS = (
+    "it sends a stream, but OpenCV could not open it (a codec it cannot read, or no key "
+    "frame within the open timeout?)"
+)
+
+
 def _listen(address: Address, deadline: float, waited: float) -> str:
-    """What a tcp:// source sends unasked: MPEG-TS starts with its sync byte, 0x47."""
+    """What a tcp:// source sends unasked: MPEG-TS has its sync byte, 0x47, every 188 bytes."""
+    first = b""
     try:
         with _connect(address, deadline) as sock:
-            sock.settimeout(max(0.05, deadline - time.monotonic()))
-            first = sock.recv(188)
+            while len(first) < 2 * _TS_PACKET:  # two packets: a relay may start mid-packet
+                sock.settimeout(max(0.05, deadline - time.monotonic()))
+                chunk = sock.recv(2 * _TS_PACKET - len(first))
+                if not chunk:
+                    break
+                first += chunk
     except TimeoutError:
+        if first:  # it sends, too little or too slowly to tell
+            return _SENDS
         return (
             f"it accepts connections, but sent nothing within {waited:.1f} s (no stream "
             "there, or a server that waits to be asked, such as HTTP or RTSP?)"
@@ -133,12 +167,14 @@ def _listen(address: Address, deadline: float, waited: float) -> str:
         return NO_STREAM
     if not first:
         return "it accepts connections, but closes them without sending anything"
-    if first[0] != 0x47:
+    if len(first) == 2 * _TS_PACKET and not any(
+        first[k] == first[k + _TS_PACKET] == 0x47 for k in range(_TS_PACKET)
+    ):
         return (
             "it accepts connections, but what it sends is not MPEG-TS (another protocol on "
             "that port?)"
         )
-    return NO_STREAM
+    return _SENDS
 
 
 def _connect(address: Address, deadline: float) -> socket.socket:

@@ -224,6 +224,7 @@ class Publisher:
         """
         loop = asyncio.get_running_loop()
         now = time.monotonic()
+        began = now - (time.perf_counter() - arrived)  # its analysis, on this clock
         have = inference.arrays.keys()
         # A watcher that arrived during inference may want maps this run did not make; it
         # starts with the next frame.
@@ -254,7 +255,7 @@ class Publisher:
         self.last_result_time = time.time()
         # timed by when its analysis began, as the fps cap schedules frames: by when it ended,
         # a slow analysis and the quick one after it made a pair that read as a burst
-        self.fps_out.tick(now - (time.perf_counter() - arrived))
+        self.fps_out.tick(began)
         for watcher in due:
             if watcher in self.watchers:  # it may have gone while this frame was analysed
                 # the clock due() read: the schedule follows the frames, not the encoding

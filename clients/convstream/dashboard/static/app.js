@@ -197,6 +197,7 @@
       }
       this.history = []; // [time, score]
       this.status = null;
+      this.toldDown = false; // screen readers were told it went down, not yet that it is back
       this.frames = 0;
       this.lastN = 0; // the newest frame number recorded
       this.pending = null; // the newest frame recorded while the page was hidden, not drawn
@@ -225,8 +226,11 @@
       if (before && now !== before && !["offline", "unknown"].includes(now)) {
         if (TROUBLE.includes(now)) {
           announce(`camera ${this.id} ${now}${status.last_error ? ": " + status.last_error : ""}`);
-        } else if (now === "running" && TROUBLE.includes(before)) {
+          this.toldDown = true;
+        } else if (now === "running" && this.toldDown) {
+          // also after a reload's "connecting" between (failed, connecting, running)
           announce(`camera ${this.id} running again`);
+          this.toldDown = false;
         }
       }
       // The kind says where frames come from; a camera named after its kind ("demo", the
