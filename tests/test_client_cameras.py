@@ -466,6 +466,69 @@ async def test_watch_subscribes_again_after_a_server_restart(
     assert "watch of camera 'belt'" in warnings[0] and "subscribing again" in warnings[0]
 
 
+async def test_a_watch_of_a_published_stream_waits_for_its_publisher_after_a_restart() -> None:
+    """After a restart the watcher subscribed before the publisher had sent again, heard
+    NotFound and ended for good, while the publisher came back (an integrator's review):
+    within Retry.resume_timeout the watch now waits for it, as for the server itself."""
+    first = Server(Settings(port=0, metrics_port=-1, cameras=()))
+    await first.start()
+    second = Server(Settings(port=first.port, metrics_port=-1, cameras=()))
+    running = [first]
+    image = cv2.imencode(".jpg", np.full((240, 320, 3), 90, np.uint8))[1].tobytes()
+
+    async def publish(seconds: float) -> None:
+        """Publish "dock-p" until the time is up or the server goes."""
+        async with AsyncClient(address(first)) as client:
+
+            async def frames() -> AsyncIterator[Frame]:
+                ends = time.monotonic() + seconds
+                while time.monotonic() < ends:
+                    yield Frame(image, source="dock-p")
+                    await asyncio.sleep(0.05)
+
+            with contextlib.suppress(ServerUnavailable):
+                async for _ in client.stream(frames(), publish=True):
+                    pass
+
+    publishers = [asyncio.create_task(publish(30))]
+    three = asyncio.Event()
+
+    async def restart() -> None:
+        await three.wait()
+        await first.stop(grace=0)
+        running.remove(first)
+        await publishers[0]  # its stream broke with the server
+        await second.start()
+        running.append(second)
+        await asyncio.sleep(2.0)  # the watcher tries again before the publisher is back
+        publishers.append(asyncio.create_task(publish(30)))
+
+    restarting = asyncio.create_task(restart())
+    try:
+        results: list[Result] = []
+        async with AsyncClient(address(first)) as client:
+
+            async def listed() -> bool:
+                return "dock-p" in [c.id for c in await client.cameras()]
+
+            await until(listed, 10, "the stream published")
+            async for result in client.watch("dock-p"):
+                results.append(result)
+                if len(results) == 3:
+                    three.set()
+                if second_call_started(results, 2):
+                    break
+        await restarting
+    finally:
+        for task in (restarting, *publishers):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for server in running:
+            await server.stop(grace=0)
+    assert all(r.ok and r.source == "dock-p" for r in results)
+
+
 @pytest.mark.parametrize("flavour", ["async", "sync"])
 async def test_a_watch_of_a_camera_that_is_down_outlasts_a_server_restart(flavour: str) -> None:
     """A watch of a camera that has given no result yet (it reconnects) subscribes again after

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import grpc
 
-from convstream.client.errors import Cancelled, ConvstreamError, ServerUnavailable
+from convstream.client.errors import Cancelled, ConvstreamError, NotFound, ServerUnavailable
 from convstream.client.frames import Frame, FrameLike, VideoFrames, as_frame, as_sent, to_request
 from convstream.client.options import (
     TLS,
@@ -423,7 +423,17 @@ class _Resumption:
         if self._failures == 0:
             self._broke = time.monotonic()
         self._failures += 1
-        if not (self._resume and isinstance(error, ServerUnavailable)):
+        # After a restart a published stream is back only once its publisher has sent again:
+        # a watch subscribing before that heard NotFound and ended for good, while the
+        # publisher came back. In a break that began with UNAVAILABLE (not a camera removed
+        # while it ran: that ends at once), NotFound is waited out as UNAVAILABLE is.
+        returning = (
+            isinstance(error, NotFound)
+            and self._camera_id is not None
+            and self._ran
+            and self._failures > 1
+        )
+        if not (self._resume and (isinstance(error, ServerUnavailable) or returning)):
             return None
         client = self._client
         delay = client.retry.delay(self._failures)

@@ -276,12 +276,15 @@ class Client(BaseClient):
                 subscribe again with the Retry backoff: for up to ``Retry.resume_timeout``
                 once the server has taken the watch (a camera that is down included),
                 ``Retry.attempts`` tries before that. Frames of the gap are missed, not
-                replayed; ``sequence`` restarts, ``frames_dropped`` carries on.
+                replayed; ``sequence`` restarts, ``frames_dropped`` carries on. A published
+                stream is back only once its publisher sends again: until then the server
+                says NotFound, which after a restart is waited out the same way.
 
         Raises:
             ValueError: a bad argument, at once; the errors below come from the iteration.
             NotFound: no camera of that id (the message names the server's cameras), or it
-                was removed from the server's config while watched. Never retried.
+                was removed from the server's config while watched; after a restart, once
+                ``Retry.resume_timeout`` has passed with it not back.
             InvalidFrame: options the server cannot honour, e.g. an unknown feature map.
             Rejected: the camera has failed or stopped (its ``state`` in ``cameras()``), at
                 once or while watched; the message says why. Never retried: no frame comes
