@@ -96,13 +96,17 @@ class Result:
     """The answer for one frame.
 
     Attributes:
-        frame_id: the frame's id, as sent.
+        frame_id: the frame's id, as sent; on a watch, the camera's count of frames read,
+            which restarts with the server (``capture_time`` is the key that does not).
+        source: the frame's source name as sent (a camera's id on a watch).
         score: P(damage) of the most damaged heatmap cell, in [0, 1]; NaN for a frame that
             failed (``ok`` False), so that it is never counted as a confident "intact" and
             turns a mean or a chart it slips into NaN rather than lowering it.
         damaged: score >= the model's threshold; False for a frame that failed.
         heatmap (NDArray[float32] | None): shape (h, w): the damage probability per cell of
             the model input, ``heatmap_stride`` input pixels a side; None when not asked for.
+        heatmap_stride: input pixels a side of a heatmap cell (8); the stages' strides are
+            in ``model_info().stages``.
         feature_maps (dict[str, NDArray[float32]]): stage name to array of shape (C, H, W).
         timings: the server's time per step, None for a frame that failed.
         frame_age_ms: result time minus the frame's capture time (or its arrival).
@@ -117,6 +121,8 @@ class Result:
             encoded for the upload are kept as the JPEG or PNG bytes it sent (what the
             server analysed); ``frame.pixels()`` gives them as pixels either way.
         input_jpeg: the analysed model input as JPEG, when ResultOptions(input_jpeg=True).
+        capture_time: when the frame was captured (or read by the server, on a watch), in
+            seconds since the Unix epoch as ``time.time()`` gives them; None if not said.
     """
 
     frame_id: int
