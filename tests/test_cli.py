@@ -179,6 +179,26 @@ async def test_fail_on_damage_exits_6_when_a_frame_is_called_damaged(
     broken.write_text("not an image")
     assert await run("analyze", str(rendered), str(broken), *argv[2:], "--fail-on-damage") == 1
     assert capsys.readouterr().err.strip().endswith("convstream analyze: 1 of 9 frames failed")
+    # `... | head -1`: the reader gone, the status still says what was found before (it said
+    # 0, "done", and a CI check piping its output passed on failed and damaged frames)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "convstream.cli", "analyze", str(broken), str(rendered)]
+    read, write = os.pipe()
+    os.close(read)  # gone before the first line
+    try:
+        done = await asyncio.to_thread(  # the server runs on this test's event loop
+            subprocess.run,
+            [*command, "--fail-on-damage", "--address", address],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    finally:
+        os.close(write)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
 
 
 RESULT_ONLY = ("score", "damaged", "peak", "frame_age_ms", "timings", "geometry", "heatmap")
@@ -1195,6 +1215,15 @@ def test_a_camera_flag_without_an_id_never_prints_its_password() -> None:
     assert "--camera takes ID=SOURCE" in done.stderr
     assert "rtsp://admin:***@10.0.0.7/stream" in done.stderr
     assert "hunter2" not in done.stderr + done.stdout
+
+
+def test_a_call_refused_at_a_limit_exits_refused_not_frames_failed() -> None:
+    """A watch refused at its token's max_calls (or the server's max_streams) exited 1, "some
+    frames could not be analysed", though none was sent: it is 4, refused, to retry later."""
+    from convstream.client.cli import EXIT_REFUSED, _exit_status
+    from convstream.client.errors import Overloaded
+
+    assert _exit_status(Overloaded("token 'a' has 1 call open; its limit is 1")) == EXIT_REFUSED
 
 
 def test_no_cameras_and_a_camera_flag_together_are_refused(

@@ -1142,6 +1142,23 @@ def test_the_overlays_label_gives_the_score_as_the_commands_print_it() -> None:
     assert label_text(Result(frame_id=2, score=0.82149, damaged=False)) == "0.8214"
 
 
+def test_a_file_name_that_is_not_utf8_is_refused_not_a_crash(tmp_path: Path, video: Path) -> None:
+    """A video or an overlay named in another encoding ("v\xe9.avi", Latin-1) reached OpenCV
+    with surrogates in its name, and OpenCV crashed the process (exit 139, not a word)."""
+    from convstream.client._report import _file_name, printable
+
+    latin = Path(os.fsdecode(bytes(tmp_path) + b"/v\xe9.avi"))
+    latin.write_bytes(video.read_bytes())
+    with pytest.raises(cs.SourceError, match="OpenCV opens only file names that are UTF-8"):
+        Video(latin)
+    result = Result(frame_id=3, score=0.5, frame=Frame(b"", name=str(latin)))
+    with pytest.raises(ValueError, match="its name is not UTF-8"):
+        cs.save_overlay(latin.with_suffix(".png"), result)
+    assert _file_name(result) == "000003-v?.png"  # what --save-overlays writes instead
+    # nor does a name's escape sequence reach the terminal, in a table row
+    assert printable("a\x1b[31mRED\nb.jpg") == "a\\x1b[31mRED\\nb.jpg"
+
+
 @pytest.mark.parametrize("width", [64, 90, 640])
 def test_the_overlays_label_fits_the_frames_width(width: int) -> None:
     """A 64-pixel-wide crop cut "0.9964 DAMAGED" to "0.99": the label now fits its frame,

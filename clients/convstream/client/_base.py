@@ -458,10 +458,11 @@ class _Resumption:
             )
         else:
             log(
-                "stream to %s broke (%s); resuming in %.1f s with %d frames not yet answered",
+                "stream to %s broke (%s); resuming in %.1f s with %d frame%s not yet answered",
                 client.address,
                 error.message,
                 delay,
                 waiting,
+                "" if waiting == 1 else "s",
             )
         return delay

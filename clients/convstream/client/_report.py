@@ -131,6 +131,7 @@ class Reporter:
         )
 
     def _line(self, text: str) -> None:
+        text = printable(text)
         if self.bar.disable:
             print(text, file=self.out, flush=True)
         else:
@@ -306,9 +307,25 @@ class WatchReporter(Reporter):
         return row
 
 
+def printable(text: str) -> str:
+    """text with what a terminal would act on written out as escapes: a file named
+    "a\x1b[31mRED\nb.jpg" turned the table red and split its row in two."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def _file_name(result: Result) -> str:
+    """An overlay's file name: the frame's id and its file's (or camera's) name. A watched
+    camera's ids start again with its server, which overwrote a watch's earlier overlays: its
+    names begin with when the frame was read. A name that is not UTF-8 (a file named in
+    another encoding) is written with '?' for what is not: OpenCV crashed on it."""
     name = result.frame.name if result.frame is not None and result.frame.name else ""
     stem = Path(name.split("#")[0]).stem or result.source or "frame"
+    stem = stem.encode("utf-8", "replace").decode("utf-8")
+    if result.frame is None and result.capture_time is not None:  # a watch
+        read = datetime.fromtimestamp(result.capture_time, UTC)
+        return f"{read:%Y%m%dT%H%M%S}.{read.microsecond // 1000:03d}Z-{stem}.png"
     return f"{result.frame_id:06d}-{stem}.png"
 
 
@@ -317,9 +334,13 @@ def camera_json(camera: CameraInfo) -> dict[str, Any]:
     ``last_frame_time``) as ISO 8601 (UTC) strings.
 
     Every field is converted by its type, not by a list of names, so a datetime field added
-    to CameraInfo later cannot make ``cameras --json`` fail.
+    to CameraInfo later cannot make ``cameras --json`` fail. A camera that is down has no
+    current latency: null, as the table's "-" (its 0 was a false figure in a script's mean).
     """
-    return {key: _json_value(value) for key, value in asdict(camera).items()}
+    fields = {key: _json_value(value) for key, value in asdict(camera).items()}
+    if not (camera.flowing and camera.frames_analysed):
+        fields["latency_ms"] = None
+    return fields
 
 
 def _json_value(value: object) -> object:

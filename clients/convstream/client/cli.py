@@ -47,6 +47,7 @@ from convstream.client.errors import (
     ConvstreamError,
     DeadlineExceeded,
     NotFound,
+    Overloaded,
     PermissionDenied,
     Rejected,
     ServerUnavailable,
@@ -76,7 +77,8 @@ EXIT_STATUS = """exit status:
   2    usage: a bad option or value, a missing file, an unknown camera or feature map
   3    the server: no answer at --address (nor a TLS handshake, also when it refuses the
        client certificate: TLS 1.3 shows only a closed connection), or none within --timeout
-  4    refused: the token, or the token's role
+  4    refused: the token, the token's role, or a limit on calls (the token's max_calls,
+       the server's max_streams...: retry later)
   5    the source: a camera that failed, stopped or was removed; a video that cannot be read
   6    analyze, stream and watch with --fail-on-damage: some frame was called damaged
        (where the status would otherwise be 0)
@@ -517,7 +519,7 @@ def _hinted(message: str, hint: str) -> str:
 def _exit_status(exc: ConvstreamError) -> int:
     if isinstance(exc, ServerUnavailable | DeadlineExceeded):
         return EXIT_SERVER
-    if isinstance(exc, Unauthenticated | PermissionDenied):
+    if isinstance(exc, Unauthenticated | PermissionDenied | Overloaded):
         return EXIT_REFUSED
     if isinstance(exc, Rejected | NotFound | SourceError):  # a camera down or gone, a video
         return EXIT_SOURCE
@@ -544,28 +546,46 @@ def _ready(args: argparse.Namespace, client: Client) -> ModelInfo:
 
 
 def _report(args: argparse.Namespace, results: Iterator[Result], reporter: Reporter) -> int:
+    closed: BrokenPipeError | None = None
     try:
         for result in results:
             reporter.add(result)
+    except BrokenPipeError as exc:
+        # The reader went away (`| head`): the command stops there, quietly, its status
+        # saying what it found before (it said 0 for `analyze --fail-on-damage | head -1`
+        # on damaged and failed frames). What is still written goes nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        closed = exc
     finally:  # also when Ctrl-C or SIGTERM ended the results (see Interruption)
         reporter.close()
         if not args.json and reporter.count:
             print(reporter.summary(), file=sys.stdout)
+    status = 0
     if reporter.failed:
         print(
             f"convstream {args.command}: {reporter.failed} of {reporter.count} "
             f"frame{'' if reporter.count == 1 else 's'} failed",
             file=sys.stderr,
         )
-        return EXIT_FRAMES
-    if args.fail_on_damage and reporter.damaged:
+        status = EXIT_FRAMES
+    elif args.fail_on_damage and reporter.damaged:
         print(
             f"convstream {args.command}: {reporter.damaged} of {reporter.count} "
             f"frame{'' if reporter.count == 1 else 's'} damaged",
             file=sys.stderr,
         )
-        return EXIT_DAMAGED
-    return 0
+        status = EXIT_DAMAGED
+    if closed is not None:  # nothing more of the command: convstream's main ends it
+        raise OutputClosed(status) from closed
+    return status
+
+
+class OutputClosed(BrokenPipeError):
+    """stdout's reader went away; ``status`` is the command's exit status, as far as it got."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"the output's reader went away (exit status {status})")
+        self.status = status
 
 
 def _reporter(args: argparse.Namespace, total: int | None, name_width: int) -> Reporter:

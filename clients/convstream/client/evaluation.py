@@ -180,7 +180,8 @@ def evaluation_text(evaluation: Evaluation, folder: str, listed: int = 10, faile
     best = evaluation.best
     now = evaluation.at(evaluation.server_threshold, "server")
     auc = evaluation.roc_auc()
-    left_out = f" ({failed} more could not be analysed and are left out)" if failed else ""
+    were = "it is" if failed == 1 else "they are"
+    left_out = f" ({failed} more could not be analysed; {were} left out)" if failed else ""
     lines = [
         f"{now.damaged} damaged and {now.intact} intact images in {folder}{left_out}",
         f"ROC AUC {auc:.3f} (how well the score ranks damaged images over intact ones: 1 is "

@@ -423,6 +423,17 @@ def public_url(url: str) -> str:
     return urlunsplit((parts.scheme, host + port, parts.path, parts.query, ""))
 
 
+def utf8_name(path: str | os.PathLike[str]) -> bool:
+    """Whether a path's name is UTF-8, as OpenCV's file functions need: a name in another
+    encoding (Latin-1's "caf\xe9.jpg") reaches Python with surrogates in it, on which OpenCV
+    crashes the process."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class VideoFrames(Iterator[Frame]):
     """What ``Video.frames()`` returns: the Video's frames, one at a time, as a generator
     gives them (``close()`` stops it).
@@ -514,6 +525,10 @@ class Video:
                     )
                 if not path.is_file():
                     raise SourceError(f"no such video file: {path}")
+                if not utf8_name(path):  # OpenCV crashed the process on it
+                    raise SourceError(
+                        f"{str(path)!r}: OpenCV opens only file names that are UTF-8; rename it"
+                    )
             self._capture = cv2.VideoCapture(source if isinstance(source, int) else str(source))
             if not self._capture.isOpened():
                 self._capture.release()

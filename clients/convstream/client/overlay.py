@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from convstream.client.errors import SourceError
+from convstream.client.frames import utf8_name
 from convstream.client.results import Geometry, Result, score_text
 
 __all__ = ["draw_overlay", "heatmap_on_frame", "save_overlay"]
@@ -183,6 +184,8 @@ def save_overlay(
         OSError: the file could not be written.
     """
     path = Path(path)
+    if not utf8_name(path):  # OpenCV crashed the process on it
+        raise ValueError(f"cannot write an image to {str(path)!r}: its name is not UTF-8")
     if not cv2.haveImageWriter(str(path)):
         raise ValueError(f"cannot write an image to {path}: give a suffix such as .png or .jpg")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -785,9 +785,11 @@ def _main(argv: Sequence[str] | None) -> int:
             stream.reconfigure(errors="backslashreplace")
     try:
         result: int = args.func(args)
-    except BrokenPipeError:
+    except BrokenPipeError as exc:
         # The reader went away (`| head`): stop quietly, and keep Python's exit-time flush
-        # of stdout from failing on the closed pipe.
+        # of stdout from failing on the closed pipe. A client command's status says what it
+        # had found by then (OutputClosed's); else the reader's leaving is no failure.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        status: int = getattr(exc, "status", 0)
+        return status
     return result
