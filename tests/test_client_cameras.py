@@ -935,7 +935,12 @@ def test_the_cameras_table_fits_a_terminal_and_keeps_a_long_error_whole_when_pip
         assert len(row) == width and row.endswith("...")
         assert row.startswith(whole[: width - 3])
         assert len(header) <= width
-    # too narrow for the figures and the error: 30 characters of it stay, past the edge
-    row = cameras_text([down], now, width=80).splitlines()[1]
-    assert row == whole[: figures + 27] + "..."
-    assert "20s ago: could not open" in row
+    # 80 columns: the lesser columns go (the table took 128, wrapping every row), the id,
+    # state, source, rates and score stay, and 30 characters of the error at least
+    header, row = cameras_text([down, CAPPED], now, width=80).splitlines()[:2]
+    assert header.split() == ["ID", "STATE", "SOURCE", "FPS", "IN/OUT", "SCORE", "LAST", "ERROR"]
+    assert row.split()[:4] == ["dock-4", "reconnecting", "5m", "rtsp"]
+    assert "20s ago: could not open" in row and row.endswith("...") and len(row) <= 80 + 5
+    healthy = cameras_text([CAPPED], now, width=80).splitlines()
+    assert all(len(line) <= 80 for line in healthy), healthy
+    assert "LATENCY MS" in healthy[0]  # room for more with a short error: they stay

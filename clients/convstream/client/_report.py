@@ -355,49 +355,44 @@ def _json_value(value: object) -> object:
     raise TypeError(f"no JSON form for {type(value).__name__} {value!r}")
 
 
+# The cameras table's columns, each with whether its figures are right-aligned; the ones a
+# narrow terminal goes without, first to last (the id, state, source, rates and score stay).
+_CAMERA_COLUMNS = (
+    ("ID", False),
+    ("STATE", False),
+    ("SOURCE", False),
+    ("FPS IN/OUT", True),
+    ("FPS CAP", True),
+    ("ANALYSED", True),
+    ("DROPPED", True),
+    ("RECONNECTS", True),
+    ("WATCHERS", True),
+    ("LATENCY MS", True),
+    ("SCORE", True),
+)
+_DROPPED_FIRST = ("WATCHERS", "ANALYSED", "RECONNECTS", "DROPPED", "FPS CAP", "LATENCY MS")
+
+
 def cameras_text(
     cameras: list[CameraInfo], now: datetime | None = None, width: int | None = None
 ) -> str:
     """ListCameras for people: one row per camera, its health at a glance.
 
-    width: the terminal's columns; a last error that would run past them is cut to fit (at
-    least ERROR_MIN characters of it stay), ending with "..."; `--json` has it whole."""
+    width: the terminal's columns. Columns are as wide as their widest cell; a terminal too
+    narrow for all of them and ERROR_MIN characters of the last error goes without the
+    lesser ones (watchers, analysed, reconnects, dropped, the cap, latency: 80 columns
+    wrapped every row of the 128 the table took), and a last error that would run past the
+    edge is cut to fit (at least ERROR_MIN characters of it stay), ending with "..."; piped
+    (no width) and with `--json` all of it is there."""
     if not cameras:
         return "no cameras: the server pulls none (see `convstream serve --camera ID=SOURCE`)"
     now = now or datetime.now(UTC)
-    # Alignment of each column but the last (the error, as long as it is).
-    specs = [f"<{max(2, *(len(c.id) for c in cameras))}", "<16", "<6", ">10", ">7", ">9", ">8"]
-    specs += [">10", ">8", ">10", ">6"]
-
-    def row(*cells: str) -> str:
-        aligned = [f"{cell:{spec}}" for cell, spec in zip(cells, specs, strict=False)]
-        line = "  ".join([*aligned, cells[-1]]).rstrip()
-        if width is not None and len(line) > width:
-            room = max(ERROR_MIN, width - (len(line) - len(cells[-1])))
-            if room < len(cells[-1]):
-                line = line[: len(line) - len(cells[-1])] + cells[-1][: room - 3] + "..."
-        return line
-
-    lines = [
-        row(
-            "ID",
-            "STATE",
-            "SOURCE",
-            "FPS IN/OUT",
-            "FPS CAP",
-            "ANALYSED",
-            "DROPPED",
-            "RECONNECTS",
-            "WATCHERS",
-            "LATENCY MS",
-            "SCORE",
-            "LAST ERROR",
-        )
-    ]
+    names = [name for name, _ in _CAMERA_COLUMNS]
+    rows = [[*names, "LAST ERROR"]]
     for c in cameras:
         state = c.state if c.since is None else f"{c.state} {_duration(now - c.since)}"
-        lines.append(
-            row(
+        rows.append(
+            [
                 c.id,
                 state,
                 c.source_kind,
@@ -412,9 +407,30 @@ def cameras_text(
                 f"{c.latency_ms:.1f}" if c.flowing and c.frames_analysed else "-",
                 score_text(c.last_score) if c.flowing and c.last_score is not None else "-",
                 _last_error(c, now),
-            )
+            ]
         )
-    return "\n".join(lines)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(names))]
+    shown = list(range(len(names)))
+
+    def figures() -> int:  # the columns before the error, with their gaps
+        return sum(widths[i] + 2 for i in shown)
+
+    error = min(ERROR_MIN, max(len(r[-1]) for r in rows))  # the room an error needs
+    for name in _DROPPED_FIRST:
+        if width is None or figures() + error <= width:
+            break
+        shown.remove(names.index(name))
+
+    def line(cells: list[str]) -> str:
+        aligned = [f"{cells[i]:{'>' if _CAMERA_COLUMNS[i][1] else '<'}{widths[i]}}" for i in shown]
+        text = "  ".join([*aligned, cells[-1]]).rstrip()
+        if width is not None and len(text) > width:
+            room = max(ERROR_MIN, width - figures())
+            if room < len(cells[-1]):
+                text = text[: len(text) - len(cells[-1])] + cells[-1][: room - 3] + "..."
+        return text
+
+    return "\n".join(line(r) for r in rows)
 
 
 ERROR_MIN = 30  # characters of a last error that stay, however narrow the terminal

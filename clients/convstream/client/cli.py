@@ -808,8 +808,8 @@ def _cameras(args: argparse.Namespace) -> int:
             for camera in cameras:
                 print(json.dumps(camera_json(camera)))
         else:
-            # On a terminal each row fits its width (a long error is cut: --json has it);
-            # piped, rows stay whole for grep.
+            # On a terminal each row fits its width (the lesser columns go, a long error is
+            # cut: --json has it all); piped, rows stay whole for grep.
             width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
             print(cameras_text(cameras, width=width))
         return 0
