@@ -71,18 +71,23 @@ __all__ = ["EXIT_STATUS", "add_commands"]
 # What a script can tell apart by the exit code alone.
 EXIT_FRAMES, EXIT_USAGE, EXIT_SERVER, EXIT_REFUSED, EXIT_SOURCE = 1, 2, 3, 4, 5
 EXIT_DAMAGED = 6  # only with --fail-on-damage
-EXIT_STATUS = """exit status:
+EXIT_STATUS = """
+exit status:
   0    done: every frame analysed (damage found is a result, not a failure)
   1    some frames could not be analysed, or the server failed on them
-  2    usage: a bad option or value, a missing file, an unknown camera or feature map
-  3    the server: no answer at --address (nor a TLS handshake, also when it refuses the
-       client certificate: TLS 1.3 shows only a closed connection), or none within --timeout
-  4    refused: the token, the token's role, or a limit on calls (the token's max_calls,
-       the server's max_streams...: retry later)
-  5    the source: a camera that failed, stopped or was removed; a video that cannot be read
-  6    analyze, stream and watch with --fail-on-damage: some frame was called damaged
-       (where the status would otherwise be 0)
-  130  Ctrl-C; 143 SIGTERM (results so far written, and the summary; a second one: at once)
+  2    usage: a bad option or value, a missing file, an unknown camera or
+       feature map
+  3    the server: no answer at --address (nor a TLS handshake, also when it
+       refuses the client certificate: TLS 1.3 shows only a closed
+       connection), or none within --timeout
+  4    refused: the token, the token's role, or a limit on calls (the
+       token's max_calls, the server's max_streams...: retry later)
+  5    the source: a camera that failed, stopped or was removed; a video that
+       cannot be read
+  6    analyze, stream and watch with --fail-on-damage: some frame was called
+       damaged (where the status would otherwise be 0)
+  130  Ctrl-C; 143 SIGTERM (results so far written, and the summary; a second
+       one: at once)
 """
 
 

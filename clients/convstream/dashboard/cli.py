@@ -136,8 +136,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p = commands.add_parser(
         "dashboard",
         help="serve the live monitoring page for the server's cameras",
-        description="A web page with every camera of a convstream server: the live frame with "
-        "its damage heatmap, score history, state and rates, and alerts. Read-only.",
+        description="A web page with every camera of a convstream server: the live frame\n"
+        "with its damage heatmap, score history, state and rates, and alerts. Read-only.",
         epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
