@@ -392,6 +392,21 @@ async def test_removed_camera_ends_the_watch_with_not_found(server: Server) -> N
         assert [c.id for c in await client.cameras()] == ["dock"]
 
 
+async def _across_a_restart(
+    watch: AsyncIterator[Result], three: threading.Event | asyncio.Event, after: int
+) -> list[Result]:
+    """A watch's results until its second call has given ``after``; ``three`` is set at the
+    third result, for the test to restart the server."""
+    results: list[Result] = []
+    async for result in watch:
+        results.append(result)
+        if len(results) == 3:
+            three.set()
+        if second_call_started(results, after):
+            break
+    return results
+
+
 def second_call_started(results: list[Result], n: int) -> int | None:
     """Where the second WatchCamera call's results begin, once it has given n; else None."""
     starts = [i for i, r in enumerate(results) if r.sequence == 1]
@@ -433,14 +448,8 @@ async def test_watch_subscribes_again_after_a_server_restart(
         if flavour == "sync":
             results = await asyncio.to_thread(consume)
         else:
-            results = []
             async with AsyncClient(address(first)) as client:
-                async for result in client.watch("belt"):
-                    results.append(result)
-                    if len(results) == 3:
-                        three.set()
-                    if second_call_started(results, 3):
-                        break
+                results = await _across_a_restart(client.watch("belt"), three, 3)
                 await restarted
                 # Without resume a restart ends the watch.
                 watching = client.watch("belt", resume=False)
@@ -505,19 +514,13 @@ async def test_a_watch_of_a_published_stream_waits_for_its_publisher_after_a_res
 
     restarting = asyncio.create_task(restart())
     try:
-        results: list[Result] = []
         async with AsyncClient(address(first)) as client:
 
             async def listed() -> bool:
                 return "dock-p" in [c.id for c in await client.cameras()]
 
             await until(listed, 10, "the stream published")
-            async for result in client.watch("dock-p"):
-                results.append(result)
-                if len(results) == 3:
-                    three.set()
-                if second_call_started(results, 2):
-                    break
+            results = await _across_a_restart(client.watch("dock-p"), three, 2)
         await restarting
     finally:
         for task in (restarting, *publishers):
