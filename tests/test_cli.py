@@ -325,6 +325,9 @@ async def test_samples_write_frames_and_a_clip_that_analyze_and_stream_take(
     assert capsys.readouterr().err.strip() == (
         "convstream samples: --clip must be 0 to 3600 seconds, got -1"
     )
+    # nothing asked for: it wrote nothing and exited 0 without a word
+    assert main(["samples", str(tmp_path / "none"), "--count", "0", "--clip", "0"]) == 2
+    assert "nothing to write with --count 0 and --clip 0" in capsys.readouterr().err
 
 
 def test_samples_writes_every_file_whatever_becomes_of_stdout(tmp_path: Path) -> None:

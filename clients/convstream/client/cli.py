@@ -145,26 +145,27 @@ class Interruption:
 _EXAMPLES_ANALYZE = """examples:
   convstream analyze box.jpg
   convstream analyze photos/ --json > results.jsonl
-  convstream analyze photos/ --maps stage3 --encoding uint8 --save-overlays overlays/
+  convstream analyze photos/ --maps stage3 --encoding uint8 --save-overlays out/
 """
 _EXAMPLES_EVALUATE = """examples:
-  convstream evaluate samples/       # samples/damaged/*.jpg and samples/intact/*.jpg
+  convstream evaluate samples/   # samples/damaged/*.jpg, samples/intact/*.jpg
   convstream evaluate samples/ --json | jq .best_threshold
 """
 _EXAMPLES_STREAM = """examples:
   convstream stream conveyor.avi --save-overlays overlays/
-  convstream stream 0 --freshness latest_only      # the first camera, newest frames only
+  convstream stream 0 --freshness latest_only    # camera 0, newest frames only
   convstream stream rtsp://cam-3/stream --max-frames 300 --json
-  convstream stream belt.mp4 --name belt-test --publish   # also on the dashboard
+  convstream stream belt.mp4 --name belt-test --publish  # also on the dashboard
 """
 _EXAMPLES_CAMERAS = """examples:
-  convstream cameras                              # the ids the server pulls, and their health
+  convstream cameras                # the ids the server pulls, and their health
   convstream cameras --address 10.0.0.5:50051 --token-file dock.token
-  convstream cameras --json | jq -r .id           # the ids alone, for a script
-  convstream cameras --json | jq 'select(.state != "running") | {id, state, last_error}'
+  convstream cameras --json | jq -r .id    # the ids alone, for a script
+  convstream cameras --json |
+      jq 'select(.state != "running") | {id, state, last_error}'
 """
 _EXAMPLES_WATCH = """examples:
-  convstream cameras                              # the ids the server pulls, and their health
+  convstream cameras                # the ids the server pulls, and their health
   convstream watch dock-3
   convstream watch dock-3 --max-fps 2 --save-overlays overlays/
   convstream watch dock-3 --count 100 --json --maps stage3 > results.jsonl
@@ -356,8 +357,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="how well the scores separate your own damaged and intact images",
         description="Analyse FOLDER/damaged/ and FOLDER/intact/ (images, searched recursively)\n"
         "on the server and print how well its scores separate them (ROC AUC), what the\n"
-        "server's threshold finds and flags there, and the thresholds worth setting instead.\n"
-        "The model learnt from rendered scenes: choose its threshold on your own footage.",
+        "server's threshold finds and flags there, and the thresholds worth setting\n"
+        "instead. The model learnt from rendered scenes: choose its threshold on your own\n"
+        "footage.",
         epilog=_EXAMPLES_EVALUATE + EXIT_STATUS,
         **common,  # type: ignore[arg-type]
     )

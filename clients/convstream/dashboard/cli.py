@@ -27,9 +27,10 @@ from convstream.dashboard.settings import DashboardSettings
 __all__ = ["add_commands", "run_dashboard"]
 
 _EXAMPLES = """examples:
-  convstream dashboard                                  # server on 127.0.0.1:50051, page on :8080
+  convstream dashboard        # server on 127.0.0.1:50051, page on :8080
   convstream dashboard --address 10.0.0.5:50051 --host 0.0.0.0 \\
-      --access-token-file dashboard.token --https-cert page.crt --https-key page.key
+      --access-token-file dashboard.token \\
+      --https-cert page.crt --https-key page.key
   convstream dashboard --threshold 0.7 --alert-cooldown 30
 """
 
@@ -94,6 +95,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-fps",
         type=float,
         default=5.0,
+        metavar="N",
         help="frames per second shown per camera (default %(default)s)",
     )
     p.add_argument(

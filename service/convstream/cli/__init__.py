@@ -46,7 +46,11 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--metrics-host",
         help="address of the metrics port (default 127.0.0.1, whatever --host is)",
     )
-    p.add_argument("--provider", choices=("auto", "cpu", "cuda"), help="execution provider")
+    p.add_argument(
+        "--provider",
+        choices=("auto", "cpu", "cuda"),
+        help="execution provider (default auto: CUDA where onnxruntime-gpu has a GPU, else CPU)",
+    )
     p.add_argument(
         "--processes",
         type=int,
@@ -57,7 +61,11 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     # one process of several, as the supervisor starts it (processes.py)
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--model", dest="model_path", type=Path, help="an .onnx model file")
-    p.add_argument("--input-sizes", nargs="+", help="model input sizes, e.g. 384x640 480x640")
+    p.add_argument(
+        "--input-sizes",
+        nargs="+",
+        help="model input sizes (default 384x640 480x640 384x384: 16:9, 4:3, square)",
+    )
     p.add_argument(
         "--no-reflection",
         dest="reflection",
@@ -482,6 +490,8 @@ def _samples(args: argparse.Namespace) -> int:
         ]
         if not ok
     ]
+    if not wrong and args.count == 0 and args.clip == 0:  # it wrote nothing, and said 0
+        wrong = ["nothing to write with --count 0 and --clip 0: ask for images or a clip"]
     if wrong:
         print(f"convstream samples: {'; '.join(wrong)}", file=sys.stderr)
         return 2
