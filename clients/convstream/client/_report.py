@@ -338,9 +338,14 @@ def camera_json(camera: CameraInfo) -> dict[str, Any]:
     current latency: null, as the table's "-" (its 0 was a false figure in a script's mean).
     """
     fields = {key: _json_value(value) for key, value in asdict(camera).items()}
-    if not (camera.flowing and camera.frames_analysed):
-        fields["latency_ms"] = None
+    fields["latency_ms"] = _json_value(_latency_now(camera))
     return fields
+
+
+def _latency_now(camera: CameraInfo) -> float | None:
+    """A camera's latency while frames come; None when it is down (its last would read as
+    live) or before its first frame."""
+    return camera.latency_ms if camera.flowing and camera.frames_analysed else None
 
 
 def _json_value(value: object) -> object:
@@ -404,7 +409,7 @@ def cameras_text(
                 str(c.watchers),
                 # a camera that is down has no current latency or score: its last ones
                 # would read as live
-                f"{c.latency_ms:.1f}" if c.flowing and c.frames_analysed else "-",
+                "-" if (latency := _latency_now(c)) is None else f"{latency:.1f}",
                 score_text(c.last_score) if c.flowing and c.last_score is not None else "-",
                 _last_error(c, now),
             ]

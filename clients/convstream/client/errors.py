@@ -218,25 +218,19 @@ def from_rpc_error(
         return Unauthenticated(message, code=code, hint=hint)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED and address:
         message = f"call to {address} timed out: {message}"
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and (
-        too_large := _ANSWER_TOO_LARGE.search(message)
-    ):
-        # gRPC's own words for an answer over this client's limit: no back-off helps
-        size, limit = (int(n) for n in too_large.groups())
-        return InvalidFrame(
-            f"the server's answer ({size:,} bytes) is larger than this client takes "
-            f"({limit:,}, Limits.max_message_bytes): raise that limit, or ask for fewer "
-            f"feature maps or a smaller encoding (gRPC: {message})",
-            code=code,
-        )
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and (
-        too_large := _FRAME_TOO_LARGE.search(message)
-    ):
-        # gRPC's own words, in the server, for a frame over twice its max_message_bytes: the
-        # same frame is refused again, so no back-off helps (it read as Overloaded)
-        size, limit = (int(n) for n in too_large.groups())
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and (too_large := _TOO_LARGE.search(message)):
+        # gRPC's own words for a message over its receiver's limit: the same message is
+        # refused again, so no back-off helps (it read as Overloaded)
+        side, size, limit = too_large.group(1), int(too_large.group(2)), int(too_large.group(3))
+        if side == "CLIENT":  # an answer, over this client's limit
+            return InvalidFrame(
+                f"the server's answer ({size:,} bytes) is larger than this client takes "
+                f"({limit:,}, Limits.max_message_bytes): raise that limit, or ask for fewer "
+                f"feature maps or a smaller encoding (gRPC: {message})",
+                code=code,
+            )
         where = f"the server at {address}" if address else "the server"
-        return InvalidFrame(
+        return InvalidFrame(  # a frame, over twice the server's max_message_bytes
             f"a frame of {size:,} bytes is more than {where} takes ({limit:,}, twice its "
             "max_message_bytes: past that gRPC refuses the message before the server sees it, "
             "ending the stream): send it as JPEG or smaller; with this client's "
@@ -249,8 +243,7 @@ def from_rpc_error(
 
 # gRPC's message for a message over the receiving side's max_receive_message_length: this
 # client's (an answer), or the server's (a frame)
-_ANSWER_TOO_LARGE = re.compile(r"CLIENT: Received message larger than max \((\d+) vs\. (\d+)\)")
-_FRAME_TOO_LARGE = re.compile(r"SERVER: Received message larger than max \((\d+) vs\. (\d+)\)")
+_TOO_LARGE = re.compile(r"(CLIENT|SERVER): Received message larger than max \((\d+) vs\. (\d+)\)")
 
 
 def _write_failed_in_core(exc: grpc.RpcError, details: str) -> bool:

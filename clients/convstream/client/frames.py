@@ -441,7 +441,7 @@ class VideoFrames(Iterator[Frame]):
     Attributes:
         latest: each frame is the newest the source has (a latest-only Video, e.g. a
             camera): a stream then reads few of them ahead of its results
-            (``Limits.max_in_flight``), so a loop slower than the camera gets results of
+            (``Limits.fresh_in_flight``), so a loop slower than the camera gets results of
             fresh frames rather than of a backlog read while it was busy.
     """
 
