@@ -13,9 +13,12 @@
   // What screen readers are told, each its own line of the live region (added lines are read
   // out; a line replacing another could lose one that came in the same moment).
   const ANNOUNCED = 10;
-  // (not "stalled": a second's gap on a busy network, said at every flicker, would drown the
-  // rest; it turns into "reconnecting" if it lasts)
-  const TROUBLE = ["failed", "stopped", "reconnecting", "unwatched"];
+  // The states of a camera in trouble, those that need someone first: a camera stalled for a
+  // second listed ahead of a failed one pushed the failed one into the "…" of a narrow header.
+  const DOWN_ORDER = ["failed", "stopped", "reconnecting", "unwatched", "stalled"];
+  // Those told to screen readers: not "stalled", a second's gap on a busy network, which said
+  // at every flicker would drown the rest (it turns into "reconnecting" if it lasts).
+  const TROUBLE = DOWN_ORDER.filter((state) => state !== "stalled");
   function announce(text) {
     const region = $("announce");
     const line = document.createElement("p");
@@ -533,9 +536,6 @@
   // the count: on a wall of many tiles the failed one is often screens away, and its name
   // takes the operator to it.
   const SHOWN_DOWN = 4;
-  // Those that need someone first: a camera stalled for a second listed ahead of a failed one
-  // pushed the failed one into the "…" of a narrow header.
-  const DOWN_ORDER = ["failed", "stopped", "reconnecting", "unwatched", "stalled"];
   const downRank = (state) => {
     const rank = DOWN_ORDER.indexOf(state);
     return rank < 0 ? DOWN_ORDER.length : rank;
