@@ -987,17 +987,26 @@ async def test_broken_stream_resumes_on_a_restarted_server(
     assert sequences != sorted(sequences), "the results should come from two streams"
 
 
-@pytest.mark.parametrize("freshness", [pb.FRESHNESS_LATEST_ONLY, pb.FRESHNESS_LOSSLESS])
-def test_a_resumed_latest_only_stream_sends_only_its_newest_frame_again(
-    frames: list[np.ndarray], freshness: int
+@pytest.mark.parametrize(
+    ("freshness", "then"),
+    [
+        (pb.FRESHNESS_LATEST_ONLY, "a new frame"),
+        (pb.FRESHNESS_LATEST_ONLY, "the source ends"),
+        (pb.FRESHNESS_LATEST_ONLY, "the source had ended"),
+        (pb.FRESHNESS_LOSSLESS, "the source had ended"),
+    ],
+)
+def test_a_resumed_latest_only_stream_sends_the_sources_next_frame_first(
+    frames: list[np.ndarray], freshness: int, then: str
 ) -> None:
     """Frames left unanswered by a break (up to max_in_flight) are stale to a LATEST_ONLY
-    stream: re-sent, the oldest was analysed seconds late as though fresh. The newest goes
-    again; the others are reported dropped with the next result. Lossless re-sends all."""
+    stream: re-sent, the newest was analysed as though fresh, as old as the outage. They are
+    reported dropped with the next result, and the source's next frame goes first; the
+    newest goes again only if the source gives none. Lossless re-sends all."""
     from convstream.client._feed import Ledger
 
     ledger = Ledger(pb.ResultOptions(freshness=freshness), Upload(), 1 << 22)
-    ledger.new_attempt()  # the first stream: nothing dropped on starting
+    ledger.new_attempt(exhausted=False)  # the first stream: nothing dropped on starting
     data = jpeg(frames[0])
     for item in (data, "/nonexistent/4.jpg", data, data):  # ids 1..4, the 2nd fails here
         ledger.add(*ledger.prepare(item))
@@ -1005,19 +1014,28 @@ def test_a_resumed_latest_only_stream_sends_only_its_newest_frame_again(
     assert [(r.frame_id, r.ok) for r in answered] == [(1, True), (2, False)]
     for item in (data, data):
         ledger.add(*ledger.prepare(item))  # 3, 4, 5, 6 in flight when the stream breaks
-    ledger.new_attempt()
+    ledger.new_attempt(exhausted=then == "the source had ended")
+    if then == "a new frame":
+        ledger.add(*ledger.prepare(data))  # 7, read once the break made room
+    elif then == "the source ends":
+        ledger.source_ended()
     resent = []
     while (entry := ledger.after(resent[-1].seq if resent else 0)) is not None:
         resent.append(entry)
-    first = ledger.match(pb.FrameResult(frame_id=6, frames_dropped=0))
-    if freshness == pb.FRESHNESS_LATEST_ONLY:
-        assert [e.request.frame_id for e in resent] == [6]
-        assert [(r.frame_id, r.frames_dropped, r.dropped_frame_ids) for r in first] == [
-            (6, 3, (3, 4, 5))
-        ]
-    else:
+    if freshness == pb.FRESHNESS_LOSSLESS:
         assert [e.request.frame_id for e in resent] == [3, 4, 5, 6]
+        ledger.match(pb.FrameResult(frame_id=6, frames_dropped=0))
         assert ledger.unanswered(exhausted=True) is None  # 3, 4, 5: dropped by the server
+        return
+    newest = 7 if then == "a new frame" else 6
+    assert [e.request.frame_id for e in resent] == [newest]
+    first = ledger.match(pb.FrameResult(frame_id=newest, frames_dropped=0))
+    dropped = (3, 4, 5, 6) if then == "a new frame" else (3, 4, 5)
+    assert [(r.frame_id, r.frames_dropped, r.dropped_frame_ids) for r in first] == [
+        (newest, len(dropped), dropped)
+    ]
+    ledger.source_ended()  # nothing left to restore: the frame dropped was answered for
+    assert len(ledger) == 0
 
 
 KILLED = [

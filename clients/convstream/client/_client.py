@@ -152,9 +152,9 @@ class Client(BaseClient):
             resume: when the stream breaks with UNAVAILABLE (a server restart), reconnect
                 (for up to ``Retry.resume_timeout`` once results have come) and re-send the
                 frames not yet answered, so every frame is answered once, in order
-                ("latest_only" re-sends the newest alone; the next result lists the others
-                as dropped). ``frames_dropped`` keeps counting across the streams;
-                ``sequence`` restarts.
+                ("latest_only" re-sends none, as old as the outage: the next result lists
+                them as dropped, and the next frame read goes first). ``frames_dropped``
+                keeps counting across the streams; ``sequence`` restarts.
             publish: also show this stream's results to ``watch()`` and ``cameras()`` (and so
                 on the dashboard) under its frames' ``source`` name, e.g. ``Frame(...,
                 source="dock-3")`` or ``Video(..., name="dock-3")``; the name must not be a

@@ -104,6 +104,7 @@ class Ledger:
         self._run = 0  # frames in a row that failed here
         self._attempts = 0
         self._dropped_here: list[int] = []  # ids dropped on resuming, for the next result
+        self._superseded: _Entry | None = None  # the newest of them, until another is read
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -145,6 +146,8 @@ class Ledger:
         its result could not be told from the other's; for a failed frame, the error that
         ends a stream when it is the FAILED_RUN + 1st in a row with none sent meanwhile."""
         self._run = 0 if error is None else self._run + 1
+        if error is None:
+            self._superseded = None
         if error is not None and self._run > FAILED_RUN and self.in_flight() == 0:
             raise type(error)(
                 f"{self._run} frames in a row failed on this side, none sent, so the stream "
@@ -180,23 +183,38 @@ class Ledger:
                 found = entry
         return found
 
-    def new_attempt(self) -> None:
+    def new_attempt(self, exhausted: bool) -> None:
         """A new stream starts: its server counts drops from 0 again, and has no options.
 
-        A LATEST_ONLY stream resumed after a break re-sends only the newest frame it holds
-        unanswered: the older ones, up to max_in_flight of them from before the break, are
-        dropped here and reported with the next result, as the server would drop them; sent
-        again, the first would be analysed seconds late, as though fresh.
+        A LATEST_ONLY stream resumed after a break sends none of the frames it holds
+        unanswered, up to max_in_flight of them read before the break: they are dropped here
+        and reported with the next result, as the server would drop them, and the source's
+        next frame goes first. Sent again, the newest was seconds old (the outage's length)
+        and analysed as though fresh. Only when the source has ended (exhausted) does the
+        newest go again, as it does if the source ends before giving another (source_ended).
         """
         self._attempts += 1
         self.accepted = False
         sent = [entry for entry in self.entries if entry.error is None]
         if self._attempts > 1 and self.options.freshness == pb.FRESHNESS_LATEST_ONLY and sent:
-            stale = {id(entry) for entry in sent[:-1]}
-            self._dropped_here += [e.request.frame_id for e in sent[:-1]]
-            self.entries = deque(e for e in self.entries if id(e) not in stale)
+            stale = sent[:-1] if exhausted else sent
+            self._superseded = None if exhausted else sent[-1]
+            self._dropped_here += [e.request.frame_id for e in stale]
+            gone = {id(entry) for entry in stale}
+            self.entries = deque(e for e in self.entries if id(e) not in gone)
             self._dropped += len(stale)
         self._dropped_before = self._dropped
+
+    def source_ended(self) -> None:
+        """The source gave no frame after the one a resumed LATEST_ONLY stream dropped as
+        stale: that one is the newest after all, so it is sent and answered, not dropped."""
+        entry, self._superseded = self._superseded, None
+        if entry is None:
+            return
+        self._dropped_here.remove(entry.request.frame_id)
+        self._dropped -= 1
+        self._dropped_before -= 1
+        self.entries = deque(sorted([*self.entries, entry], key=lambda e: e.seq))
 
     def outgoing(self, request: pb.FrameRequest) -> pb.FrameRequest:
         """The request as sent: until the stream has taken the options, a copy carrying them."""
@@ -315,6 +333,7 @@ class SyncFeed:
         finally:
             with self._cond:
                 self._exhausted = True
+                self.ledger.source_ended()
                 self._cond.notify_all()
 
     def _ready(self, attempt: int, cursor: int) -> bool:
@@ -331,7 +350,7 @@ class SyncFeed:
         with self._cond:
             self._attempt += 1
             attempt = self._attempt
-            self.ledger.new_attempt()
+            self.ledger.new_attempt(self._exhausted)
             self._cond.notify_all()
         cursor = 0
         while True:
@@ -469,6 +488,7 @@ class AsyncFeed:
         finally:
             async with self._cond:
                 self._exhausted = True
+                self.ledger.source_ended()
                 self._cond.notify_all()
 
     def _next_prepared(self, source: Iterator[FrameLike]) -> Prepared | None:
@@ -495,7 +515,7 @@ class AsyncFeed:
         async with self._cond:
             self._attempt += 1
             attempt = self._attempt
-            self.ledger.new_attempt()
+            self.ledger.new_attempt(self._exhausted)
             self._cond.notify_all()
         cursor = 0
         while True:
