@@ -197,6 +197,9 @@ async def test_the_peak_is_the_servers_float32_answer_in_every_encoding(
             # the server's answer is the float32 heatmap's own hottest cell over the frame
             by_hand = Result(frame_id=0, heatmap=exact.heatmap, geometry=exact.geometry)
             assert exact.hottest is not None and exact.hottest == by_hand.peak()
+            # and its cell, an index into the heatmap and the stride-8 stages' maps
+            assert exact.hottest_cell is not None and exact.hottest_cell == by_hand.peak_cell()
+            assert exact.heatmap[exact.hottest_cell] == exact.heatmap.max() == exact.score
             for encoding in ("float16", "uint8"):
                 options = ResultOptions(encoding=encoding)
                 assert (await client.analyze(image, options=options)).peak() == exact.peak()

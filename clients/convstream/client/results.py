@@ -116,6 +116,8 @@ class Result:
         geometry: how the frame sits in the model input; see ``peak()`` and overlays.
         hottest: (x, y) in frame pixels of the hottest heatmap cell's centre, as the server
             found it in float32 (sent with or without the heatmap); see ``peak()``.
+        hottest_cell: (row, col) of that cell in ``heatmap``, and in the feature maps of the
+            stages at the heatmap's stride (stage3, stage4); see ``peak_cell()``.
         error: why this frame was not analysed (a stream goes on past bad frames); None if ok.
         frame: the Frame as it was sent, kept for overlays and names: pixels the client
             encoded for the upload are kept as the JPEG or PNG bytes it sent (what the
@@ -139,6 +141,7 @@ class Result:
     sequence: int = 0
     geometry: Geometry | None = None
     hottest: tuple[int, int] | None = None
+    hottest_cell: tuple[int, int] | None = None
     capture_time: float | None = None
     error: ConvstreamError | None = None
     frame: Frame | None = None
@@ -164,6 +167,23 @@ class Result:
         """
         if self.hottest is not None:
             return self.hottest
+        cell = self.peak_cell()
+        if cell is None or self.geometry is None:
+            return None
+        s = self.heatmap_stride
+        x, y = self.geometry.to_frame((cell[1] + 0.5) * s, (cell[0] + 0.5) * s)
+        return int(x), int(y)
+
+    def peak_cell(self) -> tuple[int, int] | None:
+        """(row, col) of the heatmap's hottest cell over the frame, or None: the index into
+        ``heatmap``, and into a stage's map at the heatmap's stride, e.g. the stage4
+        features where the damage is: ``feature_maps["stage4"][:, row, col]``.
+
+        The server's own answer (``hottest_cell``) when it sent one; else found in
+        ``heatmap`` as ``peak()`` says.
+        """
+        if self.hottest_cell is not None:
+            return self.hottest_cell
         if self.heatmap is None or self.geometry is None or not self.heatmap.size:
             return None
         # Only cells over the frame count: the letterbox padding is not part of it.
@@ -174,8 +194,7 @@ class Result:
         if not content.size:
             content, r0, c0 = self.heatmap, 0, 0
         row, col = np.unravel_index(int(np.argmax(content)), content.shape)
-        x, y = self.geometry.to_frame((c0 + col + 0.5) * s, (r0 + row + 0.5) * s)
-        return int(x), int(y)
+        return r0 + int(row), c0 + int(col)
 
     @classmethod
     def from_proto(cls, message: pb.FrameResult, frame: Frame | None = None) -> Result:
@@ -230,6 +249,7 @@ class Result:
             hottest=(round(message.peak.x), round(message.peak.y))
             if message.HasField("peak")
             else None,
+            hottest_cell=(message.peak.row, message.peak.col) if message.HasField("peak") else None,
             input_jpeg=message.frame_jpeg or None,
             **common,
         )
