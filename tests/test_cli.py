@@ -288,6 +288,15 @@ async def test_stream_a_video_file(
         image = cv2.imread(line["overlay"])
         assert image is not None and image.shape == (240, 320, 3)
 
+    # --loop: the 12-frame file again from its start, ids counting on, until --max-frames
+    argv = ["stream", str(video), "--json", "--fast", "--loop", "--max-frames", "30"]
+    assert await run(*argv, "--address", address) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["frame_id"] for line in lines] == list(range(30))
+    assert [line["score"] for line in lines[12:24]] == [line["score"] for line in lines[:12]]
+    assert await run("stream", "rtsp://127.0.0.1:9/cam", "--loop", "--address", address) == 2
+    assert "--loop is for video files; rtsp://127.0.0.1:9/cam is live" in capsys.readouterr().err
+
 
 async def test_samples_write_frames_and_a_clip_that_analyze_and_stream_take(
     server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]

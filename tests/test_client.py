@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import os
@@ -477,6 +478,32 @@ def test_a_realtime_video_file_comes_at_its_own_frame_rate(video: Path) -> None:
     threading.Timer(0.2, source.close).start()
     started = time.monotonic()
     assert list(frames) == [] and time.monotonic() - started < 1.5
+
+
+def test_a_looped_video_file_starts_again_and_its_ids_go_on(video: Path, tmp_path: Path) -> None:
+    """loop=True: the 30-frame file played 2.5 times, its frame ids going on counting and its
+    pixels those of the file's first frames again; a camera or a URL cannot loop, and a file
+    with no frame to read still ends."""
+    with Video(video, max_frames=75, loop=True) as source:
+        got = list(source.frames())
+    assert [f.frame_id for f in got] == list(range(75))
+    for i in (0, 7, 14):
+        assert np.array_equal(got[i].pixels(), got[30 + i].pixels())
+        assert np.array_equal(got[i].pixels(), got[60 + i].pixels())
+    assert np.array_equal(got[29].pixels(), got[59].pixels())
+    assert not np.array_equal(got[0].pixels(), got[29].pixels())
+    with pytest.raises(ValueError, match="loop=True is for video files"):
+        Video("http://127.0.0.1:9/stream.mjpg", loop=True)
+    empty = tmp_path / "empty.avi"
+    writer = cv2.VideoWriter(str(empty), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    writer.write(np.zeros((48, 64, 3), np.uint8))
+    writer.release()
+    with Video(empty, loop=True, max_frames=3) as source:
+        assert len(list(source.frames())) == 3  # one frame, played three times
+    broken = tmp_path / "broken.avi"
+    broken.write_bytes(b"RIFF" + bytes(2000))
+    with contextlib.suppress(cs.SourceError), Video(broken, loop=True) as source:
+        assert list(source.frames()) == []  # ends: nothing was read in a pass
 
 
 def test_video_latest_only_reader_hands_out_newest_frames(video: Path) -> None:

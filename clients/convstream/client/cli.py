@@ -155,7 +155,7 @@ _EXAMPLES_STREAM = """examples:
   convstream stream conveyor.avi --save-overlays overlays/
   convstream stream 0 --freshness latest_only    # camera 0, newest frames only
   convstream stream rtsp://cam-3/stream --max-frames 300 --json
-  convstream stream belt.mp4 --name belt-test --publish  # also on the dashboard
+  convstream stream belt.mp4 --name belt-test --publish --loop  # on the dashboard
 """
 _EXAMPLES_CAMERAS = """examples:
   convstream cameras                # the ids the server pulls, and their health
@@ -253,6 +253,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     stream.add_argument("source", metavar="SOURCE", help="video file, URL, or camera index (0)")
     stream.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    stream.add_argument(
+        "--loop",
+        action="store_true",
+        help="play a video file again from the start each time it ends, until --max-frames "
+        "or Ctrl-C (a recording standing in for a camera)",
+    )
     stream.add_argument(
         "--fast",
         action="store_true",
@@ -738,6 +744,8 @@ def _stream(args: argparse.Namespace) -> int:
         return _usage(args, f"no such video file: {source} (or give a camera index, e.g. 0)")
     if args.max_frames is not None and args.max_frames < 1:
         return _usage(args, f"--max-frames must be at least 1, got {args.max_frames}")
+    if args.loop and (isinstance(source, int) or "://" in source):
+        return _usage(args, f"--loop is for video files; {public_url(args.source)} is live")
     # --queue-size is bounded_queue's: the other policies would ignore it without a word
     freshness: Freshness = args.freshness or (
         "bounded_queue" if args.queue_size is not None else "lossless"
@@ -761,7 +769,13 @@ def _stream(args: argparse.Namespace) -> int:
 
     def body(client: Client) -> int:
         realtime = not args.fast
-        with Video(source, name=args.name, max_frames=args.max_frames, realtime=realtime) as video:
+        with Video(
+            source,
+            name=args.name,
+            max_frames=args.max_frames,
+            realtime=realtime,
+            loop=args.loop,
+        ) as video:
             largest = _ready(args, client).max_stream_queue_size  # the source opened: the server
             if args.queue_size is not None and largest and args.queue_size > largest:
                 # the server would refuse the first frame and serve the rest LOSSLESS
@@ -771,7 +785,7 @@ def _stream(args: argparse.Namespace) -> int:
                     f"hold, {largest} (ModelInfo.max_stream_queue_size, `convstream info` "
                     "shows it); ask for fewer",
                 )
-            total = video.frame_count
+            total = None if args.loop else video.frame_count
             if args.max_frames is not None:
                 total = min(total, args.max_frames) if total else args.max_frames
             results = client.stream(

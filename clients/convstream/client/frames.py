@@ -459,6 +459,14 @@ class VideoFrames(Iterator[Frame]):
         self._frames.close()
 
 
+def _check_loop(loop: bool, live: bool, source: object) -> None:
+    if loop and live:
+        shown = public_url(source) if isinstance(source, str) else source
+        raise ValueError(
+            f"loop=True is for video files, and {shown!r} is live: a camera or a URL does not end"
+        )
+
+
 class Video:
     """Frames from a video file, a URL OpenCV opens, or a camera, read on this side.
 
@@ -486,6 +494,10 @@ class Video:
             then lasts as long as the clip, and a published one stays on the dashboard that
             long. Off (the default): as fast as they are taken, to analyse a file quickly.
             Cameras and URLs always come at their own pace.
+        loop: start a file again from its first frame when it ends, for ever (or until
+            ``max_frames``), as the server plays a file camera: a recording standing in for
+            a camera. Frame ids go on counting. ValueError for a camera or a URL, which do
+            not end; a file with no frame to read still ends.
 
     Attributes:
         fps: the frame rate OpenCV reports (0.0 when unknown).
@@ -506,6 +518,7 @@ class Video:
         latest_only: bool | None = None,
         max_frames: int | None = None,
         realtime: bool = False,
+        loop: bool = False,
     ) -> None:
         if isinstance(source, cv2.VideoCapture):
             if not source.isOpened():
@@ -513,9 +526,11 @@ class Video:
                     "the cv2.VideoCapture given is not open (its isOpened() is False)"
                 )
             self.live = int(source.get(cv2.CAP_PROP_FRAME_COUNT) or 0) <= 0
+            _check_loop(loop, self.live, source)
             self._capture = source
         else:
             self.live = isinstance(source, int) or "://" in str(source)
+            _check_loop(loop, self.live, source)
             if not isinstance(source, int) and not self.live:
                 path = Path(source)
                 if path.is_dir():
@@ -540,6 +555,8 @@ class Video:
                 shown = public_url(source) if isinstance(source, str) else source
                 raise SourceError(f"OpenCV cannot open video source {shown!r}")
         self.source = source
+        self.loop = loop
+        self._read_this_pass = 0  # frames read since the file was last started again
         self.name = name if name is not None else self.default_name(source)
         self.latest_only = self.live if latest_only is None else latest_only
         self.max_frames = max_frames
@@ -613,12 +630,34 @@ class Video:
         with self._lock:
             if self._closed:
                 return None
-            ok, image = self._capture.read()
+            ok, read = self._capture.read()
+            image: np.ndarray | None = read if ok else None
+            if image is None and self.loop and self._read_this_pass:
+                self._read_this_pass = 0
+                image = self._read_first()
             if self._closed:  # closed during this read (close() may have stopped waiting)
                 self._capture.release()
                 return None
-            self.frames_read += ok
-            return image if ok else None
+            self.frames_read += image is not None
+            self._read_this_pass += image is not None
+            return image
+
+    def _read_first(self) -> np.ndarray | None:
+        """The file's first frame again (under the lock): seek back, or open the file again
+        where its container cannot seek (or a seek lands elsewhere, or on no frame: a file
+        of one frame)."""
+        if self._capture.set(cv2.CAP_PROP_POS_FRAMES, 0) and not self._capture.get(
+            cv2.CAP_PROP_POS_FRAMES
+        ):
+            ok, image = self._capture.read()
+            if ok:
+                return image
+        if isinstance(self.source, cv2.VideoCapture):
+            return None  # a capture set up by the caller cannot be opened again here
+        self._capture.release()
+        self._capture = cv2.VideoCapture(str(self.source))
+        ok, image = self._capture.read()
+        return image if ok else None
 
     def _read_next(self) -> tuple[int, np.ndarray, float] | None:
         image = self._read()
