@@ -376,6 +376,26 @@ def test_letterbox_maps_back_to_the_frame() -> None:
     assert np.array_equal(pixels[12:372], expected)
 
 
+@pytest.mark.parametrize(("w", "h"), [(1280, 720), (1000, 563), (563, 1000), (32, 16384)])
+def test_the_peak_of_a_corner_cell_is_a_pixel_of_the_frame(w: int, h: int) -> None:
+    """A cell past the frame's last row or column (its centre beyond the edge) gives the
+    frame's last pixel: a 1280x720 frame's peak was (1256, 720), and frame[720, 1256] fails."""
+    target = choose_input(w, h, [(384, 640), (384, 384)])
+    _, g = letterbox(np.zeros((h, w, 3), np.uint8), target, (w, h))
+    heat = np.zeros((target[0] // 8, target[1] // 8), np.float32)
+    right = -(-(g.pad_left + round(w * g.scale)) // 8) - 1  # the last cells over the frame
+    bottom = -(-(g.pad_top + round(h * g.scale)) // 8) - 1
+    top, left = g.pad_top // 8, g.pad_left // 8  # and the first
+    for row, col in ((bottom, right), (top, left), (bottom, left), (top, right)):
+        heat[:] = 0.0
+        heat[row, col] = 1.0
+        got_row, got_col, x, y, value = g.hottest_cell(heat, 8)
+        assert (got_row, got_col, value) == (row, col, 1.0)
+        assert 0 <= x <= w - 1 and 0 <= y <= h - 1, (x, y)
+        frame = np.zeros((h, w), np.uint8)
+        assert frame[round(y), round(x)] == 0  # an index of the frame, as a client rounds it
+
+
 GEOMETRY_CASES = [
     # (frame width, frame height, model input (h, w)); JPEG frames are decoded reduced
     (1280, 720, (384, 640), "raw"),

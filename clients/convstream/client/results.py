@@ -172,7 +172,8 @@ class Result:
             return None
         s = self.heatmap_stride
         x, y = self.geometry.to_frame((cell[1] + 0.5) * s, (cell[0] + 0.5) * s)
-        return int(x), int(y)
+        g = self.geometry  # a pixel of the frame, as the server's peak is
+        return int(min(x, g.frame_width - 1)), int(min(y, g.frame_height - 1))
 
     def peak_cell(self) -> tuple[int, int] | None:
         """(row, col) of the heatmap's hottest cell over the frame, or None: the index into

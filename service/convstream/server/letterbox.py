@@ -39,7 +39,7 @@ class Geometry:
 
         Returns:
             (row, col, x, y, value): the cell, its centre in frame pixels (clamped to the
-            frame), and its value.
+            frame's pixels: 0 to width - 1, 0 to height - 1), and its value.
         """
         heat = heat.reshape(heat.shape[-2:])
         # at least one cell: a frame's thin side can be under half an input pixel
@@ -54,7 +54,9 @@ class Geometry:
         row, col = int(cell[0]) + r0, int(cell[1]) + c0
         x = ((col + 0.5) * stride - self.pad_left) / self.scale
         y = ((row + 0.5) * stride - self.pad_top) / self.scale
-        x, y = min(max(x, 0.0), self.frame_width), min(max(y, 0.0), self.frame_height)
+        # a pixel of the frame: frame[int(y), int(x)] never indexes past its last row or column
+        x = min(max(x, 0.0), self.frame_width - 1.0)
+        y = min(max(y, 0.0), self.frame_height - 1.0)
         return row, col, x, y, float(heat[row, col])
 
 
