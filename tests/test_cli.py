@@ -524,6 +524,10 @@ async def test_info(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
     assert "CPUExecutionProvider" in out and "stage3" in out and "384x640" in out
     assert await run("info", "--json", "--address", f"127.0.0.1:{server.port}") == 0
     info = json.loads(capsys.readouterr().out)
+    # the threshold as the server compares with it (0.82151 read 0.8215: a score of 0.82150
+    # printed "0.8215 no" beside it)
+    printed = re.search(r"^threshold +([0-9.]+) ", out, re.MULTILINE)
+    assert printed is not None and float(printed[1]) == round(info["threshold"], 6)
     assert [s["name"] for s in info["stages"]] == ["stage1", "stage2", "stage3", "stage4"]
     # named, as the text names them (384x640 is height x width): a pair read backwards
     assert {"height": 384, "width": 640} in info["input_sizes"]

@@ -477,7 +477,7 @@ def model_info_text(info: ModelInfo) -> str:
         f"model        {info.name} (sha256 {info.sha256[:16]}…)",
         f"provider     {info.execution_provider} (requested {info.requested_provider}; "
         f"available {', '.join(info.available_providers)})",
-        f"threshold    {info.threshold:.4g} (damaged when score >= threshold)",
+        f"threshold    {info.threshold:.6g} (damaged when score >= threshold)",
         f"input sizes  {sizes} (height x width, as in the settings; frames are letterboxed)",
         f"heatmap      one cell per {info.heatmap_stride} input pixels",
         "stages       NAME      CHANNELS  STRIDE",
