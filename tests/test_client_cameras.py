@@ -761,10 +761,13 @@ async def test_cli_watch_json_table_and_overlays(
     assert summary.startswith("3 frames in ")
     files = sorted(overlays.iterdir())
     # named by when each frame was read: a camera's ids start again with its server, and
-    # overlays named by id were overwritten by a watch after a restart
+    # overlays named by id were overwritten by a watch after a restart; then by the id of
+    # the table's row
+    ids = [row.split()[0] for row in rows]
     assert len(files) == 3 and all(
-        re.fullmatch(r"\d{8}T\d{6}\.\d{3}Z-belt\.png", f.name) for f in files
-    ), files
+        re.fullmatch(rf"\d{{8}}T\d{{6}}\.\d{{3}}Z-belt-{i}\.png", f.name)
+        for f, i in zip(files, ids, strict=True)
+    ), (files, ids)
     for f in files:
         image = cv2.imread(str(f))
         assert image is not None and image.shape == (360, 640, 3)

@@ -318,14 +318,16 @@ def printable(text: str) -> str:
 def _file_name(result: Result) -> str:
     """An overlay's file name: the frame's id and its file's (or camera's) name. A watched
     camera's ids start again with its server, which overwrote a watch's earlier overlays: its
-    names begin with when the frame was read. A name that is not UTF-8 (a file named in
-    another encoding) is written with '?' for what is not: OpenCV crashed on it."""
+    names begin with when the frame was read, and end with the id. A name that is not UTF-8
+    (a file named in another encoding) is written with '?' for what is not: OpenCV crashed
+    on it."""
     name = result.frame.name if result.frame is not None and result.frame.name else ""
     stem = Path(name.split("#")[0]).stem or result.source or "frame"
     stem = stem.encode("utf-8", "replace").decode("utf-8")
     if result.frame is None and result.capture_time is not None:  # a watch
         read = datetime.fromtimestamp(result.capture_time, UTC)
-        return f"{read:%Y%m%dT%H%M%S}.{read.microsecond // 1000:03d}Z-{stem}.png"
+        # then the frame's id, as the table's FRAME column shows it
+        return f"{read:%Y%m%dT%H%M%S}.{read.microsecond // 1000:03d}Z-{stem}-{result.frame_id}.png"
     return f"{result.frame_id:06d}-{stem}.png"
 
 
