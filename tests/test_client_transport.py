@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -257,6 +258,9 @@ def test_options_are_validated_and_readable() -> None:
         lambda: Timeout(-1),
         lambda: TLS(cert="client.pem"),
         lambda: Retry(attempts=0),
+        lambda: Retry(max_backoff=math.inf),  # Client() overflowed on it
+        lambda: Retry(backoff=math.nan),
+        lambda: Retry(resume_timeout=math.nan),  # never ran out
         lambda: Limits(max_in_flight=0),
         lambda: ResultOptions(encoding="float64"),  # type: ignore[arg-type]
         lambda: Upload("gif"),  # type: ignore[arg-type]
@@ -267,6 +271,8 @@ def test_options_are_validated_and_readable() -> None:
     for make in bad:
         with pytest.raises(ValueError):
             make()
+    # a watch that outlasts any outage reaches try 1,025, where 2**1024 overflowed a float
+    assert Retry(resume_timeout=math.inf).delay(1025) == Retry().max_backoff
     with pytest.raises(TypeError):
         ResultOptions(feature_maps="stage3")
     assert "key" not in repr(TLS(cert="c.pem", key="k.pem"))

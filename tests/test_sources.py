@@ -174,7 +174,9 @@ def test_passwords_never_reach_logs_or_clients() -> None:
 
 def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
     rng = random.Random(1)
-    for attempt, full in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (10, 30.0), (40, 30.0)]:
+    # a camera down overnight: try 1,025 overflowed 2**1024 and ended its reader
+    tries = [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (10, 30.0), (40, 30.0), (1025, 30.0)]
+    for attempt, full in [*tries, (10**6, 30.0)]:
         delays = [backoff_s(attempt, 0.5, 30.0, rng) for _ in range(200)]
         assert full / 2 <= min(delays) and max(delays) <= full
         assert max(delays) - min(delays) > full / 4  # spread out, not in lock step

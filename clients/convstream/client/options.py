@@ -205,14 +205,22 @@ class Retry:
     def __post_init__(self) -> None:
         if not 1 <= self.attempts <= 5:
             raise ValueError(f"Retry.attempts must be 1..5, got {self.attempts}")
-        _check_positive("Retry.backoff", self.backoff)
-        _check_positive("Retry.max_backoff", self.max_backoff)
-        if self.resume_timeout < 0:
-            raise ValueError(f"Retry.resume_timeout must be >= 0, got {self.resume_timeout}")
+        for name, value in (("backoff", self.backoff), ("max_backoff", self.max_backoff)):
+            if not 0 < value < math.inf:  # a channel's backoff is a finite time; NaN too
+                raise ValueError(
+                    f"Retry.{name} must be a positive, finite number of seconds, got {value!r}"
+                )
+        if not self.resume_timeout >= 0:  # NaN too, which never ran out
+            raise ValueError(
+                f"Retry.resume_timeout must be >= 0 (math.inf: for good), got "
+                f"{self.resume_timeout!r}"
+            )
 
     def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed try number ``attempt`` (counting from 1)."""
-        return min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+        """Seconds to wait after failed try number ``attempt`` (counting from 1); the doubling
+        stops at 2**60, as a watch that outlasts any outage reaches try 1,025 (2**1024
+        overflowed a float)."""
+        return min(self.max_backoff, self.backoff * 2.0 ** min(attempt - 1, 60))
 
     def service_config(self, methods: Sequence[str] = ("Analyze", "GetModelInfo")) -> str:
         """A channel's ``grpc.service_config``: these unary methods retry on UNAVAILABLE."""

@@ -111,8 +111,10 @@ class RateMeter:
 
 def backoff_s(attempt: int, low: float, high: float, rng: random.Random) -> float:
     """Delay before retry number ``attempt`` (1, 2, ...): doubling from low up to high, with
-    half of it random so cameras that dropped together do not all come back at once."""
-    delay = min(high, low * 2 ** (attempt - 1))
+    half of it random so cameras that dropped together do not all come back at once. The
+    doubling stops at 2**60: a camera down overnight reached try 1,025, and 2**1024 overflowed
+    a float and ended its reader."""
+    delay = min(high, low * 2.0 ** min(attempt - 1, 60))
     return delay / 2 + rng.uniform(0, delay / 2)
 
 
