@@ -506,6 +506,40 @@ def test_a_looped_video_file_starts_again_and_its_ids_go_on(video: Path, tmp_pat
         assert list(source.frames()) == []  # ends: nothing was read in a pass
 
 
+def test_a_latest_only_videos_read_that_raises_ends_its_frames_with_that_error() -> None:
+    """A read that raises (a cv2.error from a capture the caller set up, a GStreamer
+    pipeline): the latest-only reader's thread died with it, and the frames waited for ever.
+    (The reader is driven directly: a Python subclass of cv2.VideoCapture crashes pytest's
+    interpreter at exit.)"""
+    from convstream.client.frames import _LatestReader
+
+    reads = iter([np.zeros((4, 4, 3), np.uint8)] * 3)
+
+    def read() -> np.ndarray | None:
+        image = next(reads, None)
+        if image is None:
+            raise cv2.error("the pipeline broke")
+        return image
+
+    reader = _LatestReader(read)
+    outcome: list[object] = []
+
+    def consume() -> None:
+        try:
+            while (item := reader.get()) is not None:
+                outcome.append(item[0])
+        except cv2.error as exc:
+            outcome.append(exc)
+
+    consumer = threading.Thread(target=consume, daemon=True)
+    consumer.start()
+    consumer.join(10)
+    reader.stop(1.0)
+    assert not consumer.is_alive(), "the frames waited for ever"
+    assert isinstance(outcome[-1], cv2.error) and "the pipeline broke" in str(outcome[-1])
+    assert all(isinstance(i, int) and i <= 2 for i in outcome[:-1]), outcome
+
+
 def test_video_latest_only_reader_hands_out_newest_frames(video: Path) -> None:
     with Video(video, latest_only=True) as source:
         got = []

@@ -731,32 +731,44 @@ class _Pacer:
 
 
 class _LatestReader:
-    """Reads a source in a thread and keeps only the newest frame."""
+    """Reads a source in a thread and keeps only the newest frame. A read that raises (a
+    cv2.error from a capture the caller set up) ends it, and get() raises that error after
+    the newest frame: the thread had died and get() waited for ever."""
 
     def __init__(self, read: Callable[[], np.ndarray | None]) -> None:
         self._read = read
         self._cond = threading.Condition()
         self._newest: tuple[int, np.ndarray, float] | None = None
         self._done = False
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="convstream-video", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         index = 0
-        while not self._done:
-            image = self._read()
+        try:
+            while not self._done:
+                image = self._read()
+                with self._cond:
+                    if image is None:
+                        self._done = True
+                    else:
+                        self._newest = (index, image, time.time())
+                        index += 1
+                    self._cond.notify_all()
+        except BaseException as exc:  # handed to the reader by get()
             with self._cond:
-                if image is None:
-                    self._done = True
-                else:
-                    self._newest = (index, image, time.time())
-                    index += 1
+                self._error, self._done = exc, True
                 self._cond.notify_all()
 
     def get(self) -> tuple[int, np.ndarray, float] | None:
         with self._cond:
             self._cond.wait_for(lambda: self._newest is not None or self._done)
             item, self._newest = self._newest, None
+            if item is None and self._error is not None:
+                # raised once, and not kept: its traceback holds this reader
+                error, self._error = self._error, None
+                raise error
             return item
 
     def stop(self, timeout: float) -> None:
