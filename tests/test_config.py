@@ -122,6 +122,9 @@ def test_sources_apply_in_order(tmp_path: Path) -> None:
         ),
         ('[cameras]\nid = "a"\n', {}, r"cameras: expected \[\[cameras\]\] tables"),
         ("max_batch = -1\n", {}, "max_batch"),
+        # gRPC's milliseconds are a C int: inf, or 25 days, failed the start after the model
+        ("connection_idle_timeout_s = inf\n", {}, r"connection_idle_timeout_s: .*2000000"),
+        ("stream_idle_timeout_s = 2500000\n", {}, r"stream_idle_timeout_s: .*2000000"),
         # a threshold is a score from 0 to 1: a percentage is told as one, NaN as itself
         ("threshold = 96.2\n", {}, r"threshold: .* 0 to 1, got 96.2 \(a percentage\? then 0.962\)"),
         ("threshold = nan\n", {}, r"line 1: threshold: must be a score from 0 to 1, got nan$"),

@@ -50,6 +50,9 @@ MAX_FPS = 240.0
 # _RESULT_SLACK); 128 KiB leaves room beside it for a small frame, its heatmap and, if asked
 # for, the input JPEG.
 MIN_MESSAGE_BYTES = 128 * 1024
+# Idle timeouts: gRPC takes milliseconds as a C int, so 24.8 days at most; more (or inf)
+# passed the settings and failed the server's start after the model had loaded.
+MAX_IDLE_S = 2_000_000.0
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -375,11 +378,15 @@ class Settings(BaseModel):
     stream_idle_timeout_s: float = Field(
         300.0,
         gt=0,
+        le=MAX_IDLE_S,
         description="a StreamFrames call that sends no frame, or reads no result that waits "
         "for it, this long is ended",
     )
     connection_idle_timeout_s: float = Field(
-        3600.0, gt=0, description="a connection with no call this long is closed (GOAWAY)"
+        3600.0,
+        gt=0,
+        le=MAX_IDLE_S,
+        description="a connection with no call this long is closed (GOAWAY)",
     )
     frame_jpeg_quality: int = Field(80, ge=1, le=100, description="JPEG quality of result frames")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
