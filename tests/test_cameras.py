@@ -473,6 +473,34 @@ async def test_a_camera_that_does_not_answer_keeps_no_other_waiting(tmp_path: Pa
             assert [c.id for c in listed.cameras] == [c.id for c in hung]
 
 
+async def test_a_watchdog_check_that_raises_is_logged_and_the_others_go_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One camera's check raising (Thread.start's "can't start new thread" on a wedge) ended
+    the watchdog without a word, every camera's stall checks with it, and stop() re-raised it
+    at shutdown, before the engine closed."""
+    video = write_video(tmp_path / "belt.mp4", frames=20, fps=10)
+    async with serving(camera("a", str(video), fps=2.0), camera("b", str(video), fps=2.0)) as s:
+        feeds = s.cameras.feeds
+
+        def broken(now: float) -> None:
+            raise RuntimeError("can't start new thread")
+
+        checked: list[float] = []
+        real = feeds["b"].camera.check
+
+        def counted(now: float) -> None:
+            checked.append(now)
+            real(now)
+
+        feeds["a"].camera.check = broken  # type: ignore[method-assign]
+        feeds["b"].camera.check = counted  # type: ignore[method-assign]
+        await asyncio.sleep(1.0)
+        assert len(checked) >= 3  # every 0.25 s, camera a's failures notwithstanding
+    assert "camera a: its watchdog check failed" in caplog.text
+    assert "can't start new thread" in caplog.text
+
+
 async def test_the_watch_command_says_when_its_camera_goes_down_and_comes_back(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -296,11 +296,17 @@ class CameraManager:
         return [p.status(now) for p in [*self.feeds.values(), *self.published.values()]]
 
     async def _watch_loop(self) -> None:
+        """Each camera's stall and wedge checks and its health, every WATCHDOG_S. A check
+        that raises is logged and the loop goes on: it ended without a word, and with it
+        every camera's checks, and stop() re-raised it at shutdown."""
         while True:
             now = time.monotonic()
             for feed in list(self.feeds.values()):
-                feed.camera.check(now)
-                await self._publish(feed, now)
+                try:
+                    feed.camera.check(now)
+                    await self._publish(feed, now)
+                except Exception:
+                    logger.exception("camera %s: its watchdog check failed", feed.camera.config.id)
             await asyncio.sleep(WATCHDOG_S)
 
     async def _publish(self, feed: CameraFeed, now: float) -> None:
