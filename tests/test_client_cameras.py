@@ -336,6 +336,11 @@ async def test_unknown_camera_and_bad_options(server: Server) -> None:
                 with pytest.raises(ValueError, match="never a URL, a path or a device") as info:
                     client.watch(url)
                 assert "pw" not in str(info.value)
+            # the server's rule, told before a call: it answered INVALID_ARGUMENT
+            for bad_id in ("dock 3", "admin:pw@cam", "-belt", "x" * 65):
+                with pytest.raises(ValueError, match=r"1 to 64 letters, .* got one of") as info:
+                    client.watch(bad_id)
+                assert "pw" not in str(info.value)
 
     await asyncio.to_thread(sync)
     async with AsyncClient(address(server)) as client:

@@ -126,15 +126,21 @@ def check_published_name(name: object) -> None:
 
 
 def check_camera_id(camera_id: object) -> None:
-    """Raise ValueError unless camera_id could name a camera: cameras are named in the
-    server's config, and clients never pass a URL, a path or a device. The value is not
-    echoed: a URL may carry a password."""
+    """Raise ValueError unless camera_id could name a camera (CAMERA_ID, the server's rule):
+    cameras are named in the server's config, and clients never pass a URL, a path or a
+    device. The value is not echoed: a URL may carry a password."""
     if not isinstance(camera_id, str) or not camera_id:
         raise ValueError(f"camera_id must be a camera's id, e.g. 'dock-3', got {camera_id!r}")
     if "://" in camera_id or camera_id.startswith(("/", "\\", "device:")):
         raise ValueError(
             "camera_id is the id of a camera in the server's config (client.cameras() or "
             "`convstream cameras` lists them), never a URL, a path or a device"
+        )
+    if not re.fullmatch(CAMERA_ID, camera_id):
+        raise ValueError(
+            f"camera_id is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or "
+            f"a digit (client.cameras() or `convstream cameras` lists the ids); got one of "
+            f"{len(camera_id)} characters that is not"
         )
 
 
