@@ -184,10 +184,6 @@ class Camera:
         self._thread: threading.Thread | None = None
         self._rng = random.Random()
 
-    @property
-    def state_name(self) -> str:
-        return STATE_NAMES[self.state]
-
     def start(self) -> None:
         with self._lock:
             self._spawn()
