@@ -109,11 +109,11 @@ async def test_a_file_in_a_folder_that_is_no_image_fails_alone(
 async def test_analyze_json_lines_and_overlays(
     server: Server, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    overlays = tmp_path / "overlays"
+    overlays, maps = tmp_path / "overlays", tmp_path / "maps"
     # --maps before the path: it takes one value, so it cannot swallow the paths after it
     argv = ["analyze", "--maps", "stage3,stage1", str(images), "--encoding", "uint8", "--json"]
     argv += ["--save-overlays", str(overlays), "--address", f"127.0.0.1:{server.port}"]
-    assert await run(*argv) == 0
+    assert await run(*argv, "--save-maps", str(maps)) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["frame_id"] for line in lines] == [1, 2, 3]
     sizes = {"box-1.jpg": (480, 640), "box-2.png": (240, 320), "wide.jpg": (300, 900)}
@@ -130,11 +130,25 @@ async def test_analyze_json_lines_and_overlays(
         assert all(v == round(v, 3) for v in line["timings"].values()), line["timings"]
         image = cv2.imread(line["overlay"])
         assert image is not None and image.shape == (height, width, 3)
+        # a tile a channel, 160 pixels wide for stage3's 64 (and the frame's and heatmap's),
+        # 320 for stage1's 16, in about as many rows as columns (a wide frame: 5 of 14)
+        assert sorted(line["map_images"]) == ["stage1", "stage3"]
+        for stage, least in (("stage3", 160 * 5), ("stage1", 320 * 3)):
+            picture = cv2.imread(line["map_images"][stage])
+            assert picture is not None and picture.shape[1] >= least, (stage, picture.shape)
     assert sorted(p.name for p in overlays.iterdir()) == [
         "000001-box-1.png",
         "000002-box-2.png",
         "000003-wide.png",
     ]
+    assert sorted(p.name for p in maps.iterdir()) == [
+        f"{name}-{stage}.png"
+        for name in ("000001-box-1", "000002-box-2", "000003-wide")
+        for stage in ("stage1", "stage3")
+    ]
+    # a stage to draw is a stage fetched
+    assert await run("analyze", str(images), "--save-maps", str(maps), *argv[-2:]) == 2
+    assert "--save-maps draws the stages --maps fetches" in capsys.readouterr().err
 
 
 async def test_bad_image_is_a_row_and_exit_code_1(

@@ -1216,6 +1216,51 @@ def test_the_overlay_rings_the_hottest_cell_only_on_a_damaged_frame() -> None:
     assert rings[False] == 0 and rings[True] > 20, rings  # a ring of radius 8, 1 px wide
 
 
+def test_feature_maps_are_drawn_a_tile_a_channel_lined_up_with_the_frame() -> None:
+    """Each channel's tile shows where it fires, at the place in the frame: a channel hot in
+    one cell is yellow there and dark elsewhere, cropped to the frame (a bright letterbox bar
+    neither shows nor dims the rest), after a tile of the frame itself and one of the heatmap."""
+    geometry = cs.Geometry(320, 192, 320, 208, 1.0, 0, 8)  # one bar of 8 px above and below
+    rng = np.random.default_rng(0)
+    maps = rng.uniform(0.0, 0.1, (4, 26, 40)).astype(np.float32)  # stride 8
+    maps[:, 0, :] = maps[:, 25, :] = 50.0  # the bars' cells, brighter than anything
+    hot = [(1 + 5 * k, 3 + 9 * k) for k in range(4)]  # (row, col) of each channel's cell
+    for k, (row, col) in enumerate(hot):
+        maps[k, row, col] = 5.0
+    frame = rng.integers(0, 256, (192, 320, 3), dtype=np.uint8)
+    result = Result(
+        frame_id=1,
+        score=0.5,
+        heatmap=np.zeros((26, 40), np.float32),
+        geometry=geometry,
+        feature_maps={"stage3": maps},
+        frame=cs.Frame(frame),
+    )
+    drawn = cs.draw_feature_maps(result, "stage3", tile_width=160)
+    width, height, gap = 160, 96, 2  # the frame's aspect; 4x4 pixels a cell
+    columns = (drawn.shape[1] - gap) // (width + gap)
+    rows = -(-6 // columns)  # the frame, the heatmap, 4 channels
+    assert drawn.shape[1] == columns * (width + gap) + gap
+    top = drawn.shape[0] - rows * (height + gap)  # the first row, under the caption
+    assert top > 20  # a caption says what the tiles are
+
+    def tile(k: int) -> np.ndarray:
+        y, x = top + (k // columns) * (height + gap), gap + (k % columns) * (width + gap)
+        return drawn[y : y + height, x : x + width].astype(int)
+
+    shrunk = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA).astype(int)
+    assert np.abs(tile(0)[20:, 60:] - shrunk[20:, 60:]).max() == 0  # past its label
+    yellow = cv2.applyColorMap(np.array([[255]], np.uint8), cv2.COLORMAP_VIRIDIS)[0, 0]
+    for k, (row, col) in enumerate(hot):
+        picture = tile(2 + k)
+        y, x = (row - 1) * 4 + 2, col * 4 + 2  # the bars' row is cropped away
+        assert (picture[y, x] == yellow).all(), (k, picture[y, x])
+        bright = (np.abs(picture - yellow).sum(axis=2) < 30).sum()
+        assert 16 <= bright <= 40, (k, bright)  # that cell alone (and a label's few pixels)
+    with pytest.raises(ValueError, match=r"no feature map 'stage1' .*feature_maps=\['stage1'\]"):
+        cs.draw_feature_maps(result, "stage1")
+
+
 def test_the_overlays_label_gives_the_score_as_the_commands_print_it() -> None:
     # "1.00 DAMAGED" stood over a frame the table beside it listed as 0.9964
     from convstream.client.overlay import label_text

@@ -758,8 +758,9 @@ async def test_cli_watch_json_table_and_overlays(
         read = datetime.fromisoformat(line["capture_time"])
         assert read.tzinfo is not None and 0 <= (datetime.now(UTC) - read).total_seconds() < 30
 
-    overlays = tmp_path / "overlays"
-    assert await cli(*argv, "--max-fps", "10", "--save-overlays", str(overlays)) == 0
+    overlays, maps = tmp_path / "overlays", tmp_path / "maps"
+    drawn = ["--save-overlays", str(overlays), "--maps", "stage4", "--save-maps", str(maps)]
+    assert await cli(*argv, "--max-fps", "10", *drawn) == 0
     header, *rows, summary = capsys.readouterr().out.splitlines()
     assert " ".join(header.split()) == "FRAME SCORE DAMAGED PEAK (x, y) AGE MS DROPPED"
     assert len(rows) == 3 and all(row.split()[2] in ("yes", "no") for row in rows)
@@ -776,6 +777,12 @@ async def test_cli_watch_json_table_and_overlays(
     for f in files:
         image = cv2.imread(str(f))
         assert image is not None and image.shape == (360, 640, 3)
+    # the feature maps beside the frame the server analysed (a watch has no frame of its own)
+    pictures = sorted(maps.iterdir())
+    assert [p.name for p in pictures] == [f.name.replace(".png", "-stage4.png") for f in files]
+    for p in pictures:
+        picture = cv2.imread(str(p))
+        assert picture is not None and picture.shape[1] > 160 * 5
 
 
 async def test_cli_watch_of_a_published_stream_ends_with_it(

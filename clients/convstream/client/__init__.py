@@ -46,6 +46,7 @@ from convstream.client.errors import (
     Unauthenticated,
     Unsupported,
 )
+from convstream.client.featureview import draw_feature_maps, save_feature_maps
 from convstream.client.frames import Frame, FrameLike, Video, image_files, read_image, read_images
 from convstream.client.options import (
     TLS,
@@ -106,11 +107,13 @@ __all__ = [
     "Unsupported",
     "Upload",
     "Video",
+    "draw_feature_maps",
     "draw_overlay",
     "heatmap_on_frame",
     "image_files",
     "read_image",
     "read_images",
+    "save_feature_maps",
     "save_overlay",
     "to_numpy",
 ]

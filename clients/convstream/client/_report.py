@@ -13,13 +13,16 @@ from typing import Any, TextIO
 import numpy as np
 from tqdm import tqdm
 
+from convstream.client.featureview import save_feature_maps
 from convstream.client.overlay import save_overlay
 from convstream.client.results import CameraInfo, ModelInfo, Result, score_text
 
 MiB = 1024 * 1024
 
 
-def result_json(result: Result, overlay: Path | None = None) -> dict[str, Any]:
+def result_json(
+    result: Result, overlay: Path | None = None, maps: dict[str, Path] | None = None
+) -> dict[str, Any]:
     """One JSON-ready object per result; arrays as their shape and statistics, not values.
 
     A frame that failed (``ok`` false) has no result: its ``score``, ``damaged``, ``peak``,
@@ -53,6 +56,8 @@ def result_json(result: Result, overlay: Path | None = None) -> dict[str, Any]:
         if ok
         else None,
         "overlay": str(overlay) if overlay is not None else None,
+        # --save-maps: each stage's picture
+        "map_images": {stage: str(path) for stage, path in maps.items()} if maps else None,
         "error": None
         if error is None
         else {"type": type(error).__name__, "code": code, "message": error.message},
@@ -86,6 +91,7 @@ class Reporter:
         err: where the progress bar goes (stderr); it only shows on a terminal.
         json_lines: one JSON object per line instead of the table.
         overlays: a folder to write ``<name>.png`` overlays into, or None.
+        maps: a folder to write ``<name>-<stage>.png`` feature-map pictures into, or None.
         total: frames expected, for the progress bar (None: unknown, e.g. a camera).
         name_width: width of the table's NAME column.
     """
@@ -99,10 +105,12 @@ class Reporter:
         overlays: Path | None,
         total: int | None,
         name_width: int = 24,
+        maps: Path | None = None,
     ) -> None:
         self.out = out
         self.json_lines = json_lines
         self.overlays = overlays
+        self.maps = maps
         self.name_width = max(4, min(name_width, 48))
         self.count = self.failed = self.damaged = 0
         self.dropped = 0
@@ -144,16 +152,22 @@ class Reporter:
             self.first_at = self.last_at
         self.dropped = result.frames_dropped
         overlay = None
+        maps: dict[str, Path] = {}
         if result.ok:
             self.damaged += result.damaged
             if result.timings is not None:
                 self.server_ms.append(result.timings.total_ms)
             if self.overlays is not None and result.heatmap is not None:
                 overlay = save_overlay(self.overlays / _file_name(result), result)
+            if self.maps is not None:
+                stem = _file_name(result).removesuffix(".png")
+                for stage in result.feature_maps:
+                    path = self.maps / f"{stem}-{stage}.png"
+                    maps[stage] = save_feature_maps(path, result, stage)
         else:
             self.failed += 1
         if self.json_lines:
-            self._line(json.dumps(self._json(result, overlay)))
+            self._line(json.dumps(self._json(result, overlay, maps)))
         else:
             if not self._headed:  # not before: a call that fails at once prints no table
                 self._line(self._header())
@@ -161,8 +175,8 @@ class Reporter:
             self._line(self._table_row(result))
         self.bar.update(1)
 
-    def _json(self, result: Result, overlay: Path | None) -> dict[str, Any]:
-        return result_json(result, overlay)
+    def _json(self, result: Result, overlay: Path | None, maps: dict[str, Path]) -> dict[str, Any]:
+        return result_json(result, overlay, maps)
 
     def _table_row(self, result: Result) -> str:
         name = result.frame.name if result.frame is not None else result.source
@@ -262,9 +276,9 @@ class WatchReporter(Reporter):
             ways.popleft()
         return (way - ways[0][1]) * 1000
 
-    def _json(self, result: Result, overlay: Path | None) -> dict[str, Any]:
+    def _json(self, result: Result, overlay: Path | None, maps: dict[str, Path]) -> dict[str, Any]:
         late = round(self._late_ms, 3) if result.ok else None  # a failure has no age
-        return {**result_json(result, overlay), "late_ms": late}
+        return {**result_json(result, overlay, maps), "late_ms": late}
 
     def rate_text(self, elapsed: float) -> str:
         """Results per second while they came (a watch at --max-fps 3 reads 3.0, not the

@@ -217,6 +217,13 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="DIR",
         help="write each frame with its damage heatmap drawn over it as PNG into DIR",
     )
+    group.add_argument(
+        "--save-maps",
+        type=Path,
+        metavar="DIR",
+        help="write each frame's feature maps (the stages --maps fetches), a tile per "
+        "channel beside the frame and its heatmap, as PNG into DIR",
+    )
 
     upload = argparse.ArgumentParser(add_help=False)
     group = upload.add_argument_group("upload")
@@ -469,25 +476,29 @@ def _call_seconds(text: str) -> float:
     return _seconds(text, zero=False)
 
 
-def _overlay_folder(folder: Path) -> str | None:
-    """Why --save-overlays cannot write into folder (created here if need be), or None.
-    Asked before anything is sent: afterwards the frames would be analysed for nothing."""
+def _output_folder(flag: str, folder: Path) -> str | None:
+    """Why flag (--save-overlays, --save-maps) cannot write into folder (created here if need
+    be), or None. Asked before anything is sent: afterwards the frames would be analysed for
+    nothing."""
     if folder.exists() and not folder.is_dir():
-        return f"--save-overlays {folder} is a file; give a folder (created if need be)"
+        return f"{flag} {folder} is a file; give a folder (created if need be)"
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        return f"--save-overlays {folder}: cannot create the folder: {exc.strerror or exc}"
+        return f"{flag} {folder}: cannot create the folder: {exc.strerror or exc}"
     if not os.access(folder, os.W_OK | os.X_OK):
-        return f"--save-overlays {folder}: this user cannot write into that folder"
+        return f"{flag} {folder}: this user cannot write into that folder"
     return None
 
 
 def _run(args: argparse.Namespace, body: Callable[[Client], int]) -> int:
     """Run body with a client; ConvstreamError becomes one line on stderr and exit code 1."""
-    overlays = getattr(args, "save_overlays", None)
-    if overlays is not None and (problem := _overlay_folder(overlays)) is not None:
-        return _usage(args, problem)
+    if getattr(args, "save_maps", None) is not None and not args.maps:
+        return _usage(args, "--save-maps draws the stages --maps fetches: add e.g. --maps stage3")
+    for flag in ("--save-overlays", "--save-maps"):
+        folder = getattr(args, flag[2:].replace("-", "_"), None)
+        if folder is not None and (problem := _output_folder(flag, folder)) is not None:
+            return _usage(args, problem)
     try:
         client = _client(args)
     except (OSError, ValueError) as exc:
@@ -607,6 +618,7 @@ def _reporter(args: argparse.Namespace, total: int | None, name_width: int) -> R
         sys.stderr,
         json_lines=args.json,
         overlays=args.save_overlays,
+        maps=args.save_maps,
         total=total,
         name_width=name_width,
     )
@@ -873,8 +885,9 @@ def _watch(args: argparse.Namespace) -> int:
                 f"frames (Ctrl-C to stop).{why}",
                 file=sys.stderr,
             )
-        # Overlays are drawn on the analysed frame, which only comes when asked for.
-        options = replace(client.options, input_jpeg=True) if args.save_overlays else None
+        # Overlays and maps are drawn beside the analysed frame, which comes when asked for.
+        drawn = args.save_overlays or args.save_maps
+        options = replace(client.options, input_jpeg=True) if drawn else None
         watching = client.watch(
             args.camera_id, options=options, max_fps=args.max_fps, resume=args.resume
         )
@@ -883,6 +896,7 @@ def _watch(args: argparse.Namespace) -> int:
             sys.stderr,
             json_lines=args.json,
             overlays=args.save_overlays,
+            maps=args.save_maps,
             total=args.count,
             gap_s=quiet_s,  # a pause the lull would have told of
         )

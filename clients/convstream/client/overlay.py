@@ -10,6 +10,7 @@ the original frame, whatever its size or aspect ratio.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -74,7 +75,7 @@ def draw_overlay(
         np.ndarray: BGR uint8, the size of the image drawn on.
     """
     if image is None:
-        image = _analysed_image(result)
+        image = analysed_image(result)
     elif image.ndim == 2:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     out = image.copy()
@@ -92,7 +93,7 @@ def draw_overlay(
     return out
 
 
-def _analysed_image(result: Result) -> np.ndarray:
+def analysed_image(result: Result) -> np.ndarray:
     """The picture a result belongs to: the frame sent, or the frame cut out of input_jpeg;
     for an error result whose frame is no picture (bytes that do not decode), a grey card,
     so that a loop drawing every result draws this one's error too."""
@@ -183,12 +184,17 @@ def save_overlay(
         ValueError: the path has no image suffix OpenCV writes.
         OSError: the file could not be written.
     """
-    path = Path(path)
+    return write_image(Path(path), lambda: draw_overlay(result, image))
+
+
+def write_image(path: Path, draw: Callable[[], np.ndarray]) -> Path:
+    """Write what draw() gives to path, in the format its suffix names, after checking that
+    OpenCV can write there (so nothing is drawn for a path it would refuse)."""
     if not utf8_name(path):  # OpenCV crashed the process on it
         raise ValueError(f"cannot write an image to {str(path)!r}: its name is not UTF-8")
     if not cv2.haveImageWriter(str(path)):
         raise ValueError(f"cannot write an image to {path}: give a suffix such as .png or .jpg")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), draw_overlay(result, image)):
+    if not cv2.imwrite(str(path), draw()):
         raise OSError(f"OpenCV could not write {path}")
     return path
