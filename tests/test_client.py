@@ -1261,6 +1261,31 @@ def test_feature_maps_are_drawn_a_tile_a_channel_lined_up_with_the_frame() -> No
         cs.draw_feature_maps(result, "stage1")
 
 
+def test_the_overlays_label_never_covers_the_damage_it_rings() -> None:
+    """Damage in the top-left corner lay under the label (and its ring against it): the label
+    moves to the first corner clear of the hottest cell."""
+    geometry = cs.Geometry(640, 384, 640, 384, 1.0, 0, 0)
+    image = np.full((384, 640, 3), 128, np.uint8)
+    red = np.array([40, 40, 230])  # the label of a damaged frame
+
+    def labelled(drawn: np.ndarray) -> dict[str, bool]:
+        corners = {"top-left": drawn[2, 2], "top-right": drawn[2, -3]}
+        return {name: bool((pixel == red).all()) for name, pixel in corners.items()}
+
+    for (row, col), where in (((30, 60), "top-left"), ((1, 2), "top-right")):
+        heat = np.zeros((48, 80), np.float32)
+        heat[row, col] = 0.99
+        result = Result(frame_id=1, score=0.99, damaged=True, heatmap=heat, geometry=geometry)
+        drawn = cs.draw_overlay(result, image, alpha=0.0)
+        assert labelled(drawn) == {
+            "top-left": where == "top-left",
+            "top-right": where != "top-left",
+        }
+        # the ring around the cell at (20, 12) is drawn whole, nothing over it
+        if where == "top-right":
+            assert (drawn[12, 20 + 8] == 255).all() or (drawn[12 + 8, 20] == 255).all()
+
+
 def test_the_overlays_label_gives_the_score_as_the_commands_print_it() -> None:
     # "1.00 DAMAGED" stood over a frame the table beside it listed as 0.9964
     from convstream.client.overlay import label_text

@@ -158,20 +158,40 @@ def _label(out: np.ndarray, result: Result, width: int, height: int) -> None:
     th = max(h for (_, h), _ in sizes)
     step = th + max(b for _, b in sizes) + max(2, th // 3)
     pad = max(3, th // 3)
-    right = max(w for (w, _), _ in sizes) + 2 * pad
-    cv2.rectangle(out, (0, 0), (right, len(lines) * step + pad), colour, cv2.FILLED)
-    for k, line in enumerate(lines):
-        origin = (pad, th + pad + k * step)
-        cv2.putText(out, line, origin, _FONT, scale, (255, 255, 255), thickness)
+    box = (max(w for (w, _), _ in sizes) + 2 * pad, len(lines) * step + pad)
     peak = result.peak()
-    # Only where there is damage to point at: on an intact frame the hottest cell is noise.
-    if result.damaged and peak is not None and result.geometry is not None:
+    centre = radius = None
+    if peak is not None and result.geometry is not None:
         fx = width / max(1, result.geometry.frame_width)
         fy = height / max(1, result.geometry.frame_height)
         centre = (int(peak[0] * fx), int(peak[1] * fy))
         cell = result.heatmap_stride / max(result.geometry.scale, 1e-6)
         radius = max(6, int(cell * fx))
+    x, y = _label_corner(box, width, height, centre, radius or 0)
+    cv2.rectangle(out, (x, y), (x + box[0], y + box[1]), colour, cv2.FILLED)
+    for k, line in enumerate(lines):
+        origin = (x + pad, y + th + pad + k * step)
+        cv2.putText(out, line, origin, _FONT, scale, (255, 255, 255), thickness)
+    # Only where there is damage to point at: on an intact frame the hottest cell is noise.
+    if result.damaged and centre is not None and radius is not None:
         cv2.circle(out, centre, radius, (255, 255, 255), thickness)
+
+
+def _label_corner(
+    box: tuple[int, int], width: int, height: int, centre: tuple[int, int] | None, radius: int
+) -> tuple[int, int]:
+    """Where the label's box goes: the top-left corner, unless the hottest cell (and its
+    ring) is under it there, as damage in a frame's top-left corner was; then the first
+    other corner clear of it."""
+    corners = [(0, 0), (width - box[0], 0), (0, height - box[1]), (width - box[0], height - box[1])]
+    if centre is None:
+        return corners[0]
+    for x, y in corners:
+        clear_x = centre[0] + radius < x or centre[0] - radius > x + box[0]
+        clear_y = centre[1] + radius < y or centre[1] - radius > y + box[1]
+        if clear_x or clear_y:
+            return max(0, x), max(0, y)
+    return corners[0]
 
 
 def save_overlay(
