@@ -10,9 +10,13 @@ cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
 tools=$(mktemp -d)
 trap 'rm -rf "$tools"' EXIT
-"$python" -m pip install --quiet --disable-pip-version-check --target "$tools" grpcio-tools==1.80.0
+# mypy-protobuf types the gRPC stubs (convstream_pb2_grpc.pyi): protoc types only the messages,
+# and a raw stub's calls were untyped under mypy --strict.
+"$python" -m pip install --quiet --disable-pip-version-check --target "$tools" \
+  grpcio-tools==1.80.0 mypy-protobuf==5.1.0
 PYTHONPATH="$tools" "$python" -m grpc_tools.protoc -Iprotos \
   --python_out=protos --pyi_out=protos --grpc_python_out=protos \
+  --plugin=protoc-gen-mypy_grpc="$tools/bin/protoc-gen-mypy_grpc" --mypy_grpc_out=protos \
   protos/convstream/v1/*.proto
 # The same files with their comments, for server reflection to hand to grpcurl, Postman and
 # the like (the generated Python code keeps no comments)

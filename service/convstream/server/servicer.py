@@ -189,13 +189,14 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         self.metrics.observe_result(self.metrics.client_source(request.source), result.timings)
         return result
 
-    async def StreamFrames(
+    async def StreamFrames(  # type: ignore[override]
         self,
         request_iterator: AsyncIterator[pb.FrameRequest | RefusedMessage],
         context: grpc.aio.ServicerContext,
     ) -> None:
         # A coroutine that writes its results itself (not an async generator that yields
-        # them): only so can it see that a result waits, unread, for too long.
+        # them): only so can it see that a result waits, unread, for too long. grpc.aio takes
+        # both; the generated stub's types know only the generator.
         if self.draining.is_set():
             self.metrics.streams.labels("rejected").inc()
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
