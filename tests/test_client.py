@@ -1102,6 +1102,43 @@ def test_a_resumed_latest_only_stream_sends_the_sources_next_frame_first(
     assert len(ledger) == 0
 
 
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+async def test_a_resumed_latest_only_feed_reads_the_frame_it_sends_first_after_the_break(
+    frames: list[np.ndarray], flavour: str
+) -> None:
+    """The feed reads a frame only once there is room for it: the asyncio feed read one
+    ahead, held it through the outage and sent it first, as old as the outage (0.95 s in a
+    review), while the sync feed's was read after the break."""
+    from convstream.client._feed import AsyncFeed, Ledger, SyncFeed
+
+    data = jpeg(frames[0])
+
+    def source() -> Iterator[Frame]:
+        for i in itertools.count(1):
+            yield Frame(data, frame_id=i, capture_time=time.time())
+
+    ledger = Ledger(pb.ResultOptions(freshness=pb.FRESHNESS_LATEST_ONLY), Upload(), 1 << 22)
+    if flavour == "sync":
+        feed = SyncFeed(source(), ledger, max_in_flight=2)
+        first = feed.requests()
+        sent = [next(first), next(first)]  # as many in flight as allowed; none answered
+        await asyncio.sleep(0.5)  # the outage
+        broke = time.time()
+        resent = next(feed.requests())
+        feed.close()
+    else:
+        async_feed = AsyncFeed(source(), ledger, max_in_flight=2)
+        opened = async_feed.requests()
+        sent = [await anext(opened), await anext(opened)]
+        await asyncio.sleep(0.5)
+        broke = time.time()
+        resent = await anext(async_feed.requests())
+        await async_feed.close()
+    assert [r.frame_id for r in sent] == [1, 2] and resent.frame_id == 3
+    read = resent.capture_time.ToNanoseconds() / 1e9
+    assert read >= broke - 0.05, f"frame 3 was read {broke - read:.2f} s before the break"
+
+
 KILLED = [
     ("async", "latest_only", None),
     ("sync", "latest_only", None),

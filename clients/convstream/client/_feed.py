@@ -468,14 +468,23 @@ class AsyncFeed:
         self._pump = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
+        """Read a frame once there is room for it, as SyncFeed does: read first, a frame
+        waited through an outage and went first when the stream resumed, as old as the
+        outage."""
         try:
             if isinstance(self._frames, AsyncIterable):
-                async for item in self._frames:
-                    await self._add(await self._prepare(item))
+                frames = aiter(self._frames)
+                while True:
+                    await self._room()
+                    item = await anext(frames, _END)
+                    if item is _END:
+                        break
+                    await self._add(await self._prepare(item))  # type: ignore[arg-type]
             else:
                 # Sync iterables may block (a camera, a disk): read them off the event loop.
                 source = iter(self._frames)
                 while True:
+                    await self._room()
                     self._reading = self._reader.run(partial(self._next_prepared, source))
                     prepared = await asyncio.shield(self._reading)  # close() waits for it
                     if prepared is None:
@@ -499,6 +508,10 @@ class AsyncFeed:
         if isinstance(item, bytes) or (isinstance(item, Frame) and isinstance(item.image, bytes)):
             return self.ledger.prepare(item)
         return await self._reader.run(partial(self.ledger.prepare, item))  # encoding, reads
+
+    async def _room(self) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.ledger.in_flight() < self._max)
 
     async def _add(self, prepared: Prepared) -> None:
         async with self._cond:
