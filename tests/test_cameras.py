@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.request import urlopen
@@ -448,6 +449,9 @@ async def test_a_camera_that_does_not_answer_keeps_no_other_waiting(tmp_path: Pa
     """OpenCV serialises FFmpeg opens unless told FFmpeg is thread safe: then two cameras
     that accept the connection and never answer would hold a video file's open for their
     whole open timeouts."""
+    # the loop's default executor as small as a 2-core machine's (6) or smaller: the stops
+    # must not wait their turn for it
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(2))
     video = write_video(tmp_path / "belt.mp4", frames=20, fps=10)
     holes = [blackhole() for _ in range(8)]
     with contextlib.ExitStack() as stack:
@@ -464,13 +468,41 @@ async def test_a_camera_that_does_not_answer_keeps_no_other_waiting(tmp_path: Pa
                 assert (await status(stub, each.id)).state == pb.CAMERA_STATE_CONNECTING
             # Nor a reload: stopping each waits up to 3 s for its reader, all side by side
             # (one after another, a reload of many such cameras waited 3 s each; on the
-            # loop's default executor, six at a time on 2 cores, 8 waited 6 s).
+            # loop's default executor, six at a time on 2 cores, 8 waited 6 s, and 12 s on
+            # this one's two threads).
             changed = tuple(c.model_copy(update={"fps": 2.0}) for c in hung)
             started = time.monotonic()
             await server.reload(server.settings.model_copy(update={"cameras": changed}))
             assert time.monotonic() - started < 5.0
             listed = await stub.ListCameras(pb.ListCamerasRequest())
             assert [c.id for c in listed.cameras] == [c.id for c in hung]
+
+
+async def test_a_cancelled_camera_stop_lets_its_thread_finish() -> None:
+    """A reload or shutdown cancelled while a camera stops: the stop's thread finishes its
+    join, and no exception escapes it (cancelling the pending future made its set_result
+    raise InvalidStateError on the thread)."""
+    from convstream.server.feeds import _on_a_thread_of_its_own
+
+    escaped: list[BaseException | None] = []
+    hook, threading.excepthook = threading.excepthook, lambda a: escaped.append(a.exc_value)
+    finished = threading.Event()
+
+    def stop() -> None:
+        time.sleep(0.3)
+        finished.set()
+
+    try:
+        stopping = asyncio.create_task(_on_a_thread_of_its_own(stop, "convstream-stop-test"))
+        await asyncio.sleep(0.05)
+        stopping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stopping
+        assert await asyncio.to_thread(finished.wait, 2.0)
+        await asyncio.sleep(0.1)  # the thread's last step, after the stop
+    finally:
+        threading.excepthook = hook
+    assert escaped == []
 
 
 async def test_a_watchdog_check_that_raises_is_logged_and_the_others_go_on(

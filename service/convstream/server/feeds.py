@@ -271,6 +271,9 @@ async def _on_a_thread_of_its_own(fn: Callable[[], None], name: str) -> None:
     its open; on the loop's default executor (cores + 4 threads, 6 on 2 cores) twelve such
     stops took 6 s, sixty would take 30, past the supervisor's patience at shutdown."""
     done: concurrent.futures.Future[None] = concurrent.futures.Future()
+    # running: a cancelled await (a reload or a shutdown cancelled) leaves it to finish, as
+    # asyncio.to_thread does, rather than cancel it under the thread's set_result
+    done.set_running_or_notify_cancel()
 
     def run() -> None:
         try:
