@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -1321,6 +1322,9 @@ def test_the_overlays_label_never_covers_the_damage_it_rings() -> None:
         # the ring around the cell at (20, 12) is drawn whole, nothing over it
         if where == "top-right":
             assert (drawn[12, 20 + 8] == 255).all() or (drawn[12 + 8, 20] == 255).all()
+        # an intact frame's hottest cell is noise: its label stays put, frame after frame
+        drawn = cs.draw_overlay(replace(result, damaged=False), image, alpha=0.0)
+        assert (drawn[2, 2] == np.array([60, 180, 60])).all()
 
 
 def test_the_overlays_label_gives_the_score_as_the_commands_print_it() -> None:

@@ -124,7 +124,7 @@ def test_sources_apply_in_order(tmp_path: Path) -> None:
         ("max_batch = -1\n", {}, "max_batch"),
         # gRPC's milliseconds are a C int: inf, or 25 days, failed the start after the model
         ("connection_idle_timeout_s = inf\n", {}, r"connection_idle_timeout_s: .*2000000"),
-        ("stream_idle_timeout_s = 2500000\n", {}, r"stream_idle_timeout_s: .*2000000"),
+        ("connection_idle_timeout_s = 2500000\n", {}, r"connection_idle_timeout_s: .*2000000"),
         # a threshold is a score from 0 to 1: a percentage is told as one, NaN as itself
         ("threshold = 96.2\n", {}, r"threshold: .* 0 to 1, got 96.2 \(a percentage\? then 0.962\)"),
         ("threshold = nan\n", {}, r"line 1: threshold: must be a score from 0 to 1, got nan$"),
@@ -296,6 +296,8 @@ def test_a_number_in_quotes_is_pointed_out_with_the_rest(tmp_path: Path) -> None
         load_settings(path, environ={})
     path.write_text("grace_period_s = inf\n")
     assert load_settings(path, environ={}).grace_period_s == math.inf
+    path.write_text("stream_idle_timeout_s = inf\n")  # never: only asyncio counts it
+    assert load_settings(path, environ={}).stream_idle_timeout_s == math.inf
     # the other way round: a string written as a number, and OpenCV's camera 0
     path.write_text("[[cameras]]\nid = 3\nsource = 0\n")
     with pytest.raises(ConfigError) as caught:

@@ -167,7 +167,9 @@ def _label(out: np.ndarray, result: Result, width: int, height: int) -> None:
         centre = (int(peak[0] * fx), int(peak[1] * fy))
         cell = result.heatmap_stride / max(result.geometry.scale, 1e-6)
         radius = max(6, int(cell * fx))
-    x, y = _label_corner(box, width, height, centre, radius or 0)
+    # On an intact frame the hottest cell is noise: a label moved by it would jump from
+    # corner to corner between the frames of a watch.
+    x, y = _label_corner(box, width, height, centre if result.damaged else None, radius or 0)
     cv2.rectangle(out, (x, y), (x + box[0], y + box[1]), colour, cv2.FILLED)
     for k, line in enumerate(lines):
         origin = (x + pad, y + th + pad + k * step)
@@ -180,8 +182,8 @@ def _label(out: np.ndarray, result: Result, width: int, height: int) -> None:
 def _label_corner(
     box: tuple[int, int], width: int, height: int, centre: tuple[int, int] | None, radius: int
 ) -> tuple[int, int]:
-    """Where the label's box goes: the top-left corner, unless the hottest cell (and its
-    ring) is under it there, as damage in a frame's top-left corner was; then the first
+    """Where the label's box goes: the top-left corner, unless the damage's hottest cell (and
+    its ring) is under it there, as damage in a frame's top-left corner was; then the first
     other corner clear of it."""
     corners = [(0, 0), (width - box[0], 0), (0, height - box[1]), (width - box[0], height - box[1])]
     if centre is None:

@@ -50,8 +50,8 @@ MAX_FPS = 240.0
 # _RESULT_SLACK); 128 KiB leaves room beside it for a small frame, its heatmap and, if asked
 # for, the input JPEG.
 MIN_MESSAGE_BYTES = 128 * 1024
-# Idle timeouts: gRPC takes milliseconds as a C int, so 24.8 days at most; more (or inf)
-# passed the settings and failed the server's start after the model had loaded.
+# A connection's idle timeout: gRPC takes milliseconds as a C int, so 24.8 days at most;
+# more (or inf) passed the settings and failed the server's start after the model had loaded.
 MAX_IDLE_S = 2_000_000.0
 
 
@@ -378,7 +378,6 @@ class Settings(BaseModel):
     stream_idle_timeout_s: float = Field(
         300.0,
         gt=0,
-        le=MAX_IDLE_S,
         description="a StreamFrames call that sends no frame, or reads no result that waits "
         "for it, this long is ended",
     )
