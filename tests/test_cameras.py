@@ -529,8 +529,13 @@ async def test_a_watchdog_check_that_raises_is_logged_and_the_others_go_on(
         feeds["b"].camera.check = counted  # type: ignore[method-assign]
         await asyncio.sleep(1.0)
         assert len(checked) >= 3  # every 0.25 s, camera a's failures notwithstanding
-    assert "camera a: its watchdog check failed" in caplog.text
+        del feeds["a"].camera.check  # its own again
+        await asyncio.sleep(0.5)
+    # once with its traceback, not four times a second; and said when it passes again
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in errors] == ["camera a: its watchdog check failed"]
     assert "can't start new thread" in caplog.text
+    assert "camera a: its watchdog checks pass again" in caplog.text
 
 
 async def test_the_watch_command_says_when_its_camera_goes_down_and_comes_back(

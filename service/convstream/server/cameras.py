@@ -298,15 +298,27 @@ class CameraManager:
     async def _watch_loop(self) -> None:
         """Each camera's stall and wedge checks and its health, every WATCHDOG_S. A check
         that raises is logged and the loop goes on: it ended without a word, and with it
-        every camera's checks, and stop() re-raised it at shutdown."""
+        every camera's checks, and stop() re-raised it at shutdown. Logged once, with its
+        traceback, until that camera's checks pass again (then at debug level: a check that
+        fails every time would log four tracebacks a second)."""
+        failing: set[str] = set()
         while True:
             now = time.monotonic()
             for feed in list(self.feeds.values()):
+                camera_id = feed.camera.config.id
                 try:
                     feed.camera.check(now)
                     await self._publish(feed, now)
                 except Exception:
-                    logger.exception("camera %s: its watchdog check failed", feed.camera.config.id)
+                    level = logging.DEBUG if camera_id in failing else logging.ERROR
+                    logger.log(
+                        level, "camera %s: its watchdog check failed", camera_id, exc_info=True
+                    )
+                    failing.add(camera_id)
+                else:
+                    if camera_id in failing:
+                        failing.discard(camera_id)
+                        logger.warning("camera %s: its watchdog checks pass again", camera_id)
             await asyncio.sleep(WATCHDOG_S)
 
     async def _publish(self, feed: CameraFeed, now: float) -> None:
