@@ -309,7 +309,8 @@ async def test_stream_a_video_file(
     assert [line["frame_id"] for line in lines] == list(range(30))
     assert [line["score"] for line in lines[12:24]] == [line["score"] for line in lines[:12]]
     assert await run("stream", "rtsp://127.0.0.1:9/cam", "--loop", "--address", address) == 2
-    assert "--loop is for video files; rtsp://127.0.0.1:9/cam is live" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--loop: looping is for video files: 'rtsp://127.0.0.1:9/cam' is live" in err
 
 
 async def test_samples_write_frames_and_a_clip_that_analyze_and_stream_take(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import math
 import os
@@ -493,7 +492,7 @@ def test_a_looped_video_file_starts_again_and_its_ids_go_on(video: Path, tmp_pat
         assert np.array_equal(got[i].pixels(), got[60 + i].pixels())
     assert np.array_equal(got[29].pixels(), got[59].pixels())
     assert not np.array_equal(got[0].pixels(), got[29].pixels())
-    with pytest.raises(ValueError, match="loop=True is for video files"):
+    with pytest.raises(ValueError, match=r"looping is for video files: 'http://127\.0\.0\.1:9/"):
         Video("http://127.0.0.1:9/stream.mjpg", loop=True)
     empty = tmp_path / "empty.avi"
     writer = cv2.VideoWriter(str(empty), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
@@ -501,10 +500,10 @@ def test_a_looped_video_file_starts_again_and_its_ids_go_on(video: Path, tmp_pat
     writer.release()
     with Video(empty, loop=True, max_frames=3) as source:
         assert len(list(source.frames())) == 3  # one frame, played three times
-    broken = tmp_path / "broken.avi"
-    broken.write_bytes(b"RIFF" + bytes(2000))
-    with contextlib.suppress(cs.SourceError), Video(broken, loop=True) as source:
-        assert list(source.frames()) == []  # ends: nothing was read in a pass
+    nothing = tmp_path / "nothing.avi"  # a file OpenCV opens, with no frame in it
+    cv2.VideoWriter(str(nothing), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48)).release()
+    with Video(nothing, loop=True) as source:
+        assert list(source.frames()) == []  # ends: a pass read nothing, so none comes again
 
 
 def test_a_latest_only_videos_read_that_raises_ends_its_frames_with_that_error() -> None:

@@ -58,6 +58,7 @@ from convstream.client.evaluation import evaluation_json, evaluation_text, label
 from convstream.client.frames import (
     IMAGE_SUFFIXES,
     Video,
+    check_loop,
     image_files,
     other_files,
     public_url,
@@ -756,8 +757,10 @@ def _stream(args: argparse.Namespace) -> int:
         return _usage(args, f"no such video file: {source} (or give a camera index, e.g. 0)")
     if args.max_frames is not None and args.max_frames < 1:
         return _usage(args, f"--max-frames must be at least 1, got {args.max_frames}")
-    if args.loop and (isinstance(source, int) or "://" in source):
-        return _usage(args, f"--loop is for video files; {public_url(args.source)} is live")
+    try:
+        check_loop(args.loop, source)
+    except ValueError as exc:
+        return _usage(args, f"--loop: {exc}")
     # --queue-size is bounded_queue's: the other policies would ignore it without a word
     freshness: Freshness = args.freshness or (
         "bounded_queue" if args.queue_size is not None else "lossless"

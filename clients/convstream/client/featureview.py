@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from convstream.client.overlay import analysed_image, write_image
+from convstream.client.overlay import analysed_image, heatmap_on_frame, write_image
 from convstream.client.results import Result, score_text
 
 __all__ = ["draw_feature_maps", "save_feature_maps"]
@@ -65,8 +65,8 @@ def draw_feature_maps(
     if geometry is None or maps.ndim != 3 or not maps.shape[2]:
         raise ValueError("draw_feature_maps needs a result's geometry and a (C, H, W) map")
     stride = max(1, round(geometry.input_width / maps.shape[2]))
-    if tile_width is None:
-        tile_width = min(320, max(160, _content(maps[0], result, stride).shape[1]))
+    if tile_width is None:  # a pixel a cell of the frame's part of the input, 160 to 320
+        tile_width = min(320, max(160, round(geometry.frame_width * geometry.scale / stride)))
     if not 8 <= tile_width <= 2048:
         raise ValueError(f"tile_width must be 8..2048 pixels, got {tile_width}")
     aspect = geometry.frame_height / max(1, geometry.frame_width)
@@ -76,13 +76,13 @@ def draw_feature_maps(
         frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
     tiles = [("frame", cv2.resize(frame, size, interpolation=cv2.INTER_AREA))]
     if result.heatmap is not None:
-        heat = _content(result.heatmap, result, result.heatmap_stride)
-        label = f"damage {score_text(result.score)}"
-        tiles.append((label, _tile(np.clip(heat, 0.0, 1.0), size, cv2.COLORMAP_JET)))
+        heat = heatmap_on_frame(result.heatmap, geometry, result.heatmap_stride, size, crisp=True)
+        tiles.append((f"damage {score_text(result.score)}", _tile(heat, size, cv2.COLORMAP_JET)))
     for channel, values in enumerate(maps):
-        content = _content(values, result, stride)
-        top = float(content.max()) if content.size else 0.0  # its strongest cell is yellow
-        scaled = np.clip(content / top, 0.0, 1.0) if top > 1e-6 else np.zeros_like(content)
+        # over the frame alone, as the heatmap's overlay: the letterbox bars are no part of it
+        on_frame = heatmap_on_frame(values, geometry, stride, size, crisp=True)
+        top = float(on_frame.max())  # its strongest cell is yellow
+        scaled = on_frame / top if top > 1e-6 else np.zeros_like(on_frame)
         tiles.append((str(channel), _tile(scaled, size, cv2.COLORMAP_VIRIDIS)))
     grid = _grid(tiles, size)
     name = result.frame.name if result.frame is not None and result.frame.name else result.source
@@ -92,8 +92,8 @@ def draw_feature_maps(
     caption = (
         f"{named}: {len(maps)} channels, {cells} cells of {stride}x{stride} model-input "
         f"pixels. Each tile is one channel, scaled to its own range: yellow where its "
-        f"pattern is strongest in this frame, black where it is absent. First: the frame and "
-        f"the damage heatmap."
+        f"pattern is strongest in this frame, black where it is absent. First: the frame"
+        + (" and the damage heatmap." if result.heatmap is not None else ".")
     )
     return np.vstack([_caption(caption, grid.shape[1]), grid])
 
@@ -109,21 +109,9 @@ def save_feature_maps(
     return write_image(Path(path), lambda: draw_feature_maps(result, stage, image))
 
 
-def _content(values: np.ndarray, result: Result, stride: int) -> np.ndarray:
-    """The cells of a (H, W) map over the frame, the letterbox bars left out."""
-    assert result.geometry is not None
-    left, top, right, bottom = result.geometry.content_box()
-    part = values[top // stride : -(-bottom // stride), left // stride : -(-right // stride)]
-    return part if part.size else values
-
-
 def _tile(values: np.ndarray, size: tuple[int, int], colormap: int) -> np.ndarray:
-    """Values in [0, 1] as a colour picture of size (width, height), cells kept square-edged
-    when enlarged."""
-    grey = (values * 255).astype(np.uint8)
-    larger = size[0] >= values.shape[1]
-    picture = cv2.resize(grey, size, interpolation=cv2.INTER_NEAREST if larger else cv2.INTER_AREA)
-    return cv2.applyColorMap(picture, colormap)
+    """Values in [0, 1] as a colour picture of size (width, height)."""
+    return cv2.applyColorMap((np.clip(values, 0.0, 1.0) * 255).astype(np.uint8), colormap)
 
 
 def _grid(tiles: list[tuple[str, np.ndarray]], size: tuple[int, int]) -> np.ndarray:

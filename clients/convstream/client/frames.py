@@ -459,12 +459,13 @@ class VideoFrames(Iterator[Frame]):
         self._frames.close()
 
 
-def _check_loop(loop: bool, live: bool, source: object) -> None:
+def check_loop(loop: bool, source: object, live: bool | None = None) -> None:
+    """ValueError for looping (``Video(loop=True)``, ``stream --loop``) a live source: a
+    camera index or a URL, which never ends (``live``: as a Video found its own capture)."""
+    live = isinstance(source, int) or "://" in str(source) if live is None else live
     if loop and live:
         shown = public_url(source) if isinstance(source, str) else source
-        raise ValueError(
-            f"loop=True is for video files, and {shown!r} is live: a camera or a URL does not end"
-        )
+        raise ValueError(f"looping is for video files: {shown!r} is live, and does not end")
 
 
 class Video:
@@ -526,11 +527,11 @@ class Video:
                     "the cv2.VideoCapture given is not open (its isOpened() is False)"
                 )
             self.live = int(source.get(cv2.CAP_PROP_FRAME_COUNT) or 0) <= 0
-            _check_loop(loop, self.live, source)
+            check_loop(loop, source, self.live)
             self._capture = source
         else:
             self.live = isinstance(source, int) or "://" in str(source)
-            _check_loop(loop, self.live, source)
+            check_loop(loop, source)
             if not isinstance(source, int) and not self.live:
                 path = Path(source)
                 if path.is_dir():

@@ -30,27 +30,35 @@ _CARD = (640, 360)  # width, height of what an error result whose frame is no pi
 
 
 def heatmap_on_frame(
-    heatmap: np.ndarray, geometry: Geometry, stride: int = 8, size: tuple[int, int] | None = None
+    heatmap: np.ndarray,
+    geometry: Geometry,
+    stride: int = 8,
+    size: tuple[int, int] | None = None,
+    *,
+    crisp: bool = False,
 ) -> np.ndarray:
-    """Resample a heatmap onto the frame it was computed for.
+    """Resample a heatmap (or a feature map's channel) onto the frame it was computed for.
 
     Args:
         heatmap (np.ndarray): float32, shape (h, w), one value per ``stride`` input pixels.
         geometry: how the frame was letterboxed into the model input.
         stride: input pixels per heatmap cell.
         size: (width, height) of the image to cover; the frame's own size by default.
+        crisp: cells kept as squares (nearest, or an area average where shrunk) rather than
+            blended smoothly into one another.
 
     Returns:
         np.ndarray: float32, shape (height, width), the value under each frame pixel.
     """
     h, w = heatmap.shape
-    cells = cv2.resize(
-        heatmap.astype(np.float32), (w * stride, h * stride), interpolation=cv2.INTER_LINEAR
-    )
+    smooth = cv2.INTER_NEAREST if crisp else cv2.INTER_LINEAR
+    cells = cv2.resize(heatmap.astype(np.float32), (w * stride, h * stride), interpolation=smooth)
     left, top, right, bottom = geometry.content_box()
     content = cells[top:bottom, left:right]
     width, height = size or (geometry.frame_width, geometry.frame_height)
-    return cv2.resize(content, (width, height), interpolation=cv2.INTER_LINEAR)
+    if crisp and width < content.shape[1]:
+        smooth = cv2.INTER_AREA
+    return cv2.resize(content, (width, height), interpolation=smooth)
 
 
 def draw_overlay(
