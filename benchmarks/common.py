@@ -218,6 +218,11 @@ class ServerPort(int):
         self.pid = pid
         return self
 
+    def __getnewargs__(self) -> tuple[int, int]:  # type: ignore[override]
+        # for pickle, which hands it to load generator processes: int's own gave the port
+        # alone, and bench_gpu's served rows died in every worker (found on an H100)
+        return int(self), self.pid
+
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of every thread of process `pid` so far (Linux /proc)."""
