@@ -1058,6 +1058,11 @@ def test_check_config_says_a_gpu_asked_for_would_not_be_used(
     assert out.startswith("config OK, 1 warning(s) below: ")
     assert "  provider     CPUExecutionProvider (cuda asked for)\n" in out
     assert "warning: provider cuda: this host's onnxruntime runs CPUExecutionProvider" in out
+    # the threshold as the server compares with it, as `info` prints it (0.8215 hid a digit)
+    from convstream.model.runtime import DamageModel
+
+    threshold = DamageModel(provider="cpu").threshold
+    assert f"  threshold    {threshold:.6g} (the model's own)\n" in out
 
 
 def test_a_config_whose_password_every_user_can_read_is_warned_of(

@@ -373,7 +373,7 @@ def _check_config(settings: Settings, warnings: list[str]) -> int:
     threshold = settings.threshold if settings.threshold is not None else model.threshold
     source = "the model's own" if model.threshold_in_file else "a default: the model has none"
     if settings.threshold is not None:  # from the file, a variable or a flag
-        source = f"set; the model's own is {model.threshold:.4g}"
+        source = f"set; the model's own is {model.threshold:.6g}"
         if not model.threshold_in_file:
             source = "set; the model has none of its own"
     print(f"  model        {model.path} (sha256 {model.sha256[:12]}...)")
@@ -383,7 +383,7 @@ def _check_config(settings: Settings, warnings: list[str]) -> int:
             f"  processes    {settings.processes}, sharing the port and the cores, each with "
             "its own model session and its share of the cameras"
         )
-    print(f"  threshold    {threshold:.4g} ({source})")
+    print(f"  threshold    {threshold:.6g} ({source})")
     print(f"  input sizes  {', '.join(settings.input_sizes)}")
     print("\n".join(cameras) if cameras else "  cameras      none")
     for warning in warnings:
