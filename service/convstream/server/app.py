@@ -375,7 +375,7 @@ class Server:
                 "frames there, over several connections (README, 'Several processes')"
             )
         logger.info(
-            "convstream %s serving on %s (%s; model %s, sha256 %s..., threshold %.4g%s, "
+            "convstream %s serving on %s (%s; model %s, sha256 %s..., threshold %.6g%s, "
             "provider %s; "
             "inference workers %d, onnxruntime threads per run %d (%s), frames per run %d at "
             "most%s)",
@@ -488,7 +488,7 @@ class Server:
             )
             if self.servicer is not None:
                 self.servicer.model_info.threshold = model.threshold
-            logger.info("reload: threshold %.4g from now on", model.threshold)
+            logger.info("reload: threshold %.6g from now on", model.threshold)
         if self._reload_tls(settings):
             applied.update({name: getattr(settings, name) for name in TLS_FILES})
         changed = [
