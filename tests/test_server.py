@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator, Iterable
 from urllib.request import urlopen
@@ -484,6 +485,43 @@ async def test_a_message_limit_over_1_gib_starts() -> None:
     await server.stop(grace=0)
     with pytest.raises(ValueError, match="max_message_bytes"):
         Settings(max_message_bytes=1 << 31)
+
+
+async def test_an_analyze_calls_frame_is_freed_as_the_call_ends(
+    stub: pb_grpc.ConvstreamStub,
+) -> None:
+    """Analyzed or refused, a call's request is freed when the call ends, not at Python's next
+    full garbage collection, which counts objects, not bytes: grpc's receiving generator kept
+    the message it last gave, and an abort's exception the refused one, each in a reference
+    cycle with the call (a soak: 200 raw 8 MiB frames took the server from 171 to 671 MiB,
+    3,000 refused 720p JPEGs to 856)."""
+    width, height = 64, 48
+    for rows, refused in ((height, False), (height - 1, True)):  # refused: 64 bytes too many
+        raw = pb.RawImage(
+            width=width, height=rows, format=pb.PIXEL_FORMAT_BGR8, data=bytes(width * height * 3)
+        )
+        sent = [pb.FrameRequest(frame_id=90001, raw=raw) for _ in range(10)]
+        gc.collect()
+        gc.disable()
+        try:
+            for request in sent:
+                if refused:
+                    with pytest.raises(grpc.aio.AioRpcError) as info:
+                        await stub.Analyze(request)
+                    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                else:
+                    assert (await stub.Analyze(request)).frame_id == 90001
+            await asyncio.sleep(0.1)
+            held = [
+                o
+                for o in gc.get_objects()
+                if type(o) is pb.FrameRequest
+                and o.frame_id == 90001
+                and not any(o is mine for mine in sent)
+            ]
+        finally:
+            gc.enable()
+        assert len(held) == 0, f"{len(held)} of 10 {'refused' if refused else ''} frames held"
 
 
 async def test_analyze_bad_frame_is_invalid_argument(stub: pb_grpc.ConvstreamStub) -> None:

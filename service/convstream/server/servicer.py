@@ -52,6 +52,18 @@ ANALYZE_REQUEST_S = 30.0
 ANALYZE_SILENT_S = 1.0
 
 
+def _refused(
+    context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str
+) -> pb.FrameResult:
+    """An Analyze call's refusal, as a status set and an empty result that gRPC does not send,
+    rather than context.abort(): its exception, raised from the handler's frames, stayed in
+    the call's state, a reference cycle holding the refused frame until Python's full
+    garbage collection (a soak: 3,000 refused 720p JPEGs took the server to 856 MiB)."""
+    context.set_code(code)
+    context.set_details(message)
+    return pb.FrameResult()
+
+
 class ConvstreamServicer(pb_grpc.ConvstreamServicer):
     """Every RPC of convstream.v1.Convstream, over one Pipeline and the server's cameras."""
 
@@ -128,14 +140,14 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             if not waits:
                 del self._waiting[host]
             self.metrics.frames.labels(self.metrics.client_source(""), "rejected").inc()
-            await context.abort(refusal.code, str(refusal))
+            return _refused(context, refusal.code, str(refusal))
         self.open_analyze_calls += 1
         waits.append(started)
         try:
             try:
                 request = await self._one_request(requests)
             except ConvstreamError as exc:
-                await context.abort(exc.code, str(exc))
+                return _refused(context, exc.code, str(exc))
             finally:
                 waits.remove(started)
                 if not waits and self._waiting.get(host) is waits:
@@ -150,15 +162,24 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         """The call's request, within ANALYZE_REQUEST_S: an admitted call holds its place while
         it waits, and calls that send nothing must not keep the places from others long."""
         limit = min(ANALYZE_REQUEST_S, self.settings.stream_idle_timeout_s)
+        received = aiter(requests)
         try:
             async with asyncio.timeout(limit):
-                request = await anext(aiter(requests), None)
+                request = await anext(received, None)
         except TimeoutError:
             raise IdleTimeout(
                 f"the Analyze request did not arrive within {limit:g} s of the call's start "
                 "(a frame that takes longer to send goes over StreamFrames, which waits "
                 "stream_idle_timeout_s)"
             ) from None
+        finally:
+            # grpc's receiving generator keeps the message it last gave until it is closed,
+            # and it sits in a reference cycle with the call: every Analyze call's frame
+            # stayed in memory until Python's full garbage collection, which counts objects,
+            # not bytes (a soak: 200 raw 8 MiB frames took the server from 171 to 671 MiB).
+            close = getattr(received, "aclose", None)
+            if close is not None:
+                await close()
         if request is None:
             raise InvalidFrame("expected one FrameRequest, the Analyze call ended without one")
         if isinstance(request, RefusedMessage):
@@ -178,14 +199,14 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         except ConvstreamError as exc:
             outcome = "invalid" if exc.code == grpc.StatusCode.INVALID_ARGUMENT else "rejected"
             self.metrics.frames.labels(self.metrics.client_source(request.source), outcome).inc()
-            await context.abort(exc.code, str(exc))
+            return _refused(context, exc.code, str(exc))
         except Exception:
             # as a stream's frame does: INTERNAL, logged here; left to grpc it would be
             # UNKNOWN with the exception's class and text for the client
             logger.exception("Analyze of frame %d failed", request.frame_id)
             source = self.metrics.client_source(request.source)
             self.metrics.frames.labels(source, "error").inc()
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error analysing frame")
+            return _refused(context, grpc.StatusCode.INTERNAL, "internal error analysing frame")
         self.metrics.observe_result(self.metrics.client_source(request.source), result.timings)
         return result
 
