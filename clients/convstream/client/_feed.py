@@ -514,8 +514,7 @@ class AsyncFeed:
             await self._cond.wait_for(lambda: self.ledger.in_flight() < self._max)
 
     async def _add(self, prepared: Prepared) -> None:
-        async with self._cond:
-            await self._cond.wait_for(lambda: self.ledger.in_flight() < self._max)
+        async with self._cond:  # room was made before the frame was read (_room)
             self.ledger.add(*prepared)
             self._cond.notify_all()
 

@@ -459,10 +459,15 @@ class VideoFrames(Iterator[Frame]):
         self._frames.close()
 
 
+def is_live(source: object) -> bool:
+    """A camera index or a URL: a source read as it comes, which does not end."""
+    return isinstance(source, int) or "://" in str(source)
+
+
 def check_loop(loop: bool, source: object, live: bool | None = None) -> None:
     """ValueError for looping (``Video(loop=True)``, ``stream --loop``) a live source: a
     camera index or a URL, which never ends (``live``: as a Video found its own capture)."""
-    live = isinstance(source, int) or "://" in str(source) if live is None else live
+    live = is_live(source) if live is None else live
     if loop and live:
         shown = public_url(source) if isinstance(source, str) else source
         raise ValueError(f"looping is for video files: {shown!r} is live, and does not end")
@@ -530,8 +535,8 @@ class Video:
             check_loop(loop, source, self.live)
             self._capture = source
         else:
-            self.live = isinstance(source, int) or "://" in str(source)
-            check_loop(loop, source)
+            self.live = is_live(source)
+            check_loop(loop, source, self.live)
             if not isinstance(source, int) and not self.live:
                 path = Path(source)
                 if path.is_dir():
