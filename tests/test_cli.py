@@ -259,6 +259,23 @@ def test_a_failed_watch_result_in_json_has_no_score_age_or_lateness() -> None:
     assert {key: line[key] for key in RESULT_ONLY} == dict.fromkeys(RESULT_ONLY), line
 
 
+def test_a_nan_score_is_null_in_json_lines_so_every_parser_reads_them() -> None:
+    """`--json` printed a custom model's NaN score as the bare word NaN: not JSON, so jq and
+    most parsers stopped at that line."""
+    from convstream.client import _report
+    from convstream.client.results import Result
+
+    def strict(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    lines = io.StringIO()
+    reporter = _report.Reporter(lines, io.StringIO(), json_lines=True, overlays=None, total=None)
+    nan = pb.FrameResult(frame_id=1, source="belt", score=float("nan"), frame_age_ms=float("inf"))
+    reporter.add(Result.from_proto(nan))
+    line = json.loads(lines.getvalue(), parse_constant=strict)
+    assert line["ok"] is True and line["score"] is None and line["frame_age_ms"] is None
+
+
 async def test_a_video_cut_short_is_said_and_a_whole_one_is_not(
     server: Server, video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

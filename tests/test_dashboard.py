@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import json
 import os
 import re
 import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -305,6 +307,24 @@ def test_frame_message_round_trip() -> None:
     header, cells, jpeg = parse_frame_message(data)
     assert header["camera"] == "a" and header["heat"] == [3, 4]
     assert cells == heat.tobytes() and jpeg == b"\xff\xd8jpeg"
+
+
+def _strict(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def test_a_models_nan_score_reaches_the_page_as_null_not_as_invalid_json() -> None:
+    """A custom model's NaN went out as the bare word NaN, which a browser's JSON.parse
+    refuses: one camera's NaN stopped every tile's update, since the states of all cameras
+    travel in one message."""
+    from convstream.dashboard.messages import camera_json, text
+
+    nan = float("nan")
+    states = text("cameras", cameras=[camera_json(pb.CameraStatus(id="a", last_score=nan))])
+    assert json.loads(states, parse_constant=_strict)["cameras"][0]["last_score"] is None
+    frame = frame_message({"camera": "a", "score": nan, "peak": [nan, 1.5]}, None, b"")
+    header = json.loads(frame[4 : 4 + struct.unpack_from("<I", frame)[0]], parse_constant=_strict)
+    assert header["score"] is None and header["peak"] == [None, 1.5]
 
 
 @pytest.mark.parametrize(

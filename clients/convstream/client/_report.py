@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections import deque
 from dataclasses import asdict
@@ -15,7 +14,7 @@ from tqdm import tqdm
 
 from convstream.client.featureview import save_feature_maps
 from convstream.client.overlay import save_overlay
-from convstream.client.results import CameraInfo, ModelInfo, Result, score_text
+from convstream.client.results import CameraInfo, ModelInfo, Result, json_text, score_text
 
 MiB = 1024 * 1024
 
@@ -167,7 +166,7 @@ class Reporter:
         else:
             self.failed += 1
         if self.json_lines:
-            self._line(json.dumps(self._json(result, overlay, maps)))
+            self._line(json_text(self._json(result, overlay, maps)))
         else:
             if not self._headed:  # not before: a call that fails at once prints no table
                 self._line(self._header())

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import json
 import logging
 import math
 import os
@@ -65,7 +64,7 @@ from convstream.client.frames import (
     video_container,
 )
 from convstream.client.options import Freshness, ResultOptions, Retry, Timeout, Upload
-from convstream.client.results import CameraInfo, ModelInfo, Result
+from convstream.client.results import CameraInfo, ModelInfo, Result, json_text
 
 __all__ = ["EXIT_STATUS", "add_commands"]
 
@@ -737,7 +736,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         names, scores, labels = zip(*kept, strict=True)
         evaluation = labelled(names, scores, labels, info.threshold)
         if args.json:
-            print(json.dumps({**evaluation_json(evaluation), "left_out": failed}))
+            print(json_text({**evaluation_json(evaluation), "left_out": failed}))
         else:
             print(evaluation_text(evaluation, str(folder), failed=len(failed)))
         return EXIT_FRAMES if failed else 0
@@ -831,7 +830,7 @@ def _stream(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     def body(client: Client) -> int:
         info = client.model_info()
-        print(json.dumps(model_info_json(info)) if args.json else model_info_text(info))
+        print(json_text(model_info_json(info)) if args.json else model_info_text(info))
         return 0
 
     return _run(args, body)
@@ -842,7 +841,7 @@ def _cameras(args: argparse.Namespace) -> int:
         cameras = client.cameras()
         if args.json:
             for camera in cameras:
-                print(json.dumps(camera_json(camera)))
+                print(json_text(camera_json(camera)))
         else:
             # On a terminal each row fits its width (the lesser columns go, a long error is
             # cut: --json has it all); piped, rows stay whole for grep.

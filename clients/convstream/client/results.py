@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -451,3 +452,20 @@ def score_text(score: float) -> str:
     if not math.isfinite(score):  # a model's NaN, said as such (floor raised on it)
         return str(score)
     return f"{math.floor(score * 10_000 + 1e-6) / 10_000:.4f}"
+
+
+def json_text(value: Any, separators: tuple[str, str] | None = None) -> str:
+    """One line of strict JSON: a float that is not a number (a model's NaN score, its
+    statistics) is null, since `NaN` and `Infinity` are not JSON and stop jq, a browser's
+    JSON.parse and most other parsers."""
+    return json.dumps(_finite(value), allow_nan=False, separators=separators)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value

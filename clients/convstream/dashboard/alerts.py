@@ -30,7 +30,7 @@ from typing import Any, Generic, TypeVar
 import cv2
 import numpy as np
 
-from convstream.client.results import score_text
+from convstream.client.results import json_text, score_text
 
 logger = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ class AlertLog:
             (f"{base}.jpg", snapshot.overlay),
             (f"{base}-frame.jpg", snapshot.frame),
             (f"{base}-thumb.jpg", snapshot.thumbnail),
-            (f"{base}.json", json.dumps(alert.to_json()).encode()),  # last: complete
+            (f"{base}.json", json_text(alert.to_json()).encode()),  # last: complete
         )
         size = sum(len(data) for _, data in files)
         with self._disk_lock:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from convstream.client.results import camera_state_name
+from convstream.client.results import camera_state_name, json_text
 from convstream.v1 import convstream_pb2 as pb
 
 
@@ -117,7 +117,7 @@ def frame_message(header: dict[str, Any], heat: np.ndarray | None, jpeg: bytes) 
     """
     cells = b"" if heat is None else np.ascontiguousarray(heat, np.uint8).tobytes()
     header = {**header, "heat": [] if heat is None else list(heat.shape), "jpeg_len": len(jpeg)}
-    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded = json_text(header, separators=(",", ":")).encode()
     return struct.pack("<I", len(encoded)) + encoded + cells + jpeg
 
 
@@ -133,4 +133,4 @@ def parse_frame_message(data: bytes) -> tuple[dict[str, Any], bytes, bytes]:
 
 def text(kind: str, **fields: Any) -> str:
     """A JSON text message of the given type."""
-    return json.dumps({"type": kind, **fields}, separators=(",", ":"))
+    return json_text({"type": kind, **fields}, separators=(",", ":"))
