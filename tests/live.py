@@ -268,9 +268,11 @@ def write_video(
     fps: int = 10,
     size: tuple[int, int] = (320, 240),
     raw: bool = False,
+    pattern: str = "testsrc",
 ) -> Path:
-    """A short H.264 MP4 made by ffmpeg from its test pattern; raw: an elementary stream of
-    no container, as a DVR exports, H.264 or, for a path ending .mjpeg, MJPEG."""
+    """A short H.264 MP4 made by ffmpeg from its test pattern (or another of its lavfi
+    sources, e.g. "color=c=black" for a covered lens); raw: an elementary stream of no
+    container, as a DVR exports, H.264 or, for a path ending .mjpeg, MJPEG."""
     width, height = size
     codec = ["-c:v", "libx264", "-pix_fmt", "yuv420p"]
     if raw:
@@ -287,7 +289,7 @@ def write_video(
             "-f",
             "lavfi",
             "-i",
-            f"testsrc=size={width}x{height}:rate={fps}",
+            f"{pattern}{':' if '=' in pattern else '='}size={width}x{height}:rate={fps}",
             "-frames:v",
             str(frames),
             *codec,

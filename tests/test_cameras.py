@@ -682,6 +682,27 @@ async def test_video_file_loops_or_stops(tmp_path: Path) -> None:
         await until(lambda: _frames_read_over(stub, "missing", 5), 10, "missing comes back")
 
 
+async def test_a_camera_that_shows_next_to_nothing_is_said_blank(tmp_path: Path) -> None:
+    """A capped lens gave results of score 0.005, "intact", and a camera list of a running
+    camera with a low score: all clear, for a camera that sees nothing."""
+    capped = write_video(tmp_path / "capped.mp4", frames=10, fps=20, pattern="color=c=black")
+    cams = (camera("capped", str(capped)), camera("belt", str(write_video(tmp_path / "b.mp4"))))
+    async with serving(*cams) as server, connect(server) as stub:
+        results = {}
+        for camera_id in ("capped", "belt"):
+            result = await asyncio.wait_for(watch(stub, camera_id).read(), 10)
+            assert isinstance(result, pb.FrameResult) and result.status.code == 0
+            results[camera_id] = result
+            told = await status(stub, camera_id)
+            assert told.last_blank == (camera_id == "capped"), told
+        assert results["capped"].blank and results["capped"].contrast < 2
+        assert not results["belt"].blank and results["belt"].contrast > 20  # ffmpeg's bars
+        blank = {
+            s.labels["source"]: s.value for s in _samples(server, "convstream_blank_frames_total")
+        }
+        assert blank.get("capped", 0) >= 1 and "belt" not in blank, blank
+
+
 async def test_a_raw_stream_file_loops_and_an_unbelievable_rate_is_paced(tmp_path: Path) -> None:
     """A raw H.264 or MJPEG file (no container: a DVR's export), which OpenCV cannot seek
     back in, is opened again at its end rather than called ended: it reconnected at every

@@ -87,7 +87,28 @@ async def test_analyze_prints_a_table(
     argv = ["analyze", str(images / "box-1.jpg"), "--address", f"127.0.0.1:{server.port}"]
     assert await run(*argv) == 0
     summary = capsys.readouterr().out.splitlines()[-1]
-    assert summary.startswith("1 frame in ") and "frames/s" not in summary
+    assert (
+        summary.startswith("1 frame in ") and "frames/s" not in summary and "blank" not in summary
+    )
+
+
+async def test_analyze_says_which_frames_show_next_to_nothing(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A black frame (a capped lens) read "no" under DAMAGED, an all-clear for a picture of
+    nothing; it reads "blank", the summary counts such frames, and the JSON line says so."""
+    folder = tmp_path / "dock"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "capped.jpg"), np.zeros((360, 640, 3), np.uint8))
+    cv2.imwrite(str(folder / "scene.jpg"), scene(13, 360, 640))
+    address = ["--address", f"127.0.0.1:{server.port}"]
+    assert await run("analyze", str(folder), *address) == 0
+    _, capped, seen, summary = capsys.readouterr().out.splitlines()
+    assert capped.split()[1].endswith("capped.jpg") and capped.split()[3] == "blank", capped
+    assert seen.split()[3] in ("yes", "no") and "dropped, 1 blank;" in summary, summary
+    assert await run("analyze", str(folder / "capped.jpg"), "--json", *address) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert line["blank"] is True and line["damaged"] is False and line["contrast"] < 2
 
 
 async def test_a_file_in_a_folder_that_is_no_image_fails_alone(

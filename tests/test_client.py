@@ -1332,6 +1332,8 @@ def test_the_overlays_label_gives_the_score_as_the_commands_print_it() -> None:
 
     assert label_text(Result(frame_id=1, score=0.99646, damaged=True)) == "0.9964 DAMAGED"
     assert label_text(Result(frame_id=2, score=0.82149, damaged=False)) == "0.8214"
+    # a picture of next to nothing (a capped lens): its low score is no all-clear
+    assert label_text(Result(frame_id=3, score=0.0053, blank=True)) == "0.0053 BLANK"
 
 
 def test_a_file_name_that_is_not_utf8_is_refused_not_a_crash(tmp_path: Path, video: Path) -> None:

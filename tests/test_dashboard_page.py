@@ -19,7 +19,7 @@ import cv2
 import grpc
 import pytest
 import test_dashboard
-from live import FFmpegSource
+from live import FFmpegSource, write_video
 from test_dashboard import _FIGURE_CLASHES, _open, _resized, _tile, _wait_frames
 from test_dashboard import serving as _serving
 
@@ -549,5 +549,40 @@ async def test_a_failed_camera_and_an_empty_server_say_what_to_do(
         await expect(page.locator("#empty")).to_have_text(
             re.compile(r"^No cameras on the server\. Add \[\[cameras\]\] to its config and reload")
         )
+        assert page.errors == []
+        await page.context.close()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_camera_that_shows_next_to_nothing_says_so(
+    browser: Any, artifacts: Path, tmp_path: Path
+) -> None:
+    """A capped lens showed a black tile with a low score and no word: all clear, at a
+    glance from across the room. The tile now says it shows next to nothing, since when."""
+    from playwright.async_api import expect
+
+    capped = write_video(tmp_path / "capped.mp4", frames=10, fps=10, pattern="color=c=black")
+    cameras = (
+        CameraConfig(id="capped", source=str(capped)),
+        CameraConfig(id="belt", source=str(write_video(tmp_path / "belt.mp4", frames=10))),
+    )
+    async with _running(cameras) as (_, dash):
+        page = await _open(browser, dash)
+        await _wait_frames(page, "belt", 1)
+        notice = _tile(page, "capped").locator(".notice")
+        await expect(notice).to_contain_text("blank picture", timeout=10000)
+        await expect(notice.locator("small")).to_have_text(
+            re.compile(r"^since \d\d:\d\d:\d\d: the camera shows next to nothing ")
+        )
+        await expect(_tile(page, "belt").locator(".notice")).to_be_hidden()
+        colours = {
+            camera: await _tile(page, camera)
+            .locator(".v-score")
+            .evaluate("(el) => getComputedStyle(el).color")
+            for camera in ("capped", "belt")
+        }
+        assert colours["capped"] == "rgb(139, 148, 158)", colours  # grey: no all-clear green
+        assert colours["belt"] != colours["capped"], colours
+        await page.screenshot(path=artifacts / "blank-camera.png")
         assert page.errors == []
         await page.context.close()

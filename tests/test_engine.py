@@ -19,7 +19,6 @@ from convstream.model import DamageModel
 from convstream.server import Settings
 from convstream.server.engine import Engine, Inference, runs_wide
 from convstream.server.errors import DeadlineExpired, Draining, InvalidFrame, Overloaded
-from convstream.server.letterbox import letterbox
 from convstream.server.pipeline import CALLER, Pipeline, Prepared, WorkPool
 from convstream.v1 import convstream_pb2 as pb
 
@@ -313,11 +312,11 @@ async def test_a_frames_trip_leaves_nothing_for_the_cycle_collector(
     alive = []
 
     def prepare() -> Prepared:
-        pixels, geometry = letterbox(scene(1, 360, 640), (384, 640), (640, 360))
-        alive.append(weakref.ref(pixels))
+        prepared = Prepared.fit(scene(1, 360, 640), (384, 640), (640, 360), time.perf_counter())
+        alive.append(weakref.ref(prepared.pixels))
         if path == "bad frame":
             raise InvalidFrame("this frame is refused")
-        return Prepared(pixels, geometry, 0.0)
+        return prepared
 
     def encode(prepared: Prepared, inference: Inference) -> pb.FrameResult:
         if path == "encode fails":
@@ -361,8 +360,7 @@ async def test_a_frame_whose_caller_leaves_while_it_is_decoded_never_reaches_the
     def prepare() -> Prepared:
         decoding.set()
         release.wait(10)
-        pixels, geometry = letterbox(scene(1, 360, 640), (384, 640), (640, 360))
-        return Prepared(pixels, geometry, 0.0)
+        return Prepared.fit(scene(1, 360, 640), (384, 640), (640, 360), time.perf_counter())
 
     try:
         trip = asyncio.create_task(pipeline.through_model(prepare, []))

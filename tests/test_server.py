@@ -194,6 +194,53 @@ async def test_the_score_is_the_frames_not_the_letterbox_bars(stub: pb_grpc.Conv
     await stream.done_writing()
 
 
+async def test_a_frame_that_shows_next_to_nothing_is_said_blank(
+    server: Server, stub: pb_grpc.ConvstreamStub
+) -> None:
+    """A covered lens or a black frame scored 0.005, "intact", with nothing to tell it from a
+    good frame of an empty belt. Its result says blank, as do the camera list and a counter;
+    the letterbox's grey bars do not count as something to see."""
+    black = np.zeros((100, 640, 3), np.uint8)  # a wide strip: mostly bars in a 384x640 input
+    green = np.zeros((360, 640, 3), np.uint8)
+    green[..., 1] = 135  # a decoder's green frame
+    scenery = scene(13, 360, 640)
+    frames = {
+        "black JPEG": pb.FrameRequest(encoded=jpeg(black)),
+        "grey PNG": pb.FrameRequest(encoded=png(np.full((480, 640, 3), 128, np.uint8))),
+        "green raw": pb.FrameRequest(
+            raw=pb.RawImage(
+                width=640, height=360, format=pb.PIXEL_FORMAT_BGR8, data=green.tobytes()
+            )
+        ),
+        "a scene": pb.FrameRequest(encoded=jpeg(scenery)),
+        "a scene at half the light": pb.FrameRequest(encoded=jpeg(scenery // 2)),
+    }
+    options = pb.ResultOptions(publish=True)
+    stream = stub.StreamFrames()  # kept open: a published stream is listed while it lasts
+    seen = {}
+    for k, (name, request) in enumerate(frames.items()):
+        request.frame_id, request.source = k + 1, "dock-9"
+        request.options.CopyFrom(options)
+        await stream.write(request)
+        result = await stream.read()
+        assert result.status.code == 0, result.status
+        seen[name] = result
+        listed = await stub.ListCameras(pb.ListCamerasRequest())
+        assert {c.id: c for c in listed.cameras}["dock-9"].last_blank == result.blank, name
+    await stream.done_writing()
+    blank = {name for name, result in seen.items() if result.blank}
+    assert blank == {"black JPEG", "grey PNG", "green raw"}, {
+        name: (r.brightness, r.contrast) for name, r in seen.items()
+    }
+    assert all(seen[name].contrast < 2 for name in blank)
+    assert seen["a scene"].contrast > 2 * seen["a scene at half the light"].contrast > 4
+    assert seen["green raw"].brightness == pytest.approx(0.587 * 135, abs=1)  # luma of green
+    assert seen["black JPEG"].brightness < 1 and seen["black JPEG"].score < 0.5
+    samples = await asyncio.to_thread(scrape, server.metrics_port)
+    assert samples[("convstream_blank_frames_total", (("source", "dock-9"),))] == 3.0
+    assert samples[("convstream_frames_total", (("outcome", "ok"), ("source", "dock-9")))] == 5.0
+
+
 async def test_served_outputs_equal_the_model_run_directly(stub: pb_grpc.ConvstreamStub) -> None:
     # A raw frame already at an input size is not resized, so the server must give exactly
     # what onnxruntime gives for those pixels.

@@ -40,6 +40,10 @@ def result_json(
         "ok": ok,
         "score": round(result.score, 6) if ok else None,
         "damaged": result.damaged if ok else None,
+        # next to nothing to see (a covered lens, a black frame): the score says nothing
+        "blank": result.blank if ok else None,
+        "brightness": round(result.brightness, 2) if ok else None,
+        "contrast": round(result.contrast, 2) if ok else None,
         "peak": list(peak) if peak is not None else None,
         "frame_age_ms": round(result.frame_age_ms, 3) if ok else None,
         # when the frame was captured (or reached the server), to order and de-duplicate
@@ -111,7 +115,7 @@ class Reporter:
         self.overlays = overlays
         self.maps = maps
         self.name_width = max(4, min(name_width, 48))
-        self.count = self.failed = self.damaged = 0
+        self.count = self.failed = self.damaged = self.blank = 0
         self.dropped = 0
         self.server_ms: list[float] = []
         self.started = self.first_at = self.last_at = time.perf_counter()
@@ -154,6 +158,7 @@ class Reporter:
         maps: dict[str, Path] = {}
         if result.ok:
             self.damaged += result.damaged
+            self.blank += result.blank
             if result.timings is not None:
                 self.server_ms.append(result.timings.total_ms)
             if self.overlays is not None and result.heatmap is not None:
@@ -188,7 +193,7 @@ class Reporter:
             str(result.frame_id),
             name,
             score_text(result.score),
-            "yes" if result.damaged else "no",
+            _verdict(result),
             f"({peak[0]}, {peak[1]})" if peak is not None else "-",
             f"{total_ms:.1f}",
         )
@@ -205,6 +210,8 @@ class Reporter:
             f"{self.count} frame{'' if self.count == 1 else 's'} in {elapsed:.1f} s{speed}: "
             f"{self.damaged} damaged, {self.failed} failed, {self.dropped} dropped"
         )
+        if self.blank:  # said only when there are some: most runs have none
+            text += f", {self.blank} blank"
         if self.server_ms:
             p50, p95 = np.percentile(self.server_ms, [50, 95])
             text += f"; server time p50 {p50:.1f} ms, p95 {p95:.1f} ms"
@@ -310,7 +317,7 @@ class WatchReporter(Reporter):
         row = self._watch_row(
             str(result.frame_id),
             score_text(result.score),
-            "yes" if result.damaged else "no",
+            _verdict(result),
             f"({peak[0]}, {peak[1]})" if peak is not None else "-",
             f"{result.frame_age_ms + self._late_ms:.1f}",  # its age here, on the way included
             str(result.frames_dropped),
@@ -318,6 +325,12 @@ class WatchReporter(Reporter):
         if self._late_ms >= LATE_MS:
             row += f"  late: {self._late_ms / 1000:.1f} s on the way here"
         return row
+
+
+def _verdict(result: Result) -> str:
+    """The DAMAGED cell of an analysed frame: yes, no, or blank for a frame that shows next
+    to nothing (a covered lens, a black frame), whose low score is no all-clear."""
+    return "yes" if result.damaged else "blank" if result.blank else "no"
 
 
 def printable(text: str) -> str:
@@ -425,7 +438,7 @@ def cameras_text(
                 # a camera that is down has no current latency or score: its last ones
                 # would read as live
                 "-" if (latency := _latency_now(c)) is None else f"{latency:.1f}",
-                score_text(c.last_score) if c.flowing and c.last_score is not None else "-",
+                _camera_score(c),
                 _last_error(c, now),
             ]
         )
@@ -451,6 +464,15 @@ def cameras_text(
         return text
 
     return "\n".join(line(r) for r in rows)
+
+
+def _camera_score(camera: CameraInfo) -> str:
+    """The SCORE cell: the latest frame's score while frames come (a camera that is down has
+    no current score: its last would read as live), "blank" when that frame showed next to
+    nothing (a covered lens: its low score would read as all clear)."""
+    if not camera.flowing or camera.last_score is None:
+        return "-"
+    return "blank" if camera.last_blank else score_text(camera.last_score)
 
 
 ERROR_MIN = 30  # characters of a last error that stay, however narrow the terminal

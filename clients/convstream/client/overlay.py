@@ -128,11 +128,12 @@ def analysed_image(result: Result) -> np.ndarray:
 
 def label_text(result: Result) -> str:
     """The overlay's corner label: the score as the commands print it (4 decimals, cut: its
-    "1.00 DAMAGED" was 0.9964 in the table beside it), DAMAGED where the server says so."""
+    "1.00 DAMAGED" was 0.9964 in the table beside it), DAMAGED where the server says so, and
+    BLANK on a frame that shows next to nothing (its low score says nothing)."""
     if result.error is not None:
         return f"error: {type(result.error).__name__}"
     score = score_text(result.score)
-    return f"{score} DAMAGED" if result.damaged else score
+    return f"{score} DAMAGED" if result.damaged else f"{score} BLANK" if result.blank else score
 
 
 def _label_layout(text: str, width: int, height: int) -> tuple[list[str], float, int]:

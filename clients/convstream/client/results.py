@@ -104,6 +104,12 @@ class Result:
             failed (``ok`` False), so that it is never counted as a confident "intact" and
             turns a mean or a chart it slips into NaN rather than lowering it.
         damaged: score >= the model's threshold; False for a frame that failed.
+        blank: the frame shows next to nothing (contrast under 2: a covered or capped lens,
+            a black, white or single-colour frame), so its score, low, says nothing about a
+            package; False for a frame that failed.
+        brightness: the mean of the frame's luma, 0-255 (over one sample per 8x8 pixels of
+            the model input); NaN for a frame that failed.
+        contrast: the standard deviation of that luma; NaN for a frame that failed.
         heatmap (NDArray[float32] | None): shape (h, w): the damage probability per cell of
             the model input, ``heatmap_stride`` input pixels a side; None when not asked for.
         heatmap_stride: input pixels a side of a heatmap cell (8); the stages' strides are
@@ -132,6 +138,9 @@ class Result:
     source: str = ""
     score: float = math.nan
     damaged: bool = False
+    blank: bool = False
+    brightness: float = math.nan
+    contrast: float = math.nan
     heatmap: npt.NDArray[np.float32] | None = None
     heatmap_stride: int = 8
     feature_maps: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
@@ -224,6 +233,9 @@ class Result:
         return cls(
             score=float(message.score),
             damaged=message.damaged,
+            blank=message.blank,
+            brightness=float(message.brightness),
+            contrast=float(message.contrast),
             heatmap=heatmap,
             heatmap_stride=message.heatmap.stride or 8,
             feature_maps={tensor.name: to_numpy(tensor) for tensor in message.feature_maps},
@@ -261,6 +273,8 @@ class Result:
         if self.error is not None:
             return f"<Result frame_id={self.frame_id}{name} error={self.error!r}>"
         parts = [f"score={self.score:.3f}", f"damaged={self.damaged}"]
+        if self.blank:
+            parts.append("blank=True")
         if self.heatmap is not None:
             parts.append(f"heatmap={self.heatmap.shape}")
         if self.feature_maps:
@@ -382,6 +396,8 @@ class CameraInfo:
         latency_ms: from reading a frame to its result being ready, lately.
         frames_invalid: frames that could not be analysed: an MJPEG camera's frame that was
             not a whole JPEG (cut short in transit) or did not decode; ``last_error`` says why.
+        last_blank: the latest analysed frame was blank (``Result.blank``): the camera shows
+            next to nothing (covered, capped, black) and ``last_score`` says nothing.
     """
 
     id: str
@@ -405,6 +421,7 @@ class CameraInfo:
     last_frame_time: datetime | None
     latency_ms: float
     frames_invalid: int = 0
+    last_blank: bool = False
 
     @property
     def flowing(self) -> bool:
@@ -436,6 +453,7 @@ class CameraInfo:
             last_frame_time=_datetime(message.last_frame_time) if analysed else None,
             latency_ms=message.latency_ms,
             frames_invalid=message.frames_invalid,
+            last_blank=message.last_blank,
         )
 
 

@@ -448,6 +448,8 @@ class Hub:
             "input": [result.geometry.input_width, result.geometry.input_height],
             "stride": stride,
             "peak": peak_in_box(result),
+            # next to nothing to see (a covered lens, a black frame): the low score says nothing
+            "blank": result.blank,
             "n": self._frames_sent,
         }
         message = frame_message(header, heat, result.frame_jpeg)

@@ -169,7 +169,7 @@ class FrameStatus(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class FrameResult(_message.Message):
-    __slots__ = ("frame_id", "source", "status", "score", "damaged", "heatmap", "feature_maps", "timings", "frame_age_ms", "frames_dropped", "sequence", "geometry", "frame_jpeg", "capture_time", "dropped_frame_ids", "peak")
+    __slots__ = ("frame_id", "source", "status", "score", "damaged", "heatmap", "feature_maps", "timings", "frame_age_ms", "frames_dropped", "sequence", "geometry", "frame_jpeg", "capture_time", "dropped_frame_ids", "peak", "brightness", "contrast", "blank")
     FRAME_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +186,9 @@ class FrameResult(_message.Message):
     CAPTURE_TIME_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FRAME_IDS_FIELD_NUMBER: _ClassVar[int]
     PEAK_FIELD_NUMBER: _ClassVar[int]
+    BRIGHTNESS_FIELD_NUMBER: _ClassVar[int]
+    CONTRAST_FIELD_NUMBER: _ClassVar[int]
+    BLANK_FIELD_NUMBER: _ClassVar[int]
     frame_id: int
     source: str
     status: FrameStatus
@@ -202,7 +205,10 @@ class FrameResult(_message.Message):
     capture_time: _timestamp_pb2.Timestamp
     dropped_frame_ids: _containers.RepeatedScalarFieldContainer[int]
     peak: Peak
-    def __init__(self, frame_id: _Optional[int] = ..., source: _Optional[str] = ..., status: _Optional[_Union[FrameStatus, _Mapping]] = ..., score: _Optional[float] = ..., damaged: bool = ..., heatmap: _Optional[_Union[Tensor, _Mapping]] = ..., feature_maps: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., frame_age_ms: _Optional[float] = ..., frames_dropped: _Optional[int] = ..., sequence: _Optional[int] = ..., geometry: _Optional[_Union[Geometry, _Mapping]] = ..., frame_jpeg: _Optional[bytes] = ..., capture_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dropped_frame_ids: _Optional[_Iterable[int]] = ..., peak: _Optional[_Union[Peak, _Mapping]] = ...) -> None: ...
+    brightness: float
+    contrast: float
+    blank: bool
+    def __init__(self, frame_id: _Optional[int] = ..., source: _Optional[str] = ..., status: _Optional[_Union[FrameStatus, _Mapping]] = ..., score: _Optional[float] = ..., damaged: bool = ..., heatmap: _Optional[_Union[Tensor, _Mapping]] = ..., feature_maps: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., frame_age_ms: _Optional[float] = ..., frames_dropped: _Optional[int] = ..., sequence: _Optional[int] = ..., geometry: _Optional[_Union[Geometry, _Mapping]] = ..., frame_jpeg: _Optional[bytes] = ..., capture_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dropped_frame_ids: _Optional[_Iterable[int]] = ..., peak: _Optional[_Union[Peak, _Mapping]] = ..., brightness: _Optional[float] = ..., contrast: _Optional[float] = ..., blank: bool = ...) -> None: ...
 
 class Peak(_message.Message):
     __slots__ = ("row", "col", "x", "y", "value")
@@ -283,7 +289,7 @@ class ListCamerasRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class CameraStatus(_message.Message):
-    __slots__ = ("id", "state", "state_since", "source_kind", "last_error", "fps_in", "fps_out", "fps_cap", "frames_read", "frames_analysed", "frames_dropped", "reconnects", "watchers", "frame_width", "frame_height", "last_score", "last_frame_time", "latency_ms", "frames_skipped", "last_error_time", "frames_invalid")
+    __slots__ = ("id", "state", "state_since", "source_kind", "last_error", "fps_in", "fps_out", "fps_cap", "frames_read", "frames_analysed", "frames_dropped", "reconnects", "watchers", "frame_width", "frame_height", "last_score", "last_frame_time", "latency_ms", "frames_skipped", "last_error_time", "frames_invalid", "last_blank")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     STATE_SINCE_FIELD_NUMBER: _ClassVar[int]
@@ -305,6 +311,7 @@ class CameraStatus(_message.Message):
     FRAMES_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_TIME_FIELD_NUMBER: _ClassVar[int]
     FRAMES_INVALID_FIELD_NUMBER: _ClassVar[int]
+    LAST_BLANK_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: CameraState
     state_since: _timestamp_pb2.Timestamp
@@ -326,7 +333,8 @@ class CameraStatus(_message.Message):
     frames_skipped: int
     last_error_time: _timestamp_pb2.Timestamp
     frames_invalid: int
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[CameraState, str]] = ..., state_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source_kind: _Optional[str] = ..., last_error: _Optional[str] = ..., fps_in: _Optional[float] = ..., fps_out: _Optional[float] = ..., fps_cap: _Optional[float] = ..., frames_read: _Optional[int] = ..., frames_analysed: _Optional[int] = ..., frames_dropped: _Optional[int] = ..., reconnects: _Optional[int] = ..., watchers: _Optional[int] = ..., frame_width: _Optional[int] = ..., frame_height: _Optional[int] = ..., last_score: _Optional[float] = ..., last_frame_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latency_ms: _Optional[float] = ..., frames_skipped: _Optional[int] = ..., last_error_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., frames_invalid: _Optional[int] = ...) -> None: ...
+    last_blank: bool
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[CameraState, str]] = ..., state_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source_kind: _Optional[str] = ..., last_error: _Optional[str] = ..., fps_in: _Optional[float] = ..., fps_out: _Optional[float] = ..., fps_cap: _Optional[float] = ..., frames_read: _Optional[int] = ..., frames_analysed: _Optional[int] = ..., frames_dropped: _Optional[int] = ..., reconnects: _Optional[int] = ..., watchers: _Optional[int] = ..., frame_width: _Optional[int] = ..., frame_height: _Optional[int] = ..., last_score: _Optional[float] = ..., last_frame_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latency_ms: _Optional[float] = ..., frames_skipped: _Optional[int] = ..., last_error_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., frames_invalid: _Optional[int] = ..., last_blank: bool = ...) -> None: ...
 
 class ListCamerasResponse(_message.Message):
     __slots__ = ("cameras",)

@@ -29,7 +29,7 @@ from convstream.server.camera import LOG_AGAIN_S, Camera, Frame, RateMeter
 from convstream.server.config import parse_size
 from convstream.server.engine import Inference
 from convstream.server.errors import CameraDown, ConvstreamError, Draining, InvalidFrame
-from convstream.server.letterbox import choose_input, letterbox
+from convstream.server.letterbox import choose_input
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import (
     CALLER,
@@ -154,6 +154,7 @@ class Publisher:
         self.watchers: set[Watcher] = set()
         self.frames_analysed = 0
         self.last_score = 0.0
+        self.last_blank = False
         self.last_result_time = 0.0
         self.latency_ms = 0.0
         self.fps_out = RateMeter()
@@ -169,6 +170,7 @@ class Publisher:
             frame_width=self.frame_size[0],
             frame_height=self.frame_size[1],
             last_score=self.last_score,
+            last_blank=self.last_blank,
             last_frame_time=timestamp(self.last_result_time),
             latency_ms=self.latency_ms,
         )
@@ -254,6 +256,7 @@ class Publisher:
         self.frame_size = (geometry.frame_width, geometry.frame_height)
         self.frames_analysed += 1
         self.last_score = score
+        self.last_blank = prepared.blank
         self.latency_ms = (time.perf_counter() - read_at) * 1000
         self.last_result_time = time.time()
         # timed by when its analysis began, as the fps cap schedules frames: by when it ended,
@@ -426,8 +429,7 @@ class CameraFeed(Publisher):
         image = frame.image
         if isinstance(image, bytes):
             image = self.pipeline.decode(image, frame.size, target)
-        pixels, geometry = letterbox(image, target, frame.size)
-        return Prepared(pixels, geometry, (time.perf_counter() - started) * 1000)
+        return Prepared.fit(image, target, frame.size, started)
 
     async def _analyse(self, frame: Frame) -> None:
         arrived = time.perf_counter()
@@ -451,7 +453,7 @@ class CameraFeed(Publisher):
             batch_size=inference.batch_size,
             inference_threads=inference.threads,
         )
-        self.metrics.observe_result(self.name, timings)
+        self.metrics.observe_result(self.name, timings, prepared.blank)
 
 
 class StreamPublication(Publisher):

@@ -30,6 +30,18 @@ class Geometry:
     pad_left: int
     pad_top: int
 
+    def content_box(self) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) of the frame inside the model input, in input pixels: at
+        least one pixel each way, since a frame's thin side can be under half an input pixel."""
+        right = min(self.input_width, self.pad_left + round(self.frame_width * self.scale))
+        bottom = min(self.input_height, self.pad_top + round(self.frame_height * self.scale))
+        return (
+            self.pad_left,
+            self.pad_top,
+            max(right, self.pad_left + 1),
+            max(bottom, self.pad_top + 1),
+        )
+
     def hottest_cell(self, heat: np.ndarray, stride: int) -> tuple[int, int, float, float, float]:
         """The hottest cell of a heatmap over the frame, the letterbox bars left out.
 
@@ -42,10 +54,7 @@ class Geometry:
             frame's pixels: 0 to width - 1, 0 to height - 1), and its value.
         """
         heat = heat.reshape(heat.shape[-2:])
-        # at least one cell: a frame's thin side can be under half an input pixel
-        right = min(self.input_width, self.pad_left + round(self.frame_width * self.scale))
-        bottom = min(self.input_height, self.pad_top + round(self.frame_height * self.scale))
-        right, bottom = max(right, self.pad_left + 1), max(bottom, self.pad_top + 1)
+        _, _, right, bottom = self.content_box()
         r0, c0 = self.pad_top // stride, self.pad_left // stride
         content = heat[r0 : -(-bottom // stride), c0 : -(-right // stride)]
         if not content.size:

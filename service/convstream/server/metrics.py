@@ -53,6 +53,13 @@ class Metrics:
             ["source", "outcome"],
             registry=self.registry,
         )
+        self.blank_frames = Counter(
+            "convstream_blank_frames",
+            "Frames analysed that showed next to nothing (FrameResult.blank: a covered lens, a "
+            "black or single-colour frame), by source; also counted as ok in convstream_frames",
+            ["source"],
+            registry=self.registry,
+        )
         self.step_seconds = Histogram(
             "convstream_step_seconds",
             "Time per frame in each step (queue, decode, inference, encode, total)",
@@ -138,10 +145,12 @@ class Metrics:
 
     def forget_camera(self, camera_id: str) -> None:
         """A camera removed from the config, or moved to another process of this server: its
-        ``convstream_frames_total`` series go from here, as its ``convstream_camera_*`` series
-        do (a series that stays reads as a camera still there, frozen). A camera id that
-        comes back starts from 0, a counter reset to Prometheus."""
+        ``convstream_frames_total`` and ``convstream_blank_frames_total`` series go from here,
+        as its ``convstream_camera_*`` series do (a series that stays reads as a camera still
+        there, frozen). A camera id that comes back starts from 0, a counter reset to
+        Prometheus."""
         self.frames.remove_by_labels({"source": _label(camera_id)})
+        self.blank_frames.remove_by_labels({"source": _label(camera_id)})
 
     def source(self, name: str) -> str:
         """A bounded, sanitised label for a source name."""
@@ -164,9 +173,12 @@ class Metrics:
             name = f"client:{name}"
         return self.source(name)
 
-    def observe_result(self, source: str, timings: Any) -> None:
-        """Record an analysed frame's timings (a convstream.v1.Timings)."""
+    def observe_result(self, source: str, timings: Any, blank: bool) -> None:
+        """Record an analysed frame: its timings (a convstream.v1.Timings), and whether it was
+        blank."""
         self.frames.labels(self.source(source), "ok").inc()
+        if blank:
+            self.blank_frames.labels(self.source(source)).inc()
         for step in ("queue", "decode", "inference", "encode", "total"):
             self.step_seconds.labels(step).observe(getattr(timings, f"{step}_ms") / 1000)
         self.batch_size.observe(timings.batch_size)

@@ -28,6 +28,7 @@ from convstream.server.encode import bytes_per_element, fill_tensor
 from convstream.server.engine import Engine, Inference
 from convstream.server.errors import InvalidFrame, InvalidOptions, ResultTooLarge
 from convstream.server.letterbox import Geometry, choose_input, letterbox, reduction
+from convstream.server.light import is_blank, light
 from convstream.v1 import convstream_pb2 as pb
 
 T = TypeVar("T")
@@ -270,6 +271,24 @@ class Prepared:
     pixels: np.ndarray
     geometry: Geometry
     decode_ms: float
+    brightness: float  # what light() measures of the frame
+    contrast: float
+
+    @property
+    def blank(self) -> bool:
+        """Whether the frame shows too little to judge (light.is_blank)."""
+        return is_blank(self.contrast)
+
+    @classmethod
+    def fit(
+        cls, image: np.ndarray, target: tuple[int, int], frame_size: tuple[int, int], started: float
+    ) -> Prepared:
+        """A decoded frame letterboxed into target (height, width) and measured (light), its
+        decode_ms counted from ``started`` (time.perf_counter)."""
+        pixels, geometry = letterbox(image, target, frame_size)
+        brightness, contrast = light(pixels, geometry)
+        decode_ms = (time.perf_counter() - started) * 1000
+        return cls(pixels, geometry, decode_ms, brightness, contrast)
 
 
 class _Trip:
@@ -424,8 +443,7 @@ class Pipeline:
         else:
             raw = request.raw
             image = decode_raw(raw.data, width, height, _pixel_format(raw.format), self.limits)
-        pixels, geometry = letterbox(image, target, (width, height))
-        return Prepared(pixels, geometry, (time.perf_counter() - started) * 1000)
+        return Prepared.fit(image, target, (width, height), started)
 
     def decode(self, data: bytes, size: tuple[int, int], target: tuple[int, int]) -> np.ndarray:
         """Decode a JPEG or PNG of size (width, height) for the model input target (height,
@@ -484,6 +502,9 @@ class Pipeline:
             source=request.source,
             score=score,
             damaged=score >= model.threshold,
+            brightness=prepared.brightness,
+            contrast=prepared.contrast,
+            blank=prepared.blank,
         )
         if has_capture_time(request):
             result.capture_time.CopyFrom(request.capture_time)

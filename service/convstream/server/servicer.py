@@ -207,7 +207,9 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             source = self.metrics.client_source(request.source)
             self.metrics.frames.labels(source, "error").inc()
             return _refused(context, grpc.StatusCode.INTERNAL, "internal error analysing frame")
-        self.metrics.observe_result(self.metrics.client_source(request.source), result.timings)
+        self.metrics.observe_result(
+            self.metrics.client_source(request.source), result.timings, result.blank
+        )
         return result
 
     async def StreamFrames(  # type: ignore[override]

@@ -509,7 +509,7 @@ class StreamSession:
             return _Done(
                 item, error_result(item.request, grpc.StatusCode.INTERNAL.value[0], message)
             )
-        self.metrics.observe_result(source, result.timings)
+        self.metrics.observe_result(source, result.timings, result.blank)
         return _Done(item, result, prepared, inference)
 
     async def _publish(self, done: _Done) -> None:

@@ -206,6 +206,7 @@
       this.pending = null; // the newest frame recorded while the page was hidden, not drawn
       this.lastFrameAt = 0; // the dashboard's clock (dashNow) when the newest frame drawn came
       this.score = null;
+      this.blankSince = null; // the capture time of the first of the blank frames in a row
       this.sparkDirty = true;
       this.sparkAt = 0;
       this.aspect = "";
@@ -310,6 +311,10 @@
       } else if (stale) {
         title = "no new frames";
         detail = `last frame ${ago(age)} ago`;
+      } else if (this.blankSince !== null) {
+        title = "blank picture";
+        detail = `since ${clockTime(this.blankSince)}: the camera shows next to nothing ` +
+          "(covered, capped or in the dark?), so its score says nothing";
       }
       const sinceLine = title && since ? sinceText(since.at, since.earlier) : "";
       // the state in words: a narrow tile shows the badge as a dot of its colour
@@ -412,6 +417,10 @@
       this.setText(this.stamp, clockTime(header.time));
       this.stamp.title = `captured ${dateTime(header.time)} (the server's clock), ${ZONE} time`;
       this.stamp.hidden = false;
+      // A picture that shows next to nothing (a covered lens, a black frame) scores low, and
+      // that low score would read as all clear: the tile says so, and since when.
+      this.blankSince = header.blank ? this.blankSince || header.time : null;
+      this.el.classList.toggle("blank", header.blank === true);
       this.showScore(header.score);
       this.addPoint(header.time, header.score);
       this.updateNotice();
