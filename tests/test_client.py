@@ -1326,6 +1326,27 @@ def test_the_overlays_label_never_covers_the_damage_it_rings() -> None:
         assert (drawn[2, 2] == np.array([60, 180, 60])).all()
 
 
+def test_an_overlay_colours_the_heatmap_as_the_dashboard_does() -> None:
+    """The overlay coloured raw values (yellow about 0.7, intact) where the dashboard colours
+    them against the threshold (yellow near it, red over it): the same frame read two ways.
+    Both now use heat_colours: red at and over the threshold, nothing a quarter under it."""
+    geometry = cs.Geometry(640, 384, 640, 384, 1.0, 0, 0)
+    image = np.full((384, 640, 3), 128, np.uint8)
+    heat = np.zeros((48, 80), np.float32)
+    # 3x3 cells each (one cell alone is blended with its neighbours): over the threshold,
+    # just under it, far under it
+    heat[9:12, 9:12], heat[9:12, 39:42], heat[9:12, 69:72] = 0.85, 0.80, 0.55
+    result = Result(frame_id=1, score=0.85, heatmap=heat, geometry=geometry, threshold=0.82)
+    drawn = cs.draw_overlay(result, image, alpha=1.0, label=False).astype(int)
+    over, near, far = (drawn[10 * 8 + 4, col * 8 + 4] for col in (10, 40, 70))
+    assert over[2] > 200 and over[:2].max() < 60, over  # red (BGR)
+    assert near[1] > 200 and near[2] > 150 and near[0] < 100, near  # yellow
+    assert (far == 128).all(), far  # under threshold - 0.25: untouched
+    # without a threshold (a server older than the field): the raw values, blue 0 to red 1
+    raw = cs.draw_overlay(replace(result, threshold=math.nan), image, alpha=1.0, label=False)
+    assert tuple(raw[10 * 8 + 4, 70 * 8 + 4]) != (128, 128, 128)
+
+
 def test_the_overlays_label_gives_the_score_as_the_commands_print_it() -> None:
     # "1.00 DAMAGED" stood over a frame the table beside it listed as 0.9964
     from convstream.client.overlay import label_text

@@ -222,6 +222,13 @@ def test_an_alerts_picture_writes_the_score_as_the_list_does() -> None:
     assert snapshot_label("dock-3", 0.85523) == "dock-3  0.8552"
     assert snapshot_label("dock-3", 0.99995) == "dock-3  0.9999"  # never 1.00
     assert snapshot_label("dock-3", 0.82159) == "dock-3  0.8215"  # at the threshold, not under
+    # and the list's score is the one the label cuts, not rounded first: 0.99966 was listed
+    # 0.9997 beside a picture saying 0.9996
+    log = AlertLog(10)
+    alert = log.add("dock-3", 100.0, 0.99966, 0.82151, 1, Snapshot(b"a", b"b"))
+    assert (alert.score, alert.threshold) == (0.99966, 0.82151)
+    improved = log.improve(alert.id, 101.0, 0.99986, 2, Snapshot(b"c", b"d"))
+    assert improved is not None and improved.to_json()["score"] == 0.99986
 
 
 def test_an_alerts_thumbnail_is_the_overlay_around_its_hottest_place() -> None:

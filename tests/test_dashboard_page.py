@@ -17,6 +17,7 @@ from typing import Any
 
 import cv2
 import grpc
+import numpy as np
 import pytest
 import test_dashboard
 from live import FFmpegSource, write_video
@@ -119,14 +120,21 @@ async def test_a_damaged_tile_rings_where_the_damage_is(
 ) -> None:
     """The heatmap says where in colour, which a dim or busy picture (or the heatmap switched
     off) hides; a damaged tile also rings its hottest place, on the damage itself, and an
-    intact one rings nothing. Two still cameras: the same scene with and without its tear."""
+    intact one rings nothing. Two still cameras: the same scene with and without its tear;
+    and a third, the tear moved to the top-left corner, where the DAMAGED badge covered it
+    and its ring: there the badge goes top right."""
     cameras = []
     masks = {}
-    for name, damaged in (("torn", True), ("intact", False)):
+    for name, damaged in (("torn", True), ("intact", False), ("corner", True)):
         scene = render_scene(87, 360, 640, damaged=damaged)
-        masks[name] = scene.mask
+        image, mask = scene.image, scene.mask
+        if name == "corner":
+            ys, xs = np.nonzero(mask)
+            shift = (40 - int(ys.mean()), 60 - int(xs.mean()))
+            image, mask = np.roll(image, shift, (0, 1)), np.roll(mask, shift, (0, 1))
+        masks[name] = mask
         path = tmp_path / f"{name}.jpg"
-        path.write_bytes(cv2.imencode(".jpg", scene.image, [cv2.IMWRITE_JPEG_QUALITY, 95])[1])
+        path.write_bytes(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])[1])
         cameras.append(CameraConfig(id=name, source=str(path), fps=2))
     assert masks["torn"].any() and not masks["intact"].any()
     from playwright.async_api import expect
@@ -150,8 +158,24 @@ async def test_a_damaged_tile_rings_where_the_damage_is(
             near = masks["torn"][max(0, y - 8) : y + 9, max(0, x - 8) : x + 9]
             assert near.any(), (heat, ring, x, y)  # within a heatmap cell of the damage
             assert 28 <= ring["width"] <= 0.1 * ring["view"], ring
+        corner = _tile(page, "corner")
+        await expect(corner.locator(".ring")).to_be_visible()
+        badges = {n: await _tile(page, n).evaluate(_BADGE_AND_RING) for n in ("torn", "corner")}
+        assert not badges["corner"]["overlap"] and badges["corner"]["right"], badges
+        assert not badges["torn"]["right"], badges  # its tear is clear of the top-left corner
+        await page.screenshot(path=artifacts / "ring-in-the-corner.png")
         assert page.errors == []
         await page.context.close()
+
+
+_BADGE_AND_RING = """(tile) => {
+  const badge = tile.querySelector(".verdict").getBoundingClientRect();
+  const ring = tile.querySelector(".ring").getBoundingClientRect();
+  const view = tile.querySelector(".view").getBoundingClientRect();
+  return {right: badge.left > view.left + view.width / 2,
+          overlap: !(ring.right < badge.left || ring.left > badge.right ||
+                     ring.bottom < badge.top || ring.top > badge.bottom)};
+}"""
 
 
 # The widest score a tile shows, in place of test_dashboard's two-decimal one.
@@ -408,6 +432,19 @@ async def test_long_camera_ids_show_the_end_that_tells_them_apart(
 
 
 # The space between each down camera's name and its state in the header, in pixels.
+_DOWN_SHOWN = """() => {
+    const summary = document.querySelector("#summary").getBoundingClientRect();
+    const buttons = [...document.querySelectorAll("#summary .down, #summary .down-for")];
+    const bar = document.querySelector(".bar");
+    return {
+        names: document.querySelectorAll("#summary .down").length,
+        cut: buttons.filter((b) => b.getBoundingClientRect().right > summary.right + 0.5)
+            .map((b) => b.textContent),
+        crowded: bar.classList.contains("crowded"),
+        slider_hidden: getComputedStyle(document.querySelector(".slider")).display === "none",
+    };
+}"""
+
 _NAME_STATE_GAPS = """() => [...document.querySelectorAll("#summary .down")].map((button) =>
   button.querySelector(".down-state").getBoundingClientRect().left -
   button.querySelector(".down-name").getBoundingClientRect().right)"""
@@ -417,18 +454,19 @@ _HEADS = """() => [...document.querySelectorAll("article.tile")].map((tile) => {
   return {id: tile.dataset.camera, cut: cam.scrollWidth > cam.clientWidth,
           kind: tile.querySelector(".kind").textContent,
           state: state.textContent, title: state.title,
-          badge: state.getBoundingClientRect().width};
+          badge: state.getBoundingClientRect().width, width: tile.clientWidth};
 })"""
 
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_a_narrow_tile_shows_its_cameras_whole_name(browser: Any, artifacts: Path) -> None:
-    """Five cameras at 1024x768: each tile's head held the name, the source kind and the
-    state's word, and "dock-2-north" beside "HTTP" and "RECONNECTING" read "d…". A narrow
-    tile shows the state as a dot of its colour, its word in the tooltip, and the name whole;
-    a wide one keeps the word. A camera named after its source kind ("demo") reads "demo",
-    not "demo DEMO". The header lists a failed camera before those reconnecting, and on a
-    touch screen keeps a space between each name and its state ("dock-2-northreconnecting")."""
+    """Five cameras at 1024x768 (and 1280x800): each tile's head held the name, the source
+    kind and the state's word, and "dock-2-north" beside "HTTP" and "RECONNECTING" read "d…".
+    A narrow tile shows the state as a dot of its colour, its word in the tooltip, and the
+    name whole; a wide one keeps the word. A camera named after its source kind ("demo")
+    reads "demo", not "demo DEMO". The header lists a failed camera before those
+    reconnecting, and on a touch screen keeps a space between each name and its state
+    ("dock-2-northreconnecting")."""
     closed = _closed_port()
     cameras = (
         CameraConfig(id="demo", source="demo:conveyor?fps=2"),
@@ -445,7 +483,14 @@ async def test_a_narrow_tile_shows_its_cameras_whole_name(browser: Any, artifact
     from playwright.async_api import expect
 
     async with _running(cameras) as (_, dash):
-        for width, height, narrow in ((1024, 768, True), (1280, 800, True), (1920, 1080, False)):
+        # at 1024 the header takes a second row for the names of the cameras in trouble,
+        # and the tiles may come out either side of 340 pixels
+        sizes: tuple[tuple[int, int, bool | None], ...] = (
+            (1024, 768, None),
+            (1280, 800, True),
+            (1920, 1080, False),
+        )
+        for width, height, narrow in sizes:
             page = await _open(browser, dash, width, height)
             for running in ("demo", "belt-5"):
                 await _wait_frames(page, running, 0, timeout=20.0)
@@ -469,8 +514,17 @@ async def test_a_narrow_tile_shows_its_cameras_whole_name(browser: Any, artifact
                 assert head["state"] == word and head["title"].startswith(word), (width, head)
                 kind = {"demo": "", "belt-5": "demo"}.get(head["id"], "http")
                 assert head["kind"] == kind, (width, head)
-                # a dot, or the word's badge
-                assert (head["badge"] < 20) if narrow else (head["badge"] > 60), (width, head)
+                # a dot, or the word's badge (the container query's 340 pixels are the tile's
+                # inside, its border left out)
+                dot = head["width"] <= 340
+                assert narrow is None or dot == narrow, (width, head)
+                assert (head["badge"] < 20) if dot else (head["badge"] > 60), (width, head)
+            # Every camera in trouble is named whole in the header: the opacity slider and the
+            # model's name give way first (the third name was cut at 1366 and on a TV at 150%)
+            await page.wait_for_timeout(1100)  # a tick of the times beside the names
+            shown = await page.evaluate(_DOWN_SHOWN)
+            assert shown["names"] == 3 and shown["cut"] == [], (width, shown)
+            assert shown["crowded"] == shown["slider_hidden"], (width, shown)
             await page.screenshot(path=artifacts / f"five-cameras-{width}x{height}.png")
             assert page.errors == []
             await page.context.close()

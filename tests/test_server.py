@@ -107,6 +107,8 @@ async def test_a_threshold_in_the_config_decides_damaged_and_a_reload_changes_it
                 result = await stub.Analyze(frame)
                 assert 0.0 < result.score < 1.0
                 assert result.damaged == (result.score >= expected)
+                # said beside it: what overlays colour the heatmap by
+                assert result.threshold == pytest.approx(expected)
     finally:
         await server.stop(grace=0)
 

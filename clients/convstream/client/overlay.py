@@ -9,6 +9,7 @@ the original frame, whatever its size or aspect ratio.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from convstream.client.errors import SourceError
 from convstream.client.frames import utf8_name
 from convstream.client.results import Geometry, Result, score_text
 
-__all__ = ["draw_overlay", "heatmap_on_frame", "save_overlay"]
+__all__ = ["draw_overlay", "heat_colours", "heatmap_on_frame", "save_overlay"]
 
 _DAMAGED = (40, 40, 230)  # BGR
 _INTACT = (60, 180, 60)
@@ -61,12 +62,36 @@ def heatmap_on_frame(
     return cv2.resize(content, (width, height), interpolation=smooth)
 
 
+def heat_colours(heat: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Colours and weights of heatmap values relative to the threshold, as the dashboard
+    draws them (its static/app.js, buildLut): clear a quarter under the threshold and lower,
+    then blue through green to yellow as they near it, red at it and over it.
+
+    Args:
+        heat (np.ndarray): float, shape (H, W), values in [0, 1].
+        threshold: the score at which a frame is damaged.
+
+    Returns:
+        tuple: BGR uint8 colours, shape (H, W, 3), and float32 weights in [0, 1], shape
+        (H, W): 0 a quarter under the threshold and lower, 1 at it and over it.
+    """
+    lo = max(0.0, threshold - 0.25)
+    near = np.clip((heat - lo) / max(1e-6, threshold - lo), 0.0, 1.0)
+    # positions on JET: 0.625 is yellow, 0.875 red
+    position = np.where(heat >= threshold, 0.875, 0.625 * near)
+    colours = cv2.applyColorMap(np.round(position * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    return colours, (near**1.5).astype(np.float32)
+
+
 def draw_overlay(
     result: Result, image: np.ndarray | None = None, *, alpha: float = 0.6, label: bool = True
 ) -> np.ndarray:
-    """The frame with its heatmap blended in (blue calm to red damaged) and the score.
+    """The frame with its heatmap blended in and the score.
 
-    Hot cells get more colour than calm ones, so intact areas stay readable.
+    The colours are relative to the threshold the server decided ``damaged`` by, as the
+    dashboard's (``heat_colours``): red where a cell is at or over it, yellow to blue under
+    it, clear a quarter under it and lower, so intact areas stay readable. A result without
+    a threshold (a server older than it) is coloured by its raw value, blue 0 to red 1.
 
     Args:
         result: a result with a heatmap and geometry (the default ResultOptions give both).
@@ -75,7 +100,7 @@ def draw_overlay(
             the frame's part of ``result.input_jpeg``, at the model input's scale; an error
             result whose frame is no picture (bytes that do not decode) is drawn on a grey
             640x360 card, its label saying the error.
-        alpha: the colour's weight where the heatmap is 1.0.
+        alpha: the colour's weight where the heatmap is at or over the threshold.
         label: write the score (and DAMAGED) in the top-left corner, and, on a damaged
             frame, ring the hottest cell.
 
@@ -93,8 +118,12 @@ def draw_overlay(
             result.heatmap, result.geometry, result.heatmap_stride, (width, height)
         )
         heat = np.clip(heat, 0.0, 1.0)
-        colours = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)
-        weight = (alpha * heat)[..., None]
+        if math.isfinite(result.threshold):
+            colours, weights = heat_colours(heat, result.threshold)
+        else:
+            colours = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)
+            weights = heat
+        weight = (alpha * weights)[..., None]
         out = (out * (1.0 - weight) + colours * weight).astype(np.uint8)
     if label:
         _label(out, result, width, height)

@@ -110,6 +110,8 @@ class Result:
         brightness: the mean of the frame's luma, 0-255 (over one sample per 8x8 pixels of
             the model input); NaN for a frame that failed.
         contrast: the standard deviation of that luma; NaN for a frame that failed.
+        threshold: the threshold ``damaged`` was decided by (the server's when the frame was
+            analysed); NaN for a frame that failed, or from a server older than the field.
         heatmap (NDArray[float32] | None): shape (h, w): the damage probability per cell of
             the model input, ``heatmap_stride`` input pixels a side; None when not asked for.
         heatmap_stride: input pixels a side of a heatmap cell (8); the stages' strides are
@@ -141,6 +143,7 @@ class Result:
     blank: bool = False
     brightness: float = math.nan
     contrast: float = math.nan
+    threshold: float = math.nan
     heatmap: npt.NDArray[np.float32] | None = None
     heatmap_stride: int = 8
     feature_maps: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
@@ -236,6 +239,9 @@ class Result:
             blank=message.blank,
             brightness=float(message.brightness),
             contrast=float(message.contrast),
+            # float32 on the wire: 0.82151 arrives 0.8215100169181824, said as sent; 0 from
+            # a server older than the field
+            threshold=float(str(np.float32(message.threshold))) if message.threshold else math.nan,
             heatmap=heatmap,
             heatmap_stride=message.heatmap.stride or 8,
             feature_maps={tensor.name: to_numpy(tensor) for tensor in message.feature_maps},

@@ -30,6 +30,7 @@ from typing import Any, Generic, TypeVar
 import cv2
 import numpy as np
 
+from convstream.client.overlay import heat_colours
 from convstream.client.results import json_text, score_text
 
 logger = logging.getLogger(__name__)
@@ -331,8 +332,10 @@ class AlertLog:
             id=alert_id,
             camera=camera,
             time=when,
-            score=round(score, 4),
-            threshold=round(threshold, 4),
+            # unrounded: the page and the picture's label cut to four decimals, and a score
+            # rounded first read 0.9997 in the list beside 0.9996 on its picture
+            score=score,
+            threshold=threshold,
             frame_id=frame_id,
             episodes=episodes,
             raised=time.time() if raised is None else raised,
@@ -351,9 +354,7 @@ class AlertLog:
         if entry is None:
             return None
         old = entry[0]
-        alert = replace(
-            old, time=when, score=round(score, 4), frame_id=frame_id, version=old.version + 1
-        )
+        alert = replace(old, time=when, score=score, frame_id=frame_id, version=old.version + 1)
         self._alerts[alert_id] = (alert, snapshot)
         return alert
 
@@ -364,26 +365,6 @@ class AlertLog:
     def snapshot(self, alert_id: int) -> Snapshot | None:
         entry = self._alerts.get(alert_id)
         return None if entry is None else entry[1]
-
-
-def heat_colours(cells: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Colours and weights of a heatmap, as the page draws them (static/app.js, buildLut).
-
-    Clear well below the threshold, yellow at it, red above it.
-
-    Args:
-        cells (np.ndarray): uint8, shape (H, W), the heatmap times 255.
-        threshold: the alert threshold in [0, 1].
-
-    Returns:
-        tuple: BGR uint8 colours, shape (H, W, 3), and float32 weights in [0, 0.85], (H, W).
-    """
-    v = cells.astype(np.float32) / 255.0
-    lo, hi = max(0.0, threshold - 0.25), min(1.0, threshold + 0.15)
-    t = np.clip((v - lo) / max(1e-6, hi - lo), 0.0, 1.0)
-    colours = cv2.applyColorMap((t * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    weight = 0.85 * np.clip((v - lo) / max(1e-6, threshold - lo), 0.0, 1.0) ** 1.5
-    return colours, weight.astype(np.float32)
 
 
 def snapshot_label(camera: str, score: float) -> str:
@@ -430,8 +411,8 @@ def render_snapshot(
         cells = cv2.resize(heat, (w * stride, h * stride), interpolation=cv2.INTER_LINEAR)
         cells = cells[top:bottom, left:right]
         cells = cv2.resize(cells, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_LINEAR)
-        colours, weight = heat_colours(cells, threshold)
-        weight *= 0.5  # half the live view's: the damage must show through
+        colours, weight = heat_colours(cells.astype(np.float32) / 255.0, threshold)
+        weight *= 0.85 * 0.5  # half the live view's: the damage must show through
         out = (out * (1.0 - weight[..., None]) + colours * weight[..., None]).astype(np.uint8)
         hot = (cells >= round(threshold * 255)).astype(np.uint8)
         contours, _ = cv2.findContours(hot, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)

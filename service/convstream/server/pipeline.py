@@ -502,6 +502,7 @@ class Pipeline:
             source=request.source,
             score=score,
             damaged=score >= model.threshold,
+            threshold=model.threshold,
             brightness=prepared.brightness,
             contrast=prepared.contrast,
             blank=prepared.blank,

@@ -50,20 +50,22 @@
   window.convstreamDashboard = { state, tiles };
 
   // ---- heatmap colours ---------------------------------------------------------------------
-  // Relative to the alert threshold: clear well below it, yellow at it, red above it, so a
-  // glance tells "this spot is why the score is high". The snapshot on the server matches.
+  // Relative to the alert threshold: clear a quarter under it and lower, blue to yellow as a
+  // cell nears it, red at it and over it, so a glance tells "this spot is why the score is
+  // high". The CLI's overlays and the alerts' pictures match (convstream.client.overlay,
+  // heat_colours): the same positions on the JET colour map.
   const LUT = new Uint8ClampedArray(256 * 4);
   function buildLut(threshold) {
     const thr = threshold === null ? 0.5 : threshold;
     const lo = Math.max(0, thr - 0.25);
-    const hi = Math.min(1, thr + 0.15);
     for (let i = 0; i < 256; i++) {
       const v = i / 255;
-      const t = Math.min(1, Math.max(0, (v - lo) / Math.max(1e-6, hi - lo)));
+      const near = Math.min(1, Math.max(0, (v - lo) / Math.max(1e-6, thr - lo)));
+      const t = v >= thr ? 0.875 : 0.625 * near; // on JET: 0.625 yellow, 0.875 red
       const r = Math.min(1, Math.max(0, 1.5 - Math.abs(4 * t - 3)));
       const g = Math.min(1, Math.max(0, 1.5 - Math.abs(4 * t - 2)));
       const b = Math.min(1, Math.max(0, 1.5 - Math.abs(4 * t - 1)));
-      const a = 0.85 * Math.pow(Math.min(1, Math.max(0, (v - lo) / Math.max(1e-6, thr - lo))), 1.5);
+      const a = 0.85 * Math.pow(near, 1.5);
       LUT.set([r * 255, g * 255, b * 255, a * 255], i * 4);
     }
   }
@@ -380,6 +382,9 @@
           top: `${((py / h) * 100).toFixed(3)}%`,
           width: `${(((2 * header.stride) / w) * 100).toFixed(3)}%`,
         });
+        // The DAMAGED badge sits top left, and covered damage in that corner, its ring too:
+        // there it goes top right.
+        this.verdict.classList.toggle("right", px / w < 0.4 && py / h < 0.25);
       }
       if (header.heat.length === 2) {
         const [hh, hw] = header.heat;
@@ -591,14 +596,34 @@
     }
     tickSummary();
     if (down.length > SHOWN_DOWN) summary.append(` · ${down.length - SHOWN_DOWN} more`);
+    fitSummary();
   }
 
   function tickSummary() {
+    let changed = false;
     for (const [element, since] of summaryTimes) {
       const text = lasted(dashNow() - since);
-      if (element.textContent !== text) element.textContent = text;
+      if (element.textContent !== text) {
+        element.textContent = text;
+        changed = true;
+      }
     }
+    if (changed) fitSummary(); // a time grown by a digit can push the last name out
   }
+
+  // The names of the cameras in trouble come before the heatmap's opacity and the model's
+  // name: a header too narrow for all of them (1920 pixels at a TV's 150% zoom, 1366 with
+  // two cameras down) cut the names off and kept the slider. Crowded, those two go; still
+  // too narrow (1024 pixels), the names take a row of their own.
+  const bar = document.querySelector(".bar");
+  function fitSummary() {
+    bar.classList.remove("crowded", "wrapped");
+    const summary = $("summary");
+    const over = () => summary.scrollWidth > summary.clientWidth + 1;
+    if (over()) bar.classList.add("crowded");
+    if (over()) bar.classList.add("wrapped");
+  }
+  new ResizeObserver(() => fitSummary()).observe(bar);
 
   const motion = () =>
     (window.matchMedia("(prefers-reduced-motion: reduce)").matches ? "auto" : "smooth");
