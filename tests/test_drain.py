@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import subprocess
@@ -41,7 +42,11 @@ async def wait_serving(
 
 
 async def test_sigterm_drains_streams_and_exits_zero() -> None:
+    """An open stream is answered and ended with UNAVAILABLE; so is a health Watch, which
+    never ended by itself: with one open (gRPC's client-side health checking keeps one), every
+    stop waited out the whole grace period, here 30 s."""
     port = free_port()
+    env = {**os.environ, "CONVSTREAM_GRACE_PERIOD_S": "30"}
     process = subprocess.Popen(
         [
             sys.executable,
@@ -56,6 +61,7 @@ async def test_sigterm_drains_streams_and_exits_zero() -> None:
             "warning",
         ],
         stderr=subprocess.PIPE,
+        env=env,
     )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -66,6 +72,8 @@ async def test_sigterm_drains_streams_and_exits_zero() -> None:
             data = jpeg(scene(20, 480, 640))
             await stream.write(pb.FrameRequest(frame_id=1, encoded=data))
             assert (await stream.read()).frame_id == 1
+            watch = health.Watch(health_pb2.HealthCheckRequest())
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
 
             process.send_signal(signal.SIGTERM)
             started = time.monotonic()
@@ -87,9 +95,14 @@ async def test_sigterm_drains_streams_and_exits_zero() -> None:
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.Analyze(pb.FrameRequest(encoded=data), timeout=5)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-        code = await asyncio.to_thread(process.wait, 10)
+            # the health Watch said NOT_SERVING, then ended, rather than hold the stop
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as watched:
+                await asyncio.wait_for(watch.read(), 10)
+            assert watched.value.code() == grpc.StatusCode.UNAVAILABLE
+        code = await asyncio.to_thread(process.wait, 40)
         assert code == 0, (code, process.stderr.read().decode()[-3000:] if process.stderr else "")
-        assert time.monotonic() - started < 5.0 + 2.0  # the grace period and a little
+        assert time.monotonic() - started < 10.0  # not the 30 s grace period
     finally:
         if process.poll() is None:
             process.kill()

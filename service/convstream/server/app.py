@@ -142,6 +142,14 @@ class Health(health.aio.HealthServicer):
         self.watches = 0
         self._by_host: dict[str, list[asyncio.Event]] = {}  # each host's open Watches
         self._said_room = -math.inf
+        self._ended = asyncio.Event()  # end_watches: the server is stopping
+
+    def end_watches(self) -> None:
+        """End every Watch (UNAVAILABLE), and any Watch started from now on, once the server
+        stops taking calls: grpcio's Watch never ends by itself, and a load balancer's or a
+        client's Watch (gRPC's client-side health checking keeps one open all the time) made
+        every stop wait out the whole grace period."""
+        self._ended.set()
 
     async def Watch(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
@@ -166,11 +174,13 @@ class Health(health.aio.HealthServicer):
         self._by_host.setdefault(host, []).append(ended)
         watching = asyncio.ensure_future(super().Watch(request, context))
         told = asyncio.ensure_future(ended.wait())
+        stopping = asyncio.ensure_future(self._ended.wait())
         try:
-            await asyncio.wait((watching, told), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((watching, told, stopping), return_when=asyncio.FIRST_COMPLETED)
         finally:
             watching.cancel()
             told.cancel()
+            stopping.cancel()
             held_now = self._by_host.get(host, [])
             if ended in held_now:  # not when _make_room ended it (and counted it out)
                 held_now.remove(ended)
@@ -184,7 +194,9 @@ class Health(health.aio.HealthServicer):
                 "Watch, this one, was ended to make room for another host's; keep fewer "
                 "Watches, or call Check",
             )
-        watching.result()  # its own end (the server stopping), or its error, as before
+        if self._ended.is_set():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        watching.result()  # its own end, or its error, as before
 
     def _make_room(self, held: int) -> bool:
         """All places taken: end the oldest Watch of the host holding the most, if it holds
@@ -411,6 +423,7 @@ class Server:
             # Load balancers see NOT_SERVING and stop sending while calls are still taken.
             await asyncio.sleep(self.settings.drain_delay_s)
         deadline = time.monotonic() + grace
+        self.health.end_watches()  # they have said NOT_SERVING
         if self.servicer is not None:
             self.servicer.draining.set()
         if self.cameras is not None:
