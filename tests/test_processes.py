@@ -97,6 +97,24 @@ async def connection(port: int) -> AsyncIterator[pb_grpc.ConvstreamStub]:
         yield pb_grpc.ConvstreamStub(channel)
 
 
+async def camera_health(port: int) -> dict[str, tuple[int, int]]:
+    """Each camera's health over one connection (landing in either process): by Check, and by
+    the first reply of a Watch."""
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    said = {}
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for camera_id in CAMERAS:
+            request = health_pb2.HealthCheckRequest(service=f"convstream.camera.{camera_id}")
+            checked = await health.Check(request, timeout=10)
+            watch = health.Watch(request, timeout=10)
+            watched = await watch.read()
+            watch.cancel()
+            assert watched is not grpc.aio.EOF
+            said[camera_id] = (checked.status, watched.status)
+    return said
+
+
 async def listed(port: int) -> dict[str, pb.CameraStatus]:
     async with connection(port) as stub:
         reply = await stub.ListCameras(pb.ListCamerasRequest(), timeout=5)
@@ -205,6 +223,10 @@ async def test_processes_share_the_port_forward_camera_calls_restart_and_stop(
             for camera_id in CAMERAS:
                 result = await watch_one(port, camera_id)
                 assert result.source == camera_id and result.status.code == 0
+            # and each camera's health is there, by Check and Watch: it was NOT_FOUND from
+            # every process but the one that pulls it
+            serving = health_pb2.HealthCheckResponse.SERVING
+            assert await camera_health(port) == dict.fromkeys(CAMERAS, (serving, serving))
 
         # Client frames over 12 connections: every one answered, and both processes took some
         # (all 12 in one process: 1 chance in 2048).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import logging
@@ -11,7 +12,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -22,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from convstream.model import DamageModel, wants_cuda
 from convstream.model.runtime import CUDA, ProviderChoice
 from convstream.server import reflection
-from convstream.server.cameras import CameraManager
+from convstream.server.cameras import HEALTH_PREFIX, CameraManager
 from convstream.server.config import (
     CameraConfig,
     ConfigError,
@@ -37,7 +38,12 @@ from convstream.server.pipeline import Pipeline, WorkPool
 from convstream.server.probes import HttpPort
 from convstream.server.processes import TLS_FILES, Peers
 from convstream.server.security import TokenInterceptor, peer_host, token_changes
-from convstream.server.servicer import SERVICE_NAME, ConvstreamServicer, add_to_server
+from convstream.server.servicer import (
+    PEER_CONNECT_S,
+    SERVICE_NAME,
+    ConvstreamServicer,
+    add_to_server,
+)
 from convstream.server.streams import MAX_QUEUE_SIZE, WINDOW, stream_share
 from convstream.server.tls import (
     EXPIRY_WARNING,
@@ -130,6 +136,16 @@ MAX_HEALTH_WATCHES = 1000
 MAX_HEALTH_WATCHES_PER_HOST = 100
 
 
+PeerChannel = Callable[[int, float], Awaitable[grpc.aio.Channel | None]]
+
+
+class _OwnerSilent(Exception):
+    """The process that pulls a camera does not answer (restarting)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"server process {index}, which pulls this camera, is not answering")
+
+
 class Health(health.aio.HealthServicer):
     """gRPC's health service, where a service set to SERVICE_UNKNOWN (a camera a reload
     removed) is as one never set: Check answers NOT_FOUND, as the health protocol asks of an
@@ -143,6 +159,32 @@ class Health(health.aio.HealthServicer):
         self._by_host: dict[str, list[asyncio.Event]] = {}  # each host's open Watches
         self._said_room = -math.inf
         self._ended = asyncio.Event()  # end_watches: the server is stopping
+        # several processes: a camera another process pulls is asked of that process
+        self._peers: Peers | None = None
+        self._channel: PeerChannel | None = None
+
+    def forward_to(self, peers: Peers, channel: PeerChannel) -> None:
+        """This is one of several processes of one server: a check or watch of a camera that
+        another process pulls is passed to it (its health said NOT_FOUND here, as of a camera
+        that does not exist, from every process but one)."""
+        self._peers, self._channel = peers, channel
+
+    async def _owners_health(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2_grpc.HealthStub | None:
+        """The Health service of the process that pulls the camera asked about, when that is
+        another process and the call was not forwarded already; None otherwise. Raises
+        _OwnerSilent when that process does not answer (restarting)."""
+        peers = self._peers
+        if peers is None or self._channel is None or not request.service.startswith(HEALTH_PREFIX):
+            return None
+        owner = peers.owner(request.service.removeprefix(HEALTH_PREFIX))
+        if owner is None or owner == peers.index or peers.forwarded(context.invocation_metadata()):
+            return None
+        channel = await self._channel(owner, PEER_CONNECT_S)
+        if channel is None:
+            raise _OwnerSilent(owner)
+        return health_pb2_grpc.HealthStub(channel)
 
     def end_watches(self) -> None:
         """End every Watch (UNAVAILABLE), and any Watch started from now on, once the server
@@ -155,9 +197,11 @@ class Health(health.aio.HealthServicer):
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> None:
         host = peer_host(context.peer())  # ipv4:10.0.0.7:51234 -> ipv4:10.0.0.7
+        if self._peers is not None and self._peers.forwarded(context.invocation_metadata()):
+            host = ""  # another process of this server: its caller was counted there
         held = len(self._by_host.get(host, ()))
         refusal = None
-        if held >= MAX_HEALTH_WATCHES_PER_HOST:
+        if host and held >= MAX_HEALTH_WATCHES_PER_HOST:
             refusal = (
                 f"{held} health Watch calls open from your host, the limit is "
                 f"{MAX_HEALTH_WATCHES_PER_HOST}"
@@ -172,7 +216,7 @@ class Health(health.aio.HealthServicer):
         ended = asyncio.Event()  # set by _make_room
         self.watches += 1
         self._by_host.setdefault(host, []).append(ended)
-        watching = asyncio.ensure_future(super().Watch(request, context))
+        watching = asyncio.ensure_future(self._watch(request, context))
         told = asyncio.ensure_future(ended.wait())
         stopping = asyncio.ensure_future(self._ended.wait())
         try:
@@ -197,6 +241,32 @@ class Health(health.aio.HealthServicer):
         if self._ended.is_set():
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
         watching.result()  # its own end, or its error, as before
+
+    async def _watch(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        """grpcio's Watch, or, for a camera another process pulls, that process's, relayed
+        (NOT_SERVING while it does not answer, until it does again)."""
+        last = None
+        while True:
+            try:
+                health = await self._owners_health(request, context)
+            except _OwnerSilent:
+                health = None
+            else:
+                if health is None:
+                    await super().Watch(request, context)
+                    return
+                forward = self._peers.forward_metadata(()) if self._peers is not None else ()
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    async for reply in health.Watch(request, metadata=forward):
+                        if reply.status != last:
+                            last = reply.status
+                            await context.write(reply)
+            if last != health_pb2.HealthCheckResponse.NOT_SERVING:
+                last = health_pb2.HealthCheckResponse.NOT_SERVING
+                await context.write(health_pb2.HealthCheckResponse(status=last))
+            await asyncio.sleep(1.0)
 
     def _make_room(self, held: int) -> bool:
         """All places taken: end the oldest Watch of the host holding the most, if it holds
@@ -223,6 +293,19 @@ class Health(health.aio.HealthServicer):
     async def Check(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> health_pb2.HealthCheckResponse:
+        try:
+            health = await self._owners_health(request, context)
+        except _OwnerSilent as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        if health is not None:
+            forward = self._peers.forward_metadata(()) if self._peers is not None else ()
+            try:
+                reply: health_pb2.HealthCheckResponse = await health.Check(
+                    request, metadata=forward, timeout=5
+                )
+            except grpc.aio.AioRpcError as exc:
+                await context.abort(exc.code(), exc.details() or "")
+            return reply
         # grpcio's own Check answers an unknown service with NOT_FOUND and no message
         status = self._server_status.get(request.service)
         if status in (None, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN):
@@ -319,6 +402,8 @@ class Server:
         self.servicer = ConvstreamServicer(
             settings, pipeline, self.metrics, info, self.cameras, peers=self.peers
         )
+        if self.peers is not None:
+            self.health.forward_to(self.peers, self.servicer.peer_channel)
         self.metrics.provider.labels(model.provider, model.requested_provider).set(1)
 
         # Always installed, so a reload can add the first token or remove the last one.

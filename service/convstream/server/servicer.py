@@ -375,6 +375,12 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
     async def _peer(self, index: int, seconds: float) -> pb_grpc.ConvstreamStub | None:
         """The Convstream service of another process of this server (over its Unix socket),
         once connected; None if it does not answer within ``seconds`` (restarting)."""
+        channel = await self.peer_channel(index, seconds)
+        return None if channel is None else pb_grpc.ConvstreamStub(channel)
+
+    async def peer_channel(self, index: int, seconds: float) -> grpc.aio.Channel | None:
+        """The channel to another process of this server (over its Unix socket), once
+        connected; None if it does not answer within ``seconds`` (restarting)."""
         assert self.peers is not None
         if index not in self._channels:
             self._channels[index] = grpc.aio.insecure_channel(
@@ -399,7 +405,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
                 await channel.channel_ready()
         except TimeoutError:
             return None
-        return pb_grpc.ConvstreamStub(channel)
+        return channel
 
     def _not_answering(self, index: int) -> str:
         assert self.peers is not None
