@@ -659,6 +659,8 @@ async def test_result_over_the_message_limit_is_a_frame_error(small_messages: Se
             r1, r2 = [r async for r in stub.StreamFrames(requests(frames))]
             assert r1.status.code == INVALID  # never fits: not to retry
             assert "message limit" in r1.status.message and "FLOAT16" in r1.status.message
+            # the input's size as input_sizes and `convstream info` write it (it read 640x384)
+            assert "for a 384x640 (height x width) input" in r1.status.message
             assert r2.status.code == 0 and r2.feature_maps[0].name == "stage3"
             # a request bigger than twice the limit is refused by gRPC itself
             big = pb.FrameRequest(encoded=b"\xff\xd8\xff" + b"\x00" * (5 * 1024 * 1024))
@@ -882,6 +884,8 @@ async def test_metrics_count_frames_by_source_and_outcome(
     assert samples[("convstream_inference_threads_count", ())] == 5.0
     assert samples[("convstream_streams_in_flight", ())] == 0.0
     assert samples[("convstream_streams_total", (("outcome", "ok"),))] == 1.0
+    # and no `_created` series beside every counter and histogram
+    assert not [name for name, _ in samples if name.endswith("_created")]
     provider = (("provider", "CPUExecutionProvider"), ("requested", "auto"))
     assert samples[("convstream_execution_provider", provider)] == 1.0
     # and what every exporter has: the process's CPU, memory, files and start, and Python's

@@ -16,6 +16,7 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
 )
 
 from convstream.server.sources import redact
@@ -41,6 +42,10 @@ class Metrics:
     """The server's counters, gauges and histograms."""
 
     def __init__(self) -> None:
+        # No `_created` gauge beside every counter and histogram: a series per series that
+        # says when the process made it (process_start_time_seconds says that once), which
+        # doubled what an operator sees and stores. Process-wide, as the library has it.
+        disable_created_metrics()
         self.registry = CollectorRegistry()
         # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds,
         # process_start_time_seconds, ... (Linux), and python_info: what an operator's

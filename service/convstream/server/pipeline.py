@@ -479,7 +479,9 @@ class Pipeline:
             instead += ["no heatmap"] * options.include_heatmap
             raise ResultTooLarge(
                 f"{' and '.join(asked)} in {encoding} "
-                f"for a {geometry.input_width}x{geometry.input_height} input need {total} bytes, "
+                # height x width, as input_sizes and `convstream info` write model inputs
+                f"for a {geometry.input_height}x{geometry.input_width} (height x width) input "
+                f"need {total} bytes, "
                 f"over the {limit} a result may hold for them (the "
                 f"{self.settings.max_message_bytes}-byte message limit, less "
                 f"{_RESULT_SLACK} for the rest); ask for {' or '.join(instead)}, or a smaller "
