@@ -703,6 +703,23 @@ async def test_a_camera_that_shows_next_to_nothing_is_said_blank(tmp_path: Path)
         assert blank.get("capped", 0) >= 1 and "belt" not in blank, blank
 
 
+async def test_watchers_past_the_limit_are_refused_and_counted() -> None:
+    """max_watchers could fill up unseen: no metric counted the open watches of published
+    streams, nor the refusals."""
+    belt = camera("belt", "demo:conveyor?fps=10")
+    async with serving(belt, max_watchers=1) as server, connect(server) as stub:
+        first = watch(stub, "belt")
+        assert isinstance(await asyncio.wait_for(first.read(), 10), pb.FrameResult)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await asyncio.wait_for(watch(stub, "belt").read(), 10)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "the limit is 1" in str(info.value.details())
+        value = server.metrics.registry.get_sample_value
+        assert value("convstream_watchers") == 1
+        assert value("convstream_calls_refused_total", {"method": "WatchCamera"}) == 1
+        first.cancel()
+
+
 async def test_a_raw_stream_file_loops_and_an_unbelievable_rate_is_paced(tmp_path: Path) -> None:
     """A raw H.264 or MJPEG file (no container: a DVR's export), which OpenCV cannot seek
     back in, is opened again at its end rather than called ended: it reconnected at every

@@ -923,6 +923,10 @@ async def test_analyze_calls_past_the_cap_are_refused_at_once(burst: list[bytes]
             for error in refused:
                 assert error.code() == EXHAUSTED
                 assert "the limit is 2" in str(error.details())
+            # counted, as the open calls are, for an operator to see the limit reached
+            value = server.metrics.registry.get_sample_value
+            assert value("convstream_calls_refused_total", {"method": "Analyze"}) == len(refused)
+            assert value("convstream_analyze_in_flight") == 0
             # The stream is untouched, and once the calls are done, Analyze answers again.
             await stream.write(pb.FrameRequest(frame_id=2, encoded=burst[1]))
             assert (await stream.read()).frame_id == 2

@@ -273,8 +273,7 @@ class CameraManager:
             raise NotFound(f"no camera {camera_id!r}; cameras: {known}")
         if isinstance(feed, CameraFeed) and (down := feed.down()) is not None:
             raise down
-        publishers = [*self.feeds.values(), *self.published.values()]
-        open_now = sum(len(f.watchers) for f in publishers)
+        open_now = self.watchers_open()
         if open_now >= self.max_watchers:
             raise Overloaded(
                 f"{open_now} WatchCamera call{'s' * (open_now != 1)} open, the limit is "
@@ -285,6 +284,10 @@ class CameraManager:
         watcher = Watcher(camera_id, options, request.max_fps, capacity)
         feed.watchers.add(watcher)
         return watcher
+
+    def watchers_open(self) -> int:
+        """Open WatchCamera calls, of cameras and published streams alike."""
+        return sum(len(f.watchers) for f in [*self.feeds.values(), *self.published.values()])
 
     def unwatch(self, watcher: Watcher) -> None:
         feed = self.feeds.get(watcher.camera_id) or self.published.get(watcher.camera_id)

@@ -95,6 +95,14 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.calls_refused = Counter(
+            "convstream_calls_refused",
+            "Analyze and WatchCamera calls refused with RESOURCE_EXHAUSTED at a limit "
+            "(max_analyze_calls or a host's share of it, max_watchers), by method; StreamFrames "
+            'calls refused so are convstream_streams_total{outcome="rejected"}',
+            ["method"],
+            registry=self.registry,
+        )
         self.auth_refusals = Counter(
             "convstream_auth_refusals",
             "Calls refused by the token check, by method and reason (unauthenticated: no "
@@ -113,9 +121,27 @@ class Metrics:
         self._cameras: frozenset[str] = frozenset()  # the configured cameras' labels
         self._lock = threading.Lock()
 
-    def watch_budgets(self, frames: Callable[[], float], held: Callable[[], float]) -> None:
-        """Gauges of what the open streams take of the admission limits, read at scrape
-        time: an operator could not see max_queued_frames or max_held_bytes fill up."""
+    def watch_budgets(
+        self,
+        frames: Callable[[], float],
+        held: Callable[[], float],
+        analyze_calls: Callable[[], float],
+        watchers: Callable[[], float],
+    ) -> None:
+        """Gauges of what the open calls take of the admission limits, read at scrape time:
+        an operator could not see max_queued_frames, max_held_bytes, max_analyze_calls or
+        max_watchers fill up."""
+        Gauge(
+            "convstream_analyze_in_flight",
+            "Open Analyze calls (max_analyze_calls at most)",
+            registry=self.registry,
+        ).set_function(analyze_calls)
+        Gauge(
+            "convstream_watchers",
+            "Open WatchCamera calls, of cameras and published streams alike (max_watchers at "
+            "most; convstream_camera_watchers has each configured camera's)",
+            registry=self.registry,
+        ).set_function(watchers)
         Gauge(
             "convstream_stream_frames_reserved",
             "Frames the open streams reserve for their queues (max_queued_frames at most)",

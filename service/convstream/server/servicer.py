@@ -97,7 +97,12 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         self._waiting: dict[str, list[float]] = {}
         self.budget = FrameBudget(settings.max_queued_frames)
         self.byte_budget = ByteBudget(settings.max_held_bytes)
-        metrics.watch_budgets(lambda: self.budget.reserved, lambda: self.byte_budget.held)
+        metrics.watch_budgets(
+            lambda: self.budget.reserved,
+            lambda: self.byte_budget.held,
+            lambda: self.open_analyze_calls,
+            cameras.watchers_open,
+        )
 
     async def Analyze(
         self,
@@ -140,6 +145,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             if not waits:
                 del self._waiting[host]
             self.metrics.frames.labels(self.metrics.client_source(""), "rejected").inc()
+            self.metrics.calls_refused.labels("Analyze").inc()
             return _refused(context, refusal.code, str(refusal))
         self.open_analyze_calls += 1
         waits.append(started)
@@ -360,6 +366,8 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
                 raise Draining("server is shutting down; retry on another instance")
             watcher = self.cameras.watch(request.camera_id, request)
         except ConvstreamError as exc:
+            if isinstance(exc, Overloaded):
+                self.metrics.calls_refused.labels("WatchCamera").inc()
             await context.abort(exc.code, str(exc))
         try:
             await context.send_initial_metadata(((WATCHING, request.camera_id),))
