@@ -1445,13 +1445,13 @@ def _watchers_of(server: Server, name: str) -> int:
 
 
 def test_names_that_read_alike_fold_alike() -> None:
-    from convstream.server.cameras import _folded
+    from convstream.server.config import folded_id
 
     alike = ("Dock_RTSP", "dock.rtsp", "dockrtsp", "d0ck-rtsp", "dock--rtsp", "DOCK-RTSP.")
-    assert {_folded(name) for name in alike} == {_folded("dock-rtsp")}
-    assert _folded("belt-1") == _folded("belt-l") == _folded("BELT-I")
-    assert _folded("dock-rtsp-2") != _folded("dock-rtsp")
-    assert _folded("belt-11") != _folded("belt-1")
+    assert {folded_id(name) for name in alike} == {folded_id("dock-rtsp")}
+    assert folded_id("belt-1") == folded_id("belt-l") == folded_id("BELT-I")
+    assert folded_id("dock-rtsp-2") != folded_id("dock-rtsp")
+    assert folded_id("belt-11") != folded_id("belt-1")
 
 
 async def test_a_client_stream_can_publish_under_its_source_name() -> None:

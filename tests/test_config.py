@@ -421,6 +421,12 @@ def test_config_errors_never_print_camera_passwords(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="camera id 'b' is listed twice") as info:
         load_settings(path, environ={})
     assert "S3cret" not in str(info.value) and "10.0.0.1" not in str(info.value)
+    # ids that read alike are two tiles nobody can tell apart (a published stream's name
+    # that reads as a camera's was refused; two cameras' were not)
+    path.write_text(cameras.replace('id = "b"', 'id = "dock-3"', 1).replace('"b"', '"Dock_3"'))
+    with pytest.raises(ConfigError, match="camera ids 'dock-3' and 'Dock_3' read alike") as info:
+        load_settings(path, environ={})
+    assert "S3cret" not in str(info.value)
     path.write_text('port = "rtsp://admin:S3cret@10.0.0.3/x"\n')  # a single value: redacted
     with pytest.raises(ConfigError, match="port: Input should be a valid integer") as info:
         load_settings(path, environ={})

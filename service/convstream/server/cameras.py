@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from convstream.server.camera import STATE_NAMES, Camera, Opener
-from convstream.server.config import CAMERA_ID, CAMERA_ID_RULE, CameraConfig
+from convstream.server.config import CAMERA_ID, CAMERA_ID_RULE, CameraConfig, folded_id
 from convstream.server.errors import (
     ConvstreamError,
     Draining,
@@ -170,7 +170,7 @@ class CameraManager:
         took it: the stream goes on unpublished, and its watchers, told to watch again, find
         the camera (two cameras of one id were listed, and the dashboard showed one's state
         beside the other's frames)."""
-        for name in [n for n in self.published if _folded(n) == _folded(camera_id)]:
+        for name in [n for n in self.published if folded_id(n) == folded_id(camera_id)]:
             publication = self.published.pop(name)
             publication.taken_over = True
             was = "is now" if name == camera_id else f"reads as the camera {camera_id!r}, now"
@@ -217,7 +217,7 @@ class CameraManager:
         # A name that reads as a camera's ("Dock_RTSP" beside the camera "dock-rtsp") would
         # put a client's frames on the dashboard as that camera's, to an operator's eye.
         cameras = (*self.feeds, *self.elsewhere)
-        like = next((camera for camera in cameras if _folded(camera) == _folded(name)), None)
+        like = next((camera for camera in cameras if folded_id(camera) == folded_id(name)), None)
         if like is not None:
             raise NameTaken(
                 f"source {name!r} reads as the configured camera {like!r} (names are compared "
@@ -386,12 +386,3 @@ class CameraManager:
             reconnects.add_metric([cid], cam.reconnects)
             watchers.add_metric([cid], len(feed.watchers))
         yield from (state, fps, frames, reconnects, watchers)
-
-
-def _folded(name: str) -> str:
-    """A camera id as an eye reads it: no case, no '-', '_' or '.', and the digits that pass
-    for letters as those letters ("D0ck_1" reads as "dock-l")."""
-    return re.sub(r"[-_.]", "", name.casefold()).translate(_LOOKALIKE)
-
-
-_LOOKALIKE = str.maketrans({"0": "o", "1": "l", "i": "l"})

@@ -76,6 +76,15 @@ CAMERA_ID_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a lett
 DEMO_SOURCE = "demo:conveyor"
 
 
+def folded_id(name: str) -> str:
+    """A camera id as an eye reads it: no case, no '-', '_' or '.', and the digits that pass
+    for letters as those letters ("D0ck_1" reads as "dock-l")."""
+    return re.sub(r"[-_.]", "", name.casefold()).translate(_LOOKALIKE)
+
+
+_LOOKALIKE = str.maketrans({"0": "o", "1": "l", "i": "l"})
+
+
 class CameraConfig(BaseModel):
     """One server-pulled camera. Clients know it by ``id`` only; ``source`` stays here."""
 
@@ -502,11 +511,20 @@ class Settings(BaseModel):
     @field_validator("cameras")
     @classmethod
     def _unique_ids(cls, cameras: tuple[CameraConfig, ...]) -> tuple[CameraConfig, ...]:
-        seen: set[str] = set()
+        # Ids that read alike ("dock-3" and "Dock_3") are two tiles an operator cannot tell
+        # apart; a client stream published under such a name is refused too.
+        seen: dict[str, str] = {}
         for camera in cameras:
-            if camera.id in seen:
+            other = seen.get(folded_id(camera.id))
+            if other == camera.id:
                 raise ValueError(f"camera id {camera.id!r} is listed twice")
-            seen.add(camera.id)
+            if other is not None:
+                raise ValueError(
+                    f"camera ids {other!r} and {camera.id!r} read alike (ids are compared "
+                    "without case, '-', '_' or '.', and with 0 as o and 1 and i as l): an "
+                    "operator cannot tell them apart; rename one"
+                )
+            seen[folded_id(camera.id)] = camera.id
         return cameras
 
     @field_validator("tokens")
