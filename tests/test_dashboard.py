@@ -32,7 +32,7 @@ import grpc
 import numpy as np
 import pytest
 import pytest_asyncio
-from live import FFmpegSource, blackhole
+from live import FFmpegSource, blackhole, write_video
 
 from convstream.dashboard import (
     AlertDetector,
@@ -977,6 +977,44 @@ async def _until(dash: Dashboard, check: Any, timeout: float = 10.0) -> None:
     while not check():
         assert time.monotonic() < deadline, dash.hub.snapshot()["cameras"]
         await asyncio.sleep(0.05)
+
+
+async def test_a_cameras_trouble_is_dated_from_its_start_through_reloads(tmp_path: Path) -> None:
+    """A camera failed since 13:06 read "since 13:08 (14 s)" after a reload (which restarts a
+    failed camera, and the server's state_since with it), as if a new incident: the dashboard
+    dates the trouble from its start until the camera runs again."""
+    video = tmp_path / "dock.mp4"
+    gone = CameraConfig(id="dock", source=str(video))
+    async with serving((gone,)) as server:
+        settings = DashboardSettings(address=f"127.0.0.1:{server.port}", port=0, poll_s=0.2)
+        dash = Dashboard(settings)
+        await dash.start()
+        try:
+            await _until(dash, lambda: _state(dash, "dock") == "failed")
+            began = dash.hub.cameras["dock"].status["down_since"]
+            failed_at = dash.hub.cameras["dock"].status["state_since"]
+            assert began is not None and began <= failed_at
+            await asyncio.sleep(0.05)  # a state_since of its own, after a reload
+            await server.reload(server.settings)
+            await _until(dash, lambda: _status(dash, "dock")["state_since"] > failed_at)
+            await _until(dash, lambda: _state(dash, "dock") == "failed")
+            assert _status(dash, "dock")["down_since"] == began
+            # once it runs again, its trouble is over
+            write_video(video, frames=10)
+            await server.reload(server.settings)
+            await _until(dash, lambda: _state(dash, "dock") == "running")
+            assert _status(dash, "dock")["down_since"] is None
+        finally:
+            await dash.stop()
+
+
+def _status(dash: Dashboard, camera_id: str) -> dict[str, Any]:
+    view = dash.hub.cameras.get(camera_id)
+    return view.status if view is not None else {}
+
+
+def _state(dash: Dashboard, camera_id: str) -> str | None:
+    return _status(dash, camera_id).get("state")
 
 
 def test_the_dashboard_sends_a_token_without_its_newline() -> None:

@@ -95,6 +95,10 @@ class CameraView:
     frames_received: int = 0
     watch_error: str = ""
     refused: tuple[str, float] | None = None  # a lasting refusal of its watch, and since when
+    # When its trouble began: the start of the first state other than running since it last
+    # ran, kept through the states between (reconnecting, then failed; a reload restarting a
+    # failed camera; the server restarting), which each start the server's state_since again
+    down_since: float | None = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -337,6 +341,11 @@ class Hub:
                 status["state"] = "unwatched"
                 status["last_error"] = f"this dashboard cannot watch it: {view.refused[0]}"
                 status["state_since"] = view.refused[1]
+            if status["state"] == "running":
+                view.down_since = None
+            elif view.down_since is None:
+                view.down_since = status["state_since"] or time.time()
+            status["down_since"] = view.down_since
             view.status = status
         for camera_id in set(self.cameras) - seen:
             view = self.cameras.pop(camera_id)

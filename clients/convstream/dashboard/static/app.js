@@ -351,8 +351,11 @@
     troubleSince(s) {
       if (!socketOpen) return state.heardAt ? { at: state.heardAt, earlier: false } : null;
       if (s === "offline") return serverLost();
-      if (s === "running" || !this.status || !this.status.state_since) return null;
-      return { at: this.status.state_since, earlier: false };
+      if (s === "running" || !this.status) return null;
+      // since its trouble began, through reconnecting, failed and reloads (the dashboard's
+      // down_since), rather than since its latest state
+      const at = this.status.down_since || this.status.state_since;
+      return at ? { at, earlier: false } : null;
     }
 
     // Draw a decoded frame and its heatmap in the same task: the browser shows both together.
@@ -554,6 +557,8 @@
     const rank = DOWN_ORDER.indexOf(state);
     return rank < 0 ? DOWN_ORDER.length : rank;
   };
+  // When a camera's trouble began (the dashboard keeps it through its states and reloads)
+  const downSince = (camera) => camera.down_since || camera.state_since;
   let summaryKey = "";
   let summaryTimes = []; // [element, since]: each down camera's time in its state, ticking
   function setSummary(text, cameras) {
@@ -561,7 +566,7 @@
     // their state_since is the server's, from before.
     const down = cameras.filter((c) => !["running", "connecting", "offline"].includes(c.state))
       .sort((a, b) => downRank(a.state) - downRank(b.state)); // stable: the config's order next
-    const key = JSON.stringify([text, down.map((c) => [c.id, c.state, c.state_since])]);
+    const key = JSON.stringify([text, down.map((c) => [c.id, c.state, downSince(c)])]);
     if (key === summaryKey) return; // unchanged: keep the buttons under the pointer
     summaryKey = key;
     const summary = $("summary");
@@ -581,17 +586,18 @@
       state.className = "down-state";
       state.textContent = camera.state;
       button.replaceChildren(name, " ", state);
-      button.title = `show ${camera.id}` + (camera.state_since
-        ? `, ${camera.state} since ${dateTime(camera.state_since)}` : "");
+      const since = downSince(camera);
+      button.title = `show ${camera.id}` + (since
+        ? `, in trouble since ${dateTime(since)}, ${camera.state} now` : "");
       button.addEventListener("click", () => showTile(camera.id));
       summary.append(" · ", button);
       // How long, beside the button rather than in it: its name stays still under the pointer
       // (and for a screen reader) while the time ticks.
-      if (camera.state_since) {
+      if (since) {
         const time = document.createElement("span");
         time.className = "down-for";
         summary.append(" ", time);
-        summaryTimes.push([time, camera.state_since]);
+        summaryTimes.push([time, since]);
       }
     }
     tickSummary();
@@ -623,7 +629,11 @@
     if (over()) bar.classList.add("crowded");
     if (over()) bar.classList.add("wrapped");
   }
-  new ResizeObserver(() => fitSummary()).observe(bar);
+  // the summary's own box too: the clock or the connection's word beside it appearing, or
+  // growing, narrows it with no change to the bar
+  const summaryObserver = new ResizeObserver(() => fitSummary());
+  summaryObserver.observe(bar);
+  summaryObserver.observe($("summary"));
 
   const motion = () =>
     (window.matchMedia("(prefers-reduced-motion: reduce)").matches ? "auto" : "smooth");
