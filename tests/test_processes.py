@@ -34,6 +34,9 @@ from convstream.v1 import WATCHING
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 CAMERAS = ("dock-a", "dock-b")  # in the config's order: dock-a in process 0, dock-b in 1
 
 
@@ -450,12 +453,27 @@ source = "demo:conveyor?fps=5"
     bearer = (("authorization", f"Bearer {token}"),)
     with supervisor(tmp_path, f"--config={config}", f"--port={port}") as (process, log):
         await until(lambda: "with 2 processes" in log.read_text(), 120, "serving", log)
+        # health Watches of a camera not there yet, over connections landing in either process
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) for _ in "1234"]
+        service = health_pb2.HealthCheckRequest(service="convstream.camera.dock-b")
+        health_watches = [health_pb2_grpc.HealthStub(c).Watch(service) for c in channels]
+        for call in health_watches:
+            assert (await call.read()).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
         # a reload adds dock-b, which goes to process 1 (it has none); max_streams changes
         # only on restart, which the supervisor says once, and no process takes it up
         camera_b = '[[cameras]]\nid = "dock-b"\nsource = "demo:conveyor?fps=5"\n'
         config.write_text("max_streams = 1\n" + head + camera_b)
         process.send_signal(signal.SIGHUP)
         await until(lambda: "camera dock-b added" in log.read_text(), 20, "reloaded", log)
+        # each Watch says so, from whichever process it is in (one in process 0 stayed
+        # SERVICE_UNKNOWN for good: it never asked process 1)
+        for call in health_watches:
+            while (reply := await asyncio.wait_for(call.read(), 20)).status != SERVING:
+                assert reply.status in (SERVICE_UNKNOWN, NOT_SERVING), reply
+            call.cancel()
+        for channel in channels:
+            await channel.close()
         text = log.read_text()
         assert "[process 1/2] convstream.server.cameras: camera dock-b added" in text
         assert text.count("changes only on restart") == 1

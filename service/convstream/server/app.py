@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import ipaddress
 import logging
@@ -137,6 +136,12 @@ MAX_HEALTH_WATCHES_PER_HOST = 100
 
 
 PeerChannel = Callable[[int, float], Awaitable[grpc.aio.Channel | None]]
+# A forwarded Watch ended so: the process is restarting or stopping, not the camera's health
+_SILENT = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+)
 
 
 class _OwnerSilent(Exception):
@@ -146,12 +151,29 @@ class _OwnerSilent(Exception):
         super().__init__(f"server process {index}, which pulls this camera, is not answering")
 
 
+class _Said:
+    """A Watch call's context that remembers the last status written to it."""
+
+    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+        self.context = context
+        self.last: int | None = None
+
+    async def write(self, reply: health_pb2.HealthCheckResponse) -> None:
+        self.last = reply.status
+        await self.context.write(reply)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.context, name)
+
+
 class Health(health.aio.HealthServicer):
     """gRPC's health service, where a service set to SERVICE_UNKNOWN (a camera a reload
     removed) is as one never set: Check answers NOT_FOUND, as the health protocol asks of an
     unknown service (its Watch says SERVICE_UNKNOWN, as the protocol's Watch does). Past
     MAX_HEALTH_WATCHES open Watch calls, or MAX_HEALTH_WATCHES_PER_HOST from one host, another
-    is refused with RESOURCE_EXHAUSTED."""
+    is refused with RESOURCE_EXHAUSTED. Once the server stops taking calls (end_watches),
+    every Watch ends, UNAVAILABLE, after its NOT_SERVING. In one of several processes of a
+    server (forward_to), a camera another process pulls is checked and watched there."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -162,6 +184,7 @@ class Health(health.aio.HealthServicer):
         # several processes: a camera another process pulls is asked of that process
         self._peers: Peers | None = None
         self._channel: PeerChannel | None = None
+        self._owners_changed = asyncio.Event()  # replaced at each owners_changed()
 
     def forward_to(self, peers: Peers, channel: PeerChannel) -> None:
         """This is one of several processes of one server: a check or watch of a camera that
@@ -169,12 +192,26 @@ class Health(health.aio.HealthServicer):
         that does not exist, from every process but one)."""
         self._peers, self._channel = peers, channel
 
-    async def _owners_health(
+    def owners_changed(self) -> None:
+        """A reload may have added, removed or moved cameras: each Watch looks again for the
+        process to ask (one opened before a camera came stayed SERVICE_UNKNOWN)."""
+        changed, self._owners_changed = self._owners_changed, asyncio.Event()
+        changed.set()
+
+    def end_watches(self) -> None:
+        """End every Watch (UNAVAILABLE), and any Watch started from now on, once the server
+        stops taking calls: grpcio's Watch never ends by itself, and a load balancer's or a
+        client's Watch (gRPC's client-side health checking keeps one open all the time) made
+        every stop wait out the whole grace period."""
+        self._ended.set()
+
+    async def _owner(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
-    ) -> health_pb2_grpc.HealthStub | None:
-        """The Health service of the process that pulls the camera asked about, when that is
-        another process and the call was not forwarded already; None otherwise. Raises
-        _OwnerSilent when that process does not answer (restarting)."""
+    ) -> tuple[health_pb2_grpc.HealthStub, tuple[tuple[str, str], ...]] | None:
+        """The Health service of the process that pulls the camera asked about, and the
+        metadata to call it with, when that is another process and the call was not
+        forwarded already; None otherwise. _OwnerSilent when that process does not answer
+        (restarting)."""
         peers = self._peers
         if peers is None or self._channel is None or not request.service.startswith(HEALTH_PREFIX):
             return None
@@ -184,24 +221,20 @@ class Health(health.aio.HealthServicer):
         channel = await self._channel(owner, PEER_CONNECT_S)
         if channel is None:
             raise _OwnerSilent(owner)
-        return health_pb2_grpc.HealthStub(channel)
-
-    def end_watches(self) -> None:
-        """End every Watch (UNAVAILABLE), and any Watch started from now on, once the server
-        stops taking calls: grpcio's Watch never ends by itself, and a load balancer's or a
-        client's Watch (gRPC's client-side health checking keeps one open all the time) made
-        every stop wait out the whole grace period."""
-        self._ended.set()
+        return health_pb2_grpc.HealthStub(channel), peers.forward_metadata(())
 
     async def Watch(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> None:
-        host = peer_host(context.peer())  # ipv4:10.0.0.7:51234 -> ipv4:10.0.0.7
+        said = _Said(context)
         if self._peers is not None and self._peers.forwarded(context.invocation_metadata()):
-            host = ""  # another process of this server: its caller was counted there
+            # another process of this server, which counted its caller against the limits
+            await self._until_stopped(self._watch(request, said), said)
+            return
+        host = peer_host(context.peer())  # ipv4:10.0.0.7:51234 -> ipv4:10.0.0.7
         held = len(self._by_host.get(host, ()))
         refusal = None
-        if host and held >= MAX_HEALTH_WATCHES_PER_HOST:
+        if held >= MAX_HEALTH_WATCHES_PER_HOST:
             refusal = (
                 f"{held} health Watch calls open from your host, the limit is "
                 f"{MAX_HEALTH_WATCHES_PER_HOST}"
@@ -216,15 +249,9 @@ class Health(health.aio.HealthServicer):
         ended = asyncio.Event()  # set by _make_room
         self.watches += 1
         self._by_host.setdefault(host, []).append(ended)
-        watching = asyncio.ensure_future(self._watch(request, context))
-        told = asyncio.ensure_future(ended.wait())
-        stopping = asyncio.ensure_future(self._ended.wait())
         try:
-            await asyncio.wait((watching, told, stopping), return_when=asyncio.FIRST_COMPLETED)
+            await self._until_stopped(self._watch(request, said), said, ended)
         finally:
-            watching.cancel()
-            told.cancel()
-            stopping.cancel()
             held_now = self._by_host.get(host, [])
             if ended in held_now:  # not when _make_room ended it (and counted it out)
                 held_now.remove(ended)
@@ -238,34 +265,69 @@ class Health(health.aio.HealthServicer):
                 "Watch, this one, was ended to make room for another host's; keep fewer "
                 "Watches, or call Check",
             )
-        if self._ended.is_set():
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
-        watching.result()  # its own end, or its error, as before
 
-    async def _watch(
-        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    async def _until_stopped(
+        self, watch: Awaitable[None], said: _Said, ended: asyncio.Event | None = None
     ) -> None:
-        """grpcio's Watch, or, for a camera another process pulls, that process's, relayed
-        (NOT_SERVING while it does not answer, until it does again)."""
-        last = None
+        """Run a Watch until it ends by itself (its error raised), ``ended`` is set (its place
+        taken: it returns), or the server stops taking calls: then NOT_SERVING, if it did not
+        say so last, and UNAVAILABLE."""
+        watching = asyncio.ensure_future(watch)
+        waits = [asyncio.ensure_future(self._ended.wait())]
+        if ended is not None:
+            waits.append(asyncio.ensure_future(ended.wait()))
+        try:
+            await asyncio.wait((watching, *waits), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (watching, *waits):
+                task.cancel()
+        if watching.done() and not watching.cancelled():
+            watching.result()  # its own end, or its error, as before
+        elif self._ended.is_set():
+            not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+            if said.last != not_serving:
+                await said.write(health_pb2.HealthCheckResponse(status=not_serving))
+            await said.context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+
+    async def _watch(self, request: health_pb2.HealthCheckRequest, said: _Said) -> None:
+        """grpcio's Watch, or, for a camera another process pulls, that process's, relayed;
+        looked for again when a reload changes which process pulls which camera."""
+        while True:
+            changed = self._owners_changed.wait()
+            relay = asyncio.ensure_future(self._relay(request, said))
+            waiter = asyncio.ensure_future(changed)
+            try:
+                await asyncio.wait((relay, waiter), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                relay.cancel()
+                waiter.cancel()
+            if relay.done() and not relay.cancelled():
+                relay.result()
+                return
+
+    async def _relay(self, request: health_pb2.HealthCheckRequest, said: _Said) -> None:
+        """The Watch of the process that pulls the camera, relayed (NOT_SERVING while it does
+        not answer, until it does again), or this process's own."""
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
         while True:
             try:
-                health = await self._owners_health(request, context)
+                owner = await self._owner(request, said.context)
             except _OwnerSilent:
-                health = None
+                owner = None
             else:
-                if health is None:
-                    await super().Watch(request, context)
+                if owner is None:
+                    await super().Watch(request, said)
                     return
-                forward = self._peers.forward_metadata(()) if self._peers is not None else ()
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    async for reply in health.Watch(request, metadata=forward):
-                        if reply.status != last:
-                            last = reply.status
-                            await context.write(reply)
-            if last != health_pb2.HealthCheckResponse.NOT_SERVING:
-                last = health_pb2.HealthCheckResponse.NOT_SERVING
-                await context.write(health_pb2.HealthCheckResponse(status=last))
+                stub, metadata = owner
+                try:
+                    async for reply in stub.Watch(request, metadata=metadata):
+                        if reply.status != said.last:
+                            await said.write(reply)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() not in _SILENT:  # the owner's answer, passed on
+                        await said.context.abort(exc.code(), exc.details() or "")
+            if said.last != not_serving:
+                await said.write(health_pb2.HealthCheckResponse(status=not_serving))
             await asyncio.sleep(1.0)
 
     def _make_room(self, held: int) -> bool:
@@ -294,14 +356,14 @@ class Health(health.aio.HealthServicer):
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> health_pb2.HealthCheckResponse:
         try:
-            health = await self._owners_health(request, context)
+            owner = await self._owner(request, context)
         except _OwnerSilent as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        if health is not None:
-            forward = self._peers.forward_metadata(()) if self._peers is not None else ()
+        if owner is not None:
+            stub, metadata = owner
             try:
-                reply: health_pb2.HealthCheckResponse = await health.Check(
-                    request, metadata=forward, timeout=5
+                reply: health_pb2.HealthCheckResponse = await stub.Check(
+                    request, metadata=metadata, timeout=5
                 )
             except grpc.aio.AioRpcError as exc:
                 await context.abort(exc.code(), exc.details() or "")
@@ -615,6 +677,8 @@ class Server:
         if self.cameras is not None:
             self.cameras.elsewhere = self._elsewhere(settings.cameras)
             await self.cameras.apply(self._own(settings.cameras))
+        if self.peers is not None:  # cameras may have come, gone or moved between processes
+            self.health.owners_changed()
         self.settings = self.settings.model_copy(update=applied)
         if self.servicer is not None:  # the cameras it lists and forwards calls for
             self.servicer.settings = self.settings
