@@ -1452,6 +1452,9 @@ def test_names_that_read_alike_fold_alike() -> None:
     assert folded_id("belt-1") == folded_id("belt-l") == folded_id("BELT-I")
     assert folded_id("dock-rtsp-2") != folded_id("dock-rtsp")
     assert folded_id("belt-11") != folded_id("belt-1")
+    # a separator between two digits is read: these are two numbering schemes' ids
+    assert folded_id("line-1-2") != folded_id("line-12") != folded_id("line-1.2")
+    assert folded_id("dock-1.1") != folded_id("dock-11")
 
 
 async def test_a_client_stream_can_publish_under_its_source_name() -> None:

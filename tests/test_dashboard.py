@@ -308,6 +308,21 @@ async def test_the_page_gets_the_scores_and_the_threshold_the_server_compares() 
         assert sent < page_threshold, (threshold, sent, page_threshold)  # the page: intact too
 
 
+def test_an_alerts_outline_is_where_its_colours_turn_red() -> None:
+    """The outline of where the heatmap passes the threshold took cells a rounding under it
+    (209 of 255, 0.8196, for a threshold of 0.82151), which the colours paint yellow."""
+    input_jpeg = cv2.imencode(".jpg", np.full((360, 640, 3), 128, np.uint8))[1].tobytes()
+    reds = []
+    for level in (209, 210):  # 0.8196 and 0.8235
+        heat = np.zeros((45, 80), np.uint8)
+        heat[10:20, 20:40] = level
+        shot = render_snapshot(input_jpeg, heat, (0, 0, 640, 360), 8, "dock-3", 0.82151)
+        overlay = cv2.imdecode(np.frombuffer(shot.overlay, np.uint8), cv2.IMREAD_COLOR)
+        b, g, r = (overlay[40:, :, k].astype(int) for k in range(3))  # below the label
+        reds.append(int(((r > 200) & (g < 90) & (b < 90)).sum()))
+    assert reds[0] == 0 and reds[1] > 100, reds
+
+
 def test_frame_message_round_trip() -> None:
     heat = np.arange(12, dtype=np.uint8).reshape(3, 4)
     data = frame_message({"camera": "a", "score": 0.5}, heat, b"\xff\xd8jpeg")
@@ -332,6 +347,24 @@ def test_a_models_nan_score_reaches_the_page_as_null_not_as_invalid_json() -> No
     frame = frame_message({"camera": "a", "score": nan, "peak": [nan, 1.5]}, None, b"")
     header = json.loads(frame[4 : 4 + struct.unpack_from("<I", frame)[0]], parse_constant=_strict)
     assert header["score"] is None and header["peak"] == [None, 1.5]
+
+
+async def test_the_state_api_is_strict_json_too() -> None:
+    """/api/state, what a page or a script starts from, still sent the bare word NaN."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from convstream.dashboard import web as dashboard_web
+
+    hub = Hub(DashboardSettings())
+    nan = float("nan")
+    hub.cameras["a"] = CameraView(id="a", status={"last_score": nan}, history=deque([(1.0, nan)]))
+    app = aiohttp.web.Application()
+    app[dashboard_web.HUB] = hub
+    app[dashboard_web.VIEWERS] = set()
+    response = await dashboard_web.state(make_mocked_request("GET", "/api/state", app=app))
+    assert isinstance(response.body, bytes)
+    state = json.loads(response.body, parse_constant=_strict)
+    assert state["cameras"][0]["last_score"] is None and state["history"]["a"] == [[1.0, None]]
 
 
 @pytest.mark.parametrize(

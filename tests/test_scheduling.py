@@ -907,6 +907,27 @@ async def test_an_analyze_call_that_sends_no_request_gives_its_place_back(
         await server.stop(grace=0)
 
 
+async def test_analyze_calls_refused_by_a_drain_are_not_counted_as_at_a_limit(
+    burst: list[bytes],
+) -> None:
+    """convstream_calls_refused_total counts calls refused at a limit: every rolling restart
+    counted its refusals there too, and read as a server at its max_analyze_calls."""
+    server = Server(Settings(port=0, metrics_port=-1, cameras=()))
+    await server.start()
+    try:
+        assert server.servicer is not None
+        server.servicer.draining.set()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await pb_grpc.ConvstreamStub(channel).Analyze(pb.FrameRequest(encoded=burst[0]))
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        value = server.metrics.registry.get_sample_value
+        assert not value("convstream_calls_refused_total", {"method": "Analyze"})
+        assert value("convstream_frames_total", {"source": "unnamed", "outcome": "rejected"}) == 1
+    finally:
+        await server.stop(grace=0)
+
+
 async def test_analyze_calls_past_the_cap_are_refused_at_once(burst: list[bytes]) -> None:
     server = Server(Settings(port=0, metrics_port=-1, cameras=(), max_analyze_calls=2))
     await server.start()

@@ -414,7 +414,8 @@ def render_snapshot(
         colours, weight = heat_colours(cells.astype(np.float32) / 255.0, threshold)
         weight *= 0.85 * 0.5  # half the live view's: the damage must show through
         out = (out * (1.0 - weight[..., None]) + colours * weight[..., None]).astype(np.uint8)
-        hot = (cells >= round(threshold * 255)).astype(np.uint8)
+        # where the colours turn red (heat_colours): at the threshold and over it
+        hot = (cells.astype(np.float32) / 255.0 >= threshold).astype(np.uint8)
         contours, _ = cv2.findContours(hot, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         line = max(1, round(out.shape[1] / 400))
         cv2.drawContours(out, contours, -1, (0, 0, 255), line, cv2.LINE_AA)

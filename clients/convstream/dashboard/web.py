@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from convstream.client.results import json_text
 from convstream.dashboard.access import Access, same_origin
 from convstream.dashboard.hub import Hub
 from convstream.dashboard.messages import text
@@ -195,7 +196,8 @@ async def state(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     snapshot = hub.snapshot()
     snapshot["viewers"] = [viewer.stats() for viewer in request.app[VIEWERS]]
-    return web.json_response(snapshot, headers={"Cache-Control": "no-store"})
+    # strict JSON, as the WebSocket's: a model's NaN score is null, not the bare word NaN
+    return web.json_response(snapshot, headers={"Cache-Control": "no-store"}, dumps=json_text)
 
 
 async def alert_snapshot(request: web.Request) -> web.Response:

@@ -77,9 +77,11 @@ DEMO_SOURCE = "demo:conveyor"
 
 
 def folded_id(name: str) -> str:
-    """A camera id as an eye reads it: no case, no '-', '_' or '.', and the digits that pass
-    for letters as those letters ("D0ck_1" reads as "dock-l")."""
-    return re.sub(r"[-_.]", "", name.casefold()).translate(_LOOKALIKE)
+    """A camera id as an eye reads it: no case, no '-', '_' or '.' (but between two digits:
+    "line-1-2" is not "line-12"), and the digits that pass for letters as those letters
+    ("D0ck_1" reads as "dock-l")."""
+    marked = re.sub(r"(?<=\d)[-_.]+(?=\d)", "|", name.casefold())
+    return re.sub(r"[-_.]", "", marked).translate(_LOOKALIKE)
 
 
 _LOOKALIKE = str.maketrans({"0": "o", "1": "l", "i": "l"})

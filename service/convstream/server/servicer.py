@@ -145,7 +145,8 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             if not waits:
                 del self._waiting[host]
             self.metrics.frames.labels(self.metrics.client_source(""), "rejected").inc()
-            self.metrics.calls_refused.labels("Analyze").inc()
+            if isinstance(refusal, Overloaded):  # a limit, not a drain
+                self.metrics.calls_refused.labels("Analyze").inc()
             return _refused(context, refusal.code, str(refusal))
         self.open_analyze_calls += 1
         waits.append(started)
