@@ -1347,6 +1347,15 @@ def test_an_overlay_colours_the_heatmap_as_the_dashboard_does() -> None:
     assert tuple(raw[10 * 8 + 4, 70 * 8 + 4]) != (128, 128, 128)
 
 
+def test_a_results_threshold_and_light_are_told_from_a_server_that_sent_none() -> None:
+    """A threshold of 0 (everything damaged) read as "not sent" and coloured the overlay by
+    raw values; an older server's result read contrast 0.0 and blank false together."""
+    sent = Result.from_proto(pb.FrameResult(score=0.5, threshold=0.0, brightness=0.0, contrast=0.0))
+    assert (sent.threshold, sent.brightness, sent.contrast) == (0.0, 0.0, 0.0)
+    older = Result.from_proto(pb.FrameResult(score=0.5))
+    assert all(math.isnan(v) for v in (older.threshold, older.brightness, older.contrast))
+
+
 def test_the_overlays_label_gives_the_score_as_the_commands_print_it() -> None:
     # "1.00 DAMAGED" stood over a frame the table beside it listed as 0.9964
     from convstream.client.overlay import label_text

@@ -108,8 +108,8 @@ class Result:
             a black, white or single-colour frame), so its score, low, says nothing about a
             package; False for a frame that failed.
         brightness: the mean of the frame's luma, 0-255 (over one sample per 8x8 pixels of
-            the model input); NaN for a frame that failed.
-        contrast: the standard deviation of that luma; NaN for a frame that failed.
+            the model input); NaN for a frame that failed, or from a server older than it.
+        contrast: the standard deviation of that luma; NaN as brightness is.
         threshold: the threshold ``damaged`` was decided by (the server's when the frame was
             analysed); NaN for a frame that failed, or from a server older than the field.
         heatmap (NDArray[float32] | None): shape (h, w): the damage probability per cell of
@@ -237,11 +237,12 @@ class Result:
             score=float(message.score),
             damaged=message.damaged,
             blank=message.blank,
-            brightness=float(message.brightness),
-            contrast=float(message.contrast),
-            # float32 on the wire: 0.82151 arrives 0.8215100169181824, said as sent; 0 from
-            # a server older than the field
-            threshold=float(str(np.float32(message.threshold))) if message.threshold else math.nan,
+            brightness=float(message.brightness) if message.HasField("brightness") else math.nan,
+            contrast=float(message.contrast) if message.HasField("contrast") else math.nan,
+            # float32 on the wire: 0.82151 arrives 0.8215100169181824, said as sent
+            threshold=float(str(np.float32(message.threshold)))
+            if message.HasField("threshold")
+            else math.nan,
             heatmap=heatmap,
             heatmap_stride=message.heatmap.stride or 8,
             feature_maps={tensor.name: to_numpy(tensor) for tensor in message.feature_maps},

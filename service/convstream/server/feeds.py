@@ -256,7 +256,7 @@ class Publisher:
         self.frame_size = (geometry.frame_width, geometry.frame_height)
         self.frames_analysed += 1
         self.last_score = score
-        self.last_blank = prepared.blank
+        self.last_blank = prepared.light.blank
         self.latency_ms = (time.perf_counter() - read_at) * 1000
         self.last_result_time = time.time()
         # timed by when its analysis began, as the fps cap schedules frames: by when it ended,
@@ -453,7 +453,7 @@ class CameraFeed(Publisher):
             batch_size=inference.batch_size,
             inference_threads=inference.threads,
         )
-        self.metrics.observe_result(self.name, timings, prepared.blank)
+        self.metrics.observe_result(self.name, timings, prepared.light.blank)
 
 
 class StreamPublication(Publisher):

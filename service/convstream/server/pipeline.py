@@ -28,7 +28,7 @@ from convstream.server.encode import bytes_per_element, fill_tensor
 from convstream.server.engine import Engine, Inference
 from convstream.server.errors import InvalidFrame, InvalidOptions, ResultTooLarge
 from convstream.server.letterbox import Geometry, choose_input, letterbox, reduction
-from convstream.server.light import is_blank, light
+from convstream.server.light import Light, light
 from convstream.v1 import convstream_pb2 as pb
 
 T = TypeVar("T")
@@ -271,13 +271,7 @@ class Prepared:
     pixels: np.ndarray
     geometry: Geometry
     decode_ms: float
-    brightness: float  # what light() measures of the frame
-    contrast: float
-
-    @property
-    def blank(self) -> bool:
-        """Whether the frame shows too little to judge (light.is_blank)."""
-        return is_blank(self.contrast)
+    light: Light  # what the frame shows
 
     @classmethod
     def fit(
@@ -286,9 +280,8 @@ class Prepared:
         """A decoded frame letterboxed into target (height, width) and measured (light), its
         decode_ms counted from ``started`` (time.perf_counter)."""
         pixels, geometry = letterbox(image, target, frame_size)
-        brightness, contrast = light(pixels, geometry)
-        decode_ms = (time.perf_counter() - started) * 1000
-        return cls(pixels, geometry, decode_ms, brightness, contrast)
+        shows = light(pixels, geometry)
+        return cls(pixels, geometry, (time.perf_counter() - started) * 1000, shows)
 
 
 class _Trip:
@@ -505,9 +498,9 @@ class Pipeline:
             score=score,
             damaged=score >= model.threshold,
             threshold=model.threshold,
-            brightness=prepared.brightness,
-            contrast=prepared.contrast,
-            blank=prepared.blank,
+            brightness=prepared.light.brightness,
+            contrast=prepared.light.contrast,
+            blank=prepared.light.blank,
         )
         if has_capture_time(request):
             result.capture_time.CopyFrom(request.capture_time)
