@@ -24,6 +24,7 @@ from live import FFmpegSource, write_video
 from test_dashboard import _FIGURE_CLASHES, _open, _resized, _tile, _wait_frames
 from test_dashboard import serving as _serving
 
+from convstream.client.overlay import heat_colours
 from convstream.dashboard import Dashboard, DashboardSettings
 from convstream.dashboard.messages import parse_frame_message
 from convstream.model.scenes import render_scene
@@ -158,6 +159,13 @@ async def test_a_damaged_tile_rings_where_the_damage_is(
             near = masks["torn"][max(0, y - 8) : y + 9, max(0, x - 8) : x + 9]
             assert near.any(), (heat, ring, x, y)  # within a heatmap cell of the damage
             assert 28 <= ring["width"] <= 0.1 * ring["view"], ring
+        # The page's colours are the CLI's and the alerts' (heat_colours), value by value
+        threshold = await page.evaluate("window.convstreamDashboard.state.threshold")
+        lut = np.array(await page.evaluate("Array.from(window.convstreamDashboard.heatLut)"))
+        colours, weights = heat_colours(np.arange(256)[None] / 255.0, threshold)
+        rgba = lut.reshape(256, 4)
+        assert np.abs(rgba[:, :3] - colours[0, :, ::-1].astype(int)).max() <= 3
+        assert np.abs(rgba[:, 3] - np.round(0.85 * weights[0] * 255)).max() <= 1
         corner = _tile(page, "corner")
         await expect(corner.locator(".ring")).to_be_visible()
         badges = {n: await _tile(page, n).evaluate(_BADGE_AND_RING) for n in ("torn", "corner")}
@@ -629,6 +637,8 @@ async def test_a_camera_that_shows_next_to_nothing_says_so(
             re.compile(r"^since \d\d:\d\d:\d\d: the camera shows next to nothing ")
         )
         await expect(_tile(page, "belt").locator(".notice")).to_be_hidden()
+        # the header names it among the cameras in trouble, though it runs
+        await expect(page.locator("#summary .down")).to_have_text("capped blank", timeout=10000)
         colours = {
             camera: await _tile(page, camera)
             .locator(".v-score")

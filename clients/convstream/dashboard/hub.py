@@ -99,6 +99,8 @@ class CameraView:
     # ran, kept through the states between (reconnecting, then failed; a reload restarting a
     # failed camera; the server restarting), which each start the server's state_since again
     down_since: float | None = None
+    # the capture time of the first of its latest blank frames in a row (FrameResult.blank)
+    blank_since: float | None = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -346,6 +348,7 @@ class Hub:
             elif view.down_since is None:
                 view.down_since = status["state_since"] or time.time()
             status["down_since"] = view.down_since
+            status["blank_since"] = view.blank_since if status["last_blank"] else None
             view.status = status
         for camera_id in set(self.cameras) - seen:
             view = self.cameras.pop(camera_id)
@@ -436,6 +439,7 @@ class Hub:
         box = content_box(result.geometry)
         stride = result.heatmap.stride or 8
         view.frames_received += 1
+        view.blank_since = (view.blank_since or when) if result.blank else None
         view.history.append((round(when, 3), round(score, 4)))
         # history_s by time, not only by points: a camera analysed slower than max_fps would
         # otherwise keep minutes more, sent to every page that opens
@@ -457,8 +461,10 @@ class Hub:
             "input": [result.geometry.input_width, result.geometry.input_height],
             "stride": stride,
             "peak": peak_in_box(result),
-            # next to nothing to see (a covered lens, a black frame): the low score says nothing
+            # next to nothing to see (a covered lens, a black frame): the low score says
+            # nothing; since when, for every page alike
             "blank": result.blank,
+            "blank_since": view.blank_since,
             "n": self._frames_sent,
         }
         message = frame_message(header, heat, result.frame_jpeg)

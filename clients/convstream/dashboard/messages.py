@@ -54,6 +54,7 @@ def camera_json(camera: pb.CameraStatus) -> dict[str, Any]:
         "width": camera.frame_width,
         "height": camera.frame_height,
         "last_score": camera.last_score,  # compared with the threshold, as a frame's score
+        "last_blank": camera.last_blank,  # its latest frame showed next to nothing
         "last_frame_time": seconds(camera.last_frame_time),
         "latency_ms": round(camera.latency_ms, 1),
     }

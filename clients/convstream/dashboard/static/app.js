@@ -70,6 +70,7 @@
     }
   }
   buildLut(null);
+  window.convstreamDashboard.heatLut = LUT; // rebuilt in place with each threshold
 
   function dashNow() {
     if (!state.clock.at) return Date.now() / 1000;
@@ -276,6 +277,18 @@
       this.el.classList.toggle("hot", hot);
     }
 
+    // The DAMAGED badge sits top left, and covered damage in that corner, its ring too:
+    // where the ring would be under it, it goes top right (measured, as the badge's size
+    // follows the tile's type).
+    placeVerdict() {
+      if (this.verdict.hidden || this.ring.hidden) return;
+      this.verdict.classList.remove("right");
+      const v = this.verdict.getBoundingClientRect();
+      const r = this.ring.getBoundingClientRect();
+      const under = r.left < v.right && r.right > v.left && r.top < v.bottom && r.bottom > v.top;
+      if (under) this.verdict.classList.add("right");
+    }
+
     updateNotice() {
       const s = this.status ? this.status.state : "unknown";
       // With the dashboard's link down, the last known state is history: the badge goes grey
@@ -293,6 +306,7 @@
       if (this.verdict.hidden === damaged) this.verdict.hidden = !damaged;
       const ringed = damaged && this.peak;
       if (this.ring.hidden === ringed) this.ring.hidden = !ringed;
+      this.placeVerdict();
       let title = "";
       let detail = "";
       const since = this.troubleSince(s);
@@ -352,9 +366,7 @@
       if (!socketOpen) return state.heardAt ? { at: state.heardAt, earlier: false } : null;
       if (s === "offline") return serverLost();
       if (s === "running" || !this.status) return null;
-      // since its trouble began, through reconnecting, failed and reloads (the dashboard's
-      // down_since), rather than since its latest state
-      const at = this.status.down_since || this.status.state_since;
+      const at = downSince(this.status);
       return at ? { at, earlier: false } : null;
     }
 
@@ -385,10 +397,8 @@
           top: `${((py / h) * 100).toFixed(3)}%`,
           width: `${(((2 * header.stride) / w) * 100).toFixed(3)}%`,
         });
-        // The DAMAGED badge sits top left, and covered damage in that corner, its ring too:
-        // there it goes top right.
-        this.verdict.classList.toggle("right", px / w < 0.4 && py / h < 0.25);
       }
+      this.placeVerdict();
       if (header.heat.length === 2) {
         const [hh, hw] = header.heat;
         if (this.heat.width !== hw || this.heat.height !== hh) {
@@ -427,7 +437,7 @@
       this.stamp.hidden = false;
       // A picture that shows next to nothing (a covered lens, a black frame) scores low, and
       // that low score would read as all clear: the tile says so, and since when.
-      this.blankSince = header.blank ? this.blankSince || header.time : null;
+      this.blankSince = header.blank ? header.blank_since || header.time : null;
       this.el.classList.toggle("blank", header.blank === true);
       this.showScore(header.score);
       this.addPoint(header.time, header.score);
@@ -557,16 +567,26 @@
     const rank = DOWN_ORDER.indexOf(state);
     return rank < 0 ? DOWN_ORDER.length : rank;
   };
-  // When a camera's trouble began (the dashboard keeps it through its states and reloads)
-  const downSince = (camera) => camera.down_since || camera.state_since;
+  // When a camera's trouble began: the dashboard keeps it through its states, reloads and
+  // server restarts (down_since), rather than since its latest state; for a camera that
+  // runs but shows next to nothing, since its first blank frame in a row.
+  function downSince(camera) {
+    if (camera.state === "running") return camera.blank_since || null;
+    return camera.down_since || camera.state_since;
+  }
+  // A camera in trouble as the header names it: a running one that shows next to nothing
+  // (a capped lens) is in trouble too, "blank".
+  const troubleState = (camera) =>
+    (camera.state === "running" && camera.last_blank ? "blank" : camera.state);
   let summaryKey = "";
   let summaryTimes = []; // [element, since]: each down camera's time in its state, ticking
   function setSummary(text, cameras) {
     // Not "offline" (the dashboard lost the server): the banner says so for them all, and
     // their state_since is the server's, from before.
-    const down = cameras.filter((c) => !["running", "connecting", "offline"].includes(c.state))
+    const down = cameras
+      .filter((c) => !["running", "connecting", "offline"].includes(troubleState(c)))
       .sort((a, b) => downRank(a.state) - downRank(b.state)); // stable: the config's order next
-    const key = JSON.stringify([text, down.map((c) => [c.id, c.state, downSince(c)])]);
+    const key = JSON.stringify([text, down.map((c) => [c.id, troubleState(c), downSince(c)])]);
     if (key === summaryKey) return; // unchanged: keep the buttons under the pointer
     summaryKey = key;
     const summary = $("summary");
@@ -576,7 +596,7 @@
       const button = document.createElement("button");
       button.type = "button";
       button.className = "down";
-      button.dataset.state = camera.state;
+      button.dataset.state = troubleState(camera);
       // The name and the state in spans of their own: a touch screen lays the button out as
       // a flex box, which dropped a bare text's leading space ("yard-gatefailed").
       const name = document.createElement("span");
@@ -584,11 +604,11 @@
       name.replaceChildren(...nameParts(camera.id));
       const state = document.createElement("span");
       state.className = "down-state";
-      state.textContent = camera.state;
+      state.textContent = troubleState(camera);
       button.replaceChildren(name, " ", state);
       const since = downSince(camera);
       button.title = `show ${camera.id}` + (since
-        ? `, in trouble since ${dateTime(since)}, ${camera.state} now` : "");
+        ? `, in trouble since ${dateTime(since)}, ${troubleState(camera)} now` : "");
       button.addEventListener("click", () => showTile(camera.id));
       summary.append(" · ", button);
       // How long, beside the button rather than in it: its name stays still under the pointer
@@ -627,7 +647,7 @@
     const summary = $("summary");
     const over = () => summary.scrollWidth > summary.clientWidth + 1;
     if (over()) bar.classList.add("crowded");
-    if (over()) bar.classList.add("wrapped");
+    if (over()) bar.classList.replace("crowded", "wrapped"); // a row of their own: room again
   }
   // the summary's own box too: the clock or the connection's word beside it appearing, or
   // growing, narrows it with no change to the bar
