@@ -60,6 +60,18 @@ class Geometry:
     pad_left: int
     pad_top: int
 
+    @classmethod
+    def from_proto(cls, g: pb.Geometry) -> Geometry:
+        return cls(
+            g.frame_width,
+            g.frame_height,
+            g.input_width,
+            g.input_height,
+            g.scale,
+            g.pad_left,
+            g.pad_top,
+        )
+
     def content_box(self) -> tuple[int, int, int, int]:
         """(left, top, right, bottom) of the frame inside the model input, in input pixels."""
         right = min(self.input_width, self.pad_left + round(self.frame_width * self.scale))
@@ -232,7 +244,6 @@ class Result:
             array = to_numpy(message.heatmap)
             heatmap = array.reshape(array.shape[-2:]) if array.ndim == 3 else array
         t = message.timings
-        g = message.geometry
         return cls(
             score=float(message.score),
             damaged=message.damaged,
@@ -256,15 +267,7 @@ class Result:
                 t.inference_threads,
             ),
             frame_age_ms=message.frame_age_ms,
-            geometry=Geometry(
-                g.frame_width,
-                g.frame_height,
-                g.input_width,
-                g.input_height,
-                g.scale,
-                g.pad_left,
-                g.pad_top,
-            )
+            geometry=Geometry.from_proto(message.geometry)
             if message.HasField("geometry")
             else None,
             hottest=(round(message.peak.x), round(message.peak.y))

@@ -23,6 +23,7 @@ import grpc
 from convstream.client._base import clean_token
 from convstream.client.connection_flags import refused_hint, unavailable_hint
 from convstream.client.errors import is_name_mismatch
+from convstream.client.results import Geometry
 from convstream.client.tensors import to_numpy
 from convstream.dashboard.alerts import (
     Alert,
@@ -34,7 +35,6 @@ from convstream.dashboard.alerts import (
 )
 from convstream.dashboard.messages import (
     camera_json,
-    content_box,
     frame_message,
     model_json,
     peak_in_box,
@@ -436,7 +436,7 @@ class Hub:
         heat = None
         if result.heatmap.data:
             heat = quantise(to_numpy(result.heatmap).reshape(result.heatmap.shape[-2:]))
-        box = content_box(result.geometry)
+        box = Geometry.from_proto(result.geometry).content_box()
         stride = result.heatmap.stride or 8
         view.frames_received += 1
         view.blank_since = (view.blank_since or when) if result.blank else None

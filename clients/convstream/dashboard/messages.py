@@ -78,22 +78,6 @@ def model_json(info: pb.ModelInfo, threshold: float) -> dict[str, Any]:
     }
 
 
-def content_box(geometry: pb.Geometry) -> tuple[int, int, int, int]:
-    """(left, top, right, bottom) of the frame inside the model input, in input pixels."""
-    right = min(
-        geometry.input_width, geometry.pad_left + round(geometry.frame_width * geometry.scale)
-    )
-    bottom = min(
-        geometry.input_height, geometry.pad_top + round(geometry.frame_height * geometry.scale)
-    )
-    return (
-        geometry.pad_left,
-        geometry.pad_top,
-        max(right, geometry.pad_left + 1),
-        max(bottom, geometry.pad_top + 1),
-    )
-
-
 def peak_in_box(result: pb.FrameResult) -> list[float] | None:
     """The result's peak (the hottest cell's centre, in frame pixels) in the pixels of its
     frame's part of the model input, as the page draws that part; None when it sent none."""
