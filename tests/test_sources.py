@@ -11,6 +11,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -765,11 +766,11 @@ def test_digest_answers_as_rfc_2617_says() -> None:
     )
 
 
-def test_an_http_snapshot_url_is_told_to_be_one_picture_not_a_stream() -> None:
-    """A camera's snapshot URL (one JPEG) given as a camera: FFmpeg read its one picture, the
-    backlog skip grabbed past it, and the camera reconnected for ever with "its stream ended"
-    and OpenCV's "Picture does not contain data" in the log at each retry."""
-    picture = cv2.imencode(".jpg", np.full((240, 320, 3), 90, np.uint8))[1].tobytes()
+def _snapshot_server(
+    picture: bytes, tls: ssl.SSLContext | None = None
+) -> http.server.ThreadingHTTPServer:
+    """A camera's snapshot URL, /snap.jpg, serving one JPEG, over TLS with ``tls`` (started:
+    shut it down and close it)."""
 
     class Snapshot(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -782,19 +783,61 @@ def test_an_http_snapshot_url_is_told_to_be_one_picture_not_a_stream() -> None:
         def log_message(self, *_: object) -> None:
             pass
 
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Snapshot) as camera:
-        threading.Thread(target=camera.serve_forever, daemon=True).start()
-        url = f"http://127.0.0.1:{camera.server_address[1]}/snap.jpg"
-        try:
-            source = open_source(parse_source(url), open_timeout_s=4, read_timeout_s=3, loop=True)
-            try:
-                with pytest.raises(SourceError, match=r"it serves one picture \(image/jpeg\)"):
-                    for _ in range(3):
-                        source.read()
-            finally:
-                source.release()
-        finally:
-            camera.shutdown()
+    camera = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Snapshot)
+    if tls is not None:
+        camera.socket = tls.wrap_socket(camera.socket, server_side=True)
+    threading.Thread(target=camera.serve_forever, daemon=True).start()
+    return camera
+
+
+def _reads_one_picture(url: str) -> None:
+    source = open_source(parse_source(url), open_timeout_s=4, read_timeout_s=3, loop=True)
+    try:
+        with pytest.raises(SourceError, match=r"it serves one picture \(image/jpeg\)"):
+            for _ in range(3):
+                source.read()
+    finally:
+        source.release()
+
+
+def test_an_http_snapshot_url_is_told_to_be_one_picture_not_a_stream() -> None:
+    """A camera's snapshot URL (one JPEG) given as a camera: FFmpeg read its one picture, the
+    backlog skip grabbed past it, and the camera reconnected for ever with "its stream ended"
+    and OpenCV's "Picture does not contain data" in the log at each retry."""
+    picture = cv2.imencode(".jpg", np.full((240, 320, 3), 90, np.uint8))[1].tobytes()
+    camera = _snapshot_server(picture)
+    try:
+        _reads_one_picture(f"http://127.0.0.1:{camera.server_address[1]}/snap.jpg")
+    finally:
+        camera.shutdown()
+        camera.server_close()
+
+
+def test_an_https_cameras_untrusted_certificate_is_said_and_its_snapshot_url_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A camera's https:// URL with its own self-signed certificate, which FFmpeg refuses:
+    "no video stream opened there (wrong path or stream name, ...)", sending integrators to
+    the wrong place. Trusted (SSL_CERT_FILE), its snapshot URL read "its stream ended", where
+    an http:// one says it serves one picture."""
+    from test_client_transport import make_certificates
+
+    files = make_certificates(tmp_path)
+    picture = cv2.imencode(".jpg", np.full((240, 320, 3), 90, np.uint8))[1].tobytes()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(files["server.pem"], files["server.key"])
+    camera = _snapshot_server(picture, context)
+    url = f"https://127.0.0.1:{camera.server_address[1]}/snap.jpg"
+    try:
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "nothing.pem"))  # no CA trusted
+        with pytest.raises(SourceError, match="its TLS certificate is not trusted here") as info:
+            open_source(parse_source(url), open_timeout_s=4, read_timeout_s=3, loop=True)
+        assert "SSL_CERT_FILE" in str(info.value) and "http:// URL" in str(info.value)
+        monkeypatch.setenv("SSL_CERT_FILE", str(files["ca.pem"]))  # its CA trusted
+        _reads_one_picture(url)
+    finally:
+        camera.shutdown()
+        camera.server_close()
 
 
 def test_an_http_camera_that_answers_404_or_401_is_told_so() -> None:

@@ -17,6 +17,7 @@ errors reach clients, which know cameras by id only.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import re
@@ -103,17 +104,16 @@ _PLAIN_ANSWERS = frozenset(
 
 def _handshake(parts: SplitResult, address: Address, deadline: float, waited: float) -> str:
     """Why an rtsps:// or https:// source's TLS handshake failed ("" if it did not): a plain
-    RTSP or HTTP port named as TLS was said as a wrong path or stream name."""
-    context = ssl.create_default_context()
-    context.check_hostname = False  # FFmpeg does not check the camera's certificate either
-    context.verify_mode = ssl.CERT_NONE
+    RTSP or HTTP port named as TLS was said as a wrong path or stream name, and a camera's
+    self-signed certificate, which FFmpeg refuses, as "no video stream opened"."""
     plain = parts.scheme.lower().removesuffix("s")
     try:
+        # unchecked first, to tell a TLS port from a plain one whatever its certificate
         with (
             _connect(address, deadline) as sock,
-            context.wrap_socket(sock, server_hostname=parts.hostname),
+            _unchecked().wrap_socket(sock, server_hostname=parts.hostname),
         ):
-            return ""
+            pass
     except TimeoutError:
         return (
             f"it accepts connections, but did not answer a TLS handshake within {waited:.1f} s "
@@ -136,6 +136,33 @@ def _handshake(parts: SplitResult, address: Address, deadline: float, waited: fl
             "it accepts connections, but closed them at the TLS handshake: is it a plain "
             f"{plain}:// source rather than {parts.scheme.lower()}://?"
         )
+    # then as FFmpeg checks it: its chain against this host's CAs (or SSL_CERT_FILE's), and
+    # the name in the URL
+    try:
+        with (
+            _connect(address, deadline) as sock,
+            ssl.create_default_context().wrap_socket(sock, server_hostname=parts.hostname),
+        ):
+            return ""
+    except ssl.SSLCertVerificationError as exc:
+        return (
+            f"its TLS certificate is not trusted here ({exc.verify_message}), and FFmpeg "
+            "refuses it (a camera's self-signed certificate, one from a private CA, or one for "
+            "another name): trust it for the server's process (its CA in this host's store, "
+            "or SSL_CERT_FILE naming a file that holds it), or use the camera's "
+            f"{plain}:// URL on a network you trust"
+        )
+    except OSError:  # the unchecked handshake passed: not the certificate
+        return ""
+
+
+def _unchecked() -> ssl.SSLContext:
+    """A TLS context that takes any certificate: to read what a camera answers, not to trust
+    it."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 _TS_PACKET = 188  # bytes of an MPEG-TS packet, which starts with the sync byte 0x47
@@ -190,15 +217,18 @@ def _connect(address: Address, deadline: float) -> socket.socket:
 
 
 def one_picture(url: str, timeout_s: float) -> str:
-    """The media type ("image/jpeg") when an http:// URL answers with one picture, a camera's
-    snapshot URL rather than its stream; "" when it does not, or cannot be told."""
+    """The media type ("image/jpeg") when an http:// or https:// URL answers with one
+    picture, a camera's snapshot URL rather than its stream; "" when it does not, or cannot
+    be told."""
     parts = urlsplit(url)
-    if parts.scheme.lower() != "http" or not parts.hostname:
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
         return ""
     deadline = time.monotonic() + timeout_s
     try:
-        address = socket.getaddrinfo(parts.hostname, parts.port or 80, type=socket.SOCK_STREAM)[0]
-        status, _, kind, _ = _answer(parts, "http", address, deadline)
+        port = parts.port or _DEFAULT_PORTS[scheme]
+        address = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)[0]
+        status, _, kind, _ = _answer(parts, scheme, address, deadline)
     except (OSError, ValueError):
         return ""
     return kind if 200 <= status < 300 and kind.startswith("image/") else ""
@@ -215,14 +245,15 @@ def _answer(
     bare = urlunsplit((parts.scheme, host, parts.path or "/", parts.query, ""))
     target = bare if scheme == "rtsp" else urlunsplit(("", "", parts.path or "/", parts.query, ""))
     method = "DESCRIBE" if scheme == "rtsp" else "GET"
+    tls_name = parts.hostname if scheme == "https" else None
     status, reason, challenge, kind = _request(
-        scheme, method, target, host, None, address, deadline
+        scheme, method, target, host, None, address, deadline, tls_name
     )
     if status == 401 and user is not None and challenge:
         authorization = _authorization(challenge, user, password, method, target)
         if authorization:
             status, reason, _, kind = _request(
-                scheme, method, target, host, authorization, address, deadline
+                scheme, method, target, host, authorization, address, deadline, tls_name
             )
             return status, reason, kind, True
     return status, reason, kind, False
@@ -278,15 +309,21 @@ def _request(
     authorization: str | None,
     address: Address,
     deadline: float,
+    tls_name: str | None = None,
 ) -> tuple[int, str, str, str]:
-    """One request on a new connection: (status, reason, WWW-Authenticate challenge, the
-    Content-Type's media type, lower case; "" without one)."""
-    lines = [f"{method} {target} {scheme.upper()}/1.{'0' if scheme == 'rtsp' else '1'}"]
+    """One request on a new connection (over TLS to ``tls_name``, when given): (status,
+    reason, WWW-Authenticate challenge, the Content-Type's media type, lower case; "" without
+    one)."""
+    protocol = "RTSP/1.0" if scheme == "rtsp" else "HTTP/1.1"  # https: HTTP over TLS
+    lines = [f"{method} {target} {protocol}"]
     lines += ["CSeq: 1", "Accept: application/sdp"] if scheme == "rtsp" else [f"Host: {host}"]
     lines += ["User-Agent: convstream", "Connection: close"]
     if authorization:
         lines.append(f"Authorization: {authorization}")
-    with _connect(address, deadline) as sock:
+    with contextlib.ExitStack() as stack:
+        sock = stack.enter_context(_connect(address, deadline))
+        if tls_name is not None:
+            sock = stack.enter_context(_unchecked().wrap_socket(sock, server_hostname=tls_name))
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         head = b""
         while b"\r\n\r\n" not in head and len(head) < 16384:
