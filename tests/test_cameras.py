@@ -1469,6 +1469,10 @@ async def test_a_client_stream_can_publish_under_its_source_name() -> None:
         refused = await taken.read()
         assert refused.status.code == grpc.StatusCode.ALREADY_EXISTS.value[0]
         assert "already published by a configured camera" in refused.status.message
+        # the stream goes on unpublished, and each result says so: nothing did
+        await taken.write(pb.FrameRequest(frame_id=2, source="belt", encoded=frames[0]))
+        unpublished = await taken.read()
+        assert unpublished.status.code == 0 and not unpublished.published
         await taken.done_writing()
         # nor under a name an operator would read as the camera's
         for i, lookalike in enumerate(("BELT", "Belt")):
@@ -1494,7 +1498,7 @@ async def test_a_client_stream_can_publish_under_its_source_name() -> None:
             if s.name == "convstream_frames_total"
         }
         assert counted.get(("client:belt", "rejected")) == 1.0, counted
-        assert counted.get(("client:belt", "ok")) == 1.0, counted
+        assert counted.get(("client:belt", "ok")) == 2.0, counted  # the stream's, Analyze's
         # the camera's own series count only its frames, analysed: never a refused one
         assert [key for key in counted if key[0] == "belt"] in ([], [("belt", "ok")]), counted
 
@@ -1516,6 +1520,7 @@ async def test_a_client_stream_can_publish_under_its_source_name() -> None:
             await stream.write(pb.FrameRequest(frame_id=i, source="dock-push", encoded=data))
             own = await stream.read()
             assert own.frame_id == i and not own.frame_jpeg and not own.heatmap.data
+            assert own.published
         await until(lambda: _true(len(watcher.results) == 2), 5, "published results")
         assert [r.frame_id for r in watcher.results] == [2, 3]
         for r in watcher.results:  # the watcher's own content: frame and heatmap

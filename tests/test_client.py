@@ -1354,6 +1354,8 @@ def test_a_results_threshold_and_light_are_told_from_a_server_that_sent_none() -
     assert (sent.threshold, sent.brightness, sent.contrast) == (0.0, 0.0, 0.0)
     older = Result.from_proto(pb.FrameResult(score=0.5))
     assert all(math.isnan(v) for v in (older.threshold, older.brightness, older.contrast))
+    assert Result.from_proto(pb.FrameResult(score=0.5, published=True)).published
+    assert not older.published
 
 
 def test_the_overlays_label_gives_the_score_as_the_commands_print_it() -> None:

@@ -122,6 +122,9 @@ class Result:
         brightness: the mean of the frame's luma, 0-255 (over one sample per 8x8 pixels of
             the model input); NaN for a frame that failed, or from a server older than it.
         contrast: the standard deviation of that luma; NaN as brightness is.
+        published: on a stream that publishes (``ResultOptions(publish=True)``), this
+            frame went to the watchers of its source name; False when that name was refused
+            (the stream goes on unpublished) or on any other call.
         threshold: the threshold ``damaged`` was decided by (the server's when the frame was
             analysed); NaN for a frame that failed, or from a server older than the field.
         heatmap (NDArray[float32] | None): shape (h, w): the damage probability per cell of
@@ -156,6 +159,7 @@ class Result:
     brightness: float = math.nan
     contrast: float = math.nan
     threshold: float = math.nan
+    published: bool = False
     heatmap: npt.NDArray[np.float32] | None = None
     heatmap_stride: int = 8
     feature_maps: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
@@ -248,6 +252,7 @@ class Result:
             score=float(message.score),
             damaged=message.damaged,
             blank=message.blank,
+            published=message.published,
             brightness=float(message.brightness) if message.HasField("brightness") else math.nan,
             contrast=float(message.contrast) if message.HasField("contrast") else math.nan,
             # float32 on the wire: 0.82151 arrives 0.8215100169181824, said as sent

@@ -169,7 +169,7 @@ class FrameStatus(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class FrameResult(_message.Message):
-    __slots__ = ("frame_id", "source", "status", "score", "damaged", "heatmap", "feature_maps", "timings", "frame_age_ms", "frames_dropped", "sequence", "geometry", "frame_jpeg", "capture_time", "dropped_frame_ids", "peak", "brightness", "contrast", "blank", "threshold")
+    __slots__ = ("frame_id", "source", "status", "score", "damaged", "heatmap", "feature_maps", "timings", "frame_age_ms", "frames_dropped", "sequence", "geometry", "frame_jpeg", "capture_time", "dropped_frame_ids", "peak", "brightness", "contrast", "blank", "threshold", "published")
     FRAME_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +190,7 @@ class FrameResult(_message.Message):
     CONTRAST_FIELD_NUMBER: _ClassVar[int]
     BLANK_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_FIELD_NUMBER: _ClassVar[int]
     frame_id: int
     source: str
     status: FrameStatus
@@ -210,7 +211,8 @@ class FrameResult(_message.Message):
     contrast: float
     blank: bool
     threshold: float
-    def __init__(self, frame_id: _Optional[int] = ..., source: _Optional[str] = ..., status: _Optional[_Union[FrameStatus, _Mapping]] = ..., score: _Optional[float] = ..., damaged: bool = ..., heatmap: _Optional[_Union[Tensor, _Mapping]] = ..., feature_maps: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., frame_age_ms: _Optional[float] = ..., frames_dropped: _Optional[int] = ..., sequence: _Optional[int] = ..., geometry: _Optional[_Union[Geometry, _Mapping]] = ..., frame_jpeg: _Optional[bytes] = ..., capture_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dropped_frame_ids: _Optional[_Iterable[int]] = ..., peak: _Optional[_Union[Peak, _Mapping]] = ..., brightness: _Optional[float] = ..., contrast: _Optional[float] = ..., blank: bool = ..., threshold: _Optional[float] = ...) -> None: ...
+    published: bool
+    def __init__(self, frame_id: _Optional[int] = ..., source: _Optional[str] = ..., status: _Optional[_Union[FrameStatus, _Mapping]] = ..., score: _Optional[float] = ..., damaged: bool = ..., heatmap: _Optional[_Union[Tensor, _Mapping]] = ..., feature_maps: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., frame_age_ms: _Optional[float] = ..., frames_dropped: _Optional[int] = ..., sequence: _Optional[int] = ..., geometry: _Optional[_Union[Geometry, _Mapping]] = ..., frame_jpeg: _Optional[bytes] = ..., capture_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dropped_frame_ids: _Optional[_Iterable[int]] = ..., peak: _Optional[_Union[Peak, _Mapping]] = ..., brightness: _Optional[float] = ..., contrast: _Optional[float] = ..., blank: bool = ..., threshold: _Optional[float] = ..., published: bool = ...) -> None: ...
 
 class Peak(_message.Message):
     __slots__ = ("row", "col", "x", "y", "value")

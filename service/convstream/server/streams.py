@@ -552,6 +552,8 @@ class StreamSession:
                         await self._publish(done)
                     except Exception:  # the watchers' loss; the stream's own result goes on
                         logger.exception("publishing frame %d failed", done.item.request.frame_id)
+                    else:
+                        result.published = True
                 self.sequence += 1
                 result.sequence = self.sequence
                 result.frames_dropped = self.dropped
