@@ -54,6 +54,12 @@ async def test_model_info_reports_what_runs(stub: pb_grpc.ConvstreamStub) -> Non
     assert (info.max_frame_pixels, info.max_frame_side) == (40_000_000, 16384)
     assert (info.stream_queue_size, info.max_stream_queue_size) == (4, 256)
     assert info.stream_idle_timeout_s == 300.0
+    # the call limits, which a client could not read (the watch queue's default was named in
+    # the proto, and nowhere to be found)
+    settings = Settings()
+    limits = (info.max_streams, info.max_analyze_calls, info.max_watchers)
+    assert limits == (settings.max_streams, settings.max_analyze_calls, settings.max_watchers)
+    assert info.watcher_queue_size == settings.watcher_queue_size > 0
     # the largest queue it says one stream may ask for is taken, and one more is refused
     frame = jpeg(scene(2, 240, 320))
     for size, code in ((info.max_stream_queue_size, 0), (info.max_stream_queue_size + 1, 3)):

@@ -531,6 +531,12 @@ def model_info_text(info: ModelInfo) -> str:
             f"{info.max_stream_queue_size}; a stream idle for {info.stream_idle_timeout_s:g} s "
             "is ended"
         )
+    if info.max_streams:
+        lines.append(
+            f"calls        {info.max_streams} streams, {info.max_analyze_calls} Analyze and "
+            f"{info.max_watchers} watches at once; a watcher's queue holds "
+            f"{info.watcher_queue_size} results by default"
+        )
     lines += [
         f"server       convstream {info.server_version}, onnxruntime {info.onnxruntime_version}",
     ]

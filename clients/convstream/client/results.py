@@ -347,6 +347,11 @@ class ModelInfo:
     stream_queue_size: int = 0
     max_stream_queue_size: int = 0
     stream_idle_timeout_s: float = 0.0
+    # the calls taken at once, and a watcher's default queue (0: not said)
+    max_streams: int = 0
+    max_analyze_calls: int = 0
+    max_watchers: int = 0
+    watcher_queue_size: int = 0
 
     @property
     def stage_names(self) -> tuple[str, ...]:
@@ -374,6 +379,10 @@ class ModelInfo:
             stream_queue_size=message.stream_queue_size,
             max_stream_queue_size=message.max_stream_queue_size,
             stream_idle_timeout_s=message.stream_idle_timeout_s,
+            max_streams=message.max_streams,
+            max_analyze_calls=message.max_analyze_calls,
+            max_watchers=message.max_watchers,
+            watcher_queue_size=message.watcher_queue_size,
         )
 
 
