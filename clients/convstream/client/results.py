@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, cast
 
@@ -15,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from convstream.client.errors import ConvstreamError, from_status
 from convstream.client.frames import Frame
 from convstream.client.tensors import to_numpy
+from convstream.v1 import content_box
 from convstream.v1 import convstream_pb2 as pb
 
 __all__ = ["CameraInfo", "CameraState", "Geometry", "ModelInfo", "Result", "Stage", "Timings"]
@@ -74,14 +75,7 @@ class Geometry:
 
     def content_box(self) -> tuple[int, int, int, int]:
         """(left, top, right, bottom) of the frame inside the model input, in input pixels."""
-        right = min(self.input_width, self.pad_left + round(self.frame_width * self.scale))
-        bottom = min(self.input_height, self.pad_top + round(self.frame_height * self.scale))
-        return (
-            self.pad_left,
-            self.pad_top,
-            max(right, self.pad_left + 1),
-            max(bottom, self.pad_top + 1),
-        )
+        return content_box(*astuple(self))
 
     def to_frame(self, x: float, y: float) -> tuple[float, float]:
         """A point of the model input in frame pixels (clamped to the frame)."""

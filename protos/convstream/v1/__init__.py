@@ -13,4 +13,22 @@ from convstream.v1 import convstream_pb2, convstream_pb2_grpc
 # hours. A client resuming after a server restart knows by it that it subscribed again.
 WATCHING = "convstream-watching"
 
-__all__ = ["WATCHING", "convstream_pb2", "convstream_pb2_grpc"]
+
+def content_box(
+    frame_width: int,
+    frame_height: int,
+    input_width: int,
+    input_height: int,
+    scale: float,
+    pad_left: int,
+    pad_top: int,
+) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the frame inside the model input, in input pixels, as a
+    Geometry message's fields place it: at least one pixel each way, since a frame's thin side
+    can be under half an input pixel. The server and the clients both read it so."""
+    right = min(input_width, pad_left + round(frame_width * scale))
+    bottom = min(input_height, pad_top + round(frame_height * scale))
+    return pad_left, pad_top, max(right, pad_left + 1), max(bottom, pad_top + 1)
+
+
+__all__ = ["WATCHING", "content_box", "convstream_pb2", "convstream_pb2_grpc"]

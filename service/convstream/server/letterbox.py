@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import cv2
 import numpy as np
+
+from convstream.v1 import content_box
 
 PAD_VALUE = 114  # close to the training data's mean, so the padding reads as "nothing here"
 
@@ -31,16 +33,8 @@ class Geometry:
     pad_top: int
 
     def content_box(self) -> tuple[int, int, int, int]:
-        """(left, top, right, bottom) of the frame inside the model input, in input pixels: at
-        least one pixel each way, since a frame's thin side can be under half an input pixel."""
-        right = min(self.input_width, self.pad_left + round(self.frame_width * self.scale))
-        bottom = min(self.input_height, self.pad_top + round(self.frame_height * self.scale))
-        return (
-            self.pad_left,
-            self.pad_top,
-            max(right, self.pad_left + 1),
-            max(bottom, self.pad_top + 1),
-        )
+        """(left, top, right, bottom) of the frame inside the model input, in input pixels."""
+        return content_box(*astuple(self))
 
     def hottest_cell(self, heat: np.ndarray, stride: int) -> tuple[int, int, float, float, float]:
         """The hottest cell of a heatmap over the frame, the letterbox bars left out.
