@@ -636,6 +636,32 @@ def test_a_server_that_takes_a_watch_and_drops_it_at_once_is_not_retried_for_goo
     client.close()
 
 
+async def test_a_watch_that_must_outlast_any_outage_waits_for_a_server_not_up_yet() -> None:
+    """Retry(resume_timeout=math.inf), as the README advises an alerter that must outlast any
+    outage, raised ServerUnavailable within 1.6 s when the server was not up yet (a service
+    started before it, at boot or in a deploy): the first connection got Retry.attempts
+    tries. "For good" is for good, from the first try; a finite timeout still fails fast."""
+    port = free_port()
+    retry = Retry(backoff=0.1, max_backoff=0.3, resume_timeout=math.inf)
+    async with AsyncClient(f"127.0.0.1:{port}", retry=retry) as client:
+        results = client.watch("demo")
+        first = asyncio.create_task(anext(results))
+        await asyncio.sleep(2.0)  # past the 5 tries (0.1 + 0.2 + 0.3 + 0.3 s)
+        assert not first.done(), first
+        server = Server(Settings(port=port, metrics_port=-1))  # the demo camera
+        await server.start()
+        try:
+            result = await asyncio.wait_for(first, 30)
+            assert result.source == "demo" and result.ok
+        finally:
+            await results.aclose()
+            await server.stop(grace=0)
+    quick = Retry(backoff=0.1, max_backoff=0.3, resume_timeout=60.0)
+    async with AsyncClient(f"127.0.0.1:{port}", retry=quick) as client:
+        with pytest.raises(ServerUnavailable):
+            await asyncio.wait_for(anext(client.watch("demo")), 10)
+
+
 async def test_slow_watcher_gets_fresh_results_on_its_own_channel(server: Server) -> None:
     """A reader slower than its results: the camera channel's small window keeps them fresh."""
     options = ResultOptions(input_jpeg=True, feature_maps=["stage3"])  # about 0.5 MB each

@@ -444,11 +444,14 @@ class _Resumption:
         client = self._client
         delay = client.retry.delay(self._failures)
         if not self._ran:
-            if self._failures >= client.retry.attempts:
+            # a wrong address fails within seconds; but "for good" (math.inf) is for good: an
+            # alerter started before its server (boot order, a deploy) waits for it to come up
+            forever = client.retry.resume_timeout == math.inf
+            if self._failures >= client.retry.attempts and not forever:
                 return None
-            logger.debug(
-                "stream to %s failed (%s); retrying in %.1f s", client.address, error, delay
-            )
+            # said once, where a finite resume_timeout would have given up
+            log = logger.warning if self._failures == client.retry.attempts else logger.debug
+            log("%s failed (%s); retrying in %.1f s", client.address, error, delay)
             return delay
         if time.monotonic() + delay - self._broke > client.retry.resume_timeout:
             return None

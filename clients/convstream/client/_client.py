@@ -275,7 +275,8 @@ class Client(BaseClient):
             resume: when the call ends with UNAVAILABLE (the server restarting or draining),
                 subscribe again with the Retry backoff: for up to ``Retry.resume_timeout``
                 once the server has taken the watch (a camera that is down included),
-                ``Retry.attempts`` tries before that. Frames of the gap are missed, not
+                ``Retry.attempts`` tries before that (with ``resume_timeout`` math.inf: for
+                good, also before, for a server not up yet). Frames of the gap are missed, not
                 replayed; ``sequence`` restarts, ``frames_dropped`` carries on. A published
                 stream is back only once its publisher sends again: until then the server
                 says NotFound, which after a restart is waited out the same way.

@@ -189,8 +189,11 @@ class Retry:
         backoff: seconds before the second try; doubled for each later one.
         max_backoff: the longest wait between two tries.
         resume_timeout: how long a broken stream or watch keeps trying to reconnect; a
-            restarting server has to load and warm up its model first. ``math.inf``: for
-            good (an alerter that must outlast any outage); then it raises only when closed.
+            restarting server has to load and warm up its model first. A stream or watch
+            that never connected gets ``attempts`` tries (a wrong address fails within
+            seconds), unless this is ``math.inf``: for good, from the first try (an alerter
+            that must outlast any outage, started before its server too); then it raises
+            only when closed.
 
     Example:
         >>> Retry(attempts=3).delay(2)
