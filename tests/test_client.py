@@ -551,7 +551,9 @@ def test_video_latest_only_reader_hands_out_newest_frames(video: Path) -> None:
         assert [f.frame_id for f in source.frames()] == [0, 1, 2, 3]
     with pytest.raises(cs.SourceError, match="no such video"):
         Video(video.with_name("missing.avi"))
-    with pytest.raises(cs.SourceError, match=r"is a folder, not a video file \(for its images"):
+    with pytest.raises(
+        cs.SourceError, match=r"a video file \(for its images: client.stream\(image_files"
+    ):
         Video(video.parent)
 
 
@@ -910,7 +912,7 @@ async def test_frame_ids_given_and_numbered_never_collide(
                 got.extend(client.stream(twice))
             assert [r.frame_id for r in got] == [7]
             with pytest.raises(ValueError, match="frame_id must be an integer from 0"):
-                client.analyze(Frame(jpeg(frames[0]), frame_id=-1))
+                Frame(jpeg(frames[0]), frame_id=-1)  # made, not sent: a stream ended on it
             # published under the frames' source name: said before sending, not refused by the
             # server for the first frame while the stream goes on unpublished
             with pytest.raises(ValueError, match=r"first frame \(Frame\(.*\) has none: give one"):
@@ -1505,6 +1507,8 @@ async def test_stream_of_one_frame_or_a_video_says_what_to_pass(tmp_path: Path) 
             (video, "pass video.frames(), not the Video"),
             (str(clip), "got one path (" + str(clip) + "): for a video, pass Video(path).frames()"),
             (clip, "for one image, call analyze(path)"),
+            # not read_images, which ends the stream at the first file that is no image
+            (tmp_path, "for a folder, image_files([folder]) (a file in it that is no image"),
             (jpeg(image), "got one bytes"),
             (image, "got one ndarray"),
             (Frame(image), "got one Frame"),

@@ -174,6 +174,11 @@ def check_address(address: str) -> str:
             f"{scheme}:// (for TLS: tls=TLS(...) in Python, --tls or --ca FILE for the "
             "commands)"
         )
+    if any(c.isspace() for c in address):  # "not an address" was dialled as a host name
+        raise ValueError(
+            f"address must be host:port, e.g. 127.0.0.1:50051, got {address!r}: a host name "
+            "has no spaces"
+        )
     if address.isdigit():  # a port alone was dialled as a host name, then failed in DNS
         raise ValueError(
             f"address must be host:port, got a port alone ({address}): "

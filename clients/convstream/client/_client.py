@@ -103,7 +103,12 @@ class Client(BaseClient):
 
         Raises:
             InvalidFrame: the server cannot analyse the frame (the message says why).
-            ConvstreamError: any other failure, e.g. ServerUnavailable after retries.
+            Overloaded: the server's ``max_analyze_calls`` (64 unless set; in
+                ``model_info()``) are all in progress, e.g. more threads than that sharing
+                one client: not retried; send many frames over ``stream()`` instead.
+            ConvstreamError: any other failure, e.g. ServerUnavailable after retries (the
+                default Retry gives up within about 1.5 s: a server restarting takes
+                longer, ``Retry(backoff=1.0, max_backoff=8.0)`` outlasts one).
         """
         self._check_open()
         request, frame = self._analyze_request(image, options)
@@ -143,7 +148,12 @@ class Client(BaseClient):
             freshness: what the server does when frames come faster than it analyses them:
                 "lossless" (slow the sender down), "latest_only" (analyse the newest, drop the
                 rest) or "bounded_queue" (keep ``queue_size``, drop the oldest). Dropped ids
-                arrive in the next result's ``dropped_frame_ids``.
+                arrive in the next result's ``dropped_frame_ids``. The client reads ahead
+                of the results, up to 32 frames, but 2 for "latest_only" or a latest-only
+                ``Video``: frames of your own live camera (a generator of an SDK's frames)
+                want "latest_only", else their results come seconds old, though each
+                ``frame_age_ms`` (the server's figure) stays small; and "bounded_queue"
+                drops from those 32, not only from its queue.
             queue_size: waiting frames for "bounded_queue" (the server's default when
                 None; at most its ``model_info().max_stream_queue_size``, 256 unless set
                 otherwise: a larger one gives every result an ``error``, as ``options``

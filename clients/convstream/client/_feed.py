@@ -53,7 +53,8 @@ def check_frames(frames: object) -> None:
         raise TypeError(
             f"stream() takes an iterable of frames, got one path ({frames}): for a video, pass "
             "Video(path).frames(); for one image, call analyze(path); for a folder, "
-            "read_images([folder])"
+            "image_files([folder]) (a file in it that is no image is that frame's error "
+            "result, and the rest go on)"
         )
     one = isinstance(frames, bytes | bytearray | memoryview | Frame)
     if one or (isinstance(frames, np.ndarray) and frames.ndim in (2, 3)):  # (N, H, W, 3): N

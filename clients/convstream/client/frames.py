@@ -146,6 +146,8 @@ class Frame:
             raise TypeError(
                 f"a Frame's image is pixels (a numpy array) or JPEG/PNG bytes, got {got}{hint}"
             )
+        if self.frame_id is not None:  # here, not when sent: a stream ended on it
+            _check_frame_id(self.frame_id)
 
     def pixels(self) -> np.ndarray:
         """The frame as BGR uint8, shape (H, W, 3), decoding bytes if need be.
@@ -360,9 +362,13 @@ def as_sent(frame: Frame, request: pb.FrameRequest) -> Frame:
     return frame
 
 
-def _to_request(frame: Frame, frame_id: int, upload: Upload) -> pb.FrameRequest:
-    if not (isinstance(frame_id, numbers.Integral) and 0 <= frame_id < 1 << 64):
+def _check_frame_id(frame_id: object) -> None:
+    if not (isinstance(frame_id, numbers.Integral) and 0 <= int(frame_id) < 1 << 64):
         raise ValueError(f"frame_id must be an integer from 0 to 2**64 - 1, got {frame_id!r}")
+
+
+def _to_request(frame: Frame, frame_id: int, upload: Upload) -> pb.FrameRequest:
+    _check_frame_id(frame_id)
     request = pb.FrameRequest(frame_id=int(frame_id), source=frame.source)
     if frame.capture_time is not None:
         set_capture_time(request.capture_time, frame.capture_time)
@@ -542,7 +548,7 @@ class Video:
                 if path.is_dir():
                     raise SourceError(
                         f"{path} is a folder, not a video file (for its images: "
-                        f"read_images([{str(path)!r}]))"
+                        f"client.stream(image_files([{str(path)!r}])))"
                     )
                 if not path.is_file():
                     raise SourceError(f"no such video file: {path}")
