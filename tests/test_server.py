@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import platform
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterable
 from urllib.request import urlopen
@@ -864,6 +868,50 @@ async def test_reflection_can_be_switched_off() -> None:
             assert code == grpc.StatusCode.UNIMPLEMENTED
     finally:
         await server.stop(grace=0)
+
+
+_ARENAS = """
+import ctypes, sys, threading
+from convstream.server.malloc import limit_arenas
+if sys.argv[1] == "limit":
+    assert limit_arenas()
+start = threading.Barrier(8)
+def work():
+    start.wait()
+    kept = [bytearray(100_000) for _ in range(50)]
+threads = [threading.Thread(target=work) for _ in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+ctypes.CDLL(None).malloc_stats()  # "Arena N:" per arena, on stderr
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc arenas")
+def test_the_server_keeps_malloc_to_two_arenas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each thread that allocates got an arena of its own, up to 16 on 2 cores, each keeping
+    what its thread freed: the server's RSS 14% higher in a 35-minute soak (malloc.py)."""
+
+    from convstream.server.malloc import limit_arenas
+
+    def arenas(mode: str, **env: str) -> int:
+        run = subprocess.run(
+            [sys.executable, "-c", _ARENAS, mode],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"} | env,
+        )
+        assert run.returncode == 0, run.stderr
+        return run.stderr.count("Arena ")
+
+    assert arenas("none") > 2  # what the limit is for: one arena a thread
+    assert arenas("limit") == 2
+    # an operator's MALLOC_ARENA_MAX is theirs: the limit is not set over it
+    assert arenas("none", MALLOC_ARENA_MAX="4") <= 4
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert not limit_arenas()
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

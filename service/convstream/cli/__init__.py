@@ -237,9 +237,11 @@ def _run_server(settings: Settings, load: Callable[[], Settings], peers: Peers |
 
     from convstream.model import ModelFileError
     from convstream.server import serve
+    from convstream.server.malloc import limit_arenas
     from convstream.server.tls import TLSFileError
 
     who = "convstream serve" if peers is None else f"convstream serve [process {peers.index}]"
+    limit_arenas()  # before the server's threads: RSS 14% lower (malloc.py)
     try:
         asyncio.run(serve(settings, reload=load, peers=peers, reload_asked=_RELOAD_ASKED))
     except ModelFileError as exc:
