@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -34,7 +34,15 @@ class Geometry:
 
     def content_box(self) -> tuple[int, int, int, int]:
         """(left, top, right, bottom) of the frame inside the model input, in input pixels."""
-        return content_box(*astuple(self))
+        return content_box(
+            self.frame_width,
+            self.frame_height,
+            self.input_width,
+            self.input_height,
+            self.scale,
+            self.pad_left,
+            self.pad_top,
+        )
 
     def hottest_cell(self, heat: np.ndarray, stride: int) -> tuple[int, int, float, float, float]:
         """The hottest cell of a heatmap over the frame, the letterbox bars left out.
