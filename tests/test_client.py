@@ -1360,6 +1360,28 @@ def test_a_results_threshold_and_light_are_told_from_a_server_that_sent_none() -
     assert not older.published
 
 
+def test_the_pictures_and_arrays_the_library_returns_say_their_dtype() -> None:
+    """draw_overlay, to_numpy and the rest returned a bare np.ndarray: under mypy --strict an
+    integrator's own typed code could not tell pixels from probabilities."""
+    import typing
+
+    import numpy.typing as npt
+
+    from convstream.client import draw_feature_maps, draw_overlay, to_numpy
+    from convstream.client.overlay import analysed_image, heatmap_on_frame
+
+    pixels, floats = npt.NDArray[np.uint8], npt.NDArray[np.float32]
+    for function, returned in [
+        (draw_overlay, pixels),
+        (draw_feature_maps, pixels),
+        (analysed_image, pixels),
+        (Frame.pixels, pixels),
+        (to_numpy, floats),
+        (heatmap_on_frame, floats),
+    ]:
+        assert typing.get_type_hints(function)["return"] == returned, function
+
+
 def test_the_overlays_label_gives_the_score_as_the_commands_print_it() -> None:
     # "1.00 DAMAGED" stood over a frame the table beside it listed as 0.9964
     from convstream.client.overlay import label_text

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 from convstream.client.overlay import analysed_image, heatmap_on_frame, write_image
 from convstream.client.results import Result, score_text
@@ -30,7 +31,7 @@ _BACKGROUND = 32  # grey behind the tiles and the caption
 
 def draw_feature_maps(
     result: Result, stage: str, image: np.ndarray | None = None, *, tile_width: int | None = None
-) -> np.ndarray:
+) -> npt.NDArray[np.uint8]:
     """A grid of one stage's channels: the frame first, then the damage heatmap (when the
     result has one), then every channel in order, each scaled to its own range (black: the
     channel is silent there; yellow: as strong as it gets in this frame), under a caption.

@@ -22,11 +22,12 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Union
+from typing import Union, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from convstream.client.errors import InvalidFrame, SourceError
@@ -149,7 +150,7 @@ class Frame:
         if self.frame_id is not None:  # here, not when sent: a stream ended on it
             _check_frame_id(self.frame_id)
 
-    def pixels(self) -> np.ndarray:
+    def pixels(self) -> npt.NDArray[np.uint8]:
         """The frame as BGR uint8, shape (H, W, 3), decoding bytes if need be.
 
         Raises:
@@ -168,8 +169,8 @@ class Frame:
             if image is None:
                 raise SourceError(f"cannot decode {self.name or 'frame'} ({data.size} bytes)")
         if image.ndim == 2 or image.shape[2] == 1:
-            return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-        return image
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        return cast("npt.NDArray[np.uint8]", image)  # OpenCV's types say any number
 
     def __repr__(self) -> str:
         if isinstance(self.image, np.ndarray):

@@ -13,9 +13,11 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 from convstream.client.errors import SourceError
 from convstream.client.frames import utf8_name
@@ -37,7 +39,7 @@ def heatmap_on_frame(
     size: tuple[int, int] | None = None,
     *,
     crisp: bool = False,
-) -> np.ndarray:
+) -> npt.NDArray[np.float32]:
     """Resample a heatmap (or a feature map's channel) onto the frame it was computed for.
 
     Args:
@@ -59,7 +61,9 @@ def heatmap_on_frame(
     width, height = size or (geometry.frame_width, geometry.frame_height)
     if crisp and width < content.shape[1]:
         smooth = cv2.INTER_AREA
-    return cv2.resize(content, (width, height), interpolation=smooth)
+    return cast(  # OpenCV's types say any number
+        "npt.NDArray[np.float32]", cv2.resize(content, (width, height), interpolation=smooth)
+    )
 
 
 def heat_colours(heat: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -85,7 +89,7 @@ def heat_colours(heat: np.ndarray, threshold: float) -> tuple[np.ndarray, np.nda
 
 def draw_overlay(
     result: Result, image: np.ndarray | None = None, *, alpha: float = 0.6, label: bool = True
-) -> np.ndarray:
+) -> npt.NDArray[np.uint8]:
     """The frame with its heatmap blended in and the score.
 
     The colours are relative to the threshold the server decided ``damaged`` by, as the
@@ -127,10 +131,10 @@ def draw_overlay(
         out = (out * (1.0 - weight) + colours * weight).astype(np.uint8)
     if label:
         _label(out, result, width, height)
-    return out
+    return cast("npt.NDArray[np.uint8]", out)
 
 
-def analysed_image(result: Result) -> np.ndarray:
+def analysed_image(result: Result) -> npt.NDArray[np.uint8]:
     """The picture a result belongs to: the frame sent, or the frame cut out of input_jpeg;
     for an error result whose frame is no picture (bytes that do not decode), a grey card,
     so that a loop drawing every result draws this one's error too."""
@@ -152,7 +156,7 @@ def analysed_image(result: Result) -> np.ndarray:
         raise ValueError(f"result.input_jpeg ({len(data)} bytes) is not a readable JPEG")
     # The input is the frame letterboxed: scaled, then padded. Drop the padding.
     left, top, right, bottom = result.geometry.content_box()
-    return model_input[top:bottom, left:right]
+    return cast("npt.NDArray[np.uint8]", model_input[top:bottom, left:right])
 
 
 def label_text(result: Result) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from convstream.v1 import convstream_pb2 as pb
 
@@ -15,7 +16,7 @@ _DTYPES: dict[int, np.dtype[Any]] = {
 }
 
 
-def to_numpy(tensor: pb.Tensor) -> np.ndarray:
+def to_numpy(tensor: pb.Tensor) -> npt.NDArray[np.float32]:
     """Decode a Tensor message, for programs that call the generated gRPC stubs themselves
     (``Result`` already holds its tensors decoded).
 
