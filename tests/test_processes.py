@@ -100,6 +100,13 @@ async def connection(port: int) -> AsyncIterator[pb_grpc.ConvstreamStub]:
         yield pb_grpc.ConvstreamStub(channel)
 
 
+def child_spec(pid: int) -> tuple[int, Path]:
+    """A server process's index and the folder of its sockets, from its ``--child`` argument."""
+    args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    index, _, _, folder = args[args.index(b"--child") + 1].decode().split(":", 3)
+    return int(index), Path(folder)
+
+
 async def camera_health(port: int) -> dict[str, tuple[int, int]]:
     """Each camera's health over one connection (landing in either process): by Check, and by
     the first reply of a Watch."""
@@ -303,6 +310,17 @@ async def test_processes_share_the_port_forward_camera_calls_restart_and_stop(
             assert missing.value.code() == grpc.StatusCode.NOT_FOUND
             assert "dock-a, dock-b" in (missing.value.details() or "")
 
+        # A health Watch of dock-b made in process 0 (its own socket, as a client's call),
+        # which relays process 1's: it must say NOT_SERVING while process 1 is gone, then
+        # SERVING again, rather than end or go quiet.
+        index, folder = child_spec(first[0])
+        assert index == 0
+        relayed_channel = grpc.aio.insecure_channel(f"unix:{folder / 'process-0.sock'}")
+        relayed = health_pb2_grpc.HealthStub(relayed_channel).Watch(
+            health_pb2.HealthCheckRequest(service="convstream.camera.dock-b")
+        )
+        assert (await asyncio.wait_for(relayed.read(), 10)).status == SERVING
+
         # A process that dies is started again, after a second; meanwhile its camera is
         # listed with why (the other process answers every new connection).
         os.kill(first[1], signal.SIGKILL)
@@ -325,6 +343,12 @@ async def test_processes_share_the_port_forward_camera_calls_restart_and_stop(
             await asyncio.sleep(0.1)
         assert not status.last_error
         assert (await watch_one(port, "dock-b")).source == "dock-b"
+        said = []
+        while not said or said[-1] != SERVING:
+            said.append((await asyncio.wait_for(relayed.read(), 30)).status)
+        assert said[0] == NOT_SERVING, said  # while process 1 was gone
+        relayed.cancel()
+        await relayed_channel.close()
         now = child_pids(process.pid)
         assert len(now) == 2 and first[0] in now and first[1] not in now
 
