@@ -141,6 +141,7 @@ MAX_HEALTH_WATCHES_PER_HOST = 100
 
 PeerChannel = Callable[[int, float], Awaitable[grpc.aio.Channel | None]]
 # A forwarded Watch ended so: the process is restarting or stopping, not the camera's health
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 _SILENT = (
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.CANCELLED,
@@ -156,15 +157,17 @@ class _OwnerSilent(Exception):
 
 
 class _Said:
-    """A Watch call's context that remembers the last status written to it."""
+    """A Watch call's context that writes a status only when it is not the one written last:
+    a relay started again (a reload, the owner back) or a stop says nothing twice."""
 
     def __init__(self, context: grpc.aio.ServicerContext) -> None:
         self.context = context
         self.last: int | None = None
 
     async def write(self, reply: health_pb2.HealthCheckResponse) -> None:
-        self.last = reply.status
-        await self.context.write(reply)
+        if reply.status != self.last:
+            self.last = reply.status
+            await self.context.write(reply)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.context, name)
@@ -288,9 +291,7 @@ class Health(health.aio.HealthServicer):
         if watching.done() and not watching.cancelled():
             watching.result()  # its own end, or its error, as before
         elif self._ended.is_set():
-            not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
-            if said.last != not_serving:
-                await said.write(health_pb2.HealthCheckResponse(status=not_serving))
+            await said.write(health_pb2.HealthCheckResponse(status=_NOT_SERVING))
             await said.context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
 
     async def _watch(self, request: health_pb2.HealthCheckRequest, said: _Said) -> None:
@@ -312,7 +313,6 @@ class Health(health.aio.HealthServicer):
     async def _relay(self, request: health_pb2.HealthCheckRequest, said: _Said) -> None:
         """The Watch of the process that pulls the camera, relayed (NOT_SERVING while it does
         not answer, until it does again), or this process's own."""
-        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
         while True:
             try:
                 owner = await self._owner(request, said.context)
@@ -325,13 +325,11 @@ class Health(health.aio.HealthServicer):
                 stub, metadata = owner
                 try:
                     async for reply in stub.Watch(request, metadata=metadata):
-                        if reply.status != said.last:
-                            await said.write(reply)
+                        await said.write(reply)
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() not in _SILENT:  # the owner's answer, passed on
                         await said.context.abort(exc.code(), exc.details() or "")
-            if said.last != not_serving:
-                await said.write(health_pb2.HealthCheckResponse(status=not_serving))
+            await said.write(health_pb2.HealthCheckResponse(status=_NOT_SERVING))
             await asyncio.sleep(1.0)
 
     def _make_room(self, held: int) -> bool:
