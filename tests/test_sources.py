@@ -93,6 +93,13 @@ SIZE = r"demo source parameter size: expected HxW with both sides multiples of 8
         ("demo:conveyor?seed=1.5", "parameter seed: expected a whole number"),
         ("demo:conveyor?size=1x1", SIZE + r", e\.g\. 360x640, got '1x1'"),
         ("demo:conveyor?size=big", SIZE + ".*got 'big'"),
+        # sizes are HxW everywhere; "640x360" as video sizes are written is refused, not
+        # quietly a portrait conveyor
+        (
+            "demo:conveyor?size=640x360",
+            r"size: expected HxW, height first, .*; for 640 wide and 360 high write "
+            r"360x640, got '640x360'",
+        ),
         # a blank source is no video file at an empty path
         ("   ", r"a source is empty; expected an rtsp://, .*, a video file, device:N or demo:"),
         ("", "a source is empty"),

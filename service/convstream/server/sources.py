@@ -214,6 +214,12 @@ def _parse_demo(source: str) -> SourceSpec:
                 f"HxW with both sides multiples of 8 from {MIN_INPUT_SIDE} to {MAX_INPUT_SIDE}, "
                 "e.g. 360x640",
             ) from None
+        if size[0] > size[1]:  # "640x360" as video sizes are written: wide first
+            raise bad(
+                "size",
+                f"HxW, height first, no taller than wide (the conveyor is filmed from the "
+                f"side); for {size[0]} wide and {size[1]} high write {size[1]}x{size[0]}",
+            )
     return SourceSpec("demo", source, demo_fps=fps, demo_seed=seed, demo_size=size)
 
 
