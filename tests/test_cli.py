@@ -297,6 +297,30 @@ def test_a_nan_score_is_null_in_json_lines_so_every_parser_reads_them() -> None:
     assert line["ok"] is True and line["score"] is None and line["frame_age_ms"] is None
 
 
+def test_the_table_aligns_wide_and_escaped_names_and_cuts_them_by_columns() -> None:
+    """A name in Japanese takes two columns a character: len() padded it short and pushed
+    its row's SCORE two columns right per character; a name with an escape was padded before
+    the escape was written out, and overflowed its column."""
+    from convstream.client import _report
+
+    names = ["倉庫/カメラ一番.jpg", "belt.jpg", "a\x1bb.jpg", "é́.jpg"]
+    width = max(_report.display_width(_report.printable(n)) for n in names)
+    reporter = _report.Reporter(
+        io.StringIO(), io.StringIO(), json_lines=False, overlays=None, total=None, name_width=width
+    )
+    rows = [reporter._row("1", name, "0.5000", "no", "(1, 2)", "9.0") for name in names]
+    columns = {_report.display_width(row.split("0.5000")[0]) for row in rows}
+    assert len(columns) == 1, rows  # every SCORE starts in the same column
+    assert _report.display_width("倉庫") == 4 and _report.display_width("é́") == 1
+    narrow = _report.Reporter(
+        io.StringIO(), io.StringIO(), json_lines=False, overlays=None, total=None, name_width=8
+    )
+    cut = narrow._row("1", "倉庫/カメラ一番.jpg", "0.5000", "no", "(1, 2)", "9.0")
+    name = cut[9:].split("  0.5000")[0]  # after FRAME's 7 columns and its gap
+    assert name.startswith("…") and _report.display_width(name) <= 8, cut
+    assert "番.jpg" in name  # the end of a name, which tells files apart, kept
+
+
 async def test_a_video_cut_short_is_said_and_a_whole_one_is_not(
     server: Server, video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import unicodedata
 from collections import deque
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -135,11 +136,9 @@ class Reporter:
 
     def _row(self, *cells: str) -> str:
         frame, name, score, damaged, peak, ms = cells
-        if len(name) > self.name_width:
-            name = "…" + name[-(self.name_width - 1) :]
-        return (
-            f"{frame:>7}  {name:<{self.name_width}}  {score:>6}  {damaged:<7}  {peak:<12}  {ms:>9}"
-        )
+        name = _fit_left(printable(name), self.name_width)
+        name += " " * (self.name_width - display_width(name))
+        return f"{frame:>7}  {name}  {score:>6}  {damaged:<7}  {peak:<12}  {ms:>9}"
 
     def _line(self, text: str) -> None:
         text = printable(text)
@@ -331,6 +330,28 @@ def _verdict(result: Result) -> str:
     """The DAMAGED cell of an analysed frame: yes, no, or blank for a frame that shows next
     to nothing (a covered lens, a black frame), whose low score is no all-clear."""
     return "yes" if result.damaged else "blank" if result.blank else "no"
+
+
+def display_width(text: str) -> int:
+    """The columns text takes on a terminal: two for a wide character (CJK, most emoji),
+    none for a combining mark; len() misaligned a table of names in Japanese."""
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+        for c in text
+    )
+
+
+def _fit_left(text: str, width: int) -> str:
+    """text cut from the left to at most width columns, "…" in place of what went: a file
+    name's end tells files apart."""
+    if display_width(text) <= width:
+        return text
+    kept = ""
+    for c in reversed(text):
+        if display_width(c + kept) > width - 1:
+            break
+        kept = c + kept
+    return "…" + kept
 
 
 def printable(text: str) -> str:

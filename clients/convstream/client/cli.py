@@ -29,8 +29,10 @@ from convstream.client._report import (
     WatchReporter,
     camera_json,
     cameras_text,
+    display_width,
     model_info_json,
     model_info_text,
+    printable,
 )
 from convstream.client.connection_flags import (
     ADDRESS_ENV,
@@ -650,7 +652,7 @@ def _analyze(args: argparse.Namespace) -> int:
     if not paths:
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         return _usage(args, f"no image files ({suffixes}) in {', '.join(map(str, args.paths))}")
-    width = max(len(str(path)) for path in paths)
+    width = max(display_width(printable(str(path))) for path in paths)
     skipped = other_files(args.paths)
     if skipped:  # said, so that a count of results is not a surprise
         names = ", ".join(p.name for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
@@ -809,7 +811,7 @@ def _stream(args: argparse.Namespace) -> int:
                 resume=args.resume,
                 publish=args.publish,
             )
-            reporter = _reporter(args, total, len(video.name) + 7)
+            reporter = _reporter(args, total, display_width(printable(video.name)) + 7)
             code = _report(args, results, reporter)
         if code == 0 and reporter.count == 0:
             print(
