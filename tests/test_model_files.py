@@ -6,22 +6,29 @@ reshaped, its metadata), so every other part of it is a model that works.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import grpc
 import numpy as np
 import onnx
 import pytest
+from conftest import jpeg, scene
 from onnx import TensorProto, helper
 
 from convstream.cli import main
 from convstream.model import MODEL_PATH, OUTPUT_NAMES, DamageModel, ModelFileError, ModelInputError
+from convstream.server import Server, Settings
+from convstream.server.config import CameraConfig, ConfigError
+from convstream.v1 import convstream_pb2 as pb
+from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
 SERVER_SIZES = [(384, 640), (480, 640), (384, 384), (256, 256)]
 
@@ -365,3 +372,101 @@ def test_check_config_and_serve_refuse_a_fixed_size_model_alike_in_one_line(
     config.write_text(f'model_path = "{path}"\ninput_sizes = ["224x224"]\n')
     assert main(["serve", "--no-cameras", "--check-config", "--config", str(config)]) == 0
     assert capsys.readouterr().out.startswith("config OK")
+
+
+def nan_when_lit(model: onnx.ModelProto) -> None:
+    """The score plus sqrt(-mean pixel): itself for a black frame (all the load checks run),
+    NaN for any other, as a float16 model that overflows on real frames would give."""
+    for node in model.graph.node:
+        node.output[:] = ["score_raw" if o == "score" else o for o in node.output]
+    model.graph.node.extend(
+        [
+            helper.make_node("Cast", ["pixels"], ["lit"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceMean", ["lit"], ["lit_mean"], keepdims=0),
+            helper.make_node("Neg", ["lit_mean"], ["lit_neg"]),
+            helper.make_node("Sqrt", ["lit_neg"], ["lit_nan"]),
+            helper.make_node("Add", ["score_raw", "lit_nan"], ["score"]),
+        ]
+    )
+
+
+async def test_a_frame_the_model_scores_nan_fails_alone_and_never_reads_intact(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A NaN score was served as ok, "damaged": false, with a made-up peak: a broken model
+    read as an all-clear. Each such frame now fails with INTERNAL saying what the model gave,
+    its stream goes on, and the log says it once, not at every frame."""
+    path = edited(tmp_path / "nan.onnx", nan_when_lit)
+    belt = CameraConfig(id="belt", source="demo:conveyor?fps=10")
+    server = Server(Settings(port=0, metrics_port=-1, cameras=(belt,), model_path=path))
+    await server.start()
+    expected = (
+        "the model gave a score of nan for this frame; expected probabilities in [0, 1]: this "
+        "frame has no score"
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+            frame = pb.FrameRequest(frame_id=1, encoded=jpeg(scene(3, 240, 320)))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Analyze(frame)
+            assert refused.value.code() == grpc.StatusCode.INTERNAL
+            assert (refused.value.details() or "").startswith(expected)
+            frames = [pb.FrameRequest(frame_id=i, encoded=frame.encoded) for i in (2, 3, 4)]
+            black = pb.FrameRequest(frame_id=5, encoded=jpeg(np.zeros((240, 320, 3), np.uint8)))
+
+            async def sent() -> AsyncIterator[pb.FrameRequest]:
+                for request in [*frames, black]:
+                    yield request
+
+            results = [r async for r in stub.StreamFrames(sent())]
+        assert [r.frame_id for r in results] == [2, 3, 4, 5]  # the stream went on
+        for result in results[:3]:
+            assert result.status.code == grpc.StatusCode.INTERNAL.value[0], result
+            assert result.status.message.startswith(expected) and not result.damaged
+        assert results[3].status.code == 0 and 0 <= results[3].score <= 1  # black: a score
+        said = [r for r in caplog.records if "the model gave a score of nan" in r.getMessage()]
+        assert len(said) == 1 and said[0].levelname == "ERROR", said
+        # a camera's frames too: its last error says why it analyses nothing
+        assert server.cameras is not None
+        feed = server.cameras.feeds["belt"]
+        camera = feed.camera
+        for _ in range(100):
+            if camera.last_error:
+                break
+            await asyncio.sleep(0.05)
+        assert camera.last_error.startswith("a frame could not be analysed: " + expected)
+        assert feed.frames_analysed == 0
+    finally:
+        await server.stop(grace=0)
+
+
+async def test_a_reload_bringing_a_size_the_model_cannot_run_is_refused_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """A camera added by a reload with an input_size the model cannot run was taken: its
+    every frame then failed, in the log alone. The reload runs the model at the new sizes
+    first, as the start does, and is refused (the caller logs "nothing changed") if one
+    fails."""
+    path = edited(tmp_path / "fixed.onnx", input_shape("n", 384, 640, 3))
+    settings = Settings(
+        port=0, metrics_port=-1, cameras=(), model_path=path, input_sizes=("384x640",)
+    )
+    server = Server(settings)
+    await server.start()
+    try:
+        dock = CameraConfig(id="dock", source="demo:conveyor?fps=5", input_size="360x640")
+        with pytest.raises(
+            ConfigError,
+            match=r"its input is fixed at 384x640; the new config's cameras run 360x640 \(their "
+            r"input_size\): export with dynamic height and width, or set their input_size to "
+            r"384x640",
+        ):
+            await server.reload(server.settings.model_copy(update={"cameras": (dock,)}))
+        assert server.settings.cameras == ()
+        assert server.cameras is not None and not server.cameras.feeds
+        fits = dock.model_copy(update={"input_size": "384x640"})
+        await server.reload(server.settings.model_copy(update={"cameras": (fits,)}))
+        assert [c.id for c in server.settings.cameras] == ["dock"]
+    finally:
+        await server.stop(grace=0)

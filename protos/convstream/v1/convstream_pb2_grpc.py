@@ -85,7 +85,10 @@ class ConvstreamStub(object):
     PERMISSION_DENIED    a token whose role does not cover the call (watch < analyze); also
     ends an open StreamFrames whose token a reload gave role watch
     INTERNAL             a frame the server failed on (Analyze: the call); a stream goes
-    on, and the server logs why
+    on, and the server logs why. Also a frame the model could not run,
+    or gave no probabilities for (a NaN or out-of-range score or
+    heatmap: a model file that misbehaves on such frames); the message
+    says what it gave
     A frame that was not analysed has a FrameStatus with a non-zero code, and score 0 and
     damaged false mean nothing: check status first. An analysed frame's result has no status
     (unset, or code 0).
@@ -184,7 +187,10 @@ class ConvstreamServicer(object):
     PERMISSION_DENIED    a token whose role does not cover the call (watch < analyze); also
     ends an open StreamFrames whose token a reload gave role watch
     INTERNAL             a frame the server failed on (Analyze: the call); a stream goes
-    on, and the server logs why
+    on, and the server logs why. Also a frame the model could not run,
+    or gave no probabilities for (a NaN or out-of-range score or
+    heatmap: a model file that misbehaves on such frames); the message
+    says what it gave
     A frame that was not analysed has a FrameStatus with a non-zero code, and score 0 and
     damaged false mean nothing: check status first. An analysed frame's result has no status
     (unset, or code 0).
@@ -360,7 +366,10 @@ class Convstream(object):
     PERMISSION_DENIED    a token whose role does not cover the call (watch < analyze); also
     ends an open StreamFrames whose token a reload gave role watch
     INTERNAL             a frame the server failed on (Analyze: the call); a stream goes
-    on, and the server logs why
+    on, and the server logs why. Also a frame the model could not run,
+    or gave no probabilities for (a NaN or out-of-range score or
+    heatmap: a model file that misbehaves on such frames); the message
+    says what it gave
     A frame that was not analysed has a FrameStatus with a non-zero code, and score 0 and
     damaged false mean nothing: check status first. An analysed frame's result has no status
     (unset, or code 0).

@@ -91,7 +91,10 @@ class ConvstreamStub:
       PERMISSION_DENIED    a token whose role does not cover the call (watch < analyze); also
                            ends an open StreamFrames whose token a reload gave role watch
       INTERNAL             a frame the server failed on (Analyze: the call); a stream goes
-                           on, and the server logs why
+                           on, and the server logs why. Also a frame the model could not run,
+                           or gave no probabilities for (a NaN or out-of-range score or
+                           heatmap: a model file that misbehaves on such frames); the message
+                           says what it gave
     A frame that was not analysed has a FrameStatus with a non-zero code, and score 0 and
     damaged false mean nothing: check status first. An analysed frame's result has no status
     (unset, or code 0).
@@ -217,7 +220,10 @@ class ConvstreamAsyncStub(ConvstreamStub):
       PERMISSION_DENIED    a token whose role does not cover the call (watch < analyze); also
                            ends an open StreamFrames whose token a reload gave role watch
       INTERNAL             a frame the server failed on (Analyze: the call); a stream goes
-                           on, and the server logs why
+                           on, and the server logs why. Also a frame the model could not run,
+                           or gave no probabilities for (a NaN or out-of-range score or
+                           heatmap: a model file that misbehaves on such frames); the message
+                           says what it gave
     A frame that was not analysed has a FrameStatus with a non-zero code, and score 0 and
     damaged false mean nothing: check status first. An analysed frame's result has no status
     (unset, or code 0).
@@ -339,7 +345,10 @@ class ConvstreamServicer(metaclass=_abc_1.ABCMeta):
       PERMISSION_DENIED    a token whose role does not cover the call (watch < analyze); also
                            ends an open StreamFrames whose token a reload gave role watch
       INTERNAL             a frame the server failed on (Analyze: the call); a stream goes
-                           on, and the server logs why
+                           on, and the server logs why. Also a frame the model could not run,
+                           or gave no probabilities for (a NaN or out-of-range score or
+                           heatmap: a model file that misbehaves on such frames); the message
+                           says what it gave
     A frame that was not analysed has a FrameStatus with a non-zero code, and score 0 and
     damaged false mean nothing: check status first. An analysed frame's result has no status
     (unset, or code 0).

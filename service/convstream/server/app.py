@@ -19,7 +19,7 @@ import grpc
 import onnxruntime as ort
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from convstream.model import DamageModel, wants_cuda
+from convstream.model import DamageModel, ModelFileError, wants_cuda
 from convstream.model.runtime import CUDA, ProviderChoice
 from convstream.server import reflection
 from convstream.server.cameras import HEALTH_PREFIX, CameraManager
@@ -404,6 +404,7 @@ class Server:
         # True from SERVING until draining, as the health service's overall status says
         self.serving = False
         self._engine: Engine | None = None
+        self._warmed: set[tuple[int, int]] = set()  # the input sizes the model has run
         self._executor: WorkPool | None = None
         self.servicer: ConvstreamServicer | None = None
         self.cameras: CameraManager | None = None
@@ -437,6 +438,7 @@ class Server:
         # Front-load one-time allocation and kernel selection (and, on CUDA, a session) for
         # every input size, the cameras' own included.
         await asyncio.to_thread(model.warm_up, settings.model_shapes(), plan.max_batch)
+        self._warmed.update(settings.model_shapes())
         wide = None
         if plan.wide_threads:
             wide = await asyncio.to_thread(load, "cpu", plan.wide_threads)
@@ -638,6 +640,7 @@ class Server:
         connections get the new certificate), the threshold applies to the next result,
         cameras are added, removed and restarted; other settings need a restart and are
         reported, not applied."""
+        await self._warm_up_new_sizes(settings)
         applied: dict[str, Any] = {
             "cameras": settings.cameras,
             "tokens": settings.tokens,
@@ -686,6 +689,25 @@ class Server:
             self.servicer.settings = self.settings
         count = len(settings.cameras)
         logger.info("reload: %d camera%s configured", count, "" if count == 1 else "s")
+
+    async def _warm_up_new_sizes(self, settings: Settings) -> None:
+        """Run the model once at each input size a reloaded config's cameras bring, as the
+        start does for its own: a size the model cannot run refuses the reload (ConfigError),
+        where it was taken and every frame of that camera then failed in the log alone."""
+        engine = self._engine
+        if engine is None:
+            return
+        new = [size for size in settings.model_shapes() if size not in self._warmed]
+        if not new:
+            return
+        asked = ("the new config's cameras run {} (their input_size)", "set their input_size")
+        try:
+            await asyncio.to_thread(engine.model.warm_up, new, engine.max_batch, sizes_from=asked)
+            if engine.wide_model is not None:
+                await asyncio.to_thread(engine.wide_model.warm_up, new, sizes_from=asked)
+        except ModelFileError as exc:
+            raise ConfigError(str(exc)) from exc
+        self._warmed.update(new)
 
     def _reload_tls(self, settings: Settings) -> bool:
         """Serve the TLS files of ``settings`` to new connections; False if they cannot be."""

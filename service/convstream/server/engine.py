@@ -25,6 +25,7 @@ cores idle.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -35,11 +36,27 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from convstream.model import DamageModel
-from convstream.server.errors import DeadlineExpired, Draining, Overloaded
+from convstream.server.errors import DeadlineExpired, Draining, ModelFailed, Overloaded
 
 logger = logging.getLogger(__name__)
 
 ALWAYS = ("heatmap", "score")
+FAILURE_LOG_S = 60.0  # a model that keeps failing is logged at most this often
+
+
+def no_probabilities(out: dict[str, np.ndarray]) -> str | None:
+    """What is wrong with one frame's score and heatmap, or None: each must hold
+    probabilities in [0, 1], as the model's were when it loaded (on black frames), for the
+    threshold to mean anything. A model that overflows, or gives logits, on some frames only
+    is caught here, frame by frame (a few microseconds for a heatmap of 48x80 cells)."""
+    score = float(out["score"])
+    if not -1e-3 <= score <= 1.001:  # NaN too
+        return f"a score of {score:.4g}"
+    heat = out["heatmap"]
+    low, high = float(heat.min()), float(heat.max())  # NaN if any cell is
+    if not (low >= -1e-3 and high <= 1.001):
+        return f"a heatmap from {low:.4g} to {high:.4g}"
+    return None
 
 
 @dataclass
@@ -105,6 +122,8 @@ class Engine:
         self.workers = workers
         self.runs = 0
         self.wide_runs = 0
+        self._failure_said_at = -math.inf  # when a failure of the model was last logged
+        self._failures_unsaid = 0
         self.frames = 0
         self._queues: dict[tuple[int, int], deque[_Job]] = {}
         self._queued = 0
@@ -208,6 +227,22 @@ class Engine:
                         self._cond.notify_all()
             del taken, jobs  # nothing kept while idle: the last frames' pixels and outputs
 
+    def _said_failure(self, message: str, *args: object, exc_info: bool = False) -> None:
+        """Log a failure of the model at most once every FAILURE_LOG_S, saying how many went
+        unsaid between: a model that fails on every frame logged 15 tracebacks a second."""
+        now = time.monotonic()
+        with self._cond:
+            if now - self._failure_said_at < FAILURE_LOG_S:
+                self._failures_unsaid += 1
+                logger.debug(message, *args)
+                return
+            unsaid, self._failures_unsaid = self._failures_unsaid, 0
+            self._failure_said_at = now
+        if unsaid:
+            message += f" (and {unsaid} more failure{'s' if unsaid > 1 else ''} in the last %.0f s)"
+            args = (*args, FAILURE_LOG_S)
+        logger.error(message, *args, exc_info=exc_info)
+
     def _run(self, jobs: list[_Job], wide: bool = False) -> None:
         if not jobs:
             return
@@ -219,9 +254,17 @@ class Engine:
             batch = jobs[0].pixels[None] if len(jobs) == 1 else np.stack([j.pixels for j in jobs])
             arrays = model.run(batch, names)
         except Exception as exc:  # a failed run fails its frames, never the worker
-            logger.exception("inference failed for a batch of %d", len(jobs))
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            self._said_failure(
+                "inference failed for a batch of %d at %dx%d",
+                len(jobs),
+                *jobs[0].pixels.shape[:2],
+                exc_info=True,
+            )
             for job in jobs:
-                job.future.set_exception(exc)
+                job.future.set_exception(
+                    ModelFailed(f"the model could not run this frame: {first}")
+                )
             return
         ms = (time.perf_counter() - started) * 1000
         with self._cond:
@@ -230,5 +273,18 @@ class Engine:
             self.frames += len(jobs)
         for i, job in enumerate(jobs):
             out = {name: arrays[name][i] for name in job.outputs}
+            wrong = no_probabilities(out)
+            if wrong is not None:  # NaN scored no damage: a broken model read as "intact"
+                self._said_failure(
+                    "the model gave %s for a frame of %dx%d", wrong, *jobs[0].pixels.shape[:2]
+                )
+                job.future.set_exception(
+                    ModelFailed(
+                        f"the model gave {wrong} for this frame; expected probabilities in "
+                        "[0, 1]: this frame has no score (the model file misbehaves on such "
+                        "frames; the server's log says more)"
+                    )
+                )
+                continue
             queue_ms = (started - job.enqueued) * 1000
             job.future.set_result(Inference(out, queue_ms, ms, len(jobs), model.run_threads))

@@ -10,6 +10,8 @@
     ├── NotFound                    NOT_FOUND: no camera by that id
     ├── IdleTimeout                 DEADLINE_EXCEEDED: a stream sent nothing for too long
     ├── Overloaded                  RESOURCE_EXHAUSTED: over the stream or queue limits now
+    ├── ModelFailed                 INTERNAL: the model failed on the frame, or gave no
+    │                               probabilities (NaN, logits) for it
     └── Draining                    UNAVAILABLE: the server is shutting down
 
 Messages say what was expected and what arrived.
@@ -33,12 +35,15 @@ class ConvstreamError(Exception):
     """Base of every error the server reports to a client."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    # the convstream_frames_total outcome of a frame refused with it
+    outcome: str = "rejected"
 
 
 class InvalidFrame(ConvstreamError):
     """The frame's bytes or pixels cannot be analysed."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
+    outcome = "invalid"
 
 
 class FrameTooLarge(InvalidFrame):
@@ -66,6 +71,7 @@ class InvalidOptions(ConvstreamError):
     """The request asks for something the server does not have."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
+    outcome = "invalid"
 
 
 class ResultTooLarge(InvalidOptions):
@@ -112,6 +118,14 @@ class CameraDown(ConvstreamError):
     until the server's config changes it."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ModelFailed(ConvstreamError):
+    """The model could not run the frame, or gave a score or heatmap that is no probability
+    (NaN, logits): the frame has no score, which is never shown as "intact"."""
+
+    code = grpc.StatusCode.INTERNAL
+    outcome = "error"
 
 
 class Draining(ConvstreamError):

@@ -28,7 +28,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from convstream.server.camera import LOG_AGAIN_S, Camera, Frame, RateMeter
 from convstream.server.config import parse_size
 from convstream.server.engine import Inference
-from convstream.server.errors import CameraDown, ConvstreamError, Draining, InvalidFrame
+from convstream.server.errors import (
+    CameraDown,
+    ConvstreamError,
+    Draining,
+    InvalidFrame,
+    ModelFailed,
+)
 from convstream.server.letterbox import choose_input
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import (
@@ -405,8 +411,8 @@ class CameraFeed(Publisher):
                 await self._analyse(frame)
             except Draining:
                 return
-            except InvalidFrame as exc:  # an MJPEG camera's JPEG that does not decode
-                self.metrics.frames.labels(self.metrics.source(source), "invalid").inc()
+            except (InvalidFrame, ModelFailed) as exc:  # a JPEG that does not decode, a NaN
+                self.metrics.frames.labels(self.metrics.source(source), exc.outcome).inc()
                 camera.frame_failed(f"a frame could not be analysed: {exc}")
                 # logged once in a while, not at every frame
                 level = logging.DEBUG

@@ -204,8 +204,9 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             deadline = None if remaining is None else arrived + remaining
             result = await self.pipeline.analyze(request, options, arrived, deadline)
         except ConvstreamError as exc:
-            outcome = "invalid" if exc.code == grpc.StatusCode.INVALID_ARGUMENT else "rejected"
-            self.metrics.frames.labels(self.metrics.client_source(request.source), outcome).inc()
+            self.metrics.frames.labels(
+                self.metrics.client_source(request.source), exc.outcome
+            ).inc()
             return _refused(context, exc.code, str(exc))
         except Exception:
             # as a stream's frame does: INTERNAL, logged here; left to grpc it would be

@@ -499,8 +499,7 @@ class StreamSession:
                 item.request, item.options, item.arrived, also=watched
             )
         except ConvstreamError as exc:
-            outcome = "invalid" if exc.code == grpc.StatusCode.INVALID_ARGUMENT else "rejected"
-            self.metrics.frames.labels(source, outcome).inc()
+            self.metrics.frames.labels(source, exc.outcome).inc()
             return _Done(item, error_result(item.request, exc.code.value[0], str(exc)))
         except Exception:
             logger.exception("frame %d of %r failed", item.request.frame_id, source)
