@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +21,7 @@ from typing import Any
 from urllib.request import urlopen
 
 import grpc
+import onnx
 import pytest
 from conftest import jpeg, scene
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -27,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_client_transport import make_certificates
 
 from convstream.client import Client, Frame
+from convstream.model import MODEL_PATH
 from convstream.server import ConfigError, load_settings, processes
 from convstream.server.processes import Peers, assign
 from convstream.server.security import new_token
@@ -425,6 +429,33 @@ async def test_a_process_that_cannot_start_stops_the_others(tmp_path: Path) -> N
         assert "while starting (its lines above say why); stopping the others" in text
         assert "model_path" in text
         assert child_pids(process.pid) == []
+
+
+async def test_a_process_restarted_after_its_model_file_was_replaced_refuses_it(
+    tmp_path: Path,
+) -> None:
+    """A process restarted after the model file was replaced loaded the new file while the
+    other served the old: one port, two models, said nowhere. It now refuses, saying so and
+    what to do, and every connection keeps getting the model the server started with."""
+    model = tmp_path / "damage.onnx"
+    shutil.copyfile(MODEL_PATH, model)
+    port = free_port()
+    flags = ("--processes=2", f"--port={port}", "--metrics-port=-1", "--no-cameras")
+    with supervisor(tmp_path, *flags, f"--model={model}") as (process, log):
+        await until(lambda: "with 2 processes" in log.read_text(), 120, "serving", log)
+        replaced = onnx.load(str(MODEL_PATH))
+        replaced.metadata_props.add(key="trained_by", value="someone else")
+        onnx.save(replaced, str(tmp_path / "new.onnx"))
+        (tmp_path / "new.onnx").replace(model)  # as a deployment swaps a file in
+        os.kill(child_pids(process.pid)[1], signal.SIGKILL)
+        said = "the file changed since this server started (sha256 "
+        await until(lambda: said in log.read_text(), 30, "refused", log)
+        assert "restart the server, all its processes, to serve the new file" in log.read_text()
+        started = hashlib.sha256(MODEL_PATH.read_bytes()).hexdigest()
+        for _ in range(4):  # each connection lands in either process, or the one left
+            async with connection(port) as stub:
+                info = await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+                assert info.sha256 == started
 
 
 def test_health_of_every_process_is_served(tmp_path: Path) -> None:

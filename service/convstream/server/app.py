@@ -433,6 +433,14 @@ class Server:
             plan = settings.scheduling(gpu=False, cores=cores)
             model = await asyncio.to_thread(load, "cpu", plan.intra_op_threads)
             model.requested_provider = settings.provider  # GetModelInfo reports what was asked
+        pinned = self.peers.model_sha256 if self.peers is not None else ""
+        if pinned and model.sha256 != pinned:  # replaced since the supervisor started
+            raise ModelFileError(
+                f"{model.path}: the file changed since this server started (sha256 "
+                f"{pinned[:12]}... then, {model.sha256[:12]}... now): this process would serve "
+                "another model than the others on the same port; restart the server, all its "
+                "processes, to serve the new file"
+            )
         if settings.threshold is not None:  # results' `damaged` and GetModelInfo follow it
             model.threshold = settings.threshold
         # Front-load one-time allocation and kernel selection (and, on CUDA, a session) for

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import hmac
+import importlib.util
 import json
 import logging
 import os
@@ -89,6 +91,9 @@ class Peers:
     supervisor: int  # its pid
     secret: str = ""
     owners: dict[str, int] = field(default_factory=dict)
+    # the model file's sha256 as the server started: a process that restarts after the file
+    # was replaced would serve another model than the others on the same port, and refuses
+    model_sha256: str = ""
 
     @classmethod
     def parse(cls, text: str) -> Peers:
@@ -120,15 +125,17 @@ class Peers:
         return f"{self.index}:{self.count}:{self.supervisor}:{self.folder}"
 
     def read(self) -> Settings:
-        """The settings the supervisor last wrote, with who pulls which camera; ConfigError
-        (and nothing changed) if they cannot be read."""
+        """The settings the supervisor last wrote, with who pulls which camera and the model
+        file's sha256 when it started; ConfigError (and nothing changed) if they cannot be
+        read."""
         try:
             snapshot = json.loads((self.folder / SNAPSHOT).read_text())
             settings = Settings.model_validate(snapshot["settings"])
             owners = {str(k): int(v) for k, v in snapshot["owners"].items()}
+            model_sha256 = str(snapshot.get("model_sha256", ""))
         except (OSError, ValueError, KeyError, TypeError) as exc:  # ValidationError too
             raise ConfigError(f"the supervisor's settings could not be read: {exc}") from exc
-        self.owners = owners
+        self.owners, self.model_sha256 = owners, model_sha256
         return settings
 
     def detach(self) -> None:
@@ -201,6 +208,22 @@ def _reserve(host: str, port: int) -> socket.socket:
     return held
 
 
+def model_sha256(model_path: Path | None) -> str:
+    """The sha256 of the model file the processes load (the shipped one for None), found
+    without importing onnxruntime into the supervisor; "" if it cannot be read (each process
+    then says why as it loads)."""
+    path = model_path
+    if path is None:
+        spec = importlib.util.find_spec("convstream.model")
+        if spec is None or not spec.submodule_search_locations:
+            return ""
+        path = Path(spec.submodule_search_locations[0]) / "damage.onnx"
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
 def _ended(code: int) -> str:
     """How a process ended, in words."""
     if code < 0:
@@ -245,6 +268,7 @@ class Supervisor:
         self.reload_asked = False
         self.reload_asked_early = reload_asked
         self.port = settings.port
+        self.model_sha256 = ""  # the model file's, as the server started
 
     def run(self) -> int:
         """Until SIGTERM or SIGINT; the exit status of `convstream serve`."""
@@ -279,6 +303,7 @@ class Supervisor:
             )
             return 1
         self.folder = Path(tempfile.mkdtemp(prefix="convstream-"))  # mode 0700
+        self.model_sha256 = model_sha256(self.settings.model_path)
         try:
             with held:
                 self.port = int(held.getsockname()[1])
@@ -308,7 +333,11 @@ class Supervisor:
         """The snapshot the processes read: the settings (the port as bound) and owners."""
         self.owners = assign(self.owners, [c.id for c in settings.cameras], self.count)
         self.settings = settings.model_copy(update={"port": self.port})
-        snapshot = {"settings": self.settings.model_dump(mode="json"), "owners": self.owners}
+        snapshot = {
+            "settings": self.settings.model_dump(mode="json"),
+            "owners": self.owners,
+            "model_sha256": self.model_sha256,
+        }
         draft = self.folder / (SNAPSHOT + ".new")
         draft.write_text(json.dumps(snapshot))
         draft.replace(self.folder / SNAPSHOT)  # a process reads the old one or the new one
