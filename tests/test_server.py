@@ -119,6 +119,10 @@ async def test_a_threshold_in_the_config_decides_damaged_and_a_reload_changes_it
                 assert result.damaged == (result.score >= expected)
                 # said beside it: what overlays colour the heatmap by
                 assert result.threshold == pytest.approx(expected)
+                # and on /metrics, for dashboards and alerts that compare with it
+                assert server.metrics.registry.get_sample_value(
+                    "convstream_threshold"
+                ) == pytest.approx(expected)
     finally:
         await server.stop(grace=0)
 
@@ -947,6 +951,11 @@ async def test_metrics_count_frames_by_source_and_outcome(
     assert not [name for name, _ in samples if name.endswith("_created")]
     provider = (("provider", "CPUExecutionProvider"), ("requested", "auto"))
     assert samples[("convstream_execution_provider", provider)] == 1.0
+    # which model answers, and from which score a frame is damaged
+    shipped = DamageModel(provider="cpu")
+    model = (("name", "damage.onnx"), ("sha256", shipped.sha256))
+    assert samples[("convstream_model_info", model)] == 1.0
+    assert samples[("convstream_threshold", ())] == pytest.approx(shipped.threshold)
     # and what every exporter has: the process's CPU, memory, files and start, and Python's
     # version; no TLS expiry without TLS
     assert samples[("process_cpu_seconds_total", ())] > 0

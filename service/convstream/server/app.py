@@ -479,6 +479,8 @@ class Server:
         if self.peers is not None:
             self.health.forward_to(self.peers, self.servicer.peer_channel)
         self.metrics.provider.labels(model.provider, model.requested_provider).set(1)
+        self.metrics.model.labels(model.path.name, model.sha256).set(1)
+        self.metrics.threshold.set(model.threshold)
 
         # Always installed, so a reload can add the first token or remove the last one.
         self._tokens = TokenInterceptor(
@@ -661,6 +663,7 @@ class Server:
             )
             if self.servicer is not None:
                 self.servicer.model_info.threshold = model.threshold
+            self.metrics.threshold.set(model.threshold)
             logger.info("reload: threshold %.6g from now on", model.threshold)
         if self._reload_tls(settings):
             applied.update({name: getattr(settings, name) for name in TLS_FILES})

@@ -117,6 +117,19 @@ class Metrics:
             ["provider", "requested"],
             registry=self.registry,
         )
+        self.model = Gauge(
+            "convstream_model_info",
+            "1 for the model file served: its name and sha256 (several processes serving "
+            "different files show as two series)",
+            ["name", "sha256"],
+            registry=self.registry,
+        )
+        self.threshold = Gauge(
+            "convstream_threshold",
+            "the score from which a frame is damaged (the model's own, or the threshold "
+            "setting; a reload may change it)",
+            registry=self.registry,
+        )
         self._sources: set[str] = set()
         self._cameras: frozenset[str] = frozenset()  # the configured cameras' labels
         self._lock = threading.Lock()
