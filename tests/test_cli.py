@@ -1290,6 +1290,10 @@ def test_serve_refuses_a_file_that_is_no_model_in_one_line(
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "is not a convstream damage model" in done.stderr
     assert "it has inputs x tensor(float) and outputs y" in done.stderr
+    # a float input: what the server hands over instead, and where the rest goes
+    assert "the server hands a model frames as decoded, uint8 BGR of shape (N, H, W, 3)" in (
+        done.stderr
+    )
 
 
 def test_a_missing_usb_camera_is_our_line_without_opencv_warnings() -> None:

@@ -256,6 +256,14 @@ def test_weights_kept_in_a_file_of_their_own_are_found_beside_the_model(
     np.testing.assert_allclose(
         loaded.run(frame)["heatmap"], shipped.run(frame)["heatmap"], atol=1e-5
     )
+    # copied without them: said where they were looked for, and what to do
+    (folder / "external.onnx.data").rename(elsewhere / "external.onnx.data")
+    with pytest.raises(ModelFileError) as refused:
+        DamageModel(path, provider="cpu")
+    assert (
+        f"its weights are kept in a file of their own, read from beside the model, in {folder}: "
+        "copy that file there too, or export with external_data=False for one file"
+    ) in str(refused.value)
 
 
 def test_without_metadata_stages_and_stride_come_from_the_outputs_and_the_threshold_is_warned(

@@ -212,6 +212,10 @@ class DamageModel:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # onnxruntime's errors only, on stderr: a float16 model printed dozens of coloured
+        # "Shape mismatch attempting to re-use buffer" warnings at each start, which are
+        # about its memory planning, not about the model or its results
+        options.log_severity_level = 3
         # Weights an exporter kept in a file of their own (torch's external_data) are looked
         # for beside the model, not in the working directory: the model is loaded as bytes.
         options.add_session_config_entry(
@@ -229,18 +233,33 @@ class DamageModel:
             # With fixed_batch, more sessions of the same bytes, made on first use of a size.
             self._new_session = lambda: ort.InferenceSession(data, options, providers=wanted)
         except Exception as exc:  # onnxruntime's own classes: InvalidProtobuf, Fail, ...
+            hint = ""
+            if "external data" in str(exc).lower():
+                hint = (
+                    " (its weights are kept in a file of their own, read from beside the "
+                    f"model, in {self.path.parent.resolve()}: copy that file there too, or "
+                    "export with external_data=False for one file)"
+                )
             raise ModelFileError(
-                f"{self.path} is not an ONNX model onnxruntime loads: {exc}"
+                f"{self.path} is not an ONNX model onnxruntime loads: {exc}{hint}"
             ) from exc
         inputs = [f"{i.name} {i.type}" for i in self.session.get_inputs()]
         outputs = sorted(o.name for o in self.session.get_outputs())
         if inputs != [f"{INPUT_NAME} tensor(uint8)"] or not set(outputs) >= set(OUTPUT_NAMES):
             missing = [name for name in OUTPUT_NAMES if name not in outputs]
             lacks = f" (no {', '.join(missing)})" if missing else ""
+            floats = any("float" in i.type for i in self.session.get_inputs())
             raise ModelFileError(
                 f"{self.path} is not a convstream damage model: expected one uint8 input "
                 f"{INPUT_NAME!r} and outputs {', '.join(OUTPUT_NAMES)}; it has inputs "
                 f"{', '.join(inputs)} and outputs {', '.join(outputs)}{lacks}"
+                + (
+                    "; the server hands a model frames as decoded, uint8 BGR of shape (N, H, "
+                    "W, 3): put the scaling, the mean and std and the change to channels first "
+                    "inside the graph (MODEL_CARD.md, 'A model file of your own')"
+                    if floats
+                    else ""
+                )
             )
         got = self.session.get_providers()
         self.provider = got[0]
