@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 
 from convstream.model import DamageModel
 from convstream.model.evaluate import TEST_SEED_BASE
-from convstream.model.quantize import quantize
+from convstream.model.quantize import latencies_ms, quantize
 from convstream.model.runtime import MODEL_PATH, OUTPUT_NAMES
 from convstream.model.scenes import render_scene
 
@@ -45,3 +47,23 @@ def test_int8_variant_keeps_the_first_layer_in_float_and_tracks_the_float_model(
     # Quantization error, not another model: the heatmap within a few hundredths.
     assert np.abs(got["heatmap"] - want["heatmap"]).mean() < 0.02
     assert np.abs(got["score"] - want["score"]).max() < 0.1
+
+
+def test_latencies_are_measured_side_by_side_run_by_run() -> None:
+    """quantize's table compares float32 and int8 latencies; measured one model after the
+    other, a busy minute on the machine made int8 read slower than float32. The models now
+    take turns run by run."""
+    order: list[str] = []
+
+    class Recorded(DamageModel):
+        def __init__(self, name: str) -> None:
+            super().__init__(provider="cpu", intra_op_threads=1)
+            self.name = name
+
+        def run(self, pixels: np.ndarray, outputs: Sequence[str] | None = None) -> Any:
+            order.append(self.name)
+            return super().run(pixels, outputs)
+
+    times = latencies_ms([Recorded("a"), Recorded("b")], (64, 96), runs=3)
+    assert len(times) == 2 and all(t > 0 for t in times)
+    assert order == ["a"] * 10 + ["b"] * 10 + ["a", "b"] * 3  # warm-up, then in turns

@@ -115,15 +115,26 @@ def out_problem(model: Path, out: Path) -> str | None:
 
 def latency_ms(model: DamageModel, size: tuple[int, int], runs: int = 100) -> float:
     """Median milliseconds of one frame at size (height, width)."""
+    return latencies_ms([model], size, runs)[0]
+
+
+def latencies_ms(
+    models: Sequence[DamageModel], size: tuple[int, int], runs: int = 100
+) -> list[float]:
+    """Each model's median milliseconds of one frame at size (height, width), measured side by
+    side: the models take turns, run by run, so that what else the machine does weighs on
+    each alike (one after the other, a busy minute made int8 read slower than float32)."""
     pixels = render_scene(7, *size).image[None]
-    for _ in range(10):
-        model.run(pixels, ["score"])
-    times = []
+    for model in models:
+        for _ in range(10):
+            model.run(pixels, ["score"])
+    times: list[list[float]] = [[] for _ in models]
     for _ in range(runs):
-        started = time.perf_counter()
-        model.run(pixels, ["heatmap", "score", "stage3"])
-        times.append((time.perf_counter() - started) * 1000)
-    return float(np.median(times))
+        for model, taken in zip(models, times, strict=True):
+            started = time.perf_counter()
+            model.run(pixels, ["heatmap", "score", "stage3"])
+            taken.append((time.perf_counter() - started) * 1000)
+    return [float(np.median(taken)) for taken in times]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -176,12 +187,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         f" ms 384x640, {wide} threads |"
     )
     print("|---|---:|---:|---:|---:|")
-    for name, path in (("float32", args.model), ("int8 QDQ", args.out)):
+    paths = (args.model, args.out)
+    one_thread = latencies_ms(
+        [DamageModel(p, provider="cpu", intra_op_threads=1) for p in paths], (384, 640)
+    )
+    every_thread = latencies_ms(
+        [DamageModel(p, provider="cpu", intra_op_threads=wide) for p in paths], (384, 640)
+    )
+    names = (args.model.name, f"{args.out.name} (int8 QDQ)")
+    rows = zip(names, paths, one_thread, every_thread, strict=True)
+    for name, path, one, every in rows:
         model = DamageModel(path, provider="cpu")
         small = evaluate(model, seeds)
         large = evaluate(model, seeds[:300], (384, 640))
-        one = latency_ms(DamageModel(path, provider="cpu", intra_op_threads=1), (384, 640))
-        every = latency_ms(DamageModel(path, provider="cpu", intra_op_threads=wide), (384, 640))
         print(
             f"| {name} | {small.roc_auc:.3f} / {large.roc_auc:.3f} |"
             f" {small.peak_in_region:.3f} / {large.peak_in_region:.3f} | {one:.2f} | {every:.2f} |"
