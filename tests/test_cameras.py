@@ -720,6 +720,36 @@ async def test_watchers_past_the_limit_are_refused_and_counted() -> None:
         first.cancel()
 
 
+async def test_a_watch_that_stops_reading_holds_a_bounded_share_of_bytes() -> None:
+    """A watch asking for large results and reading none kept up to its queue_size (1024)
+    of them: 8.8 MB each with every stage in float32 and the frame, 44 MB more of the
+    server's memory a second. Now one watch keeps at most a quarter of max_watcher_bytes,
+    drops its oldest past it (as its queue_size would, counted), and gives all back when it
+    ends."""
+    belt = camera("belt", "demo:conveyor?fps=15")
+    limit = 16 << 20
+    async with serving(belt, max_watcher_bytes=limit) as server, connect(server) as stub:
+        assert server.cameras is not None
+        budget = server.cameras.result_bytes
+        options = pb.ResultOptions(feature_maps=["stage3"], encoding=pb.TENSOR_ENCODING_FLOAT32)
+        call = watch(stub, "belt", options=options, queue_size=1024)
+        first = await asyncio.wait_for(call.read(), 10)
+        size = first.ByteSize()
+        assert size > 800_000  # 64 x 45 x 80 float32 values
+        await until(lambda: _true(budget.held >= limit // 4 - size), 20, "filled")  # unread
+        await asyncio.sleep(1.0)  # 15 more results a second come, and the oldest go
+        assert limit // 4 - size <= budget.held <= limit // 4
+        value = server.metrics.registry.get_sample_value
+        assert value("convstream_watcher_bytes_held") == budget.held
+        later = [first]  # read again: past what gRPC had sent already, the drops are said
+        while later[-1].frames_dropped == 0:
+            later.append(await asyncio.wait_for(call.read(), 10))
+            assert len(later) < 40
+        assert later[-1].frames_dropped >= 5 and later[-1].frame_id - later[-2].frame_id > 5
+        call.cancel()
+        await until(lambda: _true(budget.held == 0), 10, "given back")
+
+
 async def test_a_raw_stream_file_loops_and_an_unbelievable_rate_is_paced(tmp_path: Path) -> None:
     """A raw H.264 or MJPEG file (no container: a DVR's export), which OpenCV cannot seek
     back in, is opened again at its end rather than called ended: it reconnected at every

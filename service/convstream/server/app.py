@@ -472,6 +472,7 @@ class Server:
             self.health,
             watcher_queue_size=settings.watcher_queue_size,
             max_watchers=settings.max_watchers,
+            max_watcher_bytes=settings.max_watcher_bytes,
         )
         self.servicer = ConvstreamServicer(
             settings, pipeline, self.metrics, info, self.cameras, peers=self.peers

@@ -28,7 +28,13 @@ from convstream.server.errors import (
     NotFound,
     Overloaded,
 )
-from convstream.server.feeds import CameraFeed, Publisher, StreamPublication, Watcher
+from convstream.server.feeds import (
+    CameraFeed,
+    Publisher,
+    ResultBytes,
+    StreamPublication,
+    Watcher,
+)
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Options, Pipeline, check_without_stream
 from convstream.server.sources import open_source, redact
@@ -53,6 +59,7 @@ class CameraManager:
         *,
         watcher_queue_size: int = 2,
         max_watchers: int = 256,
+        max_watcher_bytes: int = 256 << 20,
         opener: Opener = open_source,
     ) -> None:
         self.pipeline = pipeline
@@ -60,6 +67,7 @@ class CameraManager:
         self.health = health_servicer
         self.watcher_queue_size = watcher_queue_size
         self.max_watchers = max_watchers
+        self.result_bytes = ResultBytes(max_watcher_bytes)
         self.feeds: dict[str, CameraFeed] = {}
         self.published: dict[str, StreamPublication] = {}
         self._opener = opener
@@ -281,7 +289,7 @@ class CameraManager:
                 "retry later or raise max_watchers"
             )
         capacity = request.queue_size or self.watcher_queue_size
-        watcher = Watcher(camera_id, options, request.max_fps, capacity)
+        watcher = Watcher(camera_id, options, request.max_fps, capacity, self.result_bytes)
         feed.watchers.add(watcher)
         return watcher
 
@@ -293,6 +301,7 @@ class CameraManager:
         feed = self.feeds.get(watcher.camera_id) or self.published.get(watcher.camera_id)
         if feed is not None:
             feed.watchers.discard(watcher)
+        watcher.release()
 
     def statuses(self) -> list[pb.CameraStatus]:
         now = time.monotonic()

@@ -409,6 +409,12 @@ class Settings(BaseModel):
         2, ge=1, le=1024, description="results waiting per WatchCamera call by default"
     )
     max_watchers: int = Field(256, ge=1, description="concurrent WatchCamera calls at most")
+    max_watcher_bytes: int = Field(
+        256 << 20,
+        ge=1 << 20,
+        description="bytes of results waiting for all WatchCamera calls together; one call "
+        "keeps at most a quarter (but always its newest result), and drops its oldest past it",
+    )
 
     tls_cert: Path | None = Field(None, description="PEM certificate chain: turns TLS on")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")

@@ -66,6 +66,21 @@ def timestamp(seconds: float) -> Timestamp | None:
 class _Queued:
     result: pb.FrameResult
     captured: float  # time.time() the frame was read
+    size: int = 0  # its bytes, as counted in the watchers' ResultBytes
+
+
+class ResultBytes:
+    """Bytes of results waiting for WatchCamera calls, over all of them (event loop only):
+    a watch that stops reading kept up to its queue_size results, 1024 of 8.8 MB each (every
+    stage in float32 and the frame), and took the server's memory at 44 MB a second. One
+    watch keeps at most a quarter of the limit, and none past the limit, but always its
+    newest result; the rest go as its queue_size's would, oldest first, counted as dropped.
+    A result shared by several watches counts once for each."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.share = limit // 4
+        self.held = 0
 
 
 class FeedFinished(Exception):
@@ -91,11 +106,20 @@ def next_due(due: float, taken: float, interval: float) -> float:
 class Watcher:
     """One WatchCamera call: what it wants, how often, and the results waiting for it."""
 
-    def __init__(self, camera_id: str, options: Options, max_fps: float, capacity: int) -> None:
+    def __init__(
+        self,
+        camera_id: str,
+        options: Options,
+        max_fps: float,
+        capacity: int,
+        budget: ResultBytes | None = None,
+    ) -> None:
         self.camera_id = camera_id
         self.options = options
         self.interval = 1 / max_fps if max_fps > 0 else 0.0
         self.capacity = capacity
+        self.budget = budget if budget is not None else ResultBytes(1 << 62)
+        self.held = 0  # bytes of the results waiting for it
         self.dropped = 0
         self.sequence = 0
         self._next = 0.0
@@ -118,12 +142,30 @@ class Watcher:
         else:
             self._next += self.interval
         if len(self._queue) >= self.capacity:
-            old = self._queue.popleft()
-            self.dropped += 1
-            if len(self._dropped_ids) < MAX_LISTED_DROPS:
-                self._dropped_ids.append(old.result.frame_id)
-        self._queue.append(_Queued(result, captured))
+            self._drop_oldest()
+        size = result.ByteSize()
+        self._queue.append(_Queued(result, captured, size))
+        self._take(size)
+        budget = self.budget
+        while len(self._queue) > 1 and (self.held > budget.share or budget.held > budget.limit):
+            self._drop_oldest()
         self._ready.set()
+
+    def _drop_oldest(self) -> None:
+        old = self._queue.popleft()
+        self._take(-old.size)
+        self.dropped += 1
+        if len(self._dropped_ids) < MAX_LISTED_DROPS:
+            self._dropped_ids.append(old.result.frame_id)
+
+    def _take(self, size: int) -> None:
+        self.held += size
+        self.budget.held += size
+
+    def release(self) -> None:
+        """The watch is over: what waits for it is given back."""
+        self._queue.clear()
+        self._take(-self.held)
 
     def end(self, error: ConvstreamError | None) -> None:
         """No more results: the camera was removed or the server is stopping (``error``), or
@@ -139,6 +181,7 @@ class Watcher:
             self._ready.clear()
             await self._ready.wait()
         item = self._queue.popleft()
+        self._take(-item.size)
         result = pb.FrameResult()
         result.CopyFrom(item.result)  # shared by watchers; the fields below are this one's
         self.sequence += 1

@@ -140,6 +140,7 @@ class Metrics:
         held: Callable[[], float],
         analyze_calls: Callable[[], float],
         watchers: Callable[[], float],
+        watcher_bytes: Callable[[], float],
     ) -> None:
         """Gauges of what the open calls take of the admission limits, read at scrape time:
         an operator could not see max_queued_frames, max_held_bytes, max_analyze_calls or
@@ -155,6 +156,12 @@ class Metrics:
             "most; convstream_camera_watchers has each configured camera's)",
             registry=self.registry,
         ).set_function(watchers)
+        Gauge(
+            "convstream_watcher_bytes_held",
+            "Bytes of results waiting for the open WatchCamera calls (max_watcher_bytes at "
+            "most, and each call's newest result)",
+            registry=self.registry,
+        ).set_function(watcher_bytes)
         Gauge(
             "convstream_stream_frames_reserved",
             "Frames the open streams reserve for their queues (max_queued_frames at most)",

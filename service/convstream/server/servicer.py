@@ -102,6 +102,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             lambda: self.byte_budget.held,
             lambda: self.open_analyze_calls,
             cameras.watchers_open,
+            lambda: cameras.result_bytes.held,
         )
 
     async def Analyze(
