@@ -279,6 +279,38 @@ def test_an_rtsp_connect_skips_the_frames_buffered_while_it_opened() -> None:
     assert at_once <= 4, [round(w * 1000, 1) for w in waits]
 
 
+def test_the_frame_that_ends_a_stall_is_passed_for_the_live_one() -> None:
+    """A camera that stalls (here its encoder stopped for 2 s, as a network hiccup does)
+    then sends the frame it held, as old as the stall, and the ones queued behind it at
+    once. That frame was analysed and its age told as a few milliseconds; the reader now
+    passes the backlog for the live frame, as after a connect."""
+    source = FFmpegSource("mjpeg", fps=15, stamped=True)
+    with running(source):
+        spec = parse_source(source.url)
+        capture = open_source(spec, open_timeout_s=10, read_timeout_s=5, loop=False)
+        try:
+            for _ in range(5):
+                capture.read()
+            assert source.process is not None
+            source.process.send_signal(signal.SIGSTOP)
+            threading.Timer(2.0, source.process.send_signal, (signal.SIGCONT,)).start()
+            ages = []
+            for _ in range(3):  # the first waits out the stall
+                data = capture.read()
+                read_at = time.time()
+                pixels = data if isinstance(data, np.ndarray) else decoded(data)
+                ages.append(read_at - read_time(pixels, 1.0, 0, 0))
+        finally:
+            capture.release()
+    assert max(ages) < 0.5, [round(age, 2) for age in ages]
+
+
+def decoded(data: bytes) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None
+    return image
+
+
 def test_an_mjpeg_source_gives_its_jpegs_and_other_codecs_give_pixels() -> None:
     """An MJPEG stream's frames are already JPEGs: the reader keeps them as sent, for the
     analysis to decode only the frames it takes; H.264 has to be decoded as it is read."""

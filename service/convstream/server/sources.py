@@ -65,6 +65,7 @@ os.environ.setdefault("OPENCV_FFMPEG_IS_THREAD_SAFE", "true")
 # Frames a network stream has buffered while it opened (about a second's worth for RTSP,
 # where FFmpeg probes the stream) are skipped, at most this many seconds of them.
 _BACKLOG_MAX_S = 2.0
+STALL_S = 1.0  # a network read that waits longer may have frames queued behind its own
 # An MJPEG source's frames that are not whole JPEGs are passed over, this many in a row at most
 # before the source counts as failed (and is reconnected).
 _BAD_JPEGS_IN_A_ROW = 30
@@ -483,6 +484,8 @@ class OpenCVCapture:
         elif not self._cap.grab():
             raise self._no_frame(started)
         self._check_live(started)
+        if self._stalled(started):  # the next read is then the live frame, not the backlog
+            self._skip_backlog()
 
     def _next(self) -> tuple[bool, np.ndarray | None]:
         """The next frame from OpenCV (the grabbed one first); a looping file starts again
@@ -525,6 +528,16 @@ class OpenCVCapture:
         if not ok or frame is None:
             raise self._no_frame(started)
         self._check_live(started)
+        if self._stalled(started):
+            # The frame that ends a stall left the camera before it, as old as the stall, and
+            # the frames queued behind it come at once: passed for the live one, as after a
+            # connect. Taken, it was analysed as new: a 2 s stall gave a result 2.1 s old
+            # that said 18 ms.
+            self._skip_backlog()
+            if self._grabbed:
+                ok, live = self._next()
+                if ok and live is not None:
+                    frame = live
         if self._pacer is not None:
             self._pacer.wait()
         if frame.ndim == 2 and not self._encoded:
@@ -562,6 +575,13 @@ class OpenCVCapture:
         frozen camera off as running, one stale frame per timeout."""
         if self.spec.live and time.monotonic() - started >= 0.95 * self._read_timeout_s:
             raise self._timed_out()
+
+    def _stalled(self, started: float) -> bool:
+        """Whether a network source's read, begun at `started` (monotonic), waited long
+        enough that frames may have queued up behind the one it got: over STALL_S, and over
+        three frame intervals (a camera of one frame in 4 s waits 4 s each read)."""
+        waited = time.monotonic() - started
+        return self.spec.kind in NETWORK_KINDS and waited > max(STALL_S, 3 * self._interval_s)
 
     def release(self) -> None:
         self._cap.release()
