@@ -121,6 +121,14 @@ def test_sources_apply_in_order(tmp_path: Path) -> None:
             r"cameras\[0\]\.input_size: .*from 32 to 4096",
         ),
         ('[cameras]\nid = "a"\n', {}, r"cameras: expected \[\[cameras\]\] tables"),
+        # the longest retry delay below the first: every retry waited 0.5-1 s, the 60 unsaid
+        (
+            '[[cameras]]\nid = "a"\nsource = "demo:conveyor"\nreconnect_min_s = 60\n'
+            "reconnect_max_s = 1\n",
+            {},
+            r"cameras\[0\]: reconnect_min_s 60 is longer than reconnect_max_s 1, the longest "
+            r"retry delay: expected min <= max",
+        ),
         ("max_batch = -1\n", {}, "max_batch"),
         # gRPC's milliseconds are a C int: inf, or 25 days, failed the start after the model
         ("connection_idle_timeout_s = inf\n", {}, r"connection_idle_timeout_s: .*2000000"),

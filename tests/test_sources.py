@@ -104,6 +104,13 @@ SIZE = r"demo source parameter size: expected HxW with both sides multiples of 8
         ("   ", r"a source is empty; expected an rtsp://, .*, a video file, device:N or demo:"),
         ("", "a source is empty"),
         ("file://", r"no path in 'file://'; expected file:///path/to/video"),
+        # a URL missing its colon was a relative path to no file, which only warned
+        (
+            "rtsp//admin:pw@10.0.0.7/stream",
+            r"'rtsp//admin:\*\*\*@10.0.0.7/stream' is a rtsp URL without the ':' after rtsp; "
+            r"expected rtsp://HOST",
+        ),
+        ("HTTP//cam/video.mjpg", "is a http URL without the ':' after http"),
     ],
 )
 def test_bad_sources_are_refused_with_the_accepted_forms(source: str, message: str) -> None:

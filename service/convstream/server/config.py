@@ -146,6 +146,15 @@ class CameraConfig(BaseModel):
             parse_size(size)
         return size
 
+    @model_validator(mode="after")
+    def _check_reconnects(self) -> CameraConfig:
+        if self.reconnect_min_s > self.reconnect_max_s:  # the longest delay would win
+            raise ValueError(
+                f"reconnect_min_s {self.reconnect_min_s:g} is longer than reconnect_max_s "
+                f"{self.reconnect_max_s:g}, the longest retry delay: expected min <= max"
+            )
+        return self
+
 
 class TokenConfig(BaseModel):
     """A bearer token clients may present; only its SHA-256 is kept (`convstream token`)."""

@@ -146,6 +146,13 @@ def parse_source(source: str) -> SourceSpec:
         )
     if source.startswith("demo:"):
         return _parse_demo(source)
+    if match := re.match(r"(?i)(rtsps?|https?|tcp|udp)//", source):
+        # a URL without its ':' is a relative path to no file, which only warned
+        scheme = match.group(1).lower()
+        raise ValueError(
+            f"{redact(source)!r} is a {scheme} URL without the ':' after {scheme}; expected "
+            f"{scheme}://HOST..."
+        )
     parts = urlsplit(source)
     scheme = parts.scheme.lower()
     if scheme in NETWORK_KINDS:
