@@ -16,6 +16,7 @@ from convstream.server.decode import (
     MAX_HEADER_STEPS,
     MAX_SCANS,
     Limits,
+    check_encoded,
     decode_encoded,
     decode_raw,
     encoded_size,
@@ -237,6 +238,23 @@ def test_a_transparent_png_is_blended_in_bands_not_in_float_copies_of_it_all() -
     expected = round(40000 / 257 * 32768 / 65535 + PAD_VALUE * (1 - 32768 / 65535))
     assert np.abs(image.astype(int) - expected).max() <= 1
     assert peak < stored + image.nbytes + 16 * 2**20, f"{peak / 2**20:.0f} MiB at the peak"
+
+
+def test_a_16_bit_png_is_held_to_the_bytes_of_the_largest_8_bit_frame() -> None:
+    """A 6300x6300 16-bit RGBA PNG (308 KB) passed the 40-megapixel limit and took 3.4 s and
+    380 MB to decode. Its pixels at its own depth are now held to what the largest 8-bit
+    RGBA frame takes; the same size at 8 bits still decodes."""
+    limits = Limits(max_pixels=100 * 100, max_side=16384)
+    wide = png(np.zeros((100, 100, 4), np.uint16))
+    with pytest.raises(
+        FrameTooLarge,
+        match=r"PNG is 100x100 at 16 bits a sample: 80,000 bytes decoded, past the 40,000 of "
+        r"the largest 8-bit RGBA frame \(max_frame_pixels .*\); send it at 8 bits, or smaller",
+    ):
+        check_encoded(wide, limits)
+    assert decode_encoded(png(np.zeros((100, 100, 4), np.uint8)), limits).shape == (100, 100, 3)
+    # 16-bit grey, 2 bytes a pixel, is no more than 8-bit RGBA: it decodes
+    assert decode_encoded(png(np.zeros((100, 100), np.uint16)), limits).shape == (100, 100, 3)
 
 
 def test_a_grey_png_s_transparent_shade_is_analysed_over_the_padding_grey() -> None:
