@@ -1711,3 +1711,63 @@ async def test_mutual_tls_with_several_processes(pki: Path, tmp_path: Path) -> N
             except subprocess.TimeoutExpired:
                 process.kill()  # its processes get SIGTERM from the kernel (PDEATHSIG)
                 process.wait()
+
+
+async def test_a_connection_that_never_handshakes_is_closed_and_others_go_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Idle TCP connections (no TLS handshake, no HTTP/2 preface) were held a minute or two
+    each: 1,100 of them took every file of a server started with 1024 open files, and every
+    other client timed out. The handshake now has HANDSHAKE_TIMEOUT_S (10 s; 1 s here)."""
+    from convstream.server import app
+
+    monkeypatch.setattr(app, "HANDSHAKE_TIMEOUT_S", 1.0)
+    server = Server(Settings(port=0, metrics_port=-1, cameras=()))
+    await server.start()
+    try:
+        idle = socket.create_connection(("127.0.0.1", server.port))
+        idle.settimeout(10)
+        started = time.monotonic()
+
+        def until_closed() -> None:  # the server's HTTP/2 settings, then its close
+            while idle.recv(1024):
+                pass
+
+        await asyncio.to_thread(until_closed)
+        assert time.monotonic() - started < 5
+        idle.close()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            info = await pb_grpc.ConvstreamStub(channel).GetModelInfo(pb.GetModelInfoRequest())
+            assert info.sha256
+    finally:
+        await server.stop(grace=0)
+
+
+def test_the_open_files_limit_is_raised_to_the_hard_one_and_a_low_one_is_said() -> None:
+    """systemd starts services with 1024 open files (soft), the hard limit far higher: the
+    server and the dashboard raise theirs as they start, and say so when even the hard one
+    is low."""
+    script = (
+        "import logging, resource\n"
+        "logging.basicConfig(format='%(levelname)s %(message)s')\n"
+        "from convstream.server.rlimit import raise_open_files\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+        "print(raise_open_files('the server'), resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (200, 300))\n"
+        "print(raise_open_files('the server'))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    wanted = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    raised, low = done.stdout.split("\n")[:2]
+    assert raised == f"{wanted} {wanted}" and low == "300", done.stdout
+    assert (
+        "WARNING the server may open 300 files at most (the hard limit), and each connection "
+        "takes one" in done.stderr
+    )
+    assert "LimitNOFILE=65536" in done.stderr

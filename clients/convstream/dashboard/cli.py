@@ -23,6 +23,7 @@ from convstream.client.connection_flags import (
     token_from_flags,
 )
 from convstream.dashboard.settings import DashboardSettings
+from convstream.server.rlimit import raise_open_files
 
 __all__ = ["add_commands", "run_dashboard"]
 
@@ -245,6 +246,7 @@ def _dashboard(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    raise_open_files("the dashboard")  # a file a viewer's connection (rlimit.py)
     try:
         asyncio.run(serve(settings))
     except OSError as exc:

@@ -238,10 +238,12 @@ def _run_server(settings: Settings, load: Callable[[], Settings], peers: Peers |
     from convstream.model import ModelFileError
     from convstream.server import serve
     from convstream.server.malloc import limit_arenas
+    from convstream.server.rlimit import raise_open_files
     from convstream.server.tls import TLSFileError
 
     who = "convstream serve" if peers is None else f"convstream serve [process {peers.index}]"
     limit_arenas()  # before the server's threads: RSS 14% lower (malloc.py)
+    raise_open_files("the server")  # one a connection: 1024 let 1,100 idle ones lock all out
     try:
         asyncio.run(serve(settings, reload=load, peers=peers, reload_asked=_RELOAD_ASKED))
     except ModelFileError as exc:

@@ -109,6 +109,9 @@ def model_info(settings: Settings, model: DamageModel) -> pb.ModelInfo:
     )
 
 
+HANDSHAKE_TIMEOUT_S = 10.0  # for a new connection's handshake, TLS's or none
+
+
 def grpc_options(settings: Settings, *, share_port: bool = False) -> list[tuple[str, int]]:
     """Channel arguments of the server; the client's keepalive must stay within these.
 
@@ -128,6 +131,9 @@ def grpc_options(settings: Settings, *, share_port: bool = False) -> list[tuple[
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.max_connection_idle_ms", int(settings.connection_idle_timeout_s * 1000)),
+        # A connection that has not finished its TLS handshake (or, in plaintext, sent
+        # nothing) by then is closed: an idle one held its file for a minute or two.
+        ("grpc.server_handshake_timeout_ms", int(HANDSHAKE_TIMEOUT_S * 1000)),
     ]
 
 
