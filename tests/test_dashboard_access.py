@@ -320,6 +320,42 @@ async def test_a_half_sent_request_does_not_hold_a_connection(
             assert not ws.closed, tls
 
 
+async def test_one_address_holds_a_bounded_number_of_connections_and_silent_ones_go(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """5,000 connections from one address, each sending a header line every 4 s, were all
+    held (aiohttp reads a request's headers with no deadline), and past the process's open
+    files asyncio logged each failed accept with its traceback: 158 MB of log in 50 s. One
+    address now holds at most MAX_CONNECTIONS_PER_HOST (4 here), its next ones closed as
+    they come and said once; one that sends nothing for FIRST_BYTE_S (1 s here) is closed."""
+    from convstream.dashboard import port
+
+    monkeypatch.setattr(port, "MAX_CONNECTIONS_PER_HOST", 4)
+    monkeypatch.setattr(port, "FIRST_BYTE_S", 1.0)
+    async with (
+        _dashboard(f"127.0.0.1:{_closed_port()}") as dash,
+        aiohttp.ClientSession() as http,
+    ):
+        slow = [socket.create_connection(("127.0.0.1", dash.port)) for _ in range(4)]
+        for connection in slow[:2]:
+            connection.sendall(b"GET / HTTP/1.1\r\n")  # headers, slowly
+        extra = [socket.create_connection(("127.0.0.1", dash.port)) for _ in range(3)]
+        for connection in extra:  # past the cap: closed at once
+            connection.settimeout(5)
+            assert await asyncio.to_thread(connection.recv, 1024) == b""
+            connection.close()
+        said = [r for r in caplog.records if "connections to the page, the most" in r.message]
+        assert len(said) == 1 and "127.0.0.1 holds 4" in said[0].message
+        for connection in slow[2:]:  # silent: closed after FIRST_BYTE_S
+            connection.settimeout(5)
+            assert await asyncio.to_thread(connection.recv, 1024) == b""
+            connection.close()
+        async with http.get(dash.url + "healthz") as reply:  # room again
+            assert reply.status == 200
+        for connection in slow[:2]:
+            connection.close()
+
+
 async def test_sighup_reloads_the_pages_certificate(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -13,8 +13,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from convstream.dashboard import https
-from convstream.dashboard.https import HttpsPort, https_context, https_warnings
+from convstream.dashboard.https import https_context, https_warnings
 from convstream.dashboard.hub import Hub
+from convstream.dashboard.port import PagePort
 from convstream.dashboard.settings import DashboardSettings
 from convstream.dashboard.web import make_app
 
@@ -39,7 +40,7 @@ class Dashboard:
         self.hub = Hub(self.settings)
         self.app = make_app(self.hub)
         self._runner: web.AppRunner | None = None
-        self._https: HttpsPort | None = None
+        self._port: PagePort | None = None
         self.port = self.settings.port
 
     @property
@@ -68,16 +69,9 @@ class Dashboard:
         )
         await self._runner.setup()
         settings = self.settings
-        context = https_context(settings)
-        if context is None:
-            site = web.TCPSite(self._runner, settings.host, settings.port)
-            await site.start()
-            if self._runner.addresses:
-                self.port = int(self._runner.addresses[0][1])
-        else:
-            assert self._runner.server is not None  # set up above
-            self._https = HttpsPort(self._runner.server, context, settings.answers_to)
-            self.port = await self._https.start(settings.host, settings.port)
+        assert self._runner.server is not None  # set up above
+        self._port = PagePort(self._runner.server, https_context(settings), settings.answers_to)
+        self.port = await self._port.start(settings.host, settings.port)
         await self.hub.start()
 
     def reload(self) -> None:
@@ -85,7 +79,7 @@ class Dashboard:
         dropping the open pages); new connections get them. Files that do not load, or a
         certificate out of its dates, are refused with the ones in use kept."""
         settings = self.settings
-        if self._https is None:
+        if self._port is None or settings.https_cert is None:
             logger.warning(
                 "SIGHUP: nothing to reload: this page has no certificate (--https-cert); a new "
                 "access token or any other flag takes a restart"
@@ -100,7 +94,7 @@ class Dashboard:
             )
             return
         assert context is not None  # https_cert is set
-        self._https.use(context)
+        self._port.use(context)
         for warning in warnings:
             logger.warning("%s", warning)
         logger.warning(
@@ -111,9 +105,9 @@ class Dashboard:
     async def stop(self) -> None:
         """Close every browser connection and the server subscription."""
         await self.hub.stop()
-        if self._https is not None:
-            await self._https.close()
-            self._https = None
+        if self._port is not None:
+            await self._port.close()
+            self._port = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
