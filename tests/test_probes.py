@@ -124,3 +124,33 @@ async def test_an_idle_connection_to_the_metrics_port_prints_no_traceback(
     assert await asyncio.to_thread(get, server.metrics_port, "/healthz") == (200, "ok\n")
     err = capfd.readouterr().err
     assert "Traceback" not in err and "Exception occurred" not in err, err
+
+
+async def test_one_address_holds_a_bounded_number_of_metrics_connections(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each connection to the metrics port holds a thread: 3,000 slow ones from one sender
+    took the server from 21 threads to about 890. One address now holds MAX_PER_HOST (2
+    here); its next ones are closed at once, and room comes back as they close."""
+    from convstream.server import probes
+
+    monkeypatch.setattr(probes, "MAX_PER_HOST", 2)
+    port = server.metrics_port
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+    time.sleep(0.3)  # taken in by the port's thread
+    with socket.create_connection(("127.0.0.1", port)) as extra:
+        extra.settimeout(5)
+        assert extra.recv(100) == b""  # closed, unanswered
+    for connection in held:
+        connection.close()
+    deadline = time.monotonic() + 5
+    while (status := await asyncio.to_thread(_status, port)) != 200:
+        assert time.monotonic() < deadline, status
+        await asyncio.sleep(0.1)
+
+
+def _status(port: int) -> int | str:
+    try:
+        return get(port, "/healthz")[0]
+    except (URLError, OSError) as exc:  # closed unanswered while the held ones wind down
+        return str(exc)
