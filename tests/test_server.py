@@ -801,6 +801,14 @@ async def test_health_and_reflection(server: Server, channel: grpc.aio.Channel) 
     for service in ("", "convstream.v1.Convstream"):
         reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    # an unknown name, however long, is NOT_FOUND: said back whole, 10,000 characters passed
+    # gRPC's metadata limit, and the caller got RESOURCE_EXHAUSTED
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await health.Check(health_pb2.HealthCheckRequest(service="x" * 10_000))
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    assert (unknown.value.details() or "").startswith("no service 'xxxx") and len(
+        unknown.value.details() or ""
+    ) < 300
     for version in ("v1", "v1alpha"):
         ask = channel.stream_stream(
             f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",

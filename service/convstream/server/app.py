@@ -43,6 +43,7 @@ from convstream.server.servicer import (
     ConvstreamServicer,
     add_to_server,
 )
+from convstream.server.sources import shown
 from convstream.server.streams import MAX_QUEUE_SIZE, WINDOW, stream_share
 from convstream.server.tls import (
     EXPIRY_WARNING,
@@ -381,7 +382,9 @@ class Health(health.aio.HealthServicer):
         if status in (None, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN):
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
-                f"no service {request.service!r} here: '' (the server), "
+                # cut: a 10,000-character name, said back whole, passed gRPC's metadata limit
+                # and the caller got RESOURCE_EXHAUSTED
+                f"no service {shown(request.service, 100)} here: '' (the server), "
                 f"'{SERVICE_NAME}', or 'convstream.camera.ID' for a camera",
             )
         return health_pb2.HealthCheckResponse(status=status)
