@@ -988,6 +988,13 @@ def test_the_cameras_table_fits_a_terminal_and_keeps_a_long_error_whole_when_pip
     assert header.split() == ["ID", "STATE", "SOURCE", "FPS", "IN/OUT", "SCORE", "LAST", "ERROR"]
     assert row.split()[:4] == ["dock-4", "reconnecting", "5m", "rtsp"]
     assert "20s ago: could not open" in row and row.endswith("...") and len(row) <= 80 + 5
+    # the error of a camera that runs again says it is from before, not its trouble now
+    back = dataclasses.replace(down, state="running", since=now - timedelta(seconds=10))
+    assert (
+        cameras_text([back], now).splitlines()[1].endswith("20s ago, before it ran again: " + error)
+    )
+    newer = dataclasses.replace(back, since=now - timedelta(seconds=30))  # a frame's failure
+    assert cameras_text([newer], now).splitlines()[1].endswith("20s ago: " + error)
     healthy = cameras_text([CAPPED], now, width=80).splitlines()
     assert all(len(line) <= 80 for line in healthy), healthy
     assert "LATENCY MS" in healthy[0]  # room for more with a short error: they stay

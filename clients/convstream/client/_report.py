@@ -507,7 +507,10 @@ def _last_error(camera: CameraInfo, now: datetime) -> str:
         return "-"
     if camera.last_error_time is None:
         return error
-    return f"{_duration(now - camera.last_error_time)} ago: {error}"
+    when = f"{_duration(now - camera.last_error_time)} ago"
+    if camera.state == "running" and camera.since and camera.last_error_time <= camera.since:
+        when += ", before it ran again"  # beside "running", it read as the camera's trouble
+    return f"{when}: {error}"
 
 
 def _duration(elapsed: timedelta) -> str:
