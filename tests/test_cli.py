@@ -1257,7 +1257,7 @@ def test_check_config_says_what_would_run_without_running_it(
 
 
 def test_serve_refuses_a_file_that_is_no_model_in_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     notes = tmp_path / "notes.onnx"
     notes.write_text("not a model")
@@ -1270,6 +1270,14 @@ def test_serve_refuses_a_file_that_is_no_model_in_one_line(
     assert (
         err
         == f"convstream serve: model_path: {tmp_path / 'missing.onnx'}: No such file or directory\n"
+    )
+    # a relative path: where it was looked for, the server's folder, not the config's
+    monkeypatch.chdir(tmp_path)
+    assert main([*serve, "models/missing.onnx"]) == 2
+    assert capsys.readouterr().err == (
+        "convstream serve: model_path: models/missing.onnx: No such file or directory "
+        f"(looked for at {tmp_path / 'models/missing.onnx'}: a relative path is taken from "
+        "the folder the server starts in)\n"
     )
     # an ONNX model, but not ours: named for what it lacks
     import onnx

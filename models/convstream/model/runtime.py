@@ -205,7 +205,11 @@ class DamageModel:
         try:
             data = self.path.read_bytes()
         except OSError as exc:
-            raise ModelFileError(f"{self.path}: {exc.strerror}") from exc
+            where = ""
+            if not self.path.is_absolute():  # from the working folder, not a config's own
+                where = f" (looked for at {Path.cwd() / self.path}: a relative path is taken "
+                where += "from the folder the server starts in)"
+            raise ModelFileError(f"{self.path}: {exc.strerror}{where}") from exc
         self.sha256 = hashlib.sha256(data).hexdigest()
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
