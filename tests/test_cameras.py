@@ -7,6 +7,7 @@ import contextlib
 import http.server
 import logging
 import math
+import re
 import signal
 import subprocess
 import threading
@@ -588,6 +589,9 @@ async def test_the_watch_command_says_when_its_camera_goes_down_and_comes_back(
     err = capsys.readouterr().err
     assert "camera 'a' is reconnecting; waiting for its frames. Last error: " in err, err
     assert err.index("is reconnecting") < err.index("camera 'a': results again"), err
+    # each notice says when: an outage read later in the scrollback said nothing of it
+    assert re.search(r"convstream watch: \[\d\d:\d\d:\d\d\] camera 'a' is reconnecting", err)
+    assert re.search(r"convstream watch: \[\d\d:\d\d:\d\d\] camera 'a': results again", err)
 
 
 async def test_watching_a_camera_that_is_down_says_so_once(

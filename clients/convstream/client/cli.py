@@ -951,7 +951,8 @@ class CameraLull:
             if self._told:
                 self._told = ""
                 print(
-                    f"convstream watch: camera {self._camera_id!r}: results again", file=sys.stderr
+                    f"convstream watch: {_clock()} camera {self._camera_id!r}: results again",
+                    file=sys.stderr,
                 )
             yield result
 
@@ -1019,7 +1020,13 @@ class CameraLull:
         """Say line on stderr once while ``told`` lasts (results coming again end it)."""
         if told != self._told and not self._stop.is_set():
             self._told = told
-            print(f"convstream watch: {line}", file=sys.stderr)
+            print(f"convstream watch: {_clock()} {line}", file=sys.stderr)
+
+
+def _clock() -> str:
+    """The local time a notice of a watch is said at: an outage's start and end, read later
+    in a terminal's scrollback, said nothing of when."""
+    return f"[{datetime.now().astimezone():%H:%M:%S}]"
 
 
 def _state_said(camera: CameraInfo) -> str:
