@@ -1246,7 +1246,7 @@ def test_check_config_says_what_would_run_without_running_it(
     assert "fsp" in capsys.readouterr().err
     # and what cannot work at all is refused, saying what was expected
     for line, told in [
-        ('source = "demo:conveyor"\nloop = "yes"', "loop: expected true or false"),
+        ('source = "demo:conveyor"\nloop = "yes"', "loop (camera 'x'): expected true or false"),
         ('source = "rtsp://u:pw@10.0.0.7:99999/s"', "not a number from 0 to 65535"),
         ('source = "device:zero"', "device:N with N its number"),
     ]:

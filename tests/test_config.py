@@ -88,14 +88,19 @@ def test_sources_apply_in_order(tmp_path: Path) -> None:
         ("prot = 1\n", {}, "prot: unknown setting; did you mean 'port'"),
         ('hots = "x"\n', {}, r"hots: unknown setting; did you mean 'host'\? \(README"),
         ('[[camera]]\nid = "a"\n', {}, "camera: unknown setting; did you mean 'cameras'"),
-        ('[[cameras]]\nid = "a"\nsource = "x.mp4"\nfsp = 5\n', {}, r"\.fsp: .*mean 'fps'"),
+        (
+            '[[cameras]]\nid = "a"\nsource = "x.mp4"\nfsp = 5\n',
+            {},
+            r"\.fsp \(camera 'a'\): .*mean 'fps'",
+        ),
         ("quux = 1\n", {}, r"quux: unknown setting; \(README"),
         # appended at the end of a config with cameras: TOML gives it to the last camera
         (
             '[[cameras]]\nid = "a"\nsource = "x.mp4"\n\nthreshold = 0.9\n',
             {},
-            r"cameras\[0\]\.threshold: threshold is a top-level setting, and a key written "
-            r"below a \[\[cameras\]\] table belongs to that table in TOML: move it above",
+            r"cameras\[0\]\.threshold \(camera 'a'\): threshold is a top-level setting, and a "
+            r"key written below a \[\[cameras\]\] table belongs to that table in TOML: move it "
+            r"above",
         ),
         ("", {"CONVSTREAM_HOTS": "x"}, "CONVSTREAM_HOTS; did you mean CONVSTREAM_HOST\\?"),
         ('port = "abc"\n', {}, "c.toml.*\n  line 1: port: Input should be a valid .*got 'abc'"),
@@ -118,7 +123,7 @@ def test_sources_apply_in_order(tmp_path: Path) -> None:
         (
             '[[cameras]]\nid = "a"\nsource = "demo:conveyor"\ninput_size = "100000x100000"\n',
             {},
-            r"cameras\[0\]\.input_size: .*from 32 to 4096",
+            r"cameras\[0\]\.input_size \(camera 'a'\): .*from 32 to 4096",
         ),
         ('[cameras]\nid = "a"\n', {}, r"cameras: expected \[\[cameras\]\] tables"),
         # the longest retry delay below the first: every retry waited 0.5-1 s, the 60 unsaid
@@ -126,8 +131,8 @@ def test_sources_apply_in_order(tmp_path: Path) -> None:
             '[[cameras]]\nid = "a"\nsource = "demo:conveyor"\nreconnect_min_s = 60\n'
             "reconnect_max_s = 1\n",
             {},
-            r"cameras\[0\]: reconnect_min_s 60 is longer than reconnect_max_s 1, the longest "
-            r"retry delay: expected min <= max",
+            r"cameras\[0\] \(camera 'a'\): reconnect_min_s 60 is longer than reconnect_max_s 1, "
+            r"the longest retry delay: expected min <= max",
         ),
         ("max_batch = -1\n", {}, "max_batch"),
         # gRPC's milliseconds are a C int: inf, or 25 days, failed the start after the model
@@ -149,7 +154,7 @@ def test_sources_apply_in_order(tmp_path: Path) -> None:
         (
             '[[cameras]]\nid = "a"\nsource = "   "\n',
             {},
-            r"cameras\[0\]\.source: a source is empty; expected an rtsp://",
+            r"cameras\[0\]\.source \(camera 'a'\): a source is empty; expected an rtsp://",
         ),
         ('provider = "tpu"\n', {}, "provider"),
         ("port = [\n", {}, "cannot read config file"),
@@ -219,7 +224,9 @@ def test_every_switch_is_strict(tmp_path: Path) -> None:
         for word, value in (("true", True), ("false", False)):
             assert getattr(load_settings(environ={variable: word}), name) is value
     path.write_text('[[cameras]]\nid = "a"\nsource = "demo:conveyor"\nloop = "no"\n')
-    with pytest.raises(ConfigError, match=r"cameras\[0\]\.loop: expected true or false"):
+    with pytest.raises(
+        ConfigError, match=r"cameras\[0\]\.loop \(camera 'a'\): expected true or false"
+    ):
         load_settings(path, environ={})
 
 
@@ -245,7 +252,10 @@ def test_each_mistake_in_the_file_names_its_line(tmp_path: Path) -> None:
         "  line 18",  # tokens[0].role
         "  line 16",  # tokens[0].sha256, missing: its table
     ], str(caught.value)
-    assert "line 10: cameras[1].fsp: unknown setting; did you mean 'fps'?" in str(caught.value)
+    said = str(caught.value)
+    # named by id too: "cameras[1]" sent a reader counting tables
+    assert "line 10: cameras[1].fsp (camera 'dock-2'): unknown setting; did you mean 'fps'?" in said
+    assert "line 14: cameras[2].fps: " in said  # no id to name it by
 
 
 def test_a_number_in_quotes_is_pointed_out_with_the_rest(tmp_path: Path) -> None:

@@ -126,7 +126,7 @@ def test_a_blank_source_fails_the_config_check(
     assert main(["serve", "--config", str(path), "--check-config"]) == 2
     out = capsys.readouterr()
     assert "config OK" not in out.out
-    assert "cameras[0].source: a source is empty; expected an rtsp://" in out.err
+    assert "cameras[0].source (camera 'a'): a source is empty; expected an rtsp://" in out.err
 
 
 def test_passwords_never_reach_logs_or_clients() -> None:

@@ -761,7 +761,9 @@ def load_settings(
     try:
         settings = Settings.model_validate(merged)
     except ValidationError as exc:
-        found += [(e["loc"], _describe(e, variables)) for e in exc.errors(include_url=False)]
+        found += [
+            (e["loc"], _describe(e, variables, merged)) for e in exc.errors(include_url=False)
+        ]
         cause: Exception | None = exc
     else:
         cause = None
@@ -780,6 +782,10 @@ def load_settings(
             + "\n  ".join(lines)
         ) from cause
     return settings
+
+
+# the key a table's entries are known by (a token's errors name their token themselves)
+_NAMED_BY = {"cameras": "id"}
 
 
 def _line_of(text: str, loc: tuple[Any, ...], written: set[str]) -> int | None:
@@ -810,7 +816,9 @@ def _line_of(text: str, loc: tuple[Any, ...], written: set[str]) -> int | None:
     return found + 1
 
 
-def _describe(error: Any, variables: Mapping[str, str]) -> str:
+def _describe(
+    error: Any, variables: Mapping[str, str], given: Mapping[str, Any] | None = None
+) -> str:
     """One pydantic error as one line: where (and the environment variable, when the value
     came from one), what was expected, and what arrived when that is a single value
     (shortened, passwords in URLs hidden; never a whole table, which would print every
@@ -821,6 +829,15 @@ def _describe(error: Any, variables: Mapping[str, str]) -> str:
         f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]
     ).lstrip(".")
     where = where or "settings"
+    loc = error["loc"]
+    if len(loc) >= 2 and loc[0] in _NAMED_BY and isinstance(loc[1], int) and given:
+        # a camera by its id too: "cameras[7]" sent a reader counting tables
+        entries = given.get(loc[0])
+        entry = entries[loc[1]] if isinstance(entries, list) and loc[1] < len(entries) else None
+        name = entry.get(_NAMED_BY[loc[0]]) if isinstance(entry, dict) else None
+        key = _NAMED_BY[loc[0]]
+        if isinstance(name, str) and name and loc[2:3] != (key,):  # its id's own error has it
+            where += f" ({loc[0].rstrip('s')} {shown(name, 40)})"
     if error["loc"] and error["loc"][0] in variables:
         where += f" (from {variables[error['loc'][0]]})"
     if error["type"] == "extra_forbidden":
