@@ -21,6 +21,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -100,7 +101,7 @@ class FFmpegSource:
         self,
         kind: str,
         *,
-        fps: int = 30,
+        fps: int | str = 30,
         size: tuple[int, int] = (320, 240),
         stamped: bool = False,
         video: Path | None = None,
@@ -156,7 +157,7 @@ class FFmpegSource:
         width, height = self.size
         base = np.full((height, width, 3), 90, np.uint8)
         base[height // 3 :, width // 4 : 3 * width // 4] = (60, 120, 170)  # a box-ish block
-        interval = 1 / self.fps
+        interval = float(1 / Fraction(self.fps))
         next_at = time.monotonic()
         assert process.stdin is not None
         with contextlib.suppress(BrokenPipeError, OSError, ValueError):

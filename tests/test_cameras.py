@@ -306,6 +306,26 @@ def test_the_frame_that_ends_a_stall_is_passed_for_the_live_one() -> None:
     assert max(ages) < 0.5, [round(age, 2) for age in ages]
 
 
+def test_a_slow_camera_is_not_taken_for_a_stalled_one() -> None:
+    """OpenCV says 25 frames/s for any MJPEG camera: judged by that, one sending a frame
+    every 1.5 s stalled at every read, and each read's frame was passed over for the next,
+    every other frame lost. The usual wait is measured from the reads themselves."""
+    source = FFmpegSource("mjpeg", fps="2/3")
+    with running(source):
+        spec = parse_source(source.url)
+        capture = open_source(spec, open_timeout_s=10, read_timeout_s=5, loop=False)
+        try:
+            capture.read()
+            waits = []
+            for _ in range(4):
+                started = time.monotonic()
+                capture.read()
+                waits.append(time.monotonic() - started)
+        finally:
+            capture.release()
+    assert max(waits) < 2.4, [round(w, 2) for w in waits]  # 1.5 s each, not 3
+
+
 def decoded(data: bytes) -> np.ndarray:
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     assert image is not None

@@ -12,7 +12,9 @@ import logging
 import math
 import os
 import re
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -310,6 +312,7 @@ class OpenCVCapture:
         self._pacer = _Pacer(fps) if spec.kind == "file" else None
         self._interval_s = 1 / fps if fps else 0.02
         self._grabbed = False  # a frame is grabbed and waits for retrieve()
+        self._waits: deque[float] = deque(maxlen=9)  # seconds the last reads waited
         # A looping file: frames read since it last started, the last of them, and, for a
         # file of one frame (a still), that frame for good.
         self._since_start = 0
@@ -586,9 +589,17 @@ class OpenCVCapture:
     def _stalled(self, started: float) -> bool:
         """Whether a network source's read, begun at `started` (monotonic), waited long
         enough that frames may have queued up behind the one it got: over STALL_S, and over
-        three frame intervals (a camera of one frame in 4 s waits 4 s each read)."""
+        three times the usual wait of its last reads. The usual wait is measured, not taken
+        from the frame rate the stream states: OpenCV says 25 for any MJPEG camera, and one
+        sending a frame every 2 s then read as stalled at every read, each one's frame
+        passed over for the next, half its frames lost."""
         waited = time.monotonic() - started
-        return self.spec.kind in NETWORK_KINDS and waited > max(STALL_S, 3 * self._interval_s)
+        if self.spec.kind not in NETWORK_KINDS:
+            return False
+        waits = self._waits
+        stalled = len(waits) >= 3 and waited > max(STALL_S, 3 * statistics.median(waits))
+        waits.append(waited)
+        return stalled
 
     def release(self) -> None:
         self._cap.release()
