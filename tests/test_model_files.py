@@ -433,7 +433,12 @@ async def test_a_frame_the_model_scores_nan_fails_alone_and_never_reads_intact(
             assert result.status.code == grpc.StatusCode.INTERNAL.value[0], result
             assert result.status.message.startswith(expected) and not result.damaged
         assert results[3].status.code == 0 and 0 <= results[3].score <= 1  # black: a score
-        said = [r for r in caplog.records if "the model gave a score of nan" in r.getMessage()]
+        said = [  # the engine's own lines: the camera's frames say it too, as their own
+            r
+            for r in caplog.records
+            if r.name == "convstream.server.engine"
+            and "the model gave a score of nan" in r.getMessage()
+        ]
         assert len(said) == 1 and said[0].levelname == "ERROR", said
         # a camera's frames too: its last error says why it analyses nothing
         assert server.cameras is not None
@@ -445,6 +450,7 @@ async def test_a_frame_the_model_scores_nan_fails_alone_and_never_reads_intact(
             await asyncio.sleep(0.05)
         assert camera.last_error.startswith("a frame could not be analysed: " + expected)
         assert feed.frames_analysed == 0
+        assert camera.frames_invalid == 0  # its frames were fine: the model failed on them
     finally:
         await server.stop(grace=0)
 
@@ -476,5 +482,27 @@ async def test_a_reload_bringing_a_size_the_model_cannot_run_is_refused_and_chan
         fits = dock.model_copy(update={"input_size": "384x640"})
         await server.reload(server.settings.model_copy(update={"cameras": (fits,)}))
         assert [c.id for c in server.settings.cameras] == ["dock"]
+    finally:
+        await server.stop(grace=0)
+
+
+async def test_reloads_apply_in_the_order_they_came() -> None:
+    """A reload waits for the model to run its cameras' new sizes: a second reload meanwhile
+    applied first, and the first one's older config then over it. Reloads now take turns."""
+    server = Server(Settings(port=0, metrics_port=-1, cameras=()))
+    await server.start()
+    try:
+        older = CameraConfig(id="dock", source="demo:conveyor?fps=5", input_size="256x448")
+        newer = CameraConfig(id="belt", source="demo:conveyor?fps=5")
+        first = asyncio.create_task(
+            server.reload(server.settings.model_copy(update={"cameras": (older,)}))
+        )
+        await asyncio.sleep(0)  # the first is warming the model up at 256x448
+        second = asyncio.create_task(
+            server.reload(server.settings.model_copy(update={"cameras": (newer,)}))
+        )
+        await asyncio.gather(first, second)
+        assert [c.id for c in server.settings.cameras] == ["belt"]
+        assert server.cameras is not None and list(server.cameras.feeds) == ["belt"]
     finally:
         await server.stop(grace=0)

@@ -28,6 +28,7 @@ from convstream.server.config import (
     ConfigError,
     Settings,
     host_port,
+    parse_size,
     usable_cores,
 )
 from convstream.server.engine import Engine
@@ -414,6 +415,9 @@ class Server:
         self.serving = False
         self._engine: Engine | None = None
         self._warmed: set[tuple[int, int]] = set()  # the input sizes the model has run
+        # A reload waits for the model to run new sizes: a second one meanwhile applied
+        # first, and the first, older, config then over it.
+        self._reloading = asyncio.Lock()
         self._executor: WorkPool | None = None
         self.servicer: ConvstreamServicer | None = None
         self.cameras: CameraManager | None = None
@@ -660,6 +664,10 @@ class Server:
         connections get the new certificate), the threshold applies to the next result,
         cameras are added, removed and restarted; other settings need a restart and are
         reported, not applied."""
+        async with self._reloading:  # one at a time, in the order they came
+            await self._reload(settings)
+
+    async def _reload(self, settings: Settings) -> None:
         await self._warm_up_new_sizes(settings)
         applied: dict[str, Any] = {
             "cameras": settings.cameras,
@@ -718,7 +726,9 @@ class Server:
         engine = self._engine
         if engine is None:
             return
-        new = [size for size in settings.model_shapes() if size not in self._warmed]
+        # the cameras' own sizes: input_sizes changes only on restart
+        sizes = [parse_size(c.input_size) for c in settings.cameras if c.input_size]
+        new = [size for size in dict.fromkeys(sizes) if size not in self._warmed]
         if not new:
             return
         asked = ("the new config's cameras run {} (their input_size)", "set their input_size")

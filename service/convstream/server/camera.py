@@ -468,12 +468,13 @@ class Camera:
         if self.state != pb.CAMERA_STATE_RUNNING:
             self._set_state(pb.CAMERA_STATE_RUNNING, self.last_error)
 
-    def frame_failed(self, error: str) -> None:
+    def frame_failed(self, error: str, *, invalid: bool = True) -> None:
         """A frame from this camera could not be analysed (an MJPEG camera's frame that is not
         a whole JPEG, passed over by the reader, or one libjpeg cannot decode): counted in
-        frames_invalid, and the error is its last_error, beside a state that stays."""
+        frames_invalid, and the error is its last_error, beside a state that stays. Not
+        ``invalid``: the frame was fine and the model failed on it; its last_error alone."""
         with self._lock:
-            self.frames_invalid += 1
+            self.frames_invalid += invalid
             self.last_error = redact(error)
             self.last_error_at = time.time()
 

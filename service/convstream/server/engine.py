@@ -122,8 +122,8 @@ class Engine:
         self.workers = workers
         self.runs = 0
         self.wide_runs = 0
-        self._failure_said_at = -math.inf  # when a failure of the model was last logged
-        self._failures_unsaid = 0
+        # each kind of failure of the model: when it was last logged, and how many since
+        self._failures_said: dict[str, tuple[float, int]] = {}
         self.frames = 0
         self._queues: dict[tuple[int, int], deque[_Job]] = {}
         self._queued = 0
@@ -228,19 +228,21 @@ class Engine:
             del taken, jobs  # nothing kept while idle: the last frames' pixels and outputs
 
     def _said_failure(self, message: str, *args: object, exc_info: bool = False) -> None:
-        """Log a failure of the model at most once every FAILURE_LOG_S, saying how many went
-        unsaid between: a model that fails on every frame logged 15 tracebacks a second."""
+        """Log a failure of the model at most once every FAILURE_LOG_S for each kind (its
+        message), saying how many of that kind went unsaid since its last line: a model that
+        fails on every frame logged 15 tracebacks a second."""
         now = time.monotonic()
         with self._cond:
-            if now - self._failure_said_at < FAILURE_LOG_S:
-                self._failures_unsaid += 1
+            said_at, unsaid = self._failures_said.get(message, (-math.inf, 0))
+            if now - said_at < FAILURE_LOG_S:
+                self._failures_said[message] = (said_at, unsaid + 1)
                 logger.debug(message, *args)
                 return
-            unsaid, self._failures_unsaid = self._failures_unsaid, 0
-            self._failure_said_at = now
+            self._failures_said[message] = (now, 0)
         if unsaid:
-            message += f" (and {unsaid} more failure{'s' if unsaid > 1 else ''} in the last %.0f s)"
-            args = (*args, FAILURE_LOG_S)
+            since = now - said_at
+            message += f" (and {unsaid} more since its last line, %.0f s ago)"
+            args = (*args, since)
         logger.error(message, *args, exc_info=exc_info)
 
     def _run(self, jobs: list[_Job], wide: bool = False) -> None:

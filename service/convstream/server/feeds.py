@@ -456,7 +456,8 @@ class CameraFeed(Publisher):
                 return
             except (InvalidFrame, ModelFailed) as exc:  # a JPEG that does not decode, a NaN
                 self.metrics.frames.labels(self.metrics.source(source), exc.outcome).inc()
-                camera.frame_failed(f"a frame could not be analysed: {exc}")
+                invalid = isinstance(exc, InvalidFrame)  # not a model's failure on it
+                camera.frame_failed(f"a frame could not be analysed: {exc}", invalid=invalid)
                 # logged once in a while, not at every frame
                 level = logging.DEBUG
                 if started - self._invalid_logged_at >= LOG_AGAIN_S:
