@@ -15,6 +15,7 @@ from convstream.cli import main
 from convstream.server import Server
 from convstream.server.config import (
     MIN_MESSAGE_BYTES,
+    CameraConfig,
     ConfigError,
     Scheduling,
     Settings,
@@ -256,6 +257,15 @@ def test_each_mistake_in_the_file_names_its_line(tmp_path: Path) -> None:
     # named by id too: "cameras[1]" sent a reader counting tables
     assert "line 10: cameras[1].fsp (camera 'dock-2'): unknown setting; did you mean 'fps'?" in said
     assert "line 14: cameras[2].fps: " in said  # no id to name it by
+
+
+def test_a_longest_retry_delay_alone_below_the_first_ones_default_is_taken() -> None:
+    """Only reconnect_max_s = 0.2 written: the first delay (0.5 by default) is 0.2 too, not a
+    refusal naming a 0.5 the config never wrote; both written, and crossed, is refused."""
+    camera = CameraConfig(id="a", source="demo:conveyor", reconnect_max_s=0.2)
+    assert (camera.reconnect_min_s, camera.reconnect_max_s) == (0.2, 0.2)
+    with pytest.raises(ValueError, match=r"reconnect_min_s 0\.5 is longer than reconnect_max_s"):
+        CameraConfig(id="a", source="demo:conveyor", reconnect_min_s=0.5, reconnect_max_s=0.2)
 
 
 def test_a_number_in_quotes_is_pointed_out_with_the_rest(tmp_path: Path) -> None:

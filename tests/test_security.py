@@ -1767,7 +1767,7 @@ def test_the_open_files_limit_is_raised_to_the_hard_one_and_a_low_one_is_said() 
     raised, low = done.stdout.split("\n")[:2]
     assert raised == f"{wanted} {wanted}" and low == "300", done.stdout
     assert (
-        "WARNING the server may open 300 files at most (the hard limit), and each connection "
-        "takes one" in done.stderr
+        "WARNING the server may open 300 files at most (its hard limit: 300), and each "
+        "connection takes one" in done.stderr
     )
     assert "LimitNOFILE=65536" in done.stderr

@@ -52,23 +52,38 @@ class PagePort:
         self._context = context
         self._answers_to = answers_to
         self._redirects = web.Server(self._redirect, keepalive_timeout=https.IDLE_CONNECTION_S)
-        self._listener: socket.socket | None = None
+        self._listeners: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
         # each address's connections: a socket's fileno() is -1 once its transport closed it
         self._open: dict[str, list[socket.socket]] = {}
         self._said_at: dict[str, float] = {}
 
     async def start(self, host: str, port: int) -> int:
-        """Listen on ``host``:``port`` (0: a free one); the port listened on.
+        """Listen on ``host``:``port`` (0: a free one), on every address the host name has
+        (localhost: 127.0.0.1 and ::1, as aiohttp's own site listened); the port listened on.
 
         Raises:
             OSError: the port could not be bound.
         """
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._listener = socket.create_server((host.strip("[]"), port), family=family)
-        self._listener.setblocking(False)
-        self._spawn(self._accept())
-        return int(self._listener.getsockname()[1])
+        loop = asyncio.get_running_loop()
+        found = await loop.getaddrinfo(
+            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        addresses = list(dict.fromkeys((family, address[0]) for family, *_, address in found))
+        try:
+            for family, address in addresses:
+                listener = socket.create_server((address, port), family=family)
+                self._listeners.append(listener)
+                port = int(listener.getsockname()[1])  # 0 chose one: the same for the rest
+        except OSError:
+            for listener in self._listeners:
+                listener.close()
+            self._listeners.clear()
+            raise
+        for listener in self._listeners:
+            listener.setblocking(False)
+            self._spawn(self._accept(listener))
+        return port
 
     def use(self, context: ssl.SSLContext) -> None:
         """Serve new connections with ``context`` (a reloaded certificate); open ones keep
@@ -88,8 +103,8 @@ class PagePort:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._listener is not None:
-            self._listener.close()
+        for listener in self._listeners:
+            listener.close()
         await self._redirects.shutdown(1.0)
 
     def _spawn(self, work: Any) -> None:
@@ -104,12 +119,11 @@ class PagePort:
             self._said_at[topic] = now
             logger.warning(message + " (said once a minute)", *args)
 
-    async def _accept(self) -> None:
-        assert self._listener is not None
+    async def _accept(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                connection, peer = await loop.sock_accept(self._listener)
+                connection, peer = await loop.sock_accept(listener)
             except OSError as exc:  # out of file descriptors, say: not the end of the page
                 self._say("accept", "accepting a connection to the page failed: %s", exc)
                 await asyncio.sleep(0.1)
@@ -118,6 +132,10 @@ class PagePort:
             if len(self._open) > MAX_HOSTS_KEPT:  # hosts gone since: forgotten
                 for gone in list(self._open):
                     self.held(gone)
+                now = loop.time()
+                for topic, said in list(self._said_at.items()):
+                    if now - said >= ACCEPT_WARN_EVERY_S:
+                        del self._said_at[topic]
             if self.held(host) >= MAX_CONNECTIONS_PER_HOST:
                 connection.close()
                 self._say(

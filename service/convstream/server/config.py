@@ -146,6 +146,18 @@ class CameraConfig(BaseModel):
             parse_size(size)
         return size
 
+    @model_validator(mode="before")
+    @classmethod
+    def _first_delay_within_the_longest(cls, data: Any) -> Any:
+        """A config that sets only reconnect_max_s, below the first delay's default: the
+        first delay is that too (refused, it named a 0.5 the config never wrote)."""
+        if isinstance(data, dict) and "reconnect_min_s" not in data:
+            longest = data.get("reconnect_max_s")
+            default = cls.model_fields["reconnect_min_s"].default
+            if isinstance(longest, int | float) and 0 < longest < default:
+                data = {**data, "reconnect_min_s": longest}
+        return data
+
     @model_validator(mode="after")
     def _check_reconnects(self) -> CameraConfig:
         if self.reconnect_min_s > self.reconnect_max_s:  # the longest delay would win

@@ -65,19 +65,25 @@ class _Threading(ThreadingMixIn, WSGIServer):
         if crowded:
             self.shutdown_request(request)
             return
-        super().process_request(request, client_address)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started (out of threads): its place given back
+            self._left(host)
+            raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            host = str(client_address[0]) if client_address else ""
-            with self._lock:
-                left = self._open.get(host, 1) - 1
-                if left > 0:
-                    self._open[host] = left
-                else:
-                    self._open.pop(host, None)
+            self._left(str(client_address[0]) if client_address else "")
+
+    def _left(self, host: str) -> None:
+        with self._lock:
+            left = self._open.get(host, 1) - 1
+            if left > 0:
+                self._open[host] = left
+            else:
+                self._open.pop(host, None)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A connection that failed (one left idle past the timeout, a port scan, a client

@@ -37,10 +37,11 @@ def raise_open_files(who: str) -> int | None:
             pass
     if soft < FEW_FILES:
         logger.warning(
-            "%s may open %d files at most (the hard limit), and each connection takes one: "
-            "that many idle connections would lock every other client out; raise it "
+            "%s may open %d files at most (its hard limit: %s), and each connection takes "
+            "one: that many idle connections would lock every other client out; raise it "
             "(LimitNOFILE=65536 in a systemd unit, ulimit -Hn in a shell)",
             who,
             soft,
+            "unlimited" if hard == resource.RLIM_INFINITY else hard,
         )
     return soft
