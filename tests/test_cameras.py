@@ -523,12 +523,40 @@ async def test_a_camera_that_does_not_answer_keeps_no_other_waiting(tmp_path: Pa
             # (one after another, a reload of many such cameras waited 3 s each; on the
             # loop's default executor, six at a time on 2 cores, 8 waited 6 s, and 12 s on
             # this one's two threads).
-            changed = tuple(c.model_copy(update={"fps": 2.0}) for c in hung)
+            changed = tuple(c.model_copy(update={"open_timeout_s": 7.0}) for c in hung)
             started = time.monotonic()
             await server.reload(server.settings.model_copy(update={"cameras": changed}))
             assert time.monotonic() - started < 5.0
             listed = await stub.ListCameras(pb.ListCamerasRequest())
             assert [c.id for c in listed.cameras] == [c.id for c in hung]
+
+
+async def test_a_reload_that_changes_only_a_cameras_cap_keeps_its_source_open(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Changing a camera's fps cap (or its input_size) restarted it: its connection dropped,
+    an RTSP camera gave no frames for 2 s, and a camera that takes one client could be lost.
+    Such a change now applies to the running camera."""
+    caplog.set_level(logging.INFO, logger="convstream.server.cameras")
+    belt = camera("belt", "demo:conveyor?fps=20")
+    async with serving(belt) as server, connect(server) as stub:
+        await until(state_is(stub, "belt", pb.CAMERA_STATE_RUNNING), 10, "running")
+        assert server.cameras is not None
+        feed = server.cameras.feeds["belt"]
+        capped = belt.model_copy(update={"fps": 4.0, "input_size": "256x448"})
+        await server.reload(server.settings.model_copy(update={"cameras": (capped,)}))
+        assert server.cameras.feeds["belt"] is feed  # the same reader, never stopped
+        assert "restarting" not in caplog.text
+        assert "camera belt: now analysed at 4 frames/s at most, input 256x448" in caplog.text
+        status_now = await status(stub, "belt")
+        assert status_now.fps_cap == 4.0 and status_now.reconnects == 0
+        result = await asyncio.wait_for(watch(stub, "belt").read(), 10)
+        assert (result.geometry.input_height, result.geometry.input_width) == (256, 448)
+        # a source's own setting still restarts it
+        other = capped.model_copy(update={"source": "demo:conveyor?fps=20&seed=3"})
+        await server.reload(server.settings.model_copy(update={"cameras": (other,)}))
+        assert server.cameras.feeds["belt"] is not feed
+        assert "camera belt changed; restarting it" in caplog.text
 
 
 async def test_a_cancelled_camera_stop_lets_its_thread_finish() -> None:

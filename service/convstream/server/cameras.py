@@ -110,6 +110,17 @@ class CameraManager:
             down = old.down() if old is not None else None
             if old is not None and old.camera.config == config and down is None:
                 continue
+            if old is not None and down is None and _analysis_only(old.camera.config, config):
+                old.retune(config)
+                logger.info(
+                    "camera %s: now analysed at %s, %s (its source kept open)",
+                    camera_id,
+                    f"{config.fps:g} frames/s at most" if config.fps else "every frame",
+                    f"input {config.input_size}"
+                    if config.input_size
+                    else "the input its frames' shape picks",
+                )
+                continue
             feed = CameraFeed(Camera(config, self._opener), self.pipeline, self.metrics)
             changes.append((camera_id, old, feed))
         removed = [(i, self.feeds.pop(i)) for i in list(self.feeds) if i not in wanted]
@@ -395,3 +406,12 @@ class CameraManager:
             reconnects.add_metric([cid], cam.reconnects)
             watchers.add_metric([cid], len(feed.watchers))
         yield from (state, fps, frames, reconnects, watchers)
+
+
+ANALYSIS_ONLY = ("fps", "input_size")  # camera settings that do not touch its source
+
+
+def _analysis_only(old: CameraConfig, new: CameraConfig) -> bool:
+    """Whether two configs of a camera differ only in what its analysis does."""
+    keep = {name: getattr(old, name) for name in ANALYSIS_ONLY}
+    return new.model_copy(update=keep) == old

@@ -26,7 +26,7 @@ from functools import partial
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from convstream.server.camera import LOG_AGAIN_S, Camera, Frame, RateMeter
-from convstream.server.config import parse_size
+from convstream.server.config import CameraConfig, parse_size
 from convstream.server.engine import Inference
 from convstream.server.errors import (
     CameraDown,
@@ -353,6 +353,14 @@ class CameraFeed(Publisher):
         self._interval = 1 / config.fps if config.fps > 0 else 0.0
         self._stopping = False
         self._invalid_logged_at = -LOG_AGAIN_S  # when a frame that did not decode was logged
+
+    def retune(self, config: CameraConfig) -> None:
+        """Take a config that differs from the camera's only in what the analysis does with
+        its frames (fps, input_size), without reopening its source: a reload that changed a
+        cap dropped the connection, and an RTSP camera took 2 s to give frames again."""
+        self.camera.config = config
+        self._fixed_input = parse_size(config.input_size) if config.input_size else None
+        self._interval = 1 / config.fps if config.fps > 0 else 0.0
 
     def status(self, now: float) -> pb.CameraStatus:
         cam = self.camera
