@@ -605,6 +605,9 @@ async def test_info(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
     # printed "0.8215 no" beside it)
     printed = re.search(r"^threshold +([0-9.]+) ", out, re.MULTILINE)
     assert printed is not None and float(printed[1]) == round(info["threshold"], 6)
+    # and where it comes from: the shipped model's own, here
+    assert info["threshold_source"] == "model"
+    assert "(damaged when score >= threshold; the model's own)" in out
     assert [s["name"] for s in info["stages"]] == ["stage1", "stage2", "stage3", "stage4"]
     # named, as the text names them (384x640 is height x width): a pair read backwards
     assert {"height": 384, "width": 640} in info["input_sizes"]

@@ -286,6 +286,11 @@ def test_without_metadata_stages_and_stride_come_from_the_outputs_and_the_thresh
     assert main(["serve", "--no-cameras", "--check-config", "--model", str(model.path)]) == 0
     said = capsys.readouterr().out
     assert re.search(r"threshold +0\.5 \(a default: the model has none\)", said), said
+    # nor does GetModelInfo, which `convstream info` and the dashboard read
+    from convstream.server.app import threshold_source
+
+    assert threshold_source(Settings(), model) == "default"
+    assert threshold_source(Settings(threshold=0.7), model) == "setting"
     # the shipped model's own metadata is read as before, with nothing to warn of
     caplog.clear()
     with caplog.at_level(logging.WARNING, "convstream.model.runtime"):

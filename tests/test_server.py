@@ -114,6 +114,7 @@ async def test_a_threshold_in_the_config_decides_damaged_and_a_reload_changes_it
                     await server.reload(settings.model_copy(update={"threshold": threshold}))
                 info = await stub.GetModelInfo(pb.GetModelInfoRequest())
                 assert info.threshold == pytest.approx(expected)
+                assert info.threshold_source == ("model" if threshold is None else "setting")
                 result = await stub.Analyze(frame)
                 assert 0.0 < result.score < 1.0
                 assert result.damaged == (result.score >= expected)

@@ -538,7 +538,7 @@ def model_info_text(info: ModelInfo) -> str:
         f"model        {info.name} (sha256 {info.sha256[:16]}…)",
         f"provider     {info.execution_provider} (requested {info.requested_provider}; "
         f"available {', '.join(info.available_providers)})",
-        f"threshold    {info.threshold:.6g} (damaged when score >= threshold)",
+        f"threshold    {info.threshold:.6g} (damaged when score >= threshold{_from(info)})",
         f"input sizes  {sizes} (height x width, as in the settings; frames are letterboxed)",
         f"heatmap      one cell per {info.heatmap_stride} input pixels",
         "stages       NAME      CHANNELS  STRIDE",
@@ -565,3 +565,15 @@ def model_info_text(info: ModelInfo) -> str:
         f"server       convstream {info.server_version}, onnxruntime {info.onnxruntime_version}",
     ]
     return "\n".join(lines)
+
+
+_THRESHOLD_FROM = {
+    "setting": "; the server's threshold setting",
+    "model": "; the model's own",
+    "default": "; a default: the model has none, set the server's threshold",
+}
+
+
+def _from(info: ModelInfo) -> str:
+    """Where `convstream info` says the threshold comes from ("" when the server does not)."""
+    return _THRESHOLD_FROM.get(info.threshold_source, "")

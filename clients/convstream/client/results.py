@@ -346,6 +346,8 @@ class ModelInfo:
     max_analyze_calls: int = 0
     max_watchers: int = 0
     watcher_queue_size: int = 0
+    # where the threshold comes from: "setting", "model" or "default" ("": not said)
+    threshold_source: str = ""
 
     @property
     def stage_names(self) -> tuple[str, ...]:
@@ -377,6 +379,7 @@ class ModelInfo:
             max_analyze_calls=message.max_analyze_calls,
             max_watchers=message.max_watchers,
             watcher_queue_size=message.watcher_queue_size,
+            threshold_source=message.threshold_source,
         )
 
 

@@ -91,6 +91,7 @@ def model_info(settings: Settings, model: DamageModel) -> pb.ModelInfo:
         requested_provider=model.requested_provider,
         available_providers=ort.get_available_providers(),
         threshold=model.threshold,
+        threshold_source=threshold_source(settings, model),
         heatmap_stride=model.heatmap_stride,
         stages=[pb.Stage(name=s.name, channels=s.channels, stride=s.stride) for s in model.stages],
         input_sizes=[pb.InputSize(width=w, height=h) for h, w in settings.input_shapes()],
@@ -109,6 +110,13 @@ def model_info(settings: Settings, model: DamageModel) -> pb.ModelInfo:
         max_watchers=settings.max_watchers,
         watcher_queue_size=settings.watcher_queue_size,
     )
+
+
+def threshold_source(settings: Settings, model: DamageModel) -> str:
+    """ModelInfo.threshold_source: where the threshold in force comes from."""
+    if settings.threshold is not None:
+        return "setting"
+    return "model" if model.threshold_in_file else "default"
 
 
 HANDSHAKE_TIMEOUT_S = 10.0  # for a new connection's handshake, TLS's or none
@@ -681,6 +689,7 @@ class Server:
             )
             if self.servicer is not None:
                 self.servicer.model_info.threshold = model.threshold
+                self.servicer.model_info.threshold_source = threshold_source(settings, model)
             self.metrics.threshold.set(model.threshold)
             logger.info("reload: threshold %.6g from now on", model.threshold)
         if self._reload_tls(settings):
