@@ -735,7 +735,9 @@ async def test_video_file_loops_or_stops(tmp_path: Path) -> None:
         camera("looped", str(video)),
         camera("once", str(video), loop=False),
         camera("missing", str(tmp_path / "nope.mp4")),
+        camera("notes", str(tmp_path / "notes.txt")),
     )
+    (tmp_path / "notes.txt").write_text("hello\n")
     async with serving(*cams) as server, connect(server) as stub:
         await until(state_is(stub, "once", pb.CAMERA_STATE_STOPPED), 10, "once ends")
         await until(lambda: _frames_read_over(stub, "looped", 25), 10, "looped goes on")
@@ -747,6 +749,14 @@ async def test_video_file_loops_or_stops(tmp_path: Path) -> None:
         missing = await status(stub, "missing")
         assert missing.state == pb.CAMERA_STATE_FAILED
         assert "no such video file" in missing.last_error and missing.reconnects == 0
+        # a file that is there but no video fails as well, saying what it holds: it was
+        # retried for ever, backing off to every 30 s, as a camera that is down
+        notes = await status(stub, "notes")
+        assert notes.state == pb.CAMERA_STATE_FAILED and notes.reconnects == 0
+        assert notes.last_error == (
+            "could not open file source: not a video OpenCV can read (it holds text (6 "
+            "bytes): 'hello')"
+        )
         # never analysed a frame: no time at all, not the epoch (other languages' has_ checks)
         assert missing.frames_analysed == 0 and not missing.HasField("last_frame_time")
         assert missing.HasField("last_error_time") and missing.HasField("state_since")

@@ -118,6 +118,29 @@ def test_bad_sources_are_refused_with_the_accepted_forms(source: str, message: s
         parse_source(source)
 
 
+def test_a_file_that_is_no_video_is_warned_of_by_the_config_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A text file, or an empty .mp4, named as a camera passed the check in silence, and the
+    server then retried it for ever."""
+    (tmp_path / "notes.txt").write_text("hello\n")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f'metrics_port = -1\n[[cameras]]\nid = "a"\nsource = "{tmp_path / "notes.txt"}"\n'
+        f'[[cameras]]\nid = "b"\nsource = "{tmp_path / "empty.mp4"}"\n'
+    )
+    assert main(["serve", "--config", str(path), "--check-config"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"warning: camera a: {tmp_path / 'notes.txt'} is not a video OpenCV can read (it holds "
+        "text (6 bytes): 'hello'): it would be FAILED"
+    ) in out
+    assert f"camera b: {tmp_path / 'empty.mp4'} is not a video OpenCV can read (it is empty)" in (
+        out
+    )
+
+
 def test_a_blank_source_fails_the_config_check(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

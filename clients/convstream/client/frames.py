@@ -33,6 +33,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from convstream.client.errors import InvalidFrame, SourceError
 from convstream.client.options import Upload
 from convstream.v1 import convstream_pb2 as pb
+from convstream.v1 import what_it_holds
 
 __all__ = [
     "Frame",
@@ -258,19 +259,9 @@ def read_image(path: str | os.PathLike[str]) -> Frame:
     if pixels is None:
         raise SourceError(
             f"{path} is not an image: not a JPEG or PNG, nor a format OpenCV decodes (BMP, "
-            f"TIFF, WebP, ...); {_what_it_holds(data)}"
+            f"TIFF, WebP, ...); {what_it_holds(data)}"
         )
     return Frame(pixels, name=str(path))
-
-
-def _what_it_holds(data: bytes) -> str:
-    """A few words on a file that is no image: empty, text (quoted), or its first bytes."""
-    if not data:
-        return "it is empty"
-    head = data[:48].decode("utf-8", "replace")
-    if "\ufffd" not in head and all(c.isprintable() or c in "\t\r\n" for c in head):
-        return f"it holds text ({len(data):,} bytes): {head.split(chr(10))[0][:40]!r}"
-    return f"{len(data):,} bytes, starting {data[:8].hex(' ')}"
 
 
 def image_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:

@@ -297,7 +297,7 @@ def _check_config(settings: Settings, warnings: list[str]) -> int:
     )
     from convstream.server.config import host_port
     from convstream.server.processes import assign
-    from convstream.server.sources import parse_source
+    from convstream.server.sources import parse_source, unreadable_video
 
     try:
         from convstream.model import wants_cuda
@@ -354,6 +354,8 @@ def _check_config(settings: Settings, warnings: list[str]) -> int:
                 f"{where_from}): it would be FAILED; relative paths are taken from the folder "
                 "the server starts in, not the config file's"
             )
+        elif spec.kind == "file" and (why := unreadable_video(Path(spec.target))):
+            warnings.append(f"camera {camera.id}: {spec.target} {why}: it would be FAILED")
         if spec.kind == "device" and not Path(f"/dev/video{spec.device}").exists():
             warnings.append(
                 f"camera {camera.id}: no /dev/video{spec.device} on this host (yet): it would "

@@ -28,6 +28,7 @@ from convstream.server.config import MAX_FPS, MAX_INPUT_SIDE, MIN_INPUT_SIDE, pa
 from convstream.server.decode import Limits, check_encoded, decode_encoded, orientation, sniff
 from convstream.server.diagnose import one_picture, why_closed
 from convstream.server.errors import InvalidFrame
+from convstream.v1 import what_it_holds
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +132,28 @@ SOURCE_FORMS = (
     "rtsp://, http(s)://, tcp:// or udp:// URL, a video file, device:N or "
     "demo:conveyor[?fps=15&seed=0&size=360x640]"
 )
+
+
+def file_holds(path: Path) -> str:
+    """A few words on a file a camera's source names that is no video (what_it_holds)."""
+    try:
+        with path.open("rb") as file:
+            return what_it_holds(file.read(48), path.stat().st_size)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
+def unreadable_video(path: Path) -> str | None:
+    """Why a camera's file would not play (``serve --check-config`` warns), or None: it opens
+    and gives a frame, as a video, a clip or a still image does."""
+    os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", _FFMPEG_DEFAULTS)
+    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    try:
+        if capture.isOpened() and capture.read()[0]:
+            return None
+    finally:
+        capture.release()
+    return f"is not a video OpenCV can read ({file_holds(path)})"
 
 
 def parse_source(source: str) -> SourceSpec:
@@ -387,8 +410,12 @@ class OpenCVCapture:
                 f"could not open USB camera {spec.device} (/dev/video{spec.device}): is it "
                 "plugged in, and may this user read it?"
             )
-        if spec.kind == "file":
-            raise SourceError("could not open file source: is it a video OpenCV can read?")
+        if spec.kind == "file":  # for good, as a missing file: retrying reads it again
+            raise SourceError(
+                f"could not open file source: not a video OpenCV can read "
+                f"({file_holds(Path(spec.target))})",
+                permanent=True,
+            )
         # The probe gets what is left of the open timeout (a short look when OpenCV used
         # it all), so a failed open still fails within about its timeout.
         spent = time.monotonic() - started
