@@ -180,6 +180,15 @@ async def test_encodings_decode_to_float32_close_to_each_other(
             result = await client.analyze(frames[0], options=options)
             assert result.heatmap is None
             maps[encoding] = result.feature_maps["stage4"]
+        # a map not asked for says how to ask for it (it was a bare KeyError: 'stage3')
+        with pytest.raises(
+            KeyError,
+            match=r"no feature map 'stage3' in this result; this "
+            r"result has stage4: ask for it with options=ResultOptions\("
+            r"feature_maps=\['stage3'\]\)",
+        ):
+            result.feature_maps["stage3"]
+        assert "stage3" not in result.feature_maps and result.feature_maps.get("stage3") is None
     ref = maps["float32"]
     assert all(m.dtype == np.float32 and m.shape == ref.shape for m in maps.values())
     top = max(1.0, float(ref.max()))

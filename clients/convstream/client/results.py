@@ -98,6 +98,19 @@ class Geometry:
         return left, top, right, bottom
 
 
+class FeatureMaps(dict[str, "npt.NDArray[np.float32]"]):
+    """A result's feature maps by stage name; one that was not asked for says how to ask
+    (a bare KeyError: 'stage3' told a newcomer nothing)."""
+
+    def __missing__(self, stage: str) -> npt.NDArray[np.float32]:
+        have = f"; this result has {', '.join(self)}" if self else ""
+        raise KeyError(
+            f"no feature map {stage!r} in this result{have}: ask for it with "
+            f"options=ResultOptions(feature_maps=[{stage!r}]) (the stages are "
+            "model_info().stage_names)"
+        )
+
+
 @dataclass(frozen=True, repr=False, eq=False)
 class Result:
     """The answer for one frame.
@@ -156,7 +169,7 @@ class Result:
     published: bool = False
     heatmap: npt.NDArray[np.float32] | None = None
     heatmap_stride: int = 8
-    feature_maps: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
+    feature_maps: dict[str, npt.NDArray[np.float32]] = field(default_factory=lambda: FeatureMaps())
     timings: Timings | None = None
     frame_age_ms: float = 0.0
     frames_dropped: int = 0
@@ -255,7 +268,9 @@ class Result:
             else math.nan,
             heatmap=heatmap,
             heatmap_stride=message.heatmap.stride or 8,
-            feature_maps={tensor.name: to_numpy(tensor) for tensor in message.feature_maps},
+            feature_maps=FeatureMaps(
+                {tensor.name: to_numpy(tensor) for tensor in message.feature_maps}
+            ),
             timings=Timings(
                 t.queue_ms,
                 t.decode_ms,
