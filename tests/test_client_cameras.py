@@ -850,7 +850,14 @@ async def test_cli_watch_unknown_camera_exits_2(
     assert await cli("watch", "dock-9", "--address", address(server)) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert err == "convstream watch: error: unknown camera 'dock-9'; the server has belt\n"
+    assert err == "convstream watch: error: unknown camera 'dock-9' (the server has belt)\n"
+    # one that reads as a camera's id, but for its case or separators, is named
+    assert await cli("watch", "Belt_", "--address", address(server)) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "convstream watch: error: unknown camera 'Belt_'; did you mean 'belt'? (the server has "
+        "belt)\n"
+    )
     assert await cli("watch", "rtsp://10.0.0.7/x", "--address", address(server)) == 2
     err = capsys.readouterr().err
     assert "never a URL, a path or a device" in err

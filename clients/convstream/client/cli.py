@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import itertools
 import logging
 import math
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -872,7 +874,9 @@ def _watch(args: argparse.Namespace) -> int:
         cameras = {camera.id: camera for camera in client.cameras()}
         if args.camera_id not in cameras:
             have = f"the server has {', '.join(cameras)}" if cameras else "the server pulls none"
-            return _usage(args, f"unknown camera {args.camera_id!r}; {have}")
+            alike = _reads_alike(args.camera_id, list(cameras))
+            mean = f"; did you mean {alike!r}?" if alike else ""
+            return _usage(args, f"unknown camera {args.camera_id!r}{mean} ({have})")
         camera = cameras[args.camera_id]
         # its own pace too: a camera sending a frame every 5 s is slow, not paused
         rates = [r for r in (args.max_fps, camera.fps_cap, camera.fps_in) if r]
@@ -1021,6 +1025,20 @@ class CameraLull:
         if told != self._told and not self._stop.is_set():
             self._told = told
             print(f"convstream watch: {_clock()} {line}", file=sys.stderr)
+
+
+def _reads_alike(wanted: str, ids: list[str]) -> str | None:
+    """The camera id ``wanted`` was meant as: one that differs only in case, '-', '_' or '.'
+    (the server refuses ids that read alike, so there is at most one), else the closest."""
+
+    def folded(text: str) -> str:
+        return re.sub(r"[-_.]", "", text.lower())
+
+    same = [i for i in ids if folded(i) == folded(wanted)]
+    if same:
+        return same[0]
+    close = difflib.get_close_matches(wanted, ids, n=1, cutoff=0.75)
+    return close[0] if close else None
 
 
 def _clock() -> str:
