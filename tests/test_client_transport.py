@@ -168,6 +168,10 @@ async def test_token_is_sent_as_bearer_metadata(fake_server: tuple[Fake, int]) -
         AsyncClient("http://127.0.0.1:1")
     with pytest.raises(ValueError, match=r"a port alone \(51101\): 127\.0\.0\.1:51101 for"):
         AsyncClient("51101")  # dialled as a host name, it failed in DNS
+    with pytest.raises(
+        ValueError, match=r"no host before its port, got ':51101': 127\.0\.0\.1:51101"
+    ):
+        AsyncClient(":51101")  # gRPC dialled it as a name, and said "DNS resolution failed"
     with pytest.raises(ValueError, match="got 'not an address': a host name has no spaces"):
         AsyncClient("not an address")  # dialled as "not an address:50051"
     AsyncClient("dns:///localhost:1")  # gRPC's own target schemes pass

@@ -190,6 +190,11 @@ def check_address(address: str) -> str:
         address = f"[{address}]:{DEFAULT_PORT}"
     host_port = re.fullmatch(r"(\[[^\]]*\]|[^:/\[\]]*):([^:/\[\]]*)", address)
     if host_port and host_port.group(1).lower() not in GRPC_SCHEMES:
+        if host_port.group(1) in ("", "[]"):  # ":50051" was dialled as a name, "not resolved"
+            raise ValueError(
+                f"address has no host before its port, got {address!r}: "
+                f"127.0.0.1{address.lstrip('[]')} for a server on this machine"
+            )
         port = host_port.group(2)
         # gRPC dialled 99999 as 34463, an empty port as 443, and a name ("foo:bar") failed
         # as a host name that does not resolve
