@@ -306,6 +306,10 @@ async def test_the_page_gets_the_scores_and_the_threshold_the_server_compares() 
         page_threshold = model_json(info, hub.threshold)["threshold"]  # type: ignore[arg-type]
         assert result.score < (threshold or info.threshold)  # the server: intact
         assert sent < page_threshold, (threshold, sent, page_threshold)  # the page: intact too
+    # for people: the server's threshold as set, not float32's 0.9390000104904175
+    info = pb.ModelInfo(threshold=0.939, threshold_source="setting")
+    shown = model_json(info, 0.939)
+    assert (shown["server_threshold"], shown["threshold_source"]) == (0.939, "setting")
 
 
 def test_an_alerts_outline_is_where_its_colours_turn_red() -> None:
@@ -1609,11 +1613,10 @@ async def test_alerts_are_listed_and_timed_by_when_they_were_raised(
             await reloaded.locator('#alerts button.alert[data-camera="demo"]').click()
             caption = reloaded.locator("#modal-caption")
             raised = re.escape(entries[1]["expected"])
-            # the zone beside the times ("frame 121 · UTC time" read as the frame's zone)
+            # the zone beside the first time ("frame 121 · UTC time" read as the frame's
+            # zone, and after the best frame's time as that one's alone)
             await expect(caption).to_have_text(
-                re.compile(
-                    f"raised .*{raised} · best frame {best} \\([^)]+\\).* · the camera's frame"
-                )
+                re.compile(f"raised .*{raised} [^ ·]+ · best frame {best} · the camera's frame")
             )
             # the longer caption wraps under the picture rather than widen the dialog past it
             await expect(reloaded.locator("#modal-img")).to_have_js_property("complete", True)

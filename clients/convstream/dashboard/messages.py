@@ -70,7 +70,10 @@ def model_json(info: pb.ModelInfo, threshold: float) -> dict[str, Any]:
         # unrounded, as frames' scores are: the page calls a tile damaged by score >=
         # threshold, which at 4 decimals (0.8215 for the shipped 0.82151) said DAMAGED of
         # frames the server calls intact
-        "model_threshold": info.threshold,
+        # the server's threshold, for people (the tooltip): the shortest decimal the wire's
+        # float32 holds, 0.939 as set, not 0.9390000104904175; and where it comes from
+        "server_threshold": float(str(np.float32(info.threshold))),
+        "threshold_source": info.threshold_source,
         "threshold": threshold,
         "onnxruntime": info.onnxruntime_version,
         "server_version": info.server_version,

@@ -98,6 +98,16 @@
     return new Date(seconds * 1000).toLocaleTimeString([], { hour12: false });
   }
 
+  // Where the server's threshold comes from (ModelInfo.threshold_source), for its tooltip.
+  const THRESHOLD_FROM = {
+    setting: "the server's setting",
+    model: "the model's own",
+    default: "a default: the model has none",
+  };
+  function thresholdFrom(source) {
+    return source ? ` (${THRESHOLD_FROM[source] || source})` : "";
+  }
+
   // The date as 2026-12-05, which no locale reads as another day, and the time zone once.
   const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "local time";
   function isoDate(seconds) {
@@ -784,8 +794,8 @@
     el.append(b, document.createTextNode(` · ${provider} · ${model.sha256}`));
     el.title = `model ${model.name} (sha256 ${model.sha256}…), provider ${model.provider} ` +
       `(requested ${model.requested}) on onnxruntime ${model.onnxruntime}, ` +
-      `server ${model.server_version}, server threshold ${thresholdText(model.model_threshold)}, ` +
-      `alert threshold ${thresholdText(model.threshold)}`;
+      `server ${model.server_version}, server threshold ${thresholdText(model.server_threshold)}` +
+      `${thresholdFrom(model.threshold_source)}, alert threshold ${thresholdText(model.threshold)}`;
     state.threshold = model.threshold;
     buildLut(model.threshold);
     // As the CLI prints it (0.8215, not 0.82: a tile reading 0.82 could stay quiet under a
@@ -1032,10 +1042,11 @@
     const more = alert.episodes > 1 ? ` · ${alert.episodes} crossings in the cooldown` : "";
     const best = clockTime(alert.time) === clockTime(alert.raised)
       ? "" : ` · best frame ${clockTime(alert.time)}`;
-    // the zone beside the times it is of ("frame 121 · UTC time" read as the frame's zone)
+    // the zone beside the first time it is of ("frame 121 · UTC time" read as the frame's
+    // zone; after the second, as that one's alone)
     $("modal-caption").textContent = `${alert.camera} · score ${scoreText(alert.score)} ` +
-      `(threshold ${thresholdText(alert.threshold)}) · raised ${dateTime(alert.raised)}${best} ` +
-      `(${ZONE})${more} · the camera's frame ${alert.frame_id}`;
+      `(threshold ${thresholdText(alert.threshold)}) · raised ${dateTime(alert.raised)} ` +
+      `${ZONE}${best}${more} · the camera's frame ${alert.frame_id}`;
     if (!$("modal").open) $("modal").showModal();
   }
   $("modal-handled").addEventListener("change", (ev) => {
