@@ -83,7 +83,9 @@ if (exec 3<>"/dev/tcp/127.0.0.1/$dash_port") 2>/dev/null; then
     "CONVSTREAM_DASHBOARD_PORT to a free port" >&2
   exit 1
 fi
-"$convstream" dashboard --address "$address" --port "$dash_port" &
+# Its own "convstream dashboard on URL" line is left out: this script says the URL below,
+# with the cameras the page will show (both said it, one after the other).
+"$convstream" dashboard --address "$address" --port "$dash_port" > /dev/null &
 dashboard=$!
 "$convstream" serve "$@" &
 server=$!
