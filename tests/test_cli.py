@@ -392,6 +392,18 @@ async def test_samples_write_frames_and_a_clip_that_analyze_and_stream_take(
     assert main(["samples", str(tmp_path / "kinds"), "--count", "6", "--size", "120x160"]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert listed[5].endswith("box-005-damaged.jpg  damaged (tear, torn label)")
+    # again, fewer, into the same folder: the earlier run's go (4 of them were left, and
+    # `analyze` of the folder mixed the two runs); a file of the user's own stays
+    (tmp_path / "kinds" / "box-9-mine.jpg").write_bytes(b"")
+    assert main(["samples", str(tmp_path / "kinds"), "--count", "2", "--size", "120x160"]) == 0
+    said = capsys.readouterr().err
+    kinds = tmp_path / "kinds"
+    assert said == f"convstream samples: removed 6 sample images of an earlier run from {kinds}\n"
+    assert sorted(p.name for p in (tmp_path / "kinds").iterdir()) == [
+        "box-000-intact.jpg",
+        "box-001-damaged.jpg",
+        "box-9-mine.jpg",
+    ]
     capture = cv2.VideoCapture(str(folder / "conveyor.avi"))
     size = (capture.get(cv2.CAP_PROP_FRAME_HEIGHT), capture.get(cv2.CAP_PROP_FRAME_WIDTH))
     assert (size, capture.get(cv2.CAP_PROP_FRAME_COUNT)) == ((360, 640), 30)  # the demo's

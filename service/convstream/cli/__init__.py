@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import sys
@@ -520,6 +521,22 @@ def _samples(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    # An earlier run's samples go first: writing 2 into a folder of 6 left 4 old ones, and
+    # `analyze` of the folder then mixed the two runs.
+    earlier = [
+        path
+        for folder in dict.fromkeys(folders.values())
+        for path in folder.glob("box-*.jpg")
+        if SAMPLE_NAME.fullmatch(path.name)
+    ]
+    for path in earlier:
+        path.unlink(missing_ok=True)
+    if earlier:
+        print(
+            f"convstream samples: removed {len(earlier)} sample image"
+            f"{'s' * (len(earlier) != 1)} of an earlier run from {args.directory}",
+            file=sys.stderr,
+        )
     listing = _Listing()
     for i in range(args.count):
         scene = render_scene(4_000_000_000 + i, height, width, damaged=i % 2 == 1)
@@ -539,6 +556,9 @@ def _samples(args: argparse.Namespace) -> int:
         if code:
             return code
     return listing.done()
+
+
+SAMPLE_NAME = re.compile(r"box-[0-9]{3,}-(damaged|intact)\.jpg")  # what samples writes
 
 
 def _write_file(path: Path, data: bytes) -> str | None:
