@@ -527,7 +527,7 @@ def _samples(args: argparse.Namespace) -> int:
         path
         for folder in dict.fromkeys(folders.values())
         for path in folder.glob("box-*.jpg")
-        if SAMPLE_NAME.fullmatch(path.name)
+        if SAMPLE_NAME.fullmatch(path.name) and path.is_file()
     ]
     for path in earlier:
         path.unlink(missing_ok=True)
