@@ -705,6 +705,14 @@ def test_usage_errors_exit_2(
     err = capsys.readouterr().err
     assert info.value.code == 2 and "unrecognized arguments: --po 5" in err
     assert "--address" not in err.splitlines()[-1]  # serve has no --address to point to
+    # a camera's '=' left out: its source read as a stray argument, which is named
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--camera", "belt", "/tmp/belt.avi", "--check-config"])
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        "convstream serve: error: unrecognized arguments: /tmp/belt.avi; --camera takes "
+        "ID=SOURCE in one argument: --camera belt=/tmp/belt.avi"
+    )
     # no command at all: the commands there are, not only that one is needed
     assert main([]) == 2
     err = capsys.readouterr().err

@@ -815,6 +815,13 @@ def _main(argv: Sequence[str] | None) -> int:
         guessed = {"--server", "--host", "--port", "--addr"} & {u.split("=")[0] for u in unknown}
         if guessed and "--address" in command_parser._option_string_actions:
             message += "; the server's address is --address HOST:PORT"
+        cameras = getattr(args, "cameras", None) or []
+        halves = [c for c in cameras if isinstance(c, str) and "=" not in c]  # "--camera belt /p"
+        if halves and not unknown[0].startswith("-"):
+            message += (
+                f"; --camera takes ID=SOURCE in one argument: --camera "
+                f"{shlex.quote(halves[0] + '=' + unknown[0])}"
+            )
         command_parser.error(message)
     for stream in (sys.stdout, sys.stderr):  # a name or a '…' in an ASCII-only locale
         if isinstance(stream, io.TextIOWrapper):
