@@ -560,6 +560,13 @@ def test_video_latest_only_reader_hands_out_newest_frames(video: Path) -> None:
         assert [f.frame_id for f in source.frames()] == [0, 1, 2, 3]
     with pytest.raises(cs.SourceError, match="no such video"):
         Video(video.with_name("missing.avi"))
+    # one that is there but no video says what it holds (it said only "cannot open")
+    notes = video.with_name("notes.mp4")
+    notes.write_text("hello\n")
+    with pytest.raises(
+        cs.SourceError, match=r"not a video OpenCV can read \(it holds text \(6 bytes\): 'hello'\)"
+    ):
+        Video(notes)
     with pytest.raises(
         cs.SourceError, match=r"a video file \(for its images: client.stream\(image_files"
     ):

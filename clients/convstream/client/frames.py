@@ -264,6 +264,24 @@ def read_image(path: str | os.PathLike[str]) -> Frame:
     return Frame(pixels, name=str(path))
 
 
+def _why(source: str | int | os.PathLike[str]) -> str:
+    """Why a video source did not open, as far as one look tells: what a file holds, or what
+    a camera's address answers (the server's words for its own cameras); "" for a device."""
+    if isinstance(source, int):
+        return ""
+    if is_live(source):
+        from convstream.server.diagnose import why_closed  # the server's, for its cameras
+
+        return f": {why_closed(str(source), 3.0)}"
+    path = Path(source)
+    try:
+        with path.open("rb") as file:
+            head = file.read(48)
+        return f": not a video OpenCV can read ({what_it_holds(head, path.stat().st_size)})"
+    except OSError as exc:
+        return f": {exc.strerror or exc}"
+
+
 def image_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Expand folders (recursively, sorted) into their image files; files stay as given.
 
@@ -557,7 +575,7 @@ class Video:
                         f"no camera {source} on this machine: {device} does not exist"
                     )
                 shown = public_url(source) if isinstance(source, str) else source
-                raise SourceError(f"OpenCV cannot open video source {shown!r}")
+                raise SourceError(f"OpenCV cannot open video source {shown!r}{_why(source)}")
         self.source = source
         self.loop = loop
         self._read_this_pass = 0  # frames read since the file was last started again
