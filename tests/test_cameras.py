@@ -268,11 +268,7 @@ def test_an_rtsp_connect_skips_the_frames_buffered_while_it_opened() -> None:
         spec = parse_source(source.url)
         capture = open_source(spec, open_timeout_s=10, read_timeout_s=5, loop=False)
         try:
-            waits = []
-            for _ in range(10):
-                started = time.monotonic()
-                capture.read()
-                waits.append(time.monotonic() - started)
+            waits = read_waits(capture, 10)
         finally:
             capture.release()
     # a buffered frame comes back in microseconds, a live one after up to a frame interval
@@ -316,14 +312,20 @@ def test_a_slow_camera_is_not_taken_for_a_stalled_one() -> None:
         capture = open_source(spec, open_timeout_s=10, read_timeout_s=5, loop=False)
         try:
             capture.read()
-            waits = []
-            for _ in range(4):
-                started = time.monotonic()
-                capture.read()
-                waits.append(time.monotonic() - started)
+            waits = read_waits(capture, 4)
         finally:
             capture.release()
     assert max(waits) < 2.4, [round(w, 2) for w in waits]  # 1.5 s each, not 3
+
+
+def read_waits(capture: Capture, reads: int) -> list[float]:
+    """The seconds each of ``reads`` reads of the capture waited."""
+    waits = []
+    for _ in range(reads):
+        started = time.monotonic()
+        capture.read()
+        waits.append(time.monotonic() - started)
+    return waits
 
 
 def decoded(data: bytes) -> np.ndarray:
