@@ -366,12 +366,13 @@ async def test_the_readme_python_example_runs_as_written(
         code = code.replace("/tmp/box-001-overlay.png", f"{tmp_path}/box-001-overlay.png")
         assert address(server) in code and str(tmp_path) in code
         await asyncio.to_thread(exec, compile(code, "README.md", "exec"), {})
-    info, analysed, heatmap, camera, *watched = capsys.readouterr().out.splitlines()
+    info, analysed, heatmap, maps, camera, *watched = capsys.readouterr().out.splitlines()
     assert info.startswith("ModelInfo(name=")
     score, damaged, peak = analysed.split(" ", 2)
     assert 0.0 <= float(score) <= 1.0 and damaged in ("True", "False")
     assert re.fullmatch(r"\(\d+, \d+\)", peak), peak
     assert heatmap == f"({HEATMAP[0]}, {HEATMAP[1]})"
+    assert maps == f"(64, {HEATMAP[0]}, {HEATMAP[1]})"  # stage3, asked for by name
     assert camera.startswith("demo ")
     overlay = cv2.imread(str(tmp_path / "box-001-overlay.png"))
     assert overlay is not None and overlay.shape[2] == 3  # the picture a person looks at
