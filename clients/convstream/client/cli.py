@@ -12,7 +12,6 @@ import itertools
 import logging
 import math
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -69,6 +68,7 @@ from convstream.client.frames import (
 )
 from convstream.client.options import Freshness, ResultOptions, Retry, Timeout, Upload
 from convstream.client.results import CameraInfo, ModelInfo, Result, json_text
+from convstream.v1 import folded_id
 
 __all__ = ["EXIT_STATUS", "add_commands"]
 
@@ -1028,13 +1028,11 @@ class CameraLull:
 
 
 def _reads_alike(wanted: str, ids: list[str]) -> str | None:
-    """The camera id ``wanted`` was meant as: one that differs only in case, '-', '_' or '.'
-    (the server refuses ids that read alike, so there is at most one), else the closest."""
+    """The camera id ``wanted`` was meant as: one that reads as it (case, '-', '_', '.', a
+    0 for an o: the server refuses ids that read alike, so there is at most one), else the
+    closest spelling."""
 
-    def folded(text: str) -> str:
-        return re.sub(r"[-_.]", "", text.lower())
-
-    same = [i for i in ids if folded(i) == folded(wanted)]
+    same = [i for i in ids if folded_id(i) == folded_id(wanted)]
     if same:
         return same[0]
     close = difflib.get_close_matches(wanted, ids, n=1, cutoff=0.75)

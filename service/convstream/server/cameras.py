@@ -18,6 +18,7 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from convstream.server.budget import ByteBudget
 from convstream.server.camera import STATE_NAMES, Camera, Opener
 from convstream.server.config import CAMERA_ID, CAMERA_ID_RULE, CameraConfig, folded_id
 from convstream.server.errors import (
@@ -31,7 +32,6 @@ from convstream.server.errors import (
 from convstream.server.feeds import (
     CameraFeed,
     Publisher,
-    ResultBytes,
     StreamPublication,
     Watcher,
 )
@@ -67,7 +67,12 @@ class CameraManager:
         self.health = health_servicer
         self.watcher_queue_size = watcher_queue_size
         self.max_watchers = max_watchers
-        self.result_bytes = ResultBytes(max_watcher_bytes)
+        # results waiting for watches: a watch that stopped reading kept up to its queue_size
+        # (1024) of them, 8.8 MB each with every stage in float32 and the frame, and took the
+        # server's memory at 44 MB a second. One watch keeps at most a quarter, and none past
+        # the limit, but always its newest result; a result shared by several watches counts
+        # once for each.
+        self.result_bytes = ByteBudget(max_watcher_bytes)
         self.feeds: dict[str, CameraFeed] = {}
         self.published: dict[str, StreamPublication] = {}
         self._opener = opener

@@ -32,6 +32,7 @@ from pydantic import (
 
 from convstream.server.decode import MIN_SIDE
 from convstream.server.tls import PemFiles, read_pem
+from convstream.v1 import folded_id
 
 ENV_PREFIX = "CONVSTREAM_"
 
@@ -74,17 +75,6 @@ MAX_READ_TIMEOUT_S = 300.0
 CAMERA_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 CAMERA_ID_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
 DEMO_SOURCE = "demo:conveyor"
-
-
-def folded_id(name: str) -> str:
-    """A camera id as an eye reads it: no case, no '-', '_' or '.' (but between two digits:
-    "line-1-2" is not "line-12"), and the digits that pass for letters as those letters
-    ("D0ck_1" reads as "dock-l")."""
-    marked = re.sub(r"(?<=\d)[-_.]+(?=\d)", "|", name.casefold())
-    return re.sub(r"[-_.]", "", marked).translate(_LOOKALIKE)
-
-
-_LOOKALIKE = str.maketrans({"0": "o", "1": "l", "i": "l"})
 
 
 class CameraConfig(BaseModel):

@@ -25,6 +25,7 @@ from functools import partial
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from convstream.server.budget import ByteBudget
 from convstream.server.camera import LOG_AGAIN_S, Camera, Frame, RateMeter
 from convstream.server.config import CameraConfig, parse_size
 from convstream.server.engine import Inference
@@ -66,21 +67,7 @@ def timestamp(seconds: float) -> Timestamp | None:
 class _Queued:
     result: pb.FrameResult
     captured: float  # time.time() the frame was read
-    size: int = 0  # its bytes, as counted in the watchers' ResultBytes
-
-
-class ResultBytes:
-    """Bytes of results waiting for WatchCamera calls, over all of them (event loop only):
-    a watch that stops reading kept up to its queue_size results, 1024 of 8.8 MB each (every
-    stage in float32 and the frame), and took the server's memory at 44 MB a second. One
-    watch keeps at most a quarter of the limit, and none past the limit, but always its
-    newest result; the rest go as its queue_size's would, oldest first, counted as dropped.
-    A result shared by several watches counts once for each."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.share = limit // 4
-        self.held = 0
+    size: int = 0  # its bytes, as counted in the watchers' ByteBudget
 
 
 class FeedFinished(Exception):
@@ -112,13 +99,13 @@ class Watcher:
         options: Options,
         max_fps: float,
         capacity: int,
-        budget: ResultBytes | None = None,
+        budget: ByteBudget | None = None,
     ) -> None:
         self.camera_id = camera_id
         self.options = options
         self.interval = 1 / max_fps if max_fps > 0 else 0.0
         self.capacity = capacity
-        self.budget = budget if budget is not None else ResultBytes(1 << 62)
+        self.budget = budget if budget is not None else ByteBudget(1 << 62)
         self.held = 0  # bytes of the results waiting for it
         self.dropped = 0
         self.sequence = 0
@@ -160,7 +147,7 @@ class Watcher:
 
     def _take(self, size: int) -> None:
         self.held += size
-        self.budget.held += size
+        self.budget.hold(size)
 
     def release(self) -> None:
         """The watch is over: what waits for it is given back."""

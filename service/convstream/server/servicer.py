@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from convstream.server.budget import ByteBudget
 from convstream.server.cameras import CameraManager
 from convstream.server.config import CAMERA_ID, Settings
 from convstream.server.errors import (
@@ -30,7 +31,7 @@ from convstream.server.metrics import Metrics
 from convstream.server.pipeline import CALLER, Options, Pipeline, check_without_stream
 from convstream.server.processes import Peers
 from convstream.server.security import peer_host
-from convstream.server.streams import ByteBudget, FrameBudget, StreamSession
+from convstream.server.streams import FrameBudget, StreamSession
 from convstream.v1 import WATCHING
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc

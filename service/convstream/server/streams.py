@@ -17,12 +17,13 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
 
+from convstream.server.budget import ByteBudget
 from convstream.server.engine import Inference
 from convstream.server.errors import (
     ConvstreamError,
@@ -135,46 +136,6 @@ class FrameBudget:
 
     def release(self, frames: int) -> None:
         self.reserved -= frames
-
-
-class ByteBudget:
-    """Bytes of frames the server holds for streams at most, over all of them: frame counts
-    alone bound nothing when frames may be 100 KB JPEGs or 60 MB raw pixels. One stream
-    holds at most a quarter of them (or one frame, whatever its size), so that a stream
-    whose client stops reading its results cannot take every other stream's room. A lossless
-    stream waits for room (its reader stops, and gRPC flow control slows the sender); any
-    other frame that would pass a limit is refused, RESOURCE_EXHAUSTED for that frame alone,
-    rather than held (INVALID_ARGUMENT if it is larger than all of them: it never fits). Used
-    from the event loop only."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.share = limit // 4
-        self.held = 0
-        self._freed = asyncio.Event()
-
-    def fits(self, size: int, mine: int, freed: int = 0) -> bool:
-        """Whether a stream holding `mine` bytes may take `size` more (once it has given
-        back `freed` of them)."""
-        mine -= freed
-        return self.held - freed + size <= self.limit and (mine == 0 or mine + size <= self.share)
-
-    async def room(self, size: int, mine: Callable[[], int]) -> None:
-        """Wait until `size` more bytes fit beside what the stream holds (`mine()`, which
-        falls as its frames leave); size <= limit, or this never returns."""
-        while not self.fits(size, mine()):
-            self._freed.clear()
-            await self._freed.wait()
-
-    def take(self, size: int, mine: int) -> bool:
-        if not self.fits(size, mine):
-            return False
-        self.held += size
-        return True
-
-    def give(self, size: int) -> None:
-        self.held -= size
-        self._freed.set()
 
 
 class PublicationRegistry(Protocol):
