@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import math
 import os
@@ -1314,6 +1315,17 @@ def test_feature_maps_are_drawn_a_tile_a_channel_lined_up_with_the_frame() -> No
         assert 16 <= bright <= 40, (k, bright)  # that cell alone (and a label's few pixels)
     with pytest.raises(ValueError, match=r"no feature map 'stage1' .*feature_maps=\['stage1'\]"):
         cs.draw_feature_maps(result, "stage1")
+    # the damage tile in the overlay's colours, relative to the threshold: a cold heatmap is
+    # black, not the blue a full scale painted over all of an intact frame; a cell at the
+    # threshold red
+    heat = np.zeros((26, 40), np.float32)
+    heat[13, 20] = 0.9
+    judged = dataclasses.replace(result, heatmap=heat, threshold=0.82)
+    drawn = cs.draw_feature_maps(judged, "stage3", tile_width=160).astype(int)
+    picture = drawn[top : top + height, gap + width + gap : gap + 2 * width + gap]
+    assert (picture[60:, :] == 0).all()  # under the label: black, but for the hot cell
+    red = cv2.applyColorMap(np.array([[round(0.875 * 255)]], np.uint8), cv2.COLORMAP_JET)[0, 0]
+    assert (picture[(13 - 1) * 4 + 2, 20 * 4 + 2] == red).all()
 
 
 def test_the_overlays_label_never_covers_the_damage_it_rings() -> None:

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from convstream.client.overlay import analysed_image, heatmap_on_frame, write_image
+from convstream.client.overlay import analysed_image, heat_colours, heatmap_on_frame, write_image
 from convstream.client.results import Result, score_text
 
 __all__ = ["draw_feature_maps", "save_feature_maps"]
@@ -78,7 +78,7 @@ def draw_feature_maps(
     tiles = [("frame", cv2.resize(frame, size, interpolation=cv2.INTER_AREA))]
     if result.heatmap is not None:
         heat = heatmap_on_frame(result.heatmap, geometry, result.heatmap_stride, size, crisp=True)
-        tiles.append((f"damage {score_text(result.score)}", _tile(heat, size, cv2.COLORMAP_JET)))
+        tiles.append((f"damage {score_text(result.score)}", _damage_tile(heat, result.threshold)))
     for channel, values in enumerate(maps):
         # over the frame alone, as the heatmap's overlay: the letterbox bars are no part of it
         on_frame = heatmap_on_frame(values, geometry, stride, size, crisp=True)
@@ -94,7 +94,11 @@ def draw_feature_maps(
         f"{named}: {len(maps)} channels, {cells} cells of {stride}x{stride} model-input "
         f"pixels. Each tile is one channel, scaled to its own range: yellow where its "
         f"pattern is strongest in this frame, black where it is absent. First: the frame"
-        + (" and the damage heatmap." if result.heatmap is not None else ".")
+        + (
+            " and the damage heatmap (red at or over the threshold, as on the overlays)."
+            if result.heatmap is not None
+            else "."
+        )
     )
     return np.vstack([_caption(caption, grid.shape[1]), grid])
 
@@ -108,6 +112,17 @@ def save_feature_maps(
     """Write ``draw_feature_maps(result, stage, image)`` to path, in the format its suffix
     names (.png, .jpg, ...); returns the path. ValueError and OSError as ``save_overlay``."""
     return write_image(Path(path), lambda: draw_feature_maps(result, stage, image))
+
+
+def _damage_tile(heat: np.ndarray, threshold: float) -> np.ndarray:
+    """The heatmap in the overlay's and the dashboard's colours, relative to the threshold:
+    red at it and over, yellow to blue nearing it, black well under it. A full blue-to-red
+    scale painted an intact frame blue all over, unlike every other picture of the heatmap.
+    Without a threshold (an older server's result), blue 0 to red 1."""
+    if not math.isfinite(threshold):
+        return cv2.applyColorMap((np.clip(heat, 0.0, 1.0) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    colours, weights = heat_colours(heat, threshold)
+    return (colours * weights[..., None]).astype(np.uint8)
 
 
 def _tile(values: np.ndarray, size: tuple[int, int], colormap: int) -> np.ndarray:
