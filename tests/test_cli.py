@@ -1387,8 +1387,7 @@ def test_a_refused_stream_url_is_our_line_without_ffmpeg_noise() -> None:
     assert done.returncode == 5  # the source
     assert done.stdout == ""  # OpenCV writes FFmpeg's lines to stdout, amid the results
     assert done.stderr.strip().splitlines() == [
-        f"convstream stream: OpenCV cannot open video source '{url}': connection refused: "
-        "nothing listens at that address and port (camera down?)"
+        f"convstream stream: OpenCV cannot open video source '{url}'"
     ]
 
 

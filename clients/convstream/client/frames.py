@@ -265,14 +265,11 @@ def read_image(path: str | os.PathLike[str]) -> Frame:
 
 
 def _why(source: str | int | os.PathLike[str]) -> str:
-    """Why a video source did not open, as far as one look tells: what a file holds, or what
-    a camera's address answers (the server's words for its own cameras); "" for a device."""
-    if isinstance(source, int):
+    """Why a video file did not open, as far as one look tells: what it holds; "" for a
+    device or a URL (the server's camera diagnosis is the server's: the client does not
+    depend on the server's package)."""
+    if isinstance(source, int) or is_live(source):
         return ""
-    if is_live(source):
-        from convstream.server.diagnose import why_closed  # the server's, for its cameras
-
-        return f": {why_closed(str(source), 3.0)}"
     path = Path(source)
     try:
         with path.open("rb") as file:
