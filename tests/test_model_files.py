@@ -460,6 +460,56 @@ async def test_a_frame_the_model_scores_nan_fails_alone_and_never_reads_intact(
         await server.stop(grace=0)
 
 
+def no_score_when_lit(model: onnx.ModelProto) -> None:
+    """The score cut to its first N * (frame is black) rows: (N,) for a black frame (all the
+    load checks run), (0,) for any other, as a model whose output shape hangs on the pixels
+    would give."""
+    for node in model.graph.node:
+        node.output[:] = ["score_raw" if o == "score" else o for o in node.output]
+    model.graph.initializer.append(helper.make_tensor("zero", TensorProto.INT64, [1], [0]))
+    model.graph.node.extend(
+        [
+            helper.make_node("Cast", ["pixels"], ["lit"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceMean", ["lit"], ["lit_mean"], keepdims=0),
+            helper.make_node("Less", ["lit_mean", "half"], ["dark"]),
+            helper.make_node("Cast", ["dark"], ["dark_n"], to=TensorProto.INT64),
+            helper.make_node("Shape", ["score_raw"], ["rows"]),
+            helper.make_node("Mul", ["rows", "dark_n"], ["kept"]),
+            helper.make_node("Slice", ["score_raw", "zero", "kept"], ["score"]),
+        ]
+    )
+    model.graph.initializer.append(helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]))
+
+
+async def test_outputs_of_another_shape_fail_their_frame_and_the_worker_goes_on(
+    tmp_path: Path,
+) -> None:
+    """Only the model's run was guarded: a score of another shape than at load (here none
+    for a lit frame) raised while its outputs were read, which ended the worker's thread, and
+    with it every later frame: they waited for ever. The frame now fails with INTERNAL saying
+    what the model gave, and the next frame is analysed, on the one worker there is."""
+    path = edited(tmp_path / "shapeless.onnx", no_score_when_lit)
+    settings = Settings(port=0, metrics_port=-1, cameras=(), model_path=path, inference_workers=1)
+    server = Server(settings)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+            lit = pb.FrameRequest(frame_id=1, encoded=jpeg(scene(3, 240, 320)))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Analyze(lit, timeout=20)
+            assert refused.value.code() == grpc.StatusCode.INTERNAL, refused.value
+            assert refused.value.details() == (
+                "the model's outputs for this frame are unusable: the model gave score of shape "
+                "(0,) for 1 frame; expected one score and one map per frame"
+            )
+            black = pb.FrameRequest(frame_id=2, encoded=jpeg(np.zeros((240, 320, 3), np.uint8)))
+            result = await stub.Analyze(black, timeout=20)
+            assert result.status.code == 0 and 0 <= result.score <= 1
+    finally:
+        await server.stop(grace=0)
+
+
 async def test_a_reload_bringing_a_size_the_model_cannot_run_is_refused_and_changes_nothing(
     tmp_path: Path,
 ) -> None:

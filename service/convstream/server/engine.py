@@ -59,6 +59,12 @@ def no_probabilities(out: dict[str, np.ndarray]) -> str | None:
     return None
 
 
+def said(exc: Exception) -> str:
+    """The first line of an exception's message (onnxruntime's run a few hundred characters
+    of it), or its type's name when it has none."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
 @dataclass
 class _Job:
     pixels: np.ndarray
@@ -219,6 +225,15 @@ class Engine:
             jobs, wide = taken
             try:
                 self._run(jobs, wide)
+            except Exception as exc:  # whatever failed, its frames fail, never the worker
+                self._said_failure("the model's outputs could not be used", exc_info=True)
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(
+                            ModelFailed(
+                                f"the model's outputs for this frame are unusable: {said(exc)}"
+                            )
+                        )
             finally:
                 with self._cond:
                     self._idle += 1
@@ -256,7 +271,6 @@ class Engine:
             batch = jobs[0].pixels[None] if len(jobs) == 1 else np.stack([j.pixels for j in jobs])
             arrays = model.run(batch, names)
         except Exception as exc:  # a failed run fails its frames, never the worker
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             self._said_failure(
                 "inference failed for a batch of %d at %dx%d",
                 len(jobs),
@@ -265,7 +279,7 @@ class Engine:
             )
             for job in jobs:
                 job.future.set_exception(
-                    ModelFailed(f"the model could not run this frame: {first}")
+                    ModelFailed(f"the model could not run this frame: {said(exc)}")
                 )
             return
         ms = (time.perf_counter() - started) * 1000
@@ -273,6 +287,17 @@ class Engine:
             self.runs += 1
             self.wide_runs += wide
             self.frames += len(jobs)
+        count = len(jobs)
+        misshapen = [
+            f"{name} of shape {arrays[name].shape}"
+            for name in names
+            if arrays[name].shape[:1] != (count,) or (name == "score" and arrays[name].ndim != 1)
+        ]
+        if misshapen:  # the shapes the model gave when it loaded, not now: unusable
+            raise ValueError(
+                f"the model gave {', '.join(misshapen)} for {count} frame"
+                f"{'' if count == 1 else 's'}; expected one score and one map per frame"
+            )
         for i, job in enumerate(jobs):
             out = {name: arrays[name][i] for name in job.outputs}
             wrong = no_probabilities(out)
