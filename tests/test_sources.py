@@ -34,6 +34,7 @@ from convstream.server.camera import FLAP_CHANGES, Camera, RateMeter, backoff_s
 from convstream.server.diagnose import _authorization, why_closed
 from convstream.server.sources import (
     Capture,
+    OpenCVCapture,
     SourceError,
     SourceSpec,
     open_source,
@@ -208,6 +209,34 @@ def test_passwords_never_reach_logs_or_clients() -> None:
         with pytest.raises(ValueError) as info:
             parse_source(mistyped)
         assert "Zq1" not in str(info.value) and "***@" in str(info.value)
+
+
+def test_a_source_that_fails_while_it_is_first_read_is_let_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening reads a source's first frames (its backlog, an MJPEG's first JPEG): an OpenCV
+    error there left the capture open, its socket or file held until garbage collection
+    happened to come, as no caller had an object to release."""
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for _ in range(3):
+        writer.write(np.full((48, 64, 3), 128, np.uint8))
+    writer.release()
+    opened: list[cv2.VideoCapture] = []
+    really_open = OpenCVCapture._open
+
+    def recorded(self: OpenCVCapture) -> cv2.VideoCapture:
+        opened.append(really_open(self))
+        return opened[-1]
+
+    def fails(self: OpenCVCapture) -> None:
+        raise cv2.error("a read failed")
+
+    monkeypatch.setattr(OpenCVCapture, "_open", recorded)
+    monkeypatch.setattr(OpenCVCapture, "_skip_backlog", fails)
+    with pytest.raises(cv2.error, match="a read failed"):
+        OpenCVCapture(parse_source(str(path)), 5, 5, loop=False)
+    assert opened and not any(cap.isOpened() for cap in opened)
 
 
 def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:

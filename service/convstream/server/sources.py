@@ -320,6 +320,16 @@ class OpenCVCapture:
         self._open_timeout_s = open_timeout_s
         self._read_timeout_s = read_timeout_s
         self._cap = self._open()
+        try:
+            self._configure(name)
+        except BaseException:  # what looked at its first frames failed: the source is let go
+            self._cap.release()
+            raise
+
+    def _configure(self, name: str) -> None:
+        """Pace a file, and keep an MJPEG or PNG source's frames as sent where the server's
+        decoder takes them; then skip what queued while opening."""
+        spec = self.spec
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         if not 0 < fps <= MAX_FPS:  # not known, or not believed (nan too)
             if spec.kind == "file":
