@@ -252,6 +252,7 @@ async def test_a_frozen_camera_is_lost_not_passed_off_as_running() -> None:
                 # and what to do if the camera is only slow, not frozen
                 assert "sends less often than that (then raise read_timeout_s" in cam.last_error
                 assert cam.frames_read == read_before  # no stale frame counted as read
+                assert pb.CAMERA_STATE_STALLED in seen, seen  # a second without frames
                 stalled = seen.index(pb.CAMERA_STATE_STALLED)
                 assert pb.CAMERA_STATE_RUNNING not in seen[stalled:], seen  # no flapping
             finally:
