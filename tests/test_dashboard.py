@@ -1292,6 +1292,12 @@ async def test_a_wall_of_many_cameras_fits_on_one_screen(browser: Any, artifacts
                 await expect(tile.locator(".spark-wrap")).to_be_visible()
                 layout = await page.evaluate(_LAYOUT)
                 assert layout["inView"] == 9 and not layout["scrolls"], layout
+                # what the trouble is, read from the room as the score is (it kept 13 px there)
+                sizes = await notice.evaluate(
+                    "(n) => [n, n.querySelector('small')]"
+                    ".map((e) => parseFloat(getComputedStyle(e).fontSize))"
+                )
+                assert sizes[0] >= 28 and sizes[1] >= 19, sizes
         # A small tablet, where not even compact tiles all fit: they stay compact and scroll
         # (full tiles, in fewer columns, took five screens)
         await _resized(page, 1024, 600)

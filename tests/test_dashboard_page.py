@@ -275,6 +275,8 @@ async def test_trouble_says_since_when(browser: Any, artifacts: Path) -> None:
         await expect(tile.locator(".state")).to_have_attribute(
             "title", re.compile(rf"^reconnecting since {at} \(\d+ s\)$")
         )
+        # a camera that comes back by itself: a dashed border (a failed one's is solid)
+        assert await tile.evaluate("(el) => getComputedStyle(el).borderTopStyle") == "dashed"
         await expect(page.locator("#summary")).to_contain_text(
             re.compile(r"cameras running · dock reconnecting \d+ s$")
         )
@@ -603,6 +605,16 @@ async def test_a_failed_camera_and_an_empty_server_say_what_to_do(
         await expect(tile.locator(".notice small")).to_contain_text(
             "then reload the server (SIGHUP)"
         )
+        # given up, someone must act: a solid bright border, not reconnecting's dashed one,
+        # and a narrow tile's dot is a square, not a running camera's circle (colour-blind
+        # eyes told the two apart by colour alone)
+        style = await tile.evaluate(
+            "(el) => { const s = getComputedStyle(el); return [s.borderTopStyle, "
+            "s.borderTopColor]; }"
+        )
+        assert style == ["solid", "rgb(210, 153, 34)"], style
+        await page.set_viewport_size({"width": 330, "height": 700})
+        await expect(tile.locator(".state")).to_have_css("border-top-left-radius", "2px")
         await page.screenshot(path=artifacts / "failed-camera-advice.png")
         assert page.errors == []
         await page.context.close()
@@ -647,6 +659,14 @@ async def test_a_camera_that_shows_next_to_nothing_says_so(
         }
         assert colours["capped"] == "rgb(139, 148, 158)", colours  # grey: no all-clear green
         assert colours["belt"] != colours["capped"], colours
+        # and its badge says so, amber, where a green RUNNING read "fine" from across the room
+        for camera, word, colour in (
+            ("capped", "blank", "rgb(210, 153, 34)"),
+            ("belt", "running", "rgb(63, 185, 80)"),
+        ):
+            badge = _tile(page, camera).locator(".state")
+            await expect(badge).to_have_text(word)
+            await expect(badge).to_have_css("background-color", colour)
         await page.screenshot(path=artifacts / "blank-camera.png")
         assert page.errors == []
         await page.context.close()

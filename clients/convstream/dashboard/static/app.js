@@ -301,11 +301,15 @@
 
     updateNotice() {
       const s = this.status ? this.status.state : "unknown";
+      // A camera that runs but shows next to nothing (a capped lens) catches no damage: its
+      // badge says "blank", amber, as a camera in trouble (a green RUNNING read "fine" from
+      // across the room).
+      const seen = s === "running" && this.el.classList.contains("blank") ? "blank" : s;
       // With the dashboard's link down, the last known state is history: the badge goes grey
       // rather than stay a green RUNNING that nobody can vouch for.
-      const shown = socketOpen ? s : "unknown";
+      const shown = socketOpen ? seen : "unknown";
       if (this.el.dataset.state !== shown) this.el.dataset.state = shown;
-      this.setText(this.stateEl, socketOpen ? s : "no data");
+      this.setText(this.stateEl, socketOpen ? seen : "no data");
       const age = this.lastFrameAt ? Math.max(0, dashNow() - this.lastFrameAt) : null;
       const stale = age === null || age > STALE_S;
       const old = (stale || s !== "running" || !socketOpen) && this.frames > 0;
@@ -344,7 +348,7 @@
       }
       const sinceLine = title && since ? sinceText(since.at, since.earlier) : "";
       // the state in words: a narrow tile shows the badge as a dot of its colour
-      const word = shown === "unknown" ? "no data" : s;
+      const word = shown === "unknown" ? "no data" : seen;
       const badge = since ? `${word} ${sinceText(since.at, since.earlier)}` : word;
       if (this.stateEl.title !== badge) this.stateEl.title = badge;
       const key = title + "\u0000" + sinceLine + "\u0000" + detail;
@@ -921,20 +925,25 @@
     }
     countAlerts();
   }
+  // Alerts that fell off the end of the list (the newest MAX_ALERTS stay) before anyone
+  // marked them handled: still counted, or the count stood at 100 however many came.
+  let droppedOpen = 0;
   // The count is of alerts nobody has marked handled here; the tooltip gives both.
   function countAlerts() {
-    let open = 0;
+    let open = droppedOpen;
     for (const entry of alertEntries.values()) if (!handled.has(handledKey(entry.alert))) open += 1;
     for (const count of [$("alert-count"), $("alert-jump-count")]) {
       count.textContent = String(open);
       count.dataset.zero = String(open === 0);
     }
     $("alert-count").title = `${alertEntries.size} alerts listed (the newest ${MAX_ALERTS} at ` +
-      `most), ${open} not marked handled in this browser`;
+      `most), ${open} not marked handled in this browser` +
+      (droppedOpen ? `, ${droppedOpen} of them older than the list` : "");
     $("alert-jump").setAttribute("aria-label", `${open} alerts not handled: show them`);
     $("all-handled").hidden = open === 0;
   }
   $("all-handled").addEventListener("click", () => {
+    droppedOpen = 0;
     for (const entry of alertEntries.values()) setHandled(entry.alert, true);
   });
   // A phone shows the alerts below every camera: the header's count takes the operator there.
@@ -987,7 +996,10 @@
     else list.append(li);
     while (list.children.length > MAX_ALERTS) {
       const last = list.lastElementChild;
-      alertEntries.delete(Number(last.querySelector("button").dataset.id));
+      const id = Number(last.querySelector("button").dataset.id);
+      const gone = alertEntries.get(id);
+      if (gone && !handled.has(handledKey(gone.alert))) droppedOpen += 1;
+      alertEntries.delete(id);
       last.remove();
     }
     state.alerts += 1;
@@ -1190,6 +1202,7 @@
         }
         $("alerts").replaceChildren();
         alertEntries.clear();
+        droppedOpen = 0; // the dashboard's list, whole, from here on
         state.alerts = 0;
         countAlerts();
         $("no-alerts").hidden = false;
