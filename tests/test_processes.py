@@ -631,3 +631,39 @@ def test_a_reload_whose_tls_files_fail_keeps_them_out_of_the_processes_settings(
     assert f"TLS files kept as before: tls_key {files['client.key']} does not match" in (
         caplog.text
     )
+
+
+def test_a_restarted_process_keeps_what_the_serving_ones_refused_to_change(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reload the processes refuse in part (no tokens at all, TLS or mutual TLS turned on or
+    off: kept, each logs) was written to the snapshot as loaded, so a process restarted
+    after a crash served without tokens, in plaintext or without client certificates, beside
+    processes that kept them. The snapshot now holds what they hold. And a changed port was
+    left out of what the supervisor says needs a restart."""
+    pem = make_certificates(tmp_path)
+    _, digest = new_token()
+    tls = {"tls_cert": pem["server.pem"], "tls_key": pem["server.key"]}
+    mutual = {**tls, "tls_client_ca": pem["ca.pem"]}
+    token = {"name": "ingest", "role": "analyze", "sha256": digest}
+    current = processes.Settings.model_validate({**mutual, "tokens": [token], "port": 50051})
+    for loaded, kept in (
+        ({"port": 50051}, {"tokens", *processes.TLS_FILES}),  # no tokens, no TLS
+        ({**tls, "port": 50051}, {"tokens", *processes.TLS_FILES}),  # no client certificates
+        ({**mutual, "threshold": 0.9, "port": 50051}, {"tokens"}),
+    ):
+        new = processes.Settings.model_validate(loaded)
+        written = processes.refusals_kept(current, new)
+        for name in ("tokens", *processes.TLS_FILES):
+            expected = getattr(current if name in kept else new, name)
+            assert getattr(written, name) == expected, (loaded, name)
+        assert written.threshold == new.threshold  # what a reload does change, changed
+    # the supervisor: a reload moving the port says it needs a restart, and writes the rest
+    moved = current.model_copy(update={"port": 50052, "tokens": ()})
+    supervisor = processes.Supervisor(current, lambda: moved)
+    supervisor.folder = tmp_path
+    with caplog.at_level("WARNING", logger="convstream.server.processes"):
+        supervisor._reload()
+    assert "reload: port: changes only on restart; kept as before" in caplog.text
+    snapshot = processes.Peers(0, 1, tmp_path, 0).read()
+    assert snapshot.tokens == current.tokens and snapshot.port == 50051

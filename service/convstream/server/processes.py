@@ -208,6 +208,23 @@ def _reserve(host: str, port: int) -> socket.socket:
     return held
 
 
+def refusals_kept(current: Settings, loaded: Settings) -> Settings:
+    """``current`` with what a reload changes taken from ``loaded``, less what every serving
+    process refuses to change on a reload (``Server.reload``, which logs why): the tokens,
+    when the config has none; the TLS files, when they would turn TLS or mutual TLS on or off.
+    The snapshot had them as loaded, so a process restarted after a crash served without
+    tokens, in plaintext, or without asking for client certificates, beside processes that
+    kept them, while the log said they were kept."""
+    update = {name: getattr(loaded, name) for name in RELOADED}
+    if current.tokens and not loaded.tokens:
+        update["tokens"] = current.tokens
+    if (current.tls_cert is None) != (loaded.tls_cert is None) or (
+        current.tls_client_ca is None
+    ) != (loaded.tls_client_ca is None):
+        update.update({name: getattr(current, name) for name in TLS_FILES})
+    return current.model_copy(update=update)
+
+
 def model_sha256(model_path: Path | None) -> str:
     """The sha256 of the model file the processes load (the shipped one for None), found
     without importing onnxruntime into the supervisor; "" if it cannot be read (each process
@@ -268,6 +285,7 @@ class Supervisor:
         self.reload_asked = False
         self.reload_asked_early = reload_asked
         self.port = settings.port
+        self.configured_port = settings.port  # 0 in the settings, the port bound in self.port
         self.model_sha256 = ""  # the model file's, as the server started
 
     def run(self) -> int:
@@ -362,16 +380,15 @@ class Supervisor:
         changed = [
             name
             for name in Settings.model_fields
-            if name not in (*RELOADED, "port")
-            and getattr(loaded, name) != getattr(self.settings, name)
+            if name not in RELOADED
+            and getattr(loaded, name)
+            != (self.configured_port if name == "port" else getattr(self.settings, name))
         ]
         if changed:
             logger.warning(
                 "reload: %s: changes only on restart; kept as before", ", ".join(changed)
             )
-        self._write(
-            self.settings.model_copy(update={name: getattr(loaded, name) for name in RELOADED})
-        )
+        self._write(refusals_kept(self.settings, loaded))
         for index, child in enumerate(self.children):
             if child is not None and self.serving[index]:
                 child.send_signal(signal.SIGHUP)
