@@ -569,6 +569,49 @@ async def test_a_camera_the_dashboard_may_not_watch_says_so(
         await server.stop(grace=0)
 
 
+async def test_sighup_reads_the_token_for_the_server_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server's operator replaced the dashboard's token (the old one revoked): the
+    dashboard showed every camera offline until it was restarted, and its SIGHUP said there
+    was nothing to reload. It now reads --token-file again, and calls with the new token; a
+    file that does not read keeps the token in use."""
+    from convstream.server import Server, Settings
+    from convstream.server.config import TokenConfig
+    from convstream.server.security import token_hash
+
+    new = "the-dashboards-new-server-token"
+    table = TokenConfig(name="dash", role="watch", sha256=token_hash(new))
+    belt = CameraConfig(id="belt", source="demo:conveyor?fps=4")
+    server = Server(Settings(port=0, metrics_port=-1, cameras=(belt,), tokens=(table,)))
+    await server.start()
+    token_file = tmp_path / "server.token"
+    token_file.write_text("the-dashboards-old-server-token\n")
+    try:
+        async with _dashboard(
+            f"127.0.0.1:{server.port}",
+            token="the-dashboards-old-server-token",
+            token_file=token_file,
+        ) as dash:
+            deadline = time.monotonic() + 20
+            while not dash.hub.server.get("refused"):
+                assert time.monotonic() < deadline, dash.hub.server
+                await asyncio.sleep(0.1)
+            token_file.write_text("\n")  # emptied: kept as it was
+            with caplog.at_level(logging.WARNING, logger="convstream.dashboard"):
+                dash.reload()
+            kept = f"the token for the server kept as it was: --token-file {token_file}: the "
+            assert kept + "first line is empty" in caplog.text
+            token_file.write_text(new + "\n")
+            dash.reload()
+            assert f"SIGHUP: a new token for the server read from {token_file}" in caplog.text
+            while not (dash.hub.server.get("ok") and dash.hub.cameras["belt"].frames_received):
+                assert time.monotonic() < deadline + 20, dash.hub.server
+                await asyncio.sleep(0.1)
+    finally:
+        await server.stop(grace=0)
+
+
 async def test_a_lifted_refusal_shows_on_a_camera_that_sends_nothing(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -73,23 +73,31 @@ def token_from_flags(
     if args.token and args.token_file:
         raise ValueError("give the token with --token or --token-file, not both")
     if args.token_file:
-        try:
-            lines = args.token_file.read_text(encoding="utf-8-sig").splitlines()  # BOM too
-        except UnicodeDecodeError:
-            raise ValueError(
-                f"--token-file {args.token_file} is not a text file (a token is a line of "
-                "printable ASCII)"
-            ) from None
-        except OSError as exc:
-            raise ValueError(f"--token-file {args.token_file}: {exc.strerror}") from exc
-        token = lines[0].strip() if lines else ""
-        if not token:
-            raise ValueError(f"--token-file {args.token_file}: the first line is empty")
-        return _token(token, f"--token-file {args.token_file}")
+        return read_token_file(args.token_file)
     environ = os.environ if environ is None else environ
     if args.token:
         return _token(args.token, "--token")
     return _token(environ.get(TOKEN_ENV) or None, TOKEN_ENV)
+
+
+def read_token_file(path: Path) -> str:
+    """The token on the first line of ``path`` (read again by the dashboard on SIGHUP).
+
+    Raises ValueError for a file missing, unreadable, not text or with an empty first line.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # BOM too
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"--token-file {path} is not a text file (a token is a line of printable ASCII)"
+        ) from None
+    except OSError as exc:
+        raise ValueError(f"--token-file {path}: {exc.strerror}") from exc
+    first = lines[0].strip() if lines else ""
+    token = _token(first, f"--token-file {path}") if first else None
+    if not token:
+        raise ValueError(f"--token-file {path}: the first line is empty")
+    return token
 
 
 def _token(token: str | None, given: str) -> str | None:

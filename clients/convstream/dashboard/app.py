@@ -8,10 +8,13 @@ import logging
 import math
 import signal
 import time
+from dataclasses import replace
+from pathlib import Path
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from convstream.client.connection_flags import read_token_file
 from convstream.dashboard import https
 from convstream.dashboard.https import https_context, https_warnings
 from convstream.dashboard.hub import Hub
@@ -75,14 +78,21 @@ class Dashboard:
         await self.hub.start()
 
     def reload(self) -> None:
-        """SIGHUP: read the page's certificate and key again (a renewed certificate, without
-        dropping the open pages); new connections get them. Files that do not load, or a
-        certificate out of its dates, are refused with the ones in use kept."""
+        """SIGHUP: read the token for the server again from its --token-file (the server's
+        operator replaced it), and the page's certificate and key (a renewed certificate,
+        without dropping the open pages; new connections get them). A token file that does
+        not read, files that do not load, or a certificate out of its dates, are refused with
+        the ones in use kept."""
         settings = self.settings
+        if settings.token_file is not None:
+            self._reload_token(settings.token_file)
         if self._port is None or settings.https_cert is None:
+            read = settings.token_file is not None
             logger.warning(
-                "SIGHUP: nothing to reload: this page has no certificate (--https-cert); a new "
-                "access token or any other flag takes a restart"
+                "SIGHUP: %s: this page has no certificate (--https-cert)%s; a new access token "
+                "for the page, or any other flag, takes a restart",
+                "nothing else to reload" if read else "nothing to reload",
+                "" if read else " and no --token-file for the server",
             )
             return
         try:
@@ -100,6 +110,22 @@ class Dashboard:
         logger.warning(
             "SIGHUP: the page's certificate reloaded from %s; new connections get it",
             settings.https_cert,
+        )
+
+    def _reload_token(self, path: Path) -> None:
+        try:
+            token = read_token_file(path)
+        except ValueError as exc:
+            logger.error("SIGHUP: the token for the server kept as it was: %s", exc)
+            return
+        if token == self.settings.token:
+            logger.warning("SIGHUP: the token for the server in %s is the one in use", path)
+            return
+        self.settings = replace(self.settings, token=token)
+        self.hub.use_token(token)
+        logger.warning(
+            "SIGHUP: a new token for the server read from %s; the calls from now on use it",
+            path,
         )
 
     async def stop(self) -> None:

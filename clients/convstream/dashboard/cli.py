@@ -222,6 +222,7 @@ def _dashboard(args: argparse.Namespace) -> int:
             max_fps=args.max_fps,
             history_s=args.history,
             token=token_from_flags(args),
+            token_file=args.token_file,
             tls=tls_from_flags(args),
             allow_plaintext_token=args.allow_plaintext_token,
             allowed_hosts=tuple(args.allow_host),

@@ -358,6 +358,12 @@ class Hub:
             self._latest_alert.pop(camera_id, None)
             logger.info("camera %s is gone", camera_id)
 
+    def use_token(self, token: str) -> None:
+        """Call the server with ``token`` from now on (the calls under way keep theirs, until
+        the server ends those a revoked token no longer allows, and the tries after that
+        use this one, within RETRY_MAX_S)."""
+        self._metadata = (("authorization", f"Bearer {token}"),)
+
     # -- WatchCamera ----------------------------------------------------------------------
 
     async def _watch(self, view: CameraView) -> None:

@@ -45,6 +45,8 @@ class DashboardSettings:
         alerts_max_mb: the most megabytes (10**6 bytes) of alerts kept in alerts_dir; the
             oldest are deleted past it.
         token: a bearer token for servers that require one (role watch is enough).
+        token_file: the file ``token`` was read from, read again on SIGHUP (a token the
+            server's operator replaced); None: the token, if any, came otherwise.
         tls: how to reach a server that uses TLS (its CA, a client certificate for mutual
             TLS, the name its certificate carries); None: plaintext.
         allow_plaintext_token: send ``token`` without TLS to a server on another machine,
@@ -75,6 +77,7 @@ class DashboardSettings:
     alerts_dir: Path | None = None
     alerts_max_mb: float = 1000.0
     token: str | None = field(default=None, repr=False)
+    token_file: Path | None = None
     tls: TLS | None = None
     allow_plaintext_token: bool = False
     allowed_hosts: tuple[str, ...] = ()
