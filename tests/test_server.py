@@ -672,16 +672,20 @@ async def test_result_over_the_message_limit_is_a_frame_error(small_messages: Se
             )
             frames = [
                 pb.FrameRequest(frame_id=1, encoded=data, options=everything),
+                pb.FrameRequest(frame_id=2, encoded=data),
                 pb.FrameRequest(
-                    frame_id=2, encoded=data, options=pb.ResultOptions(feature_maps=["stage3"])
+                    frame_id=3, encoded=data, options=pb.ResultOptions(feature_maps=["stage3"])
                 ),
             ]
-            r1, r2 = [r async for r in stub.StreamFrames(requests(frames))]
+            r1, r2, r3 = [r async for r in stub.StreamFrames(requests(frames))]
             assert r1.status.code == INVALID  # never fits: not to retry
             assert "message limit" in r1.status.message and "FLOAT16" in r1.status.message
             # the input's size as input_sizes and `convstream info` write it (it read 640x384)
             assert "for a 384x640 (height x width) input" in r1.status.message
-            assert r2.status.code == 0 and r2.feature_maps[0].name == "stage3"
+            # refused options change nothing: the next frame, with none, has the defaults (they
+            # stuck, and every later frame was refused with the first one's reason)
+            assert r2.status.code == 0 and not r2.feature_maps and r2.heatmap.name == "heatmap"
+            assert r3.status.code == 0 and r3.feature_maps[0].name == "stage3"
             # a request bigger than twice the limit is refused by gRPC itself
             big = pb.FrameRequest(encoded=b"\xff\xd8\xff" + b"\x00" * (5 * 1024 * 1024))
             with pytest.raises(grpc.aio.AioRpcError) as info:

@@ -236,7 +236,8 @@ class Publisher:
         watchers that asked for that much get INVALID_ARGUMENT for this frame, and the
         others, and the stream publishing, never notice."""
         try:
-            self.pipeline.check_size(options, prepared.geometry)
+            geometry = prepared.geometry
+            self.pipeline.check_size(options, (geometry.input_height, geometry.input_width))
             return self.pipeline.encode(request, options, prepared, inference)
         except ConvstreamError as exc:
             return error_result(request, exc.code.value[0], str(exc))

@@ -445,11 +445,21 @@ class Pipeline:
         reduce = reduction(*size, target) if self.settings.reduced_jpeg_decode else 1
         return decode_encoded(data, self.limits, reduce)
 
-    def check_size(self, options: Options, geometry: Geometry) -> None:
-        """Refuse up front a result that would not fit in one message."""
+    def check_fits(self, options: Options, request: pb.FrameRequest) -> None:
+        """Refuse a stream's new options whose result for this frame would not fit in one
+        message before they stick to the stream (then only this frame is refused, and the
+        frames after it keep the stream's earlier options), as check_size does. Raises
+        InvalidFrame for a frame that is no image, ResultTooLarge."""
+        width, height = self.check(request)
+        self.check_size(options, choose_input(width, height, self.sizes))
+
+    def check_size(self, options: Options, input_size: tuple[int, int]) -> None:
+        """Refuse up front a result that would not fit in one message, for a model input
+        of input_size (height, width)."""
+        input_height, input_width = input_size
 
         def cells(stride: int) -> int:
-            return -(-geometry.input_height // stride) * -(-geometry.input_width // stride)
+            return -(-input_height // stride) * -(-input_width // stride)
 
         per = bytes_per_element(options.encoding)
         total = sum(
@@ -473,7 +483,7 @@ class Pipeline:
             raise ResultTooLarge(
                 f"{' and '.join(asked)} in {encoding} "
                 # height x width, as input_sizes and `convstream info` write model inputs
-                f"for a {geometry.input_height}x{geometry.input_width} (height x width) input "
+                f"for a {input_height}x{input_width} (height x width) input "
                 f"need {total} bytes, "
                 f"over the {limit} a result may hold for them (the "
                 f"{self.settings.max_message_bytes}-byte message limit, less "
@@ -616,7 +626,8 @@ class Pipeline:
 
         def prepare() -> Prepared:
             prepared = self.prepare(request)
-            self.check_size(options, prepared.geometry)
+            geometry = prepared.geometry
+            self.check_size(options, (geometry.input_height, geometry.input_width))
             return prepared
 
         def encode(prepared: Prepared, inference: Inference) -> pb.FrameResult:

@@ -287,6 +287,9 @@ class StreamSession:
         try:
             if request.HasField("options"):
                 options = Options.parse(request.options)  # refused options change nothing
+                # nor options whose result would not fit: they stuck, and every later frame
+                # was refused with this one's reason
+                self.pipeline.check_fits(options, request)
                 if not self._configured:  # the policy comes from the stream's first options
                     self._configure(request.options, request.source)
                     self._configured = True
