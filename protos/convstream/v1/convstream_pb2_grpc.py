@@ -37,6 +37,11 @@ class ConvstreamStub(object):
     per-frame INVALID_ARGUMENT, a result that would pass its own limit.
     - A server with tokens wants the metadata "authorization: Bearer <token>" on every call
     (the scheme in any case); health is open to all.
+    - Keepalive pings every 10 s or slower (grpc.keepalive_time_ms >= 10000), with or without
+    calls open. Faster, and after a few pings the server ends the connection (GOAWAY
+    too_many_pings): its calls end UNAVAILABLE "Too many pings", and calling again does the
+    same until the client pings less often. Quiet calls show it (a watch of a camera that
+    is down, a low max_fps), so a test with frames flowing may not.
 
     Status codes, for a call or (StreamFrames) for one frame's FrameStatus:
     INVALID_ARGUMENT     a frame, option or capture_time that cannot be used, a
@@ -56,7 +61,9 @@ class ConvstreamStub(object):
     retry. Not so the two that gRPC itself raises, whose message says
     "Received message larger than max": a request over twice
     max_message_bytes, refused before the server sees it, ending the
-    call (send large frames as JPEG), and a result over the client's
+    call (send large frames as JPEG; on a stream the results of the
+    frames before it not yet received are lost with it: send again from
+    the first unanswered frame_id), and a result over the client's
     own grpc.max_receive_message_length (raise it, as above). Retrying
     those gets the same answer.
     ALREADY_EXISTS       a publish name that a camera or another published stream has
@@ -139,6 +146,11 @@ class ConvstreamServicer(object):
     per-frame INVALID_ARGUMENT, a result that would pass its own limit.
     - A server with tokens wants the metadata "authorization: Bearer <token>" on every call
     (the scheme in any case); health is open to all.
+    - Keepalive pings every 10 s or slower (grpc.keepalive_time_ms >= 10000), with or without
+    calls open. Faster, and after a few pings the server ends the connection (GOAWAY
+    too_many_pings): its calls end UNAVAILABLE "Too many pings", and calling again does the
+    same until the client pings less often. Quiet calls show it (a watch of a camera that
+    is down, a low max_fps), so a test with frames flowing may not.
 
     Status codes, for a call or (StreamFrames) for one frame's FrameStatus:
     INVALID_ARGUMENT     a frame, option or capture_time that cannot be used, a
@@ -158,7 +170,9 @@ class ConvstreamServicer(object):
     retry. Not so the two that gRPC itself raises, whose message says
     "Received message larger than max": a request over twice
     max_message_bytes, refused before the server sees it, ending the
-    call (send large frames as JPEG), and a result over the client's
+    call (send large frames as JPEG; on a stream the results of the
+    frames before it not yet received are lost with it: send again from
+    the first unanswered frame_id), and a result over the client's
     own grpc.max_receive_message_length (raise it, as above). Retrying
     those gets the same answer.
     ALREADY_EXISTS       a publish name that a camera or another published stream has
@@ -318,6 +332,11 @@ class Convstream(object):
     per-frame INVALID_ARGUMENT, a result that would pass its own limit.
     - A server with tokens wants the metadata "authorization: Bearer <token>" on every call
     (the scheme in any case); health is open to all.
+    - Keepalive pings every 10 s or slower (grpc.keepalive_time_ms >= 10000), with or without
+    calls open. Faster, and after a few pings the server ends the connection (GOAWAY
+    too_many_pings): its calls end UNAVAILABLE "Too many pings", and calling again does the
+    same until the client pings less often. Quiet calls show it (a watch of a camera that
+    is down, a low max_fps), so a test with frames flowing may not.
 
     Status codes, for a call or (StreamFrames) for one frame's FrameStatus:
     INVALID_ARGUMENT     a frame, option or capture_time that cannot be used, a
@@ -337,7 +356,9 @@ class Convstream(object):
     retry. Not so the two that gRPC itself raises, whose message says
     "Received message larger than max": a request over twice
     max_message_bytes, refused before the server sees it, ending the
-    call (send large frames as JPEG), and a result over the client's
+    call (send large frames as JPEG; on a stream the results of the
+    frames before it not yet received are lost with it: send again from
+    the first unanswered frame_id), and a result over the client's
     own grpc.max_receive_message_length (raise it, as above). Retrying
     those gets the same answer.
     ALREADY_EXISTS       a publish name that a camera or another published stream has
