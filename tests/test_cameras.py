@@ -1640,6 +1640,15 @@ async def test_a_client_stream_can_publish_under_its_source_name() -> None:
             pb.FrameRequest(frame_id=1, source="dock-push", encoded=frames[0], options=options)
         )
         assert (await stream.read()).status.code == 0
+        # nor under a name that reads as another stream's: two tiles no one tells apart
+        like = stub.StreamFrames()
+        await like.write(
+            pb.FrameRequest(frame_id=1, source="Dock_Push", encoded=frames[0], options=options)
+        )
+        refused = await like.read()
+        assert refused.status.code == grpc.StatusCode.ALREADY_EXISTS.value[0]
+        assert "reads as the published stream 'dock-push'" in refused.status.message
+        await like.done_writing()
         listed = await status(stub, "dock-push")
         assert listed.source_kind == "stream" and listed.state == pb.CAMERA_STATE_RUNNING
         watcher = Collector(watch(stub, "dock-push", options=pb.ResultOptions(include_frame=True)))

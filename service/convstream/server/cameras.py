@@ -239,12 +239,14 @@ class CameraManager:
                 "publish it"
             )
         # A name that reads as a camera's ("Dock_RTSP" beside the camera "dock-rtsp") would
-        # put a client's frames on the dashboard as that camera's, to an operator's eye.
-        cameras = (*self.feeds, *self.elsewhere)
-        like = next((camera for camera in cameras if folded_id(camera) == folded_id(name)), None)
+        # put a client's frames on the dashboard as that camera's, to an operator's eye; as
+        # another stream's ("Belt.Y" beside "belt-y"), two tiles no one could tell apart.
+        names = [*((c, "configured camera") for c in (*self.feeds, *self.elsewhere))]
+        names += [(n, "published stream") for n in self.published]
+        like = next(((n, what) for n, what in names if folded_id(n) == folded_id(name)), None)
         if like is not None:
             raise NameTaken(
-                f"source {name!r} reads as the configured camera {like!r} (names are compared "
+                f"source {name!r} reads as the {like[1]} {like[0]!r} (names are compared "
                 "without case, '-', '_' or '.', and with 0 as o and 1 and i as l): this frame "
                 "was not analysed, and the stream goes on unpublished; give its frames a name "
                 "of their own to publish"
