@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import time
@@ -276,3 +277,38 @@ async def test_a_certificate_that_names_its_host_in_cn_alone(
             await dashboard.stop()
     finally:
         await server.stop(grace=0)
+
+
+def test_a_certificate_of_another_host_is_warned_of_on_a_loopback_server(tmp_path: Path) -> None:
+    """A certificate for another host (SAN DNS:wrong.example) copied into place passed
+    `--check-config` and the reload, and every new client on this machine then failed its
+    hostname check. A server on loopback alone warns of a certificate naming no loopback
+    address nor localhost; one listening wider cannot know the names its clients dial. The
+    log says which names the served certificate has, and until when."""
+    from convstream.server.tls import describe, read_pem
+
+    def certificate(name: str, san: str) -> tuple[Path, Path]:
+        key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        files = ["-keyout", f"{name}.key", "-out", f"{name}.pem", "-addext", san]
+        subprocess.run(
+            ["openssl", "req", "-x509", *key, "-subj", f"/CN={name}", "-days", "2", *files],
+            cwd=tmp_path,
+            check=True,
+            capture_output=True,
+        )
+        return tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+
+    wrong = certificate("wrong", "subjectAltName=DNS:wrong.example,IP:10.1.2.3")
+    warned = read_pem(*wrong, None, host="127.0.0.1").warnings
+    assert any(
+        "names DNS:wrong.example, IP:10.1.2.3, and the server listens on 127.0.0.1" in w
+        and "--server-name" in w
+        for w in warned
+    ), warned
+    assert not any("listens on" in w for w in read_pem(*wrong, None, host="0.0.0.0").warnings)
+    local = certificate("local", "subjectAltName=IP:127.0.0.1")
+    assert not any("listens on" in w for w in read_pem(*local, None, host="::1").warnings)
+    said = describe(read_pem(*wrong, None))
+    assert re.fullmatch(
+        r"for DNS:wrong\.example, IP:10\.1\.2\.3, until \d{4}-\d\d-\d\d \d\d:\d\d UTC", said
+    ), said

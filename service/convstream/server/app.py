@@ -50,6 +50,7 @@ from convstream.server.tls import (
     EXPIRY_WARNING,
     RotatingCredentials,
     TLSFileError,
+    describe,
     expiry_times,
     read_pem,
 )
@@ -523,6 +524,7 @@ class Server:
         if pem is not None:
             for warning in pem.warnings:
                 logger.warning("%s", warning)
+            logger.info("TLS: the certificate served is %s", describe(pem))
             tls = self._tls = RotatingCredentials(pem)
             self.metrics.watch_tls(lambda: expiry_times(tls.current))
             self._tls_dates = asyncio.create_task(self._watch_tls_dates(), name="tls-dates")
@@ -760,7 +762,9 @@ class Server:
             logger.warning("reload: turning mutual TLS on or off needs a restart")
             return False
         try:
-            pem = read_pem(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+            pem = read_pem(
+                settings.tls_cert, settings.tls_key, settings.tls_client_ca, host=settings.host
+            )
         except TLSFileError as exc:
             logger.error("reload: TLS files kept as before: %s", exc)
             return False
@@ -768,13 +772,14 @@ class Server:
             logger.warning("reload: %s", warning)
         if self._tls.replace(pem):
             logger.info(
-                "reload: TLS files read again (%s): new connections get them, open ones keep "
-                "theirs",
+                "reload: TLS files read again (%s; the certificate %s): new connections get "
+                "them, open ones keep theirs",
                 ", ".join(
                     f"{name} {getattr(settings, name)}"
                     for name in TLS_FILES
                     if getattr(settings, name) is not None
                 ),
+                describe(pem),
             )
         return True
 

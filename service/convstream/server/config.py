@@ -489,7 +489,7 @@ class Settings(BaseModel):
         """
         if self.tls_cert is None or self.tls_key is None:
             return None
-        return read_pem(self.tls_cert, self.tls_key, self.tls_client_ca)
+        return read_pem(self.tls_cert, self.tls_key, self.tls_client_ca, host=self.host)
 
     @field_validator("threshold", mode="before")
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import re
 import ssl
 import stat
@@ -65,7 +66,7 @@ def missing_files(files: dict[str, Path | None]) -> list[str]:
     return problems
 
 
-def read_pem(cert: Path, key: Path, client_ca: Path | None) -> PemFiles:
+def read_pem(cert: Path, key: Path, client_ca: Path | None, host: str = "") -> PemFiles:
     """Read the files once and check them with ``ssl``, the way the server will use them.
 
     Raises:
@@ -78,7 +79,7 @@ def read_pem(cert: Path, key: Path, client_ca: Path | None) -> PemFiles:
     pem = PemFiles(_read("tls_cert", cert), _read("tls_key", key), None)
     if client_ca is not None:
         pem = PemFiles(pem.cert, pem.key, _read("tls_client_ca", client_ca))
-    warnings = check_pem(pem, cert, key, client_ca)
+    warnings = check_pem(pem, cert, key, client_ca, host=host)
     if (mode := readable_by_all(key)) is not None:
         warnings.append(
             f"tls_key {key} can be read by every user of this machine ({mode}): anyone of them "
@@ -95,10 +96,16 @@ def _pem_text(data: bytes) -> str:
 
 
 def check_pem(
-    pem: PemFiles, cert: Path, key: Path, client_ca: Path | None, now: datetime | None = None
+    pem: PemFiles,
+    cert: Path,
+    key: Path,
+    client_ca: Path | None,
+    now: datetime | None = None,
+    host: str = "",
 ) -> list[str]:
     """TLSFileError naming the setting when ``pem`` (read from those paths) is unusable,
-    expired or not yet valid; returns a line for each certificate that expires soon."""
+    expired or not yet valid; returns a line for each certificate that expires soon, and
+    for one that names none of the names clients of a server on ``host`` dial."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     if not pem.cert.strip():
         raise TLSFileError(f"tls_cert {cert} is empty (a certificate being copied in?)")
@@ -153,7 +160,7 @@ def check_pem(
     # An expired intermediate beside a valid path (an old cross-sign), or one old CA in a
     # bundle of several, is only warned of.
     warnings = _dates("tls_cert", cert, pem.cert, now, refuse="first")
-    warnings += _names("tls_cert", cert, pem.cert)
+    warnings += _names("tls_cert", cert, pem.cert, host=host)
     if pem.client_ca is not None:
         warnings += _dates("tls_client_ca", client_ca, pem.client_ca, now, refuse="all")
     return warnings
@@ -173,28 +180,55 @@ def certificate_dates(setting: str, path: Path, data: bytes, *, renew: str) -> l
     return dates + _names(setting, path, data, browsers=True)
 
 
-def _names(setting: str, path: Path, data: bytes, *, browsers: bool = False) -> list[str]:
+def served_names(data: bytes) -> list[str] | None:
+    """The subjectAltName entries of the served certificate (the first in ``data``); None
+    without the extension, or for a form this reader does not know."""
+    first = _PEM_CERTIFICATE.findall(data)[:1]
+    try:
+        return subject_alt_names(base64.b64decode(first[0])) if first else None
+    except (ValueError, binascii.Error, IndexError, StopIteration):
+        return None
+
+
+def _names(
+    setting: str, path: Path, data: bytes, *, browsers: bool = False, host: str = ""
+) -> list[str]:
     """A warning when the served certificate (the first in ``data``) has no subjectAltName:
     clients and browsers check the host they dial against those names and no longer read
     the CN, so every connection by its address fails ("call host does not match SSL server
-    name") though the files load."""
+    name") though the files load. Also when the server listens on loopback alone (``host``)
+    and the certificate names no loopback address nor localhost, which is what a client on
+    this machine dials: a certificate of another host, copied in by mistake, passed the
+    check and failed every new connection."""
     first = _PEM_CERTIFICATE.findall(data)[:1]
+    if not first:
+        return []
     try:
-        if not first or has_subject_alt_name(base64.b64decode(first[0])):
-            return []
-    except (ValueError, binascii.Error):
+        names = subject_alt_names(base64.b64decode(first[0]))
+    except (ValueError, binascii.Error, IndexError, StopIteration):
         return []  # a form this reader does not know: not warned of
     refusal = (
         "browsers: NET::ERR_CERT_COMMON_NAME_INVALID"
         if browsers
         else "gRPC: 'call host does not match SSL server name'"
     )
-    return [
-        f"{setting} {path} has no subjectAltName: clients check the name or address they "
-        f"connect to against those names, not the CN, and refuse this certificate ({refusal}); "
-        "make it with the names clients use, e.g. openssl's -addext "
-        "'subjectAltName=DNS:convstream.example,IP:10.0.0.5'"
-    ]
+    if names is None:
+        return [
+            f"{setting} {path} has no subjectAltName: clients check the name or address they "
+            f"connect to against those names, not the CN, and refuse this certificate "
+            f"({refusal}); make it with the names clients use, e.g. openssl's -addext "
+            "'subjectAltName=DNS:convstream.example,IP:10.0.0.5'"
+        ]
+    local = {"DNS:localhost", *(n for n in names if n.startswith("IP:") and loopback_only(n[3:]))}
+    if host and loopback_only(host) and not local.intersection(names):
+        return [
+            f"{setting} {path} names {', '.join(names) or 'nothing'}, and the server listens "
+            f"on {host}, which only this machine reaches, where clients dial {host} or "
+            "localhost: they refuse this certificate ('Hostname Verification Check failed') "
+            "unless each sets the server name it checks (--server-name); is it another "
+            "host's? Make it with -addext 'subjectAltName=IP:127.0.0.1,DNS:localhost'"
+        ]
+    return []
 
 
 def _dates(
@@ -246,6 +280,18 @@ def _dates(
     return out + warnings
 
 
+def describe(pem: PemFiles) -> str:
+    """What the served certificate says of itself, for the log of a start or a rotation
+    ("for DNS:convstream.example, IP:10.0.0.5, until 2027-03-01 12:00 UTC"): the paths alone
+    did not tell which certificate a reload put in service."""
+    names = served_names(pem.cert)
+    until = expiry_times(pem).get("tls_cert")
+    parts = ["for " + (", ".join(names) or "no names") if names is not None else "no SAN"]
+    if until is not None:
+        parts.append(f"until {datetime.fromtimestamp(until, UTC):%Y-%m-%d %H:%M} UTC")
+    return ", ".join(parts)
+
+
 def expiry_times(pem: PemFiles) -> dict[str, float]:
     """When the served files stop working, as Unix times: ``tls_cert``, when its first
     certificate (the server's own, which clients check) expires; ``tls_client_ca``, when the
@@ -284,17 +330,38 @@ def certificate_validity(der: bytes) -> tuple[datetime, datetime]:
 SUBJECT_ALT_NAME = b"\x55\x1d\x11"  # the extension's OID, 2.5.29.17, as DER holds it
 
 
-def has_subject_alt_name(der: bytes) -> bool:
-    """Whether a DER X.509 certificate has the subjectAltName extension; ValueError if it is
-    not one. Extensions ::= SEQUENCE OF Extension ::= SEQUENCE { extnID OID, critical
-    BOOLEAN OPTIONAL, extnValue OCTET STRING }, in the tbsCertificate's [3] field."""
+def subject_alt_names(der: bytes) -> list[str] | None:
+    """The names a DER X.509 certificate's subjectAltName gives, as OpenSSL writes them
+    ("DNS:convstream.example", "IP:10.0.0.5"; other kinds left out), or None without the
+    extension; ValueError if it is not a certificate. Extensions ::= SEQUENCE OF Extension
+    ::= SEQUENCE { extnID OID, critical BOOLEAN OPTIONAL, extnValue OCTET STRING }, in the
+    tbsCertificate's [3] field; the value holds SEQUENCE OF GeneralName, a dNSName [2] or an
+    iPAddress [7] among them."""
     for tag, value in _tbs_fields(der)[6:]:  # after the public key: [1], [2] ids, [3]
         if tag == 0xA3:  # [3] EXPLICIT extensions
             for _, extension in _elements(next(_elements(value))[1]):
-                oid_tag, oid = next(_elements(extension))
-                if oid_tag == 0x06 and oid == SUBJECT_ALT_NAME:
-                    return True
-    return False
+                parts = list(_elements(extension))
+                if parts[0] != (0x06, SUBJECT_ALT_NAME):
+                    continue
+                names = []
+                for kind, name in _elements(next(_elements(parts[-1][1]))[1]):
+                    if kind == 0x82:
+                        names.append("DNS:" + name.decode("ascii", "replace"))
+                    elif kind == 0x87 and len(name) in (4, 16):
+                        names.append(f"IP:{ipaddress.ip_address(name)}")
+                return names
+    return None
+
+
+def loopback_only(host: str) -> bool:
+    """Whether a server listening on ``host`` is reached from this machine alone."""
+    bare = host.strip("[]")
+    if bare == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bare).is_loopback
+    except ValueError:
+        return False
 
 
 def _tbs_fields(der: bytes) -> list[tuple[int, bytes]]:
