@@ -667,3 +667,26 @@ def test_a_restarted_process_keeps_what_the_serving_ones_refused_to_change(
     assert "reload: port: changes only on restart; kept as before" in caplog.text
     snapshot = processes.Peers(0, 1, tmp_path, 0).read()
     assert snapshot.tokens == current.tokens and snapshot.port == 50051
+
+
+async def test_processes_stop_and_say_why_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    """A supervisor killed (SIGKILL, the OOM killer): its processes get SIGTERM from the
+    kernel and drain, and their socket folder goes. Each logged "signal received: draining",
+    as for an operator's stop; it now says the supervisor is gone."""
+    config = tmp_path / "serve.toml"
+    config.write_text("processes = 2\nmetrics_port = -1\ncameras = []\n")
+    with supervisor(tmp_path, f"--config={config}", f"--port={free_port()}") as (process, log):
+        await until(lambda: "with 2 processes" in log.read_text(), 120, "serving", log)
+        children = child_pids(process.pid)
+        assert len(children) == 2
+        folder = child_spec(children[0])[1]
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in children):
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            await asyncio.sleep(0.1)
+        text = log.read_text()
+        gone = f"the supervisor (pid {process.pid}) is gone, killed or crashed: this process"
+        assert text.count(gone) == 2, text[-3000:]
+        assert not folder.exists()

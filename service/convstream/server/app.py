@@ -1005,3 +1005,12 @@ async def serve(
     else:
         logger.info("signal received: draining for up to %.1f s", settings.grace_period_s)
     await server.stop()
+    if server.peers is not None and server.peers.supervisor_gone():
+        # Its SIGTERM came from the kernel (PR_SET_PDEATHSIG), not an operator: said so, or
+        # the log read as an ordinary stop. Asked after the drain: as the signal comes, the
+        # dying supervisor may still be this process's parent.
+        logger.warning(
+            "the supervisor (pid %d) is gone, killed or crashed: this process stopped with "
+            "it; start the server again",
+            server.peers.supervisor,
+        )

@@ -138,9 +138,21 @@ class Peers:
         self.owners, self.model_sha256 = owners, model_sha256
         return settings
 
-    def detach(self) -> None:
-        """At exit: a process that outlived its supervisor (killed) removes the folder."""
+    def supervisor_gone(self) -> bool:
+        """Whether the supervisor has died (killed, crashed): this process has another
+        parent now, or its parent is a zombie (Linux: /proc)."""
         if os.getppid() != self.supervisor:
+            return True
+        try:
+            stat = Path(f"/proc/{self.supervisor}/stat").read_text()
+        except OSError:
+            return False  # not Linux: the parent is as it was
+        return stat[stat.rindex(")") + 2 :].split()[0] in ("Z", "X")
+
+    def detach(self) -> None:
+        """At exit: a process that outlived its supervisor (killed) removes the folder (its
+        secret too). Asked of /proc as well: a dying supervisor may still be the parent."""
+        if self.supervisor_gone():
             shutil.rmtree(self.folder, ignore_errors=True)
 
     def address(self, index: int) -> str:
