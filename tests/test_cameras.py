@@ -1289,6 +1289,13 @@ async def test_reload_adds_removes_and_restarts_cameras() -> None:
         await until(state_is(stub, "gone", pb.CAMERA_STATE_RUNNING), 10, "running")
         watch_keep, watch_gone = Collector(watch(stub, "keep")), Collector(watch(stub, "gone"))
         await until(lambda: _true(len(watch_keep.results) >= 2), 10, "results")
+        await until(lambda: _true(len(watch_gone.results) >= 1), 10, "gone's results")
+        # each camera's latency, as a distribution an alert can take a p95 of
+        latency = {
+            s.labels["camera"]: s.value
+            for s in _samples(server, "convstream_camera_latency_seconds_count")
+        }
+        assert latency.get("keep", 0) >= 2 and latency.get("gone", 0) >= 1, latency
         changed = keep.model_copy(update={"source": "demo:conveyor?fps=10&seed=2"})
         added = camera("new", "demo:conveyor?fps=10&seed=3")
         counted = await status(stub, "keep")
@@ -1305,6 +1312,10 @@ async def test_reload_adds_removes_and_restarts_cameras() -> None:
         # the removed camera's series are gone with it; the kept camera's stay
         sources = {s.labels.get("source") for s in _samples(server, "convstream_frames_total")}
         assert "gone" not in sources and "keep" in sources, sources
+        cameras = {
+            s.labels["camera"] for s in _samples(server, "convstream_camera_latency_seconds_count")
+        }
+        assert "gone" not in cameras and "keep" in cameras, cameras
         assert watch_gone.error.code() == grpc.StatusCode.NOT_FOUND
         assert "removed" in str(watch_gone.error.details())
         # its health is gone too: as a camera never configured, not a status of its own

@@ -500,6 +500,9 @@ class CameraFeed(Publisher):
             inference_threads=inference.threads,
         )
         self.metrics.observe_result(self.name, timings, prepared.light.blank)
+        self.metrics.camera_latency.labels(self.metrics.source(self.name)).observe(
+            self.latency_ms / 1000
+        )
 
 
 class StreamPublication(Publisher):

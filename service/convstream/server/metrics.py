@@ -72,6 +72,15 @@ class Metrics:
             buckets=_BUCKETS,
             registry=self.registry,
         )
+        # Per camera, what ListCameras' latency_ms (LATENCY in `convstream cameras`) says of
+        # its latest frame, as a distribution: an alert on one camera's p95 needs it.
+        self.camera_latency = Histogram(
+            "convstream_camera_latency_seconds",
+            "Per configured camera, a frame's time from read to result ready",
+            ["camera"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
         self.batch_size = Histogram(
             "convstream_batch_size",
             "Frames per inference run",
@@ -196,12 +205,14 @@ class Metrics:
 
     def forget_camera(self, camera_id: str) -> None:
         """A camera removed from the config, or moved to another process of this server: its
-        ``convstream_frames_total`` and ``convstream_blank_frames_total`` series go from here,
+        ``convstream_frames_total``, ``convstream_blank_frames_total`` and
+        ``convstream_camera_latency_seconds`` series go from here,
         as its ``convstream_camera_*`` series do (a series that stays reads as a camera still
         there, frozen). A camera id that comes back starts from 0, a counter reset to
         Prometheus."""
         self.frames.remove_by_labels({"source": _label(camera_id)})
         self.blank_frames.remove_by_labels({"source": _label(camera_id)})
+        self.camera_latency.remove_by_labels({"camera": _label(camera_id)})
 
     def source(self, name: str) -> str:
         """A bounded, sanitised label for a source name."""
