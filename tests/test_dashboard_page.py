@@ -670,3 +670,36 @@ async def test_a_camera_that_shows_next_to_nothing_says_so(
         await page.screenshot(path=artifacts / "blank-camera.png")
         assert page.errors == []
         await page.context.close()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_page_whose_dashboard_goes_silent_says_so_and_connects_again(
+    browser: Any, artifacts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dashboard stopped (SIGSTOP) or hung keeps its connections open: its page said
+    "live", every badge a green RUNNING, for as long as that lasted. The dashboard ticks
+    every heartbeat_s; a page that misses three says it lost the dashboard, and connects
+    again."""
+    from playwright.async_api import expect
+
+    from convstream.dashboard import hub
+
+    monkeypatch.setattr(hub, "HEARTBEAT_S", 0.5)
+    belt = CameraConfig(id="belt", source="demo:conveyor?fps=4")
+    async with _running((belt,)) as (_, dash):
+        page = await _open(browser, dash)
+        state = _tile(page, "belt").locator(".state")
+        await expect(state).to_have_text("running", timeout=15000)
+        await expect(page.locator("#conn-text")).to_have_text("live")
+        for viewer in list(dash.hub._subscribers):  # silent, its connection open
+            viewer.offer_text = lambda *args, **kwargs: None  # type: ignore[method-assign]
+            viewer.offer_frame = lambda *args, **kwargs: None  # type: ignore[method-assign]
+        conn = page.locator("#conn-text")
+        await expect(conn).to_have_text("dashboard offline, reconnecting…", timeout=10000)
+        await expect(state).to_have_text("no data")
+        await expect(page.locator("#banner")).to_contain_text("this page lost the dashboard")
+        await page.screenshot(path=artifacts / "dashboard-silent.png")
+        await expect(conn).to_have_text("live", timeout=15000)  # a new connection, heard
+        await expect(state).to_have_text("running")
+        assert page.errors == []
+        await page.context.close()

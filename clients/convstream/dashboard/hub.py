@@ -74,6 +74,7 @@ LASTING = (
     grpc.StatusCode.INVALID_ARGUMENT,
 )
 CALL_TIMEOUT_S = 5.0
+HEARTBEAT_S = 2.0  # a tick to every page, so that a page can tell a silent dashboard
 
 
 class Subscriber(Protocol):
@@ -143,6 +144,7 @@ class Hub:
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.ConvstreamStub | None = None
         self._poller: asyncio.Task[None] | None = None
+        self._beater: asyncio.Task[None] | None = None
         self._model_threshold: float | None = None
         # Frames sent to pages, numbered across cameras: a page draws a camera's frame only if
         # it is newer than the last it drew, and a camera removed and added again, whose own
@@ -175,11 +177,18 @@ class Hub:
             )
         self._stub = pb_grpc.ConvstreamStub(self._channel)
         self._poller = asyncio.create_task(self._poll(), name="dashboard-poll")
+        self._beater = asyncio.create_task(self._beat(), name="dashboard-heartbeat")
+
+    async def _beat(self) -> None:
+        """A tick to every page each HEARTBEAT_S (coalesced, as the cameras' states are, for a
+        page that reads slowly): its link's sign of life, apart from the news."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            self._broadcast_text(text("tick"), key="tick")
 
     async def stop(self) -> None:
         tasks = [view.task for view in self.cameras.values() if view.task is not None]
-        if self._poller is not None:
-            tasks.append(self._poller)
+        tasks += [task for task in (self._poller, self._beater) if task is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -205,6 +214,9 @@ class Hub:
             "cameras": [view.status for view in self.cameras.values()],
             "history": {view.id: list(view.history) for view in self.cameras.values()},
             "history_s": self.settings.history_s,
+            # a "tick" comes this often, whatever the server does: a page that hears nothing
+            # for a few of them has lost the dashboard (stopped or hung, its connection open)
+            "heartbeat_s": HEARTBEAT_S,
             "alerts": [alert.to_json() for alert in self.alerts.recent()],
             "time": time.time(),
         }

@@ -30,6 +30,7 @@
   const tiles = new Map(); // camera id -> Tile
   let socket = null;
   let socketOpen = false;
+  let linkHeardAt = 0; // performance.now() of the link's opening or its newest message
   let serverKnown = false; // nothing heard of the server yet: connecting, not unreachable
   let serverOk = false;
   let serverRefused = false;
@@ -39,6 +40,7 @@
     model: null,
     clock: { dash: 0, at: 0 }, // the dashboard's time at performance.now() == at
     heardAt: 0, // the dashboard's time (dashNow) of the newest message from the dashboard
+    heartbeatS: 2, // how often the dashboard ticks (its hello says)
     serverOkAt: 0, // ... of the newest message saying the server answers
     serverDownSeen: 0, // ... of the first message of this outage saying it does not
     alerts: 0,
@@ -1137,43 +1139,63 @@
     socket.binaryType = "arraybuffer";
     socket.onopen = () => {
       socketOpen = true;
+      linkHeardAt = performance.now();
       retry = 500;
       showConnection();
     };
-    socket.onclose = () => {
-      socketOpen = false;
-      if (state.heardAt) {
-        // What the banner said of the server is no longer known; that the page has no data is.
-        showMarked($("banner"), "Cameras are not updating: this page lost the dashboard, and " +
-          "reconnects by itself. For the administrator: is `convstream dashboard` running, " +
-          "and reachable from this browser?");
-        $("banner").title = "";
-        $("banner-bar").hidden = false;
-      }
-      showConnection();
-      setSummary("cameras: no data", []);
-      for (const tile of tiles.values()) {
-        tile.setText(tile.v.fps, "–"); // rates the page can no longer vouch for
-        tile.setText(tile.v.latency, "–");
-        tile.updateNotice();
-      }
-      setTimeout(connect, retry);
-      retry = Math.min(retry * 2, 5000);
-      // A dashboard with an access token refuses a browser whose session it no longer knows
-      // (it was given a new token): back to its login form rather than retrying for ever.
-      if (state.login) {
-        fetch("api/state", {method: "HEAD", cache: "no-store"}).then((response) => {
-          if (response.status === 401) location.assign("login");
-        }, () => {});
-      }
-    };
+    socket.onclose = lost;
     socket.onmessage = (ev) => {
-      if (typeof ev.data === "string") onText(JSON.parse(ev.data));
-      else onFrame(ev.data);
+      linkHeardAt = performance.now();
+      if (typeof ev.data === "string") {
+        const msg = JSON.parse(ev.data);
+        if (msg.type === "tick") return; // the link's heartbeat: no news
+        onText(msg);
+      } else onFrame(ev.data);
       state.heardAt = dashNow();
       showUpdated();
     };
   }
+
+  // The link is lost: closed, or silent for longer than the dashboard ever is (a dashboard
+  // stopped or hung, its TCP connection still open: the page said "live", every badge a
+  // green RUNNING, for as long as it lasted). Say so, and connect again.
+  function lost() {
+    socketOpen = false;
+    if (state.heardAt) {
+      // What the banner said of the server is no longer known; that the page has no data is.
+      showMarked($("banner"), "Cameras are not updating: this page lost the dashboard, and " +
+        "reconnects by itself. For the administrator: is `convstream dashboard` running, " +
+        "and reachable from this browser?");
+      $("banner").title = "";
+      $("banner-bar").hidden = false;
+    }
+    showConnection();
+    setSummary("cameras: no data", []);
+    for (const tile of tiles.values()) {
+      tile.setText(tile.v.fps, "–"); // rates the page can no longer vouch for
+      tile.setText(tile.v.latency, "–");
+      tile.updateNotice();
+    }
+    setTimeout(connect, retry);
+    retry = Math.min(retry * 2, 5000);
+    // A dashboard with an access token refuses a browser whose session it no longer knows
+    // (it was given a new token): back to its login form rather than retrying for ever.
+    if (state.login) {
+      fetch("api/state", {method: "HEAD", cache: "no-store"}).then((response) => {
+        if (response.status === 401) location.assign("login");
+      }, () => {});
+    }
+  }
+  // The dashboard ticks every heartbeat_s (its hello says): three missed, and it is lost.
+  setInterval(() => {
+    if (!socketOpen || !socket) return;
+    if (performance.now() - linkHeardAt <= (3 * state.heartbeatS + 2) * 1000) return;
+    const silent = socket;
+    silent.onclose = null;
+    silent.onmessage = null;
+    silent.close();
+    lost();
+  }, 1000);
 
   function onText(msg) {
     switch (msg.type) {
@@ -1183,6 +1205,7 @@
         for (const tile of tiles.values()) tile.lastN = 0;
         state.clock = { dash: msg.time, at: performance.now() };
         state.historyS = msg.history_s;
+        state.heartbeatS = msg.heartbeat_s || 2;
         if (msg.login && !state.login) {
           // the dashboard renews a session in use once a day: ask it every hour, so that a
           // wall display left open for weeks stays logged in
