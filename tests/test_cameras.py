@@ -819,7 +819,17 @@ async def test_watchers_past_the_limit_are_refused_and_counted() -> None:
         value = server.metrics.registry.get_sample_value
         assert value("convstream_watchers") == 1
         assert value("convstream_calls_refused_total", {"method": "WatchCamera"}) == 1
+        # every watch is counted by how it ended: an SRE's error ratio
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await asyncio.wait_for(watch(stub, "nowhere").read(), 10)
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
         first.cancel()
+
+        def ended(outcome: str) -> float:
+            return value("convstream_watches_total", {"outcome": outcome}) or 0.0
+
+        await until(lambda: _true(ended("cancelled") == 1), 10, "the cancelled watch counted")
+        assert (ended("resource_exhausted"), ended("not_found"), ended("ok")) == (1, 1, 0)
 
 
 async def test_a_watch_that_stops_reading_holds_a_bounded_share_of_bytes() -> None:
@@ -1549,11 +1559,13 @@ async def test_a_camera_configured_under_a_published_streams_name_takes_it() -> 
             pb.FrameRequest(frame_id=1, source="dock-9", encoded=frames[0], options=options)
         )
         assert (await stream.read()).status.code == 0
-        alike = stub.StreamFrames()  # and one the camera's id would read as, once it is one
-        await alike.write(
+        alike = stub.StreamFrames()  # one that reads as it goes on unpublished (two tiles
+        await alike.write(  # no one could tell apart)
             pb.FrameRequest(frame_id=1, source="D0CK_9", encoded=frames[0], options=options)
         )
-        assert (await alike.read()).status.code == 0
+        refused = await alike.read()
+        assert refused.status.code == grpc.StatusCode.ALREADY_EXISTS.value[0]
+        assert "reads as the published stream 'dock-9'" in refused.status.message
         watcher = Collector(watch(stub, "dock-9"))
         await until(
             lambda: _true(server.cameras is not None and _watchers_of(server, "dock-9") == 1),

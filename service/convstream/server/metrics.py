@@ -104,6 +104,15 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.watches = Counter(
+            "convstream_watches",
+            "WatchCamera calls by how they ended: ok (a published stream ended), cancelled "
+            "(the client left), or the status they ended with (not_found, "
+            "failed_precondition, unavailable, invalid_argument, resource_exhausted, ...); "
+            "counted by the process the client called",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.calls_refused = Counter(
             "convstream_calls_refused",
             "Analyze and WatchCamera calls refused with RESOURCE_EXHAUSTED at a limit "

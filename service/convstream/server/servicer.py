@@ -350,6 +350,27 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
     async def WatchCamera(
         self, request: pb.WatchCameraRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.FrameResult]:
+        """A camera's results (``_watch``), each call counted by how it ended where its
+        client called (not again in the process a call is forwarded to)."""
+        outcome = "error"
+        try:
+            async for result in self._watch(request, context):
+                yield result
+            outcome = "ok"
+        except grpc.aio.AbortError:  # the status the call ends with is the one it set
+            code = context.code()
+            outcome = code.name.lower() if isinstance(code, grpc.StatusCode) else "error"
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "cancelled"  # the client left (a reload's refusal is counted as so)
+            raise
+        finally:
+            if self.peers is None or not self.peers.forwarded(context.invocation_metadata()):
+                self.metrics.watches.labels(outcome).inc()
+
+    async def _watch(
+        self, request: pb.WatchCameraRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.FrameResult]:
         metadata = context.invocation_metadata()
         try:
             self.cameras.check_watch(request)  # here too: before it is sent to another process
