@@ -1640,6 +1640,14 @@ def test_print_settings_says_where_serve_would_listen(
     settings = json.loads(capsys.readouterr().out)
     assert settings["dial_address"] == "127.0.0.1:50081"
     assert settings["cameras"] == [{"id": "demo", "kind": "demo"}]
+    assert settings["metrics_ports"] == [9464]
+    assert main(["serve", "--print-settings", "--processes", "3", "--metrics-port", "9500"]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics_ports"] == [9500, 9501, 9502]
+    # one or the other: with both, the check ran alone and nothing was printed
+    with pytest.raises(SystemExit) as usage:
+        main(["serve", "--print-settings", "--check-config"])
+    assert usage.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 def checkout_with_run_sh(tmp_path: Path) -> Path:

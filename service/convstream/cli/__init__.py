@@ -96,14 +96,16 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         choices=("debug", "info", "warning", "error"),
         help="the least severe log lines written to stderr (default info)",
     )
-    p.add_argument(
+    # one or the other: given both, only the check ran, and no settings were printed
+    once = p.add_mutually_exclusive_group()
+    once.add_argument(
         "--check-config",
         action="store_true",
         help="check the settings (TOML, environment, flags), the TLS files and the model, "
         "print what would run, and exit: 0 if it would start, 2 if not. Run it before a "
         "SIGHUP reload",
     )
-    p.add_argument(
+    once.add_argument(
         "--print-settings",
         action="store_true",
         help="print where serve would listen and what it would pull as one JSON object "
@@ -275,6 +277,10 @@ def _settings_json(settings: Settings) -> dict[str, object]:
         "dial_host": dial_host,
         "dial_address": host_port(dial_host, settings.port) if settings.port else None,
         "metrics_port": settings.metrics_port,
+        # each process its own: metrics_port, metrics_port + 1, ... (0: any free one; -1: none)
+        "metrics_ports": [settings.metrics_port + i for i in range(settings.processes)]
+        if settings.metrics_port > 0
+        else [],
         "metrics_dial_host": local.get(settings.metrics_host, settings.metrics_host).strip("[]"),
         "processes": settings.processes,
         "tls": settings.tls_cert is not None,
