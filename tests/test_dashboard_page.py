@@ -667,6 +667,12 @@ async def test_a_camera_that_shows_next_to_nothing_says_so(
             badge = _tile(page, camera).locator(".state")
             await expect(badge).to_have_text(word)
             await expect(badge).to_have_css("background-color", colour)
+        # what the overlay's colours mean, said beside the alerts; gone with the overlay
+        legend = page.locator(".legend")
+        await expect(legend).to_have_text("heatmap: nearing the threshold, over it")
+        await page.locator("#heat-toggle").uncheck()
+        await expect(legend).to_be_hidden()
+        await page.locator("#heat-toggle").check()
         await page.screenshot(path=artifacts / "blank-camera.png")
         assert page.errors == []
         await page.context.close()
