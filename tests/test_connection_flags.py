@@ -306,8 +306,12 @@ def test_a_certificate_of_another_host_is_warned_of_on_a_loopback_server(tmp_pat
         for w in warned
     ), warned
     assert not any("listens on" in w for w in read_pem(*wrong, None, host="0.0.0.0").warnings)
-    local = certificate("local", "subjectAltName=IP:127.0.0.1")
-    assert not any("listens on" in w for w in read_pem(*local, None, host="::1").warnings)
+    local = certificate("local", "subjectAltName=IP:127.0.0.1,DNS:LocalHost.example")
+    assert not any("listens on" in w for w in read_pem(*local, None, host="127.0.0.1").warnings)
+    # a server on ::1 is dialled at ::1 or localhost, which this one does not name
+    assert any("listens on ::1" in w for w in read_pem(*local, None, host="::1").warnings)
+    upper = certificate("upper", "subjectAltName=DNS:LOCALHOST")  # names are without case
+    assert not any("listens on" in w for w in read_pem(*upper, None, host="::1").warnings)
     said = describe(read_pem(*wrong, None))
     assert re.fullmatch(
         r"for DNS:wrong\.example, IP:10\.1\.2\.3, until \d{4}-\d\d-\d\d \d\d:\d\d UTC", said

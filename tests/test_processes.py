@@ -31,7 +31,7 @@ from test_client_transport import make_certificates
 
 from convstream.client import Client, Frame
 from convstream.model import MODEL_PATH
-from convstream.server import ConfigError, load_settings, processes
+from convstream.server import CameraConfig, ConfigError, load_settings, processes
 from convstream.server.processes import Peers, assign
 from convstream.server.security import new_token
 from convstream.v1 import WATCHING
@@ -690,3 +690,27 @@ async def test_processes_stop_and_say_why_when_their_supervisor_is_killed(tmp_pa
         gone = f"the supervisor (pid {process.pid}) is gone, killed or crashed: this process"
         assert text.count(gone) == 2, text[-3000:]
         assert not folder.exists()
+
+
+def test_a_reload_whose_cameras_the_model_cannot_run_is_not_written_for_restarts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The processes refuse a reload bringing a camera input_size the model cannot run; the
+    supervisor wrote it to the snapshot all the same, and a process restarted later warmed
+    that size up, failed, and started again, its cameras never back. The supervisor now
+    refuses it too, and tells the processes nothing."""
+    model = onnx.load(str(MODEL_PATH))
+    shape = model.graph.input[0].type.tensor_type.shape
+    shape.dim[1].dim_value, shape.dim[2].dim_value = 384, 640  # fixed height and width
+    fixed = tmp_path / "fixed.onnx"
+    onnx.save(model, str(fixed))
+    current = processes.Settings(model_path=fixed, input_sizes=("384x640",), cameras=())
+    belt = {"id": "belt", "source": "demo:conveyor", "input_size": "480x640"}
+    loaded = current.model_copy(update={"cameras": (CameraConfig(**belt),)})
+    supervisor = processes.Supervisor(current, lambda: loaded)
+    supervisor.folder = tmp_path
+    supervisor._write(current)
+    with caplog.at_level("ERROR", logger="convstream.server.processes"):
+        supervisor._reload()
+    assert "reload refused, nothing changed" in caplog.text and "480x640" in caplog.text
+    assert processes.Peers(0, 1, tmp_path, 0).read().cameras == ()  # the snapshot as it was

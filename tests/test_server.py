@@ -696,6 +696,23 @@ async def test_result_over_the_message_limit_is_a_frame_error(small_messages: Se
         await server.stop(grace=0)
 
 
+async def test_options_on_a_frame_that_is_no_image_still_stick(server: Server) -> None:
+    """Options stick to a stream from the frame that brings them, whatever becomes of that
+    frame: a first frame cut short (a truncated JPEG) with the stream's options lost them
+    while the results' size check was new, and the stream ran on defaults, saying nothing."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.ConvstreamStub(channel)
+        data = jpeg(scene(12, 360, 640))
+        options = pb.ResultOptions(feature_maps=["stage3"])
+        frames = [
+            pb.FrameRequest(frame_id=1, encoded=data[: len(data) // 3], options=options),
+            pb.FrameRequest(frame_id=2, encoded=data),
+        ]
+        r1, r2 = [r async for r in stub.StreamFrames(requests(frames))]
+    assert r1.status.code == INVALID, r1.status
+    assert r2.status.code == 0 and [m.name for m in r2.feature_maps] == ["stage3"]
+
+
 async def test_an_input_jpeg_that_tips_a_result_over_the_limit_is_a_frame_error() -> None:
     """The maps fit (checked before inference), the JPEG of the input does not: per frame."""
     settings = Settings(

@@ -107,9 +107,10 @@ class Metrics:
         self.watches = Counter(
             "convstream_watches",
             "WatchCamera calls by how they ended: ok (a published stream ended), cancelled "
-            "(the client left), or the status they ended with (not_found, "
-            "failed_precondition, unavailable, invalid_argument, resource_exhausted, ...); "
-            "counted by the process the client called",
+            "(the client left, or a reload's token change ended it), or the status they ended "
+            "with (not_found, failed_precondition, unavailable, invalid_argument, "
+            "resource_exhausted, ...); counted by the process the client called; the token "
+            "check's refusals are convstream_auth_refusals_total",
             ["outcome"],
             registry=self.registry,
         )

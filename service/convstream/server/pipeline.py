@@ -26,7 +26,12 @@ from convstream.server.config import Settings
 from convstream.server.decode import Limits, check_encoded, check_raw, decode_encoded, decode_raw
 from convstream.server.encode import bytes_per_element, fill_tensor
 from convstream.server.engine import Engine, Inference
-from convstream.server.errors import InvalidFrame, InvalidOptions, ResultTooLarge
+from convstream.server.errors import (
+    ConvstreamError,
+    InvalidFrame,
+    InvalidOptions,
+    ResultTooLarge,
+)
 from convstream.server.letterbox import Geometry, choose_input, letterbox, reduction
 from convstream.server.light import Light, light
 from convstream.v1 import convstream_pb2 as pb
@@ -448,9 +453,13 @@ class Pipeline:
     def check_fits(self, options: Options, request: pb.FrameRequest) -> None:
         """Refuse a stream's new options whose result for this frame would not fit in one
         message before they stick to the stream (then only this frame is refused, and the
-        frames after it keep the stream's earlier options), as check_size does. Raises
-        InvalidFrame for a frame that is no image, ResultTooLarge."""
-        width, height = self.check(request)
+        frames after it keep the stream's earlier options), as check_size does: raises
+        ResultTooLarge. A frame that is no image is refused when it is checked, its options
+        kept as before (a client that sets them on its first frame alone keeps them)."""
+        try:
+            width, height = self.check(request)
+        except ConvstreamError:
+            return
         self.check_size(options, choose_input(width, height, self.sizes))
 
     def check_size(self, options: Options, input_size: tuple[int, int]) -> None:

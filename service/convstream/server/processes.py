@@ -42,7 +42,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from convstream.server.config import ConfigError, Settings, host_port
+from convstream.server.config import ConfigError, Settings, host_port, parse_size
 from convstream.server.tls import TLSFileError
 
 logger = logging.getLogger(__name__)
@@ -389,6 +389,11 @@ class Supervisor:
             # to the snapshot, files that do not load would stop every process that restarts.
             logger.error("reload: TLS files kept as before: %s", exc)
             loaded = loaded.model_copy(update={n: getattr(self.settings, n) for n in TLS_FILES})
+        try:
+            self._check_new_sizes(loaded)
+        except ConfigError as exc:
+            logger.error("reload refused, nothing changed: %s", exc)
+            return
         changed = [
             name
             for name in Settings.model_fields
@@ -405,6 +410,23 @@ class Supervisor:
             if child is not None and self.serving[index]:
                 child.send_signal(signal.SIGHUP)
         logger.info("reload: settings read; every process applies them")
+
+    def _check_new_sizes(self, loaded: Settings) -> None:
+        """ConfigError if the model cannot run an input size the reloaded cameras bring. The
+        processes refuse such a reload (Server.reload), and so must the snapshot: written, it
+        had each process restarted later warm the size up, fail, and start again, its cameras
+        never back."""
+        sizes = [parse_size(c.input_size) for c in loaded.cameras if c.input_size]
+        new = [size for size in dict.fromkeys(sizes) if size not in self.settings.model_shapes()]
+        if not new:
+            return
+        from convstream.model import DamageModel, ModelFileError
+
+        asked = ("the new config's cameras run {} (their input_size)", "set their input_size")
+        try:  # a session of one thread, for the check alone
+            DamageModel(self.settings.model_path, intra_op_threads=1).warm_up(new, sizes_from=asked)
+        except ModelFileError as exc:
+            raise ConfigError(str(exc)) from exc
 
     def _start(self, index: int) -> None:
         peers = Peers(index, self.count, self.folder, os.getpid())

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -354,8 +354,11 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         client called (not again in the process a call is forwarded to)."""
         outcome = "error"
         try:
-            async for result in self._watch(request, context):
-                yield result
+            # aclosing: closed with this one (a client that leaves while a write waits), the
+            # watch gives its camera watcher back at once, not when it is collected
+            async with contextlib.aclosing(self._watch(request, context)) as results:
+                async for result in results:
+                    yield result
             outcome = "ok"
         except grpc.aio.AbortError:  # the status the call ends with is the one it set
             code = context.code()
@@ -370,7 +373,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
 
     async def _watch(
         self, request: pb.WatchCameraRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.FrameResult]:
+    ) -> AsyncGenerator[pb.FrameResult, None]:
         metadata = context.invocation_metadata()
         try:
             self.cameras.check_watch(request)  # here too: before it is sent to another process

@@ -219,10 +219,9 @@ def _names(
             f"({refusal}); make it with the names clients use, e.g. openssl's -addext "
             "'subjectAltName=DNS:convstream.example,IP:10.0.0.5'"
         ]
-    local = {"DNS:localhost", *(n for n in names if n.startswith("IP:") and loopback_only(n[3:]))}
-    if host and loopback_only(host) and not local.intersection(names):
+    if host and loopback_only(host) and not any(_dialled(name, host) for name in names):
         return [
-            f"{setting} {path} names {', '.join(names) or 'nothing'}, and the server listens "
+            f"{setting} {path} names {listed(names)}, and the server listens "
             f"on {host}, which only this machine reaches, where clients dial {host} or "
             "localhost: they refuse this certificate ('Hostname Verification Check failed') "
             "unless each sets the server name it checks (--server-name); is it another "
@@ -286,7 +285,7 @@ def describe(pem: PemFiles) -> str:
     did not tell which certificate a reload put in service."""
     names = served_names(pem.cert)
     until = expiry_times(pem).get("tls_cert")
-    parts = ["for " + (", ".join(names) or "no names") if names is not None else "no SAN"]
+    parts = ["for " + listed(names) if names is not None else "no SAN"]
     if until is not None:
         parts.append(f"until {datetime.fromtimestamp(until, UTC):%Y-%m-%d %H:%M} UTC")
     return ", ".join(parts)
@@ -351,6 +350,30 @@ def subject_alt_names(der: bytes) -> list[str] | None:
                         names.append(f"IP:{ipaddress.ip_address(name)}")
                 return names
     return None
+
+
+def _dialled(name: str, host: str) -> bool:
+    """Whether a subjectAltName entry covers what a client on this machine dials to reach a
+    server on loopback ``host``: localhost, or the address itself (any loopback address when
+    the host is named localhost, which may resolve to either)."""
+    kind, _, value = name.partition(":")
+    if kind == "DNS":
+        return value.lower() == "localhost"
+    bare = host.strip("[]")
+    if bare == "localhost":
+        return loopback_only(value)
+    try:
+        return ipaddress.ip_address(value) == ipaddress.ip_address(bare)
+    except ValueError:
+        return False
+
+
+def listed(names: list[str], most: int = 8) -> str:
+    """Names for a log line: the first ``most``, and how many more."""
+    if not names:
+        return "nothing"
+    more = len(names) - most
+    return ", ".join(names[:most]) + (f" and {more} more" if more > 0 else "")
 
 
 def loopback_only(host: str) -> bool:
