@@ -339,6 +339,13 @@ async def test_a_video_cut_short_is_said_and_a_whole_one_is_not(
     )
     assert await run("stream", str(video), "--fast", "--address", address) == 0
     assert capsys.readouterr().err == ""
+    # a file that is no video at all (OpenCV opens a text file named .jpg) is not one cut
+    # short: said once, in the words that fit (it was said both ways)
+    fake = tmp_path / "fake.jpg"
+    fake.write_text("not an image\n")
+    assert await run("stream", str(fake), "--fast", "--address", address) == 5
+    err = capsys.readouterr().err
+    assert "but read no frame from it; expected a video file" in err and "cut short" not in err
 
 
 async def test_stream_a_video_file(
@@ -778,8 +785,14 @@ def test_every_client_command_says_its_exit_statuses(
         main([command, "--help"])
     out = capsys.readouterr().out
     assert done.value.code == 0 and "exit status:" in out
-    for line in ("  3    the server", "  4    refused", "  5    the source", "143 SIGTERM"):
+    for line in ("  3    the server", "  4    refused", "143 SIGTERM"):
         assert line in out, (command, line)
+    # and only those it can end with: `info` listed reading videos and --fail-on-damage
+    assert ("  5    the source" in out) == (command in ("stream", "watch")), command
+    fails_on_damage = command in ("analyze", "stream", "watch")
+    assert ("  6    analyze, stream and watch" in out) == fails_on_damage, command
+    frames = command not in ("info", "cameras")
+    assert ("  0    done: every frame analysed" in out) == frames, command
 
 
 @contextlib.contextmanager
@@ -893,6 +906,7 @@ async def test_client_commands_end_on_sigterm_or_ctrl_c_without_a_traceback() ->
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     assert status == 143, err
     assert b"Traceback" not in err and re.match(rb"\d+ frames? in ", out.splitlines()[-1]), out
+    assert err.endswith(b"convstream watch: stopped by SIGTERM\n"), err  # not a finished run
     silent, port = blackhole()  # accepts, never answers: `info` waits inside its call
     try:
         info = [sys.executable, "-m", "convstream.cli", "info", "--address", f"127.0.0.1:{port}"]
@@ -909,6 +923,8 @@ async def test_client_commands_end_on_sigterm_or_ctrl_c_without_a_traceback() ->
             out, err = await asyncio.to_thread(started.communicate, timeout=30)
             assert started.returncode == status, (sent, err)
             assert b"Traceback" not in err and out == b"", err
+            said = b"Ctrl-C" if sent == signal.SIGINT else b"SIGTERM"
+            assert err.endswith(b"convstream info: stopped by " + said + b"\n"), err
             connection.close()
     finally:
         silent.close()
@@ -1002,7 +1018,8 @@ async def test_a_signal_inside_grpcs_wait_ends_a_watch_cleanly(sent: signal.Sign
         ["-c", _SIGNAL_IN_A_WAIT, str(int(sent))], signal.SIGUSR1
     )
     assert status == {signal.SIGTERM: 143, signal.SIGINT: 130}[sent], err
-    assert b"Traceback" not in err and err == b"", err
+    said = {signal.SIGTERM: b"SIGTERM", signal.SIGINT: b"Ctrl-C"}[sent]
+    assert err == b"convstream watch: stopped by " + said + b"\n", err  # and nothing else
     assert b" damaged, " in out.splitlines()[-1], out  # the summary
 
 

@@ -1416,8 +1416,20 @@ def test_the_overlays_label_gives_the_score_as_the_commands_print_it() -> None:
 
     assert label_text(Result(frame_id=1, score=0.99646, damaged=True)) == "0.9964 DAMAGED"
     assert label_text(Result(frame_id=2, score=0.82149, damaged=False)) == "0.8214"
-    # a picture of next to nothing (a capped lens): its low score is no all-clear
+    # a picture of next to nothing (a capped lens): its low score is no all-clear, nor is
+    # its label green, as an intact frame's is (amber, as the dashboard's blank badge)
     assert label_text(Result(frame_id=3, score=0.0053, blank=True)) == "0.0053 BLANK"
+    from convstream.client.overlay import _label
+
+    corners = {}
+    for name, result in (
+        ("intact", Result(frame_id=4, score=0.0053)),
+        ("blank", Result(frame_id=5, score=0.0053, blank=True)),
+    ):
+        canvas = np.zeros((360, 640, 3), np.uint8)
+        _label(canvas, result, 640, 360)
+        corners[name] = tuple(int(v) for v in canvas[1, 1])  # the label's box, top left
+    assert corners["intact"] == (60, 180, 60) and corners["blank"] == (34, 153, 210), corners
 
 
 def test_a_file_name_that_is_not_utf8_is_refused_not_a_crash(tmp_path: Path, video: Path) -> None:

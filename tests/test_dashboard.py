@@ -123,6 +123,25 @@ def test_a_held_alert_shows_the_best_frame_and_how_many_episodes() -> None:
     assert detector.update("other", 0.9, 0.5, now=10.0, frame=0) is not None  # per camera
 
 
+def test_an_alerts_picture_is_the_frame_with_its_damage_well_inside() -> None:
+    """Scores reach 0.999 as a damaged box comes into the picture: the first frame, its box
+    cut by the edge, stayed the alert's picture, which an operator could not judge (a
+    newcomer's review: 8 of 14 alerts so). A frame that scores alike with its damage well
+    inside the picture now replaces it; one that scores no better at the edge does not."""
+    detector: AlertDetector[str] = AlertDetector(cooldown_s=0.0)
+    raised = detector.update("cam", 0.9999, 0.8, now=0.0, frame="at the edge", placement=0.02)
+    assert raised is not None and raised.kind == "raise" and raised.frame == "at the edge"
+    inside = detector.update("cam", 0.9990, 0.8, now=0.1, frame="inside", placement=0.3)
+    assert inside is not None and (inside.kind, inside.frame) == ("improve", "inside")
+    assert inside.score == 0.9990  # the score of the frame shown
+    assert detector.update("cam", 0.9999, 0.8, now=0.2, frame="edge again", placement=0.0) is None
+    # and a frame that scores clearly higher still wins, wherever its damage is
+    clearer = AlertDetector[str](cooldown_s=0.0)
+    clearer.update("cam", 0.85, 0.8, now=0.0, frame="faint", placement=0.5)
+    better = clearer.update("cam", 0.97, 0.8, now=0.1, frame="plain", placement=0.05)
+    assert better is not None and (better.kind, better.frame) == ("improve", "plain")
+
+
 def test_an_alert_keeps_when_it_was_raised_as_its_snapshot_improves(tmp_path: Path) -> None:
     log = AlertLog(10, tmp_path)
     first = log.add("demo", 100.0, 0.9, 0.8, 1, Snapshot(b"a", b"b"), raised=101.0)

@@ -684,13 +684,15 @@ async def test_a_page_whose_dashboard_goes_silent_says_so_and_connects_again(
 ) -> None:
     """A dashboard stopped (SIGSTOP) or hung keeps its connections open: its page said
     "live", every badge a green RUNNING, for as long as that lasted. The dashboard ticks
-    every heartbeat_s; a page that misses three says it lost the dashboard, and connects
-    again."""
+    every heartbeat_s; a page that hears nothing for longer than a live link is ever silent
+    (its hello says: three ticks, or one message slow to cross) says it lost the dashboard,
+    and connects again."""
     from playwright.async_api import expect
 
-    from convstream.dashboard import hub
+    from convstream.dashboard import hub, web
 
     monkeypatch.setattr(hub, "HEARTBEAT_S", 0.5)
+    monkeypatch.setattr(web, "SEND_TIMEOUT_S", 2.0)  # a live link is silent 3.5 s at most
     belt = CameraConfig(id="belt", source="demo:conveyor?fps=4")
     async with _running((belt,)) as (_, dash):
         page = await _open(browser, dash)

@@ -12,6 +12,7 @@ import itertools
 import logging
 import math
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -93,6 +94,23 @@ exit status:
   130  Ctrl-C; 143 SIGTERM (results so far written, and the summary; a second
        one: at once)
 """
+
+
+def exit_status(*codes: int, frames: bool = True) -> str:
+    """EXIT_STATUS with only the statuses a command can end with (``info --help`` listed
+    reading videos and --fail-on-damage, which it never does); 0 is plain "done" for a
+    command that analyses no frame (``frames=False``)."""
+    head, *rows = EXIT_STATUS.strip("\n").split("\n")
+    entries: list[list[str]] = []
+    for row in rows:
+        if re.match(r"  \d", row):
+            entries.append([row])
+        else:
+            entries[-1].append(row)
+    kept = [e for e in entries if int(e[0].split()[0]) in codes]
+    if not frames:
+        kept = [["  0    done"] if e[0].startswith("  0 ") else e for e in kept]
+    return "\n" + "\n".join([head, *(line for e in kept for line in e)]) + "\n"
 
 
 INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}  # Ctrl-C; `timeout`, systemd, a CI cancel
@@ -246,7 +264,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="analyse images or folders of images",
         description="Send images (JPEG, PNG, BMP, TIFF, WebP; folders are searched\n"
         "recursively) over one stream and print a damage score for each.",
-        epilog=_EXAMPLES_ANALYZE + EXIT_STATUS,
+        epilog=_EXAMPLES_ANALYZE + exit_status(0, 1, 2, 3, 4, 6, 130),
         **common,  # type: ignore[arg-type]
     )
     analyze.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="images or folders")
@@ -259,7 +277,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Read a video file, a URL or a camera with OpenCV here, stream its\n"
         "frames to the server and print each result as it comes. A stream broken by a\n"
         "server restart resumes with the frames not yet answered.",
-        epilog=_EXAMPLES_STREAM + EXIT_STATUS,
+        epilog=_EXAMPLES_STREAM + exit_status(0, 1, 2, 3, 4, 5, 6, 130),
         **common,  # type: ignore[arg-type]
     )
     stream.add_argument("source", metavar="SOURCE", help="video file, URL, or camera index (0)")
@@ -318,7 +336,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         parents=[connection],
         help="show the model the server runs",
         description="Show the server's model: stages, input sizes, threshold, provider.",
-        epilog=EXIT_STATUS,
+        epilog=exit_status(0, 1, 2, 3, 4, 130, frames=False),
         **common,  # type: ignore[arg-type]
     )
     info.add_argument("--json", action="store_true", help="print it as one JSON object")
@@ -330,7 +348,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="list the cameras the server pulls, and their health",
         description="List the server's cameras: state, source kind, frames read and analysed\n"
         "per second, drops, reconnects, watchers, latency, the latest score and error.",
-        epilog=_EXAMPLES_CAMERAS + EXIT_STATUS,
+        epilog=_EXAMPLES_CAMERAS + exit_status(0, 1, 2, 3, 4, 130, frames=False),
         **common,  # type: ignore[arg-type]
     )
     cameras.add_argument("--json", action="store_true", help="one JSON object per camera")
@@ -344,7 +362,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "cameras`) and print each result as it comes. The server keeps only the newest\n"
         "results for a slow reader and counts the rest as DROPPED. The watch resumes\n"
         "after a server restart.",
-        epilog=_EXAMPLES_WATCH + EXIT_STATUS,
+        epilog=_EXAMPLES_WATCH + exit_status(0, 1, 2, 3, 4, 5, 6, 130),
         **common,  # type: ignore[arg-type]
     )
     watch.add_argument("camera_id", metavar="CAMERA_ID", help="the camera's id")
@@ -377,7 +395,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "server's threshold finds and flags there, and the thresholds worth setting\n"
         "instead. The model learnt from rendered scenes: choose its threshold on your own\n"
         "footage.",
-        epilog=_EXAMPLES_EVALUATE + EXIT_STATUS,
+        epilog=_EXAMPLES_EVALUATE + exit_status(0, 1, 2, 3, 4, 130),
         **common,  # type: ignore[arg-type]
     )
     evaluate.add_argument("folder", type=Path, metavar="FOLDER", help="holds damaged/ and intact/")
@@ -533,6 +551,9 @@ def _run(args: argparse.Namespace, body: Callable[[Client], int]) -> int:
         return 1
     finally:
         log.removeHandler(handler)
+        if interruption.status:  # the summary read as a finished run's: the status alone said
+            said = "Ctrl-C" if interruption.status == INTERRUPTED[signal.SIGINT] else "SIGTERM"
+            print(f"convstream {args.command}: stopped by {said}", file=sys.stderr)
     return interruption.status  # a signal's: Interruption took the error that it caused
 
 

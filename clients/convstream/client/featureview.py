@@ -93,7 +93,7 @@ def draw_feature_maps(
     caption = (
         f"{named}: {len(maps)} channels, {cells} cells of {stride}x{stride} model-input "
         f"pixels. Each tile is one channel, scaled to its own range: yellow where its "
-        f"pattern is strongest in this frame, black where it is absent. First: the frame"
+        f"pattern is strongest in this frame, dark purple where it is absent. First: the frame"
         + (
             " and the damage heatmap (red at or over the threshold, as on the overlays)."
             if result.heatmap is not None

@@ -631,9 +631,11 @@ class Video:
 
     def _say_if_cut_short(self) -> None:
         """A file that ended well before the frames its header gives (a recording copied in
-        part) is said, as a warning: it ended as if whole, and a check of it passed."""
+        part) is said, as a warning: it ended as if whole, and a check of it passed. One that
+        gave no frame at all is no video OpenCV reads, and no recording cut short: its
+        frames are none (`convstream stream` says so, in those words)."""
         count = self.frame_count
-        if self._closed or count is None or self.frames_read >= 0.9 * count:
+        if self._closed or count is None or not 0 < self.frames_read < 0.9 * count:
             return  # container counts can be estimates: a few frames short is not said
         logger.warning(
             "%s ended after %d of the %d frames its header gives: is the file cut short?",

@@ -27,6 +27,7 @@ __all__ = ["draw_overlay", "heat_colours", "heatmap_on_frame", "save_overlay"]
 
 _DAMAGED = (40, 40, 230)  # BGR
 _INTACT = (60, 180, 60)
+_BLANK = (34, 153, 210)  # the dashboard's amber: a frame of next to nothing is no all-clear
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _SMALLEST = 0.3  # the smallest label type, about 7 pixels tall
 _CARD = (640, 360)  # width, height of what an error result whose frame is no picture draws
@@ -192,7 +193,7 @@ def _label_width(lines: list[str], scale: float) -> int:
 
 
 def _label(out: np.ndarray, result: Result, width: int, height: int) -> None:
-    colour = _DAMAGED if result.damaged else _INTACT
+    colour = _DAMAGED if result.damaged else _BLANK if result.blank else _INTACT
     if result.error is not None:
         colour = (0, 0, 0)
     lines, scale, thickness = _label_layout(label_text(result), width, height)

@@ -38,6 +38,7 @@ from convstream.dashboard.messages import (
     frame_message,
     model_json,
     peak_in_box,
+    placement,
     quantise,
     seconds,
     text,
@@ -214,9 +215,6 @@ class Hub:
             "cameras": [view.status for view in self.cameras.values()],
             "history": {view.id: list(view.history) for view in self.cameras.values()},
             "history_s": self.settings.history_s,
-            # a "tick" comes this often, whatever the server does: a page that hears nothing
-            # for a few of them has lost the dashboard (stopped or hung, its connection open)
-            "heartbeat_s": HEARTBEAT_S,
             "alerts": [alert.to_json() for alert in self.alerts.recent()],
             "time": time.time(),
         }
@@ -493,7 +491,9 @@ class Hub:
         if threshold is None:
             return
         seen = _Seen(result.frame_id, result.frame_jpeg, heat, box, stride, when)
-        decision = self._detector.update(view.id, score, threshold, time.monotonic(), seen)
+        decision = self._detector.update(
+            view.id, score, threshold, time.monotonic(), seen, placement=placement(result)
+        )
         if decision is not None:
             await self._alert(view.id, decision, threshold)
 

@@ -90,6 +90,16 @@ def peak_in_box(result: pb.FrameResult) -> list[float] | None:
     return [round(result.peak.x * scale, 1), round(result.peak.y * scale, 1)]
 
 
+def placement(result: pb.FrameResult) -> float:
+    """How far the result's peak is from its frame's nearest edge, as a share of the frame's
+    shorter side: 0 at an edge, 0.5 in the middle (0.5 without a peak: nothing to prefer)."""
+    width, height = result.geometry.frame_width, result.geometry.frame_height
+    if not result.HasField("peak") or not width or not height:
+        return 0.5
+    x, y = result.peak.x, result.peak.y
+    return max(0.0, min(x, width - x, y, height - y)) / min(width, height)
+
+
 def quantise(heatmap: np.ndarray) -> np.ndarray:
     """float heatmap (h, w) in [0, 1] to uint8 0..255, the resolution a screen shows anyway."""
     return np.round(np.clip(heatmap, 0.0, 1.0) * 255.0).astype(np.uint8)

@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from convstream.client.results import json_text
+from convstream.dashboard import hub as hub_module
 from convstream.dashboard.access import Access, same_origin
 from convstream.dashboard.hub import Hub
 from convstream.dashboard.messages import text
@@ -174,7 +175,14 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     hello = hub.subscribe(viewer)
     sender: asyncio.Task[None] | None = None
     try:
-        await ws.send_str(text("hello", **hello, login=request.app[ACCESS].required))
+        # silent_s: the longest a live link goes without a message, a tick every HEARTBEAT_S
+        # or one message that takes up to SEND_TIMEOUT_S to cross a slow link; a page that
+        # hears nothing for longer has lost the dashboard (stopped or hung, its connection
+        # open). Read at each connection (the tests make them short).
+        silent_s = SEND_TIMEOUT_S + 3 * hub_module.HEARTBEAT_S
+        await ws.send_str(
+            text("hello", **hello, login=request.app[ACCESS].required, silent_s=silent_s)
+        )
         sender = asyncio.create_task(viewer.run(), name=f"viewer-{viewer.peer}")
         async for message in ws:
             if message.type == WSMsgType.TEXT:

@@ -31,6 +31,7 @@
   let socket = null;
   let socketOpen = false;
   let linkHeardAt = 0; // performance.now() of the link's opening or its newest message
+  let heardHello = false; // this connection's hello is in
   let serverKnown = false; // nothing heard of the server yet: connecting, not unreachable
   let serverOk = false;
   let serverRefused = false;
@@ -40,7 +41,7 @@
     model: null,
     clock: { dash: 0, at: 0 }, // the dashboard's time at performance.now() == at
     heardAt: 0, // the dashboard's time (dashNow) of the newest message from the dashboard
-    heartbeatS: 2, // how often the dashboard ticks (its hello says)
+    silentS: 40, // the longest a live link goes without a message (its hello says)
     serverOkAt: 0, // ... of the newest message saying the server answers
     serverDownSeen: 0, // ... of the first message of this outage saying it does not
     alerts: 0,
@@ -318,7 +319,10 @@
       this.el.classList.toggle("stale", old);
       // Damaged in words, not only in red (colour-blind operators, a glance from afar); only
       // while the score is live: an old score says nothing of the camera now.
-      const damaged = this.el.classList.contains("hot") && !old && this.score !== null;
+      // And over a picture: before its first frame is drawn, DAMAGED stood over a black
+      // "waiting for frames…" (the score comes with the camera's state, the picture after).
+      const damaged =
+        this.el.classList.contains("hot") && !old && this.score !== null && this.frames > 0;
       if (this.verdict.hidden === damaged) this.verdict.hidden = !damaged;
       const ringed = damaged && this.peak;
       if (this.ring.hidden === ringed) this.ring.hidden = !ringed;
@@ -944,8 +948,16 @@
     $("alert-jump").setAttribute("aria-label", `${open} alerts not handled: show them`);
     $("all-handled").hidden = open === 0;
   }
+  // "mark all handled" takes every alert raised until then, the ones past the end of the
+  // list too: a reconnect's list, longer than the page keeps, counted them open again.
+  const HANDLED_UP_TO_KEY = "convstream.handledUpTo";
+  let handledUpTo = Number(localStorage.getItem(HANDLED_UP_TO_KEY)) || 0;
   $("all-handled").addEventListener("click", () => {
     droppedOpen = 0;
+    for (const entry of alertEntries.values()) {
+      handledUpTo = Math.max(handledUpTo, entry.alert.raised);
+    }
+    localStorage.setItem(HANDLED_UP_TO_KEY, String(handledUpTo));
     for (const entry of alertEntries.values()) setHandled(entry.alert, true);
   });
   // A phone shows the alerts below every camera: the header's count takes the operator there.
@@ -1000,7 +1012,8 @@
       const last = list.lastElementChild;
       const id = Number(last.querySelector("button").dataset.id);
       const gone = alertEntries.get(id);
-      if (gone && !handled.has(handledKey(gone.alert))) droppedOpen += 1;
+      const open = gone && !handled.has(handledKey(gone.alert)) && gone.alert.raised > handledUpTo;
+      if (open) droppedOpen += 1;
       alertEntries.delete(id);
       last.remove();
     }
@@ -1136,6 +1149,7 @@
     const url = new URL("ws", location.href);
     url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
     socket = new WebSocket(url);
+    heardHello = false;
     socket.binaryType = "arraybuffer";
     socket.onopen = () => {
       socketOpen = true;
@@ -1186,10 +1200,12 @@
       }, () => {});
     }
   }
-  // The dashboard ticks every heartbeat_s (its hello says): three missed, and it is lost.
+  // Silent for longer than a live link ever is (its hello says how long: ticks every few
+  // seconds, or one message slow to cross), and it is lost. Only once the hello is in: on a
+  // slow link a large site's hello (every camera's score history) takes seconds to arrive.
   setInterval(() => {
-    if (!socketOpen || !socket) return;
-    if (performance.now() - linkHeardAt <= (3 * state.heartbeatS + 2) * 1000) return;
+    if (!socketOpen || !socket || !heardHello) return;
+    if (performance.now() - linkHeardAt <= state.silentS * 1000) return;
     const silent = socket;
     silent.onclose = null;
     silent.onmessage = null;
@@ -1205,7 +1221,8 @@
         for (const tile of tiles.values()) tile.lastN = 0;
         state.clock = { dash: msg.time, at: performance.now() };
         state.historyS = msg.history_s;
-        state.heartbeatS = msg.heartbeat_s || 2;
+        state.silentS = msg.silent_s || 40;
+        heardHello = true;
         if (msg.login && !state.login) {
           // the dashboard renews a session in use once a day: ask it every hour, so that a
           // wall display left open for weeks stays logged in
