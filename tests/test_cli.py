@@ -894,6 +894,7 @@ async def test_an_analyze_stopped_early_names_the_images_it_did_not_analyse(
     expected = (
         f"convstream analyze: stopped after {answered} of 300 images; "
         f"not analysed: {first} and {more} more after it\n"
+        "convstream analyze: stopped by Ctrl-C\n"
     )
     assert err.decode() == expected
 

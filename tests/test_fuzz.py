@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from convstream.model import FEATURE_NAMES
+from convstream.model.checks import StageInfo
 from convstream.server import Server, Settings
 from convstream.server.decode import (
     JPEG_MAGIC,
@@ -259,8 +260,12 @@ def test_stream_options_never_raise(pipeline: Pipeline, message: pb.ResultOption
 
 @pytest.fixture(scope="module")
 def pipeline() -> Pipeline:
-    """A real Pipeline; prepare() needs the settings only (the engine is not used there)."""
-    fake_engine = SimpleNamespace(model=SimpleNamespace(stages=[]))
+    """A real Pipeline; prepare() needs the settings only (the engine is not used there), and
+    a stream's new options the model's stages and heatmap stride (whether their result fits
+    in a message): the shipped model's, as its card gives them."""
+    stages = [StageInfo("stage1", 16, 2), StageInfo("stage2", 32, 4)]
+    stages += [StageInfo("stage3", 64, 8), StageInfo("stage4", 64, 8)]
+    fake_engine = SimpleNamespace(model=SimpleNamespace(stages=stages, heatmap_stride=8))
     return Pipeline(
         Settings(cameras=(), max_frame_pixels=320 * 240, max_frame_side=400),
         fake_engine,  # type: ignore[arg-type]
