@@ -570,16 +570,18 @@ async def test_a_camera_the_dashboard_may_not_watch_says_so(
 
 
 async def test_sighup_reads_the_token_for_the_server_again(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The server's operator replaced the dashboard's token (the old one revoked): the
     dashboard showed every camera offline until it was restarted, and its SIGHUP said there
     was nothing to reload. It now reads --token-file again, and calls with the new token; a
     file that does not read keeps the token in use."""
+    from convstream.dashboard import hub
     from convstream.server import Server, Settings
     from convstream.server.config import TokenConfig
     from convstream.server.security import token_hash
 
+    monkeypatch.setattr(hub, "RETRY_MAX_S", 0.5)  # a refused token is asked again this soon
     new = "the-dashboards-new-server-token"
     table = TokenConfig(name="dash", role="watch", sha256=token_hash(new))
     belt = CameraConfig(id="belt", source="demo:conveyor?fps=4")
