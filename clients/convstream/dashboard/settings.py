@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from convstream.client._base import check_plaintext_token
 from convstream.client.options import TLS
+from convstream.v1 import is_loopback
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
-
-
-def is_loopback_name(host: str) -> bool:
-    """localhost, or a loopback address (127.0.0.0/8, ::1)."""
-    bare = host.strip().lower().strip("[]")
-    try:
-        return ipaddress.ip_address(bare).is_loopback
-    except ValueError:
-        return bare == "localhost"
 
 
 @dataclass(frozen=True)
@@ -87,7 +78,7 @@ class DashboardSettings:
 
     @property
     def listens_on_loopback(self) -> bool:
-        return is_loopback_name(self.host)
+        return is_loopback(self.host)
 
     def answers_to(self, host_header: str) -> bool:
         """Whether the page answers a request with this Host header (see allowed_hosts)."""
@@ -97,7 +88,7 @@ class DashboardSettings:
             return False
         allowed = {n.strip().lower().strip("[]") for n in self.allowed_hosts}
         if self.listens_on_loopback:
-            return name in allowed or is_loopback_name(name)
+            return name in allowed or is_loopback(name)
         return not allowed or name in allowed
 
     def __post_init__(self) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import logging
 import math
 import signal
@@ -36,7 +35,7 @@ from convstream.server.errors import Draining
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Pipeline, WorkPool
 from convstream.server.probes import HttpPort
-from convstream.server.processes import TLS_FILES, Peers
+from convstream.server.processes import TLS_FILES, Peers, reload_keeps
 from convstream.server.security import TokenInterceptor, peer_host, token_changes
 from convstream.server.servicer import (
     PEER_CONNECT_S,
@@ -55,6 +54,7 @@ from convstream.server.tls import (
     read_pem,
 )
 from convstream.v1 import convstream_pb2 as pb
+from convstream.v1 import is_loopback
 
 logger = logging.getLogger(__name__)
 
@@ -679,6 +679,7 @@ class Server:
 
     async def _reload(self, settings: Settings) -> None:
         await self._warm_up_new_sizes(settings)
+        keeps = reload_keeps(self.settings, settings)
         applied: dict[str, Any] = {
             "cameras": settings.cameras,
             "tokens": settings.tokens,
@@ -694,7 +695,7 @@ class Server:
                 self.servicer.model_info.threshold_source = threshold_source(settings, model)
             self.metrics.threshold.set(model.threshold)
             logger.info("reload: threshold %.6g from now on", model.threshold)
-        if self._reload_tls(settings):
+        if self._reload_tls(settings, keeps.get("tls")):
             applied.update({name: getattr(settings, name) for name in TLS_FILES})
         changed = [
             name
@@ -708,14 +709,8 @@ class Server:
             logger.warning(
                 "reload: %s: changes only on restart; kept as before", ", ".join(changed)
             )
-        if self.settings.tokens and not settings.tokens:
-            # A config templated wrong must not open the server to every caller with a log
-            # line as the only sign (a security review): that takes a restart, on purpose.
-            logger.error(
-                "reload: the config has no tokens; kept the %d there were: a reload does not "
-                "turn tokens off (restart the server to run without them)",
-                len(self.settings.tokens),
-            )
+        if "tokens" in keeps:
+            logger.error("reload: %s", keeps["tokens"])
             applied["tokens"] = self.settings.tokens
         elif self._tokens is not None and settings.tokens != self.settings.tokens:
             self._reload_tokens(settings)
@@ -751,15 +746,13 @@ class Server:
             raise ConfigError(str(exc)) from exc
         self._warmed.update(new)
 
-    def _reload_tls(self, settings: Settings) -> bool:
-        """Serve the TLS files of ``settings`` to new connections; False if they cannot be."""
-        if self._tls is None or settings.tls_cert is None or settings.tls_key is None:
-            if (self._tls is None) != (settings.tls_cert is None):
-                logger.warning("reload: turning TLS on or off needs a restart")
+    def _reload_tls(self, settings: Settings, kept: str | None) -> bool:
+        """Serve the TLS files of ``settings`` to new connections; False if they cannot be,
+        or are ``kept`` (why: reload_keeps)."""
+        if kept is not None:
+            logger.warning("reload: %s", kept)
             return False
-        if (settings.tls_client_ca is None) != (self.settings.tls_client_ca is None):
-            # gRPC fixes whether clients must present a certificate when the port is bound
-            logger.warning("reload: turning mutual TLS on or off needs a restart")
+        if self._tls is None or settings.tls_cert is None or settings.tls_key is None:
             return False
         try:
             pem = read_pem(
@@ -821,7 +814,7 @@ def _warn_if_exposed(settings: Settings, *, tls: bool) -> None:
     for warning in (metrics_exposure_warning(settings), demo_warning(settings)):
         if warning:
             logger.warning("%s", warning)
-    if _is_loopback(settings.host):
+    if is_loopback(settings.host):
         return
     if settings.tls_client_ca is not None and not settings.tokens:
         # client certificates authenticate: no warning, but say what they let a holder do
@@ -840,7 +833,7 @@ def _warn_if_exposed(settings: Settings, *, tls: bool) -> None:
 def exposure_warning(settings: Settings, *, tls: bool) -> str | None:
     """What to tell an operator whose server others can reach with nothing checking who
     calls (no TLS, or neither tokens nor client certificates), or None."""
-    if _is_loopback(settings.host):
+    if is_loopback(settings.host):
         return None
     client_certificates = settings.tls_client_ca is not None
     missing = [name for name, on in (("TLS", tls), ("tokens", settings.tokens)) if not on]
@@ -864,7 +857,7 @@ def demo_warning(settings: Settings) -> str | None:
     demo conveyor, or None: a config of no ``[[cameras]]`` runs it, which README's
     production example did, fake packages on every dashboard."""
     demos = [c.id for c in settings.cameras if c.source.startswith("demo:")]
-    if not demos or _is_loopback(settings.host):
+    if not demos or is_loopback(settings.host):
         return None
     return (
         f"camera {', '.join(demos)}: the synthetic demo conveyor, on a server others can "
@@ -876,7 +869,7 @@ def demo_warning(settings: Settings) -> str | None:
 def metrics_exposure_warning(settings: Settings) -> str | None:
     """What to tell an operator whose metrics port others can reach, or None: it has no TLS
     nor tokens, and names every camera and client stream."""
-    if settings.metrics_port < 0 or _is_loopback(settings.metrics_host):
+    if settings.metrics_port < 0 or is_loopback(settings.metrics_host):
         return None
     return (
         f"metrics listen on {_where(settings.metrics_host)}, port {settings.metrics_port}, "
@@ -892,13 +885,6 @@ def _where(host: str) -> str:
     if host.strip("[]") in ("0.0.0.0", "::"):
         return f"{host} (every IPv4 and IPv6 address of this machine)"
     return host
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def _listen(

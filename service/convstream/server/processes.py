@@ -220,19 +220,37 @@ def _reserve(host: str, port: int) -> socket.socket:
     return held
 
 
-def refusals_kept(current: Settings, loaded: Settings) -> Settings:
-    """``current`` with what a reload changes taken from ``loaded``, less what every serving
-    process refuses to change on a reload (``Server.reload``, which logs why): the tokens,
-    when the config has none; the TLS files, when they would turn TLS or mutual TLS on or off.
-    The snapshot had them as loaded, so a process restarted after a crash served without
-    tokens, in plaintext, or without asking for client certificates, beside processes that
-    kept them, while the log said they were kept."""
-    update = {name: getattr(loaded, name) for name in RELOADED}
+def reload_keeps(current: Settings, loaded: Settings) -> dict[str, str]:
+    """What a reload keeps as it was, whatever ``loaded`` says, each with why: "tokens" when
+    the config has none (a config templated wrong must not open the server to every caller
+    with a log line as the only sign: that takes a restart, on purpose), "tls" when it would
+    turn TLS or mutual TLS on or off (gRPC fixes both when the port is bound). A server's
+    reload logs and keeps them (``Server.reload``); the supervisor of several processes
+    keeps them in the snapshot a restarted process reads (``refusals_kept``)."""
+    keeps = {}
     if current.tokens and not loaded.tokens:
+        keeps["tokens"] = (
+            f"the config has no tokens; kept the {len(current.tokens)} there were: a reload "
+            "does not turn tokens off (restart the server to run without them)"
+        )
+    if (current.tls_cert is None) != (loaded.tls_cert is None):
+        keeps["tls"] = "turning TLS on or off needs a restart"
+    elif (current.tls_client_ca is None) != (loaded.tls_client_ca is None):
+        keeps["tls"] = "turning mutual TLS on or off needs a restart"
+    return keeps
+
+
+def refusals_kept(current: Settings, loaded: Settings) -> Settings:
+    """``current`` with what a reload changes taken from ``loaded``, less what the serving
+    processes keep (``reload_keeps``). The snapshot had them as loaded, so a process
+    restarted after a crash served without tokens, in plaintext, or without asking for
+    client certificates, beside processes that kept them, while the log said they were
+    kept."""
+    update = {name: getattr(loaded, name) for name in RELOADED}
+    keeps = reload_keeps(current, loaded)
+    if "tokens" in keeps:
         update["tokens"] = current.tokens
-    if (current.tls_cert is None) != (loaded.tls_cert is None) or (
-        current.tls_client_ca is None
-    ) != (loaded.tls_client_ca is None):
+    if "tls" in keeps:
         update.update({name: getattr(current, name) for name in TLS_FILES})
     return current.model_copy(update=update)
 

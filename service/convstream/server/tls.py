@@ -22,6 +22,8 @@ from pathlib import Path
 
 import grpc
 
+from convstream.v1 import is_loopback
+
 
 class TLSFileError(ValueError):
     """A TLS file is missing or unusable; the message names the setting and the path."""
@@ -219,7 +221,7 @@ def _names(
             f"({refusal}); make it with the names clients use, e.g. openssl's -addext "
             "'subjectAltName=DNS:convstream.example,IP:10.0.0.5'"
         ]
-    if host and loopback_only(host) and not any(_dialled(name, host) for name in names):
+    if host and is_loopback(host) and not any(_dialled(name, host) for name in names):
         return [
             f"{setting} {path} names {listed(names)}, and the server listens "
             f"on {host}, which only this machine reaches, where clients dial {host} or "
@@ -361,7 +363,7 @@ def _dialled(name: str, host: str) -> bool:
         return value.lower() == "localhost"
     bare = host.strip("[]")
     if bare == "localhost":
-        return loopback_only(value)
+        return is_loopback(value)
     try:
         return ipaddress.ip_address(value) == ipaddress.ip_address(bare)
     except ValueError:
@@ -374,17 +376,6 @@ def listed(names: list[str], most: int = 8) -> str:
         return "nothing"
     more = len(names) - most
     return ", ".join(names[:most]) + (f" and {more} more" if more > 0 else "")
-
-
-def loopback_only(host: str) -> bool:
-    """Whether a server listening on ``host`` is reached from this machine alone."""
-    bare = host.strip("[]")
-    if bare == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(bare).is_loopback
-    except ValueError:
-        return False
 
 
 def _tbs_fields(der: bytes) -> list[tuple[int, bytes]]:
