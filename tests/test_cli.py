@@ -793,6 +793,7 @@ def test_every_client_command_says_its_exit_statuses(
     assert ("  6    analyze, stream and watch" in out) == fails_on_damage, command
     frames = command not in ("info", "cameras")
     assert ("  0    done: every frame analysed" in out) == frames, command
+    assert ("some frames could not be analysed" in out) == frames, command
 
 
 @contextlib.contextmanager

@@ -312,6 +312,11 @@ def test_a_certificate_of_another_host_is_warned_of_on_a_loopback_server(tmp_pat
     assert any("listens on ::1" in w for w in read_pem(*local, None, host="::1").warnings)
     upper = certificate("upper", "subjectAltName=DNS:LOCALHOST")  # names are without case
     assert not any("listens on" in w for w in read_pem(*upper, None, host="::1").warnings)
+    assert not any("listens on" in w for w in read_pem(*local, None, host="LOCALHOST").warnings)
+    # localhost reaches 127.0.0.1 or ::1: a server on 127.0.0.2 is dialled by its address
+    assert any(
+        "listens on 127.0.0.2" in w for w in read_pem(*upper, None, host="127.0.0.2").warnings
+    )
     said = describe(read_pem(*wrong, None))
     assert re.fullmatch(
         r"for DNS:wrong\.example, IP:10\.1\.2\.3, until \d{4}-\d\d-\d\d \d\d:\d\d UTC", said

@@ -133,13 +133,17 @@ def test_an_alerts_picture_is_the_frame_with_its_damage_well_inside() -> None:
     assert raised is not None and raised.kind == "raise" and raised.frame == "at the edge"
     inside = detector.update("cam", 0.9990, 0.8, now=0.1, frame="inside", placement=0.3)
     assert inside is not None and (inside.kind, inside.frame) == ("improve", "inside")
-    assert inside.score == 0.9990  # the score of the frame shown
+    assert inside.score == 0.9999  # the episode's best score, as the alert has always said
     assert detector.update("cam", 0.9999, 0.8, now=0.2, frame="edge again", placement=0.0) is None
-    # and a frame that scores clearly higher still wins, wherever its damage is
+    # a frame that scores clearly higher still wins, wherever its damage is; one that scores
+    # clearly lower does not, however well placed (0.86 and 0.83 are not alike)
     clearer = AlertDetector[str](cooldown_s=0.0)
     clearer.update("cam", 0.85, 0.8, now=0.0, frame="faint", placement=0.5)
     better = clearer.update("cam", 0.97, 0.8, now=0.1, frame="plain", placement=0.05)
     assert better is not None and (better.kind, better.frame) == ("improve", "plain")
+    lower = AlertDetector[str](cooldown_s=0.0)
+    lower.update("cam", 0.86, 0.8, now=0.0, frame="edge", placement=0.0)
+    assert lower.update("cam", 0.83, 0.8, now=0.1, frame="lower", placement=0.5) is None
 
 
 def test_an_alert_keeps_when_it_was_raised_as_its_snapshot_improves(tmp_path: Path) -> None:

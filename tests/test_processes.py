@@ -665,6 +665,8 @@ def test_a_restarted_process_keeps_what_the_serving_ones_refused_to_change(
     with caplog.at_level("WARNING", logger="convstream.server.processes"):
         supervisor._reload()
     assert "reload: port: changes only on restart; kept as before" in caplog.text
+    # said by the supervisor: kept in the snapshot, it reaches no process as a change
+    assert "reload: the config has no tokens; kept the 1 there were" in caplog.text
     snapshot = processes.Peers(0, 1, tmp_path, 0).read()
     assert snapshot.tokens == current.tokens and snapshot.port == 50051
 

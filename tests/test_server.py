@@ -686,6 +686,13 @@ async def test_result_over_the_message_limit_is_a_frame_error(small_messages: Se
             # stuck, and every later frame was refused with the first one's reason)
             assert r2.status.code == 0 and not r2.feature_maps and r2.heatmap.name == "heatmap"
             assert r3.status.code == 0 and r3.feature_maps[0].name == "stage3"
+            # nor on a frame that is no image, whose size is not known: measured at the
+            # largest input size, they are refused, and the next frame has the defaults
+            bad = pb.FrameRequest(frame_id=4, encoded=b"no image", options=everything)
+            plain = pb.FrameRequest(frame_id=5, encoded=data)
+            r4, r5 = [r async for r in stub.StreamFrames(requests([bad, plain]))]
+            assert r4.status.code == INVALID and "message limit" in r4.status.message
+            assert r5.status.code == 0 and not r5.feature_maps
             # a request bigger than twice the limit is refused by gRPC itself
             big = pb.FrameRequest(encoded=b"\xff\xd8\xff" + b"\x00" * (5 * 1024 * 1024))
             with pytest.raises(grpc.aio.AioRpcError) as info:

@@ -108,8 +108,10 @@ def exit_status(*codes: int, frames: bool = True) -> str:
         else:
             entries[-1].append(row)
     kept = [e for e in entries if int(e[0].split()[0]) in codes]
-    if not frames:
-        kept = [["  0    done"] if e[0].startswith("  0 ") else e for e in kept]
+    if not frames:  # no frames, results or summary to speak of
+        plain = {"0": "  0    done", "1": "  1    the server failed on the call"}
+        plain["130"] = "  130  Ctrl-C; 143 SIGTERM"
+        kept = [[plain[e[0].split()[0]]] if e[0].split()[0] in plain else e for e in kept]
     return "\n" + "\n".join([head, *(line for e in kept for line in e)]) + "\n"
 
 

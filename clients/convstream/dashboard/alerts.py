@@ -37,11 +37,12 @@ logger = logging.getLogger(__name__)
 
 HYSTERESIS = 0.03
 END_AFTER_S = 1.5  # below the threshold (less the hysteresis) this long ends an episode
-BETTER_BY = 0.01  # a frame replaces an alert's snapshot when it is this much better
-# How much a frame's damage away from the picture's edges counts beside its score: up to
-# 0.05 for damage in the middle (placement 0.5). Scores reach 0.999 as a damaged box comes in,
-# and the first frame, its box cut by the edge, stayed the alert's picture for good.
-PLACEMENT_WEIGHT = 0.1
+BETTER_BY = 0.01  # a frame replaces an alert's snapshot when it scores this much higher
+# Or when it scores as high, within ALIKE, with its damage this much further inside the
+# picture (a share of its shorter side): scores reach 0.999 as a damaged box comes in, and
+# the first frame, its box cut by the edge, stayed the alert's picture for good.
+ALIKE = 0.005
+FURTHER_INSIDE = 0.1
 T = TypeVar("T")
 
 
@@ -112,13 +113,13 @@ class _Camera(Generic[T]):
     in_episode: bool = False
     below_since: float | None = None  # when the score last fell below, in an episode
     alerted: bool = False  # the current episode has its alert (else it is held)
-    peak: float = -math.inf  # the score of the best frame of the episode, or of the held ones
-    quality: float = -math.inf  # its score and placement (PLACEMENT_WEIGHT)
-    best: T | None = None  # its frame
+    peak: float = -math.inf  # best score of the current episode, or of the held ones
+    best: T | None = None  # the frame shown: the best score, or one alike better placed
+    placement: float = 0.0  # how far inside the picture its damage is
     held: int = 0  # episodes waiting out the cooldown
     last_raised: float = -math.inf
     streak: int = 0  # frames in a row at or over the threshold
-    streak_best: tuple[float, float, T] | None = None  # the best of them: quality, score, frame
+    streak_best: tuple[float, float, T] | None = None  # the best of them: score, placement, frame
 
 
 class AlertDetector(Generic[T]):
@@ -153,22 +154,22 @@ class AlertDetector(Generic[T]):
         threshold: float,
         now: float,
         frame: T,
-        placement: float = 0.5,
+        placement: float = 0.0,
     ) -> Decision[T] | None:
         """The decision for this frame, with ``score``, at monotonic time ``now`` (seconds).
 
         placement: how far the frame's hottest place is from its nearest edge, as a share of
-        its shorter side (0 at the edge, 0.5 in the middle): of two frames that score alike,
-        the alert shows the one whose damage is well inside the picture.
+        its shorter side (0 at the edge or not known, 0.5 in the middle): of two frames that
+        score alike, the alert shows the one whose damage is well inside the picture. Its
+        score stays the episode's best.
         """
         cam = self._cameras.setdefault(camera, _Camera())
-        quality = score + PLACEMENT_WEIGHT * min(max(placement, 0.0), 0.5)
         if cam.below_since is not None and now - cam.below_since >= self.end_after_s:
             cam.in_episode, cam.below_since = False, None  # it stayed below long enough
         if score >= threshold:
             cam.streak += 1
-            if cam.streak_best is None or quality > cam.streak_best[0]:
-                cam.streak_best = (quality, score, frame)
+            if cam.streak_best is None or score > cam.streak_best[0]:
+                cam.streak_best = (score, placement, frame)
         else:
             cam.streak, cam.streak_best = 0, None
         if score >= threshold and (cam.in_episode or cam.streak >= self.frames_over):
@@ -177,13 +178,15 @@ class AlertDetector(Generic[T]):
                 cam.in_episode, cam.alerted = True, False
                 cam.held += 1
                 if cam.held == 1:
-                    cam.peak = cam.quality = -math.inf
+                    cam.peak = -math.inf
                 assert cam.streak_best is not None
-                quality, score, frame = cam.streak_best  # the streak's best frame starts it
-            if quality >= cam.quality + BETTER_BY:
-                cam.peak, cam.quality, cam.best = score, quality, frame
+                score, placement, frame = cam.streak_best  # the streak's best frame starts it
+            higher = score >= cam.peak + BETTER_BY
+            inside = score >= cam.peak - ALIKE and placement >= cam.placement + FURTHER_INSIDE
+            if higher or inside:
+                cam.peak, cam.placement, cam.best = max(cam.peak, score), placement, frame
                 if cam.alerted:
-                    return Decision("improve", score, frame)
+                    return Decision("improve", cam.peak, frame)
         elif score < threshold - self.hysteresis and cam.in_episode and cam.below_since is None:
             cam.below_since = now
         if cam.held and now - cam.last_raised >= self.cooldown_s:

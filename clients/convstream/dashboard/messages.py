@@ -92,10 +92,11 @@ def peak_in_box(result: pb.FrameResult) -> list[float] | None:
 
 def placement(result: pb.FrameResult) -> float:
     """How far the result's peak is from its frame's nearest edge, as a share of the frame's
-    shorter side: 0 at an edge, 0.5 in the middle (0.5 without a peak: nothing to prefer)."""
+    shorter side: 0 at an edge, 0.5 in the middle (0 without a peak: nothing to prefer it
+    for)."""
     width, height = result.geometry.frame_width, result.geometry.frame_height
     if not result.HasField("peak") or not width or not height:
-        return 0.5
+        return 0.0
     x, y = result.peak.x, result.peak.y
     return max(0.0, min(x, width - x, y, height - y)) / min(width, height)
 

@@ -180,15 +180,22 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         # hears nothing for longer has lost the dashboard (stopped or hung, its connection
         # open). Read at each connection (the tests make them short).
         silent_s = SEND_TIMEOUT_S + 3 * hub_module.HEARTBEAT_S
-        await ws.send_str(
-            text("hello", **hello, login=request.app[ACCESS].required, silent_s=silent_s)
-        )
+        async with asyncio.timeout(SEND_TIMEOUT_S):  # bounded as every later message is
+            await ws.send_str(
+                text("hello", **hello, login=request.app[ACCESS].required, silent_s=silent_s)
+            )
         sender = asyncio.create_task(viewer.run(), name=f"viewer-{viewer.peer}")
         async for message in ws:
             if message.type == WSMsgType.TEXT:
                 viewer.on_message(message.data)
     except ConnectionError:
         pass
+    except TimeoutError:  # the hello, stuck: the browser is gone (its page connects again)
+        logger.warning(
+            "browser %s took over %.0f s for the page's first message; closing",
+            viewer.peer,
+            SEND_TIMEOUT_S,
+        )
     finally:
         hub.unsubscribe(viewer)
         viewers.discard(viewer)

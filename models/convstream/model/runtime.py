@@ -415,6 +415,33 @@ class DamageModel:
                 )
             return self._spare
 
+    def check_sizes(
+        self,
+        sizes: Sequence[tuple[int, int]],
+        *,
+        sizes_from: tuple[str, str] = (
+            "the server runs {} (input_sizes and the cameras' input_size)",
+            "set input_sizes",
+        ),
+    ) -> None:
+        """ModelFileError naming the (height, width) sizes its input does not take (a height
+        or width fixed at another), without running anything (warm_up's first check; the
+        supervisor of several processes asks it of a reload's new sizes)."""
+        _, fixed_height, fixed_width = self.input_dims
+        misfits = [
+            f"{h}x{w}"
+            for h, w in sizes
+            if fixed_height not in (None, h) or fixed_width not in (None, w)
+        ]
+        if misfits:
+            fixed = fixed_size(self.input_dims)
+            hint = f"to {fixed}" if fixed_height and fixed_width else "to sizes it takes"
+            asked, remedy = sizes_from
+            raise ModelFileError(
+                f"{self.path}: its input is fixed at {fixed}; {asked.format(', '.join(misfits))}"
+                f": export with dynamic height and width, or {remedy} {hint}"
+            )
+
     def warm_up(
         self,
         sizes: Sequence[tuple[int, int]],
@@ -438,20 +465,8 @@ class DamageModel:
             ModelFileError: the model cannot run a size, or gives outputs of other shapes;
                 sizes its input does not take are named before anything runs.
         """
-        batch, fixed_height, fixed_width = self.input_dims
-        misfits = [
-            f"{h}x{w}"
-            for h, w in sizes
-            if fixed_height not in (None, h) or fixed_width not in (None, w)
-        ]
-        if misfits:
-            fixed = fixed_size(self.input_dims)
-            hint = f"to {fixed}" if fixed_height and fixed_width else "to sizes it takes"
-            asked, remedy = sizes_from
-            raise ModelFileError(
-                f"{self.path}: its input is fixed at {fixed}; {asked.format(', '.join(misfits))}"
-                f": export with dynamic height and width, or {remedy} {hint}"
-            )
+        self.check_sizes(sizes, sizes_from=sizes_from)
+        batch = self.input_dims[0]
         if self.fixed_batch:  # every run padded to fixed_batch frames
             fits = batch in (None, self.fixed_batch)
             runs = f"{self.fixed_batch} (max_batch, to which fixed_shapes pads every batch)"

@@ -455,10 +455,12 @@ class Pipeline:
         message before they stick to the stream (then only this frame is refused, and the
         frames after it keep the stream's earlier options), as check_size does: raises
         ResultTooLarge. A frame that is no image is refused when it is checked, its options
-        kept as before (a client that sets them on its first frame alone keeps them)."""
+        taken (a client that sets them on its first frame alone keeps them) if they fit the
+        largest input size, as its size is not known."""
         try:
             width, height = self.check(request)
         except ConvstreamError:
+            self.check_size(options, max(self.sizes, key=lambda size: size[0] * size[1]))
             return
         self.check_size(options, choose_input(width, height, self.sizes))
 

@@ -412,6 +412,9 @@ class Supervisor:
         except ConfigError as exc:
             logger.error("reload refused, nothing changed: %s", exc)
             return
+        # Kept in the snapshot, these reach no process as a change, and none would say so.
+        for name, why in reload_keeps(self.settings, loaded).items():
+            (logger.error if name == "tokens" else logger.warning)("reload: %s", why)
         changed = [
             name
             for name in Settings.model_fields
@@ -441,8 +444,9 @@ class Supervisor:
         from convstream.model import DamageModel, ModelFileError
 
         asked = ("the new config's cameras run {} (their input_size)", "set their input_size")
-        try:  # a session of one thread, for the check alone
-            DamageModel(self.settings.model_path, intra_op_threads=1).warm_up(new, sizes_from=asked)
+        try:  # the input's fixed sides, read from a CPU session: nothing run, no GPU taken
+            model = DamageModel(self.settings.model_path, provider="cpu", intra_op_threads=1)
+            model.check_sizes(new, sizes_from=asked)
         except ModelFileError as exc:
             raise ConfigError(str(exc)) from exc
 

@@ -359,9 +359,9 @@ def _dialled(name: str, host: str) -> bool:
     server on loopback ``host``: localhost, or the address itself (any loopback address when
     the host is named localhost, which may resolve to either)."""
     kind, _, value = name.partition(":")
-    if kind == "DNS":
-        return value.lower() == "localhost"
-    bare = host.strip("[]")
+    bare = host.strip().lower().strip("[]")
+    if kind == "DNS":  # localhost reaches 127.0.0.1 or ::1, not 127.0.0.2
+        return value.lower() == "localhost" and bare in ("localhost", "127.0.0.1", "::1")
     if bare == "localhost":
         return is_loopback(value)
     try:

@@ -32,6 +32,7 @@
   let socketOpen = false;
   let linkHeardAt = 0; // performance.now() of the link's opening or its newest message
   let heardHello = false; // this connection's hello is in
+  const DEFAULT_SILENT_S = 40; // until a hello says: the dashboard's 30 s a message and ticks
   let serverKnown = false; // nothing heard of the server yet: connecting, not unreachable
   let serverOk = false;
   let serverRefused = false;
@@ -1201,15 +1202,17 @@
     }
   }
   // Silent for longer than a live link ever is (its hello says how long: ticks every few
-  // seconds, or one message slow to cross), and it is lost. Only once the hello is in: on a
-  // slow link a large site's hello (every camera's score history) takes seconds to arrive.
+  // seconds, or one message slow to cross), and it is lost. Before the hello, whose length
+  // grows with the site (every camera's score history: seconds on a slow link), the
+  // dashboard's own bound on one message, and the ticks after it.
   setInterval(() => {
-    if (!socketOpen || !socket || !heardHello) return;
-    if (performance.now() - linkHeardAt <= state.silentS * 1000) return;
-    const silent = socket;
-    silent.onclose = null;
-    silent.onmessage = null;
-    silent.close();
+    if (!socketOpen || !socket) return;
+    const silent = heardHello ? state.silentS : DEFAULT_SILENT_S;
+    if (performance.now() - linkHeardAt <= silent * 1000) return;
+    const gone = socket;
+    gone.onclose = null;
+    gone.onmessage = null;
+    gone.close();
     lost();
   }, 1000);
 
@@ -1221,7 +1224,7 @@
         for (const tile of tiles.values()) tile.lastN = 0;
         state.clock = { dash: msg.time, at: performance.now() };
         state.historyS = msg.history_s;
-        state.silentS = msg.silent_s || 40;
+        state.silentS = msg.silent_s || DEFAULT_SILENT_S;
         heardHello = true;
         if (msg.login && !state.login) {
           // the dashboard renews a session in use once a day: ask it every hour, so that a
