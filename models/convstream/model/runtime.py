@@ -168,6 +168,14 @@ def check_pixels(pixels: np.ndarray) -> None:
         raise ModelInputError(f"pixels must have N, H and W > 0, got shape {pixels.shape}")
 
 
+# Where the sizes a model is asked to run come from, and how to ask for others, as a size it
+# does not take is reported: the server's settings, unless the caller says otherwise.
+SIZES_FROM_SETTINGS = (
+    "the server runs {} (input_sizes and the cameras' input_size)",
+    "set input_sizes",
+)
+
+
 class DamageModel:
     """The damage network in an onnxruntime session.
 
@@ -419,10 +427,7 @@ class DamageModel:
         self,
         sizes: Sequence[tuple[int, int]],
         *,
-        sizes_from: tuple[str, str] = (
-            "the server runs {} (input_sizes and the cameras' input_size)",
-            "set input_sizes",
-        ),
+        sizes_from: tuple[str, str] = SIZES_FROM_SETTINGS,
     ) -> None:
         """ModelFileError naming the (height, width) sizes its input does not take (a height
         or width fixed at another), without running anything (warm_up's first check; the
@@ -447,10 +452,7 @@ class DamageModel:
         sizes: Sequence[tuple[int, int]],
         max_batch: int = 1,
         *,
-        sizes_from: tuple[str, str] = (
-            "the server runs {} (input_sizes and the cameras' input_size)",
-            "set input_sizes",
-        ),
+        sizes_from: tuple[str, str] = SIZES_FROM_SETTINGS,
     ) -> None:
         """Run once at each (height, width): front-load one-time allocation and kernel choice,
         and check that the model takes each size and gives outputs of the shapes it declares.
