@@ -236,8 +236,7 @@ class Publisher:
         watchers that asked for that much get INVALID_ARGUMENT for this frame, and the
         others, and the stream publishing, never notice."""
         try:
-            geometry = prepared.geometry
-            self.pipeline.check_size(options, (geometry.input_height, geometry.input_width))
+            self.pipeline.check_size(options, prepared.geometry.input_size)
             return self.pipeline.encode(request, options, prepared, inference)
         except ConvstreamError as exc:
             return error_result(request, exc.code.value[0], str(exc))

@@ -32,6 +32,11 @@ class Geometry:
     pad_left: int
     pad_top: int
 
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) of the model input, as input_sizes write it."""
+        return self.input_height, self.input_width
+
     def content_box(self) -> tuple[int, int, int, int]:
         """(left, top, right, bottom) of the frame inside the model input, in input pixels."""
         return content_box(

@@ -637,8 +637,7 @@ class Pipeline:
 
         def prepare() -> Prepared:
             prepared = self.prepare(request)
-            geometry = prepared.geometry
-            self.check_size(options, (geometry.input_height, geometry.input_width))
+            self.check_size(options, prepared.geometry.input_size)
             return prepared
 
         def encode(prepared: Prepared, inference: Inference) -> pb.FrameResult:
