@@ -225,6 +225,21 @@ async def test_killed_source_reconnects_while_others_flow() -> None:
             await channel.close()
 
 
+async def test_a_cameras_health_changes_with_its_state_not_at_the_next_tick() -> None:
+    """A client that has a camera's first result and asks its health at once hears SERVING:
+    the health followed the state at the watchdog's next quarter-second tick, and asked in
+    between it said NOT_SERVING of a camera whose frames it had just answered."""
+    async with serving(camera("belt", "demo:conveyor?fps=30")) as server, connect(server) as stub:
+        call = watch(stub, "belt")
+        first = await asyncio.wait_for(call.read(), 20)
+        assert first.source == "belt" and first.status.code == 0
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            asked = health_pb2.HealthCheckRequest(service="convstream.camera.belt")
+            reply = await health_pb2_grpc.HealthStub(channel).Check(asked, timeout=5)
+        call.cancel()
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
 async def test_a_frozen_camera_is_lost_not_passed_off_as_running() -> None:
     """An RTSP camera that freezes (its server stopped, the TCP connection open) is lost
     after the read timeout, and the frames FFmpeg still held are not taken for live ones."""

@@ -141,6 +141,9 @@ class Camera:
         self.config = config
         self.spec: SourceSpec = parse_source(config.source)
         self.on_frame: Callable[[], None] = lambda: None
+        # called at each change of state, on whichever thread changed it (the caller holds
+        # the lock): the camera's health follows at once, not at the watchdog's next tick
+        self.on_change: Callable[[], None] = lambda: None
         self.state: pb.CameraState = pb.CAMERA_STATE_CONNECTING
         self.state_since = time.time()
         self.last_error = ""
@@ -522,4 +525,5 @@ class Camera:
                 logger.log(level, "%s", change)
             self.state = state
             self.state_since = time.time()
+            self.on_change()
         self.last_error = error

@@ -77,6 +77,8 @@ class CameraManager:
         self.published: dict[str, StreamPublication] = {}
         self._opener = opener
         self._watchdog: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._state_changed = asyncio.Event()  # a camera changed state: publish its health
         self._health_state: dict[str, int] = {}
         # configured cameras that another process of this server pulls (processes.py): their
         # ids are not free for a client stream to publish under
@@ -88,6 +90,7 @@ class CameraManager:
         metrics.registry.register(self)  # a collector: camera figures are read at scrape time
 
     async def start(self, configs: tuple[CameraConfig, ...]) -> None:
+        self._loop = asyncio.get_running_loop()
         await self.apply(configs)
         self._watchdog = asyncio.create_task(self._watch_loop(), name="camera-watchdog")
 
@@ -127,6 +130,7 @@ class CameraManager:
                 )
                 continue
             feed = CameraFeed(Camera(config, self._opener), self.pipeline, self.metrics)
+            feed.camera.on_change = self._wake_watchdog
             changes.append((camera_id, old, feed))
         removed = [(i, self.feeds.pop(i)) for i in list(self.feeds) if i not in wanted]
         for camera_id, old, feed in changes:
@@ -326,11 +330,12 @@ class CameraManager:
         return [p.status(now) for p in [*self.feeds.values(), *self.published.values()]]
 
     async def _watch_loop(self) -> None:
-        """Each camera's stall and wedge checks and its health, every WATCHDOG_S. A check
-        that raises is logged and the loop goes on: it ended without a word, and with it
-        every camera's checks, and stop() re-raised it at shutdown. Logged once, with its
-        traceback, until that camera's checks pass again (then at debug level: a check that
-        fails every time would log four tracebacks a second)."""
+        """Each camera's stall and wedge checks and its health, every WATCHDOG_S and at each
+        change of a camera's state. A check that raises is logged and the loop goes on: it
+        ended without a word, and with it every camera's checks, and stop() re-raised it at
+        shutdown. Logged once, with its traceback, until that camera's checks pass again
+        (then at debug level: a check that fails every time would log four tracebacks a
+        second)."""
         failing: set[str] = set()
         while True:
             now = time.monotonic()
@@ -349,7 +354,19 @@ class CameraManager:
                     if camera_id in failing:
                         failing.discard(camera_id)
                         logger.warning("camera %s: its watchdog checks pass again", camera_id)
-            await asyncio.sleep(WATCHDOG_S)
+            # A camera's health changes with its state, at once: a client that had a
+            # camera's first result and then asked its health heard NOT_SERVING for up to
+            # WATCHDOG_S (a supervisor's test met it on CI).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(WATCHDOG_S):
+                    await self._state_changed.wait()
+            self._state_changed.clear()
+
+    def _wake_watchdog(self) -> None:
+        """A camera changed state (on its reader thread, or this loop's)."""
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the server stopped
+                self._loop.call_soon_threadsafe(self._state_changed.set)
 
     async def _publish(self, feed: CameraFeed, now: float) -> None:
         cam = feed.camera
