@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import logging
 import math
 import os
 import re
@@ -490,10 +491,13 @@ def test_a_realtime_video_file_comes_at_its_own_frame_rate(video: Path) -> None:
     assert list(frames) == [] and time.monotonic() - started < 1.5
 
 
-def test_a_looped_video_file_starts_again_and_its_ids_go_on(video: Path, tmp_path: Path) -> None:
+def test_a_looped_video_file_starts_again_and_its_ids_go_on(
+    video: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """loop=True: the 30-frame file played 2.5 times, its frame ids going on counting and its
     pixels those of the file's first frames again; a camera or a URL cannot loop, and a file
-    with no frame to read still ends."""
+    with no frame to read still ends, with a warning."""
+    caplog.set_level(logging.WARNING, logger="convstream.client")
     with Video(video, max_frames=75, loop=True) as source:
         got = list(source.frames())
     assert [f.frame_id for f in got] == list(range(75))
@@ -514,6 +518,12 @@ def test_a_looped_video_file_starts_again_and_its_ids_go_on(video: Path, tmp_pat
     cv2.VideoWriter(str(nothing), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48)).release()
     with Video(nothing, loop=True) as source:
         assert list(source.frames()) == []  # ends: a pass read nothing, so none comes again
+    # and says why, to a program as to the CLI: its loop over the frames ended at once
+    said = [r.getMessage() for r in caplog.records if r.name == "convstream.client"]
+    assert said == [
+        f"OpenCV opened {nothing} but read no frame from it; expected a video file, a URL or "
+        "a camera index"
+    ]
 
 
 def test_a_latest_only_videos_read_that_raises_ends_its_frames_with_that_error() -> None:

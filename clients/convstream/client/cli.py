@@ -64,7 +64,6 @@ from convstream.client.frames import (
     check_loop,
     image_files,
     other_files,
-    public_url,
     video_container,
 )
 from convstream.client.options import Freshness, ResultOptions, Retry, Timeout, Upload
@@ -838,14 +837,8 @@ def _stream(args: argparse.Namespace) -> int:
             )
             reporter = _reporter(args, total, display_width(printable(video.name)) + 7)
             code = _report(args, results, reporter)
-        if code == 0 and reporter.count == 0:
-            print(
-                f"convstream stream: OpenCV opened {public_url(args.source)} but read no frame "
-                "from it;"
-                " expected a video file, a URL or a camera index",
-                file=sys.stderr,
-            )
-            return EXIT_SOURCE
+        if code == 0 and not video.frames_read:
+            return EXIT_SOURCE  # the Video said so
         return code
 
     try:

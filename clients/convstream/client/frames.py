@@ -516,7 +516,8 @@ class Video:
         loop: start a file again from its first frame when it ends, for ever (or until
             ``max_frames``), as the server plays a file camera: a recording standing in for
             a camera. Frame ids go on counting. ValueError for a camera or a URL, which do
-            not end; a file with no frame to read still ends.
+            not end; a file with no frame to read still ends (a source that gives no frame
+            at all logs a warning on the "convstream.client" logger).
 
     Attributes:
         fps: the frame rate OpenCV reports (0.0 when unknown).
@@ -617,7 +618,7 @@ class Video:
         while self.max_frames is None or served < self.max_frames:
             item = read()
             if item is None:
-                self._say_if_cut_short()
+                self._say_how_it_ended()
                 return
             index, image, taken = item
             served += 1
@@ -629,13 +630,29 @@ class Video:
                 name=f"{self.name}#{index}",
             )
 
-    def _say_if_cut_short(self) -> None:
-        """A file that ended well before the frames its header gives (a recording copied in
-        part) is said, as a warning: it ended as if whole, and a check of it passed. One that
-        gave no frame at all is no video OpenCV reads, and no recording cut short: its
-        frames are none (`convstream stream` says so, in those words)."""
+    def _say_how_it_ended(self) -> None:
+        """A source that gave no frame at all (a text file named .avi, which OpenCV opens; a
+        stream that closed at once) is said, as a warning: a program's loop over its frames
+        ended at once, as over an empty clip, and nothing told why. A file that ended well
+        before the frames its header gives (a recording copied in part) is said too: it
+        ended as if whole, and a check of it passed."""
+        if self._closed:
+            return
+        if not self.frames_read:
+            if isinstance(self.source, cv2.VideoCapture):
+                shown = "the cv2.VideoCapture given"
+            elif isinstance(self.source, int):
+                shown = f"camera {self.source}"
+            else:
+                shown = public_url(str(self.source))
+            logger.warning(
+                "OpenCV opened %s but read no frame from it; expected a video file, a URL or "
+                "a camera index",
+                shown,
+            )
+            return
         count = self.frame_count
-        if self._closed or count is None or not 0 < self.frames_read < 0.9 * count:
+        if count is None or not self.frames_read < 0.9 * count:
             return  # container counts can be estimates: a few frames short is not said
         logger.warning(
             "%s ended after %d of the %d frames its header gives: is the file cut short?",
