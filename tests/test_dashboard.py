@@ -814,9 +814,13 @@ async def test_damaged_frame_raises_an_alert(
         "aria-label", re.compile(r"^damage alert, damaged, score [01]\.\d{4}, raised ")
     )
 
-    await alert.click()
+    # opened from the keyboard, as by a click; the focus lands on the close button (it
+    # landed on the "handled" box, which a stray Space then ticked)
+    await alert.focus()
+    await page.keyboard.press("Enter")
     modal = page.locator("#modal")
     await expect(modal).to_have_attribute("open", "")
+    await expect(page.locator("#modal .close")).to_be_focused()
     await page.locator("#modal-img").click()  # a closer look on a tablet: it stays open
     await expect(modal).to_have_attribute("open", "")
     await expect(page.locator("#modal-caption")).to_contain_text("damaged")
@@ -836,8 +840,13 @@ async def test_damaged_frame_raises_an_alert(
     before = int(await count.inner_text())
     item = page.locator(f'#alerts li:has(button[data-id="{await alert.get_attribute("data-id")}"])')
     await expect(item).to_have_attribute("data-handled", "false")
+    await expect(item.locator(".a-handled")).to_be_hidden()
     await page.locator("#modal-handled").check()
     await expect(item).to_have_attribute("data-handled", "true")
+    # said in words, and its text not faded with the card (its times read at 2.9:1)
+    await expect(item.locator(".a-handled")).to_have_text("\u2713 handled")
+    await expect(item.locator(".a-handled")).to_be_visible()
+    assert await item.locator("button").evaluate("(b) => getComputedStyle(b).opacity") == "1"
     shown, unhandled = await page.evaluate(  # read at one instant: alerts keep coming
         """() => [Number(document.getElementById("alert-count").textContent),
                   document.querySelectorAll('#alerts li[data-handled="false"]').length]"""
@@ -935,7 +944,17 @@ async def test_killed_camera_shows_reconnecting_then_recovers(
     await expect(page.locator("#summary")).to_contain_text("cameras running · dock reconnecting")
     await down.click()
     await expect(tile).to_have_class(re.compile(r"\bflash\b"))
+    await expect(tile).to_be_focused()  # the keyboard's place goes with the view
+    await expect(tile).to_have_accessible_name("dock")
     await page.screenshot(path=artifacts / "camera-reconnecting.png")
+    # A 1920x1080 screen at 200% zoom: the header, crowded, names the camera whole and keeps
+    # the opacity slider (it hid it: no keyboard or pointer could reach it)
+    await page.set_viewport_size({"width": 960, "height": 540})
+    await expect(page.locator(".bar")).to_have_class(re.compile(r"\b(crowded|wrapped)\b"))
+    await expect(page.locator("#heat-opacity")).to_be_visible()
+    await expect(page.locator("#summary .down")).to_be_in_viewport(ratio=1)
+    await page.screenshot(path=artifacts / "camera-reconnecting-960x540.png")
+    await down.focus()  # as the header is made again, the focus stays in it
 
     await asyncio.to_thread(dock.start)
     await expect(tile.locator(".state")).to_have_text("running", timeout=15000)
@@ -943,6 +962,7 @@ async def test_killed_camera_shows_reconnecting_then_recovers(
     await _wait_frames(page, "dock", before + 2)
     await expect(tile.locator(".notice")).to_be_hidden()
     await expect(page.locator("#summary .down")).to_have_count(0)
+    await expect(page.locator("#summary")).to_be_focused()  # not thrown to the page's top
     await expect(told.filter(has_text="camera dock running again")).to_have_count(1)
     await expect(tile.locator(".v-reconnects")).not_to_have_text("0")
     await page.screenshot(path=artifacts / "camera-recovered.png")
@@ -1144,6 +1164,15 @@ async def test_dashboard_outlives_a_server_restart(
             "convstream serve running there?"
         )
         assert "UNAVAILABLE" in (await banner.get_attribute("title") or "")
+        # said once: the same words written again with each poll (role "alert") were read out
+        # again by screen readers every second of the outage
+        await banner.evaluate(
+            "(el) => { window.bannerChanges = 0; new MutationObserver(() => "
+            "window.bannerChanges++).observe(el, {childList: true, subtree: true, "
+            "characterData: true}); }"
+        )
+        await asyncio.sleep(1.5)  # several polls
+        assert await page.evaluate("window.bannerChanges") == 0
         tile = _tile(page, "belt")
         await expect(tile.locator(".state")).to_have_text("offline")
         await expect(tile.locator(".v-fps")).to_have_text("\u2013")

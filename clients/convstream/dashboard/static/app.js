@@ -189,14 +189,21 @@
   }
 
   // ---- a camera tile ---------------------------------------------------------------------
+  let tileCount = 0; // for each tile's heading an id of its own (camera ids are any text)
   class Tile {
     constructor(id) {
       this.id = id;
       const node = $("tile-template").content.firstElementChild.cloneNode(true);
       this.el = node;
       this.el.dataset.camera = id;
-      node.querySelector(".cam").replaceChildren(...nameParts(id));
-      node.querySelector(".cam").title = id;
+      const cam = node.querySelector(".cam");
+      cam.replaceChildren(...nameParts(id));
+      cam.title = id;
+      // a screen reader names the tile by its camera; the header's button for a camera in
+      // trouble takes the focus to it (tabIndex -1: not a stop of its own in the Tab order)
+      cam.id = `cam-${++tileCount}`;
+      node.setAttribute("aria-labelledby", cam.id);
+      node.tabIndex = -1;
       this.kind = node.querySelector(".kind");
       this.stateEl = node.querySelector(".state");
       this.frame = node.querySelector("canvas.frame");
@@ -611,6 +618,10 @@
     if (key === summaryKey) return; // unchanged: keep the buttons under the pointer
     summaryKey = key;
     const summary = $("summary");
+    // Rebuilt, its buttons would take the keyboard's place with them (to the page's top):
+    // the same camera's button has it again, or, that camera no longer in trouble, the line.
+    const focused = summary.contains(document.activeElement)
+      ? document.activeElement.dataset.camera ?? "" : null;
     summary.replaceChildren(text);
     summaryTimes = [];
     for (const camera of down.slice(0, SHOWN_DOWN)) {
@@ -618,6 +629,7 @@
       button.type = "button";
       button.className = "down";
       button.dataset.state = troubleState(camera);
+      button.dataset.camera = camera.id;
       // The name and the state in spans of their own: a touch screen lays the button out as
       // a flex box, which dropped a bare text's leading space ("yard-gatefailed").
       const name = document.createElement("span");
@@ -644,6 +656,11 @@
     tickSummary();
     if (down.length > SHOWN_DOWN) summary.append(` · ${down.length - SHOWN_DOWN} more`);
     fitSummary();
+    if (focused !== null) {
+      const again = [...summary.querySelectorAll("button.down")]
+        .find((button) => button.dataset.camera === focused);
+      (again || summary).focus();
+    }
   }
 
   function tickSummary() {
@@ -660,8 +677,9 @@
 
   // The names of the cameras in trouble come before the heatmap's opacity and the model's
   // name: a header too narrow for all of them (1920 pixels at a TV's 150% zoom, 1366 with
-  // two cameras down) cut the names off and kept the slider. Crowded, those two go; still
-  // too narrow (1024 pixels), the names take a row of their own.
+  // two cameras down) cut the names off and kept the slider. Crowded, the model's name goes
+  // and the slider narrows (it stays: a control hidden is one nobody can reach); still too
+  // narrow (1024 pixels), the names take a row of their own.
   const bar = document.querySelector(".bar");
   function fitSummary() {
     bar.classList.remove("crowded", "wrapped");
@@ -683,6 +701,9 @@
     const tile = tiles.get(id);
     if (!tile) return;
     tile.el.scrollIntoView({ block: "center", behavior: motion() });
+    // the keyboard's place goes there too: it stayed in the header, and a screen reader
+    // was taken nowhere
+    tile.el.focus({ preventScroll: true });
     tile.el.classList.remove("flash");
     void tile.el.offsetWidth; // restart the animation on a second click
     tile.el.classList.add("flash");
@@ -817,7 +838,11 @@
 
   // Text with `commands` in it (the advice the CLI prints), the commands shown as code
   // rather than between backticks; built from text nodes, never parsed as HTML.
+  // Unchanged, it is left alone: the banner (role "alert") said again every second, the same
+  // words, was read out again by screen readers for as long as the server was down.
   function showMarked(element, text) {
+    if (element.dataset.shown === String(text)) return;
+    element.dataset.shown = String(text);
     element.replaceChildren(
       ...String(text)
         .split("`")
@@ -857,6 +882,7 @@
       $("banner-bar").hidden = false;
     } else {
       $("banner-bar").hidden = true;
+      showMarked(banner, ""); // said again when it shows again
     }
     showConnection();
     for (const tile of tiles.values()) tile.updateNotice();
@@ -966,6 +992,41 @@
     $("alerts-panel").scrollIntoView({ block: "start", behavior: motion() });
   });
 
+  // Alerts read out by screen readers: the first at once, those that come in the next
+  // TOLD_EVERY_MS together in one line ("3 more damage alerts: ..."), and so on; one line an
+  // alert, ten cameras on a busy belt queued a line every second or so.
+  const TOLD_EVERY_MS = 5000;
+  let untold = [];
+  let toldTimer = 0;
+  const alertLine = (alert) =>
+    `damage alert on ${alert.camera}, score ${scoreText(alert.score)}, at ${clockTime(alert.raised)}`;
+  function tellAlert(alert) {
+    if (toldTimer) {
+      untold.push(alert);
+      return;
+    }
+    announce(alertLine(alert));
+    toldTimer = setTimeout(tellUntold, TOLD_EVERY_MS);
+  }
+  function tellUntold() {
+    const gathered = untold;
+    untold = [];
+    toldTimer = 0;
+    if (!gathered.length) return;
+    if (gathered.length === 1) {
+      announce(alertLine(gathered[0]));
+    } else {
+      const cameras = [...new Set(gathered.map((alert) => alert.camera))];
+      const named = cameras.length > 4
+        ? `${cameras.slice(0, 4).join(", ")} and ${cameras.length - 4} other cameras`
+        : cameras.join(", ");
+      const best = Math.max(...gathered.map((alert) => alert.score));
+      announce(`${gathered.length} more damage alerts, on ${named}, ` +
+        `the highest score ${scoreText(best)}`);
+    }
+    toldTimer = setTimeout(tellUntold, TOLD_EVERY_MS);
+  }
+
   function addAlert(alert, atTop) {
     const known = alertEntries.get(alert.id);
     if (known) {
@@ -998,7 +1059,12 @@
     score.className = "a-score";
     const when = document.createElement("div");
     when.className = "a-time";
-    info.append(cam, score, when);
+    // said in words, not by dimming alone (the dimmed text was too faint to read)
+    const mark = document.createElement("div");
+    mark.className = "a-handled";
+    mark.textContent = "✓ handled";
+    mark.setAttribute("aria-hidden", "true"); // the button's label says so
+    info.append(cam, score, when, mark);
     button.append(img, info);
     const entry = { li, button, img, score, when, alert };
     button.addEventListener("click", () => openAlert(entry.alert));
@@ -1021,10 +1087,7 @@
     state.alerts += 1;
     if (atTop && !loadingAlerts) {
       chime();
-      // read out by screen readers (a live region), as the tone sounds for others
-      announce(
-        `damage alert on ${alert.camera}, score ${scoreText(alert.score)}, at ${clockTime(alert.raised)}`
-      );
+      tellAlert(alert); // read out by screen readers, as the tone sounds for others
     }
     if (atTop && document.hidden && !loadingAlerts) {
       unseenAlerts += 1; // an operator on another tab sees it in the tab's title
@@ -1093,6 +1156,12 @@
   // to look closer closed it.
   $("modal").addEventListener("click", (ev) => {
     if (ev.target === $("modal")) $("modal").close();
+  });
+  // Closed, the dialog gives the focus back to the alert's button; one made again meanwhile
+  // (the page connected again) is another element, and the focus went to the page's top.
+  $("modal").addEventListener("close", () => {
+    const entry = shownAlert && alertEntries.get(shownAlert.id);
+    if (entry && !entry.button.contains(document.activeElement)) entry.button.focus();
   });
 
   // ---- a tone for each new alert, when asked for (remembered per browser) ----------------
@@ -1243,6 +1312,10 @@
             tile.sparkDirty = true;
           }
         }
+        // the keyboard's place, on an alert, stays on it as the list is made again (it went
+        // to the page's top, and a dialog open then had no button to go back to)
+        const focusedAlert = $("alerts").contains(document.activeElement)
+          ? Number(document.activeElement.dataset.id) : null;
         $("alerts").replaceChildren();
         alertEntries.clear();
         droppedOpen = 0; // the dashboard's list, whole, from here on
@@ -1252,6 +1325,7 @@
         loadingAlerts = true;
         for (const alert of [...msg.alerts].reverse()) addAlert(alert, true);
         loadingAlerts = false;
+        if (focusedAlert !== null) (alertEntries.get(focusedAlert)?.button ?? $("alerts")).focus();
         break;
       case "cameras":
         state.clock = { dash: msg.time, at: performance.now() };
