@@ -255,6 +255,49 @@ async def test_stream_sync_and_async_answers_in_order_past_bad_frames(
         assert by_plain[i].score == pytest.approx(by_async[i].score, abs=1e-6)
 
 
+async def test_a_stream_left_early_closes_the_generator_of_its_frames(
+    server: Server, frames: list[np.ndarray]
+) -> None:
+    """A program's frames generator, its camera handle released in its ``finally``: a
+    stream left after its first result closed the pump but not the generator, whose
+    ``finally`` ran at some later garbage collection (an integrator's review)."""
+    data = jpeg(frames[0])
+    released: list[str] = []
+
+    def camera(name: str) -> Iterator[bytes]:
+        try:
+            while True:
+                yield data
+        finally:
+            released.append(name)
+
+    async def async_camera(name: str) -> AsyncIterator[bytes]:
+        try:
+            while True:
+                yield data
+        finally:
+            released.append(name)
+
+    def sync() -> None:
+        with Client(address(server)) as client:
+            for result in client.stream(camera("sync, loop left")):
+                assert result.ok
+                break
+            assert released == ["sync, loop left"]
+            results = client.stream(camera("sync, closed"))
+            assert next(results).ok
+            results.close()
+            assert released[-1] == "sync, closed"
+
+    await asyncio.to_thread(sync)
+    async with AsyncClient(address(server)) as client:
+        for source in (camera("async, plain"), async_camera("async, generator")):
+            results = client.stream(source)
+            assert (await anext(results)).ok
+            await results.aclose()
+    assert released == ["sync, loop left", "sync, closed", "async, plain", "async, generator"]
+
+
 async def test_options_the_server_refuses_are_refused_for_every_frame_not_only_the_first(
     server: Server, frames: list[np.ndarray]
 ) -> None:

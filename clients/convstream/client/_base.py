@@ -379,9 +379,11 @@ class BaseClient:
 class _Resumption:
     """When a broken stream is re-opened, shared by Client and AsyncClient.
 
-    Before its first result a stream gets the tries of a unary call (so a missing server is
-    reported quickly); once it has run, it keeps trying for ``retry.resume_timeout``. A watch
-    has run once its server said it registered it, result or not.
+    Asked to resume (a watch by default, a stream with ``resume=True``), before its first
+    result a call gets the tries of a unary call (so a missing server is reported quickly);
+    once it has run, it keeps trying for ``retry.resume_timeout``. A watch has run once its
+    server said it registered it, result or not. Not asked to, its first failure ends it: a
+    stream to a missing server raises at once, where a unary call tries again first.
 
     A watch also keeps ``frames_dropped`` counting across its calls: each new WatchCamera
     call's server counts its drops from 0 again.

@@ -140,6 +140,10 @@ class Client(BaseClient):
         large frame), in its place among the results (with the next answer after it, or at
         the end), its ``frame`` without pixels.
 
+        Leave the loop (and close() the iterator, if you keep it in a variable) to end the
+        stream early. Once it ends, a generator of frames (or ``Video.frames()``) is closed:
+        its ``finally`` runs, a camera's handle released there.
+
         Args:
             frames: Frames, arrays, bytes or paths; e.g. ``Video(0).frames()``.
             options: what each result carries; the client's ``options`` when None. Options
@@ -272,9 +276,12 @@ class Client(BaseClient):
         drops. ``frame`` is None: with ``ResultOptions(input_jpeg=True)`` the analysed picture
         comes along and ``draw_overlay(result)`` draws on it.
 
-        Break out of the loop (or close() the iterator) to end the call on the server. A
-        camera never ends a watch by itself; a stream another client publishes
-        (``stream(..., publish=True)``) does: when that stream ends, the iterator stops.
+        Break out of a loop over the call itself (``for r in client.watch(...)``), or
+        close() the iterator you keep in a variable, to end the call on the server: one
+        kept, not closed, holds the call and its place among the camera's watchers until it
+        is garbage collected. A camera never ends a watch by itself; a stream another
+        client publishes (``stream(..., publish=True)``) does: when that stream ends, the
+        iterator stops.
 
         Args:
             camera_id: a camera's id, or a published stream's name; see ``cameras()``.
@@ -515,8 +522,8 @@ class AsyncClient(BaseClient):
     ) -> AsyncGenerator[Result, None]:
         """Yield a camera's results as they come; see Client.watch.
 
-        Arguments are checked, and errors raised, when iteration starts. Leave the loop (or
-        ``await results.aclose()``) to end the call on the server.
+        Arguments are checked, and errors raised, when iteration starts. Leave the loop, and
+        ``await results.aclose()`` on an iterator you keep, to end the call on the server.
         """
         stub = self._camera_stub
         request = self._watch_request(camera_id, options, max_fps, queue_size)

@@ -24,7 +24,15 @@ import os
 import queue
 import threading
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+)
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -34,7 +42,15 @@ import numpy as np
 
 from convstream.client._base import check_published_name
 from convstream.client.errors import ConvstreamError, InvalidFrame, ProtocolError, SourceError
-from convstream.client.frames import Frame, FrameLike, Video, as_frame, as_sent, to_request
+from convstream.client.frames import (
+    Frame,
+    FrameLike,
+    Video,
+    VideoFrames,
+    as_frame,
+    as_sent,
+    to_request,
+)
 from convstream.client.options import Upload
 from convstream.client.results import Result
 from convstream.v1 import convstream_pb2 as pb
@@ -300,6 +316,15 @@ class Ledger:
         return None
 
 
+def close_source(source: object) -> None:
+    """The frames a stream read, once it is over (ended, failed, closed, or its loop left): a
+    generator's, or ``Video.frames()``'s, ``finally`` runs then (a camera's handle released),
+    not at some later garbage collection. Other iterators (a file's lines) are the caller's:
+    left open. Called on the thread that read it, never during a read."""
+    if isinstance(source, Generator | VideoFrames):
+        source.close()
+
+
 class SyncFeed:
     """The sync client's feed: a pump thread and thread-safe requests() iterators."""
 
@@ -332,6 +357,10 @@ class SyncFeed:
         except BaseException as exc:  # handed to the caller's thread by finish()
             self.error = exc
         finally:
+            try:
+                close_source(self._source)
+            except BaseException as exc:  # its finally raised: as if the source had
+                self.error = self.error or exc
             with self._cond:
                 self._exhausted = True
                 self.ledger.source_ended()
@@ -388,9 +417,10 @@ class SyncFeed:
 
     def close(self) -> None:
         """Stop the pump and wait (a second at most) for it to leave the caller's iterator,
-        so that nothing reads the source after the stream is gone: the caller may release it
-        (``Video.close``) as soon as this returns. A source blocked longer (a stalled camera)
-        is left to the pump, which reads nothing more once that read returns."""
+        and close it (close_source), so that nothing reads the source after the stream is
+        gone: the caller may release it (``Video.close``) as soon as this returns. A source
+        blocked longer (a stalled camera) is left to the pump, which reads nothing more once
+        that read returns, and closes it then."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -439,6 +469,12 @@ class _Reader:
             del job, future, fn, outcome  # nothing of a frame kept while waiting
 
 
+def _quietly(fn: Callable[..., object], *args: object) -> None:
+    """fn(*args), its exception dropped: a job whose outcome nobody awaits."""
+    with contextlib.suppress(Exception):
+        fn(*args)
+
+
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
     if future.cancelled():
         return
@@ -460,6 +496,7 @@ class AsyncFeed:
         self.ledger = ledger
         self.error: BaseException | None = None
         self._frames = frames
+        self._source: Iterator[FrameLike] | AsyncIterator[FrameLike] | None = None
         self._max = max_in_flight
         self._cond = asyncio.Condition()
         self._attempt = 0
@@ -474,7 +511,7 @@ class AsyncFeed:
         outage."""
         try:
             if isinstance(self._frames, AsyncIterable):
-                frames = aiter(self._frames)
+                frames = self._source = aiter(self._frames)
                 while True:
                     await self._room()
                     item = await anext(frames, _END)
@@ -483,7 +520,7 @@ class AsyncFeed:
                     await self._add(await self._prepare(item))  # type: ignore[arg-type]
             else:
                 # Sync iterables may block (a camera, a disk): read them off the event loop.
-                source = iter(self._frames)
+                source = self._source = iter(self._frames)
                 while True:
                     await self._room()
                     self._reading = self._reader.run(partial(self._next_prepared, source))
@@ -563,11 +600,21 @@ class AsyncFeed:
 
     async def close(self) -> None:
         """Stop the pump; a plain iterator's read in progress (in a worker thread, which
-        cancelling cannot stop) is waited for, a second at most, as SyncFeed.close does."""
+        cancelling cannot stop) is waited for, a second at most, as SyncFeed.close does. Then
+        the source is closed (close_source; an async generator's aclose()): a plain one on
+        the worker thread, after the read in progress, if any."""
         try:
             self._pump.cancel()
             await asyncio.gather(self._pump, return_exceptions=True)
+            if isinstance(self._source, AsyncGenerator):
+                with contextlib.suppress(Exception):  # the stream's own outcome stands
+                    await self._source.aclose()
             if self._reading is not None and not self._reading.done():
                 await asyncio.wait({self._reading}, timeout=1.0)
+            if self._source is not None and not isinstance(self._source, AsyncIterator):
+                # after a read still blocked, if any: not waited for again
+                closing = self._reader.run(partial(_quietly, close_source, self._source))
+                if self._reading is None or self._reading.done():
+                    await asyncio.wait({closing}, timeout=1.0)
         finally:  # also when this is cancelled: its thread would wait for work for ever
             self._reader.stop()

@@ -5,9 +5,11 @@
     ├── SourceError            an image file, folder, video or camera cannot be read (local)
     ├── ProtocolError          OK where an answer was due, or an answer for a frame never sent
     ├── InvalidFrame           INVALID_ARGUMENT, OUT_OF_RANGE: the frame or the options sent
-    │                          with it cannot be analysed (or their result would pass the
-    │                          message limit); the message says what was expected. Retrying
-    │                          the same request gets the same answer
+    │                          with it cannot be analysed; the message says what was
+    │                          expected. Also RESOURCE_EXHAUSTED for a message over a limit:
+    │                          a frame over the server's, or a result over this client's
+    │                          (Limits.max_message_bytes; gRPC then ends the whole call).
+    │                          Retrying the same request gets the same answer
     ├── Overloaded             RESOURCE_EXHAUSTED: over a stream, queue or byte limit for now:
     │                          back off and retry
     ├── ServerUnavailable      UNAVAILABLE: no server answers at the address, it is shutting
