@@ -470,11 +470,14 @@ class OpenCVCapture:
         Those come out of ``grab`` at once, one after another; the live frame takes about a
         frame interval to arrive. Without this, the first result after every (re)connect
         shows the scene as it was a second or two before, and the burst counts as drops.
+        Live once two grabs in a row were waited for: one alone may be a buffered frame
+        whose grab a busy CPU held up (the rest of the backlog then came as live frames).
         """
         if self.spec.kind not in NETWORK_KINDS:
             return
         interval_s = self._interval_s
         deadline = time.monotonic() + _BACKLOG_MAX_S
+        waited = 0
         while time.monotonic() < deadline:
             started = time.monotonic()
             if not self._cap.grab():
@@ -483,8 +486,9 @@ class OpenCVCapture:
                 self._grabbed = False
                 return
             self._grabbed = True
-            if time.monotonic() - started > interval_s / 2:
-                return  # this one was waited for: the stream is live from here
+            waited = waited + 1 if time.monotonic() - started > interval_s / 2 else 0
+            if waited == 2:
+                return  # the stream is live from here
 
     def read(self) -> np.ndarray | bytes:
         if not self._encoded:
