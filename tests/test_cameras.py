@@ -477,8 +477,34 @@ async def test_mjpeg_frames_that_cannot_be_analysed_are_counted_and_told(
         call = watch(stub, "belt")
         results = [await call.read() for _ in range(6)]
         call.cancel()
+        counted: tuple[float, float] = (0.0, 0.0)
+
+        async def both_counted() -> bool:
+            """Every frame that could not be analysed (the lossless ones and the ones cut
+            short), and those that failed at decoding only (the lossless ones): a lossless
+            frame is analysed only when it is the newest as the analysis is free, which a
+            busy machine may delay past six results (a flake hunter's reading)."""
+            nonlocal counted
+            url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+            text = (await asyncio.to_thread(urlopen, url, timeout=5)).read().decode()
+            samples = {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+            }
+            invalid = (("camera", "belt"), ("outcome", "invalid"))
+            undecoded = (("outcome", "invalid"), ("source", "belt"))
+            counted = (
+                samples.get(("convstream_camera_frames_total", invalid), 0.0),
+                samples.get(("convstream_frames_total", undecoded), 0.0),
+            )
+            return counted[1] >= 1 and counted[0] >= counted[1] + 1
+
+        try:
+            await until(both_counted, 20, "invalid and undecoded frames counted", 0.2)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: (invalid, undecoded) {counted}") from None
         cam = await status(stub, "belt")
-        metrics = urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read()
     for result in results:  # only the good frames, each scored as the same JPEG pushed
         assert result.status.code == 0
         assert result.score == pytest.approx(twin.score, abs=1e-5)
@@ -488,18 +514,6 @@ async def test_mjpeg_frames_that_cannot_be_analysed_are_counted_and_told(
     ), cam.last_error
     assert cam.frames_invalid >= 2  # ListCameras counts them too
     assert CameraInfo.from_proto(cam).frames_invalid == cam.frames_invalid
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(metrics.decode())
-        for s in family.samples
-    }
-    # every frame that could not be analysed: the lossless ones and the ones cut short
-    invalid = samples[
-        ("convstream_camera_frames_total", (("camera", "belt"), ("outcome", "invalid")))
-    ]
-    # the frames that failed at decoding only: the lossless ones
-    undecoded = samples[("convstream_frames_total", (("outcome", "invalid"), ("source", "belt")))]
-    assert undecoded >= 1 and invalid >= undecoded + 1, (invalid, undecoded)
 
 
 async def test_a_camera_scores_an_mjpeg_frame_as_analyze_scores_the_same_jpeg(
@@ -724,11 +738,14 @@ async def test_unreachable_source_fails_within_open_timeout() -> None:
             camera("silent", f"http://127.0.0.1:{port}/x", open_timeout_s=1.0, max_reconnects=1),
             camera("refused", f"rtsp://127.0.0.1:{_closed_port()}/x", open_timeout_s=1.0),
         )
+        began = time.monotonic()  # before the camera starts, at the end of the server's
         async with serving(*cams) as server, connect(server) as stub:
             took = await until(
                 state_is(stub, "silent", pb.CAMERA_STATE_RECONNECTING), 5, "first failure"
             )
-            assert 0.8 <= took <= 2.5
+            # not before the open timeout, counted from before the camera started (from the
+            # first poll, a slow start passed part of it: a flake hunter's reading)
+            assert time.monotonic() - began >= 0.8 and took <= 2.5
             silent = await status(stub, "silent")
             assert "could not open http source" in silent.last_error
             assert str(port) not in silent.last_error  # clients never see the address
@@ -1203,6 +1220,7 @@ async def test_frames_stay_fresh_when_the_server_analyses_fewer(kind: str) -> No
             await until(state_is(stub, "fast", pb.CAMERA_STATE_RUNNING), 10, "running")
             call = watch(stub, "fast", options=pb.ResultOptions(include_frame=True))
             ages = []
+            sides: list[tuple[int, int]] = []  # (before the server read it, after), ms
             started = time.monotonic()
             async for result in call:
                 received = time.time()
@@ -1210,6 +1228,10 @@ async def test_frames_stay_fresh_when_the_server_analyses_fewer(kind: str) -> No
                 g = result.geometry
                 made = read_time(frame, g.scale, g.pad_left, g.pad_top)
                 ages.append((received - made) * 1000)
+                # where a lag grows, if one does: before the server read the frame (the
+                # source, FFmpeg's encode and decode on these cores) or after
+                read_at = result.capture_time.ToNanoseconds() / 1e9
+                sides.append((round((read_at - made) * 1000), round((received - read_at) * 1000)))
                 if time.monotonic() - started > 6:
                     break
             call.cancel()
@@ -1240,8 +1262,8 @@ async def test_frames_stay_fresh_when_the_server_analyses_fewer(kind: str) -> No
     third = len(ages_ms) // 3
     # No growing lag: the last results are as fresh as the first ones (medians, so that one
     # burst of CPU contention on a shared machine does not read as a trend).
-    assert np.median(ages_ms[-third:]) < np.median(ages_ms[:third]) + 100, ages_ms.round()
-    assert ages_ms.max() < 1000, ages_ms.round()
+    assert np.median(ages_ms[-third:]) < np.median(ages_ms[:third]) + 100, sides
+    assert ages_ms.max() < 1000, sides
 
 
 async def test_one_inference_per_frame_and_a_slow_watcher_slows_nobody() -> None:

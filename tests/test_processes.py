@@ -339,7 +339,10 @@ async def test_processes_share_the_port_forward_camera_calls_restart_and_stop(
         assert "server process 1 of 2, which pulls this camera, is not answering" in (
             down.last_error
         ), down
-        assert (await listed(port))["dock-a"].state == pb.CAMERA_STATE_RUNNING
+        # the other process's camera goes on (stalled a moment at most, while the new
+        # process loads its model on the same cores)
+        flowing = (pb.CAMERA_STATE_RUNNING, pb.CAMERA_STATE_STALLED)
+        assert (await listed(port))["dock-a"].state in flowing
         await until(lambda: log.read_text().count("with 2 processes") == 1, 1, "once", log)
         deadline = time.monotonic() + 60
         while (status := (await listed(port))["dock-b"]).state != pb.CAMERA_STATE_RUNNING:

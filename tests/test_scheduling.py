@@ -568,7 +568,14 @@ async def test_frames_past_the_byte_budget_wait_when_lossless_else_are_refused_a
                         data=bytes(512 * 1024 * 3),
                     )
                     yield pb.FrameRequest(frame_id=8, raw=raw)
-                await asyncio.sleep(1.0)  # everything held is answered by now
+                # everything held answered first (a second's sleep alone was not always
+                # enough on a busy machine: a flake hunter's reading)
+                await asyncio.sleep(1.0)
+                assert server.servicer is not None
+                for _ in range(200):
+                    if server.servicer.byte_budget.held == 0:
+                        break
+                    await asyncio.sleep(0.05)
                 yield pb.FrameRequest(frame_id=9, encoded=burst[0])
 
             queued = pb.ResultOptions(freshness=pb.FRESHNESS_BOUNDED_QUEUE, queue_size=4)
