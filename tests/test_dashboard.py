@@ -809,6 +809,10 @@ async def test_damaged_frame_raises_an_alert(
     assert await thumb.evaluate("(img) => [img.naturalWidth, img.naturalHeight]") == [384, 216]
     # One package passing: one alert, not one per frame.
     assert await page.locator('#alerts button.alert[data-camera="damaged"]').count() == 1
+    # the score chart says, to a screen reader, what it shows (it was a bare label)
+    await expect(_tile(page, "damaged").locator("canvas.spark")).to_have_accessible_name(
+        re.compile(r"^score chart, last 5 min: highest [01]\.\d{4}, [1-9]\d* over the threshold$")
+    )
     # what a screen reader says of it (the camera's name once, what it is, the score)
     await expect(alert).to_have_attribute(
         "aria-label", re.compile(r"^damage alert, damaged, score [01]\.\d{4}, raised ")

@@ -218,6 +218,8 @@
       this.stamp = node.querySelector(".stamp");
       this.spark = node.querySelector("canvas.spark");
       this.sparkLabel = node.querySelector(".spark-label");
+      this.spark.setAttribute("role", "img"); // named as drawn (drawSpark)
+      this.sparkLabel.setAttribute("aria-hidden", "true"); // in the chart's name
       this.v = {};
       for (const k of ["score", "fps", "latency", "dropped", "reconnects"]) {
         this.v[k] = node.querySelector(`.v-${k}`);
@@ -544,7 +546,14 @@
           }
         }
       }
-      this.setText(this.sparkLabel, `score, last ${Math.round(state.historyS / 60)} min`);
+      const minutes = Math.round(state.historyS / 60);
+      this.setText(this.sparkLabel, `score, last ${minutes} min`);
+      // what the chart shows, for a screen reader (it heard the label alone)
+      const shown = pts.filter(([t]) => t >= start).map(([, s]) => s);
+      const over = state.threshold === null ? 0 : shown.filter((s) => s >= state.threshold).length;
+      const said = `score chart, last ${minutes} min: ` + (shown.length
+        ? `highest ${scoreText(Math.max(...shown))}, ${over} over the threshold` : "no scores");
+      if (this.spark.getAttribute("aria-label") !== said) this.spark.setAttribute("aria-label", said);
     }
   }
 
