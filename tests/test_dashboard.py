@@ -782,6 +782,10 @@ async def test_page_shows_every_camera_live(
         if width == 390:  # a phone: the alerts are below every camera; the header leads there
             await expect(jump).to_be_visible()
             await expect(jump.locator(".count")).to_have_text(re.compile(r"^\d+\+?$"))
+            # its name starts with its visible words, as voice control calls it
+            await expect(jump).to_have_accessible_name(
+                re.compile(r"^alerts \d+: not handled, show them$")
+            )
             await jump.click()
             await expect(page.locator("#alerts-panel h2")).to_be_in_viewport()
         else:

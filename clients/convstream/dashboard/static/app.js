@@ -981,7 +981,8 @@
     $("alert-count").title = `${alertEntries.size} alerts listed (the newest ${MAX_ALERTS} at ` +
       `most), ${open} not marked handled in this browser` +
       (droppedOpen ? `, ${droppedOpen} of them older than the list` : "");
-    $("alert-jump").setAttribute("aria-label", `${open} alerts not handled: show them`);
+    // starting with its visible words ("alerts 3"), by which voice control calls it
+    $("alert-jump").setAttribute("aria-label", `alerts ${open}: not handled, show them`);
     $("all-handled").hidden = open === 0;
   }
   // "mark all handled" takes every alert raised until then, the ones past the end of the
