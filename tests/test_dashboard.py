@@ -974,6 +974,13 @@ async def test_killed_camera_shows_reconnecting_then_recovers(
     await expect(told.filter(has_text="camera dock running again")).to_have_count(1)
     await expect(tile.locator(".v-reconnects")).not_to_have_text("0")
     await page.screenshot(path=artifacts / "camera-recovered.png")
+    # The browser's own text size (an operator's setting for a far screen) sizes the text:
+    # every size was in pixels, and the setting did nothing.
+    size = "(el) => parseFloat(getComputedStyle(el).fontSize)"
+    before = await tile.locator(".cam").evaluate(size)
+    cdp = await page.context.new_cdp_session(page)
+    await cdp.send("Page.setFontSizes", {"fontSizes": {"standard": 24}})
+    assert await tile.locator(".cam").evaluate(size) == pytest.approx(before * 1.5)
     assert page.errors == []
     await page.context.close()
 

@@ -670,7 +670,14 @@ async def test_a_camera_that_shows_next_to_nothing_says_so(
             await expect(badge).to_have_css("background-color", colour)
         # what the overlay's colours mean, said beside the alerts; gone with the overlay
         legend = page.locator(".legend")
-        await expect(legend).to_have_text("heatmap: nearing the threshold, over it")
+        await expect(legend.locator("span[aria-hidden]")).to_have_text(
+            "heatmap: nearing the threshold, over it"
+        )
+        # and in words for a screen reader, which heard the words without the colours
+        await expect(legend.locator(".sr-only")).to_have_text(
+            "heatmap colours: clear where nothing looks like damage, blue to yellow as a spot "
+            "nears the threshold, red where it is at or over it"
+        )
         await page.locator("#heat-toggle").uncheck()
         await expect(legend).to_be_hidden()
         await page.locator("#heat-toggle").check()
