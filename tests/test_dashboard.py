@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import itertools
 import json
 import os
 import re
@@ -974,6 +975,15 @@ async def test_killed_camera_shows_reconnecting_then_recovers(
     await expect(told.filter(has_text="camera dock running again")).to_have_count(1)
     await expect(tile.locator(".v-reconnects")).not_to_have_text("0")
     await page.screenshot(path=artifacts / "camera-recovered.png")
+    # Its headings make an outline a screen reader can move through: the page's name, then
+    # the cameras and their tiles, then the alerts, no level skipped (a tile's h3 came
+    # before any h2, and there was no h1)
+    outline = await page.evaluate(
+        "[...document.querySelectorAll('h1, h2, h3')].map((h) => [Number(h.tagName[1]), "
+        "h.textContent.trim().split(/\\s/)[0]])"  # its first word
+    )
+    assert [h for h in outline if h[0] < 3] == [[1, "convstream"], [2, "Cameras"], [2, "Alerts"]]
+    assert all(b[0] <= a[0] + 1 for a, b in itertools.pairwise(outline)), outline
     # The browser's own text size (an operator's setting for a far screen) sizes the text:
     # every size was in pixels, and the setting did nothing.
     size = "(el) => parseFloat(getComputedStyle(el).fontSize)"
