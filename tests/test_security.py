@@ -49,6 +49,7 @@ from convstream.server.security import (
     REFUSALS_KEPT,
     TokenInterceptor,
     new_token,
+    token_changes,
     token_hash,
 )
 from convstream.server.tls import PemFiles, TLSFileError, certificate_validity, expiry_times
@@ -422,6 +423,18 @@ def test_token_command_prints_a_token_and_only_its_hash_for_the_config(
     with pytest.raises(SystemExit):
         cli_main(["token", "--name", "dash", "--role", "watch", "--max-calls", "0"])
     assert "--max-calls: must be at least 1, got 0" in capsys.readouterr().err
+    # --camera: the cameras it may list and watch, and what a reload says of a change
+    argv = ["token", "--name", "dash", "--role", "watch", "--camera", "dock-*", "--camera", "yard"]
+    assert cli_main(argv) == 0
+    out = capsys.readouterr().out
+    config.write_text(out[out.index("[[tokens]]") :])
+    scoped = load_settings(config, environ={}).tokens[0]
+    assert scoped.cameras == ("dock-*", "yard") and settings.tokens[0].cameras is None
+    assert scoped.may_see("dock-12") and scoped.may_see("yard") and not scoped.may_see("yard-2")
+    every = scoped.model_copy(update={"cameras": None})
+    assert token_changes([every], [scoped]) == ["'dash': cameras all -> 'dock-*', 'yard'"]
+    with pytest.raises(ValueError, match="cameras: expected camera ids or patterns"):
+        TokenConfig(name="x", role="watch", sha256="0" * 64, cameras=("dock-*", " "))
 
 
 @pytest.mark.parametrize(
@@ -807,6 +820,68 @@ async def test_a_tokens_max_calls_bounds_its_streams_and_watches(
                 await asyncio.sleep(0.05)
             for call in (stream, again, *others):
                 call.cancel()
+    finally:
+        await server.stop(grace=0)
+
+
+async def test_a_tokens_cameras_bound_what_it_lists_and_watches(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A contractor's token for the docks saw and watched every camera of the site. A
+    token's cameras (ids or patterns) bound what it lists and watches: another camera's
+    watch is PERMISSION_DENIED naming what it may watch, its NOT_FOUND lists only those, and
+    a reload that narrows it ends its open watch of a camera no longer its own."""
+    docks = TokenConfig(
+        name="contractor", role="watch", sha256=token_hash(WATCH_TOKEN), cameras=("dock-*",)
+    )
+    everything = TokenConfig(name="control", role="analyze", sha256=token_hash(ANALYZE_TOKEN))
+    cameras = tuple(
+        CameraConfig(id=name, source=f"demo:conveyor?fps=5&seed={k}")
+        for k, name in enumerate(("dock-1", "dock-2", "yard"))
+    )
+    settings = Settings(port=0, metrics_port=0, cameras=cameras, tokens=(docks, everything))
+    server = await _start(settings)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+            listed = await stub.ListCameras(pb.ListCamerasRequest(), metadata=_bearer(WATCH_TOKEN))
+            assert [c.id for c in listed.cameras] == ["dock-1", "dock-2"]
+            listed = await stub.ListCameras(
+                pb.ListCamerasRequest(), metadata=_bearer(ANALYZE_TOKEN)
+            )
+            assert [c.id for c in listed.cameras] == ["dock-1", "dock-2", "yard"]
+            yard = stub.WatchCamera(
+                pb.WatchCameraRequest(camera_id="yard"), metadata=_bearer(WATCH_TOKEN)
+            )
+            assert await yard.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert await yard.details() == (
+                "token 'contractor' may watch the cameras 'dock-*' (its cameras in the server's "
+                "config), not 'yard'"
+            )
+            unknown = stub.WatchCamera(
+                pb.WatchCameraRequest(camera_id="dock-9"), metadata=_bearer(WATCH_TOKEN)
+            )
+            assert await unknown.code() == grpc.StatusCode.NOT_FOUND
+            assert "cameras: dock-1, dock-2" in (await unknown.details()) and "yard" not in (
+                await unknown.details()
+            )
+            dock = stub.WatchCamera(
+                pb.WatchCameraRequest(camera_id="dock-2"), metadata=_bearer(WATCH_TOKEN)
+            )
+            assert (await dock.read()).source == "dock-2"
+            refusals = await asyncio.to_thread(_refusals, server.metrics_port)
+            assert refusals[("convstream.v1.Convstream/WatchCamera", "permission_denied")] == 1
+            assert any("not 'yard'" in r.message for r in caplog.records)
+            # narrowed to dock-1 by a reload: the open watch of dock-2 ends, and says why
+            narrowed = docks.model_copy(update={"cameras": ("dock-1",)})
+            await server.reload(
+                server.settings.model_copy(update={"tokens": (narrowed, everything)})
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                while await dock.read() is not grpc.aio.EOF:
+                    pass
+            assert ended.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "may watch the cameras 'dock-1'" in (ended.value.details() or "")
     finally:
         await server.stop(grace=0)
 

@@ -304,6 +304,7 @@ def _check_config(settings: Settings, warnings: list[str]) -> int:
     )
     from convstream.server.config import host_port
     from convstream.server.processes import assign
+    from convstream.server.security import scope_text
     from convstream.server.sources import parse_source, unreadable_video
 
     try:
@@ -333,7 +334,14 @@ def _check_config(settings: Settings, warnings: list[str]) -> int:
     tls = "off"
     if settings.tls_cert is not None:
         tls = "mutual (client certificates from tls_client_ca)" if settings.tls_client_ca else "on"
-    tokens = ", ".join(f"{t.name} ({t.role})" for t in settings.tokens) or "none"
+    tokens = (
+        ", ".join(
+            f"{t.name} ({t.role}"
+            + (f", cameras {scope_text(t)})" if t.cameras is not None else ")")
+            for t in settings.tokens
+        )
+        or "none"
+    )
     metrics = "off"
     if settings.metrics_port >= 0:
         metrics = host_port(settings.metrics_host, settings.metrics_port)
@@ -650,6 +658,14 @@ def _add_token(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="calls open at once with this token (streams, camera watches, Analyze calls), "
         "at most (the table's max_calls); default: only the server's own limits",
     )
+    p.add_argument(
+        "--camera",
+        action="append",
+        dest="cameras",
+        metavar="ID",
+        help="a camera (or published stream) this token may list and watch: an id, or a "
+        "pattern such as 'dock-*'; again for more (the table's cameras); default: every camera",
+    )
     p.set_defaults(func=_token)
 
 
@@ -687,6 +703,9 @@ def _token(args: argparse.Namespace) -> int:
     print(f'[[tokens]]\nname = {name}\nrole = "{args.role}"\nsha256 = "{digest}"')
     if args.max_calls is not None:
         print(f"max_calls = {args.max_calls}")
+    if args.cameras is not None:
+        encoding = sys.stdout.encoding or "ascii"
+        print(f"cameras = [{', '.join(_toml_string(c, encoding) for c in args.cameras)}]")
     return 0
 
 

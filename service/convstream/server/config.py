@@ -16,6 +16,7 @@ import tomllib
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
@@ -175,6 +176,27 @@ class TokenConfig(BaseModel):
         "calls), at most, in each process; past it RESOURCE_EXHAUSTED. Unset: the server's "
         "max_streams, max_watchers and max_analyze_calls alone",
     )
+    cameras: tuple[str, ...] | None = Field(
+        None,
+        description="the cameras (and published streams) this token may list and watch: "
+        "ids, or shell patterns such as 'dock-*'; another's watch is PERMISSION_DENIED and "
+        "ListCameras leaves it out. Unset: every camera. Sending frames is its role's alone",
+    )
+
+    @field_validator("cameras")
+    @classmethod
+    def _check_cameras(cls, cameras: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for pattern in cameras or ():
+            if not pattern.strip() or len(pattern) > 128:
+                raise ValueError(
+                    f"cameras: expected camera ids or patterns such as 'dock-*' (1 to 128 "
+                    f"characters), got {pattern[:40]!r}"
+                )
+        return cameras
+
+    def may_see(self, camera_id: str) -> bool:
+        """Whether this token may list and watch ``camera_id`` (its ``cameras``)."""
+        return self.cameras is None or any(fnmatchcase(camera_id, p) for p in self.cameras)
 
     @model_validator(mode="after")
     def _check_sha256(self) -> TokenConfig:

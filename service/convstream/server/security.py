@@ -9,6 +9,10 @@ Health is open to all (load balancers probe it without credentials); every other
 reflection included (v1 and v1alpha), needs a valid token of any role. The config holds
 each token's SHA-256, never the token itself; ``convstream token`` makes a token and prints
 the line to paste.
+
+A token's ``cameras`` (ids or patterns) narrow what it may list and watch: the interceptor
+refuses a watch of another camera (PERMISSION_DENIED) and sets SCOPE, the token, for the
+call's handler, which lists (ListCameras, a NOT_FOUND's list) only what it may see.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import unquote
 
@@ -32,6 +37,7 @@ from prometheus_client import Counter
 
 from convstream.server.config import TokenConfig
 from convstream.server.errors import quietly
+from convstream.v1 import convstream_pb2 as pb
 
 SERVICE = "/convstream.v1.Convstream/"
 ROLES = ("watch", "analyze")
@@ -47,6 +53,23 @@ REFUSALS_LOG_S = 600.0  # a refused call is logged once per caller's host and re
 REFUSALS_KEPT = 1024  # (host, reason) pairs remembered for that; past it, the oldest go
 
 logger = logging.getLogger(__name__)
+
+# The token of the call being handled, when it names the cameras it may see (its ``cameras``);
+# None: it may see them all (no tokens, or none so narrowed). Set by TokenInterceptor.
+SCOPE: ContextVar[TokenConfig | None] = ContextVar("convstream_camera_scope", default=None)
+
+
+def scope_text(token: TokenConfig) -> str:
+    """A token's cameras as the log says them: "all", or "'dock-*', 'yard'"."""
+    if token.cameras is None:
+        return "all"
+    return ", ".join(repr(p) for p in token.cameras) or "none"
+
+
+def visible(camera_id: str) -> bool:
+    """Whether the call being handled may list and watch ``camera_id`` (SCOPE)."""
+    token = SCOPE.get()
+    return token is None or token.may_see(camera_id)
 
 
 def new_token() -> tuple[str, str]:
@@ -120,6 +143,8 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
                 continue  # the process it was forwarded from ends it (had this one ended it
                 # first, that one would have found it gone, and counted nothing)
             refusal = _refusal(self._tokens, call.method, call.credential)
+            if refusal is None and call.camera is not None:  # a watch: its camera still its?
+                refusal = _out_of_scope(self._tokens, call.credential, call.camera)
             if refusal is None or call.revoked is None or call.revoked.done():
                 continue
             code, message = refusal
@@ -146,9 +171,10 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         if refusal is not None:
             self._count(method, refusal[0])
             return _deny(handler, *refusal, said=self._logger(method, *refusal))
-        if not (handler.request_streaming or handler.response_streaming):
-            return handler  # a unary call is over before a reload could matter
         token = _found(self._tokens, credential) if isinstance(credential, bytes) else None
+        if not (handler.request_streaming or handler.response_streaming):
+            # a unary call is over before a reload could matter
+            return handler if token is None or token.cameras is None else _scoped(handler, token)
         call = _OpenCall(method, credential, token)
         call.forwarded = self._forwarded is not None and self._forwarded(metadata)
         exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -159,7 +185,11 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
             self._count(method, exhausted)
             say(peer)
 
-        return _watched(handler, call, self._open, over_quota)
+        def out_of_scope(peer: str, refusal: tuple[grpc.StatusCode, str]) -> None:
+            self._count(method, refusal[0])
+            self._logger(method, *refusal)(peer)
+
+        return _watched(handler, call, self._open, over_quota, out_of_scope)
 
     def _logger(self, method: str, code: grpc.StatusCode, message: str) -> Callable[[str], None]:
         """What logs a refusal, given the caller's address: once per address and reason
@@ -267,6 +297,38 @@ def _refusal(
     return None
 
 
+def _out_of_scope(
+    tokens: tuple[tuple[bytes, TokenConfig], ...], credential: bytes | str, camera_id: str
+) -> tuple[grpc.StatusCode, str] | None:
+    """Why ``tokens`` refuse a watch of ``camera_id`` with ``credential`` by its token's
+    cameras; None: they let it (the role is _refusal's)."""
+    token = _found(tokens, credential) if tokens and isinstance(credential, bytes) else None
+    if token is None or token.may_see(camera_id):
+        return None
+    return (
+        grpc.StatusCode.PERMISSION_DENIED,
+        f"token {token.name!r} may watch the cameras {scope_text(token)} (its cameras in the "
+        f"server's config), not {camera_id[:80]!r}",
+    )
+
+
+def _scoped(handler: grpc.RpcMethodHandler, token: TokenConfig) -> Any:
+    """A unary ``handler`` run with SCOPE set to ``token``."""
+
+    async def scoped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        was = SCOPE.set(token)
+        try:
+            return await handler.unary_unary(request, context)
+        finally:
+            SCOPE.reset(was)
+
+    return grpc.unary_unary_rpc_method_handler(
+        scoped,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
 class _OpenCall:
     """A streaming call let in: what it was let in with, and, once a reload's tokens refuse
     it, the status it ends with."""
@@ -276,6 +338,8 @@ class _OpenCall:
         self.credential = credential
         self.token = token.name if token is not None else None  # the name it was let in with
         self.max_calls = token.max_calls if token is not None else None
+        self.scope = token if token is not None and token.cameras is not None else None
+        self.camera: str | None = None  # a watch's camera, checked again at each reload
         self.revoked: asyncio.Future[tuple[grpc.StatusCode, str]] | None = None  # once running
         self.writing: asyncio.Future[None] | None = None  # the last message handed to gRPC
         self.forwarded = False  # by another process of this server
@@ -305,9 +369,11 @@ def _watched(
     call: _OpenCall,
     open_calls: set[_OpenCall],
     over_quota: Callable[[str], None],
+    out_of_scope: Callable[[str, tuple[grpc.StatusCode, str]], None],
 ) -> Any:
-    """``handler`` run as a task of its own, ended with the refusal a reload gives it;
-    refused past its token's max_calls, which ``over_quota`` is told (the caller's address)."""
+    """``handler`` run as a task of its own, with SCOPE set, ended with the refusal a reload
+    gives it; refused past its token's max_calls, which ``over_quota`` is told (the caller's
+    address), and a watch of a camera not its token's, which ``out_of_scope`` is told."""
     shape = (handler.request_streaming, handler.response_streaming)
     make, behaviour = {
         (True, False): (grpc.stream_unary_rpc_method_handler, handler.stream_unary),
@@ -332,8 +398,18 @@ def _watched(
         if quota is not None:
             over_quota(context.peer())
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, quota)
+        if isinstance(request, pb.WatchCameraRequest):
+            call.camera = request.camera_id
+            token = call.scope
+            if token is not None and not token.may_see(call.camera):
+                refusal = _out_of_scope(((b"", token),), b"", call.camera)
+                assert refusal is not None
+                out_of_scope(context.peer(), refusal)
+                await context.abort(*refusal)
         revoked = call.revoked = asyncio.get_running_loop().create_future()
+        was = SCOPE.set(call.scope)  # for the handler's task, made with this context
         running = asyncio.ensure_future(run(request, _Writes(context, call)))
+        SCOPE.reset(was)
         open_calls.add(call)
         try:
             await asyncio.wait({running, revoked}, return_when=asyncio.FIRST_COMPLETED)
@@ -447,6 +523,9 @@ def token_changes(old: Sequence[TokenConfig], new: Sequence[TokenConfig]) -> lis
         limits = [[str(t.max_calls or "none") for t in tokens] for tokens in (was, now)]
         if sorted(limits[0]) != sorted(limits[1]):
             parts.append(f"max_calls {'/'.join(limits[0])} -> {'/'.join(limits[1])}")
+        scopes = [[scope_text(t) for t in tokens] for tokens in (was, now)]
+        if sorted(scopes[0]) != sorted(scopes[1]):
+            parts.append(f"cameras {'/'.join(scopes[0])} -> {'/'.join(scopes[1])}")
         if parts:
             changes.append(f"{name!r}: {', '.join(parts)}")
     return changes

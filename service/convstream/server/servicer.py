@@ -30,7 +30,7 @@ from convstream.server.feeds import FeedFinished
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import CALLER, Options, Pipeline, check_without_stream
 from convstream.server.processes import Peers
-from convstream.server.security import peer_host
+from convstream.server.security import peer_host, visible
 from convstream.server.streams import FrameBudget, StreamSession
 from convstream.v1 import WATCHING
 from convstream.v1 import convstream_pb2 as pb
@@ -345,7 +345,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             statuses += await self._list_elsewhere(request, self.peers.forward_metadata(metadata))
         order = {c.id: k for k, c in enumerate(self.settings.cameras)}
         statuses.sort(key=lambda s: (order.get(s.id, len(order)), s.id))
-        return pb.ListCamerasResponse(cameras=statuses)
+        return pb.ListCamerasResponse(cameras=[s for s in statuses if visible(s.id)])
 
     async def WatchCamera(
         self, request: pb.WatchCameraRequest, context: grpc.aio.ServicerContext
@@ -555,7 +555,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
                 call.cancel()
                 self._forwarded.discard(call)
                 self._ended.discard(call)
-        known = ", ".join(configured) or "none configured"
+        known = ", ".join(c for c in configured if visible(c)) or "none configured"
         error = NotFound(f"no camera {camera_id!r}; cameras: {known} (and no published stream)")
         await context.abort(error.code, str(error))
 
