@@ -958,7 +958,10 @@ def test_the_cameras_table_shows_the_cap_and_no_stale_figures_of_a_camera_that_i
     assert down_row.split()[9:11] == ["-", "-"]
     # a camera whose latest frame showed next to nothing (a capped lens): no all-clear score
     blank = dataclasses.replace(capped, last_score=0.005, last_blank=True)
-    assert cameras_text([blank]).splitlines()[1].split()[9:11] == ["12.5", "blank"]
+    assert cameras_text([blank]).splitlines()[1].split()[9:12] == ["12.5", "0.0050", "blank"]
+    # and the score stays beside the mark: a small damaged package on black is both
+    damaged = dataclasses.replace(blank, last_score=0.9587)
+    assert cameras_text([damaged]).splitlines()[1].split()[9:12] == ["12.5", "0.9587", "blank"]
 
 
 def test_the_cameras_table_fits_a_terminal_and_keeps_a_long_error_whole_when_piped() -> None:

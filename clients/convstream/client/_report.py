@@ -489,11 +489,13 @@ def cameras_text(
 
 def _camera_score(camera: CameraInfo) -> str:
     """The SCORE cell: the latest frame's score while frames come (a camera that is down has
-    no current score: its last would read as live), "blank" when that frame showed next to
-    nothing (a covered lens: its low score would read as all clear)."""
+    no current score: its last would read as live), marked "blank" when that frame showed
+    next to nothing (a covered lens: its low score would read as all clear). The score stays
+    beside the mark: "blank" alone hid a damaged frame's 0.96 (a small package on black)."""
     if not camera.flowing or camera.last_score is None:
         return "-"
-    return "blank" if camera.last_blank else score_text(camera.last_score)
+    shown = score_text(camera.last_score)
+    return f"{shown} blank" if camera.last_blank else shown
 
 
 ERROR_MIN = 30  # characters of a last error that stay, however narrow the terminal
