@@ -879,6 +879,51 @@ def test_an_http_snapshot_url_is_told_to_be_one_picture_not_a_stream() -> None:
         camera.server_close()
 
 
+def test_an_mjpeg_stream_ffmpeg_cannot_read_is_not_said_to_have_ended() -> None:
+    """An MJPEG camera whose parts give a Content-Length 400 bytes too long, which FFmpeg's
+    reader refuses ("Expected boundary '--' not found", in its log): the camera reconnected
+    for ever saying "its stream ended (closed)" while curl showed it sending (a camera
+    engineer's reading). Said as what it is, and what tells which header."""
+    picture = cv2.imencode(".jpg", np.full((240, 320, 3), 90, np.uint8))[1].tobytes()
+
+    class Lying(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.end_headers()
+            try:
+                for _ in range(100):  # 10 s at most
+                    self.wfile.write(
+                        b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                        + str(len(picture) + 400).encode()
+                        + b"\r\n\r\n"
+                        + picture
+                        + b"\r\n"
+                    )
+                    time.sleep(0.1)
+            except OSError:
+                pass  # the reader gave up
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    camera = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Lying)
+    threading.Thread(target=camera.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{camera.server_address[1]}/video.mjpg"
+    try:
+        with pytest.raises(SourceError, match=r"but FFmpeg read [012] of its frames") as info:
+            source = open_source(parse_source(url), open_timeout_s=4, read_timeout_s=3, loop=True)
+            try:
+                source.read()
+            finally:
+                source.release()
+        assert "multipart/x-mixed-replace" in str(info.value)
+        assert "ffmpeg -i URL -f null -" in str(info.value) and "ended" not in str(info.value)
+    finally:
+        camera.shutdown()
+        camera.server_close()
+
+
 def test_an_https_cameras_untrusted_certificate_is_said_and_its_snapshot_url_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

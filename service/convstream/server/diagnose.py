@@ -216,10 +216,10 @@ def _connect(address: Address, deadline: float) -> socket.socket:
     return sock
 
 
-def one_picture(url: str, timeout_s: float) -> str:
-    """The media type ("image/jpeg") when an http:// or https:// URL answers with one
-    picture, a camera's snapshot URL rather than its stream; "" when it does not, or cannot
-    be told."""
+def media_type(url: str, timeout_s: float) -> str:
+    """The media type an http:// or https:// URL answers with: "image/jpeg" for one picture
+    (a camera's snapshot URL rather than its stream), "multipart/x-mixed-replace" for an
+    MJPEG stream; "" for an answer that is no success, or one that cannot be told."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not parts.hostname:
@@ -231,7 +231,7 @@ def one_picture(url: str, timeout_s: float) -> str:
         status, _, kind, _ = _answer(parts, scheme, address, deadline)
     except (OSError, ValueError):
         return ""
-    return kind if 200 <= status < 300 and kind.startswith("image/") else ""
+    return kind if 200 <= status < 300 else ""
 
 
 def _answer(

@@ -26,7 +26,7 @@ import numpy as np
 
 from convstream.server.config import MAX_FPS, MAX_INPUT_SIDE, MIN_INPUT_SIDE, parse_size
 from convstream.server.decode import Limits, check_encoded, decode_encoded, orientation, sniff
-from convstream.server.diagnose import one_picture, why_closed
+from convstream.server.diagnose import media_type, why_closed
 from convstream.server.errors import InvalidFrame
 from convstream.v1 import what_it_holds
 
@@ -345,6 +345,7 @@ class OpenCVCapture:
         self._pacer = _Pacer(fps) if spec.kind == "file" else None
         self._interval_s = 1 / fps if fps else 0.02
         self._grabbed = False  # a frame is grabbed and waits for retrieve()
+        self._frames_got = 0  # frames that came on this connection (_no_frame's hint)
         self._waits: deque[float] = deque(maxlen=9)  # seconds the last reads waited
         # A looping file: frames read since it last started, the last of them, and, for a
         # file of one frame (a still), that frame for good.
@@ -486,6 +487,7 @@ class OpenCVCapture:
                 self._grabbed = False
                 return
             self._grabbed = True
+            self._frames_got += 1
             waited = waited + 1 if time.monotonic() - started > interval_s / 2 else 0
             if waited == 2:
                 return  # the stream is live from here
@@ -568,6 +570,7 @@ class OpenCVCapture:
                 self._still, self._last = self._last, None
                 return True, self._still.copy()
             self._since_start = 0
+        self._frames_got += ok
         if ok and frame is not None and self.spec.kind == "file" and self._loop:
             self._since_start += 1
             self._last = frame.copy() if self._since_start == 1 else None
@@ -601,12 +604,23 @@ class OpenCVCapture:
             return SourceError("end of video file", permanent=not self._loop, ended=True)
         if time.monotonic() - started >= 0.95 * self._read_timeout_s:
             return self._timed_out()
-        if self.spec.kind == "http" and (picture := one_picture(self.spec.target, 2.0)):
+        kind = media_type(self.spec.target, 2.0) if self.spec.kind == "http" else ""
+        if kind.startswith("image/"):
             # a camera's snapshot URL: FFmpeg reads its one picture, then the "stream" ends
             return SourceError(
-                f"no frame from http source: it serves one picture ({picture}), not a video "
+                f"no frame from http source: it serves one picture ({kind}), not a video "
                 "stream: give the camera's MJPEG stream URL (multipart/x-mixed-replace) or its "
                 "RTSP URL"
+            )
+        if kind.startswith("multipart/") and self._frames_got < 3:
+            # FFmpeg's MJPEG reader gave up on the parts after one at most (its own words
+            # stay in its log): "its stream ended" sent an engineer to a camera that curl
+            # showed sending
+            return SourceError(
+                f"no frame from http source: it answers with a stream ({kind}), but FFmpeg "
+                f"read {self._frames_got} of its frames and no more: parts whose headers it "
+                "does not take (a Content-Type with parameters, a Content-Length that is "
+                "wrong); `ffmpeg -i URL -f null -` on this machine says which"
             )
         return SourceError(f"no frame from {self.spec.kind} source: its stream ended (closed)")
 
