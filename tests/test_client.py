@@ -284,10 +284,14 @@ async def test_a_stream_left_early_closes_the_generator_of_its_frames(
                 assert result.ok
                 break
             assert released == ["sync, loop left"]
-            results = client.stream(camera("sync, closed"))
+            source = camera("sync, closed")
+            results = client.stream(source)
             assert next(results).ok
             results.close()
             assert released[-1] == "sync, closed"
+            # given again, it would stream nothing and end OK: said at once instead
+            with pytest.raises(ValueError, match="frames already used up"):
+                client.stream(source)
 
     await asyncio.to_thread(sync)
     async with AsyncClient(address(server)) as client:
@@ -295,6 +299,8 @@ async def test_a_stream_left_early_closes_the_generator_of_its_frames(
             results = client.stream(source)
             assert (await anext(results)).ok
             await results.aclose()
+            with pytest.raises(ValueError, match="frames already used up"):
+                await anext(client.stream(source))  # checked as iteration starts
     assert released == ["sync, loop left", "sync, closed", "async, plain", "async, generator"]
 
 

@@ -576,6 +576,8 @@ async def test_frames_past_the_byte_budget_wait_when_lossless_else_are_refused_a
                     if server.servicer.byte_budget.held == 0:
                         break
                     await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError("the frames held were not answered within 10 s")
                 yield pb.FrameRequest(frame_id=9, encoded=burst[0])
 
             queued = pb.ResultOptions(freshness=pb.FRESHNESS_BOUNDED_QUEUE, queue_size=4)

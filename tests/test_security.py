@@ -435,6 +435,10 @@ def test_token_command_prints_a_token_and_only_its_hash_for_the_config(
     assert token_changes([every], [scoped]) == ["'dash': cameras all -> 'dock-*', 'yard'"]
     with pytest.raises(ValueError, match="cameras: expected camera ids or patterns"):
         TokenConfig(name="x", role="watch", sha256="0" * 64, cameras=("dock-*", " "))
+    # and the command refuses one before it makes a token whose table would not load
+    assert cli_main(["token", "--name", "dash", "--role", "watch", "--camera", " "]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("convstream token: --camera: expected camera ids")
 
 
 @pytest.mark.parametrize(
@@ -869,9 +873,16 @@ async def test_a_tokens_cameras_bound_what_it_lists_and_watches(
                 pb.WatchCameraRequest(camera_id="dock-2"), metadata=_bearer(WATCH_TOKEN)
             )
             assert (await dock.read()).source == "dock-2"
+            other = stub.WatchCamera(
+                pb.WatchCameraRequest(camera_id="gate-7"), metadata=_bearer(WATCH_TOKEN)
+            )
+            assert await other.code() == grpc.StatusCode.PERMISSION_DENIED
             refusals = await asyncio.to_thread(_refusals, server.metrics_port)
-            assert refusals[("convstream.v1.Convstream/WatchCamera", "permission_denied")] == 1
-            assert any("not 'yard'" in r.message for r in caplog.records)
+            assert refusals[("convstream.v1.Convstream/WatchCamera", "permission_denied")] == 2
+            # logged once for the token, not once per camera it asks for (ids tried one by
+            # one wrote a line each)
+            said = [r.message for r in caplog.records if "may watch the cameras" in r.message]
+            assert len(said) == 1 and "token 'contractor'" in said[0], said
             # narrowed to dock-1 by a reload: the open watch of dock-2 ends, and says why
             narrowed = docks.model_copy(update={"cameras": ("dock-1",)})
             await server.reload(

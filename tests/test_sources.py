@@ -879,6 +879,54 @@ def test_an_http_snapshot_url_is_told_to_be_one_picture_not_a_stream() -> None:
         camera.server_close()
 
 
+def test_a_camera_that_sends_its_frames_in_pairs_is_live_at_once() -> None:
+    """A camera whose frames come two at a time (Wi-Fi, TCP batching): after a connect the
+    reader waited for two grabs in a row that each waited for a frame, which such a camera
+    never gives, and passed over two seconds of live frames at every connect and stall (a
+    review's reading). Live once two of the last three grabs waited."""
+    picture = cv2.imencode(".jpg", np.full((240, 320, 3), 90, np.uint8))[1].tobytes()
+    part = (
+        b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+        + str(len(picture)).encode()
+        + b"\r\n\r\n"
+        + picture
+        + b"\r\n"
+    )
+
+    class Pairs(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.end_headers()
+            try:
+                for _ in range(100):  # 10 s at most: 20 frames a second, two at a time
+                    self.wfile.write(part + part)
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:
+                pass  # the reader left
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    camera = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Pairs)
+    threading.Thread(target=camera.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{camera.server_address[1]}/video.mjpg"
+    try:
+        source = open_source(parse_source(url), open_timeout_s=4, read_timeout_s=3, loop=True)
+        try:
+            assert isinstance(source, OpenCVCapture)
+            # frames taken while opening: the first, and a few to find the live one (two
+            # seconds' worth, 40, when it waited for two waited grabs in a row)
+            assert source._frames_got <= 8, source._frames_got
+            source.read()
+        finally:
+            source.release()
+    finally:
+        camera.shutdown()
+        camera.server_close()
+
+
 def test_an_mjpeg_stream_ffmpeg_cannot_read_is_not_said_to_have_ended() -> None:
     """An MJPEG camera whose parts give a Content-Length 400 bytes too long, which FFmpeg's
     reader refuses ("Expected boundary '--' not found", in its log): the camera reconnected

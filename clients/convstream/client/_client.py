@@ -142,7 +142,8 @@ class Client(BaseClient):
 
         Leave the loop (and close() the iterator, if you keep it in a variable) to end the
         stream early. Once it ends, a generator of frames (or ``Video.frames()``) is closed:
-        its ``finally`` runs, a camera's handle released there.
+        its ``finally`` runs, a camera's handle released there. To stream again, pass a new
+        one (``video.frames()`` again): a used one is a ValueError.
 
         Args:
             frames: Frames, arrays, bytes or paths; e.g. ``Video(0).frames()``.

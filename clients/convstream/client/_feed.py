@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import queue
 import threading
@@ -78,6 +79,23 @@ def check_frames(frames: object) -> None:
             f"stream() takes an iterable of frames, got one {type(frames).__name__}: for one "
             "frame call analyze(), or pass [frame]"
         )
+    if _used_up(frames):  # it streamed nothing, and ended OK
+        raise ValueError(
+            "stream() was given frames already used up: a generator that ended, or that an "
+            "earlier stream closed (a stream closes its frames' generator when it ends); "
+            "pass a new one (video.frames() again, or call the generator function again)"
+        )
+
+
+def _used_up(frames: object) -> bool:
+    """Whether ``frames`` is a generator (or ``Video.frames()``) that has ended or was closed."""
+    if isinstance(frames, VideoFrames):
+        return frames.closed
+    if isinstance(frames, Generator):
+        return inspect.getgeneratorstate(frames) == inspect.GEN_CLOSED  # type: ignore[arg-type]
+    if isinstance(frames, AsyncGenerator):
+        return getattr(frames, "ag_frame", True) is None  # ended or closed
+    return False
 
 
 @dataclass

@@ -11,6 +11,7 @@ BGR array, encoded bytes or a path to an image file.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import math
 import numbers
@@ -471,6 +472,11 @@ class VideoFrames(Iterator[Frame]):
     def close(self) -> None:
         self._frames.close()
 
+    @property
+    def closed(self) -> bool:
+        """Ended, or closed: it gives no frame more (a stream closes it when it ends)."""
+        return inspect.getgeneratorstate(self._frames) == inspect.GEN_CLOSED
+
 
 def is_live(source: object) -> bool:
     """A camera index or a URL: a source read as it comes, which does not end."""
@@ -640,16 +646,15 @@ class Video:
             return
         if not self.frames_read:
             if isinstance(self.source, cv2.VideoCapture):
-                shown = "the cv2.VideoCapture given"
+                shown, hint = "the cv2.VideoCapture given", "is its source sending?"
             elif isinstance(self.source, int):
-                shown = f"camera {self.source}"
+                shown, hint = f"camera {self.source}", "is another program using it?"
+            elif self.live:
+                shown, hint = public_url(str(self.source)), "its stream ended at once"
             else:
-                shown = public_url(str(self.source))
-            logger.warning(
-                "OpenCV opened %s but read no frame from it; expected a video file, a URL or "
-                "a camera index",
-                shown,
-            )
+                shown = str(self.source)
+                hint = "expected a video file, a URL or a camera index"
+            logger.warning("OpenCV opened %s but read no frame from it; %s", shown, hint)
             return
         count = self.frame_count
         if count is None or not self.frames_read < 0.9 * count:

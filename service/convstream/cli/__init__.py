@@ -684,6 +684,15 @@ def _token(args: argparse.Namespace) -> int:
     from convstream.server.security import new_token
 
     wrong = _token_name_problem(args.name)
+    if wrong is None and args.cameras is not None:  # as the server's config checks them
+        from pydantic import ValidationError
+
+        from convstream.server.config import TokenConfig
+
+        try:
+            TokenConfig(name=args.name, role=args.role, sha256="0" * 64, cameras=args.cameras)
+        except ValidationError as exc:
+            wrong = "--camera: " + exc.errors()[0]["msg"].removeprefix("Value error, cameras: ")
     if wrong is not None:  # before a token is made, or its file written, for nothing
         print(f"convstream token: {wrong}", file=sys.stderr)
         return 2

@@ -37,7 +37,7 @@ from convstream.server.feeds import (
 )
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Options, Pipeline, check_without_stream
-from convstream.server.security import visible
+from convstream.server.security import narrowed, visible
 from convstream.server.sources import open_source, redact
 from convstream.v1 import convstream_pb2 as pb
 
@@ -250,8 +250,10 @@ class CameraManager:
         names += [(n, "published stream") for n in self.published]
         like = next(((n, what) for n, what in names if folded_id(n) == folded_id(name)), None)
         if like is not None:
+            # not named to a token that may not see it
+            shown = f"the {like[1]} {like[0]!r}" if visible(like[0]) else f"a {like[1]}'s name"
             raise NameTaken(
-                f"source {name!r} reads as the {like[1]} {like[0]!r} (names are compared "
+                f"source {name!r} reads as {shown} (names are compared "
                 "without case, '-', '_' or '.', and with 0 as o and 1 and i as l): this frame "
                 "was not analysed, and the stream goes on unpublished; give its frames a name "
                 "of their own to publish"
@@ -301,7 +303,7 @@ class CameraManager:
             )
         if feed is None:
             seen = [c for c in sorted([*self.feeds, *self.published]) if visible(c)]
-            known = ", ".join(seen) or "none configured"
+            known = ", ".join(seen) or ("none yours" if narrowed() else "none configured")
             raise NotFound(f"no camera {camera_id!r}; cameras: {known}")
         if isinstance(feed, CameraFeed) and (down := feed.down()) is not None:
             raise down

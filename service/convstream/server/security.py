@@ -66,6 +66,11 @@ def scope_text(token: TokenConfig) -> str:
     return ", ".join(repr(p) for p in token.cameras) or "none"
 
 
+def narrowed() -> bool:
+    """Whether the call being handled sees only some cameras (SCOPE)."""
+    return SCOPE.get() is not None
+
+
 def visible(camera_id: str) -> bool:
     """Whether the call being handled may list and watch ``camera_id`` (SCOPE)."""
     token = SCOPE.get()
@@ -142,9 +147,7 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
             if call.forwarded:
                 continue  # the process it was forwarded from ends it (had this one ended it
                 # first, that one would have found it gone, and counted nothing)
-            refusal = _refusal(self._tokens, call.method, call.credential)
-            if refusal is None and call.camera is not None:  # a watch: its camera still its?
-                refusal = _out_of_scope(self._tokens, call.credential, call.camera)
+            refusal = self._refused_now(call)
             if refusal is None or call.revoked is None or call.revoked.done():
                 continue
             code, message = refusal
@@ -185,11 +188,32 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
             self._count(method, exhausted)
             say(peer)
 
-        def out_of_scope(peer: str, refusal: tuple[grpc.StatusCode, str]) -> None:
-            self._count(method, refusal[0])
-            self._logger(method, *refusal)(peer)
+        def refused(peer: str) -> tuple[grpc.StatusCode, str] | None:
+            """Why the tokens now refuse the call, as it starts (its request read: a reload
+            may have come while the request was on its way), counted and logged; None: they
+            let it, its token's cameras set for it."""
+            refusal = self._refused_now(call)
+            if refusal is not None:
+                self._count(method, refusal[0])
+                # said once per host and token, not once per camera asked for (a scoped
+                # token trying ids one by one wrote a line each)
+                said = refusal[1].split(", not ", 1)[0] if call.camera is not None else refusal[1]
+                self._logger(method, refusal[0], said)(peer)
+            return refusal
 
-        return _watched(handler, call, self._open, over_quota, out_of_scope)
+        return _watched(handler, call, self._open, over_quota, refused)
+
+    def _refused_now(self, call: _OpenCall) -> tuple[grpc.StatusCode, str] | None:
+        """Why the tokens of now refuse ``call`` (its role, or for a watch its camera);
+        None: they let it, and its ``scope`` is its token's as they have it."""
+        tokens = self._tokens
+        refusal = _refusal(tokens, call.method, call.credential)
+        credential = call.credential
+        token = _found(tokens, credential) if tokens and isinstance(credential, bytes) else None
+        call.scope = token if token is not None and token.cameras is not None else None
+        if refusal is None and call.scope is not None and call.camera is not None:
+            refusal = _scope_refusal(call.scope, call.camera)
+        return refusal
 
     def _logger(self, method: str, code: grpc.StatusCode, message: str) -> Callable[[str], None]:
         """What logs a refusal, given the caller's address: once per address and reason
@@ -297,13 +321,9 @@ def _refusal(
     return None
 
 
-def _out_of_scope(
-    tokens: tuple[tuple[bytes, TokenConfig], ...], credential: bytes | str, camera_id: str
-) -> tuple[grpc.StatusCode, str] | None:
-    """Why ``tokens`` refuse a watch of ``camera_id`` with ``credential`` by its token's
-    cameras; None: they let it (the role is _refusal's)."""
-    token = _found(tokens, credential) if tokens and isinstance(credential, bytes) else None
-    if token is None or token.may_see(camera_id):
+def _scope_refusal(token: TokenConfig, camera_id: str) -> tuple[grpc.StatusCode, str] | None:
+    """Why ``token``'s cameras refuse a watch of ``camera_id``; None: they let it."""
+    if token.may_see(camera_id):
         return None
     return (
         grpc.StatusCode.PERMISSION_DENIED,
@@ -369,11 +389,11 @@ def _watched(
     call: _OpenCall,
     open_calls: set[_OpenCall],
     over_quota: Callable[[str], None],
-    out_of_scope: Callable[[str, tuple[grpc.StatusCode, str]], None],
+    refused: Callable[[str], tuple[grpc.StatusCode, str] | None],
 ) -> Any:
     """``handler`` run as a task of its own, with SCOPE set, ended with the refusal a reload
     gives it; refused past its token's max_calls, which ``over_quota`` is told (the caller's
-    address), and a watch of a camera not its token's, which ``out_of_scope`` is told."""
+    address), and as it starts by what ``refused`` (given that address) says of it then."""
     shape = (handler.request_streaming, handler.response_streaming)
     make, behaviour = {
         (True, False): (grpc.stream_unary_rpc_method_handler, handler.stream_unary),
@@ -400,12 +420,8 @@ def _watched(
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, quota)
         if isinstance(request, pb.WatchCameraRequest):
             call.camera = request.camera_id
-            token = call.scope
-            if token is not None and not token.may_see(call.camera):
-                refusal = _out_of_scope(((b"", token),), b"", call.camera)
-                assert refusal is not None
-                out_of_scope(context.peer(), refusal)
-                await context.abort(*refusal)
+        if (refusal := refused(context.peer())) is not None:
+            await context.abort(*refusal)
         revoked = call.revoked = asyncio.get_running_loop().create_future()
         was = SCOPE.set(call.scope)  # for the handler's task, made with this context
         running = asyncio.ensure_future(run(request, _Writes(context, call)))

@@ -471,14 +471,16 @@ class OpenCVCapture:
         Those come out of ``grab`` at once, one after another; the live frame takes about a
         frame interval to arrive. Without this, the first result after every (re)connect
         shows the scene as it was a second or two before, and the burst counts as drops.
-        Live once two grabs in a row were waited for: one alone may be a buffered frame
-        whose grab a busy CPU held up (the rest of the backlog then came as live frames).
+        Live once two of the last three grabs were waited for: one alone may be a buffered
+        frame whose grab a busy CPU held up (the rest of the backlog then came as live
+        frames), and two in a row are not what a camera sending its frames in pairs (Wi-Fi,
+        TCP batching) ever gives: it lost two seconds of live frames at every connect.
         """
         if self.spec.kind not in NETWORK_KINDS:
             return
         interval_s = self._interval_s
         deadline = time.monotonic() + _BACKLOG_MAX_S
-        waited = 0
+        waited: deque[bool] = deque(maxlen=3)
         while time.monotonic() < deadline:
             started = time.monotonic()
             if not self._cap.grab():
@@ -488,8 +490,8 @@ class OpenCVCapture:
                 return
             self._grabbed = True
             self._frames_got += 1
-            waited = waited + 1 if time.monotonic() - started > interval_s / 2 else 0
-            if waited == 2:
+            waited.append(time.monotonic() - started > interval_s / 2)
+            if sum(waited) == 2:
                 return  # the stream is live from here
 
     def read(self) -> np.ndarray | bytes:
@@ -536,6 +538,8 @@ class OpenCVCapture:
             self._grabbed = False
         elif not self._cap.grab():
             raise self._no_frame(started)
+        else:
+            self._frames_got += 1
         self._check_live(started)
         if self._stalled(started):  # the next read is then the live frame, not the backlog
             self._skip_backlog()
@@ -547,9 +551,10 @@ class OpenCVCapture:
             return True, self._still.copy()
         if self._grabbed:
             self._grabbed = False
-            ok, frame = self._cap.retrieve()
+            ok, frame = self._cap.retrieve()  # counted as grabbed
         else:
             ok, frame = self._cap.read()
+            self._frames_got += ok
         if not ok and self.spec.kind == "file" and self._loop:
             self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
             ok, frame = self._cap.read()
@@ -570,7 +575,6 @@ class OpenCVCapture:
                 self._still, self._last = self._last, None
                 return True, self._still.copy()
             self._since_start = 0
-        self._frames_got += ok
         if ok and frame is not None and self.spec.kind == "file" and self._loop:
             self._since_start += 1
             self._last = frame.copy() if self._since_start == 1 else None
