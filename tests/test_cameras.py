@@ -42,6 +42,7 @@ from convstream.cli import main
 from convstream.client.cli import QUIET_S
 from convstream.client.results import CameraInfo
 from convstream.server import CameraConfig, Server, Settings
+from convstream.server.budget import ByteBudget
 from convstream.server.camera import Camera, RateMeter
 from convstream.server.feeds import CameraFeed, Watcher, next_due
 from convstream.server.pipeline import Options
@@ -1537,6 +1538,22 @@ def test_a_new_watcher_gets_no_opening_burst() -> None:
     gaps = np.diff(delivered)
     assert len(delivered) == 6, delivered  # 3 a second for 2 s
     assert gaps.min() >= 1 / 3 - 1e-9, gaps
+
+
+def test_a_watch_that_ended_holds_no_bytes_of_a_last_result_offered_to_it() -> None:
+    """A reload took a camera out of the list while its feed stopped; a watch that ended
+    then looked its camera up by id, found none, and stayed on the old feed, which offered
+    it one last frame: its bytes stayed counted against max_watcher_bytes for good (a soak
+    test's gauge stuck at 39,587). A released watcher takes nothing more."""
+    budget = ByteBudget(1 << 20)
+    watcher = Watcher("demo-c", Options(), max_fps=0.0, capacity=2, budget=budget)
+    result = pb.FrameResult(frame_id=1, heatmap=pb.Tensor(data=bytes(40_000)))
+    watcher.offer(result, captured=1000.0, now=1000.0)
+    assert budget.held == watcher.held == result.ByteSize()
+    watcher.release()
+    assert budget.held == 0
+    watcher.offer(result, captured=1000.1, now=1000.1)  # the old feed's last frame
+    assert budget.held == watcher.held == 0
 
 
 def test_a_watcher_keeps_its_rate_and_sends_no_burst_after_a_pause() -> None:

@@ -114,12 +114,18 @@ class Watcher:
         self._dropped_ids: list[int] = []
         self._ready = asyncio.Event()
         self._ended: ConvstreamError | FeedFinished | None = None
+        self._released = False
 
     def due(self, now: float) -> bool:
         return now >= self._next
 
     def offer(self, result: pb.FrameResult, captured: float, now: float) -> None:
-        """Queue a result (event loop only; never waits); the oldest goes when full."""
+        """Queue a result (event loop only; never waits); the oldest goes when full. None
+        once released: a feed a reload took out of the list, still stopping, offered its last
+        frame to a watch that had ended and left it (the watch looked its camera up by id, and
+        found the new one), and its bytes stayed counted in max_watcher_bytes for good."""
+        if self._released:
+            return
         # A schedule, not a minimum gap: a 5 fps watcher of a 6 fps camera gets 5 results a
         # second, not 3 (every other frame). The first result starts the schedule, so a new
         # watcher gets no opening burst; so does the first after a pause of more than a step
@@ -150,7 +156,8 @@ class Watcher:
         self.budget.hold(size)
 
     def release(self) -> None:
-        """The watch is over: what waits for it is given back."""
+        """The watch is over: what waits for it is given back, and nothing more is taken."""
+        self._released = True
         self._queue.clear()
         self._take(-self.held)
 
