@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -879,28 +880,19 @@ def test_an_http_snapshot_url_is_told_to_be_one_picture_not_a_stream() -> None:
         camera.server_close()
 
 
-def test_a_camera_that_sends_its_frames_in_pairs_is_live_at_once() -> None:
-    """A camera whose frames come two at a time (Wi-Fi, TCP batching): after a connect the
-    reader waited for two grabs in a row that each waited for a frame, which such a camera
-    never gives, and passed over two seconds of live frames at every connect and stall (a
-    review's reading). Live once two of the last three grabs waited."""
-    picture = cv2.imencode(".jpg", np.full((240, 320, 3), 90, np.uint8))[1].tobytes()
-    part = (
-        b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
-        + str(len(picture)).encode()
-        + b"\r\n\r\n"
-        + picture
-        + b"\r\n"
-    )
+@contextlib.contextmanager
+def _mjpeg_camera(parts: bytes) -> Iterator[str]:
+    """An HTTP MJPEG camera on 127.0.0.1 that sends ``parts`` (multipart parts, boundary
+    "frame") every 0.1 s for 10 s at most; its URL."""
 
-    class Pairs(http.server.BaseHTTPRequestHandler):
+    class Camera(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
             self.end_headers()
             try:
-                for _ in range(100):  # 10 s at most: 20 frames a second, two at a time
-                    self.wfile.write(part + part)
+                for _ in range(100):
+                    self.wfile.write(parts)
                     self.wfile.flush()
                     time.sleep(0.1)
             except OSError:
@@ -909,10 +901,28 @@ def test_a_camera_that_sends_its_frames_in_pairs_is_live_at_once() -> None:
         def log_message(self, *_: object) -> None:
             pass
 
-    camera = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Pairs)
+    camera = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Camera)
     threading.Thread(target=camera.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{camera.server_address[1]}/video.mjpg"
     try:
+        yield f"http://127.0.0.1:{camera.server_address[1]}/video.mjpg"
+    finally:
+        camera.shutdown()
+        camera.server_close()
+
+
+def _part(picture: bytes, length: int) -> bytes:
+    """A multipart part of ``picture`` whose header says Content-Length ``length``."""
+    head = f"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {length}\r\n\r\n"
+    return head.encode() + picture + b"\r\n"
+
+
+def test_a_camera_that_sends_its_frames_in_pairs_is_live_at_once() -> None:
+    """A camera whose frames come two at a time (Wi-Fi, TCP batching): after a connect the
+    reader waited for two grabs in a row that each waited for a frame, which such a camera
+    never gives, and passed over two seconds of live frames at every connect and stall (a
+    review's reading). Live once two of the last three grabs waited."""
+    picture = cv2.imencode(".jpg", np.full((240, 320, 3), 90, np.uint8))[1].tobytes()
+    with _mjpeg_camera(_part(picture, len(picture)) * 2) as url:  # 20 frames/s, in pairs
         source = open_source(parse_source(url), open_timeout_s=4, read_timeout_s=3, loop=True)
         try:
             assert isinstance(source, OpenCVCapture)
@@ -922,9 +932,6 @@ def test_a_camera_that_sends_its_frames_in_pairs_is_live_at_once() -> None:
             source.read()
         finally:
             source.release()
-    finally:
-        camera.shutdown()
-        camera.server_close()
 
 
 def test_an_mjpeg_stream_ffmpeg_cannot_read_is_not_said_to_have_ended() -> None:
@@ -933,43 +940,15 @@ def test_an_mjpeg_stream_ffmpeg_cannot_read_is_not_said_to_have_ended() -> None:
     for ever saying "its stream ended (closed)" while curl showed it sending (a camera
     engineer's reading). Said as what it is, and what tells which header."""
     picture = cv2.imencode(".jpg", np.full((240, 320, 3), 90, np.uint8))[1].tobytes()
-
-    class Lying(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-            self.end_headers()
-            try:
-                for _ in range(100):  # 10 s at most
-                    self.wfile.write(
-                        b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
-                        + str(len(picture) + 400).encode()
-                        + b"\r\n\r\n"
-                        + picture
-                        + b"\r\n"
-                    )
-                    time.sleep(0.1)
-            except OSError:
-                pass  # the reader gave up
-
-        def log_message(self, *_: object) -> None:
-            pass
-
-    camera = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Lying)
-    threading.Thread(target=camera.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{camera.server_address[1]}/video.mjpg"
-    try:
-        with pytest.raises(SourceError, match=r"but FFmpeg read [012] of its frames") as info:
-            source = open_source(parse_source(url), open_timeout_s=4, read_timeout_s=3, loop=True)
-            try:
-                source.read()
-            finally:
-                source.release()
-        assert "multipart/x-mixed-replace" in str(info.value)
-        assert "ffmpeg -i URL -f null -" in str(info.value) and "ended" not in str(info.value)
-    finally:
-        camera.shutdown()
-        camera.server_close()
+    refused = pytest.raises(SourceError, match=r"but FFmpeg read [012] of its frames")
+    with _mjpeg_camera(_part(picture, len(picture) + 400)) as url, refused as info:
+        source = open_source(parse_source(url), open_timeout_s=4, read_timeout_s=3, loop=True)
+        try:
+            source.read()
+        finally:
+            source.release()
+    assert "multipart/x-mixed-replace" in str(info.value)
+    assert "ffmpeg -i URL -f null -" in str(info.value) and "ended" not in str(info.value)
 
 
 def test_an_https_cameras_untrusted_certificate_is_said_and_its_snapshot_url_too(
