@@ -893,6 +893,14 @@ async def test_a_tokens_cameras_bound_what_it_lists_and_watches(
                     pass
             assert ended.value.code() == grpc.StatusCode.PERMISSION_DENIED
             assert "may watch the cameras 'dock-1'" in (ended.value.details() or "")
+            # a token none of whose cameras exists is told so, not the site's cameras
+            gates = docks.model_copy(update={"cameras": ("gate-*",)})
+            await server.reload(server.settings.model_copy(update={"tokens": (gates, everything)}))
+            gate = stub.WatchCamera(
+                pb.WatchCameraRequest(camera_id="gate-1"), metadata=_bearer(WATCH_TOKEN)
+            )
+            assert await gate.code() == grpc.StatusCode.NOT_FOUND
+            assert await gate.details() == "no camera 'gate-1'; cameras: none yours"
     finally:
         await server.stop(grace=0)
 

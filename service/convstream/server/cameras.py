@@ -37,7 +37,7 @@ from convstream.server.feeds import (
 )
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Options, Pipeline, check_without_stream
-from convstream.server.security import narrowed, visible
+from convstream.server.security import cameras_shown, visible
 from convstream.server.sources import open_source, redact
 from convstream.v1 import convstream_pb2 as pb
 
@@ -302,8 +302,7 @@ class CameraManager:
                 f"), never a URL, a path or a device; got {redact(camera_id[:80])!r}"
             )
         if feed is None:
-            seen = [c for c in sorted([*self.feeds, *self.published]) if visible(c)]
-            known = ", ".join(seen) or ("none yours" if narrowed() else "none configured")
+            known = cameras_shown(sorted([*self.feeds, *self.published]))
             raise NotFound(f"no camera {camera_id!r}; cameras: {known}")
         if isinstance(feed, CameraFeed) and (down := feed.down()) is not None:
             raise down

@@ -27,7 +27,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
 from typing import Any
 from urllib.parse import unquote
@@ -66,9 +66,11 @@ def scope_text(token: TokenConfig) -> str:
     return ", ".join(repr(p) for p in token.cameras) or "none"
 
 
-def narrowed() -> bool:
-    """Whether the call being handled sees only some cameras (SCOPE)."""
-    return SCOPE.get() is not None
+def cameras_shown(ids: Iterable[str]) -> str:
+    """The cameras a NOT_FOUND lists to the call being handled: those of ``ids`` it may see
+    (SCOPE), or "none yours" / "none configured"."""
+    shown = ", ".join(c for c in ids if visible(c))
+    return shown or ("none yours" if SCOPE.get() is not None else "none configured")
 
 
 def visible(camera_id: str) -> bool:

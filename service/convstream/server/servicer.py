@@ -30,7 +30,7 @@ from convstream.server.feeds import FeedFinished
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import CALLER, Options, Pipeline, check_without_stream
 from convstream.server.processes import Peers
-from convstream.server.security import narrowed, peer_host, visible
+from convstream.server.security import cameras_shown, peer_host, visible
 from convstream.server.streams import FrameBudget, StreamSession
 from convstream.v1 import WATCHING
 from convstream.v1 import convstream_pb2 as pb
@@ -555,9 +555,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
                 call.cancel()
                 self._forwarded.discard(call)
                 self._ended.discard(call)
-        known = ", ".join(c for c in configured if visible(c)) or (
-            "none yours" if narrowed() else "none configured"
-        )
+        known = cameras_shown(configured)
         error = NotFound(f"no camera {camera_id!r}; cameras: {known} (and no published stream)")
         await context.abort(error.code, str(error))
 
