@@ -694,7 +694,13 @@ async def test_processes_stop_and_say_why_when_their_supervisor_is_killed(tmp_pa
         text = log.read_text()
         gone = f"the supervisor (pid {process.pid}) is gone, killed or crashed: this process"
         assert text.count(gone) == 2, text[-3000:]
-        assert not folder.exists()
+        # both remove the folder as they exit; polled, and what is left said if it stays (CI
+        # found it there once, as the processes read as exited: not explained yet)
+        deadline = time.monotonic() + 5
+        while folder.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        left = sorted(p.name for p in folder.iterdir()) if folder.exists() else None
+        assert left is None, (left, [_state(pid) for pid in children], text[-2000:])
 
 
 def test_a_reload_whose_cameras_the_model_cannot_run_is_not_written_for_restarts(
