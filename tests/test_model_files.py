@@ -561,3 +561,99 @@ async def test_reloads_apply_in_the_order_they_came() -> None:
         assert server.cameras is not None and list(server.cameras.feeds) == ["belt"]
     finally:
         await server.stop(grace=0)
+
+
+def retrained(lift: float, threshold: str) -> Callable[[onnx.ModelProto], None]:
+    """The shipped network with its head's bias raised by ``lift`` and another threshold in
+    its metadata: a model trained further, as far as the server can tell."""
+
+    def change(model: onnx.ModelProto) -> None:
+        bias = next(t for t in model.graph.initializer if t.name == "net.head.bias")
+        raised = onnx.numpy_helper.to_array(bias) + np.float32(lift)
+        bias.CopyFrom(onnx.numpy_helper.from_array(raised, bias.name))
+        metadata(threshold=threshold)(model)
+
+    return change
+
+
+def wider_stage1(model: onnx.ModelProto) -> None:
+    """stage1 given twice over, 32 channels (as its metadata says): another network's
+    outputs, though every one of them has its name."""
+    for node in model.graph.node:
+        node.output[:] = ["stage1.inner" if o == "stage1" else o for o in node.output]
+        node.input[:] = ["stage1.inner" if i == "stage1" else i for i in node.input]
+    model.graph.node.append(
+        helper.make_node("Concat", ["stage1.inner", "stage1.inner"], ["stage1"], axis=1)
+    )
+    stages = json.loads(next(p.value for p in model.metadata_props if p.key == "stages"))
+    stages[0]["channels"] = 32
+    metadata(stages=json.dumps(stages))(model)
+
+
+async def test_a_reload_serves_a_model_file_replaced_in_place_and_refuses_one_it_cannot(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A retrained model took a restart, which ends every stream and watch. A reload (SIGHUP)
+    now serves the file its config names when its sha256 changed: open streams go on, their
+    next frame on the new model and its threshold. A file it cannot serve in its place (not
+    a model; other outputs than the streams asked for) refuses the reload, and the running
+    model goes on."""
+    path = edited(tmp_path / "damage.onnx", lambda model: None)
+    server = Server(Settings(port=0, metrics_port=-1, cameras=(), model_path=path))
+    await server.start()
+    image = jpeg(scene(12, 384, 640))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+            stream = stub.StreamFrames()
+            options = pb.ResultOptions(feature_maps=["stage3"])
+            frame_ids = iter(range(1, 100))
+
+            async def result() -> pb.FrameResult:
+                frame = pb.FrameRequest(frame_id=next(frame_ids), encoded=image, options=options)
+                await stream.write(frame)
+                got: pb.FrameResult = await stream.read()
+                assert got.status.code == 0, got.status
+                assert [m.name for m in got.feature_maps] == ["stage3"]
+                return got
+
+            before = await result()
+            shipped = await stub.GetModelInfo(pb.GetModelInfoRequest())
+            assert before.threshold == pytest.approx(0.82151, abs=1e-5)
+
+            edited(path, retrained(2.0, "0.9"))
+            with caplog.at_level(logging.INFO, logger="convstream.server.app"):
+                await server.reload(server.settings)
+            after = await result()  # the same stream, on the new model
+            assert after.threshold == pytest.approx(0.9)
+            assert after.score > before.score + 0.05, (before.score, after.score)
+            info = await stub.GetModelInfo(pb.GetModelInfoRequest())
+            assert info.sha256 != shipped.sha256 and info.threshold == pytest.approx(0.9)
+            assert info.threshold_source == "model"
+            assert f"reload: model {path} (sha256 {info.sha256[:12]}...) from now on" in caplog.text
+            assert server.metrics.registry.get_sample_value(
+                "convstream_model_info", {"name": "damage.onnx", "sha256": info.sha256}
+            )
+            assert not server.metrics.registry.get_sample_value(
+                "convstream_model_info", {"name": "damage.onnx", "sha256": shipped.sha256}
+            )
+
+            edited(path, wider_stage1)
+            with pytest.raises(
+                ConfigError,
+                match=r"gives a heatmap at stride 8, stage1 of 32 channels at stride 2, .*where "
+                r"the model it would replace gives a heatmap at stride 8, stage1 of 16 channels "
+                r"at stride 2, .*: open streams asked for those; restart the server to serve it",
+            ):
+                await server.reload(server.settings)
+            path.write_bytes(b"not a model")
+            with pytest.raises(ConfigError, match=r"is not an ONNX model onnxruntime loads"):
+                await server.reload(server.settings)
+            kept = await result()
+            assert kept.score == pytest.approx(after.score, abs=1e-6)
+            assert (await stub.GetModelInfo(pb.GetModelInfoRequest())).sha256 == info.sha256
+            await stream.done_writing()
+            assert await stream.read() == grpc.aio.EOF
+            assert await stream.code() == grpc.StatusCode.OK
+    finally:
+        await server.stop(grace=0)

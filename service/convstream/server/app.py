@@ -25,6 +25,7 @@ from convstream.server.cameras import HEALTH_PREFIX, CameraManager
 from convstream.server.config import (
     CameraConfig,
     ConfigError,
+    Scheduling,
     Settings,
     host_port,
     parse_size,
@@ -35,7 +36,7 @@ from convstream.server.errors import Draining
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Pipeline, WorkPool
 from convstream.server.probes import HttpPort
-from convstream.server.processes import TLS_FILES, Peers, reload_keeps
+from convstream.server.processes import TLS_FILES, Peers, model_sha256, reload_keeps
 from convstream.server.security import TokenInterceptor, peer_host, token_changes
 from convstream.server.servicer import (
     PEER_CONNECT_S,
@@ -111,6 +112,14 @@ def model_info(settings: Settings, model: DamageModel) -> pb.ModelInfo:
         max_watchers=settings.max_watchers,
         watcher_queue_size=settings.watcher_queue_size,
     )
+
+
+def interface(model: DamageModel) -> str:
+    """The outputs a model gives, as streams ask for them (stages) and read them (strides)."""
+    stages = ", ".join(
+        f"{s.name} of {s.channels} channels at stride {s.stride}" for s in model.stages
+    )
+    return f"a heatmap at stride {model.heatmap_stride}, {stages}"
 
 
 def threshold_source(settings: Settings, model: DamageModel) -> str:
@@ -428,6 +437,9 @@ class Server:
         # first, and the first, older, config then over it.
         self._reloading = asyncio.Lock()
         self._executor: WorkPool | None = None
+        # how models run here, chosen at the start: a reload's new model runs the same way
+        self._plan: Scheduling | None = None
+        self._provider: ProviderChoice = settings.provider
         self.servicer: ConvstreamServicer | None = None
         self.cameras: CameraManager | None = None
 
@@ -435,26 +447,16 @@ class Server:
         settings = self.settings
         cores = usable_cores() if self.peers is None else self.peers.share(usable_cores())
 
-        def load(provider: ProviderChoice, threads: int, fixed_batch: int = 0) -> DamageModel:
-            return DamageModel(
-                settings.model_path,
-                provider=provider,
-                intra_op_threads=threads,
-                spin=settings.spin_wait,
-                fixed_batch=fixed_batch,
-            )
-
         gpu = wants_cuda(settings.provider)
         plan = settings.scheduling(gpu=gpu, cores=cores)
-        model = await asyncio.to_thread(
-            load, settings.provider, plan.intra_op_threads, plan.fixed_batch
-        )
+        self._plan, self._provider = plan, settings.provider
+        model = await asyncio.to_thread(self._load, settings)
         if gpu and model.provider != CUDA:
             # onnxruntime-gpu is installed but CUDA did not load (the model logged why): run
             # the CPU plan, whose onnxruntime threads are set when the session is made.
             plan = settings.scheduling(gpu=False, cores=cores)
-            model = await asyncio.to_thread(load, "cpu", plan.intra_op_threads)
-            model.requested_provider = settings.provider  # GetModelInfo reports what was asked
+            self._plan, self._provider = plan, "cpu"
+            model = await asyncio.to_thread(self._load, settings)
         pinned = self.peers.model_sha256 if self.peers is not None else ""
         if pinned and model.sha256 != pinned:  # replaced since the supervisor started
             raise ModelFileError(
@@ -471,7 +473,7 @@ class Server:
         self._warmed.update(settings.model_shapes())
         wide = None
         if plan.wide_threads:
-            wide = await asyncio.to_thread(load, "cpu", plan.wide_threads)
+            wide = await asyncio.to_thread(self._load, settings, wide=True)
             await asyncio.to_thread(wide.warm_up, settings.model_shapes())
         pool = WorkPool(settings.decode_threads or cores)
         self._executor = pool
@@ -667,6 +669,22 @@ class Server:
                         left / 86400,
                     )
 
+    def _load(self, settings: Settings, *, wide: bool = False) -> DamageModel:
+        """The model file of ``settings`` in a session as this server runs it (the plan made
+        at its start): the wide model's on the CPU with its threads (Engine)."""
+        plan = self._plan
+        assert plan is not None, "loaded before the plan was made"
+        model = DamageModel(
+            settings.model_path,
+            provider="cpu" if wide else self._provider,
+            intra_op_threads=plan.wide_threads if wide else plan.intra_op_threads,
+            spin=settings.spin_wait,
+            fixed_batch=0 if wide else plan.fixed_batch,
+        )
+        if not wide:
+            model.requested_provider = settings.provider  # GetModelInfo reports what was asked
+        return model
+
     async def reload(self, settings: Settings) -> None:
         """Apply a changed config while running: tokens are added, removed and changed (new
         calls are checked against the new set, open watches and streams it refuses end with
@@ -679,22 +697,19 @@ class Server:
 
     async def _reload(self, settings: Settings) -> None:
         await self._warm_up_new_sizes(settings)
+        models = await self._new_model(settings)  # before anything changes: it may refuse
         keeps = reload_keeps(self.settings, settings)
         applied: dict[str, Any] = {
             "cameras": settings.cameras,
             "tokens": settings.tokens,
             "threshold": settings.threshold,
         }
-        if settings.threshold != self.settings.threshold and self._engine is not None:
-            model = self._engine.model
-            model.threshold = (
-                model.own_threshold if settings.threshold is None else settings.threshold
-            )
-            if self.servicer is not None:
-                self.servicer.model_info.threshold = model.threshold
-                self.servicer.model_info.threshold_source = threshold_source(settings, model)
-            self.metrics.threshold.set(model.threshold)
-            logger.info("reload: threshold %.6g from now on", model.threshold)
+        if models is not None:
+            self._use_model(settings, *models)
+            applied["model_path"] = settings.model_path
+        elif settings.threshold != self.settings.threshold and self._engine is not None:
+            self._judge_by(settings, self._engine.model)
+            logger.info("reload: threshold %.6g from now on", self._engine.model.threshold)
         if self._reload_tls(settings, keeps.get("tls")):
             applied.update({name: getattr(settings, name) for name in TLS_FILES})
         changed = [
@@ -724,6 +739,86 @@ class Server:
             self.servicer.settings = self.settings
         count = len(settings.cameras)
         logger.info("reload: %d camera%s configured", count, "" if count == 1 else "s")
+
+    async def _new_model(self, settings: Settings) -> tuple[DamageModel, DamageModel | None] | None:
+        """The model a reload brings (and its wide session), loaded and run at every input
+        size the server runs, or None when the config names the file the server runs,
+        unchanged: a file rewritten in place, a new sha256, is a new model. A file the server
+        cannot serve in place of its model refuses the reload (ConfigError): one onnxruntime
+        cannot load, or whose outputs differ (open streams asked for its stages as they are).
+        Several processes keep theirs: each would swap at its own moment, and a process
+        restarted after a crash must serve what the others do."""
+        engine = self._engine
+        if engine is None:
+            return None
+        running = engine.model
+        sha256 = await asyncio.to_thread(model_sha256, settings.model_path)
+        if settings.model_path == self.settings.model_path and sha256 == running.sha256:
+            return None
+        if self.peers is not None:
+            if settings.model_path == self.settings.model_path:  # else listed with the rest
+                logger.warning(
+                    "reload: %s changed (sha256 %s... now): with several processes a new "
+                    "model takes a restart; each process serves the one it loaded",
+                    running.path,
+                    sha256[:12] or "unreadable",
+                )
+            return None
+        sizes = sorted(self._warmed)
+        asked = ("the server runs {}", "restart the server with input_sizes it takes")
+        try:
+            model = await asyncio.to_thread(self._load, settings)
+            ran, runs = interface(model), interface(running)
+            if ran != runs:
+                raise ModelFileError(
+                    f"{model.path} gives {ran}, where the model it would replace gives "
+                    f"{runs}: open streams asked for those; restart the server to serve it"
+                )
+            if model.provider != running.provider:
+                raise ModelFileError(
+                    f"{model.path} loaded on {model.provider}, the running model is on "
+                    f"{running.provider} (the server's log says why)"
+                )
+            await asyncio.to_thread(model.warm_up, sizes, engine.max_batch, sizes_from=asked)
+            wide = None
+            if engine.wide_model is not None:
+                wide = await asyncio.to_thread(self._load, settings, wide=True)
+                await asyncio.to_thread(wide.warm_up, sizes, sizes_from=asked)
+        except ModelFileError as exc:
+            raise ConfigError(f"model_path: {exc}") from exc
+        return model, wide
+
+    def _use_model(self, settings: Settings, model: DamageModel, wide: DamageModel | None) -> None:
+        """Run every frame from now on on ``model`` (frames at the model finish on the one
+        they started on) and say so: GetModelInfo, the metrics, the log."""
+        assert self._engine is not None
+        old = self._engine.model
+        self._judge_by(settings, model)
+        self._engine.use(model, wide)
+        if self.servicer is not None:
+            info = self.servicer.model_info
+            info.name, info.sha256 = model.path.stem, model.sha256
+        self.metrics.model.remove(old.path.name, old.sha256)
+        self.metrics.model.labels(model.path.name, model.sha256).set(1)
+        logger.info(
+            "reload: model %s (sha256 %s...) from now on, threshold %.6g (%s), in place of %s "
+            "(sha256 %s...)",
+            model.path,
+            model.sha256[:12],
+            model.threshold,
+            threshold_source(settings, model),
+            old.path,
+            old.sha256[:12],
+        )
+
+    def _judge_by(self, settings: Settings, model: DamageModel) -> None:
+        """Decide results' ``damaged`` by the threshold ``settings`` give ``model`` (its own
+        when they give none), as GetModelInfo and the metrics then say."""
+        model.threshold = model.own_threshold if settings.threshold is None else settings.threshold
+        if self.servicer is not None:
+            self.servicer.model_info.threshold = model.threshold
+            self.servicer.model_info.threshold_source = threshold_source(settings, model)
+        self.metrics.threshold.set(model.threshold)
 
     async def _warm_up_new_sizes(self, settings: Settings) -> None:
         """Run the model once at each input size a reloaded config's cameras bring, as the

@@ -165,6 +165,12 @@ class Engine:
             self._cond.notify()
         return job.future
 
+    def use(self, model: DamageModel, wide_model: DamageModel | None) -> None:
+        """Run the frames taken from now on on these (a reload's new model file); runs
+        under way finish on the ones they began with."""
+        with self._cond:
+            self.model, self.wide_model = model, wide_model
+
     @property
     def queued(self) -> int:
         """Frames waiting for the worker."""
