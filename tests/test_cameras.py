@@ -1706,18 +1706,25 @@ async def test_a_client_stream_can_publish_under_its_source_name() -> None:
     frames = [jpeg(scene(30 + i, 360, 640)) for i in range(3)]
     async with serving(camera("belt", "demo:conveyor?fps=5")) as server, connect(server) as stub:
         taken = stub.StreamFrames()
+        asked = pb.ResultOptions(
+            publish=True, feature_maps=["stage3"], freshness=pb.FRESHNESS_LATEST_ONLY
+        )
         await taken.write(
-            pb.FrameRequest(
-                frame_id=1, source="belt", encoded=frames[0], options=pb.ResultOptions(publish=True)
-            )
+            pb.FrameRequest(frame_id=1, source="belt", encoded=frames[0], options=asked)
         )
         refused = await taken.read()
         assert refused.status.code == grpc.StatusCode.ALREADY_EXISTS.value[0]
         assert "already published by a configured camera" in refused.status.message
-        # the stream goes on unpublished, and each result says so: nothing did
+        # the stream goes on unpublished, and each result says so: nothing did; the rest of
+        # its options hold (they were dropped with the name, the stream left LOSSLESS)
         await taken.write(pb.FrameRequest(frame_id=2, source="belt", encoded=frames[0]))
         unpublished = await taken.read()
         assert unpublished.status.code == 0 and not unpublished.published
+        assert [m.name for m in unpublished.feature_maps] == ["stage3"]
+        lossless = pb.ResultOptions(freshness=pb.FRESHNESS_LOSSLESS)
+        await taken.write(pb.FrameRequest(frame_id=3, encoded=frames[0], options=lossless))
+        other = await taken.read()
+        assert "this stream is FRESHNESS_LATEST_ONLY" in other.status.message, other.status
         await taken.done_writing()
         # nor under a name an operator would read as the camera's
         for i, lookalike in enumerate(("BELT", "Belt")):

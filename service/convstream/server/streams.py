@@ -214,7 +214,7 @@ class StreamSession:
                 f"{MAX_QUEUE_SIZE}{here}; got {message.queue_size}"
             )
 
-    def _check_unchanged(self, message: pb.ResultOptions, source: str) -> None:
+    def _check_unchanged(self, message: pb.ResultOptions) -> None:
         """A later frame's options: the policy and queue are the stream's, set by its first
         accepted options, so a frame asking for others is refused rather than ignored (unset
         fields ask for nothing); publish takes effect on any frame while not yet published."""
@@ -236,10 +236,8 @@ class StreamSession:
                 f"and this frame asks for {message.queue_size}; open a new stream for another "
                 "queue"
             )
-        if message.publish and self.publication is None and self.registry is not None:
-            self.publication = self.registry.publish(source)
 
-    def _configure(self, message: pb.ResultOptions, source: str) -> None:
+    def _configure(self, message: pb.ResultOptions) -> None:
         freshness = message.freshness or pb.FRESHNESS_LOSSLESS
         self._check(message, freshness)
         if freshness == pb.FRESHNESS_LATEST_ONLY:
@@ -260,13 +258,6 @@ class StreamSession:
                     "smaller queue_size"
                 )
             self.budget.reserve(capacity, held=self.capacity)
-        if message.publish and self.registry is not None:
-            try:
-                self.publication = self.registry.publish(source)
-            except ConvstreamError:
-                if self.budget is not None:
-                    self.budget.reserve(self.capacity, held=capacity)  # give it back
-                raise
         self.freshness, self.capacity = freshness, capacity
         self.window = LATEST_ONLY_WINDOW if freshness == pb.FRESHNESS_LATEST_ONLY else WINDOW
 
@@ -291,11 +282,16 @@ class StreamSession:
                 # was refused with this one's reason
                 self.pipeline.check_fits(options, request)
                 if not self._configured:  # the policy comes from the stream's first options
-                    self._configure(request.options, request.source)
+                    self._configure(request.options)
                     self._configured = True
                 else:
-                    self._check_unchanged(request.options, request.source)
+                    self._check_unchanged(request.options)
                 self.options = options
+                # publish takes effect on any frame while not yet published; refused (a name
+                # taken), the frame is, and the stream goes on unpublished, its options held
+                publish = request.options.publish and self.publication is None
+                if publish and self.registry is not None:  # else _check refused it
+                    self.publication = self.registry.publish(request.source)
             # Checked here, not only when its turn comes: a policy that drops waiting frames
             # would otherwise drop a bad one unseen, and its sender never learn why.
             self.pipeline.check(request)
