@@ -1794,3 +1794,58 @@ async def test_a_client_stream_can_publish_under_its_source_name() -> None:
         assert watcher.error is None and await watcher.call.code() == grpc.StatusCode.OK
         reply = await stub.ListCameras(pb.ListCamerasRequest())
         assert [c.id for c in reply.cameras] == ["belt"]
+
+
+async def test_published_and_camera_frames_time_their_steps_from_their_analysis() -> None:
+    """A camera's frames put 0 in the queue and encode steps' histograms (their timings were
+    made without them), and a published stream's watchers timed its frames, and counted its
+    fps out, from their arrival, not their analysis: frames that waited in a LOSSLESS queue
+    read as slow to analyse (and, waiting over 3 s, as 0 fps out). Both now time the trip
+    from the analysis as a camera's watchers always did."""
+    async with serving(camera("belt", "demo:conveyor?fps=10")) as server, connect(server) as stub:
+        watcher = Collector(watch(stub, "belt"))
+        await until(lambda: _true(len(watcher.results) >= 4), 10, "the camera's results")
+        watcher.call.cancel()
+        sums = {
+            step: server.metrics.registry.get_sample_value(
+                "convstream_step_seconds_sum", {"step": step}
+            )
+            or 0.0
+            for step in ("queue", "decode", "inference", "encode", "total")
+        }
+        assert sums["encode"] > 0 and sums["queue"] > 0, sums
+        parts = sums["queue"] + sums["decode"] + sums["inference"] + sums["encode"]
+        assert parts == pytest.approx(sums["total"], rel=1e-3), sums
+
+        stream = stub.StreamFrames()
+        image = jpeg(scene(40, 360, 640))
+        options = pb.ResultOptions(publish=True)
+        await stream.write(
+            pb.FrameRequest(frame_id=1, source="push", encoded=image, options=options)
+        )
+        assert (await stream.read()).published
+        published = Collector(watch(stub, "push"))
+
+        async def subscribed() -> bool:
+            return (await status(stub, "push")).watchers == 1
+
+        await until(subscribed, 5, "the watcher subscribed")
+        for frame_id in range(2, 14):  # at once: the later ones wait for the earlier
+            await stream.write(pb.FrameRequest(frame_id=frame_id, encoded=image))
+        own = {}
+        for _ in range(2, 14):
+            result = await stream.read()
+            assert result.status.code == 0 and result.published, result.status
+            own[result.frame_id] = result.timings
+        await stream.done_writing()
+        await asyncio.wait_for(published.task, 5)  # the watch ends with the stream
+        watched = {r.frame_id: r.timings for r in published.results}
+        assert len(watched) >= 4, watched.keys()
+        # each watcher's result is made after the stream's own, so timed from the same start
+        # it took longer; timed from its analysis, a frame that waited took less
+        shorter = [i for i in watched if watched[i].total_ms < own[i].total_ms]
+        assert shorter, [(i, watched[i].total_ms, own[i].total_ms) for i in watched]
+        for t in watched.values():
+            assert t.queue_ms == pytest.approx(
+                max(0.0, t.total_ms - t.decode_ms - t.inference_ms - t.encode_ms), abs=1e-3
+            )

@@ -45,6 +45,7 @@ from convstream.server.pipeline import (
     Options,
     Pipeline,
     Prepared,
+    completed,
     error_result,
     hottest,
 )
@@ -250,34 +251,37 @@ class Publisher:
 
     async def publish(
         self,
-        request: pb.FrameRequest,
+        frame_id: int,
         prepared: Prepared,
         inference: Inference,
         *,
         captured: float,
         read_at: float,
-        arrived: float,
-    ) -> float:
+        began: float,
+    ) -> pb.Timings:
         """Build one result per distinct content the due watchers want, offer each its own.
 
         Args:
-            request: the frame's id, source and capture time (no pixels needed).
+            frame_id: the frame's number, as its results say it.
             prepared, inference: the frame as analysed.
             captured: time.time() the frame was captured or read.
             read_at: time.perf_counter() it was read or received (for latency).
-            arrived: time.perf_counter() its analysis started.
+            began: time.perf_counter() its analysis began.
 
         Returns:
-            The frame's score.
+            The frame's timings, from its analysis to its watchers' results encoded.
         """
+        request = pb.FrameRequest(frame_id=frame_id, source=self.name)
+        request.capture_time.FromNanoseconds(int(captured * 1e9))
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        began = now - (time.perf_counter() - arrived)  # its analysis, on this clock
+        began_now = now - (time.perf_counter() - began)  # on this clock
         have = inference.arrays.keys()
         # A watcher that arrived during inference may want maps this run did not make; it
         # starts with the next frame.
         due = [w for w in self.watchers if w.due(now) and have >= set(w.options.feature_maps)]
         results: dict[Options, pb.FrameResult] = {}
+        encoding = time.perf_counter()
         if due:
             results = await loop.run_in_executor(
                 self.pipeline.executor,
@@ -287,13 +291,18 @@ class Publisher:
                 inference,
                 {w.options for w in due},
             )
-        total_ms = (time.perf_counter() - arrived) * 1000
-        busy = prepared.decode_ms + inference.inference_ms
+        ended = time.perf_counter()
+        total_ms = (ended - began) * 1000
         for result in results.values():
-            if result.status.code:
-                continue
-            result.timings.total_ms = total_ms
-            result.timings.queue_ms = max(0.0, total_ms - busy - result.timings.encode_ms)
+            if not result.status.code:
+                completed(result.timings, total_ms)
+        timings = pb.Timings(
+            decode_ms=prepared.decode_ms,
+            inference_ms=inference.inference_ms,
+            encode_ms=(ended - encoding) * 1000 if due else 0.0,
+            batch_size=inference.batch_size,
+            inference_threads=inference.threads,
+        )
         geometry = prepared.geometry
         score = hottest(prepared, inference, self.pipeline.engine.model.heatmap_stride)[4]
         self.frame_size = (geometry.frame_width, geometry.frame_height)
@@ -304,12 +313,12 @@ class Publisher:
         self.last_result_time = time.time()
         # timed by when its analysis began, as the fps cap schedules frames: by when it ended,
         # a slow analysis and the quick one after it made a pair that read as a burst
-        self.fps_out.tick(began)
+        self.fps_out.tick(began_now)
         for watcher in due:
             if watcher in self.watchers:  # it may have gone while this frame was analysed
                 # the clock due() read: the schedule follows the frames, not the encoding
                 watcher.offer(results[watcher.options], captured, now)
-        return score
+        return completed(timings, total_ms)
 
 
 async def _on_a_thread_of_its_own(fn: Callable[[], None], name: str) -> None:
@@ -484,26 +493,17 @@ class CameraFeed(Publisher):
         return Prepared.fit(image, target, frame.size, started)
 
     async def _analyse(self, frame: Frame) -> None:
-        arrived = time.perf_counter()
+        began = time.perf_counter()
         prepared, inference, _ = await self.pipeline.through_model(
             partial(self._prepare, frame), self.wanted_maps()
         )
-        request = pb.FrameRequest(frame_id=frame.number, source=self.name)
-        request.capture_time.FromNanoseconds(int(frame.captured * 1e9))
-        await self.publish(
-            request,
+        timings = await self.publish(
+            frame.number,
             prepared,
             inference,
             captured=frame.captured,
             read_at=frame.read_at,
-            arrived=arrived,
-        )
-        timings = pb.Timings(
-            decode_ms=prepared.decode_ms,
-            inference_ms=inference.inference_ms,
-            total_ms=(time.perf_counter() - arrived) * 1000,
-            batch_size=inference.batch_size,
-            inference_threads=inference.threads,
+            began=began,
         )
         self.metrics.observe_result(self.name, timings, prepared.light.blank)
         self.metrics.camera_latency.labels(self.metrics.source(self.name)).observe(

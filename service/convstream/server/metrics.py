@@ -7,7 +7,6 @@ import re
 import threading
 from collections.abc import Callable, Iterable
 from functools import lru_cache, partial
-from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -20,6 +19,7 @@ from prometheus_client import (
 )
 
 from convstream.server.sources import redact
+from convstream.v1 import convstream_pb2 as pb
 
 _BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 MAX_SOURCES = 100  # distinct source labels; clients choose them, so cap the cardinality
@@ -245,9 +245,8 @@ class Metrics:
             name = f"client:{name}"
         return self.source(name)
 
-    def observe_result(self, source: str, timings: Any, blank: bool) -> None:
-        """Record an analysed frame: its timings (a convstream.v1.Timings), and whether it was
-        blank."""
+    def observe_result(self, source: str, timings: pb.Timings, blank: bool) -> None:
+        """Record an analysed frame: its timings, and whether it was blank."""
         self.frames.labels(self.source(source), "ok").inc()
         if blank:
             self.blank_frames.labels(self.source(source)).inc()

@@ -645,13 +645,19 @@ class Pipeline:
 
         prepared, inference, result = await self.through_model(prepare, maps, deadline, encode)
         assert result is not None
-        now = time.perf_counter()
-        total_ms = (now - arrived) * 1000
-        result.timings.total_ms = total_ms
-        busy = prepared.decode_ms + inference.inference_ms + result.timings.encode_ms
-        result.timings.queue_ms = max(0.0, total_ms - busy)
+        total_ms = (time.perf_counter() - arrived) * 1000
+        completed(result.timings, total_ms)
         result.frame_age_ms = frame_age_ms(request, total_ms)
         return result, prepared, inference
+
+
+def completed(timings: pb.Timings, total_ms: float) -> pb.Timings:
+    """``timings`` (their decode, inference and encode set) given the whole trip's time,
+    ``total_ms``, and what of it the steps do not account for: the waits, ``queue_ms``."""
+    timings.total_ms = total_ms
+    busy = timings.decode_ms + timings.inference_ms + timings.encode_ms
+    timings.queue_ms = max(0.0, total_ms - busy)
+    return timings
 
 
 def hottest(

@@ -89,6 +89,7 @@ class _Done:
     result: pb.FrameResult
     prepared: Prepared | None = None
     inference: Inference | None = None
+    began: float = 0.0  # time.perf_counter() its analysis began (it arrived before)
 
 
 def stream_share(default: int, limit: int) -> int:
@@ -452,6 +453,7 @@ class StreamSession:
             self.metrics.frames.labels(source, "invalid" if invalid else "rejected").inc()
             return _Done(item, item.failure)
         assert item.options is not None
+        began = time.perf_counter()
         try:
             publishing = self._publishing
             watched = publishing.wanted_maps() if publishing is not None else []
@@ -469,21 +471,19 @@ class StreamSession:
                 item, error_result(item.request, grpc.StatusCode.INTERNAL.value[0], message)
             )
         self.metrics.observe_result(source, result.timings, result.blank)
-        return _Done(item, result, prepared, inference)
+        return _Done(item, result, prepared, inference, began)
 
     async def _publish(self, done: _Done) -> None:
         assert self.publication is not None and done.prepared and done.inference
-        request = done.item.request
-        shell = pb.FrameRequest(frame_id=request.frame_id, source=self.publication.name)
-        captured = time.time() - done.result.frame_age_ms / 1000
-        shell.capture_time.FromNanoseconds(int(captured * 1e9))
+        # its watchers' fps and timings count from when its analysis began, as a camera's
+        # do: from its arrival, frames that waited in a LOSSLESS queue read as 0 fps out
         await self.publication.publish(
-            shell,
+            done.item.request.frame_id,
             done.prepared,
             done.inference,
-            captured=captured,
+            captured=time.time() - done.result.frame_age_ms / 1000,
             read_at=done.item.arrived,
-            arrived=done.item.arrived,
+            began=done.began,
         )
         self.publication.dropped = self.dropped
 
