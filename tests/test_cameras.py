@@ -929,6 +929,9 @@ async def test_a_watch_that_stops_reading_holds_a_bounded_share_of_bytes() -> No
         assert later[-1].frames_dropped >= 5 and later[-1].frame_id - later[-2].frame_id > 5
         call.cancel()
         await until(lambda: _true(budget.held == 0), 10, "given back")
+        # counted for the camera, for an alert on watchers too slow: also once they are gone
+        drops = value("convstream_camera_watcher_drops_total", {"camera": "belt"})
+        assert drops is not None and drops >= later[-1].frames_dropped
 
 
 async def test_a_raw_stream_file_loops_and_an_unbelievable_rate_is_paced(tmp_path: Path) -> None:

@@ -325,7 +325,7 @@ class CameraManager:
     def unwatch(self, watcher: Watcher) -> None:
         feed = self.feeds.get(watcher.camera_id) or self.published.get(watcher.camera_id)
         if feed is not None:
-            feed.watchers.discard(watcher)
+            feed.unwatched(watcher)
         watcher.release()
 
     def statuses(self) -> list[pb.CameraStatus]:
@@ -418,6 +418,12 @@ class CameraManager:
         watchers = GaugeMetricFamily(
             "convstream_camera_watchers", "Open WatchCamera calls per camera", labels=["camera"]
         )
+        watcher_drops = CounterMetricFamily(
+            "convstream_camera_watcher_drops",
+            "Results of a camera its watchers let go unread: a watch's queue (queue_size) or "
+            "max_watcher_bytes dropped its oldest, its client reading slower than they came",
+            labels=["camera"],
+        )
         for feed in list(self.feeds.values()):
             cam = feed.camera
             cid = cam.config.id
@@ -432,7 +438,8 @@ class CameraManager:
             frames.add_metric([cid, "invalid"], cam.frames_invalid)
             reconnects.add_metric([cid], cam.reconnects)
             watchers.add_metric([cid], len(feed.watchers))
-        yield from (state, fps, frames, reconnects, watchers)
+            watcher_drops.add_metric([cid], feed.watcher_drops())
+        yield from (state, fps, frames, reconnects, watchers, watcher_drops)
 
 
 ANALYSIS_ONLY = ("fps", "input_size")  # camera settings that do not touch its source

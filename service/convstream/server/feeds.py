@@ -196,6 +196,7 @@ class Publisher:
         self.pipeline = pipeline
         self.metrics = metrics
         self.watchers: set[Watcher] = set()
+        self._watchers_gone_dropped = 0  # results dropped for watchers since gone
         self.frames_analysed = 0
         self.last_score = 0.0
         self.last_blank = False
@@ -203,6 +204,16 @@ class Publisher:
         self.latency_ms = 0.0
         self.fps_out = RateMeter()
         self.frame_size = (0, 0)  # width, height of the latest frame
+
+    def unwatched(self, watcher: Watcher) -> None:
+        """A watch is over: it takes no more results, and its drops stay counted."""
+        if watcher in self.watchers:
+            self.watchers.discard(watcher)
+            self._watchers_gone_dropped += watcher.dropped
+
+    def watcher_drops(self) -> int:
+        """Results its watchers, open and gone, let go unread (slower than results came)."""
+        return self._watchers_gone_dropped + sum(w.dropped for w in list(self.watchers))
 
     def status(self, now: float) -> pb.CameraStatus:
         """What ListCameras says of this source: the publishing side; subclasses add theirs."""
