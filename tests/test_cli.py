@@ -1076,7 +1076,7 @@ def test_a_bad_address_from_the_environment_is_said_of_the_variable(
     )
 
 
-@pytest.mark.parametrize("rate", ["inf", "-1", "nan"])
+@pytest.mark.parametrize("rate", ["inf", "-1", "nan", "1001"])
 def test_a_max_fps_that_is_no_rate_is_a_usage_error(
     rate: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1084,7 +1084,7 @@ def test_a_max_fps_that_is_no_rate_is_a_usage_error(
     with its traceback."""
     assert main(["watch", "belt", "--max-fps", rate, "--address", nowhere()]) == 2
     assert capsys.readouterr().err == (
-        "convstream watch: error: --max-fps must be 0 (all) or more results per second, got "
+        "convstream watch: error: --max-fps must be 0 (all) to 1000 results per second, got "
         f"{float(rate)}\n"
     )
 

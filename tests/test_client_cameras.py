@@ -332,6 +332,11 @@ async def test_unknown_camera_and_bad_options(server: Server) -> None:
             ):
                 with pytest.raises(ValueError):
                     bad()
+            # the server's bounds, told before a call: it answered INVALID_ARGUMENT
+            with pytest.raises(ValueError, match=r"max_fps must be 0 \(every result\) to 1000"):
+                client.watch("belt", max_fps=2000)
+            with pytest.raises(ValueError, match=r"queue_size must be 1..1024 or None, got 1025"):
+                client.watch("belt", queue_size=1025)
             for url in ("rtsp://admin:pw@10.0.0.1/live", "/dev/video0", "device:0"):
                 with pytest.raises(ValueError, match="never a URL, a path or a device") as info:
                     client.watch(url)

@@ -25,7 +25,7 @@ from convstream.client.options import (
     Timeout,
     Upload,
 )
-from convstream.v1 import WATCHING
+from convstream.v1 import MAX_QUEUE_SIZE, MAX_WATCH_FPS, WATCHING
 from convstream.v1 import convstream_pb2 as pb
 
 logger = logging.getLogger("convstream.client")
@@ -338,10 +338,13 @@ class BaseClient:
         queue_size: int | None,
     ) -> pb.WatchCameraRequest:
         check_camera_id(camera_id)
-        if max_fps is not None and not 0 <= max_fps < math.inf:
-            raise ValueError(f"max_fps must be >= 0 results per second or None, got {max_fps}")
-        if queue_size is not None and not 1 <= queue_size <= 1024:
-            raise ValueError(f"queue_size must be 1..1024 or None, got {queue_size}")
+        if max_fps is not None and not 0 <= max_fps <= MAX_WATCH_FPS:
+            raise ValueError(
+                f"max_fps must be 0 (every result) to {MAX_WATCH_FPS:g} results per second or "
+                f"None, got {max_fps}"
+            )
+        if queue_size is not None and not 1 <= queue_size <= MAX_QUEUE_SIZE:
+            raise ValueError(f"queue_size must be 1..{MAX_QUEUE_SIZE} or None, got {queue_size}")
         chosen = options if options is not None else self.options
         return pb.WatchCameraRequest(
             camera_id=camera_id,

@@ -68,7 +68,7 @@ from convstream.client.frames import (
 )
 from convstream.client.options import Freshness, ResultOptions, Retry, Timeout, Upload
 from convstream.client.results import CameraInfo, ModelInfo, Result, json_text
-from convstream.v1 import folded_id
+from convstream.v1 import MAX_WATCH_FPS, folded_id
 
 __all__ = ["EXIT_STATUS", "add_commands"]
 
@@ -875,9 +875,11 @@ def _cameras(args: argparse.Namespace) -> int:
 def _watch(args: argparse.Namespace) -> int:
     if args.count is not None and args.count < 1:
         return _usage(args, f"--count must be at least 1, got {args.count}")
-    if args.max_fps is not None and not 0 <= args.max_fps < math.inf:
+    if args.max_fps is not None and not 0 <= args.max_fps <= MAX_WATCH_FPS:
         return _usage(
-            args, f"--max-fps must be 0 (all) or more results per second, got {args.max_fps}"
+            args,
+            f"--max-fps must be 0 (all) to {MAX_WATCH_FPS:g} results per second, got "
+            f"{args.max_fps}",
         )
 
     def body(client: Client) -> int:

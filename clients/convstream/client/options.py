@@ -24,6 +24,7 @@ from typing import Literal
 
 import grpc
 
+from convstream.v1 import MAX_QUEUE_SIZE
 from convstream.v1 import convstream_pb2 as pb
 
 __all__ = ["TLS", "Encoding", "Freshness", "Limits", "ResultOptions", "Retry", "Timeout", "Upload"]
@@ -324,8 +325,8 @@ class ResultOptions:
                 )
             message.freshness = FRESHNESS[freshness]  # type: ignore[assignment]
         if queue_size is not None:
-            if not 1 <= queue_size <= 1024:
-                raise ValueError(f"queue_size must be 1..1024, got {queue_size}")
+            if not 1 <= queue_size <= MAX_QUEUE_SIZE:
+                raise ValueError(f"queue_size must be 1..{MAX_QUEUE_SIZE}, got {queue_size}")
             message.queue_size = queue_size
         return message
 

@@ -16,6 +16,12 @@ from convstream.v1 import convstream_pb2, convstream_pb2_grpc
 # hours. A client resuming after a server restart knows by it that it subscribed again.
 WATCHING = "convstream-watching"
 
+# The most frames a stream's queue, or results a watch's, may hold (ResultOptions.queue_size,
+# WatchCameraRequest.queue_size), and the most results a second a watch may ask for
+# (WatchCameraRequest.max_fps): the server refuses more, and the clients before sending.
+MAX_QUEUE_SIZE = 1024
+MAX_WATCH_FPS = 1000.0
+
 
 def content_box(
     frame_width: int,
@@ -70,6 +76,8 @@ _LOOKALIKE = str.maketrans({"0": "o", "1": "l", "i": "l"})
 
 
 __all__ = [
+    "MAX_QUEUE_SIZE",
+    "MAX_WATCH_FPS",
     "WATCHING",
     "content_box",
     "convstream_pb2",

@@ -45,7 +45,7 @@ from convstream.server.servicer import (
     add_to_server,
 )
 from convstream.server.sources import shown
-from convstream.server.streams import MAX_QUEUE_SIZE, WINDOW, stream_share
+from convstream.server.streams import WINDOW, stream_share
 from convstream.server.tls import (
     EXPIRY_WARNING,
     RotatingCredentials,
@@ -54,8 +54,8 @@ from convstream.server.tls import (
     expiry_times,
     read_pem,
 )
+from convstream.v1 import MAX_QUEUE_SIZE, is_loopback
 from convstream.v1 import convstream_pb2 as pb
-from convstream.v1 import is_loopback
 
 logger = logging.getLogger(__name__)
 

@@ -39,14 +39,13 @@ from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Options, Pipeline, check_without_stream
 from convstream.server.security import cameras_shown, visible
 from convstream.server.sources import open_source, redact
+from convstream.v1 import MAX_QUEUE_SIZE, MAX_WATCH_FPS
 from convstream.v1 import convstream_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
 WATCHDOG_S = 0.25
 HEALTH_PREFIX = "convstream.camera."
-MAX_WATCHER_QUEUE = 1024  # results waiting for one WatchCamera call
-MAX_WATCHER_FPS = 1000.0  # results per second one WatchCamera call may ask for
 
 
 class CameraManager:
@@ -279,14 +278,14 @@ class CameraManager:
         NOT_FOUND for an unknown one, INVALID_ARGUMENT once the camera existed)."""
         options = Options.parse(request.options)
         check_without_stream(request.options, "WatchCamera")
-        if request.queue_size > MAX_WATCHER_QUEUE:
+        if request.queue_size > MAX_QUEUE_SIZE:
             raise InvalidOptions(
                 f"queue_size must be 0 (the server's default, {self.watcher_queue_size}) to "
-                f"{MAX_WATCHER_QUEUE}, got {request.queue_size}"
+                f"{MAX_QUEUE_SIZE}, got {request.queue_size}"
             )
-        if not 0 <= request.max_fps <= MAX_WATCHER_FPS:  # NaN fails this too
+        if not 0 <= request.max_fps <= MAX_WATCH_FPS:  # NaN fails this too
             raise InvalidOptions(
-                f"max_fps must be 0 (every analysed frame) to {MAX_WATCHER_FPS:g} results per "
+                f"max_fps must be 0 (every analysed frame) to {MAX_WATCH_FPS:g} results per "
                 f"second, got {np.float32(request.max_fps)}"
             )
         return options

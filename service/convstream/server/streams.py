@@ -44,6 +44,7 @@ from convstream.server.pipeline import (
     check_freshness,
     error_result,
 )
+from convstream.v1 import MAX_QUEUE_SIZE
 from convstream.v1 import convstream_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,6 @@ logger = logging.getLogger(__name__)
 # the age of results under overload).
 WINDOW = 4
 LATEST_ONLY_WINDOW = 1
-MAX_QUEUE_SIZE = 1024  # ResultOptions.queue_size's upper bound in the proto
 # Refusals waiting for their turn among a stream's results, at most; past it the reader waits.
 # A refusal takes no room of the stream's queue (it must not drop a good frame waiting), and
 # holds only its frame's id and source.
