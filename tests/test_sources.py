@@ -32,7 +32,7 @@ from convstream.cli import main
 from convstream.server import CameraConfig, ConfigError, Settings, load_settings
 from convstream.server import camera as camera_module
 from convstream.server.camera import FLAP_CHANGES, Camera, RateMeter, backoff_s
-from convstream.server.diagnose import _authorization, why_closed
+from convstream.server.diagnose import _authorization, media_type, why_closed
 from convstream.server.sources import (
     Capture,
     OpenCVCapture,
@@ -976,6 +976,45 @@ def test_an_https_cameras_untrusted_certificate_is_said_and_its_snapshot_url_too
     finally:
         camera.shutdown()
         camera.server_close()
+
+
+def test_a_cameras_password_never_goes_over_tls_whose_certificate_was_not_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Looking at why an https:// camera's stream ended (its media type), the server asked
+    again over TLS that took any certificate, and answered a 401 with the URL's user name
+    and password: whoever cut the camera's checked connection and answered the next one with
+    a certificate of their own read them. Credentials now go only where FFmpeg sends them,
+    to a certificate this host trusts."""
+    from test_client_transport import make_certificates
+
+    files = make_certificates(tmp_path)
+    told: list[str] = []
+
+    class Impostor(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            told.append(self.headers.get("Authorization", ""))
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="camera"')
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(files["server.pem"], files["server.key"])
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Impostor) as impostor:
+        impostor.socket = context.wrap_socket(impostor.socket, server_side=True)
+        threading.Thread(target=impostor.serve_forever, daemon=True).start()
+        url = f"https://admin:s3cret@127.0.0.1:{impostor.server_address[1]}/video.mjpg"
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "nothing.pem"))  # not trusted
+        assert media_type(url, 3.0) == ""
+        assert "not trusted here" in why_closed(url, 3.0)
+        assert told == []  # not even asked without credentials: nothing reached it
+        monkeypatch.setenv("SSL_CERT_FILE", str(files["ca.pem"]))  # trusted, as FFmpeg would
+        assert media_type(url, 3.0) == ""  # a 401, no success
+        impostor.shutdown()
+    assert told == ["", "Basic " + base64.b64encode(b"admin:s3cret").decode()]
 
 
 def test_an_http_camera_that_answers_404_or_401_is_told_so() -> None:

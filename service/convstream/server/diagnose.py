@@ -323,7 +323,11 @@ def _request(
     with contextlib.ExitStack() as stack:
         sock = stack.enter_context(_connect(address, deadline))
         if tls_name is not None:
-            sock = stack.enter_context(_unchecked().wrap_socket(sock, server_hostname=tls_name))
+            # checked as FFmpeg checks it: a request may carry the URL's credentials, and an
+            # unchecked connection gave them to whoever answered it (an attacker who cut the
+            # camera's checked one); an untrusted certificate is said by _handshake
+            context = ssl.create_default_context()
+            sock = stack.enter_context(context.wrap_socket(sock, server_hostname=tls_name))
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         head = b""
         while b"\r\n\r\n" not in head and len(head) < 16384:
