@@ -154,3 +154,49 @@ def _status(port: int) -> int | str:
         return get(port, "/healthz")[0]
     except (URLError, OSError) as exc:  # closed unanswered while the held ones wind down
         return str(exc)
+
+
+async def test_slow_senders_on_several_addresses_cannot_lock_probes_out(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A security review filled the port's 128 places from 8 addresses (16 each, the most
+    one may hold), a byte every 2 s on each: /healthz failed for as long as they kept
+    sending, and a liveness probe would have restarted the pod. Full, the port now cuts the
+    oldest connection of the address holding the most for a new one, and cuts any connection
+    open past REQUEST_DEADLINE_S, however slowly it keeps sending."""
+    from convstream.server import probes
+
+    monkeypatch.setattr(probes, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(probes, "MAX_PER_HOST", 2)
+    port = server.metrics_port
+
+    def slow(source: str) -> socket.socket:
+        sender = socket.create_connection(("127.0.0.1", port), source_address=(source, 0))
+        sender.sendall(b"G")
+        return sender
+
+    held = [slow(source) for source in ("127.0.0.2", "127.0.0.2", "127.0.0.3", "127.0.0.3")]
+    try:
+        await asyncio.sleep(0.3)  # taken in by the port's thread: every place taken
+        assert await asyncio.to_thread(get, port, "/healthz") == (200, "ok\n")
+        held[0].settimeout(5)  # the oldest of an address holding the most: cut for it
+        assert held[0].recv(100) == b""
+
+        monkeypatch.setattr(probes, "REQUEST_DEADLINE_S", 1.0)
+        started = time.monotonic()
+        for sender in held[1:]:  # a byte every 0.3 s, within the 10 s idle timeout
+            while True:
+                try:
+                    sender.sendall(b"E")
+                except OSError:  # cut while we sent
+                    break
+                sender.settimeout(0.3)
+                try:
+                    if sender.recv(100) == b"":
+                        break
+                except TimeoutError:
+                    pass
+                assert time.monotonic() - started < 8, "a slow sender kept its connection"
+    finally:
+        for sender in held:
+            sender.close()

@@ -7,9 +7,11 @@ health service once it is behind TLS; these paths answer what it answers. Anythi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -38,9 +40,22 @@ class _Quiet(WSGIRequestHandler):
 
 # Connections at once, each on a thread of its own: a review's 3,000 slow ones (a byte every
 # 4 s keeps one open past the idle timeout) took the server from 21 threads to about 890.
-# One address may hold MAX_PER_HOST of them, so that one sender cannot lock Prometheus out.
+# One address may hold MAX_PER_HOST of them, so that one sender cannot lock Prometheus out;
+# past MAX_CONNECTIONS, a new one takes the place of the oldest of the address holding the
+# most, so that slow senders on a few addresses cannot either.
 MAX_CONNECTIONS = 128
 MAX_PER_HOST = 16
+# From a connection's accept to its answer sent, at most: a probe or a scrape takes
+# milliseconds, and a byte every few seconds kept one open for good (the idle timeout counts
+# from the last byte).
+REQUEST_DEADLINE_S = 15.0
+REAP_EVERY_S = 1.0
+
+
+def _cut(request: socket.socket) -> None:
+    """End a connection its thread is reading or writing: the thread then finishes it."""
+    with contextlib.suppress(OSError):  # closed meanwhile
+        request.shutdown(socket.SHUT_RDWR)
 
 
 class _Threading(ThreadingMixIn, WSGIServer):
@@ -50,40 +65,77 @@ class _Threading(ThreadingMixIn, WSGIServer):
         super().__init__(*args, **kwargs)
         self._lock = threading.Lock()
         self._open: dict[str, int] = {}  # connections by address
+        self._since: dict[socket.socket, tuple[float, str]] = {}  # accepted when, from where
+        self._closed = threading.Event()
+        threading.Thread(target=self._reap, name="convstream-http-reaper", daemon=True).start()
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """On a thread of its own, unless the port or its address holds its most already:
-        then closed at once, unanswered."""
+        """On a thread of its own, unless its address holds its most already (then closed
+        at once, unanswered); the port full, in the place of another address's oldest."""
         host = str(client_address[0]) if client_address else ""
         with self._lock:
-            crowded = (
-                sum(self._open.values()) >= MAX_CONNECTIONS
-                or self._open.get(host, 0) >= MAX_PER_HOST
+            admitted = self._open.get(host, 0) < MAX_PER_HOST and (
+                len(self._since) < MAX_CONNECTIONS or self._make_room(host)
             )
-            if not crowded:
+            if admitted:
                 self._open[host] = self._open.get(host, 0) + 1
-        if crowded:
+                self._since[request] = (time.monotonic(), host)
+        if not admitted:
             self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:  # no thread started (out of threads): its place given back
-            self._left(host)
+            self._left(request, host)
             raise
+
+    def _make_room(self, host: str) -> bool:
+        """Cut the oldest connection of the addresses that hold the most, not ``host``'s;
+        False if only ``host`` holds any. Called with the lock held."""
+        most = max((n for address, n in self._open.items() if address != host), default=0)
+        oldest = min(
+            (
+                request
+                for request, (_, address) in self._since.items()
+                if address != host and self._open.get(address) == most
+            ),
+            key=lambda request: self._since[request][0],
+            default=None,
+        )
+        if oldest is None:  # all of them already cut, their threads finishing
+            return False
+        _cut(oldest)
+        del self._since[oldest]  # its thread gives its address's count back as it ends
+        return True
+
+    def _reap(self) -> None:
+        """Cut the connections open past REQUEST_DEADLINE_S, once a REAP_EVERY_S."""
+        while not self._closed.wait(REAP_EVERY_S):
+            now = time.monotonic()
+            with self._lock:
+                late = [r for r, (at, _) in self._since.items() if now - at > REQUEST_DEADLINE_S]
+                for request in late:
+                    _cut(request)
+                    del self._since[request]
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._left(str(client_address[0]) if client_address else "")
+            self._left(request, str(client_address[0]) if client_address else "")
 
-    def _left(self, host: str) -> None:
+    def _left(self, request: socket.socket, host: str) -> None:
         with self._lock:
+            self._since.pop(request, None)
             left = self._open.get(host, 1) - 1
             if left > 0:
                 self._open[host] = left
             else:
                 self._open.pop(host, None)
+
+    def server_close(self) -> None:
+        self._closed.set()
+        super().server_close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A connection that failed (one left idle past the timeout, a port scan, a client
