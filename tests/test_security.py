@@ -905,6 +905,53 @@ async def test_a_tokens_cameras_bound_what_it_lists_and_watches(
         await server.stop(grace=0)
 
 
+async def test_a_scoped_token_publishes_under_its_cameras_names_only() -> None:
+    """A token scoped to the docks published a stream under any name ('yard-3'), onto the
+    dashboards of tokens for other cameras, and a taken name's refusal named what it may not
+    see ("already published by another stream"). Now a name outside its cameras is refused,
+    taken or not, in the same words; one of its own publishes."""
+    docks = TokenConfig(
+        name="dock-crew", role="analyze", sha256=token_hash(WATCH_TOKEN), cameras=("dock-*",)
+    )
+    everything = TokenConfig(name="control", role="analyze", sha256=token_hash(ANALYZE_TOKEN))
+    server = await _start(Settings(port=0, metrics_port=-1, cameras=(), tokens=(docks, everything)))
+    image = jpeg(scene(21, 240, 320))
+    publish = pb.ResultOptions(publish=True)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+            control = stub.StreamFrames(metadata=_bearer(ANALYZE_TOKEN))
+            await control.write(
+                pb.FrameRequest(source="yard-secret", encoded=image, options=publish)
+            )
+            assert (await control.read()).published
+            crew = stub.StreamFrames(metadata=_bearer(WATCH_TOKEN))
+            said = []
+            for name in ("yard-secret", "yard-3"):  # taken, and free: alike
+                await crew.write(pb.FrameRequest(source=name, encoded=image, options=publish))
+                refused = await crew.read()
+                assert refused.status.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+                said.append(refused.status.message.replace(name, "NAME"))
+            assert said[0] == said[1] and "another stream" not in said[0], said
+            assert said[0].startswith(
+                "token 'dock-crew' may publish under the names of its cameras 'dock-*' only"
+            )
+            # the stream goes on, unpublished, and publishes under a name of its own
+            await crew.write(pb.FrameRequest(source="dock-push", encoded=image))
+            assert not (await crew.read()).published
+            await crew.write(pb.FrameRequest(encoded=image, options=publish))
+            assert (await crew.read()).published
+            listed = await stub.ListCameras(
+                pb.ListCamerasRequest(), metadata=_bearer(ANALYZE_TOKEN)
+            )
+            assert sorted(c.id for c in listed.cameras) == ["dock-push", "yard-secret"]
+            for call in (control, crew):
+                await call.done_writing()
+                assert await call.code() == grpc.StatusCode.OK
+    finally:
+        await server.stop(grace=0)
+
+
 async def test_health_watch_calls_past_the_cap_are_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -28,6 +28,7 @@ from convstream.server.errors import (
     NameTaken,
     NotFound,
     Overloaded,
+    PermissionDenied,
 )
 from convstream.server.feeds import (
     CameraFeed,
@@ -37,7 +38,7 @@ from convstream.server.feeds import (
 )
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Options, Pipeline, check_without_stream
-from convstream.server.security import cameras_shown, visible
+from convstream.server.security import SCOPE, cameras_shown, scope_text, visible
 from convstream.server.sources import open_source, redact
 from convstream.v1 import MAX_QUEUE_SIZE, MAX_WATCH_FPS
 from convstream.v1 import convstream_pb2 as pb
@@ -228,12 +229,22 @@ class CameraManager:
             publisher.end_watchers(error)
 
     def publish(self, name: str) -> StreamPublication:
-        """Register a client stream under ``name``; InvalidOptions if it is no name, NameTaken
-        if it is not free."""
+        """Register a client stream under ``name``; InvalidOptions if it is no name,
+        PermissionDenied if the call's token may not see it, NameTaken if it is not free."""
         if not re.fullmatch(CAMERA_ID, name):
             raise InvalidOptions(
                 f"a published stream needs a source name of {CAMERA_ID_RULE}, got "
                 f"{redact(name[:80])!r}"
+            )
+        # A token scoped to some cameras put frames, tiles and alerts on other tokens'
+        # dashboards under any name, and a taken name's refusal told it what it may not see.
+        # Refused before anything is looked up, so alike whether the name is taken or not.
+        token = SCOPE.get()
+        if token is not None and not token.may_see(name):
+            raise PermissionDenied(
+                f"token {token.name!r} may publish under the names of its cameras "
+                f"{scope_text(token)} only (its cameras in the server's config), not {name!r}: "
+                "this frame was not analysed, and the stream goes on unpublished"
             )
         if name in self.feeds or name in self.published or name in self.elsewhere:
             what = "another stream" if name in self.published else "a configured camera"

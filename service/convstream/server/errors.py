@@ -87,6 +87,12 @@ class NameTaken(ConvstreamError):
     code = grpc.StatusCode.ALREADY_EXISTS
 
 
+class PermissionDenied(ConvstreamError):
+    """The call's token may not do this with what it names (a camera it may not see)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class NotFound(ConvstreamError):
     """The request names a camera the server does not have (or no longer has)."""
 
