@@ -806,7 +806,7 @@ def _closed_port() -> int:
     return free_port()  # free a moment ago: nothing listens there
 
 
-async def test_video_file_loops_or_stops(tmp_path: Path) -> None:
+async def test_video_file_loops_or_stops(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     video = write_video(tmp_path / "belt.mp4", frames=10, fps=20)
     cams = (
         camera("looped", str(video)),
@@ -827,13 +827,15 @@ async def test_video_file_loops_or_stops(tmp_path: Path) -> None:
         assert missing.state == pb.CAMERA_STATE_FAILED
         assert "no such video file" in missing.last_error and missing.reconnects == 0
         # a file that is there but no video fails as well, saying what it holds: it was
-        # retried for ever, backing off to every 30 s, as a camera that is down
+        # retried for ever, backing off to every 30 s, as a camera that is down; its words
+        # are the log's alone (clients read a mistyped path's first line: a secrets file's)
         notes = await status(stub, "notes")
         assert notes.state == pb.CAMERA_STATE_FAILED and notes.reconnects == 0
         assert notes.last_error == (
             "could not open file source: not a video OpenCV can read (it holds text (6 "
-            "bytes): 'hello')"
+            "bytes); the server's log says more)"
         )
+        assert "(it holds text (6 bytes): 'hello')" in caplog.text
         # never analysed a frame: no time at all, not the epoch (other languages' has_ checks)
         assert missing.frames_analysed == 0 and not missing.HasField("last_frame_time")
         assert missing.HasField("last_error_time") and missing.HasField("state_since")

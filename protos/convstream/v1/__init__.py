@@ -40,16 +40,20 @@ def content_box(
     return pad_left, pad_top, max(right, pad_left + 1), max(bottom, pad_top + 1)
 
 
-def what_it_holds(data: bytes, size: int | None = None) -> str:
+def what_it_holds(data: bytes, size: int | None = None, *, quoted: bool = True) -> str:
     """A few words on a file that is not what was expected (an image, a video): empty, text
     (quoted), or its first bytes; ``data`` its start, ``size`` its length if more. Said alike
-    by the client, of a file to analyse, and by the server, of a camera's file."""
+    by the client, of a file to analyse, and by the server, of a camera's file; not
+    ``quoted``, nothing of what it holds is said (for whoever may not read the file)."""
     size = len(data) if size is None else size
     if not size:
         return "it is empty"
     head = data[:48].decode("utf-8", "replace")
     if "\ufffd" not in head and all(c.isprintable() or c in "\t\r\n" for c in head):
-        return f"it holds text ({size:,} bytes): {head.split(chr(10))[0][:40]!r}"
+        text = f"it holds text ({size:,} bytes)"
+        return f"{text}: {head.split(chr(10))[0][:40]!r}" if quoted else text
+    if not quoted:
+        return f"{size:,} bytes of no format it reads"
     return f"{size:,} bytes, starting {data[:8].hex(' ')}"
 
 

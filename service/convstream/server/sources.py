@@ -134,11 +134,12 @@ SOURCE_FORMS = (
 )
 
 
-def file_holds(path: Path) -> str:
-    """A few words on a file a camera's source names that is no video (what_it_holds)."""
+def file_holds(path: Path, *, quoted: bool = True) -> str:
+    """A few words on a file a camera's source names that is no video (what_it_holds):
+    ``quoted`` for the server's log and its owner's check, not for clients' eyes."""
     try:
         with path.open("rb") as file:
-            return what_it_holds(file.read(48), path.stat().st_size)
+            return what_it_holds(file.read(48), path.stat().st_size, quoted=quoted)
     except OSError as exc:
         return exc.strerror or str(exc)
 
@@ -422,9 +423,16 @@ class OpenCVCapture:
                 "plugged in, and may this user read it?"
             )
         if spec.kind == "file":  # for good, as a missing file: retrying reads it again
+            # What it holds is in the log alone: the error reaches every client that may
+            # list the camera, and a path mistyped to a secrets file showed its first line.
+            logger.warning(
+                "file source %s is not a video OpenCV can read (%s)",
+                spec.target,
+                file_holds(Path(spec.target)),
+            )
             raise SourceError(
                 f"could not open file source: not a video OpenCV can read "
-                f"({file_holds(Path(spec.target))})",
+                f"({file_holds(Path(spec.target), quoted=False)}; the server's log says more)",
                 permanent=True,
             )
         # The probe gets what is left of the open timeout (a short look when OpenCV used
