@@ -1778,3 +1778,47 @@ def test_run_sh_points_the_dashboard_at_the_port_the_server_really_uses(tmp_path
             script.wait()
         script.stdout.close()  # type: ignore[union-attr]
         script.stderr.close()  # type: ignore[union-attr]
+
+
+async def test_stream_publish_stops_when_the_server_will_not_publish_it(
+    video: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`stream --publish` under a camera's name had its first frame refused, then streamed
+    the rest unpublished (with --loop, for ever, never on the dashboard) and ended 1. A name
+    taken (or one that reads as a taken one) is now a usage error before any frame is sent,
+    and a name the server refuses at the first frame (a token's cameras) stops the stream."""
+    from convstream.server.config import TokenConfig
+    from convstream.server.security import token_hash
+
+    crew = TokenConfig(
+        name="crew", role="analyze", sha256=token_hash("crew-token-1234"), cameras=("dock-*",)
+    )
+    belt = CameraConfig(id="belt", source="demo:conveyor?fps=2")
+    server = Server(Settings(port=0, metrics_port=-1, cameras=(belt,), tokens=(crew,)))
+    await server.start()
+    try:
+        argv = ["stream", str(video), "--publish", "--address", f"127.0.0.1:{server.port}"]
+        argv += ["--token", "crew-token-1234", "--fast"]
+        crew_all = crew.model_copy(update={"cameras": None})
+        await server.reload(server.settings.model_copy(update={"tokens": (crew_all,)}))
+        for name, said in [
+            ("belt", "'belt' is a configured camera on this server"),
+            ("Belt", "'Belt' reads as 'belt', a configured camera on this server"),
+        ]:
+            assert await run(*argv, "--name", name) == 2
+            out, err = capsys.readouterr()
+            assert err == (
+                f"convstream stream: error: --publish: {said}; give the stream another --name\n"
+            )
+            assert out == ""  # not a frame sent
+        await server.reload(server.settings.model_copy(update={"tokens": (crew,)}))
+        assert await run(*argv, "--name", "yard-3") == 4  # its token's cameras are dock-*
+        out, err = capsys.readouterr()
+        assert err.startswith(
+            "convstream stream: --publish: the server did not publish the stream, which "
+            "stopped: token 'crew' may publish under the names of its cameras 'dock-*' only"
+        ), err
+        assert await run(*argv, "--name", "dock-1") == 0
+        assert "12 frames" in capsys.readouterr().out
+    finally:
+        await server.stop(grace=0)

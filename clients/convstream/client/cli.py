@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -825,6 +825,8 @@ def _stream(args: argparse.Namespace) -> int:
                     f"hold, {largest} (ModelInfo.max_stream_queue_size, `convstream info` "
                     "shows it); ask for fewer",
                 )
+            if args.publish and (taken := _name_taken(client, video.name)):
+                return _usage(args, f"--publish: {taken}; give the stream another --name")
             total = None if args.loop else video.frame_count
             if args.max_frames is not None:
                 total = min(total, args.max_frames) if total else args.max_frames
@@ -835,8 +837,19 @@ def _stream(args: argparse.Namespace) -> int:
                 resume=args.resume,
                 publish=args.publish,
             )
+            if args.publish:
+                results = _published_or_stop(results)
             reporter = _reporter(args, total, display_width(printable(video.name)) + 7)
-            code = _report(args, results, reporter)
+            try:
+                code = _report(args, results, reporter)
+            except _NotPublished as refused:
+                error = refused.args[0]
+                print(
+                    f"convstream stream: --publish: the server did not publish the stream, "
+                    f"which stopped: {error}",
+                    file=sys.stderr,
+                )
+                return EXIT_REFUSED if isinstance(error, PermissionDenied) else EXIT_USAGE
         if code == 0 and not video.frames_read:
             return EXIT_SOURCE  # the Video said so
         return code
@@ -845,6 +858,43 @@ def _stream(args: argparse.Namespace) -> int:
         return _run(args, body)
     except ValueError as exc:  # an option the library refuses when the stream starts
         return _usage(args, str(exc))
+
+
+def _name_taken(client: Client, name: str) -> str:
+    """Why a stream cannot publish as ``name`` on this server, from the cameras the call may
+    list: a camera or another published stream has it, or a name that reads as it; "" if
+    none does. The server would refuse it only once frames were sent, and the stream went on
+    unpublished, never on the dashboard, however long it looped."""
+    for camera in client.cameras():
+        if folded_id(camera.id) == folded_id(name):
+            what = (
+                "another client's published stream"
+                if camera.source_kind == "stream"
+                else ("a configured camera")
+            )
+            said = "is" if camera.id == name else f"reads as {camera.id!r},"
+            return f"{name!r} {said} {what} on this server"
+    return ""
+
+
+class _NotPublished(Exception):
+    """The server refused to publish a stream (args: its error)."""
+
+
+def _published_or_stop(
+    results: Generator[Result, None, None],
+) -> Generator[Result, None, None]:
+    """``results``, ended by _NotPublished (the stream closed) if the first says the server
+    refused to publish the stream (a name taken since it was checked, or one the token may
+    not use)."""
+    with contextlib.closing(results):
+        first = True
+        for result in results:
+            refused = isinstance(result.error, Rejected | PermissionDenied)
+            if first and refused and not result.published:
+                raise _NotPublished(result.error)
+            first = False
+            yield result
 
 
 def _info(args: argparse.Namespace) -> int:
