@@ -431,6 +431,7 @@ class Server:
         self._http: HttpPort | None = None
         # True from SERVING until draining, as the health service's overall status says
         self.serving = False
+        self._served = False  # it reached SERVING: its stop is said
         self._engine: Engine | None = None
         self._warmed: set[tuple[int, int]] = set()  # the input sizes the model has run
         # A reload waits for the model to run new sizes: a second one meanwhile applied
@@ -532,7 +533,7 @@ class Server:
             self._tls_dates = asyncio.create_task(self._watch_tls_dates(), name="tls-dates")
         credentials = self._tls.credentials if self._tls is not None else None
         self._grpc = server  # from here on, stop() releases it whatever fails next
-        self.port = _listen(server, settings, credentials)
+        self.port = _listen(server, settings, credentials, share_port=self.peers is not None)
         if self.peers is not None:  # where the other processes forward camera calls
             server.add_insecure_port(self.peers.address(self.peers.index))
         metrics_port = settings.metrics_port
@@ -561,6 +562,7 @@ class Server:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.serving = True  # what health now says, for the HTTP probes
+        self._served = True
         await self.cameras.start(self._own(settings.cameras))
         security = "mutual TLS" if settings.tls_client_ca else "TLS" if credentials else "plaintext"
         if settings.tokens:
@@ -634,7 +636,7 @@ class Server:
             self._http.close()
         if self._tls_dates is not None:
             self._tls_dates.cancel()
-        if self._engine is not None:  # not after a model that failed to load
+        if self._served:  # not after a start that failed (a model, a port)
             logger.info("convstream stopped")
 
     async def _watch_tls_dates(self) -> None:
@@ -983,10 +985,19 @@ def _where(host: str) -> str:
 
 
 def _listen(
-    server: grpc.aio.Server, settings: Settings, credentials: grpc.ServerCredentials | None
+    server: grpc.aio.Server,
+    settings: Settings,
+    credentials: grpc.ServerCredentials | None,
+    *,
+    share_port: bool = False,
 ) -> int:
     """Bind the gRPC port; an OSError that says what to do when it cannot."""
     address = host_port(settings.host, settings.port)
+    # Asked first, unless the port is shared (processes): gRPC's failure came with a line of
+    # its C core's log ("E1206 ... add_port.cc:83] Failed to add port") above ours.
+    why = None if share_port else bind_failure(settings.host, settings.port)
+    if why is not None:
+        raise OSError(f"cannot listen on {address}: {why}; choose another with --port or --host")
     try:
         if credentials is None:
             port = server.add_insecure_port(address)
