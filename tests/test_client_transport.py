@@ -288,3 +288,19 @@ def test_options_are_validated_and_readable() -> None:
     assert "closed" in repr(client)
     with pytest.raises(RuntimeError, match="closed"):
         client.model_info()
+
+
+def test_a_client_without_an_address_takes_the_commands_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`export CONVSTREAM_ADDRESS=...` pointed every command at a server on another port,
+    and Client() still at 127.0.0.1:50051: a program beside the commands read another
+    server, or none. A client given no address now takes the variable too; one given wins."""
+    monkeypatch.delenv("CONVSTREAM_ADDRESS", raising=False)
+    assert AsyncClient().address == Client().address == "127.0.0.1:50051"
+    monkeypatch.setenv("CONVSTREAM_ADDRESS", "127.0.0.1:50997")
+    assert AsyncClient().address == Client().address == "127.0.0.1:50997"
+    assert Client("127.0.0.1:6000").address == "127.0.0.1:6000"
+    monkeypatch.setenv("CONVSTREAM_ADDRESS", "50997")
+    with pytest.raises(ValueError, match=r"^\$CONVSTREAM_ADDRESS: address must be host:port"):
+        Client()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import Iterable
@@ -31,6 +32,9 @@ from convstream.v1 import convstream_pb2 as pb
 logger = logging.getLogger("convstream.client")
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+# Where a client whose address is not given connects, when set: the commands' --address
+# default too, so that one `export` points a shell's commands and programs alike.
+ADDRESS_ENV = "CONVSTREAM_ADDRESS"
 DEFAULT_PORT = 50051
 # The server accepts pings every 10 s or slower, also between calls; 30 s finds a dead
 # connection (a pulled cable, a NAT that forgot us) well before TCP would.
@@ -211,7 +215,7 @@ class BaseClient:
 
     def __init__(
         self,
-        address: str = DEFAULT_ADDRESS,
+        address: str | None = None,
         *,
         timeout: Timeout | float | None = Timeout(),  # noqa: B008 (immutable)
         tls: TLS | None = None,
@@ -222,7 +226,12 @@ class BaseClient:
         upload: Upload = Upload(),  # noqa: B008
         allow_plaintext_token: bool = False,
     ) -> None:
-        address = check_address(address)
+        if address is None and (given := os.environ.get(ADDRESS_ENV)):
+            try:
+                address = check_address(given)
+            except ValueError as exc:
+                raise ValueError(f"${ADDRESS_ENV}: {exc}") from exc
+        address = check_address(address or DEFAULT_ADDRESS)
         if timeout is None:
             timeout = Timeout(call=None, stream=None)
         elif not isinstance(timeout, Timeout):

@@ -48,7 +48,8 @@ class Client(BaseClient):
         1201 0.04
 
     Args:
-        address: host:port of the server (port 50051 when left out).
+        address: host:port of the server (port 50051 when only a host is given); None:
+            ``$CONVSTREAM_ADDRESS`` when set (as the commands take it), else 127.0.0.1:50051.
         timeout: a Timeout, or seconds for each unary call; None for no deadlines.
         tls: connect over TLS (None: plaintext).
         token: sent as ``authorization: Bearer <token>`` with every call.

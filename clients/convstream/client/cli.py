@@ -24,7 +24,12 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from convstream.client._base import check_address, check_camera_id, check_published_name
+from convstream.client._base import (
+    ADDRESS_ENV,
+    check_address,
+    check_camera_id,
+    check_published_name,
+)
 from convstream.client._client import Client
 from convstream.client._report import (
     Reporter,
@@ -37,7 +42,6 @@ from convstream.client._report import (
     printable,
 )
 from convstream.client.connection_flags import (
-    ADDRESS_ENV,
     add_address_flag,
     add_security_flags,
     flag_words,

@@ -9,11 +9,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from convstream.client import errors
-from convstream.client._base import DEFAULT_ADDRESS, clean_token
+from convstream.client._base import ADDRESS_ENV, DEFAULT_ADDRESS, clean_token
 from convstream.client.options import TLS
 
 TOKEN_ENV = "CONVSTREAM_TOKEN"
-ADDRESS_ENV = "CONVSTREAM_ADDRESS"
 
 
 def add_address_flag(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
