@@ -103,6 +103,8 @@ class Client(BaseClient):
             options: what the result carries; the client's ``options`` when None.
 
         Raises:
+            SourceError: ``image`` is a path that cannot be read (no such file, not an
+                image, a video), before anything is sent.
             InvalidFrame: the server cannot analyse the frame (the message says why).
             Overloaded: the server's ``max_analyze_calls`` (64 unless set; in
                 ``model_info()``) are all in progress, e.g. more threads than that sharing
