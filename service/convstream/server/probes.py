@@ -62,11 +62,12 @@ class _Threading(ThreadingMixIn, WSGIServer):
     daemon_threads = True  # a scrape in progress never holds the process at exit
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        # set before the port is bound: a bind that fails calls server_close
         self._lock = threading.Lock()
         self._open: dict[str, int] = {}  # connections by address
         self._since: dict[socket.socket, tuple[float, str]] = {}  # accepted when, from where
         self._closed = threading.Event()
+        super().__init__(*args, **kwargs)
         threading.Thread(target=self._reap, name="convstream-http-reaper", daemon=True).start()
 
     def process_request(self, request: Any, client_address: Any) -> None:
