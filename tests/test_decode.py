@@ -330,6 +330,32 @@ def test_reduced_jpeg_decode_gives_the_fraction() -> None:
     assert image.shape == (540, 960, 3)
 
 
+def test_a_jpeg_whose_picture_data_is_damaged_is_refused_and_a_quirky_one_is_not() -> None:
+    """A JPEG with bytes changed inside its picture data (a newcomer's garbled sample box)
+    decoded without a word from OpenCV, its lost blocks filled with noise, and scored 0.12,
+    "intact"; only libjpeg's "Corrupt JPEG data" line on stderr said so. It is refused now,
+    in libjpeg's words; a USB webcam's two stray bytes before the end ("2 extraneous bytes
+    before marker 0xd9"), which leave the picture whole, still decode, to the pixels OpenCV
+    gives, at every reduction."""
+    frame = scene(6, 720, 1280)
+    data = jpeg(frame)
+    garbled = bytearray(data)
+    for i in range(2000, len(garbled) - 100, 997):
+        garbled[i] = 0 if garbled[i] != 0xFF else 1
+    with pytest.raises(InvalidFrame, match=r"^corrupt JPEG: libjpeg says 'Corrupt JPEG data: "):
+        decode_encoded(bytes(garbled), LIMITS)
+    assert data.endswith(b"\xff\xd9")
+    quirky = data[:-2] + b"\x00\x00" + data[-2:]
+    for reduce in (1, 2, 4):
+        flag = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}
+        opencv = cv2.imdecode(np.frombuffer(quirky, np.uint8), flag[reduce])
+        assert np.array_equal(decode_encoded(quirky, LIMITS, reduce=reduce), opencv)
+        assert np.array_equal(
+            decode_encoded(data, LIMITS, reduce=reduce),
+            cv2.imdecode(np.frombuffer(data, np.uint8), flag[reduce]),
+        )
+
+
 RAW_CASES = [
     ("bgr", IMAGE.tobytes(), 320, 240, "BGR8", None),
     ("rgb", IMAGE[:, :, ::-1].tobytes(), 320, 240, "RGB8", None),

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import simplejpeg
 
 from convstream.server.errors import FrameTooLarge, InvalidFrame
 from convstream.server.letterbox import PAD_VALUE
@@ -375,7 +376,8 @@ def decode_encoded(data: bytes, limits: Limits, reduce: int = 1) -> np.ndarray:
     # Decoded as stored, then turned here as the EXIF orientation read above says: OpenCV's
     # own turning could read the EXIF otherwise, behind the geometry's back.
     buffer = np.frombuffer(data, np.uint8)
-    image = None
+    stored = (height, width) if turn >= 5 else (width, height)  # as _orient turns it
+    image = _jpeg(data, *stored, reduce) if kind == "jpeg" else None
     if kind == "png" and _transparent(data):
         stored = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
         image = _over_grey(stored, data)
@@ -392,6 +394,68 @@ def decode_encoded(data: bytes, limits: Limits, reduce: int = 1) -> np.ndarray:
             f"{image.shape[1] * factor}x{image.shape[0] * factor} was decoded"
         )
     return image
+
+
+# libjpeg's warnings of a picture whose data is damaged (bits flipped in transit or storage, a
+# part lost): it decodes on and fills what it cannot read with grey, smears or stray blocks,
+# which OpenCV returns without a word, and the model scored (a garbled damaged box 0.12,
+# "intact"). Other warnings (a bad ICC profile, a webcam's stray bytes before a marker)
+# leave the picture whole.
+_DAMAGED = (
+    "premature end of data segment",
+    "bad Huffman code",
+    "bad arithmetic code",
+    "instead of RST",
+    "Premature end of JPEG file",
+)
+# "N extraneous bytes before marker 0xMM": after a scan's data (the end, a restart, the next
+# scan) many bytes left unread mean the data did not decode as written (the garbled box left
+# 15,743); USB webcams' MJPEG frames often leave 2 before the end, their pictures whole.
+_EXTRANEOUS = re.compile(r"(\d+) extraneous bytes before marker 0x([0-9a-f]{2})")
+_AFTER_SCAN_DATA = frozenset([0xD9, 0xDA, *range(0xD0, 0xD8)])
+EXTRANEOUS_OK = 64
+
+
+def damaged_data(said: str) -> bool:
+    """Whether a libjpeg warning says that the picture's data did not decode as written."""
+    if any(words in said for words in _DAMAGED):
+        return True
+    extra = _EXTRANEOUS.search(said)
+    return (
+        extra is not None
+        and int(extra[1]) > EXTRANEOUS_OK
+        and int(extra[2], 16) in _AFTER_SCAN_DATA
+    )
+
+
+def _jpeg(data: bytes, width: int, height: int, reduce: int) -> np.ndarray | None:
+    """A JPEG of ``width`` x ``height`` as stored decoded to BGR (at 1/``reduce`` of its size,
+    as _REDUCED takes it) by libjpeg, its warnings heard: InvalidFrame if one says its picture
+    data is damaged. None for what simplejpeg does not decode (a colour space it does not
+    convert): OpenCV's turn. The same pixels as OpenCV's libjpeg gives, as fast, and the GIL
+    released alike."""
+    factor = reduce if reduce in _REDUCED else 1
+    size = {
+        "min_factor": factor,
+        "min_height": -(-height // factor),
+        "min_width": -(-width // factor),
+    }
+    try:
+        image: np.ndarray = simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True, **size)
+        return image
+    except ValueError as exc:
+        said = str(exc)
+        if damaged_data(said):
+            raise InvalidFrame(
+                f"corrupt JPEG: libjpeg says {said!r}: part of the picture could not be "
+                "read (damaged in transit or in storage), and what it filled in would have "
+                "been scored as if it were seen"
+            ) from exc
+    try:  # a harmless warning: decoded again, hearing none
+        image = simplejpeg.decode_jpeg(data, colorspace="BGR", strict=False, **size)
+        return image
+    except ValueError:
+        return None
 
 
 def jpeg_scans(data: bytes) -> int:
