@@ -860,9 +860,10 @@ def _snapshot_server(
 def _reads_one_picture(url: str) -> None:
     source = open_source(parse_source(url), open_timeout_s=4, read_timeout_s=3, loop=True)
     try:
-        with pytest.raises(SourceError, match=r"it serves one picture \(image/jpeg\)"):
+        with pytest.raises(SourceError, match=r"it serves one picture \(image/jpeg\)") as info:
             for _ in range(3):
                 source.read()
+        assert info.value.permanent  # the camera fails, not reconnects for ever
     finally:
         source.release()
 

@@ -618,11 +618,13 @@ class OpenCVCapture:
             return self._timed_out()
         kind = media_type(self.spec.target, 2.0) if self.spec.kind == "http" else ""
         if kind.startswith("image/"):
-            # a camera's snapshot URL: FFmpeg reads its one picture, then the "stream" ends
+            # a camera's snapshot URL: FFmpeg reads its one picture, then the "stream" ends;
+            # for good, as a file that is no video (it reconnected for ever, one frame each)
             return SourceError(
                 f"no frame from http source: it serves one picture ({kind}), not a video "
                 "stream: give the camera's MJPEG stream URL (multipart/x-mixed-replace) or its "
-                "RTSP URL"
+                "RTSP URL",
+                permanent=True,
             )
         if kind.startswith("multipart/") and self._frames_got < 3:
             # FFmpeg's MJPEG reader gave up on the parts after one at most (its own words
