@@ -84,7 +84,7 @@ def draw_feature_maps(
         on_frame = heatmap_on_frame(values, geometry, stride, size, crisp=True)
         top = float(on_frame.max())  # its strongest cell is yellow
         scaled = on_frame / top if top > 1e-6 else np.zeros_like(on_frame)
-        tiles.append((str(channel), _tile(scaled, size, cv2.COLORMAP_VIRIDIS)))
+        tiles.append((str(channel), _tile(scaled, cv2.COLORMAP_VIRIDIS)))
     grid = _grid(tiles, size)
     name = result.frame.name if result.frame is not None and result.frame.name else result.source
     name = Path(name).name if "/" in name or "\\" in name else name  # a file's, not its folders
@@ -125,8 +125,8 @@ def _damage_tile(heat: np.ndarray, threshold: float) -> np.ndarray:
     return (colours * weights[..., None]).astype(np.uint8)
 
 
-def _tile(values: np.ndarray, size: tuple[int, int], colormap: int) -> np.ndarray:
-    """Values in [0, 1] as a colour picture of size (width, height)."""
+def _tile(values: np.ndarray, colormap: int) -> np.ndarray:
+    """Values in [0, 1] (already of the tile's size) as a colour picture."""
     return cv2.applyColorMap((np.clip(values, 0.0, 1.0) * 255).astype(np.uint8), colormap)
 
 

@@ -356,7 +356,7 @@ class CameraManager:
                 camera_id = feed.camera.config.id
                 try:
                     feed.camera.check(now)
-                    await self._publish(feed, now)
+                    await self._publish_health(feed)
                 except Exception:
                     level = logging.DEBUG if camera_id in failing else logging.ERROR
                     logger.log(
@@ -381,7 +381,8 @@ class CameraManager:
             with contextlib.suppress(RuntimeError):  # the loop is closed: the server stopped
                 self._loop.call_soon_threadsafe(self._state_changed.set)
 
-    async def _publish(self, feed: CameraFeed, now: float) -> None:
+    async def _publish_health(self, feed: CameraFeed) -> None:
+        """A camera's state as its health, once changed; its watchers ended if it is down."""
         cam = feed.camera
         camera_id = cam.config.id
         if self._health_state.get(camera_id) != cam.state:

@@ -376,8 +376,8 @@ def decode_encoded(data: bytes, limits: Limits, reduce: int = 1) -> np.ndarray:
     # Decoded as stored, then turned here as the EXIF orientation read above says: OpenCV's
     # own turning could read the EXIF otherwise, behind the geometry's back.
     buffer = np.frombuffer(data, np.uint8)
-    stored = (height, width) if turn >= 5 else (width, height)  # as _orient turns it
-    image = _jpeg(data, *stored, reduce) if kind == "jpeg" else None
+    as_stored = (height, width) if turn >= 5 else (width, height)  # as _orient turns it
+    image = _jpeg(data, *as_stored, reduce) if kind == "jpeg" else None
     if kind == "png" and _transparent(data):
         stored = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
         image = _over_grey(stored, data)

@@ -547,7 +547,7 @@ class StreamPublication(Publisher):
         )
         return status
 
-    def received(self, request: pb.FrameRequest) -> None:
+    def received(self) -> None:
         """Count a frame read from the stream (before the freshness policy)."""
         self.frames_received += 1
         self.fps_in.tick(time.monotonic())

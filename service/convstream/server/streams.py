@@ -332,7 +332,7 @@ class StreamSession:
                     ) from None
                 item = await self._hold(self._accept(request, time.perf_counter()))
                 if self._publishing is not None:
-                    self._publishing.received(item.request)
+                    self._publishing.received()
                 async with self._changed:
                     if item.options is None:
                         # A refusal waits for its turn beside the queue, not in it: taking a
@@ -522,8 +522,8 @@ class StreamSession:
                 async with self._changed:
                     self._in_analysis -= 1
                     self._changed.notify_all()
-            if reader.done() and not reader.cancelled() and reader.exception() is not None:
-                raise reader.exception()  # type: ignore[misc]
+            if reader.done() and not reader.cancelled() and (failed := reader.exception()):
+                raise failed
         finally:
             if self.byte_budget is not None:  # frames still waiting or in analysis
                 self.byte_budget.give(self._held_bytes)
