@@ -15,7 +15,13 @@ from urllib.parse import urlsplit
 
 import grpc
 
-from convstream.client.errors import Cancelled, ConvstreamError, NotFound, ServerUnavailable
+from convstream.client.errors import (
+    Cancelled,
+    ConvstreamError,
+    NotFound,
+    ServerUnavailable,
+    from_rpc_error,
+)
 from convstream.client.frames import Frame, FrameLike, VideoFrames, as_frame, as_sent, to_request
 from convstream.client.options import (
     TLS,
@@ -436,6 +442,21 @@ class _Resumption:
     def answered(self) -> None:
         """A result arrived: the stream works, later breaks start counting afresh."""
         self._failures, self._ran = 0, True
+
+    def pause(self, exc: grpc.RpcError, waiting: int) -> float:
+        """Seconds to wait before re-opening a call that broke with ``exc``; raises its
+        ConvstreamError when it is not re-opened (``delay`` says which)."""
+        client = self._client
+        error = from_rpc_error(exc, address=client.address, tls=client.tls)
+        delay = self.delay(error, waiting)
+        if delay is None:
+            raise error from exc
+        return delay
+
+    def again(self, exc: grpc.RpcError) -> None:
+        """After the pause: Cancelled if close() closed the client meanwhile."""
+        if self._client._closed:
+            raise Cancelled(CLOSED) from exc
 
     def delay(self, error: ConvstreamError, waiting: int) -> float | None:
         """Seconds to wait before re-opening after error, or None to give up.

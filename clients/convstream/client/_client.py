@@ -217,13 +217,8 @@ class Client(BaseClient):
                         resumption.answered()
                         yield from feed.answer(message)
                 except grpc.RpcError as exc:
-                    error = from_rpc_error(exc, address=self.address, tls=self.tls)
-                    delay = resumption.delay(error, len(feed.ledger))
-                    if delay is None:
-                        raise error from exc
-                    time.sleep(delay)
-                    if self._closed:  # by close(), while it waited to try again
-                        raise Cancelled(CLOSED) from exc
+                    time.sleep(resumption.pause(exc, len(feed.ledger)))
+                    resumption.again(exc)  # unless close() came while it waited
                     continue
                 finally:
                     call.cancel()
@@ -330,13 +325,8 @@ class Client(BaseClient):
                 for message in call:
                     yield Result.from_proto(resumption.watched(message))
             except grpc.RpcError as exc:
-                error = from_rpc_error(exc, address=self.address, tls=self.tls)
-                delay = resumption.delay(error, 0)
-                if delay is None:
-                    raise error from exc
-                time.sleep(delay)
-                if self._closed:  # by close(), while it waited to try again
-                    raise Cancelled(CLOSED) from exc
+                time.sleep(resumption.pause(exc, 0))
+                resumption.again(exc)  # unless close() came while it waited
                 continue
             finally:
                 call.cancel()
@@ -484,13 +474,8 @@ class AsyncClient(BaseClient):
                     self._raise_if_closed()
                     raise
                 except grpc.RpcError as exc:
-                    error = from_rpc_error(exc, address=self.address, tls=self.tls)
-                    delay = resumption.delay(error, len(feed.ledger))
-                    if delay is None:
-                        raise error from exc
-                    await asyncio.sleep(delay)
-                    if self._closed:  # by close(), while it waited to try again
-                        raise Cancelled(CLOSED) from exc
+                    await asyncio.sleep(resumption.pause(exc, len(feed.ledger)))
+                    resumption.again(exc)  # unless close() came while it waited
                     continue
                 finally:
                     call.cancel()
@@ -543,13 +528,8 @@ class AsyncClient(BaseClient):
                 self._raise_if_closed()
                 raise
             except grpc.RpcError as exc:
-                error = from_rpc_error(exc, address=self.address, tls=self.tls)
-                delay = resumption.delay(error, 0)
-                if delay is None:
-                    raise error from exc
-                await asyncio.sleep(delay)
-                if self._closed:  # by close(), while it waited to try again
-                    raise Cancelled(CLOSED) from exc
+                await asyncio.sleep(resumption.pause(exc, 0))
+                resumption.again(exc)  # unless close() came while it waited
                 continue
             finally:
                 call.cancel()
