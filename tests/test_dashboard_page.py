@@ -719,3 +719,51 @@ async def test_a_page_whose_dashboard_goes_silent_says_so_and_connects_again(
         await expect(state).to_have_text("running")
         assert page.errors == []
         await page.context.close()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_keyboard_reaches_what_the_tooltips_say(browser: Any, artifacts: Path) -> None:
+    """What the score, fps and dropped mean, a narrow tile's state and a camera in trouble's
+    whole reason were in tooltips alone, which no keyboard, and no touch screen, reaches. A
+    help button opens what the page shows; Tab reaches each tile, which then says over its
+    picture what its tooltips say."""
+    from playwright.async_api import expect
+
+    cameras = (
+        CameraConfig(id="belt", source="demo:conveyor?fps=2"),
+        CameraConfig(id="dock-2", source=f"http://127.0.0.1:{_closed_port()}/v.mjpg"),
+    )
+    async with _running(cameras) as (_, dash):
+        page = await _open(browser, dash, 1280, 800)
+        await _wait_frames(page, "belt", 0, timeout=20.0)
+        belt, dock = _tile(page, "belt"), _tile(page, "dock-2")
+        await expect(belt.locator(".state")).to_have_text("running", timeout=15000)
+        await expect(dock.locator(".state")).to_have_text("reconnecting", timeout=15000)
+        await page.locator("#help-open").focus()
+        await page.keyboard.press("Enter")
+        help_ = page.locator("#help")
+        await expect(help_).to_be_visible()
+        await expect(help_.locator("dl")).to_contain_text("How sure the model is")
+        await page.screenshot(path=artifacts / "help.png")
+        await page.keyboard.press("Escape")
+        await expect(help_).to_be_hidden()
+        await expect(page.locator("#help-open")).to_be_focused()  # where it was opened
+        for _ in range(30):  # past the header's buttons, to the first tile
+            await page.keyboard.press("Tab")
+            if await belt.evaluate("(tile) => tile === document.activeElement"):
+                break
+        else:
+            raise AssertionError("Tab never reached the first tile")
+        said = belt.locator(".details")
+        await expect(said).to_be_visible()
+        await expect(said).to_contain_text("state: running")
+        await expect(said).to_contain_text(re.compile(r"fps: in [0-9.]+ fps from the source"))
+        await expect(said).to_contain_text("dropped: ")
+        await page.keyboard.press("Tab")
+        await expect(dock).to_be_focused()
+        await expect(said).to_be_hidden()
+        await expect(dock.locator(".details")).to_contain_text("state: reconnecting since")
+        await expect(dock.locator(".details")).to_contain_text("connection refused")
+        await page.screenshot(path=artifacts / "tile-details.png")
+        assert page.errors == []
+        await page.context.close()

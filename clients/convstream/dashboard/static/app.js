@@ -200,10 +200,13 @@
       cam.replaceChildren(...nameParts(id));
       cam.title = id;
       // a screen reader names the tile by its camera; the header's button for a camera in
-      // trouble takes the focus to it (tabIndex -1: not a stop of its own in the Tab order)
+      // trouble takes the focus to it, and so does Tab: focused, it says what its tooltips
+      // say (tellDetails), which a keyboard reached nowhere else
       cam.id = `cam-${++tileCount}`;
       node.setAttribute("aria-labelledby", cam.id);
-      node.tabIndex = -1;
+      node.tabIndex = 0;
+      this.details = node.querySelector(".details");
+      node.addEventListener("focus", () => this.tellDetails());
       this.kind = node.querySelector(".kind");
       this.stateEl = node.querySelector(".state");
       this.frame = node.querySelector("canvas.frame");
@@ -286,6 +289,18 @@
       this.setText(this.v.reconnects, String(status.reconnects));
       if (this.score === null && status.last_score) this.showScore(status.last_score);
       this.updateNotice();
+      this.tellDetails();
+    }
+
+    // What the tile's tooltips say, written over its picture while it has the focus.
+    tellDetails() {
+      if (document.activeElement !== this.el) return;
+      const lines = [this.id, `state: ${this.stateEl.title || this.stateEl.textContent}`];
+      if (this.notice.title) lines.push(this.notice.title);
+      if (this.v.fps.title) lines.push(`fps: ${this.v.fps.title}`);
+      if (this.v.dropped.title) lines.push(`dropped: ${this.v.dropped.title}`);
+      const text = lines.join("\n");
+      if (this.details.textContent !== text) this.details.textContent = text;
     }
 
     setText(el, value) {
@@ -368,10 +383,11 @@
       const badge = since ? `${word} ${sinceText(since.at, since.earlier)}` : word;
       if (this.stateEl.title !== badge) this.stateEl.title = badge;
       const key = title + "\u0000" + sinceLine + "\u0000" + detail;
-      if (key === this.noticeKey) return;
+      if (key === this.noticeKey) return this.tellDetails();
       this.noticeKey = key;
       this.notice.hidden = !title;
       this.notice.title = detail; // the whole of it, where the tile shows only its start
+      this.tellDetails();
       this.notice.replaceChildren();
       if (title) {
         this.notice.append(document.createTextNode(title));
@@ -1220,6 +1236,12 @@
   toggle.addEventListener("change", applyHeat);
   opacity.addEventListener("input", applyHeat);
   applyHeat();
+
+  // ---- what the page shows, for keyboard, touch and new eyes (tooltips need a mouse) -----
+  $("help-open").addEventListener("click", () => $("help").showModal());
+  $("help").addEventListener("click", (ev) => {
+    if (ev.target === $("help")) $("help").close(); // a click on the backdrop
+  });
 
   // ---- the WebSocket ---------------------------------------------------------------------
   let retry = 500;
