@@ -952,6 +952,50 @@ def test_an_mjpeg_stream_ffmpeg_cannot_read_is_not_said_to_have_ended() -> None:
     assert "ffmpeg -i URL -f null -" in str(info.value) and "ended" not in str(info.value)
 
 
+def test_a_stream_that_ends_into_a_picture_reconnects_rather_than_fail() -> None:
+    """An NVR answers with a "no signal" JPEG while the camera behind it is down: a stream
+    that had run and then found a picture at its URL was called a snapshot URL and failed
+    for good (the diff review's reading). Only a URL that never gave more than a picture
+    is one."""
+    picture = cv2.imencode(".jpg", np.full((240, 320, 3), 90, np.uint8))[1].tobytes()
+    streamed = threading.Event()
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if streamed.is_set():  # the camera behind it is down: a picture says so
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Content-Length", str(len(picture)))
+                self.end_headers()
+                self.wfile.write(picture)
+                return
+            streamed.set()
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.end_headers()
+            for _ in range(30):
+                self.wfile.write(_part(picture, len(picture)))
+                self.wfile.flush()
+                time.sleep(0.02)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder) as nvr:
+        threading.Thread(target=nvr.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{nvr.server_address[1]}/video.mjpg"
+        source = open_source(parse_source(url), open_timeout_s=4, read_timeout_s=3, loop=True)
+        try:
+            with pytest.raises(SourceError) as info:
+                for _ in range(60):
+                    source.read()
+        finally:
+            source.release()
+            nvr.shutdown()
+    assert not info.value.permanent, info.value  # it reconnects, as a stream that ended
+    assert "one picture" not in str(info.value)
+
+
 def test_an_https_cameras_untrusted_certificate_is_said_and_its_snapshot_url_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -324,7 +324,14 @@ class CameraManager:
                 "retry later or raise max_watchers"
             )
         capacity = request.queue_size or self.watcher_queue_size
-        watcher = Watcher(camera_id, options, request.max_fps, capacity, self.result_bytes)
+        watcher = Watcher(
+            camera_id,
+            options,
+            request.max_fps,
+            capacity,
+            self.result_bytes,
+            on_drop=feed.count_watcher_drop,
+        )
         feed.watchers.add(watcher)
         return watcher
 
@@ -335,7 +342,7 @@ class CameraManager:
     def unwatch(self, watcher: Watcher) -> None:
         feed = self.feeds.get(watcher.camera_id) or self.published.get(watcher.camera_id)
         if feed is not None:
-            feed.unwatched(watcher)
+            feed.watchers.discard(watcher)
         watcher.release()
 
     def statuses(self) -> list[pb.CameraStatus]:
@@ -449,7 +456,7 @@ class CameraManager:
             frames.add_metric([cid, "invalid"], cam.frames_invalid)
             reconnects.add_metric([cid], cam.reconnects)
             watchers.add_metric([cid], len(feed.watchers))
-            watcher_drops.add_metric([cid], feed.watcher_drops())
+            watcher_drops.add_metric([cid], feed.watcher_drops)
         yield from (state, fps, frames, reconnects, watchers, watcher_drops)
 
 

@@ -101,8 +101,10 @@ class Watcher:
         max_fps: float,
         capacity: int,
         budget: ByteBudget | None = None,
+        on_drop: Callable[[], None] = lambda: None,
     ) -> None:
         self.camera_id = camera_id
+        self._on_drop = on_drop  # told of each result dropped
         self.options = options
         self.interval = 1 / max_fps if max_fps > 0 else 0.0
         self.capacity = capacity
@@ -149,6 +151,7 @@ class Watcher:
         old = self._queue.popleft()
         self._take(-old.size)
         self.dropped += 1
+        self._on_drop()
         if len(self._dropped_ids) < MAX_LISTED_DROPS:
             self._dropped_ids.append(old.result.frame_id)
 
@@ -196,7 +199,9 @@ class Publisher:
         self.pipeline = pipeline
         self.metrics = metrics
         self.watchers: set[Watcher] = set()
-        self._watchers_gone_dropped = 0  # results dropped for watchers since gone
+        # results its watchers let go unread, counted as each is dropped (a counter: a watch
+        # that ends, or all of them ended by a camera going down, takes none of it back)
+        self.watcher_drops = 0
         self.frames_analysed = 0
         self.last_score = 0.0
         self.last_blank = False
@@ -205,15 +210,9 @@ class Publisher:
         self.fps_out = RateMeter()
         self.frame_size = (0, 0)  # width, height of the latest frame
 
-    def unwatched(self, watcher: Watcher) -> None:
-        """A watch is over: it takes no more results, and its drops stay counted."""
-        if watcher in self.watchers:
-            self.watchers.discard(watcher)
-            self._watchers_gone_dropped += watcher.dropped
-
-    def watcher_drops(self) -> int:
-        """Results its watchers, open and gone, let go unread (slower than results came)."""
-        return self._watchers_gone_dropped + sum(w.dropped for w in list(self.watchers))
+    def count_watcher_drop(self) -> None:
+        """One of its watchers let a result go unread (Watcher's on_drop)."""
+        self.watcher_drops += 1
 
     def status(self, now: float) -> pb.CameraStatus:
         """What ListCameras says of this source: the publishing side; subclasses add theirs."""
@@ -428,6 +427,7 @@ class CameraFeed(Publisher):
         cam.frames_invalid += was.frames_invalid
         cam.reconnects += was.reconnects
         self.frames_analysed += old.frames_analysed
+        self.watcher_drops += old.watcher_drops
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()

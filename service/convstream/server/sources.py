@@ -617,9 +617,11 @@ class OpenCVCapture:
         if time.monotonic() - started >= 0.95 * self._read_timeout_s:
             return self._timed_out()
         kind = media_type(self.spec.target, 2.0) if self.spec.kind == "http" else ""
-        if kind.startswith("image/"):
+        if kind.startswith("image/") and self._frames_got < 3:
             # a camera's snapshot URL: FFmpeg reads its one picture, then the "stream" ends;
-            # for good, as a file that is no video (it reconnected for ever, one frame each)
+            # for good, as a file that is no video (it reconnected for ever, one frame each).
+            # Not after a stream: an NVR answers with a "no signal" picture while its camera
+            # is down, and the camera comes back.
             return SourceError(
                 f"no frame from http source: it serves one picture ({kind}), not a video "
                 "stream: give the camera's MJPEG stream URL (multipart/x-mixed-replace) or its "
