@@ -335,8 +335,8 @@ def test_a_jpeg_whose_picture_data_is_damaged_is_refused_and_a_quirky_one_is_not
     decoded without a word from OpenCV, its lost blocks filled with noise, and scored 0.12,
     "intact"; only libjpeg's "Corrupt JPEG data" line on stderr said so. It is refused now,
     in libjpeg's words; a USB webcam's two stray bytes before the end ("2 extraneous bytes
-    before marker 0xd9"), which leave the picture whole, still decode, to the pixels OpenCV
-    gives, at every reduction."""
+    before marker 0xd9") and an encoder's zeros padding the end, which leave the picture
+    whole, still decode, to the pixels OpenCV gives, at every reduction."""
     frame = scene(6, 720, 1280)
     data = jpeg(frame)
     garbled = bytearray(data)
@@ -345,15 +345,16 @@ def test_a_jpeg_whose_picture_data_is_damaged_is_refused_and_a_quirky_one_is_not
     with pytest.raises(InvalidFrame, match=r"^corrupt JPEG: libjpeg says 'Corrupt JPEG data: "):
         decode_encoded(bytes(garbled), LIMITS)
     assert data.endswith(b"\xff\xd9")
-    quirky = data[:-2] + b"\x00\x00" + data[-2:]
+    for quirky in (data[:-2] + b"\x00\x00" + data[-2:], data[:-2] + b"\x00" * 100 + data[-2:]):
+        _decodes_as_opencv_does(quirky)
+    _decodes_as_opencv_does(data)
+
+
+def _decodes_as_opencv_does(data: bytes) -> None:
     for reduce in (1, 2, 4):
         flag = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}
-        opencv = cv2.imdecode(np.frombuffer(quirky, np.uint8), flag[reduce])
-        assert np.array_equal(decode_encoded(quirky, LIMITS, reduce=reduce), opencv)
-        assert np.array_equal(
-            decode_encoded(data, LIMITS, reduce=reduce),
-            cv2.imdecode(np.frombuffer(data, np.uint8), flag[reduce]),
-        )
+        opencv = cv2.imdecode(np.frombuffer(data, np.uint8), flag[reduce])
+        assert np.array_equal(decode_encoded(data, LIMITS, reduce=reduce), opencv)
 
 
 RAW_CASES = [

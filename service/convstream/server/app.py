@@ -114,6 +114,11 @@ def model_info(settings: Settings, model: DamageModel) -> pb.ModelInfo:
     )
 
 
+def camera_sizes(settings: Settings) -> list[tuple[int, int]]:
+    """The input sizes ``settings``' cameras set (input_sizes changes only on restart)."""
+    return list(dict.fromkeys(parse_size(c.input_size) for c in settings.cameras if c.input_size))
+
+
 def interface(model: DamageModel) -> str:
     """The outputs a model gives, as streams ask for them (stages) and read them (strides)."""
     stages = ", ".join(
@@ -698,8 +703,10 @@ class Server:
             await self._reload(settings)
 
     async def _reload(self, settings: Settings) -> None:
-        await self._warm_up_new_sizes(settings)
-        models = await self._new_model(settings)  # before anything changes: it may refuse
+        # before anything changes: either may refuse the reload
+        models = await self._new_model(settings)
+        if models is None:  # a new model was run at every size, the new ones too
+            await self._warm_up_new_sizes(settings)
         keeps = reload_keeps(self.settings, settings)
         applied: dict[str, Any] = {
             "cameras": settings.cameras,
@@ -766,10 +773,12 @@ class Server:
                     sha256[:12] or "unreadable",
                 )
             return None
-        sizes = sorted(self._warmed)
+        sizes = sorted(self._warmed.union(camera_sizes(settings)))
         asked = ("the server runs {}", "restart the server with input_sizes it takes")
+        # the file is the reload's; how it runs (provider, spin_wait) changes on restart only
+        fresh = self.settings.model_copy(update={"model_path": settings.model_path})
         try:
-            model = await asyncio.to_thread(self._load, settings)
+            model = await asyncio.to_thread(self._load, fresh)
             ran, runs = interface(model), interface(running)
             if ran != runs:
                 raise ModelFileError(
@@ -784,10 +793,11 @@ class Server:
             await asyncio.to_thread(model.warm_up, sizes, engine.max_batch, sizes_from=asked)
             wide = None
             if engine.wide_model is not None:
-                wide = await asyncio.to_thread(self._load, settings, wide=True)
+                wide = await asyncio.to_thread(self._load, fresh, wide=True)
                 await asyncio.to_thread(wide.warm_up, sizes, sizes_from=asked)
         except ModelFileError as exc:
             raise ConfigError(f"model_path: {exc}") from exc
+        self._warmed.update(sizes)
         return model, wide
 
     def _use_model(self, settings: Settings, model: DamageModel, wide: DamageModel | None) -> None:
@@ -829,9 +839,8 @@ class Server:
         engine = self._engine
         if engine is None:
             return
-        # the cameras' own sizes: input_sizes changes only on restart
-        sizes = [parse_size(c.input_size) for c in settings.cameras if c.input_size]
-        new = [size for size in dict.fromkeys(sizes) if size not in self._warmed]
+        sizes = camera_sizes(settings)
+        new = [size for size in sizes if size not in self._warmed]
         if not new:
             return
         asked = ("the new config's cameras run {} (their input_size)", "set their input_size")

@@ -410,22 +410,25 @@ _DAMAGED = (
 )
 # "N extraneous bytes before marker 0xMM": after a scan's data (the end, a restart, the next
 # scan) many bytes left unread mean the data did not decode as written (the garbled box left
-# 15,743); USB webcams' MJPEG frames often leave 2 before the end, their pictures whole.
+# 15,743); USB webcams' MJPEG frames often leave 2 before the end, and some encoders pad the
+# end with zeros, their pictures whole.
 _EXTRANEOUS = re.compile(r"(\d+) extraneous bytes before marker 0x([0-9a-f]{2})")
 _AFTER_SCAN_DATA = frozenset([0xD9, 0xDA, *range(0xD0, 0xD8)])
 EXTRANEOUS_OK = 64
 
 
-def damaged_data(said: str) -> bool:
-    """Whether a libjpeg warning says that the picture's data did not decode as written."""
+def damaged_data(said: str, data: bytes) -> bool:
+    """Whether a libjpeg warning on ``data`` says that its picture's data did not decode as
+    written."""
     if any(words in said for words in _DAMAGED):
         return True
     extra = _EXTRANEOUS.search(said)
-    return (
-        extra is not None
-        and int(extra[1]) > EXTRANEOUS_OK
-        and int(extra[2], 16) in _AFTER_SCAN_DATA
-    )
+    if extra is None or int(extra[2], 16) not in _AFTER_SCAN_DATA:
+        return False
+    count = int(extra[1])
+    if extra[2] == "d9" and data.endswith(b"\xff\xd9") and count + 2 <= len(data):
+        return bool(data[-2 - count : -2].strip(b"\x00\xff"))  # not padding alone
+    return count > EXTRANEOUS_OK
 
 
 def _jpeg(data: bytes, width: int, height: int, reduce: int) -> np.ndarray | None:
@@ -445,7 +448,7 @@ def _jpeg(data: bytes, width: int, height: int, reduce: int) -> np.ndarray | Non
         return image
     except ValueError as exc:
         said = str(exc)
-        if damaged_data(said):
+        if damaged_data(said, data):
             raise InvalidFrame(
                 f"corrupt JPEG: libjpeg says {said!r}: part of the picture could not be "
                 "read (damaged in transit or in storage), and what it filled in would have "

@@ -91,6 +91,9 @@ class Inference:
     inference_ms: float
     batch_size: int
     threads: int  # onnxruntime threads of the run (0: onnxruntime chose)
+    # whose threshold and strides read it: the engine's model as it ran (a wide run's too,
+    # the same network), not the one a reload put in its place since
+    model: DamageModel
 
 
 class Engine:
@@ -269,7 +272,8 @@ class Engine:
     def _run(self, jobs: list[_Job], wide: bool = False) -> None:
         if not jobs:
             return
-        model = self.wide_model if wide and self.wide_model is not None else self.model
+        judge = self.model
+        model = self.wide_model if wide and self.wide_model is not None else judge
         started = time.perf_counter()
         try:
             names = sorted(set().union(*(job.outputs for job in jobs)))
@@ -320,4 +324,4 @@ class Engine:
                 )
                 continue
             queue_ms = (started - job.enqueued) * 1000
-            job.future.set_result(Inference(out, queue_ms, ms, len(jobs), model.run_threads))
+            job.future.set_result(Inference(out, queue_ms, ms, len(jobs), model.run_threads, judge))

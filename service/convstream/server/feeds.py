@@ -291,7 +291,6 @@ class Publisher:
         # starts with the next frame.
         due = [w for w in self.watchers if w.due(now) and have >= set(w.options.feature_maps)]
         results: dict[Options, pb.FrameResult] = {}
-        encoding = time.perf_counter()
         if due:
             results = await loop.run_in_executor(
                 self.pipeline.executor,
@@ -301,20 +300,20 @@ class Publisher:
                 inference,
                 {w.options for w in due},
             )
-        ended = time.perf_counter()
-        total_ms = (ended - began) * 1000
+        total_ms = (time.perf_counter() - began) * 1000
         for result in results.values():
             if not result.status.code:
                 completed(result.timings, total_ms)
         timings = pb.Timings(
             decode_ms=prepared.decode_ms,
             inference_ms=inference.inference_ms,
-            encode_ms=(ended - encoding) * 1000 if due else 0.0,
+            # the encoding itself, as each result timed its own (not the wait for a thread)
+            encode_ms=sum(r.timings.encode_ms for r in results.values()),
             batch_size=inference.batch_size,
             inference_threads=inference.threads,
         )
         geometry = prepared.geometry
-        score = hottest(prepared, inference, self.pipeline.engine.model.heatmap_stride)[4]
+        score = hottest(prepared, inference, inference.model.heatmap_stride)[4]
         self.frame_size = (geometry.frame_width, geometry.frame_height)
         self.frames_analysed += 1
         self.last_score = score

@@ -511,7 +511,7 @@ class Pipeline:
     ) -> pb.FrameResult:
         """Build the result message (runs on the executor)."""
         started = time.perf_counter()
-        model = self.engine.model
+        model = inference.model  # as it ran: a reload's new model judges the next frames
         row, col, x, y, score = hottest(prepared, inference, model.heatmap_stride)
         result = pb.FrameResult(
             frame_id=request.frame_id,
