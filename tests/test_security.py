@@ -1260,6 +1260,32 @@ def test_serve_names_a_mismatched_key_not_the_port(
     )
 
 
+def test_a_host_name_binds_where_any_of_its_addresses_is_this_machines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The port asked of the OS before gRPC binds it refused `localhost` in a container
+    without IPv6 (its ::1 is no address there), which gRPC serves on 127.0.0.1 (the diff
+    review's reading). An address not this machine's is passed over while another binds;
+    one in use is not (gRPC would serve the other alone, and clients of the busy one would
+    reach another server)."""
+    from convstream.server.app import bind_failure
+
+    def localhost(host: str, port: int, *_: object, **__: object) -> list[tuple[Any, ...]]:
+        stream = socket.SOCK_STREAM
+        return [
+            (socket.AF_INET, stream, 6, "", ("127.0.0.1", port)),
+            (socket.AF_INET6, stream, 6, "", ("fd00::7", port, 0, 0)),  # none of ours
+        ]
+
+    monkeypatch.setattr(socket, "getaddrinfo", localhost)
+    assert bind_failure("localhost", 0) is None
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        assert bind_failure("localhost", busy) == "the port is in use (another convstream serve?)"
+
+
 async def test_only_a_bind_failure_blames_the_port(
     pki: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import errno
 import logging
 import math
+import os
 import signal
 import socket
 import threading
@@ -1027,14 +1028,26 @@ def _listen(
     return port
 
 
+_BIND_ERRORS = {
+    errno.EADDRINUSE: "the port is in use (another convstream serve?)",
+    errno.EADDRNOTAVAIL: "the address is not one of this machine's",
+    errno.EACCES: "permission denied (ports below 1024 need privileges)",
+}
+
+
 def bind_failure(host: str, port: int) -> str | None:
-    """Why this machine cannot bind ``host:port`` (TCP), in words; None when it can."""
+    """Why this machine cannot bind ``host:port`` (TCP), in words; None when it can. A name
+    of several addresses (localhost: 127.0.0.1 and ::1) binds as gRPC binds it, where any of
+    them can: one that is not this machine's (::1 in a container without IPv6) is passed
+    over; one in use is not (gRPC would serve the other alone, and clients of the busy one
+    would reach another server)."""
     try:
         found = socket.getaddrinfo(
             host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except socket.gaierror as exc:
         return f"the host does not resolve ({exc.strerror})"
+    failures: list[int] = []
     for family, kind, proto, _, address in found:
         with socket.socket(family, kind, proto) as probe:
             # as gRPC does: a port whose last connections are in TIME_WAIT is free
@@ -1042,11 +1055,11 @@ def bind_failure(host: str, port: int) -> str | None:
             try:
                 probe.bind(address)
             except OSError as exc:
-                return {
-                    errno.EADDRINUSE: "the port is in use (another convstream serve?)",
-                    errno.EADDRNOTAVAIL: "the address is not one of this machine's",
-                    errno.EACCES: "permission denied (ports below 1024 need privileges)",
-                }.get(exc.errno or 0, exc.strerror or str(exc))
+                failures.append(exc.errno or 0)
+    told = [code for code in failures if code != errno.EADDRNOTAVAIL]
+    if failures and (told or len(failures) == len(found)):
+        code = (told or failures)[0]
+        return _BIND_ERRORS.get(code, os.strerror(code) if code else "it cannot be bound")
     return None
 
 
