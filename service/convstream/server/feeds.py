@@ -40,8 +40,8 @@ from convstream.server.letterbox import choose_input
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import (
     CALLER,
-    MAX_LISTED_DROPS,
     CameraCaller,
+    DropLog,
     Options,
     Pipeline,
     Prepared,
@@ -110,11 +110,9 @@ class Watcher:
         self.capacity = capacity
         self.budget = budget if budget is not None else ByteBudget(1 << 62)
         self.held = 0  # bytes of the results waiting for it
-        self.dropped = 0
-        self.sequence = 0
+        self.drops = DropLog()
         self._next = 0.0
         self._queue: deque[_Queued] = deque()
-        self._dropped_ids: list[int] = []
         self._ready = asyncio.Event()
         self._ended: ConvstreamError | FeedFinished | None = None
         self._released = False
@@ -150,10 +148,8 @@ class Watcher:
     def _drop_oldest(self) -> None:
         old = self._queue.popleft()
         self._take(-old.size)
-        self.dropped += 1
+        self.drops.drop(old.result.frame_id)
         self._on_drop()
-        if len(self._dropped_ids) < MAX_LISTED_DROPS:
-            self._dropped_ids.append(old.result.frame_id)
 
     def _take(self, size: int) -> None:
         self.held += size
@@ -182,11 +178,7 @@ class Watcher:
         self._take(-item.size)
         result = pb.FrameResult()
         result.CopyFrom(item.result)  # shared by watchers; the fields below are this one's
-        self.sequence += 1
-        result.sequence = self.sequence
-        result.frames_dropped = self.dropped
-        result.dropped_frame_ids.extend(self._dropped_ids)
-        self._dropped_ids.clear()
+        self.drops.stamp(result)
         result.frame_age_ms = max(0.0, (time.time() - item.captured) * 1000)
         return result
 
@@ -528,7 +520,7 @@ class StreamPublication(Publisher):
         super().__init__(name, pipeline, metrics)
         self.since = time.time()
         self.frames_received = 0
-        self.dropped = 0
+        self.drops = DropLog()  # the stream's own, once it publishes
         self.fps_in = RateMeter()
         self.taken_over = False  # by a camera configured under its name: no longer published
 
@@ -541,7 +533,7 @@ class StreamPublication(Publisher):
                 source_kind="stream",
                 fps_in=self.fps_in.rate(now),
                 frames_read=self.frames_received,
-                frames_dropped=self.dropped,
+                frames_dropped=self.drops.dropped,
             )
         )
         return status

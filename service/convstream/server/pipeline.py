@@ -651,6 +651,30 @@ class Pipeline:
         return result, prepared, inference
 
 
+class DropLog:
+    """A call's results in order and the frames it let go: numbered (``sequence``), counted
+    (``dropped``), and their ids listed in the next result, MAX_LISTED_DROPS at most; a
+    stream's frames and a watch's results alike."""
+
+    def __init__(self) -> None:
+        self.dropped = 0
+        self.sequence = 0
+        self._ids: list[int] = []
+
+    def drop(self, frame_id: int) -> None:
+        self.dropped += 1
+        if len(self._ids) < MAX_LISTED_DROPS:
+            self._ids.append(frame_id)
+
+    def stamp(self, result: pb.FrameResult) -> None:
+        """Number the next result, and tell it the drops so far and those since the last."""
+        self.sequence += 1
+        result.sequence = self.sequence
+        result.frames_dropped = self.dropped
+        result.dropped_frame_ids.extend(self._ids)
+        self._ids.clear()
+
+
 def completed(timings: pb.Timings, total_ms: float) -> pb.Timings:
     """``timings`` (their decode, inference and encode set) given the whole trip's time,
     ``total_ms``, and what of it the steps do not account for: the waits, ``queue_ms``."""

@@ -327,7 +327,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         if self.draining.is_set():
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,
-                f"server is shutting down after {session.sequence} results; reconnect to "
+                f"server is shutting down after {session.drops.sequence} results; reconnect to "
                 "another instance",
             )
 
@@ -404,7 +404,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         except FeedFinished:
             return  # the published stream ended: OK
         except ConvstreamError as exc:
-            await context.abort(exc.code, f"{exc} (after {watcher.sequence} results)")
+            await context.abort(exc.code, f"{exc} (after {watcher.drops.sequence} results)")
         finally:
             self.cameras.unwatch(watcher)
 

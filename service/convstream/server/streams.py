@@ -36,8 +36,8 @@ from convstream.server.feeds import StreamPublication
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import (
     CALLER,
-    MAX_LISTED_DROPS,
     MAX_SOURCE_CHARS,
+    DropLog,
     Options,
     Pipeline,
     Prepared,
@@ -174,13 +174,11 @@ class StreamSession:
         self.capacity = default_queue
         self.options = Options()
         self.source = ""  # the last source a frame named: frames that name none take it
-        self.dropped = 0
-        self.sequence = 0
+        self.drops = DropLog()
         self._default_queue = default_queue
         self._configured = False
         self._pending: deque[_Item] = deque()
         self._refusals_waiting = 0  # of _pending: they take no room of the queue
-        self._dropped_ids: list[int] = []
         self._changed = asyncio.Condition()
         self._reader_done = False
         self.window = WINDOW
@@ -293,6 +291,7 @@ class StreamSession:
                 publish = request.options.publish and self.publication is None
                 if publish and self.registry is not None:  # else _check refused it
                     self.publication = self.registry.publish(request.source)
+                    self.publication.drops = self.drops  # ListCameras counts them live
             # Checked here, not only when its turn comes: a policy that drops waiting frames
             # would otherwise drop a bad one unseen, and its sender never learn why.
             self.pipeline.check(request)
@@ -419,9 +418,7 @@ class StreamSession:
             if old.droppable:
                 del self._pending[i]
                 self._release(old)
-                self.dropped += 1
-                if len(self._dropped_ids) < MAX_LISTED_DROPS:
-                    self._dropped_ids.append(old.request.frame_id)
+                self.drops.drop(old.request.frame_id)
                 label = self.metrics.client_source(old.request.source)
                 self.metrics.frames.labels(label, "dropped").inc()
                 return True
@@ -485,7 +482,6 @@ class StreamSession:
             read_at=done.item.arrived,
             began=done.began,
         )
-        self.publication.dropped = self.dropped
 
     async def _stop_on_drain(self, reader: asyncio.Task[None]) -> None:
         await self.draining.wait()
@@ -513,11 +509,7 @@ class StreamSession:
                         logger.exception("publishing frame %d failed", done.item.request.frame_id)
                     else:
                         result.published = True
-                self.sequence += 1
-                result.sequence = self.sequence
-                result.frames_dropped = self.dropped
-                result.dropped_frame_ids.extend(self._dropped_ids)
-                self._dropped_ids.clear()
+                self.drops.stamp(result)
                 yield result
                 async with self._changed:
                     self._in_analysis -= 1
