@@ -36,7 +36,6 @@ from convstream.server.errors import (
     InvalidFrame,
     ModelFailed,
 )
-from convstream.server.letterbox import choose_input
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import (
     CALLER,
@@ -477,7 +476,7 @@ class CameraFeed(Publisher):
                     level, self._invalid_logged_at = logging.WARNING, started
                 logger.log(level, "camera %s: frame %d not analysed: %s", source, frame.number, exc)
             except ConvstreamError as exc:  # the engine is full: this frame is skipped
-                self.metrics.frames.labels(self.metrics.source(source), "rejected").inc()
+                self.metrics.frames.labels(self.metrics.source(source), exc.outcome).inc()
                 logger.debug("camera %s: frame %d skipped: %s", source, frame.number, exc)
             except Exception:
                 self.metrics.frames.labels(self.metrics.source(source), "error").inc()
@@ -487,12 +486,7 @@ class CameraFeed(Publisher):
 
     def _prepare(self, frame: Frame) -> Prepared:
         started = time.perf_counter()
-        width, height = frame.size
-        target = self._fixed_input or choose_input(width, height, self.pipeline.sizes)
-        image = frame.image
-        if isinstance(image, bytes):
-            image = self.pipeline.decode(image, frame.size, target)
-        return Prepared.fit(image, target, frame.size, started)
+        return self.pipeline.fit(frame.image, frame.size, started, self._fixed_input)
 
     async def _analyse(self, frame: Frame) -> None:
         began = time.perf_counter()

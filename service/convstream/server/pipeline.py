@@ -435,13 +435,27 @@ class Pipeline:
         """Check, decode and letterbox (runs on the executor). Raises InvalidFrame."""
         started = time.perf_counter()
         width, height = self.check(request)
-        target = choose_input(width, height, self.sizes)
         if request.WhichOneof("image") == "encoded":
-            image = self.decode(request.encoded, (width, height), target)
-        else:
-            raw = request.raw
-            image = decode_raw(raw.data, width, height, _pixel_format(raw.format), self.limits)
-        return Prepared.fit(image, target, (width, height), started)
+            return self.fit(request.encoded, (width, height), started)
+        raw = request.raw
+        image = decode_raw(raw.data, width, height, _pixel_format(raw.format), self.limits)
+        return self.fit(image, (width, height), started)
+
+    def fit(
+        self,
+        image: np.ndarray | bytes,
+        size: tuple[int, int],
+        started: float,
+        target: tuple[int, int] | None = None,
+    ) -> Prepared:
+        """A frame of ``size`` (width, height), decoded first if it is JPEG or PNG bytes,
+        letterboxed into ``target`` (height, width; unset: the input size closest in
+        aspect); ``started``: time.perf_counter() its preparation began (a client's frame
+        and a camera's alike)."""
+        target = target or choose_input(*size, self.sizes)
+        if isinstance(image, bytes):
+            image = self.decode(image, size, target)
+        return Prepared.fit(image, target, size, started)
 
     def decode(self, data: bytes, size: tuple[int, int], target: tuple[int, int]) -> np.ndarray:
         """Decode a JPEG or PNG of size (width, height) for the model input target (height,
