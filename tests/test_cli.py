@@ -1397,6 +1397,8 @@ def test_no_cameras_and_a_camera_flag_together_are_refused(
 
 
 def test_a_refused_stream_url_is_our_line_without_ffmpeg_noise() -> None:
+    """...and it says why, as a server's camera does (it said only that OpenCV could not
+    open it, where the server's camera on the same URL said "connection refused")."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     env.pop("OPENCV_FFMPEG_LOGLEVEL", None)
     url = f"rtsp://127.0.0.1:{free_port()}/x"  # nothing listens: FFmpeg's tcp logs a refusal
@@ -1406,7 +1408,8 @@ def test_a_refused_stream_url_is_our_line_without_ffmpeg_noise() -> None:
     assert done.returncode == 5  # the source
     assert done.stdout == ""  # OpenCV writes FFmpeg's lines to stdout, amid the results
     assert done.stderr.strip().splitlines() == [
-        f"convstream stream: OpenCV cannot open video source '{url}'"
+        f"convstream stream: OpenCV cannot open video source '{url}': connection refused: "
+        "nothing listens at that address and port (camera down?)"
     ]
 
 

@@ -35,6 +35,7 @@ from convstream.client.errors import InvalidFrame, SourceError
 from convstream.client.options import Upload
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import what_it_holds
+from convstream.v1.diagnose import why_closed
 
 __all__ = [
     "Frame",
@@ -266,11 +267,13 @@ def read_image(path: str | os.PathLike[str]) -> Frame:
 
 
 def _why(source: str | int | os.PathLike[str]) -> str:
-    """Why a video file did not open, as far as one look tells: what it holds; "" for a
-    device or a URL (the server's camera diagnosis is the server's: the client does not
-    depend on the server's package)."""
-    if isinstance(source, int) or is_live(source):
+    """Why a video source did not open, as far as one look tells: a file's content, a URL's
+    answer (the server's camera diagnosis: refused, no answer, a 404, a 401...); "" for a
+    device."""
+    if isinstance(source, int):
         return ""
+    if is_live(source):
+        return f": {why_closed(str(source), 3.0)}"
     path = Path(source)
     try:
         with path.open("rb") as file:

@@ -26,9 +26,9 @@ import numpy as np
 
 from convstream.server.config import MAX_FPS, MAX_INPUT_SIDE, MIN_INPUT_SIDE, parse_size
 from convstream.server.decode import Limits, check_encoded, decode_encoded, orientation, sniff
-from convstream.server.diagnose import media_type, why_closed
 from convstream.server.errors import InvalidFrame
 from convstream.v1 import what_it_holds
+from convstream.v1.diagnose import media_type, why_closed
 
 logger = logging.getLogger(__name__)
 
@@ -438,7 +438,8 @@ class OpenCVCapture:
         # The probe gets what is left of the open timeout (a short look when OpenCV used
         # it all), so a failed open still fails within about its timeout.
         spent = time.monotonic() - started
-        why = why_closed(spec.target, min(3.0, max(0.2, self._open_timeout_s - spent)), spent)
+        look = min(3.0, max(0.2, self._open_timeout_s - spent))
+        why = why_closed(spec.target, look, spent, hides=redact)
         raise SourceError(f"could not open {spec.kind} source: {why}")
 
     def _first_encoded(self, kind: str, size: tuple[int, int]) -> str | None:

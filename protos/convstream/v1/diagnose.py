@@ -11,7 +11,8 @@ the usual causes apart:
   camera is fine with the request: the stream itself did not open, say its codec).
 
 All of it within one timeout. The words never name the address or the credentials: camera
-errors reach clients, which know cameras by id only.
+errors reach clients, which know cameras by id only. The server says so of its cameras, and
+the client of a URL it streams from (``convstream stream rtsp://...``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import re
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
@@ -39,7 +41,9 @@ NO_STREAM = (
 )
 
 
-def why_closed(url: str, timeout_s: float, waited_s: float = 0.0) -> str:
+def why_closed(
+    url: str, timeout_s: float, waited_s: float = 0.0, *, hides: Callable[[str], str] = str
+) -> str:
     """Why a network source did not open, as far as a connection and one request can tell.
 
     Args:
@@ -47,6 +51,8 @@ def why_closed(url: str, timeout_s: float, waited_s: float = 0.0) -> str:
         timeout_s: the most it may take, all of it.
         waited_s: how long the caller already waited for the source (OpenCV's open), which
             the words "within N s" count with this probe's own time.
+        hides: how the caller hides secrets in a URL (the server's redact): a query it
+            changes holds credentials, and a 401 then says to check them.
     """
     waited = waited_s + timeout_s
     parts = urlsplit(url)
@@ -79,7 +85,7 @@ def why_closed(url: str, timeout_s: float, waited_s: float = 0.0) -> str:
     if scheme not in ("rtsp", "http"):
         return NO_STREAM
     try:
-        return _ask(parts, scheme, address, deadline)
+        return _ask(parts, scheme, address, deadline, hides)
     except TimeoutError:
         return (
             f"it accepts connections, but did not answer an {scheme.upper()} request within "
@@ -259,7 +265,9 @@ def _answer(
     return status, reason, kind, False
 
 
-def _ask(parts: SplitResult, scheme: str, address: Address, deadline: float) -> str:
+def _ask(
+    parts: SplitResult, scheme: str, address: Address, deadline: float, hides: Callable[[str], str]
+) -> str:
     """What the answer to the request FFmpeg makes says of why no stream opened."""
     status, reason, kind, with_credentials = _answer(parts, scheme, address, deadline)
     if status == 401 and with_credentials:
@@ -267,10 +275,8 @@ def _ask(parts: SplitResult, scheme: str, address: Address, deadline: float) -> 
             f"it refused the user name or password in the URL ({status} {reason}); a "
             "password's '@', ':' or '/' must be written %40, %3A, %2F"
         )
-    from convstream.server.sources import redact  # here: sources imports this module
-
     said = f"{scheme.upper()} {status} {reason}".strip()
-    if status == 401 and parts.query and redact("?" + parts.query) != "?" + parts.query:
+    if status == 401 and parts.query and hides("?" + parts.query) != "?" + parts.query:
         # credentials in the query (?user=admin&pwd=...), as many cameras take them
         return (
             f"it refused the credentials in the URL's query ({said}); check them, or put the "
