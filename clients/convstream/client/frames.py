@@ -266,14 +266,14 @@ def read_image(path: str | os.PathLike[str]) -> Frame:
     return Frame(pixels, name=str(path))
 
 
-def _why(source: str | int | os.PathLike[str]) -> str:
+def _why(source: str | int | os.PathLike[str], waited_s: float) -> str:
     """Why a video source did not open, as far as one look tells: a file's content, a URL's
     answer (the server's camera diagnosis: refused, no answer, a 404, a 401...); "" for a
-    device."""
+    device. ``waited_s``: OpenCV's open, which the diagnosis counts in its "within N s"."""
     if isinstance(source, int):
         return ""
     if is_live(source):
-        return f": {why_closed(str(source), 3.0)}"
+        return f": {why_closed(str(source), 3.0, waited_s)}"
     path = Path(source)
     try:
         with path.open("rb") as file:
@@ -573,8 +573,10 @@ class Video:
                     raise SourceError(
                         f"{str(path)!r}: OpenCV opens only file names that are UTF-8; rename it"
                     )
+            opening = time.monotonic()
             self._capture = cv2.VideoCapture(source if isinstance(source, int) else str(source))
             if not self._capture.isOpened():
+                waited = time.monotonic() - opening
                 self._capture.release()
                 device = Path(f"/dev/video{source}") if isinstance(source, int) else None
                 if device is not None and sys.platform.startswith("linux") and not device.exists():
@@ -582,7 +584,9 @@ class Video:
                         f"no camera {source} on this machine: {device} does not exist"
                     )
                 shown = public_url(source) if isinstance(source, str) else source
-                raise SourceError(f"OpenCV cannot open video source {shown!r}{_why(source)}")
+                raise SourceError(
+                    f"OpenCV cannot open video source {shown!r}{_why(source, waited)}"
+                )
         self.source = source
         self.loop = loop
         self._read_this_pass = 0  # frames read since the file was last started again

@@ -25,11 +25,22 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 Address = tuple[Any, ...]  # one of socket.getaddrinfo's answers
+
+# query parameters that carry secrets, as many IP cameras take them: ?user=admin&pwd=...
+# (or &p=, beside u=, or login= and hash=), session ids, one-time codes and signed URLs' st=
+# and t=, which let anyone in as well; and
+# the same in a path, as XMEye DVRs take them (/user=admin_password=..._channel=1), where the
+# value runs to the URL's end (a password may hold '_')
+SECRET_PARAMETERS = re.compile(
+    r"([?&;_/](?:[^=&;\s]*(?:pas|pw|psw|token|key|auth|secret|sig|cred|session|sid|code|otp|pin"
+    r"|hash|login)[^=&;\s]*|p|st|t)=)"
+    r"[^&;#?\s'\"]*?([):,.]*)(?=[&;#?\s'\"]|$)",
+    re.IGNORECASE,
+)
 
 _DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
 _STATUS = re.compile(rb"^(RTSP|HTTP)/\d\.\d (\d{3}) ?([^\r\n]*)")
@@ -41,9 +52,7 @@ NO_STREAM = (
 )
 
 
-def why_closed(
-    url: str, timeout_s: float, waited_s: float = 0.0, *, hides: Callable[[str], str] = str
-) -> str:
+def why_closed(url: str, timeout_s: float, waited_s: float = 0.0) -> str:
     """Why a network source did not open, as far as a connection and one request can tell.
 
     Args:
@@ -51,11 +60,12 @@ def why_closed(
         timeout_s: the most it may take, all of it.
         waited_s: how long the caller already waited for the source (OpenCV's open), which
             the words "within N s" count with this probe's own time.
-        hides: how the caller hides secrets in a URL (the server's redact): a query it
-            changes holds credentials, and a 401 then says to check them.
     """
     waited = waited_s + timeout_s
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "rtsp://[::1/x": no URL urllib reads
+        return UNKNOWN
     scheme = parts.scheme.lower()
     if scheme == "udp":
         return f"nothing arrived within {waited:.1f} s (is the source sending to this host?)"
@@ -85,7 +95,7 @@ def why_closed(
     if scheme not in ("rtsp", "http"):
         return NO_STREAM
     try:
-        return _ask(parts, scheme, address, deadline, hides)
+        return _ask(parts, scheme, address, deadline)
     except TimeoutError:
         return (
             f"it accepts connections, but did not answer an {scheme.upper()} request within "
@@ -265,9 +275,7 @@ def _answer(
     return status, reason, kind, False
 
 
-def _ask(
-    parts: SplitResult, scheme: str, address: Address, deadline: float, hides: Callable[[str], str]
-) -> str:
+def _ask(parts: SplitResult, scheme: str, address: Address, deadline: float) -> str:
     """What the answer to the request FFmpeg makes says of why no stream opened."""
     status, reason, kind, with_credentials = _answer(parts, scheme, address, deadline)
     if status == 401 and with_credentials:
@@ -276,7 +284,7 @@ def _ask(
             "password's '@', ':' or '/' must be written %40, %3A, %2F"
         )
     said = f"{scheme.upper()} {status} {reason}".strip()
-    if status == 401 and parts.query and hides("?" + parts.query) != "?" + parts.query:
+    if status == 401 and SECRET_PARAMETERS.search("?" + parts.query):
         # credentials in the query (?user=admin&pwd=...), as many cameras take them
         return (
             f"it refused the credentials in the URL's query ({said}); check them, or put the "

@@ -361,6 +361,7 @@ class Camera:
                 loop=cfg.loop,
                 name=cfg.id,
                 on_invalid=self.frame_failed,
+                streamed=self.frames_read > 2,
             )
         except SourceError as exc:
             return exc

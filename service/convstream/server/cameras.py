@@ -13,6 +13,7 @@ import logging
 import re
 import time
 from collections.abc import Iterator
+from functools import partial
 
 import numpy as np
 from grpc_health.v1 import health, health_pb2
@@ -330,10 +331,17 @@ class CameraManager:
             request.max_fps,
             capacity,
             self.result_bytes,
-            on_drop=feed.count_watcher_drop,
+            on_drop=partial(self._count_watcher_drop, camera_id),
         )
         feed.watchers.add(watcher)
         return watcher
+
+    def _count_watcher_drop(self, camera_id: str) -> None:
+        """A watcher of ``camera_id`` let a result go: counted on its feed now (a reload that
+        restarts the camera moves its watchers to a new feed)."""
+        feed: Publisher | None = self.feeds.get(camera_id) or self.published.get(camera_id)
+        if feed is not None:
+            feed.count_watcher_drop()
 
     def watchers_open(self) -> int:
         """Open WatchCamera calls, of cameras and published streams alike."""

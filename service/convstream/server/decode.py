@@ -426,9 +426,11 @@ def damaged_data(said: str, data: bytes) -> bool:
     if extra is None or int(extra[2], 16) not in _AFTER_SCAN_DATA:
         return False
     count = int(extra[1])
+    if count <= EXTRANEOUS_OK:
+        return False
     if extra[2] == "d9" and data.endswith(b"\xff\xd9") and count + 2 <= len(data):
-        return bool(data[-2 - count : -2].strip(b"\x00\xff"))  # not padding alone
-    return count > EXTRANEOUS_OK
+        return bool(data[-2 - count : -2].strip(b"\x00\xff"))  # more than padding
+    return True
 
 
 def _jpeg(data: bytes, width: int, height: int, reduce: int) -> np.ndarray | None:

@@ -28,7 +28,7 @@ from convstream.server.config import MAX_FPS, MAX_INPUT_SIDE, MIN_INPUT_SIDE, pa
 from convstream.server.decode import Limits, check_encoded, decode_encoded, orientation, sniff
 from convstream.server.errors import InvalidFrame
 from convstream.v1 import what_it_holds
-from convstream.v1.diagnose import media_type, why_closed
+from convstream.v1.diagnose import SECRET_PARAMETERS, media_type, why_closed
 
 logger = logging.getLogger(__name__)
 
@@ -47,17 +47,6 @@ _USER_ONLY = re.compile(r"//[^/:\s@]+@" + _HOST_FOLLOWS)
 # first ':' to the last '@' a host follows is hidden (a password may hold '@'), the scheme
 # or user name with it when it cannot be told apart.
 _LOOSE_CREDENTIALS = re.compile(r"(?<![^\s'\"(=])([^\s:/@'\"(]+):(?!//)[^\s'\"]*@" + _HOST_FOLLOWS)
-# query parameters that carry secrets, as many IP cameras take them: ?user=admin&pwd=...
-# (or &p=, beside u=, or login= and hash=), session ids, one-time codes and signed URLs' st=
-# and t=, which let anyone in as well; and
-# the same in a path, as XMEye DVRs take them (/user=admin_password=..._channel=1), where the
-# value runs to the URL's end (a password may hold '_')
-_SECRET_PARAMETERS = re.compile(
-    r"([?&;_/](?:[^=&;\s]*(?:pas|pw|psw|token|key|auth|secret|sig|cred|session|sid|code|otp|pin"
-    r"|hash|login)[^=&;\s]*|p|st|t)=)"
-    r"[^&;#?\s'\"]*?([):,.]*)(?=[&;#?\s'\"]|$)",
-    re.IGNORECASE,
-)
 # RTSP over TCP: no lost UDP packets smearing frames, and it passes firewalls and NAT.
 _FFMPEG_DEFAULTS = "rtsp_transport;tcp"
 # OpenCV holds one process-wide lock around every FFmpeg open unless told FFmpeg is thread
@@ -97,7 +86,7 @@ def redact(text: str) -> str:
     a secret (p, pwd, password, token, key, auth, sig...)."""
     text = _USER_ONLY.sub("//***@", _CREDENTIALS.sub(r"\1:***@", text))
     text = _LOOSE_CREDENTIALS.sub(r"\1:***@", text)  # no '//': not done by the line above
-    return _SECRET_PARAMETERS.sub(r"\1***\2", text)
+    return SECRET_PARAMETERS.sub(r"\1***\2", text)
 
 
 def shown(value: object, limit: int = 60) -> str:
@@ -314,9 +303,11 @@ class OpenCVCapture:
         loop: bool,
         name: str = "",
         on_invalid: Callable[[str], None] | None = None,
+        streamed: bool = False,
     ) -> None:
         self.spec = spec
         self._loop = loop
+        self._streamed = streamed  # its camera streamed before (this connection may not)
         self._on_invalid = on_invalid
         self._open_timeout_s = open_timeout_s
         self._read_timeout_s = read_timeout_s
@@ -439,7 +430,7 @@ class OpenCVCapture:
         # it all), so a failed open still fails within about its timeout.
         spent = time.monotonic() - started
         look = min(3.0, max(0.2, self._open_timeout_s - spent))
-        why = why_closed(spec.target, look, spent, hides=redact)
+        why = why_closed(spec.target, look, spent)
         raise SourceError(f"could not open {spec.kind} source: {why}")
 
     def _first_encoded(self, kind: str, size: tuple[int, int]) -> str | None:
@@ -618,7 +609,7 @@ class OpenCVCapture:
         if time.monotonic() - started >= 0.95 * self._read_timeout_s:
             return self._timed_out()
         kind = media_type(self.spec.target, 2.0) if self.spec.kind == "http" else ""
-        if kind.startswith("image/") and self._frames_got < 3:
+        if kind.startswith("image/") and self._frames_got < 3 and not self._streamed:
             # a camera's snapshot URL: FFmpeg reads its one picture, then the "stream" ends;
             # for good, as a file that is no video (it reconnected for ever, one frame each).
             # Not after a stream: an NVR answers with a "no signal" picture while its camera
@@ -711,10 +702,12 @@ def open_source(
     loop: bool,
     name: str = "",
     on_invalid: Callable[[str], None] | None = None,
+    streamed: bool = False,
 ) -> Capture:
     """Open a source (blocking, up to the open timeout); raises SourceError. name: the
     camera's id, for what it logs; on_invalid: told of each MJPEG frame passed over for not
-    being a whole JPEG, with why."""
+    being a whole JPEG, with why; streamed: the camera gave a stream before (a picture at its
+    URL is then not its snapshot URL, but an NVR's "no signal")."""
     if spec.kind == "demo":
         return DemoCapture(spec)
-    return OpenCVCapture(spec, open_timeout_s, read_timeout_s, loop, name, on_invalid)
+    return OpenCVCapture(spec, open_timeout_s, read_timeout_s, loop, name, on_invalid, streamed)
