@@ -759,11 +759,30 @@ async def test_the_keyboard_reaches_what_the_tooltips_say(browser: Any, artifact
         await expect(said).to_contain_text("state: running")
         await expect(said).to_contain_text(re.compile(r"fps: in [0-9.]+ fps from the source"))
         await expect(said).to_contain_text("dropped: ")
+        # never a scroller of its own (one that overflowed, on a compact tile, was a Tab stop,
+        # and Tab dropped the focus to the page when it hid)
+        overflow = await said.evaluate("(p) => getComputedStyle(p).overflowY")
+        assert overflow == "hidden", overflow
         await page.keyboard.press("Tab")
         await expect(dock).to_be_focused()
         await expect(said).to_be_hidden()
         await expect(dock.locator(".details")).to_contain_text("state: reconnecting since")
         await expect(dock.locator(".details")).to_contain_text("connection refused")
         await page.screenshot(path=artifacts / "tile-details.png")
+        # a screen reader hears it as the tile's description; a mouse's click leaves the
+        # picture in view (its ring, the damage it shows)
+        await expect(dock).to_have_accessible_description(re.compile("connection refused"))
+        await belt.click()
+        await expect(belt).to_be_focused()
+        await expect(said).to_be_hidden()
         assert page.errors == []
         await page.context.close()
+        phone = await _open(browser, dash, 390, 844, touch=True)
+        await phone.locator("#help-open").click()
+        terms = phone.locator("#help dt")
+        # each term above what it means, the meaning the dialog's width, not a narrow column
+        width = await phone.locator("#help dd").first.evaluate("(dd) => dd.clientWidth")
+        assert width > 250, width
+        await expect(terms.first).to_be_visible()
+        await phone.screenshot(path=artifacts / "help-phone.png")
+        await phone.context.close()

@@ -206,7 +206,8 @@
       node.setAttribute("aria-labelledby", cam.id);
       node.tabIndex = 0;
       this.details = node.querySelector(".details");
-      node.addEventListener("focus", () => this.tellDetails());
+      this.details.id = `details-${tileCount}`;
+      node.setAttribute("aria-describedby", this.details.id);
       this.kind = node.querySelector(".kind");
       this.stateEl = node.querySelector(".state");
       this.frame = node.querySelector("canvas.frame");
@@ -292,9 +293,9 @@
       this.tellDetails();
     }
 
-    // What the tile's tooltips say, written over its picture while it has the focus.
+    // What the tile's tooltips say: shown over its picture while it has the keyboard's
+    // focus, and its description to a screen reader.
     tellDetails() {
-      if (document.activeElement !== this.el) return;
       const lines = [this.id, `state: ${this.stateEl.title || this.stateEl.textContent}`];
       if (this.notice.title) lines.push(this.notice.title);
       if (this.v.fps.title) lines.push(`fps: ${this.v.fps.title}`);
