@@ -871,11 +871,8 @@ def _name_taken(client: Client, name: str) -> str:
     unpublished, never on the dashboard, however long it looped."""
     for camera in client.cameras():
         if folded_id(camera.id) == folded_id(name):
-            what = (
-                "another client's published stream"
-                if camera.source_kind == "stream"
-                else ("a configured camera")
-            )
+            stream = camera.source_kind == "stream"
+            what = "another client's published stream" if stream else "a configured camera"
             said = "is" if camera.id == name else f"reads as {camera.id!r},"
             return f"{name!r} {said} {what} on this server"
     return ""

@@ -341,7 +341,7 @@ class CameraManager:
         restarts the camera moves its watchers to a new feed)."""
         feed: Publisher | None = self.feeds.get(camera_id) or self.published.get(camera_id)
         if feed is not None:
-            feed.count_watcher_drop()
+            feed.watcher_drops += 1
 
     def watchers_open(self) -> int:
         """Open WatchCamera calls, of cameras and published streams alike."""

@@ -201,10 +201,6 @@ class Publisher:
         self.fps_out = RateMeter()
         self.frame_size = (0, 0)  # width, height of the latest frame
 
-    def count_watcher_drop(self) -> None:
-        """One of its watchers let a result go unread (Watcher's on_drop)."""
-        self.watcher_drops += 1
-
     def status(self, now: float) -> pb.CameraStatus:
         """What ListCameras says of this source: the publishing side; subclasses add theirs."""
         return pb.CameraStatus(
@@ -272,8 +268,9 @@ class Publisher:
         Returns:
             The frame's timings, from its analysis to its watchers' results encoded.
         """
-        request = pb.FrameRequest(frame_id=frame_id, source=self.name)
-        request.capture_time.FromNanoseconds(int(captured * 1e9))
+        request = pb.FrameRequest(
+            frame_id=frame_id, source=self.name, capture_time=timestamp(captured)
+        )
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         began_now = now - (time.perf_counter() - began)  # on this clock
