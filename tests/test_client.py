@@ -1478,6 +1478,9 @@ def test_the_overlays_label_gives_the_score_as_the_commands_print_it() -> None:
     # a picture of next to nothing (a capped lens): its low score is no all-clear, nor is
     # its label green, as an intact frame's is (amber, as the dashboard's blank badge)
     assert label_text(Result(frame_id=3, score=0.0053, blank=True)) == "0.0053 BLANK"
+    # a frame that failed says how in words, not by the error's class ("error: InvalidFrame")
+    failed = Result(frame_id=5, error=ServerUnavailable("shutting down"))
+    assert label_text(failed) == "error: server unavailable"
     from convstream.client.overlay import _label
 
     corners = {}

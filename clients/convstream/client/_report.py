@@ -36,7 +36,7 @@ def result_json(
     peak = result.peak() if ok else None
     return {
         "frame_id": result.frame_id,
-        "name": result.frame.name if result.frame is not None else "",
+        "name": result_name(result),
         "source": result.source,
         "ok": ok,
         "score": round(result.score, 6) if ok else None,
@@ -66,6 +66,12 @@ def result_json(
         if error is None
         else {"type": type(error).__name__, "code": code, "message": error.message},
     }
+
+
+def result_name(result: Result) -> str:
+    """What a result is called in a table row and a JSON line: the frame's name (a file's),
+    else its source's (a camera's id on a watch: its JSON line said "name": "")."""
+    return result.frame.name if result.frame is not None else result.source
 
 
 def _iso(seconds: float | None) -> str | None:
@@ -182,9 +188,9 @@ class Reporter:
         return result_json(result, overlay, maps)
 
     def _table_row(self, result: Result) -> str:
-        name = result.frame.name if result.frame is not None else result.source
+        name = result_name(result)
         if result.error is not None:  # no score; DAMAGED says error, PEAK onwards what went wrong
-            message = f"{type(result.error).__name__}: {result.error.message}"
+            message = f"{result.error.kind}: {result.error.message}"
             return self._row(str(result.frame_id), name, "-", "error", message, "").rstrip()
         peak = result.peak()
         total_ms = result.timings.total_ms if result.timings is not None else 0.0
@@ -310,7 +316,7 @@ class WatchReporter(Reporter):
 
     def _table_row(self, result: Result) -> str:
         if result.error is not None:
-            message = f"{type(result.error).__name__}: {result.error.message}"
+            message = f"{result.error.kind}: {result.error.message}"
             return self._watch_row(str(result.frame_id), "-", "error", message, "", "").rstrip()
         peak = result.peak()
         row = self._watch_row(

@@ -86,6 +86,12 @@ class ConvstreamError(Exception):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r})"
 
+    @property
+    def kind(self) -> str:
+        """The error's class in words, for people ("invalid frame", "server unavailable"):
+        a table row or an overlay read `InvalidFrame: ...`."""
+        return re.sub(r"(?<!^)(?=[A-Z])", " ", type(self).__name__).lower()
+
 
 class SourceError(ConvstreamError):
     """A local image file, folder, video or camera cannot be read."""

@@ -165,7 +165,7 @@ def label_text(result: Result) -> str:
     "1.00 DAMAGED" was 0.9964 in the table beside it), DAMAGED where the server says so, and
     BLANK on a frame that shows next to nothing (its low score says nothing)."""
     if result.error is not None:
-        return f"error: {type(result.error).__name__}"
+        return f"error: {result.error.kind}"
     score = score_text(result.score)
     return f"{score} DAMAGED" if result.damaged else f"{score} BLANK" if result.blank else score
 
