@@ -763,9 +763,26 @@ async def test_the_keyboard_reaches_what_the_tooltips_say(browser: Any, artifact
         # and Tab dropped the focus to the page when it hid)
         overflow = await said.evaluate("(p) => getComputedStyle(p).overflowY")
         assert overflow == "hidden", overflow
-        await page.keyboard.press("Tab")
+        # the wall is one Tab stop: the arrow keys move between its tiles (40 cameras took 40
+        # presses of Tab to cross), and Tab leaves it
+        assert await dock.get_attribute("tabindex") == "-1"
+        await page.keyboard.press("ArrowRight")
         await expect(dock).to_be_focused()
         await expect(said).to_be_hidden()
+        await page.keyboard.press("ArrowRight")  # the last: the focus stays
+        await expect(dock).to_be_focused()
+        assert (await belt.get_attribute("tabindex"), await dock.get_attribute("tabindex")) == (
+            "-1",
+            "0",
+        )
+        await page.keyboard.press("Home")
+        await expect(belt).to_be_focused()
+        await page.keyboard.press("Tab")
+        assert await page.evaluate("document.activeElement.closest('.tile') === null")
+        await page.keyboard.press("Shift+Tab")  # back to the tile last focused
+        await expect(belt).to_be_focused()
+        await page.keyboard.press("End")
+        await expect(dock).to_be_focused()
         await expect(dock.locator(".details")).to_contain_text("state: reconnecting since")
         await expect(dock.locator(".details")).to_contain_text("connection refused")
         await page.screenshot(path=artifacts / "tile-details.png")
@@ -785,4 +802,11 @@ async def test_the_keyboard_reaches_what_the_tooltips_say(browser: Any, artifact
         assert width > 250, width
         await expect(terms.first).to_be_visible()
         await phone.screenshot(path=artifacts / "help-phone.png")
+        await phone.keyboard.press("Escape")
+        # one tile a row here: down is the next camera, as right is on a wide screen
+        await _tile(phone, "belt").focus()
+        await phone.keyboard.press("ArrowDown")
+        await expect(_tile(phone, "dock-2")).to_be_focused()
+        await phone.keyboard.press("ArrowUp")
+        await expect(_tile(phone, "belt")).to_be_focused()
         await phone.context.close()

@@ -204,7 +204,7 @@
       // say (tellDetails), which a keyboard reached nowhere else
       cam.id = `cam-${++tileCount}`;
       node.setAttribute("aria-labelledby", cam.id);
-      node.tabIndex = 0;
+      node.tabIndex = -1; // one tile is the grid's Tab stop (roveTiles)
       this.details = node.querySelector(".details");
       this.details.id = `details-${tileCount}`;
       node.setAttribute("aria-describedby", this.details.id);
@@ -586,6 +586,41 @@
     return tile;
   }
 
+  // The grid is one Tab stop, not one a tile: a 40-camera wall took 40 presses to cross.
+  // The tile last focused (or the first) takes the Tab; arrow keys, Home and End move
+  // between tiles, up and down by the grid's columns as drawn.
+  let roveId = null;
+  function roveTiles() {
+    if (!tiles.has(roveId)) roveId = grid.querySelector(".tile")?.dataset.camera ?? null;
+    for (const [id, tile] of tiles) tile.el.tabIndex = id === roveId ? 0 : -1;
+  }
+  grid.addEventListener("focusin", (event) => {
+    const el = event.target.closest(".tile");
+    if (el && el.dataset.camera !== roveId) {
+      roveId = el.dataset.camera;
+      roveTiles();
+    }
+  });
+  grid.addEventListener("keydown", (event) => {
+    const el = event.target;
+    if (!el.classList.contains("tile") || event.altKey || event.ctrlKey || event.metaKey) return;
+    const order = [...grid.querySelectorAll(".tile")];
+    const at = order.indexOf(el);
+    const rowEnd = order.findIndex((tile) => tile.offsetTop !== order[0].offsetTop);
+    const across = rowEnd < 0 ? order.length : rowEnd; // the tiles in a row
+    const to = {
+      ArrowRight: at + 1, ArrowLeft: at - 1, ArrowDown: at + across, ArrowUp: at - across,
+      Home: 0, End: order.length - 1,
+    }[event.key];
+    if (to === undefined) return;
+    event.preventDefault(); // the page does not scroll under it
+    const next = order[to]; // none past an edge: the focus stays
+    if (next && next !== el) {
+      next.focus({ preventScroll: true });
+      next.scrollIntoView({ block: "nearest", behavior: motion() });
+    }
+  });
+
   function setCameras(cameras) {
     const seen = new Set();
     for (const status of cameras) {
@@ -598,6 +633,7 @@
         tiles.delete(id);
       }
     }
+    roveTiles();
     $("empty").hidden = tiles.size > 0;
     $("empty").textContent = serverOk
       ? "No cameras on the server. Add [[cameras]] to its config and reload it (SIGHUP): " +
