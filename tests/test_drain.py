@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import pathlib
 import signal
 import socket
 import subprocess
@@ -109,3 +111,63 @@ async def test_sigterm_drains_streams_and_exits_zero() -> None:
             process.wait()
         if process.stderr:
             process.stderr.close()
+
+
+def test_a_camera_open_that_returns_as_the_server_exits_does_not_abort_it(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A camera whose source answers its open only as the server stops (a slow MJPEG camera,
+    a stop during its open): the open, let go by the stop, returned while the interpreter
+    finalised, its thread was ended inside OpenCV's C++, and the process aborted ("terminate
+    called without an active exception", SIGABRT: exit 134 and a core dump under systemd)."""
+    with socket.socket() as source:
+        source.bind(("127.0.0.1", 0))
+        source.listen()
+        config = tmp_path / "serve.toml"
+        config.write_text(
+            f'metrics_port = -1\nlog_level = "info"\n[[cameras]]\nid = "slow"\n'
+            f'source = "http://127.0.0.1:{source.getsockname()[1]}/v.mjpg"\nopen_timeout_s = 30\n'
+        )
+        serve = ["serve", "--config", str(config), "--port", str(free_port())]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "convstream.cli", *serve],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert process.stderr is not None
+            source.settimeout(60)
+            camera, _ = source.accept()  # the reader is in its open, which waits for an answer
+            with camera:
+                said = []
+                for line in process.stderr:
+                    said.append(line)
+                    if "serving on" in line:
+                        break
+                process.send_signal(signal.SIGTERM)
+                for line in process.stderr:
+                    said.append(line)
+                    if "convstream stopped" in line:
+                        break
+                # the answer, now: the open returns as the interpreter finalises
+                part = b"--f\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n"
+                data = jpeg(scene(1, 48, 64))
+                with contextlib.suppress(OSError):
+                    camera.sendall(
+                        b"HTTP/1.0 200 OK\r\n"
+                        b"Content-Type: multipart/x-mixed-replace; boundary=f\r\n\r\n"
+                        + part
+                        % (len(data), data)
+                        * 20
+                    )
+                said.append(process.stderr.read())
+                code = process.wait(30)
+            assert code == 0, "".join(said)[-3000:]
+            assert "terminate called" not in "".join(said)
+            assert "its reader is still opening the source" in "".join(said)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            if process.stderr:
+                process.stderr.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import logging
@@ -135,7 +136,7 @@ def _serve(args: argparse.Namespace) -> int:
     from convstream.server import ConfigError, load_settings
 
     if args.child:
-        return _serve_child(args.child)
+        return _leave(_serve_child(args.child))
     keys = (
         "host",
         "port",
@@ -181,7 +182,25 @@ def _serve(args: argparse.Namespace) -> int:
         from convstream.server.processes import Supervisor
 
         return Supervisor(settings, load, _RELOAD_ASKED).run()
-    return _run_server(settings, load, None)
+    return _leave(_run_server(settings, load, None))
+
+
+def _leave(status: int) -> int:
+    """The server's exit status; or, while a camera's reader is still inside OpenCV (an open
+    a stop let go, camera.py), the process ends here without finalising the interpreter:
+    that open returning while the interpreter finalised killed its thread inside OpenCV's
+    C++, and the stop aborted (SIGABRT, "terminate called without an active exception",
+    exit 134 and a core dump under systemd). Logs and output are flushed first."""
+    from convstream.server.camera import READER_PREFIX
+
+    stuck = [t.name for t in threading.enumerate() if t.name.startswith(READER_PREFIX)]
+    if not stuck:
+        return status
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(status)
 
 
 def _readable_passwords(path: Path | None) -> list[str]:

@@ -1076,6 +1076,13 @@ async def serve(
     SIGHUP came while the server started (the caller's interim handler); it reloads once serving.
     """
     server = Server(settings, peers)
+    # Taken before the start, not after: a SIGTERM just after "serving on" (a quick
+    # `systemctl restart`) found no handler yet and killed the process undrained. One
+    # during the start stops the server once it has started.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
     except BaseException:
@@ -1084,10 +1091,6 @@ async def serve(
         except Exception:  # never hide why the start failed
             logger.exception("stopping after a failed start")
         raise
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     tasks: set[asyncio.Task[None]] = set()
 
     async def on_hup() -> None:

@@ -49,6 +49,7 @@ WEDGE_GRACE_S = 2.0  # a read this long past the read timeout is wedged
 LOG_AGAIN_S = 600.0  # a camera that stays down logs its error at least this often
 _NUMBERS = re.compile(r"\d+(?:\.\d+)?")  # told apart from the error they are in
 PACE_GAPS = 3  # frame intervals seen before a camera's pace is judged (one gap is no pace)
+READER_PREFIX = "camera-"  # a camera reader thread's name: the cli's exit looks for them
 # A camera whose state changes FLAP_CHANGES times within FLAP_WINDOW_S is flapping (a flaky
 # link, a camera rebooting in a loop: running, lost, reconnecting, running, ... every few
 # seconds, 60 lines a minute): said once, then its changes and retries are logged at debug
@@ -274,7 +275,7 @@ class Camera:
         self._thread = threading.Thread(
             target=self._run,
             args=(self._generation,),
-            name=f"camera-{self.config.id}",
+            name=f"{READER_PREFIX}{self.config.id}",
             daemon=True,
         )
         self._thread.start()
