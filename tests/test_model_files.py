@@ -534,9 +534,22 @@ async def test_a_reload_bringing_a_size_the_model_cannot_run_is_refused_and_chan
             await server.reload(server.settings.model_copy(update={"cameras": (dock,)}))
         assert server.settings.cameras == ()
         assert server.cameras is not None and not server.cameras.feeds
+        # what an alert reads: the log's ERROR line was the only sign
+        sample = server.metrics.registry.get_sample_value
+        assert sample("convstream_config_last_reload_successful") == 0
+        before = sample("convstream_config_last_reload_success_timestamp_seconds")
         fits = dock.model_copy(update={"input_size": "384x640"})
         await server.reload(server.settings.model_copy(update={"cameras": (fits,)}))
         assert [c.id for c in server.settings.cameras] == ["dock"]
+        assert sample("convstream_config_last_reload_successful") == 1
+        assert sample("convstream_config_last_reload_success_timestamp_seconds") > before
+        assert sample("convstream_config_restart_pending") == 0
+        # a port changed in the config applies at the next restart, unannounced but for this
+        await server.reload(server.settings.model_copy(update={"port": server.port + 1}))
+        assert sample("convstream_config_restart_pending") == 1
+        assert sample("convstream_config_last_reload_successful") == 1
+        await server.reload(server.settings)  # the config put back
+        assert sample("convstream_config_restart_pending") == 0
     finally:
         await server.stop(grace=0)
 

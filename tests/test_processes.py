@@ -634,6 +634,24 @@ def test_a_reload_whose_tls_files_fail_keeps_them_out_of_the_processes_settings(
     assert f"TLS files kept as before: tls_key {files['client.key']} does not match" in (
         caplog.text
     )
+    # each process's metrics say it (the supervisor has none): applied in part
+    peers = Peers(0, 2, tmp_path, 0)
+    peers.read()
+    assert (peers.reload_ok, peers.restart_pending) == (False, [])
+
+    def broken() -> processes.Settings:
+        raise processes.ConfigError("line 3: expected '=' after a key")
+
+    # a config that does not load: nothing changes, and the processes are told so
+    supervisor.load = broken
+    supervisor._reload()
+    assert [t.name for t in peers.read().tokens] == ["dock"] and peers.reload_ok is False
+    # one that loads, with a port to change on the next restart
+    moved = {**good, **common, "tokens": [token], "port": 50999}
+    supervisor.load = lambda: load_settings(environ={}, overrides=moved)
+    supervisor._reload()
+    peers.read()
+    assert (peers.reload_ok, peers.restart_pending) == (True, ["port"])
 
 
 def test_a_restarted_process_keeps_what_the_serving_ones_refused_to_change(

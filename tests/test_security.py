@@ -1485,6 +1485,9 @@ async def test_a_reload_whose_tls_files_fail_still_revokes_a_token(
         changed = load_settings(config, environ={}, overrides=flags)  # no longer refused whole
         await server.reload(changed)
         assert "TLS files kept as before: tls_key" in caplog.text
+        # applied in part: an alert sees it (the next restart would fail on those files)
+        sample = server.metrics.registry.get_sample_value
+        assert sample("convstream_config_last_reload_successful") == 0
         async with grpc.aio.secure_channel(f"127.0.0.1:{server.port}", _ssl(pki)) as channel:
             stub = pb_grpc.ConvstreamStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as info:

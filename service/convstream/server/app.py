@@ -427,6 +427,8 @@ class Server:
         self.settings = settings
         self.peers = peers
         self.metrics = Metrics()
+        if peers is not None:  # one started after a reload the supervisor refused says so
+            self.metrics.reloaded(peers.reload_ok, peers.restart_pending)
         self.port = settings.port
         self.metrics_port = settings.metrics_port
         self.health = Health()
@@ -701,7 +703,11 @@ class Server:
         cameras are added, removed and restarted; other settings need a restart and are
         reported, not applied."""
         async with self._reloading:  # one at a time, in the order they came
-            await self._reload(settings)
+            try:
+                await self._reload(settings)
+            except ConfigError:
+                self.metrics.reloaded(False, None)
+                raise
 
     async def _reload(self, settings: Settings) -> None:
         # before anything changes: either may refuse the reload
@@ -720,7 +726,8 @@ class Server:
         elif settings.threshold != self.settings.threshold and self._engine is not None:
             self._judge_by(settings, self._engine.model)
             logger.info("reload: threshold %.6g from now on", self._engine.model.threshold)
-        if self._reload_tls(settings, keeps.get("tls")):
+        tls = self._reload_tls(settings, keeps.get("tls"))
+        if tls:
             applied.update({name: getattr(settings, name) for name in TLS_FILES})
         changed = [
             name
@@ -749,6 +756,10 @@ class Server:
             self.servicer.settings = self.settings
         count = len(settings.cameras)
         logger.info("reload: %d camera%s configured", count, "" if count == 1 else "s")
+        if self.peers is not None:  # the supervisor read the config and kept what it did
+            self.metrics.reloaded(self.peers.reload_ok, self.peers.restart_pending)
+        else:
+            self.metrics.reloaded(tls is not None and "tokens" not in keeps, [*changed, *keeps])
 
     async def _new_model(self, settings: Settings) -> tuple[DamageModel, DamageModel | None] | None:
         """The model a reload brings (and its wide session), loaded and run at every input
@@ -853,9 +864,9 @@ class Server:
             raise ConfigError(str(exc)) from exc
         self._warmed.update(new)
 
-    def _reload_tls(self, settings: Settings, kept: str | None) -> bool:
-        """Serve the TLS files of ``settings`` to new connections; False if they cannot be,
-        or are ``kept`` (why: reload_keeps)."""
+    def _reload_tls(self, settings: Settings, kept: str | None) -> bool | None:
+        """Serve the TLS files of ``settings`` to new connections; False if there are none,
+        or they are ``kept`` (why: reload_keeps); None if they do not load."""
         if kept is not None:
             logger.warning("reload: %s", kept)
             return False
@@ -867,7 +878,7 @@ class Server:
             )
         except TLSFileError as exc:
             logger.error("reload: TLS files kept as before: %s", exc)
-            return False
+            return None
         for warning in pem.warnings:
             logger.warning("reload: %s", warning)
         if self._tls.replace(pem):
@@ -1099,6 +1110,7 @@ async def serve(
             await server.reload(reload())
         except ConfigError as exc:
             logger.error("reload refused, nothing changed: %s", exc)
+            server.metrics.reloaded(False, None)  # the config did not load (or Server's)
 
     if reload is not None:
 

@@ -149,6 +149,28 @@ class Metrics:
             "setting; a reload may change it)",
             registry=self.registry,
         )
+        # As Prometheus's own prometheus_config_last_reload_successful: a reload refused (or
+        # partly kept) was an ERROR line in the log and nothing an alert could read.
+        self.reload_successful = Gauge(
+            "convstream_config_last_reload_successful",
+            "1 if the last reload (SIGHUP) applied its config, 0 if it refused it or kept part "
+            "of it as before (a config that does not parse, TLS files or a model that do not "
+            "load, a config without the tokens there were): the log says why. 1 from the start",
+            registry=self.registry,
+        )
+        self.reload_success_time = Gauge(
+            "convstream_config_last_reload_success_timestamp_seconds",
+            "Unix time the config was last applied: the start, or the last reload that applied it",
+            registry=self.registry,
+        )
+        self.restart_pending = Gauge(
+            "convstream_config_restart_pending",
+            "1 while the config last read changes settings a reload does not apply (port, "
+            "processes, TLS on or off, ...: the log names them): the next restart applies them",
+            registry=self.registry,
+        )
+        self.reload_successful.set(1)
+        self.reload_success_time.set_to_current_time()
         self._sources: set[str] = set()
         self._cameras: frozenset[str] = frozenset()  # the configured cameras' labels
         self._lock = threading.Lock()
@@ -207,6 +229,15 @@ class Metrics:
         )
         for setting in expiry_times():
             gauge.labels(setting).set_function(partial(_expiry, expiry_times, setting))
+
+    def reloaded(self, ok: bool, pending: Iterable[str] | None) -> None:
+        """A reload's outcome: ``ok``, it applied the config read; ``pending``, the settings
+        it read that only a restart applies (None: not known, the config was refused)."""
+        self.reload_successful.set(ok)
+        if ok:
+            self.reload_success_time.set_to_current_time()
+        if pending is not None:
+            self.restart_pending.set(bool(list(pending)))
 
     def set_cameras(self, camera_ids: Iterable[str]) -> None:
         """The configured cameras (at start and on each reload): their labels are theirs

@@ -94,6 +94,10 @@ class Peers:
     # the model file's sha256 as the server started: a process that restarts after the file
     # was replaced would serve another model than the others on the same port, and refuses
     model_sha256: str = ""
+    # the last reload as the supervisor read it, for each process's metrics: whether it
+    # applied the config, and the settings it read that only a restart applies
+    reload_ok: bool = True
+    restart_pending: list[str] = field(default_factory=list)
 
     @classmethod
     def parse(cls, text: str) -> Peers:
@@ -133,9 +137,12 @@ class Peers:
             settings = Settings.model_validate(snapshot["settings"])
             owners = {str(k): int(v) for k, v in snapshot["owners"].items()}
             model_sha256 = str(snapshot.get("model_sha256", ""))
-        except (OSError, ValueError, KeyError, TypeError) as exc:  # ValidationError too
+            reload = snapshot.get("reload", {})
+            reload_ok, pending = bool(reload.get("ok", True)), list(reload.get("pending", []))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"the supervisor's settings could not be read: {exc}") from exc
         self.owners, self.model_sha256 = owners, model_sha256
+        self.reload_ok, self.restart_pending = reload_ok, [str(name) for name in pending]
         return settings
 
     def supervisor_gone(self) -> bool:
@@ -314,6 +321,8 @@ class Supervisor:
         self.stop_signal: int | None = None
         self.reload_asked = False
         self.reload_asked_early = reload_asked
+        self.reload_ok = True  # the last reload's outcome, in the snapshot (Peers)
+        self.restart_pending: list[str] = []
         self.port = settings.port
         self.configured_port = settings.port  # 0 in the settings, the port bound in self.port
         self.model_sha256 = ""  # the model file's, as the server started
@@ -378,13 +387,15 @@ class Supervisor:
             self.stop_signal = signum
 
     def _write(self, settings: Settings) -> None:
-        """The snapshot the processes read: the settings (the port as bound) and owners."""
+        """The snapshot the processes read: the settings (the port as bound), owners, and
+        the last reload's outcome (their metrics say it)."""
         self.owners = assign(self.owners, [c.id for c in settings.cameras], self.count)
         self.settings = settings.model_copy(update={"port": self.port})
         snapshot = {
             "settings": self.settings.model_dump(mode="json"),
             "owners": self.owners,
             "model_sha256": self.model_sha256,
+            "reload": {"ok": self.reload_ok, "pending": self.restart_pending},
         }
         draft = self.folder / (SNAPSHOT + ".new")
         draft.write_text(json.dumps(snapshot))
@@ -397,24 +408,29 @@ class Supervisor:
         self.reload_asked = False
         try:
             loaded = self.load()
+            self.reload_ok = True
+            try:
+                loaded.read_tls()
+            except TLSFileError as exc:
+                # As one process's reload does: the files it has stay, the rest applies.
+                # Written to the snapshot, files that do not load would stop every process
+                # that restarts.
+                logger.error("reload: TLS files kept as before: %s", exc)
+                self.reload_ok = False
+                kept = {n: getattr(self.settings, n) for n in TLS_FILES}
+                loaded = loaded.model_copy(update=kept)
+            self._check_new_sizes(loaded)
         except (ConfigError, ValueError) as exc:
             logger.error("reload refused, nothing changed: %s", exc)
+            self.reload_ok = False  # the processes' metrics say so: a reload with no change
+            self._write(self.settings)
+            self._signal_serving(signal.SIGHUP)
             return
-        try:
-            loaded.read_tls()
-        except TLSFileError as exc:
-            # As one process's reload does: the files it has stay, the rest applies. Written
-            # to the snapshot, files that do not load would stop every process that restarts.
-            logger.error("reload: TLS files kept as before: %s", exc)
-            loaded = loaded.model_copy(update={n: getattr(self.settings, n) for n in TLS_FILES})
-        try:
-            self._check_new_sizes(loaded)
-        except ConfigError as exc:
-            logger.error("reload refused, nothing changed: %s", exc)
-            return
+        keeps = reload_keeps(self.settings, loaded)
         # Kept in the snapshot, these reach no process as a change, and none would say so.
-        for name, why in reload_keeps(self.settings, loaded).items():
+        for name, why in keeps.items():
             (logger.error if name == "tokens" else logger.warning)("reload: %s", why)
+        self.reload_ok = self.reload_ok and "tokens" not in keeps
         changed = [
             name
             for name in Settings.model_fields
@@ -426,11 +442,16 @@ class Supervisor:
             logger.warning(
                 "reload: %s: changes only on restart; kept as before", ", ".join(changed)
             )
+        self.restart_pending = [*changed, *keeps]
         self._write(refusals_kept(self.settings, loaded))
+        self._signal_serving(signal.SIGHUP)
+        logger.info("reload: settings read; every process applies them")
+
+    def _signal_serving(self, signum: int) -> None:
+        """Send ``signum`` to every process that serves (one starting reads the snapshot)."""
         for index, child in enumerate(self.children):
             if child is not None and self.serving[index]:
-                child.send_signal(signal.SIGHUP)
-        logger.info("reload: settings read; every process applies them")
+                child.send_signal(signum)
 
     def _check_new_sizes(self, loaded: Settings) -> None:
         """ConfigError if the model cannot run an input size the reloaded cameras bring. The
