@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 import tracemalloc
 import zlib
@@ -344,6 +345,17 @@ def test_a_jpeg_whose_picture_data_is_damaged_is_refused_and_a_quirky_one_is_not
         garbled[i] = 0 if garbled[i] != 0xFF else 1
     with pytest.raises(InvalidFrame, match=r"^corrupt JPEG: libjpeg says 'Corrupt JPEG data: "):
         decode_encoded(bytes(garbled), LIMITS)
+    # 200 bytes flipped anywhere in the picture data: refused, whatever libjpeg calls it. A
+    # flipped byte read as a marker ("Unsupported marker type 0x1a") gave the rows read so
+    # far with grey below, and 46 bytes left before the end a smeared picture: both scored.
+    said = set()
+    for at in range(2000, len(data) - 300, 7919):
+        flipped = data[:at] + bytes(b ^ 0x55 for b in data[at : at + 200]) + data[at + 200 :]
+        with pytest.raises(InvalidFrame) as refused:
+            decode_encoded(flipped, LIMITS)
+        said.add(re.sub(r"\d+|0x[0-9a-f]+", "N", str(refused.value)))
+    assert any("Unsupported marker type" in words for words in said), said
+    assert any("N extraneous bytes before marker N" in words for words in said), said
     assert data.endswith(b"\xff\xd9")
     for stray in (b"\x00\x00", b"\x12\x34", b"\x07" * 10, b"\x00" * 100):
         _decodes_as_opencv_does(data[:-2] + stray + data[-2:])

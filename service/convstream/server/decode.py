@@ -396,35 +396,49 @@ def decode_encoded(data: bytes, limits: Limits, reduce: int = 1) -> np.ndarray:
     return image
 
 
-# libjpeg's warnings of a picture whose data is damaged (bits flipped in transit or storage, a
-# part lost): it decodes on and fills what it cannot read with grey, smears or stray blocks,
-# which OpenCV returns without a word, and the model scored (a garbled damaged box 0.12,
-# "intact"). Other warnings (a bad ICC profile, a webcam's stray bytes before a marker)
-# leave the picture whole.
-_DAMAGED = (
-    "premature end of data segment",
-    "bad Huffman code",
-    "bad arithmetic code",
-    "instead of RST",
-    "Premature end of JPEG file",
+# What libjpeg may say of a JPEG whose picture is whole: its warnings of a quirk in the file
+# (a JFIF or Adobe header of another revision, an ICC profile it skips, a progressive script
+# it decodes on) and few stray bytes after the picture data (_EXTRANEOUS). Anything else it
+# says of a JPEG is damage: bits flipped in transit or storage, a part lost. It decodes on
+# regardless, filling what it cannot read with grey, smears or stray blocks, which OpenCV
+# returns without a word and the model scored (a garbled damaged box 0.12, "intact"); an
+# error mid-picture ("Unsupported marker type 0x1a": a flipped byte read as a marker) gave
+# the rows read so far, grey below, scored too.
+_QUIRKS = (
+    "unknown JFIF revision",
+    "Unknown Adobe color transform",
+    "Inconsistent progression sequence",
+    "bad ICC marker",
+    "Invalid SOS parameters for sequential JPEG",
+)
+# What simplejpeg does not decode and OpenCV's build may: its turn (scans after a sequential
+# JPEG's whole first one are simplejpeg's own refusal; libjpeg reads the first alone).
+_NOT_SIMPLEJPEG = (
+    "conversion",
+    "colorspace",
+    "color space",
+    "precision",
+    "Didn't expect more than one scan",
 )
 # "N extraneous bytes before marker 0xMM": after a scan's data (the end, a restart, the next
-# scan) many bytes left unread mean the data did not decode as written (the garbled box left
-# 15,743); USB webcams' MJPEG frames often leave 2 before the end, and some encoders pad the
-# end with zeros, their pictures whole.
+# scan) more than a few bytes left unread mean the data did not decode as written (200 bytes
+# flipped left 46 to 15,743); USB webcams' MJPEG frames often leave 1 to 4 before the end,
+# and some encoders pad the end with zeros, their pictures whole.
 _EXTRANEOUS = re.compile(r"(\d+) extraneous bytes before marker 0x([0-9a-f]{2})")
 _AFTER_SCAN_DATA = frozenset([0xD9, 0xDA, *range(0xD0, 0xD8)])
-EXTRANEOUS_OK = 64
+EXTRANEOUS_OK = 16
 
 
 def damaged_data(said: str, data: bytes) -> bool:
-    """Whether a libjpeg warning on ``data`` says that its picture's data did not decode as
-    written."""
-    if any(words in said for words in _DAMAGED):
-        return True
-    extra = _EXTRANEOUS.search(said)
-    if extra is None or int(extra[2], 16) not in _AFTER_SCAN_DATA:
+    """Whether what libjpeg said of ``data`` (its strict decoding's error) means that its
+    picture's data did not decode as written."""
+    if any(words in said for words in (*_QUIRKS, *_NOT_SIMPLEJPEG)):
         return False
+    extra = _EXTRANEOUS.search(said)
+    if extra is None:
+        return True
+    if int(extra[2], 16) not in _AFTER_SCAN_DATA:
+        return False  # between header segments: the picture's data is not where they are
     count = int(extra[1])
     if count <= EXTRANEOUS_OK:
         return False
@@ -435,10 +449,10 @@ def damaged_data(said: str, data: bytes) -> bool:
 
 def _jpeg(data: bytes, width: int, height: int, reduce: int) -> np.ndarray | None:
     """A JPEG of ``width`` x ``height`` as stored decoded to BGR (at 1/``reduce`` of its size,
-    as _REDUCED takes it) by libjpeg, its warnings heard: InvalidFrame if one says its picture
-    data is damaged. None for what simplejpeg does not decode (a colour space it does not
-    convert): OpenCV's turn. The same pixels as OpenCV's libjpeg gives, as fast, and the GIL
-    released alike."""
+    as _REDUCED takes it) by libjpeg, its warnings heard: InvalidFrame if what it says means
+    the picture data is damaged. None for what simplejpeg does not decode (a colour space it
+    does not convert): OpenCV's turn. The same pixels as OpenCV's libjpeg gives, as fast,
+    and the GIL released alike."""
     factor = reduce if reduce in _REDUCED else 1
     size = {
         "min_factor": factor,
@@ -456,7 +470,7 @@ def _jpeg(data: bytes, width: int, height: int, reduce: int) -> np.ndarray | Non
                 "read (damaged in transit or in storage), and what it filled in would have "
                 "been scored as if it were seen"
             ) from exc
-    try:  # a harmless warning: decoded again, hearing none
+    try:  # a quirk: decoded again, hearing none
         image = simplejpeg.decode_jpeg(data, colorspace="BGR", strict=False, **size)
         return image
     except ValueError:
