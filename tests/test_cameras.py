@@ -517,6 +517,25 @@ async def test_mjpeg_frames_that_cannot_be_analysed_are_counted_and_told(
     assert CameraInfo.from_proto(cam).frames_invalid == cam.frames_invalid
 
 
+async def test_a_cameras_frame_meets_the_size_limits_a_pushed_frame_does(tmp_path: Path) -> None:
+    """A 24x16 camera: its JPEGs, which the server would refuse as sent, went to FFmpeg to be
+    decoded, and its pixels were analysed, scaled 24 times (a blur scored 0.98, damaged, and
+    an alert), where Analyze refuses the same frame."""
+    tiny = jpeg(cv2.resize(scene(2_000_000_210, 240, 320), (24, 16)))
+    video = write_mjpeg(tmp_path / "tiny.avi", [tiny] * 4, fps=20)
+    async with serving(camera("tiny", str(video))) as server, connect(server) as stub:
+        with pytest.raises(grpc.aio.AioRpcError, match="at least 32x32"):
+            await stub.Analyze(pb.FrameRequest(encoded=tiny))
+
+        async def refused() -> bool:
+            return (await status(stub, "tiny")).frames_invalid >= 3
+
+        await until(refused, 20, "the tiny camera's frames refused", 0.1)
+        cam = await status(stub, "tiny")
+    assert cam.frames_analysed == 0
+    assert "frame is 24x16; frames must be at least 32x32" in cam.last_error, cam.last_error
+
+
 async def test_a_camera_scores_an_mjpeg_frame_as_analyze_scores_the_same_jpeg(
     tmp_path: Path,
 ) -> None:

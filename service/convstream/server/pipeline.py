@@ -455,6 +455,8 @@ class Pipeline:
         target = target or choose_input(*size, self.sizes)
         if isinstance(image, bytes):
             image = self.decode(image, size, target)
+        else:  # pixels: a camera's frame FFmpeg decoded meets the limits a client's does
+            self.limits.check(*size, "frame")
         return Prepared.fit(image, target, size, started)
 
     def decode(self, data: bytes, size: tuple[int, int], target: tuple[int, int]) -> np.ndarray:
