@@ -1566,12 +1566,26 @@ def test_a_new_watcher_gets_no_opening_burst() -> None:
     delivered = []
     for i in range(30):  # 2 s of a 15 fps camera, on a made-up clock
         now = 1000.0 + i / 15
-        if watcher.due(now):
+        if watcher.due(now, pace=1 / 15):
             watcher.offer(pb.FrameResult(frame_id=i), captured=now, now=now)
             delivered.append(now)
     gaps = np.diff(delivered)
     assert len(delivered) == 6, delivered  # 3 a second for 2 s
     assert gaps.min() >= 1 / 3 - 1e-9, gaps
+
+
+def test_a_watcher_at_its_cameras_own_rate_gets_every_frame() -> None:
+    """A 5 fps watcher of a 5 fps camera got 4.6 results a second (an integrator's reading):
+    a result a few milliseconds early was passed over, and the next came a frame later."""
+    watcher = Watcher("demo", Options(), max_fps=5.0, capacity=64)
+    rng = np.random.default_rng(0)
+    sent = 0
+    for i in range(50):  # 10 s of a 5 fps camera whose results come +-15 ms of their time
+        now = 1000.0 + i / 5 + rng.uniform(-0.015, 0.015)
+        if watcher.due(now, pace=0.2):
+            watcher.offer(pb.FrameResult(frame_id=i), captured=now, now=now)
+            sent += 1
+    assert sent == 50
 
 
 def test_a_watch_that_ended_holds_no_bytes_of_a_last_result_offered_to_it() -> None:
@@ -1598,7 +1612,7 @@ def test_a_watcher_keeps_its_rate_and_sends_no_burst_after_a_pause() -> None:
     sent = 0
     for i in range(60):  # 10 s of a 6 fps camera, on a made-up clock
         now = 1000.0 + i / 6
-        if steady.due(now):
+        if steady.due(now, pace=1 / 6):
             steady.offer(pb.FrameResult(frame_id=i), captured=now, now=now)
             sent += 1
     assert 49 <= sent <= 51, sent
@@ -1606,7 +1620,7 @@ def test_a_watcher_keeps_its_rate_and_sends_no_burst_after_a_pause() -> None:
     delivered = []
     clock = [1000.0 + i / 30 for i in range(90)] + [1005.0 + i / 30 for i in range(90)]
     for i, now in enumerate(clock):  # 3 s of frames, 2 s of none, 3 s of frames
-        if paused.due(now):
+        if paused.due(now, pace=1 / 30):
             paused.offer(pb.FrameResult(frame_id=i), captured=now, now=now)
             delivered.append(now)
     assert np.diff(delivered).min() >= 1.0 - 1e-9, delivered
