@@ -111,13 +111,14 @@ def child_spec(pid: int) -> tuple[int, Path]:
     return int(index), Path(folder)
 
 
-async def camera_health(port: int) -> dict[str, tuple[int, int]]:
-    """Each camera's health over one connection (landing in either process): by Check, and by
-    the first reply of a Watch."""
+async def camera_health(port: int) -> dict[str, tuple[int, int, int]]:
+    """Each camera's health over one connection (landing in either process): by Check, by
+    the first reply of a Watch, and in List's answer."""
     options = [("grpc.use_local_subchannel_pool", 1)]
     said = {}
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
         health = health_pb2_grpc.HealthStub(channel)
+        listed = (await health.List(health_pb2.HealthListRequest(), timeout=10)).statuses
         for camera_id in CAMERAS:
             request = health_pb2.HealthCheckRequest(service=f"convstream.camera.{camera_id}")
             checked = await health.Check(request, timeout=10)
@@ -125,7 +126,11 @@ async def camera_health(port: int) -> dict[str, tuple[int, int]]:
             watched = await watch.read()
             watch.cancel()
             assert watched is not grpc.aio.EOF
-            said[camera_id] = (checked.status, watched.status)
+            said[camera_id] = (
+                checked.status,
+                watched.status,
+                listed[f"convstream.camera.{camera_id}"].status,
+            )
     return said
 
 
@@ -240,7 +245,7 @@ async def test_processes_share_the_port_forward_camera_calls_restart_and_stop(
             # and each camera's health is there, by Check and Watch: it was NOT_FOUND from
             # every process but the one that pulls it
             serving = health_pb2.HealthCheckResponse.SERVING
-            assert await camera_health(port) == dict.fromkeys(CAMERAS, (serving, serving))
+            assert await camera_health(port) == dict.fromkeys(CAMERAS, (serving,) * 3)
 
         # Client frames over 12 connections: every one answered, and both processes took some
         # (all 12 in one process: 1 chance in 2048).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import math
@@ -413,6 +414,38 @@ class Health(health.aio.HealthServicer):
                 f"'{SERVICE_NAME}', or 'convstream.camera.ID' for a camera",
             )
         return health_pb2.HealthCheckResponse(status=status)
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        """Every service's status, as Check gives each: the server, convstream.v1.Convstream
+        and each camera ('convstream.camera.ID'). grpcio's servicer left it unimplemented,
+        and each call logged a traceback. In one of several processes, each camera is as
+        the process that pulls it says (NOT_SERVING while that process does not answer)."""
+        statuses = {
+            name: health_pb2.HealthCheckResponse(status=status)
+            for name, status in self._server_status.items()
+            if status != health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        }
+        peers = self._peers
+        if peers is None or self._channel is None or peers.forwarded(context.invocation_metadata()):
+            return health_pb2.HealthListResponse(statuses=statuses)
+        for index in sorted(set(peers.owners.values()) - {peers.index}):
+            theirs = {HEALTH_PREFIX + c for c, owner in peers.owners.items() if owner == index}
+            silent = health_pb2.HealthCheckResponse(
+                status=health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            told: dict[str, health_pb2.HealthCheckResponse] = {}
+            channel = await self._channel(index, PEER_CONNECT_S)
+            if channel is not None:
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    reply = await health_pb2_grpc.HealthStub(channel).List(
+                        request, metadata=peers.forward_metadata(()), timeout=5
+                    )
+                    told = dict(reply.statuses)
+            for name in theirs:
+                statuses[name] = told.get(name, silent)
+        return health_pb2.HealthListResponse(statuses=statuses)
 
 
 class Server:
