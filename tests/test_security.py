@@ -829,7 +829,7 @@ async def test_a_tokens_max_calls_bounds_its_streams_and_watches(
 
 
 async def test_a_tokens_cameras_bound_what_it_lists_and_watches(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A contractor's token for the docks saw and watched every camera of the site. A
     token's cameras (ids or patterns) bound what it lists and watches: another camera's
@@ -877,6 +877,15 @@ async def test_a_tokens_cameras_bound_what_it_lists_and_watches(
                 pb.WatchCameraRequest(camera_id="gate-7"), metadata=_bearer(WATCH_TOKEN)
             )
             assert await other.code() == grpc.StatusCode.PERMISSION_DENIED
+            # the command said "unknown camera 'yard' (the server has dock-1, dock-2)": an
+            # operator went looking for a camera that runs
+            argv = ["watch", "yard", "--address", f"127.0.0.1:{server.port}"]
+            capsys.readouterr()
+            assert await asyncio.to_thread(cli_main, [*argv, "--token", WATCH_TOKEN]) == 2
+            assert capsys.readouterr().err == (
+                "convstream watch: error: unknown camera 'yard' (the server lists dock-1, "
+                "dock-2 to this token, which may be limited to some cameras)\n"
+            )
             refusals = await asyncio.to_thread(_refusals, server.metrics_port)
             assert refusals[("convstream.v1.Convstream/WatchCamera", "permission_denied")] == 2
             # logged once for the token, not once per camera it asks for (ids tried one by

@@ -943,6 +943,12 @@ def _watch(args: argparse.Namespace) -> int:
         cameras = {camera.id: camera for camera in client.cameras()}
         if args.camera_id not in cameras:
             have = f"the server has {', '.join(cameras)}" if cameras else "the server pulls none"
+            if client.has_token:  # a token may see some cameras only: 'yard' read as missing
+                have = (
+                    f"{'the server lists' if cameras else 'the server lists none'}"
+                    f"{' ' + ', '.join(cameras) if cameras else ''} to this token, which "
+                    "may be limited to some cameras"
+                )
             alike = _reads_alike(args.camera_id, list(cameras))
             mean = f"; did you mean {alike!r}?" if alike else ""
             return _usage(args, f"unknown camera {args.camera_id!r}{mean} ({have})")
