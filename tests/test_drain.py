@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import json
+import logging
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -171,3 +175,49 @@ def test_a_camera_open_that_returns_as_the_server_exits_does_not_abort_it(
                 process.wait()
             if process.stderr:
                 process.stderr.close()
+
+
+def test_the_log_is_one_json_object_a_line_when_asked_and_utc_text_otherwise() -> None:
+    """A log shipper parses lines: the log was text only, its times local without a zone (a
+    server under TZ=America/New_York wrote an instant five hours off another's), and a
+    refusal's details ran on over lines with no time or level."""
+    serve = [sys.executable, "-m", "convstream.cli", "serve", "--port", str(free_port())]
+    serve += ["--metrics-port", "-1", "--log-format", "json"]
+    process = subprocess.Popen(
+        serve,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TZ": "America/New_York"},
+    )
+    lines = []
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.append(line)
+            if "serving on" in line:
+                break
+        process.send_signal(signal.SIGTERM)
+        lines += process.stderr.readlines()
+        assert process.wait(30) == 0, "".join(lines)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stderr:
+            process.stderr.close()
+    entries = [json.loads(line) for line in lines]  # every line an object
+    assert entries and all(set(e) >= {"time", "level", "logger", "message"} for e in entries)
+    assert any(e["message"].startswith("convstream stopped") for e in entries)
+    now = datetime.datetime.now(datetime.UTC)
+    first = datetime.datetime.fromisoformat(entries[0]["time"])  # ...Z: UTC, not New York's
+    assert abs((now - first).total_seconds()) < 300, entries[0]
+    # the text form: the same time, and a record's later lines under its first
+    from convstream.server.logs import TextFormatter
+
+    record = logging.LogRecord("convstream.x", logging.ERROR, "", 0, "refused:\n- a\n- b", (), None)
+    text = TextFormatter("1/2").format(record)
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ERROR \[process 1/2\] convstream\.x: "
+        r"refused:\n    - a\n    - b",
+        text,
+    ), text

@@ -605,6 +605,9 @@ def test_a_flapping_camera_is_said_once_not_at_every_change(
     assert shown[-2].startswith("camera gone: reconnecting -> failed (rtsp source: connection")
     assert shown[-2].endswith("gave up after 3 reconnects)")
     assert shown[-1] == "camera gone: failed -> stopped"
+    # giving up is an error (down until someone acts); it read as a warning, as a return does
+    failed = next(r for r in caplog.records if "-> failed" in r.getMessage())
+    assert failed.levelno == logging.ERROR
 
 
 def test_a_camera_that_drops_now_and_then_after_flapping_is_no_longer_flapping(

@@ -97,6 +97,11 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         choices=("debug", "info", "warning", "error"),
         help="the least severe log lines written to stderr (default info)",
     )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="log lines as text (default) or one JSON object a line, for a log shipper",
+    )
     # one or the other: given both, only the check ran, and no settings were printed
     once = p.add_mutually_exclusive_group()
     once.add_argument(
@@ -148,6 +153,7 @@ def _serve(args: argparse.Namespace) -> int:
         "input_sizes",
         "reflection",
         "log_level",
+        "log_format",
     )
 
     def read() -> Settings:
@@ -173,9 +179,9 @@ def _serve(args: argparse.Namespace) -> int:
     if args.print_settings:
         print(json.dumps(_settings_json(settings)))
         return 0
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from convstream.server.logs import set_up
+
+    set_up(settings.log_level, settings.log_format)
     for warning in warnings:
         logging.getLogger("convstream.server.config").warning("%s", warning)
     if settings.processes > 1:
@@ -244,11 +250,9 @@ def _serve_child(child: str) -> int:
         except ConfigError as exc:
             print(f"convstream serve [process {peers.index}]: {exc}", file=sys.stderr)
             return 2
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format=f"%(asctime)s %(levelname)s [process {peers.index}/{peers.count}] "
-            "%(name)s: %(message)s",
-        )
+        from convstream.server.logs import set_up
+
+        set_up(settings.log_level, settings.log_format, f"{peers.index}/{peers.count}")
         return _run_server(settings, peers.read, peers)
     finally:
         peers.detach()

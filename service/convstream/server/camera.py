@@ -498,10 +498,14 @@ class Camera:
                 + (f" ({error})" if error and error != self.last_error and not said else "")
             )
             # Trouble, and its end, are warnings: a log kept at --log-level warning shows
-            # each camera going down and coming back; a start or a stop is news.
+            # each camera going down and coming back; a start or a stop is news. Giving up
+            # is an error: the camera stays down until someone acts (it read as a warning,
+            # the level of a camera coming back).
             level = logging.INFO
             if state in _TROUBLE or (self.state in _TROUBLE and state == pb.CAMERA_STATE_RUNNING):
                 level = logging.WARNING
+            if state == pb.CAMERA_STATE_FAILED:
+                level = logging.ERROR
             if state in (pb.CAMERA_STATE_FAILED, pb.CAMERA_STATE_STOPPED):
                 self._flapping = False  # given up or stopped: said, flapping or not
                 logger.log(level, "%s", change)

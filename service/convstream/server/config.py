@@ -433,6 +433,9 @@ class Settings(BaseModel):
     )
     frame_jpeg_quality: int = Field(80, ge=1, le=100, description="JPEG quality of result frames")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text lines, or one JSON object a line (for a log shipper)"
+    )
     cameras: tuple[CameraConfig, ...] = Field(
         (CameraConfig(id="demo", source=DEMO_SOURCE),),
         description="server-pulled cameras ([[cameras]] tables in TOML); the default is one "
