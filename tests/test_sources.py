@@ -26,6 +26,7 @@ import cv2
 import grpc
 import numpy as np
 import pytest
+from conftest import scene
 from live import free_port
 
 from convstream.cli import main
@@ -667,7 +668,7 @@ def test_a_camera_in_trouble_and_back_is_said_at_warning_level(
         ("WARNING", "camera dock: stalled -> running"),
         ("WARNING", "camera dock: running -> reconnecting"),
         ("WARNING", "camera dock: reconnecting -> running"),
-        ("WARNING", "camera dock: running -> failed"),
+        ("ERROR", "camera dock: running -> failed"),
         ("INFO", "camera dock: failed -> stopped"),
     ], said
 
@@ -1140,3 +1141,41 @@ def test_an_http_camera_that_answers_404_or_401_is_told_so() -> None:
             assert hostile.isprintable() and len(hostile) < 400, hostile
         finally:
             camera.shutdown()
+
+
+def test_a_video_file_cut_short_says_so_where_it_ends(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first half of a copied clip played its frames and "ended" as a whole file does:
+    stopped, "its video file ended", or, looping, its first frames again for ever, without a
+    word. Its header says how many frames it has."""
+    writer = cv2.VideoWriter(
+        str(tmp_path / "whole.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 200, (320, 240)
+    )
+    for i in range(40):
+        writer.write(scene(i % 4, 240, 320))
+    writer.release()
+    whole = (tmp_path / "whole.avi").read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(whole[: len(whole) // 2])
+    for path, said in ((tmp_path / "whole.avi", ""), (cut, " after 20 of the 40 frames")):
+        source = open_source(
+            parse_source(str(path)), open_timeout_s=5, read_timeout_s=5, loop=False
+        )
+        try:
+            with pytest.raises(SourceError) as ended:
+                for _ in range(60):
+                    source.read()
+        finally:
+            source.release()
+        assert ended.value.ended and str(ended.value).startswith(f"end of video file{said}")
+    assert "cut short" in str(ended.value)
+    looping = open_source(parse_source(str(cut)), open_timeout_s=5, read_timeout_s=5, loop=True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="convstream.server.sources"):
+            for _ in range(45):  # past its end twice
+                looping.read()
+    finally:
+        looping.release()
+    told = [r.getMessage() for r in caplog.records if "its video file ended" in r.getMessage()]
+    assert len(told) == 1 and "after 20 of the 40 frames its header declares" in told[0], told

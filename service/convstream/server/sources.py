@@ -335,6 +335,9 @@ class OpenCVCapture:
                 )
             fps = UNKNOWN_FILE_FPS if spec.kind == "file" else 0.0
         self._pacer = _Pacer(fps) if spec.kind == "file" else None
+        self._name = name or spec.kind
+        declared = self._cap.get(cv2.CAP_PROP_FRAME_COUNT) if spec.kind == "file" else 0.0
+        self._declared = int(declared) if 0 < declared < 1e9 else 0  # nan, -1: not said
         self._interval_s = 1 / fps if fps else 0.02
         self._grabbed = False  # a frame is grabbed and waits for retrieve()
         self._frames_got = 0  # frames that came on this connection (_no_frame's hint)
@@ -556,6 +559,9 @@ class OpenCVCapture:
             ok, frame = self._cap.read()
             self._frames_got += ok
         if not ok and self.spec.kind == "file" and self._loop:
+            if short := self._cut_short(self._since_start):
+                self._declared = 0  # said once
+                logger.warning("camera %s: its video file ended%s", self._name, short)
             self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
             ok, frame = self._cap.read()
             if not ok and self._since_start > 1:
@@ -602,10 +608,21 @@ class OpenCVCapture:
             frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
         return frame
 
+    def _cut_short(self, read: int) -> str:
+        """Words for a file that ended well before the frames its header declares (the first
+        half of a copy plays its frames and ends, as a whole file does), else ''."""
+        if self._declared <= 1 or read >= 0.9 * self._declared:
+            return ""
+        return (
+            f" after {read} of the {self._declared} frames its header declares: cut short "
+            "(a copy not finished?) or damaged"
+        )
+
     def _no_frame(self, started: float) -> SourceError:
         """Why a read begun at `started` (monotonic) got no frame."""
         if self.spec.kind == "file":
-            return SourceError("end of video file", permanent=not self._loop, ended=True)
+            short = self._cut_short(self._frames_got)
+            return SourceError(f"end of video file{short}", permanent=not self._loop, ended=True)
         if time.monotonic() - started >= 0.95 * self._read_timeout_s:
             return self._timed_out()
         kind = media_type(self.spec.target, 2.0) if self.spec.kind == "http" else ""
