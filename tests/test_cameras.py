@@ -39,7 +39,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from convstream.cli import main
-from convstream.client.cli import QUIET_S
+from convstream.client import Client
+from convstream.client.cli import QUIET_S, CameraLull
 from convstream.client.results import CameraInfo
 from convstream.server import CameraConfig, Server, Settings
 from convstream.server.budget import ByteBudget
@@ -522,7 +523,9 @@ async def test_mjpeg_frames_that_cannot_be_analysed_are_counted_and_told(
     assert CameraInfo.from_proto(cam).frames_invalid == cam.frames_invalid
 
 
-async def test_a_cameras_frame_meets_the_size_limits_a_pushed_frame_does(tmp_path: Path) -> None:
+async def test_a_cameras_frame_meets_the_size_limits_a_pushed_frame_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A 24x16 camera: its JPEGs, which the server would refuse as sent, went to FFmpeg to be
     decoded, and its pixels were analysed, scaled 24 times (a blur scored 0.98, damaged, and
     an alert), where Analyze refuses the same frame."""
@@ -537,8 +540,14 @@ async def test_a_cameras_frame_meets_the_size_limits_a_pushed_frame_does(tmp_pat
 
         await until(refused, 20, "the tiny camera's frames refused", 0.1)
         cam = await status(stub, "tiny")
+        # a watch of it said nothing for as long as it ran (the camera "running")
+        with Client(f"127.0.0.1:{server.port}") as client, CameraLull(client, "tiny", 0.5):
+            await asyncio.sleep(3.5)
     assert cam.frames_analysed == 0
     assert "frame is 24x16; frames must be at least 32x32" in cam.last_error, cam.last_error
+    told = capsys.readouterr().err
+    assert "camera 'tiny' runs, but its frames cannot be analysed (" in told, told
+    assert "Last error: a frame could not be analysed: frame is 24x16" in told, told
 
 
 async def test_a_camera_scores_an_mjpeg_frame_as_analyze_scores_the_same_jpeg(

@@ -598,8 +598,14 @@ async def test_a_failed_camera_and_an_empty_server_say_what_to_do(
     from playwright.async_api import expect
 
     gone = CameraConfig(id="gone", source=str(tmp_path / "missing.mp4"))
-    async with _serving((gone,)) as server, _watching(server.port) as dash:
+    # running, its every frame refused (24x16, too small to judge): "waiting for frames…"
+    # on a green badge for as long as it lasted
+    tiny = CameraConfig(id="tiny", source=str(write_video(tmp_path / "t.mp4", size=(24, 16))))
+    async with _serving((gone, tiny)) as server, _watching(server.port) as dash:
         page = await _open(browser, dash)
+        refused = _tile(page, "tiny").locator(".notice")
+        await expect(refused).to_contain_text("frames refused", timeout=15000)
+        await expect(refused.locator("small")).to_contain_text("frame is 24x16; frames must be")
         tile = _tile(page, "gone")
         await expect(tile.locator(".state")).to_have_text("failed", timeout=15000)
         await expect(tile.locator(".notice small")).to_contain_text("no such video file")

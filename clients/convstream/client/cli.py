@@ -1012,6 +1012,7 @@ class CameraLull:
         self._last = time.monotonic()
         self._told = ""  # what was last said: the state and error, "" while results come
         self._analysed: int | None = None  # the camera's frames analysed when results stopped
+        self._invalid = 0  # and its frames refused then
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="watch-lull", daemon=True)
 
@@ -1080,13 +1081,21 @@ class CameraLull:
                 # Analysed frames that did not come: a camera that is only slow (a frame
                 # every 5 s) analyses none meanwhile, and is not the link's fault.
                 if self._analysed is None:
-                    self._analysed = camera.frames_analysed
+                    self._analysed, self._invalid = camera.frames_analysed, camera.frames_invalid
                 elif camera.frames_analysed >= self._analysed + 2:
                     self._say(
                         "running",
                         f"no result for {quiet:.0f} s although camera {self._camera_id!r} "
                         "analyses frames: its results are not getting here (a slow or "
                         "stalled link?)",
+                    )
+                elif camera.frames_invalid >= self._invalid + 2:
+                    # frames that come and cannot be analysed: "running", and silence
+                    self._say(
+                        "invalid",
+                        f"no result for {quiet:.0f} s: camera {self._camera_id!r} runs, but "
+                        f"its frames cannot be analysed ({camera.frames_invalid - self._invalid}"
+                        f" refused meanwhile). Last error: {camera.last_error}",
                     )
                 continue
             why = f" Last error: {camera.last_error}" if camera.last_error else ""

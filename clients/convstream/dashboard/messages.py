@@ -49,6 +49,7 @@ def camera_json(camera: pb.CameraStatus) -> dict[str, Any]:
         "frames_analysed": camera.frames_analysed,
         "frames_dropped": camera.frames_dropped,
         "frames_skipped": camera.frames_skipped,
+        "frames_invalid": camera.frames_invalid,  # refused: too small, damaged, ...
         "reconnects": camera.reconnects,
         "watchers": camera.watchers,
         "width": camera.frame_width,

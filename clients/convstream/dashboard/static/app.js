@@ -232,6 +232,7 @@
       this.status = null;
       this.toldDown = false; // screen readers were told it went down, not yet that it is back
       this.frames = 0;
+      this.invalidAtFrame = 0; // the camera's frames refused when its last frame came
       this.lastN = 0; // the newest frame number recorded
       this.pending = null; // the newest frame recorded while the page was hidden, not drawn
       this.lastFrameAt = 0; // the dashboard's clock (dashNow) when the newest frame drawn came
@@ -356,6 +357,9 @@
       let title = "";
       let detail = "";
       const since = this.troubleSince(s);
+      // frames refused since the last one drawn, while no new one comes
+      const refused = (this.frames === 0 || stale)
+        ? ((this.status && this.status.frames_invalid) || 0) - this.invalidAtFrame : 0;
       if (!socketOpen) {
         title = "dashboard offline";
         detail = "reconnecting to the dashboard…";
@@ -368,6 +372,12 @@
         if (age !== null) detail = `${detail ? detail + " · " : ""}last frame ${ago(age)} ago`;
         // given up: it stays so until someone acts, so say what to do (it said only why)
         if (s === "failed") detail += `${detail ? " · " : ""}${FAILED_ADVICE}`;
+      } else if (refused > 1 || (this.frames === 0 && refused > 0)) {
+        // running, its frames coming and none analysed (too small, damaged): it read as
+        // "waiting for frames…" on a green badge for as long as it lasted
+        title = "frames refused";
+        detail = (this.status && this.status.last_error) || "";
+        if (age !== null) detail = `${detail ? detail + " · " : ""}last frame ${ago(age)} ago`;
       } else if (this.frames === 0) {
         title = "waiting for frames…";
       } else if (stale) {
@@ -470,6 +480,7 @@
         }
       }
       this.frames += 1;
+      this.invalidAtFrame = (this.status && this.status.frames_invalid) || 0;
       this.el.dataset.frames = String(this.frames);
       state.frames += 1;
     }
