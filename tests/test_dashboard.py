@@ -19,6 +19,8 @@ import socket
 import struct
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -1144,6 +1146,14 @@ async def test_a_server_that_does_not_answer_gets_advice_on_the_banner() -> None
         silent.close()
 
 
+def _http_status(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read().decode()
+
+
 @pytest.mark.asyncio(loop_scope="module")
 async def test_dashboard_outlives_a_server_restart(
     browser: Any, artifacts: Path, monkeypatch: pytest.MonkeyPatch
@@ -1174,6 +1184,10 @@ async def test_dashboard_outlives_a_server_restart(
         await server.stop(grace=0)
         await _until(dash, lambda: belt().status["state"] == "offline")
         assert not dash.hub.server["ok"]
+        # a probe hears it: /healthz said 200 while every tile read offline (it still does:
+        # the dashboard runs), /readyz says the wall shows nothing live
+        ready = await asyncio.to_thread(_http_status, f"http://127.0.0.1:{dash.port}/readyz")
+        assert ready[0] == 503 and ready[1].startswith("the convstream server: "), ready
         # A page opened during the outage: the corner, the tile and the frame's age tell the
         # truth (it said "live", the last rates, and "last frame under a second ago").
         await asyncio.sleep(2.5)
@@ -1214,6 +1228,8 @@ async def test_dashboard_outlives_a_server_restart(
         received = belt().frames_received
         await _until(dash, lambda: belt().status["state"] == "running")
         await _until(dash, lambda: belt().frames_received > received + 2)  # watching again
+        ready = await asyncio.to_thread(_http_status, f"http://127.0.0.1:{dash.port}/readyz")
+        assert ready == (200, "ok\n")
 
         # The dashboard itself goes: its page keeps no green RUNNING it can no longer vouch for,
         # nor the rates and the count of cameras running

@@ -33,7 +33,7 @@ SESSION_DAYS = 30  # unused this long, a session ends; a new token ends every se
 RENEW_AFTER_S = 86400.0  # a session in use gets a new cookie once a day
 FAILED_LOGIN_DELAY_S = 1.0  # each wrong token costs its sender a second
 LOG_EVERY_S = 600.0  # a failed login from one address is logged once per 10 minutes
-OPEN_PATHS = frozenset({"/healthz", "/login"})  # and /static/: the login page's stylesheet
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/login"})  # and /static/: the login stylesheet
 TOKEN_BYTES = 32
 
 

@@ -240,6 +240,15 @@ async def health(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
+async def ready(request: web.Request) -> web.Response:
+    """503 while the dashboard cannot reach its server: /healthz said 200 while every tile
+    read offline, so a probe saw nothing wrong with a wall that showed nothing."""
+    server = request.app[HUB].server
+    if server["ok"]:
+        return web.Response(text="ok\n")
+    return web.Response(status=503, text=f"the convstream server: {server['error']}\n")
+
+
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     if request.path.startswith("/static/"):
         # Asked again at each load (a 304 when unchanged), like the page: a browser caching
@@ -264,6 +273,7 @@ def make_app(hub: Hub) -> web.Application:
     app.router.add_get("/api/state", state)
     app.router.add_get(r"/alerts/{alert_id:\d+}{part:(?:-frame|-thumb)?}.jpg", alert_snapshot)
     app.router.add_get("/healthz", health)
+    app.router.add_get("/readyz", ready)
     if access.required:
         app.router.add_get("/login", access.login_page)
         app.router.add_post("/login", access.log_in)
