@@ -28,6 +28,7 @@ from convstream.client.tensors import to_numpy
 from convstream.model import DamageModel
 from convstream.model.scenes import render_scene
 from convstream.server import Server, Settings
+from convstream.server.app import server_version
 from convstream.server.config import MIN_MESSAGE_BYTES
 from convstream.server.metrics import MAX_SOURCES, Metrics
 from convstream.v1 import convstream_pb2 as pb
@@ -993,6 +994,16 @@ async def test_metrics_count_frames_by_source_and_outcome(
     model = (("name", "damage.onnx"), ("sha256", shipped.sha256))
     assert samples[("convstream_model_info", model)] == 1.0
     assert samples[("convstream_threshold", ())] == pytest.approx(shipped.threshold)
+    # what the in-flight gauges fill up against, for alerts that copy no number
+    assert samples[("convstream_limit", (("setting", "max_streams"),))] == (
+        server.settings.max_streams
+    )
+    assert samples[("convstream_limit", (("setting", "max_watcher_bytes"),))] == (
+        server.settings.max_watcher_bytes
+    )
+    assert [labels for name, labels in samples if name == "convstream_build_info"] == [
+        (("version", server_version()),)
+    ]
     # and what every exporter has: the process's CPU, memory, files and start, and Python's
     # version; no TLS expiry without TLS
     assert samples[("process_cpu_seconds_total", ())] > 0

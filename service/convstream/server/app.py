@@ -78,6 +78,17 @@ class _ClientLeft(logging.Filter):
 logging.getLogger("grpc._cython.cygrpc").addFilter(_ClientLeft())
 
 
+# The admission limits /metrics exports (convstream_limit), beside the gauges they bound.
+LIMITS = (
+    "max_streams",
+    "max_analyze_calls",
+    "max_watchers",
+    "max_queued_frames",
+    "max_held_bytes",
+    "max_watcher_bytes",
+)
+
+
 def server_version() -> str:
     try:
         return version("convstream")
@@ -548,6 +559,8 @@ class Server:
         self.metrics.provider.labels(model.provider, model.requested_provider).set(1)
         self.metrics.model.labels(model.path.name, model.sha256).set(1)
         self.metrics.threshold.set(model.threshold)
+        self.metrics.build.labels(server_version()).set(1)
+        self.metrics.set_limits({name: getattr(settings, name) for name in LIMITS})
 
         # Always installed, so a reload can add the first token or remove the last one.
         self._tokens = TokenInterceptor(

@@ -169,6 +169,21 @@ class Metrics:
             "processes, TLS on or off, ...: the log names them): the next restart applies them",
             registry=self.registry,
         )
+        # What the in-flight gauges fill up against, so an alert on saturation needs no
+        # number copied from the config (per process: each has the whole of its own)
+        self.limits = Gauge(
+            "convstream_limit",
+            "The admission limits in force, by setting: max_streams, max_analyze_calls, "
+            "max_watchers, max_queued_frames, max_held_bytes, max_watcher_bytes",
+            ["setting"],
+            registry=self.registry,
+        )
+        self.build = Gauge(
+            "convstream_build_info",
+            "1, labelled with the server's version",
+            ["version"],
+            registry=self.registry,
+        )
         self.reload_successful.set(1)
         self.reload_success_time.set_to_current_time()
         self._sources: set[str] = set()
@@ -229,6 +244,11 @@ class Metrics:
         )
         for setting in expiry_times():
             gauge.labels(setting).set_function(partial(_expiry, expiry_times, setting))
+
+    def set_limits(self, limits: dict[str, int]) -> None:
+        """The admission limits in force (at start; a reload does not change them)."""
+        for setting, value in limits.items():
+            self.limits.labels(setting).set(value)
 
     def reloaded(self, ok: bool, pending: Iterable[str] | None) -> None:
         """A reload's outcome: ``ok``, it applied the config read; ``pending``, the settings
