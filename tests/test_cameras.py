@@ -1414,6 +1414,21 @@ def _samples(server: Server, name: str) -> list[Sample]:
     return [s for f in server.metrics.registry.collect() for s in f.samples if s.name == name]
 
 
+async def test_a_reload_has_a_reconnecting_camera_try_again_at_once() -> None:
+    """A camera fixed while it waited out its backoff was tried again only when the wait
+    ended (up to reconnect_max_s: 30 s by default): a reload, an operator's "try again",
+    restarted failed and stopped cameras only."""
+    source = FFmpegSource("mpegts", fps=10)
+    config = camera("dock", source.url, reconnect_min_s=40.0, reconnect_max_s=60.0)
+    async with serving(config) as server, connect(server) as stub:
+        await until(state_is(stub, "dock", pb.CAMERA_STATE_RECONNECTING), 10, "reconnecting")
+        with running(source):  # the camera is back; its next try is 20 s or more away
+            await asyncio.sleep(1.0)
+            assert (await status(stub, "dock")).state == pb.CAMERA_STATE_RECONNECTING
+            await server.reload(server.settings)
+            await until(state_is(stub, "dock", pb.CAMERA_STATE_RUNNING), 10, "tried again")
+
+
 async def test_reload_adds_removes_and_restarts_cameras() -> None:
     keep = camera("keep", "demo:conveyor?fps=10")
     gone = camera("gone", "demo:conveyor?fps=10&seed=1")

@@ -187,6 +187,7 @@ class Camera:
         self._read_started: float | None = None
         self._thread: threading.Thread | None = None
         self._rng = random.Random()
+        self._retry = threading.Event()  # ends a backoff's wait at once
 
     def start(self) -> None:
         with self._lock:
@@ -200,6 +201,7 @@ class Camera:
         """
         with self._lock:
             self._stop.set()
+            self._retry.set()
             self._generation += 1
             opening = self._opening
             self._set_state(pb.CAMERA_STATE_STOPPED, self.last_error)
@@ -219,6 +221,11 @@ class Camera:
                 logger.warning(
                     "camera %s: reader still blocked after %.1f s", self.config.id, join_s
                 )
+
+    def retry_now(self) -> None:
+        """A camera waiting out its backoff to reconnect tries again at once (a reload: an
+        operator who fixed the camera waited up to reconnect_max_s for it to be tried)."""
+        self._retry.set()
 
     def take(self, after: int) -> Frame | None:
         """The newest frame if it is newer than frame number ``after``."""
@@ -348,7 +355,8 @@ class Camera:
                 else "",
             )
             last_said = said
-            self._stop.wait(delay)
+            self._retry.wait(delay)  # set by a stop, or a reload's "try again" (retry_now)
+            self._retry.clear()
 
     def _session(self, generation: int) -> SourceError | None:
         """Open the source and read until it fails; the failure, or None when stopped."""

@@ -119,6 +119,8 @@ class CameraManager:
             old = self.feeds.get(camera_id)
             down = old.down() if old is not None else None
             if old is not None and old.camera.config == config and down is None:
+                if old.camera.state == pb.CAMERA_STATE_RECONNECTING:
+                    old.camera.retry_now()  # "try again", as for one that failed
                 continue
             if old is not None and down is None and _analysis_only(old.camera.config, config):
                 old.retune(config)
