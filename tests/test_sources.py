@@ -886,9 +886,9 @@ def test_an_http_snapshot_url_is_told_to_be_one_picture_not_a_stream() -> None:
 
 
 @contextlib.contextmanager
-def _mjpeg_camera(parts: bytes) -> Iterator[str]:
+def _mjpeg_camera(parts: bytes, every: float = 0.1) -> Iterator[str]:
     """An HTTP MJPEG camera on 127.0.0.1 that sends ``parts`` (multipart parts, boundary
-    "frame") every 0.1 s for 10 s at most; its URL."""
+    "frame") every ``every`` s, 100 times at most; its URL."""
 
     class Camera(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -899,7 +899,7 @@ def _mjpeg_camera(parts: bytes) -> Iterator[str]:
                 for _ in range(100):
                     self.wfile.write(parts)
                     self.wfile.flush()
-                    time.sleep(0.1)
+                    time.sleep(every)
             except OSError:
                 pass  # the reader left
 
@@ -954,6 +954,23 @@ def test_an_mjpeg_stream_ffmpeg_cannot_read_is_not_said_to_have_ended() -> None:
             source.release()
     assert "multipart/x-mixed-replace" in str(info.value)
     assert "ffmpeg -i URL -f null -" in str(info.value) and "ended" not in str(info.value)
+
+
+def test_an_mjpeg_camera_slower_than_its_read_timeout_is_told_to_raise_it() -> None:
+    """A camera sending a frame every 6.7 s against the 5 s read timeout was blamed on its
+    parts' headers ("FFmpeg read 2 of its frames and no more: parts whose headers it does not
+    take"), which sent an operator to a camera that works (an SRE's drill)."""
+    picture = cv2.imencode(".jpg", np.full((240, 320, 3), 90, np.uint8))[1].tobytes()
+    told = pytest.raises(SourceError, match=r"came about [0-9.]+ s apart, too slow for its ")
+    with _mjpeg_camera(_part(picture, len(picture)), every=0.8) as url, told as info:
+        source = open_source(parse_source(url), open_timeout_s=4, read_timeout_s=0.6, loop=True)
+        try:
+            for _ in range(3):
+                source.read()
+        finally:
+            source.release()
+    assert "read_timeout_s of 0.6 s: set read_timeout_s to at least " in str(info.value)
+    assert "headers" not in str(info.value)
 
 
 def test_a_stream_that_ends_into_a_picture_reconnects_rather_than_fail() -> None:

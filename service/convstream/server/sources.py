@@ -24,7 +24,13 @@ from urllib.parse import parse_qs, urlsplit
 import cv2
 import numpy as np
 
-from convstream.server.config import MAX_FPS, MAX_INPUT_SIDE, MIN_INPUT_SIDE, parse_size
+from convstream.server.config import (
+    MAX_FPS,
+    MAX_INPUT_SIDE,
+    MAX_READ_TIMEOUT_S,
+    MIN_INPUT_SIDE,
+    parse_size,
+)
 from convstream.server.decode import Limits, check_encoded, decode_encoded, orientation, sniff
 from convstream.server.errors import InvalidFrame
 from convstream.v1 import what_it_holds
@@ -311,6 +317,7 @@ class OpenCVCapture:
         self._on_invalid = on_invalid
         self._open_timeout_s = open_timeout_s
         self._read_timeout_s = read_timeout_s
+        self._opened_at = time.monotonic()
         self._cap = self._open()
         try:
             self._configure(name)
@@ -636,6 +643,18 @@ class OpenCVCapture:
                 "stream: give the camera's MJPEG stream URL (multipart/x-mixed-replace) or its "
                 "RTSP URL",
                 permanent=True,
+            )
+        apart = (time.monotonic() - self._opened_at) / max(1, self._frames_got)
+        if kind.startswith("multipart/") and self._frames_got and apart > self._read_timeout_s / 3:
+            # Slower than its read timeout allows: FFmpeg gives up on the stream between two
+            # frames; blamed on the parts' headers, it sent an operator to a camera that works
+            # (a frame every 6.7 s against 5 s; the pace warning comes once frames flow).
+            return SourceError(
+                f"no frame from http source: it answers with a stream ({kind}) whose "
+                f"{self._frames_got} frame{'s' * (self._frames_got > 1)} came about "
+                f"{apart:.1f} s apart, too slow for its read_timeout_s of "
+                f"{self._read_timeout_s:g} s: set read_timeout_s to at least "
+                f"{min(math.ceil(3 * apart), MAX_READ_TIMEOUT_S):g} for this camera"
             )
         if kind.startswith("multipart/") and self._frames_got < 3:
             # FFmpeg's MJPEG reader gave up on the parts after one at most (its own words
