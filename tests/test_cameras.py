@@ -1779,6 +1779,23 @@ def test_names_that_read_alike_fold_alike() -> None:
     assert folded_id("dock-1.1") != folded_id("dock-11")
 
 
+async def test_a_stream_is_published_from_the_frame_that_asks_on() -> None:
+    """Frames sent before the one that asked to publish, still waiting when it came, went to
+    the watchers too, though each had said publish false (an integrator's privacy surprise);
+    from that frame on the stream stays published, as documented."""
+    data = jpeg(scene(40, 360, 640))
+    async with serving() as server, connect(server) as stub:
+        frames = [
+            pb.FrameRequest(
+                frame_id=i, source="retro", encoded=data, options=pb.ResultOptions(publish=i == 6)
+            )
+            for i in range(1, 9)
+        ]
+        results = [r async for r in stub.StreamFrames(iter(frames))]
+    assert [r.status.code for r in results] == [0] * 8
+    assert [r.published for r in results] == [False] * 5 + [True] * 3
+
+
 async def test_a_client_stream_can_publish_under_its_source_name() -> None:
     frames = [jpeg(scene(30 + i, 360, 640)) for i in range(3)]
     async with serving(camera("belt", "demo:conveyor?fps=5")) as server, connect(server) as stub:

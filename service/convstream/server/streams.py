@@ -74,6 +74,9 @@ class _Item:
     # Sent under LOSSLESS: never dropped, also once the stream's first options choose a
     # policy that drops (the frames sent before them were sent to be answered).
     kept: bool = False
+    # Sent once the stream was published (by this frame or one before it): a frame sent
+    # before the one that asked, still waiting then, went to the watchers too.
+    public: bool = False
 
     @property
     def droppable(self) -> bool:
@@ -296,7 +299,11 @@ class StreamSession:
             # would otherwise drop a bad one unseen, and its sender never learn why.
             self.pipeline.check(request)
             return _Item(
-                request, arrived, self.options, kept=self.freshness == pb.FRESHNESS_LOSSLESS
+                request,
+                arrived,
+                self.options,
+                kept=self.freshness == pb.FRESHNESS_LOSSLESS,
+                public=self.publication is not None,
             )
         except ConvstreamError as exc:
             return self._refused(request, arrived, exc.code, str(exc))
@@ -452,7 +459,7 @@ class StreamSession:
         assert item.options is not None
         began = time.perf_counter()
         try:
-            publishing = self._publishing
+            publishing = self._publishing if item.public else None
             watched = publishing.wanted_maps() if publishing is not None else []
             result, prepared, inference = await self.pipeline.analyze_parts(
                 item.request, item.options, item.arrived, also=watched
@@ -502,7 +509,8 @@ class StreamSession:
                 done = await task
                 self._release(done.item)
                 result = done.result
-                if self._publishing is not None and done.prepared and done.inference:
+                public = self._publishing is not None and done.item.public
+                if public and done.prepared and done.inference:
                     try:
                         await self._publish(done)
                     except Exception:  # the watchers' loss; the stream's own result goes on
