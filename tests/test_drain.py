@@ -208,6 +208,9 @@ def test_the_log_is_one_json_object_a_line_when_asked_and_utc_text_otherwise() -
     entries = [json.loads(line) for line in lines]  # every line an object
     assert entries and all(set(e) >= {"time", "level", "logger", "message"} for e in entries)
     assert any(e["message"].startswith("convstream stopped") for e in entries)
+    # the start says what it serves: its cameras and where its metrics are, beside the rest
+    serving = next(e["message"] for e in entries if " serving on " in e["message"])
+    assert "(plaintext; 1 camera; metrics off; model damage.onnx" in serving, serving
     now = datetime.datetime.now(datetime.UTC)
     first = datetime.datetime.fromisoformat(entries[0]["time"])  # ...Z: UTC, not New York's
     assert abs((now - first).total_seconds()) < 300, entries[0]

@@ -629,14 +629,20 @@ class Server:
                 "about a third of what the GPU takes): --processes 4 served 2-3 times as many "
                 "frames there, over several connections (README, 'Several processes')"
             )
+        cameras = len(self._own(settings.cameras))
         logger.info(
-            "convstream %s serving on %s (%s; model %s, sha256 %s..., threshold %.6g%s, "
-            "provider %s; "
+            "convstream %s serving on %s (%s; %d camera%s; metrics %s; model %s, sha256 "
+            "%s..., threshold %.6g%s, provider %s; "
             "inference workers %d, onnxruntime threads per run %d (%s), frames per run %d at "
             "most%s)",
             server_version(),
             host_port(settings.host, self.port),
             security,
+            cameras,
+            "" if cameras == 1 else "s",
+            f"http://{host_port(settings.metrics_host, self.metrics_port)}/metrics"
+            if self._http is not None
+            else "off",
             model.path.name,
             model.sha256[:12],
             model.threshold,
