@@ -854,6 +854,22 @@ async def test_a_tokens_cameras_bound_what_it_lists_and_watches(
                 pb.ListCamerasRequest(), metadata=_bearer(ANALYZE_TOKEN)
             )
             assert [c.id for c in listed.cameras] == ["dock-1", "dock-2", "yard"]
+            # health's List names cameras too: a token, and its scope (Check stays open)
+            health = health_pb2_grpc.HealthStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+                await health.List(health_pb2.HealthListRequest())
+            assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            scoped = await health.List(
+                health_pb2.HealthListRequest(), metadata=_bearer(WATCH_TOKEN)
+            )
+            assert sorted(scoped.statuses) == [
+                "",
+                "convstream.camera.dock-1",
+                "convstream.camera.dock-2",
+                "convstream.v1.Convstream",
+            ]
+            yard_health = health_pb2.HealthCheckRequest(service="convstream.camera.yard")
+            assert (await health.Check(yard_health)).status  # open, for load balancers
             yard = stub.WatchCamera(
                 pb.WatchCameraRequest(camera_id="yard"), metadata=_bearer(WATCH_TOKEN)
             )

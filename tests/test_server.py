@@ -965,6 +965,23 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return samples
 
 
+async def test_a_failed_frames_result_has_no_score_to_read_as_intact(
+    stub: pb_grpc.ConvstreamStub,
+) -> None:
+    """A frame that failed carried score 0.0 and damaged false, the proto's defaults: a
+    client made from the proto that read them before status read "intact" (an integrator's
+    trap). They are unset now; a frame analysed has both, a blank frame's 0 scores too."""
+    frames = [pb.FrameRequest(encoded=b"junk"), pb.FrameRequest(encoded=jpeg(scene(3, 240, 320)))]
+    black = np.zeros((240, 320, 3), np.uint8)
+    raw = pb.RawImage(data=black.tobytes(), width=320, height=240, format=pb.PIXEL_FORMAT_BGR8)
+    frames.append(pb.FrameRequest(raw=raw))
+    failed, analysed, blank = [r async for r in stub.StreamFrames(requests(frames))]
+    assert failed.status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert not failed.HasField("score") and not failed.HasField("damaged")
+    for result in (analysed, blank):
+        assert result.status.code == 0 and result.HasField("score") and result.HasField("damaged")
+
+
 async def test_metrics_count_frames_by_source_and_outcome(
     server: Server, stub: pb_grpc.ConvstreamStub
 ) -> None:

@@ -39,7 +39,7 @@ from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Pipeline, WorkPool
 from convstream.server.probes import HttpPort
 from convstream.server.processes import TLS_FILES, Peers, model_sha256, reload_keeps
-from convstream.server.security import TokenInterceptor, peer_host, token_changes
+from convstream.server.security import TokenInterceptor, peer_host, token_changes, visible
 from convstream.server.servicer import (
     PEER_CONNECT_S,
     SERVICE_NAME,
@@ -431,18 +431,26 @@ class Health(health.aio.HealthServicer):
     ) -> health_pb2.HealthListResponse:
         """Every service's status, as Check gives each: the server, convstream.v1.Convstream
         and each camera ('convstream.camera.ID'). grpcio's servicer left it unimplemented,
-        and each call logged a traceback. In one of several processes, each camera is as
-        the process that pulls it says (NOT_SERVING while that process does not answer)."""
+        and each call logged a traceback. With tokens it takes one (it names the cameras),
+        and a token scoped to some cameras lists those. In one of several processes, each
+        camera is as the process that pulls it says (NOT_SERVING while that one is silent)."""
         statuses = {
             name: health_pb2.HealthCheckResponse(status=status)
             for name, status in self._server_status.items()
             if status != health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+            # a scoped token's cameras
+            and (not name.startswith(HEALTH_PREFIX) or visible(name.removeprefix(HEALTH_PREFIX)))
         }
         peers = self._peers
-        if peers is None or self._channel is None or peers.forwarded(context.invocation_metadata()):
+        metadata = context.invocation_metadata()
+        if peers is None or self._channel is None or peers.forwarded(metadata):
             return health_pb2.HealthListResponse(statuses=statuses)
         for index in sorted(set(peers.owners.values()) - {peers.index}):
-            theirs = {HEALTH_PREFIX + c for c, owner in peers.owners.items() if owner == index}
+            theirs = {
+                HEALTH_PREFIX + camera
+                for camera, owner in peers.owners.items()
+                if owner == index and visible(camera)
+            }
             silent = health_pb2.HealthCheckResponse(
                 status=health_pb2.HealthCheckResponse.NOT_SERVING
             )
@@ -451,7 +459,7 @@ class Health(health.aio.HealthServicer):
             if channel is not None:
                 with contextlib.suppress(grpc.aio.AioRpcError):
                     reply = await health_pb2_grpc.HealthStub(channel).List(
-                        request, metadata=peers.forward_metadata(()), timeout=5
+                        request, metadata=peers.forward_metadata(metadata), timeout=5
                     )
                     told = dict(reply.statuses)
             for name in theirs:

@@ -48,7 +48,9 @@ NEEDS = {
     "Analyze": "analyze",
     "StreamFrames": "analyze",
 }
-OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+# Check and Watch answer of one service its caller names (a load balancer holds no token);
+# List names every camera, so it takes a token, and a scoped one sees its own cameras.
+OPEN_PREFIXES = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch")
 REFUSALS_LOG_S = 600.0  # a refused call is logged once per caller's host and reason this often
 REFUSALS_KEPT = 1024  # (host, reason) pairs remembered for that; past it, the oldest go
 
