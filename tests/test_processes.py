@@ -651,12 +651,15 @@ def test_a_reload_whose_tls_files_fail_keeps_them_out_of_the_processes_settings(
     supervisor.load = broken
     supervisor._reload()
     assert [t.name for t in peers.read().tokens] == ["dock"] and peers.reload_ok is False
+    # and they are told it was refused whole: reloading the same settings restarted failed
+    # cameras and read the TLS files again (a reviewer's two-process run)
+    assert peers.reload_refused is True
     # one that loads, with a port to change on the next restart
     moved = {**good, **common, "tokens": [token], "port": 50999}
     supervisor.load = lambda: load_settings(environ={}, overrides=moved)
     supervisor._reload()
     peers.read()
-    assert (peers.reload_ok, peers.restart_pending) == (True, ["port"])
+    assert (peers.reload_ok, peers.restart_pending, peers.reload_refused) == (True, ["port"], False)
 
 
 def test_a_restarted_process_keeps_what_the_serving_ones_refused_to_change(

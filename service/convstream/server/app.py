@@ -763,6 +763,11 @@ class Server:
         cameras are added, removed and restarted; other settings need a restart and are
         reported, not applied."""
         async with self._reloading:  # one at a time, in the order they came
+            if self.peers is not None and self.peers.reload_refused:
+                # the supervisor refused the config: its metrics say so, nothing else changes
+                self.metrics.reloaded(False, None)
+                logger.info("reload refused by the supervisor; nothing changed")
+                return
             try:
                 await self._reload(settings)
             except ConfigError:

@@ -98,6 +98,7 @@ class Peers:
     # applied the config, and the settings it read that only a restart applies
     reload_ok: bool = True
     restart_pending: list[str] = field(default_factory=list)
+    reload_refused: bool = False  # whole: the settings are as before, and nothing is to do
 
     @classmethod
     def parse(cls, text: str) -> Peers:
@@ -139,10 +140,12 @@ class Peers:
             model_sha256 = str(snapshot.get("model_sha256", ""))
             reload = snapshot.get("reload", {})
             reload_ok, pending = bool(reload.get("ok", True)), list(reload.get("pending", []))
+            refused = bool(reload.get("refused", False))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"the supervisor's settings could not be read: {exc}") from exc
         self.owners, self.model_sha256 = owners, model_sha256
         self.reload_ok, self.restart_pending = reload_ok, [str(name) for name in pending]
+        self.reload_refused = refused
         return settings
 
     def supervisor_gone(self) -> bool:
@@ -323,6 +326,7 @@ class Supervisor:
         self.reload_asked_early = reload_asked
         self.reload_ok = True  # the last reload's outcome, in the snapshot (Peers)
         self.restart_pending: list[str] = []
+        self.reload_refused = False
         self.port = settings.port
         self.configured_port = settings.port  # 0 in the settings, the port bound in self.port
         self.model_sha256 = ""  # the model file's, as the server started
@@ -395,7 +399,11 @@ class Supervisor:
             "settings": self.settings.model_dump(mode="json"),
             "owners": self.owners,
             "model_sha256": self.model_sha256,
-            "reload": {"ok": self.reload_ok, "pending": self.restart_pending},
+            "reload": {
+                "ok": self.reload_ok,
+                "pending": self.restart_pending,
+                "refused": self.reload_refused,
+            },
         }
         draft = self.folder / (SNAPSHOT + ".new")
         draft.write_text(json.dumps(snapshot))
@@ -422,10 +430,13 @@ class Supervisor:
             self._check_new_sizes(loaded)
         except (ConfigError, ValueError) as exc:
             logger.error("reload refused, nothing changed: %s", exc)
-            self.reload_ok = False  # the processes' metrics say so: a reload with no change
+            # the processes' metrics say so; told to reload, they only read that (a reload
+            # of the same settings restarted failed cameras and re-read TLS files)
+            self.reload_ok, self.reload_refused = False, True
             self._write(self.settings)
             self._signal_serving(signal.SIGHUP)
             return
+        self.reload_refused = False
         keeps = reload_keeps(self.settings, loaded)
         # Kept in the snapshot, these reach no process as a change, and none would say so.
         for name, why in keeps.items():
