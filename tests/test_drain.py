@@ -224,3 +224,45 @@ def test_the_log_is_one_json_object_a_line_when_asked_and_utc_text_otherwise() -
         r"refused:\n    - a\n    - b",
         text,
     ), text
+
+
+def test_a_signal_during_the_start_stops_it_there() -> None:
+    """SIGTERM or Ctrl-C while the server starts (a model warming up large sizes): the start
+    went on to serve, then waited drain_delay_s and the grace period for clients that never
+    came (11 s, a reviewer's run, where it took 1)."""
+    slow_start = (
+        "import asyncio, sys\n"
+        "from convstream.server import app\n"
+        "started = app.Server.start\n"
+        "async def slow(self):\n"
+        "    print('starting', file=sys.stderr, flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "    await started(self)\n"
+        "app.Server.start = slow\n"
+        "from convstream.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    serve = ["serve", "--port", str(free_port()), "--metrics-port", "-1", "--no-cameras"]
+    process = subprocess.Popen(
+        [sys.executable, "-c", slow_start, *serve],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "CONVSTREAM_DRAIN_DELAY_S": "20"},
+    )
+    try:
+        assert process.stderr is not None
+        said = [next(line for line in process.stderr if "starting" in line)]
+        time.sleep(0.3)  # the handlers are taken before the start
+        signalled = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        said += process.stderr.readlines()
+        assert process.wait(30) == 0, "".join(said)
+        assert time.monotonic() - signalled < 10, "".join(said)  # not the 20 s drain delay
+        assert "signal received while starting: stopped before serving" in "".join(said)
+        assert "serving on" not in "".join(said)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stderr:
+            process.stderr.close()
