@@ -10,6 +10,7 @@ import zlib
 import cv2
 import numpy as np
 import pytest
+import simplejpeg
 from conftest import exif, jpeg, png, png_with, scene, with_exif_orientation
 
 from convstream.client import Frame
@@ -356,6 +357,20 @@ def test_a_jpeg_whose_picture_data_is_damaged_is_refused_and_a_quirky_one_is_not
         said.add(re.sub(r"\d+|0x[0-9a-f]+", "N", str(refused.value)))
     assert any("Unsupported marker type" in words for words in said), said
     assert any("N extraneous bytes before marker N" in words for words in said), said
+    # a progressive JPEG's: stray bytes before the next scan's Huffman tables (0xc4) passed
+    # as a header's quirk, whatever their count (a reviewer's byte flips)
+    sweep = progressive(frame)
+    refused = 0
+    for at in range(sweep.index(b"\xff\xda") + 14, len(sweep) - 2, 997):
+        flipped = sweep[:at] + bytes([sweep[at] ^ 0x10]) + sweep[at + 1 :]
+        try:
+            simplejpeg.decode_jpeg(flipped, colorspace="BGR", strict=True)
+        except ValueError as exc:
+            if "marker 0xc4" in str(exc):
+                with pytest.raises(InvalidFrame, match="extraneous bytes before marker 0xc4"):
+                    decode_encoded(flipped, LIMITS)
+                refused += 1
+    assert refused, "no flip of the sweep left stray bytes before a Huffman table"
     assert data.endswith(b"\xff\xd9")
     for stray in (b"\x00\x00", b"\x12\x34", b"\x07" * 10, b"\x00" * 100):
         _decodes_as_opencv_does(data[:-2] + stray + data[-2:])

@@ -419,13 +419,15 @@ _NOT_SIMPLEJPEG = (
     "color space",
     "precision",
     "Didn't expect more than one scan",
+    # TurboJPEG's header reading, for samplings it has no name for (cjpeg -sample 2x1,1x1,2x1)
+    "subsampling level",
 )
-# "N extraneous bytes before marker 0xMM": after a scan's data (the end, a restart, the next
-# scan) more than a few bytes left unread mean the data did not decode as written (200 bytes
-# flipped left 46 to 15,743); USB webcams' MJPEG frames often leave 1 to 4 before the end,
-# and some encoders pad the end with zeros, their pictures whole.
+# "N extraneous bytes before marker 0xMM": bytes left unread before a marker after picture
+# data mean the data did not decode as written (200 bytes flipped left 46 to 15,743; one
+# flipped in a progressive JPEG, 1 to 8 before the next scan's Huffman tables, 0xc4); USB
+# webcams' MJPEG frames often leave 1 to 4 before the end, and some encoders pad the end
+# with zeros, their pictures whole.
 _EXTRANEOUS = re.compile(r"(\d+) extraneous bytes before marker 0x([0-9a-f]{2})")
-_AFTER_SCAN_DATA = frozenset([0xD9, 0xDA, *range(0xD0, 0xD8)])
 EXTRANEOUS_OK = 16
 
 
@@ -437,14 +439,25 @@ def damaged_data(said: str, data: bytes) -> bool:
     extra = _EXTRANEOUS.search(said)
     if extra is None:
         return True
-    if int(extra[2], 16) not in _AFTER_SCAN_DATA:
-        return False  # between header segments: the picture's data is not where they are
     count = int(extra[1])
-    if count <= EXTRANEOUS_OK:
-        return False
-    if extra[2] == "d9" and data.endswith(b"\xff\xd9") and count + 2 <= len(data):
-        return bool(data[-2 - count : -2].strip(b"\x00\xff"))  # more than padding
-    return True
+    if extra[2] == "d9":  # before the end: a webcam's few bytes, an encoder's padding
+        if count <= EXTRANEOUS_OK:
+            return False
+        if data.endswith(b"\xff\xd9") and count + 2 <= len(data):
+            return bool(data[-2 - count : -2].strip(b"\x00\xff"))  # more than padding
+        return True
+    # Elsewhere, a few between the header's segments are skipped before any picture data;
+    # after it (before a restart, the next scan, a progressive JPEG's next Huffman tables)
+    # any at all are data that did not decode as written.
+    return count > EXTRANEOUS_OK or not _stray_in_header(data)
+
+
+def _stray_in_header(data: bytes) -> bool:
+    """Whether walking the header meets bytes that are no segment before the first scan."""
+    try:
+        return all(marker != 0xDA for _, marker in _jpeg_segments(data))
+    except InvalidFrame:
+        return True
 
 
 def _jpeg(data: bytes, width: int, height: int, reduce: int) -> np.ndarray | None:
