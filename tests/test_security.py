@@ -893,17 +893,22 @@ async def test_a_tokens_cameras_bound_what_it_lists_and_watches(
                 pb.WatchCameraRequest(camera_id="gate-7"), metadata=_bearer(WATCH_TOKEN)
             )
             assert await other.code() == grpc.StatusCode.PERMISSION_DENIED
-            # the command said "unknown camera 'yard' (the server has dock-1, dock-2)": an
-            # operator went looking for a camera that runs
-            argv = ["watch", "yard", "--address", f"127.0.0.1:{server.port}"]
-            capsys.readouterr()
-            assert await asyncio.to_thread(cli_main, [*argv, "--token", WATCH_TOKEN]) == 2
-            assert capsys.readouterr().err == (
-                "convstream watch: error: unknown camera 'yard' (the server lists dock-1, "
-                "dock-2 to this token, which may be limited to some cameras)\n"
-            )
             refusals = await asyncio.to_thread(_refusals, server.metrics_port)
             assert refusals[("convstream.v1.Convstream/WatchCamera", "permission_denied")] == 2
+            # the command said "unknown camera 'yard' (the server has dock-1, dock-2)": an
+            # operator went looking for a camera that runs; the server's answer says why
+            argv = ["watch", "yard", "--address", f"127.0.0.1:{server.port}"]
+            capsys.readouterr()
+            assert await asyncio.to_thread(cli_main, [*argv, "--token", WATCH_TOKEN]) == 4
+            assert capsys.readouterr().err.startswith(
+                "convstream watch: token 'contractor' may watch the cameras 'dock-*'"
+            )
+            argv[1] = "dock-3"  # none by that name: the list this token is given
+            assert await asyncio.to_thread(cli_main, [*argv, "--token", WATCH_TOKEN]) == 2
+            assert capsys.readouterr().err == (
+                "convstream watch: error: unknown camera 'dock-3'; did you mean 'dock-2'? (the "
+                "server lists dock-1, dock-2 to this token)\n"
+            )
             # logged once for the token, not once per camera it asks for (ids tried one by
             # one wrote a line each)
             said = [r.message for r in caplog.records if "may watch the cameras" in r.message]

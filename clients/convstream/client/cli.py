@@ -943,12 +943,14 @@ def _watch(args: argparse.Namespace) -> int:
         cameras = {camera.id: camera for camera in client.cameras()}
         if args.camera_id not in cameras:
             have = f"the server has {', '.join(cameras)}" if cameras else "the server pulls none"
-            if client.has_token:  # a token may see some cameras only: 'yard' read as missing
-                have = (
-                    f"{'the server lists' if cameras else 'the server lists none'}"
-                    f"{' ' + ', '.join(cameras) if cameras else ''} to this token, which "
-                    "may be limited to some cameras"
-                )
+            if client.has_token:
+                # A token may list some cameras only: "unknown camera 'yard'" of a camera
+                # that runs sent an operator looking for it. The server says which it is:
+                # PERMISSION_DENIED naming what the token may watch, or NOT_FOUND.
+                asked = client.watch(args.camera_id, max_fps=1)
+                with contextlib.closing(asked), contextlib.suppress(NotFound):
+                    next(iter(asked), None)
+                have = f"the server lists {', '.join(cameras) or 'none'} to this token"
             alike = _reads_alike(args.camera_id, list(cameras))
             mean = f"; did you mean {alike!r}?" if alike else ""
             return _usage(args, f"unknown camera {args.camera_id!r}{mean} ({have})")
