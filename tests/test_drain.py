@@ -214,6 +214,16 @@ def test_the_log_is_one_json_object_a_line_when_asked_and_utc_text_otherwise() -
     now = datetime.datetime.now(datetime.UTC)
     first = datetime.datetime.fromisoformat(entries[0]["time"])  # ...Z: UTC, not New York's
     assert abs((now - first).total_seconds()) < 300, entries[0]
+    # why a start failed is a JSON line too (it was the one line a shipper could not parse)
+    failed = subprocess.run(
+        [*serve, "--model", "/nowhere/model.onnx"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert failed.returncode == 2
+    said = json.loads(failed.stderr.splitlines()[-1])
+    assert said["level"] == "CRITICAL" and said["message"].startswith("model_path: /nowhere")
     # the text form: the same time, and a record's later lines under its first
     from convstream.server.logs import TextFormatter
 

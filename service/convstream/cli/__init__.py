@@ -263,6 +263,7 @@ def _run_server(settings: Settings, load: Callable[[], Settings], peers: Peers |
 
     from convstream.model import ModelFileError
     from convstream.server import serve
+    from convstream.server.logs import fatal
     from convstream.server.malloc import limit_arenas
     from convstream.server.rlimit import raise_open_files
     from convstream.server.tls import TLSFileError
@@ -273,13 +274,13 @@ def _run_server(settings: Settings, load: Callable[[], Settings], peers: Peers |
     try:
         asyncio.run(serve(settings, reload=load, peers=peers, reload_asked=_RELOAD_ASKED))
     except ModelFileError as exc:
-        print(f"{who}: model_path: {exc}", file=sys.stderr)
+        print(fatal(settings.log_format, who, f"model_path: {exc}"), file=sys.stderr)
         return 2
     except TLSFileError as exc:  # changed since the start checked them (a process restarting)
-        print(f"{who}: {exc}", file=sys.stderr)
+        print(fatal(settings.log_format, who, str(exc)), file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"{who}: {exc}", file=sys.stderr)
+        print(fatal(settings.log_format, who, str(exc)), file=sys.stderr)
         return 1
     return 0
 

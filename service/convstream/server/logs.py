@@ -5,7 +5,8 @@ a server run with ``TZ=America/New_York`` and one in UTC wrote the same instant 
 apart); a record of several lines (a refusal listing what was wrong) keeps its later lines
 indented under its first. JSON lines carry ``time``, ``level``, ``logger``, ``message``,
 ``process`` (one of several processes) and ``exception`` (a traceback) as fields. gRPC's own
-C-core lines (a failed TLS handshake) are written by gRPC in its own format either way.
+C-core lines (a failed TLS handshake) are written by gRPC in its own format either way, and
+so is a config that does not load (its format is in it).
 """
 
 from __future__ import annotations
@@ -59,6 +60,15 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
+
+
+def fatal(form: LogFormat, who: str, message: str) -> str:
+    """Why the server stopped at its start, as the log's lines are: "WHO: MESSAGE", or a
+    JSON object (a shipper parsed every line but the one that said why it did not start)."""
+    if form != "json":
+        return f"{who}: {message}"
+    entry = {"time": utc(time.time()), "level": "CRITICAL", "logger": who, "message": message}
+    return json.dumps(entry, ensure_ascii=False)
 
 
 def set_up(level: str, form: LogFormat, process: str = "") -> None:
