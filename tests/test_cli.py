@@ -123,7 +123,7 @@ async def test_a_file_in_a_folder_that_is_no_image_fails_alone(
     _, *rows, summary = capsys.readouterr().out.splitlines()
     names = [Path(row.split()[1]).name for row in rows]
     assert names == ["box-1.jpg", "box-15.jpg", "box-2.png", "wide.jpg"]
-    assert "SourceError" in rows[1] and "is not an image" in rows[1] and "holds text" in rows[1]
+    assert "source error: " in rows[1] and "is not an image" in rows[1] and "holds text" in rows[1]
     assert "1 failed" in summary and all(row.split()[3] in ("yes", "no") for row in rows[::2])
 
 
