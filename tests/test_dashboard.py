@@ -1494,6 +1494,19 @@ async def test_an_alert_on_a_hidden_page_shows_in_its_tab_title_and_sounds(brows
             # and the newest picture is drawn as the tab shows
             await _wait_frames(page, "dock-8", 0, timeout=5.0)
             await stream.done_writing()  # the tile stays while the stream is published
+        # Reloaded, "sound" stayed ticked and played nothing until a click, without a word:
+        # a kiosk wall never sounded. It says so while the browser holds it back.
+        await page.reload()
+        switch = page.locator("label:has(#sound-toggle)")
+        await expect(page.locator("#sound-toggle")).to_be_checked()
+        held = await switch.evaluate("(label) => label.classList.contains('held')")
+        said = (await switch.inner_text()).strip()
+        audio = await page.evaluate("window.convstreamDashboard.audio()")
+        assert held == (audio != "running"), (held, audio)
+        assert said == ("sound: click to allow" if held else "sound"), (held, said)
+        await page.keyboard.press("Shift")  # anyone at the page: allowed from then on
+        await expect(switch).to_have_text(re.compile(r"^\s*sound\s*$"))
+        assert await page.evaluate("window.convstreamDashboard.audio()") == "running"
         assert page.errors == []
         await page.context.close()
     finally:

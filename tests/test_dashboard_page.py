@@ -441,6 +441,34 @@ async def test_long_camera_ids_show_the_end_that_tells_them_apart(
         await page.context.close()
 
 
+@pytest.mark.asyncio(loop_scope="module")
+async def test_ids_that_differ_in_the_middle_show_where_they_differ(
+    browser: Any, artifacts: Path
+) -> None:
+    """'outbound_lane-07-westgate-a' and 'outbound_lane-17-westgate-a' both read
+    "outboun… 7-westgate-a" on a 1080p wall (an operator's review): the end shown is the
+    last 12 characters, and these differ before them. It now holds where they differ, and
+    a number whole."""
+    from playwright.async_api import expect
+
+    ids = ["outbound_lane-07-westgate-a", "outbound_lane-17-westgate-a", "dock-1"]
+    cameras = tuple(
+        CameraConfig(id=i, source=f"demo:conveyor?fps=2&seed={k}") for k, i in enumerate(ids)
+    )
+    async with _running(cameras, threshold=0.0) as (_, dash):
+        page = await _open(browser, dash, 1920, 1080)
+        await expect(page.locator("#alerts button.alert")).to_have_count(3, timeout=20000)
+        tiles = await page.evaluate(_NAMES, "article.tile .cam")
+        tails = {t["text"]: t["tail"] for t in tiles}
+        assert tails["outbound_lane-07-westgate-a"] == "07-westgate-a", tails
+        assert tails["outbound_lane-17-westgate-a"] == "17-westgate-a", tails
+        assert tails["dock-1"] == "", tails  # short: whole, no cut
+        assert all(t["tailShown"] for t in tiles if t["tail"]), tiles
+        await page.screenshot(path=artifacts / "ids-differing-in-the-middle.png")
+        assert page.errors == []
+        await page.context.close()
+
+
 # The space between each down camera's name and its state in the header, in pixels.
 _DOWN_SHOWN = """() => {
     const summary = document.querySelector("#summary").getBoundingClientRect();
@@ -739,7 +767,7 @@ async def test_the_keyboard_reaches_what_the_tooltips_say(browser: Any, artifact
         CameraConfig(id="belt", source="demo:conveyor?fps=2"),
         CameraConfig(id="dock-2", source=f"http://127.0.0.1:{_closed_port()}/v.mjpg"),
     )
-    async with _running(cameras) as (_, dash):
+    async with _running(cameras) as (server, dash):
         page = await _open(browser, dash, 1280, 800)
         await _wait_frames(page, "belt", 0, timeout=20.0)
         belt, dock = _tile(page, "belt"), _tile(page, "dock-2")
@@ -754,6 +782,10 @@ async def test_the_keyboard_reaches_what_the_tooltips_say(browser: Any, artifact
         await page.keyboard.press("Escape")
         await expect(help_).to_be_hidden()
         await expect(page.locator("#help-open")).to_be_focused()  # where it was opened
+        await page.keyboard.press("?")  # the key the button names, from anywhere
+        await expect(help_).to_be_visible()
+        await page.keyboard.press("Escape")
+        await expect(help_).to_be_hidden()
         for _ in range(30):  # past the header's buttons, to the first tile
             await page.keyboard.press("Tab")
             if await belt.evaluate("(tile) => tile === document.activeElement"):
@@ -788,6 +820,16 @@ async def test_the_keyboard_reaches_what_the_tooltips_say(browser: Any, artifact
         await page.keyboard.press("Shift+Tab")  # back to the tile last focused
         await expect(belt).to_be_focused()
         await page.keyboard.press("End")
+        await expect(dock).to_be_focused()
+        # a focused camera a reload removes: the keyboard's place goes to its neighbour (it
+        # fell to the page, and the next Tab began from the top)
+        await server.reload(server.settings.model_copy(update={"cameras": cameras[:1]}))
+        await expect(dock).to_have_count(0, timeout=10000)
+        await expect(belt).to_be_focused()
+        await server.reload(server.settings.model_copy(update={"cameras": cameras}))
+        await expect(dock).to_have_count(1, timeout=10000)
+        await expect(dock.locator(".state")).to_have_text("reconnecting", timeout=15000)
+        await page.keyboard.press("End")  # from belt, still focused
         await expect(dock).to_be_focused()
         await expect(dock.locator(".details")).to_contain_text("state: reconnecting since")
         await expect(dock.locator(".details")).to_contain_text("connection refused")

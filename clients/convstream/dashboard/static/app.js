@@ -175,10 +175,28 @@
   // its end, always shown. A site's ids often differ only at their end: cut at the end,
   // "outbound_lane.12-very-long-camera-id…" was the same on two tiles. The element's text is
   // still the whole id; its tooltip says it too.
+  // The end always shown starts early enough to hold where the id first differs from every
+  // other camera's (past the few characters a cut start still shows), and at the start of
+  // a number: 12 characters made "outbound_lane-07-westgate-a" and "-17-westgate-a" both
+  // "outboun… 7-westgate-a", and an alert split lane 07 into "lane-0" and "7-westgate".
+  const KEYS_SHOWN_MS = 20000; // a focused tile's details, after the last key press
   const NAME_END = 12; // characters always shown
+  const NAME_HEAD_SHOWN = 6; // characters a cut start shows at least
   const LONG_NAME = 24; // characters: an alert's name longer than this is shown in two parts
+  function nameCut(id) {
+    let cut = id.length > NAME_END + 4 ? id.length - NAME_END : id.length;
+    for (const other of tiles.keys()) {
+      if (other === id) continue;
+      let same = 0;
+      while (same < id.length && id[same] === other[same]) same++;
+      if (same > NAME_HEAD_SHOWN && same < cut) cut = same;
+    }
+    const digit = /[0-9]/; // a number is not split ("lane-0" over "7-westgate")
+    while (cut > 0 && cut < id.length && digit.test(id[cut - 1]) && digit.test(id[cut])) cut--;
+    return cut;
+  }
   function nameParts(id) {
-    const cut = id.length > NAME_END + 4 ? id.length - NAME_END : id.length;
+    const cut = nameCut(id);
     const head = document.createElement("span");
     head.className = "name-head";
     head.textContent = id.slice(0, cut);
@@ -370,8 +388,9 @@
         const said = (this.status && this.status.last_error) || "";
         detail = s === "stalled" && age !== null ? "" : said;
         if (age !== null) detail = `${detail ? detail + " · " : ""}last frame ${ago(age)} ago`;
-        // given up: it stays so until someone acts, so say what to do (it said only why)
-        if (s === "failed") detail += `${detail ? " · " : ""}${FAILED_ADVICE}`;
+        // given up: it stays so until someone acts, so say what to do (it said only why),
+        // first: after a long error it was the part a tile cut off
+        if (s === "failed") detail = `${FAILED_ADVICE}${detail ? " · " + detail : ""}`;
       } else if (refused > 1 || (this.frames === 0 && refused > 0)) {
         // running, its frames coming and none analysed (too small, damaged): it read as
         // "waiting for frames…" on a green badge for as long as it lasted
@@ -593,8 +612,17 @@
       // Keep tiles in id order so they never jump around.
       const after = [...tiles.keys()].sort().find((other) => other > id);
       grid.insertBefore(tile.el, after ? tiles.get(after).el : null);
+      renameTiles(); // a new id may share more of another's start than any before
     }
     return tile;
+  }
+
+  function renameTiles() {
+    for (const [id, tile] of tiles) {
+      const cam = tile.el.querySelector(".cam");
+      const cut = nameCut(id);
+      if (cam.firstChild.textContent.length !== cut) cam.replaceChildren(...nameParts(id));
+    }
   }
 
   // The grid is one Tab stop, not one a tile: a 40-camera wall took 40 presses to cross.
@@ -640,8 +668,13 @@
     }
     for (const [id, tile] of tiles) {
       if (!seen.has(id)) {
+        // the keyboard's place goes to a neighbour, not to the page's top
+        const focused = tile.el.contains(document.activeElement);
+        const next = tile.el.nextElementSibling?.classList.contains("tile")
+          ? tile.el.nextElementSibling : tile.el.previousElementSibling;
         tile.el.remove();
         tiles.delete(id);
+        if (focused && next?.classList.contains("tile")) next.focus({ preventScroll: true });
       }
     }
     roveTiles();
@@ -795,7 +828,7 @@
   const WIDEST_FIGURES = {
     score: "0.8888", fps: "29.9/30", latency: "1234 ms", dropped: "99999", reconnects: "9999",
   };
-  const COMPACT_MIN_W = 240;
+  const COMPACT_MIN_W = 200; // 4 columns of 237 px at 1280x720 (a 1080p TV at 150%): 240 scrolled
   const COMPACT_ON_PHONES_FROM = 5; // cameras: fewer scroll as full tiles on a phone
   const phone = () => window.matchMedia("(max-width: 900px)").matches; // the CSS's width
   function layout() {
@@ -1147,8 +1180,14 @@
     fillAlert(entry, alert);
     alertEntries.set(alert.id, entry);
     const list = $("alerts");
+    // Under the pointer, the list stays where it is: a new alert at the top pushed every
+    // card down, and a click aimed at one opened the one above it (and its "handled" box
+    // marked that one). The new card is above, in the count, and scrolled to.
+    const first = atTop && list.matches(":hover") ? list.firstElementChild : null;
+    const was = first ? first.getBoundingClientRect().top : 0;
     if (atTop) list.prepend(li);
     else list.append(li);
+    if (first) $("alerts-panel").scrollTop += first.getBoundingClientRect().top - was;
     while (list.children.length > MAX_ALERTS) {
       const last = list.lastElementChild;
       const id = Number(last.querySelector("button").dataset.id);
@@ -1241,13 +1280,32 @@
   // ---- a tone for each new alert, when asked for (remembered per browser) ----------------
   // Browsers let a page make sound only after someone has used it: the tone starts working
   // at the first click or key press after the page is opened.
+  // Ticked and remembered, after a reload it stayed ticked and played nothing until someone
+  // clicked: a kiosk wall with no keyboard never sounded. The switch now says so while the
+  // browser holds the sound back (a kiosk browser can be told to allow it).
   const sound = $("sound-toggle");
   sound.checked = localStorage.getItem("convstream.sound") === "on";
+  const soundLabel = sound.closest("label");
+  const soundWords = soundLabel.lastChild;
+  const soundTitle = soundLabel.title;
   let audio = null;
+  function showSound() {
+    const held = sound.checked && (!audio || audio.state !== "running");
+    soundLabel.classList.toggle("held", held);
+    soundWords.textContent = held ? " sound: click to allow" : " sound";
+    soundLabel.title = held
+      ? "this browser plays sound only after a click or a key press on the page; a kiosk's " +
+        "browser can allow it from the start (Chromium: --autoplay-policy=" +
+        "no-user-gesture-required)"
+      : soundTitle;
+  }
   function wakeAudio() {
-    if (!sound.checked) return;
-    audio = audio || new AudioContext();
-    if (audio.state === "suspended") audio.resume();
+    if (sound.checked) {
+      audio = audio || new AudioContext();
+      audio.onstatechange = showSound;
+      if (audio.state === "suspended") audio.resume().catch(() => {});
+    }
+    showSound();
   }
   sound.addEventListener("change", () => {
     localStorage.setItem("convstream.sound", sound.checked ? "on" : "off");
@@ -1255,6 +1313,17 @@
   });
   document.addEventListener("pointerdown", wakeAudio);
   document.addEventListener("keydown", wakeAudio);
+  // what the browser lets the tone do, for tests: none, suspended, running
+  window.convstreamDashboard.audio = () => (audio ? audio.state : "none");
+  // A focused tile shows its details while the keyboard is in use: on a wall the focus
+  // stays where someone left it, and the details hid the picture for good.
+  let keysIdle = 0;
+  document.addEventListener("keydown", () => {
+    document.body.classList.add("keys");
+    clearTimeout(keysIdle);
+    keysIdle = setTimeout(() => document.body.classList.remove("keys"), KEYS_SHOWN_MS);
+  });
+  wakeAudio(); // at load: where the browser allows it, the tone works without a click
   function chime() {
     if (!sound.checked || !audio || audio.state !== "running") return;
     const tone = audio.createOscillator();
@@ -1287,6 +1356,13 @@
 
   // ---- what the page shows, for keyboard, touch and new eyes (tooltips need a mouse) -----
   $("help-open").addEventListener("click", () => $("help").showModal());
+  document.addEventListener("keydown", (ev) => {  // "?" as the button says, from anywhere
+    const typing = ev.target.closest?.("input, textarea, select, dialog[open]");
+    if (ev.key === "?" && !typing && !ev.ctrlKey && !ev.metaKey && !ev.altKey) {
+      ev.preventDefault();
+      $("help").showModal();
+    }
+  });
   $("help").addEventListener("click", (ev) => {
     if (ev.target === $("help")) $("help").close(); // a click on the backdrop
   });
