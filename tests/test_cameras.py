@@ -374,6 +374,20 @@ def test_a_slow_camera_is_not_taken_for_a_stalled_one() -> None:
     assert max(waits) < 2.4, [round(w, 2) for w in waits]  # 1.5 s each, not 3
 
 
+def test_a_camera_sending_its_frames_in_bursts_is_not_stalled_between_them() -> None:
+    """8 frames at once every 1.6 s: stalled 1 s after every burst, 3.8 s of every 4.8, and
+    warned of as flapping after 18 s (a reviewer's camera). Its longest recent interval is
+    usual for it: stalled past half again that."""
+    camera = Camera(CameraConfig(id="bursts", source="demo:conveyor"))
+    with camera._lock:
+        for burst in range(4):
+            for k in range(8):
+                camera._arrived(1000.0 + 1.6 * burst + 0.002 * k, (640, 360))
+    assert 1.5 * (1.6 - 0.014) <= camera.stall_after_s <= 0.9 * camera.config.read_timeout_s
+    camera.check(1000.0 + 1.6 * 3 + 0.014 + 1.8)  # a gap as long as its gaps, and then some
+    assert camera.state == pb.CAMERA_STATE_RUNNING
+
+
 def read_waits(capture: Capture, reads: int) -> list[float]:
     """The seconds each of ``reads`` reads of the capture waited."""
     waits = []

@@ -172,6 +172,7 @@ class Camera:
         self.stall_after_s = self._least_stall_s
         self._interval_s = 0.0  # between its frames lately, smoothed
         self._gaps = 0  # frame intervals in _interval_s
+        self._recent_gaps: deque[float] = deque(maxlen=30)  # the last intervals themselves
         self._told_pace = False  # warned that its frames come close to the read timeout
         self._changes: deque[float] = deque(maxlen=FLAP_CHANGES)  # monotonic, the latest
         self._flapping = False
@@ -455,8 +456,12 @@ class Camera:
         if self._last_frame_at and gap < self.config.read_timeout_s:  # not a reconnect's
             self._interval_s += (gap - self._interval_s) * (0.2 if self._interval_s else 1)
             self._gaps += 1
+            self._recent_gaps.append(gap)
+            # half again its longest recent interval too: a camera sending its frames in
+            # bursts (8 at once every 1.6 s) read as stalled between every two of them, and
+            # its flapping was warned of after 18 s
             self.stall_after_s = min(
-                max(self._least_stall_s, 3 * self._interval_s),
+                max(self._least_stall_s, 3 * self._interval_s, 1.5 * max(self._recent_gaps)),
                 0.9 * self.config.read_timeout_s,
             )
             slow = self._interval_s > self.config.read_timeout_s / 2
