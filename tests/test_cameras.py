@@ -201,6 +201,14 @@ async def test_killed_source_reconnects_while_others_flow() -> None:
             assert took <= read_timeout + 2.5  # read timeout, plus the watchdog's quarter second
             down = await status(stub, "a")
             assert down.last_error and down.reconnects >= 1
+            # no frame comes while it reconnects: its rates faded over seconds, "4.6/2.0"
+            assert (down.fps_in, down.fps_out) == (0.0, 0.0), down
+            rates = {
+                s.labels["direction"]: s.value
+                for s in _samples(server, "convstream_camera_fps")
+                if s.labels["camera"] == "a"
+            }
+            assert rates == {"in": 0.0, "out": 0.0}, rates
             serving_states = health_pb2.HealthCheckResponse
             await until(
                 health_is(channel_health, "convstream.camera.a", serving_states.NOT_SERVING),

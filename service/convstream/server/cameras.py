@@ -457,8 +457,9 @@ class CameraManager:
             cid = cam.config.id
             for code, name in STATE_NAMES.items():
                 state.add_metric([cid, name], 1 if cam.state == code else 0)
-            fps.add_metric([cid, "in"], cam.fps_in.rate(now))
-            fps.add_metric([cid, "out"], feed.fps_out.rate(now))
+            fps_in, fps_out = feed.rates(now)
+            fps.add_metric([cid, "in"], fps_in)
+            fps.add_metric([cid, "out"], fps_out)
             frames.add_metric([cid, "read"], cam.frames_read)
             frames.add_metric([cid, "analysed"], feed.frames_analysed)
             frames.add_metric([cid, "dropped"], cam.frames_dropped)

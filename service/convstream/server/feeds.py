@@ -389,7 +389,6 @@ class CameraFeed(Publisher):
                 state_since=timestamp(cam.state_since),
                 source_kind=cam.spec.kind,
                 last_error=cam.last_error,
-                fps_in=cam.fps_in.rate(now),
                 fps_cap=cam.config.fps,
                 frames_read=cam.frames_read,
                 frames_dropped=cam.frames_dropped,
@@ -402,7 +401,16 @@ class CameraFeed(Publisher):
         )
         if cam.last_error and (when := timestamp(cam.last_error_at)) is not None:
             status.last_error_time.CopyFrom(when)
+        status.fps_in, status.fps_out = self.rates(now)
         return status
+
+    def rates(self, now: float) -> tuple[float, float]:
+        """Frames read and analysed per second, lately; none while no frame can come (it
+        reconnects, failed, stopped): its rates faded over seconds ("reconnecting 4.6/2.0",
+        then "1.5/1.0"), read as a camera still sending."""
+        if self.camera.state not in (pb.CAMERA_STATE_RUNNING, pb.CAMERA_STATE_STALLED):
+            return 0.0, 0.0
+        return self.camera.fps_in.rate(now), self.fps_out.rate(now)
 
     def down(self) -> CameraDown | None:
         """Why no frame will come (the camera FAILED or STOPPED), or None while one may, or
