@@ -745,6 +745,9 @@ async def test_a_page_whose_dashboard_goes_silent_says_so_and_connects_again(
             viewer.offer_text = lambda *args, **kwargs: None  # type: ignore[method-assign]
             viewer.offer_frame = lambda *args, **kwargs: None  # type: ignore[method-assign]
         conn = page.locator("#conn-text")
+        # said in amber after four ticks missed, not "live" until the page gives up
+        await expect(conn).to_have_text("no word from the dashboard", timeout=10000)
+        assert await page.locator("#conn").get_attribute("data-ok") == "false"
         await expect(conn).to_have_text("dashboard offline, reconnecting…", timeout=10000)
         await expect(state).to_have_text("no data")
         await expect(page.locator("#banner")).to_contain_text("this page lost the dashboard")

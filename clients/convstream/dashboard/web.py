@@ -182,7 +182,13 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         silent_s = SEND_TIMEOUT_S + 3 * hub_module.HEARTBEAT_S
         async with asyncio.timeout(SEND_TIMEOUT_S):  # bounded as every later message is
             await ws.send_str(
-                text("hello", **hello, login=request.app[ACCESS].required, silent_s=silent_s)
+                text(
+                    "hello",
+                    **hello,
+                    login=request.app[ACCESS].required,
+                    silent_s=silent_s,
+                    tick_s=hub_module.HEARTBEAT_S,
+                )
             )
         sender = asyncio.create_task(viewer.run(), name=f"viewer-{viewer.peer}")
         async for message in ws:

@@ -33,6 +33,7 @@
   let linkHeardAt = 0; // performance.now() of the link's opening or its newest message
   let heardHello = false; // this connection's hello is in
   const DEFAULT_SILENT_S = 40; // until a hello says: the dashboard's 30 s a message and ticks
+  const LINK_QUIET_TICKS = 4; // the dashboard's ticks (every 2 s, its hello says) missed
   let serverKnown = false; // nothing heard of the server yet: connecting, not unreachable
   let serverOk = false;
   let serverRefused = false;
@@ -995,11 +996,20 @@
   }
 
   // The corner says "live" only when both links hold: browser to dashboard, dashboard to server.
+  // A link that has missed LINK_QUIET_TICKS ticks is said at once, in amber: a hung
+  // dashboard read "live" for the 36 s before the page gave up on it (a message may take
+  // that long to cross a slow link, so it is not called lost sooner).
+  function linkQuiet() {
+    const quietS = LINK_QUIET_TICKS * (state.tickS || 2);
+    return socketOpen && heardHello && performance.now() - linkHeardAt > quietS * 1000;
+  }
   function showConnection() {
-    const ok = socketOpen && serverOk;
+    const quiet = linkQuiet();
+    const ok = socketOpen && serverOk && !quiet;
     $("conn").dataset.ok = String(ok);
     $("conn-text").textContent = !socketOpen
       ? (serverKnown ? "dashboard offline, reconnecting…" : "connecting…")
+      : quiet ? "no word from the dashboard"
       : ok ? "live" : !serverKnown ? "connecting…"
       : serverRefused ? "server refuses the dashboard" : "server unreachable";
     showSince();
@@ -1430,8 +1440,13 @@
   // seconds, or one message slow to cross), and it is lost. Before the hello, whose length
   // grows with the site (every camera's score history: seconds on a slow link), the
   // dashboard's own bound on one message, and the ticks after it.
+  let wasQuiet = false;
   setInterval(() => {
     if (!socketOpen || !socket) return;
+    if (linkQuiet() !== wasQuiet) {
+      wasQuiet = !wasQuiet;
+      showConnection();
+    }
     const silent = heardHello ? state.silentS : DEFAULT_SILENT_S;
     if (performance.now() - linkHeardAt <= silent * 1000) return;
     const gone = socket;
@@ -1450,6 +1465,7 @@
         state.clock = { dash: msg.time, at: performance.now() };
         state.historyS = msg.history_s;
         state.silentS = msg.silent_s || DEFAULT_SILENT_S;
+        state.tickS = msg.tick_s || 2;
         heardHello = true;
         if (msg.login && !state.login) {
           // the dashboard renews a session in use once a day: ask it every hour, so that a
