@@ -1217,6 +1217,7 @@ def test_check_config_says_what_would_run_without_running_it(
     config.write_text(
         'host = "0.0.0.0"\n[[tokens]]\nname = "dash"\nrole = "watch"\n'
         f'sha256 = "{"0" * 64}"\n'
+        f'[[tokens]]\nname = "ingest"\nrole = "analyze"\nmax_calls = 2\nsha256 = "{"1" * 64}"\n'
         '[[cameras]]\nid = "dock-3"\nsource = "rtsp://user:hunter2@10.0.0.7/s"\nfps = 5\n'
     )
     config.chmod(0o600)  # its password readable by all is a warning of its own (below)
@@ -1233,6 +1234,7 @@ def test_check_config_says_what_would_run_without_running_it(
         "tokens but without TLS: each call carries its " + ("token in the clear") in out
     )
     assert "dash (watch)" in out and "dock-3 (rtsp, at most 5 frames/s)" in out
+    assert "ingest (analyze, 2 calls at most)" in out  # its max_calls was left out
     assert "  provider     CPUExecutionProvider (auto asked for)\n" in out
     assert "127.0.0.1:9464" in out and "hunter2" not in out
     assert "rtsp://user:***@10.0.0.7/s" in out  # the address, to check, with no password

@@ -361,7 +361,9 @@ def _check_config(settings: Settings, warnings: list[str]) -> int:
     tokens = (
         ", ".join(
             f"{t.name} ({t.role}"
-            + (f", cameras {scope_text(t)})" if t.cameras is not None else ")")
+            + (f", cameras {scope_text(t)}" if t.cameras is not None else "")
+            + (f", {t.max_calls} calls at most" if t.max_calls else "")
+            + ")"
             for t in settings.tokens
         )
         or "none"
