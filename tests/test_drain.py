@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -31,12 +32,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def wait_serving(
-    health: health_pb2_grpc.HealthStub, process: subprocess.Popen[bytes]
-) -> None:
+@contextlib.contextmanager
+def serving_process(
+    *argv: str, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[str]]:
+    """``python ARGV`` (a server's command), its stderr read as text, killed if it outlives
+    the test."""
+    process = subprocess.Popen([sys.executable, *argv], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stderr:
+            process.stderr.close()
+
+
+async def wait_serving(health: health_pb2_grpc.HealthStub, process: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
         try:
             reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
             if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -53,23 +69,8 @@ async def test_sigterm_drains_streams_and_exits_zero() -> None:
     stop waited out the whole grace period, here 30 s."""
     port = free_port()
     env = {**os.environ, "CONVSTREAM_GRACE_PERIOD_S": "30"}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "convstream.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--metrics-port",
-            "-1",
-            "--log-level",
-            "warning",
-        ],
-        stderr=subprocess.PIPE,
-        env=env,
-    )
-    try:
+    serve = ["serve", "--port", str(port), "--metrics-port", "-1", "--log-level", "warning"]
+    with serving_process("-m", "convstream.cli", *serve, env=env) as process:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
             await wait_serving(health, process)
@@ -107,14 +108,8 @@ async def test_sigterm_drains_streams_and_exits_zero() -> None:
                 await asyncio.wait_for(watch.read(), 10)
             assert watched.value.code() == grpc.StatusCode.UNAVAILABLE
         code = await asyncio.to_thread(process.wait, 40)
-        assert code == 0, (code, process.stderr.read().decode()[-3000:] if process.stderr else "")
+        assert code == 0, (code, process.stderr.read()[-3000:] if process.stderr else "")
         assert time.monotonic() - started < 10.0  # not the 30 s grace period
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if process.stderr:
-            process.stderr.close()
 
 
 def test_a_camera_open_that_returns_as_the_server_exits_does_not_abort_it(
@@ -133,12 +128,7 @@ def test_a_camera_open_that_returns_as_the_server_exits_does_not_abort_it(
             f'source = "http://127.0.0.1:{source.getsockname()[1]}/v.mjpg"\nopen_timeout_s = 30\n'
         )
         serve = ["serve", "--config", str(config), "--port", str(free_port())]
-        process = subprocess.Popen(
-            [sys.executable, "-m", "convstream.cli", *serve],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
+        with serving_process("-m", "convstream.cli", *serve) as process:
             assert process.stderr is not None
             source.settimeout(60)
             camera, _ = source.accept()  # the reader is in its open, which waits for an answer
@@ -169,12 +159,6 @@ def test_a_camera_open_that_returns_as_the_server_exits_does_not_abort_it(
             assert code == 0, "".join(said)[-3000:]
             assert "terminate called" not in "".join(said)
             assert "its reader is still opening the source" in "".join(said)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            if process.stderr:
-                process.stderr.close()
 
 
 def test_the_log_is_one_json_object_a_line_when_asked_and_utc_text_otherwise() -> None:
@@ -183,14 +167,8 @@ def test_the_log_is_one_json_object_a_line_when_asked_and_utc_text_otherwise() -
     refusal's details ran on over lines with no time or level."""
     serve = [sys.executable, "-m", "convstream.cli", "serve", "--port", str(free_port())]
     serve += ["--metrics-port", "-1", "--log-format", "json"]
-    process = subprocess.Popen(
-        serve,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "TZ": "America/New_York"},
-    )
     lines = []
-    try:
+    with serving_process(*serve[1:], env={**os.environ, "TZ": "America/New_York"}) as process:
         assert process.stderr is not None
         for line in process.stderr:
             lines.append(line)
@@ -199,12 +177,6 @@ def test_the_log_is_one_json_object_a_line_when_asked_and_utc_text_otherwise() -
         process.send_signal(signal.SIGTERM)
         lines += process.stderr.readlines()
         assert process.wait(30) == 0, "".join(lines)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if process.stderr:
-            process.stderr.close()
     entries = [json.loads(line) for line in lines]  # every line an object
     assert entries and all(set(e) >= {"time", "level", "logger", "message"} for e in entries)
     assert any(e["message"].startswith("convstream stopped") for e in entries)
@@ -253,13 +225,9 @@ def test_a_signal_during_the_start_stops_it_there() -> None:
         "sys.exit(main(sys.argv[1:]))\n"
     )
     serve = ["serve", "--port", str(free_port()), "--metrics-port", "-1", "--no-cameras"]
-    process = subprocess.Popen(
-        [sys.executable, "-c", slow_start, *serve],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "CONVSTREAM_DRAIN_DELAY_S": "20"},
-    )
-    try:
+    with serving_process(
+        "-c", slow_start, *serve, env={**os.environ, "CONVSTREAM_DRAIN_DELAY_S": "20"}
+    ) as process:
         assert process.stderr is not None
         said = [next(line for line in process.stderr if "starting" in line)]
         time.sleep(0.3)  # the handlers are taken before the start
@@ -270,9 +238,3 @@ def test_a_signal_during_the_start_stops_it_there() -> None:
         assert time.monotonic() - signalled < 10, "".join(said)  # not the 20 s drain delay
         assert "signal received while starting: stopped before serving" in "".join(said)
         assert "serving on" not in "".join(said)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if process.stderr:
-            process.stderr.close()
