@@ -627,6 +627,11 @@ def test_video_latest_only_reader_hands_out_newest_frames(video: Path) -> None:
         cs.SourceError, match=r"not a video OpenCV can read \(it holds text \(6 bytes\): 'hello'\)"
     ):
         Video(notes)
+    # a .txt long enough is one FFmpeg opens, as console text: 21 frames of letters, "damaged"
+    readme = video.with_name("readme.txt")
+    readme.write_text("# notes\n" + "a line of plain text, as a README has\n" * 130)
+    with pytest.raises(cs.SourceError, match=r"not a video OpenCV can read \(it holds text"):
+        Video(readme)
     with pytest.raises(
         cs.SourceError, match=r"a video file \(for its images: client.stream\(image_files"
     ):

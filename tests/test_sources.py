@@ -129,13 +129,22 @@ def test_a_file_that_is_no_video_is_warned_of_by_the_config_check(
     server then retried it for ever."""
     (tmp_path / "notes.txt").write_text("hello\n")
     (tmp_path / "empty.mp4").write_bytes(b"")
+    # long enough, a .txt is one FFmpeg opens, as console text: a camera of letters, damaged
+    (tmp_path / "readme.txt").write_text("# notes\n" + "a line of plain text\n" * 250)
     path = tmp_path / "c.toml"
     path.write_text(
         f'metrics_port = -1\n[[cameras]]\nid = "a"\nsource = "{tmp_path / "notes.txt"}"\n'
         f'[[cameras]]\nid = "b"\nsource = "{tmp_path / "empty.mp4"}"\n'
+        f'[[cameras]]\nid = "c"\nsource = "{tmp_path / "readme.txt"}"\n'
     )
     assert main(["serve", "--config", str(path), "--check-config"]) == 0
     out = capsys.readouterr().out
+    assert f"camera c: {tmp_path / 'readme.txt'} is not a video OpenCV can read (it holds " in out
+    # and served, the camera fails as a file that is no video does
+    with pytest.raises(SourceError, match="not a video OpenCV can read") as failed:
+        spec = parse_source(str(tmp_path / "readme.txt"))
+        open_source(spec, open_timeout_s=5, read_timeout_s=5, loop=True)
+    assert failed.value.permanent
     assert (
         f"warning: camera a: {tmp_path / 'notes.txt'} is not a video OpenCV can read (it holds "
         "text (6 bytes): 'hello'): it would be FAILED"

@@ -34,7 +34,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from convstream.client.errors import InvalidFrame, SourceError
 from convstream.client.options import Upload
 from convstream.v1 import convstream_pb2 as pb
-from convstream.v1 import what_it_holds
+from convstream.v1 import file_holds_text, what_it_holds
 from convstream.v1.diagnose import why_closed
 
 __all__ = [
@@ -575,7 +575,9 @@ class Video:
                     )
             opening = time.monotonic()
             self._capture = cv2.VideoCapture(source if isinstance(source, int) else str(source))
-            if not self._capture.isOpened():
+            # a text file FFmpeg opens as console text (.txt, .nfo) is no video all the same
+            text = not isinstance(source, int) and not self.live and file_holds_text(source)
+            if text or not self._capture.isOpened():
                 waited = time.monotonic() - opening
                 self._capture.release()
                 device = Path(f"/dev/video{source}") if isinstance(source, int) else None

@@ -33,7 +33,7 @@ from convstream.server.config import (
 )
 from convstream.server.decode import Limits, check_encoded, decode_encoded, orientation, sniff
 from convstream.server.errors import InvalidFrame
-from convstream.v1 import what_it_holds
+from convstream.v1 import file_holds_text, what_it_holds
 from convstream.v1.diagnose import SECRET_PARAMETERS, media_type, why_closed
 
 logger = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def unreadable_video(path: Path) -> str | None:
     os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", _FFMPEG_DEFAULTS)
     capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     try:
-        if capture.isOpened() and capture.read()[0]:
+        if capture.isOpened() and capture.read()[0] and not file_holds_text(path):
             return None
     finally:
         capture.release()
@@ -415,7 +415,8 @@ class OpenCVCapture:
                 raise SourceError("no such video file", permanent=True)
             os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", _FFMPEG_DEFAULTS)
             cap = cv2.VideoCapture(spec.target, cv2.CAP_FFMPEG, params)
-        if cap.isOpened():
+        # a text file FFmpeg opens as console text (.txt, .nfo) is no video all the same
+        if cap.isOpened() and not (spec.kind == "file" and file_holds_text(spec.target)):
             return cap
         cap.release()
         if spec.kind == "device":
