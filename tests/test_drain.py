@@ -197,7 +197,7 @@ def test_the_log_is_one_json_object_a_line_when_asked_and_utc_text_otherwise() -
     said = json.loads(failed.stderr.splitlines()[-1])
     assert said["level"] == "CRITICAL" and said["message"].startswith("model_path: /nowhere")
     # the text form: the same time, and a record's later lines under its first
-    from convstream.server.logs import TextFormatter
+    from convstream.v1.logs import TextFormatter
 
     record = logging.LogRecord("convstream.x", logging.ERROR, "", 0, "refused:\n- a\n- b", (), None)
     text = TextFormatter("1/2").format(record)

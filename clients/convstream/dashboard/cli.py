@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from convstream.client.connection_flags import (
 )
 from convstream.dashboard.settings import DashboardSettings
 from convstream.server.rlimit import raise_open_files
+from convstream.v1.logs import set_up
 
 __all__ = ["add_commands", "run_dashboard"]
 
@@ -244,9 +244,7 @@ def _dashboard(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"convstream dashboard: {flag_words(_in_flags(str(exc)), args)}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    set_up(args.log_level, "text")  # as the server's lines: UTC times, ISO 8601
     raise_open_files("the dashboard")  # a file a viewer's connection (rlimit.py)
     try:
         asyncio.run(serve(settings))

@@ -179,7 +179,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.print_settings:
         print(json.dumps(_settings_json(settings)))
         return 0
-    from convstream.server.logs import set_up
+    from convstream.v1.logs import set_up
 
     set_up(settings.log_level, settings.log_format)
     for warning in warnings:
@@ -250,7 +250,7 @@ def _serve_child(child: str) -> int:
         except ConfigError as exc:
             print(f"convstream serve [process {peers.index}]: {exc}", file=sys.stderr)
             return 2
-        from convstream.server.logs import set_up
+        from convstream.v1.logs import set_up
 
         set_up(settings.log_level, settings.log_format, f"{peers.index}/{peers.count}")
         return _run_server(settings, peers.read, peers)
@@ -263,10 +263,10 @@ def _run_server(settings: Settings, load: Callable[[], Settings], peers: Peers |
 
     from convstream.model import ModelFileError
     from convstream.server import serve
-    from convstream.server.logs import fatal
     from convstream.server.malloc import limit_arenas
     from convstream.server.rlimit import raise_open_files
     from convstream.server.tls import TLSFileError
+    from convstream.v1.logs import fatal
 
     who = "convstream serve" if peers is None else f"convstream serve [process {peers.index}]"
     limit_arenas()  # before the server's threads: RSS 14% lower (malloc.py)
