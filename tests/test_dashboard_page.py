@@ -452,14 +452,21 @@ async def test_ids_that_differ_in_the_middle_show_where_they_differ(
     from playwright.async_api import expect
 
     ids = ["outbound_lane-07-westgate-a", "outbound_lane-17-westgate-a", "dock-1"]
+    # and where they differ far from their end, the usual end, which fits its tile (an end
+    # from the difference on ran past the tile's edge, cut, a and b alike)
+    ids += [f"warehouse-{at}-dock-door-01-camera-{k}" for at, k in (("north", "a"), ("north", "b"))]
+    ids.append("warehouse-south-dock-door-01-camera-a")
     cameras = tuple(
         CameraConfig(id=i, source=f"demo:conveyor?fps=2&seed={k}") for k, i in enumerate(ids)
     )
     async with _running(cameras, threshold=0.0) as (_, dash):
         page = await _open(browser, dash, 1920, 1080)
-        await expect(page.locator("#alerts button.alert")).to_have_count(3, timeout=20000)
+        await expect(page.locator("#alerts button.alert")).to_have_count(6, timeout=20000)
         tiles = await page.evaluate(_NAMES, "article.tile .cam")
         tails = {t["text"]: t["tail"] for t in tiles}
+        assert not [t for t in tiles if t["past"]], tiles  # nothing runs past its tile
+        north = [tails[i] for i in ids if "north" in i]
+        assert len(set(north)) == 2 and all(t.endswith(("camera-a", "camera-b")) for t in north)
         assert tails["outbound_lane-07-westgate-a"] == "07-westgate-a", tails
         assert tails["outbound_lane-17-westgate-a"] == "17-westgate-a", tails
         assert tails["dock-1"] == "", tails  # short: whole, no cut

@@ -654,12 +654,16 @@ def test_a_reload_whose_tls_files_fail_keeps_them_out_of_the_processes_settings(
     # and they are told it was refused whole: reloading the same settings restarted failed
     # cameras and read the TLS files again (a reviewer's two-process run)
     assert peers.reload_refused is True
+    # the settings as before, of the generation before: a process that applied those skips
+    # it, one that started before them (it was starting as they came) applies them
+    assert peers.generation == 1
     # one that loads, with a port to change on the next restart
     moved = {**good, **common, "tokens": [token], "port": 50999}
     supervisor.load = lambda: load_settings(environ={}, overrides=moved)
     supervisor._reload()
     peers.read()
     assert (peers.reload_ok, peers.restart_pending, peers.reload_refused) == (True, ["port"], False)
+    assert peers.generation == 2
 
 
 def test_a_restarted_process_keeps_what_the_serving_ones_refused_to_change(

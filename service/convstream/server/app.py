@@ -481,6 +481,7 @@ class Server:
         self.metrics = Metrics()
         if peers is not None:  # one started after a reload the supervisor refused says so
             self.metrics.reloaded(peers.reload_ok, peers.restart_pending)
+        self._applied = peers.generation if peers is not None else 0  # its settings
         self.port = settings.port
         self.metrics_port = settings.metrics_port
         self.health = Health()
@@ -763,16 +764,21 @@ class Server:
         cameras are added, removed and restarted; other settings need a restart and are
         reported, not applied."""
         async with self._reloading:  # one at a time, in the order they came
-            if self.peers is not None and self.peers.reload_refused:
+            peers = self.peers
+            if peers is not None and peers.reload_refused and peers.generation == self._applied:
                 # the supervisor refused the config: its metrics say so, nothing else changes
+                # (a process that has not applied these settings yet, started meanwhile,
+                # applies them: refused kept it on the ones it started with)
                 self.metrics.reloaded(False, None)
                 logger.info("reload refused by the supervisor; nothing changed")
                 return
+            generation = peers.generation if peers is not None else 0
             try:
                 await self._reload(settings)
             except ConfigError:
                 self.metrics.reloaded(False, None)
                 raise
+            self._applied = generation
 
     async def _reload(self, settings: Settings) -> None:
         # before anything changes: either may refuse the reload
@@ -1166,6 +1172,7 @@ async def serve(
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if not starting.done():
             starting.cancel()
+            # (a model loading or warming up in a thread finishes first: it cannot be cut)
             logger.info("signal received while starting: stopped before serving")
         await starting  # its failure, or CancelledError for a stop during it
     except BaseException as exc:

@@ -296,6 +296,7 @@ class Camera:
         last_said, logged_at = "", 0.0  # the last failure, redacted, and when it was logged
         while self._current(generation):
             frames_before = self.frames_read
+            self._retry.clear()  # a "try again" asked during a session is this one
             error = self._session(generation)
             if error is None or not self._current(generation):
                 return
@@ -357,7 +358,6 @@ class Camera:
             )
             last_said = said
             self._retry.wait(delay)  # set by a stop, or a reload's "try again" (retry_now)
-            self._retry.clear()
 
     def _session(self, generation: int) -> SourceError | None:
         """Open the source and read until it fails; the failure, or None when stopped."""

@@ -44,6 +44,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from convstream.server.config import ConfigError, Settings, host_port, parse_size
 from convstream.server.tls import TLSFileError
+from convstream.v1.logs import fatal
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class Peers:
     reload_ok: bool = True
     restart_pending: list[str] = field(default_factory=list)
     reload_refused: bool = False  # whole: the settings are as before, and nothing is to do
+    generation: int = 0  # the settings' own: a refused reload writes the same generation
 
     @classmethod
     def parse(cls, text: str) -> Peers:
@@ -141,11 +143,12 @@ class Peers:
             reload = snapshot.get("reload", {})
             reload_ok, pending = bool(reload.get("ok", True)), list(reload.get("pending", []))
             refused = bool(reload.get("refused", False))
+            generation = int(snapshot.get("generation", 0))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"the supervisor's settings could not be read: {exc}") from exc
         self.owners, self.model_sha256 = owners, model_sha256
         self.reload_ok, self.restart_pending = reload_ok, [str(name) for name in pending]
-        self.reload_refused = refused
+        self.reload_refused, self.generation = refused, generation
         return settings
 
     def supervisor_gone(self) -> bool:
@@ -324,6 +327,7 @@ class Supervisor:
         self.stop_signal: int | None = None
         self.reload_asked = False
         self.reload_asked_early = reload_asked
+        self.generation = 0  # of the settings written (Peers.generation)
         self.reload_ok = True  # the last reload's outcome, in the snapshot (Peers)
         self.restart_pending: list[str] = []
         self.reload_refused = False
@@ -337,8 +341,12 @@ class Supervisor:
             # elsewhere SO_REUSEPORT does not spread connections (macOS hands them all to
             # one socket) or does not exist (Windows)
             print(
-                f"convstream serve: processes = {self.count} needs Linux, whose kernel spreads "
-                f"connections over the processes; this is {sys.platform}: run one process",
+                fatal(
+                    self.settings.log_format,
+                    "convstream serve",
+                    f"processes = {self.count} needs Linux, whose kernel spreads "
+                    f"connections over the processes; this is {sys.platform}: run one process",
+                ),
                 file=sys.stderr,
             )
             return 2
@@ -349,8 +357,12 @@ class Supervisor:
         address = host_port(self.settings.host, self.settings.port)
         if _in_use(self.settings.host, self.settings.port):
             print(
-                f"convstream serve: cannot listen on {address}: the port is in use (another "
-                "convstream serve?); choose another with --port or --host",
+                fatal(
+                    self.settings.log_format,
+                    "convstream serve",
+                    f"cannot listen on {address}: the port is in use (another "
+                    "convstream serve?); choose another with --port or --host",
+                ),
                 file=sys.stderr,
             )
             return 1
@@ -358,8 +370,12 @@ class Supervisor:
             held = _reserve(self.settings.host, self.settings.port)
         except OSError as exc:
             print(
-                f"convstream serve: cannot listen on {address}: {exc.strerror or exc}; "
-                "choose another with --port or --host",
+                fatal(
+                    self.settings.log_format,
+                    "convstream serve",
+                    f"cannot listen on {address}: {exc.strerror or exc}; "
+                    "choose another with --port or --host",
+                ),
                 file=sys.stderr,
             )
             return 1
@@ -392,13 +408,17 @@ class Supervisor:
 
     def _write(self, settings: Settings) -> None:
         """The snapshot the processes read: the settings (the port as bound), owners, and
-        the last reload's outcome (their metrics say it)."""
+        the last reload's outcome (their metrics say it); settings not refused are a new
+        generation."""
+        if not self.reload_refused:
+            self.generation += 1
         self.owners = assign(self.owners, [c.id for c in settings.cameras], self.count)
         self.settings = settings.model_copy(update={"port": self.port})
         snapshot = {
             "settings": self.settings.model_dump(mode="json"),
             "owners": self.owners,
             "model_sha256": self.model_sha256,
+            "generation": self.generation,
             "reload": {
                 "ok": self.reload_ok,
                 "pending": self.restart_pending,

@@ -64,6 +64,8 @@ os.environ.setdefault("OPENCV_FFMPEG_IS_THREAD_SAFE", "true")
 # where FFmpeg probes the stream) are skipped, at most this many seconds of them.
 _BACKLOG_MAX_S = 2.0
 STALL_S = 1.0  # a network read that waits longer may have frames queued behind its own
+# Video files whose container stores its frame count (not a guess from the duration)
+COUNTED_CONTAINERS = frozenset({".mp4", ".m4v", ".mov", ".3gp", ".avi"})
 # An MJPEG source's frames that are not whole JPEGs are passed over, this many in a row at most
 # before the source counts as failed (and is reconnected).
 _BAD_JPEGS_IN_A_ROW = 30
@@ -317,7 +319,6 @@ class OpenCVCapture:
         self._on_invalid = on_invalid
         self._open_timeout_s = open_timeout_s
         self._read_timeout_s = read_timeout_s
-        self._opened_at = time.monotonic()
         self._cap = self._open()
         try:
             self._configure(name)
@@ -343,11 +344,15 @@ class OpenCVCapture:
             fps = UNKNOWN_FILE_FPS if spec.kind == "file" else 0.0
         self._pacer = _Pacer(fps) if spec.kind == "file" else None
         self._name = name or spec.kind
-        declared = self._cap.get(cv2.CAP_PROP_FRAME_COUNT) if spec.kind == "file" else 0.0
+        # Believed where the container stores it: elsewhere (MPEG-TS, Matroska) it is a
+        # guess from the duration, an audio track's included, and whole files read "cut".
+        stored = spec.kind == "file" and Path(spec.target).suffix.lower() in COUNTED_CONTAINERS
+        declared = self._cap.get(cv2.CAP_PROP_FRAME_COUNT) if stored else 0.0
         self._declared = int(declared) if 0 < declared < 1e9 else 0  # nan, -1: not said
         self._interval_s = 1 / fps if fps else 0.02
         self._grabbed = False  # a frame is grabbed and waits for retrieve()
         self._frames_got = 0  # frames that came on this connection (_no_frame's hint)
+        self._frame_at = (0.0, 0.0)  # monotonic: the first of them, and the last
         self._waits: deque[float] = deque(maxlen=30)  # seconds the last reads waited
         # A looping file: frames read since it last started, the last of them, and, for a
         # file of one frame (a still), that frame for good.
@@ -500,7 +505,7 @@ class OpenCVCapture:
                 self._grabbed = False
                 return
             self._grabbed = True
-            self._frames_got += 1
+            self._got_frame()
             waited.append(time.monotonic() - started > interval_s / 2)
             if sum(waited) == 2:
                 return  # the stream is live from here
@@ -550,7 +555,7 @@ class OpenCVCapture:
         elif not self._cap.grab():
             raise self._no_frame(started)
         else:
-            self._frames_got += 1
+            self._got_frame()
         self._check_live(started)
         if self._stalled(started):  # the next read is then the live frame, not the backlog
             self._skip_backlog()
@@ -565,7 +570,8 @@ class OpenCVCapture:
             ok, frame = self._cap.retrieve()  # counted as grabbed
         else:
             ok, frame = self._cap.read()
-            self._frames_got += ok
+            if ok:
+                self._got_frame()
         if not ok and self.spec.kind == "file" and self._loop:
             if short := self._cut_short(self._since_start):
                 self._declared = 0  # said once
@@ -616,6 +622,12 @@ class OpenCVCapture:
             frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
         return frame
 
+    def _got_frame(self) -> None:
+        """A frame came on this connection: counted, and its time kept (the first and the
+        last: their pace, _no_frame's hint)."""
+        self._frames_got += 1
+        self._frame_at = (self._frame_at[0] or time.monotonic(), time.monotonic())
+
     def _cut_short(self, read: int) -> str:
         """Words for a file that ended well before the frames its header declares (the first
         half of a copy plays its frames and ends, as a whole file does), else ''."""
@@ -645,8 +657,9 @@ class OpenCVCapture:
                 "RTSP URL",
                 permanent=True,
             )
-        apart = (time.monotonic() - self._opened_at) / max(1, self._frames_got)
-        if kind.startswith("multipart/") and self._frames_got and apart > self._read_timeout_s / 3:
+        first, last = self._frame_at
+        apart = (last - first) / (self._frames_got - 1) if self._frames_got > 1 else 0.0
+        if kind.startswith("multipart/") and apart > self._read_timeout_s / 2:
             # Slower than its read timeout allows: FFmpeg gives up on the stream between two
             # frames; blamed on the parts' headers, it sent an operator to a camera that works
             # (a frame every 6.7 s against 5 s; the pace warning comes once frames flow).

@@ -184,14 +184,17 @@
   const NAME_END = 12; // characters always shown
   const NAME_HEAD_SHOWN = 6; // characters a cut start shows at least
   const LONG_NAME = 24; // characters: an alert's name longer than this is shown in two parts
+  const NAME_END_MOST = 20; // characters: a longer end overflowed its tile (the tooltip says it)
   function nameCut(id) {
-    let cut = id.length > NAME_END + 4 ? id.length - NAME_END : id.length;
+    const usual = id.length > NAME_END + 4 ? id.length - NAME_END : id.length;
+    let cut = usual;
     for (const other of tiles.keys()) {
       if (other === id) continue;
       let same = 0;
       while (same < id.length && id[same] === other[same]) same++;
       if (same > NAME_HEAD_SHOWN && same < cut) cut = same;
     }
+    if (id.length - cut > NAME_END_MOST) cut = usual; // too far back: the usual end
     const digit = /[0-9]/; // a number is not split ("lane-0" over "7-westgate")
     while (cut > 0 && cut < id.length && digit.test(id[cut - 1]) && digit.test(id[cut])) cut--;
     return cut;
@@ -1197,7 +1200,14 @@
     const was = first ? first.getBoundingClientRect().top : 0;
     if (atTop) list.prepend(li);
     else list.append(li);
-    if (first) $("alerts-panel").scrollTop += first.getBoundingClientRect().top - was;
+    if (first) {
+      // the panel scrolls beside the wall; on a narrow screen it is the page that scrolls
+      const moved = first.getBoundingClientRect().top - was;
+      const panel = $("alerts-panel");
+      const before = panel.scrollTop;
+      panel.scrollTop += moved;
+      if (panel.scrollTop === before) document.scrollingElement.scrollTop += moved;
+    }
     while (list.children.length > MAX_ALERTS) {
       const last = list.lastElementChild;
       const id = Number(last.querySelector("button").dataset.id);
@@ -1320,6 +1330,13 @@
   sound.addEventListener("change", () => {
     localStorage.setItem("convstream.sound", sound.checked ? "on" : "off");
     wakeAudio();
+  });
+  // "click to allow" is the switch's own label: that click allows, it does not untick
+  sound.addEventListener("click", (ev) => {
+    if (soundLabel.classList.contains("held")) {
+      ev.preventDefault();
+      wakeAudio();
+    }
   });
   document.addEventListener("pointerdown", wakeAudio);
   document.addEventListener("keydown", wakeAudio);
