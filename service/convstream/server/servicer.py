@@ -124,7 +124,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         waiting = sum(started - since > ANALYZE_SILENT_S for since in waits)
         most_waiting = max(1, self.settings.max_analyze_calls // 4)
         if self.draining.is_set():
-            refusal = Draining("server is shutting down; retry on another instance")
+            refusal = Draining("server is shutting down; retry on another instance, or here once it is back")
         elif self.open_analyze_calls >= self.settings.max_analyze_calls:
             calls = self.open_analyze_calls
             refusal = Overloaded(
@@ -328,7 +328,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,
                 f"server is shutting down after {session.drops.sequence} results; reconnect to "
-                "another instance",
+                "another instance, or here once it is back",
             )
 
     async def GetModelInfo(
@@ -391,7 +391,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             return
         try:
             if self.draining.is_set():
-                raise Draining("server is shutting down; retry on another instance")
+                raise Draining("server is shutting down; retry on another instance, or here once it is back")
             watcher = self.cameras.watch(request.camera_id, request)
         except ConvstreamError as exc:
             if isinstance(exc, Overloaded):
