@@ -36,6 +36,7 @@ from convstream.v1 import WATCHING
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
+SHUTTING_DOWN = "server is shutting down; retry on another instance, or here once it is back"
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Convstream"].full_name
@@ -124,7 +125,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         waiting = sum(started - since > ANALYZE_SILENT_S for since in waits)
         most_waiting = max(1, self.settings.max_analyze_calls // 4)
         if self.draining.is_set():
-            refusal = Draining("server is shutting down; retry on another instance, or here once it is back")
+            refusal = Draining(SHUTTING_DOWN)
         elif self.open_analyze_calls >= self.settings.max_analyze_calls:
             calls = self.open_analyze_calls
             refusal = Overloaded(
@@ -391,7 +392,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             return
         try:
             if self.draining.is_set():
-                raise Draining("server is shutting down; retry on another instance, or here once it is back")
+                raise Draining(SHUTTING_DOWN)
             watcher = self.cameras.watch(request.camera_id, request)
         except ConvstreamError as exc:
             if isinstance(exc, Overloaded):
