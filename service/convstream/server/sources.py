@@ -626,7 +626,8 @@ class OpenCVCapture:
         """A frame came on this connection: counted, and its time kept (the first and the
         last: their pace, _no_frame's hint)."""
         self._frames_got += 1
-        self._frame_at = (self._frame_at[0] or time.monotonic(), time.monotonic())
+        now = time.monotonic()
+        self._frame_at = (self._frame_at[0] or now, now)
 
     def _cut_short(self, read: int) -> str:
         """Words for a file that ended well before the frames its header declares (the first

@@ -34,6 +34,7 @@
   let heardHello = false; // this connection's hello is in
   const DEFAULT_SILENT_S = 40; // until a hello says: the dashboard's 30 s a message and ticks
   const LINK_QUIET_TICKS = 4; // the dashboard's ticks (every 2 s, its hello says) missed
+  const KEYS_SHOWN_MS = 20000; // a focused tile's details, after the last key press
   let serverKnown = false; // nothing heard of the server yet: connecting, not unreachable
   let serverOk = false;
   let serverRefused = false;
@@ -180,7 +181,6 @@
   // other camera's (past the few characters a cut start still shows), and at the start of
   // a number: 12 characters made "outbound_lane-07-westgate-a" and "-17-westgate-a" both
   // "outboun… 7-westgate-a", and an alert split lane 07 into "lane-0" and "7-westgate".
-  const KEYS_SHOWN_MS = 20000; // a focused tile's details, after the last key press
   const NAME_END = 12; // characters always shown
   const NAME_HEAD_SHOWN = 6; // characters a cut start shows at least
   const LONG_NAME = 24; // characters: an alert's name longer than this is shown in two parts
@@ -1331,12 +1331,21 @@
     localStorage.setItem("convstream.sound", sound.checked ? "on" : "off");
     wakeAudio();
   });
-  // "click to allow" is the switch's own label: that click allows, it does not untick
+  // "click to allow" is the switch's own label: that click allows, it does not untick. Held
+  // is read as the press begins: the page's own press handler may let the sound out before
+  // the click comes.
+  let heldAtPress = false;
+  for (const type of ["pointerdown", "keydown"]) {
+    soundLabel.addEventListener(type, () => {
+      heldAtPress = soundLabel.classList.contains("held");
+    });
+  }
   sound.addEventListener("click", (ev) => {
-    if (soundLabel.classList.contains("held")) {
+    if (heldAtPress || soundLabel.classList.contains("held")) {
       ev.preventDefault();
       wakeAudio();
     }
+    heldAtPress = false;
   });
   document.addEventListener("pointerdown", wakeAudio);
   document.addEventListener("keydown", wakeAudio);
