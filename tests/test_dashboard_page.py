@@ -773,9 +773,13 @@ async def test_the_keyboard_reaches_what_the_tooltips_say(browser: Any, artifact
     picture what its tooltips say."""
     from playwright.async_api import expect
 
+    # held, bound and not listening, for the test's whole length: connections to it are
+    # refused, and no server started meanwhile takes it (one did, on CI, and answered 404)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
     cameras = (
         CameraConfig(id="belt", source="demo:conveyor?fps=2"),
-        CameraConfig(id="dock-2", source=f"http://127.0.0.1:{_closed_port()}/v.mjpg"),
+        CameraConfig(id="dock-2", source=f"http://127.0.0.1:{closed.getsockname()[1]}/v.mjpg"),
     )
     async with _running(cameras) as (server, dash):
         page = await _open(browser, dash, 1280, 800)
@@ -868,3 +872,4 @@ async def test_the_keyboard_reaches_what_the_tooltips_say(browser: Any, artifact
         await phone.keyboard.press("ArrowUp")
         await expect(_tile(phone, "belt")).to_be_focused()
         await phone.context.close()
+    closed.close()
