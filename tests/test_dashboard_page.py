@@ -835,27 +835,11 @@ async def test_the_keyboard_reaches_what_the_tooltips_say(browser: Any, artifact
         await expect(belt).to_be_focused()
         await page.keyboard.press("End")
         await expect(dock).to_be_focused()
-        # a focused camera a reload removes: the keyboard's place goes to its neighbour (it
-        # fell to the page, and the next Tab began from the top)
-        await server.reload(server.settings.model_copy(update={"cameras": cameras[:1]}))
-        await expect(dock).to_have_count(0, timeout=10000)
-        await expect(belt).to_be_focused()
-        await server.reload(server.settings.model_copy(update={"cameras": cameras}))
-        await expect(dock).to_have_count(1, timeout=10000)
-        await expect(dock.locator(".state")).to_have_text("reconnecting", timeout=15000)
-        await page.keyboard.press("End")  # from belt, still focused
-        await expect(dock).to_be_focused()
         await expect(dock.locator(".details")).to_contain_text("state: reconnecting since")
         await expect(dock.locator(".details")).to_contain_text("connection refused")
         await page.screenshot(path=artifacts / "tile-details.png")
-        # a screen reader hears it as the tile's description; a mouse's click leaves the
-        # picture in view (its ring, the damage it shows)
+        # a screen reader hears it as the tile's description
         await expect(dock).to_have_accessible_description(re.compile("connection refused"))
-        await belt.click()
-        await expect(belt).to_be_focused()
-        await expect(said).to_be_hidden()
-        assert page.errors == []
-        await page.context.close()
         phone = await _open(browser, dash, 390, 844, touch=True)
         await phone.locator("#help-open").click()
         terms = phone.locator("#help dt")
@@ -872,4 +856,17 @@ async def test_the_keyboard_reaches_what_the_tooltips_say(browser: Any, artifact
         await phone.keyboard.press("ArrowUp")
         await expect(_tile(phone, "belt")).to_be_focused()
         await phone.context.close()
+        # a focused camera a reload removes: the keyboard's place goes to its neighbour (it
+        # fell to the page, and the next Tab began from the top)
+        await expect(dock).to_be_focused()
+        await server.reload(server.settings.model_copy(update={"cameras": cameras[:1]}))
+        await expect(dock).to_have_count(0, timeout=10000)
+        await expect(belt).to_be_focused()
+        # a mouse's click leaves the picture in view (its ring, the damage it shows)
+        await page.keyboard.press("Tab")  # out of the wall first
+        await belt.click()
+        await expect(belt).to_be_focused()
+        await expect(said).to_be_hidden()
+        assert page.errors == []
+        await page.context.close()
     closed.close()

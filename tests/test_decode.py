@@ -350,7 +350,7 @@ def test_a_jpeg_whose_picture_data_is_damaged_is_refused_and_a_quirky_one_is_not
     # flipped byte read as a marker ("Unsupported marker type 0x1a") gave the rows read so
     # far with grey below, and 46 bytes left before the end a smeared picture: both scored.
     said = set()
-    for at in range(2000, len(data) - 300, 7919):
+    for at in range(2000, len(data) - 300, 15013):
         flipped = data[:at] + bytes(b ^ 0x55 for b in data[at : at + 200]) + data[at + 200 :]
         with pytest.raises(InvalidFrame) as refused:
             decode_encoded(flipped, LIMITS)
@@ -359,9 +359,11 @@ def test_a_jpeg_whose_picture_data_is_damaged_is_refused_and_a_quirky_one_is_not
     assert any("N extraneous bytes before marker N" in words for words in said), said
     # a progressive JPEG's: stray bytes before the next scan's Huffman tables (0xc4) passed
     # as a header's quirk, whatever their count (a reviewer's byte flips)
-    sweep = progressive(frame)
+    sweep = progressive(frame[:360, :640])
     refused = 0
     for at in range(sweep.index(b"\xff\xda") + 14, len(sweep) - 2, 997):
+        if refused:
+            break
         flipped = sweep[:at] + bytes([sweep[at] ^ 0x10]) + sweep[at + 1 :]
         try:
             simplejpeg.decode_jpeg(flipped, colorspace="BGR", strict=True)
