@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterable
+from typing import Any
 from urllib.request import urlopen
 
 import cv2
@@ -895,6 +896,36 @@ async def test_health_and_reflection(server: Server, channel: grpc.aio.Channel) 
             method = service.methods_by_name["ServerReflectionInfo"]
             assert method.input_type.full_name == f"{package}.ServerReflectionRequest"
             assert method.output_type.full_name == f"{package}.ServerReflectionResponse"
+
+
+async def test_a_request_that_carries_no_frame_is_refused_unparsed_past_64_kib(
+    server: Server, channel: grpc.aio.Channel
+) -> None:
+    """gRPC reads any request up to twice max_message_bytes (128 MiB) before its handler
+    runs. A health Check, which needs no token, naming a 100 MiB service was parsed, four
+    times its size in memory, and a Watch of it was held open; a camera watch's id was read
+    as long. A request that carries no frame is refused past 64 KiB, unparsed, and ends."""
+    huge = "x" * (1 << 20)
+    health = health_pb2_grpc.HealthStub(channel)
+    stub = pb_grpc.ConvstreamStub(channel)
+    calls: dict[str, Any] = {
+        "Check": health.Check(health_pb2.HealthCheckRequest(service=huge)),
+        "Watch": health.Watch(health_pb2.HealthCheckRequest(service=huge)).read(),
+        "WatchCamera": stub.WatchCamera(pb.WatchCameraRequest(camera_id=huge)).read(),
+        "ListCameras": stub.ListCameras(pb.ListCamerasRequest()),
+    }
+    for name in ("Check", "Watch", "WatchCamera"):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await asyncio.wait_for(calls[name], 10)  # the Watch ends: it is not held open
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+        details = refused.value.details() or ""
+        assert "message is 1,048,5" in details and "at most 65,536" in details, details
+    # the same calls of the usual size are answered, on the same connection
+    await calls["ListCameras"]
+    assert (await stub.GetModelInfo(pb.GetModelInfoRequest())).sha256
+    assert (await health.List(health_pb2.HealthListRequest())).statuses
+    reply = await health.Check(health_pb2.HealthCheckRequest(service="convstream.v1.Convstream"))
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 async def test_reflection_can_be_switched_off() -> None:

@@ -44,6 +44,7 @@ from convstream.server.servicer import (
     PEER_CONNECT_S,
     SERVICE_NAME,
     ConvstreamServicer,
+    add_service,
     add_to_server,
 )
 from convstream.server.sources import shown
@@ -582,7 +583,7 @@ class Server:
             interceptors=[self._tokens],
         )
         add_to_server(self.servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        add_service(server, health_pb2, "Health", self.health, settings.max_message_bytes)
         if settings.reflection:
             names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
             reflection.enable(names, server)

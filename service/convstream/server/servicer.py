@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import re
 import time
@@ -40,6 +41,8 @@ SHUTTING_DOWN = "server is shutting down; retry on another instance, or here onc
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Convstream"].full_name
+# Every request but a frame: a camera id, a health service name, options. Far over any.
+SMALL_REQUEST_BYTES = 64 * 1024
 M = TypeVar("M", bound=Message)
 R = TypeVar("R")
 
@@ -575,11 +578,12 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
 
 def _parse(message: type[M], max_bytes: int) -> Callable[[bytes], M | RefusedMessage]:
     """A request deserializer that returns, rather than raises, what does not parse, and what
-    is over max_bytes (gRPC takes up to twice that: see grpc_options)."""
+    is over max_bytes (gRPC reads up to twice max_message_bytes: see grpc_options)."""
     name = message.DESCRIPTOR.full_name
+    frames = name == pb.FrameRequest.DESCRIPTOR.full_name
 
     def parse(data: bytes) -> M | RefusedMessage:
-        if len(data) > max_bytes:  # never parsed: its id and source are read off its start
+        if len(data) > max_bytes and frames:  # never parsed: its id and source read off it
             frame_id, source = _id_and_source(data)
             return RefusedMessage(
                 f"the {name} message is {len(data):,} bytes, over this server's limit of "
@@ -587,6 +591,11 @@ def _parse(message: type[M], max_bytes: int) -> Callable[[bytes], M | RefusedMes
                 "or PNG, or smaller",
                 frame_id=frame_id,
                 source=source,
+            )
+        if len(data) > max_bytes:
+            return RefusedMessage(
+                f"the {name} message is {len(data):,} bytes; this server takes one of at most "
+                f"{max_bytes:,} (ids, names and options are far shorter)"
             )
         try:
             return message.FromString(data)
@@ -665,28 +674,50 @@ def _unary_stream(
 
 
 def add_to_server(servicer: ConvstreamServicer, server: grpc.aio.Server) -> None:
-    """Register the service as the generated add_ConvstreamServicer_to_server does, but with
-    request deserializers that let each RPC refuse a message that does not parse, with
-    INVALID_ARGUMENT (gRPC itself would answer UNKNOWN and end a stream, logging a traceback)."""
+    """Register the Convstream service: see add_service."""
+    add_service(server, pb, "Convstream", servicer, servicer.settings.max_message_bytes)
+
+
+def add_service(
+    server: grpc.aio.Server, module: Any, name: str, servicer: object, max_message_bytes: int
+) -> None:
+    """Register the service ``name`` of the generated ``module`` as its add_..._to_server
+    does, but with request deserializers that let each RPC refuse a message that does not
+    parse, with INVALID_ARGUMENT (gRPC itself would answer UNKNOWN and end a stream, logging
+    a traceback), and refuse one over its size unparsed: a frame over max_message_bytes, any
+    other request (a camera id, a health service name, options) over SMALL_REQUEST_BYTES.
+
+    gRPC reads a request whole, up to its one limit for every method (twice
+    max_message_bytes: see grpc_options), before the handler runs: a health Check, which
+    needs no token, naming a 100 MiB service was parsed (four times its size in memory) and,
+    a Watch, held open with it."""
+    service = module.DESCRIPTOR.services_by_name[name]
     handlers: dict[str, grpc.RpcMethodHandler] = {}
-    for method in pb.DESCRIPTOR.services_by_name["Convstream"].methods:
+    for method in service.methods:
         behaviour = getattr(servicer, method.name)
         if method.client_streaming:  # StreamFrames: StreamSession refuses each such message
             assert method.server_streaming
             make = grpc.stream_stream_rpc_method_handler
         elif method.name == "Analyze":  # its one request read as a stream: see Analyze
             make = grpc.stream_unary_rpc_method_handler
-        elif method.server_streaming:
+        elif method.server_streaming and inspect.isasyncgenfunction(behaviour):
             make, behaviour = grpc.unary_stream_rpc_method_handler, _unary_stream(behaviour)
-        else:
-            make, behaviour = grpc.unary_unary_rpc_method_handler, _unary(behaviour)
+        else:  # a response, or (health's Watch) responses written with context.write
+            make = (
+                grpc.unary_stream_rpc_method_handler
+                if method.server_streaming
+                else grpc.unary_unary_rpc_method_handler
+            )
+            behaviour = _unary(behaviour)
+        frames = method.input_type.full_name == pb.FrameRequest.DESCRIPTOR.full_name
         handlers[method.name] = make(
             behaviour,
             request_deserializer=_parse(
-                getattr(pb, method.input_type.name), servicer.settings.max_message_bytes
+                getattr(module, method.input_type.name),
+                max_message_bytes if frames else SMALL_REQUEST_BYTES,
             ),
-            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+            response_serializer=getattr(module, method.output_type.name).SerializeToString,
         )
-    generic = grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+    generic = grpc.method_handlers_generic_handler(service.full_name, handlers)
     server.add_generic_rpc_handlers((generic,))
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+    server.add_registered_method_handlers(service.full_name, handlers)
