@@ -869,7 +869,7 @@ async def test_video_file_loops_or_stops(tmp_path: Path, caplog: pytest.LogCaptu
         camera("missing", str(tmp_path / "nope.mp4")),
         camera("notes", str(tmp_path / "notes.txt")),
     )
-    (tmp_path / "notes.txt").write_text("hello\n")
+    (tmp_path / "notes.txt").write_text("hello&db_clave=Zq1\n")
     async with serving(*cams) as server, connect(server) as stub:
         await until(state_is(stub, "once", pb.CAMERA_STATE_STOPPED), 10, "once ends")
         await until(lambda: _frames_read_over(stub, "looped", 25), 10, "looped goes on")
@@ -887,10 +887,11 @@ async def test_video_file_loops_or_stops(tmp_path: Path, caplog: pytest.LogCaptu
         notes = await status(stub, "notes")
         assert notes.state == pb.CAMERA_STATE_FAILED and notes.reconnects == 0
         assert notes.last_error == (
-            "could not open file source: not a video OpenCV can read (it holds text (6 "
+            "could not open file source: not a video OpenCV can read (it holds text (19 "
             "bytes); the server's log says more)"
         )
-        assert "(it holds text (6 bytes): 'hello')" in caplog.text
+        # and the log's quote of its first line hides what reads as a password
+        assert "(it holds text (19 bytes): 'hello&db_clave=***')" in caplog.text
         # never analysed a frame: no time at all, not the epoch (other languages' has_ checks)
         assert missing.frames_analysed == 0 and not missing.HasField("last_frame_time")
         assert missing.HasField("last_error_time") and missing.HasField("state_since")

@@ -34,7 +34,7 @@ from convstream.server.config import (
 from convstream.server.decode import Limits, check_encoded, decode_encoded, orientation, sniff
 from convstream.server.errors import InvalidFrame
 from convstream.v1 import file_holds_text, what_it_holds
-from convstream.v1.diagnose import SECRET_PARAMETERS, media_type, why_closed
+from convstream.v1.diagnose import media_type, why_closed
 
 logger = logging.getLogger(__name__)
 
@@ -88,13 +88,28 @@ class SourceError(Exception):
         self.ended = ended  # a file that reached its end: stopped, not failed
 
 
+# Query (and XMEye path) parameters whose values are shown: what picks a stream, its format
+# and transport. Every other parameter's value is hidden, whatever its name: a list of names
+# that carry secrets missed clave=, senha=, mdp=, psd= and user=admin:password.
+SHOWN_PARAMETERS = (
+    "channel|channels|channelno|chn|ch|subtype|stream|streamtype|streamid|sub|main|profile"
+    "|resolution|res|fps|framerate|rate|width|height|size|seed|camera|cam|cameraid|id|codec"
+    "|videocodec|compression|transport|transportmode|rtsp_transport|unicast|multicast|tcp|udp"
+    "|mode|quality|audio|video|media|track|type|format|fmt|bitrate|gop|buffer|latency|index"
+)
+_PARAMETER_VALUE = re.compile(
+    rf"([?&;_/](?!(?:{SHOWN_PARAMETERS})=)[\w.\-]+=)[^&;#?\s'\"]*?([):,.]*)(?=[&;#?\s'\"]|$)",
+    re.IGNORECASE,
+)
+
+
 def redact(text: str) -> str:
     """Hide passwords in URLs: rtsp://user:secret@host -> rtsp://user:***@host, a user name
-    alone (rtsp://***@host: it may be a token), and the values of query parameters named like
-    a secret (p, pwd, password, token, key, auth, sig...)."""
+    alone (rtsp://***@host: it may be a token), and the values of query parameters but those
+    that pick a stream and its format (SHOWN_PARAMETERS: channel=1&subtype=0 stay)."""
     text = _USER_ONLY.sub("//***@", _CREDENTIALS.sub(r"\1:***@", text))
     text = _LOOSE_CREDENTIALS.sub(r"\1:***@", text)  # no '//': not done by the line above
-    return SECRET_PARAMETERS.sub(r"\1***\2", text)
+    return _PARAMETER_VALUE.sub(r"\1***\2", text)
 
 
 def shown(value: object, limit: int = 60) -> str:
@@ -136,7 +151,8 @@ def file_holds(path: Path, *, quoted: bool = True) -> str:
     ``quoted`` for the server's log and its owner's check, not for clients' eyes."""
     try:
         with path.open("rb") as file:
-            return what_it_holds(file.read(48), path.stat().st_size, quoted=quoted)
+            # its first line quoted with any password hidden, as the log's other words
+            return redact(what_it_holds(file.read(48), path.stat().st_size, quoted=quoted))
     except OSError as exc:
         return exc.strerror or str(exc)
 
