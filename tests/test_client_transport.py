@@ -20,6 +20,7 @@ from convstream.client import (
     TLS,
     AsyncClient,
     Client,
+    ClientClosed,
     ConvstreamError,
     Limits,
     ResultOptions,
@@ -286,8 +287,11 @@ def test_options_are_validated_and_readable() -> None:
     assert repr(client) == "<Client 127.0.0.1:1 tls=off, token=***>"
     client.close()
     assert "closed" in repr(client)
-    with pytest.raises(RuntimeError, match="closed"):
+    # a ConvstreamError, as every other failure of a call (a loop catching those got a bare
+    # RuntimeError), and still the RuntimeError it was
+    with pytest.raises(ClientClosed, match="closed") as closed:
         client.model_info()
+    assert isinstance(closed.value, ConvstreamError) and isinstance(closed.value, RuntimeError)
 
 
 def test_a_client_without_an_address_takes_the_commands_one(
@@ -304,3 +308,17 @@ def test_a_client_without_an_address_takes_the_commands_one(
     monkeypatch.setenv("CONVSTREAM_ADDRESS", "50997")
     with pytest.raises(ValueError, match=r"^\$CONVSTREAM_ADDRESS: address must be host:port"):
         Client()
+
+
+def test_a_connection_lost_mid_call_is_not_blamed_on_tls() -> None:
+    """A server killed while a stream had been answering for minutes: the error said "is
+    `convstream serve` running there? If it uses TLS, add TLS(ca=FILE)", on a plaintext
+    connection that had worked (an integrator's). It says the connection was lost."""
+    from convstream.client.errors import unavailable_hint
+
+    for said in ("Stream removed (Socket closed)", "Connection reset by peer"):
+        hint = unavailable_hint(said, None)
+        assert hint.startswith("the connection was lost"), hint
+        assert "TLS" not in hint
+    # a connection that never was still gets the TLS question
+    assert "If it uses TLS" in unavailable_hint("failed to connect to all addresses", None)

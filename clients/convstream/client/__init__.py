@@ -15,7 +15,8 @@
             print(result.frame_id, result.score, result.frame_age_ms)
 
 ``AsyncClient`` offers the same calls for asyncio. Every error of the server, the connection
-or a source is a ``ConvstreamError`` (see ``convstream.client.errors`` for the tree). Bytes
+or a source is a ``ConvstreamError`` (see ``convstream.client.errors`` for the tree), and so
+is a call on a client already closed (``ClientClosed``). Bytes
 that are not an image the server decodes are judged by the server: ``InvalidFrame``, raised
 by ``analyze`` and in the ``error`` of that frame's Result on a stream (which goes on); so is
 a frame too small or too large to send. A file that cannot be read or is no image, a folder
@@ -32,6 +33,7 @@ imported quiets them, as the ``convstream`` commands do.
 from convstream.client._client import AsyncClient, Client
 from convstream.client.errors import (
     Cancelled,
+    ClientClosed,
     ConvstreamError,
     DeadlineExceeded,
     InvalidFrame,
@@ -78,6 +80,7 @@ __all__ = [
     "CameraState",
     "Cancelled",
     "Client",
+    "ClientClosed",
     "ConvstreamError",
     "DeadlineExceeded",
     "Encoding",

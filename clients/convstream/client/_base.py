@@ -17,6 +17,7 @@ import grpc
 
 from convstream.client.errors import (
     Cancelled,
+    ClientClosed,
     ConvstreamError,
     NotFound,
     ServerUnavailable,
@@ -379,13 +380,13 @@ class BaseClient:
 
     @property
     def closed(self) -> bool:
-        """True once close() was called: its calls raise RuntimeError, those in progress
+        """True once close() was called: its calls raise ClientClosed, those in progress
         Cancelled."""
         return self._closed
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError(f"this {type(self).__name__} is closed; make a new one")
+            raise ClientClosed(f"this {type(self).__name__} is closed; make a new one")
 
     def __repr__(self) -> str:
         tls = "on" if self.tls is not None else "off"

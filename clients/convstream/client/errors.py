@@ -4,6 +4,7 @@
     │                          None for an error found on this side of the wire
     ├── SourceError            an image file, folder, video or camera cannot be read (local)
     ├── ProtocolError          OK where an answer was due, or an answer for a frame never sent
+    ├── ClientClosed           a call on a client after its close() (also a RuntimeError)
     ├── InvalidFrame           INVALID_ARGUMENT, OUT_OF_RANGE: the frame or the options sent
     │                          with it cannot be analysed; the message says what was
     │                          expected. Also RESOURCE_EXHAUSTED for a message over a limit:
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Cancelled",
+    "ClientClosed",
     "ConvstreamError",
     "DeadlineExceeded",
     "InvalidFrame",
@@ -95,6 +97,11 @@ class ConvstreamError(Exception):
 
 class SourceError(ConvstreamError):
     """A local image file, folder, video or camera cannot be read."""
+
+
+class ClientClosed(ConvstreamError, RuntimeError):
+    """A call on a client after its close(): make a new client. A RuntimeError too, as it
+    was, so that code catching that goes on working."""
 
 
 class ProtocolError(ConvstreamError):
@@ -317,6 +324,9 @@ def unavailable_hint(message: str, tls: TLS | None, terms: Mapping[str, str] = P
         )
     if "Connection refused" in message:
         return "nothing listens on that port: is `convstream serve` running there?"
+    if "Socket closed" in message or "Stream removed" in message or "reset by peer" in message:
+        # it was connected: a server that stopped or restarted, or a network that cut it
+        return "the connection was lost: the server stopped or restarted, or the network cut it"
     if "ping timeout" in message or "timed out" in message:
         # a link that went silent (a cable, a switch, a firewall) rather than no server
         return (
