@@ -336,6 +336,8 @@ async def test_options_the_server_refuses_are_refused_for_every_frame_not_only_t
 
 
 async def test_folder_of_images(server: Server, frames: list[np.ndarray], tmp_path: Path) -> None:
+    from convstream.client import frames as frames_module
+
     (tmp_path / "sub").mkdir()
     write(tmp_path / "a.jpg", jpeg(frames[0]))
     write(tmp_path / "b.png", png(frames[1]))
@@ -343,6 +345,10 @@ async def test_folder_of_images(server: Server, frames: list[np.ndarray], tmp_pa
     write(tmp_path / "notes.txt", b"not an image")
     paths = cs.image_files([tmp_path])
     assert [p.relative_to(tmp_path).as_posix() for p in paths] == ["a.jpg", "b.png", "sub/c.bmp"]
+    # one folder given alone, as a string or a path: its files (a string was read letter by
+    # letter, "no such file or folder: /")
+    assert cs.image_files(str(tmp_path)) == cs.image_files(tmp_path) == paths
+    assert frames_module.other_files(str(tmp_path)) == [tmp_path / "notes.txt"]
 
     def sync() -> list[Result]:
         with Client(address(server)) as client:

@@ -143,7 +143,7 @@ class Frame:
             got = type(self.image).__name__
             hint = (
                 ": for a file, give analyze() or stream() its path, or read it with "
-                "Frame(read_image(path), ...)"
+                "read_image(path), which returns a Frame"
                 if isinstance(self.image, str | os.PathLike)
                 else ""
             )
@@ -283,7 +283,16 @@ def _why(source: str | int | os.PathLike[str], waited_s: float) -> str:
         return f": {exc.strerror or exc}"
 
 
-def image_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+Paths = Iterable[str | os.PathLike[str]] | str | os.PathLike[str]
+"""Files and folders: a list of them, or one (``image_files("images")`` went through the
+name's letters, and said that no file "i" exists)."""
+
+
+def _each(paths: Paths) -> Iterable[str | os.PathLike[str]]:
+    return [paths] if isinstance(paths, str | os.PathLike) else paths
+
+
+def image_files(paths: Paths) -> list[Path]:
     """Expand folders (recursively, sorted) into their image files; files stay as given.
 
     In a folder, hidden files and folders (a name starting with '.': macOS's ``._x.jpg``
@@ -294,7 +303,7 @@ def image_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
         SourceError: a path does not exist.
     """
     found: list[Path] = []
-    for item in paths:
+    for item in _each(paths):
         path = Path(item)
         if path.is_dir():
             found.extend(p for p in _visible_files(path) if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -305,11 +314,11 @@ def image_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return found
 
 
-def other_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+def other_files(paths: Paths) -> list[Path]:
     """The files that image_files leaves out of the folders among ``paths`` as no images
     (by their suffix: a video, notes, ...); hidden ones are not counted."""
     found: list[Path] = []
-    for item in paths:
+    for item in _each(paths):
         if (path := Path(item)).is_dir():
             found.extend(p for p in _visible_files(path) if p.suffix.lower() not in IMAGE_SUFFIXES)
     return found
@@ -325,7 +334,7 @@ def _visible_files(folder: Path) -> list[Path]:
     )
 
 
-def read_images(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Frame]:
+def read_images(paths: Paths) -> Iterator[Frame]:
     """Frames from image files and folders, read one at a time as they are needed.
 
     A file that is no image raises SourceError, which ends the iteration (and a stream of
