@@ -652,6 +652,12 @@ async def test_the_address_comes_from_the_environment_unless_a_flag_gives_it(
     add_dashboard(parser.add_subparsers(dest="command"))
     assert parser.parse_args(["dashboard"]).address == f"127.0.0.1:{server.port}"
     assert load_settings(environ={"CONVSTREAM_ADDRESS": "10.0.0.5:50051"}).port == 50051
+    # the dashboard's port as run.sh takes it (the dashboard command bound 8080 regardless)
+    monkeypatch.setenv("CONVSTREAM_DASHBOARD_PORT", "8099")
+    parser = argparse.ArgumentParser(prog="convstream")
+    add_dashboard(parser.add_subparsers(dest="command"))
+    assert parser.parse_args(["dashboard"]).port == 8099
+    assert parser.parse_args(["dashboard", "--port", "8098"]).port == 8098
 
 
 def test_no_server_is_one_line_and_exit_code_3(capsys: pytest.CaptureFixture[str]) -> None:

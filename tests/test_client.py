@@ -876,6 +876,11 @@ async def test_a_frame_over_the_message_limit_is_refused_by_the_client_saying_wh
         assert [(r.frame_id, r.ok) for r in got] == [(1, True), (2, False), (3, True)]
         assert isinstance(got[1].error, cs.InvalidFrame) and re.search(told, str(got[1].error))
         assert got[1].frame is not None and got[1].frame.image == b""  # its pixels let go
+        # a JPEG over it is told to send it smaller, not as the JPEG it already is
+        with pytest.raises(cs.InvalidFrame, match=r"as encoded bytes, .*: send it smaller$"):
+            await client.analyze(
+                cs.Frame(cv2.imencode(".jpg", np.tile(big, (3, 3, 1)))[1].tobytes())
+            )
     # one frame in flight at most, and a run of ten that fail between good ones
     one = cs.Limits(max_message_bytes=1 << 19, max_in_flight=1)
     mixed = [small] * 3 + [big] * 10 + [small] * 3

@@ -358,12 +358,14 @@ def to_request(
     # room for the options a request may carry besides (a frame within a few bytes of the
     # limit got gRPC's refusal all the same)
     if max_bytes is not None and (size := request.ByteSize()) > max_bytes - OPTIONS_ROOM:
-        what = "raw pixels" if request.HasField("raw") else "encoded bytes"
+        raw = request.HasField("raw")
+        what = "raw pixels" if raw else "encoded bytes"
+        # a JPEG or PNG already: smaller is the one way (a JPEG was told to send it as JPEG)
+        advice = "send it as JPEG, Upload(format='jpeg'), or smaller" if raw else "send it smaller"
         raise InvalidFrame(
             f"{frame!r} is {size:,} bytes as {what}, over the {max_bytes - OPTIONS_ROOM:,} a "
             f"frame may take of the {max_bytes:,}-byte message limit (Limits."
-            "max_message_bytes; the server's max_message_bytes): send it as JPEG, "
-            "Upload(format='jpeg'), or smaller"
+            f"max_message_bytes; the server's max_message_bytes): {advice}"
         )
     return request
 

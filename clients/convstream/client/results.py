@@ -129,7 +129,7 @@ class Result:
         brightness: the mean of the frame's luma, 0-255 (over one sample per 8x8 pixels of
             the model input); NaN for a frame that failed, or from a server older than it.
         contrast: the standard deviation of that luma; NaN as brightness is.
-        published: on a stream that publishes (``ResultOptions(publish=True)``), this
+        published: on a stream that publishes (``stream(..., publish=True)``), this
             frame went to the watchers of its source name; False when that name was refused
             (the stream goes on unpublished) or on any other call.
         threshold: the threshold ``damaged`` was decided by (the server's when the frame was

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from convstream.v1.logs import set_up
 
 __all__ = ["add_commands", "run_dashboard"]
 
+PORT_ENV = "CONVSTREAM_DASHBOARD_PORT"
 _EXAMPLES = """examples:
   convstream dashboard        # server on 127.0.0.1:50051, page on :8080
   convstream dashboard --address 10.0.0.5:50051 --host 0.0.0.0 \\
@@ -43,7 +45,14 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         default="127.0.0.1",
         help="address the page listens on (default %(default)s; 0.0.0.0 exposes it)",
     )
-    p.add_argument("--port", type=int, default=8080, help="the page's port (default %(default)s)")
+    given = os.environ.get(PORT_ENV)  # as run.sh takes it, for every dashboard of a shell
+    whence = f"from ${PORT_ENV}" if given else f"${PORT_ENV} sets another"
+    p.add_argument(
+        "--port",
+        type=int,
+        default=given or 8080,
+        help=f"the page's port (default %(default)s; {whence})",
+    )
     p.add_argument(
         "--allow-host",
         action="append",
