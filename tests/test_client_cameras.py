@@ -357,7 +357,7 @@ async def test_unknown_camera_and_bad_options(server: Server) -> None:
 
 
 async def test_the_readme_python_example_runs_as_written(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """README's "From Python" block, as a newcomer pastes it: on the samples `convstream
     samples` writes, against a server with the demo camera the README's command serves."""
@@ -366,10 +366,13 @@ async def test_the_readme_python_example_runs_as_written(
     assert await asyncio.to_thread(main, ["samples", str(tmp_path / "boxes"), "--count", "2"]) == 0
     capsys.readouterr()
     async with serving(CameraConfig(id="demo", source=f"demo:conveyor?fps={FPS}")) as server:
-        code = block.replace("127.0.0.1:50051", address(server))
-        code = code.replace("/tmp/boxes/", f"{tmp_path}/boxes/")
+        # Client() with no address, as the README writes it, finds the server as a shell's
+        # client commands do (the README's examples named 127.0.0.1:50051, to be edited)
+        monkeypatch.setenv("CONVSTREAM_ADDRESS", address(server))
+        assert "Client()" in block and '50051")' not in block
+        code = block.replace("/tmp/boxes/", f"{tmp_path}/boxes/")
         code = code.replace("/tmp/box-001-overlay.png", f"{tmp_path}/box-001-overlay.png")
-        assert address(server) in code and str(tmp_path) in code
+        assert str(tmp_path) in code
         await asyncio.to_thread(exec, compile(code, "README.md", "exec"), {})
     info, analysed, heatmap, maps, camera, *watched = capsys.readouterr().out.splitlines()
     assert info.startswith("ModelInfo(name=")

@@ -88,7 +88,7 @@ def draw_feature_maps(
     grid = _grid(tiles, size)
     name = result.frame.name if result.frame is not None and result.frame.name else result.source
     name = Path(name).name if "/" in name or "\\" in name else name  # a file's, not its folders
-    cells = f"{maps.shape[2]}x{maps.shape[1]}"
+    cells = f"{maps.shape[1]}x{maps.shape[2]}"  # height first, as every size said here
     named = f"{name} {stage}" if name else stage
     caption = (
         f"{named}: {len(maps)} channels, {cells} cells of {stride}x{stride} model-input "

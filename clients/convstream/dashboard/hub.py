@@ -41,6 +41,7 @@ from convstream.dashboard.messages import (
     placement,
     quantise,
     seconds,
+    shortest_threshold,
     text,
 )
 from convstream.dashboard.settings import DashboardSettings
@@ -237,7 +238,7 @@ class Hub:
                 info = await self._stub.GetModelInfo(
                     pb.GetModelInfoRequest(), timeout=CALL_TIMEOUT_S, metadata=self._metadata
                 )
-                self._model_threshold = float(info.threshold)
+                self._model_threshold = shortest_threshold(info.threshold)
                 assert self.threshold is not None
                 model = model_json(info, self.threshold)
                 if model != self.model:

@@ -14,6 +14,7 @@ model input (the JPEG is the letterboxed input; ``box`` is the frame's part of i
 from __future__ import annotations
 
 import json
+import math
 import struct
 from typing import Any
 
@@ -59,6 +60,19 @@ def camera_json(camera: pb.CameraStatus) -> dict[str, Any]:
         "last_frame_time": seconds(camera.last_frame_time),
         "latency_ms": round(camera.latency_ms, 1),
     }
+
+
+def shortest_threshold(threshold: float) -> float:
+    """The server's float32 threshold as the shortest decimal that every float32 score
+    compares with as with the threshold itself (score >= it exactly when score >= the
+    threshold): 0.82151, where the page and the alert files said 0.8215100169181824."""
+    exact = np.float32(threshold)
+    below = float(np.nextafter(exact, np.float32(-np.inf)))
+    for digits in range(1, 18):
+        decimal = math.floor(float(exact) * 10**digits) / 10**digits
+        if below < decimal <= float(exact):
+            return decimal
+    return float(exact)
 
 
 def model_json(info: pb.ModelInfo, threshold: float) -> dict[str, Any]:
