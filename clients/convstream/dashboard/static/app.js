@@ -152,7 +152,9 @@
   function sinceText(since, earlier) {
     const day = isoDate(since) === isoDate(dashNow()) ? "" : `${isoDate(since)} `;
     const how = lasted(dashNow() - since);
-    return `since ${day}${hourMinute(since)}${earlier ? ` or earlier (${how} or more)` : ` (${how})`}`;
+    // "or earlier (0 s or more)" told nothing: the lower bound only once it is a minute
+    const atLeast = dashNow() - since >= 60 ? ` (${how} or more)` : "";
+    return `since ${day}${hourMinute(since)}${earlier ? ` or earlier${atLeast}` : ` (${how})`}`;
   }
 
   // When the dashboard lost the server: the newest sign of it answering (a message saying so,
