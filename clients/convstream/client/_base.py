@@ -418,6 +418,7 @@ class _Resumption:
         self._dropped_before = 0  # by the watch's earlier calls
         self._dropped = 0
         self._registered_at: float | None = None  # when this call's watch was registered
+        self._said_back = False  # that the watch is back, once a break
 
     def subscribed(self) -> None:
         """A new WatchCamera call starts: its server counts drops from 0 again."""
@@ -430,6 +431,15 @@ class _Resumption:
         once such a call has held for STEADY_S: a server that takes the watch and drops it
         at once, again and again, backs off and runs out of resume_timeout."""
         if any(key == WATCHING for key, _ in metadata or ()):
+            if self._ran and self._failures and not self._said_back:
+                # the break's warning said it went: say once that it is back
+                self._said_back = True
+                logger.warning(
+                    "watch of camera %r at %s is back after %.1f s",
+                    self._camera_id,
+                    self._client.address,
+                    time.monotonic() - self._broke,
+                )
             self._ran = True
             self._registered_at = time.monotonic()
 
@@ -474,6 +484,7 @@ class _Resumption:
         self._registered_at = None
         if self._failures == 0:
             self._broke = time.monotonic()
+            self._said_back = False
         self._failures += 1
         # After a restart a published stream is back only once its publisher has sent again:
         # a watch subscribing before that heard NotFound and ended for good, while the

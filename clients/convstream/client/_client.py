@@ -257,7 +257,9 @@ class Client(BaseClient):
         queue_size: int | None = None,
         resume: bool = True,
     ) -> Generator[Result, None, None]:
-        """Yield the results of a camera the server pulls, as they come, until you stop.
+        """Yield the results of a camera the server pulls, as they come, until you stop (or
+        the server has been gone for longer than ``Retry.resume_timeout``, 30 s by default:
+        an alerter passes ``Retry(resume_timeout=math.inf)``).
 
         The server analyses each camera frame once, however many watch it, and keeps at most
         ``queue_size`` results waiting for each watcher: one that reads slower than its results
