@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.error import HTTPError
 from urllib.request import urlopen
 
 import grpc
@@ -1835,8 +1836,13 @@ async def test_a_dashboard_whose_token_is_revoked_stops_getting_frames(
         assert "token 'dashboard' was revoked" in belt.watch_error, belt.watch_error
         assert dash.hub.server["refused"], dash.hub.server
         assert belt.status["last_error"] == "the convstream server refuses this dashboard's token"
+        # a probe is told which (it said the server was not reachable, while it answered)
+        with pytest.raises(HTTPError) as ready:
+            await asyncio.to_thread(urlopen, f"{dash.url}readyz", timeout=5)
+        said = (ready.value.code, ready.value.read().decode())
+        assert said == (503, "the convstream server refuses this dashboard\n"), said
         received = belt.frames_received
-        await asyncio.sleep(2)  # 20 frames at its pace, had the watch gone on
+        await asyncio.sleep(1)  # 10 frames at its pace, had the watch gone on
         assert belt.frames_received == received
     finally:
         await dash.stop()

@@ -249,9 +249,13 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     """503 while the dashboard cannot reach its server: /healthz said 200 while every tile
     read offline, so a probe saw nothing wrong with a wall that showed nothing."""
-    if request.app[HUB].server["ok"]:
+    server = request.app[HUB].server
+    if server["ok"]:
         return web.Response(text="ok\n")
-    # why is in the log and on the page: a probe needs no login, nor the server's address
+    # why is in the log and on the page: a probe needs no login, nor the server's address;
+    # a server that answers but refuses the token was said to be "not reachable"
+    if server.get("refused"):
+        return web.Response(status=503, text="the convstream server refuses this dashboard\n")
     return web.Response(status=503, text="the convstream server is not reachable\n")
 
 
