@@ -579,6 +579,11 @@ def test_evaluate_says_when_the_scores_do_not_separate_and_offers_thresholds_tha
     saturated = labelled(["a", "b", "c"], [1.0, 1.0, 0.2], [True, False, False], 0.822)
     assert all(r.threshold <= 1.0 for r in saturated.rows())
     assert not [r for r in saturated.rows() if r.kind == "false_alarms" and r.rate == 0.0]
+    # a rate kept only by flagging nothing is no row to offer (the newcomer's "1.000  0 (0.0%)
+    # 0 (0.0%)  no false alarm")
+    flags_all = labelled(["a", "b", "c"], [0.9, 0.9995, 0.2], [True, False, False], 0.822)
+    assert all(r.found for r in flags_all.rows() if r.kind == "false_alarms")
+    assert not [r for r in flags_all.rows() if r.kind == "false_alarms" and r.rate == 0.0]
     apart = labelled(["a", "b"], [0.999, 0.135], [True, False], 0.822)
     best = apart.best
     assert 0.55 < best.threshold < 0.58  # not 0.999, on the damaged image's own score

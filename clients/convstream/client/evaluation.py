@@ -136,7 +136,8 @@ class Evaluation:
         """The server's threshold, the best balance, and the lowest threshold (in whole
         thousandths, at most 1) that keeps false alarms to each of FALSE_ALARM_RATES,
         highest first. A rate no threshold up to 1 keeps to (intact images that score 1)
-        has no row."""
+        has no row, nor one whose threshold finds no damaged image (a row "1.000: 0 found,
+        no false alarm" offered to flag nothing)."""
         rows = [self.at(self.server_threshold, "server"), self.best]
         intact = np.sort(self.scores[~self.damaged])[::-1]  # highest first
         for rate in FALSE_ALARM_RATES:
@@ -144,8 +145,8 @@ class Evaluation:
             threshold = 0.0
             if allowed < len(intact):  # the next thousandth over the first it may not flag
                 threshold = float(np.floor(intact[allowed] * GRID) + 1) / GRID
-            if threshold <= 1.0:
-                rows.append(self.at(threshold, "false_alarms", rate))
+            if threshold <= 1.0 and (row := self.at(threshold, "false_alarms", rate)).found:
+                rows.append(row)
         return sorted(rows, key=lambda r: -r.threshold)
 
     def missed(self, threshold: float) -> list[tuple[str, float, bool]]:
