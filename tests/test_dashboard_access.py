@@ -356,6 +356,42 @@ async def test_one_address_holds_a_bounded_number_of_connections_and_silent_ones
             connection.close()
 
 
+async def test_a_full_page_port_ends_the_oldest_connection_of_the_busiest_address(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A security review's 1,280 half-sent requests from 10 addresses were all held, each
+    address under its own cap: nothing bounded them all. Past MAX_CONNECTIONS (6 here) a new
+    connection takes the place of the oldest of the address that holds the most."""
+    from convstream.dashboard import port
+
+    monkeypatch.setattr(port, "MAX_CONNECTIONS", 6)
+
+    def connect(host: str) -> socket.socket:
+        connection = socket.create_connection(("127.0.0.1", dash.port), source_address=(host, 0))
+        connection.settimeout(5)
+        return connection
+
+    async with _dashboard(f"127.0.0.1:{_closed_port()}") as dash:
+        slow = [connect("127.0.0.2") for _ in range(4)] + [connect("127.0.0.3") for _ in range(2)]
+        for connection in slow:
+            connection.sendall(b"GET / HTTP/1.1\r\n")  # headers, slowly
+        await asyncio.sleep(0.3)  # all six accepted
+        probe = connect("127.0.0.4")
+        probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.to_thread(probe.recv, 1024)
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        # the busiest address's oldest went; the rest, and the other address's, are held
+        assert await asyncio.to_thread(slow[0].recv, 1024) == b""
+        for connection in (slow[1], slow[4]):
+            connection.settimeout(0.2)
+            with pytest.raises(TimeoutError):
+                connection.recv(1024)
+        said = [r.message for r in caplog.records if "the most it keeps" in r.message]
+        assert len(said) == 1 and "the oldest of 127.0.0.2" in said[0], said
+        for connection in [*slow, probe]:
+            connection.close()
+
+
 async def test_sighup_reloads_the_pages_certificate(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
