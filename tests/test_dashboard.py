@@ -1063,7 +1063,7 @@ async def test_throttled_browsers_lose_only_their_own_frames(
 
         start_hub, start = await snapshot()
         began = time.monotonic()
-        await asyncio.sleep(5.0)
+        await asyncio.sleep(3.0)
         elapsed = time.monotonic() - began
         end_hub, end = await snapshot()
         hub_frames = end_hub - start_hub
@@ -1208,7 +1208,7 @@ async def test_dashboard_outlives_a_server_restart(
         assert ready == (503, "the convstream server is not reachable\n"), ready
         # A page opened during the outage: the corner, the tile and the frame's age tell the
         # truth (it said "live", the last rates, and "last frame under a second ago").
-        await asyncio.sleep(2.5)
+        await asyncio.sleep(1.2)
         page = await _open(browser, dash)
         from playwright.async_api import expect
 
@@ -1229,7 +1229,7 @@ async def test_dashboard_outlives_a_server_restart(
             "window.bannerChanges++).observe(el, {childList: true, subtree: true, "
             "characterData: true}); }"
         )
-        await asyncio.sleep(1.5)  # several polls
+        await asyncio.sleep(1.0)  # five polls
         assert await page.evaluate("window.bannerChanges") == 0
         tile = _tile(page, "belt")
         await expect(tile.locator(".state")).to_have_text("offline")
@@ -1237,7 +1237,7 @@ async def test_dashboard_outlives_a_server_restart(
         await expect(tile.locator(".v-latency")).to_have_text("\u2013")
         notice = await tile.locator(".notice").inner_text()
         age = re.search(r"last frame (\d+) s ago", notice)
-        assert age and int(age.group(1)) >= 2, notice
+        assert age and int(age.group(1)) >= 1, notice
         await page.screenshot(path=artifacts / "server-down.png")
         assert page.errors == []
         await page.context.close()
