@@ -247,8 +247,15 @@ def test_channel_options_keepalive_limits_and_retry_policy() -> None:
         target, credentials, args = client._channel_args()
     options = dict(args)
     assert target == "10.0.0.9:50051" and credentials is None
-    # the server accepts pings no more often than every 10 s
-    assert options["grpc.keepalive_time_ms"] >= 30_000
+    # the server accepts pings no more often than every 10 s: the client keeps well over it,
+    # and finds a silent link within 40 s (gRPC skips a ping after data: up to twice the
+    # interval, then the timeout; 30 s and 20 s took 90 s)
+    from convstream.server.app import grpc_options
+    from convstream.server.config import Settings
+
+    floor = dict(grpc_options(Settings()))["grpc.http2.min_ping_interval_without_data_ms"]
+    assert options["grpc.keepalive_time_ms"] >= 1.5 * floor
+    assert 2 * options["grpc.keepalive_time_ms"] + options["grpc.keepalive_timeout_ms"] <= 40_000
     assert options["grpc.max_receive_message_length"] == 8 << 20
     assert options["grpc.max_send_message_length"] == 8 << 20
     config = json.loads(options["grpc.service_config"])
@@ -320,5 +327,8 @@ def test_a_connection_lost_mid_call_is_not_blamed_on_tls() -> None:
         hint = unavailable_hint(said, None)
         assert hint.startswith("the connection was lost"), hint
         assert "TLS" not in hint
+    # one that went silent says so (its message also says the stream was removed)
+    silent = unavailable_hint("Stream removed (ping timeout)", None)
+    assert silent.startswith("it stopped answering"), silent
     # a connection that never was still gets the TLS question
     assert "If it uses TLS" in unavailable_hint("failed to connect to all addresses", None)

@@ -43,10 +43,12 @@ DEFAULT_ADDRESS = "127.0.0.1:50051"
 # default too, so that one `export` points a shell's commands and programs alike.
 ADDRESS_ENV = "CONVSTREAM_ADDRESS"
 DEFAULT_PORT = 50051
-# The server accepts pings every 10 s or slower, also between calls; 30 s finds a dead
-# connection (a pulled cable, a NAT that forgot us) well before TCP would.
-KEEPALIVE_MS = 30_000
-KEEPALIVE_TIMEOUT_MS = 20_000
+# The server accepts pings every 10 s or slower, also between calls. gRPC skips a ping when
+# data came since the last one, so a link that goes silent (a frozen server, a pulled cable,
+# a NAT that forgot us) is found after up to twice the interval and the timeout: 40 s here,
+# where 30 s and 20 s left an integrator's watch of a frozen server silent for 90 s.
+KEEPALIVE_MS = 15_000
+KEEPALIVE_TIMEOUT_MS = 10_000
 CLOSED = "the client was closed while this call ran"  # the Cancelled that close() causes
 STEADY_S = 10.0  # a watch registered this long has held: a break after it is a new outage
 

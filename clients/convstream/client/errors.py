@@ -324,15 +324,15 @@ def unavailable_hint(message: str, tls: TLS | None, terms: Mapping[str, str] = P
         )
     if "Connection refused" in message:
         return "nothing listens on that port: is `convstream serve` running there?"
-    if "Socket closed" in message or "Stream removed" in message or "reset by peer" in message:
-        # it was connected: a server that stopped or restarted, or a network that cut it
-        return "the connection was lost: the server stopped or restarted, or the network cut it"
     if "ping timeout" in message or "timed out" in message:
         # a link that went silent (a cable, a switch, a firewall) rather than no server
         return (
             "it stopped answering: the network between here and there, or the server, is "
             "down or overloaded"
         )
+    if "Socket closed" in message or "Stream removed" in message or "reset by peer" in message:
+        # it was connected: a server that stopped or restarted, or a network that cut it
+        return "the connection was lost: the server stopped or restarted, or the network cut it"
     if tls is None:
         return (
             f"is `convstream serve` running there? If it uses TLS, add {terms['ca']} or "
