@@ -43,10 +43,9 @@ DEFAULT_ADDRESS = "127.0.0.1:50051"
 # default too, so that one `export` points a shell's commands and programs alike.
 ADDRESS_ENV = "CONVSTREAM_ADDRESS"
 DEFAULT_PORT = 50051
-# The server accepts pings every 10 s or slower, also between calls. gRPC skips a ping when
-# data came since the last one, so a link that goes silent (a frozen server, a pulled cable,
-# a NAT that forgot us) is found after up to twice the interval and the timeout: 40 s here,
-# where 30 s and 20 s left an integrator's watch of a frozen server silent for 90 s.
+# The server accepts pings every 10 s or slower, also between calls. A link that goes silent
+# (a frozen server, a pulled cable, a NAT that forgot us) is found within the two, 25 s (with
+# ping_timeout_ms below), where an integrator's watch of a frozen server waited 90 s.
 KEEPALIVE_MS = 15_000
 KEEPALIVE_TIMEOUT_MS = 10_000
 CLOSED = "the client was closed while this call ran"  # the Cancelled that close() causes
@@ -280,6 +279,10 @@ class BaseClient:
             ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
+            # Any ping unanswered this long ends the connection: a ping in flight when the
+            # server froze (gRPC's own, sizing its window) waited a minute, keepalive's ping
+            # behind it, and a watch of a frozen server went unnoticed for 75-90 s.
+            ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
             ("grpc.enable_retries", 1),
             ("grpc.service_config", self.retry.service_config(methods)),
             # gRPC stops retrying a call whose request passes this buffer (256 KiB by

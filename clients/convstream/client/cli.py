@@ -1067,7 +1067,7 @@ class CameraLull:
                     )
                     continue
                 # A stalled link or a server gone quiet: the watch itself notices only when
-                # its keepalive fails, up to 40 s on. Its error says which, with what to
+                # its keepalive fails, up to 25 s on. Its error says which, with what to
                 # check (a certificate for another name keeps a watch waiting for ever).
                 hint = unavailable_hint(exc.message, self._client.tls)
                 self._say(
