@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from convstream.client._base import clean_token
+from convstream.client._base import KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS, clean_token
 from convstream.client.connection_flags import refused_hint, unavailable_hint
 from convstream.client.errors import is_name_mismatch
 from convstream.client.results import Geometry
@@ -58,8 +58,10 @@ RETRY_MAX_S = 5.0
 CHANNEL_OPTIONS = [
     ("grpc.http2.bdp_probe", 0),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
+    # as the client library's: a server gone silent is found within 25 s
+    ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     # gRPC's own reconnect backoff grows to 120 s, and calls fail at once while it waits:
     # after a long outage the page went on saying the server was unreachable for up to two
     # minutes after it was back. Reconnects back off as the hub's polls do.
