@@ -13,8 +13,10 @@ from convstream.model.network import HEATMAP_STRIDE, DamageNet
 from convstream.model.scenes import render_scene
 from convstream.model.train import (
     CROP,
+    DOWNSCALED,
     MARGIN,
     RENDER_SIZE,
+    _render_pair,
     batches,
     cell_targets,
     crop_start,
@@ -53,11 +55,31 @@ def test_pairs_are_rendered_in_order_damaged_then_intact(
     assert images.shape == (2 * len(SEEDS), RENDER_SIZE, RENDER_SIZE, 3)
     assert masks.shape == images.shape[:3]
     for i, seed in enumerate(SEEDS):
-        for j, damaged in enumerate((True, False)):
-            scene = render_scene(seed, RENDER_SIZE, RENDER_SIZE, damaged=damaged)
-            np.testing.assert_array_equal(images[2 * i + j], scene.image)
-            np.testing.assert_array_equal(masks[2 * i + j], scene.mask)
+        damaged, damaged_mask, intact, intact_mask = _render_pair(seed)
+        np.testing.assert_array_equal(images[2 * i], damaged)
+        np.testing.assert_array_equal(masks[2 * i], damaged_mask)
+        np.testing.assert_array_equal(images[2 * i + 1], intact)
+        np.testing.assert_array_equal(masks[2 * i + 1], intact_mask)
     assert masks[0::2].any(axis=(1, 2)).all() and not masks[1::2].any()
+
+
+def test_a_share_of_the_pairs_is_drawn_larger_and_scaled_down_as_the_server_scales_frames() -> None:
+    """A model trained on scenes drawn at their size alone raised an alarm on 40-45% of
+    intact 720p and 1080p renders that the server scaled down. About DOWNSCALED of the pairs
+    are drawn larger and scaled down (INTER_AREA, as the server); the rest as drawn."""
+    seeds = range(40)
+    scaled = 0
+    for seed in seeds:
+        damaged, damaged_mask, intact, intact_mask = _render_pair(seed)
+        assert damaged.shape == intact.shape == (RENDER_SIZE, RENDER_SIZE, 3)
+        assert damaged_mask.any() and not intact_mask.any()
+        drawn = render_scene(seed, RENDER_SIZE, RENDER_SIZE, damaged=True)
+        if np.array_equal(damaged, drawn.image):
+            np.testing.assert_array_equal(damaged_mask, drawn.mask)
+            continue
+        scaled += 1
+    assert 0.15 * len(seeds) <= scaled <= 0.6 * len(seeds), scaled
+    assert 0 < DOWNSCALED < 1
 
 
 def test_crops_fall_on_the_damage_about_as_often_as_asked(
