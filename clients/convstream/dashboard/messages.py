@@ -83,7 +83,7 @@ def model_json(info: pb.ModelInfo, threshold: float) -> dict[str, Any]:
         "provider": info.execution_provider,
         "requested": info.requested_provider,
         # unrounded, as frames' scores are: the page calls a tile damaged by score >=
-        # threshold, which at 4 decimals (0.8215 for the shipped 0.82151) said DAMAGED of
+        # threshold, which at 4 decimals (0.8215 for a threshold of 0.82151) said DAMAGED of
         # frames the server calls intact
         # the server's threshold, for people (the tooltip): the shortest decimal the wire's
         # float32 holds, 0.939 as set, not 0.9390000104904175; and where it comes from
