@@ -328,6 +328,12 @@ def test_a_connection_lost_mid_call_is_not_blamed_on_tls() -> None:
         hint = unavailable_hint(said, None)
         assert hint.startswith("the connection was lost"), hint
         assert "TLS" not in hint
+    # a socket closed while connecting is the server refusing the handshake (mutual TLS
+    # without a client certificate): not a lost connection
+    refused = (
+        "failed to connect to all addresses; last error: UNKNOWN: ipv4:1.2.3.4:5: Socket closed"
+    )
+    assert "If it uses TLS" in unavailable_hint(refused, None)
     # one that went silent says so (its message also says the stream was removed)
     silent = unavailable_hint("Stream removed (ping timeout)", None)
     assert silent.startswith("it stopped answering"), silent

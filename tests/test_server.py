@@ -189,9 +189,11 @@ async def test_analyze_formats_and_sizes(
 
 async def test_the_score_is_the_frames_not_the_letterbox_bars(stub: pb_grpc.ConvstreamStub) -> None:
     # A flat, wide strip letterboxed into 384x640 is mostly grey bars; the model's own score
-    # output is its whole input's hottest cell, here one of only bars (0.0108 against the
-    # strip's 0.0063 with the model of 2026-12-03). The result's score is the frame's.
-    frame = np.full((100, 640, 3), 200, np.uint8)
+    # output is its whole input's hottest cell, here one of only bars at the input's edge
+    # (0.0167 against the strip's 0.0025 with the model of 2026-12-07, for a strip of the
+    # bars' own grey; 0.0108 against 0.0063 for a lighter one with the model before). The
+    # result's score is the frame's.
+    frame = np.full((100, 640, 3), 114, np.uint8)
     raw = pb.RawImage(width=640, height=100, format=pb.PIXEL_FORMAT_BGR8, data=frame.tobytes())
     result = await stub.Analyze(pb.FrameRequest(raw=raw))
     geometry = result.geometry

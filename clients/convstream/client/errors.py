@@ -330,8 +330,11 @@ def unavailable_hint(message: str, tls: TLS | None, terms: Mapping[str, str] = P
             "it stopped answering: the network between here and there, or the server, is "
             "down or overloaded"
         )
-    if "Socket closed" in message or "Stream removed" in message or "reset by peer" in message:
-        # it was connected: a server that stopped or restarted, or a network that cut it
+    if ("Stream removed" in message or "reset by peer" in message) and not message.startswith(
+        "failed to connect"
+    ):
+        # it was connected, a call under way: a server that stopped or restarted, or a network
+        # that cut it (a socket closed while connecting is a refused handshake: below)
         return "the connection was lost: the server stopped or restarted, or the network cut it"
     if tls is None:
         return (

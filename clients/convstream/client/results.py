@@ -284,7 +284,9 @@ class Result:
             geometry=Geometry.from_proto(message.geometry)
             if message.HasField("geometry")
             else None,
-            hottest=(round(message.peak.x), round(message.peak.y))
+            # the pixel the centre falls in, as peak() finds it (646.875 is pixel 646: round()
+            # said 647, a pixel off the heatmap's own answer)
+            hottest=(int(message.peak.x), int(message.peak.y))
             if message.HasField("peak")
             else None,
             hottest_cell=(message.peak.row, message.peak.col) if message.HasField("peak") else None,
