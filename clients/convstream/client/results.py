@@ -145,8 +145,8 @@ class Result:
         dropped_frame_ids: the ids of frames dropped since the previous result.
         sequence: the server's count of results on this stream, from 1 (0 for analyze).
         geometry: how the frame sits in the model input; see ``peak()`` and overlays.
-        hottest: (x, y) in frame pixels of the hottest heatmap cell's centre, as the server
-            found it in float32 (sent with or without the heatmap); see ``peak()``.
+        hottest: (x, y) of the frame pixel the hottest heatmap cell's centre falls in, as
+            the server found it in float32 (sent with or without the heatmap); see ``peak()``.
         hottest_cell: (row, col) of that cell in ``heatmap``, and in the feature maps of the
             stages at the heatmap's stride (stage3, stage4); see ``peak_cell()``.
         error: why this frame was not analysed (a stream goes on past bad frames); None if ok.
