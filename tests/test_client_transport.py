@@ -247,16 +247,23 @@ def test_channel_options_keepalive_limits_and_retry_policy() -> None:
         target, credentials, args = client._channel_args()
     options = dict(args)
     assert target == "10.0.0.9:50051" and credentials is None
-    # the server accepts pings no more often than every 10 s: the client keeps well over it,
-    # and finds a silent link within 25 s: no ping, its own or gRPC's, waits longer than the
-    # keepalive's timeout (a ping in flight as the server froze waited gRPC's minute: 90 s)
+    # the server accepts pings no more often than every 10 s: the client keeps well over it.
+    # A watch's channel finds a silent link within 25 s: no ping, its own or gRPC's, waits
+    # longer than the keepalive's timeout (a ping in flight as the server froze waited gRPC's
+    # minute: 90 s). The frames' channel keeps gRPC's: a ping waits behind the frames sent,
+    # and 10 s cut a healthy stream on a slow uplink.
     from convstream.server.app import grpc_options
     from convstream.server.config import Settings
 
     floor = dict(grpc_options(Settings()))["grpc.http2.min_ping_interval_without_data_ms"]
-    assert options["grpc.keepalive_time_ms"] >= 1.5 * floor
-    assert options["grpc.http2.ping_timeout_ms"] == options["grpc.keepalive_timeout_ms"]
-    assert options["grpc.keepalive_time_ms"] + options["grpc.keepalive_timeout_ms"] <= 25_000
+    with Client("10.0.0.9") as client:
+        watching = dict(client._channel_args(cameras=True)[2])
+    for channel in (options, watching):
+        assert channel["grpc.keepalive_time_ms"] >= 1.5 * floor
+    assert watching["grpc.http2.ping_timeout_ms"] == watching["grpc.keepalive_timeout_ms"]
+    assert watching["grpc.keepalive_time_ms"] + watching["grpc.keepalive_timeout_ms"] <= 25_000
+    assert "grpc.http2.ping_timeout_ms" not in options
+    assert options["grpc.keepalive_timeout_ms"] >= 20_000
     assert options["grpc.max_receive_message_length"] == 8 << 20
     assert options["grpc.max_send_message_length"] == 8 << 20
     config = json.loads(options["grpc.service_config"])

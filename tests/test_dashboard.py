@@ -44,14 +44,15 @@ from convstream.dashboard import (
     add_commands,
     run_dashboard,
 )
-from convstream.dashboard.alerts import Alert, AlertLog, Snapshot, render_snapshot
-from convstream.dashboard.hub import CameraView, Hub
-from convstream.dashboard.messages import (
-    frame_message,
-    model_json,
-    parse_frame_message,
+from convstream.dashboard.alerts import (
+    Alert,
+    AlertLog,
+    Snapshot,
+    render_snapshot,
     shortest_threshold,
 )
+from convstream.dashboard.hub import CameraView, Hub
+from convstream.dashboard.messages import frame_message, model_json, parse_frame_message
 from convstream.dashboard.web import STATIC_DIR, WINDOW
 from convstream.model.scenes import render_scene
 from convstream.server import CameraConfig, Server, Settings
@@ -328,7 +329,7 @@ async def test_the_page_gets_the_scores_and_the_threshold_the_server_compares() 
     for threshold, score in ((0.9, 0.89996), (None, 0.821505)):
         hub = Hub(DashboardSettings(threshold=threshold))
         info = pb.ModelInfo(threshold=0.82151)
-        hub._model_threshold = shortest_threshold(info.threshold)
+        hub._model_threshold = float(info.threshold)
         view = CameraView(id="dock", status={}, history=deque(maxlen=8))
         result = pb.FrameResult(frame_id=1, score=score, frame_jpeg=jpeg_bytes)
         await hub._on_result(view, result)
@@ -336,23 +337,26 @@ async def test_the_page_gets_the_scores_and_the_threshold_the_server_compares() 
         sent = parse_frame_message(view.last_frame)[0]["score"]
         page_threshold = model_json(info, hub.threshold)["threshold"]  # type: ignore[arg-type]
         assert result.score < (threshold or info.threshold)  # the server: intact
-        assert sent < page_threshold, (threshold, sent, page_threshold)  # the page: intact too
+        # the page: intact too, comparing in float32 (Math.fround) as the server does
+        assert np.float32(sent) < np.float32(page_threshold), (threshold, sent, page_threshold)
     # for people: the server's threshold as set, not float32's 0.9390000104904175
     info = pb.ModelInfo(threshold=0.939, threshold_source="setting")
     shown = model_json(info, 0.939)
     assert (shown["server_threshold"], shown["threshold_source"]) == (0.939, "setting")
-    # the threshold the page and the alert files compare with: short (0.82151, where they
-    # said 0.8215100169181824), and every float32 score on the side of it the server puts it
-    assert shortest_threshold(pb.ModelInfo(threshold=0.82151).threshold) == 0.82151
-    for wanted in (0.82151, 0.7, 0.939, 0.5, 0.123456789, 1.0):
+    # the threshold the page and the alert files say: short (0.895284, where they said
+    # 0.8952839970588684), the same float32, which scores are compared with
+    assert shortest_threshold(pb.ModelInfo(threshold=0.895284).threshold) == 0.895284
+    for wanted in (0.82151, 0.895284, 0.7, 0.9, 0.95, 0.123456789, 1.0):
         exact = np.float32(wanted)
         short = shortest_threshold(float(exact))
-        assert len(repr(short)) <= 12, short
+        assert np.float32(short) == exact and len(repr(short)) <= 11, (wanted, short)
+        if wanted != 0.123456789:
+            assert short == wanted  # as set
         score = exact
         for _ in range(6):
             score = np.nextafter(score, np.float32(-1))
         for _ in range(12):
-            assert (float(score) >= short) == (score >= exact), (wanted, score, short)
+            assert (np.float32(float(score)) >= np.float32(short)) == (score >= exact)
             score = np.nextafter(score, np.float32(2))
 
 

@@ -43,12 +43,42 @@ DEFAULT_ADDRESS = "127.0.0.1:50051"
 # default too, so that one `export` points a shell's commands and programs alike.
 ADDRESS_ENV = "CONVSTREAM_ADDRESS"
 DEFAULT_PORT = 50051
-# The server accepts pings every 10 s or slower, also between calls. A link that goes silent
-# (a frozen server, a pulled cable, a NAT that forgot us) is found within the two, 25 s (with
-# ping_timeout_ms below), where an integrator's watch of a frozen server waited 90 s.
-KEEPALIVE_MS = 15_000
-KEEPALIVE_TIMEOUT_MS = 10_000
+# The server accepts pings every 10 s or slower, also between calls; 30 s finds a dead
+# connection (a pulled cable, a NAT that forgot us) well before TCP would. A ping waits
+# behind the frames already sent, so on a slow uplink a shorter timeout cut a healthy stream
+# (a reviewer's 480 kbit/s link, a 10 s timeout: cut after 13 s).
+KEEPALIVE_MS = 30_000
+KEEPALIVE_TIMEOUT_MS = 20_000
+# A watch's channel sends next to nothing, so a ping never waits there: it pings more often,
+# and no ping of its own or gRPC's waits past the timeout (gRPC's own waited a minute behind
+# which keepalive's waited too): a watch of a frozen server is told within 25 s, where an
+# integrator's waited 90 s.
+WATCH_KEEPALIVE_MS = 15_000
+WATCH_KEEPALIVE_TIMEOUT_MS = 10_000
 CLOSED = "the client was closed while this call ran"  # the Cancelled that close() causes
+
+
+def keepalive() -> list[tuple[str, int]]:
+    """The keepalive options of a channel that sends frames."""
+    return [
+        ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def watch_keepalive() -> list[tuple[str, int]]:
+    """The keepalive options of a channel that only watches (a client's, the dashboard's)."""
+    return [
+        ("grpc.keepalive_time_ms", WATCH_KEEPALIVE_MS),
+        ("grpc.keepalive_timeout_ms", WATCH_KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.ping_timeout_ms", WATCH_KEEPALIVE_TIMEOUT_MS),
+    ]
+
+
 STEADY_S = 10.0  # a watch registered this long has held: a break after it is a new outage
 
 
@@ -275,14 +305,7 @@ class BaseClient:
         args: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", limit),
             ("grpc.max_receive_message_length", limit),
-            ("grpc.keepalive_time_ms", KEEPALIVE_MS),
-            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.max_pings_without_data", 0),
-            # Any ping unanswered this long ends the connection: a ping in flight when the
-            # server froze (gRPC's own, sizing its window) waited a minute, keepalive's ping
-            # behind it, and a watch of a frozen server went unnoticed for 75-90 s.
-            ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+            *(watch_keepalive() if cameras else keepalive()),
             ("grpc.enable_retries", 1),
             ("grpc.service_config", self.retry.service_config(methods)),
             # gRPC stops retrying a call whose request passes this buffer (256 KiB by

@@ -46,6 +46,13 @@ FURTHER_INSIDE = 0.1
 T = TypeVar("T")
 
 
+def shortest_threshold(threshold: float) -> float:
+    """A threshold as people and JSON read it: the shortest decimal that is the same float32
+    (0.895284, where /api/state and the alert files said 0.8952839970588684). Scores are
+    compared with the float32 value itself (Hub.threshold; the page's Math.fround)."""
+    return float(str(np.float32(threshold)))
+
+
 @dataclass(frozen=True)
 class Alert:
     """One alert as browsers see it; the snapshot is served at ``url``, the frame as it came
@@ -87,7 +94,7 @@ class Alert:
 
     def to_json(self) -> dict[str, object]:
         urls = {"url": self.url, "frame_url": self.frame_url, "thumb_url": self.thumb_url}
-        return {**asdict(self), **urls}
+        return {**asdict(self), "threshold": shortest_threshold(self.threshold), **urls}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Alert:

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
+import numpy as np
 
-from convstream.client._base import KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS, clean_token
+from convstream.client._base import clean_token, watch_keepalive
 from convstream.client.connection_flags import refused_hint, unavailable_hint
 from convstream.client.errors import is_name_mismatch
 from convstream.client.results import Geometry
@@ -41,7 +42,6 @@ from convstream.dashboard.messages import (
     placement,
     quantise,
     seconds,
-    shortest_threshold,
     text,
 )
 from convstream.dashboard.settings import DashboardSettings
@@ -58,10 +58,8 @@ RETRY_MAX_S = 5.0
 CHANNEL_OPTIONS = [
     ("grpc.http2.bdp_probe", 0),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-    # as the client library's: a server gone silent is found within 25 s
-    ("grpc.keepalive_time_ms", KEEPALIVE_MS),
-    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
-    ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    # as the client library's watches: a server gone silent is found within 25 s
+    *watch_keepalive(),
     # gRPC's own reconnect backoff grows to 120 s, and calls fail at once while it waits:
     # after a long outage the page went on saying the server was unreachable for up to two
     # minutes after it was back. Reconnects back off as the hub's polls do.
@@ -162,9 +160,10 @@ class Hub:
 
     @property
     def threshold(self) -> float | None:
-        """The alert threshold in use: the setting, else the model's; None before it is known."""
+        """The alert threshold in use: the setting, else the model's; None before it is known.
+        As a float32, as the server compares a score with its own (and the page with this)."""
         if self.settings.threshold is not None:
-            return self.settings.threshold
+            return float(np.float32(self.settings.threshold))
         return self._model_threshold
 
     async def start(self) -> None:
@@ -240,7 +239,7 @@ class Hub:
                 info = await self._stub.GetModelInfo(
                     pb.GetModelInfoRequest(), timeout=CALL_TIMEOUT_S, metadata=self._metadata
                 )
-                self._model_threshold = shortest_threshold(info.threshold)
+                self._model_threshold = float(info.threshold)
                 assert self.threshold is not None
                 model = model_json(info, self.threshold)
                 if model != self.model:

@@ -14,13 +14,13 @@ model input (the JPEG is the letterboxed input; ``box`` is the frame's part of i
 from __future__ import annotations
 
 import json
-import math
 import struct
 from typing import Any
 
 import numpy as np
 
 from convstream.client.results import camera_state_name, json_text
+from convstream.dashboard.alerts import shortest_threshold
 from convstream.v1 import convstream_pb2 as pb
 
 
@@ -62,19 +62,6 @@ def camera_json(camera: pb.CameraStatus) -> dict[str, Any]:
     }
 
 
-def shortest_threshold(threshold: float) -> float:
-    """The server's float32 threshold as the shortest decimal that every float32 score
-    compares with as with the threshold itself (score >= it exactly when score >= the
-    threshold): 0.82151, where the page and the alert files said 0.8215100169181824."""
-    exact = np.float32(threshold)
-    below = float(np.nextafter(exact, np.float32(-np.inf)))
-    for digits in range(1, 18):
-        decimal = math.floor(float(exact) * 10**digits) / 10**digits
-        if below < decimal <= float(exact):
-            return decimal
-    return float(exact)
-
-
 def model_json(info: pb.ModelInfo, threshold: float) -> dict[str, Any]:
     """The model corner: name, hash, provider, versions and the alert threshold in use."""
     return {
@@ -89,7 +76,7 @@ def model_json(info: pb.ModelInfo, threshold: float) -> dict[str, Any]:
         # float32 holds, 0.939 as set, not 0.9390000104904175; and where it comes from
         "server_threshold": float(str(np.float32(info.threshold))),
         "threshold_source": info.threshold_source,
-        "threshold": threshold,
+        "threshold": shortest_threshold(threshold),
         "onnxruntime": info.onnxruntime_version,
         "server_version": info.server_version,
         "stride": info.heatmap_stride,

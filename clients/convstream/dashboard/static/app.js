@@ -940,7 +940,9 @@
       `(requested ${model.requested}) on onnxruntime ${model.onnxruntime}, ` +
       `server ${model.server_version}, server threshold ${thresholdText(model.server_threshold)}` +
       `${thresholdFrom(model.threshold_source)}, alert threshold ${thresholdText(model.threshold)}`;
-    state.threshold = model.threshold;
+    // compared as the server compares, in float32: the message says it short (0.895284), and
+    // a score of exactly the threshold's float32 value is at it, not under
+    state.threshold = Math.fround(model.threshold);
     buildLut(model.threshold);
     // As the CLI prints it (0.8215, not 0.82: a tile reading 0.82 could stay quiet under a
     // threshold shown as 0.82).
