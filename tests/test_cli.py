@@ -1193,6 +1193,9 @@ def test_a_config_whose_password_every_user_can_read_is_warned_of(
         '# e.g. source = "rtsp://admin:example@cam/s" (a comment: not read)\n'
         '[[cameras]]\nid = "dock-3"\nsource = "rtsp://user:hunter2@10.0.0.7/s"\n'
         '[[cameras]]\nid = "gate"\nsource = "http://10.0.0.8/video.cgi?user=a&pwd=b"\n'
+        # a stream's own parameters are no password (a review's Dahua URL was warned of)
+        '[[cameras]]\nid = "yard"\n'
+        'source = "rtsp://10.0.0.7/cam/realmonitor?channel=1&subtype=0&proto=Onvif"\n'
     )
     config.chmod(0o644)
     assert main(["serve", "--check-config", "--config", str(config)]) == 0

@@ -217,8 +217,18 @@ def test_passwords_never_reach_logs_or_clients() -> None:
     # and nothing that is not a secret is hidden
     plain = "rtsp://10.0.0.7:554/Streaming/Channels/101?transportmode=unicast&profile=1"
     assert redact(plain) == plain
-    for plain in ("rtsp://h/cam/realmonitor?channel=1&subtype=0", "demo:conveyor?fps=4&seed=3"):
+    for plain in (
+        "rtsp://h/cam/realmonitor?channel=1&subtype=0&unicast=true&proto=Onvif",
+        "demo:conveyor?fps=4&seed=3",
+        # a path with '=' in it, or a setting in a message, is no URL's query (a review's)
+        "could not open file source /data/run_2026=final/belt.mp4",
+        "max_in_flight=4 frames",
+    ):
         assert redact(plain) == plain
+    # any name in a URL's query, encoded or bracketed, and after a '#'
+    assert redact("http://h/v?%70wd=a&p[w]=b&id=c#password=d") == (
+        "http://h/v?%70wd=***&p[w]=***&id=***#password=***"
+    )
     two = "camera a (rtsp://10.0.0.7:554/live) failed; see admin@example.com"
     assert redact(two) == two
     # a '/' in a password moves the port: the message says to percent-encode it

@@ -213,7 +213,7 @@ def _readable_passwords(path: Path | None) -> list[str]:
     """A warning when the config file holds a password (in a camera's URL) that every user
     of this machine can read."""
     from convstream.server.config import config_path
-    from convstream.server.sources import redact
+    from convstream.server.sources import names_a_secret
     from convstream.server.tls import readable_by_all
 
     path = config_path(path, os.environ)
@@ -226,7 +226,7 @@ def _readable_passwords(path: Path | None) -> list[str]:
     found = [
         number
         for number, line in enumerate(lines, 1)
-        if not line.lstrip().startswith("#") and redact(line) != line
+        if not line.lstrip().startswith("#") and names_a_secret(line)
     ]
     if not found:
         return []

@@ -34,7 +34,7 @@ from convstream.server.config import (
 from convstream.server.decode import Limits, check_encoded, decode_encoded, orientation, sniff
 from convstream.server.errors import InvalidFrame
 from convstream.v1 import file_holds_text, what_it_holds
-from convstream.v1.diagnose import media_type, why_closed
+from convstream.v1.diagnose import SECRET_PARAMETERS, media_type, why_closed
 
 logger = logging.getLogger(__name__)
 
@@ -92,24 +92,39 @@ class SourceError(Exception):
 # and transport. Every other parameter's value is hidden, whatever its name: a list of names
 # that carry secrets missed clave=, senha=, mdp=, psd= and user=admin:password.
 SHOWN_PARAMETERS = (
-    "channel|channels|channelno|chn|ch|subtype|stream|streamtype|streamid|sub|main|profile"
-    "|resolution|res|fps|framerate|rate|width|height|size|seed|camera|cam|cameraid|id|codec"
-    "|videocodec|compression|transport|transportmode|rtsp_transport|unicast|multicast|tcp|udp"
-    "|mode|quality|audio|video|media|track|type|format|fmt|bitrate|gop|buffer|latency|index"
+    "channel|channels|channelno|chn|ch|subtype|streamtype|sub|main|profile|resolution|res"
+    "|fps|framerate|rate|width|height|size|seed|camera|cam|codec|videocodec|compression"
+    "|transport|transportmode|rtsp_transport|unicast|multicast|tcp|udp|proto|mode|quality"
+    "|audio|video|media|track|type|format|fmt|bitrate|gop|buffer|latency|index"
 )
+# Within a URL only (a path with '=' in it, or a setting quoted in a message, is no query):
+# any name, '%70wd' and 'auth[password]' too.
+_URL = re.compile(r"(?:[a-z][a-z0-9+.\-]*://|demo:)[^\s'\"<>]+", re.IGNORECASE)
 _PARAMETER_VALUE = re.compile(
-    rf"([?&;_/](?!(?:{SHOWN_PARAMETERS})=)[\w.\-]+=)[^&;#?\s'\"]*?([):,.]*)(?=[&;#?\s'\"]|$)",
+    rf"([?&;_/#](?!(?:{SHOWN_PARAMETERS})=)[^=&;#?\s'\"/]+=)[^&;#?\s'\"]*?([):,.]*)"
+    r"(?=[&;#?\s'\"]|$)",
     re.IGNORECASE,
 )
 
 
 def redact(text: str) -> str:
     """Hide passwords in URLs: rtsp://user:secret@host -> rtsp://user:***@host, a user name
-    alone (rtsp://***@host: it may be a token), and the values of query parameters but those
-    that pick a stream and its format (SHOWN_PARAMETERS: channel=1&subtype=0 stay)."""
+    alone (rtsp://***@host: it may be a token), and the values of a URL's query parameters
+    but those that pick a stream and its format (SHOWN_PARAMETERS: channel=1&subtype=0
+    stay)."""
     text = _USER_ONLY.sub("//***@", _CREDENTIALS.sub(r"\1:***@", text))
     text = _LOOSE_CREDENTIALS.sub(r"\1:***@", text)  # no '//': not done by the line above
-    return _PARAMETER_VALUE.sub(r"\1***\2", text)
+    return _URL.sub(lambda url: _PARAMETER_VALUE.sub(r"\1***\2", url.group(0)), text)
+
+
+def names_a_secret(text: str) -> bool:
+    """Whether text holds a URL's password, a user name alone (it may be a token), or a
+    query parameter named like a secret (pwd=, token=, ...): a config file's line that must
+    not be readable by all. Not every value redact hides: channel=1&proto=Onvif is none."""
+    return any(
+        pattern.search(text)
+        for pattern in (_CREDENTIALS, _USER_ONLY, _LOOSE_CREDENTIALS, SECRET_PARAMETERS)
+    )
 
 
 def shown(value: object, limit: int = 60) -> str:
