@@ -324,7 +324,7 @@ def unavailable_hint(message: str, tls: TLS | None, terms: Mapping[str, str] = P
         )
     if "Connection refused" in message:
         return "nothing listens on that port: is `convstream serve` running there?"
-    if "ping timeout" in message or "timed out" in message:
+    if "ping timeout" in message or "keepalive" in message or "timed out" in message:
         # a link that went silent (a cable, a switch, a firewall) rather than no server
         return (
             "it stopped answering: the network between here and there, or the server, is "
