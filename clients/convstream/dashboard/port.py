@@ -7,7 +7,7 @@ page answers to): a TLS port cannot answer plain HTTP, and an operator who types
 sent on rather than get an empty reply. Over HTTP, every connection goes to the page.
 
 Before that, a host holding MAX_CONNECTIONS_PER_HOST connections to the page gets no more,
-past MAX_CONNECTIONS in all a new one ends the oldest of the address holding the most, and a
+past MAX_CONNECTIONS in all a new one is closed (the open pages keep theirs), and a
 connection that sends nothing in FIRST_BYTE_S is closed: a security review's 5,000
 connections, each sending a header line every 4 s, were all held (aiohttp reads headers
 with no deadline), and with the 1024 files a systemd service starts with asyncio logged
@@ -37,10 +37,11 @@ ACCEPT_WARN_EVERY_S = 60.0  # a failing accept, or a host at its cap, is logged 
 # whole office behind one NAT address watching it stays well under this.
 MAX_CONNECTIONS_PER_HOST = 128
 MAX_HOSTS_KEPT = 1000  # past this many addresses, those with no connection left are forgotten
-# Connections to the page from all addresses, at most: past it a new one takes the place of
-# the oldest of the address that holds the most (not its own), as on the metrics port. A
-# security review's 1,280 half-sent requests from 10 addresses were all held (0.27 MB each
-# over TLS); a wall of 50 browsers holds about 300.
+# Connections to the page from all addresses, at most: past it a new one is closed as it
+# comes, and the pages open keep theirs. A security review's 1,280 half-sent requests from 10
+# addresses were all held (0.27 MB each over TLS); a wall of 50 browsers holds about 300.
+# (Ending the busiest address's oldest, as the metrics port does, let many addresses of a
+# few connections each end a NAT'd wall's open pages one by one: a diff review's.)
 MAX_CONNECTIONS = 1024
 
 
@@ -153,28 +154,19 @@ class PagePort:
                 )
                 continue
             if sum(map(self.held, list(self._open))) >= MAX_CONNECTIONS:
-                self._make_room(host)
+                connection.close()
+                busiest = max(self._open, key=lambda h: len(self._open[h]))
+                self._say(
+                    "full",
+                    "%d connections to the page, the most it keeps (%s holds %d): new ones are "
+                    "closed as they come until some end",
+                    MAX_CONNECTIONS,
+                    busiest,
+                    len(self._open[busiest]),
+                )
+                continue
             self._open.setdefault(host, []).append(connection)
             self._spawn(self._route(connection))
-
-    def _make_room(self, host: str) -> None:
-        """End the oldest connection of the address holding the most, ``host`` aside (its
-        cap is its own); said once a minute."""
-        busiest = max(
-            (h for h in self._open if h != host), key=lambda h: len(self._open[h]), default=None
-        )
-        if busiest is None:
-            return
-        oldest = self._open[busiest].pop(0)
-        with contextlib.suppress(OSError):  # its transport, or aiohttp, sees it end
-            oldest.shutdown(socket.SHUT_RDWR)
-        self._say(
-            "full",
-            "%d connections to the page, the most it keeps: the oldest of %s, which holds the "
-            "most, ends for each new one",
-            MAX_CONNECTIONS,
-            busiest,
-        )
 
     async def _route(self, connection: socket.socket) -> None:
         loop = asyncio.get_running_loop()
