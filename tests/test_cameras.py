@@ -379,7 +379,7 @@ def test_a_slow_camera_is_not_taken_for_a_stalled_one() -> None:
             waits = read_waits(capture, 3)
         finally:
             capture.release()
-    assert max(waits) < 1.6, [round(w, 2) for w in waits]  # 1 s each, not 2
+    assert max(waits) < 1.75, [round(w, 2) for w in waits]  # 1 s each, not 2
 
 
 def test_a_camera_sending_its_frames_in_bursts_is_not_stalled_between_them() -> None:
