@@ -107,6 +107,9 @@ _PARAMETER_VALUE = re.compile(
 )
 
 
+_ASSIGNED = re.compile(r"=(?!\*\*\*)[^\s&;'\"]+")  # a value given after '=' (file_holds)
+
+
 def redact(text: str) -> str:
     """Hide passwords in URLs: rtsp://user:secret@host -> rtsp://user:***@host, a user name
     alone (rtsp://***@host: it may be a token), and the values of a URL's query parameters
@@ -166,8 +169,10 @@ def file_holds(path: Path, *, quoted: bool = True) -> str:
     ``quoted`` for the server's log and its owner's check, not for clients' eyes."""
     try:
         with path.open("rb") as file:
-            # its first line quoted with any password hidden, as the log's other words
-            return redact(what_it_holds(file.read(48), path.stat().st_size, quoted=quoted))
+            # its first line quoted with every value after an '=' hidden (a secrets file's
+            # "db_password=..." is no URL, which redact reads), any URL's password too
+            said = what_it_holds(file.read(48), path.stat().st_size, quoted=quoted)
+            return _ASSIGNED.sub("=***", redact(said))
     except OSError as exc:
         return exc.strerror or str(exc)
 
