@@ -58,25 +58,19 @@ WATCH_KEEPALIVE_TIMEOUT_MS = 10_000
 CLOSED = "the client was closed while this call ran"  # the Cancelled that close() causes
 
 
-def keepalive() -> list[tuple[str, int]]:
-    """The keepalive options of a channel that sends frames."""
-    return [
-        ("grpc.keepalive_time_ms", KEEPALIVE_MS),
-        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+def keepalive(*, watch: bool = False) -> list[tuple[str, int]]:
+    """The keepalive options of a channel that sends frames, or of one that only watches
+    (``watch``: a client's cameras channel, the dashboard's)."""
+    time_ms, timeout_ms = KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS
+    if watch:
+        time_ms, timeout_ms = WATCH_KEEPALIVE_MS, WATCH_KEEPALIVE_TIMEOUT_MS
+    options = [
+        ("grpc.keepalive_time_ms", time_ms),
+        ("grpc.keepalive_timeout_ms", timeout_ms),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
     ]
-
-
-def watch_keepalive() -> list[tuple[str, int]]:
-    """The keepalive options of a channel that only watches (a client's, the dashboard's)."""
-    return [
-        ("grpc.keepalive_time_ms", WATCH_KEEPALIVE_MS),
-        ("grpc.keepalive_timeout_ms", WATCH_KEEPALIVE_TIMEOUT_MS),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.http2.ping_timeout_ms", WATCH_KEEPALIVE_TIMEOUT_MS),
-    ]
+    return [*options, ("grpc.http2.ping_timeout_ms", timeout_ms)] if watch else options
 
 
 STEADY_S = 10.0  # a watch registered this long has held: a break after it is a new outage
@@ -305,7 +299,7 @@ class BaseClient:
         args: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", limit),
             ("grpc.max_receive_message_length", limit),
-            *(watch_keepalive() if cameras else keepalive()),
+            *keepalive(watch=cameras),
             ("grpc.enable_retries", 1),
             ("grpc.service_config", self.retry.service_config(methods)),
             # gRPC stops retrying a call whose request passes this buffer (256 KiB by

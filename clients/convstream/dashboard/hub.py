@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import grpc
 import numpy as np
 
-from convstream.client._base import clean_token, watch_keepalive
+from convstream.client._base import clean_token, keepalive
 from convstream.client.connection_flags import refused_hint, unavailable_hint
 from convstream.client.errors import is_name_mismatch
 from convstream.client.results import Geometry
@@ -59,7 +59,7 @@ CHANNEL_OPTIONS = [
     ("grpc.http2.bdp_probe", 0),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     # as the client library's watches: a server gone silent is found within 25 s
-    *watch_keepalive(),
+    *keepalive(watch=True),
     # gRPC's own reconnect backoff grows to 120 s, and calls fail at once while it waits:
     # after a long outage the page went on saying the server was unreachable for up to two
     # minutes after it was back. Reconnects back off as the hub's polls do.
