@@ -148,6 +148,11 @@ class Hub:
         self._poller: asyncio.Task[None] | None = None
         self._beater: asyncio.Task[None] | None = None
         self._model_threshold: float | None = None
+        # the setting as a float32, as the server compares a score with its own (and the
+        # page with this), once rather than at every result
+        self._set_threshold = (
+            None if settings.threshold is None else float(np.float32(settings.threshold))
+        )
         # Frames sent to pages, numbered across cameras: a page draws a camera's frame only if
         # it is newer than the last it drew, and a camera removed and added again, whose own
         # count would start again, numbers on. (A page starts again at a new connection.)
@@ -162,8 +167,8 @@ class Hub:
     def threshold(self) -> float | None:
         """The alert threshold in use: the setting, else the model's; None before it is known.
         As a float32, as the server compares a score with its own (and the page with this)."""
-        if self.settings.threshold is not None:
-            return float(np.float32(self.settings.threshold))
+        if self._set_threshold is not None:
+            return self._set_threshold
         return self._model_threshold
 
     async def start(self) -> None:

@@ -74,7 +74,7 @@ def model_json(info: pb.ModelInfo, threshold: float) -> dict[str, Any]:
         # frames the server calls intact
         # the server's threshold, for people (the tooltip): the shortest decimal the wire's
         # float32 holds, 0.939 as set, not 0.9390000104904175; and where it comes from
-        "server_threshold": float(str(np.float32(info.threshold))),
+        "server_threshold": shortest_threshold(info.threshold),
         "threshold_source": info.threshold_source,
         "threshold": shortest_threshold(threshold),
         "onnxruntime": info.onnxruntime_version,
