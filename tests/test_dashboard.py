@@ -478,10 +478,15 @@ async def test_the_page_answers_only_to_its_own_names() -> None:
             assert await status("ws", "evil.example", **upgrade) == 421
     finally:
         await dashboard.stop()
-    # beyond loopback the page answers any name (a proxy's, an address) unless told which
     assert not DashboardSettings().answers_to("[::1")  # no name: 421, not a 500
+    # beyond loopback, told no names, the page answers to addresses and the machine's own
+    # names: a site pointing its name at the machine's LAN address (rebinding) gets 421
     exposed = DashboardSettings(host="0.0.0.0")
-    assert exposed.answers_to("10.0.0.5:8080") and exposed.answers_to("evil.example")
+    machine = socket.gethostname()
+    for host in ("10.0.0.5:8080", "[fe80::1]:8080", "localhost", machine, f"{machine}.local:80"):
+        assert exposed.answers_to(host), host
+    for host in ("evil.example", f"{machine}.evil.example", "10.0.0.5.evil.example"):
+        assert not exposed.answers_to(host), host
     named = DashboardSettings(host="0.0.0.0", allowed_hosts=("dash.example",))
     assert named.answers_to("dash.example:443") and not named.answers_to("10.0.0.5:8080")
 

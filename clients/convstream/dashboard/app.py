@@ -19,7 +19,7 @@ from convstream.dashboard import https
 from convstream.dashboard.https import https_context, https_warnings
 from convstream.dashboard.hub import Hub
 from convstream.dashboard.port import PagePort
-from convstream.dashboard.settings import DashboardSettings
+from convstream.dashboard.settings import DashboardSettings, own_names
 from convstream.dashboard.web import make_app
 
 logger = logging.getLogger(__name__)
@@ -72,6 +72,8 @@ class Dashboard:
         )
         await self._runner.setup()
         settings = self.settings
+        if not settings.listens_on_loopback:  # looked up here, not at a page's first request
+            await asyncio.to_thread(own_names)
         assert self._runner.server is not None  # set up above
         self._port = PagePort(self._runner.server, https_context(settings), settings.answers_to)
         self.port = await self._port.start(settings.host, settings.port)

@@ -59,9 +59,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME",
         help="also answer requests for this host name, e.g. a reverse proxy's public name "
-        "(repeatable); on 127.0.0.1 the page answers only to localhost and loopback "
-        "addresses, so that no web page elsewhere can read it through a name pointed at "
-        "127.0.0.1",
+        "or the page's own name in your DNS (repeatable); on 127.0.0.1 the page answers only "
+        "to localhost and loopback addresses, elsewhere to IP addresses and this machine's "
+        "own names unless names are given, so that no web page elsewhere can read it "
+        "through a name of its own pointed at the page's address",
     )
     p.add_argument(
         "--threshold",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -46,7 +49,9 @@ class DashboardSettings:
             such as a reverse proxy's public name. Listening on loopback, it answers only to
             localhost and loopback addresses besides these: a web page elsewhere cannot read
             it by pointing a name of its own at 127.0.0.1 (DNS rebinding). Listening on
-            another address, it answers to any name unless some are given here.
+            another address, it answers to these names alone, or, with none given, to IP
+            addresses, localhost and this machine's own names (``own_names``), for the same
+            reason: a page pointing its name at the machine's LAN address.
         access_token: the secret a browser is given once, at the page's login form, to see
             the page, its live data and the alert images (a script sends it as
             ``Authorization: Bearer``); None: whoever reaches the page sees it.
@@ -89,7 +94,9 @@ class DashboardSettings:
         allowed = {n.strip().lower().strip("[]") for n in self.allowed_hosts}
         if self.listens_on_loopback:
             return name in allowed or is_loopback(name)
-        return not allowed or name in allowed
+        if allowed:
+            return name in allowed
+        return _is_address(name) or name in own_names()
 
     def __post_init__(self) -> None:
         checks = [
@@ -128,3 +135,20 @@ class DashboardSettings:
         check_plaintext_token(
             self.address, tls=self.tls, token=self.token, allow=self.allow_plaintext_token
         )
+
+
+@functools.cache
+def own_names() -> frozenset[str]:
+    """This machine's names, as a browser on the network may address it: its host name, that
+    name under ``.local`` (mDNS) and its fully qualified name; looked up once."""
+    host = socket.gethostname().lower()
+    return frozenset({"localhost", host, f"{host}.local", socket.getfqdn().lower()} - {""})
+
+
+def _is_address(name: str) -> bool:
+    """An IP address (a browser that reached the page by its address sends that as Host)."""
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True

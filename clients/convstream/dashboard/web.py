@@ -26,6 +26,7 @@ from convstream.dashboard import hub as hub_module
 from convstream.dashboard.access import Access, same_origin
 from convstream.dashboard.hub import Hub
 from convstream.dashboard.messages import text
+from convstream.dashboard.settings import own_names
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +139,9 @@ async def _check_host(request: web.Request, handler: Handler) -> web.StreamRespo
         names = [*settings.allowed_hosts]
         if settings.listens_on_loopback:
             names.append("localhost and loopback addresses")
+        elif not names:
+            own = ", ".join(sorted(own_names()))
+            names.append(f"IP addresses and this machine's names ({own})")
         raise web.HTTPMisdirectedRequest(
             text=f"this dashboard answers to {', '.join(names)}, not to {given!r}: a reverse "
             "proxy in front of it should pass one of those as Host, or start it with "
