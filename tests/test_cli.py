@@ -663,6 +663,12 @@ async def test_the_address_comes_from_the_environment_unless_a_flag_gives_it(
     add_dashboard(parser.add_subparsers(dest="command"))
     assert parser.parse_args(["dashboard"]).port == 8099
     assert parser.parse_args(["dashboard", "--port", "8098"]).port == 8098
+    monkeypatch.setenv("CONVSTREAM_DASHBOARD_PORT", "80a")  # the error says where it came from
+    parser = argparse.ArgumentParser(prog="convstream")
+    add_dashboard(parser.add_subparsers(dest="command"))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["dashboard"])
+    assert "got '80a' (from $CONVSTREAM_DASHBOARD_PORT)" in capsys.readouterr().err
 
 
 def test_no_server_is_one_line_and_exit_code_3(capsys: pytest.CaptureFixture[str]) -> None:

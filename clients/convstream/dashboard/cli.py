@@ -47,9 +47,19 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     )
     given = os.environ.get(PORT_ENV)  # as run.sh takes it, for every dashboard of a shell
     whence = f"from ${PORT_ENV}" if given else f"${PORT_ENV} sets another"
+
+    def port(text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            whence = f" (from ${PORT_ENV})" if text == given else ""
+            raise argparse.ArgumentTypeError(
+                f"expected a port number, got {text!r}{whence}"
+            ) from None
+
     p.add_argument(
         "--port",
-        type=int,
+        type=port,
         default=given or 8080,
         help=f"the page's port (default %(default)s; {whence})",
     )
