@@ -356,42 +356,113 @@ async def test_one_address_holds_a_bounded_number_of_connections_and_silent_ones
             connection.close()
 
 
-async def test_a_full_page_port_closes_new_connections_and_keeps_the_open_ones(
+async def test_a_full_page_port_ends_a_half_sent_connection_for_a_new_one(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A security review's 1,280 half-sent requests from 10 addresses were all held, each
     address under its own cap: nothing bounded them all. Past MAX_CONNECTIONS (6 here) a new
-    connection is closed as it comes; those open, a wall's pages among them, are kept."""
+    connection ends the oldest one still to send a whole request: closing every new one
+    instead (the rule before) let half-sent requests from a few addresses keep every page
+    out. Connections that have sent a request (the open pages') are never ended for it, and
+    when every one has, a new connection is closed as it comes."""
     from convstream.dashboard import port
 
     monkeypatch.setattr(port, "MAX_CONNECTIONS", 6)
+    probe = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"  # kept alive after
 
     def connect(host: str) -> socket.socket:
         connection = socket.create_connection(("127.0.0.1", dash.port), source_address=(host, 0))
         connection.settimeout(5)
         return connection
 
+    async def answered(connection: socket.socket) -> bool:
+        connection.sendall(probe)
+        return (await asyncio.to_thread(connection.recv, 1024)).startswith(b"HTTP/1.1 200")
+
+    def still_open(connection: socket.socket) -> bool:
+        connection.settimeout(0.2)
+        try:
+            return connection.recv(1024) != b""
+        except TimeoutError:
+            return True
+
     async with _dashboard(f"127.0.0.1:{_closed_port()}") as dash:
-        slow = [connect("127.0.0.2") for _ in range(4)] + [connect("127.0.0.3") for _ in range(2)]
+        pages = [connect("127.0.0.5") for _ in range(2)]
+        for page in pages:
+            assert await answered(page)
+        slow = [connect("127.0.0.2") for _ in range(3)] + [connect("127.0.0.3")]
         for connection in slow:
             connection.sendall(b"GET / HTTP/1.1\r\n")  # headers, slowly
+            await asyncio.sleep(0.05)  # accepted in this order
         await asyncio.sleep(0.3)  # all six accepted
-        late = connect("127.0.0.4")
-        assert await asyncio.to_thread(late.recv, 1024) == b""  # closed, unanswered
-        for connection in slow:  # every one held
-            connection.settimeout(0.2)
-            with pytest.raises(TimeoutError):
-                connection.recv(1024)
+        newcomer = connect("127.0.0.4")
+        assert await answered(newcomer)  # served: the oldest half-sent one made room
+        assert await asyncio.to_thread(slow[0].recv, 1024) == b""
+        assert all(still_open(c) for c in [*slow[1:], *pages])
         said = [r.message for r in caplog.records if "the most it keeps" in r.message]
-        assert len(said) == 1 and "127.0.0.2 holds 4" in said[0], said
-        slow[0].close()  # one ends: room for the next
-        await asyncio.sleep(0.3)
-        probe = connect("127.0.0.4")
-        probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        answer = await asyncio.to_thread(probe.recv, 1024)
-        assert answer.startswith(b"HTTP/1.1 200"), answer
-        for connection in [*slow, late, probe]:
+        assert len(said) == 1 and "the oldest still to send a whole request" in said[0], said
+        assert "127.0.0.2's" in said[0]
+        # every one has sent a request: a new connection is closed, the pages keep theirs
+        for connection in slow[1:]:
             connection.close()
+        await asyncio.sleep(0.3)
+        full = [connect("127.0.0.3") for _ in range(3)]
+        for connection in full:
+            assert await answered(connection)
+        late = connect("127.0.0.6")
+        late.settimeout(5)
+        assert await asyncio.to_thread(late.recv, 1024) == b""  # closed, unanswered
+        assert all(still_open(c) for c in [*pages, newcomer, *full])
+        said = [r.message for r in caplog.records if "past its first request" in r.message]
+        assert len(said) == 1 and "127.0.0.3 holds 3" in said[0], said
+        for connection in [*slow, *pages, newcomer, *full, late]:
+            connection.close()
+
+
+async def test_a_requests_headers_have_a_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A header line every few seconds held a connection until aiohttp's keep-alive timeout
+    (75 s), and the next such connection took its place. A request's headers must arrive
+    within HEADERS_S (1 s here) of its first byte: on a new connection, on one kept alive
+    after a request, and on the HTTPS port's redirect; a request sent in pieces inside it,
+    and a WebSocket open for longer, are kept."""
+    from convstream.dashboard import port
+
+    monkeypatch.setattr(port, "HEADERS_S", 1.0)
+    request = [b"GET /healthz HTTP/1.1\r\n", b"Host: 127.0.0.1\r\n", b"\r\n"]
+
+    async def drip(connection: socket.socket, lines: list[bytes], every: float) -> bytes:
+        """Send each line ``every`` s apart; what came back (b"" once closed)."""
+        for line in lines:
+            try:
+                connection.sendall(line)
+            except OSError:
+                return b""
+            await asyncio.sleep(every)
+        connection.settimeout(5)
+        try:
+            return await asyncio.to_thread(connection.recv, 1024)
+        except ConnectionResetError:
+            return b""
+
+    async with (
+        _dashboard(f"127.0.0.1:{_closed_port()}") as dash,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(dash.url + "ws") as ws,
+    ):
+        address = ("127.0.0.1", dash.port)
+        with socket.create_connection(address) as dripping:
+            began = time.monotonic()
+            lines = [b"GET / HTTP/1.1\r\n"] + [b"X-Slow: 1\r\n"] * 10
+            assert await drip(dripping, lines, 0.4) == b""
+            assert time.monotonic() - began < 5.5  # not the keep-alive's 75 s
+        with socket.create_connection(address) as pieces:  # slow, but inside the deadline
+            assert (await drip(pieces, request, 0.2)).startswith(b"HTTP/1.1 200")
+            # kept alive after it: the next request's headers have the same deadline
+            assert await drip(pieces, [b"GET / HTTP/1.1\r\n"] + [b"X: 1\r\n"] * 10, 0.4) == b""
+        await asyncio.sleep(1.5)  # the WebSocket, open past HEADERS_S, is kept
+        await ws.send_str("{}")
+        assert json.loads((await ws.receive(timeout=10)).data)["type"] == "hello"
+        assert not ws.closed
 
 
 async def test_sighup_reloads_the_pages_certificate(

@@ -20,7 +20,7 @@ from convstream.dashboard.https import https_context, https_warnings
 from convstream.dashboard.hub import Hub
 from convstream.dashboard.port import PagePort
 from convstream.dashboard.settings import DashboardSettings, own_names
-from convstream.dashboard.web import make_app
+from convstream.dashboard.web import REQUESTS, make_app
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,9 @@ class Dashboard:
         if not settings.listens_on_loopback:  # looked up here, not at a page's first request
             await asyncio.to_thread(own_names)
         assert self._runner.server is not None  # set up above
-        self._port = PagePort(self._runner.server, https_context(settings), settings.answers_to)
+        self._port = PagePort(
+            self._runner.server, https_context(settings), settings.answers_to, self.app[REQUESTS]
+        )
         self.port = await self._port.start(settings.host, settings.port)
         await self.hub.start()
 

@@ -7,11 +7,13 @@ page answers to): a TLS port cannot answer plain HTTP, and an operator who types
 sent on rather than get an empty reply. Over HTTP, every connection goes to the page.
 
 Before that, a host holding MAX_CONNECTIONS_PER_HOST connections to the page gets no more,
-past MAX_CONNECTIONS in all a new one is closed (the open pages keep theirs), and a
-connection that sends nothing in FIRST_BYTE_S is closed: a security review's 5,000
-connections, each sending a header line every 4 s, were all held (aiohttp reads headers
-with no deadline), and with the 1024 files a systemd service starts with asyncio logged
-each failed accept with its traceback, 158 MB of log in 50 s.
+a connection that sends nothing in FIRST_BYTE_S is closed, and one whose request's headers
+take longer than HEADERS_S: a security review's 5,000 connections, each sending a header
+line every 4 s, were all held (aiohttp reads headers with no deadline), and with the 1024
+files a systemd service starts with asyncio logged each failed accept with its traceback,
+158 MB of log in 50 s. Past MAX_CONNECTIONS in all, a new connection ends the oldest one that
+has not yet sent a whole request, or is closed if every one has: the open pages keep theirs
+(see ``Requests``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -32,37 +34,162 @@ logger = logging.getLogger(__name__)
 
 TLS_HANDSHAKE = 0x16  # the first byte of a TLS record that opens a handshake
 FIRST_BYTE_S = 10.0  # a connection that sends nothing this long is closed
+# A request's headers must have arrived this long after its first byte (the connection's
+# first, or the first after the request before it), or the connection is closed (as Go's
+# ReadHeaderTimeout): a browser sends them in one packet; aiohttp alone waits for its
+# keep-alive timeout (75 s) while a sender drips a header line every few seconds.
+HEADERS_S = 10.0
 ACCEPT_WARN_EVERY_S = 60.0  # a failing accept, or a host at its cap, is logged this often
 # Connections one address may hold to the page: a browser opens up to 6 a page, and a
 # whole office behind one NAT address watching it stays well under this.
 MAX_CONNECTIONS_PER_HOST = 128
 MAX_HOSTS_KEPT = 1000  # past this many addresses, those with no connection left are forgotten
-# Connections to the page from all addresses, at most: past it a new one is closed as it
-# comes, and the pages open keep theirs. A security review's 1,280 half-sent requests from 10
-# addresses were all held (0.27 MB each over TLS); a wall of 50 browsers holds about 300.
+# Connections to the page from all addresses, at most. A security review's 1,280 half-sent
+# requests from 10 addresses were all held (0.27 MB each over TLS); a wall of 50 browsers
+# holds about 300. Past it a new connection ends the oldest one still to send a whole
+# request, so that half-sent ones from many addresses cannot keep every newcomer out (a
+# code review's, on the rule before, which closed every new one while the port was full);
+# connections that have sent a request, the open pages', are never ended for a newcomer.
 # (Ending the busiest address's oldest, as the metrics port does, let many addresses of a
 # few connections each end a NAT'd wall's open pages one by one: a diff review's.)
 MAX_CONNECTIONS = 1024
 
 
+class Requests:
+    """Which of the page's connections have sent a whole request, and the HEADERS_S deadline
+    on each request's headers: the app's first middleware (and the redirect) tells it when a
+    request's handling starts and ends (``serving``); the port makes each connection's
+    protocol through ``protocol``."""
+
+    def __init__(self) -> None:
+        self._by_transport: dict[asyncio.BaseTransport, _Tracked] = {}
+
+    def protocol(self, inner: asyncio.Protocol, accepted: _Accepted) -> _Tracked:
+        return _Tracked(inner, accepted, self._by_transport)
+
+    @contextlib.contextmanager
+    def serving(self, transport: asyncio.BaseTransport | None) -> Iterator[None]:
+        """Around a request's handling, from its headers read to its answer (a WebSocket's
+        whole life): no header deadline runs meanwhile."""
+        tracked = self._by_transport.get(transport) if transport is not None else None
+        if tracked is None:  # not a connection of the port's (a test's own server)
+            yield
+            return
+        tracked.started()
+        try:
+            yield
+        finally:
+            tracked.ended()
+
+
+class _Accepted:
+    """One accepted connection: its socket (closed by whoever holds it: fileno() -1), its
+    address, and whether it has sent a whole request yet."""
+
+    def __init__(self, sock: socket.socket, host: str, at: float) -> None:
+        self.sock, self.host, self.at = sock, host, at
+        self.requested = False
+        self.transport: asyncio.Transport | None = None  # once routed to the page
+        self.routing: asyncio.Task[None] | None = None  # until then
+
+    @property
+    def open(self) -> bool:
+        return self.sock.fileno() >= 0
+
+    def end(self) -> None:
+        """Close it, whichever stage it is at."""
+        if self.transport is not None:
+            self.transport.abort()
+        elif self.routing is not None:
+            self.routing.cancel()  # _route closes the socket
+        else:
+            self.sock.close()
+
+
+class _Tracked(asyncio.Protocol):
+    """aiohttp's protocol for one connection (``inner``), with the HEADERS_S deadline."""
+
+    def __init__(
+        self,
+        inner: asyncio.Protocol,
+        accepted: _Accepted,
+        by_transport: dict[asyncio.BaseTransport, _Tracked],
+    ) -> None:
+        self._inner, self._accepted, self._by_transport = inner, accepted, by_transport
+        self._transport: asyncio.Transport | None = None
+        self._handling = 0  # requests being handled (pipelined ones wait their turn)
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = self._accepted.transport = transport
+        self._by_transport[transport] = self
+        self._arm()  # its first byte has come: the peek saw it
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._handling and self._deadline is None:
+            self._arm()  # a next request starts
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self._transport is not None:
+            self._by_transport.pop(self._transport, None)
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def started(self) -> None:
+        self._accepted.requested = True
+        self._handling += 1
+        self._disarm()
+
+    def ended(self) -> None:
+        self._handling -= 1
+
+    def _arm(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(HEADERS_S, self._late)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _late(self) -> None:
+        self._deadline = None
+        if self._transport is not None and not self._handling:
+            self._transport.abort()
+
+
 class PagePort:
     """The page's port: ``page`` is aiohttp's protocol factory (``AppRunner.server``);
-    ``context`` its TLS, or None for plain HTTP."""
+    ``context`` its TLS, or None for plain HTTP; ``requests`` the app's (its middleware
+    tells it when each request is handled)."""
 
     def __init__(
         self,
         page: Callable[[], asyncio.Protocol],
         context: ssl.SSLContext | None,
         answers_to: Callable[[str], bool],
+        requests: Requests,
     ) -> None:
         self._page = page
         self._context = context
         self._answers_to = answers_to
+        self._requests = requests
         self._redirects = web.Server(self._redirect, keepalive_timeout=https.IDLE_CONNECTION_S)
         self._listeners: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        # each address's connections: a socket's fileno() is -1 once its transport closed it
-        self._open: dict[str, list[socket.socket]] = {}
+        self._open: dict[str, list[_Accepted]] = {}  # each address's connections
         self._said_at: dict[str, float] = {}
 
     async def start(self, host: str, port: int) -> int:
@@ -99,7 +226,7 @@ class PagePort:
 
     def held(self, host: str) -> int:
         """Connections ``host`` holds to the page now."""
-        kept = [c for c in self._open.get(host, []) if c.fileno() >= 0]
+        kept = [c for c in self._open.get(host, []) if c.open]
         if kept:
             self._open[host] = kept
         else:
@@ -114,10 +241,11 @@ class PagePort:
             listener.close()
         await self._redirects.shutdown(1.0)
 
-    def _spawn(self, work: Any) -> None:
+    def _spawn(self, work: Any) -> asyncio.Task[None]:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _say(self, topic: str, message: str, *args: object) -> None:
         """A warning, at most once every ACCEPT_WARN_EVERY_S for its topic."""
@@ -153,24 +281,46 @@ class PagePort:
                     MAX_CONNECTIONS_PER_HOST,
                 )
                 continue
-            if sum(map(self.held, list(self._open))) >= MAX_CONNECTIONS:
+            if sum(map(self.held, list(self._open))) >= MAX_CONNECTIONS and not self._make_room():
                 connection.close()
                 busiest = max(self._open, key=lambda h: len(self._open[h]))
                 self._say(
                     "full",
-                    "%d connections to the page, the most it keeps (%s holds %d): new ones are "
-                    "closed as they come until some end",
+                    "%d connections to the page, the most it keeps, every one past its first "
+                    "request (%s holds %d): new ones are closed as they come until some end",
                     MAX_CONNECTIONS,
                     busiest,
                     len(self._open[busiest]),
                 )
                 continue
-            self._open.setdefault(host, []).append(connection)
-            self._spawn(self._route(connection))
+            accepted = _Accepted(connection, host, loop.time())
+            self._open.setdefault(host, []).append(accepted)
+            accepted.routing = self._spawn(self._route(accepted))
 
-    async def _route(self, connection: socket.socket) -> None:
+    def _make_room(self) -> bool:
+        """End the oldest connection yet to send a whole request, if there is one."""
+        waiting = [c for kept in self._open.values() for c in kept if c.open and not c.requested]
+        if not waiting:
+            return False
+        oldest = min(waiting, key=lambda c: c.at)
+        oldest.end()
+        self._say(
+            "room",
+            "%d connections to the page, the most it keeps: each new one ends the oldest "
+            "still to send a whole request (%s's, now)",
+            MAX_CONNECTIONS,
+            oldest.host,
+        )
+        return True
+
+    async def _route(self, accepted: _Accepted) -> None:
         loop = asyncio.get_running_loop()
+        connection = accepted.sock
         connection.setblocking(False)
+
+        def tracked(factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+            return lambda: self._requests.protocol(factory(), accepted)
+
         try:
             async with asyncio.timeout(FIRST_BYTE_S):
                 first = await _peek(loop, connection)
@@ -178,13 +328,16 @@ class PagePort:
                 connection.close()  # gone before saying anything
                 return
             if self._context is None:
-                await loop.connect_accepted_socket(self._page, connection)
+                await loop.connect_accepted_socket(tracked(self._page), connection)
             elif first[0] == TLS_HANDSHAKE:
                 await loop.connect_accepted_socket(
-                    self._page, connection, ssl=self._context, ssl_handshake_timeout=FIRST_BYTE_S
+                    tracked(self._page),
+                    connection,
+                    ssl=self._context,
+                    ssl_handshake_timeout=FIRST_BYTE_S,
                 )
             else:
-                await loop.connect_accepted_socket(self._redirects, connection)
+                await loop.connect_accepted_socket(tracked(self._redirects), connection)
         except (OSError, TimeoutError, ssl.SSLError):  # a failed handshake: the peer's
             connection.close()
         except asyncio.CancelledError:
@@ -192,14 +345,15 @@ class PagePort:
             raise
 
     async def _redirect(self, request: web.BaseRequest) -> web.StreamResponse:
-        host = request.headers.get("Host", "")
-        if not host or not self._answers_to(host):
-            return web.Response(status=421, text="this dashboard answers over https only\n")
-        return web.Response(
-            status=308,
-            headers={"Location": f"https://{host}{request.path_qs}"},
-            text="this dashboard answers over https only\n",
-        )
+        with self._requests.serving(request.transport):
+            host = request.headers.get("Host", "")
+            if not host or not self._answers_to(host):
+                return web.Response(status=421, text="this dashboard answers over https only\n")
+            return web.Response(
+                status=308,
+                headers={"Location": f"https://{host}{request.path_qs}"},
+                text="this dashboard answers over https only\n",
+            )
 
 
 async def _peek(loop: asyncio.AbstractEventLoop, connection: socket.socket) -> bytes:

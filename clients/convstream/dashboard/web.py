@@ -26,6 +26,7 @@ from convstream.dashboard import hub as hub_module
 from convstream.dashboard.access import Access, same_origin
 from convstream.dashboard.hub import Hub
 from convstream.dashboard.messages import text
+from convstream.dashboard.port import Requests
 from convstream.dashboard.settings import own_names
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 HUB: web.AppKey[Hub] = web.AppKey("hub", Hub)
 VIEWERS: web.AppKey[set[Viewer]] = web.AppKey("viewers", set)
 ACCESS: web.AppKey[Access] = web.AppKey("access", Access)
+REQUESTS: web.AppKey[Requests] = web.AppKey("requests", Requests)
 CSP = (
     "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
     "style-src 'self'; script-src 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -127,6 +129,14 @@ class Viewer:
             await self.ws.close()
         except ConnectionError:
             await self.ws.close()
+
+
+@web.middleware
+async def _note_request(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tell the page's port that this connection sent a whole request, and while it is
+    handled (a WebSocket's whole life), that its headers are in (port.Requests)."""
+    with request.app[REQUESTS].serving(request.transport):
+        return await handler(request)
 
 
 @web.middleware
@@ -278,8 +288,9 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 def make_app(hub: Hub) -> web.Application:
     """The aiohttp application: GET only (and the login form's POST, with an access token),
     nothing on it changes anything."""
-    app = web.Application(middlewares=[_check_host, _check_access])
+    app = web.Application(middlewares=[_note_request, _check_host, _check_access])
     app[HUB] = hub
+    app[REQUESTS] = Requests()
     access = app[ACCESS] = Access(hub.settings)
     app[VIEWERS] = set()
     app.router.add_get("/", index)
