@@ -888,10 +888,12 @@ async def test_video_file_loops_or_stops(tmp_path: Path, caplog: pytest.LogCaptu
         assert notes.state == pb.CAMERA_STATE_FAILED and notes.reconnects == 0
         assert notes.last_error == (
             "could not open file source: not a video OpenCV can read (it holds text (19 "
-            "bytes); the server's log says more)"
+            "bytes); the server's log names the file)"
         )
-        # and the log's quote of its first line hides what reads as a password
-        assert "(it holds text (19 bytes): 'hello&db_clave=***')" in caplog.text
+        # and the log names the file but quotes none of it: a secrets file's first line
+        # ("password = hunter2", or a token file's token alone) has no form a rule could hide
+        assert f"file source {tmp_path / 'notes.txt'} is not a video" in caplog.text
+        assert "(it holds text (19 bytes))" in caplog.text and "Zq1" not in caplog.text
         # never analysed a frame: no time at all, not the epoch (other languages' has_ checks)
         assert missing.frames_analysed == 0 and not missing.HasField("last_frame_time")
         assert missing.HasField("last_error_time") and missing.HasField("state_since")

@@ -107,9 +107,6 @@ _PARAMETER_VALUE = re.compile(
 )
 
 
-_ASSIGNED = re.compile(r"=(?!\*\*\*)[^\s&;'\"]+")  # a value given after '=' (file_holds)
-
-
 def redact(text: str) -> str:
     """Hide passwords in URLs: rtsp://user:secret@host -> rtsp://user:***@host, a user name
     alone (rtsp://***@host: it may be a token), and the values of a URL's query parameters
@@ -164,15 +161,13 @@ SOURCE_FORMS = (
 )
 
 
-def file_holds(path: Path, *, quoted: bool = True) -> str:
-    """A few words on a file a camera's source names that is no video (what_it_holds):
-    ``quoted`` for the server's log and its owner's check, not for clients' eyes."""
+def file_holds(path: Path) -> str:
+    """A few words on a file a camera's source names that is no video (what_it_holds), none
+    of them from the file: a path mistyped to a secrets file quoted its first line, and no
+    rule hides every form a secret takes there (a token file holds the token alone)."""
     try:
         with path.open("rb") as file:
-            # its first line quoted with every value after an '=' hidden (a secrets file's
-            # "db_password=..." is no URL, which redact reads), any URL's password too
-            said = what_it_holds(file.read(48), path.stat().st_size, quoted=quoted)
-            return _ASSIGNED.sub("=***", redact(said))
+            return what_it_holds(file.read(48), path.stat().st_size, quoted=False)
     except OSError as exc:
         return exc.strerror or str(exc)
 
@@ -466,16 +461,13 @@ class OpenCVCapture:
                 "plugged in, and may this user read it?"
             )
         if spec.kind == "file":  # for good, as a missing file: retrying reads it again
-            # What it holds is in the log alone: the error reaches every client that may
-            # list the camera, and a path mistyped to a secrets file showed its first line.
-            logger.warning(
-                "file source %s is not a video OpenCV can read (%s)",
-                spec.target,
-                file_holds(Path(spec.target)),
-            )
+            # The file's path is in the log alone: the error reaches every client that may
+            # list the camera, and clients name cameras by id, never by path.
+            holds = file_holds(Path(spec.target))
+            logger.warning("file source %s is not a video OpenCV can read (%s)", spec.target, holds)
             raise SourceError(
-                f"could not open file source: not a video OpenCV can read "
-                f"({file_holds(Path(spec.target), quoted=False)}; the server's log says more)",
+                f"could not open file source: not a video OpenCV can read ({holds}; the "
+                "server's log names the file)",
                 permanent=True,
             )
         # The probe gets what is left of the open timeout (a short look when OpenCV used
