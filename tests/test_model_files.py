@@ -295,7 +295,8 @@ def test_without_metadata_stages_and_stride_come_from_the_outputs_and_the_thresh
     caplog.clear()
     with caplog.at_level(logging.WARNING, "convstream.model.runtime"):
         again = DamageModel(provider="cpu")
-    assert not caplog.records and again.threshold == float(onnx_metadata()["threshold"])
+    assert not caplog.records and again.own_threshold == float(onnx_metadata()["threshold"])
+    assert again.threshold == float(np.float32(again.own_threshold))  # as results carry it
 
 
 @pytest.mark.parametrize("fixed_batch", [0, 8])

@@ -126,6 +126,14 @@ async def test_a_threshold_in_the_config_decides_damaged_and_a_reload_changes_it
                 assert server.metrics.registry.get_sample_value(
                     "convstream_threshold"
                 ) == pytest.approx(expected)
+            # A threshold the score equals as float32, as the wire carries both (and clients
+            # compare them), is met: the server compared its float64 and said not damaged.
+            just_over = result.score * (1 + 2**-26)  # rounds to the same float32
+            assert np.float32(just_over) == np.float32(result.score) and just_over > result.score
+            await server.reload(settings.model_copy(update={"threshold": just_over}))
+            tie = await stub.Analyze(frame)
+            assert tie.score == result.score and tie.threshold == result.score
+            assert tie.damaged
     finally:
         await server.stop(grace=0)
 

@@ -297,8 +297,8 @@ class DamageModel:
                 "threshold setting gives one (best chosen on your own footage)",
                 self.path,
             )
-        self.threshold = 0.5 if threshold is None else threshold  # a server's may replace it
-        self.own_threshold = self.threshold  # the file's, chosen when it was trained
+        self.own_threshold = 0.5 if threshold is None else threshold  # the file's, as it says
+        self.threshold = self.own_threshold  # a server's may replace it
         self.threshold_in_file = threshold is not None  # else 0.5, a default, not the model's
         # One small run (about a millisecond on a CPU) checks the outputs' shapes against the
         # metadata, and measures the strides and channels where the metadata does not say.
@@ -326,6 +326,17 @@ class DamageModel:
         self._shaped_lock = threading.Lock()
         self._spare: ort.InferenceSession | None = None  # for sizes past MAX_SHAPED_SESSIONS
         self._pads = threading.local()  # each worker thread's padded batches, by size
+
+    @property
+    def threshold(self) -> float:
+        """A score at or over it is damaged. Kept as the nearest float32, as results carry
+        both on the wire and clients compare them (a score equal to a threshold of 0.9 read
+        as damaged by a client and not by the server, which compared the float64 0.9)."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self._threshold = float(np.float32(value))
 
     def run(
         self, pixels: np.ndarray, outputs: Sequence[str] | None = None
