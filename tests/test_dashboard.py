@@ -49,7 +49,7 @@ from convstream.dashboard.alerts import (
     AlertLog,
     Snapshot,
     render_snapshot,
-    shortest_threshold,
+    shortest_float32,
 )
 from convstream.dashboard.hub import CameraView, Hub
 from convstream.dashboard.messages import frame_message, model_json, parse_frame_message
@@ -339,16 +339,20 @@ async def test_the_page_gets_the_scores_and_the_threshold_the_server_compares() 
         assert result.score < (threshold or info.threshold)  # the server: intact
         # the page: intact too, comparing in float32 (Math.fround) as the server does
         assert np.float32(sent) < np.float32(page_threshold), (threshold, sent, page_threshold)
+        # and so is a page opened later, which draws the history (round(score, 4) there)
+        (_, kept), *_ = view.history
+        assert np.float32(kept) == np.float32(result.score) < np.float32(page_threshold), kept
+        assert len(repr(kept)) <= 11  # short: every point of every camera goes to each page
     # for people: the server's threshold as set, not float32's 0.9390000104904175
     info = pb.ModelInfo(threshold=0.939, threshold_source="setting")
     shown = model_json(info, 0.939)
     assert (shown["server_threshold"], shown["threshold_source"]) == (0.939, "setting")
     # the threshold the page and the alert files say: short (0.895284, where they said
     # 0.8952839970588684), the same float32, which scores are compared with
-    assert shortest_threshold(pb.ModelInfo(threshold=0.895284).threshold) == 0.895284
+    assert shortest_float32(pb.ModelInfo(threshold=0.895284).threshold) == 0.895284
     for wanted in (0.82151, 0.895284, 0.7, 0.9, 0.95, 0.123456789, 1.0):
         exact = np.float32(wanted)
-        short = shortest_threshold(float(exact))
+        short = shortest_float32(float(exact))
         assert np.float32(short) == exact and len(repr(short)) <= 11, (wanted, short)
         if wanted != 0.123456789:
             assert short == wanted  # as set

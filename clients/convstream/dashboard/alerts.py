@@ -46,11 +46,12 @@ FURTHER_INSIDE = 0.1
 T = TypeVar("T")
 
 
-def shortest_threshold(threshold: float) -> float:
-    """A threshold as people and JSON read it: the shortest decimal that is the same float32
-    (0.895284, where /api/state and the alert files said 0.8952839970588684). Scores are
-    compared with the float32 value itself (Hub.threshold; the page's Math.fround)."""
-    return float(str(np.float32(threshold)))
+def shortest_float32(value: float) -> float:
+    """A threshold or a score as people and JSON read it: the shortest decimal that is the
+    same float32 (0.895284, where /api/state and the alert files said 0.8952839970588684).
+    Scores are compared with the threshold's float32 value (Hub.threshold; the page's
+    Math.fround), and this one reads back as the same float32."""
+    return float(str(np.float32(value)))
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class Alert:
 
     def to_json(self) -> dict[str, object]:
         urls = {"url": self.url, "frame_url": self.frame_url, "thumb_url": self.thumb_url}
-        return {**asdict(self), "threshold": shortest_threshold(self.threshold), **urls}
+        return {**asdict(self), "threshold": shortest_float32(self.threshold), **urls}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Alert:

@@ -32,6 +32,7 @@ from convstream.dashboard.alerts import (
     AlertLog,
     Decision,
     render_snapshot,
+    shortest_float32,
     snapshot_label,
 )
 from convstream.dashboard.messages import (
@@ -463,7 +464,9 @@ class Hub:
         stride = result.heatmap.stride or 8
         view.frames_received += 1
         view.blank_since = (view.blank_since or when) if result.blank else None
-        view.history.append((round(when, 3), round(score, 4)))
+        # the score as the float32 it is, in its shortest decimal: 4 decimals made 0.89996 a
+        # 0.9, over a threshold of 0.9 on a page opened later and not on the live one's
+        view.history.append((round(when, 3), shortest_float32(score)))
         # history_s by time, not only by points: a camera analysed slower than max_fps would
         # otherwise keep minutes more, sent to every page that opens
         while view.history[0][0] < when - self.settings.history_s:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from convstream.client.results import camera_state_name, json_text
-from convstream.dashboard.alerts import shortest_threshold
+from convstream.dashboard.alerts import shortest_float32
 from convstream.v1 import convstream_pb2 as pb
 
 
@@ -74,9 +74,9 @@ def model_json(info: pb.ModelInfo, threshold: float) -> dict[str, Any]:
         # frames the server calls intact
         # the server's threshold, for people (the tooltip): the shortest decimal the wire's
         # float32 holds, 0.939 as set, not 0.9390000104904175; and where it comes from
-        "server_threshold": shortest_threshold(info.threshold),
+        "server_threshold": shortest_float32(info.threshold),
         "threshold_source": info.threshold_source,
-        "threshold": shortest_threshold(threshold),
+        "threshold": shortest_float32(threshold),
         "onnxruntime": info.onnxruntime_version,
         "server_version": info.server_version,
         "stride": info.heatmap_stride,
