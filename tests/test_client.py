@@ -404,10 +404,15 @@ async def test_an_async_clients_quiet_sources_never_stall_its_other_streams(
 def test_a_camera_urls_credentials_are_neither_its_name_nor_in_its_error() -> None:
     """A Video of a URL is named by it, and the name is every frame's source, which the
     server echoes in results and logs: the user and password before the host are left out
-    of it, and out of its error and repr. The query stays (an NVR's channels differ only
-    there); the server hides its secrets (a metric label test shows it)."""
+    of it, and out of its error and repr. The query's values are hidden as the server hides
+    them (results may be published to other clients), but those that pick a stream: an
+    NVR's channels differ only there."""
     url = "rtsp://admin:Zq9Secret@cam.local:554/cam/realmonitor?channel=2&subtype=0"
     assert Video.default_name(url) == "rtsp://cam.local:554/cam/realmonitor?channel=2&subtype=0"
+    url = "http://10.0.0.9/cgi-bin/mjpg/video.cgi?channel=1&user=admin&password=Zq9Secret"
+    assert Video.default_name(url) == (
+        "http://10.0.0.9/cgi-bin/mjpg/video.cgi?channel=1&user=***&password=***"
+    )
     assert Video.default_name("C:/videos/a#1.avi") == "a#1"  # a path is no URL
     with pytest.raises(cs.SourceError) as info:
         Video("rtsp://admin:Zq9Secret@127.0.0.1:1/x")  # nothing listens: refused at once

@@ -36,6 +36,7 @@ from convstream.client.options import Upload
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import file_holds_text, what_it_holds
 from convstream.v1.diagnose import why_closed
+from convstream.v1.redaction import redact
 
 __all__ = [
     "Frame",
@@ -435,9 +436,10 @@ def set_capture_time(stamp: Timestamp, seconds: float) -> None:
 def public_url(url: str) -> str:
     """A camera URL as it may be shown and sent: without the user name and password before
     its host (rtsp://admin:pw@cam/x named the frames' source, which the server echoes in
-    results and logs, and counted them under it on /metrics). Its query stays, as it tells
-    an NVR's channels apart (?channel=1, ?channel=2); the server hides secret parameters in
-    it (pwd=...) wherever it shows a name. Anything but a URL (a path) as it is."""
+    results, logs, and counts under on /metrics), and with its query's values hidden as the
+    server hides them (``redact``: ?channel=1&subtype=0 stay, as they tell an NVR's channels
+    apart; ?user=admin&password=... do not, since results may be published to other
+    clients). Anything but a URL (a path) as it is."""
     if "://" not in url:
         return url
     try:
@@ -448,7 +450,7 @@ def public_url(url: str) -> str:
         return url.split("://", 1)[0] + "://..."
     if ":" in host:  # IPv6
         host = f"[{host}]"
-    return urlunsplit((parts.scheme, host + port, parts.path, parts.query, ""))
+    return redact(urlunsplit((parts.scheme, host + port, parts.path, parts.query, "")))
 
 
 def utf8_name(path: str | os.PathLike[str]) -> bool:

@@ -128,7 +128,7 @@ def _camera_flags(values: list[str] | None) -> list[dict[str, str]] | None:
     for value in values:
         camera_id, sep, source = value.partition("=")
         if not sep or not camera_id or not source:
-            from convstream.server.sources import shown  # passwords hidden, as everywhere
+            from convstream.v1.redaction import shown  # passwords hidden, as everywhere
 
             raise ValueError(
                 f"--camera takes ID=SOURCE, e.g. dock-3=rtsp://host/path; got {shown(value, 200)}"
@@ -213,8 +213,8 @@ def _readable_passwords(path: Path | None) -> list[str]:
     """A warning when the config file holds a password (in a camera's URL) that every user
     of this machine can read."""
     from convstream.server.config import config_path
-    from convstream.server.sources import names_a_secret
     from convstream.server.tls import readable_by_all
+    from convstream.v1.redaction import names_a_secret
 
     path = config_path(path, os.environ)
     if path is None or (mode := readable_by_all(path)) is None:

@@ -47,7 +47,6 @@ from convstream.server.servicer import (
     add_service,
     add_to_server,
 )
-from convstream.server.sources import shown
 from convstream.server.streams import WINDOW, stream_share
 from convstream.server.tls import (
     EXPIRY_WARNING,
@@ -59,6 +58,7 @@ from convstream.server.tls import (
 )
 from convstream.v1 import MAX_QUEUE_SIZE, is_loopback
 from convstream.v1 import convstream_pb2 as pb
+from convstream.v1.redaction import shown
 
 logger = logging.getLogger(__name__)
 

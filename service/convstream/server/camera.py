@@ -39,9 +39,9 @@ from convstream.server.sources import (
     SourceSpec,
     open_source,
     parse_source,
-    redact,
 )
 from convstream.v1 import convstream_pb2 as pb
+from convstream.v1.redaction import redact
 
 logger = logging.getLogger(__name__)
 

@@ -40,9 +40,10 @@ from convstream.server.feeds import (
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Options, Pipeline, check_without_stream
 from convstream.server.security import SCOPE, cameras_shown, scope_text, visible
-from convstream.server.sources import open_source, redact
+from convstream.server.sources import open_source
 from convstream.v1 import MAX_QUEUE_SIZE, MAX_WATCH_FPS
 from convstream.v1 import convstream_pb2 as pb
+from convstream.v1.redaction import redact
 
 logger = logging.getLogger(__name__)
 

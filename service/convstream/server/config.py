@@ -34,6 +34,7 @@ from pydantic import (
 from convstream.server.decode import MIN_SIDE
 from convstream.server.tls import PemFiles, read_pem
 from convstream.v1 import folded_id
+from convstream.v1.redaction import shown
 
 ENV_PREFIX = "CONVSTREAM_"
 
@@ -115,8 +116,6 @@ class CameraConfig(BaseModel):
     @field_validator("id")
     @classmethod
     def _check_id(cls, camera_id: str) -> str:
-        from convstream.server.sources import shown  # sources builds on this module
-
         if not re.fullmatch(CAMERA_ID, camera_id):
             # what lands here by mistake is often the source, password and all
             raise ValueError(f"a camera id is {CAMERA_ID_RULE}; got {shown(camera_id, 80)}")
@@ -850,8 +849,6 @@ def _describe(
     came from one), what was expected, and what arrived when that is a single value
     (shortened, passwords in URLs hidden; never a whole table, which would print every
     camera's source)."""
-    from convstream.server.sources import shown  # sources imports this module
-
     where = "".join(
         f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]
     ).lstrip(".")

@@ -18,8 +18,8 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-from convstream.server.sources import redact
 from convstream.v1 import convstream_pb2 as pb
+from convstream.v1.redaction import redact
 
 _BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 MAX_SOURCES = 100  # distinct source labels; clients choose them, so cap the cardinality

@@ -34,25 +34,13 @@ from convstream.server.config import (
 from convstream.server.decode import Limits, check_encoded, decode_encoded, orientation, sniff
 from convstream.server.errors import InvalidFrame
 from convstream.v1 import file_holds_text, what_it_holds
-from convstream.v1.diagnose import SECRET_PARAMETERS, media_type, why_closed
+from convstream.v1.diagnose import media_type, why_closed
+from convstream.v1.redaction import redact, shown
 
 logger = logging.getLogger(__name__)
 
 NETWORK_KINDS = ("rtsp", "rtsps", "http", "https", "tcp", "udp")
 _DEVICE = re.compile(r"^(?:device:(\d+)|/dev/video(\d+))$")
-# user:password@ after the scheme. Passwords that were not percent-encoded may hold '@', ':'
-# or '/': the password runs to the last '@' that a host name and then a path, a query or the
-# end follow, so no part of it is left showing (at worst an odd '@' in a path hides more);
-# or, without a '/', it may hold spaces.
-_HOST_FOLLOWS = r"(?=[^@/\s]*(?:[/?#\s'\"]|$))"
-_CREDENTIALS = re.compile(r"(//[^/:\s]*):(?:\S*|[^/@\n]*)@" + _HOST_FOLLOWS)
-# a user name alone, which some cameras take as an access token: rtsp://TOKEN@host
-_USER_ONLY = re.compile(r"//[^/:\s@]+@" + _HOST_FOLLOWS)
-# user:password@host in a URL mistyped without its '//' (rtsp:/admin:pw@host, rtsp:admin:pw@
-# host, admin:pw@host), which a config error quotes back: everything from the word before the
-# first ':' to the last '@' a host follows is hidden (a password may hold '@'), the scheme
-# or user name with it when it cannot be told apart.
-_LOOSE_CREDENTIALS = re.compile(r"(?<![^\s'\"(=])([^\s:/@'\"(]+):(?!//)[^\s'\"]*@" + _HOST_FOLLOWS)
 # RTSP over TCP: no lost UDP packets smearing frames, and it passes firewalls and NAT.
 _FFMPEG_DEFAULTS = "rtsp_transport;tcp"
 # OpenCV holds one process-wide lock around every FFmpeg open unless told FFmpeg is thread
@@ -86,52 +74,6 @@ class SourceError(Exception):
         super().__init__(message)
         self.permanent = permanent
         self.ended = ended  # a file that reached its end: stopped, not failed
-
-
-# Query (and XMEye path) parameters whose values are shown: what picks a stream, its format
-# and transport. Every other parameter's value is hidden, whatever its name: a list of names
-# that carry secrets missed clave=, senha=, mdp=, psd= and user=admin:password.
-SHOWN_PARAMETERS = (
-    "channel|channels|channelno|chn|ch|subtype|streamtype|sub|main|profile|resolution|res"
-    "|fps|framerate|rate|width|height|size|seed|camera|cam|codec|videocodec|compression"
-    "|transport|transportmode|rtsp_transport|unicast|multicast|tcp|udp|proto|mode|quality"
-    "|audio|video|media|track|type|format|fmt|bitrate|gop|buffer|latency|index"
-)
-# Within a URL only (a path with '=' in it, or a setting quoted in a message, is no query):
-# any name, '%70wd' and 'auth[password]' too.
-_URL = re.compile(r"(?:[a-z][a-z0-9+.\-]*://|demo:)[^\s'\"<>]+", re.IGNORECASE)
-_PARAMETER_VALUE = re.compile(
-    rf"([?&;_/#](?!(?:{SHOWN_PARAMETERS})=)[^=&;#?\s'\"/]+=)[^&;#?\s'\"]*?([):,.]*)"
-    r"(?=[&;#?\s'\"]|$)",
-    re.IGNORECASE,
-)
-
-
-def redact(text: str) -> str:
-    """Hide passwords in URLs: rtsp://user:secret@host -> rtsp://user:***@host, a user name
-    alone (rtsp://***@host: it may be a token), and the values of a URL's query parameters
-    but those that pick a stream and its format (SHOWN_PARAMETERS: channel=1&subtype=0
-    stay)."""
-    text = _USER_ONLY.sub("//***@", _CREDENTIALS.sub(r"\1:***@", text))
-    text = _LOOSE_CREDENTIALS.sub(r"\1:***@", text)  # no '//': not done by the line above
-    return _URL.sub(lambda url: _PARAMETER_VALUE.sub(r"\1***\2", url.group(0)), text)
-
-
-def names_a_secret(text: str) -> bool:
-    """Whether text holds a URL's password, a user name alone (it may be a token), or a
-    query parameter named like a secret (pwd=, token=, ...): a config file's line that must
-    not be readable by all. Not every value redact hides: channel=1&proto=Onvif is none."""
-    return any(
-        pattern.search(text)
-        for pattern in (_CREDENTIALS, _USER_ONLY, _LOOSE_CREDENTIALS, SECRET_PARAMETERS)
-    )
-
-
-def shown(value: object, limit: int = 60) -> str:
-    """repr(value) for a message: passwords hidden (as by redact) before it is cut to limit
-    characters, so that a cut never leaves part of one showing."""
-    text = redact(repr(value))
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)

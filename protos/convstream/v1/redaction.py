@@ -1,0 +1,67 @@
+"""Passwords and tokens hidden wherever a camera's URL is shown: the server's log, its
+metrics' labels, its errors, and the names clients give their frames' source (which the
+server echoes in results and may publish to other clients). One rule for both sides."""
+
+from __future__ import annotations
+
+import re
+
+from convstream.v1.diagnose import SECRET_PARAMETERS
+
+# user:password@ after the scheme. Passwords that were not percent-encoded may hold '@', ':'
+# or '/': the password runs to the last '@' that a host name and then a path, a query or the
+# end follow, so no part of it is left showing (at worst an odd '@' in a path hides more);
+# or, without a '/', it may hold spaces.
+_HOST_FOLLOWS = r"(?=[^@/\s]*(?:[/?#\s'\"]|$))"
+_CREDENTIALS = re.compile(r"(//[^/:\s]*):(?:\S*|[^/@\n]*)@" + _HOST_FOLLOWS)
+# a user name alone, which some cameras take as an access token: rtsp://TOKEN@host
+_USER_ONLY = re.compile(r"//[^/:\s@]+@" + _HOST_FOLLOWS)
+# user:password@host in a URL mistyped without its '//' (rtsp:/admin:pw@host, rtsp:admin:pw@
+# host, admin:pw@host), which a config error quotes back: everything from the word before the
+# first ':' to the last '@' a host follows is hidden (a password may hold '@'), the scheme
+# or user name with it when it cannot be told apart.
+_LOOSE_CREDENTIALS = re.compile(r"(?<![^\s'\"(=])([^\s:/@'\"(]+):(?!//)[^\s'\"]*@" + _HOST_FOLLOWS)
+# Query (and XMEye path) parameters whose values are shown: what picks a stream, its format
+# and transport. Every other parameter's value is hidden, whatever its name: a list of names
+# that carry secrets missed clave=, senha=, mdp=, psd= and user=admin:password.
+SHOWN_PARAMETERS = (
+    "channel|channels|channelno|chn|ch|subtype|streamtype|sub|main|profile|resolution|res"
+    "|fps|framerate|rate|width|height|size|seed|camera|cam|codec|videocodec|compression"
+    "|transport|transportmode|rtsp_transport|unicast|multicast|tcp|udp|proto|mode|quality"
+    "|audio|video|media|track|type|format|fmt|bitrate|gop|buffer|latency|index"
+)
+# Within a URL only (a path with '=' in it, or a setting quoted in a message, is no query):
+# any name, '%70wd' and 'auth[password]' too.
+_URL = re.compile(r"(?:[a-z][a-z0-9+.\-]*://|demo:)[^\s'\"<>]+", re.IGNORECASE)
+_PARAMETER_VALUE = re.compile(
+    rf"([?&;_/#](?!(?:{SHOWN_PARAMETERS})=)[^=&;#?\s'\"/]+=)[^&;#?\s'\"]*?([):,.]*)"
+    r"(?=[&;#?\s'\"]|$)",
+    re.IGNORECASE,
+)
+
+
+def redact(text: str) -> str:
+    """Hide passwords in URLs: rtsp://user:secret@host -> rtsp://user:***@host, a user name
+    alone (rtsp://***@host: it may be a token), and the values of a URL's query parameters
+    but those that pick a stream and its format (SHOWN_PARAMETERS: channel=1&subtype=0
+    stay)."""
+    text = _USER_ONLY.sub("//***@", _CREDENTIALS.sub(r"\1:***@", text))
+    text = _LOOSE_CREDENTIALS.sub(r"\1:***@", text)  # no '//': not done by the line above
+    return _URL.sub(lambda url: _PARAMETER_VALUE.sub(r"\1***\2", url.group(0)), text)
+
+
+def names_a_secret(text: str) -> bool:
+    """Whether text holds a URL's password, a user name alone (it may be a token), or a
+    query parameter named like a secret (pwd=, token=, ...): a config file's line that must
+    not be readable by all. Not every value redact hides: channel=1&proto=Onvif is none."""
+    return any(
+        pattern.search(text)
+        for pattern in (_CREDENTIALS, _USER_ONLY, _LOOSE_CREDENTIALS, SECRET_PARAMETERS)
+    )
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """repr(value) for a message: passwords hidden (as by redact) before it is cut to limit
+    characters, so that a cut never leaves part of one showing."""
+    text = redact(repr(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
