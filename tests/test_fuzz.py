@@ -42,6 +42,7 @@ from convstream.server.errors import InvalidFrame, InvalidOptions
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Options, Pipeline
 from convstream.server.streams import StreamSession
+from convstream.server.wire import Received
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
@@ -246,7 +247,7 @@ def test_stream_options_never_raise(pipeline: Pipeline, message: pb.ResultOption
     """A stream's first options configure its queue; bad ones fail that frame, nothing else."""
     session = StreamSession(pipeline, Metrics(), default_queue=4, draining=asyncio.Event())
     request = pb.FrameRequest(frame_id=7, encoded=BASES["jpeg"], options=message)
-    item = session._accept(request, 0.0)
+    item = session._accept(Received(request, request.ByteSize(), None), 0.0)
     if item.options is None:
         assert item.failure is not None and item.failure.status.code == INVALID
         assert item.failure.frame_id == 7

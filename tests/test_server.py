@@ -540,7 +540,7 @@ async def test_a_frame_over_the_message_limit_is_refused_alone_in_the_servers_wo
 
 
 def test_an_oversized_messages_id_and_source_are_read_off_its_start_unparsed() -> None:
-    from convstream.server.servicer import _id_and_source
+    from convstream.server.wire import id_and_source as _id_and_source
 
     image = b"\x00" * 100_000
     message = pb.FrameRequest(frame_id=300, source="dock-3", encoded=image).SerializeToString()
@@ -556,6 +556,43 @@ def test_an_oversized_messages_id_and_source_are_read_off_its_start_unparsed() -
     assert _id_and_source(message[:5]) == (300, "")  # cut inside the source
     assert _id_and_source(b"\xff" * 20) == (0, "")  # no message at all
     assert _id_and_source(b"") == (0, "")
+
+
+def test_a_frames_size_and_raw_length_are_read_off_its_bytes_as_the_parse_reads_them() -> None:
+    """A stream's checks run on the event loop: request.ByteSize() (71 ms for a 64 MB raw
+    frame) and len(request.raw.data) (a 35 ms copy) there stalled every other client's
+    frames for seconds while one sent such frames. The deserializer reads both off the wire
+    bytes, and must read what the parse does, whatever order or repetition the wire has."""
+    from convstream.server.servicer import _parse
+    from convstream.server.wire import Received, raw_data_length
+
+    def raw(data: bytes, width: int = 4) -> bytes:
+        return pb.FrameRequest(raw=pb.RawImage(width=width, data=data)).SerializeToString()
+
+    jpeg_part = pb.FrameRequest(encoded=b"\xff\xd8" * 10).SerializeToString()
+    wires = [
+        pb.FrameRequest(frame_id=1, source="a", raw=pb.RawImage(data=b"x" * 300)),
+        pb.FrameRequest(frame_id=2, encoded=b"y" * 300),
+        pb.FrameRequest(frame_id=3),
+        pb.FrameRequest(raw=pb.RawImage(width=3, height=2)),  # a raw image without data
+    ]
+    cases = [w.SerializeToString() for w in wires] + [
+        raw(b"a" * 10) + raw(b"b" * 20),  # merged: the last data
+        raw(b"a" * 10) + raw(b"", width=9),  # merged, the second without data: the first's
+        raw(b"a" * 10) + jpeg_part,  # an encoded image after: no raw at all
+        jpeg_part + raw(b"c" * 7),  # a raw image after an encoded one: it
+        raw(b"a" * 10) + jpeg_part + pb.FrameRequest(raw=pb.RawImage(width=2)).SerializeToString(),
+    ]
+    parse = _parse(pb.FrameRequest, 1 << 20)
+    for wire in cases:
+        parsed = pb.FrameRequest.FromString(wire)
+        expected = len(parsed.raw.data) if parsed.WhichOneof("image") == "raw" else None
+        assert raw_data_length(wire) == expected, (wire[:40], expected)
+        received = parse(wire)
+        assert isinstance(received, Received) and received.request == parsed
+        assert received.size == len(wire)  # what gRPC read (ByteSize, for canonical bytes)
+        assert wire not in cases[: len(wires)] or received.size == parsed.ByteSize()
+        assert received.raw_length == expected
 
 
 async def test_a_message_limit_over_1_gib_starts() -> None:

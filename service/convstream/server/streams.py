@@ -44,6 +44,7 @@ from convstream.server.pipeline import (
     check_freshness,
     error_result,
 )
+from convstream.server.wire import Received
 from convstream.v1 import MAX_QUEUE_SIZE
 from convstream.v1 import convstream_pb2 as pb
 
@@ -71,6 +72,7 @@ class _Item:
     options: Options | None  # None: the frame already failed
     failure: pb.FrameResult | None = None
     size: int = 0  # bytes taken from the ByteBudget, given back when the item leaves
+    wire_size: int = 0  # the request's size on the wire, read as it came (wire.Received)
     # Sent under LOSSLESS: never dropped, also once the stream's first options choose a
     # policy that drops (the frames sent before them were sent to be answered).
     kept: bool = False
@@ -263,15 +265,16 @@ class StreamSession:
         self.freshness, self.capacity = freshness, capacity
         self.window = LATEST_ONLY_WINDOW if freshness == pb.FRESHNESS_LATEST_ONLY else WINDOW
 
-    def _accept(self, request: pb.FrameRequest | RefusedMessage, arrived: float) -> _Item:
+    def _accept(self, received: Received | RefusedMessage, arrived: float) -> _Item:
         """Options for this frame: its own (which then stick) or the stream's last ones; and
         its source: its own (which then sticks) or the stream's last one. A message refused
         as it came (one that did not parse, its id unknown: 0; one over the message limit) is
         refused alone, in its place among the results."""
-        if isinstance(request, RefusedMessage):
-            source = request.source or self.source
-            shell = pb.FrameRequest(frame_id=request.frame_id, source=source)
-            return self._refused(shell, arrived, request.code, str(request))
+        if isinstance(received, RefusedMessage):
+            source = received.source or self.source
+            shell = pb.FrameRequest(frame_id=received.frame_id, source=source)
+            return self._refused(shell, arrived, received.code, str(received))
+        request = received.request
         if request.source:
             if len(request.source) <= MAX_SOURCE_CHARS:  # a longer one is refused below
                 self.source = request.source
@@ -282,7 +285,7 @@ class StreamSession:
                 options = Options.parse(request.options)  # refused options change nothing
                 # nor options whose result would not fit: they stuck, and every later frame
                 # was refused with this one's reason
-                self.pipeline.check_fits(options, request)
+                self.pipeline.check_fits(options, request, received.raw_length)
                 if not self._configured:  # the policy comes from the stream's first options
                     self._configure(request.options)
                     self._configured = True
@@ -297,11 +300,12 @@ class StreamSession:
                     self.publication.drops = self.drops  # ListCameras counts them live
             # Checked here, not only when its turn comes: a policy that drops waiting frames
             # would otherwise drop a bad one unseen, and its sender never learn why.
-            self.pipeline.check(request)
+            self.pipeline.check(request, received.raw_length)
             return _Item(
                 request,
                 arrived,
                 self.options,
+                wire_size=received.size,
                 kept=self.freshness == pb.FRESHNESS_LOSSLESS,
                 public=self.publication is not None,
             )
@@ -322,7 +326,7 @@ class StreamSession:
         shell = pb.FrameRequest(frame_id=request.frame_id, source=source)
         return _Item(shell, arrived, None, error_result(shell, code.value[0], message))
 
-    async def _read(self, requests: AsyncIterator[pb.FrameRequest | RefusedMessage]) -> None:
+    async def _read(self, requests: AsyncIterator[Received | RefusedMessage]) -> None:
         frames = aiter(requests)
         try:
             while True:
@@ -368,8 +372,7 @@ class StreamSession:
         if item.options is None or self.byte_budget is None:
             return item
         budget = self.byte_budget
-        request = item.request
-        size = request.ByteSize()
+        size = item.wire_size  # not request.ByteSize(): 71 ms for a 64 MB raw frame
         if size <= budget.limit and self.freshness == pb.FRESHNESS_LOSSLESS:
             await budget.room(size, lambda: self._held_bytes)
         elif not budget.fits(size, self._held_bytes):
@@ -406,7 +409,7 @@ class StreamSession:
                 "analysed: send JPEG rather than raw pixels, fewer frames at once, or a "
                 "lossless stream, which waits for room"
             )
-        return self._refused(request, item.arrived, code, message)
+        return self._refused(item.request, item.arrived, code, message)
 
     @property
     def _frames_waiting(self) -> int:
@@ -495,7 +498,7 @@ class StreamSession:
         reader.cancel()
 
     async def run(
-        self, requests: AsyncIterator[pb.FrameRequest | RefusedMessage]
+        self, requests: AsyncIterator[Received | RefusedMessage]
     ) -> AsyncGenerator[pb.FrameResult, None]:
         """Yield one result per frame read, in the order frames arrived."""
         # this stream's decoding takes its turn beside the others' (a token, not the session:
