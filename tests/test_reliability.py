@@ -35,6 +35,7 @@ import convstream.server.servicer as server_servicer
 from convstream.client import Client
 from convstream.server import CameraConfig, Server, Settings
 from convstream.server.app import grpc_options
+from convstream.server.wire import Received
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
@@ -286,9 +287,10 @@ async def test_a_stream_whose_results_grpc_stops_taking_ends_as_cancelled() -> N
     try:
         assert server.servicer is not None
 
-        async def frames() -> AsyncIterator[pb.FrameRequest]:
+        async def frames() -> AsyncIterator[Received]:  # as the deserializer gives them
             for i in range(3):
-                yield pb.FrameRequest(frame_id=i, encoded=jpeg(scene(i, 240, 320)))
+                request = pb.FrameRequest(frame_id=i, encoded=jpeg(scene(i, 240, 320)))
+                yield Received(request, request.ByteSize(), None)
                 await asyncio.sleep(0.05)
 
         context = _LeavingClient()
