@@ -1162,6 +1162,25 @@ async def test_one_host_may_hold_a_quarter_of_the_analyze_places_with_calls_that
                 assert 0.0 <= (await call).score <= 1.0
             answer = await mine.Analyze(frame, timeout=30)
             assert 0.0 <= answer.score <= 1.0  # their places were given back
+            # A burst of silent calls, each admitted while none had been silent yet, held
+            # every place: a second on, all but a quarter of them end, the oldest kept.
+            burst_calls = [analyze("127.0.0.3")(timeout=30) for _ in range(8)]
+            deadline = time.monotonic() + 10
+            while sum(c.done() for c in burst_calls) < 6:
+                assert time.monotonic() < deadline, "the burst's silent calls went on"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)  # and no more than those end
+            ended = [c for c in burst_calls if c.done()]
+            assert len(ended) == 6
+            assert {await c.code() for c in ended} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+            why = await ended[0].details()
+            assert "other Analyze calls from your host have not sent their request" in why
+            assert "one host may hold 2 (a quarter) so; this one was ended" in why
+            assert 0.0 <= (await other.Analyze(frame, timeout=30)).score <= 1.0  # room again
+            for call in [c for c in burst_calls if not c.done()]:  # answered once they send
+                await call.write(frame)
+                await call.done_writing()
+                assert 0.0 <= (await call).score <= 1.0
     finally:
         await server.stop(grace=0)
 

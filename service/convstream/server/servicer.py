@@ -157,9 +157,25 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             return _refused(context, refusal.code, str(refusal))
         self.open_analyze_calls += 1
         waits.append(started)
+
+        def crowding() -> str | None:
+            """At ANALYZE_SILENT_S: the refusal of a call that is one too many of its host's
+            silent ones (those of a burst were each admitted while none had been silent:
+            12 calls at once held all 8 places for their 20 s, a robustness review's)."""
+            silent = sum(started - since >= 0 for since in waits) - 1  # before it, but it
+            if silent < most_waiting or self.open_analyze_calls < most_waiting * 2:
+                return None
+            return (
+                f"{silent} other Analyze calls from your host have not sent their request "
+                f"within {ANALYZE_SILENT_S:g} s, and half of the server's "
+                f"{self.settings.max_analyze_calls} places are taken: one host may hold "
+                f"{most_waiting} (a quarter) so; this one was ended: send its request at once, "
+                "or send frames over one StreamFrames call"
+            )
+
         try:
             try:
-                request = await self._one_request(requests)
+                request = await self._one_request(requests, crowding)
             except ConvstreamError as exc:
                 return _refused(context, exc.code, str(exc))
             finally:
@@ -171,15 +187,22 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             self.open_analyze_calls -= 1
 
     async def _one_request(
-        self, requests: AsyncIterator[Received | RefusedMessage]
+        self,
+        requests: AsyncIterator[Received | RefusedMessage],
+        crowding: Callable[[], str | None],
     ) -> pb.FrameRequest:
         """The call's request, within ANALYZE_REQUEST_S: an admitted call holds its place while
-        it waits, and calls that send nothing must not keep the places from others long."""
+        it waits, and calls that send nothing must not keep the places from others long; one
+        still without it after ANALYZE_SILENT_S ends if ``crowding`` says why."""
         limit = min(ANALYZE_REQUEST_S, self.settings.stream_idle_timeout_s)
         received = aiter(requests)
+        waiting = asyncio.ensure_future(anext(received, None))
         try:
-            async with asyncio.timeout(limit):
-                request = await anext(received, None)
+            done, _ = await asyncio.wait([waiting], timeout=min(ANALYZE_SILENT_S, limit))
+            if not done and (why := crowding()) is not None:
+                raise Overloaded(why)
+            async with asyncio.timeout(limit - min(ANALYZE_SILENT_S, limit)):
+                request = await waiting
         except TimeoutError:
             raise IdleTimeout(
                 f"the Analyze request did not arrive within {limit:g} s of the call's start "
@@ -187,6 +210,10 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
                 "stream_idle_timeout_s)"
             ) from None
         finally:
+            if not waiting.done():
+                waiting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await waiting
             # grpc's receiving generator keeps the message it last gave until it is closed,
             # and it sits in a reference cycle with the call: every Analyze call's frame
             # stayed in memory until Python's full garbage collection, which counts objects,
