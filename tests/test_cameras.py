@@ -961,6 +961,39 @@ async def test_watchers_past_the_limit_are_refused_and_counted() -> None:
         assert (ended("resource_exhausted"), ended("not_found"), ended("ok")) == (1, 1, 0)
 
 
+async def test_watches_that_read_nothing_are_ended_and_give_their_places_back() -> None:
+    """300 watches that read nothing held all 16 places for good, and every other watcher
+    (the dashboard's too) was refused. A watch whose client takes no result for
+    stream_idle_timeout_s (1.5 s here) ends, DEADLINE_EXCEEDED, as a stream does, and its
+    place goes to the next."""
+    belt = camera("belt", "demo:conveyor?fps=15")
+    heavy = pb.ResultOptions(feature_maps=["stage1"], encoding=pb.TENSOR_ENCODING_FLOAT32)
+    settings = {"max_watchers": 2, "stream_idle_timeout_s": 1.5}
+    async with serving(belt, **settings) as server, connect(server) as stub:
+        idle = [watch(stub, "belt", options=heavy) for _ in range(2)]  # 3 MB a result, unread
+        assert (await asyncio.wait_for(idle[0].initial_metadata(), 10)) is not None
+        with pytest.raises(grpc.aio.AioRpcError) as full:  # both places taken
+            await asyncio.wait_for(watch(stub, "belt").read(), 10)
+        assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        value = server.metrics.registry.get_sample_value
+
+        def ended_idle() -> float:
+            return value("convstream_watches_total", {"outcome": "idle"}) or 0.0
+
+        await until(lambda: _true(ended_idle() == 2), 30, "the unread watches ended")
+        reader = watch(stub, "belt")  # their places were given back
+        assert isinstance(await asyncio.wait_for(reader.read(), 10), pb.FrameResult)
+        for call in idle:  # what gRPC had sent before they stalled, then why they ended
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                async for _ in call:
+                    pass
+            assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "results not read for 1.5 s (stream_idle_timeout_s); the watch is ended" in (
+                str(ended.value.details())
+            )
+        reader.cancel()
+
+
 async def test_a_watch_that_stops_reading_holds_a_bounded_share_of_bytes() -> None:
     """A watch asking for large results and reading none kept up to its queue_size (1024)
     of them: 8.8 MB each with every stage in float32 and the frame, 44 MB more of the

@@ -74,9 +74,10 @@ class ConvstreamStub(object):
     DEADLINE_EXCEEDED    the call's deadline passed before its frame reached the model, or
     a stream sent no frame for stream_idle_timeout_s (300 s by default;
     the message says so; open a new stream when frames come again), or
-    read no result for as long while one waited to be sent (flow
-    control: the stream's place would be held for ever; the client
-    sees this after the results gRPC had already delivered to it)
+    a stream or a WatchCamera call read no result for as long while
+    one waited to be sent (flow control: its place would be held for
+    ever; the client sees this after the results gRPC had already
+    delivered to it)
     UNAVAILABLE          the server is shutting down: call again (here or on another
     instance). WatchCamera also: a reload made the watched id a
     camera the server pulls, not a published stream, or moved the
@@ -183,9 +184,10 @@ class ConvstreamServicer(object):
     DEADLINE_EXCEEDED    the call's deadline passed before its frame reached the model, or
     a stream sent no frame for stream_idle_timeout_s (300 s by default;
     the message says so; open a new stream when frames come again), or
-    read no result for as long while one waited to be sent (flow
-    control: the stream's place would be held for ever; the client
-    sees this after the results gRPC had already delivered to it)
+    a stream or a WatchCamera call read no result for as long while
+    one waited to be sent (flow control: its place would be held for
+    ever; the client sees this after the results gRPC had already
+    delivered to it)
     UNAVAILABLE          the server is shutting down: call again (here or on another
     instance). WatchCamera also: a reload made the watched id a
     camera the server pulls, not a published stream, or moved the
@@ -369,9 +371,10 @@ class Convstream(object):
     DEADLINE_EXCEEDED    the call's deadline passed before its frame reached the model, or
     a stream sent no frame for stream_idle_timeout_s (300 s by default;
     the message says so; open a new stream when frames come again), or
-    read no result for as long while one waited to be sent (flow
-    control: the stream's place would be held for ever; the client
-    sees this after the results gRPC had already delivered to it)
+    a stream or a WatchCamera call read no result for as long while
+    one waited to be sent (flow control: its place would be held for
+    ever; the client sees this after the results gRPC had already
+    delivered to it)
     UNAVAILABLE          the server is shutting down: call again (here or on another
     instance). WatchCamera also: a reload made the watched id a
     camera the server pulls, not a published stream, or moved the

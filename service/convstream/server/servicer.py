@@ -97,7 +97,9 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         self.open_streams = 0
         # Streams ended for results left unread, whose calls wait for their client to read
         # again or leave (see StreamFrames): apart from open_streams, as many at most.
-        self.unread_streams = 0
+        # calls ended for results their clients stopped reading, each still holding one
+        self._unread_streams = _UnreadCalls(settings.max_streams)
+        self._unread_watches = _UnreadCalls(settings.max_watchers)
         self.open_analyze_calls = 0
         # When each Analyze call still waiting for its request began, by host
         self._waiting: dict[str, list[float]] = {}
@@ -293,32 +295,20 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             byte_budget=self.byte_budget,
         )
         limit = self.settings.stream_idle_timeout_s
-        write: asyncio.Future[None] | None = None
         unsent: asyncio.Future[None] | None = None  # a write the client has not taken
         try:
             # aclosing: a stream ended here closes the session at once (its finally gives
             # back what it holds), not whenever the generator is collected
             async with contextlib.aclosing(session.run(request_iterator)) as results:
                 async for result in results:
-                    write = asyncio.ensure_future(context.write(result))
-                    while not (await asyncio.wait({write}, timeout=limit))[0]:
-                        # gRPC flow control: the client keeps the stream open but reads no
-                        # result; without this the stream would hold its place for ever.
-                        # Ended, it still holds that result until the client reads or
-                        # leaves: as many such streams as max_streams at most, else the
-                        # stream keeps its place until one of them is gone.
-                        if self.unread_streams >= self.settings.max_streams:
-                            continue
-                        self.unread_streams += 1
-                        unsent = write
-                        del result  # gRPC holds its bytes; the message is not needed
-                        raise IdleTimeout(
-                            f"results not read for {limit:g} s (stream_idle_timeout_s); the "
-                            "stream is ended to free its place: read results as they come"
-                        )
-                    write.result()
-                    del result  # nothing of it kept while the next one is made
+                    try:
+                        await self._unread_streams.write(context, result, limit, "stream")
+                    finally:  # nothing of it kept while the next is made, or the call waits
+                        del result
             outcome = "ok"
+        except UnreadResults as exc:
+            outcome = "idle"
+            idle, unsent = exc, exc.unsent
         except IdleTimeout as exc:
             outcome = "idle"
             idle = exc
@@ -328,8 +318,6 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             return
         except asyncio.CancelledError:
             outcome = "cancelled"
-            if write is not None:  # its failure, once the call is gone, is no one's error
-                write.add_done_callback(quietly)
             raise  # a cancelled handler must stay cancelled, or grpc keeps its resources
         finally:
             self.budget.release(session.capacity)
@@ -337,24 +325,9 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             self.metrics.streams_in_flight.dec()
             self.metrics.streams.labels(outcome).inc()
         if idle is not None:
-            # The place and the frames are given back. The status can go only after the
-            # result gRPC holds (a write cannot be taken back, and a status sent beside it
-            # is refused: GRPC_CALL_ERROR_TOO_MANY_OPERATIONS, the call left without one),
-            # so this call waits, holding that one result, until the client reads again or
-            # leaves.
-            if unsent is None:
-                with contextlib.suppress(grpc.aio.InternalError):  # it left: no one to tell
-                    await context.abort(idle.code, str(idle))
-                return
-            logger.warning("ended a stream from %s: %s", context.peer(), idle)
-            try:
-                with contextlib.suppress(grpc.aio.InternalError):
-                    await unsent
-                    await context.abort(idle.code, str(idle))
-            finally:
-                self.unread_streams -= 1
-                if not unsent.done():  # cancelled meanwhile (the server stopping)
-                    unsent.add_done_callback(quietly)
+            # The place and the frames are given back; the status goes once the client
+            # takes the result gRPC holds (_UnreadCalls.end)
+            await self._unread_streams.end(context, idle, unsent, "stream")
             return
         if self.draining.is_set():
             await context.abort(
@@ -379,29 +352,44 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         statuses.sort(key=lambda s: (order.get(s.id, len(order)), s.id))
         return pb.ListCamerasResponse(cameras=[s for s in statuses if visible(s.id)])
 
-    async def WatchCamera(
+    async def WatchCamera(  # type: ignore[override]
         self, request: pb.WatchCameraRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.FrameResult]:
+    ) -> None:
         """A camera's results (``_watch``), each call counted by how it ended where its
-        client called (not again in the process a call is forwarded to)."""
+        client called (not again in the process a call is forwarded to). It writes them
+        itself, as StreamFrames does, to end a watch whose client reads none for
+        stream_idle_timeout_s: 300 watches never read held all 16 places for good, and the
+        dashboard's own watch was refused (a robustness review)."""
         outcome = "error"
+        unread: UnreadResults | None = None
         try:
             # aclosing: closed with this one (a client that leaves while a write waits), the
             # watch gives its camera watcher back at once, not when it is collected
             async with contextlib.aclosing(self._watch(request, context)) as results:
                 async for result in results:
-                    yield result
+                    limit = self.settings.stream_idle_timeout_s
+                    try:
+                        await self._unread_watches.write(context, result, limit, "watch")
+                    finally:  # nothing of it kept while the next comes, or the call waits
+                        del result
             outcome = "ok"
+        except UnreadResults as exc:
+            outcome, unread = "idle", exc
         except grpc.aio.AbortError:  # the status the call ends with is the one it set
             code = context.code()
             outcome = code.name.lower() if isinstance(code, grpc.StatusCode) else "error"
             raise
-        except (asyncio.CancelledError, GeneratorExit):
+        except grpc.aio.InternalError:  # a write failed: the client left
+            outcome = "cancelled"
+            return
+        except asyncio.CancelledError:
             outcome = "cancelled"  # the client left (a reload's refusal is counted as so)
             raise
         finally:
             if self.peers is None or not self.peers.forwarded(context.invocation_metadata()):
                 self.metrics.watches.labels(outcome).inc()
+        if unread is not None:  # its camera place given back: the status, once it can go
+            await self._unread_watches.end(context, unread, unread.unsent, "watch")
 
     async def _watch(
         self, request: pb.WatchCameraRequest, context: grpc.aio.ServicerContext
@@ -602,6 +590,71 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         """Close the channels to the other processes."""
         channels, self._channels = list(self._channels.values()), {}
         await asyncio.gather(*(c.close() for c in channels))
+
+
+class UnreadResults(IdleTimeout):
+    """A call's client read no result for stream_idle_timeout_s; ``unsent`` is the write
+    gRPC still holds for it."""
+
+    def __init__(self, message: str, unsent: asyncio.Future[None]) -> None:
+        super().__init__(message)
+        self.unsent = unsent
+
+
+class _UnreadCalls:
+    """Streams or watches ended because their clients read no result for the idle timeout.
+    gRPC flow control holds a write the client does not take, and the call's status can go
+    only after it (a write cannot be taken back, and a status beside it is refused:
+    GRPC_CALL_ERROR_TOO_MANY_OPERATIONS, the call left without one): so each such call
+    waits, holding that one result, until its client reads again or leaves, and at most
+    ``most`` of them do at once (past that a call keeps its place until one is gone)."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self.count = 0
+
+    async def write(
+        self, context: grpc.aio.ServicerContext, message: Any, limit: float, what: str
+    ) -> None:
+        """Write ``message``; UnreadResults once it waits past ``limit`` seconds unread."""
+        write = asyncio.ensure_future(context.write(message))
+        try:
+            while not (await asyncio.wait({write}, timeout=limit))[0]:
+                if self.count >= self.most:
+                    continue
+                self.count += 1
+                del message  # gRPC holds its bytes; not kept by this frame while it waits
+                raise UnreadResults(
+                    f"results not read for {limit:g} s (stream_idle_timeout_s); the {what} "
+                    "is ended to free its place: read results as they come",
+                    write,
+                )
+        except asyncio.CancelledError:
+            write.add_done_callback(quietly)  # its failure, once the call is gone, is no one's
+            raise
+        write.result()
+
+    async def end(
+        self,
+        context: grpc.aio.ServicerContext,
+        idle: IdleTimeout,
+        unsent: asyncio.Future[None] | None,
+        what: str,
+    ) -> None:
+        """Give the ended call its status: at once with no write held, else once it goes."""
+        if unsent is None:
+            with contextlib.suppress(grpc.aio.InternalError):  # it left: no one to tell
+                await context.abort(idle.code, str(idle))
+            return
+        logger.warning("ended a %s from %s: %s", what, context.peer(), idle)
+        try:
+            with contextlib.suppress(grpc.aio.InternalError):
+                await unsent
+                await context.abort(idle.code, str(idle))
+        finally:
+            self.count -= 1
+            if not unsent.done():  # cancelled meanwhile (the server stopping)
+                unsent.add_done_callback(quietly)
 
 
 def _parse(message: type[M], max_bytes: int) -> Callable[[bytes], M | Received | RefusedMessage]:
