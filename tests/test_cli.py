@@ -1277,6 +1277,27 @@ def test_check_config_says_what_would_run_without_running_it(
     bare.write_text('host = "0.0.0.0"\ncameras = []\n')
     assert main(["serve", "--check-config", "--config", str(bare)]) == 0
     assert "demo" not in capsys.readouterr().out
+    # a [[cameras]] block copied and given only a new id: two tiles of one picture, and the
+    # dock meant for the second unwatched, with nothing said (an operator review's)
+    copied = tmp_path / "copied.toml"
+    blocks = [
+        ("dock-1", "rtsp://user:pw1@10.0.0.7/s"),
+        ("dock-2", "rtsp://10.0.0.7/s"),  # the same camera, its password aside
+        ("dock-3", "rtsp://10.0.0.7/s?channel=2"),  # another channel: its own
+        ("wall", "demo:conveyor"),
+        ("wall-copy", "demo:conveyor"),
+    ]
+    copied.write_text(
+        "".join(f'[[cameras]]\nid = "{name}"\nsource = "{url}"\n' for name, url in blocks)
+    )
+    copied.chmod(0o600)
+    assert main(["serve", "--check-config", "--config", str(copied)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "warning: cameras dock-1 and dock-2 read the same source; wall and wall-copy read the "
+        "same source: their tiles show one picture"
+    ) in out
+    assert "dock-3" not in out.split("warning:")[1] and "pw1" not in out
     # what would fail at run time, said now: a video file not there
     with config.open("a") as toml:
         toml.write(f'[[cameras]]\nid = "replay"\nsource = "{tmp_path / "gone.mp4"}"\n')

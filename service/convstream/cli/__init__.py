@@ -325,6 +325,7 @@ def _check_config(settings: Settings, warnings: list[str]) -> int:
         demo_warning,
         exposure_warning,
         metrics_exposure_warning,
+        shared_source_warning,
     )
     from convstream.server.config import host_port
     from convstream.server.processes import assign
@@ -408,7 +409,12 @@ def _check_config(settings: Settings, warnings: list[str]) -> int:
             "say why): the server would run on the CPU"
         )
     exposed = exposure_warning(settings, tls=settings.tls_cert is not None)
-    for warning in (exposed, metrics_exposure_warning(settings), demo_warning(settings)):
+    for warning in (
+        exposed,
+        metrics_exposure_warning(settings),
+        demo_warning(settings),
+        shared_source_warning(settings),
+    ):
         if warning:
             warnings.append(warning)
     address = host_port(settings.host, settings.port)

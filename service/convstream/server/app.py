@@ -14,7 +14,9 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 import onnxruntime as ort
@@ -47,6 +49,7 @@ from convstream.server.servicer import (
     add_service,
     add_to_server,
 )
+from convstream.server.sources import parse_source
 from convstream.server.streams import WINDOW, stream_share
 from convstream.server.tls import (
     EXPIRY_WARNING,
@@ -829,6 +832,8 @@ class Server:
             self.servicer.settings = self.settings
         count = len(settings.cameras)
         logger.info("reload: %d camera%s configured", count, "" if count == 1 else "s")
+        if (shared := shared_source_warning(settings)) is not None:
+            logger.warning("reload: %s", shared)
         if self.peers is not None:  # the supervisor read the config and kept what it did
             self.metrics.reloaded(self.peers.reload_ok, self.peers.restart_pending)
         else:
@@ -1002,7 +1007,11 @@ class Server:
 
 def _warn_if_exposed(settings: Settings, *, tls: bool) -> None:
     """Warn when more than this machine can reach the port and nothing checks who calls."""
-    for warning in (metrics_exposure_warning(settings), demo_warning(settings)):
+    for warning in (
+        metrics_exposure_warning(settings),
+        demo_warning(settings),
+        shared_source_warning(settings),
+    ):
         if warning:
             logger.warning("%s", warning)
     if is_loopback(settings.host):
@@ -1054,6 +1063,38 @@ def demo_warning(settings: Settings) -> str | None:
         f"camera {', '.join(demos)}: the synthetic demo conveyor, on a server others can "
         "reach (a config without [[cameras]] runs it): list the real cameras, or set "
         "cameras = [] for none"
+    )
+
+
+def shared_source_warning(settings: Settings) -> str | None:
+    """Cameras that read the same source (the same URL whatever its password, the same
+    file, the same device), or None: a [[cameras]] block copied and given only a new id
+    showed two live tiles of one picture, and the dock the second was meant for went
+    unwatched with nothing said."""
+    readers: dict[str, list[str]] = {}
+    for camera in settings.cameras:
+        try:
+            spec = parse_source(camera.source)
+        except ValueError:
+            continue  # refused elsewhere
+        if spec.kind == "file":
+            where = f"file:{Path(spec.target).resolve()}"
+        elif spec.kind == "device":
+            where = f"device:{spec.device}"
+        else:  # the user name and password aside, the URL as given
+            parts = urlsplit(spec.target)
+            with contextlib.suppress(ValueError):  # a port that is no number: as given
+                host = f"{parts.hostname}:{parts.port or ''}"
+                parts = parts._replace(scheme=parts.scheme.lower(), netloc=host, fragment="")
+            where = urlunsplit(parts)
+        readers.setdefault(where, []).append(camera.id)
+    shared = [ids for ids in readers.values() if len(ids) > 1]
+    if not shared:
+        return None
+    said = "; ".join(f"{', '.join(ids[:-1])} and {ids[-1]} read the same source" for ids in shared)
+    return (
+        f"cameras {said}: their tiles show one picture (was a [[cameras]] block copied and "
+        "only its id changed?); point each at its own camera"
     )
 
 
