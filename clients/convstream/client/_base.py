@@ -456,8 +456,10 @@ class _Resumption:
             if self._ran and self._failures and not self._said_back:
                 # the break's warning said it went: say once that it is back
                 self._said_back = True
+                # the server's watch, not the camera: one still down says so on its own
                 logger.warning(
-                    "watch of camera %r at %s is back after %.1f s",
+                    "watch of camera %r at %s: the server took it again after %.1f s "
+                    "(results follow once the camera sends them)",
                     self._camera_id,
                     self._client.address,
                     time.monotonic() - self._broke,
