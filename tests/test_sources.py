@@ -104,6 +104,9 @@ SIZE = r"demo source parameter size: expected HxW with both sides multiples of 8
             r"size: expected HxW, height first, .*; for 640 wide and 360 high write "
             r"360x640, got '640x360'",
         ),
+        # OpenCV's habit, VideoCapture(0): it was a missing file named "0", failing with
+        # "no such video file" and nothing said of device:0
+        ("0", r"a source of '0' is no file here; a USB camera is device:0 \(/dev/video0\)"),
         # a blank source is no video file at an empty path
         ("   ", r"a source is empty; expected an rtsp://, .*, a video file, device:N or demo:"),
         ("", "a source is empty"),
@@ -169,6 +172,11 @@ def test_passwords_never_reach_logs_or_clients() -> None:
     text = "could not open rtsp://admin:hunter2@10.0.0.7:554/live"
     assert redact(text) == "could not open rtsp://admin:***@10.0.0.7:554/live"
     assert "hunter2" not in parse_source("rtsp://admin:hunter2@10.0.0.7/live").describe()
+    # a relative file in full too, as the server's folder makes it (a unit's WorkingDirectory)
+    assert (
+        parse_source("clips/belt.mp4").describe() == f"clips/belt.mp4 ({Path.cwd()}/clips/belt.mp4)"
+    )
+    assert parse_source("/srv/belt.mp4").describe() == "/srv/belt.mp4"
     # many IP cameras take their credentials as query parameters: every value is hidden but
     # those that pick a stream and its format
     url = "http://10.0.0.8/videostream.cgi?user=admin&pwd=s3cret&rate=0&Access_Token=abc;sig=x1"

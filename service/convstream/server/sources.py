@@ -93,7 +93,11 @@ class SourceSpec:
         return self.kind in NETWORK_KINDS or self.kind == "device"
 
     def describe(self) -> str:
-        """The source for logs, with any password hidden."""
+        """The source for logs, with any password hidden; a file's path in full (a relative
+        one is taken from the folder the server started in, a unit's WorkingDirectory, which
+        its log did not say)."""
+        if self.kind == "file" and not os.path.isabs(self.target):
+            return f"{self.target} ({os.path.abspath(self.target)})"
         return redact(self.target)
 
 
@@ -139,6 +143,11 @@ def parse_source(source: str) -> SourceSpec:
         raise ValueError(
             "a USB camera is device:N with N its number (device:0 is /dev/video0); got "
             f"{redact(source)!r}"
+        )
+    if source.isdigit():  # OpenCV's VideoCapture(0): here a file named "0", not there
+        raise ValueError(
+            f"a source of {source!r} is no file here; a USB camera is device:{int(source)} "
+            f"(/dev/video{int(source)}); a file named so, ./{source}"
         )
     if source.startswith("demo:"):
         return _parse_demo(source)
