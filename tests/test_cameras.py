@@ -900,7 +900,7 @@ async def test_video_file_loops_or_stops(tmp_path: Path, caplog: pytest.LogCaptu
         # watching a camera that will send nothing says why, instead of waiting for ever
         for camera_id, why in [
             ("missing", "has failed: no such video file"),
-            ("once", "has stopped: its video file ended."),
+            ("once", "has stopped: its video file ended (loop = false)."),
         ]:
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await asyncio.wait_for(watch(stub, camera_id).read(), 2)
@@ -911,6 +911,22 @@ async def test_video_file_loops_or_stops(tmp_path: Path, caplog: pytest.LogCaptu
         write_video(tmp_path / "nope.mp4", frames=10, fps=20)
         await server.reload(server.settings)
         await until(lambda: _frames_read_over(stub, "missing", 5), 10, "missing comes back")
+        # but not the clip played to its end: replayed at every reload, it raised its
+        # dashboard alerts again (an operator review's)
+        await asyncio.sleep(0.5)
+        once = await status(stub, "once")
+        assert once.state == pb.CAMERA_STATE_STOPPED and once.frames_read == 10
+        assert "camera once was down" not in caplog.text
+        # a new clip put in the file's place: a reload plays it, on both cameras (the one
+        # looping played the old one, deleted, for good)
+        write_video(tmp_path / "new.mp4", frames=10, fps=20, size=(160, 128)).replace(video)
+        await server.reload(server.settings)
+        await until(lambda: _frames_read_over(stub, "once", 10), 10, "once plays the new clip")
+
+        async def looped_new() -> bool:
+            return (await status(stub, "looped")).frame_width == 160
+
+        await until(looped_new, 10, "looped plays it too")
 
 
 async def test_a_camera_that_shows_next_to_nothing_is_said_blank(tmp_path: Path) -> None:

@@ -37,6 +37,7 @@ from convstream.server.sources import (
     Capture,
     SourceError,
     SourceSpec,
+    file_identity,
     open_source,
     parse_source,
 )
@@ -148,6 +149,8 @@ class Camera:
         self.state: pb.CameraState = pb.CAMERA_STATE_CONNECTING
         self.state_since = time.time()
         self.last_error = ""
+        self.ended = False  # a video file played to its end (loop = false): STOPPED
+        self._file = file_identity(self.spec)  # the file it plays, as it was when made
         self.last_error_at = 0.0  # time.time() of last_error; 0.0: none yet
         self.frames_read = 0
         self.frames_dropped = 0  # superseded before analysis while the analysis was behind
@@ -222,6 +225,12 @@ class Camera:
                 logger.warning(
                     "camera %s: reader still blocked after %.1f s", self.config.id, join_s
                 )
+
+    def file_changed(self) -> bool:
+        """Whether the video file it plays was replaced or rewritten since it was made (a new
+        clip put in the old one's place): it plays the old one, deleted or not, until it is
+        opened again."""
+        return self._file is not None and file_identity(self.spec) != self._file
 
     def retry_now(self) -> None:
         """A camera waiting out its backoff to reconnect tries again at once (a reload: an
@@ -305,7 +314,7 @@ class Camera:
             if error.permanent:
                 with self._lock:
                     if self._current(generation):
-                        ended = error.ended
+                        ended = self.ended = error.ended
                         state = pb.CAMERA_STATE_STOPPED if ended else pb.CAMERA_STATE_FAILED
                         if not ended:
                             logger.warning(

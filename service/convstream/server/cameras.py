@@ -119,11 +119,20 @@ class CameraManager:
         for camera_id, config in wanted.items():
             old = self.feeds.get(camera_id)
             down = old.down() if old is not None else None
-            if old is not None and old.camera.config == config and down is None:
-                if old.camera.state == pb.CAMERA_STATE_RECONNECTING:
-                    old.camera.retry_now()  # "try again", as for one that failed
-                continue
-            if old is not None and down is None and _analysis_only(old.camera.config, config):
+            replaced = old is not None and old.camera.file_changed()
+            if old is not None and old.camera.config == config and not replaced:
+                if down is None:
+                    if old.camera.state == pb.CAMERA_STATE_RECONNECTING:
+                        old.camera.retry_now()  # "try again", as for one that failed
+                    continue
+                if old.camera.ended:  # a clip played to its end is no trouble to retry:
+                    continue  # replayed at every reload, it raised its alerts again
+            if (
+                old is not None
+                and down is None
+                and not replaced
+                and _analysis_only(old.camera.config, config)
+            ):
                 old.retune(config)
                 logger.info(
                     "camera %s: now analysed at %s, %s (its source kept open)",
@@ -160,7 +169,13 @@ class CameraManager:
         for camera_id, old, feed in changes:
             if old is not None:
                 feed.carry_totals(old)
-                why = "changed" if old.camera.config != feed.camera.config else "was down"
+                why = (
+                    "changed"
+                    if old.camera.config != feed.camera.config
+                    else "was down"
+                    if old.down() is not None and not old.camera.ended
+                    else "has a new video file"
+                )
                 logger.info("camera %s %s; restarting it", camera_id, why)
             else:
                 logger.info("camera %s added (%s source)", camera_id, feed.camera.spec.kind)

@@ -420,8 +420,14 @@ class CameraFeed(Publisher):
             return None
         if cam.state == pb.CAMERA_STATE_FAILED:
             why = f"has failed: {cam.last_error}"
+        elif cam.state == pb.CAMERA_STATE_STOPPED and cam.ended:
+            return CameraDown(
+                f"camera {self.name!r} has stopped: its video file ended (loop = false). No "
+                "frames will come until the file is replaced or touched and the server "
+                "reloads (SIGHUP), or its config changes"
+            )
         elif cam.state == pb.CAMERA_STATE_STOPPED:
-            why = f"has stopped: {cam.last_error or 'its video file ended'}"
+            why = f"has stopped: {cam.last_error}"
         else:
             return None
         return CameraDown(

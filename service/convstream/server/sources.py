@@ -107,6 +107,18 @@ SOURCE_FORMS = (
 )
 
 
+def file_identity(spec: SourceSpec) -> tuple[int, int, int, int] | None:
+    """A file source's device, inode, modification time and size, which change when the file
+    is replaced or rewritten; None for other sources, or a file that is not there."""
+    if spec.kind != "file":
+        return None
+    try:
+        seen = os.stat(spec.target)
+    except OSError:
+        return None
+    return seen.st_dev, seen.st_ino, seen.st_mtime_ns, seen.st_size
+
+
 def file_holds(path: Path) -> str:
     """A few words on a file a camera's source names that is no video (what_it_holds), none
     of them from the file: a path mistyped to a secrets file quoted its first line, and no
