@@ -535,6 +535,12 @@ async def test_refused_options_change_nothing_on_the_stream(burst: list[bytes]) 
             results = await _slow_reader(stub.StreamFrames(frames()), 0.02, errors=True)
             assert results[0].status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
             assert "unknown feature map 'bogus'" in results[0].status.message
+            # and it says what the stream goes on with (a typo'd stage left a stream meant to
+            # be LATEST_ONLY lossless, falling behind, with nothing said)
+            assert results[0].status.message.endswith(
+                "; this frame was not analysed and its options not taken: the stream goes on "
+                "FRESHNESS_LOSSLESS, no feature maps, until a frame's options are"
+            )
             assert [r.frame_id for r in results] == list(range(30))  # lossless: no drops
     finally:
         await server.stop(grace=0)

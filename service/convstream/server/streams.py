@@ -257,13 +257,25 @@ class StreamSession:
                 raise InvalidOptions(
                     f"a queue of {capacity} frames is more than one stream may hold on this "
                     f"server, {share} (a quarter of max_queued_frames {self.budget.limit}; "
-                    "ModelInfo.max_stream_queue_size); this frame was not analysed and the "
-                    "stream stays LOSSLESS until a frame's options are accepted: ask for a "
-                    "smaller queue_size"
+                    "ModelInfo.max_stream_queue_size): ask for a smaller queue_size"
                 )
             self.budget.reserve(capacity, held=self.capacity)
         self.freshness, self.capacity = freshness, capacity
         self.window = LATEST_ONLY_WINDOW if freshness == pb.FRESHNESS_LATEST_ONLY else WINDOW
+
+    def _kept(self) -> str:
+        """What a frame's refused options leave in force, for its refusal: a typo'd stage in
+        a stream's first options left it LOSSLESS, unsaid, where it asked for LATEST_ONLY."""
+        maps = ", ".join(self.options.feature_maps) or "no feature maps"
+        if not self._configured:
+            return (
+                "this frame was not analysed and its options not taken: the stream goes on "
+                f"{pb.Freshness.Name(self.freshness)}, {maps}, until a frame's options are"
+            )
+        return (
+            "this frame was not analysed and its options not taken: the stream keeps "
+            f"{pb.Freshness.Name(self.freshness)}, {maps}"
+        )
 
     def _accept(self, received: Received | RefusedMessage, arrived: float) -> _Item:
         """Options for this frame: its own (which then stick) or the stream's last ones; and
@@ -282,15 +294,18 @@ class StreamSession:
             request.source = self.source
         try:
             if request.HasField("options"):
-                options = Options.parse(request.options)  # refused options change nothing
-                # nor options whose result would not fit: they stuck, and every later frame
-                # was refused with this one's reason
-                self.pipeline.check_fits(options, request, received.raw_length)
-                if not self._configured:  # the policy comes from the stream's first options
-                    self._configure(request.options)
-                    self._configured = True
-                else:
-                    self._check_unchanged(request.options)
+                try:
+                    options = Options.parse(request.options)  # refused options change nothing
+                    # nor options whose result would not fit: they stuck, and every later
+                    # frame was refused with this one's reason
+                    self.pipeline.check_fits(options, request, received.raw_length)
+                    if not self._configured:  # the policy comes from the stream's first options
+                        self._configure(request.options)
+                        self._configured = True
+                    else:
+                        self._check_unchanged(request.options)
+                except InvalidOptions as exc:
+                    raise type(exc)(f"{exc}; {self._kept()}") from None
                 self.options = options
                 # publish takes effect on any frame while not yet published; refused (a name
                 # taken), the frame is, and the stream goes on unpublished, its options held
