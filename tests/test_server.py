@@ -335,12 +335,14 @@ async def test_bad_frames_mid_stream_get_errors_and_the_stream_goes_on(
         ),
         pb.FrameRequest(frame_id=8, encoded=good, capture_time=Timestamp(seconds=1, nanos=-5)),
         pb.FrameRequest(frame_id=9, encoded=good),
+        # a camera's uptime sent as the time: every frame_age_ms was 56 years
+        pb.FrameRequest(frame_id=10, encoded=good, capture_time=Timestamp(seconds=12345)),
     ]
     results = [r async for r in stub.StreamFrames(requests(frames))]
-    assert [r.frame_id for r in results] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
-    assert [r.sequence for r in results] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert [r.frame_id for r in results] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert [r.sequence for r in results] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
     codes = [r.status.code for r in results]
-    assert codes == [0, INVALID, INVALID, INVALID, INVALID, INVALID, INVALID, INVALID, 0]
+    assert codes == [0, *[INVALID] * 7, 0, INVALID]
     messages = [r.status.message for r in results]
     assert "truncated JPEG" in messages[1]
     assert "expected JPEG" in messages[2] and "47 49 46 38" in messages[2]
@@ -349,6 +351,7 @@ async def test_bad_frames_mid_stream_get_errors_and_the_stream_goes_on(
     assert "no image" in messages[5]
     assert "capture_time must be seconds" in messages[6] and "milliseconds" in messages[6]
     assert "nanos -5" in messages[7] and "fraction of a second" in messages[7]
+    assert "seconds 12345" in messages[9] and "a camera's uptime" in messages[9]
     assert results[8].score == pytest.approx(results[0].score)
     assert results[8].frames_dropped == 0
 

@@ -735,6 +735,7 @@ def heatmap_encoding(encoding: int) -> int:
 
 # google.protobuf.Timestamp's range ends at 9999-12-31T23:59:59Z
 _SECONDS_MAX = 253_402_300_799
+_SECONDS_MIN = 946_684_800  # 2000-01-01T00:00:00Z: before it, no wall clock of a camera
 
 
 def has_capture_time(request: pb.FrameRequest) -> bool:
@@ -745,21 +746,27 @@ def has_capture_time(request: pb.FrameRequest) -> bool:
 
 
 def check_capture_time(stamp: Timestamp) -> None:
-    """Refuse a capture time that is no Timestamp, or before 1970 (before any work is done on
-    its frame)."""
-    if 0 <= stamp.seconds <= _SECONDS_MAX and 0 <= stamp.nanos <= 999_999_999:
+    """Refuse a capture time that is no Timestamp, or before 2000 (before any work is done on
+    its frame): a camera's uptime sent as the time (seconds=12345) made every result's
+    frame_age_ms 56 years. Footage replayed with its own times, years old, is taken."""
+    if _SECONDS_MIN <= stamp.seconds <= _SECONDS_MAX and 0 <= stamp.nanos <= 999_999_999:
         return
     hint = ""
-    if stamp.seconds < 0:
+    if stamp.nanos < 0 or stamp.nanos > 999_999_999:
+        hint = " (nanos is the fraction of a second, from 0 to 999999999)"
+    elif stamp.seconds < 0:
         hint = " (before 1970: no camera's clock; leave capture_time unset when it is unknown)"
+    elif stamp.seconds < _SECONDS_MIN:
+        hint = (
+            " (before 2000: a camera's uptime or a stream's own clock, not the wall clock? "
+            "send the time since the Unix epoch, or leave capture_time unset)"
+        )
     elif stamp.seconds > _SECONDS_MAX:
         hint = " (milliseconds or nanoseconds in the seconds field?)"
-    elif stamp.nanos < 0 or stamp.nanos > 999_999_999:
-        hint = " (nanos is the fraction of a second, from 0 to 999999999)"
     raise InvalidFrame(
         "capture_time must be seconds and nanoseconds since the Unix epoch, seconds from "
-        f"0 to {_SECONDS_MAX} and nanos from 0 to 999999999; got seconds "
-        f"{stamp.seconds}, nanos {stamp.nanos}{hint}"
+        f"{_SECONDS_MIN} (2000-01-01) to {_SECONDS_MAX} and nanos from 0 to 999999999; got "
+        f"seconds {stamp.seconds}, nanos {stamp.nanos}{hint}"
     )
 
 
