@@ -832,8 +832,12 @@ async def test_unreachable_source_fails_within_open_timeout() -> None:
             assert "could not open rtsp source: connection refused" in refused.last_error
 
 
-async def test_a_wrong_rtsp_path_or_password_is_told_apart() -> None:
-    """The usual first-hour mistakes, each named: a wrong path, no password, a wrong one."""
+async def test_a_wrong_rtsp_path_or_password_is_told_apart(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The usual first-hour mistakes, each named: a wrong path, no password, a wrong one. A
+    refused password is tried again every CREDENTIALS_RETRY_S, not every few seconds: many
+    cameras lock the account after a few wrong tries (an operator review's)."""
     plain, locked = RtspSource(fps=10), RtspSource(fps=10, credentials=("ops", "p@ss/w:rd"))
     with running(plain, locked):
         at = f"127.0.0.1:{locked.port}/camera"
@@ -855,6 +859,14 @@ async def test_a_wrong_rtsp_path_or_password_is_told_apart() -> None:
                 error = (await status(stub, camera_id)).last_error
                 assert f"could not open rtsp source: {words}" in error, error
                 assert "guess" not in error and str(locked.port) not in error
+            await asyncio.sleep(3)  # the wrong path tried again meanwhile, the password not
+            tries = {c: (await status(stub, c)).reconnects for c in ("wrong-path", "bad-password")}
+            assert tries["wrong-path"] >= 2 and tries["bad-password"] == 1, tries
+            retry = re.search(
+                r"camera bad-password \(.*\): .*; retry 1 in (\d+\.\d) s", caplog.text
+            )
+            assert retry is not None and float(retry.group(1)) >= 600, caplog.text[-2000:]
+            assert "refused credentials are tried every 10 minutes" in caplog.text
 
 
 def _closed_port() -> int:

@@ -48,6 +48,10 @@ logger = logging.getLogger(__name__)
 
 WEDGE_GRACE_S = 2.0  # a read this long past the read timeout is wedged
 LOG_AGAIN_S = 600.0  # a camera that stays down logs its error at least this often
+# A camera that refused the URL's user name or password is tried again this seldom: many lock
+# the account (for every client using it) after a few wrong tries, and retrying every 30 s
+# kept it locked. A reload (an operator's fix) tries at once.
+CREDENTIALS_RETRY_S = 600.0
 _NUMBERS = re.compile(r"\d+(?:\.\d+)?")  # told apart from the error they are in
 PACE_GAPS = 3  # frame intervals seen before a camera's pace is judged (one gap is no pace)
 READER_PREFIX = "camera-"  # a camera reader thread's name: the cli's exit looks for them
@@ -337,6 +341,8 @@ class Camera:
             delay = backoff_s(
                 failures, self.config.reconnect_min_s, self.config.reconnect_max_s, self._rng
             )
+            if error.credentials:  # a camera that locks an account after a few wrong
+                delay = max(delay, CREDENTIALS_RETRY_S)  # passwords: tried seldom
             said = redact(str(error))
             # A camera that stays down would say the same thing every 30 s for hours: the
             # same error is logged at the 1st, 2nd, 4th, 8th, ... retry in a row and at least
@@ -360,10 +366,19 @@ class Camera:
                 said,
                 failures,
                 delay,
-                f" (the same error is logged again at retry 2, 4, 8, ... and every "
-                f"{LOG_AGAIN_S / 60:g} minutes)"
-                if failures == 1
-                else "",
+                (
+                    f" (the same error is logged again at retry 2, 4, 8, ... and every "
+                    f"{LOG_AGAIN_S / 60:g} minutes)"
+                    if failures == 1
+                    else ""
+                )
+                + (
+                    f"; refused credentials are tried every {CREDENTIALS_RETRY_S / 60:g} "
+                    "minutes, not to lock the camera's account: fix the URL and reload "
+                    "(SIGHUP) to try at once"
+                    if error.credentials and failures == 1
+                    else ""
+                ),
             )
             last_said = said
             self._retry.wait(delay)  # set by a stop, or a reload's "try again" (retry_now)

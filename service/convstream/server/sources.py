@@ -70,10 +70,18 @@ class SourceError(Exception):
     the server's log does, with any password hidden.
     """
 
-    def __init__(self, message: str, *, permanent: bool = False, ended: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        permanent: bool = False,
+        ended: bool = False,
+        credentials: bool = False,
+    ) -> None:
         super().__init__(message)
         self.permanent = permanent
         self.ended = ended  # a file that reached its end: stopped, not failed
+        self.credentials = credentials  # it answered 401: the user name or password
 
 
 @dataclass(frozen=True)
@@ -438,7 +446,8 @@ class OpenCVCapture:
         spent = time.monotonic() - started
         look = min(3.0, max(0.2, self._open_timeout_s - spent))
         why = why_closed(spec.target, look, spent)
-        raise SourceError(f"could not open {spec.kind} source: {why}")
+        refused = re.search(r"\b401\b", why) is not None  # as diagnose says it: RTSP or HTTP
+        raise SourceError(f"could not open {spec.kind} source: {why}", credentials=refused)
 
     def _first_encoded(self, kind: str, size: tuple[int, int]) -> str | None:
         """Read the first frame in raw mode and keep it if it is a whole JPEG (or PNG) that
