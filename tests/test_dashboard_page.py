@@ -643,9 +643,10 @@ async def test_a_failed_camera_and_an_empty_server_say_what_to_do(
         await expect(refused.locator("small")).to_contain_text("frame is 24x16; frames must be")
         tile = _tile(page, "gone")
         await expect(tile.locator(".state")).to_have_text("failed", timeout=15000)
-        await expect(tile.locator(".notice small")).to_contain_text("no such video file")
-        await expect(tile.locator(".notice small")).to_contain_text(
-            "then reload the server (SIGHUP)"
+        await expect(tile.locator(".notice small.reason")).to_contain_text("no such video file")
+        advice = tile.locator(".notice small.advice")
+        await expect(advice).to_have_text(
+            "fix the camera or the server's config, then reload the server (SIGHUP)"
         )
         # given up, someone must act: a solid bright border, not reconnecting's dashed one,
         # and a narrow tile's dot is a square, not a running camera's circle (colour-blind
@@ -657,6 +658,14 @@ async def test_a_failed_camera_and_an_empty_server_say_what_to_do(
         assert style == ["solid", "rgb(210, 153, 34)"], style
         await page.set_viewport_size({"width": 330, "height": 700})
         await expect(tile.locator(".state")).to_have_css("border-top-left-radius", "2px")
+        # the advice under the error, inside the notice even where the error is cut short
+        # (written first, it pushed a long error's own advice out of the tile)
+        inside = await tile.locator(".notice").evaluate(
+            "(n) => { const a = n.querySelector('.advice').getBoundingClientRect(); "
+            "const b = n.getBoundingClientRect(); return a.height > 0 && a.bottom <= b.bottom "
+            "+ 1 && n.querySelector('.reason').getBoundingClientRect().top < a.top; }"
+        )
+        assert inside
         await page.screenshot(path=artifacts / "failed-camera-advice.png")
         assert page.errors == []
         await page.context.close()

@@ -380,6 +380,7 @@
       this.placeVerdict();
       let title = "";
       let detail = "";
+      let advice = "";
       const since = this.troubleSince(s);
       // frames refused since the last one drawn, while no new one comes
       const refused = (this.frames === 0 || stale)
@@ -395,8 +396,10 @@
         detail = s === "stalled" && age !== null ? "" : said;
         if (age !== null) detail = `${detail ? detail + " · " : ""}last frame ${ago(age)} ago`;
         // given up: it stays so until someone acts, so say what to do (it said only why),
-        // first: after a long error it was the part a tile cut off
-        if (s === "failed") detail = `${FAILED_ADVICE}${detail ? " · " + detail : ""}`;
+        // on a line of its own under the error, which alone is cut short: written before
+        // the error, it pushed a long error's own advice ("give the camera's MJPEG stream
+        // URL") out of the tile (an operator review's)
+        if (s === "failed") advice = FAILED_ADVICE;
       } else if (refused > 1 || (this.frames === 0 && refused > 0)) {
         // running, its frames coming and none analysed (too small, damaged): it read as
         // "waiting for frames…" on a green badge for as long as it lasted
@@ -422,7 +425,8 @@
       if (key === this.noticeKey) return this.tellDetails();
       this.noticeKey = key;
       this.notice.hidden = !title;
-      this.notice.title = detail; // the whole of it, where the tile shows only its start
+      // the whole of it, where the tile shows only its start
+      this.notice.title = advice ? `${detail ? detail + " · " : ""}${advice}` : detail;
       this.tellDetails();
       this.notice.replaceChildren();
       if (title) {
@@ -435,7 +439,14 @@
         }
         if (detail) {
           const small = document.createElement("small");
+          small.className = "reason";
           small.textContent = detail;
+          this.notice.append(small);
+        }
+        if (advice) {
+          const small = document.createElement("small");
+          small.className = "advice";
+          small.textContent = advice;
           this.notice.append(small);
         }
       }
