@@ -49,7 +49,6 @@ from convstream.dashboard.alerts import (
     AlertLog,
     Snapshot,
     render_snapshot,
-    shortest_float32,
 )
 from convstream.dashboard.hub import CameraView, Hub
 from convstream.dashboard.messages import frame_message, model_json, parse_frame_message
@@ -58,6 +57,7 @@ from convstream.model.scenes import render_scene
 from convstream.server import CameraConfig, Server, Settings
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
+from convstream.v1 import shortest_float32
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(

@@ -18,6 +18,7 @@ from convstream.model.evaluate import Metrics
 from convstream.model.evaluate import main as evaluate_main
 from convstream.model.quantize import main as quantize_main
 from convstream.model.quantize import quantize
+from convstream.v1 import shortest_float32
 
 
 def refused(run: object, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -138,7 +139,10 @@ def test_train_writes_the_threshold_the_model_file_keeps(
     monkeypatch.setattr(
         train_module,
         "evaluate",
-        lambda model, seeds, size=(256, 256): Metrics(10, 5, 0.9, 0.9, 0.9, model.threshold),
+        # as evaluate says it: the float32 the server compares, in its shortest decimal
+        lambda model, seeds, size=(256, 256): Metrics(
+            10, 5, 0.9, 0.9, 0.9, shortest_float32(model.threshold)
+        ),
     )
     monkeypatch.setattr(train_module, "latency_ms", lambda model, size: 1.0)
     report = train_module.train(tmp_path, scenes=1, steps=1, batch=2, precision="fp32")

@@ -32,6 +32,7 @@ import numpy as np
 
 from convstream.client.overlay import heat_colours
 from convstream.client.results import json_text, score_text
+from convstream.v1 import shortest_float32
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +45,6 @@ BETTER_BY = 0.01  # a frame replaces an alert's snapshot when it scores this muc
 ALIKE = 0.005
 FURTHER_INSIDE = 0.1
 T = TypeVar("T")
-
-
-def shortest_float32(value: float) -> float:
-    """A threshold or a score as people and JSON read it: the shortest decimal that is the
-    same float32 (0.895284, where /api/state and the alert files said 0.8952839970588684).
-    Scores are compared with the threshold's float32 value (Hub.threshold; the page's
-    Math.fround), and this one reads back as the same float32."""
-    return float(str(np.float32(value)))
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,6 @@ from convstream.dashboard.alerts import (
     AlertLog,
     Decision,
     render_snapshot,
-    shortest_float32,
     snapshot_label,
 )
 from convstream.dashboard.messages import (
@@ -46,7 +45,7 @@ from convstream.dashboard.messages import (
     text,
 )
 from convstream.dashboard.settings import DashboardSettings
-from convstream.v1 import WATCHING
+from convstream.v1 import WATCHING, shortest_float32
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 

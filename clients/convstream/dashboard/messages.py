@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from convstream.client.results import camera_state_name, json_text
-from convstream.dashboard.alerts import shortest_float32
 from convstream.v1 import convstream_pb2 as pb
+from convstream.v1 import shortest_float32
 
 
 def seconds(stamp: Any) -> float | None:

@@ -26,6 +26,7 @@ import numpy as np
 from convstream.client.evaluation import roc_auc
 from convstream.model.runtime import DamageModel, ModelFileError
 from convstream.model.scenes import BACKGROUNDS, DAMAGE_KINDS, Scene, render_scene
+from convstream.v1 import shortest_float32
 
 VAL_SEED_BASE = 500_000_000
 EVAL_SEED_BASE = 1_000_000_000
@@ -89,7 +90,7 @@ def evaluate(
         roc_auc=roc_auc(scores, labels),
         peak_in_region=float(np.mean(peaks)) if peaks else 0.0,
         accuracy_at_threshold=float(((scores >= t) == labels).mean()),
-        threshold=t,
+        threshold=shortest_float32(t),  # compared as float32, said as the file says it
     )
 
 
@@ -275,15 +276,26 @@ def cpu_name() -> str:
 def latency_ms(model: DamageModel, size: tuple[int, int], runs: int = 100) -> float:
     """Median milliseconds of one frame at size (height, width), returning what the server
     asks for (heatmap, score and one feature map)."""
+    return latencies_ms([model], size, runs)[0]
+
+
+def latencies_ms(
+    models: Sequence[DamageModel], size: tuple[int, int], runs: int = 100
+) -> list[float]:
+    """Each model's median milliseconds of one frame at size (height, width), measured side by
+    side: the models take turns, run by run, so that what else the machine does weighs on
+    each alike (one after the other, a busy minute made int8 read slower than float32)."""
     pixels = render_scene(7, *size).image[None]
-    for _ in range(10):
-        model.run(pixels, ["score"])
-    times = []
+    for model in models:
+        for _ in range(10):
+            model.run(pixels, ["score"])
+    times: list[list[float]] = [[] for _ in models]
     for _ in range(runs):
-        started = time.perf_counter()
-        model.run(pixels, ["heatmap", "score", "stage3"])
-        times.append((time.perf_counter() - started) * 1000)
-    return float(np.median(times))
+        for model, taken in zip(models, times, strict=True):
+            started = time.perf_counter()
+            model.run(pixels, ["heatmap", "score", "stage3"])
+            taken.append((time.perf_counter() - started) * 1000)
+    return [float(np.median(taken)) for taken in times]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from convstream.model.checks import out_problem as file_out_problem
-from convstream.model.evaluate import EVAL_SEED_BASE, evaluate
+from convstream.model.evaluate import EVAL_SEED_BASE, evaluate, latencies_ms
 from convstream.model.runtime import INPUT_NAME, MODEL_PATH, DamageModel, ModelFileError
 from convstream.model.scenes import render_scene
 
@@ -111,30 +110,6 @@ def out_problem(model: Path, out: Path) -> str | None:
     if out.resolve() == model.resolve() or (out.exists() and os.path.samefile(out, model)):
         return f"--out {out} is --model: expected another file (it would replace the float32 model)"
     return file_out_problem(out, "damage.int8.onnx")
-
-
-def latency_ms(model: DamageModel, size: tuple[int, int], runs: int = 100) -> float:
-    """Median milliseconds of one frame at size (height, width)."""
-    return latencies_ms([model], size, runs)[0]
-
-
-def latencies_ms(
-    models: Sequence[DamageModel], size: tuple[int, int], runs: int = 100
-) -> list[float]:
-    """Each model's median milliseconds of one frame at size (height, width), measured side by
-    side: the models take turns, run by run, so that what else the machine does weighs on
-    each alike (one after the other, a busy minute made int8 read slower than float32)."""
-    pixels = render_scene(7, *size).image[None]
-    for model in models:
-        for _ in range(10):
-            model.run(pixels, ["score"])
-    times: list[list[float]] = [[] for _ in models]
-    for _ in range(runs):
-        for model, taken in zip(models, times, strict=True):
-            started = time.perf_counter()
-            model.run(pixels, ["heatmap", "score", "stage3"])
-            taken.append((time.perf_counter() - started) * 1000)
-    return [float(np.median(taken)) for taken in times]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
