@@ -38,11 +38,11 @@ from convstream.v1 import convstream_pb2 as pb
 
 logger = logging.getLogger("convstream.client")
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_PORT = 50051
+DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
 # Where a client whose address is not given connects, when set: the commands' --address
 # default too, so that one `export` points a shell's commands and programs alike.
 ADDRESS_ENV = "CONVSTREAM_ADDRESS"
-DEFAULT_PORT = 50051
 # The server accepts pings every 10 s or slower, also between calls; 30 s finds a dead
 # connection (a pulled cable, a NAT that forgot us) well before TCP would. A ping waits
 # behind the frames already sent, so on a slow uplink a shorter timeout cut a healthy stream

@@ -9,11 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from convstream.client._base import check_plaintext_token
+from convstream.client._base import DEFAULT_ADDRESS, check_plaintext_token
 from convstream.client.options import TLS
 from convstream.v1 import is_loopback
-
-DEFAULT_ADDRESS = "127.0.0.1:50051"
 
 
 @dataclass(frozen=True)

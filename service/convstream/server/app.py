@@ -32,7 +32,6 @@ from convstream.server.config import (
     Scheduling,
     Settings,
     host_port,
-    parse_size,
     usable_cores,
 )
 from convstream.server.engine import Engine
@@ -129,11 +128,6 @@ def model_info(settings: Settings, model: DamageModel) -> pb.ModelInfo:
         max_watchers=settings.max_watchers,
         watcher_queue_size=settings.watcher_queue_size,
     )
-
-
-def camera_sizes(settings: Settings) -> list[tuple[int, int]]:
-    """The input sizes ``settings``' cameras set (input_sizes changes only on restart)."""
-    return list(dict.fromkeys(parse_size(c.input_size) for c in settings.cameras if c.input_size))
 
 
 def interface(model: DamageModel) -> str:
@@ -863,7 +857,7 @@ class Server:
                     sha256[:12] or "unreadable",
                 )
             return None
-        sizes = sorted(self._warmed.union(camera_sizes(settings)))
+        sizes = sorted(self._warmed.union(settings.camera_shapes()))
         asked = ("the server runs {}", "restart the server with input_sizes it takes")
         # the file is the reload's; how it runs (provider, spin_wait) changes on restart only
         fresh = self.settings.model_copy(update={"model_path": settings.model_path})
@@ -929,7 +923,7 @@ class Server:
         engine = self._engine
         if engine is None:
             return
-        sizes = camera_sizes(settings)
+        sizes = settings.camera_shapes()
         new = [size for size in sizes if size not in self._warmed]
         if not new:
             return

@@ -630,8 +630,12 @@ class Settings(BaseModel):
     def model_shapes(self) -> list[tuple[int, int]]:
         """Every (height, width) the model is known to see at start: input_sizes, then the
         cameras' own input_size, each once (what the server warms up)."""
-        sizes = self.input_sizes + tuple(c.input_size for c in self.cameras if c.input_size)
-        return list(dict.fromkeys(parse_size(s) for s in sizes))
+        return list(dict.fromkeys([*map(parse_size, self.input_sizes), *self.camera_shapes()]))
+
+    def camera_shapes(self) -> list[tuple[int, int]]:
+        """The (height, width) the cameras' own input_size sets, each once (a reload may
+        change these; input_sizes changes only on restart)."""
+        return list(dict.fromkeys(parse_size(c.input_size) for c in self.cameras if c.input_size))
 
 
 # CONVSTREAM_* variables that are not server settings, read by others: the config file's
