@@ -567,7 +567,8 @@ def test_a_frames_size_and_raw_length_are_read_off_its_bytes_as_the_parse_reads_
     frames for seconds while one sent such frames. The deserializer reads both off the wire
     bytes, and must read what the parse does, whatever order or repetition the wire has."""
     from convstream.server.servicer import _parse
-    from convstream.server.wire import Received, raw_data_length
+    from convstream.server.wire import MAX_FIELDS, Received, raw_data_length
+    from convstream.server.wire import id_and_source as _id_and_source
 
     def raw(data: bytes, width: int = 4) -> bytes:
         return pb.FrameRequest(raw=pb.RawImage(width=width, data=data)).SerializeToString()
@@ -596,6 +597,20 @@ def test_a_frames_size_and_raw_length_are_read_off_its_bytes_as_the_parse_reads_
         assert received.size == len(wire)  # what gRPC read (ByteSize, for canonical bytes)
         assert wire not in cases[: len(wires)] or received.size == parsed.ByteSize()
         assert received.raw_length == expected
+    # What the walk does not read to its end is unknown (None: the check reads raw.data):
+    # many small fields (8 MB of them took seconds of Python on the event loop; the walk
+    # reads MAX_FIELDS at most), and a group, which the parse skips and the walk does not.
+    group = b"\x5b\x5c"  # field 11, start and end group
+    unread = [
+        raw(b"a" * 10) + b"\x08\x01" * (MAX_FIELDS + 1),
+        raw(b"a" * 10) + group + raw(b"b" * 20),
+    ]
+    for wire in unread:
+        assert len(pb.FrameRequest.FromString(wire).raw.data) in (10, 20)
+        assert raw_data_length(wire) is None
+        received = parse(wire)
+        assert isinstance(received, Received) and received.raw_length is None
+    assert _id_and_source(b"\x08\x07" + b"\x10\x01" * 100_000)[0] == 7  # read up to the cap
 
 
 async def test_a_message_limit_over_1_gib_starts() -> None:
