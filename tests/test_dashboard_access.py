@@ -419,6 +419,56 @@ async def test_a_full_page_port_ends_a_half_sent_connection_for_a_new_one(
             connection.close()
 
 
+async def test_a_full_page_port_holds_its_cap_through_a_burst_and_refused_requests(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two ways past the rule above (a diff review's): a burst of newcomers each ended the same
+    half-sent connection, counted open until the loop closed it, and all came in (13 held
+    against a cap of 4); and a whole request answered 421 (or 401), kept alive, made its
+    connection a page's, never ended, so such connections held every place."""
+    from convstream.dashboard import port
+
+    monkeypatch.setattr(port, "MAX_CONNECTIONS", 4)
+
+    def still_open(connection: socket.socket) -> bool:
+        connection.settimeout(0.1)
+        try:
+            return connection.recv(1024) != b""
+        except TimeoutError:
+            return True
+        except ConnectionResetError:
+            return False
+
+    token = "s3cret-token-for-the-page"
+    async with _dashboard(f"127.0.0.1:{_closed_port()}", access_token=token) as dash:
+        address = ("127.0.0.1", dash.port)
+        held = [socket.create_connection(address) for _ in range(4)]
+        for connection in held:
+            connection.sendall(b"GET / HTTP/1.1\r\n")  # headers, slowly
+        await asyncio.sleep(0.3)
+        burst = [socket.create_connection(address) for _ in range(10)]
+        await asyncio.sleep(0.5)
+        assert sum(still_open(c) for c in [*held, *burst]) <= 4
+        for connection in [*held, *burst]:
+            connection.close()
+        await asyncio.sleep(0.3)
+        refused = []
+        for host in ("elsewhere.example", "127.0.0.1"):  # 421, then 401 (no login)
+            for _ in range(2):
+                connection = socket.create_connection(address)
+                connection.sendall(f"GET /api/state HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+                answer = await asyncio.to_thread(connection.recv, 1024)
+                assert answer.split(b" ")[1] in (b"421", b"401"), answer
+                refused.append(connection)  # kept alive
+        newcomer = socket.create_connection(address)
+        newcomer.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        newcomer.settimeout(5)
+        assert (await asyncio.to_thread(newcomer.recv, 1024)).startswith(b"HTTP/1.1 200")
+        assert sum(still_open(c) for c in refused) == 3  # the oldest made room
+        for connection in [*refused, newcomer]:
+            connection.close()
+
+
 async def test_a_requests_headers_have_a_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
     """A header line every few seconds held a connection until aiohttp's keep-alive timeout
     (75 s), and the next such connection took its place. A request's headers must arrive

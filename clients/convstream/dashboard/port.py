@@ -56,16 +56,25 @@ MAX_CONNECTIONS = 1024
 
 
 class Requests:
-    """Which of the page's connections have sent a whole request, and the HEADERS_S deadline
-    on each request's headers: the app's first middleware (and the redirect) tells it when a
-    request's handling starts and ends (``serving``); the port makes each connection's
-    protocol through ``protocol``."""
+    """Which of the page's connections have sent a request the page let in, and the HEADERS_S
+    deadline on each request's headers: the app's first middleware (and the redirect) tells
+    it when a request's handling starts and ends (``serving``), the one after the page's
+    checks that it passed them (``admitted``); the port makes each connection's protocol
+    through ``protocol``."""
 
     def __init__(self) -> None:
         self._by_transport: dict[asyncio.BaseTransport, _Tracked] = {}
 
     def protocol(self, inner: asyncio.Protocol, accepted: _Accepted) -> _Tracked:
         return _Tracked(inner, accepted, self._by_transport)
+
+    def admitted(self, transport: asyncio.BaseTransport | None) -> None:
+        """Its connection sent a request that passed the page's checks (its Host, its
+        login): a page's, never ended for a newcomer. Not any whole request: one answered
+        421 or 401, kept alive, was exempt too, and such connections held every place."""
+        tracked = self._by_transport.get(transport) if transport is not None else None
+        if tracked is not None:
+            tracked.admitted()
 
     @contextlib.contextmanager
     def serving(self, transport: asyncio.BaseTransport | None) -> Iterator[None]:
@@ -89,19 +98,26 @@ class _Accepted:
     def __init__(self, sock: socket.socket, host: str, at: float) -> None:
         self.sock, self.host, self.at = sock, host, at
         self.requested = False
+        self.ended = False  # end() called: no longer counted, though its close may be pending
         self.transport: asyncio.Transport | None = None  # once routed to the page
         self.routing: asyncio.Task[None] | None = None  # until then
 
     @property
     def open(self) -> bool:
-        return self.sock.fileno() >= 0
+        return not self.ended and self.sock.fileno() >= 0
 
     def end(self) -> None:
-        """Close it, whichever stage it is at."""
+        """Close it, whichever stage it is at: at once as the port counts (the close itself
+        may wait for the loop: counted open meanwhile, a burst of newcomers each ended the
+        same one and all came in, 13 held against a cap of 4, a diff review's)."""
+        self.ended = True
         if self.transport is not None:
             self.transport.abort()
-        elif self.routing is not None:
-            self.routing.cancel()  # _route closes the socket
+        elif self.routing is not None and not self.routing.done():
+            # _route closes the socket, if it has started: cancelled before its first step
+            # (a burst accepted in one go), it never runs, and the socket stayed open
+            self.routing.cancel()
+            self.routing.add_done_callback(lambda _: self.sock.close())
         else:
             self.sock.close()
 
@@ -148,9 +164,11 @@ class _Tracked(asyncio.Protocol):
         self._inner.resume_writing()
 
     def started(self) -> None:
-        self._accepted.requested = True
         self._handling += 1
         self._disarm()
+
+    def admitted(self) -> None:
+        self._accepted.requested = True
 
     def ended(self) -> None:
         self._handling -= 1

@@ -133,8 +133,8 @@ class Viewer:
 
 @web.middleware
 async def _note_request(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Tell the page's port that this connection sent a whole request, and while it is
-    handled (a WebSocket's whole life), that its headers are in (port.Requests)."""
+    """Tell the page's port while a request is handled (a WebSocket's whole life): its
+    headers are in (port.Requests)."""
     with request.app[REQUESTS].serving(request.transport):
         return await handler(request)
 
@@ -167,6 +167,8 @@ async def _check_access(request: web.Request, handler: Handler) -> web.StreamRes
     access = request.app[ACCESS]
     if not (access.is_open(request.path) or await access.allows(request)):
         access.refuse(request)
+    if access.signed_in(request):  # its Host checked before: a page's connection
+        request.app[REQUESTS].admitted(request.transport)
     response = await handler(request)
     if access.required:
         access.renew(request, response)
