@@ -427,6 +427,38 @@ def second_call_started(results: list[Result], n: int) -> int | None:
     return starts[1] if len(starts) == 2 and len(results) - starts[1] >= n else None
 
 
+async def test_a_watch_paused_past_the_servers_idle_timeout_subscribes_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The server ends a watch whose client reads no result for stream_idle_timeout_s (1.5 s
+    here), DEADLINE_EXCEEDED: a program that paused (a slow alert, a sampling loop) lost
+    its watch for good, where before it lost only its stale results. It subscribes again."""
+    caplog.set_level(logging.WARNING, logger="convstream.client")
+    settings = Settings(port=0, metrics_port=-1, cameras=(belt(),), stream_idle_timeout_s=1.5)
+    server = Server(settings)
+    await server.start()
+    heavy = ResultOptions(feature_maps=["stage1"], encoding="float32")  # fills gRPC's window
+
+    def pause_and_go_on() -> list[Result]:
+        got: list[Result] = []
+        with Client(address(server)) as client:
+            for result in client.watch("belt", options=heavy):
+                got.append(result)
+                if len(got) == 2:
+                    time.sleep(6)  # the server ends the watch meanwhile
+                if second_call_started(got, 2):
+                    return got
+        raise AssertionError("the watch ended")
+
+    try:
+        results = await asyncio.wait_for(asyncio.to_thread(pause_and_go_on), 60)
+    finally:
+        await server.stop(grace=0)
+    assert second_call_started(results, 2) is not None
+    said = [r.getMessage() for r in caplog.records if "broke" in r.getMessage()]
+    assert said and "results not read for 1.5 s" in said[0], said
+
+
 @pytest.mark.parametrize("flavour", ["async", "sync"])
 async def test_watch_subscribes_again_after_a_server_restart(
     flavour: str, caplog: pytest.LogCaptureFixture

@@ -19,6 +19,7 @@ from convstream.client.errors import (
     Cancelled,
     ClientClosed,
     ConvstreamError,
+    DeadlineExceeded,
     NotFound,
     ServerUnavailable,
     from_rpc_error,
@@ -33,7 +34,7 @@ from convstream.client.options import (
     Timeout,
     Upload,
 )
-from convstream.v1 import MAX_QUEUE_SIZE, MAX_WATCH_FPS, WATCHING
+from convstream.v1 import MAX_QUEUE_SIZE, MAX_WATCH_FPS, RESULTS_NOT_READ, WATCHING
 from convstream.v1 import convstream_pb2 as pb
 
 logger = logging.getLogger("convstream.client")
@@ -520,7 +521,15 @@ class _Resumption:
             and self._ran
             and self._failures > 1
         )
-        if not (self._resume and (isinstance(error, ServerUnavailable) or returning)):
+        # A watch whose program paused past the server's stream_idle_timeout_s (a slow
+        # alert, a sampling loop) was ended by the server: it subscribes again, as before
+        # that end it lost only its stale results.
+        paused = (
+            isinstance(error, DeadlineExceeded)
+            and self._camera_id is not None
+            and RESULTS_NOT_READ in error.message
+        )
+        if not (self._resume and (isinstance(error, ServerUnavailable) or returning or paused)):
             return None
         client = self._client
         delay = client.retry.delay(self._failures)

@@ -297,7 +297,10 @@ class Client(BaseClient):
                 good, also before, for a server not up yet). Frames of the gap are missed, not
                 replayed; ``sequence`` restarts, ``frames_dropped`` carries on. A published
                 stream is back only once its publisher sends again: until then the server
-                says NotFound, which after a restart is waited out the same way.
+                says NotFound, which after a restart is waited out the same way. A program
+                that reads no result for the server's stream_idle_timeout_s (300 s by
+                default) has its watch ended by the server, DEADLINE_EXCEEDED; it subscribes
+                again the same way, having missed what came meanwhile.
 
         Raises:
             ValueError: a bad argument, at once; the errors below come from the iteration.

@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from convstream.v1 import RESULTS_NOT_READ
+
 if TYPE_CHECKING:
     from convstream.client.options import TLS
 
@@ -232,7 +234,9 @@ def from_rpc_error(
         hint = "give the server's token: Client(address, token=...)"
         return Unauthenticated(message, code=code, hint=hint)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED and address:
-        message = f"call to {address} timed out: {message}"
+        # the server's end of a call whose results went unread is no timeout of the call's
+        said = "ended the call" if message.startswith(RESULTS_NOT_READ) else "timed out"
+        message = f"call to {address} {said}: {message}"
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED and (too_large := _TOO_LARGE.search(message)):
         # gRPC's own words for a message over its receiver's limit: the same message is
         # refused again, so no back-off helps (it read as Overloaded)

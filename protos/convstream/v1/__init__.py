@@ -17,6 +17,10 @@ from convstream.v1 import convstream_pb2, convstream_pb2_grpc
 # watch is registered: before the first result, which a camera that is down may not give for
 # hours. A client resuming after a server restart knows by it that it subscribed again.
 WATCHING = "convstream-watching"
+# How the message of a call the server ended for results its client read none of (for
+# stream_idle_timeout_s) begins: a watch's client subscribes again (it paused, the watch was
+# ended), a stream's does not (its frames are its own to send again).
+RESULTS_NOT_READ = "results not read for"
 
 # The most frames a stream's queue, or results a watch's, may hold (ResultOptions.queue_size,
 # WatchCameraRequest.queue_size), and the most results a second a watch may ask for
@@ -119,6 +123,7 @@ _LOOKALIKE = str.maketrans({"0": "o", "1": "l", "i": "l"})
 __all__ = [
     "MAX_QUEUE_SIZE",
     "MAX_WATCH_FPS",
+    "RESULTS_NOT_READ",
     "WATCHING",
     "content_box",
     "convstream_pb2",

@@ -266,7 +266,9 @@ class ConvstreamServicer(object):
     def WatchCamera(self, request, context):
         """Results of a server-pulled camera, named by its id (unknown: NOT_FOUND). Each camera
         frame is analysed once however many watch it; each watcher gets its own rate, content
-        and queue, so a slow one loses its own stale results and slows nobody else. While the
+        and queue, so a slow one loses its own stale results and slows nobody else (one that
+        reads none for stream_idle_timeout_s is ended, DEADLINE_EXCEEDED, its message beginning
+        "results not read for": watch again). While the
         camera connects or reconnects the call waits; once it has FAILED or STOPPED (see
         CameraState) no frame will come, and the call ends with FAILED_PRECONDITION saying why.
         A published stream is computed with the feature maps its watchers want beside its own.

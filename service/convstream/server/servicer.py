@@ -34,7 +34,7 @@ from convstream.server.processes import Peers
 from convstream.server.security import cameras_shown, peer_host, visible
 from convstream.server.streams import FrameBudget, StreamSession
 from convstream.server.wire import Received, id_and_source, raw_data_length
-from convstream.v1 import WATCHING
+from convstream.v1 import RESULTS_NOT_READ, WATCHING
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
@@ -625,7 +625,7 @@ class _UnreadCalls:
                 self.count += 1
                 del message  # gRPC holds its bytes; not kept by this frame while it waits
                 raise UnreadResults(
-                    f"results not read for {limit:g} s (stream_idle_timeout_s); the {what} "
+                    f"{RESULTS_NOT_READ} {limit:g} s (stream_idle_timeout_s); the {what} "
                     "is ended to free its place: read results as they come",
                     write,
                 )
