@@ -413,6 +413,9 @@ def test_a_camera_urls_credentials_are_neither_its_name_nor_in_its_error() -> No
     assert Video.default_name(url) == (
         "http://10.0.0.9/cgi-bin/mjpg/video.cgi?channel=1&user=***&password=***"
     )
+    # two cameras told apart by a number are two names
+    names = {Video.default_name(f"http://10.0.0.9/mjpeg?stream={n}") for n in (1, 2)}
+    assert len(names) == 2, names
     assert Video.default_name("C:/videos/a#1.avi") == "a#1"  # a path is no URL
     with pytest.raises(cs.SourceError) as info:
         Video("rtsp://admin:Zq9Secret@127.0.0.1:1/x")  # nothing listens: refused at once

@@ -237,6 +237,14 @@ def test_passwords_never_reach_logs_or_clients() -> None:
     assert redact("http://h/v?%70wd=a&p[w]=b&id=c#password=d") == (
         "http://h/v?%70wd=***&p[w]=***&id=***#password=***"
     )
+    # a number of a few digits is shown, but under a secret's name: two cameras' streams
+    # (?stream=1, ?stream=2) read the same, hidden (a review's)
+    assert redact("http://h/v?stream=2&id=14&chan=3&x=12345") == (
+        "http://h/v?stream=2&id=14&chan=3&x=***"
+    )
+    assert redact("http://h/v?pin=1234&p=12&pwd=7#password=1234") == (
+        "http://h/v?pin=***&p=***&pwd=***#password=***"
+    )
     two = "camera a (rtsp://10.0.0.7:554/live) failed; see admin@example.com"
     assert redact(two) == two
     # a '/' in a password moves the port: the message says to percent-encode it
