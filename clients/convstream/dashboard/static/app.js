@@ -337,7 +337,7 @@
       this.score = score;
       this.el.dataset.scored = "true";
       this.setText(this.v.score, scoreText(score));
-      const hot = state.threshold !== null && score >= state.threshold;
+      const hot = state.threshold !== null && Math.fround(score) >= state.threshold;
       this.el.classList.toggle("hot", hot);
     }
 
@@ -606,7 +606,8 @@
         if (state.threshold !== null) {
           ctx.fillStyle = "#f85149";
           for (const [t, s] of pts) {
-            if (s >= state.threshold) ctx.fillRect(x(t) - dpr, y(s) - dpr, 2.5 * dpr, 2.5 * dpr);
+            if (Math.fround(s) < state.threshold) continue;
+            ctx.fillRect(x(t) - dpr, y(s) - dpr, 2.5 * dpr, 2.5 * dpr);
           }
         }
       }
@@ -614,7 +615,8 @@
       this.setText(this.sparkLabel, `score, last ${minutes} min`);
       // what the chart shows, for a screen reader (it heard the label alone)
       const shown = pts.filter(([t]) => t >= start).map(([, s]) => s);
-      const over = state.threshold === null ? 0 : shown.filter((s) => s >= state.threshold).length;
+      const over = state.threshold === null
+        ? 0 : shown.filter((s) => Math.fround(s) >= state.threshold).length;
       const said = `score chart, last ${minutes} min: ` + (shown.length
         ? `highest ${scoreText(Math.max(...shown))}, ${over} over the threshold` : "no scores");
       if (this.spark.getAttribute("aria-label") !== said) this.spark.setAttribute("aria-label", said);
@@ -953,6 +955,9 @@
       `${thresholdFrom(model.threshold_source)}, alert threshold ${thresholdText(model.threshold)}`;
     // compared as the server compares, in float32: the message says it short (0.895284), and
     // a score of exactly the threshold's float32 value is at it, not under
+    // scores are compared as the float32 they are, each side through Math.fround: history
+    // points come as their shortest decimal (0.1 for float32's 0.10000000149), live ones
+    // exact, and a tie read over on one and under on the other (a diff review's)
     state.threshold = Math.fround(model.threshold);
     buildLut(model.threshold);
     // As the CLI prints it (0.8215, not 0.82: a tile reading 0.82 could stay quiet under a
