@@ -489,6 +489,8 @@ async def test_the_page_answers_only_to_its_own_names() -> None:
     machine = socket.gethostname()
     for host in ("10.0.0.5:8080", "[fe80::1]:8080", "localhost", machine, f"{machine}.local:80"):
         assert exposed.answers_to(host), host
+    assert exposed.answers_to(f"{machine}.:8080")  # an absolute name, its trailing '.'
+    assert exposed.answers_to(f"{machine.split('.')[0]}:8080")  # a host name's first label
     for host in ("evil.example", f"{machine}.evil.example", "10.0.0.5.evil.example"):
         assert not exposed.answers_to(host), host
     named = DashboardSettings(host="0.0.0.0", allowed_hosts=("dash.example",))

@@ -39,6 +39,7 @@ from convstream.server.sources import (
     OpenCVCapture,
     SourceError,
     SourceSpec,
+    file_identity,
     open_source,
     parse_source,
 )
@@ -67,6 +68,20 @@ from convstream.v1.redaction import redact
 )
 def test_sources_are_recognised(source: str, kind: str) -> None:
     assert parse_source(source).kind == kind
+
+
+def test_a_file_sources_identity_is_a_regular_files_alone(tmp_path: Path) -> None:
+    """A reload restarts a file camera whose file was replaced (file_identity changed): a named
+    pipe or a device changes as it plays, and was restarted at every reload (a review's)."""
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"x")
+    first = file_identity(parse_source(str(clip)))
+    assert first is not None
+    clip.write_bytes(b"xy")  # rewritten
+    assert file_identity(parse_source(str(clip))) not in (None, first)
+    os.mkfifo(tmp_path / "pipe")
+    assert file_identity(parse_source(str(tmp_path / "pipe"))) is None
+    assert file_identity(parse_source("rtsp://cam/x")) is None
 
 
 def test_demo_source_takes_its_parameters() -> None:

@@ -86,7 +86,7 @@ class DashboardSettings:
     def answers_to(self, host_header: str) -> bool:
         """Whether the page answers a request with this Host header (see allowed_hosts)."""
         try:
-            name = (urlsplit(f"//{host_header}").hostname or "").lower()
+            name = (urlsplit(f"//{host_header}").hostname or "").lower().rstrip(".")
         except ValueError:  # "[::1" and the like: no name at all
             return False
         allowed = {n.strip().lower().strip("[]") for n in self.allowed_hosts}
@@ -137,10 +137,12 @@ class DashboardSettings:
 
 @functools.cache
 def own_names() -> frozenset[str]:
-    """This machine's names, as a browser on the network may address it: its host name, that
-    name under ``.local`` (mDNS) and its fully qualified name; looked up once."""
-    host = socket.gethostname().lower()
-    return frozenset({"localhost", host, f"{host}.local", socket.getfqdn().lower()} - {""})
+    """This machine's names, as a browser on the network may address it: its host name (and
+    its first label), that under ``.local`` (mDNS) and its fully qualified name; looked up
+    once. A Host's trailing '.' (an absolute name) is dropped before they are compared."""
+    host, fqdn = socket.gethostname().lower(), socket.getfqdn().lower()
+    short = host.split(".")[0]  # a host name given fully qualified: its first label too
+    return frozenset({"localhost", host, short, f"{short}.local", fqdn} - {""})
 
 
 def _is_address(name: str) -> bool:

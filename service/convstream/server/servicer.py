@@ -168,17 +168,20 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             if silent < most_waiting or self.open_analyze_calls < most_waiting * 2:
                 return None
             return (
-                f"{silent} other Analyze calls from your host have not sent their request "
-                f"within {ANALYZE_SILENT_S:g} s, and half of the server's "
-                f"{self.settings.max_analyze_calls} places are taken: one host may hold "
-                f"{most_waiting} (a quarter) so; this one was ended: send its request at once, "
-                "or send frames over one StreamFrames call"
+                f"{silent} other Analyze calls from your host have been sending, or not sent, "
+                f"their request for over {ANALYZE_SILENT_S:g} s, as this one, and half of the "
+                f"server's {self.settings.max_analyze_calls} places are taken: one host may "
+                f"hold {most_waiting} (a quarter) so; this one was ended: retry later, or send "
+                "frames over one StreamFrames call"
             )
 
         try:
             try:
                 request = await self._one_request(requests, crowding)
             except ConvstreamError as exc:
+                if isinstance(exc, Overloaded):  # crowded out: counted as a refusal at the door
+                    self.metrics.frames.labels(self.metrics.client_source(""), "rejected").inc()
+                    self.metrics.calls_refused.labels("Analyze").inc()
                 return _refused(context, exc.code, str(exc))
             finally:
                 waits.remove(started)

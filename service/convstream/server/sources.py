@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+import stat
 import statistics
 import time
 from collections import deque
@@ -123,6 +124,8 @@ def file_identity(spec: SourceSpec) -> tuple[int, int, int, int] | None:
     try:
         seen = os.stat(spec.target)
     except OSError:
+        return None
+    if not stat.S_ISREG(seen.st_mode):  # a named pipe, a device: it changes as it plays
         return None
     return seen.st_dev, seen.st_ino, seen.st_mtime_ns, seen.st_size
 
