@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import tomllib
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -1974,6 +1975,54 @@ async def test_a_connection_that_never_handshakes_is_closed_and_others_go_on(
             info = await pb_grpc.ConvstreamStub(channel).GetModelInfo(pb.GetModelInfoRequest())
             assert info.sha256
     finally:
+        await server.stop(grace=0)
+
+
+async def test_idle_connections_past_the_cap_are_closed_and_the_probes_go_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """20,000 idle HTTP/2 connections (each sent its preface: the handshake timeout does not
+    close those) took every file the server could open, and /healthz and the metrics
+    stopped with the gRPC port. Past MAX_GRPC_CONNECTIONS (20 here) gRPC closes a new one as
+    it comes; the probes answer, and once the idle ones go a client gets in again."""
+    from convstream.server import app
+
+    monkeypatch.setattr(app, "MAX_GRPC_CONNECTIONS", 20)
+    server = Server(Settings(port=0, metrics_port=0, cameras=()))
+    await server.start()
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    idle = []
+    try:
+        for _ in range(40):
+            connection = socket.create_connection(("127.0.0.1", server.port))
+            connection.sendall(preface)
+            idle.append(connection)
+        await asyncio.sleep(1.0)
+
+        def closed(connection: socket.socket) -> bool:
+            connection.setblocking(False)
+            try:
+                while connection.recv(65536):
+                    pass
+                return True
+            except BlockingIOError:
+                return False
+            except OSError:
+                return True
+
+        assert sum(map(closed, idle)) >= 20  # the ones past the cap
+        health = f"http://127.0.0.1:{server.metrics_port}/healthz"
+        answer = await asyncio.to_thread(urllib.request.urlopen, health, timeout=10)
+        assert answer.status == 200
+        for connection in idle:
+            connection.close()
+        await asyncio.sleep(0.5)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            info = await pb_grpc.ConvstreamStub(channel).GetModelInfo(pb.GetModelInfoRequest())
+            assert info.sha256
+    finally:
+        for connection in idle:
+            connection.close()
         await server.stop(grace=0)
 
 

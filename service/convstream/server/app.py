@@ -40,6 +40,7 @@ from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Pipeline, WorkPool
 from convstream.server.probes import HttpPort
 from convstream.server.processes import TLS_FILES, Peers, model_sha256, reload_keeps
+from convstream.server.rlimit import open_files
 from convstream.server.security import TokenInterceptor, peer_host, token_changes, visible
 from convstream.server.servicer import (
     PEER_CONNECT_S,
@@ -148,6 +149,22 @@ def threshold_source(settings: Settings, model: DamageModel) -> str:
 HANDSHAKE_TIMEOUT_S = 10.0  # for a new connection's handshake, TLS's or none
 
 
+# Connections the gRPC port keeps at once, at most: past it gRPC closes a new one as it comes
+# (its client reads UNAVAILABLE). 20,000 idle HTTP/2 connections from one host took every
+# file the process could open, and /healthz, the metrics and the cameras' sources stopped
+# with the port (a robustness review); a quarter of the files stay for those. Not a cap per
+# host (grpcio has none): keep the port behind a firewall that limits one (README).
+MAX_GRPC_CONNECTIONS = 10_000
+
+
+def connection_cap() -> int:
+    """MAX_GRPC_CONNECTIONS, or three quarters of the files this process may open if less."""
+    files = open_files()
+    if files is None:
+        return MAX_GRPC_CONNECTIONS
+    return min(MAX_GRPC_CONNECTIONS, max(64, files * 3 // 4))
+
+
 def grpc_options(settings: Settings, *, share_port: bool = False) -> list[tuple[str, int]]:
     """Channel arguments of the server; the client's keepalive must stay within these.
 
@@ -168,6 +185,7 @@ def grpc_options(settings: Settings, *, share_port: bool = False) -> list[tuple[
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.max_connection_idle_ms", int(settings.connection_idle_timeout_s * 1000)),
+        ("grpc.max_allowed_incoming_connections", connection_cap()),
         # A connection that has not finished its TLS handshake (or, in plaintext, sent
         # nothing) by then is closed: an idle one held its file for a minute or two.
         ("grpc.server_handshake_timeout_ms", int(HANDSHAKE_TIMEOUT_S * 1000)),

@@ -45,3 +45,11 @@ def raise_open_files(who: str) -> int | None:
             "unlimited" if hard == resource.RLIM_INFINITY else hard,
         )
     return soft
+
+
+def open_files() -> int | None:
+    """This process's soft limit of open files now; None where there is none to read."""
+    if resource is None:
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
