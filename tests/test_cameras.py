@@ -859,7 +859,7 @@ async def test_a_wrong_rtsp_path_or_password_is_told_apart(
                 error = (await status(stub, camera_id)).last_error
                 assert f"could not open rtsp source: {words}" in error, error
                 assert "guess" not in error and str(locked.port) not in error
-            await asyncio.sleep(3)  # the wrong path tried again meanwhile, the password not
+            await asyncio.sleep(1.5)  # the wrong path tried again meanwhile, the password not
             tries = {c: (await status(stub, c)).reconnects for c in ("wrong-path", "bad-password")}
             assert tries["wrong-path"] >= 2 and tries["bad-password"] == 1, tries
             retry = re.search(
@@ -992,11 +992,11 @@ async def test_watchers_past_the_limit_are_refused_and_counted() -> None:
 async def test_watches_that_read_nothing_are_ended_and_give_their_places_back() -> None:
     """300 watches that read nothing held all 16 places for good, and every other watcher
     (the dashboard's too) was refused. A watch whose client takes no result for
-    stream_idle_timeout_s (1.5 s here) ends, DEADLINE_EXCEEDED, as a stream does, and its
+    stream_idle_timeout_s (0.6 s here) ends, DEADLINE_EXCEEDED, as a stream does, and its
     place goes to the next."""
     belt = camera("belt", "demo:conveyor?fps=15")
     heavy = pb.ResultOptions(feature_maps=["stage1"], encoding=pb.TENSOR_ENCODING_FLOAT32)
-    settings = {"max_watchers": 2, "stream_idle_timeout_s": 1.5}
+    settings = {"max_watchers": 2, "stream_idle_timeout_s": 0.6}
     async with serving(belt, **settings) as server, connect(server) as stub:
         idle = [watch(stub, "belt", options=heavy) for _ in range(2)]  # 3 MB a result, unread
         assert (await asyncio.wait_for(idle[0].initial_metadata(), 10)) is not None
@@ -1016,7 +1016,7 @@ async def test_watches_that_read_nothing_are_ended_and_give_their_places_back() 
                 async for _ in call:
                     pass
             assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            assert "results not read for 1.5 s (stream_idle_timeout_s); the watch is ended" in (
+            assert "results not read for 0.6 s (stream_idle_timeout_s); the watch is ended" in (
                 str(ended.value.details())
             )
         reader.cancel()

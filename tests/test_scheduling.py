@@ -666,7 +666,7 @@ async def test_a_stream_whose_results_wait_unread_is_ended_and_frees_its_place()
     leaves, so as many as max_streams of them at most: past that a stalled stream keeps its
     place until one is gone."""
     settings = Settings(
-        port=0, metrics_port=-1, cameras=(), max_streams=1, stream_idle_timeout_s=1.5
+        port=0, metrics_port=-1, cameras=(), max_streams=1, stream_idle_timeout_s=0.8
     )
     server = Server(settings)
     await server.start()
@@ -716,13 +716,13 @@ async def test_a_stream_whose_results_wait_unread_is_ended_and_frees_its_place()
                         read.append(result.frame_id)
                 assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
                 told = str(ended.value.details())
-                assert "results not read for 1.5 s (stream_idle_timeout_s)" in told
+                assert "results not read for 0.8 s (stream_idle_timeout_s)" in told
                 assert read == list(range(len(read))) and 0 < len(read) < 8
 
             first = await stall()
             assert await admitted_within(30)  # its place was given back
             second = await stall()  # one ended stream already waits for its client
-            assert not await admitted_within(3 * 1.5)  # so this one keeps its place
+            assert not await admitted_within(3 * 0.8)  # so this one keeps its place
             await read_to_its_end(first)  # the first is gone: the second may end
             assert await admitted_within(30)
             await read_to_its_end(second)

@@ -1997,7 +1997,7 @@ async def test_idle_connections_past_the_cap_are_closed_and_the_probes_go_on(
             connection = socket.create_connection(("127.0.0.1", server.port))
             connection.sendall(preface)
             idle.append(connection)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(0.5)
 
         def closed(connection: socket.socket) -> bool:
             connection.setblocking(False)
@@ -2016,7 +2016,7 @@ async def test_idle_connections_past_the_cap_are_closed_and_the_probes_go_on(
         assert answer.status == 200
         for connection in idle:
             connection.close()
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.2)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             info = await pb_grpc.ConvstreamStub(channel).GetModelInfo(pb.GetModelInfoRequest())
             assert info.sha256
