@@ -143,20 +143,11 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             # Calls that send no request hold their places for ANALYZE_REQUEST_S: once half
             # the places are taken, one host may hold a quarter of them so, and the others
             # stay for other callers (while places are plenty, slow uploads go on).
-            refusal = Overloaded(
-                f"{waiting} Analyze calls from your host have been sending, or not sent, their "
-                f"request for over {ANALYZE_SILENT_S:g} s, and half of the server's "
-                f"{self.settings.max_analyze_calls} places are taken: one host may hold "
-                f"{most_waiting} (a quarter) so; retry later, or send frames over one "
-                "StreamFrames call"
-            )
-        if refusal is not None:  # its source is in the request, not read: counted unnamed
+            refusal = Overloaded(self._crowded(waiting, most_waiting))
+        if refusal is not None:
             if not waits:
                 del self._waiting[host]
-            self.metrics.frames.labels(self.metrics.client_source(""), "rejected").inc()
-            if isinstance(refusal, Overloaded):  # a limit, not a drain
-                self.metrics.calls_refused.labels("Analyze").inc()
-            return _refused(context, refusal.code, str(refusal))
+            return self._refused_analyze(context, refusal)
         self.open_analyze_calls += 1
         waits.append(started)
 
@@ -167,21 +158,14 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             silent = sum(started - since >= 0 for since in waits) - 1  # before it, but it
             if silent < most_waiting or self.open_analyze_calls < most_waiting * 2:
                 return None
-            return (
-                f"{silent} other Analyze calls from your host have been sending, or not sent, "
-                f"their request for over {ANALYZE_SILENT_S:g} s, as this one, and half of the "
-                f"server's {self.settings.max_analyze_calls} places are taken: one host may "
-                f"hold {most_waiting} (a quarter) so; this one was ended: retry later, or send "
-                "frames over one StreamFrames call"
-            )
+            return self._crowded(silent, most_waiting, ended=True)
 
         try:
             try:
                 request = await self._one_request(requests, crowding)
+            except Overloaded as exc:  # crowded out: counted as a refusal at the door
+                return self._refused_analyze(context, exc)
             except ConvstreamError as exc:
-                if isinstance(exc, Overloaded):  # crowded out: counted as a refusal at the door
-                    self.metrics.frames.labels(self.metrics.client_source(""), "rejected").inc()
-                    self.metrics.calls_refused.labels("Analyze").inc()
                 return _refused(context, exc.code, str(exc))
             finally:
                 waits.remove(started)
@@ -190,6 +174,27 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             return await self._analyze(request, context)
         finally:
             self.open_analyze_calls -= 1
+
+    def _crowded(self, calls: int, most: int, *, ended: bool = False) -> str:
+        """Why a host's Analyze call is refused (or, ``ended``, ended at ANALYZE_SILENT_S):
+        ``calls`` of the host's have not sent their request that long, ``most`` may."""
+        return (
+            f"{calls} {'other ' * ended}Analyze calls from your host have been sending, or "
+            f"not sent, their request for over {ANALYZE_SILENT_S:g} s, and half of the "
+            f"server's {self.settings.max_analyze_calls} places are taken: one host may hold "
+            f"{most} (a quarter) so; {'this one was ended: ' * ended}retry later, or send "
+            "frames over one StreamFrames call"
+        )
+
+    def _refused_analyze(
+        self, context: grpc.aio.ServicerContext, refusal: ConvstreamError
+    ) -> pb.FrameResult:
+        """An Analyze call refused before its request was read, counted: its source is in
+        the request, so unnamed; as a refusal past a limit unless the server is draining."""
+        self.metrics.frames.labels(self.metrics.client_source(""), "rejected").inc()
+        if isinstance(refusal, Overloaded):
+            self.metrics.calls_refused.labels("Analyze").inc()
+        return _refused(context, refusal.code, str(refusal))
 
     async def _one_request(
         self,
