@@ -737,6 +737,29 @@ async def test_a_camera_that_shows_next_to_nothing_says_so(
 
 
 @pytest.mark.asyncio(loop_scope="module")
+async def test_a_slow_camera_is_not_said_to_have_no_new_frames_between_two(
+    browser: Any, artifacts: Path
+) -> None:
+    """A camera sending a frame every 10 s read "no new frames", its tile greyed, most of
+    the time: a tile waits STALE_S (3 s) or 2.5 of the camera's own intervals, whichever is
+    longer (an operator review's). A frame every 5 s here: 4.3 s after one, live."""
+
+    # a read timeout that allows its pace (at 5 s the server itself calls it stalled)
+    cameras = (CameraConfig(id="slow", source="demo:conveyor?fps=0.2", read_timeout_s=20),)
+    async with _running(cameras) as (_, dash):
+        page = await _open(browser, dash)
+        tile = _tile(page, "slow")
+        drawn = await _wait_frames(page, "slow", 0, timeout=20.0)
+        await _wait_frames(page, "slow", drawn, timeout=20.0)  # a second: its pace is known
+        await page.wait_for_timeout(4300)  # past STALE_S, before the next frame
+        # read once, not awaited: the next frame would clear it
+        assert "stale" not in (await tile.get_attribute("class") or "").split()
+        assert not await tile.locator(".notice").is_visible()
+        assert page.errors == []
+        await page.context.close()
+
+
+@pytest.mark.asyncio(loop_scope="module")
 async def test_a_page_whose_dashboard_goes_silent_says_so_and_connects_again(
     browser: Any, artifacts: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

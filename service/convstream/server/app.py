@@ -23,7 +23,7 @@ import onnxruntime as ort
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from convstream.model import DamageModel, ModelFileError, wants_cuda
-from convstream.model.runtime import CUDA, ProviderChoice
+from convstream.model.runtime import CPU, CUDA, ProviderChoice
 from convstream.server import reflection
 from convstream.server.cameras import HEALTH_PREFIX, CameraManager
 from convstream.server.config import (
@@ -108,7 +108,9 @@ def model_info(settings: Settings, model: DamageModel) -> pb.ModelInfo:
         sha256=model.sha256,
         execution_provider=model.provider,
         requested_provider=model.requested_provider,
-        available_providers=ort.get_available_providers(),
+        # those it may choose (provider = cpu or cuda), not all onnxruntime lists: a
+        # newcomer's `info` named AzureExecutionProvider, which it never runs
+        available_providers=[p for p in ort.get_available_providers() if p in (CPU, CUDA)],
         threshold=model.threshold,
         threshold_source=threshold_source(settings, model),
         heatmap_stride=model.heatmap_stride,

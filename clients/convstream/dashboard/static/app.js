@@ -353,6 +353,14 @@
       if (under) this.verdict.classList.add("right");
     }
 
+    // Seconds without a frame before the tile says "no new frames": STALE_S, or 2.5 of the
+    // camera's own intervals where it analyses slower (a frame every 10 s read "no new
+    // frames" most of the time: an operator review's).
+    staleAfter() {
+      const fps = this.status ? this.status.fps_out : 0;
+      return fps > 0 ? Math.max(STALE_S, 2.5 / fps) : STALE_S;
+    }
+
     updateNotice() {
       const s = this.status ? this.status.state : "unknown";
       // A camera that runs but shows next to nothing (a capped lens) catches no damage: its
@@ -365,7 +373,7 @@
       if (this.el.dataset.state !== shown) this.el.dataset.state = shown;
       this.setText(this.stateEl, socketOpen ? seen : "no data");
       const age = this.lastFrameAt ? Math.max(0, dashNow() - this.lastFrameAt) : null;
-      const stale = age === null || age > STALE_S;
+      const stale = age === null || age > this.staleAfter();
       const old = (stale || s !== "running" || !socketOpen) && this.frames > 0;
       this.el.classList.toggle("stale", old);
       // Damaged in words, not only in red (colour-blind operators, a glance from afar); only
