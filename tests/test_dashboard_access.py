@@ -361,7 +361,7 @@ async def test_a_full_page_port_ends_a_half_sent_connection_for_a_new_one(
 ) -> None:
     """A security review's 1,280 half-sent requests from 10 addresses were all held, each
     address under its own cap: nothing bounded them all. Past MAX_CONNECTIONS (6 here) a new
-    connection ends the oldest one still to send a whole request: closing every new one
+    connection ends the oldest one not yet let in: closing every new one
     instead (the rule before) let half-sent requests from a few addresses keep every page
     out. Connections that have sent a request (the open pages') are never ended for it, and
     when every one has, a new connection is closed as it comes."""
@@ -400,7 +400,7 @@ async def test_a_full_page_port_ends_a_half_sent_connection_for_a_new_one(
         assert await asyncio.to_thread(slow[0].recv, 1024) == b""
         assert all(still_open(c) for c in [*slow[1:], *pages])
         said = [r.message for r in caplog.records if "the most it keeps" in r.message]
-        assert len(said) == 1 and "the oldest still to send a whole request" in said[0], said
+        assert len(said) == 1 and "the oldest not yet let in" in said[0], said
         assert "127.0.0.2's" in said[0]
         # every one has sent a request: a new connection is closed, the pages keep theirs
         for connection in slow[1:]:
@@ -413,7 +413,7 @@ async def test_a_full_page_port_ends_a_half_sent_connection_for_a_new_one(
         late.settimeout(5)
         assert await asyncio.to_thread(late.recv, 1024) == b""  # closed, unanswered
         assert all(still_open(c) for c in [*pages, newcomer, *full])
-        said = [r.message for r in caplog.records if "past its first request" in r.message]
+        said = [r.message for r in caplog.records if "every one let in" in r.message]
         assert len(said) == 1 and "127.0.0.3 holds 3" in said[0], said
         for connection in [*slow, *pages, newcomer, *full, late]:
             connection.close()

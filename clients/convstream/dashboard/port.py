@@ -11,9 +11,9 @@ a connection that sends nothing in FIRST_BYTE_S is closed, and one whose request
 take longer than HEADERS_S: a security review's 5,000 connections, each sending a header
 line every 4 s, were all held (aiohttp reads headers with no deadline), and with the 1024
 files a systemd service starts with asyncio logged each failed accept with its traceback,
-158 MB of log in 50 s. Past MAX_CONNECTIONS in all, a new connection ends the oldest one that
-has not yet sent a whole request, or is closed if every one has: the open pages keep theirs
-(see ``Requests``).
+158 MB of log in 50 s. Past MAX_CONNECTIONS in all, a new connection ends the oldest one not
+yet let in (no request of it has passed the page's Host and login checks), or is closed if
+every one has been: the open pages keep theirs (see ``Requests``).
 """
 
 from __future__ import annotations
@@ -46,10 +46,10 @@ MAX_CONNECTIONS_PER_HOST = 128
 MAX_HOSTS_KEPT = 1000  # past this many addresses, those with no connection left are forgotten
 # Connections to the page from all addresses, at most. A security review's 1,280 half-sent
 # requests from 10 addresses were all held (0.27 MB each over TLS); a wall of 50 browsers
-# holds about 300. Past it a new connection ends the oldest one still to send a whole
-# request, so that half-sent ones from many addresses cannot keep every newcomer out (a
-# code review's, on the rule before, which closed every new one while the port was full);
-# connections that have sent a request, the open pages', are never ended for a newcomer.
+# holds about 300. Past it a new connection ends the oldest one not yet let in, so that
+# half-sent (or refused) ones from many addresses cannot keep every newcomer out (a code
+# review's, on the rule before, which closed every new one while the port was full);
+# connections let in, the open pages', are never ended for a newcomer.
 # (Ending the busiest address's oldest, as the metrics port does, let many addresses of a
 # few connections each end a NAT'd wall's open pages one by one: a diff review's.)
 MAX_CONNECTIONS = 1024
@@ -93,11 +93,11 @@ class Requests:
 
 class _Accepted:
     """One accepted connection: its socket (closed by whoever holds it: fileno() -1), its
-    address, and whether it has sent a whole request yet."""
+    address, and whether a request of it was let in (``Requests.admitted``)."""
 
     def __init__(self, sock: socket.socket, host: str, at: float) -> None:
         self.sock, self.host, self.at = sock, host, at
-        self.requested = False
+        self.admitted = False
         self.ended = False  # end() called: no longer counted, though its close may be pending
         self.transport: asyncio.Transport | None = None  # once routed to the page
         self.routing: asyncio.Task[None] | None = None  # until then
@@ -132,13 +132,12 @@ class _Tracked(asyncio.Protocol):
         by_transport: dict[asyncio.BaseTransport, _Tracked],
     ) -> None:
         self._inner, self._accepted, self._by_transport = inner, accepted, by_transport
-        self._transport: asyncio.Transport | None = None
         self._handling = 0  # requests being handled (pipelined ones wait their turn)
         self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        self._transport = self._accepted.transport = transport
+        self._accepted.transport = transport
         self._by_transport[transport] = self
         self._arm()  # its first byte has come: the peek saw it
         self._inner.connection_made(transport)
@@ -153,8 +152,8 @@ class _Tracked(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        if self._transport is not None:
-            self._by_transport.pop(self._transport, None)
+        if self._accepted.transport is not None:
+            self._by_transport.pop(self._accepted.transport, None)
         self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -168,7 +167,7 @@ class _Tracked(asyncio.Protocol):
         self._disarm()
 
     def admitted(self) -> None:
-        self._accepted.requested = True
+        self._accepted.admitted = True
 
     def ended(self) -> None:
         self._handling -= 1
@@ -184,8 +183,8 @@ class _Tracked(asyncio.Protocol):
 
     def _late(self) -> None:
         self._deadline = None
-        if self._transport is not None and not self._handling:
-            self._transport.abort()
+        if self._accepted.transport is not None and not self._handling:
+            self._accepted.transport.abort()
 
 
 class PagePort:
@@ -304,8 +303,8 @@ class PagePort:
                 busiest = max(self._open, key=lambda h: len(self._open[h]))
                 self._say(
                     "full",
-                    "%d connections to the page, the most it keeps, every one past its first "
-                    "request (%s holds %d): new ones are closed as they come until some end",
+                    "%d connections to the page, the most it keeps, every one let in (%s "
+                    "holds %d): new ones are closed as they come until some end",
                     MAX_CONNECTIONS,
                     busiest,
                     len(self._open[busiest]),
@@ -316,8 +315,8 @@ class PagePort:
             accepted.routing = self._spawn(self._route(accepted))
 
     def _make_room(self) -> bool:
-        """End the oldest connection yet to send a whole request, if there is one."""
-        waiting = [c for kept in self._open.values() for c in kept if c.open and not c.requested]
+        """End the oldest connection not yet let in, if there is one."""
+        waiting = [c for kept in self._open.values() for c in kept if c.open and not c.admitted]
         if not waiting:
             return False
         oldest = min(waiting, key=lambda c: c.at)
@@ -325,7 +324,7 @@ class PagePort:
         self._say(
             "room",
             "%d connections to the page, the most it keeps: each new one ends the oldest "
-            "still to send a whole request (%s's, now)",
+            "not yet let in (%s's, now)",
             MAX_CONNECTIONS,
             oldest.host,
         )

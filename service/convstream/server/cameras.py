@@ -169,13 +169,12 @@ class CameraManager:
         for camera_id, old, feed in changes:
             if old is not None:
                 feed.carry_totals(old)
-                why = (
-                    "changed"
-                    if old.camera.config != feed.camera.config
-                    else "was down"
-                    if old.down() is not None and not old.camera.ended
-                    else "has a new video file"
-                )
+                if old.camera.config != feed.camera.config:
+                    why = "changed"
+                elif old.camera.file_changed():
+                    why = "has a new video file"
+                else:
+                    why = "was down"
                 logger.info("camera %s %s; restarting it", camera_id, why)
             else:
                 logger.info("camera %s added (%s source)", camera_id, feed.camera.spec.kind)

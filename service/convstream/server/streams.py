@@ -267,15 +267,12 @@ class StreamSession:
         """What a frame's refused options leave in force, for its refusal: a typo'd stage in
         a stream's first options left it LOSSLESS, unsaid, where it asked for LATEST_ONLY."""
         maps = ", ".join(self.options.feature_maps) or "no feature maps"
-        if not self._configured:
-            return (
-                "this frame was not analysed and its options not taken: the stream goes on "
-                f"{pb.Freshness.Name(self.freshness)}, {maps}, until a frame's options are"
-            )
-        return (
-            "this frame was not analysed and its options not taken: the stream keeps "
-            f"{pb.Freshness.Name(self.freshness)}, {maps}"
-        )
+        kept = f"{pb.Freshness.Name(self.freshness)}, {maps}"
+        if self._configured:
+            kept = f"keeps {kept}"
+        else:
+            kept = f"goes on {kept}, until a frame's options are"
+        return f"this frame was not analysed and its options not taken: the stream {kept}"
 
     def _accept(self, received: Received | RefusedMessage, arrived: float) -> _Item:
         """Options for this frame: its own (which then stick) or the stream's last ones; and
