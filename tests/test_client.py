@@ -747,6 +747,8 @@ async def test_latest_only_answers_or_reports_every_frame_once(
     assert answered == sorted(answered) and answered[-1] == 139
     assert sorted(answered + dropped) == [f.frame_id for f in sent]
     assert results[-1].frames_dropped == len(dropped)
+    # each result says the policy it was answered under, by the name the call takes
+    assert {(r.freshness, r.queue_size) for r in results} == {("latest_only", 1)}
 
 
 async def test_what_is_no_image_is_said_in_the_callers_terms(

@@ -66,13 +66,24 @@ async def test_model_info_reports_what_runs(stub: pb_grpc.ConvstreamStub) -> Non
     limits = (info.max_streams, info.max_analyze_calls, info.max_watchers)
     assert limits == (settings.max_streams, settings.max_analyze_calls, settings.max_watchers)
     assert info.watcher_queue_size == settings.watcher_queue_size > 0
-    # the largest queue it says one stream may ask for is taken, and one more is refused
+    # the room all streams share, which four streams of the largest queue fill: a fifth was
+    # refused with no way to foresee it
+    assert info.max_queued_frames == settings.max_queued_frames == 4 * info.max_stream_queue_size
+    # the largest queue it says one stream may ask for is taken, and one more is refused;
+    # each result says the policy in force (a refused one's: the stream's default)
     frame = jpeg(scene(2, 240, 320))
-    for size, code in ((info.max_stream_queue_size, 0), (info.max_stream_queue_size + 1, 3)):
+    in_force = (
+        (info.max_stream_queue_size, 0, pb.FRESHNESS_BOUNDED_QUEUE, info.max_stream_queue_size),
+        (info.max_stream_queue_size + 1, 3, pb.FRESHNESS_LOSSLESS, info.stream_queue_size),
+    )
+    for size, code, freshness, queue in in_force:
         options = pb.ResultOptions(freshness=pb.FRESHNESS_BOUNDED_QUEUE, queue_size=size)
         sent = [pb.FrameRequest(frame_id=1, encoded=frame, options=options)]
         results = [r async for r in stub.StreamFrames(requests(sent))]
         assert results[0].status.code == code, (size, results[0].status.message)
+        assert (results[0].freshness, results[0].queue_size) == (freshness, queue)
+    analysed = await stub.Analyze(pb.FrameRequest(frame_id=1, encoded=frame))
+    assert (analysed.freshness, analysed.queue_size) == (0, 0)  # no stream, no policy
 
 
 async def test_a_jpeg_can_score_as_its_pixels_do_sent_raw() -> None:

@@ -558,10 +558,15 @@ def model_info_text(info: ModelInfo) -> str:
         + (f", 32 to {info.max_frame_side:,} a side" if info.max_frame_side else ""),
     ]
     if info.max_stream_queue_size:
+        together = (
+            f" ({info.max_queued_frames} for all streams together)"
+            if info.max_queued_frames
+            else ""
+        )
         lines.append(
             f"streams      queue_size {info.stream_queue_size} by default, at most "
-            f"{info.max_stream_queue_size}; a stream idle for {info.stream_idle_timeout_s:g} s "
-            "is ended"
+            f"{info.max_stream_queue_size}{together}; a stream idle for "
+            f"{info.stream_idle_timeout_s:g} s is ended"
         )
     if info.max_streams:
         lines.append(

@@ -14,6 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from convstream.client.errors import ConvstreamError, from_status
 from convstream.client.frames import Frame
+from convstream.client.options import FRESHNESS, Freshness
 from convstream.client.tensors import to_numpy
 from convstream.v1 import content_box
 from convstream.v1 import convstream_pb2 as pb
@@ -142,6 +143,12 @@ class Result:
         timings: the server's time per step, None for a frame that failed.
         frame_age_ms: result time minus the frame's capture time (or its arrival).
         frames_dropped: frames the stream's freshness policy has dropped so far.
+        freshness: the stream's policy in force when the server sent this result,
+            "lossless", "latest_only" or "bounded_queue" (set by the first options the server
+            accepted: "lossless" until then, whatever the stream asked for); "" on analyze and
+            watch, or from a server older than the field.
+        queue_size: the frames that policy lets wait (1 for "latest_only"); 0 where
+            ``freshness`` is "".
         dropped_frame_ids: the ids of frames dropped since the previous result.
         sequence: the server's count of results on this stream, from 1 (0 for analyze).
         geometry: how the frame sits in the model input; see ``peak()`` and overlays.
@@ -173,6 +180,8 @@ class Result:
     timings: Timings | None = None
     frame_age_ms: float = 0.0
     frames_dropped: int = 0
+    freshness: Freshness | Literal[""] = ""
+    queue_size: int = 0
     dropped_frame_ids: tuple[int, ...] = ()
     sequence: int = 0
     geometry: Geometry | None = None
@@ -243,6 +252,8 @@ class Result:
             "frame_id": message.frame_id,
             "source": message.source,
             "frames_dropped": message.frames_dropped,
+            "freshness": _freshness(message.freshness),
+            "queue_size": message.queue_size,
             "dropped_frame_ids": tuple(message.dropped_frame_ids),
             "sequence": message.sequence,
             "capture_time": capture,
@@ -354,10 +365,12 @@ class ModelInfo:
     max_message_bytes: int
     max_frame_pixels: int
     max_frame_side: int  # 0 from a server that does not say
-    # StreamFrames: the default and largest queue_size, and the idle timeout (0: not said)
+    # StreamFrames: the default and largest queue_size, the idle timeout, and the frames all
+    # streams' queues hold together (0: not said)
     stream_queue_size: int = 0
     max_stream_queue_size: int = 0
     stream_idle_timeout_s: float = 0.0
+    max_queued_frames: int = 0
     # the calls taken at once, and a watcher's default queue (0: not said)
     max_streams: int = 0
     max_analyze_calls: int = 0
@@ -392,6 +405,7 @@ class ModelInfo:
             stream_queue_size=message.stream_queue_size,
             max_stream_queue_size=message.max_stream_queue_size,
             stream_idle_timeout_s=message.stream_idle_timeout_s,
+            max_queued_frames=message.max_queued_frames,
             max_streams=message.max_streams,
             max_analyze_calls=message.max_analyze_calls,
             max_watchers=message.max_watchers,
@@ -525,3 +539,9 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_finite(item) for item in value]
     return value
+
+
+def _freshness(value: int) -> Freshness | Literal[""]:
+    """A result's policy by the name ``stream(freshness=...)`` takes; "" when unset."""
+    names = [name for name, number in FRESHNESS.items() if number == value]
+    return cast(Freshness, names[0]) if names else ""

@@ -169,7 +169,7 @@ class FrameStatus(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class FrameResult(_message.Message):
-    __slots__ = ("frame_id", "source", "status", "score", "damaged", "heatmap", "feature_maps", "timings", "frame_age_ms", "frames_dropped", "sequence", "geometry", "frame_jpeg", "capture_time", "dropped_frame_ids", "peak", "brightness", "contrast", "blank", "threshold", "published")
+    __slots__ = ("frame_id", "source", "status", "score", "damaged", "heatmap", "feature_maps", "timings", "frame_age_ms", "frames_dropped", "sequence", "geometry", "frame_jpeg", "capture_time", "dropped_frame_ids", "peak", "brightness", "contrast", "blank", "threshold", "published", "freshness", "queue_size")
     FRAME_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -191,6 +191,8 @@ class FrameResult(_message.Message):
     BLANK_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     PUBLISHED_FIELD_NUMBER: _ClassVar[int]
+    FRESHNESS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_SIZE_FIELD_NUMBER: _ClassVar[int]
     frame_id: int
     source: str
     status: FrameStatus
@@ -212,7 +214,9 @@ class FrameResult(_message.Message):
     blank: bool
     threshold: float
     published: bool
-    def __init__(self, frame_id: _Optional[int] = ..., source: _Optional[str] = ..., status: _Optional[_Union[FrameStatus, _Mapping]] = ..., score: _Optional[float] = ..., damaged: bool = ..., heatmap: _Optional[_Union[Tensor, _Mapping]] = ..., feature_maps: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., frame_age_ms: _Optional[float] = ..., frames_dropped: _Optional[int] = ..., sequence: _Optional[int] = ..., geometry: _Optional[_Union[Geometry, _Mapping]] = ..., frame_jpeg: _Optional[bytes] = ..., capture_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dropped_frame_ids: _Optional[_Iterable[int]] = ..., peak: _Optional[_Union[Peak, _Mapping]] = ..., brightness: _Optional[float] = ..., contrast: _Optional[float] = ..., blank: bool = ..., threshold: _Optional[float] = ..., published: bool = ...) -> None: ...
+    freshness: Freshness
+    queue_size: int
+    def __init__(self, frame_id: _Optional[int] = ..., source: _Optional[str] = ..., status: _Optional[_Union[FrameStatus, _Mapping]] = ..., score: _Optional[float] = ..., damaged: bool = ..., heatmap: _Optional[_Union[Tensor, _Mapping]] = ..., feature_maps: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., frame_age_ms: _Optional[float] = ..., frames_dropped: _Optional[int] = ..., sequence: _Optional[int] = ..., geometry: _Optional[_Union[Geometry, _Mapping]] = ..., frame_jpeg: _Optional[bytes] = ..., capture_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dropped_frame_ids: _Optional[_Iterable[int]] = ..., peak: _Optional[_Union[Peak, _Mapping]] = ..., brightness: _Optional[float] = ..., contrast: _Optional[float] = ..., blank: bool = ..., threshold: _Optional[float] = ..., published: bool = ..., freshness: _Optional[_Union[Freshness, str]] = ..., queue_size: _Optional[int] = ...) -> None: ...
 
 class Peak(_message.Message):
     __slots__ = ("row", "col", "x", "y", "value")
@@ -251,7 +255,7 @@ class InputSize(_message.Message):
     def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "sha256", "execution_provider", "requested_provider", "available_providers", "threshold", "heatmap_stride", "stages", "input_sizes", "onnxruntime_version", "server_version", "max_message_bytes", "max_frame_pixels", "max_frame_side", "stream_queue_size", "max_stream_queue_size", "stream_idle_timeout_s", "max_streams", "max_analyze_calls", "max_watchers", "watcher_queue_size", "threshold_source")
+    __slots__ = ("name", "sha256", "execution_provider", "requested_provider", "available_providers", "threshold", "heatmap_stride", "stages", "input_sizes", "onnxruntime_version", "server_version", "max_message_bytes", "max_frame_pixels", "max_frame_side", "stream_queue_size", "max_stream_queue_size", "stream_idle_timeout_s", "max_streams", "max_analyze_calls", "max_watchers", "watcher_queue_size", "threshold_source", "max_queued_frames")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
@@ -274,6 +278,7 @@ class ModelInfo(_message.Message):
     MAX_WATCHERS_FIELD_NUMBER: _ClassVar[int]
     WATCHER_QUEUE_SIZE_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUED_FRAMES_FIELD_NUMBER: _ClassVar[int]
     name: str
     sha256: str
     execution_provider: str
@@ -296,7 +301,8 @@ class ModelInfo(_message.Message):
     max_watchers: int
     watcher_queue_size: int
     threshold_source: str
-    def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., execution_provider: _Optional[str] = ..., requested_provider: _Optional[str] = ..., available_providers: _Optional[_Iterable[str]] = ..., threshold: _Optional[float] = ..., heatmap_stride: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., input_sizes: _Optional[_Iterable[_Union[InputSize, _Mapping]]] = ..., onnxruntime_version: _Optional[str] = ..., server_version: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., max_frame_pixels: _Optional[int] = ..., max_frame_side: _Optional[int] = ..., stream_queue_size: _Optional[int] = ..., max_stream_queue_size: _Optional[int] = ..., stream_idle_timeout_s: _Optional[float] = ..., max_streams: _Optional[int] = ..., max_analyze_calls: _Optional[int] = ..., max_watchers: _Optional[int] = ..., watcher_queue_size: _Optional[int] = ..., threshold_source: _Optional[str] = ...) -> None: ...
+    max_queued_frames: int
+    def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., execution_provider: _Optional[str] = ..., requested_provider: _Optional[str] = ..., available_providers: _Optional[_Iterable[str]] = ..., threshold: _Optional[float] = ..., heatmap_stride: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., input_sizes: _Optional[_Iterable[_Union[InputSize, _Mapping]]] = ..., onnxruntime_version: _Optional[str] = ..., server_version: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., max_frame_pixels: _Optional[int] = ..., max_frame_side: _Optional[int] = ..., stream_queue_size: _Optional[int] = ..., max_stream_queue_size: _Optional[int] = ..., stream_idle_timeout_s: _Optional[float] = ..., max_streams: _Optional[int] = ..., max_analyze_calls: _Optional[int] = ..., max_watchers: _Optional[int] = ..., watcher_queue_size: _Optional[int] = ..., threshold_source: _Optional[str] = ..., max_queued_frames: _Optional[int] = ...) -> None: ...
 
 class ListCamerasRequest(_message.Message):
     __slots__ = ()

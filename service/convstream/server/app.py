@@ -126,6 +126,7 @@ def model_info(settings: Settings, model: DamageModel) -> pb.ModelInfo:
             MAX_QUEUE_SIZE, stream_share(settings.stream_queue_size, settings.max_queued_frames)
         ),
         stream_idle_timeout_s=settings.stream_idle_timeout_s,
+        max_queued_frames=settings.max_queued_frames,
         max_streams=settings.max_streams,
         max_analyze_calls=settings.max_analyze_calls,
         max_watchers=settings.max_watchers,

@@ -533,6 +533,7 @@ class StreamSession:
                     else:
                         result.published = True
                 self.drops.stamp(result)
+                result.freshness, result.queue_size = self.freshness, self.capacity
                 yield result
                 async with self._changed:
                     self._in_analysis -= 1
