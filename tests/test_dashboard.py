@@ -748,6 +748,7 @@ async def test_page_shows_every_camera_live(
             re.compile(r"^[01]\.\d{4}$")
         )
         await expect(_tile(page, camera).locator(".v-fps")).not_to_have_text("\u2013")
+    assert await page.locator("#logout").is_hidden()  # no login here: nothing to log out of
     await expect(page.locator("#model")).to_contain_text("· CPU ·")  # short, before the hash
     await expect(page.locator("#model")).to_have_attribute(
         "title", re.compile("provider CPUExecutionProvider")

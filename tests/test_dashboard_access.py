@@ -101,6 +101,8 @@ async def test_without_the_token_nothing_but_the_login_form_is_shown() -> None:
         other = {"Origin": "http://evil.example"}
         async with http.post(url + "login", data={"token": TOKEN}, headers=other) as forged:
             assert forged.status == 403
+        async with http.post(url + "logout", headers=other) as forged:  # nor logs one out
+            assert forged.status == 403
 
         # the token: a session cookie, not the token itself
         async with http.post(url + "login", data={"token": TOKEN}, allow_redirects=False) as ok:
@@ -276,6 +278,15 @@ async def test_the_page_over_https(browser: Any, artifacts: Path, tmp_path: Path
             await page.wait_for_url(dash.url, timeout=10000)
             await _wait_frames(page, "belt", 1, timeout=20.0)
             assert await page.evaluate("location.protocol") == "https:"
+            # a laptop handed on: "log out" ends this browser's session, its __Host- cookie
+            # gone (Chromium keeps one whose removal is not Secure), the page asks again
+            assert [c["name"] for c in await context.cookies()] == [f"__Host-{COOKIE}_{dash.port}"]
+            await page.click("#logout button")
+            await page.wait_for_url(dash.url + "login?out", timeout=10000)
+            assert "Logged out" in await page.inner_text(".login")
+            assert await context.cookies() == []
+            await page.goto(dash.url)
+            assert page.url == dash.url + "login"
             await context.close()
             silent.close()
             broken.close()

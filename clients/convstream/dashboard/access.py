@@ -33,7 +33,8 @@ SESSION_DAYS = 30  # unused this long, a session ends; a new token ends every se
 RENEW_AFTER_S = 86400.0  # a session in use gets a new cookie once a day
 FAILED_LOGIN_DELAY_S = 1.0  # each wrong token costs its sender a second
 LOG_EVERY_S = 600.0  # a failed login from one address is logged once per 10 minutes
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/login"})  # and /static/: the login stylesheet
+# and /static/: the login stylesheet
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/login", "/logout"})
 TOKEN_BYTES = 32
 
 
@@ -123,14 +124,15 @@ class Access:
 
     async def login_page(self, request: web.Request) -> web.Response:
         failed = "failed" in request.query
+        if failed:
+            message = "That is not this dashboard's access token."
+        elif "out" in request.query:
+            message = "Logged out: this browser needs the access token again."
+        else:
+            message = "This dashboard needs its access token (ask whoever runs it)."
         return web.Response(
             text=_LOGIN_PAGE.format(
-                message=html.escape(
-                    "That is not this dashboard's access token."
-                    if failed
-                    else "This dashboard needs its access token (ask whoever runs it).",
-                    quote=False,  # element text
-                ),
+                message=html.escape(message, quote=False),  # element text
                 kind="error" if failed else "info",
             ),
             content_type="text/html",
@@ -149,6 +151,21 @@ class Access:
             raise response
         await self._failed(request)
         raise web.HTTPSeeOther("login?failed")
+
+    async def log_out(self, request: web.Request) -> NoReturn:
+        """This browser's session cookie removed (a laptop handed on, a shared screen): it
+        ends nothing else, and a copied cookie stays good until the token changes."""
+        if not same_origin(request):  # another site's page logging operators out
+            raise web.HTTPForbidden(text="a logout form of another site is refused\n")
+        response = web.HTTPSeeOther("login?out")
+        response.del_cookie(
+            cookie_name(request),
+            path="/",
+            secure=self.https or request.secure,  # a __Host- cookie is removed only so
+            httponly=True,
+            samesite="Lax",
+        )
+        raise response
 
     def _set_session(self, request: web.Request, response: web.StreamResponse) -> None:
         response.set_cookie(
@@ -248,7 +265,7 @@ _LOGIN_PAGE = """<!doctype html>
     <button type="submit">Log in</button>
   </form>
   <p class="muted">This browser then stays logged in while the page is used (a session unused
-  for {days} days ends), until the dashboard gets a new token.</p>
+  for {days} days ends), until it logs out or the dashboard gets a new token.</p>
 </main>
 </body>
 </html>

@@ -176,7 +176,10 @@ async def _check_access(request: web.Request, handler: Handler) -> web.StreamRes
 
 
 async def index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+    # same-origin, not no-referrer: its logout form's POST would say Origin "null", which
+    # same_origin() refuses (as the login page)
+    headers = {"Cache-Control": "no-cache", "Referrer-Policy": "same-origin"}
+    return web.FileResponse(STATIC_DIR / "index.html", headers=headers)
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
@@ -288,8 +291,8 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 
 
 def make_app(hub: Hub) -> web.Application:
-    """The aiohttp application: GET only (and the login form's POST, with an access token),
-    nothing on it changes anything."""
+    """The aiohttp application: GET only (and, with an access token, the login and logout
+    forms' POSTs), nothing on it changes anything."""
     app = web.Application(middlewares=[_note_request, _check_host, _check_access])
     app[HUB] = hub
     app[REQUESTS] = Requests()
@@ -304,6 +307,7 @@ def make_app(hub: Hub) -> web.Application:
     if access.required:
         app.router.add_get("/login", access.login_page)
         app.router.add_post("/login", access.log_in)
+        app.router.add_post("/logout", access.log_out)
     app.router.add_static("/static", STATIC_DIR)
     app.on_response_prepare.append(_security_headers)
     return app

@@ -1528,6 +1528,7 @@
             .catch(() => {}), 3600 * 1000);
         }
         state.login = Boolean(msg.login);
+        $("logout").hidden = !state.login;
         setModel(msg.model);
         setServer(msg.server);
         setCameras(msg.cameras);
