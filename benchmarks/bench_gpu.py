@@ -516,7 +516,8 @@ def main() -> None:
     section("Loading", loading, "loading")
     if CUDA not in ort.get_available_providers():
         raise SystemExit(
-            "this onnxruntime has no CUDA provider: install the gpu extra (README: GPU)"
+            "this onnxruntime has no CUDA provider: install the gpu extra "
+            "(docs/production.md, 'GPU')"
         )
     data = frames()
     pixels = np.stack([prepare(d) for d in data[:8]])

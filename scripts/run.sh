@@ -115,7 +115,7 @@ for _ in $(seq 100); do
 done
 if [[ -n "$secured" ]]; then
   echo "note: this server wants TLS or a token, and this dashboard connects in plaintext" \
-    "without one; start \`convstream dashboard\` yourself (README, 'Running it in production')"
+    "without one; start \`convstream dashboard\` yourself (docs/production.md)"
 fi
 # wait returns early (128 + the signal) when a trapped signal arrives: wait again until the
 # server has drained and exited, and exit with its status.

@@ -87,14 +87,14 @@ def test_sources_apply_in_order(tmp_path: Path) -> None:
     ("toml", "env", "message"),
     [
         ("prot = 1\n", {}, "prot: unknown setting; did you mean 'port'"),
-        ('hots = "x"\n', {}, r"hots: unknown setting; did you mean 'host'\? \(README"),
+        ('hots = "x"\n', {}, r"hots: unknown setting; did you mean 'host'\? \(docs/server.md"),
         ('[[camera]]\nid = "a"\n', {}, "camera: unknown setting; did you mean 'cameras'"),
         (
             '[[cameras]]\nid = "a"\nsource = "x.mp4"\nfsp = 5\n',
             {},
             r"\.fsp \(camera 'a'\): .*mean 'fps'",
         ),
-        ("quux = 1\n", {}, r"quux: unknown setting \(README"),  # no stray ";"
+        ("quux = 1\n", {}, r"quux: unknown setting \(docs/server.md"),  # no stray ";"
         # appended at the end of a config with cameras: TOML gives it to the last camera
         (
             '[[cameras]]\nid = "a"\nsource = "x.mp4"\n\nthreshold = 0.9\n',
@@ -412,14 +412,14 @@ def test_serve_refuses_a_host_with_a_port(capsys: pytest.CaptureFixture[str]) ->
     assert "cannot listen" not in err
 
 
-def test_readme_lists_every_setting_with_its_default() -> None:
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme[readme.index("## Running the server") : readme.index("### Cameras")]
+def test_the_docs_list_every_setting_with_its_default() -> None:
+    docs = (Path(__file__).parents[1] / "docs" / "server.md").read_text()
+    section = docs[docs.index("# Running the server") : docs.index("## Cameras")]
     block = section.split("```toml\n", 1)[1].split("```", 1)[0]
     listed = tomllib.loads(block)
     commented = set(re.findall(r"^# (\w+)[ :=]", block, re.MULTILINE))
     assert set(Settings.model_fields) - set(listed) - commented == set()
-    assert Settings.model_validate(listed) == Settings()  # the defaults as the README has them
+    assert Settings.model_validate(listed) == Settings()  # the defaults as the docs have them
 
 
 def test_environment_names_the_config_file(tmp_path: Path) -> None:

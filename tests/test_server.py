@@ -1138,16 +1138,17 @@ async def test_metrics_count_frames_by_source_and_outcome(
     assert not any(name.startswith("convstream_tls") for name, _ in samples)
 
 
-async def test_every_metric_the_readme_names_is_exported() -> None:
-    """The README's metrics list and alerts are what operators build on: a name there that
+async def test_every_metric_the_docs_name_is_exported() -> None:
+    """The docs' metrics list and alerts are what operators build on: a name there that
     the server does not export is an alert that never fires."""
     import pathlib
     import re
 
     from convstream.server import CameraConfig
 
-    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
-    named = set(re.findall(r"\b(convstream_[a-z0-9_]+)", readme))
+    root = pathlib.Path(__file__).parent.parent
+    docs = "".join(p.read_text() for p in [root / "README.md", *sorted(root.glob("docs/*.md"))])
+    named = set(re.findall(r"\b(convstream_[a-z0-9_]+)", docs))
     camera = CameraConfig(id="belt", source="demo:conveyor?fps=2")
     server = Server(Settings(port=0, metrics_port=0, cameras=(camera,)))
     await server.start()

@@ -185,7 +185,7 @@ def exposure_warnings(settings: DashboardSettings, port: int) -> list[str]:
             f"the page listens on {settings.host} and has no login: anyone who can reach "
             f"port {port} sees every camera and alert; give it --access-token-file (and "
             "--https-cert/--https-key), or put it behind a reverse proxy that authenticates "
-            "(README, 'Setting up the dashboard')"
+            "(docs/dashboard.md, 'Setting up the dashboard')"
         ]
     if settings.https_cert is None:
         return [

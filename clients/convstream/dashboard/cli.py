@@ -94,8 +94,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         default=1,
         metavar="N",
         help="results in a row at or over the threshold that raise an alert: 2 halves the "
-        "false alarms on the demo conveyor and misses a few more damaged packages (README, "
-        "'Setting up the dashboard'; default %(default)s)",
+        "false alarms on the demo conveyor and misses a few more damaged packages "
+        "(docs/dashboard.md, 'Setting up the dashboard'; default %(default)s)",
     )
     p.add_argument(
         "--alerts-dir",
@@ -126,7 +126,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="seconds of score history per camera (default %(default)s)",
     )
-    page = p.add_argument_group("who may see the page (README, 'Setting up the dashboard')")
+    page = p.add_argument_group(
+        "who may see the page (docs/dashboard.md, 'Setting up the dashboard')"
+    )
     page.add_argument(
         "--access-token-file",
         type=Path,

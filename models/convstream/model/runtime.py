@@ -83,7 +83,7 @@ def select_providers(choice: ProviderChoice, available: Sequence[str]) -> list[s
     elif choice == "cuda":
         logger.warning(
             "CUDA execution provider requested but onnxruntime offers only %s (on a host with "
-            "an NVIDIA driver, install the gpu extra as the README's GPU section says); "
+            "an NVIDIA driver, install the gpu extra as docs/production.md, 'GPU', says); "
             "running on CPU",
             ", ".join(available),
         )

@@ -57,8 +57,7 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--processes",
         type=int,
         help="server processes sharing the port and the cores (default 1; more pays where "
-        "one process's Python is the limit, as on a GPU: README, 'GPU', under 'Running it in "
-        "production')",
+        "one process's Python is the limit, as on a GPU: docs/production.md, 'GPU')",
     )
     # one process of several, as the supervisor starts it (processes.py)
     p.add_argument("--child", help=argparse.SUPPRESS)

@@ -156,7 +156,7 @@ HANDSHAKE_TIMEOUT_S = 10.0  # for a new connection's handshake, TLS's or none
 # (its client reads UNAVAILABLE). 20,000 idle HTTP/2 connections from one host took every
 # file the process could open, and /healthz, the metrics and the cameras' sources stopped
 # with the port (a robustness review); a quarter of the files stay for those. Not a cap per
-# host (grpcio has none): keep the port behind a firewall that limits one (README).
+# host (grpcio has none): keep the port behind a firewall that limits one (docs/production.md).
 MAX_GRPC_CONNECTIONS = 10_000
 
 
@@ -656,7 +656,7 @@ class Server:
             logger.info(
                 "one server process feeds a GPU only as fast as its Python allows (on an H200 "
                 "about a third of what the GPU takes): --processes 4 served 2-3 times as many "
-                "frames there, over several connections (README, 'Several processes')"
+                "frames there, over several connections (docs/server.md, 'Several processes')"
             )
         cameras = len(self._own(settings.cameras))
         logger.info(
@@ -1059,18 +1059,18 @@ def exposure_warning(settings: Settings, *, tls: bool) -> str | None:
         return (
             f"listening on {where} with tokens but without TLS: each call carries its "
             "token in the clear, and anyone who can see the traffic can read it and call as "
-            "its holder; turn TLS on (tls_cert, tls_key); see README, 'Running it in production'"
+            "its holder; turn TLS on (tls_cert, tls_key); see docs/production.md"
         )
     return (
         f"listening on {where} without {' and '.join(missing)}: anyone who can reach "
-        "this port can use it; see README, 'Running it in production'"
+        "this port can use it; see docs/production.md"
     )
 
 
 def demo_warning(settings: Settings) -> str | None:
     """What to tell an operator whose server others can reach and that pulls the synthetic
-    demo conveyor, or None: a config of no ``[[cameras]]`` runs it, which README's
-    production example did, fake packages on every dashboard."""
+    demo conveyor, or None: a config of no ``[[cameras]]`` runs it, which the production
+    example of the docs did, fake packages on every dashboard."""
     demos = [c.id for c in settings.cameras if c.source.startswith("demo:")]
     if not demos or is_loopback(settings.host):
         return None

@@ -881,7 +881,7 @@ def _describe(
             )
         guess = close_match(str(loc[-1]), model.model_fields)
         hint = f"; did you mean {guess!r}?" if guess else ""
-        return f"{where}: unknown setting{hint} (README, 'Running the server', lists them all)"
+        return f"{where}: unknown setting{hint} (docs/server.md lists them all)"
     value = error.get("input")
     if error["loc"] in (("cameras",), ("tokens",)) and isinstance(value, dict):
         table = error["loc"][0]
