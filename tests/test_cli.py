@@ -672,6 +672,15 @@ async def test_the_address_comes_from_the_environment_unless_a_flag_gives_it(
     with pytest.raises(SystemExit):
         parser.parse_args(["dashboard"])
     assert "got '80a' (from $CONVSTREAM_DASHBOARD_PORT)" in capsys.readouterr().err
+    # a misspelt variable is said, not taken for no address at all (the commands went to
+    # 127.0.0.1:50051 and said only that it was unavailable)
+    monkeypatch.delenv("CONVSTREAM_ADDRESS")
+    monkeypatch.setenv("CONVSTREAM_ADRESS", f"127.0.0.1:{server.port}")
+    assert await run("info", "--address", elsewhere) == 3
+    assert capsys.readouterr().err.startswith(
+        "convstream info: warning: $CONVSTREAM_ADRESS is set, which no command reads: did you "
+        "mean $CONVSTREAM_ADDRESS?\n"
+    )
 
 
 def test_no_server_is_one_line_and_exit_code_3(capsys: pytest.CaptureFixture[str]) -> None:
@@ -1631,6 +1640,28 @@ def test_a_video_given_to_analyze_and_a_folder_given_to_stream_are_pointed_the_r
         f"convstream stream: error: {images} is a folder; stream takes a video file, a URL or "
         f"a camera index: analyse a folder's images with `convstream analyze {images}`\n"
     )
+
+
+async def test_streaming_a_cameras_id_says_to_watch_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A newcomer's `convstream stream demo` read "no such video file: demo (or give a camera
+    index, e.g. 0)", though the server pulls a camera of that id."""
+    monkeypatch.chdir(tmp_path)  # no file of these names here
+    dock = CameraConfig(id="dock-3", source="demo:conveyor?fps=1")
+    server = Server(Settings(port=0, metrics_port=-1, cameras=(dock,)))
+    await server.start()
+    try:
+        address = f"127.0.0.1:{server.port}"
+        assert await run("stream", "dock-3", "--address", address) == 2
+        assert capsys.readouterr().err == (
+            "convstream stream: error: no such video file: dock-3; dock-3 is a camera the "
+            "server pulls: watch it with `convstream watch dock-3`\n"
+        )
+        assert await run("stream", "dock-4", "--address", address) == 2
+        assert "no such video file: dock-4 (or give a camera index" in capsys.readouterr().err
+    finally:
+        await server.stop(grace=0)
 
 
 def test_stream_refuses_before_sending_what_the_server_would_refuse(

@@ -342,9 +342,12 @@ async def test_folder_of_images(server: Server, frames: list[np.ndarray], tmp_pa
     write(tmp_path / "a.jpg", jpeg(frames[0]))
     write(tmp_path / "b.png", png(frames[1]))
     write_image(tmp_path / "sub" / "c.bmp", frames[2])
+    # a GIF too: read when named, it was left out of its folder as "not an image"
+    write_image(tmp_path / "sub" / "d.gif", frames[3])
     write(tmp_path / "notes.txt", b"not an image")
     paths = cs.image_files([tmp_path])
-    assert [p.relative_to(tmp_path).as_posix() for p in paths] == ["a.jpg", "b.png", "sub/c.bmp"]
+    found = [p.relative_to(tmp_path).as_posix() for p in paths]
+    assert found == ["a.jpg", "b.png", "sub/c.bmp", "sub/d.gif"]
     # one folder given alone, as a string or a path: its files (a string was read letter by
     # letter, "no such file or folder: /")
     assert cs.image_files(str(tmp_path)) == cs.image_files(tmp_path) == paths
@@ -766,7 +769,7 @@ async def test_what_is_no_image_is_said_in_the_callers_terms(
             await client.analyze(notes)
         assert str(text.value) == (
             f"{notes} is not an image: not a JPEG or PNG, nor a format OpenCV decodes (BMP, "
-            "TIFF, WebP, ...); it holds text (29 bytes): 'three little pigs'"
+            "GIF, TIFF, WebP, ...); it holds text (29 bytes): 'three little pigs'"
         )
         with pytest.raises(cs.SourceError, match=r"empty\.png is not an image: .*it is empty"):
             await client.analyze(empty)
@@ -886,11 +889,18 @@ async def test_a_frame_over_the_message_limit_is_refused_by_the_client_saying_wh
         assert [(r.frame_id, r.ok) for r in got] == [(1, True), (2, False), (3, True)]
         assert isinstance(got[1].error, cs.InvalidFrame) and re.search(told, str(got[1].error))
         assert got[1].frame is not None and got[1].frame.image == b""  # its pixels let go
-        # a JPEG over it is told to send it smaller, not as the JPEG it already is
-        with pytest.raises(cs.InvalidFrame, match=r"as encoded bytes, .*: send it smaller$"):
-            await client.analyze(
-                cs.Frame(cv2.imencode(".jpg", np.tile(big, (3, 3, 1)))[1].tobytes())
-            )
+        # a JPEG over it is told to send it smaller, not as the JPEG it already is; named as
+        # the caller named it, not by the Frame's repr (a newcomer's 90 MB PNG was
+        # "Frame(name='bad/noise90mb.png', frame_id=None, image=<90036828 bytes>) is ...")
+        tiled = np.tile(big, (3, 3, 1))
+        jpeg_told = r"^the frame is [0-9,]+ bytes as the JPEG it is, .*: save it at a lower JPEG"
+        with pytest.raises(cs.InvalidFrame, match=jpeg_told):
+            await client.analyze(cs.Frame(cv2.imencode(".jpg", tiled)[1].tobytes()))
+        photo = cs.Frame(cv2.imencode(".png", tiled)[1].tobytes(), name="dock/huge.png")
+        with pytest.raises(
+            cs.InvalidFrame, match=r"^dock/huge\.png is .* as the PNG it is, .*: save it as a JPEG"
+        ):
+            await client.analyze(photo)
     # one frame in flight at most, and a run of ten that fail between good ones
     one = cs.Limits(max_message_bytes=1 << 19, max_in_flight=1)
     mixed = [small] * 3 + [big] * 10 + [small] * 3

@@ -531,6 +531,11 @@ async def test_a_frame_over_the_message_limit_is_refused_alone_in_the_servers_wo
             message = results[1].status.message
             assert "FrameRequest message is 230,4" in message
             assert "over this server's limit of 131,072 (max_message_bytes" in message
+            # the advice for either kind of frame (a PNG was told to "send it as JPEG or PNG")
+            assert message.endswith(
+                "send raw pixels as JPEG, and a JPEG or PNG re-encoded smaller (a lower JPEG "
+                "quality, or fewer pixels)"
+            )
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await stub.Analyze(pb.FrameRequest(raw=raw))
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

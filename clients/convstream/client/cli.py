@@ -45,6 +45,7 @@ from convstream.client.connection_flags import (
     add_address_flag,
     add_security_flags,
     flag_words,
+    misspelt_address,
     refused_hint,
     tls_from_flags,
     token_from_flags,
@@ -267,7 +268,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "analyze",
         parents=[connection, results, upload],
         help="analyse images or folders of images",
-        description="Send images (JPEG, PNG, BMP, TIFF, WebP; folders are searched\n"
+        description="Send images (JPEG, PNG, BMP, GIF, TIFF, WebP; folders are searched\n"
         "recursively) over one stream and print a damage score for each.",
         epilog=_EXAMPLES_ANALYZE + exit_status(0, 1, 2, 3, 4, 6, 130),
         **common,  # type: ignore[arg-type]
@@ -526,6 +527,8 @@ def _run(args: argparse.Namespace, body: Callable[[Client], int]) -> int:
         folder = getattr(args, flag[2:].replace("-", "_"), None)
         if folder is not None and (problem := _output_folder(flag, folder)) is not None:
             return _usage(args, problem)
+    if (misspelt := misspelt_address()) is not None:
+        print(f"convstream {args.command}: warning: {misspelt}", file=sys.stderr)
     try:
         client = _client(args)
     except (OSError, ValueError) as exc:
@@ -582,6 +585,17 @@ def _exit_status(exc: ConvstreamError) -> int:
 
 class _UsageError(Exception):
     """A usage error found once the server has answered: exit 2, as argparse's own."""
+
+
+def _servers_camera(args: argparse.Namespace, name: str) -> bool:
+    """Whether the server has a camera of that id (False when it cannot say)."""
+    if "/" in name or os.sep in name or Path(name).suffix:  # a file's name, not an id
+        return False
+    try:
+        with _client(args) as client:
+            return name in {camera.id for camera in client.cameras()}
+    except (ConvstreamError, ValueError, OSError):
+        return False
 
 
 def _ready(args: argparse.Namespace, client: Client) -> ModelInfo:
@@ -783,6 +797,12 @@ def _stream(args: argparse.Namespace) -> int:
             f"analyse a folder's images with `convstream analyze {shlex.quote(source)}`",
         )
     if isinstance(source, str) and "://" not in source and not Path(source).is_file():
+        if _servers_camera(args, source):  # a newcomer's `convstream stream demo`
+            return _usage(
+                args,
+                f"no such video file: {source}; {source} is a camera the server pulls: "
+                f"watch it with `convstream watch {shlex.quote(source)}`",
+            )
         return _usage(args, f"no such video file: {source} (or give a camera index, e.g. 0)")
     if args.max_frames is not None and args.max_frames < 1:
         return _usage(args, f"--max-frames must be at least 1, got {args.max_frames}")

@@ -4,6 +4,7 @@ by the client commands and the dashboard, and the hints their failures print."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +26,17 @@ def add_address_flag(group: argparse._ArgumentGroup | argparse.ArgumentParser) -
         default=given or DEFAULT_ADDRESS,
         help=f"the convstream server's host:port (default %(default)s; {whence})",
     )
+
+
+def misspelt_address(environ: Mapping[str, str] | None = None) -> str | None:
+    """A warning for a variable that looks like a misspelt $CONVSTREAM_ADDRESS, which no command
+    reads: with CONVSTREAM_ADRESS set, a newcomer's commands went to 127.0.0.1:50051 and said
+    only that it was unavailable."""
+    environ = os.environ if environ is None else environ
+    for name in sorted(environ):
+        if name != ADDRESS_ENV and difflib.get_close_matches(name, [ADDRESS_ENV], cutoff=0.85):
+            return f"${name} is set, which no command reads: did you mean ${ADDRESS_ENV}?"
+    return None
 
 
 def add_security_flags(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:

@@ -51,7 +51,8 @@ __all__ = [
 
 logger = logging.getLogger("convstream.client")
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+# what OpenCV decodes (a GIF: its first frame); a folder's other files are left out, said so
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")  # what the server decodes as it is
 MIN_SIDE = 32  # pixels a side a frame needs at least (the convstream.v1 API's rule)
 PADDING_GREY = 114  # the server's letterbox padding, and what it sees through transparency
@@ -262,7 +263,7 @@ def read_image(path: str | os.PathLike[str]) -> Frame:
     if pixels is None:
         raise SourceError(
             f"{path} is not an image: not a JPEG or PNG, nor a format OpenCV decodes (BMP, "
-            f"TIFF, WebP, ...); {what_it_holds(data)}"
+            f"GIF, TIFF, WebP, ...); {what_it_holds(data)}"
         )
     return Frame(pixels, name=str(path))
 
@@ -360,18 +361,28 @@ def to_request(
     # limit got gRPC's refusal all the same)
     if max_bytes is not None and (size := request.ByteSize()) > max_bytes - OPTIONS_ROOM:
         raw = request.HasField("raw")
-        what = "raw pixels" if raw else "encoded bytes"
-        # a JPEG or PNG already: smaller is the one way (a JPEG was told to send it as JPEG)
-        advice = "send it as JPEG, Upload(format='jpeg'), or smaller" if raw else "send it smaller"
+        kind = _KINDS.get(bytes(request.encoded[:3]))
+        what = "as raw pixels" if raw else f"as the {kind} it is" if kind else "as encoded bytes"
+        # a JPEG or PNG goes as it is (what the server analyses is the file): re-encoding it
+        # is the caller's (a JPEG was told to send it as JPEG; a newcomer's 90 MB PNG got
+        # "send it smaller" after the Frame's repr)
+        if raw:
+            advice = "send it as JPEG, Upload(format='jpeg'), or smaller"
+        elif request.encoded.startswith(b"\x89PNG"):
+            advice = "save it as a JPEG (a photo's PNG is several times its JPEG), or smaller"
+        else:
+            advice = "save it at a lower JPEG quality, or smaller"
+        name = frame.name or (f"frame {frame.frame_id}" if frame.frame_id is not None else "")
         raise InvalidFrame(
-            f"{frame!r} is {size:,} bytes as {what}, over the {max_bytes - OPTIONS_ROOM:,} a "
-            f"frame may take of the {max_bytes:,}-byte message limit (Limits."
-            f"max_message_bytes; the server's max_message_bytes): {advice}"
+            f"{name or 'the frame'} is {size:,} bytes {what}, over the "
+            f"{max_bytes - OPTIONS_ROOM:,} a frame may take of the {max_bytes:,}-byte message "
+            f"limit (Limits.max_message_bytes; the server's max_message_bytes): {advice}"
         )
     return request
 
 
 OPTIONS_ROOM = 4096  # bytes kept for a request's options beside its frame
+_KINDS = {_MAGIC[0]: "JPEG", _MAGIC[1][:3]: "PNG"}  # by an encoded frame's first bytes
 
 
 def as_sent(frame: Frame, request: pb.FrameRequest) -> Frame:

@@ -677,8 +677,8 @@ def _parse(message: type[M], max_bytes: int) -> Callable[[bytes], M | Received |
             frame_id, source = id_and_source(data)
             return RefusedMessage(
                 f"the {name} message is {len(data):,} bytes, over this server's limit of "
-                f"{max_bytes:,} (max_message_bytes, in GetModelInfo): send the frame as JPEG "
-                "or PNG, or smaller",
+                f"{max_bytes:,} (max_message_bytes, in GetModelInfo): send raw pixels as JPEG, "
+                "and a JPEG or PNG re-encoded smaller (a lower JPEG quality, or fewer pixels)",
                 frame_id=frame_id,
                 source=source,
             )
