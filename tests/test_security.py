@@ -17,6 +17,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tomllib
@@ -578,8 +579,17 @@ def _encrypted_key(pki: Path, folder: Path) -> Path:
     ],
 )
 def test_unusable_tls_files_are_named_by_their_setting(
-    pki: Path, tmp_path: Path, cert: str, key: str, client_ca: str | None, message: str | None
+    pki: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cert: str,
+    key: str,
+    client_ca: str | None,
+    message: str | None,
 ) -> None:
+    # checked without a temporary folder: a container's read-only root failed every TLS
+    # start with a traceback, and each start left the private key's copy on disk meanwhile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-temporary-folder"))
     (tmp_path / "junk").write_text("not PEM at all\n")
     (tmp_path / "empty").write_bytes(b"")
     pem = (pki / "server.crt").read_bytes()
@@ -710,6 +720,33 @@ def test_grpcs_handshake_lines_follow_the_servers_log_level(
         _, err = process.communicate(timeout=20)
     assert process.returncode == 0, err
     assert ("Handshake failed" in err) is shown, err
+
+
+def test_grpcs_own_lines_follow_the_log_level_the_settings_will_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gRPC reads its verbosity once, as it loads, before the settings are read: a production
+    config's `log_level = "warning"` left its handshake lines on. Read as the settings read
+    it: the flag, else CONVSTREAM_LOG_LEVEL, else the config file's (as --config or
+    CONVSTREAM_CONFIG name it)."""
+    from convstream.cli import _quiet_log_level
+
+    monkeypatch.delenv("CONVSTREAM_LOG_LEVEL", raising=False)
+    monkeypatch.delenv("CONVSTREAM_CONFIG", raising=False)
+    quiet, chatty = tmp_path / "quiet.toml", tmp_path / "chatty.toml"
+    quiet.write_text('log_level = "warning"\n')
+    chatty.write_text("port = 50051\n")
+    assert _quiet_log_level(["serve", "--config", str(quiet)])
+    assert _quiet_log_level(["serve", f"--config={quiet}"])
+    assert not _quiet_log_level(["serve", "--config", str(chatty)])
+    assert not _quiet_log_level(["serve", "--config", str(quiet), "--log-level", "info"])
+    monkeypatch.setenv("CONVSTREAM_CONFIG", str(quiet))
+    assert _quiet_log_level(["serve"])
+    monkeypatch.setenv("CONVSTREAM_LOG_LEVEL", "debug")  # the environment over the file
+    assert not _quiet_log_level(["serve"])
+    (tmp_path / "broken.toml").write_text("log_level = \n")  # the settings will say it
+    monkeypatch.delenv("CONVSTREAM_LOG_LEVEL")
+    assert not _quiet_log_level(["serve", "--config", str(tmp_path / "broken.toml")])
 
 
 def _serve_process(folder: Path, config: str) -> tuple[subprocess.Popen[str], int]:

@@ -13,6 +13,7 @@ import shlex
 import signal
 import sys
 import threading
+import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -800,14 +801,31 @@ def _encodable(char: str, encoding: str) -> bool:
 
 
 def _quiet_log_level(args: Sequence[str]) -> bool:
-    """Whether `serve`'s arguments (or CONVSTREAM_LOG_LEVEL) ask for warning or error only."""
-    level = os.environ.get("CONVSTREAM_LOG_LEVEL", "")
-    for i, arg in enumerate(args):
-        if arg == "--log-level" and i + 1 < len(args):
-            level = args[i + 1]
-        elif arg.startswith("--log-level="):
-            level = arg.partition("=")[2]
+    """Whether `serve`'s log level, as the settings will read it (the flag, else
+    CONVSTREAM_LOG_LEVEL, else the config file's), is warning or error: a production config's
+    `log_level = "warning"` left gRPC's own lines on, a plaintext client's handshake failures
+    the only lines in the log."""
+    level = _flag(args, "--log-level") or os.environ.get("CONVSTREAM_LOG_LEVEL", "")
+    config = _flag(args, "--config") or os.environ.get("CONVSTREAM_CONFIG", "")
+    if not level and config:
+        try:
+            with open(config, "rb") as file:
+                found = tomllib.load(file).get("log_level", "")
+        except (OSError, ValueError):  # the settings will say what is wrong with it
+            found = ""
+        level = found if isinstance(found, str) else ""
     return level.strip().lower() in ("warning", "error")
+
+
+def _flag(args: Sequence[str], flag: str) -> str:
+    """The value of the last ``flag VALUE`` or ``flag=VALUE`` among args, or ""."""
+    value = ""
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(f"{flag}="):
+            value = arg.partition("=")[2]
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -833,8 +851,8 @@ def _main(argv: Sequence[str] | None) -> int:
     # what a client command's message says, in its words; its errors stay, and the server
     # keeps them all (a client failing its TLS handshake shows nowhere else) unless its log
     # level is warning or error. gRPC reads this once, when it loads, before the settings are
-    # read, so only the flag and CONVSTREAM_LOG_LEVEL count; GRPC_VERBOSITY=INFO brings
-    # them back.
+    # read, so the level is read here as they will read it; GRPC_VERBOSITY=INFO brings them
+    # back.
     args_given = sys.argv[1:] if argv is None else list(argv)
     serving = args_given[:1] == ["serve"]
     if not serving or _quiet_log_level(args_given):

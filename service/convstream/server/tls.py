@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import ipaddress
+import os
 import re
 import ssl
 import stat
@@ -43,6 +45,26 @@ class PemFiles:
     key: bytes
     client_ca: bytes | None
     warnings: tuple[str, ...] = field(default=(), compare=False)
+
+
+@contextlib.contextmanager
+def _memory_file(data: bytes) -> Iterator[str]:
+    """A path that reads ``data`` from memory (Linux's memfd): never a copy of the private key
+    on disk, and no temporary folder needed (a container's read-only root, /tmp among it,
+    failed every TLS start with a traceback). Elsewhere, a private temporary folder."""
+    if not hasattr(os, "memfd_create"):
+        with tempfile.TemporaryDirectory(prefix="convstream-tls-") as folder:
+            path = Path(folder) / "file.pem"
+            path.write_bytes(data)
+            yield str(path)
+        return
+    fd = os.memfd_create("convstream-tls", os.MFD_CLOEXEC)
+    try:
+        with os.fdopen(os.dup(fd), "wb") as out:
+            out.write(data)
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
 
 
 def readable_by_all(path: Path) -> str | None:
@@ -136,13 +158,11 @@ def check_pem(
         encrypted = True
         return b""  # never prompt on a terminal: the server runs unattended
 
-    # load_cert_chain reads only files: the bytes just read go to a private folder, so what
-    # is checked is exactly what gRPC gets, even while the files are being replaced.
-    with tempfile.TemporaryDirectory(prefix="convstream-tls-") as folder:
-        (Path(folder) / "cert.pem").write_bytes(pem.cert)
-        (Path(folder) / "key.pem").write_bytes(pem.key)
+    # load_cert_chain reads only files: the bytes just read go to files in memory, so what is
+    # checked is exactly what gRPC gets, even while the files are being replaced.
+    with _memory_file(pem.cert) as cert_file, _memory_file(pem.key) as key_file:
         try:
-            context.load_cert_chain(Path(folder) / "cert.pem", Path(folder) / "key.pem", password)
+            context.load_cert_chain(cert_file, key_file, password)
         except ssl.SSLError as exc:
             if encrypted:
                 message = f"tls_key {key} is encrypted; gRPC needs it unencrypted"
