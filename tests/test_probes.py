@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 from urllib.error import HTTPError, URLError
 from urllib.request import urlopen
@@ -58,6 +59,37 @@ async def test_probes_answer_503_while_draining() -> None:
         await (stopping if stopping is not None else server.stop(grace=0))
     with pytest.raises(URLError):  # and once stopped, nothing listens
         await asyncio.to_thread(get, server.metrics_port, "/healthz")
+
+
+async def test_probes_answer_503_while_the_event_loop_is_stuck(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The probes' thread answered 200 from a flag while a loop stuck in one call answered no
+    client (an SRE review's). The loop marks each second that it runs; ten missed, 503."""
+    from convstream.server import app, probes
+
+    monkeypatch.setattr(app, "BEAT_S", 0.05)
+    monkeypatch.setattr(probes, "STALLED_S", 0.5)
+    server = Server(Settings(port=0, metrics_port=0, cameras=()))
+    await server.start()
+    try:
+        assert await asyncio.to_thread(get, server.metrics_port, "/healthz") == (200, "ok\n")
+        answers: list[tuple[int, str]] = []
+
+        def ask_later() -> None:
+            time.sleep(0.8)
+            answers.append(get(server.metrics_port, "/healthz"))
+
+        asker = threading.Thread(target=ask_later)
+        asker.start()
+        time.sleep(1.2)  # the loop stuck in one call, as a blocking bug would hold it
+        asker.join()
+        status, text = answers[0]
+        assert status == 503 and text.startswith("the server's event loop has not run for"), text
+        await asyncio.sleep(0.2)  # running again: healthy again
+        assert await asyncio.to_thread(get, server.metrics_port, "/readyz") == (200, "ok\n")
+    finally:
+        await server.stop(grace=0)
 
 
 @pytest.mark.parametrize(("metrics_host", "reachable"), [(None, False), ("0.0.0.0", True)])

@@ -82,6 +82,8 @@ class _ClientLeft(logging.Filter):
 logging.getLogger("grpc._cython.cygrpc").addFilter(_ClientLeft())
 
 
+BEAT_S = 1.0  # how often the event loop marks that it runs, for /healthz
+
 # The admission limits /metrics exports (convstream_limit), beside the gauges they bound.
 LIMITS = (
     "max_streams",
@@ -510,6 +512,8 @@ class Server:
         self._tls: RotatingCredentials | None = None
         self._tls_dates: asyncio.Task[None] | None = None
         self._http: HttpPort | None = None
+        self._beat: asyncio.Task[None] | None = None
+        self._beat_at = time.monotonic()  # the event loop last ran its heartbeat
         # True from SERVING until draining, as the health service's overall status says
         self.serving = False
         self._served = False  # it reached SERVING: its stop is said
@@ -623,7 +627,12 @@ class Server:
         if self.peers is not None and metrics_port > 0:
             metrics_port += self.peers.index  # one port each, in a row
         if metrics_port >= 0:
-            self._http = HttpPort(self.metrics.registry, lambda: self.serving)
+            self._beat = asyncio.create_task(self._heartbeat(), name="heartbeat")
+            self._http = HttpPort(
+                self.metrics.registry,
+                lambda: self.serving,
+                lambda: time.monotonic() - self._beat_at,
+            )
             address = host_port(settings.metrics_host, metrics_port)
             try:
                 self.metrics_port = self._http.start(settings.metrics_host, metrics_port)
@@ -725,8 +734,17 @@ class Server:
             self._http.close()
         if self._tls_dates is not None:
             self._tls_dates.cancel()
+        if self._beat is not None:
+            self._beat.cancel()
         if self._served:  # not after a start that failed (a model, a port)
             logger.info("convstream stopped")
+
+    async def _heartbeat(self) -> None:
+        """Mark, every BEAT_S, that the event loop runs: the probes' thread answered 200 from a
+        flag while a loop stuck in one call answered no client."""
+        while True:
+            self._beat_at = time.monotonic()
+            await asyncio.sleep(BEAT_S)
 
     async def _watch_tls_dates(self) -> None:
         """Say in the log, every TLS_CHECK_EVERY_S, that a served certificate expires within

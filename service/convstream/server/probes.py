@@ -145,6 +145,11 @@ class _Threading(ThreadingMixIn, WSGIServer):
         logger.debug("metrics port: a connection from %s failed", client_address, exc_info=True)
 
 
+# Seconds the event loop may go without running before the probes say 503: ten of its
+# one-second beats missed is no slow moment but a loop stuck.
+STALLED_S = 10.0
+
+
 class HttpPort:
     """Serves the paths above from a thread of its own, so a busy event loop never delays a
     scrape.
@@ -154,11 +159,19 @@ class HttpPort:
         serving: whether the server is SERVING, as its gRPC health service says (False while
             starting and while draining); /healthz and /readyz answer 200 when it is, 503
             when not.
+        stalled: seconds since the server's event loop last ran: past STALLED_S (a loop
+            stuck in one call answers no client), 503 too.
     """
 
-    def __init__(self, registry: CollectorRegistry, serving: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        serving: Callable[[], bool],
+        stalled: Callable[[], float] = lambda: 0.0,
+    ) -> None:
         self._metrics = make_wsgi_app(registry)
         self._serving = serving
+        self._stalled = stalled
         self._http: WSGIServer | None = None
 
     def start(self, host: str, port: int) -> int:
@@ -196,9 +209,12 @@ class HttpPort:
         if path in ("/healthz", "/readyz"):
             # The same answer for both: the model is loaded and warmed before the server
             # reports SERVING, so ready and healthy begin, and end at draining, together.
-            if self._serving():
-                return _text(start_response, "200 OK", "ok")
-            return _text(start_response, "503 Service Unavailable", "not serving")
+            if not self._serving():
+                return _text(start_response, "503 Service Unavailable", "not serving")
+            if (stalled := self._stalled()) > STALLED_S:
+                line = f"the server's event loop has not run for {stalled:.0f} s"
+                return _text(start_response, "503 Service Unavailable", line)
+            return _text(start_response, "200 OK", "ok")
         return _text(
             start_response, "404 Not Found", f"no such path; this port serves {', '.join(PATHS)}"
         )
