@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,7 +22,7 @@ from conftest import jpeg, png, scene
 
 from convstream.model import DamageModel
 from convstream.server import CameraConfig, Server, Settings, app
-from convstream.server.config import MAX_WIDE_THREADS, usable_cores
+from convstream.server.config import MAX_WIDE_THREADS, cpu_quota, usable_cores
 from convstream.server.decode import Limits, decode_encoded
 from convstream.server.letterbox import letterbox, reduction
 from convstream.server.streams import MAX_REFUSALS_WAITING, StreamSession
@@ -971,3 +973,28 @@ async def test_analyze_calls_past_the_cap_are_refused_at_once(burst: list[bytes]
             assert await stream.code() == grpc.StatusCode.OK
     finally:
         await server.stop(grace=0)
+
+
+def test_a_containers_cpu_quota_bounds_the_cores_the_server_sizes_itself_for(
+    tmp_path: Path,
+) -> None:
+    """`docker --cpus=2` or a Kubernetes CPU limit on a 64-core node: the affinity says 64,
+    and 64 workers would share 2 cores' time, throttled (an SRE review's). The cgroup's quota
+    bounds the cores, rounded up; no quota, or none to read, leaves the affinity."""
+    affinity = len(os.sched_getaffinity(0))
+    assert cpu_quota(tmp_path) is None and usable_cores(tmp_path) == affinity
+    (tmp_path / "cpu.max").write_text("max 100000\n")  # cgroup v2, no limit
+    assert cpu_quota(tmp_path) is None and usable_cores(tmp_path) == affinity
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a core: one, not none
+    assert cpu_quota(tmp_path) == 0.5 and usable_cores(tmp_path) == 1
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cpu_quota(tmp_path) == 1.5 and usable_cores(tmp_path) == min(affinity, 2)
+    (tmp_path / "cpu.max").write_text("6400000 100000\n")  # more than the affinity: that
+    assert usable_cores(tmp_path) == affinity
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")  # cgroup v1, no limit
+    assert cpu_quota(v1) is None
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    assert cpu_quota(v1) == 1.0 and usable_cores(v1) == 1

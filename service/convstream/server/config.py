@@ -224,12 +224,36 @@ MAX_AUTO_WORKERS = 64
 MAX_WIDE_THREADS = 8
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, e.g. a container's cpuset)."""
+def usable_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use: its CPU affinity (e.g. a container's cpuset), and no
+    more than its cgroup's CPU quota allows, rounded up (`docker --cpus=2`, a Kubernetes CPU
+    limit: on a 64-core node, 64 workers would share 2 cores' time, throttled)."""
     try:
-        return len(os.sched_getaffinity(0)) or 1
+        cores = len(os.sched_getaffinity(0)) or 1
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+    quota = cpu_quota(cgroup)
+    return cores if quota is None else max(1, min(cores, math.ceil(quota - 0.01)))
+
+
+def cpu_quota(cgroup: Path) -> float | None:
+    """The cores' worth of CPU time this process's cgroup may use, or None for no limit: cgroup
+    v2's cpu.max ("150000 100000": 1.5; "max 100000": none), in this process's own cgroup,
+    else v1's cpu.cfs_quota_us over cpu.cfs_period_us (-1: none). None where unreadable."""
+    own = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                own = line[3:].strip("/")
+    for path in (cgroup / own / "cpu.max", cgroup / "cpu.max"):
+        with contextlib.suppress(OSError, ValueError):
+            limit, interval = path.read_text().split()[:2]
+            return None if limit == "max" else int(limit) / int(interval)
+    with contextlib.suppress(OSError, ValueError):
+        quota = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota <= 0 or period <= 0 else quota / period
+    return None
 
 
 @dataclass(frozen=True)
