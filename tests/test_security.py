@@ -324,12 +324,17 @@ def test_many_refused_callers_leave_the_recent_ones_remembered(
 
 def _refusals(metrics_port: int) -> dict[tuple[str, str], float]:
     """convstream_auth_refusals_total from /metrics, as {(method, reason): count}."""
+    return _counted(metrics_port, "convstream_auth_refusals_total", "reason")
+
+
+def _counted(metrics_port: int, name: str, label: str) -> dict[tuple[str, str], float]:
+    """A counter by method and one other label from /metrics, as {(method, label): count}."""
     text = urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
     return {
-        (s.labels["method"], s.labels["reason"]): s.value
+        (s.labels["method"], s.labels[label]): s.value
         for family in text_string_to_metric_families(text)
         for s in family.samples
-        if s.name == "convstream_auth_refusals_total"
+        if s.name == name
     }
 
 
@@ -814,6 +819,7 @@ async def test_a_tokens_max_calls_bounds_its_streams_and_watches(
     token every stream or Analyze place. A token's max_calls bounds the calls open with it
     at once: past it RESOURCE_EXHAUSTED naming the token and its limit; other tokens are
     untouched, and a call that ends gives its place back."""
+    caplog.set_level(logging.INFO, logger="convstream")
     dock = TokenConfig(name="dock-3", role="analyze", sha256=token_hash(ANALYZE_TOKEN), max_calls=2)
     dashboard = TokenConfig(name="dashboard", role="watch", sha256=token_hash(WATCH_TOKEN))
     camera = CameraConfig(id="belt", source="demo:conveyor?fps=5")
@@ -843,6 +849,16 @@ async def test_a_tokens_max_calls_bounds_its_streams_and_watches(
             assert refusals[("convstream.v1.Convstream/Analyze", "resource_exhausted")] == 1
             said = [r.message for r in caplog.records if "at its max_calls (2)" in r.message]
             assert len(said) == 1 and "token 'dock-3'" in said[0]  # once per host, 10 minutes
+            # and what each token was let do (a leaked token's use showed nowhere): counted
+            # by method, the calls refused not among them; its watch logged as it begins
+            admitted = await asyncio.to_thread(
+                _counted, server.metrics_port, "convstream_token_calls_total", "token"
+            )
+            assert admitted[("convstream.v1.Convstream/WatchCamera", "dock-3")] == 1
+            assert admitted[("convstream.v1.Convstream/StreamFrames", "dock-3")] == 1
+            assert ("convstream.v1.Convstream/Analyze", "dock-3") not in admitted
+            began = "WatchCamera of 'belt' by token 'dock-3' from ipv4:127.0.0.1:"
+            assert any(r.message.startswith(began) for r in caplog.records)
             # the calls of a token without max_calls pass
             others = [
                 stub.WatchCamera(watch_request, metadata=_bearer(WATCH_TOKEN)) for _ in range(3)
@@ -863,6 +879,9 @@ async def test_a_tokens_max_calls_bounds_its_streams_and_watches(
                 await asyncio.sleep(0.05)
             for call in (stream, again, *others):
                 call.cancel()
+            # the cancelled watch's end, with how long it lasted
+            ended = [r.message for r in caplog.records if r.message.startswith(began)]
+            assert len(ended) == 2 and re.search(r": ended after \d+ s$", ended[1]), ended
     finally:
         await server.stop(grace=0)
 

@@ -600,6 +600,7 @@ class Server:
             settings.tokens,
             self.metrics.auth_refusals,
             forwarded=self.peers.forwarded if self.peers is not None else None,
+            admitted=self.metrics.token_calls,
         )
         server = grpc.aio.server(
             options=grpc_options(settings, share_port=self.peers is not None),

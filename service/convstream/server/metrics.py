@@ -130,6 +130,13 @@ class Metrics:
             ["method", "reason"],
             registry=self.registry,
         )
+        self.token_calls = Counter(
+            "convstream_token_calls",
+            "Calls each token let in, by method and token name (a server with tokens); its "
+            "streams and camera watches are also logged as they begin and end",
+            ["method", "token"],
+            registry=self.registry,
+        )
         self.provider = Gauge(
             "convstream_execution_provider",
             "1 for the onnxruntime execution provider in use",

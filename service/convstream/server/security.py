@@ -116,6 +116,7 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         refusals: Counter | None = None,
         *,
         forwarded: Callable[[Sequence[tuple[str, str | bytes]]], bool] | None = None,
+        admitted: Counter | None = None,
     ) -> None:
         """
         Args:
@@ -124,9 +125,12 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
             forwarded: whether a call's metadata marks it as forwarded by another process
                 of this server: a reload leaves such a call to that process, which ends it
                 (and so this end), and counts and logs it once.
+            admitted: counts each call a token let in, by method and token name, when given
+                (a leaked token's use showed nowhere: only refusals were counted and logged).
         """
         self._tokens: tuple[tuple[bytes, TokenConfig], ...] = ()
         self._refusals = refusals
+        self._admitted = admitted
         self._forwarded = forwarded
         self._open: set[_OpenCall] = set()
         self._said: dict[tuple[str, str, str], float] = {}  # refusals logged, by host
@@ -181,6 +185,8 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         token = _found(self._tokens, credential) if isinstance(credential, bytes) else None
         if not (handler.request_streaming or handler.response_streaming):
             # a unary call is over before a reload could matter
+            if token is not None:
+                self._admit(method, token.name)
             return handler if token is None or token.cameras is None else _scoped(handler, token)
         call = _OpenCall(method, credential, token)
         call.forwarded = self._forwarded is not None and self._forwarded(metadata)
@@ -203,6 +209,8 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
                 # token trying ids one by one wrote a line each)
                 said = refusal[1].split(", not ", 1)[0] if call.camera is not None else refusal[1]
                 self._logger(method, refusal[0], said)(peer)
+            elif call.token is not None and not call.forwarded:  # counted where it came in
+                self._admit(method, call.token)
             return refusal
 
         return _watched(handler, call, self._open, over_quota, refused)
@@ -248,6 +256,11 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
             )
 
         return say
+
+    def _admit(self, method: str, token: str) -> None:
+        if self._admitted is not None:
+            # the server's methods and the config's token names: bounded labels
+            self._admitted.labels(method.lstrip("/"), token).inc()
 
     def _count(self, method: str, code: grpc.StatusCode) -> None:
         if self._refusals is not None:
@@ -431,6 +444,10 @@ def _watched(
         running = asyncio.ensure_future(run(request, _Writes(context, call)))
         SCOPE.reset(was)
         open_calls.add(call)
+        said = _said_call(call, context.peer())
+        if said:
+            logger.info("%s: began", said)
+        began = time.monotonic()
         try:
             await asyncio.wait({running, revoked}, return_when=asyncio.FIRST_COMPLETED)
             if not running.done():
@@ -445,12 +462,24 @@ def _watched(
                 running.cancel()
                 await asyncio.wait({running})
             quietly(running)  # a failure of a call the client left is no one's error
+            if said:
+                logger.info("%s: ended after %.0f s", said, time.monotonic() - began)
 
     return make(
         watched,
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
+
+
+def _said_call(call: _OpenCall, peer: str) -> str:
+    """A streaming call with a token, as the log names it where it came in (its begin and end
+    lines: who watched which camera, and for how long, showed nowhere); "" for one without
+    a token, or forwarded by another process of this server (said there)."""
+    if call.token is None or call.forwarded:
+        return ""
+    camera = f" of {call.camera!r}" if call.camera is not None else ""
+    return f"{_name(call.method)}{camera} by token {call.token!r} from {unquote(peer)}"
 
 
 def _over_quota(call: _OpenCall, open_calls: set[_OpenCall]) -> str | None:
