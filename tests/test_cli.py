@@ -130,11 +130,11 @@ async def test_a_file_in_a_folder_that_is_no_image_fails_alone(
 async def test_analyze_json_lines_and_overlays(
     server: Server, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    overlays, maps = tmp_path / "overlays", tmp_path / "maps"
+    overlays, maps, arrays = tmp_path / "overlays", tmp_path / "maps", tmp_path / "arrays"
     # --maps before the path: it takes one value, so it cannot swallow the paths after it
     argv = ["analyze", "--maps", "stage3,stage1", str(images), "--encoding", "uint8", "--json"]
     argv += ["--save-overlays", str(overlays), "--address", f"127.0.0.1:{server.port}"]
-    assert await run(*argv, "--save-maps", str(maps)) == 0
+    assert await run(*argv, "--save-maps", str(maps), "--save-arrays", str(arrays)) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["frame_id"] for line in lines] == [1, 2, 3]
     sizes = {"box-1.jpg": (480, 640), "box-2.png": (240, 320), "wide.jpg": (300, 900)}
@@ -157,6 +157,14 @@ async def test_analyze_json_lines_and_overlays(
         for stage, least in (("stage3", 160 * 5), ("stage1", 320 * 3)):
             picture = cv2.imread(line["map_images"][stage])
             assert picture is not None and picture.shape[1] >= least, (stage, picture.shape)
+        # the numbers themselves, for a shell that wants arrays (the JSON has their shape)
+        with np.load(line["arrays"]) as saved:
+            assert sorted(saved.files) == ["heatmap", "score", "stage1", "stage3"]
+            assert abs(float(saved["score"]) - line["score"]) < 1e-6  # 6 decimals in JSON
+            for stage in ("stage1", "stage3"):
+                assert list(saved[stage].shape) == line["feature_maps"][stage]["shape"]
+                assert saved[stage].dtype == np.float32
+            assert list(saved["heatmap"].shape) == line["heatmap"]["shape"]
     assert sorted(p.name for p in overlays.iterdir()) == [
         "000001-box-1.png",
         "000002-box-2.png",

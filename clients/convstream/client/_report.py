@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
+import numpy.typing as npt
 from tqdm import tqdm
 
 from convstream.client.featureview import save_feature_maps
@@ -21,7 +22,10 @@ MiB = 1024 * 1024
 
 
 def result_json(
-    result: Result, overlay: Path | None = None, maps: dict[str, Path] | None = None
+    result: Result,
+    overlay: Path | None = None,
+    maps: dict[str, Path] | None = None,
+    arrays: Path | None = None,
 ) -> dict[str, Any]:
     """One JSON-ready object per result; arrays as their shape and statistics, not values.
 
@@ -62,6 +66,8 @@ def result_json(
         "overlay": str(overlay) if overlay is not None else None,
         # --save-maps: each stage's picture
         "map_images": {stage: str(path) for stage, path in maps.items()} if maps else None,
+        # --save-arrays: the heatmap and feature maps as numpy arrays
+        "arrays": str(arrays) if arrays is not None else None,
         "error": None
         if error is None
         else {"type": type(error).__name__, "code": code, "message": error.message},
@@ -102,6 +108,8 @@ class Reporter:
         json_lines: one JSON object per line instead of the table.
         overlays: a folder to write ``<name>.png`` overlays into, or None.
         maps: a folder to write ``<name>-<stage>.png`` feature-map pictures into, or None.
+        arrays: a folder to write ``<name>.npz`` into (the score, the heatmap and each
+            stage's feature maps, as numpy arrays), or None.
         total: frames expected, for the progress bar (None: unknown, e.g. a camera).
         name_width: width of the table's NAME column.
     """
@@ -116,11 +124,13 @@ class Reporter:
         total: int | None,
         name_width: int = 24,
         maps: Path | None = None,
+        arrays: Path | None = None,
     ) -> None:
         self.out = out
         self.json_lines = json_lines
         self.overlays = overlays
         self.maps = maps
+        self.arrays = arrays
         self.name_width = max(4, min(name_width, 48))
         self.count = self.failed = self.damaged = self.blank = 0
         self.dropped = 0
@@ -159,7 +169,7 @@ class Reporter:
         if self.count == 1:
             self.first_at = self.last_at
         self.dropped = result.frames_dropped
-        overlay = None
+        overlay = arrays = None
         maps: dict[str, Path] = {}
         if result.ok:
             self.damaged += result.damaged
@@ -173,10 +183,12 @@ class Reporter:
                 for stage in result.feature_maps:
                     path = self.maps / f"{stem}-{stage}.png"
                     maps[stage] = save_feature_maps(path, result, stage)
+            if self.arrays is not None:
+                arrays = save_arrays(self.arrays / _file_name(result, ".npz"), result)
         else:
             self.failed += 1
         if self.json_lines:
-            self._line(json_text(self._json(result, overlay, maps)))
+            self._line(json_text(self._json(result, overlay, maps, arrays)))
         else:
             if not self._headed:  # not before: a call that fails at once prints no table
                 self._line(self._header())
@@ -184,8 +196,10 @@ class Reporter:
             self._line(self._table_row(result))
         self.bar.update(1)
 
-    def _json(self, result: Result, overlay: Path | None, maps: dict[str, Path]) -> dict[str, Any]:
-        return result_json(result, overlay, maps)
+    def _json(
+        self, result: Result, overlay: Path | None, maps: dict[str, Path], arrays: Path | None
+    ) -> dict[str, Any]:
+        return result_json(result, overlay, maps, arrays)
 
     def _table_row(self, result: Result) -> str:
         name = result_name(result)
@@ -287,9 +301,11 @@ class WatchReporter(Reporter):
             ways.popleft()
         return (way - ways[0][1]) * 1000
 
-    def _json(self, result: Result, overlay: Path | None, maps: dict[str, Path]) -> dict[str, Any]:
+    def _json(
+        self, result: Result, overlay: Path | None, maps: dict[str, Path], arrays: Path | None
+    ) -> dict[str, Any]:
         late = round(self._late_ms, 3) if result.ok else None  # a failure has no age
-        return {**result_json(result, overlay, maps), "late_ms": late}
+        return {**result_json(result, overlay, maps, arrays), "late_ms": late}
 
     def rate_text(self, elapsed: float) -> str:
         """Results per second while they came (a watch at --max-fps 3 reads 3.0, not the
@@ -368,8 +384,9 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
-def _file_name(result: Result) -> str:
-    """An overlay's file name: the frame's id and its file's (or camera's) name. A watched
+def _file_name(result: Result, suffix: str = ".png") -> str:
+    """An overlay's file name (or, by ``suffix``, another file of the frame's): the frame's id
+    and its file's (or camera's) name. A watched
     camera's ids start again with its server, which overwrote a watch's earlier overlays: its
     names begin with when the frame was read, and end with the id. A name that is not UTF-8
     (a file named in another encoding) is written with '?' for what is not: OpenCV crashed
@@ -380,8 +397,22 @@ def _file_name(result: Result) -> str:
     if result.frame is None and result.capture_time is not None:  # a watch
         read = datetime.fromtimestamp(result.capture_time, UTC)
         # then the frame's id, as the table's FRAME column shows it
-        return f"{read:%Y%m%dT%H%M%S}.{read.microsecond // 1000:03d}Z-{stem}-{result.frame_id}.png"
-    return f"{result.frame_id:06d}-{stem}.png"
+        when = f"{read:%Y%m%dT%H%M%S}.{read.microsecond // 1000:03d}Z"
+        return f"{when}-{stem}-{result.frame_id}{suffix}"
+    return f"{result.frame_id:06d}-{stem}{suffix}"
+
+
+def save_arrays(path: Path, result: Result) -> Path:
+    """A result's numbers as one ``.npz`` (``np.load(path)``): ``score`` (a 0-d float32),
+    ``heatmap`` (h, w) when it came, and each stage's feature maps by its name (C, H, W),
+    float32 as the client decoded them; for a shell that wants arrays, not pictures."""
+    arrays: dict[str, npt.NDArray[np.float32]] = {"score": np.array(result.score, np.float32)}
+    if result.heatmap is not None:
+        arrays["heatmap"] = result.heatmap
+    arrays.update(result.feature_maps)
+    # uncompressed: float maps barely shrink, and compressing costs a core
+    np.savez(path, allow_pickle=False, **arrays)
+    return path
 
 
 def camera_json(camera: CameraInfo) -> dict[str, Any]:

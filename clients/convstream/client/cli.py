@@ -252,6 +252,13 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="write each frame's feature maps (the stages --maps fetches), a tile per "
         "channel beside the frame and its heatmap, as PNG into DIR",
     )
+    group.add_argument(
+        "--save-arrays",
+        type=Path,
+        metavar="DIR",
+        help="write each frame's score, heatmap and feature maps (the stages --maps fetches) "
+        "as numpy arrays into DIR, one .npz a frame (numpy.load reads it)",
+    )
 
     upload = argparse.ArgumentParser(add_help=False)
     group = upload.add_argument_group("upload")
@@ -505,9 +512,9 @@ def _call_seconds(text: str) -> float:
 
 
 def _output_folder(flag: str, folder: Path) -> str | None:
-    """Why flag (--save-overlays, --save-maps) cannot write into folder (created here if need
-    be), or None. Asked before anything is sent: afterwards the frames would be analysed for
-    nothing."""
+    """Why flag (--save-overlays, --save-maps, --save-arrays) cannot write into folder
+    (created here if need be), or None. Asked before anything is sent: afterwards the frames
+    would be analysed for nothing."""
     if folder.exists() and not folder.is_dir():
         return f"{flag} {folder} is a file; give a folder (created if need be)"
     try:
@@ -523,7 +530,7 @@ def _run(args: argparse.Namespace, body: Callable[[Client], int]) -> int:
     """Run body with a client; ConvstreamError becomes one line on stderr and exit code 1."""
     if getattr(args, "save_maps", None) is not None and not args.maps:
         return _usage(args, "--save-maps draws the stages --maps fetches: add e.g. --maps stage3")
-    for flag in ("--save-overlays", "--save-maps"):
+    for flag in ("--save-overlays", "--save-maps", "--save-arrays"):
         folder = getattr(args, flag[2:].replace("-", "_"), None)
         if folder is not None and (problem := _output_folder(flag, folder)) is not None:
             return _usage(args, problem)
@@ -663,6 +670,7 @@ def _reporter(args: argparse.Namespace, total: int | None, name_width: int) -> R
         json_lines=args.json,
         overlays=args.save_overlays,
         maps=args.save_maps,
+        arrays=args.save_arrays,
         total=total,
         name_width=name_width,
     )
@@ -1002,6 +1010,7 @@ def _watch(args: argparse.Namespace) -> int:
             json_lines=args.json,
             overlays=args.save_overlays,
             maps=args.save_maps,
+            arrays=args.save_arrays,
             total=args.count,
             gap_s=quiet_s,  # a pause the lull would have told of
         )
