@@ -84,8 +84,11 @@ if (exec 3<>"/dev/tcp/127.0.0.1/$dash_port") 2>/dev/null; then
   exit 1
 fi
 # Its own "convstream dashboard on URL" line is left out: this script says the URL below,
-# with the cameras the page will show (both said it, one after the other).
-"$convstream" dashboard --address "$address" --port "$dash_port" > /dev/null &
+# with the cameras the page will show (both said it, one after the other). Its alerts are
+# kept in the checkout (ignored by git), at most 200 MB of them: each restart of this script
+# restarts the dashboard, and an operator's 110 unhandled alerts were gone without a word.
+"$convstream" dashboard --address "$address" --port "$dash_port" \
+  --alerts-dir "$root/.convstream/alerts-$dash_port" --alerts-max-mb 200 > /dev/null &
 dashboard=$!
 "$convstream" serve "$@" &
 server=$!

@@ -1860,6 +1860,9 @@ def test_run_sh_points_the_dashboard_at_the_port_the_server_really_uses(tmp_path
         argvs = [Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0") for child in children]
         (dashboard,) = [argv for argv in argvs if b"dashboard" in argv]
         assert dashboard[dashboard.index(b"--address") + 1] == f"127.0.0.1:{port}".encode()
+        # its alerts kept across a restart of the script (they were gone without a word)
+        kept = root / ".convstream" / f"alerts-{dash_port}"
+        assert dashboard[dashboard.index(b"--alerts-dir") + 1] == str(kept).encode()
         script.send_signal(signal.SIGTERM)
         assert script.wait(timeout=30) == 0
     finally:
