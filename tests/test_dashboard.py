@@ -657,12 +657,17 @@ async def browser() -> AsyncIterator[Any]:
 
 
 async def _open(
-    browser: Any, dashboard: Dashboard, width: int = 1920, height: int = 1080, touch: bool = False
+    browser: Any,
+    dashboard: Dashboard,
+    width: int = 1920,
+    height: int = 1080,
+    touch: bool = False,
+    timezone: str | None = None,
 ) -> Any:
     """A page of the dashboard in a window of that size; ``touch``: a touch screen's (CSS
-    ``pointer: coarse``)."""
+    ``pointer: coarse``); ``timezone``: the browser's (an IANA name), else the machine's."""
     context = await browser.new_context(
-        viewport={"width": width, "height": height}, has_touch=touch
+        viewport={"width": width, "height": height}, has_touch=touch, timezone_id=timezone
     )
     page = await context.new_page()
     errors: list[str] = []

@@ -128,6 +128,11 @@ class Access:
             message = "That is not this dashboard's access token."
         elif "out" in request.query:
             message = "Logged out: this browser needs the access token again."
+        elif "changed" in request.query:
+            message = (
+                "This dashboard's access token has changed since this browser logged in: "
+                "log in with the new one (ask whoever runs it)."
+            )
         else:
             message = "This dashboard needs its access token (ask whoever runs it)."
         return web.Response(

@@ -128,6 +128,7 @@ class Hub:
 
     def __init__(self, settings: DashboardSettings) -> None:
         self.settings = settings
+        self.started = time.time()
         token = clean_token(settings.token)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.cameras: dict[str, CameraView] = {}
@@ -224,6 +225,10 @@ class Hub:
             "history_s": self.settings.history_s,
             "alerts": [alert.to_json() for alert in self.alerts.recent()],
             "time": time.time(),
+            # a page that sees another start knows its list came from another dashboard run;
+            # kept: whether this one's alerts outlive a restart (--alerts-dir)
+            "started": self.started,
+            "alerts_kept": self.settings.alerts_dir is not None,
         }
 
     def unsubscribe(self, subscriber: Subscriber) -> None:

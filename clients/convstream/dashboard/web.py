@@ -182,11 +182,17 @@ async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html", headers=headers)
 
 
-async def websocket(request: web.Request) -> web.WebSocketResponse:
+async def websocket(request: web.Request) -> web.StreamResponse:
     if not same_origin(request):
         raise web.HTTPForbidden(text="cross-origin WebSocket refused")
     ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4096, compress=False)
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except ConnectionError:
+        # The browser left before the answer (a dashboard stopped for a while then answers
+        # its backlog): aiohttp logged each as an ERROR with its traceback. A response
+        # aiohttp then fails to send too, quietly.
+        return web.Response(status=400)
     hub = request.app[HUB]
     viewer = Viewer(ws, request.remote or "?")
     viewers = request.app[VIEWERS]

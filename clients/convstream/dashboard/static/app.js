@@ -51,6 +51,7 @@
     frames: 0,
     chimes: 0, // tones played for new alerts
     login: false, // the dashboard has an access token (its hello says)
+    started: 0, // when the dashboard this page hears started (its hello says)
   };
   // Counters for tests and for anyone curious in the console.
   window.convstreamDashboard = { state, tiles };
@@ -120,6 +121,13 @@
     const d = new Date(seconds * 1000);
     const two = (v) => String(v).padStart(2, "0");
     return `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())}`;
+  }
+
+  // The zone's short name at that time ("UTC", "CST", "GMT+1"), as this browser names it.
+  function zoneName(seconds) {
+    const parts = new Intl.DateTimeFormat([], { timeZoneName: "short" })
+      .formatToParts(new Date(seconds * 1000));
+    return parts.find((part) => part.type === "timeZoneName")?.value || ZONE;
   }
 
   function dateTime(seconds) {
@@ -1057,7 +1065,10 @@
     if (!state.heardAt) return;
     const age = dashNow() - state.heardAt;
     const late = age > STALE_S;
-    const text = `updated ${clockTime(state.heardAt)}${late ? ` (${lasted(age)} ago)` : ""}`;
+    // with the time zone that every time on the page is in (a kiosk left on UTC and a laptop
+    // on local time showed one alert at two times, nothing saying why)
+    const at = `${clockTime(state.heardAt)} ${zoneName(state.heardAt)}`;
+    const text = `updated ${at}${late ? ` (${lasted(age)} ago)` : ""}`;
     if (el.textContent !== text) el.textContent = text;
     el.dataset.late = String(late);
   }
@@ -1486,7 +1497,8 @@
     // (it was given a new token): back to its login form rather than retrying for ever.
     if (state.login) {
       fetch("api/state", {method: "HEAD", cache: "no-store"}).then((response) => {
-        if (response.status === 401) location.assign("login");
+        // "changed": the form says why (a kiosk stood at "needs its access token", no reason)
+        if (response.status === 401) location.assign("login?changed");
       }, () => {});
     }
   }
@@ -1543,6 +1555,16 @@
         // to the page's top, and a dialog open then had no button to go back to)
         const focusedAlert = $("alerts").contains(document.activeElement)
           ? Number(document.activeElement.dataset.id) : null;
+        // A dashboard started again without --alerts-dir lists none of the alerts before: the
+        // page emptied its list without a word (110 unhandled alerts gone, an operator review)
+        const listed = alertEntries.size;
+        if (state.started && msg.started !== state.started && !msg.alerts_kept && listed) {
+          $("alerts-lost").textContent =
+            `The dashboard restarted at ${clockTime(msg.started)} and keeps no alerts across ` +
+            `a restart: the ${listed} listed here before are gone (its --alerts-dir keeps them).`;
+          $("alerts-lost").hidden = false;
+        }
+        state.started = msg.started;
         $("alerts").replaceChildren();
         alertEntries.clear();
         droppedOpen = 0; // the dashboard's list, whole, from here on
