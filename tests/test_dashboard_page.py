@@ -621,6 +621,9 @@ async def test_the_page_shows_a_clock_that_moves_only_with_data(
         await expect(updated).to_have_text(re.compile(rf"^{re.escape(last)} \(\d+ s ago\)$"))
         await expect(updated).to_have_attribute("data-late", "true")
         await expect(stamp).to_have_text(shown or "")
+        # under the tile's notice, which says the time: the chip covered its end
+        await expect(_tile(page, "belt").locator(".notice")).to_be_visible()
+        await expect(stamp).to_be_hidden()
         await page.screenshot(path=artifacts / "clock-stopped.png")
         assert _while_down(page.errors) == []
         await page.context.close()
