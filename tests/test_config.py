@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import tomllib
@@ -476,3 +477,24 @@ def test_host_port_brackets_ipv6() -> None:
     assert host_port("127.0.0.1", 50051) == "127.0.0.1:50051"
     assert host_port("::", 50051) == "[::]:50051"
     assert host_port("[::1]", 1) == "[::1]:1"
+
+
+def test_a_config_the_server_refuses_is_said_as_its_log_lines_would_be(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With log_format json, a shipper parsed every line of the log but the one that said why
+    the server did not start ("convstream serve: ..."): it is a JSON line too, the format
+    read as the settings would (the flag, the environment, the file), since they failed."""
+    for name in ("CONVSTREAM_LOG_FORMAT", "CONVSTREAM_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    path = tmp_path / "c.toml"
+    path.write_text('log_format = "json"\nport = "abc"\n')
+    assert main(["serve", "--config", str(path)]) == 2
+    said = json.loads(capsys.readouterr().err)
+    assert said["level"] == "CRITICAL" and said["logger"] == "convstream serve"
+    assert "port" in said["message"]
+    path.write_text('port = "abc"\n')
+    assert main(["serve", "--config", str(path)]) == 2
+    assert capsys.readouterr().err.startswith("convstream serve: ")
+    assert main(["serve", "--config", str(path), "--log-format", "json"]) == 2
+    assert json.loads(capsys.readouterr().err)["level"] == "CRITICAL"

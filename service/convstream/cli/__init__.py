@@ -171,7 +171,15 @@ def _serve(args: argparse.Namespace) -> int:
         settings = read()
         pem = settings.read_tls()  # now, not after the model has loaded
     except (ConfigError, ValueError) as exc:  # TLSFileError is a ValueError
-        print(f"convstream serve: {exc}", file=sys.stderr)
+        # as the log's lines would be: with --log-format json, a shipper parsed every line
+        # but the one that said why the server did not start
+        from convstream.v1.logs import fatal
+
+        config = str(args.config) if args.config else None
+        json_lines = _early_setting(args.log_format, config, "log_format") == "json"
+        print(
+            fatal("json" if json_lines else "text", "convstream serve", str(exc)), file=sys.stderr
+        )
         return 2
     warnings = _readable_passwords(args.config)
     if args.check_config:
@@ -805,16 +813,28 @@ def _quiet_log_level(args: Sequence[str]) -> bool:
     CONVSTREAM_LOG_LEVEL, else the config file's), is warning or error: a production config's
     `log_level = "warning"` left gRPC's own lines on, a plaintext client's handshake failures
     the only lines in the log."""
-    level = _flag(args, "--log-level") or os.environ.get("CONVSTREAM_LOG_LEVEL", "")
-    config = _flag(args, "--config") or os.environ.get("CONVSTREAM_CONFIG", "")
-    if not level and config:
-        try:
-            with open(config, "rb") as file:
-                found = tomllib.load(file).get("log_level", "")
-        except (OSError, ValueError):  # the settings will say what is wrong with it
-            found = ""
-        level = found if isinstance(found, str) else ""
+    level = _early_setting(_flag(args, "--log-level"), _flag(args, "--config"), "log_level")
     return level.strip().lower() in ("warning", "error")
+
+
+def _early_setting(given: str | None, config: str | None, key: str) -> str:
+    """A setting as the settings will read it, before they can be (gRPC's level, before it
+    loads; the log's format, for a config that does not read): the flag's ``given`` value,
+    else CONVSTREAM_<KEY>, else the config file's (``config``, else CONVSTREAM_CONFIG); ""
+    when none says."""
+    if given:
+        return given
+    if found := os.environ.get(f"CONVSTREAM_{key.upper()}", ""):
+        return found
+    config = config or os.environ.get("CONVSTREAM_CONFIG", "")
+    if not config:
+        return ""
+    try:
+        with open(config, "rb") as file:
+            value = tomllib.load(file).get(key, "")
+    except (OSError, ValueError):  # the settings will say what is wrong with it
+        return ""
+    return value if isinstance(value, str) else ""
 
 
 def _flag(args: Sequence[str], flag: str) -> str:
