@@ -765,6 +765,35 @@ async def test_a_slow_camera_is_not_said_to_have_no_new_frames_between_two(
         await page.context.close()
 
 
+_RECORD = """([id, time, score]) => {
+    const tile = window.convstreamDashboard.tiles.get(id);
+    tile.record({n: tile.lastN + 1, time, score, received: 0, blank: false});
+    return [tile.el.querySelector(".v-score").textContent,
+            !tile.el.querySelector(".verdict").hidden, !tile.el.querySelector(".ring").hidden];
+}"""
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_tiles_score_holds_the_highest_of_the_last_second(browser: Any) -> None:
+    """At 4 frames a second the large score read 0.1000, 0.9866, 0.9849, 0.9980 in a second,
+    too fast to read, DAMAGED blinking with it (an operator review's). It holds the highest
+    of the last second; the ring marks a spot only on a frame damaged itself. Fed here by the
+    page's own code, the frames' times chosen (a camera of one frame in 50 s adds none)."""
+    cameras = (CameraConfig(id="slow", source="demo:conveyor?fps=0.02", read_timeout_s=120),)
+    async with _running(cameras, threshold=0.5) as (_, dash):
+        page = await _open(browser, dash)
+        await _wait_frames(page, "slow", 0, timeout=20.0)
+        t = 4e9  # ahead of the frame drawn
+        record = lambda at, score: page.evaluate(_RECORD, ["slow", t + at, score])  # noqa: E731
+        assert await record(0.0, 0.99) == ["0.9900", True, True]  # ringed: damaged itself
+        assert await record(0.25, 0.10) == ["0.9900", True, False]  # held; no ring on it
+        assert await record(0.5, 0.35) == ["0.9900", True, False]
+        assert await record(1.1, 0.20) == ["0.3500", False, False]  # 0.99 is 1.1 s old
+        assert await record(0.3, 0.30) == ["0.3000", False, False]  # a clock set back
+        assert page.errors == []
+        await page.context.close()
+
+
 @pytest.mark.asyncio(loop_scope="module")
 async def test_a_dashboard_restarted_without_its_alerts_says_the_page_lost_them(
     browser: Any,

@@ -191,6 +191,7 @@
   // other camera's (past the few characters a cut start still shows), and at the start of
   // a number: 12 characters made "outbound_lane-07-westgate-a" and "-17-westgate-a" both
   // "outboun… 7-westgate-a", and an alert split lane 07 into "lane-0" and "7-westgate".
+  const HOLD_S = 1.0; // seconds a tile's large score holds its highest (record)
   const NAME_END = 12; // characters always shown
   const NAME_HEAD_SHOWN = 6; // characters a cut start shows at least
   const LONG_NAME = 24; // characters: an alert's name longer than this is shown in two parts
@@ -269,6 +270,8 @@
       this.pending = null; // the newest frame recorded while the page was hidden, not drawn
       this.lastFrameAt = 0; // the dashboard's clock (dashNow) when the newest frame drawn came
       this.score = null;
+      this.recent = []; // [capture time, score] of the frames of the last HOLD_S
+      this.frameHot = false; // the newest frame itself at or over the threshold
       this.blankSince = null; // the capture time of the first of the blank frames in a row
       this.sparkDirty = true;
       this.sparkAt = 0;
@@ -391,7 +394,7 @@
       const damaged =
         this.el.classList.contains("hot") && !old && this.score !== null && this.frames > 0;
       if (this.verdict.hidden === damaged) this.verdict.hidden = !damaged;
-      const ringed = damaged && this.peak;
+      const ringed = damaged && this.frameHot && this.peak;
       if (this.ring.hidden === ringed) this.ring.hidden = !ringed;
       this.placeVerdict();
       let title = "";
@@ -549,7 +552,15 @@
       // that low score would read as all clear: the tile says so, and since when.
       this.blankSince = header.blank ? header.blank_since || header.time : null;
       this.el.classList.toggle("blank", header.blank === true);
-      this.showScore(header.score);
+      // The large figure holds the highest of the last HOLD_S: at 4 frames a second it read
+      // 0.1000, 0.9866, 0.9849, 0.9980 in a second, too fast to read, the DAMAGED badge
+      // blinking with it (an operator review). The ring marks a spot only on a frame that
+      // is damaged itself.
+      // (a clock set back, a replayed clip: what is ahead of this frame is no longer recent)
+      this.recent = this.recent.filter(([t]) => t > header.time - HOLD_S && t <= header.time);
+      this.recent.push([header.time, header.score]);
+      this.frameHot = state.threshold !== null && Math.fround(header.score) >= state.threshold;
+      this.showScore(Math.max(...this.recent.map(([, score]) => score)));
       this.addPoint(header.time, header.score);
       this.updateNotice();
     }
