@@ -579,6 +579,13 @@ async def test_a_narrow_tile_shows_its_cameras_whole_name(browser: Any, artifact
         await expect(page.locator("#summary .down")).to_have_count(3, timeout=15000)
         gaps = await page.evaluate(_NAME_STATE_GAPS)
         assert len(gaps) == 3 and all(gap >= 3 for gap in gaps), gaps
+        # a phone's tiles are wider than a dot's 340 pixels: the source kind gives way, not
+        # the name ("dock-2-no…" beside HTTP and RECONNECTING; an operator review's)
+        for running in ("demo", "belt-5"):
+            await _wait_frames(page, running, 0, timeout=20.0)
+        heads = await page.evaluate(_HEADS)
+        assert len(heads) == 5 and not [h for h in heads if h["cut"]], heads
+        assert await page.locator('article.tile[data-camera="belt-5"] .kind').is_hidden()
         await page.screenshot(path=artifacts / "five-cameras-touch-390x844.png")
         # the header scrolls away with the page (it kept a third of the screen, or more)
         bar = await page.evaluate(
