@@ -310,7 +310,7 @@
       // Figures that are not current show a dash, not a number: with the server lost (offline)
       // or its process silent (unknown) the rates are not known (a "0.0/5" read as measured),
       // and a camera not running has no latency (its last, "217 ms", stayed beside fps 0.0).
-      const measured = socketOpen && status.state !== "offline" && status.state !== "unknown";
+      const measured = vouched() && status.state !== "offline" && status.state !== "unknown";
       const fpsText = !measured ? "–" : status.fps_cap > 0
         ? `${fmt(status.fps_out, 1)}/${fmt(status.fps_cap, 0)}` : fmt(status.fps_out, 1);
       this.setText(this.v.fps, fpsText);
@@ -378,14 +378,16 @@
       // badge says "blank", amber, as a camera in trouble (a green RUNNING read "fine" from
       // across the room).
       const seen = s === "running" && this.el.classList.contains("blank") ? "blank" : s;
-      // With the dashboard's link down, the last known state is history: the badge goes grey
-      // rather than stay a green RUNNING that nobody can vouch for.
-      const shown = socketOpen ? seen : "unknown";
+      // With the dashboard's link down, or silent past LINK_QUIET_TICKS (a hung dashboard:
+      // green RUNNING and "4.0/4" stood for its 36 s), the last known state is history: the
+      // badge goes grey rather than stay a green RUNNING that nobody can vouch for.
+      const live = vouched();
+      const shown = live ? seen : "unknown";
       if (this.el.dataset.state !== shown) this.el.dataset.state = shown;
-      this.setText(this.stateEl, socketOpen ? seen : "no data");
+      this.setText(this.stateEl, live ? seen : "no data");
       const age = this.lastFrameAt ? Math.max(0, dashNow() - this.lastFrameAt) : null;
       const stale = age === null || age > this.staleAfter();
-      const old = (stale || s !== "running" || !socketOpen) && this.frames > 0;
+      const old = (stale || s !== "running" || !live) && this.frames > 0;
       this.el.classList.toggle("stale", old);
       // Damaged in words, not only in red (colour-blind operators, a glance from afar); only
       // while the score is live: an old score says nothing of the camera now.
@@ -407,6 +409,9 @@
       if (!socketOpen) {
         title = "dashboard offline";
         detail = "reconnecting to the dashboard…";
+      } else if (!live) {
+        title = "no word from the dashboard";
+        detail = age !== null ? `last frame ${ago(age)} ago` : "";
       } else if (s !== "running") {
         title = s;
         // Stalled, the server's words ("no frame for 1.2 s") are its time when it stalled,
@@ -1053,6 +1058,9 @@
     const quietS = LINK_QUIET_TICKS * (state.tickS || 2);
     return socketOpen && heardHello && performance.now() - linkHeardAt > quietS * 1000;
   }
+  // The tiles' figures and states are the dashboard's word: vouched for while its link holds
+  // and speaks.
+  const vouched = () => socketOpen && !linkQuiet();
   function showConnection() {
     const quiet = linkQuiet();
     const ok = socketOpen && serverOk && !quiet;
@@ -1523,6 +1531,13 @@
     if (linkQuiet() !== wasQuiet) {
       wasQuiet = !wasQuiet;
       showConnection();
+      // the tiles' states and rates say so too, and the header's count (the next message
+      // of cameras, once it speaks again, says them afresh)
+      if (wasQuiet) setSummary("cameras: no data", []);
+      for (const tile of tiles.values()) {
+        if (tile.status) tile.setStatus(tile.status);
+        tile.updateNotice();
+      }
     }
     const silent = heardHello ? state.silentS : DEFAULT_SILENT_S;
     if (performance.now() - linkHeardAt <= silent * 1000) return;
