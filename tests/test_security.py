@@ -622,6 +622,23 @@ def test_unusable_tls_files_are_named_by_their_setting(
     assert message.format(**paths) in str(info.value)
 
 
+def test_tls_files_are_checked_where_memory_files_are_refused(
+    pki: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A seccomp profile that refuses memfd_create (or no /proc) failed the check with a
+    traceback, as a read-only /tmp had: a private temporary folder then serves."""
+    from convstream.server import tls
+
+    def refused(*args: object) -> int:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(tls.os, "memfd_create", refused)
+    pem = tls.read_pem(pki / "server.crt", pki / "server.key", None)
+    assert pem.key == (pki / "server.key").read_bytes()
+    with pytest.raises(TLSFileError, match="does not match tls_cert"):
+        tls.read_pem(pki / "server.crt", pki / "client.key", None)
+
+
 def test_a_tls_key_that_every_user_can_read_is_warned_of(pki: Path, tmp_path: Path) -> None:
     """Any local user could read the key and pose as the server: said as ssh says it."""
     key = tmp_path / "server.key"

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
-import numpy.typing as npt
 from tqdm import tqdm
 
 from convstream.client.featureview import save_feature_maps
@@ -406,12 +405,14 @@ def save_arrays(path: Path, result: Result) -> Path:
     """A result's numbers as one ``.npz`` (``np.load(path)``): ``score`` (a 0-d float32),
     ``heatmap`` (h, w) when it came, and each stage's feature maps by its name (C, H, W),
     float32 as the client decoded them; for a shell that wants arrays, not pictures."""
-    arrays: dict[str, npt.NDArray[np.float32]] = {"score": np.array(result.score, np.float32)}
+    # Any: numpy's stubs take a name among them for savez's own allow_pickle
+    arrays: dict[str, Any] = {"score": np.array(result.score, np.float32)}
     if result.heatmap is not None:
         arrays["heatmap"] = result.heatmap
     arrays.update(result.feature_maps)
-    # uncompressed: float maps barely shrink, and compressing costs a core
-    np.savez(path, allow_pickle=False, **arrays)
+    # uncompressed: float maps barely shrink, and compressing costs a core (no allow_pickle:
+    # before numpy 2.2 savez kept it as one more array; float arrays are never pickled)
+    np.savez(path, **arrays)
     return path
 
 

@@ -163,12 +163,17 @@ class Access:
         if not same_origin(request):  # another site's page logging operators out
             raise web.HTTPForbidden(text="a logout form of another site is refused\n")
         response = web.HTTPSeeOther("login?out")
-        response.del_cookie(
+        # set_cookie, not del_cookie, whose secure= came in aiohttp 3.11: a __Host- cookie is
+        # removed only by one that is Secure too
+        response.set_cookie(
             cookie_name(request),
+            "",
+            max_age=0,
+            expires="Thu, 01 Jan 1970 00:00:00 GMT",
             path="/",
-            secure=self.https or request.secure,  # a __Host- cookie is removed only so
             httponly=True,
             samesite="Lax",
+            secure=self.https or request.secure,
         )
         raise response
 

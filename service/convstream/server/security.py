@@ -184,8 +184,9 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
             return _deny(handler, *refusal, said=self._logger(method, *refusal))
         token = _found(self._tokens, credential) if isinstance(credential, bytes) else None
         if not (handler.request_streaming or handler.response_streaming):
-            # a unary call is over before a reload could matter
-            if token is not None:
+            # a unary call is over before a reload could matter; one forwarded by another
+            # process of this server was counted there (ListCameras: once a process)
+            if token is not None and not (self._forwarded and self._forwarded(metadata)):
                 self._admit(method, token.name)
             return handler if token is None or token.cameras is None else _scoped(handler, token)
         call = _OpenCall(method, credential, token)

@@ -52,13 +52,18 @@ def _memory_file(data: bytes) -> Iterator[str]:
     """A path that reads ``data`` from memory (Linux's memfd): never a copy of the private key
     on disk, and no temporary folder needed (a container's read-only root, /tmp among it,
     failed every TLS start with a traceback). Elsewhere, a private temporary folder."""
-    if not hasattr(os, "memfd_create"):
+    fd = -1
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or a seccomp profile's no
+        fd = os.memfd_create("convstream-tls", os.MFD_CLOEXEC)
+    if fd >= 0 and not os.path.exists(f"/proc/self/fd/{fd}"):  # no /proc to open it by
+        os.close(fd)
+        fd = -1
+    if fd < 0:
         with tempfile.TemporaryDirectory(prefix="convstream-tls-") as folder:
             path = Path(folder) / "file.pem"
             path.write_bytes(data)
             yield str(path)
         return
-    fd = os.memfd_create("convstream-tls", os.MFD_CLOEXEC)
     try:
         with os.fdopen(os.dup(fd), "wb") as out:
             out.write(data)
