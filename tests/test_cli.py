@@ -689,6 +689,16 @@ async def test_the_address_comes_from_the_environment_unless_a_flag_gives_it(
         "convstream info: warning: $CONVSTREAM_ADRESS is set, which no command reads: did you "
         "mean $CONVSTREAM_ADDRESS?\n"
     )
+    # a misspelling, in any case, not a variable of one's own that names an address
+    from convstream.client.connection_flags import misspelt_address
+
+    names = ["CONVSTREAM_ADDR", "convstream_address", "CONVSTREAM_ACCESS"]
+    names += ["CONVSTREAM_GRPC_ADDRESS", "CONVSTREAM_ADDRESS_V6", "CONVSTREAM_ADDRESS"]
+    said = {name: misspelt_address({name: "x"}) is not None for name in names}
+    assert [name for name, warned in said.items() if warned] == [
+        "CONVSTREAM_ADDR",
+        "convstream_address",
+    ]
 
 
 def test_no_server_is_one_line_and_exit_code_3(capsys: pytest.CaptureFixture[str]) -> None:

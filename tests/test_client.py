@@ -893,7 +893,7 @@ async def test_a_frame_over_the_message_limit_is_refused_by_the_client_saying_wh
         # the caller named it, not by the Frame's repr (a newcomer's 90 MB PNG was
         # "Frame(name='bad/noise90mb.png', frame_id=None, image=<90036828 bytes>) is ...")
         tiled = np.tile(big, (3, 3, 1))
-        jpeg_told = r"^the frame is [0-9,]+ bytes as the JPEG it is, .*: save it at a lower JPEG"
+        jpeg_told = r"^frame 1 is [0-9,]+ bytes as the JPEG it is, .*: save it at a lower JPEG"
         with pytest.raises(cs.InvalidFrame, match=jpeg_told):
             await client.analyze(cs.Frame(cv2.imencode(".jpg", tiled)[1].tobytes()))
         photo = cs.Frame(cv2.imencode(".png", tiled)[1].tobytes(), name="dock/huge.png")

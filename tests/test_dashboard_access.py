@@ -227,7 +227,7 @@ async def test_an_operator_logs_in_once_and_is_sent_back_when_the_token_changes(
         try:
             await page.wait_for_url(again.url + "login?changed", timeout=20000)
             # why, for a kiosk that stood at the plain "needs its access token"
-            assert "access token has changed since this browser logged in" in (
+            assert "login has ended: the dashboard's access token changed" in (
                 await page.inner_text(".login")
             )
             await page.fill("#token", TOKEN + "-new")

@@ -991,6 +991,14 @@ def test_a_containers_cpu_quota_bounds_the_cores_the_server_sizes_itself_for(
     assert cpu_quota(tmp_path) == 1.5 and usable_cores(tmp_path) == min(affinity, 2)
     (tmp_path / "cpu.max").write_text("6400000 100000\n")  # more than the affinity: that
     assert usable_cores(tmp_path) == affinity
+    # a limit set on a parent (a pod's, the container's cgroup under it): the least counts
+    pod = tmp_path / "kubepods" / "pod-1" / "container-1"
+    pod.mkdir(parents=True)
+    (pod / "cpu.max").write_text("max 100000\n")
+    (pod.parent / "cpu.max").write_text("200000 100000\n")
+    assert cpu_quota(tmp_path, "kubepods/pod-1/container-1") == 2.0  # the root's is 64
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cpu_quota(tmp_path, "kubepods/pod-1/container-1") == 1.5
     v1 = tmp_path / "v1"
     (v1 / "cpu").mkdir(parents=True)
     (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")

@@ -830,13 +830,16 @@ def test_a_call_without_a_token_is_refused_before_its_request_is_read(tmp_path: 
 
 
 async def test_a_tokens_max_calls_bounds_its_streams_and_watches(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One watch-only token could take every camera watch of the server, and one analyze
     token every stream or Analyze place. A token's max_calls bounds the calls open with it
     at once: past it RESOURCE_EXHAUSTED naming the token and its limit; other tokens are
     untouched, and a call that ends gives its place back."""
     caplog.set_level(logging.INFO, logger="convstream")
+    from convstream.server import security
+
+    monkeypatch.setattr(security, "LOG_CALLS_AFTER_S", 0.3)  # not 10 s, for the test's sake
     dock = TokenConfig(name="dock-3", role="analyze", sha256=token_hash(ANALYZE_TOKEN), max_calls=2)
     dashboard = TokenConfig(name="dashboard", role="watch", sha256=token_hash(WATCH_TOKEN))
     camera = CameraConfig(id="belt", source="demo:conveyor?fps=5")
@@ -875,7 +878,12 @@ async def test_a_tokens_max_calls_bounds_its_streams_and_watches(
             assert admitted[("convstream.v1.Convstream/StreamFrames", "dock-3")] == 1
             assert ("convstream.v1.Convstream/Analyze", "dock-3") not in admitted
             began = "WatchCamera of 'belt' by token 'dock-3' from ipv4:127.0.0.1:"
-            assert any(r.message.startswith(began) for r in caplog.records)
+            deadline = time.monotonic() + 10  # once it has lasted LOG_CALLS_AFTER_S
+            while not any(r.message.startswith(began) for r in caplog.records):
+                assert time.monotonic() < deadline, "the open watch was never logged"
+                await asyncio.sleep(0.05)
+            opened = next(r.message for r in caplog.records if r.message.startswith(began))
+            assert opened.endswith(": open for 0 s"), opened
             # the calls of a token without max_calls pass
             others = [
                 stub.WatchCamera(watch_request, metadata=_bearer(WATCH_TOKEN)) for _ in range(3)

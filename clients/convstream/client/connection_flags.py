@@ -34,7 +34,10 @@ def misspelt_address(environ: Mapping[str, str] | None = None) -> str | None:
     only that it was unavailable."""
     environ = os.environ if environ is None else environ
     for name in sorted(environ):
-        if name != ADDRESS_ENV and difflib.get_close_matches(name, [ADDRESS_ENV], cutoff=0.85):
+        upper = name.upper()
+        if name == ADDRESS_ENV or (ADDRESS_ENV in upper and upper != ADDRESS_ENV):
+            continue  # the name itself, or a variable of one's own (CONVSTREAM_ADDRESS_V6)
+        if upper == ADDRESS_ENV or difflib.get_close_matches(upper, [ADDRESS_ENV], cutoff=0.9):
             return f"${name} is set, which no command reads: did you mean ${ADDRESS_ENV}?"
     return None
 

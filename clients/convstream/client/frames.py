@@ -51,8 +51,17 @@ __all__ = [
 
 logger = logging.getLogger("convstream.client")
 
-# what OpenCV decodes (a GIF: its first frame); a folder's other files are left out, said so
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+# A 1x1 GIF: OpenCV decodes GIF (its first frame) from 4.11 on; the wheels allowed from
+# 4.10 do not, and a folder's GIF was then a failed frame, said to be a format it decodes.
+_GIF = (
+    b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00"
+    b"\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
+)
+DECODES_GIF = cv2.imdecode(np.frombuffer(_GIF, np.uint8), cv2.IMREAD_COLOR) is not None
+# what OpenCV decodes; a folder's other files are left out, said so
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", *([".gif"] * DECODES_GIF)}
+)
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")  # what the server decodes as it is
 MIN_SIDE = 32  # pixels a side a frame needs at least (the convstream.v1 API's rule)
 PADDING_GREY = 114  # the server's letterbox padding, and what it sees through transparency
@@ -263,7 +272,7 @@ def read_image(path: str | os.PathLike[str]) -> Frame:
     if pixels is None:
         raise SourceError(
             f"{path} is not an image: not a JPEG or PNG, nor a format OpenCV decodes (BMP, "
-            f"GIF, TIFF, WebP, ...); {what_it_holds(data)}"
+            f"{'GIF, ' * DECODES_GIF}TIFF, WebP, ...); {what_it_holds(data)}"
         )
     return Frame(pixels, name=str(path))
 
@@ -362,19 +371,26 @@ def to_request(
     if max_bytes is not None and (size := request.ByteSize()) > max_bytes - OPTIONS_ROOM:
         raw = request.HasField("raw")
         kind = _KINDS.get(bytes(request.encoded[:3]))
-        what = "as raw pixels" if raw else f"as the {kind} it is" if kind else "as encoded bytes"
         # a JPEG or PNG goes as it is (what the server analyses is the file): re-encoding it
         # is the caller's (a JPEG was told to send it as JPEG; a newcomer's 90 MB PNG got
-        # "send it smaller" after the Frame's repr)
+        # "send it smaller" after the Frame's repr); pixels are encoded as Upload says
         if raw:
-            advice = "send it as JPEG, Upload(format='jpeg'), or smaller"
-        elif request.encoded.startswith(b"\x89PNG"):
+            what, advice = "as raw pixels", "send it as JPEG, Upload(format='jpeg'), or smaller"
+        elif isinstance(frame.image, np.ndarray):
+            what = f"encoded as {kind or 'asked'} here"
+            advice = (
+                "send it as JPEG, Upload(format='jpeg'), or smaller"
+                if kind == "PNG"
+                else "send it smaller, or at a lower Upload(quality=...)"
+            )
+        elif kind == "PNG":
+            what = "as the PNG it is"
             advice = "save it as a JPEG (a photo's PNG is several times its JPEG), or smaller"
         else:
+            what = f"as the {kind} it is" if kind else "as encoded bytes"
             advice = "save it at a lower JPEG quality, or smaller"
-        name = frame.name or (f"frame {frame.frame_id}" if frame.frame_id is not None else "")
         raise InvalidFrame(
-            f"{name or 'the frame'} is {size:,} bytes {what}, over the "
+            f"{frame.name or f'frame {frame_id}'} is {size:,} bytes {what}, over the "
             f"{max_bytes - OPTIONS_ROOM:,} a frame may take of the {max_bytes:,}-byte message "
             f"limit (Limits.max_message_bytes; the server's max_message_bytes): {advice}"
         )

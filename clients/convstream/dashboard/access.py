@@ -130,8 +130,8 @@ class Access:
             message = "Logged out: this browser needs the access token again."
         elif "changed" in request.query:
             message = (
-                "This dashboard's access token has changed since this browser logged in: "
-                "log in with the new one (ask whoever runs it)."
+                "This browser's login has ended: the dashboard's access token changed, or it "
+                "logged out in another tab. Log in again (ask whoever runs it for the token)."
             )
         else:
             message = "This dashboard needs its access token (ask whoever runs it)."

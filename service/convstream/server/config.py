@@ -236,19 +236,29 @@ def usable_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
     return cores if quota is None else max(1, min(cores, math.ceil(quota - 0.01)))
 
 
-def cpu_quota(cgroup: Path) -> float | None:
+def cpu_quota(cgroup: Path, own: str | None = None) -> float | None:
     """The cores' worth of CPU time this process's cgroup may use, or None for no limit: cgroup
-    v2's cpu.max ("150000 100000": 1.5; "max 100000": none), in this process's own cgroup,
-    else v1's cpu.cfs_quota_us over cpu.cfs_period_us (-1: none). None where unreadable."""
-    own = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
-            if line.startswith("0::"):
-                own = line[3:].strip("/")
-    for path in (cgroup / own / "cpu.max", cgroup / "cpu.max"):
+    v2's cpu.max ("150000 100000": 1.5; "max 100000": none), the least of this process's own
+    cgroup's and its parents' (a limit set on a pod, the container's cgroup under it), else
+    v1's cpu.cfs_quota_us over cpu.cfs_period_us (-1: none). None where unreadable.
+    ``own``: the process's cgroup under ``cgroup``, as /proc/self/cgroup says when None."""
+    if own is None:
+        own = ""
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/self/cgroup").read_text().splitlines():
+                if line.startswith("0::"):
+                    own = line[3:].strip("/")
+    found: list[float] = []
+    folder = cgroup / own
+    while True:
         with contextlib.suppress(OSError, ValueError):
-            limit, interval = path.read_text().split()[:2]
-            return None if limit == "max" else int(limit) / int(interval)
+            limit, interval = (folder / "cpu.max").read_text().split()[:2]
+            found.append(math.inf if limit == "max" else int(limit) / int(interval))
+        if folder == cgroup or cgroup not in folder.parents:
+            break
+        folder = folder.parent
+    if found:
+        return None if min(found) == math.inf else min(found)
     with contextlib.suppress(OSError, ValueError):
         quota = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
         period = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())

@@ -133,7 +133,7 @@ class Metrics:
         self.token_calls = Counter(
             "convstream_token_calls",
             "Calls each token let in, by method and token name (a server with tokens); its "
-            "streams and camera watches are also logged as they begin and end",
+            "streams and camera watches are also logged once open 10 s, and as they end",
             ["method", "token"],
             registry=self.registry,
         )

@@ -51,6 +51,8 @@ NEEDS = {
 # Check and Watch answer of one service its caller names (a load balancer holds no token);
 # List names every camera, so it takes a token, and a scoped one sees its own cameras.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch")
+# a streaming call with a token is logged (INFO) once it has lasted this long, and as it ends
+LOG_CALLS_AFTER_S = 10.0
 REFUSALS_LOG_S = 600.0  # a refused call is logged once per caller's host and reason this often
 REFUSALS_KEPT = 1024  # (host, reason) pairs remembered for that; past it, the oldest go
 
@@ -446,9 +448,16 @@ def _watched(
         SCOPE.reset(was)
         open_calls.add(call)
         said = _said_call(call, context.peer())
-        if said:
-            logger.info("%s: began", said)
         began = time.monotonic()
+        # said once the call has lasted LOG_CALLS_AFTER_S (a token's holder opening 200
+        # one-frame streams wrote 150 lines a second); shorter ones at debug
+        told = (
+            asyncio.get_running_loop().call_later(
+                LOG_CALLS_AFTER_S, logger.info, "%s: open for %.0f s", said, LOG_CALLS_AFTER_S
+            )
+            if said
+            else None
+        )
         try:
             await asyncio.wait({running, revoked}, return_when=asyncio.FIRST_COMPLETED)
             if not running.done():
@@ -463,8 +472,11 @@ def _watched(
                 running.cancel()
                 await asyncio.wait({running})
             quietly(running)  # a failure of a call the client left is no one's error
-            if said:
-                logger.info("%s: ended after %.0f s", said, time.monotonic() - began)
+            if told is not None:
+                told.cancel()
+                lasted = time.monotonic() - began
+                level = logging.INFO if lasted >= LOG_CALLS_AFTER_S else logging.DEBUG
+                logger.log(level, "%s: ended after %.0f s", said, lasted)
 
     return make(
         watched,

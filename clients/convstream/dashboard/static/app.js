@@ -1157,6 +1157,7 @@
   // list too: a reconnect's list, longer than the page keeps, counted them open again.
   const HANDLED_UP_TO_KEY = "convstream.handledUpTo";
   let handledUpTo = Number(localStorage.getItem(HANDLED_UP_TO_KEY)) || 0;
+  $("alerts-lost-ok").addEventListener("click", () => { $("alerts-lost").hidden = true; });
   $("all-handled").addEventListener("click", () => {
     droppedOpen = 0;
     for (const entry of alertEntries.values()) {
@@ -1516,7 +1517,8 @@
     // (it was given a new token): back to its login form rather than retrying for ever.
     if (state.login) {
       fetch("api/state", {method: "HEAD", cache: "no-store"}).then((response) => {
-        // "changed": the form says why (a kiosk stood at "needs its access token", no reason)
+        // "changed": the form says why (a kiosk stood at "needs its access token", no reason):
+        // a new token, or a logout in another tab
         if (response.status === 401) location.assign("login?changed");
       }, () => {});
     }
@@ -1585,7 +1587,7 @@
         // page emptied its list without a word (110 unhandled alerts gone, an operator review)
         const listed = alertEntries.size;
         if (state.started && msg.started !== state.started && !msg.alerts_kept && listed) {
-          $("alerts-lost").textContent =
+          $("alerts-lost-text").textContent =
             `The dashboard restarted at ${clockTime(msg.started)} and keeps no alerts across ` +
             `a restart: the ${listed} listed here before are gone (its --alerts-dir keeps them).`;
           $("alerts-lost").hidden = false;
