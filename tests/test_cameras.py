@@ -38,9 +38,10 @@ from live import (
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+import convstream.client.cli as client_cli
 from convstream.cli import main
 from convstream.client import Client
-from convstream.client.cli import QUIET_S, CameraLull
+from convstream.client.cli import CameraLull
 from convstream.client.results import CameraInfo
 from convstream.server import CameraConfig, Server, Settings
 from convstream.server.budget import ByteBudget
@@ -746,8 +747,9 @@ async def test_a_watchdog_check_that_raises_is_logged_and_the_others_go_on(
 
 
 async def test_the_watch_command_says_when_its_camera_goes_down_and_comes_back(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(client_cli, "QUIET_S", 1.0)  # the command's 3 s, shorter for the test
     source = FFmpegSource("mjpeg")
     with running(source):
         async with serving(camera("a", source.url)) as server, connect(server) as stub:
@@ -757,7 +759,7 @@ async def test_the_watch_command_says_when_its_camera_goes_down_and_comes_back(
             await asyncio.sleep(1.5)  # some results first
             source.stop()
             await until(state_is(stub, "a", pb.CAMERA_STATE_RECONNECTING), 10, "a lost")
-            await asyncio.sleep(QUIET_S + 2.0)  # quiet long enough to ask, and tell
+            await asyncio.sleep(client_cli.QUIET_S + 2.0)  # quiet long enough to ask, and tell
             source.start()
             assert await asyncio.wait_for(watching, 30) == 0
     err = capsys.readouterr().err
@@ -769,14 +771,15 @@ async def test_the_watch_command_says_when_its_camera_goes_down_and_comes_back(
 
 
 async def test_watching_a_camera_that_is_down_says_so_once(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(client_cli, "QUIET_S", 1.0)  # the command's 3 s, shorter for the test
     source = FFmpegSource("mjpeg")  # not started yet: the camera is down from the start
     async with serving(camera("late", source.url)) as server, connect(server) as stub:
         await until(state_is(stub, "late", pb.CAMERA_STATE_RECONNECTING), 10, "down")
         argv = ["watch", "late", "--address", f"127.0.0.1:{server.port}", "--count", "3"]
         watching = asyncio.create_task(asyncio.to_thread(main, argv))
-        await asyncio.sleep(QUIET_S + 2.5)  # long enough for the quiet watch to ask again
+        await asyncio.sleep(client_cli.QUIET_S + 2.5)  # long enough to ask again, twice
         with running(source):
             assert await asyncio.wait_for(watching, 30) == 0
     err = capsys.readouterr().err
