@@ -4,6 +4,7 @@
 
 (() => {
   const STALE_S = 3; // no frame for this long: the tile greys out and says so
+  const HOLD_S = 1.0; // seconds a tile's large score holds its highest (record)
   // what a failed camera's tile says to do: it stays failed until someone acts
   const FAILED_ADVICE = "fix the camera or the server's config, then reload the server (SIGHUP)";
   const MAX_ALERTS = 100;
@@ -191,7 +192,6 @@
   // other camera's (past the few characters a cut start still shows), and at the start of
   // a number: 12 characters made "outbound_lane-07-westgate-a" and "-17-westgate-a" both
   // "outboun… 7-westgate-a", and an alert split lane 07 into "lane-0" and "7-westgate".
-  const HOLD_S = 1.0; // seconds a tile's large score holds its highest (record)
   const NAME_END = 12; // characters always shown
   const NAME_HEAD_SHOWN = 6; // characters a cut start shows at least
   const LONG_NAME = 24; // characters: an alert's name longer than this is shown in two parts
@@ -1063,7 +1063,7 @@
   const vouched = () => socketOpen && !linkQuiet();
   function showConnection() {
     const quiet = linkQuiet();
-    const ok = socketOpen && serverOk && !quiet;
+    const ok = vouched() && serverOk;
     $("conn").dataset.ok = String(ok);
     $("conn-text").textContent = !socketOpen
       ? (serverKnown ? "dashboard offline, reconnecting…" : "connecting…")
