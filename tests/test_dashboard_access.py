@@ -642,6 +642,20 @@ def test_the_dashboard_command_makes_its_token_and_checks_its_https_files(
     assert f"--https-cert {missing}: no such file" in refused(
         "--https-cert", str(missing), "--https-key", str(pki["server.key"])
     )
+    # as its log's lines are, for a shipper that parses them: one JSON object
+    said = json.loads(
+        refused(
+            "--https-cert",
+            str(missing),
+            "--https-key",
+            str(pki["server.key"]),
+            "--log-format",
+            "json",
+        )
+    )
+    assert (
+        said["level"] == "CRITICAL" and f"--https-cert {missing}: no such file" in (said["message"])
+    )
     assert "is not the key of the certificate in --https-cert" in refused(
         "--https-cert", str(pki["server.pem"]), "--https-key", str(pki["client.key"])
     )

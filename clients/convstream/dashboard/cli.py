@@ -24,7 +24,7 @@ from convstream.client.connection_flags import (
 )
 from convstream.dashboard.settings import DashboardSettings
 from convstream.server.rlimit import raise_open_files
-from convstream.v1.logs import set_up
+from convstream.v1.logs import fatal, set_up
 
 __all__ = ["add_commands", "run_dashboard"]
 
@@ -154,6 +154,13 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         default="warning",
         help="the least severe log lines written to stderr (default warning)",
     )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines as text (default) or one JSON object a line, for a log shipper; "
+        "so too the line that says why it did not start",
+    )
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -195,19 +202,15 @@ def _dashboard(args: argparse.Namespace) -> int:
     from convstream.dashboard.https import https_context, https_warnings
 
     if args.alerts_max_mb is not None and args.alerts_dir is None:
-        print(
-            "convstream dashboard: --alerts-max-mb bounds the files of --alerts-dir, and no "
-            "--alerts-dir is given (alerts are kept in memory only, the newest 100)",
-            file=sys.stderr,
+        return _stop(
+            args,
+            "--alerts-max-mb bounds the files of --alerts-dir, and no --alerts-dir is given "
+            "(alerts are kept in memory only, the newest 100)",
         )
-        return 2
     if (args.https_cert is None) != (args.https_key is None):
-        print(
-            "convstream dashboard: --https-cert and --https-key go together: the page's "
-            "certificate and its key",
-            file=sys.stderr,
+        return _stop(
+            args, "--https-cert and --https-key go together: the page's certificate and its key"
         )
-        return 2
     try:
         access_token = None
         if args.access_token_file is not None:
@@ -264,25 +267,30 @@ def _dashboard(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     except (OSError, ValueError) as exc:
-        print(f"convstream dashboard: {flag_words(_in_flags(str(exc)), args)}", file=sys.stderr)
-        return 2
-    set_up(args.log_level, "text")  # as the server's lines: UTC times, ISO 8601
+        return _stop(args, flag_words(_in_flags(str(exc)), args))
+    set_up(args.log_level, args.log_format)  # as the server's lines: UTC times, ISO 8601
     raise_open_files("the dashboard")  # a file a viewer's connection (rlimit.py)
     try:
         asyncio.run(serve(settings))
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            print(
-                f"convstream dashboard: port {settings.port} on {settings.host} is taken (by "
-                "another dashboard, or another program): give another with --port",
-                file=sys.stderr,
+            return _stop(
+                args,
+                f"port {settings.port} on {settings.host} is taken (by another dashboard, or "
+                "another program): give another with --port",
+                status=1,
             )
-        else:
-            print(f"convstream dashboard: {exc}", file=sys.stderr)
-        return 1
+        return _stop(args, str(exc), status=1)
     except KeyboardInterrupt:
         return 0
     return 0
+
+
+def _stop(args: argparse.Namespace, message: str, status: int = 2) -> int:
+    """Why the dashboard does not start, as its log's lines are (a JSON line with
+    --log-format json), and the status it ends with."""
+    print(fatal(args.log_format, "convstream dashboard", message), file=sys.stderr)
+    return status
 
 
 def run_dashboard(argv: Sequence[str] | None = None) -> int:
