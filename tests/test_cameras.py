@@ -42,7 +42,7 @@ import convstream.client.cli as client_cli
 from convstream.cli import main
 from convstream.client import Client
 from convstream.client.cli import CameraLull
-from convstream.client.results import CameraInfo
+from convstream.client.results import CameraInfo, Geometry
 from convstream.server import CameraConfig, Server, Settings
 from convstream.server.budget import ByteBudget
 from convstream.server.camera import Camera, RateMeter
@@ -1110,6 +1110,13 @@ async def test_a_looping_file_of_one_frame_is_a_still(tmp_path: Path) -> None:
         assert first.geometry.frame_width == 320 and first.geometry.frame_height == 240
         turned = await watch(stub, "phone").read()  # as Analyze turns the same bytes
         assert turned.geometry.frame_width == 240 and turned.geometry.frame_height == 320
+        # and each says whether it was turned, and how (nothing said it: a client decoding
+        # the bytes without their EXIF drew on a picture lying on its side)
+        assert (first.geometry.exif_orientation, turned.geometry.exif_orientation) == (0, 6)
+        pushed = await stub.Analyze(pb.FrameRequest(encoded=portrait.read_bytes()))
+        assert pushed.geometry.exif_orientation == 6
+        geometry = Geometry.from_proto(pushed.geometry)  # the Python client's
+        assert geometry.exif_orientation == 6 and geometry.content_box()[2] > 0
 
 
 async def test_a_png_named_as_a_camera_is_analysed_as_the_same_png_pushed(

@@ -61,6 +61,8 @@ class Geometry:
     scale: float
     pad_left: int
     pad_top: int
+    # the EXIF orientation (2-8) the server turned the frame by, as a viewer shows it; 0: none
+    exif_orientation: int = 0
 
     @classmethod
     def from_proto(cls, g: pb.Geometry) -> Geometry:
@@ -72,11 +74,12 @@ class Geometry:
             g.scale,
             g.pad_left,
             g.pad_top,
+            g.exif_orientation,
         )
 
     def content_box(self) -> tuple[int, int, int, int]:
         """(left, top, right, bottom) of the frame inside the model input, in input pixels."""
-        return content_box(*astuple(self))
+        return content_box(*astuple(self)[:7])
 
     def to_frame(self, x: float, y: float) -> tuple[float, float]:
         """A point of the model input in frame pixels (clamped to the frame)."""

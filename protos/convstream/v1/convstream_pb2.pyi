@@ -125,7 +125,7 @@ class Tensor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., encoding: _Optional[_Union[TensorEncoding, str]] = ..., data: _Optional[bytes] = ..., scale: _Optional[float] = ..., zero_point: _Optional[int] = ..., stride: _Optional[int] = ...) -> None: ...
 
 class Geometry(_message.Message):
-    __slots__ = ("frame_width", "frame_height", "input_width", "input_height", "scale", "pad_left", "pad_top")
+    __slots__ = ("frame_width", "frame_height", "input_width", "input_height", "scale", "pad_left", "pad_top", "exif_orientation")
     FRAME_WIDTH_FIELD_NUMBER: _ClassVar[int]
     FRAME_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     INPUT_WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +133,7 @@ class Geometry(_message.Message):
     SCALE_FIELD_NUMBER: _ClassVar[int]
     PAD_LEFT_FIELD_NUMBER: _ClassVar[int]
     PAD_TOP_FIELD_NUMBER: _ClassVar[int]
+    EXIF_ORIENTATION_FIELD_NUMBER: _ClassVar[int]
     frame_width: int
     frame_height: int
     input_width: int
@@ -140,7 +141,8 @@ class Geometry(_message.Message):
     scale: float
     pad_left: int
     pad_top: int
-    def __init__(self, frame_width: _Optional[int] = ..., frame_height: _Optional[int] = ..., input_width: _Optional[int] = ..., input_height: _Optional[int] = ..., scale: _Optional[float] = ..., pad_left: _Optional[int] = ..., pad_top: _Optional[int] = ...) -> None: ...
+    exif_orientation: int
+    def __init__(self, frame_width: _Optional[int] = ..., frame_height: _Optional[int] = ..., input_width: _Optional[int] = ..., input_height: _Optional[int] = ..., scale: _Optional[float] = ..., pad_left: _Optional[int] = ..., pad_top: _Optional[int] = ..., exif_orientation: _Optional[int] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("queue_ms", "decode_ms", "inference_ms", "encode_ms", "total_ms", "batch_size", "inference_threads")

@@ -355,7 +355,13 @@ def _checked(data: bytes, limits: Limits) -> tuple[str, int, int, int]:
 
 
 def decode_encoded(data: bytes, limits: Limits, reduce: int = 1) -> np.ndarray:
-    """Decode JPEG or PNG bytes to BGR, after check_encoded.
+    """decode_oriented's picture alone."""
+    return decode_oriented(data, limits, reduce)[0]
+
+
+def decode_oriented(data: bytes, limits: Limits, reduce: int = 1) -> tuple[np.ndarray, int]:
+    """Decode JPEG or PNG bytes to BGR, after check_encoded, turned as their EXIF orientation
+    says; with that orientation (1 to 8, 1 for none).
 
     Args:
         data: the encoded frame.
@@ -364,7 +370,7 @@ def decode_encoded(data: bytes, limits: Limits, reduce: int = 1) -> np.ndarray:
             than decoding in full and resizing); ignored for PNG.
 
     Returns:
-        np.ndarray: BGR uint8, shape (H, W, 3).
+        (np.ndarray, int): BGR uint8, shape (H, W, 3), and the EXIF orientation applied.
     """
     kind, width, height, turn = _checked(data, limits)
     if kind == "jpeg" and jpeg_scans(data) > MAX_SCANS:
@@ -393,7 +399,7 @@ def decode_encoded(data: bytes, limits: Limits, reduce: int = 1) -> np.ndarray:
             f"corrupt {kind.upper()}: the header says {width}x{height} but "
             f"{image.shape[1] * factor}x{image.shape[0] * factor} was decoded"
         )
-    return image
+    return image, turn
 
 
 # What libjpeg may say of a JPEG whose picture is whole: its warnings of a quirk in the file

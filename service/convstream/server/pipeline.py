@@ -23,7 +23,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from convstream.model import FEATURE_NAMES
 from convstream.server.config import Settings
-from convstream.server.decode import Limits, check_encoded, check_raw, decode_encoded, decode_raw
+from convstream.server.decode import Limits, check_encoded, check_raw, decode_oriented, decode_raw
 from convstream.server.encode import bytes_per_element, fill_tensor
 from convstream.server.engine import Engine, Inference
 from convstream.server.errors import (
@@ -277,16 +277,23 @@ class Prepared:
     geometry: Geometry
     decode_ms: float
     light: Light  # what the frame shows
+    turned: int = 1  # the EXIF orientation the frame was turned by (1: none)
 
     @classmethod
     def fit(
-        cls, image: np.ndarray, target: tuple[int, int], frame_size: tuple[int, int], started: float
+        cls,
+        image: np.ndarray,
+        target: tuple[int, int],
+        frame_size: tuple[int, int],
+        started: float,
+        turned: int = 1,
     ) -> Prepared:
         """A decoded frame letterboxed into target (height, width) and measured (light), its
-        decode_ms counted from ``started`` (time.perf_counter)."""
+        decode_ms counted from ``started`` (time.perf_counter); ``turned``: the EXIF
+        orientation its decoding applied."""
         pixels, geometry = letterbox(image, target, frame_size)
         shows = light(pixels, geometry)
-        return cls(pixels, geometry, (time.perf_counter() - started) * 1000, shows)
+        return cls(pixels, geometry, (time.perf_counter() - started) * 1000, shows, turned)
 
 
 class _Trip:
@@ -458,18 +465,22 @@ class Pipeline:
         aspect); ``started``: time.perf_counter() its preparation began (a client's frame
         and a camera's alike)."""
         target = target or choose_input(*size, self.sizes)
+        turned = 1
         if isinstance(image, bytes):
-            image = self.decode(image, size, target)
+            image, turned = self.decode(image, size, target)
         else:  # pixels: a camera's frame FFmpeg decoded meets the limits a client's does
             self.limits.check(*size, "frame")
-        return Prepared.fit(image, target, size, started)
+        return Prepared.fit(image, target, size, started, turned)
 
-    def decode(self, data: bytes, size: tuple[int, int], target: tuple[int, int]) -> np.ndarray:
+    def decode(
+        self, data: bytes, size: tuple[int, int], target: tuple[int, int]
+    ) -> tuple[np.ndarray, int]:
         """Decode a JPEG or PNG of size (width, height) for the model input target (height,
         width): a large JPEG at the fraction of its size that still covers the input, unless
-        reduced_jpeg_decode is off. Raises InvalidFrame or FrameTooLarge."""
+        reduced_jpeg_decode is off; with the EXIF orientation it was turned by. Raises
+        InvalidFrame or FrameTooLarge."""
         reduce = reduction(*size, target) if self.settings.reduced_jpeg_decode else 1
-        return decode_encoded(data, self.limits, reduce)
+        return decode_oriented(data, self.limits, reduce)
 
     def check_fits(
         self, options: Options, request: pb.FrameRequest, raw_length: int | None = None
@@ -583,6 +594,7 @@ class Pipeline:
                 scale=g.scale,
                 pad_left=g.pad_left,
                 pad_top=g.pad_top,
+                exif_orientation=prepared.turned if prepared.turned > 1 else 0,
             )
         )
         result.timings.decode_ms = prepared.decode_ms
