@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, cast
 
@@ -79,7 +79,16 @@ class Geometry:
 
     def content_box(self) -> tuple[int, int, int, int]:
         """(left, top, right, bottom) of the frame inside the model input, in input pixels."""
-        return content_box(*astuple(self)[:7])
+        g = self  # the letterbox's own fields, not its EXIF orientation
+        return content_box(
+            g.frame_width,
+            g.frame_height,
+            g.input_width,
+            g.input_height,
+            g.scale,
+            g.pad_left,
+            g.pad_top,
+        )
 
     def to_frame(self, x: float, y: float) -> tuple[float, float]:
         """A point of the model input in frame pixels (clamped to the frame)."""
