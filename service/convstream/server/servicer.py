@@ -150,14 +150,34 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             return self._refused_analyze(context, refusal)
         self.open_analyze_calls += 1
         waits.append(started)
+        waiting_yet = placed = True  # its wait and its place, until given back
+
+        def stop_waiting() -> None:
+            nonlocal waiting_yet
+            if waiting_yet:
+                waiting_yet = False
+                waits.remove(started)
+                if not waits and self._waiting.get(host) is waits:
+                    del self._waiting[host]
+
+        def give_place_back() -> None:
+            nonlocal placed
+            if placed:
+                placed = False
+                self.open_analyze_calls -= 1
 
         def crowding() -> str | None:
             """At ANALYZE_SILENT_S: the refusal of a call that is one too many of its host's
             silent ones (those of a burst were each admitted while none had been silent:
-            12 calls at once held all 8 places for their 20 s, a robustness review's)."""
+            12 calls at once held all 8 places for their 20 s, a robustness review's). A call
+            ended so gives its place back at once: the next call's check counts without it,
+            whether or not this one's ending has yielded yet, so a burst loses as many calls
+            however its checks fall across the event loop's turns (it had lost 6 or 5)."""
             silent = sum(started - since >= 0 for since in waits) - 1  # before it, but it
             if silent < most_waiting or self.open_analyze_calls < most_waiting * 2:
                 return None
+            stop_waiting()
+            give_place_back()
             return self._crowded(silent, most_waiting, ended=True)
 
         try:
@@ -168,12 +188,10 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             except ConvstreamError as exc:
                 return _refused(context, exc.code, str(exc))
             finally:
-                waits.remove(started)
-                if not waits and self._waiting.get(host) is waits:
-                    del self._waiting[host]
+                stop_waiting()  # the place is held until the answer
             return await self._analyze(request, context)
         finally:
-            self.open_analyze_calls -= 1
+            give_place_back()
 
     def _crowded(self, calls: int, most: int, *, ended: bool = False) -> str:
         """Why a host's Analyze call is refused (or, ``ended``, ended at ANALYZE_SILENT_S):
