@@ -58,7 +58,7 @@ from convstream.server.sources import (
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.alone]  # alone: see scripts/test.sh
 
 
 def camera(camera_id: str, source: str, **kw: object) -> CameraConfig:

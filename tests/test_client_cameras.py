@@ -55,7 +55,7 @@ from convstream.server.config import TokenConfig
 from convstream.server.security import token_hash
 from convstream.v1 import convstream_pb2 as pb
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.alone]  # alone: see scripts/test.sh
 
 FPS = 20
 INPUT = (384, 640)  # the model input the 640x360 demo frames are letterboxed into

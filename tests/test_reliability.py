@@ -39,6 +39,8 @@ from convstream.server.wire import Received
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
+pytestmark = pytest.mark.alone  # frame rates and freshness: see scripts/test.sh
+
 CAMERA = "belt"
 
 # A load client run as its own process: K StreamFrames calls sending one JPEG of HxW without

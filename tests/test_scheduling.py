@@ -29,6 +29,8 @@ from convstream.server.streams import MAX_REFUSALS_WAITING, StreamSession
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
+pytestmark = pytest.mark.alone  # frame rates and freshness: see scripts/test.sh
+
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 

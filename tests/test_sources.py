@@ -48,6 +48,8 @@ from convstream.v1 import convstream_pb2_grpc as pb_grpc
 from convstream.v1.diagnose import _authorization, media_type, why_closed
 from convstream.v1.redaction import redact
 
+pytestmark = pytest.mark.alone  # frame rates and freshness: see scripts/test.sh
+
 
 @pytest.mark.parametrize(
     ("source", "kind"),
