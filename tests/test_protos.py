@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,10 @@ from convstream.v1 import convstream_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTO = ROOT / "protos" / "convstream" / "v1" / "convstream.proto"
+WIRE = Path(__file__).with_name("convstream_v1.wire")
+_TYPES = {
+    number: name[5:].lower() for name, number in descriptor_pb2.FieldDescriptorProto.Type.items()
+}
 
 
 def _strip_json_names(message: descriptor_pb2.DescriptorProto) -> None:
@@ -143,3 +148,53 @@ def test_gencode_runs_on_the_oldest_declared_protobuf() -> None:
     lowest = tuple(int(x) for x in re.search(r">=([\d.]+)", spec)[1].split("."))
     assert made_with <= lowest, f"gencode {made_with} needs protobuf>={made_with}, declared {spec}"
     assert re.search(r"<8\b", spec), f"protobuf 7.x must stay allowed, declared {spec}"
+
+
+def _contract() -> Iterator[str]:
+    """v1's wire contract as lines: each enum value, field and RPC with its number and type."""
+    proto = descriptor_pb2.FileDescriptorProto()
+    convstream_pb2.DESCRIPTOR.CopyToProto(proto)
+
+    def values(enum: descriptor_pb2.EnumDescriptorProto, prefix: str) -> Iterator[str]:
+        for value in enum.value:
+            yield f"enum {prefix}.{enum.name}.{value.name} = {value.number}"
+
+    def fields(message: descriptor_pb2.DescriptorProto, prefix: str) -> Iterator[str]:
+        name = f"{prefix}.{message.name}"
+        for field in message.field:
+            kind = field.type_name.lstrip(".") or _TYPES[field.type]
+            label = {3: "repeated "}.get(field.label, "optional " * field.proto3_optional)
+            oneof = ""
+            if field.HasField("oneof_index") and not field.proto3_optional:
+                oneof = f" oneof {message.oneof_decl[field.oneof_index].name}"
+            yield f"field {name}.{field.name} = {field.number} {label}{kind}{oneof}"
+        for enum in message.enum_type:
+            yield from values(enum, name)
+        for nested in message.nested_type:
+            yield from fields(nested, name)
+
+    for enum in proto.enum_type:
+        yield from values(enum, proto.package)
+    for message in proto.message_type:
+        yield from fields(message, proto.package)
+    for service in proto.service:
+        for rpc in service.method:
+            sent = "stream " * rpc.client_streaming + rpc.input_type.lstrip(".")
+            answered = "stream " * rpc.server_streaming + rpc.output_type.lstrip(".")
+            yield f"rpc {proto.package}.{service.name}.{rpc.name}({sent}) returns ({answered})"
+
+
+def test_v1_only_grows_what_its_clients_were_built_against() -> None:
+    """Within v1 a field, enum value or RPC is never renumbered, retyped, renamed or removed:
+    any of these breaks the clients built from an older copy of the .proto, Go, Java or C#
+    stubs as well, and silently where a number comes back with another meaning. WIRE records
+    them all; an addition is appended to it, so each change of the contract shows in review."""
+    recorded = [line for line in WIRE.read_text().splitlines() if line and line[0] != "#"]
+    current = list(_contract())
+    changed = [line for line in recorded if line not in current]
+    assert not changed, (
+        "these break v1's clients (a field no longer used stays, unread, and a new meaning "
+        "takes a new number):\n" + "\n".join(changed)
+    )
+    added = [line for line in current if line not in recorded]
+    assert not added, f"new in the .proto: append to {WIRE.name}\n" + "\n".join(added)
