@@ -274,6 +274,30 @@ def test_passwords_never_reach_logs_or_clients() -> None:
         assert "Zq1" not in str(info.value) and "***@" in str(info.value)
 
 
+def test_redaction_takes_linear_time_and_hides_a_password_a_long_text_cuts() -> None:
+    """Its patterns try a URL at each '//' and ':' and run to the end of the word: a 64 KiB
+    health service name of '//:' repeated took 13 s in redact, every server thread waiting
+    on it (a security review's). It reads REDACT_MAX characters at most; a URL the cut goes
+    through, its '@' past it, shows nothing of its password."""
+    from convstream.v1.redaction import REDACT_MAX, shown
+
+    size = 64 * 1024
+    for unit in ("//:", "http://x/&b=", "=a:", " //a:", "x://?a=", "//x:a b", "=x:@"):
+        text = unit * (size // len(unit))
+        for hide in (redact, lambda t: shown(t, 100)):
+            started = time.perf_counter()
+            said = hide(text)
+            # before: seconds (13 s for '//:'); now milliseconds: a bound no machine nears
+            assert time.perf_counter() - started < 1.0, (unit, time.perf_counter() - started)
+            assert len(said) <= REDACT_MAX + 40
+    long = "x " * 900 + "rtsp://admin:" + "p" * 400 + "@10.0.0.7/live and more " * 20
+    assert "ppp" not in redact(long) and redact(long).endswith(" characters not shown)")
+    spaced = "a " * 990 + "see rtsp://admin:pass word with spaces " + "y" * 3000 + "@h/x"
+    assert "pass" not in redact(spaced) and redact(spaced).startswith("a a a ")
+    short = "x " * 900 + "rtsp://admin:secret@10.0.0.7/live"  # under the bound: as before
+    assert redact(short) == "x " * 900 + "rtsp://admin:***@10.0.0.7/live"
+
+
 def test_a_source_that_fails_while_it_is_first_read_is_let_go(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -51,11 +51,32 @@ def _hidden(match: re.Match[str]) -> str:
     return f"{name}***{tail}"
 
 
+# redact() reads this much of a text at most: its patterns try a URL at each '//' and ':'
+# and run on to the end of the word, so their time grows with the square of a word's length
+# (a 64 KiB health service name of '//:' repeated held the server 13 s, every thread waiting
+# on it: a security review's). A camera's URL, an error or a name is far shorter.
+REDACT_MAX = 2048
+# a password with spaces (_CREDENTIALS' second form) that a cut leaves without its '@'
+_OPEN_PASSWORD = re.compile(r"//[^/:\s]*:[^/@\n]*\Z")
+
+
 def redact(text: str) -> str:
     """Hide passwords in URLs: rtsp://user:secret@host -> rtsp://user:***@host, a user name
     alone (rtsp://***@host: it may be a token), and the values of a URL's query parameters
     but those that pick a stream and its format (SHOWN_PARAMETERS: channel=1&subtype=0
-    stay) and numbers of a few digits under names no secret has (stream=2 stays)."""
+    stay) and numbers of a few digits under names no secret has (stream=2 stays). Of a text
+    over REDACT_MAX characters, what comes before them, less the word the cut goes through
+    (it may be a URL whose '@' is past the cut), and how many characters are not shown."""
+    if len(text) <= REDACT_MAX:
+        return _redacted(text)
+    words = text[:REDACT_MAX].rsplit(maxsplit=1)
+    kept = words[0] if len(words) == 2 else ""
+    if cut := _OPEN_PASSWORD.search(kept):
+        kept = kept[: cut.start()]
+    return f"{_redacted(kept)} ({len(text) - len(kept):,} characters not shown)".lstrip()
+
+
+def _redacted(text: str) -> str:
     text = _USER_ONLY.sub("//***@", _CREDENTIALS.sub(r"\1:***@", text))
     text = _LOOSE_CREDENTIALS.sub(r"\1:***@", text)  # no '//': not done by the line above
     return _URL.sub(lambda url: _PARAMETER_VALUE.sub(_hidden, url.group(0)), text)
