@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 from urllib.error import HTTPError, URLError
-from urllib.request import urlopen
+from urllib.request import Request, urlopen
 
 import grpc
 import pytest
@@ -19,10 +19,15 @@ from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
 
-def get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, str]:
-    """The status and body of GET http://host:port/path."""
+def get(
+    port: int, path: str, host: str = "127.0.0.1", host_header: str | None = None
+) -> tuple[int, str]:
+    """The status and body of GET http://host:port/path (with that Host header if given)."""
+    request = Request(f"http://{host}:{port}{path}")
+    if host_header is not None:
+        request.add_unredirected_header("Host", host_header)
     try:
-        with urlopen(f"http://{host}:{port}{path}", timeout=5) as reply:
+        with urlopen(request, timeout=5) as reply:
             return reply.status, reply.read().decode()
     except HTTPError as exc:
         return exc.code, exc.read().decode()
@@ -37,6 +42,21 @@ async def test_probes_answer_200_while_serving_and_unknown_paths_404(server: Ser
         status, text = await asyncio.to_thread(get, server.metrics_port, path)
         assert status == 404, path
         assert "/metrics, /healthz, /readyz" in text and "convstream_" not in text
+
+
+async def test_a_loopback_metrics_port_answers_to_loopback_names_only(server: Server) -> None:
+    """A web page open in a browser on the server's machine, its own name pointed at
+    127.0.0.1 (DNS rebinding), read /metrics: camera ids, token and stream names (a security
+    review's). On loopback the port answers to loopback names only, as the dashboard does."""
+    port = server.metrics_port
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LocalHost.", f"[::1]:{port}"):
+        status, text = await asyncio.to_thread(get, port, "/metrics", host_header=host)
+        assert status == 200 and "convstream_streams_in_flight" in text, host
+    for host in (f"attacker.example:{port}", "10.0.0.7", "127.0.0.1.example", "[::1"):
+        for path in ("/metrics", "/healthz"):
+            status, text = await asyncio.to_thread(get, port, path, host_header=host)
+            assert status == 421 and "convstream_" not in text, (host, path)
+            assert f"not to {host!r}: scrape it as 127.0.0.1 or localhost" in text
 
 
 async def test_probes_answer_503_while_draining() -> None:

@@ -7,11 +7,10 @@ import ipaddress
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from convstream.client._base import DEFAULT_ADDRESS, check_plaintext_token
 from convstream.client.options import TLS
-from convstream.v1 import is_loopback
+from convstream.v1 import host_header_name, is_loopback
 
 
 @dataclass(frozen=True)
@@ -85,9 +84,8 @@ class DashboardSettings:
 
     def answers_to(self, host_header: str) -> bool:
         """Whether the page answers a request with this Host header (see allowed_hosts)."""
-        try:
-            name = (urlsplit(f"//{host_header}").hostname or "").lower().rstrip(".")
-        except ValueError:  # "[::1" and the like: no name at all
+        name = host_header_name(host_header)
+        if name is None:
             return False
         allowed = {n.strip().lower().strip("[]") for n in self.allowed_hosts}
         if self.listens_on_loopback:

@@ -10,6 +10,7 @@ import ipaddress
 import os
 import re
 import struct
+from urllib.parse import urlsplit
 
 from convstream.v1 import convstream_pb2, convstream_pb2_grpc
 
@@ -108,6 +109,17 @@ def is_loopback(host: str) -> bool:
         return bare == "localhost"
 
 
+def host_header_name(value: str) -> str | None:
+    """The host an HTTP Host header names, lower case, without its port or a trailing '.'
+    ("Example.com.:8080": "example.com", "[::1]:9464": "::1"); None if it names none. The
+    server's metrics port and the dashboard answer only to the names they are reached by:
+    a web page whose own name was pointed at 127.0.0.1 (DNS rebinding) sends its own."""
+    try:
+        return (urlsplit(f"//{value.strip()}").hostname or "").rstrip(".") or None
+    except ValueError:  # "[::1" and the like
+        return None
+
+
 def folded_id(name: str) -> str:
     """A camera id as an eye reads it: no case, no '-', '_' or '.' (but between two digits:
     "line-1-2" is not "line-12"), and the digits that pass for letters as those letters
@@ -131,6 +143,7 @@ __all__ = [
     "file_holds_text",
     "folded_id",
     "holds_text",
+    "host_header_name",
     "is_loopback",
     "shortest_float32",
     "what_it_holds",

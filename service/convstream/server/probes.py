@@ -20,6 +20,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from convstream.server.config import host_port
+from convstream.v1 import host_header_name, is_loopback
+from convstream.v1.redaction import shown
 
 # How often the HTTP thread looks for a shutdown: stop() waits up to this long for it, on the
 # event loop (socketserver's default, 0.5 s, added up to half a second to every stop: a
@@ -173,9 +175,12 @@ class HttpPort:
         self._serving = serving
         self._stalled = stalled
         self._http: WSGIServer | None = None
+        self._loopback = False
 
     def start(self, host: str, port: int) -> int:
-        """Listen on ``host:port`` (0: a free port); returns the port."""
+        """Listen on ``host:port`` (0: a free port); returns the port. On a loopback address
+        it answers requests whose Host is loopback too (see _app)."""
+        self._loopback = is_loopback(host)
         family = socket.getaddrinfo(
             host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0][0]
@@ -203,6 +208,17 @@ class HttpPort:
 
     def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
+        given = environ.get("HTTP_HOST")
+        if self._loopback and given is not None and not is_loopback(host_header_name(given) or ""):
+            # A web page open in a browser on this machine, its own name pointed at 127.0.0.1
+            # (DNS rebinding), read the metrics: camera ids, token and stream names (a
+            # security review's). Beyond loopback the port is reached by names it cannot know.
+            line = (
+                f"this port listens on loopback and answers to localhost and loopback "
+                f"addresses, not to {shown(given, 80)}: scrape it as 127.0.0.1 or localhost, "
+                "or set metrics_host to listen beyond loopback"
+            )
+            return _text(start_response, "421 Misdirected Request", line)
         if path == "/metrics":
             result: Iterable[bytes] = self._metrics(environ, start_response)
             return result
