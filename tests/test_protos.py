@@ -17,7 +17,7 @@ from convstream.v1 import convstream_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTO = ROOT / "protos" / "convstream" / "v1" / "convstream.proto"
-WIRE = Path(__file__).with_name("convstream_v1.wire")
+WIRE = Path(__file__).with_name("proto_v1.wire")
 _TYPES = {
     number: name[5:].lower() for name, number in descriptor_pb2.FieldDescriptorProto.Type.items()
 }

@@ -718,7 +718,9 @@ async def test_analyze_bad_frame_is_invalid_argument(stub: pb_grpc.ConvstreamStu
     # options that do not exist say which do
     for options, says in [
         (pb.ResultOptions(encoding=7), "unknown tensor encoding 7; expected one of 1 (TENSOR_"),
+        (pb.ResultOptions(encoding=7), "_UINT8), or 0 (unset: FLOAT16)"),  # 0 is valid too
         (pb.ResultOptions(freshness=9), "unknown freshness policy 9; expected one of 1 (FRESH"),
+        (pb.ResultOptions(freshness=9), "_LOSSLESS), or 0 (unset: the stream's policy"),
         # the bound this server can give (a quarter of max_queued_frames), not the proto's
         (
             pb.ResultOptions(queue_size=5000),

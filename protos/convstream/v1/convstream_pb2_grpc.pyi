@@ -62,6 +62,7 @@ class ConvstreamStub:
                            frame larger than all the bytes it holds for streams.
                            Retrying the same request gets the same answer.
       RESOURCE_EXHAUSTED   over a cap on concurrent streams, Analyze calls, WatchCamera calls,
+                           a token's own calls (its max_calls in the server's config),
                            queued frames or bytes of frames held (that frame alone; one stream
                            holds at most a quarter of them): what passes, so back off and
                            retry. Not so the two that gRPC itself raises, whose message says
@@ -97,7 +98,12 @@ class ConvstreamStub:
                            ends an open WatchCamera or StreamFrames whose token a reload of
                            the server's config removed (or when it adds the first token)
       PERMISSION_DENIED    a token whose role does not cover the call (watch < analyze); also
-                           ends an open StreamFrames whose token a reload gave role watch
+                           ends an open StreamFrames whose token a reload gave role watch.
+                           A token scoped to some cameras (its cameras in the server's
+                           config) asking for another id: WatchCamera (or an open watch a
+                           reload took out of its scope), or a publish name (that frame
+                           alone), whether or not the id exists, so that a scope tells
+                           nothing of the ids outside it (not NOT_FOUND)
       INTERNAL             a frame the server failed on (Analyze: the call); a stream goes
                            on, and the server logs why. Also a frame the model could not run,
                            or gave no probabilities for (a NaN or out-of-range score or
@@ -201,6 +207,7 @@ class ConvstreamAsyncStub(ConvstreamStub):
                            frame larger than all the bytes it holds for streams.
                            Retrying the same request gets the same answer.
       RESOURCE_EXHAUSTED   over a cap on concurrent streams, Analyze calls, WatchCamera calls,
+                           a token's own calls (its max_calls in the server's config),
                            queued frames or bytes of frames held (that frame alone; one stream
                            holds at most a quarter of them): what passes, so back off and
                            retry. Not so the two that gRPC itself raises, whose message says
@@ -236,7 +243,12 @@ class ConvstreamAsyncStub(ConvstreamStub):
                            ends an open WatchCamera or StreamFrames whose token a reload of
                            the server's config removed (or when it adds the first token)
       PERMISSION_DENIED    a token whose role does not cover the call (watch < analyze); also
-                           ends an open StreamFrames whose token a reload gave role watch
+                           ends an open StreamFrames whose token a reload gave role watch.
+                           A token scoped to some cameras (its cameras in the server's
+                           config) asking for another id: WatchCamera (or an open watch a
+                           reload took out of its scope), or a publish name (that frame
+                           alone), whether or not the id exists, so that a scope tells
+                           nothing of the ids outside it (not NOT_FOUND)
       INTERNAL             a frame the server failed on (Analyze: the call); a stream goes
                            on, and the server logs why. Also a frame the model could not run,
                            or gave no probabilities for (a NaN or out-of-range score or
@@ -336,6 +348,7 @@ class ConvstreamServicer(metaclass=_abc_1.ABCMeta):
                            frame larger than all the bytes it holds for streams.
                            Retrying the same request gets the same answer.
       RESOURCE_EXHAUSTED   over a cap on concurrent streams, Analyze calls, WatchCamera calls,
+                           a token's own calls (its max_calls in the server's config),
                            queued frames or bytes of frames held (that frame alone; one stream
                            holds at most a quarter of them): what passes, so back off and
                            retry. Not so the two that gRPC itself raises, whose message says
@@ -371,7 +384,12 @@ class ConvstreamServicer(metaclass=_abc_1.ABCMeta):
                            ends an open WatchCamera or StreamFrames whose token a reload of
                            the server's config removed (or when it adds the first token)
       PERMISSION_DENIED    a token whose role does not cover the call (watch < analyze); also
-                           ends an open StreamFrames whose token a reload gave role watch
+                           ends an open StreamFrames whose token a reload gave role watch.
+                           A token scoped to some cameras (its cameras in the server's
+                           config) asking for another id: WatchCamera (or an open watch a
+                           reload took out of its scope), or a publish name (that frame
+                           alone), whether or not the id exists, so that a scope tells
+                           nothing of the ids outside it (not NOT_FOUND)
       INTERNAL             a frame the server failed on (Analyze: the call); a stream goes
                            on, and the server logs why. Also a frame the model could not run,
                            or gave no probabilities for (a NaN or out-of-range score or

@@ -77,6 +77,7 @@ class Options:
             raise InvalidOptions(
                 f"unknown tensor encoding {message.encoding}; expected one of "
                 + ", ".join(f"{v} ({n})" for n, v in pb.TensorEncoding.items() if v)
+                + ", or 0 (unset: FLOAT16)"
             )
         return cls(
             feature_maps=tuple(dict.fromkeys(message.feature_maps)),
@@ -94,6 +95,7 @@ def check_freshness(message: pb.ResultOptions) -> None:
         raise InvalidOptions(
             f"unknown freshness policy {message.freshness}; expected one of "
             + ", ".join(f"{v} ({n})" for n, v in pb.Freshness.items() if v)
+            + ", or 0 (unset: the stream's policy, or LOSSLESS on its first options)"
         )
 
 

@@ -271,7 +271,7 @@ class StreamSession:
         if self._configured:
             kept = f"keeps {kept}"
         else:
-            kept = f"goes on {kept}, until a frame's options are"
+            kept = f"goes on {kept} until a frame's options are accepted"
         return f"this frame was not analysed and its options not taken: the stream {kept}"
 
     def _accept(self, received: Received | RefusedMessage, arrived: float) -> _Item:
