@@ -24,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from convstream.model import DamageModel, ModelFileError, wants_cuda
 from convstream.model.runtime import CPU, CUDA, ProviderChoice
-from convstream.server import reflection
+from convstream.server import malloc, reflection
 from convstream.server.cameras import HEALTH_PREFIX, CameraManager
 from convstream.server.config import (
     CameraConfig,
@@ -513,6 +513,7 @@ class Server:
         self._tls_dates: asyncio.Task[None] | None = None
         self._http: HttpPort | None = None
         self._beat: asyncio.Task[None] | None = None
+        self._trimming: asyncio.Task[None] | None = None
         self._beat_at = time.monotonic()  # the event loop last ran its heartbeat
         # True from SERVING until draining, as the health service's overall status says
         self.serving = False
@@ -656,6 +657,7 @@ class Server:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.serving = True  # what health now says, for the HTTP probes
         self._served = True
+        self._trimming = asyncio.create_task(self._trim_memory(), name="trim-memory")
         await self.cameras.start(self._own(settings.cameras))
         security = "mutual TLS" if settings.tls_client_ca else "TLS" if credentials else "plaintext"
         if settings.tokens:
@@ -735,8 +737,9 @@ class Server:
             self._http.close()
         if self._tls_dates is not None:
             self._tls_dates.cancel()
-        if self._beat is not None:
-            self._beat.cancel()
+        for task in (self._beat, self._trimming):
+            if task is not None:
+                task.cancel()
         if self._served:  # not after a start that failed (a model, a port)
             logger.info("convstream stopped")
 
@@ -746,6 +749,15 @@ class Server:
         while True:
             self._beat_at = time.monotonic()
             await asyncio.sleep(BEAT_S)
+
+    async def _trim_memory(self) -> None:
+        """Every TRIM_EVERY_S, give memory freed in a burst back to the system once RSS has
+        grown (malloc.Trimmer): after a large request it stayed with malloc for good."""
+        trimmer = malloc.Trimmer()
+        while True:
+            await asyncio.sleep(malloc.TRIM_EVERY_S)
+            if trimmer.due():
+                await asyncio.to_thread(trimmer.trim)
 
     async def _watch_tls_dates(self) -> None:
         """Say in the log, every TLS_CHECK_EVERY_S, that a served certificate expires within

@@ -10,13 +10,20 @@ last 25 minutes) was the same either way. At full load it costs a little: served
 of `bench_served.py --seconds 8 --streams 4`, five rounds alternating with
 MALLOC_ARENA_MAX=16, 154.3 against 157.5 on average (2% less; 3.6 to 4.6 less in four
 rounds, 1.0 more in the fifth), 12.1 against 12.0 ms of the server's CPU a frame.
+
+And memory freed in a burst stays with malloc, not the system: four health Checks of 120 MB
+each (gRPC reads a request whole before the server can refuse it) took a server from 157 to
+299 MiB, and it stayed there for good (a security review's: 256 to 517 MiB). Trimmer gives it
+back once RSS has grown: malloc_trim took it to 155 MiB in 6 ms.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
+from pathlib import Path
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 ARENAS = 2
@@ -32,3 +39,40 @@ def limit_arenas(arenas: int = ARENAS) -> bool:
         return bool(ctypes.CDLL(None).mallopt(M_ARENA_MAX, arenas))
     except (OSError, AttributeError):
         return False
+
+
+# How often Trimmer.due is asked (Server._trim_memory), and by how much RSS must have grown
+# since the last trim for another: a trim takes milliseconds, holding malloc's locks.
+TRIM_EVERY_S = 10.0
+TRIM_GROWTH_BYTES = 32 << 20
+
+
+def rss_bytes() -> int | None:
+    """This process's resident memory (Linux: /proc/self/statm); None elsewhere."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class Trimmer:
+    """Gives the memory malloc keeps freed back to the system (glibc's malloc_trim), once
+    RSS has grown TRIM_GROWTH_BYTES over what it was after the last trim. Does nothing where
+    the C library is not glibc or RSS cannot be read."""
+
+    def __init__(self) -> None:
+        self._trim = None
+        if platform.libc_ver()[0] == "glibc" and (after := rss_bytes()) is not None:
+            with contextlib.suppress(OSError, AttributeError):
+                self._trim = ctypes.CDLL(None).malloc_trim
+            self._after = after
+
+    def due(self) -> bool:
+        now = rss_bytes()
+        return self._trim is not None and now is not None and now - self._after > TRIM_GROWTH_BYTES
+
+    def trim(self) -> None:
+        """Trim now (a few milliseconds; ctypes lets the GIL go meanwhile)."""
+        if self._trim is not None:
+            self._trim(0)
+            self._after = rss_bytes() or self._after
