@@ -591,6 +591,35 @@ async def test_a_watch_of_a_published_stream_waits_for_its_publisher_after_a_res
     assert all(r.ok and r.source == "dock-p" for r in results)
 
 
+async def test_a_watch_of_a_camera_removed_while_its_server_was_down_ends_not_found() -> None:
+    """NotFound after a restart is waited out for a published stream (its publisher sends
+    again later), and was for a camera too: one removed from the config while the server was
+    down kept a watch with resume_timeout=inf subscribing for ever, silent (a WMS
+    integrator's review; a removal by SIGHUP ended it at once). The server now says what
+    the id is, and a camera's NotFound ends the watch."""
+    belt = CameraConfig(id="belt", source="demo:conveyor?fps=5")
+    first = Server(Settings(port=0, metrics_port=-1, cameras=(belt,)))
+    await first.start()
+    second = Server(Settings(port=first.port, metrics_port=-1, cameras=()))
+    running = [first]
+    try:
+        retry = Retry(backoff=0.1, max_backoff=0.5, resume_timeout=math.inf)
+        async with AsyncClient(address(first), retry=retry) as client:
+            watch = client.watch("belt", max_fps=5)
+            assert (await anext(watch)).source == "belt"
+            await first.stop(grace=0)
+            running.remove(first)
+            await second.start()
+            running.append(second)
+            started = time.monotonic()
+            with pytest.raises(NotFound, match=r"no camera 'belt'; cameras: none"):
+                async for _ in watch:
+                    assert time.monotonic() - started < 30
+    finally:
+        for server in running:
+            await server.stop(grace=0)
+
+
 @pytest.mark.parametrize("flavour", ["async", "sync"])
 async def test_a_watch_of_a_camera_that_is_down_outlasts_a_server_restart(flavour: str) -> None:
     """A watch of a camera that has given no result yet (it reconnects) subscribes again after

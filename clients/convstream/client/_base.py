@@ -34,7 +34,13 @@ from convstream.client.options import (
     Timeout,
     Upload,
 )
-from convstream.v1 import MAX_QUEUE_SIZE, MAX_WATCH_FPS, RESULTS_NOT_READ, WATCHING
+from convstream.v1 import (
+    MAX_QUEUE_SIZE,
+    MAX_WATCH_FPS,
+    RESULTS_NOT_READ,
+    WATCHING,
+    WATCHING_KIND,
+)
 from convstream.v1 import convstream_pb2 as pb
 
 logger = logging.getLogger("convstream.client")
@@ -442,6 +448,7 @@ class _Resumption:
         self._dropped = 0
         self._registered_at: float | None = None  # when this call's watch was registered
         self._said_back = False  # that the watch is back, once a break
+        self._kind: str | None = None  # "camera" or "stream", as its server said (WATCHING_KIND)
 
     def subscribed(self) -> None:
         """A new WatchCamera call starts: its server counts drops from 0 again."""
@@ -453,7 +460,10 @@ class _Resumption:
         must outlast server restarts as a running camera's does). Breaks count afresh only
         once such a call has held for STEADY_S: a server that takes the watch and drops it
         at once, again and again, backs off and runs out of resume_timeout."""
-        if any(key == WATCHING for key, _ in metadata or ()):
+        told = dict(metadata or ())
+        if WATCHING in told:
+            kind = told.get(WATCHING_KIND)
+            self._kind = kind if isinstance(kind, str) else None
             if self._ran and self._failures and not self._said_back:
                 # the break's warning said it went: say once that it is back
                 self._said_back = True
@@ -514,12 +524,16 @@ class _Resumption:
         # After a restart a published stream is back only once its publisher has sent again:
         # a watch subscribing before that heard NotFound and ended for good, while the
         # publisher came back. In a break that began with UNAVAILABLE (not a camera removed
-        # while it ran: that ends at once), NotFound is waited out as UNAVAILABLE is.
+        # while it ran: that ends at once), NotFound is waited out as UNAVAILABLE is; but not
+        # of a camera, as its server said (WATCHING_KIND): one removed from the config while
+        # the server was down is gone, and a watch with resume_timeout=inf waited for ever,
+        # silent (a WMS integrator's review).
         returning = (
             isinstance(error, NotFound)
             and self._camera_id is not None
             and self._ran
             and self._failures > 1
+            and self._kind != "camera"
         )
         # A watch whose program paused past the server's stream_idle_timeout_s (a slow
         # alert, a sampling loop) was ended by the server: it subscribes again, as before

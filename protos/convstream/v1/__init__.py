@@ -18,6 +18,11 @@ from convstream.v1 import convstream_pb2, convstream_pb2_grpc
 # watch is registered: before the first result, which a camera that is down may not give for
 # hours. A client resuming after a server restart knows by it that it subscribed again.
 WATCHING = "convstream-watching"
+# Sent with it: what the id is, "camera" (in the server's config) or "stream" (published by
+# a client). After a server restart a published stream is back only once its publisher sends
+# again, so a client waits out NOT_FOUND for a stream, and not for a camera: one removed from
+# the config while the server was down is gone (a watch waited for it for ever).
+WATCHING_KIND = "convstream-watching-kind"
 # How the message of a call the server ended for results its client read none of (for
 # stream_idle_timeout_s) begins: a watch's client subscribes again (it paused, the watch was
 # ended), a stream's does not (its frames are its own to send again).
@@ -137,6 +142,7 @@ __all__ = [
     "MAX_WATCH_FPS",
     "RESULTS_NOT_READ",
     "WATCHING",
+    "WATCHING_KIND",
     "content_box",
     "convstream_pb2",
     "convstream_pb2_grpc",

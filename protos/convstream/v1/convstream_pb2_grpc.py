@@ -293,7 +293,10 @@ class ConvstreamServicer(object):
         Set max_fps to no more than you read, or measure age from capture_time on your clock.
         Once the watch is registered, before any result, the server sends the initial metadata
         "convstream-watching: <camera_id>": a client re-subscribing after a server restart knows
-        by it that it is watching again, while a camera that is down gives no result.
+        by it that it is watching again, while a camera that is down gives no result. With it,
+        "convstream-watching-kind: camera" (in the server's config) or "stream" (published):
+        after a restart a published stream is NOT_FOUND until its publisher sends again, so a
+        client may wait that out; a camera NOT_FOUND then was removed from the config.
         Token role: watch (or analyze).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -34,7 +34,7 @@ from convstream.server.processes import Peers
 from convstream.server.security import cameras_shown, peer_host, visible
 from convstream.server.streams import FrameBudget, StreamSession
 from convstream.server.wire import Received, id_and_source, raw_data_length
-from convstream.v1 import RESULTS_NOT_READ, WATCHING
+from convstream.v1 import RESULTS_NOT_READ, WATCHING, WATCHING_KIND
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
@@ -444,7 +444,10 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
                 self.metrics.calls_refused.labels("WatchCamera").inc()
             await context.abort(exc.code, str(exc))
         try:
-            await context.send_initial_metadata(((WATCHING, request.camera_id),))
+            kind = "camera" if request.camera_id in self.cameras.feeds else "stream"
+            await context.send_initial_metadata(
+                ((WATCHING, request.camera_id), (WATCHING_KIND, kind))
+            )
             while True:
                 yield await watcher.next()
         except FeedFinished:
@@ -562,7 +565,11 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             try:
                 # Registered there: say so now, not with the first result (a camera that is
                 # down may give none for hours). Before, a refusal is the caller's to see.
-                watching = [(k, v) for k, v in await call.initial_metadata() if k == WATCHING]
+                watching = [
+                    (k, v)
+                    for k, v in await call.initial_metadata()
+                    if k in (WATCHING, WATCHING_KIND)
+                ]
                 if watching:
                     await context.send_initial_metadata(watching)
                 # read() throughout: grpc refuses read() and iteration mixed on one call
