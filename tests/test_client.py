@@ -1349,6 +1349,17 @@ def test_heatmap_cells_land_where_they_were_computed() -> None:
     assert geometry.cell_box(2, 2, 8)[3] - geometry.cell_box(2, 2, 8)[1] == 0
     area = sum((r - le) * (b - t) for le, t, r, b in boxes)
     assert area == pytest.approx(900 * 300)
+    # as a result brings it: the scale travels as a float32 (2/3 as 0.6666666865), and a
+    # 960x540 camera's boxes read 107.99999678 for 108 (a WMS integrator's review)
+    sent = pb.Geometry(
+        frame_width=960, frame_height=540, input_width=640, input_height=384, scale=640 / 960
+    )
+    sent.pad_top = 12
+    received = cs.Geometry.from_proto(pb.Geometry.FromString(sent.SerializeToString()))
+    assert received.cell_box(row=7, col=9, stride=8) == (108.0, 66.0, 120.0, 78.0)
+    odd = pb.Geometry(frame_width=960, frame_height=540, input_width=640, input_height=384)
+    odd.scale = 0.5  # another rule's scale is kept as sent
+    assert cs.Geometry.from_proto(odd).scale == 0.5
 
 
 def test_the_overlay_rings_the_hottest_cell_only_on_a_damaged_frame() -> None:

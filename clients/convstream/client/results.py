@@ -66,12 +66,20 @@ class Geometry:
 
     @classmethod
     def from_proto(cls, g: pb.Geometry) -> Geometry:
+        """The message's geometry, its scale exact: the server's, min(input / frame) each
+        way, travels as a float32 (2/3 as 0.6666666865), and cell boxes read 107.99999678
+        for 108 (a WMS integrator's review). Recomputed where it rounds to the one sent."""
+        scale = g.scale
+        if g.frame_width and g.frame_height:
+            exact = min(g.input_width / g.frame_width, g.input_height / g.frame_height)
+            if np.float32(exact) == np.float32(g.scale):
+                scale = exact
         return cls(
             g.frame_width,
             g.frame_height,
             g.input_width,
             g.input_height,
-            g.scale,
+            scale,
             g.pad_left,
             g.pad_top,
             g.exif_orientation,
