@@ -243,6 +243,40 @@ async def test_closing_ends_a_call_waiting_on_a_silent_server_or_an_outage_with_
         await asyncio.wait_for(task, 10)
 
 
+@pytest.mark.parametrize("flavour", ["async", "sync"])
+async def test_close_ends_a_watch_waiting_out_its_backoff_at_once(flavour: str) -> None:
+    """A watch whose server went waits out its Retry backoff before it subscribes again, and
+    close() waited with it, for the rest of the backoff: a WMS integrator's program took
+    12.7 s to stop while its server was down. close() now ends the wait."""
+    retry = Retry(backoff=30.0, max_backoff=30.0, resume_timeout=math.inf)
+    first = threading.Event()
+    client: Client | AsyncClient
+    async with serving(belt()) as server:
+        if flavour == "sync":
+            client = Client(address(server), retry=retry)
+
+            def watching_sync() -> None:
+                for _ in client.watch("belt"):
+                    first.set()
+
+            task = asyncio.create_task(asyncio.to_thread(watching_sync))
+        else:
+            client = AsyncClient(address(server), retry=retry)
+
+            async def watching() -> None:
+                async for _ in client.watch("belt"):
+                    first.set()
+
+            task = asyncio.create_task(watching())
+        await asyncio.to_thread(first.wait, 10)
+    await asyncio.sleep(1.0)  # the server is gone: the watch waits 30 s to subscribe again
+    started = time.monotonic()
+    await (client.close() if isinstance(client, AsyncClient) else asyncio.to_thread(client.close))
+    with pytest.raises(Cancelled, match="client was closed"):
+        await asyncio.wait_for(task, 10)
+    assert time.monotonic() - started < 5
+
+
 async def test_a_quiet_watch_says_whether_the_server_answers(
     server: Server, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,7 +9,8 @@ a second channel of their own (see ``Limits.fresh_watch``).
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
+import threading
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -71,6 +72,9 @@ class Client(BaseClient):
     """
 
     def _open(self) -> None:
+        # set by close(): a watch or stream waiting out its Retry backoff ends at once, where
+        # a sleep held a program's exit for the backoff, up to 8 s (a WMS integrator's review)
+        self._closing = threading.Event()
         self._channel = self._new_channel(cameras=False)
         self._stub = pb_grpc.ConvstreamStub(self._channel)
         self._camera_channel = self._new_channel(cameras=True)
@@ -217,7 +221,7 @@ class Client(BaseClient):
                         resumption.answered()
                         yield from feed.answer(message)
                 except grpc.RpcError as exc:
-                    time.sleep(resumption.pause(exc, len(feed.ledger)))
+                    self._closing.wait(resumption.pause(exc, len(feed.ledger)))
                     resumption.again(exc)  # unless close() came while it waited
                     continue
                 finally:
@@ -330,7 +334,7 @@ class Client(BaseClient):
                 for message in call:
                     yield Result.from_proto(resumption.watched(message))
             except grpc.RpcError as exc:
-                time.sleep(resumption.pause(exc, 0))
+                self._closing.wait(resumption.pause(exc, 0))
                 resumption.again(exc)  # unless close() came while it waited
                 continue
             finally:
@@ -341,6 +345,7 @@ class Client(BaseClient):
         """Close the channels; calls in progress fail with Cancelled."""
         if not self._closed:
             self._closed = True
+            self._closing.set()
             self._channel.close()
             self._camera_channel.close()
 
@@ -375,6 +380,14 @@ class AsyncClient(BaseClient):
     _camera_channel: grpc.aio.Channel | None = None
     _camera_stub_: pb_grpc.ConvstreamStub | None = None
     _loop: asyncio.AbstractEventLoop | None = None
+    _closing: asyncio.Event | None = None  # set by close(), as Client's
+
+    async def _backoff(self, seconds: float) -> None:
+        """Wait out a Retry backoff; close() ends the wait at once."""
+        if self._closing is None:
+            self._closing = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), seconds)
 
     def _check_loop(self) -> None:
         """gRPC's asyncio channels belong to the loop they opened in: used from a second
@@ -479,7 +492,7 @@ class AsyncClient(BaseClient):
                     self._raise_if_closed()
                     raise
                 except grpc.RpcError as exc:
-                    await asyncio.sleep(resumption.pause(exc, len(feed.ledger)))
+                    await self._backoff(resumption.pause(exc, len(feed.ledger)))
                     resumption.again(exc)  # unless close() came while it waited
                     continue
                 finally:
@@ -533,7 +546,7 @@ class AsyncClient(BaseClient):
                 self._raise_if_closed()
                 raise
             except grpc.RpcError as exc:
-                await asyncio.sleep(resumption.pause(exc, 0))
+                await self._backoff(resumption.pause(exc, 0))
                 resumption.again(exc)  # unless close() came while it waited
                 continue
             finally:
@@ -551,6 +564,8 @@ class AsyncClient(BaseClient):
         """Close the channels; calls in progress fail with Cancelled."""
         if not self._closed:
             self._closed = True
+            if self._closing is not None:
+                self._closing.set()
             for channel in (self._channel, self._camera_channel):
                 if channel is not None:
                     await channel.close()
