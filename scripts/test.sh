@@ -16,8 +16,9 @@ python3 -m venv .venv
 # The suite in two runs: most tests on two workers (pytest-xdist; a file's tests on one, as
 # they share module fixtures), then those marked `alone` with nothing beside them: they time
 # live cameras, frame rates and freshness, and a test of the other worker busy on both cores
-# made an RTSP read look backlogged. 10 minutes on one worker, 6 so. Arguments go to both;
-# a run they leave no test in (exit 5) is no failure while the other ran some.
+# made an RTSP read look backlogged. 10 minutes on one worker, about 8 so. Arguments go to
+# both (not -m, which would replace the split); a run they leave no test in (exit 5) is no
+# failure while the other ran some.
 set +e
 .venv/bin/python -m pytest -n 2 --dist loadfile -m "not alone" "$@"
 shared=$?

@@ -203,7 +203,10 @@ async def test_the_peak_is_the_servers_float32_answer_in_every_encoding(
 ) -> None:
     """A FLOAT16 or UINT8 heatmap ties cells near 1.0; the peak is found before that."""
     async with AsyncClient(address(server)) as client:
-        for image in frames[:8]:
+        # and a frame whose scale (2/3) a float32 cannot hold: both sides find the peak with
+        # the exact scale (with the float32 one, a centre on pixel 618 read 617.99997)
+        odd = cv2.resize(frames[0], (960, 540))
+        for image in [*frames[:8], odd]:
             exact = await client.analyze(image, options=ResultOptions(encoding="float32"))
             assert exact.heatmap is not None and exact.geometry is not None
             # the server's answer is the float32 heatmap's own hottest cell over the frame

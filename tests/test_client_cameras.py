@@ -645,10 +645,8 @@ async def test_a_watch_of_a_camera_removed_while_its_server_was_down_ends_not_fo
             running.remove(first)
             await second.start()
             running.append(second)
-            started = time.monotonic()
             with pytest.raises(NotFound, match=r"no camera 'belt'; cameras: none"):
-                async for _ in watch:
-                    assert time.monotonic() - started < 30
+                await asyncio.wait_for(take(watch, 10**6), 30)  # it waited for good
     finally:
         for server in running:
             await server.stop(grace=0)

@@ -25,6 +25,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
+pytestmark = pytest.mark.alone  # a server's stop timed to the second: see scripts/test.sh
+
 
 def free_port() -> int:
     with socket.socket() as s:

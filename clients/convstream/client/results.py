@@ -67,8 +67,10 @@ class Geometry:
     @classmethod
     def from_proto(cls, g: pb.Geometry) -> Geometry:
         """The message's geometry, its scale exact: the server's, min(input / frame) each
-        way, travels as a float32 (2/3 as 0.6666666865), and cell boxes read 107.99999678
-        for 108 (a WMS integrator's review). Recomputed where it rounds to the one sent."""
+        way, travels as a float32 (2/3 as 0.6666666865), and a 960x540 camera's cell boxes
+        read 107.99999678 for 108 (a WMS integrator's review), and a centre on pixel 618,
+        617.99997. Recomputed where it rounds to the one sent (the server's peak is found
+        with it too); another rule's scale is kept as sent."""
         scale = g.scale
         if g.frame_width and g.frame_height:
             exact = min(g.input_width / g.frame_width, g.input_height / g.frame_height)

@@ -19,8 +19,9 @@ from convstream.dashboard import https
 from convstream.dashboard.https import https_context, https_warnings
 from convstream.dashboard.hub import Hub
 from convstream.dashboard.port import PagePort
-from convstream.dashboard.settings import DashboardSettings, own_names
+from convstream.dashboard.settings import DashboardSettings
 from convstream.dashboard.web import REQUESTS, make_app
+from convstream.v1 import own_names
 
 logger = logging.getLogger(__name__)
 

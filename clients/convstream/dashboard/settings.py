@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import ipaddress
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from convstream.client._base import DEFAULT_ADDRESS, check_plaintext_token
 from convstream.client.options import TLS
-from convstream.v1 import host_header_name, is_loopback
+from convstream.v1 import host_header_name, is_loopback, own_names
 
 
 @dataclass(frozen=True)
@@ -131,16 +129,6 @@ class DashboardSettings:
         check_plaintext_token(
             self.address, tls=self.tls, token=self.token, allow=self.allow_plaintext_token
         )
-
-
-@functools.cache
-def own_names() -> frozenset[str]:
-    """This machine's names, as a browser on the network may address it: its host name (and
-    its first label), that under ``.local`` (mDNS) and its fully qualified name; looked up
-    once. A Host's trailing '.' (an absolute name) is dropped before they are compared."""
-    host, fqdn = socket.gethostname().lower(), socket.getfqdn().lower()
-    short = host.split(".")[0]  # a host name given fully qualified: its first label too
-    return frozenset({"localhost", host, short, f"{short}.local", fqdn} - {""})
 
 
 def _is_address(name: str) -> bool:

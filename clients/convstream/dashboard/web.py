@@ -27,7 +27,7 @@ from convstream.dashboard.access import Access, same_origin
 from convstream.dashboard.hub import Hub
 from convstream.dashboard.messages import text
 from convstream.dashboard.port import Requests
-from convstream.dashboard.settings import own_names
+from convstream.v1 import own_names
 
 logger = logging.getLogger(__name__)
 

@@ -757,7 +757,8 @@ class Server:
         while True:
             await asyncio.sleep(malloc.TRIM_EVERY_S)
             if trimmer.due():
-                await asyncio.to_thread(trimmer.trim)
+                took = await asyncio.to_thread(trimmer.trim)
+                logger.debug("malloc_trim gave back %.0f MiB in %.1f ms", took[0] / 2**20, took[1])
 
     async def _watch_tls_dates(self) -> None:
         """Say in the log, every TLS_CHECK_EVERY_S, that a served certificate expires within

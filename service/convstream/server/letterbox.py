@@ -68,11 +68,11 @@ class Geometry:
             content, r0, c0 = heat, 0, 0
         cell = np.unravel_index(int(np.argmax(content)), content.shape)
         row, col = int(cell[0]) + r0, int(cell[1]) + c0
-        # the scale as the result carries it (float32): a client finds the same pixel from the
-        # message; from the float64 scale a centre on a whole pixel (647.0) read 646.99998 there
-        scale = float(np.float32(self.scale))
-        x = ((col + 0.5) * stride - self.pad_left) / scale
-        y = ((row + 0.5) * stride - self.pad_top) / scale
+        # the exact scale, which a client recomputes from the sizes (Geometry.from_proto): a
+        # centre on a whole pixel is that pixel on both sides. The float32 the message carries
+        # read a 960x540 frame's 618.0 as 617.99997, a pixel off (a review's)
+        x = ((col + 0.5) * stride - self.pad_left) / self.scale
+        y = ((row + 0.5) * stride - self.pad_top) / self.scale
         # a pixel of the frame: frame[int(y), int(x)] never indexes past its last row or column
         x = min(max(x, 0.0), self.frame_width - 1.0)
         y = min(max(y, 0.0), self.frame_height - 1.0)

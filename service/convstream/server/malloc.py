@@ -23,6 +23,7 @@ import contextlib
 import ctypes
 import os
 import platform
+import time
 from pathlib import Path
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
@@ -71,8 +72,13 @@ class Trimmer:
         now = rss_bytes()
         return self._trim is not None and now is not None and now - self._after > TRIM_GROWTH_BYTES
 
-    def trim(self) -> None:
-        """Trim now (a few milliseconds; ctypes lets the GIL go meanwhile)."""
-        if self._trim is not None:
-            self._trim(0)
-            self._after = rss_bytes() or self._after
+    def trim(self) -> tuple[int, float]:
+        """Trim now (a few milliseconds; ctypes lets the GIL go meanwhile): the bytes of RSS
+        given back, and the milliseconds it took."""
+        if self._trim is None:
+            return 0, 0.0
+        before, started = rss_bytes() or 0, time.perf_counter()
+        self._trim(0)
+        took = (time.perf_counter() - started) * 1000
+        self._after = rss_bytes() or self._after
+        return max(before - self._after, 0), took

@@ -20,7 +20,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from convstream.server.config import host_port
-from convstream.v1 import host_header_name, is_loopback
+from convstream.v1 import host_header_name, is_loopback, own_names
 from convstream.v1.redaction import shown
 
 # How often the HTTP thread looks for a shutdown: stop() waits up to this long for it, on the
@@ -209,14 +209,16 @@ class HttpPort:
     def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         given = environ.get("HTTP_HOST")
-        if self._loopback and given is not None and not is_loopback(host_header_name(given) or ""):
+        if path == "/metrics" and self._loopback and given is not None and not _ours(given):
             # A web page open in a browser on this machine, its own name pointed at 127.0.0.1
             # (DNS rebinding), read the metrics: camera ids, token and stream names (a
-            # security review's). Beyond loopback the port is reached by names it cannot know.
+            # security review's). The probes tell nothing, and a check that names the host
+            # some other way must not fail them. Beyond loopback the port is reached by names
+            # it cannot know.
             line = (
-                f"this port listens on loopback and answers to localhost and loopback "
-                f"addresses, not to {shown(given, 80)}: scrape it as 127.0.0.1 or localhost, "
-                "or set metrics_host to listen beyond loopback"
+                f"/metrics on loopback answers to localhost, loopback addresses and this "
+                f"machine's names, not to {shown(given, 80)}: a proxy in front of it should "
+                "pass Host: localhost"
             )
             return _text(start_response, "421 Misdirected Request", line)
         if path == "/metrics":
@@ -234,6 +236,13 @@ class HttpPort:
         return _text(
             start_response, "404 Not Found", f"no such path; this port serves {', '.join(PATHS)}"
         )
+
+
+def _ours(host_header: str) -> bool:
+    """Whether a Host header names this machine: localhost, a loopback address or one of its
+    own names (Debian maps the host name to 127.0.1.1; looked up once, on this thread)."""
+    name = host_header_name(host_header)
+    return name is not None and (is_loopback(name) or name in own_names())
 
 
 def _text(start_response: Callable[..., Any], status: str, line: str) -> list[bytes]:

@@ -175,6 +175,9 @@ class Peers:
             if not self.folder.exists():
                 return
             time.sleep(0.1)
+        with contextlib.suppress(OSError):  # what stays, for the cause not found yet
+            left = sorted(p.name for p in self.folder.iterdir())
+            logger.warning("the socket folder %s stays, holding %s", self.folder, left or "nothing")
 
     def address(self, index: int) -> str:
         """Where process ``index`` takes forwarded calls."""
