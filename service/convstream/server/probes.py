@@ -179,7 +179,7 @@ class HttpPort:
 
     def start(self, host: str, port: int) -> int:
         """Listen on ``host:port`` (0: a free port); returns the port. On a loopback address
-        it answers requests whose Host is loopback too (see _app)."""
+        its /metrics answers requests whose Host names this machine only (see _app)."""
         self._loopback = is_loopback(host)
         family = socket.getaddrinfo(
             host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
