@@ -69,6 +69,10 @@ async def test_model_info_reports_what_runs(stub: pb_grpc.ConvstreamStub) -> Non
     # the room all streams share, which four streams of the largest queue fill: a fifth was
     # refused with no way to foresee it
     assert info.max_queued_frames == settings.max_queued_frames == 4 * info.max_stream_queue_size
+    # and the byte limits, the shortest side and the cap on requests without a frame, which
+    # only the docs said (an integrator's review from the proto alone)
+    assert (info.max_held_bytes, info.max_watcher_bytes) == (1 << 30, 256 << 20)
+    assert (info.min_frame_side, info.max_small_request_bytes) == (32, 64 * 1024)
     # the largest queue it says one stream may ask for is taken, and one more is refused;
     # each result says the policy in force (a refused one's: the stream's default)
     frame = jpeg(scene(2, 240, 320))

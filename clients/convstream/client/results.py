@@ -400,6 +400,12 @@ class ModelInfo:
     watcher_queue_size: int = 0
     # where the threshold comes from: "setting", "model" or "default" ("": not said)
     threshold_source: str = ""
+    # bytes of frames all streams hold, of results all watchers hold, a frame's shortest
+    # side, and the largest request of the calls without a frame (0: not said)
+    max_held_bytes: int = 0
+    max_watcher_bytes: int = 0
+    min_frame_side: int = 0
+    max_small_request_bytes: int = 0
 
     @property
     def stage_names(self) -> tuple[str, ...]:
@@ -433,6 +439,10 @@ class ModelInfo:
             max_watchers=message.max_watchers,
             watcher_queue_size=message.watcher_queue_size,
             threshold_source=message.threshold_source,
+            max_held_bytes=message.max_held_bytes,
+            max_watcher_bytes=message.max_watcher_bytes,
+            min_frame_side=message.min_frame_side,
+            max_small_request_bytes=message.max_small_request_bytes,
         )
 
 

@@ -257,7 +257,7 @@ class InputSize(_message.Message):
     def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "sha256", "execution_provider", "requested_provider", "available_providers", "threshold", "heatmap_stride", "stages", "input_sizes", "onnxruntime_version", "server_version", "max_message_bytes", "max_frame_pixels", "max_frame_side", "stream_queue_size", "max_stream_queue_size", "stream_idle_timeout_s", "max_streams", "max_analyze_calls", "max_watchers", "watcher_queue_size", "threshold_source", "max_queued_frames")
+    __slots__ = ("name", "sha256", "execution_provider", "requested_provider", "available_providers", "threshold", "heatmap_stride", "stages", "input_sizes", "onnxruntime_version", "server_version", "max_message_bytes", "max_frame_pixels", "max_frame_side", "stream_queue_size", "max_stream_queue_size", "stream_idle_timeout_s", "max_streams", "max_analyze_calls", "max_watchers", "watcher_queue_size", "threshold_source", "max_queued_frames", "max_held_bytes", "max_watcher_bytes", "min_frame_side", "max_small_request_bytes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
@@ -281,6 +281,10 @@ class ModelInfo(_message.Message):
     WATCHER_QUEUE_SIZE_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_SOURCE_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUED_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    MAX_HELD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_WATCHER_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MIN_FRAME_SIDE_FIELD_NUMBER: _ClassVar[int]
+    MAX_SMALL_REQUEST_BYTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     sha256: str
     execution_provider: str
@@ -304,7 +308,11 @@ class ModelInfo(_message.Message):
     watcher_queue_size: int
     threshold_source: str
     max_queued_frames: int
-    def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., execution_provider: _Optional[str] = ..., requested_provider: _Optional[str] = ..., available_providers: _Optional[_Iterable[str]] = ..., threshold: _Optional[float] = ..., heatmap_stride: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., input_sizes: _Optional[_Iterable[_Union[InputSize, _Mapping]]] = ..., onnxruntime_version: _Optional[str] = ..., server_version: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., max_frame_pixels: _Optional[int] = ..., max_frame_side: _Optional[int] = ..., stream_queue_size: _Optional[int] = ..., max_stream_queue_size: _Optional[int] = ..., stream_idle_timeout_s: _Optional[float] = ..., max_streams: _Optional[int] = ..., max_analyze_calls: _Optional[int] = ..., max_watchers: _Optional[int] = ..., watcher_queue_size: _Optional[int] = ..., threshold_source: _Optional[str] = ..., max_queued_frames: _Optional[int] = ...) -> None: ...
+    max_held_bytes: int
+    max_watcher_bytes: int
+    min_frame_side: int
+    max_small_request_bytes: int
+    def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., execution_provider: _Optional[str] = ..., requested_provider: _Optional[str] = ..., available_providers: _Optional[_Iterable[str]] = ..., threshold: _Optional[float] = ..., heatmap_stride: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., input_sizes: _Optional[_Iterable[_Union[InputSize, _Mapping]]] = ..., onnxruntime_version: _Optional[str] = ..., server_version: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., max_frame_pixels: _Optional[int] = ..., max_frame_side: _Optional[int] = ..., stream_queue_size: _Optional[int] = ..., max_stream_queue_size: _Optional[int] = ..., stream_idle_timeout_s: _Optional[float] = ..., max_streams: _Optional[int] = ..., max_analyze_calls: _Optional[int] = ..., max_watchers: _Optional[int] = ..., watcher_queue_size: _Optional[int] = ..., threshold_source: _Optional[str] = ..., max_queued_frames: _Optional[int] = ..., max_held_bytes: _Optional[int] = ..., max_watcher_bytes: _Optional[int] = ..., min_frame_side: _Optional[int] = ..., max_small_request_bytes: _Optional[int] = ...) -> None: ...
 
 class ListCamerasRequest(_message.Message):
     __slots__ = ()

@@ -34,6 +34,7 @@ from convstream.server.config import (
     host_port,
     usable_cores,
 )
+from convstream.server.decode import MIN_SIDE
 from convstream.server.engine import Engine
 from convstream.server.errors import Draining
 from convstream.server.metrics import Metrics
@@ -45,6 +46,7 @@ from convstream.server.security import TokenInterceptor, peer_host, token_change
 from convstream.server.servicer import (
     PEER_CONNECT_S,
     SERVICE_NAME,
+    SMALL_REQUEST_BYTES,
     ConvstreamServicer,
     add_service,
     add_to_server,
@@ -133,6 +135,10 @@ def model_info(settings: Settings, model: DamageModel) -> pb.ModelInfo:
         max_analyze_calls=settings.max_analyze_calls,
         max_watchers=settings.max_watchers,
         watcher_queue_size=settings.watcher_queue_size,
+        max_held_bytes=settings.max_held_bytes,
+        max_watcher_bytes=settings.max_watcher_bytes,
+        min_frame_side=MIN_SIDE,
+        max_small_request_bytes=SMALL_REQUEST_BYTES,
     )
 
 
