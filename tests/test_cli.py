@@ -141,6 +141,12 @@ async def test_analyze_json_lines_and_overlays(
     for line in lines:
         assert line["ok"] and line["error"] is None and 0.0 <= line["score"] <= 1.0
         height, width = sizes[Path(line["name"]).name]
+        # the damaged areas in frame pixels: one at least on a damaged frame, none otherwise
+        assert bool(line["regions"]) == line["damaged"], line["regions"]
+        for region in line["regions"]:
+            assert sorted(region) == ["cells", "height", "value", "width", "x", "y"]
+            assert region["x"] + region["width"] <= width, region
+            assert region["y"] + region["height"] <= height, region
         assert (line["geometry"]["frame_width"], line["geometry"]["frame_height"]) == (
             width,
             height,

@@ -25,7 +25,15 @@ from convstream.server.decode import (
     jpeg_scans,
 )
 from convstream.server.errors import FrameTooLarge, InvalidFrame
-from convstream.server.letterbox import PAD_VALUE, choose_input, letterbox, reduction
+from convstream.server.letterbox import (
+    MAX_REGIONS,
+    PAD_VALUE,
+    Geometry,
+    Region,
+    choose_input,
+    letterbox,
+    reduction,
+)
 
 LIMITS = Limits(max_pixels=40_000_000, max_side=16384)
 IMAGE = scene(3, 240, 320)
@@ -468,6 +476,60 @@ def test_the_peak_of_a_corner_cell_is_a_pixel_of_the_frame(w: int, h: int) -> No
         assert 0 <= x <= w - 1 and 0 <= y <= h - 1, (x, y)
         frame = np.zeros((h, w), np.uint8)
         assert frame[round(y), round(x)] == 0  # an index of the frame, as a client rounds it
+
+
+def test_regions_are_the_groups_of_cells_over_the_threshold_in_frame_pixels() -> None:
+    """Each group of touching cells at or over the threshold is one box, in the frame's own
+    pixels (a 1280x720 frame at half scale, 12 px of bar above): touching by a corner joins
+    two cells; cells of only bar are not the frame's; the group of the hottest cell comes
+    first even when another reaches 1.0 too (a sigmoid's float32 saturates there)."""
+    g = Geometry(1280, 720, 640, 384, 0.5, 0, 12)
+    heat = np.zeros((48, 80), np.float32)
+    heat[10:13, 20:25] = 0.95  # rows 10-12, columns 20-24: input x 160-200, y 80-104
+    heat[40, 70] = 1.0  # a lone cell, as hot, but later in reading order
+    heat[11, 22] = 1.0  # the hottest cell, first in reading order, so hottest_cell's
+    heat[13, 25] = 0.9  # touches the first group by a corner only
+    heat[0, 5] = 1.0  # a cell of only bar (input rows 0-7, the bar is 12 px)
+    heat[30, 30] = np.nextafter(np.float32(0.875), np.float32(0.0))  # under by a float32 step
+    heat[20, 40] = 0.875  # at the threshold (0.875 is a float32): damaged, as a score at it
+    assert g.hottest_cell(heat, 8)[:2] == (11, 22)
+    assert g.regions(heat, 8, 0.875) == [
+        # x 160-208 input -> 320-416; y (80 - 12) / 0.5 = 136 to (112 - 12) / 0.5 = 200
+        Region(320, 136, 96, 64, 1.0, 16),
+        # (320 - 12) / 0.5 = 616; a 16-pixel cell
+        Region(1120, 616, 16, 16, 1.0, 1),
+        Region(640, 296, 16, 16, 0.875, 1),
+    ]
+    # a group is kept whole, its box covering cells it does not hold
+    assert [r.cells for r in g.regions(heat, 8, 0.9375)] == [15, 1]  # the corner cell out
+    assert g.regions(heat, 8, 1.0001) == []
+    # the last cells over the frame's edge: their box stops at the frame's last pixel
+    edge = np.zeros((48, 80), np.float32)
+    edge[46, 79] = edge[1, 0] = 1.0  # row 46 covers input y 368-376; the frame ends at 372
+    assert g.regions(edge, 8, 0.5) == [
+        Region(0, 0, 16, 8, 1.0, 1),  # y (8 - 12) / 0.5 = -8: from 0 to (16 - 12) / 0.5 = 8
+        Region(1264, 712, 16, 8, 1.0, 1),
+    ]
+
+
+def test_regions_are_at_most_the_hottest_sixteen() -> None:
+    g = Geometry(640, 384, 640, 384, 1.0, 0, 0)
+    heat = np.zeros((48, 80), np.float32)
+    values = np.linspace(0.5, 0.99, 40, dtype=np.float32)
+    for k, value in enumerate(values):  # 40 lone cells, two cells apart
+        heat[2 * (k // 20) * 2, 2 * (k % 20) * 2] = value
+    found = g.regions(heat, 8, 0.4)
+    assert len(found) == MAX_REGIONS == 16
+    assert [r.value for r in found] == sorted(values.tolist(), reverse=True)[:16]
+
+
+@pytest.mark.parametrize(("w", "h"), [(1280, 720), (1000, 563), (563, 1000), (32, 16384)])
+def test_every_region_is_inside_the_frame(w: int, h: int) -> None:
+    target = choose_input(w, h, [(384, 640), (384, 384)])
+    _, g = letterbox(np.zeros((h, w, 3), np.uint8), target, (w, h))
+    heat = np.ones((target[0] // 8, target[1] // 8), np.float32)  # every cell, bars too
+    (whole,) = g.regions(heat, 8, 0.5)
+    assert (whole.x, whole.y, whole.width, whole.height) == (0, 0, w, h)
 
 
 GEOMETRY_CASES = [

@@ -29,9 +29,10 @@ def result_json(
     """One JSON-ready object per result; arrays as their shape and statistics, not values.
 
     A frame that failed (``ok`` false) has no result: its ``score``, ``damaged``, ``peak``,
-    ``frame_age_ms``, ``timings``, ``geometry``, ``heatmap`` and ``feature_maps`` are null, not
-    the zeros of an intact frame's. ``sequence`` is the server's count of results on the call;
-    null for a frame that failed here, before the server saw it (``error.code`` null).
+    ``regions``, ``frame_age_ms``, ``timings``, ``geometry``, ``heatmap`` and ``feature_maps``
+    are null, not the zeros (or the empty list) of an intact frame's. ``sequence`` is the
+    server's count of results on the call; null for a frame that failed here, before the
+    server saw it (``error.code`` null).
     """
     error = result.error
     code = error.code.name if error is not None and error.code is not None else None
@@ -49,6 +50,8 @@ def result_json(
         "brightness": round(result.brightness, 2) if ok else None,
         "contrast": round(result.contrast, 2) if ok else None,
         "peak": list(peak) if peak is not None else None,
+        # the damaged areas, in frame pixels: [] on an intact frame
+        "regions": [asdict(region) for region in result.regions] if ok else None,
         "frame_age_ms": round(result.frame_age_ms, 3) if ok else None,
         # when the frame was captured (or reached the server), to order and de-duplicate
         # logged results: frame ids start again when a server or a stream does

@@ -107,7 +107,7 @@ def draw_overlay(
             640x360 card, its label saying the error.
         alpha: the colour's weight where the heatmap is at or over the threshold.
         label: write the score (and DAMAGED) in the top-left corner, and, on a damaged
-            frame, ring the hottest cell.
+            frame, ring the hottest cell and box each damaged area (``result.regions``).
 
     Returns:
         np.ndarray: BGR uint8, the size of the image drawn on.
@@ -220,6 +220,14 @@ def _label(out: np.ndarray, result: Result, width: int, height: int) -> None:
     # Only where there is damage to point at: on an intact frame the hottest cell is noise.
     if result.damaged and centre is not None and radius is not None:
         cv2.circle(out, centre, radius, (255, 255, 255), thickness)
+    if result.damaged and result.geometry is not None:  # and a box round each damaged area
+        fx = width / max(1, result.geometry.frame_width)
+        fy = height / max(1, result.geometry.frame_height)
+        for region in result.regions:
+            left, top, right, bottom = region.box
+            corner = (int(left * fx), int(top * fy))
+            far = (max(corner[0], round(right * fx) - 1), max(corner[1], round(bottom * fy) - 1))
+            cv2.rectangle(out, corner, far, (255, 255, 255), max(1, thickness - 1))
 
 
 def _label_corner(

@@ -19,7 +19,16 @@ from convstream.client.tensors import to_numpy
 from convstream.v1 import content_box
 from convstream.v1 import convstream_pb2 as pb
 
-__all__ = ["CameraInfo", "CameraState", "Geometry", "ModelInfo", "Result", "Stage", "Timings"]
+__all__ = [
+    "CameraInfo",
+    "CameraState",
+    "Geometry",
+    "ModelInfo",
+    "Region",
+    "Result",
+    "Stage",
+    "Timings",
+]
 
 CameraState = Literal[
     "connecting", "running", "stalled", "reconnecting", "failed", "stopped", "unknown"
@@ -44,6 +53,28 @@ class Timings:
     total_ms: float  # from arrival at the server to the result leaving it
     batch_size: int  # frames that shared the inference run
     inference_threads: int  # onnxruntime threads of that run (0: onnxruntime chose)
+
+
+@dataclass(frozen=True)
+class Region:
+    """A damaged area of the frame: a group of touching heatmap cells at or over the
+    threshold, as the server found it. Its box is in whole frame pixels, inside the frame::
+
+        crop = frame[r.y : r.y + r.height, r.x : r.x + r.width]
+    """
+
+    x: int  # left
+    y: int  # top
+    width: int
+    height: int
+    value: float  # its hottest cell's P(damage); the first region's is the score
+    cells: int  # heatmap cells it covers
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom), right and bottom exclusive, as OpenCV's rectangles
+        and PIL's crops take them."""
+        return self.x, self.y, self.x + self.width, self.y + self.height
 
 
 @dataclass(frozen=True)
@@ -178,6 +209,11 @@ class Result:
             the server found it in float32 (sent with or without the heatmap); see ``peak()``.
         hottest_cell: (row, col) of that cell in ``heatmap``, and in the feature maps of the
             stages at the heatmap's stride (stage3, stage4); see ``peak_cell()``.
+        regions: where the damage is, as areas (``Region``: a box in frame pixels, its
+            hottest value, its cells): each group of touching heatmap cells at or over the
+            threshold, the one holding the peak first, then the hotter first, at most 16.
+            Empty on an intact frame and on one that failed (and from a server older than
+            the field: there only ``peak()`` says where). Sent with or without the heatmap.
         error: why this frame was not analysed (a stream goes on past bad frames); None if ok.
         frame: the Frame as it was sent, kept for overlays and names: pixels the client
             encoded for the upload are kept as the JPEG or PNG bytes it sent (what the
@@ -209,6 +245,7 @@ class Result:
     geometry: Geometry | None = None
     hottest: tuple[int, int] | None = None
     hottest_cell: tuple[int, int] | None = None
+    regions: tuple[Region, ...] = ()
     capture_time: float | None = None
     error: ConvstreamError | None = None
     frame: Frame | None = None
@@ -323,6 +360,10 @@ class Result:
             if message.HasField("peak")
             else None,
             hottest_cell=(message.peak.row, message.peak.col) if message.HasField("peak") else None,
+            regions=tuple(
+                Region(r.x, r.y, r.width, r.height, float(r.value), r.cells)
+                for r in message.regions
+            ),
             input_jpeg=message.frame_jpeg or None,
             **common,
         )
@@ -334,6 +375,8 @@ class Result:
         parts = [f"score={self.score:.3f}", f"damaged={self.damaged}"]
         if self.blank:
             parts.append("blank=True")
+        if self.regions:
+            parts.append(f"regions={len(self.regions)}")
         if self.heatmap is not None:
             parts.append(f"heatmap={self.heatmap.shape}")
         if self.feature_maps:

@@ -171,7 +171,7 @@ class FrameStatus(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class FrameResult(_message.Message):
-    __slots__ = ("frame_id", "source", "status", "score", "damaged", "heatmap", "feature_maps", "timings", "frame_age_ms", "frames_dropped", "sequence", "geometry", "frame_jpeg", "capture_time", "dropped_frame_ids", "peak", "brightness", "contrast", "blank", "threshold", "published", "freshness", "queue_size")
+    __slots__ = ("frame_id", "source", "status", "score", "damaged", "heatmap", "feature_maps", "timings", "frame_age_ms", "frames_dropped", "sequence", "geometry", "frame_jpeg", "capture_time", "dropped_frame_ids", "peak", "brightness", "contrast", "blank", "threshold", "published", "freshness", "queue_size", "regions")
     FRAME_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -195,6 +195,7 @@ class FrameResult(_message.Message):
     PUBLISHED_FIELD_NUMBER: _ClassVar[int]
     FRESHNESS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
     frame_id: int
     source: str
     status: FrameStatus
@@ -218,7 +219,24 @@ class FrameResult(_message.Message):
     published: bool
     freshness: Freshness
     queue_size: int
-    def __init__(self, frame_id: _Optional[int] = ..., source: _Optional[str] = ..., status: _Optional[_Union[FrameStatus, _Mapping]] = ..., score: _Optional[float] = ..., damaged: bool = ..., heatmap: _Optional[_Union[Tensor, _Mapping]] = ..., feature_maps: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., frame_age_ms: _Optional[float] = ..., frames_dropped: _Optional[int] = ..., sequence: _Optional[int] = ..., geometry: _Optional[_Union[Geometry, _Mapping]] = ..., frame_jpeg: _Optional[bytes] = ..., capture_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dropped_frame_ids: _Optional[_Iterable[int]] = ..., peak: _Optional[_Union[Peak, _Mapping]] = ..., brightness: _Optional[float] = ..., contrast: _Optional[float] = ..., blank: bool = ..., threshold: _Optional[float] = ..., published: bool = ..., freshness: _Optional[_Union[Freshness, str]] = ..., queue_size: _Optional[int] = ...) -> None: ...
+    regions: _containers.RepeatedCompositeFieldContainer[Region]
+    def __init__(self, frame_id: _Optional[int] = ..., source: _Optional[str] = ..., status: _Optional[_Union[FrameStatus, _Mapping]] = ..., score: _Optional[float] = ..., damaged: bool = ..., heatmap: _Optional[_Union[Tensor, _Mapping]] = ..., feature_maps: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., frame_age_ms: _Optional[float] = ..., frames_dropped: _Optional[int] = ..., sequence: _Optional[int] = ..., geometry: _Optional[_Union[Geometry, _Mapping]] = ..., frame_jpeg: _Optional[bytes] = ..., capture_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dropped_frame_ids: _Optional[_Iterable[int]] = ..., peak: _Optional[_Union[Peak, _Mapping]] = ..., brightness: _Optional[float] = ..., contrast: _Optional[float] = ..., blank: bool = ..., threshold: _Optional[float] = ..., published: bool = ..., freshness: _Optional[_Union[Freshness, str]] = ..., queue_size: _Optional[int] = ..., regions: _Optional[_Iterable[_Union[Region, _Mapping]]] = ...) -> None: ...
+
+class Region(_message.Message):
+    __slots__ = ("x", "y", "width", "height", "value", "cells")
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    CELLS_FIELD_NUMBER: _ClassVar[int]
+    x: int
+    y: int
+    width: int
+    height: int
+    value: float
+    cells: int
+    def __init__(self, x: _Optional[int] = ..., y: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., value: _Optional[float] = ..., cells: _Optional[int] = ...) -> None: ...
 
 class Peak(_message.Message):
     __slots__ = ("row", "col", "x", "y", "value")

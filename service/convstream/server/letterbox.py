@@ -61,11 +61,7 @@ class Geometry:
             frame's pixels: 0 to width - 1, 0 to height - 1), and its value.
         """
         heat = heat.reshape(heat.shape[-2:])
-        _, _, right, bottom = self.content_box()
-        r0, c0 = self.pad_top // stride, self.pad_left // stride
-        content = heat[r0 : -(-bottom // stride), c0 : -(-right // stride)]
-        if not content.size:
-            content, r0, c0 = heat, 0, 0
+        content, r0, c0 = self._frame_cells(heat, stride)
         cell = np.unravel_index(int(np.argmax(content)), content.shape)
         row, col = int(cell[0]) + r0, int(cell[1]) + c0
         # the exact scale, which a client recomputes from the sizes (Geometry.from_proto): a
@@ -77,6 +73,74 @@ class Geometry:
         x = min(max(x, 0.0), self.frame_width - 1.0)
         y = min(max(y, 0.0), self.frame_height - 1.0)
         return row, col, x, y, float(heat[row, col])
+
+    def regions(self, heat: np.ndarray, stride: int, threshold: float) -> list[Region]:
+        """The damaged areas of a heatmap: each group of touching cells (sides or corners) at
+        or over threshold, over the frame (the letterbox bars left out, as hottest_cell leaves
+        them), the group holding hottest_cell's cell first, then the hotter first; at most
+        MAX_REGIONS, the hottest.
+
+        Args:
+            heat (np.ndarray): float32, shape (..., h, w), one cell per ``stride`` input pixels.
+            stride: input pixels per cell.
+            threshold: the model's; a cell at it counts, as ``damaged`` is score >= threshold.
+        """
+        heat = heat.reshape(heat.shape[-2:])
+        content, r0, c0 = self._frame_cells(heat, stride)
+        # in float64, as the score is compared: a float32 comparison rounds the threshold
+        hot = (content.astype(np.float64) >= threshold).astype(np.uint8)
+        if not hot.any():
+            return []
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(hot, connectivity=8)
+        peaks = np.full(count, -np.inf)
+        on = hot.astype(bool)  # the hot cells alone: few, where a frame has 3,840
+        np.maximum.at(peaks, np.asarray(labels, np.intp)[on], content[on])
+        first = labels.flat[int(np.argmax(content))]  # hottest_cell's group: a tie at 1.0 is common
+        order = sorted(range(1, count), key=lambda k: (k != first, -peaks[k], k))
+        found = []
+        for k in order[:MAX_REGIONS]:
+            left, top, width, height, cells = (int(v) for v in stats[k])
+            x0, x1 = self._to_frame((c0 + left) * stride, (c0 + left + width) * stride, "x")
+            y0, y1 = self._to_frame((r0 + top) * stride, (r0 + top + height) * stride, "y")
+            found.append(Region(x0, y0, x1 - x0, y1 - y0, float(peaks[k]), cells))
+        return found
+
+    def _frame_cells(self, heat: np.ndarray, stride: int) -> tuple[np.ndarray, int, int]:
+        """The cells that cover some of the frame, and the row and column of the first: the
+        cells of only letterbox bars are not part of it (all of them, for a frame too thin to
+        fill a cell)."""
+        _, _, right, bottom = self.content_box()
+        r0, c0 = self.pad_top // stride, self.pad_left // stride
+        content = heat[r0 : -(-bottom // stride), c0 : -(-right // stride)]
+        if not content.size:
+            return heat, 0, 0
+        return content, r0, c0
+
+    def _to_frame(self, start: int, end: int, axis: str) -> tuple[int, int]:
+        """Input pixels [start, end) along an axis as the whole frame pixels that cover
+        them, inside the frame and at least one."""
+        pad, size = (
+            (self.pad_left, self.frame_width) if axis == "x" else (self.pad_top, self.frame_height)
+        )
+        low = min(max(math.floor((start - pad) / self.scale), 0), size - 1)
+        high = min(max(math.ceil((end - pad) / self.scale), low + 1), size)
+        return low, high
+
+
+MAX_REGIONS = 16  # a result's damaged areas; a frame's noise should not fill a message
+
+
+@dataclass(frozen=True)
+class Region:
+    """A damaged area: its box in whole frame pixels (frame[y : y + height, x : x + width]),
+    its hottest cell's value and how many cells it covers."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    value: float
+    cells: int
 
 
 def choose_input(width: int, height: int, sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, InvalidStateError
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 import cv2
@@ -562,6 +562,9 @@ class Pipeline:
         if has_capture_time(request):
             result.capture_time.CopyFrom(request.capture_time)
         result.peak.CopyFrom(pb.Peak(row=row, col=col, x=x, y=y, value=score))
+        heat = inference.arrays["heatmap"]
+        for region in prepared.geometry.regions(heat, model.heatmap_stride, model.threshold):
+            result.regions.add(**asdict(region))
         if options.include_heatmap:
             fill_tensor(
                 result.heatmap,
