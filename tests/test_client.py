@@ -82,8 +82,11 @@ def test_public_names() -> None:
 
 
 def test_client_package_imports_nothing_of_the_server_or_model() -> None:
+    """Nor the dashboard, which runs where no model does: its HTTPS and open-files helpers
+    came from the server package, and with it onnxruntime, 1.5 s into every command."""
     code = (
-        "import sys, convstream.client, convstream.client.cli; "
+        "import sys, convstream.client, convstream.client.cli, convstream.dashboard.cli, "
+        "convstream.dashboard.app; "
         "bad = [m for m in sys.modules if m.startswith(('convstream.server', 'convstream.model'))"
         " or m == 'onnxruntime']; print(bad)"
     )

@@ -20,7 +20,6 @@ from convstream.server.config import (
     ConfigError,
     Scheduling,
     Settings,
-    host_port,
     load_settings,
     parse_size,
 )
@@ -474,9 +473,27 @@ def test_config_errors_never_print_camera_passwords(tmp_path: Path) -> None:
 
 
 def test_host_port_brackets_ipv6() -> None:
+    from convstream.v1 import host_port
+
     assert host_port("127.0.0.1", 50051) == "127.0.0.1:50051"
     assert host_port("::", 50051) == "[::]:50051"
     assert host_port("[::1]", 1) == "[::1]:1"
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("[::1]", "http://[::1]:8080/"),  # was http://[[::1]]:8080/
+        ("::1", "http://[::1]:8080/"),
+        ("::", "http://[::1]:8080/"),  # every interface: reached here on loopback
+        ("0.0.0.0", "http://127.0.0.1:8080/"),
+        ("localhost", "http://localhost:8080/"),
+    ],
+)
+def test_the_dashboards_address_is_one_a_browser_here_can_open(host: str, url: str) -> None:
+    from convstream.dashboard import Dashboard, DashboardSettings
+
+    assert Dashboard(DashboardSettings(host=host, port=8080)).url == url
 
 
 def test_a_config_the_server_refuses_is_said_as_its_log_lines_would_be(
@@ -497,4 +514,8 @@ def test_a_config_the_server_refuses_is_said_as_its_log_lines_would_be(
     assert main(["serve", "--config", str(path)]) == 2
     assert capsys.readouterr().err.startswith("convstream serve: ")
     assert main(["serve", "--config", str(path), "--log-format", "json"]) == 2
+    assert json.loads(capsys.readouterr().err)["level"] == "CRITICAL"
+    # a file saved by Notepad, with a byte-order mark: read alike, so a JSON line too
+    path.write_text('\ufefflog_format = "json"\nport = "abc"\n', encoding="utf-8")
+    assert main(["serve", "--config", str(path)]) == 2
     assert json.loads(capsys.readouterr().err)["level"] == "CRITICAL"

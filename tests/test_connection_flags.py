@@ -238,7 +238,7 @@ async def test_a_certificate_that_names_its_host_in_cn_alone(
     "config OK", and every client failed with gRPC's "call host does not match SSL server
     name", which the commands read as a refused token (exit 4, "give this server's token"),
     on a server with no tokens. The server now warns of it, and the client says it is TLS."""
-    from convstream.server.tls import check_pem, read_pem
+    from convstream.v1.pem import check_pem, read_pem
 
     key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     files = ["-keyout", "k.pem", "-out", "c.pem"]
@@ -285,7 +285,7 @@ def test_a_certificate_of_another_host_is_warned_of_on_a_loopback_server(tmp_pat
     hostname check. A server on loopback alone warns of a certificate naming no loopback
     address nor localhost; one listening wider cannot know the names its clients dial. The
     log says which names the served certificate has, and until when."""
-    from convstream.server.tls import describe, read_pem
+    from convstream.v1.pem import describe, read_pem
 
     def certificate(name: str, san: str) -> tuple[Path, Path]:
         key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]

@@ -55,9 +55,9 @@ from convstream.server.security import (
     token_changes,
     token_hash,
 )
-from convstream.server.tls import PemFiles, TLSFileError, certificate_validity, expiry_times
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
+from convstream.v1.pem import PemFiles, TLSFileError, certificate_validity, expiry_times
 
 WATCH_TOKEN = "watch-only-token-for-the-dashboard"
 ANALYZE_TOKEN = "analyze-token-for-the-dock-integration"
@@ -627,7 +627,7 @@ def test_tls_files_are_checked_where_memory_files_are_refused(
 ) -> None:
     """A seccomp profile that refuses memfd_create (or no /proc) failed the check with a
     traceback, as a read-only /tmp had: a private temporary folder then serves."""
-    from convstream.server import tls
+    from convstream.v1 import pem as tls
 
     def refused(*args: object) -> int:
         raise PermissionError(1, "Operation not permitted")
@@ -2117,7 +2117,7 @@ def test_the_open_files_limit_is_raised_to_the_hard_one_and_a_low_one_is_said() 
     script = (
         "import logging, resource\n"
         "logging.basicConfig(format='%(levelname)s %(message)s')\n"
-        "from convstream.server.rlimit import raise_open_files\n"
+        "from convstream.v1.rlimit import raise_open_files\n"
         "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
         "print(raise_open_files('the server'), resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"

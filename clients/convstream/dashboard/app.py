@@ -21,7 +21,7 @@ from convstream.dashboard.hub import Hub
 from convstream.dashboard.port import PagePort
 from convstream.dashboard.settings import DashboardSettings
 from convstream.dashboard.web import REQUESTS, make_app
-from convstream.v1 import own_names
+from convstream.v1 import dial_host, host_port, own_names
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +49,8 @@ class Dashboard:
 
     @property
     def url(self) -> str:
-        host = self.settings.host
-        if ":" in host:
-            host = f"[{host}]"
-        elif host in ("", "0.0.0.0"):
-            host = "127.0.0.1"
         scheme = "https" if self.settings.https_cert is not None else "http"
-        return f"{scheme}://{host}:{self.port}/"
+        return f"{scheme}://{host_port(dial_host(self.settings.host), self.port)}/"
 
     async def start(self) -> None:
         _quiet_bad_requests()

@@ -23,8 +23,8 @@ from convstream.client.connection_flags import (
     token_from_flags,
 )
 from convstream.dashboard.settings import DashboardSettings
-from convstream.server.rlimit import raise_open_files
 from convstream.v1.logs import fatal, set_up
+from convstream.v1.rlimit import raise_open_files
 
 __all__ = ["add_commands", "run_dashboard"]
 

@@ -7,7 +7,7 @@ import logging
 import ssl
 
 from convstream.dashboard.settings import DashboardSettings
-from convstream.server.tls import TLSFileError, certificate_dates, readable_by_all
+from convstream.v1.pem import TLSFileError, certificate_dates, readable_by_all
 
 logger = logging.getLogger(__name__)
 

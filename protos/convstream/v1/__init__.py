@@ -116,6 +116,18 @@ def is_loopback(host: str) -> bool:
         return bare == "localhost"
 
 
+def dial_host(host: str) -> str:
+    """The host a client on this machine dials for a server (or the dashboard) listening on
+    ``host``: loopback for every interface ("", 0.0.0.0, ::), IPv6 brackets dropped."""
+    bare = host.strip().strip("[]")
+    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(bare, bare)
+
+
+def host_port(host: str, port: int) -> str:
+    """host:port, an IPv6 host in brackets ("[::]:50051")."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
 def host_header_name(value: str) -> str | None:
     """The host an HTTP Host header names, lower case, without its port or a trailing '.'
     ("Example.com.:8080": "example.com", "[::1]:9464": "::1"); None if it names none. The

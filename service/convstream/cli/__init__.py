@@ -221,7 +221,7 @@ def _readable_passwords(path: Path | None) -> list[str]:
     """A warning when the config file holds a password (in a camera's URL) that every user
     of this machine can read."""
     from convstream.server.config import config_path
-    from convstream.server.tls import readable_by_all
+    from convstream.v1.pem import readable_by_all
     from convstream.v1.redaction import names_a_secret
 
     path = config_path(path, os.environ)
@@ -272,9 +272,9 @@ def _run_server(settings: Settings, load: Callable[[], Settings], peers: Peers |
     from convstream.model import ModelFileError
     from convstream.server import serve
     from convstream.server.malloc import limit_arenas
-    from convstream.server.rlimit import raise_open_files
-    from convstream.server.tls import TLSFileError
     from convstream.v1.logs import fatal
+    from convstream.v1.pem import TLSFileError
+    from convstream.v1.rlimit import raise_open_files
 
     who = "convstream serve" if peers is None else f"convstream serve [process {peers.index}]"
     limit_arenas()  # before the server's threads: RSS 14% lower (malloc.py)
@@ -297,12 +297,12 @@ def _settings_json(settings: Settings) -> dict[str, object]:
     """What `serve --print-settings` prints: what a script needs to find and reach the server
     as these settings would run it (the TOML file, CONVSTREAM_* and the flags, as serve
     merges them), with no source URL, path or token in it."""
-    from convstream.server.config import host_port
     from convstream.server.sources import parse_source
+    from convstream.v1 import dial_host as local_host
+    from convstream.v1 import host_port
 
     # a server on every interface is reached here on loopback; port 0 is known only once bound
-    local = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1", "[::]": "::1"}
-    dial_host = local.get(settings.host, settings.host).strip("[]")
+    dial_host = local_host(settings.host)
     return {
         "host": settings.host,
         "port": settings.port,
@@ -313,7 +313,7 @@ def _settings_json(settings: Settings) -> dict[str, object]:
         "metrics_ports": [settings.metrics_port + i for i in range(settings.processes)]
         if settings.metrics_port > 0
         else [],
-        "metrics_dial_host": local.get(settings.metrics_host, settings.metrics_host).strip("[]"),
+        "metrics_dial_host": local_host(settings.metrics_host),
         "processes": settings.processes,
         "tls": settings.tls_cert is not None,
         "tokens": len(settings.tokens),
@@ -335,10 +335,10 @@ def _check_config(settings: Settings, warnings: list[str]) -> int:
         metrics_exposure_warning,
         shared_source_warning,
     )
-    from convstream.server.config import host_port
     from convstream.server.processes import assign
     from convstream.server.security import scope_text
     from convstream.server.sources import parse_source, unreadable_video
+    from convstream.v1 import host_port
 
     try:
         from convstream.model import wants_cuda
@@ -829,9 +829,8 @@ def _early_setting(given: str | None, config: str | None, key: str) -> str:
     config = config or os.environ.get("CONVSTREAM_CONFIG", "")
     if not config:
         return ""
-    try:
-        with open(config, "rb") as file:
-            value = tomllib.load(file).get(key, "")
+    try:  # read as load_settings reads it: Notepad's byte-order mark is no error there
+        value = tomllib.loads(Path(config).read_text(encoding="utf-8-sig")).get(key, "")
     except (OSError, ValueError):  # the settings will say what is wrong with it
         return ""
     return value if isinstance(value, str) else ""

@@ -31,7 +31,6 @@ from convstream.server.config import (
     ConfigError,
     Scheduling,
     Settings,
-    host_port,
     usable_cores,
 )
 from convstream.server.decode import MIN_SIDE
@@ -41,7 +40,6 @@ from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Pipeline, WorkPool
 from convstream.server.probes import HttpPort
 from convstream.server.processes import TLS_FILES, Peers, model_sha256, reload_keeps
-from convstream.server.rlimit import open_files
 from convstream.server.security import TokenInterceptor, peer_host, token_changes, visible
 from convstream.server.servicer import (
     PEER_CONNECT_S,
@@ -53,17 +51,12 @@ from convstream.server.servicer import (
 )
 from convstream.server.sources import parse_source
 from convstream.server.streams import WINDOW, stream_share
-from convstream.server.tls import (
-    EXPIRY_WARNING,
-    RotatingCredentials,
-    TLSFileError,
-    describe,
-    expiry_times,
-    read_pem,
-)
-from convstream.v1 import MAX_QUEUE_SIZE, is_loopback
+from convstream.server.tls import RotatingCredentials
+from convstream.v1 import MAX_QUEUE_SIZE, host_port, is_loopback
 from convstream.v1 import convstream_pb2 as pb
+from convstream.v1.pem import EXPIRY_WARNING, TLSFileError, describe, expiry_times, read_pem
 from convstream.v1.redaction import shown
+from convstream.v1.rlimit import open_files
 
 logger = logging.getLogger(__name__)
 

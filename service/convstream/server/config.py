@@ -32,8 +32,8 @@ from pydantic import (
 )
 
 from convstream.server.decode import MIN_SIDE
-from convstream.server.tls import PemFiles, read_pem
 from convstream.v1 import folded_id
+from convstream.v1.pem import PemFiles, read_pem
 from convstream.v1.redaction import shown
 
 ENV_PREFIX = "CONVSTREAM_"
@@ -770,11 +770,6 @@ def close_match(name: str, known: Iterable[str]) -> str | None:
     """The known name ``name`` is most likely a typo of, if one is close enough."""
     found = difflib.get_close_matches(name, list(known), n=1)
     return found[0] if found else None
-
-
-def host_port(host: str, port: int) -> str:
-    """host:port, an IPv6 host in brackets ("[::]:50051")."""
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 def config_path(path: Path | None, environ: Mapping[str, str]) -> Path | None:

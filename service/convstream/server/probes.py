@@ -19,8 +19,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
-from convstream.server.config import host_port
-from convstream.v1 import host_header_name, is_loopback, own_names
+from convstream.v1 import host_header_name, host_port, is_loopback, own_names
 from convstream.v1.redaction import shown
 
 # How often the HTTP thread looks for a shutdown: stop() waits up to this long for it, on the

@@ -42,9 +42,10 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from convstream.server.config import ConfigError, Settings, host_port, parse_size
-from convstream.server.tls import TLSFileError
+from convstream.server.config import ConfigError, Settings, parse_size
+from convstream.v1 import host_port
 from convstream.v1.logs import fatal
+from convstream.v1.pem import TLSFileError
 
 logger = logging.getLogger(__name__)
 
