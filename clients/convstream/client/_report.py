@@ -137,7 +137,7 @@ class Reporter:
         self.count = self.failed = self.damaged = self.blank = 0
         self.dropped = 0
         self.server_ms: list[float] = []
-        self.started = self.first_at = self.last_at = time.perf_counter()
+        self.started = self.last_at = time.perf_counter()
         long_work = total is None or total > 1
         self.bar = tqdm(
             total=total,
@@ -168,8 +168,6 @@ class Reporter:
     def add(self, result: Result) -> None:
         self.count += 1
         self.last_at = time.perf_counter()
-        if self.count == 1:
-            self.first_at = self.last_at
         self.dropped = result.frames_dropped
         overlay = arrays = None
         maps: dict[str, Path] = {}

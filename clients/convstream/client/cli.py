@@ -201,7 +201,8 @@ _EXAMPLES_WATCH = """examples:
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add analyze, stream and info to the ``convstream`` command."""
+    """Add the client commands to ``convstream``: analyze, stream, info, cameras, watch and
+    evaluate."""
     connection = argparse.ArgumentParser(add_help=False)
     group = connection.add_argument_group("connection")
     add_address_flag(group)
@@ -439,8 +440,8 @@ def _client(args: argparse.Namespace) -> Client:
     options = ResultOptions()
     upload = Upload()
     if hasattr(args, "maps"):
-        maps = [name for item in args.maps for name in item.split(",") if name]
-        options = ResultOptions(feature_maps=maps, encoding=args.encoding)
+        # --maps stage3,stage4 is split by its type (_stage_names), and extended flag by flag
+        options = ResultOptions(feature_maps=args.maps, encoding=args.encoding)
     if hasattr(args, "upload"):
         upload = Upload(args.upload, quality=args.quality)
     retry = Retry()
