@@ -414,11 +414,18 @@ async def test_the_readme_python_example_runs_as_written(
         code = code.replace("/tmp/box-001-overlay.png", f"{tmp_path}/box-001-overlay.png")
         assert str(tmp_path) in code
         await asyncio.to_thread(exec, compile(code, "README.md", "exec"), {})
-    info, analysed, heatmap, maps, camera, *watched = capsys.readouterr().out.splitlines()
+    info, analysed, *lines = capsys.readouterr().out.splitlines()
     assert info.startswith("ModelInfo(name=")
     score, damaged, peak = analysed.split(" ", 2)
-    assert 0.0 <= float(score) <= 1.0 and damaged in ("True", "False")
+    assert float(score) > 0.9 and damaged == "True"  # the damaged sample
     assert re.fullmatch(r"\(\d+, \d+\)", peak), peak
+    # its damaged areas, a line each: x, y, width, height in its 1280x720 pixels, value
+    regions = list(itertools.takewhile(lambda line: not line.startswith("("), lines))
+    heatmap, maps, camera, *watched = lines[len(regions) :]
+    assert regions and float(regions[0].split()[-1]) == float(score)
+    for line in regions:
+        x, y, width, height = (int(v) for v in line.split()[:4])
+        assert 0 <= x < x + width <= 1280 and 0 <= y < y + height <= 720, line
     assert heatmap == f"({HEATMAP[0]}, {HEATMAP[1]})"
     assert maps == f"(64, {HEATMAP[0]}, {HEATMAP[1]})"  # stage3, asked for by name
     assert camera.startswith("demo ")

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from convstream.v1 import RESULTS_NOT_READ
+from convstream.v1 import RESULTS_NOT_READ, SHUTTING_DOWN
 
 if TYPE_CHECKING:
     from convstream.client.options import TLS
@@ -316,7 +316,7 @@ def unavailable_hint(message: str, tls: TLS | None, terms: Mapping[str, str] = P
         )
     if "WRONG_VERSION_NUMBER" in message or "wrong version number" in message:
         return f"the server does not use TLS: {terms['plaintext']}"
-    if "shutting down" in message:
+    if SHUTTING_DOWN in message:
         return ""
     if "DNS resolution failed" in message or "errors resolving" in message:
         return "the host name does not resolve: check the address, and this machine's DNS"

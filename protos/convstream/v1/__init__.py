@@ -29,6 +29,9 @@ WATCHING_KIND = "convstream-watching-kind"
 # stream_idle_timeout_s) begins: a watch's client subscribes again (it paused, the watch was
 # ended), a stream's does not (its frames are its own to send again).
 RESULTS_NOT_READ = "results not read for"
+# How the message of every call the server refuses or ends because it is stopping begins
+# (UNAVAILABLE): a client tells a server going away (try again, or another) by it.
+SHUTTING_DOWN = "server is shutting down"
 
 # The most frames a stream's queue, or results a watch's, may hold (ResultOptions.queue_size,
 # WatchCameraRequest.queue_size), and the most results a second a watch may ask for

@@ -52,7 +52,7 @@ from convstream.server.servicer import (
 from convstream.server.sources import parse_source
 from convstream.server.streams import WINDOW, stream_share
 from convstream.server.tls import RotatingCredentials
-from convstream.v1 import MAX_QUEUE_SIZE, host_port, is_loopback
+from convstream.v1 import MAX_QUEUE_SIZE, SHUTTING_DOWN, host_port, is_loopback
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1.pem import EXPIRY_WARNING, TLSFileError, describe, expiry_times, read_pem
 from convstream.v1.redaction import shown
@@ -357,7 +357,7 @@ class Health(health.aio.HealthServicer):
             watching.result()  # its own end, or its error, as before
         elif self._ended.is_set():
             await said.write(health_pb2.HealthCheckResponse(status=_NOT_SERVING))
-            await said.context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+            await said.context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
 
     async def _watch(self, request: health_pb2.HealthCheckRequest, said: _Said) -> None:
         """grpcio's Watch, or, for a camera another process pulls, that process's, relayed;
@@ -716,7 +716,7 @@ class Server:
         if self.servicer is not None:
             self.servicer.draining.set()
         if self.cameras is not None:
-            self.cameras.end_watchers(Draining("server is shutting down"))
+            self.cameras.end_watchers(Draining(SHUTTING_DOWN))
         if self.servicer is not None:
             self.servicer.end_forwarded()
         if self.servicer is not None:

@@ -41,7 +41,7 @@ from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Options, Pipeline, check_without_stream
 from convstream.server.security import SCOPE, cameras_shown, scope_text, visible
 from convstream.server.sources import open_source
-from convstream.v1 import MAX_QUEUE_SIZE, MAX_WATCH_FPS
+from convstream.v1 import MAX_QUEUE_SIZE, MAX_WATCH_FPS, SHUTTING_DOWN
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1.redaction import redact
 
@@ -239,7 +239,7 @@ class CameraManager:
                 await self._watchdog
         async with self._changing:
             feeds, self.feeds = list(self.feeds.values()), {}
-            await asyncio.gather(*(f.stop(Draining("server is shutting down")) for f in feeds))
+            await asyncio.gather(*(f.stop(Draining(SHUTTING_DOWN)) for f in feeds))
 
     def end_watchers(self, error: ConvstreamError) -> None:
         """End every WatchCamera call with ``error``; the cameras keep running."""

@@ -34,11 +34,11 @@ from convstream.server.processes import Peers
 from convstream.server.security import cameras_shown, peer_host, visible
 from convstream.server.streams import FrameBudget, StreamSession
 from convstream.server.wire import Received, id_and_source, raw_data_length
-from convstream.v1 import RESULTS_NOT_READ, WATCHING, WATCHING_KIND
+from convstream.v1 import RESULTS_NOT_READ, SHUTTING_DOWN, WATCHING, WATCHING_KIND
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
-SHUTTING_DOWN = "server is shutting down; retry on another instance, or here once it is back"
+DRAINING = f"{SHUTTING_DOWN}; retry on another instance, or here once it is back"
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Convstream"].full_name
@@ -131,7 +131,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         waiting = sum(started - since > ANALYZE_SILENT_S for since in waits)
         most_waiting = max(1, self.settings.max_analyze_calls // 4)
         if self.draining.is_set():
-            refusal = Draining(SHUTTING_DOWN)
+            refusal = Draining(DRAINING)
         elif self.open_analyze_calls >= self.settings.max_analyze_calls:
             calls = self.open_analyze_calls
             refusal = Overloaded(
@@ -292,7 +292,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         # both; the generated stub's types know only the generator.
         if self.draining.is_set():
             self.metrics.streams.labels("rejected").inc()
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
         if self.open_streams >= self.settings.max_streams:
             self.metrics.streams.labels("rejected").inc()
             exc = Overloaded(
@@ -358,7 +358,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         if self.draining.is_set():
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,
-                f"server is shutting down after {session.drops.sequence} results; reconnect to "
+                f"{SHUTTING_DOWN} after {session.drops.sequence} results; reconnect to "
                 "another instance, or here once it is back",
             )
 
@@ -437,7 +437,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             return
         try:
             if self.draining.is_set():
-                raise Draining(SHUTTING_DOWN)
+                raise Draining(DRAINING)
             watcher = self.cameras.watch(request.camera_id, request)
         except ConvstreamError as exc:
             if isinstance(exc, Overloaded):
@@ -579,17 +579,15 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             except asyncio.CancelledError:
                 if call not in self._ended:
                     raise  # the caller left
-                await context.abort(
-                    grpc.StatusCode.UNAVAILABLE, "server is shutting down; watch it again"
-                )
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"{SHUTTING_DOWN}; watch it again")
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.NOT_FOUND and owner is None:
                     continue  # not published there: ask the next one
-                if self.draining.is_set() or "shutting down" in (exc.details() or ""):
+                if self.draining.is_set() or SHUTTING_DOWN in (exc.details() or ""):
                     # The whole server stopping: the other process may end this call (and
                     # close its socket) just before this one hears of its own drain.
                     await context.abort(
-                        grpc.StatusCode.UNAVAILABLE, "server is shutting down; watch it again"
+                        grpc.StatusCode.UNAVAILABLE, f"{SHUTTING_DOWN}; watch it again"
                     )
                 channel = self._channels.get(index)
                 if (
