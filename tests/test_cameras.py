@@ -1863,7 +1863,7 @@ def _watchers_of(server: Server, name: str) -> int:
 
 
 def test_names_that_read_alike_fold_alike() -> None:
-    from convstream.server.config import folded_id
+    from convstream.v1 import folded_id
 
     alike = ("Dock_RTSP", "dock.rtsp", "dockrtsp", "d0ck-rtsp", "dock--rtsp", "DOCK-RTSP.")
     assert {folded_id(name) for name in alike} == {folded_id("dock-rtsp")}

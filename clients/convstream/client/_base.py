@@ -35,6 +35,8 @@ from convstream.client.options import (
     Upload,
 )
 from convstream.v1 import (
+    CAMERA_ID,
+    CAMERA_ID_RULE,
     MAX_QUEUE_SIZE,
     MAX_WATCH_FPS,
     RESULTS_NOT_READ,
@@ -151,20 +153,13 @@ def client_version() -> str:
         return "0+unknown"
 
 
-# The server's rule for a camera's id and a published stream's name (CAMERA_ID in
-# convstream/server/config.py; a test checks that the two agree). A copy, not an import: the
-# client does not depend on the server's package.
-CAMERA_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-
-
 def check_published_name(name: object) -> None:
     """Raise ValueError unless the server would publish a stream under name (the ``source`` of
     its frames, with ``stream(..., publish=True)``): the server refuses any other name, and
     the stream then goes on unpublished."""
     if not isinstance(name, str) or not re.fullmatch(CAMERA_ID, name):
         raise ValueError(
-            "a published stream's name must be 1 to 64 letters, digits, '.', '_' or '-', "
-            f"starting with a letter or a digit, e.g. 'belt-test'; got {name!r}"
+            f"a published stream's name must be {CAMERA_ID_RULE}, e.g. 'belt-test'; got {name!r}"
         )
 
 
@@ -181,9 +176,8 @@ def check_camera_id(camera_id: object) -> None:
         )
     if not re.fullmatch(CAMERA_ID, camera_id):
         raise ValueError(
-            f"camera_id is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or "
-            f"a digit (client.cameras() or `convstream cameras` lists the ids); got one of "
-            f"{len(camera_id)} characters that is not"
+            f"camera_id is {CAMERA_ID_RULE} (client.cameras() or `convstream cameras` lists "
+            f"the ids); got one of {len(camera_id)} characters that is not"
         )
 
 

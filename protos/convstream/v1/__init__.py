@@ -152,6 +152,12 @@ def own_names() -> frozenset[str]:
     return frozenset({"localhost", host, short, f"{short}.local", fqdn} - {""})
 
 
+# A camera's id and a published stream's name: the server refuses any other, and the client
+# checks before it asks.
+CAMERA_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+CAMERA_ID_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
 def folded_id(name: str) -> str:
     """A camera id as an eye reads it: no case, no '-', '_' or '.' (but between two digits:
     "line-1-2" is not "line-12"), and the digits that pass for letters as those letters

@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from convstream.server.budget import ByteBudget
 from convstream.server.camera import STATE_NAMES, Camera, Opener
-from convstream.server.config import CAMERA_ID, CAMERA_ID_RULE, CameraConfig, folded_id
+from convstream.server.config import CameraConfig
 from convstream.server.errors import (
     ConvstreamError,
     Draining,
@@ -41,7 +41,14 @@ from convstream.server.metrics import Metrics
 from convstream.server.pipeline import Options, Pipeline, check_without_stream
 from convstream.server.security import SCOPE, cameras_shown, scope_text, visible
 from convstream.server.sources import open_source
-from convstream.v1 import MAX_QUEUE_SIZE, MAX_WATCH_FPS, SHUTTING_DOWN
+from convstream.v1 import (
+    CAMERA_ID,
+    CAMERA_ID_RULE,
+    MAX_QUEUE_SIZE,
+    MAX_WATCH_FPS,
+    SHUTTING_DOWN,
+    folded_id,
+)
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1.redaction import redact
 

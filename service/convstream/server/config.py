@@ -32,7 +32,7 @@ from pydantic import (
 )
 
 from convstream.server.decode import MIN_SIDE
-from convstream.v1 import folded_id
+from convstream.v1 import CAMERA_ID, CAMERA_ID_RULE, folded_id
 from convstream.v1.pem import PemFiles, read_pem
 from convstream.v1.redaction import shown
 
@@ -74,8 +74,6 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 MAX_READ_TIMEOUT_S = 300.0
-CAMERA_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-CAMERA_ID_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
 DEMO_SOURCE = "demo:conveyor"
 
 

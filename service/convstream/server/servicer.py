@@ -16,7 +16,7 @@ from google.protobuf.message import DecodeError, Message
 
 from convstream.server.budget import ByteBudget
 from convstream.server.cameras import CameraManager
-from convstream.server.config import CAMERA_ID, Settings
+from convstream.server.config import Settings
 from convstream.server.errors import (
     ConvstreamError,
     Draining,
@@ -34,7 +34,7 @@ from convstream.server.processes import Peers
 from convstream.server.security import cameras_shown, peer_host, visible
 from convstream.server.streams import FrameBudget, StreamSession
 from convstream.server.wire import Received, id_and_source, raw_data_length
-from convstream.v1 import RESULTS_NOT_READ, SHUTTING_DOWN, WATCHING, WATCHING_KIND
+from convstream.v1 import CAMERA_ID, RESULTS_NOT_READ, SHUTTING_DOWN, WATCHING, WATCHING_KIND
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
