@@ -751,24 +751,24 @@ def test_grpcs_own_lines_follow_the_log_level_the_settings_will_read(
     config's `log_level = "warning"` left its handshake lines on. Read as the settings read
     it: the flag, else CONVSTREAM_LOG_LEVEL, else the config file's (as --config or
     CONVSTREAM_CONFIG name it)."""
-    from convstream.cli import _quiet_log_level
+    from convstream.cli.serve import quiet_log_level
 
     monkeypatch.delenv("CONVSTREAM_LOG_LEVEL", raising=False)
     monkeypatch.delenv("CONVSTREAM_CONFIG", raising=False)
     quiet, chatty = tmp_path / "quiet.toml", tmp_path / "chatty.toml"
     quiet.write_text('log_level = "warning"\n')
     chatty.write_text("port = 50051\n")
-    assert _quiet_log_level(["serve", "--config", str(quiet)])
-    assert _quiet_log_level(["serve", f"--config={quiet}"])
-    assert not _quiet_log_level(["serve", "--config", str(chatty)])
-    assert not _quiet_log_level(["serve", "--config", str(quiet), "--log-level", "info"])
+    assert quiet_log_level(["serve", "--config", str(quiet)])
+    assert quiet_log_level(["serve", f"--config={quiet}"])
+    assert not quiet_log_level(["serve", "--config", str(chatty)])
+    assert not quiet_log_level(["serve", "--config", str(quiet), "--log-level", "info"])
     monkeypatch.setenv("CONVSTREAM_CONFIG", str(quiet))
-    assert _quiet_log_level(["serve"])
+    assert quiet_log_level(["serve"])
     monkeypatch.setenv("CONVSTREAM_LOG_LEVEL", "debug")  # the environment over the file
-    assert not _quiet_log_level(["serve"])
+    assert not quiet_log_level(["serve"])
     (tmp_path / "broken.toml").write_text("log_level = \n")  # the settings will say it
     monkeypatch.delenv("CONVSTREAM_LOG_LEVEL")
-    assert not _quiet_log_level(["serve", "--config", str(tmp_path / "broken.toml")])
+    assert not quiet_log_level(["serve", "--config", str(tmp_path / "broken.toml")])
 
 
 def _serve_process(folder: Path, config: str) -> tuple[subprocess.Popen[str], int]:
@@ -1072,7 +1072,7 @@ async def test_health_watch_calls_past_the_cap_are_refused(
     them held 210 MB. Past MAX_HEALTH_WATCHES (3 here) one more is refused, and past
     MAX_HEALTH_WATCHES_PER_HOST from one host (2, later); a Watch that ends gives its place
     back, and Check answers throughout."""
-    monkeypatch.setattr("convstream.server.app.MAX_HEALTH_WATCHES", 3)
+    monkeypatch.setattr("convstream.server.health.MAX_HEALTH_WATCHES", 3)
     server = Server(Settings(port=0, metrics_port=-1, cameras=()))
     await server.start()
     try:
@@ -1090,8 +1090,8 @@ async def test_health_watch_calls_past_the_cap_are_refused(
             assert await refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "3 health Watch calls open, the limit is 3" in await refused.details()
             assert (await health.Check(health_pb2.HealthCheckRequest())).status == serving
-            monkeypatch.setattr("convstream.server.app.MAX_HEALTH_WATCHES", 100)
-            monkeypatch.setattr("convstream.server.app.MAX_HEALTH_WATCHES_PER_HOST", 2)
+            monkeypatch.setattr("convstream.server.health.MAX_HEALTH_WATCHES", 100)
+            monkeypatch.setattr("convstream.server.health.MAX_HEALTH_WATCHES_PER_HOST", 2)
             refused = watch()
             assert await refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             details = await refused.details()
@@ -1159,8 +1159,8 @@ async def test_hosts_that_fill_the_health_watches_make_room_for_one_that_holds_f
     """A few hosts at their per-host cap filled every Watch place, and a load balancer's
     Watch was refused (and may read as the server being down). All places taken, a host
     holding fewer than the busiest gets in, and the busiest host's oldest Watch ends."""
-    monkeypatch.setattr("convstream.server.app.MAX_HEALTH_WATCHES", 4)
-    monkeypatch.setattr("convstream.server.app.MAX_HEALTH_WATCHES_PER_HOST", 3)
+    monkeypatch.setattr("convstream.server.health.MAX_HEALTH_WATCHES", 4)
+    monkeypatch.setattr("convstream.server.health.MAX_HEALTH_WATCHES_PER_HOST", 3)
     server = Server(Settings(port=0, metrics_port=-1, cameras=()))
     await server.start()
     serving = health_pb2.HealthCheckResponse.SERVING
