@@ -321,3 +321,25 @@ def test_a_certificate_of_another_host_is_warned_of_on_a_loopback_server(tmp_pat
     assert re.fullmatch(
         r"for DNS:wrong\.example, IP:10\.1\.2\.3, until \d{4}-\d\d-\d\d \d\d:\d\d UTC", said
     ), said
+
+
+def test_a_token_file_every_user_can_read_is_warned_of_as_a_key_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One rule for files of secrets, the server's for its key: every user may read it
+    (0644) is said; a group's (0640, as docs/production.md sets /etc/convstream up) is not.
+    The dashboard called a 0640 page token "readable by other users" and asked for 600,
+    which the service user then could not read (an operator's review)."""
+    import argparse
+
+    from convstream.client.connection_flags import token_from_flags
+
+    token_file = tmp_path / "client.token"
+    token_file.write_text(new_token()[0] + "\n")
+    args = argparse.Namespace(token=None, token_file=token_file)
+    for mode, warned in ((0o644, True), (0o640, False), (0o600, False)):
+        token_file.chmod(mode)
+        assert token_from_flags(args, environ={}) == token_file.read_text().strip()
+        err = capsys.readouterr().err
+        said = f"--token-file {token_file} can be read by every user of this machine"
+        assert (f"warning: {said} (mode {mode:04o})" in err) == warned, err

@@ -626,7 +626,8 @@ def test_the_dashboard_command_makes_its_token_and_checks_its_https_files(
         env=env,
     )
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr, wrong.stderr
-    assert f"{token_file} is readable by other users (mode 644)" in wrong.stderr
+    said = f"--access-token-file {token_file} can be read by every user of this machine"
+    assert f"{said} (mode 0644)" in wrong.stderr
     assert "must be a PEM certificate (its chain after it) and its unencrypted PEM key" in (
         wrong.stderr
     )

@@ -983,9 +983,14 @@ async def test_a_tokens_cameras_bound_what_it_lists_and_watches(
             argv = ["watch", "yard", "--address", f"127.0.0.1:{server.port}"]
             capsys.readouterr()
             assert await asyncio.to_thread(cli_main, [*argv, "--token", WATCH_TOKEN]) == 4
-            assert capsys.readouterr().err.startswith(
+            said = capsys.readouterr().err
+            assert said.startswith(
                 "convstream watch: token 'contractor' may watch the cameras 'dock-*'"
             )
+            # its cameras are the matter, not its role (it said: "convstream token --role
+            # analyze makes one", and an analyze token of these cameras is refused alike)
+            assert "the token is for other cameras" in said and "--camera ID" in said
+            assert "--role" not in said
             argv[1] = "dock-3"  # none by that name: the list this token is given
             assert await asyncio.to_thread(cli_main, [*argv, "--token", WATCH_TOKEN]) == 2
             assert capsys.readouterr().err == (

@@ -557,7 +557,8 @@ def _run(args: argparse.Namespace, body: Callable[[Client], int]) -> int:
         if isinstance(exc, ServerUnavailable):
             hint = unavailable_hint(exc.message, tls_from_flags(args))
         elif isinstance(exc, Unauthenticated | PermissionDenied):
-            hint = refused_hint(exc.code.name if exc.code else "", token=client.has_token)
+            code = exc.code.name if exc.code else ""
+            hint = refused_hint(code, token=client.has_token, message=exc.message)
         print(f"convstream {args.command}: {_hinted(exc.message, hint)}", file=sys.stderr)
         return _exit_status(exc)
     except BrokenPipeError:
@@ -1090,7 +1091,7 @@ class CameraLull:
                 if isinstance(exc, Unauthenticated | PermissionDenied):
                     # the watch ends with this refusal as it tries again
                     code = exc.code.name if exc.code else ""
-                    hint = refused_hint(code, token=self._client.has_token)
+                    hint = refused_hint(code, token=self._client.has_token, message=exc.message)
                     self._say(
                         "refused",
                         f"no result for {quiet:.0f} s, and the server refuses this client: "

@@ -6,12 +6,15 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 from convstream.client import errors
 from convstream.client._base import ADDRESS_ENV, DEFAULT_ADDRESS, clean_token
 from convstream.client.options import TLS
+from convstream.v1 import OUT_OF_SCOPE
+from convstream.v1.pem import secret_file_warning
 
 TOKEN_ENV = "CONVSTREAM_TOKEN"
 
@@ -87,7 +90,12 @@ def token_from_flags(
     if args.token and args.token_file:
         raise ValueError("give the token with --token or --token-file, not both")
     if args.token_file:
-        return read_token_file(args.token_file)
+        token = read_token_file(args.token_file)
+        # the dashboard's and the server's rule for a file of secrets
+        said = secret_file_warning(args.token_file, f"--token-file {args.token_file}")
+        if said is not None:
+            print(f"convstream: warning: {said}", file=sys.stderr)
+        return token
     environ = os.environ if environ is None else environ
     if args.token:
         return _token(args.token, "--token")
@@ -164,15 +172,20 @@ def flag_words(message: str, args: argparse.Namespace) -> str:
     return message.replace("send the token to", f"send the token of {given} to")
 
 
-def refused_hint(code: str, *, token: bool) -> str:
-    """What to do when the server refused a call for its token (a gRPC status code's name);
-    ``token``: whether the call carried one."""
+def refused_hint(code: str, *, token: bool, message: str = "") -> str:
+    """What to do when the server refused a call for its token (a gRPC status code's name,
+    the server's ``message``); ``token``: whether the call carried one."""
     if code == "UNAUTHENTICATED" and not token:
         return f"give this server's token with --token-file FILE or the {TOKEN_ENV} variable"
     if code == "UNAUTHENTICATED":  # revoked, mistyped, or another server's
         return (
             "this server does not take that token: ask its operator for one it does "
             "(`convstream token` makes one for its config)"
+        )
+    if code == "PERMISSION_DENIED" and OUT_OF_SCOPE in message:  # its role is not the matter
+        return (
+            "the token is for other cameras: ask for one whose cameras include this one "
+            "(`convstream token --camera ID`, once per camera or pattern, makes one)"
         )
     if code == "PERMISSION_DENIED":
         return "the token's role does not allow this; `convstream token --role analyze` makes one"

@@ -24,6 +24,7 @@ from convstream.client.connection_flags import (
 )
 from convstream.dashboard.settings import DashboardSettings
 from convstream.v1.logs import fatal, set_up
+from convstream.v1.pem import secret_file_warning
 from convstream.v1.rlimit import raise_open_files
 
 __all__ = ["add_commands", "run_dashboard"]
@@ -219,14 +220,13 @@ def _dashboard(args: argparse.Namespace) -> int:
             except OSError as exc:
                 path = args.access_token_file
                 raise ValueError(f"--access-token-file {path}: {exc.strerror}") from None
-            mode = args.access_token_file.stat().st_mode & 0o777
-            if mode & 0o077:
-                print(
-                    f"convstream dashboard: warning: {args.access_token_file} is readable by "
-                    f"other users (mode {mode:o}): chmod 600 it, and make a new token if "
-                    "someone may have read it",
-                    file=sys.stderr,
-                )
+            said = secret_file_warning(
+                args.access_token_file,
+                f"--access-token-file {args.access_token_file}",
+                ", and make a new token if someone may have read it",
+            )
+            if said is not None:
+                print(f"convstream dashboard: warning: {said}", file=sys.stderr)
             if made:
                 print(
                     f"made a new access token in {args.access_token_file} (mode 600): give "

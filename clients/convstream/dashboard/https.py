@@ -7,7 +7,7 @@ import logging
 import ssl
 
 from convstream.dashboard.settings import DashboardSettings
-from convstream.v1.pem import TLSFileError, certificate_dates, readable_by_all
+from convstream.v1.pem import TLSFileError, certificate_dates, secret_file_warning
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +64,8 @@ def https_warnings(settings: DashboardSettings) -> list[str]:
     except TLSFileError as exc:
         raise ValueError(str(exc)) from None
     key = settings.https_key
-    if key is not None and (mode := readable_by_all(key)) is not None:
-        warnings.append(
-            f"--https-key {key} can be read by every user of this machine ({mode}): anyone "
-            f"of them can pose as this page; chmod 600 {key} (or 640, for a group the "
-            "dashboard runs in)"
-        )
+    if key is not None and (
+        said := secret_file_warning(key, f"--https-key {key}", ": anyone may pose as this page")
+    ):
+        warnings.append(said)
     return warnings

@@ -281,7 +281,7 @@ class Hub:
                 # a TLS set-up to fix, not a token
                 refused = exc.code().name in REFUSED and not is_name_mismatch(error)
                 if refused:  # the server's own words are in error
-                    hint = refused_hint(exc.code().name, token=bool(self._metadata))
+                    hint = refused_hint(exc.code().name, token=bool(self._metadata), message=error)
                 elif exc.code() == grpc.StatusCode.UNAVAILABLE or is_name_mismatch(error):
                     hint = unavailable_hint(error, self.settings.tls)
                 elif exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:

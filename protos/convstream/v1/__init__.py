@@ -32,6 +32,9 @@ RESULTS_NOT_READ = "results not read for"
 # How the message of every call the server refuses or ends because it is stopping begins
 # (UNAVAILABLE): a client tells a server going away (try again, or another) by it.
 SHUTTING_DOWN = "server is shutting down"
+# In the message of a refusal (PERMISSION_DENIED) of a camera a token's own cameras leave
+# out: a token of the right role but the wrong cameras, where the fix is its cameras.
+OUT_OF_SCOPE = "may watch the cameras"
 
 # The most frames a stream's queue, or results a watch's, may hold (ResultOptions.queue_size,
 # WatchCameraRequest.queue_size), and the most results a second a watch may ask for

@@ -82,6 +82,20 @@ def readable_by_all(path: Path) -> str | None:
     return f"mode {mode:04o}" if mode & stat.S_IROTH else None
 
 
+def secret_file_warning(path: Path, what: str, advice: str = "") -> str | None:
+    """The warning for a file of secrets (a private key, a token) that every user of this
+    machine may read, ``what`` naming it ("--token-file /etc/x.token"); None otherwise.
+    Readable by a group (mode 0640, for a group the program runs in) is how the docs set
+    them up, so it is no warning."""
+    mode = readable_by_all(path)
+    if mode is None:
+        return None
+    return (
+        f"{what} can be read by every user of this machine ({mode}): chmod 600 {path} (or "
+        f"640, for a group the program runs in){advice}"
+    )
+
+
 def missing_files(files: dict[str, Path | None]) -> list[str]:
     """One line per setting whose file is missing, e.g. "tls_cert /etc/x.crt does not exist"."""
     problems = []
@@ -109,11 +123,8 @@ def read_pem(cert: Path, key: Path, client_ca: Path | None, host: str = "") -> P
     if client_ca is not None:
         pem = PemFiles(pem.cert, pem.key, _read("tls_client_ca", client_ca))
     warnings = check_pem(pem, cert, key, client_ca, host=host)
-    if (mode := readable_by_all(key)) is not None:
-        warnings.append(
-            f"tls_key {key} can be read by every user of this machine ({mode}): anyone of them "
-            f"can pose as this server; chmod 600 {key} (or 640, for a group the server runs in)"
-        )
+    if said := secret_file_warning(key, f"tls_key {key}", ": anyone may pose as this server"):
+        warnings.append(said)
     return PemFiles(pem.cert, pem.key, pem.client_ca, tuple(warnings))
 
 

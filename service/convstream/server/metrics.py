@@ -161,8 +161,10 @@ class Metrics:
         self.reload_successful = Gauge(
             "convstream_config_last_reload_successful",
             "1 if the last reload (SIGHUP) applied its config, 0 if it refused it or kept part "
-            "of it as before (a config that does not parse, TLS files or a model that do not "
-            "load, a config without the tokens there were): the log says why. 1 from the start",
+            "of it as before because it could not apply it (a config that does not parse, TLS "
+            "files or a model that do not load, a config without the tokens there were): the "
+            "log says why. Settings only a restart applies (the port) are in "
+            "restart_pending instead. 1 from the start",
             registry=self.registry,
         )
         self.reload_success_time = Gauge(

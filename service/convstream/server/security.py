@@ -37,6 +37,7 @@ from prometheus_client import Counter
 
 from convstream.server.config import TokenConfig
 from convstream.server.errors import quietly
+from convstream.v1 import OUT_OF_SCOPE
 from convstream.v1 import convstream_pb2 as pb
 
 SERVICE = "/convstream.v1.Convstream/"
@@ -347,7 +348,7 @@ def _scope_refusal(token: TokenConfig, camera_id: str) -> tuple[grpc.StatusCode,
         return None
     return (
         grpc.StatusCode.PERMISSION_DENIED,
-        f"token {token.name!r} may watch the cameras {scope_text(token)} (its cameras in the "
+        f"token {token.name!r} {OUT_OF_SCOPE} {scope_text(token)} (its cameras in the "
         f"server's config), not {camera_id[:80]!r}",
     )
 
