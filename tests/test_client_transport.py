@@ -346,3 +346,21 @@ def test_a_connection_lost_mid_call_is_not_blamed_on_tls() -> None:
         assert unavailable_hint(said, None).startswith("it stopped answering"), said
     # a connection that never was still gets the TLS question
     assert "If it uses TLS" in unavailable_hint("failed to connect to all addresses", None)
+
+
+def test_localhost_refused_on_ipv6_points_at_its_ipv4_address() -> None:
+    """localhost is [::1] and 127.0.0.1; gRPC tries both and says only the last error. A
+    server on 127.0.0.1 that refused the TLS handshake read as "nothing listens on that
+    port" whenever [::1] came last (an operator's review), so the hint says where to look."""
+    from convstream.client.errors import unavailable_hint
+
+    said = (
+        "failed to connect to all addresses; last error: UNAVAILABLE: ipv6:[::1]:50940: "
+        "Failed to connect to remote host: Connection refused"
+    )
+    for written in (said, said.replace("[::1]", "%5B::1%5D")):  # as gRPC writes it
+        hint = unavailable_hint(written, None)
+        assert "dial 127.0.0.1:50940 to see what went wrong there" in hint, hint
+    # refused on an address of its own, nothing to say but that nothing listens
+    ipv4 = said.replace("ipv6:[::1]", "ipv4:127.0.0.1")
+    assert unavailable_hint(ipv4, None).startswith("nothing listens on that port")

@@ -292,6 +292,10 @@ def is_name_mismatch(message: str) -> bool:
     return _NAME_MISMATCH in message
 
 
+# gRPC writes the address as ipv6:%5B::1%5D:50051 (or with the brackets themselves)
+_IPV6_LOOPBACK = re.compile(r"ipv6:(?:\[|%5B)::1(?:\]|%5D):(\d+)")
+
+
 def unavailable_hint(message: str, tls: TLS | None, terms: Mapping[str, str] = PYTHON_TERMS) -> str:
     """What to check when a call found no server, judged from gRPC's message and how the
     client connected; "" when there is nothing to add (the server is shutting down)."""
@@ -325,6 +329,17 @@ def unavailable_hint(message: str, tls: TLS | None, terms: Mapping[str, str] = P
         return (
             "an HTTP/1 server answered there, not gRPC: the dashboard's or the metrics port? "
             "The server's gRPC port is its --port, 50051 by default"
+        )
+    ipv6_loopback = _IPV6_LOOPBACK.search(message)
+    if "Connection refused" in message and ipv6_loopback:
+        # localhost is ::1 and 127.0.0.1; gRPC tries both and says only the last error, so
+        # a server on 127.0.0.1 alone (the default) that refused the TLS handshake read as
+        # no server at all, depending on which address was tried last (an operator's review)
+        port = ipv6_loopback.group(1)
+        return (
+            "nothing listens on [::1] (localhost's IPv6 address), and gRPC says only the last "
+            "error of the addresses it tried: if `convstream serve` runs on 127.0.0.1 (its "
+            f"default), dial 127.0.0.1:{port} to see what went wrong there"
         )
     if "Connection refused" in message:
         return "nothing listens on that port: is `convstream serve` running there?"
