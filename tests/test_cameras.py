@@ -1068,6 +1068,44 @@ async def test_a_watch_that_stops_reading_holds_a_bounded_share_of_bytes() -> No
         assert drops() > before + 3  # and kept once the watch is gone
 
 
+async def test_watches_over_max_watcher_bytes_are_refused_and_unread_ones_ended(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """200 watches of every stage in float32 that read nothing held 5 GB against a
+    max_watcher_bytes of 256 MiB (a reliability review): the result each was being sent
+    was not counted (its copy and gRPC's serialised bytes), and each always kept its newest.
+    Now that one counts twice; while the total is over the limit a new watch is refused,
+    RESOURCE_EXHAUSTED, and one that has read nothing for UNREAD_PRESSED_S is ended (1 s
+    here), its place and bytes given back."""
+    from convstream.server import servicer
+
+    monkeypatch.setattr(servicer, "UNREAD_PRESSED_S", 1.0)
+    belt = camera("belt", "demo:conveyor?fps=10")
+    async with serving(belt, max_watcher_bytes=1 << 20) as server, connect(server) as stub:
+        assert server.cameras is not None
+        budget = server.cameras.result_bytes
+        big = pb.ResultOptions(feature_maps=["stage2"], encoding=pb.TENSOR_ENCODING_FLOAT32)
+        unread = watch(stub, "belt", options=big)  # about 1.8 MB a result, never read
+        await until(lambda: _true(budget.held > 2 << 20), 10, "over the limit")
+        small = watch(stub, "belt", options=pb.ResultOptions(include_heatmap=False))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await asyncio.wait_for(small.read(), 10)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "over max_watcher_bytes (1 MiB)" in str(refused.value.details())
+        # ended unread after a second of it, and all its bytes given back
+        await until(lambda: _true(budget.held < 1 << 20), 10, "the unread watch ended")
+        again = watch(stub, "belt", options=pb.ResultOptions(include_heatmap=False))
+        assert (await asyncio.wait_for(again.read(), 10)).source == "belt"
+        read = []
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            while True:  # what gRPC held for it, then its status
+                read.append(await asyncio.wait_for(unread.read(), 10))
+        assert len(read) <= 3
+        assert "results not read for" in str(ended.value.details())
+        assert "over max_watcher_bytes" in str(ended.value.details())
+        again.cancel()
+
+
 async def test_a_raw_stream_file_loops_and_an_unbelievable_rate_is_paced(tmp_path: Path) -> None:
     """A raw H.264 or MJPEG file (no container: a DVR's export), which OpenCV cannot seek
     back in, is opened again at its end rather than called ended: it reconnected at every
@@ -1692,7 +1730,7 @@ def test_a_new_watcher_gets_no_opening_burst() -> None:
     for i in range(30):  # 2 s of a 15 fps camera, on a made-up clock
         now = 1000.0 + i / 15
         if watcher.due(now, pace=1 / 15):
-            watcher.offer(pb.FrameResult(frame_id=i), captured=now, now=now)
+            watcher.offer(pb.FrameResult(frame_id=i), captured=now, now=now, size=2)
             delivered.append(now)
     gaps = np.diff(delivered)
     assert len(delivered) == 6, delivered  # 3 a second for 2 s
@@ -1708,7 +1746,7 @@ def test_a_watcher_at_its_cameras_own_rate_gets_every_frame() -> None:
     for i in range(50):  # 10 s of a 5 fps camera whose results come +-15 ms of their time
         now = 1000.0 + i / 5 + rng.uniform(-0.015, 0.015)
         if watcher.due(now, pace=0.2):
-            watcher.offer(pb.FrameResult(frame_id=i), captured=now, now=now)
+            watcher.offer(pb.FrameResult(frame_id=i), captured=now, now=now, size=2)
             sent += 1
     assert sent == 50
 
@@ -1721,11 +1759,11 @@ def test_a_watch_that_ended_holds_no_bytes_of_a_last_result_offered_to_it() -> N
     budget = ByteBudget(1 << 20)
     watcher = Watcher("demo-c", Options(), max_fps=0.0, capacity=2, budget=budget)
     result = pb.FrameResult(frame_id=1, heatmap=pb.Tensor(data=bytes(40_000)))
-    watcher.offer(result, captured=1000.0, now=1000.0)
+    watcher.offer(result, captured=1000.0, now=1000.0, size=result.ByteSize())
     assert budget.held == watcher.held == result.ByteSize()
     watcher.release()
     assert budget.held == 0
-    watcher.offer(result, captured=1000.1, now=1000.1)  # the old feed's last frame
+    watcher.offer(result, captured=1000.1, now=1000.1, size=result.ByteSize())  # the old feed's
     assert budget.held == watcher.held == 0
 
 
@@ -1738,7 +1776,7 @@ def test_a_watcher_keeps_its_rate_and_sends_no_burst_after_a_pause() -> None:
     for i in range(60):  # 10 s of a 6 fps camera, on a made-up clock
         now = 1000.0 + i / 6
         if steady.due(now, pace=1 / 6):
-            steady.offer(pb.FrameResult(frame_id=i), captured=now, now=now)
+            steady.offer(pb.FrameResult(frame_id=i), captured=now, now=now, size=2)
             sent += 1
     assert 49 <= sent <= 51, sent
     paused = Watcher("belt", Options(), max_fps=1.0, capacity=64)
@@ -1746,7 +1784,7 @@ def test_a_watcher_keeps_its_rate_and_sends_no_burst_after_a_pause() -> None:
     clock = [1000.0 + i / 30 for i in range(90)] + [1005.0 + i / 30 for i in range(90)]
     for i, now in enumerate(clock):  # 3 s of frames, 2 s of none, 3 s of frames
         if paused.due(now, pace=1 / 30):
-            paused.offer(pb.FrameResult(frame_id=i), captured=now, now=now)
+            paused.offer(pb.FrameResult(frame_id=i), captured=now, now=now, size=2)
             delivered.append(now)
     assert np.diff(delivered).min() >= 1.0 - 1e-9, delivered
     assert len(delivered) == 6, delivered

@@ -1275,6 +1275,62 @@ async def test_one_host_may_hold_a_quarter_of_the_analyze_places_with_calls_that
         await server.stop(grace=0)
 
 
+async def test_one_host_may_hold_a_quarter_of_the_stream_places_with_silent_streams(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """64 StreamFrames calls that sent nothing, from one host, held every place for
+    stream_idle_timeout_s (300 s): every other client's stream was refused (a reliability
+    review). As for Analyze: once half the places are taken, one host's streams silent for
+    over STREAM_SILENT_S (5 s; 1 s here) may hold a quarter of them; a burst of silent
+    streams loses those past the quarter then, until fewer than half the places are taken;
+    a stream that sends its frames goes on, and another host gets a place."""
+    from convstream.server import servicer
+
+    monkeypatch.setattr(servicer, "STREAM_SILENT_S", 1.0)
+    settings = Settings(port=0, metrics_port=-1, cameras=(), max_streams=8)
+    server = Server(settings)
+    await server.start()
+    frame = pb.FrameRequest(frame_id=1, encoded=jpeg(scene(5, 240, 320)))
+    try:
+        async with _hosts(server.port) as channels:
+            stubs = {host: pb_grpc.ConvstreamStub(channel) for host, channel in channels.items()}
+            busy = stubs["127.0.0.2"].StreamFrames(timeout=30)
+            await busy.write(frame)  # a stream that sends: never counted silent
+            assert (await busy.read()).status.code == 0
+            burst = [stubs["127.0.0.3"].StreamFrames(timeout=30) for _ in range(7)]
+            deadline = time.monotonic() + 10
+            while server.servicer.open_streams < 8:
+                assert time.monotonic() < deadline, "the silent streams were not let in"
+                await asyncio.sleep(0.02)
+            while sum(c.done() for c in burst) < 5:  # a second on: 8 places, 2 may be silent
+                assert time.monotonic() < deadline, "the burst's silent streams went on"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)  # and no more than those end: 3 of 8 places are taken
+            ended = [c for c in burst if c.done()]
+            assert len(ended) == 5 and server.servicer.open_streams == 3
+            assert {await c.code() for c in ended} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+            why = await ended[0].details()
+            assert "other streams from your host have sent no frame for over 1 s" in why
+            assert "one host may hold 2 (a quarter) so; this one was ended" in why
+            other = stubs["127.0.0.4"].StreamFrames(timeout=30)  # another host: room
+            await other.write(frame)
+            assert (await other.read()).status.code == 0
+            # half the places taken, 2 of them silent: that host's next stream is refused
+            refused = stubs["127.0.0.3"].StreamFrames(timeout=30)
+            assert await refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "2 streams from your host have sent no frame" in await refused.details()
+            await busy.write(pb.FrameRequest(frame_id=2, encoded=frame.encoded))
+            assert (await busy.read()).frame_id == 2  # the sending stream went on
+            for call in [c for c in burst if not c.done()]:  # answered once they send
+                await call.write(frame)
+                assert (await call.read()).status.code == 0
+                await call.done_writing()
+            for call in (busy, other):
+                await call.done_writing()
+    finally:
+        await server.stop(grace=0)
+
+
 def test_a_caller_is_counted_by_its_address_whatever_its_port() -> None:
     from convstream.server.security import peer_host
 

@@ -348,6 +348,14 @@ class CameraManager:
                 f"{self.max_watchers}; "
                 "retry later or raise max_watchers"
             )
+        if self.over_result_bytes():
+            held, limit = self.result_bytes.held, self.result_bytes.limit
+            raise Overloaded(
+                f"the results held for watches ({held / 2**20:.0f} MiB) are over "
+                f"max_watcher_bytes ({limit / 2**20:.0f} MiB): watches that do not read their "
+                "results hold them (while so, those are ended after seconds unread); retry later, "
+                "ask for fewer or smaller maps, or raise max_watcher_bytes"
+            )
         capacity = request.queue_size or self.watcher_queue_size
         watcher = Watcher(
             camera_id,
@@ -359,6 +367,11 @@ class CameraManager:
         )
         feed.watchers.add(watcher)
         return watcher
+
+    def over_result_bytes(self) -> bool:
+        """Whether the results held for watches are over max_watcher_bytes: then no new
+        watch is let in, and watches that read none of theirs are ended sooner."""
+        return self.result_bytes.held > self.result_bytes.limit
 
     def _count_watcher_drop(self, camera_id: str) -> None:
         """A watcher of ``camera_id`` let a result go: counted on its feed now (a reload that

@@ -479,8 +479,10 @@ class Settings(BaseModel):
     max_watcher_bytes: int = Field(
         256 << 20,
         ge=1 << 20,
-        description="bytes of results waiting for all WatchCamera calls together; one call "
-        "keeps at most a quarter (but always its newest result), and drops its oldest past it",
+        description="bytes of results waiting for all WatchCamera calls together (the one "
+        "being sent counted twice); one call keeps at most a quarter (but always its newest "
+        "result), and drops its oldest past it; over it, new watches are refused and those "
+        "reading nothing for 10 s ended",
     )
 
     tls_cert: Path | None = Field(None, description="PEM certificate chain: turns TLS on")

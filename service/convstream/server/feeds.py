@@ -112,7 +112,8 @@ class Watcher:
         self.interval = 1 / max_fps if max_fps > 0 else 0.0
         self.capacity = capacity
         self.budget = budget if budget is not None else ByteBudget(1 << 62)
-        self.held = 0  # bytes of the results waiting for it
+        self.held = 0  # bytes of the results waiting for it, and of the one being sent
+        self._sending = 0  # of those, the result given to the call, until it asks again
         self.drops = DropLog()
         self._next = 0.0
         self._queue: deque[_Queued] = deque()
@@ -128,11 +129,15 @@ class Watcher:
         passed over, and the next came a whole frame later. The schedule keeps its grid."""
         return now >= self._next - min(pace / 2, self.interval * WATCH_EARLY)
 
-    def offer(self, result: pb.FrameResult, captured: float, now: float) -> None:
-        """Queue a result (event loop only; never waits); the oldest goes when full. None
-        once released: a feed a reload took out of the list, still stopping, offered its last
-        frame to a watch that had ended and left it (the watch looked its camera up by id, and
-        found the new one), and its bytes stayed counted in max_watcher_bytes for good."""
+    def offer(self, result: pb.FrameResult, captured: float, now: float, size: int) -> None:
+        """Queue a result of ``size`` bytes (event loop only; never waits); the oldest goes
+        when full. The size comes with it, measured once per result off the event loop: each
+        watcher's ByteSize() of an 8 MB result (every stage in float32) took 45 ms of the
+        loop, and 20 watchers of such results slowed every camera and call on the server to
+        a third (a reliability review). None once released: a feed a reload took out of the
+        list, still stopping, offered its last frame to a watch that had ended and left it
+        (the watch looked its camera up by id, and found the new one), and its bytes stayed
+        counted in max_watcher_bytes for good."""
         if self._released:
             return
         # A schedule, not a minimum gap: a 5 fps watcher of a 6 fps camera gets 5 results a
@@ -145,7 +150,6 @@ class Watcher:
             self._next += self.interval
         if len(self._queue) >= self.capacity:
             self._drop_oldest()
-        size = result.ByteSize()
         self._queue.append(_Queued(result, captured, size))
         self._take(size)
         budget = self.budget
@@ -167,6 +171,7 @@ class Watcher:
         """The watch is over: what waits for it is given back, and nothing more is taken."""
         self._released = True
         self._queue.clear()
+        self._sending = 0
         self._take(-self.held)
 
     def end(self, error: ConvstreamError | None) -> None:
@@ -176,14 +181,23 @@ class Watcher:
         self._ready.set()
 
     async def next(self) -> pb.FrameResult:
-        """The oldest waiting result, stamped for this watcher; raises what ended it."""
+        """The oldest waiting result, stamped for this watcher; raises what ended it.
+
+        The result stays counted until the call asks for the next one (its write is done):
+        this watcher's own copy of it, and the bytes gRPC serialised from it, wait in the
+        call until its client reads, twice its size. Uncounted, 200 watches that read
+        nothing held 5 GB against a max_watcher_bytes of 256 MiB (a reliability review).
+        """
+        self._take(-self._sending)
+        self._sending = 0
         while not self._queue:
             if self._ended is not None:
                 raise self._ended
             self._ready.clear()
             await self._ready.wait()
         item = self._queue.popleft()
-        self._take(-item.size)
+        self._take(item.size)  # counted twice now: the copy and its serialised bytes
+        self._sending = 2 * item.size
         result = pb.FrameResult()
         result.CopyFrom(item.result)  # shared by watchers; the fields below are this one's
         self.drops.stamp(result)
@@ -242,8 +256,10 @@ class Publisher:
         prepared: Prepared,
         inference: Inference,
         wanted: set[Options],
-    ) -> dict[Options, pb.FrameResult]:
-        return {o: self._encode(request, o, prepared, inference) for o in wanted}
+    ) -> dict[Options, tuple[pb.FrameResult, int]]:
+        """Each distinct result and its size in bytes, both made here, off the event loop."""
+        results = {o: self._encode(request, o, prepared, inference) for o in wanted}
+        return {o: (result, result.ByteSize()) for o, result in results.items()}
 
     def _encode(
         self, request: pb.FrameRequest, options: Options, prepared: Prepared, inference: Inference
@@ -296,7 +312,7 @@ class Publisher:
             for w in self.watchers
             if w.due(now, self._pace) and have >= set(w.options.feature_maps)
         ]
-        results: dict[Options, pb.FrameResult] = {}
+        results: dict[Options, tuple[pb.FrameResult, int]] = {}
         if due:
             results = await loop.run_in_executor(
                 self.pipeline.executor,
@@ -307,14 +323,14 @@ class Publisher:
                 {w.options for w in due},
             )
         total_ms = (time.perf_counter() - began) * 1000
-        for result in results.values():
+        for result, _ in results.values():
             if not result.status.code:
                 completed(result.timings, total_ms)
         timings = pb.Timings(
             decode_ms=prepared.decode_ms,
             inference_ms=inference.inference_ms,
             # the encoding itself, as each result timed its own (not the wait for a thread)
-            encode_ms=sum(r.timings.encode_ms for r in results.values()),
+            encode_ms=sum(r.timings.encode_ms for r, _ in results.values()),
             batch_size=inference.batch_size,
             inference_threads=inference.threads,
         )
@@ -332,7 +348,8 @@ class Publisher:
         for watcher in due:
             if watcher in self.watchers:  # it may have gone while this frame was analysed
                 # the clock due() read: the schedule follows the frames, not the encoding
-                watcher.offer(results[watcher.options], captured, now)
+                result, size = results[watcher.options]
+                watcher.offer(result, captured, now, size)
         return completed(timings, total_ms)
 
 

@@ -56,6 +56,12 @@ ANALYZE_REQUEST_S = 30.0
 # An Analyze call still without its request after this long counts as silent, towards the
 # quarter of max_analyze_calls one host may hold so.
 ANALYZE_SILENT_S = 1.0
+# ... and a stream that has sent no frame for this long counts among its host's silent ones:
+# longer, as a client may open its stream as its camera opens (an RTSP camera takes seconds)
+STREAM_SILENT_S = 5.0
+# A watch whose client has read none of its results for this long is ended while the results
+# held for watches are over max_watcher_bytes (else only after stream_idle_timeout_s)
+UNREAD_PRESSED_S = 10.0
 
 
 def _refused(
@@ -103,6 +109,8 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         self.open_analyze_calls = 0
         # When each Analyze call still waiting for its request began, by host
         self._waiting: dict[str, list[float]] = {}
+        # When each stream still waiting for its first frame began, by host
+        self._silent_streams: dict[str, list[float]] = {}
         self.budget = FrameBudget(settings.max_queued_frames)
         self.byte_budget = ByteBudget(settings.max_held_bytes)
         metrics.watch_budgets(
@@ -192,6 +200,46 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             return await self._analyze(request, context)
         finally:
             give_place_back()
+
+    async def _first_frame(
+        self,
+        requests: AsyncIterator[R],
+        forget: Callable[[], None],
+        crowding: Callable[[], str | None],
+    ) -> AsyncIterator[R]:
+        """A stream's requests, its start counted among its host's silent streams until the
+        first comes; one still without it after STREAM_SILENT_S ends, Overloaded, if
+        ``crowding`` says why. 64 streams that sent nothing, from one host, held every place
+        for stream_idle_timeout_s (300 s), every other client refused (a reliability
+        review); Analyze calls had the rule already."""
+        received = aiter(requests)
+        waiting = asyncio.ensure_future(anext(received, None))
+        try:
+            done, _ = await asyncio.wait([waiting], timeout=STREAM_SILENT_S)
+            if not done and (why := crowding()) is not None:
+                raise Overloaded(why)
+            first = await waiting  # the session's idle timeout covers the rest of the wait
+        finally:
+            forget()
+            if not waiting.done():
+                waiting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await waiting
+        if first is None:
+            return
+        yield first
+        async for request in received:
+            yield request
+
+    def _silent_crowd(self, streams: int, most: int, *, ended: bool = False) -> str:
+        """Why a host's stream is refused (or, ``ended``, ended at STREAM_SILENT_S):
+        ``streams`` of the host's have sent no frame for that long, ``most`` may."""
+        return (
+            f"{streams} {'other ' * ended}streams from your host have sent no frame for over "
+            f"{STREAM_SILENT_S:g} s, and half of the server's {self.settings.max_streams} "
+            f"places are taken: one host may hold {most} (a quarter) so; "
+            f"{'this one was ended: ' * ended}open a stream when its first frame is ready"
+        )
 
     def _crowded(self, calls: int, most: int, *, ended: bool = False) -> str:
         """Why a host's Analyze call is refused (or, ``ended``, ended at ANALYZE_SILENT_S):
@@ -301,13 +349,53 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
                 "retry later or raise max_streams"
             )
             await context.abort(exc.code, str(exc))
+        host = peer_host(context.peer())
+        started = time.monotonic()
+        waits = self._silent_streams.setdefault(host, [])
+        silent = sum(started - since > STREAM_SILENT_S for since in waits)
+        most_silent = max(1, self.settings.max_streams // 4)
         try:
+            if silent >= most_silent and self.open_streams >= most_silent * 2:
+                raise Overloaded(self._silent_crowd(silent, most_silent))
             self.budget.admit(self.settings.stream_queue_size)
         except Overloaded as exc:
+            if not waits:
+                del self._silent_streams[host]
             self.metrics.streams.labels("rejected").inc()
             await context.abort(exc.code, str(exc))
         self.open_streams += 1
         self.metrics.streams_in_flight.inc()
+        placed = True
+
+        def give_place_back() -> None:
+            nonlocal placed
+            if placed:
+                placed = False
+                self.open_streams -= 1
+                self.metrics.streams_in_flight.dec()
+
+        def crowding() -> str | None:
+            """At STREAM_SILENT_S without a first frame: why this stream is one too many of
+            its host's silent ones (a burst's are each let in while none is silent yet). It
+            gives its place back at once, so the next one's check counts without it."""
+            silent = sum(started - since >= 0 for since in waits) - 1  # before it, but it
+            if silent < most_silent or self.open_streams < most_silent * 2:
+                return None
+            give_place_back()
+            return self._silent_crowd(silent, most_silent, ended=True)
+
+        waits.append(started)
+        silent_yet = True
+
+        def forget() -> None:  # no longer silent: its first frame came, or it ended
+            nonlocal silent_yet
+            if silent_yet:
+                silent_yet = False
+                waits.remove(started)
+                if not waits and self._silent_streams.get(host) is waits:
+                    del self._silent_streams[host]
+
+        request_iterator = self._first_frame(request_iterator, forget, crowding)
         outcome = "error"
         idle: IdleTimeout | None = None
         session = StreamSession(
@@ -322,6 +410,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         )
         limit = self.settings.stream_idle_timeout_s
         unsent: asyncio.Future[None] | None = None  # a write the client has not taken
+        crowded: Overloaded | None = None
         try:
             # aclosing: a stream ended here closes the session at once (its finally gives
             # back what it holds), not whenever the generator is collected
@@ -338,6 +427,9 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         except IdleTimeout as exc:
             outcome = "idle"
             idle = exc
+        except Overloaded as exc:  # one of its host's silent streams too many: _first_frame
+            outcome = "rejected"
+            crowded = exc
         except grpc.aio.InternalError:
             # a write failed (ExecuteBatchError): the call ended under us, the client left
             outcome = "cancelled"
@@ -347,9 +439,11 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             raise  # a cancelled handler must stay cancelled, or grpc keeps its resources
         finally:
             self.budget.release(session.capacity)
-            self.open_streams -= 1
-            self.metrics.streams_in_flight.dec()
+            forget()  # a stream that ended before it read at all
+            give_place_back()
             self.metrics.streams.labels(outcome).inc()
+        if crowded is not None:
+            await context.abort(crowded.code, str(crowded))
         if idle is not None:
             # The place and the frames are given back; the status goes once the client
             # takes the result gRPC holds (_UnreadCalls.end)
@@ -395,7 +489,9 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
                 async for result in results:
                     limit = self.settings.stream_idle_timeout_s
                     try:
-                        await self._unread_watches.write(context, result, limit, "watch")
+                        await self._unread_watches.write(
+                            context, result, limit, "watch", self.cameras.over_result_bytes
+                        )
                     finally:  # nothing of it kept while the next comes, or the call waits
                         del result
             outcome = "ok"
@@ -645,19 +741,39 @@ class _UnreadCalls:
         self.count = 0
 
     async def write(
-        self, context: grpc.aio.ServicerContext, message: Any, limit: float, what: str
+        self,
+        context: grpc.aio.ServicerContext,
+        message: Any,
+        limit: float,
+        what: str,
+        pressed: Callable[[], bool] | None = None,
     ) -> None:
-        """Write ``message``; UnreadResults once it waits past ``limit`` seconds unread."""
+        """Write ``message``; UnreadResults once it waits past ``limit`` seconds unread, or
+        past UNREAD_PRESSED_S while ``pressed()`` says the memory such calls hold is over
+        its limit (max_watcher_bytes: each unread watch holds its last result twice, its
+        copy and the bytes serialised from it, and 200 of them held 5 GB)."""
         write = asyncio.ensure_future(context.write(message))
+        started = time.monotonic()
         try:
-            while not (await asyncio.wait({write}, timeout=limit))[0]:
-                if self.count >= self.most:
+            while True:
+                check = limit if pressed is None else min(limit, UNREAD_PRESSED_S / 4)
+                if (await asyncio.wait({write}, timeout=check))[0]:
+                    break
+                waited = time.monotonic() - started
+                over = pressed is not None and waited >= UNREAD_PRESSED_S and pressed()
+                if (waited < limit and not over) or self.count >= self.most:
                     continue
                 self.count += 1
                 del message  # gRPC holds its bytes; not kept by this frame while it waits
+                why = f"{limit:g} s (stream_idle_timeout_s)"
+                if waited < limit:
+                    why = (
+                        f"{waited:.0f} s while the results held for watches are over "
+                        "max_watcher_bytes"
+                    )
                 raise UnreadResults(
-                    f"{RESULTS_NOT_READ} {limit:g} s (stream_idle_timeout_s); the {what} "
-                    "is ended to free its place: read results as they come",
+                    f"{RESULTS_NOT_READ} {why}; the {what} is ended to free its place: read "
+                    "results as they come",
                     write,
                 )
         except asyncio.CancelledError:
