@@ -2199,3 +2199,19 @@ def test_the_open_files_limit_is_raised_to_the_hard_one_and_a_low_one_is_said() 
         "connection takes one" in done.stderr
     )
     assert "LimitNOFILE=65536" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("files", "cap"),
+    [(None, 10_000), (1 << 20, 10_000), (1024, 768), (256, 128), (64, 8)],
+)
+def test_the_connection_cap_leaves_the_process_files_of_its_own(
+    files: int | None, cap: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under `ulimit -n 64` the cap was 64 connections, every file the process could open:
+    /healthz timed out and gRPC logged "File descriptor limit reached" each second (a
+    reliability review). The process keeps OWN_FILES (128) of them whatever the limit."""
+    from convstream.server import app
+
+    monkeypatch.setattr(app, "open_files", lambda: files)
+    assert app.connection_cap() == cap

@@ -159,12 +159,19 @@ HANDSHAKE_TIMEOUT_S = 10.0  # for a new connection's handshake, TLS's or none
 MAX_GRPC_CONNECTIONS = 10_000
 
 
+# Files kept for the process itself whatever the limit (its libraries, model, logs, the
+# cameras' sources, the probes' port): under `ulimit -n 64` a cap of 64 connections took them
+# all, and /healthz stopped answering (a reliability review).
+OWN_FILES = 128
+
+
 def connection_cap() -> int:
-    """MAX_GRPC_CONNECTIONS, or three quarters of the files this process may open if less."""
+    """MAX_GRPC_CONNECTIONS, or three quarters of the files this process may open if less,
+    and never more than those files less OWN_FILES (but 8 at least)."""
     files = open_files()
     if files is None:
         return MAX_GRPC_CONNECTIONS
-    return min(MAX_GRPC_CONNECTIONS, max(64, files * 3 // 4))
+    return min(MAX_GRPC_CONNECTIONS, max(8, min(files * 3 // 4, files - OWN_FILES)))
 
 
 def grpc_options(settings: Settings, *, share_port: bool = False) -> list[tuple[str, int]]:
