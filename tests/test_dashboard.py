@@ -228,6 +228,52 @@ def test_the_alerts_directory_keeps_to_its_bytes_deleting_the_oldest(tmp_path: P
     assert len(list((tmp_path / "tiny").iterdir())) == 4
 
 
+def test_a_full_disk_takes_the_newest_alert_and_leaves_no_part_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a 300 KB disk the newest alerts were lost (ENOSPC) and the oldest kept, with empty
+    .part files left behind (a reliability review). The oldest now make room, as max_bytes
+    would have them. The disk is a made-up 30,000 bytes: a filesystem that fills needs a
+    mount, which a test cannot make here."""
+    import errno
+
+    from convstream.dashboard import alerts
+
+    fdopen = os.fdopen
+
+    class SmallDisk:  # a file on a disk of 30,000 bytes: past them, ENOSPC part-way
+        def __init__(self, fd: int, mode: str) -> None:
+            self.file = fdopen(fd, mode)
+
+        def __enter__(self) -> SmallDisk:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.file.close()
+
+        def write(self, data: bytes) -> int:
+            held = sum(p.stat().st_size for p in tmp_path.iterdir())
+            if held + len(data) > 30_000:
+                self.file.write(data[:100])
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return int(self.file.write(data))
+
+    monkeypatch.setattr(alerts.os, "fdopen", SmallDisk)
+    big = Snapshot(b"o" * 4000, b"f" * 4000, b"t" * 1000)  # about 9.2 KB an alert
+    log = AlertLog(10, tmp_path, max_bytes=1 << 30)
+    for k in range(6):
+        log.save(log.add("demo", float(k), 0.9, 0.8, k, big).id)
+        assert log.bytes_on_disk == sum(p.stat().st_size for p in tmp_path.iterdir())
+    assert sorted({int(p.name[:8]) for p in tmp_path.iterdir()}) == [4, 5, 6]  # the newest
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+    # an alert whose files cannot fit with no older one to delete: said, and counted as is
+    log.improve(6, 6.5, 0.95, 60, Snapshot(b"o" * 40_000, b"f", b"t"))
+    with pytest.raises(OSError, match="No space left"):
+        log.save(6)
+    assert log.bytes_on_disk == sum(p.stat().st_size for p in tmp_path.iterdir())
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+
+
 def test_alerts_saved_by_many_threads_at_once_keep_the_newest(tmp_path: Path) -> None:
     """Saves run in worker threads, two cameras' at once, in any order: the oldest ids go,
     whatever order their saves came in, and an alert deleted as the oldest is not written

@@ -16,6 +16,7 @@ for) as soon as the cooldown has passed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -222,6 +223,23 @@ _PARTS = ("-frame.jpg", "-thumb.jpg", ".jpg", ".json")
 DISK_BYTES = 1_000_000_000  # an alerts directory's default size at most
 
 
+def write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all: to ``path.part`` first, then renamed
+    over it; a write that fails (a full disk) leaves neither (zero-byte .part files stayed
+    behind), nor touches ``path``."""
+    partial = path.with_name(path.name + ".part")
+    try:
+        # readable by this user alone, whatever the umask (0644 let every local user see the
+        # cameras' pictures, a security review found)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        partial.replace(path)
+    except OSError:
+        partial.unlink(missing_ok=True)
+        raise
+
+
 class AlertLog:
     """The newest ``limit`` alerts and their snapshots, in memory, and in ``directory`` when
     given: there each alert is four files, ``<id>.json`` (the alert), ``<id>.jpg`` (the
@@ -317,15 +335,32 @@ class AlertLog:
                 elif others:  # this alert is the oldest, and newer ones are kept
                     self._delete(alert_id)
                     return
-            for name, data in files:
-                path = self.directory / name
-                partial = path.with_name(path.name + ".part")
-                # readable by this user alone, whatever the umask (0644 let every local user
-                # see the cameras' pictures, a security review found)
-                fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "wb") as file:
-                    file.write(data)
-                partial.replace(path)
+            while True:
+                try:
+                    for name, data in files:
+                        write_file(self.directory / name, data)
+                    break
+                except OSError as exc:
+                    # A full disk (or quota) takes the newest too: the oldest alerts make
+                    # room, as max_bytes would have them. It lost the newest three and kept
+                    # the oldest (a reliability review's 300 KB disk).
+                    older = [i for i in sorted(self._on_disk) if i < alert_id]
+                    if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not older:
+                        self._count(alert_id)  # what of it is there: an older version's
+                        raise
+                    self._on_disk.pop(older[0])
+                    self._delete(older[0])
+            self._on_disk[alert_id] = size
+
+    def _count(self, alert_id: int) -> None:
+        """Count the files of ``alert_id`` that are there (a save that failed part-way
+        replaced some of them), so that max_bytes counts what the directory holds."""
+        assert self.directory is not None
+        size = 0
+        for part in _PARTS:
+            with contextlib.suppress(OSError):
+                size += (self.directory / f"{alert_id:08d}{part}").stat().st_size
+        if size:
             self._on_disk[alert_id] = size
 
     def _delete(self, alert_id: int) -> None:
