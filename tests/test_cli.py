@@ -1251,6 +1251,12 @@ def test_a_config_whose_password_every_user_can_read_is_warned_of(
     config.chmod(0o640)  # its group only: the owner's call
     assert main(["serve", "--check-config", "--config", str(config)]) == 0
     assert capsys.readouterr().out.startswith("config OK: ")
+    # and on the command line, every local user's to read in ps (an operator's review)
+    argv = ["serve", "--check-config", "--camera", "yard=rtsp://user:hunter2@10.0.0.7/s"]
+    assert main([*argv, "--camera", "gate=rtsp://10.0.0.8/s"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: --camera yard=... holds credentials (user:password@)" in out, out
+    assert "hunter2" not in out and "--camera gate" not in out
 
 
 def test_check_config_refuses_an_address_that_is_not_this_machines(

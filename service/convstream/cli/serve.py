@@ -178,7 +178,7 @@ def _serve(args: argparse.Namespace) -> int:
             fatal("json" if json_lines else "text", "convstream serve", str(exc)), file=sys.stderr
         )
         return 2
-    warnings = _readable_passwords(args.config)
+    warnings = _readable_passwords(args.config) + _passwords_in_flags(args.cameras)
     if args.check_config:
         return _check_config(settings, [*warnings, *([] if pem is None else pem.warnings)])
     if args.print_settings:
@@ -240,6 +240,24 @@ def _readable_passwords(path: Path | None) -> list[str]:
         f"config {path} holds a password (line{'s' * (len(found) > 1)} {where}) and every user "
         f"of this machine can read it ({mode}): chmod 600 {path}"
     ]
+
+
+def _passwords_in_flags(values: list[str] | None) -> list[str]:
+    """A warning for each --camera flag whose source holds a password: the command line is
+    every local user's to read (`ps`), where a config file of mode 600 is not (an operator
+    review's: docs/production.md said so, the command did not)."""
+    from convstream.v1.redaction import names_a_secret
+
+    said = []
+    for value in values or ():
+        camera_id = value.partition("=")[0]
+        if names_a_secret(value):
+            said.append(
+                f"--camera {camera_id}=... holds credentials (user:password@), which every user "
+                "of this machine can read on the command line (ps): put the camera in the "
+                "config file, chmod 600, instead"
+            )
+    return said
 
 
 def _serve_child(child: str) -> int:
