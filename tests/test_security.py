@@ -406,8 +406,9 @@ def test_a_token_in_the_sha256_field_is_never_printed(
     assert says in message
     assert str(sha256) not in message
     if isinstance(sha256, str):
-        expected = "tokens[1] (name 'dock-3'): sha256 must be the 64-hex SHA-256 of the token"
-        assert f"{expected}, as `convstream token` prints it; " in message
+        # at the sha256 line (line 8), not the table's header (an operator's review)
+        expected = "line 8: tokens[1].sha256 (token 'dock-3'): must be the 64-hex SHA-256"
+        assert f"{expected} of the token, as `convstream token` prints it; " in message
 
 
 def test_token_command_prints_a_token_and_only_its_hash_for_the_config(

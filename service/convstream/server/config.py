@@ -195,24 +195,26 @@ class TokenConfig(BaseModel):
         """Whether this token may list and watch ``camera_id`` (its ``cameras``)."""
         return self.cameras is None or any(fnmatchcase(camera_id, p) for p in self.cameras)
 
-    @model_validator(mode="after")
-    def _check_sha256(self) -> TokenConfig:
+    @field_validator("sha256")
+    @classmethod
+    def _check_sha256(cls, sha256: str) -> str:
         # Checked here rather than by a pattern, whose error would print the value: what is
         # pasted there by mistake is usually the token itself, which must not reach the logs.
-        if re.fullmatch(r"[0-9a-fA-F]{64}", self.sha256):
-            return self
-        if re.fullmatch(r"[0-9a-fA-F]*", self.sha256):
-            found = f"what is there has {len(self.sha256)} hex digits"
-        elif re.fullmatch(r"[A-Za-z0-9_-]{20,}", self.sha256):  # as `convstream token` makes
+        # A field's check, so that the error names the sha256 line (a table's named its
+        # [[tokens]] header, an operator's review); the table's name is added by _describe.
+        if re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+            return sha256
+        if re.fullmatch(r"[0-9a-fA-F]*", sha256):
+            found = f"what is there has {len(sha256)} hex digits"
+        elif re.fullmatch(r"[A-Za-z0-9_-]{20,}", sha256):  # as `convstream token` makes
             found = (
                 "what is there looks like the token itself — never put the token in the "
                 "config (if it is, make a new one: this one has been seen)"
             )
         else:  # a placeholder ("...", "<sha256>") left from an example
-            found = f"what is there is {len(self.sha256)} characters that are not hex digits"
+            found = f"what is there is {len(sha256)} characters that are not hex digits"
         raise ValueError(
-            f"(name {self.name!r}): sha256 must be the 64-hex SHA-256 of the token, as "
-            f"`convstream token` prints it; {found}"
+            f"must be the 64-hex SHA-256 of the token, as `convstream token` prints it; {found}"
         )
 
 
@@ -843,8 +845,8 @@ def load_settings(
     return settings
 
 
-# the key a table's entries are known by (a token's errors name their token themselves)
-_NAMED_BY = {"cameras": "id"}
+# the key a table's entries are known by, said beside an error in one of them
+_NAMED_BY = {"cameras": "id", "tokens": "name"}
 
 
 def _line_of(text: str, loc: tuple[Any, ...], written: set[str]) -> int | None:
