@@ -1937,3 +1937,18 @@ async def test_stream_publish_stops_when_the_server_will_not_publish_it(
         assert "12 frames" in capsys.readouterr().out
     finally:
         await server.stop(grace=0)
+
+
+def test_a_json_lines_first_region_says_the_score_as_the_line_does() -> None:
+    """The first region holds the peak, its value the score: the line rounded the score to 6
+    decimals and wrote the region's float32 whole (0.987654 beside 0.9876543283462524)."""
+    from convstream.client import Region, Result
+    from convstream.client._report import result_json
+
+    score = float(np.float32(0.98765432))
+    result = Result(1, score=score, damaged=True, regions=(Region(8, 16, 32, 24, score, 5),))
+    line = result_json(result)
+    assert line["regions"] == [
+        {"x": 8, "y": 16, "width": 32, "height": 24, "value": line["score"], "cells": 5}
+    ]
+    assert line["score"] == 0.987654

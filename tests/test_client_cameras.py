@@ -36,10 +36,12 @@ from convstream.client import (
     CameraInfo,
     Cancelled,
     Client,
+    DeadlineExceeded,
     Frame,
     InvalidFrame,
     Limits,
     NotFound,
+    Overloaded,
     Result,
     ResultOptions,
     Retry,
@@ -1130,3 +1132,26 @@ def test_the_cameras_table_fits_a_terminal_and_keeps_a_long_error_whole_when_pip
     healthy = cameras_text([CAPPED], now, width=80).splitlines()
     assert all(len(line) <= 80 for line in healthy), healthy
     assert "LATENCY MS" in healthy[0]  # room for more with a short error: they stay
+
+
+def test_a_paused_watch_subscribing_again_waits_out_a_server_with_no_room_for_it() -> None:
+    """Ended for results it did not read (stream_idle_timeout_s, or 10 s while the results
+    held for watches are over max_watcher_bytes), a watch subscribes again; a server with no
+    room for it yet (Overloaded: other watches' results fill max_watcher_bytes) ended it for
+    good (a diff review's). In a break, that is waited out as a server that is down is; a
+    watch refused so before it ever ran is refused."""
+    from convstream.v1 import RESULTS_NOT_READ
+
+    client = Client("127.0.0.1:1", retry=Retry(backoff=0.1, max_backoff=1.0, resume_timeout=60))
+    full = Overloaded("the results held for watches (300 MiB) are over max_watcher_bytes")
+    first = client._resumption(True, "belt")
+    first.subscribed()
+    assert first.delay(full, 0) is None  # never ran: the refusal is the answer
+    bookkeeping = client._resumption(True, "belt")
+    bookkeeping.subscribed()
+    bookkeeping.registered((("convstream-watching", "belt"),))
+    paused = DeadlineExceeded(f"{RESULTS_NOT_READ} 12 s while the results held ...")
+    assert bookkeeping.delay(paused, 0) == 0.1
+    bookkeeping.subscribed()
+    assert bookkeeping.delay(full, 0) == 0.2  # subscribing again: no room yet, waited out
+    client.close()

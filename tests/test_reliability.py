@@ -269,11 +269,14 @@ async def test_a_client_killed_mid_stream_releases_its_streams_and_watch(
 
 
 class _LeavingClient:
-    """The one part of a call's context StreamFrames uses to answer: write(), which fails as
+    """The parts of a call's context StreamFrames uses: peer(), and write(), which fails as
     gRPC's does (ExecuteBatchError, an InternalError) once the client has gone."""
 
     def __init__(self) -> None:
         self.written: list[pb.FrameResult] = []
+
+    def peer(self) -> str:  # for its host's share of the places
+        return "ipv4:127.0.0.1:50000"
 
     async def write(self, result: pb.FrameResult) -> None:
         if self.written:
@@ -450,6 +453,10 @@ async def test_memory_a_burst_of_large_requests_held_goes_back_to_the_system(
     import convstream.server.malloc as malloc
 
     monkeypatch.setattr(malloc, "TRIM_EVERY_S", 0.2)
+    # no trim until the burst is over, so that its peak tells the requests were held (a
+    # trim as malloc's free memory grows gave some back while they came, 76 MiB of peak)
+    over, due = threading.Event(), malloc.Trimmer.due
+    monkeypatch.setattr(malloc.Trimmer, "due", lambda self: over.is_set() and due(self))
     server = Server(Settings(port=0, metrics_port=-1, cameras=()))
     await server.start()
     try:
@@ -474,6 +481,7 @@ async def test_memory_a_burst_of_large_requests_held_goes_back_to_the_system(
         sampler.join()
         assert said == ["INVALID_ARGUMENT"] * 3  # each refused, as too large for a name
         assert peak[0] > before + 100, (before, peak)  # the server held them
+        over.set()
         deadline = time.monotonic() + 10
         while rss_mib() > before + 40:
             assert time.monotonic() < deadline, (before, peak, rss_mib())

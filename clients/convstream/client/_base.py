@@ -21,6 +21,7 @@ from convstream.client.errors import (
     ConvstreamError,
     DeadlineExceeded,
     NotFound,
+    Overloaded,
     ServerUnavailable,
     from_rpc_error,
 )
@@ -537,7 +538,20 @@ class _Resumption:
             and self._camera_id is not None
             and RESULTS_NOT_READ in error.message
         )
-        if not (self._resume and (isinstance(error, ServerUnavailable) or returning or paused)):
+        # Subscribing again in a break (a pause's, a restart's), a server with no room for
+        # the watch now (max_watchers, or max_watcher_bytes, which other watches' unread
+        # results fill) is tried again as a server that is down is: the watch had its place
+        # (a diff review's: a paused watch ended under max_watcher_bytes failed for good).
+        crowded = (
+            isinstance(error, Overloaded)
+            and self._camera_id is not None
+            and self._ran
+            and self._failures > 1
+        )
+        if not (
+            self._resume
+            and (isinstance(error, ServerUnavailable) or returning or paused or crowded)
+        ):
             return None
         client = self._client
         delay = client.retry.delay(self._failures)

@@ -303,8 +303,11 @@ class Client(BaseClient):
                 stream is back only once its publisher sends again: until then the server
                 says NotFound, which after a restart is waited out the same way. A program
                 that reads no result for the server's stream_idle_timeout_s (300 s by
-                default) has its watch ended by the server, DEADLINE_EXCEEDED; it subscribes
-                again the same way, having missed what came meanwhile.
+                default), or for 10 s while the results held for watches are over the
+                server's max_watcher_bytes, has its watch ended by the server,
+                DEADLINE_EXCEEDED; it subscribes again the same way (a server with no room
+                for it yet, Overloaded, is tried again too), having missed what came
+                meanwhile.
 
         Raises:
             ValueError: a bad argument, at once; the errors below come from the iteration.

@@ -51,7 +51,9 @@ def result_json(
         "contrast": round(result.contrast, 2) if ok else None,
         "peak": list(peak) if peak is not None else None,
         # the damaged areas, in frame pixels: [] on an intact frame
-        "regions": [asdict(region) for region in result.regions] if ok else None,
+        "regions": [asdict(r) | {"value": round(r.value, 6)} for r in result.regions]
+        if ok
+        else None,
         "frame_age_ms": round(result.frame_age_ms, 3) if ok else None,
         # when the frame was captured (or reached the server), to order and de-duplicate
         # logged results: frame ids start again when a server or a stream does

@@ -338,8 +338,8 @@ def unavailable_hint(message: str, tls: TLS | None, terms: Mapping[str, str] = P
         port = ipv6_loopback.group(1)
         return (
             "nothing listens on [::1] (localhost's IPv6 address), and gRPC says only the last "
-            "error of the addresses it tried: if `convstream serve` runs on 127.0.0.1 (its "
-            f"default), dial 127.0.0.1:{port} to see what went wrong there"
+            "error of the addresses it tried: is `convstream serve` running? If it runs on "
+            f"127.0.0.1 (its default), dial 127.0.0.1:{port} to see what went wrong there"
         )
     if "Connection refused" in message:
         return "nothing listens on that port: is `convstream serve` running there?"

@@ -68,7 +68,7 @@ class Region:
     width: int
     height: int
     value: float  # its hottest cell's P(damage); the first region's is the score
-    cells: int  # heatmap cells it covers
+    cells: int  # its heatmap cells at or over the threshold (its box may cover others)
 
     @property
     def box(self) -> tuple[int, int, int, int]:

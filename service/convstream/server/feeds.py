@@ -167,6 +167,11 @@ class Watcher:
         self.held += size
         self.budget.hold(size)
 
+    @property
+    def sending(self) -> int:
+        """The bytes counted for the result last given to the call, until it asks again."""
+        return self._sending
+
     def release(self) -> None:
         """The watch is over: what waits for it is given back, and nothing more is taken."""
         self._released = True

@@ -133,7 +133,7 @@ MAX_REGIONS = 16  # a result's damaged areas; a frame's noise should not fill a 
 @dataclass(frozen=True)
 class Region:
     """A damaged area: its box in whole frame pixels (frame[y : y + height, x : x + width]),
-    its hottest cell's value and how many cells it covers."""
+    its hottest cell's value and how many of its cells are at or over the threshold."""
 
     x: int
     y: int

@@ -79,12 +79,12 @@ class Trimmer:
         self._trim = None
         self._info = None
         if platform.libc_ver()[0] == "glibc" and (after := rss_bytes()) is not None:
-            libc = ctypes.CDLL(None)
             with contextlib.suppress(OSError, AttributeError):
+                libc = ctypes.CDLL(None)
                 self._trim = libc.malloc_trim
-            with contextlib.suppress(AttributeError):  # before glibc 2.33
-                self._info = libc.mallinfo2
-                self._info.restype = _MallInfo2
+                with contextlib.suppress(AttributeError):  # before glibc 2.33
+                    self._info = libc.mallinfo2
+                    self._info.restype = _MallInfo2
             self._after = after
             self._free_after = self.free_bytes() or 0
 

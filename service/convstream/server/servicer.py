@@ -27,7 +27,7 @@ from convstream.server.errors import (
     RefusedMessage,
     quietly,
 )
-from convstream.server.feeds import FeedFinished
+from convstream.server.feeds import FeedFinished, Watcher
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import CALLER, Options, Pipeline, check_without_stream
 from convstream.server.processes import Peers
@@ -480,18 +480,40 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         itself, as StreamFrames does, to end a watch whose client reads none for
         stream_idle_timeout_s: 300 watches never read held all 16 places for good, and the
         dashboard's own watch was refused (a robustness review)."""
+        watching: list[Watcher] = []  # the watch's watcher here, once it has one
+        unsent = [0]  # bytes of a write left to gRPC by a watch ended unread, still counted
+        try:
+            await self._watch_call(request, context, watching, unsent)
+        finally:  # once the status went, or the call ended any other way
+            self.cameras.result_bytes.hold(-unsent[0])
+
+    async def _watch_call(
+        self,
+        request: pb.WatchCameraRequest,
+        context: grpc.aio.ServicerContext,
+        watching: list[Watcher],
+        unsent: list[int],
+    ) -> None:
         outcome = "error"
         unread: UnreadResults | None = None
         try:
             # aclosing: closed with this one (a client that leaves while a write waits), the
             # watch gives its camera watcher back at once, not when it is collected
-            async with contextlib.aclosing(self._watch(request, context)) as results:
+            async with contextlib.aclosing(self._watch(request, context, watching)) as results:
                 async for result in results:
                     limit = self.settings.stream_idle_timeout_s
                     try:
                         await self._unread_watches.write(
                             context, result, limit, "watch", self.cameras.over_result_bytes
                         )
+                    except UnreadResults:
+                        # its watcher gives its bytes back as it closes, but gRPC holds the
+                        # write until the client reads or leaves: counted until then, or
+                        # watches ended for max_watcher_bytes let new ones in to fill it
+                        # again (a diff review's)
+                        unsent[0] = watching[0].sending if watching else 0
+                        self.cameras.result_bytes.hold(unsent[0])
+                        raise
                     finally:  # nothing of it kept while the next comes, or the call waits
                         del result
             outcome = "ok"
@@ -514,7 +536,10 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             await self._unread_watches.end(context, unread, unread.unsent, "watch")
 
     async def _watch(
-        self, request: pb.WatchCameraRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.WatchCameraRequest,
+        context: grpc.aio.ServicerContext,
+        watching: list[Watcher],
     ) -> AsyncGenerator[pb.FrameResult, None]:
         metadata = context.invocation_metadata()
         try:
@@ -535,6 +560,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             if self.draining.is_set():
                 raise Draining(DRAINING)
             watcher = self.cameras.watch(request.camera_id, request)
+            watching.append(watcher)
         except ConvstreamError as exc:
             if isinstance(exc, Overloaded):
                 self.metrics.calls_refused.labels("WatchCamera").inc()
