@@ -1272,6 +1272,7 @@ async def test_one_host_may_hold_a_quarter_of_the_analyze_places_with_calls_that
                 await call.write(frame)
                 await call.done_writing()
                 assert 0.0 <= (await call).score <= 1.0
+            assert server.servicer._silent_analyze._by_host == {}  # none kept for good
     finally:
         await server.stop(grace=0)
 
@@ -1328,6 +1329,7 @@ async def test_one_host_may_hold_a_quarter_of_the_stream_places_with_silent_stre
                 await call.done_writing()
             for call in (busy, other):
                 await call.done_writing()
+            assert server.servicer._silent_streams._by_host == {}  # none kept for good
     finally:
         await server.stop(grace=0)
 

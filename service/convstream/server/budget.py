@@ -1,10 +1,57 @@
-"""The byte budgets that bound what the server holds for its callers: frames waiting for
-streams (streams.py), and results waiting for watchers (feeds.py)."""
+"""The budgets that bound what the server holds for its callers: bytes of frames waiting
+for streams (streams.py) and of results waiting for watchers (feeds.py), and the places that
+one host's calls which send nothing yet may hold (servicer.py)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+
+
+class SilentCalls:
+    """When each call of one kind (Analyze, StreamFrames) still waiting for its first request
+    began, by host: once half of the kind's places are taken, one host may hold a quarter
+    of them with calls silent for over ``after`` seconds. Past that its new calls are
+    refused, and a burst's calls still silent then end, the oldest kept, until fewer than
+    half the places are taken (each was let in while none was silent yet). One caller
+    opening every place and sending nothing kept the kind from everyone (reviews of both).
+    Used from the event loop only."""
+
+    def __init__(self, after: float) -> None:
+        self.after = after
+        self._by_host: dict[str, list[float]] = {}
+
+    def crowded(self, host: str, now: float, open_now: int, most: int) -> int | None:
+        """At the door: how many of ``host``'s calls have been silent over ``after`` when
+        they are ``most`` or more and ``open_now`` of the places are at least twice that (a
+        refusal); else None."""
+        silent = sum(now - since > self.after for since in self._by_host.get(host, ()))
+        return silent if silent >= most and open_now >= most * 2 else None
+
+    def enter(self, host: str, started: float) -> Callable[[], None]:
+        """Count a call that began at ``started`` as silent; returns what forgets it (its
+        first request came, or it ended), once whatever the number of calls."""
+        waits = self._by_host.setdefault(host, [])
+        waits.append(started)
+        silent = True
+
+        def forget() -> None:
+            nonlocal silent
+            if silent:
+                silent = False
+                waits.remove(started)
+                if not waits and self._by_host.get(host) is waits:
+                    del self._by_host[host]
+
+        return forget
+
+    def too_many(self, host: str, started: float, open_now: int, most: int) -> int | None:
+        """At ``after`` for a call that began at ``started`` and is still silent: how many
+        of ``host``'s silent calls began before it (or with it), when this one is one too
+        many (``crowded``'s rule); else None. A call ended so must give its place back at
+        once, so that the next one's check counts without it."""
+        silent = sum(started - since >= 0 for since in self._by_host.get(host, ())) - 1
+        return silent if silent >= most and open_now >= most * 2 else None
 
 
 class ByteBudget:

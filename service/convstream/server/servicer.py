@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from convstream.server.budget import ByteBudget
+from convstream.server.budget import ByteBudget, SilentCalls
 from convstream.server.cameras import CameraManager
 from convstream.server.config import Settings
 from convstream.server.errors import (
@@ -108,9 +108,8 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         self._unread_watches = _UnreadCalls(settings.max_watchers)
         self.open_analyze_calls = 0
         # When each Analyze call still waiting for its request began, by host
-        self._waiting: dict[str, list[float]] = {}
-        # When each stream still waiting for its first frame began, by host
-        self._silent_streams: dict[str, list[float]] = {}
+        self._silent_analyze = SilentCalls(ANALYZE_SILENT_S)
+        self._silent_streams = SilentCalls(STREAM_SILENT_S)
         self.budget = FrameBudget(settings.max_queued_frames)
         self.byte_budget = ByteBudget(settings.max_held_bytes)
         metrics.watch_budgets(
@@ -134,10 +133,9 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         refusal: ConvstreamError | None = None
         host = peer_host(context.peer())
         started = time.monotonic()
-        waits = self._waiting.setdefault(host, [])
-        # calls that have waited a while: a burst's calls wait a few milliseconds each
-        waiting = sum(started - since > ANALYZE_SILENT_S for since in waits)
         most_waiting = max(1, self.settings.max_analyze_calls // 4)
+        # calls that have waited a while: a burst's calls wait a few milliseconds each
+        waiting = self._silent_analyze.crowded(host, started, self.open_analyze_calls, most_waiting)
         if self.draining.is_set():
             refusal = Draining(DRAINING)
         elif self.open_analyze_calls >= self.settings.max_analyze_calls:
@@ -147,26 +145,16 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
                 f"{self.settings.max_analyze_calls}; retry later, or send many frames "
                 "over one StreamFrames call"
             )
-        elif waiting >= most_waiting and self.open_analyze_calls >= most_waiting * 2:
+        elif waiting is not None:
             # Calls that send no request hold their places for ANALYZE_REQUEST_S: once half
             # the places are taken, one host may hold a quarter of them so, and the others
             # stay for other callers (while places are plenty, slow uploads go on).
             refusal = Overloaded(self._crowded(waiting, most_waiting))
         if refusal is not None:
-            if not waits:
-                del self._waiting[host]
             return self._refused_analyze(context, refusal)
         self.open_analyze_calls += 1
-        waits.append(started)
-        waiting_yet = placed = True  # its wait and its place, until given back
-
-        def stop_waiting() -> None:
-            nonlocal waiting_yet
-            if waiting_yet:
-                waiting_yet = False
-                waits.remove(started)
-                if not waits and self._waiting.get(host) is waits:
-                    del self._waiting[host]
+        stop_waiting = self._silent_analyze.enter(host, started)
+        placed = True  # its place, until given back
 
         def give_place_back() -> None:
             nonlocal placed
@@ -181,8 +169,10 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             ended so gives its place back at once: the next call's check counts without it,
             whether or not this one's ending has yielded yet, so a burst loses as many calls
             however its checks fall across the event loop's turns (it had lost 6 or 5)."""
-            silent = sum(started - since >= 0 for since in waits) - 1  # before it, but it
-            if silent < most_waiting or self.open_analyze_calls < most_waiting * 2:
+            silent = self._silent_analyze.too_many(
+                host, started, self.open_analyze_calls, most_waiting
+            )
+            if silent is None:
                 return None
             stop_waiting()
             give_place_back()
@@ -351,16 +341,13 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             await context.abort(exc.code, str(exc))
         host = peer_host(context.peer())
         started = time.monotonic()
-        waits = self._silent_streams.setdefault(host, [])
-        silent = sum(started - since > STREAM_SILENT_S for since in waits)
         most_silent = max(1, self.settings.max_streams // 4)
         try:
-            if silent >= most_silent and self.open_streams >= most_silent * 2:
+            silent = self._silent_streams.crowded(host, started, self.open_streams, most_silent)
+            if silent is not None:
                 raise Overloaded(self._silent_crowd(silent, most_silent))
             self.budget.admit(self.settings.stream_queue_size)
         except Overloaded as exc:
-            if not waits:
-                del self._silent_streams[host]
             self.metrics.streams.labels("rejected").inc()
             await context.abort(exc.code, str(exc))
         self.open_streams += 1
@@ -378,23 +365,13 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             """At STREAM_SILENT_S without a first frame: why this stream is one too many of
             its host's silent ones (a burst's are each let in while none is silent yet). It
             gives its place back at once, so the next one's check counts without it."""
-            silent = sum(started - since >= 0 for since in waits) - 1  # before it, but it
-            if silent < most_silent or self.open_streams < most_silent * 2:
+            silent = self._silent_streams.too_many(host, started, self.open_streams, most_silent)
+            if silent is None:
                 return None
             give_place_back()
             return self._silent_crowd(silent, most_silent, ended=True)
 
-        waits.append(started)
-        silent_yet = True
-
-        def forget() -> None:  # no longer silent: its first frame came, or it ended
-            nonlocal silent_yet
-            if silent_yet:
-                silent_yet = False
-                waits.remove(started)
-                if not waits and self._silent_streams.get(host) is waits:
-                    del self._silent_streams[host]
-
+        forget = self._silent_streams.enter(host, started)  # until its first frame, or end
         request_iterator = self._first_frame(request_iterator, forget, crowding)
         outcome = "error"
         idle: IdleTimeout | None = None
