@@ -16,6 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+import convstream.client._base as client_base
+import convstream.server.app as server_app
 from convstream.client import (
     TLS,
     AsyncClient,
@@ -31,6 +33,8 @@ from convstream.client import (
     Upload,
     errors,
 )
+from convstream.server import Server, Settings
+from convstream.server.app import grpc_options
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
@@ -364,3 +368,55 @@ def test_localhost_refused_on_ipv6_points_at_its_ipv4_address() -> None:
     # refused on an address of its own, nothing to say but that nothing listens
     ipv4 = said.replace("ipv6:[::1]", "ipv4:127.0.0.1")
     assert unavailable_hint(ipv4, None).startswith("nothing listens on that port")
+
+
+def scaled_grpc_options(settings: Settings, *, share_port: bool = False) -> list[tuple[str, int]]:
+    """The server's options with its ping timings 5 times shorter (min ping interval 2 s)."""
+    fast = {
+        "grpc.http2.min_ping_interval_without_data_ms",
+        "grpc.keepalive_time_ms",
+        "grpc.keepalive_timeout_ms",
+    }
+    options = grpc_options(settings, share_port=share_port)
+    return [(k, v // 5 if k in fast else v) for k, v in options]
+
+
+async def test_an_idle_client_with_keepalive_keeps_its_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The shipped client, pinging 10 times faster (3 s), idle 9 s on a server that takes pings
+    every 2 s or slower: its connection stays READY, no GOAWAY. (Here, not among the tests
+    that run alone: it waits, and its timings are seconds apart.)
+
+    A control client pinging every 1 s (gRPC's own floor) must be sent away (GOAWAY
+    too_many_pings after three early pings), which shows the check sees a GOAWAY when there
+    is one.
+    """
+    monkeypatch.setattr(server_app, "grpc_options", scaled_grpc_options)
+    server = Server(Settings(port=0, metrics_port=-1, cameras=()))
+    await server.start()
+    clients: list[Client] = []
+    states: dict[str, list[grpc.ChannelConnectivity]] = {"shipped": [], "control": []}
+    shipped_ms = client_base.KEEPALIVE_MS // 10
+    minimum = dict(scaled_grpc_options(server.settings))
+    assert shipped_ms >= minimum["grpc.http2.min_ping_interval_without_data_ms"]
+    try:
+        for name, keepalive_ms in (("shipped", shipped_ms), ("control", 1000)):
+            monkeypatch.setattr(client_base, "KEEPALIVE_MS", keepalive_ms)
+            monkeypatch.setattr(client_base, "KEEPALIVE_TIMEOUT_MS", 1000)
+            client = Client(f"127.0.0.1:{server.port}")
+            clients.append(client)
+            await asyncio.to_thread(client.model_info)
+            client._channel.subscribe(states[name].append)
+        await asyncio.sleep(9)
+        shipped, control = states["shipped"], states["control"]
+        assert shipped and all(s == grpc.ChannelConnectivity.READY for s in shipped), shipped
+        assert any(s != grpc.ChannelConnectivity.READY for s in control), (
+            f"the control client was never sent away: {control}"
+        )
+        info = await asyncio.to_thread(clients[0].model_info)
+        assert info.sha256
+    finally:
+        for client in clients:
+            client.close()
+        await server.stop(grace=0)
