@@ -65,9 +65,21 @@ def timestamp(seconds: float) -> Timestamp | None:
 
 @dataclass
 class _Queued:
-    result: pb.FrameResult
+    data: bytes  # the result, serialised once for every watcher that gets it
+    frame_id: int
     captured: float  # time.time() the frame was read
-    size: int = 0  # its bytes, as counted in the watchers' ByteBudget
+
+    @property
+    def size(self) -> int:  # as counted in the watchers' ByteBudget
+        return len(self.data)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One distinct result of a frame, serialised, and the time its encoding took."""
+
+    data: bytes
+    encode_ms: float
 
 
 class FeedFinished(Exception):
@@ -129,15 +141,16 @@ class Watcher:
         passed over, and the next came a whole frame later. The schedule keeps its grid."""
         return now >= self._next - min(pace / 2, self.interval * WATCH_EARLY)
 
-    def offer(self, result: pb.FrameResult, captured: float, now: float, size: int) -> None:
-        """Queue a result of ``size`` bytes (event loop only; never waits); the oldest goes
-        when full. The size comes with it, measured once per result off the event loop: each
-        watcher's ByteSize() of an 8 MB result (every stage in float32) took 45 ms of the
-        loop, and 20 watchers of such results slowed every camera and call on the server to
-        a third (a reliability review). None once released: a feed a reload took out of the
-        list, still stopping, offered its last frame to a watch that had ended and left it
-        (the watch looked its camera up by id, and found the new one), and its bytes stayed
-        counted in max_watcher_bytes for good."""
+    def offer(self, data: bytes, frame_id: int, captured: float, now: float) -> None:
+        """Queue a result, serialised (event loop only; never waits); the oldest goes when
+        full. Serialised once per distinct result, off the event loop, for every watcher:
+        each watcher's ByteSize() of an 8 MB result (every stage in float32) took 45 ms of
+        the loop, and 20 watchers of such results slowed every camera and call on the server
+        to a third; each one that read also copied and serialised it there, 18-80 ms (a
+        reliability review). None once released: a feed a reload took out of the list, still
+        stopping, offered its last frame to a watch that had ended and left it (the watch
+        looked its camera up by id, and found the new one), and its bytes stayed counted in
+        max_watcher_bytes for good."""
         if self._released:
             return
         # A schedule, not a minimum gap: a 5 fps watcher of a 6 fps camera gets 5 results a
@@ -150,8 +163,9 @@ class Watcher:
             self._next += self.interval
         if len(self._queue) >= self.capacity:
             self._drop_oldest()
-        self._queue.append(_Queued(result, captured, size))
-        self._take(size)
+        item = _Queued(data, frame_id, captured)
+        self._queue.append(item)
+        self._take(item.size)
         budget = self.budget
         while len(self._queue) > 1 and (self.held > budget.share or budget.held > budget.limit):
             self._drop_oldest()
@@ -160,7 +174,7 @@ class Watcher:
     def _drop_oldest(self) -> None:
         old = self._queue.popleft()
         self._take(-old.size)
-        self.drops.drop(old.result.frame_id)
+        self.drops.drop(old.frame_id)
         self._on_drop()
 
     def _take(self, size: int) -> None:
@@ -185,13 +199,17 @@ class Watcher:
         self._ended = error if error is not None else FeedFinished()
         self._ready.set()
 
-    async def next(self) -> pb.FrameResult:
-        """The oldest waiting result, stamped for this watcher; raises what ended it.
+    async def next(self) -> bytes:
+        """The oldest waiting result, stamped for this watcher, as the bytes the call sends
+        (the service's serializer passes bytes as they are); raises what ended it.
 
-        The result stays counted until the call asks for the next one (its write is done):
-        this watcher's own copy of it, and the bytes gRPC serialised from it, wait in the
-        call until its client reads, twice its size. Uncounted, 200 watches that read
-        nothing held 5 GB against a max_watcher_bytes of 256 MiB (a reliability review).
+        The shared result's bytes and this watcher's fields after them (sequence, drops,
+        age), which protobuf reads as one message whose later fields win: the shared result
+        leaves those fields unset. It stays counted until the call asks for the next one
+        (its write is done): the bytes given to gRPC, and the shared result they were made
+        from, wait in the call until its client reads, twice its size. Uncounted, 200
+        watches that read nothing held 5 GB against a max_watcher_bytes of 256 MiB (a
+        reliability review).
         """
         self._take(-self._sending)
         self._sending = 0
@@ -201,13 +219,12 @@ class Watcher:
             self._ready.clear()
             await self._ready.wait()
         item = self._queue.popleft()
-        self._take(item.size)  # counted twice now: the copy and its serialised bytes
+        self._take(item.size)  # counted twice now: the shared bytes and those sent
         self._sending = 2 * item.size
-        result = pb.FrameResult()
-        result.CopyFrom(item.result)  # shared by watchers; the fields below are this one's
-        self.drops.stamp(result)
-        result.frame_age_ms = max(0.0, (time.time() - item.captured) * 1000)
-        return result
+        own = pb.FrameResult()  # this watcher's fields
+        self.drops.stamp(own)
+        own.frame_age_ms = max(0.0, (time.time() - item.captured) * 1000)
+        return item.data + own.SerializeToString()
 
 
 class Publisher:
@@ -261,10 +278,18 @@ class Publisher:
         prepared: Prepared,
         inference: Inference,
         wanted: set[Options],
-    ) -> dict[Options, tuple[pb.FrameResult, int]]:
-        """Each distinct result and its size in bytes, both made here, off the event loop."""
+        began: float,
+    ) -> dict[Options, Encoded]:
+        """Each distinct result, its timings complete, serialised here, off the event loop
+        (``began``: time.perf_counter() the frame's analysis began)."""
         results = {o: self._encode(request, o, prepared, inference) for o in wanted}
-        return {o: (result, result.ByteSize()) for o, result in results.items()}
+        total_ms = (time.perf_counter() - began) * 1000
+        encoded = {}
+        for options, result in results.items():
+            if not result.status.code:
+                completed(result.timings, total_ms)
+            encoded[options] = Encoded(result.SerializeToString(), result.timings.encode_ms)
+        return encoded
 
     def _encode(
         self, request: pb.FrameRequest, options: Options, prepared: Prepared, inference: Inference
@@ -317,7 +342,7 @@ class Publisher:
             for w in self.watchers
             if w.due(now, self._pace) and have >= set(w.options.feature_maps)
         ]
-        results: dict[Options, tuple[pb.FrameResult, int]] = {}
+        results: dict[Options, Encoded] = {}
         if due:
             results = await loop.run_in_executor(
                 self.pipeline.executor,
@@ -326,16 +351,14 @@ class Publisher:
                 prepared,
                 inference,
                 {w.options for w in due},
+                began,
             )
         total_ms = (time.perf_counter() - began) * 1000
-        for result, _ in results.values():
-            if not result.status.code:
-                completed(result.timings, total_ms)
         timings = pb.Timings(
             decode_ms=prepared.decode_ms,
             inference_ms=inference.inference_ms,
             # the encoding itself, as each result timed its own (not the wait for a thread)
-            encode_ms=sum(r.timings.encode_ms for r, _ in results.values()),
+            encode_ms=sum(r.encode_ms for r in results.values()),
             batch_size=inference.batch_size,
             inference_threads=inference.threads,
         )
@@ -353,8 +376,7 @@ class Publisher:
         for watcher in due:
             if watcher in self.watchers:  # it may have gone while this frame was analysed
                 # the clock due() read: the schedule follows the frames, not the encoding
-                result, size = results[watcher.options]
-                watcher.offer(result, captured, now, size)
+                watcher.offer(results[watcher.options].data, frame_id, captured, now)
         return completed(timings, total_ms)
 
 

@@ -517,7 +517,9 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         request: pb.WatchCameraRequest,
         context: grpc.aio.ServicerContext,
         watching: list[Watcher],
-    ) -> AsyncGenerator[pb.FrameResult, None]:
+    ) -> AsyncGenerator[pb.FrameResult | bytes, None]:
+        """A watch's results: of a camera here, as the bytes its watcher makes (one
+        serialisation for all watchers); of one another process pulls, as messages."""
         metadata = context.invocation_metadata()
         try:
             self.cameras.check_watch(request)  # here too: before it is sent to another process
@@ -872,6 +874,17 @@ def add_to_server(servicer: ConvstreamServicer, server: grpc.aio.Server) -> None
     add_service(server, pb, "Convstream", servicer, servicer.settings.max_message_bytes)
 
 
+def _serialize(message: type[Message]) -> Callable[[Message | bytes], bytes]:
+    """A response serializer that sends bytes as they are: a watch's results, serialised
+    once for all its camera's watchers (feeds.Watcher.next)."""
+    serialize = message.SerializeToString
+
+    def write(response: Message | bytes) -> bytes:
+        return response if isinstance(response, bytes) else serialize(response)
+
+    return write
+
+
 def add_service(
     server: grpc.aio.Server, module: Any, name: str, servicer: object, max_message_bytes: int
 ) -> None:
@@ -910,7 +923,7 @@ def add_service(
                 getattr(module, method.input_type.name),
                 max_message_bytes if frames else SMALL_REQUEST_BYTES,
             ),
-            response_serializer=getattr(module, method.output_type.name).SerializeToString,
+            response_serializer=_serialize(getattr(module, method.output_type.name)),
         )
     generic = grpc.method_handlers_generic_handler(service.full_name, handlers)
     server.add_generic_rpc_handlers((generic,))
