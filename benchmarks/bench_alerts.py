@@ -20,7 +20,7 @@ import argparse
 import numpy as np
 from common import machine, table
 
-from convstream.dashboard.alerts import AlertDetector
+from convstream.client.episodes import AlertDetector
 from convstream.model import DamageModel
 from convstream.model.scenes import Conveyor
 from convstream.server.letterbox import letterbox

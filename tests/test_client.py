@@ -1775,3 +1775,62 @@ async def test_a_stack_of_frames_is_streamed_frame_by_frame(server: Server) -> N
         by_async = [r async for r in client.stream(stack)]
     for results in (await asyncio.to_thread(sync), by_async):
         assert [r.frame_id for r in results] == [1, 2, 3] and all(r.ok for r in results)
+
+
+def _scored(source: str, score: float, at: float) -> Result:
+    return Result(frame_id=int(at * 10), source=source, score=score, threshold=0.9, capture_time=at)
+
+
+def test_alerts_are_one_an_episode_as_the_dashboards() -> None:
+    """A WMS integrator deduplicated damaged frames by hand (a frame a second of one box for
+    as long as it passed): alerts() raises one an episode, by the dashboard's own rule. A
+    single frame's spike is passed over (frames_over=2); a dip of a frame or two does not
+    end an episode; one beginning inside the cooldown is held and raised after it, saying
+    how many it stands for; each camera (source) has its own."""
+    scores = [0.1, 0.95, 0.2, 0.3]  # a spike: no alert
+    scores += [0.92, 0.97, 0.5, 0.99, 0.93]  # an episode, a dip inside it, a better frame
+    scores += [0.1] * 10  # 2 s under: it ends
+    scores += [0.95, 0.96, 0.2]  # another, inside the 5 s cooldown: held
+    scores += [0.1] * 20
+    results = [_scored("dock-3", s, 1000 + k * 0.2) for k, s in enumerate(scores)]
+    results.insert(6, _scored("gate", 0.98, 1001.0))  # another camera, one frame: nothing
+    results.insert(7, _scored("gate", 0.99, 1001.1))  # its second: its own alert
+    seen: list[float] = []  # when each result went in: when each alert came out
+
+    def fed() -> Iterator[Result]:
+        for result in results:
+            seen.append(result.capture_time or 0.0)
+            yield result
+
+    got, at = [], []
+    for alert in cs.alerts(fed(), cooldown_s=5.0):
+        got.append(alert)
+        at.append(seen[-1])
+    said = [(a.kind, a.result.source, round(a.score, 2), a.episodes) for a in got]
+    assert said == [
+        ("raise", "dock-3", 0.97, 1),  # the streak's best frame begins it
+        ("raise", "gate", 0.99, 1),
+        ("improve", "dock-3", 0.99, 1),
+        ("raise", "dock-3", 0.96, 1),  # held through the cooldown, raised after it
+    ], said
+    assert at[-1] >= at[0] + 5.0 and got[-1].result.capture_time == 1004.0  # its best frame
+    # failed frames are passed over, and a bad argument is said at once
+    failed = Result(frame_id=1, source="dock-3", error=cs.InvalidFrame("no"))
+    assert list(cs.alerts([failed])) == []
+    with pytest.raises(ValueError, match="frames_over >= 1"):
+        list(cs.alerts([], frames_over=0))
+
+
+async def test_alerts_of_a_real_stream_raise_once_for_a_damaged_package(server: Server) -> None:
+    """The same through the server: 4 frames of one damaged render between intact ones,
+    0.2 s apart in their capture times, are one alert, whose result says where (regions)."""
+    damaged = render_scene(7_002, 720, 1280, damaged=True).image  # scored 0.98 (above)
+    intact = render_scene(7_001, 720, 1280, damaged=False).image
+    frames = [
+        cs.Frame(image, source="belt", capture_time=2_000_000_000 + k * 0.2)
+        for k, image in enumerate([intact] * 3 + [damaged] * 4 + [intact] * 12)
+    ]
+    async with AsyncClient(address(server)) as client:
+        got = [a async for a in cs.alerts_async(client.stream(frames), cooldown_s=60)]
+    assert [(a.kind, a.episodes) for a in got] == [("raise", 1)], got
+    assert got[0].result.damaged and got[0].result.regions and got[0].result.frame_id in range(4, 8)

@@ -31,6 +31,7 @@ imported quiets them, as the ``convstream`` commands do.
 """
 
 from convstream.client._client import AsyncClient, Client
+from convstream.client.episodes import DamageAlert, alerts, alerts_async
 from convstream.client.errors import (
     Cancelled,
     ClientClosed,
@@ -83,6 +84,7 @@ __all__ = [
     "Client",
     "ClientClosed",
     "ConvstreamError",
+    "DamageAlert",
     "DeadlineExceeded",
     "Encoding",
     "Frame",
@@ -112,6 +114,8 @@ __all__ = [
     "Unsupported",
     "Upload",
     "Video",
+    "alerts",
+    "alerts_async",
     "draw_feature_maps",
     "draw_overlay",
     "heatmap_on_frame",

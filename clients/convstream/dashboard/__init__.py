@@ -7,7 +7,8 @@ ListCameras poll keeps states and rates fresh, and alerts keep a snapshot of wha
 them. All assets ship in this package; nothing on the page changes anything on the server.
 """
 
-from convstream.dashboard.alerts import Alert, AlertDetector
+from convstream.client.episodes import AlertDetector
+from convstream.dashboard.alerts import Alert
 from convstream.dashboard.app import Dashboard, serve
 from convstream.dashboard.cli import add_commands, run_dashboard
 from convstream.dashboard.settings import DashboardSettings

@@ -1,16 +1,9 @@
 """Alerts: a camera's score crossing the threshold, with a snapshot of what crossed it.
 
-An alert is per episode: one package passing slowly under a camera keeps its score high for
-many frames, and a score near the threshold flickers across it, so an episode begins when the
-score reaches the threshold and ends only once it has stayed below ``threshold - hysteresis``
-for ``END_AFTER_S`` (a frame or two of a turning package scoring low do not end it). The
-alert is raised on the episode's first frame, and its snapshot follows the episode's
-best-scoring frame while it lasts (a package entering the view scores less than the same
-package in full view).
-
-The cooldown limits how often one camera alerts, and never loses an episode: one that begins
-inside the cooldown is held, and raised (with its best frame, and how many episodes it stands
-for) as soon as the cooldown has passed.
+Which frames raise an alert, one per episode of damage, or improve the alert's snapshot
+(the episode's best frame) is the client's AlertDetector (convstream.client.episodes says
+how), which programs that file claims from a watch use too. Here: the alerts kept, on disk
+and in memory, and their pictures.
 """
 
 from __future__ import annotations
@@ -19,14 +12,13 @@ import contextlib
 import errno
 import json
 import logging
-import math
 import os
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import cv2
 import numpy as np
@@ -36,16 +28,6 @@ from convstream.client.results import json_text, score_text
 from convstream.v1 import shortest_float32
 
 logger = logging.getLogger(__name__)
-
-HYSTERESIS = 0.03
-END_AFTER_S = 1.5  # below the threshold (less the hysteresis) this long ends an episode
-BETTER_BY = 0.01  # a frame replaces an alert's snapshot when it scores this much higher
-# Or when it scores as high, within ALIKE, with its damage this much further inside the
-# picture (a share of its shorter side): scores reach 0.999 as a damaged box comes in, and
-# the first frame, its box cut by the edge, stayed the alert's picture for good.
-ALIKE = 0.005
-FURTHER_INSIDE = 0.1
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -97,110 +79,6 @@ class Alert:
         known = {key: value for key, value in data.items() if key in names}
         known.setdefault("raised", known.get("time", 0.0))  # written before alerts had it
         return cls(**known)
-
-
-@dataclass(frozen=True)
-class Decision(Generic[T]):
-    """What to do with a frame: raise a new alert with it, or make it the snapshot of the
-    camera's latest alert (``improve``)."""
-
-    kind: str  # "raise" | "improve"
-    score: float
-    frame: T
-    episodes: int = 1
-
-
-@dataclass
-class _Camera(Generic[T]):
-    in_episode: bool = False
-    below_since: float | None = None  # when the score last fell below, in an episode
-    alerted: bool = False  # the current episode has its alert (else it is held)
-    peak: float = -math.inf  # best score of the current episode, or of the held ones
-    best: T | None = None  # the frame shown: the best score, or one alike better placed
-    placement: float = 0.0  # how far inside the picture its damage is
-    held: int = 0  # episodes waiting out the cooldown
-    last_raised: float = -math.inf
-    streak: int = 0  # frames in a row at or over the threshold
-    streak_best: tuple[float, float, T] | None = None  # the best of them: score, placement, frame
-
-
-class AlertDetector(Generic[T]):
-    """Decides, frame by frame, which frames raise an alert or improve one.
-
-    Args:
-        cooldown_s: the shortest time between two alerts of one camera.
-        hysteresis: how far below the threshold a score must fall to end an episode.
-        end_after_s: and for how long.
-        frames_over: frames in a row at or over the threshold that start an episode: 2 or 3
-            pass over a single frame's spike (most false alarms), at the cost of a frame
-            interval's delay and of damage seen in one frame only.
-    """
-
-    def __init__(
-        self,
-        cooldown_s: float,
-        hysteresis: float = HYSTERESIS,
-        end_after_s: float = END_AFTER_S,
-        frames_over: int = 1,
-    ) -> None:
-        self.cooldown_s = cooldown_s
-        self.hysteresis = hysteresis
-        self.end_after_s = end_after_s
-        self.frames_over = frames_over
-        self._cameras: dict[str, _Camera[T]] = {}
-
-    def update(
-        self,
-        camera: str,
-        score: float,
-        threshold: float,
-        now: float,
-        frame: T,
-        placement: float = 0.0,
-    ) -> Decision[T] | None:
-        """The decision for this frame, with ``score``, at monotonic time ``now`` (seconds).
-
-        placement: how far the frame's hottest place is from its nearest edge, as a share of
-        its shorter side (0 at the edge or not known, 0.5 in the middle): of two frames that
-        score alike, the alert shows the one whose damage is well inside the picture. Its
-        score stays the episode's best.
-        """
-        cam = self._cameras.setdefault(camera, _Camera())
-        if cam.below_since is not None and now - cam.below_since >= self.end_after_s:
-            cam.in_episode, cam.below_since = False, None  # it stayed below long enough
-        if score >= threshold:
-            cam.streak += 1
-            if cam.streak_best is None or score > cam.streak_best[0]:
-                cam.streak_best = (score, placement, frame)
-        else:
-            cam.streak, cam.streak_best = 0, None
-        if score >= threshold and (cam.in_episode or cam.streak >= self.frames_over):
-            cam.below_since = None
-            if not cam.in_episode:
-                cam.in_episode, cam.alerted = True, False
-                cam.held += 1
-                if cam.held == 1:
-                    cam.peak = -math.inf
-                assert cam.streak_best is not None
-                score, placement, frame = cam.streak_best  # the streak's best frame starts it
-            higher = score >= cam.peak + BETTER_BY
-            inside = score >= cam.peak - ALIKE and placement >= cam.placement + FURTHER_INSIDE
-            if higher or inside:
-                cam.peak, cam.placement, cam.best = max(cam.peak, score), placement, frame
-                if cam.alerted:
-                    return Decision("improve", cam.peak, frame)
-        elif score < threshold - self.hysteresis and cam.in_episode and cam.below_since is None:
-            cam.below_since = now
-        if cam.held and now - cam.last_raised >= self.cooldown_s:
-            assert cam.best is not None
-            decision = Decision("raise", cam.peak, cam.best, cam.held)
-            cam.held, cam.last_raised = 0, now
-            cam.alerted = cam.in_episode  # its later frames improve this alert
-            return decision
-        return None
-
-    def forget(self, camera: str) -> None:
-        self._cameras.pop(camera, None)
 
 
 @dataclass(frozen=True)

@@ -23,14 +23,13 @@ import numpy as np
 
 from convstream.client._base import clean_token, keepalive
 from convstream.client.connection_flags import refused_hint, unavailable_hint
+from convstream.client.episodes import AlertDetector, Decision
 from convstream.client.errors import is_name_mismatch
 from convstream.client.results import Geometry
 from convstream.client.tensors import to_numpy
 from convstream.dashboard.alerts import (
     Alert,
-    AlertDetector,
     AlertLog,
-    Decision,
     render_snapshot,
     snapshot_label,
 )
