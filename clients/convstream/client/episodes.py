@@ -28,7 +28,15 @@ from typing import Generic, Literal, TypeVar
 
 from convstream.client.results import Result
 
-__all__ = ["AlertDetector", "DamageAlert", "Decision", "alerts", "alerts_async", "placement"]
+__all__ = [
+    "AlertDetector",
+    "DamageAlert",
+    "Decision",
+    "alerts",
+    "alerts_async",
+    "inside_by",
+    "placement",
+]
 
 HYSTERESIS = 0.03
 END_AFTER_S = 1.5  # below the threshold (less the hysteresis) this long ends an episode
@@ -169,11 +177,17 @@ def placement(result: Result) -> float:
     """How far the result's peak is from its frame's nearest edge, as a share of the frame's
     shorter side: 0 at an edge (or without a peak), 0.5 in the middle."""
     peak, g = result.peak(), result.geometry
-    if peak is None or g is None or not g.frame_width or not g.frame_height:
+    if peak is None or g is None:
         return 0.0
-    x, y = peak
-    edge = min(x, g.frame_width - x, y, g.frame_height - y)
-    return max(0.0, edge) / min(g.frame_width, g.frame_height)
+    return inside_by(peak[0], peak[1], g.frame_width, g.frame_height)
+
+
+def inside_by(x: float, y: float, width: int, height: int) -> float:
+    """How far (x, y) is from the nearest edge of a width x height frame, as a share of its
+    shorter side: 0 at an edge (or for a frame of no size), 0.5 in the middle."""
+    if not width or not height:
+        return 0.0
+    return max(0.0, min(x, width - x, y, height - y)) / min(width, height)
 
 
 class _Alerts:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from convstream.client.episodes import inside_by
 from convstream.client.results import camera_state_name, json_text
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import shortest_float32
@@ -96,11 +97,10 @@ def placement(result: pb.FrameResult) -> float:
     """How far the result's peak is from its frame's nearest edge, as a share of the frame's
     shorter side: 0 at an edge, 0.5 in the middle (0 without a peak: nothing to prefer it
     for)."""
-    width, height = result.geometry.frame_width, result.geometry.frame_height
-    if not result.HasField("peak") or not width or not height:
+    if not result.HasField("peak"):
         return 0.0
-    x, y = result.peak.x, result.peak.y
-    return max(0.0, min(x, width - x, y, height - y)) / min(width, height)
+    g = result.geometry
+    return inside_by(result.peak.x, result.peak.y, g.frame_width, g.frame_height)
 
 
 def quantise(heatmap: np.ndarray) -> np.ndarray:
