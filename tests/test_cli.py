@@ -1288,8 +1288,15 @@ def test_check_config_says_what_would_run_without_running_it(
         busy = str(taken.getsockname()[1])
         assert main(["serve", "--check-config", "--config", str(config), "--port", busy]) == 0
     out = capsys.readouterr().out
-    prefix = "config OK, 1 warning(s) below: "
+    prefix = "config OK, 2 warning(s) below: "
     assert out.startswith(f"{prefix}convstream serve would listen on 0.0.0.0:{busy}\n")
+    # a token without max_calls beside another: one of its clients may take every place
+    # (a security review's: one watch token's 248 slow watches kept every other client out)
+    assert (
+        "warning: token dash has no max_calls: one client holding one may take every place "
+        "of max_streams (64), max_watchers (256) and max_analyze_calls (64)"
+    ) in out
+    assert "ingest has" not in out  # its max_calls is set
     # tokens in plaintext on every interface: said before it runs, as the server's log would
     assert (
         "warning: listening on 0.0.0.0 (every IPv4 and IPv6 address of this machine) with "
@@ -1305,7 +1312,7 @@ def test_check_config_says_what_would_run_without_running_it(
         main(["serve", "--check-config", "--config", str(config), "--metrics-host", "0.0.0.0"]) == 0
     )
     out = capsys.readouterr().out
-    assert out.startswith("config OK, 2 warning(s) below: ")
+    assert out.startswith("config OK, 3 warning(s) below: ")
     assert "warning: metrics listen on 0.0.0.0 (every IPv4 and IPv6 address" in out
     assert "over plain HTTP with no tokens" in out
     # a config of no cameras runs the demo conveyor: on a server others reach, said (README's
@@ -1345,7 +1352,7 @@ def test_check_config_says_what_would_run_without_running_it(
         toml.write(f'[[cameras]]\nid = "replay"\nsource = "{tmp_path / "gone.mp4"}"\n')
     assert main(["serve", "--check-config", "--config", str(config)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("config OK, 2 warning(s) below: ")
+    assert out.startswith("config OK, 3 warning(s) below: ")
     assert "replay (file, looped)" in out
     assert f"warning: camera replay: no video file at {tmp_path / 'gone.mp4'}" in out
     assert "from here" not in out  # an absolute path needs no explaining
@@ -1354,7 +1361,7 @@ def test_check_config_says_what_would_run_without_running_it(
         toml.write('[[cameras]]\nid = "belt"\nsource = "belt-gone.avi"\n')
     assert main(["serve", "--check-config", "--config", str(config)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("config OK, 3 warning(s) below: ")
+    assert out.startswith("config OK, 4 warning(s) below: ")
     assert (
         f"no video file at belt-gone.avi (as this user sees it, {Path.cwd() / 'belt-gone.avi'}"
         in out
@@ -1368,7 +1375,7 @@ def test_check_config_says_what_would_run_without_running_it(
         toml.write(f'[[cameras]]\nid = "bench"\nsource = "device:{index}"\n')
     assert main(["serve", "--check-config", "--config", str(config)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("config OK, 3 warning(s) below: ")
+    assert out.startswith("config OK, 4 warning(s) below: ")
     assert f"warning: camera bench: no /dev/video{index} on this host (yet)" in out
     config.write_text(config.read_text().replace("fps = 5", "fsp = 5"))
     assert main(["serve", "--check-config", "--config", str(config)]) == 2

@@ -251,6 +251,13 @@ async def test_the_page_over_https(browser: Any, artifacts: Path, tmp_path: Path
             assert dash.url.startswith("https://127.0.0.1:")
             trust = ssl.create_default_context(cafile=str(pki["ca.pem"]))
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trust)) as http:
+                # a plain http:// page of the same host and port is not the page's own: a
+                # network in between could have written it
+                plain_origin = {"Origin": dash.url.replace("https://", "http://").rstrip("/")}
+                async with http.post(
+                    dash.url + "login", data={"token": TOKEN}, headers=plain_origin
+                ) as forged:
+                    assert forged.status == 403
                 async with http.post(
                     dash.url + "login", data={"token": TOKEN}, allow_redirects=False
                 ) as ok:

@@ -249,9 +249,14 @@ def cookie_name(request: web.Request) -> str:
 def same_origin(request: web.Request) -> bool:
     """Refuse what pages of other sites send: a browser sends the Origin of the page that
     opens a WebSocket or posts a form (the login page's Referrer-Policy lets it say its own,
-    where no-referrer would make it "null")."""
+    where no-referrer would make it "null"). Served over HTTPS, the page's own is https: an
+    http:// page of the same name is one a network in between could have written (plain
+    HTTP, a TLS proxy in front may have made the request, so either scheme is its own)."""
     origin = request.headers.get("Origin")
-    return origin is None or urlsplit(origin).netloc == request.host
+    if origin is None:
+        return True
+    parts = urlsplit(origin)
+    return parts.netloc == request.host and (parts.scheme == "https" or not request.secure)
 
 
 _LOGIN_PAGE = """<!doctype html>

@@ -349,6 +349,7 @@ def _check_config(settings: Settings, warnings: list[str]) -> int:
         exposure_warning,
         metrics_exposure_warning,
         shared_source_warning,
+        token_share_warning,
     )
     from convstream.server.processes import assign
     from convstream.server.security import scope_text
@@ -437,6 +438,7 @@ def _check_config(settings: Settings, warnings: list[str]) -> int:
         metrics_exposure_warning(settings),
         demo_warning(settings),
         shared_source_warning(settings),
+        token_share_warning(settings),
     ):
         if warning:
             warnings.append(warning)

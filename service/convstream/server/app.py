@@ -597,8 +597,9 @@ class Server:
             self.servicer.settings = self.settings
         count = len(settings.cameras)
         logger.info("reload: %d camera%s configured", count, "" if count == 1 else "s")
-        if (shared := shared_source_warning(settings)) is not None:
-            logger.warning("reload: %s", shared)
+        for warning in (shared_source_warning(settings), token_share_warning(settings)):
+            if warning is not None:
+                logger.warning("reload: %s", warning)
         if self.peers is not None:  # the supervisor read the config and kept what it did
             self.metrics.reloaded(self.peers.reload_ok, self.peers.restart_pending)
         else:
@@ -776,6 +777,7 @@ def _warn_if_exposed(settings: Settings, *, tls: bool) -> None:
         metrics_exposure_warning(settings),
         demo_warning(settings),
         shared_source_warning(settings),
+        token_share_warning(settings),
     ):
         if warning:
             logger.warning("%s", warning)
@@ -860,6 +862,26 @@ def shared_source_warning(settings: Settings) -> str | None:
     return (
         f"cameras {said}: their tiles show one picture (was a [[cameras]] block copied and "
         "only its id changed?); point each at its own camera"
+    )
+
+
+def token_share_warning(settings: Settings) -> str | None:
+    """Tokens without a max_calls beside others, or None: one client holding such a token
+    may take every place of the server's limits, and the other tokens' clients (a dashboard
+    among them) are then refused until it lets go (a security review's: 248 slow watches of
+    one watch token kept every other client out)."""
+    unbounded = [t.name for t in settings.tokens if t.max_calls is None]
+    if len(settings.tokens) < 2 or not unbounded:
+        return None
+    said = (
+        f"tokens {', '.join(unbounded)} have" if len(unbounded) > 1 else f"token {unbounded[0]} has"
+    )
+    return (
+        f"{said} no max_calls: one client holding one may take every place of max_streams "
+        f"({settings.max_streams}), max_watchers ({settings.max_watchers}) and "
+        f"max_analyze_calls ({settings.max_analyze_calls}), and the other tokens' calls are "
+        "then refused (RESOURCE_EXHAUSTED); give each token a max_calls "
+        "(`convstream token --max-calls N`)"
     )
 
 
