@@ -52,7 +52,7 @@ from convstream.dashboard.alerts import (
 )
 from convstream.dashboard.hub import CameraView, Hub
 from convstream.dashboard.messages import frame_message, model_json, parse_frame_message
-from convstream.dashboard.web import STATIC_DIR, WINDOW
+from convstream.dashboard.web import STATIC_DIR, WINDOW, Viewer
 from convstream.model.scenes import render_scene
 from convstream.server import CameraConfig, Server, Settings
 from convstream.v1 import convstream_pb2 as pb
@@ -178,6 +178,50 @@ def test_an_alert_keeps_when_it_was_raised_as_its_snapshot_improves(tmp_path: Pa
     (tmp_path / "00000002-thumb.jpg").unlink()
     old = AlertLog(10, tmp_path).snapshot(2)
     assert old is not None and (old.thumb, old.thumbnail) == (b"", b"a")
+
+
+def test_handled_marks_are_the_dashboards_counted_and_kept_on_disk(tmp_path: Path) -> None:
+    """One list of marks for every browser: kept with the alerts (a wall screen, a second
+    desk and the next shift saw each their own), counted past the newest kept, written."""
+    log = AlertLog(3, tmp_path)
+    for i in range(4):  # the oldest leaves the newest 3 unhandled: still open
+        log.add("demo", 100.0 + i, 0.9, 0.8, i, Snapshot(b"a", b"b"), raised=100.0 + i)
+        log.save(i + 1)
+    assert log.open_count == 4 and log.dropped_open == 1
+    (changed,) = log.mark_handled([3, 1, 99], True, when=200.0)  # 1 and 99 are not kept
+    assert (changed.id, changed.handled) == (3, 200.0)
+    assert log.mark_handled([3], True, when=300.0) == []  # marked already: kept as it was
+    assert log.open_count == 3
+    log.save_marks([3])
+    assert {a.id: a.handled for a in AlertLog(3, tmp_path).recent()} == {4: 0.0, 3: 200.0, 2: 0.0}
+    (undone,) = log.mark_handled([3], False, when=400.0)
+    assert undone.handled == 0.0 and log.open_count == 4
+    # "mark all handled": every alert raised until then, and those no longer kept
+    assert [a.id for a in log.mark_all_handled(up_to=102.0, when=500.0)] == [2, 3]
+    assert log.open_count == 1  # alert 4, raised after
+    log.save_marks([2, 3])
+    assert [a.handled for a in AlertLog(3, tmp_path).recent()] == [0.0, 500.0, 500.0]
+    # what the directory holds is counted as it is, the marks' bytes too
+    assert log.bytes_on_disk == sum(p.stat().st_size for p in tmp_path.iterdir())
+
+
+def test_a_pages_handled_message_is_checked_before_it_marks_anything() -> None:
+    marks: list[tuple[list[int] | None, bool, float | None, str]] = []
+    viewer = Viewer(None, "10.0.0.5", lambda *mark: marks.append(mark))  # type: ignore[arg-type]
+    for ignored in (
+        {"handled": [1, 2]},  # no "on"
+        {"handled": [1, True], "on": True},  # a bool is no id
+        {"handled": list(range(101)), "on": True},  # more than a page lists
+        {"handled": "all"},  # until when?
+        {"handled": "all", "up_to": "now"},
+        {"handled": 7, "on": True},
+    ):
+        viewer.on_message(json.dumps(ignored))
+    viewer.on_message("not json")
+    assert marks == []
+    viewer.on_message(json.dumps({"handled": [4, 5], "on": False}))
+    viewer.on_message(json.dumps({"handled": "all", "up_to": 1700000000.5}))
+    assert marks == [([4, 5], False, None, "10.0.0.5"), (None, True, 1700000000.5, "10.0.0.5")]
 
 
 def test_alert_pictures_of_one_id_from_two_dashboard_runs_have_their_own_urls() -> None:
@@ -931,7 +975,8 @@ async def test_damaged_frame_raises_an_alert(
     assert await big.evaluate("(img) => img.naturalWidth") >= 600
     await page.screenshot(path=artifacts / "alert-frame-only.png")
     await page.locator("#modal-clean").uncheck()
-    # Marked handled (in this browser): dimmed, off the count, and so after a reload
+    # Marked handled: dimmed, off the count, and so after a reload and in every other browser
+    # (each browser kept its own marks, and a wall screen's count disagreed with a desk's)
     count = page.locator("#alert-count")
     before = int(await count.inner_text())
     item = page.locator(f'#alerts li:has(button[data-id="{await alert.get_attribute("data-id")}"])')
@@ -948,10 +993,27 @@ async def test_damaged_frame_raises_an_alert(
                   document.querySelectorAll('#alerts li[data-handled="false"]').length]"""
     )
     assert shown == unhandled and shown <= before
+    await expect(page.locator("#modal-caption")).to_contain_text("marked handled ")
     await page.screenshot(path=artifacts / "alert-handled.png")
     await page.keyboard.press("Escape")
     await expect(modal).not_to_have_attribute("open", "")
     handled_id = await alert.get_attribute("data-id")
+    assert handled_id is not None
+    marked = {a.id: a.handled for a in dashboard.hub.alerts.recent()}[int(handled_id)]
+    assert abs(marked - time.time()) < 30
+    desk = await _open(browser, dashboard)  # another browser: its own storage, nothing shared
+    on_desk = desk.locator(f'#alerts li:has(button[data-id="{handled_id}"])')
+    await expect(on_desk).to_have_attribute("data-handled", "true", timeout=15000)
+    # and a mark taken back on that desk is taken back on the first screen, at once
+    await on_desk.locator("button").click()
+    await expect(desk.locator("#modal-handled")).to_be_checked()
+    await desk.locator("#modal-handled").uncheck()
+    await expect(item).to_have_attribute("data-handled", "false")
+    await page.locator(f'#alerts li:has(button[data-id="{handled_id}"]) button').click()
+    await page.locator("#modal-handled").check()
+    await expect(on_desk).to_have_attribute("data-handled", "true")
+    await page.keyboard.press("Escape")
+    await desk.keyboard.press("Escape")
     await page.reload()
     again = page.locator(f'#alerts li:has(button[data-id="{handled_id}"])')
     await expect(again).to_have_attribute("data-handled", "true", timeout=15000)
@@ -974,6 +1036,13 @@ async def test_damaged_frame_raises_an_alert(
                   document.querySelectorAll('#alerts li[data-handled="false"]').length]"""
     )
     assert shown == str(unhandled), (shown, unhandled)
+    for alert_id in listed:  # the desk's list too, and its count is the dashboard's
+        item = desk.locator(f'#alerts li:has(button[data-id="{alert_id}"])')
+        await expect(item).to_have_attribute("data-handled", "true")
+    open_now = dashboard.hub.alerts.open_count
+    assert open_now == sum(1 for a in dashboard.hub.alerts.recent() if not a.handled)
+    assert desk.errors == []
+    await desk.context.close()
 
     # The alerts are on disk too, and a dashboard started again shows them
     alerts_dir = dashboard.settings.alerts_dir
@@ -981,11 +1050,14 @@ async def test_damaged_frame_raises_an_alert(
     deadline = time.monotonic() + 10  # written off the event loop, just after the page got it
     while True:
         reborn = AlertLog(100, alerts_dir)
-        ids = [alert.id for alert in dashboard.hub.alerts.recent()]
-        if [alert.id for alert in reborn.recent()] == ids or time.monotonic() > deadline:
+        # and their handled marks, written again as they change
+        ids = [(alert.id, alert.handled) for alert in dashboard.hub.alerts.recent()]
+        if [(a.id, a.handled) for a in reborn.recent()] == ids or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.1)
-    assert [alert.id for alert in reborn.recent()] == ids
+    assert [(alert.id, alert.handled) for alert in reborn.recent()] == ids
+    assert any(handled for _, handled in ids)
+    ids = [alert_id for alert_id, _ in ids]
     assert {alert.camera for alert in reborn.recent()} >= {"damaged"}
     kept = reborn.snapshot(ids[0])
     assert kept is not None and kept.overlay[:2] == kept.frame[:2] == kept.thumb[:2] == b"\xff\xd8"
@@ -1031,6 +1103,12 @@ async def test_killed_camera_shows_reconnecting_then_recovers(
     await expect(tile.locator(".notice")).to_be_visible()
     await expect(tile.locator(".notice")).to_contain_text("reconnecting")
     await expect(_tile(page, "belt").locator(".state")).to_have_text("running")  # only this one
+    # its last score is no news of the camera now: a dash, the score in the tooltip (a
+    # reconnecting camera's 0.9963 read as damage now, for minutes)
+    await expect(tile.locator(".v-score")).to_have_text("\u2013")
+    await expect(tile.locator(".v-score")).to_have_attribute(
+        "title", re.compile(r"^last score [01]\.\d{4}, at \d\d:\d\d:\d\d, no longer live$")
+    )
     # and screen readers are told, as they are of alerts (the tile alone showed it)
     told = page.locator("#announce p")
     await expect(told.filter(has_text=re.compile("^camera dock reconnecting: "))).to_have_count(1)
@@ -1057,6 +1135,7 @@ async def test_killed_camera_shows_reconnecting_then_recovers(
     before = await _frames(page, "dock")
     await _wait_frames(page, "dock", before + 2)
     await expect(tile.locator(".notice")).to_be_hidden()
+    await expect(tile.locator(".v-score")).to_have_text(re.compile(r"^[01]\.\d{4}$"))
     await expect(page.locator("#summary .down")).to_have_count(0)
     await expect(page.locator("#summary")).to_be_focused()  # not thrown to the page's top
     await expect(told.filter(has_text="camera dock running again")).to_have_count(1)

@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ class Alert:
     episodes: int = 1  # more when episodes held back by the cooldown were raised as one
     version: int = 1  # grows each time a better frame replaces the snapshot
     raised: float = 0.0  # the dashboard's clock when it raised the alert, seconds since the epoch
+    # when an operator marked it handled, seconds since the epoch; 0: not handled. One mark
+    # for every browser: a wall screen, a second desk and the next shift see the same list
+    handled: float = 0.0
 
     @property
     def url(self) -> str:
@@ -139,6 +143,9 @@ class AlertLog:
         self._on_disk: dict[int, int] = {}  # bytes of each alert in the directory
         self._deleted_below = 0  # ids below it were deleted as the oldest
         self._disk_lock = threading.Lock()
+        # alerts that left the newest ``limit`` before anyone marked them handled (since
+        # this start): still open, or the count stood at ``limit`` however many came
+        self.dropped_open = 0
         if directory is not None:
             # the cameras' pictures: this user's alone (a folder already there keeps its mode)
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -188,20 +195,22 @@ class AlertLog:
         alerts kept are the newest by id. One that would be the oldest kept, or was deleted
         as such (its better snapshot coming after), is not written (back).
         """
-        if self.directory is None or (entry := self._alerts.get(alert_id)) is None:
+        if self.directory is None:
             return
-        alert, snapshot = entry
-        base = f"{alert_id:08d}"
-        files = (
-            (f"{base}.jpg", snapshot.overlay),
-            (f"{base}-frame.jpg", snapshot.frame),
-            (f"{base}-thumb.jpg", snapshot.thumbnail),
-            (f"{base}.json", json_text(alert.to_json()).encode()),  # last: complete
-        )
-        size = sum(len(data) for _, data in files)
         with self._disk_lock:
-            if alert_id < self._deleted_below:
+            # read under the lock, as save_marks reads it: a mark made while this waited is in
+            entry = self._alerts.get(alert_id)
+            if entry is None or alert_id < self._deleted_below:
                 return
+            alert, snapshot = entry
+            base = f"{alert_id:08d}"
+            files = (
+                (f"{base}.jpg", snapshot.overlay),
+                (f"{base}-frame.jpg", snapshot.frame),
+                (f"{base}-thumb.jpg", snapshot.thumbnail),
+                (f"{base}.json", json_text(alert.to_json()).encode()),  # last: complete
+            )
+            size = sum(len(data) for _, data in files)
             self._on_disk.pop(alert_id, None)  # its files, if any, are replaced or deleted
             others = sum(self._on_disk.values())
             for oldest in sorted([*self._on_disk, alert_id]):
@@ -229,6 +238,50 @@ class AlertLog:
                     self._on_disk.pop(older[0])
                     self._delete(older[0])
             self._on_disk[alert_id] = size
+
+    def save_marks(self, ids: Iterable[int]) -> None:
+        """Write the ``.json`` of these alerts again, for their handled marks (blocking: call
+        it off the event loop). One not written yet is left to its own save, which writes
+        the mark with it."""
+        if self.directory is None:
+            return
+        with self._disk_lock:
+            for alert_id in ids:
+                entry = self._alerts.get(alert_id)
+                if entry is None or alert_id not in self._on_disk:
+                    continue
+                path = self.directory / f"{alert_id:08d}.json"
+                data = json_text(entry[0].to_json()).encode()
+                try:
+                    was = path.stat().st_size
+                except OSError:
+                    was = 0
+                write_file(path, data)
+                self._on_disk[alert_id] += len(data) - was
+
+    def mark_handled(self, ids: Iterable[int], handled: bool, when: float) -> list[Alert]:
+        """Mark these alerts handled at ``when`` (or not handled); returns the ones that
+        changed. Ids no longer kept are passed over."""
+        changed = []
+        for alert_id in ids:
+            entry = self._alerts.get(alert_id)
+            if entry is None or bool(entry[0].handled) == handled:
+                continue
+            alert = replace(entry[0], handled=when if handled else 0.0)
+            self._alerts[alert_id] = (alert, entry[1])
+            changed.append(alert)
+        return changed
+
+    def mark_all_handled(self, up_to: float, when: float) -> list[Alert]:
+        """Mark every alert raised until ``up_to`` handled, those no longer kept too."""
+        self.dropped_open = 0
+        ids = [alert.id for alert, _ in self._alerts.values() if alert.raised <= up_to]
+        return self.mark_handled(ids, True, when)
+
+    @property
+    def open_count(self) -> int:
+        """Alerts nobody has marked handled, those that left the newest ``limit`` too."""
+        return self.dropped_open + sum(1 for alert, _ in self._alerts.values() if not alert.handled)
 
     def _count(self, alert_id: int) -> None:
         """Count the files of ``alert_id`` that are there (a save that failed part-way
@@ -276,7 +329,8 @@ class AlertLog:
         )
         self._alerts[alert.id] = (alert, snapshot)
         while len(self._alerts) > self.limit:
-            self._alerts.popitem(last=False)
+            _, (oldest, _) = self._alerts.popitem(last=False)
+            self.dropped_open += not oldest.handled
         return alert
 
     def improve(

@@ -92,10 +92,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--alert-frames",
         type=int,
-        default=1,
+        default=2,
         metavar="N",
         help="results in a row at or over the threshold that raise an alert: 2 halves the "
-        "false alarms on the demo conveyor and misses a few more damaged packages "
+        "false alarms of 1 on the demo conveyor and misses a few more damaged packages "
         "(docs/dashboard.md, 'Setting up the dashboard'; default %(default)s)",
     )
     p.add_argument(

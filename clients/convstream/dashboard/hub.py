@@ -142,6 +142,7 @@ class Hub:
             settings.alert_cooldown_s, frames_over=settings.alert_frames
         )
         self._latest_alert: dict[str, int] = {}  # camera -> its latest alert's id
+        self._mark_saves: set[asyncio.Task[None]] = set()  # handled marks being written
         self._subscribers: set[Subscriber] = set()
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.ConvstreamStub | None = None
@@ -223,6 +224,7 @@ class Hub:
             "history": {view.id: list(view.history) for view in self.cameras.values()},
             "history_s": self.settings.history_s,
             "alerts": [alert.to_json() for alert in self.alerts.recent()],
+            "open_alerts": self.alerts.open_count,
             "time": time.time(),
             # a page that sees another start knows its list came from another dashboard run;
             # kept: whether this one's alerts outlive a restart (--alerts-dir)
@@ -232,6 +234,38 @@ class Hub:
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.discard(subscriber)
+
+    def mark_handled(
+        self, ids: list[int] | None, handled: bool, up_to: float | None, by: str
+    ) -> None:
+        """An operator marked alerts handled (or not): ``ids``, or every alert raised until
+        ``up_to``. Every page is told (one list for every browser), and the marks are
+        written with the alerts."""
+        now = time.time()
+        if up_to is not None:
+            changed = self.alerts.mark_all_handled(up_to, now)
+        else:
+            changed = self.alerts.mark_handled(ids or (), handled, now)
+        if changed:
+            logger.info(
+                "alert%s %s marked %s by browser %s",
+                "s" if len(changed) > 1 else "",
+                ", ".join(str(alert.id) for alert in changed),
+                "handled" if handled or up_to is not None else "not handled",
+                by,
+            )
+        marks = [{"id": alert.id, "handled": alert.handled} for alert in changed]
+        self._broadcast_text(text("handled", alerts=marks, open=self.alerts.open_count))
+        if changed and self.alerts.directory is not None:
+            task = asyncio.create_task(self._save_marks([alert.id for alert in changed]))
+            self._mark_saves.add(task)
+            task.add_done_callback(self._mark_saves.discard)
+
+    async def _save_marks(self, ids: list[int]) -> None:
+        try:
+            await asyncio.to_thread(self.alerts.save_marks, ids)
+        except OSError as exc:  # a full disk: the page has them; a restart forgets them
+            logger.warning("handled marks not written to %s: %s", self.alerts.directory, exc)
 
     def _broadcast_text(self, message: str, key: str | None = None) -> None:
         for subscriber in list(self._subscribers):
@@ -553,7 +587,7 @@ class Hub:
             )
             if alert is None:
                 return
-        self._broadcast_text(text("alert", alert=alert.to_json()))
+        self._broadcast_text(text("alert", alert=alert.to_json(), open=self.alerts.open_count))
         try:
             await asyncio.to_thread(self.alerts.save, alert.id)
         except OSError as exc:  # a full disk must not stop the page's alerts

@@ -1,7 +1,9 @@
 """What the dashboard sends to browsers over its WebSocket.
 
 Text messages are JSON objects with a ``type``: ``hello`` (everything a new page needs),
-``cameras`` (states and rates, every poll), ``model``, ``alert``. Frames travel as one binary
+``cameras`` (states and rates, every poll), ``model``, ``alert`` (new or with a better
+frame; with ``open``, the alerts not marked handled), ``handled`` (alerts an operator marked,
+in any browser, and ``open``), ``tick``. Frames travel as one binary
 message each, so JPEG bytes are never base64-inflated::
 
     uint32 little-endian n | n bytes of JSON header | heatmap (h*w uint8) | frame JPEG

@@ -27,7 +27,8 @@ class DashboardSettings:
         alert_cooldown_s: the shortest time between two alerts of one camera; an episode that
             starts inside it is held and raised once it has passed.
         alert_frames: results in a row at or over the threshold that raise an alert (1: the
-            first one does).
+            first one does; 2, the default, passes over one result's spike, which most
+            false alarms are, as the client's alerts() does).
         max_alerts: alerts (with their snapshots) kept in memory, newest first.
         alerts_dir: where alerts and their snapshots are also written, and read back from
             at start; None: in memory only.
@@ -63,7 +64,7 @@ class DashboardSettings:
     poll_s: float = 1.0
     history_s: float = 300.0
     alert_cooldown_s: float = 10.0
-    alert_frames: int = 1
+    alert_frames: int = 2
     max_alerts: int = 100
     alerts_dir: Path | None = None
     alerts_max_mb: float = 1000.0

@@ -46,12 +46,19 @@ CSP = (
 )
 
 
-class Viewer:
-    """One browser connection's outbox: never blocks the hub, never grows past its bounds."""
+MAX_MARKS = 100  # alert ids one "handled" message may name (the page's list holds 100)
+# What a page's "handled" message does: (ids or None, handled, up_to or None, the browser)
+Marker = Callable[[list[int] | None, bool, float | None, str], None]
 
-    def __init__(self, ws: web.WebSocketResponse, peer: str) -> None:
+
+class Viewer:
+    """One browser connection's outbox: never blocks the hub, never grows past its bounds.
+    ``mark``: what the page's "handled" messages are handed to."""
+
+    def __init__(self, ws: web.WebSocketResponse, peer: str, mark: Marker | None = None) -> None:
         self.ws = ws
         self.peer = peer
+        self._mark = mark
         self.frames_sent = 0
         self.frames_skipped = 0  # replaced by a newer frame of the same camera before sending
         self._frames: dict[str, bytes] = {}
@@ -76,14 +83,34 @@ class Viewer:
         self._wake.set()
 
     def on_message(self, data: str) -> None:
-        """The browser's only message: ``{"ack": camera}`` once it has drawn a frame."""
+        """The browser's messages: ``{"ack": camera}`` once it has drawn a frame, and an
+        operator's ``{"handled": [ids], "on": bool}`` or ``{"handled": "all", "up_to": t}``
+        (every alert raised until t); anything else is passed over."""
         try:
-            camera = json.loads(data).get("ack")
+            message = json.loads(data)
+            camera = message.get("ack")
         except (ValueError, AttributeError):
+            return
+        if "handled" in message:
+            self._on_handled(message)
             return
         if isinstance(camera, str) and self._inflight.get(camera, 0) > 0:
             self._inflight[camera] -= 1
             self._wake.set()
+
+    def _on_handled(self, message: dict[str, Any]) -> None:
+        if self._mark is None:
+            return
+        ids, on, up_to = message.get("handled"), message.get("on"), message.get("up_to")
+        if ids == "all" and isinstance(up_to, int | float) and not isinstance(up_to, bool):
+            self._mark(None, True, float(up_to), self.peer)
+        elif (
+            isinstance(ids, list)
+            and len(ids) <= MAX_MARKS
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+            and isinstance(on, bool)
+        ):
+            self._mark(ids, on, None, self.peer)
 
     def stats(self) -> dict[str, Any]:
         """What /api/state says of this viewer: counts, not who it is (the page is open to
@@ -194,7 +221,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         # aiohttp then fails to send too, quietly.
         return web.Response(status=400)
     hub = request.app[HUB]
-    viewer = Viewer(ws, request.remote or "?")
+    viewer = Viewer(ws, request.remote or "?", hub.mark_handled)
     viewers = request.app[VIEWERS]
     viewers.add(viewer)
     hello = hub.subscribe(viewer)
@@ -298,7 +325,8 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 
 def make_app(hub: Hub) -> web.Application:
     """The aiohttp application: GET only (and, with an access token, the login and logout
-    forms' POSTs), nothing on it changes anything."""
+    forms' POSTs); the one thing a page changes, alerts' handled marks, it sends over its
+    WebSocket (same-origin and logged in, as everything of the page)."""
     app = web.Application(middlewares=[_note_request, _check_host, _check_access])
     app[HUB] = hub
     app[REQUESTS] = Requests()

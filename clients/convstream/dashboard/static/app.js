@@ -5,6 +5,11 @@
 (() => {
   const STALE_S = 3; // no frame for this long: the tile greys out and says so
   const HOLD_S = 1.0; // seconds a tile's large score holds its highest (record)
+  // A camera analysed at under BEHIND_SHARE of the rate its cap allows (and its source
+  // sends), for BEHIND_S in a row: its fps turns amber, "behind" (a server short of CPU
+  // analysed 0.8 of 4 frames a second under a green RUNNING: an operator review's)
+  const BEHIND_SHARE = 0.5;
+  const BEHIND_S = 10;
   // what a failed camera's tile says to do: it stays failed until someone acts
   const FAILED_ADVICE = "fix the camera or the server's config, then reload the server (SIGHUP)";
   const MAX_ALERTS = 100;
@@ -49,6 +54,7 @@
     serverOkAt: 0, // ... of the newest message saying the server answers
     serverDownSeen: 0, // ... of the first message of this outage saying it does not
     alerts: 0,
+    openAlerts: 0, // alerts nobody has marked handled, in any browser (the dashboard counts)
     frames: 0,
     chimes: 0, // tones played for new alerts
     login: false, // the dashboard has an access token (its hello says)
@@ -273,6 +279,7 @@
       this.recent = []; // [capture time, score] of the frames of the last HOLD_S
       this.frameHot = false; // the newest frame itself at or over the threshold
       this.blankSince = null; // the capture time of the first of the blank frames in a row
+      this.slowSince = null; // dashNow() of the first status in a row analysed behind its cap
       this.sparkDirty = true;
       this.sparkAt = 0;
       this.aspect = "";
@@ -314,8 +321,20 @@
       const fpsText = !measured ? "–" : status.fps_cap > 0
         ? `${fmt(status.fps_out, 1)}/${fmt(status.fps_cap, 0)}` : fmt(status.fps_out, 1);
       this.setText(this.v.fps, fpsText);
-      this.v.fps.title = measured ? `in ${fmt(status.fps_in, 1)} fps from the source, ` +
-        `${fmt(status.fps_out, 1)} fps analysed` : "not known while the server is not answering";
+      // Only a capped camera: one without a cap is analysed as fast as the server can, the
+      // newest frame each time, which is no trouble of its own.
+      const allowed = status.fps_cap > 0 ? Math.min(status.fps_cap, status.fps_in) : 0;
+      const slow = measured && status.state === "running" && allowed > 0 &&
+        status.fps_out < BEHIND_SHARE * allowed;
+      const at = dashNow();
+      this.slowSince = slow ? (this.slowSince ?? at) : null;
+      const behind = slow && at - this.slowSince >= BEHIND_S;
+      this.v.fps.classList.toggle("behind", behind);
+      this.v.fps.title = !measured ? "not known while the server is not answering"
+        : `in ${fmt(status.fps_in, 1)} fps from the source, ${fmt(status.fps_out, 1)} fps ` +
+          "analysed" + (behind ? `: behind, under half the ${fmt(allowed, 1)} its cap and ` +
+          "source allow, for over 10 s; the server is short of CPU (too many cameras, or " +
+          "too high a rate: docs/server.md, \"Sizing a camera server\")" : "");
       const latency = measured && status.state === "running" && status.latency_ms > 0;
       this.setText(this.v.latency, latency ? `${fmt(status.latency_ms, 0)} ms` : "–");
       this.setText(this.v.dropped, String(status.frames_dropped));
@@ -335,7 +354,7 @@
       const lines = [this.id, `state: ${this.stateEl.title || this.stateEl.textContent}`];
       if (this.notice.title) lines.push(this.notice.title);
       if (this.v.fps.title) lines.push(`fps: ${this.v.fps.title}`);
-      if (this.v.dropped.title) lines.push(`dropped: ${this.v.dropped.title}`);
+      if (this.v.dropped.title) lines.push(`skipped: ${this.v.dropped.title}`);
       const text = lines.join("\n");
       if (this.details.textContent !== text) this.details.textContent = text;
     }
@@ -389,6 +408,16 @@
       const stale = age === null || age > this.staleAfter();
       const old = (stale || s !== "running" || !live) && this.frames > 0;
       this.el.classList.toggle("stale", old);
+      // An old score says nothing of the camera now: the large figure is a dash, the last
+      // score in its tooltip (greyed alone, a reconnecting camera's 0.9963 read as damage now
+      // for minutes: an operator review's)
+      if (this.score !== null) {
+        this.setText(this.v.score, old ? "–" : scoreText(this.score));
+        const last = old && this.lastFrameAt
+          ? `last score ${scoreText(this.score)}, at ${clockTime(this.lastFrameAt)}, no longer live`
+          : "";
+        if (this.v.score.title !== last) this.v.score.title = last;
+      }
       // Damaged in words, not only in red (colour-blind operators, a glance from afar); only
       // while the score is live: an old score says nothing of the camera now.
       // And over a picture: before its first frame is drawn, DAMAGED stood over a black
@@ -735,7 +764,9 @@
         "they appear here within a second."
       : "Waiting for the server…";
     fitGrid();
-    const running = cameras.filter((c) => c.state === "running").length;
+    // a camera that runs but shows next to nothing (a capped lens) watches nothing: not
+    // counted (it read "5/6 cameras running" beside its own "blank" in the same line)
+    const running = cameras.filter((c) => troubleState(c) === "running").length;
     // With the server not answering, "0/0 cameras running" (never reached) or "0/4" (lost)
     // read as counted: say what is not known instead, in a few words (why is said beside it,
     // and in the banner: at 1280 px the longer words cut the model's name off the header).
@@ -1117,54 +1148,65 @@
   let shownAlert = null; // the alert in the modal
   let showClean = false; // the modal shows the frame without the heatmap
 
-  // Alerts an operator marked handled, in this browser: by id and when it was raised (a
-  // dashboard without --alerts-dir numbers its alerts from 1 again after a restart).
-  const HANDLED_KEY = "convstream.handled";
-  const handled = new Set(JSON.parse(localStorage.getItem(HANDLED_KEY) || "[]"));
-  const handledKey = (alert) => `${alert.id}@${alert.raised}`;
+  // Alerts an operator marked handled: the dashboard keeps the marks (with its alerts, on
+  // disk with --alerts-dir) and tells every page, so a wall screen, a second desk and the
+  // next shift see one list (each browser kept its own, and their counts disagreed).
+  const isHandled = (alert) => Boolean(alert.handled);
+  // Asked of the dashboard, which answers every page with a "handled" message; false when
+  // the link is down (the box goes back: a mark nobody else would see).
+  function send(message) {
+    if (!socket || socket.readyState !== WebSocket.OPEN) return false;
+    socket.send(JSON.stringify(message));
+    return true;
+  }
   function setHandled(alert, on) {
-    const key = handledKey(alert);
-    if (on) handled.add(key);
-    else handled.delete(key);
-    const kept = [...handled].slice(-1000); // the newest marks; older alerts are long gone
-    localStorage.setItem(HANDLED_KEY, JSON.stringify(kept));
-    const entry = alertEntries.get(alert.id);
-    if (entry) {
-      entry.li.dataset.handled = String(on);
-      labelAlert(entry);
+    if (!send({ handled: [alert.id], on })) {
+      $("modal-handled").checked = isHandled(alert);
     }
+  }
+  function onHandled(msg) {
+    for (const mark of msg.alerts) {
+      const entry = alertEntries.get(mark.id);
+      if (!entry) continue;
+      entry.alert = { ...entry.alert, handled: mark.handled };
+      entry.li.dataset.handled = String(isHandled(entry.alert));
+      labelAlert(entry);
+      if (shownAlert && shownAlert.id === mark.id) {
+        shownAlert = entry.alert;
+        $("modal-handled").checked = isHandled(entry.alert);
+        captionAlert(entry.alert);
+      }
+    }
+    state.openAlerts = msg.open;
     countAlerts();
   }
-  // Alerts that fell off the end of the list (the newest MAX_ALERTS stay) before anyone
-  // marked them handled: still counted, or the count stood at 100 however many came.
-  let droppedOpen = 0;
-  // The count is of alerts nobody has marked handled here; the tooltip gives both.
+  // The count is the dashboard's: alerts nobody has marked handled, in any browser, those
+  // older than the list too; the tooltip says how many are listed.
   function countAlerts() {
-    let open = droppedOpen;
-    for (const entry of alertEntries.values()) if (!handled.has(handledKey(entry.alert))) open += 1;
+    const open = state.openAlerts;
     for (const count of [$("alert-count"), $("alert-jump-count")]) {
       count.textContent = String(open);
       count.dataset.zero = String(open === 0);
     }
+    let listedOpen = 0;
+    for (const entry of alertEntries.values()) if (!isHandled(entry.alert)) listedOpen += 1;
+    const older = open - listedOpen;
     $("alert-count").title = `${alertEntries.size} alerts listed (the newest ${MAX_ALERTS} at ` +
-      `most), ${open} not marked handled in this browser` +
-      (droppedOpen ? `, ${droppedOpen} of them older than the list` : "");
+      `most), ${open} not marked handled` + (older > 0 ? `, ${older} of them older than the list` : "");
     // starting with its visible words ("alerts 3"), by which voice control calls it
     $("alert-jump").setAttribute("aria-label", `alerts ${open}: not handled, show them`);
     $("all-handled").hidden = open === 0;
   }
-  // "mark all handled" takes every alert raised until then, the ones past the end of the
-  // list too: a reconnect's list, longer than the page keeps, counted them open again.
-  const HANDLED_UP_TO_KEY = "convstream.handledUpTo";
-  let handledUpTo = Number(localStorage.getItem(HANDLED_UP_TO_KEY)) || 0;
+  // Marks kept in this browser by pages before the dashboard kept them: gone.
+  localStorage.removeItem("convstream.handled");
+  localStorage.removeItem("convstream.handledUpTo");
   $("alerts-lost-ok").addEventListener("click", () => { $("alerts-lost").hidden = true; });
+  // "mark all handled" takes every alert raised until the newest listed, the ones past the
+  // end of the list too
   $("all-handled").addEventListener("click", () => {
-    droppedOpen = 0;
-    for (const entry of alertEntries.values()) {
-      handledUpTo = Math.max(handledUpTo, entry.alert.raised);
-    }
-    localStorage.setItem(HANDLED_UP_TO_KEY, String(handledUpTo));
-    for (const entry of alertEntries.values()) setHandled(entry.alert, true);
+    let upTo = 0;
+    for (const entry of alertEntries.values()) upTo = Math.max(upTo, entry.alert.raised);
+    send({ handled: "all", up_to: upTo });
   });
   // A phone shows the alerts below every camera: the header's count takes the operator there.
   $("alert-jump").addEventListener("click", () => {
@@ -1248,7 +1290,6 @@
     const entry = { li, button, img, score, when, alert };
     button.addEventListener("click", () => openAlert(entry.alert));
     li.append(button);
-    li.dataset.handled = String(handled.has(handledKey(alert)));
     fillAlert(entry, alert);
     alertEntries.set(alert.id, entry);
     const list = $("alerts");
@@ -1270,9 +1311,6 @@
     while (list.children.length > MAX_ALERTS) {
       const last = list.lastElementChild;
       const id = Number(last.querySelector("button").dataset.id);
-      const gone = alertEntries.get(id);
-      const open = gone && !handled.has(handledKey(gone.alert)) && gone.alert.raised > handledUpTo;
-      if (open) droppedOpen += 1;
       alertEntries.delete(id);
       last.remove();
     }
@@ -1291,6 +1329,7 @@
 
   function fillAlert(entry, alert) {
     entry.alert = alert;
+    entry.li.dataset.handled = String(isHandled(alert));
     // relative, made by the dashboard: alerts/<number>-thumb.jpg?v=<n>, the overlay's part
     // around the hottest place (the whole frame, at 128 pixels wide, showed no damage)
     entry.img.src = alert.thumb_url;
@@ -1310,7 +1349,7 @@
 
   function labelAlert(entry) {
     const alert = entry.alert;
-    const handledNow = handled.has(handledKey(alert));
+    const handledNow = isHandled(alert);
     const crossings = alert.episodes > 1 ? `, ${alert.episodes} crossings` : ""; // its "2×"
     entry.button.setAttribute("aria-label", `damage alert, ${alert.camera}, score ` +
       `${scoreText(alert.score)}, raised ${rowTime(alert.raised)}${crossings}` +
@@ -1321,16 +1360,20 @@
     shownAlert = alert;
     showModalImage();
     $("modal-clean").checked = showClean;
-    $("modal-handled").checked = handled.has(handledKey(alert));
+    $("modal-handled").checked = isHandled(alert);
+    captionAlert(alert);
+    if (!$("modal").open) $("modal").showModal();
+  }
+  function captionAlert(alert) {
     const more = alert.episodes > 1 ? ` · ${alert.episodes} crossings in the cooldown` : "";
     const best = clockTime(alert.time) === clockTime(alert.raised)
       ? "" : ` · best frame ${clockTime(alert.time)}`;
+    const done = isHandled(alert) ? ` · marked handled ${clockTime(alert.handled)}` : "";
     // the zone beside the first time it is of ("frame 121 · UTC time" read as the frame's
     // zone; after the second, as that one's alone)
     $("modal-caption").textContent = `${alert.camera} · score ${scoreText(alert.score)} ` +
       `(threshold ${thresholdText(alert.threshold)}) · raised ${dateTime(alert.raised)} ` +
-      `${ZONE}${best}${more} · the camera's frame ${alert.frame_id}`;
-    if (!$("modal").open) $("modal").showModal();
+      `${ZONE}${best}${more}${done} · the camera's frame ${alert.frame_id}`;
   }
   $("modal-handled").addEventListener("change", (ev) => {
     if (shownAlert) setHandled(shownAlert, ev.target.checked);
@@ -1595,7 +1638,7 @@
         state.started = msg.started;
         $("alerts").replaceChildren();
         alertEntries.clear();
-        droppedOpen = 0; // the dashboard's list, whole, from here on
+        state.openAlerts = msg.open_alerts ?? 0;
         state.alerts = 0;
         countAlerts();
         $("no-alerts").hidden = false;
@@ -1613,7 +1656,11 @@
         setModel(msg.model);
         break;
       case "alert":
+        if (msg.open !== undefined) state.openAlerts = msg.open;
         addAlert(msg.alert, true);
+        break;
+      case "handled":
+        onHandled(msg);
         break;
       default:
         break;
