@@ -425,6 +425,9 @@
       const damaged =
         this.el.classList.contains("hot") && !old && this.score !== null && this.frames > 0;
       if (this.verdict.hidden === damaged) this.verdict.hidden = !damaged;
+      // held from a frame of the last second, the picture may show the package gone: said
+      // (a DAMAGED over a frame with no damage and no ring sent the operator looking)
+      this.setText(this.verdict, this.frameHot ? "⚠ damaged" : "⚠ damaged just now");
       const ringed = damaged && this.frameHot && this.peak;
       if (this.ring.hidden === ringed) this.ring.hidden = !ringed;
       this.placeVerdict();
