@@ -520,6 +520,10 @@ async def test_the_state_api_is_strict_json_too() -> None:
         ({"threshold": 1.5}, "threshold"),
         ({"max_fps": 0}, "max_fps"),
         ({"alerts_max_mb": 0.5}, "alerts_max_mb must be 1..10000000"),
+        ({"contact": "maintenance, ext. 4411"}, None),
+        ({"contact": ""}, "contact must be 1 to 80 printable characters"),
+        ({"contact": "call\nme"}, "contact must be 1 to 80 printable characters"),
+        ({"contact": "x" * 81}, "contact must be 1 to 80 printable characters"),
     ],
 )
 def test_settings_are_checked(overrides: dict[str, Any], error: str | None) -> None:

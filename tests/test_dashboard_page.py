@@ -684,6 +684,43 @@ async def test_a_failed_camera_and_an_empty_server_say_what_to_do(
         await page.screenshot(path=artifacts / "failed-camera-advice.png")
         assert page.errors == []
         await page.context.close()
+        # "reload the server (SIGHUP)" is no step an operator can take: a dashboard given
+        # whom they call says that, the server's advice in the tooltip (an operator review's)
+        contact = "maintenance, ext. 4411"
+        async with _watching(server.port, contact=contact) as told:
+            page = await _open(browser, told)
+            tile = _tile(page, "gone")
+            await expect(tile.locator(".state")).to_have_text("failed", timeout=15000)
+            await expect(tile.locator(".notice small.advice")).to_have_text(
+                f"not working: call {contact}"
+            )
+            await expect(tile.locator(".notice")).to_have_attribute(
+                "title",
+                re.compile(r"no such video file.* · fix the camera .*SIGHUP\) · not working"),
+            )
+            # a running camera, even one whose frames are refused, calls nobody
+            await expect(_tile(page, "tiny").locator(".notice small.advice")).to_have_count(0)
+            # one reconnecting calls once it has been down a minute (its status fed by the
+            # page's own code, its time down chosen)
+            down_for = """([id, seconds]) => {
+                const dash = window.convstreamDashboard;
+                const tile = dash.tiles.get(id);
+                if (!tile.fedStatus) {
+                    tile.fedStatus = tile.setStatus.bind(tile);
+                    tile.setStatus = () => {};
+                }
+                const clock = dash.state.clock;
+                const now = clock.dash + (performance.now() - clock.at) / 1000;
+                tile.fedStatus({...tile.status, state: "reconnecting", last_error: "no answer",
+                                down_since: now - seconds, state_since: now - seconds});
+                const advice = tile.el.querySelector(".notice small.advice");
+                return advice ? advice.textContent : null;
+            }"""
+            assert await page.evaluate(down_for, ["tiny", 20]) is None
+            assert await page.evaluate(down_for, ["tiny", 70]) == f"not working: call {contact}"
+            await page.screenshot(path=artifacts / "failed-camera-contact.png")
+            assert page.errors == []
+            await page.context.close()
     async with _serving(()) as server, _watching(server.port) as dash:
         page = await _open(browser, dash)
         await expect(page.locator("#empty")).to_have_text(

@@ -114,6 +114,12 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         "alerts of the demo's)",
     )
     p.add_argument(
+        "--contact",
+        metavar="TEXT",
+        help="whom operators call about a camera that is down, as its tile says it, e.g. "
+        "'maintenance, ext. 4411' (default: advice for whoever runs the server)",
+    )
+    p.add_argument(
         "--max-fps",
         type=float,
         default=5.0,
@@ -188,6 +194,7 @@ _FLAGS = {
     "alert_cooldown_s": "--alert-cooldown",
     "alert_frames": "--alert-frames",
     "alerts_max_mb": "--alerts-max-mb",
+    "contact": "--contact",
 }
 
 
@@ -254,6 +261,7 @@ def _dashboard(args: argparse.Namespace) -> int:
             access_token=access_token,
             https_cert=args.https_cert,
             https_key=args.https_key,
+            contact=args.contact,
         )
         if settings.tls is not None:
             settings.tls.credentials()  # a missing or unreadable PEM file: say so now

@@ -225,6 +225,7 @@ class Hub:
             "history_s": self.settings.history_s,
             "alerts": [alert.to_json() for alert in self.alerts.recent()],
             "open_alerts": self.alerts.open_count,
+            "contact": self.settings.contact,
             "time": time.time(),
             # a page that sees another start knows its list came from another dashboard run;
             # kept: whether this one's alerts outlive a restart (--alerts-dir)

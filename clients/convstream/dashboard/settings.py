@@ -10,6 +10,8 @@ from convstream.client._base import DEFAULT_ADDRESS, check_plaintext_token
 from convstream.client.options import TLS
 from convstream.v1 import host_header_name, is_loopback, own_names
 
+MAX_CONTACT = 80  # characters of the contact a tile shows
+
 
 @dataclass(frozen=True)
 class DashboardSettings:
@@ -53,6 +55,9 @@ class DashboardSettings:
             ``Authorization: Bearer``); None: whoever reaches the page sees it.
         https_cert, https_key: PEM files of the page's own certificate (its chain first)
             and key: the page is then served over HTTPS only; None: plain HTTP.
+        contact: whom operators call about a camera that is down, as a tile says it (e.g.
+            "maintenance, ext. 4411"), in place of the advice for whoever runs the server,
+            which goes to the tile's tooltip; None: that advice.
     """
 
     address: str = DEFAULT_ADDRESS
@@ -76,6 +81,7 @@ class DashboardSettings:
     access_token: str | None = field(default=None, repr=False)
     https_cert: Path | None = None
     https_key: Path | None = None
+    contact: str | None = None
 
     @property
     def listens_on_loopback(self) -> bool:
@@ -122,6 +128,12 @@ class DashboardSettings:
             (
                 self.access_token is None or len(self.access_token) >= 16,
                 "access_token must be 16 characters or more",
+            ),
+            (
+                self.contact is None
+                or (0 < len(self.contact) <= MAX_CONTACT and self.contact.isprintable()),
+                f"contact must be 1 to {MAX_CONTACT} printable characters, such as "
+                f"'maintenance, ext. 4411'; got {self.contact!r:.60}",
             ),
         ]
         for ok, message in checks:

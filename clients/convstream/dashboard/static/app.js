@@ -12,6 +12,9 @@
   const BEHIND_S = 10;
   // what a failed camera's tile says to do: it stays failed until someone acts
   const FAILED_ADVICE = "fix the camera or the server's config, then reload the server (SIGHUP)";
+  // A camera down this long (or given up on, failed) says whom operators call, where the
+  // dashboard was given one (--contact): the advice above is for whoever runs the server
+  const CALL_AFTER_S = 60;
   const MAX_ALERTS = 100;
   const SPARK_EVERY_MS = 500;
 
@@ -58,6 +61,7 @@
     frames: 0,
     chimes: 0, // tones played for new alerts
     login: false, // the dashboard has an access token (its hello says)
+    contact: "", // whom operators call about a camera that is down (--contact)
     started: 0, // when the dashboard this page hears started (its hello says)
   };
   // Counters for tests and for anyone curious in the console.
@@ -472,17 +476,24 @@
         detail = `since ${clockTime(this.blankSince)}: the camera shows next to nothing ` +
           "(covered, capped or in the dark?), so its score says nothing";
       }
+      // whom to call, where the dashboard has a contact: the server's advice goes to the
+      // tooltip ("reload the server (SIGHUP)" is no step an operator can take)
+      const tip = advice;
+      const call = state.contact && live && socketOpen && title && TROUBLE.includes(s) && since &&
+        (s === "failed" || dashNow() - since.at >= CALL_AFTER_S);
+      if (call) advice = `not working: call ${state.contact}`;
       const sinceLine = title && since ? sinceText(since.at, since.earlier) : "";
       // the state in words: a narrow tile shows the badge as a dot of its colour
       const word = shown === "unknown" ? "no data" : seen;
       const badge = since ? `${word} ${sinceText(since.at, since.earlier)}` : word;
       if (this.stateEl.title !== badge) this.stateEl.title = badge;
-      const key = title + "\u0000" + sinceLine + "\u0000" + detail;
+      const key = [title, sinceLine, detail, advice].join("\u0000");
       if (key === this.noticeKey) return this.tellDetails();
       this.noticeKey = key;
       this.notice.hidden = !title;
       // the whole of it, where the tile shows only its start
-      this.notice.title = advice ? `${detail ? detail + " · " : ""}${advice}` : detail;
+      this.notice.title = [detail, tip, advice].filter((part, i, all) =>
+        part && all.indexOf(part) === i).join(" · ");
       this.tellDetails();
       this.notice.replaceChildren();
       if (title) {
@@ -1614,6 +1625,7 @@
             .catch(() => {}), 3600 * 1000);
         }
         state.login = Boolean(msg.login);
+        state.contact = msg.contact || "";
         $("logout").hidden = !state.login;
         setModel(msg.model);
         setServer(msg.server);
