@@ -57,7 +57,8 @@ from convstream.server.config import TokenConfig
 from convstream.server.security import token_hash
 from convstream.v1 import convstream_pb2 as pb
 
-pytestmark = [pytest.mark.timeout(60), pytest.mark.alone]  # alone: see scripts/test.sh
+pytestmark = pytest.mark.timeout(60)
+# alone (see scripts/test.sh): the tests of rates, ages and freshness, and of waits in seconds
 
 FPS = 20
 INPUT = (384, 640)  # the model input the 640x360 demo frames are letterboxed into
@@ -112,6 +113,7 @@ async def take(results: AsyncGenerator[Result, None], n: int) -> list[Result]:
     return got
 
 
+@pytest.mark.alone
 async def test_cameras_report_state_figures_and_watchers(tmp_path: Path) -> None:
     missing = CameraConfig(id="dock", source=str(tmp_path / "gone.mp4"))
     async with serving(belt(fps=10.0), missing) as server, AsyncClient(address(server)) as client:
@@ -153,6 +155,7 @@ async def test_cameras_report_state_figures_and_watchers(tmp_path: Path) -> None
     assert dock.frames_analysed == 0 and dock.last_score is None and dock.last_frame_time is None
 
 
+@pytest.mark.alone
 async def test_watch_yields_results_with_heatmaps_and_maps(server: Server) -> None:
     def sync() -> list[Result]:
         with Client(address(server)) as client:
@@ -246,6 +249,7 @@ async def test_closing_ends_a_call_waiting_on_a_silent_server_or_an_outage_with_
 
 
 @pytest.mark.parametrize("flavour", ["async", "sync"])
+@pytest.mark.alone
 async def test_close_ends_a_watch_waiting_out_its_backoff_at_once(flavour: str) -> None:
     """A watch whose server went waits out its Retry backoff before it subscribes again, and
     close() waited with it, for the rest of the backoff: a WMS integrator's program took
@@ -279,6 +283,7 @@ async def test_close_ends_a_watch_waiting_out_its_backoff_at_once(flavour: str) 
     assert time.monotonic() - started < 5
 
 
+@pytest.mark.alone
 async def test_a_quiet_watch_says_whether_the_server_answers(
     server: Server, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -323,6 +328,7 @@ async def test_a_quiet_watch_says_whether_the_server_answers(
     assert "config?); this server does not take that token: ask its operator" in told, told
 
 
+@pytest.mark.alone
 async def test_max_fps_is_honoured(server: Server) -> None:
     async with AsyncClient(address(server)) as client:
         capped: list[Result] = []
@@ -360,6 +366,7 @@ async def test_input_jpeg_draws_overlays_on_the_frame(server: Server, tmp_path: 
         draw_overlay(Result(frame_id=1, source="belt"))
 
 
+@pytest.mark.alone
 async def test_unknown_camera_and_bad_options(server: Server) -> None:
     def sync() -> None:
         with Client(address(server)) as client:
@@ -631,6 +638,10 @@ async def test_a_watch_of_a_published_stream_waits_for_its_publisher_after_a_res
                 await task
         for server in running:
             await server.stop(grace=0)
+    # it subscribed again, to the second server, and had the publisher's frames there
+    split = second_call_started(results, 2)
+    assert split is not None, [r.sequence for r in results]
+    assert [r.sequence for r in results[split:]] == [1, 2]  # the second server's call
     assert all(r.ok and r.source == "dock-p" for r in results)
 
 
@@ -662,6 +673,7 @@ async def test_a_watch_of_a_camera_removed_while_its_server_was_down_ends_not_fo
 
 
 @pytest.mark.parametrize("flavour", ["async", "sync"])
+@pytest.mark.alone
 async def test_a_watch_of_a_camera_that_is_down_outlasts_a_server_restart(flavour: str) -> None:
     """A watch of a camera that has given no result yet (it reconnects) subscribes again after
     a restart, as a running camera's watch does: the server says it took the watch. Before,
@@ -760,6 +772,7 @@ def test_a_server_that_takes_a_watch_and_drops_it_at_once_is_not_retried_for_goo
     client.close()
 
 
+@pytest.mark.alone
 async def test_a_watch_that_must_outlast_any_outage_waits_for_a_server_not_up_yet() -> None:
     """Retry(resume_timeout=math.inf), as the README advises an alerter that must outlast any
     outage, raised ServerUnavailable within 1.6 s when the server was not up yet (a service
@@ -786,6 +799,7 @@ async def test_a_watch_that_must_outlast_any_outage_waits_for_a_server_not_up_ye
             await asyncio.wait_for(anext(client.watch("demo")), 10)
 
 
+@pytest.mark.alone
 async def test_slow_watcher_gets_fresh_results_on_its_own_channel(server: Server) -> None:
     """A reader slower than its results: the camera channel's small window keeps them fresh."""
     options = ResultOptions(input_jpeg=True, feature_maps=["stage3"])  # about 0.5 MB each
@@ -940,28 +954,39 @@ async def test_cli_watch_of_a_published_stream_ends_with_it(
 ) -> None:
     """A stream another client publishes ends its watches OK: the command says so, exit 0."""
     image = cv2.imencode(".jpg", np.full((360, 640, 3), 90, np.uint8))[1].tobytes()
-    started = threading.Event()
+    end = threading.Event()  # set once the command watches: a few frames more, then the end
 
     def publish() -> None:
         def frames() -> Iterator[Frame]:
-            for i in range(300):
-                if i == 20:
-                    started.set()
-                time.sleep(0.01)
+            last = 600  # 30 s at most, should the test fail before it sets end
+            for i in itertools.count():
+                if end.is_set():
+                    last = min(last, i + 5)
+                if i >= last:
+                    return
+                time.sleep(0.05)  # 20 a second: no backlog to analyse before the end
                 yield Frame(image, source="belt-x")
 
         with Client(address(server)) as client:
             assert all(r.ok for r in client.stream(frames(), publish=True))
 
     sender = asyncio.create_task(asyncio.to_thread(publish))
-    await asyncio.to_thread(started.wait, 10)
-    async with AsyncClient(address(server)) as client:
+    try:
+        async with AsyncClient(address(server)) as client:
 
-        async def listed() -> bool:
-            return "belt-x" in [c.id for c in await client.cameras()]
+            async def listed() -> bool:
+                return "belt-x" in [c.id for c in await client.cameras()]
 
-        await until(listed, 5, "the stream published")
-    assert await cli("watch", "belt-x", "--address", address(server)) == 0
+            await until(listed, 10, "the stream published")
+            watching = asyncio.create_task(cli("watch", "belt-x", "--address", address(server)))
+
+            async def watched() -> bool:
+                return (await camera(client, "belt-x")).watchers == 1
+
+            await until(watched, 10, "the command watching the stream")
+    finally:
+        end.set()
+    assert await asyncio.wait_for(watching, 30) == 0
     await sender
     out, err = capsys.readouterr()
     assert out.splitlines()[-1].split(" frames in ")[0].isdigit()  # the summary, after rows
@@ -990,6 +1015,7 @@ async def test_cli_watch_unknown_camera_exits_2(
     assert "--count must be at least 1" in capsys.readouterr().err
 
 
+@pytest.mark.alone
 async def test_cli_watch_says_why_a_camera_sends_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
-pytestmark = pytest.mark.alone  # a server's stop timed to the second: see scripts/test.sh
+# alone (see scripts/test.sh): the two tests that time a server's stop to the second
 
 
 def free_port() -> int:
@@ -65,6 +65,7 @@ async def wait_serving(health: health_pb2_grpc.HealthStub, process: subprocess.P
     raise AssertionError("server did not become SERVING in 60 s")
 
 
+@pytest.mark.alone
 async def test_sigterm_drains_streams_and_exits_zero() -> None:
     """An open stream is answered and ended with UNAVAILABLE; so is a health Watch, which
     never ended by itself: with one open (gRPC's client-side health checking keeps one), every
@@ -210,6 +211,7 @@ def test_the_log_is_one_json_object_a_line_when_asked_and_utc_text_otherwise() -
     ), text
 
 
+@pytest.mark.alone
 def test_a_signal_during_the_start_stops_it_there() -> None:
     """SIGTERM or Ctrl-C while the server starts (a model warming up large sizes): the start
     went on to serve, then waited drain_delay_s and the grace period for clients that never

@@ -37,7 +37,7 @@ from convstream.server.wire import Received
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
-pytestmark = pytest.mark.alone  # frame rates and freshness: see scripts/test.sh
+# alone (see scripts/test.sh): health timed under load, and a burst's RSS peak sampled at 20 ms
 
 CAMERA = "belt"
 
@@ -442,6 +442,7 @@ calls = [threading.Thread(target=one) for _ in range(3)]
 """
 
 
+@pytest.mark.alone
 async def test_memory_a_burst_of_large_requests_held_goes_back_to_the_system(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -630,6 +631,7 @@ def test_the_client_keepalive_is_within_what_the_server_permits() -> None:
 # ----------------------------------------------------------------------------- overload
 
 
+@pytest.mark.alone
 async def test_health_answers_within_a_second_while_streams_saturate_the_cores(
     server: Server, channel: grpc.aio.Channel
 ) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,7 +30,7 @@ from convstream.server.streams import MAX_REFUSALS_WAITING, StreamSession
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
-pytestmark = pytest.mark.alone  # frame rates and freshness: see scripts/test.sh
+# alone (see scripts/test.sh): the tests that compare latencies with decode times, and ages
 
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -76,6 +77,45 @@ def _check_accounting(results: list[pb.FrameResult], sent: int) -> list[int]:
         running += len(result.dropped_frame_ids)
         assert result.frames_dropped == running
     return dropped
+
+
+def _sessions(monkeypatch: pytest.MonkeyPatch) -> list[StreamSession]:
+    """Every StreamSession the server makes from now on, in order."""
+    sessions: list[StreamSession] = []
+    init = StreamSession.__init__
+
+    def remember(self: StreamSession, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        sessions.append(self)
+
+    monkeypatch.setattr(StreamSession, "__init__", remember)
+    return sessions
+
+
+def _hold_analysis(server: Server, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Every inference run waits until the event returned is set (as test_reliability's
+    held_run): the frames a stream has in analysis stay there, and the frames after them
+    wait in its queue, for as long as the test needs, whatever the machine's speed."""
+    engine = server._engine
+    assert engine is not None
+    release = threading.Event()
+    for model in {id(m): m for m in (engine.model, engine.wide_model) if m is not None}.values():
+
+        def held(*args: Any, run: Any = model.run, **kwargs: Any) -> Any:
+            release.wait(60)
+            return run(*args, **kwargs)
+
+        monkeypatch.setattr(model, "run", held)
+    return release
+
+
+async def _until_a_refusal_waits(sessions: list[StreamSession]) -> None:
+    """Until the stream's refused frame waits among its pending ones: every frame before it
+    has come, been queued or dropped (the reader takes them in order), none analysed."""
+    deadline = time.monotonic() + 30
+    while not (sessions and any(item.options is None for item in sessions[0]._pending)):
+        assert time.monotonic() < deadline, "the refused frame never came"
+        await asyncio.sleep(0.02)
 
 
 async def test_latest_only_drops_the_stale_and_always_answers_the_newest(
@@ -140,27 +180,39 @@ async def test_a_bad_frame_is_answered_even_where_the_policy_drops_waiting_frame
     ],
 )
 async def test_a_refused_frame_drops_no_good_frame_waiting(
+    server: Server,
     stub: pb_grpc.ConvstreamStub,
     burst: list[bytes],
     freshness: int,
     answered: list[int],
     dropped: list[int],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A trigger camera's last frames, the very last one corrupt: the refusal is answered in
     its place and takes no room of the queue, so the newest good frames waiting are still
     analysed. (It took a place, and under LATEST_ONLY dropped the only good frame left.)"""
-    slow = png(np.zeros((6300, 6300, 3), np.uint8))  # most of a second to decode
+    sessions = _sessions(monkeypatch)
+    release = _hold_analysis(server, monkeypatch)  # the window's frames stay in analysis
     options = pb.ResultOptions(freshness=freshness, queue_size=2)
     in_analysis = 1 if freshness == pb.FRESHNESS_LATEST_ONLY else 4  # the stream's window
 
     async def frames() -> AsyncIterator[pb.FrameRequest]:
-        for i in range(1, in_analysis + 1):  # slow ones fill the window: those after wait
-            yield pb.FrameRequest(frame_id=i, encoded=slow, options=options if i == 1 else None)
+        for i in range(1, in_analysis + 1):  # held ones fill the window: those after wait
+            first = options if i == 1 else None
+            yield pb.FrameRequest(frame_id=i, encoded=burst[i % len(burst)], options=first)
         for i in range(in_analysis + 1, in_analysis + 4):
             yield pb.FrameRequest(frame_id=i, encoded=burst[i % len(burst)])
         yield pb.FrameRequest(frame_id=in_analysis + 4, encoded=b"garbage, not a JPEG")
 
-    results = [r async for r in stub.StreamFrames(frames())]
+    reading = asyncio.ensure_future(_slow_reader(stub.StreamFrames(frames()), 0.0, errors=True))
+    try:
+        await _until_a_refusal_waits(sessions)  # every frame in, the window's still held
+        assert not reading.done()
+        waiting = [item.request.frame_id for item in sessions[0]._pending]
+        assert waiting == [i for i in answered if i > in_analysis], waiting
+    finally:
+        release.set()
+    results = await asyncio.wait_for(reading, 60)
     assert [r.frame_id for r in results] == answered
     assert [r.status.code for r in results] == [0] * (len(answered) - 1) + [
         grpc.StatusCode.INVALID_ARGUMENT.value[0]
@@ -213,6 +265,7 @@ async def test_frames_sent_lossless_are_answered_after_the_stream_chooses_to_dro
     assert [r.frame_id for r in results[:before]] == list(range(before))
 
 
+@pytest.mark.alone
 async def test_every_result_carries_its_frames_age(
     stub: pb_grpc.ConvstreamStub, burst: list[bytes]
 ) -> None:
@@ -734,6 +787,7 @@ async def test_a_stream_whose_results_wait_unread_is_ended_and_frees_its_place()
         await server.stop(grace=0)
 
 
+@pytest.mark.alone
 async def test_a_stream_of_slow_frames_does_not_hold_up_another_clients_frames(
     burst: list[bytes],
 ) -> None:
@@ -768,6 +822,7 @@ async def test_a_stream_of_slow_frames_does_not_hold_up_another_clients_frames(
         await server.stop(grace=0)
 
 
+@pytest.mark.alone
 async def test_clients_heavy_frames_never_keep_a_camera_waiting() -> None:
     """Calls that keep every decoding thread busy with PNGs that take most of a second each
     (a security review sent 24 of 300 KB that take 5 s): a camera's frame waited its turn
@@ -864,13 +919,16 @@ async def test_refused_frames_hold_no_pixels_and_a_full_queue_of_them_waits(
         await server.stop(grace=0)
 
 
-async def test_a_frame_that_cannot_fit_drops_none_of_the_frames_waiting() -> None:
+async def test_a_frame_that_cannot_fit_drops_none_of_the_frames_waiting(
+    burst: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A bounded-queue stream with frames waiting, then a raw frame larger than all the server
     holds for streams: that frame alone is refused, and the waiting frames are kept."""
+    sessions = _sessions(monkeypatch)
     server = Server(Settings(port=0, metrics_port=-1, cameras=(), max_held_bytes=16 << 20))
     await server.start()
+    release = _hold_analysis(server, monkeypatch)  # the window's frames stay in analysis
     try:
-        slow = png(np.zeros((6300, 6300, 3), np.uint8))  # most of a second each to decode
         huge = pb.RawImage(
             width=2400, height=2400, format=pb.PIXEL_FORMAT_BGR8, data=bytes(2400 * 2400 * 3)
         )  # 17.3 MB
@@ -878,12 +936,22 @@ async def test_a_frame_that_cannot_fit_drops_none_of_the_frames_waiting() -> Non
 
         async def frames() -> AsyncIterator[pb.FrameRequest]:
             for i in range(7):  # 4 in analysis, 3 waiting
-                yield pb.FrameRequest(frame_id=i, encoded=slow, options=queued if i == 0 else None)
+                data = burst[i % len(burst)]
+                yield pb.FrameRequest(frame_id=i, encoded=data, options=queued if i == 0 else None)
             yield pb.FrameRequest(frame_id=7, raw=huge)
 
         limit = [("grpc.max_send_message_length", 64 << 20)]
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}", options=limit) as channel:
-            results = [r async for r in pb_grpc.ConvstreamStub(channel).StreamFrames(frames())]
+            call = pb_grpc.ConvstreamStub(channel).StreamFrames(frames())
+            reading = asyncio.ensure_future(_slow_reader(call, 0.0, errors=True))
+            try:
+                await _until_a_refusal_waits(sessions)  # the huge one in, the others held
+                assert not reading.done()
+                waiting = [item.request.frame_id for item in sessions[0]._pending]
+                assert waiting == [4, 5, 6, 7], waiting  # 3 waiting, then the refusal
+            finally:
+                release.set()
+            results = await asyncio.wait_for(reading, 60)
         assert [r.frame_id for r in results] == list(range(8))
         assert [r.status.code for r in results] == [0] * 7 + [INVALID.value[0]]  # never fits
         assert "larger than max_held_bytes" in results[7].status.message
