@@ -52,7 +52,7 @@ from convstream.dashboard.alerts import (
 )
 from convstream.dashboard.hub import CameraView, Hub
 from convstream.dashboard.messages import frame_message, model_json, parse_frame_message
-from convstream.dashboard.web import STATIC_DIR, WINDOW, Viewer
+from convstream.dashboard.web import MARKS_BURST, STATIC_DIR, WINDOW, Viewer
 from convstream.model.scenes import render_scene
 from convstream.server import CameraConfig, Server, Settings
 from convstream.v1 import convstream_pb2 as pb
@@ -187,7 +187,7 @@ def test_handled_marks_are_the_dashboards_counted_and_kept_on_disk(tmp_path: Pat
     for i in range(4):  # the oldest leaves the newest 3 unhandled: still open
         log.add("demo", 100.0 + i, 0.9, 0.8, i, Snapshot(b"a", b"b"), raised=100.0 + i)
         log.save(i + 1)
-    assert log.open_count == 4 and log.dropped_open == 1
+    assert log.open_count == 4 and log.older_open == 1
     (changed,) = log.mark_handled([3, 1, 99], True, when=200.0)  # 1 and 99 are not kept
     assert (changed.id, changed.handled) == (3, 200.0)
     assert log.mark_handled([3], True, when=300.0) == []  # marked already: kept as it was
@@ -196,32 +196,55 @@ def test_handled_marks_are_the_dashboards_counted_and_kept_on_disk(tmp_path: Pat
     assert {a.id: a.handled for a in AlertLog(3, tmp_path).recent()} == {4: 0.0, 3: 200.0, 2: 0.0}
     (undone,) = log.mark_handled([3], False, when=400.0)
     assert undone.handled == 0.0 and log.open_count == 4
+    log.save_marks([3])
+    # a restart counts the same: the open alerts older than those kept are read back too
+    assert AlertLog(3, tmp_path).open_count == 4
+    # "mark all handled" until before any alert marks nothing, the older ones neither
+    assert log.mark_all_handled(up_to=99.0, when=450.0) == [] and log.open_count == 4
+    with pytest.raises(ValueError, match="up_to must be a time"):
+        log.mark_all_handled(up_to=float("nan"), when=450.0)
     # "mark all handled": every alert raised until then, and those no longer kept
     assert [a.id for a in log.mark_all_handled(up_to=102.0, when=500.0)] == [2, 3]
     assert log.open_count == 1  # alert 4, raised after
     log.save_marks([2, 3])
     assert [a.handled for a in AlertLog(3, tmp_path).recent()] == [0.0, 500.0, 500.0]
+    # alert 4 alone: alert 1, older than those kept, is under "mark all handled" too
+    assert AlertLog(3, tmp_path).open_count == 1
     # what the directory holds is counted as it is, the marks' bytes too
-    assert log.bytes_on_disk == sum(p.stat().st_size for p in tmp_path.iterdir())
+    alert_files = [p for p in tmp_path.iterdir() if p.name[:8].isdigit()]
+    assert log.bytes_on_disk == sum(p.stat().st_size for p in alert_files)
 
 
 def test_a_pages_handled_message_is_checked_before_it_marks_anything() -> None:
     marks: list[tuple[list[int] | None, bool, float | None, str]] = []
-    viewer = Viewer(None, "10.0.0.5", lambda *mark: marks.append(mark))  # type: ignore[arg-type]
+    started = 1700000000.25  # the dashboard run the page's alert ids are of
+    viewer = Viewer(None, "10.0.0.5", lambda *mark: marks.append(mark), started)  # type: ignore[arg-type]
+    run = {"started": started}
     for ignored in (
-        {"handled": [1, 2]},  # no "on"
-        {"handled": [1, True], "on": True},  # a bool is no id
-        {"handled": list(range(101)), "on": True},  # more than a page lists
-        {"handled": "all"},  # until when?
-        {"handled": "all", "up_to": "now"},
-        {"handled": 7, "on": True},
+        {"handled": [1, 2], **run},  # no "on"
+        {"handled": [1, True], "on": True, **run},  # a bool is no id
+        {"handled": list(range(101)), "on": True, **run},  # more than a page lists
+        {"handled": "all", **run},  # until when?
+        {"handled": "all", "up_to": "now", **run},
+        {"handled": 7, "on": True, **run},
+        # an alert id of the dashboard run before (ids start again at 1 without a folder)
+        {"handled": [1], "on": True, "started": started - 60},
+        {"handled": [1], "on": True},
     ):
         viewer.on_message(json.dumps(ignored))
     viewer.on_message("not json")
+    viewer.on_message('{"handled": "all", "up_to": NaN, "started": 1700000000.25}')
+    viewer.on_message('{"handled": "all", "up_to": Infinity, "started": 1700000000.25}')
     assert marks == []
-    viewer.on_message(json.dumps({"handled": [4, 5], "on": False}))
-    viewer.on_message(json.dumps({"handled": "all", "up_to": 1700000000.5}))
+    viewer.on_message(json.dumps({"handled": [4, 5], "on": False, **run}))
+    viewer.on_message(json.dumps({"handled": "all", "up_to": 1700000000.5, **run}))
     assert marks == [([4, 5], False, None, "10.0.0.5"), (None, True, 1700000000.5, "10.0.0.5")]
+    # a page sending marks as fast as it can: a burst, then a few a second, the rest not
+    marks.clear()
+    flooding = Viewer(None, "10.0.0.6", lambda *mark: marks.append(mark), started)  # type: ignore[arg-type]
+    for _ in range(3 * MARKS_BURST):
+        flooding.on_message(json.dumps({"handled": [4], "on": True, **run}))
+    assert MARKS_BURST <= len(marks) <= MARKS_BURST + 5
 
 
 def test_alert_pictures_of_one_id_from_two_dashboard_runs_have_their_own_urls() -> None:
@@ -1043,10 +1066,36 @@ async def test_damaged_frame_raises_an_alert(
     for alert_id in listed:  # the desk's list too, and its count is the dashboard's
         item = desk.locator(f'#alerts li:has(button[data-id="{alert_id}"])')
         await expect(item).to_have_attribute("data-handled", "true")
-    open_now = dashboard.hub.alerts.open_count
-    assert open_now == sum(1 for a in dashboard.hub.alerts.recent() if not a.handled)
+    counts = """() => document.getElementById("alert-count").textContent"""
+    deadline = time.monotonic() + 10  # read again while an alert comes between the reads
+    while True:
+        on_screens = {await page.evaluate(counts), await desk.evaluate(counts)}
+        if on_screens == {str(dashboard.hub.alerts.open_count)} or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert on_screens == {str(dashboard.hub.alerts.open_count)}, on_screens
     assert desk.errors == []
     await desk.context.close()
+
+    # A browser that kept its own marks, before the dashboard kept them, hands them over at
+    # its first list (the upgrade lost them all), then forgets them
+    (oldest,) = dashboard.hub.alerts.recent()[-1:]
+    dashboard.hub.mark_handled([oldest.id], False, None, "the test")
+    assert not dashboard.hub.alerts.recent()[-1].handled
+    kept = json.dumps([f"{oldest.id}@{oldest.raised}"])
+    context = await browser.new_context()
+    await context.add_init_script(
+        f"if (!sessionStorage.getItem('seeded')) {{ sessionStorage.setItem('seeded', '1'); "
+        f"localStorage.setItem('convstream.handled', {json.dumps(kept)}); }}"
+    )
+    upgraded = await context.new_page()
+    await upgraded.goto(dashboard.url)
+    deadline = time.monotonic() + 10
+    while not dashboard.hub.alerts.recent()[-1].handled and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert dashboard.hub.alerts.recent()[-1].handled
+    assert await upgraded.evaluate("localStorage.getItem('convstream.handled')") is None
+    await context.close()
 
     # The alerts are on disk too, and a dashboard started again shows them
     alerts_dir = dashboard.settings.alerts_dir
@@ -1113,6 +1162,26 @@ async def test_killed_camera_shows_reconnecting_then_recovers(
     await expect(tile.locator(".v-score")).to_have_attribute(
         "title", re.compile(r"^last score [01]\.\d{4}, at \d\d:\d\d:\d\d, no longer live$")
     )
+    # and so on the page of a dashboard started now, which has no frame of it, only the
+    # server's word for that last score (shown large and red, as if live)
+    late_settings = replace(dashboard.settings, port=0, alerts_dir=None)
+    late_dashboard = Dashboard(late_settings)
+    await late_dashboard.start()
+    try:
+        fresh = await _open(browser, late_dashboard)
+        late = _tile(fresh, "dock")
+        await expect(late.locator(".state")).to_have_text("reconnecting", timeout=10000)
+        await expect(late.locator(".v-score")).to_have_text("\u2013")
+        await expect(late.locator(".v-score")).to_have_attribute(
+            "title", re.compile(r"^last score [01]\.\d{4}, no longer live$")
+        )
+        assert "hot" not in (await late.get_attribute("class") or "").split() or (
+            await late.evaluate("(t) => t.classList.contains('stale')")
+        )
+        assert fresh.errors == []
+        await fresh.context.close()
+    finally:
+        await late_dashboard.stop()
     # and screen readers are told, as they are of alerts (the tile alone showed it)
     told = page.locator("#announce p")
     await expect(told.filter(has_text=re.compile("^camera dock reconnecting: "))).to_have_count(1)

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -102,6 +103,9 @@ class Snapshot:
 
 # An alert's files in its directory, after its zero-padded id; the .json is written last.
 _PARTS = ("-frame.jpg", "-thumb.jpg", ".jpg", ".json")
+# "mark all handled" in a directory: every alert raised until then, those no longer kept in
+# memory too (their own files keep no mark)
+_HANDLED_UP_TO = "handled-up-to.json"
 DISK_BYTES = 1_000_000_000  # an alerts directory's default size at most
 
 
@@ -143,9 +147,12 @@ class AlertLog:
         self._on_disk: dict[int, int] = {}  # bytes of each alert in the directory
         self._deleted_below = 0  # ids below it were deleted as the oldest
         self._disk_lock = threading.Lock()
-        # alerts that left the newest ``limit`` before anyone marked them handled (since
-        # this start): still open, or the count stood at ``limit`` however many came
-        self.dropped_open = 0
+        # when the alerts that left the newest ``limit`` before anyone marked them handled
+        # were raised (those in the directory, read at start, too): still open, or the count
+        # stood at ``limit`` however many came, and fell back to it at a restart
+        self._older_open: list[float] = []
+        self.handled_up_to = 0.0  # "mark all handled": every alert raised until then
+        self._handled_at = 0.0  # ... marked then
         if directory is not None:
             # the cameras' pictures: this user's alone (a folder already there keeps its mode)
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -172,6 +179,16 @@ class AlertLog:
         ids = sorted(complete)
         if ids:
             self._next_id = ids[-1] + 1
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            marked = json.loads((directory / _HANDLED_UP_TO).read_text())
+            self.handled_up_to, self._handled_at = float(marked["up_to"]), float(marked["at"])
+        for alert_id in ids[: -self.limit]:  # older than those kept: open ones still count
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                older = Alert.from_json(
+                    json.loads((directory / f"{alert_id:08d}.json").read_text())
+                )
+                if not older.handled and older.raised > self.handled_up_to:
+                    self._older_open.append(older.raised)
         for alert_id in ids[-self.limit :]:
             base = directory / f"{alert_id:08d}"
             try:
@@ -185,6 +202,8 @@ class AlertLog:
             except (OSError, ValueError, TypeError) as exc:  # half written, or hand edited
                 logger.warning("alert %s in %s not read back: %s", alert_id, directory, exc)
                 continue
+            if not alert.handled and alert.raised <= self.handled_up_to:
+                alert = replace(alert, handled=self._handled_at)
             self._alerts[alert_id] = (alert, snapshot)
 
     def save(self, alert_id: int) -> None:
@@ -240,12 +259,15 @@ class AlertLog:
             self._on_disk[alert_id] = size
 
     def save_marks(self, ids: Iterable[int]) -> None:
-        """Write the ``.json`` of these alerts again, for their handled marks (blocking: call
-        it off the event loop). One not written yet is left to its own save, which writes
-        the mark with it."""
+        """Write the ``.json`` of these alerts again, for their handled marks, and when
+        "mark all handled" reached (blocking: call it off the event loop). One not written
+        yet is left to its own save, which writes the mark with it."""
         if self.directory is None:
             return
         with self._disk_lock:
+            if self.handled_up_to:
+                marked = {"up_to": self.handled_up_to, "at": self._handled_at}
+                write_file(self.directory / _HANDLED_UP_TO, json_text(marked).encode())
             for alert_id in ids:
                 entry = self._alerts.get(alert_id)
                 if entry is None or alert_id not in self._on_disk:
@@ -274,14 +296,23 @@ class AlertLog:
 
     def mark_all_handled(self, up_to: float, when: float) -> list[Alert]:
         """Mark every alert raised until ``up_to`` handled, those no longer kept too."""
-        self.dropped_open = 0
+        if not math.isfinite(up_to):
+            raise ValueError(f"up_to must be a time, got {up_to}")
+        if up_to > self.handled_up_to:
+            self.handled_up_to, self._handled_at = up_to, when
+        self._older_open = [raised for raised in self._older_open if raised > up_to]
         ids = [alert.id for alert, _ in self._alerts.values() if alert.raised <= up_to]
         return self.mark_handled(ids, True, when)
 
     @property
+    def older_open(self) -> int:
+        """Alerts no longer kept in memory that nobody marked handled."""
+        return len(self._older_open)
+
+    @property
     def open_count(self) -> int:
         """Alerts nobody has marked handled, those that left the newest ``limit`` too."""
-        return self.dropped_open + sum(1 for alert, _ in self._alerts.values() if not alert.handled)
+        return self.older_open + sum(1 for alert, _ in self._alerts.values() if not alert.handled)
 
     def _count(self, alert_id: int) -> None:
         """Count the files of ``alert_id`` that are there (a save that failed part-way
@@ -330,7 +361,8 @@ class AlertLog:
         self._alerts[alert.id] = (alert, snapshot)
         while len(self._alerts) > self.limit:
             _, (oldest, _) = self._alerts.popitem(last=False)
-            self.dropped_open += not oldest.handled
+            if not oldest.handled:
+                self._older_open.append(oldest.raised)
         return alert
 
     def improve(

@@ -30,7 +30,8 @@ class Dashboard:
     """A live monitoring page for a convstream server's cameras.
 
     A client of the server's public gRPC API (ListCameras, WatchCamera, GetModelInfo) and
-    nothing else; read-only.
+    nothing else: it changes nothing on the server. What its pages change is its own: the
+    alerts' handled marks, which every page shares.
 
         dashboard = Dashboard(DashboardSettings(address="127.0.0.1:50051", port=0))
         await dashboard.start()
@@ -179,7 +180,8 @@ def exposure_warnings(settings: DashboardSettings, port: int) -> list[str]:
     if settings.access_token is None:
         return [
             f"the page listens on {settings.host} and has no login: anyone who can reach "
-            f"port {port} sees every camera and alert; give it --access-token-file (and "
+            f"port {port} sees every camera and alert, and can mark alerts handled on every "
+            "screen; give it --access-token-file (and "
             "--https-cert/--https-key), or put it behind a reverse proxy that authenticates "
             "(docs/dashboard.md, 'Setting up the dashboard')"
         ]

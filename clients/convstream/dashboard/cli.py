@@ -176,7 +176,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "dashboard",
         help="serve the live monitoring page for the server's cameras",
         description="A web page with every camera of a convstream server: the live frame\n"
-        "with its damage heatmap, score history, state and rates, and alerts. Read-only.",
+        "with its damage heatmap, score history, state and rates, and alerts, which operators\n"
+        "mark handled for every screen. It changes nothing on the server.",
         epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -142,7 +142,10 @@ class Hub:
             settings.alert_cooldown_s, frames_over=settings.alert_frames
         )
         self._latest_alert: dict[str, int] = {}  # camera -> its latest alert's id
-        self._mark_saves: set[asyncio.Task[None]] = set()  # handled marks being written
+        # handled marks to write, by one task at a time (a page toggling a mark 3,000 times
+        # in 2 s queued 387 writes)
+        self._unsaved_marks: set[int] = set()
+        self._mark_writer: asyncio.Task[None] | None = None
         self._subscribers: set[Subscriber] = set()
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.ConvstreamStub | None = None
@@ -196,6 +199,9 @@ class Hub:
             self._broadcast_text(text("tick"), key="tick")
 
     async def stop(self) -> None:
+        if self._mark_writer is not None:  # a mark made just before SIGTERM is kept
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._mark_writer), 5.0)
         tasks = [view.task for view in self.cameras.values() if view.task is not None]
         tasks += [task for task in (self._poller, self._beater) if task is not None]
         for task in tasks:
@@ -243,13 +249,16 @@ class Hub:
         ``up_to``. Every page is told (one list for every browser), and the marks are
         written with the alerts."""
         now = time.time()
+        older = self.alerts.older_open
         if up_to is not None:
             changed = self.alerts.mark_all_handled(up_to, now)
         else:
             changed = self.alerts.mark_handled(ids or (), handled, now)
+        if not changed and older == self.alerts.older_open:
+            return  # nothing to tell, nor to write
         if changed:
             logger.info(
-                "alert%s %s marked %s by browser %s",
+                "alert%s %s marked %s by the browser at %s",
                 "s" if len(changed) > 1 else "",
                 ", ".join(str(alert.id) for alert in changed),
                 "handled" if handled or up_to is not None else "not handled",
@@ -257,16 +266,21 @@ class Hub:
             )
         marks = [{"id": alert.id, "handled": alert.handled} for alert in changed]
         self._broadcast_text(text("handled", alerts=marks, open=self.alerts.open_count))
-        if changed and self.alerts.directory is not None:
-            task = asyncio.create_task(self._save_marks([alert.id for alert in changed]))
-            self._mark_saves.add(task)
-            task.add_done_callback(self._mark_saves.discard)
+        if self.alerts.directory is not None:
+            self._unsaved_marks.update(alert.id for alert in changed)
+            if self._mark_writer is None or self._mark_writer.done():
+                self._mark_writer = asyncio.create_task(self._write_marks())
 
-    async def _save_marks(self, ids: list[int]) -> None:
-        try:
-            await asyncio.to_thread(self.alerts.save_marks, ids)
-        except OSError as exc:  # a full disk: the page has them; a restart forgets them
-            logger.warning("handled marks not written to %s: %s", self.alerts.directory, exc)
+    async def _write_marks(self) -> None:
+        """Write the marks made, and those made meanwhile, until none waits."""
+        while True:
+            ids, self._unsaved_marks = self._unsaved_marks, set()
+            try:
+                await asyncio.to_thread(self.alerts.save_marks, ids)
+            except OSError as exc:  # a full disk: the pages have them; a restart forgets
+                logger.warning("handled marks not written to %s: %s", self.alerts.directory, exc)
+            if not self._unsaved_marks:
+                return
 
     def _broadcast_text(self, message: str, key: str | None = None) -> None:
         for subscriber in list(self._subscribers):

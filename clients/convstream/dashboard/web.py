@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
+import math
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -40,6 +43,7 @@ HUB: web.AppKey[Hub] = web.AppKey("hub", Hub)
 VIEWERS: web.AppKey[set[Viewer]] = web.AppKey("viewers", set)
 ACCESS: web.AppKey[Access] = web.AppKey("access", Access)
 REQUESTS: web.AppKey[Requests] = web.AppKey("requests", Requests)
+ASSETS: web.AppKey[str] = web.AppKey("assets", str)
 CSP = (
     "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
     "style-src 'self'; script-src 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -47,6 +51,10 @@ CSP = (
 
 
 MAX_MARKS = 100  # alert ids one "handled" message may name (the page's list holds 100)
+# "handled" messages a page may send: MARKS_BURST at once, then MARKS_PER_S a second; the
+# rest are passed over (a page toggling a mark 3,000 times in 2 s had every page told each)
+MARKS_BURST = 20
+MARKS_PER_S = 5.0
 # What a page's "handled" message does: (ids or None, handled, up_to or None, the browser)
 Marker = Callable[[list[int] | None, bool, float | None, str], None]
 
@@ -55,10 +63,23 @@ class Viewer:
     """One browser connection's outbox: never blocks the hub, never grows past its bounds.
     ``mark``: what the page's "handled" messages are handed to."""
 
-    def __init__(self, ws: web.WebSocketResponse, peer: str, mark: Marker | None = None) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        peer: str,
+        mark: Marker | None = None,
+        started: float | None = None,
+    ) -> None:
         self.ws = ws
         self.peer = peer
         self._mark = mark
+        # the dashboard run this page's alert ids are of: one started again without
+        # --alerts-dir numbers its alerts from 1 again, and a mark of an alert from before
+        # landed on the new alert of that id
+        self._started = started
+        self._marks_left = float(MARKS_BURST)
+        self._marks_at = time.monotonic()
+        self._told_flood = False
         self.frames_sent = 0
         self.frames_skipped = 0  # replaced by a newer frame of the same camera before sending
         self._frames: dict[str, bytes] = {}
@@ -99,11 +120,21 @@ class Viewer:
             self._wake.set()
 
     def _on_handled(self, message: dict[str, Any]) -> None:
-        if self._mark is None:
+        if self._mark is None or message.get("started") != self._started:
             return
+        now = time.monotonic()
+        self._marks_left = min(MARKS_BURST, self._marks_left + (now - self._marks_at) * MARKS_PER_S)
+        self._marks_at = now
+        if self._marks_left < 1:
+            if not self._told_flood:
+                logger.info("browser %s marks alerts faster than it may; passed over", self.peer)
+                self._told_flood = True
+            return
+        self._marks_left -= 1
         ids, on, up_to = message.get("handled"), message.get("on"), message.get("up_to")
         if ids == "all" and isinstance(up_to, int | float) and not isinstance(up_to, bool):
-            self._mark(None, True, float(up_to), self.peer)
+            if math.isfinite(up_to):
+                self._mark(None, True, float(up_to), self.peer)
         elif (
             isinstance(ids, list)
             and len(ids) <= MAX_MARKS
@@ -221,7 +252,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         # aiohttp then fails to send too, quietly.
         return web.Response(status=400)
     hub = request.app[HUB]
-    viewer = Viewer(ws, request.remote or "?", hub.mark_handled)
+    viewer = Viewer(ws, request.remote or "?", hub.mark_handled, hub.started)
     viewers = request.app[VIEWERS]
     viewers.add(viewer)
     hello = hub.subscribe(viewer)
@@ -240,6 +271,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                     login=request.app[ACCESS].required,
                     silent_s=silent_s,
                     tick_s=hub_module.HEARTBEAT_S,
+                    assets=request.app[ASSETS],
                 )
             )
         sender = asyncio.create_task(viewer.run(), name=f"viewer-{viewer.peer}")
@@ -323,6 +355,16 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
     # then refuse the metrics page and whatever else the host serves over plain HTTP.
 
 
+def assets_version() -> str:
+    """A hash of the page's files as served: a page whose dashboard says another one (an
+    upgrade while a wall screen stayed open) loads them again, or it kept its old script."""
+    digest = hashlib.sha256()
+    for path in sorted(STATIC_DIR.iterdir()):
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def make_app(hub: Hub) -> web.Application:
     """The aiohttp application: GET only (and, with an access token, the login and logout
     forms' POSTs); the one thing a page changes, alerts' handled marks, it sends over its
@@ -332,6 +374,7 @@ def make_app(hub: Hub) -> web.Application:
     app[REQUESTS] = Requests()
     access = app[ACCESS] = Access(hub.settings)
     app[VIEWERS] = set()
+    app[ASSETS] = assets_version()
     app.router.add_get("/", index)
     app.router.add_get("/ws", websocket)
     app.router.add_get("/api/state", state)

@@ -63,6 +63,7 @@
     login: false, // the dashboard has an access token (its hello says)
     contact: "", // whom operators call about a camera that is down (--contact)
     started: 0, // when the dashboard this page hears started (its hello says)
+    assets: "", // the page's files as that dashboard serves them (a hash; its hello says)
   };
   // Counters for tests and for anyone curious in the console.
   window.convstreamDashboard = { state, tiles };
@@ -358,7 +359,7 @@
       const lines = [this.id, `state: ${this.stateEl.title || this.stateEl.textContent}`];
       if (this.notice.title) lines.push(this.notice.title);
       if (this.v.fps.title) lines.push(`fps: ${this.v.fps.title}`);
-      if (this.v.dropped.title) lines.push(`skipped: ${this.v.dropped.title}`);
+      if (this.v.dropped.title) lines.push(`superseded: ${this.v.dropped.title}`);
       const text = lines.join("\n");
       if (this.details.textContent !== text) this.details.textContent = text;
     }
@@ -410,16 +411,19 @@
       this.setText(this.stateEl, live ? seen : "no data");
       const age = this.lastFrameAt ? Math.max(0, dashNow() - this.lastFrameAt) : null;
       const stale = age === null || age > this.staleAfter();
-      const old = (stale || s !== "running" || !live) && this.frames > 0;
+      // before its first frame a tile shows the camera's last score, as the server lists it:
+      // of a camera that is down, that is old too (a page opened then showed 0.9963 in red)
+      const old = this.frames > 0
+        ? stale || s !== "running" || !live
+        : this.score !== null && (s !== "running" || !live);
       this.el.classList.toggle("stale", old);
       // An old score says nothing of the camera now: the large figure is a dash, the last
       // score in its tooltip (greyed alone, a reconnecting camera's 0.9963 read as damage now
       // for minutes: an operator review's)
       if (this.score !== null) {
         this.setText(this.v.score, old ? "–" : scoreText(this.score));
-        const last = old && this.lastFrameAt
-          ? `last score ${scoreText(this.score)}, at ${clockTime(this.lastFrameAt)}, no longer live`
-          : "";
+        const at = this.lastFrameAt ? `, at ${clockTime(this.lastFrameAt)}` : "";
+        const last = old ? `last score ${scoreText(this.score)}${at}, no longer live` : "";
         if (this.v.score.title !== last) this.v.score.title = last;
       }
       // Damaged in words, not only in red (colour-blind operators, a glance from afar); only
@@ -1168,9 +1172,12 @@
   const isHandled = (alert) => Boolean(alert.handled);
   // Asked of the dashboard, which answers every page with a "handled" message; false when
   // the link is down (the box goes back: a mark nobody else would see).
+  // Each mark names the dashboard run its alert ids are of (its hello's "started"): one
+  // started again without --alerts-dir numbers its alerts from 1 again, and it passes over
+  // a mark of an alert of the run before.
   function send(message) {
     if (!socket || socket.readyState !== WebSocket.OPEN) return false;
-    socket.send(JSON.stringify(message));
+    socket.send(JSON.stringify({ ...message, started: state.started }));
     return true;
   }
   function setHandled(alert, on) {
@@ -1211,9 +1218,24 @@
     $("alert-jump").setAttribute("aria-label", `alerts ${open}: not handled, show them`);
     $("all-handled").hidden = open === 0;
   }
-  // Marks kept in this browser by pages before the dashboard kept them: gone.
-  localStorage.removeItem("convstream.handled");
-  localStorage.removeItem("convstream.handledUpTo");
+  // Marks this browser kept itself, before the dashboard kept them (by id and when raised,
+  // and "mark all" until when): handed to the dashboard with the first list, then dropped.
+  function handOverOldMarks(alerts) {
+    const old = localStorage.getItem("convstream.handled");
+    const upTo = Number(localStorage.getItem("convstream.handledUpTo")) || 0;
+    if (old === null && !upTo) return;
+    let marked;
+    try {
+      marked = new Set(JSON.parse(old || "[]"));
+    } catch {
+      marked = new Set();
+    }
+    const ids = alerts.filter((a) => !isHandled(a) &&
+      (marked.has(`${a.id}@${a.raised}`) || a.raised <= upTo)).map((a) => a.id);
+    if (ids.length && !send({ handled: ids.slice(0, 100), on: true })) return; // next time
+    localStorage.removeItem("convstream.handled");
+    localStorage.removeItem("convstream.handledUpTo");
+  }
   $("alerts-lost-ok").addEventListener("click", () => { $("alerts-lost").hidden = true; });
   // "mark all handled" takes every alert raised until the newest listed, the ones past the
   // end of the list too
@@ -1650,7 +1672,12 @@
             `a restart: the ${listed} listed here before are gone (its --alerts-dir keeps them).`;
           $("alerts-lost").hidden = false;
         }
+        // the enlarged alert is of the run before: its id may now be another alert's
+        if (state.started && msg.started !== state.started && $("modal").open) $("modal").close();
         state.started = msg.started;
+        // a dashboard upgraded meanwhile: this page's script is the old one
+        if (state.assets && msg.assets && msg.assets !== state.assets) location.reload();
+        state.assets = msg.assets || "";
         $("alerts").replaceChildren();
         alertEntries.clear();
         state.openAlerts = msg.open_alerts ?? 0;
@@ -1660,6 +1687,7 @@
         loadingAlerts = true;
         for (const alert of [...msg.alerts].reverse()) addAlert(alert, true);
         loadingAlerts = false;
+        handOverOldMarks(msg.alerts);
         if (focusedAlert !== null) (alertEntries.get(focusedAlert)?.button ?? $("alerts")).focus();
         break;
       case "cameras":
