@@ -893,7 +893,7 @@ async def test_page_shows_every_camera_live(
     assert await tile.get_attribute("class") == "tile hot"  # scored over the threshold
     # damaged in words too, not only in red; and the picture has a name for screen readers
     await expect(tile.locator(".verdict")).to_be_visible()
-    await expect(tile.locator(".verdict")).to_have_text("\u26a0 damaged")
+    await expect(tile.locator(".verdict")).to_have_text("\u26a0 DAMAGED", use_inner_text=True)
     await expect(tile.locator("canvas.frame")).to_have_attribute(
         "aria-label", "live picture of damaged"
     )

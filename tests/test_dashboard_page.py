@@ -822,7 +822,7 @@ _RECORD = """([id, time, score]) => {
     tile.fed({n: tile.lastN + 1, time, score, received: 0, blank: false});
     const verdict = tile.el.querySelector(".verdict");
     return [tile.el.querySelector(".v-score").textContent,
-            verdict.hidden ? null : verdict.textContent, !tile.el.querySelector(".ring").hidden];
+            verdict.hidden ? null : verdict.innerText, !tile.el.querySelector(".ring").hidden];
 }"""
 
 
@@ -901,11 +901,14 @@ async def test_a_tiles_score_holds_the_highest_of_the_last_second(browser: Any) 
         await expect(_tile(page, "slow").locator(".state")).to_have_text("running", timeout=15000)
         t = 4e9  # ahead of the frame drawn
         record = lambda at, score: page.evaluate(_RECORD, ["slow", t + at, score])  # noqa: E731
-        now, held = "\u26a0 damaged", "\u26a0 damaged just now"
+        now, held = "\u26a0 DAMAGED", "\u26a0 DAMAGED JUST NOW"  # as shown: upper case
         assert await record(0.0, 0.99) == ["0.9900", now, True]  # ringed: damaged itself
         # held; no ring on it, and said to be of a frame before (the package may be gone)
         assert await record(0.25, 0.10) == ["0.9900", held, False]
         assert await record(0.5, 0.35) == ["0.9900", held, False]
+        await page.set_viewport_size({"width": 400, "height": 800})  # a tile under 460 px
+        assert await record(0.6, 0.30) == ["0.9900", now, False]  # one line, not two
+        await page.set_viewport_size({"width": 1920, "height": 1080})
         assert await record(1.1, 0.20) == ["0.3500", None, False]  # 0.99 is 1.1 s old
         assert await record(0.3, 0.30) == ["0.3000", None, False]  # a clock set back
         assert page.errors == []

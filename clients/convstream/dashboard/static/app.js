@@ -345,8 +345,10 @@
       this.setText(this.v.dropped, String(status.frames_dropped));
       this.v.dropped.title = `${status.frames_dropped} of ${status.frames_read} frames read ` +
         "were superseded before analysis while the server was busy" +
-        (status.frames_skipped ? `; ${status.frames_skipped} more were passed over to keep ` +
-          `to the camera's cap of ${fmt(status.fps_cap, 0)} fps` : "");
+        (status.frames_skipped ? `; ${status.frames_skipped} more were passed over by ` +
+          "design (" + (status.fps_cap > 0 ? `to keep to the camera's cap of ` +
+          `${fmt(status.fps_cap, 0)} fps, or ` : "") + "older frames of a burst the camera " +
+          "sent at once)" : "");
       this.setText(this.v.reconnects, String(status.reconnects));
       if (this.score === null && status.last_score) this.showScore(status.last_score);
       this.updateNotice();
@@ -435,7 +437,8 @@
       if (this.verdict.hidden === damaged) this.verdict.hidden = !damaged;
       // held from a frame of the last second, the picture may show the package gone: said
       // (a DAMAGED over a frame with no damage and no ring sent the operator looking)
-      this.setText(this.verdict, this.frameHot ? "⚠ damaged" : "⚠ damaged just now");
+      // (a narrow tile says "damaged" alone: two lines covered the picture)
+      this.verdict.classList.toggle("held", !this.frameHot);
       const ringed = damaged && this.frameHot && this.peak;
       if (this.ring.hidden === ringed) this.ring.hidden = !ringed;
       this.placeVerdict();
