@@ -43,12 +43,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_listening(port: int, timeout: float = 10.0) -> None:
+def wait_listening(
+    port: int, timeout: float = 10.0, process: subprocess.Popen[bytes] | None = None
+) -> bool:
     """Wait until something serves on the port, without connecting: a one-client ffmpeg
-    server would take a probe connection for its client and exit after it."""
+    server would take a probe connection for its client and exit after it. False when
+    ``process`` (the server) ended first: a camera reconnecting took it as its client and
+    left at once (one did, between two polls, and the source never came back)."""
     needle = f":{port:04X} "
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            return False
         for table in ("/proc/net/tcp", "/proc/net/tcp6"):
             with contextlib.suppress(OSError), open(table) as f:
                 for line in f.readlines()[1:]:
@@ -56,7 +62,7 @@ def wait_listening(port: int, timeout: float = 10.0) -> None:
                     # LISTEN, or ESTABLISHED: a one-client server that already took its client
                     # (a reconnecting camera can beat this poll) has closed its listener.
                     if (fields[1] + " ").endswith(needle) and fields[3] in ("0A", "01"):
-                        return
+                        return True
         time.sleep(0.05)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
 
@@ -122,6 +128,15 @@ class FFmpegSource:
         return f"tcp://127.0.0.1:{self.port}"
 
     def start(self) -> FFmpegSource:
+        """Serve, as a camera that comes on; a one-client server whose first client left at
+        once (a reconnecting camera's try) is started again, as a camera would still be on."""
+        for _ in range(5):
+            if self._serve():
+                return self
+            time.sleep(0.2)
+        raise TimeoutError(f"ffmpeg on 127.0.0.1:{self.port} kept ending before it served")
+
+    def _serve(self) -> bool:
         width, height = self.size
         if self.video is not None:
             source = ["-re", "-stream_loop", "-1", "-i", str(self.video), "-c:v", "copy"]
@@ -150,8 +165,7 @@ class FFmpegSource:
         if self.stamped:
             self._feeder = threading.Thread(target=self._feed, args=(self.process,), daemon=True)
             self._feeder.start()
-        wait_listening(self.port)
-        return self
+        return wait_listening(self.port, process=self.process)
 
     def _feed(self, process: subprocess.Popen[bytes]) -> None:
         width, height = self.size
