@@ -1389,6 +1389,10 @@ def test_frames_an_fps_cap_will_not_take_are_passed_over_unconverted() -> None:
             calls["skip"] += 1
             self.capture.skip()
 
+        @property
+        def behind_s(self) -> float:
+            return self.capture.behind_s
+
         def release(self) -> None:
             self.capture.release()
 
@@ -2132,3 +2136,62 @@ async def test_published_and_camera_frames_time_their_steps_from_their_analysis(
             assert t.queue_ms == pytest.approx(
                 max(0.0, t.total_ms - t.decode_ms - t.inference_ms - t.encode_ms), abs=1e-3
             )
+
+
+@pytest.mark.parametrize("slow", [False, True])
+@pytest.mark.alone
+def test_a_reader_behind_its_camera_counts_the_wait_in_the_frames_age(
+    slow: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reader that takes fewer frames a second than an H.264 camera sends leaves the rest
+    waiting in the network buffers: its frames' capture time counts that wait (from the
+    stream's own timestamps), and the log says so once. Read from the time painted into each
+    frame: a reader at about 12 frames/s of the camera's 30 read 2-4 s old frames whose
+    capture time said 0.1 s. A reader that keeps up is not called behind."""
+
+    class Slowed:
+        def __init__(self, capture: Capture) -> None:
+            self.capture = capture
+
+        def read(self) -> np.ndarray | bytes:
+            if slow:
+                time.sleep(0.06)
+            return self.capture.read()
+
+        def skip(self) -> None:
+            self.capture.skip()
+
+        @property
+        def behind_s(self) -> float:
+            return self.capture.behind_s
+
+        def release(self) -> None:
+            self.capture.release()
+
+    def opener(spec: SourceSpec, **kw: Any) -> Slowed:
+        return Slowed(open_source(spec, **kw))
+
+    caplog.set_level(logging.INFO, logger="convstream.server.sources")
+    source = FFmpegSource("mpegts", fps=30, size=(320, 240), stamped=True)
+    with running(source):
+        cam = Camera(camera("dock", source.url), opener)
+        cam.start()
+        try:
+            time.sleep(6)
+            frame = cam.take(after=0)
+            now = time.time()
+        finally:
+            cam.stop()
+    assert frame is not None and isinstance(frame.image, np.ndarray), cam.last_error
+    true_age = now - read_time(frame.image, 1.0, 0, 0)  # since the frame was made
+    told_age = now - frame.captured
+    warned = [r.getMessage() for r in caplog.records if "behind the camera" in r.getMessage()]
+    if slow:
+        assert true_age > 1.0, true_age  # the backlog is real
+        assert warned and warned[0].startswith("camera dock: reading"), warned
+    else:
+        assert true_age < 0.5, true_age
+        assert warned == []
+    # the frame's age as the server tells it is its true age, less the camera's encoding
+    # and the network's few tens of milliseconds
+    assert -0.1 < true_age - told_age < 0.4, (true_age, told_age)

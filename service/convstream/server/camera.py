@@ -420,7 +420,7 @@ class Camera:
                 if image is None:
                     self._pass_over(generation)
                 else:
-                    self._publish(image, generation)
+                    self._publish(image, generation, behind_s=capture.behind_s)
             return None
         except SourceError as exc:
             return exc
@@ -451,8 +451,14 @@ class Camera:
             self._arrived(time.monotonic(), self.frame_size)
 
     def _publish(
-        self, image: np.ndarray | bytes, generation: int, now: float | None = None
+        self,
+        image: np.ndarray | bytes,
+        generation: int,
+        now: float | None = None,
+        behind_s: float = 0.0,
     ) -> None:
+        """A frame read: the newest. Its capture time is when it was read, less the time it
+        waited in the network buffers for a reader behind its camera (``behind_s``)."""
         now = time.monotonic() if now is None else now
         if isinstance(image, bytes):
             size = encoded_size(image)[1:]
@@ -469,7 +475,8 @@ class Camera:
                 else:
                     self.frames_dropped += 1
             self.frames_read += 1
-            self._latest = Frame(self.frames_read, image, size, time.time(), time.perf_counter())
+            captured = time.time() - behind_s
+            self._latest = Frame(self.frames_read, image, size, captured, time.perf_counter())
             self._arrived(now, size)
         self.on_frame()
 

@@ -260,6 +260,12 @@ def _parse_demo(source: str) -> SourceSpec:
 
 
 class Capture(Protocol):
+    @property
+    def behind_s(self) -> float:
+        """How long the frame read last waited for the reader, beyond the freshest frame of
+        this connection (_Backlog); 0 where the source cannot tell."""
+        ...
+
     def read(self) -> np.ndarray | bytes:
         """The next frame: BGR uint8 pixels, or a whole JPEG or PNG as an MJPEG or PNG source
         sent it (left to be decoded only if the frame is analysed). Raises SourceError when
@@ -289,6 +295,51 @@ def _tell(message: str, camera: str, *args: object, topic: str = "") -> None:
     level = logging.DEBUG if _told.get(key) == said else logging.INFO
     _told[key] = said
     logger.log(level, said)
+
+
+# Sources whose frames carry the camera's own timestamps (RTP's, MPEG-TS's): OpenCV numbers
+# an HTTP MJPEG camera's frames at the 25 frames/s it assumes, whatever the camera sends.
+TIMESTAMPED_KINDS = ("rtsp", "rtsps", "tcp", "udp")
+BEHIND_WARN_S = 1.0  # a reader this far behind its camera is warned of ...
+BEHIND_CLEAR_S = 0.25  # ... and said to have caught up under this
+
+
+class _Backlog:
+    """How far a live stream's reader is behind its camera, from the frames' own timestamps.
+
+    A frame's offset is when it was read (this machine's monotonic clock) less its timestamp
+    (the camera's clock); the freshest frame of the connection has the least. A reader that
+    decodes fewer frames a second than the camera sends (an overloaded server, a 1080p H.264
+    stream on a busy core) falls further behind at every frame while the frames wait in the
+    network buffers, and its frames' offsets grow by as much: read times alone showed 0.2 s
+    old frames that were 5 s old. The least offset may rise by DRIFT a second (camera clocks
+    run fast or slow by up to about 1e-4, and a constant backlog is forgotten in minutes);
+    a timestamp that jumps by more than JUMP_S (a camera's restarted clock, a spliced
+    stream) starts afresh.
+    """
+
+    DRIFT = 0.005
+    JUMP_S = 10.0
+
+    def __init__(self) -> None:
+        self.behind_s = 0.0
+        self._least: float | None = None  # the least offset, as it may have risen
+        self._last = (0.0, 0.0)  # the last frame's read time and offset
+
+    def frame(self, now: float, stamp_s: float) -> float:
+        """A frame read at `now` (monotonic) with timestamp `stamp_s`: how far behind."""
+        if not math.isfinite(stamp_s) or stamp_s <= 0:  # not said (OpenCV gives 0 or nan)
+            self.behind_s = 0.0
+            return 0.0
+        offset = now - stamp_s
+        last_now, last_offset = self._last
+        if self._least is None or abs(offset - last_offset) > self.JUMP_S:
+            self._least = offset
+        else:
+            self._least = min(offset, self._least + self.DRIFT * (now - last_now))
+        self._last = (now, offset)
+        self.behind_s = offset - self._least
+        return self.behind_s
 
 
 class _Pacer:
@@ -359,6 +410,8 @@ class OpenCVCapture:
         self._frames_got = 0  # frames that came on this connection (_no_frame's hint)
         self._frame_at = (0.0, 0.0)  # monotonic: the first of them, and the last
         self._waits: deque[float] = deque(maxlen=30)  # seconds the last reads waited
+        self._backlog = _Backlog() if spec.kind in TIMESTAMPED_KINDS else None
+        self._told_behind = False  # warned that the reader is behind (until it catches up)
         # A looping file: frames read since it last started, the last of them, and, for a
         # file of one frame (a still), that frame for good.
         self._since_start = 0
@@ -625,12 +678,34 @@ class OpenCVCapture:
             frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
         return frame
 
+    @property
+    def behind_s(self) -> float:
+        return self._backlog.behind_s if self._backlog is not None else 0.0
+
     def _got_frame(self) -> None:
         """A frame came on this connection: counted, and its time kept (the first and the
-        last: their pace, _no_frame's hint)."""
+        last: their pace, _no_frame's hint); a timestamped stream's backlog follows."""
         self._frames_got += 1
         now = time.monotonic()
         self._frame_at = (self._frame_at[0] or now, now)
+        backlog = self._backlog
+        if backlog is None:
+            return
+        behind = backlog.frame(now, self._cap.get(cv2.CAP_PROP_POS_MSEC) / 1000)
+        if not self._told_behind and behind > BEHIND_WARN_S:
+            self._told_behind = True
+            logger.warning(
+                "camera %s: reading %.1f s behind the camera (its stream's timestamps "
+                "against this server's clock): this server decodes fewer of its frames a "
+                "second than the camera sends, and the rest wait in the network buffers; "
+                "results' frame_age_ms count that wait. Lower the camera's frame rate, "
+                "resolution or bitrate, or give the server more CPU",
+                self._name,
+                behind,
+            )
+        elif self._told_behind and behind < BEHIND_CLEAR_S:
+            self._told_behind = False
+            logger.info("camera %s: its reader has caught up with the camera", self._name)
 
     def _cut_short(self, read: int) -> str:
         """Words for a file that ended well before the frames its header declares (the first
@@ -734,6 +809,8 @@ class OpenCVCapture:
 
 class DemoCapture:
     """The synthetic conveyor (packages passing, some damaged), paced like a live camera."""
+
+    behind_s = 0.0  # its frames are made when read
 
     def __init__(self, spec: SourceSpec) -> None:
         from convstream.model.scenes import Conveyor
