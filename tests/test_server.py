@@ -1180,6 +1180,30 @@ async def test_every_metric_the_docs_name_is_exported() -> None:
     assert len(named) > 20
 
 
+def test_the_refusals_an_alert_watches_are_zero_from_the_start() -> None:
+    """A counter series that first appears at its value (11 refusals in one burst) reads to
+    Prometheus' rate() and increase() as no increase: the alert on refused clients missed
+    the first burst (the SRE review). Those series exist, at 0, before anything happens."""
+    from prometheus_client import generate_latest
+
+    metrics = Metrics()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+        for s in family.samples
+    }
+    expected = [
+        ("convstream_calls_refused_total", (("method", "Analyze"),)),
+        ("convstream_calls_refused_total", (("method", "WatchCamera"),)),
+        ("convstream_streams_total", (("outcome", "rejected"),)),
+        ("convstream_streams_total", (("outcome", "error"),)),
+        ("convstream_watches_total", (("outcome", "resource_exhausted"),)),
+        ("convstream_frames_total", (("outcome", "rejected"), ("source", "unnamed"))),
+        ("convstream_frames_total", (("outcome", "invalid"), ("source", "unnamed"))),
+    ]
+    assert {key: samples.get(key) for key in expected} == dict.fromkeys(expected, 0.0)
+
+
 def test_a_cameras_metric_label_is_its_own() -> None:
     """Client frames never land in a configured camera's series: not under a name that only
     becomes the camera's label once cleaned up or cut to 64 characters, and not when clients

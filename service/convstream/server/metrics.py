@@ -198,6 +198,16 @@ class Metrics:
         self._sources: set[str] = set()
         self._cameras: frozenset[str] = frozenset()  # the configured cameras' labels
         self._lock = threading.Lock()
+        # The refusals and endings an alert watches for are 0 from the start: a series that
+        # first appears at 11 (a burst of refusals) reads to rate() and increase() as none.
+        for outcome in ("ok", "cancelled", "idle", "rejected", "error"):
+            self.streams.labels(outcome)
+        for outcome in ("ok", "cancelled", "not_found", "unavailable", "resource_exhausted"):
+            self.watches.labels(outcome)
+        for method in ("Analyze", "WatchCamera"):
+            self.calls_refused.labels(method)
+        for outcome in ("ok", "rejected", "invalid", "dropped", "error"):
+            self.frames.labels(self.client_source(""), outcome)
 
     def watch_budgets(
         self,
