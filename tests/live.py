@@ -206,10 +206,12 @@ class RtspSource:
         fps: int = 30,
         size: tuple[int, int] = (320, 240),
         credentials: tuple[str, str] | None = None,
+        udp_only: bool = False,
     ) -> None:
         self.fps = fps
         self.size = size
         self.credentials = credentials  # (user, password) it asks for, Basic; None: none
+        self.udp_only = udp_only  # refuses RTP over TCP (461 Unsupported transport)
         self.port = free_port()
         self.process: subprocess.Popen[str] | None = None
 
@@ -238,6 +240,7 @@ class RtspSource:
                     if self.credentials
                     else ()
                 ),
+                *(("--udp-only",) if self.udp_only else ()),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

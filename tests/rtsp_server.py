@@ -12,8 +12,9 @@ import sys
 import gi
 
 gi.require_version("Gst", "1.0")
+gi.require_version("GstRtsp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
 
 
 def _quit(loop: GLib.MainLoop) -> bool:
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--user", help="ask for this user (Basic authentication)")
     parser.add_argument("--password", default="")
+    parser.add_argument("--udp-only", action="store_true", help="refuse RTP over TCP (461)")
     args = parser.parse_args()
     Gst.init(None)
     width, height = args.size.split("x")
@@ -42,6 +44,8 @@ def main() -> None:
         "key-int-max=15 ! rtph264pay name=pay0 pt=96 config-interval=1 )"
     )
     factory.set_shared(True)
+    if args.udp_only:  # as cameras whose "RTP over RTSP" setting is off
+        factory.set_protocols(GstRtsp.RTSPLowerTrans.UDP)
     if args.user:
         auth = GstRtspServer.RTSPAuth()
         token = GstRtspServer.RTSPToken()

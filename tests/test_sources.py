@@ -28,7 +28,7 @@ import grpc
 import numpy as np
 import pytest
 from conftest import scene
-from live import free_port
+from live import RtspSource, free_port, running
 
 from convstream.cli import main
 from convstream.server import CameraConfig, ConfigError, Settings, load_settings, sources
@@ -878,6 +878,21 @@ def _catches_sighup(pid: int) -> bool:
 
 def _ids(stub: pb_grpc.ConvstreamStub) -> list[str]:
     return [c.id for c in stub.ListCameras(pb.ListCamerasRequest(), timeout=5).cameras]
+
+
+def test_an_rtsp_camera_that_sets_up_no_stream_over_tcp_is_told_so() -> None:
+    """A camera whose RTP over TCP is off answers DESCRIBE and refuses the SETUP the server's
+    FFmpeg makes (461): that was said as "a codec or format it cannot read", which sent a
+    reviewer to the codec. A camera that sets the track up is still said as before, and the
+    probe's session is torn down (the camera's next client is served)."""
+    udp, plain = RtspSource(fps=10, udp_only=True), RtspSource(fps=10)
+    with running(udp, plain):
+        why = why_closed(udp.url, 5.0)
+        assert why.startswith("it does not stream over TCP (RTSP 461"), why
+        assert "rtsp_transport;udp" in why and str(udp.port) not in why
+        for _ in range(3):  # each probe's session ended: a SETUP is served every time
+            fine = why_closed(plain.url, 5.0)
+            assert fine.startswith("it answers the request (RTSP 200 OK, application/sdp)"), fine
 
 
 def test_a_source_that_did_not_open_is_told_refused_from_answering() -> None:

@@ -8,7 +8,10 @@ the usual causes apart:
 - then, for ``rtsp://`` and ``http://``, one request as FFmpeg would make it (DESCRIBE, GET)
   and the status of the answer: 404 (a wrong path or stream name), 401 (no credentials, or
   wrong ones: the URL's are tried once, Basic or Digest as the camera asks), 403, or 200 (the
-  camera is fine with the request: the stream itself did not open, say its codec).
+  camera is fine with the request: the stream itself did not open, say its codec);
+- then, for an RTSP stream described, a SETUP of its video track over TCP, as the server's
+  FFmpeg asks (torn down at once): 461 (the camera streams over UDP only), 453 (it has no
+  room for another client), or another refusal.
 
 All of it within one timeout. The words never name the address or the credentials: camera
 errors reach clients, which know cameras by id only. The server says so of its cameras, and
@@ -25,6 +28,7 @@ import re
 import socket
 import ssl
 import time
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
@@ -255,6 +259,15 @@ def _answer(
 ) -> tuple[int, str, str, bool]:
     """The request FFmpeg makes, with the URL's credentials if the camera asks for them:
     (status, reason, media type, whether the credentials were sent)."""
+    status, reason, kind, sent, _ = _described(parts, scheme, address, deadline)
+    return status, reason, kind, sent
+
+
+def _described(
+    parts: SplitResult, scheme: str, address: Address, deadline: float
+) -> tuple[int, str, str, bool, _Setup | None]:
+    """As _answer, and for an RTSP stream described (2xx), what a SETUP of its first video
+    track needs; None otherwise."""
     user = unquote(parts.username) if parts.username is not None else None
     password = unquote(parts.password or "")
     host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
@@ -262,22 +275,128 @@ def _answer(
     target = bare if scheme == "rtsp" else urlunsplit(("", "", parts.path or "/", parts.query, ""))
     method = "DESCRIBE" if scheme == "rtsp" else "GET"
     tls_name = parts.hostname if scheme == "https" else None
-    status, reason, challenge, kind = _request(
+    status, reason, challenge, kind, extra = _request(
         scheme, method, target, host, None, address, deadline, tls_name
     )
+    sent = False
     if status == 401 and user is not None and challenge:
         authorization = _authorization(challenge, user, password, method, target)
         if authorization:
-            status, reason, _, kind = _request(
+            status, reason, _, kind, extra = _request(
                 scheme, method, target, host, authorization, address, deadline, tls_name
             )
-            return status, reason, kind, True
-    return status, reason, kind, False
+            sent = True
+    setup = None
+    if scheme == "rtsp" and 200 <= status < 300 and kind == "application/sdp":
+        base = extra.get("content-base", "") or target
+        track = _video_track(extra.get("body", ""), base)
+        if track:
+            setup = _Setup(track, challenge if sent else "", user or "", password)
+    return status, reason, kind, sent, setup
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """A described RTSP stream's first video track, and the credentials its DESCRIBE took."""
+
+    url: str
+    challenge: str
+    user: str
+    password: str
+
+
+def _video_track(sdp: str, base: str) -> str:
+    """The control URL of an SDP's first video track ("" when it has none): as RFC 2326
+    says, relative to the Content-Base, or the stream's own URL for "*" or none."""
+    video, control = False, ""
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            if video:
+                break
+            video = line.startswith("m=video")
+        elif video and line.startswith("a=control:"):
+            control = line.removeprefix("a=control:").strip()
+    if not video:
+        return ""
+    if control.lower().startswith(("rtsp://", "rtsps://")):
+        return control
+    if control in ("", "*"):
+        return base
+    return base.rstrip("/") + "/" + control
+
+
+def _set_up(setup: _Setup, address: Address, deadline: float) -> tuple[int, str]:
+    """SETUP of the track over TCP, as this server's FFmpeg asks for it (rtsp_transport tcp),
+    and a TEARDOWN of the session it made, on the same connection: a camera serves a few
+    sessions at once, and one left open would hold a place until it timed out. (status,
+    reason)."""
+    lines = ["SETUP " + setup.url + " RTSP/1.0", "CSeq: 2"]
+    lines += ["Transport: RTP/AVP/TCP;unicast;interleaved=0-1", "User-Agent: convstream"]
+    if setup.challenge:
+        authorization = _authorization(
+            setup.challenge, setup.user, setup.password, "SETUP", setup.url
+        )
+        if authorization:
+            lines.append(f"Authorization: {authorization}")
+    with _connect(address, deadline) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        head = _head(sock, deadline)
+        match = _STATUS.match(head)
+        if match is None:
+            raise ValueError("not an RTSP answer")
+        status = int(match.group(2))
+        session = _header(head, b"session").split(";", 1)[0]
+        if 200 <= status < 300 and session:
+            with contextlib.suppress(OSError):
+                teardown = [f"TEARDOWN {setup.url} RTSP/1.0", "CSeq: 3", f"Session: {session}"]
+                sock.sendall(("\r\n".join(teardown) + "\r\n\r\n").encode("latin-1"))
+                _head(sock, deadline)
+    return status, _quoted(match.group(3).decode("latin-1"))
+
+
+def _head(sock: socket.socket, deadline: float) -> bytes:
+    """An answer's status line and headers (up to 16 KiB)."""
+    head = b""
+    while b"\r\n\r\n" not in head and len(head) < 16384:
+        sock.settimeout(max(0.05, deadline - time.monotonic()))
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return head
+
+
+def _header(head: bytes, name: bytes) -> str:
+    """A header's value in an answer's head ("" without it)."""
+    for line in head.split(b"\r\n")[1:]:
+        if line.lower().startswith(name + b":"):
+            return line.split(b":", 1)[1].strip().decode("latin-1")
+    return ""
 
 
 def _ask(parts: SplitResult, scheme: str, address: Address, deadline: float) -> str:
     """What the answer to the request FFmpeg makes says of why no stream opened."""
-    status, reason, kind, with_credentials = _answer(parts, scheme, address, deadline)
+    status, reason, kind, with_credentials, setup = _described(parts, scheme, address, deadline)
+    if setup is not None:
+        set_up, why = _set_up(setup, address, deadline)
+        if set_up == 461:
+            return (
+                f"it does not stream over TCP (RTSP {set_up} {why} to a SETUP over TCP, which "
+                "this server asks for): turn on RTP over RTSP (TCP) in the camera's settings, "
+                'or start the server with OPENCV_FFMPEG_CAPTURE_OPTIONS="rtsp_transport;udp" '
+                "for every camera (docs/server.md, Cameras)"
+            )
+        if set_up == 453:
+            return (
+                f"it has no room for another stream (RTSP {set_up} {why} to a SETUP): a "
+                "camera serves a few clients at once; close another viewer of it (an NVR, a "
+                "browser), or use the camera's second stream"
+            )
+        if not 200 <= set_up < 300:
+            return (
+                f"it describes the stream (RTSP {status} {reason}) but refused to set it "
+                f"up (RTSP {set_up} {why} to a SETUP over TCP)"
+            )
     if status == 401 and with_credentials:
         return (
             f"it refused the user name or password in the URL ({status} {reason}); a "
@@ -324,16 +443,17 @@ def _request(
     address: Address,
     deadline: float,
     tls_name: str | None = None,
-) -> tuple[int, str, str, str]:
+) -> tuple[int, str, str, str, dict[str, str]]:
     """One request on a new connection (over TLS to ``tls_name``, when given): (status,
-    reason, WWW-Authenticate challenge, the Content-Type's media type, lower case; "" without
-    one)."""
+    reason, WWW-Authenticate challenge, the Content-Type's media type, lower case, "" without
+    one; and for an RTSP stream described, its "content-base" and SDP "body")."""
     protocol = "RTSP/1.0" if scheme == "rtsp" else "HTTP/1.1"  # https: HTTP over TLS
     lines = [f"{method} {target} {protocol}"]
     lines += ["CSeq: 1", "Accept: application/sdp"] if scheme == "rtsp" else [f"Host: {host}"]
     lines += ["User-Agent: convstream", "Connection: close"]
     if authorization:
         lines.append(f"Authorization: {authorization}")
+    extra: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
         sock = stack.enter_context(_connect(address, deadline))
         if tls_name is not None:
@@ -343,13 +463,19 @@ def _request(
             context = ssl.create_default_context()
             sock = stack.enter_context(context.wrap_socket(sock, server_hostname=tls_name))
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        head = b""
-        while b"\r\n\r\n" not in head and len(head) < 16384:
-            sock.settimeout(max(0.05, deadline - time.monotonic()))
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            head += chunk
+        head = _head(sock, deadline)
+        if method == "DESCRIBE" and head.startswith(b"RTSP/1.0 2"):
+            # the session description: its video track is what a SETUP names
+            head, _, body = head.partition(b"\r\n\r\n")
+            length = _header(head, b"content-length")
+            size = min(int(length), 65536) if length.isdigit() else 0
+            while len(body) < size:
+                sock.settimeout(max(0.05, deadline - time.monotonic()))
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                body += chunk
+            extra = {"content-base": _header(head, b"content-base"), "body": body.decode("latin-1")}
     match = _STATUS.match(head)
     if match is None:
         raise ValueError("not an RTSP or HTTP answer")
@@ -370,7 +496,7 @@ def _request(
     challenge = next((c for c in challenges if c.lower().startswith("digest")), "")
     challenge = challenge or (challenges[0] if challenges else "")
     reason = match.group(3).decode("latin-1")
-    return int(match.group(2)), _quoted(reason), challenge, _quoted(kind)
+    return int(match.group(2)), _quoted(reason), challenge, _quoted(kind), extra
 
 
 def _quoted(text: str, limit: int = 80) -> str:
