@@ -391,6 +391,25 @@ def test_a_slow_camera_is_not_taken_for_a_stalled_one() -> None:
     assert max(waits) < 1.75, [round(w, 2) for w in waits]  # 1 s each, not 2
 
 
+@pytest.mark.alone
+async def test_a_camera_slower_than_a_frame_a_second_is_not_stalled_once_connected(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 0.5 fps camera logged "running -> stalled (no frame for 1.0 s)" a second after
+    connecting, and running at its next frame: before its pace was measured the one-second
+    bound of a fast camera applied. Here an HTTP MJPEG one, whose stream says 25 frames/s
+    (OpenCV's word for any MJPEG camera), read until its pace is known."""
+    source = FFmpegSource("mjpeg", fps="1/2")
+    config = camera("fps05", source.url, read_timeout_s=5.0, open_timeout_s=10.0)
+    with running(source):
+        async with serving(config) as server, connect(server) as stub:
+            await until(state_is(stub, "fps05", pb.CAMERA_STATE_RUNNING), 20, "running")
+            await until(lambda: _frames_read_over(stub, "fps05", 2), 20, "two intervals")
+            said = [r.getMessage() for r in caplog.records if "fps05: " in r.getMessage()]
+            assert not [m for m in said if "stalled" in m], said
+            assert (await status(stub, "fps05")).reconnects == 0
+
+
 def test_a_camera_sending_its_frames_in_bursts_is_not_stalled_between_them() -> None:
     """8 frames at once every 1.6 s: stalled 1 s after every burst, 3.8 s of every 4.8, and
     warned of as flapping after 18 s (a reviewer's camera). Its longest recent interval is

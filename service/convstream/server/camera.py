@@ -176,7 +176,11 @@ class Camera:
         # running and stalled at every frame, logging each), short of the read timeout, when
         # the source is lost.
         self._least_stall_s = min(1.0, config.read_timeout_s / 2)
-        self.stall_after_s = self._least_stall_s
+        # Until its first interval is measured its pace is unknown: a 0.5 fps RTSP camera went
+        # "stalled (no frame for 1.0 s)" a second after connecting, and running at its next
+        # frame. The declared frame rate is no help (OpenCV says 25 for any HTTP MJPEG
+        # camera), so it stalls only when its second frame is as late as a stall can be.
+        self.stall_after_s = self._most_stall_s = 0.9 * config.read_timeout_s
         self._interval_s = 0.0  # between its frames lately, smoothed
         self._gaps = 0  # frame intervals in _interval_s
         self._recent_gaps: deque[float] = deque(maxlen=30)  # the last intervals themselves
@@ -506,7 +510,7 @@ class Camera:
             # its flapping was warned of after 18 s
             self.stall_after_s = min(
                 max(self._least_stall_s, 3 * self._interval_s, 1.5 * max(self._recent_gaps)),
-                0.9 * self.config.read_timeout_s,
+                self._most_stall_s,
             )
             slow = self._interval_s > self.config.read_timeout_s / 2
             if slow and self._gaps >= PACE_GAPS and not self._told_pace:
