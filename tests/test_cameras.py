@@ -953,6 +953,37 @@ async def test_a_wrong_rtsp_path_or_password_is_told_apart(
             assert "refused credentials are tried every 10 minutes" in caplog.text
 
 
+@pytest.mark.alone
+async def test_a_reload_leaves_an_unchanged_camera_with_a_refused_password_to_its_wait(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A reload tried a camera whose password had been refused at once, its URL unchanged:
+    "retry 2 in 600.0 s" at the moment of the reload. A config tool that reloads often
+    would lock the camera's account, which the 10-minute wait is there to spare. A reload
+    that changes its URL (the fix) tries it at once."""
+    caplog.set_level(logging.INFO, logger="convstream.server")
+    locked = RtspSource(fps=10, credentials=("ops", "right"))
+    with running(locked):
+        at = f"127.0.0.1:{locked.port}/camera"
+        refused = camera("door", f"rtsp://ops:guess@{at}")
+        async with serving(refused) as server, connect(server) as stub:
+            await until(state_is(stub, "door", pb.CAMERA_STATE_RECONNECTING), 15, "refused")
+            assert (await status(stub, "door")).reconnects == 1
+            for _ in range(3):  # a config tool reloading, the camera's entry as it was
+                await server.reload(server.settings)
+            await asyncio.sleep(1.5)  # time to open it again and be refused, had it tried
+            door = await status(stub, "door")
+            assert door.state == pb.CAMERA_STATE_RECONNECTING and door.reconnects == 1, door
+            assert "; retry 2 in" not in caplog.text
+            assert (
+                "camera door: its user name or password was refused and its config is "
+                "unchanged, so this reload does not try it again" in caplog.text
+            )
+            fixed = refused.model_copy(update={"source": f"rtsp://ops:right@{at}"})
+            await server.reload(server.settings.model_copy(update={"cameras": (fixed,)}))
+            await until(state_is(stub, "door", pb.CAMERA_STATE_RUNNING), 15, "fixed runs")
+
+
 def _closed_port() -> int:
     return free_port()  # free a moment ago: nothing listens there
 

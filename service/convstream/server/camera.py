@@ -50,7 +50,9 @@ WEDGE_GRACE_S = 2.0  # a read this long past the read timeout is wedged
 LOG_AGAIN_S = 600.0  # a camera that stays down logs its error at least this often
 # A camera that refused the URL's user name or password is tried again this seldom: many lock
 # the account (for every client using it) after a few wrong tries, and retrying every 30 s
-# kept it locked. A reload (an operator's fix) tries at once.
+# kept it locked. A reload that changes its source or settings (an operator's fix) tries at
+# once; one that leaves them as they were does not (config tools that reload often would
+# lock the account all the same).
 CREDENTIALS_RETRY_S = 600.0
 _NUMBERS = re.compile(r"\d+(?:\.\d+)?")  # told apart from the error they are in
 PACE_GAPS = 3  # frame intervals seen before a camera's pace is judged (one gap is no pace)
@@ -201,6 +203,9 @@ class Camera:
         self._thread: threading.Thread | None = None
         self._rng = random.Random()
         self._retry = threading.Event()  # ends a backoff's wait at once
+        # time.monotonic() its user name or password was last refused, while it stays down
+        # on that; None: its last try was not refused so
+        self._refused_at: float | None = None
 
     def start(self) -> None:
         with self._lock:
@@ -245,6 +250,18 @@ class Camera:
         """A camera waiting out its backoff to reconnect tries again at once (a reload: an
         operator who fixed the camera waited up to reconnect_max_s for it to be tried)."""
         self._retry.set()
+
+    def refused_wait_s(self, now: float) -> float:
+        """Seconds (from ``now``, monotonic) before a camera down on a refused user name or
+        password may be tried again without risking its account, CREDENTIALS_RETRY_S after
+        the refusal; 0.0 when it is not down on that. A reload that leaves its source as it
+        was leaves it to this wait: trying it at each reload, as one waiting out an ordinary
+        backoff is, would lock the account of a camera whose config tool reloads often."""
+        with self._lock:
+            down = self.state in (pb.CAMERA_STATE_RECONNECTING, pb.CAMERA_STATE_FAILED)
+            if not down or self._refused_at is None:
+                return 0.0
+            return max(0.0, self._refused_at + CREDENTIALS_RETRY_S - now)
 
     def take(self, after: int) -> Frame | None:
         """The newest frame if it is newer than frame number ``after``."""
@@ -348,6 +365,7 @@ class Camera:
             with self._lock:
                 if not self._current(generation):
                     return
+                self._refused_at = time.monotonic() if error.credentials else None
                 if limit and failures > limit:
                     times = "1 reconnect" if limit == 1 else f"{limit} reconnects"
                     self._set_state(pb.CAMERA_STATE_FAILED, f"{error}; gave up after {times}")

@@ -107,7 +107,9 @@ class CameraManager:
     async def apply(self, configs: tuple[CameraConfig, ...]) -> None:
         """Make the running cameras match ``configs``: add, remove, restart the changed ones
         and the ones that failed or stopped (a reload is how an operator says "try again":
-        the file is back, the device plugged in).
+        the file is back, the device plugged in), and have the ones waiting to reconnect try
+        at once; but not an unchanged camera whose user name or password was refused, until
+        its CREDENTIALS_RETRY_S have passed (Camera.refused_wait_s).
 
         Watchers of a changed camera stay attached to it; watchers of a removed one end
         with NOT_FOUND.
@@ -128,6 +130,20 @@ class CameraManager:
             down = old.down() if old is not None else None
             replaced = old is not None and old.camera.file_changed()
             if old is not None and old.camera.config == config and not replaced:
+                if wait := old.camera.refused_wait_s(time.monotonic()):
+                    # a reload does not mend a refused password; a try at each one would
+                    # lock the camera's account
+                    failed = old.camera.state == pb.CAMERA_STATE_FAILED
+                    logger.info(
+                        "camera %s: its user name or password was refused and its config is "
+                        "unchanged, so this reload does not try it again (wrong passwords "
+                        "tried often lock many cameras' accounts); %s in %.0f s, or at once "
+                        "when a reload changes its URL",
+                        camera_id,
+                        "a reload may restart it" if failed else "it is tried again",
+                        wait,
+                    )
+                    continue
                 if down is None:
                     if old.camera.state == pb.CAMERA_STATE_RECONNECTING:
                         old.camera.retry_now()  # "try again", as for one that failed
