@@ -471,6 +471,30 @@ def test_a_watchdog_starved_of_cpu_calls_no_stall_and_a_real_stall_is_still_call
     assert cam.state == pb.CAMERA_STATE_STALLED, cam.last_error
 
 
+def test_a_camera_that_comes_back_says_how_long_it_was_down(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The line "reconnecting -> running" said the camera was back, not how long it had been gone:
+    the operator worked it out from timestamps lines apart, if both lines were kept."""
+    caplog.set_level(logging.INFO, logger="convstream.server.camera")
+    cam = Camera(CameraConfig(id="gate", source="rtsp://127.0.0.1:1/x"))
+    image = np.zeros((32, 32, 3), np.uint8)
+    cam._publish(image, 0, 1000.0)  # its first frame: news, not a return
+    with cam._lock:  # lost
+        cam._set_state(pb.CAMERA_STATE_RECONNECTING, "read timed out")
+    cam._publish(image, 0, 1000.0 + 151.0)
+    cam._publish(image, 0, 1151.1)
+    cam.check(1152.0)
+    cam.check(1152.4)  # no frame for 1.3 s: stalled
+    cam._publish(image, 0, 1152.5)
+    said = [r.getMessage() for r in caplog.records if "-> running" in r.getMessage()]
+    assert said == [
+        "camera gate: connecting -> running",
+        "camera gate: reconnecting -> running (back after 2 min 31 s)",
+        "camera gate: stalled -> running (back after 1.4 s)",
+    ]
+
+
 def read_waits(capture: Capture, reads: int) -> list[float]:
     """The seconds each of ``reads`` reads of the capture waited."""
     waits = []

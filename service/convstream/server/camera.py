@@ -117,6 +117,16 @@ class RateMeter:
         return intervals / max(span, now - times[0] - span / intervals, 1e-6)
 
 
+def spoken_duration(seconds: float) -> str:
+    """A duration as a log line says it: 0.4 s, 2 min 31 s, 3 h 5 min."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    return f"{minutes // 60} h {minutes % 60} min"
+
+
 def backoff_s(attempt: int, low: float, high: float, rng: random.Random) -> float:
     """Delay before retry number ``attempt`` (1, 2, ...): doubling from low up to high, with
     half of it random so cameras that dropped together do not all come back at once. The
@@ -546,11 +556,15 @@ class Camera:
                     if 3 * self._interval_s <= MAX_READ_TIMEOUT_S
                     else f"{MAX_READ_TIMEOUT_S:g} (the most it may be)",
                 )
+        # Back from trouble: how long it sent nothing, said on the line that tells of its
+        # return (the operator read it off two timestamps lines apart, if both were kept).
+        back = self.state in _TROUBLE and self._last_frame_at > 0
         self._last_frame_at = now
         self.frame_size = size
         self.fps_in.tick(now)
         if self.state != pb.CAMERA_STATE_RUNNING:
-            self._set_state(pb.CAMERA_STATE_RUNNING, self.last_error)
+            note = f"back after {spoken_duration(gap)}" if back else ""
+            self._set_state(pb.CAMERA_STATE_RUNNING, self.last_error, note=note)
 
     def frame_failed(self, error: str, *, invalid: bool = True) -> None:
         """A frame from this camera could not be analysed (an MJPEG camera's frame that is not
@@ -562,8 +576,11 @@ class Camera:
             self.last_error = redact(error)
             self.last_error_at = time.time()
 
-    def _set_state(self, state: pb.CameraState, error: str, *, said: bool = False) -> None:
-        """Change state (the caller holds the lock); ``said``: the error is already logged."""
+    def _set_state(
+        self, state: pb.CameraState, error: str, *, said: bool = False, note: str = ""
+    ) -> None:
+        """Change state (the caller holds the lock); ``said``: the error is already logged;
+        ``note``: said on the change's line, in brackets."""
         error = redact(error)
         retried = state in (pb.CAMERA_STATE_RECONNECTING, pb.CAMERA_STATE_FAILED)
         if error and (error != self.last_error or retried):
@@ -575,6 +592,7 @@ class Camera:
             change = (
                 f"camera {self.config.id}: {STATE_NAMES[self.state]} -> {STATE_NAMES[state]}"
                 + (f" ({error})" if error and error != self.last_error and not said else "")
+                + (f" ({note})" if note else "")
             )
             # Trouble, and its end, are warnings: a log kept at --log-level warning shows
             # each camera going down and coming back; a start or a stop is news. Giving up
