@@ -442,6 +442,7 @@ class _Wedged:
         self.gate = gate
         self.wedge_after = wedge_after
         self.frames = 0
+        self.behind_s = 0.0
 
     def read(self) -> np.ndarray:
         if self.wedge_after is not None and self.frames >= self.wedge_after:
@@ -671,6 +672,7 @@ class _Flaky:
     def __init__(self, steady: bool) -> None:
         self.frames = 0
         self.steady = steady
+        self.behind_s = 0.0
 
     def read(self) -> np.ndarray:
         if not self.steady and self.frames == 3:
