@@ -23,9 +23,10 @@ from conftest import jpeg, png, scene
 
 from convstream.model import DamageModel
 from convstream.server import CameraConfig, Server, Settings, app
-from convstream.server.config import MAX_WIDE_THREADS, cpu_quota, usable_cores
+from convstream.server.config import MAX_WIDE_THREADS, TokenConfig, cpu_quota, usable_cores
 from convstream.server.decode import Limits, decode_encoded
 from convstream.server.letterbox import letterbox, reduction
+from convstream.server.security import new_token
 from convstream.server.streams import MAX_REFUSALS_WAITING, StreamSession
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
@@ -325,8 +326,13 @@ async def test_a_batch_mixing_streams_returns_each_result_to_its_own_stream(
     assert max(r.timings.batch_size for r in everything) > 1
 
 
-async def _open(stub: pb_grpc.ConvstreamStub, frame: bytes, **options: int) -> Any:
-    call = stub.StreamFrames()
+async def _open(
+    stub: pb_grpc.ConvstreamStub,
+    frame: bytes,
+    metadata: tuple[tuple[str, str], ...] = (),
+    **options: int,
+) -> Any:
+    call = stub.StreamFrames(metadata=metadata)
     await call.write(
         pb.FrameRequest(frame_id=1, encoded=frame, options=pb.ResultOptions(**options))
     )
@@ -461,20 +467,40 @@ async def test_the_gpu_plan_pads_every_run_and_gives_each_size_its_session(
     assert sorted(sizes.values(), key=str) == sorted(({(384, 640)}, {(480, 640)}), key=str)
 
 
+def _callers(count: int) -> tuple[tuple[TokenConfig, ...], list[tuple[tuple[str, str], ...]]]:
+    """``count`` analyze tokens, and the metadata that presents each: one caller holds at most
+    half of max_queued_frames, so the server's own limit takes several to reach (every
+    client of a test shares its host)."""
+    made = [new_token() for _ in range(count)]
+    tokens = tuple(
+        TokenConfig(name=f"caller-{i}", role="analyze", sha256=digest)
+        for i, (_, digest) in enumerate(made)
+    )
+    return tokens, [(("authorization", f"Bearer {token}"),) for token, _ in made]
+
+
 async def test_streams_past_the_queued_frames_cap_are_refused_at_once(burst: list[bytes]) -> None:
-    # Each stream reserves its queue (4 by default) when it opens; 10 frames fit two streams.
+    # Each stream reserves its queue (4 by default) when it opens; 10 frames fit two streams,
+    # of two callers (one may hold 5).
+    tokens, callers = _callers(3)
     settings = Settings(
-        port=0, metrics_port=-1, cameras=(), max_queued_frames=10, stream_queue_size=4
+        port=0,
+        metrics_port=-1,
+        cameras=(),
+        max_queued_frames=10,
+        stream_queue_size=4,
+        tokens=tokens,
     )
     server = Server(settings)
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = pb_grpc.ConvstreamStub(channel)
-            first, second = await _open(stub, burst[0]), await _open(stub, burst[1])
+            first = await _open(stub, burst[0], callers[0])
+            second = await _open(stub, burst[1], callers[1])
             assert (await first.read()).frame_id == 1
             assert (await second.read()).frame_id == 1
-            third = stub.StreamFrames()
+            third = stub.StreamFrames(metadata=callers[2])
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await third.read()
             assert refused.value.code() == EXHAUSTED
@@ -491,7 +517,7 @@ async def test_streams_past_the_queued_frames_cap_are_refused_at_once(burst: lis
             # INVALID_ARGUMENT (no retry helps), and the stream goes on with the default queue
             # it was admitted with.
             fourth = await _open(
-                stub, burst[4], freshness=pb.FRESHNESS_BOUNDED_QUEUE, queue_size=100
+                stub, burst[4], callers[1], freshness=pb.FRESHNESS_BOUNDED_QUEUE, queue_size=100
             )
             failed = await fourth.read()
             code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
@@ -511,23 +537,33 @@ async def test_streams_past_the_queued_frames_cap_are_refused_at_once(burst: lis
 async def test_a_queue_that_fits_but_is_not_free_now_is_resource_exhausted(
     burst: list[bytes],
 ) -> None:
-    # 16 frames for streams, 2 reserved by each, one stream may hold up to 4: with 8 streams
-    # open none is left, so a stream asking for 4 is refused for now (RESOURCE_EXHAUSTED: it
-    # would fit once another stream ends), unlike one asking for more than 4 (never here).
+    # 16 frames for streams, 2 reserved by each, one stream may hold up to 4 (one caller 8):
+    # with 8 streams of 4 callers open none is left, so a stream asking for 4 is refused for
+    # now (RESOURCE_EXHAUSTED: it would fit once another stream ends), unlike one asking for
+    # more than 4 (never here).
+    tokens, callers = _callers(4)
     settings = Settings(
-        port=0, metrics_port=-1, cameras=(), max_queued_frames=16, stream_queue_size=2
+        port=0,
+        metrics_port=-1,
+        cameras=(),
+        max_queued_frames=16,
+        stream_queue_size=2,
+        tokens=tokens,
     )
     server = Server(settings)
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = pb_grpc.ConvstreamStub(channel)
-            calls = [await _open(stub, burst[i]) for i in range(7)]
+            calls = [await _open(stub, burst[i], callers[i % 4]) for i in range(7)]
             for call in calls:
                 assert not (await call.read()).status.code
-            # the eighth is admitted with its 2 (none left), then asks for 4
+            # the eighth is admitted with its 2 (none left), then asks for 4: its caller's
+            # 6 would be within its 8
             calls.append(
-                await _open(stub, burst[7], freshness=pb.FRESHNESS_BOUNDED_QUEUE, queue_size=4)
+                await _open(
+                    stub, burst[7], callers[3], freshness=pb.FRESHNESS_BOUNDED_QUEUE, queue_size=4
+                )
             )
             refused = await calls[-1].read()
             assert refused.status.code == EXHAUSTED.value[0], refused.status.message
@@ -558,6 +594,107 @@ async def test_one_stream_never_takes_every_other_streams_room(burst: list[bytes
             for call in (greedy, *others):
                 await call.done_writing()
                 assert await call.code() == grpc.StatusCode.OK
+    finally:
+        await server.stop(grace=0)
+
+
+async def _stream_or_refusal(
+    server: Server, stub: pb_grpc.ConvstreamStub, frame: bytes, token: str, **options: int
+) -> tuple[Any, pb.FrameResult | grpc.aio.AioRpcError]:
+    """A stream with ``token``, and its first frame's result (``options`` on it), or the
+    error it was refused with as it opened. Its frame is sent once the server has let it in:
+    a grpc.aio client refused while a write is under way may read INTERNAL "Internal error
+    from Core" in place of the status (grpc/grpc#36066)."""
+    servicer = server.servicer
+    assert servicer is not None
+    before = servicer.open_streams
+    call = stub.StreamFrames(metadata=(("authorization", f"Bearer {token}"),))
+    deadline = time.monotonic() + 30
+    while servicer.open_streams == before and not call.done():
+        assert time.monotonic() < deadline, "the stream was neither let in nor refused"
+        await asyncio.sleep(0.01)
+    if servicer.open_streams > before:
+        request = pb.FrameRequest(frame_id=1, encoded=frame, options=pb.ResultOptions(**options))
+        await call.write(request)
+    try:
+        return call, await call.read()
+    except grpc.aio.AioRpcError as exc:
+        return call, exc
+
+
+async def test_one_caller_never_takes_every_other_callers_queued_frames(
+    burst: list[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reviewer's token, within its max_calls of 8, opened streams with queues of 256, 256,
+    256, 200 and 50 of the 1024 queued frames: every other client's stream was then refused
+    for as long as those lived, and nothing was logged. One caller holds at most half."""
+    caplog.set_level(logging.WARNING, logger="convstream.server.streams")
+    (hog, hog_hash), (other, other_hash) = new_token(), new_token()
+    tokens = (
+        TokenConfig(name="hog", role="analyze", sha256=hog_hash, max_calls=8),
+        TokenConfig(name="other", role="analyze", sha256=other_hash),
+    )
+    server = Server(Settings(port=0, metrics_port=-1, cameras=(), tokens=tokens))
+    await server.start()
+    bounded = pb.FRESHNESS_BOUNDED_QUEUE
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+            hogs = []
+            for size in (256, 256, 256, 200, 50):
+                hogs.append(
+                    await _stream_or_refusal(
+                        server, stub, burst[0], hog, freshness=bounded, queue_size=size
+                    )
+                )
+            # the other token's streams open, whatever their policy, up to its own half
+            others = []
+            for options in (
+                {},
+                {"freshness": pb.FRESHNESS_LATEST_ONLY},
+                {"freshness": bounded, "queue_size": 256},
+            ):
+                call, first = await _stream_or_refusal(server, stub, burst[1], other, **options)
+                assert isinstance(first, pb.FrameResult), (
+                    f"expected the other token's stream ({options}) to open beside the hog's, "
+                    f"got {first.code()}: {first.details()}"
+                )
+                assert not first.status.code, first.status.message
+                others.append(call)
+
+            # the hog's first two took its half; the next ones were refused as they opened
+            admitted = [first for _, first in hogs if isinstance(first, pb.FrameResult)]
+            assert [r.status.code for r in admitted] == [0, 0], [r.status.message for r in admitted]
+            refused = [first for _, first in hogs if isinstance(first, grpc.aio.AioRpcError)]
+            assert [e.code() for e in refused] == [EXHAUSTED] * 3, refused
+            told = str(refused[0].details())
+            assert "token 'hog' holds 512 of the 1024 frames" in told, told
+            assert "one caller may hold 512 (half); a new stream needs 4" in told, told
+            said = [r.getMessage() for r in caplog.records if r.name == "convstream.server.streams"]
+            assert len(said) == 1, f"expected one warning for the hog's 3 refusals, got {said}"
+            assert "refused a stream's queue for token 'hog': token 'hog' holds 512" in said[0]
+
+            # the queue a stream's first options ask for counts against its caller's half
+            # too: that frame alone is refused, and the stream goes on with the default queue
+            first_hog = hogs[0][0]
+            await first_hog.done_writing()
+            assert await first_hog.code() == grpc.StatusCode.OK  # the hog holds 256 now
+            fits, first = await _stream_or_refusal(
+                server, stub, burst[2], hog, freshness=bounded, queue_size=200
+            )
+            assert isinstance(first, pb.FrameResult) and not first.status.code, first
+            over, first = await _stream_or_refusal(
+                server, stub, burst[3], hog, freshness=bounded, queue_size=60
+            )
+            assert isinstance(first, pb.FrameResult), first
+            assert first.status.code == EXHAUSTED.value[0], first.status.message
+            told = first.status.message
+            assert "frames token 'hog' holds for its streams to 516, over the 512 one " in told
+            assert first.queue_size == server.settings.stream_queue_size
+            for call in (fits, over, hogs[1][0], *others):
+                await call.done_writing()
+                assert await call.code() == grpc.StatusCode.OK
+        assert server.servicer is not None and server.servicer.budget.reserved == 0
     finally:
         await server.stop(grace=0)
 

@@ -57,7 +57,8 @@ class ConvstreamStub(object):
     Retrying the same request gets the same answer.
     RESOURCE_EXHAUSTED   over a cap on concurrent streams, Analyze calls, WatchCamera calls,
     a token's own calls (its max_calls in the server's config),
-    queued frames or bytes of frames held (that frame alone; one stream
+    queued frames (one caller, its token or host, holds at most half)
+    or bytes of frames held (that frame alone; one stream
     holds at most a quarter of them): what passes, so back off and
     retry. Not so the two that gRPC itself raises, whose message says
     "Received message larger than max": a request over twice
@@ -173,7 +174,8 @@ class ConvstreamServicer(object):
     Retrying the same request gets the same answer.
     RESOURCE_EXHAUSTED   over a cap on concurrent streams, Analyze calls, WatchCamera calls,
     a token's own calls (its max_calls in the server's config),
-    queued frames or bytes of frames held (that frame alone; one stream
+    queued frames (one caller, its token or host, holds at most half)
+    or bytes of frames held (that frame alone; one stream
     holds at most a quarter of them): what passes, so back off and
     retry. Not so the two that gRPC itself raises, whose message says
     "Received message larger than max": a request over twice
@@ -371,7 +373,8 @@ class Convstream(object):
     Retrying the same request gets the same answer.
     RESOURCE_EXHAUSTED   over a cap on concurrent streams, Analyze calls, WatchCamera calls,
     a token's own calls (its max_calls in the server's config),
-    queued frames or bytes of frames held (that frame alone; one stream
+    queued frames (one caller, its token or host, holds at most half)
+    or bytes of frames held (that frame alone; one stream
     holds at most a quarter of them): what passes, so back off and
     retry. Not so the two that gRPC itself raises, whose message says
     "Received message larger than max": a request over twice

@@ -63,7 +63,8 @@ class ConvstreamStub:
                            Retrying the same request gets the same answer.
       RESOURCE_EXHAUSTED   over a cap on concurrent streams, Analyze calls, WatchCamera calls,
                            a token's own calls (its max_calls in the server's config),
-                           queued frames or bytes of frames held (that frame alone; one stream
+                           queued frames (one caller, its token or host, holds at most half)
+                           or bytes of frames held (that frame alone; one stream
                            holds at most a quarter of them): what passes, so back off and
                            retry. Not so the two that gRPC itself raises, whose message says
                            "Received message larger than max": a request over twice
@@ -211,7 +212,8 @@ class ConvstreamAsyncStub(ConvstreamStub):
                            Retrying the same request gets the same answer.
       RESOURCE_EXHAUSTED   over a cap on concurrent streams, Analyze calls, WatchCamera calls,
                            a token's own calls (its max_calls in the server's config),
-                           queued frames or bytes of frames held (that frame alone; one stream
+                           queued frames (one caller, its token or host, holds at most half)
+                           or bytes of frames held (that frame alone; one stream
                            holds at most a quarter of them): what passes, so back off and
                            retry. Not so the two that gRPC itself raises, whose message says
                            "Received message larger than max": a request over twice
@@ -355,7 +357,8 @@ class ConvstreamServicer(metaclass=_abc_1.ABCMeta):
                            Retrying the same request gets the same answer.
       RESOURCE_EXHAUSTED   over a cap on concurrent streams, Analyze calls, WatchCamera calls,
                            a token's own calls (its max_calls in the server's config),
-                           queued frames or bytes of frames held (that frame alone; one stream
+                           queued frames (one caller, its token or host, holds at most half)
+                           or bytes of frames held (that frame alone; one stream
                            holds at most a quarter of them): what passes, so back off and
                            retry. Not so the two that gRPC itself raises, whose message says
                            "Received message larger than max": a request over twice

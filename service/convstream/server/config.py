@@ -424,7 +424,8 @@ class Settings(BaseModel):
         1024,
         ge=1,
         description="frames the server holds for streams at most: each stream reserves its "
-        "queue_size when it opens; past it the stream is refused (RESOURCE_EXHAUSTED)",
+        "queue_size when it opens; past it the stream is refused (RESOURCE_EXHAUSTED), and "
+        "so is a caller's (its token, or its host without tokens) past half of them",
     )
     max_held_bytes: int = Field(
         1 << 30,

@@ -62,6 +62,10 @@ logger = logging.getLogger(__name__)
 # The token of the call being handled, when it names the cameras it may see (its ``cameras``);
 # None: it may see them all (no tokens, or none so narrowed). Set by TokenInterceptor.
 SCOPE: ContextVar[TokenConfig | None] = ContextVar("convstream_camera_scope", default=None)
+# The name of the token the streaming call being handled was let in with (Analyze and
+# StreamFrames are streaming calls here); None: it has none (a server without tokens). Set
+# by TokenInterceptor, for what one caller may hold of the server (``caller``).
+TOKEN: ContextVar[str | None] = ContextVar("convstream_token", default=None)
 
 
 def scope_text(token: TokenConfig) -> str:
@@ -272,6 +276,16 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
             self._refusals.labels(method.lstrip("/"), code.name.lower()).inc()
 
 
+def caller(peer: str) -> str:
+    """Whom the call being handled counts as, for the shares one caller may hold of what
+    every caller needs (frames held for streams, decoding threads): its token, e.g.
+    ``"token 'dock-3'"``, where the server has tokens (a token's holder may call from many
+    addresses, as its max_calls counts), else its host, e.g. ``"host ipv4:10.0.0.7"``
+    (``peer_host``; ``peer`` is ``context.peer()``). Said as it is in refusals."""
+    token = TOKEN.get()
+    return f"token {token!r}" if token is not None else f"host {peer_host(peer)}"
+
+
 def peer_host(peer: str) -> str:
     """Whom a call counts as, for limits per caller (``context.peer()``'s form): its IP
     address (an IPv4 one seen on a server listening on [::] as IPv4), whatever its port;
@@ -412,9 +426,10 @@ def _watched(
     over_quota: Callable[[str], None],
     refused: Callable[[str], tuple[grpc.StatusCode, str] | None],
 ) -> Any:
-    """``handler`` run as a task of its own, with SCOPE set, ended with the refusal a reload
-    gives it; refused past its token's max_calls, which ``over_quota`` is told (the caller's
-    address), and as it starts by what ``refused`` (given that address) says of it then."""
+    """``handler`` run as a task of its own, with SCOPE and TOKEN set, ended with the refusal
+    a reload gives it; refused past its token's max_calls, which ``over_quota`` is told (the
+    caller's address), and as it starts by what ``refused`` (given that address) says of it
+    then."""
     shape = (handler.request_streaming, handler.response_streaming)
     make, behaviour = {
         (True, False): (grpc.stream_unary_rpc_method_handler, handler.stream_unary),
@@ -445,7 +460,9 @@ def _watched(
             await context.abort(*refusal)
         revoked = call.revoked = asyncio.get_running_loop().create_future()
         was = SCOPE.set(call.scope)  # for the handler's task, made with this context
+        named = TOKEN.set(call.token)
         running = asyncio.ensure_future(run(request, _Writes(context, call)))
+        TOKEN.reset(named)
         SCOPE.reset(was)
         open_calls.add(call)
         said = _said_call(call, context.peer())

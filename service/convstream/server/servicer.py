@@ -31,7 +31,7 @@ from convstream.server.feeds import FeedFinished, Watcher
 from convstream.server.metrics import Metrics
 from convstream.server.pipeline import CALLER, Options, Pipeline, check_without_stream
 from convstream.server.processes import Peers
-from convstream.server.security import cameras_shown, peer_host, visible
+from convstream.server.security import caller, cameras_shown, peer_host, visible
 from convstream.server.streams import FrameBudget, StreamSession
 from convstream.server.wire import Received, id_and_source, raw_data_length
 from convstream.v1 import CAMERA_ID, RESULTS_NOT_READ, SHUTTING_DOWN, WATCHING, WATCHING_KIND
@@ -110,7 +110,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         # When each Analyze call still waiting for its request began, by host
         self._silent_analyze = SilentCalls(ANALYZE_SILENT_S)
         self._silent_streams = SilentCalls(STREAM_SILENT_S)
-        self.budget = FrameBudget(settings.max_queued_frames)
+        self.budget = FrameBudget(settings.max_queued_frames, settings.stream_queue_size)
         self.byte_budget = ByteBudget(settings.max_held_bytes)
         metrics.watch_budgets(
             lambda: self.budget.reserved,
@@ -340,13 +340,14 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             )
             await context.abort(exc.code, str(exc))
         host = peer_host(context.peer())
+        who = caller(context.peer())  # its token, or its host: whose share its queue takes
         started = time.monotonic()
         most_silent = max(1, self.settings.max_streams // 4)
         try:
             silent = self._silent_streams.crowded(host, started, self.open_streams, most_silent)
             if silent is not None:
                 raise Overloaded(self._silent_crowd(silent, most_silent))
-            self.budget.admit(self.settings.stream_queue_size)
+            self.budget.admit(self.settings.stream_queue_size, who)
         except Overloaded as exc:
             self.metrics.streams.labels("rejected").inc()
             await context.abort(exc.code, str(exc))
@@ -384,6 +385,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             registry=self.cameras,
             budget=self.budget,
             byte_budget=self.byte_budget,
+            caller=who,
         )
         limit = self.settings.stream_idle_timeout_s
         unsent: asyncio.Future[None] | None = None  # a write the client has not taken
@@ -415,7 +417,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
             outcome = "cancelled"
             raise  # a cancelled handler must stay cancelled, or grpc keeps its resources
         finally:
-            self.budget.release(session.capacity)
+            self.budget.release(session.capacity, who)
             forget()  # a stream that ended before it read at all
             give_place_back()
             self.metrics.streams.labels(outcome).inc()

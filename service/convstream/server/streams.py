@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -44,6 +45,7 @@ from convstream.server.pipeline import (
     check_freshness,
     error_result,
 )
+from convstream.server.security import REFUSALS_KEPT, REFUSALS_LOG_S
 from convstream.server.wire import Received
 from convstream.v1 import MAX_QUEUE_SIZE
 from convstream.v1 import convstream_pb2 as pb
@@ -103,45 +105,110 @@ def stream_share(default: int, limit: int) -> int:
 
 
 class FrameBudget:
-    """Frames the server holds for streams at most, over all of them.
+    """Frames the server holds for streams at most, over all of them, and for one caller.
 
     A stream reserves its queue when it opens (the server's default queue_size) and again when
     its options ask for another size; what would pass the limit is refused at once with
     RESOURCE_EXHAUSTED, before a single frame is held, so streams already open never notice.
-    Used from the event loop only.
+    One caller (its token, or its host without tokens: security.caller) holds at most half of
+    them, whatever its streams: one token's 5 streams of 256, 256, 256, 200 and 50 frames,
+    within its max_calls, held 1018 of 1024, and every other client's stream was refused for
+    as long as they lived (a review). Used from the event loop only.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, default_queue: int) -> None:
         self.limit = limit
         self.reserved = 0
+        # half, or one stream's largest queue where that is more (a server configured with
+        # few queued frames), so that a caller may always open one stream of any size
+        self.caller_share = max(limit // 2, stream_share(default_queue, limit))
+        self._by_caller: dict[str, int] = {}  # only callers that hold some
+        self._said: dict[tuple[str, str], float] = {}  # refusals logged, by caller and limit
 
-    def admit(self, frames: int) -> None:
-        """Reserve a new stream's default queue; Overloaded, saying why, past the limit."""
+    def held(self, caller: str) -> int:
+        return self._by_caller.get(caller, 0)
+
+    def admit(self, frames: int, caller: str) -> None:
+        """Reserve a new stream's default queue for ``caller``; Overloaded, saying why, past
+        the caller's share or the limit."""
+        held = self.held(caller)
+        if held + frames > self.caller_share:
+            raise self._refusal(
+                caller,
+                "its share",
+                f"{caller} holds {held} of the {self.limit} frames the server keeps for streams "
+                f"(max_queued_frames) in the queues of its open streams, and one caller may "
+                f"hold {self.caller_share} (half); a new stream needs {frames}: end one of "
+                "your streams, or give them smaller queue_size",
+            )
         if self.reserved + frames > self.limit:
-            raise Overloaded(
+            raise self._refusal(
+                caller,
+                "max_queued_frames",
                 f"the open streams hold {self.reserved} of the {self.limit} frames the server "
                 f"keeps for streams (max_queued_frames), and a new stream needs {frames}; "
-                "retry later, or raise max_queued_frames"
+                "retry later, or raise max_queued_frames",
             )
-        self.reserved += frames
+        self._take(caller, frames)
 
     def share(self, default: int) -> int:
         """The largest queue one stream may ask for: a quarter of the limit (or the default
         queue, if larger), so that one stream can never take every other stream's room."""
         return stream_share(default, self.limit)
 
-    def reserve(self, frames: int, held: int = 0) -> None:
-        """Trade a reservation of `held` frames for one of `frames`; Overloaded past the limit."""
-        if self.reserved - held + frames > self.limit:
-            raise Overloaded(
-                f"a queue of {frames} frames would bring the frames held for streams to "
-                f"{self.reserved - held + frames}, over max_queued_frames {self.limit}; ask for "
-                "a smaller queue_size or FRESHNESS_LATEST_ONLY, or retry later"
+    def reserve(self, frames: int, held: int, caller: str) -> None:
+        """Trade ``caller``'s reservation of `held` frames for one of `frames`; Overloaded
+        past the caller's share or the limit."""
+        mine = self.held(caller) - held + frames
+        if mine > self.caller_share:
+            raise self._refusal(
+                caller,
+                "its share",
+                f"a queue of {frames} frames would bring the frames {caller} holds for its "
+                f"streams to {mine}, over the {self.caller_share} one caller may hold (half "
+                f"of max_queued_frames {self.limit}); ask for a smaller queue_size or "
+                "FRESHNESS_LATEST_ONLY, or end another of your streams",
             )
-        self.reserved += frames - held
+        if self.reserved - held + frames > self.limit:
+            raise self._refusal(
+                caller,
+                "max_queued_frames",
+                f"a queue of {frames} frames would bring the frames held for streams to "
+                f"{self.reserved - held + frames}, over max_queued_frames {self.limit}; ask "
+                "for a smaller queue_size or FRESHNESS_LATEST_ONLY, or retry later",
+            )
+        self._take(caller, frames - held)
 
-    def release(self, frames: int) -> None:
-        self.reserved -= frames
+    def release(self, frames: int, caller: str) -> None:
+        self._take(caller, -frames)
+
+    def _take(self, caller: str, frames: int) -> None:
+        self.reserved += frames
+        mine = self.held(caller) + frames
+        if mine:
+            self._by_caller[caller] = mine
+        else:
+            self._by_caller.pop(caller, None)
+
+    def _refusal(self, caller: str, limit: str, message: str) -> Overloaded:
+        """The refusal, logged as a warning once per caller and limit every REFUSALS_LOG_S
+        (a client retrying every second would write a line a second): one caller holding
+        the queues had every other client refused, and nothing in the log said who."""
+        key = (caller, limit)
+        now = time.monotonic()
+        if now - self._said.get(key, -math.inf) >= REFUSALS_LOG_S:
+            self._said.pop(key, None)  # re-inserted last: the dict stays in time order
+            while len(self._said) >= REFUSALS_KEPT:  # many callers: forget the oldest
+                del self._said[next(iter(self._said))]
+            self._said[key] = now
+            logger.warning(
+                "refused a stream's queue for %s: %s (the same refusal of that caller is not "
+                "logged again for %.0f minutes)",
+                caller,
+                message,
+                REFUSALS_LOG_S / 60,
+            )
+        return Overloaded(message)
 
 
 class PublicationRegistry(Protocol):
@@ -164,9 +231,12 @@ class StreamSession:
         registry: PublicationRegistry | None = None,
         budget: FrameBudget | None = None,
         byte_budget: ByteBudget | None = None,
+        caller: str = "",
     ) -> None:
-        """The caller reserves `default_queue` frames of `budget`, and gives back `capacity`."""
+        """The caller reserves `default_queue` frames of `budget` for ``caller`` (whom the
+        call counts as: security.caller), and gives back `capacity`."""
         self.budget = budget
+        self.caller = caller
         self.byte_budget = byte_budget
         self._held_bytes = 0
         self.idle_timeout_s = idle_timeout_s
@@ -259,7 +329,7 @@ class StreamSession:
                     f"server, {share} (a quarter of max_queued_frames {self.budget.limit}; "
                     "ModelInfo.max_stream_queue_size): ask for a smaller queue_size"
                 )
-            self.budget.reserve(capacity, held=self.capacity)
+            self.budget.reserve(capacity, self.capacity, self.caller)
         self.freshness, self.capacity = freshness, capacity
         self.window = LATEST_ONLY_WINDOW if freshness == pb.FRESHNESS_LATEST_ONLY else WINDOW
 
