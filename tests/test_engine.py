@@ -19,7 +19,7 @@ from convstream.model import DamageModel
 from convstream.server import Settings
 from convstream.server.engine import Engine, Inference, runs_wide
 from convstream.server.errors import DeadlineExpired, Draining, InvalidFrame, Overloaded
-from convstream.server.pipeline import CALLER, Pipeline, Prepared, WorkPool
+from convstream.server.pipeline import CALLER, ClientCaller, Pipeline, Prepared, WorkPool
 from convstream.v1 import convstream_pb2 as pb
 
 
@@ -242,6 +242,45 @@ def test_the_work_pool_serves_callers_in_turn_and_keeps_a_thread_for_the_others(
             "heavy3",
             "third0",
         ]
+    finally:
+        release.set()
+        pool.shutdown()
+
+
+def test_one_clients_calls_share_a_callers_threads_and_each_take_their_turn() -> None:
+    """A client's calls (ClientCaller.who, its token or host) run at most `threads` jobs
+    together, so the spare thread stays another client's; among them each call still takes
+    its turn, so one of its calls does not wait behind another's queue."""
+    pool = WorkPool(2)
+    release = threading.Event()
+    started: dict[str, threading.Event] = {}
+    order: list[str] = []
+
+    def job(name: str, block: bool) -> str:
+        order.append(name)
+        started[name].set()
+        if block:
+            release.wait(30)
+        return name
+
+    def submit_as(caller: object, name: str, block: bool = True) -> Future[str]:
+        started[name] = threading.Event()
+        context = contextvars.copy_context()
+        context.run(CALLER.set, caller)
+        return context.run(pool.submit, job, name, block)
+
+    calls = [ClientCaller("token 'a'") for _ in range(3)]
+    try:
+        held = [submit_as(call, f"a{i}") for i, call in enumerate(calls)]
+        queued = submit_as(calls[0], "a0-next")
+        assert started["a0"].wait(10) and started["a1"].wait(10)
+        # the third call of 'a' waits for 'a's threads, and another client's job runs
+        assert submit_as(ClientCaller("token 'b'"), "b0", block=False).result(timeout=10) == "b0"
+        assert not started["a2"].is_set(), "a third call of one client took the spare thread"
+        release.set()
+        assert [f.result(timeout=10) for f in [*held, queued]] == ["a0", "a1", "a2", "a0-next"]
+        # the waiting call's turn came before the next job of a call that had one running
+        assert order == ["a0", "a1", "b0", "a2", "a0-next"], order
     finally:
         release.set()
         pool.shutdown()

@@ -926,14 +926,90 @@ async def test_a_stream_whose_results_wait_unread_is_ended_and_frees_its_place()
         await server.stop(grace=0)
 
 
+async def test_one_callers_calls_together_leave_a_decoding_thread_to_others(
+    burst: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three Analyze calls of one token, each a 6300x6300 PNG that takes most of a second to
+    decode, took every decoding thread clients may take (each call was a caller of its own),
+    and another client's stream went from 26 ms a frame to 290-380 ms (a review). A caller's
+    calls run at most a caller's share of decodes together: the spare thread stays another
+    caller's. Here decodes of frames named "heavy" wait until the test lets them go, so what
+    runs at once is counted, whatever the machine's speed."""
+    tokens, callers = _callers(2)
+    settings = Settings(port=0, metrics_port=-1, cameras=(), tokens=tokens, decode_threads=2)
+    server = Server(settings)
+    await server.start()
+    assert server.servicer is not None
+    pipeline = server.servicer.pipeline
+    prepare = pipeline.prepare
+    release, lock = threading.Event(), threading.Lock()
+    running, most = 0, 0
+
+    def held(request: pb.FrameRequest) -> Any:
+        nonlocal running, most
+        if request.source == "heavy":
+            with lock:
+                running += 1
+                most = max(most, running)
+            try:
+                release.wait(30)
+            finally:
+                with lock:
+                    running -= 1
+        return prepare(request)
+
+    monkeypatch.setattr(pipeline, "prepare", held)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ConvstreamStub(channel)
+            # one more call than a caller's share: as callers of their own, they took every
+            # thread but the cameras'
+            share = settings.decode_threads
+            frame = pb.FrameRequest(source="heavy", encoded=burst[0])
+            heavy = [
+                asyncio.ensure_future(stub.Analyze(frame, metadata=callers[0], timeout=120))
+                for _ in range(share + 1)
+            ]
+            deadline = time.monotonic() + 30
+            while running < share:
+                assert time.monotonic() < deadline, f"{running} heavy decodes began, not {share}"
+                await asyncio.sleep(0.01)
+            # the other caller's frame is decoded and answered while they are held
+            other = await _open(stub, burst[1], callers[1])
+            answered = await other.read()
+            assert not answered.status.code, answered.status.message
+            waiting = [call.done() for call in heavy]
+            with lock:
+                decoding, at_most = running, most
+            release.set()
+            assert waiting == [False] * (share + 1), (
+                "expected the other caller's frame answered while the heavy calls' decodes "
+                f"were held, but it came after they had ended ({waiting}): it waited for a "
+                "thread they held"
+            )
+            assert (decoding, at_most) == (share, share), (
+                f"expected one caller's calls to decode {share} frames at once, at most, got "
+                f"{decoding} when the other's frame was answered, {at_most} at most"
+            )
+            for result in await asyncio.gather(*heavy):
+                assert not result.status.code, result.status.message
+            await other.done_writing()
+            assert await other.code() == grpc.StatusCode.OK
+    finally:
+        release.set()
+        await server.stop(grace=0)
+
+
 @pytest.mark.alone
 async def test_a_stream_of_slow_frames_does_not_hold_up_another_clients_frames(
     burst: list[bytes],
 ) -> None:
     """A 6300x6300 PNG is within the default limits and takes most of a second to decode;
     one stream sending them keeps every core decoding, and another client's frame still
-    starts at once rather than waiting behind that stream's queue."""
-    server = Server(Settings(port=0, metrics_port=-1, cameras=()))
+    starts at once rather than waiting behind that stream's queue. Another client: a token
+    of its own (a caller's calls together take a caller's share of threads)."""
+    tokens, callers = _callers(2)
+    server = Server(Settings(port=0, metrics_port=-1, cameras=(), tokens=tokens))
     await server.start()
     try:
         heavy = png(np.zeros((6300, 6300, 3), np.uint8))  # 126 KB
@@ -944,12 +1020,14 @@ async def test_a_stream_of_slow_frames_does_not_hold_up_another_clients_frames(
                 for i in range(6):
                     yield pb.FrameRequest(frame_id=i, encoded=heavy)
 
-            flood = asyncio.create_task(_slow_reader(stub.StreamFrames(pngs()), 0.0))
+            flooding = stub.StreamFrames(pngs(), metadata=callers[0])
+            flood = asyncio.create_task(_slow_reader(flooding, 0.0))
             await asyncio.sleep(0.5)  # its first frames are decoding, more wait behind them
             latencies = []
             for data in burst[:4]:
                 started = time.perf_counter()
-                result = await stub.Analyze(pb.FrameRequest(encoded=data), timeout=60)
+                frame = pb.FrameRequest(encoded=data)
+                result = await stub.Analyze(frame, metadata=callers[1], timeout=60)
                 latencies.append(time.perf_counter() - started)
                 assert result.status.code == 0
             slow = await asyncio.wait_for(flood, 120)

@@ -358,8 +358,8 @@ class Settings(BaseModel):
         ge=0,
         le=256,
         description="threads one stream, call or camera decodes and resizes frames on at "
-        "once (the pool has one more, for the others, and one more only cameras take); 0 = "
-        "one per core",
+        "once, and one client's (its token's, or host's) calls together (the pool has one "
+        "more, for the others, and one more only cameras take); 0 = one per core",
     )
     spin_wait: StrictBool = Field(
         False,

@@ -120,14 +120,26 @@ def check_without_stream(message: pb.ResultOptions, method: str) -> None:
 
 CALLER: ContextVar[object] = ContextVar("convstream_caller", default=None)
 """Who submits work to the WorkPool from this asyncio task (and the tasks it starts): a
-token of a stream, an Analyze call or a camera's feed, each served in turn. A plain object(),
-or a CameraCaller for the server's own cameras; never the session itself: an asyncio context
-lives on in the loop's cancelled timers."""
+token of a stream, an Analyze call or a camera's feed, each served in turn. A ClientCaller
+for a client's call, a CameraCaller for the server's own cameras (a plain object() is a
+caller of its own); never the session itself: an asyncio context lives on in the loop's
+cancelled timers."""
 
 
 class CameraCaller:
     """The CALLER of a camera the server pulls: it may also take the WorkPool's thread that
     clients' frames never take."""
+
+
+class ClientCaller:
+    """The CALLER of a client's stream or Analyze call: its own turn in the WorkPool, and
+    ``who`` it counts as (security.caller: its token, or its host without tokens), whose
+    calls together run at most as many jobs as one call may."""
+
+    __slots__ = ("who",)
+
+    def __init__(self, who: str) -> None:
+        self.who = who
 
 
 _Job = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
@@ -141,9 +153,13 @@ class WorkPool(Executor):
     thread takes the next caller's in turn. One caller runs at most `threads` jobs at once
     and the pool has one thread more, so another caller's frame starts at once even while
     one stream keeps every core decoding frames that take a second each (the cores are then
-    shared between them), instead of waiting behind that stream's queue. Counts the jobs
-    submitted and not yet finished: the engine runs a lone frame over every core only while
-    there are none.
+    shared between them), instead of waiting behind that stream's queue. The calls of one
+    client (ClientCaller.who: its token, or its host) each take their turn, but run at most
+    `threads` jobs at once together: as callers of their own, three Analyze calls of one
+    token, each a PNG that took most of a second to decode, took every thread clients may,
+    and another client's stream went from 26 ms a frame to 290-380 ms (a review). Counts the
+    jobs submitted and not yet finished: the engine runs a lone frame over every core only
+    while there are none.
 
     And one more thread, which only the server's own cameras take (CameraCaller): clients'
     frames never take it, so however many calls keep every other thread decoding (24
@@ -162,6 +178,7 @@ class WorkPool(Executor):
         self._pending = 0
         self._queues: dict[object, deque[_Job]] = {}  # in turn order; only callers with jobs
         self._running: dict[object, int] = {}
+        self._running_by_client: dict[str, int] = {}  # by ClientCaller.who; only those running
         self._shutdown = False
         self._lock = threading.Lock()
         self._parked: list[threading.Lock] = []  # idle threads' locks, held until woken
@@ -210,7 +227,28 @@ class WorkPool(Executor):
     def _takeable(self, caller: object) -> bool:
         if self._running.get(caller, 0) >= self.per_caller:
             return False
+        if (
+            isinstance(caller, ClientCaller)
+            and self._running_by_client.get(caller.who, 0) >= self.per_caller
+        ):
+            return False
         return isinstance(caller, CameraCaller) or self._clients_running <= self.per_caller
+
+    def _count(self, caller: object, jobs: int) -> None:
+        """Count ``jobs`` more (or fewer) of ``caller``'s running (lock held)."""
+        running = self._running.get(caller, 0) + jobs
+        if running:
+            self._running[caller] = running
+        else:
+            del self._running[caller]
+        if isinstance(caller, ClientCaller):
+            mine = self._running_by_client.get(caller.who, 0) + jobs
+            if mine:
+                self._running_by_client[caller.who] = mine
+            else:
+                del self._running_by_client[caller.who]
+        if not isinstance(caller, CameraCaller):
+            self._clients_running += jobs
 
     def _take(self) -> tuple[object, _Job] | None:
         """The next job in turn whose caller is under its share of threads (lock held)."""
@@ -220,9 +258,7 @@ class WorkPool(Executor):
                 del self._queues[caller]
                 if jobs:
                     self._queues[caller] = jobs  # to the back of the turn
-                self._running[caller] = self._running.get(caller, 0) + 1
-                if not isinstance(caller, CameraCaller):
-                    self._clients_running += 1
+                self._count(caller, 1)
                 return caller, job
         return None
 
@@ -257,11 +293,7 @@ class WorkPool(Executor):
             # up: this thread takes the next job itself, and wakes another if more are left.
             with self._lock:
                 self._pending -= 1
-                running = self._running.pop(caller) - 1
-                if running:
-                    self._running[caller] = running
-                if not isinstance(caller, CameraCaller):
-                    self._clients_running -= 1
+                self._count(caller, -1)
                 if self._shutdown:  # threads waiting for that caller's turn may exit now
                     self._wake(len(self._parked))
             if run and error is not None:

@@ -29,7 +29,13 @@ from convstream.server.errors import (
 )
 from convstream.server.feeds import FeedFinished, Watcher
 from convstream.server.metrics import Metrics
-from convstream.server.pipeline import CALLER, Options, Pipeline, check_without_stream
+from convstream.server.pipeline import (
+    CALLER,
+    ClientCaller,
+    Options,
+    Pipeline,
+    check_without_stream,
+)
 from convstream.server.processes import Peers
 from convstream.server.security import caller, cameras_shown, peer_host, visible
 from convstream.server.streams import FrameBudget, StreamSession
@@ -129,7 +135,8 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
         (add_to_server): so a call past ``max_analyze_calls`` is refused before its request
         is read, as gRPC reads a unary request whole before its handler runs, and a burst of
         large calls past the cap made the server hold every one of them to say no."""
-        CALLER.set(object())  # each call's decoding takes its own turn
+        # each call's decoding takes its own turn, within its caller's (token or host) share
+        CALLER.set(ClientCaller(caller(context.peer())))
         refusal: ConvstreamError | None = None
         host = peer_host(context.peer())
         started = time.monotonic()

@@ -38,6 +38,7 @@ from convstream.server.metrics import Metrics
 from convstream.server.pipeline import (
     CALLER,
     MAX_SOURCE_CHARS,
+    ClientCaller,
     DropLog,
     Options,
     Pipeline,
@@ -583,9 +584,10 @@ class StreamSession:
         self, requests: AsyncIterator[Received | RefusedMessage]
     ) -> AsyncGenerator[pb.FrameResult, None]:
         """Yield one result per frame read, in the order frames arrived."""
-        # this stream's decoding takes its turn beside the others' (a token, not the session:
-        # the context outlives the call in the loop's cancelled timers)
-        CALLER.set(object())
+        # this stream's decoding takes its turn beside the others', within its caller's share
+        # (a token, not the session: the context outlives the call in the loop's cancelled
+        # timers)
+        CALLER.set(ClientCaller(self.caller) if self.caller else object())
         reader = asyncio.create_task(self._read(requests))
         tasks = [reader, asyncio.create_task(self._dispatch())]
         tasks.append(asyncio.create_task(self._stop_on_drain(reader)))
