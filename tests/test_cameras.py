@@ -1611,6 +1611,9 @@ async def test_frames_stay_fresh_when_the_server_analyses_fewer(kind: str) -> No
     # burst of CPU contention on a shared machine does not read as a trend).
     assert np.median(ages_ms[-third:]) < np.median(ages_ms[:third]) + 100, sides
     assert ages_ms.max() < 1000, sides
+    # A reader that keeps up is not taken for one behind its camera: no frame's capture_time
+    # is set back before the frame was made (an MJPEG camera's is not measured at all)
+    assert min(before for before, _ in sides) > -50, sides
 
 
 @pytest.mark.alone
@@ -2259,24 +2262,23 @@ async def test_published_and_camera_frames_time_their_steps_from_their_analysis(
             )
 
 
-@pytest.mark.parametrize("slow", [False, True])
 @pytest.mark.alone
 def test_a_reader_behind_its_camera_counts_the_wait_in_the_frames_age(
-    slow: bool, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A reader that takes fewer frames a second than an H.264 camera sends leaves the rest
     waiting in the network buffers: its frames' capture time counts that wait (from the
     stream's own timestamps), and the log says so once. Read from the time painted into each
     frame: a reader at about 12 frames/s of the camera's 30 read 2-4 s old frames whose
-    capture time said 0.1 s. A reader that keeps up is not called behind."""
+    capture time said 0.1 s. (A reader that keeps up is not called behind:
+    test_frames_stay_fresh_when_the_server_analyses_fewer.)"""
 
     class Slowed:
         def __init__(self, capture: Capture) -> None:
             self.capture = capture
 
         def read(self) -> np.ndarray | bytes:
-            if slow:
-                time.sleep(0.06)
+            time.sleep(0.06)  # about 12 frames a second, with the decoding
             return self.capture.read()
 
         def skip(self) -> None:
@@ -2307,12 +2309,8 @@ def test_a_reader_behind_its_camera_counts_the_wait_in_the_frames_age(
     true_age = now - read_time(frame.image, 1.0, 0, 0)  # since the frame was made
     told_age = now - frame.captured
     warned = [r.getMessage() for r in caplog.records if "behind the camera" in r.getMessage()]
-    if slow:
-        assert true_age > 1.0, true_age  # the backlog is real
-        assert warned and warned[0].startswith("camera dock: reading"), warned
-    else:
-        assert true_age < 0.5, true_age
-        assert warned == []
+    assert true_age > 1.0, true_age  # the backlog is real
+    assert warned and warned[0].startswith("camera dock: reading"), warned
     # the frame's age as the server tells it is its true age, less the camera's encoding
     # and the network's few tens of milliseconds
     assert -0.1 < true_age - told_age < 0.4, (true_age, told_age)

@@ -102,11 +102,12 @@ def sample(server: Server, name: str, labels: dict[str, str] | None = None) -> f
 
 
 def streams_ended(server: Server) -> dict[str, float]:
-    """convstream_streams_total by outcome."""
+    """convstream_streams_total by outcome, of the outcomes that happened (every one the
+    server knows is a series from the start, at 0)."""
     out: dict[str, float] = {}
     for family in server.metrics.registry.collect():
         for s in family.samples:
-            if s.name == "convstream_streams_total":
+            if s.name == "convstream_streams_total" and s.value:
                 out[s.labels["outcome"]] = s.value
     return out
 
