@@ -250,24 +250,22 @@ def test_the_work_pool_serves_callers_in_turn_and_keeps_a_thread_for_the_others(
 def test_one_clients_calls_share_a_callers_threads_and_each_take_their_turn() -> None:
     """A client's calls (ClientCaller.who, its token or host) run at most `threads` jobs
     together, so the spare thread stays another client's; among them each call still takes
-    its turn, so one of its calls does not wait behind another's queue."""
+    its turn, so one of its calls does not wait behind another's queue. Each job is let go
+    on its own, so that which job a freed thread takes is decided, not raced."""
     pool = WorkPool(2)
-    release = threading.Event()
+    gates: dict[str, threading.Event] = {}
     started: dict[str, threading.Event] = {}
-    order: list[str] = []
 
-    def job(name: str, block: bool) -> str:
-        order.append(name)
+    def job(name: str) -> str:
         started[name].set()
-        if block:
-            release.wait(30)
+        gates[name].wait(30)
         return name
 
-    def submit_as(caller: object, name: str, block: bool = True) -> Future[str]:
-        started[name] = threading.Event()
+    def submit_as(caller: object, name: str) -> Future[str]:
+        started[name], gates[name] = threading.Event(), threading.Event()
         context = contextvars.copy_context()
         context.run(CALLER.set, caller)
-        return context.run(pool.submit, job, name, block)
+        return context.run(pool.submit, job, name)
 
     calls = [ClientCaller("token 'a'") for _ in range(3)]
     try:
@@ -275,14 +273,21 @@ def test_one_clients_calls_share_a_callers_threads_and_each_take_their_turn() ->
         queued = submit_as(calls[0], "a0-next")
         assert started["a0"].wait(10) and started["a1"].wait(10)
         # the third call of 'a' waits for 'a's threads, and another client's job runs
-        assert submit_as(ClientCaller("token 'b'"), "b0", block=False).result(timeout=10) == "b0"
+        other = submit_as(ClientCaller("token 'b'"), "b0")
+        gates["b0"].set()
+        assert other.result(timeout=10) == "b0"
         assert not started["a2"].is_set(), "a third call of one client took the spare thread"
-        release.set()
+        # one of 'a's jobs ends: the waiting call's turn comes before the next job of a call
+        # that had one running
+        gates["a0"].set()
+        assert started["a2"].wait(10)
+        assert not started["a0-next"].is_set()
+        for gate in gates.values():
+            gate.set()
         assert [f.result(timeout=10) for f in [*held, queued]] == ["a0", "a1", "a2", "a0-next"]
-        # the waiting call's turn came before the next job of a call that had one running
-        assert order == ["a0", "a1", "b0", "a2", "a0-next"], order
     finally:
-        release.set()
+        for gate in gates.values():
+            gate.set()
         pool.shutdown()
 
 

@@ -7,6 +7,7 @@ import contextlib
 import http.server
 import itertools
 import logging
+import math
 import os
 import random
 import re
@@ -40,6 +41,7 @@ from convstream.server.sources import (
     OpenCVCapture,
     SourceError,
     SourceSpec,
+    _Backlog,
     file_identity,
     open_source,
     parse_source,
@@ -913,19 +915,80 @@ def _ids(stub: pb_grpc.ConvstreamStub) -> list[str]:
     return [c.id for c in stub.ListCameras(pb.ListCamerasRequest(), timeout=5).cameras]
 
 
-def test_an_rtsp_camera_that_sets_up_no_stream_over_tcp_is_told_so() -> None:
+def test_an_rtsp_camera_that_sets_up_no_stream_over_tcp_is_told_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A camera whose RTP over TCP is off answers DESCRIBE and refuses the SETUP the server's
     FFmpeg makes (461): that was said as "a codec or format it cannot read", which sent a
     reviewer to the codec. A camera that sets the track up is still said as before, and the
-    probe's session is torn down (the camera's next client is served)."""
+    probe's session is torn down (the camera's next client is served). With FFmpeg told to
+    use UDP, no SETUP over TCP is tried: its advice would be to do what is done already."""
+    monkeypatch.setenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")  # the server's
     udp, plain = RtspSource(fps=10, udp_only=True), RtspSource(fps=10)
+    described = "it answers the request (RTSP 200 OK, application/sdp)"
     with running(udp, plain):
         why = why_closed(udp.url, 5.0)
         assert why.startswith("it does not stream over TCP (RTSP 461"), why
         assert "rtsp_transport;udp" in why and str(udp.port) not in why
         for _ in range(3):  # each probe's session ended: a SETUP is served every time
             fine = why_closed(plain.url, 5.0)
-            assert fine.startswith("it answers the request (RTSP 200 OK, application/sdp)"), fine
+            assert fine.startswith(described), fine
+        monkeypatch.setenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;udp")
+        assert why_closed(udp.url, 5.0).startswith(described)
+
+
+def test_a_setup_the_camera_drops_leaves_the_describes_answer() -> None:
+    """A camera that describes its stream and then closes the connection on a SETUP over TCP
+    (some do, rather than answer 461) was said as "no video stream opened there (wrong path
+    or stream name ...)": the DESCRIBE's answer stands, as before the SETUP was tried."""
+    sdp = b"v=0\r\nm=video 0 RTP/AVP 96\r\na=control:trackID=0\r\n"
+    answered: list[bytes] = []
+
+    def serve(listening: socket.socket) -> None:
+        for _ in range(3):  # a connection alone (is anything listening?), DESCRIBE, SETUP
+            conn, _ = listening.accept()
+            with conn:
+                request = conn.recv(4096)
+                if request:
+                    answered.append(request.split(b" ", 1)[0])
+                if request.startswith(b"DESCRIBE"):
+                    conn.sendall(
+                        b"RTSP/1.0 200 OK\r\nCSeq: 1\r\nContent-Type: application/sdp\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (len(sdp), sdp)
+                    )
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        server = threading.Thread(target=serve, args=(listening,), daemon=True)
+        server.start()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
+            why = why_closed(f"rtsp://127.0.0.1:{listening.getsockname()[1]}/cam", 3.0)
+        server.join(timeout=5)
+    assert answered == [b"DESCRIBE", b"SETUP"]
+    assert why.startswith("it answers the request (RTSP 200 OK, application/sdp)"), why
+
+
+def test_a_readers_backlog_is_read_from_the_streams_timestamps() -> None:
+    """_Backlog: steady frames are not behind; frames that come slower than their timestamps
+    fall behind by the difference; a timestamp that is not said (0, NaN) says nothing; a
+    step back in the timestamps (a camera's clock set back 4 s) starts afresh rather than
+    reading as 4 s behind for minutes (a review's simulation: 1.1 s still after 580 s)."""
+    steady = _Backlog()
+    for i in range(100):  # 25 frames/s, read as they come, a little jitter
+        behind = steady.frame(10 + i * 0.04 + (0.01 if i % 3 else 0.0), 100 + i * 0.04)
+    assert behind < 0.02, behind
+    slow = _Backlog()
+    for i in range(100):  # read at 20 frames/s of the camera's 25: 0.2 s more each second
+        behind = slow.frame(10 + i * 0.05, 100 + i * 0.04)
+    assert behind == pytest.approx(99 * 0.01, abs=0.03), behind
+    assert slow.frame(20, math.nan) == 0.0 and slow.frame(20, 0.0) == 0.0
+    stepped = _Backlog()
+    for i in range(50):
+        stepped.frame(10 + i * 0.04, 100 + i * 0.04)
+    assert stepped.frame(12.04, 96.0) == 0.0  # its clock went back 4 s
+    assert stepped.frame(12.08, 96.04) < 0.02
 
 
 def test_a_source_that_did_not_open_is_told_refused_from_answering() -> None:

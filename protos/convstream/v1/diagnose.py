@@ -305,6 +305,16 @@ class _Setup:
     password: str
 
 
+def _over_tcp() -> bool:
+    """Whether this process's FFmpeg asks for RTSP over TCP alone, as the server's default
+    has it (sources.py sets OPENCV_FFMPEG_CAPTURE_OPTIONS before it opens a camera). An
+    operator's value may ask for UDP, and FFmpeg's own default (a client's, with none set)
+    tries UDP first: a SETUP over TCP would then test what FFmpeg does not do."""
+    options = os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS", "").split("|")
+    transport = next((o.split(";", 1)[1] for o in options if o.startswith("rtsp_transport;")), "")
+    return transport.strip().lower() == "tcp"
+
+
 def _video_track(sdp: str, base: str) -> str:
     """The control URL of an SDP's first video track ("" when it has none): as RFC 2326
     says, relative to the Content-Base, or the stream's own URL for "*" or none."""
@@ -377,8 +387,11 @@ def _header(head: bytes, name: bytes) -> str:
 def _ask(parts: SplitResult, scheme: str, address: Address, deadline: float) -> str:
     """What the answer to the request FFmpeg makes says of why no stream opened."""
     status, reason, kind, with_credentials, setup = _described(parts, scheme, address, deadline)
-    if setup is not None:
-        set_up, why = _set_up(setup, address, deadline)
+    if setup is not None and _over_tcp():
+        try:
+            set_up, why = _set_up(setup, address, deadline)
+        except (OSError, ValueError):  # closed, silent or garbled: some cameras drop a SETUP
+            set_up, why = 0, ""  # over TCP they will not serve; said as the DESCRIBE's answer
         if set_up == 461:
             return (
                 f"it does not stream over TCP (RTSP {set_up} {why} to a SETUP over TCP, which "
@@ -392,7 +405,7 @@ def _ask(parts: SplitResult, scheme: str, address: Address, deadline: float) -> 
                 "camera serves a few clients at once; close another viewer of it (an NVR, a "
                 "browser), or use the camera's second stream"
             )
-        if not 200 <= set_up < 300:
+        if set_up and not 200 <= set_up < 300:
             return (
                 f"it describes the stream (RTSP {status} {reason}) but refused to set it "
                 f"up (RTSP {set_up} {why} to a SETUP over TCP)"

@@ -16,6 +16,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -26,7 +27,7 @@ from functools import partial
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from convstream.server.budget import ByteBudget
-from convstream.server.camera import LOG_AGAIN_S, Camera, Frame, RateMeter
+from convstream.server.camera import CREDENTIALS_RETRY_S, LOG_AGAIN_S, Camera, Frame, RateMeter
 from convstream.server.config import CameraConfig, parse_size
 from convstream.server.engine import Inference
 from convstream.server.errors import (
@@ -474,9 +475,17 @@ class CameraFeed(Publisher):
             why = f"has stopped: {cam.last_error}"
         else:
             return None
+        restarts = "a reload (SIGHUP) restarts it"
+        if wait := cam.refused_wait_s(time.monotonic()):
+            # a reload leaves an unchanged camera whose password was refused to its wait
+            restarts = (
+                "a reload (SIGHUP) that changes its URL restarts it, and any reload from "
+                f"{math.ceil(wait)} s on, once {CREDENTIALS_RETRY_S / 60:g} minutes have "
+                "passed since its password was refused"
+            )
         return CameraDown(
             f"camera {self.name!r} {why}. No frames will come until the server's config "
-            "changes it; a reload (SIGHUP) restarts it"
+            f"changes it; {restarts}"
         )
 
     def carry_totals(self, old: CameraFeed) -> None:

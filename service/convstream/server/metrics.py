@@ -202,7 +202,15 @@ class Metrics:
         # first appears at 11 (a burst of refusals) reads to rate() and increase() as none.
         for outcome in ("ok", "cancelled", "idle", "rejected", "error"):
             self.streams.labels(outcome)
-        for outcome in ("ok", "cancelled", "not_found", "unavailable", "resource_exhausted"):
+        for outcome in (
+            "ok",
+            "cancelled",
+            "idle",
+            "error",
+            "not_found",
+            "unavailable",
+            "resource_exhausted",
+        ):
             self.watches.labels(outcome)
         for method in ("Analyze", "WatchCamera"):
             self.calls_refused.labels(method)

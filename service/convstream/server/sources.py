@@ -315,11 +315,14 @@ class _Backlog:
     old frames that were 5 s old. The least offset may rise by DRIFT a second (camera clocks
     run fast or slow by up to about 1e-4, and a constant backlog is forgotten in minutes);
     a timestamp that jumps by more than JUMP_S (a camera's restarted clock, a spliced
-    stream) starts afresh.
+    stream) starts afresh, and so does a step back in the timestamps: a real backlog grows
+    no faster than the time between two reads, and a smaller jump back (a camera's clock set
+    back 4 s) read as 4 s behind for minutes while the least offset rose to it.
     """
 
     DRIFT = 0.005
     JUMP_S = 10.0
+    SLACK_S = 0.1  # how much later a frame may come than the time between two reads allows
 
     def __init__(self) -> None:
         self.behind_s = 0.0
@@ -333,7 +336,9 @@ class _Backlog:
             return 0.0
         offset = now - stamp_s
         last_now, last_offset = self._last
-        if self._least is None or abs(offset - last_offset) > self.JUMP_S:
+        jumped = abs(offset - last_offset) > self.JUMP_S
+        stepped_back = offset - last_offset > (now - last_now) + self.SLACK_S
+        if self._least is None or jumped or stepped_back:
             self._least = offset
         else:
             self._least = min(offset, self._least + self.DRIFT * (now - last_now))

@@ -139,8 +139,8 @@ class FrameBudget:
                 "its share",
                 f"{caller} holds {held} of the {self.limit} frames the server keeps for streams "
                 f"(max_queued_frames) in the queues of its open streams, and one caller may "
-                f"hold {self.caller_share} (half); a new stream needs {frames}: end one of "
-                "your streams, or give them smaller queue_size",
+                f"hold {self.caller_share} ({self._share_is()}); a new stream needs {frames}: "
+                "end one of your streams, or give them smaller queue_size",
             )
         if self.reserved + frames > self.limit:
             raise self._refusal(
@@ -151,6 +151,10 @@ class FrameBudget:
                 "retry later, or raise max_queued_frames",
             )
         self._take(caller, frames)
+
+    def _share_is(self) -> str:
+        """What a caller's share is, as a refusal says it."""
+        return "half" if self.caller_share == self.limit // 2 else "one stream's largest queue"
 
     def share(self, default: int) -> int:
         """The largest queue one stream may ask for: a quarter of the limit (or the default
@@ -166,8 +170,9 @@ class FrameBudget:
                 caller,
                 "its share",
                 f"a queue of {frames} frames would bring the frames {caller} holds for its "
-                f"streams to {mine}, over the {self.caller_share} one caller may hold (half "
-                f"of max_queued_frames {self.limit}); ask for a smaller queue_size or "
+                f"streams to {mine}, over the {self.caller_share} one caller may hold "
+                f"({self._share_is()} of max_queued_frames {self.limit}); ask for a smaller "
+                "queue_size or "
                 "FRESHNESS_LATEST_ONLY, or end another of your streams",
             )
         if self.reserved - held + frames > self.limit:
