@@ -277,6 +277,11 @@ async def test_a_frozen_camera_is_lost_not_passed_off_as_running() -> None:
         config = camera("frozen", source.url, read_timeout_s=read_timeout)
         async with serving(config) as server, connect(server) as stub:
             await until(state_is(stub, "frozen", pb.CAMERA_STATE_RUNNING), 10, "running")
+
+            async def paced() -> bool:  # a camera whose pace is not known yet stalls later
+                return (await status(stub, "frozen")).frames_read >= 10
+
+            await until(paced, 10, "ten frames read")
             source.process.send_signal(signal.SIGSTOP)
             try:
                 await asyncio.sleep(0.5)  # frames in flight when it froze may still land
