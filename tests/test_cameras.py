@@ -307,6 +307,26 @@ async def test_a_frozen_camera_is_lost_not_passed_off_as_running() -> None:
             await until(state_is(stub, "frozen", pb.CAMERA_STATE_RUNNING), 15, "thawed")
 
 
+class _Passing:
+    """A real capture passed through, for a test to change how it is read."""
+
+    def __init__(self, capture: Capture) -> None:
+        self.capture = capture
+
+    def read(self) -> np.ndarray | bytes:
+        return self.capture.read()
+
+    def skip(self) -> None:
+        self.capture.skip()
+
+    @property
+    def behind_s(self) -> float:
+        return self.capture.behind_s
+
+    def release(self) -> None:
+        self.capture.release()
+
+
 class _HeldUpGrab:
     """A real capture whose third grab a busy CPU holds up for 30 ms (a frame interval at
     30 frames/s), as a buffered frame's grab is when the reader thread is preempted."""
@@ -1503,10 +1523,7 @@ def test_frames_an_fps_cap_will_not_take_are_passed_over_unconverted() -> None:
     the frame each analysis takes is still the newest one read."""
     calls = {"read": 0, "skip": 0}
 
-    class Counted:
-        def __init__(self, capture: Capture) -> None:
-            self.capture = capture
-
+    class Counted(_Passing):
         def read(self) -> np.ndarray | bytes:
             calls["read"] += 1
             return self.capture.read()
@@ -1514,13 +1531,6 @@ def test_frames_an_fps_cap_will_not_take_are_passed_over_unconverted() -> None:
         def skip(self) -> None:
             calls["skip"] += 1
             self.capture.skip()
-
-        @property
-        def behind_s(self) -> float:
-            return self.capture.behind_s
-
-        def release(self) -> None:
-            self.capture.release()
 
     def opener(spec: SourceSpec, **kw: Any) -> Counted:
         return Counted(open_source(spec, **kw))
@@ -2278,23 +2288,10 @@ def test_a_reader_behind_its_camera_counts_the_wait_in_the_frames_age(
     capture time said 0.1 s. (A reader that keeps up is not called behind:
     test_frames_stay_fresh_when_the_server_analyses_fewer.)"""
 
-    class Slowed:
-        def __init__(self, capture: Capture) -> None:
-            self.capture = capture
-
+    class Slowed(_Passing):
         def read(self) -> np.ndarray | bytes:
             time.sleep(0.06)  # about 12 frames a second, with the decoding
             return self.capture.read()
-
-        def skip(self) -> None:
-            self.capture.skip()
-
-        @property
-        def behind_s(self) -> float:
-            return self.capture.behind_s
-
-        def release(self) -> None:
-            self.capture.release()
 
     def opener(spec: SourceSpec, **kw: Any) -> Slowed:
         return Slowed(open_source(spec, **kw))
