@@ -497,14 +497,7 @@ def _request(
         for line in head.split(b"\r\n")[1:]
         if line.lower().startswith(b"www-authenticate:")
     ]
-    kind = next(
-        (
-            line.split(b":", 1)[1].split(b";", 1)[0].strip().decode("latin-1").lower()
-            for line in head.split(b"\r\n")[1:]
-            if line.lower().startswith(b"content-type:")
-        ),
-        "",
-    )
+    kind = _header(head, b"content-type").split(";", 1)[0].strip().lower()
     # Digest when offered: the stronger one, and the one cameras that offer both expect
     challenge = next((c for c in challenges if c.lower().startswith("digest")), "")
     challenge = challenge or (challenges[0] if challenges else "")
