@@ -59,7 +59,7 @@ from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.timeout(90)
-# alone (see scripts/test.sh): live sources read in real time, and rates, ages and deadlines
+# alone or live (see scripts/test.sh): live sources read in real time, and rates, ages and deadlines
 
 
 def camera(camera_id: str, source: str, **kw: object) -> CameraConfig:
@@ -266,7 +266,7 @@ async def test_a_cameras_health_changes_with_its_state_not_at_the_next_tick() ->
         assert listed == dict.fromkeys(("", "convstream.v1.Convstream", asked.service), up)
 
 
-@pytest.mark.alone
+@pytest.mark.live
 async def test_a_frozen_camera_is_lost_not_passed_off_as_running() -> None:
     """An RTSP camera that freezes (its server stopped, the TCP connection open) is lost
     after the read timeout, and the frames FFmpeg still held are not taken for live ones."""
@@ -345,7 +345,7 @@ class _HeldUpGrab:
         return getattr(self._capture, name)
 
 
-@pytest.mark.alone
+@pytest.mark.live
 def test_an_rtsp_connect_skips_the_frames_buffered_while_it_opened(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -372,7 +372,7 @@ def test_an_rtsp_connect_skips_the_frames_buffered_while_it_opened(
             assert at_once <= 4, (held_up, [round(w * 1000, 1) for w in waits])
 
 
-@pytest.mark.alone
+@pytest.mark.live
 def test_the_frame_that_ends_a_stall_is_passed_for_the_live_one() -> None:
     """A camera that stalls (here its encoder stopped for 2 s, as a network hiccup does)
     then sends the frame it held, as old as the stall, and the ones queued behind it at
@@ -399,7 +399,7 @@ def test_the_frame_that_ends_a_stall_is_passed_for_the_live_one() -> None:
     assert max(ages) < 0.5, [round(age, 2) for age in ages]
 
 
-@pytest.mark.alone
+@pytest.mark.live
 def test_a_slow_camera_is_not_taken_for_a_stalled_one() -> None:
     """OpenCV says 25 frames/s for any MJPEG camera: judged by that, one sending a frame
     every 1.5 s stalled at every read, and each read's frame was passed over for the next,
@@ -723,7 +723,7 @@ async def test_a_camera_scores_an_mjpeg_frame_as_analyze_scores_the_same_jpeg(
     assert len({round(r.score, 4) for r in pushed}) == 3  # three different frames, told apart
 
 
-@pytest.mark.alone
+@pytest.mark.live
 async def test_a_camera_that_keeps_coming_back_is_never_given_up() -> None:
     """max_reconnects counts failed retries in a row: each outage starts the count again."""
     source = FFmpegSource("mjpeg")
@@ -744,7 +744,7 @@ async def test_a_camera_that_keeps_coming_back_is_never_given_up() -> None:
             assert (await status(stub, "flaky")).reconnects >= 6
 
 
-@pytest.mark.alone
+@pytest.mark.live
 async def test_a_camera_that_does_not_answer_keeps_no_other_waiting(tmp_path: Path) -> None:
     """OpenCV serialises FFmpeg opens unless told FFmpeg is thread safe: then two cameras
     that accept the connection and never answer would hold a video file's open for their
@@ -838,7 +838,7 @@ async def test_a_cancelled_camera_stop_lets_its_thread_finish() -> None:
     assert escaped == []
 
 
-@pytest.mark.alone
+@pytest.mark.live
 async def test_a_watchdog_check_that_raises_is_logged_and_the_others_go_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -872,7 +872,7 @@ async def test_a_watchdog_check_that_raises_is_logged_and_the_others_go_on(
     assert "camera a: its watchdog checks pass again" in caplog.text
 
 
-@pytest.mark.alone
+@pytest.mark.live
 async def test_the_watch_command_says_when_its_camera_goes_down_and_comes_back(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -897,7 +897,7 @@ async def test_the_watch_command_says_when_its_camera_goes_down_and_comes_back(
     assert re.search(r"convstream watch: \[\d\d:\d\d:\d\d\] camera 'a': results again", err)
 
 
-@pytest.mark.alone
+@pytest.mark.live
 async def test_watching_a_camera_that_is_down_says_so_once(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -918,7 +918,7 @@ async def _true(value: bool) -> bool:
     return value
 
 
-@pytest.mark.alone
+@pytest.mark.live
 async def test_unreachable_source_fails_within_open_timeout() -> None:
     sock, port = blackhole()  # accepts the connection, never answers
     with sock:
@@ -964,7 +964,7 @@ async def test_unreachable_source_fails_within_open_timeout() -> None:
             assert "could not open rtsp source: connection refused" in refused.last_error
 
 
-@pytest.mark.alone
+@pytest.mark.live
 async def test_a_wrong_rtsp_path_or_password_is_told_apart(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -1516,7 +1516,7 @@ def test_an_fps_cap_reads_no_more_than_itself_after_a_busy_moment() -> None:
     assert abs(calm.mean() - interval) < 0.01, calm
 
 
-@pytest.mark.alone
+@pytest.mark.live
 def test_frames_an_fps_cap_will_not_take_are_passed_over_unconverted() -> None:
     """A 30 fps H.264 camera capped at 5 fps: the frames the cap's next analysis cannot take
     (another frame comes before it is due) are grabbed and never converted to pixels, and
@@ -1572,7 +1572,7 @@ def test_frames_an_fps_cap_will_not_take_are_passed_over_unconverted() -> None:
 
 
 @pytest.mark.parametrize("kind", ["mjpeg", "mpegts"])
-@pytest.mark.alone
+@pytest.mark.live
 async def test_frames_stay_fresh_when_the_server_analyses_fewer(kind: str) -> None:
     """30 fps in, 5 analysed per second: results are of the newest frame, and lag stays flat
     (an MJPEG camera's frames kept as sent, an H.264 camera's decoded by FFmpeg)."""
@@ -1728,7 +1728,7 @@ def _samples(server: Server, name: str) -> list[Sample]:
     return [s for f in server.metrics.registry.collect() for s in f.samples if s.name == name]
 
 
-@pytest.mark.alone
+@pytest.mark.live
 async def test_a_reload_has_a_reconnecting_camera_try_again_at_once() -> None:
     """A camera fixed while it waited out its backoff was tried again only when the wait
     ended (up to reconnect_max_s: 30 s by default): a reload, an operator's "try again",
@@ -1891,7 +1891,7 @@ def _watchers(server: Server) -> list[int]:
     return [len(feed.watchers) for feed in server.cameras.feeds.values()]
 
 
-@pytest.mark.alone
+@pytest.mark.live
 async def test_max_fps_is_a_rate_not_a_minimum_gap() -> None:
     """5 results/s of a 6 fps camera, not 3 (every other frame)."""
     async with serving(camera("six", "demo:conveyor?fps=6")) as server, connect(server) as stub:
@@ -2277,7 +2277,7 @@ async def test_published_and_camera_frames_time_their_steps_from_their_analysis(
             )
 
 
-@pytest.mark.alone
+@pytest.mark.live
 def test_a_reader_behind_its_camera_counts_the_wait_in_the_frames_age(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -58,7 +58,8 @@ from convstream.server.security import token_hash
 from convstream.v1 import convstream_pb2 as pb
 
 pytestmark = pytest.mark.timeout(60)
-# alone (see scripts/test.sh): the tests of rates, ages and freshness, and of waits in seconds
+# alone or live (see scripts/test.sh): the tests of rates, ages and freshness, and of waits
+# in seconds
 
 FPS = 20
 INPUT = (384, 640)  # the model input the 640x360 demo frames are letterboxed into
@@ -249,7 +250,7 @@ async def test_closing_ends_a_call_waiting_on_a_silent_server_or_an_outage_with_
 
 
 @pytest.mark.parametrize("flavour", ["async", "sync"])
-@pytest.mark.alone
+@pytest.mark.live
 async def test_close_ends_a_watch_waiting_out_its_backoff_at_once(flavour: str) -> None:
     """A watch whose server went waits out its Retry backoff before it subscribes again, and
     close() waited with it, for the rest of the backoff: a WMS integrator's program took
@@ -673,7 +674,7 @@ async def test_a_watch_of_a_camera_removed_while_its_server_was_down_ends_not_fo
 
 
 @pytest.mark.parametrize("flavour", ["async", "sync"])
-@pytest.mark.alone
+@pytest.mark.live
 async def test_a_watch_of_a_camera_that_is_down_outlasts_a_server_restart(flavour: str) -> None:
     """A watch of a camera that has given no result yet (it reconnects) subscribes again after
     a restart, as a running camera's watch does: the server says it took the watch. Before,
@@ -772,7 +773,7 @@ def test_a_server_that_takes_a_watch_and_drops_it_at_once_is_not_retried_for_goo
     client.close()
 
 
-@pytest.mark.alone
+@pytest.mark.live
 async def test_a_watch_that_must_outlast_any_outage_waits_for_a_server_not_up_yet() -> None:
     """Retry(resume_timeout=math.inf), as the README advises an alerter that must outlast any
     outage, raised ServerUnavailable within 1.6 s when the server was not up yet (a service
@@ -1015,7 +1016,7 @@ async def test_cli_watch_unknown_camera_exits_2(
     assert "--count must be at least 1" in capsys.readouterr().err
 
 
-@pytest.mark.alone
+@pytest.mark.live
 async def test_cli_watch_says_why_a_camera_sends_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -31,7 +31,7 @@ from convstream.server.streams import MAX_REFUSALS_WAITING, StreamSession
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
-# alone (see scripts/test.sh): the tests that compare latencies with decode times, ages, and
+# alone or live (see scripts/test.sh): the tests that compare latencies with decode times, ages, and
 # one whose streams end after 0.8 s unread
 
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -853,7 +853,7 @@ async def test_a_client_that_stops_reading_cannot_take_every_other_streams_room(
         await server.stop(grace=0)
 
 
-@pytest.mark.alone  # its streams end after 0.8 s unread: a loaded machine ended one early
+@pytest.mark.live  # its streams end after 0.8 s unread: a loaded machine ended one early
 async def test_a_stream_whose_results_wait_unread_is_ended_and_frees_its_place() -> None:
     """A client that keeps its stream open but reads nothing held its place under max_streams
     for ever (the idle timeout only counted frames sent): the stream is now ended once a

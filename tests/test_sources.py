@@ -51,7 +51,7 @@ from convstream.v1 import convstream_pb2_grpc as pb_grpc
 from convstream.v1.diagnose import _authorization, media_type, why_closed
 from convstream.v1.redaction import redact
 
-# alone (see scripts/test.sh): the tests whose readers and watchdog decide by real time
+# alone or live (see scripts/test.sh): the tests whose readers and watchdog decide by real time
 
 
 @pytest.mark.parametrize(
@@ -461,7 +461,7 @@ class _Wedged:
         pass
 
 
-@pytest.mark.alone
+@pytest.mark.live
 def test_watchdog_replaces_a_wedged_reader() -> None:
     """The decision logic only: real FFmpeg wedges can't be made to order."""
     gate = threading.Event()
@@ -496,7 +496,7 @@ def test_watchdog_replaces_a_wedged_reader() -> None:
     assert cam.state == pb.CAMERA_STATE_STOPPED
 
 
-@pytest.mark.alone
+@pytest.mark.live
 def test_a_short_gap_is_stalled_before_it_is_lost() -> None:
     gate = threading.Event()
     config = CameraConfig(id="s", source="rtsp://127.0.0.1:1/x", read_timeout_s=5.0)
@@ -690,7 +690,7 @@ class _Flaky:
         pass
 
 
-@pytest.mark.alone
+@pytest.mark.live
 def test_a_flapping_camera_is_said_once_not_at_every_change(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1147,7 +1147,7 @@ def _part(picture: bytes, length: int) -> bytes:
     return head.encode() + picture + b"\r\n"
 
 
-@pytest.mark.alone
+@pytest.mark.live
 def test_a_camera_that_sends_its_frames_in_pairs_is_live_at_once() -> None:
     """A camera whose frames come two at a time (Wi-Fi, TCP batching): after a connect the
     reader waited for two grabs in a row that each waited for a frame, which such a camera
@@ -1183,7 +1183,7 @@ def test_an_mjpeg_stream_ffmpeg_cannot_read_is_not_said_to_have_ended() -> None:
     assert "ffmpeg -i URL -f null -" in str(info.value) and "ended" not in str(info.value)
 
 
-@pytest.mark.alone
+@pytest.mark.live
 def test_a_camera_that_sends_its_frames_in_bursts_loses_none_between_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -1212,7 +1212,7 @@ def test_a_camera_that_sends_its_frames_in_bursts_loses_none_between_them(
     assert passed_over <= 1, passed_over  # a grabbed frame waiting, at most
 
 
-@pytest.mark.alone
+@pytest.mark.live
 def test_an_mjpeg_camera_slower_than_its_read_timeout_is_told_to_raise_it() -> None:
     """A camera sending a frame every 6.7 s against the 5 s read timeout was blamed on its
     parts' headers ("FFmpeg read 2 of its frames and no more: parts whose headers it does not
@@ -1236,7 +1236,7 @@ def test_an_mjpeg_camera_slower_than_its_read_timeout_is_told_to_raise_it() -> N
     assert "headers" not in str(info.value)
 
 
-@pytest.mark.alone
+@pytest.mark.live
 def test_a_stream_that_ends_into_a_picture_reconnects_rather_than_fail() -> None:
     """An NVR answers with a "no signal" JPEG while the camera behind it is down: a stream
     that had run and then found a picture at its URL was called a snapshot URL and failed
