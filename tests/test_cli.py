@@ -494,10 +494,12 @@ def test_samples_refuses_a_size_too_small_and_a_file_it_cannot_write(
 ) -> None:
     """--size 10x10 was a traceback ("image too small"); a folder where a JPEG goes was
     listed as written, exit 0."""
-    for size in ("10x10", "0x100", "100000x100000"):  # the last took minutes and GBs
+    # the last took minutes and GBs; 32x4000 is a strip the server would refuse
+    for size in ("10x10", "0x100", "100000x100000", "32x4000"):
         assert main(["samples", str(tmp_path / "small"), "--size", size]) == 2
         assert capsys.readouterr().err == (
-            f"convstream samples: --size must be 32 to 8192 pixels a side (HxW, e.g. "
+            "convstream samples: --size must be 32 to 8192 pixels a side and at most 12 "
+            "times as wide as high or as high as wide, as the server takes frames (HxW, e.g. "
             f"720x1280), got {size}\n"
         )
     assert not (tmp_path / "small").exists()

@@ -818,6 +818,13 @@ async def test_what_is_no_image_is_said_in_the_callers_terms(
             await client.analyze(empty)
         with pytest.raises(cs.InvalidFrame, match=r"is 10x10 pixels; frames must be at least"):
             await client.analyze(tiny)
+        # a strip the server refuses is not sent; as the server has it, its own words
+        with pytest.raises(cs.InvalidFrame, match=r"is 4000x32 pixels; frames may be at most 12"):
+            await client.analyze(np.zeros((32, 4000, 3), np.uint8))
+        strip = cv2.imencode(".png", np.zeros((32, 4000, 3), np.uint8))[1].tobytes()
+        with pytest.raises(cs.InvalidFrame, match=r"4000x32, 125 times as wide as high") as info:
+            await client.analyze(strip)
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
         # in a stream, each is that frame's error result, in its place
         results = [r async for r in client.stream([frames[0], notes, tiny, frames[1]])]
     assert [(r.frame_id, r.ok) for r in results] == [(1, True), (2, False), (3, False), (4, True)]

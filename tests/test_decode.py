@@ -111,6 +111,19 @@ CASES = [
     ("png zero size", png_header(0, 10), InvalidFrame, "positive width"),
     ("png 8x8", png(IMAGE[:8, :8]), InvalidFrame, "8x8; frames must be at least 32x32 pixels"),
     ("jpeg 31 wide", jpeg(IMAGE[:, :31]), InvalidFrame, "31x240; frames must be at least 32x32"),
+    # a strip the model would see under one heatmap cell high, not scored as a frame
+    (
+        "png 4000x32",
+        png(np.zeros((32, 4000, 3), np.uint8)),
+        InvalidFrame,
+        "4000x32, 125 times as wide as high; frames may be at most 12 times",
+    ),
+    (
+        "jpeg 32x400",
+        jpeg(np.zeros((400, 32, 3), np.uint8)),
+        InvalidFrame,
+        "32x400, 12.5 times as high as wide",
+    ),
 ]
 
 
@@ -408,6 +421,8 @@ RAW_CASES = [
     ("gray as bgr", IMAGE[:, :, 0].tobytes(), 320, 240, "BGR8", "got 76800"),
     ("zero", b"", 0, 240, "BGR8", "positive width"),
     ("tiny", b"\x00" * 3 * 320 * 16, 320, 16, "BGR8", "320x16; frames must be at least 32x32"),
+    # a 1280x720 BGR frame's bytes (2,764,800) declared as 9600x96: as many, a 100 to 1 strip
+    ("mixed up", IMAGE.tobytes() * 12, 9600, 96, "BGR8", "9600x96, 100 times as wide"),
     ("huge", b"\x00" * 12, 100000, 100000, "BGR8", "100000x100000"),
 ]
 
@@ -421,6 +436,13 @@ def test_decode_raw(name: str, data: bytes, w: int, h: int, fmt: str, error: str
     else:
         with pytest.raises(InvalidFrame, match=error):
             decode_raw(data, w, h, fmt, LIMITS)
+
+
+def test_a_frame_twelve_times_as_wide_as_high_is_the_widest_taken() -> None:
+    for w, h in ((384, 32), (32, 384), (1920, 160)):
+        assert decode_raw(bytes(w * h * 3), w, h, "BGR8", LIMITS).shape == (h, w, 3)
+    with pytest.raises(InvalidFrame, match=r"1921x160, 12\.01 times as wide as high"):
+        decode_raw(bytes(1921 * 160 * 3), 1921, 160, "BGR8", LIMITS)
 
 
 def test_raw_gray_becomes_three_equal_channels() -> None:

@@ -33,8 +33,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from convstream.client.errors import InvalidFrame, SourceError
 from convstream.client.options import Upload
+from convstream.v1 import MAX_ASPECT, file_holds_text, what_it_holds
 from convstream.v1 import convstream_pb2 as pb
-from convstream.v1 import file_holds_text, what_it_holds
 from convstream.v1.diagnose import why_closed
 from convstream.v1.redaction import redact
 
@@ -432,6 +432,13 @@ def _to_request(frame: Frame, frame_id: int, upload: Upload) -> pb.FrameRequest:
             f"{frame!r} is {image.shape[1]}x{image.shape[0]} pixels; frames must be at least "
             f"{MIN_SIDE}x{MIN_SIDE}: scaled up to the model's input, a smaller one is a blur "
             "it cannot judge"
+        )
+    height, width = image.shape[:2]
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise InvalidFrame(
+            f"{frame!r} is {width}x{height} pixels; frames may be at most {MAX_ASPECT} times "
+            "as wide as high or as high as wide: fitted into the model's input, a narrower "
+            "one is a strip under four heatmap cells"
         )
     if upload.format == "raw":
         gray = image.ndim == 2 or image.shape[2] == 1

@@ -41,6 +41,13 @@ OUT_OF_SCOPE = "may watch the cameras"
 # (WatchCameraRequest.max_fps): the server refuses more, and the clients before sending.
 MAX_QUEUE_SIZE = 1024
 MAX_WATCH_FPS = 1000.0
+# The most a frame's long side may be of its short side: the server refuses a frame past it
+# (INVALID_ARGUMENT), and the clients before sending. Fitted into the model's input, a frame
+# of 4000x32 reached it as a strip 5 pixels high, under one heatmap cell, and was scored; at
+# 12 to 1 its short side still reaches it with at least 32 pixels (a 384x384 input), four
+# cells. Room for a 32:9 panorama or a stitched line-scan strip; past it, a frame is more
+# often raw pixels with their width and height mixed up.
+MAX_ASPECT = 12
 
 
 def content_box(
@@ -174,6 +181,7 @@ _LOOKALIKE = str.maketrans({"0": "o", "1": "l", "i": "l"})
 
 
 __all__ = [
+    "MAX_ASPECT",
     "MAX_QUEUE_SIZE",
     "MAX_WATCH_FPS",
     "RESULTS_NOT_READ",

@@ -86,6 +86,7 @@ def _samples(args: argparse.Namespace) -> int:
     import cv2
 
     from convstream.model.scenes import render_scene
+    from convstream.v1 import MAX_ASPECT
 
     try:
         height, width = (int(v) for v in args.size.lower().split("x"))
@@ -102,9 +103,13 @@ def _samples(args: argparse.Namespace) -> int:
             ("--clip", "0 to 3600 seconds", f"{args.clip:g}", 0 <= args.clip <= 3600),
             (
                 "--size",
-                f"{SAMPLE_MIN_SIDE} to {SAMPLE_MAX_SIDE} pixels a side (HxW, e.g. 720x1280)",
+                f"{SAMPLE_MIN_SIDE} to {SAMPLE_MAX_SIDE} pixels a side and at most "
+                f"{MAX_ASPECT} times as wide as high or as high as wide, as the server takes "
+                "frames (HxW, e.g. 720x1280)",
                 args.size,
-                min(height, width) >= SAMPLE_MIN_SIDE and max(height, width) <= SAMPLE_MAX_SIDE,
+                min(height, width) >= SAMPLE_MIN_SIDE
+                and max(height, width) <= SAMPLE_MAX_SIDE
+                and max(height, width) <= MAX_ASPECT * min(height, width),
             ),
         ]
         if not ok

@@ -19,6 +19,7 @@ import simplejpeg
 
 from convstream.server.errors import FrameTooLarge, InvalidFrame
 from convstream.server.letterbox import PAD_VALUE
+from convstream.v1 import MAX_ASPECT
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -69,6 +70,15 @@ class Limits:
                 f"{what} is {width}x{height} ({width * height:,} pixels); the limit is "
                 f"{self.max_side:,} pixels a side and {self.max_pixels:,} pixels in all "
                 "(max_frame_pixels and max_frame_side in the server's config)"
+            )
+        if max(width, height) > MAX_ASPECT * min(width, height):
+            wide = "wide as high" if width > height else "high as wide"
+            ratio = round(max(width, height) / min(width, height), 2)
+            raise InvalidFrame(
+                f"{what} is {width}x{height}, {ratio:g} "
+                f"times as {wide}; frames may be at most {MAX_ASPECT} times as wide as high "
+                "or as high as wide: fitted into the model's input, a narrower one is a strip "
+                "under four heatmap cells"
             )
 
 
