@@ -689,11 +689,40 @@ async def test_a_cameras_frame_meets_the_size_limits_a_pushed_frame_does(
         # a watch of it said nothing for as long as it ran (the camera "running")
         with Client(f"127.0.0.1:{server.port}") as client, CameraLull(client, "tiny", 0.5):
             await asyncio.sleep(3.5)
+        # "running", and no result ever: no time of a last one for an alert to read as fresh
+        assert _samples(server, "convstream_camera_last_result_timestamp_seconds") == []
     assert cam.frames_analysed == 0
     assert "frame is 24x16; frames must be at least 32x32" in cam.last_error, cam.last_error
     told = capsys.readouterr().err
     assert "camera 'tiny' runs, but its frames cannot be analysed (" in told, told
     assert "Last error: a frame could not be analysed: frame is 24x16" in told, told
+
+
+async def test_a_cameras_last_result_time_is_exported_for_an_alert_on_silence() -> None:
+    """A camera's reconnects count each failed retry, and its state says "running" of one
+    whose frames cannot be analysed: neither tells how long its watchers have had nothing
+    new. The time of its latest result does, as ListCameras says it."""
+    began = time.time()
+    async with serving(camera("belt", "demo:conveyor?fps=5")) as server, connect(server) as stub:
+
+        def analysed(count: int) -> Callable[[], Awaitable[bool]]:
+            async def enough() -> bool:
+                return (await status(stub, "belt")).frames_analysed >= count
+
+            return enough
+
+        await until(analysed(2), 20, "two frames analysed", 0.1)
+        name = "convstream_camera_last_result_timestamp_seconds"
+        first = _samples(server, name)
+        assert [s.labels for s in first] == [{"camera": "belt"}]
+        assert began < first[0].value <= time.time()
+        analysed_then = (await status(stub, "belt")).frames_analysed
+        await until(analysed(analysed_then + 2), 20, "two frames more", 0.1)
+        later = _samples(server, name)[0].value
+        cam = await status(stub, "belt")
+        assert later > first[0].value
+        seen = cam.last_frame_time.ToNanoseconds() / 1e9
+        assert abs(_samples(server, name)[0].value - seen) < 0.5, (later, seen)
 
 
 async def test_a_camera_scores_an_mjpeg_frame_as_analyze_scores_the_same_jpeg(

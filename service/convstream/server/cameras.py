@@ -497,6 +497,13 @@ class CameraManager:
         watchers = GaugeMetricFamily(
             "convstream_camera_watchers", "Open WatchCamera calls per camera", labels=["camera"]
         )
+        last_result = GaugeMetricFamily(
+            "convstream_camera_last_result_timestamp_seconds",
+            "Unix time of the camera's latest result (a frame read and analysed); none before "
+            "its first. time() minus it is how long its watchers have had nothing new, down, "
+            "frozen or sending frames that cannot be analysed alike",
+            labels=["camera"],
+        )
         watcher_drops = CounterMetricFamily(
             "convstream_camera_watcher_drops",
             "Results of a camera its watchers let go unread: a watch's queue (queue_size) or "
@@ -519,7 +526,9 @@ class CameraManager:
             reconnects.add_metric([cid], cam.reconnects)
             watchers.add_metric([cid], len(feed.watchers))
             watcher_drops.add_metric([cid], feed.watcher_drops)
-        yield from (state, fps, frames, reconnects, watchers, watcher_drops)
+            if feed.last_result_time:
+                last_result.add_metric([cid], feed.last_result_time)
+        yield from (state, fps, frames, reconnects, watchers, watcher_drops, last_result)
 
 
 ANALYSIS_ONLY = ("fps", "input_size")  # camera settings that do not touch its source

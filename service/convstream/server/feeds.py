@@ -500,6 +500,7 @@ class CameraFeed(Publisher):
         cam.reconnects += was.reconnects
         self.frames_analysed += old.frames_analysed
         self.watcher_drops += old.watcher_drops
+        self.last_result_time = self.last_result_time or old.last_result_time
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
