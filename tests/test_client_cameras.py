@@ -1016,6 +1016,43 @@ async def test_cli_watch_unknown_camera_exits_2(
     assert "--count must be at least 1" in capsys.readouterr().err
 
 
+async def test_a_programs_watch_of_a_camera_that_is_down_logs_why_no_result_comes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`for result in client.watch("dock")` of a camera that is down waited without a word:
+    the command said the camera's state, a program heard nothing, for as long as it lasted
+    (an integrator's first hour, against a camera with a mistyped address)."""
+    with socket.socket() as s:  # a port nothing listens on: every connection is refused
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    dock = CameraConfig(
+        id="dock", source=f"rtsp://127.0.0.1:{closed}/x", open_timeout_s=1.0, reconnect_min_s=0.5
+    )
+    caplog.set_level(logging.WARNING, logger="convstream.client")
+    belt = CameraConfig(id="belt", source="demo:conveyor?fps=5")
+    async with serving(dock, belt) as server, AsyncClient(address(server)) as client:
+        deadline = time.monotonic() + 10
+        while {c.id: c.state for c in await client.cameras()}["dock"] != "reconnecting":
+            assert time.monotonic() < deadline, "dock never reconnected"
+            await asyncio.sleep(0.05)
+        for camera in ("dock", "belt"):
+            watch = client.watch(camera, max_fps=1)
+            first = asyncio.create_task(anext(aiter(watch)))
+            await asyncio.wait({first}, timeout=3.0)
+            assert first.done() == (camera == "belt")  # dock gives nothing meanwhile
+            first.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await first
+            await watch.aclose()
+    said = [r.getMessage() for r in caplog.records if r.name == "convstream.client"]
+    assert said[0] == (
+        f"watch of camera 'dock' at {address(server)}: the camera is reconnecting; results "
+        "follow once it sends frames (last error: could not open rtsp source: connection "
+        "refused: nothing listens at that address and port (camera down?))"
+    ), said
+    assert not any("belt" in line for line in said), said  # a running camera's watch: none
+
+
 @pytest.mark.live
 async def test_cli_watch_says_why_a_camera_sends_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -1049,6 +1086,7 @@ async def test_cli_watch_says_why_a_camera_sends_nothing(
             "Last error: could not open rtsp source: connection refused"
         )
         assert "camera 'dock' has failed" in rest[-1] and "gave up after 4 reconnects" in rest[-1]
+        assert not any("reconnecting" in line for line in rest), rest  # the client's, unsaid
         # a camera that has given up: the server says why at once, and the command exits 5
         assert await cli("watch", "gone", "--count", "1", "--address", address(server)) == 5
         out, err = capsys.readouterr()

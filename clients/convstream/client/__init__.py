@@ -25,9 +25,10 @@ given as a video, or a video given as an image is a ``SourceError``, also a Resu
 range, pixels that are not uint8 BGR or gray, an object that is no frame at all.
 
 The client logs through the ``convstream.client`` logger (a warning when a stream or a watch
-resumes after a break). gRPC's own C library writes lines of its own to stderr (a failed TLS
-handshake, once per try); ``GRPC_VERBOSITY=ERROR`` in the environment before grpc is first
-imported quiets them, as the ``convstream`` commands do.
+resumes after a break, and when a watch is taken of a camera that is stalled or reconnecting:
+no result comes until it is back). gRPC's own C library writes lines of its own to stderr
+(a failed TLS handshake, once per try); ``GRPC_VERBOSITY=ERROR`` in the environment before
+grpc is first imported quiets them, as the ``convstream`` commands do.
 """
 
 from convstream.client._client import AsyncClient, Client

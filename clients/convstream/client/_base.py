@@ -42,7 +42,9 @@ from convstream.v1 import (
     MAX_WATCH_FPS,
     RESULTS_NOT_READ,
     WATCHING,
+    WATCHING_ERROR,
     WATCHING_KIND,
+    WATCHING_STATE,
 )
 from convstream.v1 import convstream_pb2 as pb
 
@@ -66,6 +68,9 @@ KEEPALIVE_TIMEOUT_MS = 20_000
 WATCH_KEEPALIVE_MS = 15_000
 WATCH_KEEPALIVE_TIMEOUT_MS = 10_000
 CLOSED = "the client was closed while this call ran"  # the Cancelled that close() causes
+# The attribute of the log record that says a watched camera's state as its watch is taken
+# (its value): the `watch` command, which says that state in its own words, leaves it out.
+CAMERA_STATE_RECORD = "convstream_camera_state"
 
 
 def keepalive(*, watch: bool = False) -> list[tuple[str, int]]:
@@ -472,6 +477,21 @@ class _Resumption:
                 )
             self._ran = True
             self._registered_at = time.monotonic()
+            state = told.get(WATCHING_STATE)
+            if state in ("stalled", "reconnecting"):  # connecting: a moment, as a rule
+                error = told.get(WATCHING_ERROR, b"")
+                why = error.decode(errors="replace") if isinstance(error, bytes) else error
+                # without a word, a program's loop over watch() just waits: for a camera
+                # down for good, for ever
+                logger.warning(
+                    "watch of camera %r at %s: the camera is %s; results follow once it "
+                    "sends frames%s",
+                    self._camera_id,
+                    self._client.address,
+                    state,
+                    f" (last error: {why})" if why else "",
+                    extra={CAMERA_STATE_RECORD: state},
+                )
 
     def watched(self, message: pb.FrameResult) -> pb.FrameResult:
         """A watch result arrived: it counts as answered(), and its drops carry on."""

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from convstream.client._base import (
     ADDRESS_ENV,
+    CAMERA_STATE_RECORD,
     check_address,
     check_camera_id,
     check_published_name,
@@ -541,9 +542,12 @@ def _run(args: argparse.Namespace, body: Callable[[Client], int]) -> int:
         client = _client(args)
     except (OSError, ValueError) as exc:
         return _usage(args, str(exc))
-    # The library's warnings (a stream resuming after a server restart) as the CLI's lines.
+    # The library's warnings (a stream resuming after a server restart) as the CLI's lines;
+    # not a camera's state as a watch is taken, which `watch` says in its own words (and
+    # again as it changes).
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"convstream {args.command}: %(message)s"))
+    handler.addFilter(lambda record: not hasattr(record, CAMERA_STATE_RECORD))
     log = logging.getLogger("convstream.client")
     log.addHandler(handler)
     interruption = Interruption(client)

@@ -25,6 +25,12 @@ WATCHING = "convstream-watching"
 # again, so a client waits out NOT_FOUND for a stream, and not for a camera: one removed from
 # the config while the server was down is gone (a watch waited for it for ever).
 WATCHING_KIND = "convstream-watching-kind"
+# Sent with them when the camera is not running as the watch is taken: its state
+# ("connecting", "stalled" or "reconnecting"), and its last error as UTF-8 (a -bin key: an
+# error may hold any character). A program's watch of a camera that is down otherwise heard
+# nothing until it came back, if ever; the Python client logs it as a warning.
+WATCHING_STATE = "convstream-watching-state"
+WATCHING_ERROR = "convstream-watching-error-bin"
 # How the message of a call the server ended for results its client read none of (for
 # stream_idle_timeout_s) begins: a watch's client subscribes again (it paused, the watch was
 # ended), a stream's does not (its frames are its own to send again).
@@ -186,7 +192,9 @@ __all__ = [
     "MAX_WATCH_FPS",
     "RESULTS_NOT_READ",
     "WATCHING",
+    "WATCHING_ERROR",
     "WATCHING_KIND",
+    "WATCHING_STATE",
     "content_box",
     "convstream_pb2",
     "convstream_pb2_grpc",

@@ -15,6 +15,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from convstream.server.budget import ByteBudget, SilentCalls
+from convstream.server.camera import STATE_NAMES
 from convstream.server.cameras import CameraManager
 from convstream.server.config import Settings
 from convstream.server.errors import (
@@ -40,7 +41,15 @@ from convstream.server.processes import Peers
 from convstream.server.security import caller, cameras_shown, peer_host, visible
 from convstream.server.streams import FrameBudget, StreamSession
 from convstream.server.wire import Received, id_and_source, raw_data_length
-from convstream.v1 import CAMERA_ID, RESULTS_NOT_READ, SHUTTING_DOWN, WATCHING, WATCHING_KIND
+from convstream.v1 import (
+    CAMERA_ID,
+    RESULTS_NOT_READ,
+    SHUTTING_DOWN,
+    WATCHING,
+    WATCHING_ERROR,
+    WATCHING_KIND,
+    WATCHING_STATE,
+)
 from convstream.v1 import convstream_pb2 as pb
 from convstream.v1 import convstream_pb2_grpc as pb_grpc
 
@@ -554,10 +563,15 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
                 self.metrics.calls_refused.labels("WatchCamera").inc()
             await context.abort(exc.code, str(exc))
         try:
-            kind = "camera" if request.camera_id in self.cameras.feeds else "stream"
-            await context.send_initial_metadata(
-                ((WATCHING, request.camera_id), (WATCHING_KIND, kind))
-            )
+            feed = self.cameras.feeds.get(request.camera_id)
+            told: list[tuple[str, str | bytes]] = [
+                (WATCHING, request.camera_id),
+                (WATCHING_KIND, "stream" if feed is None else "camera"),
+            ]
+            if feed is not None and feed.camera.state != pb.CAMERA_STATE_RUNNING:
+                told.append((WATCHING_STATE, STATE_NAMES[feed.camera.state]))
+                told.append((WATCHING_ERROR, feed.camera.last_error[:500].encode()))
+            await context.send_initial_metadata(told)
             while True:
                 yield await watcher.next()
         except FeedFinished:
@@ -678,7 +692,7 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
                 watching = [
                     (k, v)
                     for k, v in await call.initial_metadata()
-                    if k in (WATCHING, WATCHING_KIND)
+                    if k in (WATCHING, WATCHING_KIND, WATCHING_STATE, WATCHING_ERROR)
                 ]
                 if watching:
                     await context.send_initial_metadata(watching)
