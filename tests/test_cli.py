@@ -643,6 +643,8 @@ async def test_info(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
     assert "CPUExecutionProvider" in out and "stage3" in out and "384x640" in out
     # the room all streams share, which a fifth stream of the largest queue found full unsaid
     assert "at most 256 (1024 for all streams together)" in out
+    # every limit a frame is held to, the narrowest frame taken too
+    assert "pixels per frame, 32 to 16,384 a side (12:1 at most)\n" in out
     assert await run("info", "--json", "--address", f"127.0.0.1:{server.port}") == 0
     info = json.loads(capsys.readouterr().out)
     # the threshold as the server compares with it (0.82151 read 0.8215: a score of 0.82150

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from convstream.client.featureview import save_feature_maps
 from convstream.client.overlay import save_overlay
 from convstream.client.results import CameraInfo, ModelInfo, Result, json_text, score_text
+from convstream.v1 import MAX_ASPECT
 
 MiB = 1024 * 1024
 
@@ -590,7 +591,12 @@ def model_info_text(info: ModelInfo) -> str:
     lines += [
         f"limits       {info.max_message_bytes / MiB:g} MiB per message, "
         f"{info.max_frame_pixels:,} pixels per frame"
-        + (f", 32 to {info.max_frame_side:,} a side" if info.max_frame_side else ""),
+        + (
+            f", {info.min_frame_side or 32} to {info.max_frame_side:,} a side "
+            f"({MAX_ASPECT}:1 at most)"
+            if info.max_frame_side
+            else ""
+        ),
     ]
     if info.max_stream_queue_size:
         together = (
