@@ -275,7 +275,11 @@ async def test_a_frozen_camera_is_lost_not_passed_off_as_running() -> None:
     with running(source):
         assert source.process is not None
         config = camera("frozen", source.url, read_timeout_s=read_timeout)
-        async with serving(config) as server, connect(server) as stub:
+        async with (
+            serving(config) as server,
+            connect(server) as stub,
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        ):
             await until(state_is(stub, "frozen", pb.CAMERA_STATE_RUNNING), 10, "running")
 
             async def paced() -> bool:  # a camera whose pace is not known yet stalls later
@@ -287,12 +291,17 @@ async def test_a_frozen_camera_is_lost_not_passed_off_as_running() -> None:
                 await asyncio.sleep(0.5)  # frames in flight when it froze may still land
                 read_before = (await status(stub, "frozen")).frames_read
                 seen = []
+                said_while_stalled = []  # its health, as the docs say: serving while stalled
+                health = health_pb2_grpc.HealthStub(channel)
+                service = health_pb2.HealthCheckRequest(service="convstream.camera.frozen")
                 started = time.monotonic()
                 while time.monotonic() - started < read_timeout + 2.5:
                     cam = await status(stub, "frozen")
                     seen.append(cam.state)
                     if cam.state == pb.CAMERA_STATE_RECONNECTING:
                         break
+                    if cam.state == pb.CAMERA_STATE_STALLED:
+                        said_while_stalled.append((await health.Check(service)).status)
                     await asyncio.sleep(0.05)
                 assert seen[-1] == pb.CAMERA_STATE_RECONNECTING, seen
                 assert "within the read timeout (2 s)" in cam.last_error
@@ -302,6 +311,8 @@ async def test_a_frozen_camera_is_lost_not_passed_off_as_running() -> None:
                 assert pb.CAMERA_STATE_STALLED in seen, seen  # a second without frames
                 stalled = seen.index(pb.CAMERA_STATE_STALLED)
                 assert pb.CAMERA_STATE_RUNNING not in seen[stalled:], seen  # no flapping
+                up = said_while_stalled.count(health_pb2.HealthCheckResponse.SERVING)
+                assert up > len(said_while_stalled) / 2, said_while_stalled
             finally:
                 source.process.send_signal(signal.SIGCONT)
             await until(state_is(stub, "frozen", pb.CAMERA_STATE_RUNNING), 15, "thawed")

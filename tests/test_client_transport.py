@@ -297,6 +297,20 @@ def test_options_are_validated_and_readable() -> None:
     for make in bad:
         with pytest.raises(ValueError):
             make()
+    # each bound at both ends, as its message says it: just past either is refused
+    edges = [
+        (lambda: Retry(attempts=6), r"Retry\.attempts must be 1\.\.5, got 6"),
+        (lambda: Upload(quality=0), r"Upload\.quality must be 1\.\.100, got 0"),
+        (
+            lambda: ResultOptions().to_proto("bounded_queue", 0),
+            r"queue_size must be 1\.\.1024, got 0",
+        ),
+    ]
+    for make, said in edges:
+        with pytest.raises(ValueError, match=said):
+            make()
+    assert Retry(attempts=5).attempts == 5 and Upload(quality=1).quality == 1
+    assert ResultOptions().to_proto("bounded_queue", 1024).queue_size == 1024
     # a watch that outlasts any outage reaches try 1,025, where 2**1024 overflowed a float
     assert Retry(resume_timeout=math.inf).delay(1025) == Retry().max_backoff
     with pytest.raises(TypeError):

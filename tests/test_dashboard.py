@@ -357,6 +357,13 @@ def test_alerts_saved_by_many_threads_at_once_keep_the_newest(tmp_path: Path) ->
     log.improve(ids[0], 1.0, 0.99, 1, big)
     log.save(ids[0])
     assert sorted({int(p.name[:8]) for p in tmp_path.iterdir()}) == ids[-10:]
+    # ... nor once there is room for it again: the oldest kept would be an alert older than
+    # others deleted, the newest no longer those on disk
+    log.improve(ids[-1], 61.0, 0.99, 61, Snapshot(b"o", b"f", b"t"))
+    log.save(ids[-1])  # about 9 KB freed
+    log.improve(ids[1], 2.0, 0.99, 2, big)
+    log.save(ids[1])
+    assert sorted({int(p.name[:8]) for p in tmp_path.iterdir()}) == ids[-10:]
 
 
 def test_an_alerts_picture_writes_the_score_as_the_list_does() -> None:

@@ -109,6 +109,8 @@ CASES = [
     ("jpeg magic only", b"\xff\xd8\xff", InvalidFrame, "no frame header"),
     ("png bomb", png_header(20000, 20000), FrameTooLarge, r"20000x20000 \(400,000,000 pixels\)"),
     ("png zero size", png_header(0, 10), InvalidFrame, "positive width"),
+    # past max_side in height alone, with pixels to spare
+    ("png tall", png_header(2000, 16385), FrameTooLarge, r"2000x16385 \(32,770,000 pixels\)"),
     ("png 8x8", png(IMAGE[:8, :8]), InvalidFrame, "8x8; frames must be at least 32x32 pixels"),
     ("jpeg 31 wide", jpeg(IMAGE[:, :31]), InvalidFrame, "31x240; frames must be at least 32x32"),
     # a strip the model would see under one heatmap cell high, not scored as a frame

@@ -26,6 +26,7 @@ from convstream.server import CameraConfig, Server, Settings, app
 from convstream.server.config import MAX_WIDE_THREADS, TokenConfig, cpu_quota, usable_cores
 from convstream.server.decode import Limits, decode_encoded
 from convstream.server.letterbox import letterbox, reduction
+from convstream.server.pipeline import MAX_LISTED_DROPS, DropLog
 from convstream.server.security import new_token
 from convstream.server.streams import MAX_REFUSALS_WAITING, StreamSession
 from convstream.v1 import convstream_pb2 as pb
@@ -121,12 +122,20 @@ async def _until_a_refusal_waits(sessions: list[StreamSession]) -> None:
 
 
 async def test_latest_only_drops_the_stale_and_always_answers_the_newest(
-    stub: pb_grpc.ConvstreamStub, burst: list[bytes]
+    server: Server, stub: pb_grpc.ConvstreamStub, burst: list[bytes]
 ) -> None:
     options = pb.ResultOptions(freshness=pb.FRESHNESS_LATEST_ONLY)
     results = await _slow_reader(stub.StreamFrames(_burst(burst, 40, options)), 0.02)
     dropped = _check_accounting(results, 40)
     assert len(dropped) > 0
+    # and counted where an operator reads them, as the stream's results said them
+    counted = server.metrics.registry.get_sample_value
+    assert counted("convstream_frames_total", {"source": "unnamed", "outcome": "dropped"}) == (
+        len(dropped)
+    )
+    assert counted("convstream_frames_total", {"source": "unnamed", "outcome": "ok"}) == (
+        len(results)
+    )
     assert results[-1].frame_id == 39  # the newest frame is never the one dropped
     # One frame in analysis at a time: each started as the newest, never batched behind others.
     assert {r.timings.batch_size for r in results} == {1}
@@ -134,6 +143,21 @@ async def test_latest_only_drops_the_stale_and_always_answers_the_newest(
     for before, after in itertools.pairwise(results):
         skipped = set(range(before.frame_id + 1, after.frame_id))
         assert skipped <= set(after.dropped_frame_ids) | set(before.dropped_frame_ids)
+
+
+def test_a_result_lists_at_most_a_thousand_dropped_ids_and_counts_them_all() -> None:
+    """A reader 1,500 frames behind: every id listed made a result that could pass the
+    message limit, which leaves room for MAX_LISTED_DROPS of them (frames_dropped counts
+    them all)."""
+    log = DropLog()
+    for frame_id in range(1500):
+        log.drop(frame_id)
+    first, second = pb.FrameResult(), pb.FrameResult()
+    log.stamp(first)
+    log.stamp(second)
+    assert (first.sequence, first.frames_dropped) == (1, 1500)
+    assert list(first.dropped_frame_ids) == list(range(MAX_LISTED_DROPS)) == list(range(1000))
+    assert (second.sequence, second.frames_dropped, len(second.dropped_frame_ids)) == (2, 1500, 0)
 
 
 @pytest.mark.parametrize("freshness", [pb.FRESHNESS_LATEST_ONLY, pb.FRESHNESS_BOUNDED_QUEUE])

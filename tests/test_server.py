@@ -1249,6 +1249,9 @@ async def test_too_many_streams_is_resource_exhausted() -> None:
                 await second.read()
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "limit is 1" in (info.value.details() or "")
+            # counted where an alert on refused clients reads it
+            refused = server.metrics.registry.get_sample_value
+            assert refused("convstream_streams_total", {"outcome": "rejected"}) == 1
             # the first stream is unaffected
             await first.write(pb.FrameRequest(frame_id=2, encoded=jpeg(scene(15, 240, 320))))
             assert (await first.read()).frame_id == 2
