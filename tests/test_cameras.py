@@ -311,8 +311,10 @@ async def test_a_frozen_camera_is_lost_not_passed_off_as_running() -> None:
                 assert pb.CAMERA_STATE_STALLED in seen, seen  # a second without frames
                 stalled = seen.index(pb.CAMERA_STATE_STALLED)
                 assert pb.CAMERA_STATE_RUNNING not in seen[stalled:], seen  # no flapping
-                up = said_while_stalled.count(health_pb2.HealthCheckResponse.SERVING)
-                assert up > len(said_while_stalled) / 2, said_while_stalled
+                # all but the last: the state may turn reconnecting between the two calls
+                up = health_pb2.HealthCheckResponse.SERVING
+                assert said_while_stalled[:1] == [up], said_while_stalled
+                assert set(said_while_stalled[:-1]) <= {up}, said_while_stalled
             finally:
                 source.process.send_signal(signal.SIGCONT)
             await until(state_is(stub, "frozen", pb.CAMERA_STATE_RUNNING), 15, "thawed")
@@ -688,6 +690,7 @@ async def test_a_cameras_frame_meets_the_size_limits_a_pushed_frame_does(
     an alert), where Analyze refuses the same frame."""
     tiny = jpeg(cv2.resize(scene(2_000_000_210, 240, 320), (24, 16)))
     video = write_mjpeg(tmp_path / "tiny.avi", [tiny] * 4, fps=20)
+    began = time.time()
     async with serving(camera("tiny", str(video))) as server, connect(server) as stub:
         with pytest.raises(grpc.aio.AioRpcError, match="at least 32x32"):
             await stub.Analyze(pb.FrameRequest(encoded=tiny))
@@ -700,8 +703,11 @@ async def test_a_cameras_frame_meets_the_size_limits_a_pushed_frame_does(
         # a watch of it said nothing for as long as it ran (the camera "running")
         with Client(f"127.0.0.1:{server.port}") as client, CameraLull(client, "tiny", 0.5):
             await asyncio.sleep(3.5)
-        # "running", and no result ever: no time of a last one for an alert to read as fresh
-        assert _samples(server, "convstream_camera_last_result_timestamp_seconds") == []
+        # "running", and no result ever: the time it was first pulled, which an alert on
+        # silence reads as old (none, and the alert never fired for it)
+        silent = _samples(server, "convstream_camera_last_result_timestamp_seconds")
+        assert [s.labels for s in silent] == [{"camera": "tiny"}]
+        assert began - 1 < silent[0].value < began + 5, (began, silent)
     assert cam.frames_analysed == 0
     assert "frame is 24x16; frames must be at least 32x32" in cam.last_error, cam.last_error
     told = capsys.readouterr().err
@@ -1612,7 +1618,7 @@ def test_frames_an_fps_cap_will_not_take_are_passed_over_unconverted() -> None:
 
 
 @pytest.mark.parametrize("kind", ["mjpeg", "mpegts"])
-@pytest.mark.live
+@pytest.mark.alone
 async def test_frames_stay_fresh_when_the_server_analyses_fewer(kind: str) -> None:
     """30 fps in, 5 analysed per second: results are of the newest frame, and lag stays flat
     (an MJPEG camera's frames kept as sent, an H.264 camera's decoded by FFmpeg)."""

@@ -1016,6 +1016,7 @@ async def test_cli_watch_unknown_camera_exits_2(
     assert "--count must be at least 1" in capsys.readouterr().err
 
 
+@pytest.mark.live
 async def test_a_programs_watch_of_a_camera_that_is_down_logs_why_no_result_comes(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -48,8 +48,11 @@ class ConvstreamStub(object):
     camera_id that is not an id (empty, a URL, a path), or a request
     that does not parse as the method's message (on a stream, that
     message alone: its result has frame_id 0); says why.
-    Frames must be 32 to ModelInfo.max_frame_side pixels a side and
-    at most ModelInfo.max_frame_pixels in all. Also what could never
+    Frames must be 32 to ModelInfo.max_frame_side pixels a side, at
+    most ModelInfo.max_frame_pixels in all, and at most 12 times as
+    wide as high or as high as wide (MAX_ASPECT of the Python package
+    convstream.v1: a narrower one reaches the model as a strip under
+    four heatmap cells). Also what could never
     fit on this server, whatever its load: a request over
     max_message_bytes, a result the options would make larger than it
     (that frame alone, for that stream or watcher: ask for less), a
@@ -165,8 +168,11 @@ class ConvstreamServicer(object):
     camera_id that is not an id (empty, a URL, a path), or a request
     that does not parse as the method's message (on a stream, that
     message alone: its result has frame_id 0); says why.
-    Frames must be 32 to ModelInfo.max_frame_side pixels a side and
-    at most ModelInfo.max_frame_pixels in all. Also what could never
+    Frames must be 32 to ModelInfo.max_frame_side pixels a side, at
+    most ModelInfo.max_frame_pixels in all, and at most 12 times as
+    wide as high or as high as wide (MAX_ASPECT of the Python package
+    convstream.v1: a narrower one reaches the model as a strip under
+    four heatmap cells). Also what could never
     fit on this server, whatever its load: a request over
     max_message_bytes, a result the options would make larger than it
     (that frame alone, for that stream or watcher: ask for less), a
@@ -298,7 +304,10 @@ class ConvstreamServicer(object):
         by it that it is watching again, while a camera that is down gives no result. With it,
         "convstream-watching-kind: camera" (in the server's config) or "stream" (published):
         after a restart a published stream is NOT_FOUND until its publisher sends again, so a
-        client may wait that out; a camera NOT_FOUND then was removed from the config.
+        client may wait that out; a camera NOT_FOUND then was removed from the config. Of a
+        camera not running as the watch is taken, also "convstream-watching-state: <state>"
+        ("connecting", "stalled" or "reconnecting") and "convstream-watching-error-bin": its
+        last error, UTF-8; results come once it sends frames (the Python client logs it).
         Token role: watch (or analyze).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -364,8 +373,11 @@ class Convstream(object):
     camera_id that is not an id (empty, a URL, a path), or a request
     that does not parse as the method's message (on a stream, that
     message alone: its result has frame_id 0); says why.
-    Frames must be 32 to ModelInfo.max_frame_side pixels a side and
-    at most ModelInfo.max_frame_pixels in all. Also what could never
+    Frames must be 32 to ModelInfo.max_frame_side pixels a side, at
+    most ModelInfo.max_frame_pixels in all, and at most 12 times as
+    wide as high or as high as wide (MAX_ASPECT of the Python package
+    convstream.v1: a narrower one reaches the model as a strip under
+    four heatmap cells). Also what could never
     fit on this server, whatever its load: a request over
     max_message_bytes, a result the options would make larger than it
     (that frame alone, for that stream or watcher: ask for less), a

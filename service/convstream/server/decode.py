@@ -8,6 +8,7 @@ so a decompression bomb or an exotic format costs a few microseconds, not gigaby
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import struct
 from collections.abc import Iterator
@@ -73,7 +74,8 @@ class Limits:
             )
         if max(width, height) > MAX_ASPECT * min(width, height):
             wide = "wide as high" if width > height else "high as wide"
-            ratio = round(max(width, height) / min(width, height), 2)
+            # rounded up: 12.001 said as 12 read as within the rule it broke
+            ratio = math.ceil(max(width, height) / min(width, height) * 100) / 100
             raise InvalidFrame(
                 f"{what} is {width}x{height}, {ratio:g} "
                 f"times as {wide}; frames may be at most {MAX_ASPECT} times as wide as high "

@@ -408,6 +408,7 @@ class CameraFeed(Publisher):
     def __init__(self, camera: Camera, pipeline: Pipeline, metrics: Metrics) -> None:
         super().__init__(camera.config.id, pipeline, metrics)
         self.camera = camera
+        self.pulled_since = time.time()  # when the server began pulling it (kept by a reload)
         self.frames_taken = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -501,6 +502,7 @@ class CameraFeed(Publisher):
         self.frames_analysed += old.frames_analysed
         self.watcher_drops += old.watcher_drops
         self.last_result_time = self.last_result_time or old.last_result_time
+        self.pulled_since = old.pulled_since
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()

@@ -568,8 +568,9 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
                 (WATCHING, request.camera_id),
                 (WATCHING_KIND, "stream" if feed is None else "camera"),
             ]
-            if feed is not None and feed.camera.state != pb.CAMERA_STATE_RUNNING:
-                told.append((WATCHING_STATE, STATE_NAMES[feed.camera.state]))
+            state = None if feed is None else feed.camera.state  # read once: it may change
+            if feed is not None and state is not None and state != pb.CAMERA_STATE_RUNNING:
+                told.append((WATCHING_STATE, STATE_NAMES[state]))
                 told.append((WATCHING_ERROR, feed.camera.last_error[:500].encode()))
             await context.send_initial_metadata(told)
             while True:
