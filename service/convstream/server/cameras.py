@@ -499,9 +499,10 @@ class CameraManager:
         )
         last_result = GaugeMetricFamily(
             "convstream_camera_last_result_timestamp_seconds",
-            "Unix time of the camera's latest result (a frame read and analysed); none before "
-            "its first. time() minus it is how long its watchers have had nothing new, down, "
-            "frozen or sending frames that cannot be analysed alike",
+            "Unix time of the camera's latest result (a frame read and analysed), or, before "
+            "its first, of when the server began pulling it. time() minus it is how long its "
+            "watchers have had nothing new, down, frozen, stopped or sending frames that "
+            "cannot be analysed alike",
             labels=["camera"],
         )
         watcher_drops = CounterMetricFamily(
@@ -526,8 +527,7 @@ class CameraManager:
             reconnects.add_metric([cid], cam.reconnects)
             watchers.add_metric([cid], len(feed.watchers))
             watcher_drops.add_metric([cid], feed.watcher_drops)
-            if feed.last_result_time:
-                last_result.add_metric([cid], feed.last_result_time)
+            last_result.add_metric([cid], feed.last_result_time or feed.pulled_since)
         yield from (state, fps, frames, reconnects, watchers, watcher_drops, last_result)
 
 
