@@ -459,7 +459,22 @@ async def test_memory_a_burst_of_large_requests_held_goes_back_to_the_system(
     monkeypatch.setattr(malloc.Trimmer, "due", lambda self: over.is_set() and due(self))
     server = Server(Settings(port=0, metrics_port=-1, cameras=()))
     await server.start()
+
+    async def burst() -> list[str]:
+        client = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _LARGE_CHECKS,
+            f"127.0.0.1:{server.port}",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        return (await asyncio.wait_for(client.communicate(), 60))[0].decode().split()
+
     try:
+        # A first burst, trimmed: what the first such requests leave for good (gRPC's and
+        # malloc's own structures, set up once) is in the baseline, not counted as the
+        # burst's (after 23 tests in one process, 40.3 MiB stayed where 40 may)
+        assert await burst() == ["INVALID_ARGUMENT"] * 3
         gc.collect()
         # what earlier tests freed goes back first: else the burst reuses it, and its peak
         # (99 MiB in one run) no longer tells that the requests were held
@@ -472,14 +487,7 @@ async def test_memory_a_burst_of_large_requests_held_goes_back_to_the_system(
 
         sampler = threading.Thread(target=sample)
         sampler.start()
-        client = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            _LARGE_CHECKS,
-            f"127.0.0.1:{server.port}",
-            stdout=asyncio.subprocess.PIPE,
-        )
-        said = (await asyncio.wait_for(client.communicate(), 60))[0].decode().split()
+        said = await burst()
         done.set()
         sampler.join()
         assert said == ["INVALID_ARGUMENT"] * 3  # each refused, as too large for a name
