@@ -43,6 +43,7 @@ from convstream.dashboard import (
     DashboardSettings,
     add_commands,
     run_dashboard,
+    web,
 )
 from convstream.dashboard.alerts import (
     Alert,
@@ -1256,8 +1257,12 @@ def _stuck_websocket(port: int) -> socket.socket:
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_throttled_browsers_lose_only_their_own_frames(
-    browser: Any, dashboard: Dashboard, artifacts: Path
+    browser: Any, dashboard: Dashboard, artifacts: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The stuck client below answers no ping: past PING_S and half of it (30 s) the dashboard
+    # closes it (the test below). On a loaded machine this test can take that long (a page at
+    # 1/20 of a CPU answers slowly), and it counted 3 viewers of 4: the ping is put off here.
+    monkeypatch.setattr(web, "PING_S", 600.0)
     pages = [await _open(browser, dashboard, 1366, 768) for _ in range(3)]
     for page in pages:
         await _wait_frames(page, "belt", 0)
@@ -1321,6 +1326,38 @@ async def test_throttled_browsers_lose_only_their_own_frames(
         stuck.close()
         for page in pages:
             await page.context.close()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_client_that_stops_reading_is_closed_by_the_ping(
+    dashboard: Dashboard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection that completed its handshake and never reads again (a browser's machine
+    asleep, a proxy that lost it) holds its outbox until the dashboard's ping goes unanswered
+    for half of PING_S: then it is closed, and /api/state lists it no more."""
+    monkeypatch.setattr(web, "PING_S", 1.0)
+
+    async def viewers() -> int:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(dashboard.url + "api/state") as response,
+        ):
+            return len((await response.json())["viewers"])
+
+    before = await viewers()
+    stuck = _stuck_websocket(dashboard.port)
+    try:
+        deadline = time.monotonic() + 10.0
+        seen = []
+        while (not seen or seen[-1] > before) and time.monotonic() < deadline:
+            seen.append(await viewers())
+            await asyncio.sleep(0.1)
+        assert before + 1 in seen, (before, seen)  # it was a viewer,
+        assert seen[-1] == before, (before, seen)  # and is one no more
+        stuck.settimeout(5.0)
+        assert b"HTTP/1.1 101" in stuck.recv(4096)  # a WebSocket it was
+    finally:
+        stuck.close()
 
 
 @pytest.mark.asyncio(loop_scope="module")

@@ -38,6 +38,9 @@ STATIC_DIR = Path(__file__).with_name("static")
 WINDOW = 2  # a camera's frames sent to one browser and not yet drawn there
 MAX_TEXTS = 200  # alerts waiting for one browser; older ones are dropped past this
 SEND_TIMEOUT_S = 30.0  # one message stuck this long: the browser is gone, close it
+# A WebSocket ping to each browser this often; one that answers none within half of it is
+# gone (a connection that stopped reading, a machine asleep) and is closed.
+PING_S = 20.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 HUB: web.AppKey[Hub] = web.AppKey("hub", Hub)
 VIEWERS: web.AppKey[set[Viewer]] = web.AppKey("viewers", set)
@@ -243,7 +246,7 @@ async def index(request: web.Request) -> web.FileResponse:
 async def websocket(request: web.Request) -> web.StreamResponse:
     if not same_origin(request):
         raise web.HTTPForbidden(text="cross-origin WebSocket refused")
-    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4096, compress=False)
+    ws = web.WebSocketResponse(heartbeat=PING_S, max_msg_size=4096, compress=False)
     try:
         await ws.prepare(request)
     except ConnectionError:
