@@ -227,12 +227,37 @@ async def test_killed_source_reconnects_while_others_flow() -> None:
             )
             assert (await status(stub, "a")).state == pb.CAMERA_STATE_RECONNECTING
 
+            # a's watchers were told, each by a result of no frame (a program's loop over
+            # the watch heard nothing while the camera was down); b's were not
+            notices = [r for r in watch_a.results if r.camera_state]
+            assert notices, watch_a.results[-3:]
+            # after it, at most the frame that was being analysed as the camera went down
+            after = watch_a.results[watch_a.results.index(notices[-1]) + 1 :]
+            assert len(after) <= 1 and not any(r.camera_state for r in after), after
+            assert notices[-1].camera_state == pb.CAMERA_STATE_RECONNECTING, notices
+            for notice in notices:
+                assert notice.camera_state in (
+                    pb.CAMERA_STATE_STALLED,
+                    pb.CAMERA_STATE_RECONNECTING,
+                ), notice
+                assert notice.status.code == grpc.StatusCode.UNAVAILABLE.value[0], notice
+                assert (notice.frame_id, notice.source) == (0, "a")
+                assert not notice.HasField("score") and not notice.HasField("capture_time")
+            said = notices[-1].status.message
+            assert said.startswith("camera 'a' is reconnecting: "), said
+            assert down.last_error in said and "The watch goes on" in said, said
+            assert not any(r.camera_state for r in watch_b.results)
+
             a.start()  # the camera comes back on the same address
             await until(state_is(stub, "a", pb.CAMERA_STATE_RUNNING), 10, "a back")
             await until(lambda: _true(len(watch_a.results) >= a_before + 5), 10, "a results")
             assert watch_a.error is None and watch_b.error is None  # the same calls carry on
-            ids = [r.frame_id for r in watch_a.results]
-            assert ids == sorted(ids)
+            frames = [r for r in watch_a.results if not r.camera_state]
+            ids = [r.frame_id for r in frames]
+            assert ids == sorted(ids) and all(r.status.code == 0 for r in frames)
+            sequences = [r.sequence for r in watch_a.results]  # the notices numbered too
+            assert sequences == list(range(1, len(sequences) + 1))
+            assert watch_a.results[-1].frames_dropped == 0  # a notice is no dropped frame
             await until(
                 health_is(channel_health, "convstream.camera.a", serving_states.SERVING), 1.0, "up"
             )
@@ -922,7 +947,9 @@ async def test_a_watchdog_check_that_raises_is_logged_and_the_others_go_on(
 async def test_the_watch_command_says_when_its_camera_goes_down_and_comes_back(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(client_cli, "QUIET_S", 1.0)  # the command's 3 s, shorter for the test
+    # Longer than the test: what it says of the camera going down, it says on the server's
+    # word (a result of no frame), not after a lull in the results (it was 3 s late so).
+    monkeypatch.setattr(client_cli, "QUIET_S", 60.0)
     source = FFmpegSource("mjpeg")
     with running(source):
         async with serving(camera("a", source.url)) as server, connect(server) as stub:
@@ -932,10 +959,13 @@ async def test_the_watch_command_says_when_its_camera_goes_down_and_comes_back(
             await asyncio.sleep(1.5)  # some results first
             source.stop()
             await until(state_is(stub, "a", pb.CAMERA_STATE_RECONNECTING), 10, "a lost")
-            await asyncio.sleep(client_cli.QUIET_S + 2.0)  # quiet long enough to ask, and tell
+            await asyncio.sleep(2.5)  # the lull's thread asks at its next second, and tells
             source.start()
             assert await asyncio.wait_for(watching, 30) == 0
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    # the server's word is no frame of the table, nor one of the 15 counted
+    assert " error " not in out and "unavailable" not in out, out
+    assert "15 frames" in out and "0 failed" in out, out
     assert "camera 'a' is reconnecting; waiting for its frames. Last error: " in err, err
     assert err.index("is reconnecting") < err.index("camera 'a': results again"), err
     # each notice says when: an outage read later in the scrollback said nothing of it

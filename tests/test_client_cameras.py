@@ -28,7 +28,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
-from live import blackhole, free_port
+from live import FFmpegSource, blackhole, free_port, running
 
 from convstream.cli import main
 from convstream.client import (
@@ -1221,3 +1221,35 @@ def test_a_paused_watch_subscribing_again_waits_out_a_server_with_no_room_for_it
     bookkeeping.subscribed()
     assert bookkeeping.delay(full, 0) == 0.2  # subscribing again: no room yet, waited out
     client.close()
+
+
+@pytest.mark.live
+async def test_a_watch_hears_its_camera_go_down_and_goes_on() -> None:
+    """A program's loop over watch() heard nothing while its camera was down (the CLI asked
+    the server after a lull): the server's word comes as a result of no frame, and the same
+    loop then gets the camera's frames again."""
+    source = FFmpegSource("mjpeg")
+    with running(source):
+        config = CameraConfig(id="a", source=source.url, read_timeout_s=2.0)
+        async with serving(config) as srv, AsyncClient(address(srv)) as client:
+            seen: list[Result] = []
+            async with asyncio.timeout(40):
+                async for result in client.watch("a", max_fps=5):
+                    seen.append(result)
+                    if len(seen) == 3:
+                        source.stop()
+                    elif result.camera_state == "reconnecting":
+                        source.start()
+                    # told, and then two frames: past one read before it went down
+                    elif any(r.camera_state for r in seen) and result.ok and seen[-2].ok:
+                        break
+    notices = [r for r in seen if r.camera_state is not None]
+    assert notices and notices[-1].camera_state == "reconnecting", seen
+    for notice in notices:
+        assert notice.camera_state in ("stalled", "reconnecting")
+        assert not notice.ok and isinstance(notice.error, ServerUnavailable)
+        assert (notice.frame_id, notice.source) == (0, "a")
+        assert math.isnan(notice.score) and notice.capture_time is None
+        assert f"camera 'a' is {notice.camera_state}" in notice.error.message
+    assert all(r.ok for r in seen if r.camera_state is None)
+    assert seen[-1].frame_id > max(r.frame_id for r in seen[:3])  # its frames again

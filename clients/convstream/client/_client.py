@@ -288,6 +288,14 @@ class Client(BaseClient):
         client publishes (``stream(..., publish=True)``) does: when that stream ends, the
         iterator stops.
 
+        A camera that goes down while watched (stalled, or reconnecting to its source) is
+        said by a result of no frame: ``camera_state`` "stalled" or "reconnecting",
+        ``frame_id`` 0, no score, ``error`` a ServerUnavailable (the status UNAVAILABLE)
+        whose message gives the camera's last error.
+        The watch goes on, and results come again once the camera sends frames; one that
+        has given up (FAILED) ends it with FailedPrecondition. Check ``result.ok`` (or
+        ``camera_state``) before reading a score.
+
         Args:
             camera_id: a camera's id, or a published stream's name; see ``cameras()``.
             options: what each result carries; the client's ``options`` when None.

@@ -1022,7 +1022,7 @@ def _watch(args: argparse.Namespace) -> int:
             gap_s=quiet_s,  # a pause the lull would have told of
         )
         with contextlib.closing(watching), lull:  # closing ends the call at --count
-            results = lull.timed(itertools.islice(watching, args.count))
+            results = itertools.islice(lull.timed(watching), args.count)
             code = _report(args, results, reporter)
         if code in (0, EXIT_DAMAGED) and (args.count is None or reporter.count < args.count):
             # only a published stream ends a watch by itself
@@ -1040,7 +1040,9 @@ class CameraLull:
     """Says on stderr when a watched camera goes quiet because it is down, and when its
     results come again: without it, `watch` just stops printing while a camera reconnects.
 
-    A thread asks ListCameras once a second while no result has come for ``quiet_s``.
+    A thread asks ListCameras once a second while no result has come for ``quiet_s``, and
+    at once when the server says the camera went down (a result of no frame, its
+    ``camera_state`` set: said here in the same words, not as a frame of the table).
     """
 
     def __init__(self, client: Client, camera_id: str, quiet_s: float) -> None:
@@ -1052,6 +1054,7 @@ class CameraLull:
         self._analysed: int | None = None  # the camera's frames analysed when results stopped
         self._invalid = 0  # and its frames refused then
         self._stop = threading.Event()
+        self._down = threading.Event()  # the server said the camera went down: ask now
         self._thread = threading.Thread(target=self._run, name="watch-lull", daemon=True)
 
     def __enter__(self) -> CameraLull:
@@ -1063,7 +1066,12 @@ class CameraLull:
         self._thread.join(timeout=5)
 
     def timed(self, results: Iterator[Result]) -> Iterator[Result]:
+        """The frames' results, timed; the server's word that the camera went down is
+        taken out, and said as the lull says a state."""
         for result in results:
+            if result.camera_state is not None:
+                self._down.set()
+                continue
             self._last = time.monotonic()
             self._analysed = None
             if self._told:
@@ -1081,8 +1089,9 @@ class CameraLull:
     def _run(self) -> None:
         while not self._stop.wait(1.0):
             quiet = time.monotonic() - self._last
-            if quiet < self._quiet_s:
+            if quiet < self._quiet_s and not self._down.is_set():
                 continue
+            self._down.clear()
             try:
                 # briefly: a frozen link held the question for the whole call timeout
                 cameras = {c.id: c for c in self._client.cameras(timeout=ASK_S)}

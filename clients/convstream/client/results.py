@@ -215,6 +215,10 @@ class Result:
             Empty on an intact frame and on one that failed (and from a server older than
             the field: there only ``peak()`` says where). Sent with or without the heatmap.
         error: why this frame was not analysed (a stream goes on past bad frames); None if ok.
+        camera_state: on a watch of a camera, "stalled" or "reconnecting" on a result of no
+            frame (``frame_id`` 0, ``error`` a ServerUnavailable saying why) that the server
+            sends as the camera goes down; the watch goes on, and results come again once
+            the camera sends frames. None on every other result.
         frame: the Frame as it was sent, kept for overlays and names: pixels the client
             encoded for the upload are kept as the JPEG or PNG bytes it sent (what the
             server analysed); ``frame.pixels()`` gives them as pixels either way.
@@ -248,6 +252,7 @@ class Result:
     regions: tuple[Region, ...] = ()
     capture_time: float | None = None
     error: ConvstreamError | None = None
+    camera_state: CameraState | None = None
     frame: Frame | None = None
     input_jpeg: bytes | None = None
 
@@ -319,7 +324,13 @@ class Result:
             "frame": frame,
         }
         if message.status.code != 0:
-            return cls(error=from_status(message.status.code, message.status.message), **common)
+            return cls(
+                error=from_status(message.status.code, message.status.message),
+                camera_state=camera_state_name(message.camera_state)
+                if message.camera_state
+                else None,
+                **common,
+            )
         heatmap = None
         if message.HasField("heatmap"):
             array = to_numpy(message.heatmap)

@@ -171,7 +171,7 @@ class FrameStatus(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class FrameResult(_message.Message):
-    __slots__ = ("frame_id", "source", "status", "score", "damaged", "heatmap", "feature_maps", "timings", "frame_age_ms", "frames_dropped", "sequence", "geometry", "frame_jpeg", "capture_time", "dropped_frame_ids", "peak", "brightness", "contrast", "blank", "threshold", "published", "freshness", "queue_size", "regions")
+    __slots__ = ("frame_id", "source", "status", "score", "damaged", "heatmap", "feature_maps", "timings", "frame_age_ms", "frames_dropped", "sequence", "geometry", "frame_jpeg", "capture_time", "dropped_frame_ids", "peak", "brightness", "contrast", "blank", "threshold", "published", "freshness", "queue_size", "regions", "camera_state")
     FRAME_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +196,7 @@ class FrameResult(_message.Message):
     FRESHNESS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_SIZE_FIELD_NUMBER: _ClassVar[int]
     REGIONS_FIELD_NUMBER: _ClassVar[int]
+    CAMERA_STATE_FIELD_NUMBER: _ClassVar[int]
     frame_id: int
     source: str
     status: FrameStatus
@@ -220,7 +221,8 @@ class FrameResult(_message.Message):
     freshness: Freshness
     queue_size: int
     regions: _containers.RepeatedCompositeFieldContainer[Region]
-    def __init__(self, frame_id: _Optional[int] = ..., source: _Optional[str] = ..., status: _Optional[_Union[FrameStatus, _Mapping]] = ..., score: _Optional[float] = ..., damaged: bool = ..., heatmap: _Optional[_Union[Tensor, _Mapping]] = ..., feature_maps: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., frame_age_ms: _Optional[float] = ..., frames_dropped: _Optional[int] = ..., sequence: _Optional[int] = ..., geometry: _Optional[_Union[Geometry, _Mapping]] = ..., frame_jpeg: _Optional[bytes] = ..., capture_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dropped_frame_ids: _Optional[_Iterable[int]] = ..., peak: _Optional[_Union[Peak, _Mapping]] = ..., brightness: _Optional[float] = ..., contrast: _Optional[float] = ..., blank: bool = ..., threshold: _Optional[float] = ..., published: bool = ..., freshness: _Optional[_Union[Freshness, str]] = ..., queue_size: _Optional[int] = ..., regions: _Optional[_Iterable[_Union[Region, _Mapping]]] = ...) -> None: ...
+    camera_state: CameraState
+    def __init__(self, frame_id: _Optional[int] = ..., source: _Optional[str] = ..., status: _Optional[_Union[FrameStatus, _Mapping]] = ..., score: _Optional[float] = ..., damaged: bool = ..., heatmap: _Optional[_Union[Tensor, _Mapping]] = ..., feature_maps: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., frame_age_ms: _Optional[float] = ..., frames_dropped: _Optional[int] = ..., sequence: _Optional[int] = ..., geometry: _Optional[_Union[Geometry, _Mapping]] = ..., frame_jpeg: _Optional[bytes] = ..., capture_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dropped_frame_ids: _Optional[_Iterable[int]] = ..., peak: _Optional[_Union[Peak, _Mapping]] = ..., brightness: _Optional[float] = ..., contrast: _Optional[float] = ..., blank: bool = ..., threshold: _Optional[float] = ..., published: bool = ..., freshness: _Optional[_Union[Freshness, str]] = ..., queue_size: _Optional[int] = ..., regions: _Optional[_Iterable[_Union[Region, _Mapping]]] = ..., camera_state: _Optional[_Union[CameraState, str]] = ...) -> None: ...
 
 class Region(_message.Message):
     __slots__ = ("x", "y", "width", "height", "value", "cells")

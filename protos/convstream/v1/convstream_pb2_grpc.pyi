@@ -181,7 +181,9 @@ class ConvstreamStub:
     client may wait that out; a camera NOT_FOUND then was removed from the config. Of a
     camera not running as the watch is taken, also "convstream-watching-state: <state>"
     ("connecting", "stalled" or "reconnecting") and "convstream-watching-error-bin": its
-    last error, UTF-8; results come once it sends frames (the Python client logs it).
+    last error, UTF-8; results come once it sends frames (the Python client logs it). A
+    camera that goes down later, stalled or reconnecting, is said by a result of no frame
+    (FrameResult.camera_state), and the watch goes on.
     Token role: watch (or analyze).
     """
 
@@ -333,7 +335,9 @@ class ConvstreamAsyncStub(ConvstreamStub):
     client may wait that out; a camera NOT_FOUND then was removed from the config. Of a
     camera not running as the watch is taken, also "convstream-watching-state: <state>"
     ("connecting", "stalled" or "reconnecting") and "convstream-watching-error-bin": its
-    last error, UTF-8; results come once it sends frames (the Python client logs it).
+    last error, UTF-8; results come once it sends frames (the Python client logs it). A
+    camera that goes down later, stalled or reconnecting, is said by a result of no frame
+    (FrameResult.camera_state), and the watch goes on.
     Token role: watch (or analyze).
     """
 
@@ -512,7 +516,9 @@ class ConvstreamServicer(metaclass=_abc_1.ABCMeta):
         client may wait that out; a camera NOT_FOUND then was removed from the config. Of a
         camera not running as the watch is taken, also "convstream-watching-state: <state>"
         ("connecting", "stalled" or "reconnecting") and "convstream-watching-error-bin": its
-        last error, UTF-8; results come once it sends frames (the Python client logs it).
+        last error, UTF-8; results come once it sends frames (the Python client logs it). A
+        camera that goes down later, stalled or reconnecting, is said by a result of no frame
+        (FrameResult.camera_state), and the watch goes on.
         Token role: watch (or analyze).
         """
 

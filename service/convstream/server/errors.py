@@ -10,6 +10,9 @@
     ├── NotFound                    NOT_FOUND: no camera by that id
     ├── IdleTimeout                 DEADLINE_EXCEEDED: a stream sent nothing for too long
     ├── Overloaded                  RESOURCE_EXHAUSTED: over the stream or queue limits now
+    ├── CameraDown                  FAILED_PRECONDITION: a camera that gave up or ended
+    ├── CameraInTrouble             UNAVAILABLE: a camera stalled or reconnecting (a status
+    │                               its watchers' results carry; the watch goes on)
     ├── ModelFailed                 INTERNAL: the model failed on the frame, or gave no
     │                               probabilities (NaN, logits) for it
     └── Draining                    UNAVAILABLE: the server is shutting down
@@ -124,6 +127,13 @@ class CameraDown(ConvstreamError):
     until the server's config changes it."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class CameraInTrouble(ConvstreamError):
+    """The camera stalled, or lost its source and is retrying: said to each of its watchers
+    as a result's status (no frame: frame_id 0), while the watch goes on."""
+
+    code = grpc.StatusCode.UNAVAILABLE
 
 
 class ModelFailed(ConvstreamError):

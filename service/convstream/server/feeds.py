@@ -27,11 +27,19 @@ from functools import partial
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from convstream.server.budget import ByteBudget
-from convstream.server.camera import CREDENTIALS_RETRY_S, LOG_AGAIN_S, Camera, Frame, RateMeter
+from convstream.server.camera import (
+    CREDENTIALS_RETRY_S,
+    LOG_AGAIN_S,
+    STATE_NAMES,
+    Camera,
+    Frame,
+    RateMeter,
+)
 from convstream.server.config import CameraConfig, parse_size
 from convstream.server.engine import Inference
 from convstream.server.errors import (
     CameraDown,
+    CameraInTrouble,
     ConvstreamError,
     Draining,
     InvalidFrame,
@@ -69,6 +77,7 @@ class _Queued:
     data: bytes  # the result, serialised once for every watcher that gets it
     frame_id: int
     captured: float  # time.time() the frame was read
+    notice: bool = False  # of the camera, not of a frame: its loss is no dropped frame
 
     @property
     def size(self) -> int:  # as counted in the watchers' ByteBudget
@@ -172,11 +181,25 @@ class Watcher:
             self._drop_oldest()
         self._ready.set()
 
+    def notify(self, data: bytes) -> None:
+        """Queue a notice of the camera (event loop only; never waits): ahead of no result,
+        outside the watcher's rate (it says no frame is coming), the oldest result going
+        when full as ``offer`` lets it."""
+        if self._released:
+            return
+        if len(self._queue) >= self.capacity:
+            self._drop_oldest()
+        item = _Queued(data, 0, time.time(), notice=True)
+        self._queue.append(item)
+        self._take(item.size)
+        self._ready.set()
+
     def _drop_oldest(self) -> None:
         old = self._queue.popleft()
         self._take(-old.size)
-        self.drops.drop(old.frame_id)
-        self._on_drop()
+        if not old.notice:
+            self.drops.drop(old.frame_id)
+            self._on_drop()
 
     def _take(self, size: int) -> None:
         self.held += size
@@ -488,6 +511,31 @@ class CameraFeed(Publisher):
             f"camera {self.name!r} {why}. No frames will come until the server's config "
             f"changes it; {restarts}"
         )
+
+    def trouble(self) -> CameraInTrouble | None:
+        """What its watchers are told while the camera is stalled or reconnecting (it may
+        come back: their watches go on), or None."""
+        cam = self.camera
+        if self._stopping or cam.state not in (
+            pb.CAMERA_STATE_STALLED,
+            pb.CAMERA_STATE_RECONNECTING,
+        ):
+            return None
+        why = f": {cam.last_error}" if cam.last_error else ""
+        return CameraInTrouble(
+            f"camera {self.name!r} is {STATE_NAMES[cam.state]}{why}. The watch goes on: "
+            "results come again once the camera sends frames"
+        )
+
+    def tell_watchers(self, trouble: CameraInTrouble) -> None:
+        """Each watcher's next result says ``trouble``: a status, of no frame (frame_id 0),
+        with the camera's state."""
+        request = pb.FrameRequest(source=self.name)
+        result = error_result(request, trouble.code.value[0], str(trouble))
+        result.camera_state = self.camera.state
+        data = result.SerializeToString()
+        for watcher in self.watchers:
+            watcher.notify(data)
 
     def carry_totals(self, old: CameraFeed) -> None:
         """Go on counting from ``old``'s totals: the same camera, restarted by a reload, so
