@@ -101,6 +101,8 @@ async def watch(stub: pb_grpc.ConvstreamStub, camera_id: str, seconds: float) ->
     started = time.monotonic()
     async for result in call:
         received = time.time()
+        if result.status.code:  # a frame that failed, or the camera's going down: no age
+            continue
         frame = cv2.imdecode(np.frombuffer(result.frame_jpeg, np.uint8), cv2.IMREAD_COLOR)
         g = result.geometry
         made = read_time(frame, g.scale, g.pad_left, g.pad_top)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.server
+import json
 import logging
 import math
 import re
@@ -982,12 +983,22 @@ async def test_watching_a_camera_that_is_down_says_so_once(
     async with serving(camera("late", source.url)) as server, connect(server) as stub:
         await until(state_is(stub, "late", pb.CAMERA_STATE_RECONNECTING), 10, "down")
         argv = ["watch", "late", "--address", f"127.0.0.1:{server.port}", "--count", "3"]
-        watching = asyncio.create_task(asyncio.to_thread(main, argv))
+        watching = asyncio.create_task(asyncio.to_thread(main, [*argv, "--json"]))
         await asyncio.sleep(client_cli.QUIET_S + 2.5)  # long enough to ask again, twice
         with running(source):
             assert await asyncio.wait_for(watching, 30) == 0
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    # said once on stderr, though the server said it too (its first result, of no frame)
     assert err.count("camera 'late' is reconnecting; waiting for its frames") == 1, err
+    # and in the JSON lines, where a program reading them hears it: a line of its own,
+    # not one of the 3 frames counted
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["camera_state"] for line in lines] == ["reconnecting", None, None, None], out
+    said = lines[0]
+    assert (said["frame_id"], said["ok"], said["score"], said["late_ms"]) == (0, False, None, None)
+    assert said["error"]["code"] == "UNAVAILABLE", said
+    assert "camera 'late' is reconnecting: " in said["error"]["message"], said
+    assert all(line["ok"] and line["frame_id"] > 0 for line in lines[1:]), out
 
 
 async def _true(value: bool) -> bool:
@@ -1026,7 +1037,15 @@ async def test_unreachable_source_fails_within_open_timeout() -> None:
             assert "1 reconnects" not in silent.last_error
             # ...and is told at once when it gives up, rather than waiting for ever
             await asyncio.wait_for(waiting.task, 2)
-            assert waiting.error is not None and not waiting.results
+            assert waiting.error is not None
+            # its only result: the notice of the camera's state as the watch was taken, in
+            # the stream as well as the metadata (most languages' stubs hide the latter)
+            assert [(r.frame_id, r.camera_state) for r in waiting.results] == [
+                (0, pb.CAMERA_STATE_RECONNECTING)
+            ], waiting.results
+            assert "camera 'silent' is reconnecting: could not open" in (
+                waiting.results[0].status.message
+            )
             assert waiting.error.code() == grpc.StatusCode.FAILED_PRECONDITION
             told = str(waiting.error.details())
             assert "camera 'silent' has failed" in told and "gave up after 1" in told
@@ -2023,6 +2042,47 @@ def test_a_watch_that_ended_holds_no_bytes_of_a_last_result_offered_to_it() -> N
     assert budget.held == 0
     watcher.offer(result.SerializeToString(), 1, captured=1000.1, now=1000.1)  # the old feed's
     assert budget.held == watcher.held == 0
+
+
+async def test_a_cameras_notice_takes_no_frames_place_and_is_not_lost_for_one() -> None:
+    """A queue of one, read slowly: the notice that the camera went down dropped the frame
+    waiting (counted as a drop), and the frame still being analysed then dropped the notice,
+    so the client never heard (a review's). The notice now waits beside the frames, is never
+    dropped for one, nor past the watcher's byte share; a newer one replaces it."""
+    budget = ByteBudget(400_000)  # a watcher's share: 100,000 bytes
+    watcher = Watcher("dock", Options(), max_fps=0.0, capacity=1, budget=budget)
+
+    def frame(i: int) -> bytes:
+        return pb.FrameResult(frame_id=i, heatmap=pb.Tensor(data=bytes(60_000))).SerializeToString()
+
+    def notice(state: int) -> bytes:
+        return pb.FrameResult(
+            camera_state=state, status=pb.FrameStatus(code=14)
+        ).SerializeToString()  # type: ignore[arg-type]
+
+    watcher.offer(frame(1), 1, captured=time.time(), now=1.0)
+    watcher.notify(notice(pb.CAMERA_STATE_STALLED))
+    watcher.offer(frame(2), 2, captured=time.time(), now=2.0)  # analysed as it went down
+    watcher.notify(notice(pb.CAMERA_STATE_RECONNECTING))  # replaces the stalled one
+    async with asyncio.timeout(5):  # a lost one is waited for in vain
+        got = [pb.FrameResult.FromString(await watcher.next()) for _ in range(2)]
+    assert [(r.frame_id, r.camera_state, r.sequence) for r in got] == [
+        (2, 0, 1),
+        (0, pb.CAMERA_STATE_RECONNECTING, 2),
+    ]
+    assert got[0].frames_dropped == 1 and list(got[0].dropped_frame_ids) == [1]  # frame 1
+    assert got[1].frame_age_ms == 0  # of no frame: no age
+    # past its byte share, frames go and the notice stays
+    watcher.notify(notice(pb.CAMERA_STATE_STALLED))
+    watcher.capacity = 4
+    for i in (3, 4, 5):
+        watcher.offer(frame(i), i, captured=time.time(), now=float(i))
+    left = []
+    while watcher.held > watcher.sending and len(left) < 5:
+        left.append(pb.FrameResult.FromString(await watcher.next()))
+    assert [(r.frame_id, r.camera_state) for r in left] == [(0, pb.CAMERA_STATE_STALLED), (5, 0)]
+    watcher.release()
+    assert budget.held == 0
 
 
 async def test_a_watchers_result_is_the_shared_bytes_with_its_own_fields_after_them() -> None:

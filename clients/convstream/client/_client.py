@@ -288,7 +288,7 @@ class Client(BaseClient):
         client publishes (``stream(..., publish=True)``) does: when that stream ends, the
         iterator stops.
 
-        A camera that goes down while watched (stalled, or reconnecting to its source) is
+        A camera stalled or reconnecting to its source, as the watch is taken or later, is
         said by a result of no frame: ``camera_state`` "stalled" or "reconnecting",
         ``frame_id`` 0, no score, ``error`` a ServerUnavailable (the status UNAVAILABLE)
         whose message gives the camera's last error.

@@ -308,7 +308,19 @@ class WatchReporter(Reporter):
         self, result: Result, overlay: Path | None, maps: dict[str, Path], arrays: Path | None
     ) -> dict[str, Any]:
         late = round(self._late_ms, 3) if result.ok else None  # a failure has no age
-        return {**result_json(result, overlay, maps, arrays), "late_ms": late}
+        # "stalled" or "reconnecting" on the server's word that the camera went down
+        return {
+            **result_json(result, overlay, maps, arrays),
+            "late_ms": late,
+            "camera_state": result.camera_state,
+        }
+
+    def notice(self, result: Result) -> None:
+        """The server's word that the camera went down (``camera_state``): a line of its own
+        with --json, not a frame (not counted, nor failed); the table leaves it to the
+        lull's line on stderr."""
+        if self.json_lines:
+            self._line(json_text(self._json(result, None, {}, None)))
 
     def rate_text(self, elapsed: float) -> str:
         """Results per second while they came (a watch at --max-fps 3 reads 3.0, not the

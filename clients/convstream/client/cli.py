@@ -1022,7 +1022,7 @@ def _watch(args: argparse.Namespace) -> int:
             gap_s=quiet_s,  # a pause the lull would have told of
         )
         with contextlib.closing(watching), lull:  # closing ends the call at --count
-            results = itertools.islice(lull.timed(watching), args.count)
+            results = itertools.islice(lull.timed(watching, reporter.notice), args.count)
             code = _report(args, results, reporter)
         if code in (0, EXIT_DAMAGED) and (args.count is None or reporter.count < args.count):
             # only a published stream ends a watch by itself
@@ -1041,8 +1041,10 @@ class CameraLull:
     results come again: without it, `watch` just stops printing while a camera reconnects.
 
     A thread asks ListCameras once a second while no result has come for ``quiet_s``, and
-    at once when the server says the camera went down (a result of no frame, its
-    ``camera_state`` set: said here in the same words, not as a frame of the table).
+    at once when the server says the camera is reconnecting (a result of no frame, its
+    ``camera_state`` set: said here in the same words, not as a frame of the table; one
+    that says "stalled" waits for ``quiet_s``, as a camera that pauses for a second or two
+    is no news).
     """
 
     def __init__(self, client: Client, camera_id: str, quiet_s: float) -> None:
@@ -1065,12 +1067,16 @@ class CameraLull:
         self._stop.set()
         self._thread.join(timeout=5)
 
-    def timed(self, results: Iterator[Result]) -> Iterator[Result]:
+    def timed(
+        self, results: Iterator[Result], notice: Callable[[Result], None]
+    ) -> Iterator[Result]:
         """The frames' results, timed; the server's word that the camera went down is
-        taken out, and said as the lull says a state."""
+        taken out, handed to ``notice``, and said as the lull says a state."""
         for result in results:
             if result.camera_state is not None:
-                self._down.set()
+                notice(result)
+                if result.camera_state == "reconnecting":
+                    self._down.set()
                 continue
             self._last = time.monotonic()
             self._analysed = None

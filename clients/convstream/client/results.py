@@ -217,8 +217,9 @@ class Result:
         error: why this frame was not analysed (a stream goes on past bad frames); None if ok.
         camera_state: on a watch of a camera, "stalled" or "reconnecting" on a result of no
             frame (``frame_id`` 0, ``error`` a ServerUnavailable saying why) that the server
-            sends as the camera goes down; the watch goes on, and results come again once
-            the camera sends frames. None on every other result.
+            sends as the camera goes down (and first, to a watch taken while it is); the
+            watch goes on, and results come again once the camera sends frames. None on
+            every other result.
         frame: the Frame as it was sent, kept for overlays and names: pixels the client
             encoded for the upload are kept as the JPEG or PNG bytes it sent (what the
             server analysed); ``frame.pixels()`` gives them as pixels either way.

@@ -308,8 +308,8 @@ class ConvstreamServicer(object):
         camera not running as the watch is taken, also "convstream-watching-state: <state>"
         ("connecting", "stalled" or "reconnecting") and "convstream-watching-error-bin": its
         last error, UTF-8; results come once it sends frames (the Python client logs it). A
-        camera that goes down later, stalled or reconnecting, is said by a result of no frame
-        (FrameResult.camera_state), and the watch goes on.
+        camera stalled or reconnecting, as the watch is taken or later, is said in the stream
+        too, by a result of no frame (FrameResult.camera_state), and the watch goes on.
         Token role: watch (or analyze).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -182,8 +182,8 @@ class ConvstreamStub:
     camera not running as the watch is taken, also "convstream-watching-state: <state>"
     ("connecting", "stalled" or "reconnecting") and "convstream-watching-error-bin": its
     last error, UTF-8; results come once it sends frames (the Python client logs it). A
-    camera that goes down later, stalled or reconnecting, is said by a result of no frame
-    (FrameResult.camera_state), and the watch goes on.
+    camera stalled or reconnecting, as the watch is taken or later, is said in the stream
+    too, by a result of no frame (FrameResult.camera_state), and the watch goes on.
     Token role: watch (or analyze).
     """
 
@@ -336,8 +336,8 @@ class ConvstreamAsyncStub(ConvstreamStub):
     camera not running as the watch is taken, also "convstream-watching-state: <state>"
     ("connecting", "stalled" or "reconnecting") and "convstream-watching-error-bin": its
     last error, UTF-8; results come once it sends frames (the Python client logs it). A
-    camera that goes down later, stalled or reconnecting, is said by a result of no frame
-    (FrameResult.camera_state), and the watch goes on.
+    camera stalled or reconnecting, as the watch is taken or later, is said in the stream
+    too, by a result of no frame (FrameResult.camera_state), and the watch goes on.
     Token role: watch (or analyze).
     """
 
@@ -517,8 +517,8 @@ class ConvstreamServicer(metaclass=_abc_1.ABCMeta):
         camera not running as the watch is taken, also "convstream-watching-state: <state>"
         ("connecting", "stalled" or "reconnecting") and "convstream-watching-error-bin": its
         last error, UTF-8; results come once it sends frames (the Python client logs it). A
-        camera that goes down later, stalled or reconnecting, is said by a result of no frame
-        (FrameResult.camera_state), and the watch goes on.
+        camera stalled or reconnecting, as the watch is taken or later, is said in the stream
+        too, by a result of no frame (FrameResult.camera_state), and the watch goes on.
         Token role: watch (or analyze).
         """
 

@@ -26,6 +26,8 @@ import asyncio
 
 import grpc
 
+from convstream.v1 import convstream_pb2 as pb
+
 
 def quietly(future: asyncio.Future[None]) -> None:
     """A done callback that retrieves a write's outcome, so a failure no one waits for (the
@@ -131,9 +133,14 @@ class CameraDown(ConvstreamError):
 
 class CameraInTrouble(ConvstreamError):
     """The camera stalled, or lost its source and is retrying: said to each of its watchers
-    as a result's status (no frame: frame_id 0), while the watch goes on."""
+    as a result's status (no frame: frame_id 0), while the watch goes on. ``state``: the
+    camera's, as the message says it."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(self, message: str, state: pb.CameraState) -> None:
+        super().__init__(message)
+        self.state = state
 
 
 class ModelFailed(ConvstreamError):

@@ -72,7 +72,7 @@ def timestamp(seconds: float) -> Timestamp | None:
     return stamp
 
 
-@dataclass
+@dataclass(eq=False)  # each one itself: remove() takes that one, not one equal to it
 class _Queued:
     data: bytes  # the result, serialised once for every watcher that gets it
     frame_id: int
@@ -171,35 +171,43 @@ class Watcher:
             self._next = now + self.interval
         else:
             self._next += self.interval
-        if len(self._queue) >= self.capacity:
+        if self._frames() >= self.capacity:
             self._drop_oldest()
         item = _Queued(data, frame_id, captured)
         self._queue.append(item)
         self._take(item.size)
         budget = self.budget
-        while len(self._queue) > 1 and (self.held > budget.share or budget.held > budget.limit):
+        while self._frames() > 1 and (self.held > budget.share or budget.held > budget.limit):
             self._drop_oldest()
         self._ready.set()
 
+    def _frames(self) -> int:
+        """Frames' results waiting: a notice waits beside them, not in their place."""
+        return len(self._queue) - any(item.notice for item in self._queue)
+
     def notify(self, data: bytes) -> None:
-        """Queue a notice of the camera (event loop only; never waits): ahead of no result,
-        outside the watcher's rate (it says no frame is coming), the oldest result going
-        when full as ``offer`` lets it."""
+        """Queue a notice of the camera (event loop only; never waits), after the results
+        waiting, outside the watcher's rate (it says no frame is coming) and its queue's
+        bounds: it takes no result's place and is never dropped for one (a queue of one,
+        read slowly, lost both a frame and the notice), and a newer notice replaces it, so
+        one waits at most. Some hundred bytes."""
         if self._released:
             return
-        if len(self._queue) >= self.capacity:
-            self._drop_oldest()
+        for old in [item for item in self._queue if item.notice]:
+            self._queue.remove(old)
+            self._take(-old.size)
         item = _Queued(data, 0, time.time(), notice=True)
         self._queue.append(item)
         self._take(item.size)
         self._ready.set()
 
     def _drop_oldest(self) -> None:
-        old = self._queue.popleft()
+        """The oldest frame's result goes (a notice stays), counted as dropped."""
+        old = next(item for item in self._queue if not item.notice)
+        self._queue.remove(old)
         self._take(-old.size)
-        if not old.notice:
-            self.drops.drop(old.frame_id)
-            self._on_drop()
+        self.drops.drop(old.frame_id)
+        self._on_drop()
 
     def _take(self, size: int) -> None:
         self.held += size
@@ -247,7 +255,8 @@ class Watcher:
         self._sending = 2 * item.size
         own = pb.FrameResult()  # this watcher's fields
         self.drops.stamp(own)
-        own.frame_age_ms = max(0.0, (time.time() - item.captured) * 1000)
+        if not item.notice:  # of no frame: no age
+            own.frame_age_ms = max(0.0, (time.time() - item.captured) * 1000)
         return item.data + own.SerializeToString()
 
 
@@ -516,24 +525,29 @@ class CameraFeed(Publisher):
         """What its watchers are told while the camera is stalled or reconnecting (it may
         come back: their watches go on), or None."""
         cam = self.camera
-        if self._stopping or cam.state not in (
+        state, error = cam.state, cam.last_error  # each read once: the reader may change it
+        if self._stopping or state not in (
             pb.CAMERA_STATE_STALLED,
             pb.CAMERA_STATE_RECONNECTING,
         ):
             return None
-        why = f": {cam.last_error}" if cam.last_error else ""
+        why = f": {error}" if error else ""
         return CameraInTrouble(
-            f"camera {self.name!r} is {STATE_NAMES[cam.state]}{why}. The watch goes on: "
-            "results come again once the camera sends frames"
+            f"camera {self.name!r} is {STATE_NAMES[state]}{why}. The watch goes on: "
+            "results come again once the camera sends frames",
+            state,
         )
 
-    def tell_watchers(self, trouble: CameraInTrouble) -> None:
-        """Each watcher's next result says ``trouble``: a status, of no frame (frame_id 0),
+    def notice(self, trouble: CameraInTrouble) -> bytes:
+        """The result that tells a watcher ``trouble``: a status, of no frame (frame_id 0),
         with the camera's state."""
         request = pb.FrameRequest(source=self.name)
         result = error_result(request, trouble.code.value[0], str(trouble))
-        result.camera_state = self.camera.state
-        data = result.SerializeToString()
+        result.camera_state = trouble.state
+        return result.SerializeToString()
+
+    def tell_watchers(self, trouble: CameraInTrouble) -> None:
+        data = self.notice(trouble)
         for watcher in self.watchers:
             watcher.notify(data)
 
