@@ -273,6 +273,11 @@ class Camera:
                 return 0.0
             return max(0.0, self._refused_at + CREDENTIALS_RETRY_S - now)
 
+    def waiting(self) -> bool:
+        """Whether a frame read is waiting to be taken."""
+        with self._lock:
+            return self._latest is not None and self._latest.number > self._taken
+
     def take(self, after: int) -> Frame | None:
         """The newest frame if it is newer than frame number ``after``."""
         with self._lock:

@@ -463,10 +463,10 @@ class CameraManager:
             # Its watchers would wait for frames that will not come: tell them why instead.
             if (down := feed.down()) is not None:
                 feed.end_watchers(down)
-            elif (trouble := feed.trouble()) is not None:
+            elif feed.trouble() is not None:
                 # it may come back: each watch goes on, told (a program's loop over its
                 # results just waited, with no word, for a camera that went down)
-                feed.tell_watchers(trouble)
+                feed.tell_watchers()
 
     async def _forget(self, camera_id: str) -> None:
         self._health_state.pop(camera_id, None)

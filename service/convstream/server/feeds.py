@@ -449,6 +449,7 @@ class CameraFeed(Publisher):
         self._interval = 1 / config.fps if config.fps > 0 else 0.0
         self._stopping = False
         self._invalid_logged_at = -LOG_AGAIN_S  # when a frame that did not decode was logged
+        self._trouble = False  # a notice of trouble to send (tell_watchers)
 
     def retune(self, config: CameraConfig) -> None:
         """Take a config that differs from the camera's only in what the analysis does with
@@ -546,10 +547,27 @@ class CameraFeed(Publisher):
         result.camera_state = trouble.state
         return result.SerializeToString()
 
-    def tell_watchers(self, trouble: CameraInTrouble) -> None:
-        data = self.notice(trouble)
-        for watcher in self.watchers:
-            watcher.notify(data)
+    @property
+    def telling(self) -> bool:
+        """A notice of trouble waits for the frames read before it (``tell_watchers``)."""
+        return self._trouble
+
+    def tell_watchers(self) -> None:
+        """Tell each watcher the camera is in trouble, once the frames read before it have
+        been analysed and offered: the result of one in analysis, or waiting, came after the
+        notice every time a review killed a camera, and read as the camera back."""
+        self._trouble = True
+        self._tell_when_done()
+
+    def _tell_when_done(self) -> None:
+        if not self._trouble or self.camera.analysing or self.camera.waiting():
+            return
+        self._trouble = False
+        trouble = self.trouble()  # as it is now: back already, there is nothing to say
+        if trouble is not None:
+            data = self.notice(trouble)
+            for watcher in self.watchers:
+                watcher.notify(data)
 
     def carry_totals(self, old: CameraFeed) -> None:
         """Go on counting from ``old``'s totals: the same camera, restarted by a reload, so
@@ -630,6 +648,7 @@ class CameraFeed(Publisher):
                 logger.exception("camera %s: frame %d failed", source, frame.number)
             finally:
                 camera.analysing = False
+                self._tell_when_done()
 
     def _prepare(self, frame: Frame) -> Prepared:
         started = time.perf_counter()
