@@ -992,6 +992,8 @@ async def test_watching_a_camera_that_is_down_says_so_once(
     out, err = capsys.readouterr()
     # said once on stderr, though the server said it too (its first result, of no frame)
     assert err.count("camera 'late' is reconnecting; waiting for its frames") == 1, err
+    # then its first results, not "results again": it had sent none before
+    assert "camera 'late': its first results" in err and "results again" not in err, err
     # and in the JSON lines, where a program reading them hears it: a line of its own,
     # not one of the 3 frames counted
     lines = [json.loads(line) for line in out.splitlines()]

@@ -270,10 +270,12 @@ class Client(BaseClient):
         come loses the oldest (listed in the next result's ``dropped_frame_ids``) once the
         connection's flow-control window is full, about 8 results of a heatmap each
         (``Limits.fresh_watch`` keeps it at gRPC's smallest). Until then results wait in
-        the connection: a reader taking 1 s a result read them up to 5 s old, their
-        ``frame_age_ms`` (the age as they left the server) still under 0.2 s; ``time.time()
-        - result.capture_time`` is a result's age as you read it. Set ``max_fps`` to the
-        rate you use them at, e.g. a dashboard's refresh rate, and none wait.
+        the connection and the server's queue: a reader taking 1 s a result of a 10 fps
+        camera read 14 in a row before its first drop, the last 12 s old, and then results
+        5-9 s old, their ``frame_age_ms`` (the age as they left the server) under 0.25 s
+        (7.9 KB results, a float16 heatmap each); ``time.time() - result.capture_time`` is
+        a result's age as you read it. Set ``max_fps`` to the rate you use them at, e.g. a
+        dashboard's refresh rate, and none wait.
 
         Each Result's ``source`` is the camera id, ``frame_id`` the camera's frame number (it
         restarts with the server), ``capture_time`` when the server read the frame,

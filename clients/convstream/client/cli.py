@@ -1057,6 +1057,7 @@ class CameraLull:
         self._invalid = 0  # and its frames refused then
         self._stop = threading.Event()
         self._down = threading.Event()  # the server said the camera went down: ask now
+        self._results = 0  # frames' results so far
         self._thread = threading.Thread(target=self._run, name="watch-lull", daemon=True)
 
     def __enter__(self) -> CameraLull:
@@ -1082,10 +1083,14 @@ class CameraLull:
             self._analysed = None
             if self._told:
                 self._told = ""
+                # "again" of a camera down since before the first ("results again" of a
+                # camera that had never sent a frame read as a camera back, a review's)
+                said = "results again" if self._results else "its first results"
                 print(
-                    f"convstream watch: {_clock()} camera {self._camera_id!r}: results again",
+                    f"convstream watch: {_clock()} camera {self._camera_id!r}: {said}",
                     file=sys.stderr,
                 )
+            self._results += 1
             yield result
 
     def told(self, camera: CameraInfo) -> None:
@@ -1183,4 +1188,6 @@ def _clock() -> str:
 
 
 def _state_said(camera: CameraInfo) -> str:
-    return f"{camera.state}: {camera.last_error}"
+    """What a state line said, to say it once: its numbers aside, as a retry's error says
+    what it measured ("did not answer within 4.3 s"), and the same line came twice."""
+    return f"{camera.state}: {re.sub(r'[0-9.]+', '#', camera.last_error)}"
