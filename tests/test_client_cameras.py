@@ -693,21 +693,28 @@ async def test_a_watch_of_a_camera_that_is_down_outlasts_a_server_restart(flavou
     running = [first]
     retry = Retry(attempts=2, backoff=0.1, max_backoff=0.2, resume_timeout=30.0)
 
-    def first_sync() -> Result:
+    # up to the first frame's result: the camera's notices (down) may come before it
+    def first_sync() -> list[Result]:
+        seen: list[Result] = []
         with Client(address(first), retry=retry) as client:
             results = client.watch("belt")
             try:
-                return next(results)
+                while not seen or not seen[-1].ok:
+                    seen.append(next(results))
             finally:
                 results.close()
+        return seen
 
-    async def first_async() -> Result:
+    async def first_async() -> list[Result]:
+        seen: list[Result] = []
         async with AsyncClient(address(first), retry=retry) as client:
             results = client.watch("belt")
             try:
-                return await anext(results)
+                while not seen or not seen[-1].ok:
+                    seen.append(await anext(results))
             finally:
                 await results.aclose()
+        return seen
 
     try:
         watching = asyncio.create_task(
@@ -725,10 +732,12 @@ async def test_a_watch_of_a_camera_that_is_down_outlasts_a_server_restart(flavou
         assert not watching.done()  # still trying: it was watching when the server went
         await second.start()
         running.append(second)
-        result = await asyncio.wait_for(watching, 20)
+        seen = await asyncio.wait_for(watching, 20)
     finally:
         for server in running:
             await server.stop(grace=0)
+    *told, result = seen
+    assert all(r.camera_state in ("stalled", "reconnecting") for r in told), told
     assert result.ok and result.source == "belt" and result.sequence == 1
 
 
@@ -1022,7 +1031,8 @@ async def test_a_programs_watch_of_a_camera_that_is_down_logs_why_no_result_come
 ) -> None:
     """`for result in client.watch("dock")` of a camera that is down waited without a word:
     the command said the camera's state, a program heard nothing, for as long as it lasted
-    (an integrator's first hour, against a camera with a mistyped address)."""
+    (an integrator's first hour, against a camera with a mistyped address). The client logs
+    it, and its first result says it."""
     with socket.socket() as s:  # a port nothing listens on: every connection is refused
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
@@ -1036,15 +1046,17 @@ async def test_a_programs_watch_of_a_camera_that_is_down_logs_why_no_result_come
         while {c.id: c.state for c in await client.cameras()}["dock"] != "reconnecting":
             assert time.monotonic() < deadline, "dock never reconnected"
             await asyncio.sleep(0.05)
+        firsts = {}
         for camera in ("dock", "belt"):
             watch = client.watch(camera, max_fps=1)
-            first = asyncio.create_task(anext(aiter(watch)))
-            await asyncio.wait({first}, timeout=3.0)
-            assert first.done() == (camera == "belt")  # dock gives nothing meanwhile
-            first.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await first
+            firsts[camera] = await asyncio.wait_for(anext(aiter(watch)), 10.0)
             await watch.aclose()
+    # and the loop itself hears it: dock's first result is of no frame, saying why
+    assert firsts["belt"].ok and firsts["belt"].camera_state is None
+    told = firsts["dock"]
+    assert (told.ok, told.camera_state, told.frame_id) == (False, "reconnecting", 0), told
+    assert told.error is not None
+    assert "camera 'dock' is reconnecting: could not open rtsp source" in told.error.message
     said = [r.getMessage() for r in caplog.records if r.name == "convstream.client"]
     assert said[0] == (
         f"watch of camera 'dock' at {address(server)}: the camera is reconnecting; results "
