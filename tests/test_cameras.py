@@ -1005,6 +1005,48 @@ async def test_watching_a_camera_that_is_down_says_so_once(
     assert all(line["ok"] and line["frame_id"] > 0 for line in lines[1:]), out
 
 
+@pytest.mark.live
+async def test_a_camera_that_drops_after_each_frame_has_each_result_followed_by_a_notice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A camera whose every connection gives one frame and drops (a flaky link): between two
+    of the watchdog's looks it was back and down again, the watchdog saw "reconnecting"
+    twice and said nothing, and the frame's result was the last word, read as the camera
+    back (a review's: ten frames' results and one notice). Each result of such a frame is
+    now followed by a notice."""
+    from convstream.server import sources
+
+    class OneFrameThenDrop(sources.DemoCapture):
+        """The demo conveyor, each connection of which drops after its first frame."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._reads = 0
+
+        def read(self) -> Any:
+            self._reads += 1
+            if self._reads > 1:
+                raise sources.SourceError("connection reset by peer")
+            return super().read()
+
+    monkeypatch.setattr(sources, "DemoCapture", OneFrameThenDrop)
+    flaky = camera("flaky", "demo:conveyor?fps=30", reconnect_min_s=0.5, reconnect_max_s=0.5)
+    async with serving(flaky) as server, connect(server) as stub:
+        watching = Collector(watch(stub, "flaky"))
+        await until(
+            lambda: _true(sum(not r.camera_state for r in watching.results) >= 4), 20, "frames"
+        )
+        await until(state_is(stub, "flaky", pb.CAMERA_STATE_RECONNECTING), 5, "down")
+        await asyncio.sleep(0.5)  # the notice after the last frame's result
+        await watching.close()
+    said = ["notice" if r.camera_state else "frame" for r in watching.results]
+    assert said[-1] == "notice", said
+    # no two frames' results without a notice between them: each frame came on a
+    # connection of its own, which dropped after it
+    assert "frame, frame" not in ", ".join(said), said
+    assert said.count("notice") >= 4, said
+
+
 async def _true(value: bool) -> bool:
     return value
 

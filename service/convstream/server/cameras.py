@@ -176,8 +176,7 @@ class CameraManager:
                 # a watch that ends while it stops leaves the feed it is in (one that left the
                 # old feed's copy stayed on the new one for good), and one that starts then
                 # joins the new feed rather than ending with the old.
-                feed.watchers.update(old.watchers)
-                old.watchers.clear()
+                feed.watchers.update(old.hand_over())
             else:
                 self._take_over(camera_id)  # no await before the feed takes the name
             self.feeds[camera_id] = feed

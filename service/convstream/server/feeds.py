@@ -139,6 +139,7 @@ class Watcher:
         self.drops = DropLog()
         self._next = 0.0
         self._queue: deque[_Queued] = deque()
+        self._notice: _Queued | None = None  # the camera's notice in the queue, if one is
         self._ready = asyncio.Event()
         self._ended: ConvstreamError | FeedFinished | None = None
         self._released = False
@@ -183,7 +184,7 @@ class Watcher:
 
     def _frames(self) -> int:
         """Frames' results waiting: a notice waits beside them, not in their place."""
-        return len(self._queue) - any(item.notice for item in self._queue)
+        return len(self._queue) - (self._notice is not None)
 
     def notify(self, data: bytes) -> None:
         """Queue a notice of the camera (event loop only; never waits), after the results
@@ -193,18 +194,19 @@ class Watcher:
         one waits at most. Some hundred bytes."""
         if self._released:
             return
-        for old in [item for item in self._queue if item.notice]:
-            self._queue.remove(old)
-            self._take(-old.size)
-        item = _Queued(data, 0, time.time(), notice=True)
-        self._queue.append(item)
-        self._take(item.size)
+        if self._notice is not None:
+            self._queue.remove(self._notice)
+            self._take(-self._notice.size)
+        self._notice = _Queued(data, 0, time.time(), notice=True)
+        self._queue.append(self._notice)
+        self._take(self._notice.size)
         self._ready.set()
 
     def _drop_oldest(self) -> None:
         """The oldest frame's result goes (a notice stays), counted as dropped."""
-        old = next(item for item in self._queue if not item.notice)
-        self._queue.remove(old)
+        at = 1 if self._queue[0] is self._notice else 0
+        old = self._queue[at]
+        del self._queue[at]
         self._take(-old.size)
         self.drops.drop(old.frame_id)
         self._on_drop()
@@ -222,6 +224,7 @@ class Watcher:
         """The watch is over: what waits for it is given back, and nothing more is taken."""
         self._released = True
         self._queue.clear()
+        self._notice = None
         self._sending = 0
         self._take(-self.held)
 
@@ -251,6 +254,8 @@ class Watcher:
             self._ready.clear()
             await self._ready.wait()
         item = self._queue.popleft()
+        if item is self._notice:
+            self._notice = None
         self._take(item.size)  # counted twice now: the shared bytes and those sent
         self._sending = 2 * item.size
         own = pb.FrameResult()  # this watcher's fields
@@ -449,7 +454,8 @@ class CameraFeed(Publisher):
         self._interval = 1 / config.fps if config.fps > 0 else 0.0
         self._stopping = False
         self._invalid_logged_at = -LOG_AGAIN_S  # when a frame that did not decode was logged
-        self._trouble = False  # a notice of trouble to send (tell_watchers)
+        self._trouble = False  # a notice of trouble to send to every watcher (tell_watchers)
+        self._newcomers: set[Watcher] = set()  # and to these watches just taken
 
     def retune(self, config: CameraConfig) -> None:
         """Take a config that differs from the camera's only in what the analysis does with
@@ -547,27 +553,40 @@ class CameraFeed(Publisher):
         result.camera_state = trouble.state
         return result.SerializeToString()
 
-    @property
-    def telling(self) -> bool:
-        """A notice of trouble waits for the frames read before it (``tell_watchers``)."""
-        return self._trouble
-
-    def tell_watchers(self) -> None:
-        """Tell each watcher the camera is in trouble, once the frames read before it have
-        been analysed and offered: the result of one in analysis, or waiting, came after the
-        notice every time a review killed a camera, and read as the camera back."""
-        self._trouble = True
+    def tell_watchers(self, only: Watcher | None = None) -> None:
+        """Tell each watcher (or ``only`` that one, a watch just taken) the camera is in
+        trouble, once the frames read before it have been analysed and offered: the result
+        of one in analysis, or waiting, came after the notice every time a review killed a
+        camera, and read as the camera back."""
+        if only is None:
+            self._trouble = True
+        else:
+            self._newcomers.add(only)
         self._tell_when_done()
 
-    def _tell_when_done(self) -> None:
-        if not self._trouble or self.camera.analysing or self.camera.waiting():
+    def _tell_when_done(self, *, now: bool = False) -> None:
+        """Send the notices waiting, if no frame read before them is in analysis or waiting
+        (``now``: whether or not: the watchers are leaving this feed)."""
+        if not (self._trouble or self._newcomers):
             return
+        if not now and (self.camera.analysing or self.camera.waiting()):
+            return
+        told = self.watchers if self._trouble else self._newcomers & self.watchers
         self._trouble = False
+        self._newcomers = set()
         trouble = self.trouble()  # as it is now: back already, there is nothing to say
         if trouble is not None:
             data = self.notice(trouble)
-            for watcher in self.watchers:
+            for watcher in told:
                 watcher.notify(data)
+
+    def hand_over(self) -> set[Watcher]:
+        """Its watchers, for the feed that replaces it (a reload), told first of the trouble
+        they were to hear: this feed's frame in analysis no longer reaches them."""
+        self._tell_when_done(now=True)
+        watchers = set(self.watchers)
+        self.watchers.clear()
+        return watchers
 
     def carry_totals(self, old: CameraFeed) -> None:
         """Go on counting from ``old``'s totals: the same camera, restarted by a reload, so
@@ -648,6 +667,11 @@ class CameraFeed(Publisher):
                 logger.exception("camera %s: frame %d failed", source, frame.number)
             finally:
                 camera.analysing = False
+                if self.watchers and self.trouble() is not None:
+                    # down again since its last notice, between two of the watchdog's
+                    # looks (back and down at once): this frame's result went out, and
+                    # the watchdog, which saw the same state twice, said nothing after it
+                    self._trouble = True
                 self._tell_when_done()
 
     def _prepare(self, frame: Frame) -> Prepared:

@@ -573,10 +573,10 @@ class ConvstreamServicer(pb_grpc.ConvstreamServicer):
                 told.append((WATCHING_STATE, STATE_NAMES[state]))
                 told.append((WATCHING_ERROR, feed.camera.last_error[:500].encode()))
             await context.send_initial_metadata(told)
-            if feed is not None and not feed.telling and (trouble := feed.trouble()):
+            if feed is not None and feed.trouble() is not None:
                 # and in the stream, as a camera that goes down later is: a client that
                 # reads no metadata (most languages' stubs hide it) hears it too
-                watcher.notify(feed.notice(trouble))
+                feed.tell_watchers(only=watcher)
             while True:
                 yield await watcher.next()
         except FeedFinished:
