@@ -293,10 +293,10 @@ class Client(BaseClient):
         A camera stalled or reconnecting to its source, as the watch is taken or later, is
         said by a result of no frame: ``camera_state`` "stalled" or "reconnecting",
         ``frame_id`` 0, no score, ``error`` a ServerUnavailable (the status UNAVAILABLE)
-        whose message gives the camera's last error.
-        The watch goes on, and results come again once the camera sends frames; one that
-        has given up (FAILED) ends it with FailedPrecondition. Check ``result.ok`` (or
-        ``camera_state``) before reading a score.
+        whose message gives the camera's last error. The watch goes on, and results come
+        again once the camera sends frames; one that has given up (FAILED) ends it with
+        FailedPrecondition. Check ``result.ok`` (or ``camera_state``) before reading a
+        score.
 
         Args:
             camera_id: a camera's id, or a published stream's name; see ``cameras()``.

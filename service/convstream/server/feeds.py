@@ -76,8 +76,7 @@ def timestamp(seconds: float) -> Timestamp | None:
 class _Queued:
     data: bytes  # the result, serialised once for every watcher that gets it
     frame_id: int
-    captured: float  # time.time() the frame was read
-    notice: bool = False  # of the camera, not of a frame: its loss is no dropped frame
+    captured: float  # time.time() the frame was read (a notice: when it was made)
 
     @property
     def size(self) -> int:  # as counted in the watchers' ByteBudget
@@ -197,7 +196,7 @@ class Watcher:
         if self._notice is not None:
             self._queue.remove(self._notice)
             self._take(-self._notice.size)
-        self._notice = _Queued(data, 0, time.time(), notice=True)
+        self._notice = _Queued(data, 0, time.time())
         self._queue.append(self._notice)
         self._take(self._notice.size)
         self._ready.set()
@@ -254,13 +253,14 @@ class Watcher:
             self._ready.clear()
             await self._ready.wait()
         item = self._queue.popleft()
-        if item is self._notice:
+        notice = item is self._notice
+        if notice:
             self._notice = None
         self._take(item.size)  # counted twice now: the shared bytes and those sent
         self._sending = 2 * item.size
         own = pb.FrameResult()  # this watcher's fields
         self.drops.stamp(own)
-        if not item.notice:  # of no frame: no age
+        if not notice:  # of no frame: no age
             own.frame_age_ms = max(0.0, (time.time() - item.captured) * 1000)
         return item.data + own.SerializeToString()
 
