@@ -1064,6 +1064,7 @@ async def test_a_programs_watch_of_a_camera_that_is_down_logs_why_no_result_come
         "refused: nothing listens at that address and port (camera down?))"
     ), said
     assert not any("belt" in line for line in said), said  # a running camera's watch: none
+    assert len(said) == 1, said  # the first result, which says the same, not logged again
 
 
 @pytest.mark.live
@@ -1236,10 +1237,13 @@ def test_a_paused_watch_subscribing_again_waits_out_a_server_with_no_room_for_it
 
 
 @pytest.mark.live
-async def test_a_watch_hears_its_camera_go_down_and_goes_on() -> None:
+async def test_a_watch_hears_its_camera_go_down_and_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A program's loop over watch() heard nothing while its camera was down (the CLI asked
     the server after a lull): the server's word comes as a result of no frame, and the same
     loop then gets the camera's frames again."""
+    caplog.set_level(logging.WARNING, logger="convstream.client")
     source = FFmpegSource("mjpeg")
     with running(source):
         config = CameraConfig(id="a", source=source.url, read_timeout_s=2.0)
@@ -1265,3 +1269,8 @@ async def test_a_watch_hears_its_camera_go_down_and_goes_on() -> None:
         assert f"camera 'a' is {notice.camera_state}" in notice.error.message
     assert all(r.ok for r in seen if r.camera_state is None)
     assert seen[-1].frame_id > max(r.frame_id for r in seen[:3])  # its frames again
+    # and logged, as the state at a watch's start is, once a state: a program that only
+    # logs has the outage in its log
+    said = [r.getMessage() for r in caplog.records if r.name == "convstream.client"]
+    assert 1 <= len(said) <= len(notices), (said, notices)
+    assert said[-1].startswith(f"watch of camera 'a' at {address(srv)}: camera 'a' is "), said

@@ -35,6 +35,7 @@ from convstream.client.options import (
     Timeout,
     Upload,
 )
+from convstream.client.results import camera_state_name
 from convstream.v1 import (
     CAMERA_ID,
     CAMERA_ID_RULE,
@@ -448,6 +449,7 @@ class _Resumption:
         self._dropped = 0
         self._registered_at: float | None = None  # when this call's watch was registered
         self._said_back = False  # that the watch is back, once a break
+        self._said_down = ""  # the camera's state last logged, until its next frame's result
         self._kind: str | None = None  # "camera" or "stream", as its server said (WATCHING_KIND)
 
     def subscribed(self) -> None:
@@ -492,12 +494,26 @@ class _Resumption:
                     f" (last error: {why})" if why else "",
                     extra={CAMERA_STATE_RECORD: state},
                 )
+                self._said_down = state  # its notice, right after, is not said again
 
     def watched(self, message: pb.FrameResult) -> pb.FrameResult:
-        """A watch result arrived: it counts as answered(), and its drops carry on."""
+        """A watch result arrived: it counts as answered(), and its drops carry on. The
+        server's word that the camera went down (``camera_state``) is logged, as the state
+        at the watch's start is: once an outage, for a program that logs and nothing else."""
         self.answered()
         message.frames_dropped += self._dropped_before
         self._dropped = message.frames_dropped
+        if not message.camera_state:
+            self._said_down = ""
+        elif (state := camera_state_name(message.camera_state)) != self._said_down:
+            self._said_down = state
+            logger.warning(
+                "watch of camera %r at %s: %s",
+                self._camera_id,
+                self._client.address,
+                message.status.message,
+                extra={CAMERA_STATE_RECORD: state},
+            )
         return message
 
     def answered(self) -> None:

@@ -296,7 +296,8 @@ class Client(BaseClient):
         whose message gives the camera's last error. The watch goes on, and results come
         again once the camera sends frames; one that has given up (FAILED) ends it with
         FailedPrecondition. Check ``result.ok`` (or ``camera_state``) before reading a
-        score.
+        score. Each outage is also logged at WARNING on the ``convstream.client`` logger,
+        once, as a watch taken of a camera that is down is.
 
         Args:
             camera_id: a camera's id, or a published stream's name; see ``cameras()``.
